@@ -8,7 +8,7 @@ messages lives in ``hybridpref.common.convert``; conversion from JSONL rows
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,23 +224,31 @@ def instance_to_row(inst: PreferenceInstance) -> dict[str, Any]:
     return row
 
 
-def read_jsonl(path: str, limit: int | None = None) -> list[PreferenceInstance]:
-    """Read instances from a JSONL file; errors name the file line and field."""
+def iter_jsonl(path: str) -> Iterator[tuple[int, PreferenceInstance]]:
+    """Yield ``(line number, instance)`` from a JSONL file, skipping blank lines.
+
+    A bad row raises ``InvalidInput`` whose fields read ``line 12.response_a``.
+    """
     import json
 
-    out: list[PreferenceInstance] = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InvalidInput(FieldViolation(where, f"not valid JSON: {exc.msg} at column {exc.colno}")) from None
-            out.append(instance_from_row(row, where=f"line {lineno}"))
-            if limit is not None and len(out) >= limit:
-                break
+                raise InvalidInput(FieldViolation(f"line {lineno}", f"not valid JSON: {exc.msg} at column {exc.colno}")) from None
+            yield lineno, instance_from_row(row, where=f"line {lineno}")
+
+
+def read_jsonl(path: str, limit: int | None = None) -> list[PreferenceInstance]:
+    """Read instances from a JSONL file; errors name the file line and field."""
+    out: list[PreferenceInstance] = []
+    for _lineno, inst in iter_jsonl(path):
+        out.append(inst)
+        if limit is not None and len(out) >= limit:
+            break
     return out
 
 

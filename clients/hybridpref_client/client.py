@@ -1,0 +1,228 @@
+"""Sync and asyncio clients for ``RouteInstances`` with deadlines and request ids."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from hybridpref.common.convert import instances_to_proto
+from hybridpref.common.grpc_errors import field_violations, retry_delay_s
+from hybridpref.common.instances import Label, PositionMode, PreferenceInstance
+from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+STREAM_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A cost budget: the total human cost to spend."""
+
+    total: float
+
+
+Budget = float | int | Cost | str
+
+
+@dataclass
+class Decision:
+    id: str
+    route: str  # "HUMAN" | "LM"
+    lm_label: str | None
+    lm_confidence: float
+    gain: float
+    top_tags: list[tuple[str, float]]
+    judge_order_inconsistent: bool
+    human_cost: float
+
+
+@dataclass
+class RouteResult:
+    decisions: list[Decision]
+    summary: dict = field(default_factory=dict)
+    request_id: str = ""
+
+
+class RoutingError(Exception):
+    """A failed call: ``code`` (grpc.StatusCode), message, field violations, retry hint."""
+
+    def __init__(self, error: grpc.RpcError):
+        self.code = error.code()
+        self.details = error.details() or ""
+        self.violations = field_violations(error)
+        self.retry_after_s = retry_delay_s(error)
+        super().__init__(f"{self.code.name}: {self.details}")
+
+
+def budget_proto(budget: Budget) -> common_pb2.Budget:
+    if isinstance(budget, Cost):
+        return common_pb2.Budget(cost=budget.total)
+    if isinstance(budget, str):
+        if budget != "auto":
+            raise ValueError(f"budget string must be 'auto', got {budget!r}")
+        return common_pb2.Budget(auto=True)
+    if isinstance(budget, bool):
+        raise ValueError("budget must be a fraction, a count, Cost(...) or 'auto'")
+    if isinstance(budget, int):
+        return common_pb2.Budget(count=budget)
+    return common_pb2.Budget(fraction=float(budget))
+
+
+def build_config(
+    budget: Budget, strategy: str = "", seed: int = 0, *, judge_mode: PositionMode = PositionMode.UNSPECIFIED,
+    judge_template: str = "", replay_judge: str = "", explain_top_k: int = 3, simulated_candidates: int = 0,
+) -> router_pb2.RouteConfig:
+    return router_pb2.RouteConfig(
+        budget=budget_proto(budget), strategy=strategy, seed=seed, judge_position_mode=int(judge_mode),
+        judge_template=judge_template, replay_judge=replay_judge, explain_top_k=explain_top_k,
+        simulated_candidates=simulated_candidates,
+    )
+
+
+def decision_from_proto(d: router_pb2.RoutingDecision) -> Decision:
+    return Decision(
+        id=d.id,
+        route=common_pb2.Route.Name(d.route),
+        lm_label=Label(d.lm_label).name if d.lm_label else None,
+        lm_confidence=d.lm_confidence,
+        gain=d.gain,
+        top_tags=[(t.tag, t.contribution) for t in d.top_tags],
+        judge_order_inconsistent=d.judge_order_inconsistent,
+        human_cost=d.human_cost,
+    )
+
+
+def summary_to_dict(s: router_pb2.RoutingSummary) -> dict:
+    out = {
+        "strategy": s.strategy, "bundle_version": s.bundle_version, "human_count": s.human_count,
+        "lm_count": s.lm_count, "human_cost": s.human_cost, "stage_seconds": dict(s.stage_seconds),
+        "request_id": s.request_id,
+    }
+    for name in ("predicted_score", "predicted_all_human", "predicted_all_lm", "predicted_random"):
+        if s.HasField(name):
+            out[name] = getattr(s, name)
+    return out
+
+
+def _chunks(instances: Sequence[PreferenceInstance], size: int) -> Iterator[Sequence[PreferenceInstance]]:
+    for start in range(0, len(instances), size):
+        yield instances[start : start + size]
+
+
+class RouterClient:
+    """Blocking client. ``timeout_s`` is the per-call deadline (propagated downstream)."""
+
+    def __init__(self, address: str, timeout_s: float | None = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        options = [("grpc.max_send_message_length", max_message_bytes), ("grpc.max_receive_message_length", max_message_bytes)]
+        self._channel = grpc.insecure_channel(address, options=options)
+        self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+        self.timeout_s = timeout_s
+
+    def __enter__(self) -> RouterClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def route(self, instances: Sequence[PreferenceInstance], budget: Budget, strategy: str = "", seed: int = 0,
+              *, request_id: str | None = None, **options) -> RouteResult:
+        """Route one batch with ``RouteInstances`` (up to the server's batch limit)."""
+        rid = request_id or uuid.uuid4().hex
+        request = router_pb2.RouteInstancesRequest(
+            instances=instances_to_proto(instances), config=build_config(budget, strategy, seed, **options)
+        )
+        try:
+            resp = self._stub.RouteInstances(request, timeout=self.timeout_s, metadata=(("x-request-id", rid),))
+        except grpc.RpcError as exc:
+            raise RoutingError(exc) from None
+        return RouteResult([decision_from_proto(d) for d in resp.decisions], summary_to_dict(resp.summary), rid)
+
+    def route_stream(self, instances: Sequence[PreferenceInstance], budget: Budget, strategy: str = "", seed: int = 0,
+                     *, request_id: str | None = None, chunk_size: int = STREAM_CHUNK,
+                     on_progress: Callable[[str, int], None] | None = None, **options) -> RouteResult:
+        """Route a batch of any size with ``RouteInstancesStream``.
+
+        ``on_progress(phase, n)`` is called with ("sent", k) per chunk sent and
+        ("received", k) per decision chunk received.
+        """
+        rid = request_id or uuid.uuid4().hex
+        config = build_config(budget, strategy, seed, **options)
+
+        def requests() -> Iterator[router_pb2.RouteStreamRequest]:
+            yield router_pb2.RouteStreamRequest(config=config)
+            for chunk in _chunks(instances, chunk_size):
+                yield router_pb2.RouteStreamRequest(chunk=router_pb2.InstanceChunk(instances=instances_to_proto(chunk)))
+                if on_progress:
+                    on_progress("sent", len(chunk))
+
+        result = RouteResult([], {}, rid)
+        try:
+            for message in self._stub.RouteInstancesStream(requests(), timeout=self.timeout_s, metadata=(("x-request-id", rid),)):
+                if message.WhichOneof("item") == "decisions":
+                    result.decisions.extend(decision_from_proto(d) for d in message.decisions.decisions)
+                    if on_progress:
+                        on_progress("received", len(message.decisions.decisions))
+                else:
+                    result.summary = summary_to_dict(message.summary)
+        except grpc.RpcError as exc:
+            raise RoutingError(exc) from None
+        return result
+
+
+class AsyncRouterClient:
+    """asyncio client with the same API as ``RouterClient``."""
+
+    def __init__(self, address: str, timeout_s: float | None = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        options = [("grpc.max_send_message_length", max_message_bytes), ("grpc.max_receive_message_length", max_message_bytes)]
+        self._channel = grpc.aio.insecure_channel(address, options=options)
+        self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+        self.timeout_s = timeout_s
+
+    async def __aenter__(self) -> AsyncRouterClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def route(self, instances: Sequence[PreferenceInstance], budget: Budget, strategy: str = "", seed: int = 0,
+                    *, request_id: str | None = None, **options) -> RouteResult:
+        rid = request_id or uuid.uuid4().hex
+        request = router_pb2.RouteInstancesRequest(
+            instances=instances_to_proto(instances), config=build_config(budget, strategy, seed, **options)
+        )
+        try:
+            resp = await self._stub.RouteInstances(request, timeout=self.timeout_s, metadata=(("x-request-id", rid),))
+        except grpc.RpcError as exc:
+            raise RoutingError(exc) from None
+        return RouteResult([decision_from_proto(d) for d in resp.decisions], summary_to_dict(resp.summary), rid)
+
+    async def route_stream(self, instances: Sequence[PreferenceInstance], budget: Budget, strategy: str = "",
+                           seed: int = 0, *, request_id: str | None = None, chunk_size: int = STREAM_CHUNK,
+                           **options) -> RouteResult:
+        rid = request_id or uuid.uuid4().hex
+        config = build_config(budget, strategy, seed, **options)
+
+        async def requests() -> AsyncIterator[router_pb2.RouteStreamRequest]:
+            yield router_pb2.RouteStreamRequest(config=config)
+            for chunk in _chunks(instances, chunk_size):
+                yield router_pb2.RouteStreamRequest(chunk=router_pb2.InstanceChunk(instances=instances_to_proto(chunk)))
+
+        result = RouteResult([], {}, rid)
+        try:
+            async for message in self._stub.RouteInstancesStream(requests(), timeout=self.timeout_s, metadata=(("x-request-id", rid),)):
+                if message.WhichOneof("item") == "decisions":
+                    result.decisions.extend(decision_from_proto(d) for d in message.decisions.decisions)
+                else:
+                    result.summary = summary_to_dict(message.summary)
+        except grpc.RpcError as exc:
+            raise RoutingError(exc) from None
+        return result

@@ -1,0 +1,71 @@
+"""The one place where domain exceptions become gRPC statuses (with rich details)."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from hybridpref.common.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, NotReady
+
+
+def status_for(exc: BaseException) -> grpc.Status | None:
+    """A ``grpc.Status`` (code, message, trailing metadata with details) for a domain
+    exception, or ``None`` when it is not one (an internal bug)."""
+    if isinstance(exc, InvalidInput):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in exc.violations
+            ]
+        )
+        return _status(code_pb2.INVALID_ARGUMENT, str(exc), bad_request)
+    if isinstance(exc, NotReady):
+        return _status(code_pb2.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, BackendUnavailable):
+        detail = None
+        if exc.retry_after_s is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
+            detail = error_details_pb2.RetryInfo(retry_delay=delay)
+        return _status(code_pb2.UNAVAILABLE, str(exc), detail)
+    if isinstance(exc, DeadlineExceeded):
+        return _status(code_pb2.DEADLINE_EXCEEDED, str(exc))
+    return None
+
+
+def _status(code: int, message: str, detail=None) -> grpc.Status:
+    proto = status_pb2.Status(code=code, message=message)
+    if detail is not None:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        proto.details.append(packed)
+    return rpc_status.to_status(proto)
+
+
+def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """Client side: the (field, description) pairs of an INVALID_ARGUMENT error."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    out: list[tuple[str, str]] = []
+    if status is None:
+        return out
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out.extend((v.field, v.description) for v in bad.field_violations)
+    return out
+
+
+def retry_delay_s(error: grpc.RpcError) -> float | None:
+    """Client side: the server's suggested retry delay, if it sent one."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToNanoseconds() / 1e9
+    return None

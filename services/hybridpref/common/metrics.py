@@ -1,0 +1,51 @@
+"""Prometheus metrics shared by every service (labelled by ``service``), served on an
+HTTP ``/metrics`` port separate from the gRPC port.
+
+One ``Metrics`` object per registry; ``Metrics.default()`` is the process's. Several
+services in one process (the embedded stack, tests) share it and differ by label.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY):
+        self.registry = registry
+        self.requests = Counter(
+            "hybridpref_rpc_requests", "RPCs handled, by final status code.",
+            ["service", "method", "code"], registry=registry,
+        )
+        self.latency = Histogram(
+            "hybridpref_rpc_latency_seconds", "RPC handling time in seconds.",
+            ["service", "method"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.in_flight = Gauge(
+            "hybridpref_rpc_in_flight", "RPCs being handled now.", ["service", "method"], registry=registry,
+        )
+        self.instances = Counter(
+            "hybridpref_instances", "Instances processed.", ["service", "method"], registry=registry,
+        )
+        self.model_ready = Gauge(
+            "hybridpref_model_ready", "1 once the service's models are loaded.", ["service"], registry=registry,
+        )
+        self.routed = Counter(
+            "hybridpref_routed_instances", "Routing decisions, by route and strategy.",
+            ["route", "strategy"], registry=registry,
+        )
+
+    @staticmethod
+    @lru_cache(maxsize=1)
+    def default() -> Metrics:
+        return Metrics(REGISTRY)
+
+
+def start_metrics_server(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> int:
+    """Serve ``/metrics`` over HTTP in a daemon thread; returns the bound port (0 -> ephemeral)."""
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return int(server.server_address[1])

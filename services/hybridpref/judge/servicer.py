@@ -1,0 +1,86 @@
+"""Thin gRPC servicer over the judge core (``hybridpref.judge.core.Judge``)."""
+
+from __future__ import annotations
+
+from hybridpref.common.channels import remaining_timeout
+from hybridpref.common.convert import instances_from_proto
+from hybridpref.common.executors import CoreExecutor
+from hybridpref.common.instances import PositionMode, validate_instances
+from hybridpref.common.metrics import Metrics
+from hybridpref.common.server import ServiceHandle
+from hybridpref.common.settings import Settings
+from hybridpref.v1 import judge_pb2, judge_pb2_grpc
+
+SERVICE_NAME = judge_pb2.DESCRIPTOR.services_by_name["JudgeService"].full_name
+
+
+def build_judge(settings: Settings):
+    """The judge core configured from settings (backend and its options)."""
+    from hybridpref.judge.core import Judge
+
+    if settings.judge_backend == "openai":
+        options = {
+            "base_url": settings.judge_openai_base_url,
+            "model": settings.judge_openai_model,
+            "api_key_file": settings.judge_openai_api_key_file,
+            "concurrency": settings.judge_openai_concurrency,
+        }
+    elif settings.judge_backend == "replay":
+        options = {"judge_name": settings.judge_replay_key}
+    else:
+        options = {"model_path": settings.judge_model_path} if settings.judge_model_path else {}
+    return Judge.from_config(settings.judge_backend, default_template=settings.judge_template, **options)
+
+
+class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self._settings = settings
+        self._metrics = metrics
+        self.judge = build_judge(settings)
+        self._executor = CoreExecutor("judge")
+
+    async def JudgeInstances(self, request, context):
+        instances = instances_from_proto(request.instances)
+        validate_instances(instances, self._settings.max_batch)
+        judgements = await self._executor.run(
+            self.judge.judge,
+            instances,
+            mode=PositionMode(request.position_mode),
+            template=request.template or None,
+            seed=request.seed,
+            replay_judge=request.replay_judge or None,
+            deadline_s=remaining_timeout(context),
+        )
+        self._metrics.instances.labels("judge", "JudgeInstances").inc(len(instances))
+        return judge_pb2.JudgeInstancesResponse(judgements=[to_proto(j) for j in judgements])
+
+    async def JudgeInstancesStream(self, request_iterator, context):
+        async for request in request_iterator:
+            yield await self.JudgeInstances(request, context)
+
+    async def close(self) -> None:
+        self._executor.shutdown()
+
+
+def to_proto(j) -> judge_pb2.Judgement:
+    return judge_pb2.Judgement(
+        id=j.id,
+        label=int(j.label),
+        confidence=float(j.confidence),
+        verdict_ab=int(j.verdict_ab),
+        verdict_ba=int(j.verdict_ba),
+        order_inconsistent=bool(j.order_inconsistent),
+        judge_id=j.judge_id,
+        template_version=j.template_version,
+    )
+
+
+def judge_handle(settings: Settings, metrics: Metrics | None = None) -> ServiceHandle:
+    servicer = JudgeServicer(settings, metrics or Metrics.default())
+    return ServiceHandle(
+        name="judge",
+        service_names=(SERVICE_NAME,),
+        register=lambda server: judge_pb2_grpc.add_JudgeServiceServicer_to_server(servicer, server),
+        load=servicer.judge.load,
+        close=servicer.close,
+    )

@@ -1,0 +1,119 @@
+"""Thin gRPC servicer over the predictor core (``hybridpref.predictor.core.Predictor``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hybridpref.common.errors import FieldViolation, InvalidInput, NotReady
+from hybridpref.common.executors import CoreExecutor
+from hybridpref.common.metrics import Metrics
+from hybridpref.common.server import ServiceHandle
+from hybridpref.common.settings import Settings
+from hybridpref.common.vocabulary import NUM_TAGS, VOCABULARY_VERSION
+from hybridpref.v1 import common_pb2, predictor_pb2, predictor_pb2_grpc
+
+SERVICE_NAME = predictor_pb2.DESCRIPTOR.services_by_name["PredictorService"].full_name
+
+
+def counts_matrix(mixes, field: str) -> np.ndarray:
+    """(m, V) float64 from repeated MixVector; every row checked for width."""
+    bad = [FieldViolation(f"{field}[{i}].counts", f"expected {NUM_TAGS} counts, got {len(m.counts)}")
+           for i, m in enumerate(mixes) if len(m.counts) != NUM_TAGS]
+    if bad:
+        raise InvalidInput(bad)
+    return np.array([m.counts for m in mixes], dtype=np.float64).reshape(len(mixes), NUM_TAGS)
+
+
+def tag_matrix(vectors, field: str = "instances") -> np.ndarray:
+    """(n, V) uint8 from repeated TagVector; indices checked against the vocabulary."""
+    out = np.zeros((len(vectors), NUM_TAGS), dtype=np.uint8)
+    bad: list[FieldViolation] = []
+    for i, v in enumerate(vectors):
+        idx = np.fromiter(v.indices, dtype=np.int64, count=len(v.indices))
+        if idx.size and (idx.max() >= NUM_TAGS):
+            bad.append(FieldViolation(f"{field}[{i}].indices", f"tag index {int(idx.max())} >= vocabulary size {NUM_TAGS}"))
+            continue
+        out[i, idx] = 1
+    if bad:
+        raise InvalidInput(bad)
+    return out
+
+
+def check_vocabulary(version: str) -> None:
+    if version and version != VOCABULARY_VERSION:
+        raise NotReady(f"caller uses vocabulary {version!r}, this predictor serves {VOCABULARY_VERSION!r}")
+
+
+class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
+    def __init__(self, settings: Settings, metrics: Metrics):
+        from hybridpref.predictor.core import Predictor
+
+        self._settings = settings
+        self._metrics = metrics
+        self.predictor = Predictor()
+        self._executor = CoreExecutor("predictor", workers=2)
+
+    def load(self) -> None:
+        from hybridpref.predictor.core import default_bundle_path
+
+        path = Path(self._settings.bundle_path) if self._settings.bundle_path else default_bundle_path()
+        self.predictor.load(path)
+
+    async def ScoreMixes(self, request, context):
+        check_vocabulary(request.vocabulary_version)
+        counts = counts_matrix(request.mixes, "mixes")
+        scores = await self._executor.run(self.predictor.score, counts, int(request.pool_size))
+        self._metrics.instances.labels("predictor", "ScoreMixes").inc(len(scores))
+        return predictor_pb2.ScoreMixesResponse(scores=scores.tolist(), bundle_version=self.predictor.info().bundle_version)
+
+    async def ScoreMixesStream(self, request_iterator, context):
+        async for request in request_iterator:
+            yield await self.ScoreMixes(request, context)
+
+    async def InstanceGains(self, request, context):
+        check_vocabulary(request.vocabulary_version)
+        tags = tag_matrix(request.instances)
+        current = counts_matrix([request.current], "current")[0] if len(request.current.counts) else None
+        gains, current_score, explanations = await self._executor.run(
+            self.predictor.gains, tags, current, int(request.pool_size), int(request.explain_top_k)
+        )
+        out = predictor_pb2.InstanceGainsResponse(
+            gains=np.asarray(gains).tolist(), current_score=float(current_score),
+            bundle_version=self.predictor.info().bundle_version,
+        )
+        for top in explanations:
+            out.explanations.add(top_tags=[common_pb2.TagContribution(tag=t, contribution=c) for t, c in top])
+        return out
+
+    async def GetModelInfo(self, request, context):
+        info = self.predictor.info()
+        return predictor_pb2.ModelInfo(
+            loaded=info.loaded, bundle_version=info.bundle_version, bundle_path=info.bundle_path,
+            vocabulary=common_pb2.TagVocabulary(version=info.vocabulary_version, tags=info.vocabulary),
+            model_kind=info.model_kind, metrics=info.metrics, data_fingerprint=info.data_fingerprint,
+            status_message=info.status_message,
+        )
+
+    async def close(self) -> None:
+        self._executor.shutdown()
+
+
+def predictor_handle(settings: Settings, metrics: Metrics | None = None) -> ServiceHandle:
+    servicer = PredictorServicer(settings, metrics or Metrics.default())
+
+    def load() -> None:
+        try:
+            servicer.load()
+        except NotReady:  # no usable bundle: serve, but answer FAILED_PRECONDITION (info says why)
+            pass
+
+    return ServiceHandle(
+        name="predictor",
+        service_names=(SERVICE_NAME,),
+        register=lambda server: predictor_pb2_grpc.add_PredictorServiceServicer_to_server(servicer, server),
+        load=load,
+        ready=lambda: servicer.predictor.ready,
+        close=servicer.close,
+    )

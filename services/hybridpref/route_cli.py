@@ -1,0 +1,118 @@
+"""``hybridpref route``: route a JSONL batch against a router, or an embedded stack."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import threading
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+from hybridpref.common.errors import FieldViolation, InvalidInput
+from hybridpref.common.instances import iter_jsonl
+from hybridpref.common.settings import Settings
+
+
+def cmd_route(args) -> int:
+    from rich.console import Console
+    from hybridpref_client import RouterClient, RoutingError, write_decisions
+
+    from hybridpref.cli import SAMPLE_BATCH, parse_budget
+
+    path = args.input or SAMPLE_BATCH
+    if not Path(path).exists():
+        raise InvalidInput(FieldViolation("--input", f"no such file: {path}"))
+    rows = list(iter_jsonl(str(path)))
+    lines = [lineno for lineno, _ in rows]
+    instances = [inst for _, inst in rows]
+    budget = parse_budget(args.budget)
+    console = Console(stderr=True)
+    console.print(f"routing {len(instances)} instances from {path} (budget {args.budget})")
+    with _router(args, console) as address, RouterClient(address, timeout_s=args.timeout) as client:
+        try:
+            with _progress(console, len(instances)) as advance:
+                result = client.route_stream(instances, budget, args.strategy, args.seed,
+                                             replay_judge=args.replay_judge, on_progress=advance)
+        except RoutingError as exc:
+            if exc.violations:
+                raise InvalidInput([_to_line(field, text, lines) for field, text in exc.violations]) from None
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print_summary(console, result)
+    if args.output:
+        write_decisions(args.output, result)
+        console.print(f"wrote {len(result.decisions)} decisions to {args.output}")
+    return 0
+
+
+def _to_line(field: str, text: str, lines: list[int]) -> FieldViolation:
+    """``instances[3].response_a`` -> ``line 5.response_a`` (the input file's line)."""
+    match = re.match(r"instances\[(\d+)\](.*)", field)
+    if match and int(match.group(1)) < len(lines):
+        return FieldViolation(f"line {lines[int(match.group(1))]}{match.group(2)}", text)
+    return FieldViolation(field, text)
+
+
+@contextmanager
+def _router(args, console):
+    """The router address: the given one, or an embedded stack run in a background thread."""
+    if args.router:
+        yield args.router
+        return
+    from hybridpref.stack import start_embedded_stack
+
+    overrides = {"judge_backend": args.judge_backend} if args.judge_backend else {}
+    settings = Settings(**overrides)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    console.print("starting an embedded stack (tagger, judge, predictor, router) on loopback; loading models...")
+    stack = asyncio.run_coroutine_threadsafe(start_embedded_stack(settings), loop).result()
+    try:
+        yield stack.router_address
+    finally:
+        asyncio.run_coroutine_threadsafe(stack.stop(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+
+
+@contextmanager
+def _progress(console, total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        sent = progress.add_task("sent", total=total)
+        received = progress.add_task("routed", total=total)
+
+        def advance(phase: str, n: int) -> None:
+            progress.advance(sent if phase == "sent" else received, n)
+
+        yield advance
+
+
+def print_summary(console, result) -> None:
+    from rich.table import Table
+
+    s = result.summary
+    table = Table(title=f"routing summary (request {s.get('request_id') or result.request_id})")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    table.add_row("strategy", s.get("strategy", ""))
+    table.add_row("bundle", s.get("bundle_version", "") or "-")
+    table.add_row("to humans", str(s.get("human_count", 0)))
+    table.add_row("to LM judge", str(s.get("lm_count", 0)))
+    table.add_row("human cost", f"{s.get('human_cost', 0.0):.1f}")
+    for key, label in (("predicted_score", "predicted score (chosen)"), ("predicted_all_human", "predicted, all human"),
+                       ("predicted_all_lm", "predicted, all LM"), ("predicted_random", "predicted, random same budget")):
+        if key in s:
+            table.add_row(label, f"{s[key]:.4f}")
+    labels = Counter(d.lm_label for d in result.decisions if d.route == "LM")
+    table.add_row("LM labels", ", ".join(f"{k}={v}" for k, v in sorted(labels.items(), key=lambda kv: str(kv[0]))) or "-")
+    inconsistent = sum(d.judge_order_inconsistent for d in result.decisions)
+    table.add_row("judge order-inconsistent", str(inconsistent))
+    for stage, seconds in sorted(s.get("stage_seconds", {}).items()):
+        table.add_row(f"time: {stage}", f"{seconds:.2f} s")
+    console.print(table)

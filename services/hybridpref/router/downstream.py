@@ -1,0 +1,175 @@
+"""The router's view of its three downstream services, over gRPC.
+
+Each call forwards the request id and the caller's remaining deadline. The
+predictor client is synchronous on purpose: the routing strategies are plain,
+CPU-bound functions run in a worker thread, and they call the predictor from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from hybridpref.common.channels import call_metadata, open_channel
+from hybridpref.common.convert import instances_to_proto
+from hybridpref.common.errors import BackendUnavailable, DeadlineExceeded, NotReady
+from hybridpref.common.instances import PositionMode, PreferenceInstance
+from hybridpref.common.settings import Settings
+from hybridpref.common.vocabulary import LEXICAL_MEASURES, NUM_TAGS, VOCABULARY_VERSION
+from hybridpref.v1 import (
+    judge_pb2,
+    judge_pb2_grpc,
+    predictor_pb2,
+    predictor_pb2_grpc,
+    tagger_pb2,
+    tagger_pb2_grpc,
+)
+
+TAG_CHUNK = 256
+JUDGE_CHUNK = 32
+
+
+def downstream_error(service: str, error: grpc.RpcError) -> Exception:
+    """Map a downstream failure to a domain error the router's caller can act on."""
+    code = error.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"{service}: deadline exceeded")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return NotReady(f"{service}: {error.details()}")
+    from hybridpref.common.grpc_errors import retry_delay_s
+
+    return BackendUnavailable(f"{service} call failed: {code.name}: {error.details()}", retry_after_s=retry_delay_s(error))
+
+
+@dataclass
+class TaggedBatch:
+    tag_matrix: np.ndarray  # uint8 (n, NUM_TAGS)
+    measures: np.ndarray  # float64 (n, len(LEXICAL_MEASURES))
+    analyzer: list[dict[str, str]]
+
+
+@dataclass
+class JudgedBatch:
+    labels: np.ndarray  # int (n,) Label values
+    confidence: np.ndarray  # float64 (n,)
+    inconsistent: np.ndarray  # bool (n,)
+
+
+class TaggerClient:
+    def __init__(self, address: str, settings: Settings):
+        self._channel = open_channel(address, settings)
+        self._stub = tagger_pb2_grpc.TaggerServiceStub(self._channel)
+
+    async def tag(self, instances: Sequence[PreferenceInstance], timeout: float | None) -> TaggedBatch:
+        n = len(instances)
+        out = TaggedBatch(np.zeros((n, NUM_TAGS), np.uint8), np.zeros((n, len(LEXICAL_MEASURES))), [{}] * n)
+        for start in range(0, n, TAG_CHUNK):
+            chunk = instances[start : start + TAG_CHUNK]
+            try:
+                resp = await self._stub.TagInstances(
+                    tagger_pb2.TagInstancesRequest(instances=instances_to_proto(chunk)),
+                    timeout=timeout, metadata=call_metadata(),
+                )
+            except grpc.RpcError as exc:
+                raise downstream_error("tagger", exc) from None
+            if resp.vocabulary_version != VOCABULARY_VERSION:
+                raise NotReady(f"tagger speaks vocabulary {resp.vocabulary_version!r}, router {VOCABULARY_VERSION!r}")
+            for k, item in enumerate(resp.instances):
+                row = start + k
+                out.tag_matrix[row, list(item.tags.indices)] = 1
+                out.measures[row] = [item.measures.get(m, 0.0) for m in LEXICAL_MEASURES]
+                out.analyzer[row] = dict(item.analyzer)
+        return out
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class JudgeClient:
+    def __init__(self, address: str, settings: Settings):
+        self._channel = open_channel(address, settings)
+        self._stub = judge_pb2_grpc.JudgeServiceStub(self._channel)
+
+    async def judge(
+        self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: str, replay_judge: str,
+        seed: int, timeout: float | None,
+    ) -> JudgedBatch:
+        n = len(instances)
+        out = JudgedBatch(np.zeros(n, np.int64), np.zeros(n), np.zeros(n, bool))
+        for start in range(0, n, JUDGE_CHUNK):
+            chunk = instances[start : start + JUDGE_CHUNK]
+            request = judge_pb2.JudgeInstancesRequest(
+                instances=instances_to_proto(chunk), position_mode=int(mode), template=template,
+                replay_judge=replay_judge, seed=seed,
+            )
+            try:
+                resp = await self._stub.JudgeInstances(request, timeout=timeout, metadata=call_metadata())
+            except grpc.RpcError as exc:
+                raise downstream_error("judge", exc) from None
+            if len(resp.judgements) != len(chunk):
+                raise BackendUnavailable(f"judge returned {len(resp.judgements)} judgements for {len(chunk)} instances")
+            for k, j in enumerate(resp.judgements):
+                out.labels[start + k] = j.label
+                out.confidence[start + k] = j.confidence
+                out.inconsistent[start + k] = j.order_inconsistent
+        return out
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class PredictorClient:
+    """Synchronous predictor client that also implements the router's ``MixScorer``."""
+
+    def __init__(self, address: str, settings: Settings, timeout: float | None = None, metadata=()):
+        self._channel = grpc.insecure_channel(address, options=settings.grpc_options())
+        self._stub = predictor_pb2_grpc.PredictorServiceStub(self._channel)
+        self.timeout = timeout
+        self.metadata = metadata
+
+    def bound(self, timeout: float | None, metadata) -> PredictorClient:
+        """A view of this client with one call's deadline and metadata (shares the channel)."""
+        view = object.__new__(PredictorClient)
+        view._channel, view._stub, view.timeout, view.metadata = self._channel, self._stub, timeout, metadata
+        return view
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise downstream_error("predictor", exc) from None
+
+    def info(self) -> predictor_pb2.ModelInfo:
+        return self._call(self._stub.GetModelInfo, predictor_pb2.GetModelInfoRequest())
+
+    def score(self, counts: np.ndarray, pool_size: int) -> np.ndarray:
+        request = predictor_pb2.ScoreMixesRequest(pool_size=pool_size, vocabulary_version=VOCABULARY_VERSION)
+        for row in np.asarray(counts, dtype=np.float64):
+            request.mixes.add(counts=row.tolist())
+        return np.asarray(self._call(self._stub.ScoreMixes, request).scores, dtype=np.float64)
+
+    def gains_explained(
+        self, tag_matrix: np.ndarray, current: np.ndarray | None, pool_size: int, explain_top_k: int = 0
+    ) -> tuple[np.ndarray, float, list[list[tuple[str, float]]]]:
+        request = predictor_pb2.InstanceGainsRequest(
+            pool_size=pool_size, explain_top_k=explain_top_k, vocabulary_version=VOCABULARY_VERSION
+        )
+        if current is not None:
+            request.current.counts.extend(np.asarray(current, dtype=np.float64).tolist())
+        for row in np.asarray(tag_matrix):
+            request.instances.add(indices=np.flatnonzero(row).tolist())
+        resp = self._call(self._stub.InstanceGains, request)
+        explanations = [[(t.tag, t.contribution) for t in e.top_tags] for e in resp.explanations]
+        return np.asarray(resp.gains, dtype=np.float64), resp.current_score, explanations
+
+    def gains(self, tag_matrix: np.ndarray, current: np.ndarray | None, pool_size: int) -> np.ndarray:
+        return self.gains_explained(tag_matrix, current, pool_size)[0]
+
+    def quadratic_form(self):
+        return None  # remote: strategies fall back to batched gains() calls
+
+    def close(self) -> None:
+        self._channel.close()

@@ -1,0 +1,113 @@
+"""Thin gRPC servicer over ``RouterCore``: proto <-> core conversion only."""
+
+from __future__ import annotations
+
+from hybridpref.common import logs
+from hybridpref.common.channels import remaining_timeout
+from hybridpref.common.convert import instances_from_proto
+from hybridpref.common.errors import FieldViolation, InvalidInput
+from hybridpref.common.instances import PositionMode
+from hybridpref.common.metrics import Metrics
+from hybridpref.common.server import ServiceHandle
+from hybridpref.common.settings import Settings
+from hybridpref.router.service import RouteOptions, RouteOutcome, RouterCore
+from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
+
+SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+DECISION_CHUNK = 1000
+
+
+def options_from_proto(config: router_pb2.RouteConfig, default_strategy: str) -> RouteOptions:
+    kind = config.budget.WhichOneof("kind")
+    if kind is None:
+        raise InvalidInput(FieldViolation("config.budget", "required: set fraction, count, cost or auto"))
+    return RouteOptions(
+        budget_kind=kind,
+        budget_value=getattr(config.budget, kind),
+        strategy=config.strategy or default_strategy,
+        seed=config.seed,
+        judge_mode=PositionMode(config.judge_position_mode),
+        judge_template=config.judge_template,
+        replay_judge=config.replay_judge,
+        explain_top_k=config.explain_top_k or 3,
+        simulated_candidates=config.simulated_candidates,
+    )
+
+
+def decisions_to_proto(outcome: RouteOutcome, start: int = 0, stop: int | None = None) -> list[router_pb2.RoutingDecision]:
+    return [
+        router_pb2.RoutingDecision(
+            id=d.id,
+            route=common_pb2.HUMAN if d.human else common_pb2.LM,
+            lm_label=int(d.lm_label),
+            lm_confidence=d.lm_confidence,
+            gain=d.gain,
+            top_tags=[common_pb2.TagContribution(tag=t, contribution=c) for t, c in d.top_tags],
+            judge_order_inconsistent=d.judge_order_inconsistent,
+            human_cost=d.human_cost,
+        )
+        for d in outcome.decisions[start:stop]
+    ]
+
+
+def summary_to_proto(outcome: RouteOutcome) -> router_pb2.RoutingSummary:
+    humans = sum(d.human for d in outcome.decisions)
+    summary = router_pb2.RoutingSummary(
+        strategy=outcome.strategy,
+        bundle_version=outcome.bundle_version,
+        human_count=humans,
+        lm_count=len(outcome.decisions) - humans,
+        human_cost=outcome.human_cost,
+        stage_seconds=outcome.stage_seconds,
+        request_id=logs.current_request_id() or "",
+    )
+    for key, field in (("chosen", "predicted_score"), ("all_human", "predicted_all_human"),
+                       ("all_lm", "predicted_all_lm"), ("random", "predicted_random")):
+        if key in outcome.predicted:
+            setattr(summary, field, outcome.predicted[key])
+    return summary
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings = settings
+        self.core = RouterCore(settings, metrics)
+
+    async def RouteInstances(self, request, context):
+        options = options_from_proto(request.config, self.settings.default_strategy)
+        instances = instances_from_proto(request.instances)
+        outcome = await self.core.route(instances, options, remaining_timeout(context))
+        return router_pb2.RouteInstancesResponse(decisions=decisions_to_proto(outcome), summary=summary_to_proto(outcome))
+
+    async def RouteInstancesStream(self, request_iterator, context):
+        options, instances = None, []
+        index = 0
+        async for message in request_iterator:
+            item = message.WhichOneof("item")
+            if item == "config":
+                if options is not None:
+                    raise InvalidInput(FieldViolation(f"stream[{index}].config", "config sent twice"))
+                options = options_from_proto(message.config, self.settings.default_strategy)
+            elif item == "chunk":
+                if options is None:
+                    raise InvalidInput(FieldViolation(f"stream[{index}]", "the first message must carry config"))
+                instances.extend(instances_from_proto(message.chunk.instances))
+            index += 1
+        if options is None:
+            raise InvalidInput(FieldViolation("stream", "no config message"))
+        outcome = await self.core.route(instances, options, remaining_timeout(context), streaming=True)
+        for start in range(0, len(outcome.decisions), DECISION_CHUNK):
+            chunk = decisions_to_proto(outcome, start, start + DECISION_CHUNK)
+            yield router_pb2.RouteStreamResponse(decisions=router_pb2.DecisionChunk(decisions=chunk))
+        yield router_pb2.RouteStreamResponse(summary=summary_to_proto(outcome))
+
+
+def router_handle(settings: Settings, metrics: Metrics | None = None) -> ServiceHandle:
+    servicer = RouterServicer(settings, metrics or Metrics.default())
+    return ServiceHandle(
+        name="router",
+        service_names=(SERVICE_NAME,),
+        register=lambda server: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server),
+        load=lambda: None,
+        close=servicer.core.close,
+    )

@@ -1,0 +1,88 @@
+"""Thin gRPC servicer over the tagger core (``hybridpref.tagger.core.Tagger``)."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+
+from hybridpref.common.convert import instances_from_proto
+from hybridpref.common.errors import FieldViolation, InvalidInput
+from hybridpref.common.executors import CoreExecutor
+from hybridpref.common.instances import validate_instances
+from hybridpref.common.metrics import Metrics
+from hybridpref.common.server import ServiceHandle
+from hybridpref.common.settings import Settings
+from hybridpref.common.vocabulary import TAG_NAMES, VOCABULARY_VERSION, LEXICAL_MEASURES
+from hybridpref.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc
+
+SERVICE_NAME = tagger_pb2.DESCRIPTOR.services_by_name["TaggerService"].full_name
+PROFILES = ("default", "fast")
+
+
+class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
+    def __init__(self, settings: Settings, metrics: Metrics):
+        from hybridpref.tagger.core import Tagger
+
+        self._settings = settings
+        self._metrics = metrics
+        self._default_profile = settings.tagger_profile
+        self._taggers = {settings.tagger_profile: Tagger.for_profile(settings.tagger_profile)}
+        self._lock = threading.Lock()
+        self._executor = CoreExecutor("tagger")
+
+    def load(self) -> None:
+        self._taggers[self._default_profile].load()
+
+    def _tagger(self, profile: str):
+        from hybridpref.tagger.core import Tagger
+
+        profile = profile or self._default_profile
+        if profile not in PROFILES:
+            raise InvalidInput(FieldViolation("profile", f"unknown profile {profile!r}; expected one of {PROFILES}"))
+        with self._lock:  # other profiles load on first use
+            if profile not in self._taggers:
+                self._taggers[profile] = Tagger.for_profile(profile)
+            return profile, self._taggers[profile]
+
+    async def TagInstances(self, request, context):
+        instances = instances_from_proto(request.instances)
+        validate_instances(instances, self._settings.max_batch)
+        profile, tagger = self._tagger(request.profile)
+        if not tagger.ready:
+            await self._executor.run(tagger.load)
+        batch = await self._executor.run(tagger.tag, instances)
+        self._metrics.instances.labels("tagger", "TagInstances").inc(len(instances))
+        return to_response(batch, profile)
+
+    async def TagInstancesStream(self, request_iterator, context):
+        async for request in request_iterator:
+            yield await self.TagInstances(request, context)
+
+    async def GetVocabulary(self, request, context):
+        return common_pb2.TagVocabulary(version=VOCABULARY_VERSION, tags=TAG_NAMES)
+
+    async def close(self) -> None:
+        self._executor.shutdown()
+
+
+def to_response(batch, profile: str) -> tagger_pb2.TagInstancesResponse:
+    out = tagger_pb2.TagInstancesResponse(vocabulary_version=VOCABULARY_VERSION, profile=profile)
+    for i, inst_id in enumerate(batch.ids):
+        item = out.instances.add(id=inst_id, truncated=bool(batch.truncated[i]))
+        item.tags.indices.extend(int(j) for j in batch.tag_matrix[i].nonzero()[0])
+        item.measures.update({name: float(batch.measures[i, k]) for k, name in enumerate(LEXICAL_MEASURES)})
+        item.analyzer.update(batch.analyzer[i])
+        item.notes.extend(batch.notes[i])
+    return out
+
+
+def tagger_handle(settings: Settings, metrics: Metrics | None = None) -> ServiceHandle:
+    servicer = TaggerServicer(settings, metrics or Metrics.default())
+    return ServiceHandle(
+        name="tagger",
+        service_names=(SERVICE_NAME,),
+        register=lambda server: tagger_pb2_grpc.add_TaggerServiceServicer_to_server(servicer, server),
+        load=servicer.load,
+        close=servicer.close,
+    )
