@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sys
-import threading
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,21 +59,17 @@ def _router(args, console):
     if args.router:
         yield args.router
         return
-    from hybridpref.stack import start_embedded_stack
+    from hybridpref.stack import BackgroundLoop, start_embedded_stack
 
     overrides = {"judge_backend": args.judge_backend} if args.judge_backend else {}
-    settings = Settings(**overrides)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
+    background = BackgroundLoop()
     console.print("starting an embedded stack (tagger, judge, predictor, router) on loopback; loading models...")
-    stack = asyncio.run_coroutine_threadsafe(start_embedded_stack(settings), loop).result()
+    stack = background.run(start_embedded_stack(Settings(**overrides)))
     try:
         yield stack.router_address
     finally:
-        asyncio.run_coroutine_threadsafe(stack.stop(), loop).result()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
+        background.run(stack.stop())
+        background.close()
 
 
 @contextmanager

@@ -152,3 +152,22 @@ def run_up(settings: Settings, *, timeout_s: float = 600.0, on_ready: Callable[[
                 p.kill()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class BackgroundLoop:
+    """An event loop in a daemon thread, for running services beside blocking code
+    (the CLI's embedded stack, tests that use the blocking client)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="hybridpref-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)

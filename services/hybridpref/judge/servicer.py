@@ -22,13 +22,13 @@ def build_judge(settings: Settings):
         options = {
             "base_url": settings.judge_openai_base_url,
             "model": settings.judge_openai_model,
-            "api_key_file": settings.judge_openai_api_key_file,
+            **({"api_key_file": settings.judge_openai_api_key_file} if settings.judge_openai_api_key_file else {}),
             "concurrency": settings.judge_openai_concurrency,
         }
     elif settings.judge_backend == "replay":
-        options = {"judge_name": settings.judge_replay_key}
+        options = {"default_judge": settings.judge_replay_key}
     else:
-        options = {"model_path": settings.judge_model_path} if settings.judge_model_path else {}
+        options = {"model": settings.judge_model_path} if settings.judge_model_path else {}
     return Judge.from_config(settings.judge_backend, default_template=settings.judge_template, **options)
 
 

@@ -60,8 +60,15 @@ class JudgedBatch:
 
 class TaggerClient:
     def __init__(self, address: str, settings: Settings):
-        self._channel = open_channel(address, settings)
-        self._stub = tagger_pb2_grpc.TaggerServiceStub(self._channel)
+        self._address, self._settings = address, settings
+        self._channel: grpc.aio.Channel | None = None
+
+    @property
+    def _stub(self) -> tagger_pb2_grpc.TaggerServiceStub:
+        # aio channels bind to the running loop: open on first use, inside the server's loop.
+        if self._channel is None:
+            self._channel = open_channel(self._address, self._settings)
+        return tagger_pb2_grpc.TaggerServiceStub(self._channel)
 
     async def tag(self, instances: Sequence[PreferenceInstance], timeout: float | None) -> TaggedBatch:
         n = len(instances)
@@ -85,13 +92,21 @@ class TaggerClient:
         return out
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
 
 
 class JudgeClient:
     def __init__(self, address: str, settings: Settings):
-        self._channel = open_channel(address, settings)
-        self._stub = judge_pb2_grpc.JudgeServiceStub(self._channel)
+        self._address, self._settings = address, settings
+        self._channel: grpc.aio.Channel | None = None
+
+    @property
+    def _stub(self) -> judge_pb2_grpc.JudgeServiceStub:
+        # aio channels bind to the running loop: open on first use, inside the server's loop.
+        if self._channel is None:
+            self._channel = open_channel(self._address, self._settings)
+        return judge_pb2_grpc.JudgeServiceStub(self._channel)
 
     async def judge(
         self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: str, replay_judge: str,
@@ -118,7 +133,8 @@ class JudgeClient:
         return out
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
 
 
 class PredictorClient:

@@ -208,7 +208,7 @@ def _supplied_costs(instances: Sequence[PreferenceInstance]) -> np.ndarray | Non
 
 def _cost_inputs(tagged: TaggedBatch) -> dict[str, np.ndarray]:
     col = {m: i for i, m in enumerate(LEXICAL_MEASURES)}
-    expertise = np.array([a.get("expertise_level", "") for a in tagged.analyzer], dtype=object)
+    expertise = budgets.expertise_levels_from_tags(tagged.tag_matrix)
     return {
         "prompt_tokens": tagged.measures[:, col["prompt_len"]],
         "response_tokens": tagged.measures[:, col["len_shorter"]] + tagged.measures[:, col["len_longer"]],

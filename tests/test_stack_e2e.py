@@ -1,0 +1,186 @@
+"""All four services on loopback, talking real gRPC: router -> tagger -> judge -> predictor.
+
+The stack here uses the tagger's ``fast`` profile and the judge's ``replay`` backend
+(labels recorded in the sample batch) so it loads in seconds; the embedded LM judge
+and the default tagger profile have their own tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import grpc
+import pytest
+
+from hybridpref.common.instances import Label, read_jsonl
+from hybridpref.common.settings import Settings
+from hybridpref_client import Cost, RouterClient, RoutingError
+
+from conftest import ROOT
+
+SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
+
+
+@pytest.fixture(scope="module")
+def stack(background_loop, log_capture):
+    from hybridpref.stack import start_embedded_stack
+
+    settings = Settings(tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4", default_strategy="greedy")
+    running = background_loop.run(start_embedded_stack(settings, metrics=True), timeout=300)
+    yield running
+    background_loop.run(running.stop(0.5))
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return read_jsonl(str(SAMPLE))
+
+
+@pytest.fixture()
+def client(stack):
+    with RouterClient(stack.router_address, timeout_s=120) as c:
+        yield c
+
+
+def test_random_routes_the_budget_and_replays_recorded_labels(client, sample):
+    result = client.route(sample, budget=0.25, strategy="random", seed=3)
+    humans = [d for d in result.decisions if d.route == "HUMAN"]
+    assert len(humans) == round(0.25 * len(sample))
+    assert [d.id for d in result.decisions] == [i.id for i in sample]
+    recorded = {i.id: i.lm_labels["gpt4"] for i in sample}
+    for d in result.decisions:
+        if d.route == "LM":
+            assert d.lm_label == recorded[d.id].name
+        else:
+            assert d.lm_label is None  # judge calls only for instances that need them
+    assert result.summary["human_count"] == len(humans) and result.summary["lm_count"] == len(sample) - len(humans)
+    assert {"tag", "route", "judge"} <= set(result.summary["stage_seconds"])
+
+
+def test_same_seed_same_decisions_other_seed_differs(client, sample):
+    routes = lambda seed: [d.route for d in client.route(sample, budget=0.5, strategy="random", seed=seed).decisions]  # noqa: E731
+    assert routes(11) == routes(11)
+    assert routes(11) != routes(12)
+
+
+@pytest.mark.parametrize(("strategy", "humans"), [("all_human", 1.0), ("all_lm", 0.0)])
+def test_baselines(client, sample, strategy, humans):
+    result = client.route(sample, budget=0.3, strategy=strategy)
+    assert sum(d.route == "HUMAN" for d in result.decisions) == round(humans * len(sample))
+
+
+def test_greedy_uses_the_predictor_and_explains(client, sample):
+    result = client.route(sample, budget=0.25, strategy="greedy", seed=1)
+    s = result.summary
+    assert s["bundle_version"] and s["human_count"] == round(0.25 * len(sample))
+    for key in ("predicted_score", "predicted_all_human", "predicted_all_lm", "predicted_random"):
+        assert key in s, key
+    # greedy maximises the predicted score: it must not lose to the mean random mix of the same size
+    assert s["predicted_score"] >= s["predicted_random"] - 1e-9
+    assert all(d.top_tags for d in result.decisions)
+    assert any(d.gain != 0 for d in result.decisions)
+
+
+def test_cost_budget_and_streaming_match_unary(client, sample):
+    unary = client.route(sample, budget=Cost(200.0), strategy="greedy", seed=5)
+    assert 0 < unary.summary["human_cost"] <= 200.0
+    streamed = client.route_stream(sample, budget=Cost(200.0), strategy="greedy", seed=5, chunk_size=7)
+    assert [(d.id, d.route, d.lm_label) for d in streamed.decisions] == [(d.id, d.route, d.lm_label) for d in unary.decisions]
+
+
+def test_request_id_reaches_every_service_log(client, sample, log_capture):
+    client.route(sample[:8], budget=0.5, strategy="greedy", request_id="req-e2e-42")
+    services = {r.get("service") for r in log_capture.records() if r.get("request_id") == "req-e2e-42"}
+    assert {"router", "tagger", "judge", "predictor"} <= services
+
+
+def test_tiny_deadline_is_deadline_exceeded(stack, sample):
+    with RouterClient(stack.router_address, timeout_s=0.001) as hurried, pytest.raises(RoutingError) as err:
+        hurried.route(sample, budget=0.25, strategy="random")
+    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_metrics_of_each_service_after_a_call(stack, client, sample):
+    client.route(sample[:4], budget=0.5, strategy="greedy")
+    for name, method in (("router", "RouteInstances"), ("tagger", "TagInstances"), ("judge", "JudgeInstances"),
+                         ("predictor", "InstanceGains")):
+        port = stack.services[name].metrics_port
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert f'hybridpref_rpc_requests_total{{code="OK",method="{method}",service="{name}"}}' in body, name
+
+
+def test_cli_route_against_running_router(stack, tmp_path):
+    out = tmp_path / "routed.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "hybridpref.cli", "route", "--input", str(SAMPLE), "--budget", "count:5",
+         "--strategy", "random", "--router", stack.router_address, "--output", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sum(r["route"] == "HUMAN" for r in rows) == 5 and "routing summary" in proc.stderr
+
+
+def test_cli_names_line_and_field_for_bad_rows(stack, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    good = {"id": "1", "prompt": "p", "response_a": "a", "response_b": "b"}
+    bad.write_text("\n".join(json.dumps(r) for r in (good, {**good, "id": "2"}, {**good, "id": "1"})) + "\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "hybridpref.cli", "route", "--input", str(bad), "--budget", "0.5",
+         "--router", stack.router_address], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "error: line 3.id: duplicate id" in proc.stderr and "Traceback" not in proc.stderr
+    bad.write_text(json.dumps({**good, "response_b": "   "}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "hybridpref.cli", "route", "--input", str(bad), "--budget", "2.0",
+                           "--router", stack.router_address], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "line 1.response_b: empty response" in proc.stderr
+    assert "config.budget.fraction" in proc.stderr
+
+
+def _free_port_base() -> int:
+    for base in range(42000, 60000, 211):
+        ports = [base + o for o in (0, 1, 2, 3, 100, 101, 102, 103)]
+        ok = True
+        for p in ports:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+        if ok:
+            return base
+    raise RuntimeError("no free ports")
+
+
+def test_up_starts_all_four_and_stops_cleanly_on_sigterm():
+    base = _free_port_base()
+    env = dict(os.environ, HYBRIDPREF_TAGGER_PROFILE="fast", HYBRIDPREF_JUDGE_BACKEND="replay", HYBRIDPREF_GRACE_PERIOD_S="2")
+    proc = subprocess.Popen([sys.executable, "-m", "hybridpref.cli", "up", "--port-base", str(base), "--timeout", "240"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "all SERVING" in line, line
+        with RouterClient(f"127.0.0.1:{base}", timeout_s=60) as client:
+            result = client.route(read_jsonl(str(SAMPLE))[:6], budget=0.5, strategy="random", replay_judge="gpt4")
+        assert len(result.decisions) == 6
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        time.sleep(0.2)
+        with socket.socket() as s:  # the router's port is free again: every child exited
+            s.bind(("127.0.0.1", base))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_lm_labels_are_five_level_names(client, sample):
+    result = client.route(sample, budget=0.0, strategy="random")
+    assert {d.lm_label for d in result.decisions} <= {label.name for label in Label if label != Label.UNSPECIFIED}
