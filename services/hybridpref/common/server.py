@@ -110,6 +110,7 @@ async def start_service(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     m_port = settings.metrics_port_for(handle.name) if metrics_port is None else metrics_port
     bound_metrics = start_metrics_server(m_port, settings.host, metrics.registry) if m_port >= 0 else None
+    metrics.model_ready.labels(handle.name).set(0)  # exported from the start, so "never loaded" is visible
     running = RunningService(handle, server, bound, bound_metrics, health_servicer, asyncio.Event())
     running._load_task = asyncio.create_task(_load(running, metrics))
     log.info("service_started", service=handle.name, port=bound, metrics_port=bound_metrics)
@@ -126,10 +127,14 @@ async def _load(running: RunningService, metrics: Metrics) -> None:
         running.loaded.set()
         return
     loop = asyncio.get_running_loop()
-    handle.on_health_change.append(lambda: asyncio.run_coroutine_threadsafe(running.refresh_health(), loop))
+
+    async def refresh() -> None:
+        await running.refresh_health()
+        metrics.model_ready.labels(handle.name).set(1 if handle.ready() else 0)
+
+    handle.on_health_change.append(lambda: asyncio.run_coroutine_threadsafe(refresh(), loop))
     await running.health.set("", health_pb2.HealthCheckResponse.SERVING)
-    await running.refresh_health()
-    metrics.model_ready.labels(handle.name).set(1 if handle.ready() else 0)
+    await refresh()
     running.loaded.set()
     log.info("service_serving", service=handle.name, ready=handle.ready())
 

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     predictor_address: str = f"127.0.0.1:{DEFAULT_PORTS['predictor']}"
     # Predictor: bundle to serve; None = the bundle packaged with hybridpref.
     bundle_path: str | None = None
+    # Predictor: seconds between checks of the bundle folder for a new bundle (hot reload); 0 = off.
+    bundle_watch_s: float = Field(10.0, ge=0)
     # Tagger.
     tagger_profile: str = "default"
     # Judge.

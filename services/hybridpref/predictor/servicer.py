@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
+import structlog
 
 from hybridpref.common.errors import FieldViolation, InvalidInput, NotReady
 from hybridpref.common.executors import CoreExecutor
@@ -14,6 +16,7 @@ from hybridpref.common.settings import Settings
 from hybridpref.common.vocabulary import NUM_TAGS, VOCABULARY_VERSION
 from hybridpref.v1 import common_pb2, predictor_pb2, predictor_pb2_grpc
 
+log = structlog.get_logger()
 SERVICE_NAME = predictor_pb2.DESCRIPTOR.services_by_name["PredictorService"].full_name
 
 
@@ -55,11 +58,14 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
         self.predictor = Predictor()
         self._executor = CoreExecutor("predictor", workers=2)
 
-    def load(self) -> None:
+    @property
+    def bundle_path(self) -> Path:
         from hybridpref.predictor.core import default_bundle_path
 
-        path = Path(self._settings.bundle_path) if self._settings.bundle_path else default_bundle_path()
-        self.predictor.load(path)
+        return Path(self._settings.bundle_path) if self._settings.bundle_path else default_bundle_path()
+
+    def load(self) -> None:
+        self.predictor.load(self.bundle_path)
 
     async def ScoreMixes(self, request, context):
         check_vocabulary(request.vocabulary_version)
@@ -100,14 +106,65 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
         self._executor.shutdown()
 
 
+def bundle_signature(path: Path) -> tuple:
+    """What changes when a bundle is replaced: the resolved folder (a ``current`` symlink
+    repointed) and its files' sizes and mtimes (a folder rewritten in place)."""
+    try:
+        real = path.resolve()
+        return (str(real), tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in real.iterdir())))
+    except OSError:
+        return ("missing", str(path))
+
+
+class BundleWatcher:
+    """Hot reload: poll the bundle folder and load a new bundle when it changes.
+
+    In-flight calls finish on the old bundle (the core swaps snapshots atomically); a
+    bad new bundle is refused and the old one keeps serving (the log says why)."""
+
+    def __init__(self, servicer: PredictorServicer, interval_s: float, on_change: list):
+        self._servicer, self._interval_s, self._on_change = servicer, interval_s, on_change
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bundle-watcher", daemon=True)
+        self._seen = bundle_signature(servicer.bundle_path)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            signature = bundle_signature(self._servicer.bundle_path)
+            if signature == self._seen:
+                continue
+            self._seen = signature
+            try:
+                self._servicer.load()
+                log.info("bundle_reloaded", bundle_version=self._servicer.predictor.info().bundle_version)
+            except NotReady as exc:
+                log.error("bundle_reload_refused", error=str(exc))
+            for callback in self._on_change:
+                callback()
+
+
 def predictor_handle(settings: Settings, metrics: Metrics | None = None) -> ServiceHandle:
     servicer = PredictorServicer(settings, metrics or Metrics.default())
+    on_health_change: list = []
+    watcher = BundleWatcher(servicer, settings.bundle_watch_s, on_health_change)
 
     def load() -> None:
         try:
             servicer.load()
-        except NotReady:  # no usable bundle: serve, but answer FAILED_PRECONDITION (info says why)
-            pass
+        except NotReady as exc:  # no usable bundle: serve, but answer FAILED_PRECONDITION (info says why)
+            log.error("bundle_not_loaded", error=str(exc))
+        if settings.bundle_watch_s > 0:
+            watcher.start()
+
+    async def close() -> None:
+        watcher.stop()
+        await servicer.close()
 
     return ServiceHandle(
         name="predictor",
@@ -115,5 +172,6 @@ def predictor_handle(settings: Settings, metrics: Metrics | None = None) -> Serv
         register=lambda server: predictor_pb2_grpc.add_PredictorServiceServicer_to_server(servicer, server),
         load=load,
         ready=lambda: servicer.predictor.ready,
-        close=servicer.close,
+        close=close,
+        on_health_change=on_health_change,
     )

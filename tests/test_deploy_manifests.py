@@ -1,0 +1,520 @@
+"""Static checks of deploy/: Kubernetes manifests, kustomize layout, alerts, dashboard, Dockerfile.
+
+These hold the manifests to the settings/metrics contract the services implement (ports, env var
+names, metric names) without a cluster. Where ``kubectl`` is installed, the overlays are also rendered
+with ``kubectl kustomize`` and the rendered objects are checked.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hybridpref.common.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+BASE = K8S / "base"
+
+# The contract (brief / docs/operations.md): gRPC and metrics port per service.
+PORTS = {"router": (50050, 9150), "tagger": (50051, 9151), "judge": (50052, 9152), "predictor": (50053, 9153)}
+HPA_SERVICES = {"router", "tagger", "judge"}
+SETTINGS = {
+    "HYBRIDPREF_HOST", "HYBRIDPREF_PORT", "HYBRIDPREF_METRICS_PORT", "HYBRIDPREF_TAGGER_ADDRESS",
+    "HYBRIDPREF_JUDGE_ADDRESS", "HYBRIDPREF_PREDICTOR_ADDRESS", "HYBRIDPREF_BUNDLE_PATH",
+    "HYBRIDPREF_TAGGER_PROFILE", "HYBRIDPREF_JUDGE_BACKEND", "HYBRIDPREF_JUDGE_OPENAI_BASE_URL",
+    "HYBRIDPREF_JUDGE_OPENAI_MODEL", "HYBRIDPREF_JUDGE_OPENAI_API_KEY_FILE", "HYBRIDPREF_GRACE_PERIOD_S",
+    "HYBRIDPREF_MAX_MESSAGE_MB", "HYBRIDPREF_MAX_BATCH", "HYBRIDPREF_LOG_LEVEL", "HYBRIDPREF_LOG_FORMAT",
+    "HYBRIDPREF_CACHE_DIR", "HYBRIDPREF_CPUS",
+}
+METRICS = {
+    "hybridpref_rpc_requests_total", "hybridpref_rpc_latency_seconds", "hybridpref_rpc_in_flight",
+    "hybridpref_instances_total", "hybridpref_model_ready", "hybridpref_routed_instances_total",
+}
+HISTOGRAMS = {"hybridpref_rpc_latency_seconds"}
+METRIC_LABELS = {"service", "method", "code", "route", "strategy", "le", "namespace", "pod", "job", "instance"}
+KUSTOMIZE_PATH_FIELDS = ("resources", "components")
+# What the code really reads: the Settings fields, plus the two runtime.py reads directly.
+READ_BY_CODE = {f"HYBRIDPREF_{name.upper()}" for name in Settings.model_fields} | {"HYBRIDPREF_CPUS", "HYBRIDPREF_CACHE_DIR"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _yaml_files() -> list[Path]:
+    return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def _load_all(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _kustomizations() -> list[Path]:
+    return sorted(DEPLOY.rglob("kustomization.yaml"))
+
+
+def _base_objects() -> list[dict[str, Any]]:
+    kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    return [doc for res in kust["resources"] for doc in _load_all(BASE / res)]
+
+
+def _by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, deployment["metadata"]["name"]
+    return containers[0]
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def _metric_names(expr: str) -> set[str]:
+    """Metric names used in a PromQL expression (label values and label names excluded)."""
+    no_strings = re.sub(r'"[^"]*"', '""', expr)
+    no_matchers = re.sub(r"\{[^}]*\}", "{}", no_strings)
+    names = set(re.findall(r"\bhybridpref_[a-z0-9_]+", no_matchers))
+    return {re.sub(r"_(bucket|sum|count)$", "", n) if re.sub(r"_(bucket|sum|count)$", "", n) in HISTOGRAMS else n for n in names}
+
+
+def _proto_service(name: str) -> str:
+    """Full gRPC service name of a hybridpref service, from the generated descriptors."""
+    module = importlib.import_module(f"hybridpref.v1.{name}_pb2")
+    (service,) = module.DESCRIPTOR.services_by_name.values()
+    return service.full_name
+
+
+def _cpu(value: str | int | float) -> float:
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+_MEM_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def _mem(value: str | int) -> int:
+    text = str(value)
+    for unit, factor in _MEM_UNITS.items():
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
+@pytest.fixture(scope="module")
+def base() -> list[dict[str, Any]]:
+    return _base_objects()
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, str]:
+    kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    (gen,) = [g for g in kust["configMapGenerator"] if g["name"] == "hybridpref-config"]
+    out: dict[str, str] = {}
+    for env_file in gen.get("envs", []):
+        out.update(_env_file(BASE / env_file))
+    for literal in gen.get("literals", []):
+        key, _, value = literal.partition("=")
+        out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- parsing, layout
+
+
+def test_every_yaml_parses_and_has_kind() -> None:
+    files = _yaml_files()
+    assert len(files) >= 10
+    for path in files:
+        docs = _load_all(path)
+        assert docs, f"{path} is empty"
+        for doc in docs:
+            assert isinstance(doc, dict), path
+            if path.name == "kustomization.yaml":
+                assert doc.get("kind") in ("Kustomization", "Component"), path
+            else:
+                assert doc.get("apiVersion") and doc.get("kind"), path
+                assert doc.get("metadata", {}).get("name"), path
+
+
+def test_kustomization_references_exist() -> None:
+    kusts = _kustomizations()
+    assert {BASE, K8S / "overlays" / "dev", K8S / "overlays" / "prod"} <= {k.parent for k in kusts}
+    for kust_path in kusts:
+        kust = yaml.safe_load(kust_path.read_text())
+        here = kust_path.parent
+        for field in KUSTOMIZE_PATH_FIELDS:
+            for ref in kust.get(field, []):
+                target = here / ref
+                assert target.exists(), f"{kust_path}: {field} {ref} does not exist"
+                if target.is_dir():
+                    assert (target / "kustomization.yaml").exists(), f"{kust_path}: {ref} has no kustomization.yaml"
+        for gen in kust.get("configMapGenerator", []) + kust.get("secretGenerator", []):
+            for ref in gen.get("envs", []) + [f.split("=", 1)[-1] for f in gen.get("files", [])]:
+                assert (here / ref).is_file(), f"{kust_path}: generator file {ref} does not exist"
+        for patch in kust.get("patches", []):
+            if "path" in patch:
+                assert (here / patch["path"]).is_file(), f"{kust_path}: patch {patch['path']} does not exist"
+            else:
+                assert patch.get("patch") and patch.get("target"), f"{kust_path}: inline patch needs a target"
+
+
+def test_overlays_build_on_base() -> None:
+    for overlay in ("dev", "prod"):
+        kust = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
+        assert "../../base" in kust["resources"]
+        assert kust.get("namespace"), overlay
+        assert "namePrefix" not in kust and "nameSuffix" not in kust, "service addresses rely on fixed names"
+
+
+# ----------------------------------------------------------------------------- settings contract
+
+
+def test_contract_settings_are_read_by_the_code() -> None:
+    assert SETTINGS <= READ_BY_CODE, SETTINGS - READ_BY_CODE
+
+
+def test_config_uses_only_known_settings(config: dict[str, str]) -> None:
+    assert set(config) <= READ_BY_CODE, set(config) - READ_BY_CODE
+    assert config["HYBRIDPREF_HOST"] == "0.0.0.0"
+    assert config["HYBRIDPREF_JUDGE_BACKEND"] in ("embedded", "openai", "replay")
+    assert config["HYBRIDPREF_TAGGER_PROFILE"] in ("default", "fast")
+    assert config["HYBRIDPREF_LOG_FORMAT"] in ("json", "console")
+    assert int(config["HYBRIDPREF_GRACE_PERIOD_S"]) > 0
+    for overlay in ("dev", "prod"):
+        kust = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
+        for gen in kust.get("configMapGenerator", []):
+            assert gen.get("behavior") == "merge", f"{overlay} must merge into the base ConfigMap"
+            keys = {lit.partition("=")[0] for lit in gen.get("literals", [])}
+            assert keys <= READ_BY_CODE, keys - READ_BY_CODE
+
+
+def test_router_addresses_point_at_services(base: list[dict[str, Any]], config: dict[str, str]) -> None:
+    services = _by_kind(base, "Service")
+    for downstream in ("tagger", "judge", "predictor"):
+        host, _, port = config[f"HYBRIDPREF_{downstream.upper()}_ADDRESS"].rpartition(":")
+        assert host in services, f"{downstream} address names no Service: {host}"
+        svc_ports = {p["name"]: p["port"] for p in services[host]["spec"]["ports"]}
+        assert int(port) == svc_ports["grpc"] == PORTS[downstream][0]
+
+
+def test_each_service_has_deployment_service_pdb(base: list[dict[str, Any]]) -> None:
+    deployments, services = _by_kind(base, "Deployment"), _by_kind(base, "Service")
+    pdbs, hpas = _by_kind(base, "PodDisruptionBudget"), _by_kind(base, "HorizontalPodAutoscaler")
+    for name in PORTS:
+        full = f"hybridpref-{name}"
+        assert full in deployments and full in services and full in pdbs, name
+        pod_labels = deployments[full]["spec"]["template"]["metadata"]["labels"]
+        for selector in (services[full]["spec"]["selector"], pdbs[full]["spec"]["selector"]["matchLabels"],
+                         deployments[full]["spec"]["selector"]["matchLabels"]):
+            assert selector.items() <= pod_labels.items(), f"{name}: selector does not match the pods"
+        assert selector["app.kubernetes.io/component"] == name
+    assert set(hpas) == {f"hybridpref-{n}" for n in HPA_SERVICES}
+
+
+def test_hpas_target_deployments_without_fixed_replicas(base: list[dict[str, Any]]) -> None:
+    deployments = _by_kind(base, "Deployment")
+    for name, hpa in _by_kind(base, "HorizontalPodAutoscaler").items():
+        ref = hpa["spec"]["scaleTargetRef"]
+        assert ref["kind"] == "Deployment" and ref["name"] == name and ref["name"] in deployments
+        assert "replicas" not in deployments[name]["spec"], f"{name}: replicas would fight the HPA"
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["resource"]["name"] == "cpu"
+    # HPAs scale on CPU utilisation = usage / request: every scaled container needs a CPU request.
+    assert deployments["hybridpref-predictor"]["spec"]["replicas"] >= 2
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_deployment_ports_probes_resources(base: list[dict[str, Any]], config: dict[str, str], name: str) -> None:
+    dep = _by_kind(base, "Deployment")[f"hybridpref-{name}"]
+    pod = dep["spec"]["template"]["spec"]
+    c = _container(dep)
+    env = _env(c)
+    grpc_port, metrics_port = PORTS[name]
+
+    assert c["args"] == ["serve", name]
+    assert set(env) <= READ_BY_CODE, set(env) - READ_BY_CODE
+    assert [r["configMapRef"]["name"] for r in c["envFrom"]] == ["hybridpref-config"]
+    assert int(env["HYBRIDPREF_PORT"]) == grpc_port and int(env["HYBRIDPREF_METRICS_PORT"]) == metrics_port
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"grpc": grpc_port, "metrics": metrics_port}
+    svc = _by_kind(base, "Service")[f"hybridpref-{name}"]
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == ports
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} <= set(ports) | set(ports.values())
+
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["grpc"]["port"] == grpc_port, f"{name}: {probe} must use the gRPC health port"
+    # Start-up and liveness check the server ("" = load finished); readiness the service itself,
+    # whose health follows its models (the servers register health under the proto's full name).
+    assert c["startupProbe"]["grpc"].get("service", "") == "" and c["livenessProbe"]["grpc"].get("service", "") == ""
+    assert c["readinessProbe"]["grpc"]["service"] == _proto_service(name)
+    # Model loading takes minutes: the startup probe must allow several of them.
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+
+    res = c["resources"]
+    for kind in ("cpu", "memory"):
+        assert kind in res["requests"] and kind in res["limits"], f"{name}: {kind} requests and limits"
+    assert _cpu(res["requests"]["cpu"]) <= _cpu(res["limits"]["cpu"])
+    assert _mem(res["requests"]["memory"]) <= _mem(res["limits"]["memory"])
+
+    grace = int(config["HYBRIDPREF_GRACE_PERIOD_S"])
+    pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    pre_stop_s = int(pre_stop[-1]) if pre_stop[:1] == ["sleep"] else 0
+    assert pod["terminationGracePeriodSeconds"] > grace + pre_stop_s
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_deployment_security(base: list[dict[str, Any]], config: dict[str, str], name: str) -> None:
+    dep = _by_kind(base, "Deployment")[f"hybridpref-{name}"]
+    pod = dep["spec"]["template"]["spec"]
+    c = _container(dep)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert pod.get("automountServiceAccountToken") is False
+    # Read-only root: /tmp and the cache dir must be writable emptyDirs.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    for path in ("/tmp", config["HYBRIDPREF_CACHE_DIR"]):
+        assert path in mounts, f"{name}: {path} not mounted"
+        assert "emptyDir" in volumes[mounts[path]], f"{name}: {path} must be an emptyDir"
+
+
+def test_judge_api_key_from_secret_file(base: list[dict[str, Any]]) -> None:
+    dep = _by_kind(base, "Deployment")["hybridpref-judge"]
+    c = _container(dep)
+    key_file = Path(_env(c)["HYBRIDPREF_JUDGE_OPENAI_API_KEY_FILE"])
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    (mount,) = [m for m in c["volumeMounts"] if Path(m["mountPath"]) == key_file.parent]
+    assert mount.get("readOnly") is True
+    secret = volumes[mount["name"]]["secret"]
+    assert secret["secretName"] == "hybridpref-judge-openai"
+    assert key_file.name in {item["path"] for item in secret.get("items", [])} or not secret.get("items")
+    # The key must never travel as a plain env var.
+    assert not any("API_KEY" in e["name"] and "FILE" not in e["name"] for e in c.get("env", []))
+    for other in ("router", "tagger", "predictor"):
+        other_env = _env(_container(_by_kind(base, "Deployment")[f"hybridpref-{other}"]))
+        assert "HYBRIDPREF_JUDGE_OPENAI_API_KEY_FILE" not in other_env
+
+
+def test_network_policy_lets_router_reach_backends(base: list[dict[str, Any]]) -> None:
+    (policy,) = [o for o in base if o["kind"] == "NetworkPolicy"]
+    (expr_name, expr_component) = policy["spec"]["podSelector"]["matchExpressions"]
+    assert set(expr_component["values"]) == set(PORTS) - {"router"}, "clients must still reach the router"
+    grpc_rule, metrics_rule = policy["spec"]["ingress"]
+    router_labels = _by_kind(base, "Deployment")["hybridpref-router"]["spec"]["template"]["metadata"]["labels"]
+    (peer,) = grpc_rule["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= router_labels.items()
+    # Named ports must exist on every selected container.
+    for rule in (grpc_rule, metrics_rule):
+        for port in rule["ports"]:
+            for name in expr_component["values"]:
+                c = _container(_by_kind(base, "Deployment")[f"hybridpref-{name}"])
+                assert port["port"] in {p["name"] for p in c["ports"]}
+    assert "from" not in metrics_rule, "metrics must stay scrapeable from the monitoring namespace"
+
+
+def test_service_monitor_scrapes_metrics_ports(base: list[dict[str, Any]]) -> None:
+    (sm,) = [o for o in base if o["kind"] == "ServiceMonitor"]
+    selector = sm["spec"]["selector"]["matchLabels"]
+    selected = [s for s in _by_kind(base, "Service").values() if selector.items() <= s["metadata"]["labels"].items()]
+    assert {s["metadata"]["name"] for s in selected} == {f"hybridpref-{n}" for n in PORTS}
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint.get("path", "/metrics") == "/metrics"
+    # Our metrics have a `service` label; the operator's target label of that name must not win.
+    assert endpoint.get("honorLabels") is True
+    for svc in selected:
+        assert "metrics" in {p["name"] for p in svc["spec"]["ports"]}
+
+
+# ----------------------------------------------------------------------------- alerts, dashboard
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    (rule,) = _load_all(DEPLOY / "prometheus" / "alerts.yaml")
+    assert rule["kind"] == "PrometheusRule" and rule["apiVersion"] == "monitoring.coreos.com/v1"
+    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def test_alerts_reference_existing_metrics() -> None:
+    rules = _alert_rules()
+    names = {r["alert"] for r in rules}
+    # The brief's three: error rate, latency p99, not SERVING.
+    assert {"HybridprefHighErrorRate", "HybridprefHighLatencyP99", "HybridprefServiceNotServing"} <= names
+    assert len(names) == len(rules), "duplicate alert names"
+    for r in rules:
+        used = _metric_names(r["expr"])
+        # Only Prometheus' own scrape health (up) may stand in for a hybridpref metric.
+        assert used or re.match(r"\s*up\{", r["expr"]), f"{r['alert']} uses no hybridpref metric"
+        assert used <= METRICS, f"{r['alert']}: unknown metrics {used - METRICS}"
+        assert r["labels"]["severity"] in ("critical", "warning", "info")
+        assert r["annotations"]["summary"] and r["annotations"]["description"]
+        assert re.fullmatch(r"\d+[smh]", r["for"]), r["alert"]
+        assert r["expr"].count("(") == r["expr"].count(")"), r["alert"]
+        labels_used = set(re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", r["expr"]))
+        for group in labels_used:
+            assert {g.strip() for g in group.split(",")} <= METRIC_LABELS, r["alert"]
+
+
+def test_alerts_cover_the_failure_modes() -> None:
+    by_name = {r["alert"]: r for r in _alert_rules()}
+    assert "hybridpref_model_ready" in by_name["HybridprefServiceNotServing"]["expr"]
+    assert "hybridpref_rpc_latency_seconds_bucket" in by_name["HybridprefHighLatencyP99"]["expr"]
+    assert "histogram_quantile(0.99" in by_name["HybridprefHighLatencyP99"]["expr"]
+    error_expr = by_name["HybridprefHighErrorRate"]["expr"]
+    assert "hybridpref_rpc_requests_total" in error_expr
+    # Caller mistakes must not page.
+    assert "INVALID_ARGUMENT" not in error_expr and "INTERNAL" in error_expr
+
+
+def test_alert_metric_extraction_rejects_unknown_names() -> None:
+    # Guards the check above: a typo in a metric name must be caught.
+    assert _metric_names('rate(hybridpref_rpc_request_total{code="OK"}[5m])') == {"hybridpref_rpc_request_total"}
+    assert _metric_names('x{service="hybridpref_fake"}') == set()
+    assert _metric_names("hybridpref_rpc_latency_seconds_bucket") == {"hybridpref_rpc_latency_seconds"}
+
+
+def test_promql_syntax() -> None:
+    """Full PromQL parse of every alert and panel, where the optional promql-parser is installed."""
+    promql_parser = pytest.importorskip("promql_parser")
+    dash = json.loads((DEPLOY / "grafana" / "hybridpref-dashboard.json").read_text(encoding="utf-8"))
+    grafana_vars = {"$__rate_interval": "5m", "$namespace": ".*", "$service": ".*"}
+    exprs = [r["expr"] for r in _alert_rules()]
+    for p in dash["panels"]:
+        for t in p["targets"]:
+            expr = t["expr"]
+            for var, value in grafana_vars.items():
+                expr = expr.replace(var, value)
+            exprs.append(expr)
+    for expr in exprs:
+        promql_parser.parse(expr)  # raises ValueError on a syntax error
+
+
+def _dashboard_exprs(dash: dict[str, Any]) -> list[str]:
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", []) if "expr" in t]
+    exprs += [v["definition"] for v in dash.get("templating", {}).get("list", []) if v.get("definition")]
+    return exprs
+
+
+def test_grafana_dashboard() -> None:
+    path = DEPLOY / "grafana" / "hybridpref-dashboard.json"
+    dash = json.loads(path.read_text(encoding="utf-8"))
+    assert dash["uid"] and dash["title"]
+    panels = dash["panels"]
+    assert len(panels) >= 6
+    assert len({p["id"] for p in panels}) == len(panels), "panel ids must be unique"
+    used: set[str] = set()
+    for expr in _dashboard_exprs(dash):
+        names = _metric_names(expr)
+        assert names <= METRICS, f"unknown metrics {names - METRICS} in {expr}"
+        used |= names
+    # Every contract metric is on the dashboard.
+    assert used == METRICS, METRICS - used
+    for p in panels:
+        assert p["targets"], p["title"]
+        assert {"x", "y", "w", "h"} <= p["gridPos"].keys()
+        assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24, p["title"]
+
+
+# ----------------------------------------------------------------------------- Dockerfile
+
+
+def test_dockerfile() -> None:
+    text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    lines = [ln.strip() for ln in text.splitlines()]
+    assert any(ln.startswith("FROM python:3.11-slim") for ln in lines)
+    torch_at = text.index("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu")
+    assert torch_at < text.index("RUN pip install ."), "CPU torch must be installed before the project"
+    assert 'ENTRYPOINT ["hybridpref"]' in text
+    assert 'CMD ["serve", "router"]' in text
+    # The image's user must be the uid the pods run as (runAsNonRoot needs a numeric USER).
+    uid = re.search(r"ARG UID=(\d+)", text)
+    assert uid and "USER ${UID}" in text
+    for dep in _by_kind(_base_objects(), "Deployment").values():
+        assert int(uid.group(1)) == dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    for grpc_port, metrics_port in PORTS.values():
+        assert str(grpc_port) in text and str(metrics_port) in text
+    for folder in ("services", "generated", "clients"):
+        assert (ROOT / folder).is_dir() and f"COPY {folder}" in text
+
+
+# ----------------------------------------------------------------------------- rendered (kubectl)
+
+KUBECTL = shutil.which("kubectl")
+
+
+def _render(path: Path) -> list[dict[str, Any]]:
+    out = subprocess.run([KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed")
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_overlay_renders(overlay: str) -> None:
+    objects = _render(K8S / "overlays" / overlay)
+    kinds = {o["kind"] for o in objects}
+    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler"} <= kinds
+    configmaps = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("hybridpref-config-")]
+    assert len(configmaps) == 1, "one hashed settings ConfigMap"
+    cm = configmaps[0]
+    for dep in _by_kind(objects, "Deployment").values():
+        c = _container(dep)
+        assert c["envFrom"][0]["configMapRef"]["name"] == cm["metadata"]["name"], "hash suffix not propagated"
+        if overlay == "prod":
+            assert "/" in c["image"] and ":" in c["image"], "prod pulls a pinned image from a registry"
+    namespaces = {o["metadata"].get("namespace") for o in objects if o["kind"] not in ("Namespace",)}
+    assert len(namespaces) == 1 and None not in namespaces
+    if overlay == "dev":
+        assert "ServiceMonitor" not in kinds
+        assert cm["data"]["HYBRIDPREF_LOG_FORMAT"] == "console"
+        assert all(h["spec"]["minReplicas"] == 1 for h in _by_kind(objects, "HorizontalPodAutoscaler").values())
+    else:
+        assert {"ServiceMonitor", "PrometheusRule"} <= kinds
+        dashboards = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+        assert len(dashboards) == 1
+        json.loads(next(iter(dashboards[0]["data"].values())))
+        assert _by_kind(objects, "HorizontalPodAutoscaler")["hybridpref-judge"]["spec"]["maxReplicas"] == 20
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed")
+def test_bundle_volume_component_renders(tmp_path: Path) -> None:
+    rel = os.path.relpath(K8S, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{rel}/base]\ncomponents: [{rel}/components/bundle-volume]\n", encoding="utf-8"
+    )
+    objects = _render(tmp_path)
+    assert "hybridpref-bundles" in _by_kind(objects, "PersistentVolumeClaim")
+    c = _container(_by_kind(objects, "Deployment")["hybridpref-predictor"])
+    bundle = Path(_env(c)["HYBRIDPREF_BUNDLE_PATH"])
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert str(bundle.parent) in mounts and mounts[str(bundle.parent)]["readOnly"] is True
+    # Other services are untouched.
+    assert "HYBRIDPREF_BUNDLE_PATH" not in _env(_container(_by_kind(objects, "Deployment")["hybridpref-router"]))
