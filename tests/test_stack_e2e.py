@@ -138,11 +138,14 @@ def test_cli_names_line_and_field_for_bad_rows(stack, tmp_path):
     )
     assert proc.returncode == 2
     assert "error: line 3.id: duplicate id" in proc.stderr and "Traceback" not in proc.stderr
-    bad.write_text(json.dumps({**good, "response_b": "   "}) + "\n")
-    proc = subprocess.run([sys.executable, "-m", "hybridpref.cli", "route", "--input", str(bad), "--budget", "2.0",
-                           "--router", stack.router_address], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "line 1.response_b: empty response" in proc.stderr
-    assert "config.budget.fraction" in proc.stderr
+    bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "2", "response_b": "   "}) + "\n")
+    cli = [sys.executable, "-m", "hybridpref.cli", "route", "--input", str(bad), "--router", stack.router_address]
+    proc = subprocess.run([*cli, "--budget", "0.5"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "error: line 2.response_b: empty response" in proc.stderr
+    proc = subprocess.run([*cli, "--budget", "2.0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "error: config.budget.fraction" in proc.stderr
+    proc = subprocess.run([*cli, "--budget", "lots"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "error: --budget" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def _free_port_base() -> int:
@@ -184,3 +187,21 @@ def test_up_starts_all_four_and_stops_cleanly_on_sigterm():
 def test_lm_labels_are_five_level_names(client, sample):
     result = client.route(sample, budget=0.0, strategy="random")
     assert {d.lm_label for d in result.decisions} <= {label.name for label in Label if label != Label.UNSPECIFIED}
+
+
+def test_stream_matches_unary_and_spans_chunks(client, sample):
+    unary = client.route(sample, budget=0.4, strategy="random", seed=9)
+    streamed = client.route_stream(sample, budget=0.4, strategy="random", seed=9, chunk_size=6)
+    assert [(d.id, d.route, d.lm_label) for d in streamed.decisions] == [(d.id, d.route, d.lm_label) for d in unary.decisions]
+    assert streamed.summary["human_count"] == unary.summary["human_count"]
+
+
+def test_stream_rejects_a_duplicate_in_a_later_chunk(client, sample):
+    batch = list(sample[:10]) + [sample[2]]
+    with pytest.raises(RoutingError) as err:
+        client.route_stream(batch, budget=0.5, strategy="random", chunk_size=4)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in err.value.violations] == ["instances[10].id"]
+    with pytest.raises(RoutingError) as err:  # the budget is checked against the whole stream's size
+        client.route_stream(sample[:5], budget=6, strategy="random", chunk_size=2)
+    assert [f for f, _ in err.value.violations] == ["config.budget.count"]

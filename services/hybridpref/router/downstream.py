@@ -50,12 +50,26 @@ class TaggedBatch:
     measures: np.ndarray  # float64 (n, len(LEXICAL_MEASURES))
     analyzer: list[dict[str, str]]
 
+    @staticmethod
+    def concat(parts: Sequence[TaggedBatch]) -> TaggedBatch:
+        if not parts:
+            return TaggedBatch(np.zeros((0, NUM_TAGS), np.uint8), np.zeros((0, len(LEXICAL_MEASURES))), [])
+        return TaggedBatch(np.concatenate([p.tag_matrix for p in parts]), np.concatenate([p.measures for p in parts]),
+                           [a for p in parts for a in p.analyzer])
+
 
 @dataclass
 class JudgedBatch:
     labels: np.ndarray  # int (n,) Label values
     confidence: np.ndarray  # float64 (n,)
     inconsistent: np.ndarray  # bool (n,)
+
+    @staticmethod
+    def concat(parts: Sequence[JudgedBatch]) -> JudgedBatch:
+        if not parts:
+            return JudgedBatch(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, bool))
+        return JudgedBatch(np.concatenate([p.labels for p in parts]), np.concatenate([p.confidence for p in parts]),
+                           np.concatenate([p.inconsistent for p in parts]))
 
 
 class TaggerClient:

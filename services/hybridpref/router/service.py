@@ -11,8 +11,10 @@ import asyncio
 import contextvars
 import functools
 import math
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +27,11 @@ from hybridpref.common.settings import Settings
 from hybridpref.common.vocabulary import LEXICAL_MEASURES
 from hybridpref.router import budget as budgets
 from hybridpref.router import strategies
-from hybridpref.router.downstream import JudgeClient, PredictorClient, TaggedBatch, TaggerClient
+from hybridpref.router.downstream import JudgeClient, JudgedBatch, PredictorClient, TaggedBatch, TaggerClient
+from hybridpref.router.store import MemoryStore, SpillStore
+
+# Instances read back from the store per judge call batch (bounds memory for huge streams).
+JUDGE_SLICE = 1024
 
 log = structlog.get_logger()
 
@@ -80,80 +86,96 @@ class RouterCore:
         await self.judge.close()
         self.predictor.close()
 
-    def validate(self, instances: Sequence[PreferenceInstance], options: RouteOptions, streaming: bool = False) -> None:
-        """All input checks before any work: nothing is half-processed. The batch-size
-        limit applies to unary calls; the streaming form exists for larger batches."""
+    def validate(self, instances: Sequence[PreferenceInstance], options: RouteOptions) -> None:
+        """All input checks before any work: nothing is half-processed."""
         violations: list[FieldViolation] = []
         try:
-            validate_instances(instances, None if streaming else self.settings.max_batch)
+            validate_instances(instances, self.settings.max_batch)
         except InvalidInput as exc:
             violations.extend(exc.violations)
-        if not instances:
-            violations.append(FieldViolation("instances", "empty batch"))
-        if options.strategy not in strategies.STRATEGIES:
-            violations.append(FieldViolation(
-                "config.strategy", f"unknown strategy {options.strategy!r}; expected one of {sorted(strategies.STRATEGIES)}"
-            ))
-        try:  # budget shape and range; real costs come after tagging
-            budgets.resolve_budget(options.budget_kind, options.budget_value, len(instances), np.ones(len(instances)))
-        except InvalidInput as exc:
-            violations.extend(exc.violations)
+        violations.extend(_option_violations(options, len(instances)))
         if violations:
             raise InvalidInput(violations)
 
-    async def route(
-        self, instances: Sequence[PreferenceInstance], options: RouteOptions, timeout: float | None, streaming: bool = False
+    async def route(self, instances: Sequence[PreferenceInstance], options: RouteOptions, timeout: float | None) -> RouteOutcome:
+        """Route one in-memory batch (the unary RPC)."""
+        self.validate(instances, options)
+        clock, stages = _Clock(timeout), {"tag": 0.0}
+        with _timed(stages, "tag"):
+            tagged = await self.tagger.tag(instances, clock.left())
+        return await self._decide(MemoryStore(instances), tagged, options, clock, stages)
+
+    async def route_stream(
+        self, chunks: AsyncIterator[Sequence[PreferenceInstance]], options: RouteOptions, timeout: float | None
     ) -> RouteOutcome:
-        self.validate(instances, options, streaming)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        left = lambda: None if deadline is None else max(0.001, deadline - time.monotonic())  # noqa: E731
-        stages: dict[str, float] = {}
-        n = len(instances)
+        """Route a batch that arrives in chunks (the streaming RPC), any size.
 
-        t0 = time.perf_counter()
-        tagged = await self.tagger.tag(instances, left())
-        stages["tag"] = time.perf_counter() - t0
+        Each chunk is validated and tagged as it arrives; texts are spilled to a temporary
+        file, so memory holds ids, costs and tag rows only. A bad chunk fails the whole
+        call before any decision is made.
+        """
+        early = _option_violations(options, None)
+        if early:
+            raise InvalidInput(early)
+        clock, stages = _Clock(timeout), {"tag": 0.0}
+        store, parts, seen = SpillStore(), [], {}
+        try:
+            async for chunk in chunks:
+                _validate_chunk(chunk, len(store), seen)
+                store.extend(chunk)
+                with _timed(stages, "tag"):
+                    parts.append(await self.tagger.tag(chunk, clock.left()))
+            violations = _option_violations(options, len(store))
+            if violations:
+                raise InvalidInput(violations)
+            return await self._decide(store, TaggedBatch.concat(parts), options, clock, stages)
+        finally:
+            store.close()
 
+    async def _decide(self, store, tagged: TaggedBatch, options: RouteOptions, clock: _Clock, stages: dict[str, float]) -> RouteOutcome:
+        """Everything after tagging: (judge) -> budget -> strategy -> judge LM-routed -> explain."""
+        n = len(store)
         judged = None
         if strategies.needs_judge_first(options.strategy):
-            t0 = time.perf_counter()
-            judged = await self._judge(instances, options, left())
-            stages["judge"] = time.perf_counter() - t0
-
+            with _timed(stages, "judge"):
+                judged = await self._judge_rows(store, list(range(n)), options, clock)
         budget = budgets.resolve_budget(
-            options.budget_kind, options.budget_value, n, _supplied_costs(instances), **_cost_inputs(tagged)
+            options.budget_kind, options.budget_value, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged)
         )
-        scorer, bundle_version = self._scorer(options.strategy, left())
-        t0 = time.perf_counter()
-        result = await _in_thread(
-            strategies.route, options.strategy, tagged.tag_matrix, budget, scorer=scorer, seed=options.seed,
-            judge_confidence=None if judged is None else judged.confidence,
-            judge_inconsistent=None if judged is None else judged.inconsistent,
-            simulated_candidates=options.simulated_candidates or 500,
-        )
-        stages["route"] = time.perf_counter() - t0
-
-        decisions = [Decision(id=inst.id, human=bool(h), gain=float(g), human_cost=float(c))
-                     for inst, h, g, c in zip(instances, result.human_mask, result.gains, budget.costs)]
-        lm_rows = [i for i, d in enumerate(decisions) if not d.human]
-        if judged is None and lm_rows:
-            t0 = time.perf_counter()
-            judged_lm = await self._judge([instances[i] for i in lm_rows], options, left())
-            stages["judge"] = time.perf_counter() - t0
-            _apply_judgements(decisions, lm_rows, judged_lm)
-        elif judged is not None:
+        # The predictor client is blocking: never call it on the event loop (it may serve the predictor too).
+        scorer, bundle_version = await _in_thread(self._scorer, options.strategy, clock.left())
+        with _timed(stages, "route"):
+            result = await _in_thread(
+                strategies.route, options.strategy, tagged.tag_matrix, budget, scorer=scorer, seed=options.seed,
+                judge_confidence=None if judged is None else judged.confidence,
+                judge_inconsistent=None if judged is None else judged.inconsistent,
+                simulated_candidates=options.simulated_candidates or 500,
+            )
+        decisions = [Decision(id=i, human=bool(h), gain=float(g), human_cost=float(c))
+                     for i, h, g, c in zip(store.ids, result.human_mask, result.gains, budget.costs)]
+        if judged is None:
+            lm_rows = [i for i, d in enumerate(decisions) if not d.human]
+            if lm_rows:
+                with _timed(stages, "judge"):
+                    _apply_judgements(decisions, lm_rows, await self._judge_rows(store, lm_rows, options, clock))
+        else:
             _apply_judgements(decisions, list(range(n)), judged)
-
         predicted: dict[str, float] = {}
         if scorer is not None:
-            t0 = time.perf_counter()
-            predicted = await _in_thread(self._predictions, scorer, tagged, result, options, decisions)
-            stages["predict"] = time.perf_counter() - t0
+            with _timed(stages, "predict"):
+                predicted = await _in_thread(self._predictions, scorer, tagged, result, options, decisions)
         self._count(decisions, options.strategy)
         return RouteOutcome(
             decisions=decisions, strategy=options.strategy, bundle_version=bundle_version,
             human_cost=float(budget.costs[result.human_mask].sum()), predicted=predicted, stage_seconds=stages,
         )
+
+    async def _judge_rows(self, store, rows: list[int], options: RouteOptions, clock: _Clock) -> JudgedBatch:
+        """Judge ``rows`` of the store, reading instances back one slice at a time."""
+        parts = []
+        for start in range(0, len(rows), JUDGE_SLICE):
+            parts.append(await self._judge(store.get(rows[start : start + JUDGE_SLICE]), options, clock.left()))
+        return JudgedBatch.concat(parts)
 
     async def _judge(self, instances, options: RouteOptions, timeout):
         return await self.judge.judge(
@@ -198,12 +220,66 @@ def _apply_judgements(decisions: list[Decision], rows: list[int], judged) -> Non
         decisions[i].judge_order_inconsistent = bool(judged.inconsistent[k])
 
 
-def _supplied_costs(instances: Sequence[PreferenceInstance]) -> np.ndarray | None:
+def _supplied_costs(costs: Sequence[float | None]) -> np.ndarray | None:
     """Per-instance human costs when every instance carries one, else None (formula applies)."""
-    costs = [inst.human_cost for inst in instances]
     if all(c is not None for c in costs):
         return np.asarray(costs, dtype=np.float64)
     return None
+
+
+def _option_violations(options: RouteOptions, n: int | None) -> list[FieldViolation]:
+    """Strategy and budget checks; the budget's range needs the batch size ``n`` (None: not known yet)."""
+    violations: list[FieldViolation] = []
+    if options.strategy not in strategies.STRATEGIES:
+        violations.append(FieldViolation(
+            "config.strategy", f"unknown strategy {options.strategy!r}; expected one of {sorted(strategies.STRATEGIES)}"
+        ))
+    if n == 0:
+        violations.append(FieldViolation("instances", "empty batch"))
+    if n is None and options.budget_kind == "count":
+        return violations  # a count is checked against the batch size once the stream has ended
+    size = 1 if n is None else n  # fraction, cost and auto ranges do not depend on the size
+    try:  # shape and range; the real costs come after tagging
+        budgets.resolve_budget(options.budget_kind, options.budget_value, size, np.ones(size))
+    except InvalidInput as exc:
+        violations.extend(exc.violations)
+    return violations
+
+
+def _validate_chunk(chunk: Sequence[PreferenceInstance], offset: int, seen: dict[str, int]) -> None:
+    """Validate one streamed chunk with batch-wide indices and ids unique across chunks."""
+    violations: list[FieldViolation] = []
+    try:
+        validate_instances(chunk)
+    except InvalidInput as exc:
+        for v in exc.violations:
+            field = re.sub(r"^instances\[(\d+)\]", lambda m: f"instances[{int(m.group(1)) + offset}]", v.field)
+            violations.append(FieldViolation(field, v.description))
+    for k, inst in enumerate(chunk):
+        if inst.id in seen and seen[inst.id] < offset:
+            violations.append(FieldViolation(f"instances[{k + offset}].id", f"duplicate id {inst.id!r} (first at instances[{seen[inst.id]}])"))
+        seen.setdefault(inst.id, k + offset)
+    if violations:
+        raise InvalidInput(violations)
+
+
+class _Clock:
+    """The caller's deadline, as seconds left for each downstream call."""
+
+    def __init__(self, timeout: float | None):
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+
+    def left(self) -> float | None:
+        return None if self._deadline is None else max(0.001, self._deadline - time.monotonic())
+
+
+@contextmanager
+def _timed(stages: dict[str, float], name: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
 
 
 def _cost_inputs(tagged: TaggedBatch) -> dict[str, np.ndarray]:

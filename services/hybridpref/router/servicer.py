@@ -80,22 +80,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return router_pb2.RouteInstancesResponse(decisions=decisions_to_proto(outcome), summary=summary_to_proto(outcome))
 
     async def RouteInstancesStream(self, request_iterator, context):
-        options, instances = None, []
-        index = 0
-        async for message in request_iterator:
-            item = message.WhichOneof("item")
-            if item == "config":
-                if options is not None:
-                    raise InvalidInput(FieldViolation(f"stream[{index}].config", "config sent twice"))
-                options = options_from_proto(message.config, self.settings.default_strategy)
-            elif item == "chunk":
-                if options is None:
-                    raise InvalidInput(FieldViolation(f"stream[{index}]", "the first message must carry config"))
-                instances.extend(instances_from_proto(message.chunk.instances))
-            index += 1
-        if options is None:
-            raise InvalidInput(FieldViolation("stream", "no config message"))
-        outcome = await self.core.route(instances, options, remaining_timeout(context), streaming=True)
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("item") != "config":
+            raise InvalidInput(FieldViolation("stream[0]", "the first message must carry config"))
+        options = options_from_proto(first.config, self.settings.default_strategy)
+
+        async def chunks():
+            index = 1
+            async for message in request_iterator:
+                if message.WhichOneof("item") != "chunk":
+                    raise InvalidInput(FieldViolation(f"stream[{index}]", "config may only come first"))
+                yield instances_from_proto(message.chunk.instances)
+                index += 1
+
+        outcome = await self.core.route_stream(chunks(), options, remaining_timeout(context))
         for start in range(0, len(outcome.decisions), DECISION_CHUNK):
             chunk = decisions_to_proto(outcome, start, start + DECISION_CHUNK)
             yield router_pb2.RouteStreamResponse(decisions=router_pb2.DecisionChunk(decisions=chunk))
