@@ -27,6 +27,7 @@ from hybridpref.common.settings import Settings
 from hybridpref.common.vocabulary import LEXICAL_MEASURES
 from hybridpref.router import budget as budgets
 from hybridpref.router import strategies
+from hybridpref.router.scoring import unique_rows
 from hybridpref.router.downstream import JudgeClient, JudgedBatch, PredictorClient, TaggedBatch, TaggerClient
 from hybridpref.router.store import MemoryStore, SpillStore
 
@@ -149,7 +150,7 @@ class RouterCore:
                 strategies.route, options.strategy, tagged.tag_matrix, budget, scorer=scorer, seed=options.seed,
                 judge_confidence=None if judged is None else judged.confidence,
                 judge_inconsistent=None if judged is None else judged.inconsistent,
-                simulated_candidates=options.simulated_candidates or 500,
+                simulated_candidates=options.simulated_candidates or 500, deadline=clock.deadline,
             )
         decisions = [Decision(id=i, human=bool(h), gain=float(g), human_cost=float(c))
                      for i, h, g, c in zip(store.ids, result.human_mask, result.gains, budget.costs)]
@@ -198,7 +199,7 @@ class RouterCore:
         """Explanations for every instance and the summary's predicted scores."""
         n = len(decisions)
         if options.explain_top_k:
-            unique, inverse = np.unique(tagged.tag_matrix, axis=0, return_inverse=True)
+            unique, inverse = unique_rows(tagged.tag_matrix)
             _, _, explanations = scorer.gains_explained(unique, None, n, options.explain_top_k)
             for d, row in zip(decisions, inverse.reshape(-1)):
                 d.top_tags = explanations[row]
@@ -221,10 +222,10 @@ def _apply_judgements(decisions: list[Decision], rows: list[int], judged) -> Non
 
 
 def _supplied_costs(costs: Sequence[float | None]) -> np.ndarray | None:
-    """Per-instance human costs when every instance carries one, else None (formula applies)."""
-    if all(c is not None for c in costs):
-        return np.asarray(costs, dtype=np.float64)
-    return None
+    """Per-instance human costs as given; NaN where missing (the budget's formula fills those)."""
+    if all(c is None for c in costs):
+        return None
+    return np.array([np.nan if c is None else c for c in costs], dtype=np.float64)
 
 
 def _option_violations(options: RouteOptions, n: int | None) -> list[FieldViolation]:
@@ -267,10 +268,10 @@ class _Clock:
     """The caller's deadline, as seconds left for each downstream call."""
 
     def __init__(self, timeout: float | None):
-        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout  # a time.monotonic() instant
 
     def left(self) -> float | None:
-        return None if self._deadline is None else max(0.001, self._deadline - time.monotonic())
+        return None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
 
 
 @contextmanager

@@ -1,0 +1,160 @@
+"""Benchmark 1 (issue 6): route 1,000,000 instances from a tag matrix with topk and greedy at 25%.
+
+Targets on the 2-core machine: 3 s wall and 2 GB peak memory per strategy.
+
+The tag matrix is synthetic but shaped like the tagger's output: each of the 9 lexical
+measures sets exactly one of its 3 bins (skewed like real data), every analyzer dimension
+with a single answer sets exactly one option, subjects are multi-label with a Zipf-like
+popularity. The PPM is a random quadratic model over the 90 tags (routing time does not
+depend on its coefficients). Each strategy runs in a fresh subprocess so that its peak RSS
+is its own; wall time is the median of ``--repeats`` runs of ``route()`` (budget resolution
+included, tag generation excluded). Peak memory is reported two ways: the routing call's
+own numpy/Python allocations (tracemalloc, on top of the input) and the process peak RSS.
+
+    .venv/bin/python benchmarks/bench_router_scale.py            # 1,000,000 instances
+    .venv/bin/python benchmarks/bench_router_scale.py --n 100000 # smaller
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+from hybridpref.common.vocabulary import ANALYZER_DIMENSIONS, BINS, LEXICAL_MEASURES, MULTI_LABEL_DIMENSIONS, NUM_TAGS, TAG_INDEX, analyzer_tag, lexical_tag
+
+# Bin probabilities (low, mid, high) per lexical measure; lengths are ranks in a fixed reference -> thirds.
+LEXICAL_BIN_P = {
+    "bertscore": (0.15, 0.55, 0.30),
+    "bertscore_length": (0.45, 0.40, 0.15),
+    "cosine_sim": (0.10, 0.30, 0.60),
+    "entity_sim": (0.55, 0.25, 0.20),
+    "rouge": (0.35, 0.50, 0.15),
+}
+SINGLE_P = {
+    "expertise_level": (0.55, 0.33, 0.12),
+    "open_endedness": (0.15, 0.25, 0.35, 0.25),
+    "safety_concern": (0.80, 0.12, 0.05, 0.03),
+    "complexity_of_intents": (0.50, 0.35, 0.15),
+}
+BINARY_P = {"languages": 0.95, "type_of_in_context_material": 0.20, "format_constraints": 0.30}
+
+
+def synthetic_tags(n: int, seed: int) -> np.ndarray:
+    """(n, 90) uint8 tag matrix with the tagger's structure (see module docstring)."""
+    rng = np.random.default_rng(seed)
+    tags = np.zeros((n, NUM_TAGS), dtype=np.uint8)
+    rows = np.arange(n)
+    for m in LEXICAL_MEASURES:
+        p = LEXICAL_BIN_P.get(m, (1 / 3, 1 / 3, 1 / 3))
+        b = rng.choice(3, size=n, p=p)
+        tags[rows, TAG_INDEX[lexical_tag(m, BINS[0])] + b] = 1
+    for dim, p in SINGLE_P.items():
+        k = rng.choice(len(p), size=n, p=p)
+        tags[rows, TAG_INDEX[analyzer_tag(dim, ANALYZER_DIMENSIONS[dim][0])] + k] = 1
+    for dim, p in BINARY_P.items():
+        tags[:, TAG_INDEX[analyzer_tag(dim, ANALYZER_DIMENSIONS[dim][0])]] = rng.random(n) < p
+    subjects = ANALYZER_DIMENSIONS["subject_of_expertise"]
+    assert "subject_of_expertise" in MULTI_LABEL_DIMENSIONS
+    popularity = 1.0 / np.arange(1, len(subjects) + 1) ** 1.1
+    popularity = rng.permutation(popularity / popularity.sum())
+    first = TAG_INDEX[analyzer_tag("subject_of_expertise", subjects[0])]
+    n_subjects = rng.choice([1, 2, 3], size=n, p=[0.6, 0.3, 0.1])
+    for j in range(3):
+        pick = rng.choice(len(subjects), size=n, p=popularity)
+        sel = n_subjects > j
+        tags[rows[sel], first + pick[sel]] = 1
+    return tags
+
+
+def run_one(strategy: str, n: int, fraction: float, repeats: int, seed: int, quality_rounds: int = 0) -> dict[str, float]:
+    from hybridpref.router.budget import resolve_budget
+    from hybridpref.router.scoring import QuadraticScorer
+    from hybridpref.router.strategies import predicted_baselines, route
+
+    tags = synthetic_tags(n, seed)
+    scorer = QuadraticScorer.random(NUM_TAGS, seed=seed + 1)
+
+    def once():
+        budget = resolve_budget("fraction", fraction, n, None)
+        return route(strategy, tags, budget, scorer=scorer, seed=seed)
+
+    once()  # warm-up: BLAS threads, page faults of the input
+    times, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = once()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    tracemalloc.start()
+    base, _ = tracemalloc.get_traced_memory()
+    once()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    baselines = predicted_baselines(scorer, tags, result.human_mask, seed=seed)
+    extra = {}
+    if strategy == "greedy" and quality_rounds:
+        from hybridpref.router.strategies import GreedyOptions
+
+        fine = route(strategy, tags, resolve_budget("fraction", fraction, n, None), scorer=scorer, seed=seed,
+                     greedy=GreedyOptions(min_rounds=quality_rounds))
+        extra = {"fine_rounds": quality_rounds, "fine_score": fine.predicted_score,
+                 "overlap_with_fine": float((fine.human_mask & result.human_mask).sum() / max(1, result.human_count))}
+    from threadpoolctl import threadpool_info
+
+    return {
+        **extra,
+        "blas_threads": max((i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"), default=0),
+        "rounds": result.info.get("rounds", 0.0),
+        "strategy": strategy,
+        "n": n,
+        "human": result.human_count,
+        "wall_s_median": statistics.median(times),
+        "wall_s_min": min(times),
+        "cpu_s_median": statistics.median(cpu),
+        "route_alloc_peak_mb": (peak - base) / 2**20,
+        "input_mb": tags.nbytes / 2**20,
+        "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "predicted_score": result.predicted_score,
+        **{f"predicted_{k}": v for k, v in baselines.items() if k != "chosen"},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--fraction", type=float, default=0.25)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strategies", nargs="*", default=["topk", "greedy"])
+    parser.add_argument("--quality-rounds", type=int, default=256, help="also run greedy with this many rounds and compare (0: skip)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_one(args.child, args.n, args.fraction, args.repeats, args.seed, args.quality_rounds)))
+        return
+    print(f"routing {args.n:,} instances x {NUM_TAGS} tags at {args.fraction:.0%} (median of {args.repeats}; fresh process per strategy)")
+    print(f"{'strategy':<10} {'human':>9} {'wall s':>8} {'cpu s':>7} {'route alloc MB':>15} {'peak RSS MB':>12} {'pred score':>11} {'all-human':>10} {'all-LM':>8} {'random':>8}")
+    for strategy in args.strategies:
+        cmd = [sys.executable, __file__, "--child", strategy, "--n", str(args.n), "--fraction", str(args.fraction), "--repeats", str(args.repeats),
+               "--seed", str(args.seed), "--quality-rounds", str(args.quality_rounds)]
+        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        print(
+            f"{strategy:<10} {r['human']:>9,} {r['wall_s_median']:>8.3f} {r['cpu_s_median']:>7.3f} {r['route_alloc_peak_mb']:>15.0f} {r['process_peak_rss_mb']:>12.0f} "
+            f"{r['predicted_score']:>11.5f} {r['predicted_all_human']:>10.5f} {r['predicted_all_lm']:>8.5f} {r['predicted_random']:>8.5f}"
+        )
+        if "fine_score" in r:
+            print(f"{'':<10} greedy with {r['rounds']:.0f} rounds vs {r['fine_rounds']} rounds: predicted {r['predicted_score']:.6f} vs {r['fine_score']:.6f}, "
+                  f"{r['overlap_with_fine']:.2%} of routed instances in common")
+    print(f"targets: wall <= 3 s, peak memory <= 2048 MB (route() pins BLAS to 1 thread; process default {r['blas_threads']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,376 @@
+"""Routing strategies on small hand-built cases whose right answer is known."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from hybridpref.common.errors import DeadlineExceeded, InvalidInput, NotReady
+from hybridpref.router.budget import resolve_budget
+from hybridpref.router.scoring import QuadraticScorer, ScoreOnlyScorer, mix_counts
+from hybridpref.router.strategies import (
+    STRATEGIES,
+    explain,
+    GreedyOptions,
+    marginal_gains,
+    needs_judge_first,
+    needs_predictor,
+    predicted_baselines,
+    route,
+)
+
+ALL = sorted(STRATEGIES)
+FINITE = [s for s in ALL if s not in ("all_human", "all_lm")]
+
+
+def one_hot(n: int, v: int, rows_by_tag: dict[int, list[int]]) -> np.ndarray:
+    tags = np.zeros((n, v), dtype=np.uint8)
+    for tag, rows in rows_by_tag.items():
+        tags[rows, tag] = 1
+    return tags
+
+
+def count_budget(n: int, k: int):
+    return resolve_budget("count", k, n, None)
+
+
+def judge_signals(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full(n, 0.9), np.zeros(n, dtype=bool)
+
+
+def run(strategy: str, tags: np.ndarray, budget, scorer, seed: int = 0, **kw):
+    if needs_judge_first(strategy) and "judge_confidence" not in kw:
+        kw["judge_confidence"], kw["judge_inconsistent"] = judge_signals(len(tags))
+    return route(strategy, tags, budget, scorer=scorer, seed=seed, **kw)
+
+
+# ----------------------------------------------------------- one tag worth everything
+
+ONE_TAG_ROWS = [2, 5, 7]
+
+
+@pytest.fixture
+def one_tag_case() -> tuple[np.ndarray, QuadraticScorer]:
+    rng = np.random.default_rng(3)
+    tags = (rng.random((12, 4)) < 0.4).astype(np.uint8)
+    tags[:, 0] = 0
+    tags[ONE_TAG_ROWS, 0] = 1
+    return tags, QuadraticScorer(0.5, np.array([1.0, 0.0, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("strategy", ["topk", "greedy", "optimal_pos", "simulated", "judge_aware"])
+def test_one_tag_worth_everything(strategy: str, one_tag_case) -> None:
+    tags, scorer = one_tag_case
+    result = run(strategy, tags, count_budget(12, 3), scorer)
+    assert sorted(np.flatnonzero(result.human_mask)) == ONE_TAG_ROWS
+    assert result.predicted_score == pytest.approx(0.5 + 3 / 12)
+
+
+def test_optimal_pos_with_auto_routes_exactly_the_positive_gains(one_tag_case) -> None:
+    tags, scorer = one_tag_case
+    result = run("optimal_pos", tags, resolve_budget("auto", True, 12, None), scorer)
+    assert sorted(np.flatnonzero(result.human_mask)) == ONE_TAG_ROWS
+    assert (result.gains[ONE_TAG_ROWS] > 0).all() and (np.delete(result.gains, ONE_TAG_ROWS) == 0).all()
+
+
+def test_optimal_pos_under_a_larger_count_does_not_pad_with_useless_instances(one_tag_case) -> None:
+    tags, scorer = one_tag_case
+    assert run("optimal_pos", tags, count_budget(12, 6), scorer).human_count == 3
+
+
+# ----------------------------------------------------------- a harmful tag
+
+def test_greedy_and_topk_avoid_a_negative_tag() -> None:
+    # 10 instances: 0-3 carry the harmful tag 1 (and the good tag 0), 4-9 only tag 0
+    tags = one_hot(10, 3, {0: list(range(10)), 1: [0, 1, 2, 3]})
+    scorer = QuadraticScorer(0.0, np.array([0.5, -1.0, 0.0]))
+    for strategy in ("greedy", "topk"):
+        result = run(strategy, tags, count_budget(10, 6), scorer)
+        assert sorted(np.flatnonzero(result.human_mask)) == [4, 5, 6, 7, 8, 9], strategy
+    auto = run("greedy", tags, resolve_budget("auto", True, 10, None), scorer)
+    assert sorted(np.flatnonzero(auto.human_mask)) == [4, 5, 6, 7, 8, 9]
+    # forced to route 8, greedy must take the least harmful extra ones, still a valid count
+    forced = run("greedy", tags, count_budget(10, 8), scorer)
+    assert forced.human_count == 8 and forced.human_mask[4:].all()
+
+
+# ----------------------------------------------------------- interactions: greedy beats topk
+
+@pytest.fixture
+def diminishing_case() -> tuple[np.ndarray, QuadraticScorer]:
+    # f(x) = x0 + 0.5 x1 - 4 x0^2: tag 0 is the best alone but saturates fast.
+    tags = one_hot(20, 2, {0: list(range(10)), 1: list(range(10, 20))})
+    quad = np.array([[-4.0, 0.0], [0.0, 0.0]])
+    return tags, QuadraticScorer(0.0, np.array([1.0, 0.5]), quad)
+
+
+def test_greedy_beats_topk_when_gains_interact(diminishing_case) -> None:
+    tags, scorer = diminishing_case
+    budget = count_budget(20, 6)
+    topk = run("topk", tags, budget, scorer)
+    greedy = run("greedy", tags, budget, scorer)
+    assert topk.human_mask[:10].sum() == 6  # topk ignores saturation
+    assert greedy.human_mask[:10].sum() == 1 and greedy.human_mask[10:].sum() == 5
+    assert greedy.predicted_score == pytest.approx(0.165)
+    assert topk.predicted_score == pytest.approx(-0.06)
+    # brute force over how many tag-0 instances to take: greedy is optimal here
+    best = max(scorer.score(np.array([[c0, 6 - c0]]), 20)[0] for c0 in range(7))
+    assert greedy.predicted_score == pytest.approx(best)
+
+
+def test_greedy_auto_stops_where_the_next_label_stops_helping(diminishing_case) -> None:
+    tags, scorer = diminishing_case
+    result = run("greedy", tags, resolve_budget("auto", True, 20, None), scorer)
+    # tag 0: 0.05 - 0.01 (2 c0 + 1) > 0 for c0 = 0, 1 -> 2 of them (third would add 0.0); all of tag 1
+    assert result.human_mask[:10].sum() == 2 and result.human_mask[10:].all()
+    assert result.gains[result.human_mask].min() > 0
+    assert result.gains[~result.human_mask].max() <= 1e-12
+
+
+def test_greedy_through_a_score_only_scorer_matches_the_quadratic_path() -> None:
+    rng = np.random.default_rng(11)
+    tags = (rng.random((60, 8)) < 0.3).astype(np.uint8)
+    quad = QuadraticScorer.random(8, seed=4, quad_scale=20.0)
+    remote = ScoreOnlyScorer(quad.score, num_tags=8)
+    budget = count_budget(60, 10)
+    local = run("greedy", tags, budget, quad)
+    far = run("greedy", tags, budget, remote)
+    np.testing.assert_array_equal(local.human_mask, far.human_mask)
+    np.testing.assert_allclose(local.gains, far.gains, atol=1e-6)
+    assert remote.calls <= 10 + 4  # one gains call per round (+ final gains, marginal and score calls)
+
+
+def test_rounded_greedy_stays_close_to_exact_greedy() -> None:
+    rng = np.random.default_rng(5)
+    tags = (rng.random((3000, 30)) < 0.15).astype(np.uint8)
+    scorer = QuadraticScorer.random(30, seed=9, quad_scale=10.0)
+    budget = count_budget(3000, 750)
+    exact = run("greedy", tags, budget, scorer, greedy=GreedyOptions(exact_work=10**12))
+    rounded = run("greedy", tags, budget, scorer, greedy=GreedyOptions(min_rounds=8, exact_work=0))
+    topk = run("topk", tags, budget, scorer)
+    gap_topk = exact.predicted_score - topk.predicted_score
+    assert gap_topk > 0
+    assert exact.predicted_score - rounded.predicted_score < 0.1 * gap_topk
+
+
+# ----------------------------------------------------------- budgets at the edges
+
+@pytest.mark.parametrize("strategy", FINITE)
+@pytest.mark.parametrize("k", [0, 1, 12])
+def test_count_budget_edges(strategy: str, k: int, one_tag_case) -> None:
+    tags, scorer = one_tag_case
+    result = run(strategy, tags, count_budget(12, k), scorer)
+    expected = min(k, 3) if strategy == "optimal_pos" else k
+    assert result.human_count == expected
+    assert result.human_mask.dtype == bool and result.gains.shape == (12,)
+
+
+@pytest.mark.parametrize("strategy", FINITE)
+def test_cost_budget_too_small_for_any_instance_routes_nothing(strategy: str, one_tag_case) -> None:
+    tags, scorer = one_tag_case
+    budget = resolve_budget("cost", 0.9, 12, np.full(12, 1.0))
+    assert run(strategy, tags, budget, scorer).human_count == 0
+
+
+@pytest.mark.parametrize("strategy", FINITE)
+def test_cost_budget_is_never_exceeded(strategy: str) -> None:
+    rng = np.random.default_rng(2)
+    tags = (rng.random((200, 10)) < 0.3).astype(np.uint8)
+    scorer = QuadraticScorer.random(10, seed=1)
+    costs = rng.uniform(0.2, 3.0, 200)
+    budget = resolve_budget("cost", 40.0, 200, costs)
+    result = run(strategy, tags, budget, scorer)
+    assert budget.allows(result.human_mask)
+    assert budget.spent(result.human_mask) > 40.0 - 3.0 or strategy == "optimal_pos"  # filled up to the last item
+
+
+def test_cost_aware_topk_prefers_cheap_instances_per_unit_gain() -> None:
+    tags = one_hot(4, 1, {0: [0, 1, 2, 3]})
+    scorer = QuadraticScorer(0.0, np.array([1.0]))  # all gains equal
+    budget = resolve_budget("cost", 2.0, 4, np.array([2.0, 0.5, 2.0, 0.5]))
+    for strategy in ("topk", "greedy"):
+        assert sorted(np.flatnonzero(run(strategy, tags, budget, scorer).human_mask)) == [1, 3]
+
+
+def test_baselines_ignore_the_budget(one_tag_case) -> None:
+    tags, scorer = one_tag_case
+    assert run("all_human", tags, count_budget(12, 2), scorer).human_mask.all()
+    assert not run("all_lm", tags, count_budget(12, 2), scorer).human_mask.any()
+    assert run("all_human", tags, count_budget(12, 2), None).predicted_score is None
+
+
+# ----------------------------------------------------------- judge-aware
+
+def test_judge_aware_without_a_predictor_routes_the_judges_doubts() -> None:
+    n = 8
+    tags = np.zeros((n, 3), dtype=np.uint8)
+    confidence = np.array([0.95, 0.9, 0.4, 0.99, 0.85, 0.97, 0.92, 0.9])
+    inconsistent = np.array([False, False, False, False, False, False, True, False])
+    result = route("judge_aware", tags, count_budget(n, 2), scorer=None, seed=0, judge_confidence=confidence, judge_inconsistent=inconsistent)
+    assert sorted(np.flatnonzero(result.human_mask)) == [2, 6]
+    assert result.predicted_score is None
+    auto = route("judge_aware", tags, resolve_budget("auto", True, n, None), scorer=None, seed=0, judge_confidence=confidence, judge_inconsistent=inconsistent)
+    assert sorted(np.flatnonzero(auto.human_mask)) == [2, 6]
+
+
+def test_judge_aware_blends_the_predictor_gain() -> None:
+    # both rows 0 and 1 carry the good tag; row 1's judge flipped -> row 1 wins the single slot
+    tags = one_hot(4, 2, {0: [0, 1], 1: [2, 3]})
+    scorer = QuadraticScorer(0.0, np.array([1.0, -1.0]))
+    confidence = np.array([0.9, 0.9, 0.9, 0.9])
+    inconsistent = np.array([False, True, False, True])
+    result = run("judge_aware", tags, count_budget(4, 1), scorer, judge_confidence=confidence, judge_inconsistent=inconsistent)
+    assert np.flatnonzero(result.human_mask).tolist() == [1]
+    # auto: the doubtful row 3 has a negative PPM gain and stays with the LM
+    auto = run("judge_aware", tags, resolve_budget("auto", True, 4, None), scorer, judge_confidence=confidence, judge_inconsistent=inconsistent)
+    assert np.flatnonzero(auto.human_mask).tolist() == [1]
+
+
+# ----------------------------------------------------------- determinism and errors
+
+@pytest.mark.parametrize("strategy", ["random", "simulated"])
+def test_same_seed_same_decisions_other_seed_other_decisions(strategy: str) -> None:
+    rng = np.random.default_rng(0)
+    tags = (rng.random((300, 12)) < 0.2).astype(np.uint8)
+    scorer = QuadraticScorer.random(12, seed=2)
+    budget = count_budget(300, 75)
+    a = run(strategy, tags, budget, scorer, seed=42, simulated_candidates=20)
+    b = run(strategy, tags, budget, scorer, seed=42, simulated_candidates=20)
+    c = run(strategy, tags, budget, scorer, seed=43, simulated_candidates=20)
+    np.testing.assert_array_equal(a.human_mask, b.human_mask)
+    np.testing.assert_array_equal(a.gains, b.gains)
+    assert not np.array_equal(a.human_mask, c.human_mask)
+
+
+def test_simulated_beats_random_and_more_candidates_never_hurt() -> None:
+    rng = np.random.default_rng(1)
+    tags = (rng.random((400, 12)) < 0.2).astype(np.uint8)
+    scorer = QuadraticScorer.random(12, seed=3)
+    budget = count_budget(400, 100)
+    few = run("simulated", tags, budget, scorer, seed=5, simulated_candidates=5)
+    many = run("simulated", tags, budget, scorer, seed=5, simulated_candidates=200)
+    rand = run("random", tags, budget, scorer, seed=5)
+    assert many.predicted_score >= few.predicted_score > rand.predicted_score - 1e-9
+    uniform = run("simulated", tags, budget, scorer, seed=5, simulated_candidates=50, simulated_sampler="uniform")
+    assert uniform.human_count == 100
+
+
+def test_errors_name_what_to_fix(one_tag_case) -> None:
+    tags, scorer = one_tag_case
+    budget = count_budget(12, 3)
+    with pytest.raises(InvalidInput) as exc:
+        route("best", tags, budget, scorer=scorer, seed=0)
+    assert exc.value.violations[0].field == "config.strategy" and "greedy" in str(exc.value)
+    for strategy in ("topk", "simulated", "optimal_pos", "greedy"):
+        assert needs_predictor(strategy)
+        with pytest.raises(NotReady):
+            route(strategy, tags, budget, scorer=None, seed=0)
+    assert needs_judge_first("judge_aware") and not needs_judge_first("greedy")
+    with pytest.raises(NotReady):
+        route("judge_aware", tags, budget, scorer=scorer, seed=0)
+    for strategy in ("random", "simulated"):
+        with pytest.raises(InvalidInput) as exc:
+            route(strategy, tags, resolve_budget("auto", True, 12, None), scorer=scorer, seed=0)
+        assert exc.value.violations[0].field == "config.budget.auto"
+    with pytest.raises(InvalidInput):
+        route("topk", tags[:5], budget, scorer=scorer, seed=0)
+    with pytest.raises(InvalidInput):
+        route("topk", tags * 2, budget, scorer=scorer, seed=0)
+    with pytest.raises(InvalidInput) as exc:
+        route("topk", np.ones((12, 5), dtype=np.uint8), budget, scorer=scorer, seed=0)
+    assert exc.value.violations[0].field == "tag_matrix"
+
+
+def test_empty_strategy_means_the_default(one_tag_case) -> None:
+    tags, scorer = one_tag_case
+    assert route("", tags, count_budget(12, 3), scorer=scorer, seed=0).strategy == "greedy"
+
+
+# ----------------------------------------------------------- summary helpers
+
+def test_marginal_gains_are_score_differences() -> None:
+    rng = np.random.default_rng(4)
+    tags = (rng.random((15, 5)) < 0.4).astype(np.uint8)
+    scorer = QuadraticScorer.random(5, seed=8, quad_scale=30.0)
+    mask = rng.random(15) < 0.5
+    gains = marginal_gains(scorer, tags, mask)
+    base = scorer.score(mix_counts(tags, mask)[None, :], 15)[0]
+    for i in range(15):
+        other = mask.copy()
+        other[i] = not other[i]
+        moved = scorer.score(mix_counts(tags, other)[None, :], 15)[0]
+        expected = base - moved if mask[i] else moved - base
+        assert gains[i] == pytest.approx(expected, abs=1e-9)
+
+
+def test_predicted_baselines_random_is_the_exact_mean_over_subsets() -> None:
+    rng = np.random.default_rng(6)
+    tags = (rng.random((8, 4)) < 0.5).astype(np.uint8)
+    scorer = QuadraticScorer.random(4, seed=2, quad_scale=50.0)
+    mask = np.zeros(8, dtype=bool)
+    mask[[0, 3, 5]] = True
+    out = predicted_baselines(scorer, tags, mask, seed=0)
+    subsets = [list(s) for s in itertools.combinations(range(8), 3)]
+    counts = np.array([tags[s].sum(axis=0) for s in subsets], dtype=float)
+    assert out["random"] == pytest.approx(scorer.score(counts, 8).mean(), abs=1e-12)
+    assert out["all_lm"] == pytest.approx(scorer.bias)
+    assert out["chosen"] == pytest.approx(scorer.score(mix_counts(tags, mask)[None, :], 8)[0])
+    monte_carlo = predicted_baselines(ScoreOnlyScorer(scorer.score, 4), tags, mask, seed=0, n_random=400)
+    assert monte_carlo["random"] == pytest.approx(out["random"], abs=0.02)
+
+
+def test_explanations_add_up_to_the_marginal_gain_and_name_the_decisive_tag() -> None:
+    rng = np.random.default_rng(7)
+    tags = (rng.random((30, 6)) < 0.4).astype(np.uint8)
+    scorer = QuadraticScorer.random(6, seed=3, quad_scale=40.0)
+    mask = rng.random(30) < 0.4
+    idx, val = explain(scorer, tags, mask, top_k=6)
+    np.testing.assert_allclose(val.sum(axis=1), marginal_gains(scorer, tags, mask), atol=1e-12)
+    assert ((idx >= 0) == (val != 0)).all()
+    assert (np.abs(val[:, :-1]) >= np.abs(val[:, 1:]) - 1e-15).all()  # largest first
+    # one tag worth everything: it is the explanation
+    one = one_hot(4, 3, {0: [0, 1], 2: [0, 2]})
+    idx1, val1 = explain(QuadraticScorer(0.0, np.array([1.0, 0.0, 0.0])), one, np.zeros(4, dtype=bool), top_k=2)
+    assert idx1[0].tolist() == [0, -1] and idx1[2].tolist() == [-1, -1] and val1[0, 0] == pytest.approx(0.25)
+    none_idx, _ = explain(ScoreOnlyScorer(scorer.score, 6), tags, mask, top_k=2)
+    assert (none_idx == -1).all()
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "simulated"])
+def test_deadline_stops_long_strategies(strategy: str) -> None:
+    rng = np.random.default_rng(0)
+    tags = (rng.random((500, 10)) < 0.3).astype(np.uint8)
+    scorer = QuadraticScorer.random(10, seed=1)
+    with pytest.raises(DeadlineExceeded):
+        run(strategy, tags, count_budget(500, 100), scorer, deadline=time.monotonic() - 1.0)
+
+
+@pytest.mark.parametrize("strategy", ALL)
+def test_every_strategy_is_deterministic(strategy: str) -> None:
+    rng = np.random.default_rng(9)
+    tags = (rng.random((400, 12)) < 0.25).astype(np.uint8)
+    scorer = QuadraticScorer.random(12, seed=4, quad_scale=5.0)
+    budget = resolve_budget("cost", 80.0, 400, rng.uniform(0.5, 2.0, 400))
+    first = run(strategy, tags, budget, scorer, seed=11, simulated_candidates=30)
+    again = run(strategy, tags.copy(), budget, scorer, seed=11, simulated_candidates=30)
+    np.testing.assert_array_equal(first.human_mask, again.human_mask)
+    np.testing.assert_array_equal(first.gains, again.gains)
+
+
+@pytest.mark.parametrize("kind,value", [("cost", 25.0), ("auto", True)])
+def test_greedy_through_a_score_only_scorer_respects_cost_and_auto(kind: str, value: object) -> None:
+    rng = np.random.default_rng(12)
+    tags = (rng.random((120, 8)) < 0.3).astype(np.uint8)
+    quad = QuadraticScorer.random(8, seed=6, quad_scale=20.0)
+    remote = ScoreOnlyScorer(quad.score, num_tags=8)
+    budget = resolve_budget(kind, value, 120, rng.uniform(0.5, 1.5, 120))
+    far = run("greedy", tags, budget, remote)
+    assert budget.allows(far.human_mask)
+    assert remote.calls <= GreedyOptions().remote_rounds + 6
+    if kind == "auto":  # stops where nothing left helps
+        assert far.gains[~far.human_mask].max() <= 1e-12
+        local = run("greedy", tags, budget, quad)
+        assert far.predicted_score == pytest.approx(local.predicted_score, abs=0.01)
