@@ -6,7 +6,8 @@ Order (outermost first), fixed in ``hybridpref.common.server.build_interceptors`
    one) and the service name to the logging context, so every log line of the call,
    and every downstream call, carries it;
 2. ``MetricsInterceptor`` counts requests by final status code, times them, tracks
-   in-flight calls; it sees the code set by the error mapper below it;
+   in-flight calls and writes the one access-log line per call; it sees the code set
+   by the error mapper below it;
 3. ``ErrorInterceptor`` maps domain exceptions (``hybridpref.common.errors``) to
    statuses with rich details, and unexpected ones to ``INTERNAL`` after logging them.
 
@@ -113,9 +114,14 @@ class MetricsInterceptor(_AroundInterceptor):
         else:
             code = _code_name(context) or "OK"
         finally:
+            elapsed = time.perf_counter() - start
             in_flight.dec()
-            self.metrics.latency.labels(self.service, name).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(self.service, name).observe(elapsed)
             self.metrics.requests.labels(self.service, name, code).inc()
+            # The access log: one line per call, carrying the request id bound above
+            # (not for health probes, which Kubernetes sends every few seconds).
+            if not method.startswith("/grpc.health."):
+                structlog.get_logger().info("rpc", code=code, seconds=round(elapsed, 4))
 
 
 def _code_name(context) -> str | None:
