@@ -1,0 +1,6 @@
+"""Tagger core: lexical measures + analyzer tags in the canonical vocabulary.
+
+Public API: ``hybridpref.tagger.core.Tagger`` / ``TagBatch`` and
+``hybridpref.tagger.bins.ReferenceBins``. Importing this package loads no model
+(torch, transformers, spaCy are imported inside ``Tagger.load``).
+"""
