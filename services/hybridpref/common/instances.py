@@ -49,6 +49,10 @@ _LABEL_SPELLINGS: dict[str, Label] = {
 }
 
 
+# metadata key prefix marking a recorded LM label that was "tie_inconsistent" (orders disagreed)
+LM_LABEL_RAW_PREFIX = "lm_label_raw:"
+
+
 def parse_label(value: Any) -> Label | None:
     """Parse a label spelling; ``None``/empty -> ``None``. Raises ``ValueError`` on unknown text."""
     if value is None or value == "":
@@ -149,6 +153,7 @@ def instance_from_row(row: Mapping[str, Any], where: str = "row") -> PreferenceI
     prompt = text("prompt", required=not messages)
     human_label = _label_field(row, "human_label", where, violations)
     lm_labels: dict[str, Label] = {}
+    inconsistent: list[str] = []  # "tie_inconsistent" parses to TIE; keep it visible to the replay judge
     raw_lm = row.get("lm_labels") or {}
     if not isinstance(raw_lm, Mapping):
         violations.append(FieldViolation(f"{where}.lm_labels", "expected an object judge -> label"))
@@ -161,11 +166,15 @@ def instance_from_row(row: Mapping[str, Any], where: str = "row") -> PreferenceI
                 continue
             if parsed is not None:
                 lm_labels[str(judge)] = parsed
+            if isinstance(value, str) and value.strip().lower() == "tie_inconsistent":
+                inconsistent.append(str(judge))
     cost = row.get("human_cost")
     if cost is not None and not isinstance(cost, (int, float)):
         violations.append(FieldViolation(f"{where}.human_cost", "expected a number"))
         cost = None
     metadata = {k: str(v) for k, v in (row.get("metadata") or {}).items()} if isinstance(row.get("metadata"), Mapping) else {}
+    for judge in inconsistent:
+        metadata[LM_LABEL_RAW_PREFIX + judge] = "tie_inconsistent"
     for key in ("category", "source", "question_id"):
         if key in row and row[key] is not None and key not in metadata:
             metadata[key] = str(row[key])

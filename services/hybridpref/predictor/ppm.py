@@ -1,0 +1,156 @@
+"""Performance prediction models (PPM): normalised count vector x (V,) -> predicted gold accuracy.
+
+Every variant served here is a quadratic form
+
+    f(x) = bias + linear . x + x^T quad x,      x = counts / pool_size,  quad symmetric (V, V)
+
+(the linear PPM is the special case quad = 0). Fitting: ridge regression on standardised
+features [x_j] + [x_j x_k, j <= k] (4,185 terms for V = 90) with the penalty chosen by
+cross-validation, folded back to raw coefficients. The paper's quadratic model was fitted by
+plain least squares on ~200 rows (4,186 terms): an unregularised fit that cannot generalise.
+
+Export: :func:`to_onnx` writes the form as an onnx.helper graph (Div, MatMul, Add, Mul,
+ReduceSum) with a dynamic batch dimension; :func:`check_parity` compares it to numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ALPHAS = tuple(np.logspace(-4, 4, 17))
+
+
+@dataclass(frozen=True)
+class QuadraticPPM:
+    """f(x) = bias + linear . x + x^T quad x on x = counts / pool_size. Shapes: (V,), (V, V) symmetric."""
+
+    bias: float
+    linear: np.ndarray
+    quad: np.ndarray
+    kind: str = "quadratic-ridge"
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(m, V) normalised counts -> (m,) float64 predictions."""
+        x = np.asarray(x, dtype=np.float64)
+        return self.bias + x @ self.linear + np.einsum("mv,mv->m", x @ self.quad, x)
+
+
+def quadratic_features(x: np.ndarray) -> np.ndarray:
+    """(m, V) -> (m, V + V(V+1)/2): [x_j] then [x_j x_k for j <= k] in np.triu_indices order."""
+    j, k = np.triu_indices(x.shape[1])
+    return np.concatenate([x, x[:, j] * x[:, k]], axis=1)
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, quadratic: bool, alphas: tuple[float, ...] = ALPHAS) -> tuple[QuadraticPPM, float]:
+    """Fit a linear or quadratic ridge PPM; the penalty is picked by leave-one-out CV (RidgeCV's
+    efficient GCV) on standardised features. Returns (model, chosen alpha)."""
+    from sklearn.linear_model import RidgeCV
+
+    v = x.shape[1]
+    feats = quadratic_features(x) if quadratic else x
+    mu, sd = feats.mean(0), feats.std(0)
+    live = sd > 1e-12  # constant features (tags absent from the pool) get a zero coefficient
+    z = (feats[:, live] - mu[live]) / sd[live]
+    model = RidgeCV(alphas=alphas).fit(z, y)
+    coef = np.zeros(feats.shape[1])
+    coef[live] = model.coef_ / sd[live]
+    bias = float(model.intercept_ - coef[live] @ mu[live])
+    linear = coef[:v].copy()
+    quad = np.zeros((v, v))
+    if quadratic:
+        j, k = np.triu_indices(v)
+        c = coef[v:]
+        quad[j, k] += np.where(j == k, c, c / 2)  # split off-diagonal terms so quad is symmetric
+        quad[k, j] += np.where(j == k, 0.0, c / 2)
+    kind = "quadratic-ridge" if quadratic else "linear-ridge"
+    return QuadraticPPM(bias, linear, quad, kind), float(model.alpha_)
+
+
+def cross_validate(x: np.ndarray, y: np.ndarray, variant: str, folds: int = 10, seed: int = 0) -> dict[str, float]:
+    """K-fold CV of a variant ("linear", "quadratic", "gbm"): Spearman and RMSE of the pooled
+    out-of-fold predictions, plus the mean per-fold Spearman. Deterministic for ``seed``."""
+    from scipy.stats import spearmanr
+    from sklearn.model_selection import KFold
+
+    pred = np.zeros_like(y, dtype=np.float64)
+    per_fold = []
+    for train, test in KFold(n_splits=folds, shuffle=True, random_state=seed).split(x):
+        pred[test] = _fit_predict(x[train], y[train], x[test], variant, seed)
+        if np.ptp(y[test]) > 0 and np.ptp(pred[test]) > 0:
+            per_fold.append(spearmanr(y[test], pred[test]).statistic)
+    rho = spearmanr(y, pred).statistic if np.ptp(pred) > 0 else 0.0
+    return {
+        "cv_spearman": float(rho),
+        "cv_spearman_fold_mean": float(np.mean(per_fold)) if per_fold else 0.0,
+        "cv_rmse": float(np.sqrt(np.mean((pred - y) ** 2))),
+        "target_std": float(np.std(y)),
+    }
+
+
+def _fit_predict(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, variant: str, seed: int) -> np.ndarray:
+    if variant in ("linear", "quadratic"):
+        return fit_ridge(xtr, ytr, quadratic=variant == "quadratic")[0].predict(xte)
+    if variant == "gbm":
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        return HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, random_state=seed).fit(xtr, ytr).predict(xte)
+    raise ValueError(f"unknown PPM variant {variant!r}; expected linear, quadratic or gbm")
+
+
+def to_onnx(ppm: QuadraticPPM, path: Path, opset: int = 17) -> None:
+    """Write f as ONNX: inputs ``counts`` float32 [batch, V] and ``pool_size`` float32 [1];
+    output ``score`` float32 [batch]. Computes x = counts / pool_size, then
+    sum(x * (x @ quad + linear), axis=1) + bias (= x^T Q x + w.x + b)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    v = len(ppm.linear)
+    inits = [
+        numpy_helper.from_array(ppm.quad.astype(np.float32), "quad"),
+        numpy_helper.from_array(ppm.linear.astype(np.float32), "linear"),
+        numpy_helper.from_array(np.array([ppm.bias], dtype=np.float32), "bias"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+    ]
+    nodes = [
+        helper.make_node("Div", ["counts", "pool_size"], ["x"]),
+        helper.make_node("MatMul", ["x", "quad"], ["xq"]),
+        helper.make_node("Add", ["xq", "linear"], ["xq_w"]),
+        helper.make_node("Mul", ["xq_w", "x"], ["terms"]),
+        helper.make_node("ReduceSum", ["terms", "axis1"], ["total"], keepdims=0),
+        helper.make_node("Add", ["total", "bias"], ["score"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "hybridpref_ppm",
+        [helper.make_tensor_value_info("counts", TensorProto.FLOAT, ["batch", v]),
+         helper.make_tensor_value_info("pool_size", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="hybridpref")
+    model.ir_version = 8  # readable by onnxruntime >= 1.14
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString(deterministic=True))
+
+
+def check_parity(ppm: QuadraticPPM, onnx_path: Path, seed: int = 0, n: int = 2000, intra_op_threads: int = 1) -> float:
+    """Max |onnx - numpy| over ``n`` random mixes (each a random subset of a random pool's
+    tag rows, so x lies where real mixes do). Raise if > 1e-5; returns the difference."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    v = len(ppm.linear)
+    pool_size = 200
+    tags = (rng.random((pool_size, v)) < rng.uniform(0.02, 0.5, size=v)).astype(np.float64)
+    routed = rng.random((n, pool_size)) < rng.random((n, 1))
+    counts = routed.astype(np.float64) @ tags
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    got = sess.run(["score"], {"counts": counts.astype(np.float32), "pool_size": np.array([pool_size], np.float32)})[0]
+    diff = float(np.max(np.abs(got.astype(np.float64) - ppm.predict(counts / pool_size))))
+    if not diff <= 1e-5:
+        raise RuntimeError(f"ONNX parity failed: max abs diff {diff:.3g} > 1e-5")
+    return diff

@@ -1,0 +1,312 @@
+"""Predictor: builder determinism, ONNX parity, bad inputs, hot reload, gains and explanations.
+
+A tiny bundle is built once per session from tests/fixtures/predictor_pool.jsonl with a small
+hand-made tag function (the tagger core has its own tests) and the real MiniLM proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hybridpref.common.errors import InvalidInput, NotReady
+from hybridpref.common.instances import PreferenceInstance
+from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, tag_index
+from hybridpref.predictor import bundle as bundle_io
+from hybridpref.predictor.builder import BuildConfig, build_bundle, main, parse_gold_spec, split_pool, read_rows
+from hybridpref.predictor.core import Predictor
+from hybridpref.predictor.ppm import QuadraticPPM, check_parity
+
+FIXTURE = Path(__file__).parent / "fixtures" / "predictor_pool.jsonl"
+
+
+def hand_tags(instances: list[PreferenceInstance]) -> np.ndarray:
+    """Honest but crude tags: word-length bins, format constraint, a few keyword subjects."""
+    out = np.zeros((len(instances), NUM_TAGS), dtype=np.uint8)
+    subjects = {"python": "Computer sciences", "revolution": "History", "photosynthesis": "Life sciences",
+                "retirement": "Economics", "tax": "Law", "holes": "Space sciences", "tunnelling": "Physics"}
+    for i, inst in enumerate(instances):
+        la, lb = len(inst.response_a.split()), len(inst.response_b.split())
+        shorter, longer = min(la, lb), max(la, lb)
+        for measure, value, edges in (("len_shorter", shorter, (12, 30)), ("len_longer", longer, (12, 40)),
+                                      ("token_len_diff", longer - shorter, (5, 30))):
+            out[i, tag_index(f"{measure}:{'low' if value <= edges[0] else 'mid' if value <= edges[1] else 'high'}")] = 1
+        if "bullet" in inst.prompt:
+            out[i, tag_index("format_constraints:present")] = 1
+        for word, subject in subjects.items():
+            if word in inst.prompt.lower():
+                out[i, tag_index(f"subject_of_expertise:{subject}")] = 1
+        out[i, tag_index("languages:English")] = 1
+    return out
+
+
+def small_config(out: Path, seed: int = 7) -> BuildConfig:
+    return BuildConfig(pool=str(FIXTURE), out=str(out), candidates=40, seed=seed, holdout_fraction=0.25, folds=4,
+                       variants=("linear", "quadratic"), proxy_hidden=16, proxy_steps=30, proxy_seeds=1)
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    import os
+
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("HYBRIDPREF_CACHE_DIR")
+    os.environ["HYBRIDPREF_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("HYBRIDPREF_CACHE_DIR", None)
+    else:
+        os.environ["HYBRIDPREF_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, cache):
+    root = tmp_path_factory.mktemp("bundles")
+    first = build_bundle(small_config(root / "a"), tag_fn=hand_tags, progress=False)
+    again = build_bundle(small_config(root / "b"), tag_fn=hand_tags, progress=False)
+    other = build_bundle(small_config(root / "c", seed=8), tag_fn=hand_tags, progress=False)
+    return first, again, other
+
+
+def test_build_is_deterministic_for_a_seed(built):
+    first, again, other = built
+    assert first.bundle_version == again.bundle_version
+    for name in bundle_io.REQUIRED_FILES:
+        assert (first.bundle_path / name).read_bytes() == (again.bundle_path / name).read_bytes(), name
+    assert other.bundle_version != first.bundle_version  # the seed changes the candidates
+
+
+def test_bundle_contents(built):
+    result = built[0]
+    manifest = bundle_io.read_manifest(result.bundle_path)
+    assert manifest["bundle_version"] == result.bundle_version
+    vocab = bundle_io.read_json(result.bundle_path, "vocabulary.json")
+    assert vocab["tags"] == list(TAG_NAMES)
+    metrics = result.metrics
+    assert set(metrics["variants"]) == {"linear", "quadratic"}
+    assert metrics["served"]["onnx_parity_max_abs_diff"] <= 1e-5
+    assert metrics["candidates"]["all_human"] == 1 and metrics["candidates"]["all_lm"] == 1
+    fp = bundle_io.read_json(result.bundle_path, "fingerprints.json")
+    assert fp["sizes"]["pool"] + fp["sizes"]["gold:heldout"] == 48
+    assert "counts / pool_size" in (result.bundle_path / "MODEL_CARD.md").read_text()
+
+
+def test_heldout_groups_never_trained_on():
+    rows = read_rows(str(FIXTURE))
+    train, gold = split_pool(rows, "question_id", 0.25, seed=0)
+    assert {rows[i]["question_id"] for i in train}.isdisjoint({rows[i]["question_id"] for i in gold})
+    assert len({rows[i]["question_id"] for i in gold}) == 3
+
+
+def test_onnx_parity_and_served_scores_match_numpy(built):
+    path = built[0].bundle_path
+    raw = bundle_io.read_json(path, "ppm.json")
+    ppm = QuadraticPPM(raw["bias"], np.array(raw["linear"]), np.array(raw["quad"]))
+    assert np.allclose(ppm.quad, ppm.quad.T)
+    assert check_parity(ppm, path / "model.onnx", seed=3, n=500) <= 1e-5
+    pred = Predictor(path)
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 30, size=(257, NUM_TAGS)).astype(float)
+    got = pred.score(counts, pool_size=30)
+    assert got.shape == (257,) and got.dtype == np.float64
+    assert np.max(np.abs(got - ppm.predict(counts / 30))) <= 1e-5
+    bias, linear, quad = pred.quadratic_form()
+    assert bias == ppm.bias and np.array_equal(linear, ppm.linear)
+
+
+def test_unloaded_predictor_is_not_ready():
+    pred = Predictor()
+    assert not pred.ready and not pred.info().loaded and pred.info().status_message
+    with pytest.raises(NotReady):
+        pred.score(np.zeros((1, NUM_TAGS)), pool_size=10)
+    with pytest.raises(NotReady):
+        pred.gains(np.zeros((1, NUM_TAGS)), None, pool_size=10)
+    with pytest.raises(NotReady):
+        pred.load("/nonexistent/bundle")
+    assert "manifest.json missing" in pred.info().status_message
+
+
+@pytest.mark.parametrize("counts, pool_size, field", [
+    (np.zeros((2, NUM_TAGS - 1)), 10, "mixes[0].counts"),
+    ([[0.0] * NUM_TAGS, [0.0] * NUM_TAGS, [0.0] * NUM_TAGS, [0.0] * 5], 10, "mixes[3].counts"),
+    (np.vstack([np.zeros(NUM_TAGS), np.r_[-1.0, np.zeros(NUM_TAGS - 1)]]), 10, "mixes[1].counts"),
+    (np.vstack([np.zeros(NUM_TAGS), np.full(NUM_TAGS, np.nan)]), 10, "mixes[1].counts"),
+    (np.vstack([np.full(NUM_TAGS, np.inf)]), 10, "mixes[0].counts"),
+    (np.zeros((1, NUM_TAGS)), 0, "pool_size"),
+    (np.zeros((1, NUM_TAGS)), -3, "pool_size"),
+])
+def test_bad_score_inputs(built, counts, pool_size, field):
+    pred = Predictor(built[0].bundle_path)
+    with pytest.raises(InvalidInput) as err:
+        pred.score(counts, pool_size)
+    assert err.value.violations[0].field == field
+
+
+def test_bad_gains_inputs(built):
+    pred = Predictor(built[0].bundle_path)
+    with pytest.raises(InvalidInput) as err:
+        pred.gains(np.zeros((2, NUM_TAGS)), np.r_[np.zeros(NUM_TAGS - 1), -2.0], pool_size=5)
+    assert err.value.violations[0].field == "current.counts"
+    with pytest.raises(InvalidInput) as err:
+        pred.gains(np.zeros((2, 3)), None, pool_size=5)
+    assert err.value.violations[0].field == "instances[0].indices"
+    with pytest.raises(InvalidInput):
+        pred.gains(np.zeros((2, NUM_TAGS)), None, pool_size=5, explain_top_k=-1)
+
+
+def test_gains_and_exact_explanations(built):
+    pred = Predictor(built[0].bundle_path)
+    rng = np.random.default_rng(4)
+    tags = (rng.random((20, NUM_TAGS)) < 0.1).astype(float)
+    current = tags[:5].sum(0)
+    gains, base, expl = pred.gains(tags, current, pool_size=20, explain_top_k=NUM_TAGS)
+    assert base == pytest.approx(pred.score(current[None], 20)[0])
+    assert np.allclose(gains, pred.score(current + tags, 20) - base, atol=1e-6)
+    for i, row in enumerate(expl):
+        assert {t for t, _ in row} == {TAG_NAMES[j] for j in np.flatnonzero(tags[i])}
+        assert sum(c for _, c in row) == pytest.approx(gains[i], abs=1e-5)  # attributions sum to the gain
+        mags = [abs(c) for _, c in row]
+        assert mags == sorted(mags, reverse=True)
+    _, _, top2 = pred.gains(tags, None, pool_size=20, explain_top_k=2)
+    assert all(len(r) <= 2 for r in top2)
+    empty_gains, _, _ = pred.gains(tags, np.array([]), pool_size=20)  # empty MixVector = nothing routed
+    assert np.allclose(empty_gains, pred.gains(tags, None, pool_size=20)[0])
+
+
+def _refinalise(folder: Path) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    extra = {k: v for k, v in manifest.items() if k not in ("format", "bundle_version", "files")}
+    bundle_io.finalise(folder, extra)
+
+
+def test_vocabulary_mismatch_and_corruption_refused(built, tmp_path):
+    src = built[0].bundle_path
+    bad_vocab = tmp_path / "vocab"
+    shutil.copytree(src, bad_vocab)
+    vocab = json.loads((bad_vocab / "vocabulary.json").read_text())
+    vocab["tags"][40] = "subject_of_expertise:Journalism"  # the paper's split-name trap
+    bundle_io.write_json(bad_vocab / "vocabulary.json", vocab)
+    _refinalise(bad_vocab)
+    pred = Predictor(src)
+    with pytest.raises(NotReady, match="vocabulary"):
+        pred.load(bad_vocab)
+    assert pred.info().bundle_version == built[0].bundle_version  # the old bundle keeps serving
+    tampered = tmp_path / "tampered"
+    shutil.copytree(src, tampered)
+    raw = json.loads((tampered / "ppm.json").read_text())
+    raw["bias"] += 1.0
+    bundle_io.write_json(tampered / "ppm.json", raw)
+    with pytest.raises(NotReady, match="manifest hash"):
+        Predictor(tampered)
+    _refinalise(tampered)  # even with a matching manifest, ONNX and ppm.json must agree
+    with pytest.raises(NotReady, match="disagree"):
+        Predictor(tampered)
+
+
+def test_hot_reload_does_not_drop_in_flight_calls(built):
+    a, _, c = built
+    pred = Predictor(a.bundle_path)
+    counts = np.random.default_rng(2).integers(0, 10, size=(4096, NUM_TAGS)).astype(float)
+    expected = {a.bundle_version: pred.score(counts, 40)}
+    expected[c.bundle_version] = Predictor(c.bundle_path).score(counts, 40)
+    assert not np.allclose(*expected.values())
+    errors: list[BaseException] = []
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        try:
+            while not stop.is_set():
+                got = pred.score(counts, 40)
+                matches = [i for i, v in enumerate(expected.values()) if np.allclose(got, v, atol=1e-6)]
+                assert len(matches) == 1, "a score mixed two bundles"
+                seen.add(matches[0])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(12):
+        pred.load(c.bundle_path if i % 2 == 0 else a.bundle_path)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert pred.info().bundle_version == a.bundle_version
+
+
+def test_cli_main_builds(tmp_path, cache, capsys, monkeypatch):
+    import hybridpref.predictor.builder as builder
+
+    monkeypatch.setattr(builder, "tag_with_tagger", lambda profile: (hand_tags, None))
+    out = tmp_path / "cli"
+    rc = main(["--pool", str(FIXTURE), "--candidates", "12", "--seed", "1", "--out", str(out), "--folds", "3",
+               "--proxy-seeds", "1", "--proxy-steps", "10", "--holdout-fraction", "0.25", "--no-progress",
+               "--gold", f"extra={FIXTURE}#source~fixture#max=10"])
+    assert rc == 0
+    assert "CV Spearman" in capsys.readouterr().out
+    assert Predictor(out).info().loaded
+    metrics = bundle_io.read_json(out, "metrics.json")
+    assert set(metrics["gold_sets"]) == {"heldout", "extra"}
+
+
+def test_gold_spec_parsing():
+    spec = parse_gold_spec("adv=/d/llmbar/pairs.jsonl#source~Natural|Adversarial#max=5")
+    assert (spec.name, spec.path, spec.sources, spec.max_rows) == ("adv", "/d/llmbar/pairs.jsonl", ["Natural", "Adversarial"], 5)
+    assert parse_gold_spec("/d/pandalm/pairs.jsonl#unanimous").name == "pandalm"
+    with pytest.raises(InvalidInput):
+        parse_gold_spec("x.jsonl#weird")
+
+
+def test_default_bundle_loads_and_scores_sanely():
+    from hybridpref.predictor.core import default_bundle_path
+
+    pred = Predictor(default_bundle_path())
+    info = pred.info()
+    assert info.loaded and info.bundle_version.startswith("ppm-") and info.vocabulary == list(TAG_NAMES)
+    assert info.data_fingerprint.startswith("data-") and "cv_spearman" in info.metrics
+    assert info.metrics["onnx_parity_max_abs_diff"] <= 1e-5
+    metrics = bundle_io.read_json(default_bundle_path(), "metrics.json")
+    rates = np.array([metrics["pool"]["tag_rates"].get(t, 0.0) for t in TAG_NAMES])
+    # A batch like the pool: nothing routed ~ the all-LM fit, everything routed ~ the all-human fit.
+    scores = pred.score(np.vstack([np.zeros(NUM_TAGS), rates * 500, rates * 250]), pool_size=500)
+    assert abs(scores[0] - metrics["target"]["all_lm"]) < 0.03
+    assert abs(scores[1] - metrics["target"]["all_human"]) < 0.03
+    assert np.all((scores > 0.5) & (scores < 0.8))
+    assert pred.quadratic_form() is not None
+
+
+def test_caller_vocabulary_version_checked(built):
+    from hybridpref.common.vocabulary import VOCABULARY_VERSION
+
+    pred = Predictor(built[0].bundle_path)
+    pred.check_vocabulary("")
+    pred.check_vocabulary(VOCABULARY_VERSION)
+    with pytest.raises(NotReady, match="vocabulary"):
+        pred.check_vocabulary("hybridpref-tags-v0")
+
+
+def test_builder_bad_inputs(tmp_path):
+    with pytest.raises(InvalidInput) as err:
+        main(["--pool", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")])
+    assert err.value.violations[0].field == "pool"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x"}\nnot json\n')
+    with pytest.raises(InvalidInput, match="not valid JSON"):
+        main(["--pool", str(bad), "--out", str(tmp_path / "o")])
+    with pytest.raises(InvalidInput) as err:
+        build_bundle(BuildConfig(pool=str(FIXTURE), out=str(tmp_path / "o"), holdout_fraction=0.99), tag_fn=hand_tags)
+    assert err.value.violations[0].field == "holdout_fraction"
+
+
+def test_builder_config_checked_before_work(tmp_path):
+    with pytest.raises(InvalidInput) as err:
+        build_bundle(BuildConfig(pool=str(FIXTURE), out=str(tmp_path), candidates=1, variants=("gbm",), proxy_seeds=0),
+                     tag_fn=hand_tags)
+    assert {v.field for v in err.value.violations} == {"candidates", "variants", "proxy_seeds"}
