@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--judge-backend", choices=["embedded", "openai", "replay"], default=None,
                        help="embedded stack only: judge backend")
     route.add_argument("--timeout", type=float, default=900.0, help="deadline for the call, seconds")
+    route.add_argument("--log-level", default="WARNING", help="embedded stack's service log level (default WARNING)")
 
     predictor = sub.add_parser("predictor", help="predictor tools")
     predictor_sub = predictor.add_subparsers(dest="predictor_command", required=True)

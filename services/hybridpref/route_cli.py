@@ -59,8 +59,10 @@ def _router(args, console):
     if args.router:
         yield args.router
         return
+    from hybridpref.common.logs import configure_logging
     from hybridpref.stack import BackgroundLoop, start_embedded_stack
 
+    configure_logging("hybridpref-route", args.log_level, "console")
     overrides = {"judge_backend": args.judge_backend} if args.judge_backend else {}
     background = BackgroundLoop()
     console.print("starting an embedded stack (tagger, judge, predictor, router) on loopback; loading models...")
