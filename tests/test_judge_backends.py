@@ -49,8 +49,8 @@ def server(embedded: EmbeddedBackend) -> Iterator[int]:
 def test_embedded_both_mode(embedded: EmbeddedBackend, pairs: list[PreferenceInstance]) -> None:
     judge = Judge(embedded)
     assert judge.ready and judge.judge_id == "embedded:SmolLM2-135M-Instruct"
-    out = judge.judge(pairs)
-    assert [j.id for j in out] == [p.id for p in pairs]
+    out = judge.judge(pairs[:4])
+    assert [j.id for j in out] == [p.id for p in pairs[:4]]
     for j in out:
         assert j.verdict_ab != Label.UNSPECIFIED and j.verdict_ba != Label.UNSPECIFIED
         assert 0.0 <= j.confidence <= 1.0 and j.template_version == "multipref@1"
@@ -64,13 +64,13 @@ def test_embedded_both_mode(embedded: EmbeddedBackend, pairs: list[PreferenceIns
 
 def test_embedded_random_mode_and_templates(embedded: EmbeddedBackend, pairs: list[PreferenceInstance]) -> None:
     judge = Judge(embedded, default_template="short")
-    a = judge.judge(pairs, mode=PositionMode.RANDOM, seed=11)
+    a = judge.judge(pairs[:4], mode=PositionMode.RANDOM, seed=11)
     assert all(j.template_version == "short@1" and not j.order_inconsistent for j in a)
     for j in a:
         judged_ba = aggregate.random_order_swapped(j.id, 11)
         assert (j.verdict_ba != Label.UNSPECIFIED) == judged_ba and (j.verdict_ab != Label.UNSPECIFIED) != judged_ba
         assert j.label in (Label.A_BETTER, Label.TIE, Label.B_BETTER)  # 3-option template
-    assert a == judge.judge(pairs, mode=PositionMode.RANDOM, seed=11)
+    assert a[:2] == judge.judge(pairs[:2], mode=PositionMode.RANDOM, seed=11)
 
 
 def test_embedded_scores_are_distributions_and_prefix_reuse_is_exact(
@@ -89,7 +89,7 @@ def test_embedded_scores_are_distributions_and_prefix_reuse_is_exact(
 
 def test_embedded_truncates_long_inputs_fairly(embedded: EmbeddedBackend, pairs: list[PreferenceInstance]) -> None:
     small = EmbeddedBackend(max_prompt_tokens=400)
-    small._tok, small._model = embedded._tok, embedded._model  # share the loaded weights
+    small._tok, small._model, small._cache_kw = embedded._tok, embedded._model, embedded._cache_kw  # share weights
     long = PreferenceInstance("long", "Summarise. " * 300, "alpha " * 900, "beta " * 50)
     pre, suf = small.prompt_ids(ScoreRequest(long, False), MULTIPREF)
     assert len(pre) + len(suf) <= 400
@@ -129,7 +129,10 @@ def test_openai_backend_against_real_server(server: int, pairs: list[PreferenceI
     monkeypatch.setenv("JUDGE_KEY", "test-key")
     judge = Judge.from_config("openai", base_url=f"http://127.0.0.1:{server}/v1", model="SmolLM2-135M-Instruct",
                               api_key_env="JUDGE_KEY", concurrency=2, max_tokens=2)
-    out = judge.judge(pairs[:3], template="short", deadline_s=120)
+    try:
+        out = judge.judge(pairs[:3], template="short", deadline_s=120)
+    finally:
+        judge.backend.close()
     assert [j.id for j in out] == [p.id for p in pairs[:3]]
     assert all(j.judge_id == "openai:SmolLM2-135M-Instruct" and j.template_version == "short@1" for j in out)
     # logprobs path: verdicts from option probabilities in both orders, soft confidences
@@ -141,3 +144,4 @@ def test_openai_backend_wrong_key_is_unavailable(server: int, pairs: list[Prefer
     judge = Judge.from_config("openai", base_url=f"http://127.0.0.1:{server}/v1", api_key="wrong")
     with pytest.raises(BackendUnavailable, match="401"):
         judge.judge(pairs[:1], deadline_s=30)
+    judge.backend.close()

