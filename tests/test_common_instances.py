@@ -49,7 +49,7 @@ def test_jsonl_errors_name_line_and_field(tmp_path):
         read_jsonl(str(path))
     assert [v.field for v in err.value.violations] == ["line 3.human_label"]
     path.write_text("{not json\n")
-    with pytest.raises(InvalidInput, match="line 1"):
+    with pytest.raises(InvalidInput, match=r"in.jsonl:1: not valid JSON"):
         read_jsonl(str(path))
 
 

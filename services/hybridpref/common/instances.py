@@ -233,11 +233,10 @@ def instance_to_row(inst: PreferenceInstance) -> dict[str, Any]:
     return row
 
 
-def iter_jsonl(path: str) -> Iterator[tuple[int, PreferenceInstance]]:
-    """Yield ``(line number, instance)`` from a JSONL file, skipping blank lines.
+def iter_json_rows(path: str) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line number, parsed JSON value)`` for each non-blank line of a JSONL file.
 
-    A bad row raises ``InvalidInput`` whose fields read ``line 12.response_a``.
-    """
+    A line that is not JSON raises ``InvalidInput`` naming ``path:line``."""
     import json
 
     with open(path, encoding="utf-8") as fh:
@@ -245,10 +244,18 @@ def iter_jsonl(path: str) -> Iterator[tuple[int, PreferenceInstance]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InvalidInput(FieldViolation(f"line {lineno}", f"not valid JSON: {exc.msg} at column {exc.colno}")) from None
-            yield lineno, instance_from_row(row, where=f"line {lineno}")
+                raise InvalidInput(FieldViolation(f"{path}:{lineno}", f"not valid JSON: {exc.msg} at column {exc.colno}")) from None
+
+
+def iter_jsonl(path: str) -> Iterator[tuple[int, PreferenceInstance]]:
+    """Yield ``(line number, instance)`` from a JSONL file, skipping blank lines.
+
+    A bad row raises ``InvalidInput`` whose fields read ``line 12.response_a``.
+    """
+    for lineno, row in iter_json_rows(path):
+        yield lineno, instance_from_row(row, where=f"line {lineno}")
 
 
 def read_jsonl(path: str, limit: int | None = None) -> list[PreferenceInstance]:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from hybridpref.common.errors import FieldViolation, InvalidInput
-from hybridpref.common.instances import PreferenceInstance, instance_from_row
+from hybridpref.common.instances import PreferenceInstance, instance_from_row, iter_json_rows
 from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, VOCABULARY_VERSION
 from hybridpref.predictor import bundle as bundle_io
 from hybridpref.predictor import mixes as mixes_mod
@@ -102,19 +102,10 @@ def parse_gold_spec(spec: str) -> _GoldSpec:
 
 def read_rows(path: str, field_name: str = "pool") -> list[dict[str, Any]]:
     """Raw JSONL rows (dicts); errors name the file line."""
-    rows = []
     try:
-        fh = open(path, encoding="utf-8")
+        return [row for _lineno, row in iter_json_rows(str(path))]
     except OSError as exc:
         raise InvalidInput(FieldViolation(field_name, f"cannot read {path}: {exc.strerror}")) from None
-    with fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise InvalidInput(FieldViolation(f"{path}:{lineno}", f"not valid JSON: {exc.msg}")) from None
-    return rows
 
 
 def usable_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:

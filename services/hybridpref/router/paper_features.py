@@ -32,7 +32,6 @@ in ``PaperFeatures.unparsed``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from hybridpref.common.errors import FieldViolation, InvalidInput
-from hybridpref.common.instances import Label
+from hybridpref.common.instances import Label, iter_json_rows
 from hybridpref.common.vocabulary import (
     ANALYZER_DIMENSIONS,
     BINARY_DIMENSIONS,
@@ -84,14 +83,7 @@ class PaperFeatures:
 
 def read_paper_features(path: str, reference_bins: Any | None = None) -> PaperFeatures:
     """Read ``path`` (JSONL, paper layout) -> :class:`PaperFeatures`. Errors name the line and column."""
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise InvalidInput(FieldViolation(f"{path}:{lineno}", f"not valid JSON: {exc.msg}")) from None
+    rows = [row for _lineno, row in iter_json_rows(path)]
     return paper_rows_to_features(rows, reference_bins)
 
 
