@@ -37,8 +37,9 @@ def load_instances(n: int) -> list[PreferenceInstance]:
             for line in fh:
                 row = json.loads(line)
                 recorded = next((v for v in (row.get("lm_labels") or {}).values() if v in ("A", "B", "tie", "tie_inconsistent")), None)
-                if recorded is None or not row.get("prompt"):
-                    continue
+                texts = [row.get(k) for k in ("prompt", "response_a", "response_b")]
+                if recorded is None or not all(isinstance(t, str) and t.strip() for t in texts):
+                    continue  # a few rows carry no usable text (e.g. a boolean response)
                 row["lm_labels"] = {"bench": recorded}
                 rows.append(row)
     out = []

@@ -255,7 +255,7 @@ def _greedy(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
     updated through ``u`` alone, O(n V) per round, instead of re-scoring n mixes
     ``f(c + t_i)`` from scratch (O(n V^2) each round). (A bound-based variant that re-evaluates
     only a window of the best rows was tried and lost: under a PPM with real interactions the
-    gains re-rank enough that the window kept failing its bound; see results_router.md.)
+    gains re-rank enough that the window kept failing its bound; see benchmarks/RESULTS.md.)
 
     Without a quadratic form each round is one ``scorer.gains`` call over the distinct tag rows.
     """

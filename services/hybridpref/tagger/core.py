@@ -7,7 +7,7 @@ gRPC-free; the servicer wraps ``Tagger``. Usage::
     batch = tagger.tag(instances)       # InvalidInput if any instance is bad
     batch.tag_matrix                    # uint8 (n, 90), columns = vocabulary.TAG_NAMES
 
-Profiles (documented figures: benchmarks/results_tagger.md):
+Profiles (documented figures: benchmarks/RESULTS.md):
 
 ``default``
     all-MiniLM-L6-v2 (one pass per text, window 128 word-pieces incl. [CLS]/[SEP]) for
