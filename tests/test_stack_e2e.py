@@ -205,3 +205,32 @@ def test_stream_rejects_a_duplicate_in_a_later_chunk(client, sample):
     with pytest.raises(RoutingError) as err:  # the budget is checked against the whole stream's size
         client.route_stream(sample[:5], budget=6, strategy="random", chunk_size=2)
     assert [f for f, _ in err.value.violations] == ["config.budget.count"]
+
+
+def test_bundle_binned_on_other_edges_is_refused(background_loop, sample, tmp_path):
+    """Tags binned with other reference edges than the PPM learned from would be silently wrong."""
+    import shutil
+
+    from hybridpref.predictor.core import default_bundle_path
+    from hybridpref.stack import start_embedded_stack
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_bundle_path(), bundle)
+    bins = json.loads((bundle / "reference_bins.json").read_text())
+    bins["grids"]["prompt_len"] = [v * 2 for v in bins["grids"]["prompt_len"]]
+    (bundle / "reference_bins.json").write_text(json.dumps(bins))
+    from hybridpref.predictor.bundle import sha256_file
+
+    manifest = json.loads((bundle / "manifest.json").read_text())  # a consistent bundle, built on other edges
+    manifest["files"]["reference_bins.json"] = sha256_file(bundle / "reference_bins.json")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    settings = Settings(tagger_profile="fast", judge_backend="replay", bundle_path=str(bundle), bundle_watch_s=0)
+    other = background_loop.run(start_embedded_stack(settings), timeout=300)
+    try:
+        with RouterClient(other.router_address, timeout_s=60) as c:
+            with pytest.raises(RoutingError) as err:
+                c.route(sample, budget=0.25, strategy="greedy")
+            assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "reference edges" in err.value.details
+            assert len(c.route(sample, budget=0.25, strategy="random").decisions) == len(sample)
+    finally:
+        background_loop.run(other.stop(0.2))

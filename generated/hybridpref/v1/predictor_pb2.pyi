@@ -260,6 +260,7 @@ class ModelInfo(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     DATA_FINGERPRINT_FIELD_NUMBER: _builtins.int
     STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
+    REFERENCE_BINS_ID_FIELD_NUMBER: _builtins.int
     loaded: _builtins.bool
     """False until a bundle is loaded; scoring RPCs answer FAILED_PRECONDITION then."""
     bundle_version: _builtins.str
@@ -272,6 +273,8 @@ class ModelInfo(_message.Message):
     """Fingerprint of the data the bundle was built from."""
     status_message: _builtins.str
     """Why no bundle is loaded, when loaded is false."""
+    reference_bins_id: _builtins.str
+    """Fingerprint of the reference bin edges stored in the bundle (the tags it was trained on)."""
     @_builtins.property
     def vocabulary(self) -> _common_pb2.TagVocabulary:
         """The vocabulary the PPM reads."""
@@ -291,10 +294,11 @@ class ModelInfo(_message.Message):
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         data_fingerprint: _builtins.str = ...,
         status_message: _builtins.str = ...,
+        reference_bins_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["vocabulary", b"vocabulary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_path", b"bundle_path", "bundle_version", b"bundle_version", "data_fingerprint", b"data_fingerprint", "loaded", b"loaded", "metrics", b"metrics", "model_kind", b"model_kind", "status_message", b"status_message", "vocabulary", b"vocabulary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_path", b"bundle_path", "bundle_version", b"bundle_version", "data_fingerprint", b"data_fingerprint", "loaded", b"loaded", "metrics", b"metrics", "model_kind", b"model_kind", "reference_bins_id", b"reference_bins_id", "status_message", b"status_message", "vocabulary", b"vocabulary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

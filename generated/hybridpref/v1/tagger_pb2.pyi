@@ -148,10 +148,15 @@ class TagInstancesResponse(_message.Message):
     VOCABULARY_VERSION_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
     PROFILE_FIELD_NUMBER: _builtins.int
+    REFERENCE_BINS_ID_FIELD_NUMBER: _builtins.int
     vocabulary_version: _builtins.str
     """Vocabulary version the tag indices refer to."""
     profile: _builtins.str
     """Profile actually used."""
+    reference_bins_id: _builtins.str
+    """Fingerprint of the reference bin edges the lexical tags were binned with; the
+    router checks it against the predictor bundle's before routing with the PPM.
+    """
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceTags]:
         """One entry per request instance, same order."""
@@ -162,10 +167,11 @@ class TagInstancesResponse(_message.Message):
         vocabulary_version: _builtins.str = ...,
         instances: _abc.Iterable[Global___InstanceTags] | None = ...,
         profile: _builtins.str = ...,
+        reference_bins_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "profile", b"profile", "vocabulary_version", b"vocabulary_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "profile", b"profile", "reference_bins_id", b"reference_bins_id", "vocabulary_version", b"vocabulary_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -43,6 +43,7 @@ class ModelInfoData:
     model_kind: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     data_fingerprint: str = ""
+    reference_bins_id: str = ""
     status_message: str = ""
 
 
@@ -173,8 +174,20 @@ def _open_bundle(folder: Path) -> _State:
         loaded=True, bundle_version=manifest["bundle_version"], bundle_path=str(folder.resolve()),
         vocabulary_version=VOCABULARY_VERSION, vocabulary=list(TAG_NAMES), model_kind=manifest.get("model_kind", ""),
         metrics={k: float(v) for k, v in metrics.get("served", {}).items()},
-        data_fingerprint=manifest.get("data_fingerprint", ""), status_message="ok")
+        data_fingerprint=manifest.get("data_fingerprint", ""), status_message="ok",
+        reference_bins_id=_reference_bins_id(folder))
     return _State(session=session, ppm=ppm, info=info)
+
+
+def _reference_bins_id(folder: Path) -> str:
+    """Fingerprint of the bundle's reference bin edges (as the tagger computes it); "" when the
+    bundle records no tagger bins (e.g. built from a custom tag function): nothing to check then."""
+    from hybridpref.tagger.bins import ReferenceBins
+
+    try:
+        return ReferenceBins.from_json((folder / "reference_bins.json").read_text()).fingerprint()
+    except (OSError, InvalidInput):
+        return ""
 
 
 def _load_ppm(folder: Path, session) -> QuadraticPPM | None:

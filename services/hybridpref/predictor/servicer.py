@@ -99,7 +99,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
             loaded=info.loaded, bundle_version=info.bundle_version, bundle_path=info.bundle_path,
             vocabulary=common_pb2.TagVocabulary(version=info.vocabulary_version, tags=info.vocabulary),
             model_kind=info.model_kind, metrics=info.metrics, data_fingerprint=info.data_fingerprint,
-            status_message=info.status_message,
+            status_message=info.status_message, reference_bins_id=info.reference_bins_id,
         )
 
     async def close(self) -> None:

@@ -49,13 +49,14 @@ class TaggedBatch:
     tag_matrix: np.ndarray  # uint8 (n, NUM_TAGS)
     measures: np.ndarray  # float64 (n, len(LEXICAL_MEASURES))
     analyzer: list[dict[str, str]]
+    reference_bins_id: str = ""  # the tagger's bin edges (checked against the predictor bundle's)
 
     @staticmethod
     def concat(parts: Sequence[TaggedBatch]) -> TaggedBatch:
         if not parts:
             return TaggedBatch(np.zeros((0, NUM_TAGS), np.uint8), np.zeros((0, len(LEXICAL_MEASURES))), [])
         return TaggedBatch(np.concatenate([p.tag_matrix for p in parts]), np.concatenate([p.measures for p in parts]),
-                           [a for p in parts for a in p.analyzer])
+                           [a for p in parts for a in p.analyzer], parts[0].reference_bins_id)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class TaggerClient:
                 raise downstream_error("tagger", exc) from None
             if resp.vocabulary_version != VOCABULARY_VERSION:
                 raise NotReady(f"tagger speaks vocabulary {resp.vocabulary_version!r}, router {VOCABULARY_VERSION!r}")
+            out.reference_bins_id = resp.reference_bins_id
             for k, item in enumerate(resp.instances):
                 row = start + k
                 out.tag_matrix[row, list(item.tags.indices)] = 1

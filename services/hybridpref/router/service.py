@@ -144,7 +144,7 @@ class RouterCore:
             options.budget_kind, options.budget_value, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged)
         )
         # The predictor client is blocking: never call it on the event loop (it may serve the predictor too).
-        scorer, bundle_version = await _in_thread(self._scorer, options.strategy, clock.left())
+        scorer, bundle_version = await _in_thread(self._scorer, options.strategy, clock.left(), tagged.reference_bins_id)
         with _timed(stages, "route"):
             result = await _in_thread(
                 strategies.route, options.strategy, tagged.tag_matrix, budget, scorer=scorer, seed=options.seed,
@@ -184,7 +184,7 @@ class RouterCore:
             replay_judge=options.replay_judge, seed=options.seed, timeout=timeout,
         )
 
-    def _scorer(self, strategy: str, timeout: float | None):
+    def _scorer(self, strategy: str, timeout: float | None, reference_bins_id: str = ""):
         if not strategies.needs_predictor(strategy):
             return None, ""
         from hybridpref.common.channels import call_metadata
@@ -193,6 +193,12 @@ class RouterCore:
         info = scorer.info()
         if not info.loaded:
             raise NotReady(f"strategy {strategy!r} needs the predictor, which has no model bundle: {info.status_message}")
+        if reference_bins_id and info.reference_bins_id and reference_bins_id != info.reference_bins_id:
+            # Tags binned with other edges than the PPM was trained on would be silently wrong.
+            raise NotReady(
+                f"the tagger bins with reference edges {reference_bins_id}, the predictor bundle "
+                f"{info.bundle_version} was built with {info.reference_bins_id}: deploy matching tagger and bundle"
+            )
         return scorer, info.bundle_version
 
     def _predictions(self, scorer: PredictorClient, tagged: TaggedBatch, result, options: RouteOptions, decisions) -> dict[str, float]:

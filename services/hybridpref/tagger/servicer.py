@@ -53,7 +53,7 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
             await self._executor.run(tagger.load)
         batch = await self._executor.run(tagger.tag, instances)
         self._metrics.instances.labels("tagger", "TagInstances").inc(len(instances))
-        return to_response(batch, profile)
+        return to_response(batch, profile, tagger.reference_bins.fingerprint())
 
     async def TagInstancesStream(self, request_iterator, context):
         async for request in request_iterator:
@@ -66,8 +66,10 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
         self._executor.shutdown()
 
 
-def to_response(batch, profile: str) -> tagger_pb2.TagInstancesResponse:
-    out = tagger_pb2.TagInstancesResponse(vocabulary_version=VOCABULARY_VERSION, profile=profile)
+def to_response(batch, profile: str, reference_bins_id: str) -> tagger_pb2.TagInstancesResponse:
+    out = tagger_pb2.TagInstancesResponse(
+        vocabulary_version=VOCABULARY_VERSION, profile=profile, reference_bins_id=reference_bins_id
+    )
     for i, inst_id in enumerate(batch.ids):
         item = out.instances.add(id=inst_id, truncated=bool(batch.truncated[i]))
         item.tags.indices.extend(int(j) for j in batch.tag_matrix[i].nonzero()[0])
