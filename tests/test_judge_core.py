@@ -274,7 +274,7 @@ def test_openai_api_key_from_secret_file(tmp_path: Path, scripted: ThreadingHTTP
     secret.write_text("s3cret\n")
     backend = OpenAIBackend(f"http://127.0.0.1:{scripted.server_address[1]}/v1", api_key_file=secret)
     backend.load()
-    assert backend._client.headers["authorization"] == "Bearer s3cret"
+    assert backend.http._client.headers["authorization"] == "Bearer s3cret"
     with pytest.raises(InvalidInput):
         OpenAIBackend("http://x/v1", api_key_file=tmp_path / "missing").load()
     with pytest.raises(InvalidInput):

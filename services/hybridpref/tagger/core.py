@@ -100,14 +100,14 @@ class Tagger:
     the embedding analyzer reads; default 64), ``spacy_model``, ``cache_entries``, ``max_chars``
     (default ``MAX_TEXT_CHARS``), ``max_batch`` (default 4096), ``bertscore_baseline``
     (BERTScore rescaling baseline; default the packaged one for the profile's encoder), ``lm_model``,
-    ``openai_base_url``, ``openai_model``, ``openai_api_key``.
+    ``openai_base_url``, ``openai_model``, ``openai_api_key`` / ``openai_api_key_file``.
     """
 
     def __init__(self, profile: str = "default", *, reference_bins: ReferenceBins | None = None, **backend_options: Any) -> None:
         if profile not in PROFILES:
             raise InvalidInput(FieldViolation("profile", f"unknown profile {profile!r}; expected one of {PROFILES}"))
         known = {"analyzer", "analyzer_window", "encoder_path", "window", "spacy_model", "cache_entries", "max_chars", "max_batch", "rouge", "bertscore_baseline",
-                 "lm_model", "openai_base_url", "openai_model", "openai_api_key"}
+                 "lm_model", "openai_base_url", "openai_model", "openai_api_key", "openai_api_key_file"}
         unknown = sorted(set(backend_options) - known)
         if unknown:
             raise InvalidInput(FieldViolation("backend_options", f"unknown options {unknown}; known: {sorted(known)}"))
@@ -158,7 +158,8 @@ class Tagger:
             url, model = self.options.get("openai_base_url"), self.options.get("openai_model")
             if not url or not model:
                 raise InvalidInput(FieldViolation("backend_options.openai_base_url", "analyzer='openai' needs openai_base_url and openai_model"))
-            return OpenAIAnalyzer(url, model, api_key=self.options.get("openai_api_key"))
+            return OpenAIAnalyzer(url, model, api_key=self.options.get("openai_api_key"),
+                                  api_key_file=self.options.get("openai_api_key_file"))
         raise InvalidInput(FieldViolation("backend_options.analyzer", f"unknown analyzer {spec!r}; expected embedding, lm or openai"))
 
     def _embed_prompts(self, texts: list[str]) -> np.ndarray:

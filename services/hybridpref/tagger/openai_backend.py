@@ -6,19 +6,18 @@ must be a JSON object ``{"answer": ...}`` (a code fence around it is tolerated) 
 answer maps onto the dimension's closed option set via ``vocabulary.canonical_option``
 (a list of options for multi-label dimensions; ``yes``/``no`` for yes/no dimensions).
 Anything else is ``"unparsed"`` for that dimension: it never becomes a made-up tag.
-Transport failures (connection refused, HTTP 5xx/429, timeout) raise
-``BackendUnavailable``; they are not "unparsed" (the caller should retry).
+Transport failures (connection refused, HTTP 5xx/429, timeout) are retried with backoff,
+then raise ``BackendUnavailable``; they are not "unparsed" (the caller should retry).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Sequence
 from typing import Any
 
-from hybridpref.common.errors import BackendUnavailable
+from hybridpref.common.openai_http import ChatCompletionsClient
 from hybridpref.common.vocabulary import ANALYZER_DIMENSIONS, BINARY_DIMENSIONS, MULTI_LABEL_DIMENSIONS, canonical_option
 from hybridpref.tagger.analyzer import ABSENT, NON_ENGLISH, QUESTIONS, UNPARSED
 
@@ -73,64 +72,46 @@ def parse_answer(dimension: str, content: str | None) -> str:
 
 
 class OpenAIAnalyzer:
-    """OpenAI-compatible ``/v1/chat/completions`` backend (httpx, temperature 0).
+    """OpenAI-compatible ``/v1/chat/completions`` backend (temperature 0), over the shared
+    ``ChatCompletionsClient`` (retries with backoff, ``Retry-After``, API key from a value,
+    a mounted secret file or the environment).
 
-    ``base_url``: e.g. ``http://localhost:8000/v1``; ``model``: the served model name;
-    ``api_key``: sent as a bearer token if given. ``max_prompt_chars`` cuts long prompts.
-    ``concurrency``: parallel requests per prompt (one per dimension).
+    ``base_url``: e.g. ``http://localhost:8000/v1``; ``model``: the served model name.
+    ``max_prompt_chars`` cuts long prompts. ``concurrency``: parallel requests (one per dimension).
     """
 
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 30.0,
-                 max_prompt_chars: int = 6000, concurrency: int = 8) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, api_key_file: str | None = None,
+                 timeout_s: float = 30.0, max_retries: int = 2, max_prompt_chars: int = 6000, concurrency: int = 8) -> None:
+        self.http = ChatCompletionsClient(
+            base_url, api_key=api_key, api_key_file=api_key_file, concurrency=concurrency, max_retries=max_retries,
+            timeout_s=timeout_s, what="analyzer endpoint",
+        )
+        self.base_url = self.http.base_url
         self.model = model
-        self.api_key = api_key
-        self.timeout_s = timeout_s
         self.max_prompt_chars = max_prompt_chars
         self.concurrency = concurrency
-        self._client = None
-        self._lock = threading.Lock()
 
     def load(self) -> None:
-        with self._lock:
-            if self._client is None:
-                import httpx
-
-                headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-                self._client = httpx.Client(base_url=self.base_url, timeout=self.timeout_s, headers=headers)
+        self.http.open()
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self.http.close()
 
     def _ask(self, text: str, dimension: str) -> str:
-        import httpx
-
         payload = {"model": self.model, "messages": build_messages(text, dimension), "temperature": 0, "max_tokens": 64}
+        data = self.http.post(payload)
         try:
-            resp = self._client.post("/chat/completions", json=payload)  # type: ignore[union-attr]
-        except httpx.HTTPError as exc:
-            raise BackendUnavailable(f"analyzer endpoint {self.base_url} unreachable: {exc}") from None
-        if resp.status_code == 429 or resp.status_code >= 500:
-            retry = resp.headers.get("retry-after")
-            raise BackendUnavailable(f"analyzer endpoint returned HTTP {resp.status_code}",
-                                     retry_after_s=float(retry) if retry and retry.isdigit() else None)
-        if resp.status_code >= 400:
-            raise BackendUnavailable(f"analyzer endpoint rejected the request: HTTP {resp.status_code} {resp.text[:200]}")
-        try:
-            content = resp.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            content = data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
             return UNPARSED
         return parse_answer(dimension, content)
 
     def analyze(self, texts: Sequence[str], english: Sequence[bool]) -> list[dict[str, str]]:
         from concurrent.futures import ThreadPoolExecutor
 
-        if self._client is None:
-            raise RuntimeError("OpenAIAnalyzer.load() was not called")
+        self.http.open()
         dims = list(ANALYZER_DIMENSIONS)
         jobs = [(i, d) for i in range(len(texts)) for d in dims]
         with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:

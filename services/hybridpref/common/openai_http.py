@@ -1,0 +1,146 @@
+"""One HTTP client for OpenAI-compatible ``/chat/completions`` endpoints (vLLM, TGI,
+llama.cpp server, hosted APIs), shared by the judge and the tagger's analyzer.
+
+Failure behaviour, bounded by the caller's deadline (``remaining()`` seconds, or None):
+  - connection refused / reset, 408/409/429/5xx -> retried with exponential backoff
+    (``Retry-After`` honoured) up to ``max_retries``, then ``BackendUnavailable(retry_after_s)``;
+    a wait that would not fit the deadline is not started;
+  - a call still running when the deadline ends -> ``DeadlineExceeded``;
+  - other 4xx (bad key, unknown model) -> ``BackendUnavailable`` at once (a configuration error).
+API key: ``api_key``, else the file ``api_key_file`` (a mounted Kubernetes secret), else the
+environment variable ``api_key_env``; none -> no ``Authorization`` header.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hybridpref.common.errors import BackendUnavailable, DeadlineExceeded, FieldViolation, InvalidInput
+
+RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_BACKOFF_S = 30.0
+
+Remaining = Callable[[], float | None]
+
+
+class ChatCompletionsClient:
+    def __init__(self, base_url: str | None, *, api_key: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
+                 api_key_file: str | Path | None = None, concurrency: int = 4, max_retries: int = 3,
+                 timeout_s: float = 30.0, backoff_s: float = 0.25, what: str = "endpoint"):
+        violations = []
+        base_url = base_url or ""
+        if not base_url.startswith(("http://", "https://")):
+            violations.append(FieldViolation("base_url", f"expected http(s)://host[:port]/v1, got {base_url!r}"))
+        if concurrency < 1:
+            violations.append(FieldViolation("concurrency", "must be >= 1"))
+        if max_retries < 0 or timeout_s <= 0 or backoff_s < 0:
+            violations.append(FieldViolation("max_retries", "max_retries >= 0, timeout_s > 0, backoff_s >= 0"))
+        if violations:
+            raise InvalidInput(violations)
+        self.base_url = base_url.rstrip("/")
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.timeout_s = timeout_s
+        self.backoff_s = backoff_s
+        self.what = what
+        self._key_sources = (api_key, api_key_file, api_key_env)
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self._client is not None
+
+    def open(self) -> None:
+        """Resolve the API key and open the connection pool (no network call); idempotent."""
+        import httpx
+
+        with self._lock:
+            if self._client is not None:
+                return
+            headers = {"Content-Type": "application/json"}
+            key = resolve_key(*self._key_sources)
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+            self._client = httpx.Client(headers=headers, limits=limits)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def post(self, body: dict[str, Any], remaining: Remaining | None = None) -> dict[str, Any]:
+        """POST ``body`` to ``/chat/completions`` with retries; returns the JSON object."""
+        import httpx
+
+        if self._client is None:
+            self.open()
+        remaining = remaining or (lambda: None)
+        url = f"{self.base_url}/chat/completions"
+        attempt = 0
+        while True:
+            left = remaining()
+            if left is not None and left <= 0:
+                raise DeadlineExceeded(f"deadline exceeded before calling the {self.what} {self.base_url}")
+            timeout = self.timeout_s if left is None else min(self.timeout_s, left)
+            retry_after: float | None = None
+            try:
+                resp = self._client.post(url, json=body, timeout=timeout)
+            except httpx.TimeoutException:
+                if left is not None and left <= self.timeout_s:
+                    raise DeadlineExceeded(f"{self.what} {self.base_url} did not answer within the deadline") from None
+                problem = f"{self.what} {self.base_url} timed out after {self.timeout_s:.1f} s"
+            except httpx.TransportError as exc:
+                problem = f"{self.what} {self.base_url} unreachable: {type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code == 200:
+                    return self._json(resp)
+                problem = f"{self.what} {self.base_url} answered HTTP {resp.status_code}: {resp.text[:200]}"
+                if resp.status_code not in RETRY_STATUS:
+                    raise BackendUnavailable(problem)
+                retry_after = parse_retry_after(resp.headers.get("retry-after"))
+            attempt += 1
+            wait_s = retry_after if retry_after is not None else min(MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1))
+            if attempt > self.max_retries:
+                raise BackendUnavailable(f"{problem} (after {attempt} attempts)", retry_after_s=wait_s)
+            left = remaining()
+            if left is not None and left < wait_s:
+                raise BackendUnavailable(f"{problem}; retry in {wait_s:.2f} s does not fit the deadline", retry_after_s=wait_s)
+            time.sleep(wait_s)
+
+    def _json(self, resp: Any) -> dict[str, Any]:
+        try:
+            data = resp.json()
+        except ValueError:
+            raise BackendUnavailable(f"{self.what} {self.base_url} returned non-JSON: {resp.text[:200]}") from None
+        if not isinstance(data, dict):
+            raise BackendUnavailable(f"{self.what} {self.base_url} returned unexpected JSON")
+        return data
+
+
+def resolve_key(api_key: str | None, api_key_file: str | Path | None, api_key_env: str | None) -> str | None:
+    if api_key:
+        return api_key
+    if api_key_file:
+        try:
+            return Path(api_key_file).read_text().strip() or None
+        except OSError as exc:
+            raise InvalidInput(FieldViolation("api_key_file", f"cannot read {api_key_file}: {exc.strerror}")) from None
+    return os.environ.get(api_key_env) if api_key_env else None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds form; HTTP dates are ignored)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, min(MAX_BACKOFF_S, float(value)))
+    except ValueError:
+        return None
