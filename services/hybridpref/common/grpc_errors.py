@@ -44,28 +44,24 @@ def _status(code: int, message: str, detail=None) -> grpc.Status:
     return rpc_status.to_status(proto)
 
 
+def _details(error: grpc.RpcError, message_type):
+    """Client side: the details of ``message_type`` packed in the error's rich status."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    out = []
+    for detail in status.details if status is not None else ():
+        if detail.Is(message_type.DESCRIPTOR):
+            unpacked = message_type()
+            detail.Unpack(unpacked)
+            out.append(unpacked)
+    return out
+
+
 def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
     """Client side: the (field, description) pairs of an INVALID_ARGUMENT error."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    out: list[tuple[str, str]] = []
-    if status is None:
-        return out
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            out.extend((v.field, v.description) for v in bad.field_violations)
-    return out
+    return [(v.field, v.description) for bad in _details(error, error_details_pb2.BadRequest) for v in bad.field_violations]
 
 
 def retry_delay_s(error: grpc.RpcError) -> float | None:
     """Client side: the server's suggested retry delay, if it sent one."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.ToNanoseconds() / 1e9
-    return None
+    infos = _details(error, error_details_pb2.RetryInfo)
+    return infos[0].retry_delay.ToNanoseconds() / 1e9 if infos else None

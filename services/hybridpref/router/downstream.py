@@ -73,17 +73,29 @@ class JudgedBatch:
                            np.concatenate([p.inconsistent for p in parts]))
 
 
-class TaggerClient:
+class _AioClient:
+    """A lazily opened grpc.aio channel: aio channels bind to the running event loop, so
+    they are opened on first use, inside the server's loop."""
+
+    stub_class: type
+
     def __init__(self, address: str, settings: Settings):
         self._address, self._settings = address, settings
         self._channel: grpc.aio.Channel | None = None
 
     @property
-    def _stub(self) -> tagger_pb2_grpc.TaggerServiceStub:
-        # aio channels bind to the running loop: open on first use, inside the server's loop.
+    def _stub(self):
         if self._channel is None:
             self._channel = open_channel(self._address, self._settings)
-        return tagger_pb2_grpc.TaggerServiceStub(self._channel)
+        return self.stub_class(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+
+class TaggerClient(_AioClient):
+    stub_class = tagger_pb2_grpc.TaggerServiceStub
 
     async def tag(self, instances: Sequence[PreferenceInstance], timeout: float | None) -> TaggedBatch:
         n = len(instances)
@@ -107,22 +119,10 @@ class TaggerClient:
                 out.analyzer[row] = dict(item.analyzer)
         return out
 
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
 
 
-class JudgeClient:
-    def __init__(self, address: str, settings: Settings):
-        self._address, self._settings = address, settings
-        self._channel: grpc.aio.Channel | None = None
-
-    @property
-    def _stub(self) -> judge_pb2_grpc.JudgeServiceStub:
-        # aio channels bind to the running loop: open on first use, inside the server's loop.
-        if self._channel is None:
-            self._channel = open_channel(self._address, self._settings)
-        return judge_pb2_grpc.JudgeServiceStub(self._channel)
+class JudgeClient(_AioClient):
+    stub_class = judge_pb2_grpc.JudgeServiceStub
 
     async def judge(
         self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: str, replay_judge: str,
@@ -148,9 +148,6 @@ class JudgeClient:
                 out.inconsistent[start + k] = j.order_inconsistent
         return out
 
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
 
 
 class PredictorClient:
