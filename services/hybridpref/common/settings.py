@@ -52,7 +52,6 @@ class Settings(BaseSettings):
     grace_period_s: float = Field(20.0, ge=0)
     max_message_mb: int = Field(64, ge=1)
     max_batch: int = Field(20_000, ge=1)
-    worker_threads: int | None = None
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
 
