@@ -3,6 +3,7 @@
     python benchmarks/bench_e2e.py startup                      # time for `hybridpref up` to reach all-SERVING
     python benchmarks/bench_e2e.py route --n 10000 --strategy random --tagger-profile fast --judge-backend replay
     python benchmarks/bench_e2e.py route --n 1000 --strategy greedy   # default models (tagger default, embedded judge)
+    python benchmarks/bench_e2e.py stream --n 100000                  # RouteInstancesStream; the router's peak memory
 
 Instances are real pairs from ../shared/data (mtbench_human_gpt4, pandalm, llmbar), cycled with fresh ids
 to reach --n. For the replay judge each row's first recorded LM label is stored under the key "bench".
@@ -103,6 +104,39 @@ def cmd_route(args) -> None:
     print(f"  human {result.summary['human_count']}, LM {result.summary['lm_count']}")
 
 
+def process_peak_mb(pattern: str) -> float:
+    """Peak resident memory (VmHWM) of the process whose command line contains ``pattern``."""
+    for status in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if pattern in status.read_bytes().replace(b"\0", b" ").decode():
+                for line in (status.parent / "status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return float("nan")
+
+
+def cmd_stream(args) -> None:
+    env = {"HYBRIDPREF_TAGGER_PROFILE": "fast", "HYBRIDPREF_JUDGE_BACKEND": "replay", "HYBRIDPREF_JUDGE_REPLAY_KEY": "bench"}
+    proc, _ = start_up(env)
+    router = f"serve router --port {PORT_BASE}"
+    try:
+        with RouterClient(f"127.0.0.1:{PORT_BASE}", timeout_s=args.timeout) as client:
+            for n in (args.n // 10, args.n):
+                instances = load_instances(n)
+                start = time.perf_counter()
+                result = client.route_stream(instances, budget=args.budget, strategy=args.strategy, seed=0)
+                wall = time.perf_counter() - start
+                text_mb = sum(len(i.prompt) + len(i.response_a) + len(i.response_b) for i in instances) / 2**20
+                print(f"RouteInstancesStream n={n} strategy={args.strategy} (fast tagger, replay judge): {wall:.1f} s, "
+                      f"{n / wall:.0f} instances/s; {len(result.decisions)} decisions; texts sent {text_mb:.0f} MiB; "
+                      f"router peak RSS so far {process_peak_mb(router):.0f} MiB")
+                del instances, result
+    finally:
+        stop_up(proc)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -115,9 +149,14 @@ def main() -> None:
     r.add_argument("--tagger-profile", default="default")
     r.add_argument("--judge-backend", default="embedded")
     r.add_argument("--timeout", type=float, default=7200)
+    st = sub.add_parser("stream")
+    st.add_argument("--n", type=int, default=100000)
+    st.add_argument("--strategy", default="greedy")
+    st.add_argument("--budget", type=float, default=0.25)
+    st.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
     print(f"# {platform.node()} {os.cpu_count()} cpus, {time.strftime('%Y-%m-%d %H:%M')}")
-    cmd_startup(args) if args.cmd == "startup" else cmd_route(args)
+    {"startup": cmd_startup, "route": cmd_route, "stream": cmd_stream}[args.cmd](args)
 
 
 if __name__ == "__main__":

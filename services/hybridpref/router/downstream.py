@@ -46,17 +46,18 @@ def downstream_error(service: str, error: grpc.RpcError) -> Exception:
 
 @dataclass
 class TaggedBatch:
+    # The router keeps only what routing reads (tags, measures), not the analyzer's text
+    # answers: at 100,000 streamed instances those dicts would dominate its memory.
     tag_matrix: np.ndarray  # uint8 (n, NUM_TAGS)
-    measures: np.ndarray  # float64 (n, len(LEXICAL_MEASURES))
-    analyzer: list[dict[str, str]]
+    measures: np.ndarray  # float32 (n, len(LEXICAL_MEASURES))
     reference_bins_id: str = ""  # the tagger's bin edges (checked against the predictor bundle's)
 
     @staticmethod
     def concat(parts: Sequence[TaggedBatch]) -> TaggedBatch:
         if not parts:
-            return TaggedBatch(np.zeros((0, NUM_TAGS), np.uint8), np.zeros((0, len(LEXICAL_MEASURES))), [])
+            return TaggedBatch(np.zeros((0, NUM_TAGS), np.uint8), np.zeros((0, len(LEXICAL_MEASURES)), np.float32))
         return TaggedBatch(np.concatenate([p.tag_matrix for p in parts]), np.concatenate([p.measures for p in parts]),
-                           [a for p in parts for a in p.analyzer], parts[0].reference_bins_id)
+                           parts[0].reference_bins_id)
 
 
 @dataclass
@@ -99,7 +100,7 @@ class TaggerClient(_AioClient):
 
     async def tag(self, instances: Sequence[PreferenceInstance], timeout: float | None) -> TaggedBatch:
         n = len(instances)
-        out = TaggedBatch(np.zeros((n, NUM_TAGS), np.uint8), np.zeros((n, len(LEXICAL_MEASURES))), [{}] * n)
+        out = TaggedBatch(np.zeros((n, NUM_TAGS), np.uint8), np.zeros((n, len(LEXICAL_MEASURES)), np.float32))
         for start in range(0, n, TAG_CHUNK):
             chunk = instances[start : start + TAG_CHUNK]
             try:
@@ -116,7 +117,6 @@ class TaggerClient(_AioClient):
                 row = start + k
                 out.tag_matrix[row, list(item.tags.indices)] = 1
                 out.measures[row] = [item.measures.get(m, 0.0) for m in LEXICAL_MEASURES]
-                out.analyzer[row] = dict(item.analyzer)
         return out
 
 

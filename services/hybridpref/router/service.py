@@ -52,7 +52,7 @@ class RouteOptions:
     simulated_candidates: int = 500
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     id: str
     human: bool
