@@ -8,7 +8,7 @@ messages lives in ``hybridpref.common.convert``; conversion from JSONL rows
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,9 +267,6 @@ def read_jsonl(path: str, limit: int | None = None) -> list[PreferenceInstance]:
             break
     return out
 
-
-def ids(instances: Iterable[PreferenceInstance]) -> list[str]:
-    return [i.id for i in instances]
 
 
 class PositionMode(enum.IntEnum):

@@ -7,6 +7,7 @@ CPU-bound functions run in a worker thread, and they call the predictor from the
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -161,8 +162,8 @@ class PredictorClient:
 
     def bound(self, timeout: float | None, metadata) -> PredictorClient:
         """A view of this client with one call's deadline and metadata (shares the channel)."""
-        view = object.__new__(PredictorClient)
-        view._channel, view._stub, view.timeout, view.metadata = self._channel, self._stub, timeout, metadata
+        view = copy.copy(self)
+        view.timeout, view.metadata = timeout, metadata
         return view
 
     def _call(self, method, request):
