@@ -40,11 +40,6 @@ class JudgeServiceStub:
                 request_serializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesRequest.SerializeToString,
                 response_deserializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesResponse.FromString,
                 _registered_method=True)
-        self.JudgeInstancesStream = channel.stream_stream(
-                '/hybridpref.v1.JudgeService/JudgeInstancesStream',
-                request_serializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesRequest.SerializeToString,
-                response_deserializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesResponse.FromString,
-                _registered_method=True)
 
 
 class JudgeServiceServicer:
@@ -58,23 +53,11 @@ class JudgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def JudgeInstancesStream(self, request_iterator, context):
-        """Judge a large batch as a stream of chunks; one response per request chunk, in order.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_JudgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'JudgeInstances': grpc.unary_unary_rpc_method_handler(
                     servicer.JudgeInstances,
-                    request_deserializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesRequest.FromString,
-                    response_serializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesResponse.SerializeToString,
-            ),
-            'JudgeInstancesStream': grpc.stream_stream_rpc_method_handler(
-                    servicer.JudgeInstancesStream,
                     request_deserializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesRequest.FromString,
                     response_serializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesResponse.SerializeToString,
             ),
@@ -105,33 +88,6 @@ class JudgeService:
             request,
             target,
             '/hybridpref.v1.JudgeService/JudgeInstances',
-            hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesRequest.SerializeToString,
-            hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def JudgeInstancesStream(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/hybridpref.v1.JudgeService/JudgeInstancesStream',
             hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesRequest.SerializeToString,
             hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesResponse.FromString,
             options,

@@ -54,10 +54,6 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         self._metrics.instances.labels("judge", "JudgeInstances").inc(len(instances))
         return judge_pb2.JudgeInstancesResponse(judgements=[to_proto(j) for j in judgements])
 
-    async def JudgeInstancesStream(self, request_iterator, context):
-        async for request in request_iterator:
-            yield await self.JudgeInstances(request, context)
-
     async def close(self) -> None:
         self._executor.shutdown()
 

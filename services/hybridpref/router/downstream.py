@@ -172,7 +172,7 @@ class PredictorClient:
         except grpc.RpcError as exc:
             raise downstream_error("predictor", exc) from None
 
-    def info(self) -> predictor_pb2.ModelInfo:
+    def info(self) -> predictor_pb2.GetModelInfoResponse:
         return self._call(self._stub.GetModelInfo, predictor_pb2.GetModelInfoRequest())
 
     def score(self, counts: np.ndarray, pool_size: int) -> np.ndarray:
