@@ -4,6 +4,7 @@
     hybridpref up                       # all four, each its own process, on loopback
     hybridpref route --input in.jsonl --budget 0.25 [--router HOST:PORT] [--output out.jsonl]
     hybridpref predictor build ...      # offline: build a model bundle
+    hybridpref evaluate --pool pairs.jsonl --out DIR ...   # offline: does routing help on these pools?
 
 The parser is built inside ``main``; nothing runs at import time. User mistakes
 print ``error: ...`` (file line and field where there is one) and exit 2.
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     predictor_sub = predictor.add_subparsers(dest="predictor_command", required=True)
     build = predictor_sub.add_parser("build", help="build a model bundle (see --help)", add_help=False)
     build.add_argument("rest", nargs=argparse.REMAINDER)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate routing strategies on labelled pools (see --help)", add_help=False)
+    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -78,7 +82,11 @@ def parse_budget(text: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["evaluate"]:  # argparse's REMAINDER cannot start with an option (--pool): pass the rest through
+        args = argparse.Namespace(command="evaluate", rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
             return cmd_serve(args)
@@ -92,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             from hybridpref.predictor.builder import main as build_main
 
             return build_main(args.rest)
+        if args.command == "evaluate":
+            from hybridpref.evaluation.cli import main as evaluate_main
+
+            return evaluate_main(args.rest)
     except InvalidInput as exc:
         for v in exc.violations:
             print(f"error: {v.field}: {v.description}", file=sys.stderr)

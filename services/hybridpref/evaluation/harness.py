@@ -182,6 +182,10 @@ def assign_folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def prepare_case(path: Path, config: EvalConfig) -> Case:
+    if path.is_dir():
+        path = path / "pairs.jsonl"
+    if not path.is_file():
+        raise InvalidInput(FieldViolation("--pool", f"no pool file at {path}"))
     pool = load_pool(path, judge=config.lm_judge)
     if config.lm_judge and config.lm_judge not in pool.judges:
         raise InvalidInput(FieldViolation("--lm-judge", f"pool {pool.name} has no judge {config.lm_judge!r}; it has {', '.join(pool.judges)}"))
