@@ -70,7 +70,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         budget = "-" if r["strategy"] in ("all_human", "all_lm") else f"{r['budget']:g}"
         lines.append(f"| {r['strategy']} | {budget} | {pct(r.get('human_share'), 0)}% | {pct(r['estimate'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}] "
                      f"| {ci(r, 'diff_random')}{sig(r, 'diff_random')} | {ci(r, 'diff_all_lm')}{sig(r, 'diff_all_lm')} "
-                     f"| {ci(r, 'diff_judge_doubt')}{sig(r, 'diff_judge_doubt')} | {ci(r, 'share_oracle')} |")
+                     f"| {ci(r, 'diff_judge_doubt')}{sig(r, 'diff_judge_doubt')} | {'-' if budget == '-' else ci(r, 'share_oracle')} |")
     return "\n".join(lines)
 
 
