@@ -38,7 +38,7 @@ from hybridpref.evaluation.pools import LLMBAR_MTBENCH_SOURCE, Pool, load_pool
 REFERENCE_STRATEGIES = ("all_human", "all_lm", "random", "oracle", "judge_doubt")
 PPM_STRATEGIES = ("topk", "simulated", "greedy", "optimal_pos")
 CORRECTION_STRATEGIES = ("expected_gain",)
-DEFAULT_STRATEGIES = REFERENCE_STRATEGIES + PPM_STRATEGIES + CORRECTION_STRATEGIES
+DEFAULT_STRATEGIES = REFERENCE_STRATEGIES + PPM_STRATEGIES + ("judge_aware",) + CORRECTION_STRATEGIES
 MODES = ("in-pool", "cross-pool")
 HARNESS_ONLY = ("oracle",)  # needs the reference: an upper bound, never a servable strategy
 ProgressFn = Callable[[str, float], None]
@@ -469,8 +469,11 @@ def score_table(correct: dict[tuple[str, float], np.ndarray], eligible: np.ndarr
             with np.errstate(invalid="ignore", divide="ignore"):
                 share = (samples[:, j] - samples[:, col[("random", budget)]]) / np.where(gain > 0, gain, np.nan)
             denom = point[col[("oracle", budget)]] - point[col[("random", budget)]]
-            r["share_oracle"] = (point[j] - point[col[("random", budget)]]) / denom if denom > 0 else float("nan")
-            r["share_oracle_low"], r["share_oracle_high"] = stats.interval(share)
+            if stats.interval(gain)[0] > 0:  # a share of a gain indistinguishable from 0 means nothing
+                r["share_oracle"] = (point[j] - point[col[("random", budget)]]) / denom
+                r["share_oracle_low"], r["share_oracle_high"] = stats.interval(share)
+            else:
+                r["share_oracle"] = r["share_oracle_low"] = r["share_oracle_high"] = float("nan")
         rows.append(r)
     return rows
 
