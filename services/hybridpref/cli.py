@@ -4,6 +4,7 @@
     hybridpref up                       # all four, each its own process, on loopback
     hybridpref route --input in.jsonl --budget 0.25 [--router HOST:PORT] [--output out.jsonl]
     hybridpref predictor build ...      # offline: build a model bundle
+    hybridpref keys add|hash ...        # API key entries for the router's keys file
 
 The parser is built inside ``main``; nothing runs at import time. User mistakes
 print ``error: ...`` (file line and field where there is one) and exit 2.
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     predictor_sub = predictor.add_subparsers(dest="predictor_command", required=True)
     build = predictor_sub.add_parser("build", help="build a model bundle (see --help)", add_help=False)
     build.add_argument("rest", nargs=argparse.REMAINDER)
+
+    from hybridpref.keys_cli import add_parser as add_keys_parser
+
+    add_keys_parser(sub)
     return parser
 
 
@@ -92,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             from hybridpref.predictor.builder import main as build_main
 
             return build_main(args.rest)
+        if args.command == "keys":
+            from hybridpref.keys_cli import main as keys_main
+
+            return keys_main(args)
     except InvalidInput as exc:
         for v in exc.violations:
             print(f"error: {v.field}: {v.description}", file=sys.stderr)
