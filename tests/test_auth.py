@@ -88,7 +88,7 @@ def test_method_without_permission_is_permission_denied(router, keys_file):
     with grpc.insecure_channel(router.address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         assert call_code(stub, key).code() == grpc.StatusCode.UNAVAILABLE  # allowed: RouteInstances
-        config = router_pb2.RouteStreamRequest(config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5)))
+        config = router_pb2.RouteInstancesStreamRequest(config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5)))
         with pytest.raises(grpc.RpcError) as err:
             list(stub.RouteInstancesStream(iter([config]), metadata=(("authorization", f"Bearer {key}"),), timeout=10))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -117,7 +117,7 @@ def test_concurrent_calls_quota(router, keys_file):
     with grpc.insecure_channel(router.address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         pending: queue.Queue = queue.Queue()
-        pending.put(router_pb2.RouteStreamRequest(config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5))))
+        pending.put(router_pb2.RouteInstancesStreamRequest(config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5))))
 
         def messages():
             while (item := pending.get()) is not None:

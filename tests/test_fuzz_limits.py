@@ -156,8 +156,6 @@ def _code(call) -> grpc.StatusCode:
     try:
         call()
     except grpc.RpcError as exc:
-        if exc.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OK):
-            print(exc.code(), exc.details())
         return exc.code()
     return grpc.StatusCode.OK
 
@@ -171,9 +169,8 @@ def test_fuzz_route_instances(stack, codes):
         def run(request):
             code = _code(lambda: stub.RouteInstances(request, timeout=20))
             codes[("route", code.name)] += 1
-            if code == grpc.StatusCode.UNAVAILABLE:
-                print(request)
-            assert code not in FORBIDDEN, request
+            # A vendor's mistake is never reported as a server fault (UNAVAILABLE after tagging).
+            assert code not in FORBIDDEN | {grpc.StatusCode.UNAVAILABLE}, request
 
         run()
     assert sum(n for (what, _), n in codes.items() if what == "route") >= ROUTE_EXAMPLES

@@ -85,7 +85,7 @@ def build_config(
 def decision_from_proto(d: router_pb2.RoutingDecision) -> Decision:
     return Decision(
         id=d.id,
-        route=common_pb2.Route.Name(d.route),
+        route=common_pb2.Route.Name(d.route).removeprefix("ROUTE_"),
         lm_label=Label(d.lm_label).name if d.lm_label else None,
         lm_confidence=d.lm_confidence,
         gain=d.gain,
@@ -154,10 +154,10 @@ class RouterClient:
         rid = request_id or uuid.uuid4().hex
         config = build_config(budget, strategy, seed, **options)
 
-        def requests() -> Iterator[router_pb2.RouteStreamRequest]:
-            yield router_pb2.RouteStreamRequest(config=config)
+        def requests() -> Iterator[router_pb2.RouteInstancesStreamRequest]:
+            yield router_pb2.RouteInstancesStreamRequest(config=config)
             for chunk in _chunks(instances, chunk_size):
-                yield router_pb2.RouteStreamRequest(chunk=router_pb2.InstanceChunk(instances=instances_to_proto(chunk)))
+                yield router_pb2.RouteInstancesStreamRequest(chunk=router_pb2.InstanceChunk(instances=instances_to_proto(chunk)))
                 if on_progress:
                     on_progress("sent", len(chunk))
 
@@ -211,10 +211,10 @@ class AsyncRouterClient:
         rid = request_id or uuid.uuid4().hex
         config = build_config(budget, strategy, seed, **options)
 
-        async def requests() -> AsyncIterator[router_pb2.RouteStreamRequest]:
-            yield router_pb2.RouteStreamRequest(config=config)
+        async def requests() -> AsyncIterator[router_pb2.RouteInstancesStreamRequest]:
+            yield router_pb2.RouteInstancesStreamRequest(config=config)
             for chunk in _chunks(instances, chunk_size):
-                yield router_pb2.RouteStreamRequest(chunk=router_pb2.InstanceChunk(instances=instances_to_proto(chunk)))
+                yield router_pb2.RouteInstancesStreamRequest(chunk=router_pb2.InstanceChunk(instances=instances_to_proto(chunk)))
 
         result = RouteResult([], {}, rid)
         try:

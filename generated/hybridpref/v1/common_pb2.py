@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahybridpref/v1/common.proto\x12\rhybridpref.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xec\x03\n\x12PreferenceInstance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.hybridpref.v1.ChatMessage\x12\x12\n\nresponse_a\x18\x04 \x01(\t\x12\x12\n\nresponse_b\x18\x05 \x01(\t\x12\x41\n\x08metadata\x18\x06 \x03(\x0b\x32/.hybridpref.v1.PreferenceInstance.MetadataEntry\x12\x33\n\x0bhuman_label\x18\x07 \x01(\x0e\x32\x1e.hybridpref.v1.PreferenceLabel\x12\x42\n\tlm_labels\x18\x08 \x03(\x0b\x32/.hybridpref.v1.PreferenceInstance.LmLabelsEntry\x12\x17\n\nhuman_cost\x18\t \x01(\x01H\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aO\n\rLmLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0e\x32\x1e.hybridpref.v1.PreferenceLabel:\x02\x38\x01\x42\r\n\x0b_human_cost\"U\n\x06\x42udget\x12\x12\n\x08\x66raction\x18\x01 \x01(\x01H\x00\x12\x0f\n\x05\x63ount\x18\x02 \x01(\x04H\x00\x12\x0e\n\x04\x63ost\x18\x03 \x01(\x01H\x00\x12\x0e\n\x04\x61uto\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"\x1c\n\tTagVector\x12\x0f\n\x07indices\x18\x01 \x03(\r\".\n\rTagVocabulary\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\"4\n\x0fTagContribution\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x01*~\n\x0fPreferenceLabel\x12 \n\x1cPREFERENCE_LABEL_UNSPECIFIED\x10\x00\x12\x11\n\rA_MUCH_BETTER\x10\x01\x12\x0c\n\x08\x41_BETTER\x10\x02\x12\x07\n\x03TIE\x10\x03\x12\x0c\n\x08\x42_BETTER\x10\x04\x12\x11\n\rB_MUCH_BETTER\x10\x05*1\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\t\n\x05HUMAN\x10\x01\x12\x06\n\x02LM\x10\x02*C\n\x0cPositionMode\x12\x1d\n\x19POSITION_MODE_UNSPECIFIED\x10\x00\x12\x08\n\x04\x42OTH\x10\x01\x12\n\n\x06RANDOM\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahybridpref/v1/common.proto\x12\rhybridpref.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xec\x03\n\x12PreferenceInstance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.hybridpref.v1.ChatMessage\x12\x12\n\nresponse_a\x18\x04 \x01(\t\x12\x12\n\nresponse_b\x18\x05 \x01(\t\x12\x41\n\x08metadata\x18\x06 \x03(\x0b\x32/.hybridpref.v1.PreferenceInstance.MetadataEntry\x12\x33\n\x0bhuman_label\x18\x07 \x01(\x0e\x32\x1e.hybridpref.v1.PreferenceLabel\x12\x42\n\tlm_labels\x18\x08 \x03(\x0b\x32/.hybridpref.v1.PreferenceInstance.LmLabelsEntry\x12\x17\n\nhuman_cost\x18\t \x01(\x01H\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aO\n\rLmLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0e\x32\x1e.hybridpref.v1.PreferenceLabel:\x02\x38\x01\x42\r\n\x0b_human_cost\"U\n\x06\x42udget\x12\x12\n\x08\x66raction\x18\x01 \x01(\x01H\x00\x12\x0f\n\x05\x63ount\x18\x02 \x01(\x04H\x00\x12\x0e\n\x04\x63ost\x18\x03 \x01(\x01H\x00\x12\x0e\n\x04\x61uto\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"\x1c\n\tTagVector\x12\x0f\n\x07indices\x18\x01 \x03(\r\".\n\rTagVocabulary\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\"4\n\x0fTagContribution\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x01*\xd3\x01\n\x0fPreferenceLabel\x12 \n\x1cPREFERENCE_LABEL_UNSPECIFIED\x10\x00\x12\"\n\x1ePREFERENCE_LABEL_A_MUCH_BETTER\x10\x01\x12\x1d\n\x19PREFERENCE_LABEL_A_BETTER\x10\x02\x12\x18\n\x14PREFERENCE_LABEL_TIE\x10\x03\x12\x1d\n\x19PREFERENCE_LABEL_B_BETTER\x10\x04\x12\"\n\x1ePREFERENCE_LABEL_B_MUCH_BETTER\x10\x05*=\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROUTE_HUMAN\x10\x01\x12\x0c\n\x08ROUTE_LM\x10\x02*_\n\x0cPositionMode\x12\x1d\n\x19POSITION_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12POSITION_MODE_BOTH\x10\x01\x12\x18\n\x14POSITION_MODE_RANDOM\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREFERENCEINSTANCE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_PREFERENCEINSTANCE_LMLABELSENTRY']._loaded_options = None
   _globals['_PREFERENCEINSTANCE_LMLABELSENTRY']._serialized_options = b'8\001'
-  _globals['_PREFERENCELABEL']._serialized_start=805
-  _globals['_PREFERENCELABEL']._serialized_end=931
-  _globals['_ROUTE']._serialized_start=933
-  _globals['_ROUTE']._serialized_end=982
-  _globals['_POSITIONMODE']._serialized_start=984
-  _globals['_POSITIONMODE']._serialized_end=1051
+  _globals['_PREFERENCELABEL']._serialized_start=806
+  _globals['_PREFERENCELABEL']._serialized_end=1017
+  _globals['_ROUTE']._serialized_start=1019
+  _globals['_ROUTE']._serialized_end=1080
+  _globals['_POSITIONMODE']._serialized_start=1082
+  _globals['_POSITIONMODE']._serialized_end=1177
   _globals['_CHATMESSAGE']._serialized_start=45
   _globals['_CHATMESSAGE']._serialized_end=89
   _globals['_PREFERENCEINSTANCE']._serialized_start=92

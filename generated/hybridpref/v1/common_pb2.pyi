@@ -29,15 +29,15 @@ class _PreferenceLabelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Prefe
     DESCRIPTOR: _descriptor.EnumDescriptor
     PREFERENCE_LABEL_UNSPECIFIED: _PreferenceLabel.ValueType  # 0
     """No label (unknown, not judged, or could not be parsed)."""
-    A_MUCH_BETTER: _PreferenceLabel.ValueType  # 1
+    PREFERENCE_LABEL_A_MUCH_BETTER: _PreferenceLabel.ValueType  # 1
     """Response A is clearly better."""
-    A_BETTER: _PreferenceLabel.ValueType  # 2
+    PREFERENCE_LABEL_A_BETTER: _PreferenceLabel.ValueType  # 2
     """Response A is slightly better."""
-    TIE: _PreferenceLabel.ValueType  # 3
+    PREFERENCE_LABEL_TIE: _PreferenceLabel.ValueType  # 3
     """Neither is better (or the judge contradicted itself across orders)."""
-    B_BETTER: _PreferenceLabel.ValueType  # 4
+    PREFERENCE_LABEL_B_BETTER: _PreferenceLabel.ValueType  # 4
     """Response B is slightly better."""
-    B_MUCH_BETTER: _PreferenceLabel.ValueType  # 5
+    PREFERENCE_LABEL_B_MUCH_BETTER: _PreferenceLabel.ValueType  # 5
     """Response B is clearly better."""
 
 class PreferenceLabel(_PreferenceLabel, metaclass=_PreferenceLabelEnumTypeWrapper):
@@ -47,15 +47,15 @@ class PreferenceLabel(_PreferenceLabel, metaclass=_PreferenceLabelEnumTypeWrappe
 
 PREFERENCE_LABEL_UNSPECIFIED: PreferenceLabel.ValueType  # 0
 """No label (unknown, not judged, or could not be parsed)."""
-A_MUCH_BETTER: PreferenceLabel.ValueType  # 1
+PREFERENCE_LABEL_A_MUCH_BETTER: PreferenceLabel.ValueType  # 1
 """Response A is clearly better."""
-A_BETTER: PreferenceLabel.ValueType  # 2
+PREFERENCE_LABEL_A_BETTER: PreferenceLabel.ValueType  # 2
 """Response A is slightly better."""
-TIE: PreferenceLabel.ValueType  # 3
+PREFERENCE_LABEL_TIE: PreferenceLabel.ValueType  # 3
 """Neither is better (or the judge contradicted itself across orders)."""
-B_BETTER: PreferenceLabel.ValueType  # 4
+PREFERENCE_LABEL_B_BETTER: PreferenceLabel.ValueType  # 4
 """Response B is slightly better."""
-B_MUCH_BETTER: PreferenceLabel.ValueType  # 5
+PREFERENCE_LABEL_B_MUCH_BETTER: PreferenceLabel.ValueType  # 5
 """Response B is clearly better."""
 Global___PreferenceLabel: _TypeAlias = PreferenceLabel  # noqa: Y015
 
@@ -67,9 +67,9 @@ class _RouteEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Route.ValueType
     DESCRIPTOR: _descriptor.EnumDescriptor
     ROUTE_UNSPECIFIED: _Route.ValueType  # 0
     """Not decided (never returned by the router)."""
-    HUMAN: _Route.ValueType  # 1
+    ROUTE_HUMAN: _Route.ValueType  # 1
     """Send to human annotators."""
-    LM: _Route.ValueType  # 2
+    ROUTE_LM: _Route.ValueType  # 2
     """Use the LM judge's label."""
 
 class Route(_Route, metaclass=_RouteEnumTypeWrapper):
@@ -77,9 +77,9 @@ class Route(_Route, metaclass=_RouteEnumTypeWrapper):
 
 ROUTE_UNSPECIFIED: Route.ValueType  # 0
 """Not decided (never returned by the router)."""
-HUMAN: Route.ValueType  # 1
+ROUTE_HUMAN: Route.ValueType  # 1
 """Send to human annotators."""
-LM: Route.ValueType  # 2
+ROUTE_LM: Route.ValueType  # 2
 """Use the LM judge's label."""
 Global___Route: _TypeAlias = Route  # noqa: Y015
 
@@ -91,11 +91,11 @@ class _PositionModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Position
     DESCRIPTOR: _descriptor.EnumDescriptor
     POSITION_MODE_UNSPECIFIED: _PositionMode.ValueType  # 0
     """Service default (BOTH)."""
-    BOTH: _PositionMode.ValueType  # 1
+    POSITION_MODE_BOTH: _PositionMode.ValueType  # 1
     """Judge in both presentation orders; disagreement gives TIE, low confidence
     and order_inconsistent = true.
     """
-    RANDOM: _PositionMode.ValueType  # 2
+    POSITION_MODE_RANDOM: _PositionMode.ValueType  # 2
     """Judge in one order, chosen by a seeded hash of the instance id."""
 
 class PositionMode(_PositionMode, metaclass=_PositionModeEnumTypeWrapper):
@@ -103,11 +103,11 @@ class PositionMode(_PositionMode, metaclass=_PositionModeEnumTypeWrapper):
 
 POSITION_MODE_UNSPECIFIED: PositionMode.ValueType  # 0
 """Service default (BOTH)."""
-BOTH: PositionMode.ValueType  # 1
+POSITION_MODE_BOTH: PositionMode.ValueType  # 1
 """Judge in both presentation orders; disagreement gives TIE, low confidence
 and order_inconsistent = true.
 """
-RANDOM: PositionMode.ValueType  # 2
+POSITION_MODE_RANDOM: PositionMode.ValueType  # 2
 """Judge in one order, chosen by a seeded hash of the instance id."""
 Global___PositionMode: _TypeAlias = PositionMode  # noqa: Y015
 

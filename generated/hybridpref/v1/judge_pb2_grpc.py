@@ -40,10 +40,10 @@ class JudgeServiceStub:
                 request_serializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesRequest.SerializeToString,
                 response_deserializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesResponse.FromString,
                 _registered_method=True)
-        self.JudgeInstancesStream = channel.stream_stream(
-                '/hybridpref.v1.JudgeService/JudgeInstancesStream',
-                request_serializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesRequest.SerializeToString,
-                response_deserializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesResponse.FromString,
+        self.GetJudgeInfo = channel.unary_unary(
+                '/hybridpref.v1.JudgeService/GetJudgeInfo',
+                request_serializer=hybridpref_dot_v1_dot_judge__pb2.GetJudgeInfoRequest.SerializeToString,
+                response_deserializer=hybridpref_dot_v1_dot_judge__pb2.GetJudgeInfoResponse.FromString,
                 _registered_method=True)
 
 
@@ -58,8 +58,9 @@ class JudgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def JudgeInstancesStream(self, request_iterator, context):
-        """Judge a large batch as a stream of chunks; one response per request chunk, in order.
+    def GetJudgeInfo(self, request, context):
+        """What this judge accepts (backend, templates, default replay judge), so that the router
+        can refuse a request naming an unknown template or replay judge before any work.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -73,10 +74,10 @@ def add_JudgeServiceServicer_to_server(servicer, server):
                     request_deserializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesRequest.FromString,
                     response_serializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesResponse.SerializeToString,
             ),
-            'JudgeInstancesStream': grpc.stream_stream_rpc_method_handler(
-                    servicer.JudgeInstancesStream,
-                    request_deserializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesRequest.FromString,
-                    response_serializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesResponse.SerializeToString,
+            'GetJudgeInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJudgeInfo,
+                    request_deserializer=hybridpref_dot_v1_dot_judge__pb2.GetJudgeInfoRequest.FromString,
+                    response_serializer=hybridpref_dot_v1_dot_judge__pb2.GetJudgeInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -118,7 +119,7 @@ class JudgeService:
             _registered_method=True)
 
     @staticmethod
-    def JudgeInstancesStream(request_iterator,
+    def GetJudgeInfo(request,
             target,
             options=(),
             channel_credentials=None,
@@ -128,12 +129,12 @@ class JudgeService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
+        return grpc.experimental.unary_unary(
+            request,
             target,
-            '/hybridpref.v1.JudgeService/JudgeInstancesStream',
-            hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesRequest.SerializeToString,
-            hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesResponse.FromString,
+            '/hybridpref.v1.JudgeService/GetJudgeInfo',
+            hybridpref_dot_v1_dot_judge__pb2.GetJudgeInfoRequest.SerializeToString,
+            hybridpref_dot_v1_dot_judge__pb2.GetJudgeInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from hybridpref.v1 import common_pb2 as hybridpref_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhybridpref/v1/predictor.proto\x12\rhybridpref.v1\x1a\x1ahybridpref/v1/common.proto\"\x1b\n\tMixVector\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\x01\"k\n\x11ScoreMixesRequest\x12\'\n\x05mixes\x18\x01 \x03(\x0b\x32\x18.hybridpref.v1.MixVector\x12\x11\n\tpool_size\x18\x02 \x01(\x04\x12\x1a\n\x12vocabulary_version\x18\x03 \x01(\t\"<\n\x12ScoreMixesResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\"\xb4\x01\n\x14InstanceGainsRequest\x12+\n\tinstances\x18\x01 \x03(\x0b\x32\x18.hybridpref.v1.TagVector\x12)\n\x07\x63urrent\x18\x02 \x01(\x0b\x32\x18.hybridpref.v1.MixVector\x12\x11\n\tpool_size\x18\x03 \x01(\x04\x12\x15\n\rexplain_top_k\x18\x04 \x01(\r\x12\x1a\n\x12vocabulary_version\x18\x05 \x01(\t\"\x8f\x01\n\x15InstanceGainsResponse\x12\r\n\x05gains\x18\x01 \x03(\x01\x12\x15\n\rcurrent_score\x18\x02 \x01(\x01\x12\x38\n\x0c\x65xplanations\x18\x03 \x03(\x0b\x32\".hybridpref.v1.InstanceExplanation\x12\x16\n\x0e\x62undle_version\x18\x04 \x01(\t\"G\n\x13InstanceExplanation\x12\x30\n\x08top_tags\x18\x01 \x03(\x0b\x32\x1e.hybridpref.v1.TagContribution\"\x15\n\x13GetModelInfoRequest\"\xc3\x02\n\tModelInfo\x12\x0e\n\x06loaded\x18\x01 \x01(\x08\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x13\n\x0b\x62undle_path\x18\x03 \x01(\t\x12\x30\n\nvocabulary\x18\x04 \x01(\x0b\x32\x1c.hybridpref.v1.TagVocabulary\x12\x12\n\nmodel_kind\x18\x05 \x01(\t\x12\x36\n\x07metrics\x18\x06 \x03(\x0b\x32%.hybridpref.v1.ModelInfo.MetricsEntry\x12\x18\n\x10\x64\x61ta_fingerprint\x18\x07 \x01(\t\x12\x16\n\x0estatus_message\x18\x08 \x01(\t\x12\x19\n\x11reference_bins_id\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xec\x02\n\x10PredictorService\x12Q\n\nScoreMixes\x12 .hybridpref.v1.ScoreMixesRequest\x1a!.hybridpref.v1.ScoreMixesResponse\x12[\n\x10ScoreMixesStream\x12 .hybridpref.v1.ScoreMixesRequest\x1a!.hybridpref.v1.ScoreMixesResponse(\x01\x30\x01\x12Z\n\rInstanceGains\x12#.hybridpref.v1.InstanceGainsRequest\x1a$.hybridpref.v1.InstanceGainsResponse\x12L\n\x0cGetModelInfo\x12\".hybridpref.v1.GetModelInfoRequest\x1a\x18.hybridpref.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhybridpref/v1/predictor.proto\x12\rhybridpref.v1\x1a\x1ahybridpref/v1/common.proto\"\x1b\n\tMixVector\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\x01\"k\n\x11ScoreMixesRequest\x12\'\n\x05mixes\x18\x01 \x03(\x0b\x32\x18.hybridpref.v1.MixVector\x12\x11\n\tpool_size\x18\x02 \x01(\x04\x12\x1a\n\x12vocabulary_version\x18\x03 \x01(\t\"<\n\x12ScoreMixesResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\"\xb4\x01\n\x14InstanceGainsRequest\x12+\n\tinstances\x18\x01 \x03(\x0b\x32\x18.hybridpref.v1.TagVector\x12)\n\x07\x63urrent\x18\x02 \x01(\x0b\x32\x18.hybridpref.v1.MixVector\x12\x11\n\tpool_size\x18\x03 \x01(\x04\x12\x15\n\rexplain_top_k\x18\x04 \x01(\r\x12\x1a\n\x12vocabulary_version\x18\x05 \x01(\t\"\x8f\x01\n\x15InstanceGainsResponse\x12\r\n\x05gains\x18\x01 \x03(\x01\x12\x15\n\rcurrent_score\x18\x02 \x01(\x01\x12\x38\n\x0c\x65xplanations\x18\x03 \x03(\x0b\x32\".hybridpref.v1.InstanceExplanation\x12\x16\n\x0e\x62undle_version\x18\x04 \x01(\t\"G\n\x13InstanceExplanation\x12\x30\n\x08top_tags\x18\x01 \x03(\x0b\x32\x1e.hybridpref.v1.TagContribution\"\x15\n\x13GetModelInfoRequest\"\xd9\x02\n\x14GetModelInfoResponse\x12\x0e\n\x06loaded\x18\x01 \x01(\x08\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x13\n\x0b\x62undle_path\x18\x03 \x01(\t\x12\x30\n\nvocabulary\x18\x04 \x01(\x0b\x32\x1c.hybridpref.v1.TagVocabulary\x12\x12\n\nmodel_kind\x18\x05 \x01(\t\x12\x41\n\x07metrics\x18\x06 \x03(\x0b\x32\x30.hybridpref.v1.GetModelInfoResponse.MetricsEntry\x12\x18\n\x10\x64\x61ta_fingerprint\x18\x07 \x01(\t\x12\x16\n\x0estatus_message\x18\x08 \x01(\t\x12\x19\n\x11reference_bins_id\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\x9a\x02\n\x10PredictorService\x12Q\n\nScoreMixes\x12 .hybridpref.v1.ScoreMixesRequest\x1a!.hybridpref.v1.ScoreMixesResponse\x12Z\n\rInstanceGains\x12#.hybridpref.v1.InstanceGainsRequest\x1a$.hybridpref.v1.InstanceGainsResponse\x12W\n\x0cGetModelInfo\x12\".hybridpref.v1.GetModelInfoRequest\x1a#.hybridpref.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hybridpref.v1.predictor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELINFO_METRICSENTRY']._loaded_options = None
-  _globals['_MODELINFO_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._loaded_options = None
+  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_MIXVECTOR']._serialized_start=76
   _globals['_MIXVECTOR']._serialized_end=103
   _globals['_SCOREMIXESREQUEST']._serialized_start=105
@@ -48,10 +48,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INSTANCEEXPLANATION']._serialized_end=676
   _globals['_GETMODELINFOREQUEST']._serialized_start=678
   _globals['_GETMODELINFOREQUEST']._serialized_end=699
-  _globals['_MODELINFO']._serialized_start=702
-  _globals['_MODELINFO']._serialized_end=1025
-  _globals['_MODELINFO_METRICSENTRY']._serialized_start=979
-  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1025
-  _globals['_PREDICTORSERVICE']._serialized_start=1028
-  _globals['_PREDICTORSERVICE']._serialized_end=1392
+  _globals['_GETMODELINFORESPONSE']._serialized_start=702
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1047
+  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_start=1001
+  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_end=1047
+  _globals['_PREDICTORSERVICE']._serialized_start=1050
+  _globals['_PREDICTORSERVICE']._serialized_end=1332
 # @@protoc_insertion_point(module_scope)

@@ -227,7 +227,7 @@ class GetModelInfoRequest(_message.Message):
 Global___GetModelInfoRequest: _TypeAlias = GetModelInfoRequest  # noqa: Y015
 
 @_typing.final
-class ModelInfo(_message.Message):
+class GetModelInfoResponse(_message.Message):
     """The loaded model bundle."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -302,4 +302,4 @@ class ModelInfo(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+Global___GetModelInfoResponse: _TypeAlias = GetModelInfoResponse  # noqa: Y015

@@ -40,11 +40,6 @@ class PredictorServiceStub:
                 request_serializer=hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesRequest.SerializeToString,
                 response_deserializer=hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesResponse.FromString,
                 _registered_method=True)
-        self.ScoreMixesStream = channel.stream_stream(
-                '/hybridpref.v1.PredictorService/ScoreMixesStream',
-                request_serializer=hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesRequest.SerializeToString,
-                response_deserializer=hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesResponse.FromString,
-                _registered_method=True)
         self.InstanceGains = channel.unary_unary(
                 '/hybridpref.v1.PredictorService/InstanceGains',
                 request_serializer=hybridpref_dot_v1_dot_predictor__pb2.InstanceGainsRequest.SerializeToString,
@@ -53,7 +48,7 @@ class PredictorServiceStub:
         self.GetModelInfo = channel.unary_unary(
                 '/hybridpref.v1.PredictorService/GetModelInfo',
                 request_serializer=hybridpref_dot_v1_dot_predictor__pb2.GetModelInfoRequest.SerializeToString,
-                response_deserializer=hybridpref_dot_v1_dot_predictor__pb2.ModelInfo.FromString,
+                response_deserializer=hybridpref_dot_v1_dot_predictor__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
 
 
@@ -63,13 +58,6 @@ class PredictorServiceServicer:
 
     def ScoreMixes(self, request, context):
         """Score candidate mixes (count vectors) in one batch.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ScoreMixesStream(self, request_iterator, context):
-        """Score a large number of mixes as a stream of chunks; one response per request chunk.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,11 +85,6 @@ def add_PredictorServiceServicer_to_server(servicer, server):
                     request_deserializer=hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesRequest.FromString,
                     response_serializer=hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesResponse.SerializeToString,
             ),
-            'ScoreMixesStream': grpc.stream_stream_rpc_method_handler(
-                    servicer.ScoreMixesStream,
-                    request_deserializer=hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesRequest.FromString,
-                    response_serializer=hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesResponse.SerializeToString,
-            ),
             'InstanceGains': grpc.unary_unary_rpc_method_handler(
                     servicer.InstanceGains,
                     request_deserializer=hybridpref_dot_v1_dot_predictor__pb2.InstanceGainsRequest.FromString,
@@ -110,7 +93,7 @@ def add_PredictorServiceServicer_to_server(servicer, server):
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
                     request_deserializer=hybridpref_dot_v1_dot_predictor__pb2.GetModelInfoRequest.FromString,
-                    response_serializer=hybridpref_dot_v1_dot_predictor__pb2.ModelInfo.SerializeToString,
+                    response_serializer=hybridpref_dot_v1_dot_predictor__pb2.GetModelInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,33 +122,6 @@ class PredictorService:
             request,
             target,
             '/hybridpref.v1.PredictorService/ScoreMixes',
-            hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesRequest.SerializeToString,
-            hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ScoreMixesStream(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/hybridpref.v1.PredictorService/ScoreMixesStream',
             hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesRequest.SerializeToString,
             hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesResponse.FromString,
             options,
@@ -221,7 +177,7 @@ class PredictorService:
             target,
             '/hybridpref.v1.PredictorService/GetModelInfo',
             hybridpref_dot_v1_dot_predictor__pb2.GetModelInfoRequest.SerializeToString,
-            hybridpref_dot_v1_dot_predictor__pb2.ModelInfo.FromString,
+            hybridpref_dot_v1_dot_predictor__pb2.GetModelInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

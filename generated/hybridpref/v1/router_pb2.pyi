@@ -287,7 +287,7 @@ class RouteInstancesResponse(_message.Message):
 Global___RouteInstancesResponse: _TypeAlias = RouteInstancesResponse  # noqa: Y015
 
 @_typing.final
-class RouteStreamRequest(_message.Message):
+class RouteInstancesStreamRequest(_message.Message):
     """One message of the streaming form."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -316,7 +316,7 @@ class RouteStreamRequest(_message.Message):
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
-Global___RouteStreamRequest: _TypeAlias = RouteStreamRequest  # noqa: Y015
+Global___RouteInstancesStreamRequest: _TypeAlias = RouteInstancesStreamRequest  # noqa: Y015
 
 @_typing.final
 class InstanceChunk(_message.Message):
@@ -343,7 +343,7 @@ class InstanceChunk(_message.Message):
 Global___InstanceChunk: _TypeAlias = InstanceChunk  # noqa: Y015
 
 @_typing.final
-class RouteStreamResponse(_message.Message):
+class RouteInstancesStreamResponse(_message.Message):
     """One message of the streaming response."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -372,7 +372,7 @@ class RouteStreamResponse(_message.Message):
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
-Global___RouteStreamResponse: _TypeAlias = RouteStreamResponse  # noqa: Y015
+Global___RouteInstancesStreamResponse: _TypeAlias = RouteInstancesStreamResponse  # noqa: Y015
 
 @_typing.final
 class DecisionChunk(_message.Message):

@@ -42,8 +42,8 @@ class RouterServiceStub:
                 _registered_method=True)
         self.RouteInstancesStream = channel.stream_stream(
                 '/hybridpref.v1.RouterService/RouteInstancesStream',
-                request_serializer=hybridpref_dot_v1_dot_router__pb2.RouteStreamRequest.SerializeToString,
-                response_deserializer=hybridpref_dot_v1_dot_router__pb2.RouteStreamResponse.FromString,
+                request_serializer=hybridpref_dot_v1_dot_router__pb2.RouteInstancesStreamRequest.SerializeToString,
+                response_deserializer=hybridpref_dot_v1_dot_router__pb2.RouteInstancesStreamResponse.FromString,
                 _registered_method=True)
 
 
@@ -60,7 +60,7 @@ class RouterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RouteInstancesStream(self, request_iterator, context):
-        """Route a large batch: send one RouteStreamRequest with config first, then chunks
+        """Route a large batch: send one RouteInstancesStreamRequest with config first, then chunks
         of instances; decisions come back in chunks, then the summary last.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -77,8 +77,8 @@ def add_RouterServiceServicer_to_server(servicer, server):
             ),
             'RouteInstancesStream': grpc.stream_stream_rpc_method_handler(
                     servicer.RouteInstancesStream,
-                    request_deserializer=hybridpref_dot_v1_dot_router__pb2.RouteStreamRequest.FromString,
-                    response_serializer=hybridpref_dot_v1_dot_router__pb2.RouteStreamResponse.SerializeToString,
+                    request_deserializer=hybridpref_dot_v1_dot_router__pb2.RouteInstancesStreamRequest.FromString,
+                    response_serializer=hybridpref_dot_v1_dot_router__pb2.RouteInstancesStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,8 +134,8 @@ class RouterService:
             request_iterator,
             target,
             '/hybridpref.v1.RouterService/RouteInstancesStream',
-            hybridpref_dot_v1_dot_router__pb2.RouteStreamRequest.SerializeToString,
-            hybridpref_dot_v1_dot_router__pb2.RouteStreamResponse.FromString,
+            hybridpref_dot_v1_dot_router__pb2.RouteInstancesStreamRequest.SerializeToString,
+            hybridpref_dot_v1_dot_router__pb2.RouteInstancesStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

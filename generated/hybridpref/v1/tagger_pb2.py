@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hybridpref.v1 import common_pb2 as hybridpref_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahybridpref/v1/tagger.proto\x12\rhybridpref.v1\x1a\x1ahybridpref/v1/common.proto\"\\\n\x13TagInstancesRequest\x12\x34\n\tinstances\x18\x01 \x03(\x0b\x32!.hybridpref.v1.PreferenceInstance\x12\x0f\n\x07profile\x18\x02 \x01(\t\"\xc0\x02\n\x0cInstanceTags\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x04tags\x18\x02 \x01(\x0b\x32\x18.hybridpref.v1.TagVector\x12;\n\x08measures\x18\x03 \x03(\x0b\x32).hybridpref.v1.InstanceTags.MeasuresEntry\x12;\n\x08\x61nalyzer\x18\x04 \x03(\x0b\x32).hybridpref.v1.InstanceTags.AnalyzerEntry\x12\x11\n\ttruncated\x18\x05 \x01(\x08\x12\r\n\x05notes\x18\x06 \x03(\t\x1a/\n\rMeasuresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a/\n\rAnalyzerEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8e\x01\n\x14TagInstancesResponse\x12\x1a\n\x12vocabulary_version\x18\x01 \x01(\t\x12.\n\tinstances\x18\x02 \x03(\x0b\x32\x1b.hybridpref.v1.InstanceTags\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12\x19\n\x11reference_bins_id\x18\x04 \x01(\t\"\x16\n\x14GetVocabularyRequest2\x9f\x02\n\rTaggerService\x12W\n\x0cTagInstances\x12\".hybridpref.v1.TagInstancesRequest\x1a#.hybridpref.v1.TagInstancesResponse\x12\x61\n\x12TagInstancesStream\x12\".hybridpref.v1.TagInstancesRequest\x1a#.hybridpref.v1.TagInstancesResponse(\x01\x30\x01\x12R\n\rGetVocabulary\x12#.hybridpref.v1.GetVocabularyRequest\x1a\x1c.hybridpref.v1.TagVocabularyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahybridpref/v1/tagger.proto\x12\rhybridpref.v1\x1a\x1ahybridpref/v1/common.proto\"\\\n\x13TagInstancesRequest\x12\x34\n\tinstances\x18\x01 \x03(\x0b\x32!.hybridpref.v1.PreferenceInstance\x12\x0f\n\x07profile\x18\x02 \x01(\t\"\xc0\x02\n\x0cInstanceTags\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x04tags\x18\x02 \x01(\x0b\x32\x18.hybridpref.v1.TagVector\x12;\n\x08measures\x18\x03 \x03(\x0b\x32).hybridpref.v1.InstanceTags.MeasuresEntry\x12;\n\x08\x61nalyzer\x18\x04 \x03(\x0b\x32).hybridpref.v1.InstanceTags.AnalyzerEntry\x12\x11\n\ttruncated\x18\x05 \x01(\x08\x12\r\n\x05notes\x18\x06 \x03(\t\x1a/\n\rMeasuresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a/\n\rAnalyzerEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8e\x01\n\x14TagInstancesResponse\x12\x1a\n\x12vocabulary_version\x18\x01 \x01(\t\x12.\n\tinstances\x18\x02 \x03(\x0b\x32\x1b.hybridpref.v1.InstanceTags\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12\x19\n\x11reference_bins_id\x18\x04 \x01(\t\"\x16\n\x14GetVocabularyRequest\"I\n\x15GetVocabularyResponse\x12\x30\n\nvocabulary\x18\x01 \x01(\x0b\x32\x1c.hybridpref.v1.TagVocabulary2\xc4\x01\n\rTaggerService\x12W\n\x0cTagInstances\x12\".hybridpref.v1.TagInstancesRequest\x1a#.hybridpref.v1.TagInstancesResponse\x12Z\n\rGetVocabulary\x12#.hybridpref.v1.GetVocabularyRequest\x1a$.hybridpref.v1.GetVocabularyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,6 +48,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TAGINSTANCESRESPONSE']._serialized_end=633
   _globals['_GETVOCABULARYREQUEST']._serialized_start=635
   _globals['_GETVOCABULARYREQUEST']._serialized_end=657
-  _globals['_TAGGERSERVICE']._serialized_start=660
-  _globals['_TAGGERSERVICE']._serialized_end=947
+  _globals['_GETVOCABULARYRESPONSE']._serialized_start=659
+  _globals['_GETVOCABULARYRESPONSE']._serialized_end=732
+  _globals['_TAGGERSERVICE']._serialized_start=735
+  _globals['_TAGGERSERVICE']._serialized_end=931
 # @@protoc_insertion_point(module_scope)

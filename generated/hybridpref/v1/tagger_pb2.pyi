@@ -193,3 +193,27 @@ class GetVocabularyRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetVocabularyRequest: _TypeAlias = GetVocabularyRequest  # noqa: Y015
+
+@_typing.final
+class GetVocabularyResponse(_message.Message):
+    """The tag vocabulary this tagger produces."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOCABULARY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def vocabulary(self) -> _common_pb2.TagVocabulary:
+        """Vocabulary version and tag names, in column order."""
+
+    def __init__(
+        self,
+        *,
+        vocabulary: _common_pb2.TagVocabulary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["vocabulary", b"vocabulary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["vocabulary", b"vocabulary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVocabularyResponse: _TypeAlias = GetVocabularyResponse  # noqa: Y015

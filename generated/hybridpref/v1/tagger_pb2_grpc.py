@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from hybridpref.v1 import common_pb2 as hybridpref_dot_v1_dot_common__pb2
 from hybridpref.v1 import tagger_pb2 as hybridpref_dot_v1_dot_tagger__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -41,15 +40,10 @@ class TaggerServiceStub:
                 request_serializer=hybridpref_dot_v1_dot_tagger__pb2.TagInstancesRequest.SerializeToString,
                 response_deserializer=hybridpref_dot_v1_dot_tagger__pb2.TagInstancesResponse.FromString,
                 _registered_method=True)
-        self.TagInstancesStream = channel.stream_stream(
-                '/hybridpref.v1.TaggerService/TagInstancesStream',
-                request_serializer=hybridpref_dot_v1_dot_tagger__pb2.TagInstancesRequest.SerializeToString,
-                response_deserializer=hybridpref_dot_v1_dot_tagger__pb2.TagInstancesResponse.FromString,
-                _registered_method=True)
         self.GetVocabulary = channel.unary_unary(
                 '/hybridpref.v1.TaggerService/GetVocabulary',
                 request_serializer=hybridpref_dot_v1_dot_tagger__pb2.GetVocabularyRequest.SerializeToString,
-                response_deserializer=hybridpref_dot_v1_dot_common__pb2.TagVocabulary.FromString,
+                response_deserializer=hybridpref_dot_v1_dot_tagger__pb2.GetVocabularyResponse.FromString,
                 _registered_method=True)
 
 
@@ -59,13 +53,6 @@ class TaggerServiceServicer:
 
     def TagInstances(self, request, context):
         """Tag a batch (up to the server's batch limit).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def TagInstancesStream(self, request_iterator, context):
-        """Tag a large batch as a stream of chunks; one response per request chunk, in order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,15 +73,10 @@ def add_TaggerServiceServicer_to_server(servicer, server):
                     request_deserializer=hybridpref_dot_v1_dot_tagger__pb2.TagInstancesRequest.FromString,
                     response_serializer=hybridpref_dot_v1_dot_tagger__pb2.TagInstancesResponse.SerializeToString,
             ),
-            'TagInstancesStream': grpc.stream_stream_rpc_method_handler(
-                    servicer.TagInstancesStream,
-                    request_deserializer=hybridpref_dot_v1_dot_tagger__pb2.TagInstancesRequest.FromString,
-                    response_serializer=hybridpref_dot_v1_dot_tagger__pb2.TagInstancesResponse.SerializeToString,
-            ),
             'GetVocabulary': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVocabulary,
                     request_deserializer=hybridpref_dot_v1_dot_tagger__pb2.GetVocabularyRequest.FromString,
-                    response_serializer=hybridpref_dot_v1_dot_common__pb2.TagVocabulary.SerializeToString,
+                    response_serializer=hybridpref_dot_v1_dot_tagger__pb2.GetVocabularyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,33 +118,6 @@ class TaggerService:
             _registered_method=True)
 
     @staticmethod
-    def TagInstancesStream(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/hybridpref.v1.TaggerService/TagInstancesStream',
-            hybridpref_dot_v1_dot_tagger__pb2.TagInstancesRequest.SerializeToString,
-            hybridpref_dot_v1_dot_tagger__pb2.TagInstancesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def GetVocabulary(request,
             target,
             options=(),
@@ -178,7 +133,7 @@ class TaggerService:
             target,
             '/hybridpref.v1.TaggerService/GetVocabulary',
             hybridpref_dot_v1_dot_tagger__pb2.GetVocabularyRequest.SerializeToString,
-            hybridpref_dot_v1_dot_common__pb2.TagVocabulary.FromString,
+            hybridpref_dot_v1_dot_tagger__pb2.GetVocabularyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,9 +61,16 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         self._metrics.instances.labels("judge", "JudgeInstances").inc(len(instances))
         return judge_pb2.JudgeInstancesResponse(judgements=[to_proto(j) for j in judgements])
 
-    async def JudgeInstancesStream(self, request_iterator, context):
-        async for request in request_iterator:
-            yield await self.JudgeInstances(request, context)
+    async def GetJudgeInfo(self, request, context):
+        from hybridpref.judge.templates import TEMPLATES
+
+        replay = self._settings.judge_backend == "replay"
+        return judge_pb2.GetJudgeInfoResponse(
+            backend=self._settings.judge_backend, judge_id=self.judge.judge_id,
+            templates=[*sorted(TEMPLATES), *sorted(t.template_version for t in TEMPLATES.values())],
+            default_template=self.judge.default_template,
+            default_replay_judge=self._settings.judge_replay_key if replay else "",
+        )
 
     async def close(self) -> None:
         self._executor.shutdown()

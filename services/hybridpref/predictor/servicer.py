@@ -74,10 +74,6 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
         self._metrics.instances.labels("predictor", "ScoreMixes").inc(len(scores))
         return predictor_pb2.ScoreMixesResponse(scores=scores.tolist(), bundle_version=self.predictor.info().bundle_version)
 
-    async def ScoreMixesStream(self, request_iterator, context):
-        async for request in request_iterator:
-            yield await self.ScoreMixes(request, context)
-
     async def InstanceGains(self, request, context):
         check_vocabulary(request.vocabulary_version)
         tags = tag_matrix(request.instances)
@@ -95,7 +91,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
 
     async def GetModelInfo(self, request, context):
         info = self.predictor.info()
-        return predictor_pb2.ModelInfo(
+        return predictor_pb2.GetModelInfoResponse(
             loaded=info.loaded, bundle_version=info.bundle_version, bundle_path=info.bundle_path,
             vocabulary=common_pb2.TagVocabulary(version=info.vocabulary_version, tags=info.vocabulary),
             model_kind=info.model_kind, metrics=info.metrics, data_fingerprint=info.data_fingerprint,

@@ -129,6 +129,10 @@ class TaggerClient(_AioClient):
 class JudgeClient(_AioClient):
     stub_class = judge_pb2_grpc.JudgeServiceStub
 
+    async def info(self, timeout: float | None) -> judge_pb2.GetJudgeInfoResponse:
+        """What the judge accepts (templates, replay default); see ``router.limits.JudgeInfo``."""
+        return await self._stub.GetJudgeInfo(judge_pb2.GetJudgeInfoRequest(), timeout=timeout, metadata=call_metadata())
+
     async def judge(
         self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: str, replay_judge: str,
         seed: int, timeout: Deadline | float | None,
@@ -179,7 +183,7 @@ class PredictorClient:
         except grpc.RpcError as exc:
             raise downstream_error("predictor", exc) from None
 
-    def info(self) -> predictor_pb2.ModelInfo:
+    def info(self) -> predictor_pb2.GetModelInfoResponse:
         return self._call(self._stub.GetModelInfo, predictor_pb2.GetModelInfoRequest())
 
     def score(self, counts: np.ndarray, pool_size: int) -> np.ndarray:

@@ -10,8 +10,12 @@ caller's batch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+
+import grpc
+import structlog
 
 from hybridpref.common.errors import FieldViolation, quote
 from hybridpref.common.instances import PreferenceInstance
@@ -20,6 +24,10 @@ from hybridpref.common.settings import Settings
 from hybridpref.common.vocabulary import NUM_TAGS
 
 MAX_NAME_CHARS = 128  # strategy, template and judge names
+# How long the judge's advertised info is trusted before it is asked again.
+JUDGE_INFO_TTL_S = 30.0
+
+log = structlog.get_logger()
 
 
 def config_violations(config, settings: Settings) -> list[FieldViolation]:
@@ -59,6 +67,37 @@ class JudgeInfo:
     templates: frozenset[str] = field(default_factory=frozenset)
     default_replay_judge: str = ""
 
+    @classmethod
+    def from_proto(cls, reply) -> JudgeInfo:
+        return cls(reply.backend, frozenset(t.lower() for t in reply.templates), reply.default_replay_judge)
+
+
+class JudgeInfoCache:
+    """The judge's ``GetJudgeInfo``, fetched at most every ``ttl_s``; ``None`` while the judge
+    cannot say (down, or an older judge without the RPC): checks are then left to the judge."""
+
+    def __init__(self, fetch: Callable[[float], Awaitable[object]], ttl_s: float = JUDGE_INFO_TTL_S):
+        self._fetch = fetch
+        self._ttl_s = ttl_s
+        self._info: JudgeInfo | None = None
+        self._stamp = -math.inf
+
+    async def get(self, timeout_s: float = 2.0) -> JudgeInfo | None:
+        if time.monotonic() - self._stamp < self._ttl_s:
+            return self._info
+        try:
+            self._info = JudgeInfo.from_proto(await self._fetch(timeout_s))
+            self._stamp = time.monotonic()
+        except grpc.RpcError as exc:
+            log.info("judge_info_unavailable", code=exc.code().name)
+            return self._info  # last known, if any (a judge's backend changes only with a restart)
+        return self._info
+
+
+def _template_key(template: str) -> str:
+    base, at, version = template.strip().partition("@")
+    return base.lower() + at + version
+
 
 def judge_violations(
     info: JudgeInfo | None, template: str, replay_judge: str, instances: Sequence[PreferenceInstance], offset: int = 0,
@@ -71,7 +110,7 @@ def judge_violations(
     if info is None or not needs_judge:
         return []
     out: list[FieldViolation] = []
-    if template and info.templates and template not in info.templates:
+    if template.strip() and info.templates and _template_key(template) not in info.templates:
         out.append(FieldViolation("config.judge_template",
                                   f"unknown template {quote(template)}; the judge has {', '.join(sorted(info.templates))}"))
     if info.backend != "replay":

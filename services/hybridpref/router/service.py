@@ -25,6 +25,7 @@ from hybridpref.common.metrics import Metrics
 from hybridpref.common.settings import Settings
 from hybridpref.common.vocabulary import LEXICAL_MEASURES
 from hybridpref.router import budget as budgets
+from hybridpref.router.limits import JudgeInfoCache, judge_violations
 from hybridpref.router import strategies
 from hybridpref.router.scoring import unique_rows
 from hybridpref.router.downstream import JudgeClient, JudgedBatch, PredictorClient, TaggedBatch, TaggerClient
@@ -83,6 +84,7 @@ class RouterCore:
         # CPU work (conversion, validation, strategies, spill-file I/O) runs here, off the event
         # loop, in a pool the server owns and bounds; a cancelled call's queued work never starts.
         self.executor = CoreExecutor("router", settings.router_workers)
+        self.judge_info = JudgeInfoCache(self.judge.info)
 
     async def close(self) -> None:
         await self.tagger.close()
@@ -105,6 +107,7 @@ class RouterCore:
         """Route one in-memory batch (the unary RPC). ``timeout``: the call's ``Deadline`` (or seconds)."""
         clock, stages = Deadline.of(timeout), {"tag": 0.0}
         await self.executor.run(self.validate, instances, options)
+        await self._check_judge_names(instances, options, clock)
         with _timed(stages, "tag"):
             tagged = await self.tagger.tag(instances, clock)
         return await self._decide(MemoryStore(instances), tagged, options, clock, stages)
@@ -128,6 +131,7 @@ class RouterCore:
                 if len(store) + len(chunk) > self.settings.max_stream_instances:
                     raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.max_stream_instances} instances"))
                 await self.executor.run(_validate_chunk, chunk, len(store), seen)
+                await self._check_judge_names(chunk, options, clock, offset=len(store))
                 await self.executor.run(store.extend, chunk)
                 with _timed(stages, "tag"):
                     parts.append(await self.tagger.tag(chunk, clock))
@@ -137,6 +141,14 @@ class RouterCore:
             return await self._decide(store, TaggedBatch.concat(parts), options, clock, stages)
         finally:
             store.close()
+
+    async def _check_judge_names(self, instances, options: RouteOptions, clock: Deadline, offset: int = 0) -> None:
+        """Template and replay-judge names against what the judge advertises, before any work."""
+        info = await self.judge_info.get(min(2.0, clock.timeout() or 2.0))
+        violations = judge_violations(info, options.judge_template, options.replay_judge, instances, offset,
+                                      needs_judge=options.strategy != "all_human")
+        if violations:
+            raise InvalidInput(violations)
 
     async def _decide(self, store, tagged: TaggedBatch, options: RouteOptions, clock: Deadline, stages: dict[str, float]) -> RouteOutcome:
         """Everything after tagging: (judge) -> budget -> strategy -> judge LM-routed -> explain."""

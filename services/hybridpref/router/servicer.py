@@ -44,7 +44,7 @@ def decisions_to_proto(outcome: RouteOutcome, start: int = 0, stop: int | None =
     return [
         router_pb2.RoutingDecision(
             id=d.id,
-            route=common_pb2.HUMAN if d.human else common_pb2.LM,
+            route=common_pb2.ROUTE_HUMAN if d.human else common_pb2.ROUTE_LM,
             lm_label=int(d.lm_label),
             lm_confidence=d.lm_confidence,
             gain=d.gain,
@@ -113,8 +113,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         outcome = await self.core.route_stream(chunks(), options, self._deadline(context))
         for start in range(0, len(outcome.decisions), DECISION_CHUNK):
             chunk = await run(decisions_to_proto, outcome, start, start + DECISION_CHUNK)
-            yield router_pb2.RouteStreamResponse(decisions=router_pb2.DecisionChunk(decisions=chunk))
-        yield router_pb2.RouteStreamResponse(summary=summary_to_proto(outcome))
+            yield router_pb2.RouteInstancesStreamResponse(decisions=router_pb2.DecisionChunk(decisions=chunk))
+        yield router_pb2.RouteInstancesStreamResponse(summary=summary_to_proto(outcome))
 
 
 def router_handle(settings: Settings, metrics: Metrics | None = None) -> ServiceHandle:

@@ -57,12 +57,8 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
         self._metrics.instances.labels("tagger", "TagInstances").inc(len(instances))
         return to_response(batch, profile, tagger.reference_bins.fingerprint())
 
-    async def TagInstancesStream(self, request_iterator, context):
-        async for request in request_iterator:
-            yield await self.TagInstances(request, context)
-
     async def GetVocabulary(self, request, context):
-        return common_pb2.TagVocabulary(version=VOCABULARY_VERSION, tags=TAG_NAMES)
+        return tagger_pb2.GetVocabularyResponse(vocabulary=common_pb2.TagVocabulary(version=VOCABULARY_VERSION, tags=TAG_NAMES))
 
     async def close(self) -> None:
         self._executor.shutdown()
