@@ -5,6 +5,7 @@
     hybridpref route --input in.jsonl --budget 0.25 [--router HOST:PORT] [--output out.jsonl]
     hybridpref predictor build ...      # offline: build a model bundle
     hybridpref evaluate --pool pairs.jsonl --out DIR ...   # offline: does routing help on these pools?
+    hybridpref keys add|hash ...        # API key entries for the router's keys file
 
 The parser is built inside ``main``; nothing runs at import time. User mistakes
 print ``error: ...`` (file line and field where there is one) and exit 2.
@@ -59,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="evaluate routing strategies on labelled pools (see --help)", add_help=False)
     evaluate.add_argument("rest", nargs=argparse.REMAINDER)
+
+    from hybridpref.keys_cli import add_parser as add_keys_parser
+
+    add_keys_parser(sub)
     return parser
 
 
@@ -104,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             from hybridpref.evaluation.cli import main as evaluate_main
 
             return evaluate_main(args.rest)
+        if args.command == "keys":
+            from hybridpref.keys_cli import main as keys_main
+
+            return keys_main(args)
     except InvalidInput as exc:
         for v in exc.violations:
             print(f"error: {v.field}: {v.description}", file=sys.stderr)
