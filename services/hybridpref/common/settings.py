@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     router_workers: int = Field(4, ge=1)
     # Router: seconds between checks of the backends' health (its readiness follows them).
     backend_check_s: float = Field(1.0, gt=0)
+    # Router: NOT_SERVING when its worker pool has not started a no-op for this long (all workers stuck).
+    pool_stall_s: float = Field(10.0, gt=0)
     # Server.
     grace_period_s: float = Field(20.0, ge=0)
     max_message_mb: int = Field(64, ge=1)
