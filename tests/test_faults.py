@@ -223,7 +223,7 @@ def test_stuck_worker_pool_turns_readiness_off(open_router):
     executor = router.handle  # the router's pool is reachable through its readiness watcher
     core_executor = _router_executor(router)
     release = threading.Event()
-    futures = [core_executor._pool.submit(release.wait, 30) for _ in range(3)]  # every worker blocked
+    futures = [core_executor.submit(lambda: release.wait(30)) for _ in range(3)]  # every worker blocked
     try:
         assert wait_for(lambda: router_status(router.address) == health_pb2.HealthCheckResponse.NOT_SERVING, 5) is not None
     finally:
