@@ -4,10 +4,11 @@ One small, bounded pool per service core, owned by its server: the models alread
 every allowed CPU through intra-op threads, so running many batches at once would only
 thrash; calls queue instead, and the event loop stays free for health checks and metrics.
 
-The queue is ordered by ``priority`` (lower first; callers pass the batch size), then by
-arrival: a 10-instance call does not wait behind every queued chunk of a 100,000-instance
-stream, only behind the one already running. Work queued for a call that was cancelled
-meanwhile is dropped before it starts.
+The queue is ordered by a virtual start time, ``arrival + size * item_s`` (callers pass
+``size``, the instances a job carries): a 10-instance call does not wait behind the queued
+chunks of a 100,000-instance stream, only behind the one already running, while a big job is
+never starved (it goes first once it has waited ``size * item_s``). Work queued for a call
+that was cancelled meanwhile is dropped before it starts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import functools
 import heapq
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -26,8 +28,9 @@ T = TypeVar("T")
 
 
 class CoreExecutor:
-    def __init__(self, name: str, workers: int = 1):
+    def __init__(self, name: str, workers: int = 1, item_s: float = 0.005):
         self._name = name
+        self._item_s = item_s
         self._heap: list[tuple[float, int, concurrent.futures.Future, Callable[[], object]]] = []
         self._seq = itertools.count()
         self._ready = threading.Condition()
@@ -36,7 +39,9 @@ class CoreExecutor:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, fn: Callable[[], T], priority: float = 0.0) -> concurrent.futures.Future:
+    def submit(self, fn: Callable[[], T], priority: float | None = None) -> concurrent.futures.Future:
+        """Queue ``fn``; ``priority`` is its virtual start time (default: now)."""
+        priority = time.monotonic() if priority is None else priority
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._ready:
             if self._closed:
@@ -45,9 +50,12 @@ class CoreExecutor:
             self._ready.notify()
         return future
 
-    async def run(self, fn: Callable[..., T], /, *args, priority: float = 0.0, **kwargs) -> T:
-        """Run ``fn`` in the pool, carrying the caller's context (request id, log fields, deadline)."""
+    async def run(self, fn: Callable[..., T], /, *args, size: int = 0, **kwargs) -> T:
+        """Run ``fn`` in the pool, carrying the caller's context (request id, log fields, deadline).
+
+        ``size``: how many items (instances, rows) the job carries; bigger jobs yield to smaller ones."""
         ctx = contextvars.copy_context()
+        priority = time.monotonic() + size * self._item_s
         future = self.submit(functools.partial(ctx.run, fn, *args, **kwargs), priority)
         return await asyncio.wrap_future(future)  # cancelling the awaiting task cancels a queued job
 

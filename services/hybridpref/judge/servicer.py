@@ -57,7 +57,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             seed=request.seed,
             replay_judge=request.replay_judge or None,
             deadline_s=deadlines.current() or remaining_timeout(context),
-            priority=len(instances),  # small calls first
+            size=len(instances),  # small calls first
         )
         self._metrics.instances.labels("judge", "JudgeInstances").inc(len(instances))
         return judge_pb2.JudgeInstancesResponse(judgements=[to_proto(j) for j in judgements])
