@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     max_batch: int = Field(20_000, ge=1)
     max_concurrent_rpcs: int = Field(256, ge=1)
     # Longest a call may run; applies when the caller sets no deadline or a longer one. 0 = no cap.
-    max_deadline_s: float = Field(300.0, ge=0)
+    max_deadline_s: float = Field(1800.0, ge=0)
     # Metrics HTTP bind address ("" = same as ``host``); NetworkPolicy restricts who may scrape.
     metrics_host: str = ""
     log_level: str = "INFO"
