@@ -5,6 +5,7 @@
     hybridpref route --input in.jsonl --budget 0.25 [--router HOST:PORT] [--output out.jsonl]
     hybridpref predictor build ...      # offline: build a model bundle
     hybridpref keys add|hash ...        # API key entries for the router's keys file
+    hybridpref evaluate --pool pairs.jsonl --out DIR ...   # offline: does routing help on these pools?
 
 The parser is built inside ``main``; nothing runs at import time. User mistakes
 print ``error: ...`` (file line and field where there is one) and exit 2.
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     from hybridpref.keys_cli import add_parser as add_keys_parser
 
     add_keys_parser(sub)
+    evaluate = sub.add_parser("evaluate", help="evaluate routing strategies on labelled pools (see --help)", add_help=False)
+    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -83,7 +86,11 @@ def parse_budget(text: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["evaluate"]:  # argparse's REMAINDER cannot start with an option (--pool): pass the rest through
+        args = argparse.Namespace(command="evaluate", rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
             return cmd_serve(args)
@@ -101,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             from hybridpref.keys_cli import main as keys_main
 
             return keys_main(args)
+        if args.command == "evaluate":
+            from hybridpref.evaluation.cli import main as evaluate_main
+
+            return evaluate_main(args.rest)
     except InvalidInput as exc:
         for v in exc.violations:
             print(f"error: {v.field}: {v.description}", file=sys.stderr)
