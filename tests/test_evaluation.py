@@ -261,3 +261,52 @@ def test_real_data_smoke_llmbar(tmp_path):
     oracle = [r for r in rows if r["strategy"] == "oracle" and r["budget"] == "0.25"][0]
     assert float(oracle["diff_random_low"]) > 0  # the instrument sees label quality
     assert {"greedy", "topk", "judge_doubt"} <= {r["strategy"] for r in rows}
+
+
+def test_correction_models_never_see_the_routed_or_gold_fold(tmp_path, monkeypatch):
+    """In-pool: the model routing fold g is fitted without g, and for metric 2 with gold fold f also
+    without f; cross-pool: on the other pools only."""
+    from hybridpref.predictor import correction
+
+    seen: list[tuple[set[str], set[str]]] = []  # (ids the model was fitted on, ids it routed)
+    fitted: dict[int, set[str]] = {}
+
+    def fake_fit(train, seed, tagger_profile=None):
+        ids = {inst.id + "@" + p.name for p in train for inst in p.instances}
+        fitted[id(ids)] = ids
+        return ids
+
+    def fake_gain(model, pool, judge=None, tagger_profile=None):
+        seen.append((model, {inst.id + "@" + pool.name for inst in pool.instances}))
+        return np.linspace(0.0, 0.5, len(pool))
+
+    monkeypatch.setattr(correction, "fit_for_pools", fake_fit)
+    monkeypatch.setattr(correction, "expected_gain_for_pool", fake_gain)
+    a = write_pool(tmp_path / "toy_a" / "pairs.jsonl", n=90, seed=1)
+    b = write_pool(tmp_path / "toy_b" / "pairs.jsonl", n=90, seed=2)
+    cfg = EvalConfig(pools=[str(a), str(b)], lm_judge=JUDGE, budgets=(0.25,), seeds=2, rm=False, n_boot=100,
+                     modes=("in-pool", "cross-pool"), strategies=("expected_gain",), data_dir=str(tmp_path))
+    result = evaluate(cfg)
+    assert any(r["strategy"] == "expected_gain" for r in result.rows)
+    assert seen and all(not (train & routed) for train, routed in seen)
+    cross = [train for train, routed in seen if all(i.endswith("@toy_a") for i in routed) and any(t.endswith("@toy_b") for t in train)]
+    assert cross and all(all(t.endswith("@toy_b") for t in train) for train in cross)
+
+
+def test_metric2_training_folds_are_routed_without_the_gold_fold(tmp_path, monkeypatch):
+    from hybridpref.evaluation.harness import Router, correction_gain_fn, route_case
+    from hybridpref.predictor import correction
+
+    fits: list[set[str]] = []
+    monkeypatch.setattr(correction, "fit_for_pools", lambda train, seed, tagger_profile=None: fits.append({i.id for p in train for i in p.instances}) or len(fits) - 1)
+    monkeypatch.setattr(correction, "expected_gain_for_pool", lambda model, pool, judge=None, tagger_profile=None: np.linspace(0, 0.5, len(pool)))
+    path = write_pool(tmp_path / "toy" / "pairs.jsonl", n=90, seed=3)
+    cfg = EvalConfig(pools=[str(path)], lm_judge=JUDGE, budgets=(0.25,), seeds=1, folds=3, rm=True, strategies=("expected_gain",))
+    case = prepare_case(path, cfg)
+    mixes = route_case(case, Router(cfg, None, correction_gain_fn([case], cfg)), ["expected_gain"], cfg, "in-pool", lambda d, n: None)
+    fold_ids = [{case.pool.instances[i].id for i in case.fold_rows(f)} for f in range(3)]
+    assert set(mixes.rm_masks[("expected_gain", 0.25)]) == {0, 1, 2}
+    # 3 fits without one fold (metric 1) + 3 fits on a single fold (metric 2: without the gold and the routed fold)
+    assert sorted(len([f for f in fold_ids if f <= train]) for train in fits) == [1, 1, 1, 2, 2, 2]
+    for f in range(3):  # the gold fold is not routed for metric 2: the reward model never trains on its rows
+        assert not mixes.rm_masks[("expected_gain", 0.25)][f][0][case.fold_rows(f)].any()
