@@ -37,8 +37,9 @@ class Settings(BaseSettings):
     bundle_watch_s: float = Field(10.0, ge=0)
     # Tagger.
     tagger_profile: str = "default"
-    # Judge.
-    judge_backend: Literal["embedded", "openai", "replay"] = "embedded"
+    # Judge. "learned": the packaged CPU preference model (fast, calibrated); "embedded": a local LM
+    # (SmolLM2 GGUF by default); judge_model_path overrides the model of either.
+    judge_backend: Literal["learned", "embedded", "openai", "replay"] = "learned"
     judge_model_path: str | None = None
     judge_replay_key: str = "gpt4"
     judge_openai_base_url: str | None = None

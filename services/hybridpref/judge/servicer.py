@@ -30,7 +30,7 @@ def build_judge(settings: Settings):
         }
     elif settings.judge_backend == "replay":
         options = {"default_judge": settings.judge_replay_key}
-    else:
+    else:  # learned (a spec JSON) or embedded (a GGUF / HF model): both read judge_model_path
         options = {"model": settings.judge_model_path} if settings.judge_model_path else {}
     return Judge.from_config(settings.judge_backend, default_template=settings.judge_template, **options)
 
@@ -87,6 +87,8 @@ def to_proto(j) -> judge_pb2.Judgement:
         order_inconsistent=bool(j.order_inconsistent),
         judge_id=j.judge_id,
         template_version=j.template_version,
+        backend=j.backend,
+        **({"p_a_better": float(j.p_a_better)} if j.p_a_better is not None else {}),
     )
 
 
