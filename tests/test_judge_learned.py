@@ -22,7 +22,7 @@ from hybridpref.judge.learned import PACKAGE_DIR, SPEC_FILE, LearnedBackend
 from hybridpref.v1 import common_pb2, judge_pb2, judge_pb2_grpc
 
 FIXTURES = Path(__file__).parent / "fixtures"
-ZERO_WIDTH = "\u200b"  # not white space to str.strip, yet shows nothing: request validation refuses it
+ZERO_WIDTH = "\u200b"  # passes request validation (not white space to str.strip) yet shows nothing
 
 EDGE_PAIRS = [
     ("Write a Python function that adds two numbers.", "```python\ndef add(a, b):\n    return a + b\n```",
@@ -112,17 +112,16 @@ def test_swapping_gives_one_minus_p_and_the_same_verdict(learned: LearnedBackend
     assert [r.p_a_better for r in random] == [o.p_a_better for o in out]
 
 
-def test_invisible_response_is_refused_and_identical_responses_tie(learned: LearnedBackend) -> None:
+def test_blank_response_loses_and_identical_responses_tie(learned: LearnedBackend) -> None:
+    """The model itself ranks an invisible response last; the judge service rejects it as a vendor mistake."""
     answer = "Recursion is when a function calls itself on a smaller part of the problem until a base case."
-    # Issue 12: a response of only invisible characters is a caller's mistake (INVALID_ARGUMENT), not a verdict.
-    with pytest.raises(InvalidInput) as err:
-        Judge(learned).judge([
-            PreferenceInstance("blank-b", "Explain recursion.", answer, ZERO_WIDTH),
-            PreferenceInstance("blank-a", "Explain recursion.", ZERO_WIDTH + " ", answer),
-        ])
-    assert [v.field for v in err.value.violations] == ["instances[0].response_b", "instances[1].response_a"]
+    p = learned.p_a_better(["Explain recursion."] * 2, [answer, ZERO_WIDTH + " "], [ZERO_WIDTH, answer])
+    assert p[0] > 0.75 and p[1] < 0.25
     (same,) = Judge(learned).judge([PreferenceInstance("same", "Explain recursion.", answer, answer)])
     assert same.label == Label.TIE and same.p_a_better == 0.5 and same.confidence == 0.5
+    with pytest.raises(InvalidInput) as err:
+        Judge(learned).judge([PreferenceInstance("blank-b", "Explain recursion.", answer, ZERO_WIDTH)])
+    assert err.value.violations[0].field == "instances[0].response_b"
 
 
 def test_sure_only_with_a_reason(learned: LearnedBackend, pairs: list[PreferenceInstance]) -> None:
