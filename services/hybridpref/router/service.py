@@ -145,8 +145,10 @@ class RouterCore:
     async def _check_judge_names(self, instances, options: RouteOptions, clock: Deadline, offset: int = 0) -> None:
         """Template and replay-judge names against what the judge advertises, before any work."""
         info = await self.judge_info.get(min(2.0, clock.timeout() or 2.0))
-        violations = judge_violations(info, options.judge_template, options.replay_judge, instances, offset,
-                                      needs_judge=options.strategy != "all_human")
+        violations = await self.executor.run(
+            judge_violations, info, options.judge_template, options.replay_judge, instances, offset,
+            needs_judge=options.strategy != "all_human", size=len(instances),
+        )
         if violations:
             raise InvalidInput(violations)
 
