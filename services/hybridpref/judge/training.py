@@ -413,6 +413,17 @@ confidence separates the judge's right answers from its errors (0.5 = not at all
 
 {table}
 
+## Measured and left out
+- **MiniLM embeddings** (cosine of each response with the prompt, all-MiniLM-L6-v2 as packaged, 128
+  word-pieces; its difference, a soft step of it and its dialogue interaction): leave-one-source-out
+  MT-Bench 74.0% vs 73.1%, PandaLM 69.0% vs 68.6%, inside the intervals, ECE/AUROC no better, at
+  ~30x the cost (the encoder, not the features, sets the speed). Not shipped.
+- **Other prompt cues** (brevity requests, code, lists, choices, maths, prompt length) interacting with
+  every difference: no gain beyond noise, worse calibration. Only the dialogue interaction is kept.
+- **Ensemble with the embedded SmolLM2-135M judge**: its order-averaged probability is at chance on
+  these sources (45-52%, benchmarks/RESULTS.md, issue 4), so there is nothing for a blend to add; not
+  fitted. A strong LM through the `openai` backend is the upgrade path.
+
 ## Known failure modes
 - **LLMBar Adversarial** (and adversarial data in general): the output that looks better (longer, more
   structured, more on-topic words) is the wrong one by construction; the judge is far below chance
