@@ -113,15 +113,15 @@ def test_swapping_gives_one_minus_p_and_the_same_verdict(learned: LearnedBackend
 
 
 def test_blank_response_loses_and_identical_responses_tie(learned: LearnedBackend) -> None:
+    """The model itself ranks an invisible response last; the judge service rejects it as a vendor mistake."""
     answer = "Recursion is when a function calls itself on a smaller part of the problem until a base case."
-    out = Judge(learned).judge([
-        PreferenceInstance("blank-b", "Explain recursion.", answer, ZERO_WIDTH),
-        PreferenceInstance("blank-a", "Explain recursion.", ZERO_WIDTH + " ", answer),
-        PreferenceInstance("same", "Explain recursion.", answer, answer),
-    ])
-    assert out[0].label == Label.A_BETTER and out[0].p_a_better > 0.75
-    assert out[1].label == Label.B_BETTER and out[1].p_a_better < 0.25
-    assert out[2].label == Label.TIE and out[2].p_a_better == 0.5 and out[2].confidence == 0.5
+    p = learned.p_a_better(["Explain recursion."] * 2, [answer, ZERO_WIDTH + " "], [ZERO_WIDTH, answer])
+    assert p[0] > 0.75 and p[1] < 0.25
+    (same,) = Judge(learned).judge([PreferenceInstance("same", "Explain recursion.", answer, answer)])
+    assert same.label == Label.TIE and same.p_a_better == 0.5 and same.confidence == 0.5
+    with pytest.raises(InvalidInput) as err:
+        Judge(learned).judge([PreferenceInstance("blank-b", "Explain recursion.", answer, ZERO_WIDTH)])
+    assert err.value.violations[0].field == "instances[0].response_b"
 
 
 def test_sure_only_with_a_reason(learned: LearnedBackend, pairs: list[PreferenceInstance]) -> None:

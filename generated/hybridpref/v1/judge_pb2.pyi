@@ -145,3 +145,60 @@ class JudgeInstancesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JudgeInstancesResponse: _TypeAlias = JudgeInstancesResponse  # noqa: Y015
+
+@_typing.final
+class GetJudgeInfoRequest(_message.Message):
+    """Request for the judge's description (empty)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJudgeInfoRequest: _TypeAlias = GetJudgeInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetJudgeInfoResponse(_message.Message):
+    """What a judge accepts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKEND_FIELD_NUMBER: _builtins.int
+    JUDGE_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATES_FIELD_NUMBER: _builtins.int
+    DEFAULT_TEMPLATE_FIELD_NUMBER: _builtins.int
+    DEFAULT_REPLAY_JUDGE_FIELD_NUMBER: _builtins.int
+    backend: _builtins.str
+    """Backend: "embedded", "openai" or "replay"."""
+    judge_id: _builtins.str
+    """Which judge answers (backend and model), as in Judgement.judge_id."""
+    default_template: _builtins.str
+    """The template used when a request names none."""
+    default_replay_judge: _builtins.str
+    """Replay backend: the recorded judge used when a request names none ("" = none configured)."""
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Prompt template names accepted in JudgeInstancesRequest.template, each also as "name@version"."""
+
+    def __init__(
+        self,
+        *,
+        backend: _builtins.str = ...,
+        judge_id: _builtins.str = ...,
+        templates: _abc.Iterable[_builtins.str] | None = ...,
+        default_template: _builtins.str = ...,
+        default_replay_judge: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "default_replay_judge", b"default_replay_judge", "default_template", b"default_template", "judge_id", b"judge_id", "templates", b"templates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJudgeInfoResponse: _TypeAlias = GetJudgeInfoResponse  # noqa: Y015

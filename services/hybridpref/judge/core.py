@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref.common.errors import DeadlineExceeded, FieldViolation, InvalidInput
+from hybridpref.common.deadline import Deadline
+from hybridpref.common.errors import FieldViolation, InvalidInput
 from hybridpref.common.instances import Label, PositionMode, PreferenceInstance, validate_instances
 from hybridpref.judge import aggregate
 from hybridpref.judge.templates import PromptTemplate, get_template
@@ -67,22 +68,6 @@ class ScoreRequest:
     @property
     def second(self) -> str:
         return self.instance.response_a if self.swapped else self.instance.response_b
-
-
-class Deadline:
-    """Seconds left from the caller's deadline (``None`` = no deadline), on a monotonic clock."""
-
-    def __init__(self, seconds: float | None):
-        self._end = None if seconds is None else time.monotonic() + max(0.0, float(seconds))
-
-    def remaining(self) -> float | None:
-        return None if self._end is None else self._end - time.monotonic()
-
-    def check(self, needed_s: float = 0.0, what: str = "judging") -> None:
-        """Raise ``DeadlineExceeded`` if less than ``needed_s`` is left (stop early, don't overrun)."""
-        left = self.remaining()
-        if left is not None and left < needed_s:
-            raise DeadlineExceeded(f"deadline reached while {what} ({max(left, 0.0):.2f} s left, ~{needed_s:.2f} s needed)")
 
 
 class JudgeBackend(ABC):
@@ -211,7 +196,7 @@ class Judge:
 
     def judge(self, instances: Sequence[PreferenceInstance], *, mode: PositionMode = PositionMode.UNSPECIFIED,
               template: str | None = None, seed: int = 0, replay_judge: str | None = None,
-              deadline_s: float | None = None) -> list[Judgement]:
+              deadline_s: Deadline | float | None = None) -> list[Judgement]:
         """Judge a batch: exactly one :class:`Judgement` per instance, same order.
 
         ``mode`` UNSPECIFIED -> the default (BOTH). ``template``: ``"multipref"``, ``"short"`` (or
@@ -219,7 +204,7 @@ class Judge:
         ``deadline_s``: seconds left of the caller's deadline; raises ``DeadlineExceeded`` rather than
         overrun it. Invalid input raises ``InvalidInput`` before any work.
         """
-        deadline = Deadline(deadline_s)
+        deadline = Deadline.of(deadline_s)  # the call's Deadline (with cancellation), or seconds
         tpl = get_template(template, default=self.default_template)
         mode = self.default_mode if mode == PositionMode.UNSPECIFIED else PositionMode(mode)
         validate_instances(instances)

@@ -7,9 +7,6 @@ strategies themselves are pure functions in ``hybridpref.router.strategies``.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
 import math
 import re
 import time
@@ -20,12 +17,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
+from hybridpref.common.deadline import Deadline
 from hybridpref.common.errors import FieldViolation, InvalidInput, NotReady
+from hybridpref.common.executors import CoreExecutor
 from hybridpref.common.instances import Label, PositionMode, PreferenceInstance, validate_instances
 from hybridpref.common.metrics import Metrics
 from hybridpref.common.settings import Settings
 from hybridpref.common.vocabulary import LEXICAL_MEASURES
 from hybridpref.router import budget as budgets
+from hybridpref.router.limits import JudgeInfoCache, judge_violations
 from hybridpref.router import strategies
 from hybridpref.router.scoring import unique_rows
 from hybridpref.router.downstream import JudgeClient, JudgedBatch, PredictorClient, TaggedBatch, TaggerClient
@@ -81,11 +81,16 @@ class RouterCore:
         self.tagger = TaggerClient(settings.tagger_address, settings)
         self.judge = JudgeClient(settings.judge_address, settings)
         self.predictor = PredictorClient(settings.predictor_address, settings)
+        # CPU work (conversion, validation, strategies, spill-file I/O) runs here, off the event
+        # loop, in a pool the server owns and bounds; a cancelled call's queued work never starts.
+        self.executor = CoreExecutor("router", settings.router_workers)
+        self.judge_info = JudgeInfoCache(self.judge.info)
 
     async def close(self) -> None:
         await self.tagger.close()
         await self.judge.close()
         self.predictor.close()
+        self.executor.shutdown()
 
     def validate(self, instances: Sequence[PreferenceInstance], options: RouteOptions) -> None:
         """All input checks before any work: nothing is half-processed."""
@@ -98,16 +103,17 @@ class RouterCore:
         if violations:
             raise InvalidInput(violations)
 
-    async def route(self, instances: Sequence[PreferenceInstance], options: RouteOptions, timeout: float | None) -> RouteOutcome:
-        """Route one in-memory batch (the unary RPC)."""
-        self.validate(instances, options)
-        clock, stages = _Clock(timeout), {"tag": 0.0}
+    async def route(self, instances: Sequence[PreferenceInstance], options: RouteOptions, timeout: Deadline | float | None) -> RouteOutcome:
+        """Route one in-memory batch (the unary RPC). ``timeout``: the call's ``Deadline`` (or seconds)."""
+        clock, stages = Deadline.of(timeout), {"tag": 0.0}
+        await self.executor.run(self.validate, instances, options)
+        await self._check_judge_names(instances, options, clock)
         with _timed(stages, "tag"):
-            tagged = await self.tagger.tag(instances, clock.left())
+            tagged = await self.tagger.tag(instances, clock)
         return await self._decide(MemoryStore(instances), tagged, options, clock, stages)
 
     async def route_stream(
-        self, chunks: AsyncIterator[Sequence[PreferenceInstance]], options: RouteOptions, timeout: float | None
+        self, chunks: AsyncIterator[Sequence[PreferenceInstance]], options: RouteOptions, timeout: Deadline | float | None
     ) -> RouteOutcome:
         """Route a batch that arrives in chunks (the streaming RPC), any size.
 
@@ -118,14 +124,17 @@ class RouterCore:
         early = _option_violations(options, None)
         if early:
             raise InvalidInput(early)
-        clock, stages = _Clock(timeout), {"tag": 0.0}
+        clock, stages = Deadline.of(timeout), {"tag": 0.0}
         store, parts, seen = SpillStore(), [], {}
         try:
             async for chunk in chunks:
-                _validate_chunk(chunk, len(store), seen)
-                store.extend(chunk)
+                if len(store) + len(chunk) > self.settings.max_stream_instances:
+                    raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.max_stream_instances} instances"))
+                await self.executor.run(_validate_chunk, chunk, len(store), seen)
+                await self._check_judge_names(chunk, options, clock, offset=len(store))
+                await self.executor.run(store.extend, chunk)
                 with _timed(stages, "tag"):
-                    parts.append(await self.tagger.tag(chunk, clock.left()))
+                    parts.append(await self.tagger.tag(chunk, clock))
             violations = _option_violations(options, len(store))
             if violations:
                 raise InvalidInput(violations)
@@ -133,7 +142,15 @@ class RouterCore:
         finally:
             store.close()
 
-    async def _decide(self, store, tagged: TaggedBatch, options: RouteOptions, clock: _Clock, stages: dict[str, float]) -> RouteOutcome:
+    async def _check_judge_names(self, instances, options: RouteOptions, clock: Deadline, offset: int = 0) -> None:
+        """Template and replay-judge names against what the judge advertises, before any work."""
+        info = await self.judge_info.get(min(2.0, clock.timeout() or 2.0))
+        violations = judge_violations(info, options.judge_template, options.replay_judge, instances, offset,
+                                      needs_judge=options.strategy != "all_human")
+        if violations:
+            raise InvalidInput(violations)
+
+    async def _decide(self, store, tagged: TaggedBatch, options: RouteOptions, clock: Deadline, stages: dict[str, float]) -> RouteOutcome:
         """Everything after tagging: (judge) -> budget -> strategy -> judge LM-routed -> explain."""
         n = len(store)
         judged = None
@@ -144,16 +161,15 @@ class RouterCore:
             options.budget_kind, options.budget_value, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged)
         )
         # The predictor client is blocking: never call it on the event loop (it may serve the predictor too).
-        scorer, bundle_version = await _in_thread(self._scorer, options.strategy, clock.left(), tagged.reference_bins_id)
+        scorer, bundle_version = await self.executor.run(self._scorer, options.strategy, clock, tagged.reference_bins_id)
         with _timed(stages, "route"):
-            result = await _in_thread(
+            result = await self.executor.run(
                 strategies.route, options.strategy, tagged.tag_matrix, budget, scorer=scorer, seed=options.seed,
                 judge_confidence=None if judged is None else judged.confidence,
                 judge_inconsistent=None if judged is None else judged.inconsistent,
-                simulated_candidates=options.simulated_candidates or 500, deadline=clock.deadline,
+                simulated_candidates=options.simulated_candidates or 500, deadline=clock,
             )
-        decisions = [Decision(id=i, human=bool(h), gain=float(g), human_cost=float(c))
-                     for i, h, g, c in zip(store.ids, result.human_mask, result.gains, budget.costs)]
+        decisions = await self.executor.run(_decisions, store.ids, result, budget)
         if judged is None:
             lm_rows = [i for i, d in enumerate(decisions) if not d.human]
             if lm_rows:
@@ -164,18 +180,19 @@ class RouterCore:
         predicted: dict[str, float] = {}
         if scorer is not None:
             with _timed(stages, "predict"):
-                predicted = await _in_thread(self._predictions, scorer, tagged, result, options, decisions)
+                predicted = await self.executor.run(self._predictions, scorer, tagged, result, options, decisions)
         self._count(decisions, options.strategy)
         return RouteOutcome(
             decisions=decisions, strategy=options.strategy, bundle_version=bundle_version,
             human_cost=float(budget.costs[result.human_mask].sum()), predicted=predicted, stage_seconds=stages,
         )
 
-    async def _judge_rows(self, store, rows: list[int], options: RouteOptions, clock: _Clock) -> JudgedBatch:
-        """Judge ``rows`` of the store, reading instances back one slice at a time."""
+    async def _judge_rows(self, store, rows: list[int], options: RouteOptions, clock: Deadline) -> JudgedBatch:
+        """Judge ``rows`` of the store, reading instances back one slice at a time (off the loop)."""
         parts = []
         for start in range(0, len(rows), JUDGE_SLICE):
-            parts.append(await self._judge(store.get(rows[start : start + JUDGE_SLICE]), options, clock.left()))
+            instances = await self.executor.run(store.get, rows[start : start + JUDGE_SLICE])
+            parts.append(await self._judge(instances, options, clock))
         return JudgedBatch.concat(parts)
 
     async def _judge(self, instances, options: RouteOptions, timeout):
@@ -184,7 +201,7 @@ class RouterCore:
             replay_judge=options.replay_judge, seed=options.seed, timeout=timeout,
         )
 
-    def _scorer(self, strategy: str, timeout: float | None, reference_bins_id: str = ""):
+    def _scorer(self, strategy: str, timeout: Deadline | float | None, reference_bins_id: str = ""):
         if not strategies.needs_predictor(strategy):
             return None, ""
         from hybridpref.common.channels import call_metadata
@@ -218,6 +235,11 @@ class RouterCore:
         humans = sum(d.human for d in decisions)
         self.metrics.routed.labels("HUMAN", strategy).inc(humans)
         self.metrics.routed.labels("LM", strategy).inc(len(decisions) - humans)
+
+
+def _decisions(ids: Sequence[str], result, budget) -> list[Decision]:
+    return [Decision(id=i, human=bool(h), gain=float(g), human_cost=float(c))
+            for i, h, g, c in zip(ids, result.human_mask, result.gains, budget.costs)]
 
 
 def _apply_judgements(decisions: list[Decision], rows: list[int], judged) -> None:
@@ -270,16 +292,6 @@ def _validate_chunk(chunk: Sequence[PreferenceInstance], offset: int, seen: dict
         raise InvalidInput(violations)
 
 
-class _Clock:
-    """The caller's deadline, as seconds left for each downstream call."""
-
-    def __init__(self, timeout: float | None):
-        self.deadline = None if timeout is None else time.monotonic() + timeout  # a time.monotonic() instant
-
-    def left(self) -> float | None:
-        return None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
-
-
 @contextmanager
 def _timed(stages: dict[str, float], name: str):
     start = time.perf_counter()
@@ -298,8 +310,3 @@ def _cost_inputs(tagged: TaggedBatch) -> dict[str, np.ndarray]:
         "expertise_level": expertise,
     }
 
-
-async def _in_thread(fn, /, *args, **kwargs):
-    """CPU-bound strategy work off the event loop, keeping the request's log context."""
-    ctx = contextvars.copy_context()
-    return await asyncio.to_thread(functools.partial(ctx.run, fn, *args, **kwargs))
