@@ -25,15 +25,15 @@ PAIRS = [
 
 
 @pytest.fixture(scope="module")
-def llmock() -> Iterator[LLMockServer]:
+def mock_server() -> Iterator[LLMockServer]:
     with LLMockServer() as server:
         yield server
 
 
 @pytest.fixture()
-def mock(llmock: LLMockServer) -> LLMockServer:
-    llmock.state.reset()
-    return llmock
+def mock(mock_server: LLMockServer) -> LLMockServer:
+    mock_server.state.reset()
+    return mock_server
 
 
 def _judge(server: LLMockServer, **kw: object) -> Judge:
