@@ -88,10 +88,8 @@ def _install_promtool() -> None:
     (deb,) = sorted(work.glob(f"{PROMETHEUS_DEB}_*.deb"))[-1:]
     sh("dpkg", "-x", str(deb), str(work / "root"))
     (TOOLS / "bin").mkdir(exist_ok=True)
-    target = TOOLS / "bin" / "promtool"
-    target.unlink(missing_ok=True)
-    target.symlink_to(work / "root" / "usr" / "bin" / "promtool")
-    deb.unlink()
+    shutil.copy2(work / "root" / "usr" / "bin" / "promtool", TOOLS / "bin" / "promtool")
+    shutil.rmtree(work)  # the rest (the Prometheus server, web assets) is not needed
 
 
 def main(argv: list[str]) -> int:
