@@ -23,7 +23,7 @@ from hybridpref.common.convert import instances_to_proto
 from hybridpref.common.errors import BackendUnavailable, FieldViolation, InvalidInput
 from hybridpref.common.instances import PreferenceInstance
 from hybridpref.common.settings import Settings
-from hybridpref.common.vocabulary import NUM_TAGS, VOCABULARY_VERSION
+from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, VOCABULARY_VERSION
 from hybridpref.v1 import tagger_pb2, tagger_pb2_grpc
 
 TagFn = Callable[[Sequence[PreferenceInstance]], np.ndarray]
@@ -62,6 +62,7 @@ def remote_tag_fn(address: str, profile: str = "", *, settings: Settings | None 
         out = np.zeros((len(instances), NUM_TAGS), dtype=np.uint8)
         with open_sync_channel(address, settings) as channel, ThreadPoolExecutor(concurrency) as pool:
             stub = tagger_pb2_grpc.TaggerServiceStub(channel)
+            _check_vocabulary(stub, address, timeout_s)  # fail before the first chunk, not after
             for k, resp in enumerate(pool.map(lambda p: call(stub, p), parts)):
                 _check(resp, parts[k], bins.fingerprint(), address)
                 for j, item in enumerate(resp.instances):
@@ -69,6 +70,17 @@ def remote_tag_fn(address: str, profile: str = "", *, settings: Settings | None 
         return out
 
     return tag, bins.to_json()
+
+
+def _check_vocabulary(stub: tagger_pb2_grpc.TaggerServiceStub, address: str, timeout_s: float) -> None:
+    """The tagger's columns must be this build's: a bundle stores tags by column index."""
+    try:
+        vocab = stub.GetVocabulary(tagger_pb2.GetVocabularyRequest(), timeout=timeout_s, wait_for_ready=True).vocabulary
+    except grpc.RpcError as exc:
+        raise BackendUnavailable(f"tagger at {address}: {exc.code().name}: {exc.details()}") from None
+    if vocab.version != VOCABULARY_VERSION or list(vocab.tags) != list(TAG_NAMES):
+        raise InvalidInput(FieldViolation("--tagger", f"tagger at {address} has vocabulary {vocab.version!r} "
+                                          f"({len(vocab.tags)} tags), this build {VOCABULARY_VERSION!r} ({NUM_TAGS})"))
 
 
 def _check(resp: tagger_pb2.TagInstancesResponse, part: Sequence[PreferenceInstance], fingerprint: str, address: str) -> None:
