@@ -47,14 +47,17 @@ def ensure_env() -> None:
     if not (BIN / "python").exists():
         venv.EnvBuilder(with_pip=True).create(VENV)
     pins = " ".join([TORCH, *NO_DEPS, BUF, PROMETHEUS_DEB])
-    fingerprint = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + pins.encode()).hexdigest()
+    projects = (ROOT / "pyproject.toml").read_bytes() + (ROOT / "clients" / "pyproject.toml").read_bytes()
+    fingerprint = hashlib.sha256(projects + pins.encode()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == fingerprint:
         return
     pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     sh(*pip, TORCH)
+    # The SDK is its own distribution (clients/pyproject.toml), not on PyPI: installed first, it
+    # satisfies the services' dependency on hybridpref-client.
+    sh(*pip, "-e", "clients")
     sh(*pip, "-e", ".[dev]")
     sh(*pip, "--no-deps", *NO_DEPS)
-    sh(*pip, "-e", "clients")  # the SDK is its own distribution (clients/pyproject.toml)
     ensure_tools()
     STAMP.write_text(fingerprint)
 
