@@ -122,3 +122,17 @@ def test_predictor_build_cli_tags_through_the_tagger_service(two_taggers, tmp_pa
     assert sum(_tagged(m) for _, m in two_taggers) == before + 6
     assert seen["tags"].shape == (6, builder.NUM_TAGS) and seen["tags"].any()
     assert ReferenceBins.from_json(seen["bins"]).fingerprint() == ReferenceBins.default().fingerprint()
+
+
+def test_rejected_instance_is_named_by_its_index_in_the_whole_batch(two_taggers):
+    """The evaluation harness drops rows the tagger rejects by their ``instances[i]`` index: with
+    chunking, the index must be the caller's, not the chunk's."""
+    import dataclasses
+
+    instances = read_jsonl(str(ROOT / "samples" / "sample_batch.jsonl"))[:8]
+    instances[5] = dataclasses.replace(instances[5], response_b="\u200b\ufeff")
+    tag, _ = remote_tag_fn(two_taggers[0][0].address, "fast", chunk=4)
+    with pytest.raises(InvalidInput) as exc:
+        tag(instances)
+    fields = [v.field for v in exc.value.violations]
+    assert fields and all(f.startswith("instances[5]") for f in fields), fields

@@ -12,6 +12,8 @@ router's own channel to the tagger.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,6 +23,7 @@ import numpy as np
 from hybridpref.common.channels import open_sync_channel
 from hybridpref.common.convert import instances_to_proto
 from hybridpref.common.errors import BackendUnavailable, FieldViolation, InvalidInput
+from hybridpref.common.grpc_errors import field_violations
 from hybridpref.common.instances import PreferenceInstance
 from hybridpref.common.settings import Settings
 from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, VOCABULARY_VERSION
@@ -32,7 +35,7 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 600.0
 
 
-def remote_tag_fn(address: str, profile: str = "", *, settings: Settings | None = None, chunk: int = DEFAULT_CHUNK,
+def remote_tag_fn(address: str, profile: str = "default", *, settings: Settings | None = None, chunk: int = DEFAULT_CHUNK,
                   concurrency: int = DEFAULT_CONCURRENCY, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[TagFn, str]:
     """A tag function backed by the tagger at ``address``, and the reference bins (JSON) it bins with.
 
@@ -47,29 +50,42 @@ def remote_tag_fn(address: str, profile: str = "", *, settings: Settings | None 
     bins = ReferenceBins.default()
     settings = settings or Settings()
 
-    def call(stub: tagger_pb2_grpc.TaggerServiceStub, part: Sequence[PreferenceInstance]) -> tagger_pb2.TagInstancesResponse:
+    def call(stub: tagger_pb2_grpc.TaggerServiceStub, start: int, part: Sequence[PreferenceInstance]) -> tagger_pb2.TagInstancesResponse:
         request = tagger_pb2.TagInstancesRequest(instances=instances_to_proto(part), profile=profile)
         try:
             # wait_for_ready: a tagger pod restarting or still loading is waited for, within the deadline.
             return stub.TagInstances(request, timeout=timeout_s, wait_for_ready=True)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidInput(FieldViolation("instances", exc.details() or "rejected by the tagger")) from None
+                raise InvalidInput(_in_batch(exc, start)) from None
             raise BackendUnavailable(f"tagger at {address}: {exc.code().name}: {exc.details()}") from None
 
     def tag(instances: Sequence[PreferenceInstance]) -> np.ndarray:
-        parts = [instances[i : i + chunk] for i in range(0, len(instances), chunk)]
+        starts = range(0, len(instances), chunk)
         out = np.zeros((len(instances), NUM_TAGS), dtype=np.uint8)
         with open_sync_channel(address, settings) as channel, ThreadPoolExecutor(concurrency) as pool:
             stub = tagger_pb2_grpc.TaggerServiceStub(channel)
             _check_vocabulary(stub, address, timeout_s)  # fail before the first chunk, not after
-            for k, resp in enumerate(pool.map(lambda p: call(stub, p), parts)):
-                _check(resp, parts[k], bins.fingerprint(), address)
+            answers = pool.map(lambda s: call(stub, s, instances[s : s + chunk]), starts)
+            for start, resp in zip(starts, answers):
+                _check(resp, instances[start : start + chunk], bins.fingerprint(), address)
                 for j, item in enumerate(resp.instances):
-                    out[k * chunk + j, list(item.tags.indices)] = 1
+                    out[start + j, list(item.tags.indices)] = 1
         return out
 
-    return tag, bins.to_json()
+    bins_json = bins.to_json()
+    # The in-process tagger's key (``tag_with_tagger``): same profile and bins, same tags, one cache.
+    tag.cache_key = f"tagger:{profile}:bins-{hashlib.sha256(bins_json.encode()).hexdigest()[:12]}"  # type: ignore[attr-defined]
+    return tag, bins_json
+
+
+def _in_batch(exc: grpc.RpcError, start: int) -> list[FieldViolation]:
+    """The tagger's field violations with instance indices in the caller's batch, not the chunk."""
+    def shift(field: str) -> str:
+        return re.sub(r"^instances\[(\d+)\]", lambda m: f"instances[{start + int(m.group(1))}]", field)
+
+    found = [FieldViolation(shift(field), text) for field, text in field_violations(exc)]
+    return found or [FieldViolation("instances", exc.details() or "rejected by the tagger")]
 
 
 def _check_vocabulary(stub: tagger_pb2_grpc.TaggerServiceStub, address: str, timeout_s: float) -> None:
