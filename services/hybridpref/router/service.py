@@ -106,7 +106,7 @@ class RouterCore:
     async def route(self, instances: Sequence[PreferenceInstance], options: RouteOptions, timeout: Deadline | float | None) -> RouteOutcome:
         """Route one in-memory batch (the unary RPC). ``timeout``: the call's ``Deadline`` (or seconds)."""
         clock, stages = Deadline.of(timeout), {"tag": 0.0}
-        await self.executor.run(self.validate, instances, options)
+        await self.executor.run(self.validate, instances, options, size=len(instances))
         await self._check_judge_names(instances, options, clock)
         with _timed(stages, "tag"):
             tagged = await self.tagger.tag(instances, clock)
@@ -130,9 +130,9 @@ class RouterCore:
             async for chunk in chunks:
                 if len(store) + len(chunk) > self.settings.max_stream_instances:
                     raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.max_stream_instances} instances"))
-                await self.executor.run(_validate_chunk, chunk, len(store), seen)
+                await self.executor.run(_validate_chunk, chunk, len(store), seen, size=len(chunk))
                 await self._check_judge_names(chunk, options, clock, offset=len(store))
-                await self.executor.run(store.extend, chunk)
+                await self.executor.run(store.extend, chunk, size=len(chunk))
                 with _timed(stages, "tag"):
                     parts.append(await self.tagger.tag(chunk, clock))
             violations = _option_violations(options, len(store))
@@ -145,8 +145,10 @@ class RouterCore:
     async def _check_judge_names(self, instances, options: RouteOptions, clock: Deadline, offset: int = 0) -> None:
         """Template and replay-judge names against what the judge advertises, before any work."""
         info = await self.judge_info.get(min(2.0, clock.timeout() or 2.0))
-        violations = judge_violations(info, options.judge_template, options.replay_judge, instances, offset,
-                                      needs_judge=options.strategy != "all_human")
+        violations = await self.executor.run(
+            judge_violations, info, options.judge_template, options.replay_judge, instances, offset,
+            needs_judge=options.strategy != "all_human", size=len(instances),
+        )
         if violations:
             raise InvalidInput(violations)
 
@@ -167,9 +169,9 @@ class RouterCore:
                 strategies.route, options.strategy, tagged.tag_matrix, budget, scorer=scorer, seed=options.seed,
                 judge_confidence=None if judged is None else judged.confidence,
                 judge_inconsistent=None if judged is None else judged.inconsistent,
-                simulated_candidates=options.simulated_candidates or 500, deadline=clock,
+                simulated_candidates=options.simulated_candidates or 500, deadline=clock, size=n,
             )
-        decisions = await self.executor.run(_decisions, store.ids, result, budget)
+        decisions = await self.executor.run(_decisions, store.ids, result, budget, size=n)
         if judged is None:
             lm_rows = [i for i, d in enumerate(decisions) if not d.human]
             if lm_rows:
@@ -180,7 +182,7 @@ class RouterCore:
         predicted: dict[str, float] = {}
         if scorer is not None:
             with _timed(stages, "predict"):
-                predicted = await self.executor.run(self._predictions, scorer, tagged, result, options, decisions)
+                predicted = await self.executor.run(self._predictions, scorer, tagged, result, options, decisions, size=n)
         self._count(decisions, options.strategy)
         return RouteOutcome(
             decisions=decisions, strategy=options.strategy, bundle_version=bundle_version,
@@ -191,7 +193,7 @@ class RouterCore:
         """Judge ``rows`` of the store, reading instances back one slice at a time (off the loop)."""
         parts = []
         for start in range(0, len(rows), JUDGE_SLICE):
-            instances = await self.executor.run(store.get, rows[start : start + JUDGE_SLICE])
+            instances = await self.executor.run(store.get, rows[start : start + JUDGE_SLICE], size=JUDGE_SLICE)
             parts.append(await self._judge(instances, options, clock))
         return JudgedBatch.concat(parts)
 
