@@ -772,3 +772,33 @@ def test_tls_and_api_key_components_render() -> None:
     secret = volumes[mount["name"]]["secret"]
     assert secret["secretName"] == "hybridpref-api-keys" and not secret.get("optional")
     assert keys_file.name in {i["path"] for i in secret["items"]}
+
+
+def test_bundle_build_job_tags_through_the_tagger_service(base: list[dict[str, Any]]) -> None:
+    (job,) = _load_all(K8S / "jobs" / "bundle-build.yaml")
+    assert job["kind"] == "Job"
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = _env(c)
+    assert set(env) - {"JOB_UID"} <= READ_BY_CODE, set(env) - READ_BY_CODE
+    args = dict(a.removeprefix("--").split("=", 1) for a in c["args"] if a.startswith("--") and "=" in a)
+    assert c["args"][:2] == ["predictor", "build"]
+    # Through the headless tagger Service (round_robin over its replicas), not in process.
+    config = dict(line.split("=", 1) for line in (BASE / "hybridpref.env").read_text().splitlines() if line and not line.startswith("#"))
+    assert args["tagger"] == config["HYBRIDPREF_TAGGER_ADDRESS"]
+    from hybridpref.predictor.builder import make_parser
+
+    parsed = make_parser().parse_args([a.replace("$(JOB_UID)", "x") for a in c["args"][2:]])
+    assert parsed.tagger == args["tagger"] and parsed.tagger_concurrency >= 2
+    # The NetworkPolicy lets this pod reach the tagger.
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    tagger = _by_kind(base, "Deployment")["hybridpref-tagger"]["spec"]["template"]["metadata"]["labels"]
+    callers = [p["podSelector"]["matchLabels"] for p in _allowed_peers(base, tagger, "grpc")]
+    assert any(sel.items() <= labels.items() for sel in callers)
+    # Same hardening as the services; the TLS client files come from a mounted Secret.
+    assert pod["securityContext"]["runAsNonRoot"] is True and c["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    for key in ("HYBRIDPREF_TLS_CA_FILE", "HYBRIDPREF_TLS_CLIENT_CERT_FILE", "HYBRIDPREF_TLS_CLIENT_KEY_FILE"):
+        assert mounts[str(Path(env[key]).parent)]["readOnly"] is True
+    out = args["out"]
+    assert any(out.startswith(path) for path in mounts), "the bundle must land on a mounted volume"
