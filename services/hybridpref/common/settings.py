@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     judge_openai_concurrency: int = 4
     judge_template: str = "multipref"
     # Router.
-    default_strategy: str = "greedy"
+    default_strategy: str = ""  # "" = hybridpref.router.strategies.DEFAULT_STRATEGY (chosen by the evaluation)
     # Server.
     grace_period_s: float = Field(20.0, ge=0)
     max_message_mb: int = Field(64, ge=1)

@@ -1,8 +1,11 @@
-"""Routing orchestration: validate -> tag -> (judge) -> route -> judge LM-routed -> explain.
+"""Routing orchestration: validate -> tag -> (judge) -> route -> judge LM-routed -> explain + summary.
 
-``RouterCore`` owns the request flow and the budget; it never computes features or
-labels itself (tagger and judge do) and scores mixes through the predictor. The
-strategies themselves are pure functions in ``hybridpref.router.strategies``.
+``RouterCore`` owns the request flow and the budget; it never computes tags or labels itself:
+its tagger, judge and routing-model source are injected (``hybridpref.router.backends``
+protocols; gRPC clients in the service, in-process cores in tests and benchmarks), so this
+module imports no gRPC. Every strategy runs here, in process, on the routing model the
+predictor serves once per bundle version (``RoutingModelSource``); the strategies are pure
+functions in ``hybridpref.router.strategies``, the summary in ``hybridpref.router.summary``.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import math
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -20,16 +22,25 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from hybridpref.common.errors import FieldViolation, InvalidInput, NotReady
+from hybridpref.common.errors import BackendUnavailable, FieldViolation, InvalidInput, NotReady
 from hybridpref.common.instances import Label, PositionMode, PreferenceInstance, validate_instances
 from hybridpref.common.metrics import Metrics
 from hybridpref.common.settings import Settings
-from hybridpref.common.vocabulary import LEXICAL_MEASURES
+from hybridpref.common.signals import JudgeSignals
+from hybridpref.common.vocabulary import LEXICAL_MEASURES, TAG_NAMES
 from hybridpref.router import budget as budgets
 from hybridpref.router import strategies
-from hybridpref.router.scoring import unique_rows
-from hybridpref.router.downstream import JudgeClient, JudgedBatch, PredictorClient, TaggedBatch, TaggerClient
+from hybridpref.router.backends import (
+    JudgeBackend,
+    JudgedBatch,
+    RoutingModelSource,
+    TaggedBatch,
+    TaggerBackend,
+    judge_signals,
+)
+from hybridpref.router.model import RoutingModel
 from hybridpref.router.store import MemoryStore, SpillStore
+from hybridpref.router.summary import Summary, domain_check, summarize
 
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
 JUDGE_SLICE = 1024
@@ -62,6 +73,7 @@ class Decision:
     top_tags: list[tuple[str, float]] = field(default_factory=list)
     judge_order_inconsistent: bool = False
     human_cost: float = 0.0
+    expected_gain: float | None = None
 
 
 @dataclass
@@ -70,22 +82,31 @@ class RouteOutcome:
     strategy: str
     bundle_version: str
     human_cost: float
-    predicted: dict[str, float]
+    summary: Summary
     stage_seconds: dict[str, float]
 
 
+@dataclass
+class _Judged:
+    """Everything the judge-first pass produced, rows in batch order."""
+
+    batch: JudgedBatch
+    signals: JudgeSignals
+    p_wrong: tuple[np.ndarray, np.ndarray] | None  # (P(LM wrong), P(human wrong)) from the correction model
+
+    @property
+    def expected_gain(self) -> np.ndarray | None:
+        return None if self.p_wrong is None else self.p_wrong[0] - self.p_wrong[1]
+
+
 class RouterCore:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None):
+    def __init__(self, settings: Settings, tagger: TaggerBackend, judge: JudgeBackend, models: RoutingModelSource,
+                 metrics: Metrics | None = None):
         self.settings = settings
         self.metrics = metrics or Metrics.default()
-        self.tagger = TaggerClient(settings.tagger_address, settings)
-        self.judge = JudgeClient(settings.judge_address, settings)
-        self.predictor = PredictorClient(settings.predictor_address, settings)
-
-    async def close(self) -> None:
-        await self.tagger.close()
-        await self.judge.close()
-        self.predictor.close()
+        self.tagger = tagger
+        self.judge = judge
+        self.models = models
 
     def validate(self, instances: Sequence[PreferenceInstance], options: RouteOptions) -> None:
         """All input checks before any work: nothing is half-processed."""
@@ -134,23 +155,23 @@ class RouterCore:
             store.close()
 
     async def _decide(self, store, tagged: TaggedBatch, options: RouteOptions, clock: _Clock, stages: dict[str, float]) -> RouteOutcome:
-        """Everything after tagging: (judge) -> budget -> strategy -> judge LM-routed -> explain."""
+        """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain."""
         n = len(store)
+        strategy = options.strategy or strategies.DEFAULT_STRATEGY
+        warnings: list[str] = []
+        model = await self._model(strategy, tagged, clock, warnings)
         judged = None
-        if strategies.needs_judge_first(options.strategy):
+        if strategies.needs_judge_first(strategy):
             with _timed(stages, "judge"):
-                judged = await self._judge_rows(store, list(range(n)), options, clock)
+                judged = await self._judge_first(store, tagged, model, options, clock)
         budget = budgets.resolve_budget(
             options.budget_kind, options.budget_value, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged)
         )
-        # The predictor client is blocking: never call it on the event loop (it may serve the predictor too).
-        scorer, bundle_version = await _in_thread(self._scorer, options.strategy, clock.left(), tagged.reference_bins_id)
+        domain = domain_check(model, tagged.tag_matrix)
         with _timed(stages, "route"):
             result = await _in_thread(
-                strategies.route, options.strategy, tagged.tag_matrix, budget, scorer=scorer, seed=options.seed,
-                judge_confidence=None if judged is None else judged.confidence,
-                judge_inconsistent=None if judged is None else judged.inconsistent,
-                simulated_candidates=options.simulated_candidates or 500, deadline=clock.deadline,
+                strategies.route, strategy, tagged.tag_matrix, budget, **self._strategy_inputs(model, judged, domain),
+                seed=options.seed, simulated_candidates=options.simulated_candidates or 500, deadline=clock.deadline,
             )
         decisions = [Decision(id=i, human=bool(h), gain=float(g), human_cost=float(c))
                      for i, h, g, c in zip(store.ids, result.human_mask, result.gains, budget.costs)]
@@ -160,16 +181,67 @@ class RouterCore:
                 with _timed(stages, "judge"):
                     _apply_judgements(decisions, lm_rows, await self._judge_rows(store, lm_rows, options, clock))
         else:
-            _apply_judgements(decisions, list(range(n)), judged)
-        predicted: dict[str, float] = {}
-        if scorer is not None:
-            with _timed(stages, "predict"):
-                predicted = await _in_thread(self._predictions, scorer, tagged, result, options, decisions)
-        self._count(decisions, options.strategy)
+            _apply_judgements(decisions, list(range(n)), judged.batch)
+            if judged.expected_gain is not None:
+                for d, g in zip(decisions, judged.expected_gain):
+                    d.expected_gain = float(g)
+        with _timed(stages, "predict"):
+            summary = await _in_thread(self._explain_and_summarize, model, tagged, result.human_mask, options, decisions,
+                                       domain, judged)
+        summary.warnings[:0] = warnings
+        self._count(decisions, strategy)
         return RouteOutcome(
-            decisions=decisions, strategy=options.strategy, bundle_version=bundle_version,
-            human_cost=float(budget.costs[result.human_mask].sum()), predicted=predicted, stage_seconds=stages,
+            decisions=decisions, strategy=strategy, bundle_version="" if model is None else model.bundle_version,
+            human_cost=float(budget.costs[result.human_mask].sum()), summary=summary, stage_seconds=stages,
         )
+
+    async def _model(self, strategy: str, tagged: TaggedBatch, clock: _Clock, warnings: list[str]) -> RoutingModel | None:
+        """The routing model, checked against the tagger's bins. A strategy that needs the PPM fails
+        without it (``NotReady``); the others route anyway and the summary says what is missing."""
+        needed = strategies.needs_predictor(strategy)
+        try:
+            model = await self.models.routing_model(clock.left())
+            if tagged.reference_bins_id and model.reference_bins_id and tagged.reference_bins_id != model.reference_bins_id:
+                # Tags binned with other edges than the models were trained on would be silently wrong.
+                raise NotReady(
+                    f"the tagger bins with reference edges {tagged.reference_bins_id}, the predictor bundle "
+                    f"{model.bundle_version} was built with {model.reference_bins_id}: deploy matching tagger and bundle")
+            if needed and model.scorer is None:
+                raise NotReady(f"strategy {strategy!r} needs a quadratic PPM; bundle {model.bundle_version} has none")
+            return model
+        except (NotReady, BackendUnavailable) as exc:
+            if needed:
+                raise
+            warnings.append(f"no routing model ({exc}): no predictions, domain check or expected corrections")
+            return None
+
+    async def _judge_first(self, store, tagged: TaggedBatch, model: RoutingModel | None, options: RouteOptions,
+                           clock: _Clock) -> _Judged:
+        """Judge every row, one slice at a time: signals and, with a correction model, P(wrong) per row."""
+        batches, signals, p_lm, p_h = [], [], [], []
+        for start in range(0, len(store), JUDGE_SLICE):
+            rows = list(range(start, min(len(store), start + JUDGE_SLICE)))
+            instances = store.get(rows)
+            judged = await self._judge(instances, options, clock.left())
+            sig = judge_signals(judged, instances)
+            batches.append(judged)
+            signals.append(sig)
+            if model is not None and model.correction is not None:
+                lm, hu = await _in_thread(_p_wrong, model, instances, tagged, rows, sig)
+                p_lm.append(lm)
+                p_h.append(hu)
+        p_wrong = (np.concatenate(p_lm), np.concatenate(p_h)) if p_lm else None
+        return _Judged(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong)
+
+    @staticmethod
+    def _strategy_inputs(model: RoutingModel | None, judged: _Judged | None, domain) -> dict:
+        """Keyword arguments of ``strategies.route`` from the model and the judge-first pass."""
+        inputs: dict = {"scorer": None if model is None else model.scorer}
+        if judged is not None:
+            inputs.update(judge_confidence=judged.batch.confidence, judge_inconsistent=judged.batch.inconsistent)
+            if judged.expected_gain is not None:
+                inputs["expected_gain"] = judged.expected_gain
+        return inputs
 
     async def _judge_rows(self, store, rows: list[int], options: RouteOptions, clock: _Clock) -> JudgedBatch:
         """Judge ``rows`` of the store, reading instances back one slice at a time."""
@@ -178,46 +250,40 @@ class RouterCore:
             parts.append(await self._judge(store.get(rows[start : start + JUDGE_SLICE]), options, clock.left()))
         return JudgedBatch.concat(parts)
 
-    async def _judge(self, instances, options: RouteOptions, timeout):
+    async def _judge(self, instances, options: RouteOptions, timeout) -> JudgedBatch:
         return await self.judge.judge(
             instances, mode=options.judge_mode, template=options.judge_template,
             replay_judge=options.replay_judge, seed=options.seed, timeout=timeout,
         )
 
-    def _scorer(self, strategy: str, timeout: float | None, reference_bins_id: str = ""):
-        if not strategies.needs_predictor(strategy):
-            return None, ""
-        from hybridpref.common.channels import call_metadata
-
-        scorer = self.predictor.bound(timeout, call_metadata())
-        info = scorer.info()
-        if not info.loaded:
-            raise NotReady(f"strategy {strategy!r} needs the predictor, which has no model bundle: {info.status_message}")
-        if reference_bins_id and info.reference_bins_id and reference_bins_id != info.reference_bins_id:
-            # Tags binned with other edges than the PPM was trained on would be silently wrong.
-            raise NotReady(
-                f"the tagger bins with reference edges {reference_bins_id}, the predictor bundle "
-                f"{info.bundle_version} was built with {info.reference_bins_id}: deploy matching tagger and bundle"
-            )
-        return scorer, info.bundle_version
-
-    def _predictions(self, scorer: PredictorClient, tagged: TaggedBatch, result, options: RouteOptions, decisions) -> dict[str, float]:
-        """Explanations for every instance and the summary's predicted scores."""
-        n = len(decisions)
-        if options.explain_top_k:
-            unique, inverse = unique_rows(tagged.tag_matrix)
-            _, _, explanations = scorer.gains_explained(unique, None, n, options.explain_top_k)
-            for d, row in zip(decisions, inverse.reshape(-1)):
-                d.top_tags = explanations[row]
-        predicted = strategies.predicted_baselines(scorer, tagged.tag_matrix, result.human_mask, seed=options.seed)
-        if result.predicted_score is not None:
-            predicted.setdefault("chosen", float(result.predicted_score))
-        return {k: float(v) for k, v in predicted.items() if v is not None and math.isfinite(v)}
+    @staticmethod
+    def _explain_and_summarize(model: RoutingModel | None, tagged: TaggedBatch, mask: np.ndarray, options: RouteOptions,
+                               decisions: list[Decision], domain, judged: _Judged | None) -> Summary:
+        """Top tags of every instance's PPM gain (in process) and the batch summary."""
+        if model is not None and model.scorer is not None and options.explain_top_k:
+            idx, val = strategies.explain(model.scorer, tagged.tag_matrix, mask, options.explain_top_k)
+            for d, row_idx, row_val in zip(decisions, idx, val):
+                d.top_tags = [(TAG_NAMES[j], float(v)) for j, v in zip(row_idx, row_val) if j >= 0]
+        return summarize(model, tagged.tag_matrix, mask, domain=domain, p_wrong=None if judged is None else judged.p_wrong,
+                         signals=None if judged is None else judged.signals)
 
     def _count(self, decisions: list[Decision], strategy: str) -> None:
         humans = sum(d.human for d in decisions)
         self.metrics.routed.labels("HUMAN", strategy).inc(humans)
         self.metrics.routed.labels("LM", strategy).inc(len(decisions) - humans)
+
+
+def _p_wrong(model: RoutingModel, instances, tagged: TaggedBatch, rows: list[int], signals: JudgeSignals):
+    """(P(LM label wrong), P(human label wrong)) of ``rows`` from the bundle's correction model."""
+    from hybridpref.predictor.correction import correction_features
+
+    features = correction_features(instances, tagged.measures[rows], tagged.tag_matrix[rows], signals)
+    return model.correction.probabilities(features)  # type: ignore[union-attr]
+
+
+def _concat_signals(parts: list[JudgeSignals]) -> JudgeSignals:
+    return JudgeSignals(*(np.concatenate([getattr(p, f) for p in parts]) if parts else np.zeros(0)
+                          for f in ("label", "p_a", "order_flip", "agreement")))
 
 
 def _apply_judgements(decisions: list[Decision], rows: list[int], judged) -> None:

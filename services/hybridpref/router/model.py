@@ -1,0 +1,125 @@
+"""The routing model as the router holds it: live objects built once per bundle version.
+
+The predictor is the authority on bundles; it serves :class:`~hybridpref.predictor.routing.RoutingModelData`
+(``GetRoutingModel``). :class:`ModelCache` asks for it on every request with the version it holds, so a
+hot-reloaded bundle is picked up on the next request and an unchanged one costs one tiny call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hybridpref.common.errors import NotReady
+from hybridpref.common.vocabulary import TAG_INDEX
+from hybridpref.predictor.routing import RoutingModelData
+from hybridpref.router.scoring import QuadraticScorer
+
+
+@dataclass(frozen=True)
+class DomainModel:
+    """The bundle's training domain: per pool the mean of the domain features (tag frequencies)."""
+
+    distance_kind: str
+    threshold: float
+    columns: np.ndarray  # tag-matrix column of each domain feature
+    pools: dict[str, np.ndarray]  # pool name -> mean vector over ``columns``
+
+    @classmethod
+    def from_json(cls, domain: dict[str, Any]) -> DomainModel | None:
+        """domain.json -> model; None when it names features the tag matrix does not have."""
+        names = [str(n) for n in domain.get("feature_names", ())]
+        if not names or any(n not in TAG_INDEX for n in names):
+            return None
+        raw_pools = domain.get("pools", {})
+        items = raw_pools.items() if isinstance(raw_pools, dict) else ((p.get("name", ""), p) for p in raw_pools)
+        pools = {str(k): np.asarray(p.get("mean", ()), dtype=np.float64) for k, p in items}
+        if not pools or any(v.shape != (len(names),) for v in pools.values()):
+            return None
+        return cls(str(domain.get("distance", "")), float(domain.get("threshold", math.inf)),
+                   np.array([TAG_INDEX[n] for n in names]), pools)
+
+    def check(self, tag_matrix: np.ndarray) -> tuple[float, str]:
+        """(distance to the nearest training pool, its name) for a batch's tag matrix."""
+        from hybridpref.router.domain import batch_mean, distance
+
+        mean = batch_mean(tag_matrix, self.columns)
+        best = min(((distance(self.distance_kind, mean, m), name) for name, m in self.pools.items()), key=lambda t: t[0])
+        return float(best[0]), best[1]
+
+
+@dataclass(frozen=True)
+class CorrectionRunner:
+    """The expected-correction model in process (onnxruntime) with the feature names it reads."""
+
+    model: Any  # hybridpref.predictor.correction.CorrectionModel
+    feature_names: tuple[str, ...]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def probabilities(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P(LM label wrong), P(one human label wrong)) per row, float64."""
+        x = np.asarray(features, dtype=np.float32)
+        return (np.asarray(self.model.p_lm_wrong(x), dtype=np.float64),
+                np.asarray(self.model.p_human_wrong(x), dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class RoutingModel:
+    bundle_version: str
+    vocabulary_version: str
+    reference_bins_id: str
+    scorer: QuadraticScorer | None  # the PPM (None: the bundle's PPM is not quadratic)
+    residual_std: float | None  # PPM residual std; None -> predictions are "uncalibrated"
+    correction: CorrectionRunner | None
+    domain: DomainModel | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_data(cls, data: RoutingModelData) -> RoutingModel:
+        scorer = None if data.quadratic is None else QuadraticScorer(*data.quadratic)
+        return cls(
+            bundle_version=data.bundle_version, vocabulary_version=data.vocabulary_version,
+            reference_bins_id=data.reference_bins_id, scorer=scorer, residual_std=data.ppm_residual_std,
+            correction=_correction(data), domain=None if data.domain is None else DomainModel.from_json(data.domain),
+            metrics=dict(data.metrics),
+        )
+
+
+def _correction(data: RoutingModelData) -> CorrectionRunner | None:
+    if data.correction_onnx is None:
+        return None
+    from hybridpref.predictor.correction import FEATURE_NAMES, CorrectionModel
+
+    if tuple(data.correction_features) != tuple(FEATURE_NAMES):
+        # The router computes the features itself: a different list means a router/bundle mismatch.
+        raise NotReady(f"bundle {data.bundle_version}: its correction model reads {len(data.correction_features)} features "
+                       f"that differ from this router's {len(FEATURE_NAMES)}: deploy a matching router and bundle")
+    return CorrectionRunner(CorrectionModel.from_onnx(data.correction_onnx), tuple(data.correction_features),
+                            dict(data.correction_metrics))
+
+
+# fetch(known_version, timeout) -> the new data, or None when ``known_version`` is still current
+Fetch = Callable[[str, float | None], Awaitable[RoutingModelData | None]]
+
+
+class ModelCache:
+    """One :class:`RoutingModel` per bundle version; ``get`` checks the version on every call."""
+
+    def __init__(self, fetch: Fetch):
+        self._fetch = fetch
+        self._model: RoutingModel | None = None
+        self.builds = 0  # models built so far (tests read it: once per bundle version)
+
+    async def get(self, timeout: float | None) -> RoutingModel:
+        known = self._model.bundle_version if self._model is not None else ""
+        data = await self._fetch(known, timeout)
+        if data is not None and data.bundle_version != known:
+            self._model = RoutingModel.from_data(data)
+            self.builds += 1
+        if self._model is None:  # pragma: no cover - a fetch answers "unchanged" only to a holder
+            raise NotReady("the predictor served no routing model")
+        return self._model
