@@ -58,8 +58,10 @@ def violations(error: grpc.RpcError) -> dict[str, str]:
 def test_health_serving_and_reflection(router_alone):
     with grpc.insecure_channel(router_alone.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "hybridpref.v1.RouterService"):
-            assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+        check = lambda service: health.Check(health_pb2.HealthCheckRequest(service=service)).status  # noqa: E731
+        # Alive, but not ready: its backends (a closed port) are down, so it cannot route.
+        assert check("") == health_pb2.HealthCheckResponse.SERVING
+        assert check("hybridpref.v1.RouterService") == health_pb2.HealthCheckResponse.NOT_SERVING
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         answer = next(iter(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))))
         names = {s.name for s in answer.list_services_response.service}

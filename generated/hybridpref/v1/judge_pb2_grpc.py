@@ -40,6 +40,11 @@ class JudgeServiceStub:
                 request_serializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesRequest.SerializeToString,
                 response_deserializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesResponse.FromString,
                 _registered_method=True)
+        self.GetJudgeInfo = channel.unary_unary(
+                '/hybridpref.v1.JudgeService/GetJudgeInfo',
+                request_serializer=hybridpref_dot_v1_dot_judge__pb2.GetJudgeInfoRequest.SerializeToString,
+                response_deserializer=hybridpref_dot_v1_dot_judge__pb2.GetJudgeInfoResponse.FromString,
+                _registered_method=True)
 
 
 class JudgeServiceServicer:
@@ -53,6 +58,14 @@ class JudgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJudgeInfo(self, request, context):
+        """What this judge accepts (backend, templates, default replay judge), so that the router
+        can refuse a request naming an unknown template or replay judge before any work.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JudgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +73,11 @@ def add_JudgeServiceServicer_to_server(servicer, server):
                     servicer.JudgeInstances,
                     request_deserializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesRequest.FromString,
                     response_serializer=hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesResponse.SerializeToString,
+            ),
+            'GetJudgeInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJudgeInfo,
+                    request_deserializer=hybridpref_dot_v1_dot_judge__pb2.GetJudgeInfoRequest.FromString,
+                    response_serializer=hybridpref_dot_v1_dot_judge__pb2.GetJudgeInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +108,33 @@ class JudgeService:
             '/hybridpref.v1.JudgeService/JudgeInstances',
             hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesRequest.SerializeToString,
             hybridpref_dot_v1_dot_judge__pb2.JudgeInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJudgeInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hybridpref.v1.JudgeService/GetJudgeInfo',
+            hybridpref_dot_v1_dot_judge__pb2.GetJudgeInfoRequest.SerializeToString,
+            hybridpref_dot_v1_dot_judge__pb2.GetJudgeInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

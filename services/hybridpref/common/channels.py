@@ -1,19 +1,34 @@
-"""Downstream gRPC calls: channels with the service's message limits, the caller's
-request id forwarded as ``x-request-id``, and the caller's remaining deadline."""
+"""Downstream gRPC calls: channels with the service's message limits, keepalive, a short
+reconnect back-off and TLS when configured; the caller's request id forwarded as
+``x-request-id``, and the caller's remaining deadline."""
 
 from __future__ import annotations
 
 import grpc
 
+from hybridpref.common import deadline as deadlines
 from hybridpref.common import logs
 from hybridpref.common.settings import Settings
+from hybridpref.common.tls import channel_credentials
 
 # Keep a little of the caller's deadline for our own work after the downstream call.
-DEADLINE_MARGIN_S = 0.05
+DEADLINE_MARGIN_S = deadlines.DOWNSTREAM_MARGIN_S
 
 
 def open_channel(address: str, settings: Settings) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=settings.grpc_options())
+    """An asyncio channel to a backend (TLS when ``tls_ca_file`` is set)."""
+    creds = channel_credentials(settings)
+    if creds is None:
+        return grpc.aio.insecure_channel(address, options=settings.channel_options())
+    return grpc.aio.secure_channel(address, creds, options=settings.channel_options())
+
+
+def open_sync_channel(address: str, settings: Settings) -> grpc.Channel:
+    """A blocking channel to a backend, configured like ``open_channel``."""
+    creds = channel_credentials(settings)
+    if creds is None:
+        return grpc.insecure_channel(address, options=settings.channel_options())
+    return grpc.secure_channel(address, creds, options=settings.channel_options())
 
 
 def call_metadata() -> tuple[tuple[str, str], ...]:
@@ -22,7 +37,12 @@ def call_metadata() -> tuple[tuple[str, str], ...]:
 
 
 def remaining_timeout(context: grpc.aio.ServicerContext | None, default_s: float | None = None) -> float | None:
-    """Seconds left of the incoming call's deadline (minus a margin), else ``default_s``."""
+    """Seconds left of the incoming call's deadline (minus a margin), else ``default_s``.
+
+    Prefers the call's ``Deadline`` (which includes the server's maximum) when one is bound."""
+    current = deadlines.current()
+    if current is not None and current.end is not None:
+        return current.timeout()
     if context is None:
         return default_s
     remaining = context.time_remaining()

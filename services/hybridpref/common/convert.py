@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
+from hybridpref.common.errors import InvalidInput
 from hybridpref.common.instances import Label, Message, PreferenceInstance
+from hybridpref.common.limits import DEFAULT_LIMITS, Limits, proto_instance_violations
 from hybridpref.v1 import common_pb2
 
 
@@ -22,7 +24,12 @@ def instance_from_proto(msg: common_pb2.PreferenceInstance) -> PreferenceInstanc
     )
 
 
-def instances_from_proto(msgs: Iterable[common_pb2.PreferenceInstance]) -> list[PreferenceInstance]:
+def instances_from_proto(msgs: Sequence[common_pb2.PreferenceInstance], limits: Limits | None = None,
+                         offset: int = 0) -> list[PreferenceInstance]:
+    """Convert after checking sizes and enum ranges (``InvalidInput`` names ``instances[offset + k]``)."""
+    violations = proto_instance_violations(msgs, limits or DEFAULT_LIMITS, offset)
+    if violations:
+        raise InvalidInput(violations)
     return [instance_from_proto(m) for m in msgs]
 
 

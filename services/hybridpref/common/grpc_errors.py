@@ -7,7 +7,16 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from hybridpref.common.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, NotReady
+from hybridpref.common.errors import (
+    BackendUnavailable,
+    Cancelled,
+    DeadlineExceeded,
+    InvalidInput,
+    NotReady,
+    PermissionDenied,
+    QuotaExceeded,
+    Unauthenticated,
+)
 
 
 def status_for(exc: BaseException) -> grpc.Status | None:
@@ -24,15 +33,26 @@ def status_for(exc: BaseException) -> grpc.Status | None:
     if isinstance(exc, NotReady):
         return _status(code_pb2.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, BackendUnavailable):
-        detail = None
-        if exc.retry_after_s is not None:
-            delay = duration_pb2.Duration()
-            delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
-            detail = error_details_pb2.RetryInfo(retry_delay=delay)
-        return _status(code_pb2.UNAVAILABLE, str(exc), detail)
+        return _status(code_pb2.UNAVAILABLE, str(exc), _retry_info(exc.retry_after_s))
     if isinstance(exc, DeadlineExceeded):
         return _status(code_pb2.DEADLINE_EXCEEDED, str(exc))
+    if isinstance(exc, Cancelled):
+        return _status(code_pb2.CANCELLED, str(exc))
+    if isinstance(exc, Unauthenticated):
+        return _status(code_pb2.UNAUTHENTICATED, str(exc))
+    if isinstance(exc, PermissionDenied):
+        return _status(code_pb2.PERMISSION_DENIED, str(exc))
+    if isinstance(exc, QuotaExceeded):
+        return _status(code_pb2.RESOURCE_EXHAUSTED, str(exc), _retry_info(exc.retry_after_s))
     return None
+
+
+def _retry_info(retry_after_s: float | None) -> error_details_pb2.RetryInfo | None:
+    if retry_after_s is None:
+        return None
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(retry_after_s * 1e9))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
 
 
 def _status(code: int, message: str, detail=None) -> grpc.Status:

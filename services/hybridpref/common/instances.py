@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hybridpref.common.errors import FieldViolation, InvalidInput
+from hybridpref.common.errors import FieldViolation, InvalidInput, quote
 
 
 class Label(enum.IntEnum):
@@ -97,6 +97,12 @@ class PreferenceInstance:
         return "\n\n".join(f"{m.role}: {m.content}" for m in self.messages)
 
 
+def is_blank(text: str) -> bool:
+    """True when ``text`` has nothing to read: only whitespace, control and format characters
+    (NUL, U+200B ZERO WIDTH SPACE, U+FEFF BOM, ...), which ``str.strip`` leaves in place."""
+    return not any(ch.isprintable() and not ch.isspace() for ch in text)
+
+
 def validate_instances(instances: Sequence[PreferenceInstance], max_batch: int | None = None) -> None:
     """Check a batch before any work; raises ``InvalidInput`` listing every bad field.
 
@@ -108,16 +114,16 @@ def validate_instances(instances: Sequence[PreferenceInstance], max_batch: int |
     seen: dict[str, int] = {}
     for i, inst in enumerate(instances):
         where = f"instances[{i}]"
-        if not inst.id or not inst.id.strip():
+        if not inst.id or is_blank(inst.id):
             violations.append(FieldViolation(f"{where}.id", "missing id"))
         elif inst.id in seen:
-            violations.append(FieldViolation(f"{where}.id", f"duplicate id {inst.id!r} (first at instances[{seen[inst.id]}])"))
+            violations.append(FieldViolation(f"{where}.id", f"duplicate id {quote(inst.id)} (first at instances[{seen[inst.id]}])"))
         else:
             seen[inst.id] = i
         for name in ("response_a", "response_b"):
-            if not getattr(inst, name).strip():
+            if is_blank(getattr(inst, name)):
                 violations.append(FieldViolation(f"{where}.{name}", "empty response"))
-        if not inst.prompt.strip() and not inst.messages:
+        if is_blank(inst.prompt) and not any(not is_blank(m.content) for m in inst.messages):
             violations.append(FieldViolation(f"{where}.prompt", "empty prompt and no messages"))
         if inst.human_cost is not None and not (inst.human_cost > 0 and inst.human_cost < float("inf")):
             violations.append(FieldViolation(f"{where}.human_cost", f"must be a positive finite number, got {inst.human_cost}"))

@@ -34,6 +34,14 @@ class Metrics:
         self.model_ready = Gauge(
             "hybridpref_model_ready", "1 once the service's models are loaded.", ["service"], registry=registry,
         )
+        self.undecodable = Counter(
+            "hybridpref_undecodable_requests", "Request messages that could not be decoded (INVALID_ARGUMENT).",
+            ["service", "method"], registry=registry,
+        )
+        self.backend_ready = Gauge(
+            "hybridpref_backend_ready", "Router: 1 while a backend answers its health check with SERVING.",
+            ["backend"], registry=registry,
+        )
         self.routed = Counter(
             "hybridpref_routed_instances", "Routing decisions, by route and strategy.",
             ["route", "strategy"], registry=registry,

@@ -3,10 +3,13 @@ llama.cpp server, hosted APIs), shared by the judge and the tagger's analyzer.
 
 Failure behaviour, bounded by the caller's deadline (``remaining()`` seconds, or None):
   - connection refused / reset, 408/409/429/5xx -> retried with exponential backoff
-    (``Retry-After`` honoured) up to ``max_retries``, then ``BackendUnavailable(retry_after_s)``;
+    (``retry-after-ms`` / ``Retry-After`` honoured) up to ``max_retries``, then ``BackendUnavailable(retry_after_s)``;
     a wait that would not fit the deadline is not started;
   - a call still running when the deadline ends -> ``DeadlineExceeded``;
   - other 4xx (bad key, unknown model) -> ``BackendUnavailable`` at once (a configuration error).
+Error messages are redacted: they leave the service (to the router, its caller and both logs),
+so they carry the HTTP status code and a fixed reason only, never the endpoint's URL, response
+body or headers (an endpoint may echo the ``Authorization`` header back in its body).
 API key: ``api_key``, else the file ``api_key_file`` (a mounted Kubernetes secret), else the
 environment variable ``api_key_env``; none -> no ``Authorization`` header.
 """
@@ -88,24 +91,24 @@ class ChatCompletionsClient:
         while True:
             left = remaining()
             if left is not None and left <= 0:
-                raise DeadlineExceeded(f"deadline exceeded before calling the {self.what} {self.base_url}")
+                raise DeadlineExceeded(f"deadline exceeded before calling the {self.what}")
             timeout = self.timeout_s if left is None else min(self.timeout_s, left)
             retry_after: float | None = None
             try:
                 resp = self._client.post(url, json=body, timeout=timeout)
             except httpx.TimeoutException:
                 if left is not None and left <= self.timeout_s:
-                    raise DeadlineExceeded(f"{self.what} {self.base_url} did not answer within the deadline") from None
-                problem = f"{self.what} {self.base_url} timed out after {self.timeout_s:.1f} s"
+                    raise DeadlineExceeded(f"{self.what} did not answer within the deadline") from None
+                problem = f"{self.what} timed out after {self.timeout_s:.1f} s"
             except httpx.TransportError as exc:
-                problem = f"{self.what} {self.base_url} unreachable: {type(exc).__name__}: {exc}"
+                problem = f"{self.what} unreachable ({type(exc).__name__})"
             else:
                 if resp.status_code == 200:
                     return self._json(resp)
-                problem = f"{self.what} {self.base_url} answered HTTP {resp.status_code}: {resp.text[:200]}"
+                problem = f"{self.what} answered HTTP {resp.status_code} ({http_reason(resp.status_code)})"
                 if resp.status_code not in RETRY_STATUS:
                     raise BackendUnavailable(problem)
-                retry_after = parse_retry_after(resp.headers.get("retry-after"))
+                retry_after = retry_after_header(resp.headers)
             attempt += 1
             wait_s = retry_after if retry_after is not None else min(MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1))
             if attempt > self.max_retries:
@@ -119,10 +122,20 @@ class ChatCompletionsClient:
         try:
             data = resp.json()
         except ValueError:
-            raise BackendUnavailable(f"{self.what} {self.base_url} returned non-JSON: {resp.text[:200]}") from None
+            raise BackendUnavailable(f"{self.what} returned a body that is not JSON") from None
         if not isinstance(data, dict):
-            raise BackendUnavailable(f"{self.what} {self.base_url} returned unexpected JSON")
+            raise BackendUnavailable(f"{self.what} returned unexpected JSON")
         return data
+
+
+def http_reason(status: int) -> str:
+    """A fixed reason for an HTTP status (never the endpoint's own text)."""
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "unexpected status"
 
 
 def resolve_key(api_key: str | None, api_key_file: str | Path | None, api_key_env: str | None) -> str | None:
@@ -132,8 +145,17 @@ def resolve_key(api_key: str | None, api_key_file: str | Path | None, api_key_en
         try:
             return Path(api_key_file).read_text().strip() or None
         except OSError as exc:
-            raise InvalidInput(FieldViolation("api_key_file", f"cannot read {api_key_file}: {exc.strerror}")) from None
+            raise InvalidInput(FieldViolation("api_key_file", f"cannot read the key file: {exc.strerror}")) from None
     return os.environ.get(api_key_env) if api_key_env else None
+
+
+def retry_after_header(headers: Any) -> float | None:
+    """Seconds to wait: OpenAI-style ``retry-after-ms`` (sub-second) when sent, else ``Retry-After``."""
+    try:
+        ms = float(headers.get("retry-after-ms"))
+    except (TypeError, ValueError):
+        return parse_retry_after(headers.get("retry-after"))
+    return max(0.0, ms / 1000.0)
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from hybridpref.common import deadline as deadlines
 from hybridpref.common.channels import remaining_timeout
 from hybridpref.common.convert import instances_from_proto
+from hybridpref.common.errors import InvalidInput
 from hybridpref.common.executors import CoreExecutor
 from hybridpref.common.instances import PositionMode, validate_instances
+from hybridpref.common.limits import Limits, position_mode_violation
 from hybridpref.common.metrics import Metrics
 from hybridpref.common.server import ServiceHandle
 from hybridpref.common.settings import Settings
@@ -27,7 +30,7 @@ def build_judge(settings: Settings):
         }
     elif settings.judge_backend == "replay":
         options = {"default_judge": settings.judge_replay_key}
-    else:
+    else:  # learned (a spec JSON) or embedded (a GGUF / HF model): both read judge_model_path
         options = {"model": settings.judge_model_path} if settings.judge_model_path else {}
     return Judge.from_config(settings.judge_backend, default_template=settings.judge_template, **options)
 
@@ -38,9 +41,13 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         self._metrics = metrics
         self.judge = build_judge(settings)
         self._executor = CoreExecutor("judge")
+        self._limits = Limits.from_settings(settings)
 
     async def JudgeInstances(self, request, context):
-        instances = instances_from_proto(request.instances)
+        bad_mode = position_mode_violation(request.position_mode, "position_mode")
+        if bad_mode is not None:
+            raise InvalidInput(bad_mode)
+        instances = instances_from_proto(request.instances, self._limits)
         validate_instances(instances, self._settings.max_batch)
         judgements = await self._executor.run(
             self.judge.judge,
@@ -49,10 +56,22 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             template=request.template or None,
             seed=request.seed,
             replay_judge=request.replay_judge or None,
-            deadline_s=remaining_timeout(context),
+            deadline_s=deadlines.current() or remaining_timeout(context),
+            size=len(instances),  # small calls first
         )
         self._metrics.instances.labels("judge", "JudgeInstances").inc(len(instances))
         return judge_pb2.JudgeInstancesResponse(judgements=[to_proto(j) for j in judgements])
+
+    async def GetJudgeInfo(self, request, context):
+        from hybridpref.judge.templates import TEMPLATES
+
+        replay = self._settings.judge_backend == "replay"
+        return judge_pb2.GetJudgeInfoResponse(
+            backend=self._settings.judge_backend, judge_id=self.judge.judge_id,
+            templates=[*sorted(TEMPLATES), *sorted(t.template_version for t in TEMPLATES.values())],
+            default_template=self.judge.default_template,
+            default_replay_judge=self._settings.judge_replay_key if replay else "",
+        )
 
     async def close(self) -> None:
         self._executor.shutdown()
@@ -68,6 +87,8 @@ def to_proto(j) -> judge_pb2.Judgement:
         order_inconsistent=bool(j.order_inconsistent),
         judge_id=j.judge_id,
         template_version=j.template_version,
+        backend=j.backend,
+        **({"p_a_better": float(j.p_a_better)} if j.p_a_better is not None else {}),
     )
 
 

@@ -10,9 +10,6 @@ functions in ``hybridpref.router.strategies``, the summary in ``hybridpref.route
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -22,7 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
+from hybridpref.common.deadline import Deadline
 from hybridpref.common.errors import BackendUnavailable, FieldViolation, InvalidInput, NotReady
+from hybridpref.common.executors import CoreExecutor
 from hybridpref.common.instances import Label, PositionMode, PreferenceInstance, validate_instances
 from hybridpref.common.metrics import Metrics
 from hybridpref.common.settings import Settings
@@ -38,6 +37,7 @@ from hybridpref.router.backends import (
     TaggerBackend,
     judge_signals,
 )
+from hybridpref.router.limits import judge_violations
 from hybridpref.router.model import RoutingModel
 from hybridpref.router.store import MemoryStore, SpillStore
 from hybridpref.router.summary import Summary, domain_check, summarize
@@ -107,6 +107,13 @@ class RouterCore:
         self.tagger = tagger
         self.judge = judge
         self.models = models
+        # CPU work (conversion, validation, strategies, spill-file I/O) runs here, off the event
+        # loop, in a pool the server owns and bounds; a cancelled call's queued work never starts.
+        self.executor = CoreExecutor("router", settings.router_workers)
+
+    async def close(self) -> None:
+        """Stop the worker pool (the backends belong to whoever built them)."""
+        self.executor.shutdown()
 
     def validate(self, instances: Sequence[PreferenceInstance], options: RouteOptions) -> None:
         """All input checks before any work: nothing is half-processed."""
@@ -119,16 +126,17 @@ class RouterCore:
         if violations:
             raise InvalidInput(violations)
 
-    async def route(self, instances: Sequence[PreferenceInstance], options: RouteOptions, timeout: float | None) -> RouteOutcome:
-        """Route one in-memory batch (the unary RPC)."""
-        self.validate(instances, options)
-        clock, stages = _Clock(timeout), {"tag": 0.0}
+    async def route(self, instances: Sequence[PreferenceInstance], options: RouteOptions, timeout: Deadline | float | None) -> RouteOutcome:
+        """Route one in-memory batch (the unary RPC). ``timeout``: the call's ``Deadline`` (or seconds)."""
+        clock, stages = Deadline.of(timeout), {"tag": 0.0}
+        await self.executor.run(self.validate, instances, options)
+        await self._check_judge_names(instances, options, clock)
         with _timed(stages, "tag"):
-            tagged = await self.tagger.tag(instances, clock.left())
+            tagged = await self.tagger.tag(instances, clock)
         return await self._decide(MemoryStore(instances), tagged, options, clock, stages)
 
     async def route_stream(
-        self, chunks: AsyncIterator[Sequence[PreferenceInstance]], options: RouteOptions, timeout: float | None
+        self, chunks: AsyncIterator[Sequence[PreferenceInstance]], options: RouteOptions, timeout: Deadline | float | None
     ) -> RouteOutcome:
         """Route a batch that arrives in chunks (the streaming RPC), any size.
 
@@ -139,14 +147,17 @@ class RouterCore:
         early = _option_violations(options, None)
         if early:
             raise InvalidInput(early)
-        clock, stages = _Clock(timeout), {"tag": 0.0}
+        clock, stages = Deadline.of(timeout), {"tag": 0.0}
         store, parts, seen = SpillStore(), [], {}
         try:
             async for chunk in chunks:
-                _validate_chunk(chunk, len(store), seen)
-                store.extend(chunk)
+                if len(store) + len(chunk) > self.settings.max_stream_instances:
+                    raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.max_stream_instances} instances"))
+                await self.executor.run(_validate_chunk, chunk, len(store), seen)
+                await self._check_judge_names(chunk, options, clock, offset=len(store))
+                await self.executor.run(store.extend, chunk)
                 with _timed(stages, "tag"):
-                    parts.append(await self.tagger.tag(chunk, clock.left()))
+                    parts.append(await self.tagger.tag(chunk, clock))
             violations = _option_violations(options, len(store))
             if violations:
                 raise InvalidInput(violations)
@@ -154,7 +165,15 @@ class RouterCore:
         finally:
             store.close()
 
-    async def _decide(self, store, tagged: TaggedBatch, options: RouteOptions, clock: _Clock, stages: dict[str, float]) -> RouteOutcome:
+    async def _check_judge_names(self, instances, options: RouteOptions, clock: Deadline, offset: int = 0) -> None:
+        """Template and replay-judge names against what the judge advertises, before any work."""
+        info = await self.judge.judge_info(min(2.0, clock.timeout() or 2.0))
+        violations = judge_violations(info, options.judge_template, options.replay_judge, instances, offset,
+                                      needs_judge=options.strategy != "all_human")
+        if violations:
+            raise InvalidInput(violations)
+
+    async def _decide(self, store, tagged: TaggedBatch, options: RouteOptions, clock: Deadline, stages: dict[str, float]) -> RouteOutcome:
         """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain."""
         n = len(store)
         strategy = options.strategy or strategies.DEFAULT_STRATEGY
@@ -169,12 +188,11 @@ class RouterCore:
         )
         domain = domain_check(model, tagged.tag_matrix)
         with _timed(stages, "route"):
-            result = await _in_thread(
+            result = await self.executor.run(
                 strategies.route, strategy, tagged.tag_matrix, budget, **self._strategy_inputs(model, judged, domain),
-                seed=options.seed, simulated_candidates=options.simulated_candidates or 500, deadline=clock.deadline,
+                seed=options.seed, simulated_candidates=options.simulated_candidates or 500, deadline=clock,
             )
-        decisions = [Decision(id=i, human=bool(h), gain=float(g), human_cost=float(c))
-                     for i, h, g, c in zip(store.ids, result.human_mask, result.gains, budget.costs)]
+        decisions = await self.executor.run(_decisions, store.ids, result, budget)
         if judged is None:
             lm_rows = [i for i, d in enumerate(decisions) if not d.human]
             if lm_rows:
@@ -186,7 +204,7 @@ class RouterCore:
                 for d, g in zip(decisions, judged.expected_gain):
                     d.expected_gain = float(g)
         with _timed(stages, "predict"):
-            summary = await _in_thread(self._explain_and_summarize, model, tagged, result.human_mask, options, decisions,
+            summary = await self.executor.run(self._explain_and_summarize, model, tagged, result.human_mask, options, decisions,
                                        domain, judged)
         summary.warnings[:0] = warnings
         self._count(decisions, strategy)
@@ -195,12 +213,12 @@ class RouterCore:
             human_cost=float(budget.costs[result.human_mask].sum()), summary=summary, stage_seconds=stages,
         )
 
-    async def _model(self, strategy: str, tagged: TaggedBatch, clock: _Clock, warnings: list[str]) -> RoutingModel | None:
+    async def _model(self, strategy: str, tagged: TaggedBatch, clock: Deadline, warnings: list[str]) -> RoutingModel | None:
         """The routing model, checked against the tagger's bins. A strategy that needs the PPM fails
         without it (``NotReady``); the others route anyway and the summary says what is missing."""
         needed = strategies.needs_predictor(strategy)
         try:
-            model = await self.models.routing_model(clock.left())
+            model = await self.models.routing_model(clock)
             if tagged.reference_bins_id and model.reference_bins_id and tagged.reference_bins_id != model.reference_bins_id:
                 # Tags binned with other edges than the models were trained on would be silently wrong.
                 raise NotReady(
@@ -216,18 +234,18 @@ class RouterCore:
             return None
 
     async def _judge_first(self, store, tagged: TaggedBatch, model: RoutingModel | None, options: RouteOptions,
-                           clock: _Clock) -> _Judged:
+                           clock: Deadline) -> _Judged:
         """Judge every row, one slice at a time: signals and, with a correction model, P(wrong) per row."""
         batches, signals, p_lm, p_h = [], [], [], []
         for start in range(0, len(store), JUDGE_SLICE):
             rows = list(range(start, min(len(store), start + JUDGE_SLICE)))
-            instances = store.get(rows)
-            judged = await self._judge(instances, options, clock.left())
+            instances = await self.executor.run(store.get, rows)
+            judged = await self._judge(instances, options, clock)
             sig = judge_signals(judged, instances)
             batches.append(judged)
             signals.append(sig)
             if model is not None and model.correction is not None:
-                lm, hu = await _in_thread(_p_wrong, model, instances, tagged, rows, sig)
+                lm, hu = await self.executor.run(_p_wrong, model, instances, tagged, rows, sig)
                 p_lm.append(lm)
                 p_h.append(hu)
         p_wrong = (np.concatenate(p_lm), np.concatenate(p_h)) if p_lm else None
@@ -243,11 +261,12 @@ class RouterCore:
                 inputs["expected_gain"] = judged.expected_gain
         return inputs
 
-    async def _judge_rows(self, store, rows: list[int], options: RouteOptions, clock: _Clock) -> JudgedBatch:
-        """Judge ``rows`` of the store, reading instances back one slice at a time."""
+    async def _judge_rows(self, store, rows: list[int], options: RouteOptions, clock: Deadline) -> JudgedBatch:
+        """Judge ``rows`` of the store, reading instances back one slice at a time (off the loop)."""
         parts = []
         for start in range(0, len(rows), JUDGE_SLICE):
-            parts.append(await self._judge(store.get(rows[start : start + JUDGE_SLICE]), options, clock.left()))
+            instances = await self.executor.run(store.get, rows[start : start + JUDGE_SLICE])
+            parts.append(await self._judge(instances, options, clock))
         return JudgedBatch.concat(parts)
 
     async def _judge(self, instances, options: RouteOptions, timeout) -> JudgedBatch:
@@ -271,6 +290,11 @@ class RouterCore:
         humans = sum(d.human for d in decisions)
         self.metrics.routed.labels("HUMAN", strategy).inc(humans)
         self.metrics.routed.labels("LM", strategy).inc(len(decisions) - humans)
+
+
+def _decisions(ids: Sequence[str], result, budget) -> list[Decision]:
+    return [Decision(id=i, human=bool(h), gain=float(g), human_cost=float(c))
+            for i, h, g, c in zip(ids, result.human_mask, result.gains, budget.costs)]
 
 
 def _p_wrong(model: RoutingModel, instances, tagged: TaggedBatch, rows: list[int], signals: JudgeSignals):
@@ -336,16 +360,6 @@ def _validate_chunk(chunk: Sequence[PreferenceInstance], offset: int, seen: dict
         raise InvalidInput(violations)
 
 
-class _Clock:
-    """The caller's deadline, as seconds left for each downstream call."""
-
-    def __init__(self, timeout: float | None):
-        self.deadline = None if timeout is None else time.monotonic() + timeout  # a time.monotonic() instant
-
-    def left(self) -> float | None:
-        return None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
-
-
 @contextmanager
 def _timed(stages: dict[str, float], name: str):
     start = time.perf_counter()
@@ -363,9 +377,3 @@ def _cost_inputs(tagged: TaggedBatch) -> dict[str, np.ndarray]:
         "response_tokens": tagged.measures[:, col["len_shorter"]] + tagged.measures[:, col["len_longer"]],
         "expertise_level": expertise,
     }
-
-
-async def _in_thread(fn, /, *args, **kwargs):
-    """CPU-bound strategy work off the event loop, keeping the request's log context."""
-    ctx = contextvars.copy_context()
-    return await asyncio.to_thread(functools.partial(ctx.run, fn, *args, **kwargs))

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from hybridpref.common import logs
 from hybridpref.common.channels import remaining_timeout
+from hybridpref.common import deadline as deadlines
 from hybridpref.common.convert import instances_from_proto
 from hybridpref.common.errors import FieldViolation, InvalidInput
+from hybridpref.common.limits import Limits
 from hybridpref.common.instances import PositionMode
 from hybridpref.common.metrics import Metrics
 from hybridpref.common.server import ServiceHandle
 from hybridpref.common.settings import Settings
 from hybridpref.router.downstream import JudgeClient, PredictorModelClient, TaggerClient
+from hybridpref.router.limits import config_violations
+from hybridpref.router.readiness import BackendWatcher
 from hybridpref.router.service import RouteOptions, RouteOutcome, RouterCore
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 
@@ -18,10 +22,12 @@ SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 DECISION_CHUNK = 1000
 
 
-def options_from_proto(config: router_pb2.RouteConfig, default_strategy: str) -> RouteOptions:
+def options_from_proto(config: router_pb2.RouteConfig, default_strategy: str, settings: Settings | None = None) -> RouteOptions:
+    """Core options from the request's config, after the range checks of ``router.limits``."""
+    violations = config_violations(config, settings or Settings())
+    if violations:
+        raise InvalidInput(violations)
     kind = config.budget.WhichOneof("kind")
-    if kind is None:
-        raise InvalidInput(FieldViolation("config.budget", "required: set fraction, count, cost or auto"))
     return RouteOptions(
         budget_kind=kind,
         budget_value=getattr(config.budget, kind),
@@ -86,47 +92,72 @@ def _estimate(e) -> router_pb2.Estimate:
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
+        self.limits = Limits.from_settings(settings)
+        # The real gRPC clients; the core only knows the backends' protocols.
         self.clients = (TaggerClient(settings.tagger_address, settings), JudgeClient(settings.judge_address, settings),
                         PredictorModelClient(settings.predictor_address, settings))
         self.core = RouterCore(settings, *self.clients, metrics=metrics)
 
     async def close(self) -> None:
+        await self.core.close()
         for client in self.clients:
             await client.close()
 
+    def _deadline(self, context) -> deadlines.Deadline:
+        """The call's Deadline (bound by DeadlineInterceptor), else one from the context."""
+        return deadlines.current() or deadlines.Deadline(remaining_timeout(context))
+
     async def RouteInstances(self, request, context):
-        options = options_from_proto(request.config, self.settings.default_strategy)
-        instances = instances_from_proto(request.instances)
-        outcome = await self.core.route(instances, options, remaining_timeout(context))
-        return router_pb2.RouteInstancesResponse(decisions=decisions_to_proto(outcome), summary=summary_to_proto(outcome))
+        options = options_from_proto(request.config, self.settings.default_strategy, self.settings)
+        run = self.core.executor.run
+        instances = await run(instances_from_proto, request.instances, self.limits, size=len(request.instances))
+        outcome = await self.core.route(instances, options, self._deadline(context))
+        return await run(
+            lambda: router_pb2.RouteInstancesResponse(decisions=decisions_to_proto(outcome), summary=summary_to_proto(outcome))
+        )
 
     async def RouteInstancesStream(self, request_iterator, context):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("item") != "config":
             raise InvalidInput(FieldViolation("stream[0]", "the first message must carry config"))
-        options = options_from_proto(first.config, self.settings.default_strategy)
+        options = options_from_proto(first.config, self.settings.default_strategy, self.settings)
+        run = self.core.executor.run
 
         async def chunks():
-            index = 1
+            index, seen = 1, 0
             async for message in request_iterator:
                 if message.WhichOneof("item") != "chunk":
                     raise InvalidInput(FieldViolation(f"stream[{index}]", "config may only come first"))
-                yield instances_from_proto(message.chunk.instances)
+                chunk = await run(instances_from_proto, message.chunk.instances, self.limits, seen,
+                                  size=len(message.chunk.instances))
+                seen += len(chunk)
+                yield chunk
                 index += 1
 
-        outcome = await self.core.route_stream(chunks(), options, remaining_timeout(context))
+        outcome = await self.core.route_stream(chunks(), options, self._deadline(context))
         for start in range(0, len(outcome.decisions), DECISION_CHUNK):
-            chunk = decisions_to_proto(outcome, start, start + DECISION_CHUNK)
+            chunk = await run(decisions_to_proto, outcome, start, start + DECISION_CHUNK)
             yield router_pb2.RouteInstancesStreamResponse(decisions=router_pb2.DecisionChunk(decisions=chunk))
         yield router_pb2.RouteInstancesStreamResponse(summary=summary_to_proto(outcome))
 
 
 def router_handle(settings: Settings, metrics: Metrics | None = None) -> ServiceHandle:
-    servicer = RouterServicer(settings, metrics or Metrics.default())
-    return ServiceHandle(
+    metrics = metrics or Metrics.default()
+    servicer = RouterServicer(settings, metrics)
+    handle = ServiceHandle(
         name="router",
         service_names=(SERVICE_NAME,),
         register=lambda server: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server),
         load=lambda: None,
-        close=servicer.close,
     )
+    # Readiness follows the backends (and a responsive worker pool); "" stays SERVING while the process is up.
+    watcher = BackendWatcher(settings, servicer.core.executor, metrics, on_change=lambda: [f() for f in handle.on_health_change])
+    handle.ready = watcher.ready
+    handle.start = watcher.start
+
+    async def close() -> None:
+        await watcher.stop()
+        await servicer.close()
+
+    handle.close = close
+    return handle

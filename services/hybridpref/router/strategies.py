@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from hybridpref.common.deadline import Deadline
 from hybridpref.common.errors import DeadlineExceeded, FieldViolation, InvalidInput, NotReady
 from hybridpref.router.budget import ResolvedBudget
 from hybridpref.router.packed import PackedTags
@@ -111,7 +112,8 @@ class RoutingContext:
     simulated_sampler: str = "tag_walk"
     greedy: GreedyOptions = field(default_factory=GreedyOptions)
     judge_aware: JudgeAwareOptions = field(default_factory=JudgeAwareOptions)
-    deadline: float | None = None  # time.monotonic() value after which work stops
+    # The call's Deadline (expiry and cancellation), or a time.monotonic() instant; work stops after it.
+    deadline: Deadline | float | None = None
     info: dict[str, float] = field(default_factory=dict)  # strategy diagnostics -> RoutingResult.info
 
     @property
@@ -123,7 +125,10 @@ class RoutingContext:
         return np.random.default_rng([int(self.seed) & 0xFFFFFFFFFFFFFFFF, stream])
 
     def check_deadline(self) -> None:
-        if self.deadline is not None and time.monotonic() > self.deadline:
+        """Stop between rounds when the call expired or was cancelled (its caller left)."""
+        if isinstance(self.deadline, Deadline):
+            self.deadline.check(what="routing")
+        elif self.deadline is not None and time.monotonic() > self.deadline:
             raise DeadlineExceeded("routing ran past the request deadline")
 
 
@@ -528,7 +533,7 @@ def route(
     simulated_sampler: str = "tag_walk",
     greedy: GreedyOptions | None = None,
     judge_aware: JudgeAwareOptions | None = None,
-    deadline: float | None = None,
+    deadline: Deadline | float | None = None,
 ) -> RoutingResult:
     """Route a batch: decide, per instance, human (True) or LM (False).
 

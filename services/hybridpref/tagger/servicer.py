@@ -10,6 +10,7 @@ from hybridpref.common.convert import instances_from_proto
 from hybridpref.common.errors import FieldViolation, InvalidInput
 from hybridpref.common.executors import CoreExecutor
 from hybridpref.common.instances import validate_instances
+from hybridpref.common.limits import Limits
 from hybridpref.common.metrics import Metrics
 from hybridpref.common.server import ServiceHandle
 from hybridpref.common.settings import Settings
@@ -30,6 +31,7 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
         self._taggers = {settings.tagger_profile: Tagger.for_profile(settings.tagger_profile)}
         self._lock = threading.Lock()
         self._executor = CoreExecutor("tagger")
+        self._limits = Limits.from_settings(settings)
 
     def load(self) -> None:
         self._taggers[self._default_profile].load()
@@ -46,12 +48,12 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
             return profile, self._taggers[profile]
 
     async def TagInstances(self, request, context):
-        instances = instances_from_proto(request.instances)
+        instances = instances_from_proto(request.instances, self._limits)
         validate_instances(instances, self._settings.max_batch)
         profile, tagger = self._tagger(request.profile)
         if not tagger.ready:
             await self._executor.run(tagger.load)
-        batch = await self._executor.run(tagger.tag, instances)
+        batch = await self._executor.run(tagger.tag, instances, size=len(instances))  # small calls first
         self._metrics.instances.labels("tagger", "TagInstances").inc(len(instances))
         return to_response(batch, profile, tagger.reference_bins.fingerprint())
 

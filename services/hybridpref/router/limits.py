@@ -1,0 +1,132 @@
+"""The router's request limits, checked on the request before any work (tagging included).
+
+Every numeric option is bounded, every enum checked and every name length-capped here;
+instance-level limits live in ``hybridpref.common.limits`` and judge / template / replay
+names are checked against what the judge advertises (``judge_violations``). Everything is
+``INVALID_ARGUMENT`` with ``google.rpc.BadRequest`` field violations, indices in the
+caller's batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from hybridpref.common.errors import FieldViolation, quote
+from hybridpref.common.instances import PreferenceInstance
+from hybridpref.common.limits import position_mode_violation
+from hybridpref.common.settings import Settings
+from hybridpref.common.vocabulary import NUM_TAGS
+
+MAX_NAME_CHARS = 128  # strategy, template and judge names
+# How long the judge's advertised info is trusted before it is asked again.
+JUDGE_INFO_TTL_S = 30.0
+
+log = structlog.get_logger()
+
+
+def config_violations(config, settings: Settings) -> list[FieldViolation]:
+    """Range checks of a ``hybridpref.v1.RouteConfig`` that need no batch size."""
+    out: list[FieldViolation] = []
+    kind = config.budget.WhichOneof("kind") if config.HasField("budget") else None
+    if kind is None:
+        out.append(FieldViolation("config.budget", "required: set fraction, count, cost or auto"))
+    elif kind in ("fraction", "cost"):
+        value = getattr(config.budget, kind)
+        if not math.isfinite(value):
+            out.append(FieldViolation(f"config.budget.{kind}", f"must be finite, got {value}"))
+        elif kind == "cost" and not 0 <= value <= settings.max_budget_cost:
+            out.append(FieldViolation("config.budget.cost", f"must be in [0, {settings.max_budget_cost:g}], got {value:g}"))
+    elif kind == "count" and config.budget.count > settings.max_stream_instances:
+        out.append(FieldViolation("config.budget.count", f"must be at most {settings.max_stream_instances}"))
+    for name in ("strategy", "judge_template", "replay_judge"):
+        if len(getattr(config, name)) > MAX_NAME_CHARS:
+            out.append(FieldViolation(f"config.{name}", f"longer than {MAX_NAME_CHARS} characters"))
+    bad_mode = position_mode_violation(config.judge_position_mode, "config.judge_position_mode")
+    if bad_mode is not None:
+        out.append(bad_mode)
+    if config.explain_top_k > NUM_TAGS:
+        out.append(FieldViolation("config.explain_top_k", f"must be at most {NUM_TAGS} (the number of tags), got {config.explain_top_k}"))
+    if config.simulated_candidates > settings.max_simulated_candidates:
+        out.append(FieldViolation("config.simulated_candidates",
+                                  f"must be at most {settings.max_simulated_candidates}, got {config.simulated_candidates}"))
+    return out
+
+
+@dataclass(frozen=True)
+class JudgeInfo:
+    """What the judge accepts: its backend, template names (and ``name@version``s) and, for the
+    replay backend, the judge name used when a request names none."""
+
+    backend: str
+    templates: frozenset[str] = field(default_factory=frozenset)
+    default_replay_judge: str = ""
+
+    @classmethod
+    def from_proto(cls, reply) -> JudgeInfo:
+        return cls(reply.backend, frozenset(t.lower() for t in reply.templates), reply.default_replay_judge)
+
+
+class JudgeInfoCache:
+    """The judge's ``GetJudgeInfo``, fetched at most every ``ttl_s``; ``None`` while the judge
+    cannot say (down, or an older judge without the RPC): checks are then left to the judge."""
+
+    def __init__(self, fetch: Callable[[float], Awaitable[object]], ttl_s: float = JUDGE_INFO_TTL_S):
+        self._fetch = fetch
+        self._ttl_s = ttl_s
+        self._info: JudgeInfo | None = None
+        self._stamp = -math.inf
+
+    async def get(self, timeout_s: float = 2.0) -> JudgeInfo | None:
+        import grpc  # here, not at the top: the router core imports this module and stays gRPC-free
+
+        if time.monotonic() - self._stamp < self._ttl_s:
+            return self._info
+        try:
+            self._info = JudgeInfo.from_proto(await self._fetch(timeout_s))
+            self._stamp = time.monotonic()
+        except grpc.RpcError as exc:
+            log.info("judge_info_unavailable", code=exc.code().name)
+            return self._info  # last known, if any (a judge's backend changes only with a restart)
+        return self._info
+
+
+def _template_key(template: str) -> str:
+    base, at, version = template.strip().partition("@")
+    return base.lower() + at + version
+
+
+def judge_violations(
+    info: JudgeInfo | None, template: str, replay_judge: str, instances: Sequence[PreferenceInstance], offset: int = 0,
+    needs_judge: bool = True,
+) -> list[FieldViolation]:
+    """Judge template and replay-judge checks against ``info`` (``None``: not known; skipped).
+
+    With the replay backend every instance must carry a label from the named judge
+    (``instances[i].lm_labels``, ``i`` counted in the caller's batch from ``offset``)."""
+    if info is None or not needs_judge:
+        return []
+    out: list[FieldViolation] = []
+    if template.strip() and info.templates and _template_key(template) not in info.templates:
+        out.append(FieldViolation("config.judge_template",
+                                  f"unknown template {quote(template)}; the judge has {', '.join(sorted(info.templates))}"))
+    if info.backend != "replay":
+        return out
+    name = replay_judge or info.default_replay_judge
+    if not name:
+        out.append(FieldViolation("config.replay_judge", "the judge replays recorded labels: name the judge to replay"))
+        return out
+    from hybridpref.judge.replay import resolve_judge
+
+    for k, inst in enumerate(instances):
+        try:
+            resolve_judge(inst.lm_labels.keys(), name)
+        except LookupError as exc:
+            out.append(FieldViolation(f"instances[{k + offset}].lm_labels", str(exc)))
+            if len(out) >= 100:  # enough to act on; the message says how many more there were
+                break
+    return out

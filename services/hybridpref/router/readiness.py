@@ -1,0 +1,117 @@
+"""The router's readiness: SERVING only while it can route.
+
+A background watcher asks each backend's ``grpc.health.v1`` for its own service name every
+``backend_check_s`` seconds (on channels with the same TLS, keepalive and short reconnect
+back-off as the routing channels) and checks that the router's worker pool still picks up
+work. The router's own service name in its health service follows: ``NOT_SERVING`` while a
+required backend is down or the pool is stuck, ``SERVING`` again within one check interval
+plus the reconnect back-off (about 3 s with the defaults) of the backend's return, whatever
+the outage length. The server-wide ``""`` status stays SERVING while the process is up
+(liveness).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hybridpref.common.channels import open_channel
+from hybridpref.common.executors import CoreExecutor
+from hybridpref.common.metrics import Metrics
+from hybridpref.common.settings import Settings
+
+BACKEND_SERVICES = {
+    "tagger": "hybridpref.v1.TaggerService",
+    "judge": "hybridpref.v1.JudgeService",
+    "predictor": "hybridpref.v1.PredictorService",
+}
+
+log = structlog.get_logger()
+
+
+class BackendWatcher:
+    def __init__(self, settings: Settings, executor: CoreExecutor, metrics: Metrics,
+                 on_change: Callable[[], object] = lambda: None, backends: dict[str, str] | None = None):
+        self.settings = settings
+        self.executor = executor
+        self.metrics = metrics
+        self.on_change = on_change
+        self.addresses = backends or {name: getattr(settings, f"{name}_address") for name in BACKEND_SERVICES}
+        self.up: dict[str, bool] = {name: False for name in self.addresses}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._probe_since: float | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._last_ready: bool | None = None
+
+    def ready(self) -> bool:
+        return all(self.up.values()) and self.pool_ok()
+
+    def pool_ok(self) -> bool:
+        return self._probe_since is None or time.monotonic() - self._probe_since < self.settings.pool_stall_s
+
+    async def start(self) -> None:
+        """One check round now (so health is right from the start), then keep watching."""
+        await self.check_once()
+        self._tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._watch_pool())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for channel in self._channels.values():
+            await channel.close()
+
+    async def check_once(self) -> None:
+        results = await asyncio.gather(*(self._serving(name) for name in self.addresses))
+        for name, ok in zip(self.addresses, results):
+            if ok != self.up[name]:
+                log.warning("backend_up" if ok else "backend_down", backend=name, address=self.addresses[name])
+            self.up[name] = ok
+            self.metrics.backend_ready.labels(name).set(1 if ok else 0)
+        self._notify()
+
+    async def _serving(self, name: str) -> bool:
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = self._channels[name] = open_channel(self.addresses[name], self.settings)
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=BACKEND_SERVICES.get(name, "")),
+                                     timeout=max(0.2, min(1.0, self.settings.backend_check_s)))
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def _notify(self) -> None:
+        ready = self.ready()
+        if ready != self._last_ready:
+            self._last_ready = ready
+            if ready is False:
+                down = [n for n, ok in self.up.items() if not ok] or ["worker pool"]
+                log.warning("router_not_ready", waiting_for=down)
+            self.on_change()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.backend_check_s)
+            try:
+                await self.check_once()
+            except Exception as exc:  # never let the watcher die
+                log.error("backend_watch_failed", error=repr(exc)[:300])
+
+    async def _watch_pool(self) -> None:
+        """Time a no-op through the worker pool; while it waits, ``pool_ok`` ages out."""
+        while True:
+            await asyncio.sleep(self.settings.backend_check_s)
+            self._probe_since = time.monotonic()
+            waiter = asyncio.ensure_future(self.executor.run(lambda: None))
+            while not waiter.done():
+                await asyncio.wait({waiter}, timeout=self.settings.backend_check_s)
+                self._notify()
+            self._probe_since = None
+            self._notify()

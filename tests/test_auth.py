@@ -1,0 +1,207 @@
+"""API keys, permissions, quotas and key rotation on a real router server.
+
+The router's backends point at a closed port: a call that passes authentication and quotas
+ends in INVALID_ARGUMENT (bad input) or UNAVAILABLE (no backend), which is how these tests
+tell "let through" from "refused" without a full stack.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hybridpref.common.auth import KeyStore, add_vendor, bearer_key, hash_key, parse_keys
+from hybridpref.common.grpc_errors import retry_delay_s
+from hybridpref.common.server import start_service
+from hybridpref.common.settings import Settings
+from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
+
+ROUTE = "/hybridpref.v1.RouterService/RouteInstances"
+
+
+@pytest.fixture(scope="module")
+def keys_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keys") / "keys.json"
+    keys = {
+        "acme": add_vendor(path, "acme"),
+        "reader": add_vendor(path, "reader", methods=["RouteInstances"]),
+        "small": add_vendor(path, "small", instances_per_minute=5),
+        "single": add_vendor(path, "single", max_concurrent=1),
+    }
+    return path, keys
+
+
+@pytest.fixture(scope="module")
+def router(background_loop, keys_file, log_capture):
+    from hybridpref.router.servicer import router_handle
+
+    settings = Settings(tagger_address="127.0.0.1:1", judge_address="127.0.0.1:1", predictor_address="127.0.0.1:1",
+                        api_keys_file=str(keys_file[0]), api_keys_reload_s=0.1)
+    running = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=-1))
+    background_loop.run(running.loaded.wait())
+    yield running
+    background_loop.run(running.stop(0.2))
+
+
+@pytest.fixture()
+def stub(router):
+    with grpc.insecure_channel(router.address) as channel:
+        yield router_pb2_grpc.RouterServiceStub(channel)
+
+
+def request(n: int = 1, **config) -> router_pb2.RouteInstancesRequest:
+    instances = [common_pb2.PreferenceInstance(id=f"i{k}", prompt="q?", response_a="a", response_b="b") for k in range(n)]
+    config.setdefault("budget", common_pb2.Budget(fraction=0.5))
+    return router_pb2.RouteInstancesRequest(instances=instances, config=router_pb2.RouteConfig(strategy="random", **config))
+
+
+def call_code(stub, key: str | None, req=None) -> grpc.RpcError | None:
+    metadata = (("authorization", f"Bearer {key}"),) if key is not None else ()
+    try:
+        stub.RouteInstances(req or request(), metadata=metadata, timeout=10)
+    except grpc.RpcError as exc:
+        return exc
+    return None
+
+
+def test_no_key_and_unknown_key_are_unauthenticated(stub, keys_file):
+    assert call_code(stub, None).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert call_code(stub, "hpk_not-a-real-key").code() == grpc.StatusCode.UNAUTHENTICATED
+    assert call_code(stub, keys_file[1]["acme"] + "x").code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_known_key_is_let_through(stub, keys_file):
+    # Past auth, the router validates (bad budget -> INVALID_ARGUMENT) or calls its (absent) backends.
+    bad = request(budget=common_pb2.Budget(fraction=2.0))
+    assert call_code(stub, keys_file[1]["acme"], bad).code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert call_code(stub, keys_file[1]["acme"]).code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_method_without_permission_is_permission_denied(router, keys_file):
+    key = keys_file[1]["reader"]
+    with grpc.insecure_channel(router.address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        assert call_code(stub, key).code() == grpc.StatusCode.UNAVAILABLE  # allowed: RouteInstances
+        config = router_pb2.RouteInstancesStreamRequest(config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5)))
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.RouteInstancesStream(iter([config]), metadata=(("authorization", f"Bearer {key}"),), timeout=10))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_health_and_reflection_need_no_key(router):
+    with grpc.insecure_channel(router.address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_instances_per_minute_quota_gives_retry_info(stub, keys_file):
+    key = keys_file[1]["small"]  # 5 instances a minute
+    assert call_code(stub, key, request(3)).code() == grpc.StatusCode.UNAVAILABLE  # spent 3
+    error = call_code(stub, key, request(3))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    delay = retry_delay_s(error)
+    assert delay is not None and 5.0 < delay <= 13.0  # (3 - 2) instances at 5 a minute: ~12 s
+    too_big = call_code(stub, key, request(6))  # more than a whole minute's quota: no retry helps
+    assert too_big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_delay_s(too_big) is None
+
+
+def test_concurrent_calls_quota(router, keys_file):
+    key = keys_file[1]["single"]
+    metadata = (("authorization", f"Bearer {key}"),)
+    with grpc.insecure_channel(router.address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        pending: queue.Queue = queue.Queue()
+        pending.put(router_pb2.RouteInstancesStreamRequest(config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5))))
+
+        def messages():
+            while (item := pending.get()) is not None:
+                yield item
+
+        stream = stub.RouteInstancesStream(messages(), metadata=metadata, timeout=20)
+        consumer = threading.Thread(target=lambda: list(_swallow(stream)), daemon=True)
+        consumer.start()
+        time.sleep(0.5)  # the stream is open and waiting for chunks: one call in flight
+        error = call_code(stub, key)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_delay_s(error) is not None
+        pending.put(None)  # end the stream (its empty batch is refused): the slot frees
+        consumer.join(10)
+        assert call_code(stub, key).code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _swallow(stream):
+    try:
+        yield from stream
+    except grpc.RpcError:
+        return
+
+
+def test_rotated_keys_file_is_picked_up_without_restart(router, keys_file, stub):
+    path, keys = keys_file
+    old = keys["acme"]
+    new = add_vendor(path, "acme")  # replaces acme's key (atomic rename, as a Secret update does)
+    time.sleep(0.3)
+    assert call_code(stub, old).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert call_code(stub, new).code() == grpc.StatusCode.UNAVAILABLE
+    keys["acme"] = new
+    # A broken file is refused and the current keys keep working.
+    text = path.read_text()
+    path.write_text("{not json")
+    time.sleep(0.3)
+    assert call_code(stub, new).code() == grpc.StatusCode.UNAVAILABLE
+    path.write_text(text)
+
+
+def test_refusals_are_counted_and_the_key_never_logged(router, keys_file, stub, log_capture):
+    call_code(stub, "hpk_secret-looking-wrong-key")
+    assert "hpk_secret-looking-wrong-key" not in log_capture.getvalue()
+    assert any(r.get("code") == "UNAUTHENTICATED" and r.get("event") == "rpc" for r in log_capture.records())
+
+
+def test_keys_file_format(tmp_path):
+    with pytest.raises(Exception):
+        parse_keys({"vendors": {"x": {"key_sha256": "abc"}}})
+    policies = parse_keys({"vendors": {"x": {"key_sha256": [hash_key("k1"), hash_key("k2")], "methods": "RouteInstances"}}})
+    assert policies["x"].allows("/hybridpref.v1.RouterService/RouteInstances")
+    assert not policies["x"].allows("/hybridpref.v1.RouterService/RouteInstancesStream")
+    path = tmp_path / "keys.yaml"
+    key = add_vendor(path, "y", instances_per_minute=10)
+    store = KeyStore(path)
+    assert store.lookup(key).vendor == "y" and store.lookup("nope") is None
+    assert "key_sha256" in path.read_text() and key not in path.read_text()
+    assert bearer_key({"authorization": "Bearer  abc "}) == "abc" and bearer_key({"authorization": "Basic abc"}) is None
+
+
+def test_cli_keys_add_and_hash(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "keys.json"
+    out = subprocess.run([sys.executable, "-m", "hybridpref.cli", "keys", "add", "--file", str(path), "--vendor", "v1",
+                          "--methods", "RouteInstances", "--instances-per-minute", "100", "--max-concurrent", "2"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    key = out.stdout.strip().splitlines()[-1]
+    entry = json.loads(path.read_text())["vendors"]["v1"]
+    assert entry["key_sha256"] == hash_key(key) and entry["max_concurrent"] == 2
+    hashed = subprocess.run([sys.executable, "-m", "hybridpref.cli", "keys", "hash"], input=key + "\n",
+                            capture_output=True, text=True, timeout=60)
+    assert hashed.returncode == 0 and hashed.stdout.strip() == hash_key(key)
+
+
+def test_auth_off_without_keys_file_says_so(background_loop, log_capture):
+    from hybridpref.router.servicer import router_handle
+
+    settings = Settings(tagger_address="127.0.0.1:1", judge_address="127.0.0.1:1", predictor_address="127.0.0.1:1")
+    running = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=-1))
+    try:
+        assert any(r.get("event") == "auth_disabled" and r.get("level") == "warning" for r in log_capture.records())
+        with grpc.insecure_channel(running.address) as channel:
+            assert call_code(router_pb2_grpc.RouterServiceStub(channel), None).code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        background_loop.run(running.stop(0.2))
