@@ -472,7 +472,7 @@ class DomainStats(_message.Message):
     POOLS_FIELD_NUMBER: _builtins.int
     RAW_JSON_FIELD_NUMBER: _builtins.int
     distance: _builtins.str
-    """Name of the distance function (see hybridpref.predictor.domain / domain.json)."""
+    """Name of the distance function (hybridpref.predictor.domain: js, l1 or l2)."""
     threshold: _builtins.float
     """Largest in-domain distance, calibrated on held-out pools."""
     raw_json: _builtins.str

@@ -53,7 +53,7 @@ def read_routing_parts(folder: Path) -> dict[str, Any]:
             correction_onnx=onnx.read_bytes(),
             correction_features=tuple(str(n) for n in meta.get("feature_names", ())),
             correction_version=str(meta.get("version", "")),
-            correction_metrics=_flat_numbers(meta.get("metrics", {})),
+            correction_metrics=_flat_numbers({k: v for k, v in meta.items() if k != "feature_names"}),
         )
         if not out["correction_features"]:
             raise NotReady(f"bundle {folder}: correction.json lists no feature_names")

@@ -45,7 +45,7 @@ class DomainModel:
 
     def check(self, tag_matrix: np.ndarray) -> tuple[float, str]:
         """(distance to the nearest training pool, its name) for a batch's tag matrix."""
-        from hybridpref.router.domain import batch_mean, distance
+        from hybridpref.predictor.domain import batch_mean, distance
 
         mean = batch_mean(tag_matrix, self.columns)
         best = min(((distance(self.distance_kind, mean, m), name) for name, m in self.pools.items()), key=lambda t: t[0])
@@ -61,10 +61,9 @@ class CorrectionRunner:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def probabilities(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(P(LM label wrong), P(one human label wrong)) per row, float64."""
-        x = np.asarray(features, dtype=np.float32)
-        return (np.asarray(self.model.p_lm_wrong(x), dtype=np.float64),
-                np.asarray(self.model.p_human_wrong(x), dtype=np.float64))
+        """(P(LM label wrong), P(one human label wrong)) per row, float64 (one onnxruntime call)."""
+        p = np.asarray(self.model.probabilities(np.asarray(features, dtype=np.float32)), dtype=np.float64)
+        return p[:, 0], p[:, 1]
 
 
 @dataclass(frozen=True)

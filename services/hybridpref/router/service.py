@@ -42,6 +42,7 @@ from hybridpref.router.model import RoutingModel
 from hybridpref.router.store import MemoryStore, SpillStore
 from hybridpref.router.summary import Summary, domain_check, summarize
 
+_ROUTE_TAKES_GAIN = "expected_gain" in __import__("inspect").signature(strategies.route).parameters
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
 JUDGE_SLICE = 1024
 
@@ -257,7 +258,7 @@ class RouterCore:
         inputs: dict = {"scorer": None if model is None else model.scorer}
         if judged is not None:
             inputs.update(judge_confidence=judged.batch.confidence, judge_inconsistent=judged.batch.inconsistent)
-            if judged.expected_gain is not None:
+            if judged.expected_gain is not None and _ROUTE_TAKES_GAIN:
                 inputs["expected_gain"] = judged.expected_gain
         return inputs
 
