@@ -237,3 +237,20 @@ def test_cli_prints_every_warning():
     text = stream.getvalue()
     assert "warning: out of domain: far away" in text and "warning: judge unsure" in text
     assert "0.7000 [0.6600, 0.7400] (90%)" in text and "not shown (batch independent)" in text
+
+
+def test_fast_explanations_match_the_reference_definition():
+    from hybridpref.router import strategies
+    from hybridpref.router.explain import top_tags
+    from hybridpref.router.scoring import QuadraticScorer
+
+    rng = np.random.default_rng(4)
+    tags = (rng.random((300, 90)) < 0.15).astype(np.uint8)
+    tags[:5] = 0  # rows without tags: padded
+    mask = rng.random(300) < 0.3
+    scorer = QuadraticScorer.random(90, seed=2)
+    idx, val = top_tags(scorer, tags, mask, 4)
+    ref_idx, ref_val = strategies.explain(scorer, tags, mask, 4)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(val, ref_val, rtol=1e-4, atol=1e-9)
+    assert (idx[:5] == -1).all()

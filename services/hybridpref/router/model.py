@@ -43,11 +43,11 @@ class DomainModel:
         return cls(str(domain.get("distance", "")), float(domain.get("threshold", math.inf)),
                    np.array([TAG_INDEX[n] for n in names]), pools)
 
-    def check(self, tag_matrix: np.ndarray) -> tuple[float, str]:
-        """(distance to the nearest training pool, its name) for a batch's tag matrix."""
-        from hybridpref.predictor.domain import batch_mean, distance
+    def check(self, tag_frequency: np.ndarray) -> tuple[float, str]:
+        """(distance to the nearest training pool, its name) for a batch's per-tag frequencies (V,)."""
+        from hybridpref.predictor.domain import distance
 
-        mean = batch_mean(tag_matrix, self.columns)
+        mean = np.asarray(tag_frequency, dtype=np.float64)[self.columns]
         best = min(((distance(self.distance_kind, mean, m), name) for name, m in self.pools.items()), key=lambda t: t[0])
         return float(best[0]), best[1]
 

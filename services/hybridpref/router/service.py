@@ -28,6 +28,7 @@ from hybridpref.common.settings import Settings
 from hybridpref.common.signals import JudgeSignals
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, TAG_NAMES
 from hybridpref.router import budget as budgets
+from hybridpref.router.budget import ResolvedBudget
 from hybridpref.router import strategies
 from hybridpref.router.backends import (
     JudgeBackend,
@@ -37,10 +38,11 @@ from hybridpref.router.backends import (
     TaggerBackend,
     judge_signals,
 )
+from hybridpref.router.explain import top_tags
 from hybridpref.router.limits import judge_violations
 from hybridpref.router.model import RoutingModel
 from hybridpref.router.store import MemoryStore, SpillStore
-from hybridpref.router.summary import Summary, domain_check, summarize
+from hybridpref.router.summary import Summary, column_totals, domain_check, summarize
 
 _ROUTE_TAKES_GAIN = "expected_gain" in __import__("inspect").signature(strategies.route).parameters
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
@@ -88,8 +90,8 @@ class RouteOutcome:
 
 
 @dataclass
-class _Judged:
-    """Everything the judge-first pass produced, rows in batch order."""
+class JudgeFirst:
+    """Everything the judge-first pass produced, rows in batch order (strategies that need judge signals)."""
 
     batch: JudgedBatch
     signals: JudgeSignals
@@ -187,12 +189,12 @@ class RouterCore:
         budget = budgets.resolve_budget(
             options.budget_kind, options.budget_value, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged)
         )
-        domain = domain_check(model, tagged.tag_matrix)
         with _timed(stages, "route"):
-            result = await self.executor.run(
-                strategies.route, strategy, tagged.tag_matrix, budget, **self._strategy_inputs(model, judged, domain),
-                seed=options.seed, simulated_candidates=options.simulated_candidates or 500, deadline=clock,
+            result, summary = await self.executor.run(
+                decide, model, strategy, tagged.tag_matrix, budget, judged, seed=options.seed,
+                simulated_candidates=options.simulated_candidates or 500, deadline=clock,
             )
+        summary.warnings[:0] = warnings
         decisions = await self.executor.run(_decisions, store.ids, result, budget)
         if judged is None:
             lm_rows = [i for i, d in enumerate(decisions) if not d.human]
@@ -204,10 +206,9 @@ class RouterCore:
             if judged.expected_gain is not None:
                 for d, g in zip(decisions, judged.expected_gain):
                     d.expected_gain = float(g)
-        with _timed(stages, "predict"):
-            summary = await self.executor.run(self._explain_and_summarize, model, tagged, result.human_mask, options, decisions,
-                                       domain, judged)
-        summary.warnings[:0] = warnings
+        if model is not None and model.scorer is not None and options.explain_top_k:
+            with _timed(stages, "explain"):
+                await self.executor.run(_explain, model, tagged.tag_matrix, result.human_mask, options.explain_top_k, decisions)
         self._count(decisions, strategy)
         return RouteOutcome(
             decisions=decisions, strategy=strategy, bundle_version="" if model is None else model.bundle_version,
@@ -235,7 +236,7 @@ class RouterCore:
             return None
 
     async def _judge_first(self, store, tagged: TaggedBatch, model: RoutingModel | None, options: RouteOptions,
-                           clock: Deadline) -> _Judged:
+                           clock: Deadline) -> JudgeFirst:
         """Judge every row, one slice at a time: signals and, with a correction model, P(wrong) per row."""
         batches, signals, p_lm, p_h = [], [], [], []
         for start in range(0, len(store), JUDGE_SLICE):
@@ -250,17 +251,7 @@ class RouterCore:
                 p_lm.append(lm)
                 p_h.append(hu)
         p_wrong = (np.concatenate(p_lm), np.concatenate(p_h)) if p_lm else None
-        return _Judged(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong)
-
-    @staticmethod
-    def _strategy_inputs(model: RoutingModel | None, judged: _Judged | None, domain) -> dict:
-        """Keyword arguments of ``strategies.route`` from the model and the judge-first pass."""
-        inputs: dict = {"scorer": None if model is None else model.scorer}
-        if judged is not None:
-            inputs.update(judge_confidence=judged.batch.confidence, judge_inconsistent=judged.batch.inconsistent)
-            if judged.expected_gain is not None and _ROUTE_TAKES_GAIN:
-                inputs["expected_gain"] = judged.expected_gain
-        return inputs
+        return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong)
 
     async def _judge_rows(self, store, rows: list[int], options: RouteOptions, clock: Deadline) -> JudgedBatch:
         """Judge ``rows`` of the store, reading instances back one slice at a time (off the loop)."""
@@ -276,21 +267,37 @@ class RouterCore:
             replay_judge=options.replay_judge, seed=options.seed, timeout=timeout,
         )
 
-    @staticmethod
-    def _explain_and_summarize(model: RoutingModel | None, tagged: TaggedBatch, mask: np.ndarray, options: RouteOptions,
-                               decisions: list[Decision], domain, judged: _Judged | None) -> Summary:
-        """Top tags of every instance's PPM gain (in process) and the batch summary."""
-        if model is not None and model.scorer is not None and options.explain_top_k:
-            idx, val = strategies.explain(model.scorer, tagged.tag_matrix, mask, options.explain_top_k)
-            for d, row_idx, row_val in zip(decisions, idx, val):
-                d.top_tags = [(TAG_NAMES[j], float(v)) for j, v in zip(row_idx, row_val) if j >= 0]
-        return summarize(model, tagged.tag_matrix, mask, domain=domain, p_wrong=None if judged is None else judged.p_wrong,
-                         signals=None if judged is None else judged.signals)
-
     def _count(self, decisions: list[Decision], strategy: str) -> None:
         humans = sum(d.human for d in decisions)
         self.metrics.routed.labels("HUMAN", strategy).inc(humans)
         self.metrics.routed.labels("LM", strategy).inc(len(decisions) - humans)
+
+
+def decide(
+    model: RoutingModel | None, strategy: str, tag_matrix: np.ndarray, budget: ResolvedBudget, judged: JudgeFirst | None,
+    *, seed: int, simulated_candidates: int = 500, deadline: Deadline | float | None = None,
+) -> tuple[strategies.RoutingResult, Summary]:
+    """The routing decision and its summary, in process: what the service runs after tagging and the
+    judge-first pass, and what ``benchmarks/bench_router_scale.py`` times. ``strategy`` "" = default."""
+    totals = column_totals(tag_matrix)
+    domain = domain_check(model, tag_matrix, totals)
+    inputs: dict = {"scorer": None if model is None else model.scorer}
+    if judged is not None:
+        inputs.update(judge_confidence=judged.batch.confidence, judge_inconsistent=judged.batch.inconsistent)
+        if judged.expected_gain is not None and _ROUTE_TAKES_GAIN:
+            inputs["expected_gain"] = judged.expected_gain
+    result = strategies.route(strategy, tag_matrix, budget, seed=seed, simulated_candidates=simulated_candidates,
+                              deadline=deadline, **inputs)
+    summary = summarize(model, tag_matrix, result.human_mask, domain=domain, totals=totals,
+                        p_wrong=None if judged is None else judged.p_wrong, signals=None if judged is None else judged.signals)
+    return result, summary
+
+
+def _explain(model: RoutingModel, tag_matrix: np.ndarray, mask: np.ndarray, top_k: int, decisions: list[Decision]) -> None:
+    """Top tags of every instance's PPM gain against the chosen mix (in process)."""
+    idx, val = top_tags(model.scorer, tag_matrix, mask, top_k)  # type: ignore[arg-type]
+    for d, row_idx, row_val in zip(decisions, idx, val):
+        d.top_tags = [(TAG_NAMES[j], float(v)) for j, v in zip(row_idx, row_val) if j >= 0]
 
 
 def _decisions(ids: Sequence[str], result, budget) -> list[Decision]:

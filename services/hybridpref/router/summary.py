@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from hybridpref.common.signals import JudgeSignals
 from hybridpref.router.model import RoutingModel
@@ -33,6 +34,7 @@ MIXES = ("chosen", "all_human", "all_lm", "random")
 # a judge is "unsure" on a pair when it flipped across orders, gave no side, or its p_a is within this of 0.5
 UNSURE_MARGIN = 0.15
 UNSURE_SHARE = 0.5
+COV_SAMPLE = 65_536
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,17 @@ class Summary:
     warnings: list[str] = field(default_factory=list)
 
 
-def domain_check(model: RoutingModel | None, tag_matrix: np.ndarray) -> DomainResult | None:
+def column_totals(tag_matrix: np.ndarray) -> np.ndarray:
+    """Per-tag instance counts of the batch (the all-human mix) -> (V,) float64; one pass over uint8."""
+    return np.asarray(tag_matrix).sum(axis=0, dtype=np.int64).astype(np.float64)
+
+
+def domain_check(model: RoutingModel | None, tag_matrix: np.ndarray, totals: np.ndarray | None = None) -> DomainResult | None:
     """Distance of the batch to the bundle's training pools; None without domain statistics."""
     if model is None or model.domain is None or len(tag_matrix) == 0:
         return None
-    dist, nearest = model.domain.check(tag_matrix)
+    totals = column_totals(tag_matrix) if totals is None else totals
+    dist, nearest = model.domain.check(totals / len(tag_matrix))
     return DomainResult(dist, model.domain.threshold, bool(dist <= model.domain.threshold), nearest, model.domain.distance_kind)
 
 
@@ -85,6 +93,7 @@ def summarize(
     p_wrong: tuple[np.ndarray, np.ndarray] | None,
     signals: JudgeSignals | None,
     level: float = INTERVAL_LEVEL,
+    totals: np.ndarray | None = None,
 ) -> Summary:
     """The summary of one routing; ``p_wrong`` = (P(LM wrong), P(human wrong)) per instance when computed."""
     n = len(tag_matrix)
@@ -94,13 +103,14 @@ def summarize(
     out = Summary(level=level, domain=domain)
     counts = {"chosen": m, "all_human": n, "all_lm": 0, "random": m}
     out.mixes = [MixPrediction(name, counts[name]) for name in MIXES]
-    _scores(out, model, tag_matrix, mask, z)
+    with threadpool_limits(limits=1, user_api="blas"):  # small products: BLAS threads would only contend
+        _scores(out, model, tag_matrix, mask, z, column_totals(tag_matrix) if totals is None else totals)
     _corrections(out, p_wrong, mask, z)
     out.warnings.extend(_warnings(out, model, p_wrong, signals))
     return out
 
 
-def _scores(out: Summary, model: RoutingModel | None, tags: np.ndarray, mask: np.ndarray, z: float) -> None:
+def _scores(out: Summary, model: RoutingModel | None, tags: np.ndarray, mask: np.ndarray, z: float, totals: np.ndarray) -> None:
     note = ""
     if model is None:
         note = "no_predictor"
@@ -114,10 +124,7 @@ def _scores(out: Summary, model: RoutingModel | None, tags: np.ndarray, mask: np
         for mix in out.mixes:
             mix.score_note = note or "empty_batch"
         return
-    from hybridpref.router.strategies import predicted_baselines
-
-    scorer: QuadraticScorer = model.scorer  # type: ignore[assignment]
-    values = predicted_baselines(scorer, tags, mask, seed=0)  # exact expectation for "random": no seed used
+    values = ppm_values(model.scorer, tags, mask, totals)  # type: ignore[arg-type]
     half = z * float(model.residual_std)  # type: ignore[arg-type]
     for mix in out.mixes:
         if mix.mix == "all_lm":
@@ -125,6 +132,27 @@ def _scores(out: Summary, model: RoutingModel | None, tags: np.ndarray, mask: np
             continue
         v = float(values[mix.mix])
         mix.score = Estimate(v, v - half, v + half)
+
+
+def ppm_values(scorer: QuadraticScorer, tags: np.ndarray, mask: np.ndarray, totals: np.ndarray) -> dict[str, float]:
+    """PPM scores of the chosen mix, all-human and the expected score of uniform random mixes of the
+    same size: ``f(E x) + tr(Q Cov x)`` with ``Cov c = m (n - m) / (n - 1) * S`` (sampling without
+    replacement; S = covariance of the tag rows). The covariance term is O(1/n); for batches above
+    ``COV_SAMPLE`` rows S is estimated on a fixed-seed sample of that many rows (one pass less over n)."""
+    n, m = len(tags), int(mask.sum())
+    chosen = np.asarray(tags[mask]).sum(axis=0, dtype=np.int64).astype(np.float64)
+    scores = scorer.score(np.vstack([chosen, totals]), n)
+    b, w, q = scorer.quadratic_form()
+    mean_row = totals / n
+    mean_x = mean_row * m / n
+    random = float(b + w @ mean_x + mean_x @ q @ mean_x)
+    if n > 1 and 0 < m < n:
+        rows = tags if n <= COV_SAMPLE else tags[np.sort(np.random.default_rng(0).choice(n, COV_SAMPLE, replace=False))]
+        block = np.asarray(rows, dtype=np.float32)
+        sample_mean = block.mean(axis=0, dtype=np.float64)
+        pop_cov = (block.T @ block).astype(np.float64) / len(block) - np.outer(sample_mean, sample_mean)
+        random += float(np.sum(q * pop_cov) * (m * (n - m) / (n - 1)) / n**2)
+    return {"chosen": float(scores[0]), "all_human": float(scores[1]), "random": random}
 
 
 def _corrections(out: Summary, p_wrong: tuple[np.ndarray, np.ndarray] | None, mask: np.ndarray, z: float) -> None:
