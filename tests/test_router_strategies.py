@@ -12,6 +12,8 @@ from hybridpref.common.errors import DeadlineExceeded, InvalidInput, NotReady
 from hybridpref.router.budget import resolve_budget
 from hybridpref.router.scoring import QuadraticScorer, ScoreOnlyScorer, mix_counts
 from hybridpref.router.strategies import (
+    DEFAULT_STRATEGY,
+    NEEDS_EXPECTED_GAIN,
     STRATEGIES,
     explain,
     GreedyOptions,
@@ -44,6 +46,8 @@ def judge_signals(n: int) -> tuple[np.ndarray, np.ndarray]:
 def run(strategy: str, tags: np.ndarray, budget, scorer, seed: int = 0, **kw):
     if needs_judge_first(strategy) and "judge_confidence" not in kw:
         kw["judge_confidence"], kw["judge_inconsistent"] = judge_signals(len(tags))
+    if strategy in NEEDS_EXPECTED_GAIN and "expected_gain" not in kw:
+        kw["expected_gain"] = np.random.default_rng(len(tags)).random(len(tags)) * 0.5
     return route(strategy, tags, budget, scorer=scorer, seed=seed, **kw)
 
 
@@ -286,7 +290,10 @@ def test_errors_name_what_to_fix(one_tag_case) -> None:
 
 def test_empty_strategy_means_the_default(one_tag_case) -> None:
     tags, scorer = one_tag_case
-    assert route("", tags, count_budget(12, 3), scorer=scorer, seed=0).strategy == "greedy"
+    gain = np.linspace(0, 0.5, 12)
+    result = route("", tags, count_budget(12, 3), scorer=scorer, seed=0, expected_gain=gain)
+    assert result.strategy == DEFAULT_STRATEGY == "hybrid"
+    assert sorted(np.flatnonzero(result.human_mask)) == [9, 10, 11]
 
 
 # ----------------------------------------------------------- summary helpers
@@ -374,3 +381,82 @@ def test_greedy_through_a_score_only_scorer_respects_cost_and_auto(kind: str, va
         assert far.gains[~far.human_mask].max() <= 1e-12
         local = run("greedy", tags, budget, quad)
         assert far.predicted_score == pytest.approx(local.predicted_score, abs=0.01)
+
+
+# ----------------------------------------------------------- expected gain, judge doubt, hybrid
+
+
+def _signals(label, flip=None, agreement=None, p_a=None):
+    from hybridpref.common.signals import JudgeSignals
+
+    n = len(label)
+    return JudgeSignals(np.asarray(label, dtype=np.int8), np.full(n, np.nan) if p_a is None else np.asarray(p_a, dtype=float),
+                        np.zeros(n, dtype=bool) if flip is None else np.asarray(flip, dtype=bool),
+                        np.full(n, np.nan) if agreement is None else np.asarray(agreement, dtype=float))
+
+
+def test_expected_gain_routes_the_largest_gain_per_unit_cost() -> None:
+    tags = np.zeros((6, 3), dtype=np.uint8)
+    gain = np.array([0.05, 0.6, 0.3, -0.1, 0.3, 0.02])
+    result = route("expected_gain", tags, count_budget(6, 2), scorer=None, seed=0, expected_gain=gain)
+    assert sorted(np.flatnonzero(result.human_mask)) in ([1, 2], [1, 4])
+    assert np.array_equal(result.gains, gain)
+    # cost budget: instance 1 costs 10x, so two cheap 0.3s beat it per unit cost
+    costs = np.array([1, 10, 1, 1, 1, 1.0])
+    cost_budget = resolve_budget("cost", 2.0, 6, costs)
+    result = route("expected_gain", tags, cost_budget, scorer=None, seed=0, expected_gain=gain)
+    assert sorted(np.flatnonzero(result.human_mask)) == [2, 4]
+    auto = route("expected_gain", tags, resolve_budget("auto", True, 6, None), scorer=None, seed=0, expected_gain=gain)
+    assert sorted(np.flatnonzero(auto.human_mask)) == [1, 2, 4]  # gain > 0.1 per unit cost
+    with pytest.raises(NotReady):
+        route("expected_gain", tags, count_budget(6, 2), scorer=None, seed=0)
+    with pytest.raises(InvalidInput):
+        route("expected_gain", tags, count_budget(6, 2), scorer=None, seed=0, expected_gain=gain[:3])
+
+
+def test_expected_gain_ties_are_seeded_not_positional() -> None:
+    tags = np.zeros((200, 2), dtype=np.uint8)
+    gain = np.full(200, 0.2)
+    picks = [np.flatnonzero(route("expected_gain", tags, count_budget(200, 20), scorer=None, seed=s, expected_gain=gain).human_mask)
+             for s in (0, 0, 1)]
+    assert np.array_equal(picks[0], picks[1]) and not np.array_equal(picks[0], picks[2])
+    assert picks[0].max() > 100  # not the first 20 rows
+
+
+def test_judge_doubt_orders_no_verdict_then_disagreement_then_confidence() -> None:
+    tags = np.zeros((5, 2), dtype=np.uint8)
+    sig = _signals([1, 0, -1, 1, 1], flip=[0, 0, 0, 1, 0], agreement=[1.0, 1.0, 0.2, 1.0, 0.6], p_a=[0.9, np.nan, 0.1, 0.6, 0.8])
+    result = route("judge_doubt", tags, count_budget(5, 3), scorer=None, seed=0, signals=sig)
+    assert sorted(np.flatnonzero(result.human_mask)) == [1, 2, 3]  # no verdict, flip, then agreement 0.2
+    assert result.gains[1] == 1.0 and result.gains[3] == 1.0 and result.gains[4] == pytest.approx(0.9 * 0.4)
+    one = route("judge_doubt", tags, count_budget(5, 1), scorer=None, seed=0, signals=_signals([1, 1, 1, 1, 1], p_a=[0.9, 0.5, 0.99, 0.8, 0.7]))
+    assert np.flatnonzero(one.human_mask).tolist() == [1]
+
+
+def test_judge_aware_uses_real_signals_not_topk() -> None:
+    """One verdict per pair used to give confidence 1 everywhere, so judge_aware = topk; with the
+    signals a no-verdict instance goes first even when its PPM gain is the lowest."""
+    tags = one_hot(4, 2, {0: [0, 1, 2]})
+    scorer = QuadraticScorer(0.5, np.array([1.0, 0.0]))
+    sig = _signals([1, 1, 1, 0])
+    result = route("judge_aware", tags, count_budget(4, 1), scorer=scorer, seed=0, signals=sig,
+                   judge_aware=None)
+    topk = route("topk", tags, count_budget(4, 1), scorer=scorer, seed=0)
+    assert np.flatnonzero(result.human_mask).tolist() == [3]
+    assert not np.array_equal(result.human_mask, topk.human_mask)
+
+
+def test_hybrid_uses_the_ppm_only_as_an_in_domain_tie_breaker() -> None:
+    tags = one_hot(6, 2, {0: [4, 5]})
+    scorer = QuadraticScorer(0.5, np.array([1.0, 0.0]))
+    gain = np.array([0.5, 0.2, 0.2, 0.2, 0.2, 0.2])
+    in_domain = route("hybrid", tags, count_budget(6, 2), scorer=scorer, seed=0, expected_gain=gain, ppm_in_domain=True)
+    assert sorted(np.flatnonzero(in_domain.human_mask)) in ([0, 4], [0, 5])  # the tie among 0.2s goes to the PPM's tag
+    assert in_domain.info["ppm_tie_breaker"] == 1.0
+    for seed in range(5):
+        out = route("hybrid", tags, count_budget(6, 2), scorer=scorer, seed=seed, expected_gain=gain, ppm_in_domain=False)
+        eg = route("expected_gain", tags, count_budget(6, 2), scorer=None, seed=seed, expected_gain=gain)
+        assert np.array_equal(out.human_mask, eg.human_mask) and out.info["ppm_tie_breaker"] == 0.0
+    big = np.where(np.arange(6) == 1, 0.9, gain)  # a distinct expected gain always beats the PPM
+    assert 1 in np.flatnonzero(route("hybrid", tags, count_budget(6, 1), scorer=scorer, seed=0, expected_gain=big, ppm_in_domain=True).human_mask)
+    assert DEFAULT_STRATEGY == "hybrid" and needs_judge_first("hybrid") and not needs_predictor("hybrid")

@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 
 MODEL_VERSION = "correction/1"
 SIGNAL_FEATURES: tuple[str, ...] = (
-    "lm_no_verdict", "order_flip", "agreement", "agreement_missing", "p_confidence", "p_missing", "lm_picked_a",
+    "lm_no_verdict", "order_flip", "agreement", "agreement_missing", "no_other_agrees", "p_confidence", "p_missing",
+    "lm_picked_a",
 )
 TEXT_FEATURES: tuple[str, ...] = (
     "lm_picked_longer", "lm_picked_shorter", "abs_log_len_ratio", "log_len_shorter", "log_len_longer",
@@ -105,6 +106,7 @@ def correction_features(
     out[:, col["order_flip"]] = np.asarray(signals.order_flip, dtype=bool)
     out[:, col["agreement"]] = np.where(np.isnan(agreement), NEUTRAL_AGREEMENT, agreement)
     out[:, col["agreement_missing"]] = np.isnan(agreement)
+    out[:, col["no_other_agrees"]] = np.nan_to_num(agreement, nan=1.0) == 0.0  # every other judge said otherwise
     out[:, col["p_confidence"]] = np.where(np.isnan(p_a), 0.0, np.abs(2.0 * np.nan_to_num(p_a) - 1.0))
     out[:, col["p_missing"]] = np.isnan(p_a)
     out[:, col["lm_picked_a"]] = label == 1
@@ -349,8 +351,10 @@ class CorrectionModel:
 
 
 # The feature set served by default (measured leave-one-pool-out in benchmarks/correction_study.py).
-DEFAULT_COLUMNS: tuple[str, ...] = ("lm_no_verdict", "order_flip", "agreement", "agreement_missing", "p_confidence",
-                                    "p_missing", "word_overlap", "log_len_shorter")
+# The raw agreement share and the length-direction features hurt transfer (their effect flips sign
+# between pools: LLMBar-Adversarial rewards the shorter response, other judges there are fooled alike).
+DEFAULT_COLUMNS: tuple[str, ...] = ("lm_no_verdict", "order_flip", "no_other_agrees", "p_confidence", "p_missing",
+                                    "word_overlap", "log_len_shorter")
 
 
 @dataclass

@@ -7,13 +7,19 @@ Inputs every strategy sees (:class:`RoutingContext`):
 * ``budget``: a :class:`~hybridpref.router.budget.ResolvedBudget` (count, cost or auto);
 * ``scorer``: a :class:`~hybridpref.router.scoring.MixScorer` (the PPM), ``pool_size = n``;
 * ``seed``: every random choice derives from it; same inputs + seed = same decisions;
-* judge signals (judge-aware only): ``judge_confidence`` (n,) in [0, 1] and
-  ``judge_inconsistent`` (n,) bool.
+* judge signals: ``signals`` (:class:`~hybridpref.common.signals.JudgeSignals`: label, p_a,
+  order flip, agreement with other judges) and/or the older ``judge_confidence`` (n,) in [0, 1]
+  and ``judge_inconsistent`` (n,) bool;
+* ``expected_gain`` (n,): expected label corrections per human label, from the bundle's
+  expected-correction model (:mod:`hybridpref.predictor.correction`);
+* ``ppm_in_domain``: whether the batch is in the PPM's training domain (``domain.json``).
 
 Strategies (see :data:`STRATEGIES`): ``all_human``, ``all_lm``, ``random`` (baselines);
 ``topk``, ``simulated``, ``optimal_pos`` (the paper); ``greedy`` (marginal gain under the
-quadratic PPM, re-evaluated as the mix grows); ``judge_aware`` (PPM gain plus the judge's
-doubt). Call :func:`route`; for the response use :func:`predicted_baselines` (summary scores)
+quadratic PPM, re-evaluated as the mix grows); ``expected_gain`` (expected corrections per unit
+of human cost); ``judge_doubt`` (the judge's own signals only); ``hybrid`` (expected gain, the
+PPM's gain breaking ties when the batch is in the PPM's domain; :data:`DEFAULT_STRATEGY`);
+``judge_aware`` (PPM gain rank plus the judge's doubt from its real signals). Call :func:`route`; for the response use :func:`predicted_baselines` (summary scores)
 and :func:`explain` (top tags per instance).
 
 Budgets per strategy:
@@ -22,8 +28,11 @@ Budgets per strategy:
 * cost: instances in the strategy's order (gain per unit cost for predictor strategies) while
   they fit, skipping the ones that do not (greedy knapsack fill); the total never exceeds it;
 * auto: ``topk``/``optimal_pos`` route every positive solo gain, ``greedy`` stops when no
-  marginal gain is positive, ``judge_aware`` routes the judge's doubts (see
-  :class:`JudgeAwareOptions`); ``random``/``simulated`` reject it (``InvalidInput``);
+  marginal gain is positive, ``judge_aware``/``judge_doubt`` route the judge's doubts (see
+  :class:`JudgeAwareOptions`), ``expected_gain``/``hybrid`` route every instance whose expected
+  gain per unit cost exceeds ``ExpectedGainOptions.auto_threshold`` (a human label is worth buying
+  when it is expected to fix at least that many labels per unit of cost; costs are normalised to
+  mean 1); ``random``/``simulated`` reject it (``InvalidInput``);
 * ``all_human``/``all_lm`` ignore the budget (they are the reference points).
 """
 
@@ -40,6 +49,7 @@ from threadpoolctl import threadpool_limits
 
 from hybridpref.common.deadline import Deadline
 from hybridpref.common.errors import DeadlineExceeded, FieldViolation, InvalidInput, NotReady
+from hybridpref.common.signals import JudgeSignals
 from hybridpref.router.budget import ResolvedBudget
 from hybridpref.router.packed import PackedTags
 from hybridpref.router.scoring import CHUNK_ROWS, MixScorer, mix_counts, unique_rows
@@ -101,6 +111,20 @@ class JudgeAwareOptions:
 
 
 @dataclass
+class ExpectedGainOptions:
+    """Knobs of ``expected_gain`` / ``hybrid``.
+
+    ``auto_threshold``: under an auto budget, route an instance when its expected corrections per
+    unit of (mean-normalised) human cost exceed this; 0.1 = buy a label when it fixes one LM label
+    in ten, on average, at the batch's mean cost. ``tie_scale``: size of the tie-breaker (a rank in
+    [0, 1] times this), small enough never to reorder distinct expected gains of a calibrated model.
+    """
+
+    auto_threshold: float = 0.1
+    tie_scale: float = 1e-6
+
+
+@dataclass
 class RoutingContext:
     tags: np.ndarray
     budget: ResolvedBudget
@@ -115,6 +139,10 @@ class RoutingContext:
     # The call's Deadline (expiry and cancellation), or a time.monotonic() instant; work stops after it.
     deadline: Deadline | float | None = None
     info: dict[str, float] = field(default_factory=dict)  # strategy diagnostics -> RoutingResult.info
+    expected_gain: np.ndarray | None = None
+    signals: JudgeSignals | None = None
+    ppm_in_domain: bool = False
+    expected_gain_options: ExpectedGainOptions = field(default_factory=ExpectedGainOptions)
 
     @property
     def n(self) -> int:
@@ -391,7 +419,7 @@ def _judge_aware(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
     instances. Works without a scorer (then the judge's doubt alone decides).
     """
     opts = ctx.judge_aware
-    doubt = judge_doubt(ctx.judge_confidence, ctx.judge_inconsistent, opts.inconsistent_doubt)
+    doubt = _doubt(ctx)
     gains = _static_gains(ctx) if ctx.scorer is not None else np.zeros(ctx.n)
     if ctx.budget.kind == "auto":
         mask = doubt >= opts.auto_doubt
@@ -402,6 +430,83 @@ def _judge_aware(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
     weight = opts.judge_weight if ctx.scorer is not None else 1.0
     priority = (1.0 - weight) * gain_rank + weight * doubt
     return _select_by_gain(ctx, priority), gains
+
+
+# ---------------------------------------------------------------- expected correction
+
+
+def _expected_gain(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
+    """Route by expected label corrections per unit of human cost (the correction model's
+    ``p_lm_wrong - p_human_wrong``); ties broken by a seeded random rank. Returns the expected
+    gains as ``gains``."""
+    gain = _require_expected_gain(ctx)
+    tie = ctx.rng(11).permutation(ctx.n) / max(1, ctx.n - 1)
+    return _route_by_expected(ctx, gain, tie), gain
+
+
+def _hybrid(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
+    """The default: ``expected_gain``, with the PPM's solo gain (percentile rank) breaking ties when
+    a scorer is given and ``ppm_in_domain``; otherwise exactly ``expected_gain``. The PPM never
+    overrides a distinct expected gain: cross-pool it did not transfer (DESIGN.md section 7)."""
+    gain = _require_expected_gain(ctx)
+    if ctx.scorer is not None and ctx.ppm_in_domain:
+        tie = _percentile_rank(_static_gains(ctx))
+        ctx.info["ppm_tie_breaker"] = 1.0
+    else:
+        tie = ctx.rng(11).permutation(ctx.n) / max(1, ctx.n - 1)
+        ctx.info["ppm_tie_breaker"] = 0.0
+    return _route_by_expected(ctx, gain, tie), gain
+
+
+def _route_by_expected(ctx: RoutingContext, gain: np.ndarray, tie: np.ndarray) -> np.ndarray:
+    opts = ctx.expected_gain_options
+    priority = gain + opts.tie_scale * tie
+    if ctx.budget.kind == "auto":
+        costs = ctx.budget.costs
+        rel = gain if costs is None else gain / (np.asarray(costs, dtype=np.float64) / max(float(np.mean(costs)), 1e-12))
+        return rel > opts.auto_threshold
+    return _select_by_gain(ctx, priority)
+
+
+def _judge_doubt(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
+    """Route where the judge doubts itself most (:func:`signal_doubt`; no predictor, no model):
+    no verdict or an order flip first, then disagreement between several judges, then low
+    confidence. Ties broken by a seeded random rank; under auto budgets, doubt >= ``auto_doubt``."""
+    doubt = _doubt(ctx)
+    if ctx.budget.kind == "auto":
+        return doubt >= ctx.judge_aware.auto_doubt, doubt
+    tie = ctx.rng(12).permutation(ctx.n) / max(1, ctx.n - 1)
+    return _select_by_gain(ctx, doubt + 1e-6 * tie), doubt
+
+
+def signal_doubt(signals: JudgeSignals) -> np.ndarray:
+    """Doubt in the LM label from the judge's signals -> (n,) float64 in [0, 1].
+
+    1 where the judge gave no verdict (tie, unparsed) or flipped with the presentation order;
+    otherwise the largest of ``1 - agreement`` with other judges (when recorded) and
+    ``1 - |2 p_a - 1|`` (when the judge gives a probability), scaled to [0, 0.9] so a verdict never
+    outranks a missing one; 0 when neither is known.
+    """
+    label = np.asarray(signals.label)
+    agreement = np.asarray(signals.agreement, dtype=np.float64)
+    p_a = np.asarray(signals.p_a, dtype=np.float64)
+    disagree = np.where(np.isnan(agreement), 0.0, 1.0 - np.nan_to_num(agreement, nan=1.0))
+    unsure = np.where(np.isnan(p_a), 0.0, 1.0 - np.abs(2.0 * np.nan_to_num(p_a, nan=0.5) - 1.0))
+    doubt = 0.9 * np.clip(np.maximum(disagree, unsure), 0.0, 1.0)
+    return np.where((label == 0) | np.asarray(signals.order_flip, dtype=bool), 1.0, doubt)
+
+
+def _doubt(ctx: RoutingContext) -> np.ndarray:
+    """The judge's doubt: from ``signals`` when given, else from confidence / inconsistency."""
+    if ctx.signals is not None:
+        return signal_doubt(ctx.signals)
+    return judge_doubt(ctx.judge_confidence, ctx.judge_inconsistent, ctx.judge_aware.inconsistent_doubt)
+
+
+def _require_expected_gain(ctx: RoutingContext) -> np.ndarray:
+    if ctx.expected_gain is None:
+        raise NotReady("this strategy needs the expected-correction model's gains (a bundle with correction.onnx and the judge's signals)")
+    return np.asarray(ctx.expected_gain, dtype=np.float64)
 
 
 def judge_doubt(confidence: np.ndarray, inconsistent: np.ndarray | None, inconsistent_doubt: float = 0.75) -> np.ndarray:
@@ -497,10 +602,16 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("simulated", _simulated, True, False, "paper: best of N tag-walk candidate mixes at the budget"),
         StrategySpec("optimal_pos", _optimal_pos, True, False, "paper: every instance with a positive solo gain"),
         StrategySpec("greedy", _greedy, True, False, "marginal gain under the quadratic PPM, re-evaluated as the mix grows"),
-        StrategySpec("judge_aware", _judge_aware, False, True, "PPM gain rank plus the judge's doubt (low confidence, order flips)"),
+        StrategySpec("judge_aware", _judge_aware, False, True, "PPM gain rank plus the judge's doubt (its real signals: no verdict, order flips, disagreement, confidence)"),
+        StrategySpec("expected_gain", _expected_gain, False, True, "expected label corrections per unit of human cost (expected-correction model)"),
+        StrategySpec("judge_doubt", _judge_doubt, False, True, "the judge's own doubt: no verdict / order flip, disagreement between judges, low confidence"),
+        StrategySpec("hybrid", _hybrid, False, True, "expected_gain, the PPM's gain breaking ties when the batch is in the PPM's domain"),
     )
 }
-DEFAULT_STRATEGY = "greedy"
+# Chosen by the cross-pool evaluation (docs/EVALUATION.md).
+DEFAULT_STRATEGY = "hybrid"
+# Strategies that read the expected-correction model's gains (RoutingContext.expected_gain).
+NEEDS_EXPECTED_GAIN = frozenset({"expected_gain", "hybrid"})
 
 
 def needs_predictor(strategy: str) -> bool:
@@ -534,6 +645,10 @@ def route(
     greedy: GreedyOptions | None = None,
     judge_aware: JudgeAwareOptions | None = None,
     deadline: Deadline | float | None = None,
+    expected_gain: np.ndarray | None = None,
+    signals: JudgeSignals | None = None,
+    ppm_in_domain: bool = False,
+    expected_gain_options: ExpectedGainOptions | None = None,
 ) -> RoutingResult:
     """Route a batch: decide, per instance, human (True) or LM (False).
 
@@ -551,14 +666,17 @@ def route(
         raise NotReady(f"strategy {spec.name!r} needs the predictor (no model bundle loaded or predictor unreachable)")
     if scorer is not None:
         _check_width(scorer, tags.shape[1])
-    if spec.needs_judge_first:
-        _check_judge(judge_confidence, judge_inconsistent, len(tags))
+    if spec.name in NEEDS_EXPECTED_GAIN:
+        _check_expected_gain(expected_gain, len(tags))
+    elif spec.needs_judge_first:
+        _check_judge(judge_confidence, judge_inconsistent, len(tags), signals)
     if simulated_sampler not in ("tag_walk", "uniform"):
         raise InvalidInput(FieldViolation("simulated_sampler", f"use 'tag_walk' or 'uniform', got {simulated_sampler!r}"))
     ctx = RoutingContext(
         tags, budget, scorer, int(seed), judge_confidence, judge_inconsistent,
         int(simulated_candidates) or 500, simulated_sampler, greedy or GreedyOptions(),
-        judge_aware or JudgeAwareOptions(), deadline,
+        judge_aware or JudgeAwareOptions(), deadline, expected_gain=expected_gain, signals=signals,
+        ppm_in_domain=bool(ppm_in_domain), expected_gain_options=expected_gain_options or ExpectedGainOptions(),
     )
     with _one_blas_thread():
         mask, gains = spec.fn(ctx)
@@ -598,9 +716,21 @@ def _check_width(scorer: MixScorer, width: int) -> None:
         raise InvalidInput(FieldViolation("tag_matrix", f"has {width} tag columns; the predictor reads {expected}"))
 
 
-def _check_judge(confidence: np.ndarray | None, inconsistent: np.ndarray | None, n: int) -> None:
+def _check_expected_gain(gain: np.ndarray | None, n: int) -> None:
+    if gain is None:
+        raise NotReady("this strategy needs the expected-correction model's gains for every instance (bundle with correction.onnx; run the judge first)")
+    g = np.asarray(gain, dtype=np.float64)
+    if g.shape != (n,) or not np.isfinite(g).all() or (np.abs(g) > 1).any():
+        raise InvalidInput(FieldViolation("expected_gain", f"expected ({n},) finite values in [-1, 1]"))
+
+
+def _check_judge(confidence: np.ndarray | None, inconsistent: np.ndarray | None, n: int, signals: JudgeSignals | None = None) -> None:
+    if signals is not None:
+        if len(signals) != n:
+            raise InvalidInput(FieldViolation("signals", f"{len(signals)} rows for {n} instances"))
+        return
     if confidence is None:
-        raise NotReady("the judge_aware strategy needs the judge's confidence for every instance; run the judge first")
+        raise NotReady("this strategy needs the judge's signals (or confidence) for every instance; run the judge first")
     conf = np.asarray(confidence, dtype=np.float64)
     if conf.shape != (n,) or not np.isfinite(conf).all() or (conf < 0).any() or (conf > 1).any():
         raise InvalidInput(FieldViolation("judge_confidence", f"expected ({n},) values in [0, 1]"))
