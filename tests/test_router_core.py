@@ -104,9 +104,12 @@ def test_core_has_no_grpc():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
-def test_judge_first_strategy_gets_expected_gain_and_honest_summary(background_loop, tagger, bundle, sample):
+def test_default_strategy_judges_first_and_summarises_honestly(background_loop, tagger, bundle, sample):
+    from hybridpref.router.strategies import DEFAULT_STRATEGY
+
     core = make_core(tagger, bundle)
-    out = route(background_loop, core, sample, "judge_aware")
+    out = route(background_loop, core, sample, "")
+    assert out.strategy == DEFAULT_STRATEGY
     s = out.summary
     gains = np.array([d.expected_gain for d in out.decisions])
     assert np.isfinite(gains).all() and gains.std() > 0  # the correction model ran on every row
@@ -125,7 +128,10 @@ def test_judge_first_strategy_gets_expected_gain_and_honest_summary(background_l
     for m in s.mixes[:2]:
         assert m.corrections.low < m.corrections.value < m.corrections.high
     assert s.domain is not None and s.domain.in_domain and s.domain.nearest_pool == "sample"
-    assert not any("out of domain" in w for w in s.warnings)
+    assert not any("out of domain" in w or "outside its domain" in w for w in s.warnings)
+    # expected_gain routes the largest expected corrections: the routed ones are the top of the list
+    routed = sorted((d.expected_gain for d in chosen), reverse=True)
+    assert min(routed) >= sorted(gains, reverse=True)[len(chosen) - 1] - 1e-6
     assert all(d.top_tags for d in out.decisions)  # explanations computed in process
     assert out.bundle_version == Predictor(bundle).info().bundle_version
 
@@ -155,10 +161,11 @@ def _costs(tagger, sample):
 
 def test_off_domain_batch_is_flagged(background_loop, tagger, bundle):
     core = make_core(tagger, bundle)
-    out = route(background_loop, core, read_jsonl(str(OFF_DOMAIN)), "judge_aware", budget=0.5)
+    out = route(background_loop, core, read_jsonl(str(OFF_DOMAIN)), "", budget=0.5)
     s = out.summary
     assert s.domain is not None and not s.domain.in_domain and s.domain.distance > s.domain.threshold
     assert any(w.startswith("out of domain") for w in s.warnings)
+    assert any("routed by the expected-correction model alone" in w for w in s.warnings)
     assert all(m.score is None and m.score_note in ("out_of_domain", "batch_independent") for m in s.mixes)
     assert {m.mix: m for m in s.mixes}["chosen"].corrections is not None  # the correction model still answers
 
@@ -175,6 +182,19 @@ def test_uncalibrated_bundle_shows_no_score(background_loop, tagger, sample, tmp
     s = route(background_loop, core, sample[:12], "random").summary
     assert all(m.score is None for m in s.mixes) and {m.score_note for m in s.mixes} == {"uncalibrated"}
     assert any(w.startswith("uncalibrated") for w in s.warnings)
+
+
+def test_default_strategy_needs_a_correction_model(background_loop, tagger, sample, tmp_path):
+    from hybridpref.common.errors import NotReady
+
+    folder = tmp_path / "old"
+    shutil.copytree(default_bundle_path(), folder)
+    for name in ("correction.onnx", "correction.json"):
+        (folder / name).unlink(missing_ok=True)
+    core = make_core(tagger, folder)
+    with pytest.raises(NotReady, match="expected-correction model"):
+        route(background_loop, core, sample[:8], "expected_gain")
+    assert len(route(background_loop, core, sample[:8], "judge_doubt").decisions) == 8  # needs no model
 
 
 def test_judge_signals_from_answers(sample):

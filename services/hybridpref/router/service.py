@@ -44,7 +44,6 @@ from hybridpref.router.model import RoutingModel
 from hybridpref.router.store import MemoryStore, SpillStore
 from hybridpref.router.summary import Summary, column_totals, domain_check, summarize
 
-_ROUTE_TAKES_GAIN = "expected_gain" in __import__("inspect").signature(strategies.route).parameters
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
 JUDGE_SLICE = 1024
 
@@ -228,9 +227,12 @@ class RouterCore:
                     f"{model.bundle_version} was built with {model.reference_bins_id}: deploy matching tagger and bundle")
             if needed and model.scorer is None:
                 raise NotReady(f"strategy {strategy!r} needs a quadratic PPM; bundle {model.bundle_version} has none")
+            if strategy in strategies.NEEDS_EXPECTED_GAIN and model.correction is None:
+                raise NotReady(f"strategy {strategy!r} needs the expected-correction model; bundle {model.bundle_version} "
+                               "has none: load a bundle built with one, or choose another strategy")
             return model
         except (NotReady, BackendUnavailable) as exc:
-            if needed:
+            if needed or strategy in strategies.NEEDS_EXPECTED_GAIN:
                 raise
             warnings.append(f"no routing model ({exc}): no predictions, domain check or expected corrections")
             return None
@@ -281,15 +283,19 @@ def decide(
     judge-first pass, and what ``benchmarks/bench_router_scale.py`` times. ``strategy`` "" = default."""
     totals = column_totals(tag_matrix)
     domain = domain_check(model, tag_matrix, totals)
-    inputs: dict = {"scorer": None if model is None else model.scorer}
+    # A bundle without domain statistics cannot show its PPM applies here: treated as out of domain.
+    ppm_in_domain = domain is not None and domain.in_domain
+    inputs: dict = {"scorer": None if model is None else model.scorer, "ppm_in_domain": ppm_in_domain}
     if judged is not None:
-        inputs.update(judge_confidence=judged.batch.confidence, judge_inconsistent=judged.batch.inconsistent)
-        if judged.expected_gain is not None and _ROUTE_TAKES_GAIN:
-            inputs["expected_gain"] = judged.expected_gain
+        inputs.update(judge_confidence=judged.batch.confidence, judge_inconsistent=judged.batch.inconsistent,
+                      signals=judged.signals, expected_gain=judged.expected_gain)
     result = strategies.route(strategy, tag_matrix, budget, seed=seed, simulated_candidates=simulated_candidates,
                               deadline=deadline, **inputs)
     summary = summarize(model, tag_matrix, result.human_mask, domain=domain, totals=totals,
                         p_wrong=None if judged is None else judged.p_wrong, signals=None if judged is None else judged.signals)
+    if result.info.get("ppm_tie_breaker") == 0.0:  # the default strategy would have used the PPM in its domain
+        summary.warnings.append(f"the PPM is outside its domain (or the bundle records none): {result.strategy} routed "
+                                "by the expected-correction model alone")
     return result, summary
 
 
@@ -335,7 +341,7 @@ def _supplied_costs(costs: Sequence[float | None]) -> np.ndarray | None:
 def _option_violations(options: RouteOptions, n: int | None) -> list[FieldViolation]:
     """Strategy and budget checks; the budget's range needs the batch size ``n`` (None: not known yet)."""
     violations: list[FieldViolation] = []
-    if options.strategy not in strategies.STRATEGIES:
+    if options.strategy and options.strategy not in strategies.STRATEGIES:  # "" = the default strategy
         violations.append(FieldViolation(
             "config.strategy", f"unknown strategy {options.strategy!r}; expected one of {sorted(strategies.STRATEGIES)}"
         ))
