@@ -147,7 +147,7 @@ def served_model(seed: int):
 
     rng = np.random.default_rng(seed + 7)
     f = len(FEATURE_NAMES)
-    lm = _Logistic(np.zeros(f), np.ones(f), rng.normal(0, 0.5, f), -1.0)
+    lm = _Logistic(np.zeros(f), np.ones(f), rng.normal(0, 0.5, f), -0.5)
     human = _Logistic(np.zeros(f), np.ones(f), rng.normal(0, 0.2, f), -2.0)
     ppm = QuadraticScorer.random(NUM_TAGS, seed=seed + 1)
     data = RoutingModelData(

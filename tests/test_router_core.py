@@ -66,12 +66,18 @@ def tagger():
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, tagger, sample):
-    """The default bundle plus a correction model, a domain built from the sample batch and a residual std."""
+    return enrich_bundle(tmp_path_factory.mktemp("routing") / "bundle", tagger, sample)
+
+
+def enrich_bundle(folder: Path, tagger, sample) -> Path:
+    """The default bundle plus a correction model, a domain built from the sample batch (threshold: half
+    the off-domain fixture's distance) and a residual std."""
     from hybridpref.predictor.correction import FEATURE_NAMES
     from hybridpref.predictor.domain import build_domain, nearest
 
-    folder = tmp_path_factory.mktemp("routing") / "bundle"
     shutil.copytree(default_bundle_path(), folder)
+    for name in ("correction.onnx", "correction.json", "domain.json"):
+        (folder / name).unlink(missing_ok=True)
     (folder / "correction.onnx").write_bytes(correction_onnx())
     bundle_io.write_json(folder / "correction.json", {"version": "test", "feature_names": list(FEATURE_NAMES)})
     off = tagger.tag(read_jsonl(str(OFF_DOMAIN))).tag_matrix

@@ -238,3 +238,46 @@ def test_bundle_binned_on_other_edges_is_refused(background_loop, sample, tmp_pa
             assert len(c.route(sample, budget=0.25, strategy="random").decisions) == len(sample)
     finally:
         background_loop.run(other.stop(0.2))
+
+
+@pytest.fixture(scope="module")
+def routing_stack(background_loop, tmp_path_factory, sample):
+    """A stack whose bundle has a correction model, a domain (the sample batch) and a residual std."""
+    from hybridpref.stack import start_embedded_stack
+    from hybridpref.tagger.core import Tagger
+    from test_router_core import enrich_bundle
+
+    folder = tmp_path_factory.mktemp("e2e-routing") / "bundle"
+    enrich_bundle(folder, Tagger.for_profile("fast"), sample)
+    settings = Settings(tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4", bundle_path=str(folder),
+                        bundle_watch_s=0)
+    running = background_loop.run(start_embedded_stack(settings), timeout=300)
+    yield running
+    background_loop.run(running.stop(0.5))
+
+
+def test_default_strategy_over_grpc_reports_intervals_and_expected_gains(routing_stack, sample):
+    with RouterClient(routing_stack.router_address, timeout_s=120) as c:
+        result = c.route(sample, budget=0.25, seed=2)  # "" = the default strategy
+    s = result.summary
+    assert s["strategy"] == "hybrid" and s["interval_level"] == pytest.approx(0.9)
+    assert all(d.expected_gain is not None for d in result.decisions)
+    chosen = s["mixes"]["chosen"]
+    assert chosen["predicted_score"]["low"] < chosen["predicted_score"]["value"] < chosen["predicted_score"]["high"]
+    corr = chosen["expected_corrections"]
+    assert corr["low"] < corr["value"] < corr["high"]
+    assert corr["value"] == pytest.approx(sum(d.expected_gain for d in result.decisions if d.route == "HUMAN"), rel=1e-6)
+    assert s["mixes"]["all_lm"]["score_note"] == "batch_independent" and "predicted_score" not in s["mixes"]["all_lm"]
+    assert s["domain"]["in_domain"] and result.warnings == s["warnings"]
+
+
+def test_cli_prints_out_of_domain_warning(routing_stack):
+    from conftest import FIXTURES
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "hybridpref.cli", "route", "--input", str(FIXTURES / "router_off_domain.jsonl"),
+         "--budget", "0.5", "--router", routing_stack.router_address],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: out of domain" in proc.stderr and "OUT OF DOMAIN" in proc.stderr
