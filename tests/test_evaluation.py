@@ -74,10 +74,10 @@ def test_bootstrap_interval_covers_and_is_fast():
     n, m = 3000, 40
     groups = rng.integers(0, 800, n)
     values = (rng.random((n, m)) < 0.7).astype(float)
-    t = time.perf_counter()
     boot = stats.GroupBootstrap.create(groups, 2000, seed=0)
+    t = time.perf_counter()
     samples = boot.means(values, np.ones(n, bool))
-    assert time.perf_counter() - t < 2.0  # vectorised: 2000 resamples x 40 statistics
+    assert time.perf_counter() - t < 1.5  # vectorised: 2000 resamples x 40 statistics (~0.05 s; slack for a busy box)
     lo, hi = stats.interval(samples[:, 0])
     assert lo < values[:, 0].mean() < hi and 0.02 < hi - lo < 0.06  # ~ 2 * 1.96 * sqrt(.21 / 3000)
 

@@ -113,15 +113,15 @@ def test_swapping_gives_one_minus_p_and_the_same_verdict(learned: LearnedBackend
 
 
 def test_blank_response_loses_and_identical_responses_tie(learned: LearnedBackend) -> None:
+    """The model itself ranks an invisible response last; the judge service rejects it as a vendor mistake."""
     answer = "Recursion is when a function calls itself on a smaller part of the problem until a base case."
-    out = Judge(learned).judge([
-        PreferenceInstance("blank-b", "Explain recursion.", answer, ZERO_WIDTH),
-        PreferenceInstance("blank-a", "Explain recursion.", ZERO_WIDTH + " ", answer),
-        PreferenceInstance("same", "Explain recursion.", answer, answer),
-    ])
-    assert out[0].label == Label.A_BETTER and out[0].p_a_better > 0.75
-    assert out[1].label == Label.B_BETTER and out[1].p_a_better < 0.25
-    assert out[2].label == Label.TIE and out[2].p_a_better == 0.5 and out[2].confidence == 0.5
+    p = learned.p_a_better(["Explain recursion."] * 2, [answer, ZERO_WIDTH + " "], [ZERO_WIDTH, answer])
+    assert p[0] > 0.75 and p[1] < 0.25
+    (same,) = Judge(learned).judge([PreferenceInstance("same", "Explain recursion.", answer, answer)])
+    assert same.label == Label.TIE and same.p_a_better == 0.5 and same.confidence == 0.5
+    with pytest.raises(InvalidInput) as err:
+        Judge(learned).judge([PreferenceInstance("blank-b", "Explain recursion.", answer, ZERO_WIDTH)])
+    assert err.value.violations[0].field == "instances[0].response_b"
 
 
 def test_sure_only_with_a_reason(learned: LearnedBackend, pairs: list[PreferenceInstance]) -> None:
@@ -172,8 +172,8 @@ def test_training_exports_a_model_the_backend_serves(tmp_path: Path) -> None:
     ds = _toy_dataset()
     x = F.pair_features(ds.prompts, ds.a, ds.b)
     y, folds = np.array(ds.y), np.array(ds.fold)
-    model, c, t = T.select_and_fit(x, y, folds)
-    assert c in T.C_GRID and t > 0
+    model, c, t = T.select_and_fit(x, y, folds, grid=(0.03, 0.3))
+    assert c in (0.03, 0.3) and t > 0
     assert T.agreement(model.predict(x), y).mean() > 0.95
     spec = T.export(model, tmp_path, {"C": c, "temperature": t})
     backend = LearnedBackend(tmp_path / SPEC_FILE)
@@ -242,3 +242,61 @@ def test_router_client_carries_p_a_better(judge_service, background_loop, pairs:
     assert batch.judge_id.startswith("learned:")
     assert np.all((batch.p_a_better >= 0) & (batch.p_a_better <= 1))
     assert np.allclose(np.maximum(batch.p_a_better, 1 - batch.p_a_better), batch.confidence)
+
+
+def _write_pools(root: Path, seed: int = 0) -> None:
+    """Tiny pools in the shared-data schema: the detailed answer wins, except in LLMBar Adversarial."""
+    rng = np.random.default_rng(seed)
+    words = ["tea", "rain", "maps", "bread", "stars", "boats", "clocks", "bikes", "lamps", "rivers"]
+
+    def pair(k: int, adversarial: bool = False) -> tuple[str, str, str, str]:
+        topic = words[k % len(words)]
+        good = f"{topic.title()}: " + " ".join(f"{topic} fact {j}." for j in range(rng.integers(3, 8)))
+        bad = "Not sure."
+        a_good = bool(rng.integers(0, 2))
+        winner_is_a = a_good != adversarial
+        return f"Tell me about {topic} {k}.", good if a_good else bad, bad if a_good else good, "A" if winner_is_a else "B"
+
+    def write(pool: str, rows: list[dict]) -> None:
+        (root / pool).mkdir(parents=True)
+        (root / pool / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    mt = []
+    for k in range(40):
+        p, a, b, lab = pair(k)
+        mt.append({"id": f"mt{k}", "source": "mt", "question_id": k // 2, "turn": 1, "prompt": p, "response_a": a,
+                   "response_b": b, "human_label": "tie" if k % 10 == 0 else lab,
+                   "lm_labels": {"gpt-4 (pair-v2, both orders)": lab}})
+    write("mtbench_human_gpt4", mt)
+    write("pandalm", [dict(zip(("prompt", "response_a", "response_b", "human_label"), pair(k)), id=f"pd{k}",
+                           source="PandaLM", lm_labels={"gpt-3.5-turbo": "A"}) for k in range(40)])
+    llmbar = []
+    for k in range(48):
+        sub = ["LLMBar LLMBar/Natural", "LLMBar LLMBar/Adversarial/Neighbor", "LLMBar Processed/MT-Bench"][k % 3]
+        p, a, b, lab = pair(k, adversarial="Adversarial" in sub)
+        llmbar.append({"id": f"lb{k}", "source": sub, "prompt": p, "response_a": a, "response_b": b, "human_label": lab,
+                       "lm_labels": {"GPT-4/Vanilla_NoRules/order_ab": lab, "GPT-4/Vanilla_NoRules/order_ba": "A"}})
+    write("llmbar", llmbar)
+    write("hh_rlhf", [dict(zip(("prompt", "response_a", "response_b", "human_label"), pair(k)), id=f"hh{k}",
+                           source="hh", lm_labels={}) for k in range(40)])
+
+
+def test_judge_train_cli_on_tiny_pools(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hybridpref.cli import main
+
+    _write_pools(tmp_path / "data")
+    ds = T.load_dataset(tmp_path / "data", synthetic_empty=5)
+    sub = np.array(ds.subsource)
+    assert len(ds) == 36 + 40 + 48 + 40 + 4 * 5  # MT-Bench ties left out; 5 blank pairs per fold
+    assert set(np.array(ds.fold)[sub == "LLMBar Processed/MT-Bench"]) == {"mtbench"}  # same judgments, same fold
+    assert not any(np.array(ds.train)[np.char.startswith(sub.astype(str), T.EVAL_ONLY_PREFIX)])
+    assert main(["judge", "train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "model"),
+                 "--reps", "50", "--synthetic-empty", "5", "--c", "0.1"]) == 0
+    table = capsys.readouterr().out
+    assert "| MT-Bench (human experts) | 36 (20) |" in table and "LLMBar Adversarial" in table
+    spec = json.loads((tmp_path / "model" / SPEC_FILE).read_text())
+    assert spec["trained_on"] == {"mtbench": 36 + 16, "pandalm": 40, "llmbar": 16, "hh_rlhf": 40}
+    assert "Leave-one-source-out" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    judge = Judge.from_config("learned", model=str(tmp_path / "model"))
+    (out,) = judge.judge([PreferenceInstance("t", "Tell me about tea 1.", "Not sure.", "Tea: tea fact 0. tea fact 1. tea fact 2.")])
+    assert out.label == Label.B_BETTER

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     backend_check_s: float = Field(1.0, gt=0)
     # Router: NOT_SERVING when its worker pool has not started a no-op for this long (all workers stuck).
     pool_stall_s: float = Field(10.0, gt=0)
+    # Router: backends its readiness requires (comma-separated; drop "predictor" to stay ready for
+    # random / all_human / all_lm routing while no predictor bundle is deployed).
+    required_backends: str = "tagger,judge,predictor"
     # Server.
     grace_period_s: float = Field(20.0, ge=0)
     max_message_mb: int = Field(64, ge=1)

@@ -37,8 +37,8 @@ from hybridpref.evaluation.pools import LLMBAR_MTBENCH_SOURCE, Pool, load_pool
 
 REFERENCE_STRATEGIES = ("all_human", "all_lm", "random", "oracle", "judge_doubt")
 PPM_STRATEGIES = ("topk", "simulated", "greedy", "optimal_pos")
-CORRECTION_STRATEGIES = ("expected_gain",)
-DEFAULT_STRATEGIES = REFERENCE_STRATEGIES + PPM_STRATEGIES + CORRECTION_STRATEGIES
+CORRECTION_STRATEGIES = ("expected_gain", "hybrid")  # need the expected-correction model, fitted per fold / pool
+DEFAULT_STRATEGIES = REFERENCE_STRATEGIES + PPM_STRATEGIES + ("judge_aware",) + CORRECTION_STRATEGIES
 MODES = ("in-pool", "cross-pool")
 HARNESS_ONLY = ("oracle",)  # needs the reference: an upper bound, never a servable strategy
 ProgressFn = Callable[[str, float], None]
@@ -303,14 +303,15 @@ class Router:
         kw: dict[str, Any] = {"scorer": self.scorer if strategy in PPM_STRATEGIES + ("judge_aware",) and case.ppm_ok else None, "seed": int(seed)}
         if kw["scorer"] is None and tags.shape[1]:
             tags = np.zeros((n, 0), dtype=np.uint8)
-        if strategy in ("judge_aware", "judge_doubt", "expected_gain"):
-            if "judge_signals" in self.kwargs:
-                kw["judge_signals"] = sig
+        if strategy in ("judge_aware", "judge_doubt") + CORRECTION_STRATEGIES:
+            kw["signals"] = sig  # the router's JudgeSignals (recorded labels here)
             kw["judge_confidence"] = judge_confidence(sig)
             kw["judge_inconsistent"] = sig.order_flip
-        if strategy == "expected_gain":
+        if strategy in CORRECTION_STRATEGIES:
             assert self.gain_fn is not None
             kw["expected_gain"] = self.gain_fn(case, rows, exclude, mode)
+            if strategy == "hybrid":  # the given bundle has no domain statistics: the PPM never breaks ties here
+                kw["ppm_in_domain"] = False
         if strategy == "simulated":
             kw["simulated_candidates"] = self.config.simulated_candidates
         kw = {k: v for k, v in kw.items() if k in self.kwargs}
@@ -323,7 +324,8 @@ def correction_gain_fn(cases: Sequence[Case], config: EvalConfig) -> Callable[[C
     from hybridpref.predictor import correction
 
     models: dict[tuple[str, str, frozenset[int]], Any] = {}
-    profile = config.tagger_profile or "fast"
+    profile = None  # the model's default feature set is text-only (the tagger's columns did not transfer)
+    fits = [0]
 
     def model_for(case: Case, exclude: frozenset[int], mode: str) -> Any:
         key = (case.pool.name, mode, exclude if mode == "in-pool" else frozenset())
@@ -333,12 +335,14 @@ def correction_gain_fn(cases: Sequence[Case], config: EvalConfig) -> Callable[[C
             else:
                 train = [c.pool for c in cases if c.pool.name != case.pool.name]
             models[key] = correction.fit_for_pools(train, seed=config.split_seed, tagger_profile=profile)
+            fits[0] += 1
         return models[key]
 
     def gain(case: Case, rows: np.ndarray, exclude: frozenset[int], mode: str) -> np.ndarray:
         model = model_for(case, exclude, mode)
         return np.asarray(correction.expected_gain_for_pool(model, case.pool.subset(rows), case.pool.default_judge), dtype=np.float64)
 
+    gain.fits = fits  # type: ignore[attr-defined]
     return gain
 
 
@@ -351,6 +355,8 @@ def route_case(case: Case, router: Router, strategies: Sequence[str], config: Ev
     out = MixSet()
     n, k = len(case.pool), config.folds
     fitted = {s for s in strategies if s in CORRECTION_STRATEGIES} if mode == "in-pool" else set()
+    if "in-pool" == mode and fitted:
+        tick(f"{case.pool.name} {mode}: fitting correction models", 0)
     for strategy in strategies:
         for budget in config.budgets:
             seeds = strategy_seeds(strategy, config.seeds)
@@ -469,8 +475,11 @@ def score_table(correct: dict[tuple[str, float], np.ndarray], eligible: np.ndarr
             with np.errstate(invalid="ignore", divide="ignore"):
                 share = (samples[:, j] - samples[:, col[("random", budget)]]) / np.where(gain > 0, gain, np.nan)
             denom = point[col[("oracle", budget)]] - point[col[("random", budget)]]
-            r["share_oracle"] = (point[j] - point[col[("random", budget)]]) / denom if denom > 0 else float("nan")
-            r["share_oracle_low"], r["share_oracle_high"] = stats.interval(share)
+            if stats.interval(gain)[0] > 0:  # a share of a gain indistinguishable from 0 means nothing
+                r["share_oracle"] = (point[j] - point[col[("random", budget)]]) / denom
+                r["share_oracle_low"], r["share_oracle_high"] = stats.interval(share)
+            else:
+                r["share_oracle"] = r["share_oracle_low"] = r["share_oracle_high"] = float("nan")
         rows.append(r)
     return rows
 
@@ -508,6 +517,8 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
     from hybridpref.router.strategies import STRATEGIES
 
     unknown = [s for s in strategies if s not in STRATEGIES and s not in HARNESS_ONLY + ("judge_doubt",) + CORRECTION_STRATEGIES]
+    if "judge_doubt" in STRATEGIES:
+        notes.append("judge_doubt: the router's strategy (no verdict / order flip first, then disagreement between judges, then low confidence) on recorded judge signals")
     if unknown:
         raise InvalidInput(FieldViolation("--strategies", f"unknown strategies {unknown}; the router has {', '.join(STRATEGIES)}"))
     if "judge_doubt" not in STRATEGIES:
@@ -545,8 +556,9 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
     if corr:
         try:
             from hybridpref.predictor import correction  # noqa: F401
-            if "expected_gain" not in STRATEGIES:
-                raise ImportError("router has no expected_gain strategy")
+            missing = [s for s in corr if s not in STRATEGIES]
+            if missing:
+                raise ImportError(f"the router has no {', '.join(missing)} strategy")
             gain_fn = correction_gain_fn(cases, config)
         except ImportError as exc:
             notes.append(f"skipped {', '.join(corr)}: the correction model is not available ({exc})")

@@ -49,13 +49,12 @@ class GroupBootstrap:
 
     def group_sums(self, values: np.ndarray) -> np.ndarray:
         """(n,) or (n, m) row values -> (G,) or (G, m) sums per group (NaN counts as 0)."""
+        from scipy import sparse
+
         v = np.nan_to_num(np.asarray(values, dtype=np.float64))
-        g = self.weights.shape[1]
-        if v.ndim == 1:
-            return np.bincount(self.group_of_row, weights=v, minlength=g)
-        out = np.zeros((g, v.shape[1]))
-        np.add.at(out, self.group_of_row, v)
-        return out
+        g, n = self.weights.shape[1], len(self.group_of_row)
+        indicator = sparse.csr_matrix((np.ones(n), (self.group_of_row, np.arange(n))), shape=(g, n))
+        return np.asarray(indicator @ v)
 
     def means(self, values: np.ndarray, eligible: np.ndarray) -> np.ndarray:
         """Resampled means of ``values`` over ``eligible`` rows: (n, m) -> (B, m); (n,) -> (B,)."""

@@ -131,7 +131,7 @@ class RouterCore:
     async def route(self, instances: Sequence[PreferenceInstance], options: RouteOptions, timeout: Deadline | float | None) -> RouteOutcome:
         """Route one in-memory batch (the unary RPC). ``timeout``: the call's ``Deadline`` (or seconds)."""
         clock, stages = Deadline.of(timeout), {"tag": 0.0}
-        await self.executor.run(self.validate, instances, options)
+        await self.executor.run(self.validate, instances, options, size=len(instances))
         await self._check_judge_names(instances, options, clock)
         with _timed(stages, "tag"):
             tagged = await self.tagger.tag(instances, clock)
@@ -155,9 +155,9 @@ class RouterCore:
             async for chunk in chunks:
                 if len(store) + len(chunk) > self.settings.max_stream_instances:
                     raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.max_stream_instances} instances"))
-                await self.executor.run(_validate_chunk, chunk, len(store), seen)
+                await self.executor.run(_validate_chunk, chunk, len(store), seen, size=len(chunk))
                 await self._check_judge_names(chunk, options, clock, offset=len(store))
-                await self.executor.run(store.extend, chunk)
+                await self.executor.run(store.extend, chunk, size=len(chunk))
                 with _timed(stages, "tag"):
                     parts.append(await self.tagger.tag(chunk, clock))
             violations = _option_violations(options, len(store))
@@ -170,8 +170,10 @@ class RouterCore:
     async def _check_judge_names(self, instances, options: RouteOptions, clock: Deadline, offset: int = 0) -> None:
         """Template and replay-judge names against what the judge advertises, before any work."""
         info = await self.judge.judge_info(min(2.0, clock.timeout() or 2.0))
-        violations = judge_violations(info, options.judge_template, options.replay_judge, instances, offset,
-                                      needs_judge=options.strategy != "all_human")
+        violations = await self.executor.run(
+            judge_violations, info, options.judge_template, options.replay_judge, instances, offset,
+            needs_judge=options.strategy != "all_human", size=len(instances),
+        )
         if violations:
             raise InvalidInput(violations)
 
@@ -191,10 +193,10 @@ class RouterCore:
         with _timed(stages, "route"):
             result, summary = await self.executor.run(
                 decide, model, strategy, tagged.tag_matrix, budget, judged, seed=options.seed,
-                simulated_candidates=options.simulated_candidates or 500, deadline=clock,
+                simulated_candidates=options.simulated_candidates or 500, deadline=clock, size=n,
             )
         summary.warnings[:0] = warnings
-        decisions = await self.executor.run(_decisions, store.ids, result, budget)
+        decisions = await self.executor.run(_decisions, store.ids, result, budget, size=n)
         if judged is None:
             lm_rows = [i for i, d in enumerate(decisions) if not d.human]
             if lm_rows:
@@ -207,7 +209,8 @@ class RouterCore:
                     d.expected_gain = float(g)
         if model is not None and model.scorer is not None and options.explain_top_k:
             with _timed(stages, "explain"):
-                await self.executor.run(_explain, model, tagged.tag_matrix, result.human_mask, options.explain_top_k, decisions)
+                await self.executor.run(_explain, model, tagged.tag_matrix, result.human_mask, options.explain_top_k, decisions,
+                                        size=n)
         self._count(decisions, strategy)
         return RouteOutcome(
             decisions=decisions, strategy=strategy, bundle_version="" if model is None else model.bundle_version,
@@ -243,13 +246,13 @@ class RouterCore:
         batches, signals, p_lm, p_h = [], [], [], []
         for start in range(0, len(store), JUDGE_SLICE):
             rows = list(range(start, min(len(store), start + JUDGE_SLICE)))
-            instances = await self.executor.run(store.get, rows)
+            instances = await self.executor.run(store.get, rows, size=len(rows))
             judged = await self._judge(instances, options, clock)
             sig = judge_signals(judged, instances)
             batches.append(judged)
             signals.append(sig)
             if model is not None and model.correction is not None:
-                lm, hu = await self.executor.run(_p_wrong, model, instances, tagged, rows, sig)
+                lm, hu = await self.executor.run(_p_wrong, model, instances, tagged, rows, sig, size=len(rows))
                 p_lm.append(lm)
                 p_h.append(hu)
         p_wrong = (np.concatenate(p_lm), np.concatenate(p_h)) if p_lm else None
@@ -259,7 +262,7 @@ class RouterCore:
         """Judge ``rows`` of the store, reading instances back one slice at a time (off the loop)."""
         parts = []
         for start in range(0, len(rows), JUDGE_SLICE):
-            instances = await self.executor.run(store.get, rows[start : start + JUDGE_SLICE])
+            instances = await self.executor.run(store.get, rows[start : start + JUDGE_SLICE], size=JUDGE_SLICE)
             parts.append(await self._judge(instances, options, clock))
         return JudgedBatch.concat(parts)
 
