@@ -274,24 +274,27 @@ class CorrectionModel:
     @classmethod
     def fit(cls, pools: Sequence[Pool], features: Sequence[np.ndarray], seed: int, *,
             signals: Sequence[JudgeSignals] | None = None, columns: Sequence[str] | None = None,
-            c: float = 0.1, evaluate: bool = True) -> CorrectionModel:
+            human_columns: Sequence[str] | None = None, c: float = 0.1, evaluate: bool = True) -> CorrectionModel:
         """Fit on ``pools`` (features[i] aligned with pools[i]; ``signals[i]`` defaults to the pool's
         default judge, and must be the signals the features were computed from).
 
-        ``columns``: feature names the model may use (default :data:`DEFAULT_COLUMNS`). With two or more
+        ``columns`` / ``human_columns``: feature names the LM / human model may use (default
+        :data:`DEFAULT_COLUMNS` / :data:`HUMAN_COLUMNS`). With two or more
         pools, the LM model is Platt-calibrated on leave-one-pool-out predictions and, when ``evaluate``,
         leave-one-pool-out metrics (AUROC, ECE, reliability curve) go to ``metrics`` (nested: each
         held-out pool is predicted by a model fitted and calibrated without it).
         """
         data = _training_data(pools, features, signals)
         cols = [FEATURE_NAMES.index(n) for n in (columns or DEFAULT_COLUMNS)]
+        hcols = [FEATURE_NAMES.index(n) for n in (human_columns or HUMAN_COLUMNS)]
         lm = _fit_calibrated(data, cols, c, seed)
-        human = _fit_human(data, cols, c, seed)
+        human = _fit_human(data, hcols, c, seed)
         metrics: dict[str, Any] = {"model": "logistic", "l2_c": c, "columns": [FEATURE_NAMES[j] for j in cols],
+                                   "human_columns": [FEATURE_NAMES[j] for j in hcols],
                                    "calibration": "platt on leave-one-pool-out logits" if len(data) > 1 else "none (one pool)",
                                    "training": {d.name: d.describe() for d in data}}
         if evaluate and len(data) > 1:
-            metrics["leave_one_pool_out"] = _lopo_metrics(data, cols, c, seed)
+            metrics["leave_one_pool_out"] = _lopo_metrics(data, cols, hcols, c, seed)
         return cls(lm, human, FEATURE_NAMES, metrics)
 
     # ------------------------------------------------------------ serialisation
@@ -356,6 +359,8 @@ class CorrectionModel:
 DEFAULT_COLUMNS: tuple[str, ...] = ("lm_no_verdict", "order_flip", "no_other_agrees", "p_confidence", "p_missing",
                                     "word_overlap", "log_len_shorter")
 
+HUMAN_COLUMNS: tuple[str, ...] = DEFAULT_COLUMNS
+
 
 @dataclass
 class _PoolData:
@@ -413,7 +418,7 @@ def _fit_human(data: Sequence[_PoolData], cols: Sequence[int], c: float, seed: i
     return fit_logistic(x, y, cols, c, seed)
 
 
-def _lopo_metrics(data: Sequence[_PoolData], cols: Sequence[int], c: float, seed: int) -> dict[str, Any]:
+def _lopo_metrics(data: Sequence[_PoolData], cols: Sequence[int], hcols: Sequence[int], c: float, seed: int) -> dict[str, Any]:
     """Per held-out pool: AUROC / ECE / reliability of a model fitted and calibrated without it."""
     per_pool, all_y, all_p = {}, [], []
     for k, held in enumerate(data):
@@ -425,7 +430,7 @@ def _lopo_metrics(data: Sequence[_PoolData], cols: Sequence[int], c: float, seed
                                  "mean_predicted": float(p.mean()), "observed_rate": float(held.lm_wrong.mean()),
                                  "reliability": curve}
         if held.votes.sum() >= 20 and any(d.votes.any() for d in rest):
-            h = _fit_human(rest, cols, c, seed).predict(held.x[held.votes])
+            h = _fit_human(rest, hcols, c, seed).predict(held.x[held.votes])
             entry["human_auroc"] = auroc(held.human_wrong[held.votes], h)
             entry["human_mean_predicted"] = float(h.mean())
             entry["human_observed_rate"] = float(held.human_wrong[held.votes].mean())
