@@ -140,20 +140,20 @@ def served_model(seed: int):
     """A RoutingModel as the router builds it from the predictor's answer (random PPM, a small
     correction model, a domain from another synthetic pool, a residual std)."""
     from hybridpref.predictor.correction import FEATURE_NAMES, CorrectionModel, _Logistic
-    from hybridpref.predictor.domain import build_domain
     from hybridpref.predictor.routing import RoutingModelData
-    from hybridpref.router.model import RoutingModel
+    from hybridpref.router.model import STANDARDISED_MEAN_DIFFERENCE, RoutingModel
     from hybridpref.router.scoring import QuadraticScorer
 
     rng = np.random.default_rng(seed + 7)
     f = len(FEATURE_NAMES)
-    lm = _Logistic(np.zeros(f), np.ones(f), rng.normal(0, 0.5, f), -0.5)
+    lm = _Logistic(np.zeros(f), np.ones(f), rng.normal(0, 0.2, f), -0.85)
     human = _Logistic(np.zeros(f), np.ones(f), rng.normal(0, 0.2, f), -2.0)
     ppm = QuadraticScorer.random(NUM_TAGS, seed=seed + 1)
     data = RoutingModelData(
         bundle_version="bench", vocabulary_version="", reference_bins_id="", quadratic=ppm.quadratic_form(),
         ppm_residual_std=0.02, correction_onnx=CorrectionModel(lm, human).to_onnx(), correction_features=FEATURE_NAMES,
-        domain=build_domain({"train": synthetic_tags(50_000, seed + 3)}, threshold=0.05))
+        domain={"features": ["log_len_shorter", "word_overlap"], "distance": STANDARDISED_MEAN_DIFFERENCE, "ppm_pools": ["train"],
+                "pools": {"train": {"mean": [0.5, 0.5], "sd": [0.29, 0.29], "rows": 10_000}}, "threshold": 0.5})
     return RoutingModel.from_data(data)
 
 
@@ -178,7 +178,7 @@ def run_served(n: int, fraction: float, repeats: int, seed: int) -> dict[str, fl
         p_wrong = model.correction.probabilities(features)
         judged = JudgeFirst(judged_batch, signals, p_wrong)
         budget = resolve_budget("fraction", fraction, n, None)
-        return decide(model, DEFAULT_STRATEGY, tags, budget, judged, seed=seed)
+        return decide(model, DEFAULT_STRATEGY, tags, budget, judged, features, seed=seed)
 
     once()
     times = []

@@ -69,22 +69,36 @@ def bundle(tmp_path_factory, tagger, sample):
     return enrich_bundle(tmp_path_factory.mktemp("routing") / "bundle", tagger, sample)
 
 
+DOMAIN_FEATURES = ("log_len_shorter", "log_len_longer", "log_prompt_len", "abs_log_len_ratio", "word_overlap")
+
+
+def batch_features(tagger, rows) -> np.ndarray:
+    from hybridpref.router.backends import TaggedBatch
+    from hybridpref.router.service import text_features
+
+    batch = tagger.tag(rows)
+    return text_features(rows, TaggedBatch(batch.tag_matrix, batch.measures.astype(np.float32)))
+
+
 def enrich_bundle(folder: Path, tagger, sample) -> Path:
-    """The default bundle plus a correction model, a domain built from the sample batch (threshold: half
-    the off-domain fixture's distance) and a residual std."""
+    """The default bundle plus a correction model, a domain.json (hybridpref.predictor.domain's format)
+    with the sample batch as the PPM's one training pool and a threshold of half the off-domain
+    fixture's distance, and a residual std."""
     from hybridpref.predictor.correction import FEATURE_NAMES
-    from hybridpref.predictor.domain import build_domain, nearest
+    from hybridpref.router.model import STANDARDISED_MEAN_DIFFERENCE, DomainModel
 
     shutil.copytree(default_bundle_path(), folder)
     for name in ("correction.onnx", "correction.json", "domain.json"):
         (folder / name).unlink(missing_ok=True)
     (folder / "correction.onnx").write_bytes(correction_onnx())
     bundle_io.write_json(folder / "correction.json", {"version": "test", "feature_names": list(FEATURE_NAMES)})
-    off = tagger.tag(read_jsonl(str(OFF_DOMAIN))).tag_matrix
-    probe = build_domain({"sample": tagger.tag(sample).tag_matrix}, threshold=1.0)
-    off_distance, _ = nearest(probe, off)
-    assert off_distance > 0.01  # the off-domain fixture really differs from the sample batch
-    bundle_io.write_json(folder / "domain.json", {**probe, "threshold": off_distance / 2})
+    x = batch_features(tagger, sample)[:, [FEATURE_NAMES.index(f) for f in DOMAIN_FEATURES]]
+    domain = {"features": list(DOMAIN_FEATURES), "distance": STANDARDISED_MEAN_DIFFERENCE, "ppm_pools": ["sample"],
+              "pools": {"sample": {"mean": x.mean(0).tolist(), "sd": np.maximum(x.std(0), 1e-6).tolist(), "rows": len(x)}},
+              "threshold": 1.0}
+    off_distance, _ = DomainModel.from_json(domain).check(batch_features(tagger, read_jsonl(str(OFF_DOMAIN))))
+    assert off_distance > 1.0  # the off-domain fixture really differs from the sample batch
+    bundle_io.write_json(folder / "domain.json", {**domain, "threshold": off_distance / 2})
     rehash(folder, ppm_residual_std=0.02)
     return folder
 

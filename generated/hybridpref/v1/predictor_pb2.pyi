@@ -428,20 +428,25 @@ Global___CorrectionModelSpec: _TypeAlias = CorrectionModelSpec  # noqa: Y015
 
 @_typing.final
 class DomainPool(_message.Message):
-    """Mean feature vector of one training pool (domain.json)."""
+    """Statistics of one training pool (domain.json)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     MEAN_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
+    SD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Pool name (e.g. "mtbench")."""
     count: _builtins.int
-    """Instances the mean was computed from."""
+    """Instances the statistics were computed from."""
     @_builtins.property
     def mean(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Mean of the domain features over the pool's instances (DomainStats.feature_names order)."""
+        """Mean of each domain feature over the pool's instances (DomainStats.feature_names order)."""
+
+    @_builtins.property
+    def sd(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Standard deviation of each domain feature over the pool's instances."""
 
     def __init__(
         self,
@@ -449,10 +454,11 @@ class DomainPool(_message.Message):
         name: _builtins.str = ...,
         mean: _abc.Iterable[_builtins.float] | None = ...,
         count: _builtins.int = ...,
+        sd: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "mean", b"mean", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "mean", b"mean", "name", b"name", "sd", b"sd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -460,8 +466,8 @@ Global___DomainPool: _TypeAlias = DomainPool  # noqa: Y015
 
 @_typing.final
 class DomainStats(_message.Message):
-    """Where the bundle's models were built: a batch is in domain when its distance to the
-    nearest training pool is at most threshold.
+    """Where the bundle's models were built: a batch is in the PPM's domain when its distance to the
+    nearest pool the PPM was trained on is at most threshold (hybridpref.predictor.domain).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -471,19 +477,24 @@ class DomainStats(_message.Message):
     FEATURE_NAMES_FIELD_NUMBER: _builtins.int
     POOLS_FIELD_NUMBER: _builtins.int
     RAW_JSON_FIELD_NUMBER: _builtins.int
+    PPM_POOLS_FIELD_NUMBER: _builtins.int
     distance: _builtins.str
-    """Name of the distance function (hybridpref.predictor.domain: js, l1 or l2)."""
+    """Name of the distance function, e.g. "max_abs_standardised_mean_difference"."""
     threshold: _builtins.float
     """Largest in-domain distance, calibrated on held-out pools."""
     raw_json: _builtins.str
-    """domain.json verbatim (fields this message does not type travel here)."""
+    """domain.json verbatim (calibration details and any field this message does not type)."""
     @_builtins.property
     def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Names of the domain feature columns (e.g. tag names)."""
+        """Names of the domain features (columns of hybridpref.predictor.correction.FEATURE_NAMES)."""
 
     @_builtins.property
     def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___DomainPool]:
         """One entry per training pool."""
+
+    @_builtins.property
+    def ppm_pools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The pools the PPM was trained on (the distance is to the nearest of these)."""
 
     def __init__(
         self,
@@ -493,10 +504,11 @@ class DomainStats(_message.Message):
         feature_names: _abc.Iterable[_builtins.str] | None = ...,
         pools: _abc.Iterable[Global___DomainPool] | None = ...,
         raw_json: _builtins.str = ...,
+        ppm_pools: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance", b"distance", "feature_names", b"feature_names", "pools", b"pools", "raw_json", b"raw_json", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance", b"distance", "feature_names", b"feature_names", "pools", b"pools", "ppm_pools", b"ppm_pools", "raw_json", b"raw_json", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

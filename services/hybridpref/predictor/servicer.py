@@ -133,12 +133,13 @@ def routing_model_to_proto(data) -> predictor_pb2.GetRoutingModelResponse:
 def domain_to_proto(domain: dict) -> predictor_pb2.DomainStats:
     """domain.json -> ``DomainStats`` (typed parts plus the file verbatim)."""
     pools = domain.get("pools", {})
-    items = pools.items() if isinstance(pools, dict) else ((p.get("name", ""), p) for p in pools)
     return predictor_pb2.DomainStats(
         distance=str(domain.get("distance", "")), threshold=float(domain.get("threshold", 0.0) or 0.0),
-        feature_names=[str(n) for n in domain.get("feature_names", ())],
-        pools=[predictor_pb2.DomainPool(name=str(name), mean=[float(v) for v in p.get("mean", ())], count=int(p.get("count", 0)))
-               for name, p in items],
+        feature_names=[str(n) for n in domain.get("features", domain.get("feature_names", ()))],
+        pools=[predictor_pb2.DomainPool(name=str(name), mean=[float(v) for v in p.get("mean", ())],
+                                        sd=[float(v) for v in p.get("sd", ())], count=int(p.get("rows", p.get("count", 0))))
+               for name, p in sorted(pools.items())],
+        ppm_pools=[str(p) for p in domain.get("ppm_pools", ())],
         raw_json=json.dumps(domain, sort_keys=True),
     )
 

@@ -15,41 +15,47 @@ from typing import Any
 import numpy as np
 
 from hybridpref.common.errors import NotReady
-from hybridpref.common.vocabulary import TAG_INDEX
 from hybridpref.predictor.routing import RoutingModelData
 from hybridpref.router.scoring import QuadraticScorer
 
 
+# The distance ``hybridpref.predictor.domain`` writes into domain.json (the bundle builder's module).
+STANDARDISED_MEAN_DIFFERENCE = "max_abs_standardised_mean_difference"
+
+
 @dataclass(frozen=True)
 class DomainModel:
-    """The bundle's training domain: per pool the mean of the domain features (tag frequencies)."""
+    """The bundle's training domain (``domain.json``, :mod:`hybridpref.predictor.domain`): per pool the
+    mean and sd of a few text features (columns of ``correction_features``), the pools the PPM was
+    trained on and a threshold calibrated on held-out pools. A batch's distance to a pool is the largest
+    standardised difference of its feature means (an effect size: it does not grow with the batch)."""
 
     distance_kind: str
     threshold: float
-    columns: np.ndarray  # tag-matrix column of each domain feature
-    pools: dict[str, np.ndarray]  # pool name -> mean vector over ``columns``
+    columns: np.ndarray  # columns of the correction-feature matrix the domain reads
+    pools: dict[str, tuple[np.ndarray, np.ndarray]]  # PPM training pool -> (mean, sd)
 
     @classmethod
     def from_json(cls, domain: dict[str, Any]) -> DomainModel | None:
-        """domain.json -> model; None when it names features the tag matrix does not have."""
-        names = [str(n) for n in domain.get("feature_names", ())]
-        if not names or any(n not in TAG_INDEX for n in names):
-            return None
-        raw_pools = domain.get("pools", {})
-        items = raw_pools.items() if isinstance(raw_pools, dict) else ((p.get("name", ""), p) for p in raw_pools)
-        pools = {str(k): np.asarray(p.get("mean", ()), dtype=np.float64) for k, p in items}
-        if not pools or any(v.shape != (len(names),) for v in pools.values()):
-            return None
-        return cls(str(domain.get("distance", "")), float(domain.get("threshold", math.inf)),
-                   np.array([TAG_INDEX[n] for n in names]), pools)
+        """domain.json -> model; None for a distance or features this router does not know."""
+        from hybridpref.predictor.correction import FEATURE_NAMES
 
-    def check(self, tag_frequency: np.ndarray) -> tuple[float, str]:
-        """(distance to the nearest training pool, its name) for a batch's per-tag frequencies (V,)."""
-        from hybridpref.predictor.domain import distance
+        names = [str(n) for n in domain.get("features", ())]
+        if domain.get("distance") != STANDARDISED_MEAN_DIFFERENCE or not names or any(n not in FEATURE_NAMES for n in names):
+            return None
+        stats = domain.get("pools", {})
+        pools = {str(p): (np.asarray(stats[p]["mean"], dtype=np.float64), np.asarray(stats[p]["sd"], dtype=np.float64))
+                 for p in domain.get("ppm_pools", stats) if p in stats}
+        if not pools or any(m.shape != (len(names),) or sd.shape != m.shape for m, sd in pools.values()):
+            return None
+        return cls(STANDARDISED_MEAN_DIFFERENCE, float(domain.get("threshold", math.inf)),
+                   np.array([FEATURE_NAMES.index(n) for n in names]), pools)
 
-        mean = np.asarray(tag_frequency, dtype=np.float64)[self.columns]
-        best = min(((distance(self.distance_kind, mean, m), name) for name, m in self.pools.items()), key=lambda t: t[0])
-        return float(best[0]), best[1]
+    def check(self, features: np.ndarray) -> tuple[float, str]:
+        """(distance to the nearest PPM training pool, its name) for a batch's (n, F) correction features."""
+        mean = np.asarray(features, dtype=np.float64)[:, self.columns].mean(axis=0)
+        return min(((float(np.max(np.abs(mean - m) / np.maximum(sd, 1e-12))), name) for name, (m, sd) in self.pools.items()),
+                   key=lambda t: t[0])
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,8 @@ class RouterCore:
         await self._check_judge_names(instances, options, clock)
         with _timed(stages, "tag"):
             tagged = await self.tagger.tag(instances, clock)
-        return await self._decide(MemoryStore(instances), tagged, options, clock, stages)
+        text = await self.executor.run(text_features, instances, tagged, size=len(instances))
+        return await self._decide(MemoryStore(instances), tagged, text, options, clock, stages)
 
     async def route_stream(
         self, chunks: AsyncIterator[Sequence[PreferenceInstance]], options: RouteOptions, timeout: Deadline | float | None
@@ -150,7 +151,7 @@ class RouterCore:
         if early:
             raise InvalidInput(early)
         clock, stages = Deadline.of(timeout), {"tag": 0.0}
-        store, parts, seen = SpillStore(), [], {}
+        store, parts, texts, seen = SpillStore(), [], [], {}
         try:
             async for chunk in chunks:
                 if len(store) + len(chunk) > self.settings.max_stream_instances:
@@ -160,10 +161,11 @@ class RouterCore:
                 await self.executor.run(store.extend, chunk, size=len(chunk))
                 with _timed(stages, "tag"):
                     parts.append(await self.tagger.tag(chunk, clock))
+                texts.append(await self.executor.run(text_features, chunk, parts[-1], size=len(chunk)))
             violations = _option_violations(options, len(store))
             if violations:
                 raise InvalidInput(violations)
-            return await self._decide(store, TaggedBatch.concat(parts), options, clock, stages)
+            return await self._decide(store, TaggedBatch.concat(parts), np.concatenate(texts), options, clock, stages)
         finally:
             store.close()
 
@@ -177,7 +179,9 @@ class RouterCore:
         if violations:
             raise InvalidInput(violations)
 
-    async def _decide(self, store, tagged: TaggedBatch, options: RouteOptions, clock: Deadline, stages: dict[str, float]) -> RouteOutcome:
+    async def _decide(self, store, tagged: TaggedBatch, text: np.ndarray, options: RouteOptions, clock: Deadline,
+                      stages: dict[str, float]) -> RouteOutcome:
+        """``text``: the batch's correction features without judge signals (the domain check reads them)."""
         """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain."""
         n = len(store)
         strategy = options.strategy or strategies.DEFAULT_STRATEGY
@@ -192,7 +196,7 @@ class RouterCore:
         )
         with _timed(stages, "route"):
             result, summary = await self.executor.run(
-                decide, model, strategy, tagged.tag_matrix, budget, judged, seed=options.seed,
+                decide, model, strategy, tagged.tag_matrix, budget, judged, text, seed=options.seed,
                 simulated_candidates=options.simulated_candidates or 500, deadline=clock, size=n,
             )
         summary.warnings[:0] = warnings
@@ -280,12 +284,13 @@ class RouterCore:
 
 def decide(
     model: RoutingModel | None, strategy: str, tag_matrix: np.ndarray, budget: ResolvedBudget, judged: JudgeFirst | None,
-    *, seed: int, simulated_candidates: int = 500, deadline: Deadline | float | None = None,
+    features: np.ndarray | None, *, seed: int, simulated_candidates: int = 500, deadline: Deadline | float | None = None,
 ) -> tuple[strategies.RoutingResult, Summary]:
     """The routing decision and its summary, in process: what the service runs after tagging and the
-    judge-first pass, and what ``benchmarks/bench_router_scale.py`` times. ``strategy`` "" = default."""
+    judge-first pass, and what ``benchmarks/bench_router_scale.py`` times. ``strategy`` "" = default;
+    ``features``: the batch's (n, F) correction features, for the domain check."""
     totals = column_totals(tag_matrix)
-    domain = domain_check(model, tag_matrix, totals)
+    domain = domain_check(model, features)
     # A bundle without domain statistics cannot show its PPM applies here: treated as out of domain.
     ppm_in_domain = domain is not None and domain.in_domain
     inputs: dict = {"scorer": None if model is None else model.scorer, "ppm_in_domain": ppm_in_domain}
@@ -312,6 +317,16 @@ def _explain(model: RoutingModel, tag_matrix: np.ndarray, mask: np.ndarray, top_
 def _decisions(ids: Sequence[str], result, budget) -> list[Decision]:
     return [Decision(id=i, human=bool(h), gain=float(g), human_cost=float(c))
             for i, h, g, c in zip(ids, result.human_mask, result.gains, budget.costs)]
+
+
+def text_features(instances: Sequence[PreferenceInstance], tagged: TaggedBatch) -> np.ndarray:
+    """Correction features of a chunk without judge signals (their columns neutral) -> (n, F) float32;
+    the text columns are what the domain check compares with the bundle's training pools."""
+    from hybridpref.predictor.correction import correction_features
+
+    n = len(instances)
+    neutral = JudgeSignals(np.zeros(n, np.int8), np.full(n, np.nan), np.zeros(n, bool), np.full(n, np.nan))
+    return correction_features(instances, tagged.measures, tagged.tag_matrix, neutral)
 
 
 def _p_wrong(model: RoutingModel, instances, tagged: TaggedBatch, rows: list[int], signals: JudgeSignals):

@@ -75,12 +75,12 @@ def column_totals(tag_matrix: np.ndarray) -> np.ndarray:
     return np.asarray(tag_matrix).sum(axis=0, dtype=np.int64).astype(np.float64)
 
 
-def domain_check(model: RoutingModel | None, tag_matrix: np.ndarray, totals: np.ndarray | None = None) -> DomainResult | None:
-    """Distance of the batch to the bundle's training pools; None without domain statistics."""
-    if model is None or model.domain is None or len(tag_matrix) == 0:
+def domain_check(model: RoutingModel | None, features: np.ndarray | None) -> DomainResult | None:
+    """Distance of the batch (its (n, F) correction features) to the bundle's PPM training pools;
+    None without domain statistics."""
+    if model is None or model.domain is None or features is None or len(features) == 0:
         return None
-    totals = column_totals(tag_matrix) if totals is None else totals
-    dist, nearest = model.domain.check(totals / len(tag_matrix))
+    dist, nearest = model.domain.check(features)
     return DomainResult(dist, model.domain.threshold, bool(dist <= model.domain.threshold), nearest, model.domain.distance_kind)
 
 
