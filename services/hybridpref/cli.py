@@ -4,6 +4,7 @@
     hybridpref up                       # all four, each its own process, on loopback
     hybridpref route --input in.jsonl --budget 0.25 [--router HOST:PORT] [--output out.jsonl]
     hybridpref predictor build ...      # offline: build a model bundle
+    hybridpref predictor add-routing-models ...  # offline: add the correction model + domain to a bundle
     hybridpref keys add|hash ...        # API key entries for the router's keys file
 
 The parser is built inside ``main``; nothing runs at import time. User mistakes
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     predictor_sub = predictor.add_subparsers(dest="predictor_command", required=True)
     build = predictor_sub.add_parser("build", help="build a model bundle (see --help)", add_help=False)
     build.add_argument("rest", nargs=argparse.REMAINDER)
+    routing = predictor_sub.add_parser("add-routing-models", help="add the expected-correction model and domain to a bundle (see --help)", add_help=False)
+    routing.add_argument("rest", nargs=argparse.REMAINDER)
 
     from hybridpref.keys_cli import add_parser as add_keys_parser
 
@@ -83,7 +86,12 @@ def parse_budget(text: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "predictor":  # argparse's REMAINDER drops leading options: the sub-tool parses them
+        args.rest = unknown + list(args.rest)
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "serve":
             return cmd_serve(args)
@@ -93,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             from hybridpref.route_cli import cmd_route
 
             return cmd_route(args)
+        if args.command == "predictor" and args.predictor_command == "add-routing-models":
+            from hybridpref.predictor.routing_build import main as routing_main
+
+            return routing_main(args.rest)
         if args.command == "predictor":
             from hybridpref.predictor.builder import main as build_main
 
