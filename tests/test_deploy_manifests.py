@@ -199,7 +199,7 @@ def test_contract_settings_are_read_by_the_code() -> None:
 def test_config_uses_only_known_settings(config: dict[str, str]) -> None:
     assert set(config) <= READ_BY_CODE, set(config) - READ_BY_CODE
     assert config["HYBRIDPREF_HOST"] == "0.0.0.0"
-    assert config["HYBRIDPREF_JUDGE_BACKEND"] in ("embedded", "openai", "replay")
+    assert config["HYBRIDPREF_JUDGE_BACKEND"] in ("learned", "embedded", "openai", "replay")
     assert config["HYBRIDPREF_TAGGER_PROFILE"] in ("default", "fast")
     assert config["HYBRIDPREF_LOG_FORMAT"] in ("json", "console")
     assert int(config["HYBRIDPREF_GRACE_PERIOD_S"]) > 0

@@ -6,6 +6,8 @@
     hybridpref predictor build ...      # offline: build a model bundle
     hybridpref predictor add-routing-models ...  # offline: add the correction model + domain to a bundle
     hybridpref keys add|hash ...        # API key entries for the router's keys file
+    hybridpref evaluate --pool pairs.jsonl --out DIR ...   # offline: does routing help on these pools?
+    hybridpref judge train [--data-dir D] # offline: train and export the learned judge
 
 The parser is built inside ``main``; nothing runs at import time. User mistakes
 print ``error: ...`` (file line and field where there is one) and exit 2.
@@ -48,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--router", default=None, help="HOST:PORT of a running router (default: start an embedded stack)")
     route.add_argument("--output", type=Path, default=None, help="write decisions as JSONL here")
     route.add_argument("--replay-judge", default="", help="use labels recorded under this judge name")
-    route.add_argument("--judge-backend", choices=["embedded", "openai", "replay"], default=None,
-                       help="embedded stack only: judge backend")
+    route.add_argument("--judge-backend", choices=["learned", "embedded", "openai", "replay"], default=None,
+                       help="embedded stack only: judge backend (default: learned)")
     route.add_argument("--timeout", type=float, default=900.0, help="deadline for the call, seconds")
     route.add_argument("--log-level", default="WARNING", help="embedded stack's service log level (default WARNING)")
 
@@ -63,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     from hybridpref.keys_cli import add_parser as add_keys_parser
 
     add_keys_parser(sub)
+    evaluate = sub.add_parser("evaluate", help="evaluate routing strategies on labelled pools (see --help)", add_help=False)
+    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
+    judge = sub.add_parser("judge", help="judge tools")
+    judge_sub = judge.add_subparsers(dest="judge_command", required=True)
+    train = judge_sub.add_parser("train", help="train and export the learned judge (see --help)", add_help=False)
+    train.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -86,12 +94,20 @@ def parse_budget(text: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if args.command == "predictor":  # argparse's REMAINDER drops leading options: the sub-tool parses them
-        args.rest = unknown + list(args.rest)
-    elif unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["judge", "train"]:  # its own parser: REMAINDER would not pass a leading --help through
+        from hybridpref.judge.training import main as train_main
+
+        return train_main(argv[2:])
+    if argv[:1] == ["evaluate"]:  # argparse's REMAINDER cannot start with an option (--pool): pass the rest through
+        args = argparse.Namespace(command="evaluate", rest=argv[1:])
+    else:
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if args.command == "predictor":  # same REMAINDER limit: the predictor tools parse their own options
+            args.rest = unknown + list(args.rest)
+        elif unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "serve":
             return cmd_serve(args)
@@ -113,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             from hybridpref.keys_cli import main as keys_main
 
             return keys_main(args)
+        if args.command == "evaluate":
+            from hybridpref.evaluation.cli import main as evaluate_main
+
+            return evaluate_main(args.rest)
     except InvalidInput as exc:
         for v in exc.violations:
             print(f"error: {v.field}: {v.description}", file=sys.stderr)

@@ -28,7 +28,7 @@ def cmd_route(args) -> int:
     budget = parse_budget(args.budget)
     console = Console(stderr=True)
     console.print(f"routing {len(instances)} instances from {path} (budget {args.budget})")
-    with _router(args, console) as address, RouterClient(address, timeout_s=args.timeout) as client:
+    with _router(args, console) as (address, judge_name), RouterClient(address, timeout_s=args.timeout) as client:
         try:
             with _progress(console, len(instances)) as advance:
                 result = client.route_stream(instances, budget, args.strategy, args.seed,
@@ -38,7 +38,7 @@ def cmd_route(args) -> int:
                 raise InvalidInput([_to_line(field, text, lines) for field, text in exc.violations]) from None
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    print_summary(console, result)
+    print_summary(console, result, judge_name)
     if args.output:
         write_decisions(args.output, result)
         console.print(f"wrote {len(result.decisions)} decisions to {args.output}")
@@ -55,23 +55,35 @@ def _to_line(field: str, text: str, lines: list[int]) -> FieldViolation:
 
 @contextmanager
 def _router(args, console):
-    """The router address: the given one, or an embedded stack run in a background thread."""
+    """(router address, name of the judge that labels): the given router, or an embedded stack run in a
+    background thread."""
     if args.router:
-        yield args.router
+        yield args.router, f"the judge service behind {args.router}"
         return
     from hybridpref.common.logs import configure_logging
     from hybridpref.stack import BackgroundLoop, start_embedded_stack
 
     configure_logging("hybridpref-route", args.log_level, "console")
     overrides = {"judge_backend": args.judge_backend} if args.judge_backend else {}
+    settings = Settings(**overrides)
     background = BackgroundLoop()
     console.print("starting an embedded stack (tagger, judge, predictor, router) on loopback; loading models...")
-    stack = background.run(start_embedded_stack(Settings(**overrides)))
+    stack = background.run(start_embedded_stack(settings))
     try:
-        yield stack.router_address
+        yield stack.router_address, _judge_name(settings, args.replay_judge)
     finally:
         background.run(stack.stop())
         background.close()
+
+
+def _judge_name(settings: Settings, replay_judge: str) -> str:
+    """``judge_id`` of the judge an embedded stack runs, e.g. ``learned:hybridpref-judge-v1``."""
+    from hybridpref.judge.servicer import build_judge
+
+    name = build_judge(settings).judge_id  # builds only; no model is loaded a second time
+    if settings.judge_backend == "replay" and replay_judge:
+        name = f"replay:{replay_judge}"
+    return name
 
 
 @contextmanager
@@ -89,7 +101,10 @@ def _progress(console, total: int):
         yield advance
 
 
-def print_summary(console, result) -> None:
+UNSURE_BELOW = 0.6  # a judge confidence under this is "unsure" in the summary (the router may send it to humans)
+
+
+def print_summary(console, result, judge_name: str = "") -> None:
     from rich.table import Table
 
     s = result.summary
@@ -105,8 +120,15 @@ def print_summary(console, result) -> None:
                        ("predicted_all_lm", "predicted, all LM"), ("predicted_random", "predicted, random same budget")):
         if key in s:
             table.add_row(label, f"{s[key]:.4f}")
-    labels = Counter(d.lm_label for d in result.decisions if d.route == "LM")
+    lm = [d for d in result.decisions if d.route == "LM"]
+    labels = Counter(d.lm_label for d in lm)
+    if judge_name:
+        table.add_row("judge", judge_name)
     table.add_row("LM labels", ", ".join(f"{k}={v}" for k, v in sorted(labels.items(), key=lambda kv: str(kv[0]))) or "-")
+    if lm:
+        unsure = sum(d.lm_confidence < UNSURE_BELOW for d in lm)
+        mean_conf = sum(d.lm_confidence for d in lm) / len(lm)
+        table.add_row("LM label confidence", f"mean {mean_conf:.2f}, {unsure} unsure (< {UNSURE_BELOW})")
     inconsistent = sum(d.judge_order_inconsistent for d in result.decisions)
     table.add_row("judge order-inconsistent", str(inconsistent))
     for stage, seconds in sorted(s.get("stage_seconds", {}).items()):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hybridpref.v1 import common_pb2 as hybridpref_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19hybridpref/v1/judge.proto\x12\rhybridpref.v1\x1a\x1ahybridpref/v1/common.proto\"\xb7\x01\n\x15JudgeInstancesRequest\x12\x34\n\tinstances\x18\x01 \x03(\x0b\x32!.hybridpref.v1.PreferenceInstance\x12\x32\n\rposition_mode\x18\x02 \x01(\x0e\x32\x1b.hybridpref.v1.PositionMode\x12\x10\n\x08template\x18\x03 \x01(\t\x12\x14\n\x0creplay_judge\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x04\"\x8a\x02\n\tJudgement\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x05label\x18\x02 \x01(\x0e\x32\x1e.hybridpref.v1.PreferenceLabel\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x32\n\nverdict_ab\x18\x04 \x01(\x0e\x32\x1e.hybridpref.v1.PreferenceLabel\x12\x32\n\nverdict_ba\x18\x05 \x01(\x0e\x32\x1e.hybridpref.v1.PreferenceLabel\x12\x1a\n\x12order_inconsistent\x18\x06 \x01(\x08\x12\x10\n\x08judge_id\x18\x07 \x01(\t\x12\x18\n\x10template_version\x18\x08 \x01(\t\"F\n\x16JudgeInstancesResponse\x12,\n\njudgements\x18\x01 \x03(\x0b\x32\x18.hybridpref.v1.Judgement\"\x15\n\x13GetJudgeInfoRequest\"\x84\x01\n\x14GetJudgeInfoResponse\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x10\n\x08judge_id\x18\x02 \x01(\t\x12\x11\n\ttemplates\x18\x03 \x03(\t\x12\x18\n\x10\x64\x65\x66\x61ult_template\x18\x04 \x01(\t\x12\x1c\n\x14\x64\x65\x66\x61ult_replay_judge\x18\x05 \x01(\t2\xc6\x01\n\x0cJudgeService\x12]\n\x0eJudgeInstances\x12$.hybridpref.v1.JudgeInstancesRequest\x1a%.hybridpref.v1.JudgeInstancesResponse\x12W\n\x0cGetJudgeInfo\x12\".hybridpref.v1.GetJudgeInfoRequest\x1a#.hybridpref.v1.GetJudgeInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19hybridpref/v1/judge.proto\x12\rhybridpref.v1\x1a\x1ahybridpref/v1/common.proto\"\xb7\x01\n\x15JudgeInstancesRequest\x12\x34\n\tinstances\x18\x01 \x03(\x0b\x32!.hybridpref.v1.PreferenceInstance\x12\x32\n\rposition_mode\x18\x02 \x01(\x0e\x32\x1b.hybridpref.v1.PositionMode\x12\x10\n\x08template\x18\x03 \x01(\t\x12\x14\n\x0creplay_judge\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x04\"\xc3\x02\n\tJudgement\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x05label\x18\x02 \x01(\x0e\x32\x1e.hybridpref.v1.PreferenceLabel\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x32\n\nverdict_ab\x18\x04 \x01(\x0e\x32\x1e.hybridpref.v1.PreferenceLabel\x12\x32\n\nverdict_ba\x18\x05 \x01(\x0e\x32\x1e.hybridpref.v1.PreferenceLabel\x12\x1a\n\x12order_inconsistent\x18\x06 \x01(\x08\x12\x10\n\x08judge_id\x18\x07 \x01(\t\x12\x18\n\x10template_version\x18\x08 \x01(\t\x12\x17\n\np_a_better\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\tB\r\n\x0b_p_a_better\"F\n\x16JudgeInstancesResponse\x12,\n\njudgements\x18\x01 \x03(\x0b\x32\x18.hybridpref.v1.Judgement\"\x15\n\x13GetJudgeInfoRequest\"\x84\x01\n\x14GetJudgeInfoResponse\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x10\n\x08judge_id\x18\x02 \x01(\t\x12\x11\n\ttemplates\x18\x03 \x03(\t\x12\x18\n\x10\x64\x65\x66\x61ult_template\x18\x04 \x01(\t\x12\x1c\n\x14\x64\x65\x66\x61ult_replay_judge\x18\x05 \x01(\t2\xc6\x01\n\x0cJudgeService\x12]\n\x0eJudgeInstances\x12$.hybridpref.v1.JudgeInstancesRequest\x1a%.hybridpref.v1.JudgeInstancesResponse\x12W\n\x0cGetJudgeInfo\x12\".hybridpref.v1.GetJudgeInfoRequest\x1a#.hybridpref.v1.GetJudgeInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JUDGEINSTANCESREQUEST']._serialized_start=73
   _globals['_JUDGEINSTANCESREQUEST']._serialized_end=256
   _globals['_JUDGEMENT']._serialized_start=259
-  _globals['_JUDGEMENT']._serialized_end=525
-  _globals['_JUDGEINSTANCESRESPONSE']._serialized_start=527
-  _globals['_JUDGEINSTANCESRESPONSE']._serialized_end=597
-  _globals['_GETJUDGEINFOREQUEST']._serialized_start=599
-  _globals['_GETJUDGEINFOREQUEST']._serialized_end=620
-  _globals['_GETJUDGEINFORESPONSE']._serialized_start=623
-  _globals['_GETJUDGEINFORESPONSE']._serialized_end=755
-  _globals['_JUDGESERVICE']._serialized_start=758
-  _globals['_JUDGESERVICE']._serialized_end=956
+  _globals['_JUDGEMENT']._serialized_end=582
+  _globals['_JUDGEINSTANCESRESPONSE']._serialized_start=584
+  _globals['_JUDGEINSTANCESRESPONSE']._serialized_end=654
+  _globals['_GETJUDGEINFOREQUEST']._serialized_start=656
+  _globals['_GETJUDGEINFOREQUEST']._serialized_end=677
+  _globals['_GETJUDGEINFORESPONSE']._serialized_start=680
+  _globals['_GETJUDGEINFORESPONSE']._serialized_end=812
+  _globals['_JUDGESERVICE']._serialized_start=815
+  _globals['_JUDGESERVICE']._serialized_end=1013
 # @@protoc_insertion_point(module_scope)

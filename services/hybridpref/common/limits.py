@@ -29,6 +29,8 @@ class Limits:
     max_metadata_chars: int = 4096
     max_lm_labels: int = 64
     max_name_chars: int = 256  # judge names (lm_labels keys), roles
+    # Largest per-instance human cost: sums over a million instances stay far from overflow.
+    max_human_cost: float = 1e6
 
     @classmethod
     def from_settings(cls, settings) -> Limits:
@@ -60,6 +62,8 @@ def proto_instance_violations(msgs: Iterable, limits: Limits = DEFAULT_LIMITS, o
         elif any(len(key) > limits.max_name_chars or len(value) > limits.max_metadata_chars for key, value in m.metadata.items()):
             out.append(FieldViolation(f"{where}.metadata", f"keys at most {limits.max_name_chars}, values at most "
                                                            f"{limits.max_metadata_chars} characters"))
+        if m.HasField("human_cost") and not 0 < m.human_cost <= limits.max_human_cost:
+            out.append(FieldViolation(f"{where}.human_cost", f"must be in (0, {limits.max_human_cost:g}], got {m.human_cost:g}"))
         if m.human_label not in LABEL_VALUES:
             out.append(FieldViolation(f"{where}.human_label", f"unknown PreferenceLabel value {m.human_label}"))
         if len(m.lm_labels) > limits.max_lm_labels:

@@ -3,7 +3,7 @@ llama.cpp server, hosted APIs), shared by the judge and the tagger's analyzer.
 
 Failure behaviour, bounded by the caller's deadline (``remaining()`` seconds, or None):
   - connection refused / reset, 408/409/429/5xx -> retried with exponential backoff
-    (``Retry-After`` honoured) up to ``max_retries``, then ``BackendUnavailable(retry_after_s)``;
+    (``retry-after-ms`` / ``Retry-After`` honoured) up to ``max_retries``, then ``BackendUnavailable(retry_after_s)``;
     a wait that would not fit the deadline is not started;
   - a call still running when the deadline ends -> ``DeadlineExceeded``;
   - other 4xx (bad key, unknown model) -> ``BackendUnavailable`` at once (a configuration error).
@@ -108,7 +108,7 @@ class ChatCompletionsClient:
                 problem = f"{self.what} answered HTTP {resp.status_code} ({http_reason(resp.status_code)})"
                 if resp.status_code not in RETRY_STATUS:
                     raise BackendUnavailable(problem)
-                retry_after = parse_retry_after(resp.headers.get("retry-after"))
+                retry_after = retry_after_header(resp.headers)
             attempt += 1
             wait_s = retry_after if retry_after is not None else min(MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1))
             if attempt > self.max_retries:
@@ -147,6 +147,15 @@ def resolve_key(api_key: str | None, api_key_file: str | Path | None, api_key_en
         except OSError as exc:
             raise InvalidInput(FieldViolation("api_key_file", f"cannot read the key file: {exc.strerror}")) from None
     return os.environ.get(api_key_env) if api_key_env else None
+
+
+def retry_after_header(headers: Any) -> float | None:
+    """Seconds to wait: OpenAI-style ``retry-after-ms`` (sub-second) when sent, else ``Retry-After``."""
+    try:
+        ms = float(headers.get("retry-after-ms"))
+    except (TypeError, ValueError):
+        return parse_retry_after(headers.get("retry-after"))
+    return max(0.0, ms / 1000.0)
 
 
 def parse_retry_after(value: str | None) -> float | None:

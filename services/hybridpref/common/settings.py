@@ -37,8 +37,9 @@ class Settings(BaseSettings):
     bundle_watch_s: float = Field(10.0, ge=0)
     # Tagger.
     tagger_profile: str = "default"
-    # Judge.
-    judge_backend: Literal["embedded", "openai", "replay"] = "embedded"
+    # Judge. "learned": the packaged CPU preference model (fast, calibrated); "embedded": a local LM
+    # (SmolLM2 GGUF by default); judge_model_path overrides the model of either.
+    judge_backend: Literal["learned", "embedded", "openai", "replay"] = "learned"
     judge_model_path: str | None = None
     judge_replay_key: str = "gpt4"
     judge_openai_base_url: str | None = None
@@ -52,13 +53,15 @@ class Settings(BaseSettings):
     router_workers: int = Field(4, ge=1)
     # Router: seconds between checks of the backends' health (its readiness follows them).
     backend_check_s: float = Field(1.0, gt=0)
+    # Router: NOT_SERVING when its worker pool has not started a no-op for this long (all workers stuck).
+    pool_stall_s: float = Field(10.0, gt=0)
     # Server.
     grace_period_s: float = Field(20.0, ge=0)
     max_message_mb: int = Field(64, ge=1)
     max_batch: int = Field(20_000, ge=1)
     max_concurrent_rpcs: int = Field(256, ge=1)
     # Longest a call may run; applies when the caller sets no deadline or a longer one. 0 = no cap.
-    max_deadline_s: float = Field(300.0, ge=0)
+    max_deadline_s: float = Field(1800.0, ge=0)
     # Metrics HTTP bind address ("" = same as ``host``); NetworkPolicy restricts who may scrape.
     metrics_host: str = ""
     log_level: str = "INFO"

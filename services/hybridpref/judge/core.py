@@ -2,8 +2,8 @@
 
 Usage::
 
-    judge = Judge.from_config("embedded")          # or "openai" (base_url=..., model=...), "replay"
-    judge.load()                                    # seconds for the embedded model; idempotent
+    judge = Judge.from_config("learned")           # or "embedded" (SmolLM2), "openai" (base_url=..., model=...), "replay"
+    judge.load()                                    # milliseconds (learned), seconds (embedded LM); idempotent
     out = judge.judge(instances, mode=PositionMode.BOTH, template="multipref", deadline_s=30)
 
 ``judge`` returns exactly one :class:`Judgement` per instance, in order, or raises
@@ -35,6 +35,11 @@ class Judgement:
     (>= 1/3 for 3 sides); for an order-inconsistent one, at most 0.5 and near 0 when both orders were
     confident. A confidence of 0 with both verdicts UNSPECIFIED means the backend gave no usable
     verdict (e.g. an endpoint answered with unparseable text): treat it as "needs a human".
+
+    ``p_a_better``: probability that A is the better response, ``None`` when the backend gives none
+    (recorded labels). Calibrated for the learned judge; for an LM, its option probabilities' A-side
+    share (A / (A + B)), averaged over the orders it ran. ``backend``: ``learned``, ``embedded``,
+    ``openai`` or ``replay`` (``judge_id`` adds the model).
     """
 
     id: str
@@ -45,6 +50,8 @@ class Judgement:
     order_inconsistent: bool
     judge_id: str
     template_version: str
+    p_a_better: float | None = None
+    backend: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class JudgeBackend(ABC):
     """A source of judgements. ``judge_id`` names backend and model, e.g. ``embedded:SmolLM2-135M-Instruct``."""
 
     judge_id: str = "unknown"
+    kind: str = "unknown"  # backend family, reported in ``Judgement.backend``
 
     def load(self) -> None:
         """Load models / check configuration. Idempotent."""
@@ -104,8 +112,21 @@ class ScoringBackend(JudgeBackend):
             pos += len(orders)
             outcome = _combine(per_order)
             out.append(Judgement(inst.id, outcome.label, outcome.confidence, outcome.verdict_ab, outcome.verdict_ba,
-                                 outcome.order_inconsistent, self.judge_id, template.template_version))
+                                 outcome.order_inconsistent, self.judge_id, template.template_version,
+                                 p_a_better=_p_a_better(per_order), backend=self.kind))
         return out
+
+
+def _p_a_better(per_order: dict[bool, np.ndarray | None]) -> float | None:
+    """Mean over the scored orders of the A side's share of the decisive mass (ties left out)."""
+    shares = []
+    for sw, dist in per_order.items():
+        if dist is None:
+            continue
+        a, _, b = aggregate.side_masses(aggregate.to_stored_order(dist, sw))
+        if a + b > 0:
+            shares.append(a / (a + b))
+    return float(np.mean(shares)) if shares else None
 
 
 def _combine(per_order: dict[bool, np.ndarray | None]) -> aggregate.Outcome:
@@ -131,20 +152,24 @@ class Judge:
         self.default_mode = default_mode
 
     @classmethod
-    def from_config(cls, backend: str = "embedded", *, default_template: str = "multipref",
+    def from_config(cls, backend: str = "learned", *, default_template: str = "multipref",
                     default_mode: PositionMode = PositionMode.BOTH, **options: Any) -> Judge:
         """Build a judge from configuration.
 
-        ``backend``: ``"embedded"`` (options: ``model``, ``max_prompt_tokens``, ``threads``),
+        ``backend``: ``"learned"`` (the default; options: ``model`` (a spec JSON), ``threads``),
+        ``"embedded"`` (a local LM; options: ``model``, ``max_prompt_tokens``, ``threads``),
         ``"openai"`` (``base_url``, ``model``, ``api_key`` / ``api_key_env`` / ``api_key_file``,
         ``concurrency``, ``max_retries``, ``timeout_s``, ``logprobs``) or ``"replay"``
         (``default_judge``). Unknown backend or option -> ``InvalidInput``.
         """
         name = backend.strip().lower()
         try:
-            if name == "embedded":
+            if name == "learned":
+                from hybridpref.judge.learned import LearnedBackend
+                impl: JudgeBackend = LearnedBackend(**options)
+            elif name == "embedded":
                 from hybridpref.judge.embedded import EmbeddedBackend
-                impl: JudgeBackend = EmbeddedBackend(**options)
+                impl = EmbeddedBackend(**options)
             elif name == "openai":
                 from hybridpref.judge.openai_backend import OpenAIBackend
                 impl = OpenAIBackend(**options)
@@ -152,7 +177,7 @@ class Judge:
                 from hybridpref.judge.replay import ReplayBackend
                 impl = ReplayBackend(**options)
             else:
-                raise InvalidInput(FieldViolation("backend", f"unknown judge backend {backend!r}; use embedded, openai or replay"))
+                raise InvalidInput(FieldViolation("backend", f"unknown judge backend {backend!r}; use learned, embedded, openai or replay"))
         except TypeError as exc:  # unknown keyword option
             raise InvalidInput(FieldViolation("backend_options", f"{name}: {exc}")) from None
         return cls(impl, default_template=default_template, default_mode=default_mode)
@@ -192,4 +217,6 @@ class Judge:
                                  deadline=deadline)
         if [j.id for j in out] != [i.id for i in instances]:
             raise RuntimeError("backend returned judgements that do not match the request")
+        for j in out:
+            j.backend = j.backend or self.backend.kind
         return out

@@ -48,6 +48,8 @@ class EmbeddedBackend(ScoringBackend):
     its end, responses their start) so neither response is favoured. ``threads`` defaults to the CPU limit.
     """
 
+    kind = "embedded"
+
     def __init__(self, model: str | Path | None = None, *, max_prompt_tokens: int = 2048,
                  threads: int | None = None, name: str | None = None):
         if max_prompt_tokens < 256:

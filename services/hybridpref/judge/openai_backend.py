@@ -30,6 +30,8 @@ class OpenAIBackend(ScoringBackend):
     ``top_logprobs`` (set False for servers that reject it).
     """
 
+    kind = "openai"
+
     def __init__(self, base_url: str | None = None, model: str | None = None, *, api_key: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", api_key_file: str | Path | None = None, concurrency: int = 4,
                  max_retries: int = 3, timeout_s: float = 30.0, backoff_s: float = 0.25, logprobs: bool = True,

@@ -31,6 +31,8 @@ _ORDER_SUFFIXES = ("/order_ab", "/order_ba")
 class ReplayBackend(JudgeBackend):
     """Returns recorded labels. ``default_judge`` is used when a request names none."""
 
+    kind = "replay"
+
     def __init__(self, default_judge: str | None = None):
         self.default_judge = default_judge
         self.judge_id = f"replay:{default_judge}" if default_judge else "replay"

@@ -30,7 +30,7 @@ def build_judge(settings: Settings):
         }
     elif settings.judge_backend == "replay":
         options = {"default_judge": settings.judge_replay_key}
-    else:
+    else:  # learned (a spec JSON) or embedded (a GGUF / HF model): both read judge_model_path
         options = {"model": settings.judge_model_path} if settings.judge_model_path else {}
     return Judge.from_config(settings.judge_backend, default_template=settings.judge_template, **options)
 
@@ -57,6 +57,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             seed=request.seed,
             replay_judge=request.replay_judge or None,
             deadline_s=deadlines.current() or remaining_timeout(context),
+            size=len(instances),  # small calls first
         )
         self._metrics.instances.labels("judge", "JudgeInstances").inc(len(instances))
         return judge_pb2.JudgeInstancesResponse(judgements=[to_proto(j) for j in judgements])
@@ -86,6 +87,8 @@ def to_proto(j) -> judge_pb2.Judgement:
         order_inconsistent=bool(j.order_inconsistent),
         judge_id=j.judge_id,
         template_version=j.template_version,
+        backend=j.backend,
+        **({"p_a_better": float(j.p_a_better)} if j.p_a_better is not None else {}),
     )
 
 

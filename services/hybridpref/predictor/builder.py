@@ -157,7 +157,25 @@ def tag_with_tagger(profile: str) -> tuple[TagFn, str]:
         tagger.load()
         return np.asarray(tagger.tag(list(instances)).tag_matrix, dtype=np.uint8)
 
-    return tag, bins.to_json()
+    bins_json = bins.to_json()
+    tag.cache_key = f"tagger:{profile}:bins-{hashlib.sha256(bins_json.encode()).hexdigest()[:12]}"  # type: ignore[attr-defined]
+    return tag, bins_json
+
+
+# Bump when tagging code changes what a profile returns for the same texts (stale caches then miss).
+TAG_CODE_VERSION = "tags-code-2"
+
+
+def tag_cache_key(tag_fn: TagFn, profile: str | None = None) -> str:
+    """Cache key of a tag function: its ``cache_key`` attribute when it has one (the tagger's: profile +
+    reference bins), else its qualified name + a hash of its code, plus the profile and code version.
+    Two different custom functions never share cached tags (they used to share the key ``"custom"``)."""
+    own = getattr(tag_fn, "cache_key", None)
+    if own is None:
+        code = getattr(tag_fn, "__code__", None)
+        digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12] if code else "nocode"
+        own = f"custom:{getattr(tag_fn, '__module__', '?')}.{getattr(tag_fn, '__qualname__', type(tag_fn).__qualname__)}:{digest}"
+    return f"{own}|profile={profile or '-'}|{TAG_CODE_VERSION}"
 
 
 def cached_tags(instances: Sequence[PreferenceInstance], tag_fn: TagFn, key: str) -> np.ndarray:
@@ -199,7 +217,7 @@ def build_bundle(config: BuildConfig, *, tag_fn: TagFn | None = None, reference_
 
     if tag_fn is None:
         tag_fn, reference_bins_json = tag_with_tagger(config.tagger_profile)
-    tags = cached_tags(pool, tag_fn, key=f"tagger:{config.tagger_profile}" if reference_bins_json else "custom")
+    tags = cached_tags(pool, tag_fn, key=tag_cache_key(tag_fn, config.tagger_profile))
     timings["tag_s"] = time.perf_counter() - t0
 
     routed, kinds = mixes_mod.sample_mixes(tags, config.candidates, config.seed, config.walk_fraction)

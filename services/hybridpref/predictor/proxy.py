@@ -179,7 +179,23 @@ class EmbeddingBTProxy:
                 out[name][start:start + len(block)] = acc[name]
         return out
 
-    def _train_block(self, labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    def evaluate_pairs(self, pool_labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+        """Like :meth:`evaluate` but per gold pair: {gold name: (K, n_gold) correctness in [0, 1], mean
+        over seeds (0.5 = predicted tie), NaN where the gold pair has no usable label}. For paired
+        bootstrap intervals over gold pairs (the evaluation harness)."""
+        if self._pool is None:
+            raise RuntimeError("call prepare() first")
+        labels = np.asarray(pool_labels, dtype=np.int8)
+        if labels.ndim != 2 or labels.shape[1] != len(self._pool.ia):
+            raise ValueError(f"pool_labels must be (K, {len(self._pool.ia)}), got {labels.shape}")
+        out = {name: np.full((len(labels), len(g.ia)), np.nan) for name, g in self._gold.items()}
+        for start in range(0, len(labels), self.chunk):
+            block = labels[start:start + self.chunk]
+            for name, correct in self._train_block(block, seed=seed, per_pair=True).items():
+                out[name][start:start + len(block)] = correct
+        return out
+
+    def _train_block(self, labels: np.ndarray, seed: int, per_pair: bool = False) -> dict[str, np.ndarray]:
         import torch
 
         k, s = len(labels), self.seeds
@@ -201,6 +217,8 @@ class EmbeddingBTProxy:
             loss.backward()
             opt.step()
         with torch.no_grad():
+            if per_pair:
+                return {name: self._pair_correct(params, g).reshape(k, s, -1).mean(1) for name, g in self._gold.items()}
             return {name: self._accuracy(params, g).reshape(k, s).mean(1) for name, g in self._gold.items()}
 
     def _init_params(self, k: int, s: int, dim: int, gen) -> list:
@@ -224,14 +242,19 @@ class EmbeddingBTProxy:
         h = torch.relu(torch.einsum("ud,mdh->muh", x, w1) + b1)
         return torch.bmm(h, w2).squeeze(-1)
 
-    def _accuracy(self, params: list, gold: _Encoded) -> np.ndarray:
+    def _pair_correct(self, params: list, gold: _Encoded) -> np.ndarray:
+        """(M, n_gold) correctness per trained network and gold pair; NaN where the target is 0."""
         import torch
 
         r = self._reward(params, torch.from_numpy(gold.emb))
         diff = (r[:, torch.from_numpy(gold.ia)] - r[:, torch.from_numpy(gold.ib)]).numpy()
         t = gold.target.astype(np.float64)
-        keep = t != 0
-        if not keep.any():
-            return np.full(len(diff), np.nan)
-        correct = np.where(diff[:, keep] == 0, 0.5, (np.sign(diff[:, keep]) == t[keep]).astype(np.float64))
-        return correct.mean(1)
+        correct = np.where(diff == 0, 0.5, (np.sign(diff) == t).astype(np.float64))
+        correct[:, t == 0] = np.nan
+        return correct
+
+    def _accuracy(self, params: list, gold: _Encoded) -> np.ndarray:
+        correct = self._pair_correct(params, gold)
+        if not (gold.target != 0).any():
+            return np.full(len(correct), np.nan)
+        return np.nanmean(correct, axis=1)

@@ -70,7 +70,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
     async def ScoreMixes(self, request, context):
         check_vocabulary(request.vocabulary_version)
         counts = counts_matrix(request.mixes, "mixes")
-        scores = await self._executor.run(self.predictor.score, counts, int(request.pool_size))
+        scores = await self._executor.run(self.predictor.score, counts, int(request.pool_size), size=len(counts))
         self._metrics.instances.labels("predictor", "ScoreMixes").inc(len(scores))
         return predictor_pb2.ScoreMixesResponse(scores=scores.tolist(), bundle_version=self.predictor.info().bundle_version)
 
@@ -79,7 +79,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
         tags = tag_matrix(request.instances)
         current = counts_matrix([request.current], "current")[0] if len(request.current.counts) else None
         gains, current_score, explanations = await self._executor.run(
-            self.predictor.gains, tags, current, int(request.pool_size), int(request.explain_top_k)
+            self.predictor.gains, tags, current, int(request.pool_size), int(request.explain_top_k), size=len(tags),
         )
         out = predictor_pb2.InstanceGainsResponse(
             gains=np.asarray(gains).tolist(), current_score=float(current_score),

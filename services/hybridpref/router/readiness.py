@@ -25,8 +25,6 @@ from hybridpref.common.executors import CoreExecutor
 from hybridpref.common.metrics import Metrics
 from hybridpref.common.settings import Settings
 
-# A worker pool that has not started a no-op for this long is stuck (every worker busy).
-POOL_STALL_S = 10.0
 BACKEND_SERVICES = {
     "tagger": "hybridpref.v1.TaggerService",
     "judge": "hybridpref.v1.JudgeService",
@@ -54,7 +52,7 @@ class BackendWatcher:
         return all(self.up.values()) and self.pool_ok()
 
     def pool_ok(self) -> bool:
-        return self._probe_since is None or time.monotonic() - self._probe_since < POOL_STALL_S
+        return self._probe_since is None or time.monotonic() - self._probe_since < self.settings.pool_stall_s
 
     async def start(self) -> None:
         """One check round now (so health is right from the start), then keep watching."""

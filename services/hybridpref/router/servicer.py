@@ -87,7 +87,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def RouteInstances(self, request, context):
         options = options_from_proto(request.config, self.settings.default_strategy, self.settings)
         run = self.core.executor.run
-        instances = await run(instances_from_proto, request.instances, self.limits)
+        instances = await run(instances_from_proto, request.instances, self.limits, size=len(request.instances))
         outcome = await self.core.route(instances, options, self._deadline(context))
         return await run(
             lambda: router_pb2.RouteInstancesResponse(decisions=decisions_to_proto(outcome), summary=summary_to_proto(outcome))
@@ -105,7 +105,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             async for message in request_iterator:
                 if message.WhichOneof("item") != "chunk":
                     raise InvalidInput(FieldViolation(f"stream[{index}]", "config may only come first"))
-                chunk = await run(instances_from_proto, message.chunk.instances, self.limits, seen)
+                chunk = await run(instances_from_proto, message.chunk.instances, self.limits, seen,
+                                  size=len(message.chunk.instances))
                 seen += len(chunk)
                 yield chunk
                 index += 1

@@ -53,7 +53,7 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
         profile, tagger = self._tagger(request.profile)
         if not tagger.ready:
             await self._executor.run(tagger.load)
-        batch = await self._executor.run(tagger.tag, instances)
+        batch = await self._executor.run(tagger.tag, instances, size=len(instances))  # small calls first
         self._metrics.instances.labels("tagger", "TagInstances").inc(len(instances))
         return to_response(batch, profile, tagger.reference_bins.fingerprint())
 

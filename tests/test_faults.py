@@ -1,0 +1,238 @@
+"""Faults on a real stack: a backend stopped during a streaming route, recovery after it
+returns, and the denial-of-service request from issue 12.
+
+Outages here last 3 s to keep CI fast; recovery does not depend on the outage length because
+the channels' reconnect back-off is capped (``reconnect_backoff_max_s``, 2 s) and the router's
+watcher polls every second. ``benchmarks/bench_load.py --outage 60`` measures a 60 s outage.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hybridpref.common.convert import instances_to_proto
+from hybridpref.common.instances import read_jsonl
+from hybridpref.common.settings import Settings
+from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
+
+from conftest import ROOT
+
+SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
+ROUTER_SERVICE = "hybridpref.v1.RouterService"
+OUTAGE_S = 3.0
+RECOVERY_LIMIT_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return Settings(tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4", default_strategy="random")
+
+
+@pytest.fixture(scope="module")
+def stack(background_loop, settings, log_capture):
+    from hybridpref.stack import start_embedded_stack
+
+    running = background_loop.run(start_embedded_stack(settings), timeout=300)
+    yield running
+    background_loop.run(running.stop(0.2))
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return instances_to_proto(read_jsonl(str(SAMPLE)))
+
+
+def config(strategy: str = "random", **extra) -> router_pb2.RouteConfig:
+    return router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5), strategy=strategy, **extra)
+
+
+def router_status(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=ROUTER_SERVICE), timeout=2).status
+        except grpc.RpcError:
+            return -1
+
+
+def wait_for(predicate, timeout_s: float, step_s: float = 0.1) -> float | None:
+    """Seconds until ``predicate()`` holds, or None if it did not within ``timeout_s``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(step_s)
+    return None
+
+
+def route_ok(address: str, sample, strategy: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            router_pb2_grpc.RouterServiceStub(channel).RouteInstances(
+                router_pb2.RouteInstancesRequest(instances=sample[:6], config=config(strategy)), timeout=5)
+            return True
+        except grpc.RpcError:
+            return False
+
+
+def restart(background_loop, stack, name: str, settings: Settings) -> None:
+    from hybridpref.common.server import start_service
+    from hybridpref.stack import handle_for
+
+    port = stack.services[name].port
+    fresh = background_loop.run(start_service(handle_for(name, settings), settings, port=port, metrics_port=-1), timeout=60)
+    background_loop.run(fresh.loaded.wait(), timeout=120)
+    stack.services[name] = fresh
+
+
+# strategy that needs the backend after the chunks: all_lm judges everything; greedy needs the predictor.
+@pytest.mark.parametrize(("backend", "strategy"), [("tagger", "random"), ("judge", "all_lm"), ("predictor", "greedy")])
+def test_backend_stopped_during_a_stream_then_back(background_loop, stack, settings, sample, backend, strategy):
+    router = stack.router_address
+    assert wait_for(lambda: router_status(router) == health_pb2.HealthCheckResponse.SERVING, 10) is not None
+    pending: queue.Queue = queue.Queue()
+    pending.put(router_pb2.RouteInstancesStreamRequest(config=config(strategy)))
+    pending.put(router_pb2.RouteInstancesStreamRequest(chunk=router_pb2.InstanceChunk(instances=sample[:10])))
+
+    def messages():
+        while (item := pending.get()) is not None:
+            yield item
+
+    deadline_s = 20.0
+    with grpc.insecure_channel(router) as channel, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        future = pool.submit(lambda: list(stub.RouteInstancesStream(messages(), timeout=deadline_s)))
+        time.sleep(0.5)  # the first chunk is tagged
+        background_loop.run(stack.services[backend].stop(0))
+        stopped = time.monotonic()
+        pending.put(router_pb2.RouteInstancesStreamRequest(chunk=router_pb2.InstanceChunk(instances=sample[10:20])))
+        pending.put(None)
+        with pytest.raises(grpc.RpcError) as err:
+            future.result(timeout=deadline_s + 5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    assert time.monotonic() - stopped < deadline_s
+    # Readiness follows: NOT_SERVING while the backend is away.
+    assert wait_for(lambda: router_status(router) == health_pb2.HealthCheckResponse.NOT_SERVING, 5) is not None
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped)))
+    restart(background_loop, stack, backend, settings)
+    back = time.monotonic()
+    assert wait_for(lambda: route_ok(router, sample, strategy), RECOVERY_LIMIT_S, 0.2) is not None
+    assert wait_for(lambda: router_status(router) == health_pb2.HealthCheckResponse.SERVING,
+                    RECOVERY_LIMIT_S - (time.monotonic() - back)) is not None
+    assert time.monotonic() - back <= RECOVERY_LIMIT_S
+
+
+def dos_request(sample, candidates: int) -> router_pb2.RouteInstancesRequest:
+    return router_pb2.RouteInstancesRequest(instances=sample[:8], config=router_pb2.RouteConfig(
+        budget=common_pb2.Budget(fraction=0.5), strategy="simulated", simulated_candidates=candidates))
+
+
+def test_dos_request_is_refused(stack, sample):
+    """Issue 12's attack: 8 x 8 instances, simulated, 4294967295 candidates, no deadline."""
+    with grpc.insecure_channel(stack.router_address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+
+        def attack():
+            try:
+                stub.RouteInstances(dos_request(sample, 4294967295))
+            except grpc.RpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        start = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: attack(), range(8)))
+    assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 8
+    assert time.monotonic() - start < 5
+
+
+@pytest.fixture()
+def open_router(background_loop, stack, tmp_path):
+    """A second router over the same backends: candidates effectively unbounded, a 2 s maximum
+    deadline, two workers, and API keys (the attacker may run 2 calls at once)."""
+    from hybridpref.common.auth import add_vendor
+    from hybridpref.common.server import start_service
+    from hybridpref.router.servicer import router_handle
+
+    keys = tmp_path / "keys.json"
+    attacker, vendor = add_vendor(keys, "attacker", max_concurrent=2), add_vendor(keys, "vendor")
+    settings = Settings(
+        tagger_address=stack.address("tagger"), judge_address=stack.address("judge"),
+        predictor_address=stack.address("predictor"), max_simulated_candidates=4294967295, max_deadline_s=2.0,
+        router_workers=3, api_keys_file=str(keys), pool_stall_s=0.8,
+    )
+    running = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=-1))
+    background_loop.run(running.loaded.wait())
+    yield running, attacker, vendor
+    background_loop.run(running.stop(0.2))
+
+
+def test_dos_request_is_bounded_and_normal_calls_keep_working(open_router, sample):
+    router, attacker, vendor = open_router
+    as_attacker = (("authorization", f"Bearer {attacker}"),)
+    as_vendor = (("authorization", f"Bearer {vendor}"),)
+    normal = router_pb2.RouteInstancesRequest(instances=sample[:8], config=config("random"))
+    with grpc.insecure_channel(router.address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        idle = []
+        for _ in range(5):
+            t = time.perf_counter()
+            stub.RouteInstances(normal, metadata=as_vendor, timeout=10)
+            idle.append(time.perf_counter() - t)
+
+        def attack():
+            t = time.perf_counter()
+            try:
+                stub.RouteInstances(dos_request(sample, 4294967295), metadata=as_attacker)  # no deadline
+            except grpc.RpcError as exc:
+                return exc.code(), time.perf_counter() - t
+            return grpc.StatusCode.OK, time.perf_counter() - t
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            attacks = [pool.submit(attack) for _ in range(8)]
+            time.sleep(0.3)
+            during = []
+            for _ in range(5):  # a vendor's normal calls while the attack runs
+                t = time.perf_counter()
+                stub.RouteInstances(normal, metadata=as_vendor, timeout=10)
+                during.append(time.perf_counter() - t)
+            results = [f.result(timeout=30) for f in attacks]
+    codes = sorted(c.name for c, _ in results)
+    # Two run (the attacker's concurrency quota) and are stopped at the server's 2 s maximum deadline;
+    # the other six are refused at once.
+    assert codes == ["DEADLINE_EXCEEDED"] * 2 + ["RESOURCE_EXHAUSTED"] * 6, codes
+    assert max(s for c, s in results if c == grpc.StatusCode.DEADLINE_EXCEEDED) < 4.0
+    assert max(during) < max(1.0, 10 * max(idle)), (idle, during)
+    # Their work stopped with them (cancellation reached the worker threads): the pool is free at once.
+    probe = router.handle  # readiness includes the worker-pool probe
+    assert wait_for(lambda: probe.ready(), 3) is not None
+    t = time.perf_counter()
+    with grpc.insecure_channel(router.address) as channel:
+        router_pb2_grpc.RouterServiceStub(channel).RouteInstances(normal, metadata=as_vendor, timeout=10)
+    assert time.perf_counter() - t < max(1.0, 10 * max(idle))
+
+
+def test_stuck_worker_pool_turns_readiness_off(open_router):
+    router, _, _ = open_router
+    executor = router.handle  # the router's pool is reachable through its readiness watcher
+    core_executor = _router_executor(router)
+    release = threading.Event()
+    futures = [core_executor.submit(lambda: release.wait(30)) for _ in range(3)]  # every worker blocked
+    try:
+        assert wait_for(lambda: router_status(router.address) == health_pb2.HealthCheckResponse.NOT_SERVING, 5) is not None
+    finally:
+        release.set()
+    concurrent.futures.wait(futures, timeout=5)
+    assert wait_for(lambda: router_status(router.address) == health_pb2.HealthCheckResponse.SERVING, 5) is not None
+    assert executor.ready()
+
+
+def _router_executor(router):
+    """The router's CoreExecutor, found through the watcher bound to its readiness."""
+    return router.handle.ready.__self__.executor
