@@ -8,8 +8,13 @@ feature matrix (onnxruntime, ``CorrectionRunner.probabilities``), budget resolut
 Explanations (top tags per instance, run by the service afterwards) are timed separately.
 Feature extraction from the texts is not included (it runs per judge slice, next to the judge).
 Other names in ``--strategies`` time ``strategies.route`` alone, as before (topk, greedy, ...).
+For those, issue 10 adds ``hybrid`` (the served default), ``expected_gain`` and ``judge_doubt``: for the first
+two the timed call includes the expected-correction model (the default bundle's ``correction.onnx``
+through onnxruntime) on an (n, F) synthetic feature matrix, then ``route()``; ``hybrid`` runs with
+``ppm_in_domain=True`` (its slowest path: the PPM's solo gains break ties). Synthetic judge signals:
+12% no verdict, 8% order flips, agreement in {0, 0.5, 1}.
 
-Targets on the 2-core machine: 3 s wall and 2 GB peak memory.
+Targets on the 2-core machine: 3 s wall and 2 GB peak memory per strategy.
 
 The tag matrix is synthetic but shaped like the tagger's output: each of the 9 lexical
 measures sets exactly one of its 3 bins (skewed like real data), every analyzer dimension
@@ -90,10 +95,15 @@ def run_one(strategy: str, n: int, fraction: float, repeats: int, seed: int, qua
 
     tags = synthetic_tags(n, seed)
     scorer = QuadraticScorer.random(NUM_TAGS, seed=seed + 1)
+    extra_kw = _issue10_inputs(strategy, n, seed)
+    model = extra_kw.pop("model", None)
+    features = extra_kw.pop("features", None)
 
     def once():
         budget = resolve_budget("fraction", fraction, n, None)
-        return route(strategy, tags, budget, scorer=scorer, seed=seed)
+        if model is not None:
+            extra_kw["expected_gain"] = model.expected_gain(features)
+        return route(strategy, tags, budget, scorer=scorer, seed=seed, **extra_kw)
 
     once()  # warm-up: BLAS threads, page faults of the input
     times, cpu = [], []
@@ -200,6 +210,27 @@ def run_served(n: int, fraction: float, repeats: int, seed: int) -> dict[str, fl
         "score_note": chosen.score_note, "corrections": None if chosen.corrections is None else chosen.corrections.value,
         "in_domain": None if summary.domain is None else summary.domain.in_domain, "warnings": len(summary.warnings),
     }
+
+
+def _issue10_inputs(strategy: str, n: int, seed: int) -> dict:
+    """Judge signals, and for expected_gain/hybrid the default bundle's correction model + features."""
+    if strategy not in ("expected_gain", "hybrid", "judge_doubt"):
+        return {}
+    from hybridpref.common.signals import JudgeSignals
+
+    rng = np.random.default_rng(seed + 2)
+    label = np.where(rng.random(n) < 0.12, 0, rng.choice([-1, 1], size=n)).astype(np.int8)
+    signals = JudgeSignals(label, np.full(n, np.nan), (label == 0) & (rng.random(n) < 0.6), rng.choice([0.0, 0.5, 1.0], size=n))
+    if strategy == "judge_doubt":
+        return {"signals": signals}
+    from hybridpref.predictor import bundle as bundle_io
+    from hybridpref.predictor.correction import FEATURE_NAMES, CorrectionModel
+    from hybridpref.predictor.core import default_bundle_path
+
+    model = CorrectionModel.from_onnx(bundle_io.read_correction(default_bundle_path())[0])
+    features = rng.random((n, len(FEATURE_NAMES)), dtype=np.float32)
+    features[:, FEATURE_NAMES.index("lm_no_verdict")] = label == 0
+    return {"signals": signals, "model": model, "features": features, "ppm_in_domain": strategy == "hybrid"}
 
 
 def main() -> None:

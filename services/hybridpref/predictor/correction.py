@@ -479,15 +479,26 @@ def pool_features(pool: Pool, judge: str | None = None, tagger_profile: str | No
     return correction_features(pool.instances, measures, tags, pool.signals(judge))
 
 
-def fit_for_pools(train: Sequence[Pool], seed: int, tagger_profile: str | None = None) -> CorrectionModel:
-    """A model fitted on ``train`` pools (their default judges). The default feature set is text-only
-    (the tagger's measures and tags did not improve cross-pool AUROC; see the module docstring), so
-    ``tagger_profile`` is only needed for models using measure or tag columns."""
-    feats = [pool_features(p, tagger_profile=tagger_profile) for p in train]
+def uses_tagger(columns: Sequence[str]) -> bool:
+    """Whether a feature set reads the tagger's measures or tags (else features come from texts + signals)."""
+    return any(c in MEASURE_FEATURES or c in TAG_FEATURES for c in columns)
+
+
+def fit_for_pools(train: Sequence[Pool], seed: int, tagger_profile: str | None = "fast") -> CorrectionModel:
+    """A model fitted on ``train`` pools (their default judges), with leave-one-pool-out metrics.
+
+    The default feature set is text-only (the tagger's measures and tags did not improve cross-pool
+    routing; ``benchmarks/correction_study.py``), so ``tagger_profile`` is used only when
+    :data:`DEFAULT_COLUMNS` reads measure or tag columns."""
+    profile = tagger_profile if uses_tagger(DEFAULT_COLUMNS + HUMAN_COLUMNS) else None
+    feats = [pool_features(p, tagger_profile=profile) for p in train]
     return CorrectionModel.fit(train, feats, seed)
 
 
 def expected_gain_for_pool(model: CorrectionModel, pool: Pool, judge: str | None = None,
                            tagger_profile: str | None = None) -> np.ndarray:
-    """(n,) expected corrections per human label for every instance of ``pool`` (judge's signals)."""
-    return model.expected_gain(pool_features(pool, judge, tagger_profile))
+    """(n,) expected corrections per human label for every instance of ``pool`` (judge's signals).
+    The tagger runs only when the model gives weight to measure or tag columns."""
+    used = [n for j, n in enumerate(model.feature_names) if model.lm.coef[j] != 0 or model.human.coef[j] != 0]
+    profile = (tagger_profile or "fast") if uses_tagger(used) else None
+    return model.expected_gain(pool_features(pool, judge, profile))

@@ -445,12 +445,14 @@ def _expected_gain(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _hybrid(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
-    """The default: ``expected_gain``, with the PPM's solo gain (percentile rank) breaking ties when
+    """The default: ``expected_gain``, with the PPM's solo gain (min-max scaled) breaking ties when
     a scorer is given and ``ppm_in_domain``; otherwise exactly ``expected_gain``. The PPM never
     overrides a distinct expected gain: cross-pool it did not transfer (DESIGN.md section 7)."""
     gain = _require_expected_gain(ctx)
     if ctx.scorer is not None and ctx.ppm_in_domain:
-        tie = _percentile_rank(_static_gains(ctx))
+        ppm = _static_gains(ctx)
+        span = float(np.ptp(ppm)) if len(ppm) else 0.0
+        tie = (ppm - ppm.min()) / span if span > 0 else np.zeros(ctx.n)  # min-max, not a rank: no O(n log n) sort
         ctx.info["ppm_tie_breaker"] = 1.0
     else:
         tie = ctx.rng(11).permutation(ctx.n) / max(1, ctx.n - 1)
