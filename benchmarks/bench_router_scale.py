@@ -146,39 +146,39 @@ def run_one(strategy: str, n: int, fraction: float, repeats: int, seed: int, qua
     }
 
 
-def served_model(seed: int):
-    """A RoutingModel as the router builds it from the predictor's answer (random PPM, a small
-    correction model, a domain from another synthetic pool, a residual std)."""
-    from hybridpref.predictor.correction import FEATURE_NAMES, CorrectionModel, _Logistic
-    from hybridpref.predictor.routing import RoutingModelData
-    from hybridpref.router.model import STANDARDISED_MEAN_DIFFERENCE, RoutingModel
-    from hybridpref.router.scoring import QuadraticScorer
+def served_model():
+    """The default bundle's routing model, built as the router builds it from ``GetRoutingModel``."""
+    from hybridpref.predictor.core import Predictor, default_bundle_path
+    from hybridpref.router.model import RoutingModel
 
-    rng = np.random.default_rng(seed + 7)
-    f = len(FEATURE_NAMES)
-    lm = _Logistic(np.zeros(f), np.ones(f), rng.normal(0, 0.2, f), -0.85)
-    human = _Logistic(np.zeros(f), np.ones(f), rng.normal(0, 0.2, f), -2.0)
-    ppm = QuadraticScorer.random(NUM_TAGS, seed=seed + 1)
-    data = RoutingModelData(
-        bundle_version="bench", vocabulary_version="", reference_bins_id="", quadratic=ppm.quadratic_form(),
-        ppm_residual_std=0.02, correction_onnx=CorrectionModel(lm, human).to_onnx(), correction_features=FEATURE_NAMES,
-        domain={"features": ["log_len_shorter", "word_overlap"], "distance": STANDARDISED_MEAN_DIFFERENCE, "ppm_pools": ["train"],
-                "pools": {"train": {"mean": [0.5, 0.5], "sd": [0.29, 0.29], "rows": 10_000}}, "threshold": 0.5})
-    return RoutingModel.from_data(data)
+    return RoutingModel.from_data(Predictor(default_bundle_path()).routing_model())
+
+
+def served_features(model, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Synthetic (n, F) correction features; the domain columns drawn around the PPM's training pool,
+    so the default strategy takes its in-domain path (the PPM breaks ties: the slower one)."""
+    from hybridpref.predictor.correction import FEATURE_NAMES
+    from hybridpref.predictor.domain import DOMAIN_FEATURES
+
+    x = rng.random((n, len(FEATURE_NAMES)), dtype=np.float32)
+    if model.domain is not None:
+        stats = next(iter(model.domain.stats.values()))
+        for j, name in enumerate(DOMAIN_FEATURES):
+            x[:, FEATURE_NAMES.index(name)] = rng.normal(stats["mean"][j], stats["sd"][j], n)
+    return x
 
 
 def run_served(n: int, fraction: float, repeats: int, seed: int) -> dict[str, float]:
     from hybridpref.common.signals import JudgeSignals
-    from hybridpref.predictor.correction import FEATURE_NAMES
     from hybridpref.router.backends import JudgedBatch
     from hybridpref.router.budget import resolve_budget
     from hybridpref.router.service import Decision, JudgeFirst, _explain, decide
     from hybridpref.router.strategies import DEFAULT_STRATEGY
 
     tags = synthetic_tags(n, seed)
-    model = served_model(seed)
+    model = served_model()
     rng = np.random.default_rng(seed + 11)
-    features = rng.random((n, len(FEATURE_NAMES)), dtype=np.float32)
+    features = served_features(model, n, rng)
     sign = rng.choice(np.array([-1, 0, 1], np.int8), size=n, p=[0.45, 0.1, 0.45])
     flip = rng.random(n) < 0.1
     judged_batch = JudgedBatch(np.where(sign > 0, 2, np.where(sign < 0, 4, 3)), rng.random(n), flip)

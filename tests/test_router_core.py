@@ -6,7 +6,6 @@ the predictor's hot reload (real predictor over gRPC)."""
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import time
 from pathlib import Path
@@ -16,7 +15,6 @@ import pytest
 
 from hybridpref.common.instances import Label, read_jsonl
 from hybridpref.common.settings import Settings
-from hybridpref.common.signals import JudgeSignals
 from hybridpref.predictor import bundle as bundle_io
 from hybridpref.predictor.core import Predictor, default_bundle_path
 from hybridpref.router.backends import JudgedBatch, judge_signals
@@ -69,9 +67,6 @@ def bundle(tmp_path_factory, tagger, sample):
     return enrich_bundle(tmp_path_factory.mktemp("routing") / "bundle", tagger, sample)
 
 
-DOMAIN_FEATURES = ("log_len_shorter", "log_len_longer", "log_prompt_len", "abs_log_len_ratio", "word_overlap")
-
-
 def batch_features(tagger, rows) -> np.ndarray:
     from hybridpref.router.backends import TaggedBatch
     from hybridpref.router.service import text_features
@@ -84,19 +79,18 @@ def enrich_bundle(folder: Path, tagger, sample) -> Path:
     """The default bundle plus a correction model, a domain.json (hybridpref.predictor.domain's format)
     with the sample batch as the PPM's one training pool and a threshold of half the off-domain
     fixture's distance, and a residual std."""
+    from hybridpref.predictor import domain as domain_mod
     from hybridpref.predictor.correction import FEATURE_NAMES
-    from hybridpref.router.model import STANDARDISED_MEAN_DIFFERENCE, DomainModel
 
     shutil.copytree(default_bundle_path(), folder)
     for name in ("correction.onnx", "correction.json", "domain.json"):
         (folder / name).unlink(missing_ok=True)
     (folder / "correction.onnx").write_bytes(correction_onnx())
     bundle_io.write_json(folder / "correction.json", {"version": "test", "feature_names": list(FEATURE_NAMES)})
-    x = batch_features(tagger, sample)[:, [FEATURE_NAMES.index(f) for f in DOMAIN_FEATURES]]
-    domain = {"features": list(DOMAIN_FEATURES), "distance": STANDARDISED_MEAN_DIFFERENCE, "ppm_pools": ["sample"],
-              "pools": {"sample": {"mean": x.mean(0).tolist(), "sd": np.maximum(x.std(0), 1e-6).tolist(), "rows": len(x)}},
-              "threshold": 1.0}
-    off_distance, _ = DomainModel.from_json(domain).check(batch_features(tagger, read_jsonl(str(OFF_DOMAIN))))
+    stats = domain_mod.pool_stats(batch_features(tagger, sample))
+    domain = {"features": list(domain_mod.DOMAIN_FEATURES), "distance": domain_mod.DISTANCE, "ppm_pools": ["sample"],
+              "pools": {"sample": stats}, "threshold": 1.0}
+    off_distance = domain_mod.distance(batch_features(tagger, read_jsonl(str(OFF_DOMAIN))), stats)
     assert off_distance > 1.0  # the off-domain fixture really differs from the sample batch
     bundle_io.write_json(folder / "domain.json", {**domain, "threshold": off_distance / 2})
     rehash(folder, ppm_residual_std=0.02)
@@ -211,6 +205,7 @@ def test_default_strategy_needs_a_correction_model(background_loop, tagger, samp
     shutil.copytree(default_bundle_path(), folder)
     for name in ("correction.onnx", "correction.json"):
         (folder / name).unlink(missing_ok=True)
+    rehash(folder)  # a bundle built before the correction model
     core = make_core(tagger, folder)
     with pytest.raises(NotReady, match="expected-correction model"):
         route(background_loop, core, sample[:8], "expected_gain")

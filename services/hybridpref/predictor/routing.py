@@ -10,7 +10,6 @@ Every part but the PPM is optional: a bundle built before the correction model s
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,26 +37,26 @@ class RoutingModelData:
 
 
 def read_routing_parts(folder: Path) -> dict[str, Any]:
-    """The optional routing files of a bundle folder -> keyword arguments of :class:`RoutingModelData`.
+    """The optional routing files of a (verified) bundle folder -> keyword arguments of :class:`RoutingModelData`.
 
-    Raises ``NotReady`` when a file is present but unreadable (a half-written bundle must not serve).
+    Raises ``NotReady`` when a file is present but unusable (a half-written bundle must not serve).
     """
+    from hybridpref.predictor import bundle as bundle_io
+
     folder = Path(folder)
-    out: dict[str, Any] = {"ppm_residual_std": _residual_std(_json(folder, "metrics.json") or {})}
-    onnx = folder / "correction.onnx"
-    meta = _json(folder, "correction.json")
-    if onnx.is_file():
-        if meta is None:
-            raise NotReady(f"bundle {folder}: correction.onnx without correction.json (feature names)")
-        out.update(
-            correction_onnx=onnx.read_bytes(),
-            correction_features=tuple(str(n) for n in meta.get("feature_names", ())),
-            correction_version=str(meta.get("version", "")),
-            correction_metrics=_flat_numbers({k: v for k, v in meta.items() if k != "feature_names"}),
-        )
+    try:
+        out: dict[str, Any] = {"ppm_residual_std": _residual_std(bundle_io.read_json(folder, "metrics.json"))}
+        correction = bundle_io.read_correction(folder)
+        out["domain"] = bundle_io.read_domain(folder)
+    except (OSError, ValueError) as exc:
+        raise NotReady(f"bundle {folder}: unreadable routing files: {exc}") from None
+    if correction is not None:
+        onnx, meta = correction
+        out.update(correction_onnx=onnx, correction_features=tuple(str(n) for n in meta.get("feature_names", ())),
+                   correction_version=str(meta.get("version", "")),
+                   correction_metrics=_flat_numbers({k: v for k, v in meta.items() if k != "feature_names"}))
         if not out["correction_features"]:
             raise NotReady(f"bundle {folder}: correction.json lists no feature_names")
-    out["domain"] = _json(folder, "domain.json")
     return out
 
 
@@ -79,13 +78,3 @@ def _flat_numbers(obj: Any, prefix: str = "") -> dict[str, float]:
     elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and math.isfinite(obj):
         out[prefix.rstrip(".")] = float(obj)
     return out
-
-
-def _json(folder: Path, name: str) -> Any:
-    path = folder / name
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise NotReady(f"bundle {folder}: unreadable {name}: {exc}") from None

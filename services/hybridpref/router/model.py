@@ -19,10 +19,6 @@ from hybridpref.predictor.routing import RoutingModelData
 from hybridpref.router.scoring import QuadraticScorer
 
 
-# The distance ``hybridpref.predictor.domain`` writes into domain.json (the bundle builder's module).
-STANDARDISED_MEAN_DIFFERENCE = "max_abs_standardised_mean_difference"
-
-
 @dataclass(frozen=True)
 class DomainModel:
     """The bundle's training domain (``domain.json``, :mod:`hybridpref.predictor.domain`): per pool the
@@ -32,30 +28,26 @@ class DomainModel:
 
     distance_kind: str
     threshold: float
-    columns: np.ndarray  # columns of the correction-feature matrix the domain reads
-    pools: dict[str, tuple[np.ndarray, np.ndarray]]  # PPM training pool -> (mean, sd)
+    stats: dict[str, dict[str, Any]]  # PPM training pool -> its domain.json statistics
 
     @classmethod
     def from_json(cls, domain: dict[str, Any]) -> DomainModel | None:
-        """domain.json -> model; None for a distance or features this router does not know."""
-        from hybridpref.predictor.correction import FEATURE_NAMES
+        """domain.json -> model; None for a distance or features this router does not compute."""
+        from hybridpref.predictor import domain as domain_mod
 
-        names = [str(n) for n in domain.get("features", ())]
-        if domain.get("distance") != STANDARDISED_MEAN_DIFFERENCE or not names or any(n not in FEATURE_NAMES for n in names):
+        if domain.get("distance") != domain_mod.DISTANCE or tuple(domain.get("features", ())) != domain_mod.DOMAIN_FEATURES:
             return None
-        stats = domain.get("pools", {})
-        pools = {str(p): (np.asarray(stats[p]["mean"], dtype=np.float64), np.asarray(stats[p]["sd"], dtype=np.float64))
-                 for p in domain.get("ppm_pools", stats) if p in stats}
-        if not pools or any(m.shape != (len(names),) or sd.shape != m.shape for m, sd in pools.values()):
+        pools = domain.get("pools", {})
+        stats = {str(p): pools[p] for p in domain.get("ppm_pools", ()) if p in pools}
+        if not stats:
             return None
-        return cls(STANDARDISED_MEAN_DIFFERENCE, float(domain.get("threshold", math.inf)),
-                   np.array([FEATURE_NAMES.index(n) for n in names]), pools)
+        return cls(domain_mod.DISTANCE, float(domain.get("threshold", math.inf)), stats)
 
     def check(self, features: np.ndarray) -> tuple[float, str]:
         """(distance to the nearest PPM training pool, its name) for a batch's (n, F) correction features."""
-        mean = np.asarray(features, dtype=np.float64)[:, self.columns].mean(axis=0)
-        return min(((float(np.max(np.abs(mean - m) / np.maximum(sd, 1e-12))), name) for name, (m, sd) in self.pools.items()),
-                   key=lambda t: t[0])
+        from hybridpref.predictor.domain import distance
+
+        return min(((distance(features, s), name) for name, s in self.stats.items()), key=lambda t: t[0])
 
 
 @dataclass(frozen=True)
