@@ -4,8 +4,9 @@ Rules (docs/architecture.md, "What the summary claims"):
 
 * A PPM score is shown only with its prediction interval, ``value +- z * residual_std`` (the bundle's
   cross-validated residual std); a bundle without one is "uncalibrated" and shows no score.
-* Out of the bundle's domain (tag-frequency distance to the nearest training pool above the
-  calibrated threshold) the PPM's scores are not shown either: their error there is unknown.
+* Out of the bundle's domain (``hybridpref.predictor.domain``: the largest standardised difference of
+  the batch's text-feature means from the nearest pool the PPM was trained on, above the threshold
+  calibrated on held-out pools) the PPM's scores are not shown either: their error there is unknown.
 * The all-LM mix has x = 0 for every batch, so its PPM score is the intercept, the same number on
   every batch: it says nothing about this batch and is not shown ("batch_independent").
 * Expected label corrections of a mix = sum over its human-routed instances of
@@ -176,9 +177,9 @@ def _warnings(out: Summary, model: RoutingModel | None, p_wrong, signals: JudgeS
     d = out.domain
     if d is not None and not d.in_domain:
         warnings.append(
-            f"out of domain: the batch's tag distribution is {d.distance:.3f} ({d.distance_kind}) from the nearest "
-            f"training pool ({d.nearest_pool}), above the calibrated threshold {d.threshold:.3f}; the PPM's "
-            "predictions are not shown and PPM-based routing falls back to the correction model where the strategy can")
+            f"out of domain: the batch's text features (lengths, overlap) are {d.distance:.3f} ({d.distance_kind}) from "
+            f"the PPM's nearest training pool ({d.nearest_pool}), above the calibrated threshold {d.threshold:.3f}: "
+            "the PPM's predictions are not shown, and the default strategy routes by the correction model alone")
     if model is not None and model.scorer is not None and model.residual_std is None:
         warnings.append("uncalibrated: the bundle records no PPM residual std, so no predicted score is shown")
     if model is not None and model.correction is None:
