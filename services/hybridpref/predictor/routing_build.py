@@ -61,7 +61,12 @@ def add_routing_models(bundle: Path, pools: Mapping[str, Path], ppm_pools: Seque
     fingerprints["routing_pools_sha256"] = {p.name: bundle_io.sha256_file(_pairs(Path(pools[p.name]))) for p in loaded}
     bundle_io.write_json(bundle / "fingerprints.json", fingerprints)
     text = (bundle / "MODEL_CARD.md").read_text(encoding="utf-8").split(CARD_MARKER)[0]
-    (bundle / "MODEL_CARD.md").write_text(text.rstrip("\n") + "\n" + CARD_MARKER + model_card_section(card, domain, residual), encoding="utf-8")
+    command = " ".join(["hybridpref predictor add-routing-models --bundle <bundle dir>",
+                        *(f"--pool {name}=<data>/{Path(path).name}" for name, path in pools.items()),
+                        *(f"--ppm-pool {p}" for p in ppm_pools), *(f"--ppm-spearman {k}={v}" for k, v in ppm_spearman.items()),
+                        f"--seed {seed}"])
+    section = model_card_section(card, domain, residual) + f"\n**Rebuild** (deterministic for the seed):\n\n```\n{command}\n```\n"
+    (bundle / "MODEL_CARD.md").write_text(text.rstrip("\n") + "\n" + CARD_MARKER + section, encoding="utf-8")
 
     manifest = json.loads((bundle / bundle_io.MANIFEST).read_text(encoding="utf-8"))
     extra = {k: v for k, v in manifest.items() if k not in ("format", "bundle_version", "files")}
