@@ -108,6 +108,7 @@ class Decision:
     top_tags: list[tuple[str, float]]
     judge_order_inconsistent: bool
     human_cost: float
+    expected_gain: float | None = None  # expected label corrections of a human label here (when computed)
 
 
 @dataclass
@@ -115,6 +116,11 @@ class RouteResult:
     decisions: list[Decision]
     summary: dict = field(default_factory=dict)
     request_id: str = ""
+
+    @property
+    def warnings(self) -> list[str]:
+        """The summary's warnings (out of domain, uncalibrated, judge unsure, ...): read them."""
+        return list(self.summary.get("warnings", []))
 
 
 class RoutingError(Exception):
@@ -163,6 +169,7 @@ def decision_from_proto(d: router_pb2.RoutingDecision) -> Decision:
         top_tags=[(t.tag, t.contribution) for t in d.top_tags],
         judge_order_inconsistent=d.judge_order_inconsistent,
         human_cost=d.human_cost,
+        expected_gain=d.expected_gain if d.HasField("expected_gain") else None,
     )
 
 
@@ -172,9 +179,38 @@ def summary_to_dict(s: router_pb2.RoutingSummary) -> dict:
         "lm_count": s.lm_count, "human_cost": s.human_cost, "stage_seconds": dict(s.stage_seconds),
         "request_id": s.request_id,
     }
-    for name in ("predicted_score", "predicted_all_human", "predicted_all_lm", "predicted_random"):
-        if s.HasField(name):
-            out[name] = getattr(s, name)
+    out.update(_honest_summary(s))
+    return out
+
+
+def _estimate(e) -> dict:
+    return {"value": e.value, "low": e.low, "high": e.high}
+
+
+def _honest_summary(s: router_pb2.RoutingSummary) -> dict:
+    """Predictions with their intervals, the domain check and the warnings.
+
+    ``mixes``: {"chosen" | "all_human" | "all_lm" | "random": {"human_count", "predicted_score"
+    ({"value", "low", "high"} or absent, then "score_note" says why), "expected_corrections"
+    (same shape, absent without a correction model)}}; ``interval_level``; ``domain`` ({"distance",
+    "threshold", "in_domain", "nearest_pool", "distance_kind"}, absent without domain statistics);
+    ``warnings``: list of sentences.
+    """
+    mixes = {}
+    for m in s.mixes:
+        entry: dict = {"human_count": m.human_count}
+        if m.HasField("predicted_score"):
+            entry["predicted_score"] = _estimate(m.predicted_score)
+        else:
+            entry["score_note"] = m.score_note
+        if m.HasField("expected_corrections"):
+            entry["expected_corrections"] = _estimate(m.expected_corrections)
+        mixes[m.mix] = entry
+    out: dict = {"mixes": mixes, "interval_level": s.interval_level, "warnings": list(s.warnings)}
+    if s.HasField("domain"):
+        d = s.domain
+        out["domain"] = {"distance": d.distance, "threshold": d.threshold, "in_domain": d.in_domain,
+                         "nearest_pool": d.nearest_pool, "distance_kind": d.distance_kind}
     return out
 
 

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     judge_openai_concurrency: int = 4
     judge_template: str = "multipref"
     # Router.
-    default_strategy: str = "greedy"
+    default_strategy: str = ""  # "" = hybridpref.router.strategies.DEFAULT_STRATEGY (chosen by the evaluation)
     # Router: worker threads for routing and other CPU work (bounded, owned by the server).
     router_workers: int = Field(4, ge=1)
     # Router: seconds between checks of the backends' health (its readiness follows them).
