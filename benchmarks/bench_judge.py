@@ -1,5 +1,6 @@
 """Judge benchmark on ../shared/data: agreement with human labels, order inconsistency, pairs/s vs the
-compute floor.
+compute floor, for the embedded LM judge (SmolLM2). The learned judge (the default backend) has its
+own: ``benchmarks/bench_judge_learned.py``.
 
     .venv/bin/python benchmarks/bench_judge.py [--n 100] [--seed 0] [--templates multipref,short]
 

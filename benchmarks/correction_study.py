@@ -16,8 +16,10 @@ import numpy as np
 from hybridpref.evaluation.pools import DEFAULT_JUDGES, default_data_dir, load_pool
 from hybridpref.predictor import correction as corr
 
+SIGNALS = ("lm_no_verdict", "order_flip", "no_other_agrees", "p_confidence", "p_missing")
 SETS = {
-    "signals": ("lm_no_verdict", "order_flip", "agreement", "agreement_missing", "p_confidence", "p_missing"),
+    "signals": SIGNALS,
+    "signals+agreement": SIGNALS + ("agreement", "agreement_missing"),
     "default": corr.DEFAULT_COLUMNS,
     "text_all": corr.SIGNAL_FEATURES + corr.TEXT_FEATURES,
     "default+measures": corr.DEFAULT_COLUMNS + corr.MEASURE_FEATURES,

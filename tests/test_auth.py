@@ -205,3 +205,15 @@ def test_auth_off_without_keys_file_says_so(background_loop, log_capture):
             assert call_code(router_pb2_grpc.RouterServiceStub(channel), None).code() == grpc.StatusCode.UNAVAILABLE
     finally:
         background_loop.run(running.stop(0.2))
+
+
+def test_stream_chunks_are_charged_as_they_arrive(router, keys_file):
+    key = keys_file[1]["small"]  # 5 instances a minute; a 6-instance chunk can never fit
+    instances = request(6).instances
+    messages = [router_pb2.RouteInstancesStreamRequest(config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5))),
+                router_pb2.RouteInstancesStreamRequest(chunk=router_pb2.InstanceChunk(instances=instances))]
+    with grpc.insecure_channel(router.address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.RouteInstancesStream(iter(messages), metadata=(("authorization", f"Bearer {key}"),), timeout=10))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "chunks" in err.value.details()

@@ -236,3 +236,13 @@ def test_stuck_worker_pool_turns_readiness_off(open_router):
 def _router_executor(router):
     """The router's CoreExecutor, found through the watcher bound to its readiness."""
     return router.handle.ready.__self__.executor
+
+
+def test_required_backends_are_configurable(stack):
+    from hybridpref.common.executors import CoreExecutor
+    from hybridpref.common.metrics import Metrics
+    from hybridpref.router.readiness import BackendWatcher
+
+    settings = Settings(required_backends="tagger, judge", predictor_address="127.0.0.1:1")
+    watcher = BackendWatcher(settings, CoreExecutor("t"), Metrics.default())
+    assert set(watcher.addresses) == {"tagger", "judge"}

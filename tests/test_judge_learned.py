@@ -82,6 +82,16 @@ def test_response_stats_see_structure_refusals_and_blanks() -> None:
     assert french[idx["script_mismatch"]] == 0 and japanese[idx["script_mismatch"]] == 1
 
 
+def test_features_stay_linear_on_pathological_text() -> None:
+    """Runs of blank lines once made line-anchored patterns quadratic (20,000 newlines: 20 s)."""
+    import time
+
+    nasty = ["a" + "\n" * 50_000 + "b", " \n" * 50_000, ("\n" * 50 + "Title:") * 1_000, "    x;\n" * 20_000]
+    t0 = time.perf_counter()
+    x = F.pair_features(nasty, nasty, nasty[::-1])
+    assert time.perf_counter() - t0 < 2.0 and np.all(np.isfinite(x))
+
+
 # --- the packaged model -------------------------------------------------------------------------------
 def test_packaged_onnx_matches_numpy_and_spec(learned: LearnedBackend) -> None:
     spec = json.loads((PACKAGE_DIR / SPEC_FILE).read_text())
@@ -172,8 +182,8 @@ def test_training_exports_a_model_the_backend_serves(tmp_path: Path) -> None:
     ds = _toy_dataset()
     x = F.pair_features(ds.prompts, ds.a, ds.b)
     y, folds = np.array(ds.y), np.array(ds.fold)
-    model, c, t = T.select_and_fit(x, y, folds)
-    assert c in T.C_GRID and t > 0
+    model, c, t = T.select_and_fit(x, y, folds, grid=(0.03, 0.3))
+    assert c in (0.03, 0.3) and t > 0
     assert T.agreement(model.predict(x), y).mean() > 0.95
     spec = T.export(model, tmp_path, {"C": c, "temperature": t})
     backend = LearnedBackend(tmp_path / SPEC_FILE)
@@ -242,3 +252,61 @@ def test_router_client_carries_p_a_better(judge_service, background_loop, pairs:
     assert batch.judge_id.startswith("learned:")
     assert np.all((batch.p_a_better >= 0) & (batch.p_a_better <= 1))
     assert np.allclose(np.maximum(batch.p_a_better, 1 - batch.p_a_better), batch.confidence)
+
+
+def _write_pools(root: Path, seed: int = 0) -> None:
+    """Tiny pools in the shared-data schema: the detailed answer wins, except in LLMBar Adversarial."""
+    rng = np.random.default_rng(seed)
+    words = ["tea", "rain", "maps", "bread", "stars", "boats", "clocks", "bikes", "lamps", "rivers"]
+
+    def pair(k: int, adversarial: bool = False) -> tuple[str, str, str, str]:
+        topic = words[k % len(words)]
+        good = f"{topic.title()}: " + " ".join(f"{topic} fact {j}." for j in range(rng.integers(3, 8)))
+        bad = "Not sure."
+        a_good = bool(rng.integers(0, 2))
+        winner_is_a = a_good != adversarial
+        return f"Tell me about {topic} {k}.", good if a_good else bad, bad if a_good else good, "A" if winner_is_a else "B"
+
+    def write(pool: str, rows: list[dict]) -> None:
+        (root / pool).mkdir(parents=True)
+        (root / pool / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    mt = []
+    for k in range(40):
+        p, a, b, lab = pair(k)
+        mt.append({"id": f"mt{k}", "source": "mt", "question_id": k // 2, "turn": 1, "prompt": p, "response_a": a,
+                   "response_b": b, "human_label": "tie" if k % 10 == 0 else lab,
+                   "lm_labels": {"gpt-4 (pair-v2, both orders)": lab}})
+    write("mtbench_human_gpt4", mt)
+    write("pandalm", [dict(zip(("prompt", "response_a", "response_b", "human_label"), pair(k)), id=f"pd{k}",
+                           source="PandaLM", lm_labels={"gpt-3.5-turbo": "A"}) for k in range(40)])
+    llmbar = []
+    for k in range(48):
+        sub = ["LLMBar LLMBar/Natural", "LLMBar LLMBar/Adversarial/Neighbor", "LLMBar Processed/MT-Bench"][k % 3]
+        p, a, b, lab = pair(k, adversarial="Adversarial" in sub)
+        llmbar.append({"id": f"lb{k}", "source": sub, "prompt": p, "response_a": a, "response_b": b, "human_label": lab,
+                       "lm_labels": {"GPT-4/Vanilla_NoRules/order_ab": lab, "GPT-4/Vanilla_NoRules/order_ba": "A"}})
+    write("llmbar", llmbar)
+    write("hh_rlhf", [dict(zip(("prompt", "response_a", "response_b", "human_label"), pair(k)), id=f"hh{k}",
+                           source="hh", lm_labels={}) for k in range(40)])
+
+
+def test_judge_train_cli_on_tiny_pools(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hybridpref.cli import main
+
+    _write_pools(tmp_path / "data")
+    ds = T.load_dataset(tmp_path / "data", synthetic_empty=5)
+    sub = np.array(ds.subsource)
+    assert len(ds) == 36 + 40 + 48 + 40 + 4 * 5  # MT-Bench ties left out; 5 blank pairs per fold
+    assert set(np.array(ds.fold)[sub == "LLMBar Processed/MT-Bench"]) == {"mtbench"}  # same judgments, same fold
+    assert not any(np.array(ds.train)[np.char.startswith(sub.astype(str), T.EVAL_ONLY_PREFIX)])
+    assert main(["judge", "train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "model"),
+                 "--reps", "50", "--synthetic-empty", "5", "--c", "0.1"]) == 0
+    table = capsys.readouterr().out
+    assert "| MT-Bench (human experts) | 36 (20) |" in table and "LLMBar Adversarial" in table
+    spec = json.loads((tmp_path / "model" / SPEC_FILE).read_text())
+    assert spec["trained_on"] == {"mtbench": 36 + 16, "pandalm": 40, "llmbar": 16, "hh_rlhf": 40}
+    assert "Leave-one-source-out" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    judge = Judge.from_config("learned", model=str(tmp_path / "model"))
+    (out,) = judge.judge([PreferenceInstance("t", "Tell me about tea 1.", "Not sure.", "Tea: tea fact 0. tea fact 1. tea fact 2.")])
+    assert out.label == Label.B_BETTER

@@ -25,15 +25,15 @@ PAIRS = [
 
 
 @pytest.fixture(scope="module")
-def llmock() -> Iterator[LLMockServer]:
+def mock_server() -> Iterator[LLMockServer]:
     with LLMockServer() as server:
         yield server
 
 
 @pytest.fixture()
-def mock(llmock: LLMockServer) -> LLMockServer:
-    llmock.state.reset()
-    return llmock
+def mock(mock_server: LLMockServer) -> LLMockServer:
+    mock_server.state.reset()
+    return mock_server
 
 
 def _judge(server: LLMockServer, **kw: object) -> Judge:
@@ -112,7 +112,7 @@ def test_non_json_body_is_unavailable() -> None:
     thread.start()
     try:
         judge = Judge.from_config("openai", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", model="m")
-        with pytest.raises(BackendUnavailable, match="non-JSON"):
+        with pytest.raises(BackendUnavailable, match="JSON"):
             judge.judge(PAIRS[:1], deadline_s=10)
     finally:
         server.shutdown()

@@ -26,7 +26,7 @@ def _synthetic_pool(name: str, n: int, seed: int, kind: str) -> tuple[Pool, Judg
     insts = [PreferenceInstance(f"{name}-{i}", f"prompt {i} " * int(rng.integers(1, 20)),
                                 "word " * int(rng.integers(1, 80)), "other " * int(rng.integers(1, 80))) for i in range(n)]
     pool = Pool(name, insts, human, ref, np.array([kind] * n, dtype=object), np.arange(n), "judge", Counter())
-    agreement = np.where(doubt, rng.random(n) * 0.6, 0.6 + 0.4 * rng.random(n))
+    agreement = np.where(doubt & (rng.random(n) < 0.6), 0.0, 0.2 + 0.8 * rng.random(n))
     return pool, JudgeSignals(lm, np.full(n, np.nan), flip, agreement)
 
 

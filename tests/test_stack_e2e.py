@@ -76,14 +76,18 @@ def test_baselines(client, sample, strategy, humans):
     assert sum(d.route == "HUMAN" for d in result.decisions) == round(humans * len(sample))
 
 
-def test_greedy_uses_the_predictor_and_explains(client, sample):
+def test_greedy_routes_in_process_and_explains(client, sample):
     result = client.route(sample, budget=0.25, strategy="greedy", seed=1)
     s = result.summary
     assert s["bundle_version"] and s["human_count"] == round(0.25 * len(sample))
-    for key in ("predicted_score", "predicted_all_human", "predicted_all_lm", "predicted_random"):
-        assert key in s, key
-    # greedy maximises the predicted score: it must not lose to the mean random mix of the same size
-    assert s["predicted_score"] >= s["predicted_random"] - 1e-9
+    assert list(s["mixes"]) == ["chosen", "all_human", "all_lm", "random"]
+    assert s["mixes"]["all_lm"].get("score_note") in ("batch_independent", "uncalibrated", "out_of_domain")
+    for name, mix in s["mixes"].items():  # never a bare number: an interval, or the reason there is none
+        if "predicted_score" in mix:
+            est = mix["predicted_score"]
+            assert est["low"] < est["value"] < est["high"], name
+        else:
+            assert mix["score_note"], name
     assert all(d.top_tags for d in result.decisions)
     assert any(d.gain != 0 for d in result.decisions)
 
@@ -110,7 +114,7 @@ def test_tiny_deadline_is_deadline_exceeded(stack, sample):
 def test_metrics_of_each_service_after_a_call(stack, client, sample):
     client.route(sample[:4], budget=0.5, strategy="greedy")
     for name, method in (("router", "RouteInstances"), ("tagger", "TagInstances"), ("judge", "JudgeInstances"),
-                         ("predictor", "InstanceGains")):
+                         ("predictor", "GetRoutingModel")):
         port = stack.services[name].metrics_port
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert f'hybridpref_rpc_requests_total{{code="OK",method="{method}",service="{name}"}}' in body, name
@@ -234,3 +238,46 @@ def test_bundle_binned_on_other_edges_is_refused(background_loop, sample, tmp_pa
             assert len(c.route(sample, budget=0.25, strategy="random").decisions) == len(sample)
     finally:
         background_loop.run(other.stop(0.2))
+
+
+@pytest.fixture(scope="module")
+def routing_stack(background_loop, tmp_path_factory, sample):
+    """A stack whose bundle has a correction model, a domain (the sample batch) and a residual std."""
+    from hybridpref.stack import start_embedded_stack
+    from hybridpref.tagger.core import Tagger
+    from test_router_core import enrich_bundle
+
+    folder = tmp_path_factory.mktemp("e2e-routing") / "bundle"
+    enrich_bundle(folder, Tagger.for_profile("fast"), sample)
+    settings = Settings(tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4", bundle_path=str(folder),
+                        bundle_watch_s=0)
+    running = background_loop.run(start_embedded_stack(settings), timeout=300)
+    yield running
+    background_loop.run(running.stop(0.5))
+
+
+def test_default_strategy_over_grpc_reports_intervals_and_expected_gains(routing_stack, sample):
+    with RouterClient(routing_stack.router_address, timeout_s=120) as c:
+        result = c.route(sample, budget=0.25, seed=2)  # "" = the default strategy
+    s = result.summary
+    assert s["strategy"] == "hybrid" and s["interval_level"] == pytest.approx(0.9)
+    assert all(d.expected_gain is not None for d in result.decisions)
+    chosen = s["mixes"]["chosen"]
+    assert chosen["predicted_score"]["low"] < chosen["predicted_score"]["value"] < chosen["predicted_score"]["high"]
+    corr = chosen["expected_corrections"]
+    assert corr["low"] < corr["value"] < corr["high"]
+    assert corr["value"] == pytest.approx(sum(d.expected_gain for d in result.decisions if d.route == "HUMAN"), rel=1e-6)
+    assert s["mixes"]["all_lm"]["score_note"] == "batch_independent" and "predicted_score" not in s["mixes"]["all_lm"]
+    assert s["domain"]["in_domain"] and result.warnings == s["warnings"]
+
+
+def test_cli_prints_out_of_domain_warning(routing_stack):
+    from conftest import FIXTURES
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "hybridpref.cli", "route", "--input", str(FIXTURES / "router_off_domain.jsonl"),
+         "--budget", "0.5", "--router", routing_stack.router_address],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: out of domain" in proc.stderr and "OUT OF DOMAIN" in proc.stderr

@@ -1,20 +1,91 @@
-"""Sync and asyncio clients for ``RouteInstances`` with deadlines and request ids."""
+"""Sync and asyncio clients for ``RouteInstances`` with deadlines, request ids, TLS, API keys
+and retries of ``UNAVAILABLE`` / ``RESOURCE_EXHAUSTED`` (gRPC's own retry policy, with backoff)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 
-from hybridpref.common.convert import instances_to_proto
-from hybridpref.common.grpc_errors import field_violations, retry_delay_s
-from hybridpref.common.instances import Label, PositionMode, PreferenceInstance
+from hybridpref_client.core.convert import instances_to_proto
+from hybridpref_client.core.grpc_errors import field_violations, retry_delay_s
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 STREAM_CHUNK = 500
+DEFAULT_MAX_ATTEMPTS = 4
+ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """How a client connects: TLS, API key, retries, message size.
+
+    ``tls``: use TLS (implied by ``root_certificates`` or a client certificate); ``root_certificates``
+    is the PEM of the CA to trust (None = the system roots); ``certificate_chain`` + ``private_key``
+    present a client certificate (mutual TLS). ``api_key`` is sent as ``authorization: Bearer <key>``.
+    ``max_attempts`` > 1 retries ``UNAVAILABLE`` and ``RESOURCE_EXHAUSTED`` with exponential backoff
+    (gRPC retries a call only while no response has arrived, so nothing is routed twice).
+    """
+
+    tls: bool = False
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+    api_key: str | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        if (self.certificate_chain is None) != (self.private_key is None):
+            raise ValueError("a client certificate needs both certificate_chain and private_key")
+        if not 1 <= self.max_attempts <= 5:  # gRPC caps retry attempts at 5
+            raise ValueError("max_attempts must be in 1..5")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key is empty")
+
+    @property
+    def secure(self) -> bool:
+        return self.tls or self.root_certificates is not None or self.certificate_chain is not None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
+
+    def service_config(self) -> str:
+        method: dict = {"name": [{"service": ROUTER_SERVICE}]}
+        if self.max_attempts > 1:
+            method["retryPolicy"] = {
+                "maxAttempts": self.max_attempts,
+                "initialBackoff": f"{self.initial_backoff_s}s",
+                "maxBackoff": f"{self.max_backoff_s}s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+            }
+        return json.dumps({"methodConfig": [method]})
+
+    def options(self) -> list[tuple[str, int | str]]:
+        return [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.enable_retries", int(self.max_attempts > 1)),
+            ("grpc.service_config", self.service_config()),
+        ]
+
+    def metadata(self, request_id: str) -> tuple[tuple[str, str], ...]:
+        out = (("x-request-id", request_id),)
+        return out + ((("authorization", f"Bearer {self.api_key.strip()}"),) if self.api_key else ())
+
+
+def _config(config: ChannelConfig | None, max_message_bytes: int, options: dict) -> ChannelConfig:
+    if config is not None and options:
+        raise TypeError("pass either config= or individual channel options, not both")
+    return config or ChannelConfig(max_message_bytes=max_message_bytes, **options)
 
 
 @dataclass(frozen=True)
@@ -37,6 +108,7 @@ class Decision:
     top_tags: list[tuple[str, float]]
     judge_order_inconsistent: bool
     human_cost: float
+    expected_gain: float | None = None  # expected label corrections of a human label here (when computed)
 
 
 @dataclass
@@ -44,6 +116,11 @@ class RouteResult:
     decisions: list[Decision]
     summary: dict = field(default_factory=dict)
     request_id: str = ""
+
+    @property
+    def warnings(self) -> list[str]:
+        """The summary's warnings (out of domain, uncalibrated, judge unsure, ...): read them."""
+        return list(self.summary.get("warnings", []))
 
 
 class RoutingError(Exception):
@@ -92,6 +169,7 @@ def decision_from_proto(d: router_pb2.RoutingDecision) -> Decision:
         top_tags=[(t.tag, t.contribution) for t in d.top_tags],
         judge_order_inconsistent=d.judge_order_inconsistent,
         human_cost=d.human_cost,
+        expected_gain=d.expected_gain if d.HasField("expected_gain") else None,
     )
 
 
@@ -101,9 +179,38 @@ def summary_to_dict(s: router_pb2.RoutingSummary) -> dict:
         "lm_count": s.lm_count, "human_cost": s.human_cost, "stage_seconds": dict(s.stage_seconds),
         "request_id": s.request_id,
     }
-    for name in ("predicted_score", "predicted_all_human", "predicted_all_lm", "predicted_random"):
-        if s.HasField(name):
-            out[name] = getattr(s, name)
+    out.update(_honest_summary(s))
+    return out
+
+
+def _estimate(e) -> dict:
+    return {"value": e.value, "low": e.low, "high": e.high}
+
+
+def _honest_summary(s: router_pb2.RoutingSummary) -> dict:
+    """Predictions with their intervals, the domain check and the warnings.
+
+    ``mixes``: {"chosen" | "all_human" | "all_lm" | "random": {"human_count", "predicted_score"
+    ({"value", "low", "high"} or absent, then "score_note" says why), "expected_corrections"
+    (same shape, absent without a correction model)}}; ``interval_level``; ``domain`` ({"distance",
+    "threshold", "in_domain", "nearest_pool", "distance_kind"}, absent without domain statistics);
+    ``warnings``: list of sentences.
+    """
+    mixes = {}
+    for m in s.mixes:
+        entry: dict = {"human_count": m.human_count}
+        if m.HasField("predicted_score"):
+            entry["predicted_score"] = _estimate(m.predicted_score)
+        else:
+            entry["score_note"] = m.score_note
+        if m.HasField("expected_corrections"):
+            entry["expected_corrections"] = _estimate(m.expected_corrections)
+        mixes[m.mix] = entry
+    out: dict = {"mixes": mixes, "interval_level": s.interval_level, "warnings": list(s.warnings)}
+    if s.HasField("domain"):
+        d = s.domain
+        out["domain"] = {"distance": d.distance, "threshold": d.threshold, "in_domain": d.in_domain,
+                         "nearest_pool": d.nearest_pool, "distance_kind": d.distance_kind}
     return out
 
 
@@ -113,11 +220,19 @@ def _chunks(instances: Sequence[PreferenceInstance], size: int) -> Iterator[Sequ
 
 
 class RouterClient:
-    """Blocking client. ``timeout_s`` is the per-call deadline (propagated downstream)."""
+    """Blocking client. ``timeout_s`` is the per-call deadline (propagated downstream).
 
-    def __init__(self, address: str, timeout_s: float | None = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
-        options = [("grpc.max_send_message_length", max_message_bytes), ("grpc.max_receive_message_length", max_message_bytes)]
-        self._channel = grpc.insecure_channel(address, options=options)
+    Channel options (see ``ChannelConfig``) as keywords, e.g.
+    ``RouterClient(address, api_key=key, root_certificates=ca_pem)``, or ``config=ChannelConfig(...)``.
+    """
+
+    def __init__(self, address: str, timeout_s: float | None = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 *, config: ChannelConfig | None = None, **channel_options):
+        self.config = _config(config, max_message_bytes, channel_options)
+        if self.config.secure:
+            self._channel = grpc.secure_channel(address, self.config.credentials(), options=self.config.options())
+        else:
+            self._channel = grpc.insecure_channel(address, options=self.config.options())
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         self.timeout_s = timeout_s
 
@@ -138,7 +253,7 @@ class RouterClient:
             instances=instances_to_proto(instances), config=build_config(budget, strategy, seed, **options)
         )
         try:
-            resp = self._stub.RouteInstances(request, timeout=self.timeout_s, metadata=(("x-request-id", rid),))
+            resp = self._stub.RouteInstances(request, timeout=self.timeout_s, metadata=self.config.metadata(rid))
         except grpc.RpcError as exc:
             raise RoutingError(exc) from None
         return RouteResult([decision_from_proto(d) for d in resp.decisions], summary_to_dict(resp.summary), rid)
@@ -163,7 +278,7 @@ class RouterClient:
 
         result = RouteResult([], {}, rid)
         try:
-            for message in self._stub.RouteInstancesStream(requests(), timeout=self.timeout_s, metadata=(("x-request-id", rid),)):
+            for message in self._stub.RouteInstancesStream(requests(), timeout=self.timeout_s, metadata=self.config.metadata(rid)):
                 if message.WhichOneof("item") == "decisions":
                     result.decisions.extend(decision_from_proto(d) for d in message.decisions.decisions)
                     if on_progress:
@@ -176,11 +291,15 @@ class RouterClient:
 
 
 class AsyncRouterClient:
-    """asyncio client with the same API as ``RouterClient``."""
+    """asyncio client with the same API and channel options as ``RouterClient``."""
 
-    def __init__(self, address: str, timeout_s: float | None = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
-        options = [("grpc.max_send_message_length", max_message_bytes), ("grpc.max_receive_message_length", max_message_bytes)]
-        self._channel = grpc.aio.insecure_channel(address, options=options)
+    def __init__(self, address: str, timeout_s: float | None = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 *, config: ChannelConfig | None = None, **channel_options):
+        self.config = _config(config, max_message_bytes, channel_options)
+        if self.config.secure:
+            self._channel = grpc.aio.secure_channel(address, self.config.credentials(), options=self.config.options())
+        else:
+            self._channel = grpc.aio.insecure_channel(address, options=self.config.options())
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         self.timeout_s = timeout_s
 
@@ -200,7 +319,7 @@ class AsyncRouterClient:
             instances=instances_to_proto(instances), config=build_config(budget, strategy, seed, **options)
         )
         try:
-            resp = await self._stub.RouteInstances(request, timeout=self.timeout_s, metadata=(("x-request-id", rid),))
+            resp = await self._stub.RouteInstances(request, timeout=self.timeout_s, metadata=self.config.metadata(rid))
         except grpc.RpcError as exc:
             raise RoutingError(exc) from None
         return RouteResult([decision_from_proto(d) for d in resp.decisions], summary_to_dict(resp.summary), rid)
@@ -218,7 +337,7 @@ class AsyncRouterClient:
 
         result = RouteResult([], {}, rid)
         try:
-            async for message in self._stub.RouteInstancesStream(requests(), timeout=self.timeout_s, metadata=(("x-request-id", rid),)):
+            async for message in self._stub.RouteInstancesStream(requests(), timeout=self.timeout_s, metadata=self.config.metadata(rid)):
                 if message.WhichOneof("item") == "decisions":
                     result.decisions.extend(decision_from_proto(d) for d in message.decisions.decisions)
                 else:

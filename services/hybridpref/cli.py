@@ -4,6 +4,7 @@
     hybridpref up                       # all four, each its own process, on loopback
     hybridpref route --input in.jsonl --budget 0.25 [--router HOST:PORT] [--output out.jsonl]
     hybridpref predictor build ...      # offline: build a model bundle
+    hybridpref predictor add-routing-models ...  # offline: add the correction model + domain to a bundle
     hybridpref keys add|hash ...        # API key entries for the router's keys file
     hybridpref evaluate --pool pairs.jsonl --out DIR ...   # offline: does routing help on these pools?
     hybridpref judge train [--data-dir D] # offline: train and export the learned judge
@@ -22,7 +23,6 @@ from pathlib import Path
 from hybridpref.common.errors import HybridPrefError, InvalidInput
 from hybridpref.common.settings import Settings
 
-SAMPLE_BATCH = Path(__file__).resolve().parents[2] / "samples" / "sample_batch.jsonl"
 EXIT_USAGE = 2
 
 
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     predictor_sub = predictor.add_subparsers(dest="predictor_command", required=True)
     build = predictor_sub.add_parser("build", help="build a model bundle (see --help)", add_help=False)
     build.add_argument("rest", nargs=argparse.REMAINDER)
+    routing = predictor_sub.add_parser("add-routing-models", help="add the expected-correction model and domain to a bundle (see --help)", add_help=False)
+    routing.add_argument("rest", nargs=argparse.REMAINDER)
 
     from hybridpref.keys_cli import add_parser as add_keys_parser
 
@@ -71,25 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_budget(text: str):
-    """``0.25`` -> fraction, ``count:100`` -> count, ``cost:500`` -> Cost, ``auto``."""
-    from hybridpref_client import Cost
-
-    from hybridpref.common.errors import FieldViolation
-
-    text = text.strip()
-    try:
-        if text == "auto":
-            return "auto"
-        if text.startswith("count:"):
-            return int(text.split(":", 1)[1])
-        if text.startswith("cost:"):
-            return Cost(float(text.split(":", 1)[1]))
-        return float(text)
-    except ValueError:
-        raise InvalidInput(FieldViolation("--budget", f"cannot read {text!r}; use 0.25, count:100, cost:500 or auto")) from None
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:2] == ["judge", "train"]:  # its own parser: REMAINDER would not pass a leading --help through
@@ -99,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["evaluate"]:  # argparse's REMAINDER cannot start with an option (--pool): pass the rest through
         args = argparse.Namespace(command="evaluate", rest=argv[1:])
     else:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if args.command == "predictor":  # same REMAINDER limit: the predictor tools parse their own options
+            args.rest = unknown + list(args.rest)
+        elif unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "serve":
             return cmd_serve(args)
@@ -109,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             from hybridpref.route_cli import cmd_route
 
             return cmd_route(args)
+        if args.command == "predictor" and args.predictor_command == "add-routing-models":
+            from hybridpref.predictor.routing_build import main as routing_main
+
+            return routing_main(args.rest)
         if args.command == "predictor":
             from hybridpref.predictor.builder import main as build_main
 

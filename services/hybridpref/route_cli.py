@@ -12,12 +12,12 @@ from hybridpref.common.errors import FieldViolation, InvalidInput
 from hybridpref.common.instances import iter_jsonl
 from hybridpref.common.settings import Settings
 
+SAMPLE_BATCH = Path(__file__).resolve().parents[2] / "samples" / "sample_batch.jsonl"
+
 
 def cmd_route(args) -> int:
     from rich.console import Console
     from hybridpref_client import RouterClient, RoutingError, write_decisions
-
-    from hybridpref.cli import SAMPLE_BATCH, parse_budget
 
     path = args.input or SAMPLE_BATCH
     if not Path(path).exists():
@@ -43,6 +43,23 @@ def cmd_route(args) -> int:
         write_decisions(args.output, result)
         console.print(f"wrote {len(result.decisions)} decisions to {args.output}")
     return 0
+
+
+def parse_budget(text: str):
+    """``0.25`` -> fraction, ``count:100`` -> count, ``cost:500`` -> Cost, ``auto``."""
+    from hybridpref_client import Cost
+
+    text = text.strip()
+    try:
+        if text == "auto":
+            return "auto"
+        if text.startswith("count:"):
+            return int(text.split(":", 1)[1])
+        if text.startswith("cost:"):
+            return Cost(float(text.split(":", 1)[1]))
+        return float(text)
+    except ValueError:
+        raise InvalidInput(FieldViolation("--budget", f"cannot read {text!r}; use 0.25, count:100, cost:500 or auto")) from None
 
 
 def _to_line(field: str, text: str, lines: list[int]) -> FieldViolation:
@@ -116,10 +133,18 @@ def print_summary(console, result, judge_name: str = "") -> None:
     table.add_row("to humans", str(s.get("human_count", 0)))
     table.add_row("to LM judge", str(s.get("lm_count", 0)))
     table.add_row("human cost", f"{s.get('human_cost', 0.0):.1f}")
-    for key, label in (("predicted_score", "predicted score (chosen)"), ("predicted_all_human", "predicted, all human"),
-                       ("predicted_all_lm", "predicted, all LM"), ("predicted_random", "predicted, random same budget")):
-        if key in s:
-            table.add_row(label, f"{s[key]:.4f}")
+    level = s.get("interval_level", 0.0)
+    for name, label in (("chosen", "chosen"), ("all_human", "all human"), ("all_lm", "all LM"), ("random", "random, same budget")):
+        mix = s.get("mixes", {}).get(name)
+        if mix is None:
+            continue
+        table.add_row(f"predicted score, {label}", _estimate_text(mix.get("predicted_score"), level, 4, mix.get("score_note", "")))
+        if "expected_corrections" in mix:
+            table.add_row(f"expected corrections, {label}", _estimate_text(mix["expected_corrections"], level, 1, ""))
+    domain = s.get("domain")
+    if domain:
+        verdict = "in domain" if domain["in_domain"] else "OUT OF DOMAIN"
+        table.add_row("domain", f"{verdict}: {domain['distance']:.3f} vs {domain['threshold']:.3f} ({domain['nearest_pool']})")
     lm = [d for d in result.decisions if d.route == "LM"]
     labels = Counter(d.lm_label for d in lm)
     if judge_name:
@@ -134,3 +159,12 @@ def print_summary(console, result, judge_name: str = "") -> None:
     for stage, seconds in sorted(s.get("stage_seconds", {}).items()):
         table.add_row(f"time: {stage}", f"{seconds:.2f} s")
     console.print(table)
+    for warning in s.get("warnings", []):
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+
+
+def _estimate_text(estimate: dict | None, level: float, digits: int, note: str) -> str:
+    """``0.6712 [0.6401, 0.7023] (90%)``; without an estimate, why (never a bare number)."""
+    if estimate is None:
+        return f"not shown ({note.replace('_', ' ')})" if note else "-"
+    return f"{estimate['value']:.{digits}f} [{estimate['low']:.{digits}f}, {estimate['high']:.{digits}f}] ({level:.0%})"

@@ -65,8 +65,10 @@ async def start_embedded_stack(settings: Settings, *, metrics: bool = False, wai
     """All four services in-process on ephemeral ports; waits for models unless ``wait=False``."""
     metrics_port = 0 if metrics else -1
     running: dict[str, RunningService] = {}
+    # Vendors' API keys guard the router; the backends answer only the router (mTLS in production).
+    backend_settings = settings.model_copy(update={"api_keys_file": None})
     for name in BACKENDS:
-        running[name] = await start_service(handle_for(name, settings), settings, port=0, metrics_port=metrics_port)
+        running[name] = await start_service(handle_for(name, backend_settings), backend_settings, port=0, metrics_port=metrics_port)
     router_settings = settings.model_copy(update={f"{n}_address": running[n].address for n in BACKENDS})
     running["router"] = await start_service(handle_for("router", router_settings), router_settings, port=0, metrics_port=metrics_port)
     stack = EmbeddedStack(running)
@@ -79,10 +81,11 @@ async def start_embedded_stack(settings: Settings, *, metrics: bool = False, wai
     return stack
 
 
-def wait_serving(address: str, timeout_s: float, service: str = "") -> bool:
-    """Poll grpc.health.v1 until ``service`` is SERVING at ``address``."""
+def wait_serving(address: str, timeout_s: float, service: str = "", credentials: grpc.ChannelCredentials | None = None) -> bool:
+    """Poll grpc.health.v1 until ``service`` is SERVING at ``address`` (over TLS with ``credentials``)."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    opened = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    with opened as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
@@ -110,6 +113,9 @@ def run_up(settings: Settings, *, timeout_s: float = 600.0, on_ready: Callable[[
     Returns the exit code. ``stop_after_ready`` stops right after all are SERVING
     (used by the benchmark that times start-up).
     """
+    from hybridpref.common.tls import channel_credentials
+
+    credentials = channel_credentials(settings)  # the TLS the services' ports speak, if any
     ports, metrics_ports = up_ports(port_base)
     addresses = {n: f"127.0.0.1:{ports[n]}" for n in SERVICES}
     env = dict(os.environ)
@@ -129,7 +135,7 @@ def run_up(settings: Settings, *, timeout_s: float = 600.0, on_ready: Callable[[
     try:
         deadline = time.monotonic() + timeout_s
         for name in SERVICES:
-            while not wait_serving(addresses[name], 1.0):
+            while not wait_serving(addresses[name], 1.0, credentials=credentials):
                 if stop_requested or time.monotonic() > deadline or procs[name].poll() is not None:
                     print(f"hybridpref up: {name} did not become SERVING", file=sys.stderr)
                     return 1

@@ -175,7 +175,7 @@ class GetJudgeInfoResponse(_message.Message):
     DEFAULT_TEMPLATE_FIELD_NUMBER: _builtins.int
     DEFAULT_REPLAY_JUDGE_FIELD_NUMBER: _builtins.int
     backend: _builtins.str
-    """Backend: "embedded", "openai" or "replay"."""
+    """Backend: "learned" (the default), "embedded", "openai" or "replay"."""
     judge_id: _builtins.str
     """Which judge answers (backend and model), as in Judgement.judge_id."""
     default_template: _builtins.str

@@ -303,3 +303,299 @@ class GetModelInfoResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetModelInfoResponse: _TypeAlias = GetModelInfoResponse  # noqa: Y015
+
+@_typing.final
+class GetRoutingModelRequest(_message.Message):
+    """Request for the routing model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KNOWN_BUNDLE_VERSION_FIELD_NUMBER: _builtins.int
+    known_bundle_version: _builtins.str
+    """The bundle version the caller already holds ("" = none); when it is the loaded one the
+    response only says so (unchanged = true) and carries nothing else.
+    """
+    def __init__(
+        self,
+        *,
+        known_bundle_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["known_bundle_version", b"known_bundle_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRoutingModelRequest: _TypeAlias = GetRoutingModelRequest  # noqa: Y015
+
+@_typing.final
+class QuadraticForm(_message.Message):
+    """The PPM as an exact quadratic form: f(x) = bias + linear . x + x^T quad x with
+    x = counts / pool_size (counts: per tag, how many human-routed instances carry it).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BIAS_FIELD_NUMBER: _builtins.int
+    LINEAR_FIELD_NUMBER: _builtins.int
+    QUAD_FIELD_NUMBER: _builtins.int
+    bias: _builtins.float
+    """The intercept (the prediction for x = 0, i.e. no human labels)."""
+    @_builtins.property
+    def linear(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Linear coefficients, one per vocabulary tag (vocabulary order)."""
+
+    @_builtins.property
+    def quad(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Pairwise coefficients, V x V row-major, symmetric."""
+
+    def __init__(
+        self,
+        *,
+        bias: _builtins.float = ...,
+        linear: _abc.Iterable[_builtins.float] | None = ...,
+        quad: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bias", b"bias", "linear", b"linear", "quad", b"quad"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuadraticForm: _TypeAlias = QuadraticForm  # noqa: Y015
+
+@_typing.final
+class CorrectionModelSpec(_message.Message):
+    """The expected-correction model: for one instance, the probability that its LM label is
+    wrong and that one human label is wrong; expected gain = the difference.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ONNX_FIELD_NUMBER: _builtins.int
+    FEATURE_NAMES_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    onnx: _builtins.bytes
+    """ONNX model bytes (run with onnxruntime; input: float32 [n, len(feature_names)])."""
+    version: _builtins.str
+    """Model version / kind as recorded in correction.json."""
+    @_builtins.property
+    def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the input feature columns, in order; the router computes them with
+        hybridpref.predictor.correction.correction_features and refuses a different list.
+        """
+
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Calibration and discrimination metrics from the model card (e.g. lopo_auroc, lopo_ece)."""
+
+    def __init__(
+        self,
+        *,
+        onnx: _builtins.bytes = ...,
+        feature_names: _abc.Iterable[_builtins.str] | None = ...,
+        version: _builtins.str = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_names", b"feature_names", "metrics", b"metrics", "onnx", b"onnx", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorrectionModelSpec: _TypeAlias = CorrectionModelSpec  # noqa: Y015
+
+@_typing.final
+class DomainPool(_message.Message):
+    """Statistics of one training pool (domain.json)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MEAN_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    SD_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Pool name (e.g. "mtbench")."""
+    count: _builtins.int
+    """Instances the statistics were computed from."""
+    @_builtins.property
+    def mean(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Mean of each domain feature over the pool's instances (DomainStats.feature_names order)."""
+
+    @_builtins.property
+    def sd(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Standard deviation of each domain feature over the pool's instances."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        mean: _abc.Iterable[_builtins.float] | None = ...,
+        count: _builtins.int = ...,
+        sd: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "mean", b"mean", "name", b"name", "sd", b"sd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DomainPool: _TypeAlias = DomainPool  # noqa: Y015
+
+@_typing.final
+class DomainStats(_message.Message):
+    """Where the bundle's models were built: a batch is in the PPM's domain when its distance to the
+    nearest pool the PPM was trained on is at most threshold (hybridpref.predictor.domain).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISTANCE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    FEATURE_NAMES_FIELD_NUMBER: _builtins.int
+    POOLS_FIELD_NUMBER: _builtins.int
+    RAW_JSON_FIELD_NUMBER: _builtins.int
+    PPM_POOLS_FIELD_NUMBER: _builtins.int
+    distance: _builtins.str
+    """Name of the distance function, e.g. "max_abs_standardised_mean_difference"."""
+    threshold: _builtins.float
+    """Largest in-domain distance, calibrated on held-out pools."""
+    raw_json: _builtins.str
+    """domain.json verbatim (calibration details and any field this message does not type)."""
+    @_builtins.property
+    def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the domain features (columns of hybridpref.predictor.correction.FEATURE_NAMES)."""
+
+    @_builtins.property
+    def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___DomainPool]:
+        """One entry per training pool."""
+
+    @_builtins.property
+    def ppm_pools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The pools the PPM was trained on (the distance is to the nearest of these)."""
+
+    def __init__(
+        self,
+        *,
+        distance: _builtins.str = ...,
+        threshold: _builtins.float = ...,
+        feature_names: _abc.Iterable[_builtins.str] | None = ...,
+        pools: _abc.Iterable[Global___DomainPool] | None = ...,
+        raw_json: _builtins.str = ...,
+        ppm_pools: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance", b"distance", "feature_names", b"feature_names", "pools", b"pools", "ppm_pools", b"ppm_pools", "raw_json", b"raw_json", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DomainStats: _TypeAlias = DomainStats  # noqa: Y015
+
+@_typing.final
+class GetRoutingModelResponse(_message.Message):
+    """The routing model of the loaded bundle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    UNCHANGED_FIELD_NUMBER: _builtins.int
+    BUNDLE_VERSION_FIELD_NUMBER: _builtins.int
+    VOCABULARY_VERSION_FIELD_NUMBER: _builtins.int
+    REFERENCE_BINS_ID_FIELD_NUMBER: _builtins.int
+    PPM_FIELD_NUMBER: _builtins.int
+    PPM_RESIDUAL_STD_FIELD_NUMBER: _builtins.int
+    CORRECTION_FIELD_NUMBER: _builtins.int
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    unchanged: _builtins.bool
+    """True when known_bundle_version is the loaded bundle: every other field is then empty."""
+    bundle_version: _builtins.str
+    """Bundle these parameters come from (content hash)."""
+    vocabulary_version: _builtins.str
+    """The vocabulary the PPM and the correction model read."""
+    reference_bins_id: _builtins.str
+    """Fingerprint of the reference bin edges the bundle was trained on."""
+    ppm_residual_std: _builtins.float
+    """Standard deviation of the PPM's cross-validated residuals (prediction intervals);
+    unset for a bundle that records none: its predictions are then "uncalibrated".
+    """
+    @_builtins.property
+    def ppm(self) -> Global___QuadraticForm:
+        """The PPM; unset when the bundle's PPM is not quadratic (PPM strategies are then unavailable)."""
+
+    @_builtins.property
+    def correction(self) -> Global___CorrectionModelSpec:
+        """The expected-correction model; unset for a bundle without one."""
+
+    @_builtins.property
+    def domain(self) -> Global___DomainStats:
+        """The bundle's training domain; unset for a bundle without domain.json."""
+
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The bundle's served fit metrics (as GetModelInfo)."""
+
+    def __init__(
+        self,
+        *,
+        unchanged: _builtins.bool = ...,
+        bundle_version: _builtins.str = ...,
+        vocabulary_version: _builtins.str = ...,
+        reference_bins_id: _builtins.str = ...,
+        ppm: Global___QuadraticForm | None = ...,
+        ppm_residual_std: _builtins.float | None = ...,
+        correction: Global___CorrectionModelSpec | None = ...,
+        domain: Global___DomainStats | None = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ppm_residual_std", b"_ppm_residual_std", "correction", b"correction", "domain", b"domain", "ppm", b"ppm", "ppm_residual_std", b"ppm_residual_std"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ppm_residual_std", b"_ppm_residual_std", "bundle_version", b"bundle_version", "correction", b"correction", "domain", b"domain", "metrics", b"metrics", "ppm", b"ppm", "ppm_residual_std", b"ppm_residual_std", "reference_bins_id", b"reference_bins_id", "unchanged", b"unchanged", "vocabulary_version", b"vocabulary_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__ppm_residual_std: _TypeAlias = _typing.Literal["ppm_residual_std"]  # noqa: Y015
+    _WhichOneofArgType__ppm_residual_std: _TypeAlias = _typing.Literal["_ppm_residual_std", b"_ppm_residual_std"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ppm_residual_std) -> _WhichOneofReturnType__ppm_residual_std | None: ...
+
+Global___GetRoutingModelResponse: _TypeAlias = GetRoutingModelResponse  # noqa: Y015

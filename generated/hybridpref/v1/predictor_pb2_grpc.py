@@ -50,6 +50,11 @@ class PredictorServiceStub:
                 request_serializer=hybridpref_dot_v1_dot_predictor__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=hybridpref_dot_v1_dot_predictor__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.GetRoutingModel = channel.unary_unary(
+                '/hybridpref.v1.PredictorService/GetRoutingModel',
+                request_serializer=hybridpref_dot_v1_dot_predictor__pb2.GetRoutingModelRequest.SerializeToString,
+                response_deserializer=hybridpref_dot_v1_dot_predictor__pb2.GetRoutingModelResponse.FromString,
+                _registered_method=True)
 
 
 class PredictorServiceServicer:
@@ -77,6 +82,15 @@ class PredictorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRoutingModel(self, request, context):
+        """Everything the router needs to route in process (PPM quadratic form, correction model,
+        domain statistics, calibration), once per bundle version: a caller that already holds
+        the current version gets a tiny "unchanged" answer, so it can ask on every request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PredictorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +108,11 @@ def add_PredictorServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=hybridpref_dot_v1_dot_predictor__pb2.GetModelInfoRequest.FromString,
                     response_serializer=hybridpref_dot_v1_dot_predictor__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'GetRoutingModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRoutingModel,
+                    request_deserializer=hybridpref_dot_v1_dot_predictor__pb2.GetRoutingModelRequest.FromString,
+                    response_serializer=hybridpref_dot_v1_dot_predictor__pb2.GetRoutingModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +197,33 @@ class PredictorService:
             '/hybridpref.v1.PredictorService/GetModelInfo',
             hybridpref_dot_v1_dot_predictor__pb2.GetModelInfoRequest.SerializeToString,
             hybridpref_dot_v1_dot_predictor__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRoutingModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hybridpref.v1.PredictorService/GetRoutingModel',
+            hybridpref_dot_v1_dot_predictor__pb2.GetRoutingModelRequest.SerializeToString,
+            hybridpref_dot_v1_dot_predictor__pb2.GetRoutingModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

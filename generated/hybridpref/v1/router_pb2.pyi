@@ -34,8 +34,8 @@ class RouteConfig(_message.Message):
     EXPLAIN_TOP_K_FIELD_NUMBER: _builtins.int
     SIMULATED_CANDIDATES_FIELD_NUMBER: _builtins.int
     strategy: _builtins.str
-    """Strategy name: all_human, all_lm, random, topk, simulated, optimal_pos,
-    greedy, judge_aware. "" = server default.
+    """Strategy name (hybridpref.router.strategies.STRATEGIES, e.g. expected_gain, judge_doubt,
+    greedy, topk, simulated, random, all_human, all_lm). "" = server default.
     """
     seed: _builtins.int
     """Seed for every random choice; same input and seed give the same decisions."""
@@ -117,6 +117,7 @@ class RoutingDecision(_message.Message):
     TOP_TAGS_FIELD_NUMBER: _builtins.int
     JUDGE_ORDER_INCONSISTENT_FIELD_NUMBER: _builtins.int
     HUMAN_COST_FIELD_NUMBER: _builtins.int
+    EXPECTED_GAIN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The instance id."""
     route: _common_pb2.Route.ValueType
@@ -133,6 +134,10 @@ class RoutingDecision(_message.Message):
     """True when the judge flipped its verdict across presentation orders."""
     human_cost: _builtins.float
     """Human cost used for this instance."""
+    expected_gain: _builtins.float
+    """Expected label corrections a human label buys here: P(LM label wrong) - P(human label
+    wrong) from the bundle's correction model; unset when it was not computed.
+    """
     @_builtins.property
     def top_tags(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TagContribution]:
         """The tags that contributed most to the gain."""
@@ -148,14 +153,136 @@ class RoutingDecision(_message.Message):
         top_tags: _abc.Iterable[_common_pb2.TagContribution] | None = ...,
         judge_order_inconsistent: _builtins.bool = ...,
         human_cost: _builtins.float = ...,
+        expected_gain: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain", "expected_gain", b"expected_gain"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain", "expected_gain", b"expected_gain", "gain", b"gain", "human_cost", b"human_cost", "id", b"id", "judge_order_inconsistent", b"judge_order_inconsistent", "lm_confidence", b"lm_confidence", "lm_label", b"lm_label", "route", b"route", "top_tags", b"top_tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_gain: _TypeAlias = _typing.Literal["expected_gain"]  # noqa: Y015
+    _WhichOneofArgType__expected_gain: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_gain) -> _WhichOneofReturnType__expected_gain | None: ...
+
+Global___RoutingDecision: _TypeAlias = RoutingDecision  # noqa: Y015
+
+@_typing.final
+class Estimate(_message.Message):
+    """A predicted quantity with its uncertainty: never one without the other."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    LOW_FIELD_NUMBER: _builtins.int
+    HIGH_FIELD_NUMBER: _builtins.int
+    value: _builtins.float
+    """Point prediction."""
+    low: _builtins.float
+    """Lower end of the interval."""
+    high: _builtins.float
+    """Upper end of the interval."""
+    def __init__(
+        self,
+        *,
+        value: _builtins.float = ...,
+        low: _builtins.float = ...,
+        high: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gain", b"gain", "human_cost", b"human_cost", "id", b"id", "judge_order_inconsistent", b"judge_order_inconsistent", "lm_confidence", b"lm_confidence", "lm_label", b"lm_label", "route", b"route", "top_tags", b"top_tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["high", b"high", "low", b"low", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RoutingDecision: _TypeAlias = RoutingDecision  # noqa: Y015
+Global___Estimate: _TypeAlias = Estimate  # noqa: Y015
+
+@_typing.final
+class MixPrediction(_message.Message):
+    """Predictions for one mix (the chosen one or a reference)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIX_FIELD_NUMBER: _builtins.int
+    HUMAN_COUNT_FIELD_NUMBER: _builtins.int
+    PREDICTED_SCORE_FIELD_NUMBER: _builtins.int
+    SCORE_NOTE_FIELD_NUMBER: _builtins.int
+    EXPECTED_CORRECTIONS_FIELD_NUMBER: _builtins.int
+    mix: _builtins.str
+    """"chosen", "all_human", "all_lm" or "random" (seeded random subsets at the chosen budget)."""
+    human_count: _builtins.int
+    """Instances this mix sends to humans."""
+    score_note: _builtins.str
+    """Why predicted_score is unset: "uncalibrated" (the bundle records no residual std),
+    "out_of_domain" (the batch is outside the PPM's training domain), "batch_independent"
+    (all-LM: x = 0 for every batch, the PPM's intercept says nothing about this batch),
+    "no_ppm" (the bundle has no quadratic PPM) or "no_predictor"; "" when set.
+    """
+    @_builtins.property
+    def predicted_score(self) -> Global___Estimate:
+        """The PPM's predicted reward-model score with its prediction interval (residual std of the
+        bundle); unset when score_note says why.
+        """
+
+    @_builtins.property
+    def expected_corrections(self) -> Global___Estimate:
+        """Expected number of labels the mix's human labels correct (sum over its human-routed
+        instances of P(LM label wrong) - P(human label wrong)), with an interval from the
+        per-instance outcome variance; unset without a correction model or judge signals.
+        """
+
+    def __init__(
+        self,
+        *,
+        mix: _builtins.str = ...,
+        human_count: _builtins.int = ...,
+        predicted_score: Global___Estimate | None = ...,
+        score_note: _builtins.str = ...,
+        expected_corrections: Global___Estimate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expected_corrections", b"expected_corrections", "predicted_score", b"predicted_score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_corrections", b"expected_corrections", "human_count", b"human_count", "mix", b"mix", "predicted_score", b"predicted_score", "score_note", b"score_note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MixPrediction: _TypeAlias = MixPrediction  # noqa: Y015
+
+@_typing.final
+class DomainCheck(_message.Message):
+    """Distance between the batch and the bundle's training pools."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISTANCE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    IN_DOMAIN_FIELD_NUMBER: _builtins.int
+    NEAREST_POOL_FIELD_NUMBER: _builtins.int
+    DISTANCE_KIND_FIELD_NUMBER: _builtins.int
+    distance: _builtins.float
+    """Distance to the nearest training pool (DomainStats.distance of the bundle)."""
+    threshold: _builtins.float
+    """Largest in-domain distance (calibrated on held-out pools)."""
+    in_domain: _builtins.bool
+    """distance <= threshold."""
+    nearest_pool: _builtins.str
+    """The training pool nearest to the batch."""
+    distance_kind: _builtins.str
+    """Name of the distance function."""
+    def __init__(
+        self,
+        *,
+        distance: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        in_domain: _builtins.bool = ...,
+        nearest_pool: _builtins.str = ...,
+        distance_kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance", b"distance", "distance_kind", b"distance_kind", "in_domain", b"in_domain", "nearest_pool", b"nearest_pool", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DomainCheck: _TypeAlias = DomainCheck  # noqa: Y015
 
 @_typing.final
 class RoutingSummary(_message.Message):
@@ -188,12 +315,12 @@ class RoutingSummary(_message.Message):
     HUMAN_COUNT_FIELD_NUMBER: _builtins.int
     LM_COUNT_FIELD_NUMBER: _builtins.int
     HUMAN_COST_FIELD_NUMBER: _builtins.int
-    PREDICTED_SCORE_FIELD_NUMBER: _builtins.int
-    PREDICTED_ALL_HUMAN_FIELD_NUMBER: _builtins.int
-    PREDICTED_ALL_LM_FIELD_NUMBER: _builtins.int
-    PREDICTED_RANDOM_FIELD_NUMBER: _builtins.int
     STAGE_SECONDS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MIXES_FIELD_NUMBER: _builtins.int
+    INTERVAL_LEVEL_FIELD_NUMBER: _builtins.int
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     strategy: _builtins.str
     """Strategy used."""
     bundle_version: _builtins.str
@@ -204,19 +331,29 @@ class RoutingSummary(_message.Message):
     """Instances routed to the LM judge."""
     human_cost: _builtins.float
     """Total human cost of the human-routed instances."""
-    predicted_score: _builtins.float
-    """Predicted score of the chosen mix (unset without a predictor)."""
-    predicted_all_human: _builtins.float
-    """Predicted score with every instance to humans."""
-    predicted_all_lm: _builtins.float
-    """Predicted score with every instance to the LM."""
-    predicted_random: _builtins.float
-    """Mean predicted score of random mixes of the same size."""
     request_id: _builtins.str
     """Request id of this call (from x-request-id metadata or generated)."""
+    interval_level: _builtins.float
+    """Nominal coverage of every interval in mixes (e.g. 0.9)."""
     @_builtins.property
     def stage_seconds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Seconds spent per stage (tag, judge, predict, route)."""
+
+    @_builtins.property
+    def mixes(self) -> _containers.RepeatedCompositeFieldContainer[Global___MixPrediction]:
+        """Predictions (each with its interval) for the chosen mix and the references, in the order
+        chosen, all_human, all_lm, random.
+        """
+
+    @_builtins.property
+    def domain(self) -> Global___DomainCheck:
+        """Whether the batch is in the bundle's domain; unset for a bundle without domain statistics."""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Things the caller must know before trusting the numbers (out of domain, PPM fallback,
+        judge unsure on most pairs, uncalibrated predictions, ...), one sentence each.
+        """
 
     def __init__(
         self,
@@ -226,33 +363,18 @@ class RoutingSummary(_message.Message):
         human_count: _builtins.int = ...,
         lm_count: _builtins.int = ...,
         human_cost: _builtins.float = ...,
-        predicted_score: _builtins.float | None = ...,
-        predicted_all_human: _builtins.float | None = ...,
-        predicted_all_lm: _builtins.float | None = ...,
-        predicted_random: _builtins.float | None = ...,
         stage_seconds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         request_id: _builtins.str = ...,
+        mixes: _abc.Iterable[Global___MixPrediction] | None = ...,
+        interval_level: _builtins.float = ...,
+        domain: Global___DomainCheck | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_predicted_all_human", b"_predicted_all_human", "_predicted_all_lm", b"_predicted_all_lm", "_predicted_random", b"_predicted_random", "_predicted_score", b"_predicted_score", "predicted_all_human", b"predicted_all_human", "predicted_all_lm", b"predicted_all_lm", "predicted_random", b"predicted_random", "predicted_score", b"predicted_score"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_predicted_all_human", b"_predicted_all_human", "_predicted_all_lm", b"_predicted_all_lm", "_predicted_random", b"_predicted_random", "_predicted_score", b"_predicted_score", "bundle_version", b"bundle_version", "human_cost", b"human_cost", "human_count", b"human_count", "lm_count", b"lm_count", "predicted_all_human", b"predicted_all_human", "predicted_all_lm", b"predicted_all_lm", "predicted_random", b"predicted_random", "predicted_score", b"predicted_score", "request_id", b"request_id", "stage_seconds", b"stage_seconds", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "domain", b"domain", "human_cost", b"human_cost", "human_count", b"human_count", "interval_level", b"interval_level", "lm_count", b"lm_count", "mixes", b"mixes", "request_id", b"request_id", "stage_seconds", b"stage_seconds", "strategy", b"strategy", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__predicted_all_human: _TypeAlias = _typing.Literal["predicted_all_human"]  # noqa: Y015
-    _WhichOneofArgType__predicted_all_human: _TypeAlias = _typing.Literal["_predicted_all_human", b"_predicted_all_human"]  # noqa: Y015
-    _WhichOneofReturnType__predicted_all_lm: _TypeAlias = _typing.Literal["predicted_all_lm"]  # noqa: Y015
-    _WhichOneofArgType__predicted_all_lm: _TypeAlias = _typing.Literal["_predicted_all_lm", b"_predicted_all_lm"]  # noqa: Y015
-    _WhichOneofReturnType__predicted_random: _TypeAlias = _typing.Literal["predicted_random"]  # noqa: Y015
-    _WhichOneofArgType__predicted_random: _TypeAlias = _typing.Literal["_predicted_random", b"_predicted_random"]  # noqa: Y015
-    _WhichOneofReturnType__predicted_score: _TypeAlias = _typing.Literal["predicted_score"]  # noqa: Y015
-    _WhichOneofArgType__predicted_score: _TypeAlias = _typing.Literal["_predicted_score", b"_predicted_score"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__predicted_all_human) -> _WhichOneofReturnType__predicted_all_human | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__predicted_all_lm) -> _WhichOneofReturnType__predicted_all_lm | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__predicted_random) -> _WhichOneofReturnType__predicted_random | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__predicted_score) -> _WhichOneofReturnType__predicted_score | None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoutingSummary: _TypeAlias = RoutingSummary  # noqa: Y015
 

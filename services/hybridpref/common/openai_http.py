@@ -122,7 +122,7 @@ class ChatCompletionsClient:
         try:
             data = resp.json()
         except ValueError:
-            raise BackendUnavailable(f"{self.what} returned a body that is not JSON") from None
+            raise BackendUnavailable(f"{self.what} returned a non-JSON body") from None
         if not isinstance(data, dict):
             raise BackendUnavailable(f"{self.what} returned unexpected JSON")
         return data

@@ -199,7 +199,8 @@ def out_of_source_logits(x: np.ndarray, y: np.ndarray, folds: np.ndarray, c: flo
     return out
 
 
-def select_and_fit(x: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[LinearJudge, float, float]:
+def select_and_fit(x: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                   grid: Sequence[float] = C_GRID) -> tuple[LinearJudge, float, float]:
     """Choose C by leave-one-source-out log loss over ``folds``, fit on all, temper; returns (model, C, T).
 
     C and the temperature are scored on the out-of-source predictions of the helpfulness folds only:
@@ -207,7 +208,7 @@ def select_and_fit(x: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[Lin
     judge is known to fail out of source; calibrating on it would turn every label into a coin."""
     best: tuple[float, float, np.ndarray] | None = None
     cal = folds != "hh_rlhf"
-    for c in C_GRID:
+    for c in grid:
         z = out_of_source_logits(x, y, folds, c)[cal]
         t = fit_temperature(z, y[cal])
         zt = z / t
@@ -271,7 +272,8 @@ def agreement(p: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 # --- the study -------------------------------------------------------------------------------------
-def leave_one_source_out(ds: Dataset, x: np.ndarray, *, seed: int = 0, reps: int = 1000) -> dict[str, Any]:
+def leave_one_source_out(ds: Dataset, x: np.ndarray, *, seed: int = 0, reps: int = 1000,
+                         grid: Sequence[float] = C_GRID) -> dict[str, Any]:
     """Out-of-source predictions for every row and the report table."""
     y = np.array(ds.y)
     folds = np.array(ds.fold)
@@ -281,7 +283,7 @@ def leave_one_source_out(ds: Dataset, x: np.ndarray, *, seed: int = 0, reps: int
     for f in FOLDS:
         test = folds == f
         fit_rows = train & ~test
-        model, c, t = select_and_fit(x[fit_rows], y[fit_rows], folds[fit_rows])
+        model, c, t = select_and_fit(x[fit_rows], y[fit_rows], folds[fit_rows], grid)
         p[test] = model.predict(x[test])
         chosen[f] = {"C": c, "temperature": t}
     return {"p": p, "table": report_table(ds, p, seed=seed, reps=reps), "per_fold": chosen}
@@ -413,6 +415,18 @@ confidence separates the judge's right answers from its errors (0.5 = not at all
 
 {table}
 
+## Measured and left out
+- **MiniLM embeddings** (cosine of each response with the prompt, all-MiniLM-L6-v2 as packaged, 128
+  word-pieces; its difference, a soft step of it and its dialogue interaction): leave-one-source-out
+  MT-Bench 74.0% vs 73.1%, PandaLM 69.0% vs 68.6%, inside the intervals, ECE/AUROC no better, at
+  over 100x the time per pair (the encoder, not the features, sets the speed; benchmarks/RESULTS.md).
+  Not shipped.
+- **Other prompt cues** (brevity requests, code, lists, choices, maths, prompt length) interacting with
+  every difference: no gain beyond noise, worse calibration. Only the dialogue interaction is kept.
+- **Ensemble with the embedded SmolLM2-135M judge**: its order-averaged probability is at chance on
+  these sources (45-52%, benchmarks/RESULTS.md, issue 4), so there is nothing for a blend to add; not
+  fitted. A strong LM through the `openai` backend is the upgrade path.
+
 ## Known failure modes
 - **LLMBar Adversarial** (and adversarial data in general): the output that looks better (longer, more
   structured, more on-topic words) is the wrong one by construction; the judge is far below chance
@@ -446,20 +460,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--no-export", action="store_true", help="only print the leave-one-source-out table")
     parser.add_argument("--synthetic-empty", type=int, default=60, help="blank-response training pairs per fold")
+    parser.add_argument("--c", type=float, action="append", default=None,
+                        help=f"L2 strength(s) to choose from (repeatable; default {', '.join(map(str, C_GRID))})")
     args = parser.parse_args(argv)
     data_dir = args.data_dir or default_data_dir()
     t0 = time.perf_counter()
     ds = load_dataset(data_dir, synthetic_empty=args.synthetic_empty, seed=args.seed)
     x = F.pair_features(ds.prompts, ds.a, ds.b)
     print(f"{len(ds)} non-tie pairs, {x.shape[1]} features ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
-    study = leave_one_source_out(ds, x, seed=args.seed, reps=args.reps)
+    grid = tuple(args.c or C_GRID)
+    study = leave_one_source_out(ds, x, seed=args.seed, reps=args.reps, grid=grid)
     print(format_table(study["table"]))
     print(json.dumps(study["per_fold"]), file=sys.stderr)
     if args.no_export:
         return 0
     train = np.array(ds.train)
     y, folds = np.array(ds.y)[train], np.array(ds.fold)[train]
-    model, c, t = select_and_fit(x[train], y, folds)
+    model, c, t = select_and_fit(x[train], y, folds, grid)
     real = np.array(ds.evaluate)[train]
     counts = {f: int(np.sum((folds == f) & real)) for f in FOLDS}
     spec = export(model, args.out, {

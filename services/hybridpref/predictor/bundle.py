@@ -11,6 +11,14 @@ Layout (format ``hybridpref-predictor-bundle/1``):
 * ``metrics.json``      fit metrics of every PPM variant, proxy and diagnostics figures
 * ``fingerprints.json`` sha256 of the data files and the build arguments
 * ``MODEL_CARD.md``     what the model is, how to rebuild it, its limits
+* optional (bundles built before them still load):
+  ``correction.onnx``  the expected-correction model (input ``features`` float32 [N, F], output
+                       ``p_wrong`` float32 [N, 2]; :mod:`hybridpref.predictor.correction`)
+  ``correction.json``  its feature names, version and leave-one-pool-out metrics (AUROC, ECE,
+                       reliability curve)
+  ``domain.json``      per training pool the mean / sd of the domain features, the pools the PPM was
+                       trained on, the batch distance and its calibrated threshold
+                       (:mod:`hybridpref.predictor.domain`)
 * ``manifest.json``     sha256 of every file above and ``bundle_version`` = hash over them
 
 Every file is written deterministically (sorted JSON keys, no timestamps), so the same build
@@ -29,6 +37,7 @@ from hybridpref.common.errors import NotReady
 FORMAT = "hybridpref-predictor-bundle/1"
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("model.onnx", "ppm.json", "vocabulary.json", "reference_bins.json", "metrics.json", "fingerprints.json", "MODEL_CARD.md")
+OPTIONAL_FILES = ("correction.onnx", "correction.json", "domain.json")
 
 
 def sha256_file(path: Path) -> str:
@@ -44,8 +53,9 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def finalise(folder: Path, extra: dict[str, Any]) -> str:
-    """Hash every required file, write ``manifest.json``; returns the bundle version."""
+    """Hash every required file (and the optional ones present), write ``manifest.json``; returns the bundle version."""
     files = {name: sha256_file(folder / name) for name in REQUIRED_FILES}
+    files.update({name: sha256_file(folder / name) for name in OPTIONAL_FILES if (folder / name).is_file()})
     digest = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in sorted(files.items())).encode()).hexdigest()
     version = f"ppm-{digest[:16]}"
     write_json(folder / MANIFEST, {"format": FORMAT, "bundle_version": version, "files": files, **extra})
@@ -69,8 +79,28 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             raise NotReady(f"bundle {folder}: {name} missing")
         if sha256_file(path) != manifest.get("files", {}).get(name):
             raise NotReady(f"bundle {folder}: {name} does not match its manifest hash (corrupt or edited)")
+    for name in OPTIONAL_FILES:
+        if name not in manifest.get("files", {}):
+            continue
+        path = folder / name
+        if not path.is_file() or sha256_file(path) != manifest["files"][name]:
+            raise NotReady(f"bundle {folder}: {name} is missing or does not match its manifest hash")
     return manifest
 
 
 def read_json(folder: Path, name: str) -> Any:
     return json.loads((Path(folder) / name).read_text(encoding="utf-8"))
+
+
+def read_correction(folder: Path) -> tuple[bytes, dict[str, Any]] | None:
+    """(``correction.onnx`` bytes, ``correction.json``) of a verified bundle, or None when it has none."""
+    folder = Path(folder)
+    if not (folder / "correction.onnx").is_file():
+        return None
+    return (folder / "correction.onnx").read_bytes(), read_json(folder, "correction.json")
+
+
+def read_domain(folder: Path) -> dict[str, Any] | None:
+    """``domain.json`` of a bundle, or None when it has none (bundles built before it)."""
+    folder = Path(folder)
+    return read_json(folder, "domain.json") if (folder / "domain.json").is_file() else None

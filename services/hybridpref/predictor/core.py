@@ -22,6 +22,7 @@ from hybridpref.common.runtime import cpu_limit
 from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, VOCABULARY_VERSION
 from hybridpref.predictor import bundle as bundle_io
 from hybridpref.predictor.ppm import QuadraticPPM
+from hybridpref.predictor.routing import RoutingModelData, read_routing_parts
 
 _CHUNK = 8_192  # rows per onnxruntime call: the float32 block (3 MB) stays in cache; measured best
 
@@ -52,6 +53,7 @@ class _State:
     session: object  # onnxruntime.InferenceSession
     ppm: QuadraticPPM | None
     info: ModelInfoData
+    routing: RoutingModelData
 
 
 class Predictor:
@@ -104,6 +106,10 @@ class Predictor:
         routing: gain of adding tag row t to x is w.t' + 2 x^T Q t' + t'^T Q t' with t' = t / pool_size."""
         state = self._require()
         return None if state.ppm is None else (state.ppm.bias, state.ppm.linear, state.ppm.quad)
+
+    def routing_model(self) -> RoutingModelData:
+        """What the router needs to route in process, from the loaded bundle (``NotReady`` without one)."""
+        return self._require().routing
 
     def score(self, counts: np.ndarray, pool_size: int) -> np.ndarray:
         """(m, V) counts of human-routed instances per tag -> (m,) float64 predicted accuracy.
@@ -176,7 +182,11 @@ def _open_bundle(folder: Path) -> _State:
         metrics={k: float(v) for k, v in metrics.get("served", {}).items()},
         data_fingerprint=manifest.get("data_fingerprint", ""), status_message="ok",
         reference_bins_id=_reference_bins_id(folder))
-    return _State(session=session, ppm=ppm, info=info)
+    routing = RoutingModelData(
+        bundle_version=info.bundle_version, vocabulary_version=VOCABULARY_VERSION, reference_bins_id=info.reference_bins_id,
+        quadratic=None if ppm is None else (ppm.bias, ppm.linear, ppm.quad), metrics=info.metrics,
+        **read_routing_parts(folder))
+    return _State(session=session, ppm=ppm, info=info, routing=routing)
 
 
 def _reference_bins_id(folder: Path) -> str:

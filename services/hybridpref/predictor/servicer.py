@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -98,8 +99,49 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
             status_message=info.status_message, reference_bins_id=info.reference_bins_id,
         )
 
+    async def GetRoutingModel(self, request, context):
+        data = self.predictor.routing_model()
+        if request.known_bundle_version and request.known_bundle_version == data.bundle_version:
+            return predictor_pb2.GetRoutingModelResponse(unchanged=True, bundle_version=data.bundle_version)
+        return routing_model_to_proto(data)
+
     async def close(self) -> None:
         self._executor.shutdown()
+
+
+def routing_model_to_proto(data) -> predictor_pb2.GetRoutingModelResponse:
+    """``RoutingModelData`` -> the ``GetRoutingModel`` answer (the inverse is in the router's client)."""
+    out = predictor_pb2.GetRoutingModelResponse(
+        bundle_version=data.bundle_version, vocabulary_version=data.vocabulary_version,
+        reference_bins_id=data.reference_bins_id, metrics=data.metrics,
+    )
+    if data.quadratic is not None:
+        bias, linear, quad = data.quadratic
+        out.ppm.CopyFrom(predictor_pb2.QuadraticForm(
+            bias=float(bias), linear=np.asarray(linear, np.float64).tolist(), quad=np.asarray(quad, np.float64).ravel().tolist()))
+    if data.ppm_residual_std is not None:
+        out.ppm_residual_std = data.ppm_residual_std
+    if data.correction_onnx is not None:
+        out.correction.CopyFrom(predictor_pb2.CorrectionModelSpec(
+            onnx=data.correction_onnx, feature_names=list(data.correction_features), version=data.correction_version,
+            metrics=data.correction_metrics))
+    if data.domain is not None:
+        out.domain.CopyFrom(domain_to_proto(data.domain))
+    return out
+
+
+def domain_to_proto(domain: dict) -> predictor_pb2.DomainStats:
+    """domain.json -> ``DomainStats`` (typed parts plus the file verbatim)."""
+    pools = domain.get("pools", {})
+    return predictor_pb2.DomainStats(
+        distance=str(domain.get("distance", "")), threshold=float(domain.get("threshold", 0.0) or 0.0),
+        feature_names=[str(n) for n in domain.get("features", domain.get("feature_names", ()))],
+        pools=[predictor_pb2.DomainPool(name=str(name), mean=[float(v) for v in p.get("mean", ())],
+                                        sd=[float(v) for v in p.get("sd", ())], count=int(p.get("rows", p.get("count", 0))))
+               for name, p in sorted(pools.items())],
+        ppm_pools=[str(p) for p in domain.get("ppm_pools", ())],
+        raw_json=json.dumps(domain, sort_keys=True),
+    )
 
 
 def bundle_signature(path: Path) -> tuple:

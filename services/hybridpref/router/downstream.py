@@ -1,27 +1,29 @@
-"""The router's view of its three downstream services, over gRPC.
+"""The router's three downstream services over gRPC (the ``hybridpref.router.backends`` protocols).
 
 Each call forwards the request id and what is left of the caller's deadline (one
-``Deadline`` for the whole request: every chunk call gets the time that remains). The
-predictor client is synchronous on purpose: the routing strategies are plain,
-CPU-bound functions run in a worker thread, and they call the predictor from there.
+``Deadline`` for the whole request). The predictor is asked only for the routing model
+(once per bundle version); every strategy runs in the router.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
-from hybridpref.common.channels import call_metadata, open_channel, open_sync_channel
+from hybridpref.common.channels import call_metadata, open_channel
 from hybridpref.common.deadline import Deadline
 from hybridpref.common.convert import instances_to_proto
 from hybridpref.common.errors import BackendUnavailable, DeadlineExceeded, NotReady, clip
 from hybridpref.common.instances import PositionMode, PreferenceInstance
 from hybridpref.common.settings import Settings
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, NUM_TAGS, VOCABULARY_VERSION
+from hybridpref.predictor.routing import RoutingModelData
+from hybridpref.router.backends import JudgedBatch, TaggedBatch
+from hybridpref.router.limits import JudgeInfo, JudgeInfoCache
+from hybridpref.router.model import ModelCache, RoutingModel
 from hybridpref.v1 import (
     judge_pb2,
     judge_pb2_grpc,
@@ -48,44 +50,6 @@ def downstream_error(service: str, error: grpc.RpcError) -> Exception:
 
     details = clip(error.details() or "", 300)  # backends' messages are already redacted; keep them short
     return BackendUnavailable(f"{service} call failed: {code.name}: {details}", retry_after_s=retry_delay_s(error))
-
-
-@dataclass
-class TaggedBatch:
-    # The router keeps only what routing reads (tags, measures), not the analyzer's text
-    # answers: at 100,000 streamed instances those dicts would dominate its memory.
-    tag_matrix: np.ndarray  # uint8 (n, NUM_TAGS)
-    measures: np.ndarray  # float32 (n, len(LEXICAL_MEASURES))
-    reference_bins_id: str = ""  # the tagger's bin edges (checked against the predictor bundle's)
-
-    @staticmethod
-    def concat(parts: Sequence[TaggedBatch]) -> TaggedBatch:
-        if not parts:
-            return TaggedBatch(np.zeros((0, NUM_TAGS), np.uint8), np.zeros((0, len(LEXICAL_MEASURES)), np.float32))
-        return TaggedBatch(np.concatenate([p.tag_matrix for p in parts]), np.concatenate([p.measures for p in parts]),
-                           parts[0].reference_bins_id)
-
-
-@dataclass
-class JudgedBatch:
-    labels: np.ndarray  # int (n,) Label values
-    confidence: np.ndarray  # float64 (n,)
-    inconsistent: np.ndarray  # bool (n,)
-    p_a_better: np.ndarray | None = None  # float64 (n,): P(A better); NaN where the judge gave none
-    judge_id: str = ""  # backend and model of the last judgement, e.g. "learned:hybridpref-judge-v1"
-
-    def __post_init__(self) -> None:
-        if self.p_a_better is None:
-            self.p_a_better = np.full(len(self.labels), np.nan)
-
-    @staticmethod
-    def concat(parts: Sequence[JudgedBatch]) -> JudgedBatch:
-        if not parts:
-            return JudgedBatch(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, bool))
-        return JudgedBatch(np.concatenate([p.labels for p in parts]), np.concatenate([p.confidence for p in parts]),
-                           np.concatenate([p.inconsistent for p in parts]),
-                           np.concatenate([p.p_a_better for p in parts]),  # type: ignore[misc]
-                           next((p.judge_id for p in reversed(parts) if p.judge_id), ""))
 
 
 class _AioClient:
@@ -115,7 +79,7 @@ class TaggerClient(_AioClient):
     async def tag(self, instances: Sequence[PreferenceInstance], timeout: Deadline | float | None) -> TaggedBatch:
         deadline = Deadline.of(timeout)
         n = len(instances)
-        out = TaggedBatch(np.zeros((n, NUM_TAGS), np.uint8), np.zeros((n, len(LEXICAL_MEASURES)), np.float32))
+        out = TaggedBatch.empty(n)
         for start in range(0, n, TAG_CHUNK):
             chunk = instances[start : start + TAG_CHUNK]
             try:
@@ -139,9 +103,17 @@ class TaggerClient(_AioClient):
 class JudgeClient(_AioClient):
     stub_class = judge_pb2_grpc.JudgeServiceStub
 
+    def __init__(self, address: str, settings: Settings):
+        super().__init__(address, settings)
+        self._info = JudgeInfoCache(self.info)
+
     async def info(self, timeout: float | None) -> judge_pb2.GetJudgeInfoResponse:
         """What the judge accepts (templates, replay default); see ``router.limits.JudgeInfo``."""
         return await self._stub.GetJudgeInfo(judge_pb2.GetJudgeInfoRequest(), timeout=timeout, metadata=call_metadata())
+
+    async def judge_info(self, timeout_s: float) -> JudgeInfo | None:
+        """The judge's info, cached (``router.limits.JudgeInfoCache``); None while it cannot say."""
+        return await self._info.get(timeout_s)
 
     async def judge(
         self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: str, replay_judge: str,
@@ -149,7 +121,7 @@ class JudgeClient(_AioClient):
     ) -> JudgedBatch:
         deadline = Deadline.of(timeout)
         n = len(instances)
-        out = JudgedBatch(np.zeros(n, np.int64), np.zeros(n), np.zeros(n, bool))
+        out = JudgedBatch.empty(n)
         for start in range(0, n, JUDGE_CHUNK):
             chunk = instances[start : start + JUDGE_CHUNK]
             request = judge_pb2.JudgeInstancesRequest(
@@ -167,63 +139,56 @@ class JudgeClient(_AioClient):
                 out.confidence[start + k] = j.confidence
                 out.inconsistent[start + k] = j.order_inconsistent
                 if j.HasField("p_a_better"):
-                    out.p_a_better[start + k] = j.p_a_better  # type: ignore[index]
+                    out.p_a_better[start + k] = j.p_a_better
                 out.judge_id = j.judge_id or out.judge_id
         return out
 
 
 
-class PredictorClient:
-    """Synchronous predictor client that also implements the router's ``MixScorer``."""
+class PredictorModelClient(_AioClient):
+    """The routing model from the predictor (``GetRoutingModel``), cached per bundle version.
 
-    def __init__(self, address: str, settings: Settings, timeout: Deadline | float | None = None, metadata=()):
-        self._channel = open_sync_channel(address, settings)
-        self._stub = predictor_pb2_grpc.PredictorServiceStub(self._channel)
-        self.timeout = timeout
-        self.metadata = metadata
+    Every ``routing_model`` call sends the version it holds; the predictor answers "unchanged"
+    (a few bytes) or the new bundle's parameters, so a hot reload is picked up on the next request."""
 
-    def bound(self, timeout: Deadline | float | None, metadata) -> PredictorClient:
-        """A view of this client with one call's deadline and metadata (shares the channel);
-        each predictor call gets what is left of a ``Deadline`` when it starts."""
-        view = copy.copy(self)
-        view.timeout, view.metadata = timeout, metadata
-        return view
+    stub_class = predictor_pb2_grpc.PredictorServiceStub
 
-    def _call(self, method, request):
+    def __init__(self, address: str, settings: Settings):
+        super().__init__(address, settings)
+        self.cache = ModelCache(self._fetch)
+
+    async def routing_model(self, timeout: Deadline | float | None) -> RoutingModel:
+        return await self.cache.get(timeout)
+
+    async def _fetch(self, known: str, timeout: Deadline | float | None) -> RoutingModelData | None:
+        request = predictor_pb2.GetRoutingModelRequest(known_bundle_version=known)
         try:
-            timeout = self.timeout.timeout() if isinstance(self.timeout, Deadline) else self.timeout
-            return method(request, timeout=timeout, metadata=self.metadata)
+            resp = await self._stub.GetRoutingModel(request, timeout=Deadline.of(timeout).timeout(), metadata=call_metadata())
         except grpc.RpcError as exc:
             raise downstream_error("predictor", exc) from None
+        return None if resp.unchanged else routing_model_from_proto(resp)
 
-    def info(self) -> predictor_pb2.GetModelInfoResponse:
-        return self._call(self._stub.GetModelInfo, predictor_pb2.GetModelInfoRequest())
 
-    def score(self, counts: np.ndarray, pool_size: int) -> np.ndarray:
-        request = predictor_pb2.ScoreMixesRequest(pool_size=pool_size, vocabulary_version=VOCABULARY_VERSION)
-        for row in np.asarray(counts, dtype=np.float64):
-            request.mixes.add(counts=row.tolist())
-        return np.asarray(self._call(self._stub.ScoreMixes, request).scores, dtype=np.float64)
-
-    def gains_explained(
-        self, tag_matrix: np.ndarray, current: np.ndarray | None, pool_size: int, explain_top_k: int = 0
-    ) -> tuple[np.ndarray, float, list[list[tuple[str, float]]]]:
-        request = predictor_pb2.InstanceGainsRequest(
-            pool_size=pool_size, explain_top_k=explain_top_k, vocabulary_version=VOCABULARY_VERSION
-        )
-        if current is not None:
-            request.current.counts.extend(np.asarray(current, dtype=np.float64).tolist())
-        for row in np.asarray(tag_matrix):
-            request.instances.add(indices=np.flatnonzero(row).tolist())
-        resp = self._call(self._stub.InstanceGains, request)
-        explanations = [[(t.tag, t.contribution) for t in e.top_tags] for e in resp.explanations]
-        return np.asarray(resp.gains, dtype=np.float64), resp.current_score, explanations
-
-    def gains(self, tag_matrix: np.ndarray, current: np.ndarray | None, pool_size: int) -> np.ndarray:
-        return self.gains_explained(tag_matrix, current, pool_size)[0]
-
-    def quadratic_form(self):
-        return None  # remote: strategies fall back to batched gains() calls
-
-    def close(self) -> None:
-        self._channel.close()
+def routing_model_from_proto(resp: predictor_pb2.GetRoutingModelResponse) -> RoutingModelData:
+    """The inverse of ``hybridpref.predictor.servicer.routing_model_to_proto``."""
+    if resp.vocabulary_version != VOCABULARY_VERSION:
+        raise NotReady(f"predictor bundle {resp.bundle_version} reads vocabulary {resp.vocabulary_version!r}, "
+                       f"router {VOCABULARY_VERSION!r}")
+    quadratic = None
+    if resp.HasField("ppm"):
+        v = len(resp.ppm.linear)
+        quad = np.asarray(resp.ppm.quad, dtype=np.float64)
+        if v != NUM_TAGS or quad.size != v * v:
+            raise NotReady(f"predictor bundle {resp.bundle_version}: PPM of width {v}, expected {NUM_TAGS}")
+        quadratic = (resp.ppm.bias, np.asarray(resp.ppm.linear, dtype=np.float64), quad.reshape(v, v))
+    correction = {}
+    if resp.HasField("correction"):
+        correction = dict(correction_onnx=resp.correction.onnx, correction_features=tuple(resp.correction.feature_names),
+                          correction_version=resp.correction.version, correction_metrics=dict(resp.correction.metrics))
+    return RoutingModelData(
+        bundle_version=resp.bundle_version, vocabulary_version=resp.vocabulary_version,
+        reference_bins_id=resp.reference_bins_id, quadratic=quadratic,
+        ppm_residual_std=resp.ppm_residual_std if resp.HasField("ppm_residual_std") else None,
+        domain=json.loads(resp.domain.raw_json) if resp.HasField("domain") and resp.domain.raw_json else None,
+        metrics=dict(resp.metrics), **correction,
+    )

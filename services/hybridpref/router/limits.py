@@ -14,7 +14,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import grpc
 import structlog
 
 from hybridpref.common.errors import FieldViolation, quote
@@ -83,6 +82,8 @@ class JudgeInfoCache:
         self._stamp = -math.inf
 
     async def get(self, timeout_s: float = 2.0) -> JudgeInfo | None:
+        import grpc  # here, not at the top: the router core imports this module and stays gRPC-free
+
         if time.monotonic() - self._stamp < self._ttl_s:
             return self._info
         try:

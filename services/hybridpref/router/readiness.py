@@ -41,7 +41,8 @@ class BackendWatcher:
         self.executor = executor
         self.metrics = metrics
         self.on_change = on_change
-        self.addresses = backends or {name: getattr(settings, f"{name}_address") for name in BACKEND_SERVICES}
+        required = [n.strip() for n in settings.required_backends.split(",") if n.strip() in BACKEND_SERVICES]
+        self.addresses = backends or {name: getattr(settings, f"{name}_address") for name in required}
         self.up: dict[str, bool] = {name: False for name in self.addresses}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._probe_since: float | None = None

@@ -12,6 +12,7 @@ from hybridpref.common.instances import PositionMode
 from hybridpref.common.metrics import Metrics
 from hybridpref.common.server import ServiceHandle
 from hybridpref.common.settings import Settings
+from hybridpref.router.downstream import JudgeClient, PredictorModelClient, TaggerClient
 from hybridpref.router.limits import config_violations
 from hybridpref.router.readiness import BackendWatcher
 from hybridpref.router.service import RouteOptions, RouteOutcome, RouterCore
@@ -51,6 +52,7 @@ def decisions_to_proto(outcome: RouteOutcome, start: int = 0, stop: int | None =
             top_tags=[common_pb2.TagContribution(tag=t, contribution=c) for t, c in d.top_tags],
             judge_order_inconsistent=d.judge_order_inconsistent,
             human_cost=d.human_cost,
+            expected_gain=d.expected_gain,
         )
         for d in outcome.decisions[start:stop]
     ]
@@ -58,6 +60,7 @@ def decisions_to_proto(outcome: RouteOutcome, start: int = 0, stop: int | None =
 
 def summary_to_proto(outcome: RouteOutcome) -> router_pb2.RoutingSummary:
     humans = sum(d.human for d in outcome.decisions)
+    core = outcome.summary
     summary = router_pb2.RoutingSummary(
         strategy=outcome.strategy,
         bundle_version=outcome.bundle_version,
@@ -66,19 +69,39 @@ def summary_to_proto(outcome: RouteOutcome) -> router_pb2.RoutingSummary:
         human_cost=outcome.human_cost,
         stage_seconds=outcome.stage_seconds,
         request_id=logs.current_request_id() or "",
+        interval_level=core.level,
+        warnings=core.warnings,
     )
-    for key, field in (("chosen", "predicted_score"), ("all_human", "predicted_all_human"),
-                       ("all_lm", "predicted_all_lm"), ("random", "predicted_random")):
-        if key in outcome.predicted:
-            setattr(summary, field, outcome.predicted[key])
+    for mix in core.mixes:
+        out = summary.mixes.add(mix=mix.mix, human_count=mix.human_count, score_note=mix.score_note)
+        if mix.score is not None:
+            out.predicted_score.CopyFrom(_estimate(mix.score))
+        if mix.corrections is not None:
+            out.expected_corrections.CopyFrom(_estimate(mix.corrections))
+    if core.domain is not None:
+        d = core.domain
+        summary.domain.CopyFrom(router_pb2.DomainCheck(distance=d.distance, threshold=d.threshold, in_domain=d.in_domain,
+                                                       nearest_pool=d.nearest_pool, distance_kind=d.distance_kind))
     return summary
+
+
+def _estimate(e) -> router_pb2.Estimate:
+    return router_pb2.Estimate(value=e.value, low=e.low, high=e.high)
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
         self.limits = Limits.from_settings(settings)
-        self.core = RouterCore(settings, metrics)
+        # The real gRPC clients; the core only knows the backends' protocols.
+        self.clients = (TaggerClient(settings.tagger_address, settings), JudgeClient(settings.judge_address, settings),
+                        PredictorModelClient(settings.predictor_address, settings))
+        self.core = RouterCore(settings, *self.clients, metrics=metrics)
+
+    async def close(self) -> None:
+        await self.core.close()
+        for client in self.clients:
+            await client.close()
 
     def _deadline(self, context) -> deadlines.Deadline:
         """The call's Deadline (bound by DeadlineInterceptor), else one from the context."""
@@ -134,7 +157,7 @@ def router_handle(settings: Settings, metrics: Metrics | None = None) -> Service
 
     async def close() -> None:
         await watcher.stop()
-        await servicer.core.close()
+        await servicer.close()
 
     handle.close = close
     return handle

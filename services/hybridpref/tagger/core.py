@@ -229,6 +229,7 @@ class Tagger:
         measures[:, _COL["len_longer"]] = np.maximum(la, lb)
         measures[:, _COL["token_len_diff"]] = np.abs(la - lb)
         t1 = time.perf_counter(); t["lengths"] = t1 - t0
+        _stop_if_abandoned()
 
         enc = self.encoder.encode([x for p in prep for x in (p.response_a, p.response_b)])
         t15 = time.perf_counter(); t["encoder"] = t15 - t1
@@ -243,6 +244,7 @@ class Tagger:
                     prep[i].truncated = True
                     prep[i].notes.append(f"{name}: encoder ({self.encoder.name}) read the first {self.encoder.window} tokens; {e.dropped} more not embedded")
         t2 = time.perf_counter(); t["bertscore+cosine"] = t2 - t15
+        _stop_if_abandoned()
 
         ents = self.entities.entities([x for p in prep for x in (p.response_a, p.response_b)])
         measures[:, _COL["entity_sim"]] = [lexical.entity_iou(ents[2 * i], ents[2 * i + 1]) for i in range(n)]
@@ -251,6 +253,7 @@ class Tagger:
         rouge_fn = lexical.rouge1_fast if self.rouge_kind == "rouge1" else (lambda a, b: lexical.rouge(a, b, "rougeL"))
         measures[:, _COL["rouge"]] = [rouge_fn(p.response_a, p.response_b) for p in prep]
         t4 = time.perf_counter(); t["rouge"] = t4 - t3
+        _stop_if_abandoned()
 
         answers = self.analyzer.analyze([p.analyzer_text for p in prep], [p.english for p in prep])
         t5 = time.perf_counter(); t["analyzer"] = t5 - t4
@@ -267,3 +270,13 @@ class Tagger:
 
     def _empty(self) -> TagBatch:
         return TagBatch([], np.zeros((0, NUM_TAGS), np.uint8), np.zeros((0, len(LEXICAL_MEASURES))), [], [], [], profile=self.profile)
+
+
+def _stop_if_abandoned() -> None:
+    """Between stages: stop when the RPC this work is for was cancelled or ran out of time
+    (its ``Deadline`` travels with the request's context into the worker thread)."""
+    from hybridpref.common import deadline as deadlines
+
+    current = deadlines.current()
+    if current is not None:
+        current.check(what="tagging")

@@ -1,0 +1,205 @@
+"""The routing summary: predictions for the chosen mix and the references, each with its uncertainty.
+
+Rules (docs/architecture.md, "What the summary claims"):
+
+* A PPM score is shown only with its prediction interval, ``value +- z * residual_std`` (the bundle's
+  cross-validated residual std); a bundle without one is "uncalibrated" and shows no score.
+* Out of the bundle's domain (``hybridpref.predictor.domain``: the largest standardised difference of
+  the batch's text-feature means from the nearest pool the PPM was trained on, above the threshold
+  calibrated on held-out pools) the PPM's scores are not shown either: their error there is unknown.
+* The all-LM mix has x = 0 for every batch, so its PPM score is the intercept, the same number on
+  every batch: it says nothing about this batch and is not shown ("batch_independent").
+* Expected label corrections of a mix = sum over its human-routed instances of
+  P(LM label wrong) - P(human label wrong). Per instance the net change is +1 with probability
+  a = p_lm (1 - p_h), -1 with b = (1 - p_lm) p_h, else 0 (independent errors), so its variance is
+  a + b - (a - b)^2; the interval is the normal one over the sum. It covers the outcome randomness
+  of a calibrated model, not the model's own calibration error (reported in the bundle's card).
+  ``random`` includes each instance with probability m / n.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from hybridpref.common.signals import JudgeSignals
+from hybridpref.router.model import RoutingModel
+from hybridpref.router.scoring import QuadraticScorer
+
+INTERVAL_LEVEL = 0.9
+MIXES = ("chosen", "all_human", "all_lm", "random")
+# a judge is "unsure" on a pair when it flipped across orders, gave no side, or its p_a is within this of 0.5
+UNSURE_MARGIN = 0.15
+UNSURE_SHARE = 0.5
+COV_SAMPLE = 65_536
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    low: float
+    high: float
+
+
+@dataclass
+class MixPrediction:
+    mix: str
+    human_count: int
+    score: Estimate | None = None
+    score_note: str = ""  # why ``score`` is None (see router.proto MixPrediction.score_note)
+    corrections: Estimate | None = None
+
+
+@dataclass(frozen=True)
+class DomainResult:
+    distance: float
+    threshold: float
+    in_domain: bool
+    nearest_pool: str
+    distance_kind: str
+
+
+@dataclass
+class Summary:
+    mixes: list[MixPrediction] = field(default_factory=list)
+    level: float = INTERVAL_LEVEL
+    domain: DomainResult | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def column_totals(tag_matrix: np.ndarray) -> np.ndarray:
+    """Per-tag instance counts of the batch (the all-human mix) -> (V,) float64; one pass over uint8."""
+    return np.asarray(tag_matrix).sum(axis=0, dtype=np.int64).astype(np.float64)
+
+
+def domain_check(model: RoutingModel | None, features: np.ndarray | None) -> DomainResult | None:
+    """Distance of the batch (its (n, F) correction features) to the bundle's PPM training pools;
+    None without domain statistics."""
+    if model is None or model.domain is None or features is None or len(features) == 0:
+        return None
+    dist, nearest = model.domain.check(features)
+    return DomainResult(dist, model.domain.threshold, bool(dist <= model.domain.threshold), nearest, model.domain.distance_kind)
+
+
+def summarize(
+    model: RoutingModel | None,
+    tag_matrix: np.ndarray,
+    human_mask: np.ndarray,
+    *,
+    domain: DomainResult | None,
+    p_wrong: tuple[np.ndarray, np.ndarray] | None,
+    signals: JudgeSignals | None,
+    level: float = INTERVAL_LEVEL,
+    totals: np.ndarray | None = None,
+) -> Summary:
+    """The summary of one routing; ``p_wrong`` = (P(LM wrong), P(human wrong)) per instance when computed."""
+    n = len(tag_matrix)
+    mask = np.asarray(human_mask, dtype=bool)
+    m = int(mask.sum())
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    out = Summary(level=level, domain=domain)
+    counts = {"chosen": m, "all_human": n, "all_lm": 0, "random": m}
+    out.mixes = [MixPrediction(name, counts[name]) for name in MIXES]
+    with threadpool_limits(limits=1, user_api="blas"):  # small products: BLAS threads would only contend
+        _scores(out, model, tag_matrix, mask, z, column_totals(tag_matrix) if totals is None else totals)
+    _corrections(out, p_wrong, mask, z)
+    out.warnings.extend(_warnings(out, model, p_wrong, signals))
+    return out
+
+
+def _scores(out: Summary, model: RoutingModel | None, tags: np.ndarray, mask: np.ndarray, z: float, totals: np.ndarray) -> None:
+    note = ""
+    if model is None:
+        note = "no_predictor"
+    elif model.scorer is None:
+        note = "no_ppm"
+    elif model.residual_std is None:
+        note = "uncalibrated"
+    elif out.domain is not None and not out.domain.in_domain:
+        note = "out_of_domain"
+    if note or len(tags) == 0:
+        for mix in out.mixes:
+            mix.score_note = note or "empty_batch"
+        return
+    values = ppm_values(model.scorer, tags, mask, totals)  # type: ignore[arg-type]
+    half = z * float(model.residual_std)  # type: ignore[arg-type]
+    for mix in out.mixes:
+        if mix.mix == "all_lm":
+            mix.score_note = "batch_independent"
+            continue
+        v = float(values[mix.mix])
+        mix.score = Estimate(v, v - half, v + half)
+
+
+def ppm_values(scorer: QuadraticScorer, tags: np.ndarray, mask: np.ndarray, totals: np.ndarray) -> dict[str, float]:
+    """PPM scores of the chosen mix, all-human and the expected score of uniform random mixes of the
+    same size: ``f(E x) + tr(Q Cov x)`` with ``Cov c = m (n - m) / (n - 1) * S`` (sampling without
+    replacement; S = covariance of the tag rows). The covariance term is O(1/n); for batches above
+    ``COV_SAMPLE`` rows S is estimated on a fixed-seed sample of that many rows (one pass less over n)."""
+    n, m = len(tags), int(mask.sum())
+    chosen = np.asarray(tags[mask]).sum(axis=0, dtype=np.int64).astype(np.float64)
+    scores = scorer.score(np.vstack([chosen, totals]), n)
+    b, w, q = scorer.quadratic_form()
+    mean_row = totals / n
+    mean_x = mean_row * m / n
+    random = float(b + w @ mean_x + mean_x @ q @ mean_x)
+    if n > 1 and 0 < m < n:
+        rows = tags if n <= COV_SAMPLE else tags[np.sort(np.random.default_rng(0).choice(n, COV_SAMPLE, replace=False))]
+        block = np.asarray(rows, dtype=np.float32)
+        sample_mean = block.mean(axis=0, dtype=np.float64)
+        pop_cov = (block.T @ block).astype(np.float64) / len(block) - np.outer(sample_mean, sample_mean)
+        random += float(np.sum(q * pop_cov) * (m * (n - m) / (n - 1)) / n**2)
+    return {"chosen": float(scores[0]), "all_human": float(scores[1]), "random": random}
+
+
+def _corrections(out: Summary, p_wrong: tuple[np.ndarray, np.ndarray] | None, mask: np.ndarray, z: float) -> None:
+    if p_wrong is None:
+        return
+    p_lm, p_h = (np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0) for p in p_wrong)
+    a, b = p_lm * (1.0 - p_h), (1.0 - p_lm) * p_h
+    n = len(mask)
+    share = mask.sum() / n if n else 0.0
+    include = {"chosen": mask.astype(np.float64), "all_human": np.ones(n), "all_lm": np.zeros(n),
+               "random": np.full(n, share)}
+    for mix in out.mixes:
+        q = include[mix.mix]
+        mean = float(np.sum(q * (a - b)))
+        sd = math.sqrt(max(0.0, float(np.sum(q * (a + b) - q**2 * (a - b) ** 2))))
+        mix.corrections = Estimate(mean, mean - z * sd, mean + z * sd)
+
+
+def _warnings(out: Summary, model: RoutingModel | None, p_wrong, signals: JudgeSignals | None) -> list[str]:
+    warnings: list[str] = []
+    d = out.domain
+    if d is not None and not d.in_domain:
+        warnings.append(
+            f"out of domain: the batch's text features (lengths, overlap) are {d.distance:.3f} ({d.distance_kind}) from "
+            f"the PPM's nearest training pool ({d.nearest_pool}), above the calibrated threshold {d.threshold:.3f}: "
+            "the PPM's predictions are not shown, and the default strategy routes by the correction model alone")
+    if model is not None and model.scorer is not None and model.residual_std is None:
+        warnings.append("uncalibrated: the bundle records no PPM residual std, so no predicted score is shown")
+    if model is not None and model.correction is None:
+        warnings.append("the bundle has no expected-correction model: expected label corrections are not available")
+    if model is not None and model.domain is None:
+        warnings.append("the bundle records no training domain: whether this batch resembles its training pools is unknown")
+    by_name = {mix.mix: mix for mix in out.mixes}
+    chosen, random = by_name["chosen"], by_name["random"]
+    if chosen.score is not None and random.score is not None and chosen.score.low <= random.score.high \
+            and chosen.human_count < by_name["all_human"].human_count:
+        warnings.append("the PPM cannot tell the chosen mix from random routing at the same budget (their intervals overlap)")
+    if chosen.corrections is not None and random.corrections is not None and chosen.corrections.low <= random.corrections.high \
+            and 0 < chosen.human_count < by_name["all_human"].human_count:
+        warnings.append("expected corrections of the chosen mix are within the uncertainty of random routing at the same budget")
+    if signals is not None and len(signals):
+        unsure = signals.order_flip | (signals.label == 0)
+        p_a = np.asarray(signals.p_a, dtype=np.float64)
+        unsure |= np.isfinite(p_a) & (np.abs(p_a - 0.5) < UNSURE_MARGIN)
+        share = float(np.mean(unsure))
+        if share > UNSURE_SHARE:
+            warnings.append(f"the judge is unsure on most pairs ({share:.0%}: order flips, ties or near-even confidence): "
+                            "its labels are weak evidence here")
+    return warnings

@@ -1,0 +1,92 @@
+"""Routing models in a bundle: correction.onnx / correction.json / domain.json, old bundles still load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hybridpref.common.errors import NotReady
+from hybridpref.predictor import bundle as bundle_io
+from hybridpref.predictor import domain as domain_mod
+from hybridpref.predictor.correction import CorrectionModel, correction_features
+from hybridpref.predictor.core import Predictor, default_bundle_path
+from hybridpref.predictor.routing_build import add_routing_models
+
+
+def _write_pool(path: Path, n: int, seed: int, votes: bool, words: int) -> Path:
+    """A pool where the judge errs mostly when it ties; ``words`` sets the response lengths (domain)."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True)
+    with open(path / "pairs.jsonl", "w", encoding="utf-8") as fh:
+        for i in range(n):
+            gold = "A" if rng.random() < 0.5 else "B"
+            other = "B" if gold == "A" else "A"
+            judge = "tie" if rng.random() < 0.2 else (other if rng.random() < 0.1 else gold)
+            row = {"id": f"{path.name}-{i}", "prompt": f"question {i} " * int(rng.integers(2, 9)),
+                   "response_a": "alpha " * int(rng.integers(words, 3 * words)), "response_b": "beta " * int(rng.integers(words, 3 * words)),
+                   "human_label": gold, "lm_labels": {"judge": judge}}
+            if votes:
+                row["human_votes"] = [other if rng.random() < 0.1 else gold, gold, gold]
+            fh.write(json.dumps(row) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def routed_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("routing")
+    pools = {"p1": _write_pool(root / "p1", 120, 1, True, 5), "p2": _write_pool(root / "p2", 120, 2, False, 5),
+             "p3": _write_pool(root / "p3", 120, 3, True, 60)}
+    bundle = root / "bundle"
+    shutil.copytree(default_bundle_path(), bundle)
+    manifest = add_routing_models(bundle, pools, ["p1"], {"p3": 0.05}, seed=0)
+    return bundle, manifest
+
+
+def test_bundle_gains_routing_models(routed_bundle: tuple[Path, dict]) -> None:
+    bundle, manifest = routed_bundle
+    old = bundle_io.read_manifest(default_bundle_path())
+    assert manifest["bundle_version"] != old["bundle_version"]
+    assert {"correction.onnx", "correction.json", "domain.json"} <= set(manifest["files"])
+    onnx_bytes, card = bundle_io.read_correction(bundle)
+    model = CorrectionModel.from_onnx(onnx_bytes)
+    assert card["onnx_parity_max_abs_diff"] < 1e-5 and set(card["leave_one_pool_out"]["pools"]) == {"p1", "p2", "p3"}
+    metrics = bundle_io.read_json(bundle, "metrics.json")
+    assert metrics["ppm_residual_std"] == pytest.approx(metrics["served"]["cv_rmse"]) and metrics["ppm_residual_std"] > 0
+    card_text = (bundle / "MODEL_CARD.md").read_text()
+    assert "Leave-one-pool-out" in card_text and "Reliability curve" in card_text and card_text.count("## Routing models") == 1
+    assert Predictor(bundle).info().bundle_version == manifest["bundle_version"]  # the predictor serves it
+    assert model.expected_gain(np.zeros((2, len(model.feature_names)), dtype=np.float32)).shape == (2,)
+
+
+def test_domain_flags_the_far_pool(routed_bundle: tuple[Path, dict]) -> None:
+    bundle, _ = routed_bundle
+    domain = bundle_io.read_domain(bundle)
+    assert domain["ppm_pools"] == ["p1"] and domain["calibration"]["p3"]["flagged"]  # 12x longer responses
+    assert domain["threshold"] > domain["in_domain_p95"]
+    from hybridpref.evaluation.pools import load_pool
+
+    p1 = load_pool(bundle.parent / "p1")
+    x = correction_features(p1.instances, None, None, p1.signals())
+    assert domain_mod.batch_distance(x[:60], domain)[1]  # a batch of the PPM's own pool is in domain
+
+
+def test_old_bundle_loads_and_tampering_is_caught(routed_bundle: tuple[Path, dict], tmp_path: Path) -> None:
+    assert bundle_io.read_correction(default_bundle_path()) is None or (default_bundle_path() / "correction.onnx").is_file()
+    old = tmp_path / "old"
+    shutil.copytree(default_bundle_path(), old)
+    for name in bundle_io.OPTIONAL_FILES:
+        (old / name).unlink(missing_ok=True)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if k not in bundle_io.OPTIONAL_FILES}
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert bundle_io.read_correction(old) is None and bundle_io.read_domain(old) is None
+    Predictor(old)  # loads without the optional files
+    bad = tmp_path / "bad"
+    shutil.copytree(routed_bundle[0], bad)
+    (bad / "domain.json").write_text("{}")
+    with pytest.raises(NotReady, match="domain.json"):
+        bundle_io.read_manifest(bad)
