@@ -34,7 +34,7 @@ class RouteConfig(_message.Message):
     EXPLAIN_TOP_K_FIELD_NUMBER: _builtins.int
     SIMULATED_CANDIDATES_FIELD_NUMBER: _builtins.int
     strategy: _builtins.str
-    """Strategy name (hybridpref.router.strategies.STRATEGIES, e.g. expected_gain, judge_doubt,
+    """Strategy name (hybridpref.router.strategies.STRATEGIES, e.g. hybrid, expected_gain, judge_doubt,
     greedy, topk, simulated, random, all_human, all_lm). "" = server default.
     """
     seed: _builtins.int
