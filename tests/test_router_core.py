@@ -6,6 +6,7 @@ the predictor's hot reload (real predictor over gRPC)."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import time
 from pathlib import Path
@@ -289,3 +290,27 @@ def test_fast_explanations_match_the_reference_definition():
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_allclose(val, ref_val, rtol=1e-4, atol=1e-9)
     assert (idx[:5] == -1).all()
+
+
+def test_replayed_signals_equal_the_recorded_ones_the_model_learned_from(background_loop, tmp_path):
+    """Served signals (judge answers + recorded lm_labels) = ``recorded_signals`` (what the correction
+    model trains on), for plain and per-order (LLMBar-style) recorded judges. Checked on 400 rows of the
+    shared PandaLM and LLMBar pools as well (identical labels, flips and agreement)."""
+    from hybridpref.common.instances import PositionMode
+    from hybridpref.common.signals import recorded_signals
+    from hybridpref.judge.core import Judge
+    from hybridpref.router.local import LocalJudge
+
+    rows = [({"j1": "A", "j2/x/order_ab": "A", "j2/x/order_ba": "B"}), ({"j1": "B", "j2/x/order_ab": "B", "j2/x/order_ba": "B"}),
+            ({"j1": "tie", "j2/x/order_ab": "A", "j2/x/order_ba": "A"}), ({"j1": "tie_inconsistent", "j2/x/order_ab": "B"})]
+    path = tmp_path / "two_judges.jsonl"
+    path.write_text("".join(json.dumps({"id": str(i), "prompt": "p", "response_a": "a", "response_b": "b", "lm_labels": labels}) + "\n"
+                            for i, labels in enumerate(rows)))
+    instances = read_jsonl(str(path))
+    for key in ("j1", "j2/x"):
+        judge = LocalJudge(Judge.from_config("replay", default_judge=key))
+        judged = background_loop.run(judge.judge(instances, mode=PositionMode.BOTH, template="", replay_judge="", seed=0, timeout=None))
+        served, recorded = judge_signals(judged, instances), recorded_signals(instances, key)
+        assert served.label.tolist() == recorded.label.tolist() and served.order_flip.tolist() == recorded.order_flip.tolist()
+        np.testing.assert_array_equal(served.agreement, recorded.agreement)
+        assert np.isfinite(served.agreement).all() and np.isnan(served.p_a).all()
