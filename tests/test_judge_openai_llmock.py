@@ -112,7 +112,7 @@ def test_non_json_body_is_unavailable() -> None:
     thread.start()
     try:
         judge = Judge.from_config("openai", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", model="m")
-        with pytest.raises(BackendUnavailable, match="not JSON"):
+        with pytest.raises(BackendUnavailable, match="JSON"):
             judge.judge(PAIRS[:1], deadline_s=10)
     finally:
         server.shutdown()

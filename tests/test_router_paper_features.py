@@ -1,7 +1,9 @@
-"""The paper-layout features reader (benchmark 2's input) maps columns onto the canonical tags."""
+"""The paper-layout features reader (benchmark 2's input, ``benchmarks/paper_features.py``) maps
+columns onto the canonical tags."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,11 @@ from hybridpref.common.errors import InvalidInput
 from hybridpref.common.instances import Label
 from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES
 from hybridpref.router.budget import resolve_budget
-from hybridpref.router.paper_features import paper_rows_to_features, read_paper_features
 from hybridpref.router.scoring import QuadraticScorer
 from hybridpref.router.strategies import route
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # a benchmark adapter, not installed
+from paper_features import paper_rows_to_features, read_paper_features  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "router_paper_features.jsonl"
 

@@ -1,20 +1,91 @@
-"""Sync and asyncio clients for ``RouteInstances`` with deadlines and request ids."""
+"""Sync and asyncio clients for ``RouteInstances`` with deadlines, request ids, TLS, API keys
+and retries of ``UNAVAILABLE`` / ``RESOURCE_EXHAUSTED`` (gRPC's own retry policy, with backoff)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 
-from hybridpref.common.convert import instances_to_proto
-from hybridpref.common.grpc_errors import field_violations, retry_delay_s
-from hybridpref.common.instances import Label, PositionMode, PreferenceInstance
+from hybridpref_client.core.convert import instances_to_proto
+from hybridpref_client.core.grpc_errors import field_violations, retry_delay_s
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 STREAM_CHUNK = 500
+DEFAULT_MAX_ATTEMPTS = 4
+ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """How a client connects: TLS, API key, retries, message size.
+
+    ``tls``: use TLS (implied by ``root_certificates`` or a client certificate); ``root_certificates``
+    is the PEM of the CA to trust (None = the system roots); ``certificate_chain`` + ``private_key``
+    present a client certificate (mutual TLS). ``api_key`` is sent as ``authorization: Bearer <key>``.
+    ``max_attempts`` > 1 retries ``UNAVAILABLE`` and ``RESOURCE_EXHAUSTED`` with exponential backoff
+    (gRPC retries a call only while no response has arrived, so nothing is routed twice).
+    """
+
+    tls: bool = False
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+    api_key: str | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        if (self.certificate_chain is None) != (self.private_key is None):
+            raise ValueError("a client certificate needs both certificate_chain and private_key")
+        if not 1 <= self.max_attempts <= 5:  # gRPC caps retry attempts at 5
+            raise ValueError("max_attempts must be in 1..5")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key is empty")
+
+    @property
+    def secure(self) -> bool:
+        return self.tls or self.root_certificates is not None or self.certificate_chain is not None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
+
+    def service_config(self) -> str:
+        method: dict = {"name": [{"service": ROUTER_SERVICE}]}
+        if self.max_attempts > 1:
+            method["retryPolicy"] = {
+                "maxAttempts": self.max_attempts,
+                "initialBackoff": f"{self.initial_backoff_s}s",
+                "maxBackoff": f"{self.max_backoff_s}s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+            }
+        return json.dumps({"methodConfig": [method]})
+
+    def options(self) -> list[tuple[str, int | str]]:
+        return [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.enable_retries", int(self.max_attempts > 1)),
+            ("grpc.service_config", self.service_config()),
+        ]
+
+    def metadata(self, request_id: str) -> tuple[tuple[str, str], ...]:
+        out = (("x-request-id", request_id),)
+        return out + ((("authorization", f"Bearer {self.api_key.strip()}"),) if self.api_key else ())
+
+
+def _config(config: ChannelConfig | None, max_message_bytes: int, options: dict) -> ChannelConfig:
+    if config is not None and options:
+        raise TypeError("pass either config= or individual channel options, not both")
+    return config or ChannelConfig(max_message_bytes=max_message_bytes, **options)
 
 
 @dataclass(frozen=True)
@@ -149,11 +220,19 @@ def _chunks(instances: Sequence[PreferenceInstance], size: int) -> Iterator[Sequ
 
 
 class RouterClient:
-    """Blocking client. ``timeout_s`` is the per-call deadline (propagated downstream)."""
+    """Blocking client. ``timeout_s`` is the per-call deadline (propagated downstream).
 
-    def __init__(self, address: str, timeout_s: float | None = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
-        options = [("grpc.max_send_message_length", max_message_bytes), ("grpc.max_receive_message_length", max_message_bytes)]
-        self._channel = grpc.insecure_channel(address, options=options)
+    Channel options (see ``ChannelConfig``) as keywords, e.g.
+    ``RouterClient(address, api_key=key, root_certificates=ca_pem)``, or ``config=ChannelConfig(...)``.
+    """
+
+    def __init__(self, address: str, timeout_s: float | None = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 *, config: ChannelConfig | None = None, **channel_options):
+        self.config = _config(config, max_message_bytes, channel_options)
+        if self.config.secure:
+            self._channel = grpc.secure_channel(address, self.config.credentials(), options=self.config.options())
+        else:
+            self._channel = grpc.insecure_channel(address, options=self.config.options())
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         self.timeout_s = timeout_s
 
@@ -174,7 +253,7 @@ class RouterClient:
             instances=instances_to_proto(instances), config=build_config(budget, strategy, seed, **options)
         )
         try:
-            resp = self._stub.RouteInstances(request, timeout=self.timeout_s, metadata=(("x-request-id", rid),))
+            resp = self._stub.RouteInstances(request, timeout=self.timeout_s, metadata=self.config.metadata(rid))
         except grpc.RpcError as exc:
             raise RoutingError(exc) from None
         return RouteResult([decision_from_proto(d) for d in resp.decisions], summary_to_dict(resp.summary), rid)
@@ -199,7 +278,7 @@ class RouterClient:
 
         result = RouteResult([], {}, rid)
         try:
-            for message in self._stub.RouteInstancesStream(requests(), timeout=self.timeout_s, metadata=(("x-request-id", rid),)):
+            for message in self._stub.RouteInstancesStream(requests(), timeout=self.timeout_s, metadata=self.config.metadata(rid)):
                 if message.WhichOneof("item") == "decisions":
                     result.decisions.extend(decision_from_proto(d) for d in message.decisions.decisions)
                     if on_progress:
@@ -212,11 +291,15 @@ class RouterClient:
 
 
 class AsyncRouterClient:
-    """asyncio client with the same API as ``RouterClient``."""
+    """asyncio client with the same API and channel options as ``RouterClient``."""
 
-    def __init__(self, address: str, timeout_s: float | None = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
-        options = [("grpc.max_send_message_length", max_message_bytes), ("grpc.max_receive_message_length", max_message_bytes)]
-        self._channel = grpc.aio.insecure_channel(address, options=options)
+    def __init__(self, address: str, timeout_s: float | None = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 *, config: ChannelConfig | None = None, **channel_options):
+        self.config = _config(config, max_message_bytes, channel_options)
+        if self.config.secure:
+            self._channel = grpc.aio.secure_channel(address, self.config.credentials(), options=self.config.options())
+        else:
+            self._channel = grpc.aio.insecure_channel(address, options=self.config.options())
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         self.timeout_s = timeout_s
 
@@ -236,7 +319,7 @@ class AsyncRouterClient:
             instances=instances_to_proto(instances), config=build_config(budget, strategy, seed, **options)
         )
         try:
-            resp = await self._stub.RouteInstances(request, timeout=self.timeout_s, metadata=(("x-request-id", rid),))
+            resp = await self._stub.RouteInstances(request, timeout=self.timeout_s, metadata=self.config.metadata(rid))
         except grpc.RpcError as exc:
             raise RoutingError(exc) from None
         return RouteResult([decision_from_proto(d) for d in resp.decisions], summary_to_dict(resp.summary), rid)
@@ -254,7 +337,7 @@ class AsyncRouterClient:
 
         result = RouteResult([], {}, rid)
         try:
-            async for message in self._stub.RouteInstancesStream(requests(), timeout=self.timeout_s, metadata=(("x-request-id", rid),)):
+            async for message in self._stub.RouteInstancesStream(requests(), timeout=self.timeout_s, metadata=self.config.metadata(rid)):
                 if message.WhichOneof("item") == "decisions":
                     result.decisions.extend(decision_from_proto(d) for d in message.decisions.decisions)
                 else:

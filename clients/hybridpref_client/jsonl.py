@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from hybridpref.common.instances import PreferenceInstance, read_jsonl
+from hybridpref_client.core.instances import PreferenceInstance, read_jsonl
 
 from hybridpref_client.client import RouteResult
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from hybridpref.common.errors import HybridPrefError, InvalidInput
 from hybridpref.common.settings import Settings
 
-SAMPLE_BATCH = Path(__file__).resolve().parents[2] / "samples" / "sample_batch.jsonl"
 EXIT_USAGE = 2
 
 
@@ -72,25 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     train = judge_sub.add_parser("train", help="train and export the learned judge (see --help)", add_help=False)
     train.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
-
-
-def parse_budget(text: str):
-    """``0.25`` -> fraction, ``count:100`` -> count, ``cost:500`` -> Cost, ``auto``."""
-    from hybridpref_client import Cost
-
-    from hybridpref.common.errors import FieldViolation
-
-    text = text.strip()
-    try:
-        if text == "auto":
-            return "auto"
-        if text.startswith("count:"):
-            return int(text.split(":", 1)[1])
-        if text.startswith("cost:"):
-            return Cost(float(text.split(":", 1)[1]))
-        return float(text)
-    except ValueError:
-        raise InvalidInput(FieldViolation("--budget", f"cannot read {text!r}; use 0.25, count:100, cost:500 or auto")) from None
 
 
 def main(argv: list[str] | None = None) -> int:

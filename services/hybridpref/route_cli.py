@@ -12,12 +12,12 @@ from hybridpref.common.errors import FieldViolation, InvalidInput
 from hybridpref.common.instances import iter_jsonl
 from hybridpref.common.settings import Settings
 
+SAMPLE_BATCH = Path(__file__).resolve().parents[2] / "samples" / "sample_batch.jsonl"
+
 
 def cmd_route(args) -> int:
     from rich.console import Console
     from hybridpref_client import RouterClient, RoutingError, write_decisions
-
-    from hybridpref.cli import SAMPLE_BATCH, parse_budget
 
     path = args.input or SAMPLE_BATCH
     if not Path(path).exists():
@@ -43,6 +43,23 @@ def cmd_route(args) -> int:
         write_decisions(args.output, result)
         console.print(f"wrote {len(result.decisions)} decisions to {args.output}")
     return 0
+
+
+def parse_budget(text: str):
+    """``0.25`` -> fraction, ``count:100`` -> count, ``cost:500`` -> Cost, ``auto``."""
+    from hybridpref_client import Cost
+
+    text = text.strip()
+    try:
+        if text == "auto":
+            return "auto"
+        if text.startswith("count:"):
+            return int(text.split(":", 1)[1])
+        if text.startswith("cost:"):
+            return Cost(float(text.split(":", 1)[1]))
+        return float(text)
+    except ValueError:
+        raise InvalidInput(FieldViolation("--budget", f"cannot read {text!r}; use 0.25, count:100, cost:500 or auto")) from None
 
 
 def _to_line(field: str, text: str, lines: list[int]) -> FieldViolation:

@@ -65,8 +65,10 @@ async def start_embedded_stack(settings: Settings, *, metrics: bool = False, wai
     """All four services in-process on ephemeral ports; waits for models unless ``wait=False``."""
     metrics_port = 0 if metrics else -1
     running: dict[str, RunningService] = {}
+    # Vendors' API keys guard the router; the backends answer only the router (mTLS in production).
+    backend_settings = settings.model_copy(update={"api_keys_file": None})
     for name in BACKENDS:
-        running[name] = await start_service(handle_for(name, settings), settings, port=0, metrics_port=metrics_port)
+        running[name] = await start_service(handle_for(name, backend_settings), backend_settings, port=0, metrics_port=metrics_port)
     router_settings = settings.model_copy(update={f"{n}_address": running[n].address for n in BACKENDS})
     running["router"] = await start_service(handle_for("router", router_settings), router_settings, port=0, metrics_port=metrics_port)
     stack = EmbeddedStack(running)

@@ -4,6 +4,8 @@ reconnect back-off and TLS when configured; the caller's request id forwarded as
 
 from __future__ import annotations
 
+import json
+
 import grpc
 
 from hybridpref.common import deadline as deadlines
@@ -13,22 +15,29 @@ from hybridpref.common.tls import channel_credentials
 
 # Keep a little of the caller's deadline for our own work after the downstream call.
 DEADLINE_MARGIN_S = deadlines.DOWNSTREAM_MARGIN_S
+# Spread calls over every address the target resolves to (a ``dns:///`` name of a headless
+# Kubernetes Service lists each ready pod); gRPC's default, pick_first, pins one pod.
+ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+def _options(settings: Settings) -> list[tuple[str, int | str]]:
+    return [*settings.channel_options(), ("grpc.service_config", ROUND_ROBIN)]
 
 
 def open_channel(address: str, settings: Settings) -> grpc.aio.Channel:
     """An asyncio channel to a backend (TLS when ``tls_ca_file`` is set)."""
     creds = channel_credentials(settings)
     if creds is None:
-        return grpc.aio.insecure_channel(address, options=settings.channel_options())
-    return grpc.aio.secure_channel(address, creds, options=settings.channel_options())
+        return grpc.aio.insecure_channel(address, options=_options(settings))
+    return grpc.aio.secure_channel(address, creds, options=_options(settings))
 
 
 def open_sync_channel(address: str, settings: Settings) -> grpc.Channel:
     """A blocking channel to a backend, configured like ``open_channel``."""
     creds = channel_credentials(settings)
     if creds is None:
-        return grpc.insecure_channel(address, options=settings.channel_options())
-    return grpc.secure_channel(address, creds, options=settings.channel_options())
+        return grpc.insecure_channel(address, options=_options(settings))
+    return grpc.secure_channel(address, creds, options=_options(settings))
 
 
 def call_metadata() -> tuple[tuple[str, str], ...]:

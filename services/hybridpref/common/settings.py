@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     # is found again within ``reconnect_backoff_max_s``, whatever the outage length).
     keepalive_s: float = Field(20.0, gt=0)
     reconnect_backoff_max_s: float = Field(2.0, gt=0)
+    # Servers: close connections older than this (GOAWAY; in-flight calls still finish), so clients
+    # re-resolve DNS and spread over replicas added since. 0 = never (the Kubernetes config sets it).
+    max_connection_age_s: float = Field(0.0, ge=0)
 
     def port_for(self, service: str) -> int:
         return DEFAULT_PORTS[service] if self.port is None else self.port
@@ -120,12 +123,15 @@ class Settings(BaseSettings):
     def server_options(self) -> list[tuple[str, int]]:
         """Server: message limits, and accept the clients' keepalive pings (else it would
         answer them with GOAWAY "too_many_pings")."""
-        return [
+        options = [
             *self.grpc_options(),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", int(min(self.keepalive_s, 10.0) * 1000)),
             ("grpc.http2.max_ping_strikes", 0),
         ]
+        if self.max_connection_age_s > 0:  # no grace option: gRPC's default lets in-flight calls finish
+            options.append(("grpc.max_connection_age_ms", int(self.max_connection_age_s * 1000)))
+        return options
 
     def channel_options(self) -> list[tuple[str, int | str]]:
         """Client channels to backends: keepalive detects a dead peer in seconds; a short

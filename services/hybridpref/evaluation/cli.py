@@ -31,6 +31,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--tagger-profile", default=None, choices=("fast", "default"), help="default: the bundle's build profile")
+    p.add_argument("--tagger", default=None, metavar="ADDRESS",
+                   help="tag through a running tagger service (its replicas share the work) instead of in process")
     p.add_argument("--data-dir", default=None, help="shared data folder (default ../shared/data or HYBRIDPREF_DATA_DIR)")
     p.add_argument("--no-rm", action="store_true", help="skip metric 2 (reward-model accuracy; minutes on CPU)")
     p.add_argument("--rm-random-seeds", type=int, default=3)
@@ -54,7 +56,8 @@ def config_from_args(a: argparse.Namespace) -> EvalConfig:
                       strategies=tuple(s.strip() for s in a.strategies.split(",") if s.strip()), seeds=a.seeds,
                       modes=("in-pool", "cross-pool") if a.mode == "both" else (a.mode,), folds=a.folds, split_seed=a.split_seed,
                       tagger_profile=a.tagger_profile, n_boot=a.n_boot, rm=not a.no_rm, rm_random_seeds=a.rm_random_seeds,
-                      rm_proxy_seeds=a.rm_proxy_seeds, prediction_mixes=a.prediction_mixes, on_leak=a.on_leak, data_dir=a.data_dir)
+                      rm_proxy_seeds=a.rm_proxy_seeds, prediction_mixes=a.prediction_mixes, on_leak=a.on_leak, data_dir=a.data_dir,
+                      tagger_address=a.tagger)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

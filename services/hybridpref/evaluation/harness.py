@@ -61,6 +61,7 @@ class EvalConfig:
     folds: int = 3
     split_seed: int = 0
     tagger_profile: str | None = None  # None: the bundle's build profile, else "fast"
+    tagger_address: str | None = None  # tag through this tagger service (hybridpref.tagger.client) instead of in process
     n_boot: int = 2000
     rm: bool = True
     rm_random_seeds: int = 3  # random mixes per budget trained for metric 2 (reward models are slow)
@@ -193,14 +194,16 @@ def prepare_case(path: Path, config: EvalConfig) -> Case:
     return Case(pool, path, signals, assign_folds(pool.groups, config.folds, config.split_seed))
 
 
-def tag_case(case: Case, profile: str) -> None:
-    """Tag the pool (cached); rows the tagger rejects are dropped and counted (the tagger rejects a
-    whole batch for one bad row, so they are found from its field violations and removed)."""
+def tag_case(case: Case, profile: str, tagger_address: str | None = None) -> None:
+    """Tag the pool (cached), in process or through the tagger service at ``tagger_address``; rows
+    the tagger rejects are dropped and counted (the tagger rejects a whole batch for one bad row, so
+    they are found from its field violations and removed)."""
     import re
 
     from hybridpref.predictor.builder import cached_tags, tag_cache_key, tag_with_tagger
+    from hybridpref.tagger.client import remote_tag_fn
 
-    fn, _ = tag_with_tagger(profile)
+    fn, _ = remote_tag_fn(tagger_address, profile) if tagger_address else tag_with_tagger(profile)
     for _attempt in range(3):
         try:
             case.tags = cached_tags(case.pool.instances, fn, tag_cache_key(fn, profile))
@@ -546,7 +549,7 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
         for case in cases:
             if case.ppm_ok:
                 tick(f"{case.pool.name}: tagging ({profile})", 0)
-                tag_case(case, profile)
+                tag_case(case, profile, config.tagger_address)
         timings["tag_s"] = time.perf_counter() - t
         if profile != (bundle_profile(bundle) or profile):
             notes.append(f"tags from the {profile} profile, but the bundle was built on {bundle_profile(bundle)} tags")

@@ -22,7 +22,8 @@ import numpy as np
 
 from hybridpref.common.errors import FieldViolation, InvalidInput, NotReady
 from hybridpref.common.runtime import cpu_limit, packaged_smollm2_gguf
-from hybridpref.judge.core import Deadline, ScoreRequest, ScoringBackend
+from hybridpref.common.deadline import Deadline
+from hybridpref.judge.types import ScoreRequest, ScoringBackend
 from hybridpref.judge.templates import PromptTemplate
 
 _USER_SLOT = "\x00USER\x00"  # placeholder to split the rendered chat template around the user turn

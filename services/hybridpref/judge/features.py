@@ -19,15 +19,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-FEATURE_VERSION = "judge-features-v1"
+FEATURE_VERSION = "judge-features-v2"
 
 _WORD = re.compile(r"\S+")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _CONTENT = re.compile(r"[^\W\d_]{3,}")
-_LIST_ITEM = re.compile(r"^\s*(?:[-*+\u2022]|\d{1,3}[.)])\s+\S", re.MULTILINE)
-_HEADING = re.compile(r"^\s*(?:#{1,6}\s+\S|[A-Z][^\n]{0,60}:\s*$)", re.MULTILINE)
+# Line-anchored patterns use [ \t]*, never \s*: \s crosses newlines and makes a run of blank lines quadratic.
+_LIST_ITEM = re.compile(r"^[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]+\S", re.MULTILINE)
+_HEADING = re.compile(r"^[ \t]*(?:#{1,6}[ \t]+\S|[A-Z][^\n]{0,60}:[ \t]*$)", re.MULTILINE)
 _CODE_FENCE = re.compile(r"```")
-_CODE_LINE = re.compile(r"^(?: {4}|\t)\S|[;{}]\s*$|^\s*(?:def|class|import|return|for|while|if)\b.*[:({]\s*$", re.MULTILINE)
+_CODE_LINE = re.compile(r"^(?: {4}|\t)\S|[;{}][ \t]*$|^[ \t]*(?:def|class|import|return|for|while|if)\b[^\n]*[:({][ \t]*$",
+                        re.MULTILINE)
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*%?")
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _EMPHASIS = re.compile(r"\*\*[^*\n]+\*\*|__[^_\n]+__")
@@ -43,7 +45,7 @@ _LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 _CYRILLIC = re.compile(r"[\u0400-\u04ff]")
 _OTHER_SCRIPT = re.compile(r"[\u0590-\u06ff\u0900-\u0dff\u0e00-\u0eff]")  # Hebrew, Arabic, Indic, Thai, Lao
-_TERMINAL = re.compile(r"[.!?)\]\"'`*:\u3002\uff01\uff1f]\s*$")
+_TERMINAL = frozenset(".!?)]\"'`*:\u3002\uff01\uff1f")
 _STOP = frozenset(
     "the and for are but not you all any can had her was one our out his has him how its let may new now old see "
     "two who did get use what when where which while with this that from they them then than there their these "
@@ -53,7 +55,7 @@ _STOP = frozenset(
 # Prompt cue (symmetric in A/B): a dialogue prefix (HH-RLHF style) changes what a longer answer is worth.
 # Interactions with other prompt cues (brevity requests, code, lists, choices, maths, prompt length) were
 # measured and dropped: none beat the noise in leave-one-source-out agreement, all cost calibration.
-_DIALOGUE = re.compile(r"(?:^|\n)\s*(?:Human|User|Assistant)\s*:", re.IGNORECASE)
+_DIALOGUE = re.compile(r"(?:^|\n)[ \t]*(?:Human|User|Assistant)[ \t]*:", re.IGNORECASE)
 
 STAT_NAMES: tuple[str, ...] = (
     "log_chars", "log_words", "log_tokens", "log_lines", "log_list_items", "log_code", "log_headings",
@@ -132,7 +134,7 @@ def response_stats(prompt: str, response: str, prompt_words: set[str] | None = N
         0.0 if visible(response) else 1.0,
         ttr,
         repeated,
-        float(bool(_TERMINAL.search(response))),
+        float(response.rstrip()[-1:] in _TERMINAL) if response.strip() else 0.0,
         copies,
     ], dtype=np.float64)
 

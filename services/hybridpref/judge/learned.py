@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from hybridpref.common.deadline import Deadline
 from hybridpref.common.errors import FieldViolation, InvalidInput, NotReady
 from hybridpref.common.instances import Label, PositionMode, PreferenceInstance
 from hybridpref.judge import features as F
-from hybridpref.judge.core import Deadline, JudgeBackend, Judgement
 from hybridpref.judge.templates import PromptTemplate
+from hybridpref.judge.types import JudgeBackend, Judgement
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SPEC_FILE = "learned_judge.json"

@@ -17,7 +17,8 @@ import numpy as np
 
 from hybridpref.common.errors import FieldViolation, InvalidInput
 from hybridpref.common.openai_http import ChatCompletionsClient
-from hybridpref.judge.core import Deadline, ScoreRequest, ScoringBackend
+from hybridpref.common.deadline import Deadline
+from hybridpref.judge.types import ScoreRequest, ScoringBackend
 from hybridpref.judge.templates import PromptTemplate
 
 

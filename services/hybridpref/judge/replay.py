@@ -19,11 +19,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from hybridpref.common.deadline import Deadline
 from hybridpref.common.errors import FieldViolation, InvalidInput
 from hybridpref.common.instances import LM_LABEL_RAW_PREFIX, Label, PositionMode, PreferenceInstance
 from hybridpref.judge import aggregate
-from hybridpref.judge.core import Deadline, JudgeBackend, Judgement
 from hybridpref.judge.templates import PromptTemplate
+from hybridpref.judge.types import JudgeBackend, Judgement
 
 _ORDER_SUFFIXES = ("/order_ab", "/order_ba")
 

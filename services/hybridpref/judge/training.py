@@ -419,7 +419,8 @@ confidence separates the judge's right answers from its errors (0.5 = not at all
 - **MiniLM embeddings** (cosine of each response with the prompt, all-MiniLM-L6-v2 as packaged, 128
   word-pieces; its difference, a soft step of it and its dialogue interaction): leave-one-source-out
   MT-Bench 74.0% vs 73.1%, PandaLM 69.0% vs 68.6%, inside the intervals, ECE/AUROC no better, at
-  ~30x the cost (the encoder, not the features, sets the speed). Not shipped.
+  over 100x the time per pair (the encoder, not the features, sets the speed; benchmarks/RESULTS.md).
+  Not shipped.
 - **Other prompt cues** (brevity requests, code, lists, choices, maths, prompt length) interacting with
   every difference: no gain beyond noise, worse calibration. Only the dialogue interaction is kept.
 - **Ensemble with the embedded SmolLM2-135M judge**: its order-averaged probability is at chance on

@@ -6,7 +6,8 @@ Steps (each deterministic for ``--seed``; the gold split has its own ``--split-s
 
 1. read the pool; hold out ``--holdout-fraction`` of its prompt groups (``--group-key``, e.g.
    MT-Bench ``question_id``) as the *target* gold set (human labels, never trained on);
-2. tag the remaining pool with the tagger core (cached on disk by content hash);
+2. tag the remaining pool with the tagger core, or through a tagger service with ``--tagger ADDRESS``
+   (its replicas share the work; cached on disk by content hash either way);
 3. sample candidate mixes (paper walks, uniform subsets, all-human, all-LM);
 4. per candidate: label the pool (human where routed, LM elsewhere, ties dropped), train the proxy
    reward model (``proxy.EmbeddingBTProxy``), score pairwise accuracy on every gold set;
@@ -419,6 +420,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-key", default="question_id")
     p.add_argument("--lm-judge", default=None, help="key in lm_labels (default: the most common)")
     p.add_argument("--tagger-profile", default="default", choices=("default", "fast"))
+    p.add_argument("--tagger", default=None, metavar="ADDRESS",
+                   help="tag through a running tagger service (e.g. dns:///hybridpref-tagger:50051, spread over its "
+                        "replicas) instead of loading the tagger models here; TLS from HYBRIDPREF_TLS_* settings")
+    p.add_argument("--tagger-concurrency", type=int, default=8, help="with --tagger: tag calls in flight at once")
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--proxy-seeds", type=int, default=3)
     p.add_argument("--proxy-steps", type=int, default=120)
@@ -437,7 +442,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hybridpref.common.runtime import configure_torch_threads
 
     configure_torch_threads()
-    result = build_bundle(config, progress=not a.no_progress)
+    tag_fn, bins_json = None, None
+    if a.tagger:
+        from hybridpref.tagger.client import remote_tag_fn
+
+        tag_fn, bins_json = remote_tag_fn(a.tagger, a.tagger_profile, concurrency=a.tagger_concurrency)
+    result = build_bundle(config, tag_fn=tag_fn, reference_bins_json=bins_json, progress=not a.no_progress)
     m = result.metrics
     print(f"bundle {result.bundle_version} -> {result.bundle_path}")
     for name, v in m["variants"].items():

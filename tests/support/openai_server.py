@@ -1,11 +1,12 @@
 """A small, real OpenAI-compatible chat-completions server over the embedded model (loopback by default).
 
-    python -m hybridpref.judge.openai_server --port 8000 [--model PATH_OR_GGUF] [--api-key KEY]
+    python tests/support/openai_server.py --port 8000 [--model PATH_OR_GGUF] [--api-key KEY]
 
 Serves ``GET /v1/models`` and ``POST /v1/chat/completions`` (non-streaming; ``max_tokens`` /
 ``max_completion_tokens``, ``temperature``, ``seed``, ``logprobs`` + ``top_logprobs`` up to 20). It exists
 so the judge's ``openai`` backend is tested against a real server without building llama-cpp-python
 (no wheel here, ~6 min source build on 2 cores). One request runs on the model at a time.
+A test double: it lives under tests/ and is not installed with the package.
 """
 
 from __future__ import annotations

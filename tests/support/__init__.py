@@ -1,0 +1,1 @@
+"""Test-only helpers and doubles (never installed with the package)."""
