@@ -147,7 +147,7 @@ def test_default_strategy_judges_first_and_summarises_honestly(background_loop, 
     # expected_gain routes the largest expected corrections: the routed ones are the top of the list
     routed = sorted((d.expected_gain for d in chosen), reverse=True)
     assert min(routed) >= sorted(gains, reverse=True)[len(chosen) - 1] - 1e-6
-    assert all(d.top_tags for d in out.decisions)  # explanations computed in process
+    assert not any(d.top_tags for d in out.decisions)  # its gain is not the PPM's: no tag explanation
     assert out.bundle_version == Predictor(bundle).info().bundle_version
 
 
@@ -163,6 +163,7 @@ def test_ppm_strategies_run_in_process_on_the_served_form(background_loop, tagge
                                                              **_costs(tagger, sample)), scorer=model.scorer, seed=3)
     assert [d.human for d in out.decisions] == direct.human_mask.tolist()
     assert all(d.expected_gain is None for d in out.decisions)  # greedy does not judge first
+    assert all(d.top_tags for d in out.decisions)  # PPM gains explained in process
     assert {m.mix: m.corrections for m in out.summary.mixes}["chosen"] is None
 
 
