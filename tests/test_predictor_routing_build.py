@@ -90,3 +90,23 @@ def test_old_bundle_loads_and_tampering_is_caught(routed_bundle: tuple[Path, dic
     (bad / "domain.json").write_text("{}")
     with pytest.raises(NotReady, match="domain.json"):
         bundle_io.read_manifest(bad)
+
+
+def test_domain_threshold_rules() -> None:
+    from hybridpref.predictor.correction import FEATURE_NAMES
+
+    rng = np.random.default_rng(0)
+    width = len(FEATURE_NAMES)
+    home = rng.normal(size=(400, width))
+    near = rng.normal(size=(300, width)) + 0.05
+    far = rng.normal(size=(300, width)) + 2.0
+    feats = {"home": home, "near": near, "far": far}
+    dom = domain_mod.build_domain(feats, ["home"], {"far": 0.0, "near": 0.9}, seed=0)
+    assert dom["calibration"]["far"]["flagged"] and not dom["calibration"]["near"]["flagged"]
+    assert dom["in_domain_p95"] < dom["threshold"] < dom["calibration"]["far"]["distance"]
+    # a pool that must be flagged but sits inside the in-domain noise: flagging wins
+    dom2 = domain_mod.build_domain(feats, ["home"], {"near": 0.1}, seed=0)
+    assert dom2["calibration"]["near"]["flagged"] and dom2["threshold"] < dom2["calibration"]["near"]["distance"]
+    # nothing to flag: 1.5x the in-domain 95th percentile
+    assert domain_mod.build_domain(feats, ["home"], {}, seed=0)["threshold"] == pytest.approx(1.5 * dom["in_domain_p95"])
+    assert domain_mod.batch_distance(far[:50], dom) == (pytest.approx(domain_mod.distance(far[:50], dom["pools"]["home"])), False)
