@@ -34,7 +34,7 @@ class RouteConfig(_message.Message):
     EXPLAIN_TOP_K_FIELD_NUMBER: _builtins.int
     SIMULATED_CANDIDATES_FIELD_NUMBER: _builtins.int
     strategy: _builtins.str
-    """Strategy name (hybridpref.router.strategies.STRATEGIES, e.g. expected_gain, judge_doubt,
+    """Strategy name (hybridpref.router.strategies.STRATEGIES, e.g. hybrid, expected_gain, judge_doubt,
     greedy, topk, simulated, random, all_human, all_lm). "" = server default.
     """
     seed: _builtins.int
@@ -127,8 +127,9 @@ class RoutingDecision(_message.Message):
     lm_confidence: _builtins.float
     """The judge's confidence in lm_label, in [0, 1]."""
     gain: _builtins.float
-    """Predicted marginal gain of a human label for this instance (0 where the
-    strategy uses no predictor).
+    """The strategy's gain of a human label for this instance: the PPM's marginal gain (topk,
+    simulated, optimal_pos, greedy, judge_aware), the expected label corrections (expected_gain,
+    hybrid) or the judge's doubt (judge_doubt); 0 for the baselines.
     """
     judge_order_inconsistent: _builtins.bool
     """True when the judge flipped its verdict across presentation orders."""
@@ -140,7 +141,9 @@ class RoutingDecision(_message.Message):
     """
     @_builtins.property
     def top_tags(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TagContribution]:
-        """The tags that contributed most to the gain."""
+        """The tags that contributed most to the PPM gain (strategies routing by the PPM: topk, simulated,
+        optimal_pos, greedy); empty for the others, whose gain is not the PPM's.
+        """
 
     def __init__(
         self,

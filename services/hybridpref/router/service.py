@@ -211,7 +211,9 @@ class RouterCore:
             if judged.expected_gain is not None:
                 for d, g in zip(decisions, judged.expected_gain):
                     d.expected_gain = float(g)
-        if model is not None and model.scorer is not None and options.explain_top_k:
+        # Top tags explain a PPM gain: only where the strategy's gains are the PPM's (the others' gain is
+        # the expected correction or the judge's doubt, which tags would not explain).
+        if model is not None and model.scorer is not None and options.explain_top_k and strategies.needs_predictor(strategy):
             with _timed(stages, "explain"):
                 await self.executor.run(_explain, model, tagged.tag_matrix, result.human_mask, options.explain_top_k, decisions,
                                         size=n)

@@ -179,7 +179,7 @@ def _warnings(out: Summary, model: RoutingModel | None, p_wrong, signals: JudgeS
         warnings.append(
             f"out of domain: the batch's text features (lengths, overlap) are {d.distance:.3f} ({d.distance_kind}) from "
             f"the PPM's nearest training pool ({d.nearest_pool}), above the calibrated threshold {d.threshold:.3f}: "
-            "the PPM's predictions are not shown, and the default strategy routes by the correction model alone")
+            "the PPM's predictions are not shown")
     if model is not None and model.scorer is not None and model.residual_std is None:
         warnings.append("uncalibrated: the bundle records no PPM residual std, so no predicted score is shown")
     if model is not None and model.correction is None:
