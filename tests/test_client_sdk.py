@@ -31,7 +31,7 @@ HEAVY = ("torch", "numpy", "scipy", "spacy", "transformers", "sklearn", "onnxrun
 
 
 def test_importing_the_sdk_loads_no_service_code_or_models():
-    code = ("import sys, json, hybridpref_client; from hybridpref_client import core; "
+    code = ("import sys, json, hybridpref_client; from hybridpref_client import core, RouterClient; "
             "print(json.dumps(sorted(m for m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     modules = json.loads(out.stdout)

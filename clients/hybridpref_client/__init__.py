@@ -12,16 +12,23 @@ TLS, API keys and retries: ``RouterClient(address, api_key=..., root_certificate
 Errors are ``RoutingError`` with the gRPC code and, for bad input, the field violations.
 """
 
-from hybridpref_client.client import (
-    AsyncRouterClient,
-    ChannelConfig,
-    Cost,
-    Decision,
-    RouteResult,
-    RouterClient,
-    RoutingError,
-)
-from hybridpref_client.jsonl import read_instances, write_decisions
+from importlib import import_module
+from typing import Any
+
+# Lazy exports: ``hybridpref_client.core`` (pure types, no grpc) is shared with the services, whose
+# gRPC-free cores must not pull grpc in by importing this package.
+_EXPORTS = {
+    "AsyncRouterClient": "client", "ChannelConfig": "client", "Cost": "client", "Decision": "client",
+    "RouteResult": "client", "RouterClient": "client", "RoutingError": "client",
+    "read_instances": "jsonl", "write_decisions": "jsonl",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f"hybridpref_client.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'hybridpref_client' has no attribute {name!r}")
+
 
 __all__ = [
     "AsyncRouterClient",
