@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import trustme
 
 from hybridpref.common.auth import add_vendor
 from hybridpref.common.instances import read_jsonl
@@ -24,6 +23,7 @@ from hybridpref.common.settings import Settings
 from hybridpref.v1 import router_pb2
 from hybridpref_client import AsyncRouterClient, ChannelConfig, RouterClient, RoutingError
 
+from support.pki import write_pki
 from conftest import ROOT
 
 SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
@@ -135,18 +135,7 @@ print(len(result.decisions), sum(d.route == "HUMAN" for d in result.decisions))
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    client = ca.issue_cert("vendor")
-    files = {}
-    for name, blob in (("ca.pem", ca.cert_pem.bytes()), ("server.key", server.private_key_pem.bytes()),
-                       ("server.pem", b"".join(c.bytes() for c in server.cert_chain_pems)),
-                       ("client.key", client.private_key_pem.bytes()),
-                       ("client.pem", b"".join(c.bytes() for c in client.cert_chain_pems))):
-        (folder / name).write_bytes(blob)
-        files[name] = folder / name
-    return files
+    return write_pki(tmp_path_factory.mktemp("pki"), "vendor")
 
 
 @pytest.fixture(scope="module")

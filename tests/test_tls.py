@@ -8,13 +8,13 @@ import time
 
 import grpc
 import pytest
-import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hybridpref.common.instances import read_jsonl
 from hybridpref.common.settings import Settings
 from hybridpref.v1 import router_pb2, router_pb2_grpc, tagger_pb2, tagger_pb2_grpc
 
+from support.pki import write_pki
 from conftest import ROOT
 
 SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
@@ -22,18 +22,7 @@ SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    client = ca.issue_cert("hybridpref-router")
-    files = {}
-    for name, blob in (("ca.pem", ca.cert_pem.bytes()), ("server.key", server.private_key_pem.bytes()),
-                       ("server.pem", b"".join(c.bytes() for c in server.cert_chain_pems)),
-                       ("client.key", client.private_key_pem.bytes()),
-                       ("client.pem", b"".join(c.bytes() for c in client.cert_chain_pems))):
-        (folder / name).write_bytes(blob)
-        files[name] = folder / name
-    return files
+    return write_pki(tmp_path_factory.mktemp("pki"), "hybridpref-router")
 
 
 @pytest.fixture(scope="module")
