@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -154,7 +155,7 @@ def _bundle(tmp_path: Path, pool_file: Path, gold: Path | None = None) -> Path:
     from hybridpref.predictor import bundle as bundle_io
 
     b = tmp_path / "bundle"
-    b.mkdir(exist_ok=True)
+    b.mkdir(parents=True, exist_ok=True)
     files = {"pool": bundle_io.sha256_file(pool_file)}
     if gold is not None:
         files["gold:other"] = bundle_io.sha256_file(gold)
@@ -219,6 +220,41 @@ def test_evaluate_end_to_end_on_fixture_pools(tmp_path):
     text = paths["report"].read_text()
     assert "oracle vs random at 0.25" in text and (tmp_path / "out" / "plots").glob("*.png")
     assert len(list((tmp_path / "out" / "plots").glob("*.png"))) == 4
+
+
+def test_bundle_for_uses_a_bundle_that_never_saw_the_pool(tmp_path):
+    """``--bundle-for POOL=DIR``: that pool is routed with that bundle's PPM (leakage-checked like --bundle),
+    the others with --bundle; a multi-pool bundle's fingerprints list every pool it was trained on."""
+    from hybridpref.evaluation.cli import parse_bundle_for
+    from hybridpref.predictor import bundle as bundle_io
+
+    a = write_pool(tmp_path / "toy_a" / "pairs.jsonl", n=90, seed=1)
+    b = write_pool(tmp_path / "toy_b" / "pairs.jsonl", n=90, seed=2)
+    c = write_pool(tmp_path / "toy_c" / "pairs.jsonl", n=90, seed=3)
+    on_a = _bundle(tmp_path / "on_a", a)
+    on_bc = _bundle(tmp_path / "on_bc", b)
+    fp = json.loads((on_bc / "fingerprints.json").read_text())
+    fp["pools"] = [{"name": n, "sha256": bundle_io.sha256_file(p)} for n, p in (("toy_b", b), ("toy_c", c))]
+    (on_bc / "fingerprints.json").write_text(json.dumps(fp))
+    with pytest.raises(LeakageError, match="toy_c itself"):
+        check_bundle_leakage(on_bc, c, "toy_c", {})  # the second listed pool counts too
+    cfg = EvalConfig(pools=[str(a), str(b)], lm_judge=JUDGE, bundle=str(on_a), bundle_for=parse_bundle_for([f"toy_a={on_bc}"]),
+                     budgets=(0.25,), seeds=2, rm=False, on_leak="skip", tagger_profile="fast", n_boot=200,
+                     strategies=("topk",), data_dir=str(tmp_path))
+    result = evaluate(cfg)
+    routed = {(r["pool"], r["strategy"]) for r in result.rows}
+    assert ("toy_a", "topk") in routed and ("toy_b", "topk") in routed  # toy_a via on_bc, toy_b via on_a
+    notes = {s["pool"]: s["notes"] for s in result.summaries}
+    assert any("trained on toy_b, toy_c" in n for n in notes["toy_a"])
+    cfg.bundle_for = {"toy_a": str(on_bc), "toy_b": str(on_bc)}
+    with pytest.raises(LeakageError, match="toy_b itself"):
+        evaluate(dataclasses.replace(cfg, on_leak="error"))
+    for bad in ("toy_a", "=x", f"toy_a={tmp_path / 'none'}"):
+        with pytest.raises(InvalidInput) as err:
+            parse_bundle_for([bad])
+        assert err.value.violations[0].field == "--bundle-for"
+    with pytest.raises(InvalidInput, match="no pool named"):
+        evaluate(dataclasses.replace(cfg, bundle_for={"nope": str(on_bc)}))
 
 
 def test_tag_cache_key_separates_custom_tag_functions():

@@ -92,7 +92,9 @@ def test_bundle_contents(built):
     assert metrics["served"]["onnx_parity_max_abs_diff"] <= 1e-5
     assert metrics["candidates"]["all_human"] == 1 and metrics["candidates"]["all_lm"] == 1
     fp = bundle_io.read_json(result.bundle_path, "fingerprints.json")
-    assert fp["sizes"]["pool"] + fp["sizes"]["gold:heldout"] == 48
+    (pool,) = fp["pools"]
+    assert pool["rows"] + pool["gold_rows"] == 48 and pool["name"] == "predictor_pool" and pool["judge"] == "judge-x"
+    assert pool["sha256"] == bundle_io.sha256_file(FIXTURE) == fp["file_sha256"]["pool:predictor_pool"]
     assert "counts / pool_size" in (result.bundle_path / "MODEL_CARD.md").read_text()
 
 
@@ -253,7 +255,7 @@ def test_cli_main_builds(tmp_path, cache, capsys, monkeypatch):
     assert "CV Spearman" in capsys.readouterr().out
     assert Predictor(out).info().loaded
     metrics = bundle_io.read_json(out, "metrics.json")
-    assert set(metrics["gold_sets"]) == {"heldout", "extra"}
+    assert set(metrics["pools"]["predictor_pool"]["gold_sets"]) == {"heldout", "extra"}
 
 
 def test_gold_spec_parsing():

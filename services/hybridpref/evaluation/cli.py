@@ -1,6 +1,6 @@
 """``hybridpref evaluate``: route pools with every strategy at every budget and score the routed labels.
 
-    hybridpref evaluate --pool DIR_OR_pairs.jsonl [--pool ...] [--lm-judge KEY] [--bundle DIR]
+    hybridpref evaluate --pool DIR_OR_pairs.jsonl [--pool ...] [--lm-judge KEY] [--bundle DIR] [--bundle-for POOL=DIR ...]
         --budgets 0.1,0.25,0.5 [--strategies a,b,...] --seeds 10 --mode in-pool|cross-pool|both
         --out DIR [--tagger-profile fast|default] [--data-dir DIR] [--no-rm]
 
@@ -23,6 +23,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", action="append", required=True, help="pairs.jsonl (or its folder) with human and LM labels; repeat for several")
     p.add_argument("--lm-judge", default=None, help="recorded judge key (default: each pool's default judge)")
     p.add_argument("--bundle", default=None, help="predictor bundle for the PPM strategies (refused when it has seen a pool's labels)")
+    p.add_argument("--bundle-for", action="append", default=[], metavar="POOL=DIR",
+                   help="use this bundle for that pool instead of --bundle (e.g. a leave-one-pool-out bundle that never saw it); repeatable")
     p.add_argument("--budgets", default="0.1,0.25,0.5", help="human budgets as fractions, comma separated")
     p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES), help="comma separated; all_human, all_lm, random, oracle, judge_doubt always run")
     p.add_argument("--seeds", type=int, default=10, help="random baseline seeds")
@@ -51,8 +53,23 @@ def parse_budgets(text: str) -> tuple[float, ...]:
         raise InvalidInput(FieldViolation("--budgets", f"cannot read {text!r}; use e.g. 0.1,0.25,0.5")) from None
 
 
+def parse_bundle_for(items: Sequence[str]) -> dict[str, str]:
+    """``POOL=DIR`` values -> {pool: dir}; a pool named twice or a value without ``=`` is refused."""
+    out: dict[str, str] = {}
+    for item in items:
+        pool, sep, folder = item.partition("=")
+        if not sep or not pool.strip() or not folder.strip():
+            raise InvalidInput(FieldViolation("--bundle-for", f"{item!r}: expected POOL=DIR"))
+        if pool in out:
+            raise InvalidInput(FieldViolation("--bundle-for", f"pool {pool!r} given twice"))
+        if not Path(folder).is_dir():
+            raise InvalidInput(FieldViolation("--bundle-for", f"{item!r}: no bundle folder at {folder}"))
+        out[pool.strip()] = folder
+    return out
+
+
 def config_from_args(a: argparse.Namespace) -> EvalConfig:
-    return EvalConfig(pools=a.pool, out=a.out, lm_judge=a.lm_judge, bundle=a.bundle, budgets=parse_budgets(a.budgets),
+    return EvalConfig(pools=a.pool, out=a.out, lm_judge=a.lm_judge, bundle=a.bundle, bundle_for=parse_bundle_for(a.bundle_for), budgets=parse_budgets(a.budgets),
                       strategies=tuple(s.strip() for s in a.strategies.split(",") if s.strip()), seeds=a.seeds,
                       modes=("in-pool", "cross-pool") if a.mode == "both" else (a.mode,), folds=a.folds, split_seed=a.split_seed,
                       tagger_profile=a.tagger_profile, n_boot=a.n_boot, rm=not a.no_rm, rm_random_seeds=a.rm_random_seeds,

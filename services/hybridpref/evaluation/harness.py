@@ -54,6 +54,7 @@ class EvalConfig:
     out: str | None = None
     lm_judge: str | None = None
     bundle: str | None = None
+    bundle_for: dict[str, str] = field(default_factory=dict)  # pool name -> bundle used for that pool instead of ``bundle``
     budgets: tuple[float, ...] = (0.1, 0.25, 0.5)
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     seeds: int = 10
@@ -104,6 +105,7 @@ class Case:
     tags: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     ppm_ok: bool = False
+    scorer: Any | None = None  # the PPM of the bundle used for this pool (``--bundle-for`` or ``--bundle``)
 
     @property
     def lm(self) -> np.ndarray:
@@ -138,22 +140,33 @@ class EvalResult:
 # ---------------------------------------------------------------- leakage
 
 
+def trained_pools(fingerprints: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pools a bundle's PPM was fitted on: ``pools`` (name, sha256, dropped_sources) of multi-pool builds,
+    else the single ``file_sha256.pool`` of older bundles."""
+    if "pools" in fingerprints:
+        return list(fingerprints["pools"])
+    sha = fingerprints.get("file_sha256", {}).get("pool")
+    return [{"sha256": sha}] if sha else []
+
+
 def check_bundle_leakage(bundle: Path, pool_path: Path, pool_name: str, known: dict[str, str]) -> list[str]:
     """Raise :class:`LeakageError` when the bundle's PPM was trained on the evaluated pool (same file) or
-    on data that repeats its judgments (LLMBar's MT-Bench subset vs mtbench_human_gpt4); return notes
-    for the report otherwise. ``known`` maps the sha256 of data files to pool names."""
+    on data that repeats its judgments (LLMBar's MT-Bench subset vs mtbench_human_gpt4, unless the build
+    dropped it); return notes for the report otherwise. ``known`` maps the sha256 of data files to pool names."""
     from hybridpref.predictor import bundle as bundle_io
 
     fp = bundle_io.read_json(bundle, "fingerprints.json")
     files: dict[str, str] = fp.get("file_sha256", {})
     this = bundle_io.sha256_file(pool_path)
-    trained = files.get("pool")
-    trained_name = known.get(trained or "", "an unknown pool")
-    if trained == this:
-        raise LeakageError(FieldViolation("--bundle", f"bundle {bundle} was trained on {pool_name} itself ({pool_path}, sha256 {this[:12]}): its PPM has seen this pool's labels. Evaluate {pool_name} with a bundle built without it (cross-pool), or without --bundle"))
-    if pool_name.startswith("mtbench") and trained_name == "llmbar":
-        raise LeakageError(FieldViolation("--bundle", f"bundle {bundle} was trained on llmbar, whose '{LLMBAR_MTBENCH_SOURCE}' subset repeats mtbench_human_gpt4's judgments"))
-    notes = [f"PPM from bundle {bundle.name} (trained on {trained_name}); not refitted per fold"]
+    names = []
+    for trained in trained_pools(fp):
+        name = known.get(trained.get("sha256") or "") or trained.get("name") or "an unknown pool"
+        names.append(name)
+        if trained.get("sha256") == this:
+            raise LeakageError(FieldViolation("--bundle", f"bundle {bundle} was trained on {pool_name} itself ({pool_path}, sha256 {this[:12]}): its PPM has seen this pool's labels. Evaluate {pool_name} with a bundle built without it (cross-pool, --bundle-for), or without --bundle"))
+        if pool_name.startswith("mtbench") and name == "llmbar" and LLMBAR_MTBENCH_SOURCE not in trained.get("dropped_sources", []):
+            raise LeakageError(FieldViolation("--bundle", f"bundle {bundle} was trained on llmbar, whose '{LLMBAR_MTBENCH_SOURCE}' subset repeats mtbench_human_gpt4's judgments"))
+    notes = [f"PPM from bundle {bundle.name} (trained on {', '.join(names) or 'an unknown pool'}); not refitted per fold"]
     for key, sha in files.items():
         if key.startswith("gold:") and sha == this:
             notes.append(f"the bundle used {pool_name} as a diagnostic gold set ({key}: reported in its card, not fitted on)")
@@ -303,7 +316,8 @@ class Router:
             mask[judge_doubt_order(sig, seed)[: resolved.count]] = True
             return mask
         tags = case.tags[rows] if case.tags is not None else np.zeros((n, 0), dtype=np.uint8)
-        kw: dict[str, Any] = {"scorer": self.scorer if strategy in PPM_STRATEGIES + ("judge_aware",) and case.ppm_ok else None, "seed": int(seed)}
+        scorer = case.scorer or self.scorer
+        kw: dict[str, Any] = {"scorer": scorer if strategy in PPM_STRATEGIES + ("judge_aware",) and case.ppm_ok else None, "seed": int(seed)}
         if kw["scorer"] is None and tags.shape[1]:
             tags = np.zeros((n, 0), dtype=np.uint8)
         if strategy in ("judge_aware", "judge_doubt") + CORRECTION_STRATEGIES:
@@ -527,32 +541,11 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
     if "judge_doubt" not in STRATEGIES:
         notes.append("judge_doubt: the router has no such strategy yet; the harness's heuristic is evaluated (order flips / no verdict first, then judge disagreement, then lowest confidence)")
 
-    scorer = None
     needs_ppm = [s for s in strategies if s in PPM_STRATEGIES or s == "judge_aware"]
-    if needs_ppm and not config.bundle:
+    if needs_ppm and not (config.bundle or config.bundle_for):
         notes.append(f"skipped {', '.join(needs_ppm)}: they need a PPM (--bundle)")
         strategies = [s for s in strategies if s not in needs_ppm]
-    if config.bundle:
-        bundle = Path(config.bundle)
-        scorer = load_scorer(bundle)
-        known = known_data_files(data_dir)
-        for case in cases:
-            try:
-                case.notes += check_bundle_leakage(bundle, case.path, case.pool.name, known)
-                case.ppm_ok = True
-            except LeakageError as exc:
-                if config.on_leak == "error":
-                    raise
-                case.notes.append(f"PPM strategies skipped (leakage): {exc.violations[0].description}")
-        profile = config.tagger_profile or bundle_profile(bundle) or "fast"
-        t = time.perf_counter()
-        for case in cases:
-            if case.ppm_ok:
-                tick(f"{case.pool.name}: tagging ({profile})", 0)
-                tag_case(case, profile, config.tagger_address)
-        timings["tag_s"] = time.perf_counter() - t
-        if profile != (bundle_profile(bundle) or profile):
-            notes.append(f"tags from the {profile} profile, but the bundle was built on {bundle_profile(bundle)} tags")
+    timings["tag_s"] = attach_bundles(cases, config, data_dir, notes, tick)
 
     gain_fn = None
     corr = [s for s in strategies if s in CORRECTION_STRATEGIES]
@@ -567,7 +560,7 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
             notes.append(f"skipped {', '.join(corr)}: the correction model is not available ({exc})")
             strategies = [s for s in strategies if s not in corr]
 
-    router = Router(config, scorer, gain_fn)
+    router = Router(config, None, gain_fn)
     rows: list[dict[str, Any]] = []
     summaries = [summary(c.pool) | {"lm_no_verdict": int(np.sum(c.lm == 0)), "lm_order_flips": int(np.sum(c.signals.order_flip)),
                                     "notes": c.notes} for c in cases]
@@ -598,10 +591,42 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
     if config.rm:
         pooled, power = pooled_rm(pooled_inputs, config)
     t = time.perf_counter()
-    prediction = prediction_check(cases, scorer, rm_scorers, config, tick) if (config.rm and scorer is not None and config.prediction_mixes) else []
+    has_ppm = any(c.scorer is not None for c in cases)
+    prediction = prediction_check(cases, None, rm_scorers, config, tick) if (config.rm and has_ppm and config.prediction_mixes) else []
     timings["prediction_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     return EvalResult(config, rows, notes, summaries, pooled, prediction, power, timings)
+
+
+def attach_bundles(cases: Sequence[Case], config: EvalConfig, data_dir: Path, notes: list[str], tick: ProgressFn) -> float:
+    """Per pool, the bundle ``--bundle-for`` names (else ``--bundle``): leakage-checked, its PPM loaded and the pool
+    tagged with its profile. Returns the tagging time."""
+    names = {c.pool.name for c in cases}
+    unknown = sorted(set(config.bundle_for) - names)
+    if unknown:
+        raise InvalidInput(FieldViolation("--bundle-for", f"no pool named {unknown}; pools: {sorted(names)}"))
+    known = known_data_files(data_dir) if (config.bundle or config.bundle_for) else {}
+    t = time.perf_counter()
+    for case in cases:
+        path = config.bundle_for.get(case.pool.name) or config.bundle
+        if not path:
+            continue
+        bundle = Path(path)
+        try:
+            case.notes += check_bundle_leakage(bundle, case.path, case.pool.name, known)
+            case.scorer, case.ppm_ok = load_scorer(bundle), True
+        except LeakageError as exc:
+            if config.on_leak == "error":
+                raise
+            case.notes.append(f"PPM strategies skipped (leakage): {exc.violations[0].description}")
+            continue
+        profile = config.tagger_profile or bundle_profile(bundle) or "fast"
+        tick(f"{case.pool.name}: tagging ({profile})", 0)
+        tag_case(case, profile, config.tagger_address)
+        if profile != (bundle_profile(bundle) or profile):
+            note = f"tags from the {profile} profile, but the bundle was built on {bundle_profile(bundle)} tags"
+            notes.extend([note] if note not in notes else [])
+    return time.perf_counter() - t
 
 
 def rm_correct(case: Case, mixes: MixSet, config: EvalConfig, scorer: RewardModelScorer, tick: ProgressFn) -> dict[tuple[str, float], np.ndarray]:
@@ -675,7 +700,7 @@ def prediction_check(cases: Sequence[Case], scorer: Any, rm_scorers: dict[str, R
             mask = np.zeros(len(case.pool), dtype=bool)
             mask[rng.choice(train, int(round(share * len(train))), replace=False)] = True
             plans.append({f: mask for f in range(config.folds)})
-            predicted.append(float(scorer.score(mix_counts(case.tags[train], mask[train])[None, :], len(train))[0]))
+            predicted.append(float((case.scorer or scorer).score(mix_counts(case.tags[train], mask[train])[None, :], len(train))[0]))
         scorer_rm = rm_scorers[case.pool.name]
         gold = np.flatnonzero(case.folds == 0)
         measured = []

@@ -42,6 +42,8 @@ DEFAULT_JUDGES: dict[str, str] = {
 }
 # LLMBar's re-processed MT-Bench subset repeats mtbench_human_gpt4's judgments: never both in one study.
 LLMBAR_MTBENCH_SOURCE = "LLMBar Processed/MT-Bench"
+# Per pool name, the ``source`` values of rows that repeat another pool's judgments (dropped on load).
+REPEATED_SOURCES: dict[str, tuple[str, ...]] = {"llmbar": (LLMBAR_MTBENCH_SOURCE,)}
 
 
 @dataclass
@@ -89,13 +91,19 @@ def load_pool(path: str | Path, name: str | None = None, judge: str | None = Non
     name = name or (path.parent.name if path.name == "pairs.jsonl" else path.stem)
     skipped: Counter[str] = Counter()
     rows = list(_valid_rows(iter_json_rows(str(path)), skipped))
-    if name == "llmbar":
-        kept = [r for r in rows if r[0].get("source") != LLMBAR_MTBENCH_SOURCE]
+    if name in REPEATED_SOURCES:
+        kept = [r for r in rows if not repeats_other_pool(name, r[0])]
         skipped["llmbar MT-Bench subset (same judgments as mtbench_human_gpt4)"] += len(rows) - len(kept)
         rows = kept
     pool = _build(name, rows, skipped)
     pool.default_judge = judge or DEFAULT_JUDGES.get(name) or (pool.judges[0] if pool.judges else "")
     return pool
+
+
+def repeats_other_pool(name: str, row: Mapping[str, Any]) -> bool:
+    """True when a row of pool ``name`` repeats another pool's judgments (:data:`REPEATED_SOURCES`):
+    every study that reads several pools (evaluation, PPM build) drops it."""
+    return row.get("source") in REPEATED_SOURCES.get(name, ())
 
 
 def _valid_rows(rows: Iterable[tuple[int, Any]], skipped: Counter[str]) -> Iterable[tuple[dict, PreferenceInstance]]:

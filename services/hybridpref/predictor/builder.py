@@ -1,18 +1,27 @@
-"""Build a predictor bundle: pool -> tags -> candidate mixes -> proxy reward models -> PPM -> ONNX.
+"""Build a predictor bundle: pools -> tags -> candidate mixes -> proxy reward models -> PPM -> ONNX.
 
-    hybridpref predictor build --pool POOL.jsonl [--gold SPEC ...] --candidates N --seed S --out DIR
+    hybridpref predictor build --pool [NAME=]POOL.jsonl [--pool ...] [--gold SPEC ...] --candidates N --seed S \
+        --out DIR [--lopo-out DIR]
 
-Steps (each deterministic for ``--seed``; the gold split has its own ``--split-seed``):
+Steps (each deterministic for ``--seed``; the gold split has its own ``--split-seed``), per pool
+(:mod:`hybridpref.predictor.simulate`; cached on disk by its inputs):
 
-1. read the pool; hold out ``--holdout-fraction`` of its prompt groups (``--group-key``, e.g.
-   MT-Bench ``question_id``) as the *target* gold set (human labels, never trained on);
+1. read the pool, drop rows that repeat another pool (``evaluation.pools.repeats_other_pool``: LLMBar's
+   MT-Bench subset); hold out ``--holdout-fraction`` of its prompt groups (``--group-key``, e.g. MT-Bench
+   ``question_id``, else the prompt) as its *target* gold set (human labels, never trained on);
 2. tag the remaining pool with the tagger core, or through a tagger service with ``--tagger ADDRESS``
    (its replicas share the work; cached on disk by content hash either way);
-3. sample candidate mixes (paper walks, uniform subsets, all-human, all-LM);
-4. per candidate: label the pool (human where routed, LM elsewhere, ties dropped), train the proxy
-   reward model (``proxy.EmbeddingBTProxy``), score pairwise accuracy on every gold set;
-5. fit PPM variants on (counts / pool_size -> held-out accuracy), 10-fold CV Spearman / RMSE each;
-6. export the best quadratic-form variant to ONNX, check parity (<= 1e-5), write the bundle.
+3. sample ``--candidates`` mixes (paper walks, uniform subsets, all-human, all-LM);
+4. per candidate: label the pool (human where routed, the pool's LM judge elsewhere, ties dropped; judge:
+   ``evaluation.pools.DEFAULT_JUDGES``), train the proxy reward model (``proxy.EmbeddingBTProxy``), score
+   pairwise accuracy on every gold set;
+
+then over the union of the pools' rows (:mod:`hybridpref.predictor.multipool`):
+
+5. fit PPM variants on (counts / pool_size -> held-out accuracy centred per pool), 10-fold CV Spearman / RMSE
+   each, and leave-one-pool-out scores of the chosen variant;
+6. export the best quadratic-form variant to ONNX, check parity (<= 1e-5), write the bundle; with
+   ``--lopo-out DIR`` also DIR/without-<pool>/ per pool (PPM fits only, from the cached simulations).
 
 ``--gold`` adds diagnostic gold sets (reported, never the PPM target): ``PATH`` or
 ``NAME=PATH`` with optional filters after ``#``: ``source~TEXT`` (keep rows whose ``source``
@@ -34,22 +43,27 @@ from typing import Any
 import numpy as np
 
 from hybridpref.common.errors import FieldViolation, InvalidInput
-from hybridpref.common.instances import PreferenceInstance, instance_from_row, iter_json_rows
+from hybridpref.common.instances import PreferenceInstance, instance_from_row
 from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, VOCABULARY_VERSION
 from hybridpref.predictor import bundle as bundle_io
-from hybridpref.predictor import mixes as mixes_mod
+from hybridpref.predictor import model_card as card_mod
+from hybridpref.predictor import multipool
 from hybridpref.predictor import ppm as ppm_mod
+from hybridpref.predictor.multipool import CENTRING
 from hybridpref.predictor.proxy import EmbeddingBTProxy, ProxyRewardModel
+from hybridpref.predictor.simulate import (TARGET_GOLD, PoolData, PoolSimulation, PoolSpec, TagFn, load_pool_data,
+                                           parse_pool_spec, parse_pool_specs, pool_name, read_rows, simulate, split_pool,
+                                           usable_rows)
 
-TARGET_GOLD = "heldout"
-TagFn = Callable[[Sequence[PreferenceInstance]], np.ndarray]
+__all__ = ["BuildConfig", "BuildResult", "build_bundle", "main", "make_parser", "parse_gold_spec", "read_rows", "split_pool",
+           "usable_rows", "TARGET_GOLD"]
 
 
 @dataclass
 class BuildConfig:
     """Everything that determines a bundle (recorded in ``fingerprints.json``)."""
 
-    pool: str
+    pool: str | list[str]  # one ``[NAME=]PATH`` or several
     out: str
     gold: list[str] = field(default_factory=list)
     candidates: int = 1000
@@ -57,7 +71,8 @@ class BuildConfig:
     split_seed: int = 0
     holdout_fraction: float = 0.2
     group_key: str = "question_id"
-    lm_judge: str | None = None
+    lm_judge: str | None = None  # one pool only; else lm_judges
+    lm_judges: dict[str, str] = field(default_factory=dict)  # pool name -> judge key
     tagger_profile: str = "default"
     walk_fraction: float = 0.7
     folds: int = 10
@@ -65,6 +80,11 @@ class BuildConfig:
     proxy_hidden: int = 32
     proxy_steps: int = 120
     proxy_seeds: int = 3
+    lopo_out: str | None = None  # folder for the leave-one-pool-out bundles
+
+    @property
+    def pool_specs(self) -> list[str]:
+        return [self.pool] if isinstance(self.pool, str) else list(self.pool)
 
 
 @dataclass
@@ -73,6 +93,8 @@ class BuildResult:
     bundle_version: str
     metrics: dict[str, Any]
     timings: dict[str, float]
+    cache_hits: dict[str, bool] = field(default_factory=dict)  # pool -> simulation read from the cache
+    lopo_versions: dict[str, str] = field(default_factory=dict)  # pool -> version of the bundle without it
 
 
 @dataclass
@@ -101,23 +123,6 @@ def parse_gold_spec(spec: str) -> _GoldSpec:
     return gs
 
 
-def read_rows(path: str, field_name: str = "pool") -> list[dict[str, Any]]:
-    """Raw JSONL rows (dicts); errors name the file line."""
-    try:
-        return [row for _lineno, row in iter_json_rows(str(path))]
-    except OSError as exc:
-        raise InvalidInput(FieldViolation(field_name, f"cannot read {path}: {exc.strerror}")) from None
-
-
-def usable_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """Drop rows a tagger or proxy cannot use (empty prompt or response); returns (rows, dropped)."""
-    def ok(r: dict[str, Any]) -> bool:
-        return all(isinstance(r.get(k), str) and r[k].strip() for k in ("response_a", "response_b")) and (
-            (isinstance(r.get("prompt"), str) and r["prompt"].strip()) or bool(r.get("messages")))
-    kept = [r for r in rows if ok(r)]
-    return kept, len(rows) - len(kept)
-
-
 def load_gold(spec: _GoldSpec, seed: int) -> list[PreferenceInstance]:
     rows = usable_rows(read_rows(spec.path, "gold"))[0]
     if spec.sources:
@@ -131,19 +136,6 @@ def load_gold(spec: _GoldSpec, seed: int) -> list[PreferenceInstance]:
     if not rows:
         raise InvalidInput(FieldViolation("gold", f"gold set {spec.name!r} ({spec.path}) has no row with a human A/B label after filters"))
     return [instance_from_row(r, where=f"{spec.path} row {i}") for i, r in enumerate(rows)]
-
-
-def split_pool(rows: list[dict[str, Any]], key: str, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Hold out ``fraction`` of the prompt groups (``row[key]``, else the prompt text): (train idx, gold idx)."""
-    groups = [str(r.get(key)) if r.get(key) is not None else str(r.get("prompt")) for r in rows]
-    uniq = sorted(set(groups))
-    n_hold = int(round(fraction * len(uniq)))
-    if fraction > 0 and (n_hold < 1 or n_hold >= len(uniq)):
-        raise InvalidInput(FieldViolation("holdout_fraction", f"{fraction} of {len(uniq)} prompt groups leaves no train or no gold group"))
-    held = set(np.random.default_rng(seed).permutation(uniq)[:n_hold].tolist())
-    train = [i for i, g in enumerate(groups) if g not in held]
-    gold = [i for i, g in enumerate(groups) if g in held]
-    return train, gold
 
 
 def tag_with_tagger(profile: str) -> tuple[TagFn, str]:
@@ -206,45 +198,56 @@ def build_bundle(config: BuildConfig, *, tag_fn: TagFn | None = None, reference_
     ``proxy`` replaces the default ``EmbeddingBTProxy``. Deterministic for ``config.seed``.
     """
     _validate(config)
+    specs = parse_pool_specs(config.pool_specs)
+    judges = _judges(config, specs)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    rows, dropped = usable_rows(read_rows(config.pool))
-    train_idx, gold_idx = split_pool(rows, config.group_key, config.holdout_fraction, config.split_seed)
-    pool = [instance_from_row(rows[i], where=f"{config.pool} row {i}") for i in train_idx]
-    gold_sets = {TARGET_GOLD: [instance_from_row(rows[i], where=f"{config.pool} row {i}") for i in gold_idx]}
-    for spec in map(parse_gold_spec, config.gold):
-        gold_sets[spec.name] = load_gold(spec, config.split_seed)
-    human, lm, judge = mixes_mod.label_sources(pool, config.lm_judge)
-
+    diagnostics = {g.name: load_gold(g, config.split_seed) for g in map(parse_gold_spec, config.gold)}
+    if TARGET_GOLD in diagnostics:
+        raise InvalidInput(FieldViolation("gold", f"the name {TARGET_GOLD!r} is the target gold set's; rename the --gold set"))
+    datas = [load_pool_data(s, config.group_key, config.holdout_fraction, config.split_seed, judges.get(s.name), diagnostics)
+             for s in specs]
     if tag_fn is None:
         tag_fn, reference_bins_json = tag_with_tagger(config.tagger_profile)
-    tags = cached_tags(pool, tag_fn, key=tag_cache_key(tag_fn, config.tagger_profile))
-    timings["tag_s"] = time.perf_counter() - t0
-
-    routed, kinds = mixes_mod.sample_mixes(tags, config.candidates, config.seed, config.walk_fraction)
-    labels = mixes_mod.mix_labels(routed, human, lm)
+    tag_key = tag_cache_key(tag_fn, config.tagger_profile)
     proxy = proxy or EmbeddingBTProxy(hidden=config.proxy_hidden, steps=config.proxy_steps, seeds=config.proxy_seeds, show_progress=progress)
+    settings = {"group_key": config.group_key, "holdout_fraction": config.holdout_fraction, "split_seed": config.split_seed, "tagger": tag_key}
+    sims = []
+    for data in datas:
+        tags = cached_tags(data.pool, tag_fn, key=tag_key)
+        sims.append(simulate(data, tags, proxy, config.candidates, config.seed, config.walk_fraction, settings, progress))
+    timings["simulate_s"] = time.perf_counter() - t0
+    for name in ("encode_s", "proxy_s"):
+        timings[name] = sum(s.timings.get(name, 0.0) for s in sims)
+    trained = sum(len(s.y) for s in sims if not s.cached)
+    timings["proxy_candidates_per_s"] = trained / timings["proxy_s"] if timings["proxy_s"] > 0 else float("nan")
+
     t1 = time.perf_counter()
-    proxy.prepare(pool, gold_sets)
-    timings["encode_s"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    acc = _score_candidates(proxy, labels, config.seed, progress)
-    timings["proxy_s"] = time.perf_counter() - t2
-    timings["proxy_candidates_per_s"] = len(labels) / max(timings["proxy_s"], 1e-9)
-
-    x = mixes_mod.count_vectors(routed, tags) / len(pool)
-    y = acc[TARGET_GOLD]
-    t3 = time.perf_counter()
-    variants = {v: ppm_mod.cross_validate(x, y, v, folds=config.folds, seed=config.seed) for v in config.variants}
+    rows = multipool.union(sims)
+    variants = {v: multipool.cross_validate(rows, v, config.folds, config.seed) for v in config.variants}
     chosen = max((v for v in variants if v in ("linear", "quadratic")), key=lambda v: variants[v]["cv_spearman"])
-    model, alpha = ppm_mod.fit_ridge(x, y, quadratic=chosen == "quadratic")
-    timings["ppm_s"] = time.perf_counter() - t3
-
-    metrics = _metrics(config, variants, chosen, alpha, acc, kinds, routed, human, lm, judge, tags, proxy)
-    metrics["pool"]["dropped_empty_rows"] = dropped
-    version = _write(config, model, metrics, reference_bins_json, pool, gold_sets)
+    model, alpha = multipool.fit(rows, chosen)
+    lopo, lopo_models = multipool.leave_one_pool_out(rows, chosen) if len(sims) > 1 else ({}, {})
+    timings["ppm_s"] = time.perf_counter() - t1
+    metrics = _metrics(config, sims, datas, rows, variants, chosen, alpha, lopo, proxy)
+    version = _write(Path(config.out), config, model, metrics, reference_bins_json, datas)
+    lopo_versions = _write_lopo(config, sims, datas, rows, chosen, lopo, lopo_models, reference_bins_json, proxy)
     timings["total_s"] = time.perf_counter() - t0
-    return BuildResult(Path(config.out), version, metrics, timings)
+    return BuildResult(Path(config.out), version, metrics, timings, {s.name: s.cached for s in sims}, lopo_versions)
+
+
+def _judges(config: BuildConfig, specs: Sequence[PoolSpec]) -> dict[str, str]:
+    """Per pool, the LM judge given on the command line (the rest default to ``pools.DEFAULT_JUDGES``)."""
+    names = {s.name for s in specs}
+    out = dict(config.lm_judges)
+    unknown = sorted(set(out) - names)
+    if unknown:
+        raise InvalidInput(FieldViolation("lm_judge", f"POOL=JUDGE names unknown pools {unknown}; pools: {sorted(names)}"))
+    if config.lm_judge is not None:
+        if len(specs) > 1:
+            raise InvalidInput(FieldViolation("lm_judge", "with several --pool, give --lm-judge POOL=JUDGE per pool"))
+        out.setdefault(specs[0].name, config.lm_judge)
+    return out
 
 
 def _validate(config: BuildConfig) -> None:
@@ -260,43 +263,45 @@ def _validate(config: BuildConfig) -> None:
         bad.append(FieldViolation("holdout_fraction", f"must be in (0, 1), got {config.holdout_fraction}"))
     if config.proxy_seeds < 1:
         bad.append(FieldViolation("proxy_seeds", f"must be >= 1, got {config.proxy_seeds}"))
+    if config.lopo_out and len(config.pool_specs) < 2:
+        bad.append(FieldViolation("lopo_out", "leave-one-pool-out bundles need at least two --pool"))
     if bad:
         raise InvalidInput(bad)
 
 
-def _score_candidates(proxy: ProxyRewardModel, labels: np.ndarray, seed: int, progress: bool) -> dict[str, np.ndarray]:
-    from tqdm import tqdm
-
-    chunk = 32
-    parts: list[dict[str, np.ndarray]] = []
-    with tqdm(total=len(labels), desc="proxy reward models", unit="cand", disable=not progress) as bar:
-        for start in range(0, len(labels), chunk):
-            parts.append(proxy.evaluate(labels[start:start + chunk], seed=seed))  # same inits for all: fair comparison
-            bar.update(min(chunk, len(labels) - start))
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-
-
-def _metrics(config: BuildConfig, variants: dict, chosen: str, alpha: float, acc: dict[str, np.ndarray], kinds: list[str],
-             routed: np.ndarray, human: np.ndarray, lm: np.ndarray, judge: str, tags: np.ndarray, proxy: ProxyRewardModel) -> dict[str, Any]:
-    frac = routed.mean(1)
-    y = acc[TARGET_GOLD]
-    both = (human != 0) & (lm != 0)
-    diag = {name: {"all_human": float(a[1]), "all_lm": float(a[0]), "mean": float(a.mean()),
-                   "spearman_vs_target": _rho(a, y)}
-            for name, a in acc.items()}
-    served = {"cv_spearman": variants[chosen]["cv_spearman"], "cv_rmse": variants[chosen]["cv_rmse"],
-              "ridge_alpha": alpha, "candidates": float(len(y)), "pool_size": float(routed.shape[1]),
-              "target_all_human": float(y[1]), "target_all_lm": float(y[0])}
+def _metrics(config: BuildConfig, sims: Sequence[PoolSimulation], datas: Sequence[PoolData], rows: multipool.Rows,
+             variants: dict, chosen: str, alpha: float, lopo: dict, proxy: ProxyRewardModel) -> dict[str, Any]:
+    pools = {s.name: _pool_metrics(s, d) for s, d in zip(sims, datas)}
+    all_human = float(np.mean([p["target"]["all_human"] for p in pools.values()]))
+    all_lm = float(np.mean([p["target"]["all_lm"] for p in pools.values()]))
+    served = {"cv_spearman": variants[chosen]["cv_spearman"], "cv_rmse": variants[chosen]["cv_rmse"], "ridge_alpha": alpha,
+              "candidates": float(len(rows.y)), "pool_size": float(sum(len(d.pool) for d in datas)),
+              "target_all_human": all_human, "target_all_lm": all_lm, "centring_offset": rows.offset}
+    if lopo:
+        served["lopo_spearman_min"] = min(e["spearman"] for e in lopo.values())
+    kinds = [k for s in sims for k in s.kinds]
     return {
         "served": served, "chosen_variant": chosen, "variants": variants,
-        "target": {"gold": TARGET_GOLD, "all_human": float(y[1]), "all_lm": float(y[0]), "mean": float(y.mean()),
-                   "std": float(y.std()), "spearman_vs_human_fraction": _rho(frac, y)},
-        "gold_sets": diag,
-        "pool": {"size": int(routed.shape[1]), "lm_judge": judge, "human_lm_agreement": float((human[both] == lm[both]).mean()),
-                 "tag_rates": {TAG_NAMES[j]: float(r) for j, r in enumerate(tags.mean(0)) if r > 0}},
+        "centring": {"method": CENTRING, "pool_means": rows.means, "offset": rows.offset},
+        "target": {"gold": TARGET_GOLD, "all_human": all_human, "all_lm": all_lm, "std": float(np.std(rows.y)),
+                   "spearman_vs_human_fraction": _rho(rows.share, rows.y), "note": "mean over pools; std and Spearman on centred rows"},
+        "pools": pools,
+        "leave_one_pool_out": {"variant": chosen, "pools": lopo} if lopo else {},
         "candidates": {k: int(kinds.count(k)) for k in sorted(set(kinds))},
         "proxy": proxy.describe(),
     }
+
+
+def _pool_metrics(sim: PoolSimulation, data: PoolData) -> dict[str, Any]:
+    y = sim.y
+    gold = {name: {"all_human": float(a[1]), "all_lm": float(a[0]), "mean": float(a.mean()), "spearman_vs_target": _rho(a, y)}
+            for name, a in sim.acc.items()}
+    return {"file": data.spec.path.name, "sha256": data.sha256, "size": len(data.pool), "gold_rows": len(data.gold_sets[TARGET_GOLD]),
+            "lm_judge": data.judge, "dropped_rows": data.dropped, "human_lm_agreement": sim.human_lm_agreement,
+            "target": {"all_human": float(y[1]), "all_lm": float(y[0]), "mean": float(y.mean()), "std": float(y.std()),
+                       "spearman_vs_human_fraction": _rho(sim.share, y)},
+            "gold_sets": gold, "candidates": {k: int(sim.kinds.count(k)) for k in sorted(set(sim.kinds))},
+            "tag_rates": {TAG_NAMES[j]: float(r) for j, r in enumerate(sim.tag_rates) if r > 0}}
 
 
 def _rho(a: np.ndarray, b: np.ndarray) -> float:
@@ -306,9 +311,26 @@ def _rho(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic) if np.ptp(a) > 0 and np.ptp(b) > 0 else 0.0
 
 
-def _write(config: BuildConfig, model: ppm_mod.QuadraticPPM, metrics: dict, reference_bins_json: str | None,
-           pool: list[PreferenceInstance], gold_sets: dict[str, list[PreferenceInstance]]) -> str:
-    out = Path(config.out)
+def _write_lopo(config: BuildConfig, sims: Sequence[PoolSimulation], datas: Sequence[PoolData], rows: multipool.Rows, chosen: str,
+                lopo: dict, models: dict, bins_json: str | None, proxy: ProxyRewardModel) -> dict[str, str]:
+    """``--lopo-out``: per pool, a bundle whose PPM never saw it (the leave-one-pool-out fit); returns versions."""
+    if not config.lopo_out:
+        return {}
+    out = {}
+    for name, model in models.items():
+        keep = [i for i, s in enumerate(sims) if s.name != name]
+        sub = rows.only(rows.pool != name)
+        variants = {chosen: multipool.cross_validate(sub, chosen, config.folds, config.seed)}
+        alpha = lopo[name]["ridge_alpha"]
+        metrics = _metrics(config, [sims[i] for i in keep], [datas[i] for i in keep], sub, variants, chosen, alpha, {}, proxy)
+        metrics["held_out_pool"] = {"pool": name, **lopo[name]}
+        folder = Path(config.lopo_out) / f"without-{name}"
+        out[name] = _write(folder, config, model, metrics, bins_json, [datas[i] for i in keep], without=name)
+    return out
+
+
+def _write(out: Path, config: BuildConfig, model: ppm_mod.QuadraticPPM, metrics: dict, reference_bins_json: str | None,
+           datas: Sequence[PoolData], without: str | None = None) -> str:
     out.mkdir(parents=True, exist_ok=True)
     ppm_mod.to_onnx(model, out / "model.onnx")
     metrics["served"]["onnx_parity_max_abs_diff"] = ppm_mod.check_parity(model, out / "model.onnx", seed=config.seed)
@@ -319,106 +341,51 @@ def _write(config: BuildConfig, model: ppm_mod.QuadraticPPM, metrics: dict, refe
     bins = json.loads(reference_bins_json) if reference_bins_json else {"note": "tags supplied by a custom tag function"}
     bundle_io.write_json(out / "reference_bins.json", bins)
     bundle_io.write_json(out / "metrics.json", metrics)
-    fingerprints = _fingerprints(config, pool, gold_sets)
+    fingerprints = _fingerprints(config, datas)
     bundle_io.write_json(out / "fingerprints.json", fingerprints)
-    (out / "MODEL_CARD.md").write_text(_model_card(config, metrics, model), encoding="utf-8")
+    (out / "MODEL_CARD.md").write_text(card_mod.model_card(config, metrics, model, without), encoding="utf-8")
     return bundle_io.finalise(out, {"model_kind": model.kind, "data_fingerprint": fingerprints["data_fingerprint"],
                                     "vocabulary_version": VOCABULARY_VERSION, "input_normalisation": "counts / pool_size"})
 
 
-def _fingerprints(config: BuildConfig, pool: list[PreferenceInstance], gold_sets: dict[str, list[PreferenceInstance]]) -> dict[str, Any]:
-    def ids_hash(insts: list[PreferenceInstance]) -> str:
+def _fingerprints(config: BuildConfig, datas: Sequence[PoolData]) -> dict[str, Any]:
+    """sha256 of every data file the PPM was fitted on or measured against; ``pools`` lists the training pools
+    (name, sha256, rows, judge, dropped sources), which the evaluation harness's leakage check reads."""
+    from hybridpref.evaluation.pools import REPEATED_SOURCES
+
+    def ids_hash(insts: Sequence[PreferenceInstance]) -> str:
         return hashlib.sha256("\n".join(i.id for i in insts).encode()).hexdigest()[:16]
 
-    files = {"pool": bundle_io.sha256_file(Path(config.pool))}
+    files = {f"pool:{d.spec.name}": d.sha256 for d in datas}
     for spec in map(parse_gold_spec, config.gold):
         files[f"gold:{spec.name}"] = bundle_io.sha256_file(Path(spec.path))
-    sets = {"pool": ids_hash(pool), **{f"gold:{k}": ids_hash(v) for k, v in gold_sets.items()}}
+    sets = {f"pool:{d.spec.name}": ids_hash(d.pool) for d in datas}
+    sets.update({f"gold:{d.spec.name}:{k}": ids_hash(v) for d in datas for k, v in d.gold_sets.items() if k == TARGET_GOLD})
+    sets.update({f"gold:{k}": ids_hash(v) for k, v in datas[0].gold_sets.items() if k != TARGET_GOLD})
     digest = hashlib.sha256(json.dumps([files, sets], sort_keys=True).encode()).hexdigest()[:16]
-    args = {k: v for k, v in asdict(config).items() if k not in ("pool", "out", "gold")}
+    pools = [{"name": d.spec.name, "sha256": d.sha256, "rows": len(d.pool), "gold_rows": len(d.gold_sets[TARGET_GOLD]),
+              "judge": d.judge, "dropped_sources": list(REPEATED_SOURCES.get(d.spec.name, ()))} for d in datas]
+    args = {k: v for k, v in asdict(config).items() if k not in ("pool", "out", "gold", "lopo_out")}
     args["gold"] = [spec.split("=", 1)[0] if "=" in spec else Path(spec.split("#")[0]).name for spec in config.gold]
-    return {"data_fingerprint": f"data-{digest}", "file_sha256": files, "instance_id_sha256": sets,
-            "sizes": {"pool": len(pool), **{f"gold:{k}": len(v) for k, v in gold_sets.items()}}, "build_args": args}
-
-
-def _model_card(config: BuildConfig, metrics: dict, model: ppm_mod.QuadraticPPM) -> str:
-    v = metrics["variants"]
-    rows = "\n".join(f"| {name} | {m['cv_spearman']:.3f} | {m['cv_rmse']:.4f} |" for name, m in v.items())
-    t = metrics["target"]
-    diag = "\n".join(f"| {name} | {d['all_human']:.3f} | {d['all_lm']:.3f} | {d['spearman_vs_target']:.2f} |" for name, d in metrics["gold_sets"].items())
-    top = np.argsort(-np.abs(model.linear))[:8]
-    return f"""# Predictor bundle: performance prediction model (PPM)
-
-**What it predicts.** Pairwise accuracy, on the *{TARGET_GOLD}* gold set (human labels of
-{config.holdout_fraction:.0%} of the pool's prompt groups by `{config.group_key}`, never trained on), of a
-proxy reward model trained on a label mix (human label where routed, LM label `{metrics['pool']['lm_judge']}`
-elsewhere, ties dropped).
-
-**Input.** `counts` float32 [batch, {NUM_TAGS}]: per tag of `vocabulary.json`, how many human-routed
-instances carry it; `pool_size` float32 [1]: the size of the batch the mix was drawn from. The model
-computes **x = counts / pool_size** first, so one PPM serves any batch size.
-Output `score` float32 [batch]. Form: `{model.kind}`, f(x) = bias + w.x + x^T Q x (coefficients in
-`ppm.json`, float64; the ONNX copy is checked against it on load).
-
-**Data.** Pool: {metrics['pool']['size']} instances of `{Path(config.pool).parent.name}/{Path(config.pool).name}`
-(fingerprint in `fingerprints.json`). Candidates: {metrics['candidates']} (seed {config.seed}).
-Proxy: {metrics['proxy']}.
-
-**Fit (10-fold CV over candidates, pooled out-of-fold predictions).** Served: `{metrics['chosen_variant']}`.
-
-| variant | CV Spearman | CV RMSE |
-|---|---|---|
-{rows}
-
-Target spread: mean {t['mean']:.4f}, std {t['std']:.4f}; all-human {t['all_human']:.4f}, all-LM {t['all_lm']:.4f};
-Spearman(share routed to humans, accuracy) = {t['spearman_vs_human_fraction']:.2f}.
-
-**Gold sets** (accuracy of the all-human / all-LM proxy; Spearman of each set's accuracy with the target
-across candidates). Out-of-distribution sets are diagnostics only: with a proxy like this they can reward
-worse labels (their preferred responses are mostly the shorter ones).
-
-| gold set | all human | all LM | Spearman vs target |
-|---|---|---|---|
-{diag}
-
-Largest linear coefficients: {", ".join(f"`{TAG_NAMES[j]}` {model.linear[j]:+.3f}" for j in top)}.
-
-**Limits.** The target is a small proxy (MLP Bradley-Terry on frozen MiniLM embeddings), not a
-fine-tuned reward model; its accuracy differences between mixes are a few points and partly noise
-(see CV RMSE vs target std). Human labels in the pool come from several judges per item and
-disagree with each other; the gold set is human labels too.
-
-**Rebuild** (deterministic for the seed; tags and embeddings are cached under `~/.cache/hybridpref`):
-
-```
-{_command(config)}
-```
-"""
-
-
-def _command(config: BuildConfig) -> str:
-    """The CLI line that rebuilds this bundle: defaults omitted, every other argument spelled out."""
-    gold = " ".join(f"--gold '{g}'" for g in config.gold)
-    default = BuildConfig(pool="", out="")
-    flags = {"split_seed": "--split-seed", "holdout_fraction": "--holdout-fraction", "group_key": "--group-key",
-             "lm_judge": "--lm-judge", "tagger_profile": "--tagger-profile", "folds": "--folds",
-             "proxy_seeds": "--proxy-seeds", "proxy_steps": "--proxy-steps", "proxy_hidden": "--proxy-hidden"}
-    extra = "".join(f" {flag} {getattr(config, name)}" for name, flag in flags.items() if getattr(config, name) != getattr(default, name))
-    return (f"hybridpref predictor build --pool {config.pool} {gold} --candidates {config.candidates} --seed {config.seed}"
-            f"{extra} --out <bundle dir>")
+    return {"data_fingerprint": f"data-{digest}", "file_sha256": files, "instance_id_sha256": sets, "pools": pools,
+            "sizes": {f"pool:{d.spec.name}": len(d.pool) for d in datas}, "build_args": args}
 
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybridpref predictor build", description=__doc__.split("\n\n")[0])
-    p.add_argument("--pool", required=True, help="pairs.jsonl with human_label and lm_labels")
+    p.add_argument("--pool", action="append", required=True,
+                   help="[NAME=]PATH of a pairs.jsonl (or its folder) with human_label and lm_labels; repeat for several pools")
     p.add_argument("--gold", action="append", default=[], help="diagnostic gold set: [NAME=]PATH[#source~TEXT][#unanimous][#max=N]")
-    p.add_argument("--candidates", type=int, default=1000)
+    p.add_argument("--candidates", type=int, default=1000, help="candidate mixes simulated per pool")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--lopo-out", default=None, metavar="DIR",
+                   help="also write DIR/without-<pool>/: per pool, a bundle fitted on the other pools only (for cross-pool evaluation)")
     p.add_argument("--holdout-fraction", type=float, default=0.2)
-    p.add_argument("--group-key", default="question_id")
-    p.add_argument("--lm-judge", default=None, help="key in lm_labels (default: the most common)")
+    p.add_argument("--group-key", default="question_id", help="prompt-group field (rows without it group by prompt text)")
+    p.add_argument("--lm-judge", action="append", default=[], metavar="[POOL=]JUDGE",
+                   help="key in lm_labels (default: evaluation.pools.DEFAULT_JUDGES, else the most common); POOL=JUDGE with several pools")
     p.add_argument("--tagger-profile", default="default", choices=("default", "fast"))
     p.add_argument("--tagger", default=None, metavar="ADDRESS",
                    help="tag through a running tagger service (e.g. dns:///hybridpref-tagger:50051, spread over its "
@@ -432,13 +399,29 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def judges_from_args(pools: Sequence[str], items: Sequence[str]) -> tuple[str | None, dict[str, str]]:
+    """``--lm-judge`` values -> (judge for the only pool, {pool: judge}); POOL=JUDGE only names a known pool."""
+    names = {pool_name(p) for p in pools}
+    single, per_pool = None, {}
+    for item in items:
+        head, sep, tail = item.partition("=")
+        if sep and head in names:
+            per_pool[head] = tail
+        elif single is None:
+            single = item
+        else:
+            raise InvalidInput(FieldViolation("lm_judge", f"{item!r}: give one JUDGE, or POOL=JUDGE per pool ({sorted(names)})"))
+    return single, per_pool
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry; returns the exit code. ``InvalidInput`` propagates for the caller to print."""
     a = make_parser().parse_args(argv)
-    config = BuildConfig(pool=a.pool, out=a.out, gold=a.gold, candidates=a.candidates, seed=a.seed, split_seed=a.split_seed,
-                         holdout_fraction=a.holdout_fraction, group_key=a.group_key, lm_judge=a.lm_judge,
-                         tagger_profile=a.tagger_profile, folds=a.folds, proxy_hidden=a.proxy_hidden,
-                         proxy_steps=a.proxy_steps, proxy_seeds=a.proxy_seeds)
+    judge, judges = judges_from_args(a.pool, a.lm_judge)
+    config = BuildConfig(pool=a.pool[0] if len(a.pool) == 1 else list(a.pool), out=a.out, gold=a.gold, candidates=a.candidates,
+                         seed=a.seed, split_seed=a.split_seed, holdout_fraction=a.holdout_fraction, group_key=a.group_key,
+                         lm_judge=judge, lm_judges=judges, tagger_profile=a.tagger_profile, folds=a.folds,
+                         proxy_hidden=a.proxy_hidden, proxy_steps=a.proxy_steps, proxy_seeds=a.proxy_seeds, lopo_out=a.lopo_out)
     from hybridpref.common.runtime import configure_torch_threads
 
     configure_torch_threads()
@@ -448,12 +431,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         tag_fn, bins_json = remote_tag_fn(a.tagger, a.tagger_profile, concurrency=a.tagger_concurrency)
     result = build_bundle(config, tag_fn=tag_fn, reference_bins_json=bins_json, progress=not a.no_progress)
+    _print(result)
+    return 0
+
+
+def _print(result: BuildResult) -> None:
     m = result.metrics
     print(f"bundle {result.bundle_version} -> {result.bundle_path}")
     for name, v in m["variants"].items():
         print(f"  {name:10s} CV Spearman {v['cv_spearman']:.3f}  RMSE {v['cv_rmse']:.4f}")
-    print(f"  served: {m['chosen_variant']}; proxy {result.timings['proxy_candidates_per_s']:.1f} candidates/s; total {result.timings['total_s']:.0f} s")
-    return 0
+    for name, e in m["leave_one_pool_out"].get("pools", {}).items():
+        print(f"  without {name:20s} Spearman {e['spearman']:+.3f}  partial (given share) {e['partial_spearman_given_share']:+.3f}"
+              f"  RMSE {e['rmse_centred']:.4f}  -> {result.lopo_versions.get(name, '')}")
+    cached = ", ".join(f"{k}: {'cached' if v else 'simulated'}" for k, v in result.cache_hits.items())
+    print(f"  served: {m['chosen_variant']}; pools {cached}; total {result.timings['total_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -73,14 +73,8 @@ def cross_validate(x: np.ndarray, y: np.ndarray, variant: str, folds: int = 10, 
     """K-fold CV of a variant ("linear", "quadratic", "gbm"): Spearman and RMSE of the pooled
     out-of-fold predictions, plus the mean per-fold Spearman. Deterministic for ``seed``."""
     from scipy.stats import spearmanr
-    from sklearn.model_selection import KFold
 
-    pred = np.zeros_like(y, dtype=np.float64)
-    per_fold = []
-    for train, test in KFold(n_splits=folds, shuffle=True, random_state=seed).split(x):
-        pred[test] = _fit_predict(x[train], y[train], x[test], variant, seed)
-        if np.ptp(y[test]) > 0 and np.ptp(pred[test]) > 0:
-            per_fold.append(spearmanr(y[test], pred[test]).statistic)
+    pred, per_fold = out_of_fold(x, y, variant, folds, seed)
     rho = spearmanr(y, pred).statistic if np.ptp(pred) > 0 else 0.0
     return {
         "cv_spearman": float(rho),
@@ -88,6 +82,20 @@ def cross_validate(x: np.ndarray, y: np.ndarray, variant: str, folds: int = 10, 
         "cv_rmse": float(np.sqrt(np.mean((pred - y) ** 2))),
         "target_std": float(np.std(y)),
     }
+
+
+def out_of_fold(x: np.ndarray, y: np.ndarray, variant: str, folds: int = 10, seed: int = 0) -> tuple[np.ndarray, list[float]]:
+    """K-fold out-of-fold predictions (m,) and the per-fold Spearman values. Deterministic for ``seed``."""
+    from scipy.stats import spearmanr
+    from sklearn.model_selection import KFold
+
+    pred = np.zeros_like(y, dtype=np.float64)
+    per_fold = []
+    for train, test in KFold(n_splits=folds, shuffle=True, random_state=seed).split(x):
+        pred[test] = _fit_predict(x[train], y[train], x[test], variant, seed)
+        if np.ptp(y[test]) > 0 and np.ptp(pred[test]) > 0:
+            per_fold.append(float(spearmanr(y[test], pred[test]).statistic))
+    return pred, per_fold
 
 
 def _fit_predict(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, variant: str, seed: int) -> np.ndarray:
