@@ -110,3 +110,12 @@ def test_domain_threshold_rules() -> None:
     # nothing to flag: 1.5x the in-domain 95th percentile
     assert domain_mod.build_domain(feats, ["home"], {}, seed=0)["threshold"] == pytest.approx(1.5 * dom["in_domain_p95"])
     assert domain_mod.batch_distance(far[:50], dom) == (pytest.approx(domain_mod.distance(far[:50], dom["pools"]["home"])), False)
+    # a PPM trained on several pools: each is held out in turn at its distance to the others (LOPO Spearman)
+    multi = domain_mod.build_domain(feats, ["home", "far"], {"far": 0.1, "home": 0.8, "near": 0.9}, seed=0)
+    cal = multi["calibration"]
+    assert cal["far"]["held_out"] == "leave-one-pool-out" and cal["near"]["held_out"] == "not trained on"
+    assert cal["far"]["distance"] == pytest.approx(domain_mod.distance(far, multi["pools"]["home"]))
+    assert cal["far"]["flagged"] and multi["threshold"] < cal["far"]["distance"] and not cal["near"]["flagged"]
+    close = domain_mod.build_domain(feats, ["home", "near"], {"home": 0.8, "near": 0.9}, seed=0)
+    assert not close["calibration"]["near"]["flagged"] and close["threshold"] == pytest.approx(1.5 * close["in_domain_p95"])
+    assert domain_mod.batch_distance(far[:50], multi)[1]  # ... yet a batch like far is in the domain: far is trained on

@@ -9,7 +9,8 @@ standardised mean difference: an effect size, so it does not grow with the batch
 batch's distance to a bundle = the minimum over the pools the PPM was trained on. The batch is in
 the PPM's domain when that distance is <= ``threshold``, calibrated on held-out pools: above the
 distances of in-domain batches (95th percentile over random batches of the training pool) and below
-those of held-out pools whose predicted-vs-measured Spearman was < 0.3.
+those of held-out pools whose predicted-vs-measured Spearman was < 0.3 (for a PPM trained on several
+pools, each of them held out in turn: its leave-one-pool-out Spearman at its distance to the others).
 """
 
 from __future__ import annotations
@@ -59,21 +60,26 @@ def build_domain(features: Mapping[str, np.ndarray], ppm_pools: Sequence[str], p
     """``domain.json`` content: per-pool stats, the PPM's training pools and a calibrated threshold.
 
     ``ppm_spearman``: measured predicted-vs-measured Spearman of the PPM on held-out pools; those
-    below 0.3 must be flagged. The threshold is the midpoint between the in-domain 95th percentile
-    (random ``batch``-row subsets of the PPM's pools) and the nearest pool to flag; when they
-    overlap, the flagging side wins (threshold just below the nearest pool to flag).
+    below 0.3 must be flagged. A PPM trained on several pools is calibrated leave-one-pool-out: for one
+    of its own pools, the value is the Spearman of the PPM fitted without it, and its distance is the
+    distance to the *other* training pools (what that PPM saw). The threshold is the midpoint between
+    the in-domain 95th percentile (random ``batch``-row subsets of the PPM's pools) and the nearest pool
+    to flag; when they overlap, the flagging side wins (threshold just below the nearest pool to flag).
     """
     stats = {name: pool_stats(x) for name, x in features.items()}
     inside = max(float(np.percentile(in_pool_distances(features[p], batch, draws, seed), 95)) for p in ppm_pools)
     held = {name: min(distance(x, stats[p]) for p in ppm_pools) for name, x in features.items() if name not in ppm_pools}
-    flag = [held[n] for n in held if ppm_spearman.get(n, 1.0) < 0.3]
+    lopo = {name: min(distance(features[name], stats[p]) for p in ppm_pools if p != name)
+            for name in ppm_pools if name in ppm_spearman and len(ppm_pools) > 1}
+    flag = [d for n, d in (held | lopo).items() if ppm_spearman.get(n, 1.0) < 0.3]
     if flag and min(flag) > inside:
         threshold = (inside + min(flag)) / 2
     elif flag:
         threshold = min(flag) * 0.99
     else:
         threshold = inside * 1.5
-    calibration = {name: {"distance": held[name], "ppm_spearman": ppm_spearman.get(name), "flagged": held[name] > threshold}
-                   for name in held}
+    calibration = {name: {"distance": d, "ppm_spearman": ppm_spearman.get(name), "flagged": d > threshold,
+                          "held_out": "leave-one-pool-out" if name in lopo else "not trained on"}
+                   for name, d in (held | lopo).items()}
     return {"features": list(DOMAIN_FEATURES), "distance": DISTANCE, "pools": stats, "ppm_pools": list(ppm_pools),
             "threshold": threshold, "in_domain_p95": inside, "batch_rows_for_p95": batch, "calibration": calibration}

@@ -8,8 +8,10 @@ metrics in the model card), writes ``correction.onnx`` / ``correction.json`` / `
 ``ppm_residual_std`` to ``metrics.json`` (the PPM's cross-validated RMSE: the interval half-width
 unit for its predictions), appends a section to ``MODEL_CARD.md`` and re-finalises the manifest
 (a new ``bundle_version``). The PPM itself is untouched. ``--ppm-pool`` names the pools the PPM was
-trained on (default: the first pool); ``--ppm-spearman`` gives the PPM's measured predicted-vs-
-measured Spearman on held-out pools, for the domain threshold (:func:`domain.build_domain`).
+trained on (default: the pools in the bundle's ``fingerprints.json``, else the first pool); ``--ppm-spearman``
+gives the PPM's measured predicted-vs-measured Spearman on held-out pools, for the domain threshold
+(:func:`domain.build_domain`); for a pool the PPM was trained on it is the leave-one-pool-out Spearman,
+read from ``metrics.json`` when not given.
 """
 
 from __future__ import annotations
@@ -131,6 +133,27 @@ PPM's domain only.
 """
 
 
+def ppm_domain_args(bundle: Path, pools: Sequence[str], ppm_pool: Sequence[str], ppm_spearman: Sequence[str]) -> tuple[list[str], dict[str, float]]:
+    """``--ppm-pool`` (default: the pools the bundle lists in ``fingerprints.json``, else the first ``--pool``) and
+    ``--ppm-spearman`` (default for a training pool: its leave-one-pool-out Spearman in ``metrics.json``)."""
+    from hybridpref.common.errors import FieldViolation, InvalidInput
+
+    listed = [str(p["name"]) for p in bundle_io.read_json(bundle, "fingerprints.json").get("pools", [])]
+    chosen = list(ppm_pool) or [p for p in listed if p in pools] or [pools[0]]
+    missing = sorted(set(chosen) - set(pools))
+    if missing:
+        raise InvalidInput(FieldViolation("ppm_pool", f"{missing} not among the --pool names {list(pools)}"))
+    lopo = bundle_io.read_json(bundle, "metrics.json").get("leave_one_pool_out", {}).get("pools", {})
+    spearman = {k: round(float(v["spearman"]), 3) for k, v in lopo.items() if k in chosen}
+    for item in ppm_spearman:
+        name, sep, value = item.partition("=")
+        try:
+            spearman[name] = float(value)
+        except ValueError:
+            raise InvalidInput(FieldViolation("ppm_spearman", f"{item!r}: expected NAME=NUMBER")) from None
+    return chosen, spearman
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hybridpref predictor add-routing-models", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", required=True, type=Path)
@@ -140,8 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     pools = dict(item.split("=", 1) for item in a.pool)
-    spearman = {k: float(v) for k, v in (item.split("=", 1) for item in a.ppm_spearman)}
-    manifest = add_routing_models(a.bundle, {k: Path(v) for k, v in pools.items()}, a.ppm_pool or [next(iter(pools))], spearman, a.seed)
+    ppm_pools, spearman = ppm_domain_args(a.bundle, list(pools), a.ppm_pool, a.ppm_spearman)
+    manifest = add_routing_models(a.bundle, {k: Path(v) for k, v in pools.items()}, ppm_pools, spearman, a.seed)
     card = bundle_io.read_json(a.bundle, "correction.json")["leave_one_pool_out"]
     print(f"bundle {manifest['bundle_version']}: correction LOPO min AUROC {card['min_auroc']:.3f}, max ECE {card['max_ece']:.3f}")
     return 0
