@@ -127,3 +127,18 @@ def test_cli_prints_lopo_scores(builds, capsys, monkeypatch, tmp_path):
     out = capsys.readouterr().out
     assert rc == 0 and "without fx" in out and "fx: cached" in out and "llmbar: cached" in out
     assert json.loads((tmp_path / "c" / "metrics.json").read_text())["leave_one_pool_out"]["pools"].keys() == {"fx", "llmbar"}
+
+
+def test_add_routing_models_defaults_to_the_bundles_pools_and_lopo_spearman(builds):
+    from hybridpref.predictor.routing_build import ppm_domain_args
+
+    first = builds[0]
+    lopo = first.metrics["leave_one_pool_out"]["pools"]
+    pools, rho = ppm_domain_args(first.bundle_path, ["fx", "llmbar", "other"], [], [])
+    assert pools == ["fx", "llmbar"] and rho == {k: round(v["spearman"], 3) for k, v in lopo.items()}
+    pools, rho = ppm_domain_args(first.bundle_path, ["fx", "llmbar"], ["fx"], ["llmbar=0.5"])
+    assert pools == ["fx"] and rho["llmbar"] == 0.5 and "fx" in rho
+    for ppm_pool, given, field in ((["nope"], [], "ppm_pool"), ([], ["fx=high"], "ppm_spearman")):
+        with pytest.raises(InvalidInput) as err:
+            ppm_domain_args(first.bundle_path, ["fx", "llmbar"], ppm_pool, given)
+        assert err.value.violations[0].field == field
