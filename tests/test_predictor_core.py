@@ -275,12 +275,17 @@ def test_default_bundle_loads_and_scores_sanely():
     assert info.data_fingerprint.startswith("data-") and "cv_spearman" in info.metrics
     assert info.metrics["onnx_parity_max_abs_diff"] <= 1e-5
     metrics = bundle_io.read_json(default_bundle_path(), "metrics.json")
-    rates = np.array([metrics["pool"]["tag_rates"].get(t, 0.0) for t in TAG_NAMES])
-    # A batch like the pool: nothing routed ~ the all-LM fit, everything routed ~ the all-human fit.
-    scores = pred.score(np.vstack([np.zeros(NUM_TAGS), rates * 500, rates * 250]), pool_size=500)
-    assert abs(scores[0] - metrics["target"]["all_lm"]) < 0.03
-    assert abs(scores[1] - metrics["target"]["all_human"]) < 0.03
-    assert np.all((scores > 0.5) & (scores < 0.8))
+    assert {p["name"] for p in bundle_io.read_json(default_bundle_path(), "fingerprints.json")["pools"]} == set(metrics["pools"])
+    assert len(metrics["pools"]) >= 2 and set(metrics["leave_one_pool_out"]["pools"]) == set(metrics["pools"])
+    for pool in metrics["pools"].values():
+        # A batch like the pool: nothing routed ~ its all-LM fit, everything routed ~ its all-human fit, on the
+        # served scale (the target is centred per pool; the bias adds back the mean of the pool means).
+        rates = np.array([pool["tag_rates"].get(t, 0.0) for t in TAG_NAMES])
+        shift = metrics["centring"]["offset"] - pool["target"]["mean"]
+        scores = pred.score(np.vstack([np.zeros(NUM_TAGS), rates * 500, rates * 250]), pool_size=500)
+        assert abs(scores[0] - pool["target"]["all_lm"] - shift) < 0.03
+        assert abs(scores[1] - pool["target"]["all_human"] - shift) < 0.03
+        assert np.all((scores > 0.4) & (scores < 0.7))
     assert pred.quadratic_form() is not None
 
 

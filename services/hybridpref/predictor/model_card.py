@@ -39,7 +39,7 @@ proxy reward models); the PPM is fitted on the union of their (mix -> accuracy) 
 |---|---|---|---|---|---|---|---|
 {_pool_rows(pools)}
 
-Candidates per pool: {config.candidates} (seed {config.seed}; {metrics['candidates']} in all). Proxy: {metrics['proxy']}.
+Candidates per pool: {config.candidates} (seed {config.seed}; in all {_kinds(metrics['candidates'])}). Proxy: {metrics['proxy']}.
 
 **Target centring.** {metrics['centring']['method']} (offset {metrics['centring']['offset']:.4f}). Accuracy
 levels differ by pool (their gold sets differ in difficulty), so an uncentred fit would spend its tag
@@ -86,6 +86,10 @@ def _lopo_banner(metrics: dict[str, Any], without: str | None) -> str:
             f"On `{without}`'s own mixes: Spearman {held.get('spearman', float('nan')):+.3f}, partial Spearman given the "
             f"human share {held.get('partial_spearman_given_share', float('nan')):+.3f}, centred RMSE "
             f"{held.get('rmse_centred', float('nan')):.4f}.\n")
+
+
+def _kinds(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {k.replace('_', '-')}" for k, n in counts.items())
 
 
 def _pool_rows(pools: dict[str, Any]) -> str:

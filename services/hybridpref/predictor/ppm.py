@@ -9,8 +9,9 @@ features [x_j] + [x_j x_k, j <= k] (4,185 terms for V = 90) with the penalty cho
 cross-validation, folded back to raw coefficients. The paper's quadratic model was fitted by
 plain least squares on ~200 rows (4,186 terms): an unregularised fit that cannot generalise.
 
-Export: :func:`to_onnx` writes the form as an onnx.helper graph (Div, MatMul, Add, Mul,
-ReduceSum) with a dynamic batch dimension; :func:`check_parity` compares it to numpy.
+Export: :func:`to_onnx` writes the form as an onnx.helper graph (Cast, Div, MatMul, Add, Mul,
+ReduceSum; float64 inside, float32 at the interface) with a dynamic batch dimension; :func:`check_parity`
+compares it to numpy.
 """
 
 from __future__ import annotations
@@ -110,25 +111,30 @@ def _fit_predict(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, variant: str
 
 def to_onnx(ppm: QuadraticPPM, path: Path, opset: int = 17) -> None:
     """Write f as ONNX: inputs ``counts`` float32 [batch, V] and ``pool_size`` float32 [1];
-    output ``score`` float32 [batch]. Computes x = counts / pool_size, then
+    output ``score`` float32 [batch]. Computes, in float64, x = counts / pool_size, then
     sum(x * (x @ quad + linear), axis=1) + bias (= x^T Q x + w.x + b)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     v = len(ppm.linear)
+    # float64 inside: a quadratic form's terms can cancel (sum |terms| >> |score|), and float32 arithmetic then
+    # drifts past the 1e-5 parity bound; only the interface (inputs, output) is float32.
     inits = [
-        numpy_helper.from_array(ppm.quad.astype(np.float32), "quad"),
-        numpy_helper.from_array(ppm.linear.astype(np.float32), "linear"),
-        numpy_helper.from_array(np.array([ppm.bias], dtype=np.float32), "bias"),
+        numpy_helper.from_array(ppm.quad.astype(np.float64), "quad"),
+        numpy_helper.from_array(ppm.linear.astype(np.float64), "linear"),
+        numpy_helper.from_array(np.array([ppm.bias], dtype=np.float64), "bias"),
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
     ]
     nodes = [
-        helper.make_node("Div", ["counts", "pool_size"], ["x"]),
+        helper.make_node("Cast", ["counts"], ["counts64"], to=TensorProto.DOUBLE),
+        helper.make_node("Cast", ["pool_size"], ["pool_size64"], to=TensorProto.DOUBLE),
+        helper.make_node("Div", ["counts64", "pool_size64"], ["x"]),
         helper.make_node("MatMul", ["x", "quad"], ["xq"]),
         helper.make_node("Add", ["xq", "linear"], ["xq_w"]),
         helper.make_node("Mul", ["xq_w", "x"], ["terms"]),
         helper.make_node("ReduceSum", ["terms", "axis1"], ["total"], keepdims=0),
-        helper.make_node("Add", ["total", "bias"], ["score"]),
+        helper.make_node("Add", ["total", "bias"], ["score64"]),
+        helper.make_node("Cast", ["score64"], ["score"], to=TensorProto.FLOAT),
     ]
     graph = helper.make_graph(
         nodes, "hybridpref_ppm",
