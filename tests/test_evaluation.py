@@ -257,6 +257,27 @@ def test_bundle_for_uses_a_bundle_that_never_saw_the_pool(tmp_path):
         evaluate(dataclasses.replace(cfg, bundle_for={"nope": str(on_bc)}))
 
 
+def test_expected_corrections_check_compares_the_summary_with_what_happened(tmp_path):
+    from hybridpref.evaluation.report import write_all
+
+    a = write_pool(tmp_path / "toy_a" / "pairs.jsonl", n=120, seed=1)
+    b = write_pool(tmp_path / "toy_b" / "pairs.jsonl", n=120, seed=2)
+    c = write_pool(tmp_path / "toy_c" / "pairs.jsonl", n=120, seed=3)
+    cfg = EvalConfig(pools=[str(a), str(b), str(c)], lm_judge=JUDGE, budgets=(0.25, 0.5), seeds=2, rm=False, n_boot=100,
+                     modes=("cross-pool",), strategies=("expected_gain",), data_dir=str(tmp_path))
+    result = evaluate(cfg)
+    checks = {(r["pool"], r["budget"]): r for r in result.corrections}
+    assert set(checks) == {(p, b) for p in ("toy_a", "toy_b", "toy_c") for b in (0.25, 0.5)}
+    for r in checks.values():
+        assert r["outcome_low"] <= r["predicted"] <= r["outcome_high"]
+        assert r["shown_low"] <= r["outcome_low"] and r["shown_high"] >= r["outcome_high"]  # widened by the transfer range
+        assert r["covered_by_shown_interval"] == (r["shown_low"] <= r["realised"] <= r["shown_high"])
+        assert abs(r["realised"]) <= r["routed"]
+    assert checks[("toy_a", 0.5)]["routed"] > checks[("toy_a", 0.25)]["routed"]
+    text = write_all(result, tmp_path / "out")["report"].read_text()
+    assert "Expected corrections check" in text
+
+
 def test_tag_cache_key_separates_custom_tag_functions():
     from hybridpref.predictor.builder import tag_cache_key
 

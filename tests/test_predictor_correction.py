@@ -90,3 +90,29 @@ def test_reliability_and_constant_human_rate() -> None:
     model = corr.CorrectionModel.fit([pool], feats, seed=0, signals=[sig])
     assert np.all(model.p_human_wrong(feats[0]) < 1e-3)
     assert "leave_one_pool_out" not in model.metrics
+
+
+def test_realised_corrections_count_fixes_breaks_and_ignore_tie_references() -> None:
+    human = np.array([1, -1, 1, 1, 0, 1])
+    lm = np.array([-1, -1, 0, 1, 1, 1])
+    ref = np.array([1, 1, 1, -1, 1, 0])
+    # fixed, both wrong, fixed (no verdict), both wrong, broken (human tie), tie reference
+    assert corr.realised_corrections(human, lm, ref).tolist() == [1, 0, 1, 0, -1, 0]
+
+
+def test_transfer_ratios_compare_predicted_and_realised_on_held_out_pools(fitted: tuple) -> None:
+    model, feats, pools = fitted
+    transfer = model.metrics["leave_one_pool_out"]["transfer"]
+    assert set(transfer["pools"]) == {"p1", "p2", "p3"}
+    ratios = []
+    for name, by_budget in transfer["pools"].items():
+        assert set(by_budget) == {f"{b:g}" for b in corr.TRANSFER_BUDGETS}
+        for b, e in by_budget.items():
+            assert e["routed"] == round(float(b) * 300)
+            assert e["ratio"] == pytest.approx(e["realised"] / e["predicted"])
+            ratios.append(e["ratio"])
+    low, high = corr.transfer_range(model.metrics)
+    assert (low, high) == (min(ratios), max(ratios)) and 0 < low <= high
+    # the range travels inside the ONNX file the router loads
+    assert corr.transfer_range(corr.CorrectionModel.from_onnx(model.to_onnx()).metrics) == (low, high)
+    assert corr.transfer_range({}) is None

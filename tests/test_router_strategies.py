@@ -460,3 +460,21 @@ def test_hybrid_uses_the_ppm_only_as_an_in_domain_tie_breaker() -> None:
     big = np.where(np.arange(6) == 1, 0.9, gain)  # a distinct expected gain always beats the PPM
     assert 1 in np.flatnonzero(route("hybrid", tags, count_budget(6, 1), scorer=scorer, seed=0, expected_gain=big, ppm_in_domain=True).human_mask)
     assert DEFAULT_STRATEGY == "hybrid" and needs_judge_first("hybrid") and not needs_predictor("hybrid")
+
+
+def test_correction_intervals_widen_by_the_measured_transfer_range() -> None:
+    from hybridpref.router.summary import Estimate, _corrections, Summary, MixPrediction, widen
+
+    assert widen(Estimate(10.0, 8.0, 12.0), None) == Estimate(10.0, 8.0, 12.0)
+    assert widen(Estimate(10.0, 8.0, 12.0), (0.5, 2.0)) == Estimate(10.0, 4.0, 24.0)
+    assert widen(Estimate(-1.0, -3.0, 1.0), (0.5, 2.0)) == Estimate(-1.0, -6.0, 2.0)  # a negative end widens outward
+    p_lm, p_h = np.array([0.9, 0.8, 0.1, 0.2]), np.array([0.1, 0.1, 0.1, 0.1])
+    mask = np.array([True, True, False, False])
+    plain, wide = (Summary(mixes=[MixPrediction("chosen", 2), MixPrediction("random", 2)]) for _ in range(2))
+    _corrections(plain, (p_lm, p_h), mask, 1.645)
+    _corrections(wide, (p_lm, p_h), mask, 1.645, (0.4, 1.9))
+    for a, b in zip(plain.mixes, wide.mixes):
+        assert a.corrections.value == b.corrections.value
+        ends = [e * r for e in (a.corrections.low, a.corrections.high) for r in (0.4, 1.9)]
+        assert b.corrections.low == pytest.approx(min(ends)) and b.corrections.high == pytest.approx(max(ends))
+        assert b.corrections.low <= a.corrections.low and b.corrections.high >= a.corrections.high

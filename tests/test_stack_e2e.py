@@ -88,8 +88,11 @@ def test_greedy_routes_in_process_and_explains(client, sample):
             assert est["low"] < est["value"] < est["high"], name
         else:
             assert mix["score_note"], name
-    assert all(d.top_tags for d in result.decisions)
+    assert all(0 < len(d.top_tags) <= 3 for d in result.decisions)  # unset explain_top_k: 3
     assert any(d.gain != 0 for d in result.decisions)
+    quiet = client.route(sample, budget=0.25, strategy="greedy", seed=1, explain_top_k=0)  # 0 = no explanations
+    assert not any(d.top_tags for d in quiet.decisions)
+    assert [d.route for d in quiet.decisions] == [d.route for d in result.decisions]
 
 
 def test_cost_budget_and_streaming_match_unary(client, sample):

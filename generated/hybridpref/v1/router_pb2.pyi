@@ -46,7 +46,9 @@ class RouteConfig(_message.Message):
     replay_judge: _builtins.str
     """Replay judge name, for simulation with recorded labels."""
     explain_top_k: _builtins.int
-    """How many contributing tags to explain per instance (default 3)."""
+    """How many contributing tags to explain per instance, for the PPM strategies (unset = 3;
+    0 = no explanations: they cost about 7 s per million instances).
+    """
     simulated_candidates: _builtins.int
     """Candidate mixes for the simulated strategy (0 = default 500)."""
     @_builtins.property
@@ -62,14 +64,16 @@ class RouteConfig(_message.Message):
         judge_position_mode: _common_pb2.PositionMode.ValueType = ...,
         judge_template: _builtins.str = ...,
         replay_judge: _builtins.str = ...,
-        explain_top_k: _builtins.int = ...,
+        explain_top_k: _builtins.int | None = ...,
         simulated_candidates: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "budget", b"budget", "explain_top_k", b"explain_top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "explain_top_k", b"explain_top_k", "judge_position_mode", b"judge_position_mode", "judge_template", b"judge_template", "replay_judge", b"replay_judge", "seed", b"seed", "simulated_candidates", b"simulated_candidates", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "budget", b"budget", "explain_top_k", b"explain_top_k", "judge_position_mode", b"judge_position_mode", "judge_template", b"judge_template", "replay_judge", b"replay_judge", "seed", b"seed", "simulated_candidates", b"simulated_candidates", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__explain_top_k: _TypeAlias = _typing.Literal["explain_top_k"]  # noqa: Y015
+    _WhichOneofArgType__explain_top_k: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__explain_top_k) -> _WhichOneofReturnType__explain_top_k | None: ...
 
 Global___RouteConfig: _TypeAlias = RouteConfig  # noqa: Y015
 

@@ -135,6 +135,7 @@ class EvalResult:
     prediction: list[dict[str, Any]]
     power: list[dict[str, Any]]
     timings: dict[str, float]
+    corrections: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- leakage
@@ -360,6 +361,7 @@ def correction_gain_fn(cases: Sequence[Case], config: EvalConfig) -> Callable[[C
         return np.asarray(correction.expected_gain_for_pool(model, case.pool.subset(rows), case.pool.default_judge), dtype=np.float64)
 
     gain.fits = fits  # type: ignore[attr-defined]
+    gain.model_for = model_for  # type: ignore[attr-defined]
     return gain
 
 
@@ -567,6 +569,7 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
     rm_scorers = {c.pool.name: RewardModelScorer(c, config) for c in cases} if config.rm else {}
     pooled_inputs: dict[str, list[tuple[Case, dict]]] = {m: [] for m in config.modes}
     t_route = t_rm = 0.0
+    corrections: list[dict[str, Any]] = []
     for mode in config.modes:
         for case in cases:
             t = time.perf_counter()
@@ -579,6 +582,8 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
             shares = {key: float(np.mean([m.mean() for m in ms])) for key, ms in mixes.masks.items()}
             for r in score_table(c1, eligible, boot, config.budgets):
                 rows.append({"pool": case.pool.name, "mode": mode, "metric": "label_accuracy", **r, "human_share": shares[(r["strategy"], r["budget"])]})
+            if gain_fn is not None:
+                corrections += corrections_check(case, mixes, gain_fn, config, mode)
             if config.rm:
                 t = time.perf_counter()
                 c2 = rm_correct(case, mixes, config, rm_scorers[case.pool.name], tick)
@@ -595,7 +600,53 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
     prediction = prediction_check(cases, None, rm_scorers, config, tick) if (config.rm and has_ppm and config.prediction_mixes) else []
     timings["prediction_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
-    return EvalResult(config, rows, notes, summaries, pooled, prediction, power, timings)
+    return EvalResult(config, rows, notes, summaries, pooled, prediction, power, timings, corrections)
+
+
+def corrections_check(case: Case, mixes: MixSet, gain_fn: Any, config: EvalConfig, mode: str) -> list[dict[str, Any]]:
+    """Is the summary's "expected corrections" honest? Per correction strategy and budget: the router's
+    estimate for the routed mix (summed over the folds, each predicted by the model that routed it, with
+    the summary's interval: outcome randomness widened by the model's measured transfer range) against the
+    realised net corrections (+1 fixed, -1 broken, ties in the reference count 0)."""
+    from statistics import NormalDist
+
+    from hybridpref.predictor import correction
+    from hybridpref.router.summary import Estimate, widen
+
+    z = NormalDist().inv_cdf(0.5 + 0.9 / 2)
+    realised = correction.realised_corrections(case.pool.human, case.lm, case.pool.reference)
+    out = []
+    for (strategy, budget), masks in mixes.masks.items():
+        if strategy not in CORRECTION_STRATEGIES:
+            continue
+        mask = masks[0]
+        mean = var = 0.0
+        ranges = []
+        for g in range(config.folds):
+            rows = case.fold_rows(g)
+            model = gain_fn.model_for(case, frozenset({g}), mode)
+            if not isinstance(model, correction.CorrectionModel):  # a stand-in model (tests): nothing to check
+                return []
+            used = [n for j, n in enumerate(model.feature_names) if model.lm.coef[j] != 0 or model.human.coef[j] != 0]
+            profile = "fast" if correction.uses_tagger(used) else None
+            x = correction.pool_features(case.pool.subset(rows), case.pool.default_judge, profile)
+            p = model.probabilities(x)[mask[rows]]
+            a, b = p[:, 0] * (1 - p[:, 1]), (1 - p[:, 0]) * p[:, 1]
+            mean += float(np.sum(a - b))
+            var += float(np.sum(a + b - (a - b) ** 2))
+            if (r := correction.transfer_range(model.metrics)) is not None:
+                ranges.append(r)
+        plain = Estimate(mean, mean - z * var ** 0.5, mean + z * var ** 0.5)
+        transfer = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
+        shown = widen(plain, transfer)
+        got = float(realised[mask].sum())
+        out.append({"pool": case.pool.name, "mode": mode, "strategy": strategy, "budget": budget, "routed": int(mask.sum()),
+                    "predicted": mean, "outcome_low": plain.low, "outcome_high": plain.high,
+                    "shown_low": shown.low, "shown_high": shown.high, "realised": got,
+                    "ratio": got / mean if mean > 1.0 else float("nan"),
+                    "covered_by_outcome_interval": bool(plain.low <= got <= plain.high),
+                    "covered_by_shown_interval": bool(shown.low <= got <= shown.high)})
+    return out
 
 
 def attach_bundles(cases: Sequence[Case], config: EvalConfig, data_dir: Path, notes: list[str], tick: ProgressFn) -> float:

@@ -25,7 +25,8 @@ def write_all(result: EvalResult, out: Path) -> dict[str, Path]:
     plots = write_plots(result, out)
     paths["report"].write_text(markdown(result, plots, out), encoding="utf-8")
     paths["json"].write_text(json.dumps({"summaries": result.summaries, "notes": result.notes, "pooled_rm": result.pooled_rm,
-                                         "power": result.power, "prediction": result.prediction, "timings": result.timings},
+                                         "power": result.power, "prediction": result.prediction, "corrections": result.corrections,
+                                         "timings": result.timings},
                                         indent=1, default=_jsonable), encoding="utf-8")
     return paths
 
@@ -150,6 +151,19 @@ def markdown(result: EvalResult, plots: dict[tuple[str, str, str], Path], out: P
                   "| pool | mixes | gold pairs | Spearman | partial Spearman given human share | Spearman(share, measured) |", "|---|---|---|---|---|---|"]
         for p in result.prediction:
             parts.append(f"| {p['pool']} | {p['mixes']} | {p['gold']} | {p['spearman']:.2f} | {p['partial_spearman_given_share']:.2f} | {p['spearman_share_vs_measured']:.2f} |")
+        parts.append("")
+    if result.corrections:
+        parts += ["## Expected corrections check (the router's summary vs what happened)", "",
+                  "The router's estimate for the routed mix (sum of P(LM wrong) - P(human wrong) over the routed rows, by the model "
+                  "that routed each fold) against the realised net corrections (+1 fixed, -1 broken; a tie reference counts 0). "
+                  "Outcome interval: 90%, outcome randomness only; shown interval: what the summary shows, widened by the "
+                  "model's measured transfer range.", "",
+                  "| pool | mode | strategy | budget | routed | predicted [outcome 90%] | shown interval | realised | realised / predicted | covered (shown) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for c in result.corrections:
+            parts.append(f"| {c['pool']} | {c['mode']} | {c['strategy']} | {c['budget']:g} | {c['routed']} | {c['predicted']:.0f} "
+                         f"[{c['outcome_low']:.0f}, {c['outcome_high']:.0f}] | [{c['shown_low']:.0f}, {c['shown_high']:.0f}] | "
+                         f"{c['realised']:.0f} | {c['ratio']:.2f} | {'yes' if c['covered_by_shown_interval'] else 'NO'} |")
         parts.append("")
     t = result.timings
     parts += ["## Timings", "", ", ".join(f"{k} {v:.1f}" for k, v in t.items()), ""]

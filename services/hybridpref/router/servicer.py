@@ -36,7 +36,7 @@ def options_from_proto(config: router_pb2.RouteConfig, default_strategy: str, se
         judge_mode=PositionMode(config.judge_position_mode),
         judge_template=config.judge_template,
         replay_judge=config.replay_judge,
-        explain_top_k=config.explain_top_k or 3,
+        explain_top_k=config.explain_top_k if config.HasField("explain_top_k") else 3,
         simulated_candidates=config.simulated_candidates,
     )
 

@@ -12,8 +12,11 @@ Rules (docs/architecture.md, "What the summary claims"):
 * Expected label corrections of a mix = sum over its human-routed instances of
   P(LM label wrong) - P(human label wrong). Per instance the net change is +1 with probability
   a = p_lm (1 - p_h), -1 with b = (1 - p_lm) p_h, else 0 (independent errors), so its variance is
-  a + b - (a - b)^2; the interval is the normal one over the sum. It covers the outcome randomness
-  of a calibrated model, not the model's own calibration error (reported in the bundle's card).
+  a + b - (a - b)^2; the normal interval over the sum covers the outcome randomness of a calibrated
+  model. On a pool the model has not seen, the annotators' own tie and error rates move the realised
+  count far more than that (measured leave-one-pool-out: realised / predicted from 0.35 to 1.9), so
+  when the bundle records that ratio range (``correction.transfer_range``) the interval is widened by
+  it: ``[min(low * r), max(high * r)]`` over r in the range, and a warning says so.
   ``random`` includes each instance with probability m / n.
 """
 
@@ -106,9 +109,23 @@ def summarize(
     out.mixes = [MixPrediction(name, counts[name]) for name in MIXES]
     with threadpool_limits(limits=1, user_api="blas"):  # small products: BLAS threads would only contend
         _scores(out, model, tag_matrix, mask, z, column_totals(tag_matrix) if totals is None else totals)
-    _corrections(out, p_wrong, mask, z)
+    transfer = correction_transfer(model) if p_wrong is not None else None
+    _corrections(out, p_wrong, mask, z, transfer)
     out.warnings.extend(_warnings(out, model, p_wrong, signals))
+    if transfer is not None:
+        out.warnings.append(
+            f"expected corrections: on pools the correction model did not see, realised corrections were {transfer[0]:.2f}x "
+            f"to {transfer[1]:.2f}x its prediction (annotators' tie and error rates differ); the intervals include that range")
     return out
+
+
+def correction_transfer(model: RoutingModel | None) -> tuple[float, float] | None:
+    """The realised / predicted correction ratio range the bundle measured on held-out pools, or None."""
+    if model is None or model.correction is None:
+        return None
+    from hybridpref.predictor.correction import transfer_range
+
+    return transfer_range(getattr(model.correction.model, "metrics", {}) or {})
 
 
 def _scores(out: Summary, model: RoutingModel | None, tags: np.ndarray, mask: np.ndarray, z: float, totals: np.ndarray) -> None:
@@ -156,7 +173,8 @@ def ppm_values(scorer: QuadraticScorer, tags: np.ndarray, mask: np.ndarray, tota
     return {"chosen": float(scores[0]), "all_human": float(scores[1]), "random": random}
 
 
-def _corrections(out: Summary, p_wrong: tuple[np.ndarray, np.ndarray] | None, mask: np.ndarray, z: float) -> None:
+def _corrections(out: Summary, p_wrong: tuple[np.ndarray, np.ndarray] | None, mask: np.ndarray, z: float,
+                 transfer: tuple[float, float] | None = None) -> None:
     if p_wrong is None:
         return
     p_lm, p_h = (np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0) for p in p_wrong)
@@ -169,7 +187,15 @@ def _corrections(out: Summary, p_wrong: tuple[np.ndarray, np.ndarray] | None, ma
         q = include[mix.mix]
         mean = float(np.sum(q * (a - b)))
         sd = math.sqrt(max(0.0, float(np.sum(q * (a + b) - q**2 * (a - b) ** 2))))
-        mix.corrections = Estimate(mean, mean - z * sd, mean + z * sd)
+        mix.corrections = widen(Estimate(mean, mean - z * sd, mean + z * sd), transfer)
+
+
+def widen(estimate: Estimate, transfer: tuple[float, float] | None) -> Estimate:
+    """The interval scaled by every ratio in ``transfer`` (its hull, which still holds the value)."""
+    if transfer is None:
+        return estimate
+    ends = [end * r for end in (estimate.low, estimate.high) for r in transfer]
+    return Estimate(estimate.value, min(min(ends), estimate.low), max(max(ends), estimate.high))
 
 
 def _warnings(out: Summary, model: RoutingModel | None, p_wrong, signals: JudgeSignals | None) -> list[str]:
