@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ CARD_MARKER = "\n## Routing models (expected correction, domain)\n"
 
 
 def add_routing_models(bundle: Path, pools: Mapping[str, Path], ppm_pools: Sequence[str],
-                       ppm_spearman: Mapping[str, float], seed: int = 0) -> dict[str, Any]:
+                       ppm_spearman: Mapping[str, float], seed: int = 0, ppm_spearman_source: str = "") -> dict[str, Any]:
     """Write the routing models into ``bundle`` (see the module docstring); returns the new manifest."""
     from hybridpref.evaluation.pools import load_pool
 
@@ -51,7 +52,7 @@ def add_routing_models(bundle: Path, pools: Mapping[str, Path], ppm_pools: Seque
     (bundle / "correction.onnx").write_bytes(onnx_bytes)
     bundle_io.write_json(bundle / "correction.json", card)
     domain = domain_mod.build_domain({p.name: f for p, f in zip(loaded, feats)}, ppm_pools, ppm_spearman, seed)
-    domain["ppm_spearman_source"] = "given to add-routing-models (--ppm-spearman); pools without a value are not flagged"
+    domain["ppm_spearman_source"] = ppm_spearman_source or "given to add-routing-models (--ppm-spearman); pools without a value are not flagged"
     bundle_io.write_json(bundle / "domain.json", domain)
 
     metrics = bundle_io.read_json(bundle, "metrics.json")
@@ -66,7 +67,7 @@ def add_routing_models(bundle: Path, pools: Mapping[str, Path], ppm_pools: Seque
     command = " ".join(["hybridpref predictor add-routing-models --bundle <bundle dir>",
                         *(f"--pool {name}=<data>/{Path(path).name}" for name, path in pools.items()),
                         *(f"--ppm-pool {p}" for p in ppm_pools), *(f"--ppm-spearman {k}={v}" for k, v in ppm_spearman.items()),
-                        f"--seed {seed}"])
+                        f"--seed {seed}", *([f"--ppm-spearman-source {shlex.quote(ppm_spearman_source)}"] if ppm_spearman_source else [])])
     section = model_card_section(card, domain, residual) + f"\n**Rebuild** (deterministic for the seed):\n\n```\n{command}\n```\n"
     (bundle / "MODEL_CARD.md").write_text(text.rstrip("\n") + "\n" + CARD_MARKER + section, encoding="utf-8")
 
@@ -162,6 +163,8 @@ threshold {domain.get('threshold', float('nan')):.3f} (in-domain random {domain.
 |---|---|---|---|
 {dom}
 
+PPM Spearman values: {domain.get('ppm_spearman_source', 'n/a')}.
+
 PPM residual std (cross-validated RMSE, `metrics.json` `ppm_residual_std`): {residual:.4f}; it holds inside the
 PPM's domain only.
 """
@@ -195,10 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ppm-pool", action="append", default=[], help="pool the PPM was trained on (default: the first --pool)")
     p.add_argument("--ppm-spearman", action="append", default=[], help="NAME=VALUE measured on a held-out pool")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ppm-spearman-source", default="", help="where the --ppm-spearman values were measured (recorded in domain.json)")
     a = p.parse_args(argv)
     pools = dict(item.split("=", 1) for item in a.pool)
     ppm_pools, spearman = ppm_domain_args(a.bundle, list(pools), a.ppm_pool, a.ppm_spearman)
-    manifest = add_routing_models(a.bundle, {k: Path(v) for k, v in pools.items()}, ppm_pools, spearman, a.seed)
+    manifest = add_routing_models(a.bundle, {k: Path(v) for k, v in pools.items()}, ppm_pools, spearman, a.seed, a.ppm_spearman_source)
     card = bundle_io.read_json(a.bundle, "correction.json")["leave_one_pool_out"]
     print(f"bundle {manifest['bundle_version']}: correction LOPO min AUROC {card['min_auroc']:.3f}, max ECE {card['max_ece']:.3f}")
     return 0
