@@ -12,9 +12,10 @@ from test_predictor_core import FIXTURE, hand_tags
 
 from hybridpref.common.errors import InvalidInput
 from hybridpref.evaluation.harness import LeakageError, check_bundle_leakage
+from hybridpref.evaluation.pools import DEFAULT_JUDGES, default_data_dir
 from hybridpref.predictor import bundle as bundle_io
 from hybridpref.predictor.builder import BuildConfig, build_bundle, main
-from hybridpref.predictor.core import Predictor
+from hybridpref.predictor.core import Predictor, default_bundle_path
 
 LLMBAR = Path(__file__).parent / "fixtures" / "ppm_pools" / "llmbar" / "pairs.jsonl"
 POOLS = [f"fx={FIXTURE}", str(LLMBAR)]
@@ -142,3 +143,20 @@ def test_add_routing_models_defaults_to_the_bundles_pools_and_lopo_spearman(buil
         with pytest.raises(InvalidInput) as err:
             ppm_domain_args(first.bundle_path, ["fx", "llmbar"], ppm_pool, given)
         assert err.value.violations[0].field == field
+
+
+@pytest.mark.skipif(not default_data_dir().is_dir(), reason="shared data (../shared/data) not present")
+def test_real_pools_split_and_judges():
+    """The three shared pools load as the default bundle's build reads them (no proxies: seconds)."""
+    from hybridpref.predictor.simulate import PoolSpec, lm_signs, load_pool_data
+
+    sizes = {}
+    for name in ("mtbench_human_gpt4", "pandalm", "llmbar"):
+        spec = PoolSpec(name, default_data_dir() / name / "pairs.jsonl")
+        data = load_pool_data(spec, "question_id", 0.2, 0, None, {})
+        assert data.judge == DEFAULT_JUDGES[name] and np.mean(lm_signs(data.pool, data.judge) != 0) > 0.5
+        assert {i.id for i in data.pool}.isdisjoint({i.id for i in data.gold_sets["heldout"]})
+        sizes[name] = (len(data.pool), len(data.gold_sets["heldout"]), data.dropped["repeats_other_pool"])
+    assert sizes["llmbar"][2] == 200 and sizes["mtbench_human_gpt4"][2] == sizes["pandalm"][2] == 0
+    fp = bundle_io.read_json(default_bundle_path(), "fingerprints.json")
+    assert {p["name"]: (p["rows"], p["gold_rows"]) for p in fp["pools"]} == {k: v[:2] for k, v in sizes.items()}
