@@ -35,7 +35,7 @@ import argparse
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from hybridpref.predictor import ppm as ppm_mod
 from hybridpref.predictor.multipool import CENTRING
 from hybridpref.predictor.proxy import EmbeddingBTProxy, ProxyRewardModel
 from hybridpref.predictor.simulate import (TARGET_GOLD, PoolData, PoolSimulation, PoolSpec, TagFn, load_pool_data,
-                                           parse_pool_spec, parse_pool_specs, pool_name, read_rows, simulate, split_pool,
+                                           parse_pool_specs, pool_name, read_rows, simulate, split_pool,
                                            usable_rows)
 
 __all__ = ["BuildConfig", "BuildResult", "build_bundle", "main", "make_parser", "parse_gold_spec", "read_rows", "split_pool",
@@ -209,13 +209,8 @@ def build_bundle(config: BuildConfig, *, tag_fn: TagFn | None = None, reference_
              for s in specs]
     if tag_fn is None:
         tag_fn, reference_bins_json = tag_with_tagger(config.tagger_profile)
-    tag_key = tag_cache_key(tag_fn, config.tagger_profile)
     proxy = proxy or EmbeddingBTProxy(hidden=config.proxy_hidden, steps=config.proxy_steps, seeds=config.proxy_seeds, show_progress=progress)
-    settings = {"group_key": config.group_key, "holdout_fraction": config.holdout_fraction, "split_seed": config.split_seed, "tagger": tag_key}
-    sims = []
-    for data in datas:
-        tags = cached_tags(data.pool, tag_fn, key=tag_key)
-        sims.append(simulate(data, tags, proxy, config.candidates, config.seed, config.walk_fraction, settings, progress))
+    sims = _simulate_pools(config, datas, tag_fn, proxy, progress)
     timings["simulate_s"] = time.perf_counter() - t0
     for name in ("encode_s", "proxy_s"):
         timings[name] = sum(s.timings.get(name, 0.0) for s in sims)
@@ -234,6 +229,15 @@ def build_bundle(config: BuildConfig, *, tag_fn: TagFn | None = None, reference_
     lopo_versions = _write_lopo(config, sims, datas, rows, chosen, lopo, lopo_models, reference_bins_json, proxy)
     timings["total_s"] = time.perf_counter() - t0
     return BuildResult(Path(config.out), version, metrics, timings, {s.name: s.cached for s in sims}, lopo_versions)
+
+
+def _simulate_pools(config: BuildConfig, datas: Sequence[PoolData], tag_fn: TagFn, proxy: ProxyRewardModel,
+                    progress: bool) -> list[PoolSimulation]:
+    """Each pool's simulation on its own tags, from the cache when its inputs were simulated before."""
+    tag_key = tag_cache_key(tag_fn, config.tagger_profile)
+    settings = {"group_key": config.group_key, "holdout_fraction": config.holdout_fraction, "split_seed": config.split_seed, "tagger": tag_key}
+    return [simulate(data, cached_tags(data.pool, tag_fn, key=tag_key), proxy, config.candidates, config.seed, config.walk_fraction,
+                     settings, progress) for data in datas]
 
 
 def _judges(config: BuildConfig, specs: Sequence[PoolSpec]) -> dict[str, str]:
