@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES
 from hybridpref.predictor import ppm as ppm_mod
+from hybridpref.predictor.build_config import BuildConfig
 from hybridpref.predictor.simulate import TARGET_GOLD
-
-if TYPE_CHECKING:
-    from hybridpref.predictor.builder import BuildConfig
 
 
 def model_card(config: BuildConfig, metrics: dict[str, Any], model: ppm_mod.QuadraticPPM, without: str | None = None) -> str:
@@ -129,8 +127,6 @@ def _gold_rows(pools: dict[str, Any]) -> str:
 
 def command(config: BuildConfig) -> str:
     """The CLI line that rebuilds this bundle: defaults omitted, every other argument spelled out."""
-    from hybridpref.predictor.builder import BuildConfig
-
     default = BuildConfig(pool="", out="")
     pools = " ".join(f"--pool {_data_path(p)}" for p in config.pool_specs)
     gold = "".join(f" --gold '{_data_path(g)}'" for g in config.gold)
