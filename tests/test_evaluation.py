@@ -367,3 +367,37 @@ def test_metric2_training_folds_are_routed_without_the_gold_fold(tmp_path, monke
     assert sorted(len([f for f in fold_ids if f <= train]) for train in fits) == [1, 1, 1, 2, 2, 2]
     for f in range(3):  # the gold fold is not routed for metric 2: the reward model never trains on its rows
         assert not mixes.rm_masks[("expected_gain", 0.25)][f][0][case.fold_rows(f)].any()
+
+
+def test_hybrid_uses_the_ppm_exactly_where_the_routers_domain_check_admits_the_fold(tmp_path):
+    """The harness's `hybrid` runs the router's domain check per fold: inside, the PPM breaks ties;
+    outside, it is exactly `expected_gain`."""
+    import dataclasses as dc
+
+    from hybridpref.evaluation.harness import Router, attach_bundles, correction_gain_fn, prepare_case
+    from hybridpref.predictor import correction, domain as domain_mod
+    from hybridpref.router.model import DomainModel
+
+    a = write_pool(tmp_path / "toy_a" / "pairs.jsonl", n=150, seed=1)
+    b = write_pool(tmp_path / "toy_b" / "pairs.jsonl", n=150, seed=2)
+    bundle = _bundle(tmp_path, a)
+    cfg = EvalConfig(pools=[str(a), str(b)], lm_judge=JUDGE, bundle=str(bundle), budgets=(0.25,), rm=False,
+                     modes=("cross-pool",), tagger_profile="fast", data_dir=str(tmp_path), on_leak="skip")
+    cases = [prepare_case(Path(p), cfg) for p in cfg.pools]
+    attach_bundles(cases, cfg, tmp_path, [], lambda *_: None)
+    case = cases[1]  # toy_b: the bundle was built on toy_a
+    assert case.ppm_ok and case.domain is None  # this bundle records no domain: never in domain
+    router = Router(cfg, None, correction_gain_fn(cases, cfg))
+    rows = case.fold_rows(0)
+    assert not router.ppm_in_domain(case, rows)
+    feats = {"toy_b": correction.pool_features(case.pool, JUDGE)}
+    wide = domain_mod.build_domain(feats, ["toy_b"], {}, seed=0)
+    case.domain = DomainModel.from_json(wide)
+    assert router.ppm_in_domain(case, rows)
+    inside = router.mask(case, "hybrid", 0.25, rows, 0, frozenset({0}), "cross-pool")
+    case.domain = dc.replace(case.domain, threshold=-1.0)  # nothing is that close
+    assert not router.ppm_in_domain(case, rows)
+    outside = router.mask(case, "hybrid", 0.25, rows, 0, frozenset({0}), "cross-pool")
+    plain = router.mask(case, "expected_gain", 0.25, rows, 0, frozenset({0}), "cross-pool")
+    assert np.array_equal(outside, plain) and inside.sum() == outside.sum()
+    assert case.in_domain_folds == {"in": 2, "out": 2}

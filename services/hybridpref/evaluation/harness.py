@@ -106,6 +106,8 @@ class Case:
     notes: list[str] = field(default_factory=list)
     ppm_ok: bool = False
     scorer: Any | None = None  # the PPM of the bundle used for this pool (``--bundle-for`` or ``--bundle``)
+    domain: Any | None = None  # that bundle's domain (hybridpref.router.model.DomainModel), as the router checks it
+    in_domain_folds: Counter[str] = field(default_factory=Counter)  # hybrid: routed folds in / out of the PPM's domain
 
     @property
     def lm(self) -> np.ndarray:
@@ -318,7 +320,9 @@ class Router:
             return mask
         tags = case.tags[rows] if case.tags is not None else np.zeros((n, 0), dtype=np.uint8)
         scorer = case.scorer or self.scorer
-        kw: dict[str, Any] = {"scorer": scorer if strategy in PPM_STRATEGIES + ("judge_aware",) and case.ppm_ok else None, "seed": int(seed)}
+        in_domain = strategy == "hybrid" and self.ppm_in_domain(case, rows)
+        uses_ppm = strategy in PPM_STRATEGIES + ("judge_aware",) or in_domain
+        kw: dict[str, Any] = {"scorer": scorer if uses_ppm and case.ppm_ok else None, "seed": int(seed)}
         if kw["scorer"] is None and tags.shape[1]:
             tags = np.zeros((n, 0), dtype=np.uint8)
         if strategy in ("judge_aware", "judge_doubt") + CORRECTION_STRATEGIES:
@@ -328,12 +332,26 @@ class Router:
         if strategy in CORRECTION_STRATEGIES:
             assert self.gain_fn is not None
             kw["expected_gain"] = self.gain_fn(case, rows, exclude, mode)
-            if strategy == "hybrid":  # the given bundle has no domain statistics: the PPM never breaks ties here
-                kw["ppm_in_domain"] = False
+            if strategy == "hybrid":  # as the router: the PPM breaks ties only inside its domain
+                kw["ppm_in_domain"] = in_domain
         if strategy == "simulated":
             kw["simulated_candidates"] = self.config.simulated_candidates
         kw = {k: v for k, v in kw.items() if k in self.kwargs}
         return self.strat.route(strategy, tags, resolved, **kw).human_mask
+
+
+    @staticmethod
+    def ppm_in_domain(case: Case, rows: np.ndarray) -> bool:
+        """The router's check (``router.summary.domain_check``) on this fold: its text features' distance to
+        the bundle's PPM training pools within the calibrated threshold. Counted per pool for the report."""
+        if not case.ppm_ok or case.domain is None or case.scorer is None:
+            return False
+        from hybridpref.predictor import correction
+
+        dist, _ = case.domain.check(correction.pool_features(case.pool.subset(rows), case.pool.default_judge))
+        ok = bool(dist <= case.domain.threshold)
+        case.in_domain_folds["in" if ok else "out"] += 1
+        return ok
 
 
 def correction_gain_fn(cases: Sequence[Case], config: EvalConfig) -> Callable[[Case, np.ndarray, frozenset[int], str], np.ndarray]:
@@ -592,6 +610,10 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
                     rows.append({"pool": case.pool.name, "mode": mode, "metric": "rm_accuracy", **r, "human_share": shares[(r["strategy"], r["budget"])]})
                 pooled_inputs[mode].append((case, c2))
     timings["route_s"], timings["rm_s"] = t_route, t_rm
+    for case in cases:
+        if case.in_domain_folds:
+            case.notes.append(f"hybrid: the batch was inside the PPM's domain (PPM breaks ties) in {case.in_domain_folds['in']} of "
+                              f"{sum(case.in_domain_folds.values())} routed folds (the router's domain check on each fold)")
     pooled, power = ([], [])
     if config.rm:
         pooled, power = pooled_rm(pooled_inputs, config)
@@ -649,6 +671,16 @@ def corrections_check(case: Case, mixes: MixSet, gain_fn: Any, config: EvalConfi
     return out
 
 
+def load_domain(bundle: Path) -> Any | None:
+    """The bundle's PPM domain as the router loads it, or None when the bundle records none."""
+    from hybridpref.predictor import bundle as bundle_io
+    from hybridpref.router.model import DomainModel
+
+    if not (bundle / "domain.json").is_file():
+        return None
+    return DomainModel.from_json(bundle_io.read_json(bundle, "domain.json"))
+
+
 def attach_bundles(cases: Sequence[Case], config: EvalConfig, data_dir: Path, notes: list[str], tick: ProgressFn) -> float:
     """Per pool, the bundle ``--bundle-for`` names (else ``--bundle``): leakage-checked, its PPM loaded and the pool
     tagged with its profile. Returns the tagging time."""
@@ -666,6 +698,7 @@ def attach_bundles(cases: Sequence[Case], config: EvalConfig, data_dir: Path, no
         try:
             case.notes += check_bundle_leakage(bundle, case.path, case.pool.name, known)
             case.scorer, case.ppm_ok = load_scorer(bundle), True
+            case.domain = load_domain(bundle)
         except LeakageError as exc:
             if config.on_leak == "error":
                 raise
