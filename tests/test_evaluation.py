@@ -308,7 +308,8 @@ DATA = default_data_dir()
 def test_real_data_smoke_llmbar(tmp_path):
     from hybridpref.evaluation.cli import main
 
-    bundle = Path(__file__).resolve().parents[1] / "services" / "hybridpref" / "predictor" / "default_bundle"
+    # the default bundle is trained on llmbar (refused here); the leave-one-pool-out bundle never saw it
+    bundle = Path(__file__).resolve().parents[1] / "benchmarks" / "lopo_bundles" / "without-llmbar"
     out = tmp_path / "out"
     rc = main(["--pool", str(DATA / "llmbar"), "--bundle", str(bundle), "--budgets", "0.1,0.25", "--seeds", "2",
                "--tagger-profile", "fast", "--no-rm", "--n-boot", "500", "--strategies", "greedy,topk",
