@@ -304,6 +304,7 @@ class Router:
         self.strat = strat
         self.kwargs = _route_kwargs()
         self.served_judge_doubt = "judge_doubt" in strat.STRATEGIES
+        self._distances: dict[tuple[str, bytes], float] = {}  # (pool, fold rows) -> distance to the PPM's domain
 
     def mask(self, case: Case, strategy: str, budget: float, rows: np.ndarray, seed: int, exclude: frozenset[int], mode: str) -> np.ndarray:
         from hybridpref.router.budget import resolve_budget
@@ -340,16 +341,18 @@ class Router:
         return self.strat.route(strategy, tags, resolved, **kw).human_mask
 
 
-    @staticmethod
-    def ppm_in_domain(case: Case, rows: np.ndarray) -> bool:
+    def ppm_in_domain(self, case: Case, rows: np.ndarray) -> bool:
         """The router's check (``router.summary.domain_check``) on this fold: its text features' distance to
-        the bundle's PPM training pools within the calibrated threshold. Counted per pool for the report."""
+        the bundle's PPM training pools within the calibrated threshold. Counted per pool for the report;
+        the distance is computed once per fold (every budget and seed routes the same rows)."""
         if not case.ppm_ok or case.domain is None or case.scorer is None:
             return False
-        from hybridpref.predictor import correction
+        key = (case.pool.name, hashlib.blake2b(np.asarray(rows).tobytes(), digest_size=16).digest())
+        if key not in self._distances:
+            from hybridpref.predictor import correction
 
-        dist, _ = case.domain.check(correction.pool_features(case.pool.subset(rows), case.pool.default_judge))
-        ok = bool(dist <= case.domain.threshold)
+            self._distances[key] = case.domain.check(correction.pool_features(case.pool.subset(rows), case.pool.default_judge))[0]
+        ok = bool(self._distances[key] <= case.domain.threshold)
         case.in_domain_folds["in" if ok else "out"] += 1
         return ok
 
@@ -649,10 +652,7 @@ def corrections_check(case: Case, mixes: MixSet, gain_fn: Any, config: EvalConfi
             model = gain_fn.model_for(case, frozenset({g}), mode)
             if not isinstance(model, correction.CorrectionModel):  # a stand-in model (tests): nothing to check
                 return []
-            used = [n for j, n in enumerate(model.feature_names) if model.lm.coef[j] != 0 or model.human.coef[j] != 0]
-            profile = "fast" if correction.uses_tagger(used) else None
-            x = correction.pool_features(case.pool.subset(rows), case.pool.default_judge, profile)
-            p = model.probabilities(x)[mask[rows]]
+            p = correction.pool_probabilities(model, case.pool.subset(rows), case.pool.default_judge)[mask[rows]]
             a, b = p[:, 0] * (1 - p[:, 1]), (1 - p[:, 0]) * p[:, 1]
             mean += float(np.sum(a - b))
             var += float(np.sum(a + b - (a - b) ** 2))

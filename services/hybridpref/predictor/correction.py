@@ -457,62 +457,54 @@ def _fit_human(data: Sequence[_PoolData], cols: Sequence[int], c: float, seed: i
 
 
 def _lopo_metrics(data: Sequence[_PoolData], cols: Sequence[int], hcols: Sequence[int], c: float, seed: int) -> dict[str, Any]:
-    """Per held-out pool: AUROC / ECE / reliability of a model fitted and calibrated without it."""
-    per_pool, all_y, all_p = {}, [], []
+    """Per held-out pool, with models fitted and calibrated without it: AUROC / ECE / reliability of P(LM
+    wrong), the human-vote model's AUROC, and the transfer of summed expected corrections (:func:`_transfer`)."""
+    per_pool, transfer, all_y, all_p = {}, {}, [], []
     for k, held in enumerate(data):
         rest = [d for j, d in enumerate(data) if j != k]
-        model = _fit_calibrated(rest, cols, c, seed)
+        model, human = _fit_calibrated(rest, cols, c, seed), _fit_human(rest, hcols, c, seed)
         p = lm_probability(model, held.x)
         ece, curve = reliability(held.lm_wrong, p)
         entry: dict[str, Any] = {"rows": int(len(p)), "auroc": auroc(held.lm_wrong, p), "ece": ece,
                                  "mean_predicted": float(p.mean()), "observed_rate": float(held.lm_wrong.mean()),
                                  "reliability": curve}
         if held.votes.sum() >= 20 and any(d.votes.any() for d in rest):
-            h = _fit_human(rest, hcols, c, seed).predict(held.x[held.votes])
+            h = human.predict(held.x[held.votes])
             entry["human_auroc"] = auroc(held.human_wrong[held.votes], h)
             entry["human_mean_predicted"] = float(h.mean())
             entry["human_observed_rate"] = float(held.human_wrong[held.votes].mean())
         per_pool[held.name] = entry
+        if len(held.x_all):
+            transfer[held.name] = _transfer(held, model, human)
         all_y.append(held.lm_wrong)
         all_p.append(p)
     y, p = np.concatenate(all_y), np.concatenate(all_p)
     ece, curve = reliability(y, p)
+    ratios = [e["ratio"] for rows in transfer.values() for e in rows.values() if "ratio" in e]
     return {"pools": per_pool, "pooled": {"auroc": auroc(y, p), "ece": ece, "reliability": curve},
             "min_auroc": float(min(e["auroc"] for e in per_pool.values())),
             "max_ece": float(max(e["ece"] for e in per_pool.values())),
-            "transfer": _transfer_metrics(data, cols, hcols, c, seed)}
+            "transfer": {"budgets": list(TRANSFER_BUDGETS), "pools": transfer,
+                         **({"ratio_range": [float(min(ratios)), float(max(ratios))]} if ratios else {})}}
 
 
-def _transfer_metrics(data: Sequence[_PoolData], cols: Sequence[int], hcols: Sequence[int], c: float, seed: int,
-                      budgets: Sequence[float] = TRANSFER_BUDGETS) -> dict[str, Any]:
+def _transfer(held: _PoolData, lm: _Logistic, human: _Logistic) -> dict[str, dict[str, float]]:
     """How the summed expected corrections of a routed batch compare with the realised ones on a pool the
-    model did not see: each pool routed as one batch by a model fitted without it (top ``budget`` share by
-    expected gain), realised / predicted per budget. Human error and tie rates are properties of the
-    annotators, not of the pairs (measured: 0.4x to 1.7x across the shared pools), so the router widens
+    model did not see: the pool routed as one batch (top ``budget`` share by expected gain), realised /
+    predicted per budget in :data:`TRANSFER_BUDGETS`. Human error and tie rates are properties of the
+    annotators, not of the pairs (measured: 0.35x to 1.9x across the shared pools), so the router widens
     its correction intervals by the range of these ratios (:func:`transfer_range`)."""
-    per_pool: dict[str, dict[str, dict[str, float]]] = {}
-    ratios: list[float] = []
-    for k, held in enumerate(data):
-        rest = [d for j, d in enumerate(data) if j != k]
-        if not len(held.x_all):
-            continue
-        lm, human = _fit_calibrated(rest, cols, c, seed), _fit_human(rest, hcols, c, seed)
-        gain = lm_probability(lm, held.x_all) - human.predict(held.x_all)
-        order = np.argsort(-gain, kind="stable")
-        rows: dict[str, dict[str, float]] = {}
-        for b in budgets:
-            top = order[: max(1, int(round(b * len(order))))]
-            predicted, realised = float(gain[top].sum()), float(held.net_all[top].sum())
-            entry = {"routed": int(len(top)), "predicted": predicted, "realised": realised}
-            if predicted > 1.0:  # a ratio of tiny sums says nothing
-                entry["ratio"] = realised / predicted
-                ratios.append(entry["ratio"])
-            rows[f"{b:g}"] = entry
-        per_pool[held.name] = rows
-    out: dict[str, Any] = {"budgets": list(budgets), "pools": per_pool}
-    if ratios:
-        out["ratio_range"] = [float(min(ratios)), float(max(ratios))]
-    return out
+    gain = lm_probability(lm, held.x_all) - human.predict(held.x_all)
+    order = np.argsort(-gain, kind="stable")
+    rows: dict[str, dict[str, float]] = {}
+    for b in TRANSFER_BUDGETS:
+        top = order[: max(1, int(round(b * len(order))))]
+        predicted, realised = float(gain[top].sum()), float(held.net_all[top].sum())
+        entry = {"routed": int(len(top)), "predicted": predicted, "realised": realised}
+        if predicted > 1.0:  # a ratio of tiny sums says nothing
+            entry["ratio"] = realised / predicted
+        rows[f"{b:g}"] = entry
+    return rows
 
 
 def transfer_range(metrics: dict[str, Any]) -> tuple[float, float] | None:
@@ -572,10 +564,17 @@ def fit_for_pools(train: Sequence[Pool], seed: int, tagger_profile: str | None =
     return CorrectionModel.fit(train, feats, seed)
 
 
-def expected_gain_for_pool(model: CorrectionModel, pool: Pool, judge: str | None = None,
-                           tagger_profile: str | None = None) -> np.ndarray:
-    """(n,) expected corrections per human label for every instance of ``pool`` (judge's signals).
-    The tagger runs only when the model gives weight to measure or tag columns."""
+def pool_probabilities(model: CorrectionModel, pool: Pool, judge: str | None = None,
+                       tagger_profile: str | None = None) -> np.ndarray:
+    """(n, 2) [P(LM wrong), P(human wrong)] for every instance of ``pool`` (judge's signals). The tagger
+    runs only when the model gives weight to measure or tag columns."""
     used = [n for j, n in enumerate(model.feature_names) if model.lm.coef[j] != 0 or model.human.coef[j] != 0]
     profile = (tagger_profile or "fast") if uses_tagger(used) else None
-    return model.expected_gain(pool_features(pool, judge, profile))
+    return model.probabilities(pool_features(pool, judge, profile))
+
+
+def expected_gain_for_pool(model: CorrectionModel, pool: Pool, judge: str | None = None,
+                           tagger_profile: str | None = None) -> np.ndarray:
+    """(n,) expected corrections per human label for every instance of ``pool`` (judge's signals)."""
+    p = pool_probabilities(model, pool, judge, tagger_profile)
+    return p[:, 0] - p[:, 1]
