@@ -90,11 +90,11 @@ def plan_batch(
     n = len(scores)
     units = np.ones(n) if budget_kind == "count" else np.asarray(costs, dtype=np.float64)
     none = np.zeros(n, dtype=bool)
-    if n == 0 or budget_left <= EPS or budget_left + EPS < float(units.min()):
-        return BatchPlan(none, none.copy(), math.inf, 0.0, 0.0, final=False)
-    rng = np.random.default_rng(seed)
     remaining = n if expected_instances is None else max(expected_instances - seen, n)
     final = remaining <= n
+    if n == 0 or budget_left <= EPS or budget_left + EPS < float(units.min()):
+        return BatchPlan(none, none.copy(), math.inf, 0.0, 0.0, final=final)
+    rng = np.random.default_rng(seed)
     fraction = float(min(1.0, budget_left / (remaining * float(units.mean()))))
     if final:
         paced, threshold = np.ones(n, dtype=bool), -math.inf
