@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ARRAY, Connection, Engine, String, bindparam, exists, func, insert, select, true, false, update
+from sqlalchemy import ARRAY, Connection, Engine, bindparam, exists, func, insert, select, true, false, update
 from sqlalchemy.exc import IntegrityError
 
 from hybridpref_client.core.errors import AlreadyExists, FieldViolation, InvalidInput, NotFound, NotReady, quote
@@ -289,9 +289,9 @@ class SqlCampaignStore:
         out: dict[tuple[int, str], dict[str, Any]] = {}
         for chunk in _chunks(sorted(decision_ids), CHUNK):
             query = select(lab.id, lab.decision_id, lab.annotator, lab.preference, lab.strength, lab.rationale
-                           ).where(lab.decision_id.in_(chunk))
+                           ).where(self._in(lab.decision_id, chunk))
             if len(annotators) <= CHUNK:
-                query = query.where(lab.annotator.in_(sorted(annotators)))
+                query = query.where(self._in(lab.annotator, sorted(annotators)))
             for r in conn.execute(query):
                 if r.annotator in annotators:
                     out[(r.decision_id, r.annotator)] = dict(id=r.id, preference=r.preference,
@@ -464,7 +464,7 @@ class SqlCampaignStore:
         """``column IN values``; on PostgreSQL ``= ANY(array)``: one parameter instead of one per value
         (psycopg parses the statement's parameters on every call)."""
         if self._postgres:
-            return column == func.any(bindparam(None, list(values), type_=ARRAY(String)))
+            return column == func.any(bindparam(None, list(values), type_=ARRAY(column.type)))
         return column.in_(values)
 
     def _row(self, conn: Connection, vendor: str, name: str, lock: bool = False):
