@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from support.store_data import candidates
 
-from hybridpref.evaluation.pools import load_pool
+from hybridpref.offline.pools import load_pool
 from hybridpref.store.api import CampaignSpec, HumanLabel
 from hybridpref.store.export import parquet_schema, write_export
 from hybridpref.store.sql import SqlCampaignStore
