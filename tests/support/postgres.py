@@ -135,6 +135,12 @@ def postgres_server():
     bin_dir = find_bin_dir()
     if bin_dir is None:
         pytest.skip(skip_reason())
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(SERVER_USER)
+        except KeyError:
+            pytest.skip(f"running as root and there is no {SERVER_USER!r} system user to run PostgreSQL as "
+                        "(Debian's postgresql package creates it)")
     server = PostgresServer(bin_dir)
     try:
         server.start()
