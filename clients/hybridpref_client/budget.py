@@ -28,7 +28,8 @@ SPELLINGS = "0.25 (a fraction), 25%, count:100, cost:500 or auto"
 @dataclass(frozen=True)
 class Budget:
     """Exactly one of ``fraction`` (in [0, 1]), ``count`` (a whole number >= 0), ``cost``
-    (total human cost >= 0) or ``auto``. Invalid values raise ``InvalidInput`` naming the field."""
+    (total human cost >= 0) or ``auto``. Invalid values raise ``InvalidInput`` naming the field as
+    the router would (``config.budget.fraction``); an unreadable spelling names ``budget``."""
 
     fraction: float | None = None
     count: int | None = None
@@ -40,11 +41,11 @@ class Budget:
         if len(set_) != 1:
             raise InvalidInput(FieldViolation("budget", f"give exactly one of fraction, count, cost or auto (got {', '.join(set_) or 'none'})"))
         if self.fraction is not None and (isinstance(self.fraction, bool) or not _number(self.fraction) or not 0 <= self.fraction <= 1):
-            raise InvalidInput(FieldViolation("budget.fraction", f"must be a number in [0, 1], got {self.fraction!r}"))
+            raise InvalidInput(FieldViolation("config.budget.fraction", f"must be a number in [0, 1], got {self.fraction!r}"))
         if self.count is not None and (isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 0):
-            raise InvalidInput(FieldViolation("budget.count", f"must be a whole number >= 0, got {self.count!r}"))
+            raise InvalidInput(FieldViolation("config.budget.count", f"must be a whole number >= 0, got {self.count!r}"))
         if self.cost is not None and (isinstance(self.cost, bool) or not _number(self.cost) or self.cost < 0):
-            raise InvalidInput(FieldViolation("budget.cost", f"must be a finite number >= 0, got {self.cost!r}"))
+            raise InvalidInput(FieldViolation("config.budget.cost", f"must be a finite number >= 0, got {self.cost!r}"))
 
     @classmethod
     def parse(cls, text: str) -> Budget:
