@@ -215,3 +215,22 @@ def test_jitter_is_reproducible_with_a_seed_and_full_without():
     assert all(0 <= w <= cap for w, cap in zip(waits(policy), caps))
     spread = [Retrier(RetryPolicy(initial_backoff_s=1.0, max_backoff_s=1.0)).wait_s(1, None) for _ in range(200)]
     assert min(spread) < 0.1 and max(spread) > 0.9  # full jitter: the whole [0, cap) range
+
+
+@pytest.mark.parametrize("n", [1, 400, 20_000])
+def test_error_details_stay_under_grpcs_metadata_soft_limit(n):
+    # Worst case: every field and description at its length cap, in 3- and 4-byte characters
+    # (grpc-message is percent-encoded: 3 bytes per byte; -bin values travel in base64).
+    import base64
+    from urllib.parse import quote
+
+    violations = [FieldViolation("字" * 300 + f"[{i}]", "😀" * 600) for i in range(n)]
+    status = status_for(InvalidInput(violations))
+    wire = len(quote(status.details.encode("utf-8"), safe=" ")) + sum(
+        len(key) + len(base64.b64encode(value) if key.endswith("-bin") else value) for key, value in status.trailing_metadata)
+    assert wire < 8 * 1024  # gRPC may refuse metadata above 8 KiB (soft limit) and must above 16 KiB
+    from google.rpc import error_details_pb2, status_pb2
+
+    proto = status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"])
+    bad = error_details_pb2.BadRequest()
+    assert proto.details[0].Unpack(bad) and bad.field_violations[0].field.startswith("字")  # the first row is named
