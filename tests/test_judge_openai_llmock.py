@@ -14,8 +14,8 @@ import pytest
 from llmock.scenarios import Fail, Reply
 from llmock.testing import LLMockServer
 
-from hybridpref.common.errors import BackendUnavailable
-from hybridpref.common.instances import Label, PositionMode, PreferenceInstance
+from hybridpref_client.core.errors import BackendUnavailable
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
 from hybridpref.judge.core import Judge
 
 PAIRS = [
@@ -184,9 +184,9 @@ def test_judge_service_fails_and_counts_a_malformed_endpoint(body_server: type[_
     import grpc
     from prometheus_client import CollectorRegistry
 
-    from hybridpref.common.metrics import Metrics
-    from hybridpref.common.server import start_service
-    from hybridpref.common.settings import Settings
+    from hybridpref.server.metrics import Metrics
+    from hybridpref.server.server import start_service
+    from hybridpref.server.settings import Settings
     from hybridpref.judge.servicer import judge_handle
     from hybridpref.v1 import common_pb2, judge_pb2, judge_pb2_grpc
 
