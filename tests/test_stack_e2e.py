@@ -8,6 +8,7 @@ and the default tagger profile have their own tests.
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -153,6 +154,20 @@ def test_cli_names_line_and_field_for_bad_rows(stack, tmp_path):
     assert proc.returncode == 2 and "error: config.budget.fraction" in proc.stderr
     proc = subprocess.run([*cli, "--budget", "lots"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "error: --budget" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_names_the_first_of_many_bad_rows_and_counts_the_rest(stack, tmp_path):
+    # Issue 18 item 7: 1,000 bad rows used to end in RESOURCE_EXHAUSTED (metadata too large), rc 1.
+    bad = tmp_path / "many_bad.jsonl"
+    bad.write_text("".join(json.dumps({"id": str(i), "prompt": "p", "response_a": " ", "response_b": "b"}) + "\n"
+                           for i in range(1_000)))
+    proc = subprocess.run([sys.executable, "-m", "hybridpref.cli.main", "route", "--input", str(bad), "--budget", "0.5",
+                           "--router", stack.router_address], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: line 1.response_a: empty response" in proc.stderr and "Traceback" not in proc.stderr
+    listed = proc.stderr.count("empty response")
+    more = re.search(r"error: --input: (\d+) more bad fields not listed", proc.stderr)
+    assert 1 <= listed <= 50 and more and listed + int(more.group(1)) == 500  # the first bad chunk (500 rows) is refused
 
 
 def _free_port_base() -> int:

@@ -35,7 +35,10 @@ def cmd_route(args) -> int:
                                              replay_judge=args.replay_judge, on_progress=advance)
         except RoutingError as exc:
             if exc.violations:
-                raise InvalidInput([_to_line(field, text, lines) for field, text in exc.violations]) from None
+                named = [_to_line(field, text, lines) for field, text in exc.violations]
+                if exc.violation_total > len(named):  # the router lists the first ones only
+                    named.append(FieldViolation("--input", f"{exc.violation_total - len(named)} more bad fields not listed"))
+                raise InvalidInput(named) from None
             print(f"error: {exc}", file=sys.stderr)
             return 1
     print_summary(console, result, judge_name)
