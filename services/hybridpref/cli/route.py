@@ -81,8 +81,7 @@ def _router(args, console):
     from hybridpref.cli.stack import BackgroundLoop, start_embedded_stack
 
     configure_logging("hybridpref-route", args.log_level, "console")
-    overrides = {"judge_backend": args.judge_backend} if args.judge_backend else {}
-    settings = Settings(**overrides)
+    settings = Settings(judge={"backend": args.judge_backend} if args.judge_backend else {})
     background = BackgroundLoop()
     console.print("starting an embedded stack (tagger, judge, predictor, router) on loopback; loading models...")
     stack = background.run(start_embedded_stack(settings))
@@ -98,7 +97,7 @@ def _judge_name(settings: Settings, replay_judge: str) -> str:
     from hybridpref.judge.servicer import build_judge
 
     name = build_judge(settings).judge_id  # builds only; no model is loaded a second time
-    if settings.judge_backend == "replay" and replay_judge:
+    if settings.judge.backend == "replay" and replay_judge:
         name = f"replay:{replay_judge}"
     return name
 

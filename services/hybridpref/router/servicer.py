@@ -92,10 +92,10 @@ def _estimate(e) -> router_pb2.Estimate:
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
-        self.limits = Limits.from_settings(settings)
+        self.limits = Limits.from_settings(settings.limits)
         # The real gRPC clients; the core only knows the backends' protocols.
-        self.clients = (TaggerClient(settings.tagger_address, settings), JudgeClient(settings.judge_address, settings),
-                        PredictorModelClient(settings.predictor_address, settings))
+        self.clients = (TaggerClient(settings.router.tagger_address, settings), JudgeClient(settings.router.judge_address, settings),
+                        PredictorModelClient(settings.router.predictor_address, settings))
         self.core = RouterCore(settings, *self.clients, metrics=metrics)
 
     async def close(self) -> None:
@@ -108,7 +108,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return deadlines.current() or deadlines.Deadline(remaining_timeout(context))
 
     async def RouteInstances(self, request, context):
-        options = options_from_proto(request.config, self.settings.default_strategy, self.settings)
+        options = options_from_proto(request.config, self.settings.router.default_strategy, self.settings)
         run = self.core.executor.run
         instances = await run(instances_from_proto, request.instances, self.limits, size=len(request.instances))
         outcome = await self.core.route(instances, options, self._deadline(context))
@@ -120,7 +120,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("item") != "config":
             raise InvalidInput(FieldViolation("stream[0]", "the first message must carry config"))
-        options = options_from_proto(first.config, self.settings.default_strategy, self.settings)
+        options = options_from_proto(first.config, self.settings.router.default_strategy, self.settings)
         run = self.core.executor.run
 
         async def chunks():
