@@ -89,7 +89,7 @@ def synthetic_tags(n: int, seed: int) -> np.ndarray:
 
 
 def run_one(strategy: str, n: int, fraction: float, repeats: int, seed: int, quality_rounds: int = 0) -> dict[str, float]:
-    from hybridpref.router.budget import resolve_budget
+    from hybridpref.router.budget import Budget, resolve_budget
     from hybridpref.router.scoring import QuadraticScorer
     from hybridpref.router.strategies import predicted_baselines, route
 
@@ -100,7 +100,7 @@ def run_one(strategy: str, n: int, fraction: float, repeats: int, seed: int, qua
     features = extra_kw.pop("features", None)
 
     def once():
-        budget = resolve_budget("fraction", fraction, n, None)
+        budget = resolve_budget(Budget.fraction(fraction), n, None)
         if model is not None:
             extra_kw["expected_gain"] = model.expected_gain(features)
         return route(strategy, tags, budget, scorer=scorer, seed=seed, **extra_kw)
@@ -122,7 +122,7 @@ def run_one(strategy: str, n: int, fraction: float, repeats: int, seed: int, qua
     if strategy == "greedy" and quality_rounds:
         from hybridpref.router.strategies import GreedyOptions
 
-        fine = route(strategy, tags, resolve_budget("fraction", fraction, n, None), scorer=scorer, seed=seed,
+        fine = route(strategy, tags, resolve_budget(Budget.fraction(fraction), n, None), scorer=scorer, seed=seed,
                      greedy=GreedyOptions(min_rounds=quality_rounds))
         extra = {"fine_rounds": quality_rounds, "fine_score": fine.predicted_score,
                  "overlap_with_fine": float((fine.human_mask & result.human_mask).sum() / max(1, result.human_count))}
@@ -171,9 +171,9 @@ def served_features(model, n: int, rng: np.random.Generator) -> np.ndarray:
 def run_served(n: int, fraction: float, repeats: int, seed: int) -> dict[str, float]:
     from hybridpref.common.signals import JudgeSignals
     from hybridpref.router.backends import JudgedBatch
-    from hybridpref.router.budget import resolve_budget
+    from hybridpref.router.budget import Budget, resolve_budget
     from hybridpref.router.core import Decision, JudgeFirst, _explain, decide
-    from hybridpref.router.strategies import DEFAULT_STRATEGY
+    from hybridpref.router.strategies import DEFAULT_STRATEGY, strategy_spec
 
     tags = synthetic_tags(n, seed)
     model = served_model()
@@ -187,8 +187,8 @@ def run_served(n: int, fraction: float, repeats: int, seed: int) -> dict[str, fl
     def once():
         p_wrong = model.correction.probabilities(features)
         judged = JudgeFirst(judged_batch, signals, p_wrong)
-        budget = resolve_budget("fraction", fraction, n, None)
-        return decide(model, DEFAULT_STRATEGY, tags, budget, judged, features, seed=seed)
+        budget = resolve_budget(Budget.fraction(fraction), n, None)
+        return decide(model, strategy_spec(DEFAULT_STRATEGY), tags, budget, judged, features, seed=seed)
 
     once()
     times = []

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hybridpref_client.core.errors import InvalidInput
 from hybridpref_client.core.instances import Label, read_jsonl
 from hybridpref.server.settings import Settings
 from hybridpref.routing_model import bundle as bundle_io
@@ -107,7 +108,11 @@ def make_core(tagger, bundle: Path) -> RouterCore:
 
 
 def route(background_loop, core: RouterCore, instances, strategy: str, budget=0.25, **kw):
-    options = RouteOptions(budget_kind="fraction", budget_value=budget, strategy=strategy, seed=3, **kw)
+    """Route through the core as the servicer does: "" = the default strategy."""
+    from hybridpref.router.budget import Budget
+    from hybridpref.router.strategies import DEFAULT_STRATEGY, strategy_spec
+
+    options = RouteOptions(budget=Budget.fraction(budget), strategy=strategy_spec(strategy or DEFAULT_STRATEGY), seed=3, **kw)
     return background_loop.run(core.route(instances, options, 60.0))
 
 
@@ -116,7 +121,8 @@ def test_core_has_no_grpc():
     the proto conversions in servicer.py; spill.py uses protobuf only as its spill-file format)."""
     import ast
 
-    core = ("core", "backends", "model", "summary", "explain", "strategies", "budget", "scoring",
+    strategies = tuple(f"strategies/{f.stem}" for f in (ROOT / "services" / "hybridpref" / "router" / "strategies").glob("*.py"))
+    core = ("core", "backends", "model", "summary", "explain", *strategies, "budget", "scoring",
             "selection", "packed", "spill", "limits")
     for name in core:
         tree = ast.parse((ROOT / "services" / "hybridpref" / "router" / f"{name}.py").read_text())
@@ -166,13 +172,13 @@ def test_default_strategy_judges_first_and_summarises_honestly(background_loop, 
 
 def test_ppm_strategies_run_in_process_on_the_served_form(background_loop, tagger, bundle, sample):
     from hybridpref.router import strategies
-    from hybridpref.router.budget import resolve_budget
+    from hybridpref.router.budget import Budget, resolve_budget
 
     core = make_core(tagger, bundle)
     out = route(background_loop, core, sample, "greedy")
     model = background_loop.run(core.models.routing_model(5.0))
     tags = tagger.tag(sample).tag_matrix
-    direct = strategies.route("greedy", tags, resolve_budget("fraction", 0.25, len(sample), None,
+    direct = strategies.route("greedy", tags, resolve_budget(Budget.fraction(0.25), len(sample), None,
                                                              **_costs(tagger, sample)), scorer=model.scorer, seed=3)
     assert [d.human for d in out.decisions] == direct.human_mask.tolist()
     assert all(d.expected_gain is None for d in out.decisions)  # greedy does not judge first
@@ -328,3 +334,32 @@ def test_replayed_signals_equal_the_recorded_ones_the_model_learned_from(backgro
         assert served.label.tolist() == recorded.label.tolist() and served.order_flip.tolist() == recorded.order_flip.tolist()
         np.testing.assert_array_equal(served.agreement, recorded.agreement)
         assert np.isfinite(served.agreement).all() and np.isnan(served.p_a).all()
+
+
+def test_the_servicer_resolves_the_default_once_and_checks_options_together():
+    from prometheus_client import CollectorRegistry
+
+    from hybridpref.router.servicer import RouterServicer, options_from_proto
+    from hybridpref.router.strategies import strategy_spec
+    from hybridpref.server.metrics import Metrics
+    from hybridpref.server.settings import LimitsSettings
+    from hybridpref.v1 import common_pb2, router_pb2
+
+    limits, greedy = LimitsSettings(), strategy_spec("greedy")
+    config = router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5))
+    options = options_from_proto(config, greedy, limits)
+    assert options.strategy is greedy and (options.budget.kind, options.budget.value) == ("fraction", 0.5)
+    config.strategy = "topk"
+    assert options_from_proto(config, greedy, limits).strategy.name == "topk"
+    # Every config problem that needs no batch size, in one answer.
+    bad = router_pb2.RouteConfig(strategy="clairvoyant", budget=common_pb2.Budget(cost=-1.0))
+    with pytest.raises(InvalidInput) as exc:
+        options_from_proto(bad, greedy, limits)
+    assert {v.field for v in exc.value.violations} == {"config.strategy", "config.budget.cost"}
+    with pytest.raises(InvalidInput) as exc:
+        options_from_proto(router_pb2.RouteConfig(budget=common_pb2.Budget(count=limits.max_stream_instances + 1)), greedy, limits)
+    assert [v.field for v in exc.value.violations] == ["config.budget.count"]
+    # A misconfigured default fails when the router starts, not on every call.
+    with pytest.raises(InvalidInput) as exc:
+        RouterServicer(Settings(router={"default_strategy": "clairvoyant"}), Metrics(CollectorRegistry()))
+    assert exc.value.violations[0].field == "config.strategy"

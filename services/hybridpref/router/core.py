@@ -28,8 +28,9 @@ from hybridpref.server.settings import Settings
 from hybridpref.common.signals import JudgeSignals
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, TAG_NAMES
 from hybridpref.router import budget as budgets
-from hybridpref.router.budget import ResolvedBudget
+from hybridpref.router.budget import Budget, ResolvedBudget
 from hybridpref.router import strategies
+from hybridpref.router.strategies import StrategySpec
 from hybridpref.router.backends import (
     JudgeBackend,
     JudgedBatch,
@@ -52,11 +53,11 @@ log = structlog.get_logger()
 
 @dataclass
 class RouteOptions:
-    """Request-level routing options (the core mirror of ``RouteConfig``)."""
+    """Request-level routing options (the core mirror of ``RouteConfig``): the budget as stated (checked
+    against the batch size here), the strategy resolved (the servicer applies the default)."""
 
-    budget_kind: str  # fraction | count | cost | auto
-    budget_value: float | int | bool
-    strategy: str
+    budget: Budget
+    strategy: StrategySpec
     seed: int = 0
     judge_mode: PositionMode = PositionMode.UNSPECIFIED
     judge_template: str = ""
@@ -147,9 +148,6 @@ class RouterCore:
         file, so memory holds ids, costs and tag rows only. A bad chunk fails the whole
         call before any decision is made.
         """
-        early = _option_violations(options, None)
-        if early:
-            raise InvalidInput(early)
         clock, stages = Deadline.of(timeout), {"tag": 0.0}
         store, parts, texts, seen = SpillStore(), [], [], {}
         try:
@@ -174,26 +172,24 @@ class RouterCore:
         info = await self.judge.judge_info(min(2.0, clock.timeout() or 2.0))
         violations = await self.executor.run(
             judge_violations, info, options.judge_template, options.replay_judge, instances, offset,
-            needs_judge=options.strategy != "all_human", size=len(instances),
+            needs_judge=options.strategy.needs_judge, size=len(instances),
         )
         if violations:
             raise InvalidInput(violations)
 
     async def _decide(self, store, tagged: TaggedBatch, text: np.ndarray, options: RouteOptions, clock: Deadline,
                       stages: dict[str, float]) -> RouteOutcome:
-        """``text``: the batch's correction features without judge signals (the domain check reads them)."""
-        """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain."""
+        """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain.
+        ``text``: the batch's correction features without judge signals (the domain check reads them)."""
         n = len(store)
-        strategy = options.strategy or strategies.DEFAULT_STRATEGY
+        strategy = options.strategy
         warnings: list[str] = []
         model = await self._model(strategy, tagged, clock, warnings)
         judged = None
-        if strategies.needs_judge_first(strategy):
+        if strategy.needs_judge_first:
             with _timed(stages, "judge"):
                 judged = await self._judge_first(store, tagged, model, options, clock)
-        budget = budgets.resolve_budget(
-            options.budget_kind, options.budget_value, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged)
-        )
+        budget = budgets.resolve_budget(options.budget, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged))
         with _timed(stages, "route"):
             result, summary = await self.executor.run(
                 decide, model, strategy, tagged.tag_matrix, budget, judged, text, seed=options.seed,
@@ -213,20 +209,21 @@ class RouterCore:
                     d.expected_gain = float(g)
         # Top tags explain a PPM gain: only where the strategy's gains are the PPM's (the others' gain is
         # the expected correction or the judge's doubt, which tags would not explain).
-        if model is not None and model.scorer is not None and options.explain_top_k and strategies.needs_predictor(strategy):
+        if model is not None and model.scorer is not None and options.explain_top_k and strategy.needs_predictor:
             with _timed(stages, "explain"):
                 await self.executor.run(_explain, model, tagged.tag_matrix, result.human_mask, options.explain_top_k, decisions,
                                         size=n)
-        self._count(decisions, strategy)
+        self._count(decisions, strategy.name)
         return RouteOutcome(
-            decisions=decisions, strategy=strategy, bundle_version="" if model is None else model.bundle_version,
+            decisions=decisions, strategy=strategy.name, bundle_version="" if model is None else model.bundle_version,
             human_cost=float(budget.costs[result.human_mask].sum()), summary=summary, stage_seconds=stages,
         )
 
-    async def _model(self, strategy: str, tagged: TaggedBatch, clock: Deadline, warnings: list[str]) -> RoutingModel | None:
-        """The routing model, checked against the tagger's bins. A strategy that needs the PPM fails
-        without it (``NotReady``); the others route anyway and the summary says what is missing."""
-        needed = strategies.needs_predictor(strategy)
+    async def _model(self, strategy: StrategySpec, tagged: TaggedBatch, clock: Deadline, warnings: list[str]) -> RoutingModel | None:
+        """The routing model, checked against the tagger's bins. A strategy that needs the PPM (or the
+        expected-correction model) fails without it (``NotReady``) before the judge runs; the others route
+        anyway and the summary says what is missing."""
+        needed = strategy.needs_predictor or strategy.needs_expected_gain
         try:
             model = await self.models.routing_model(clock)
             if tagged.reference_bins_id and model.reference_bins_id and tagged.reference_bins_id != model.reference_bins_id:
@@ -234,14 +231,14 @@ class RouterCore:
                 raise NotReady(
                     f"the tagger bins with reference edges {tagged.reference_bins_id}, the predictor bundle "
                     f"{model.bundle_version} was built with {model.reference_bins_id}: deploy matching tagger and bundle")
-            if needed and model.scorer is None:
-                raise NotReady(f"strategy {strategy!r} needs a quadratic PPM; bundle {model.bundle_version} has none")
-            if strategy in strategies.NEEDS_EXPECTED_GAIN and model.correction is None:
-                raise NotReady(f"strategy {strategy!r} needs the expected-correction model; bundle {model.bundle_version} "
+            if strategy.needs_predictor and model.scorer is None:
+                raise NotReady(f"strategy {strategy.name!r} needs a quadratic PPM; bundle {model.bundle_version} has none")
+            if strategy.needs_expected_gain and model.correction is None:
+                raise NotReady(f"strategy {strategy.name!r} needs the expected-correction model; bundle {model.bundle_version} "
                                "has none: load a bundle built with one, or choose another strategy")
             return model
         except (NotReady, BackendUnavailable) as exc:
-            if needed or strategy in strategies.NEEDS_EXPECTED_GAIN:
+            if needed:
                 raise
             warnings.append(f"no routing model ({exc}): no predictions, domain check or expected corrections")
             return None
@@ -285,12 +282,12 @@ class RouterCore:
 
 
 def decide(
-    model: RoutingModel | None, strategy: str, tag_matrix: np.ndarray, budget: ResolvedBudget, judged: JudgeFirst | None,
+    model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, budget: ResolvedBudget, judged: JudgeFirst | None,
     features: np.ndarray | None, *, seed: int, simulated_candidates: int = 500, deadline: Deadline | float | None = None,
 ) -> tuple[strategies.RoutingResult, Summary]:
     """The routing decision and its summary, in process: what the service runs after tagging and the
-    judge-first pass, and what ``benchmarks/bench_router_scale.py`` times. ``strategy`` "" = default;
-    ``features``: the batch's (n, F) correction features, for the domain check."""
+    judge-first pass, and what ``benchmarks/bench_router_scale.py`` times. ``features``: the batch's (n, F)
+    correction features, for the domain check."""
     totals = column_totals(tag_matrix)
     domain = domain_check(model, features)
     # A bundle without domain statistics cannot show its PPM applies here: treated as out of domain.
@@ -299,7 +296,7 @@ def decide(
     if judged is not None:
         inputs.update(judge_confidence=judged.batch.confidence, judge_inconsistent=judged.batch.inconsistent,
                       signals=judged.signals, expected_gain=judged.expected_gain)
-    result = strategies.route(strategy, tag_matrix, budget, seed=seed, simulated_candidates=simulated_candidates,
+    result = strategies.route(strategy.name, tag_matrix, budget, seed=seed, simulated_candidates=simulated_candidates,
                               deadline=deadline, **inputs)
     summary = summarize(model, tag_matrix, result.human_mask, domain=domain, totals=totals,
                         p_wrong=None if judged is None else judged.p_wrong, signals=None if judged is None else judged.signals)
@@ -358,23 +355,11 @@ def _supplied_costs(costs: Sequence[float | None]) -> np.ndarray | None:
     return np.array([np.nan if c is None else c for c in costs], dtype=np.float64)
 
 
-def _option_violations(options: RouteOptions, n: int | None) -> list[FieldViolation]:
-    """Strategy and budget checks; the budget's range needs the batch size ``n`` (None: not known yet)."""
-    violations: list[FieldViolation] = []
-    if options.strategy and options.strategy not in strategies.STRATEGIES:  # "" = the default strategy
-        violations.append(FieldViolation(
-            "config.strategy", f"unknown strategy {options.strategy!r}; expected one of {sorted(strategies.STRATEGIES)}"
-        ))
-    if n == 0:
-        violations.append(FieldViolation("instances", "empty batch"))
-    if n is None and options.budget_kind == "count":
-        return violations  # a count is checked against the batch size once the stream has ended
-    size = 1 if n is None else n  # fraction, cost and auto ranges do not depend on the size
-    try:  # shape and range; the real costs come after tagging
-        budgets.resolve_budget(options.budget_kind, options.budget_value, size, np.ones(size))
-    except InvalidInput as exc:
-        violations.extend(exc.violations)
-    return violations
+def _option_violations(options: RouteOptions, n: int) -> list[FieldViolation]:
+    """The checks that need the batch size: not empty, and the budget within it (before any work; the
+    real costs come after tagging)."""
+    violations = [FieldViolation("instances", "empty batch")] if n == 0 else []
+    return violations + budgets.budget_violations(options.budget, n)
 
 
 def _validate_chunk(chunk: Sequence[PreferenceInstance], offset: int, seen: dict[str, int]) -> None:
