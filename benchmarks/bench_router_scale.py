@@ -90,8 +90,9 @@ def synthetic_tags(n: int, seed: int) -> np.ndarray:
 
 def run_one(strategy: str, n: int, fraction: float, repeats: int, seed: int, quality_rounds: int = 0) -> dict[str, float]:
     from hybridpref.router.budget import Budget, resolve_budget
-    from hybridpref.router.scoring import QuadraticScorer
-    from hybridpref.router.strategies import predicted_baselines, route
+    from hybridpref.router.scoring import QuadraticScorer, mix_counts
+    from hybridpref.router.strategies import route
+    from hybridpref.router.summary import ppm_values
 
     tags = synthetic_tags(n, seed)
     scorer = QuadraticScorer.random(NUM_TAGS, seed=seed + 1)
@@ -117,7 +118,8 @@ def run_one(strategy: str, n: int, fraction: float, repeats: int, seed: int, qua
     once()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    baselines = predicted_baselines(scorer, tags, result.human_mask, seed=seed)
+    baselines = ppm_values(scorer, tags, result.human_mask, mix_counts(tags, np.ones(n, dtype=bool)))  # as the summary
+    baselines["all_lm"] = scorer.bias  # f(0): the summary leaves it out (the same for every batch)
     extra = {}
     if strategy == "greedy" and quality_rounds:
         from hybridpref.router.strategies import GreedyOptions

@@ -296,9 +296,11 @@ def test_cli_prints_every_warning():
 
 
 def test_fast_explanations_match_the_reference_definition():
-    from hybridpref.router import strategies
+    """top_tags (float32 chunks, k arg-max passes) = the definition: each row's per-tag split of its gain
+    against the chosen mix without it (``QuadraticScorer.contributions``), largest |value| first, ties to
+    the lower tag, -1 / 0 padding."""
     from hybridpref.router.explain import top_tags
-    from hybridpref.router.scoring import QuadraticScorer
+    from hybridpref.router.scoring import QuadraticScorer, mix_counts
 
     rng = np.random.default_rng(4)
     tags = (rng.random((300, 90)) < 0.15).astype(np.uint8)
@@ -306,7 +308,12 @@ def test_fast_explanations_match_the_reference_definition():
     mask = rng.random(300) < 0.3
     scorer = QuadraticScorer.random(90, seed=2)
     idx, val = top_tags(scorer, tags, mask, 4)
-    ref_idx, ref_val = strategies.explain(scorer, tags, mask, 4)
+    counts = mix_counts(tags, mask)
+    ref_idx, ref_val = np.full((300, 4), -1), np.zeros((300, 4))
+    for i, (row, routed) in enumerate(zip(tags, mask)):
+        contrib = scorer.contributions(row[None, :], counts - row if routed else counts, 300)[0]
+        order = [j for j in np.lexsort((np.arange(90), -np.abs(contrib)))[:4] if contrib[j] != 0]
+        ref_idx[i, : len(order)], ref_val[i, : len(order)] = order, contrib[order]
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_allclose(val, ref_val, rtol=1e-4, atol=1e-9)
     assert (idx[:5] == -1).all()

@@ -10,14 +10,12 @@ import pytest
 
 from hybridpref_client.core.errors import DeadlineExceeded, InvalidInput, NotReady
 from hybridpref.router.budget import Budget, resolve_budget
-from hybridpref.router.scoring import QuadraticScorer, ScoreOnlyScorer, mix_counts
+from hybridpref.router.scoring import QuadraticScorer, mix_counts
 from hybridpref.router.strategies import (
     DEFAULT_STRATEGY,
     STRATEGIES,
-    explain,
     GreedyOptions,
     marginal_gains,
-    predicted_baselines,
     route,
     strategy_spec,
 )
@@ -130,19 +128,6 @@ def test_greedy_auto_stops_where_the_next_label_stops_helping(diminishing_case) 
     assert result.human_mask[:10].sum() == 2 and result.human_mask[10:].all()
     assert result.gains[result.human_mask].min() > 0
     assert result.gains[~result.human_mask].max() <= 1e-12
-
-
-def test_greedy_through_a_score_only_scorer_matches_the_quadratic_path() -> None:
-    rng = np.random.default_rng(11)
-    tags = (rng.random((60, 8)) < 0.3).astype(np.uint8)
-    quad = QuadraticScorer.random(8, seed=4, quad_scale=20.0)
-    remote = ScoreOnlyScorer(quad.score, num_tags=8)
-    budget = count_budget(60, 10)
-    local = run("greedy", tags, budget, quad)
-    far = run("greedy", tags, budget, remote)
-    np.testing.assert_array_equal(local.human_mask, far.human_mask)
-    np.testing.assert_allclose(local.gains, far.gains, atol=1e-6)
-    assert remote.calls <= 10 + 4  # one gains call per round (+ final gains, marginal and score calls)
 
 
 def test_rounded_greedy_stays_close_to_exact_greedy() -> None:
@@ -333,37 +318,37 @@ def test_marginal_gains_are_score_differences() -> None:
         assert gains[i] == pytest.approx(expected, abs=1e-9)
 
 
-def test_predicted_baselines_random_is_the_exact_mean_over_subsets() -> None:
+def test_summary_random_baseline_is_the_exact_mean_over_subsets() -> None:
+    from hybridpref.router.summary import ppm_values
+
     rng = np.random.default_rng(6)
     tags = (rng.random((8, 4)) < 0.5).astype(np.uint8)
     scorer = QuadraticScorer.random(4, seed=2, quad_scale=50.0)
     mask = np.zeros(8, dtype=bool)
     mask[[0, 3, 5]] = True
-    out = predicted_baselines(scorer, tags, mask, seed=0)
+    out = ppm_values(scorer, tags, mask, mix_counts(tags, np.ones(8, dtype=bool)))
     subsets = [list(s) for s in itertools.combinations(range(8), 3)]
     counts = np.array([tags[s].sum(axis=0) for s in subsets], dtype=float)
-    assert out["random"] == pytest.approx(scorer.score(counts, 8).mean(), abs=1e-12)
-    assert out["all_lm"] == pytest.approx(scorer.bias)
+    assert out["random"] == pytest.approx(scorer.score(counts, 8).mean(), abs=1e-9)
+    assert out["all_human"] == pytest.approx(scorer.score(tags.sum(axis=0, dtype=float)[None, :], 8)[0])
     assert out["chosen"] == pytest.approx(scorer.score(mix_counts(tags, mask)[None, :], 8)[0])
-    monte_carlo = predicted_baselines(ScoreOnlyScorer(scorer.score, 4), tags, mask, seed=0, n_random=400)
-    assert monte_carlo["random"] == pytest.approx(out["random"], abs=0.02)
 
 
 def test_explanations_add_up_to_the_marginal_gain_and_name_the_decisive_tag() -> None:
+    from hybridpref.router.explain import top_tags
+
     rng = np.random.default_rng(7)
     tags = (rng.random((30, 6)) < 0.4).astype(np.uint8)
     scorer = QuadraticScorer.random(6, seed=3, quad_scale=40.0)
     mask = rng.random(30) < 0.4
-    idx, val = explain(scorer, tags, mask, top_k=6)
-    np.testing.assert_allclose(val.sum(axis=1), marginal_gains(scorer, tags, mask), atol=1e-12)
+    idx, val = top_tags(scorer, tags, mask, 6)
+    np.testing.assert_allclose(val.sum(axis=1), marginal_gains(scorer, tags, mask), rtol=1e-4, atol=1e-6)
     assert ((idx >= 0) == (val != 0)).all()
-    assert (np.abs(val[:, :-1]) >= np.abs(val[:, 1:]) - 1e-15).all()  # largest first
+    assert (np.abs(val[:, :-1]) >= np.abs(val[:, 1:]) - 1e-7).all()  # largest first
     # one tag worth everything: it is the explanation
     one = one_hot(4, 3, {0: [0, 1], 2: [0, 2]})
-    idx1, val1 = explain(QuadraticScorer(0.0, np.array([1.0, 0.0, 0.0])), one, np.zeros(4, dtype=bool), top_k=2)
+    idx1, val1 = top_tags(QuadraticScorer(0.0, np.array([1.0, 0.0, 0.0])), one, np.zeros(4, dtype=bool), 2)
     assert idx1[0].tolist() == [0, -1] and idx1[2].tolist() == [-1, -1] and val1[0, 0] == pytest.approx(0.25)
-    none_idx, _ = explain(ScoreOnlyScorer(scorer.score, 6), tags, mask, top_k=2)
-    assert (none_idx == -1).all()
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "simulated"])
@@ -388,19 +373,15 @@ def test_every_strategy_is_deterministic(strategy: str) -> None:
 
 
 @pytest.mark.parametrize("kind,value", [("cost", 25.0), ("auto", True)])
-def test_greedy_through_a_score_only_scorer_respects_cost_and_auto(kind: str, value: object) -> None:
+def test_greedy_respects_cost_and_auto(kind: str, value: object) -> None:
     rng = np.random.default_rng(12)
     tags = (rng.random((120, 8)) < 0.3).astype(np.uint8)
     quad = QuadraticScorer.random(8, seed=6, quad_scale=20.0)
-    remote = ScoreOnlyScorer(quad.score, num_tags=8)
     budget = resolve_budget(Budget(kind, value), 120, rng.uniform(0.5, 1.5, 120))
-    far = run("greedy", tags, budget, remote)
-    assert budget.allows(far.human_mask)
-    assert remote.calls <= GreedyOptions().remote_rounds + 6
+    result = run("greedy", tags, budget, quad)
+    assert budget.allows(result.human_mask) and result.human_mask.any()
     if kind == "auto":  # stops where nothing left helps
-        assert far.gains[~far.human_mask].max() <= 1e-12
-        local = run("greedy", tags, budget, quad)
-        assert far.predicted_score == pytest.approx(local.predicted_score, abs=0.01)
+        assert result.gains[~result.human_mask].max() <= 1e-12
 
 
 # ----------------------------------------------------------- expected gain, judge doubt, hybrid

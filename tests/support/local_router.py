@@ -39,12 +39,7 @@ class LocalJudge:
         self.judge_core = judge
 
     async def judge_info(self, timeout_s: float) -> JudgeInfo | None:
-        from hybridpref.judge.templates import TEMPLATES
-
-        backend = self.judge_core.backend
-        return JudgeInfo(getattr(backend, "kind", ""),
-                         frozenset(t.lower() for t in (*TEMPLATES, *(t.template_version for t in TEMPLATES.values()))),
-                         getattr(backend, "default_judge", "") or "")
+        return JudgeInfo.of(self.judge_core.info())
 
     async def judge(
         self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: str, replay_judge: str,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from collections import Counter
 from contextlib import contextmanager
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.core.instances import iter_jsonl
+from hybridpref.common.fields import rename_instance
 from hybridpref.server.settings import Settings
 
 SAMPLE_BATCH = Path(__file__).resolve().parents[3] / "samples" / "sample_batch.jsonl"
@@ -64,10 +64,7 @@ def parse_budget(text: str):
 
 def _to_line(field: str, text: str, lines: list[int]) -> FieldViolation:
     """``instances[3].response_a`` -> ``line 5.response_a`` (the input file's line)."""
-    match = re.match(r"instances\[(\d+)\](.*)", field)
-    if match and int(match.group(1)) < len(lines):
-        return FieldViolation(f"line {lines[int(match.group(1))]}{match.group(2)}", text)
-    return FieldViolation(field, text)
+    return FieldViolation(rename_instance(field, lambda i: f"line {lines[i]}" if i < len(lines) else None), text)
 
 
 @contextmanager

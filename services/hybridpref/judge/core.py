@@ -18,11 +18,11 @@ from typing import Any
 from hybridpref.server.deadline import Deadline
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.core.instances import PositionMode, PreferenceInstance, validate_instances
-from hybridpref.judge.templates import get_template
+from hybridpref.judge.templates import TEMPLATES, get_template
 # Re-exported: the judge's public API (``from hybridpref.judge.core import Judgement, ...``).
-from hybridpref.judge.types import JudgeBackend, Judgement, ScoreRequest, ScoringBackend
+from hybridpref.judge.types import JudgeBackend, JudgeInfo, Judgement, ScoreRequest, ScoringBackend
 
-__all__ = ["Deadline", "Judge", "JudgeBackend", "Judgement", "ScoreRequest", "ScoringBackend"]
+__all__ = ["Deadline", "Judge", "JudgeBackend", "JudgeInfo", "Judgement", "ScoreRequest", "ScoringBackend"]
 
 
 class Judge:
@@ -79,6 +79,14 @@ class Judge:
     @property
     def judge_id(self) -> str:
         return self.backend.judge_id
+
+    def info(self) -> JudgeInfo:
+        """What this judge advertises (``GetJudgeInfo``; the router checks names against it)."""
+        return JudgeInfo(
+            backend=self.backend.kind, judge_id=self.judge_id,
+            templates=(*sorted(TEMPLATES), *sorted(t.template_version for t in TEMPLATES.values())),
+            default_template=self.default_template, default_replay_judge=getattr(self.backend, "default_judge", None) or "",
+        )
 
     def judge(self, instances: Sequence[PreferenceInstance], *, mode: PositionMode = PositionMode.UNSPECIFIED,
               template: str | None = None, seed: int = 0, replay_judge: str | None = None,

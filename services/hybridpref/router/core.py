@@ -10,7 +10,6 @@ functions in ``hybridpref.router.strategies``, the summary in ``hybridpref.route
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from hybridpref.server.executors import CoreExecutor
 from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, validate_instances
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.settings import Settings
+from hybridpref.common.fields import shift_instances
 from hybridpref.common.signals import JudgeSignals
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, TAG_NAMES
 from hybridpref.router import budget as budgets
@@ -368,9 +368,7 @@ def _validate_chunk(chunk: Sequence[PreferenceInstance], offset: int, seen: dict
     try:
         validate_instances(chunk)
     except InvalidInput as exc:
-        for v in exc.violations:
-            field = re.sub(r"^instances\[(\d+)\]", lambda m: f"instances[{int(m.group(1)) + offset}]", v.field)
-            violations.append(FieldViolation(field, v.description))
+        violations.extend(shift_instances(exc.violations, offset))
     for k, inst in enumerate(chunk):
         if inst.id in seen and seen[inst.id] < offset:
             violations.append(FieldViolation(f"instances[{k + offset}].id", f"duplicate id {inst.id!r} (first at instances[{seen[inst.id]}])"))

@@ -59,8 +59,10 @@ class JudgeInfo:
     default_replay_judge: str = ""
 
     @classmethod
-    def from_proto(cls, reply) -> JudgeInfo:
-        return cls(reply.backend, frozenset(t.lower() for t in reply.templates), reply.default_replay_judge)
+    def of(cls, advertised) -> JudgeInfo:
+        """From what the judge advertises: its ``GetJudgeInfoResponse`` or, in process, ``Judge.info()``
+        (the same fields)."""
+        return cls(advertised.backend, frozenset(t.lower() for t in advertised.templates), advertised.default_replay_judge)
 
 
 class JudgeInfoCache:
@@ -79,7 +81,7 @@ class JudgeInfoCache:
         if time.monotonic() - self._stamp < self._ttl_s:
             return self._info
         try:
-            self._info = JudgeInfo.from_proto(await self._fetch(timeout_s))
+            self._info = JudgeInfo.of(await self._fetch(timeout_s))
             self._stamp = time.monotonic()
         except grpc.RpcError as exc:
             log.info("judge_info_unavailable", code=exc.code().name)

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from hybridpref.server.runtime import configure_torch_threads, cpu_limit, packaged_minilm_dir
+from hybridpref.server.runtime import configure_torch_threads, packaged_minilm_dir
 
 BASELINES_FILE = Path(__file__).with_name("bertscore_baselines.json")
 
@@ -412,8 +412,3 @@ class RegexEntities:
 
     def entities(self, texts: list[str]) -> list[frozenset[str]]:
         return [frozenset(_norm_entity(a or b) for a, b in _CAP_SPAN_RE.findall(t)) for t in texts]
-
-
-def default_threads() -> int:
-    """Threads models may use: the container's CPU limit (``runtime.cpu_limit``)."""
-    return cpu_limit()

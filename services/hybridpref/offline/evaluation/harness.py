@@ -233,8 +233,7 @@ def tag_case(case: Case, profile: str, tagger_address: str | None = None) -> Non
     """Tag the pool (cached), in process or through the tagger service at ``tagger_address``; rows
     the tagger rejects are dropped and counted (the tagger rejects a whole batch for one bad row, so
     they are found from its field violations and removed)."""
-    import re
-
+    from hybridpref.common.fields import instance_index
     from hybridpref.offline.bundle.builder import cached_tags, tag_cache_key, tag_with_tagger
     from hybridpref.tagger.client import remote_tag_fn
 
@@ -244,7 +243,7 @@ def tag_case(case: Case, profile: str, tagger_address: str | None = None) -> Non
             case.tags = cached_tags(case.pool.instances, fn, tag_cache_key(fn, profile))
             return
         except InvalidInput as exc:
-            bad = {int(m.group(1)) for v in exc.violations if (m := re.match(r"instances\[(\d+)\]", v.field))}
+            bad = {i for v in exc.violations if (i := instance_index(v.field)) is not None}
             if not bad:
                 raise
             keep = np.array([i for i in range(len(case.pool)) if i not in bad])
@@ -273,25 +272,6 @@ def bundle_profile(bundle: Path) -> str | None:
 
 
 # ---------------------------------------------------------------- strategies
-
-
-def judge_confidence(signals: JudgeSignals) -> np.ndarray:
-    """Confidence in the LM label from recorded signals, in [0, 1]: ``|2 p_a - 1|`` when the judge gave a
-    probability, else the share of other judges that agree, else 1; 0 where the judge gave no A/B verdict."""
-    conf = np.where(np.isfinite(signals.p_a), np.abs(2 * np.nan_to_num(signals.p_a) - 1),
-                    np.where(np.isfinite(signals.agreement), np.nan_to_num(signals.agreement), 1.0))
-    return np.where(signals.label == 0, 0.0, conf)
-
-
-def judge_doubt_order(signals: JudgeSignals, seed: int) -> np.ndarray:
-    """The cheap heuristic's routing order: no usable verdict or order flip first, then the least
-    agreement among the recorded judges, then the lowest confidence; seeded random among equals."""
-    n = len(signals)
-    flip = (signals.order_flip | (signals.label == 0)).astype(np.int8)
-    agree = np.where(np.isfinite(signals.agreement), signals.agreement, 1.0)
-    conf = np.where(np.isfinite(signals.p_a), np.abs(2 * np.nan_to_num(signals.p_a) - 1), 1.0)
-    tiebreak = np.random.default_rng([int(seed), 0xD0B7]).random(n)
-    return np.lexsort((tiebreak, conf, agree, -flip))
 
 
 def oracle_mask(human: np.ndarray, lm: np.ndarray, reference: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -797,9 +777,3 @@ def _fold0(scorer: RewardModelScorer, plans: list[dict[int, np.ndarray]], tick: 
         out.append(v)
     return out
 
-
-def skipped_counts(cases: Sequence[Case]) -> Counter[str]:
-    total: Counter[str] = Counter()
-    for c in cases:
-        total.update(c.pool.skipped)
-    return total

@@ -17,7 +17,7 @@ Inputs every strategy sees (:class:`RoutingContext`):
 * ``tags`` (n, V) uint8 0/1: the tag matrix, columns in the order the scorer reads (the
   canonical vocabulary in production);
 * ``budget``: a :class:`~hybridpref.router.budget.ResolvedBudget` (count, cost or auto);
-* ``scorer``: a :class:`~hybridpref.router.scoring.MixScorer` (the PPM), ``pool_size = n``;
+* ``scorer``: a :class:`~hybridpref.router.scoring.QuadraticScorer` (the PPM), ``pool_size = n``;
 * ``seed``: every random choice derives from it; same inputs + seed = same decisions;
 * judge signals: ``signals`` (:class:`~hybridpref.common.signals.JudgeSignals`: label, p_a,
   order flip, agreement with other judges) and/or the older ``judge_confidence`` (n,) in [0, 1]
@@ -51,7 +51,7 @@ from threadpoolctl import threadpool_limits
 
 from hybridpref.common.signals import JudgeSignals
 from hybridpref.router.budget import ResolvedBudget
-from hybridpref.router.scoring import CHUNK_ROWS, MixScorer, mix_counts
+from hybridpref.router.scoring import QuadraticScorer, mix_counts
 from hybridpref.router.strategies import baselines, expected, judge, paper
 from hybridpref.router.strategies import greedy as greedy_family
 from hybridpref.router.strategies.base import (
@@ -145,7 +145,7 @@ def route(
     tag_matrix: np.ndarray,
     budget: ResolvedBudget,
     *,
-    scorer: MixScorer | None,
+    scorer: QuadraticScorer | None,
     seed: int,
     judge_confidence: np.ndarray | None = None,
     judge_inconsistent: np.ndarray | None = None,
@@ -218,11 +218,9 @@ def _check_tags(tag_matrix: np.ndarray, budget: ResolvedBudget) -> np.ndarray:
     return tags
 
 
-def _check_width(scorer: MixScorer, width: int) -> None:
-    form = scorer.quadratic_form()
-    expected = len(form[1]) if form is not None else getattr(scorer, "num_tags", None)
-    if expected is not None and expected != width:
-        raise InvalidInput(FieldViolation("tag_matrix", f"has {width} tag columns; the predictor reads {expected}"))
+def _check_width(scorer: QuadraticScorer, width: int) -> None:
+    if scorer.num_tags != width:
+        raise InvalidInput(FieldViolation("tag_matrix", f"has {width} tag columns; the predictor reads {scorer.num_tags}"))
 
 
 def _check_expected_gain(gain: np.ndarray | None, n: int) -> None:
@@ -245,122 +243,3 @@ def _check_judge(confidence: np.ndarray | None, inconsistent: np.ndarray | None,
         raise InvalidInput(FieldViolation("judge_confidence", f"expected ({n},) values in [0, 1]"))
     if inconsistent is not None and np.shape(inconsistent) != (n,):
         raise InvalidInput(FieldViolation("judge_inconsistent", f"expected ({n},) booleans"))
-
-
-def predicted_baselines(
-    scorer: MixScorer,
-    tag_matrix: np.ndarray,
-    human_mask: np.ndarray,
-    seed: int,
-    n_random: int = 16,
-) -> dict[str, float]:
-    """Predicted scores for the response summary -> ``{"chosen", "all_human", "all_lm", "random"}``.
-
-    ``random`` is the mean predicted score of random mixes with as many instances as
-    ``human_mask`` routes. With a quadratic form it is exact (the expectation over all such
-    mixes, in closed form); otherwise the mean of ``n_random`` seeded draws.
-    """
-    tags = np.asarray(tag_matrix)
-    n = len(tags)
-    mask = np.asarray(human_mask, dtype=bool)
-    m = int(mask.sum())
-    total = mix_counts(tags, np.ones(n, dtype=bool))
-    base = scorer.score(np.vstack([mix_counts(tags, mask), total, np.zeros_like(total)]), n)
-    out = {"chosen": float(base[0]), "all_human": float(base[1]), "all_lm": float(base[2])}
-    form = scorer.quadratic_form()
-    if form is not None:
-        out["random"] = _expected_random_quadratic(form, tags, total, m)
-    else:
-        rng = np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, 7])
-        draws = []
-        for _ in range(max(1, n_random)):
-            pick = np.zeros(n, dtype=bool)
-            pick[rng.choice(n, m, replace=False)] = True
-            draws.append(mix_counts(tags, pick))
-        out["random"] = float(scorer.score(np.vstack(draws), n).mean())
-    return out
-
-
-def _expected_random_quadratic(form: tuple[float, np.ndarray, np.ndarray], tags: np.ndarray, total: np.ndarray, m: int) -> float:
-    """E[f(c / n)] over uniform m-subsets: ``f(E x) + tr(Q Cov x)`` with the sampling-without-
-    replacement covariance ``Cov c = m (n - m) / (n - 1) * S`` (S: population covariance of rows)."""
-    b, w, q = form
-    n = len(tags)
-    if n == 0:
-        return float(b)
-    mean_row = total / n
-    mean_x = mean_row * m / n
-    value = b + w @ mean_x + mean_x @ q @ mean_x
-    if n > 1 and 0 < m < n:
-        gram = np.zeros((tags.shape[1], tags.shape[1]))
-        for start in range(0, n, CHUNK_ROWS):
-            block = np.asarray(tags[start : start + CHUNK_ROWS], dtype=np.float32)
-            gram += (block.T @ block).astype(np.float64)
-        pop_cov = gram / n - np.outer(mean_row, mean_row)
-        cov_x = pop_cov * (m * (n - m) / (n - 1)) / n**2
-        value += float(np.sum(q * cov_x))
-    return float(value)
-
-
-def top_contributions(
-    contributions: np.ndarray,
-    k: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` largest-|contribution| tags per instance from an (n, V) contribution matrix
-    (e.g. ``QuadraticScorer.contributions``) -> ``(tag_idx (n, k) int64, value (n, k))``,
-    largest first (ties: lower tag index); ``-1`` / 0.0 pad rows with fewer non-zero
-    contributions. Map ``tag_idx`` to names with ``vocabulary.TAG_NAMES``."""
-    contrib = np.asarray(contributions, dtype=np.float64)
-    n, v = contrib.shape
-    k = max(0, min(int(k), v))
-    idx = np.full((n, k), -1, dtype=np.int64)
-    val = np.zeros((n, k))
-    if k == 0 or n == 0:
-        return idx, val
-    mag = np.abs(contrib)
-    part = np.argpartition(-mag, k - 1, axis=1)[:, :k] if k < v else np.tile(np.arange(v), (n, 1))
-    # order the k by |value| desc, then tag index asc
-    keys = np.take_along_axis(mag, part, axis=1)
-    order = np.lexsort((part, -keys), axis=1)
-    chosen = np.take_along_axis(part, order, axis=1)
-    picked = np.take_along_axis(contrib, chosen, axis=1)
-    nonzero = picked != 0
-    idx[nonzero] = chosen[nonzero]
-    val[nonzero] = picked[nonzero]
-    return idx, val
-
-
-def explain(
-    scorer: MixScorer,
-    tag_matrix: np.ndarray,
-    human_mask: np.ndarray,
-    top_k: int = 3,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top contributing tags of each instance's gain against the chosen mix, for a vendor to read.
-
-    Per tag ``j`` of instance ``i`` (quadratic PPM, ``c`` = counts of the mix without ``i``):
-    ``w_j / P + (2 Q c + Q t_i)_j / P^2``; the contributions of a row sum to its
-    :func:`marginal_gains` value. Returns ``(tag_idx (n, k), value (n, k))`` as
-    :func:`top_contributions`; all ``-1`` when the scorer has no quadratic form (then use the
-    predictor's own ``InstanceGains`` explanations). Memory is bounded by row chunks.
-    """
-    tags = np.asarray(tag_matrix)
-    n, v = tags.shape
-    k = max(0, min(int(top_k), v))
-    form = scorer.quadratic_form()
-    if form is None or n == 0:
-        return np.full((n, k), -1, dtype=np.int64), np.zeros((n, k))
-    _, w, q = form
-    p = float(n)
-    mask = np.asarray(human_mask, dtype=bool)
-    qc = q @ mix_counts(tags, mask)
-    idx = np.empty((n, k), dtype=np.int64)
-    val = np.empty((n, k))
-    for start in range(0, n, CHUNK_ROWS):
-        t = np.asarray(tags[start : start + CHUNK_ROWS], dtype=np.float64)
-        tq = t @ q
-        # routed rows: the mix without them is c - t, so 2 Q (c - t) + Q t = 2 Q c - Q t
-        sign = np.where(mask[start : start + len(t)], -1.0, 1.0)[:, None]
-        contrib = t * (w / p + (2.0 * qc[None, :] + sign * tq) / p**2)
-        idx[start : start + len(t)], val[start : start + len(t)] = top_contributions(contrib, k)
-    return idx, val

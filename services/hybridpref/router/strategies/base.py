@@ -12,10 +12,10 @@ import numpy as np
 from hybridpref.common.signals import JudgeSignals
 from hybridpref.router.budget import ResolvedBudget
 from hybridpref.router.packed import PackedTags
-from hybridpref.router.scoring import MixScorer, mix_counts, unique_rows
+from hybridpref.router.scoring import QuadraticScorer, mix_counts, unique_rows
 from hybridpref.router.selection import density_order, fill_in_order, top_indices
 from hybridpref.server.deadline import Deadline
-from hybridpref_client.core.errors import DeadlineExceeded, FieldViolation, InvalidInput
+from hybridpref_client.core.errors import DeadlineExceeded, FieldViolation, InvalidInput, NotReady
 
 # A strategy: context -> (human mask (n,) bool, gains (n,) float64).
 StrategyFn = Callable[["RoutingContext"], tuple[np.ndarray, np.ndarray]]
@@ -50,13 +50,11 @@ class GreedyOptions:
     Greedy re-evaluates every gain once per *round* and routes the best instances of the
     round together: ``rounds = min(k, max(min_rounds, exact_work // n))`` for a budget of k
     instances, so small problems (k * n <= exact_work) run exact one-at-a-time greedy and a
-    million instances take ``min_rounds`` rounds. ``remote_rounds`` caps rounds (= ``gains``
-    round trips) for scorers without ``quadratic_form``.
+    million instances take ``min_rounds`` rounds.
     """
 
     min_rounds: int = 32
     exact_work: int = 20_000_000
-    remote_rounds: int = 16
 
 
 @dataclass
@@ -93,7 +91,7 @@ class ExpectedGainOptions:
 class RoutingContext:
     tags: np.ndarray
     budget: ResolvedBudget
-    scorer: MixScorer | None
+    scorer: QuadraticScorer | None
     seed: int
     judge_confidence: np.ndarray | None = None
     judge_inconsistent: np.ndarray | None = None
@@ -113,6 +111,13 @@ class RoutingContext:
     def n(self) -> int:
         return len(self.tags)
 
+    @property
+    def ppm(self) -> QuadraticScorer:
+        """The scorer, for the steps that read it (``route`` refuses a strategy that needs one without it)."""
+        if self.scorer is None:
+            raise NotReady("this step needs the predictor's PPM")
+        return self.scorer
+
     def rng(self, stream: int) -> np.random.Generator:
         """An independent generator per use, so adding a draw elsewhere never shifts another's."""
         return np.random.default_rng([int(self.seed) & 0xFFFFFFFFFFFFFFFF, stream])
@@ -126,13 +131,9 @@ class RoutingContext:
 
 
 def static_gains(ctx: RoutingContext) -> np.ndarray:
-    """``f(t_i) - f(0)`` for every instance, via the quadratic form when there is one."""
-    form = ctx.scorer.quadratic_form()
-    if form is not None:
-        _, w, q = form
-        return quadratic_static(PackedTags(ctx.tags), w, q, float(ctx.n))
-    uniq, inverse = unique_rows(ctx.tags)
-    return np.asarray(ctx.scorer.gains(uniq, None, ctx.n), dtype=np.float64)[inverse]
+    """``f(t_i) - f(0)`` for every instance, from the PPM's quadratic form -> (n,) float64."""
+    _, w, q = ctx.ppm.quadratic_form()
+    return quadratic_static(PackedTags(ctx.tags), w, q, float(ctx.n))
 
 
 def quadratic_static(packed: PackedTags, w: np.ndarray, q: np.ndarray, p: float) -> np.ndarray:
@@ -188,7 +189,7 @@ def percentile_rank(values: np.ndarray) -> np.ndarray:
     return ranks / (n - 1)
 
 
-def marginal_gains(scorer: MixScorer, tag_matrix: np.ndarray, human_mask: np.ndarray) -> np.ndarray:
+def marginal_gains(scorer: QuadraticScorer, tag_matrix: np.ndarray, human_mask: np.ndarray) -> np.ndarray:
     """Each instance's gain against a fixed mix -> (n,) float64.
 
     Routed instances: ``f(c) - f(c - t_i)`` (what removing it would lose); the others:

@@ -7,7 +7,6 @@ import math
 import numpy as np
 
 from hybridpref.router.packed import PackedTags
-from hybridpref.router.scoring import unique_rows
 from hybridpref.router.selection import density_order, fill_in_order, top_indices
 from hybridpref.router.strategies.base import RoutingContext, quadratic_static
 
@@ -27,8 +26,6 @@ def greedy(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
     ``f(c + t_i)`` from scratch (O(n V^2) each round). (A bound-based variant that re-evaluates
     only a window of the best rows was tried and lost: under a PPM with real interactions the
     gains re-rank enough that the window kept failing its bound; see benchmarks/RESULTS.md.)
-
-    Without a quadratic form each round is one ``scorer.gains`` call over the distinct tag rows.
     """
     state = _GreedyState.create(ctx)
     rounds = state.planned_rounds()
@@ -78,7 +75,10 @@ class _GreedyState:
         self.counts = np.zeros(ctx.tags.shape[1])
         self.n_chosen = 0
         self.spent = 0.0
-        self.quad = ctx.scorer.quadratic_form()
+        _, w, q = ctx.ppm.quadratic_form()
+        self.q = np.asarray(q, dtype=np.float64)
+        self.packed = PackedTags(ctx.tags)  # 12 bytes a row; each round is 12 table look-ups
+        self.static = quadratic_static(self.packed, w, q, float(ctx.n))
         self.auto_step_base = 0
         self.scale = 2.0 / float(max(1, self.n)) ** 2
         self.full_evaluations = 0
@@ -86,13 +86,6 @@ class _GreedyState:
     @classmethod
     def create(cls, ctx: RoutingContext) -> _GreedyState:
         state = cls(ctx)
-        if state.quad is not None:
-            _, w, q = state.quad
-            state.q = np.asarray(q, dtype=np.float64)
-            state.packed = PackedTags(ctx.tags)  # 12 bytes a row; each round is 12 table look-ups
-            state.static = quadratic_static(state.packed, w, q, float(ctx.n))
-        else:
-            state.uniq, state.inverse = unique_rows(ctx.tags)
         if ctx.budget.kind == "auto":
             state.auto_step_base = int(np.count_nonzero(state.gains_all() > 0))
         return state
@@ -105,16 +98,12 @@ class _GreedyState:
             target = max(1, self.auto_step_base)
         else:  # cost: rounds in proportion to how many instances the budget buys on average
             target = max(1, min(self.n, int(budget.cost_limit / max(1e-12, float(np.median(budget.costs))))))
-        if self.quad is None:
-            return max(1, min(target, opts.remote_rounds))
         exact_rounds = opts.exact_work // max(1, self.n)
         return max(1, min(target, max(opts.min_rounds, exact_rounds)))
 
     def gains_all(self) -> np.ndarray:
         """Gains of every row against the current mix (routed rows included) -> (n,) float64."""
         self.full_evaluations += 1
-        if self.quad is None:
-            return np.asarray(self.ctx.scorer.gains(self.uniq, self.counts, self.n), dtype=np.float64)[self.inverse]
         if not self.counts.any():
             return self.static.copy()
         gains = self.packed.dot(self.scale * (self.q @ self.counts))  # u = (2 / P^2) Q c: all that changes

@@ -53,12 +53,12 @@ def simulated(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
         ctx.check_deadline()
         masks = np.stack([_candidate_mask(ctx, rng, columns) for _ in range(min(chunk, n_cand - start))])
         counts = (masks.astype(np.float32) @ tags32).astype(np.float64)
-        scores = np.asarray(ctx.scorer.score(counts, ctx.n), dtype=np.float64)
+        scores = np.asarray(ctx.ppm.score(counts, ctx.n), dtype=np.float64)
         i = int(np.argmax(scores))
         if scores[i] > best_score:
             best_score, best_mask = float(scores[i]), masks[i]
     ctx.info.update(candidates=float(n_cand), best_candidate_score=best_score)
-    return best_mask, marginal_gains(ctx.scorer, ctx.tags, best_mask)
+    return best_mask, marginal_gains(ctx.ppm, ctx.tags, best_mask)
 
 
 def _candidate_mask(ctx: RoutingContext, rng: np.random.Generator, columns: np.ndarray) -> np.ndarray:
