@@ -16,6 +16,7 @@ import pytest
 
 from hybridpref_client.core.errors import InvalidInput
 from hybridpref_client.core.instances import Label, read_jsonl
+from hybridpref.server.deadline import Deadline
 from hybridpref.server.settings import Settings
 from hybridpref.routing_model import bundle as bundle_io
 from hybridpref.predictor.core import Predictor, default_bundle_path
@@ -70,11 +71,11 @@ def bundle(tmp_path_factory, tagger, sample):
 
 
 def batch_features(tagger, rows) -> np.ndarray:
-    from hybridpref.router.backends import TaggedBatch
+    from hybridpref.router.backends import RouterTags
     from hybridpref.router.core import text_features
 
     batch = tagger.tag(rows)
-    return text_features(rows, TaggedBatch(batch.tag_matrix, batch.measures.astype(np.float32)))
+    return text_features(rows, RouterTags(batch.tag_matrix, batch.measures.astype(np.float32)))
 
 
 def enrich_bundle(folder: Path, tagger, sample) -> Path:
@@ -113,7 +114,7 @@ def route(background_loop, core: RouterCore, instances, strategy: str, budget=0.
     from hybridpref.router.strategies import DEFAULT_STRATEGY, strategy_spec
 
     options = RouteOptions(budget=Budget.fraction(budget), strategy=strategy_spec(strategy or DEFAULT_STRATEGY), seed=3, **kw)
-    return background_loop.run(core.route(instances, options, 60.0))
+    return background_loop.run(core.route(instances, options, Deadline(60.0)))
 
 
 def test_core_has_no_grpc():
@@ -176,7 +177,7 @@ def test_ppm_strategies_run_in_process_on_the_served_form(background_loop, tagge
 
     core = make_core(tagger, bundle)
     out = route(background_loop, core, sample, "greedy")
-    model = background_loop.run(core.models.routing_model(5.0))
+    model = background_loop.run(core.models.routing_model(Deadline(5.0)))
     tags = tagger.tag(sample).tag_matrix
     direct = strategies.route("greedy", tags, resolve_budget(Budget.fraction(0.25), len(sample), None,
                                                              **_costs(tagger, sample)), scorer=model.scorer, seed=3)
@@ -187,11 +188,11 @@ def test_ppm_strategies_run_in_process_on_the_served_form(background_loop, tagge
 
 
 def _costs(tagger, sample):
-    from hybridpref.router.backends import TaggedBatch
+    from hybridpref.router.backends import RouterTags
     from hybridpref.router.core import _cost_inputs
 
     batch = tagger.tag(sample)
-    return _cost_inputs(TaggedBatch(batch.tag_matrix, batch.measures.astype(np.float32)))
+    return _cost_inputs(RouterTags(batch.tag_matrix, batch.measures.astype(np.float32)))
 
 
 def test_off_domain_batch_is_flagged(background_loop, tagger, bundle):
@@ -263,13 +264,13 @@ def test_model_fetched_once_per_version_and_refreshed_on_reload(background_loop,
     background_loop.run(running.loaded.wait())
     client = PredictorModelClient(running.address, settings)
     try:
-        first = background_loop.run(client.routing_model(5.0))
-        again = background_loop.run(client.routing_model(5.0))
+        first = background_loop.run(client.routing_model(Deadline(5.0)))
+        again = background_loop.run(client.routing_model(Deadline(5.0)))
         assert again is first and client.cache.builds == 1
         assert first.scorer is not None and first.scorer.quadratic_form()[1].shape == (90,)
         version = rehash(folder, ppm_residual_std=0.031)  # a new bundle version in place: the watcher reloads it
         deadline = time.monotonic() + 20
-        while (model := background_loop.run(client.routing_model(5.0))).bundle_version != version:
+        while (model := background_loop.run(client.routing_model(Deadline(5.0)))).bundle_version != version:
             assert time.monotonic() < deadline, "the router never saw the reloaded bundle"
             time.sleep(0.1)
         assert client.cache.builds == 2 and model.residual_std == pytest.approx(0.031)
@@ -336,7 +337,7 @@ def test_replayed_signals_equal_the_recorded_ones_the_model_learned_from(backgro
     instances = read_jsonl(str(path))
     for key in ("j1", "j2/x"):
         judge = LocalJudge(Judge.from_config("replay", default_judge=key))
-        judged = background_loop.run(judge.judge(instances, mode=PositionMode.BOTH, template="", replay_judge="", seed=0, timeout=None))
+        judged = background_loop.run(judge.judge(instances, mode=PositionMode.BOTH, template="", replay_judge="", seed=0, deadline=Deadline()))
         served, recorded = judge_signals(judged, instances), recorded_signals(instances, key)
         assert served.label.tolist() == recorded.label.tolist() and served.order_flip.tolist() == recorded.order_flip.tolist()
         np.testing.assert_array_equal(served.agreement, recorded.agreement)

@@ -4,7 +4,7 @@ Usage::
 
     judge = Judge.from_config("learned")           # or "embedded" (SmolLM2), "openai" (base_url=..., model=...), "replay"
     judge.load()                                    # milliseconds (learned), seconds (embedded LM); idempotent
-    out = judge.judge(instances, mode=PositionMode.BOTH, template="multipref", deadline_s=30)
+    out = judge.judge(instances, mode=PositionMode.BOTH, template="multipref", deadline=30)
 
 ``judge`` returns exactly one :class:`Judgement` per instance, in order, or raises
 ``InvalidInput`` / ``BackendUnavailable`` / ``DeadlineExceeded`` / ``NotReady``; it never drops one.
@@ -90,15 +90,15 @@ class Judge:
 
     def judge(self, instances: Sequence[PreferenceInstance], *, mode: PositionMode = PositionMode.UNSPECIFIED,
               template: str | None = None, seed: int = 0, replay_judge: str | None = None,
-              deadline_s: Deadline | float | None = None) -> list[Judgement]:
+              deadline: Deadline | float | None = None) -> list[Judgement]:
         """Judge a batch: exactly one :class:`Judgement` per instance, same order.
 
         ``mode`` UNSPECIFIED -> the default (BOTH). ``template``: ``"multipref"``, ``"short"`` (or
         ``name@version``); ``None``/``""`` -> default. ``seed`` picks RANDOM mode's order per instance.
-        ``deadline_s``: seconds left of the caller's deadline; raises ``DeadlineExceeded`` rather than
-        overrun it. Invalid input raises ``InvalidInput`` before any work.
+        ``deadline``: the call's ``Deadline`` (or the seconds it has left); raises ``DeadlineExceeded``
+        rather than overrun it. Invalid input raises ``InvalidInput`` before any work.
         """
-        deadline = Deadline.of(deadline_s)  # the call's Deadline (with cancellation), or seconds
+        deadline = Deadline.of(deadline)  # the call's Deadline (with cancellation), or seconds
         tpl = get_template(template, default=self.default_template)
         mode = self.default_mode if mode == PositionMode.UNSPECIFIED else PositionMode(mode)
         validate_instances(instances)

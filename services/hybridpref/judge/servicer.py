@@ -56,7 +56,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             template=request.template or None,
             seed=request.seed,
             replay_judge=request.replay_judge or None,
-            deadline_s=deadlines.current() or remaining_timeout(context),
+            deadline=deadlines.current() or remaining_timeout(context),
             size=len(instances),  # small calls first
         )
         self._metrics.instances.labels("judge", "JudgeInstances").inc(len(instances))

@@ -35,7 +35,7 @@ from hybridpref.router.backends import (
     JudgeBackend,
     JudgedBatch,
     RoutingModelSource,
-    TaggedBatch,
+    RouterTags,
     TaggerBackend,
     judge_signals,
 )
@@ -129,18 +129,18 @@ class RouterCore:
         if violations:
             raise InvalidInput(violations)
 
-    async def route(self, instances: Sequence[PreferenceInstance], options: RouteOptions, timeout: Deadline | float | None) -> RouteOutcome:
-        """Route one in-memory batch (the unary RPC). ``timeout``: the call's ``Deadline`` (or seconds)."""
-        clock, stages = Deadline.of(timeout), {"tag": 0.0}
+    async def route(self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline) -> RouteOutcome:
+        """Route one in-memory batch (the unary RPC) within the call's ``deadline``."""
+        stages = {"tag": 0.0}
         await self.executor.run(self.validate, instances, options, size=len(instances))
-        await self._check_judge_names(instances, options, clock)
+        await self._check_judge_names(instances, options, deadline)
         with _timed(stages, "tag"):
-            tagged = await self.tagger.tag(instances, clock)
+            tagged = await self.tagger.tag(instances, deadline)
         text = await self.executor.run(text_features, instances, tagged, size=len(instances))
-        return await self._decide(MemoryStore(instances), tagged, text, options, clock, stages)
+        return await self._decide(MemoryStore(instances), tagged, text, options, deadline, stages)
 
     async def route_stream(
-        self, chunks: AsyncIterator[Sequence[PreferenceInstance]], options: RouteOptions, timeout: Deadline | float | None
+        self, chunks: AsyncIterator[Sequence[PreferenceInstance]], options: RouteOptions, deadline: Deadline
     ) -> RouteOutcome:
         """Route a batch that arrives in chunks (the streaming RPC), any size.
 
@@ -148,28 +148,28 @@ class RouterCore:
         file, so memory holds ids, costs and tag rows only. A bad chunk fails the whole
         call before any decision is made.
         """
-        clock, stages = Deadline.of(timeout), {"tag": 0.0}
+        stages: dict[str, float] = {"tag": 0.0}
         store, parts, texts, seen = SpillStore(), [], [], {}
         try:
             async for chunk in chunks:
                 if len(store) + len(chunk) > self.settings.limits.max_stream_instances:
                     raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.limits.max_stream_instances} instances"))
                 await self.executor.run(_validate_chunk, chunk, len(store), seen, size=len(chunk))
-                await self._check_judge_names(chunk, options, clock, offset=len(store))
+                await self._check_judge_names(chunk, options, deadline, offset=len(store))
                 await self.executor.run(store.extend, chunk, size=len(chunk))
                 with _timed(stages, "tag"):
-                    parts.append(await self.tagger.tag(chunk, clock))
+                    parts.append(await self.tagger.tag(chunk, deadline))
                 texts.append(await self.executor.run(text_features, chunk, parts[-1], size=len(chunk)))
             violations = _option_violations(options, len(store))
             if violations:
                 raise InvalidInput(violations)
-            return await self._decide(store, TaggedBatch.concat(parts), np.concatenate(texts), options, clock, stages)
+            return await self._decide(store, RouterTags.concat(parts), np.concatenate(texts), options, deadline, stages)
         finally:
             store.close()
 
-    async def _check_judge_names(self, instances, options: RouteOptions, clock: Deadline, offset: int = 0) -> None:
+    async def _check_judge_names(self, instances, options: RouteOptions, deadline: Deadline, offset: int = 0) -> None:
         """Template and replay-judge names against what the judge advertises, before any work."""
-        info = await self.judge.judge_info(min(2.0, clock.timeout() or 2.0))
+        info = await self.judge.judge_info(min(2.0, deadline.timeout() or 2.0))
         violations = await self.executor.run(
             judge_violations, info, options.judge_template, options.replay_judge, instances, offset,
             needs_judge=options.strategy.needs_judge, size=len(instances),
@@ -177,23 +177,23 @@ class RouterCore:
         if violations:
             raise InvalidInput(violations)
 
-    async def _decide(self, store, tagged: TaggedBatch, text: np.ndarray, options: RouteOptions, clock: Deadline,
+    async def _decide(self, store, tagged: RouterTags, text: np.ndarray, options: RouteOptions, deadline: Deadline,
                       stages: dict[str, float]) -> RouteOutcome:
         """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain.
         ``text``: the batch's correction features without judge signals (the domain check reads them)."""
         n = len(store)
         strategy = options.strategy
         warnings: list[str] = []
-        model = await self._model(strategy, tagged, clock, warnings)
+        model = await self._model(strategy, tagged, deadline, warnings)
         judged = None
         if strategy.needs_judge_first:
             with _timed(stages, "judge"):
-                judged = await self._judge_first(store, tagged, model, options, clock)
+                judged = await self._judge_first(store, tagged, model, options, deadline)
         budget = budgets.resolve_budget(options.budget, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged))
         with _timed(stages, "route"):
             result, summary = await self.executor.run(
                 decide, model, strategy, tagged.tag_matrix, budget, judged, text, seed=options.seed,
-                simulated_candidates=options.simulated_candidates or 500, deadline=clock, size=n,
+                simulated_candidates=options.simulated_candidates or 500, deadline=deadline, size=n,
             )
         summary.warnings[:0] = warnings
         decisions = await self.executor.run(_decisions, store.ids, result, budget, size=n)
@@ -201,7 +201,7 @@ class RouterCore:
             lm_rows = [i for i, d in enumerate(decisions) if not d.human]
             if lm_rows:
                 with _timed(stages, "judge"):
-                    _apply_judgements(decisions, lm_rows, await self._judge_rows(store, lm_rows, options, clock))
+                    _apply_judgements(decisions, lm_rows, await self._judge_rows(store, lm_rows, options, deadline))
         else:
             _apply_judgements(decisions, list(range(n)), judged.batch)
             if judged.expected_gain is not None:
@@ -219,13 +219,13 @@ class RouterCore:
             human_cost=float(budget.costs[result.human_mask].sum()), summary=summary, stage_seconds=stages,
         )
 
-    async def _model(self, strategy: StrategySpec, tagged: TaggedBatch, clock: Deadline, warnings: list[str]) -> RoutingModel | None:
+    async def _model(self, strategy: StrategySpec, tagged: RouterTags, deadline: Deadline, warnings: list[str]) -> RoutingModel | None:
         """The routing model, checked against the tagger's bins. A strategy that needs the PPM (or the
         expected-correction model) fails without it (``NotReady``) before the judge runs; the others route
         anyway and the summary says what is missing."""
         needed = strategy.needs_predictor or strategy.needs_expected_gain
         try:
-            model = await self.models.routing_model(clock)
+            model = await self.models.routing_model(deadline)
             if tagged.reference_bins_id and model.reference_bins_id and tagged.reference_bins_id != model.reference_bins_id:
                 # Tags binned with other edges than the models were trained on would be silently wrong.
                 raise NotReady(
@@ -243,14 +243,14 @@ class RouterCore:
             warnings.append(f"no routing model ({exc}): no predictions, domain check or expected corrections")
             return None
 
-    async def _judge_first(self, store, tagged: TaggedBatch, model: RoutingModel | None, options: RouteOptions,
-                           clock: Deadline) -> JudgeFirst:
+    async def _judge_first(self, store, tagged: RouterTags, model: RoutingModel | None, options: RouteOptions,
+                           deadline: Deadline) -> JudgeFirst:
         """Judge every row, one slice at a time: signals and, with a correction model, P(wrong) per row."""
         batches, signals, p_lm, p_h = [], [], [], []
         for start in range(0, len(store), JUDGE_SLICE):
             rows = list(range(start, min(len(store), start + JUDGE_SLICE)))
             instances = await self.executor.run(store.get, rows, size=len(rows))
-            judged = await self._judge(instances, options, clock)
+            judged = await self._judge(instances, options, deadline)
             sig = judge_signals(judged, instances)
             batches.append(judged)
             signals.append(sig)
@@ -261,18 +261,18 @@ class RouterCore:
         p_wrong = (np.concatenate(p_lm), np.concatenate(p_h)) if p_lm else None
         return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong)
 
-    async def _judge_rows(self, store, rows: list[int], options: RouteOptions, clock: Deadline) -> JudgedBatch:
+    async def _judge_rows(self, store, rows: list[int], options: RouteOptions, deadline: Deadline) -> JudgedBatch:
         """Judge ``rows`` of the store, reading instances back one slice at a time (off the loop)."""
         parts = []
         for start in range(0, len(rows), JUDGE_SLICE):
             instances = await self.executor.run(store.get, rows[start : start + JUDGE_SLICE], size=JUDGE_SLICE)
-            parts.append(await self._judge(instances, options, clock))
+            parts.append(await self._judge(instances, options, deadline))
         return JudgedBatch.concat(parts)
 
-    async def _judge(self, instances, options: RouteOptions, timeout) -> JudgedBatch:
+    async def _judge(self, instances, options: RouteOptions, deadline: Deadline) -> JudgedBatch:
         return await self.judge.judge(
             instances, mode=options.judge_mode, template=options.judge_template,
-            replay_judge=options.replay_judge, seed=options.seed, timeout=timeout,
+            replay_judge=options.replay_judge, seed=options.seed, deadline=deadline,
         )
 
     def _count(self, decisions: list[Decision], strategy: str) -> None:
@@ -283,7 +283,7 @@ class RouterCore:
 
 def decide(
     model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, budget: ResolvedBudget, judged: JudgeFirst | None,
-    features: np.ndarray | None, *, seed: int, simulated_candidates: int = 500, deadline: Deadline | float | None = None,
+    features: np.ndarray | None, *, seed: int, simulated_candidates: int = 500, deadline: Deadline | None = None,
 ) -> tuple[strategies.RoutingResult, Summary]:
     """The routing decision and its summary, in process: what the service runs after tagging and the
     judge-first pass, and what ``benchmarks/bench_router_scale.py`` times. ``features``: the batch's (n, F)
@@ -318,7 +318,7 @@ def _decisions(ids: Sequence[str], result, budget) -> list[Decision]:
             for i, h, g, c in zip(ids, result.human_mask, result.gains, budget.costs)]
 
 
-def text_features(instances: Sequence[PreferenceInstance], tagged: TaggedBatch) -> np.ndarray:
+def text_features(instances: Sequence[PreferenceInstance], tagged: RouterTags) -> np.ndarray:
     """Correction features of a chunk without judge signals (their columns neutral) -> (n, F) float32;
     the text columns are what the domain check compares with the bundle's training pools."""
     from hybridpref.routing_model.correction import correction_features
@@ -328,7 +328,7 @@ def text_features(instances: Sequence[PreferenceInstance], tagged: TaggedBatch) 
     return correction_features(instances, tagged.measures, tagged.tag_matrix, neutral)
 
 
-def _p_wrong(model: RoutingModel, instances, tagged: TaggedBatch, rows: list[int], signals: JudgeSignals):
+def _p_wrong(model: RoutingModel, instances, tagged: RouterTags, rows: list[int], signals: JudgeSignals):
     """(P(LM label wrong), P(human label wrong)) of ``rows`` from the bundle's correction model."""
     from hybridpref.routing_model.correction import correction_features
 
@@ -386,7 +386,7 @@ def _timed(stages: dict[str, float], name: str):
         stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
 
 
-def _cost_inputs(tagged: TaggedBatch) -> dict[str, np.ndarray]:
+def _cost_inputs(tagged: RouterTags) -> dict[str, np.ndarray]:
     col = {m: i for i, m in enumerate(LEXICAL_MEASURES)}
     expertise = budgets.expertise_levels_from_tags(tagged.tag_matrix)
     return {

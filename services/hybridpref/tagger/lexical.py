@@ -51,7 +51,8 @@ def rescale(f1: float, baseline: float) -> float:
 
 
 def bertscore_length(bertscore: float, len_a: int, len_b: int) -> float:
-    """``bertscore * exp(1 - len_longer / len_shorter)``: penalises unequal lengths (DESIGN.md 2).
+    """``bertscore * exp(1 - len_longer / len_shorter)``: penalises unequal lengths (the paper's
+    ``bertscore_length`` tag).
 
     Lengths in tokens; a zero-length side gives 0.
     """

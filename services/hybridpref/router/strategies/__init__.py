@@ -153,7 +153,7 @@ def route(
     simulated_sampler: str = "tag_walk",
     greedy: GreedyOptions | None = None,
     judge_aware: JudgeAwareOptions | None = None,
-    deadline: Deadline | float | None = None,
+    deadline: Deadline | None = None,
     expected_gain: np.ndarray | None = None,
     signals: JudgeSignals | None = None,
     ppm_in_domain: bool = False,
@@ -163,8 +163,8 @@ def route(
 
     ``strategy``: a name in :data:`STRATEGIES`; ``tag_matrix`` (n, V) 0/1 (uint8 or bool; V = the scorer's
     width); ``budget`` from :func:`~hybridpref.router.budget.resolve_budget` for the same n. Which of the
-    other inputs a strategy reads, its :class:`StrategySpec` says. ``deadline``: the call's ``Deadline`` (or
-    a ``time.monotonic()`` instant); long strategies check it between rounds and raise ``DeadlineExceeded``.
+    other inputs a strategy reads, its :class:`StrategySpec` says. ``deadline``: the call's ``Deadline``; long
+    strategies check it between rounds and raise ``DeadlineExceeded`` (or ``Cancelled``).
 
     Raises ``InvalidInput`` (unknown strategy, bad shapes, auto budget for random/simulated),
     ``NotReady`` (the strategy needs a scorer, or the judge's signals, that were not given).

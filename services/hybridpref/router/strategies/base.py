@@ -3,7 +3,6 @@ and the selection helpers (best by priority under a count or cost budget, static
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +14,7 @@ from hybridpref.router.packed import PackedTags
 from hybridpref.router.scoring import QuadraticScorer, mix_counts, unique_rows
 from hybridpref.router.selection import density_order, fill_in_order, top_indices
 from hybridpref.server.deadline import Deadline
-from hybridpref_client.core.errors import DeadlineExceeded, FieldViolation, InvalidInput, NotReady
+from hybridpref_client.core.errors import FieldViolation, InvalidInput, NotReady
 
 # A strategy: context -> (human mask (n,) bool, gains (n,) float64).
 StrategyFn = Callable[["RoutingContext"], tuple[np.ndarray, np.ndarray]]
@@ -99,8 +98,8 @@ class RoutingContext:
     simulated_sampler: str = "tag_walk"
     greedy: GreedyOptions = field(default_factory=GreedyOptions)
     judge_aware: JudgeAwareOptions = field(default_factory=JudgeAwareOptions)
-    # The call's Deadline (expiry and cancellation), or a time.monotonic() instant; work stops after it.
-    deadline: Deadline | float | None = None
+    # The call's Deadline (expiry and cancellation); work stops between rounds once it is past.
+    deadline: Deadline | None = None
     info: dict[str, float] = field(default_factory=dict)  # strategy diagnostics -> RoutingResult.info
     expected_gain: np.ndarray | None = None
     signals: JudgeSignals | None = None
@@ -124,10 +123,8 @@ class RoutingContext:
 
     def check_deadline(self) -> None:
         """Stop between rounds when the call expired or was cancelled (its caller left)."""
-        if isinstance(self.deadline, Deadline):
+        if self.deadline is not None:
             self.deadline.check(what="routing")
-        elif self.deadline is not None and time.monotonic() > self.deadline:
-            raise DeadlineExceeded("routing ran past the request deadline")
 
 
 def static_gains(ctx: RoutingContext) -> np.ndarray:

@@ -21,7 +21,7 @@ def expected_gain(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
 def hybrid(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
     """The default: ``expected_gain``, with the PPM's solo gain (min-max scaled) breaking ties when
     a scorer is given and ``ppm_in_domain``; otherwise exactly ``expected_gain``. The PPM never
-    overrides a distinct expected gain: cross-pool it did not transfer (DESIGN.md section 7)."""
+    overrides a distinct expected gain: cross-pool it did not transfer (docs/EVALUATION.md)."""
     gain = _require_expected_gain(ctx)
     if ctx.scorer is not None and ctx.ppm_in_domain:
         ppm = static_gains(ctx)
