@@ -59,6 +59,16 @@ class NotReady(HybridPrefError):
     """A precondition is not met, e.g. no model bundle loaded (-> ``FAILED_PRECONDITION``)."""
 
 
+class NotFound(HybridPrefError):
+    """A named thing (a campaign, a stored instance) does not exist for this caller (-> ``NOT_FOUND``).
+
+    Another vendor's campaign is reported as not found too: its existence is not the caller's business."""
+
+
+class AlreadyExists(HybridPrefError):
+    """A create found the name taken, e.g. a vendor's campaign name (-> ``ALREADY_EXISTS``)."""
+
+
 class BackendUnavailable(HybridPrefError):
     """A backend (LM endpoint, downstream service) is down or overloaded (-> ``UNAVAILABLE``).
 

@@ -1,5 +1,4 @@
-"""(Placeholder copy of the contract on the annot branch: the store branch's own store/api.py replaces it
-when merged.) Contract of the campaign store (hybridpref.store), shared by the router (issue 20), the annotation app
+"""Contract of the campaign store (hybridpref.store), shared by the router (issue 20), the annotation app
 (issue 17) and online learning (issue 19). The store helper implements it with SQLAlchemy 2 + Alembic in
 services/hybridpref/store/ (this file becomes store/api.py); others code against these names. Extending is
 fine; changing a signature below is not (other helpers depend on it)."""
@@ -117,6 +116,10 @@ class CampaignStatus:
     agreement: Interval | None        # judge-human agreement on returned non-tie labels (Wilson 95%)
     realised_corrections: int         # returned human majority differs from the LM label (non-tie)
     expected_corrections: Interval | None   # what the routing summaries promised for the labelled pairs
+    # extensions (store helper): agreement on audit labels only (LM-routed pairs, an unbiased sample of
+    # the judge) and how many labelled human-routed pairs carried an expected_correction
+    audit_agreement: Interval | None = None
+    expected_known: int = 0
 
 
 class CampaignStore(Protocol):

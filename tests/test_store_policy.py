@@ -1,0 +1,127 @@
+"""The campaign spending policy (hybridpref.store.policy) as a pure function, on seeded synthetic streams."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hybridpref.store.policy import EPS, batch_seed, plan_batch
+
+
+def run_stream(scores_by_batch, costs_by_batch, *, kind, total, expected, share=0.0):
+    """Feed batches through plan_batch as the store does; returns (spend per batch, plans)."""
+    history = np.zeros(0)
+    spent, seen, spends, plans = 0.0, 0, [], []
+    for b, (scores, costs) in enumerate(zip(scores_by_batch, costs_by_batch, strict=True)):
+        plan = plan_batch(scores, costs, history=history, budget_kind=kind, budget_left=total - spent, seen=seen,
+                          expected_instances=expected, exploration_share=share, seed=batch_seed(7, f"b{b}"))
+        units = np.ones(len(scores)) if kind == "count" else costs
+        assert plan.spend == pytest.approx(float(units[plan.human].sum()))
+        assert not np.any(plan.exploration & ~plan.human)
+        spent += plan.spend
+        assert spent <= total + EPS, "the policy spent more than the campaign's total"
+        spends.append(plan.spend)
+        plans.append(plan)
+        history = np.concatenate([history, scores])
+        seen += len(scores)
+    return np.array(spends), plans
+
+
+def stream(seed, batches=20, size=(200, 800)):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(size[0], size[1], batches)
+    scores = [rng.beta(2, 5, n) for n in sizes]
+    costs = [rng.uniform(0.5, 3.0, n) for n in sizes]
+    return scores, costs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_count_budget_lands_within_2_percent_and_tracks_the_stream(seed):
+    scores, costs = stream(seed)
+    n = sum(len(s) for s in scores)
+    total = float(int(0.25 * n))
+    spends, _ = run_stream(scores, costs, kind="count", total=total, expected=n)
+    assert total * 0.98 <= spends.sum() <= total
+    # spending follows the stream: after half of the instances, about half of the budget is spent
+    sizes = np.array([len(s) for s in scores])
+    half = np.searchsorted(np.cumsum(sizes), n / 2)
+    assert spends[: half + 1].sum() / total == pytest.approx(np.cumsum(sizes)[half] / n, abs=0.08)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cost_budget_never_exceeds_and_lands_within_2_percent(seed):
+    scores, costs = stream(seed)
+    total = 0.25 * sum(c.sum() for c in costs)
+    spends, _ = run_stream(scores, costs, kind="cost", total=total, expected=sum(len(s) for s in scores))
+    assert total * 0.98 <= spends.sum() <= total + EPS
+
+
+def test_underestimated_stream_never_overspends():
+    """The vendor said 2,000 instances and sends 6,000: the budget runs out early but never over."""
+    scores, costs = stream(3, batches=20, size=(300, 301))
+    spends, _ = run_stream(scores, costs, kind="count", total=500, expected=2000)
+    assert spends.sum() == 500
+    assert spends[-10:].sum() == 0  # spent within the announced stream and the batch after it
+
+
+def test_without_expected_instances_each_batch_is_the_rest():
+    scores, costs = stream(4, batches=5, size=(100, 101))
+    spends, plans = run_stream(scores, costs, kind="count", total=150, expected=None)
+    assert spends.tolist() == [100, 50, 0, 0, 0]
+    assert all(p.final for p in plans)
+    # the best scores of the batch were chosen
+    second = plans[1]
+    assert scores[1][second.human].min() >= scores[1][~second.human].max()
+
+
+def test_higher_scores_get_humans():
+    scores, costs = stream(5)
+    _, plans = run_stream(scores, costs, kind="count", total=2000, expected=sum(len(s) for s in scores))
+    routed = np.concatenate([s[p.human] for s, p in zip(scores, plans, strict=True)])
+    kept = np.concatenate([s[~p.human] for s, p in zip(scores, plans, strict=True)])
+    assert routed.mean() > kept.mean() + 0.2
+    # a batch richer in high scores than the history gets a larger share of humans
+    rich = np.concatenate([scores[0], scores[1]]) + 0.3
+    history = np.concatenate(scores[:10])
+    args = dict(budget_kind="count", budget_left=1000, seen=len(history), expected_instances=len(history) * 2,
+                exploration_share=0.0, seed=1)
+    plain = plan_batch(scores[11], np.ones(len(scores[11])), history=history, **args)
+    richer = plan_batch(rich, np.ones(len(rich)), history=history, **args)
+    assert richer.human.mean() > 2 * plain.human.mean()
+
+
+def test_exploration_share_is_random_and_deterministic():
+    scores, costs = stream(6)
+    n = sum(len(s) for s in scores)
+    spends, plans = run_stream(scores, costs, kind="count", total=0.25 * n // 1, expected=n, share=0.2)
+    explored = sum(int(p.exploration.sum()) for p in plans)
+    assert explored / spends.sum() == pytest.approx(0.2, abs=0.03)
+    explored_scores = np.concatenate([s[p.exploration] for s, p in zip(scores, plans, strict=True)])
+    exploited_scores = np.concatenate([s[p.human & ~p.exploration] for s, p in zip(scores, plans, strict=True)])
+    assert explored_scores.mean() < exploited_scores.mean() - 0.1  # drawn from the whole batch, not the top
+    again, plans2 = run_stream(scores, costs, kind="count", total=0.25 * n // 1, expected=n, share=0.2)
+    assert all(np.array_equal(a.human, b.human) and np.array_equal(a.exploration, b.exploration)
+               for a, b in zip(plans, plans2, strict=True))
+    assert batch_seed(1, "b") != batch_seed(2, "b") and batch_seed(1, "b") != batch_seed(1, "c")
+
+
+def test_tied_scores_are_shared_at_the_threshold():
+    """Every score equal (e.g. a judge that gave no verdict anywhere): the fraction still holds."""
+    scores = [np.full(400, 0.5) for _ in range(10)]
+    costs = [np.ones(400) for _ in range(10)]
+    spends, _ = run_stream(scores, costs, kind="count", total=1000, expected=4000)
+    assert spends.sum() == 1000
+    assert spends[:9].max() - spends[:9].min() < 40  # paced evenly, not all at once
+
+
+def test_empty_and_exhausted():
+    none = plan_batch(np.zeros(0), np.zeros(0), history=np.zeros(0), budget_kind="count", budget_left=5, seen=0,
+                      expected_instances=10, exploration_share=0.0, seed=0)
+    assert none.spend == 0 and len(none.human) == 0
+    broke = plan_batch(np.ones(5), np.full(5, 2.0), history=np.zeros(0), budget_kind="cost", budget_left=1.5,
+                       seen=0, expected_instances=None, exploration_share=0.0, seed=0)
+    assert broke.spend == 0 and not broke.human.any()
+    # a cheaper instance still fits where the best one does not
+    mixed = plan_batch(np.array([0.9, 0.5]), np.array([3.0, 1.0]), history=np.zeros(0), budget_kind="cost",
+                       budget_left=2.0, seen=0, expected_instances=None, exploration_share=0.0, seed=0)
+    assert mixed.human.tolist() == [False, True] and mixed.spend == 1.0
