@@ -101,7 +101,7 @@ def test_sign_in_required_and_bad_tokens_refused(base: str, store: Any) -> None:
     with httpx.Client(base_url=base, follow_redirects=False) as anon:
         assert anon.get("/").headers["location"] == "/login"
         assert anon.post("/label", data={"instance_id": "ann-01", "shown": "AB", "choice": "A2"}).status_code == 403
-        r = anon.post("/login", data={"token": "hpa_not-a-real-token"})
+        r = anon.post("/login", data={"token": "not-a-real-token"})
         assert r.status_code == 401 and "not valid" in r.text
         assert "set-cookie" not in r.headers
     assert _labels(store) == {}
@@ -237,7 +237,7 @@ def test_other_vendor_sees_no_campaign(base: str, store: Any) -> None:
     client = _client(base, store, "ann-9", vendor="globex")
     r = client.get("/")
     assert r.status_code == 404 and "no campaign" in r.text
-    assert client.post("/label", data={"instance_id": "ann-01", "shown": "AB", "choice": "A1"}).status_code == 400
+    assert client.post("/label", data={"instance_id": "ann-01", "shown": "AB", "choice": "A1"}).status_code == 404
     assert _labels(store) == {}
 
 
@@ -263,7 +263,10 @@ def test_sign_in_cookie_is_http_only_and_strict(base: str, store: Any) -> None:
     with httpx.Client(base_url=base, follow_redirects=False) as c:
         cookie = c.post("/login", data={"token": token}).headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
-    assert store.find_annotator_token(token) is None, "the store keeps hashes, never the token"
+    assert store.annotator_for_token(token) == (VENDOR, "ann-1")
+    store.revoke_annotator_tokens(VENDOR, "ann-1")
+    with httpx.Client(base_url=base, follow_redirects=False) as c:
+        assert c.post("/login", data={"token": token}).status_code == 401
 
 
 def test_health_and_readiness(base: str) -> None:

@@ -21,15 +21,10 @@ VENDOR = "acme"
 
 
 def make_store(tmp_path: Path) -> Any:
-    """The real SQL campaign store on a SQLite file in ``tmp_path`` once it is importable on this
-    branch; until then the in-memory stop-gap (tests/support/memory_store.py)."""
-    try:
-        from hybridpref.store.sql import SqlCampaignStore  # type: ignore[import-not-found]
-    except ImportError:
-        from support.memory_store import MemoryCampaignStore
+    """The campaign store on a fresh SQLite file in ``tmp_path`` (migrated)."""
+    from hybridpref.store.sql import SqlCampaignStore
 
-        return MemoryCampaignStore()
-    return SqlCampaignStore(f"sqlite:///{tmp_path / 'campaigns.db'}")
+    return SqlCampaignStore.open(f"sqlite:///{tmp_path / 'campaigns.db'}", upgrade=True)
 
 
 def fixture_pairs() -> list[dict[str, str]]:

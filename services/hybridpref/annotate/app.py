@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from hybridpref_client.core.errors import NotFound
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from starlette.applications import Starlette
@@ -47,6 +48,7 @@ SOURCE = "annotate"
 MAX_RATIONALE_CHARS = 4000
 MAX_ID_CHARS = 512
 UNDO_WINDOW = 200  # pending pairs searched for the pair an undo brings back
+MAX_WINDOW = 1000  # the store's largest pending_pairs limit
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; font-src 'self'; "
        "connect-src 'none'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 SECURITY_HEADERS = {
@@ -143,7 +145,7 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
     async def campaign_of(annotator: Annotator) -> Any | None:
         try:
             return await run_in_threadpool(store.get_campaign, annotator.vendor, config.campaign)
-        except Exception:  # NotFound in the store's terms: this vendor runs no such campaign
+        except NotFound:  # this annotator's vendor runs no campaign of that name
             return None
 
     # ------------------------------------------------------------------ pages
@@ -178,7 +180,7 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
                         message=f"Your organisation runs no campaign named {config.campaign!r}.")
         wanted = request.query_params.get("instance")
         vendor, name = annotator.vendor, config.campaign
-        limit = max(UNDO_WINDOW if wanted else 0, assigner.window(vendor, name, annotator.name))
+        limit = min(MAX_WINDOW, max(UNDO_WINDOW if wanted else 0, assigner.window(vendor, name, annotator.name)))
         pending = await run_in_threadpool(store.pending_pairs, vendor, name, annotator.name, limit)
         pair = assigner.choose(vendor, name, annotator.name, pending, wanted=wanted)
         undo = request.query_params.get("undo")
@@ -211,7 +213,11 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
         preference, strength = to_stored(choice, shown)  # type: ignore[arg-type]
         item = HumanLabel(instance_id=instance_id, annotator=annotator.name, preference=preference,
                           strength=strength, rationale=rationale, source=SOURCE)
-        (result,) = await run_in_threadpool(store.submit_labels, annotator.vendor, config.campaign, [item])
+        try:
+            (result,) = await run_in_threadpool(store.submit_labels, annotator.vendor, config.campaign, [item])
+        except NotFound:
+            return page("message.html", status=404, annotator=annotator,
+                        message=f"Your organisation runs no campaign named {config.campaign!r}.")
         if result.status == "rejected":
             return page("message.html", status=400, annotator=annotator, message=f"Not stored: {result.error}")
         assigner.release(annotator.vendor, config.campaign, annotator.name, instance_id)
@@ -235,7 +241,10 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
         instance_id = (await form_of(request)).get("instance_id", "")
         if not 0 < len(instance_id) <= MAX_ID_CHARS:
             return see_other("/")
-        deleted = await run_in_threadpool(store.delete_label, annotator.vendor, config.campaign, instance_id, annotator.name)
+        try:
+            deleted = await run_in_threadpool(store.delete_label, annotator.vendor, config.campaign, instance_id, annotator.name)
+        except NotFound:
+            deleted = False
         if not deleted:
             return see_other("/?notice=nothing-to-undo")
         return see_other("/?instance=" + quote(instance_id, safe=""))
@@ -245,7 +254,7 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
 
     async def readyz(request: Request) -> Response:
         try:
-            await run_in_threadpool(store.find_annotator_token, "0" * 64)
+            await run_in_threadpool(store.annotator_for_token, "readiness-probe")
         except Exception as exc:  # the store is down or unreachable: not ready, say why
             return PlainTextResponse(f"store not reachable: {type(exc).__name__}", status_code=503)
         return PlainTextResponse("ok")
