@@ -20,11 +20,15 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VENDOR = "acme"
 
 
+def store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'campaigns.db'}"
+
+
 def make_store(tmp_path: Path) -> Any:
-    """The campaign store on a fresh SQLite file in ``tmp_path`` (migrated)."""
+    """The campaign store on a fresh SQLite file in ``tmp_path`` (migrated; ``store_url`` names it)."""
     from hybridpref.store.sql import SqlCampaignStore
 
-    return SqlCampaignStore.open(f"sqlite:///{tmp_path / 'campaigns.db'}", upgrade=True)
+    return SqlCampaignStore.open(store_url(tmp_path), upgrade=True)
 
 
 def fixture_pairs() -> list[dict[str, str]]:
