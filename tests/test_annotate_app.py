@@ -91,6 +91,7 @@ def test_markdown_renders_hostile_html_as_text() -> None:
     assert "&lt;img src=x onerror=alert(2)&gt;" in html
     assert "<code>&lt;b&gt;code&lt;/b&gt;\n</code>" in html
     assert "<strong>x</strong>" in markdown_html("**x**")
+    assert "one<br />\ntwo" in markdown_html("one\ntwo")
     assert 'rel="noopener noreferrer nofollow"' in markdown_html("[a](https://example.org)")
 
 
@@ -253,6 +254,8 @@ def test_security_headers_and_cross_origin_posts(base: str, store: Any) -> None:
     form = _form(page.text)
     evil = client.post("/label", data={**form, "choice": "A1"}, headers={"origin": "http://evil.example", "sec-fetch-site": "cross-site"})
     assert evil.status_code == 403
+    older_browser = client.post("/label", data={**form, "choice": "A1"}, headers={"origin": "http://evil.example"})
+    assert older_browser.status_code == 403
     assert _labels(store) == {}
     same = client.post("/label", data={**form, "choice": "A1"}, headers={"origin": base, "sec-fetch-site": "same-origin"})
     assert same.status_code == 303

@@ -54,7 +54,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
 SECURITY_HEADERS = {
     "content-security-policy": CSP,
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # not "no-referrer": with it Chromium sends "Origin: null" on same-origin form posts
+    "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
     "cross-origin-opener-policy": "same-origin",
 }
@@ -121,14 +122,13 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
         return await run_in_threadpool(resolve_token, store, token) if token else None
 
     def same_origin(request: Request) -> bool:
-        """CSRF guard beside the SameSite=Strict cookie: a browser names where a POST comes from."""
+        """CSRF guard beside the SameSite=Strict cookie: a browser says where a POST comes from
+        (Sec-Fetch-Site; older ones only Origin). Non-browser clients send neither: the cookie decides."""
         site = request.headers.get("sec-fetch-site")
-        if site is not None and site not in ("same-origin", "none"):
-            return False
+        if site is not None:
+            return site in ("same-origin", "none")
         origin = request.headers.get("origin")
-        if origin is None:  # not a browser (scripts, the load benchmark): the cookie is the credential
-            return True
-        return urlsplit(origin).netloc == request.headers.get("host", "")
+        return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")
 
     async def form_of(request: Request) -> dict[str, str]:
         form = await request.form()
@@ -249,6 +249,9 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
             return see_other("/?notice=nothing-to-undo")
         return see_other("/?instance=" + quote(instance_id, safe=""))
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)  # browsers ask for one; an empty answer keeps their consoles clean
+
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
 
@@ -267,6 +270,7 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
         Route("/label", label, methods=["POST"]),
         Route("/skip", skip, methods=["POST"]),
         Route("/undo", undo, methods=["POST"]),
+        Route("/favicon.ico", favicon, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

@@ -16,7 +16,8 @@ from markdown_it import MarkdownIt
 
 @lru_cache(maxsize=1)
 def _md() -> MarkdownIt:
-    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+    # breaks: a single newline is a line break (responses lay out poems, lists, addresses that way)
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False, "breaks": True})
     md.enable("table").disable("image")
 
     def link_open(renderer, tokens, idx, options, env):  # type: ignore[no-untyped-def]
