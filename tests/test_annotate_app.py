@@ -275,3 +275,19 @@ def test_sign_in_cookie_is_http_only_and_strict(base: str, store: Any) -> None:
 def test_health_and_readiness(base: str) -> None:
     assert httpx.get(base + "/healthz").text == "ok"
     assert httpx.get(base + "/readyz").status_code == 200
+
+
+def test_token_cache_remembers_for_ttl_only(tmp_path: Path) -> None:
+    from hybridpref.annotate.tokens import TokenCache
+
+    store = make_store(tmp_path)
+    token = issue_token(store, VENDOR, "ann-1")
+    now = [100.0]
+    cache = TokenCache(store, ttl_s=10, clock=lambda: now[0])
+    assert cache.cached(token) is None
+    assert cache.resolve(token).name == "ann-1"
+    store.revoke_annotator_tokens(VENDOR, "ann-1")
+    assert cache.cached(token).name == "ann-1", "within the TTL the cached answer stands"
+    now[0] += 10.5
+    assert cache.cached(token) is None and cache.resolve(token) is None, "after it, the revocation holds"
+    assert cache.resolve("unknown") is None and cache.cached("unknown") is None

@@ -20,6 +20,7 @@ no inline script, no images or frames from anywhere else); POSTs from another or
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -39,7 +41,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hybridpref.annotate.assign import Assigner
 from hybridpref.annotate.render import markdown_html
 from hybridpref.annotate.scale import SCALE, BY_CODE, ShownOrder, shown_order, to_stored
-from hybridpref.annotate.tokens import Annotator, resolve_token
+from hybridpref.annotate.tokens import Annotator, TokenCache, resolve_token
+from hybridpref.annotate.writer import LabelWriter
 from hybridpref.store.api import HumanLabel, PendingPair
 
 HERE = Path(__file__).resolve().parent
@@ -66,12 +69,13 @@ class AppConfig:
     """``campaign``: the campaign name served (looked up under each annotator's vendor); ``seed``: the
     A/B shuffling seed (keep it across restarts: a reload must show the same order); ``secure_cookies``:
     mark the sign-in cookie Secure (serve behind TLS); ``lease_s``: how long a shown pair is held for
-    its annotator."""
+    its annotator; ``token_cache_s``: how long a token's annotator is remembered (revocation delay)."""
 
     campaign: str
     seed: int = 0
     secure_cookies: bool = False
     lease_s: float = 600.0
+    token_cache_s: float = 10.0   # a revoked token stops working within this many seconds
     title: str = "hybridpref annotation"
     extra_headers: dict[str, str] = field(default_factory=dict)
 
@@ -103,11 +107,14 @@ class BadForm(Exception):
         self.field, self.description = field, description
 
 
-def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) -> ASGIApp:
+def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) -> Starlette:
     """The ASGI app serving ``config.campaign`` from ``store`` (a ``CampaignStore`` with the annotator
     token methods of ``tokens.AnnotatorTokenStore``)."""
     assigner = assigner or Assigner(lease_s=config.lease_s)
-    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+    writer = LabelWriter(store.submit_labels, config.campaign)
+    tokens = TokenCache(store, ttl_s=config.token_cache_s)
+    # auto_reload off: templates ship with the package; no stat() of each template per page
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]), auto_reload=False)
     env.globals.update(title=config.title, campaign=config.campaign, scale=SCALE)
 
     def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -119,7 +126,9 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
 
     async def who(request: Request) -> Annotator | None:
         token = request.cookies.get(COOKIE, "")
-        return await run_in_threadpool(resolve_token, store, token) if token else None
+        if not token:
+            return None
+        return tokens.cached(token) or await run_in_threadpool(tokens.resolve, token)
 
     def same_origin(request: Request) -> bool:
         """CSRF guard beside the SameSite=Strict cookie: a browser says where a POST comes from
@@ -142,11 +151,13 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
             raise BadForm(name, f"longer than {limit} characters")
         return value
 
-    async def campaign_of(annotator: Annotator) -> Any | None:
+    def campaign_and_pending(annotator: Annotator, limit: int) -> tuple[Any | None, list[PendingPair]]:
+        """(campaign or None if this vendor has none of that name, pending pairs): one worker-thread hop."""
         try:
-            return await run_in_threadpool(store.get_campaign, annotator.vendor, config.campaign)
-        except NotFound:  # this annotator's vendor runs no campaign of that name
-            return None
+            campaign = store.get_campaign(annotator.vendor, config.campaign)
+        except NotFound:
+            return None, []
+        return campaign, store.pending_pairs(annotator.vendor, config.campaign, annotator.name, limit)
 
     # ------------------------------------------------------------------ pages
 
@@ -174,15 +185,15 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
         annotator = await who(request)
         if annotator is None:
             return see_other("/login")
-        campaign = await campaign_of(annotator)
-        if campaign is None:
-            return page("message.html", status=404, annotator=annotator,
-                        message=f"Your organisation runs no campaign named {config.campaign!r}.")
         wanted = request.query_params.get("instance")
         vendor, name = annotator.vendor, config.campaign
         limit = min(MAX_WINDOW, max(UNDO_WINDOW if wanted else 0, assigner.window(vendor, name, annotator.name)))
-        pending = await run_in_threadpool(store.pending_pairs, vendor, name, annotator.name, limit)
-        pair = assigner.choose(vendor, name, annotator.name, pending, wanted=wanted)
+        snapshot_at = assigner.now()
+        campaign, pending = await run_in_threadpool(campaign_and_pending, annotator, limit)
+        if campaign is None:
+            return page("message.html", status=404, annotator=annotator,
+                        message=f"Your organisation runs no campaign named {config.campaign!r}.")
+        pair = assigner.choose(vendor, name, annotator.name, pending, wanted=wanted, snapshot_at=snapshot_at)
         undo = request.query_params.get("undo")
         progress = {"done": campaign.human_routed - campaign.pairs_pending, "total": campaign.human_routed,
                     "left": campaign.pairs_pending, "skipped": assigner.skipped(vendor, name, annotator.name)}
@@ -214,13 +225,14 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
         item = HumanLabel(instance_id=instance_id, annotator=annotator.name, preference=preference,
                           strength=strength, rationale=rationale, source=SOURCE)
         try:
-            (result,) = await run_in_threadpool(store.submit_labels, annotator.vendor, config.campaign, [item])
+            result = await writer.submit(annotator.vendor, item)
         except NotFound:
             return page("message.html", status=404, annotator=annotator,
                         message=f"Your organisation runs no campaign named {config.campaign!r}.")
-        if result.status == "rejected":
-            return page("message.html", status=400, annotator=annotator, message=f"Not stored: {result.error}")
-        assigner.release(annotator.vendor, config.campaign, annotator.name, instance_id)
+        if result.status == "rejected":  # the store names the field as labels[i].field: i is the batch's
+            why = re.sub(r"^labels\[\d+\]\.?", "", result.error)
+            return page("message.html", status=400, annotator=annotator, message=f"Not stored: {why}")
+        assigner.submitted(annotator.vendor, config.campaign, annotator.name, instance_id)
         return see_other("/?undo=" + quote(instance_id, safe=""))
 
     async def skip(request: Request) -> Response:
@@ -247,6 +259,7 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
             deleted = False
         if not deleted:
             return see_other("/?notice=nothing-to-undo")
+        assigner.undone(annotator.vendor, config.campaign, annotator.name, instance_id)
         return see_other("/?instance=" + quote(instance_id, safe=""))
 
     async def favicon(request: Request) -> Response:
@@ -262,7 +275,7 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
             return PlainTextResponse(f"store not reachable: {type(exc).__name__}", status_code=503)
         return PlainTextResponse("ok")
 
-    app = Starlette(routes=[
+    app = Starlette(middleware=[Middleware(SecurityHeaders, headers={**SECURITY_HEADERS, **config.extra_headers})], routes=[
         Route("/", index, methods=["GET"]),
         Route("/login", login_form, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
@@ -275,7 +288,8 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
         Route("/readyz", readyz, methods=["GET"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ])
-    return SecurityHeaders(app, {**SECURITY_HEADERS, **config.extra_headers})
+    app.state.writer = writer  # for tests and benchmarks (commit counts)
+    return app
 
 
 def _pair_view(pair: PendingPair, seed: int, annotator: str) -> dict[str, Any]:

@@ -8,6 +8,10 @@ stores labels under that annotator's name.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,3 +45,35 @@ def resolve_token(store: AnnotatorTokenStore, token: str) -> Annotator | None:
         return None
     found = store.annotator_for_token(token)
     return Annotator(vendor=found[0], name=found[1]) if found else None
+
+
+class TokenCache:
+    """Token -> annotator answers of the store, kept ``ttl_s`` seconds (every page view and label post
+    presents the cookie; this spares the store a query and the request a thread hop each time).
+    A revoked token keeps working for at most ``ttl_s``; unknown tokens are not cached (a guessing
+    client cannot fill the cache)."""
+
+    def __init__(self, store: AnnotatorTokenStore, ttl_s: float = 10.0, size: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._store, self._ttl, self._size, self._clock = store, ttl_s, size, clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[float, Annotator]] = OrderedDict()
+
+    def cached(self, token: str) -> Annotator | None:
+        """The cached answer for ``token`` if fresh, else None (then call ``resolve``)."""
+        with self._lock:
+            hit = self._entries.get(token)
+            if hit is None or hit[0] < self._clock():
+                return None
+            return hit[1]
+
+    def resolve(self, token: str) -> Annotator | None:
+        """Ask the store (blocking) and remember a positive answer."""
+        found = resolve_token(self._store, token)
+        if found is not None and self._ttl > 0:
+            with self._lock:
+                self._entries[token] = (self._clock() + self._ttl, found)
+                self._entries.move_to_end(token)
+                while len(self._entries) > self._size:
+                    self._entries.popitem(last=False)
+        return found
