@@ -7,9 +7,10 @@ Pages (all HTML, no front-end build; one small static script for the keyboard):
   side by side in the annotator's own A/B order (``scale.shown_order``), the 5-point scale, an optional
   rationale, skip and undo, progress;
 - ``POST /label`` (``instance_id``, ``shown`` AB|BA, ``choice`` A2|A1|tie|B1|B2, ``rationale``): maps
-  the choice back to the stored order and stores it with ``store.submit_labels`` (source "annotate"),
-  then redirects (303) to ``/``. Posting the same form twice stores one vote: the store keeps one label
-  per (instance, annotator) and answers "unchanged" to the repeat;
+  the choice back to the stored order and stores it with ``store.submit_labels`` (source "annotate";
+  concurrent posts share one transaction, ``writer``), then redirects (303) to ``/?undo=<id>``. Posting
+  the same form twice stores one vote: the store keeps one label per (instance, annotator) and answers
+  "unchanged" to the repeat;
 - ``POST /skip``, ``POST /undo`` (``instance_id``): skip a pair for now; delete this annotator's label
   of a pair and show the pair again;
 - ``GET /healthz`` (process up), ``GET /readyz`` (the store answers).
