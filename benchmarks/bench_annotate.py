@@ -114,7 +114,7 @@ def main() -> int:
     tokens = seed_store(url, pairs, args.votes_per_pair, args.annotators)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cli = "import sys; from hybridpref.cli import main; sys.exit(main(sys.argv[1:]))"
+    cli = "import sys; from hybridpref.cli.main import main; sys.exit(main(sys.argv[1:]))"
     server = subprocess.Popen([sys.executable, "-c", cli, "annotate", "--campaign", CAMPAIGN, "--port",
                                str(port), "--db", url, "--log-level", "warning"], env=dict(os.environ))
     try:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support import labelstudio as ls_server  # noqa: E402  (tests/support: the server fixture)
 from support.annotate import VENDOR, make_store, seed_campaign, store_url  # noqa: E402
 
-from hybridpref.cli import main as cli_main  # noqa: E402
+from hybridpref.cli.main import main as cli_main  # noqa: E402
 
 CAMPAIGN = "ls-bench"
 

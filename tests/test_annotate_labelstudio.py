@@ -20,7 +20,7 @@ from support.annotate import VENDOR, make_store, seed_campaign, store_url
 
 from hybridpref.annotate import argilla, labelstudio
 from hybridpref.annotate.scale import SCALE
-from hybridpref.cli import main as cli_main
+from hybridpref.cli.main import main as cli_main
 from hybridpref.store.api import PendingPair
 
 CAMPAIGN = "ls-round-trip"

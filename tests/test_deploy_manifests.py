@@ -21,7 +21,7 @@ import pytest
 import yaml
 from support.tools import find_tool, skip_reason
 
-from hybridpref.common.settings import Settings
+from hybridpref.server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -226,7 +226,7 @@ def test_router_addresses_point_at_services(base: list[dict[str, Any]], config: 
     for downstream in ("tagger", "judge", "predictor"):
         address = config[f"HYBRIDPREF_{downstream.upper()}_ADDRESS"]
         # dns:/// resolves every pod of a headless Service; the router balances over them
-        # (round_robin in hybridpref.common.channels). A virtual IP would pin one pod per channel.
+        # (round_robin in hybridpref.server.channels). A virtual IP would pin one pod per channel.
         assert address.startswith("dns:///"), address
         host, _, port = address.removeprefix("dns:///").rpartition(":")
         assert host in services, f"{downstream} address names no Service: {host}"
@@ -672,7 +672,7 @@ def test_bundle_volume_component_renders(tmp_path: Path) -> None:
 def test_annotate_component_renders(tmp_path: Path) -> None:
     """components/annotate: the annotation page's Deployment + Service (+ its NetworkPolicy), HTTP
     probes on the paths the app serves, non-root, resources, and arguments the CLI accepts."""
-    from hybridpref.cli import build_parser
+    from hybridpref.cli.main import build_parser
 
     rel = os.path.relpath(K8S, tmp_path)
     (tmp_path / "kustomization.yaml").write_text(
@@ -701,7 +701,7 @@ def test_annotate_component_renders(tmp_path: Path) -> None:
     assert cm["metadata"]["name"].startswith("hybridpref-annotate-"), "hash suffix propagated"
     env = {e["name"]: e for e in c["env"]}
     assert env["HYBRIDPREF_DB_URL"]["valueFrom"]["secretKeyRef"] == {"name": "hybridpref-store-db", "key": "url"}
-    code = "".join((ROOT / "services" / "hybridpref" / f).read_text() for f in ("annotate/cli.py", "store/engine.py"))
+    code = "".join((ROOT / "services" / "hybridpref" / f).read_text() for f in ("cli/annotate.py", "store/engine.py"))
     for name in [*cm["data"], *env]:
         assert f'"{name}"' in code, f"{name} is set in the manifest but read by no code"
     svc = _by_kind(objects, "Service")["hybridpref-annotate"]
@@ -830,7 +830,7 @@ def test_bundle_build_job_tags_through_the_tagger_service(base: list[dict[str, A
     # Through the headless tagger Service (round_robin over its replicas), not in process.
     config = dict(line.split("=", 1) for line in (BASE / "hybridpref.env").read_text().splitlines() if line and not line.startswith("#"))
     assert args["tagger"] == config["HYBRIDPREF_TAGGER_ADDRESS"]
-    from hybridpref.predictor.builder import make_parser
+    from hybridpref.offline.bundle.builder import make_parser
 
     parsed = make_parser().parse_args([a.replace("$(JOB_UID)", "x") for a in c["args"][2:]])
     assert parsed.tagger == args["tagger"] and parsed.tagger_concurrency >= 2
