@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybridpref.store.policy import EPS, batch_seed, plan_batch
+from hybridpref.store.policy import EPS, batch_seed, plan_batch, update_sample
 
 
-def run_stream(scores_by_batch, costs_by_batch, *, kind, total, expected, share=0.0):
-    """Feed batches through plan_batch as the store does; returns (spend per batch, plans)."""
+def run_stream(scores_by_batch, costs_by_batch, *, kind, total, expected, share=0.0, sample=False):
+    """Feed batches through plan_batch as the store does (``sample``: keep the history as the store's
+    reservoir sample, else every score); returns (spend per batch, plans)."""
     history = np.zeros(0)
     spent, seen, spends, plans = 0.0, 0, [], []
     for b, (scores, costs) in enumerate(zip(scores_by_batch, costs_by_batch, strict=True)):
@@ -22,7 +23,8 @@ def run_stream(scores_by_batch, costs_by_batch, *, kind, total, expected, share=
         assert spent <= total + EPS, "the policy spent more than the campaign's total"
         spends.append(plan.spend)
         plans.append(plan)
-        history = np.concatenate([history, scores])
+        history = (update_sample(history, seen, scores, batch_seed(7, f"b{b}")) if sample
+                   else np.concatenate([history, scores]))
         seen += len(scores)
     return np.array(spends), plans
 
@@ -125,3 +127,33 @@ def test_empty_and_exhausted():
     mixed = plan_batch(np.array([0.9, 0.5]), np.array([3.0, 1.0]), history=np.zeros(0), budget_kind="cost",
                        budget_left=2.0, seen=0, expected_instances=None, exploration_share=0.0, seed=0)
     assert mixed.human.tolist() == [False, True] and mixed.spend == 1.0
+
+
+def test_score_sample_is_exact_when_small_and_uniform_when_large():
+    rng = np.random.default_rng(8)
+    batches = [rng.normal(loc=b / 10, size=500) for b in range(60)]  # a drifting stream of 30,000 scores
+    sample, seen = np.zeros(0), 0
+    for b, scores in enumerate(batches):
+        sample = update_sample(sample, seen, scores, seed=b, size=8192)
+        seen += len(scores)
+        if seen <= 8192:
+            assert np.array_equal(sample, np.concatenate(batches[: b + 1]))
+    everything = np.concatenate(batches)
+    assert len(sample) == 8192
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9):  # the sample's quantiles are the stream's, drift included
+        share_below = np.mean(everything <= np.quantile(sample, q))
+        assert share_below == pytest.approx(q, abs=0.015)
+    last = update_sample(sample, seen, batches[0], seed=99, size=8192)
+    assert np.array_equal(last, update_sample(sample, seen, batches[0], seed=99, size=8192))  # seeded
+    assert not np.array_equal(last, update_sample(sample, seen, batches[0], seed=98, size=8192))
+
+
+def test_long_stream_with_the_sample_lands_within_2_percent():
+    scores, costs = stream(9, batches=100, size=(300, 700))
+    n = sum(len(s) for s in scores)
+    total = float(int(0.25 * n))
+    spends, _ = run_stream(scores, costs, kind="count", total=total, expected=n, sample=True)
+    assert total * 0.98 <= spends.sum() <= total
+    sizes = np.array([len(s) for s in scores])
+    half = np.searchsorted(np.cumsum(sizes), n / 2)
+    assert spends[: half + 1].sum() / total == pytest.approx(np.cumsum(sizes)[half] / n, abs=0.05)

@@ -66,8 +66,11 @@ def free_port() -> int:
 class PostgresServer:
     """One PostgreSQL server in a temporary folder on 127.0.0.1:``port``."""
 
-    def __init__(self, bin_dir: Path, user: str = SERVER_USER):
+    def __init__(self, bin_dir: Path, user: str = SERVER_USER, durable: bool = False):
+        """``durable=False`` (tests): fsync and synchronous commit off; ``True`` (benchmarks): the
+        server's defaults, a commit waits for its WAL flush."""
         self.bin_dir = bin_dir
+        self.durable = durable
         self.as_root = os.geteuid() == 0
         self.user = user if self.as_root else pwd.getpwuid(os.geteuid()).pw_name
         self.base = Path(tempfile.mkdtemp(prefix="hybridpref-pg-"))
@@ -89,7 +92,9 @@ class PostgresServer:
         for _ in range(5):  # the free port may be taken between the probe and the bind: retry
             self.port = free_port()
             options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
-                       "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                       "-c max_connections=200")
+            if not self.durable:
+                options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             started = subprocess.run(self._cmd("pg_ctl", "start", "-w", "-t", str(START_TIMEOUT_S), "-D",
                                                str(self.data), "-l", str(self.log), "-o", options),
                                      capture_output=True, timeout=START_TIMEOUT_S + 10, cwd=self.base)
@@ -130,6 +135,12 @@ def postgres_server():
     bin_dir = find_bin_dir()
     if bin_dir is None:
         pytest.skip(skip_reason())
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(SERVER_USER)
+        except KeyError:
+            pytest.skip(f"running as root and there is no {SERVER_USER!r} system user to run PostgreSQL as "
+                        "(Debian's postgresql package creates it)")
     server = PostgresServer(bin_dir)
     try:
         server.start()

@@ -46,23 +46,31 @@ from hybridpref.store.stats import majority
 
 DEFAULT_JUDGE_KEY = "judge"  # the pool's lm_labels key when the campaign used the judge service
 PARQUET_ROWS_PER_GROUP = 20_000
+# Decision columns each format reads (the store selects the id, then these, in this order).
+TRL_COLUMNS = ("instance_id", "prompt", "response_a", "response_b", "human", "lm_label", "lm_confidence", "batch_id")
+POOL_COLUMNS = (*TRL_COLUMNS, "signals", "exploration", "score", "expected_correction")
+
+
+# Stored LM label name -> "A" / "B" / "tie" (the final label of an LM-labelled row).
+LM_VERDICT = {label.name: label.winner or "tie" for label in Label if label != Label.UNSPECIFIED}
 
 
 def trl_row(spec: CampaignSpec, d: Any, votes: list[Any]) -> dict[str, Any] | None:
-    """The ``trl`` row of decision ``d`` with its label rows ``votes`` (``None``: nothing to export)."""
-    if votes and d.human:
+    """The ``trl`` row of decision ``d`` (a row with :data:`TRL_COLUMNS`) with its label rows ``votes``
+    (``None``: nothing to export)."""
+    instance_id, prompt, response_a, response_b, human, lm_label, lm_confidence, batch_id = d[1:9]
+    if votes and human:
         counts = Counter(v.preference for v in votes)
         final = majority(counts)
         source, confidence, n_votes = "human", max(counts.values()) / len(votes), len(votes)
-    elif d.lm_label:
-        final = {"A": "A", "B": "B"}.get(Label[d.lm_label].winner or "", "tie")
-        source, confidence, n_votes = "lm", d.lm_confidence, 0
+    elif lm_label:
+        final, source, confidence, n_votes = LM_VERDICT[lm_label], "lm", lm_confidence, 0
     else:
         return None
-    chosen, rejected = (d.response_b, d.response_a) if final == "B" else (d.response_a, d.response_b)
-    return {"id": d.instance_id, "prompt": d.prompt, "chosen": chosen, "rejected": rejected,
+    chosen, rejected = (response_b, response_a) if final == "B" else (response_a, response_b)
+    return {"id": instance_id, "prompt": prompt, "chosen": chosen, "rejected": rejected,
             "label_source": source, "judge": spec.judge, "confidence": confidence, "votes": n_votes,
-            "tie": final == "tie", "campaign": spec.name, "batch": d.batch_id, "human_routed": bool(d.human)}
+            "tie": final == "tie", "campaign": spec.name, "batch": batch_id, "human_routed": bool(human)}
 
 
 def pool_row(spec: CampaignSpec, d: Any, votes: list[Any]) -> dict[str, Any] | None:
@@ -74,7 +82,7 @@ def pool_row(spec: CampaignSpec, d: Any, votes: list[Any]) -> dict[str, Any] | N
     if isinstance(recorded, Mapping):
         lm_labels.update({str(k): str(v) for k, v in recorded.items() if isinstance(v, str)})
     if d.lm_label:
-        lm_labels[spec.judge or DEFAULT_JUDGE_KEY] = {"A": "A", "B": "B"}.get(Label[d.lm_label].winner or "", "tie")
+        lm_labels[spec.judge or DEFAULT_JUDGE_KEY] = LM_VERDICT[d.lm_label]
     return {"id": d.instance_id, "source": f"campaign:{spec.name}", "prompt": d.prompt,
             "response_a": d.response_a, "response_b": d.response_b,
             "human_label": majority(Counter(v.preference for v in votes)),

@@ -2,7 +2,8 @@
 create exactly these (tests/test_store_migrations.py compares them with Alembic's autogenerate).
 
 * ``campaigns``: one row per (vendor, name), with the spend counters that ``decide_batch`` updates
-  under the row's lock (``spent`` = budget units reserved by human-routed decisions).
+  under the row's lock (``spent`` = budget units reserved by human-routed decisions) and the spending
+  policy's sample of the scores seen.
 * ``decisions``: one row per (campaign, instance id): the texts, the strategy's score and cost, the
   routing outcome and what a refit needs (LM label, judge signals, correction features). ``id`` gives
   the campaign's arrival order (pending pairs, export).
@@ -27,6 +28,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     String,
     Text,
@@ -77,12 +79,16 @@ class CampaignRow(Base):
     spent: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
     routed: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     human_routed: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # the spending policy's sample of the scores seen (float64 little-endian; policy.update_sample)
+    score_sample: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class DecisionRow(Base):
     __tablename__ = "decisions"
     __table_args__ = (
         UniqueConstraint("campaign_id", "instance_id", name="uq_decisions_campaign_instance"),
+        # a campaign's decisions in arrival order (export, refit: keyset pages by id)
+        Index("ix_decisions_campaign_order", "campaign_id", "id"),
         # revision 0002: the annotation page's "next pair" query walks a campaign's human-routed rows in order
         Index("ix_decisions_pending", "campaign_id", "human", "id"),
     )

@@ -19,17 +19,17 @@ import json
 import math
 import secrets
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, bindparam, exists, func, insert, select, true, false, update
+from sqlalchemy import ARRAY, Connection, Engine, bindparam, exists, func, insert, select, true, false, update
 from sqlalchemy.exc import IntegrityError
 
 from hybridpref_client.core.errors import AlreadyExists, FieldViolation, InvalidInput, NotFound, NotReady, quote
 from hybridpref_client.core.instances import Label, is_blank, parse_label
-from hybridpref.store import models as m
+import hybridpref.store.models as m
 from hybridpref.store.api import (
     Campaign,
     CampaignSpec,
@@ -42,15 +42,25 @@ from hybridpref.store.api import (
     PendingPair,
     StoredDecision,
 )
-from hybridpref.store.engine import create_store_engine, current_revision, head_revision, migrate, write_engine
-from hybridpref.store.policy import batch_seed, plan_batch
+from hybridpref.store.engine import (
+    EncodedJSON,
+    create_store_engine,
+    current_revision,
+    head_revision,
+    migrate,
+    write_engine,
+)
+from hybridpref.store.policy import batch_seed, plan_batch, update_sample
 from hybridpref.store.stats import expected_count_interval, majority, wilson
 
 # Rows per query when streaming (export, refit) and ids per IN (...) list.
 CHUNK = 2_000
-# The spending policy calibrates on at most this many earlier scores: a larger campaign contributes a
-# deterministic every-k-th sample by decision id (ids do not depend on scores).
-CALIBRATION_SAMPLE = 200_000
+# Columns written by COPY on PostgreSQL (decide_batch), in this order.
+DECISION_COLUMNS = ("campaign_id", "instance_id", "batch_id", "prompt", "response_a", "response_b", "score", "cost",
+                    "human", "exploration", "threshold", "lm_label", "lm_confidence", "expected_correction",
+                    "signals", "features", "meta", "model_version", "bundle_version", "created_at")
+LABEL_COLUMNS = ("campaign_id", "decision_id", "annotator", "preference", "strength", "rationale", "labelled_at",
+                 "source", "audit", "updated_at")
 MAX_RATIONALE = 20_000
 MAX_PENDING_LIMIT = 1_000
 PREFERENCES = ("A", "B", "tie")
@@ -125,7 +135,7 @@ class SqlCampaignStore:
         the new ones are routed by the spending policy (:mod:`hybridpref.store.policy`) in the same
         transaction that reserves their spend. Raises :class:`InvalidInput` (nothing stored) when a
         candidate is malformed, :class:`NotFound` for an unknown campaign."""
-        lm_labels = _validate_batch(batch_id, candidates, model_version, bundle_version)
+        lm_labels, encoded = _validate_batch(batch_id, candidates, model_version, bundle_version)
         if not candidates:
             self.get_campaign(vendor, name)
             return []
@@ -136,36 +146,35 @@ class SqlCampaignStore:
             decided: dict[str, StoredDecision] = {}
             if fresh:
                 decided = self._decide_fresh(conn, row, batch_id, [candidates[i] for i in fresh],
-                                             [lm_labels[i] for i in fresh], model_version, bundle_version)
+                                             [lm_labels[i] for i in fresh], [encoded[i] for i in fresh],
+                                             model_version, bundle_version)
         return [decided.get(c.instance_id) or stored[c.instance_id] for c in candidates]
 
     def _decide_fresh(self, conn: Connection, row, batch_id: str, fresh: list[Candidate],
-                      lm_labels: list[str | None], model_version: str,
-                      bundle_version: str) -> dict[str, StoredDecision]:
+                      lm_labels: list[str | None], encoded: list[tuple[EncodedJSON, EncodedJSON, EncodedJSON]],
+                      model_version: str, bundle_version: str) -> dict[str, StoredDecision]:
         scores = np.array([c.score for c in fresh], dtype=np.float64)
         costs = np.array([c.cost for c in fresh], dtype=np.float64)
-        plan = plan_batch(scores, costs, history=self._history(conn, row.id, row.routed),
-                          budget_kind=row.budget_kind, budget_left=row.budget_total - row.spent,
-                          seen=row.routed, expected_instances=row.expected_instances,
-                          exploration_share=row.exploration_share, seed=batch_seed(row.id, batch_id))
+        history = np.frombuffer(row.score_sample or b"", dtype="<f8")
+        seed = batch_seed(row.id, batch_id)
+        plan = plan_batch(scores, costs, history=history, budget_kind=row.budget_kind,
+                          budget_left=row.budget_total - row.spent, seen=row.routed,
+                          expected_instances=row.expected_instances, exploration_share=row.exploration_share,
+                          seed=seed)
         now = _now()
         threshold = plan.threshold if math.isfinite(plan.threshold) else None
-        values = [dict(campaign_id=row.id, instance_id=c.instance_id, batch_id=batch_id, prompt=c.prompt,
-                       response_a=c.response_a, response_b=c.response_b, score=float(c.score),
-                       cost=float(c.cost), human=bool(plan.human[i]), exploration=bool(plan.exploration[i]),
-                       threshold=threshold, lm_label=lm_labels[i], lm_confidence=c.lm_confidence,
-                       expected_correction=c.expected_correction, signals=dict(c.signals),
-                       features=dict(c.features), meta=dict(c.metadata), model_version=model_version,
-                       bundle_version=bundle_version, created_at=now)
+        values = [(row.id, c.instance_id, batch_id, c.prompt, c.response_a, c.response_b, float(c.score),
+                   float(c.cost), bool(plan.human[i]), bool(plan.exploration[i]), threshold, lm_labels[i],
+                   c.lm_confidence, c.expected_correction, *encoded[i], model_version, bundle_version, now)
                   for i, c in enumerate(fresh)]
-        conn.execute(insert(m.decisions), values)
-        n_human = int(plan.human.sum())
+        self._insert_decisions(conn, values)
         spent = row.spent + plan.spend
         if spent > row.budget_total:  # float sums of costs: never report more than the total
             spent = row.budget_total
+        sample = update_sample(history, row.routed, scores, seed).astype("<f8").tobytes()
         conn.execute(update(m.campaigns).where(m.campaigns.c.id == row.id).values(
             spent=spent, routed=m.campaigns.c.routed + len(fresh),
-            human_routed=m.campaigns.c.human_routed + n_human))
+            human_routed=m.campaigns.c.human_routed + int(plan.human.sum()), score_sample=sample))
         return {c.instance_id: StoredDecision(
             instance_id=c.instance_id, human=bool(plan.human[i]), score=float(c.score), cost=float(c.cost),
             batch_id=batch_id, exploration=bool(plan.exploration[i]), replayed=False, lm_label=lm_labels[i],
@@ -176,7 +185,7 @@ class SqlCampaignStore:
         out: dict[str, StoredDecision] = {}
         for chunk in _chunks(ids, CHUNK):
             query = select(d.instance_id, d.human, d.score, d.cost, d.batch_id, d.exploration, d.lm_label,
-                           d.model_version).where(d.campaign_id == campaign_id, d.instance_id.in_(chunk))
+                           d.model_version).where(d.campaign_id == campaign_id, self._in(d.instance_id, chunk))
             for r in conn.execute(query):
                 out[r.instance_id] = StoredDecision(
                     instance_id=r.instance_id, human=bool(r.human), score=r.score, cost=r.cost,
@@ -184,14 +193,23 @@ class SqlCampaignStore:
                     model_version=r.model_version)
         return out
 
-    def _history(self, conn: Connection, campaign_id: int, routed: int) -> np.ndarray:
-        """Scores of the campaign's earlier decisions (every k-th by id once there are many)."""
-        d = m.decisions.c
-        query = select(d.score).where(d.campaign_id == campaign_id)
-        step = math.ceil(routed / CALIBRATION_SAMPLE) if routed > CALIBRATION_SAMPLE else 1
-        if step > 1:
-            query = query.where(d.id % step == 0)
-        return np.fromiter((r[0] for r in conn.execute(query)), dtype=np.float64)
+    def _insert_decisions(self, conn: Connection, values: list[tuple[Any, ...]]) -> None:
+        """Insert decision rows (tuples in :data:`DECISION_COLUMNS` order) in the open transaction."""
+        self._insert(conn, m.decisions, DECISION_COLUMNS, values)
+
+    def _insert(self, conn: Connection, table, columns: Sequence[str], values: list[tuple[Any, ...]]) -> None:
+        """Insert rows in the open transaction: COPY on PostgreSQL (one round trip; psycopg's
+        executemany sends one statement per row), a prepared executemany on SQLite."""
+        if not values:
+            return
+        if self._postgres:
+            names = ", ".join(f'"{c}"' for c in columns)
+            with conn.connection.driver_connection.cursor() as cursor:
+                with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
+                    for value in values:
+                        copy.write_row(value)
+            return
+        conn.execute(insert(table), [dict(zip(columns, v, strict=True)) for v in values])
 
     # ---- labels ----------------------------------------------------------------------------------
 
@@ -249,8 +267,7 @@ class SqlCampaignStore:
                 inserts.append(dict(values, campaign_id=campaign_id, decision_id=decision_id, annotator=annotator))
             else:
                 updates.append(dict(values, row_id=row_id))
-        if inserts:
-            conn.execute(insert(m.labels), inserts)
+        self._insert(conn, m.labels, LABEL_COLUMNS, [tuple(row[c] for c in LABEL_COLUMNS) for row in inserts])
         if updates:
             conn.execute(update(m.labels).where(m.labels.c.id == bindparam("row_id")).values(
                 preference=bindparam("preference"), strength=bindparam("strength"),
@@ -262,7 +279,7 @@ class SqlCampaignStore:
         out: dict[str, tuple[int, bool]] = {}
         for chunk in _chunks(sorted(ids), CHUNK):
             for r in conn.execute(select(d.instance_id, d.id, d.human)
-                                  .where(d.campaign_id == campaign_id, d.instance_id.in_(chunk))):
+                                  .where(d.campaign_id == campaign_id, self._in(d.instance_id, chunk))):
                 out[r.instance_id] = (r.id, bool(r.human))
         return out
 
@@ -272,9 +289,9 @@ class SqlCampaignStore:
         out: dict[tuple[int, str], dict[str, Any]] = {}
         for chunk in _chunks(sorted(decision_ids), CHUNK):
             query = select(lab.id, lab.decision_id, lab.annotator, lab.preference, lab.strength, lab.rationale
-                           ).where(lab.decision_id.in_(chunk))
+                           ).where(self._in(lab.decision_id, chunk))
             if len(annotators) <= CHUNK:
-                query = query.where(lab.annotator.in_(sorted(annotators)))
+                query = query.where(self._in(lab.annotator, sorted(annotators)))
             for r in conn.execute(query):
                 if r.annotator in annotators:
                     out[(r.decision_id, r.annotator)] = dict(id=r.id, preference=r.preference,
@@ -317,11 +334,14 @@ class SqlCampaignStore:
         read transaction (one snapshot on PostgreSQL)."""
         if fmt not in ("trl", "pool"):
             raise InvalidInput(FieldViolation("format", f"expected trl or pool, got {quote(fmt)}"))
-        from hybridpref.store.export import pool_row, trl_row
+        from hybridpref.store.export import POOL_COLUMNS, TRL_COLUMNS, pool_row, trl_row
 
         campaign = self.get_campaign(vendor, name)  # NotFound before the first row
         make = trl_row if fmt == "trl" else pool_row
-        for decision, votes in self._walk(vendor, name, labelled_only=fmt == "pool"):
+        columns = TRL_COLUMNS if fmt == "trl" else POOL_COLUMNS
+        lab = m.labels.c
+        for decision, votes in self._walk(vendor, name, [m.decisions.c[c] for c in columns],
+                                          [lab.decision_id, lab.preference], labelled_only=fmt == "pool"):
             out = make(campaign.spec, decision, votes)
             if out is not None:
                 yield out
@@ -329,31 +349,38 @@ class SqlCampaignStore:
     def returned_labels(self, vendor: str, name: str) -> Iterator[tuple[Candidate, StoredDecision, list[HumanLabel]]]:
         """Every instance with at least one human label (audit labels included), in routing order:
         the candidate as routed, its decision and its labels (oldest first). For refits."""
-        for decision, votes in self._walk(vendor, name, labelled_only=True):
+        for decision, votes in self._walk(vendor, name, list(m.decisions.c), list(m.labels.c), labelled_only=True):
             yield _candidate(decision), _decision(decision), [_human_label(decision.instance_id, v) for v in votes]
 
-    def _walk(self, vendor: str, name: str, labelled_only: bool) -> Iterator[tuple[Any, list[Any]]]:
-        """(decision row, its label rows oldest first) in decision id order, read in chunks."""
+    def _walk(self, vendor: str, name: str, columns: list[Any], label_columns: list[Any],
+              labelled_only: bool) -> Iterator[tuple[Any, list[Any]]]:
+        """(decision row, its label rows oldest first) in decision id order; only ``columns`` of the
+        decisions and ``label_columns`` of the labels are read.
+
+        Two streamed queries (server-side cursors on PostgreSQL, fetched ``CHUNK`` rows at a time)
+        merged on the decision id, in one read transaction (one snapshot on PostgreSQL): linear in the
+        campaign's size, whatever the planner knows about the tables."""
         d, lab = m.decisions.c, m.labels.c
         read = self.engine.execution_options(isolation_level="REPEATABLE READ") if self._postgres else self.engine
+        columns = [d.id, *(c for c in columns if c.name != "id")]
+        label_columns = [lab.decision_id, *(c for c in label_columns if c.name != "decision_id")]
         with read.connect() as conn, conn.begin():
             row = self._row(conn, vendor, name)
-            after = 0
-            while True:
-                query = select(m.decisions).where(d.campaign_id == row.id, d.id > after)
-                if labelled_only:
-                    query = query.where(exists().where(lab.decision_id == d.id))
-                chunk = conn.execute(query.order_by(d.id).limit(CHUNK)).all()
-                if not chunk:
-                    return
-                after = chunk[-1].id
-                votes: dict[int, list[Any]] = defaultdict(list)
-                for v in conn.execute(select(m.labels).where(
-                        lab.campaign_id == row.id, lab.decision_id >= chunk[0].id, lab.decision_id <= after)
-                        .order_by(lab.decision_id, lab.labelled_at, lab.id)):
-                    votes[v.decision_id].append(v)
-                for decision in chunk:
-                    yield decision, votes.get(decision.id, [])
+            query = select(*columns).where(d.campaign_id == row.id)
+            if labelled_only:
+                query = query.where(exists().where(lab.decision_id == d.id))
+            streamed = conn.execution_options(yield_per=CHUNK)
+            decisions = streamed.execute(query.order_by(d.id))
+            votes = iter(streamed.execute(select(*label_columns).where(lab.campaign_id == row.id)
+                                          .order_by(lab.decision_id, lab.labelled_at, lab.id)))
+            vote = next(votes, None)
+            for decision in decisions:
+                mine = []
+                while vote is not None and vote.decision_id <= decision.id:
+                    if vote.decision_id == decision.id:
+                        mine.append(vote)
+                    vote = next(votes, None)
+                yield decision, mine
 
     def status(self, vendor: str, name: str) -> CampaignStatus:
         """Budget, labels and what the returned labels say about the judge and the promised corrections.
@@ -436,6 +463,13 @@ class SqlCampaignStore:
 
     # ---- helpers ---------------------------------------------------------------------------------
 
+    def _in(self, column, values: Sequence[str]):
+        """``column IN values``; on PostgreSQL ``= ANY(array)``: one parameter instead of one per value
+        (psycopg parses the statement's parameters on every call)."""
+        if self._postgres:
+            return column == func.any(bindparam(None, list(values), type_=ARRAY(column.type)))
+        return column.in_(values)
+
     def _row(self, conn: Connection, vendor: str, name: str, lock: bool = False):
         query = select(m.campaigns).where(m.campaigns.c.vendor == vendor, m.campaigns.c.name == name)
         if lock and self._postgres:
@@ -490,9 +524,10 @@ def _validate_spec(spec: CampaignSpec) -> None:
         raise InvalidInput(v)
 
 
-def _validate_batch(batch_id: str, candidates: Sequence[Candidate], model_version: str,
-                    bundle_version: str) -> list[str | None]:
-    """Check a batch before anything is stored; returns the candidates' canonical LM label names."""
+def _validate_batch(batch_id: str, candidates: Sequence[Candidate], model_version: str, bundle_version: str
+                    ) -> tuple[list[str | None], list[tuple[EncodedJSON, EncodedJSON, EncodedJSON]]]:
+    """Check a batch before anything is stored; returns the candidates' canonical LM label names and
+    their (signals, features, metadata) as JSON text."""
     v: list[FieldViolation] = []
     err = _name_error(batch_id, m.MAX_BATCH_ID)
     if err:
@@ -502,6 +537,7 @@ def _validate_batch(batch_id: str, candidates: Sequence[Candidate], model_versio
             v.append(FieldViolation(field, f"expected a string of at most {m.MAX_SHORT} characters"))
     seen: dict[str, int] = {}
     lm_labels: list[str | None] = []
+    encoded: list[tuple[EncodedJSON, EncodedJSON, EncodedJSON]] = []
     for i, c in enumerate(candidates):
         where = f"candidates[{i}]"
         err = _name_error(c.instance_id, m.MAX_INSTANCE_ID)
@@ -526,14 +562,20 @@ def _validate_batch(batch_id: str, candidates: Sequence[Candidate], model_versio
         if c.lm_confidence is not None and _finite(c.lm_confidence) and not 0 <= c.lm_confidence <= 1:
             v.append(FieldViolation(f"{where}.lm_confidence", f"must be in [0, 1], got {c.lm_confidence}"))
         lm_labels.append(_lm_label(c.lm_label, f"{where}.lm_label", v))
+        texts = []
         for field in ("signals", "features", "metadata"):
+            value = getattr(c, field)
             try:
-                json.dumps(getattr(c, field), allow_nan=False)
+                if not isinstance(value, Mapping):
+                    raise TypeError(f"expected an object, got {type(value).__name__}")
+                texts.append(EncodedJSON(json.dumps(value, allow_nan=False)))
             except (TypeError, ValueError) as exc:
-                v.append(FieldViolation(f"{where}.{field}", f"must be JSON without NaN or infinity ({exc})"))
+                v.append(FieldViolation(f"{where}.{field}", f"must be a JSON object without NaN or infinity ({exc})"))
+        if len(texts) == 3:
+            encoded.append((texts[0], texts[1], texts[2]))
     if v:
         raise InvalidInput(v)
-    return lm_labels
+    return lm_labels, encoded
 
 
 def _lm_label(value: str | None, where: str, v: list[FieldViolation]) -> str | None:

@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("spent", sa.Float(), nullable=False),
         sa.Column("routed", sa.BigInteger(), nullable=False),
         sa.Column("human_routed", sa.BigInteger(), nullable=False),
+        sa.Column("score_sample", sa.LargeBinary(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_campaigns"),
         sa.UniqueConstraint("vendor", "name", name="uq_campaigns_vendor_name"),
     )
@@ -68,6 +69,7 @@ def upgrade() -> None:
                                 name="fk_decisions_campaign_id_campaigns"),
         sa.UniqueConstraint("campaign_id", "instance_id", name="uq_decisions_campaign_instance"),
     )
+    op.create_index("ix_decisions_campaign_order", "decisions", ["campaign_id", "id"])
     op.create_table(
         "labels",
         sa.Column("id", BigId, primary_key=True, autoincrement=True),
