@@ -59,6 +59,12 @@ def seed_store(url: str, pairs: int, votes: int, annotators: int) -> list[str]:
     return tokens
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentiles(values: list[float]) -> str:
     ms = sorted(v * 1000 for v in values)
     q = statistics.quantiles(ms, n=100, method="inclusive")
@@ -128,7 +134,9 @@ def main() -> int:
                     raise SystemExit("the annotation page did not start") from None
                 time.sleep(0.2)
         asyncio.run(run_load(base, tokens, args.warmup, args.seed + 1))
+        cpu0, load0 = cpu_seconds(server.pid), os.getloadavg()[0]
         post_s, get_s, wall, done = asyncio.run(run_load(base, tokens, args.labels, args.seed, args.think_ms / 1000))
+        server_cpu = cpu_seconds(server.pid) - cpu0
     finally:
         server.terminate()
         server.wait(timeout=20)
@@ -141,12 +149,13 @@ def main() -> int:
     per_pair = Counter(c.instance_id for c, _, labels in store.returned_labels(VENDOR, CAMPAIGN) for _ in labels)
     expected = sum(done.values()) + args.annotators * args.warmup
     print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.2f}")
+          f"load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end")
     print(f"{args.annotators} annotators x {args.labels} labels (+{args.warmup} warm-up), think time "
           f"{args.think_ms:.0f} ms, votes per pair {args.votes_per_pair}, {pairs} pairs, SQLite ({url})")
     print(f"POST /label (submission): {percentiles(post_s)}")
     print(f"GET /      (next pair):   {percentiles(get_s)}")
-    print(f"throughput: {len(post_s) / wall:.0f} labels/s over {wall:.1f} s")
+    print(f"throughput: {len(post_s) / wall:.0f} labels/s over {wall:.1f} s; server CPU "
+          f"{server_cpu * 1000 / max(1, len(post_s)):.1f} ms per label (GET + POST)")
     print(f"stored votes {sum(votes.values())} (expected {expected}); pairs over their votes: "
           f"{sum(1 for n in per_pair.values() if n > args.votes_per_pair)}")
     return 0 if sum(votes.values()) == expected else 1

@@ -212,12 +212,14 @@ def test_two_votes_per_pair_from_two_annotators(base: str, store: Any) -> None:
     assert set(per_pair.values()) == {2} and len(per_pair) == len(fixture_pairs())
 
 
-def test_progress_counts_pairs_done_and_left(base: str, store: Any) -> None:
-    one, two = _client(base, store, "ann-1"), _client(base, store, "ann-2")
-    form = _form(one.get("/").text)
-    one.post("/label", data={**form, "choice": "A1"})
-    two.post("/label", data={**form, "choice": "A1"})
-    page = one.get("/").text
+def test_progress_counts_pairs_done_and_left(store: Any) -> None:
+    with served(create_app(store, AppConfig(campaign=CAMPAIGN, seed=SEED, progress_s=0))) as base:
+        one, two = _client(base, store, "ann-1"), _client(base, store, "ann-2")
+        assert "0 / 8 pairs done · 8 left" in one.get("/").text
+        form = _form(one.get("/").text)
+        one.post("/label", data={**form, "choice": "A1"})
+        two.post("/label", data={**form, "choice": "A1"})
+        page = one.get("/").text
     assert re.search(r"1 / 8 pairs done · 7 left", page), page[:1500]
 
 

@@ -22,6 +22,7 @@ no inline script, no images or frames from anywhere else); POSTs from another or
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ class AppConfig:
     secure_cookies: bool = False
     lease_s: float = 600.0
     token_cache_s: float = 10.0   # a revoked token stops working within this many seconds
+    progress_s: float = 1.0       # the progress line may be this stale (spares a counting query per page)
     title: str = "hybridpref annotation"
     extra_headers: dict[str, str] = field(default_factory=dict)
 
@@ -152,11 +154,19 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
             raise BadForm(name, f"longer than {limit} characters")
         return value
 
+    campaigns: dict[str, tuple[float, Any | None]] = {}  # vendor -> (read at, Campaign or None)
+
     def campaign_and_pending(annotator: Annotator, limit: int) -> tuple[Any | None, list[PendingPair]]:
-        """(campaign or None if this vendor has none of that name, pending pairs): one worker-thread hop."""
-        try:
-            campaign = store.get_campaign(annotator.vendor, config.campaign)
-        except NotFound:
+        """(campaign or None if this vendor has none of that name, pending pairs): one worker-thread hop.
+        The campaign (its counts feed the progress line) is re-read at most every ``progress_s``."""
+        read_at, campaign = campaigns.get(annotator.vendor, (float("-inf"), None))
+        if time.monotonic() - read_at >= config.progress_s:
+            try:
+                campaign = store.get_campaign(annotator.vendor, config.campaign)
+            except NotFound:
+                campaign = None
+            campaigns[annotator.vendor] = (time.monotonic(), campaign)
+        if campaign is None:
             return None, []
         return campaign, store.pending_pairs(annotator.vendor, config.campaign, annotator.name, limit)
 

@@ -29,6 +29,8 @@ def _md() -> MarkdownIt:
     return md
 
 
+@lru_cache(maxsize=512)
 def markdown_html(text: str) -> str:
-    """Safe HTML for ``text`` read as Markdown (see the module docstring for what "safe" means here)."""
+    """Safe HTML for ``text`` read as Markdown (see the module docstring for what "safe" means here).
+    Cached: every annotator of a pair, and every reload, shows the same texts."""
     return _md().render(text)
