@@ -293,3 +293,52 @@ def test_token_cache_remembers_for_ttl_only(tmp_path: Path) -> None:
     now[0] += 10.5
     assert cache.cached(token) is None and cache.resolve(token) is None, "after it, the revocation holds"
     assert cache.resolve("unknown") is None and cache.cached("unknown") is None
+
+
+def test_cli_token_and_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`hybridpref annotate token add` prints a token once; `hybridpref annotate` serves the page with it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from support.annotate import store_url
+
+    from hybridpref.cli.main import main as cli_main
+
+    store = make_store(tmp_path)
+    seed_campaign(store, CAMPAIGN, fixture_pairs(), votes_per_pair=1)
+    db = store_url(tmp_path)
+    assert cli_main(["annotate", "token", "add", "--vendor", VENDOR, "--annotator", "ann-cli", "--db", db]) == 0
+    token = capsys.readouterr().out.strip()
+    assert store.annotator_for_token(token) == (VENDOR, "ann-cli")
+    assert cli_main(["annotate", "--campaign", CAMPAIGN, "--port", "70000", "--db", db]) == 2
+    assert "--port" in capsys.readouterr().err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = "import sys; from hybridpref.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "annotate", "--campaign", CAMPAIGN, "--port", str(port), "--db", db,
+                             "--log-level", "warning"], env={**os.environ, "HYBRIDPREF_ANNOTATE_SEED": str(SEED)})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the page did not start"
+                time.sleep(0.2)
+        with httpx.Client(base_url=base, follow_redirects=False) as client:
+            assert client.post("/login", data={"token": token}).status_code == 303
+            form = _form(client.get("/").text)
+            assert form["shown"] == shown_order(SEED, "ann-cli", form["instance_id"]), "the seed came from the env"
+            assert client.post("/label", data={**form, "choice": "tie"}).status_code == 303
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert _labels(store)[(form["instance_id"], "ann-cli")].preference == "tie"
+    assert cli_main(["annotate", "token", "revoke", "--vendor", VENDOR, "--annotator", "ann-cli", "--db", db]) == 0
+    assert store.annotator_for_token(token) is None

@@ -32,7 +32,25 @@ MAX_EXPORT = 1000  # the store's largest pending_pairs page
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register ``annotate``, ``campaign export`` and ``labels import`` on the top-level subparsers."""
+    """Register ``annotate``, ``campaign export`` and ``labels import`` on the top-level subparsers.
+
+    ``campaign`` and ``labels`` are shared with the campaign commands of issue 20 (``campaign create |
+    status | export --format trl|pool``, ``labels submit``): the module that owns them adds
+    ``add_campaign_export_arguments``' formats and ``add_labels_import`` to its own parsers and sends
+    these formats / ``labels import`` to ``main`` here; until then this module registers them itself."""
+    add_annotate_parser(sub)
+    if "campaign" not in sub.choices:
+        campaign = sub.add_parser("campaign", help="campaign hand-offs")
+        campaign_sub = campaign.add_subparsers(dest="campaign_command", required=True)
+        export = campaign_sub.add_parser("export", help="pending human pairs for Label Studio or Argilla")
+        add_campaign_export_arguments(export)
+    if "labels" not in sub.choices:
+        labels = sub.add_parser("labels", help="human labels")
+        add_labels_import(labels.add_subparsers(dest="labels_command", required=True))
+
+
+def add_annotate_parser(sub: argparse._SubParsersAction) -> None:
+    """``hybridpref annotate [token add|revoke]``."""
     annotate = sub.add_parser("annotate", help="serve the annotation page for a campaign; manage annotator tokens")
     annotate.add_argument("--campaign", default=os.environ.get("HYBRIDPREF_ANNOTATE_CAMPAIGN"),
                           help="campaign name (default $HYBRIDPREF_ANNOTATE_CAMPAIGN)")
@@ -52,9 +70,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--annotator", required=True, help="the name labels are stored under (an e-mail works)")
         p.add_argument("--db", default=None)
 
-    campaign = sub.add_parser("campaign", help="campaign hand-offs")
-    campaign_sub = campaign.add_subparsers(dest="campaign_command", required=True)
-    export = campaign_sub.add_parser("export", help="pending human pairs for Label Studio or Argilla")
+
+
+def add_campaign_export_arguments(export: argparse.ArgumentParser) -> None:
+    """Options of ``campaign export`` for the annotator formats (label-studio, argilla)."""
     export.add_argument("name")
     export.add_argument("--vendor", required=True)
     export.add_argument("--format", choices=EXPORT_FORMATS, required=True)
@@ -62,8 +81,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--limit", type=int, default=MAX_EXPORT, help=f"at most this many pairs (1..{MAX_EXPORT})")
     export.add_argument("--db", default=None)
 
-    labels = sub.add_parser("labels", help="human labels")
-    labels_sub = labels.add_subparsers(dest="labels_command", required=True)
+
+def add_labels_import(labels_sub: argparse._SubParsersAction) -> None:
+    """``labels import`` under an existing ``labels`` command."""
     imp = labels_sub.add_parser("import", help="store labels exported by an annotation tool")
     imp.add_argument("export", type=Path)
     imp.add_argument("--campaign", required=True)
