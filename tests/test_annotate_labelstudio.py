@@ -1,13 +1,16 @@
 """Label Studio and Argilla hand-offs: the labelling config, tasks and export parsing; the Argilla
 dataset against the ``argilla`` SDK's own classes; and a round trip through a REAL Label Studio server
 (its own venv, SQLite, loopback): `hybridpref campaign export` -> project + tasks imported with
-label-studio-sdk -> annotations posted through its API by three users -> JSON export -> `hybridpref
-labels import` -> every label once, with the right orientation."""
+label-studio-sdk -> annotations posted through its API by three users, and one made in Label Studio's
+own web UI (Playwright + Debian chromium, where installed) -> JSON export -> `hybridpref labels import`
+-> every label once, with the right orientation."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -139,6 +142,16 @@ def test_cli_export_and_import_errors(tmp_path: Path, capsys: pytest.CaptureFixt
 # ----------------------------------------------------------------------------- real Label Studio
 
 LS_SKIP = ls_server.skip_reason()
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+try:
+    import playwright.sync_api  # noqa: F401
+
+    BROWSER_SKIP = None if Path(CHROMIUM).exists() else f"{CHROMIUM} missing"
+except ImportError:
+    BROWSER_SKIP = "playwright not installed"
 
 
 @pytest.mark.skipif(LS_SKIP is not None, reason=LS_SKIP or "")
@@ -171,18 +184,36 @@ def test_label_studio_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[s
     with ls_server.label_studio(tmp_path) as server:
         ready = time.perf_counter()
         result = server.run_driver(plan, tmp_path)
+        export = result["export"]
+        if BROWSER_SKIP is None:  # and one vote by a person in Label Studio's own web UI
+            from playwright.sync_api import sync_playwright
+
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                shot = tmp_path / "labelstudio-task.png"
+                server.label_in_browser(page, result["project"], "typed in the UI", shot)
+                if os.environ.get("HYBRIDPREF_DOCS_SCREENSHOTS"):
+                    shutil.copy(shot, DOCS_IMAGES / "labelstudio-task.png")
+                browser.close()
+            export = server.export(result["project"])
+            admin_id = next(u["id"] for u in result["users"] if u["email"] == ls_server.ADMIN_EMAIL)
+            (ui_instance,) = [t["data"]["instance_id"] for t in export for a in t["annotations"] if a["completed_by"] == admin_id]
+            votes.append({"annotator": ls_server.ADMIN_EMAIL, "instance_id": ui_instance, "rule": "better",
+                          "strength": 2, "rationale": "typed in the UI"})
     export_path, users_path = tmp_path / "export.json", tmp_path / "users.json"
-    export_path.write_text(json.dumps(result["export"]))
+    export_path.write_text(json.dumps(export))
     users_path.write_text(json.dumps(result["users"]))
+    n_labels = 30 + (BROWSER_SKIP is None)
 
     args = ["labels", "import", str(export_path), "--campaign", CAMPAIGN, "--vendor", VENDOR, "--from", "label-studio",
             "--users", str(users_path), "--db", db]
     capsys.readouterr()
     assert cli_main(args) == 0
     first = capsys.readouterr().err
-    assert f"30 label(s) read from {export_path}: 30 stored, 0 replaced, 0 unchanged, 0 rejected; 1 skipped" in first
+    assert f"{n_labels} label(s) read from {export_path}: {n_labels} stored, 0 replaced, 0 unchanged, 0 rejected; 1 skipped" in first
     assert cli_main(args) == 0, "importing the same export again"
-    assert "0 stored, 0 replaced, 30 unchanged" in capsys.readouterr().err
+    assert f"0 stored, 0 replaced, {n_labels} unchanged" in capsys.readouterr().err
 
     better = {p["instance_id"]: ("A" if "(better)" in p["response_a"] else "B") for p in pairs}
     stored = {(c.instance_id, x.annotator): x for c, _, labels in store.returned_labels(VENDOR, CAMPAIGN) for x in labels}
@@ -195,8 +226,11 @@ def test_label_studio_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[s
     got = {k: (x.preference, x.strength, x.rationale) for k, x in stored.items()}
     assert got == expected, "every label once, A/B as stored"
     assert {x.source for x in stored.values()} == {"label-studio"}
-    assert Counter(i for i, _ in stored) == {p["instance_id"]: 2 if k < n // 2 else 1 for k, p in enumerate(pairs)}
+    per_pair = {p["instance_id"]: 2 if k < n // 2 else 1 for k, p in enumerate(pairs)}
+    if BROWSER_SKIP is None:
+        per_pair[ui_instance] += 1
+    assert Counter(i for i, _ in stored) == per_pair
     campaign = store.get_campaign(VENDOR, CAMPAIGN)
-    assert campaign.labels_returned == 30 and campaign.pairs_pending == n // 2
+    assert campaign.labels_returned == n_labels and campaign.pairs_pending == n // 2 - (BROWSER_SKIP is None)
     print(f"\nLabel Studio round trip, {n} tasks: server ready {ready - started:.1f} s after start, driver "
           f"{json.dumps({k: round(s, 2) for k, s in result['seconds'].items()})}, total {time.perf_counter() - started:.1f} s")

@@ -65,6 +65,37 @@ class LabelStudioServer:
         return json.loads(result_path.read_text(encoding="utf-8"))
 
 
+    def export(self, project: int) -> list[dict[str, Any]]:
+        """The project's JSON export, straight from the HTTP API."""
+        r = httpx.get(f"{self.base_url}/api/projects/{project}/export", params={"exportType": "JSON"},
+                      headers={"Authorization": f"Token {self.token}"}, timeout=120)
+        r.raise_for_status()
+        return r.json()
+
+    def label_in_browser(self, page: Any, project: int, rationale: str, shot: Path | None = None) -> str:
+        """Label the next task of the admin's queue through Label Studio's own web UI (a Playwright
+        ``page``), as a person would: sign in, open the labelling stream, see on which side (left =
+        A, right = B) the response marked "(better)" is, click "<side> clearly better", type the
+        rationale, Submit. Returns the side picked."""
+        page.goto(f"{self.base_url}/user/login/")
+        page.fill("input[name=email]", ADMIN_EMAIL)
+        page.fill("input[name=password]", ADMIN_PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_load_state("networkidle")
+        page.goto(f"{self.base_url}/projects/{project}/data?labeling=1")
+        better = page.get_by_text("(better)").first
+        better.wait_for(timeout=60_000)
+        header_b = page.get_by_text("Response B", exact=True).first.bounding_box()
+        side = "B" if better.bounding_box()["x"] >= header_b["x"] - 5 else "A"
+        page.click(f"text={side} clearly better")
+        page.fill("textarea", rationale)
+        if shot is not None:
+            page.screenshot(path=str(shot))
+        with page.expect_response(lambda r: "/annotations" in r.url and r.request.method == "POST", timeout=60_000):
+            page.click("button:has-text('Submit')")
+        return side
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -55,7 +55,7 @@ def label_config(title: str = "Which response is better?") -> str:
   <Choices name="{PREFERENCE}" toName="prompt" choice="single-radio" required="true" showInline="true">
 {choices}
   </Choices>
-  <TextArea name="{RATIONALE}" toName="prompt" rows="3" maxSubmissions="1" editable="true"
+  <TextArea name="{RATIONALE}" toName="prompt" rows="3" maxSubmissions="1" editable="true" transcription="true"
             placeholder="Why? (optional)"/>
 </View>
 """
