@@ -8,6 +8,9 @@
     hybridpref keys add|hash ...        # API key entries for the router's keys file
     hybridpref evaluate --pool pairs.jsonl --out DIR ...   # offline: does routing help on these pools?
     hybridpref judge train [--data-dir D] # offline: train and export the learned judge
+    hybridpref annotate --campaign NAME --port P   # the annotation page (and `annotate token add|revoke`)
+    hybridpref campaign export NAME --vendor V --format label-studio|argilla --output PATH
+    hybridpref labels import --campaign NAME --vendor V --from label-studio export.json
 
 The parser is built inside ``main``; nothing runs at import time. User mistakes
 print ``error: ...`` (file line and field where there is one) and exit 2.
@@ -70,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     judge_sub = judge.add_subparsers(dest="judge_command", required=True)
     train = judge_sub.add_parser("train", help="train and export the learned judge (see --help)", add_help=False)
     train.add_argument("rest", nargs=argparse.REMAINDER)
+
+    from hybridpref.cli.annotate import add_parsers as add_annotate_parsers
+
+    add_annotate_parsers(sub)  # annotate, campaign export, labels import
     return parser
 
 
@@ -113,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             from hybridpref.cli.evaluate import main as evaluate_main
 
             return evaluate_main(args.rest)
+        if args.command in ("annotate", "campaign", "labels"):
+            from hybridpref.cli.annotate import main as annotate_main
+
+            return annotate_main(args)
     except InvalidInput as exc:
         for v in exc.violations:
             print(f"error: {v.field}: {v.description}", file=sys.stderr)
