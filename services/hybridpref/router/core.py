@@ -39,6 +39,7 @@ from hybridpref.router.backends import (
     TaggerBackend,
     judge_signals,
 )
+from hybridpref.router.campaign import CAMPAIGN_SLICE, CampaignRoute, JudgeRows, StoreProvider, candidates
 from hybridpref.router.explain import top_tags
 from hybridpref.router.limits import judge_violations
 from hybridpref.router.model import RoutingModel
@@ -54,9 +55,10 @@ log = structlog.get_logger()
 @dataclass
 class RouteOptions:
     """Request-level routing options (the core mirror of ``RouteConfig``): the budget as stated (checked
-    against the batch size here), the strategy resolved (the servicer applies the default)."""
+    against the batch size here), the strategy resolved (the servicer applies the default). With a
+    ``campaign`` the budget is ``None`` (the campaign's total governs) and the strategy is the campaign's."""
 
-    budget: Budget
+    budget: Budget | None
     strategy: StrategySpec
     seed: int = 0
     judge_mode: PositionMode = PositionMode.UNSPECIFIED
@@ -64,6 +66,7 @@ class RouteOptions:
     replay_judge: str = ""
     explain_top_k: int = 3
     simulated_candidates: int = 500
+    campaign: CampaignRoute | None = None
 
 
 @dataclass(slots=True)
@@ -77,6 +80,20 @@ class Decision:
     judge_order_inconsistent: bool = False
     human_cost: float = 0.0
     expected_gain: float | None = None
+    replayed: bool = False  # campaign: the id was already stored; this is its stored decision
+    exploration: bool = False  # campaign: routed to humans by the exploration share
+
+
+@dataclass(frozen=True)
+class CampaignProgress:
+    """Where a campaign stands after a routed batch: its budget spent and left, and how many of the batch's
+    instances were already stored (replayed)."""
+
+    name: str
+    batch: str
+    budget_spent: float
+    budget_left: float
+    replayed: int
 
 
 @dataclass
@@ -87,6 +104,7 @@ class RouteOutcome:
     human_cost: float
     summary: Summary
     stage_seconds: dict[str, float]
+    campaign: CampaignProgress | None = None
 
 
 @dataclass
@@ -96,6 +114,17 @@ class JudgeFirst:
     batch: JudgedBatch
     signals: JudgeSignals
     p_wrong: tuple[np.ndarray, np.ndarray] | None  # (P(LM wrong), P(human wrong)) from the correction model
+    features: np.ndarray | None = None  # (n, F) correction features (kept for a campaign's stored decisions)
+
+    def rows(self) -> JudgeRows:
+        """The pass as the campaign's candidates read it."""
+        from hybridpref.routing_model.correction import FEATURE_NAMES
+
+        s = self.signals
+        return JudgeRows(self.batch.labels, self.batch.confidence, np.asarray(s.order_flip, bool),
+                         np.asarray(self.batch.p_a_better, np.float64), np.asarray(s.agreement, np.float64),
+                         self.expected_gain, None if self.p_wrong is None else self.p_wrong[0], self.features,
+                         FEATURE_NAMES, self.batch.judge_id)
 
     @property
     def expected_gain(self) -> np.ndarray | None:
@@ -104,19 +133,22 @@ class JudgeFirst:
 
 class RouterCore:
     def __init__(self, settings: Settings, tagger: TaggerBackend, judge: JudgeBackend, models: RoutingModelSource,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, campaigns: StoreProvider | None = None):
         self.settings = settings
         self.metrics = metrics or Metrics.default()
         self.tagger = tagger
         self.judge = judge
         self.models = models
+        # The campaign store, opened on the first campaign call (settings.router.db_url).
+        self.campaigns = campaigns or StoreProvider(settings.router.db_url)
         # CPU work (conversion, validation, strategies, spill-file I/O) runs here, off the event
         # loop, in a pool the server owns and bounds; a cancelled call's queued work never starts.
         self.executor = CoreExecutor("router", settings.router.workers)
 
     async def close(self) -> None:
-        """Stop the worker pool (the backends belong to whoever built them)."""
+        """Stop the worker pool and close the campaign store (the backends belong to whoever built them)."""
         self.executor.shutdown()
+        self.campaigns.close()
 
     def validate(self, instances: Sequence[PreferenceInstance], options: RouteOptions) -> None:
         """All input checks before any work: nothing is half-processed."""
@@ -181,6 +213,8 @@ class RouterCore:
                       stages: dict[str, float]) -> RouteOutcome:
         """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain.
         ``text``: the batch's correction features without judge signals (the domain check reads them)."""
+        if options.campaign is not None:
+            return await self._decide_campaign(store, tagged, text, options, deadline, stages)
         n = len(store)
         strategy = options.strategy
         warnings: list[str] = []
@@ -189,6 +223,7 @@ class RouterCore:
         if strategy.needs_judge_first:
             with _timed(stages, "judge"):
                 judged = await self._judge_first(store, tagged, model, options, deadline)
+        assert options.budget is not None  # checked with the options
         budget = budgets.resolve_budget(options.budget, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged))
         with _timed(stages, "route"):
             result, summary = await self.executor.run(
@@ -219,6 +254,62 @@ class RouterCore:
             human_cost=float(budget.costs[result.human_mask].sum()), summary=summary, stage_seconds=stages,
         )
 
+    async def _decide_campaign(self, store, tagged: RouterTags, text: np.ndarray, options: RouteOptions,
+                               deadline: Deadline, stages: dict[str, float]) -> RouteOutcome:
+        """Everything after tagging, for a campaign: model -> judge every row -> the strategy's scores -> the
+        campaign store decides and stores each slice (its spending policy, its budget) -> summary."""
+        campaign = options.campaign
+        assert campaign is not None
+        n = len(store)
+        strategy = options.strategy
+        warnings: list[str] = []
+        model = await self._model(strategy, tagged, deadline, warnings)
+        with _timed(stages, "judge"):
+            judged = await self._judge_first(store, tagged, model, options, deadline, keep_features=True)
+        budget = budgets.resolve_budget(Budget.auto(), n, _supplied_costs(store.human_costs), **_cost_inputs(tagged))
+        if campaign.budget_kind == "cost":  # scores per unit of human cost
+            budget = ResolvedBudget("cost", None, float("inf"), budget.costs)
+        with _timed(stages, "route"):
+            scores, domain = await self.executor.run(campaign_scores, model, strategy, tagged.tag_matrix, budget, judged,
+                                                     text, seed=options.seed, size=n)
+        rows_judged = judged.rows()
+        bundle = "" if model is None else model.bundle_version
+        stored = []
+        db = await self.executor.run(self.campaigns.get)
+        with _timed(stages, "store"):
+            for start in range(0, n, CAMPAIGN_SLICE):
+                rows = list(range(start, min(n, start + CAMPAIGN_SLICE)))
+                instances = await self.executor.run(store.get, rows, size=len(rows))
+                batch = await self.executor.run(candidates, instances, rows, scores, budget.costs, rows_judged, size=len(rows))
+                stored += await self.executor.run(db.decide_batch, campaign.vendor, campaign.name, campaign.batch, batch,
+                                                  rows_judged.judge_id[:128], bundle, size=len(rows))
+            after = await self.executor.run(db.get_campaign, campaign.vendor, campaign.name)
+        decisions = await self.executor.run(_campaign_decisions, stored, scores, budget.costs, judged, size=n)
+        mask = np.fromiter((d.human for d in decisions), dtype=bool, count=n)
+        with _timed(stages, "summary"):
+            summary = await self.executor.run(summarize, model, tagged.tag_matrix, mask, domain=domain,
+                                              totals=column_totals(tagged.tag_matrix), p_wrong=judged.p_wrong,
+                                              signals=judged.signals, size=n)
+        summary.warnings[:0] = warnings
+        self._count(decisions, strategy.name)
+        replayed = sum(d.replayed for d in decisions)
+        self._count_campaign(campaign, decisions)
+        progress = CampaignProgress(campaign.name, campaign.batch, after.spent,
+                                    max(0.0, after.spec.budget_total - after.spent), replayed)
+        return RouteOutcome(decisions=decisions, strategy=strategy.name, bundle_version=bundle,
+                            human_cost=float(budget.costs[mask].sum()), summary=summary, stage_seconds=stages,
+                            campaign=progress)
+
+    def _count_campaign(self, campaign: CampaignRoute, decisions: list[Decision]) -> None:
+        """Decisions stored (per vendor and route) and the budget units they reserved; replays are not counted."""
+        fresh = [d for d in decisions if not d.replayed]
+        humans = [d for d in fresh if d.human]
+        stored = self.metrics.campaign_decisions
+        stored.labels(campaign.vendor, "HUMAN").inc(len(humans))
+        stored.labels(campaign.vendor, "LM").inc(len(fresh) - len(humans))
+        units = len(humans) if campaign.budget_kind == "count" else sum(d.human_cost for d in humans)
+        self.metrics.campaign_budget_spent.labels(campaign.vendor, campaign.budget_kind).inc(units)
+
     async def _model(self, strategy: StrategySpec, tagged: RouterTags, deadline: Deadline, warnings: list[str]) -> RoutingModel | None:
         """The routing model, checked against the tagger's bins. A strategy that needs the PPM (or the
         expected-correction model) fails without it (``NotReady``) before the judge runs; the others route
@@ -244,9 +335,10 @@ class RouterCore:
             return None
 
     async def _judge_first(self, store, tagged: RouterTags, model: RoutingModel | None, options: RouteOptions,
-                           deadline: Deadline) -> JudgeFirst:
-        """Judge every row, one slice at a time: signals and, with a correction model, P(wrong) per row."""
-        batches, signals, p_lm, p_h = [], [], [], []
+                           deadline: Deadline, keep_features: bool = False) -> JudgeFirst:
+        """Judge every row, one slice at a time: signals and, with a correction model, P(wrong) per row;
+        ``keep_features``: keep the correction features too (a campaign stores them)."""
+        batches, signals, p_lm, p_h, features = [], [], [], [], []
         for start in range(0, len(store), JUDGE_SLICE):
             rows = list(range(start, min(len(store), start + JUDGE_SLICE)))
             instances = await self.executor.run(store.get, rows, size=len(rows))
@@ -254,12 +346,18 @@ class RouterCore:
             sig = judge_signals(judged, instances)
             batches.append(judged)
             signals.append(sig)
-            if model is not None and model.correction is not None:
-                lm, hu = await self.executor.run(_p_wrong, model, instances, tagged, rows, sig, size=len(rows))
-                p_lm.append(lm)
-                p_h.append(hu)
+            correction = None if model is None else model.correction
+            if correction is not None or keep_features:
+                x = await self.executor.run(_correction_features, instances, tagged, rows, sig, size=len(rows))
+                if keep_features:
+                    features.append(x)
+                if correction is not None:
+                    lm, hu = await self.executor.run(correction.probabilities, x, size=len(rows))
+                    p_lm.append(lm)
+                    p_h.append(hu)
         p_wrong = (np.concatenate(p_lm), np.concatenate(p_h)) if p_lm else None
-        return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong)
+        kept = np.concatenate(features) if features else None
+        return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong, kept)
 
     async def _judge_rows(self, store, rows: list[int], options: RouteOptions, deadline: Deadline) -> JudgedBatch:
         """Judge ``rows`` of the store, reading instances back one slice at a time (off the loop)."""
@@ -328,12 +426,38 @@ def text_features(instances: Sequence[PreferenceInstance], tagged: RouterTags) -
     return correction_features(instances, tagged.measures, tagged.tag_matrix, neutral)
 
 
-def _p_wrong(model: RoutingModel, instances, tagged: RouterTags, rows: list[int], signals: JudgeSignals):
-    """(P(LM label wrong), P(human label wrong)) of ``rows`` from the bundle's correction model."""
+def _correction_features(instances, tagged: RouterTags, rows: list[int], signals: JudgeSignals) -> np.ndarray:
+    """The correction model's features of ``rows`` -> (len(rows), F) float32."""
     from hybridpref.routing_model.correction import correction_features
 
-    features = correction_features(instances, tagged.measures[rows], tagged.tag_matrix[rows], signals)
-    return model.correction.probabilities(features)  # type: ignore[union-attr]
+    return correction_features(instances, tagged.measures[rows], tagged.tag_matrix[rows], signals)
+
+
+def campaign_scores(model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, budget: ResolvedBudget,
+                    judged: JudgeFirst, features: np.ndarray | None, *, seed: int):
+    """(the strategy's per-instance scores (n,), the domain check) of a campaign batch, in process: what the
+    campaign's spending policy ranks by. ``features``: the batch's correction features without judge
+    signals, for the domain check."""
+    domain = domain_check(model, features)
+    scores = strategies.scores(
+        strategy.name, tag_matrix, budget, scorer=None if model is None else model.scorer, seed=seed,
+        expected_gain=judged.expected_gain, signals=judged.signals, ppm_in_domain=domain is not None and domain.in_domain)
+    return scores, domain
+
+
+def _campaign_decisions(stored, scores: np.ndarray, costs: np.ndarray, judged: JudgeFirst) -> list[Decision]:
+    """The response's decisions from the store's (the stored LM label and confidence for a replayed id: what
+    the campaign holds; the strategy's score as the gain)."""
+    out = []
+    for i, s in enumerate(stored):
+        label = Label[s.lm_label] if s.lm_label else Label.UNSPECIFIED
+        out.append(Decision(
+            id=s.instance_id, human=s.human, lm_label=label,
+            lm_confidence=float(s.lm_confidence) if s.lm_confidence is not None else 0.0,
+            gain=float(s.score), judge_order_inconsistent=bool(judged.batch.inconsistent[i]),
+            human_cost=float(s.cost) if s.replayed else float(costs[i]),
+            expected_gain=s.expected_correction, replayed=s.replayed, exploration=s.exploration))
+    return out
 
 
 def _concat_signals(parts: list[JudgeSignals]) -> JudgeSignals:
@@ -357,8 +481,12 @@ def _supplied_costs(costs: Sequence[float | None]) -> np.ndarray | None:
 
 def _option_violations(options: RouteOptions, n: int) -> list[FieldViolation]:
     """The checks that need the batch size: not empty, and the budget within it (before any work; the
-    real costs come after tagging)."""
+    real costs come after tagging). A campaign's budget is the store's to check."""
     violations = [FieldViolation("instances", "empty batch")] if n == 0 else []
+    if options.budget is None:
+        if options.campaign is None:
+            violations.append(FieldViolation("config.budget", "required: set fraction, count, cost or auto"))
+        return violations
     return violations + budgets.budget_violations(options.budget, n)
 
 
