@@ -103,6 +103,21 @@ def floor_candidate() -> Candidate:
     return Candidate("floor7", fit, "issue 19's 7-feature logistic (counts included), usual panels")
 
 
+def served_candidate(profile: str | None) -> Candidate:
+    """The served model's fit with the tagger's measures and tags added to its columns (``profile``: the
+    tagger profile, None = text-only columns): what the default strategy loses without the tagger."""
+    cols = correction.DEFAULT_COLUMNS + ((correction.MEASURE_FEATURES + correction.TAG_FEATURES) if profile else ())
+
+    def fit(pools: Sequence[Pool], variants: Sequence[Sequence[PanelVariant]]) -> Callable[[Pool, np.ndarray], np.ndarray]:
+        feats = [correction.pool_features(p, tagger_profile=profile) for p in pools]
+        model = correction.CorrectionModel.fit(pools, feats, 0, columns=cols, human_columns=cols, evaluate=False)
+
+        def gain(pool: Pool, rows: np.ndarray) -> np.ndarray:
+            return model.expected_gain(correction.pool_features(pool, tagger_profile=profile)[rows])
+        return gain
+    return Candidate(f"served+tagger:{profile or 'none'}", fit, "the served correction model's columns plus the tagger's")
+
+
 _FEATURE_CACHE: dict[int, np.ndarray] = {}
 _COUNT_CACHE: dict[int, np.ndarray] = {}
 
@@ -125,9 +140,10 @@ def _n_others(pool: Pool) -> np.ndarray:
 
 
 def candidates() -> list[Candidate]:
+    tagger = [served_candidate(None), served_candidate("fast"), served_candidate("default")]
     base = ("order_flip", "any_other", "disagree", "p_unsure", "p_missing")
     length = ("lm_picked_shorter", "abs_log_len_ratio")
-    out = [floor_candidate()]
+    out = [floor_candidate(), *tagger]
     for aug in (False, True):
         tag = "aug" if aug else "usual"
         out += [
@@ -137,6 +153,18 @@ def candidates() -> list[Candidate]:
             panel_candidate(f"share+len+prompt/{tag}", base + length + ("log_prompt_len",), augment=aug),
             panel_candidate(f"share+text/{tag}", base + ("word_overlap", "log_len_shorter"), augment=aug),
         ]
+    text = ("word_overlap", "log_len_shorter")
+    out += [
+        panel_candidate("share+text+all/aug", base + text + ("all_disagree",), augment=True),
+        panel_candidate("share+text+maj/aug", base + text + ("majority_disagree",), augment=True),
+        panel_candidate("share+text/aug/l2=1", base + text, augment=True, l2=1.0),
+        panel_candidate("share+text/aug/l2=100", base + text, augment=True, l2=100.0),
+        panel_candidate("share+text/aug/verdict", base + text, augment=True, verdict_only=True),
+        panel_candidate("share+text+len/aug", base + text + length, augment=True),
+        panel_candidate("share+text/aug/fb1", base + text, augment=True, fallback=1.0),
+        panel_candidate("share+text/aug/fb3", base + text, augment=True, fallback=3.0),
+        panel_candidate("share+text/aug/fb6", base + text, augment=True, fallback=6.0),
+    ]
     return out
 
 

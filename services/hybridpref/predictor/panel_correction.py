@@ -225,6 +225,7 @@ class PanelCorrectionModel:
     panels: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     spread: np.ndarray = field(default_factory=lambda: np.ones(3))
     fallback_distance: float = 0.0
+    human_rate: float = 0.0  # P(human vote wrong) over the training rows (the fallback's value)
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def shrinkage(self, x: np.ndarray) -> float:
@@ -244,12 +245,19 @@ class PanelCorrectionModel:
         no_verdict = x[:, PANEL_FEATURES.index("no_verdict")] > 0.5
         return np.where(no_verdict, 1.0, _sigmoid(z))
 
-    def p_human_wrong(self, x: np.ndarray) -> np.ndarray:
-        return _sigmoid(self.human.logit(np.asarray(x, dtype=np.float64)))
+    def p_human_wrong(self, x: np.ndarray, lam: float | None = None) -> np.ndarray:
+        """P(one human vote wrong); under the fallback (``lam`` > 0) shrunk toward its training rate, so
+        that at ``lam = 1`` the routing order is exactly the judge's own doubt."""
+        x = np.asarray(x, dtype=np.float64)
+        lam = self.shrinkage(x) if lam is None else lam
+        p = _sigmoid(self.human.logit(x))
+        return p if lam <= 0 else (1 - lam) * p + lam * self.human_rate
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """(n, 2) float64: [P(LM wrong), P(human vote wrong)]."""
-        return np.stack([self.p_lm_wrong(x), self.p_human_wrong(x)], axis=1)
+        x = np.asarray(x, dtype=np.float64)
+        lam = self.shrinkage(x)
+        return np.stack([self.p_lm_wrong(x, lam), self.p_human_wrong(x, lam)], axis=1)
 
     def expected_gain(self, x: np.ndarray) -> np.ndarray:
         p = self.probabilities(x)
@@ -258,7 +266,7 @@ class PanelCorrectionModel:
     def to_json(self) -> dict[str, Any]:
         return {"version": MODEL_VERSION, "feature_names": list(PANEL_FEATURES), "lm": self.lm.to_json(),
                 "doubt": list(self.doubt), "human": self.human.to_json(), "panels": self.panels.tolist(),
-                "spread": self.spread.tolist(), "fallback_distance": self.fallback_distance, "metrics": self.metrics}
+                "spread": self.spread.tolist(), "fallback_distance": self.fallback_distance, "human_rate": self.human_rate, "metrics": self.metrics}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PanelCorrectionModel:
@@ -266,7 +274,7 @@ class PanelCorrectionModel:
             raise ValueError(f"model reads features {d.get('feature_names')}, this code computes {list(PANEL_FEATURES)}")
         return cls(Linear.from_json(d["lm"]), (float(d["doubt"][0]), float(d["doubt"][1])), Linear.from_json(d["human"]),
                    np.asarray(d["panels"], float).reshape(-1, 3), np.asarray(d["spread"], float),
-                   float(d["fallback_distance"]), dict(d.get("metrics", {})))
+                   float(d["fallback_distance"]), float(d.get("human_rate", 0.0)), dict(d.get("metrics", {})))
 
 
 def check_monotone(model: PanelCorrectionModel, x: np.ndarray, *, steps: int = 5) -> bool:
@@ -356,6 +364,30 @@ def fit_panel_model(sets: Sequence[TrainingSet], columns: Sequence[str], *, l2: 
     human = fit_linear(hx, hy, columns, l2=l2, weights=hw, nonneg=()) if len(hy) >= 50 else Linear.constant(float(hy.mean()) if len(hy) else 0.0)
     panels = np.array([panel_descriptor(s.x) for s in sets]) if sets else np.zeros((0, 3))
     spread = np.maximum(panels.std(axis=0), 0.05) if len(panels) > 1 else np.full(3, 0.05)
-    return PanelCorrectionModel(lm, doubt, human, panels, spread, fallback_distance,
+    rate = float(np.average(hy, weights=hw)) if len(hy) else 0.0
+    return PanelCorrectionModel(lm, doubt, human, panels, spread, fallback_distance, rate,
                                 {"columns": list(columns), "l2": l2, "calibrated": bool(calibrate and len(uniq) > 1),
                                  "training": {s.name: {"rows": int(len(s.x)), "weight": s.weight} for s in sets}})
+
+
+# The recommended feature set (benchmarks/panel_study.py, docs/EVALUATION.md "Panel shift"): the judge's
+# own signals, the disagreement share, and the two text features of the served model; length-direction
+# features (LM picked the shorter, |log length ratio|) and prompt length did not transfer at 50%.
+RECOMMENDED_COLUMNS: tuple[str, ...] = ("order_flip", "any_other", "disagree", "p_unsure", "p_missing",
+                                        "word_overlap", "log_len_shorter")
+
+
+def fit_for_pools(pools: Sequence[Pool], *, columns: Sequence[str] = RECOMMENDED_COLUMNS, l2: float = 10.0,
+                  fallback_distance: float = 0.0) -> PanelCorrectionModel:
+    """The recommended model: fitted on every panel variant of ``pools``
+    (:func:`hybridpref.evaluation.panels.panel_variants`), each pool weighted as one pool whatever its
+    number of variants, Platt-calibrated on leave-one-pool-out logits."""
+    from hybridpref.evaluation.panels import panel_variants
+
+    sets, groups = [], []
+    for pool in pools:
+        vs = panel_variants(pool)
+        for v in vs:
+            sets.append(TrainingSet.from_pool(v.pool, v.name, 1.0 / len(vs)))
+            groups.append(pool.name)
+    return fit_panel_model(sets, columns, l2=l2, groups=groups, fallback_distance=fallback_distance)
