@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from statistics import NormalDist
@@ -116,7 +117,9 @@ def annotator_error_rates(votes: Iterable[tuple[str, str, str]], *, n_iter: int 
     df = df[multi]
     if df.empty or df["label"].nunique() < 2:
         return {}
-    ds = DawidSkene(n_iter=n_iter).fit(df)
+    with warnings.catch_warnings():  # crowd-kit 1.4 still uses pandas' deprecated inplace/copy keywords
+        warnings.simplefilter("ignore")
+        ds = DawidSkene(n_iter=n_iter).fit(df)
     priors = ds.priors_
     out = {}
     for worker in df["worker"].unique():
