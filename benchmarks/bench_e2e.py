@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from hybridpref.common.instances import PreferenceInstance, instance_from_row
-from hybridpref.stack import SERVICES, up_ports, wait_serving
+from hybridpref_client.core.instances import PreferenceInstance, instance_from_row
+from hybridpref.cli.stack import SERVICES, up_ports, wait_serving
 from hybridpref_client import RouterClient
 
 DATA = Path(os.environ.get("HYBRIDPREF_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -53,7 +53,7 @@ def load_instances(n: int) -> list[PreferenceInstance]:
 def start_up(env_overrides: dict[str, str]) -> tuple[subprocess.Popen, float]:
     env = dict(os.environ, **env_overrides)
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "hybridpref.cli", "up", "--port-base", str(PORT_BASE)],
+    proc = subprocess.Popen([sys.executable, "-m", "hybridpref.cli.main", "up", "--port-base", str(PORT_BASE)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     if "all SERVING" not in line:

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridpref.common.errors import InvalidInput
-from hybridpref.common.instances import Label, PositionMode, PreferenceInstance, instance_from_row
-from hybridpref.common.runtime import cpu_limit
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, instance_from_row
+from hybridpref.server.runtime import cpu_limit
 from hybridpref.judge import aggregate
 from hybridpref.judge.core import Deadline, ScoreRequest
 from hybridpref.judge.embedded import EmbeddedBackend

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridpref.common.instances import PreferenceInstance
-from hybridpref.common.runtime import cpu_limit
+from hybridpref_client.core.instances import PreferenceInstance
+from hybridpref.server.runtime import cpu_limit
 from hybridpref.judge import features as F
-from hybridpref.judge import training as T
+from hybridpref.offline import judge_training as T
 from hybridpref.judge.core import Judge
 
 
@@ -62,7 +62,7 @@ def time_with_embeddings(pairs: list[PreferenceInstance], batch: int, reps: int)
     shared machine's load moves between runs)."""
     from sentence_transformers import SentenceTransformer
 
-    from hybridpref.common.runtime import configure_torch_threads, packaged_minilm_dir
+    from hybridpref.server.runtime import configure_torch_threads, packaged_minilm_dir
 
     configure_torch_threads()
     model = SentenceTransformer(str(packaged_minilm_dir()), device="cpu")
@@ -95,7 +95,7 @@ def time_with_embeddings(pairs: list[PreferenceInstance], batch: int, reps: int)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from hybridpref.evaluation.pools import default_data_dir
+    from hybridpref.offline.pools import default_data_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=None)

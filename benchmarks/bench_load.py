@@ -30,8 +30,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_e2e import POOLS  # noqa: E402
 
-from hybridpref.common.convert import instances_to_proto  # noqa: E402
-from hybridpref.stack import SERVICES, wait_serving  # noqa: E402
+from hybridpref_client.core.convert import instances_to_proto  # noqa: E402
+from hybridpref.cli.stack import SERVICES, wait_serving  # noqa: E402
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc  # noqa: E402
 
 PORT_BASE = 47400
@@ -48,7 +48,7 @@ class Stack:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str) -> None:
-        cmd = [sys.executable, "-m", "hybridpref.cli", "serve", name, "--port", str(self.ports[name]), "--metrics-port", "-1"]
+        cmd = [sys.executable, "-m", "hybridpref.cli.main", "serve", name, "--port", str(self.ports[name]), "--metrics-port", "-1"]
         self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def up(self) -> None:

@@ -28,8 +28,8 @@ def default_gold_specs(data: Path = DATA) -> list[str]:
 
 
 def main() -> None:
-    from hybridpref.common.runtime import configure_torch_threads, cpu_limit
-    from hybridpref.predictor.builder import BuildConfig, build_bundle
+    from hybridpref.server.runtime import configure_torch_threads, cpu_limit
+    from hybridpref.offline.bundle.builder import BuildConfig, build_bundle
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--candidates", type=int, default=600, help="per pool")

@@ -115,7 +115,7 @@ def _analyzer(rng: np.random.Generator) -> dict[str, object]:
 
 
 def _paper_label(value: object) -> str | None:
-    from hybridpref.common.instances import parse_label
+    from hybridpref_client.core.instances import parse_label
     from paper_features import LABEL_TO_PAPER
 
     try:
@@ -164,7 +164,7 @@ def make_features(out: Path, n: int, seed: int) -> None:
 
 def run_once(strategy: str, features: Path, out: Path, fraction: float, candidates: int, seed: int) -> dict[str, float]:
     """Input file -> routed dataset file, timed per stage (imports are done before)."""
-    from hybridpref.common.instances import Label
+    from hybridpref_client.core.instances import Label
     from hybridpref.common.vocabulary import NUM_TAGS
     from hybridpref.router.budget import resolve_budget
     from paper_features import LABEL_TO_PAPER, paper_rows_to_features
@@ -201,7 +201,7 @@ def run_once(strategy: str, features: Path, out: Path, fraction: float, candidat
 
 def child(args: argparse.Namespace) -> None:
     import hybridpref.router.strategies  # noqa: F401  (imports outside the timed region)
-    import hybridpref.tagger.bins  # noqa: F401
+    import hybridpref.routing_model.bins  # noqa: F401
 
     with tempfile.TemporaryDirectory() as tmp:
         r = run_once(args.child, Path(args.features), Path(tmp) / "routed.jsonl", args.fraction, args.candidates, args.seed)
@@ -222,7 +222,7 @@ def main() -> None:
         child(args)
         return
     if not args.features:
-        from hybridpref.common.runtime import cache_dir
+        from hybridpref.server.runtime import cache_dir
 
         path = cache_dir() / f"router_paper_features_{args.n}_seed{args.seed}.jsonl"
         if not path.exists():

@@ -3,7 +3,7 @@
 ``served`` (the default) times exactly what the router runs after tagging and the judge-first pass
 for its default strategy (``strategies.DEFAULT_STRATEGY``): the expected-correction model on the
 feature matrix (onnxruntime, ``CorrectionRunner.probabilities``), budget resolution and
-``hybridpref.router.service.decide`` (domain check, the strategy, the summary with intervals), on a
+``hybridpref.router.core.decide`` (domain check, the strategy, the summary with intervals), on a
 ``RoutingModel`` built by ``RoutingModel.from_data`` as from a ``GetRoutingModel`` answer.
 Explanations (top tags per instance, run by the service afterwards) are timed separately.
 Feature extraction from the texts is not included (it runs per judge slice, next to the judge).
@@ -157,8 +157,8 @@ def served_model():
 def served_features(model, n: int, rng: np.random.Generator) -> np.ndarray:
     """Synthetic (n, F) correction features; the domain columns drawn around the PPM's training pool,
     so the default strategy takes its in-domain path (the PPM breaks ties: the slower one)."""
-    from hybridpref.predictor.correction import FEATURE_NAMES
-    from hybridpref.predictor.domain import DOMAIN_FEATURES
+    from hybridpref.routing_model.correction import FEATURE_NAMES
+    from hybridpref.routing_model.domain import DOMAIN_FEATURES
 
     x = rng.random((n, len(FEATURE_NAMES)), dtype=np.float32)
     if model.domain is not None:
@@ -172,7 +172,7 @@ def run_served(n: int, fraction: float, repeats: int, seed: int) -> dict[str, fl
     from hybridpref.common.signals import JudgeSignals
     from hybridpref.router.backends import JudgedBatch
     from hybridpref.router.budget import resolve_budget
-    from hybridpref.router.service import Decision, JudgeFirst, _explain, decide
+    from hybridpref.router.core import Decision, JudgeFirst, _explain, decide
     from hybridpref.router.strategies import DEFAULT_STRATEGY
 
     tags = synthetic_tags(n, seed)
@@ -223,8 +223,8 @@ def _issue10_inputs(strategy: str, n: int, seed: int) -> dict:
     signals = JudgeSignals(label, np.full(n, np.nan), (label == 0) & (rng.random(n) < 0.6), rng.choice([0.0, 0.5, 1.0], size=n))
     if strategy == "judge_doubt":
         return {"signals": signals}
-    from hybridpref.predictor import bundle as bundle_io
-    from hybridpref.predictor.correction import FEATURE_NAMES, CorrectionModel
+    from hybridpref.routing_model import bundle as bundle_io
+    from hybridpref.routing_model.correction import FEATURE_NAMES, CorrectionModel
     from hybridpref.predictor.core import default_bundle_path
 
     model = CorrectionModel.from_onnx(bundle_io.read_correction(default_bundle_path())[0])

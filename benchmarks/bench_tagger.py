@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridpref.common.errors import InvalidInput
-from hybridpref.common.instances import PreferenceInstance, instance_from_row
-from hybridpref.common.runtime import cpu_limit
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref_client.core.instances import PreferenceInstance, instance_from_row
+from hybridpref.server.runtime import cpu_limit
 from hybridpref.common.vocabulary import ANALYZER_DIMENSIONS, LEXICAL_MEASURES, NUM_LEXICAL_TAGS
 from hybridpref.tagger.core import Tagger
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridpref.evaluation.pools import DEFAULT_JUDGES, default_data_dir, load_pool
-from hybridpref.predictor import correction as corr
+from hybridpref.offline.pools import DEFAULT_JUDGES, default_data_dir, load_pool
+from hybridpref.routing_model import correction as corr
+from hybridpref.offline.bundle import correction_fit
 
 SIGNALS = ("lm_no_verdict", "order_flip", "no_other_agrees", "p_confidence", "p_missing")
 SETS = {
@@ -45,7 +46,7 @@ def _hgb_lopo(xs: list[np.ndarray], ys: list[np.ndarray], cols: list[int], seed:
     for k in range(len(xs)):
         rest = [i for i in range(len(xs)) if i != k]
         inner = [logit(fit([j for j in rest if j != i]), xs[i]) for i in rest]
-        a, c = corr.platt(np.concatenate(inner), np.concatenate([ys[i] for i in rest]))
+        a, c = correction_fit.platt(np.concatenate(inner), np.concatenate([ys[i] for i in rest]))
         out.append(1 / (1 + np.exp(-(a * logit(fit(rest), xs[k]) + c))))
     return out
 
@@ -57,18 +58,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     pools = [load_pool(a.data_dir / name) for name in DEFAULT_JUDGES]
-    feats = [corr.pool_features(p, tagger_profile=a.tagger_profile or None) for p in pools]
+    feats = [correction_fit.pool_features(p, tagger_profile=a.tagger_profile or None) for p in pools]
     keep = [p.reference != 0 for p in pools]
     xs = [f[k].astype(np.float64) for f, k in zip(feats, keep)]
     ys = [(p.signals().label != p.reference)[k] for p, k in zip(pools, keep)]
     for name, cols in SETS.items():
-        lr = corr.CorrectionModel.fit(pools, feats, a.seed, columns=cols).metrics["leave_one_pool_out"]
+        lr = correction_fit.fit_correction_model(pools, feats, a.seed, columns=cols).metrics["leave_one_pool_out"]
         row = " ".join(f"{p[:8]} {v['auroc']:.3f}/{v['ece']:.3f}" for p, v in lr["pools"].items())
         print(f"logistic {name:18s} {row}  pooled {lr['pooled']['auroc']:.3f}/{lr['pooled']['ece']:.3f}")
         ps = _hgb_lopo(xs, ys, [corr.FEATURE_NAMES.index(c) for c in cols], a.seed)
-        row = " ".join(f"{p.name[:8]} {corr.auroc(y, q):.3f}/{corr.reliability(y, q)[0]:.3f}" for p, y, q in zip(pools, ys, ps))
+        row = " ".join(f"{p.name[:8]} {correction_fit.auroc(y, q):.3f}/{correction_fit.reliability(y, q)[0]:.3f}" for p, y, q in zip(pools, ys, ps))
         y, q = np.concatenate(ys), np.concatenate(ps)
-        print(f"hgb      {name:18s} {row}  pooled {corr.auroc(y, q):.3f}/{corr.reliability(y, q)[0]:.3f}")
+        print(f"hgb      {name:18s} {row}  pooled {correction_fit.auroc(y, q):.3f}/{correction_fit.reliability(y, q)[0]:.3f}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridpref.evaluation.pools import DEFAULT_JUDGES, default_data_dir, load_pool
-from hybridpref.predictor import correction as corr
+from hybridpref.offline.pools import DEFAULT_JUDGES, default_data_dir, load_pool
+from hybridpref.offline.bundle import correction_fit
 from hybridpref.router.budget import resolve_budget
 from hybridpref.router.strategies import route
 
@@ -30,9 +30,9 @@ def main() -> None:
     a = ap.parse_args()
     pools = {n: load_pool(a.data_dir / n) for n in DEFAULT_JUDGES}
     for name, pool in pools.items():
-        model = corr.fit_for_pools([p for k, p in pools.items() if k != name], seed=0)
+        model = correction_fit.fit_for_pools([p for k, p in pools.items() if k != name], seed=0)
         sig = pool.signals()
-        gain = corr.expected_gain_for_pool(model, pool)
+        gain = correction_fit.expected_gain_for_pool(model, pool)
         n = len(pool)
         budget = resolve_budget("fraction", a.budget, n, None)
         masks = {"random": [route("random", np.zeros((n, 1), np.uint8), budget, scorer=None, seed=s).human_mask for s in range(20)]}

@@ -28,11 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref.evaluation import harness, stats
-from hybridpref.evaluation.panels import PanelVariant, panel_variants
-from hybridpref.evaluation.pools import DEFAULT_JUDGES, Pool, default_data_dir, load_pool
-from hybridpref.predictor import correction
-from hybridpref.predictor import panel_correction as pc
+from hybridpref.offline import stats
+from hybridpref.offline.evaluation import harness
+from hybridpref.offline.panels import PanelVariant, panel_variants
+from hybridpref.offline.pools import DEFAULT_JUDGES, Pool, default_data_dir, load_pool
+from hybridpref.offline.bundle import correction_fit as correction
+from hybridpref.offline.bundle import panel_correction_fit as pcf
+from hybridpref.routing_model import correction as served
+from hybridpref.routing_model import panel_correction as pc
 
 GainModel = Callable[[np.ndarray, Pool], np.ndarray]  # (rows of the variant, variant pool) -> (len(rows),) gains
 
@@ -47,15 +50,15 @@ class Candidate:
     doc: str = ""
 
 
-def _training_sets(pools: Sequence[Pool], variants: Sequence[Sequence[PanelVariant]], augment: bool) -> tuple[list[pc.TrainingSet], list[str]]:
+def _training_sets(pools: Sequence[Pool], variants: Sequence[Sequence[PanelVariant]], augment: bool) -> tuple[list[pcf.TrainingSet], list[str]]:
     sets, groups = [], []
     for pool, vs in zip(pools, variants):
         if augment:
             for v in vs:
-                sets.append(pc.TrainingSet.from_pool(v.pool, v.name, 1.0 / len(vs)))
+                sets.append(pcf.TrainingSet.from_pool(v.pool, v.name, 1.0 / len(vs)))
                 groups.append(pool.name)
         else:
-            sets.append(pc.TrainingSet.from_pool(pool))
+            sets.append(pcf.TrainingSet.from_pool(pool))
             groups.append(pool.name)
     return sets, groups
 
@@ -64,7 +67,7 @@ def panel_candidate(name: str, columns: Sequence[str], *, augment: bool, fallbac
                     nonneg: Sequence[str] = pc.MONOTONE, verdict_only: bool = False) -> Candidate:
     def fit(pools: Sequence[Pool], variants: Sequence[Sequence[PanelVariant]]) -> Callable[[Pool, np.ndarray], np.ndarray]:
         sets, groups = _training_sets(pools, variants, augment)
-        model = pc.fit_panel_model(sets, columns, l2=l2, groups=groups, fallback_distance=fallback, nonneg=nonneg,
+        model = pcf.fit_panel_model(sets, columns, l2=l2, groups=groups, fallback_distance=fallback, nonneg=nonneg,
                                    verdict_only=verdict_only)
 
         def gain(pool: Pool, rows: np.ndarray) -> np.ndarray:
@@ -106,11 +109,11 @@ def floor_candidate() -> Candidate:
 def served_candidate(profile: str | None) -> Candidate:
     """The served model's fit with the tagger's measures and tags added to its columns (``profile``: the
     tagger profile, None = text-only columns): what the default strategy loses without the tagger."""
-    cols = correction.DEFAULT_COLUMNS + ((correction.MEASURE_FEATURES + correction.TAG_FEATURES) if profile else ())
+    cols = served.DEFAULT_COLUMNS + ((served.MEASURE_FEATURES + served.TAG_FEATURES) if profile else ())
 
     def fit(pools: Sequence[Pool], variants: Sequence[Sequence[PanelVariant]]) -> Callable[[Pool, np.ndarray], np.ndarray]:
         feats = [correction.pool_features(p, tagger_profile=profile) for p in pools]
-        model = correction.CorrectionModel.fit(pools, feats, 0, columns=cols, human_columns=cols, evaluate=False)
+        model = correction.fit_correction_model(pools, feats, 0, columns=cols, human_columns=cols, evaluate=False)
 
         def gain(pool: Pool, rows: np.ndarray) -> np.ndarray:
             return model.expected_gain(correction.pool_features(pool, tagger_profile=profile)[rows])
@@ -228,10 +231,10 @@ def run(data_dir: Path, budgets: Sequence[float], seeds: int, n_boot: int, cands
         t = time.perf_counter()
         train = [pools[n] for n in names if n != held]
         train_v = [all_variants[n] for n in names if n != held]
-        served = correction.fit_for_pools(train, seed=0, tagger_profile=None)
+        current = correction.fit_for_pools(train, seed=0, tagger_profile=None)
 
-        def hybrid_gain(pool: Pool, rows: np.ndarray, served=served) -> np.ndarray:
-            return correction.expected_gain_for_pool(served, pool.subset(rows), pool.default_judge)
+        def hybrid_gain(pool: Pool, rows: np.ndarray, current=current) -> np.ndarray:
+            return correction.expected_gain_for_pool(current, pool.subset(rows), pool.default_judge)
         gains: dict[str, Callable[[Pool, np.ndarray], np.ndarray]] = {"hybrid": hybrid_gain}
         for c in cands:
             gains[c.name] = c.fit(train, train_v)

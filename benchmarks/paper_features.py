@@ -24,7 +24,7 @@ column                                    type / meaning
 
 Binning follows the project's rules, not the paper's code: similarity values are clipped to
 [0, 1] and length columns take their percentile rank in a *fixed reference distribution*
-(``hybridpref.tagger.bins.ReferenceBins``; the paper re-ranked inside each subset), with edges
+(``hybridpref.routing_model.bins.ReferenceBins``; the paper re-ranked inside each subset), with edges
 [0, 1/3], (1/3, 2/3], (2/3, 1]. Analyzer strings map onto the canonical vocabulary with
 ``vocabulary.canonical_option`` (case-insensitive); unknown strings set no tag and are counted
 in ``PaperFeatures.unparsed``.
@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref.common.errors import FieldViolation, InvalidInput
-from hybridpref.common.instances import Label, iter_json_rows
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.instances import Label, iter_json_rows
 from hybridpref.common.vocabulary import (
     ANALYZER_DIMENSIONS,
     BINARY_DIMENSIONS,
@@ -89,7 +89,7 @@ def read_paper_features(path: str, reference_bins: Any | None = None) -> PaperFe
 
 def paper_rows_to_features(rows: Iterable[Mapping[str, Any]], reference_bins: Any | None = None) -> PaperFeatures:
     """Rows (dicts in the paper layout) -> :class:`PaperFeatures`; see the module docstring."""
-    from hybridpref.tagger.bins import ReferenceBins  # numpy-only module; lazy to keep this one light
+    from hybridpref.routing_model.bins import ReferenceBins  # numpy-only module; lazy to keep this one light
 
     rows = list(rows)
     n = len(rows)

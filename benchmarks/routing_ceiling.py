@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridpref.evaluation.pools import DEFAULT_JUDGES, Pool, default_data_dir, load_pool
-from hybridpref.predictor import correction as corr
+from hybridpref.offline.pools import DEFAULT_JUDGES, Pool, default_data_dir, load_pool
+from hybridpref.routing_model import correction as corr
+from hybridpref.offline.bundle import correction_fit
 
 
 def verdict_classes(pool: Pool) -> dict[str, np.ndarray]:
@@ -46,8 +47,8 @@ def describe(pool: Pool, gain: np.ndarray, feats: np.ndarray, budget: float) -> 
             print(f"| {name} | {m.sum()} | {(ref[m] != 0).mean():.2f} | {fixable[m].mean():.2f} | {routed[m].sum()} | {fixable[m & routed].sum()} |")
     verdict = (label != 0) & (ref != 0)
     y = (label != ref)[verdict]
-    print(f"\nWithin verdict rows ({verdict.sum()}, LM wrong {y.mean():.2f}): model AUROC {corr.auroc(y, gain[verdict]):.3f}")
-    singles = {n: corr.auroc(y, feats[verdict, j]) for j, n in enumerate(corr.FEATURE_NAMES)
+    print(f"\nWithin verdict rows ({verdict.sum()}, LM wrong {y.mean():.2f}): model AUROC {correction_fit.auroc(y, gain[verdict]):.3f}")
+    singles = {n: correction_fit.auroc(y, feats[verdict, j]) for j, n in enumerate(corr.FEATURE_NAMES)
                if len(np.unique(feats[verdict, j])) > 1}
     print("single features (AUROC; 0.5 = no signal, < 0.5 = reversed): "
           + ", ".join(f"{n} {a:.2f}" for n, a in sorted(singles.items(), key=lambda t: -abs(t[1] - 0.5))))
@@ -59,10 +60,10 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.25)
     a = ap.parse_args()
     pools = [load_pool(a.data_dir / name) for name in DEFAULT_JUDGES]
-    feats = [corr.pool_features(p) for p in pools]
+    feats = [correction_fit.pool_features(p) for p in pools]
     for k, pool in enumerate(pools):
         rest = [j for j in range(len(pools)) if j != k]
-        model = corr.CorrectionModel.fit([pools[j] for j in rest], [feats[j] for j in rest], seed=0, evaluate=False)
+        model = correction_fit.fit_correction_model([pools[j] for j in rest], [feats[j] for j in rest], seed=0, evaluate=False)
         describe(pool, model.expected_gain(feats[k]), feats[k], a.budget)
 
 

@@ -31,11 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref.evaluation import harness, stats
-from hybridpref.evaluation.panels import PanelVariant, panel_variants
-from hybridpref.evaluation.pools import DEFAULT_JUDGES, Pool, default_data_dir, load_pool
-from hybridpref.predictor import online
-from hybridpref.predictor import panel_correction as pc
+from hybridpref.offline import stats
+from hybridpref.offline.evaluation import harness
+from hybridpref.offline.panels import PanelVariant, panel_variants
+from hybridpref.offline.pools import DEFAULT_JUDGES, Pool, default_data_dir, load_pool
+from hybridpref.offline.bundle import panel_correction_fit as pcf
+from hybridpref.routing_model import online
+from hybridpref.routing_model import panel_correction as pc
 
 BATCHES = 10
 LEARN_BATCHES = 5
@@ -165,7 +167,7 @@ def main() -> None:
     curves: dict[tuple[str, float, float], list[dict[str, list[float]]]] = {}
     checks: list[dict[str, Any]] = []
     for held in names:
-        bundle = pc.fit_for_pools([pools[n] for n in names if n != held])
+        bundle = pcf.fit_for_pools([pools[n] for n in names if n != held])
         variants = panel_variants(pools[held])
         if a.variants == "usual":
             variants = variants[:1]

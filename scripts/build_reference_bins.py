@@ -20,7 +20,7 @@ import numpy as np
 
 from hybridpref.common.vocabulary import LEXICAL_MEASURES
 from hybridpref.tagger import lexical
-from hybridpref.tagger.bins import REFERENCE_FILE, ReferenceBins
+from hybridpref.routing_model.bins import REFERENCE_FILE, ReferenceBins
 from hybridpref.tagger.text import clean, TokenCounter
 
 DATASETS = ("mtbench_human_gpt4", "pandalm", "llmbar", "hh_rlhf")

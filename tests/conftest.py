@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridpref.common.settings import Settings
+from hybridpref.server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -20,7 +20,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 @pytest.fixture(scope="session")
 def background_loop():
-    from hybridpref.stack import BackgroundLoop
+    from hybridpref.cli.stack import BackgroundLoop
 
     loop = BackgroundLoop()
     yield loop
@@ -42,7 +42,7 @@ class LogCapture(io.StringIO):
 
 @pytest.fixture(scope="session")
 def log_capture():
-    from hybridpref.common.logs import configure_logging
+    from hybridpref.server.logs import configure_logging
 
     stream = LogCapture()
     configure_logging("tests", "DEBUG", "json", stream=stream)

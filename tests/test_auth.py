@@ -16,10 +16,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hybridpref.common.auth import KeyStore, add_vendor, bearer_key, hash_key, parse_keys
-from hybridpref.common.grpc_errors import retry_delay_s
-from hybridpref.common.server import start_service
-from hybridpref.common.settings import Settings
+from hybridpref.server.auth import KeyStore, add_vendor, bearer_key, hash_key, parse_keys
+from hybridpref_client.core.grpc_errors import retry_delay_s
+from hybridpref.server.server import start_service
+from hybridpref.server.settings import Settings
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 ROUTE = "/hybridpref.v1.RouterService/RouteInstances"
@@ -182,14 +182,14 @@ def test_cli_keys_add_and_hash(tmp_path):
     import sys
 
     path = tmp_path / "keys.json"
-    out = subprocess.run([sys.executable, "-m", "hybridpref.cli", "keys", "add", "--file", str(path), "--vendor", "v1",
+    out = subprocess.run([sys.executable, "-m", "hybridpref.cli.main", "keys", "add", "--file", str(path), "--vendor", "v1",
                           "--methods", "RouteInstances", "--instances-per-minute", "100", "--max-concurrent", "2"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     key = out.stdout.strip().splitlines()[-1]
     entry = json.loads(path.read_text())["vendors"]["v1"]
     assert entry["key_sha256"] == hash_key(key) and entry["max_concurrent"] == 2
-    hashed = subprocess.run([sys.executable, "-m", "hybridpref.cli", "keys", "hash"], input=key + "\n",
+    hashed = subprocess.run([sys.executable, "-m", "hybridpref.cli.main", "keys", "hash"], input=key + "\n",
                             capture_output=True, text=True, timeout=60)
     assert hashed.returncode == 0 and hashed.stdout.strip() == hash_key(key)
 

@@ -10,8 +10,8 @@ from concurrent import futures
 
 import grpc
 
-from hybridpref.common.channels import ROUND_ROBIN, open_sync_channel
-from hybridpref.common.settings import Settings
+from hybridpref.server.channels import ROUND_ROBIN, open_sync_channel
+from hybridpref.server.settings import Settings
 
 
 def _server(settings: Settings, name: str, delay_s: float = 0.0) -> tuple[grpc.Server, int, list[str]]:

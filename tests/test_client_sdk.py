@@ -17,9 +17,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from hybridpref.common.auth import add_vendor
-from hybridpref.common.instances import read_jsonl
-from hybridpref.common.settings import Settings
+from hybridpref.server.auth import add_vendor
+from hybridpref_client.core.instances import read_jsonl
+from hybridpref.server.settings import Settings
 from hybridpref.v1 import router_pb2
 from hybridpref_client import AsyncRouterClient, ChannelConfig, RouterClient, RoutingError
 
@@ -41,8 +41,8 @@ def test_importing_the_sdk_loads_no_service_code_or_models():
 
 
 def test_service_modules_are_aliases_of_the_sdk_core():
-    import hybridpref.common.errors as service_errors
-    import hybridpref.common.instances as service_instances
+    import hybridpref_client.core.errors as service_errors
+    import hybridpref_client.core.instances as service_instances
     import hybridpref_client.core.errors as sdk_errors
     import hybridpref_client.core.instances as sdk_instances
 
@@ -146,7 +146,7 @@ def keys(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stack(background_loop, pki, keys, log_capture):
-    from hybridpref.stack import start_embedded_stack
+    from hybridpref.cli.stack import start_embedded_stack
 
     settings = Settings(
         tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4",

@@ -96,3 +96,67 @@ def test_test_doubles_and_benchmark_adapters_are_not_shipped():
     assert "services/hybridpref/router/paper_features.py" not in shipped
     assert (ROOT / "tests" / "support" / "openai_server.py").is_file()
     assert (ROOT / "benchmarks" / "paper_features.py").is_file()
+
+
+# ---------------------------------------------------------------- wings (docs/architecture.md, "The house")
+
+SERVICES = ("tagger", "judge", "predictor", "router")
+# What each wing may import inside hybridpref (besides itself and the SDK, hybridpref_client / hybridpref.v1).
+# Floors, top down: cli > offline > {store, annotate} > {predictor, router} > {tagger, judge, routing_model} >
+# {common, server}. A running service never imports offline/ or cli/; the router and the predictor meet only
+# in routing_model/.
+ALLOWED: dict[str, set[str]] = {
+    "common": set(),
+    "server": {"common"},
+    "routing_model": {"common"},
+    "tagger": {"common", "server", "routing_model"},
+    "judge": {"common", "server", "routing_model"},
+    "predictor": {"common", "server", "routing_model"},
+    "router": {"common", "server", "routing_model"},
+    "store": {"common", "server", "routing_model"},
+    "annotate": {"common", "server", "routing_model", "store"},
+    "offline": {"common", "server", "routing_model", "tagger", "judge", "predictor", "router", "store"},
+    "cli": {"common", "server", "routing_model", "tagger", "judge", "predictor", "router", "store", "annotate", "offline"},
+}
+
+
+def _wing(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "hybridpref" and len(parts) > 1 and parts[1] != "v1" else None
+
+
+def _package_graph() -> dict[str, set[str]]:
+    """Wing -> the wings its modules import (module level or inside functions)."""
+    graph: dict[str, set[str]] = {}
+    for module, deps in _import_graph().items():
+        wing = _wing(module)
+        if wing is None:
+            continue
+        graph.setdefault(wing, set()).update(w for d in deps if (w := _wing(d)) and w != wing)
+    return graph
+
+
+def test_every_wing_has_a_rule():
+    assert set(_package_graph()) <= set(ALLOWED), set(_package_graph()) - set(ALLOWED)
+
+
+def test_wings_import_only_the_floors_below():
+    broken = {wing: sorted(deps - ALLOWED[wing]) for wing, deps in _package_graph().items() if deps - ALLOWED.get(wing, set())}
+    assert broken == {}
+
+
+def test_no_package_level_cycle():
+    assert _cycles(_package_graph()) == []
+
+
+def test_services_never_import_offline_or_one_another():
+    graph = _package_graph()
+    for service in SERVICES:
+        assert not graph.get(service, set()) & {"offline", "cli", *SERVICES} - {service}, service
+
+
+def test_wing_rules_catch_a_back_arrow():
+    """The checker itself: a router -> predictor arrow and a cycle through offline are reported."""
+    graph = {"router": {"predictor"}, "predictor": {"offline"}, "offline": {"predictor"}}
+    assert {w for w, d in graph.items() if d - ALLOWED[w]} == {"router", "predictor"}
+    assert _cycles(graph) == [{"predictor", "offline"}]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from hybridpref.common.errors import InvalidInput
-from hybridpref.common.instances import (
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref_client.core.instances import (
     Label,
     PreferenceInstance,
     instance_from_row,

@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from hybridpref.common.deadline import Deadline
-from hybridpref.common.errors import Cancelled, DeadlineExceeded
-from hybridpref.common.executors import CoreExecutor
-from hybridpref.common.quota import QuotaBook
-from hybridpref.common.auth import VendorPolicy
-from hybridpref.common.errors import QuotaExceeded
+from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.errors import Cancelled, DeadlineExceeded
+from hybridpref.server.executors import CoreExecutor
+from hybridpref.server.quota import QuotaBook
+from hybridpref.server.auth import VendorPolicy
+from hybridpref_client.core.errors import QuotaExceeded
 
 
 def test_deadline_remaining_cap_and_cancel():

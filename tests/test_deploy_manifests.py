@@ -21,7 +21,7 @@ import pytest
 import yaml
 from support.tools import find_tool, skip_reason
 
-from hybridpref.common.settings import Settings
+from hybridpref.server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -226,7 +226,7 @@ def test_router_addresses_point_at_services(base: list[dict[str, Any]], config: 
     for downstream in ("tagger", "judge", "predictor"):
         address = config[f"HYBRIDPREF_{downstream.upper()}_ADDRESS"]
         # dns:/// resolves every pod of a headless Service; the router balances over them
-        # (round_robin in hybridpref.common.channels). A virtual IP would pin one pod per channel.
+        # (round_robin in hybridpref.server.channels). A virtual IP would pin one pod per channel.
         assert address.startswith("dns:///"), address
         host, _, port = address.removeprefix("dns:///").rpartition(":")
         assert host in services, f"{downstream} address names no Service: {host}"
@@ -786,7 +786,7 @@ def test_bundle_build_job_tags_through_the_tagger_service(base: list[dict[str, A
     # Through the headless tagger Service (round_robin over its replicas), not in process.
     config = dict(line.split("=", 1) for line in (BASE / "hybridpref.env").read_text().splitlines() if line and not line.startswith("#"))
     assert args["tagger"] == config["HYBRIDPREF_TAGGER_ADDRESS"]
-    from hybridpref.predictor.builder import make_parser
+    from hybridpref.offline.bundle.builder import make_parser
 
     parsed = make_parser().parse_args([a.replace("$(JOB_UID)", "x") for a in c["args"][2:]])
     assert parsed.tagger == args["tagger"] and parsed.tagger_concurrency >= 2

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridpref.common.errors import InvalidInput
+from hybridpref_client.core.errors import InvalidInput
 from hybridpref.common.signals import JudgeSignals
-from hybridpref.evaluation import stats
-from hybridpref.evaluation.harness import (
+from hybridpref.offline import stats
+from hybridpref.offline.evaluation.harness import (
     EvalConfig,
     LeakageError,
     assign_folds,
@@ -25,7 +25,7 @@ from hybridpref.evaluation.harness import (
     oracle_mask,
     prepare_case,
 )
-from hybridpref.evaluation.pools import default_data_dir
+from hybridpref.offline.pools import default_data_dir
 
 JUDGE = "judge-x"
 
@@ -152,7 +152,7 @@ def test_folds_keep_prompt_groups_together():
 
 
 def _bundle(tmp_path: Path, pool_file: Path, gold: Path | None = None) -> Path:
-    from hybridpref.predictor import bundle as bundle_io
+    from hybridpref.routing_model import bundle as bundle_io
 
     b = tmp_path / "bundle"
     b.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def _bundle(tmp_path: Path, pool_file: Path, gold: Path | None = None) -> Path:
 
 
 def test_leakage_refused_for_the_bundles_own_pool_and_mtbench_vs_llmbar(tmp_path):
-    from hybridpref.predictor import bundle as bundle_io
+    from hybridpref.routing_model import bundle as bundle_io
 
     own = write_pool(tmp_path / "a" / "pairs.jsonl", seed=1)
     other = write_pool(tmp_path / "b" / "pairs.jsonl", seed=2)
@@ -180,7 +180,7 @@ def test_leakage_refused_for_the_bundles_own_pool_and_mtbench_vs_llmbar(tmp_path
 
 
 def test_cli_refuses_a_leaking_bundle_with_exit_2(tmp_path, capsys):
-    from hybridpref.cli import main
+    from hybridpref.cli.main import main
 
     pool = write_pool(tmp_path / "toy" / "pairs.jsonl")
     bundle = _bundle(tmp_path, pool)
@@ -194,7 +194,7 @@ def test_cli_refuses_a_leaking_bundle_with_exit_2(tmp_path, capsys):
 
 
 def test_evaluate_end_to_end_on_fixture_pools(tmp_path):
-    from hybridpref.evaluation.report import write_all
+    from hybridpref.offline.evaluation.report import write_all
 
     a = write_pool(tmp_path / "toy_a" / "pairs.jsonl", n=150, seed=1)
     b = write_pool(tmp_path / "toy_b" / "pairs.jsonl", n=150, seed=2)
@@ -225,8 +225,8 @@ def test_evaluate_end_to_end_on_fixture_pools(tmp_path):
 def test_bundle_for_uses_a_bundle_that_never_saw_the_pool(tmp_path):
     """``--bundle-for POOL=DIR``: that pool is routed with that bundle's PPM (leakage-checked like --bundle),
     the others with --bundle; a multi-pool bundle's fingerprints list every pool it was trained on."""
-    from hybridpref.evaluation.cli import parse_bundle_for
-    from hybridpref.predictor import bundle as bundle_io
+    from hybridpref.cli.evaluate import parse_bundle_for
+    from hybridpref.routing_model import bundle as bundle_io
 
     a = write_pool(tmp_path / "toy_a" / "pairs.jsonl", n=90, seed=1)
     b = write_pool(tmp_path / "toy_b" / "pairs.jsonl", n=90, seed=2)
@@ -258,7 +258,7 @@ def test_bundle_for_uses_a_bundle_that_never_saw_the_pool(tmp_path):
 
 
 def test_expected_corrections_check_compares_the_summary_with_what_happened(tmp_path):
-    from hybridpref.evaluation.report import write_all
+    from hybridpref.offline.evaluation.report import write_all
 
     a = write_pool(tmp_path / "toy_a" / "pairs.jsonl", n=120, seed=1)
     b = write_pool(tmp_path / "toy_b" / "pairs.jsonl", n=120, seed=2)
@@ -279,7 +279,7 @@ def test_expected_corrections_check_compares_the_summary_with_what_happened(tmp_
 
 
 def test_tag_cache_key_separates_custom_tag_functions():
-    from hybridpref.predictor.builder import tag_cache_key
+    from hybridpref.offline.bundle.builder import tag_cache_key
 
     def f(instances):
         return np.zeros((len(instances), 90), np.uint8)
@@ -306,7 +306,7 @@ DATA = default_data_dir()
 
 @pytest.mark.skipif(not (DATA / "llmbar" / "pairs.jsonl").exists(), reason="../shared/data not present")
 def test_real_data_smoke_llmbar(tmp_path):
-    from hybridpref.evaluation.cli import main
+    from hybridpref.cli.evaluate import main
 
     # the default bundle is trained on llmbar (refused here); the leave-one-pool-out bundle never saw it
     bundle = Path(__file__).resolve().parents[1] / "benchmarks" / "lopo_bundles" / "without-llmbar"
@@ -324,7 +324,7 @@ def test_real_data_smoke_llmbar(tmp_path):
 def test_correction_models_never_see_the_routed_or_gold_fold(tmp_path, monkeypatch):
     """In-pool: the model routing fold g is fitted without g, and for metric 2 with gold fold f also
     without f; cross-pool: on the other pools only."""
-    from hybridpref.predictor import correction
+    from hybridpref.offline.bundle import correction_fit
 
     seen: list[tuple[set[str], set[str]]] = []  # (ids the model was fitted on, ids it routed)
     fitted: dict[int, set[str]] = {}
@@ -338,8 +338,8 @@ def test_correction_models_never_see_the_routed_or_gold_fold(tmp_path, monkeypat
         seen.append((model, {inst.id + "@" + pool.name for inst in pool.instances}))
         return np.linspace(0.0, 0.5, len(pool))
 
-    monkeypatch.setattr(correction, "fit_for_pools", fake_fit)
-    monkeypatch.setattr(correction, "expected_gain_for_pool", fake_gain)
+    monkeypatch.setattr(correction_fit, "fit_for_pools", fake_fit)
+    monkeypatch.setattr(correction_fit, "expected_gain_for_pool", fake_gain)
     a = write_pool(tmp_path / "toy_a" / "pairs.jsonl", n=90, seed=1)
     b = write_pool(tmp_path / "toy_b" / "pairs.jsonl", n=90, seed=2)
     cfg = EvalConfig(pools=[str(a), str(b)], lm_judge=JUDGE, budgets=(0.25,), seeds=2, rm=False, n_boot=100,
@@ -352,12 +352,12 @@ def test_correction_models_never_see_the_routed_or_gold_fold(tmp_path, monkeypat
 
 
 def test_metric2_training_folds_are_routed_without_the_gold_fold(tmp_path, monkeypatch):
-    from hybridpref.evaluation.harness import Router, correction_gain_fn, route_case
-    from hybridpref.predictor import correction
+    from hybridpref.offline.evaluation.harness import Router, correction_gain_fn, route_case
+    from hybridpref.offline.bundle import correction_fit
 
     fits: list[set[str]] = []
-    monkeypatch.setattr(correction, "fit_for_pools", lambda train, seed, tagger_profile=None: fits.append({i.id for p in train for i in p.instances}) or len(fits) - 1)
-    monkeypatch.setattr(correction, "expected_gain_for_pool", lambda model, pool, judge=None, tagger_profile=None: np.linspace(0, 0.5, len(pool)))
+    monkeypatch.setattr(correction_fit, "fit_for_pools", lambda train, seed, tagger_profile=None: fits.append({i.id for p in train for i in p.instances}) or len(fits) - 1)
+    monkeypatch.setattr(correction_fit, "expected_gain_for_pool", lambda model, pool, judge=None, tagger_profile=None: np.linspace(0, 0.5, len(pool)))
     path = write_pool(tmp_path / "toy" / "pairs.jsonl", n=90, seed=3)
     cfg = EvalConfig(pools=[str(path)], lm_judge=JUDGE, budgets=(0.25,), seeds=1, folds=3, rm=True, strategies=("expected_gain",))
     case = prepare_case(path, cfg)
@@ -375,8 +375,9 @@ def test_hybrid_uses_the_ppm_exactly_where_the_routers_domain_check_admits_the_f
     outside, it is exactly `expected_gain`."""
     import dataclasses as dc
 
-    from hybridpref.evaluation.harness import Router, attach_bundles, correction_gain_fn, prepare_case
-    from hybridpref.predictor import correction, domain as domain_mod
+    from hybridpref.offline.evaluation.harness import Router, attach_bundles, correction_gain_fn, prepare_case
+    from hybridpref.offline.bundle import correction_fit
+    from hybridpref.routing_model import domain as domain_mod
     from hybridpref.router.model import DomainModel
 
     a = write_pool(tmp_path / "toy_a" / "pairs.jsonl", n=150, seed=1)
@@ -391,7 +392,7 @@ def test_hybrid_uses_the_ppm_exactly_where_the_routers_domain_check_admits_the_f
     router = Router(cfg, None, correction_gain_fn(cases, cfg))
     rows = case.fold_rows(0)
     assert not router.ppm_in_domain(case, rows)
-    feats = {"toy_b": correction.pool_features(case.pool, JUDGE)}
+    feats = {"toy_b": correction_fit.pool_features(case.pool, JUDGE)}
     wide = domain_mod.build_domain(feats, ["toy_b"], {}, seed=0)
     case.domain = DomainModel.from_json(wide)
     assert router.ppm_in_domain(case, rows)

@@ -17,9 +17,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hybridpref.common.convert import instances_to_proto
-from hybridpref.common.instances import read_jsonl
-from hybridpref.common.settings import Settings
+from hybridpref_client.core.convert import instances_to_proto
+from hybridpref_client.core.instances import read_jsonl
+from hybridpref.server.settings import Settings
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 from conftest import ROOT
@@ -37,7 +37,7 @@ def settings():
 
 @pytest.fixture(scope="module")
 def stack(background_loop, settings, log_capture):
-    from hybridpref.stack import start_embedded_stack
+    from hybridpref.cli.stack import start_embedded_stack
 
     running = background_loop.run(start_embedded_stack(settings), timeout=300)
     yield running
@@ -82,8 +82,8 @@ def route_ok(address: str, sample, strategy: str) -> bool:
 
 
 def restart(background_loop, stack, name: str, settings: Settings) -> None:
-    from hybridpref.common.server import start_service
-    from hybridpref.stack import handle_for
+    from hybridpref.server.server import start_service
+    from hybridpref.cli.stack import handle_for
 
     port = stack.services[name].port
     fresh = background_loop.run(start_service(handle_for(name, settings), settings, port=port, metrics_port=-1), timeout=60)
@@ -156,8 +156,8 @@ def test_dos_request_is_refused(stack, sample):
 def open_router(background_loop, stack, tmp_path):
     """A second router over the same backends: candidates effectively unbounded, a 2 s maximum
     deadline, two workers, and API keys (the attacker may run 2 calls at once)."""
-    from hybridpref.common.auth import add_vendor
-    from hybridpref.common.server import start_service
+    from hybridpref.server.auth import add_vendor
+    from hybridpref.server.server import start_service
     from hybridpref.router.servicer import router_handle
 
     keys = tmp_path / "keys.json"
@@ -239,8 +239,8 @@ def _router_executor(router):
 
 
 def test_required_backends_are_configurable(stack):
-    from hybridpref.common.executors import CoreExecutor
-    from hybridpref.common.metrics import Metrics
+    from hybridpref.server.executors import CoreExecutor
+    from hybridpref.server.metrics import Metrics
     from hybridpref.router.readiness import BackendWatcher
 
     settings = Settings(required_backends="tagger, judge", predictor_address="127.0.0.1:1")

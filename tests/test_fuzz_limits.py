@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hybridpref.common.settings import Settings
+from hybridpref.server.settings import Settings
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc, tagger_pb2, tagger_pb2_grpc
 
 ROUTE_EXAMPLES = 1000
@@ -138,7 +138,7 @@ def tag_requests(draw):
 
 @pytest.fixture(scope="module")
 def stack(background_loop, log_capture):
-    from hybridpref.stack import start_embedded_stack
+    from hybridpref.cli.stack import start_embedded_stack
 
     settings_ = Settings(tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4",
                          default_strategy="random", max_deadline_s=20)

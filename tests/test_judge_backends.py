@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
-from hybridpref.common.errors import BackendUnavailable, DeadlineExceeded
-from hybridpref.common.instances import Label, PositionMode, PreferenceInstance, read_jsonl
+from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
 from hybridpref.judge import aggregate
 from hybridpref.judge.core import Deadline, Judge, ScoreRequest
 from hybridpref.judge.embedded import EmbeddedBackend

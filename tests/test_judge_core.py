@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridpref.common.errors import BackendUnavailable, DeadlineExceeded, InvalidInput
-from hybridpref.common.instances import Label, PositionMode, PreferenceInstance, read_jsonl
+from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded, InvalidInput
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
 from hybridpref.judge import aggregate
 from hybridpref.judge.core import Deadline, Judge, ScoreRequest, ScoringBackend
 from hybridpref.judge.openai_backend import OpenAIBackend, parse_completion

@@ -11,12 +11,12 @@ import grpc
 import numpy as np
 import pytest
 
-from hybridpref.common.errors import InvalidInput, NotReady
-from hybridpref.common.instances import Label, PositionMode, PreferenceInstance, read_jsonl
-from hybridpref.common.server import start_service
-from hybridpref.common.settings import Settings
+from hybridpref_client.core.errors import InvalidInput, NotReady
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
+from hybridpref.server.server import start_service
+from hybridpref.server.settings import Settings
 from hybridpref.judge import features as F
-from hybridpref.judge import training as T
+from hybridpref.offline import judge_training as T
 from hybridpref.judge.core import Judge
 from hybridpref.judge.learned import PACKAGE_DIR, SPEC_FILE, LearnedBackend
 from hybridpref.v1 import common_pb2, judge_pb2, judge_pb2_grpc
@@ -292,7 +292,7 @@ def _write_pools(root: Path, seed: int = 0) -> None:
 
 
 def test_judge_train_cli_on_tiny_pools(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from hybridpref.cli import main
+    from hybridpref.cli.main import main
 
     _write_pools(tmp_path / "data")
     ds = T.load_dataset(tmp_path / "data", synthetic_empty=5)

@@ -14,8 +14,8 @@ import pytest
 from llmock.scenarios import Fail, Reply
 from llmock.testing import LLMockServer
 
-from hybridpref.common.errors import BackendUnavailable
-from hybridpref.common.instances import Label, PositionMode, PreferenceInstance
+from hybridpref_client.core.errors import BackendUnavailable
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
 from hybridpref.judge.core import Judge
 
 PAIRS = [

@@ -6,16 +6,16 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from hybridpref.common.convert import instances_to_proto
-from hybridpref.common.grpc_errors import field_violations
-from hybridpref.common.instances import Label, PreferenceInstance, is_blank
-from hybridpref.common.settings import Settings
+from hybridpref_client.core.convert import instances_to_proto
+from hybridpref_client.core.grpc_errors import field_violations
+from hybridpref_client.core.instances import Label, PreferenceInstance, is_blank
+from hybridpref.server.settings import Settings
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 
 @pytest.fixture(scope="module")
 def stack(background_loop, log_capture):
-    from hybridpref.stack import start_embedded_stack
+    from hybridpref.cli.stack import start_embedded_stack
 
     settings = Settings(tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4", default_strategy="random")
     running = background_loop.run(start_embedded_stack(settings, metrics=True), timeout=300)

@@ -10,9 +10,9 @@ import threading
 import grpc
 import pytest
 
-from hybridpref.common.errors import BackendUnavailable
+from hybridpref_client.core.errors import BackendUnavailable
 from hybridpref.common.openai_http import ChatCompletionsClient
-from hybridpref.common.settings import Settings
+from hybridpref.server.settings import Settings
 from hybridpref.v1 import common_pb2, judge_pb2, judge_pb2_grpc
 
 SECRET = "sk-live-very-secret-key-123"
@@ -54,7 +54,7 @@ def test_client_error_carries_status_only(echo_server):
 
 
 def test_judge_service_error_and_logs_are_redacted(background_loop, echo_server, log_capture, tmp_path):
-    from hybridpref.common.server import start_service
+    from hybridpref.server.server import start_service
     from hybridpref.judge.servicer import judge_handle
 
     key_file = tmp_path / "key"

@@ -11,11 +11,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from hybridpref.common.instances import Label, PreferenceInstance
-from hybridpref.evaluation.panels import panel_judges, panel_variants, restrict_judges
-from hybridpref.evaluation.pools import Pool
-from hybridpref.predictor import online
-from hybridpref.predictor import panel_correction as pc
+from hybridpref_client.core.instances import Label, PreferenceInstance
+from hybridpref.offline.panels import panel_judges, panel_variants, restrict_judges
+from hybridpref.offline.pools import Pool
+from hybridpref.offline.bundle import panel_correction_fit as pcf
+from hybridpref.routing_model import online
+from hybridpref.routing_model import panel_correction as pc
 
 MODELS = ("J1", "J2", "J3")
 _LAB = {1: Label.A_BETTER, -1: Label.B_BETTER}
@@ -90,7 +91,7 @@ def test_features_are_shares_whatever_the_panel_size(pools: list[Pool]) -> None:
 
 @pytest.fixture(scope="module")
 def model(pools: list[Pool]) -> pc.PanelCorrectionModel:
-    return pc.fit_for_pools(pools)
+    return pcf.fit_for_pools(pools)
 
 
 def test_fit_is_monotone_and_learns_disagreement(model: pc.PanelCorrectionModel, pools: list[Pool]) -> None:
@@ -113,9 +114,9 @@ def test_monotone_constraint_binds_when_the_data_say_otherwise() -> None:
     x[:, pc.PANEL_FEATURES.index("any_other")] = 1
     x[:, j] = rng.integers(0, 4, n) / 3
     y = rng.random(n) < 1 / (1 + np.exp(-(0.5 - 2.0 * x[:, j])))  # more disagreement, *fewer* errors
-    s = pc.TrainingSet("t", x, y, np.zeros(n, bool), np.zeros(n, bool))
-    free = pc.fit_panel_model([s], ("any_other", "disagree"), calibrate=False, nonneg=())
-    tied = pc.fit_panel_model([s], ("any_other", "disagree"), calibrate=False)
+    s = pcf.TrainingSet("t", x, y, np.zeros(n, bool), np.zeros(n, bool))
+    free = pcf.fit_panel_model([s], ("any_other", "disagree"), calibrate=False, nonneg=())
+    tied = pcf.fit_panel_model([s], ("any_other", "disagree"), calibrate=False)
     assert free.lm.raw_coef()["disagree"] < -0.5
     assert tied.lm.raw_coef()["disagree"] == 0.0 and pc.check_monotone(tied, x)
     assert not pc.check_monotone(free, x)

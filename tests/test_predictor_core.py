@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridpref.common.errors import InvalidInput, NotReady
-from hybridpref.common.instances import PreferenceInstance
+from hybridpref_client.core.errors import InvalidInput, NotReady
+from hybridpref_client.core.instances import PreferenceInstance
 from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, tag_index
-from hybridpref.predictor import bundle as bundle_io
-from hybridpref.predictor.builder import BuildConfig, build_bundle, main, parse_gold_spec, split_pool, read_rows
+from hybridpref.routing_model import bundle as bundle_io
+from hybridpref.offline.bundle.builder import BuildConfig, build_bundle, main, parse_gold_spec, split_pool, read_rows
 from hybridpref.predictor.core import Predictor
-from hybridpref.predictor.ppm import QuadraticPPM, check_parity
+from hybridpref.offline.bundle.ppm_fit import check_parity
+from hybridpref.routing_model.ppm import QuadraticPPM
 
 FIXTURE = Path(__file__).parent / "fixtures" / "predictor_pool.jsonl"
 
@@ -105,79 +106,24 @@ def test_heldout_groups_never_trained_on():
     assert len({rows[i]["question_id"] for i in gold}) == 3
 
 
-def test_onnx_parity_and_served_scores_match_numpy(built):
+def test_onnx_parity_and_served_form_matches_ppm_json(built):
     path = built[0].bundle_path
     raw = bundle_io.read_json(path, "ppm.json")
     ppm = QuadraticPPM(raw["bias"], np.array(raw["linear"]), np.array(raw["quad"]))
     assert np.allclose(ppm.quad, ppm.quad.T)
     assert check_parity(ppm, path / "model.onnx", seed=3, n=500) <= 1e-5
-    pred = Predictor(path)
-    rng = np.random.default_rng(1)
-    counts = rng.integers(0, 30, size=(257, NUM_TAGS)).astype(float)
-    got = pred.score(counts, pool_size=30)
-    assert got.shape == (257,) and got.dtype == np.float64
-    assert np.max(np.abs(got - ppm.predict(counts / 30))) <= 1e-5
-    bias, linear, quad = pred.quadratic_form()
-    assert bias == ppm.bias and np.array_equal(linear, ppm.linear)
+    bias, linear, quad = Predictor(path).routing_model().quadratic  # what GetRoutingModel serves
+    assert bias == ppm.bias and np.array_equal(linear, ppm.linear) and np.array_equal(quad, ppm.quad)
 
 
 def test_unloaded_predictor_is_not_ready():
     pred = Predictor()
     assert not pred.ready and not pred.info().loaded and pred.info().status_message
     with pytest.raises(NotReady):
-        pred.score(np.zeros((1, NUM_TAGS)), pool_size=10)
-    with pytest.raises(NotReady):
-        pred.gains(np.zeros((1, NUM_TAGS)), None, pool_size=10)
+        pred.routing_model()
     with pytest.raises(NotReady):
         pred.load("/nonexistent/bundle")
     assert "manifest.json missing" in pred.info().status_message
-
-
-@pytest.mark.parametrize("counts, pool_size, field", [
-    (np.zeros((2, NUM_TAGS - 1)), 10, "mixes[0].counts"),
-    ([[0.0] * NUM_TAGS, [0.0] * NUM_TAGS, [0.0] * NUM_TAGS, [0.0] * 5], 10, "mixes[3].counts"),
-    (np.vstack([np.zeros(NUM_TAGS), np.r_[-1.0, np.zeros(NUM_TAGS - 1)]]), 10, "mixes[1].counts"),
-    (np.vstack([np.zeros(NUM_TAGS), np.full(NUM_TAGS, np.nan)]), 10, "mixes[1].counts"),
-    (np.vstack([np.full(NUM_TAGS, np.inf)]), 10, "mixes[0].counts"),
-    (np.zeros((1, NUM_TAGS)), 0, "pool_size"),
-    (np.zeros((1, NUM_TAGS)), -3, "pool_size"),
-])
-def test_bad_score_inputs(built, counts, pool_size, field):
-    pred = Predictor(built[0].bundle_path)
-    with pytest.raises(InvalidInput) as err:
-        pred.score(counts, pool_size)
-    assert err.value.violations[0].field == field
-
-
-def test_bad_gains_inputs(built):
-    pred = Predictor(built[0].bundle_path)
-    with pytest.raises(InvalidInput) as err:
-        pred.gains(np.zeros((2, NUM_TAGS)), np.r_[np.zeros(NUM_TAGS - 1), -2.0], pool_size=5)
-    assert err.value.violations[0].field == "current.counts"
-    with pytest.raises(InvalidInput) as err:
-        pred.gains(np.zeros((2, 3)), None, pool_size=5)
-    assert err.value.violations[0].field == "instances[0].indices"
-    with pytest.raises(InvalidInput):
-        pred.gains(np.zeros((2, NUM_TAGS)), None, pool_size=5, explain_top_k=-1)
-
-
-def test_gains_and_exact_explanations(built):
-    pred = Predictor(built[0].bundle_path)
-    rng = np.random.default_rng(4)
-    tags = (rng.random((20, NUM_TAGS)) < 0.1).astype(float)
-    current = tags[:5].sum(0)
-    gains, base, expl = pred.gains(tags, current, pool_size=20, explain_top_k=NUM_TAGS)
-    assert base == pytest.approx(pred.score(current[None], 20)[0])
-    assert np.allclose(gains, pred.score(current + tags, 20) - base, atol=1e-6)
-    for i, row in enumerate(expl):
-        assert {t for t, _ in row} == {TAG_NAMES[j] for j in np.flatnonzero(tags[i])}
-        assert sum(c for _, c in row) == pytest.approx(gains[i], abs=1e-5)  # attributions sum to the gain
-        mags = [abs(c) for _, c in row]
-        assert mags == sorted(mags, reverse=True)
-    _, _, top2 = pred.gains(tags, None, pool_size=20, explain_top_k=2)
-    assert all(len(r) <= 2 for r in top2)
-    empty_gains, _, _ = pred.gains(tags, np.array([]), pool_size=20)  # empty MixVector = nothing routed
-    assert np.allclose(empty_gains, pred.gains(tags, None, pool_size=20)[0])
 
 
 def _refinalise(folder: Path) -> None:
@@ -205,17 +151,18 @@ def test_vocabulary_mismatch_and_corruption_refused(built, tmp_path):
     bundle_io.write_json(tampered / "ppm.json", raw)
     with pytest.raises(NotReady, match="manifest hash"):
         Predictor(tampered)
-    _refinalise(tampered)  # even with a matching manifest, ONNX and ppm.json must agree
-    with pytest.raises(NotReady, match="disagree"):
+    raw["linear"][3] = float("inf")  # even with a matching manifest, the served form must be finite
+    (tampered / "ppm.json").write_text(json.dumps(raw))
+    _refinalise(tampered)
+    with pytest.raises(NotReady, match="non-finite"):
         Predictor(tampered)
 
 
 def test_hot_reload_does_not_drop_in_flight_calls(built):
     a, _, c = built
     pred = Predictor(a.bundle_path)
-    counts = np.random.default_rng(2).integers(0, 10, size=(4096, NUM_TAGS)).astype(float)
-    expected = {a.bundle_version: pred.score(counts, 40)}
-    expected[c.bundle_version] = Predictor(c.bundle_path).score(counts, 40)
+    expected = {a.bundle_version: pred.routing_model().quadratic[1]}
+    expected[c.bundle_version] = Predictor(c.bundle_path).routing_model().quadratic[1]
     assert not np.allclose(*expected.values())
     errors: list[BaseException] = []
     seen: set[int] = set()
@@ -224,10 +171,9 @@ def test_hot_reload_does_not_drop_in_flight_calls(built):
     def hammer() -> None:
         try:
             while not stop.is_set():
-                got = pred.score(counts, 40)
-                matches = [i for i, v in enumerate(expected.values()) if np.allclose(got, v, atol=1e-6)]
-                assert len(matches) == 1, "a score mixed two bundles"
-                seen.add(matches[0])
+                model = pred.routing_model()  # one snapshot: version and form always from the same bundle
+                assert np.array_equal(model.quadratic[1], expected[model.bundle_version]), "a snapshot mixed two bundles"
+                seen.add(list(expected).index(model.bundle_version))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -244,7 +190,7 @@ def test_hot_reload_does_not_drop_in_flight_calls(built):
 
 
 def test_cli_main_builds(tmp_path, cache, capsys, monkeypatch):
-    import hybridpref.predictor.builder as builder
+    import hybridpref.offline.bundle.builder as builder
 
     monkeypatch.setattr(builder, "tag_with_tagger", lambda profile: (hand_tags, None))
     out = tmp_path / "cli"
@@ -282,21 +228,11 @@ def test_default_bundle_loads_and_scores_sanely():
         # served scale (the target is centred per pool; the bias adds back the mean of the pool means).
         rates = np.array([pool["tag_rates"].get(t, 0.0) for t in TAG_NAMES])
         shift = metrics["centring"]["offset"] - pool["target"]["mean"]
-        scores = pred.score(np.vstack([np.zeros(NUM_TAGS), rates * 500, rates * 250]), pool_size=500)
+        bias, linear, quad = pred.routing_model().quadratic
+        scores = QuadraticPPM(bias, linear, quad).predict(np.vstack([np.zeros(NUM_TAGS), rates, rates / 2]))
         assert abs(scores[0] - pool["target"]["all_lm"] - shift) < 0.03
         assert abs(scores[1] - pool["target"]["all_human"] - shift) < 0.03
         assert np.all((scores > 0.4) & (scores < 0.7))
-    assert pred.quadratic_form() is not None
-
-
-def test_caller_vocabulary_version_checked(built):
-    from hybridpref.common.vocabulary import VOCABULARY_VERSION
-
-    pred = Predictor(built[0].bundle_path)
-    pred.check_vocabulary("")
-    pred.check_vocabulary(VOCABULARY_VERSION)
-    with pytest.raises(NotReady, match="vocabulary"):
-        pred.check_vocabulary("hybridpref-tags-v0")
 
 
 def test_builder_bad_inputs(tmp_path):

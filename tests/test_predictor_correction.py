@@ -7,10 +7,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from hybridpref.common.instances import PreferenceInstance
+from hybridpref_client.core.instances import PreferenceInstance
 from hybridpref.common.signals import JudgeSignals
-from hybridpref.evaluation.pools import Pool
-from hybridpref.predictor import correction as corr
+from hybridpref.offline.pools import Pool
+from hybridpref.routing_model import correction as corr
+from hybridpref.offline.bundle import correction_fit
 
 
 def _synthetic_pool(name: str, n: int, seed: int, kind: str) -> tuple[Pool, JudgeSignals]:
@@ -36,7 +37,7 @@ def fitted() -> tuple[corr.CorrectionModel, list[np.ndarray], list[Pool]]:
     pools = [p for p, _ in made]
     sigs = [s for _, s in made]
     feats = [corr.correction_features(p.instances, None, None, s) for p, s in made]
-    return corr.CorrectionModel.fit(pools, feats, seed=0, signals=sigs), feats, pools
+    return correction_fit.fit_correction_model(pools, feats, seed=0, signals=sigs), feats, pools
 
 
 def test_features_shape_and_neutral_values() -> None:
@@ -83,11 +84,11 @@ def test_onnx_round_trip_matches_numpy(fitted: tuple) -> None:
 
 
 def test_reliability_and_constant_human_rate() -> None:
-    ece, curve = corr.reliability(np.array([0, 1, 1, 0]), np.array([0.05, 0.95, 0.95, 0.05]))
+    ece, curve = correction_fit.reliability(np.array([0, 1, 1, 0]), np.array([0.05, 0.95, 0.95, 0.05]))
     assert ece == pytest.approx(0.05) and [b["count"] for b in curve] == [2, 2]
     pool, sig = _synthetic_pool("g", 200, 5, "gold")  # no other_votes rows: human wrong = 0 by construction
     feats = [corr.correction_features(pool.instances, None, None, sig)]
-    model = corr.CorrectionModel.fit([pool], feats, seed=0, signals=[sig])
+    model = correction_fit.fit_correction_model([pool], feats, seed=0, signals=[sig])
     assert np.all(model.p_human_wrong(feats[0]) < 1e-3)
     assert "leave_one_pool_out" not in model.metrics
 
@@ -97,7 +98,7 @@ def test_realised_corrections_count_fixes_breaks_and_ignore_tie_references() -> 
     lm = np.array([-1, -1, 0, 1, 1, 1])
     ref = np.array([1, 1, 1, -1, 1, 0])
     # fixed, both wrong, fixed (no verdict), both wrong, broken (human tie), tie reference
-    assert corr.realised_corrections(human, lm, ref).tolist() == [1, 0, 1, 0, -1, 0]
+    assert correction_fit.realised_corrections(human, lm, ref).tolist() == [1, 0, 1, 0, -1, 0]
 
 
 def test_transfer_ratios_compare_predicted_and_realised_on_held_out_pools(fitted: tuple) -> None:
@@ -106,7 +107,7 @@ def test_transfer_ratios_compare_predicted_and_realised_on_held_out_pools(fitted
     assert set(transfer["pools"]) == {"p1", "p2", "p3"}
     ratios = []
     for name, by_budget in transfer["pools"].items():
-        assert set(by_budget) == {f"{b:g}" for b in corr.TRANSFER_BUDGETS}
+        assert set(by_budget) == {f"{b:g}" for b in correction_fit.TRANSFER_BUDGETS}
         for b, e in by_budget.items():
             assert e["routed"] == round(float(b) * 300)
             assert e["ratio"] == pytest.approx(e["realised"] / e["predicted"])

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from test_predictor_core import FIXTURE, hand_tags
 
-from hybridpref.common.errors import InvalidInput
-from hybridpref.evaluation.harness import LeakageError, check_bundle_leakage
-from hybridpref.evaluation.pools import DEFAULT_JUDGES, default_data_dir
-from hybridpref.predictor import bundle as bundle_io
-from hybridpref.predictor.builder import BuildConfig, build_bundle, main
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref.offline.evaluation.harness import LeakageError, check_bundle_leakage
+from hybridpref.offline.pools import DEFAULT_JUDGES, default_data_dir
+from hybridpref.routing_model import bundle as bundle_io
+from hybridpref.offline.bundle.builder import BuildConfig, build_bundle, main
 from hybridpref.predictor.core import Predictor, default_bundle_path
 
 LLMBAR = Path(__file__).parent / "fixtures" / "ppm_pools" / "llmbar" / "pairs.jsonl"
@@ -76,7 +76,7 @@ def test_union_fit_is_centred_per_pool_and_has_lopo_scores(builds):
     assert "Leave-one-pool-out" in card and "llmbar" in card and "per-pool mean" in card
     # The served bias adds back the mean level: predicting the all-LM mix of a pool lands near its accuracy scale.
     pred = Predictor(first.bundle_path)
-    assert 0.0 < pred.score(np.zeros((1, 90)), pool_size=10)[0] < 1.0
+    assert 0.0 < pred.routing_model().quadratic[0] < 1.0  # f(0) = the bias
 
 
 def test_second_build_reads_the_cached_simulations(builds):
@@ -118,7 +118,7 @@ def test_bad_pool_values_are_named(tmp_path):
 
 
 def test_cli_prints_lopo_scores(builds, capsys, monkeypatch, tmp_path):
-    import hybridpref.predictor.builder as builder
+    import hybridpref.offline.bundle.builder as builder
 
     monkeypatch.setenv("HYBRIDPREF_CACHE_DIR", str(builds[2].parent / "cache"))  # the fixture's cached simulations
     monkeypatch.setattr(builder, "tag_with_tagger", lambda profile: (hand_tags, None))
@@ -131,7 +131,7 @@ def test_cli_prints_lopo_scores(builds, capsys, monkeypatch, tmp_path):
 
 
 def test_add_routing_models_defaults_to_the_bundles_pools_and_lopo_spearman(builds):
-    from hybridpref.predictor.routing_build import ppm_domain_args
+    from hybridpref.offline.bundle.routing_build import ppm_domain_args
 
     first = builds[0]
     lopo = first.metrics["leave_one_pool_out"]["pools"]
@@ -148,7 +148,7 @@ def test_add_routing_models_defaults_to_the_bundles_pools_and_lopo_spearman(buil
 @pytest.mark.skipif(not default_data_dir().is_dir(), reason="shared data (../shared/data) not present")
 def test_real_pools_split_and_judges():
     """The three shared pools load as the default bundle's build reads them (no proxies: seconds)."""
-    from hybridpref.predictor.simulate import PoolSpec, lm_signs, load_pool_data
+    from hybridpref.offline.bundle.simulate import PoolSpec, lm_signs, load_pool_data
 
     sizes = {}
     for name in ("mtbench_human_gpt4", "pandalm", "llmbar"):

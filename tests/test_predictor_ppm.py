@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridpref.common.errors import InvalidInput
-from hybridpref.predictor.mixes import count_vectors, mix_labels, sample_mixes
-from hybridpref.predictor.ppm import check_parity, cross_validate, fit_ridge, quadratic_features, to_onnx
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref.offline.bundle.mixes import count_vectors, mix_labels, sample_mixes
+from hybridpref.offline.bundle.ppm_fit import check_parity, cross_validate, fit_ridge, to_onnx
+from hybridpref.routing_model.ppm import quadratic_features
 
 
 def _data(seed: int = 0, n: int = 300, v: int = 12):
@@ -42,7 +43,7 @@ def test_cv_prefers_quadratic_on_quadratic_truth():
 
 def test_onnx_export_parity_full_vocabulary(tmp_path: Path):
     rng = np.random.default_rng(3)
-    from hybridpref.predictor.ppm import QuadraticPPM
+    from hybridpref.routing_model.ppm import QuadraticPPM
 
     q = rng.normal(scale=0.3, size=(90, 90))
     ppm = QuadraticPPM(0.6, rng.normal(scale=0.2, size=90), (q + q.T) / 2)

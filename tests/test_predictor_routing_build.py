@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridpref.common.errors import NotReady
-from hybridpref.predictor import bundle as bundle_io
-from hybridpref.predictor import domain as domain_mod
-from hybridpref.predictor.correction import CorrectionModel, correction_features
+from hybridpref_client.core.errors import NotReady
+from hybridpref.routing_model import bundle as bundle_io
+from hybridpref.routing_model import domain as domain_mod
+from hybridpref.routing_model.correction import CorrectionModel, correction_features
 from hybridpref.predictor.core import Predictor, default_bundle_path
-from hybridpref.predictor.routing_build import add_routing_models
+from hybridpref.offline.bundle.routing_build import add_routing_models
 
 
 def _write_pool(path: Path, n: int, seed: int, votes: bool, words: int) -> Path:
@@ -67,7 +67,7 @@ def test_domain_flags_the_far_pool(routed_bundle: tuple[Path, dict]) -> None:
     domain = bundle_io.read_domain(bundle)
     assert domain["ppm_pools"] == ["p1"] and domain["calibration"]["p3"]["flagged"]  # 12x longer responses
     assert domain["threshold"] > domain["in_domain_p95"]
-    from hybridpref.evaluation.pools import load_pool
+    from hybridpref.offline.pools import load_pool
 
     p1 = load_pool(bundle.parent / "p1")
     x = correction_features(p1.instances, None, None, p1.signals())
@@ -93,7 +93,7 @@ def test_old_bundle_loads_and_tampering_is_caught(routed_bundle: tuple[Path, dic
 
 
 def test_domain_threshold_rules() -> None:
-    from hybridpref.predictor.correction import FEATURE_NAMES
+    from hybridpref.routing_model.correction import FEATURE_NAMES
 
     rng = np.random.default_rng(0)
     width = len(FEATURE_NAMES)

@@ -1,5 +1,5 @@
 """The predictor over gRPC: FAILED_PRECONDITION until a bundle is loaded, hot reload of a
-bundle dropped into the watched folder, and bad count vectors as INVALID_ARGUMENT."""
+bundle dropped into the watched folder, the "unchanged" answer for a known version, and the removed RPCs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hybridpref.common.grpc_errors import field_violations
-from hybridpref.common.server import start_service
-from hybridpref.common.settings import Settings
+from hybridpref.server.server import start_service
+from hybridpref.server.settings import Settings
 from hybridpref.common.vocabulary import NUM_TAGS
 from hybridpref.predictor.core import default_bundle_path
 from hybridpref.v1 import predictor_pb2, predictor_pb2_grpc
@@ -28,7 +27,9 @@ def watched(background_loop, tmp_path_factory):
     running = background_loop.run(start_service(predictor_handle(settings), settings, port=0, metrics_port=-1))
     background_loop.run(running.loaded.wait())
     channel = grpc.insecure_channel(running.address)
-    yield folder, predictor_pb2_grpc.PredictorServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+    stub = predictor_pb2_grpc.PredictorServiceStub(channel)
+    stub.channel = channel  # for calls outside the contract (removed RPCs)
+    yield folder, stub, health_pb2_grpc.HealthStub(channel)
     channel.close()
     background_loop.run(running.stop(0.2))
 
@@ -37,17 +38,13 @@ def service_status(health) -> int:
     return health.Check(health_pb2.HealthCheckRequest(service="hybridpref.v1.PredictorService")).status
 
 
-def mixes(*rows) -> predictor_pb2.ScoreMixesRequest:
-    return predictor_pb2.ScoreMixesRequest(mixes=[predictor_pb2.MixVector(counts=r) for r in rows], pool_size=10)
-
-
 def test_no_bundle_then_hot_reload(watched):
     folder, stub, health = watched
     info = stub.GetModelInfo(predictor_pb2.GetModelInfoRequest())
     assert not info.loaded and info.status_message
     assert service_status(health) == health_pb2.HealthCheckResponse.NOT_SERVING
     with pytest.raises(grpc.RpcError) as err:
-        stub.ScoreMixes(mixes([0.0] * NUM_TAGS))
+        stub.GetRoutingModel(predictor_pb2.GetRoutingModelRequest())
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     shutil.copytree(default_bundle_path(), folder, dirs_exist_ok=True)
@@ -56,25 +53,20 @@ def test_no_bundle_then_hot_reload(watched):
         assert time.monotonic() < deadline, "the watcher never loaded the new bundle"
         time.sleep(0.1)
     assert service_status(health) == health_pb2.HealthCheckResponse.SERVING
-    scores = stub.ScoreMixes(mixes([0.0] * NUM_TAGS, [1.0] * NUM_TAGS)).scores
-    assert len(scores) == 2 and scores[0] != scores[1]
+    model = stub.GetRoutingModel(predictor_pb2.GetRoutingModelRequest())
+    assert model.bundle_version == stub.GetModelInfo(predictor_pb2.GetModelInfoRequest()).bundle_version
+    assert len(model.ppm.linear) == NUM_TAGS and model.HasField("correction")
+    again = stub.GetRoutingModel(predictor_pb2.GetRoutingModelRequest(known_bundle_version=model.bundle_version))
+    assert again.unchanged and not again.HasField("ppm")
 
 
-def test_bad_count_vectors(watched):
+def test_removed_rpcs_are_unimplemented(watched):
+    """ScoreMixes and InstanceGains are gone from the contract (0.2): a stale caller gets UNIMPLEMENTED."""
     _, stub, _ = watched
-    if not stub.GetModelInfo(predictor_pb2.GetModelInfoRequest()).loaded:
-        pytest.skip("needs the bundle from the reload test")
-    for request, field in (
-        (mixes([0.0] * NUM_TAGS, [1.0] * 3), "mixes[1].counts"),
-        (mixes([0.0] * (NUM_TAGS - 1) + [-1.0]), "mixes[0].counts"),
-        (mixes([0.0] * (NUM_TAGS - 1) + [float("nan")]), "mixes[0].counts"),
-    ):
+    channel = stub.channel
+    for method in ("ScoreMixes", "InstanceGains"):
+        call = channel.unary_unary(f"/hybridpref.v1.PredictorService/{method}", request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
         with pytest.raises(grpc.RpcError) as err:
-            stub.ScoreMixes(request)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert [f for f, _ in field_violations(err.value)] == [field]
-    wrong_vocabulary = mixes([0.0] * NUM_TAGS)
-    wrong_vocabulary.vocabulary_version = "some-other-vocabulary"
-    with pytest.raises(grpc.RpcError) as err:
-        stub.ScoreMixes(wrong_vocabulary)
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            call(b"")
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

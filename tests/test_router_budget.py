@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybridpref.common.errors import InvalidInput
+from hybridpref_client.core.errors import InvalidInput
 from hybridpref.common.vocabulary import NUM_TAGS, tag_index
 from hybridpref.router.budget import (
     EXPERTISE_MULTIPLIERS,

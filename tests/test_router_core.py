@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridpref.common.instances import Label, read_jsonl
-from hybridpref.common.settings import Settings
-from hybridpref.predictor import bundle as bundle_io
+from hybridpref_client.core.instances import Label, read_jsonl
+from hybridpref.server.settings import Settings
+from hybridpref.routing_model import bundle as bundle_io
 from hybridpref.predictor.core import Predictor, default_bundle_path
 from hybridpref.router.backends import JudgedBatch, judge_signals
-from hybridpref.router.service import RouteOptions, RouterCore
+from hybridpref.router.core import RouteOptions, RouterCore
 
 from conftest import FIXTURES, ROOT
 
@@ -38,7 +38,7 @@ def rehash(folder: Path, **metrics) -> str:
 
 def correction_onnx() -> bytes:
     """A small hand-set correction model: the LM is wrong more often on ties / order flips / low agreement."""
-    from hybridpref.predictor.correction import FEATURE_NAMES, CorrectionModel, _Logistic
+    from hybridpref.routing_model.correction import FEATURE_NAMES, CorrectionModel, _Logistic
 
     f = len(FEATURE_NAMES)
     coef_lm = np.zeros(f)
@@ -70,18 +70,18 @@ def bundle(tmp_path_factory, tagger, sample):
 
 def batch_features(tagger, rows) -> np.ndarray:
     from hybridpref.router.backends import TaggedBatch
-    from hybridpref.router.service import text_features
+    from hybridpref.router.core import text_features
 
     batch = tagger.tag(rows)
     return text_features(rows, TaggedBatch(batch.tag_matrix, batch.measures.astype(np.float32)))
 
 
 def enrich_bundle(folder: Path, tagger, sample) -> Path:
-    """The default bundle plus a correction model, a domain.json (hybridpref.predictor.domain's format)
+    """The default bundle plus a correction model, a domain.json (hybridpref.routing_model.domain's format)
     with the sample batch as the PPM's one training pool and a threshold of half the off-domain
     fixture's distance, and a residual std."""
-    from hybridpref.predictor import domain as domain_mod
-    from hybridpref.predictor.correction import FEATURE_NAMES
+    from hybridpref.routing_model import domain as domain_mod
+    from hybridpref.routing_model.correction import FEATURE_NAMES
 
     shutil.copytree(default_bundle_path(), folder)
     for name in ("correction.onnx", "correction.json", "domain.json"):
@@ -100,7 +100,7 @@ def enrich_bundle(folder: Path, tagger, sample) -> Path:
 
 def make_core(tagger, bundle: Path) -> RouterCore:
     from hybridpref.judge.core import Judge
-    from hybridpref.router.local import LocalJudge, LocalModelSource, LocalTagger
+    from tests.support.local_router import LocalJudge, LocalModelSource, LocalTagger
 
     judge = Judge.from_config("replay", default_judge="gpt4")
     return RouterCore(Settings(), LocalTagger(tagger), LocalJudge(judge), LocalModelSource(Predictor(bundle)))
@@ -113,11 +113,11 @@ def route(background_loop, core: RouterCore, instances, strategy: str, budget=0.
 
 def test_core_has_no_grpc():
     """The router core and everything it runs import no grpc (the gRPC clients live in downstream.py,
-    the proto conversions in servicer.py; store.py uses protobuf only as its spill-file format)."""
+    the proto conversions in servicer.py; spill.py uses protobuf only as its spill-file format)."""
     import ast
 
-    core = ("service", "backends", "local", "model", "summary", "explain", "strategies", "budget", "scoring",
-            "selection", "packed", "store", "limits")
+    core = ("core", "backends", "model", "summary", "explain", "strategies", "budget", "scoring",
+            "selection", "packed", "spill", "limits")
     for name in core:
         tree = ast.parse((ROOT / "services" / "hybridpref" / "router" / f"{name}.py").read_text())
         for node in ast.walk(tree):
@@ -182,7 +182,7 @@ def test_ppm_strategies_run_in_process_on_the_served_form(background_loop, tagge
 
 def _costs(tagger, sample):
     from hybridpref.router.backends import TaggedBatch
-    from hybridpref.router.service import _cost_inputs
+    from hybridpref.router.core import _cost_inputs
 
     batch = tagger.tag(sample)
     return _cost_inputs(TaggedBatch(batch.tag_matrix, batch.measures.astype(np.float32)))
@@ -214,7 +214,7 @@ def test_uncalibrated_bundle_shows_no_score(background_loop, tagger, sample, tmp
 
 
 def test_default_strategy_needs_a_correction_model(background_loop, tagger, sample, tmp_path):
-    from hybridpref.common.errors import NotReady
+    from hybridpref_client.core.errors import NotReady
 
     folder = tmp_path / "old"
     shutil.copytree(default_bundle_path(), folder)
@@ -246,7 +246,7 @@ def test_judge_signals_from_answers(sample):
 
 def test_model_fetched_once_per_version_and_refreshed_on_reload(background_loop, tmp_path):
     """A real predictor over gRPC with a watched bundle folder."""
-    from hybridpref.common.server import start_service
+    from hybridpref.server.server import start_service
     from hybridpref.predictor.servicer import predictor_handle
     from hybridpref.router.downstream import PredictorModelClient
 
@@ -276,7 +276,7 @@ def test_model_fetched_once_per_version_and_refreshed_on_reload(background_loop,
 def test_cli_prints_every_warning():
     from rich.console import Console
 
-    from hybridpref.route_cli import print_summary
+    from hybridpref.cli.route import print_summary
     from hybridpref_client.client import RouteResult
 
     stream = io.StringIO()
@@ -310,10 +310,10 @@ def test_replayed_signals_equal_the_recorded_ones_the_model_learned_from(backgro
     """Served signals (judge answers + recorded lm_labels) = ``recorded_signals`` (what the correction
     model trains on), for plain and per-order (LLMBar-style) recorded judges. Checked on 400 rows of the
     shared PandaLM and LLMBar pools as well (identical labels, flips and agreement)."""
-    from hybridpref.common.instances import PositionMode
+    from hybridpref_client.core.instances import PositionMode
     from hybridpref.common.signals import recorded_signals
     from hybridpref.judge.core import Judge
-    from hybridpref.router.local import LocalJudge
+    from tests.support.local_router import LocalJudge
 
     rows = [({"j1": "A", "j2/x/order_ab": "A", "j2/x/order_ba": "B"}), ({"j1": "B", "j2/x/order_ab": "B", "j2/x/order_ba": "B"}),
             ({"j1": "tie", "j2/x/order_ab": "A", "j2/x/order_ba": "A"}), ({"j1": "tie_inconsistent", "j2/x/order_ab": "B"})]

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridpref.common.errors import InvalidInput
-from hybridpref.common.instances import Label
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref_client.core.instances import Label
 from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES
 from hybridpref.router.budget import resolve_budget
 from hybridpref.router.scoring import QuadraticScorer

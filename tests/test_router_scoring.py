@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybridpref.common.errors import InvalidInput
+from hybridpref_client.core.errors import InvalidInput
 from hybridpref.router.scoring import MixScorer, QuadraticScorer, ScoreOnlyScorer, mix_counts, unique_rows
 from hybridpref.router.selection import density_order, fill_in_order, priority_order, top_indices
 from hybridpref.router.strategies import top_contributions

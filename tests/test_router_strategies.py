@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from hybridpref.common.errors import DeadlineExceeded, InvalidInput, NotReady
+from hybridpref_client.core.errors import DeadlineExceeded, InvalidInput, NotReady
 from hybridpref.router.budget import resolve_budget
 from hybridpref.router.scoring import QuadraticScorer, ScoreOnlyScorer, mix_counts
 from hybridpref.router.strategies import (

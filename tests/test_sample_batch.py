@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridpref.common.instances import Label, read_jsonl, validate_instances
+from hybridpref_client.core.instances import Label, read_jsonl, validate_instances
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "sample_batch.jsonl"
 

@@ -19,8 +19,8 @@ import urllib.request
 import grpc
 import pytest
 
-from hybridpref.common.instances import Label, read_jsonl
-from hybridpref.common.settings import Settings
+from hybridpref_client.core.instances import Label, read_jsonl
+from hybridpref.server.settings import Settings
 from hybridpref_client import Cost, RouterClient, RoutingError
 
 from conftest import ROOT
@@ -30,7 +30,7 @@ SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
 
 @pytest.fixture(scope="module")
 def stack(background_loop, log_capture):
-    from hybridpref.stack import start_embedded_stack
+    from hybridpref.cli.stack import start_embedded_stack
 
     settings = Settings(tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4", default_strategy="greedy")
     running = background_loop.run(start_embedded_stack(settings, metrics=True), timeout=300)
@@ -126,7 +126,7 @@ def test_metrics_of_each_service_after_a_call(stack, client, sample):
 def test_cli_route_against_running_router(stack, tmp_path):
     out = tmp_path / "routed.jsonl"
     proc = subprocess.run(
-        [sys.executable, "-m", "hybridpref.cli", "route", "--input", str(SAMPLE), "--budget", "count:5",
+        [sys.executable, "-m", "hybridpref.cli.main", "route", "--input", str(SAMPLE), "--budget", "count:5",
          "--strategy", "random", "--router", stack.router_address, "--output", str(out)],
         capture_output=True, text=True, timeout=300,
     )
@@ -140,13 +140,13 @@ def test_cli_names_line_and_field_for_bad_rows(stack, tmp_path):
     good = {"id": "1", "prompt": "p", "response_a": "a", "response_b": "b"}
     bad.write_text("\n".join(json.dumps(r) for r in (good, {**good, "id": "2"}, {**good, "id": "1"})) + "\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "hybridpref.cli", "route", "--input", str(bad), "--budget", "0.5",
+        [sys.executable, "-m", "hybridpref.cli.main", "route", "--input", str(bad), "--budget", "0.5",
          "--router", stack.router_address], capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
     assert "error: line 3.id: duplicate id" in proc.stderr and "Traceback" not in proc.stderr
     bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "2", "response_b": "   "}) + "\n")
-    cli = [sys.executable, "-m", "hybridpref.cli", "route", "--input", str(bad), "--router", stack.router_address]
+    cli = [sys.executable, "-m", "hybridpref.cli.main", "route", "--input", str(bad), "--router", stack.router_address]
     proc = subprocess.run([*cli, "--budget", "0.5"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "error: line 2.response_b: empty response" in proc.stderr
     proc = subprocess.run([*cli, "--budget", "2.0"], capture_output=True, text=True, timeout=120)
@@ -173,7 +173,7 @@ def _free_port_base() -> int:
 def test_up_starts_all_four_and_stops_cleanly_on_sigterm():
     base = _free_port_base()
     env = dict(os.environ, HYBRIDPREF_TAGGER_PROFILE="fast", HYBRIDPREF_JUDGE_BACKEND="replay", HYBRIDPREF_GRACE_PERIOD_S="2")
-    proc = subprocess.Popen([sys.executable, "-m", "hybridpref.cli", "up", "--port-base", str(base), "--timeout", "240"],
+    proc = subprocess.Popen([sys.executable, "-m", "hybridpref.cli.main", "up", "--port-base", str(base), "--timeout", "240"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = proc.stdout.readline()
@@ -219,14 +219,14 @@ def test_bundle_binned_on_other_edges_is_refused(background_loop, sample, tmp_pa
     import shutil
 
     from hybridpref.predictor.core import default_bundle_path
-    from hybridpref.stack import start_embedded_stack
+    from hybridpref.cli.stack import start_embedded_stack
 
     bundle = tmp_path / "bundle"
     shutil.copytree(default_bundle_path(), bundle)
     bins = json.loads((bundle / "reference_bins.json").read_text())
     bins["grids"]["prompt_len"] = [v * 2 for v in bins["grids"]["prompt_len"]]
     (bundle / "reference_bins.json").write_text(json.dumps(bins))
-    from hybridpref.predictor.bundle import sha256_file
+    from hybridpref.routing_model.bundle import sha256_file
 
     manifest = json.loads((bundle / "manifest.json").read_text())  # a consistent bundle, built on other edges
     manifest["files"]["reference_bins.json"] = sha256_file(bundle / "reference_bins.json")
@@ -246,7 +246,7 @@ def test_bundle_binned_on_other_edges_is_refused(background_loop, sample, tmp_pa
 @pytest.fixture(scope="module")
 def routing_stack(background_loop, tmp_path_factory, sample):
     """A stack whose bundle has a correction model, a domain (the sample batch) and a residual std."""
-    from hybridpref.stack import start_embedded_stack
+    from hybridpref.cli.stack import start_embedded_stack
     from hybridpref.tagger.core import Tagger
     from test_router_core import enrich_bundle
 
@@ -278,7 +278,7 @@ def test_cli_prints_out_of_domain_warning(routing_stack):
     from conftest import FIXTURES
 
     proc = subprocess.run(
-        [sys.executable, "-m", "hybridpref.cli", "route", "--input", str(FIXTURES / "router_off_domain.jsonl"),
+        [sys.executable, "-m", "hybridpref.cli.main", "route", "--input", str(FIXTURES / "router_off_domain.jsonl"),
          "--budget", "0.5", "--router", routing_stack.router_address],
         capture_output=True, text=True, timeout=300,
     )

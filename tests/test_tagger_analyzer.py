@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from hybridpref.common.errors import BackendUnavailable
+from hybridpref_client.core.errors import BackendUnavailable
 from hybridpref.common.vocabulary import ANALYZER_DIMENSIONS, TAG_NAMES
 from hybridpref.tagger.analyzer import UNPARSED, LMAnalyzer, answers_to_bits, format_constraints, in_context_material
 from hybridpref.tagger.openai_backend import OpenAIAnalyzer, build_messages, parse_answer
@@ -132,7 +132,7 @@ def test_openai_backend_errors_are_backend_unavailable(server):
 
 
 def test_tagger_with_openai_backend(server):
-    from hybridpref.common.instances import PreferenceInstance
+    from hybridpref_client.core.instances import PreferenceInstance
     from hybridpref.tagger.core import Tagger
 
     t = Tagger("fast", analyzer="openai", openai_base_url=server, openai_model="canned")

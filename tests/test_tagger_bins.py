@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybridpref.common.errors import InvalidInput
+from hybridpref_client.core.errors import InvalidInput
 from hybridpref.common.vocabulary import LENGTH_MEASURES, LEXICAL_MEASURES, NUM_LEXICAL_TAGS, TAG_NAMES
-from hybridpref.tagger.bins import EDGE_HIGH, EDGE_LOW, ReferenceBins, bin_of, percentile_rank
+from hybridpref.routing_model.bins import EDGE_HIGH, EDGE_LOW, ReferenceBins, bin_of, percentile_rank
 
 
 def test_edges_exactly_at_0_third_two_thirds_1():

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridpref.common.errors import InvalidInput
-from hybridpref.common.instances import Message, PreferenceInstance, read_jsonl
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref_client.core.instances import Message, PreferenceInstance, read_jsonl
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, NUM_TAGS, TAG_NAMES, TAG_INDEX
 from hybridpref.tagger.core import Tagger
 

@@ -84,7 +84,7 @@ def minilm() -> lexical.MiniLMEncoder:
 def test_minilm_pooled_equals_sentence_transformers(minilm):
     from sentence_transformers import SentenceTransformer
 
-    from hybridpref.common.runtime import packaged_minilm_dir
+    from hybridpref.server.runtime import packaged_minilm_dir
 
     texts = ["A man is eating food.", "The weather is lovely today, let's go for a walk in the park."]
     ref = SentenceTransformer(str(packaged_minilm_dir()), device="cpu").encode(texts, normalize_embeddings=True)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from hybridpref.common.errors import InvalidInput
-from hybridpref.common.instances import read_jsonl
-from hybridpref.common.metrics import Metrics
-from hybridpref.common.settings import Settings
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref_client.core.instances import read_jsonl
+from hybridpref.server.metrics import Metrics
+from hybridpref.server.settings import Settings
 from hybridpref.tagger.client import remote_tag_fn
 
 from conftest import ROOT
@@ -19,8 +19,8 @@ from conftest import ROOT
 
 @pytest.fixture(scope="module")
 def two_taggers(background_loop):
-    from hybridpref.common.server import start_service
-    from hybridpref.stack import handle_for
+    from hybridpref.server.server import start_service
+    from hybridpref.cli.stack import handle_for
 
     settings = Settings(tagger_profile="fast")
     running = []
@@ -62,7 +62,7 @@ def test_remote_tags_equal_in_process_and_spread_over_replicas(two_taggers):
 
 
 def test_remote_tagger_with_other_bins_is_refused(two_taggers, monkeypatch):
-    from hybridpref.tagger.bins import ReferenceBins
+    from hybridpref.routing_model.bins import ReferenceBins
 
     instances = read_jsonl(str(ROOT / "samples" / "sample_batch.jsonl"))[:3]
     class OtherBins:  # this build's packaged bins differ from the ones the (loaded) taggers use
@@ -99,8 +99,8 @@ def test_vocabulary_rpc_lists_the_tag_columns(two_taggers):
 def test_predictor_build_cli_tags_through_the_tagger_service(two_taggers, tmp_path, monkeypatch):
     """``predictor build --tagger`` hands build_bundle a remote tag function and the bins it checked
     (the build itself has its own tests; its cross-validation takes a minute here)."""
-    import hybridpref.predictor.builder as builder
-    from hybridpref.tagger.bins import ReferenceBins
+    import hybridpref.offline.bundle.builder as builder
+    from hybridpref.routing_model.bins import ReferenceBins
 
     def no_local_tagger(profile):
         raise AssertionError("--tagger must not load the tagger in process")

@@ -10,8 +10,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hybridpref.common.instances import read_jsonl
-from hybridpref.common.settings import Settings
+from hybridpref_client.core.instances import read_jsonl
+from hybridpref.server.settings import Settings
 from hybridpref.v1 import router_pb2, router_pb2_grpc, tagger_pb2, tagger_pb2_grpc
 
 from support.pki import write_pki
@@ -27,7 +27,7 @@ def pki(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mtls_stack(background_loop, pki, log_capture):
-    from hybridpref.stack import start_embedded_stack
+    from hybridpref.cli.stack import start_embedded_stack
 
     settings = Settings(
         tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4",
@@ -49,7 +49,7 @@ def credentials(pki, client_cert: bool = True) -> grpc.ChannelCredentials:
 
 
 def _route_request():
-    from hybridpref.common.convert import instances_to_proto
+    from hybridpref_client.core.convert import instances_to_proto
     from hybridpref.v1 import common_pb2
 
     instances = read_jsonl(str(SAMPLE))[:6]
@@ -103,7 +103,7 @@ def test_plaintext_health_port_for_probes(mtls_stack):
 
 def test_server_side_tls_only(background_loop, pki):
     """TLS without client certificates (a vendor-facing router): any caller that trusts the CA gets in."""
-    from hybridpref.common.server import start_service
+    from hybridpref.server.server import start_service
     from hybridpref.router.servicer import router_handle
 
     settings = Settings(tls_cert_file=str(pki["server.pem"]), tls_key_file=str(pki["server.key"]),

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hybridpref.v1 import common_pb2 as hybridpref_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhybridpref/v1/predictor.proto\x12\rhybridpref.v1\x1a\x1ahybridpref/v1/common.proto\"\x1b\n\tMixVector\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\x01\"k\n\x11ScoreMixesRequest\x12\'\n\x05mixes\x18\x01 \x03(\x0b\x32\x18.hybridpref.v1.MixVector\x12\x11\n\tpool_size\x18\x02 \x01(\x04\x12\x1a\n\x12vocabulary_version\x18\x03 \x01(\t\"<\n\x12ScoreMixesResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\"\xb4\x01\n\x14InstanceGainsRequest\x12+\n\tinstances\x18\x01 \x03(\x0b\x32\x18.hybridpref.v1.TagVector\x12)\n\x07\x63urrent\x18\x02 \x01(\x0b\x32\x18.hybridpref.v1.MixVector\x12\x11\n\tpool_size\x18\x03 \x01(\x04\x12\x15\n\rexplain_top_k\x18\x04 \x01(\r\x12\x1a\n\x12vocabulary_version\x18\x05 \x01(\t\"\x8f\x01\n\x15InstanceGainsResponse\x12\r\n\x05gains\x18\x01 \x03(\x01\x12\x15\n\rcurrent_score\x18\x02 \x01(\x01\x12\x38\n\x0c\x65xplanations\x18\x03 \x03(\x0b\x32\".hybridpref.v1.InstanceExplanation\x12\x16\n\x0e\x62undle_version\x18\x04 \x01(\t\"G\n\x13InstanceExplanation\x12\x30\n\x08top_tags\x18\x01 \x03(\x0b\x32\x1e.hybridpref.v1.TagContribution\"\x15\n\x13GetModelInfoRequest\"\xd9\x02\n\x14GetModelInfoResponse\x12\x0e\n\x06loaded\x18\x01 \x01(\x08\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x13\n\x0b\x62undle_path\x18\x03 \x01(\t\x12\x30\n\nvocabulary\x18\x04 \x01(\x0b\x32\x1c.hybridpref.v1.TagVocabulary\x12\x12\n\nmodel_kind\x18\x05 \x01(\t\x12\x41\n\x07metrics\x18\x06 \x03(\x0b\x32\x30.hybridpref.v1.GetModelInfoResponse.MetricsEntry\x12\x18\n\x10\x64\x61ta_fingerprint\x18\x07 \x01(\t\x12\x16\n\x0estatus_message\x18\x08 \x01(\t\x12\x19\n\x11reference_bins_id\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"6\n\x16GetRoutingModelRequest\x12\x1c\n\x14known_bundle_version\x18\x01 \x01(\t\";\n\rQuadraticForm\x12\x0c\n\x04\x62ias\x18\x01 \x01(\x01\x12\x0e\n\x06linear\x18\x02 \x03(\x01\x12\x0c\n\x04quad\x18\x03 \x03(\x01\"\xbd\x01\n\x13\x43orrectionModelSpec\x12\x0c\n\x04onnx\x18\x01 \x01(\x0c\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12@\n\x07metrics\x18\x04 \x03(\x0b\x32/.hybridpref.v1.CorrectionModelSpec.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"C\n\nDomainPool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04mean\x18\x02 \x03(\x01\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\n\n\x02sd\x18\x04 \x03(\x01\"\x98\x01\n\x0b\x44omainStats\x12\x10\n\x08\x64istance\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\x01\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12(\n\x05pools\x18\x04 \x03(\x0b\x32\x19.hybridpref.v1.DomainPool\x12\x10\n\x08raw_json\x18\x05 \x01(\t\x12\x11\n\tppm_pools\x18\x06 \x03(\t\"\xb4\x03\n\x17GetRoutingModelResponse\x12\x11\n\tunchanged\x18\x01 \x01(\x08\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x1a\n\x12vocabulary_version\x18\x03 \x01(\t\x12\x19\n\x11reference_bins_id\x18\x04 \x01(\t\x12)\n\x03ppm\x18\x05 \x01(\x0b\x32\x1c.hybridpref.v1.QuadraticForm\x12\x1d\n\x10ppm_residual_std\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x36\n\ncorrection\x18\x07 \x01(\x0b\x32\".hybridpref.v1.CorrectionModelSpec\x12*\n\x06\x64omain\x18\x08 \x01(\x0b\x32\x1a.hybridpref.v1.DomainStats\x12\x44\n\x07metrics\x18\t \x03(\x0b\x32\x33.hybridpref.v1.GetRoutingModelResponse.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x13\n\x11_ppm_residual_std2\xfc\x02\n\x10PredictorService\x12Q\n\nScoreMixes\x12 .hybridpref.v1.ScoreMixesRequest\x1a!.hybridpref.v1.ScoreMixesResponse\x12Z\n\rInstanceGains\x12#.hybridpref.v1.InstanceGainsRequest\x1a$.hybridpref.v1.InstanceGainsResponse\x12W\n\x0cGetModelInfo\x12\".hybridpref.v1.GetModelInfoRequest\x1a#.hybridpref.v1.GetModelInfoResponse\x12`\n\x0fGetRoutingModel\x12%.hybridpref.v1.GetRoutingModelRequest\x1a&.hybridpref.v1.GetRoutingModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhybridpref/v1/predictor.proto\x12\rhybridpref.v1\x1a\x1ahybridpref/v1/common.proto\"\x15\n\x13GetModelInfoRequest\"\xd9\x02\n\x14GetModelInfoResponse\x12\x0e\n\x06loaded\x18\x01 \x01(\x08\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x13\n\x0b\x62undle_path\x18\x03 \x01(\t\x12\x30\n\nvocabulary\x18\x04 \x01(\x0b\x32\x1c.hybridpref.v1.TagVocabulary\x12\x12\n\nmodel_kind\x18\x05 \x01(\t\x12\x41\n\x07metrics\x18\x06 \x03(\x0b\x32\x30.hybridpref.v1.GetModelInfoResponse.MetricsEntry\x12\x18\n\x10\x64\x61ta_fingerprint\x18\x07 \x01(\t\x12\x16\n\x0estatus_message\x18\x08 \x01(\t\x12\x19\n\x11reference_bins_id\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"6\n\x16GetRoutingModelRequest\x12\x1c\n\x14known_bundle_version\x18\x01 \x01(\t\";\n\rQuadraticForm\x12\x0c\n\x04\x62ias\x18\x01 \x01(\x01\x12\x0e\n\x06linear\x18\x02 \x03(\x01\x12\x0c\n\x04quad\x18\x03 \x03(\x01\"\xbd\x01\n\x13\x43orrectionModelSpec\x12\x0c\n\x04onnx\x18\x01 \x01(\x0c\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12@\n\x07metrics\x18\x04 \x03(\x0b\x32/.hybridpref.v1.CorrectionModelSpec.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"C\n\nDomainPool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04mean\x18\x02 \x03(\x01\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\n\n\x02sd\x18\x04 \x03(\x01\"\x98\x01\n\x0b\x44omainStats\x12\x10\n\x08\x64istance\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\x01\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12(\n\x05pools\x18\x04 \x03(\x0b\x32\x19.hybridpref.v1.DomainPool\x12\x10\n\x08raw_json\x18\x05 \x01(\t\x12\x11\n\tppm_pools\x18\x06 \x03(\t\"\xb4\x03\n\x17GetRoutingModelResponse\x12\x11\n\tunchanged\x18\x01 \x01(\x08\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x1a\n\x12vocabulary_version\x18\x03 \x01(\t\x12\x19\n\x11reference_bins_id\x18\x04 \x01(\t\x12)\n\x03ppm\x18\x05 \x01(\x0b\x32\x1c.hybridpref.v1.QuadraticForm\x12\x1d\n\x10ppm_residual_std\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x36\n\ncorrection\x18\x07 \x01(\x0b\x32\".hybridpref.v1.CorrectionModelSpec\x12*\n\x06\x64omain\x18\x08 \x01(\x0b\x32\x1a.hybridpref.v1.DomainStats\x12\x44\n\x07metrics\x18\t \x03(\x0b\x32\x33.hybridpref.v1.GetRoutingModelResponse.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x13\n\x11_ppm_residual_std2\xcd\x01\n\x10PredictorService\x12W\n\x0cGetModelInfo\x12\".hybridpref.v1.GetModelInfoRequest\x1a#.hybridpref.v1.GetModelInfoResponse\x12`\n\x0fGetRoutingModel\x12%.hybridpref.v1.GetRoutingModelRequest\x1a&.hybridpref.v1.GetRoutingModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,40 +38,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CORRECTIONMODELSPEC_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_GETROUTINGMODELRESPONSE_METRICSENTRY']._loaded_options = None
   _globals['_GETROUTINGMODELRESPONSE_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_MIXVECTOR']._serialized_start=76
-  _globals['_MIXVECTOR']._serialized_end=103
-  _globals['_SCOREMIXESREQUEST']._serialized_start=105
-  _globals['_SCOREMIXESREQUEST']._serialized_end=212
-  _globals['_SCOREMIXESRESPONSE']._serialized_start=214
-  _globals['_SCOREMIXESRESPONSE']._serialized_end=274
-  _globals['_INSTANCEGAINSREQUEST']._serialized_start=277
-  _globals['_INSTANCEGAINSREQUEST']._serialized_end=457
-  _globals['_INSTANCEGAINSRESPONSE']._serialized_start=460
-  _globals['_INSTANCEGAINSRESPONSE']._serialized_end=603
-  _globals['_INSTANCEEXPLANATION']._serialized_start=605
-  _globals['_INSTANCEEXPLANATION']._serialized_end=676
-  _globals['_GETMODELINFOREQUEST']._serialized_start=678
-  _globals['_GETMODELINFOREQUEST']._serialized_end=699
-  _globals['_GETMODELINFORESPONSE']._serialized_start=702
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1047
-  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_start=1001
-  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_end=1047
-  _globals['_GETROUTINGMODELREQUEST']._serialized_start=1049
-  _globals['_GETROUTINGMODELREQUEST']._serialized_end=1103
-  _globals['_QUADRATICFORM']._serialized_start=1105
-  _globals['_QUADRATICFORM']._serialized_end=1164
-  _globals['_CORRECTIONMODELSPEC']._serialized_start=1167
-  _globals['_CORRECTIONMODELSPEC']._serialized_end=1356
-  _globals['_CORRECTIONMODELSPEC_METRICSENTRY']._serialized_start=1001
-  _globals['_CORRECTIONMODELSPEC_METRICSENTRY']._serialized_end=1047
-  _globals['_DOMAINPOOL']._serialized_start=1358
-  _globals['_DOMAINPOOL']._serialized_end=1425
-  _globals['_DOMAINSTATS']._serialized_start=1428
-  _globals['_DOMAINSTATS']._serialized_end=1580
-  _globals['_GETROUTINGMODELRESPONSE']._serialized_start=1583
-  _globals['_GETROUTINGMODELRESPONSE']._serialized_end=2019
-  _globals['_GETROUTINGMODELRESPONSE_METRICSENTRY']._serialized_start=1001
-  _globals['_GETROUTINGMODELRESPONSE_METRICSENTRY']._serialized_end=1047
-  _globals['_PREDICTORSERVICE']._serialized_start=2022
-  _globals['_PREDICTORSERVICE']._serialized_end=2402
+  _globals['_GETMODELINFOREQUEST']._serialized_start=76
+  _globals['_GETMODELINFOREQUEST']._serialized_end=97
+  _globals['_GETMODELINFORESPONSE']._serialized_start=100
+  _globals['_GETMODELINFORESPONSE']._serialized_end=445
+  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_start=399
+  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_end=445
+  _globals['_GETROUTINGMODELREQUEST']._serialized_start=447
+  _globals['_GETROUTINGMODELREQUEST']._serialized_end=501
+  _globals['_QUADRATICFORM']._serialized_start=503
+  _globals['_QUADRATICFORM']._serialized_end=562
+  _globals['_CORRECTIONMODELSPEC']._serialized_start=565
+  _globals['_CORRECTIONMODELSPEC']._serialized_end=754
+  _globals['_CORRECTIONMODELSPEC_METRICSENTRY']._serialized_start=399
+  _globals['_CORRECTIONMODELSPEC_METRICSENTRY']._serialized_end=445
+  _globals['_DOMAINPOOL']._serialized_start=756
+  _globals['_DOMAINPOOL']._serialized_end=823
+  _globals['_DOMAINSTATS']._serialized_start=826
+  _globals['_DOMAINSTATS']._serialized_end=978
+  _globals['_GETROUTINGMODELRESPONSE']._serialized_start=981
+  _globals['_GETROUTINGMODELRESPONSE']._serialized_end=1417
+  _globals['_GETROUTINGMODELRESPONSE_METRICSENTRY']._serialized_start=399
+  _globals['_GETROUTINGMODELRESPONSE_METRICSENTRY']._serialized_end=445
+  _globals['_PREDICTORSERVICE']._serialized_start=1420
+  _globals['_PREDICTORSERVICE']._serialized_end=1625
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class PredictorServiceStub:
-    """Serves the PPM of a model bundle through onnxruntime.
+    """Serves the routing model of a bundle (PPM quadratic form, correction model, domain) to the router.
+    Removed in 0.2 (no caller: the network policy lets only the router reach the predictor, and the router
+    runs the PPM in process from GetRoutingModel): rpc ScoreMixes, rpc InstanceGains and their messages
+    MixVector, ScoreMixesRequest/Response, InstanceGainsRequest/Response, InstanceExplanation.
+    Do not reuse those names.
     """
 
     def __init__(self, channel):
@@ -35,16 +39,6 @@ class PredictorServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.ScoreMixes = channel.unary_unary(
-                '/hybridpref.v1.PredictorService/ScoreMixes',
-                request_serializer=hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesRequest.SerializeToString,
-                response_deserializer=hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesResponse.FromString,
-                _registered_method=True)
-        self.InstanceGains = channel.unary_unary(
-                '/hybridpref.v1.PredictorService/InstanceGains',
-                request_serializer=hybridpref_dot_v1_dot_predictor__pb2.InstanceGainsRequest.SerializeToString,
-                response_deserializer=hybridpref_dot_v1_dot_predictor__pb2.InstanceGainsResponse.FromString,
-                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/hybridpref.v1.PredictorService/GetModelInfo',
                 request_serializer=hybridpref_dot_v1_dot_predictor__pb2.GetModelInfoRequest.SerializeToString,
@@ -58,22 +52,12 @@ class PredictorServiceStub:
 
 
 class PredictorServiceServicer:
-    """Serves the PPM of a model bundle through onnxruntime.
+    """Serves the routing model of a bundle (PPM quadratic form, correction model, domain) to the router.
+    Removed in 0.2 (no caller: the network policy lets only the router reach the predictor, and the router
+    runs the PPM in process from GetRoutingModel): rpc ScoreMixes, rpc InstanceGains and their messages
+    MixVector, ScoreMixesRequest/Response, InstanceGainsRequest/Response, InstanceExplanation.
+    Do not reuse those names.
     """
-
-    def ScoreMixes(self, request, context):
-        """Score candidate mixes (count vectors) in one batch.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def InstanceGains(self, request, context):
-        """Marginal gain of routing each instance to humans, given the current mix.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
         """The loaded bundle: version, vocabulary, metrics.
@@ -94,16 +78,6 @@ class PredictorServiceServicer:
 
 def add_PredictorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'ScoreMixes': grpc.unary_unary_rpc_method_handler(
-                    servicer.ScoreMixes,
-                    request_deserializer=hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesRequest.FromString,
-                    response_serializer=hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesResponse.SerializeToString,
-            ),
-            'InstanceGains': grpc.unary_unary_rpc_method_handler(
-                    servicer.InstanceGains,
-                    request_deserializer=hybridpref_dot_v1_dot_predictor__pb2.InstanceGainsRequest.FromString,
-                    response_serializer=hybridpref_dot_v1_dot_predictor__pb2.InstanceGainsResponse.SerializeToString,
-            ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
                     request_deserializer=hybridpref_dot_v1_dot_predictor__pb2.GetModelInfoRequest.FromString,
@@ -123,62 +97,12 @@ def add_PredictorServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PredictorService:
-    """Serves the PPM of a model bundle through onnxruntime.
+    """Serves the routing model of a bundle (PPM quadratic form, correction model, domain) to the router.
+    Removed in 0.2 (no caller: the network policy lets only the router reach the predictor, and the router
+    runs the PPM in process from GetRoutingModel): rpc ScoreMixes, rpc InstanceGains and their messages
+    MixVector, ScoreMixesRequest/Response, InstanceGainsRequest/Response, InstanceExplanation.
+    Do not reuse those names.
     """
-
-    @staticmethod
-    def ScoreMixes(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/hybridpref.v1.PredictorService/ScoreMixes',
-            hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesRequest.SerializeToString,
-            hybridpref_dot_v1_dot_predictor__pb2.ScoreMixesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def InstanceGains(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/hybridpref.v1.PredictorService/InstanceGains',
-            hybridpref_dot_v1_dot_predictor__pb2.InstanceGainsRequest.SerializeToString,
-            hybridpref_dot_v1_dot_predictor__pb2.InstanceGainsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
 
     @staticmethod
     def GetModelInfo(request,

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hybridpref.common.errors import BackendUnavailable, DeadlineExceeded, FieldViolation, InvalidInput
+from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded, FieldViolation, InvalidInput
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hybridpref.common.instances import LM_LABEL_RAW_PREFIX, Label, PreferenceInstance
+from hybridpref_client.core.instances import LM_LABEL_RAW_PREFIX, Label, PreferenceInstance
 
 # LLMBar-style recorded keys: one verdict per presentation order, ``JUDGE/PROMPT/order_ab`` + ``.../order_ba``.
 ORDER_SUFFIXES = ("/order_ab", "/order_ba")

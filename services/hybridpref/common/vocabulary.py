@@ -9,7 +9,7 @@ Layout (90 tags, as in the paper):
 
 * 9 lexical measures x 3 bins = 27 tags, named ``"<measure>:<bin>"`` with bins
   ``low`` = [0, 1/3], ``mid`` = (1/3, 2/3], ``high`` = (2/3, 1] of the measure's
-  reference-normalised value (see ``hybridpref.tagger.bins``).
+  reference-normalised value (see ``hybridpref.routing_model.bins``).
 * 63 analyzer tags, named ``"<dimension>:<option>"``.
 """
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hybridpref.common.instances import Label, PositionMode
+from hybridpref_client.core.instances import Label, PositionMode
 
 # Cap on the confidence of a TIE that comes from the two orders disagreeing.
 INCONSISTENT_CONFIDENCE_CAP = 0.5

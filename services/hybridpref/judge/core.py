@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from hybridpref.common.deadline import Deadline
-from hybridpref.common.errors import FieldViolation, InvalidInput
-from hybridpref.common.instances import PositionMode, PreferenceInstance, validate_instances
+from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.instances import PositionMode, PreferenceInstance, validate_instances
 from hybridpref.judge.templates import get_template
 # Re-exported: the judge's public API (``from hybridpref.judge.core import Judgement, ...``).
 from hybridpref.judge.types import JudgeBackend, Judgement, ScoreRequest, ScoringBackend

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref.common.errors import FieldViolation, InvalidInput, NotReady
-from hybridpref.common.runtime import cpu_limit, packaged_smollm2_gguf
-from hybridpref.common.deadline import Deadline
+from hybridpref_client.core.errors import FieldViolation, InvalidInput, NotReady
+from hybridpref.server.runtime import cpu_limit, packaged_smollm2_gguf
+from hybridpref.server.deadline import Deadline
 from hybridpref.judge.types import ScoreRequest, ScoringBackend
 from hybridpref.judge.templates import PromptTemplate
 

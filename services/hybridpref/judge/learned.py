@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref.common.deadline import Deadline
-from hybridpref.common.errors import FieldViolation, InvalidInput, NotReady
-from hybridpref.common.instances import Label, PositionMode, PreferenceInstance
+from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.errors import FieldViolation, InvalidInput, NotReady
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
 from hybridpref.judge import features as F
 from hybridpref.judge.templates import PromptTemplate
 from hybridpref.judge.types import JudgeBackend, Judgement

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref.common.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref.common.openai_http import ChatCompletionsClient
-from hybridpref.common.deadline import Deadline
+from hybridpref.server.deadline import Deadline
 from hybridpref.judge.types import ScoreRequest, ScoringBackend
 from hybridpref.judge.templates import PromptTemplate
 

@@ -16,18 +16,15 @@ Confidence: 1.0 for a recorded A / B / tie verdict (it is what that judge said, 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
-from hybridpref.common.deadline import Deadline
-from hybridpref.common.errors import FieldViolation, InvalidInput
-from hybridpref.common.instances import LM_LABEL_RAW_PREFIX, Label, PositionMode, PreferenceInstance
+from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.instances import LM_LABEL_RAW_PREFIX, Label, PositionMode, PreferenceInstance
 from hybridpref.judge import aggregate
 from hybridpref.judge.templates import PromptTemplate
 from hybridpref.judge.types import JudgeBackend, Judgement
-
-_ORDER_SUFFIXES = ("/order_ab", "/order_ba")
-
+from hybridpref.common.recorded_judges import resolve_judge
 
 class ReplayBackend(JudgeBackend):
     """Returns recorded labels. ``default_judge`` is used when a request names none."""
@@ -78,31 +75,3 @@ def _recorded(inst: PreferenceInstance, key: str) -> aggregate.Outcome:
     if inst.metadata.get(LM_LABEL_RAW_PREFIX + key) == "tie_inconsistent":
         return aggregate.Outcome(Label.TIE, 0.0, Label.UNSPECIFIED, Label.UNSPECIFIED, True)
     return aggregate.Outcome(label, 1.0, Label.UNSPECIFIED, Label.UNSPECIFIED, False)
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", text.lower())
-
-
-def _base(key: str) -> str:
-    for suffix in _ORDER_SUFFIXES:
-        if key.endswith(suffix):
-            return key[: -len(suffix)]
-    return key
-
-
-def resolve_judge(keys: Sequence[str] | object, name: str) -> str:
-    """The recorded judge ``name`` refers to among ``keys`` (per-order keys folded to their base).
-
-    Raises ``LookupError`` (with the available names) when there is no label or the name is ambiguous.
-    """
-    bases = sorted({_base(k) for k in keys})  # type: ignore[union-attr]
-    if name in bases:
-        return name
-    wanted = _norm(name)
-    hits = [b for b in bases if _norm(b).startswith(wanted)] if wanted else []
-    if len(hits) == 1:
-        return hits[0]
-    if not hits:
-        raise LookupError(f"no label from judge {name!r}; recorded judges: {', '.join(bases) or 'none'}")
-    raise LookupError(f"judge name {name!r} is ambiguous: {', '.join(hits)}")

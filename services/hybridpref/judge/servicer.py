@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from hybridpref.common import deadline as deadlines
-from hybridpref.common.channels import remaining_timeout
-from hybridpref.common.convert import instances_from_proto
-from hybridpref.common.errors import InvalidInput
-from hybridpref.common.executors import CoreExecutor
-from hybridpref.common.instances import PositionMode, validate_instances
-from hybridpref.common.limits import Limits, position_mode_violation
-from hybridpref.common.metrics import Metrics
-from hybridpref.common.server import ServiceHandle
-from hybridpref.common.settings import Settings
+from hybridpref.server import deadline as deadlines
+from hybridpref.server.channels import remaining_timeout
+from hybridpref_client.core.convert import instances_from_proto
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref.server.executors import CoreExecutor
+from hybridpref_client.core.instances import PositionMode, validate_instances
+from hybridpref_client.core.limits import Limits, position_mode_violation
+from hybridpref.server.metrics import Metrics
+from hybridpref.server.server import ServiceHandle
+from hybridpref.server.settings import Settings
 from hybridpref.v1 import judge_pb2, judge_pb2_grpc
 
 SERVICE_NAME = judge_pb2.DESCRIPTOR.services_by_name["JudgeService"].full_name

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hybridpref.common.errors import FieldViolation, InvalidInput
-from hybridpref.common.instances import Label
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.instances import Label
 
 
 @dataclass(frozen=True)

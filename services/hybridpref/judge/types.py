@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hybridpref.common.deadline import Deadline
-from hybridpref.common.instances import Label, PositionMode, PreferenceInstance
+from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
 from hybridpref.judge import aggregate
 from hybridpref.judge.templates import PromptTemplate
 

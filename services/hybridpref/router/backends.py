@@ -2,7 +2,7 @@
 
 ``RouterCore`` is given one implementation of each: the gRPC clients in
 ``hybridpref.router.downstream`` in the service, the in-process adapters in
-``hybridpref.router.local`` in tests, benchmarks and evaluation. The batches they return
+``tests.support.local_router`` in tests, benchmarks and evaluation. The batches they return
 are plain arrays, so the core never sees a proto.
 """
 
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from hybridpref.common.deadline import Deadline
-from hybridpref.common.instances import Label, PositionMode, PreferenceInstance
+from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
 from hybridpref.common.signals import JudgeSignals, judge_keys, recorded_verdict
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, NUM_TAGS
 from hybridpref.router.model import RoutingModel

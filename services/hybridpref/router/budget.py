@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hybridpref.common.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref.common.vocabulary import ANALYZER_DIMENSIONS, TAG_INDEX, analyzer_tag
 
 BUDGET_KINDS = ("fraction", "count", "cost", "auto")

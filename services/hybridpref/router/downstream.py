@@ -7,20 +7,19 @@ Each call forwards the request id and what is left of the caller's deadline (one
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import grpc
-import numpy as np
 
-from hybridpref.common.channels import call_metadata, open_channel
-from hybridpref.common.deadline import Deadline
-from hybridpref.common.convert import instances_to_proto
-from hybridpref.common.errors import BackendUnavailable, DeadlineExceeded, NotReady, clip
-from hybridpref.common.instances import PositionMode, PreferenceInstance
-from hybridpref.common.settings import Settings
-from hybridpref.common.vocabulary import LEXICAL_MEASURES, NUM_TAGS, VOCABULARY_VERSION
-from hybridpref.predictor.routing import RoutingModelData
+from hybridpref.server.channels import call_metadata, open_channel
+from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.convert import instances_to_proto
+from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded, NotReady, clip
+from hybridpref_client.core.instances import PositionMode, PreferenceInstance
+from hybridpref.server.settings import Settings
+from hybridpref.common.vocabulary import LEXICAL_MEASURES, VOCABULARY_VERSION
+from hybridpref.routing_model.data import RoutingModelData
+from hybridpref.routing_model.proto import routing_model_from_proto
 from hybridpref.router.backends import JudgedBatch, TaggedBatch
 from hybridpref.router.limits import JudgeInfo, JudgeInfoCache
 from hybridpref.router.model import ModelCache, RoutingModel
@@ -46,7 +45,7 @@ def downstream_error(service: str, error: grpc.RpcError) -> Exception:
         return DeadlineExceeded(f"{service}: deadline exceeded")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return NotReady(f"{service}: {error.details()}")
-    from hybridpref.common.grpc_errors import retry_delay_s
+    from hybridpref_client.core.grpc_errors import retry_delay_s
 
     details = clip(error.details() or "", 300)  # backends' messages are already redacted; keep them short
     return BackendUnavailable(f"{service} call failed: {code.name}: {details}", retry_after_s=retry_delay_s(error))
@@ -169,26 +168,3 @@ class PredictorModelClient(_AioClient):
         return None if resp.unchanged else routing_model_from_proto(resp)
 
 
-def routing_model_from_proto(resp: predictor_pb2.GetRoutingModelResponse) -> RoutingModelData:
-    """The inverse of ``hybridpref.predictor.servicer.routing_model_to_proto``."""
-    if resp.vocabulary_version != VOCABULARY_VERSION:
-        raise NotReady(f"predictor bundle {resp.bundle_version} reads vocabulary {resp.vocabulary_version!r}, "
-                       f"router {VOCABULARY_VERSION!r}")
-    quadratic = None
-    if resp.HasField("ppm"):
-        v = len(resp.ppm.linear)
-        quad = np.asarray(resp.ppm.quad, dtype=np.float64)
-        if v != NUM_TAGS or quad.size != v * v:
-            raise NotReady(f"predictor bundle {resp.bundle_version}: PPM of width {v}, expected {NUM_TAGS}")
-        quadratic = (resp.ppm.bias, np.asarray(resp.ppm.linear, dtype=np.float64), quad.reshape(v, v))
-    correction = {}
-    if resp.HasField("correction"):
-        correction = dict(correction_onnx=resp.correction.onnx, correction_features=tuple(resp.correction.feature_names),
-                          correction_version=resp.correction.version, correction_metrics=dict(resp.correction.metrics))
-    return RoutingModelData(
-        bundle_version=resp.bundle_version, vocabulary_version=resp.vocabulary_version,
-        reference_bins_id=resp.reference_bins_id, quadratic=quadratic,
-        ppm_residual_std=resp.ppm_residual_std if resp.HasField("ppm_residual_std") else None,
-        domain=json.loads(resp.domain.raw_json) if resp.HasField("domain") and resp.domain.raw_json else None,
-        metrics=dict(resp.metrics), **correction,
-    )

@@ -1,7 +1,7 @@
 """The router's request limits, checked on the request before any work (tagging included).
 
 Every numeric option is bounded, every enum checked and every name length-capped here;
-instance-level limits live in ``hybridpref.common.limits`` and judge / template / replay
+instance-level limits live in ``hybridpref_client.core.limits`` and judge / template / replay
 names are checked against what the judge advertises (``judge_violations``). Everything is
 ``INVALID_ARGUMENT`` with ``google.rpc.BadRequest`` field violations, indices in the
 caller's batch.
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from hybridpref.common.errors import FieldViolation, quote
-from hybridpref.common.instances import PreferenceInstance
-from hybridpref.common.limits import position_mode_violation
-from hybridpref.common.settings import Settings
+from hybridpref_client.core.errors import FieldViolation, quote
+from hybridpref_client.core.instances import PreferenceInstance
+from hybridpref_client.core.limits import position_mode_violation
+from hybridpref.server.settings import Settings
 from hybridpref.common.vocabulary import NUM_TAGS
 
 MAX_NAME_CHARS = 128  # strategy, template and judge names
@@ -120,7 +120,7 @@ def judge_violations(
     if not name:
         out.append(FieldViolation("config.replay_judge", "the judge replays recorded labels: name the judge to replay"))
         return out
-    from hybridpref.judge.replay import resolve_judge
+    from hybridpref.common.recorded_judges import resolve_judge
 
     for k, inst in enumerate(instances):
         try:

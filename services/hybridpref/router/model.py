@@ -1,6 +1,6 @@
 """The routing model as the router holds it: live objects built once per bundle version.
 
-The predictor is the authority on bundles; it serves :class:`~hybridpref.predictor.routing.RoutingModelData`
+The predictor is the authority on bundles; it serves :class:`~hybridpref.routing_model.data.RoutingModelData`
 (``GetRoutingModel``). :class:`ModelCache` asks for it on every request with the version it holds, so a
 hot-reloaded bundle is picked up on the next request and an unchanged one costs one tiny call.
 """
@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref.common.errors import NotReady
-from hybridpref.predictor.routing import RoutingModelData
+from hybridpref_client.core.errors import NotReady
+from hybridpref.routing_model.data import RoutingModelData
 from hybridpref.router.scoring import QuadraticScorer
 
 
 @dataclass(frozen=True)
 class DomainModel:
-    """The bundle's training domain (``domain.json``, :mod:`hybridpref.predictor.domain`): per pool the
+    """The bundle's training domain (``domain.json``, :mod:`hybridpref.routing_model.domain`): per pool the
     mean and sd of a few text features (columns of ``correction_features``), the pools the PPM was
     trained on and a threshold calibrated on held-out pools. A batch's distance to a pool is the largest
     standardised difference of its feature means (an effect size: it does not grow with the batch)."""
@@ -33,7 +33,7 @@ class DomainModel:
     @classmethod
     def from_json(cls, domain: dict[str, Any]) -> DomainModel | None:
         """domain.json -> model; None for a distance or features this router does not compute."""
-        from hybridpref.predictor import domain as domain_mod
+        from hybridpref.routing_model import domain as domain_mod
 
         if domain.get("distance") != domain_mod.DISTANCE or tuple(domain.get("features", ())) != domain_mod.DOMAIN_FEATURES:
             return None
@@ -45,7 +45,7 @@ class DomainModel:
 
     def check(self, features: np.ndarray) -> tuple[float, str]:
         """(distance to the nearest PPM training pool, its name) for a batch's (n, F) correction features."""
-        from hybridpref.predictor.domain import distance
+        from hybridpref.routing_model.domain import distance
 
         return min(((distance(features, s), name) for name, s in self.stats.items()), key=lambda t: t[0])
 
@@ -54,7 +54,7 @@ class DomainModel:
 class CorrectionRunner:
     """The expected-correction model in process (onnxruntime) with the feature names it reads."""
 
-    model: Any  # hybridpref.predictor.correction.CorrectionModel
+    model: Any  # hybridpref.routing_model.correction.CorrectionModel
     feature_names: tuple[str, ...]
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -89,7 +89,7 @@ class RoutingModel:
 def _correction(data: RoutingModelData) -> CorrectionRunner | None:
     if data.correction_onnx is None:
         return None
-    from hybridpref.predictor.correction import FEATURE_NAMES, CorrectionModel
+    from hybridpref.routing_model.correction import FEATURE_NAMES, CorrectionModel
 
     if tuple(data.correction_features) != tuple(FEATURE_NAMES):
         # The router computes the features itself: a different list means a router/bundle mismatch.

@@ -20,10 +20,10 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hybridpref.common.channels import open_channel
-from hybridpref.common.executors import CoreExecutor
-from hybridpref.common.metrics import Metrics
-from hybridpref.common.settings import Settings
+from hybridpref.server.channels import open_channel
+from hybridpref.server.executors import CoreExecutor
+from hybridpref.server.metrics import Metrics
+from hybridpref.server.settings import Settings
 
 BACKEND_SERVICES = {
     "tagger": "hybridpref.v1.TaggerService",

@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from hybridpref.common.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 # Rows per chunk for (rows x V) temporaries: 65,536 x 90 x 8 B = 47 MB in float64.
 CHUNK_ROWS = 65_536

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from hybridpref.common import logs
-from hybridpref.common.channels import remaining_timeout
-from hybridpref.common import deadline as deadlines
-from hybridpref.common.convert import instances_from_proto
-from hybridpref.common.errors import FieldViolation, InvalidInput
-from hybridpref.common.limits import Limits
-from hybridpref.common.instances import PositionMode
-from hybridpref.common.metrics import Metrics
-from hybridpref.common.server import ServiceHandle
-from hybridpref.common.settings import Settings
+from hybridpref.server import logs
+from hybridpref.server.channels import remaining_timeout
+from hybridpref.server import deadline as deadlines
+from hybridpref_client.core.convert import instances_from_proto
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.limits import Limits
+from hybridpref_client.core.instances import PositionMode
+from hybridpref.server.metrics import Metrics
+from hybridpref.server.server import ServiceHandle
+from hybridpref.server.settings import Settings
 from hybridpref.router.downstream import JudgeClient, PredictorModelClient, TaggerClient
 from hybridpref.router.limits import config_violations
 from hybridpref.router.readiness import BackendWatcher
-from hybridpref.router.service import RouteOptions, RouteOutcome, RouterCore
+from hybridpref.router.core import RouteOptions, RouteOutcome, RouterCore
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name

@@ -11,7 +11,7 @@ Inputs every strategy sees (:class:`RoutingContext`):
   order flip, agreement with other judges) and/or the older ``judge_confidence`` (n,) in [0, 1]
   and ``judge_inconsistent`` (n,) bool;
 * ``expected_gain`` (n,): expected label corrections per human label, from the bundle's
-  expected-correction model (:mod:`hybridpref.predictor.correction`);
+  expected-correction model (:mod:`hybridpref.routing_model.correction`);
 * ``ppm_in_domain``: whether the batch is in the PPM's training domain (``domain.json``).
 
 Strategies (see :data:`STRATEGIES`): ``all_human``, ``all_lm``, ``random`` (baselines);
@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from hybridpref.common.deadline import Deadline
-from hybridpref.common.errors import DeadlineExceeded, FieldViolation, InvalidInput, NotReady
+from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.errors import DeadlineExceeded, FieldViolation, InvalidInput, NotReady
 from hybridpref.common.signals import JudgeSignals
 from hybridpref.router.budget import ResolvedBudget
 from hybridpref.router.packed import PackedTags

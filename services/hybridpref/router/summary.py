@@ -4,7 +4,7 @@ Rules (docs/architecture.md, "What the summary claims"):
 
 * A PPM score is shown only with its prediction interval, ``value +- z * residual_std`` (the bundle's
   cross-validated residual std); a bundle without one is "uncalibrated" and shows no score.
-* Out of the bundle's domain (``hybridpref.predictor.domain``: the largest standardised difference of
+* Out of the bundle's domain (``hybridpref.routing_model.domain``: the largest standardised difference of
   the batch's text-feature means from the nearest pool the PPM was trained on, above the threshold
   calibrated on held-out pools) the PPM's scores are not shown either: their error there is unknown.
 * The all-LM mix has x = 0 for every batch, so its PPM score is the intercept, the same number on
@@ -123,7 +123,7 @@ def correction_transfer(model: RoutingModel | None) -> tuple[float, float] | Non
     """The realised / predicted correction ratio range the bundle measured on held-out pools, or None."""
     if model is None or model.correction is None:
         return None
-    from hybridpref.predictor.correction import transfer_range
+    from hybridpref.routing_model.correction import transfer_range
 
     return transfer_range(getattr(model.correction.model, "metrics", {}) or {})
 

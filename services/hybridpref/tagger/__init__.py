@@ -1,6 +1,6 @@
 """Tagger core: lexical measures + analyzer tags in the canonical vocabulary.
 
 Public API: ``hybridpref.tagger.core.Tagger`` / ``TagBatch`` and
-``hybridpref.tagger.bins.ReferenceBins``. Importing this package loads no model
+``hybridpref.routing_model.bins.ReferenceBins``. Importing this package loads no model
 (torch, transformers, spaCy are imported inside ``Tagger.load``).
 """

@@ -309,7 +309,7 @@ class LMAnalyzer:
             from transformers import AutoModelForCausalLM, AutoTokenizer
             from transformers.utils import logging as hf_logging
 
-            from hybridpref.common.runtime import configure_torch_threads
+            from hybridpref.server.runtime import configure_torch_threads
 
             hf_logging.disable_progress_bar()
             hf_logging.set_verbosity_error()
@@ -321,7 +321,7 @@ class LMAnalyzer:
                 self._tok = AutoTokenizer.from_pretrained(self.model_ref)
                 self._model = AutoModelForCausalLM.from_pretrained(self.model_ref).eval()
             else:
-                from hybridpref.common.runtime import packaged_smollm2_gguf
+                from hybridpref.server.runtime import packaged_smollm2_gguf
 
                 gguf = packaged_smollm2_gguf()
                 self._tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

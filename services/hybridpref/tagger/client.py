@@ -20,12 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 
-from hybridpref.common.channels import open_sync_channel
-from hybridpref.common.convert import instances_to_proto
-from hybridpref.common.errors import BackendUnavailable, FieldViolation, InvalidInput
-from hybridpref.common.grpc_errors import field_violations
-from hybridpref.common.instances import PreferenceInstance
-from hybridpref.common.settings import Settings
+from hybridpref.server.channels import open_sync_channel
+from hybridpref_client.core.convert import instances_to_proto
+from hybridpref_client.core.errors import BackendUnavailable, FieldViolation, InvalidInput
+from hybridpref_client.core.grpc_errors import field_violations
+from hybridpref_client.core.instances import PreferenceInstance
+from hybridpref.server.settings import Settings
 from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, VOCABULARY_VERSION
 from hybridpref.v1 import tagger_pb2, tagger_pb2_grpc
 
@@ -43,7 +43,7 @@ def remote_tag_fn(address: str, profile: str = "default", *, settings: Settings 
     their fingerprint, so this checks it against the packaged reference bins and refuses a tagger
     that bins on other edges (``InvalidInput``), rather than build a bundle the router would refuse.
     """
-    from hybridpref.tagger.bins import ReferenceBins
+    from hybridpref.routing_model.bins import ReferenceBins
 
     if chunk < 1 or concurrency < 1:
         raise InvalidInput(FieldViolation("chunk" if chunk < 1 else "concurrency", "must be >= 1"))

@@ -39,12 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref.common.errors import FieldViolation, InvalidInput
-from hybridpref.common.instances import PreferenceInstance, validate_instances
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.instances import PreferenceInstance, validate_instances
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, NUM_LEXICAL_TAGS, NUM_TAGS, VOCABULARY_VERSION
 from hybridpref.tagger import lexical
 from hybridpref.tagger.analyzer import AnalyzerBackend, EmbeddingAnalyzer, LMAnalyzer, answers_to_bits
-from hybridpref.tagger.bins import ReferenceBins
+from hybridpref.routing_model.bins import ReferenceBins
 from hybridpref.tagger.text import MAX_TEXT_CHARS, TokenCounter, prepare
 
 PROFILES: tuple[str, ...] = ("default", "fast")
@@ -275,7 +275,7 @@ class Tagger:
 def _stop_if_abandoned() -> None:
     """Between stages: stop when the RPC this work is for was cancelled or ran out of time
     (its ``Deadline`` travels with the request's context into the worker thread)."""
-    from hybridpref.common import deadline as deadlines
+    from hybridpref.server import deadline as deadlines
 
     current = deadlines.current()
     if current is not None:

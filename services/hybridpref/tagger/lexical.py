@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from hybridpref.common.runtime import configure_torch_threads, cpu_limit, packaged_minilm_dir
+from hybridpref.server.runtime import configure_torch_threads, cpu_limit, packaged_minilm_dir
 
 BASELINES_FILE = Path(__file__).with_name("bertscore_baselines.json")
 

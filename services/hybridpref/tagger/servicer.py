@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import threading
 
-import grpc
 
-from hybridpref.common.convert import instances_from_proto
-from hybridpref.common.errors import FieldViolation, InvalidInput
-from hybridpref.common.executors import CoreExecutor
-from hybridpref.common.instances import validate_instances
-from hybridpref.common.limits import Limits
-from hybridpref.common.metrics import Metrics
-from hybridpref.common.server import ServiceHandle
-from hybridpref.common.settings import Settings
+from hybridpref_client.core.convert import instances_from_proto
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref.server.executors import CoreExecutor
+from hybridpref_client.core.instances import validate_instances
+from hybridpref_client.core.limits import Limits
+from hybridpref.server.metrics import Metrics
+from hybridpref.server.server import ServiceHandle
+from hybridpref.server.settings import Settings
 from hybridpref.common.vocabulary import TAG_NAMES, VOCABULARY_VERSION, LEXICAL_MEASURES
 from hybridpref.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc
 

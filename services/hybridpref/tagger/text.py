@@ -23,7 +23,7 @@ import threading
 import unicodedata
 from dataclasses import dataclass, field
 
-from hybridpref.common.instances import PreferenceInstance
+from hybridpref_client.core.instances import PreferenceInstance
 
 MAX_TEXT_CHARS: int = 20_000
 """Documented maximum characters per text (prompt or response) that measures read."""
@@ -153,7 +153,7 @@ class TokenCounter:
         Each distinct text is encoded once; tiktoken's batch threads are capped at the
         container's CPU limit (its default of 8 would oversubscribe a small pod).
         """
-        from hybridpref.common.runtime import cpu_limit
+        from hybridpref.server.runtime import cpu_limit
 
         self.load()
         distinct = list(dict.fromkeys(texts))

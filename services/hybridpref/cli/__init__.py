@@ -1,0 +1,1 @@
+"""The ``hybridpref`` command: ``main`` dispatches; one module per command."""

@@ -1,0 +1,170 @@
+"""``hybridpref route``: route a JSONL batch against a router, or an embedded stack."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.instances import iter_jsonl
+from hybridpref.server.settings import Settings
+
+SAMPLE_BATCH = Path(__file__).resolve().parents[3] / "samples" / "sample_batch.jsonl"
+
+
+def cmd_route(args) -> int:
+    from rich.console import Console
+    from hybridpref_client import RouterClient, RoutingError, write_decisions
+
+    path = args.input or SAMPLE_BATCH
+    if not Path(path).exists():
+        raise InvalidInput(FieldViolation("--input", f"no such file: {path}"))
+    rows = list(iter_jsonl(str(path)))
+    lines = [lineno for lineno, _ in rows]
+    instances = [inst for _, inst in rows]
+    budget = parse_budget(args.budget)
+    console = Console(stderr=True)
+    console.print(f"routing {len(instances)} instances from {path} (budget {args.budget})")
+    with _router(args, console) as (address, judge_name), RouterClient(address, timeout_s=args.timeout) as client:
+        try:
+            with _progress(console, len(instances)) as advance:
+                result = client.route_stream(instances, budget, args.strategy, args.seed,
+                                             replay_judge=args.replay_judge, on_progress=advance)
+        except RoutingError as exc:
+            if exc.violations:
+                raise InvalidInput([_to_line(field, text, lines) for field, text in exc.violations]) from None
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print_summary(console, result, judge_name)
+    if args.output:
+        write_decisions(args.output, result)
+        console.print(f"wrote {len(result.decisions)} decisions to {args.output}")
+    return 0
+
+
+def parse_budget(text: str):
+    """``0.25`` -> fraction, ``count:100`` -> count, ``cost:500`` -> Cost, ``auto``."""
+    from hybridpref_client import Cost
+
+    text = text.strip()
+    try:
+        if text == "auto":
+            return "auto"
+        if text.startswith("count:"):
+            return int(text.split(":", 1)[1])
+        if text.startswith("cost:"):
+            return Cost(float(text.split(":", 1)[1]))
+        return float(text)
+    except ValueError:
+        raise InvalidInput(FieldViolation("--budget", f"cannot read {text!r}; use 0.25, count:100, cost:500 or auto")) from None
+
+
+def _to_line(field: str, text: str, lines: list[int]) -> FieldViolation:
+    """``instances[3].response_a`` -> ``line 5.response_a`` (the input file's line)."""
+    match = re.match(r"instances\[(\d+)\](.*)", field)
+    if match and int(match.group(1)) < len(lines):
+        return FieldViolation(f"line {lines[int(match.group(1))]}{match.group(2)}", text)
+    return FieldViolation(field, text)
+
+
+@contextmanager
+def _router(args, console):
+    """(router address, name of the judge that labels): the given router, or an embedded stack run in a
+    background thread."""
+    if args.router:
+        yield args.router, f"the judge service behind {args.router}"
+        return
+    from hybridpref.server.logs import configure_logging
+    from hybridpref.cli.stack import BackgroundLoop, start_embedded_stack
+
+    configure_logging("hybridpref-route", args.log_level, "console")
+    overrides = {"judge_backend": args.judge_backend} if args.judge_backend else {}
+    settings = Settings(**overrides)
+    background = BackgroundLoop()
+    console.print("starting an embedded stack (tagger, judge, predictor, router) on loopback; loading models...")
+    stack = background.run(start_embedded_stack(settings))
+    try:
+        yield stack.router_address, _judge_name(settings, args.replay_judge)
+    finally:
+        background.run(stack.stop())
+        background.close()
+
+
+def _judge_name(settings: Settings, replay_judge: str) -> str:
+    """``judge_id`` of the judge an embedded stack runs, e.g. ``learned:hybridpref-judge-v1``."""
+    from hybridpref.judge.servicer import build_judge
+
+    name = build_judge(settings).judge_id  # builds only; no model is loaded a second time
+    if settings.judge_backend == "replay" and replay_judge:
+        name = f"replay:{replay_judge}"
+    return name
+
+
+@contextmanager
+def _progress(console, total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        sent = progress.add_task("sent", total=total)
+        received = progress.add_task("routed", total=total)
+
+        def advance(phase: str, n: int) -> None:
+            progress.advance(sent if phase == "sent" else received, n)
+
+        yield advance
+
+
+UNSURE_BELOW = 0.6  # a judge confidence under this is "unsure" in the summary (the router may send it to humans)
+
+
+def print_summary(console, result, judge_name: str = "") -> None:
+    from rich.table import Table
+
+    s = result.summary
+    table = Table(title=f"routing summary (request {s.get('request_id') or result.request_id})")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    table.add_row("strategy", s.get("strategy", ""))
+    table.add_row("bundle", s.get("bundle_version", "") or "-")
+    table.add_row("to humans", str(s.get("human_count", 0)))
+    table.add_row("to LM judge", str(s.get("lm_count", 0)))
+    table.add_row("human cost", f"{s.get('human_cost', 0.0):.1f}")
+    level = s.get("interval_level", 0.0)
+    for name, label in (("chosen", "chosen"), ("all_human", "all human"), ("all_lm", "all LM"), ("random", "random, same budget")):
+        mix = s.get("mixes", {}).get(name)
+        if mix is None:
+            continue
+        table.add_row(f"predicted score, {label}", _estimate_text(mix.get("predicted_score"), level, 4, mix.get("score_note", "")))
+        if "expected_corrections" in mix:
+            table.add_row(f"expected corrections, {label}", _estimate_text(mix["expected_corrections"], level, 1, ""))
+    domain = s.get("domain")
+    if domain:
+        verdict = "in domain" if domain["in_domain"] else "OUT OF DOMAIN"
+        table.add_row("domain", f"{verdict}: {domain['distance']:.3f} vs {domain['threshold']:.3f} ({domain['nearest_pool']})")
+    lm = [d for d in result.decisions if d.route == "LM"]
+    labels = Counter(d.lm_label for d in lm)
+    if judge_name:
+        table.add_row("judge", judge_name)
+    table.add_row("LM labels", ", ".join(f"{k}={v}" for k, v in sorted(labels.items(), key=lambda kv: str(kv[0]))) or "-")
+    if lm:
+        unsure = sum(d.lm_confidence < UNSURE_BELOW for d in lm)
+        mean_conf = sum(d.lm_confidence for d in lm) / len(lm)
+        table.add_row("LM label confidence", f"mean {mean_conf:.2f}, {unsure} unsure (< {UNSURE_BELOW})")
+    inconsistent = sum(d.judge_order_inconsistent for d in result.decisions)
+    table.add_row("judge order-inconsistent", str(inconsistent))
+    for stage, seconds in sorted(s.get("stage_seconds", {}).items()):
+        table.add_row(f"time: {stage}", f"{seconds:.2f} s")
+    console.print(table)
+    for warning in s.get("warnings", []):
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+
+
+def _estimate_text(estimate: dict | None, level: float, digits: int, note: str) -> str:
+    """``0.6712 [0.6401, 0.7023] (90%)``; without an estimate, why (never a bare number)."""
+    if estimate is None:
+        return f"not shown ({note.replace('_', ' ')})" if note else "-"
+    return f"{estimate['value']:.{digits}f} [{estimate['low']:.{digits}f}, {estimate['high']:.{digits}f}] ({level:.0%})"

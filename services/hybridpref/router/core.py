@@ -1,0 +1,413 @@
+"""Routing orchestration: validate -> tag -> (judge) -> route -> judge LM-routed -> explain + summary.
+
+``RouterCore`` owns the request flow and the budget; it never computes tags or labels itself:
+its tagger, judge and routing-model source are injected (``hybridpref.router.backends``
+protocols; gRPC clients in the service, in-process cores in tests and benchmarks), so this
+module imports no gRPC. Every strategy runs here, in process, on the routing model the
+predictor serves once per bundle version (``RoutingModelSource``); the strategies are pure
+functions in ``hybridpref.router.strategies``, the summary in ``hybridpref.router.summary``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.errors import BackendUnavailable, FieldViolation, InvalidInput, NotReady
+from hybridpref.server.executors import CoreExecutor
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, validate_instances
+from hybridpref.server.metrics import Metrics
+from hybridpref.server.settings import Settings
+from hybridpref.common.signals import JudgeSignals
+from hybridpref.common.vocabulary import LEXICAL_MEASURES, TAG_NAMES
+from hybridpref.router import budget as budgets
+from hybridpref.router.budget import ResolvedBudget
+from hybridpref.router import strategies
+from hybridpref.router.backends import (
+    JudgeBackend,
+    JudgedBatch,
+    RoutingModelSource,
+    TaggedBatch,
+    TaggerBackend,
+    judge_signals,
+)
+from hybridpref.router.explain import top_tags
+from hybridpref.router.limits import judge_violations
+from hybridpref.router.model import RoutingModel
+from hybridpref.router.spill import MemoryStore, SpillStore
+from hybridpref.router.summary import Summary, column_totals, domain_check, summarize
+
+# Instances read back from the store per judge call batch (bounds memory for huge streams).
+JUDGE_SLICE = 1024
+
+log = structlog.get_logger()
+
+
+@dataclass
+class RouteOptions:
+    """Request-level routing options (the core mirror of ``RouteConfig``)."""
+
+    budget_kind: str  # fraction | count | cost | auto
+    budget_value: float | int | bool
+    strategy: str
+    seed: int = 0
+    judge_mode: PositionMode = PositionMode.UNSPECIFIED
+    judge_template: str = ""
+    replay_judge: str = ""
+    explain_top_k: int = 3
+    simulated_candidates: int = 500
+
+
+@dataclass(slots=True)
+class Decision:
+    id: str
+    human: bool
+    lm_label: Label = Label.UNSPECIFIED
+    lm_confidence: float = 0.0
+    gain: float = 0.0
+    top_tags: list[tuple[str, float]] = field(default_factory=list)
+    judge_order_inconsistent: bool = False
+    human_cost: float = 0.0
+    expected_gain: float | None = None
+
+
+@dataclass
+class RouteOutcome:
+    decisions: list[Decision]
+    strategy: str
+    bundle_version: str
+    human_cost: float
+    summary: Summary
+    stage_seconds: dict[str, float]
+
+
+@dataclass
+class JudgeFirst:
+    """Everything the judge-first pass produced, rows in batch order (strategies that need judge signals)."""
+
+    batch: JudgedBatch
+    signals: JudgeSignals
+    p_wrong: tuple[np.ndarray, np.ndarray] | None  # (P(LM wrong), P(human wrong)) from the correction model
+
+    @property
+    def expected_gain(self) -> np.ndarray | None:
+        return None if self.p_wrong is None else self.p_wrong[0] - self.p_wrong[1]
+
+
+class RouterCore:
+    def __init__(self, settings: Settings, tagger: TaggerBackend, judge: JudgeBackend, models: RoutingModelSource,
+                 metrics: Metrics | None = None):
+        self.settings = settings
+        self.metrics = metrics or Metrics.default()
+        self.tagger = tagger
+        self.judge = judge
+        self.models = models
+        # CPU work (conversion, validation, strategies, spill-file I/O) runs here, off the event
+        # loop, in a pool the server owns and bounds; a cancelled call's queued work never starts.
+        self.executor = CoreExecutor("router", settings.router_workers)
+
+    async def close(self) -> None:
+        """Stop the worker pool (the backends belong to whoever built them)."""
+        self.executor.shutdown()
+
+    def validate(self, instances: Sequence[PreferenceInstance], options: RouteOptions) -> None:
+        """All input checks before any work: nothing is half-processed."""
+        violations: list[FieldViolation] = []
+        try:
+            validate_instances(instances, self.settings.max_batch)
+        except InvalidInput as exc:
+            violations.extend(exc.violations)
+        violations.extend(_option_violations(options, len(instances)))
+        if violations:
+            raise InvalidInput(violations)
+
+    async def route(self, instances: Sequence[PreferenceInstance], options: RouteOptions, timeout: Deadline | float | None) -> RouteOutcome:
+        """Route one in-memory batch (the unary RPC). ``timeout``: the call's ``Deadline`` (or seconds)."""
+        clock, stages = Deadline.of(timeout), {"tag": 0.0}
+        await self.executor.run(self.validate, instances, options, size=len(instances))
+        await self._check_judge_names(instances, options, clock)
+        with _timed(stages, "tag"):
+            tagged = await self.tagger.tag(instances, clock)
+        text = await self.executor.run(text_features, instances, tagged, size=len(instances))
+        return await self._decide(MemoryStore(instances), tagged, text, options, clock, stages)
+
+    async def route_stream(
+        self, chunks: AsyncIterator[Sequence[PreferenceInstance]], options: RouteOptions, timeout: Deadline | float | None
+    ) -> RouteOutcome:
+        """Route a batch that arrives in chunks (the streaming RPC), any size.
+
+        Each chunk is validated and tagged as it arrives; texts are spilled to a temporary
+        file, so memory holds ids, costs and tag rows only. A bad chunk fails the whole
+        call before any decision is made.
+        """
+        early = _option_violations(options, None)
+        if early:
+            raise InvalidInput(early)
+        clock, stages = Deadline.of(timeout), {"tag": 0.0}
+        store, parts, texts, seen = SpillStore(), [], [], {}
+        try:
+            async for chunk in chunks:
+                if len(store) + len(chunk) > self.settings.max_stream_instances:
+                    raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.max_stream_instances} instances"))
+                await self.executor.run(_validate_chunk, chunk, len(store), seen, size=len(chunk))
+                await self._check_judge_names(chunk, options, clock, offset=len(store))
+                await self.executor.run(store.extend, chunk, size=len(chunk))
+                with _timed(stages, "tag"):
+                    parts.append(await self.tagger.tag(chunk, clock))
+                texts.append(await self.executor.run(text_features, chunk, parts[-1], size=len(chunk)))
+            violations = _option_violations(options, len(store))
+            if violations:
+                raise InvalidInput(violations)
+            return await self._decide(store, TaggedBatch.concat(parts), np.concatenate(texts), options, clock, stages)
+        finally:
+            store.close()
+
+    async def _check_judge_names(self, instances, options: RouteOptions, clock: Deadline, offset: int = 0) -> None:
+        """Template and replay-judge names against what the judge advertises, before any work."""
+        info = await self.judge.judge_info(min(2.0, clock.timeout() or 2.0))
+        violations = await self.executor.run(
+            judge_violations, info, options.judge_template, options.replay_judge, instances, offset,
+            needs_judge=options.strategy != "all_human", size=len(instances),
+        )
+        if violations:
+            raise InvalidInput(violations)
+
+    async def _decide(self, store, tagged: TaggedBatch, text: np.ndarray, options: RouteOptions, clock: Deadline,
+                      stages: dict[str, float]) -> RouteOutcome:
+        """``text``: the batch's correction features without judge signals (the domain check reads them)."""
+        """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain."""
+        n = len(store)
+        strategy = options.strategy or strategies.DEFAULT_STRATEGY
+        warnings: list[str] = []
+        model = await self._model(strategy, tagged, clock, warnings)
+        judged = None
+        if strategies.needs_judge_first(strategy):
+            with _timed(stages, "judge"):
+                judged = await self._judge_first(store, tagged, model, options, clock)
+        budget = budgets.resolve_budget(
+            options.budget_kind, options.budget_value, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged)
+        )
+        with _timed(stages, "route"):
+            result, summary = await self.executor.run(
+                decide, model, strategy, tagged.tag_matrix, budget, judged, text, seed=options.seed,
+                simulated_candidates=options.simulated_candidates or 500, deadline=clock, size=n,
+            )
+        summary.warnings[:0] = warnings
+        decisions = await self.executor.run(_decisions, store.ids, result, budget, size=n)
+        if judged is None:
+            lm_rows = [i for i, d in enumerate(decisions) if not d.human]
+            if lm_rows:
+                with _timed(stages, "judge"):
+                    _apply_judgements(decisions, lm_rows, await self._judge_rows(store, lm_rows, options, clock))
+        else:
+            _apply_judgements(decisions, list(range(n)), judged.batch)
+            if judged.expected_gain is not None:
+                for d, g in zip(decisions, judged.expected_gain):
+                    d.expected_gain = float(g)
+        # Top tags explain a PPM gain: only where the strategy's gains are the PPM's (the others' gain is
+        # the expected correction or the judge's doubt, which tags would not explain).
+        if model is not None and model.scorer is not None and options.explain_top_k and strategies.needs_predictor(strategy):
+            with _timed(stages, "explain"):
+                await self.executor.run(_explain, model, tagged.tag_matrix, result.human_mask, options.explain_top_k, decisions,
+                                        size=n)
+        self._count(decisions, strategy)
+        return RouteOutcome(
+            decisions=decisions, strategy=strategy, bundle_version="" if model is None else model.bundle_version,
+            human_cost=float(budget.costs[result.human_mask].sum()), summary=summary, stage_seconds=stages,
+        )
+
+    async def _model(self, strategy: str, tagged: TaggedBatch, clock: Deadline, warnings: list[str]) -> RoutingModel | None:
+        """The routing model, checked against the tagger's bins. A strategy that needs the PPM fails
+        without it (``NotReady``); the others route anyway and the summary says what is missing."""
+        needed = strategies.needs_predictor(strategy)
+        try:
+            model = await self.models.routing_model(clock)
+            if tagged.reference_bins_id and model.reference_bins_id and tagged.reference_bins_id != model.reference_bins_id:
+                # Tags binned with other edges than the models were trained on would be silently wrong.
+                raise NotReady(
+                    f"the tagger bins with reference edges {tagged.reference_bins_id}, the predictor bundle "
+                    f"{model.bundle_version} was built with {model.reference_bins_id}: deploy matching tagger and bundle")
+            if needed and model.scorer is None:
+                raise NotReady(f"strategy {strategy!r} needs a quadratic PPM; bundle {model.bundle_version} has none")
+            if strategy in strategies.NEEDS_EXPECTED_GAIN and model.correction is None:
+                raise NotReady(f"strategy {strategy!r} needs the expected-correction model; bundle {model.bundle_version} "
+                               "has none: load a bundle built with one, or choose another strategy")
+            return model
+        except (NotReady, BackendUnavailable) as exc:
+            if needed or strategy in strategies.NEEDS_EXPECTED_GAIN:
+                raise
+            warnings.append(f"no routing model ({exc}): no predictions, domain check or expected corrections")
+            return None
+
+    async def _judge_first(self, store, tagged: TaggedBatch, model: RoutingModel | None, options: RouteOptions,
+                           clock: Deadline) -> JudgeFirst:
+        """Judge every row, one slice at a time: signals and, with a correction model, P(wrong) per row."""
+        batches, signals, p_lm, p_h = [], [], [], []
+        for start in range(0, len(store), JUDGE_SLICE):
+            rows = list(range(start, min(len(store), start + JUDGE_SLICE)))
+            instances = await self.executor.run(store.get, rows, size=len(rows))
+            judged = await self._judge(instances, options, clock)
+            sig = judge_signals(judged, instances)
+            batches.append(judged)
+            signals.append(sig)
+            if model is not None and model.correction is not None:
+                lm, hu = await self.executor.run(_p_wrong, model, instances, tagged, rows, sig, size=len(rows))
+                p_lm.append(lm)
+                p_h.append(hu)
+        p_wrong = (np.concatenate(p_lm), np.concatenate(p_h)) if p_lm else None
+        return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong)
+
+    async def _judge_rows(self, store, rows: list[int], options: RouteOptions, clock: Deadline) -> JudgedBatch:
+        """Judge ``rows`` of the store, reading instances back one slice at a time (off the loop)."""
+        parts = []
+        for start in range(0, len(rows), JUDGE_SLICE):
+            instances = await self.executor.run(store.get, rows[start : start + JUDGE_SLICE], size=JUDGE_SLICE)
+            parts.append(await self._judge(instances, options, clock))
+        return JudgedBatch.concat(parts)
+
+    async def _judge(self, instances, options: RouteOptions, timeout) -> JudgedBatch:
+        return await self.judge.judge(
+            instances, mode=options.judge_mode, template=options.judge_template,
+            replay_judge=options.replay_judge, seed=options.seed, timeout=timeout,
+        )
+
+    def _count(self, decisions: list[Decision], strategy: str) -> None:
+        humans = sum(d.human for d in decisions)
+        self.metrics.routed.labels("HUMAN", strategy).inc(humans)
+        self.metrics.routed.labels("LM", strategy).inc(len(decisions) - humans)
+
+
+def decide(
+    model: RoutingModel | None, strategy: str, tag_matrix: np.ndarray, budget: ResolvedBudget, judged: JudgeFirst | None,
+    features: np.ndarray | None, *, seed: int, simulated_candidates: int = 500, deadline: Deadline | float | None = None,
+) -> tuple[strategies.RoutingResult, Summary]:
+    """The routing decision and its summary, in process: what the service runs after tagging and the
+    judge-first pass, and what ``benchmarks/bench_router_scale.py`` times. ``strategy`` "" = default;
+    ``features``: the batch's (n, F) correction features, for the domain check."""
+    totals = column_totals(tag_matrix)
+    domain = domain_check(model, features)
+    # A bundle without domain statistics cannot show its PPM applies here: treated as out of domain.
+    ppm_in_domain = domain is not None and domain.in_domain
+    inputs: dict = {"scorer": None if model is None else model.scorer, "ppm_in_domain": ppm_in_domain}
+    if judged is not None:
+        inputs.update(judge_confidence=judged.batch.confidence, judge_inconsistent=judged.batch.inconsistent,
+                      signals=judged.signals, expected_gain=judged.expected_gain)
+    result = strategies.route(strategy, tag_matrix, budget, seed=seed, simulated_candidates=simulated_candidates,
+                              deadline=deadline, **inputs)
+    summary = summarize(model, tag_matrix, result.human_mask, domain=domain, totals=totals,
+                        p_wrong=None if judged is None else judged.p_wrong, signals=None if judged is None else judged.signals)
+    if result.info.get("ppm_tie_breaker") == 0.0:  # the default strategy would have used the PPM in its domain
+        summary.warnings.append(f"the PPM is outside its domain (or the bundle records none): {result.strategy} routed "
+                                "by the expected-correction model alone")
+    return result, summary
+
+
+def _explain(model: RoutingModel, tag_matrix: np.ndarray, mask: np.ndarray, top_k: int, decisions: list[Decision]) -> None:
+    """Top tags of every instance's PPM gain against the chosen mix (in process)."""
+    idx, val = top_tags(model.scorer, tag_matrix, mask, top_k)  # type: ignore[arg-type]
+    for d, row_idx, row_val in zip(decisions, idx, val):
+        d.top_tags = [(TAG_NAMES[j], float(v)) for j, v in zip(row_idx, row_val) if j >= 0]
+
+
+def _decisions(ids: Sequence[str], result, budget) -> list[Decision]:
+    return [Decision(id=i, human=bool(h), gain=float(g), human_cost=float(c))
+            for i, h, g, c in zip(ids, result.human_mask, result.gains, budget.costs)]
+
+
+def text_features(instances: Sequence[PreferenceInstance], tagged: TaggedBatch) -> np.ndarray:
+    """Correction features of a chunk without judge signals (their columns neutral) -> (n, F) float32;
+    the text columns are what the domain check compares with the bundle's training pools."""
+    from hybridpref.routing_model.correction import correction_features
+
+    n = len(instances)
+    neutral = JudgeSignals(np.zeros(n, np.int8), np.full(n, np.nan), np.zeros(n, bool), np.full(n, np.nan))
+    return correction_features(instances, tagged.measures, tagged.tag_matrix, neutral)
+
+
+def _p_wrong(model: RoutingModel, instances, tagged: TaggedBatch, rows: list[int], signals: JudgeSignals):
+    """(P(LM label wrong), P(human label wrong)) of ``rows`` from the bundle's correction model."""
+    from hybridpref.routing_model.correction import correction_features
+
+    features = correction_features(instances, tagged.measures[rows], tagged.tag_matrix[rows], signals)
+    return model.correction.probabilities(features)  # type: ignore[union-attr]
+
+
+def _concat_signals(parts: list[JudgeSignals]) -> JudgeSignals:
+    return JudgeSignals(*(np.concatenate([getattr(p, f) for p in parts]) if parts else np.zeros(0)
+                          for f in ("label", "p_a", "order_flip", "agreement")))
+
+
+def _apply_judgements(decisions: list[Decision], rows: list[int], judged) -> None:
+    for k, i in enumerate(rows):
+        decisions[i].lm_label = Label(int(judged.labels[k]))
+        decisions[i].lm_confidence = float(judged.confidence[k])
+        decisions[i].judge_order_inconsistent = bool(judged.inconsistent[k])
+
+
+def _supplied_costs(costs: Sequence[float | None]) -> np.ndarray | None:
+    """Per-instance human costs as given; NaN where missing (the budget's formula fills those)."""
+    if all(c is None for c in costs):
+        return None
+    return np.array([np.nan if c is None else c for c in costs], dtype=np.float64)
+
+
+def _option_violations(options: RouteOptions, n: int | None) -> list[FieldViolation]:
+    """Strategy and budget checks; the budget's range needs the batch size ``n`` (None: not known yet)."""
+    violations: list[FieldViolation] = []
+    if options.strategy and options.strategy not in strategies.STRATEGIES:  # "" = the default strategy
+        violations.append(FieldViolation(
+            "config.strategy", f"unknown strategy {options.strategy!r}; expected one of {sorted(strategies.STRATEGIES)}"
+        ))
+    if n == 0:
+        violations.append(FieldViolation("instances", "empty batch"))
+    if n is None and options.budget_kind == "count":
+        return violations  # a count is checked against the batch size once the stream has ended
+    size = 1 if n is None else n  # fraction, cost and auto ranges do not depend on the size
+    try:  # shape and range; the real costs come after tagging
+        budgets.resolve_budget(options.budget_kind, options.budget_value, size, np.ones(size))
+    except InvalidInput as exc:
+        violations.extend(exc.violations)
+    return violations
+
+
+def _validate_chunk(chunk: Sequence[PreferenceInstance], offset: int, seen: dict[str, int]) -> None:
+    """Validate one streamed chunk with batch-wide indices and ids unique across chunks."""
+    violations: list[FieldViolation] = []
+    try:
+        validate_instances(chunk)
+    except InvalidInput as exc:
+        for v in exc.violations:
+            field = re.sub(r"^instances\[(\d+)\]", lambda m: f"instances[{int(m.group(1)) + offset}]", v.field)
+            violations.append(FieldViolation(field, v.description))
+    for k, inst in enumerate(chunk):
+        if inst.id in seen and seen[inst.id] < offset:
+            violations.append(FieldViolation(f"instances[{k + offset}].id", f"duplicate id {inst.id!r} (first at instances[{seen[inst.id]}])"))
+        seen.setdefault(inst.id, k + offset)
+    if violations:
+        raise InvalidInput(violations)
+
+
+@contextmanager
+def _timed(stages: dict[str, float], name: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
+
+
+def _cost_inputs(tagged: TaggedBatch) -> dict[str, np.ndarray]:
+    col = {m: i for i, m in enumerate(LEXICAL_MEASURES)}
+    expertise = budgets.expertise_levels_from_tags(tagged.tag_matrix)
+    return {
+        "prompt_tokens": tagged.measures[:, col["prompt_len"]],
+        "response_tokens": tagged.measures[:, col["len_shorter"]] + tagged.measures[:, col["len_longer"]],
+        "expertise_level": expertise,
+    }
