@@ -155,7 +155,7 @@ def main() -> None:
     ap.add_argument("--strength", type=float, default=50.0, help="prior strength of the refit (labels' worth)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--variants", default="all", help="all | usual (the pool's usual panel only)")
+    ap.add_argument("--variants", default="nested", help="all | nested (the first k others per primary) | usual")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     budgets = [float(b) for b in a.budgets.split(",")]
@@ -168,7 +168,7 @@ def main() -> None:
     checks: list[dict[str, Any]] = []
     for held in names:
         bundle = pcf.fit_for_pools([pools[n] for n in names if n != held])
-        variants = panel_variants(pools[held])
+        variants = panel_variants(pools[held], all_subsets=a.variants == "all")
         if a.variants == "usual":
             variants = variants[:1]
         for v in variants:

@@ -231,3 +231,11 @@ def test_corrections_interval_narrows_and_covers_after_labels() -> None:
     assert np.mean(covered) >= 0.8
     r, se = calib.strata[False].fit(30)
     assert abs(r - 1.4) < 0.15 and se < 0.1
+
+
+def test_bundle_file_round_trip(model: pc.PanelCorrectionModel, pools: list[Pool], tmp_path) -> None:  # noqa: ANN001
+    assert pc.read_panel_correction(tmp_path) is None
+    pcf.write_panel_correction(tmp_path, model)
+    again = pc.read_panel_correction(tmp_path)
+    x = pc.panel_features(pools[0].instances, pools[0].signals())
+    assert again is not None and np.allclose(again.expected_gain(x), model.expected_gain(x))

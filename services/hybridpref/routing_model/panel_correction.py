@@ -246,3 +246,16 @@ def check_monotone(model: PanelCorrectionModel, x: np.ndarray, *, steps: int = 5
 # features (LM picked the shorter, |log length ratio|) and prompt length did not transfer at 50%.
 RECOMMENDED_COLUMNS: tuple[str, ...] = ("order_flip", "any_other", "disagree", "p_unsure", "p_missing",
                                         "word_overlap", "log_len_shorter")
+
+
+BUNDLE_FILE = "panel_correction.json"
+
+
+def read_panel_correction(folder: Any) -> PanelCorrectionModel | None:
+    """The bundle's ``panel_correction.json`` as a model (pure numpy), or None when the bundle has none."""
+    from pathlib import Path
+
+    from hybridpref.routing_model.bundle import read_json
+
+    path = Path(folder) / BUNDLE_FILE
+    return PanelCorrectionModel.from_json(read_json(Path(folder), BUNDLE_FILE)) if path.is_file() else None

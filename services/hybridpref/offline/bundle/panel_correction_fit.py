@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -169,3 +170,14 @@ def fit_for_pools(pools: Sequence[Pool], *, columns: Sequence[str] = RECOMMENDED
             sets.append(TrainingSet.from_pool(v.pool, v.name, 1.0 / len(vs)))
             groups.append(pool.name)
     return fit_panel_model(sets, columns, l2=l2, groups=groups, fallback_distance=fallback_distance)
+
+
+def write_panel_correction(folder: Any, model: PanelCorrectionModel) -> None:
+    """Write the model into a bundle folder as ``panel_correction.json`` (read back by
+    :func:`hybridpref.routing_model.panel_correction.read_panel_correction`)."""
+    from pathlib import Path
+
+    from hybridpref.routing_model.bundle import write_json
+    from hybridpref.routing_model.panel_correction import BUNDLE_FILE
+
+    write_json(Path(folder) / BUNDLE_FILE, model.to_json())
