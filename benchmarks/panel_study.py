@@ -37,6 +37,7 @@ from hybridpref.offline.bundle import panel_correction_fit as pcf
 from hybridpref.routing_model import correction as served
 from hybridpref.routing_model import panel_correction as pc
 
+RECOMMENDED = "share+text/aug"  # the recipe of pcf.fit_for_pools (RECOMMENDED_COLUMNS, all panel variants)
 GainModel = Callable[[np.ndarray, Pool], np.ndarray]  # (rows of the variant, variant pool) -> (len(rows),) gains
 
 
@@ -284,6 +285,25 @@ def summarise(rows: Sequence[dict[str, Any]], budgets: Sequence[float]) -> str:
     return "\n".join(lines)
 
 
+def variant_table(rows: Sequence[dict[str, Any]], budgets: Sequence[float], strategies: Sequence[str]) -> str:
+    """Per variant: the oracle's gain over random and each strategy's share of it, per budget; ``*`` =
+    significantly below ``judge_doubt``, ``+`` / ``-`` = significantly above / below ``hybrid``."""
+    head = "| variant | " + " | ".join(f"{b:g}: oracle - random | " + " | ".join(strategies) for b in budgets) + " |"
+    lines = [head, "|" + "---|" * (1 + len(budgets) * (1 + len(strategies)))]
+    for v in dict.fromkeys(r["variant"] for r in rows):
+        cells = []
+        for b in budgets:
+            by = {r["strategy"]: r for r in rows if r["variant"] == v and r["budget"] == b}
+            cells.append(f"{100 * by['oracle']['diff_random']:+.1f}")
+            for s in strategies:
+                r = by[s]
+                mark = ("*" if r.get("diff_judge_doubt_high", 1) < 0 else "") + (
+                    "+" if s != "hybrid" and r.get("diff_hybrid_low", -1) > 0 else "-" if s != "hybrid" and r.get("diff_hybrid_high", 1) < 0 else "")
+                cells.append(f"{100 * r['share_oracle']:.0f}{mark}" if np.isfinite(r.get("share_oracle", np.nan)) else "n/a")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", type=Path, default=default_data_dir())
@@ -304,6 +324,8 @@ def main() -> None:
     if a.out:
         write_csv(rows, a.out / "results.csv")
         (a.out / "summary.md").write_text(table + "\n")
+        shown = [s for s in ("judge_doubt", "hybrid", "floor7", RECOMMENDED) if any(r["strategy"] == s for r in rows)]
+        (a.out / "variants.md").write_text(variant_table(rows, budgets, shown) + "\n")
 
 
 if __name__ == "__main__":

@@ -221,34 +221,41 @@ def _write(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def plot(curves: dict, checks: Sequence[dict[str, Any]], path: Path) -> None:
+    """One row per (budget, exploration share): per pool the mean share of the oracle's gain per batch over
+    the variants (static, adapted, judge_doubt), and the interval coverage by labels back."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sorted(curves)
-    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(3.2 * (len(keys) + 1), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for s, style in (("static", "-"), ("adapted", "-"), ("judge_doubt", ":")):
-            m = np.nanmean(np.array([c[s] for c in curves[key]], dtype=float), axis=0)
-            ax.plot(np.arange(1, BATCHES + 1), 100 * m, style, label=s)
-        ax.set_title(f"{key[0][:12]} @ {key[1]:g}, explore {key[2]:g}", fontsize=8)
-        ax.set_xlabel("batch")
-        ax.set_ylim(-10, 110)
-    axes[0][0].set_ylabel("share of oracle gain (%), mean over variants")
+    settings = sorted({(k[1], k[2]) for k in curves})
+    pools = list(dict.fromkeys(k[0] for k in curves))
+    fig, axes = plt.subplots(len(settings), len(pools) + 1, figsize=(3.2 * (len(pools) + 1), 2.8 * len(settings)), squeeze=False)
+    for i, (budget, explore) in enumerate(settings):
+        for j, pool in enumerate(pools):
+            ax = axes[i][j]
+            for s, style in (("static", "-"), ("adapted", "-"), ("judge_doubt", ":")):
+                m = np.nanmean(np.array([c[s] for c in curves[(pool, budget, explore)]], dtype=float), axis=0)
+                ax.plot(np.arange(1, BATCHES + 1), 100 * m, style, label=s)
+            ax.axvline(LEARN_BATCHES + 0.5, c="grey", lw=0.5)
+            ax.set_title(f"{pool[:12]} @ {budget:g} (explore {explore:g}), {len(curves[(pool, budget, explore)])} panels", fontsize=8)
+            ax.set_ylim(-20, 110)
+            ax.set_xlabel("batch", fontsize=8)
+        axes[i][0].set_ylabel("share of oracle gain (%)", fontsize=8)
+        ax = axes[i][-1]
+        by_labels: dict[int, list[bool]] = {}
+        for c in checks:
+            if c["budget"] == budget and c["explore"] == explore:
+                by_labels.setdefault(min(c["labels_before"] // 100 * 100, 800), []).append(c["covered"])
+        xs = sorted(by_labels)
+        ax.plot(xs, [100 * np.mean(by_labels[k]) for k in xs], "o-")
+        ax.axhline(80, ls=":", c="grey")
+        ax.set_title("corrections interval coverage (90%)", fontsize=8)
+        ax.set_xlabel("labels back before the batch (binned)", fontsize=8)
+        ax.set_ylim(0, 105)
     axes[0][0].legend(fontsize=7)
-    ax = axes[0][-1]
-    by_labels = {}
-    for c in checks:
-        by_labels.setdefault(min(c["labels_before"] // 100 * 100, 1000), []).append(c["covered"])
-    xs = sorted(by_labels)
-    ax.plot(xs, [100 * np.mean(by_labels[k]) for k in xs], "o-")
-    ax.axhline(80, ls=":", c="grey")
-    ax.set_title("expected-corrections interval coverage", fontsize=8)
-    ax.set_xlabel("labels back before the batch")
-    ax.set_ylim(0, 105)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
