@@ -65,11 +65,12 @@ def _training_sets(pools: Sequence[Pool], variants: Sequence[Sequence[PanelVaria
 
 
 def panel_candidate(name: str, columns: Sequence[str], *, augment: bool, fallback: float = 0.0, l2: float = 10.0,
-                    nonneg: Sequence[str] = pc.MONOTONE, verdict_only: bool = False) -> Candidate:
+                    nonneg: Sequence[str] = pc.MONOTONE, verdict_only: bool = False,
+                    human_columns: Sequence[str] | None = None) -> Candidate:
     def fit(pools: Sequence[Pool], variants: Sequence[Sequence[PanelVariant]]) -> Callable[[Pool, np.ndarray], np.ndarray]:
         sets, groups = _training_sets(pools, variants, augment)
         model = pcf.fit_panel_model(sets, columns, l2=l2, groups=groups, fallback_distance=fallback, nonneg=nonneg,
-                                   verdict_only=verdict_only)
+                                   verdict_only=verdict_only, human_columns=human_columns)
 
         def gain(pool: Pool, rows: np.ndarray) -> np.ndarray:
             return model.expected_gain(_features(pool)[rows])
@@ -165,6 +166,8 @@ def candidates() -> list[Candidate]:
         panel_candidate("share+text/aug/l2=100", base + text, augment=True, l2=100.0),
         panel_candidate("share+text/aug/verdict", base + text, augment=True, verdict_only=True),
         panel_candidate("share+text+len/aug", base + text + length, augment=True),
+        panel_candidate("share+text/aug/hrate", base + text, augment=True, human_columns=()),
+        panel_candidate("share+text/aug/htext", base + text, augment=True, human_columns=("order_flip",) + text),
         panel_candidate("share+text/aug/fb1", base + text, augment=True, fallback=1.0),
         panel_candidate("share+text/aug/fb3", base + text, augment=True, fallback=3.0),
         panel_candidate("share+text/aug/fb6", base + text, augment=True, fallback=6.0),

@@ -111,8 +111,8 @@ class TrainingSet:
 
 def fit_panel_model(sets: Sequence[TrainingSet], columns: Sequence[str], *, l2: float = 10.0, calibrate: bool = True,
                     groups: Sequence[str] | None = None, fallback_distance: float = 0.0, verdict_only: bool = False,
-                    nonneg: Sequence[str] = MONOTONE) -> PanelCorrectionModel:
-    """Fit on ``sets``; ``groups[i]`` names the pool of set i (panel variants of one pool share it), and
+                    nonneg: Sequence[str] = MONOTONE, human_columns: Sequence[str] | None = None) -> PanelCorrectionModel:
+    """Fit on ``sets``; ``human_columns``: the P(human wrong) model's columns (default ``columns``; () = a rate); ``groups[i]`` names the pool of set i (panel variants of one pool share it), and
     the Platt calibration uses leave-one-group-out logits (>= 2 groups). ``verdict_only``: the LM model
     learns from rows with a verdict only (no-verdict rows are 1 by rule anyway)."""
     groups = list(groups) if groups is not None else [s.name for s in sets]
@@ -147,7 +147,8 @@ def fit_panel_model(sets: Sequence[TrainingSet], columns: Sequence[str], *, l2: 
     hx = np.vstack([s.x[s.votes] for s in sets])
     hy = np.concatenate([s.human_wrong[s.votes] for s in sets])
     hw = np.concatenate([np.full(int(s.votes.sum()), s.weight) for s in sets])
-    human = fit_linear(hx, hy, columns, l2=l2, weights=hw, nonneg=()) if len(hy) >= 50 else Linear.constant(float(hy.mean()) if len(hy) else 0.0)
+    hcols = columns if human_columns is None else human_columns
+    human = fit_linear(hx, hy, hcols, l2=l2, weights=hw, nonneg=()) if len(hy) >= 50 else Linear.constant(float(hy.mean()) if len(hy) else 0.0)
     panels = np.array([panel_descriptor(s.x) for s in sets]) if sets else np.zeros((0, 3))
     spread = np.maximum(panels.std(axis=0), 0.05) if len(panels) > 1 else np.full(3, 0.05)
     rate = float(np.average(hy, weights=hw)) if len(hy) else 0.0
