@@ -239,3 +239,35 @@ def test_bundle_file_round_trip(model: pc.PanelCorrectionModel, pools: list[Pool
     again = pc.read_panel_correction(tmp_path)
     x = pc.panel_features(pools[0].instances, pools[0].signals())
     assert again is not None and np.allclose(again.expected_gain(x), model.expected_gain(x))
+
+
+def test_returned_labels_from_store_rows_feed_the_lineage(model: pc.PanelCorrectionModel, pools: list[Pool]) -> None:
+    """Rows in the campaign store contract's shapes (Candidate, StoredDecision, [HumanLabel]; read by
+    attribute) become refit inputs; majority of the votes, LM label names, exploration flags."""
+    from types import SimpleNamespace as NS
+
+    pool = pools[0]
+    x = pc.panel_features(pool.instances, pool.signals())
+    lm = pool.signals().label
+    rows = []
+    for i, inst in enumerate(pool.instances):
+        name = {1: "A_BETTER", -1: "B_MUCH_BETTER", 0: "TIE"}[int(lm[i])]
+        cand = NS(instance_id=inst.id, lm_label=name, features=dict(zip(pc.PANEL_FEATURES, x[i].tolist())))
+        ref = "A" if pool.reference[i] == 1 else "B"
+        other = "B" if ref == "A" else "A"
+        votes = [NS(annotator="u1", preference=ref), NS(annotator="u2", preference=ref if i % 5 else other),
+                 NS(annotator="u3", preference="tie" if i % 7 == 0 else ref)]
+        rows.append((cand, NS(exploration=i % 10 == 0), votes if i % 4 else []))
+    got = online.returned_labels(rows)
+    labelled = [i for i in range(len(pool)) if i % 4]
+    assert got.ids == [pool.instances[i].id for i in labelled]
+    assert np.allclose(got.x, x[labelled]) and np.array_equal(got.lm, lm[labelled])
+    # the majority is the reference, except where one vote each went to A, B and tie (no majority: 0)
+    expect = np.where(np.array(labelled) % 35 == 0, 0, pool.reference[labelled])
+    assert np.array_equal(got.human, expect) and (got.human == 0).any()
+    assert got.exploration.sum() == sum(1 for i in labelled if i % 10 == 0) and len(got.votes) == 3 * len(labelled)
+    lineage = online.ModelLineage(model)
+    version = online.adapt(lineage, got)
+    assert version.labels == int(((got.human != 0) & (got.x[:, 0] < 0.5)).sum())
+    rates = online.annotator_error_rates(got.votes)
+    assert set(rates) == {"u1", "u2", "u3"} and rates["u1"] < rates["u2"]

@@ -329,3 +329,49 @@ class CorrectionsCalibrator:
                 high_extra += (self.prior_range[1] - 1) * mu
         sd = math.sqrt(var * self.dispersion())
         return Interval(est, max(0.0, est - z * sd - low_extra), min(float(len(p)), est + z * sd + high_extra))
+
+
+# ---------------------------------------------------------------- from the campaign store
+
+
+_PREFERENCE_SIGN = {"A": 1, "B": -1, "tie": 0}
+_LM_LABEL_SIGN = {"A_MUCH_BETTER": 1, "A_BETTER": 1, "B_BETTER": -1, "B_MUCH_BETTER": -1}
+
+
+@dataclass
+class ReturnedLabels:
+    """A campaign's returned labels as the refit reads them: aligned (n,) arrays over labelled pairs."""
+
+    ids: list[str]
+    x: np.ndarray  # (n, F) panel features (from the candidate's ``features``; missing names = 0)
+    lm: np.ndarray  # (n,) LM label sign (0: tie / no verdict / none)
+    human: np.ndarray  # (n,) majority of the returned votes (0: tie or no majority)
+    exploration: np.ndarray  # (n,) bool: routed by the random exploration share
+    votes: list[tuple[str, str, str]]  # (instance id, annotator, preference) for Dawid-Skene
+
+
+def returned_labels(rows: Iterable[tuple[Any, Any, Sequence[Any]]]) -> ReturnedLabels:
+    """Turn ``CampaignStore.returned_labels`` rows (``Candidate``, ``StoredDecision``, ``[HumanLabel]``: the
+    store contract's shapes, read by attribute) into :class:`ReturnedLabels`. The candidate's ``features``
+    dict holds the panel features by name (what the router stored when it routed the batch)."""
+    ids, xs, lm, human, explore, votes = [], [], [], [], [], []
+    for cand, decision, labels in rows:
+        if not labels:
+            continue
+        ids.append(cand.instance_id)
+        xs.append([float(cand.features.get(name, 0.0)) for name in PANEL_FEATURES])
+        lm.append(_LM_LABEL_SIGN.get(cand.lm_label or "", 0))
+        signs = [_PREFERENCE_SIGN[lab.preference] for lab in labels]
+        a, b, t = signs.count(1), signs.count(-1), signs.count(0)
+        human.append(1 if a > max(b, t) else -1 if b > max(a, t) else 0)
+        explore.append(bool(decision.exploration))
+        votes += [(cand.instance_id, lab.annotator, lab.preference) for lab in labels]
+    return ReturnedLabels(ids, np.asarray(xs, dtype=np.float64).reshape(-1, len(PANEL_FEATURES)), np.asarray(lm, dtype=np.int8),
+                          np.asarray(human, dtype=np.int8), np.asarray(explore, dtype=bool), votes)
+
+
+def adapt(lineage: ModelLineage, labels: ReturnedLabels) -> ModelVersion:
+    """One refit-and-promotion step on everything a campaign has returned (:meth:`ModelLineage.propose`
+    on the pairs with a non-tie human majority)."""
+    rows, y = lm_wrong_target(labels.lm, labels.human)
+    return lineage.propose([labels.ids[i] for i in rows], labels.x[rows], y)
