@@ -157,3 +157,15 @@ def test_long_stream_with_the_sample_lands_within_2_percent():
     sizes = np.array([len(s) for s in scores])
     half = np.searchsorted(np.cumsum(sizes), n / 2)
     assert spends[: half + 1].sum() / total == pytest.approx(np.cumsum(sizes)[half] / n, abs=0.05)
+
+
+def test_sampled_history_weighs_for_the_whole_stream():
+    """A sample of 8,192 scores standing for 1,000,000 earlier ones is not outweighed by a batch of 50,000."""
+    rng = np.random.default_rng(10)
+    history, batch = rng.normal(0, 1, 8192), rng.normal(1, 1, 50_000)
+    plan = plan_batch(batch, np.ones(len(batch)), history=history, budget_kind="count", budget_left=300_000,
+                      seen=1_000_000, expected_instances=4_000_000, exploration_share=0.0, seed=3)
+    assert plan.fraction == pytest.approx(0.1)
+    stream = np.concatenate([rng.normal(0, 1, 1_000_000), rng.normal(1, 1, 50_000)])
+    assert plan.threshold == pytest.approx(np.quantile(stream, 1 - plan.fraction), abs=0.05)
+    assert batch[plan.human].min() >= plan.threshold

@@ -1,7 +1,8 @@
 """A child process for the store's fault and concurrency tests (run as ``python store_worker.py MODE ...``).
 
-``decide URL VENDOR CAMPAIGN PREFIX BATCHES SIZE SEED``: decide ``BATCHES`` batches of ``SIZE`` new ids
-``PREFIX<k>`` and print one JSON line per committed batch: {"batch", "human": [ids routed to humans]}.
+``decide URL VENDOR CAMPAIGN PREFIX BATCHES SIZE SEED``: print {"ready": true}, wait for a line on stdin,
+then decide ``BATCHES`` batches of ``SIZE`` new ids ``PREFIX<k>`` and print one JSON line per committed batch: {"batch", "human": [ids routed to humans],
+"t": commit time}.
 
 ``write URL VENDOR CAMPAIGN``: forever, decide a batch of 5 new ids, print ``{"ack": "decide", "ids": [...]}``
 after its commit, then label them (annotator ``w``) and print ``{"ack": "labels", "ids": [...]}`` after
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,10 +26,13 @@ from support.store_data import candidates  # noqa: E402
 
 def decide(url: str, vendor: str, name: str, prefix: str, batches: int, size: int, seed: int) -> None:
     store = SqlCampaignStore.open(url)
-    for b in range(batches):
-        batch = candidates(prefix, size, seed + b, start=b * size)
+    prepared = [candidates(prefix, size, seed + b, start=b * size) for b in range(batches)]
+    print(json.dumps({"ready": True}), flush=True)
+    sys.stdin.readline()  # "go": the test starts both routers at once
+    for b, batch in enumerate(prepared):
         decisions = store.decide_batch(vendor, name, f"{prefix}b{b}", batch)
-        print(json.dumps({"batch": b, "human": [d.instance_id for d in decisions if d.human]}), flush=True)
+        print(json.dumps({"batch": b, "human": [d.instance_id for d in decisions if d.human], "t": time.time()}),
+              flush=True)
 
 
 def write(url: str, vendor: str, name: str) -> None:

@@ -14,7 +14,8 @@ instance's cost for a cost budget):
 2. **Threshold.** When more instances are expected after this batch, the threshold ``t`` is the score
    above which a fraction ``f`` of *every score the campaign has seen* lies (this batch's scores plus
    the campaign's sample of earlier ones: all of them up to :data:`SAMPLE_SIZE`, then a uniform
-   random sample of that size kept by :func:`update_sample`). The batch's instances above ``t`` are paced for a human label; instances exactly at
+   random sample of that size kept by :func:`update_sample`, each sampled score weighing for the
+   earlier scores it stands for). The batch's instances above ``t`` are paced for a human label; instances exactly at
    ``t`` are taken in the share that makes the fraction exact (ties are common: e.g. every instance
    the judge gave no verdict on may carry the same score), picked at random. A batch richer in high
    scores than the history gets more humans, a poorer one fewer; the next batch's ``f`` absorbs the
@@ -104,7 +105,7 @@ def plan_batch(
     if final:
         paced, threshold = np.ones(n, dtype=bool), -math.inf
     else:
-        paced, threshold = _paced(scores, np.asarray(history, dtype=np.float64), fraction, rng)
+        paced, threshold = _paced(scores, np.asarray(history, dtype=np.float64), seen, fraction, rng)
     allot = min(float(units[paced].sum()), budget_left)
     exploit_units, explore_units, n_explore = _split(allot, exploration_share, budget_kind, rng)
     order = np.lexsort((np.arange(n), -scores))  # best score first, ties by position
@@ -140,25 +141,32 @@ def update_sample(sample: np.ndarray, seen: int, scores: np.ndarray, seed: int,
     return out
 
 
-def _paced(scores: np.ndarray, history: np.ndarray, fraction: float,
+def _paced(scores: np.ndarray, history: np.ndarray, seen: int, fraction: float,
            rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """Batch instances whose score passes the threshold calibrated on history + batch, and the threshold."""
+    """Batch instances whose score passes the threshold calibrated on history + batch, and the threshold.
+
+    Each history score stands for ``seen / len(history)`` scores of the stream (1 while the sample holds
+    every score), each batch score for itself: a large batch does not outweigh a long stream."""
+    weight_history = seen / len(history) if len(history) else 0.0
     calib = np.concatenate([history, scores])
-    want = fraction * len(calib)
+    weights = np.concatenate([np.full(len(history), weight_history), np.ones(len(scores))])
+    total = float(weights.sum())
+    want = fraction * total
     if want <= 0:
         return np.zeros(len(scores), dtype=bool), math.inf
-    if want >= len(calib):
+    if want >= total:
         return np.ones(len(scores), dtype=bool), -math.inf
-    desc = np.sort(calib)[::-1]
-    threshold = float(desc[max(math.ceil(want) - 1, 0)])
-    above_calib = int(np.sum(calib > threshold))
-    equal_calib = int(np.sum(calib == threshold))
-    share_equal = min(1.0, max(0.0, (want - above_calib) / equal_calib))
+    order = np.argsort(-calib, kind="stable")
+    reached = np.searchsorted(np.cumsum(weights[order]), want - EPS)  # first rank whose weight covers want
+    threshold = float(calib[order[min(reached, len(order) - 1)]])
+    above = float(weights[calib > threshold].sum())
+    equal = float(weights[calib == threshold].sum())
+    share_equal = min(1.0, max(0.0, (want - above) / equal))
     paced = scores > threshold
-    equal = np.flatnonzero(scores == threshold)
-    if len(equal):
-        k = _round_random(share_equal * len(equal), rng)
-        paced[rng.permutation(equal)[:k]] = True
+    tied = np.flatnonzero(scores == threshold)
+    if len(tied):
+        k = _round_random(share_equal * len(tied), rng)
+        paced[rng.permutation(tied)[:k]] = True
     return paced, threshold
 
 
