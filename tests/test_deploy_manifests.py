@@ -534,6 +534,28 @@ def test_promtool_catches_the_issue_outage_with_old_rule(tmp_path: Path) -> None
     assert "alertname: HybridprefHighErrorRate" in test.stdout + test.stderr
 
 
+def test_quota_refusals_are_not_server_side_errors() -> None:
+    # Issue 18: a vendor over its quota (RESOURCE_EXHAUSTED) fired two critical alerts. No alert may
+    # count it as a server-side failure (the promtool case "one vendor over its quota" runs it).
+    for rule in _alert_rules():
+        assert "RESOURCE_EXHAUSTED" not in rule["expr"], rule["alert"]
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason=skip_reason("promtool"))
+def test_promtool_quota_case_fails_with_the_old_rule(tmp_path: Path) -> None:
+    """Guards the quota case: with RESOURCE_EXHAUSTED counted as a server error again, it must fail."""
+    def old_rule(text: str) -> str:
+        broken = text.replace("DEADLINE_EXCEEDED|DATA_LOSS", "DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED|DATA_LOSS")
+        assert broken != text
+        return broken
+
+    work = _promtool_files(tmp_path, old_rule)
+    test = subprocess.run([PROMTOOL, "test", "rules", "alerts_test.yaml"], cwd=work, capture_output=True, text=True, timeout=120)
+    out = test.stdout + test.stderr
+    assert test.returncode != 0
+    assert "alertname: HybridprefRouteInstancesFailing" in out and "alertname: HybridprefHighErrorRate" in out
+
+
 def test_alert_metric_extraction_rejects_unknown_names() -> None:
     # Guards the check above: a typo in a metric name must be caught.
     assert _metric_names('rate(hybridpref_rpc_request_total{code="OK"}[5m])') == {"hybridpref_rpc_request_total"}
@@ -666,6 +688,50 @@ def test_bundle_volume_component_renders(tmp_path: Path) -> None:
     assert str(bundle.parent) in mounts and mounts[str(bundle.parent)]["readOnly"] is True
     # Other services are untouched.
     assert "HYBRIDPREF_BUNDLE_PATH" not in _env(_container(_by_kind(objects, "Deployment")["hybridpref-router"]))
+
+
+@pytest.mark.skipif(KUBECTL is None, reason=skip_reason("kubectl"))
+def test_annotate_component_renders(tmp_path: Path) -> None:
+    """components/annotate: the annotation page's Deployment + Service (+ its NetworkPolicy), HTTP
+    probes on the paths the app serves, non-root, resources, and arguments the CLI accepts."""
+    from hybridpref.cli.main import build_parser
+
+    rel = os.path.relpath(K8S, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{rel}/base]\ncomponents: [{rel}/components/annotate]\n", encoding="utf-8"
+    )
+    objects = _render(tmp_path)
+    dep = _by_kind(objects, "Deployment")["hybridpref-annotate"]
+    pod = dep["spec"]["template"]["spec"]
+    c = _container(dep)
+    assert c["image"] == "hybridpref", "overlays set the image by the placeholder name"
+    args = build_parser().parse_args(c["args"])
+    assert args.command == "annotate" and args.host == "0.0.0.0" and args.secure_cookies
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": args.port}
+    probes = {name: c[name]["httpGet"] for name in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert probes["readinessProbe"]["path"] == "/readyz" and probes["livenessProbe"]["path"] == "/healthz"
+    assert all(p["port"] == "http" for p in probes.values())
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/tmp"}
+    for kind in ("requests", "limits"):
+        assert _cpu(c["resources"][kind]["cpu"]) > 0 and _mem(c["resources"][kind]["memory"]) > 0
+    # Settings: the campaign and seed from the (hashed) ConfigMap, the database URL from a Secret.
+    (cm_ref,) = c["envFrom"]
+    (cm,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == cm_ref["configMapRef"]["name"]]
+    assert cm["metadata"]["name"].startswith("hybridpref-annotate-"), "hash suffix propagated"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HYBRIDPREF_DB_URL"]["valueFrom"]["secretKeyRef"] == {"name": "hybridpref-store-db", "key": "url"}
+    code = "".join((ROOT / "services" / "hybridpref" / f).read_text() for f in ("cli/annotate.py", "store/engine.py"))
+    for name in [*cm["data"], *env]:
+        assert f'"{name}"' in code, f"{name} is set in the manifest but read by no code"
+    svc = _by_kind(objects, "Service")["hybridpref-annotate"]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    policy = _by_kind(objects, "NetworkPolicy")["hybridpref-annotate"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
 
 
 # ----------------------------------------------------------------------------- image overrides

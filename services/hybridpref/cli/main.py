@@ -8,6 +8,9 @@
     hybridpref predictor build ...      # offline: build a model bundle
     hybridpref predictor add-routing-models ...  # offline: add the correction model + domain to a bundle
     hybridpref judge train [--data-dir D] # offline: train and export the learned judge
+    hybridpref annotate --campaign NAME --port P   # the annotation page (and `annotate token add|revoke`)
+    hybridpref campaign export NAME --vendor V --format label-studio|argilla --output PATH
+    hybridpref labels import --campaign NAME --vendor V --from label-studio export.json
 
 Each command module registers its own subparser (``register``) and sets ``func``; see
 :mod:`hybridpref.cli` for adding one. Nothing runs at import time. User mistakes print
@@ -20,12 +23,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from hybridpref.cli import evaluate, judge, keys, predictor, route, serve
+from hybridpref.cli import annotate, evaluate, judge, keys, predictor, route, serve
 from hybridpref_client.core.errors import HybridPrefError, InvalidInput
 
 EXIT_USAGE = 2
 # In the order ``hybridpref --help`` lists them.
-COMMANDS = (serve, route, keys, evaluate, predictor, judge)
+COMMANDS = (serve, route, keys, evaluate, predictor, judge, annotate)
 
 
 def build_parser() -> argparse.ArgumentParser:
