@@ -852,9 +852,9 @@ def test_bundle_build_job_tags_through_the_tagger_service(base: list[dict[str, A
     # Through the headless tagger Service (round_robin over its replicas), not in process.
     config = dict(line.split("=", 1) for line in (BASE / "hybridpref.env").read_text().splitlines() if line and not line.startswith("#"))
     assert args["tagger"] == config["HYBRIDPREF_TAGGER_ADDRESS"]
-    from hybridpref.offline.bundle.builder import make_parser
+    from hybridpref.cli.main import build_parser
 
-    parsed = make_parser().parse_args([a.replace("$(JOB_UID)", "x") for a in c["args"][2:]])
+    parsed = build_parser().parse_args([a.replace("$(JOB_UID)", "x") for a in c["args"]])
     assert parsed.tagger == args["tagger"] and parsed.tagger_concurrency >= 2
     # The NetworkPolicy lets this pod reach the tagger.
     labels = job["spec"]["template"]["metadata"]["labels"]

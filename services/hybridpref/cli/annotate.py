@@ -31,6 +31,15 @@ EXPORT_FORMATS = ("label-studio", "argilla")
 MAX_EXPORT = 1000  # the store's largest pending_pairs page
 
 
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """The ``hybridpref.cli`` hook: :func:`add_parsers`, each command dispatched to :func:`main` (unless a
+    command module registered before this one owns it)."""
+    add_parsers(subparsers)
+    for name in ("annotate", "campaign", "labels"):
+        if subparsers.choices[name].get_default("func") is None:
+            subparsers.choices[name].set_defaults(func=main)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``annotate``, ``campaign export`` and ``labels import`` on the top-level subparsers.
 
