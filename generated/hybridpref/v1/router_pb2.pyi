@@ -44,7 +44,11 @@ class RouteConfig(_message.Message):
     judge_template: _builtins.str
     """Judge prompt template ("" = judge default)."""
     replay_judge: _builtins.str
-    """Replay judge name, for simulation with recorded labels."""
+    """A recorded judge (a key of the instances' lm_labels; per-order keys "<name>/order_ab|ba" by their
+    base name, or an unambiguous prefix): the router labels with these recorded labels whatever
+    backend the judge service runs. Every instance must carry one; a name no instance records is
+    INVALID_ARGUMENT. "" = the judge service labels.
+    """
     explain_top_k: _builtins.int
     """How many contributing tags to explain per instance, for the PPM strategies (unset = 3;
     0 = no explanations: they cost about 7 s per million instances).

@@ -75,7 +75,9 @@ def _router(args, console):
     """(router address, name of the judge that labels): the given router, or an embedded stack run in a
     background thread."""
     if args.router:
-        yield args.router, f"the judge service behind {args.router}"
+        judge = f"recorded labels of {args.replay_judge!r} (replayed by the router)" if args.replay_judge else \
+            f"the judge service behind {args.router}"
+        yield args.router, judge
         return
     from hybridpref.server.logs import configure_logging
     from hybridpref.cli.stack import BackgroundLoop, start_embedded_stack
@@ -94,13 +96,13 @@ def _router(args, console):
 
 
 def _judge_name(settings: Settings, replay_judge: str) -> str:
-    """``judge_id`` of the judge an embedded stack runs, e.g. ``learned:hybridpref-judge-v1``."""
+    """``judge_id`` of the judge that labels, e.g. ``learned:hybridpref-judge-v1``; with ``replay_judge``
+    the router replays the rows' recorded labels whatever the judge service runs."""
+    if replay_judge:
+        return f"replay:{replay_judge} (recorded labels, replayed by the router)"
     from hybridpref.judge.servicer import build_judge
 
-    name = build_judge(settings).judge_id  # builds only; no model is loaded a second time
-    if settings.judge_backend == "replay" and replay_judge:
-        name = f"replay:{replay_judge}"
-    return name
+    return build_judge(settings).judge_id  # builds only; no model is loaded a second time
 
 
 @contextmanager

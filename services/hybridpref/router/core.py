@@ -41,6 +41,7 @@ from hybridpref.router.backends import (
 from hybridpref.router.explain import top_tags
 from hybridpref.router.limits import judge_violations
 from hybridpref.router.model import RoutingModel
+from hybridpref.router.recorded import replay_batch
 from hybridpref.router.spill import MemoryStore, SpillStore
 from hybridpref.router.summary import Summary, column_totals, domain_check, summarize
 
@@ -170,8 +171,10 @@ class RouterCore:
             store.close()
 
     async def _check_judge_names(self, instances, options: RouteOptions, clock: Deadline, offset: int = 0) -> None:
-        """Template and replay-judge names against what the judge advertises, before any work."""
-        info = await self.judge.judge_info(min(2.0, clock.timeout() or 2.0))
+        """Template and replay-judge names, before any work: the template against what the judge
+        advertises, a replay judge against the instances' recorded labels."""
+        needs_info = not options.replay_judge and options.strategy != "all_human"
+        info = await self.judge.judge_info(min(2.0, clock.timeout() or 2.0)) if needs_info else None
         violations = await self.executor.run(
             judge_violations, info, options.judge_template, options.replay_judge, instances, offset,
             needs_judge=options.strategy != "all_human", size=len(instances),
@@ -273,6 +276,9 @@ class RouterCore:
         return JudgedBatch.concat(parts)
 
     async def _judge(self, instances, options: RouteOptions, timeout) -> JudgedBatch:
+        if options.replay_judge:  # the vendor's recorded labels, whatever the judge service runs
+            return await self.executor.run(replay_batch, instances, options.replay_judge, options.judge_mode, options.seed,
+                                           size=len(instances))
         return await self.judge.judge(
             instances, mode=options.judge_mode, template=options.judge_template,
             replay_judge=options.replay_judge, seed=options.seed, timeout=timeout,

@@ -1,8 +1,9 @@
 """The router's request limits, checked on the request before any work (tagging included).
 
 Every numeric option is bounded, every enum checked and every name length-capped here;
-instance-level limits live in ``hybridpref_client.core.limits`` and judge / template / replay
-names are checked against what the judge advertises (``judge_violations``). Everything is
+instance-level limits live in ``hybridpref_client.core.limits``; the judge template is checked
+against what the judge advertises and a replay judge against the instances' recorded labels
+(``judge_violations``). Everything is
 ``INVALID_ARGUMENT`` with ``google.rpc.BadRequest`` field violations, indices in the
 caller's batch.
 """
@@ -17,12 +18,15 @@ from dataclasses import dataclass, field
 import structlog
 
 from hybridpref_client.core.errors import FieldViolation, quote
+from hybridpref.common.recorded_judges import judge_names, resolve_judge
 from hybridpref_client.core.instances import PreferenceInstance
 from hybridpref_client.core.limits import position_mode_violation
 from hybridpref.server.settings import Settings
 from hybridpref.common.vocabulary import NUM_TAGS
 
 MAX_NAME_CHARS = 128  # strategy, template and judge names
+# Rows named in one refusal; the message counts the rest (the details must fit gRPC's metadata limit).
+MAX_LISTED = 50
 # How long the judge's advertised info is trusted before it is asked again.
 JUDGE_INFO_TTL_S = 30.0
 
@@ -104,11 +108,18 @@ def judge_violations(
     info: JudgeInfo | None, template: str, replay_judge: str, instances: Sequence[PreferenceInstance], offset: int = 0,
     needs_judge: bool = True,
 ) -> list[FieldViolation]:
-    """Judge template and replay-judge checks against ``info`` (``None``: not known; skipped).
+    """Judge template and replay-judge checks.
 
-    With the replay backend every instance must carry a label from the named judge
-    (``instances[i].lm_labels``, ``i`` counted in the caller's batch from ``offset``)."""
-    if info is None or not needs_judge:
+    A named ``replay_judge`` is replayed by the router from the instances' ``lm_labels`` whatever the
+    judge's backend (``hybridpref.router.recorded``): every instance must carry a label from it, and a
+    name no instance records is refused. Without one, the template is checked against ``info``
+    (``None``: not known; skipped) and, when the judge runs the replay backend, its default judge
+    against the instances (``instances[i]`` counted in the caller's batch from ``offset``)."""
+    if not needs_judge:
+        return []
+    if replay_judge:
+        return replay_violations(instances, replay_judge, offset)
+    if info is None:
         return []
     out: list[FieldViolation] = []
     if template.strip() and info.templates and _template_key(template) not in info.templates:
@@ -116,17 +127,33 @@ def judge_violations(
                                   f"unknown template {quote(template)}; the judge has {', '.join(sorted(info.templates))}"))
     if info.backend != "replay":
         return out
-    name = replay_judge or info.default_replay_judge
-    if not name:
+    if not info.default_replay_judge:
         out.append(FieldViolation("config.replay_judge", "the judge replays recorded labels: name the judge to replay"))
         return out
-    from hybridpref.common.recorded_judges import resolve_judge
+    return out + replay_violations(instances, info.default_replay_judge, offset)
 
+
+def replay_violations(instances: Sequence[PreferenceInstance], name: str, offset: int = 0) -> list[FieldViolation]:
+    """Why ``name`` cannot be replayed on ``instances`` (empty when every row has its label).
+
+    A name no row records is one ``config.replay_judge`` violation listing the judges recorded;
+    otherwise the rows without a label, ``instances[i]`` counted from ``offset``."""
+    missing: list[tuple[int, str]] = []
+    recorded: set[str] = set()
     for k, inst in enumerate(instances):
         try:
             resolve_judge(inst.lm_labels.keys(), name)
         except LookupError as exc:
-            out.append(FieldViolation(f"instances[{k + offset}].lm_labels", str(exc)))
-            if len(out) >= 100:  # enough to act on; the message says how many more there were
-                break
+            missing.append((k, str(exc)))
+        recorded.update(inst.lm_labels.keys())
+    if not missing:
+        return []
+    if len(missing) == len(instances):
+        names = judge_names(recorded)
+        return [FieldViolation("config.replay_judge",
+                               f"unknown judge {name!r}: no instance has its labels; recorded judges: "
+                               f"{', '.join(names) if names else 'none (the instances carry no lm_labels)'}")]
+    out = [FieldViolation(f"instances[{k + offset}].lm_labels", text) for k, text in missing[:MAX_LISTED]]
+    if len(missing) > MAX_LISTED:
+        out.append(FieldViolation("instances", f"... and {len(missing) - MAX_LISTED} more rows without a label from {name!r}"))
     return out
