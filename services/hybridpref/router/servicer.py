@@ -5,7 +5,7 @@ from __future__ import annotations
 from hybridpref.server import logs
 from hybridpref.server.channels import remaining_timeout
 from hybridpref.server import deadline as deadlines
-from hybridpref_client.core.convert import instances_from_proto
+from hybridpref_client.core.convert import check_count, instances_from_proto
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.core.limits import Limits
 from hybridpref_client.core.instances import PositionMode
@@ -110,6 +110,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def RouteInstances(self, request, context):
         options = options_from_proto(request.config, self.settings.default_strategy, self.settings)
         run = self.core.executor.run
+        # Counted before anything is converted: a million tiny instances cost microseconds to refuse.
+        check_count(len(request.instances), self.settings.max_batch)
         instances = await run(instances_from_proto, request.instances, self.limits, size=len(request.instances))
         outcome = await self.core.route(instances, options, self._deadline(context))
         return await run(
@@ -128,8 +130,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             async for message in request_iterator:
                 if message.WhichOneof("item") != "chunk":
                     raise InvalidInput(FieldViolation(f"stream[{index}]", "config may only come first"))
-                chunk = await run(instances_from_proto, message.chunk.instances, self.limits, seen,
-                                  size=len(message.chunk.instances))
+                size = len(message.chunk.instances)
+                # Counted before conversion: one chunk holds at most a unary batch, and the stream's total.
+                check_count(size, self.settings.max_batch, f"stream[{index}].chunk.instances", "a chunk",
+                            "send smaller chunks")
+                check_count(seen + size, self.settings.max_stream_instances, "instances", "the stream",
+                            "split it into several requests")
+                chunk = await run(instances_from_proto, message.chunk.instances, self.limits, seen, size=size)
                 seen += len(chunk)
                 yield chunk
                 index += 1
