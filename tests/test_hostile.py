@@ -94,3 +94,123 @@ def test_a_million_instance_stream_chunk_is_refused_on_its_count(stack):
         code, seconds, details = _code_and_seconds(lambda: list(stub.RouteInstancesStream(messages(), timeout=60)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
     assert "a chunk of 1000000" in details and seconds < 6.0
+
+
+# ------------------------------------------------------------------ F4 / item 5: refuse before decoding
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+class RssSampler:
+    """Peak resident memory of a process while the ``with`` block runs (sampled every 20 ms)."""
+
+    def __init__(self, pid: int):
+        import threading
+
+        self.pid, self.peak, self._stop = pid, _rss_mb(pid), threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_mb(self.pid))
+            time.sleep(0.02)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture(scope="module")
+def router_process(tmp_path_factory):
+    """A real ``hybridpref serve router`` process with API keys and no backends (calls that pass the
+    key check end UNAVAILABLE at the tagger, after their request was decoded and converted)."""
+    import os
+    import subprocess
+    import sys
+
+    from hybridpref.cli.stack import wait_serving
+    from hybridpref.server.auth import add_vendor
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc to read a process' resident memory")
+    keys = tmp_path_factory.mktemp("keys") / "keys.json"
+    key = add_vendor(keys, "acme")
+    port, dead = _free_port(), _free_port()
+    env = dict(os.environ, HYBRIDPREF_API_KEYS_FILE=str(keys), HYBRIDPREF_LOG_LEVEL="WARNING",
+               HYBRIDPREF_TAGGER_ADDRESS=f"127.0.0.1:{dead}", HYBRIDPREF_JUDGE_ADDRESS=f"127.0.0.1:{dead}",
+               HYBRIDPREF_PREDICTOR_ADDRESS=f"127.0.0.1:{dead}")
+    proc = subprocess.Popen([sys.executable, "-m", "hybridpref.cli.main", "serve", "router", "--port", str(port),
+                             "--metrics-port", "-1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_serving(f"127.0.0.1:{port}", 60)  # "" is SERVING once started, whatever the backends
+        yield proc, f"127.0.0.1:{port}", key
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def sixty_mb_request() -> bytes:
+    big = common_pb2.PreferenceInstance(prompt="p" * 200_000, response_a="a" * 200_000, response_b="b" * 200_000)
+    request = router_pb2.RouteInstancesRequest(config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.25)))
+    for i in range(100):
+        request.instances.add().CopyFrom(big)
+        request.instances[-1].id = f"i{i}"
+    return request.SerializeToString()
+
+
+def _attack(address: str, body: bytes, n: int, metadata=()) -> list[grpc.StatusCode]:
+    options = [("grpc.max_send_message_length", 128 << 20)]
+    with grpc.insecure_channel(address, options=options) as channel:
+        call = raw_unary(channel)
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            return [c for c, _, _ in pool.map(lambda _: _code_and_seconds(lambda: call(body, timeout=120, metadata=metadata)),
+                                              range(n))]
+
+
+def test_unauthenticated_large_messages_are_refused_before_decoding(router_process):
+    """8 concurrent unauthenticated 60 MB requests (and 8 with a wrong key): before the fix the router
+    grew by ~750 MB (138 -> 773 MB in the hostile test); now no message is even received."""
+    proc, address, _ = router_process
+    body = sixty_mb_request()
+    before = _rss_mb(proc.pid)
+    with RssSampler(proc.pid) as rss:
+        start = time.perf_counter()
+        codes = _attack(address, body, 8) + _attack(address, body, 8, (("authorization", "Bearer hpk_wrong"),))
+        seconds = time.perf_counter() - start
+    assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 16
+    assert rss.peak - before < 120, (before, rss.peak)
+    assert seconds < 10
+
+
+def test_memory_is_given_back_after_large_authenticated_requests(router_process):
+    """4 concurrent authenticated 60 MB requests are decoded and converted (then fail at the absent
+    tagger); afterwards the router gives the memory back instead of holding its peak."""
+    proc, address, key = router_process
+    body = sixty_mb_request()
+    before = _rss_mb(proc.pid)
+    with RssSampler(proc.pid) as rss:
+        codes = _attack(address, body, 4, (("authorization", f"Bearer {key}"),))
+    assert codes == [grpc.StatusCode.UNAVAILABLE] * 4
+    grown = rss.peak - before
+    assert grown > 400, (before, rss.peak)  # the requests really were decoded: there was memory to give back
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _rss_mb(proc.pid) - before > 0.3 * grown:
+        time.sleep(0.1)
+    assert _rss_mb(proc.pid) - before <= 0.3 * grown, (before, rss.peak, _rss_mb(proc.pid))

@@ -12,12 +12,14 @@ Order (outermost first), fixed in ``hybridpref.server.server.build_interceptors`
    statuses with rich details, and unexpected ones to ``INTERNAL`` after logging them;
    everything below raises domain exceptions and lets it do the mapping;
 4. ``AccessInterceptor`` (only when an API keys file is configured) checks the caller's key
-   (``UNAUTHENTICATED`` / ``PERMISSION_DENIED``), its concurrent calls and, per request
-   message, its instances-per-minute quota (``RESOURCE_EXHAUSTED`` + ``RetryInfo``);
+   on the call's metadata, before any request byte is read (``UNAUTHENTICATED`` /
+   ``PERMISSION_DENIED``: the message is never received nor decoded), its concurrent calls and,
+   per request message, its instances-per-minute quota (``RESOURCE_EXHAUSTED`` + ``RetryInfo``);
 5. ``DeadlineInterceptor`` makes the call's ``Deadline`` (the caller's, capped by the server's
    maximum) and cancels it when the call ends, so worker threads stop;
 6. ``DecodeInterceptor`` turns undecodable request bytes into ``INVALID_ARGUMENT`` (counted
-   in ``hybridpref_undecodable_requests_total``) instead of gRPC's ``UNKNOWN``.
+   in ``hybridpref_undecodable_requests_total``) instead of gRPC's ``UNKNOWN``, and after calls
+   that brought large messages gives the freed memory back (``hybridpref.server.memory``).
 
 Health checks and reflection pass 4 and 5 untouched (probes need no key; ``Watch`` streams
 live longer than any call deadline).
@@ -51,6 +53,7 @@ from hybridpref_client.core.errors import (
     Unauthenticated,
 )
 from hybridpref_client.core.grpc_errors import status_for
+from hybridpref.server.memory import MemoryReturner
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.quota import QuotaBook
 
@@ -261,16 +264,18 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or is_open(method):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
-        policy_box: list[VendorPolicy] = []
+        # The key is checked on the metadata, before a single request byte is read: a refused caller's
+        # message (up to the receive limit) is never received into memory nor decoded.
+        try:
+            policy = self._authorize(method, metadata)
+        except (Unauthenticated, PermissionDenied) as exc:
+            return refusing_handler(handler, exc)
 
         def take(message) -> None:
-            if policy_box:
-                self.quotas.take_instances(policy_box[0], self.count_instances(message))
+            self.quotas.take_instances(policy, self.count_instances(message))
 
         @asynccontextmanager
         async def around(context):
-            policy = self._authorize(method, metadata)
-            policy_box.append(policy)
             leave = self.quotas.enter_call(policy)
             try:
                 with structlog.contextvars.bound_contextvars(vendor=policy.vendor):
@@ -291,6 +296,27 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         if not policy.allows(method):
             raise PermissionDenied(f"vendor {policy.vendor!r} may not call {method.rsplit('/', 1)[-1][:64]}")
         return policy
+
+
+def refusing_handler(handler: grpc.RpcMethodHandler, error: Exception) -> grpc.RpcMethodHandler:
+    """A handler that raises ``error`` without reading any request message.
+
+    gRPC reads (and buffers, up to the receive limit) a unary request before it calls the handler;
+    for a request-*streaming* handler it calls at once and reads only when the handler asks. So the
+    refusal is served as a request-streaming handler whatever the method's shape (the wire format is
+    the same): the call ends before its message is received, and flow control stops the sender."""
+
+    async def refuse(request_iterator, context):
+        raise error
+
+    async def refuse_stream(request_iterator, context):
+        raise error
+        yield  # a generator: the response-streaming shape
+
+    kwargs = {"request_deserializer": None, "response_serializer": handler.response_serializer}
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream, **kwargs)
+    return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
 
 
 def instances_in(message: Any) -> int:
@@ -354,8 +380,12 @@ class _Undecodable:
         self.error = error
 
 
-def _safe(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+def _safe(deserializer: Callable[[bytes], Any], received: list[int] | None = None) -> Callable[[bytes], Any]:
+    """``deserializer`` that never raises (an ``_Undecodable`` instead) and adds the bytes it sees to
+    ``received[0]``."""
     def deserialize(data: bytes) -> Any:
+        if received is not None:
+            received[0] += len(data)
         try:
             return deserializer(data)
         except Exception as exc:  # DecodeError, or anything a corrupt message triggers
@@ -365,9 +395,13 @@ def _safe(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 class DecodeInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str, metrics: Metrics):
+    """Undecodable requests -> ``INVALID_ARGUMENT``; request bytes counted, and memory given back to
+    the system after large ones (``hybridpref.server.memory``)."""
+
+    def __init__(self, service: str, metrics: Metrics, memory: MemoryReturner | None = None):
         self.service = service
         self.metrics = metrics
+        self.memory = memory if memory is not None else MemoryReturner()
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -382,4 +416,14 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
                     "request", f"could not decode the request message ({type(message.error).__name__}): "
                                "not a serialized message of this method's request type"))
 
-        return wrap_requests(handler, check, deserializer=_safe(handler.request_deserializer))
+        memory, received = self.memory, [0]  # this call's request bytes
+
+        @asynccontextmanager
+        async def trim_after(context):
+            try:
+                yield
+            finally:
+                memory.call_ended(received[0])
+
+        return wrap_handler(wrap_requests(handler, check, deserializer=_safe(handler.request_deserializer, received)),
+                            trim_after)
