@@ -28,7 +28,8 @@ STREAM = "/hybridpref.v1.RouterService/RouteInstancesStream"
 def stack(background_loop, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
 
-    settings = Settings(tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4", default_strategy="random")
+    settings = Settings(tagger={"profile": "fast"}, judge={"backend": "replay", "replay_key": "gpt4"},
+                        router={"default_strategy": "random"})
     running = background_loop.run(start_embedded_stack(settings, metrics=True), timeout=300)
     yield running
     background_loop.run(running.stop(0.5))

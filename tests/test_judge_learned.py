@@ -146,7 +146,7 @@ def test_sure_only_with_a_reason(learned: LearnedBackend, pairs: list[Preference
 
 
 def test_default_backend_is_learned() -> None:
-    assert Settings().judge_backend == "learned"
+    assert Settings().judge.backend == "learned"
     assert Judge.from_config().judge_id.startswith("learned:")
     with pytest.raises(InvalidInput):
         Judge.from_config("learned", model="/nonexistent/spec.json").load()

@@ -20,7 +20,7 @@ SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
 def stack(background_loop, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
 
-    settings = Settings(tagger_profile="fast", judge_backend="learned", default_strategy="random")
+    settings = Settings(tagger={"profile": "fast"}, judge={"backend": "learned"}, router={"default_strategy": "random"})
     running = background_loop.run(start_embedded_stack(settings, metrics=True), timeout=300)
     yield running
     background_loop.run(running.stop(0.5))

@@ -252,7 +252,7 @@ def test_model_fetched_once_per_version_and_refreshed_on_reload(background_loop,
 
     folder = tmp_path / "bundle"
     shutil.copytree(default_bundle_path(), folder)
-    settings = Settings(bundle_path=str(folder), bundle_watch_s=0.1)
+    settings = Settings(predictor={"bundle_path": str(folder), "bundle_watch_s": 0.1})
     running = background_loop.run(start_service(predictor_handle(settings), settings, port=0, metrics_port=-1))
     background_loop.run(running.loaded.wait())
     client = PredictorModelClient(running.address, settings)

@@ -83,8 +83,7 @@ def _router(args, console):
     from hybridpref.cli.stack import BackgroundLoop, start_embedded_stack
 
     configure_logging("hybridpref-route", args.log_level, "console")
-    overrides = {"judge_backend": args.judge_backend} if args.judge_backend else {}
-    settings = Settings(**overrides)
+    settings = Settings(judge={"backend": args.judge_backend} if args.judge_backend else {})
     background = BackgroundLoop()
     console.print("starting an embedded stack (tagger, judge, predictor, router) on loopback; loading models...")
     stack = background.run(start_embedded_stack(settings))

@@ -21,18 +21,18 @@ def build_judge(settings: Settings):
     """The judge core configured from settings (backend and its options)."""
     from hybridpref.judge.core import Judge
 
-    if settings.judge_backend == "openai":
+    if settings.judge.backend == "openai":
         options = {
-            "base_url": settings.judge_openai_base_url,
-            "model": settings.judge_openai_model,
-            **({"api_key_file": settings.judge_openai_api_key_file} if settings.judge_openai_api_key_file else {}),
-            "concurrency": settings.judge_openai_concurrency,
+            "base_url": settings.judge.openai_base_url,
+            "model": settings.judge.openai_model,
+            **({"api_key_file": settings.judge.openai_api_key_file} if settings.judge.openai_api_key_file else {}),
+            "concurrency": settings.judge.openai_concurrency,
         }
-    elif settings.judge_backend == "replay":
-        options = {"default_judge": settings.judge_replay_key}
+    elif settings.judge.backend == "replay":
+        options = {"default_judge": settings.judge.replay_key}
     else:  # learned (a spec JSON) or embedded (a GGUF / HF model): both read judge_model_path
-        options = {"model": settings.judge_model_path} if settings.judge_model_path else {}
-    return Judge.from_config(settings.judge_backend, default_template=settings.judge_template, **options)
+        options = {"model": settings.judge.model_path} if settings.judge.model_path else {}
+    return Judge.from_config(settings.judge.backend, default_template=settings.judge.template, **options)
 
 
 class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
@@ -41,14 +41,14 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         self._metrics = metrics
         self.judge = build_judge(settings)
         self._executor = CoreExecutor("judge")
-        self._limits = Limits.from_settings(settings)
+        self._limits = Limits.from_settings(settings.limits)
 
     async def JudgeInstances(self, request, context):
         bad_mode = position_mode_violation(request.position_mode, "position_mode")
         if bad_mode is not None:
             raise InvalidInput(bad_mode)
-        instances = instances_from_proto(request.instances, self._limits, max_count=self._settings.max_batch)
-        validate_instances(instances, self._settings.max_batch)
+        instances = instances_from_proto(request.instances, self._limits, max_count=self._settings.limits.max_batch)
+        validate_instances(instances, self._settings.limits.max_batch)
         judgements = await self._executor.run(
             self.judge.judge,
             instances,
@@ -65,12 +65,12 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
     async def GetJudgeInfo(self, request, context):
         from hybridpref.judge.templates import TEMPLATES
 
-        replay = self._settings.judge_backend == "replay"
+        replay = self._settings.judge.backend == "replay"
         return judge_pb2.GetJudgeInfoResponse(
-            backend=self._settings.judge_backend, judge_id=self.judge.judge_id,
+            backend=self._settings.judge.backend, judge_id=self.judge.judge_id,
             templates=[*sorted(TEMPLATES), *sorted(t.template_version for t in TEMPLATES.values())],
             default_template=self.judge.default_template,
-            default_replay_judge=self._settings.judge_replay_key if replay else "",
+            default_replay_judge=self._settings.judge.replay_key if replay else "",
         )
 
     async def close(self) -> None:

@@ -112,7 +112,7 @@ class RouterCore:
         self.models = models
         # CPU work (conversion, validation, strategies, spill-file I/O) runs here, off the event
         # loop, in a pool the server owns and bounds; a cancelled call's queued work never starts.
-        self.executor = CoreExecutor("router", settings.router_workers)
+        self.executor = CoreExecutor("router", settings.router.workers)
 
     async def close(self) -> None:
         """Stop the worker pool (the backends belong to whoever built them)."""
@@ -122,7 +122,7 @@ class RouterCore:
         """All input checks before any work: nothing is half-processed."""
         violations: list[FieldViolation] = []
         try:
-            validate_instances(instances, self.settings.max_batch)
+            validate_instances(instances, self.settings.limits.max_batch)
         except InvalidInput as exc:
             violations.extend(exc.violations)
         violations.extend(_option_violations(options, len(instances)))
@@ -155,8 +155,8 @@ class RouterCore:
         store, parts, texts, seen = SpillStore(), [], [], {}
         try:
             async for chunk in chunks:
-                if len(store) + len(chunk) > self.settings.max_stream_instances:
-                    raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.max_stream_instances} instances"))
+                if len(store) + len(chunk) > self.settings.limits.max_stream_instances:
+                    raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.limits.max_stream_instances} instances"))
                 await self.executor.run(_validate_chunk, chunk, len(store), seen, size=len(chunk))
                 await self._check_judge_names(chunk, options, clock, offset=len(store))
                 await self.executor.run(store.extend, chunk, size=len(chunk))

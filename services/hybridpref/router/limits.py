@@ -43,10 +43,10 @@ def config_violations(config, settings: Settings) -> list[FieldViolation]:
         value = getattr(config.budget, kind)
         if not math.isfinite(value):
             out.append(FieldViolation(f"config.budget.{kind}", f"must be finite, got {value}"))
-        elif kind == "cost" and not 0 <= value <= settings.max_budget_cost:
-            out.append(FieldViolation("config.budget.cost", f"must be in [0, {settings.max_budget_cost:g}], got {value:g}"))
-    elif kind == "count" and config.budget.count > settings.max_stream_instances:
-        out.append(FieldViolation("config.budget.count", f"must be at most {settings.max_stream_instances}"))
+        elif kind == "cost" and not 0 <= value <= settings.limits.max_budget_cost:
+            out.append(FieldViolation("config.budget.cost", f"must be in [0, {settings.limits.max_budget_cost:g}], got {value:g}"))
+    elif kind == "count" and config.budget.count > settings.limits.max_stream_instances:
+        out.append(FieldViolation("config.budget.count", f"must be at most {settings.limits.max_stream_instances}"))
     for name in ("strategy", "judge_template", "replay_judge"):
         if len(getattr(config, name)) > MAX_NAME_CHARS:
             out.append(FieldViolation(f"config.{name}", f"longer than {MAX_NAME_CHARS} characters"))
@@ -55,9 +55,9 @@ def config_violations(config, settings: Settings) -> list[FieldViolation]:
         out.append(bad_mode)
     if config.explain_top_k > NUM_TAGS:
         out.append(FieldViolation("config.explain_top_k", f"must be at most {NUM_TAGS} (the number of tags), got {config.explain_top_k}"))
-    if config.simulated_candidates > settings.max_simulated_candidates:
+    if config.simulated_candidates > settings.limits.max_simulated_candidates:
         out.append(FieldViolation("config.simulated_candidates",
-                                  f"must be at most {settings.max_simulated_candidates}, got {config.simulated_candidates}"))
+                                  f"must be at most {settings.limits.max_simulated_candidates}, got {config.simulated_candidates}"))
     return out
 
 

@@ -92,10 +92,10 @@ def _estimate(e) -> router_pb2.Estimate:
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
-        self.limits = Limits.from_settings(settings)
+        self.limits = Limits.from_settings(settings.limits)
         # The real gRPC clients; the core only knows the backends' protocols.
-        self.clients = (TaggerClient(settings.tagger_address, settings), JudgeClient(settings.judge_address, settings),
-                        PredictorModelClient(settings.predictor_address, settings))
+        self.clients = (TaggerClient(settings.router.tagger_address, settings), JudgeClient(settings.router.judge_address, settings),
+                        PredictorModelClient(settings.router.predictor_address, settings))
         self.core = RouterCore(settings, *self.clients, metrics=metrics)
 
     async def close(self) -> None:
@@ -108,10 +108,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return deadlines.current() or deadlines.Deadline(remaining_timeout(context))
 
     async def RouteInstances(self, request, context):
-        options = options_from_proto(request.config, self.settings.default_strategy, self.settings)
+        options = options_from_proto(request.config, self.settings.router.default_strategy, self.settings)
         run = self.core.executor.run
         # Counted before anything is converted: a million tiny instances cost microseconds to refuse.
-        check_count(len(request.instances), self.settings.max_batch)
+        check_count(len(request.instances), self.settings.limits.max_batch)
         instances = await run(instances_from_proto, request.instances, self.limits, size=len(request.instances))
         outcome = await self.core.route(instances, options, self._deadline(context))
         return await run(
@@ -122,7 +122,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("item") != "config":
             raise InvalidInput(FieldViolation("stream[0]", "the first message must carry config"))
-        options = options_from_proto(first.config, self.settings.default_strategy, self.settings)
+        options = options_from_proto(first.config, self.settings.router.default_strategy, self.settings)
         run = self.core.executor.run
 
         async def chunks():
@@ -132,9 +132,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     raise InvalidInput(FieldViolation(f"stream[{index}]", "config may only come first"))
                 size = len(message.chunk.instances)
                 # Counted before conversion: one chunk holds at most a unary batch, and the stream's total.
-                check_count(size, self.settings.max_batch, f"stream[{index}].chunk.instances", "a chunk",
+                check_count(size, self.settings.limits.max_batch, f"stream[{index}].chunk.instances", "a chunk",
                             "send smaller chunks")
-                check_count(seen + size, self.settings.max_stream_instances, "instances", "the stream",
+                check_count(seen + size, self.settings.limits.max_stream_instances, "instances", "the stream",
                             "split it into several requests")
                 chunk = await run(instances_from_proto, message.chunk.instances, self.limits, seen, size=size)
                 seen += len(chunk)
