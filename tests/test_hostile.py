@@ -215,3 +215,145 @@ def test_memory_is_given_back_after_large_authenticated_requests(router_process)
     while time.monotonic() < deadline and _rss_mb(proc.pid) - before > 0.3 * grown:
         time.sleep(0.1)
     assert _rss_mb(proc.pid) - before <= 0.3 * grown, (before, rss.peak, _rss_mb(proc.pid))
+
+
+# ------------------------------------------------------------------ F3 / item 4: one caller cannot take the server
+
+IDLE_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def guarded_router(background_loop, stack, tmp_path_factory):
+    """A router over the stack's backends with small limits (24 calls at once, 8 per connection, 4 per
+    vendor by default, streams closed after 3 s of silence) and API keys: ``greedy`` may run 1,000 calls
+    at once, ``nolimit`` sets no ``max_concurrent`` (the default applies), ``beta`` is an innocent vendor."""
+    from hybridpref.server.auth import add_vendor
+    from hybridpref.server.server import start_service
+    from hybridpref.router.servicer import router_handle
+
+    keys = tmp_path_factory.mktemp("guarded") / "keys.json"
+    vendors = {"greedy": add_vendor(keys, "greedy", max_concurrent=1000), "nolimit": add_vendor(keys, "nolimit"),
+               "beta": add_vendor(keys, "beta")}
+    settings = Settings(
+        router={"tagger_address": stack.address("tagger"), "judge_address": stack.address("judge"),
+                "predictor_address": stack.address("predictor"), "default_strategy": "random"},
+        server={"max_concurrent_rpcs": 24, "max_calls_per_connection": 8, "stream_idle_s": IDLE_S},
+        auth={"keys_file": str(keys), "vendor_max_concurrent": 4},
+    )
+    running = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=-1))
+    background_loop.run(running.loaded.wait())
+    yield running, vendors
+    background_loop.run(running.stop(0.2))
+
+
+def _bearer(key: str):
+    return (("authorization", f"Bearer {key}"),)
+
+
+class IdleStreams:
+    """``n`` RouteInstancesStream calls spread over ``channels`` connections, each sending its config and
+    then nothing until released (the hostile test's silent streams)."""
+
+    def __init__(self, address: str, key: str, n: int, channels: int):
+        import threading
+
+        self.release = threading.Event()
+        self.channels = [grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+                         for _ in range(channels)]
+        config = router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.25))
+
+        def messages():
+            yield router_pb2.RouteInstancesStreamRequest(config=config)
+            self.release.wait(60)
+
+        self.calls = [router_pb2_grpc.RouterServiceStub(self.channels[k % channels]).RouteInstancesStream(
+            messages(), metadata=_bearer(key)) for k in range(n)]
+
+    def refused(self) -> list[grpc.RpcError]:
+        return [c for c in self.calls if c.done() and c.code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
+
+    def open(self) -> int:
+        return sum(not c.done() for c in self.calls)
+
+    def close(self) -> None:
+        self.release.set()
+        for call in self.calls:
+            call.cancel()
+        for channel in self.channels:
+            channel.close()
+
+
+def _health(address: str) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+
+
+def _beta_call(address: str, key: str) -> grpc.StatusCode:
+    rows = [common_pb2.PreferenceInstance(id=f"b{i}", prompt="What is 2+2?", response_a="4", response_b="Four.",
+                                          lm_labels={"gpt4": 2}) for i in range(4)]
+    request = router_pb2.RouteInstancesRequest(instances=rows, config=router_pb2.RouteConfig(
+        budget=common_pb2.Budget(fraction=0.5), strategy="random"))
+    with grpc.insecure_channel(address) as channel:
+        code, _, _ = _code_and_seconds(lambda: router_pb2_grpc.RouterServiceStub(channel).RouteInstances(
+            request, timeout=20, metadata=_bearer(key)))
+    return code
+
+
+def _settle(streams: IdleStreams, expected_open: int, timeout_s: float = 5.0) -> None:
+    """Wait until all but ``expected_open`` calls were refused, then check no more are."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and len(streams.refused()) < len(streams.calls) - expected_open:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert (streams.open(), len(streams.refused())) == (expected_open, len(streams.calls) - expected_open)
+
+
+def test_one_connection_cannot_take_the_server(guarded_router):
+    """12 silent streams on one connection: 8 run (the per-connection limit), 4 are refused with
+    RetryInfo; another vendor's calls and the health check are unaffected."""
+    from hybridpref_client.core.grpc_errors import retry_delay_s
+
+    router, keys = guarded_router
+    streams = IdleStreams(router.address, keys["greedy"], 12, channels=1)
+    try:
+        _settle(streams, 8)
+        assert all(retry_delay_s(e) for e in streams.refused())
+        assert "per connection" in streams.refused()[0].details()
+        assert _beta_call(router.address, keys["beta"]) == grpc.StatusCode.OK
+        assert _health(router.address) == 1  # SERVING
+    finally:
+        streams.close()
+
+
+def test_a_vendor_without_max_concurrent_gets_the_finite_default(guarded_router):
+    router, keys = guarded_router
+    streams = IdleStreams(router.address, keys["nolimit"], 10, channels=10)
+    try:
+        _settle(streams, 4)  # the default of 4 (unlimited before the fix)
+        assert "limit 4" in streams.refused()[0].details()
+        assert _beta_call(router.address, keys["beta"]) == grpc.StatusCode.OK
+    finally:
+        streams.close()
+
+
+def test_a_full_server_still_answers_health_and_silent_streams_are_closed(guarded_router):
+    """40 silent streams over 5 connections fill the server (24 at once): others are refused with
+    RetryInfo, but Health/Check on the same port answers SERVING (gRPC's own cap refused it too), and
+    after 3 s of silence the streams are closed (DEADLINE_EXCEEDED), so the others get in again."""
+    router, keys = guarded_router
+    streams = IdleStreams(router.address, keys["greedy"], 40, channels=5)
+    try:
+        _settle(streams, 24)
+        assert _beta_call(router.address, keys["beta"]) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert _health(router.address) == 1  # SERVING: health is never counted nor refused
+        start = time.monotonic()
+        while streams.open() and time.monotonic() - start < IDLE_S + 5:
+            time.sleep(0.1)
+        closed = [c for c in streams.calls if c.done() and c.code() == grpc.StatusCode.DEADLINE_EXCEEDED]
+        assert len(closed) == 24 and "no request message" in closed[0].details()
+        assert time.monotonic() - start < IDLE_S + 3
+        assert _beta_call(router.address, keys["beta"]) == grpc.StatusCode.OK
+    finally:
+        streams.close()

@@ -8,7 +8,7 @@ of their keys, the methods they may call and their quotas::
         key_sha256: 3f1c...            # or a list, to overlap an old and a new key while rotating
         methods: [RouteInstances, RouteInstancesStream]   # default: every method; "*" also means all
         instances_per_minute: 100000   # token bucket; 0 or absent = unlimited
-        max_concurrent: 4              # calls at once; 0 or absent = unlimited
+        max_concurrent: 4              # calls at once; 0 or absent = HYBRIDPREF_API_VENDOR_MAX_CONCURRENT (32)
 
 Keys are 256-bit random tokens made by ``hybridpref keys add`` (never chosen by people), so a
 fast unsalted SHA-256 is as strong as a slow password hash here, and lets every call be checked
@@ -49,7 +49,7 @@ class VendorPolicy:
     digests: tuple[bytes, ...]
     methods: frozenset[str]  # short method names; "*" = all
     instances_per_minute: int = 0  # 0 = unlimited
-    max_concurrent: int = 0  # 0 = unlimited
+    max_concurrent: int = 0  # 0 = the server's default (AuthSettings.vendor_max_concurrent)
 
     def allows(self, method: str) -> bool:
         """``method`` is the full gRPC path (``/hybridpref.v1.RouterService/RouteInstances``)."""

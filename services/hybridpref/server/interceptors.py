@@ -11,17 +11,21 @@ Order (outermost first), fixed in ``hybridpref.server.server.build_interceptors`
 3. ``ErrorInterceptor`` maps domain exceptions (``hybridpref_client.core.errors``) to
    statuses with rich details, and unexpected ones to ``INTERNAL`` after logging them;
    everything below raises domain exceptions and lets it do the mapping;
-4. ``AccessInterceptor`` (only when an API keys file is configured) checks the caller's key
+4. ``AdmissionInterceptor`` caps the calls running at once per server and per connection and
+   closes request streams that stay silent (``hybridpref.server.admission``);
+5. ``AccessInterceptor`` (only when an API keys file is configured) checks the caller's key
    on the call's metadata, before any request byte is read (``UNAUTHENTICATED`` /
    ``PERMISSION_DENIED``: the message is never received nor decoded), its concurrent calls and,
    per request message, its instances-per-minute quota (``RESOURCE_EXHAUSTED`` + ``RetryInfo``);
-5. ``DeadlineInterceptor`` makes the call's ``Deadline`` (the caller's, capped by the server's
+6. ``DeadlineInterceptor`` makes the call's ``Deadline`` (the caller's, capped by the server's
    maximum) and cancels it when the call ends, so worker threads stop;
-6. ``DecodeInterceptor`` turns undecodable request bytes into ``INVALID_ARGUMENT`` (counted
-   in ``hybridpref_undecodable_requests_total``) instead of gRPC's ``UNKNOWN``, and after calls
-   that brought large messages gives the freed memory back (``hybridpref.server.memory``).
+7. ``DecodeInterceptor`` turns undecodable request bytes into ``INVALID_ARGUMENT`` (counted
+   in ``hybridpref_undecodable_requests_total``) instead of gRPC's ``UNKNOWN``, after calls
+   that brought large messages gives the freed memory back (``hybridpref.server.memory``), and
+   serves every method as request-streaming (``read_on_demand``), so that every layer above runs
+   before gRPC reads a request byte.
 
-Health checks and reflection pass 4 and 5 untouched (probes need no key; ``Watch`` streams
+Health checks and reflection pass 4, 5 and 6 untouched (probes need no key; ``Watch`` streams
 live longer than any call deadline).
 
 Each concern is an async context manager around the handler's behaviour; ``wrap_handler``
@@ -42,6 +46,7 @@ import grpc
 import structlog
 
 from hybridpref.server import deadline as deadlines
+from hybridpref.server.admission import Admission, idle_limited
 from hybridpref.server import logs
 from hybridpref.server.auth import KeyStore, VendorPolicy, bearer_key
 from hybridpref_client.core.errors import (
@@ -146,6 +151,40 @@ def wrap_requests(handler: grpc.RpcMethodHandler, hook: Callable[[Any], None], d
     return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
 
 
+def read_on_demand(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` served as request-streaming: gRPC calls a request-streaming behaviour at once and
+    reads a message only when it is asked for, whereas it reads (and buffers, up to the receive limit)
+    a unary request before any interceptor's behaviour runs. Served this way, every check of the
+    interceptors (API key, concurrency, quotas) happens before a byte of the request is read. The
+    wire format is the same for both shapes; the unary behaviour gets the one message it expects."""
+    kwargs = _kwargs(handler)
+    if handler.request_streaming:
+        return handler
+
+    async def first(request_iterator):
+        """The one request message, read to the end of the request stream: a half-read iterator would
+        keep the message alive in gRPC's receiver (and in every wrapper's frame) after the call."""
+        messages = [message async for message in request_iterator]
+        if len(messages) != 1:
+            raise InvalidInput(FieldViolation("request", f"expected one request message, got {len(messages)}"))
+        return messages.pop()
+
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
+
+        async def stream_unary(request_iterator, context):
+            return await inner_uu(await first(request_iterator), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
+    inner_us = handler.unary_stream
+
+    async def stream_stream(request_iterator, context):
+        async for item in inner_us(await first(request_iterator), context):
+            yield item
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
+
+
 class _AroundInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -229,6 +268,13 @@ def _code_name(context) -> str | None:
 
 
 class ErrorInterceptor(_AroundInterceptor):
+    """Domain exceptions -> their status; anything else -> ``INTERNAL`` (logged, never shown).
+
+    The status is set on the context and the exception swallowed, rather than raised again as
+    ``context.abort``'s ``AbortError``: gRPC keeps that exception with the call's state after the
+    call, and through its traceback the failed call's frames, and with them its request (60 MB
+    decoded into several hundred MB), would stay in memory."""
+
     @asynccontextmanager
     async def around(self, method, metadata, context):
         log = structlog.get_logger()
@@ -238,15 +284,58 @@ class ErrorInterceptor(_AroundInterceptor):
             status = status_for(exc)
             assert status is not None
             log.info("rpc_rejected", code=status.code.name, error=str(exc)[:1000])
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            _end_call(context, status.code, status.details, status.trailing_metadata)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:  # a bug: never leak a traceback to the caller
             log.exception("rpc_internal_error", error=repr(exc)[:1000])
-            await context.abort(
-                grpc.StatusCode.INTERNAL,
-                f"internal error (request id {logs.current_request_id()}); see the service log",
-            )
+            _end_call(context, grpc.StatusCode.INTERNAL,
+                      f"internal error (request id {logs.current_request_id()}); see the service log")
+
+
+def _end_call(context, code: grpc.StatusCode, details: str, trailing_metadata=()) -> None:
+    """End the call with ``code``: the behaviour then returns normally (a unary response is dropped
+    when the code is not OK; a response stream ends)."""
+    context.set_code(code)
+    context.set_details(details)
+    if trailing_metadata:
+        context.set_trailing_metadata(trailing_metadata)
+
+
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+    """Calls at once per server and per connection, and the idle limit of request streams
+    (``hybridpref.server.admission``); health checks and reflection pass untouched."""
+
+    def __init__(self, admission: Admission, stream_idle_s: float | None):
+        self.admission = admission
+        self.stream_idle_s = stream_idle_s
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or is_open(handler_call_details.method):
+            return handler
+        if handler.request_streaming and self.stream_idle_s:
+            handler = wrap_request_iterator(handler, lambda messages: idle_limited(messages, self.stream_idle_s))
+        return wrap_handler(handler, self.admission.admitted)
+
+
+def wrap_request_iterator(handler: grpc.RpcMethodHandler, wrap: Callable[[AsyncIterator], AsyncIterator]) -> grpc.RpcMethodHandler:
+    """A request-streaming ``handler`` whose behaviour reads ``wrap(request_iterator)``."""
+    kwargs = _kwargs(handler)
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(request_iterator, context):
+            return await inner_su(wrap(request_iterator), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
+    inner_ss = handler.stream_stream
+
+    async def stream_stream(request_iterator, context):
+        async for item in inner_ss(wrap(request_iterator), context):
+            yield item
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
 
 
 class AccessInterceptor(grpc.aio.ServerInterceptor):
@@ -425,5 +514,5 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 memory.call_ended(received[0])
 
-        return wrap_handler(wrap_requests(handler, check, deserializer=_safe(handler.request_deserializer, received)),
-                            trim_after)
+        decoded = wrap_requests(handler, check, deserializer=_safe(handler.request_deserializer, received))
+        return wrap_handler(read_on_demand(decoded), trim_after)

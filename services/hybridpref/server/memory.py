@@ -4,8 +4,8 @@ A 60 MB request becomes several hundred MB of bytes, protobuf and Python strings
 threads; CPython frees them, but glibc keeps the freed blocks in its per-thread arenas, so the
 process' resident memory stays at its peak (measured: 8 x 60 MB requests, 1.6 GB held after they
 ended, 0.35 GB after a garbage collection and one ``malloc_trim(0)``). ``MemoryReturner`` counts the request bytes of the
-calls that ended and, once they reach ``threshold_bytes`` since the last trim, calls
-``malloc_trim(0)`` in a thread a moment later (when the calls' objects are gone), one at a time. Elsewhere than glibc (musl, macOS) it does nothing.
+calls that ended and, once they reach ``threshold_bytes`` since the last trim, runs a garbage
+collection and ``malloc_trim(0)`` in a timer thread a moment after the last of them. Elsewhere than glibc (musl, macOS) it does nothing.
 """
 
 from __future__ import annotations
@@ -14,12 +14,16 @@ import ctypes
 import ctypes.util
 import gc
 import threading
+import time
 
 import structlog
 
 # Received bytes since the last trim that make the next call end trim (a few ms per GB of heap).
 DEFAULT_THRESHOLD_BYTES = 32 << 20
-TRIM_DELAY_S = 0.2
+# A trim runs this long after the last large call of a burst ended (its objects are gone by then) ...
+TRIM_DELAY_S = 0.5
+# ... and is postponed by later large calls for at most this long.
+MAX_POSTPONE_S = 5.0
 
 log = structlog.get_logger()
 
@@ -36,12 +40,14 @@ def _malloc_trim():
 
 
 class MemoryReturner:
-    def __init__(self, threshold_bytes: int = DEFAULT_THRESHOLD_BYTES):
+    def __init__(self, threshold_bytes: int = DEFAULT_THRESHOLD_BYTES, delay_s: float = TRIM_DELAY_S):
         self.threshold_bytes = threshold_bytes
+        self.delay_s = delay_s
         self._trim = _malloc_trim()
         self._lock = threading.Lock()
         self._freed = 0  # request bytes of the calls that ended since the last trim
-        self._pending = False
+        self._since: float | None = None  # when the first of those calls ended
+        self._timer: threading.Timer | None = None
         self.trims = 0  # how many trims ran (tests, logs)
 
     @property
@@ -49,25 +55,28 @@ class MemoryReturner:
         return self._trim is not None
 
     def call_ended(self, received_bytes: int) -> None:
-        """A call that received ``received_bytes`` of request messages ended: trim once the calls
-        ended since the last trim brought ``threshold_bytes`` (and none is pending)."""
+        """A call that received ``received_bytes`` of request messages ended. Once the calls ended
+        since the last trim brought ``threshold_bytes``, trim ``delay_s`` after the last of them (a
+        burst of large calls is trimmed once, when it is over), and at least every
+        ``MAX_POSTPONE_S`` under a steady stream of them."""
         if self._trim is None or received_bytes <= 0:
             return
         with self._lock:
             self._freed += received_bytes
-            if self._freed < self.threshold_bytes or self._pending:
+            if self._freed < self.threshold_bytes:
                 return
-            self._pending = True
-        self._schedule()
-
-    def _schedule(self) -> None:
-        timer = threading.Timer(TRIM_DELAY_S, self._run)
-        timer.daemon = True
-        timer.start()
+            now = time.monotonic()
+            self._since = now if self._since is None else self._since
+            if self._timer is not None:
+                self._timer.cancel()
+            delay = self.delay_s if now - self._since < MAX_POSTPONE_S else 0.0
+            self._timer = threading.Timer(delay, self._run)
+            self._timer.daemon = True
+            self._timer.start()
 
     def _run(self) -> None:
         with self._lock:
-            self._freed = 0
+            self._freed, self._since, self._timer = 0, None, None
         try:
             # Failed calls leave reference cycles (exception -> traceback -> frame -> request) that only
             # the cyclic collector frees, and an idle server allocates too little to trigger it.
@@ -76,8 +85,3 @@ class MemoryReturner:
             self.trims += 1
         except Exception as exc:  # never let housekeeping hurt a call
             log.warning("malloc_trim_failed", error=repr(exc)[:200])
-        with self._lock:  # calls that ended meanwhile may have freed as much again
-            again = self._freed >= self.threshold_bytes
-            self._pending = again
-        if again:
-            self._schedule()
