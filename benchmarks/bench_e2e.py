@@ -92,7 +92,7 @@ def cmd_route(args) -> None:
     try:
         with RouterClient(f"127.0.0.1:{PORT_BASE}", timeout_s=args.timeout) as client:
             start = time.perf_counter()
-            result = client.route(instances, budget=args.budget, strategy=args.strategy, seed=0)
+            result = client.route(instances, fraction=args.budget, strategy=args.strategy, seed=0)
             wall = time.perf_counter() - start
     finally:
         stop_up(proc)
@@ -126,7 +126,7 @@ def cmd_stream(args) -> None:
             for n in (args.n // 10, args.n):
                 instances = load_instances(n)
                 start = time.perf_counter()
-                result = client.route_stream(instances, budget=args.budget, strategy=args.strategy, seed=0)
+                result = client.route_stream(instances, fraction=args.budget, strategy=args.strategy, seed=0)
                 wall = time.perf_counter() - start
                 text_mb = sum(len(i.prompt) + len(i.response_a) + len(i.response_b) for i in instances) / 2**20
                 print(f"RouteInstancesStream n={n} strategy={args.strategy} (fast tagger, replay judge): {wall:.1f} s, "

@@ -1,7 +1,7 @@
 """The SDK (``clients/``, distribution ``hybridpref-client``) on its own: what it imports, that it
 installs and routes from a fresh virtual environment with only its declared dependencies, and its
-TLS, API-key and retry options against real servers (a real router stack over mutual TLS with
-API keys; a scripted server for the retry policy, which no healthy router can be made to exercise)."""
+TLS and API-key options, dict rows, explicit budgets, progress and errors against a real router
+stack over mutual TLS with API keys (the retries: tests/test_client_retries.py, a scripted server)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import asyncio
 import json
 import subprocess
 import sys
-import threading
+import time
 import venv
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -20,8 +19,21 @@ import pytest
 from hybridpref.server.auth import add_vendor
 from hybridpref_client.core.instances import read_jsonl
 from hybridpref.server.settings import Settings
-from hybridpref.v1 import router_pb2
-from hybridpref_client import AsyncRouterClient, ChannelConfig, RouterClient, RoutingError
+import hybridpref_client
+import hybridpref_client.core.instances
+from hybridpref_client import (
+    AsyncRouterClient,
+    Budget,
+    ChannelConfig,
+    Cost,
+    HybridprefError,
+    InvalidArgumentError,
+    InvalidInput,
+    PreferenceInstance,
+    RouterClient,
+    UnauthenticatedError,
+    UnavailableError,
+)
 
 from support.pki import write_pki
 from conftest import ROOT
@@ -38,16 +50,6 @@ def test_importing_the_sdk_loads_no_service_code_or_models():
     assert not [m for m in modules if m.split(".")[0] in HEAVY]
     ours = {m for m in modules if m.split(".")[0] == "hybridpref"}
     assert ours and all(m == "hybridpref" or m.startswith("hybridpref.v1") for m in ours), ours
-
-
-def test_service_modules_are_aliases_of_the_sdk_core():
-    import hybridpref_client.core.errors as service_errors
-    import hybridpref_client.core.instances as service_instances
-    import hybridpref_client.core.errors as sdk_errors
-    import hybridpref_client.core.instances as sdk_instances
-
-    assert service_instances is sdk_instances and service_errors is sdk_errors
-    assert service_instances.PreferenceInstance is sdk_instances.PreferenceInstance
 
 
 # ----------------------------------------------------------------------------- fresh virtual environment
@@ -121,7 +123,7 @@ for heavy in ("numpy", "torch", "hybridpref.common"):
 pem = lambda name: open(name, "rb").read()
 with RouterClient({stack.router_address!r}, timeout_s=60, api_key={keys["vendor"]!r}, root_certificates=pem({str(pki["ca.pem"])!r}),
                   certificate_chain=pem({str(pki["client.pem"])!r}), private_key=pem({str(pki["client.key"])!r})) as client:
-    result = client.route(read_instances({str(SAMPLE)!r}), 0.25, "random", 3)
+    result = client.route(read_instances({str(SAMPLE)!r}), fraction=0.25, strategy="random", seed=3)
 print(len(result.decisions), sum(d.route == "HUMAN" for d in result.decisions))
 """
     run = subprocess.run([str(python), "-I", "-c", script], capture_output=True, text=True, timeout=120)
@@ -167,7 +169,7 @@ def secure(pki, keys) -> dict:
 def test_sync_client_over_tls_with_api_key(stack, pki, keys):
     instances = read_jsonl(str(SAMPLE))
     with RouterClient(stack.router_address, timeout_s=60, **secure(pki, keys)) as client:
-        result = client.route(instances, 0.25, "random", 3)
+        result = client.route(instances, fraction=0.25, strategy="random", seed=3)
     assert len(result.decisions) == len(instances)
     assert sum(d.route == "HUMAN" for d in result.decisions) == 10
 
@@ -175,12 +177,12 @@ def test_sync_client_over_tls_with_api_key(stack, pki, keys):
 def test_async_client_unary_and_stream_match_the_sync_client(stack, pki, keys):
     instances = read_jsonl(str(SAMPLE))
     with RouterClient(stack.router_address, timeout_s=60, **secure(pki, keys)) as client:
-        expected = [(d.id, d.route, d.lm_label) for d in client.route(instances, 0.25, "greedy", 5).decisions]
+        expected = [(d.id, d.route, d.lm_label) for d in client.route(instances, fraction=0.25, strategy="greedy", seed=5).decisions]
 
     async def main():
         async with AsyncRouterClient(stack.router_address, timeout_s=60, **secure(pki, keys)) as client:
-            unary, streamed = await asyncio.gather(client.route(instances, 0.25, "greedy", 5),
-                                                   client.route_stream(instances, 0.25, "greedy", 5, chunk_size=7))
+            unary, streamed = await asyncio.gather(client.route(instances, fraction=0.25, strategy="greedy", seed=5),
+                                                   client.route_stream(instances, fraction=0.25, strategy="greedy", seed=5, chunk_size=7))
         return unary, streamed
 
     unary, streamed = asyncio.run(main())
@@ -195,110 +197,134 @@ def test_async_client_errors(stack, pki, keys):
 
     async def call(**overrides):
         async with AsyncRouterClient(stack.router_address, timeout_s=30, **{**options, **overrides}) as client:
-            await client.route(instances, 0.5, "random", 1)
+            await client.route(instances, fraction=0.5, strategy="random", seed=1)
 
-    with pytest.raises(RoutingError) as exc:
+    with pytest.raises(UnauthenticatedError) as exc:
         asyncio.run(call(api_key="hpk_wrong"))
-    assert exc.value.code == grpc.StatusCode.UNAUTHENTICATED
-    with pytest.raises(RoutingError) as exc:
+    assert exc.value.code == grpc.StatusCode.UNAUTHENTICATED and isinstance(exc.value, HybridprefError)
+    with pytest.raises(UnavailableError) as exc:
         asyncio.run(call(root_certificates=None, certificate_chain=None, private_key=None, tls=False, max_attempts=1))
     assert exc.value.code == grpc.StatusCode.UNAVAILABLE  # plaintext against a TLS port
     bad = [instances[0], instances[0]]
 
     async def duplicate():
         async with AsyncRouterClient(stack.router_address, timeout_s=30, **options) as client:
-            await client.route(bad, 0.5, "random", 1)
+            await client.route(bad, fraction=0.5, strategy="random", seed=1)
 
-    with pytest.raises(RoutingError) as exc:
+    with pytest.raises(InvalidArgumentError) as exc:
         asyncio.run(duplicate())
     assert exc.value.code == grpc.StatusCode.INVALID_ARGUMENT and exc.value.violations
+
+
+def _router_calls(method: str, code: str) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"service": "router", "method": method, "code": code}
+    return REGISTRY.get_sample_value("hybridpref_rpc_requests_total", labels) or 0.0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_ten_thousand_bad_rows_name_the_first_rows_in_one_call(stack, pki, keys, stream):
+    # Issue 18, F1: past ~360 bad rows the violations overflowed gRPC's 16 KiB metadata limit: the
+    # vendor got RESOURCE_EXHAUSTED with no row named, and the SDK sent the batch 3-4 times.
+    rows = [{"id": f"r{i}", "prompt": "What is 2 + 2?", "response_a": " ", "response_b": "4"} for i in range(10_000)]
+    method = "RouteInstancesStream" if stream else "RouteInstances"
+    before = _router_calls(method, "INVALID_ARGUMENT")
+    with RouterClient(stack.router_address, timeout_s=60, **secure(pki, keys)) as client, pytest.raises(InvalidArgumentError) as exc:
+        if stream:
+            client.route_stream(rows, fraction=0.25, strategy="random", chunk_size=5_000)
+        else:
+            client.route(rows, fraction=0.25, strategy="random")
+    err = exc.value
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.attempts == 1
+    assert [v.field for v in err.violations[:3]] == [f"instances[{i}].response_a" for i in range(3)]
+    assert len(err.violations) <= 50 and err.violation_total >= 5_000  # a stream is checked per chunk
+    # the router counts a call once its handler has finished, a moment after the client saw the status
+    deadline = time.monotonic() + 5
+    while _router_calls(method, "INVALID_ARGUMENT") - before < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert _router_calls(method, "INVALID_ARGUMENT") - before == 1  # sent once
+
+
+def test_plain_dicts_route_like_instances(stack, pki, keys):
+    rows = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    with RouterClient(stack.router_address, timeout_s=60, **secure(pki, keys)) as client:
+        from_dicts = client.route(rows, fraction=0.25, strategy="greedy", seed=4)
+        from_objects = client.route(read_jsonl(str(SAMPLE)), fraction=0.25, strategy="greedy", seed=4)
+    assert [(d.id, d.route, d.lm_label) for d in from_dicts.decisions] == [(d.id, d.route, d.lm_label) for d in from_objects.decisions]
+    assert PreferenceInstance is hybridpref_client.core.instances.PreferenceInstance  # the public typed class
+
+
+def test_explicit_budgets_and_the_ambiguous_bare_number(stack, pki, keys):
+    instances = read_jsonl(str(SAMPLE))
+    with RouterClient(stack.router_address, timeout_s=60, **secure(pki, keys)) as client:
+        humans = lambda **budget: client.route(instances, strategy="random", seed=2, **budget).summary["human_count"]  # noqa: E731
+        assert humans(count=1) == 1 and humans(fraction=1.0) == 40 and humans(fraction=0.25) == 10
+        assert humans(budget="25%") == 10 and humans(budget=Budget(count=3)) == 3 and humans(budget="count:3") == 3
+        by_cost = client.route(instances, cost=5.0, strategy="random", seed=2).summary
+        assert 0 < by_cost["human_cost"] <= 5.0 and humans(budget=Cost(5.0)) == by_cost["human_count"]
+        for ambiguous in (1, 1.0):  # was one instance vs all of them, silently
+            with pytest.raises(InvalidInput, match="ambiguous"):
+                humans(budget=ambiguous)
+        with pytest.warns(FutureWarning, match="fraction=0.25") as caught:
+            assert humans(budget=0.25) == 10
+        assert caught[0].filename == __file__  # the warning points at the caller's line
+        with pytest.warns(FutureWarning, match="count=3"):
+            assert humans(budget=3) == 3
+        for wrong in ({"count": 1, "fraction": 0.5}, {}, {"count": -1}, {"fraction": 1.5}, {"count": 2.0}, {"budget": True}):
+            with pytest.raises(InvalidInput):
+                humans(**wrong)
+
+
+def test_budget_spellings_and_messages():
+    assert Budget.parse("0.25") == Budget(fraction=0.25) and Budget.parse("25%") == Budget(fraction=0.25)
+    assert Budget.parse("count:100") == Budget(count=100) and Budget.parse("cost:500") == Budget(cost=500.0)
+    assert Budget.parse(" AUTO ") == Budget(auto=True)
+    assert Budget(count=0).to_proto().WhichOneof("kind") == "count"
+    assert Budget(fraction=1).to_proto().fraction == 1.0
+    with pytest.raises(InvalidInput) as err:
+        Budget.parse("lots")
+    assert err.value.violations[0].field == "budget" and "count:100" in str(err.value)
+
+
+def test_async_stream_reports_progress_like_the_sync_client(stack, pki, keys):
+    instances = read_jsonl(str(SAMPLE))
+    sync_events: list[tuple[str, int]] = []
+    async_events: list[tuple[str, int]] = []
+    with RouterClient(stack.router_address, timeout_s=60, **secure(pki, keys)) as client:
+        client.route_stream(instances, fraction=0.25, strategy="random", seed=1, chunk_size=7,
+                            on_progress=lambda phase, n: sync_events.append((phase, n)))
+
+    async def main():
+        async with AsyncRouterClient(stack.router_address, timeout_s=60, **secure(pki, keys)) as client:
+            return await client.route_stream(instances, fraction=0.25, strategy="random", seed=1, chunk_size=7,
+                                             on_progress=lambda phase, n: async_events.append((phase, n)))
+
+    result = asyncio.run(main())
+    assert len(result.decisions) == 40
+    assert sorted(async_events) == sorted(sync_events)
+    assert [n for phase, n in async_events if phase == "sent"] == [7, 7, 7, 7, 7, 5]
+    assert sum(n for phase, n in async_events if phase == "received") == 40
+
+
+def test_version_comes_from_the_package_metadata():
+    import tomllib
+    from importlib import metadata
+
+    declared = tomllib.loads((ROOT / "clients" / "pyproject.toml").read_text())["project"]["version"]
+    assert hybridpref_client.__version__ == metadata.version("hybridpref-client") == declared
 
 
 def test_channel_config_validation():
     with pytest.raises(ValueError):
         ChannelConfig(certificate_chain=b"x")
+    for attempts in (0, 21):
+        with pytest.raises(ValueError):
+            ChannelConfig(max_attempts=attempts)
     with pytest.raises(ValueError):
-        ChannelConfig(max_attempts=9)
+        ChannelConfig(initial_backoff_s=2.0, max_backoff_s=1.0)
     with pytest.raises(TypeError):
         RouterClient("127.0.0.1:1", config=ChannelConfig(), api_key="k")
-    policy = json.loads(ChannelConfig().service_config())["methodConfig"][0]
-    assert policy["name"] == [{"service": "hybridpref.v1.RouterService"}]
-    assert set(policy["retryPolicy"]["retryableStatusCodes"]) == {"UNAVAILABLE", "RESOURCE_EXHAUSTED"}
-    assert "retryPolicy" not in json.loads(ChannelConfig(max_attempts=1).service_config())["methodConfig"][0]
-
-
-# ----------------------------------------------------------------------------- retries (scripted server)
-
-
-class FlakyRouter:
-    """RouteInstances fails ``failures`` times with ``code``, then answers with no decisions."""
-
-    def __init__(self, failures: int, code: grpc.StatusCode):
-        self.failures, self.code, self.calls, self.keys = failures, code, 0, []
-        self._lock = threading.Lock()
-
-    def __call__(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        with self._lock:
-            self.calls += 1
-            n = self.calls
-            self.keys.append(dict(context.invocation_metadata()).get("authorization"))
-        if n <= self.failures:
-            context.abort(self.code, f"attempt {n} refused")
-        return router_pb2.RouteInstancesResponse().SerializeToString()
-
-
-@pytest.fixture()
-def flaky():
-    servers = []
-
-    def start(failures: int, code: grpc.StatusCode) -> tuple[str, FlakyRouter]:
-        handler = FlakyRouter(failures, code)
-        server = grpc.server(futures.ThreadPoolExecutor(2))
-        method = grpc.unary_unary_rpc_method_handler(handler)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("hybridpref.v1.RouterService", {"RouteInstances": method}),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        servers.append(server)
-        return f"127.0.0.1:{port}", handler
-
-    yield start
-    for server in servers:
-        server.stop(0)
-
-
-@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED])
-def test_retries_with_backoff_then_succeeds(flaky, code):
-    address, router = flaky(2, code)
-    instances = read_jsonl(str(SAMPLE))[:2]
-    with RouterClient(address, timeout_s=20, api_key="k1", initial_backoff_s=0.05) as client:
-        result = client.route(instances, 0.5)
-    assert result.decisions == [] and router.calls == 3
-    assert router.keys == ["Bearer k1"] * 3  # every attempt carries the key
-
-
-def test_gives_up_after_max_attempts_and_does_not_retry_caller_errors(flaky):
-    instances = read_jsonl(str(SAMPLE))[:2]
-    address, router = flaky(10, grpc.StatusCode.UNAVAILABLE)
-    with RouterClient(address, timeout_s=20, max_attempts=3, initial_backoff_s=0.05) as client, pytest.raises(RoutingError) as exc:
-        client.route(instances, 0.5)
-    assert exc.value.code == grpc.StatusCode.UNAVAILABLE and router.calls == 3
-    address, router = flaky(10, grpc.StatusCode.INVALID_ARGUMENT)
-
-    async def call():
-        async with AsyncRouterClient(address, timeout_s=20, initial_backoff_s=0.05) as client:
-            await client.route(instances, 0.5)
-
-    with pytest.raises(RoutingError) as exc:
-        asyncio.run(call())
-    assert exc.value.code == grpc.StatusCode.INVALID_ARGUMENT and router.calls == 1
-
-
-def test_async_client_retries_too(flaky):
-    address, router = flaky(1, grpc.StatusCode.RESOURCE_EXHAUSTED)
-    instances = read_jsonl(str(SAMPLE))[:2]
-
-    async def call():
-        async with AsyncRouterClient(address, timeout_s=20, initial_backoff_s=0.05) as client:
-            return await client.route(instances, 0.5)
-
-    assert asyncio.run(call()).decisions == [] and router.calls == 2
+    # gRPC's own retry policy is off: it cannot read RetryInfo (hybridpref_client.retry retries instead)
+    assert "grpc.service_config" not in dict(ChannelConfig().options())

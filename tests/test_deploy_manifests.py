@@ -534,6 +534,28 @@ def test_promtool_catches_the_issue_outage_with_old_rule(tmp_path: Path) -> None
     assert "alertname: HybridprefHighErrorRate" in test.stdout + test.stderr
 
 
+def test_quota_refusals_are_not_server_side_errors() -> None:
+    # Issue 18: a vendor over its quota (RESOURCE_EXHAUSTED) fired two critical alerts. No alert may
+    # count it as a server-side failure (the promtool case "one vendor over its quota" runs it).
+    for rule in _alert_rules():
+        assert "RESOURCE_EXHAUSTED" not in rule["expr"], rule["alert"]
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason=skip_reason("promtool"))
+def test_promtool_quota_case_fails_with_the_old_rule(tmp_path: Path) -> None:
+    """Guards the quota case: with RESOURCE_EXHAUSTED counted as a server error again, it must fail."""
+    def old_rule(text: str) -> str:
+        broken = text.replace("DEADLINE_EXCEEDED|DATA_LOSS", "DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED|DATA_LOSS")
+        assert broken != text
+        return broken
+
+    work = _promtool_files(tmp_path, old_rule)
+    test = subprocess.run([PROMTOOL, "test", "rules", "alerts_test.yaml"], cwd=work, capture_output=True, text=True, timeout=120)
+    out = test.stdout + test.stderr
+    assert test.returncode != 0
+    assert "alertname: HybridprefRouteInstancesFailing" in out and "alertname: HybridprefHighErrorRate" in out
+
+
 def test_alert_metric_extraction_rejects_unknown_names() -> None:
     # Guards the check above: a typo in a metric name must be caught.
     assert _metric_names('rate(hybridpref_rpc_request_total{code="OK"}[5m])') == {"hybridpref_rpc_request_total"}

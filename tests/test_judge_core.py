@@ -17,6 +17,7 @@ import pytest
 from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded, InvalidInput
 from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
 from hybridpref.common import aggregate
+from hybridpref.common.openai_http import MalformedResponse
 from hybridpref.judge.core import Deadline, Judge, ScoreRequest, ScoringBackend
 from hybridpref.judge.openai_backend import OpenAIBackend, parse_completion
 from hybridpref.judge.templates import MULTIPREF, SHORT, PromptTemplate, get_template
@@ -174,7 +175,8 @@ def test_parse_completion_logprobs_and_text() -> None:
     text_only = {"choices": [{"message": {"content": "I pick 4."}, "logprobs": None}]}
     assert aggregate.verdict(parse_completion(text_only, MULTIPREF)) == Label.B_BETTER
     assert parse_completion({"choices": [{"message": {"content": "no idea"}}]}, SHORT) is None
-    assert parse_completion({"error": "x"}, SHORT) is None
+    with pytest.raises(MalformedResponse):  # an error body is not "no verdict" (issue 18): never a TIE label
+        parse_completion({"error": "x"}, SHORT)
 
 
 # --- OpenAI backend failure behaviour ---------------------------------------------------------------

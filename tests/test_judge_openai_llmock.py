@@ -117,3 +117,92 @@ def test_non_json_body_is_unavailable() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- HTTP 200 that is not a chat.completion (issue 18, item 3) ------------------------------------------
+# An endpoint (or a proxy in front of it) answered 200 with JSON of another shape: the judge used to
+# return OK with a TIE label for every pair. It is an error now, counted, never a label.
+class _Body(BaseHTTPRequestHandler):
+    body = b"{}"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+
+@pytest.fixture()
+def body_server() -> Iterator[type[_Body]]:
+    handler = type("Body", (_Body,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    handler.url = f"http://127.0.0.1:{server.server_address[1]}/v1"  # type: ignore[attr-defined]
+    yield handler
+    server.shutdown()
+    server.server_close()
+
+
+MALFORMED = {
+    "other_json": b'{"weird": "Bearer sk-echoed"}',
+    "no_choices": b'{"choices": []}',
+    "completions_shape": b'{"choices": [{"index": 0, "text": "A"}]}',
+    "content_not_text": b'{"choices": [{"message": {"role": "assistant", "content": 5}}]}',
+    "logprobs_wrong_shape": b'{"choices": [{"message": {"content": "A"}, "logprobs": "A"}]}',
+    "json_list": b'[{"choices": []}]',
+}
+
+
+@pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_200_is_an_error_never_a_label(body_server: type[_Body], body: bytes) -> None:
+    body_server.body = body
+    failures: list[str] = []
+    judge = Judge.from_config("openai", base_url=body_server.url, model="m", on_failure=failures.append)  # type: ignore[attr-defined]
+    with pytest.raises(BackendUnavailable, match="malformed response") as err:
+        judge.judge(PAIRS, mode=PositionMode.BOTH, deadline_s=10)
+    assert "sk-echoed" not in str(err.value)
+    assert failures and set(failures) == {"malformed_response"}
+
+
+def test_well_formed_reply_without_a_verdict_still_works(body_server: type[_Body]) -> None:
+    # The contrast: a real chat.completion whose text names no option is the model's "no verdict".
+    body_server.body = b'{"choices": [{"message": {"role": "assistant", "content": null}, "logprobs": null}]}'
+    failures: list[str] = []
+    judge = Judge.from_config("openai", base_url=body_server.url, model="m", on_failure=failures.append)  # type: ignore[attr-defined]
+    (out,) = judge.judge(PAIRS[:1], mode=PositionMode.BOTH, deadline_s=10)
+    assert out.confidence == 0.0 and (out.verdict_ab, out.verdict_ba) == (Label.UNSPECIFIED, Label.UNSPECIFIED)
+    assert failures == []
+
+
+def test_judge_service_fails_and_counts_a_malformed_endpoint(body_server: type[_Body], background_loop) -> None:
+    import grpc
+    from prometheus_client import CollectorRegistry
+
+    from hybridpref.server.metrics import Metrics
+    from hybridpref.server.server import start_service
+    from hybridpref.server.settings import Settings
+    from hybridpref.judge.servicer import judge_handle
+    from hybridpref.v1 import common_pb2, judge_pb2, judge_pb2_grpc
+
+    body_server.body = MALFORMED["other_json"]
+    metrics = Metrics(CollectorRegistry())
+    settings = Settings(judge={"backend": "openai", "openai_base_url": body_server.url, "openai_model": "m"})
+    running = background_loop.run(start_service(judge_handle(settings, metrics), settings, metrics, port=0, metrics_port=-1))
+    background_loop.run(running.loaded.wait())
+    request = judge_pb2.JudgeInstancesRequest(instances=[common_pb2.PreferenceInstance(id=p.id, prompt=p.prompt, response_a=p.response_a,
+                                                                                      response_b=p.response_b) for p in PAIRS])
+    try:
+        with grpc.insecure_channel(running.address) as channel, pytest.raises(grpc.RpcError) as err:
+            judge_pb2_grpc.JudgeServiceStub(channel).JudgeInstances(request, timeout=30)
+    finally:
+        background_loop.run(running.stop(0.1))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "malformed response" in err.value.details()
+    counted = metrics.registry.get_sample_value(
+        "hybridpref_backend_errors_total", {"service": "judge", "backend": "openai", "reason": "malformed_response"})
+    assert counted is not None and counted >= 1

@@ -478,3 +478,21 @@ def test_correction_intervals_widen_by_the_measured_transfer_range() -> None:
         ends = [e * r for e in (a.corrections.low, a.corrections.high) for r in (0.4, 1.9)]
         assert b.corrections.low == pytest.approx(min(ends)) and b.corrections.high == pytest.approx(max(ends))
         assert b.corrections.low <= a.corrections.low and b.corrections.high >= a.corrections.high
+
+
+def test_expected_corrections_interval_is_not_negative_unless_the_expectation_is() -> None:
+    # Issue 18 item 13: "expected corrections, random" showed a negative lower bound.
+    from hybridpref.router.summary import Estimate, MixPrediction, Summary, _corrections, shown_corrections
+
+    p_lm, p_h = np.full(40, 0.15), np.full(40, 0.1)  # a good judge: each human label gains little
+    mask = np.zeros(40, dtype=bool)
+    mask[:3] = True
+    out = Summary(mixes=[MixPrediction(name, 3) for name in ("chosen", "all_human", "all_lm", "random")])
+    _corrections(out, (p_lm, p_h), mask, 1.645, (0.35, 1.9))
+    for mix in out.mixes:
+        c = mix.corrections
+        assert 0.0 <= c.low <= c.value <= c.high, (mix.mix, c)
+    random = {m.mix: m for m in out.mixes}["random"].corrections
+    assert random.low == 0.0 and random.value > 0  # the plain normal interval went below 0 here
+    # a negative expectation (humans worse than the judge) keeps its negative interval
+    assert shown_corrections(Estimate(-1.0, -3.0, 1.0), (0.5, 2.0)) == Estimate(-1.0, -6.0, 2.0)

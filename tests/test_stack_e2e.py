@@ -8,6 +8,7 @@ and the default tagger profile have their own tests.
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -52,7 +53,7 @@ def client(stack):
 
 
 def test_random_routes_the_budget_and_replays_recorded_labels(client, sample):
-    result = client.route(sample, budget=0.25, strategy="random", seed=3)
+    result = client.route(sample, fraction=0.25, strategy="random", seed=3)
     humans = [d for d in result.decisions if d.route == "HUMAN"]
     assert len(humans) == round(0.25 * len(sample))
     assert [d.id for d in result.decisions] == [i.id for i in sample]
@@ -67,19 +68,19 @@ def test_random_routes_the_budget_and_replays_recorded_labels(client, sample):
 
 
 def test_same_seed_same_decisions_other_seed_differs(client, sample):
-    routes = lambda seed: [d.route for d in client.route(sample, budget=0.5, strategy="random", seed=seed).decisions]  # noqa: E731
+    routes = lambda seed: [d.route for d in client.route(sample, fraction=0.5, strategy="random", seed=seed).decisions]  # noqa: E731
     assert routes(11) == routes(11)
     assert routes(11) != routes(12)
 
 
 @pytest.mark.parametrize(("strategy", "humans"), [("all_human", 1.0), ("all_lm", 0.0)])
 def test_baselines(client, sample, strategy, humans):
-    result = client.route(sample, budget=0.3, strategy=strategy)
+    result = client.route(sample, fraction=0.3, strategy=strategy)
     assert sum(d.route == "HUMAN" for d in result.decisions) == round(humans * len(sample))
 
 
 def test_greedy_routes_in_process_and_explains(client, sample):
-    result = client.route(sample, budget=0.25, strategy="greedy", seed=1)
+    result = client.route(sample, fraction=0.25, strategy="greedy", seed=1)
     s = result.summary
     assert s["bundle_version"] and s["human_count"] == round(0.25 * len(sample))
     assert list(s["mixes"]) == ["chosen", "all_human", "all_lm", "random"]
@@ -92,7 +93,7 @@ def test_greedy_routes_in_process_and_explains(client, sample):
             assert mix["score_note"], name
     assert all(0 < len(d.top_tags) <= 3 for d in result.decisions)  # unset explain_top_k: 3
     assert any(d.gain != 0 for d in result.decisions)
-    quiet = client.route(sample, budget=0.25, strategy="greedy", seed=1, explain_top_k=0)  # 0 = no explanations
+    quiet = client.route(sample, fraction=0.25, strategy="greedy", seed=1, explain_top_k=0)  # 0 = no explanations
     assert not any(d.top_tags for d in quiet.decisions)
     assert [d.route for d in quiet.decisions] == [d.route for d in result.decisions]
 
@@ -105,19 +106,19 @@ def test_cost_budget_and_streaming_match_unary(client, sample):
 
 
 def test_request_id_reaches_every_service_log(client, sample, log_capture):
-    client.route(sample[:8], budget=0.5, strategy="greedy", request_id="req-e2e-42")
+    client.route(sample[:8], fraction=0.5, strategy="greedy", request_id="req-e2e-42")
     services = {r.get("service") for r in log_capture.records() if r.get("request_id") == "req-e2e-42"}
     assert {"router", "tagger", "judge", "predictor"} <= services
 
 
 def test_tiny_deadline_is_deadline_exceeded(stack, sample):
     with RouterClient(stack.router_address, timeout_s=0.001) as hurried, pytest.raises(RoutingError) as err:
-        hurried.route(sample, budget=0.25, strategy="random")
+        hurried.route(sample, fraction=0.25, strategy="random")
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def test_metrics_of_each_service_after_a_call(stack, client, sample):
-    client.route(sample[:4], budget=0.5, strategy="greedy")
+    client.route(sample[:4], fraction=0.5, strategy="greedy")
     for name, method in (("router", "RouteInstances"), ("tagger", "TagInstances"), ("judge", "JudgeInstances"),
                          ("predictor", "GetRoutingModel")):
         port = stack.services[name].metrics_port
@@ -157,6 +158,20 @@ def test_cli_names_line_and_field_for_bad_rows(stack, tmp_path):
     assert proc.returncode == 2 and "error: --budget" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_cli_names_the_first_of_many_bad_rows_and_counts_the_rest(stack, tmp_path):
+    # Issue 18 item 7: 1,000 bad rows used to end in RESOURCE_EXHAUSTED (metadata too large), rc 1.
+    bad = tmp_path / "many_bad.jsonl"
+    bad.write_text("".join(json.dumps({"id": str(i), "prompt": "p", "response_a": " ", "response_b": "b"}) + "\n"
+                           for i in range(1_000)))
+    proc = subprocess.run([sys.executable, "-m", "hybridpref.cli.main", "route", "--input", str(bad), "--budget", "0.5",
+                           "--router", stack.router_address], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: line 1.response_a: empty response" in proc.stderr and "Traceback" not in proc.stderr
+    listed = proc.stderr.count("empty response")
+    more = re.search(r"error: --input: (\d+) more bad fields not listed", proc.stderr)
+    assert 1 <= listed <= 50 and more and listed + int(more.group(1)) == 500  # the first bad chunk (500 rows) is refused
+
+
 def _free_port_base() -> int:
     for base in range(42000, 60000, 211):
         ports = [base + o for o in (0, 1, 2, 3, 100, 101, 102, 103)]
@@ -181,7 +196,7 @@ def test_up_starts_all_four_and_stops_cleanly_on_sigterm():
         line = proc.stdout.readline()
         assert "all SERVING" in line, line
         with RouterClient(f"127.0.0.1:{base}", timeout_s=60) as client:
-            result = client.route(read_jsonl(str(SAMPLE))[:6], budget=0.5, strategy="random", replay_judge="gpt4")
+            result = client.route(read_jsonl(str(SAMPLE))[:6], fraction=0.5, strategy="random", replay_judge="gpt4")
         assert len(result.decisions) == 6
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -194,13 +209,13 @@ def test_up_starts_all_four_and_stops_cleanly_on_sigterm():
 
 
 def test_lm_labels_are_five_level_names(client, sample):
-    result = client.route(sample, budget=0.0, strategy="random")
+    result = client.route(sample, fraction=0.0, strategy="random")
     assert {d.lm_label for d in result.decisions} <= {label.name for label in Label if label != Label.UNSPECIFIED}
 
 
 def test_stream_matches_unary_and_spans_chunks(client, sample):
-    unary = client.route(sample, budget=0.4, strategy="random", seed=9)
-    streamed = client.route_stream(sample, budget=0.4, strategy="random", seed=9, chunk_size=6)
+    unary = client.route(sample, fraction=0.4, strategy="random", seed=9)
+    streamed = client.route_stream(sample, fraction=0.4, strategy="random", seed=9, chunk_size=6)
     assert [(d.id, d.route, d.lm_label) for d in streamed.decisions] == [(d.id, d.route, d.lm_label) for d in unary.decisions]
     assert streamed.summary["human_count"] == unary.summary["human_count"]
 
@@ -208,11 +223,11 @@ def test_stream_matches_unary_and_spans_chunks(client, sample):
 def test_stream_rejects_a_duplicate_in_a_later_chunk(client, sample):
     batch = list(sample[:10]) + [sample[2]]
     with pytest.raises(RoutingError) as err:
-        client.route_stream(batch, budget=0.5, strategy="random", chunk_size=4)
+        client.route_stream(batch, fraction=0.5, strategy="random", chunk_size=4)
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in err.value.violations] == ["instances[10].id"]
     with pytest.raises(RoutingError) as err:  # the budget is checked against the whole stream's size
-        client.route_stream(sample[:5], budget=6, strategy="random", chunk_size=2)
+        client.route_stream(sample[:5], count=6, strategy="random", chunk_size=2)
     assert [f for f, _ in err.value.violations] == ["config.budget.count"]
 
 
@@ -240,9 +255,9 @@ def test_bundle_binned_on_other_edges_is_refused(background_loop, sample, tmp_pa
     try:
         with RouterClient(other.router_address, timeout_s=60) as c:
             with pytest.raises(RoutingError) as err:
-                c.route(sample, budget=0.25, strategy="greedy")
+                c.route(sample, fraction=0.25, strategy="greedy")
             assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "reference edges" in err.value.details
-            assert len(c.route(sample, budget=0.25, strategy="random").decisions) == len(sample)
+            assert len(c.route(sample, fraction=0.25, strategy="random").decisions) == len(sample)
     finally:
         background_loop.run(other.stop(0.2))
 
@@ -266,7 +281,7 @@ def routing_stack(background_loop, tmp_path_factory, sample):
 
 def test_default_strategy_over_grpc_reports_intervals_and_expected_gains(routing_stack, sample):
     with RouterClient(routing_stack.router_address, timeout_s=120) as c:
-        result = c.route(sample, budget=0.25, seed=2)  # "" = the default strategy
+        result = c.route(sample, fraction=0.25, seed=2)  # "" = the default strategy
     s = result.summary
     assert s["strategy"] == "hybrid" and s["interval_level"] == pytest.approx(0.9)
     assert all(d.expected_gain is not None for d in result.decisions)

@@ -2,24 +2,37 @@
 
     from hybridpref_client import RouterClient, read_instances, write_decisions
     with RouterClient("router.example:50050", timeout_s=60) as client:
-        result = client.route(read_instances("batch.jsonl"), budget=0.25, strategy="greedy", seed=7)
+        result = client.route(read_instances("batch.jsonl"), fraction=0.25, strategy="greedy", seed=7)
     write_decisions("routed.jsonl", result)
 
-TLS, API keys and retries: ``RouterClient(address, api_key=..., root_certificates=..., max_attempts=4)``
-(see ``ChannelConfig``).
-
-``budget`` is a fraction (float in [0, 1]), a count (int), ``Cost(total)`` or ``"auto"``.
-Errors are ``RoutingError`` with the gRPC code and, for bad input, the field violations.
+Instances are ``PreferenceInstance`` objects or plain dicts (the JSONL schema). The budget is
+explicit: ``fraction=``, ``count=``, ``cost=`` or ``budget=Budget(...)`` / ``"auto"`` (a bare number
+as ``budget`` is deprecated: ``hybridpref_client.budget``). TLS, API keys and retries:
+``RouterClient(address, api_key=..., root_certificates=..., max_attempts=4)`` (see ``ChannelConfig``).
+Errors: one hierarchy under ``HybridprefError`` (``hybridpref_client.errors``).
 """
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+try:
+    __version__ = version("hybridpref-client")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 # Lazy exports: ``hybridpref_client.core`` (pure types, no grpc) is shared with the services, whose
 # gRPC-free cores must not pull grpc in by importing this package.
 _EXPORTS = {
-    "AsyncRouterClient": "client", "ChannelConfig": "client", "Cost": "client", "Decision": "client",
-    "RouteResult": "client", "RouterClient": "client", "RoutingError": "client",
+    "AsyncRouterClient": "client", "ChannelConfig": "client", "RouterClient": "client",
+    "Budget": "budget", "Cost": "budget",
+    "Decision": "messages", "RouteResult": "messages",
+    "PreferenceInstance": "core.instances", "Message": "core.instances", "Label": "core.instances",
+    "PositionMode": "core.instances",
+    "HybridprefError": "core.errors", "InvalidInput": "core.errors", "FieldViolation": "core.errors",
+    "RoutingError": "errors", "InvalidArgumentError": "errors", "UnauthenticatedError": "errors",
+    "PermissionDeniedError": "errors", "ResourceExhaustedError": "errors", "UnavailableError": "errors",
+    "DeadlineExceededError": "errors", "FailedPreconditionError": "errors",
     "read_instances": "jsonl", "write_decisions": "jsonl",
 }
 
@@ -30,14 +43,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'hybridpref_client' has no attribute {name!r}")
 
 
-__all__ = [
-    "AsyncRouterClient",
-    "ChannelConfig",
-    "Cost",
-    "Decision",
-    "RouteResult",
-    "RouterClient",
-    "RoutingError",
-    "read_instances",
-    "write_decisions",
-]
+__all__ = sorted([*_EXPORTS, "__version__"])

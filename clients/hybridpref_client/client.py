@@ -1,22 +1,49 @@
-"""Sync and asyncio clients for ``RouteInstances`` with deadlines, request ids, TLS, API keys
-and retries of ``UNAVAILABLE`` / ``RESOURCE_EXHAUSTED`` (gRPC's own retry policy, with backoff)."""
+"""Sync and asyncio clients for ``RouteInstances`` / ``RouteInstancesStream``: deadlines, request
+ids, TLS, API keys and retries (``hybridpref_client.retry``: ``UNAVAILABLE``, and quota refusals
+after the server's ``RetryInfo``).
+
+Both clients take the same arguments and build their messages with ``hybridpref_client.messages``;
+they differ only in how they wait.
+"""
 
 from __future__ import annotations
 
-import json
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
 
-from hybridpref_client.core.convert import instances_to_proto
-from hybridpref_client.core.grpc_errors import field_violations, retry_delay_s
-from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
-from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
+from hybridpref_client.budget import Budget, Cost, resolve_budget
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref_client.errors import RoutingError, routing_error
+from hybridpref_client.messages import (
+    STREAM_CHUNK,
+    Decision,
+    InstanceLike,
+    Progress,
+    RouteResult,
+    StreamCollector,
+    budget_proto,
+    build_config,
+    decision_from_proto,
+    result_from_response,
+    stream_requests,
+    summary_to_dict,
+    to_instances,
+    unary_request,
+)
+from hybridpref_client.retry import Retrier, RetryPolicy
+from hybridpref.v1 import router_pb2, router_pb2_grpc
+
+# Names of the 0.1 API, importable from here as before.
+__all__ = [
+    "AsyncRouterClient", "Budget", "ChannelConfig", "Cost", "Decision", "RouteResult", "RouterClient", "RoutingError",
+    "budget_proto", "build_config", "decision_from_proto", "summary_to_dict",
+]
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-STREAM_CHUNK = 500
 DEFAULT_MAX_ATTEMPTS = 4
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
@@ -28,8 +55,9 @@ class ChannelConfig:
     ``tls``: use TLS (implied by ``root_certificates`` or a client certificate); ``root_certificates``
     is the PEM of the CA to trust (None = the system roots); ``certificate_chain`` + ``private_key``
     present a client certificate (mutual TLS). ``api_key`` is sent as ``authorization: Bearer <key>``.
-    ``max_attempts`` > 1 retries ``UNAVAILABLE`` and ``RESOURCE_EXHAUSTED`` with exponential backoff
-    (gRPC retries a call only while no response has arrived, so nothing is routed twice).
+    Retries (``hybridpref_client.retry``): up to ``max_attempts`` attempts, full-jitter exponential
+    backoff from ``initial_backoff_s`` to ``max_backoff_s`` added to the server's ``RetryInfo``, at
+    most ``max_retry_wait_s`` seconds of waiting per call; ``retry_seed`` makes the jitter reproducible.
     """
 
     tls: bool = False
@@ -40,15 +68,16 @@ class ChannelConfig:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     initial_backoff_s: float = 0.2
     max_backoff_s: float = 5.0
+    max_retry_wait_s: float = 60.0
+    retry_seed: int | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
         if (self.certificate_chain is None) != (self.private_key is None):
             raise ValueError("a client certificate needs both certificate_chain and private_key")
-        if not 1 <= self.max_attempts <= 5:  # gRPC caps retry attempts at 5
-            raise ValueError("max_attempts must be in 1..5")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty")
+        self.retry_policy()  # validates the retry settings (ValueError)
 
     @property
     def secure(self) -> bool:
@@ -57,24 +86,15 @@ class ChannelConfig:
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
 
-    def service_config(self) -> str:
-        method: dict = {"name": [{"service": ROUTER_SERVICE}]}
-        if self.max_attempts > 1:
-            method["retryPolicy"] = {
-                "maxAttempts": self.max_attempts,
-                "initialBackoff": f"{self.initial_backoff_s}s",
-                "maxBackoff": f"{self.max_backoff_s}s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
-            }
-        return json.dumps({"methodConfig": [method]})
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.max_attempts, self.initial_backoff_s, self.max_backoff_s, self.max_retry_wait_s, self.retry_seed)
 
     def options(self) -> list[tuple[str, int | str]]:
+        # No gRPC retry policy: the SDK retries itself (see hybridpref_client.retry). gRPC's
+        # transparent retries (a call that never left the client) stay on.
         return [
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.enable_retries", int(self.max_attempts > 1)),
-            ("grpc.service_config", self.service_config()),
         ]
 
     def metadata(self, request_id: str) -> tuple[tuple[str, str], ...]:
@@ -89,138 +109,49 @@ def _config(config: ChannelConfig | None, max_message_bytes: int, options: dict)
 
 
 @dataclass(frozen=True)
-class Cost:
-    """A cost budget: the total human cost to spend."""
+class _Call:
+    """One routing call, checked and built before anything is sent (retries reuse it)."""
 
-    total: float
+    instances: list
+    config: router_pb2.RouteConfig
+    request_id: str
+    metadata: tuple[tuple[str, str], ...]
+    deadline: float | None  # time.monotonic() at which the whole call (every attempt) ends
 
-
-Budget = float | int | Cost | str
-
-
-@dataclass
-class Decision:
-    id: str
-    route: str  # "HUMAN" | "LM"
-    lm_label: str | None
-    lm_confidence: float
-    gain: float
-    top_tags: list[tuple[str, float]]
-    judge_order_inconsistent: bool
-    human_cost: float
-    expected_gain: float | None = None  # expected label corrections of a human label here (when computed)
+    def timeout(self) -> float | None:
+        return None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
 
 
-@dataclass
-class RouteResult:
-    decisions: list[Decision]
-    summary: dict = field(default_factory=dict)
-    request_id: str = ""
+class _Client:
+    """What the sync and async clients share: configuration and building a call."""
 
-    @property
-    def warnings(self) -> list[str]:
-        """The summary's warnings (out of domain, uncalibrated, judge unsure, ...): read them."""
-        return list(self.summary.get("warnings", []))
+    def __init__(self, timeout_s: float | None, max_message_bytes: int, config: ChannelConfig | None, options: dict):
+        self.config = _config(config, max_message_bytes, options)
+        self.timeout_s = timeout_s
+        self._retrier = Retrier(self.config.retry_policy())
 
-
-class RoutingError(Exception):
-    """A failed call: ``code`` (grpc.StatusCode), message, field violations, retry hint."""
-
-    def __init__(self, error: grpc.RpcError):
-        self.code = error.code()
-        self.details = error.details() or ""
-        self.violations = field_violations(error)
-        self.retry_after_s = retry_delay_s(error)
-        super().__init__(f"{self.code.name}: {self.details}")
+    def _call(self, instances: Sequence[InstanceLike], budget, strategy: str, seed: int, fraction, count, cost,
+              request_id: str | None, options: dict) -> _Call:
+        # stacklevel 3: resolve_budget <- _call <- route / route_stream <- the caller's line
+        resolved = resolve_budget(budget, fraction=fraction, count=count, cost=cost, stacklevel=3)
+        rid = request_id or uuid.uuid4().hex
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        return _Call(to_instances(instances), build_config(resolved, strategy, seed, **options), rid,
+                     self.config.metadata(rid), deadline)
 
 
-def budget_proto(budget: Budget) -> common_pb2.Budget:
-    if isinstance(budget, Cost):
-        return common_pb2.Budget(cost=budget.total)
-    if isinstance(budget, str):
-        if budget != "auto":
-            raise ValueError(f"budget string must be 'auto', got {budget!r}")
-        return common_pb2.Budget(auto=True)
-    if isinstance(budget, bool):
-        raise ValueError("budget must be a fraction, a count, Cost(...) or 'auto'")
-    if isinstance(budget, int):
-        return common_pb2.Budget(count=budget)
-    return common_pb2.Budget(fraction=float(budget))
+def _check_chunk_size(chunk_size: int) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InvalidInput(FieldViolation("chunk_size", f"must be a whole number >= 1, got {chunk_size!r}"))
 
 
-def build_config(
-    budget: Budget, strategy: str = "", seed: int = 0, *, judge_mode: PositionMode = PositionMode.UNSPECIFIED,
-    judge_template: str = "", replay_judge: str = "", explain_top_k: int = 3, simulated_candidates: int = 0,
-) -> router_pb2.RouteConfig:
-    return router_pb2.RouteConfig(
-        budget=budget_proto(budget), strategy=strategy, seed=seed, judge_position_mode=int(judge_mode),
-        judge_template=judge_template, replay_judge=replay_judge, explain_top_k=explain_top_k,
-        simulated_candidates=simulated_candidates,
-    )
+def _on_retry(on_progress: Progress | None):
+    return None if on_progress is None else (lambda attempt, _wait_s: on_progress("retry", attempt))
 
 
-def decision_from_proto(d: router_pb2.RoutingDecision) -> Decision:
-    return Decision(
-        id=d.id,
-        route=common_pb2.Route.Name(d.route).removeprefix("ROUTE_"),
-        lm_label=Label(d.lm_label).name if d.lm_label else None,
-        lm_confidence=d.lm_confidence,
-        gain=d.gain,
-        top_tags=[(t.tag, t.contribution) for t in d.top_tags],
-        judge_order_inconsistent=d.judge_order_inconsistent,
-        human_cost=d.human_cost,
-        expected_gain=d.expected_gain if d.HasField("expected_gain") else None,
-    )
-
-
-def summary_to_dict(s: router_pb2.RoutingSummary) -> dict:
-    out = {
-        "strategy": s.strategy, "bundle_version": s.bundle_version, "human_count": s.human_count,
-        "lm_count": s.lm_count, "human_cost": s.human_cost, "stage_seconds": dict(s.stage_seconds),
-        "request_id": s.request_id,
-    }
-    out.update(_honest_summary(s))
-    return out
-
-
-def _estimate(e) -> dict:
-    return {"value": e.value, "low": e.low, "high": e.high}
-
-
-def _honest_summary(s: router_pb2.RoutingSummary) -> dict:
-    """Predictions with their intervals, the domain check and the warnings.
-
-    ``mixes``: {"chosen" | "all_human" | "all_lm" | "random": {"human_count", "predicted_score"
-    ({"value", "low", "high"} or absent, then "score_note" says why), "expected_corrections"
-    (same shape, absent without a correction model)}}; ``interval_level``; ``domain`` ({"distance",
-    "threshold", "in_domain", "nearest_pool", "distance_kind"}, absent without domain statistics);
-    ``warnings``: list of sentences.
-    """
-    mixes = {}
-    for m in s.mixes:
-        entry: dict = {"human_count": m.human_count}
-        if m.HasField("predicted_score"):
-            entry["predicted_score"] = _estimate(m.predicted_score)
-        else:
-            entry["score_note"] = m.score_note
-        if m.HasField("expected_corrections"):
-            entry["expected_corrections"] = _estimate(m.expected_corrections)
-        mixes[m.mix] = entry
-    out: dict = {"mixes": mixes, "interval_level": s.interval_level, "warnings": list(s.warnings)}
-    if s.HasField("domain"):
-        d = s.domain
-        out["domain"] = {"distance": d.distance, "threshold": d.threshold, "in_domain": d.in_domain,
-                         "nearest_pool": d.nearest_pool, "distance_kind": d.distance_kind}
-    return out
-
-
-def _chunks(instances: Sequence[PreferenceInstance], size: int) -> Iterator[Sequence[PreferenceInstance]]:
-    for start in range(0, len(instances), size):
-        yield instances[start : start + size]
-
-
-class RouterClient:
-    """Blocking client. ``timeout_s`` is the per-call deadline (propagated downstream).
+class RouterClient(_Client):
+    """Blocking client. ``timeout_s`` is the deadline of a whole call, retries included (propagated
+    downstream); ``None`` = no client deadline (the router's maximum applies).
 
     Channel options (see ``ChannelConfig``) as keywords, e.g.
     ``RouterClient(address, api_key=key, root_certificates=ca_pem)``, or ``config=ChannelConfig(...)``.
@@ -228,13 +159,12 @@ class RouterClient:
 
     def __init__(self, address: str, timeout_s: float | None = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  *, config: ChannelConfig | None = None, **channel_options):
-        self.config = _config(config, max_message_bytes, channel_options)
+        super().__init__(timeout_s, max_message_bytes, config, channel_options)
         if self.config.secure:
             self._channel = grpc.secure_channel(address, self.config.credentials(), options=self.config.options())
         else:
             self._channel = grpc.insecure_channel(address, options=self.config.options())
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
-        self.timeout_s = timeout_s
 
     def __enter__(self) -> RouterClient:
         return self
@@ -245,63 +175,67 @@ class RouterClient:
     def close(self) -> None:
         self._channel.close()
 
-    def route(self, instances: Sequence[PreferenceInstance], budget: Budget, strategy: str = "", seed: int = 0,
-              *, request_id: str | None = None, **options) -> RouteResult:
-        """Route one batch with ``RouteInstances`` (up to the server's batch limit)."""
-        rid = request_id or uuid.uuid4().hex
-        request = router_pb2.RouteInstancesRequest(
-            instances=instances_to_proto(instances), config=build_config(budget, strategy, seed, **options)
-        )
-        try:
-            resp = self._stub.RouteInstances(request, timeout=self.timeout_s, metadata=self.config.metadata(rid))
-        except grpc.RpcError as exc:
-            raise RoutingError(exc) from None
-        return RouteResult([decision_from_proto(d) for d in resp.decisions], summary_to_dict(resp.summary), rid)
+    def route(self, instances: Sequence[InstanceLike], budget: Budget | Cost | str | None = None, strategy: str = "",
+              seed: int = 0, *, fraction: float | None = None, count: int | None = None, cost: float | None = None,
+              request_id: str | None = None, **options) -> RouteResult:
+        """Route one batch with ``RouteInstances`` (up to the server's batch limit).
 
-    def route_stream(self, instances: Sequence[PreferenceInstance], budget: Budget, strategy: str = "", seed: int = 0,
-                     *, request_id: str | None = None, chunk_size: int = STREAM_CHUNK,
-                     on_progress: Callable[[str, int], None] | None = None, **options) -> RouteResult:
-        """Route a batch of any size with ``RouteInstancesStream``.
-
-        ``on_progress(phase, n)`` is called with ("sent", k) per chunk sent and
-        ("received", k) per decision chunk received.
+        ``instances``: ``PreferenceInstance`` objects or dicts (the JSONL schema). The budget:
+        exactly one of ``fraction=``, ``count=``, ``cost=`` or ``budget=`` (a ``Budget``, ``"auto"``,
+        ``"25%"``, ...; see ``hybridpref_client.budget``). ``options``: ``judge_mode``,
+        ``judge_template``, ``replay_judge``, ``explain_top_k``, ``simulated_candidates``.
+        Raises ``InvalidInput`` before sending anything, or a ``RoutingError`` subclass.
         """
-        rid = request_id or uuid.uuid4().hex
-        config = build_config(budget, strategy, seed, **options)
+        call = self._call(instances, budget, strategy, seed, fraction, count, cost, request_id, options)
+        request = unary_request(call.instances, call.config)
 
-        def requests() -> Iterator[router_pb2.RouteInstancesStreamRequest]:
-            yield router_pb2.RouteInstancesStreamRequest(config=config)
-            for chunk in _chunks(instances, chunk_size):
-                yield router_pb2.RouteInstancesStreamRequest(chunk=router_pb2.InstanceChunk(instances=instances_to_proto(chunk)))
-                if on_progress:
-                    on_progress("sent", len(chunk))
+        def attempt() -> RouteResult:
+            try:
+                resp = self._stub.RouteInstances(request, timeout=call.timeout(), metadata=call.metadata)
+            except grpc.RpcError as exc:
+                raise routing_error(exc, call.request_id) from None
+            return result_from_response(resp, call.request_id)
 
-        result = RouteResult([], {}, rid)
-        try:
-            for message in self._stub.RouteInstancesStream(requests(), timeout=self.timeout_s, metadata=self.config.metadata(rid)):
-                if message.WhichOneof("item") == "decisions":
-                    result.decisions.extend(decision_from_proto(d) for d in message.decisions.decisions)
-                    if on_progress:
-                        on_progress("received", len(message.decisions.decisions))
-                else:
-                    result.summary = summary_to_dict(message.summary)
-        except grpc.RpcError as exc:
-            raise RoutingError(exc) from None
-        return result
+        return self._retrier.call(attempt, call.deadline)
+
+    def route_stream(self, instances: Sequence[InstanceLike], budget: Budget | Cost | str | None = None, strategy: str = "",
+                     seed: int = 0, *, fraction: float | None = None, count: int | None = None, cost: float | None = None,
+                     request_id: str | None = None, chunk_size: int = STREAM_CHUNK, on_progress: Progress | None = None,
+                     **options) -> RouteResult:
+        """Route a batch of any size with ``RouteInstancesStream`` (arguments as ``route``).
+
+        ``on_progress(phase, n)``: ("sent", k) per chunk sent, ("received", k) per decision chunk
+        received, ("retry", attempt) before a retry (counts then start again).
+        """
+        _check_chunk_size(chunk_size)
+        call = self._call(instances, budget, strategy, seed, fraction, count, cost, request_id, options)
+
+        def attempt() -> RouteResult:
+            collector = StreamCollector(call.request_id, on_progress)
+            requests = stream_requests(call.instances, call.config, chunk_size, on_progress)
+            try:
+                for message in self._stub.RouteInstancesStream(requests, timeout=call.timeout(), metadata=call.metadata):
+                    collector.add(message)
+            except grpc.RpcError as exc:
+                error = routing_error(exc, call.request_id)
+                error.partial = collector.received > 0
+                raise error from None
+            return collector.result
+
+        return self._retrier.call(attempt, call.deadline, _on_retry(on_progress))
 
 
-class AsyncRouterClient:
-    """asyncio client with the same API and channel options as ``RouterClient``."""
+class AsyncRouterClient(_Client):
+    """asyncio client with the same methods, arguments and channel options as ``RouterClient``."""
 
     def __init__(self, address: str, timeout_s: float | None = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  *, config: ChannelConfig | None = None, **channel_options):
-        self.config = _config(config, max_message_bytes, channel_options)
+        super().__init__(timeout_s, max_message_bytes, config, channel_options)
         if self.config.secure:
             self._channel = grpc.aio.secure_channel(address, self.config.credentials(), options=self.config.options())
         else:
             self._channel = grpc.aio.insecure_channel(address, options=self.config.options())
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
-        self.timeout_s = timeout_s
 
     async def __aenter__(self) -> AsyncRouterClient:
         return self
@@ -312,36 +246,40 @@ class AsyncRouterClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def route(self, instances: Sequence[PreferenceInstance], budget: Budget, strategy: str = "", seed: int = 0,
-                    *, request_id: str | None = None, **options) -> RouteResult:
-        rid = request_id or uuid.uuid4().hex
-        request = router_pb2.RouteInstancesRequest(
-            instances=instances_to_proto(instances), config=build_config(budget, strategy, seed, **options)
-        )
-        try:
-            resp = await self._stub.RouteInstances(request, timeout=self.timeout_s, metadata=self.config.metadata(rid))
-        except grpc.RpcError as exc:
-            raise RoutingError(exc) from None
-        return RouteResult([decision_from_proto(d) for d in resp.decisions], summary_to_dict(resp.summary), rid)
+    async def route(self, instances: Sequence[InstanceLike], budget: Budget | Cost | str | None = None, strategy: str = "",
+                    seed: int = 0, *, fraction: float | None = None, count: int | None = None, cost: float | None = None,
+                    request_id: str | None = None, **options) -> RouteResult:
+        """``RouterClient.route`` for asyncio."""
+        call = self._call(instances, budget, strategy, seed, fraction, count, cost, request_id, options)
+        request = unary_request(call.instances, call.config)
 
-    async def route_stream(self, instances: Sequence[PreferenceInstance], budget: Budget, strategy: str = "",
-                           seed: int = 0, *, request_id: str | None = None, chunk_size: int = STREAM_CHUNK,
-                           **options) -> RouteResult:
-        rid = request_id or uuid.uuid4().hex
-        config = build_config(budget, strategy, seed, **options)
+        async def attempt() -> RouteResult:
+            try:
+                resp = await self._stub.RouteInstances(request, timeout=call.timeout(), metadata=call.metadata)
+            except grpc.RpcError as exc:
+                raise routing_error(exc, call.request_id) from None
+            return result_from_response(resp, call.request_id)
 
-        async def requests() -> AsyncIterator[router_pb2.RouteInstancesStreamRequest]:
-            yield router_pb2.RouteInstancesStreamRequest(config=config)
-            for chunk in _chunks(instances, chunk_size):
-                yield router_pb2.RouteInstancesStreamRequest(chunk=router_pb2.InstanceChunk(instances=instances_to_proto(chunk)))
+        return await self._retrier.acall(attempt, call.deadline)
 
-        result = RouteResult([], {}, rid)
-        try:
-            async for message in self._stub.RouteInstancesStream(requests(), timeout=self.timeout_s, metadata=self.config.metadata(rid)):
-                if message.WhichOneof("item") == "decisions":
-                    result.decisions.extend(decision_from_proto(d) for d in message.decisions.decisions)
-                else:
-                    result.summary = summary_to_dict(message.summary)
-        except grpc.RpcError as exc:
-            raise RoutingError(exc) from None
-        return result
+    async def route_stream(self, instances: Sequence[InstanceLike], budget: Budget | Cost | str | None = None,
+                           strategy: str = "", seed: int = 0, *, fraction: float | None = None, count: int | None = None,
+                           cost: float | None = None, request_id: str | None = None, chunk_size: int = STREAM_CHUNK,
+                           on_progress: Progress | None = None, **options) -> RouteResult:
+        """``RouterClient.route_stream`` for asyncio, ``on_progress`` included."""
+        _check_chunk_size(chunk_size)
+        call = self._call(instances, budget, strategy, seed, fraction, count, cost, request_id, options)
+
+        async def attempt() -> RouteResult:
+            collector = StreamCollector(call.request_id, on_progress)
+            requests = stream_requests(call.instances, call.config, chunk_size, on_progress)
+            try:
+                async for message in self._stub.RouteInstancesStream(requests, timeout=call.timeout(), metadata=call.metadata):
+                    collector.add(message)
+            except grpc.RpcError as exc:
+                error = routing_error(exc, call.request_id)
+                error.partial = collector.received > 0
+                raise error from None
+            return collector.result
+
+        return await self._retrier.acall(attempt, call.deadline, _on_retry(on_progress))

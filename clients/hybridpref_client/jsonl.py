@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hybridpref_client.core.instances import PreferenceInstance, read_jsonl
 
-from hybridpref_client.client import RouteResult
+from hybridpref_client.messages import RouteResult
 
 
 def read_instances(path: str | Path, limit: int | None = None) -> list[PreferenceInstance]:

@@ -2,6 +2,6 @@
 model (``instances``), domain errors (``errors``), request limits (``limits``), protobuf
 conversion (``convert``) and the gRPC rich-status mapping (``grpc_errors``).
 
-The services import these under their old names, ``hybridpref.common.<module>``: those modules
-are aliases of these (the same module objects), so both spellings name the same classes.
+The services import them from here (``hybridpref_client.core.<module>``): one definition of each
+class on both sides of the wire.
 """

@@ -3,6 +3,7 @@ gRPC status codes in one place, and the CLI prints them without a traceback."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 # Longest caller-provided string quoted in an error message or a log line (ids, names).
@@ -36,12 +37,21 @@ class FieldViolation:
         object.__setattr__(self, "field", clip(self.field, MAX_FIELD_CHARS))
         object.__setattr__(self, "description", clip(self.description, MAX_DESCRIPTION_CHARS))
 
+    def __iter__(self) -> Iterator[str]:
+        """``field, description = violation``: unpacks like the (field, description) pairs the SDK
+        returned before violations were ``FieldViolation`` objects everywhere."""
+        return iter((self.field, self.description))
 
-class HybridPrefError(Exception):
-    """Base class of every error this project raises on purpose."""
+
+class HybridprefError(Exception):
+    """Base class of every error this project raises on purpose: the services' domain errors below
+    and the SDK's call errors (``hybridpref_client.errors.RoutingError`` and its subclasses)."""
 
 
-class InvalidInput(HybridPrefError):
+HybridPrefError = HybridprefError  # the old spelling, kept so existing ``except`` clauses still work
+
+
+class InvalidInput(HybridprefError):
     """The caller's input is wrong (-> ``INVALID_ARGUMENT`` with ``google.rpc.BadRequest``)."""
 
     def __init__(self, violations: list[FieldViolation] | FieldViolation, message: str | None = None):
@@ -55,11 +65,11 @@ class InvalidInput(HybridPrefError):
         super().__init__(message or f"invalid input: {summary}")
 
 
-class NotReady(HybridPrefError):
+class NotReady(HybridprefError):
     """A precondition is not met, e.g. no model bundle loaded (-> ``FAILED_PRECONDITION``)."""
 
 
-class BackendUnavailable(HybridPrefError):
+class BackendUnavailable(HybridprefError):
     """A backend (LM endpoint, downstream service) is down or overloaded (-> ``UNAVAILABLE``).
 
     ``retry_after_s`` tells the caller when a retry may succeed, if known.
@@ -70,23 +80,23 @@ class BackendUnavailable(HybridPrefError):
         self.retry_after_s = retry_after_s
 
 
-class DeadlineExceeded(HybridPrefError):
+class DeadlineExceeded(HybridprefError):
     """The caller's deadline ran out before the work finished (-> ``DEADLINE_EXCEEDED``)."""
 
 
-class Cancelled(HybridPrefError):
+class Cancelled(HybridprefError):
     """The call was cancelled (the caller left); its work stops (-> ``CANCELLED``)."""
 
 
-class Unauthenticated(HybridPrefError):
+class Unauthenticated(HybridprefError):
     """No API key, or one that is not known (-> ``UNAUTHENTICATED``)."""
 
 
-class PermissionDenied(HybridPrefError):
+class PermissionDenied(HybridprefError):
     """A known key without permission for the method (-> ``PERMISSION_DENIED``)."""
 
 
-class QuotaExceeded(HybridPrefError):
+class QuotaExceeded(HybridprefError):
     """A per-vendor quota is used up (-> ``RESOURCE_EXHAUSTED`` with ``google.rpc.RetryInfo``).
 
     ``retry_after_s``: when a retry of the same size may succeed (``None``: it never will,

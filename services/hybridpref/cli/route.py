@@ -35,7 +35,10 @@ def cmd_route(args) -> int:
                                              replay_judge=args.replay_judge, on_progress=advance)
         except RoutingError as exc:
             if exc.violations:
-                raise InvalidInput([_to_line(field, text, lines) for field, text in exc.violations]) from None
+                named = [_to_line(field, text, lines) for field, text in exc.violations]
+                if exc.violation_total > len(named):  # the router lists the first ones only
+                    named.append(FieldViolation("--input", f"{exc.violation_total - len(named)} more bad fields not listed"))
+                raise InvalidInput(named) from None
             print(f"error: {exc}", file=sys.stderr)
             return 1
     print_summary(console, result, judge_name)
@@ -46,20 +49,16 @@ def cmd_route(args) -> int:
 
 
 def parse_budget(text: str):
-    """``0.25`` -> fraction, ``count:100`` -> count, ``cost:500`` -> Cost, ``auto``."""
-    from hybridpref_client import Cost
+    """``0.25`` / ``25%`` -> fraction, ``count:100`` -> count, ``cost:500`` -> cost, ``auto``: an explicit
+    ``hybridpref_client.Budget`` (the SDK deprecates bare numbers)."""
+    from hybridpref_client import Budget
 
-    text = text.strip()
     try:
-        if text == "auto":
-            return "auto"
-        if text.startswith("count:"):
-            return int(text.split(":", 1)[1])
-        if text.startswith("cost:"):
-            return Cost(float(text.split(":", 1)[1]))
-        return float(text)
-    except ValueError:
-        raise InvalidInput(FieldViolation("--budget", f"cannot read {text!r}; use 0.25, count:100, cost:500 or auto")) from None
+        return Budget.parse(text)
+    except InvalidInput as exc:
+        if exc.violations[0].field != "budget":  # readable but out of range: the field as the router names it
+            raise
+        raise InvalidInput(FieldViolation("--budget", f"cannot read {text!r}; use 0.25, 25%, count:100, cost:500 or auto")) from None
 
 
 def _to_line(field: str, text: str, lines: list[int]) -> FieldViolation:
@@ -114,6 +113,10 @@ def _progress(console, total: int):
         received = progress.add_task("routed", total=total)
 
         def advance(phase: str, n: int) -> None:
+            if phase == "retry":  # the SDK retries the whole stream: counts start again
+                progress.reset(sent, total=total)
+                progress.reset(received, total=total)
+                return
             progress.advance(sent if phase == "sent" else received, n)
 
         yield advance

@@ -6,7 +6,14 @@ Failure behaviour, bounded by the caller's deadline (``remaining()`` seconds, or
     (``retry-after-ms`` / ``Retry-After`` honoured) up to ``max_retries``, then ``BackendUnavailable(retry_after_s)``;
     a wait that would not fit the deadline is not started;
   - a call still running when the deadline ends -> ``DeadlineExceeded``;
-  - other 4xx (bad key, unknown model) -> ``BackendUnavailable`` at once (a configuration error).
+  - other 4xx (bad key, unknown model) -> ``BackendUnavailable`` at once (a configuration error);
+  - HTTP 200 whose body is not a chat.completion (not JSON, no ``choices[0].message`` with a
+    ``content``, a ``logprobs`` of the wrong shape) -> ``MalformedResponse`` (a ``BackendUnavailable``)
+    at once: a proxy's error page or a server that is not OpenAI-compatible. It is an error, never an
+    empty answer: callers must not turn it into a label (a well-formed reply whose text names no
+    option is different: that is the model's "no verdict").
+Every failed exchange is reported to ``on_failure(reason)`` (a metric), ``reason`` one of
+``FAILURE_REASONS``.
 Error messages are redacted: they leave the service (to the router, its caller and both logs),
 so they carry the HTTP status code and a fixed reason only, never the endpoint's URL, response
 body or headers (an endpoint may echo the ``Authorization`` header back in its body).
@@ -27,14 +34,41 @@ from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded, 
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
+# Bounded values of the ``reason`` label of hybridpref_backend_errors_total.
+FAILURE_REASONS = ("malformed_response", "http_status", "unreachable", "timeout")
 
 Remaining = Callable[[], float | None]
+OnFailure = Callable[[str], None]
+
+
+class MalformedResponse(BackendUnavailable):
+    """HTTP 200 with a body that is not a chat.completion object (see the module docstring)."""
+
+
+def chat_choice(data: Any, what: str = "endpoint") -> dict[str, Any]:
+    """``choices[0]`` of a chat.completion body, checked: an object with ``message.content`` (a
+    string, or null for a reply without text) and ``logprobs`` null or ``{"content": [...] | null}``.
+    Raises ``MalformedResponse`` naming what is missing (never the body: it may echo secrets)."""
+    if not isinstance(data, dict):
+        raise MalformedResponse(f"{what} returned a malformed response (not a JSON object)")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise MalformedResponse(f"{what} returned a malformed response (no choices[0])")
+    choice = choices[0]
+    message = choice.get("message")
+    if not isinstance(message, dict) or "content" not in message or not isinstance(message["content"], (str, type(None))):
+        raise MalformedResponse(f"{what} returned a malformed response (no choices[0].message.content)")
+    logprobs = choice.get("logprobs")
+    if logprobs is not None and not (isinstance(logprobs, dict) and isinstance(logprobs.get("content"), (list, type(None)))):
+        raise MalformedResponse(f"{what} returned a malformed response (choices[0].logprobs has the wrong shape)")
+    return choice
 
 
 class ChatCompletionsClient:
     def __init__(self, base_url: str | None, *, api_key: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
                  api_key_file: str | Path | None = None, concurrency: int = 4, max_retries: int = 3,
-                 timeout_s: float = 30.0, backoff_s: float = 0.25, what: str = "endpoint"):
+                 timeout_s: float = 30.0, backoff_s: float = 0.25, what: str = "endpoint",
+                 on_failure: OnFailure | None = None):
         violations = []
         base_url = base_url or ""
         if not base_url.startswith(("http://", "https://")):
@@ -51,6 +85,7 @@ class ChatCompletionsClient:
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
         self.what = what
+        self._on_failure = on_failure
         self._key_sources = (api_key, api_key_file, api_key_env)
         self._client: Any = None
         self._lock = threading.Lock()
@@ -80,7 +115,8 @@ class ChatCompletionsClient:
                 self._client = None
 
     def post(self, body: dict[str, Any], remaining: Remaining | None = None) -> dict[str, Any]:
-        """POST ``body`` to ``/chat/completions`` with retries; returns the JSON object."""
+        """POST ``body`` to ``/chat/completions`` with retries; returns the chat.completion object
+        (``chat_choice`` accepts its first choice)."""
         import httpx
 
         if self._client is None:
@@ -97,14 +133,17 @@ class ChatCompletionsClient:
             try:
                 resp = self._client.post(url, json=body, timeout=timeout)
             except httpx.TimeoutException:
+                self._failed("timeout")
                 if left is not None and left <= self.timeout_s:
                     raise DeadlineExceeded(f"{self.what} did not answer within the deadline") from None
                 problem = f"{self.what} timed out after {self.timeout_s:.1f} s"
             except httpx.TransportError as exc:
+                self._failed("unreachable")
                 problem = f"{self.what} unreachable ({type(exc).__name__})"
             else:
                 if resp.status_code == 200:
-                    return self._json(resp)
+                    return self._completion(resp)
+                self._failed("http_status")
                 problem = f"{self.what} answered HTTP {resp.status_code} ({http_reason(resp.status_code)})"
                 if resp.status_code not in RETRY_STATUS:
                     raise BackendUnavailable(problem)
@@ -118,14 +157,21 @@ class ChatCompletionsClient:
                 raise BackendUnavailable(f"{problem}; retry in {wait_s:.2f} s does not fit the deadline", retry_after_s=wait_s)
             time.sleep(wait_s)
 
-    def _json(self, resp: Any) -> dict[str, Any]:
+    def _completion(self, resp: Any) -> dict[str, Any]:
         try:
-            data = resp.json()
-        except ValueError:
-            raise BackendUnavailable(f"{self.what} returned a non-JSON body") from None
-        if not isinstance(data, dict):
-            raise BackendUnavailable(f"{self.what} returned unexpected JSON")
+            try:
+                data = resp.json()
+            except ValueError:
+                raise MalformedResponse(f"{self.what} returned a malformed response (a non-JSON body)") from None
+            chat_choice(data, self.what)
+        except MalformedResponse:
+            self._failed("malformed_response")
+            raise
         return data
+
+    def _failed(self, reason: str) -> None:
+        if self._on_failure is not None:
+            self._on_failure(reason)
 
 
 def http_reason(status: int) -> str:

@@ -3,6 +3,9 @@
 Scores the options from the first answer token's ``top_logprobs`` when the server returns them, else
 parses the answer text (one-hot). Transport, retries, API keys and deadlines: the shared
 ``hybridpref.common.openai_http.ChatCompletionsClient`` (its docstring lists the failure behaviour).
+A body that is not a chat.completion fails the call (``MalformedResponse``, UNAVAILABLE): it never
+becomes a verdict. Only a well-formed reply whose text names no option is "no verdict" (TIE with
+confidence 0 and both order verdicts UNSPECIFIED: the router treats it as needing a human).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
-from hybridpref.common.openai_http import ChatCompletionsClient
+from hybridpref.common.openai_http import ChatCompletionsClient, OnFailure, chat_choice
 from hybridpref.server.deadline import Deadline
 from hybridpref.judge.types import ScoreRequest, ScoringBackend
 from hybridpref.judge.templates import PromptTemplate
@@ -28,7 +31,8 @@ class OpenAIBackend(ScoringBackend):
     ``base_url`` e.g. ``http://127.0.0.1:8000/v1``. API key: ``api_key``, else the file
     ``api_key_file`` (a mounted Kubernetes secret), else env var ``api_key_env``; none -> no header.
     ``concurrency``: parallel calls; ``timeout_s``: per-call limit; ``logprobs``: ask for
-    ``top_logprobs`` (set False for servers that reject it).
+    ``top_logprobs`` (set False for servers that reject it). ``on_failure(reason)`` is called for
+    every failed exchange with the endpoint (the judge service counts them in a metric).
     """
 
     kind = "openai"
@@ -36,12 +40,13 @@ class OpenAIBackend(ScoringBackend):
     def __init__(self, base_url: str | None = None, model: str | None = None, *, api_key: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", api_key_file: str | Path | None = None, concurrency: int = 4,
                  max_retries: int = 3, timeout_s: float = 30.0, backoff_s: float = 0.25, logprobs: bool = True,
-                 top_logprobs: int = 10, max_tokens: int = 4):
+                 top_logprobs: int = 10, max_tokens: int = 4, on_failure: OnFailure | None = None):
         if top_logprobs < 0 or max_tokens < 1:
             raise InvalidInput(FieldViolation("top_logprobs", "top_logprobs >= 0 and max_tokens >= 1"))
         self.http = ChatCompletionsClient(
             base_url, api_key=api_key, api_key_env=api_key_env, api_key_file=api_key_file, concurrency=concurrency,
             max_retries=max_retries, timeout_s=timeout_s, backoff_s=backoff_s, what="judge endpoint",
+            on_failure=on_failure,
         )
         self.base_url = self.http.base_url
         self.model = model or "default"
@@ -105,15 +110,14 @@ class OpenAIBackend(ScoringBackend):
 
 
 def parse_completion(data: dict[str, Any], template: PromptTemplate) -> np.ndarray | None:
-    """(5,) distribution in presented order from a chat-completions response, or ``None``.
+    """(5,) distribution in presented order from a chat-completions response, or ``None`` when the
+    reply names no option (no verdict).
 
     Uses the ``top_logprobs`` of the first non-blank answer token when present (probabilities of the
-    option tokens, renormalised), else the first option found in the answer text (one-hot).
+    option tokens, renormalised), else the first option found in the answer text (one-hot). A body
+    that is not a chat.completion raises ``MalformedResponse``: it is an error, never "no verdict".
     """
-    try:
-        choice = data["choices"][0]
-    except (KeyError, IndexError, TypeError):
-        return None
+    choice = chat_choice(data, "judge endpoint")
     lookup = {text.strip().lower(): label for text, label in template.options}
     dist = np.zeros(5)
     for tok in ((choice.get("logprobs") or {}).get("content") or []):

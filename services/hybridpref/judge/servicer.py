@@ -17,8 +17,9 @@ from hybridpref.v1 import judge_pb2, judge_pb2_grpc
 SERVICE_NAME = judge_pb2.DESCRIPTOR.services_by_name["JudgeService"].full_name
 
 
-def build_judge(settings: Settings):
-    """The judge core configured from settings (backend and its options)."""
+def build_judge(settings: Settings, metrics: Metrics | None = None):
+    """The judge core configured from settings (backend and its options); with ``metrics``, failed
+    exchanges with an LM endpoint are counted in ``hybridpref_backend_errors_total``."""
     from hybridpref.judge.core import Judge
 
     if settings.judge.backend == "openai":
@@ -28,6 +29,9 @@ def build_judge(settings: Settings):
             **({"api_key_file": settings.judge.openai_api_key_file} if settings.judge.openai_api_key_file else {}),
             "concurrency": settings.judge.openai_concurrency,
         }
+        if metrics is not None:
+            errors = metrics.backend_errors
+            options["on_failure"] = lambda reason: errors.labels("judge", "openai", reason).inc()
     elif settings.judge.backend == "replay":
         options = {"default_judge": settings.judge.replay_key}
     else:  # learned (a spec JSON) or embedded (a GGUF / HF model): both read judge_model_path
@@ -39,7 +43,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
     def __init__(self, settings: Settings, metrics: Metrics):
         self._settings = settings
         self._metrics = metrics
-        self.judge = build_judge(settings)
+        self.judge = build_judge(settings, metrics)
         self._executor = CoreExecutor("judge")
         self._limits = Limits.from_settings(settings.limits)
 

@@ -16,7 +16,8 @@ Rules (docs/architecture.md, "What the summary claims"):
   model. On a pool the model has not seen, the annotators' own tie and error rates move the realised
   count far more than that (measured leave-one-pool-out: realised / predicted from 0.35 to 1.9), so
   when the bundle records that ratio range (``correction.transfer_range``) the interval is widened by
-  it: ``[min(low * r), max(high * r)]`` over r in the range, and a warning says so.
+  it: ``[min(low * r), max(high * r)]`` over r in the range, and a warning says so. The lower end
+  is then clamped at 0 unless the expectation itself is negative (``shown_corrections``).
   ``random`` includes each instance with probability m / n.
 """
 
@@ -187,7 +188,16 @@ def _corrections(out: Summary, p_wrong: tuple[np.ndarray, np.ndarray] | None, ma
         q = include[mix.mix]
         mean = float(np.sum(q * (a - b)))
         sd = math.sqrt(max(0.0, float(np.sum(q * (a + b) - q**2 * (a - b) ** 2))))
-        mix.corrections = widen(Estimate(mean, mean - z * sd, mean + z * sd), transfer)
+        mix.corrections = shown_corrections(Estimate(mean, mean - z * sd, mean + z * sd), transfer)
+
+
+def shown_corrections(estimate: Estimate, transfer: tuple[float, float] | None) -> Estimate:
+    """The expected-corrections interval as the summary shows it: widened by ``transfer``, and its
+    lower end never below 0 unless the expectation itself is negative. The normal interval of a
+    small or low-gain mix (``random`` at a small budget) reaches below 0, which reads as a negative
+    count; a net loss is shown only when it is what the model expects (humans worse than the judge)."""
+    wide = widen(estimate, transfer)
+    return wide if wide.value < 0 else Estimate(wide.value, max(wide.low, 0.0), wide.high)
 
 
 def widen(estimate: Estimate, transfer: tuple[float, float] | None) -> Estimate:

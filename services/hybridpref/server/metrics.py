@@ -42,6 +42,12 @@ class Metrics:
             "hybridpref_backend_ready", "Router: 1 while a backend answers its health check with SERVING.",
             ["backend"], registry=registry,
         )
+        self.backend_errors = Counter(
+            "hybridpref_backend_errors",
+            "Failed exchanges with an external LM endpoint (OpenAI-compatible), by reason: malformed_response "
+            "(HTTP 200 that is not a chat.completion), http_status, unreachable, timeout.",
+            ["service", "backend", "reason"], registry=registry,
+        )
         self.routed = Counter(
             "hybridpref_routed_instances", "Routing decisions, by route and strategy.",
             ["route", "strategy"], registry=registry,
