@@ -97,6 +97,39 @@ def test_a_million_instance_stream_chunk_is_refused_on_its_count(stack):
     assert "a chunk of 1000000" in details and seconds < 6.0
 
 
+# ------------------------------------------------------------------ F1 / item 7: many bad rows fit the metadata limit
+
+@pytest.mark.parametrize("n", [400, 10_000, 20_000])
+def test_many_bad_rows_are_invalid_argument_within_the_metadata_limit(stack, n):
+    """Past ~360 bad rows the violations overflowed gRPC's 16 KiB metadata limit and a plain gRPC client
+    got RESOURCE_EXHAUSTED with no row named. Now: INVALID_ARGUMENT, the first rows named in order, the
+    total in an ErrorInfo, and the whole status under gRPC's 8 KiB soft limit."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from hybridpref_client.core.grpc_errors import TRUNCATED_REASON, field_violations
+
+    rows = [common_pb2.PreferenceInstance(id=f"r{i}", prompt="What is 2+2?", response_a=" ", response_b="4",
+                                          lm_labels={"gpt4": 2}) for i in range(n)]
+    request = router_pb2.RouteInstancesRequest(instances=rows, config=router_pb2.RouteConfig(
+        budget=common_pb2.Budget(fraction=0.25), strategy="random"))
+    with grpc.insecure_channel(stack.router_address) as channel:  # gRPC's default client limits
+        with pytest.raises(grpc.RpcError) as info:
+            router_pb2_grpc.RouterServiceStub(channel).RouteInstances(request, timeout=60)
+    error = info.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (error.code(), error.details())
+    listed = field_violations(error)
+    assert [v.field for v in listed[:3]] == ["instances[0].response_a", "instances[1].response_a", "instances[2].response_a"]
+    assert 1 <= len(listed) <= 50
+    status = rpc_status.from_call(error)
+    trailer = sum(len(k) + len(v) for k, v in error.trailing_metadata())
+    assert trailer < 8192, trailer
+    infos = [d for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    unpacked = error_details_pb2.ErrorInfo()
+    infos[0].Unpack(unpacked)
+    assert unpacked.reason == TRUNCATED_REASON and unpacked.metadata["total"] == str(n)
+
+
 # ------------------------------------------------------------------ F4 / item 5: refuse before decoding
 
 def _free_port() -> int:

@@ -46,13 +46,13 @@ def expected(inst: PreferenceInstance) -> tuple[str, float]:
 
 def test_the_learned_judge_disagrees_with_the_recorded_labels(client, sample):
     """The precondition that makes the next tests able to fail: without replay the labels differ."""
-    live = client.route(sample, budget=0.0, strategy="all_lm")
+    live = client.route(sample, fraction=0.0, strategy="all_lm")
     assert any((d.lm_label, d.lm_confidence) != expected(i) for d, i in zip(live.decisions, sample))
 
 
 @pytest.mark.parametrize("strategy", ["all_lm", "random", "hybrid"])  # hybrid judges every row first
 def test_recorded_labels_are_used_whatever_the_judge_backend(client, sample, strategy):
-    result = client.route(sample, budget=0.25, strategy=strategy, seed=5, replay_judge="gpt4")
+    result = client.route(sample, fraction=0.25, strategy=strategy, seed=5, replay_judge="gpt4")
     judged = [(d, i) for d, i in zip(result.decisions, sample) if d.route == "LM" or strategy == "hybrid"]
     assert judged
     for d, inst in judged:
@@ -60,7 +60,7 @@ def test_recorded_labels_are_used_whatever_the_judge_backend(client, sample, str
 
 
 def test_recorded_labels_in_a_stream_and_by_prefix(client, sample):
-    result = client.route_stream(sample, budget=0.0, strategy="all_lm", replay_judge="GPT-4", chunk_size=7)
+    result = client.route_stream(sample, fraction=0.0, strategy="all_lm", replay_judge="GPT-4", chunk_size=7)
     assert [(d.lm_label, d.lm_confidence) for d in result.decisions] == [expected(i) for i in sample]
 
 
@@ -68,7 +68,7 @@ def test_per_order_labels_are_combined_as_the_replay_backend_does(client):
     rows = [PreferenceInstance(id=f"o{i}", prompt="Which is better?", response_a="Yes, it is.", response_b="No.",
                                lm_labels={"J/P/order_ab": Label.A_BETTER, "J/P/order_ba": ab})
             for i, ab in enumerate([Label.A_BETTER, Label.B_BETTER])]
-    result = client.route(rows, budget=0.0, strategy="all_lm", replay_judge="J/P",
+    result = client.route(rows, fraction=0.0, strategy="all_lm", replay_judge="J/P",
                           judge_mode=PositionMode.BOTH)
     agree, flip = result.decisions
     assert (agree.lm_label, agree.lm_confidence, agree.judge_order_inconsistent) == ("A_BETTER", 1.0, False)
@@ -76,8 +76,8 @@ def test_per_order_labels_are_combined_as_the_replay_backend_does(client):
 
 
 def test_an_unknown_judge_name_is_invalid_argument(client, sample, stack):
-    for call in (lambda: client.route(sample, budget=0.25, replay_judge="gpt-5"),
-                 lambda: client.route_stream(sample, budget=0.25, replay_judge="gpt-5", chunk_size=10)):
+    for call in (lambda: client.route(sample, fraction=0.25, replay_judge="gpt-5"),
+                 lambda: client.route_stream(sample, fraction=0.25, replay_judge="gpt-5", chunk_size=10)):
         with pytest.raises(RoutingError) as info:
             call()
         assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -88,6 +88,6 @@ def test_an_unknown_judge_name_is_invalid_argument(client, sample, stack):
 def test_rows_without_the_label_are_named(client, sample):
     rows = [*sample[:3], PreferenceInstance(id="nolabel", prompt="p", response_a="a", response_b="b")]
     with pytest.raises(RoutingError) as info:
-        client.route(rows, budget=0.25, replay_judge="gpt4")
+        client.route(rows, fraction=0.25, replay_judge="gpt4")
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in info.value.violations] == ["instances[3].lm_labels"]
