@@ -36,6 +36,7 @@ class Decision:
     judge_order_inconsistent: bool
     human_cost: float
     expected_gain: float | None = None  # expected label corrections of a human label here (when computed)
+    reason: str = ""  # one line: why it went where it went (the strategy's gain, its rank, the judge's doubt)
 
 
 @dataclass
@@ -140,6 +141,7 @@ def decision_from_proto(d: router_pb2.RoutingDecision) -> Decision:
         judge_order_inconsistent=d.judge_order_inconsistent,
         human_cost=d.human_cost,
         expected_gain=d.expected_gain if d.HasField("expected_gain") else None,
+        reason=d.reason,
     )
 
 

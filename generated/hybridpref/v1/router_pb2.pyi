@@ -126,6 +126,7 @@ class RoutingDecision(_message.Message):
     JUDGE_ORDER_INCONSISTENT_FIELD_NUMBER: _builtins.int
     HUMAN_COST_FIELD_NUMBER: _builtins.int
     EXPECTED_GAIN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The instance id."""
     route: _common_pb2.Route.ValueType
@@ -145,12 +146,21 @@ class RoutingDecision(_message.Message):
     """Human cost used for this instance."""
     expected_gain: _builtins.float
     """Expected label corrections a human label buys here: P(LM label wrong) - P(human label
-    wrong) from the bundle's correction model; unset when it was not computed.
+    wrong) from the bundle's correction model, for every instance the judge labelled (all of them
+    under the judge-first strategies, the LM-routed ones under the others); unset elsewhere.
+    """
+    reason: _builtins.str
+    """One line saying why the instance went where it went: the strategy's gain and its rank in the
+    batch, the expected corrections and the judge's doubt where known (empty with explain_top_k = 0).
     """
     @_builtins.property
     def top_tags(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TagContribution]:
-        """The tags that contributed most to the PPM gain (strategies routing by the PPM: topk, simulated,
-        optimal_pos, greedy); empty for the others, whose gain is not the PPM's.
+        """What drove this instance's routing value most (explain_top_k of them), whatever the strategy: for
+        the strategies routing by the PPM (topk, simulated, optimal_pos, greedy), the tags that contributed
+        most to its PPM gain; for the others, wherever the instance was judged and the bundle has an
+        expected-correction model, that model's features with their terms in the log-odds of P(LM label
+        wrong) (positive: a human label is worth more), e.g. order_flip, p_confidence, log_len_shorter;
+        elsewhere the PPM's tags when the bundle has a PPM. Empty with explain_top_k = 0.
         """
 
     def __init__(
@@ -165,10 +175,11 @@ class RoutingDecision(_message.Message):
         judge_order_inconsistent: _builtins.bool = ...,
         human_cost: _builtins.float = ...,
         expected_gain: _builtins.float | None = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain", "expected_gain", b"expected_gain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain", "expected_gain", b"expected_gain", "gain", b"gain", "human_cost", b"human_cost", "id", b"id", "judge_order_inconsistent", b"judge_order_inconsistent", "lm_confidence", b"lm_confidence", "lm_label", b"lm_label", "route", b"route", "top_tags", b"top_tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain", "expected_gain", b"expected_gain", "gain", b"gain", "human_cost", b"human_cost", "id", b"id", "judge_order_inconsistent", b"judge_order_inconsistent", "lm_confidence", b"lm_confidence", "lm_label", b"lm_label", "reason", b"reason", "route", b"route", "top_tags", b"top_tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_gain: _TypeAlias = _typing.Literal["expected_gain"]  # noqa: Y015
     _WhichOneofArgType__expected_gain: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain"]  # noqa: Y015

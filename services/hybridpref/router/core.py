@@ -38,12 +38,12 @@ from hybridpref.router.backends import (
     TaggerBackend,
     judge_signals,
 )
-from hybridpref.router.explain import top_tags
+from hybridpref.router.explain import rank_descending, reason, top_correction_features, top_tags
 from hybridpref.router.limits import judge_violations
 from hybridpref.router.model import RoutingModel
 from hybridpref.router.recorded import replay_batch
 from hybridpref.router.spill import MemoryStore, SpillStore
-from hybridpref.router.summary import Summary, column_totals, domain_check, summarize
+from hybridpref.router.summary import Summary, column_totals, domain_check, judge_warnings, summarize
 
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
 JUDGE_SLICE = 1024
@@ -77,6 +77,7 @@ class Decision:
     judge_order_inconsistent: bool = False
     human_cost: float = 0.0
     expected_gain: float | None = None
+    reason: str = ""  # one line: why it went where it went (``hybridpref.router.explain.reason``)
 
 
 @dataclass
@@ -96,6 +97,8 @@ class JudgeFirst:
     batch: JudgedBatch
     signals: JudgeSignals
     p_wrong: tuple[np.ndarray, np.ndarray] | None  # (P(LM wrong), P(human wrong)) from the correction model
+    # The correction-model features that moved P(LM wrong) most, per row: (feature idx (n, k), value (n, k)).
+    explained: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def expected_gain(self) -> np.ndarray | None:
@@ -204,22 +207,23 @@ class RouterCore:
             )
         summary.warnings[:0] = warnings
         decisions = await self.executor.run(_decisions, store.ids, result, budget, size=n)
+        judged_rows = list(range(n))
         if judged is None:
-            lm_rows = [i for i, d in enumerate(decisions) if not d.human]
-            if lm_rows:
+            judged_rows = [i for i, d in enumerate(decisions) if not d.human]
+            if judged_rows:
                 with _timed(stages, "judge"):
-                    _apply_judgements(decisions, lm_rows, await self._judge_rows(store, lm_rows, options, clock))
-        else:
-            _apply_judgements(decisions, list(range(n)), judged.batch)
+                    judged = await self._judge_rows(store, judged_rows, tagged, model, options, clock)
+                # Strategy-independent: what the judge said about the rows it labelled.
+                summary.warnings.extend(judge_warnings(judged.signals, of=f"the {len(judged_rows)} LM-routed pairs"))
+        if judged is not None:
+            _apply_judgements(decisions, judged_rows, judged.batch)
             if judged.expected_gain is not None:
-                for d, g in zip(decisions, judged.expected_gain):
-                    d.expected_gain = float(g)
-        # Top tags explain a PPM gain: only where the strategy's gains are the PPM's (the others' gain is
-        # the expected correction or the judge's doubt, which tags would not explain).
-        if model is not None and model.scorer is not None and options.explain_top_k and strategies.needs_predictor(strategy):
+                for i, g in zip(judged_rows, judged.expected_gain):
+                    decisions[i].expected_gain = float(g)
+        if options.explain_top_k:
             with _timed(stages, "explain"):
-                await self.executor.run(_explain, model, tagged.tag_matrix, result.human_mask, options.explain_top_k, decisions,
-                                        size=n)
+                await self.executor.run(_explain_all, model, strategy, tagged.tag_matrix, result, judged, judged_rows,
+                                        options, decisions, size=n)
         self._count(decisions, strategy)
         return RouteOutcome(
             decisions=decisions, strategy=strategy, bundle_version="" if model is None else model.bundle_version,
@@ -251,29 +255,32 @@ class RouterCore:
 
     async def _judge_first(self, store, tagged: TaggedBatch, model: RoutingModel | None, options: RouteOptions,
                            clock: Deadline) -> JudgeFirst:
-        """Judge every row, one slice at a time: signals and, with a correction model, P(wrong) per row."""
-        batches, signals, p_lm, p_h = [], [], [], []
-        for start in range(0, len(store), JUDGE_SLICE):
-            rows = list(range(start, min(len(store), start + JUDGE_SLICE)))
-            instances = await self.executor.run(store.get, rows, size=len(rows))
+        """Judge every row (see ``_judge_rows``)."""
+        return await self._judge_rows(store, list(range(len(store))), tagged, model, options, clock)
+
+    async def _judge_rows(self, store, rows: list[int], tagged: TaggedBatch, model: RoutingModel | None,
+                          options: RouteOptions, clock: Deadline) -> JudgeFirst:
+        """Judge ``rows`` of the store, one slice at a time (instances read back off the loop): the
+        judgements, their signals and, with a correction model, P(wrong) and what drove it per row
+        (all in the order of ``rows``)."""
+        batches, signals, p_lm, p_h, idx, val = [], [], [], [], [], []
+        for start in range(0, len(rows), JUDGE_SLICE):
+            part = rows[start : start + JUDGE_SLICE]
+            instances = await self.executor.run(store.get, part, size=len(part))
             judged = await self._judge(instances, options, clock)
             sig = judge_signals(judged, instances)
             batches.append(judged)
             signals.append(sig)
             if model is not None and model.correction is not None:
-                lm, hu = await self.executor.run(_p_wrong, model, instances, tagged, rows, sig, size=len(rows))
+                lm, hu, i, v = await self.executor.run(_p_wrong, model, instances, tagged, part, sig, options.explain_top_k,
+                                                       size=len(part))
                 p_lm.append(lm)
                 p_h.append(hu)
+                idx.append(i)
+                val.append(v)
         p_wrong = (np.concatenate(p_lm), np.concatenate(p_h)) if p_lm else None
-        return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong)
-
-    async def _judge_rows(self, store, rows: list[int], options: RouteOptions, clock: Deadline) -> JudgedBatch:
-        """Judge ``rows`` of the store, reading instances back one slice at a time (off the loop)."""
-        parts = []
-        for start in range(0, len(rows), JUDGE_SLICE):
-            instances = await self.executor.run(store.get, rows[start : start + JUDGE_SLICE], size=JUDGE_SLICE)
-            parts.append(await self._judge(instances, options, clock))
-        return JudgedBatch.concat(parts)
+        explained = (np.concatenate(idx), np.concatenate(val)) if idx else None
+        return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong, explained)
 
     async def _judge(self, instances, options: RouteOptions, timeout) -> JudgedBatch:
         if options.replay_judge:  # the vendor's recorded labels, whatever the judge service runs
@@ -337,12 +344,72 @@ def text_features(instances: Sequence[PreferenceInstance], tagged: TaggedBatch) 
     return correction_features(instances, tagged.measures, tagged.tag_matrix, neutral)
 
 
-def _p_wrong(model: RoutingModel, instances, tagged: TaggedBatch, rows: list[int], signals: JudgeSignals):
-    """(P(LM label wrong), P(human label wrong)) of ``rows`` from the bundle's correction model."""
+def _p_wrong(model: RoutingModel, instances, tagged: TaggedBatch, rows: list[int], signals: JudgeSignals, top_k: int = 0):
+    """(P(LM label wrong), P(human label wrong), top feature idx (n, k), their log-odds terms (n, k)) of
+    ``rows`` from the bundle's correction model."""
     from hybridpref.routing_model.correction import correction_features
 
     features = correction_features(instances, tagged.measures[rows], tagged.tag_matrix[rows], signals)
-    return model.correction.probabilities(features)  # type: ignore[union-attr]
+    p_lm, p_h = model.correction.probabilities(features)  # type: ignore[union-attr]
+    idx, val = top_correction_features(model.correction.model.lm, features, top_k)  # type: ignore[union-attr]
+    return p_lm, p_h, idx, val
+
+
+def strategy_family(strategy: str) -> str:
+    """What a strategy's ``gain`` is: ``ppm``, ``expected`` (corrections), ``doubt``, ``judge_aware`` or
+    ``baseline`` (random, all_human, all_lm)."""
+    if strategy in strategies.NEEDS_EXPECTED_GAIN:
+        return "expected"
+    if strategy == "judge_doubt":
+        return "doubt"
+    if strategy == "judge_aware":
+        return "judge_aware"
+    if strategies.needs_predictor(strategy):
+        return "ppm"
+    return "baseline"
+
+
+def _explain_all(model: RoutingModel | None, strategy: str, tag_matrix: np.ndarray, result, judged: JudgeFirst | None,
+                 judged_rows: list[int], options: RouteOptions, decisions: list[Decision]) -> None:
+    """``top_tags`` and ``reason`` of every decision, whatever the strategy (in process).
+
+    ``top_tags`` explain the strategy's own gain where it has one: the PPM's tags for the PPM strategies,
+    the correction model's features for the others wherever a row was judged and the bundle has that
+    model; elsewhere the PPM's tags when the bundle has a PPM. So every strategy's decisions carry the
+    same fields with the same types (one schema for the decisions file)."""
+    from hybridpref.routing_model.correction import FEATURE_NAMES
+
+    family = strategy_family(strategy)
+    k = options.explain_top_k
+    explained = np.zeros(len(decisions), dtype=bool)
+    if model is not None and model.scorer is not None and family == "ppm":
+        _explain(model, tag_matrix, result.human_mask, k, decisions)
+        explained[:] = True
+    if judged is not None and judged.explained is not None and not explained.all():
+        idx, val = judged.explained
+        for r, i in enumerate(judged_rows):
+            decisions[i].top_tags = [(FEATURE_NAMES[j], float(v)) for j, v in zip(idx[r], val[r]) if j >= 0]
+            explained[i] = True
+    if model is not None and model.scorer is not None and not explained.all():
+        rest = np.flatnonzero(~explained)
+        idx, val = top_tags(model.scorer, tag_matrix, result.human_mask, k)
+        for i in rest:
+            decisions[i].top_tags = [(TAG_NAMES[j], float(v)) for j, v in zip(idx[i], val[i]) if j >= 0]
+    n = len(decisions)
+    ranks = rank_descending(result.gains) if n else np.zeros(0, np.int64)
+    position = {i: r for r, i in enumerate(judged_rows)}
+    for i, d in enumerate(decisions):
+        r = position.get(i)
+        p_lm = p_h = None
+        no_verdict = flip = False
+        if judged is not None and r is not None:
+            if judged.p_wrong is not None:
+                p_lm, p_h = float(judged.p_wrong[0][r]), float(judged.p_wrong[1][r])
+            no_verdict = int(judged.batch.labels[r]) == int(Label.UNSPECIFIED)
+            flip = bool(judged.signals.order_flip[r])
+        d.reason = reason(strategy, family, d.human, d.gain, int(ranks[i]), n, expected=d.expected_gain,
+                          p_lm_wrong=p_lm, p_human_wrong=p_h, no_verdict=no_verdict, order_flip=flip,
+                          confidence=d.lm_confidence if r is not None else None, seed=options.seed)
 
 
 def _concat_signals(parts: list[JudgeSignals]) -> JudgeSignals:

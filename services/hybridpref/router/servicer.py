@@ -53,6 +53,7 @@ def decisions_to_proto(outcome: RouteOutcome, start: int = 0, stop: int | None =
             judge_order_inconsistent=d.judge_order_inconsistent,
             human_cost=d.human_cost,
             expected_gain=d.expected_gain,
+            reason=d.reason,
         )
         for d in outcome.decisions[start:stop]
     ]
