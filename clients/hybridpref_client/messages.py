@@ -74,13 +74,16 @@ def to_instances(items: Sequence[InstanceLike]) -> list[PreferenceInstance]:
 def build_config(
     budget: Budget | Any, strategy: str = "", seed: int = 0, *, judge_mode: PositionMode = PositionMode.UNSPECIFIED,
     judge_template: str = "", replay_judge: str = "", explain_top_k: int = 3, simulated_candidates: int = 0,
+    skip_invalid_instances: bool = False,
 ) -> router_pb2.RouteConfig:
-    """The ``RouteConfig`` of a call (``budget``: a ``Budget``, or anything ``resolve_budget`` reads)."""
+    """The ``RouteConfig`` of a call (``budget``: a ``Budget``, or anything ``resolve_budget`` reads).
+    ``skip_invalid_instances``: route the valid instances and list the others in
+    ``summary["rejected"]`` instead of refusing the whole batch."""
     resolved = budget if isinstance(budget, Budget) else resolve_budget(budget)
     return router_pb2.RouteConfig(
         budget=resolved.to_proto(), strategy=strategy, seed=seed, judge_position_mode=int(judge_mode),
         judge_template=judge_template, replay_judge=replay_judge, explain_top_k=explain_top_k,
-        simulated_candidates=simulated_candidates,
+        simulated_candidates=simulated_candidates, skip_invalid_instances=skip_invalid_instances,
     )
 
 
@@ -152,6 +155,9 @@ def summary_to_dict(s: router_pb2.RoutingSummary) -> dict:
         "request_id": s.request_id,
     }
     out.update(_honest_summary(s))
+    # With skip_invalid_instances: the instances left out ({"index", "id", "field", "description"} per problem).
+    out["rejected"] = [{"index": r.index, "id": r.id, "field": r.field, "description": r.description} for r in s.rejected]
+    out["rejected_count"] = s.rejected_count
     return out
 
 

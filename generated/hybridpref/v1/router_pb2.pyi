@@ -33,6 +33,7 @@ class RouteConfig(_message.Message):
     REPLAY_JUDGE_FIELD_NUMBER: _builtins.int
     EXPLAIN_TOP_K_FIELD_NUMBER: _builtins.int
     SIMULATED_CANDIDATES_FIELD_NUMBER: _builtins.int
+    SKIP_INVALID_INSTANCES_FIELD_NUMBER: _builtins.int
     strategy: _builtins.str
     """Strategy name (hybridpref.router.strategies.STRATEGIES, e.g. hybrid, expected_gain, judge_doubt,
     greedy, topk, simulated, random, all_human, all_lm). "" = server default.
@@ -55,6 +56,12 @@ class RouteConfig(_message.Message):
     """
     simulated_candidates: _builtins.int
     """Candidate mixes for the simulated strategy (0 = default 500)."""
+    skip_invalid_instances: _builtins.bool
+    """false (the default): one invalid instance refuses the whole request (INVALID_ARGUMENT naming
+    it). true: invalid instances (bad or blank fields, duplicate ids, a missing replay label) are
+    left out and listed in RoutingSummary.rejected; the others are routed. Config errors still
+    refuse the request.
+    """
     @_builtins.property
     def budget(self) -> _common_pb2.Budget:
         """The human budget."""
@@ -70,10 +77,11 @@ class RouteConfig(_message.Message):
         replay_judge: _builtins.str = ...,
         explain_top_k: _builtins.int | None = ...,
         simulated_candidates: _builtins.int = ...,
+        skip_invalid_instances: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "budget", b"budget", "explain_top_k", b"explain_top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "budget", b"budget", "explain_top_k", b"explain_top_k", "judge_position_mode", b"judge_position_mode", "judge_template", b"judge_template", "replay_judge", b"replay_judge", "seed", b"seed", "simulated_candidates", b"simulated_candidates", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "budget", b"budget", "explain_top_k", b"explain_top_k", "judge_position_mode", b"judge_position_mode", "judge_template", b"judge_template", "replay_judge", b"replay_judge", "seed", b"seed", "simulated_candidates", b"simulated_candidates", "skip_invalid_instances", b"skip_invalid_instances", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__explain_top_k: _TypeAlias = _typing.Literal["explain_top_k"]  # noqa: Y015
     _WhichOneofArgType__explain_top_k: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k"]  # noqa: Y015
@@ -307,6 +315,40 @@ class DomainCheck(_message.Message):
 Global___DomainCheck: _TypeAlias = DomainCheck  # noqa: Y015
 
 @_typing.final
+class RejectedInstance(_message.Message):
+    """An instance left out of a routing (RouteConfig.skip_invalid_instances), and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Its position in the caller's whole batch or stream (0-based)."""
+    id: _builtins.str
+    """Its id, as sent (may be empty or a duplicate: that can be the problem)."""
+    field: _builtins.str
+    """The field at fault, e.g. "instances[18].response_a"."""
+    description: _builtins.str
+    """What is wrong with it."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        id: _builtins.str = ...,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field", "id", b"id", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectedInstance: _TypeAlias = RejectedInstance  # noqa: Y015
+
+@_typing.final
 class RoutingSummary(_message.Message):
     """Batch-level facts about a routing."""
 
@@ -343,6 +385,8 @@ class RoutingSummary(_message.Message):
     INTERVAL_LEVEL_FIELD_NUMBER: _builtins.int
     DOMAIN_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    REJECTED_COUNT_FIELD_NUMBER: _builtins.int
     strategy: _builtins.str
     """Strategy used."""
     bundle_version: _builtins.str
@@ -357,6 +401,8 @@ class RoutingSummary(_message.Message):
     """Request id of this call (from x-request-id metadata or generated)."""
     interval_level: _builtins.float
     """Nominal coverage of every interval in mixes (e.g. 0.9)."""
+    rejected_count: _builtins.int
+    """How many instances were left out (with skip_invalid_instances)."""
     @_builtins.property
     def stage_seconds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Seconds spent per stage (tag, judge, predict, route)."""
@@ -377,6 +423,12 @@ class RoutingSummary(_message.Message):
         judge unsure on most pairs, uncalibrated predictions, ...), one sentence each.
         """
 
+    @_builtins.property
+    def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedInstance]:
+        """With RouteConfig.skip_invalid_instances: the instances left out, one entry per problem, in
+        request order (at most the first 20,000 problems; rejected_count counts every instance left out).
+        """
+
     def __init__(
         self,
         *,
@@ -391,10 +443,12 @@ class RoutingSummary(_message.Message):
         interval_level: _builtins.float = ...,
         domain: Global___DomainCheck | None = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        rejected: _abc.Iterable[Global___RejectedInstance] | None = ...,
+        rejected_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "domain", b"domain", "human_cost", b"human_cost", "human_count", b"human_count", "interval_level", b"interval_level", "lm_count", b"lm_count", "mixes", b"mixes", "request_id", b"request_id", "stage_seconds", b"stage_seconds", "strategy", b"strategy", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "domain", b"domain", "human_cost", b"human_cost", "human_count", b"human_count", "interval_level", b"interval_level", "lm_count", b"lm_count", "mixes", b"mixes", "rejected", b"rejected", "rejected_count", b"rejected_count", "request_id", b"request_id", "stage_seconds", b"stage_seconds", "strategy", b"strategy", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--replay-judge", default="", help="use labels recorded under this judge name")
     route.add_argument("--judge-backend", choices=["learned", "embedded", "openai", "replay"], default=None,
                        help="embedded stack only: judge backend (default: learned)")
+    route.add_argument("--on-bad-row", choices=["fail", "skip"], default="fail",
+                       help="fail (default): name every bad row and route nothing; skip: route the valid rows and "
+                            "write the others with their reasons to --rejects")
+    route.add_argument("--rejects", type=Path, default=None,
+                       help="with --on-bad-row skip: the rejected rows as JSONL {line, id, field, reason} "
+                            "(default: <input name>.rejects.jsonl in the current directory)")
     route.add_argument("--timeout", type=float, default=900.0, help="deadline for the call, seconds")
     route.add_argument("--log-level", default="WARNING", help="embedded stack's service log level (default WARNING)")
 

@@ -6,33 +6,92 @@ import re
 import sys
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
-from hybridpref_client.core.instances import iter_jsonl
 from hybridpref.server.settings import Settings
 
 SAMPLE_BATCH = Path(__file__).resolve().parents[3] / "samples" / "sample_batch.jsonl"
 
 
+# Rows named on the terminal when a file has bad rows (the count covers the rest; --on-bad-row skip writes all).
+MAX_NAMED = 50
+# Request bytes per stream chunk the CLI aims for (the router's default message limit is 64 MiB).
+CHUNK_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row that was not routed: its file line, id (if it has one), the field at fault and why."""
+
+    line: int
+    id: str
+    field: str
+    reason: str
+
+    def violation(self) -> FieldViolation:
+        return FieldViolation(f"line {self.line}" + (f".{self.field}" if self.field else ""), self.reason)
+
+
+def read_rows(path: Path, limits) -> tuple[list, list[int], list[BadRow]]:
+    """(instances, their file lines, bad rows) of a JSONL file: every row is read, a bad one (not UTF-8,
+    not JSON, a wrong or missing field, a text longer than the router accepts) is listed, not raised."""
+    import json
+
+    from hybridpref_client.core.instances import decode_line, instance_from_row, line_problem
+
+    instances, lines, bad = [], [], []
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(decode_line(raw))
+            except ValueError as exc:
+                bad.append(BadRow(lineno, "", "", line_problem(exc)))
+                continue
+            row_id = str(row.get("id", "")) if isinstance(row, dict) else ""
+            try:
+                inst = instance_from_row(row, where=f"line {lineno}")
+            except InvalidInput as exc:
+                bad.extend(BadRow(lineno, row_id, v.field.removeprefix(f"line {lineno}").lstrip("."), v.description)
+                           for v in exc.violations)
+                continue
+            too_long = [name for name in ("prompt", "response_a", "response_b") if len(getattr(inst, name)) > limits.max_text_chars]
+            too_long += [f"messages[{j}]" for j, m in enumerate(inst.messages) if len(m.content) > limits.max_text_chars]
+            if too_long:  # a 70 MB line would otherwise fail the whole send with a gRPC message-size error
+                bad.extend(BadRow(lineno, inst.id, name, f"longer than {limits.max_text_chars} characters") for name in too_long)
+                continue
+            instances.append(inst)
+            lines.append(lineno)
+    return instances, lines, bad
+
+
 def cmd_route(args) -> int:
     from rich.console import Console
     from hybridpref_client import RouterClient, RoutingError, write_decisions
+    from hybridpref_client.core.limits import DEFAULT_LIMITS
 
-    path = args.input or SAMPLE_BATCH
-    if not Path(path).exists():
+    path = Path(args.input or SAMPLE_BATCH)
+    if not path.exists():
         raise InvalidInput(FieldViolation("--input", f"no such file: {path}"))
-    rows = list(iter_jsonl(str(path)))
-    lines = [lineno for lineno, _ in rows]
-    instances = [inst for _, inst in rows]
+    skip = getattr(args, "on_bad_row", "fail") == "skip"
+    instances, lines, bad = read_rows(path, DEFAULT_LIMITS)
+    if bad and not skip:
+        raise InvalidInput(_named(bad, "rerun with --on-bad-row skip to route the other rows"))
+    if not instances:
+        raise InvalidInput(FieldViolation("--input", f"{path}: no valid rows to route" if bad else f"{path}: no rows (empty file)"))
     budget = parse_budget(args.budget)
     console = Console(stderr=True)
-    console.print(f"routing {len(instances)} instances from {path} (budget {args.budget})")
+    console.print(f"routing {len(instances)} instances from {path} (budget {args.budget})"
+                  + (f"; {len({b.line for b in bad})} bad rows skipped" if bad else ""))
     with _router(args, console) as (address, judge_name), RouterClient(address, timeout_s=args.timeout) as client:
         try:
             with _progress(console, len(instances)) as advance:
-                result = client.route_stream(instances, budget, args.strategy, args.seed,
-                                             replay_judge=args.replay_judge, on_progress=advance)
+                result = client.route_stream(instances, budget, args.strategy, args.seed, replay_judge=args.replay_judge,
+                                             on_progress=advance, chunk_size=_chunk_size(instances),
+                                             skip_invalid_instances=skip)
         except RoutingError as exc:
             if exc.violations:
                 named = [_to_line(field, text, lines) for field, text in exc.violations]
@@ -41,11 +100,48 @@ def cmd_route(args) -> int:
                 raise InvalidInput(named) from None
             print(f"error: {exc}", file=sys.stderr)
             return 1
+    if skip:
+        bad += [BadRow(lines[r["index"]], r["id"], _field_of(r["field"]), r["description"])
+                for r in result.summary.get("rejected", []) if r["index"] < len(lines)]
+        if bad:
+            rejects = Path(args.rejects or f"{path.stem}.rejects.jsonl")
+            _write_rejects(rejects, bad)
+            console.print(f"[bold yellow]skipped {len({b.line for b in bad})} bad rows[/]; reasons in {rejects}", highlight=False)
     print_summary(console, result, judge_name)
     if args.output:
         write_decisions(args.output, result)
         console.print(f"wrote {len(result.decisions)} decisions to {args.output}")
     return 0
+
+
+def _named(bad: list[BadRow], hint: str) -> list[FieldViolation]:
+    named = [b.violation() for b in bad[:MAX_NAMED]]
+    if len(bad) > MAX_NAMED:
+        named.append(FieldViolation("--input", f"{len(bad) - MAX_NAMED} more bad fields not listed"))
+    named.append(FieldViolation("--input", f"{len({b.line for b in bad})} bad rows; {hint}"))
+    return named
+
+
+def _field_of(field: str) -> str:
+    """``instances[3].response_a`` -> ``response_a``."""
+    return re.sub(r"^instances\[\d+\]\.?", "", field)
+
+
+def _write_rejects(path: Path, bad: list[BadRow]) -> None:
+    import json
+
+    with open(path, "w", encoding="utf-8") as fh:
+        for b in sorted(bad, key=lambda b: b.line):
+            fh.write(json.dumps({"line": b.line, "id": b.id, "field": b.field, "reason": b.reason}, ensure_ascii=False) + "\n")
+
+
+def _chunk_size(instances) -> int:
+    """Rows per stream chunk: the SDK's default, fewer when rows are large (a chunk stays near CHUNK_BYTES)."""
+    from hybridpref_client.messages import STREAM_CHUNK
+
+    largest = max((len(i.prompt) + len(i.response_a) + len(i.response_b) + sum(len(m.content) for m in i.messages)
+                   for i in instances), default=1)
+    return max(1, min(STREAM_CHUNK, CHUNK_BYTES // max(1, 4 * largest)))
 
 
 def parse_budget(text: str):

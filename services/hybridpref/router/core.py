@@ -39,7 +39,8 @@ from hybridpref.router.backends import (
     judge_signals,
 )
 from hybridpref.router.explain import rank_descending, reason, top_correction_features, top_tags
-from hybridpref.router.limits import judge_violations
+from hybridpref.router.limits import MAX_LISTED, judge_violations
+from hybridpref.router.rejects import MAX_LISTED as MAX_REJECTS_LISTED, Rejected, by_instance, rejected_of
 from hybridpref.router.model import RoutingModel
 from hybridpref.router.recorded import replay_batch
 from hybridpref.router.spill import MemoryStore, SpillStore
@@ -64,6 +65,7 @@ class RouteOptions:
     replay_judge: str = ""
     explain_top_k: int = 3
     simulated_candidates: int = 500
+    skip_invalid: bool = False  # leave invalid instances out (listed in the outcome) instead of refusing
 
 
 @dataclass(slots=True)
@@ -88,6 +90,19 @@ class RouteOutcome:
     human_cost: float
     summary: Summary
     stage_seconds: dict[str, float]
+    rejected: list[Rejected] = field(default_factory=list)  # with ``skip_invalid``: what was left out, and why
+    rejected_count: int = 0  # instances left out
+
+
+@dataclass
+class Incoming:
+    """A batch, or one chunk of a stream, as the servicer hands it to the core: the instances, their
+    indices in the caller's whole batch or stream (``None``: consecutive from the chunk's start), and
+    those already left out at conversion (``skip_invalid``)."""
+
+    instances: Sequence[PreferenceInstance]
+    origin: Sequence[int] | None = None
+    rejected: list[Rejected] = field(default_factory=list)
 
 
 @dataclass
@@ -121,47 +136,46 @@ class RouterCore:
         """Stop the worker pool (the backends belong to whoever built them)."""
         self.executor.shutdown()
 
-    def validate(self, instances: Sequence[PreferenceInstance], options: RouteOptions) -> None:
-        """All input checks before any work: nothing is half-processed."""
-        violations: list[FieldViolation] = []
-        try:
-            validate_instances(instances, self.settings.limits.max_batch)
-        except InvalidInput as exc:
-            violations.extend(exc.violations)
-        violations.extend(_option_violations(options, len(instances)))
-        if violations:
-            raise InvalidInput(violations)
-
-    async def route(self, instances: Sequence[PreferenceInstance], options: RouteOptions, timeout: Deadline | float | None) -> RouteOutcome:
+    async def route(self, instances: Sequence[PreferenceInstance] | Incoming, options: RouteOptions,
+                    timeout: Deadline | float | None) -> RouteOutcome:
         """Route one in-memory batch (the unary RPC). ``timeout``: the call's ``Deadline`` (or seconds)."""
         clock, stages = Deadline.of(timeout), {"tag": 0.0}
-        await self.executor.run(self.validate, instances, options, size=len(instances))
-        await self._check_judge_names(instances, options, clock)
+        incoming = instances if isinstance(instances, Incoming) else Incoming(instances)
+        instances, rejected = await self._admit(incoming, options, clock, {}, max_batch=self.settings.limits.max_batch)
+        violations = _option_violations(options, len(instances))
+        if violations:
+            raise InvalidInput(violations)
         with _timed(stages, "tag"):
             tagged = await self.tagger.tag(instances, clock)
         text = await self.executor.run(text_features, instances, tagged, size=len(instances))
-        return await self._decide(MemoryStore(instances), tagged, text, options, clock, stages)
+        outcome = await self._decide(MemoryStore(instances), tagged, text, options, clock, stages)
+        return _with_rejected(outcome, rejected)
 
     async def route_stream(
-        self, chunks: AsyncIterator[Sequence[PreferenceInstance]], options: RouteOptions, timeout: Deadline | float | None
+        self, chunks: AsyncIterator[Sequence[PreferenceInstance] | Incoming], options: RouteOptions,
+        timeout: Deadline | float | None,
     ) -> RouteOutcome:
         """Route a batch that arrives in chunks (the streaming RPC), any size.
 
         Each chunk is validated and tagged as it arrives; texts are spilled to a temporary
         file, so memory holds ids, costs and tag rows only. A bad chunk fails the whole
-        call before any decision is made.
+        call before any decision is made (with ``skip_invalid``: its bad instances are left out).
         """
         early = _option_violations(options, None)
         if early:
             raise InvalidInput(early)
         clock, stages = Deadline.of(timeout), {"tag": 0.0}
-        store, parts, texts, seen = SpillStore(), [], [], {}
+        store, parts, texts, seen, rejected, received = SpillStore(), [], [], {}, [], 0
         try:
-            async for chunk in chunks:
-                if len(store) + len(chunk) > self.settings.limits.max_stream_instances:
+            async for item in chunks:
+                incoming = item if isinstance(item, Incoming) else Incoming(item, range(received, received + len(item)))
+                received += len(incoming.instances) + len({r.index for r in incoming.rejected})
+                if received > self.settings.limits.max_stream_instances:
                     raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.limits.max_stream_instances} instances"))
-                await self.executor.run(_validate_chunk, chunk, len(store), seen, size=len(chunk))
-                await self._check_judge_names(chunk, options, clock, offset=len(store))
+                chunk, dropped = await self._admit(incoming, options, clock, seen)
+                rejected.extend(dropped)
+                if not chunk:
+                    continue
                 await self.executor.run(store.extend, chunk, size=len(chunk))
                 with _timed(stages, "tag"):
                     parts.append(await self.tagger.tag(chunk, clock))
@@ -169,21 +183,56 @@ class RouterCore:
             violations = _option_violations(options, len(store))
             if violations:
                 raise InvalidInput(violations)
-            return await self._decide(store, TaggedBatch.concat(parts), np.concatenate(texts), options, clock, stages)
+            outcome = await self._decide(store, TaggedBatch.concat(parts), np.concatenate(texts), options, clock, stages)
+            return _with_rejected(outcome, rejected)
         finally:
             store.close()
 
-    async def _check_judge_names(self, instances, options: RouteOptions, clock: Deadline, offset: int = 0) -> None:
+    async def _admit(self, incoming: Incoming, options: RouteOptions, clock: Deadline, seen: dict[str, int],
+                     max_batch: int | None = None) -> tuple[list[PreferenceInstance], list[Rejected]]:
+        """Validate a batch or chunk before any work: (the instances to route, those left out).
+
+        Without ``skip_invalid`` any violation refuses the call; with it, an instance with a violation is
+        left out (a violation of anything but an instance still refuses). ``seen``: ids of the stream's
+        earlier chunks (duplicates across chunks)."""
+        instances = list(incoming.instances)
+        origin = list(incoming.origin) if incoming.origin is not None else list(range(len(instances)))
+        violations = await self.executor.run(_instance_violations, instances, origin, seen, max_batch, size=len(instances))
+        if not options.skip_invalid:
+            if violations:
+                raise InvalidInput(violations)
+            await self._check_judge_names(instances, options, clock, origin)
+            return instances, list(incoming.rejected)
+        per, other = by_instance(violations)
+        if other:
+            raise InvalidInput(other)
+        judge = await self._judge_name_violations(instances, options, clock, origin, max_listed=None)
+        more, other = by_instance(judge)
+        if other:
+            raise InvalidInput(other)
+        for index, found in more.items():
+            per.setdefault(index, []).extend(found)
+        ids = {o: inst.id for o, inst in zip(origin, instances)}
+        kept = [inst for o, inst in zip(origin, instances) if o not in per]
+        return kept, [*incoming.rejected, *rejected_of(per, ids)]
+
+    async def _check_judge_names(self, instances, options: RouteOptions, clock: Deadline, origin: Sequence[int]) -> None:
         """Template and replay-judge names, before any work: the template against what the judge
         advertises, a replay judge against the instances' recorded labels."""
+        violations = await self._judge_name_violations(instances, options, clock, origin)
+        if violations:
+            raise InvalidInput(violations)
+
+    async def _judge_name_violations(self, instances, options: RouteOptions, clock: Deadline, origin: Sequence[int],
+                                     max_listed: int | None = MAX_LISTED) -> list[FieldViolation]:
+        """``instances[i]`` counted in the caller's batch (``origin[k]`` for the k-th of ``instances``)."""
         needs_info = not options.replay_judge and options.strategy != "all_human"
         info = await self.judge.judge_info(min(2.0, clock.timeout() or 2.0)) if needs_info else None
         violations = await self.executor.run(
-            judge_violations, info, options.judge_template, options.replay_judge, instances, offset,
-            needs_judge=options.strategy != "all_human", size=len(instances),
+            judge_violations, info, options.judge_template, options.replay_judge, instances, 0,
+            needs_judge=options.strategy != "all_human", max_listed=max_listed, size=len(instances),
         )
-        if violations:
-            raise InvalidInput(violations)
+        return [_at_origin(v, origin) for v in violations]
 
     async def _decide(self, store, tagged: TaggedBatch, text: np.ndarray, options: RouteOptions, clock: Deadline,
                       stages: dict[str, float]) -> RouteOutcome:
@@ -450,21 +499,38 @@ def _option_violations(options: RouteOptions, n: int | None) -> list[FieldViolat
     return violations
 
 
-def _validate_chunk(chunk: Sequence[PreferenceInstance], offset: int, seen: dict[str, int]) -> None:
-    """Validate one streamed chunk with batch-wide indices and ids unique across chunks."""
+def _instance_violations(instances: Sequence[PreferenceInstance], origin: Sequence[int], seen: dict[str, int],
+                         max_batch: int | None = None) -> list[FieldViolation]:
+    """Every instance's violations, ``instances[i]`` counted in the caller's whole batch or stream
+    (``origin[k]`` for the k-th instance), ids unique across a stream's chunks (``seen``: id -> index)."""
     violations: list[FieldViolation] = []
     try:
-        validate_instances(chunk)
+        validate_instances(instances, max_batch)
     except InvalidInput as exc:
-        for v in exc.violations:
-            field = re.sub(r"^instances\[(\d+)\]", lambda m: f"instances[{int(m.group(1)) + offset}]", v.field)
-            violations.append(FieldViolation(field, v.description))
-    for k, inst in enumerate(chunk):
-        if inst.id in seen and seen[inst.id] < offset:
-            violations.append(FieldViolation(f"instances[{k + offset}].id", f"duplicate id {inst.id!r} (first at instances[{seen[inst.id]}])"))
-        seen.setdefault(inst.id, k + offset)
-    if violations:
-        raise InvalidInput(violations)
+        violations.extend(_at_origin(v, origin) for v in exc.violations)
+    start = origin[0] if len(origin) else 0  # duplicates inside the chunk are validate_instances' to name
+    for k, inst in enumerate(instances):
+        if inst.id in seen and seen[inst.id] < start:
+            violations.append(FieldViolation(f"instances[{origin[k]}].id", f"duplicate id {inst.id!r} (first at instances[{seen[inst.id]}])"))
+        seen.setdefault(inst.id, origin[k])
+    return violations
+
+
+def _at_origin(violation: FieldViolation, origin: Sequence[int]) -> FieldViolation:
+    """``instances[k]...`` -> ``instances[origin[k]]...``."""
+    match = re.match(r"^instances\[(\d+)\]", violation.field)
+    if not match or int(match.group(1)) >= len(origin):
+        return violation
+    return FieldViolation(f"instances[{origin[int(match.group(1))]}]" + violation.field[match.end():], violation.description)
+
+
+def _with_rejected(outcome: RouteOutcome, rejected: list[Rejected]) -> RouteOutcome:
+    outcome.rejected_count = len({r.index for r in rejected})
+    outcome.rejected = rejected[:MAX_REJECTS_LISTED]
+    if rejected:
+        outcome.summary.warnings.append(f"{outcome.rejected_count} invalid instances were left out (skip_invalid_instances): "
+                                        "see the summary's rejected list")
+    return outcome
 
 
 @contextmanager

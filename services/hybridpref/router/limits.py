@@ -106,7 +106,7 @@ def _template_key(template: str) -> str:
 
 def judge_violations(
     info: JudgeInfo | None, template: str, replay_judge: str, instances: Sequence[PreferenceInstance], offset: int = 0,
-    needs_judge: bool = True,
+    needs_judge: bool = True, max_listed: int | None = MAX_LISTED,
 ) -> list[FieldViolation]:
     """Judge template and replay-judge checks.
 
@@ -118,7 +118,7 @@ def judge_violations(
     if not needs_judge:
         return []
     if replay_judge:
-        return replay_violations(instances, replay_judge, offset)
+        return replay_violations(instances, replay_judge, offset, max_listed)
     if info is None:
         return []
     out: list[FieldViolation] = []
@@ -130,14 +130,16 @@ def judge_violations(
     if not info.default_replay_judge:
         out.append(FieldViolation("config.replay_judge", "the judge replays recorded labels: name the judge to replay"))
         return out
-    return out + replay_violations(instances, info.default_replay_judge, offset)
+    return out + replay_violations(instances, info.default_replay_judge, offset, max_listed)
 
 
-def replay_violations(instances: Sequence[PreferenceInstance], name: str, offset: int = 0) -> list[FieldViolation]:
+def replay_violations(instances: Sequence[PreferenceInstance], name: str, offset: int = 0,
+                      max_listed: int | None = MAX_LISTED) -> list[FieldViolation]:
     """Why ``name`` cannot be replayed on ``instances`` (empty when every row has its label).
 
     A name no row records is one ``config.replay_judge`` violation listing the judges recorded;
-    otherwise the rows without a label, ``instances[i]`` counted from ``offset``."""
+    otherwise the rows without a label, ``instances[i]`` counted from ``offset`` (the first
+    ``max_listed`` and a count of the rest; ``None``: all)."""
     missing: list[tuple[int, str]] = []
     recorded: set[str] = set()
     for k, inst in enumerate(instances):
@@ -153,7 +155,8 @@ def replay_violations(instances: Sequence[PreferenceInstance], name: str, offset
         return [FieldViolation("config.replay_judge",
                                f"unknown judge {name!r}: no instance has its labels; recorded judges: "
                                f"{', '.join(names) if names else 'none (the instances carry no lm_labels)'}")]
-    out = [FieldViolation(f"instances[{k + offset}].lm_labels", text) for k, text in missing[:MAX_LISTED]]
-    if len(missing) > MAX_LISTED:
-        out.append(FieldViolation("instances", f"... and {len(missing) - MAX_LISTED} more rows without a label from {name!r}"))
+    listed = missing if max_listed is None else missing[:max_listed]
+    out = [FieldViolation(f"instances[{k + offset}].lm_labels", text) for k, text in listed]
+    if len(listed) < len(missing):
+        out.append(FieldViolation("instances", f"... and {len(missing) - len(listed)} more rows without a label from {name!r}"))
     return out
