@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from hybridpref_client.core.errors import FieldViolation, quote
+from hybridpref_client.core.errors import BackendUnavailable, FieldViolation, quote
 from hybridpref.common.recorded_judges import judge_names, resolve_judge
 from hybridpref_client.core.instances import PreferenceInstance
 from hybridpref_client.core.limits import position_mode_violation
@@ -96,6 +96,8 @@ class JudgeInfoCache:
         except grpc.RpcError as exc:
             log.info("judge_info_unavailable", code=exc.code().name)
             return self._info  # last known, if any (a judge's backend changes only with a restart)
+        except BackendUnavailable:  # known down: the judging call itself will say so, at once
+            return self._info
         return self._info
 
 

@@ -181,6 +181,8 @@ def router_handle(settings: Settings, metrics: Metrics | None = None) -> Service
     watcher = BackendWatcher(settings, servicer.core.executor, metrics, on_change=lambda: [f() for f in handle.on_health_change])
     handle.ready = watcher.ready
     handle.start = watcher.start
+    for client in servicer.clients:  # calls to a backend known down fail fast
+        client.gate = watcher
 
     async def close() -> None:
         await watcher.stop()

@@ -17,7 +17,9 @@ entry. Callers send ``authorization: Bearer <key>``.
 
 Rotation: the file is re-stat'ed at most every ``reload_s`` seconds on the calling path; a changed
 file (Kubernetes swaps the Secret's symlink) is parsed and replaces the old table in one step. A
-file that does not parse is refused (log ``api_keys_reload_refused``) and the old table stays.
+file that does not parse is refused (log ``api_keys_reload_refused``) and the old table stays. A
+file that is deleted revokes every key (fail closed; log ``api_keys_file_missing``) until it is
+back. Streams re-check their key at every message, so revoking a key also stops its open streams.
 """
 
 from __future__ import annotations
@@ -140,6 +142,16 @@ class KeyStore:
             self._checked = time.monotonic()
             try:
                 stamp = self._file_stamp()
+            except FileNotFoundError:
+                if force:
+                    raise InvalidInput(FieldViolation("api_keys_file", f"cannot load {self.path}: no such file")) from None
+                # Fail closed: a deleted keys file revokes every key (a Secret's atomic update never
+                # removes the file, so this is an operator's doing, or a broken mount).
+                if self._vendors or self._stamp is not None:
+                    log.error("api_keys_file_missing", path=str(self.path), detail="every key is refused until it is back")
+                self._vendors, self._stamp = {}, None
+                return True
+            try:
                 if not force and stamp == self._stamp:
                     return False
                 vendors = read_keys_file(self.path)

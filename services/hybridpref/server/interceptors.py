@@ -48,7 +48,7 @@ import structlog
 from hybridpref.server import deadline as deadlines
 from hybridpref.server.admission import Admission, idle_limited
 from hybridpref.server import logs
-from hybridpref.server.auth import KeyStore, VendorPolicy, bearer_key
+from hybridpref.server.auth import KEY_PREFIX, KeyStore, VendorPolicy, bearer_key
 from hybridpref_client.core.errors import (
     DeadlineExceeded,
     FieldViolation,
@@ -198,10 +198,14 @@ class _AroundInterceptor(grpc.aio.ServerInterceptor):
         raise NotImplementedError
 
 
-def clean_request_id(value: object) -> str | None:
+def clean_request_id(value: object, secret: str | None = None) -> str | None:
     """A caller's request id made safe for logs and replies: printable token characters only,
-    at most 128 of them; ``None`` when nothing usable is left."""
+    at most 128 of them; ``None`` when nothing usable is left, or when it carries an API key (our
+    keys' ``hpk_`` prefix, or the call's own bearer key ``secret``): request ids are logged and
+    propagated to every backend, keys must never be."""
     if not isinstance(value, str):
+        return None
+    if KEY_PREFIX in value.lower() or (secret and len(secret) >= 8 and secret in value):
         return None
     cleaned = _REQUEST_ID_JUNK.sub("", value)[:MAX_REQUEST_ID_CHARS]
     return cleaned or None
@@ -213,7 +217,8 @@ class RequestIdInterceptor(_AroundInterceptor):
 
     @asynccontextmanager
     async def around(self, method, metadata, context):
-        request_id = clean_request_id(metadata.get(logs.REQUEST_ID_HEADER)) or logs.new_request_id()
+        given = metadata.get(logs.REQUEST_ID_HEADER)
+        request_id = clean_request_id(given, bearer_key(metadata)) or logs.new_request_id()
         token = logs.bind_request_id(request_id)
         with structlog.contextvars.bound_contextvars(service=self.service, method=method.rsplit("/", 1)[-1][:64]):
             try:
@@ -360,7 +365,14 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         except (Unauthenticated, PermissionDenied) as exc:
             return refusing_handler(handler, exc)
 
+        key = bearer_key(metadata)
+
         def take(message) -> None:
+            # Each message of a stream re-checks the key (a dict look-up and one hash while the file is
+            # unchanged): a stream opened before its key was revoked stops at its next message.
+            current = self.keys.lookup(key or "")
+            if current is None or current.vendor != policy.vendor:
+                raise Unauthenticated("API key revoked while the call was running")
             self.quotas.take_instances(policy, self.count_instances(message))
 
         @asynccontextmanager
