@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from hybridpref_client.core.errors import InvalidInput
-from hybridpref.common.signals import JudgeSignals
 from hybridpref.offline import stats
 from hybridpref.offline.evaluation.harness import (
     EvalConfig,
@@ -20,7 +19,6 @@ from hybridpref.offline.evaluation.harness import (
     assign_folds,
     check_bundle_leakage,
     evaluate,
-    judge_doubt_order,
     label_correct,
     oracle_mask,
     prepare_case,
@@ -132,12 +130,6 @@ def test_reference_rules_ties_and_bad_rows(tmp_path):
     routed = np.zeros(len(pool), bool)
     routed[null_row] = True
     assert label_correct(case, routed)[null_row] == 1
-
-
-def test_judge_doubt_order_flips_then_disagreement_then_confidence():
-    sig = JudgeSignals(label=np.array([1, 0, 1, -1, 1], dtype=np.int8), p_a=np.array([0.9, np.nan, 0.55, np.nan, 0.99]),
-                       order_flip=np.array([False, True, False, False, False]), agreement=np.array([1.0, 1.0, 1.0, 0.0, 1.0]))
-    assert judge_doubt_order(sig, seed=0).tolist() == [1, 3, 2, 0, 4]
 
 
 def test_folds_keep_prompt_groups_together():
@@ -306,12 +298,12 @@ DATA = default_data_dir()
 
 @pytest.mark.skipif(not (DATA / "llmbar" / "pairs.jsonl").exists(), reason="../shared/data not present")
 def test_real_data_smoke_llmbar(tmp_path):
-    from hybridpref.cli.evaluate import main
+    from hybridpref.cli.main import main
 
     # the default bundle is trained on llmbar (refused here); the leave-one-pool-out bundle never saw it
     bundle = Path(__file__).resolve().parents[1] / "benchmarks" / "lopo_bundles" / "without-llmbar"
     out = tmp_path / "out"
-    rc = main(["--pool", str(DATA / "llmbar"), "--bundle", str(bundle), "--budgets", "0.1,0.25", "--seeds", "2",
+    rc = main(["evaluate", "--pool", str(DATA / "llmbar"), "--bundle", str(bundle), "--budgets", "0.1,0.25", "--seeds", "2",
                "--tagger-profile", "fast", "--no-rm", "--n-boot", "500", "--strategies", "greedy,topk",
                "--out", str(out), "--no-progress", "--data-dir", str(DATA)])
     assert rc == 0

@@ -79,7 +79,7 @@ def test_429_with_retry_after_gives_up_as_unavailable(mock: LLMockServer) -> Non
     mock.state.scenarios.add(Fail(429, retry_after=0.2, times=None))
     t0 = time.monotonic()
     with pytest.raises(BackendUnavailable) as err:
-        _judge(mock).judge(PAIRS[:1], mode=PositionMode.RANDOM, deadline_s=10)
+        _judge(mock).judge(PAIRS[:1], mode=PositionMode.RANDOM, deadline=10)
     assert err.value.retry_after_s == pytest.approx(0.2, abs=0.05)
     assert _calls(mock) == 3 and time.monotonic() - t0 >= 0.35  # 1 + max_retries, waiting Retry-After
 
@@ -88,7 +88,7 @@ def test_429_with_retry_after_gives_up_as_unavailable(mock: LLMockServer) -> Non
 def test_client_errors_fail_at_once(mock: LLMockServer, status: int) -> None:
     mock.state.scenarios.add(Fail(status, times=None))
     with pytest.raises(BackendUnavailable, match=str(status)):
-        _judge(mock).judge(PAIRS[:1], mode=PositionMode.RANDOM, deadline_s=10)
+        _judge(mock).judge(PAIRS[:1], mode=PositionMode.RANDOM, deadline=10)
     assert _calls(mock) == 1  # a configuration error is not retried
 
 
@@ -113,7 +113,7 @@ def test_non_json_body_is_unavailable() -> None:
     try:
         judge = Judge.from_config("openai", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", model="m")
         with pytest.raises(BackendUnavailable, match="JSON"):
-            judge.judge(PAIRS[:1], deadline_s=10)
+            judge.judge(PAIRS[:1], deadline=10)
     finally:
         server.shutdown()
         server.server_close()
@@ -165,7 +165,7 @@ def test_malformed_200_is_an_error_never_a_label(body_server: type[_Body], body:
     failures: list[str] = []
     judge = Judge.from_config("openai", base_url=body_server.url, model="m", on_failure=failures.append)  # type: ignore[attr-defined]
     with pytest.raises(BackendUnavailable, match="malformed response") as err:
-        judge.judge(PAIRS, mode=PositionMode.BOTH, deadline_s=10)
+        judge.judge(PAIRS, mode=PositionMode.BOTH, deadline=10)
     assert "sk-echoed" not in str(err.value)
     assert failures and set(failures) == {"malformed_response"}
 
@@ -175,7 +175,7 @@ def test_well_formed_reply_without_a_verdict_still_works(body_server: type[_Body
     body_server.body = b'{"choices": [{"message": {"role": "assistant", "content": null}, "logprobs": null}]}'
     failures: list[str] = []
     judge = Judge.from_config("openai", base_url=body_server.url, model="m", on_failure=failures.append)  # type: ignore[attr-defined]
-    (out,) = judge.judge(PAIRS[:1], mode=PositionMode.BOTH, deadline_s=10)
+    (out,) = judge.judge(PAIRS[:1], mode=PositionMode.BOTH, deadline=10)
     assert out.confidence == 0.0 and (out.verdict_ab, out.verdict_ba) == (Label.UNSPECIFIED, Label.UNSPECIFIED)
     assert failures == []
 

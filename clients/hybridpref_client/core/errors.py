@@ -69,6 +69,16 @@ class NotReady(HybridprefError):
     """A precondition is not met, e.g. no model bundle loaded (-> ``FAILED_PRECONDITION``)."""
 
 
+class NotFound(HybridprefError):
+    """A named thing (a campaign, a stored instance) does not exist for this caller (-> ``NOT_FOUND``).
+
+    Another vendor's campaign is reported as not found too: its existence is not the caller's business."""
+
+
+class AlreadyExists(HybridprefError):
+    """A create found the name taken, e.g. a vendor's campaign name (-> ``ALREADY_EXISTS``)."""
+
+
 class BackendUnavailable(HybridprefError):
     """A backend (LM endpoint, downstream service) is down or overloaded (-> ``UNAVAILABLE``).
 

@@ -17,11 +17,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hybridpref_client.core.errors import (
+    AlreadyExists,
     BackendUnavailable,
     Cancelled,
     DeadlineExceeded,
     FieldViolation,
     InvalidInput,
+    NotFound,
     NotReady,
     PermissionDenied,
     QuotaExceeded,
@@ -47,6 +49,10 @@ def status_for(exc: BaseException) -> grpc.Status | None:
         return _status(code_pb2.INVALID_ARGUMENT, message, *bad_request_details(exc.violations, MAX_DETAILS_BYTES - len(message.encode())))
     if isinstance(exc, NotReady):
         return _status(code_pb2.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, NotFound):
+        return _status(code_pb2.NOT_FOUND, str(exc))
+    if isinstance(exc, AlreadyExists):
+        return _status(code_pb2.ALREADY_EXISTS, str(exc))
     if isinstance(exc, BackendUnavailable):
         return _status(code_pb2.UNAVAILABLE, str(exc), _retry_info(exc.retry_after_s))
     if isinstance(exc, DeadlineExceeded):

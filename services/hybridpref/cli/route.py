@@ -1,7 +1,15 @@
-"""``hybridpref route``: route a JSONL batch against a router, or an embedded stack."""
+"""``hybridpref route``: route a JSONL batch against a running router, or an embedded stack.
+
+    hybridpref route --input in.jsonl --budget 0.25 [--router HOST:PORT] [--output out.jsonl]
+
+Budgets: a fraction (``0.25``), a count (``count:100``), a total cost (``cost:500``) or ``auto``. Bad rows are
+named by their line in the input file; ``--on-bad-row skip`` routes the others and writes the bad ones, with
+their reasons, to ``--rejects``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from collections import Counter
@@ -10,9 +18,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref.common.fields import rename_instance
 from hybridpref.server.settings import Settings
 
 SAMPLE_BATCH = Path(__file__).resolve().parents[3] / "samples" / "sample_batch.jsonl"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    route = subparsers.add_parser("route", help="route a JSONL batch", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    route.add_argument("--input", type=Path, default=None, help="JSONL instances (default: the sample batch)")
+    route.add_argument("--budget", default="0.25", help="fraction (0.25), count (count:100), cost (cost:500) or auto")
+    route.add_argument("--strategy", default="", help="strategy name (default: the router's)")
+    route.add_argument("--seed", type=int, default=0)
+    route.add_argument("--router", default=None, help="HOST:PORT of a running router (default: start an embedded stack)")
+    route.add_argument("--output", type=Path, default=None, help="write decisions as JSONL here")
+    route.add_argument("--replay-judge", default="", help="use labels recorded under this judge name")
+    route.add_argument("--judge-backend", choices=["learned", "embedded", "openai", "replay"], default=None,
+                       help="embedded stack only: judge backend (default: learned)")
+    route.add_argument("--on-bad-row", choices=["fail", "skip"], default="fail",
+                       help="fail (default): name every bad row and route nothing; skip: route the valid rows and "
+                            "write the others with their reasons to --rejects")
+    route.add_argument("--rejects", type=Path, default=None,
+                       help="with --on-bad-row skip: the rejected rows as JSONL {line, id, field, reason} "
+                            "(default: <input name>.rejects.jsonl in the current directory)")
+    route.add_argument("--timeout", type=float, default=900.0, help="deadline for the call, seconds")
+    route.add_argument("--log-level", default="WARNING", help="embedded stack's service log level (default WARNING)")
+    route.set_defaults(func=run)
 
 
 # Rows named on the terminal when a file has bad rows (the count covers the rest; --on-bad-row skip writes all).
@@ -68,7 +100,7 @@ def read_rows(path: Path, limits) -> tuple[list, list[int], list[BadRow]]:
     return instances, lines, bad
 
 
-def cmd_route(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from hybridpref_client import RouterClient, RoutingError, write_decisions
     from hybridpref_client.core.limits import DEFAULT_LIMITS
@@ -159,10 +191,7 @@ def parse_budget(text: str):
 
 def _to_line(field: str, text: str, lines: list[int]) -> FieldViolation:
     """``instances[3].response_a`` -> ``line 5.response_a`` (the input file's line)."""
-    match = re.match(r"instances\[(\d+)\](.*)", field)
-    if match and int(match.group(1)) < len(lines):
-        return FieldViolation(f"line {lines[int(match.group(1))]}{match.group(2)}", text)
-    return FieldViolation(field, text)
+    return FieldViolation(rename_instance(field, lambda i: f"line {lines[i]}" if i < len(lines) else None), text)
 
 
 @contextmanager

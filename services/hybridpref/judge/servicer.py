@@ -60,21 +60,17 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             template=request.template or None,
             seed=request.seed,
             replay_judge=request.replay_judge or None,
-            deadline_s=deadlines.current() or remaining_timeout(context),
+            deadline=deadlines.current() or remaining_timeout(context),
             size=len(instances),  # small calls first
         )
         self._metrics.instances.labels("judge", "JudgeInstances").inc(len(instances))
         return judge_pb2.JudgeInstancesResponse(judgements=[to_proto(j) for j in judgements])
 
     async def GetJudgeInfo(self, request, context):
-        from hybridpref.judge.templates import TEMPLATES
-
-        replay = self._settings.judge.backend == "replay"
+        info = self.judge.info()
         return judge_pb2.GetJudgeInfoResponse(
-            backend=self._settings.judge.backend, judge_id=self.judge.judge_id,
-            templates=[*sorted(TEMPLATES), *sorted(t.template_version for t in TEMPLATES.values())],
-            default_template=self.judge.default_template,
-            default_replay_judge=self._settings.judge.replay_key if replay else "",
+            backend=info.backend, judge_id=info.judge_id, templates=list(info.templates),
+            default_template=info.default_template, default_replay_judge=info.default_replay_judge,
         )
 
     async def close(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -28,22 +28,23 @@ from hybridpref.server.settings import Settings
 from hybridpref.common.signals import JudgeSignals
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, TAG_NAMES
 from hybridpref.router import budget as budgets
-from hybridpref.router.budget import ResolvedBudget
+from hybridpref.router.budget import Budget, ResolvedBudget
 from hybridpref.router import strategies
+from hybridpref.router.strategies import StrategySpec
 from hybridpref.router.backends import (
     JudgeBackend,
     JudgedBatch,
     RoutingModelSource,
-    TaggedBatch,
+    RouterTags,
     TaggerBackend,
     judge_signals,
 )
 from hybridpref.router.explain import rank_descending, reason, top_correction_features, top_tags
 from hybridpref.router.limits import MAX_LISTED, judge_violations
-from hybridpref.router.rejects import MAX_LISTED as MAX_REJECTS_LISTED, Rejected, by_instance, rejected_of
 from hybridpref.router.model import RoutingModel
 from hybridpref.router.recorded import replay_batch
-from hybridpref.router.spill import MemoryStore, SpillStore
+from hybridpref.router.rejects import MAX_LISTED as MAX_REJECTS_LISTED, Rejected, by_instance, rejected_of
+from hybridpref.router.spill import InstanceStore, MemoryStore, SpillStore
 from hybridpref.router.summary import Summary, column_totals, domain_check, judge_warnings, summarize
 
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
@@ -54,11 +55,11 @@ log = structlog.get_logger()
 
 @dataclass
 class RouteOptions:
-    """Request-level routing options (the core mirror of ``RouteConfig``)."""
+    """Request-level routing options (the core mirror of ``RouteConfig``): the budget as stated (checked
+    against the batch size here), the strategy resolved (the servicer applies the default)."""
 
-    budget_kind: str  # fraction | count | cost | auto
-    budget_value: float | int | bool
-    strategy: str
+    budget: Budget
+    strategy: StrategySpec
     seed: int = 0
     judge_mode: PositionMode = PositionMode.UNSPECIFIED
     judge_template: str = ""
@@ -137,23 +138,22 @@ class RouterCore:
         self.executor.shutdown()
 
     async def route(self, instances: Sequence[PreferenceInstance] | Incoming, options: RouteOptions,
-                    timeout: Deadline | float | None) -> RouteOutcome:
-        """Route one in-memory batch (the unary RPC). ``timeout``: the call's ``Deadline`` (or seconds)."""
-        clock, stages = Deadline.of(timeout), {"tag": 0.0}
+                    deadline: Deadline) -> RouteOutcome:
+        """Route one in-memory batch (the unary RPC) within the call's ``deadline``."""
+        stages = {"tag": 0.0}
         incoming = instances if isinstance(instances, Incoming) else Incoming(instances)
-        instances, rejected = await self._admit(incoming, options, clock, {}, max_batch=self.settings.limits.max_batch)
+        instances, rejected = await self._admit(incoming, options, deadline, {}, max_batch=self.settings.limits.max_batch)
         violations = _option_violations(options, len(instances))
         if violations:
             raise InvalidInput(violations)
         with _timed(stages, "tag"):
-            tagged = await self.tagger.tag(instances, clock)
+            tagged = await self.tagger.tag(instances, deadline)
         text = await self.executor.run(text_features, instances, tagged, size=len(instances))
-        outcome = await self._decide(MemoryStore(instances), tagged, text, options, clock, stages)
+        outcome = await self._decide(MemoryStore(instances), tagged, text, options, deadline, stages)
         return _with_rejected(outcome, rejected)
 
     async def route_stream(
-        self, chunks: AsyncIterator[Sequence[PreferenceInstance] | Incoming], options: RouteOptions,
-        timeout: Deadline | float | None,
+        self, chunks: AsyncIterator[Sequence[PreferenceInstance] | Incoming], options: RouteOptions, deadline: Deadline
     ) -> RouteOutcome:
         """Route a batch that arrives in chunks (the streaming RPC), any size.
 
@@ -161,34 +161,37 @@ class RouterCore:
         file, so memory holds ids, costs and tag rows only. A bad chunk fails the whole
         call before any decision is made (with ``skip_invalid``: its bad instances are left out).
         """
-        early = _option_violations(options, None)
-        if early:
-            raise InvalidInput(early)
-        clock, stages = Deadline.of(timeout), {"tag": 0.0}
-        store, parts, texts, seen, rejected, received = SpillStore(), [], [], {}, [], 0
+        stages: dict[str, float] = {"tag": 0.0}
+        store = SpillStore()
+        parts: list[RouterTags] = []
+        texts: list[np.ndarray] = []
+        seen: dict[str, int] = {}
+        rejected: list[Rejected] = []
+        received = 0
         try:
             async for item in chunks:
                 incoming = item if isinstance(item, Incoming) else Incoming(item, range(received, received + len(item)))
                 received += len(incoming.instances) + len({r.index for r in incoming.rejected})
                 if received > self.settings.limits.max_stream_instances:
                     raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.limits.max_stream_instances} instances"))
-                chunk, dropped = await self._admit(incoming, options, clock, seen)
+                chunk, dropped = await self._admit(incoming, options, deadline, seen)
                 rejected.extend(dropped)
                 if not chunk:
                     continue
                 await self.executor.run(store.extend, chunk, size=len(chunk))
                 with _timed(stages, "tag"):
-                    parts.append(await self.tagger.tag(chunk, clock))
+                    parts.append(await self.tagger.tag(chunk, deadline))
                 texts.append(await self.executor.run(text_features, chunk, parts[-1], size=len(chunk)))
             violations = _option_violations(options, len(store))
             if violations:
                 raise InvalidInput(violations)
-            outcome = await self._decide(store, TaggedBatch.concat(parts), np.concatenate(texts), options, clock, stages)
+            outcome = await self._decide(store, RouterTags.concat(parts), np.concatenate(texts) if texts else np.zeros((0, 0)),
+                                         options, deadline, stages)
             return _with_rejected(outcome, rejected)
         finally:
             store.close()
 
-    async def _admit(self, incoming: Incoming, options: RouteOptions, clock: Deadline, seen: dict[str, int],
+    async def _admit(self, incoming: Incoming, options: RouteOptions, deadline: Deadline, seen: dict[str, int],
                      max_batch: int | None = None) -> tuple[list[PreferenceInstance], list[Rejected]]:
         """Validate a batch or chunk before any work: (the instances to route, those left out).
 
@@ -201,12 +204,12 @@ class RouterCore:
         if not options.skip_invalid:
             if violations:
                 raise InvalidInput(violations)
-            await self._check_judge_names(instances, options, clock, origin)
+            await self._check_judge_names(instances, options, deadline, origin)
             return instances, list(incoming.rejected)
         per, other = by_instance(violations)
         if other:
             raise InvalidInput(other)
-        judge = await self._judge_name_violations(instances, options, clock, origin, max_listed=None)
+        judge = await self._judge_name_violations(instances, options, deadline, origin, max_listed=None)
         more, other = by_instance(judge)
         if other:
             raise InvalidInput(other)
@@ -216,43 +219,43 @@ class RouterCore:
         kept = [inst for o, inst in zip(origin, instances) if o not in per]
         return kept, [*incoming.rejected, *rejected_of(per, ids)]
 
-    async def _check_judge_names(self, instances, options: RouteOptions, clock: Deadline, origin: Sequence[int]) -> None:
+    async def _check_judge_names(self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline,
+                                 origin: Sequence[int]) -> None:
         """Template and replay-judge names, before any work: the template against what the judge
         advertises, a replay judge against the instances' recorded labels."""
-        violations = await self._judge_name_violations(instances, options, clock, origin)
+        violations = await self._judge_name_violations(instances, options, deadline, origin)
         if violations:
             raise InvalidInput(violations)
 
-    async def _judge_name_violations(self, instances, options: RouteOptions, clock: Deadline, origin: Sequence[int],
+    async def _judge_name_violations(self, instances: Sequence[PreferenceInstance], options: RouteOptions,
+                                     deadline: Deadline, origin: Sequence[int],
                                      max_listed: int | None = MAX_LISTED) -> list[FieldViolation]:
         """``instances[i]`` counted in the caller's batch (``origin[k]`` for the k-th of ``instances``)."""
-        needs_info = not options.replay_judge and options.strategy != "all_human"
-        info = await self.judge.judge_info(min(2.0, clock.timeout() or 2.0)) if needs_info else None
+        needs_info = not options.replay_judge and options.strategy.needs_judge
+        info = await self.judge.judge_info(min(2.0, deadline.timeout() or 2.0)) if needs_info else None
         violations = await self.executor.run(
             judge_violations, info, options.judge_template, options.replay_judge, instances, 0,
-            needs_judge=options.strategy != "all_human", max_listed=max_listed, size=len(instances),
+            needs_judge=options.strategy.needs_judge, max_listed=max_listed, size=len(instances),
         )
         return [_at_origin(v, origin) for v in violations]
 
-    async def _decide(self, store, tagged: TaggedBatch, text: np.ndarray, options: RouteOptions, clock: Deadline,
+    async def _decide(self, store: InstanceStore, tagged: RouterTags, text: np.ndarray, options: RouteOptions, deadline: Deadline,
                       stages: dict[str, float]) -> RouteOutcome:
-        """``text``: the batch's correction features without judge signals (the domain check reads them)."""
-        """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain."""
+        """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain.
+        ``text``: the batch's correction features without judge signals (the domain check reads them)."""
         n = len(store)
-        strategy = options.strategy or strategies.DEFAULT_STRATEGY
+        strategy = options.strategy
         warnings: list[str] = []
-        model = await self._model(strategy, tagged, clock, warnings)
+        model = await self._model(strategy, tagged, deadline, warnings)
         judged = None
-        if strategies.needs_judge_first(strategy):
+        if strategy.needs_judge_first:
             with _timed(stages, "judge"):
-                judged = await self._judge_first(store, tagged, model, options, clock)
-        budget = budgets.resolve_budget(
-            options.budget_kind, options.budget_value, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged)
-        )
+                judged = await self._judge_first(store, tagged, model, options, deadline)
+        budget = budgets.resolve_budget(options.budget, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged))
         with _timed(stages, "route"):
             result, summary = await self.executor.run(
                 decide, model, strategy, tagged.tag_matrix, budget, judged, text, seed=options.seed,
-                simulated_candidates=options.simulated_candidates or 500, deadline=clock, size=n,
+                simulated_candidates=options.simulated_candidates or 500, deadline=deadline, size=n,
             )
         summary.warnings[:0] = warnings
         decisions = await self.executor.run(_decisions, store.ids, result, budget, size=n)
@@ -261,7 +264,7 @@ class RouterCore:
             judged_rows = [i for i, d in enumerate(decisions) if not d.human]
             if judged_rows:
                 with _timed(stages, "judge"):
-                    judged = await self._judge_rows(store, judged_rows, tagged, model, options, clock)
+                    judged = await self._judge_rows(store, judged_rows, tagged, model, options, deadline)
                 # Strategy-independent: what the judge said about the rows it labelled.
                 summary.warnings.extend(judge_warnings(judged.signals, of=f"the {len(judged_rows)} LM-routed pairs"))
         if judged is not None:
@@ -273,50 +276,56 @@ class RouterCore:
             with _timed(stages, "explain"):
                 await self.executor.run(_explain_all, model, strategy, tagged.tag_matrix, result, judged, judged_rows,
                                         options, decisions, size=n)
-        self._count(decisions, strategy)
+        self._count(decisions, strategy.name)
         return RouteOutcome(
-            decisions=decisions, strategy=strategy, bundle_version="" if model is None else model.bundle_version,
+            decisions=decisions, strategy=strategy.name, bundle_version="" if model is None else model.bundle_version,
             human_cost=float(budget.costs[result.human_mask].sum()), summary=summary, stage_seconds=stages,
         )
 
-    async def _model(self, strategy: str, tagged: TaggedBatch, clock: Deadline, warnings: list[str]) -> RoutingModel | None:
-        """The routing model, checked against the tagger's bins. A strategy that needs the PPM fails
-        without it (``NotReady``); the others route anyway and the summary says what is missing."""
-        needed = strategies.needs_predictor(strategy)
+    async def _model(self, strategy: StrategySpec, tagged: RouterTags, deadline: Deadline, warnings: list[str]) -> RoutingModel | None:
+        """The routing model, checked against the tagger's bins. A strategy that needs the PPM (or the
+        expected-correction model) fails without it (``NotReady``) before the judge runs; the others route
+        anyway and the summary says what is missing."""
+        needed = strategy.needs_predictor or strategy.needs_expected_gain
         try:
-            model = await self.models.routing_model(clock)
+            model = await self.models.routing_model(deadline)
             if tagged.reference_bins_id and model.reference_bins_id and tagged.reference_bins_id != model.reference_bins_id:
                 # Tags binned with other edges than the models were trained on would be silently wrong.
                 raise NotReady(
                     f"the tagger bins with reference edges {tagged.reference_bins_id}, the predictor bundle "
                     f"{model.bundle_version} was built with {model.reference_bins_id}: deploy matching tagger and bundle")
-            if needed and model.scorer is None:
-                raise NotReady(f"strategy {strategy!r} needs a quadratic PPM; bundle {model.bundle_version} has none")
-            if strategy in strategies.NEEDS_EXPECTED_GAIN and model.correction is None:
-                raise NotReady(f"strategy {strategy!r} needs the expected-correction model; bundle {model.bundle_version} "
+            if strategy.needs_predictor and model.scorer is None:
+                raise NotReady(f"strategy {strategy.name!r} needs a quadratic PPM; bundle {model.bundle_version} has none")
+            if strategy.needs_expected_gain and model.correction is None:
+                raise NotReady(f"strategy {strategy.name!r} needs the expected-correction model; bundle {model.bundle_version} "
                                "has none: load a bundle built with one, or choose another strategy")
             return model
         except (NotReady, BackendUnavailable) as exc:
-            if needed or strategy in strategies.NEEDS_EXPECTED_GAIN:
+            if needed:
                 raise
             warnings.append(f"no routing model ({exc}): no predictions, domain check or expected corrections")
             return None
 
-    async def _judge_first(self, store, tagged: TaggedBatch, model: RoutingModel | None, options: RouteOptions,
-                           clock: Deadline) -> JudgeFirst:
+    async def _judge_first(self, store: InstanceStore, tagged: RouterTags, model: RoutingModel | None, options: RouteOptions,
+                           deadline: Deadline) -> JudgeFirst:
         """Judge every row (see ``_judge_rows``)."""
-        return await self._judge_rows(store, list(range(len(store))), tagged, model, options, clock)
+        return await self._judge_rows(store, list(range(len(store))), tagged, model, options, deadline)
 
-    async def _judge_rows(self, store, rows: list[int], tagged: TaggedBatch, model: RoutingModel | None,
-                          options: RouteOptions, clock: Deadline) -> JudgeFirst:
+    async def _judge_rows(self, store: InstanceStore, rows: list[int], tagged: RouterTags, model: RoutingModel | None,
+                          options: RouteOptions, deadline: Deadline) -> JudgeFirst:
         """Judge ``rows`` of the store, one slice at a time (instances read back off the loop): the
         judgements, their signals and, with a correction model, P(wrong) and what drove it per row
         (all in the order of ``rows``)."""
-        batches, signals, p_lm, p_h, idx, val = [], [], [], [], [], []
+        batches: list[JudgedBatch] = []
+        signals: list[JudgeSignals] = []
+        p_lm: list[np.ndarray] = []
+        p_h: list[np.ndarray] = []
+        idx: list[np.ndarray] = []
+        val: list[np.ndarray] = []
         for start in range(0, len(rows), JUDGE_SLICE):
             part = rows[start : start + JUDGE_SLICE]
             instances = await self.executor.run(store.get, part, size=len(part))
-            judged = await self._judge(instances, options, clock)
+            judged = await self._judge(instances, options, deadline)
             sig = judge_signals(judged, instances)
             batches.append(judged)
             signals.append(sig)
@@ -331,13 +340,13 @@ class RouterCore:
         explained = (np.concatenate(idx), np.concatenate(val)) if idx else None
         return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong, explained)
 
-    async def _judge(self, instances, options: RouteOptions, timeout) -> JudgedBatch:
+    async def _judge(self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline) -> JudgedBatch:
         if options.replay_judge:  # the vendor's recorded labels, whatever the judge service runs
             return await self.executor.run(replay_batch, instances, options.replay_judge, options.judge_mode, options.seed,
                                            size=len(instances))
         return await self.judge.judge(
             instances, mode=options.judge_mode, template=options.judge_template,
-            replay_judge=options.replay_judge, seed=options.seed, timeout=timeout,
+            replay_judge=options.replay_judge, seed=options.seed, deadline=deadline,
         )
 
     def _count(self, decisions: list[Decision], strategy: str) -> None:
@@ -347,22 +356,23 @@ class RouterCore:
 
 
 def decide(
-    model: RoutingModel | None, strategy: str, tag_matrix: np.ndarray, budget: ResolvedBudget, judged: JudgeFirst | None,
-    features: np.ndarray | None, *, seed: int, simulated_candidates: int = 500, deadline: Deadline | float | None = None,
+    model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, budget: ResolvedBudget, judged: JudgeFirst | None,
+    features: np.ndarray | None, *, seed: int, simulated_candidates: int = 500, deadline: Deadline | None = None,
 ) -> tuple[strategies.RoutingResult, Summary]:
     """The routing decision and its summary, in process: what the service runs after tagging and the
-    judge-first pass, and what ``benchmarks/bench_router_scale.py`` times. ``strategy`` "" = default;
-    ``features``: the batch's (n, F) correction features, for the domain check."""
+    judge-first pass, and what ``benchmarks/bench_router_scale.py`` times. ``features``: the batch's (n, F)
+    correction features, for the domain check."""
     totals = column_totals(tag_matrix)
     domain = domain_check(model, features)
     # A bundle without domain statistics cannot show its PPM applies here: treated as out of domain.
     ppm_in_domain = domain is not None and domain.in_domain
-    inputs: dict = {"scorer": None if model is None else model.scorer, "ppm_in_domain": ppm_in_domain}
-    if judged is not None:
-        inputs.update(judge_confidence=judged.batch.confidence, judge_inconsistent=judged.batch.inconsistent,
-                      signals=judged.signals, expected_gain=judged.expected_gain)
-    result = strategies.route(strategy, tag_matrix, budget, seed=seed, simulated_candidates=simulated_candidates,
-                              deadline=deadline, **inputs)
+    result = strategies.route(
+        strategy.name, tag_matrix, budget, scorer=None if model is None else model.scorer, seed=seed,
+        simulated_candidates=simulated_candidates, deadline=deadline, ppm_in_domain=ppm_in_domain,
+        judge_confidence=None if judged is None else judged.batch.confidence,
+        judge_inconsistent=None if judged is None else judged.batch.inconsistent,
+        signals=None if judged is None else judged.signals, expected_gain=None if judged is None else judged.expected_gain,
+    )
     summary = summarize(model, tag_matrix, result.human_mask, domain=domain, totals=totals,
                         p_wrong=None if judged is None else judged.p_wrong, signals=None if judged is None else judged.signals)
     if result.info.get("ppm_tie_breaker") == 0.0:  # the default strategy would have used the PPM in its domain
@@ -378,12 +388,12 @@ def _explain(model: RoutingModel, tag_matrix: np.ndarray, mask: np.ndarray, top_
         d.top_tags = [(TAG_NAMES[j], float(v)) for j, v in zip(row_idx, row_val) if j >= 0]
 
 
-def _decisions(ids: Sequence[str], result, budget) -> list[Decision]:
+def _decisions(ids: Sequence[str], result: strategies.RoutingResult, budget: ResolvedBudget) -> list[Decision]:
     return [Decision(id=i, human=bool(h), gain=float(g), human_cost=float(c))
             for i, h, g, c in zip(ids, result.human_mask, result.gains, budget.costs)]
 
 
-def text_features(instances: Sequence[PreferenceInstance], tagged: TaggedBatch) -> np.ndarray:
+def text_features(instances: Sequence[PreferenceInstance], tagged: RouterTags) -> np.ndarray:
     """Correction features of a chunk without judge signals (their columns neutral) -> (n, F) float32;
     the text columns are what the domain check compares with the bundle's training pools."""
     from hybridpref.routing_model.correction import correction_features
@@ -393,7 +403,8 @@ def text_features(instances: Sequence[PreferenceInstance], tagged: TaggedBatch) 
     return correction_features(instances, tagged.measures, tagged.tag_matrix, neutral)
 
 
-def _p_wrong(model: RoutingModel, instances, tagged: TaggedBatch, rows: list[int], signals: JudgeSignals, top_k: int = 0):
+def _p_wrong(model: RoutingModel, instances: Sequence[PreferenceInstance], tagged: RouterTags, rows: list[int],
+             signals: JudgeSignals, top_k: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(P(LM label wrong), P(human label wrong), top feature idx (n, k), their log-odds terms (n, k)) of
     ``rows`` from the bundle's correction model."""
     from hybridpref.routing_model.correction import correction_features
@@ -404,21 +415,21 @@ def _p_wrong(model: RoutingModel, instances, tagged: TaggedBatch, rows: list[int
     return p_lm, p_h, idx, val
 
 
-def strategy_family(strategy: str) -> str:
+def strategy_family(strategy: StrategySpec) -> str:
     """What a strategy's ``gain`` is: ``ppm``, ``expected`` (corrections), ``doubt``, ``judge_aware`` or
     ``baseline`` (random, all_human, all_lm)."""
-    if strategy in strategies.NEEDS_EXPECTED_GAIN:
+    if strategy.needs_expected_gain:
         return "expected"
-    if strategy == "judge_doubt":
+    if strategy.name == "judge_doubt":
         return "doubt"
-    if strategy == "judge_aware":
+    if strategy.name == "judge_aware":
         return "judge_aware"
-    if strategies.needs_predictor(strategy):
+    if strategy.needs_predictor:
         return "ppm"
     return "baseline"
 
 
-def _explain_all(model: RoutingModel | None, strategy: str, tag_matrix: np.ndarray, result, judged: JudgeFirst | None,
+def _explain_all(model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, result, judged: JudgeFirst | None,
                  judged_rows: list[int], options: RouteOptions, decisions: list[Decision]) -> None:
     """``top_tags`` and ``reason`` of every decision, whatever the strategy (in process).
 
@@ -456,7 +467,7 @@ def _explain_all(model: RoutingModel | None, strategy: str, tag_matrix: np.ndarr
                 p_lm, p_h = float(judged.p_wrong[0][r]), float(judged.p_wrong[1][r])
             no_verdict = int(judged.batch.labels[r]) == int(Label.UNSPECIFIED)
             flip = bool(judged.signals.order_flip[r])
-        d.reason = reason(strategy, family, d.human, d.gain, int(ranks[i]), n, expected=d.expected_gain,
+        d.reason = reason(strategy.name, family, d.human, d.gain, int(ranks[i]), n, expected=d.expected_gain,
                           p_lm_wrong=p_lm, p_human_wrong=p_h, no_verdict=no_verdict, order_flip=flip,
                           confidence=d.lm_confidence if r is not None else None, seed=options.seed)
 
@@ -466,7 +477,7 @@ def _concat_signals(parts: list[JudgeSignals]) -> JudgeSignals:
                           for f in ("label", "p_a", "order_flip", "agreement")))
 
 
-def _apply_judgements(decisions: list[Decision], rows: list[int], judged) -> None:
+def _apply_judgements(decisions: list[Decision], rows: list[int], judged: JudgedBatch) -> None:
     for k, i in enumerate(rows):
         decisions[i].lm_label = Label(int(judged.labels[k]))
         decisions[i].lm_confidence = float(judged.confidence[k])
@@ -480,23 +491,11 @@ def _supplied_costs(costs: Sequence[float | None]) -> np.ndarray | None:
     return np.array([np.nan if c is None else c for c in costs], dtype=np.float64)
 
 
-def _option_violations(options: RouteOptions, n: int | None) -> list[FieldViolation]:
-    """Strategy and budget checks; the budget's range needs the batch size ``n`` (None: not known yet)."""
-    violations: list[FieldViolation] = []
-    if options.strategy and options.strategy not in strategies.STRATEGIES:  # "" = the default strategy
-        violations.append(FieldViolation(
-            "config.strategy", f"unknown strategy {options.strategy!r}; expected one of {sorted(strategies.STRATEGIES)}"
-        ))
-    if n == 0:
-        violations.append(FieldViolation("instances", "empty batch"))
-    if n is None and options.budget_kind == "count":
-        return violations  # a count is checked against the batch size once the stream has ended
-    size = 1 if n is None else n  # fraction, cost and auto ranges do not depend on the size
-    try:  # shape and range; the real costs come after tagging
-        budgets.resolve_budget(options.budget_kind, options.budget_value, size, np.ones(size))
-    except InvalidInput as exc:
-        violations.extend(exc.violations)
-    return violations
+def _option_violations(options: RouteOptions, n: int) -> list[FieldViolation]:
+    """The checks that need the batch size: not empty, and the budget within it (before any work; the
+    real costs come after tagging)."""
+    violations = [FieldViolation("instances", "empty batch")] if n == 0 else []
+    return violations + budgets.budget_violations(options.budget, n)
 
 
 def _instance_violations(instances: Sequence[PreferenceInstance], origin: Sequence[int], seen: dict[str, int],
@@ -534,7 +533,7 @@ def _with_rejected(outcome: RouteOutcome, rejected: list[Rejected]) -> RouteOutc
 
 
 @contextmanager
-def _timed(stages: dict[str, float], name: str):
+def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
     start = time.perf_counter()
     try:
         yield
@@ -542,7 +541,7 @@ def _timed(stages: dict[str, float], name: str):
         stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
 
 
-def _cost_inputs(tagged: TaggedBatch) -> dict[str, np.ndarray]:
+def _cost_inputs(tagged: RouterTags) -> dict[str, np.ndarray]:
     col = {m: i for i, m in enumerate(LEXICAL_MEASURES)}
     expertise = budgets.expertise_levels_from_tags(tagged.tag_matrix)
     return {

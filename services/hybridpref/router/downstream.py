@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from typing import Any
+
 import grpc
 
 from hybridpref.server.channels import call_metadata, open_channel
@@ -21,10 +23,11 @@ from hybridpref.server.settings import Settings
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, VOCABULARY_VERSION
 from hybridpref.routing_model.data import RoutingModelData
 from hybridpref.routing_model.proto import routing_model_from_proto
-from hybridpref.router.backends import JudgedBatch, TaggedBatch
+from hybridpref.router.backends import JudgedBatch, RouterTags
 from hybridpref.router.limits import JudgeInfo, JudgeInfoCache
 from hybridpref.router.model import ModelCache, RoutingModel
 from hybridpref.v1 import (
+    common_pb2,
     judge_pb2,
     judge_pb2_grpc,
     predictor_pb2,
@@ -66,9 +69,9 @@ class _AioClient:
     def __init__(self, address: str, settings: Settings):
         self._address, self._settings = address, settings
         self._channel: grpc.aio.Channel | None = None
-        self.gate = None
+        self.gate: Any = None
 
-    async def _call(self, call):
+    async def _call(self, call: Any) -> Any:
         """Await the grpc.aio ``call``, or end it with ``BackendUnavailable`` once the backend is known down."""
         gate = self.gate
         if gate is None:
@@ -94,7 +97,7 @@ class _AioClient:
         return answer.result()
 
     @property
-    def _stub(self):
+    def _stub(self) -> Any:
         if self._channel is None:
             self._channel = open_channel(self._address, self._settings)
         return self.stub_class(self._channel)
@@ -104,7 +107,7 @@ class _AioClient:
             await self._channel.close()
 
 
-async def _await(call):
+async def _await(call: Any) -> Any:
     return await call
 
 
@@ -112,10 +115,9 @@ class TaggerClient(_AioClient):
     stub_class = tagger_pb2_grpc.TaggerServiceStub
     name = "tagger"
 
-    async def tag(self, instances: Sequence[PreferenceInstance], timeout: Deadline | float | None) -> TaggedBatch:
-        deadline = Deadline.of(timeout)
+    async def tag(self, instances: Sequence[PreferenceInstance], deadline: Deadline) -> RouterTags:
         n = len(instances)
-        out = TaggedBatch.empty(n)
+        out = RouterTags.empty(n)
         for start in range(0, n, TAG_CHUNK):
             chunk = instances[start : start + TAG_CHUNK]
             try:
@@ -146,7 +148,9 @@ class JudgeClient(_AioClient):
 
     async def info(self, timeout: float | None) -> judge_pb2.GetJudgeInfoResponse:
         """What the judge accepts (templates, replay default); see ``router.limits.JudgeInfo``."""
-        return await self._call(self._stub.GetJudgeInfo(judge_pb2.GetJudgeInfoRequest(), timeout=timeout, metadata=call_metadata()))
+        reply: judge_pb2.GetJudgeInfoResponse = await self._call(self._stub.GetJudgeInfo(
+            judge_pb2.GetJudgeInfoRequest(), timeout=timeout, metadata=call_metadata()))
+        return reply
 
     async def judge_info(self, timeout_s: float) -> JudgeInfo | None:
         """The judge's info, cached (``router.limits.JudgeInfoCache``); None while it cannot say."""
@@ -154,15 +158,14 @@ class JudgeClient(_AioClient):
 
     async def judge(
         self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: str, replay_judge: str,
-        seed: int, timeout: Deadline | float | None,
+        seed: int, deadline: Deadline,
     ) -> JudgedBatch:
-        deadline = Deadline.of(timeout)
         n = len(instances)
         out = JudgedBatch.empty(n)
         for start in range(0, n, JUDGE_CHUNK):
             chunk = instances[start : start + JUDGE_CHUNK]
             request = judge_pb2.JudgeInstancesRequest(
-                instances=instances_to_proto(chunk), position_mode=int(mode), template=template,
+                instances=instances_to_proto(chunk), position_mode=common_pb2.PositionMode.ValueType(int(mode)), template=template,
                 replay_judge=replay_judge, seed=seed,
             )
             try:
@@ -195,14 +198,13 @@ class PredictorModelClient(_AioClient):
         super().__init__(address, settings)
         self.cache = ModelCache(self._fetch)
 
-    async def routing_model(self, timeout: Deadline | float | None) -> RoutingModel:
-        return await self.cache.get(timeout)
+    async def routing_model(self, deadline: Deadline) -> RoutingModel:
+        return await self.cache.get(deadline)
 
-    async def _fetch(self, known: str, timeout: Deadline | float | None) -> RoutingModelData | None:
+    async def _fetch(self, known: str, deadline: Deadline) -> RoutingModelData | None:
         request = predictor_pb2.GetRoutingModelRequest(known_bundle_version=known)
         try:
-            resp = await self._call(self._stub.GetRoutingModel(request, timeout=Deadline.of(timeout).timeout(),
-                                                               metadata=call_metadata()))
+            resp = await self._call(self._stub.GetRoutingModel(request, timeout=deadline.timeout(), metadata=call_metadata()))
         except grpc.RpcError as exc:
             raise downstream_error("predictor", exc) from None
         return None if resp.unchanged else routing_model_from_proto(resp)

@@ -1,0 +1,697 @@
+"""``SqlCampaignStore``: the campaign store (:class:`hybridpref.store.api.CampaignStore`) on SQLAlchemy 2,
+for SQLite and PostgreSQL.
+
+Isolation: every method starts from the campaign found by (vendor, name); every other table is reached
+through that campaign's id. A vendor never sees, counts or changes another vendor's rows, and another
+vendor's campaign is reported as :class:`NotFound` like a missing one.
+
+Concurrency: writes that read-then-write (``decide_batch``, ``submit_labels``, ``delete_label``) run in
+one transaction holding the campaign row's lock (PostgreSQL ``SELECT ... FOR UPDATE``; SQLite
+``BEGIN IMMEDIATE``, the database's write lock). Spend is reserved in the campaign row in the same
+transaction as the decisions, so routers sharing one database can never spend the same units twice,
+and a crash before the commit leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import secrets
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import ARRAY, Connection, Engine, bindparam, exists, func, insert, select, true, false, update
+from sqlalchemy.exc import IntegrityError
+
+from hybridpref_client.core.errors import AlreadyExists, FieldViolation, InvalidInput, NotFound, NotReady, quote
+from hybridpref_client.core.instances import Label, is_blank, parse_label
+import hybridpref.store.models as m
+from hybridpref.store.api import (
+    Campaign,
+    CampaignSpec,
+    CampaignStatus,
+    Candidate,
+    ExportFormat,
+    HumanLabel,
+    Interval,
+    LabelResult,
+    PendingPair,
+    StoredDecision,
+)
+from hybridpref.store.engine import (
+    EncodedJSON,
+    create_store_engine,
+    current_revision,
+    head_revision,
+    migrate,
+    write_engine,
+)
+from hybridpref.store.policy import batch_seed, plan_batch, update_sample
+from hybridpref.store.stats import expected_count_interval, majority, wilson
+
+# Rows per query when streaming (export, refit) and ids per IN (...) list.
+CHUNK = 2_000
+# Columns written by COPY on PostgreSQL (decide_batch), in this order.
+DECISION_COLUMNS = ("campaign_id", "instance_id", "batch_id", "prompt", "response_a", "response_b", "score", "cost",
+                    "human", "exploration", "threshold", "lm_label", "lm_confidence", "expected_correction",
+                    "signals", "features", "meta", "model_version", "bundle_version", "created_at")
+LABEL_COLUMNS = ("campaign_id", "decision_id", "annotator", "preference", "strength", "rationale", "labelled_at",
+                 "source", "audit", "updated_at")
+MAX_RATIONALE = 20_000
+MAX_PENDING_LIMIT = 1_000
+PREFERENCES = ("A", "B", "tie")
+STRENGTHS = (1, 2)
+
+
+class SqlCampaignStore:
+    """The campaign store on one database. Thread-safe (one connection per call from the pool)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._write = write_engine(engine)
+        self._postgres = engine.dialect.name == "postgresql"
+
+    @classmethod
+    def open(cls, url: str | None = None, *, upgrade: bool = False, **engine_kwargs: Any) -> SqlCampaignStore:
+        """Open the store at ``url`` (see :func:`hybridpref.store.engine.resolve_url`).
+
+        ``upgrade=True`` migrates the database to the newest revision first (the embedded SQLite
+        default); otherwise a database that is not at the newest revision raises :class:`NotReady`
+        naming the command that migrates it (production runs migrations as a separate job)."""
+        engine = create_store_engine(url, **engine_kwargs)
+        if upgrade:
+            migrate(engine)
+        else:
+            have, want = current_revision(engine), head_revision()
+            if have != want:
+                engine.dispose()
+                raise NotReady(f"the campaign store's database is at revision {have or 'none'}, this code needs "
+                               f"{want}: run `hybridpref store migrate --db URL` first")
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- campaigns -------------------------------------------------------------------------------
+
+    def create_campaign(self, spec: CampaignSpec) -> Campaign:
+        """Store a new campaign; :class:`AlreadyExists` when the vendor already has one of that name."""
+        _validate_spec(spec)
+        now = _now()
+        try:
+            with self._write.begin() as conn:
+                conn.execute(insert(m.campaigns).values(
+                    vendor=spec.vendor, name=spec.name, budget_kind=spec.budget_kind,
+                    budget_total=float(spec.budget_total), strategy=spec.strategy, judge=spec.judge,
+                    votes_per_pair=spec.votes_per_pair, expected_instances=spec.expected_instances,
+                    exploration_share=float(spec.exploration_share), created_at=now, spent=0.0, routed=0,
+                    human_routed=0))
+                return self._campaign(conn, self._row(conn, spec.vendor, spec.name))
+        except IntegrityError as exc:
+            raise AlreadyExists(f"campaign {quote(spec.name)} already exists") from exc
+
+    def get_campaign(self, vendor: str, name: str) -> Campaign:
+        with self.engine.connect() as conn:
+            return self._campaign(conn, self._row(conn, vendor, name))
+
+    def list_campaigns(self, vendor: str) -> list[Campaign]:
+        """The vendor's campaigns, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(m.campaigns).where(m.campaigns.c.vendor == vendor)
+                                .order_by(m.campaigns.c.id)).all()
+            return [self._campaign(conn, row) for row in rows]
+
+    # ---- routing ---------------------------------------------------------------------------------
+
+    def decide_batch(self, vendor: str, name: str, batch_id: str, candidates: Sequence[Candidate],
+                     model_version: str = "", bundle_version: str = "") -> list[StoredDecision]:
+        """Decide and store a batch; one decision per candidate, in the candidates' order.
+
+        Ids the campaign already stored come back as stored (``replayed=True``) and spend nothing;
+        the new ones are routed by the spending policy (:mod:`hybridpref.store.policy`) in the same
+        transaction that reserves their spend. Raises :class:`InvalidInput` (nothing stored) when a
+        candidate is malformed, :class:`NotFound` for an unknown campaign."""
+        lm_labels, encoded = _validate_batch(batch_id, candidates, model_version, bundle_version)
+        if not candidates:
+            self.get_campaign(vendor, name)
+            return []
+        with self._write.begin() as conn:
+            row = self._row(conn, vendor, name, lock=True)
+            stored = self._stored_decisions(conn, row.id, [c.instance_id for c in candidates])
+            fresh = [i for i, c in enumerate(candidates) if c.instance_id not in stored]
+            decided: dict[str, StoredDecision] = {}
+            if fresh:
+                decided = self._decide_fresh(conn, row, batch_id, [candidates[i] for i in fresh],
+                                             [lm_labels[i] for i in fresh], [encoded[i] for i in fresh],
+                                             model_version, bundle_version)
+        return [decided.get(c.instance_id) or stored[c.instance_id] for c in candidates]
+
+    def _decide_fresh(self, conn: Connection, row, batch_id: str, fresh: list[Candidate],
+                      lm_labels: list[str | None], encoded: list[tuple[EncodedJSON, EncodedJSON, EncodedJSON]],
+                      model_version: str, bundle_version: str) -> dict[str, StoredDecision]:
+        scores = np.array([c.score for c in fresh], dtype=np.float64)
+        costs = np.array([c.cost for c in fresh], dtype=np.float64)
+        history = np.frombuffer(row.score_sample or b"", dtype="<f8")
+        seed = batch_seed(row.id, batch_id)
+        plan = plan_batch(scores, costs, history=history, budget_kind=row.budget_kind,
+                          budget_left=row.budget_total - row.spent, seen=row.routed,
+                          expected_instances=row.expected_instances, exploration_share=row.exploration_share,
+                          seed=seed)
+        now = _now()
+        threshold = plan.threshold if math.isfinite(plan.threshold) else None
+        values = [(row.id, c.instance_id, batch_id, c.prompt, c.response_a, c.response_b, float(c.score),
+                   float(c.cost), bool(plan.human[i]), bool(plan.exploration[i]), threshold, lm_labels[i],
+                   c.lm_confidence, c.expected_correction, *encoded[i], model_version, bundle_version, now)
+                  for i, c in enumerate(fresh)]
+        self._insert_decisions(conn, values)
+        spent = row.spent + plan.spend
+        if spent > row.budget_total:  # float sums of costs: never report more than the total
+            spent = row.budget_total
+        sample = update_sample(history, row.routed, scores, seed).astype("<f8").tobytes()
+        conn.execute(update(m.campaigns).where(m.campaigns.c.id == row.id).values(
+            spent=spent, routed=m.campaigns.c.routed + len(fresh),
+            human_routed=m.campaigns.c.human_routed + int(plan.human.sum()), score_sample=sample))
+        return {c.instance_id: StoredDecision(
+            instance_id=c.instance_id, human=bool(plan.human[i]), score=float(c.score), cost=float(c.cost),
+            batch_id=batch_id, exploration=bool(plan.exploration[i]), replayed=False, lm_label=lm_labels[i],
+            model_version=model_version) for i, c in enumerate(fresh)}
+
+    def _stored_decisions(self, conn: Connection, campaign_id: int, ids: Sequence[str]) -> dict[str, StoredDecision]:
+        d = m.decisions.c
+        out: dict[str, StoredDecision] = {}
+        for chunk in _chunks(ids, CHUNK):
+            query = select(d.instance_id, d.human, d.score, d.cost, d.batch_id, d.exploration, d.lm_label,
+                           d.model_version).where(d.campaign_id == campaign_id, self._in(d.instance_id, chunk))
+            for r in conn.execute(query):
+                out[r.instance_id] = StoredDecision(
+                    instance_id=r.instance_id, human=bool(r.human), score=r.score, cost=r.cost,
+                    batch_id=r.batch_id, exploration=bool(r.exploration), replayed=True, lm_label=r.lm_label,
+                    model_version=r.model_version)
+        return out
+
+    def _insert_decisions(self, conn: Connection, values: list[tuple[Any, ...]]) -> None:
+        """Insert decision rows (tuples in :data:`DECISION_COLUMNS` order) in the open transaction."""
+        self._insert(conn, m.decisions, DECISION_COLUMNS, values)
+
+    def _insert(self, conn: Connection, table, columns: Sequence[str], values: list[tuple[Any, ...]]) -> None:
+        """Insert rows in the open transaction: COPY on PostgreSQL (one round trip; psycopg's
+        executemany sends one statement per row), a prepared executemany on SQLite."""
+        if not values:
+            return
+        if self._postgres:
+            names = ", ".join(f'"{c}"' for c in columns)
+            with conn.connection.driver_connection.cursor() as cursor:
+                with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
+                    for value in values:
+                        copy.write_row(value)
+            return
+        conn.execute(insert(table), [dict(zip(columns, v, strict=True)) for v in values])
+
+    # ---- labels ----------------------------------------------------------------------------------
+
+    def submit_labels(self, vendor: str, name: str, labels: Sequence[HumanLabel]) -> list[LabelResult]:
+        """Store human labels; one result per item, in order.
+
+        A malformed item or an id the campaign never routed is ``rejected`` (``error`` names the
+        field) and the rest is stored. Per (instance, annotator) a label is stored once: the same
+        (preference, strength, rationale) again is ``unchanged``, a different one ``replaced`` (still
+        one vote). A label on an LM-routed instance is stored with ``audit=True``."""
+        errors = [_label_error(i, item) for i, item in enumerate(labels)]
+        results: list[LabelResult | None] = [
+            LabelResult(i, _clip_id(item), "rejected", error=err) if err else None
+            for i, (item, err) in enumerate(zip(labels, errors, strict=True))]
+        valid = [i for i, r in enumerate(results) if r is None]
+        with self._write.begin() as conn:
+            row = self._row(conn, vendor, name, lock=True)
+            targets = self._decision_ids(conn, row.id, {labels[i].instance_id for i in valid})
+            current = self._current_labels(conn, [t[0] for t in targets.values()],
+                                           {labels[i].annotator for i in valid})
+            state: dict[tuple[int, str], dict[str, Any]] = {}
+            now = _now()
+            for i in valid:
+                item = labels[i]
+                if item.instance_id not in targets:
+                    results[i] = LabelResult(i, item.instance_id, "rejected",
+                                             error=f"labels[{i}].instance_id: no routed instance "
+                                                   f"{quote(item.instance_id)} in campaign {quote(name)}")
+                    continue
+                decision_id, human = targets[item.instance_id]
+                key = (decision_id, item.annotator)
+                new = dict(preference=_canonical_preference(item.preference), strength=item.strength,
+                           rationale=item.rationale, labelled_at=_utc(item.labelled_at) or now,
+                           source=item.source, audit=not human, updated_at=now)
+                old = state.get(key) or current.get(key)
+                if old is None:
+                    status = "stored"
+                elif (old["preference"], old["strength"], old["rationale"]) == (
+                        new["preference"], new["strength"], new["rationale"]):
+                    status = "unchanged"
+                else:
+                    status = "replaced"
+                if status != "unchanged":
+                    new["id"] = old.get("id") if old else None
+                    state[key] = new
+                results[i] = LabelResult(i, item.instance_id, status, audit=not human)
+            self._write_labels(conn, row.id, state)
+        return [r for r in results if r is not None]
+
+    def _write_labels(self, conn: Connection, campaign_id: int, state: dict[tuple[int, str], dict[str, Any]]) -> None:
+        inserts, updates = [], []
+        for (decision_id, annotator), values in state.items():
+            row_id = values.pop("id")
+            if row_id is None:
+                inserts.append(dict(values, campaign_id=campaign_id, decision_id=decision_id, annotator=annotator))
+            else:
+                updates.append(dict(values, row_id=row_id))
+        self._insert(conn, m.labels, LABEL_COLUMNS, [tuple(row[c] for c in LABEL_COLUMNS) for row in inserts])
+        if updates:
+            conn.execute(update(m.labels).where(m.labels.c.id == bindparam("row_id")).values(
+                preference=bindparam("preference"), strength=bindparam("strength"),
+                rationale=bindparam("rationale"), labelled_at=bindparam("labelled_at"),
+                source=bindparam("source"), audit=bindparam("audit"), updated_at=bindparam("updated_at")), updates)
+
+    def _decision_ids(self, conn: Connection, campaign_id: int, ids: set[str]) -> dict[str, tuple[int, bool]]:
+        d = m.decisions.c
+        out: dict[str, tuple[int, bool]] = {}
+        for chunk in _chunks(sorted(ids), CHUNK):
+            for r in conn.execute(select(d.instance_id, d.id, d.human)
+                                  .where(d.campaign_id == campaign_id, self._in(d.instance_id, chunk))):
+                out[r.instance_id] = (r.id, bool(r.human))
+        return out
+
+    def _current_labels(self, conn: Connection, decision_ids: list[int],
+                        annotators: set[str]) -> dict[tuple[int, str], dict[str, Any]]:
+        lab = m.labels.c
+        out: dict[tuple[int, str], dict[str, Any]] = {}
+        for chunk in _chunks(sorted(decision_ids), CHUNK):
+            query = select(lab.id, lab.decision_id, lab.annotator, lab.preference, lab.strength, lab.rationale
+                           ).where(self._in(lab.decision_id, chunk))
+            if len(annotators) <= CHUNK:
+                query = query.where(self._in(lab.annotator, sorted(annotators)))
+            for r in conn.execute(query):
+                if r.annotator in annotators:
+                    out[(r.decision_id, r.annotator)] = dict(id=r.id, preference=r.preference,
+                                                             strength=r.strength, rationale=r.rationale)
+        return out
+
+    def delete_label(self, vendor: str, name: str, instance_id: str, annotator: str) -> bool:
+        """Undo: remove ``annotator``'s label on ``instance_id``. False when there was none."""
+        with self._write.begin() as conn:
+            row = self._row(conn, vendor, name, lock=True)
+            decision = conn.execute(select(m.decisions.c.id).where(
+                m.decisions.c.campaign_id == row.id, m.decisions.c.instance_id == instance_id)).scalar()
+            if decision is None:
+                return False
+            result = conn.execute(m.labels.delete().where(m.labels.c.decision_id == decision,
+                                                          m.labels.c.annotator == annotator))
+            return result.rowcount > 0
+
+    def pending_pairs(self, vendor: str, name: str, annotator: str, limit: int = 1) -> list[PendingPair]:
+        """Human-routed pairs that still need votes and that ``annotator`` has not labelled, oldest
+        decision first (deterministic: two calls on the same state give the same pairs)."""
+        if not 1 <= limit <= MAX_PENDING_LIMIT:
+            raise InvalidInput(FieldViolation("limit", f"must be in 1..{MAX_PENDING_LIMIT}, got {limit}"))
+        d, lab = m.decisions.c, m.labels.c
+        with self.engine.connect() as conn:
+            row = self._row(conn, vendor, name)
+            votes = select(func.count()).where(lab.decision_id == d.id).scalar_subquery()
+            mine = exists().where(lab.decision_id == d.id, lab.annotator == annotator)
+            query = (select(d.instance_id, d.prompt, d.response_a, d.response_b, votes.label("votes"))
+                     .where(d.campaign_id == row.id, d.human == true(), votes < row.votes_per_pair, ~mine)
+                     .order_by(d.id).limit(limit))
+            return [PendingPair(r.instance_id, r.prompt, r.response_a, r.response_b, int(r.votes),
+                                row.votes_per_pair) for r in conn.execute(query)]
+
+    # ---- reading back ----------------------------------------------------------------------------
+
+    def export_rows(self, vendor: str, name: str, fmt: ExportFormat = "trl") -> Iterator[dict[str, Any]]:
+        """Stream the campaign's dataset, one dict per instance in routing order (see
+        :mod:`hybridpref.store.export` for the two row schemas). Reads in chunks of ``CHUNK`` rows in one
+        read transaction (one snapshot on PostgreSQL)."""
+        if fmt not in ("trl", "pool"):
+            raise InvalidInput(FieldViolation("format", f"expected trl or pool, got {quote(fmt)}"))
+        from hybridpref.store.export import POOL_COLUMNS, TRL_COLUMNS, pool_row, trl_row
+
+        campaign = self.get_campaign(vendor, name)  # NotFound before the first row
+        make = trl_row if fmt == "trl" else pool_row
+        columns = TRL_COLUMNS if fmt == "trl" else POOL_COLUMNS
+        lab = m.labels.c
+        for decision, votes in self._walk(vendor, name, [m.decisions.c[c] for c in columns],
+                                          [lab.decision_id, lab.preference], labelled_only=fmt == "pool"):
+            out = make(campaign.spec, decision, votes)
+            if out is not None:
+                yield out
+
+    def returned_labels(self, vendor: str, name: str) -> Iterator[tuple[Candidate, StoredDecision, list[HumanLabel]]]:
+        """Every instance with at least one human label (audit labels included), in routing order:
+        the candidate as routed, its decision and its labels (oldest first). For refits."""
+        for decision, votes in self._walk(vendor, name, list(m.decisions.c), list(m.labels.c), labelled_only=True):
+            yield _candidate(decision), _decision(decision), [_human_label(decision.instance_id, v) for v in votes]
+
+    def _walk(self, vendor: str, name: str, columns: list[Any], label_columns: list[Any],
+              labelled_only: bool) -> Iterator[tuple[Any, list[Any]]]:
+        """(decision row, its label rows oldest first) in decision id order; only ``columns`` of the
+        decisions and ``label_columns`` of the labels are read.
+
+        Two streamed queries (server-side cursors on PostgreSQL, fetched ``CHUNK`` rows at a time)
+        merged on the decision id, in one read transaction (one snapshot on PostgreSQL): linear in the
+        campaign's size, whatever the planner knows about the tables."""
+        d, lab = m.decisions.c, m.labels.c
+        read = self.engine.execution_options(isolation_level="REPEATABLE READ") if self._postgres else self.engine
+        columns = [d.id, *(c for c in columns if c.name != "id")]
+        label_columns = [lab.decision_id, *(c for c in label_columns if c.name != "decision_id")]
+        with read.connect() as conn, conn.begin():
+            row = self._row(conn, vendor, name)
+            query = select(*columns).where(d.campaign_id == row.id)
+            if labelled_only:
+                query = query.where(exists().where(lab.decision_id == d.id))
+            streamed = conn.execution_options(yield_per=CHUNK)
+            decisions = streamed.execute(query.order_by(d.id))
+            votes = iter(streamed.execute(select(*label_columns).where(lab.campaign_id == row.id)
+                                          .order_by(lab.decision_id, lab.labelled_at, lab.id)))
+            vote = next(votes, None)
+            for decision in decisions:
+                mine = []
+                while vote is not None and vote.decision_id <= decision.id:
+                    if vote.decision_id == decision.id:
+                        mine.append(vote)
+                    vote = next(votes, None)
+                yield decision, mine
+
+    def status(self, vendor: str, name: str) -> CampaignStatus:
+        """Budget, labels and what the returned labels say about the judge and the promised corrections.
+
+        ``agreement``: share of labelled pairs (human-routed and audit) whose human majority equals the
+        LM label, over pairs where both are non-tie (Wilson 95%); ``audit_agreement``: the same over
+        audit pairs only (an unbiased sample of LM-routed pairs; human-routed pairs were picked where the
+        judge is doubtful, so their agreement is lower by design). ``realised_corrections``: human-routed
+        pairs whose non-tie human majority differs from the LM label (a tie or missing LM label counts
+        as differing); ``expected_corrections``: the sum of ``expected_correction`` over the same pairs
+        (those that have one), with a normal-approximation 95% interval."""
+        d, lab = m.decisions.c, m.labels.c
+        with self.engine.connect() as conn, conn.begin():
+            row = self._row(conn, vendor, name)
+            campaign = self._campaign(conn, row)
+            votes_by: dict[int, Counter[str]] = defaultdict(Counter)
+            info: dict[int, tuple[bool, str | None, float | None]] = {}
+            query = (select(d.id, d.human, d.lm_label, d.expected_correction, lab.preference)
+                     .join(m.labels, lab.decision_id == d.id).where(d.campaign_id == row.id))
+            for r in conn.execute(query):
+                votes_by[r.id][r.preference] += 1
+                info[r.id] = (bool(r.human), r.lm_label, r.expected_correction)
+            votes = (select(d.id, func.count(lab.id).label("n")).select_from(m.decisions)
+                     .outerjoin(m.labels, lab.decision_id == d.id)
+                     .where(d.campaign_id == row.id, d.human == true()).group_by(d.id).subquery())
+            pending = conn.execute(select(func.coalesce(func.sum(row.votes_per_pair - votes.c.n), 0))
+                                   .where(votes.c.n < row.votes_per_pair)).scalar()
+        agree, compared, audit_agree, audit_compared = 0, 0, 0, 0
+        realised, promised, n_known = 0, [], 0
+        for decision_id, counts in votes_by.items():
+            human, lm_label, expected = info[decision_id]
+            verdict = majority(counts)
+            lm = _winner(lm_label)
+            if verdict != "tie" and lm is not None:
+                compared += 1
+                agree += verdict == lm
+                if not human:
+                    audit_compared += 1
+                    audit_agree += verdict == lm
+            if human:
+                realised += verdict != "tie" and verdict != lm
+                if expected is not None:
+                    promised.append(expected)
+                    n_known += 1
+        return CampaignStatus(
+            campaign=campaign, budget_left=max(0.0, campaign.spec.budget_total - campaign.spent),
+            labels_pending=int(pending or 0), agreement=wilson(agree, compared),
+            realised_corrections=int(realised), expected_corrections=expected_count_interval(promised),
+            audit_agreement=wilson(audit_agree, audit_compared), expected_known=n_known)
+
+    # ---- annotator tokens (the annotation page, issue 17) ----------------------------------------
+
+    def create_annotator_token(self, vendor: str, annotator: str) -> str:
+        """A new secret token for ``annotator`` of ``vendor``; only its sha256 is stored, so the
+        returned token is shown once."""
+        _check_name("vendor", vendor, m.MAX_VENDOR)
+        _check_name("annotator", annotator, m.MAX_ANNOTATOR)
+        token = secrets.token_urlsafe(32)
+        with self._write.begin() as conn:
+            conn.execute(insert(m.annotator_tokens).values(vendor=vendor, annotator=annotator,
+                                                           token_sha256=_sha256(token), created_at=_now(),
+                                                           revoked=False))
+        return token
+
+    def annotator_for_token(self, token: str) -> tuple[str, str] | None:
+        """(vendor, annotator) of a valid, unrevoked token; ``None`` otherwise."""
+        t = m.annotator_tokens.c
+        with self.engine.connect() as conn:
+            r = conn.execute(select(t.vendor, t.annotator).where(t.token_sha256 == _sha256(token),
+                                                                 t.revoked == false())).first()
+        return (r.vendor, r.annotator) if r else None
+
+    def revoke_annotator_tokens(self, vendor: str, annotator: str) -> int:
+        """Revoke every token of ``annotator`` of ``vendor``; returns how many were live."""
+        t = m.annotator_tokens.c
+        with self._write.begin() as conn:
+            result = conn.execute(update(m.annotator_tokens).where(
+                t.vendor == vendor, t.annotator == annotator, t.revoked == false()).values(revoked=True))
+            return result.rowcount
+
+    # ---- helpers ---------------------------------------------------------------------------------
+
+    def _in(self, column, values: Sequence[str]):
+        """``column IN values``; on PostgreSQL ``= ANY(array)``: one parameter instead of one per value
+        (psycopg parses the statement's parameters on every call)."""
+        if self._postgres:
+            return column == func.any(bindparam(None, list(values), type_=ARRAY(column.type)))
+        return column.in_(values)
+
+    def _row(self, conn: Connection, vendor: str, name: str, lock: bool = False):
+        query = select(m.campaigns).where(m.campaigns.c.vendor == vendor, m.campaigns.c.name == name)
+        if lock and self._postgres:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"no campaign {quote(name)}")
+        return row
+
+    def _campaign(self, conn: Connection, row) -> Campaign:
+        d, lab = m.decisions.c, m.labels.c
+        returned = conn.execute(select(func.count()).select_from(m.labels).where(lab.campaign_id == row.id)).scalar()
+        votes = select(func.count()).where(lab.decision_id == d.id).scalar_subquery()
+        pending = conn.execute(select(func.count()).select_from(m.decisions).where(
+            d.campaign_id == row.id, d.human == true(), votes < row.votes_per_pair)).scalar()
+        spec = CampaignSpec(vendor=row.vendor, name=row.name, budget_kind=row.budget_kind,
+                            budget_total=row.budget_total, strategy=row.strategy, judge=row.judge,
+                            votes_per_pair=row.votes_per_pair, expected_instances=row.expected_instances,
+                            exploration_share=row.exploration_share)
+        return Campaign(id=row.id, spec=spec, created_at=_utc(row.created_at), spent=row.spent,
+                        routed=row.routed, human_routed=row.human_routed, labels_returned=int(returned or 0),
+                        pairs_pending=int(pending or 0))
+
+
+# ---- validation ------------------------------------------------------------------------------------
+
+def _validate_spec(spec: CampaignSpec) -> None:
+    v: list[FieldViolation] = []
+    for field, value, limit in (("vendor", spec.vendor, m.MAX_VENDOR), ("name", spec.name, m.MAX_NAME)):
+        err = _name_error(value, limit)
+        if err:
+            v.append(FieldViolation(field, err))
+    for field, value in (("strategy", spec.strategy), ("judge", spec.judge)):
+        if not isinstance(value, str) or len(value) > m.MAX_SHORT:
+            v.append(FieldViolation(field, f"expected a string of at most {m.MAX_SHORT} characters"))
+    if spec.budget_kind not in ("count", "cost"):
+        v.append(FieldViolation("budget.kind", f"expected count or cost, got {quote(spec.budget_kind)}"))
+    total = spec.budget_total
+    if not isinstance(total, (int, float)) or not math.isfinite(total) or total < 0:
+        v.append(FieldViolation("budget.total", f"must be a finite number >= 0, got {total!r}"))
+    elif spec.budget_kind == "count" and float(total) != int(total):
+        v.append(FieldViolation("budget.total", f"a count budget is a whole number of labels, got {total}"))
+    if not isinstance(spec.votes_per_pair, int) or not 1 <= spec.votes_per_pair <= 100:
+        v.append(FieldViolation("votes_per_pair", f"must be in 1..100, got {spec.votes_per_pair!r}"))
+    if spec.expected_instances is not None and (not isinstance(spec.expected_instances, int)
+                                                or spec.expected_instances < 1):
+        v.append(FieldViolation("expected_instances", f"must be a positive integer, got {spec.expected_instances!r}"))
+    share = spec.exploration_share
+    if not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+        v.append(FieldViolation("exploration_share", f"must be in [0, 1], got {share!r}"))
+    if v:
+        raise InvalidInput(v)
+
+
+def _validate_batch(batch_id: str, candidates: Sequence[Candidate], model_version: str, bundle_version: str
+                    ) -> tuple[list[str | None], list[tuple[EncodedJSON, EncodedJSON, EncodedJSON]]]:
+    """Check a batch before anything is stored; returns the candidates' canonical LM label names and
+    their (signals, features, metadata) as JSON text."""
+    v: list[FieldViolation] = []
+    err = _name_error(batch_id, m.MAX_BATCH_ID)
+    if err:
+        v.append(FieldViolation("batch_id", err))
+    for field, value in (("model_version", model_version), ("bundle_version", bundle_version)):
+        if not isinstance(value, str) or len(value) > m.MAX_SHORT:
+            v.append(FieldViolation(field, f"expected a string of at most {m.MAX_SHORT} characters"))
+    seen: dict[str, int] = {}
+    lm_labels: list[str | None] = []
+    encoded: list[tuple[EncodedJSON, EncodedJSON, EncodedJSON]] = []
+    for i, c in enumerate(candidates):
+        where = f"candidates[{i}]"
+        err = _name_error(c.instance_id, m.MAX_INSTANCE_ID)
+        if err:
+            v.append(FieldViolation(f"{where}.instance_id", err))
+        elif c.instance_id in seen:
+            v.append(FieldViolation(f"{where}.instance_id",
+                                    f"duplicate id {quote(c.instance_id)} (first at candidates[{seen[c.instance_id]}])"))
+        else:
+            seen[c.instance_id] = i
+        for field in ("prompt", "response_a", "response_b"):
+            if not isinstance(getattr(c, field), str):
+                v.append(FieldViolation(f"{where}.{field}", "expected a string"))
+        if not _finite(c.score):
+            v.append(FieldViolation(f"{where}.score", f"must be a finite number, got {c.score!r}"))
+        if not _finite(c.cost) or c.cost <= 0:
+            v.append(FieldViolation(f"{where}.cost", f"must be a positive finite number, got {c.cost!r}"))
+        for field in ("lm_confidence", "expected_correction"):
+            value = getattr(c, field)
+            if value is not None and not _finite(value):
+                v.append(FieldViolation(f"{where}.{field}", f"must be a finite number or empty, got {value!r}"))
+        if c.lm_confidence is not None and _finite(c.lm_confidence) and not 0 <= c.lm_confidence <= 1:
+            v.append(FieldViolation(f"{where}.lm_confidence", f"must be in [0, 1], got {c.lm_confidence}"))
+        lm_labels.append(_lm_label(c.lm_label, f"{where}.lm_label", v))
+        texts = []
+        for field in ("signals", "features", "metadata"):
+            value = getattr(c, field)
+            try:
+                if not isinstance(value, Mapping):
+                    raise TypeError(f"expected an object, got {type(value).__name__}")
+                texts.append(EncodedJSON(json.dumps(value, allow_nan=False)))
+            except (TypeError, ValueError) as exc:
+                v.append(FieldViolation(f"{where}.{field}", f"must be a JSON object without NaN or infinity ({exc})"))
+        if len(texts) == 3:
+            encoded.append((texts[0], texts[1], texts[2]))
+    if v:
+        raise InvalidInput(v)
+    return lm_labels, encoded
+
+
+def _lm_label(value: str | None, where: str, v: list[FieldViolation]) -> str | None:
+    """Canonical ``Label`` name of an LM label (names, or A / B / tie); ``None`` stays ``None``."""
+    if value is None or value == "":
+        return None
+    try:
+        label = parse_label(value)
+    except ValueError as exc:
+        v.append(FieldViolation(where, str(exc)))
+        return None
+    return label.name if label is not None else None
+
+
+def _label_error(i: int, item: HumanLabel) -> str:
+    """Why item ``i`` cannot be stored ("" when it can): the first bad field, named."""
+    where = f"labels[{i}]"
+    if not isinstance(item, HumanLabel):
+        return f"{where}: expected a HumanLabel, got {type(item).__name__}"
+    err = _name_error(item.instance_id, m.MAX_INSTANCE_ID)
+    if err:
+        return f"{where}.instance_id: {err}"
+    err = _name_error(item.annotator, m.MAX_ANNOTATOR)
+    if err:
+        return f"{where}.annotator: {err}"
+    if _canonical_preference(item.preference) is None:
+        return f"{where}.preference: expected A, B or tie, got {quote(item.preference)}"
+    if item.strength is not None:
+        if isinstance(item.strength, bool) or item.strength not in STRENGTHS:
+            return f"{where}.strength: expected 1 (slightly) or 2 (clearly) or empty, got {item.strength!r}"
+        if _canonical_preference(item.preference) == "tie":
+            return f"{where}.strength: a tie has no strength"
+    if not isinstance(item.rationale, str) or len(item.rationale) > MAX_RATIONALE:
+        return f"{where}.rationale: expected a string of at most {MAX_RATIONALE} characters"
+    if item.labelled_at is not None and not isinstance(item.labelled_at, datetime):
+        return f"{where}.labelled_at: expected a datetime or empty"
+    if not isinstance(item.source, str) or not item.source or len(item.source) > m.MAX_SHORT:
+        return f"{where}.source: expected a non-empty string of at most {m.MAX_SHORT} characters"
+    return ""
+
+
+def _canonical_preference(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return {"a": "A", "b": "B", "tie": "tie"}.get(value.strip().lower())
+
+
+def _name_error(value: Any, limit: int) -> str:
+    if not isinstance(value, str):
+        return f"expected a string, got {type(value).__name__}"
+    if not value or is_blank(value):
+        return "missing"
+    if len(value) > limit:
+        return f"longer than {limit} characters"
+    if any(ord(ch) < 32 for ch in value):
+        return "contains control characters"
+    return ""
+
+
+def _check_name(field: str, value: Any, limit: int) -> None:
+    err = _name_error(value, limit)
+    if err:
+        raise InvalidInput(FieldViolation(field, err))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _clip_id(item: Any) -> str:
+    value = getattr(item, "instance_id", "")
+    return value[: m.MAX_INSTANCE_ID] if isinstance(value, str) else ""
+
+
+# ---- conversions -----------------------------------------------------------------------------------
+
+def _winner(lm_label: str | None) -> str | None:
+    """"A" / "B" / None (tie or missing) of a stored LM label name."""
+    return Label[lm_label].winner if lm_label else None
+
+
+def _candidate(r) -> Candidate:
+    return Candidate(instance_id=r.instance_id, prompt=r.prompt, response_a=r.response_a, response_b=r.response_b,
+                     score=r.score, cost=r.cost, lm_label=r.lm_label, lm_confidence=r.lm_confidence,
+                     signals=dict(r.signals or {}), features=dict(r.features or {}),
+                     expected_correction=r.expected_correction, metadata=dict(r.meta or {}))
+
+
+def _decision(r) -> StoredDecision:
+    return StoredDecision(instance_id=r.instance_id, human=bool(r.human), score=r.score, cost=r.cost,
+                          batch_id=r.batch_id, exploration=bool(r.exploration), replayed=False,
+                          lm_label=r.lm_label, model_version=r.model_version)
+
+
+def _human_label(instance_id: str, v) -> HumanLabel:
+    return HumanLabel(instance_id=instance_id, annotator=v.annotator, preference=v.preference, strength=v.strength,
+                      rationale=v.rationale, labelled_at=_utc(v.labelled_at), source=v.source)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Aware UTC datetime; a naive one (SQLite returns them) is taken as UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    items = list(items)
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+

@@ -1,0 +1,314 @@
+"""The campaign store's contract (hybridpref.store.api) on both engines: a SQLite file and a real
+PostgreSQL server (tests/support/postgres.py)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+from support.postgres import postgres_server, store_url  # noqa: F401  (fixtures)
+from support.store_data import candidates
+
+from hybridpref_client.core.errors import AlreadyExists, InvalidInput, NotFound
+from hybridpref.store.api import CampaignSpec, HumanLabel
+from hybridpref.store.sql import SqlCampaignStore
+from hybridpref.store.stats import Z95
+
+
+@pytest.fixture
+def store(store_url):  # noqa: F811
+    s = SqlCampaignStore.open(store_url, upgrade=True)
+    yield s
+    s.close()
+
+
+def spec(name="c", vendor="acme", **kw) -> CampaignSpec:
+    base = dict(budget_kind="count", budget_total=10, expected_instances=None)
+    base.update(kw)
+    return CampaignSpec(vendor=vendor, name=name, **base)
+
+
+def all_human(store, name="c", vendor="acme", n=10, votes=1, seed=0, prefix="i"):
+    """A campaign whose first batch is all human-routed (budget = batch size, no stream estimate)."""
+    store.create_campaign(spec(name, vendor, budget_total=n, votes_per_pair=votes))
+    return store.decide_batch(vendor, name, "b0", candidates(prefix, n, seed))
+
+
+def test_campaigns_are_per_vendor(store):
+    created = store.create_campaign(spec("c", "acme"))
+    assert created.spent == 0 and created.routed == 0 and created.spec.vendor == "acme"
+    with pytest.raises(AlreadyExists):
+        store.create_campaign(spec("c", "acme"))
+    other = store.create_campaign(spec("c", "globex", budget_total=3))  # same name, another vendor: its own
+    assert other.id != created.id
+    assert [c.spec.name for c in store.list_campaigns("acme")] == ["c"]
+    assert store.get_campaign("globex", "c").spec.budget_total == 3
+    assert store.list_campaigns("initech") == []
+    store.decide_batch("acme", "c", "b0", candidates("i", 5, 1))
+    for call in (lambda: store.get_campaign("initech", "c"),
+                 lambda: store.decide_batch("initech", "c", "b0", candidates("i", 1, 1)),
+                 lambda: store.submit_labels("initech", "c", [HumanLabel("i0", "a", "A")]),
+                 lambda: list(store.export_rows("initech", "c")),
+                 lambda: store.status("initech", "c"),
+                 lambda: store.pending_pairs("initech", "c", "a")):
+        with pytest.raises(NotFound):
+            call()
+    # globex's campaign of the same name never saw acme's instances
+    assert store.get_campaign("globex", "c").routed == 0
+    results = store.submit_labels("globex", "c", [HumanLabel("i0", "a", "A")])
+    assert results[0].status == "rejected" and "instance_id" in results[0].error
+
+
+def test_invalid_spec_names_the_fields(store):
+    with pytest.raises(InvalidInput) as err:
+        store.create_campaign(CampaignSpec(vendor="", name="x" * 500, budget_kind="labels", budget_total=-1,
+                                           votes_per_pair=0, expected_instances=0, exploration_share=1.5))
+    fields = {v.field for v in err.value.violations}
+    assert fields == {"vendor", "name", "budget.kind", "budget.total", "votes_per_pair", "expected_instances",
+                      "exploration_share"}
+    with pytest.raises(InvalidInput, match="whole number"):
+        store.create_campaign(spec(budget_total=2.5))
+
+
+def test_resent_ids_replay_and_spend_nothing(store):
+    store.create_campaign(spec(budget_total=40, expected_instances=100))
+    first = store.decide_batch("acme", "c", "b0", candidates("i", 20, 3))
+    after_first = store.get_campaign("acme", "c")
+    assert after_first.routed == 20 and after_first.spent == sum(d.human for d in first)
+    assert not any(d.replayed for d in first)
+    again = store.decide_batch("acme", "c", "b0-retry", candidates("i", 20, 3))
+    assert all(d.replayed for d in again)
+    assert [(d.instance_id, d.human, d.exploration, d.batch_id) for d in again] == \
+           [(d.instance_id, d.human, d.exploration, d.batch_id) for d in first]
+    assert store.get_campaign("acme", "c") == after_first
+    mixed = candidates("i", 10, 3, start=15)  # i15..i19 stored, i20..i24 new
+    out = store.decide_batch("acme", "c", "b1", mixed)
+    assert [d.replayed for d in out] == [True] * 5 + [False] * 5
+    assert [d.instance_id for d in out] == [c.instance_id for c in mixed]
+    after = store.get_campaign("acme", "c")
+    assert after.routed == 25
+    assert after.spent == after.human_routed == sum(d.human for d in first) + sum(d.human for d in out[5:])
+
+
+def test_invalid_batch_stores_nothing(store):
+    store.create_campaign(spec())
+    bad = candidates("i", 3, 0)
+    bad[1] = replace(bad[1], instance_id=bad[0].instance_id)
+    bad[2] = replace(bad[2], score=math.nan, lm_label="C_BETTER", signals={"p": math.inf})
+    with pytest.raises(InvalidInput) as err:
+        store.decide_batch("acme", "c", "b0", bad)
+    fields = {v.field for v in err.value.violations}
+    assert fields == {"candidates[1].instance_id", "candidates[2].score", "candidates[2].lm_label",
+                      "candidates[2].signals"}
+    assert store.get_campaign("acme", "c").routed == 0
+    with pytest.raises(InvalidInput, match="batch_id"):
+        store.decide_batch("acme", "c", "", candidates("i", 1, 0))
+    assert store.decide_batch("acme", "c", "b0", []) == []
+
+
+@pytest.mark.parametrize("kind", ["count", "cost"])
+def test_twenty_batch_stream_spends_within_2_percent(store, kind):
+    rng = random.Random(11)
+    sizes = [rng.randint(20, 60) for _ in range(20)]
+    batches, start = [], 0
+    for b, n in enumerate(sizes):
+        batches.append(candidates("s", n, 100 + b, start=start, cost_range=(0.5, 3.0)))
+        start += n
+    units = [1.0 if kind == "count" else c.cost for batch in batches for c in batch]
+    total = float(int(0.25 * sum(units))) if kind == "count" else 0.25 * sum(units)
+    store.create_campaign(spec(budget_kind=kind, budget_total=total, expected_instances=start))
+    spent = 0.0
+    for b, batch in enumerate(batches):
+        out = store.decide_batch("acme", "c", f"b{b}", batch)
+        spent += sum((1.0 if kind == "count" else d.cost) for d in out if d.human)
+        campaign = store.get_campaign("acme", "c")
+        assert campaign.spent == pytest.approx(spent) and campaign.spent <= total + 1e-9
+    assert total * 0.98 <= spent <= total + 1e-9
+
+
+def test_labels_stored_unchanged_replaced_rejected(store):
+    decisions = all_human(store, n=4)
+    ids = [d.instance_id for d in decisions]
+    store.create_campaign(spec("lm-only", budget_total=0))
+    lm = store.decide_batch("acme", "lm-only", "b0", candidates("i", 2, 0))
+    assert not any(d.human for d in lm)
+    results = store.submit_labels("acme", "c", [
+        HumanLabel(ids[0], "ann", "A", strength=2, rationale="clearer"),
+        HumanLabel(ids[1], "ann", "b"),
+        HumanLabel("missing", "ann", "A"),
+        HumanLabel(ids[2], "ann", "maybe"),
+        HumanLabel(ids[2], "", "A"),
+        HumanLabel(ids[2], "ann", "tie", strength=1),
+        HumanLabel(ids[3], "ann", "A", strength=5),
+        HumanLabel(ids[0], "ann", "A", strength=2, rationale="clearer"),  # same again in the same request
+    ])
+    assert [r.status for r in results] == ["stored", "stored", "rejected", "rejected", "rejected", "rejected",
+                                           "rejected", "unchanged"]
+    assert [r.index for r in results] == list(range(8))
+    assert results[2].error.startswith("labels[2].instance_id")
+    assert results[3].error.startswith("labels[3].preference")
+    assert results[4].error.startswith("labels[4].annotator")
+    assert results[5].error.startswith("labels[5].strength")
+    assert results[6].error.startswith("labels[6].strength")
+    again = store.submit_labels("acme", "c", [HumanLabel(ids[0], "ann", "A", strength=2, rationale="clearer"),
+                                              HumanLabel(ids[1], "ann", "A"),
+                                              HumanLabel(ids[1], "ann2", "A")])
+    assert [r.status for r in again] == ["unchanged", "replaced", "stored"]
+    campaign = store.get_campaign("acme", "c")
+    assert campaign.labels_returned == 3  # a replaced label is still one vote
+    assert campaign.pairs_pending == 2
+    audit = store.submit_labels("acme", "lm-only", [HumanLabel("i0", "ann", "B")])
+    assert audit[0].status == "stored" and audit[0].audit
+    assert not any(r.audit for r in again)
+    rows = {r[0].instance_id: r for r in store.returned_labels("acme", "c")}
+    assert sorted(rows) == sorted(ids[:2])
+    cand, decision, votes = rows[ids[1]]
+    sent = candidates("i", 4, 0)[1]
+    assert (cand.prompt, cand.response_a, cand.response_b, cand.signals, cand.features, cand.metadata) == (
+        sent.prompt, sent.response_a, sent.response_b, sent.signals, sent.features, sent.metadata)
+    assert cand.lm_label == sent.lm_label and cand.expected_correction == sent.expected_correction
+    assert decision.human and [(v.annotator, v.preference) for v in votes] == [("ann", "A"), ("ann2", "A")]
+    assert rows[ids[0]][2][0].strength == 2 and rows[ids[0]][2][0].rationale == "clearer"
+    assert rows[ids[0]][2][0].labelled_at.tzinfo is not None
+
+
+def test_delete_label_is_an_undo(store):
+    ids = [d.instance_id for d in all_human(store, n=3)]
+    store.submit_labels("acme", "c", [HumanLabel(ids[0], "ann", "A")])
+    assert store.pending_pairs("acme", "c", "ann", limit=5)[0].instance_id == ids[1]
+    assert store.delete_label("acme", "c", ids[0], "ann") is True
+    assert store.delete_label("acme", "c", ids[0], "ann") is False
+    assert store.delete_label("acme", "c", "missing", "ann") is False
+    assert store.get_campaign("acme", "c").labels_returned == 0
+    assert [p.instance_id for p in store.pending_pairs("acme", "c", "ann", limit=5)] == ids
+    assert store.submit_labels("acme", "c", [HumanLabel(ids[0], "ann", "B")])[0].status == "stored"
+
+
+def test_pending_pairs_need_votes_and_skip_what_the_annotator_did(store):
+    decisions = all_human(store, n=6, votes=2)
+    ids = [d.instance_id for d in decisions]
+    first = store.pending_pairs("acme", "c", "ann1", limit=3)
+    assert [p.instance_id for p in first] == ids[:3]
+    assert first[0].votes == 0 and first[0].votes_needed == 2 and first[0].response_a
+    store.submit_labels("acme", "c", [HumanLabel(ids[0], "ann1", "A"), HumanLabel(ids[1], "ann1", "A")])
+    assert [p.instance_id for p in store.pending_pairs("acme", "c", "ann1", limit=3)] == ids[2:5]
+    for_ann2 = store.pending_pairs("acme", "c", "ann2", limit=2)
+    assert [(p.instance_id, p.votes) for p in for_ann2] == [(ids[0], 1), (ids[1], 1)]
+    store.submit_labels("acme", "c", [HumanLabel(ids[0], "ann2", "B")])
+    assert ids[0] not in [p.instance_id for p in store.pending_pairs("acme", "c", "ann3", limit=100)]
+    assert store.status("acme", "c").labels_pending == 2 * 6 - 3
+    with pytest.raises(InvalidInput, match="limit"):
+        store.pending_pairs("acme", "c", "ann1", limit=0)
+
+
+def test_export_trl_majority_ties_and_lm_labels(store):
+    store.create_campaign(spec(budget_total=3, votes_per_pair=3, judge="gpt-4"))
+    batch = candidates("i", 6, 5)
+    batch = [replace(c, score=s, lm_label=lab) for c, s, lab in
+             zip(batch, [0.9, 0.8, 0.7, 0.1, 0.2, 0.3], ["A_BETTER", "A_BETTER", "B_BETTER", "B_MUCH_BETTER",
+                                                         "TIE", None], strict=True)]
+    decisions = store.decide_batch("acme", "c", "b0", batch)
+    assert [d.human for d in decisions] == [True, True, True, False, False, False]
+    store.submit_labels("acme", "c", [
+        HumanLabel("i0", "a1", "B"), HumanLabel("i0", "a2", "B"), HumanLabel("i0", "a3", "A"),  # B wins 2-1
+        HumanLabel("i1", "a1", "A"), HumanLabel("i1", "a2", "B"),  # level: a flagged tie
+        HumanLabel("i3", "a1", "A"),  # audit vote: the LM label stays the row's label
+    ])
+    rows = {r["id"]: r for r in store.export_rows("acme", "c", "trl")}
+    assert sorted(rows) == ["i0", "i1", "i2", "i3", "i4"]  # i5: no label at all
+    c = {x.instance_id: x for x in batch}
+    assert (rows["i0"]["chosen"], rows["i0"]["rejected"]) == (c["i0"].response_b, c["i0"].response_a)
+    assert rows["i0"]["label_source"] == "human" and rows["i0"]["votes"] == 3 and not rows["i0"]["tie"]
+    assert rows["i0"]["confidence"] == pytest.approx(2 / 3)
+    assert rows["i1"]["tie"] and rows["i1"]["label_source"] == "human" and rows["i1"]["votes"] == 2
+    # human-routed, no vote back yet: the LM label, said so
+    assert rows["i2"]["label_source"] == "lm" and rows["i2"]["chosen"] == c["i2"].response_b and rows["i2"]["human_routed"]
+    assert rows["i3"]["label_source"] == "lm" and rows["i3"]["chosen"] == c["i3"].response_b
+    assert rows["i3"]["confidence"] == c["i3"].lm_confidence and rows["i3"]["judge"] == "gpt-4"
+    assert rows["i4"]["tie"] and rows["i4"]["label_source"] == "lm"
+    assert {r["campaign"] for r in rows.values()} == {"c"} and {r["batch"] for r in rows.values()} == {"b0"}
+    assert len({tuple(r) for r in rows.values()}) == 1  # one schema for every row
+    pool = {r["id"]: r for r in store.export_rows("acme", "c", "pool")}
+    assert sorted(pool) == ["i0", "i1", "i3"]
+    assert pool["i0"]["human_votes"] == ["B", "B", "A"] and pool["i0"]["human_label"] == "B"
+    assert pool["i1"]["human_label"] == "tie" and pool["i0"]["lm_labels"] == {"gpt-4": "A"}
+    assert pool["i3"]["human_routed"] is False
+    with pytest.raises(InvalidInput):
+        list(store.export_rows("acme", "c", "csv"))
+
+
+def test_status_agreement_and_corrections(store):
+    n = 60
+    store.create_campaign(spec(budget_total=40))
+    batch = candidates("i", n, 9)
+    decisions = store.decide_batch("acme", "c", "b0", batch)
+    human_ids = [d.instance_id for d in decisions if d.human]
+    lm_ids = [d.instance_id for d in decisions if not d.human]
+    assert len(human_ids) == 40
+    by_id = {c.instance_id: c for c in batch}
+    rng = random.Random(4)
+    labels = [HumanLabel(i, "ann", rng.choice("AAB")) for i in human_ids[:30] + lm_ids[:10]]
+    store.submit_labels("acme", "c", labels)
+    status = store.status("acme", "c")
+    assert status.budget_left == 0 and status.labels_pending == 10
+    assert status.campaign.labels_returned == 40 and status.campaign.pairs_pending == 10
+    # the same numbers computed here from the inputs
+    winner = {"A_BETTER": "A", "A_MUCH_BETTER": "A", "B_BETTER": "B", "B_MUCH_BETTER": "B", "TIE": None}
+    compared = [(lab.preference, winner[by_id[lab.instance_id].lm_label]) for lab in labels]
+    compared = [(h, lm) for h, lm in compared if lm is not None]
+    agree = sum(h == lm for h, lm in compared)
+    assert status.agreement.estimate == pytest.approx(agree / len(compared))
+    p, k = agree / len(compared), len(compared)
+    centre = (p + Z95 ** 2 / (2 * k)) / (1 + Z95 ** 2 / k)
+    assert status.agreement.low < p < status.agreement.high and (status.agreement.low + status.agreement.high) / 2 == pytest.approx(centre)
+    audit = [(lab.preference, winner[by_id[lab.instance_id].lm_label]) for lab in labels[30:]]
+    audit = [(h, lm) for h, lm in audit if lm is not None]
+    assert status.audit_agreement.estimate == pytest.approx(sum(h == lm for h, lm in audit) / len(audit))
+    realised = sum(lab.preference != winner[by_id[lab.instance_id].lm_label] for lab in labels[:30])
+    assert status.realised_corrections == realised
+    promised = [by_id[i].expected_correction for i in human_ids[:30]]
+    assert status.expected_known == 30
+    assert status.expected_corrections.estimate == pytest.approx(sum(promised))
+    half = Z95 * math.sqrt(sum(q * (1 - q) for q in promised))
+    assert status.expected_corrections.high == pytest.approx(sum(promised) + half)
+
+
+def test_decisions_are_deterministic_for_a_batch(tmp_path):
+    """Same database state, same batch id: same decisions, exploration picks included (a retry after a
+    rolled-back attempt decides what the first attempt would have)."""
+    outs = []
+    for k in range(2):
+        s = SqlCampaignStore.open(f"sqlite:///{tmp_path / f's{k}.db'}", upgrade=True)
+        s.create_campaign(spec(budget_total=30, expected_instances=200, exploration_share=0.3))
+        outs.append([s.decide_batch("acme", "c", f"b{b}", candidates("i", 40, b, start=40 * b)) for b in range(5)])
+        s.close()
+    assert outs[0] == outs[1]
+    flat = [d for batch in outs[0] for d in batch]
+    assert sum(d.exploration for d in flat) >= 3 and sum(d.human for d in flat) == 30
+
+
+def test_annotator_tokens(store):
+    token = store.create_annotator_token("acme", "ann")
+    assert len(token) >= 40
+    assert store.annotator_for_token(token) == ("acme", "ann")
+    assert store.annotator_for_token(token + "x") is None
+    other = store.create_annotator_token("globex", "ann")
+    assert store.revoke_annotator_tokens("acme", "ann") == 1
+    assert store.annotator_for_token(token) is None
+    assert store.annotator_for_token(other) == ("globex", "ann")
+    with store.engine.connect() as conn:
+        stored = [r[0] for r in conn.exec_driver_sql("SELECT token_sha256 FROM annotator_tokens")]
+    assert token not in stored and all(len(h) == 64 for h in stored)
+
+
+def test_label_counts_per_vote(store):
+    decisions = all_human(store, n=5, votes=3)
+    ids = [d.instance_id for d in decisions]
+    store.submit_labels("acme", "c", [HumanLabel(i, f"a{k}", "A") for i in ids[:2] for k in range(3)])
+    status = store.status("acme", "c")
+    assert status.campaign.labels_returned == 6
+    assert status.labels_pending == 3 * 3
+    assert Counter(r["votes"] for r in store.export_rows("acme", "c")) == Counter({3: 2, 0: 3})

@@ -1,0 +1,82 @@
+"""The store's Alembic migrations on both engines: from an empty database, from the previous revision
+with rows in place, and the migrated schema equal to the models."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from support.postgres import postgres_server, store_url  # noqa: F401  (fixtures)
+
+from hybridpref_client.core.errors import NotReady
+from hybridpref.store.api import HumanLabel
+from hybridpref.store.engine import create_store_engine, current_revision, head_revision, migrate
+from hybridpref.store.models import Base
+from hybridpref.store.sql import SqlCampaignStore
+
+
+def test_from_empty_to_head_matches_the_models(store_url):  # noqa: F811
+    assert migrate(store_url) == head_revision() == "0002"
+    assert migrate(store_url) == "0002"  # again: nothing to do
+    engine = create_store_engine(store_url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+        assert {"campaigns", "decisions", "labels", "annotator_tokens", "alembic_version"} <= tables
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        assert diff == [], f"models and migrations differ: {diff}"
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_from_0001_keeps_rows(store_url):  # noqa: F811
+    assert migrate(store_url, "0001") == "0001"
+    engine = create_store_engine(store_url)
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    with engine.begin() as conn:  # rows as revision 0001's code wrote them
+        conn.execute(text(
+            "INSERT INTO campaigns (vendor, name, budget_kind, budget_total, strategy, judge, votes_per_pair, "
+            "expected_instances, exploration_share, created_at, spent, routed, human_routed) VALUES "
+            "('acme', 'old', 'count', 5, '', '', 1, NULL, 0, :now, 1, 2, 1)"), {"now": now})
+        cid = conn.execute(text("SELECT id FROM campaigns WHERE name = 'old'")).scalar()
+        for k, human in enumerate((True, False)):
+            conn.execute(text(
+                "INSERT INTO decisions (campaign_id, instance_id, batch_id, prompt, response_a, response_b, score, "
+                "cost, human, exploration, threshold, lm_label, lm_confidence, expected_correction, signals, "
+                "features, meta, model_version, bundle_version, created_at) VALUES (:cid, :iid, 'b0', 'p', 'ra', "
+                "'rb', 0.5, 1, :human, :f, NULL, 'A_BETTER', 0.9, 0.2, '{}', '{}', '{}', '', '', :now)"),
+                {"cid": cid, "iid": f"i{k}", "human": human, "f": False, "now": now})
+        did = conn.execute(text("SELECT id FROM decisions WHERE instance_id = 'i0'")).scalar()
+        conn.execute(text(
+            "INSERT INTO labels (campaign_id, decision_id, annotator, preference, strength, rationale, labelled_at, "
+            "source, audit, updated_at) VALUES (:cid, :did, 'ann', 'B', 2, 'why', :now, 'api', :f, :now)"),
+            {"cid": cid, "did": did, "now": now, "f": False})
+    with pytest.raises(NotReady, match="store migrate"):
+        SqlCampaignStore.open(store_url)
+    engine.dispose()
+    assert migrate(store_url) == "0002"
+    store = SqlCampaignStore.open(store_url)
+    campaign = store.get_campaign("acme", "old")
+    assert (campaign.spent, campaign.routed, campaign.human_routed, campaign.labels_returned) == (1, 2, 1, 1)
+    assert campaign.created_at == now
+    rows = {r["id"]: r for r in store.export_rows("acme", "old")}
+    assert rows["i0"]["chosen"] == "rb" and rows["i0"]["label_source"] == "human"
+    assert rows["i1"]["chosen"] == "ra" and rows["i1"]["label_source"] == "lm"
+    # the new revision's table works, and the old campaign goes on
+    token = store.create_annotator_token("acme", "ann")
+    assert store.annotator_for_token(token) == ("acme", "ann")
+    assert store.submit_labels("acme", "old", [HumanLabel("i0", "ann", "B", strength=2, rationale="why")])[0].status \
+        == "unchanged"
+    store.close()
+
+
+def test_open_refuses_an_unmigrated_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    with pytest.raises(NotReady, match="revision none"):
+        SqlCampaignStore.open(url)
+    store = SqlCampaignStore.open(url, upgrade=True)
+    assert current_revision(store.engine) == head_revision()
+    store.close()
