@@ -11,7 +11,7 @@ functions in ``hybridpref.router.strategies``, the summary in ``hybridpref.route
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -42,7 +42,7 @@ from hybridpref.router.backends import (
 from hybridpref.router.explain import top_tags
 from hybridpref.router.limits import judge_violations
 from hybridpref.router.model import RoutingModel
-from hybridpref.router.spill import MemoryStore, SpillStore
+from hybridpref.router.spill import InstanceStore, MemoryStore, SpillStore
 from hybridpref.router.summary import Summary, column_totals, domain_check, summarize
 
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
@@ -149,7 +149,10 @@ class RouterCore:
         call before any decision is made.
         """
         stages: dict[str, float] = {"tag": 0.0}
-        store, parts, texts, seen = SpillStore(), [], [], {}
+        store = SpillStore()
+        parts: list[RouterTags] = []
+        texts: list[np.ndarray] = []
+        seen: dict[str, int] = {}
         try:
             async for chunk in chunks:
                 if len(store) + len(chunk) > self.settings.limits.max_stream_instances:
@@ -167,7 +170,7 @@ class RouterCore:
         finally:
             store.close()
 
-    async def _check_judge_names(self, instances, options: RouteOptions, deadline: Deadline, offset: int = 0) -> None:
+    async def _check_judge_names(self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline, offset: int = 0) -> None:
         """Template and replay-judge names against what the judge advertises, before any work."""
         info = await self.judge.judge_info(min(2.0, deadline.timeout() or 2.0))
         violations = await self.executor.run(
@@ -177,7 +180,7 @@ class RouterCore:
         if violations:
             raise InvalidInput(violations)
 
-    async def _decide(self, store, tagged: RouterTags, text: np.ndarray, options: RouteOptions, deadline: Deadline,
+    async def _decide(self, store: InstanceStore, tagged: RouterTags, text: np.ndarray, options: RouteOptions, deadline: Deadline,
                       stages: dict[str, float]) -> RouteOutcome:
         """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain.
         ``text``: the batch's correction features without judge signals (the domain check reads them)."""
@@ -243,10 +246,13 @@ class RouterCore:
             warnings.append(f"no routing model ({exc}): no predictions, domain check or expected corrections")
             return None
 
-    async def _judge_first(self, store, tagged: RouterTags, model: RoutingModel | None, options: RouteOptions,
+    async def _judge_first(self, store: InstanceStore, tagged: RouterTags, model: RoutingModel | None, options: RouteOptions,
                            deadline: Deadline) -> JudgeFirst:
         """Judge every row, one slice at a time: signals and, with a correction model, P(wrong) per row."""
-        batches, signals, p_lm, p_h = [], [], [], []
+        batches: list[JudgedBatch] = []
+        signals: list[JudgeSignals] = []
+        p_lm: list[np.ndarray] = []
+        p_h: list[np.ndarray] = []
         for start in range(0, len(store), JUDGE_SLICE):
             rows = list(range(start, min(len(store), start + JUDGE_SLICE)))
             instances = await self.executor.run(store.get, rows, size=len(rows))
@@ -261,15 +267,15 @@ class RouterCore:
         p_wrong = (np.concatenate(p_lm), np.concatenate(p_h)) if p_lm else None
         return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong)
 
-    async def _judge_rows(self, store, rows: list[int], options: RouteOptions, deadline: Deadline) -> JudgedBatch:
+    async def _judge_rows(self, store: InstanceStore, rows: list[int], options: RouteOptions, deadline: Deadline) -> JudgedBatch:
         """Judge ``rows`` of the store, reading instances back one slice at a time (off the loop)."""
-        parts = []
+        parts: list[JudgedBatch] = []
         for start in range(0, len(rows), JUDGE_SLICE):
             instances = await self.executor.run(store.get, rows[start : start + JUDGE_SLICE], size=JUDGE_SLICE)
             parts.append(await self._judge(instances, options, deadline))
         return JudgedBatch.concat(parts)
 
-    async def _judge(self, instances, options: RouteOptions, deadline: Deadline) -> JudgedBatch:
+    async def _judge(self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline) -> JudgedBatch:
         return await self.judge.judge(
             instances, mode=options.judge_mode, template=options.judge_template,
             replay_judge=options.replay_judge, seed=options.seed, deadline=deadline,
@@ -292,12 +298,13 @@ def decide(
     domain = domain_check(model, features)
     # A bundle without domain statistics cannot show its PPM applies here: treated as out of domain.
     ppm_in_domain = domain is not None and domain.in_domain
-    inputs: dict = {"scorer": None if model is None else model.scorer, "ppm_in_domain": ppm_in_domain}
-    if judged is not None:
-        inputs.update(judge_confidence=judged.batch.confidence, judge_inconsistent=judged.batch.inconsistent,
-                      signals=judged.signals, expected_gain=judged.expected_gain)
-    result = strategies.route(strategy.name, tag_matrix, budget, seed=seed, simulated_candidates=simulated_candidates,
-                              deadline=deadline, **inputs)
+    result = strategies.route(
+        strategy.name, tag_matrix, budget, scorer=None if model is None else model.scorer, seed=seed,
+        simulated_candidates=simulated_candidates, deadline=deadline, ppm_in_domain=ppm_in_domain,
+        judge_confidence=None if judged is None else judged.batch.confidence,
+        judge_inconsistent=None if judged is None else judged.batch.inconsistent,
+        signals=None if judged is None else judged.signals, expected_gain=None if judged is None else judged.expected_gain,
+    )
     summary = summarize(model, tag_matrix, result.human_mask, domain=domain, totals=totals,
                         p_wrong=None if judged is None else judged.p_wrong, signals=None if judged is None else judged.signals)
     if result.info.get("ppm_tie_breaker") == 0.0:  # the default strategy would have used the PPM in its domain
@@ -313,7 +320,7 @@ def _explain(model: RoutingModel, tag_matrix: np.ndarray, mask: np.ndarray, top_
         d.top_tags = [(TAG_NAMES[j], float(v)) for j, v in zip(row_idx, row_val) if j >= 0]
 
 
-def _decisions(ids: Sequence[str], result, budget) -> list[Decision]:
+def _decisions(ids: Sequence[str], result: strategies.RoutingResult, budget: ResolvedBudget) -> list[Decision]:
     return [Decision(id=i, human=bool(h), gain=float(g), human_cost=float(c))
             for i, h, g, c in zip(ids, result.human_mask, result.gains, budget.costs)]
 
@@ -328,7 +335,8 @@ def text_features(instances: Sequence[PreferenceInstance], tagged: RouterTags) -
     return correction_features(instances, tagged.measures, tagged.tag_matrix, neutral)
 
 
-def _p_wrong(model: RoutingModel, instances, tagged: RouterTags, rows: list[int], signals: JudgeSignals):
+def _p_wrong(model: RoutingModel, instances: Sequence[PreferenceInstance], tagged: RouterTags, rows: list[int],
+             signals: JudgeSignals) -> tuple[np.ndarray, np.ndarray]:
     """(P(LM label wrong), P(human label wrong)) of ``rows`` from the bundle's correction model."""
     from hybridpref.routing_model.correction import correction_features
 
@@ -341,7 +349,7 @@ def _concat_signals(parts: list[JudgeSignals]) -> JudgeSignals:
                           for f in ("label", "p_a", "order_flip", "agreement")))
 
 
-def _apply_judgements(decisions: list[Decision], rows: list[int], judged) -> None:
+def _apply_judgements(decisions: list[Decision], rows: list[int], judged: JudgedBatch) -> None:
     for k, i in enumerate(rows):
         decisions[i].lm_label = Label(int(judged.labels[k]))
         decisions[i].lm_confidence = float(judged.confidence[k])
@@ -378,7 +386,7 @@ def _validate_chunk(chunk: Sequence[PreferenceInstance], offset: int, seen: dict
 
 
 @contextmanager
-def _timed(stages: dict[str, float], name: str):
+def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
     start = time.perf_counter()
     try:
         yield
