@@ -55,7 +55,7 @@ class BackendWatcher:
         self._down_events: dict[str, asyncio.Event] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._probe_since: float | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._last_ready: bool | None = None
 
     def ready(self) -> bool:
@@ -122,7 +122,7 @@ class BackendWatcher:
                                      timeout=max(0.2, min(1.0, self.settings.router.backend_check_s)))
         except grpc.RpcError:
             return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def _notify(self) -> None:
         ready = self.ready()

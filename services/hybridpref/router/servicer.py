@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 from hybridpref.server import logs
 from hybridpref.server.channels import remaining_timeout
 from hybridpref.server import deadline as deadlines
 from hybridpref_client.core.convert import check_count, instance_from_proto, instances_from_proto
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.core.limits import Limits, proto_instance_violations
-from hybridpref_client.core.instances import PositionMode
+from hybridpref_client.core.instances import PositionMode, PreferenceInstance
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.server import ServiceHandle
 from hybridpref.server.settings import LimitsSettings, Settings
@@ -19,6 +22,7 @@ from hybridpref.router.strategies import DEFAULT_STRATEGY, StrategySpec, strateg
 from hybridpref.router.readiness import BackendWatcher
 from hybridpref.router.core import Incoming, RouteOptions, RouteOutcome, RouterCore
 from hybridpref.router.rejects import by_instance, rejected_of
+from hybridpref.router.summary import Estimate
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
@@ -80,7 +84,7 @@ def decisions_to_proto(outcome: RouteOutcome, start: int = 0, stop: int | None =
         router_pb2.RoutingDecision(
             id=d.id,
             route=common_pb2.ROUTE_HUMAN if d.human else common_pb2.ROUTE_LM,
-            lm_label=int(d.lm_label),
+            lm_label=common_pb2.PreferenceLabel.ValueType(int(d.lm_label)),
             lm_confidence=d.lm_confidence,
             gain=d.gain,
             top_tags=[common_pb2.TagContribution(tag=t, contribution=c) for t, c in d.top_tags],
@@ -123,7 +127,7 @@ def summary_to_proto(outcome: RouteOutcome) -> router_pb2.RoutingSummary:
     return summary
 
 
-def _estimate(e) -> router_pb2.Estimate:
+def _estimate(e: Estimate) -> router_pb2.Estimate:
     return router_pb2.Estimate(value=e.value, low=e.low, high=e.high)
 
 
@@ -143,11 +147,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         for client in self.clients:
             await client.close()
 
-    def _deadline(self, context) -> deadlines.Deadline:
+    def _deadline(self, context: Any) -> deadlines.Deadline:
         """The call's Deadline (bound by DeadlineInterceptor), else one from the context."""
         return deadlines.current() or deadlines.Deadline(remaining_timeout(context))
 
-    async def RouteInstances(self, request, context):
+    async def RouteInstances(self, request: router_pb2.RouteInstancesRequest, context: Any) -> router_pb2.RouteInstancesResponse:
         options = options_from_proto(request.config, self.default_strategy, self.settings.limits)
         run = self.core.executor.run
         # Counted before anything is converted: a million tiny instances cost microseconds to refuse.
@@ -158,14 +162,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             lambda: router_pb2.RouteInstancesResponse(decisions=decisions_to_proto(outcome), summary=summary_to_proto(outcome))
         )
 
-    async def RouteInstancesStream(self, request_iterator, context):
+    async def RouteInstancesStream(self, request_iterator: AsyncIterator[router_pb2.RouteInstancesStreamRequest],
+                                   context: Any) -> AsyncIterator[router_pb2.RouteInstancesStreamResponse]:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("item") != "config":
             raise InvalidInput(FieldViolation("stream[0]", "the first message must carry config"))
         options = options_from_proto(first.config, self.default_strategy, self.settings.limits)
         run = self.core.executor.run
 
-        async def chunks():
+        async def chunks() -> AsyncIterator[list[PreferenceInstance]]:
             index, seen = 1, 0
             async for message in request_iterator:
                 if message.WhichOneof("item") != "chunk":

@@ -103,8 +103,6 @@ class StrategySpec:
         return self.predictor == "required"
 
 
-_JUDGED = {"needs_judge_first": True}
-_CORRECTED = {"needs_judge_first": True, "needs_expected_gain": True}
 
 STRATEGIES: dict[str, StrategySpec] = {
     s.name: s
@@ -114,18 +112,18 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("all_lm", baselines.all_lm, "every instance to the LM judge (baseline; budget ignored)"),
         StrategySpec("random", baselines.random_subset, "a seeded random subset at the budget (baseline)"),
         StrategySpec("judge_doubt", judge.judge_doubt, "the judge's own doubt: no verdict / order flip, disagreement between "
-                     "judges, low confidence", **_JUDGED),
+                     "judges, low confidence", needs_judge_first=True),
         StrategySpec("topk", paper.topk, "paper: the instances with the largest solo gain f(t_i) - f(0)", "required"),
         StrategySpec("simulated", paper.simulated, "paper: best of N tag-walk candidate mixes at the budget", "required"),
         StrategySpec("greedy", greedy_family.greedy, "marginal gain under the quadratic PPM, re-evaluated as the mix grows",
                      "required"),
         StrategySpec("optimal_pos", paper.optimal_pos, "paper: every instance with a positive solo gain", "required"),
         StrategySpec("judge_aware", judge.judge_aware, "PPM gain rank plus the judge's doubt (its real signals: no verdict, "
-                     "order flips, disagreement, confidence)", "optional", **_JUDGED),
+                     "order flips, disagreement, confidence)", "optional", needs_judge_first=True),
         StrategySpec("expected_gain", expected.expected_gain, "expected label corrections per unit of human cost "
-                     "(expected-correction model)", **_CORRECTED),
+                     "(expected-correction model)", needs_judge_first=True, needs_expected_gain=True),
         StrategySpec("hybrid", expected.hybrid, "expected_gain, the PPM's gain breaking ties when the batch is in the PPM's "
-                     "domain", "in_domain", **_CORRECTED),
+                     "domain", "in_domain", needs_judge_first=True, needs_expected_gain=True),
     )
 }
 # Chosen by the cross-pool evaluation (docs/EVALUATION.md).
@@ -200,7 +198,8 @@ def _one_blas_thread() -> AbstractContextManager[object]:
     the BLAS products left are small, where thread wake-ups cost more than they save (measured:
     3.5x slower for 7,000 x 90 on 2 busy cores; 78 tiny table products went from 0.1 s to 1.9 s).
     Requests run concurrently in the service, which is where the cores go."""
-    return threadpool_limits(limits=1, user_api="blas")
+    limits: AbstractContextManager[object] = threadpool_limits(limits=1, user_api="blas")
+    return limits
 
 
 def _check_tags(tag_matrix: np.ndarray, budget: ResolvedBudget) -> np.ndarray:
