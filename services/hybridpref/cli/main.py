@@ -28,7 +28,7 @@ import sys
 from collections.abc import Sequence
 
 from hybridpref.cli import annotate, campaign, evaluate, judge, keys, labels, predictor, route, serve, store
-from hybridpref_client.core.errors import HybridPrefError, InvalidInput
+from hybridpref_client.core.errors import HybridprefError, InvalidInput
 
 EXIT_USAGE = 2
 # In the order ``hybridpref --help`` lists them.
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for v in exc.violations:
             print(f"error: {v.field}: {v.description}", file=sys.stderr)
         return EXIT_USAGE
-    except HybridPrefError as exc:
+    except HybridprefError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
 from hybridpref.server import logs
 from hybridpref.server.channels import remaining_timeout
 from hybridpref.server import deadline as deadlines
-from hybridpref_client.core.convert import instances_from_proto
+from hybridpref_client.core.convert import check_count, instance_from_proto, instances_from_proto
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
-from hybridpref_client.core.limits import Limits
-from hybridpref_client.core.instances import PositionMode
+from hybridpref_client.core.limits import Limits, proto_instance_violations
+from hybridpref_client.core.instances import PositionMode, PreferenceInstance
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.server import ServiceHandle
 from hybridpref.server.settings import LimitsSettings, Settings
@@ -22,7 +24,9 @@ from hybridpref.router.strategies import DEFAULT_STRATEGY, StrategySpec, campaig
 from hybridpref.server.auth import current_vendor
 from hybridpref.store.api import DEFAULT_VENDOR
 from hybridpref.router.readiness import BackendWatcher
-from hybridpref.router.core import RouteOptions, RouteOutcome, RouterCore
+from hybridpref.router.core import Incoming, RouteOptions, RouteOutcome, RouterCore
+from hybridpref.router.rejects import by_instance, rejected_of
+from hybridpref.router.summary import Estimate
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
@@ -60,7 +64,22 @@ def options_from_proto(config: router_pb2.RouteConfig, default_strategy: Strateg
         replay_judge=config.replay_judge,
         explain_top_k=config.explain_top_k if config.HasField("explain_top_k") else 3,
         simulated_candidates=config.simulated_candidates,
+        skip_invalid=config.skip_invalid_instances,
     )
+
+
+def convert(msgs, limits: Limits, offset: int, skip_invalid: bool) -> Incoming:
+    """Proto instances -> core ones, ``instances[i]`` counted from ``offset`` in the caller's batch or
+    stream. An instance that cannot be converted (sizes, enum values) refuses the call, or with
+    ``skip_invalid`` is left out and listed."""
+    if not skip_invalid:
+        return Incoming(instances_from_proto(msgs, limits, offset), range(offset, offset + len(msgs)))
+    per, other = by_instance(proto_instance_violations(msgs, limits, offset))
+    if other:
+        raise InvalidInput(other)
+    keep = [k for k in range(len(msgs)) if k + offset not in per]
+    rejected = rejected_of(per, {i: msgs[i - offset].id for i in per})
+    return Incoming([instance_from_proto(msgs[k]) for k in keep], [k + offset for k in keep], rejected)
 
 
 def decisions_to_proto(outcome: RouteOutcome, start: int = 0, stop: int | None = None) -> list[router_pb2.RoutingDecision]:
@@ -68,13 +87,14 @@ def decisions_to_proto(outcome: RouteOutcome, start: int = 0, stop: int | None =
         router_pb2.RoutingDecision(
             id=d.id,
             route=common_pb2.ROUTE_HUMAN if d.human else common_pb2.ROUTE_LM,
-            lm_label=int(d.lm_label),
+            lm_label=common_pb2.PreferenceLabel.ValueType(int(d.lm_label)),
             lm_confidence=d.lm_confidence,
             gain=d.gain,
             top_tags=[common_pb2.TagContribution(tag=t, contribution=c) for t, c in d.top_tags],
             judge_order_inconsistent=d.judge_order_inconsistent,
             human_cost=d.human_cost,
             expected_gain=d.expected_gain,
+            reason=d.reason,
             replayed=d.replayed,
             exploration=d.exploration,
         )
@@ -102,6 +122,9 @@ def summary_to_proto(outcome: RouteOutcome) -> router_pb2.RoutingSummary:
             out.predicted_score.CopyFrom(_estimate(mix.score))
         if mix.corrections is not None:
             out.expected_corrections.CopyFrom(_estimate(mix.corrections))
+    summary.rejected.extend(router_pb2.RejectedInstance(index=r.index, id=r.id, field=r.field, description=r.description)
+                            for r in outcome.rejected)
+    summary.rejected_count = outcome.rejected_count
     if core.domain is not None:
         d = core.domain
         summary.domain.CopyFrom(router_pb2.DomainCheck(distance=d.distance, threshold=d.threshold, in_domain=d.in_domain,
@@ -113,7 +136,7 @@ def summary_to_proto(outcome: RouteOutcome) -> router_pb2.RoutingSummary:
     return summary
 
 
-def _estimate(e) -> router_pb2.Estimate:
+def _estimate(e: Estimate) -> router_pb2.Estimate:
     return router_pb2.Estimate(value=e.value, low=e.low, high=e.high)
 
 
@@ -163,21 +186,24 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         options.campaign = CampaignRoute(vendor, config.campaign, batch, spec.budget_kind)
         return options
 
-    def _deadline(self, context) -> deadlines.Deadline:
+    def _deadline(self, context: Any) -> deadlines.Deadline:
         """The call's Deadline (bound by DeadlineInterceptor), else one from the context."""
         return deadlines.current() or deadlines.Deadline(remaining_timeout(context))
 
-    async def RouteInstances(self, request, context):
+    async def RouteInstances(self, request: router_pb2.RouteInstancesRequest, context: Any) -> router_pb2.RouteInstancesResponse:
         options = options_from_proto(request.config, self.default_strategy, self.settings.limits)
         options = await self._for_campaign(options, request.config)
         run = self.core.executor.run
-        instances = await run(instances_from_proto, request.instances, self.limits, size=len(request.instances))
-        outcome = await self.core.route(instances, options, self._deadline(context))
+        # Counted before anything is converted: a million tiny instances cost microseconds to refuse.
+        check_count(len(request.instances), self.settings.limits.max_batch)
+        incoming = await run(convert, request.instances, self.limits, 0, options.skip_invalid, size=len(request.instances))
+        outcome = await self.core.route(incoming, options, self._deadline(context))
         return await run(
             lambda: router_pb2.RouteInstancesResponse(decisions=decisions_to_proto(outcome), summary=summary_to_proto(outcome))
         )
 
-    async def RouteInstancesStream(self, request_iterator, context):
+    async def RouteInstancesStream(self, request_iterator: AsyncIterator[router_pb2.RouteInstancesStreamRequest],
+                                   context: Any) -> AsyncIterator[router_pb2.RouteInstancesStreamResponse]:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("item") != "config":
             raise InvalidInput(FieldViolation("stream[0]", "the first message must carry config"))
@@ -185,14 +211,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         options = await self._for_campaign(options, first.config)
         run = self.core.executor.run
 
-        async def chunks():
+        async def chunks() -> AsyncIterator[list[PreferenceInstance]]:
             index, seen = 1, 0
             async for message in request_iterator:
                 if message.WhichOneof("item") != "chunk":
                     raise InvalidInput(FieldViolation(f"stream[{index}]", "config may only come first"))
-                chunk = await run(instances_from_proto, message.chunk.instances, self.limits, seen,
-                                  size=len(message.chunk.instances))
-                seen += len(chunk)
+                size = len(message.chunk.instances)
+                # Counted before conversion: one chunk holds at most a unary batch, and the stream's total.
+                check_count(size, self.settings.limits.max_batch, f"stream[{index}].chunk.instances", "a chunk",
+                            "send smaller chunks")
+                check_count(seen + size, self.settings.limits.max_stream_instances, "instances", "the stream",
+                            "split it into several requests")
+                chunk = await run(convert, message.chunk.instances, self.limits, seen, options.skip_invalid, size=size)
+                seen += size
                 yield chunk
                 index += 1
 
@@ -227,6 +258,8 @@ def router_handle(settings: Settings, metrics: Metrics | None = None) -> Service
     watcher = BackendWatcher(settings, servicer.core.executor, metrics, on_change=lambda: [f() for f in handle.on_health_change])
     handle.ready = watcher.ready
     handle.start = watcher.start
+    for client in servicer.clients:  # calls to a backend known down fail fast
+        client.gate = watcher
 
     async def close() -> None:
         await watcher.stop()

@@ -77,7 +77,8 @@ class Summary:
 
 def column_totals(tag_matrix: np.ndarray) -> np.ndarray:
     """Per-tag instance counts of the batch (the all-human mix) -> (V,) float64; one pass over uint8."""
-    return np.asarray(tag_matrix).sum(axis=0, dtype=np.int64).astype(np.float64)
+    totals: np.ndarray = np.asarray(tag_matrix).sum(axis=0, dtype=np.int64).astype(np.float64)
+    return totals
 
 
 def domain_check(model: RoutingModel | None, features: np.ndarray | None) -> DomainResult | None:
@@ -143,8 +144,9 @@ def _scores(out: Summary, model: RoutingModel | None, tags: np.ndarray, mask: np
         for mix in out.mixes:
             mix.score_note = note or "empty_batch"
         return
-    values = ppm_values(model.scorer, tags, mask, totals)  # type: ignore[arg-type]
-    half = z * float(model.residual_std)  # type: ignore[arg-type]
+    assert model is not None and model.scorer is not None and model.residual_std is not None  # else a note above
+    values = ppm_values(model.scorer, tags, mask, totals)
+    half = z * float(model.residual_std)
     for mix in out.mixes:
         if mix.mix == "all_lm":
             mix.score_note = "batch_independent"
@@ -208,7 +210,8 @@ def widen(estimate: Estimate, transfer: tuple[float, float] | None) -> Estimate:
     return Estimate(estimate.value, min(min(ends), estimate.low), max(max(ends), estimate.high))
 
 
-def _warnings(out: Summary, model: RoutingModel | None, p_wrong, signals: JudgeSignals | None) -> list[str]:
+def _warnings(out: Summary, model: RoutingModel | None, p_wrong: tuple[np.ndarray, np.ndarray] | None,
+              signals: JudgeSignals | None) -> list[str]:
     warnings: list[str] = []
     d = out.domain
     if d is not None and not d.in_domain:
@@ -230,12 +233,22 @@ def _warnings(out: Summary, model: RoutingModel | None, p_wrong, signals: JudgeS
     if chosen.corrections is not None and random.corrections is not None and chosen.corrections.low <= random.corrections.high \
             and 0 < chosen.human_count < by_name["all_human"].human_count:
         warnings.append("expected corrections of the chosen mix are within the uncertainty of random routing at the same budget")
-    if signals is not None and len(signals):
-        unsure = signals.order_flip | (signals.label == 0)
-        p_a = np.asarray(signals.p_a, dtype=np.float64)
-        unsure |= np.isfinite(p_a) & (np.abs(p_a - 0.5) < UNSURE_MARGIN)
-        share = float(np.mean(unsure))
-        if share > UNSURE_SHARE:
-            warnings.append(f"the judge is unsure on most pairs ({share:.0%}: order flips, ties or near-even confidence): "
-                            "its labels are weak evidence here")
+    if signals is not None:
+        warnings.extend(judge_warnings(signals))
     return warnings
+
+
+def judge_warnings(signals: JudgeSignals, of: str = "") -> list[str]:
+    """Warnings about the judge's own labels, whatever the strategy: a strategy that judges every pair
+    first passes all of them, the others the LM-routed pairs they judged (``of`` names which)."""
+    if not len(signals):
+        return []
+    unsure = np.asarray(signals.order_flip, dtype=bool) | (np.asarray(signals.label) == 0)
+    p_a = np.asarray(signals.p_a, dtype=np.float64)
+    unsure |= np.isfinite(p_a) & (np.abs(p_a - 0.5) < UNSURE_MARGIN)
+    share = float(np.mean(unsure))
+    if share <= UNSURE_SHARE:
+        return []
+    where = f" of {of}" if of else ""
+    return [f"the judge is unsure on most pairs{where} ({share:.0%}: order flips, ties or near-even confidence): "
+            "its labels are weak evidence here"]

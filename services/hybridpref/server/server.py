@@ -21,8 +21,10 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hybridpref.server.admission import Admission
 from hybridpref.server.interceptors import (
     AccessInterceptor,
+    AdmissionInterceptor,
     DeadlineInterceptor,
     DecodeInterceptor,
     ErrorInterceptor,
@@ -30,6 +32,7 @@ from hybridpref.server.interceptors import (
     RequestIdInterceptor,
 )
 from hybridpref.server.metrics import Metrics, start_metrics_server
+from hybridpref.server.quota import QuotaBook
 from hybridpref.server.settings import Settings
 from hybridpref.server.tls import server_credentials
 
@@ -59,16 +62,22 @@ class ServiceHandle:
 
 def build_interceptors(service: str, metrics: Metrics, settings: Settings | None = None) -> list[grpc.aio.ServerInterceptor]:
     """Interceptor order, outermost first (see ``hybridpref.server.interceptors``):
-    request id -> metrics + access log -> error mapping -> API key + quotas (when a keys file
-    is configured) -> call deadline -> request decoding."""
+    request id -> metrics + access log -> error mapping -> admission (calls at once per server and
+    connection, idle streams) -> API key + quotas (when a keys file is configured) -> call deadline
+    -> request decoding (which serves every method request-streaming, so all of the above run
+    before a request byte is read)."""
     settings = settings or Settings()
+    server = settings.server
     chain: list[grpc.aio.ServerInterceptor] = [
         RequestIdInterceptor(service), MetricsInterceptor(service, metrics), ErrorInterceptor(),
+        AdmissionInterceptor(Admission(server.max_concurrent_rpcs, server.max_calls_per_connection),
+                             server.stream_idle_s or None),
     ]
     if settings.auth.keys_file:
         from hybridpref.server.auth import KeyStore
 
-        chain.append(AccessInterceptor(KeyStore(settings.auth.keys_file, settings.auth.keys_reload_s)))
+        chain.append(AccessInterceptor(KeyStore(settings.auth.keys_file, settings.auth.keys_reload_s),
+                                       QuotaBook(default_max_concurrent=settings.auth.vendor_max_concurrent)))
     elif service == "router":
         log.warning("auth_disabled", service=service,
                     detail="no HYBRIDPREF_API_KEYS_FILE: every caller is trusted; set one before exposing the router")
@@ -85,7 +94,7 @@ class RunningService:
     health: health.aio.HealthServicer
     loaded: asyncio.Event
     load_error: BaseException | None = None
-    _load_task: asyncio.Task | None = None
+    _load_task: asyncio.Task[None] | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     tls: bool = False
@@ -126,7 +135,9 @@ async def start_service(
     server = grpc.aio.server(
         interceptors=build_interceptors(handle.name, metrics, settings),
         options=settings.server_options(),
-        maximum_concurrent_rpcs=settings.server.max_concurrent_rpcs,
+        # No gRPC-wide cap: it would count health checks too and refuse without RetryInfo. The
+        # AdmissionInterceptor caps calls per server, connection and vendor, health exempt.
+        maximum_concurrent_rpcs=None,
     )
     handle.register(server)
     health_servicer = health.aio.HealthServicer()
@@ -176,7 +187,10 @@ async def _load(running: RunningService, metrics: Metrics) -> None:
         await running.refresh_health()
         metrics.model_ready.labels(handle.name).set(1 if handle.ready() else 0)
 
-    handle.on_health_change.append(lambda: asyncio.run_coroutine_threadsafe(refresh(), loop))
+    def on_change() -> None:  # may be called from any thread (e.g. the bundle watcher's)
+        asyncio.run_coroutine_threadsafe(refresh(), loop)
+
+    handle.on_health_change.append(on_change)
     await running.health.set("", health_pb2.HealthCheckResponse.SERVING)
     await refresh()
     if handle.start is not None:
