@@ -107,7 +107,7 @@ def test_kill9_while_routing_a_campaign_loses_no_acknowledged_decision(backends,
             status = c.get_campaign("crash").campaign
     finally:
         restarted.stop()
-    for k, routes in acked:
+    for _, routes in acked:
         assert all(final[i].replayed and final[i].route == r for i, r in routes.items())
     assert status.routed == total  # each instance once
     humans = sum(d.route == "HUMAN" for d in final.values())

@@ -161,7 +161,7 @@ class LocalCampaigns:
         from hybridpref.router.campaign_servicer import labels_from_proto, result_to_proto
         from hybridpref.v1 import campaign_pb2
 
-        out = []
+        out: list[Any] = []
         for request in submit_labels_requests(campaign, to_labels(labels)):
             results = self.store.submit_labels(self.vendor, campaign, labels_from_proto(request.labels))
             response = campaign_pb2.SubmitLabelsResponse(results=[result_to_proto(r) for r in results])

@@ -46,7 +46,8 @@ from hybridpref.router.model import RoutingModel
 from hybridpref.router.recorded import replay_batch
 from hybridpref.router.rejects import MAX_LISTED as MAX_REJECTS_LISTED, Rejected, by_instance, rejected_of
 from hybridpref.router.spill import InstanceStore, MemoryStore, SpillStore
-from hybridpref.router.summary import Summary, column_totals, domain_check, judge_warnings, summarize
+from hybridpref.router.summary import DomainResult, Summary, column_totals, domain_check, judge_warnings, summarize
+from hybridpref.store.api import StoredDecision
 
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
 JUDGE_SLICE = 1024
@@ -337,7 +338,7 @@ class RouterCore:
                                                      text, seed=options.seed, size=n)
         rows_judged = judged.rows()
         bundle = "" if model is None else model.bundle_version
-        stored = []
+        stored: list[StoredDecision] = []
         db = await self.executor.run(self.campaigns.get)
         with _timed(stages, "store"):
             for start in range(0, n, CAMPAIGN_SLICE):
@@ -522,7 +523,7 @@ def _p_wrong(model: RoutingModel, features: np.ndarray, top_k: int = 0) -> tuple
 
 
 def campaign_scores(model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, budget: ResolvedBudget,
-                    judged: JudgeFirst, features: np.ndarray | None, *, seed: int):
+                    judged: JudgeFirst, features: np.ndarray | None, *, seed: int) -> tuple[np.ndarray, DomainResult | None]:
     """(the strategy's per-instance scores (n,), the domain check) of a campaign batch, in process: what the
     campaign's spending policy ranks by. ``features``: the batch's correction features without judge
     signals, for the domain check."""
@@ -533,7 +534,7 @@ def campaign_scores(model: RoutingModel | None, strategy: StrategySpec, tag_matr
     return scores, domain
 
 
-def _campaign_decisions(stored, costs: np.ndarray, judged: JudgeFirst) -> list[Decision]:
+def _campaign_decisions(stored: Sequence[StoredDecision], costs: np.ndarray, judged: JudgeFirst) -> list[Decision]:
     """The response's decisions from the store's: for a replayed id what the campaign holds (its route,
     score, cost, LM label and confidence), else this batch's; the strategy's score is the gain."""
     out = []

@@ -244,7 +244,7 @@ def router_handle(settings: Settings, metrics: Metrics | None = None) -> Service
     servicer = RouterServicer(settings, metrics)
     campaigns = CampaignServicer(servicer)
 
-    def register(server) -> None:
+    def register(server: Any) -> None:
         router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
         campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
 

@@ -343,7 +343,7 @@ class SqlCampaignStore:
                     d.campaign_id == row.id, self._in(d.instance_id, chunk))
                 for r in conn.execute(query):
                     p_wrong = (r.signals or {}).get("p_lm_wrong")
-                    expected = 1.0 - float(p_wrong) if _finite(p_wrong) else r.lm_confidence
+                    expected = 1.0 - float(p_wrong) if p_wrong is not None and _finite(p_wrong) else r.lm_confidence
                     out[r.instance_id] = (r.lm_label, expected)
         return out
 
