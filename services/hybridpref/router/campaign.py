@@ -104,13 +104,18 @@ def _open(url: str) -> CampaignStore:
     from hybridpref.store.engine import resolve_url
     from hybridpref.store.sql import SqlCampaignStore
 
-    resolved = resolve_url(url or None)
+    try:
+        resolved = resolve_url(url or None)
+    except OSError as exc:  # the default file's folder cannot be made (a read-only root in a container)
+        raise NotReady(f"no campaign store: set HYBRIDPREF_DB_URL (in Kubernetes: components/campaign-store); the "
+                       f"default SQLite file cannot be created ({exc.strerror})") from None
     shown = make_url(resolved).render_as_string(hide_password=True)
     try:
         store = SqlCampaignStore.open(resolved, upgrade=resolved.startswith("sqlite"))
-    except SQLAlchemyError as exc:  # unreachable, wrong password, ...: the caller may retry later
-        log.warning("campaign_store_unavailable", url=shown, error=str(exc).splitlines()[0][:300])
-        raise NotReady(f"the campaign store at {shown} cannot be opened: {str(exc).splitlines()[0][:200]}") from None
+    except (SQLAlchemyError, OSError) as exc:  # unreachable, wrong password, read-only, ...: the caller may retry
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        log.warning("campaign_store_unavailable", url=shown, error=first)
+        raise NotReady(f"the campaign store at {shown} cannot be opened: {first}") from None
     log.info("campaign_store_opened", url=shown)
     return store
 
