@@ -49,7 +49,7 @@ class Backends:
 
 
 class RouterProcess:
-    """``hybridpref serve router`` on a free port with ``db_url`` as its campaign store."""
+    """``hybridpref serve router --db DB_URL`` on a free port."""
 
     def __init__(self, backends: Backends, db_url: str, **env: str):
         self.backends = backends
@@ -68,10 +68,9 @@ class RouterProcess:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDPREF_")}
         env.update({f"HYBRIDPREF_{n.upper()}_ADDRESS": a for n, a in self.backends.addresses.items()})
-        env.update(HYBRIDPREF_DB_URL=self.db_url, HYBRIDPREF_LOG_LEVEL="WARNING", HYBRIDPREF_BACKEND_CHECK_S="0.2",
-                   **self.extra_env)
+        env.update(HYBRIDPREF_LOG_LEVEL="WARNING", HYBRIDPREF_BACKEND_CHECK_S="0.2", **self.extra_env)
         self.proc = subprocess.Popen([sys.executable, "-m", "hybridpref.cli.main", "serve", "router", "--port",
-                                      str(self.port), "--metrics-port", "-1"], env=env,
+                                      str(self.port), "--metrics-port", "-1", "--db", self.db_url], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if not wait_serving(self.address, START_TIMEOUT_S, service="hybridpref.v1.RouterService"):
             self.stop()
