@@ -140,7 +140,7 @@ def router(background_loop, tmp_path_factory):
 
     db = tmp_path_factory.mktemp("router-store") / "router.db"
     settings = Settings(tagger={"profile": "fast"}, judge={"backend": "replay", "replay_key": "gpt4"},
-                        router={"db_url": str(db)})
+                        router={"db_url": str(db), "backend_check_s": 2.0})
     running = background_loop.run(start_embedded_stack(settings), timeout=300)
     yield running, db
     background_loop.run(running.stop(0.5))

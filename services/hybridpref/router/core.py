@@ -537,16 +537,15 @@ def campaign_scores(model: RoutingModel | None, strategy: StrategySpec, tag_matr
 def _campaign_decisions(stored: Sequence[StoredDecision], costs: np.ndarray, judged: JudgeFirst) -> list[Decision]:
     """The response's decisions from the store's: for a replayed id what the campaign holds (its route,
     score, cost, LM label and confidence), else this batch's; the strategy's score is the gain."""
-    out = []
-    for i, s in enumerate(stored):
-        label = Label[s.lm_label] if s.lm_label else Label.UNSPECIFIED
-        out.append(Decision(
-            id=s.instance_id, human=s.human, lm_label=label,
-            lm_confidence=float(s.lm_confidence) if s.lm_confidence is not None else 0.0,
-            gain=float(s.score), judge_order_inconsistent=bool(judged.batch.inconsistent[i]),
-            human_cost=float(s.cost) if s.replayed else float(costs[i]),
-            expected_gain=s.expected_correction, replayed=s.replayed, exploration=s.exploration))
-    return out
+    labels = {label.name: label for label in Label}
+    inconsistent = np.asarray(judged.batch.inconsistent, dtype=bool).tolist()
+    cost = np.asarray(costs, dtype=np.float64).tolist()
+    return [Decision(
+        id=s.instance_id, human=s.human, lm_label=labels[s.lm_label] if s.lm_label else Label.UNSPECIFIED,
+        lm_confidence=s.lm_confidence if s.lm_confidence is not None else 0.0, gain=s.score,
+        judge_order_inconsistent=inconsistent[i], human_cost=s.cost if s.replayed else cost[i],
+        expected_gain=s.expected_correction, replayed=s.replayed, exploration=s.exploration)
+        for i, s in enumerate(stored)]
 
 
 def strategy_family(strategy: StrategySpec) -> str:

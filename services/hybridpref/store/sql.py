@@ -63,6 +63,8 @@ LABEL_COLUMNS = ("campaign_id", "decision_id", "annotator", "preference", "stren
 MAX_RATIONALE = 20_000
 MAX_PENDING_LIMIT = 1_000
 PREFERENCES = ("A", "B", "tie")
+# One strict, compact encoder for the JSON columns (json.dumps would build an encoder per value).
+_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 STRENGTHS = (1, 2)
 
 
@@ -589,7 +591,7 @@ def _validate_batch(batch_id: str, candidates: Sequence[Candidate], model_versio
             try:
                 if not isinstance(value, Mapping):
                     raise TypeError(f"expected an object, got {type(value).__name__}")
-                texts.append(EncodedJSON(json.dumps(value, allow_nan=False)))
+                texts.append(EncodedJSON(_JSON.encode(value)))
             except (TypeError, ValueError) as exc:
                 v.append(FieldViolation(f"{where}.{field}", f"must be a JSON object without NaN or infinity ({exc})"))
         if len(texts) == 3:
