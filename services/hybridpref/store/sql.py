@@ -224,7 +224,21 @@ class SqlCampaignStore:
                     for value in values:
                         copy.write_row(value)
             return
-        conn.execute(insert(table), [dict(zip(columns, v, strict=True)) for v in values])
+        # SQLite: the driver's executemany on tuples, each value through its column type's bind processor
+        # (datetimes, booleans, JSON), without building a parameter dict per row (measured: ~2x faster).
+        processors = [(k, p) for k, c in enumerate(columns)
+                      if (p := table.c[c].type._cached_bind_processor(conn.dialect)) is not None]
+        rows = values
+        if processors:
+            rows = []
+            for value in values:
+                row = list(value)
+                for k, process in processors:
+                    row[k] = process(row[k])
+                rows.append(tuple(row))
+        names = ", ".join(f'"{c}"' for c in columns)
+        marks = ", ".join("?" for _ in columns)
+        conn.exec_driver_sql(f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})', rows)
 
     # ---- labels ----------------------------------------------------------------------------------
 
