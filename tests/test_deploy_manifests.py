@@ -46,9 +46,13 @@ HEALTH_PORT = 8086  # components/tls: plaintext grpc.health.v1 for the kubelet's
 METRICS = {
     "hybridpref_rpc_requests_total", "hybridpref_rpc_latency_seconds", "hybridpref_rpc_in_flight",
     "hybridpref_instances_total", "hybridpref_model_ready", "hybridpref_routed_instances_total",
+    # issue 18 item 12: per vendor, and routing quality
+    "hybridpref_vendor_calls_total", "hybridpref_judge_labels_total", "hybridpref_routed_batches_total",
+    "hybridpref_routing_warnings_total",
 }
 HISTOGRAMS = {"hybridpref_rpc_latency_seconds"}
-METRIC_LABELS = {"service", "method", "code", "route", "strategy", "le", "namespace", "pod", "job", "instance"}
+METRIC_LABELS = {"service", "method", "code", "route", "strategy", "le", "namespace", "pod", "job", "instance",
+                 "vendor", "unsure", "domain", "kind"}
 KUSTOMIZE_PATH_FIELDS = ("resources", "components")
 # What the code really reads: the Settings fields, plus the two runtime.py reads directly.
 READ_BY_CODE = set(environment_variables()) | {"HYBRIDPREF_CPUS", "HYBRIDPREF_CACHE_DIR"}

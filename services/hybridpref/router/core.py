@@ -45,7 +45,7 @@ from hybridpref.router.model import RoutingModel
 from hybridpref.router.recorded import replay_batch
 from hybridpref.router.rejects import MAX_LISTED as MAX_REJECTS_LISTED, Rejected, by_instance, rejected_of
 from hybridpref.router.spill import InstanceStore, MemoryStore, SpillStore
-from hybridpref.router.summary import Summary, column_totals, domain_check, judge_warnings, summarize
+from hybridpref.router.summary import Summary, column_totals, domain_check, judge_warnings, summarize, unsure_mask, warning_kind
 
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
 JUDGE_SLICE = 1024
@@ -150,7 +150,7 @@ class RouterCore:
             tagged = await self.tagger.tag(instances, deadline)
         text = await self.executor.run(text_features, instances, tagged, size=len(instances))
         outcome = await self._decide(MemoryStore(instances), tagged, text, options, deadline, stages)
-        return _with_rejected(outcome, rejected)
+        return self._with_rejected(outcome, rejected)
 
     async def route_stream(
         self, chunks: AsyncIterator[Sequence[PreferenceInstance] | Incoming], options: RouteOptions, deadline: Deadline
@@ -187,7 +187,7 @@ class RouterCore:
                 raise InvalidInput(violations)
             outcome = await self._decide(store, RouterTags.concat(parts), np.concatenate(texts) if texts else np.zeros((0, 0)),
                                          options, deadline, stages)
-            return _with_rejected(outcome, rejected)
+            return self._with_rejected(outcome, rejected)
         finally:
             store.close()
 
@@ -277,6 +277,7 @@ class RouterCore:
                 await self.executor.run(_explain_all, model, strategy, tagged.tag_matrix, result, judged, judged_rows,
                                         options, decisions, size=n)
         self._count(decisions, strategy.name)
+        self._count_quality(judged, summary)
         return RouteOutcome(
             decisions=decisions, strategy=strategy.name, bundle_version="" if model is None else model.bundle_version,
             human_cost=float(budget.costs[result.human_mask].sum()), summary=summary, stage_seconds=stages,
@@ -348,6 +349,23 @@ class RouterCore:
             instances, mode=options.judge_mode, template=options.judge_template,
             replay_judge=options.replay_judge, seed=options.seed, deadline=deadline,
         )
+
+    def _with_rejected(self, outcome: RouteOutcome, rejected: list[Rejected]) -> RouteOutcome:
+        if rejected:
+            self.metrics.routing_warnings.labels("instances_left_out").inc()
+        return _with_rejected(outcome, rejected)
+
+    def _count_quality(self, judged: JudgeFirst | None, summary: Summary) -> None:
+        """Routing-quality counters an operator can alert on: the judge's unsure labels, batches out of
+        the bundle's domain, summary warnings by kind (the human share is ``hybridpref_routed_instances``)."""
+        if judged is not None and len(judged.signals):
+            unsure = int(np.count_nonzero(unsure_mask(judged.signals)))
+            self.metrics.judge_labels.labels("true").inc(unsure)
+            self.metrics.judge_labels.labels("false").inc(len(judged.signals) - unsure)
+        domain = "unknown" if summary.domain is None else ("in" if summary.domain.in_domain else "out")
+        self.metrics.routed_batches.labels(domain).inc()
+        for text in summary.warnings:
+            self.metrics.routing_warnings.labels(warning_kind(text)).inc()
 
     def _count(self, decisions: list[Decision], strategy: str) -> None:
         humans = sum(d.human for d in decisions)

@@ -227,10 +227,12 @@ class RequestIdInterceptor(_AroundInterceptor):
         given = metadata.get(logs.REQUEST_ID_HEADER)
         request_id = clean_request_id(given, bearer_key(metadata)) or logs.new_request_id()
         token = logs.bind_request_id(request_id)
+        info_token = logs.bind_call_info(logs.CallInfo())
         with structlog.contextvars.bound_contextvars(service=self.service, method=method.rsplit("/", 1)[-1][:64]):
             try:
                 yield
             finally:
+                logs.reset_call_info(info_token)
                 logs.reset_request_id(token)
 
 
@@ -261,9 +263,14 @@ class MetricsInterceptor(_AroundInterceptor):
             in_flight.dec()
             self.metrics.latency.labels(self.service, name).observe(elapsed)
             self.metrics.requests.labels(self.service, name, code).inc()
-            # The access log: one line per call, carrying the request id bound above
+            # The access log: one line per call, carrying the request id and the caller's vendor
             # (not for health probes, which Kubernetes sends every few seconds).
-            if not method.startswith("/grpc.health."):
+            if not is_open(method):
+                info = logs.current_call_info()
+                vendor = (info.vendor if info is not None else "") or "anonymous"
+                self.metrics.vendor_calls.labels(self.service, self.metrics.vendor_labels(vendor), name, code).inc()
+                structlog.get_logger().info("rpc", code=code, seconds=round(elapsed, 4), vendor=vendor)
+            elif not method.startswith("/grpc.health."):
                 structlog.get_logger().info("rpc", code=code, seconds=round(elapsed, 4))
 
 
@@ -370,8 +377,11 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         # message (up to the receive limit) is never received into memory nor decoded.
         try:
             policy = self._authorize(method, metadata)
-        except (Unauthenticated, PermissionDenied) as exc:
-            return refusing_handler(handler, exc)
+        except Unauthenticated as exc:
+            return refusing_handler(handler, exc, "unauthenticated")
+        except PermissionDenied as exc:
+            known = self.keys.lookup(bearer_key(metadata) or "")
+            return refusing_handler(handler, exc, known.vendor if known is not None else "unauthenticated")
 
         key = bearer_key(metadata)
 
@@ -385,6 +395,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
 
         @asynccontextmanager
         async def around(context: Context) -> AsyncIterator[None]:
+            info = logs.current_call_info()
+            if info is not None:
+                info.vendor = policy.vendor
             leave = self.quotas.enter_call(policy)
             try:
                 with structlog.contextvars.bound_contextvars(vendor=policy.vendor):
@@ -407,7 +420,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         return policy
 
 
-def refusing_handler(handler: grpc.RpcMethodHandler, error: Exception) -> grpc.RpcMethodHandler:
+def refusing_handler(handler: grpc.RpcMethodHandler, error: Exception, vendor: str = "unauthenticated") -> grpc.RpcMethodHandler:
     """A handler that raises ``error`` without reading any request message.
 
     gRPC reads (and buffers, up to the receive limit) a unary request before it calls the handler;
@@ -415,10 +428,17 @@ def refusing_handler(handler: grpc.RpcMethodHandler, error: Exception) -> grpc.R
     refusal is served as a request-streaming handler whatever the method's shape (the wire format is
     the same): the call ends before its message is received, and flow control stops the sender."""
 
+    def mark() -> None:  # the access log and the per-vendor counter say who was refused
+        info = logs.current_call_info()
+        if info is not None:
+            info.vendor = vendor
+
     async def refuse(request_iterator, context):
+        mark()
         raise error
 
     async def refuse_stream(request_iterator, context):
+        mark()
         raise error
         yield  # a generator: the response-streaming shape
 
