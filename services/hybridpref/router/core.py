@@ -447,7 +447,8 @@ def strategy_family(strategy: StrategySpec) -> str:
     return "baseline"
 
 
-def _explain_all(model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, result, judged: JudgeFirst | None,
+def _explain_all(model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, result: strategies.RoutingResult,
+                 judged: JudgeFirst | None,
                  judged_rows: list[int], options: RouteOptions, decisions: list[Decision]) -> None:
     """``top_tags`` and ``reason`` of every decision, whatever the strategy (in process).
 
@@ -469,25 +470,25 @@ def _explain_all(model: RoutingModel | None, strategy: StrategySpec, tag_matrix:
             decisions[i].top_tags = [(FEATURE_NAMES[j], float(v)) for j, v in zip(idx[r], val[r]) if j >= 0]
             explained[i] = True
     if model is not None and model.scorer is not None and not explained.all():
-        rest = np.flatnonzero(~explained)
-        idx, val = top_tags(model.scorer, tag_matrix, result.human_mask, k)
-        for i in rest:
-            decisions[i].top_tags = [(TAG_NAMES[j], float(v)) for j, v in zip(idx[i], val[i]) if j >= 0]
+        ppm_idx, ppm_val = top_tags(model.scorer, tag_matrix, result.human_mask, k)
+        for row in np.flatnonzero(~explained):
+            decisions[row].top_tags = [(TAG_NAMES[j], float(v)) for j, v in zip(ppm_idx[row], ppm_val[row]) if j >= 0]
     n = len(decisions)
     ranks = rank_descending(result.gains) if n else np.zeros(0, np.int64)
     position = {i: r for r, i in enumerate(judged_rows)}
     for i, d in enumerate(decisions):
-        r = position.get(i)
-        p_lm = p_h = None
+        pos = position.get(i)
+        p_lm: float | None = None
+        p_h: float | None = None
         no_verdict = flip = False
-        if judged is not None and r is not None:
+        if judged is not None and pos is not None:
             if judged.p_wrong is not None:
-                p_lm, p_h = float(judged.p_wrong[0][r]), float(judged.p_wrong[1][r])
-            no_verdict = int(judged.batch.labels[r]) == int(Label.UNSPECIFIED)
-            flip = bool(judged.signals.order_flip[r])
+                p_lm, p_h = float(judged.p_wrong[0][pos]), float(judged.p_wrong[1][pos])
+            no_verdict = int(judged.batch.labels[pos]) == int(Label.UNSPECIFIED)
+            flip = bool(judged.signals.order_flip[pos])
         d.reason = reason(strategy.name, family, d.human, d.gain, int(ranks[i]), n, expected=d.expected_gain,
                           p_lm_wrong=p_lm, p_human_wrong=p_h, no_verdict=no_verdict, order_flip=flip,
-                          confidence=d.lm_confidence if r is not None else None, seed=options.seed)
+                          confidence=d.lm_confidence if pos is not None else None, seed=options.seed)
 
 
 def _concat_signals(parts: list[JudgeSignals]) -> JudgeSignals:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from hybridpref.server import logs
@@ -11,7 +11,7 @@ from hybridpref.server import deadline as deadlines
 from hybridpref_client.core.convert import check_count, instance_from_proto, instances_from_proto
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.core.limits import Limits, proto_instance_violations
-from hybridpref_client.core.instances import PositionMode, PreferenceInstance
+from hybridpref_client.core.instances import PositionMode
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.server import ServiceHandle
 from hybridpref.server.settings import LimitsSettings, Settings
@@ -65,7 +65,7 @@ def options_from_proto(config: router_pb2.RouteConfig, default_strategy: Strateg
     )
 
 
-def convert(msgs, limits: Limits, offset: int, skip_invalid: bool) -> Incoming:
+def convert(msgs: Sequence[common_pb2.PreferenceInstance], limits: Limits, offset: int, skip_invalid: bool) -> Incoming:
     """Proto instances -> core ones, ``instances[i]`` counted from ``offset`` in the caller's batch or
     stream. An instance that cannot be converted (sizes, enum values) refuses the call, or with
     ``skip_invalid`` is left out and listed."""
@@ -170,7 +170,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         options = options_from_proto(first.config, self.default_strategy, self.settings.limits)
         run = self.core.executor.run
 
-        async def chunks() -> AsyncIterator[list[PreferenceInstance]]:
+        async def chunks() -> AsyncIterator[Incoming]:
             index, seen = 1, 0
             async for message in request_iterator:
                 if message.WhichOneof("item") != "chunk":

@@ -243,7 +243,8 @@ def unsure_mask(signals: JudgeSignals) -> np.ndarray:
     within ``UNSURE_MARGIN`` of 0.5)."""
     unsure = np.asarray(signals.order_flip, dtype=bool) | (np.asarray(signals.label) == 0)
     p_a = np.asarray(signals.p_a, dtype=np.float64)
-    return unsure | (np.isfinite(p_a) & (np.abs(p_a - 0.5) < UNSURE_MARGIN))
+    out: np.ndarray = unsure | (np.isfinite(p_a) & (np.abs(p_a - 0.5) < UNSURE_MARGIN))
+    return out
 
 
 # Kinds of summary warnings (the ``kind`` label of ``hybridpref_routing_warnings_total``), each with the

@@ -167,7 +167,7 @@ def read_on_demand(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     if handler.request_streaming:
         return handler
 
-    async def first(request_iterator):
+    async def first(request_iterator: AsyncIterator[Any]) -> Any:
         """The one request message, read to the end of the request stream: a half-read iterator would
         keep the message alive in gRPC's receiver (and in every wrapper's frame) after the call."""
         messages = [message async for message in request_iterator]
@@ -178,13 +178,13 @@ def read_on_demand(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     if handler.unary_unary:
         inner_uu = handler.unary_unary
 
-        async def stream_unary(request_iterator, context):
+        async def stream_unary(request_iterator: AsyncIterator[Any], context: Context) -> Any:
             return await inner_uu(await first(request_iterator), context)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
     inner_us = handler.unary_stream
 
-    async def stream_stream(request_iterator, context):
+    async def stream_stream(request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         async for item in inner_us(await first(request_iterator), context):
             yield item
 
@@ -312,7 +312,7 @@ class ErrorInterceptor(_AroundInterceptor):
                       f"internal error (request id {logs.current_request_id()}); see the service log")
 
 
-def _end_call(context, code: grpc.StatusCode, details: str, trailing_metadata=()) -> None:
+def _end_call(context: Context, code: grpc.StatusCode, details: str, trailing_metadata: Any = ()) -> None:
     """End the call with ``code``: the behaviour then returns normally (a unary response is dropped
     when the code is not OK; a response stream ends)."""
     context.set_code(code)
@@ -329,7 +329,8 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self.admission = admission
         self.stream_idle_s = stream_idle_s
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation: Continuation,
+                                handler_call_details: HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None or is_open(handler_call_details.method):
             return handler
@@ -338,19 +339,20 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         return wrap_handler(handler, self.admission.admitted)
 
 
-def wrap_request_iterator(handler: grpc.RpcMethodHandler, wrap: Callable[[AsyncIterator], AsyncIterator]) -> grpc.RpcMethodHandler:
+def wrap_request_iterator(handler: grpc.RpcMethodHandler,
+                          wrap: Callable[[AsyncIterator[Any]], AsyncIterator[Any]]) -> grpc.RpcMethodHandler:
     """A request-streaming ``handler`` whose behaviour reads ``wrap(request_iterator)``."""
     kwargs = _kwargs(handler)
     if handler.stream_unary:
         inner_su = handler.stream_unary
 
-        async def stream_unary(request_iterator, context):
+        async def stream_unary(request_iterator: AsyncIterator[Any], context: Context) -> Any:
             return await inner_su(wrap(request_iterator), context)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
     inner_ss = handler.stream_stream
 
-    async def stream_stream(request_iterator, context):
+    async def stream_stream(request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         async for item in inner_ss(wrap(request_iterator), context):
             yield item
 
@@ -433,11 +435,11 @@ def refusing_handler(handler: grpc.RpcMethodHandler, error: Exception, vendor: s
         if info is not None:
             info.vendor = vendor
 
-    async def refuse(request_iterator, context):
+    async def refuse(request_iterator: AsyncIterator[Any], context: Context) -> Any:
         mark()
         raise error
 
-    async def refuse_stream(request_iterator, context):
+    async def refuse_stream(request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         mark()
         raise error
         yield  # a generator: the response-streaming shape
@@ -550,7 +552,7 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
         memory, received = self.memory, [0]  # this call's request bytes
 
         @asynccontextmanager
-        async def trim_after(context):
+        async def trim_after(context: Context) -> AsyncIterator[None]:
             try:
                 yield
             finally:
