@@ -33,13 +33,19 @@ CARD_MARKER = "\n## Routing models (expected correction, domain)\n"
 
 
 def add_routing_models(bundle: Path, pools: Mapping[str, Path], ppm_pools: Sequence[str],
-                       ppm_spearman: Mapping[str, float], seed: int = 0, ppm_spearman_source: str = "") -> dict[str, Any]:
-    """Write the routing models into ``bundle`` (see the module docstring); returns the new manifest."""
-    from hybridpref.offline.pools import load_pool
+                       ppm_spearman: Mapping[str, float], seed: int = 0, ppm_spearman_source: str = "",
+                       judges: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Write the routing models into ``bundle`` (see the module docstring); returns the new manifest.
+    ``judges``: pool name -> LM judge (the others by ``offline.pools.choose_judge``, printed)."""
+    import sys
+
+    from hybridpref.offline.pools import choose_judge, load_pool
 
     bundle = Path(bundle)
     bundle_io.read_manifest(bundle)  # refuse a corrupt bundle before touching it
-    loaded = [load_pool(path, name=name) for name, path in pools.items()]
+    loaded = [load_pool(path, name=name, judge=(judges or {}).get(name)) for name, path in pools.items()]
+    for pool in loaded:
+        print(choose_judge(pool.name, pool.instances, (judges or {}).get(pool.name)).describe(), file=sys.stderr)
     feats = [correction_fit.pool_features(p) for p in loaded]
     model = correction_fit.fit_correction_model(loaded, feats, seed)
     onnx_bytes = model.to_onnx()

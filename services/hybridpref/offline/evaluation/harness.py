@@ -71,7 +71,8 @@ class LeakageError(InvalidInput):
 class EvalConfig:
     pools: list[str]
     out: str | None = None
-    lm_judge: str | None = None
+    lm_judge: str | None = None  # every pool's judge (a key each pool records); else the rule of pools.choose_judge
+    lm_judges: dict[str, str] = field(default_factory=dict)  # pool name -> judge, over lm_judge
     bundle: str | None = None
     bundle_for: dict[str, str] = field(default_factory=dict)  # pool name -> bundle used for that pool instead of ``bundle``
     budgets: tuple[float, ...] = (0.1, 0.25, 0.5)
@@ -222,9 +223,14 @@ def prepare_case(path: Path, config: EvalConfig) -> Case:
         path = path / "pairs.jsonl"
     if not path.is_file():
         raise InvalidInput(FieldViolation("--pool", f"no pool file at {path}"))
-    pool = load_pool(path, judge=config.lm_judge)
-    if config.lm_judge and config.lm_judge not in pool.judges:
-        raise InvalidInput(FieldViolation("--lm-judge", f"pool {pool.name} has no judge {config.lm_judge!r}; it has {', '.join(pool.judges)}"))
+    import sys
+
+    from hybridpref.offline.pools import choose_judge
+
+    name = path.parent.name if path.name == "pairs.jsonl" else path.stem
+    given = config.lm_judges.get(name) or config.lm_judge
+    pool = load_pool(path, judge=given)  # its judge by the rule predictor build follows too
+    print(choose_judge(pool.name, pool.instances, given).describe(), file=sys.stderr)
     signals = pool.signals()
     return Case(pool, path, signals, assign_folds(pool.groups, config.folds, config.split_seed))
 
