@@ -119,3 +119,22 @@ def test_domain_threshold_rules() -> None:
     close = domain_mod.build_domain(feats, ["home", "near"], {"home": 0.8, "near": 0.9}, seed=0)
     assert not close["calibration"]["near"]["flagged"] and close["threshold"] == pytest.approx(1.5 * close["in_domain_p95"])
     assert domain_mod.batch_distance(far[:50], multi)[1]  # ... yet a batch like far is in the domain: far is trained on
+
+
+def test_add_routing_models_with_one_pool_per_bundle_as_the_readme_loop_runs_it(tmp_path: Path) -> None:
+    """Issue 18 item 15: in a two-pool study the README's loop gives each leave-one-pool-out bundle the
+    other pool alone; the CLI crashed with KeyError 'leave_one_pool_out' (one pool has no such metrics)."""
+    import subprocess
+    import sys
+
+    pool = _write_pool(tmp_path / "teamB", 120, 4, True, 5)
+    bundle = tmp_path / "without-teamA"
+    shutil.copytree(default_bundle_path(), bundle)
+    proc = subprocess.run([sys.executable, "-m", "hybridpref.cli.main", "predictor", "add-routing-models", "--bundle", str(bundle),
+                           "--pool", f"teamB={pool}", "--judge", "judge"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "pool teamB: LM judge 'judge' (given" in proc.stderr
+    assert "fitted on one pool: no leave-one-pool-out metrics" in proc.stdout
+    card = json.loads((bundle / "correction.json").read_text())
+    assert "leave_one_pool_out" not in card and card["calibration"] == "none (one pool)"
+    assert bundle_io.read_correction(bundle) is not None  # the bundle is complete and loads
