@@ -293,7 +293,8 @@ def test_calls_fail_fast_while_a_backend_is_hung(background_loop, stack, sample,
 
     proc, judge = judge_process
     settings = Settings(router={"tagger_address": stack.address("tagger"), "judge_address": judge,
-                                "predictor_address": stack.address("predictor"), "backend_check_s": 0.5})
+                                "predictor_address": stack.address("predictor"), "backend_check_s": 0.5,
+                                "fail_fast_after_s": 1.0})
     router = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=-1))
     background_loop.run(router.loaded.wait())
     request = router_pb2.RouteInstancesRequest(instances=sample[:6], config=config("all_lm"))

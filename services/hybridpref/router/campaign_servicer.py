@@ -15,17 +15,28 @@ import math
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
-from hybridpref.router.strategies import campaign_strategy_spec
+from hybridpref.router.core import RouterCore
+from hybridpref.router.strategies import StrategySpec, campaign_strategy_spec
+from hybridpref.server.settings import Settings
 from hybridpref.store.api import Campaign, CampaignSpec, CampaignStatus, CampaignStore, HumanLabel, Interval, LabelResult
 from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc
 
-if TYPE_CHECKING:
-    from hybridpref.router.servicer import RouterServicer
+
+
+class RouterSide(Protocol):
+    """What the campaign servicer uses of the ``RouterServicer`` it sits beside (a protocol, so that the two
+    servicer modules do not import each other)."""
+
+    core: RouterCore
+    settings: Settings
+    default_strategy: StrategySpec
+
+    def vendor(self) -> str: ...
 
 SERVICE_NAME = campaign_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name
 EXPORT_CHUNK = 1000  # rows per ExportDatasetResponse
@@ -152,7 +163,7 @@ def export_chunk(rows: Iterator[dict[str, Any]], fmt: str) -> campaign_pb2.Expor
 class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
     """``CampaignService`` beside a ``RouterServicer`` (its worker pool, store, vendor and metrics)."""
 
-    def __init__(self, router: RouterServicer) -> None:
+    def __init__(self, router: RouterSide) -> None:
         self.router = router
         self.core = router.core
         self.metrics = router.core.metrics
