@@ -44,7 +44,7 @@ LEGACY = {
 # Variables added since the sections (name -> field); with LEGACY, every variable the settings read.
 ADDED = {
     "MAX_CALLS_PER_CONNECTION": "server.max_calls_per_connection", "STREAM_IDLE_S": "server.stream_idle_s",
-    "API_VENDOR_MAX_CONCURRENT": "auth.vendor_max_concurrent",
+    "API_VENDOR_MAX_CONCURRENT": "auth.vendor_max_concurrent", "DB_URL": "router.db_url",
 }
 # A value per type that differs from every default, so reading it proves the variable was read.
 LITERAL = {"server.log_format": "console", "judge.backend": "replay"}
@@ -70,12 +70,12 @@ def _get(settings: Settings, path: str) -> object:
 def test_every_legacy_variable_sets_its_field(monkeypatch):
     defaults = Settings()
     expected = {}
-    for name, path in LEGACY.items():
+    for name, path in (LEGACY | ADDED).items():
         text, value = _value(path, _get(defaults, path))
         monkeypatch.setenv(f"HYBRIDPREF_{name}", text)
         expected[path] = value
     settings = Settings()
-    assert {path: _get(settings, path) for path in LEGACY.values()} == expected
+    assert {path: _get(settings, path) for path in (LEGACY | ADDED).values()} == expected
     # and the documented list is exactly these variables: none lost, none renamed
     assert environment_variables() == {f"HYBRIDPREF_{name}": path for name, path in (LEGACY | ADDED).items()}
 

@@ -22,6 +22,9 @@ DECISION_SCHEMA: dict[str, str] = {
     "lm_confidence": "number", "gain": "number",
     "top_tags": "list of {tag: string, contribution: number}", "judge_order_inconsistent": "boolean",
     "human_cost": "number", "expected_gain": "number? (null: not computed)", "reason": "string",
+    # campaigns (always present; false without one): the stored decision came back for a re-sent id, and
+    # the human route came from the campaign's random exploration share
+    "replayed": "boolean", "exploration": "boolean",
 }
 
 

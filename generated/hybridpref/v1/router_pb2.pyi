@@ -34,6 +34,8 @@ class RouteConfig(_message.Message):
     EXPLAIN_TOP_K_FIELD_NUMBER: _builtins.int
     SIMULATED_CANDIDATES_FIELD_NUMBER: _builtins.int
     SKIP_INVALID_INSTANCES_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     strategy: _builtins.str
     """Strategy name (hybridpref.router.strategies.STRATEGIES, e.g. hybrid, expected_gain, judge_doubt,
     greedy, topk, simulated, random, all_human, all_lm). "" = server default.
@@ -62,6 +64,13 @@ class RouteConfig(_message.Message):
     left out and listed in RoutingSummary.rejected; the others are routed. Config errors still
     refuse the request.
     """
+    campaign: _builtins.str
+    """Route for this campaign of the caller (CampaignService): every decision is stored, a re-sent id
+    returns its stored decision and spends nothing, and the campaign's total budget governs (budget
+    must then be unset; strategy and replay_judge unset or the campaign's). "" = no campaign.
+    """
+    batch: _builtins.str
+    """With a campaign: the batch's name, stored with its decisions ("" = the request id)."""
     @_builtins.property
     def budget(self) -> _common_pb2.Budget:
         """The human budget."""
@@ -78,10 +87,12 @@ class RouteConfig(_message.Message):
         explain_top_k: _builtins.int | None = ...,
         simulated_candidates: _builtins.int = ...,
         skip_invalid_instances: _builtins.bool = ...,
+        campaign: _builtins.str = ...,
+        batch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "budget", b"budget", "explain_top_k", b"explain_top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "budget", b"budget", "explain_top_k", b"explain_top_k", "judge_position_mode", b"judge_position_mode", "judge_template", b"judge_template", "replay_judge", b"replay_judge", "seed", b"seed", "simulated_candidates", b"simulated_candidates", "skip_invalid_instances", b"skip_invalid_instances", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "batch", b"batch", "budget", b"budget", "campaign", b"campaign", "explain_top_k", b"explain_top_k", "judge_position_mode", b"judge_position_mode", "judge_template", b"judge_template", "replay_judge", b"replay_judge", "seed", b"seed", "simulated_candidates", b"simulated_candidates", "skip_invalid_instances", b"skip_invalid_instances", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__explain_top_k: _TypeAlias = _typing.Literal["explain_top_k"]  # noqa: Y015
     _WhichOneofArgType__explain_top_k: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k"]  # noqa: Y015
@@ -135,6 +146,8 @@ class RoutingDecision(_message.Message):
     HUMAN_COST_FIELD_NUMBER: _builtins.int
     EXPECTED_GAIN_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    EXPLORATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The instance id."""
     route: _common_pb2.Route.ValueType
@@ -161,6 +174,10 @@ class RoutingDecision(_message.Message):
     """One line saying why the instance went where it went: the strategy's gain and its rank in the
     batch, the expected corrections and the judge's doubt where known (empty with explain_top_k = 0).
     """
+    replayed: _builtins.bool
+    """With a campaign: the id was already stored and this is its stored decision (nothing was spent)."""
+    exploration: _builtins.bool
+    """With a campaign: routed to humans by the campaign's random exploration share."""
     @_builtins.property
     def top_tags(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TagContribution]:
         """What drove this instance's routing value most (explain_top_k of them), whatever the strategy: for
@@ -184,10 +201,12 @@ class RoutingDecision(_message.Message):
         human_cost: _builtins.float = ...,
         expected_gain: _builtins.float | None = ...,
         reason: _builtins.str = ...,
+        replayed: _builtins.bool = ...,
+        exploration: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain", "expected_gain", b"expected_gain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain", "expected_gain", b"expected_gain", "gain", b"gain", "human_cost", b"human_cost", "id", b"id", "judge_order_inconsistent", b"judge_order_inconsistent", "lm_confidence", b"lm_confidence", "lm_label", b"lm_label", "reason", b"reason", "route", b"route", "top_tags", b"top_tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain", "expected_gain", b"expected_gain", "exploration", b"exploration", "gain", b"gain", "human_cost", b"human_cost", "id", b"id", "judge_order_inconsistent", b"judge_order_inconsistent", "lm_confidence", b"lm_confidence", "lm_label", b"lm_label", "reason", b"reason", "replayed", b"replayed", "route", b"route", "top_tags", b"top_tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_gain: _TypeAlias = _typing.Literal["expected_gain"]  # noqa: Y015
     _WhichOneofArgType__expected_gain: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain"]  # noqa: Y015
@@ -387,6 +406,7 @@ class RoutingSummary(_message.Message):
     WARNINGS_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
     REJECTED_COUNT_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
     strategy: _builtins.str
     """Strategy used."""
     bundle_version: _builtins.str
@@ -429,6 +449,10 @@ class RoutingSummary(_message.Message):
         request order (at most the first 20,000 problems; rejected_count counts every instance left out).
         """
 
+    @_builtins.property
+    def campaign(self) -> Global___CampaignProgress:
+        """With a campaign: its name, the batch and its budget after this batch; unset without one."""
+
     def __init__(
         self,
         *,
@@ -445,14 +469,53 @@ class RoutingSummary(_message.Message):
         warnings: _abc.Iterable[_builtins.str] | None = ...,
         rejected: _abc.Iterable[Global___RejectedInstance] | None = ...,
         rejected_count: _builtins.int = ...,
+        campaign: Global___CampaignProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "domain", b"domain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "domain", b"domain", "human_cost", b"human_cost", "human_count", b"human_count", "interval_level", b"interval_level", "lm_count", b"lm_count", "mixes", b"mixes", "rejected", b"rejected", "rejected_count", b"rejected_count", "request_id", b"request_id", "stage_seconds", b"stage_seconds", "strategy", b"strategy", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "campaign", b"campaign", "domain", b"domain", "human_cost", b"human_cost", "human_count", b"human_count", "interval_level", b"interval_level", "lm_count", b"lm_count", "mixes", b"mixes", "rejected", b"rejected", "rejected_count", b"rejected_count", "request_id", b"request_id", "stage_seconds", b"stage_seconds", "strategy", b"strategy", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoutingSummary: _TypeAlias = RoutingSummary  # noqa: Y015
+
+@_typing.final
+class CampaignProgress(_message.Message):
+    """Where a campaign stands after a routed batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    BUDGET_SPENT_FIELD_NUMBER: _builtins.int
+    BUDGET_LEFT_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The campaign's name."""
+    batch: _builtins.str
+    """The batch's name as stored."""
+    budget_spent: _builtins.float
+    """Budget units reserved so far (this batch included)."""
+    budget_left: _builtins.float
+    """Budget units left."""
+    replayed: _builtins.int
+    """Instances of this batch that were already stored (re-sent ids: their stored decisions came back)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        batch: _builtins.str = ...,
+        budget_spent: _builtins.float = ...,
+        budget_left: _builtins.float = ...,
+        replayed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "budget_left", b"budget_left", "budget_spent", b"budget_spent", "name", b"name", "replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignProgress: _TypeAlias = CampaignProgress  # noqa: Y015
 
 @_typing.final
 class RouteInstancesResponse(_message.Message):

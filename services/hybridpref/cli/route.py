@@ -10,6 +10,7 @@ their reasons, to ``--rejects``.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections import Counter
@@ -28,7 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     route = subparsers.add_parser("route", help="route a JSONL batch", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     route.add_argument("--input", type=Path, default=None, help="JSONL instances (default: the sample batch)")
-    route.add_argument("--budget", default="0.25", help="fraction (0.25), count (count:100), cost (cost:500) or auto")
+    route.add_argument("--budget", default=None,
+                       help="fraction (0.25, the default), count (count:100), cost (cost:500) or auto; not with --campaign")
+    route.add_argument("--campaign", default=None,
+                       help="route for this campaign (hybridpref campaign create): its total budget governs, every "
+                            "decision is stored, a re-sent id returns its stored decision and spends nothing")
+    route.add_argument("--batch", default=None, help="with --campaign: the batch's name as stored (default: the request id)")
+    route.add_argument("--db", default=None,
+                       help="embedded stack with --campaign: the campaign store (default $HYBRIDPREF_DB_URL, else the "
+                            "local SQLite file that `hybridpref campaign` uses)")
     route.add_argument("--strategy", default="", help="strategy name (default: the router's)")
     route.add_argument("--seed", type=int, default=0)
     route.add_argument("--router", default=None, help="HOST:PORT of a running router (default: start an embedded stack)")
@@ -114,16 +123,28 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput(_named(bad, "rerun with --on-bad-row skip to route the other rows"))
     if not instances:
         raise InvalidInput(FieldViolation("--input", f"{path}: no valid rows to route" if bad else f"{path}: no rows (empty file)"))
-    budget = parse_budget(args.budget)
+    if args.campaign:
+        if args.budget:
+            raise InvalidInput(FieldViolation("--budget", "not with --campaign: the campaign's total budget governs"))
+        if args.router and args.db:
+            raise InvalidInput(FieldViolation("--db", "for the embedded stack only: a running router uses its own store"))
+        budget, what = None, f"campaign {args.campaign!r}"
+    else:
+        for flag, value in (("--batch", args.batch), ("--db", args.db)):
+            if value:
+                raise InvalidInput(FieldViolation(flag, "only with --campaign"))
+        budget, what = parse_budget(args.budget or "0.25"), f"budget {args.budget or '0.25'}"
+    campaign = {"campaign": args.campaign, "batch": args.batch or ""} if args.campaign else {}
     console = Console(stderr=True)
-    console.print(f"routing {len(instances)} instances from {path} (budget {args.budget})"
+    console.print(f"routing {len(instances)} instances from {path} ({what})"
                   + (f"; {len({b.line for b in bad})} bad rows skipped" if bad else ""))
-    with _router(args, console) as (address, judge_name), RouterClient(address, timeout_s=args.timeout) as client:
+    key = os.environ.get("HYBRIDPREF_API_KEY", "").strip() or None
+    with _router(args, console) as (address, judge_name), RouterClient(address, timeout_s=args.timeout, api_key=key) as client:
         try:
             with _progress(console, len(instances)) as advance:
                 result = client.route_stream(instances, budget, args.strategy, args.seed, replay_judge=args.replay_judge,
                                              on_progress=advance, chunk_size=_chunk_size(instances),
-                                             skip_invalid_instances=skip)
+                                             skip_invalid_instances=skip, **campaign)
         except RoutingError as exc:
             if exc.violations:
                 named = [_to_line(field, text, lines) for field, text in exc.violations]
@@ -207,7 +228,8 @@ def _router(args, console):
     from hybridpref.cli.stack import BackgroundLoop, start_embedded_stack
 
     configure_logging("hybridpref-route", args.log_level, "console")
-    settings = Settings(judge={"backend": args.judge_backend} if args.judge_backend else {})
+    settings = Settings(judge={"backend": args.judge_backend} if args.judge_backend else {},
+                        router={"db_url": args.db} if args.db else {})
     background = BackgroundLoop()
     console.print("starting an embedded stack (tagger, judge, predictor, router) on loopback; loading models...")
     stack = background.run(start_embedded_stack(settings))
@@ -262,6 +284,12 @@ def print_summary(console, result, judge_name: str = "") -> None:
     table.add_row("to humans", str(s.get("human_count", 0)))
     table.add_row("to LM judge", str(s.get("lm_count", 0)))
     table.add_row("human cost", f"{s.get('human_cost', 0.0):.1f}")
+    campaign = s.get("campaign")
+    if campaign:
+        table.add_row("campaign", f"{campaign['name']} (batch {campaign['batch']})")
+        table.add_row("campaign budget spent / left", f"{campaign['budget_spent']:g} / {campaign['budget_left']:g}")
+        if campaign["replayed"]:
+            table.add_row("already stored (replayed)", str(campaign["replayed"]))
     level = s.get("interval_level", 0.0)
     for name, label in (("chosen", "chosen"), ("all_human", "all human"), ("all_lm", "all LM"), ("random", "random, same budget")):
         mix = s.get("mixes", {}).get(name)

@@ -39,14 +39,25 @@ from hybridpref.router.backends import (
     TaggerBackend,
     judge_signals,
 )
+from hybridpref.router.campaign import CAMPAIGN_SLICE, CampaignRoute, JudgeRows, StoreProvider, candidates
 from hybridpref.router.explain import rank_descending, reason, top_correction_features, top_tags
 from hybridpref.router.limits import MAX_LISTED, judge_violations
 from hybridpref.router.model import RoutingModel
 from hybridpref.router.recorded import replay_batch
 from hybridpref.router.rejects import MAX_LISTED as MAX_REJECTS_LISTED, Rejected, by_instance, rejected_of
 from hybridpref.router.spill import InstanceStore, MemoryStore, SpillStore
+from hybridpref.router.summary import (
+    DomainResult,
+    Summary,
+    column_totals,
+    domain_check,
+    judge_warnings,
+    summarize,
+    unsure_mask,
+    warning_kind,
+)
 from hybridpref.router.yielding import Yielder
-from hybridpref.router.summary import Summary, column_totals, domain_check, judge_warnings, summarize, unsure_mask, warning_kind
+from hybridpref.store.api import StoredDecision
 
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
 JUDGE_SLICE = 1024
@@ -59,9 +70,10 @@ log = structlog.get_logger()
 @dataclass
 class RouteOptions:
     """Request-level routing options (the core mirror of ``RouteConfig``): the budget as stated (checked
-    against the batch size here), the strategy resolved (the servicer applies the default)."""
+    against the batch size here), the strategy resolved (the servicer applies the default). With a
+    ``campaign`` the budget is ``None`` (the campaign's total governs) and the strategy is the campaign's."""
 
-    budget: Budget
+    budget: Budget | None
     strategy: StrategySpec
     seed: int = 0
     judge_mode: PositionMode = PositionMode.UNSPECIFIED
@@ -70,6 +82,7 @@ class RouteOptions:
     explain_top_k: int = 3
     simulated_candidates: int = 500
     skip_invalid: bool = False  # leave invalid instances out (listed in the outcome) instead of refusing
+    campaign: CampaignRoute | None = None
 
 
 @dataclass(slots=True)
@@ -84,6 +97,20 @@ class Decision:
     human_cost: float = 0.0
     expected_gain: float | None = None
     reason: str = ""  # one line: why it went where it went (``hybridpref.router.explain.reason``)
+    replayed: bool = False  # campaign: the id was already stored; this is its stored decision
+    exploration: bool = False  # campaign: routed to humans by the exploration share
+
+
+@dataclass(frozen=True)
+class CampaignProgress:
+    """Where a campaign stands after a routed batch: its budget spent and left, and how many of the batch's
+    instances were already stored (replayed)."""
+
+    name: str
+    batch: str
+    budget_spent: float
+    budget_left: float
+    replayed: int
 
 
 @dataclass
@@ -96,6 +123,7 @@ class RouteOutcome:
     stage_seconds: dict[str, float]
     rejected: list[Rejected] = field(default_factory=list)  # with ``skip_invalid``: what was left out, and why
     rejected_count: int = 0  # instances left out
+    campaign: CampaignProgress | None = None
 
 
 @dataclass
@@ -118,6 +146,17 @@ class JudgeFirst:
     p_wrong: tuple[np.ndarray, np.ndarray] | None  # (P(LM wrong), P(human wrong)) from the correction model
     # The correction-model features that moved P(LM wrong) most, per row: (feature idx (n, k), value (n, k)).
     explained: tuple[np.ndarray, np.ndarray] | None = None
+    features: np.ndarray | None = None  # (n, F) correction features (kept for a campaign's stored decisions)
+
+    def rows(self) -> JudgeRows:
+        """The pass as the campaign's candidates read it."""
+        from hybridpref.routing_model.correction import FEATURE_NAMES
+
+        s = self.signals
+        return JudgeRows(self.batch.labels, self.batch.confidence, np.asarray(s.order_flip, bool),
+                         np.asarray(self.batch.p_a_better, np.float64), np.asarray(s.agreement, np.float64),
+                         self.expected_gain, None if self.p_wrong is None else self.p_wrong[0], self.features,
+                         FEATURE_NAMES, self.batch.judge_id)
 
     @property
     def expected_gain(self) -> np.ndarray | None:
@@ -126,12 +165,14 @@ class JudgeFirst:
 
 class RouterCore:
     def __init__(self, settings: Settings, tagger: TaggerBackend, judge: JudgeBackend, models: RoutingModelSource,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, campaigns: StoreProvider | None = None):
         self.settings = settings
         self.metrics = metrics or Metrics.default()
         self.tagger = tagger
         self.judge = judge
         self.models = models
+        # The campaign store, opened on the first campaign call (settings.router.db_url).
+        self.campaigns = campaigns or StoreProvider(settings.router.db_url)
         # CPU work (conversion, validation, strategies, spill-file I/O) runs here, off the event
         # loop, in a pool the server owns and bounds; a cancelled call's queued work never starts.
         self.executor = CoreExecutor("router", settings.router.workers)
@@ -139,8 +180,9 @@ class RouterCore:
         self.yielder = Yielder()
 
     async def close(self) -> None:
-        """Stop the worker pool (the backends belong to whoever built them)."""
+        """Stop the worker pool and close the campaign store (the backends belong to whoever built them)."""
         self.executor.shutdown()
+        self.campaigns.close()
 
     async def route(self, instances: Sequence[PreferenceInstance] | Incoming, options: RouteOptions,
                     deadline: Deadline) -> RouteOutcome:
@@ -254,6 +296,8 @@ class RouterCore:
                       stages: dict[str, float], bulk: bool = False) -> RouteOutcome:
         """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain.
         ``text``: the batch's correction features without judge signals (the domain check reads them)."""
+        if options.campaign is not None:
+            return await self._decide_campaign(store, tagged, text, options, deadline, stages)
         n = len(store)
         strategy = options.strategy
         warnings: list[str] = []
@@ -261,7 +305,8 @@ class RouterCore:
         judged = None
         if strategy.needs_judge_first:
             with _timed(stages, "judge"):
-                judged = await self._judge_first(store, tagged, model, options, deadline, bulk)
+                judged = await self._judge_first(store, tagged, model, options, deadline, bulk=bulk)
+        assert options.budget is not None  # checked with the options
         budget = budgets.resolve_budget(options.budget, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged))
         with _timed(stages, "route"):
             result, summary = await self.executor.run(
@@ -275,7 +320,7 @@ class RouterCore:
             judged_rows = [i for i, d in enumerate(decisions) if not d.human]
             if judged_rows:
                 with _timed(stages, "judge"):
-                    judged = await self._judge_rows(store, judged_rows, tagged, model, options, deadline, bulk)
+                    judged = await self._judge_rows(store, judged_rows, tagged, model, options, deadline, bulk=bulk)
                 # Strategy-independent: what the judge said about the rows it labelled.
                 summary.warnings.extend(judge_warnings(judged.signals, of=f"the {len(judged_rows)} LM-routed pairs"))
         if judged is not None:
@@ -293,6 +338,66 @@ class RouterCore:
             decisions=decisions, strategy=strategy.name, bundle_version="" if model is None else model.bundle_version,
             human_cost=float(budget.costs[result.human_mask].sum()), summary=summary, stage_seconds=stages,
         )
+
+    async def _decide_campaign(self, store: InstanceStore, tagged: RouterTags, text: np.ndarray, options: RouteOptions,
+                               deadline: Deadline, stages: dict[str, float]) -> RouteOutcome:
+        """Everything after tagging, for a campaign: model -> judge every row -> the strategy's scores -> the
+        campaign store decides and stores each slice (its spending policy, its budget) -> explain + summary."""
+        campaign = options.campaign
+        assert campaign is not None
+        n = len(store)
+        strategy = options.strategy
+        warnings: list[str] = []
+        model = await self._model(strategy, tagged, deadline, warnings)
+        with _timed(stages, "judge"):
+            judged = await self._judge_first(store, tagged, model, options, deadline, keep_features=True)
+        budget = budgets.resolve_budget(Budget.auto(), n, _supplied_costs(store.human_costs), **_cost_inputs(tagged))
+        if campaign.budget_kind == "cost":  # scores per unit of human cost
+            budget = ResolvedBudget("cost", None, float("inf"), budget.costs)
+        with _timed(stages, "route"):
+            scores, domain = await self.executor.run(campaign_scores, model, strategy, tagged.tag_matrix, budget, judged,
+                                                     text, seed=options.seed, size=n)
+        rows_judged = judged.rows()
+        bundle = "" if model is None else model.bundle_version
+        stored: list[StoredDecision] = []
+        db = await self.executor.run(self.campaigns.get)
+        with _timed(stages, "store"):
+            for start in range(0, n, CAMPAIGN_SLICE):
+                rows = list(range(start, min(n, start + CAMPAIGN_SLICE)))
+                instances = await self.executor.run(store.get, rows, size=len(rows))
+                batch = await self.executor.run(candidates, instances, rows, scores, budget.costs, rows_judged, size=len(rows))
+                stored += await self.executor.run(db.decide_batch, campaign.vendor, campaign.name, campaign.batch, batch,
+                                                  rows_judged.judge_id[:128], bundle, size=len(rows))
+            after = await self.executor.run(db.get_campaign, campaign.vendor, campaign.name)
+        decisions = await self.executor.run(_campaign_decisions, stored, budget.costs, judged, size=n)
+        mask = np.fromiter((d.human for d in decisions), dtype=bool, count=n)
+        with _timed(stages, "summary"):
+            summary = await self.executor.run(summarize, model, tagged.tag_matrix, mask, domain=domain,
+                                              totals=column_totals(tagged.tag_matrix), p_wrong=judged.p_wrong,
+                                              signals=judged.signals, size=n)
+        summary.warnings[:0] = warnings
+        if options.explain_top_k:
+            result = strategies.RoutingResult(mask, np.array([d.gain for d in decisions]), strategy.name, None)
+            with _timed(stages, "explain"):
+                await self.executor.run(_explain_all, model, strategy, tagged.tag_matrix, result, judged, list(range(n)),
+                                        options, decisions, size=n)
+        self._count(decisions, strategy.name)
+        self._count_campaign(campaign, decisions)
+        progress = CampaignProgress(campaign.name, campaign.batch, after.spent,
+                                    max(0.0, after.spec.budget_total - after.spent), sum(d.replayed for d in decisions))
+        return RouteOutcome(decisions=decisions, strategy=strategy.name, bundle_version=bundle,
+                            human_cost=float(sum(d.human_cost for d in decisions if d.human)), summary=summary,
+                            stage_seconds=stages, campaign=progress)
+
+    def _count_campaign(self, campaign: CampaignRoute, decisions: list[Decision]) -> None:
+        """Decisions stored (per vendor and route) and the budget units they reserved; replays are not counted."""
+        fresh = [d for d in decisions if not d.replayed]
+        humans = [d for d in fresh if d.human]
+        stored = self.metrics.campaign_decisions
+        stored.labels(campaign.vendor, "HUMAN").inc(len(humans))
+        stored.labels(campaign.vendor, "LM").inc(len(fresh) - len(humans))
+        units = len(humans) if campaign.budget_kind == "count" else sum(d.human_cost for d in humans)
+        self.metrics.campaign_budget_spent.labels(campaign.vendor, campaign.budget_kind).inc(units)
 
     async def _model(self, strategy: StrategySpec, tagged: RouterTags, deadline: Deadline, warnings: list[str]) -> RoutingModel | None:
         """The routing model, checked against the tagger's bins. A strategy that needs the PPM (or the
@@ -319,15 +424,18 @@ class RouterCore:
             return None
 
     async def _judge_first(self, store: InstanceStore, tagged: RouterTags, model: RoutingModel | None, options: RouteOptions,
-                           deadline: Deadline, bulk: bool = False) -> JudgeFirst:
+                           deadline: Deadline, keep_features: bool = False, bulk: bool = False) -> JudgeFirst:
         """Judge every row (see ``_judge_rows``)."""
-        return await self._judge_rows(store, list(range(len(store))), tagged, model, options, deadline, bulk)
+        return await self._judge_rows(store, list(range(len(store))), tagged, model, options, deadline, keep_features, bulk)
 
     async def _judge_rows(self, store: InstanceStore, rows: list[int], tagged: RouterTags, model: RoutingModel | None,
-                          options: RouteOptions, deadline: Deadline, bulk: bool = False) -> JudgeFirst:
+                          options: RouteOptions, deadline: Deadline, keep_features: bool = False,
+                          bulk: bool = False) -> JudgeFirst:
         """Judge ``rows`` of the store, one slice at a time (instances read back off the loop): the
         judgements, their signals and, with a correction model, P(wrong) and what drove it per row
-        (all in the order of ``rows``)."""
+        (all in the order of ``rows``); ``keep_features``: the correction features too (a campaign stores
+        them, with or without a correction model)."""
+        features: list[np.ndarray] = []
         batches: list[JudgedBatch] = []
         signals: list[JudgeSignals] = []
         p_lm: list[np.ndarray] = []
@@ -344,16 +452,21 @@ class RouterCore:
             sig = judge_signals(judged, instances)
             batches.append(judged)
             signals.append(sig)
+            x = None
+            if keep_features or (model is not None and model.correction is not None):
+                x = await self.executor.run(_correction_features, instances, tagged, part, sig, size=len(part))
+                if keep_features:
+                    features.append(x)
             if model is not None and model.correction is not None:
-                lm, hu, i, v = await self.executor.run(_p_wrong, model, instances, tagged, part, sig, options.explain_top_k,
-                                                       size=len(part))
+                lm, hu, i, v = await self.executor.run(_p_wrong, model, x, options.explain_top_k, size=len(part))
                 p_lm.append(lm)
                 p_h.append(hu)
                 idx.append(i)
                 val.append(v)
         p_wrong = (np.concatenate(p_lm), np.concatenate(p_h)) if p_lm else None
         explained = (np.concatenate(idx), np.concatenate(val)) if idx else None
-        return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong, explained)
+        kept = np.concatenate(features) if features else None
+        return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong, explained, kept)
 
     async def _judge(self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline) -> JudgedBatch:
         if options.replay_judge:  # the vendor's recorded labels, whatever the judge service runs
@@ -435,16 +548,46 @@ def text_features(instances: Sequence[PreferenceInstance], tagged: RouterTags) -
     return correction_features(instances, tagged.measures, tagged.tag_matrix, neutral)
 
 
-def _p_wrong(model: RoutingModel, instances: Sequence[PreferenceInstance], tagged: RouterTags, rows: list[int],
-             signals: JudgeSignals, top_k: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(P(LM label wrong), P(human label wrong), top feature idx (n, k), their log-odds terms (n, k)) of
-    ``rows`` from the bundle's correction model."""
+def _correction_features(instances: Sequence[PreferenceInstance], tagged: RouterTags, rows: list[int],
+                         signals: JudgeSignals) -> np.ndarray:
+    """The correction model's features of ``rows`` -> (len(rows), F) float32."""
     from hybridpref.routing_model.correction import correction_features
 
-    features = correction_features(instances, tagged.measures[rows], tagged.tag_matrix[rows], signals)
+    return correction_features(instances, tagged.measures[rows], tagged.tag_matrix[rows], signals)
+
+
+def _p_wrong(model: RoutingModel, features: np.ndarray, top_k: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(P(LM label wrong), P(human label wrong), top feature idx (n, k), their log-odds terms (n, k)) of rows
+    with correction ``features`` (n, F), from the bundle's correction model."""
     p_lm, p_h = model.correction.probabilities(features)  # type: ignore[union-attr]
     idx, val = top_correction_features(model.correction.model.lm, features, top_k)  # type: ignore[union-attr]
     return p_lm, p_h, idx, val
+
+
+def campaign_scores(model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, budget: ResolvedBudget,
+                    judged: JudgeFirst, features: np.ndarray | None, *, seed: int) -> tuple[np.ndarray, DomainResult | None]:
+    """(the strategy's per-instance scores (n,), the domain check) of a campaign batch, in process: what the
+    campaign's spending policy ranks by. ``features``: the batch's correction features without judge
+    signals, for the domain check."""
+    domain = domain_check(model, features)
+    scores = strategies.scores(
+        strategy.name, tag_matrix, budget, scorer=None if model is None else model.scorer, seed=seed,
+        expected_gain=judged.expected_gain, signals=judged.signals, ppm_in_domain=domain is not None and domain.in_domain)
+    return scores, domain
+
+
+def _campaign_decisions(stored: Sequence[StoredDecision], costs: np.ndarray, judged: JudgeFirst) -> list[Decision]:
+    """The response's decisions from the store's: for a replayed id what the campaign holds (its route,
+    score, cost, LM label and confidence), else this batch's; the strategy's score is the gain."""
+    labels = {label.name: label for label in Label}
+    inconsistent = np.asarray(judged.batch.inconsistent, dtype=bool).tolist()
+    cost = np.asarray(costs, dtype=np.float64).tolist()
+    return [Decision(
+        id=s.instance_id, human=s.human, lm_label=labels[s.lm_label] if s.lm_label else Label.UNSPECIFIED,
+        lm_confidence=s.lm_confidence if s.lm_confidence is not None else 0.0, gain=s.score,
+        judge_order_inconsistent=inconsistent[i], human_cost=s.cost if s.replayed else cost[i],
+        expected_gain=s.expected_correction, replayed=s.replayed, exploration=s.exploration)
+        for i, s in enumerate(stored)]
 
 
 def strategy_family(strategy: StrategySpec) -> str:
@@ -526,8 +669,12 @@ def _supplied_costs(costs: Sequence[float | None]) -> np.ndarray | None:
 
 def _option_violations(options: RouteOptions, n: int) -> list[FieldViolation]:
     """The checks that need the batch size: not empty, and the budget within it (before any work; the
-    real costs come after tagging)."""
+    real costs come after tagging). A campaign's budget is the store's to check."""
     violations = [FieldViolation("instances", "empty batch")] if n == 0 else []
+    if options.budget is None:
+        if options.campaign is None:
+            violations.append(FieldViolation("config.budget", "required: set fraction, count, cost or auto"))
+        return violations
     return violations + budgets.budget_violations(options.budget, n)
 
 

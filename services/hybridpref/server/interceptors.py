@@ -48,7 +48,7 @@ import structlog
 from hybridpref.server import deadline as deadlines
 from hybridpref.server.admission import Admission, idle_limited
 from hybridpref.server import logs
-from hybridpref.server.auth import KEY_PREFIX, KeyStore, VendorPolicy, bearer_key
+from hybridpref.server.auth import KEY_PREFIX, KeyStore, VendorPolicy, bearer_key, bind_vendor, reset_vendor
 from hybridpref_client.core.errors import (
     DeadlineExceeded,
     FieldViolation,
@@ -401,10 +401,12 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             if info is not None:
                 info.vendor = policy.vendor
             leave = self.quotas.enter_call(policy)
+            token = bind_vendor(policy.vendor)  # the servicers read it (campaigns belong to a vendor)
             try:
                 with structlog.contextvars.bound_contextvars(vendor=policy.vendor):
                     yield
             finally:
+                reset_vendor(token)
                 leave()
 
         # The quota hook runs inside ``around`` (wrap_handler is the outer layer).
