@@ -6,6 +6,7 @@ the predictor's hot reload (real predictor over gRPC)."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 import json
 import shutil
 import time
@@ -387,3 +388,45 @@ def test_the_servicer_resolves_the_default_once_and_checks_options_together():
     with pytest.raises(InvalidInput) as exc:
         RouterServicer(Settings(router={"default_strategy": "clairvoyant"}), Metrics(CollectorRegistry()))
     assert exc.value.violations[0].field == "config.strategy"
+
+
+def test_a_stream_yields_to_small_calls_in_flight(background_loop, tagger, bundle, sample):
+    """Issue 18 item 10: a stream pauses before each slice of its work while a small unary call is in
+    flight (at most MAX_PAUSE_S a slice); unary calls never pause. benchmarks/bench_load.py mixed measures
+    what it buys (small callers' p99 beside a stream)."""
+    import asyncio
+
+    from hybridpref.router.budget import Budget
+    from hybridpref.router.strategies import strategy_spec
+    from hybridpref.router.yielding import INTERACTIVE_MAX, Yielder
+
+    core = make_core(tagger, bundle)
+    options = RouteOptions(budget=Budget.fraction(0.25), strategy=strategy_spec("random"), seed=3)
+    rows = [replace(inst, id=f"{inst.id}-{k}") for k in range(4) for inst in sample]  # 160 rows: 3 slices of 64
+
+    async def stream(*chunks):
+        async def gen():
+            for c in chunks:
+                yield c
+        return await core.route_stream(gen(), options, Deadline(60.0))
+
+    async def alone_then_beside_a_small_call():
+        await stream(rows[:100], rows[100:])
+        alone = core.yielder.pauses
+        with core.yielder.interactive(10):  # a small call in flight throughout
+            start = asyncio.get_running_loop().time()
+            out = await stream(rows[:100], rows[100:])
+            waited = asyncio.get_running_loop().time() - start
+        return alone, core.yielder.pauses, waited, out
+
+    alone, beside, waited, out = background_loop.run(alone_then_beside_a_small_call())
+    assert alone == 0 and len(out.decisions) == len(rows)
+    slices = 2 + 2 + 3  # one per chunk, one per tag slice (100 = 64 + 36, 60), one per judge slice of the LM rows
+    assert beside >= slices and waited >= slices * core.yielder.max_pause_s * 0.9
+    before = core.yielder.pauses
+    route(background_loop, core, sample, "random")  # a unary call does not pause for itself
+    assert core.yielder.pauses == before
+    # A big unary call is bulk too: it does not hold a stream back.
+    big = Yielder()
+    with big.interactive(INTERACTIVE_MAX + 1):
+        assert big.active == 0

@@ -56,10 +56,13 @@ from hybridpref.router.summary import (
     unsure_mask,
     warning_kind,
 )
+from hybridpref.router.yielding import Yielder
 from hybridpref.store.api import StoredDecision
 
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
 JUDGE_SLICE = 1024
+# A stream's unit of work between two yields to interactive calls (a tag call's worth).
+BULK_SLICE = 64
 
 log = structlog.get_logger()
 
@@ -173,6 +176,8 @@ class RouterCore:
         # CPU work (conversion, validation, strategies, spill-file I/O) runs here, off the event
         # loop, in a pool the server owns and bounds; a cancelled call's queued work never starts.
         self.executor = CoreExecutor("router", settings.router.workers)
+        # Streams pause their slices while small unary calls are in flight (hybridpref.router.yielding).
+        self.yielder = Yielder()
 
     async def close(self) -> None:
         """Stop the worker pool and close the campaign store (the backends belong to whoever built them)."""
@@ -182,17 +187,18 @@ class RouterCore:
     async def route(self, instances: Sequence[PreferenceInstance] | Incoming, options: RouteOptions,
                     deadline: Deadline) -> RouteOutcome:
         """Route one in-memory batch (the unary RPC) within the call's ``deadline``."""
-        stages = {"tag": 0.0}
         incoming = instances if isinstance(instances, Incoming) else Incoming(instances)
-        instances, rejected = await self._admit(incoming, options, deadline, {}, max_batch=self.settings.limits.max_batch)
-        violations = _option_violations(options, len(instances))
-        if violations:
-            raise InvalidInput(violations)
-        with _timed(stages, "tag"):
-            tagged = await self.tagger.tag(instances, deadline)
-        text = await self.executor.run(text_features, instances, tagged, size=len(instances))
-        outcome = await self._decide(MemoryStore(instances), tagged, text, options, deadline, stages)
-        return self._with_rejected(outcome, rejected)
+        with self.yielder.interactive(len(incoming.instances)):
+            stages = {"tag": 0.0}
+            instances, rejected = await self._admit(incoming, options, deadline, {}, max_batch=self.settings.limits.max_batch)
+            violations = _option_violations(options, len(instances))
+            if violations:
+                raise InvalidInput(violations)
+            with _timed(stages, "tag"):
+                tagged = await self.tagger.tag(instances, deadline)
+            text = await self.executor.run(text_features, instances, tagged, size=len(instances))
+            outcome = await self._decide(MemoryStore(instances), tagged, text, options, deadline, stages)
+            return self._with_rejected(outcome, rejected)
 
     async def route_stream(
         self, chunks: AsyncIterator[Sequence[PreferenceInstance] | Incoming], options: RouteOptions, deadline: Deadline
@@ -216,19 +222,24 @@ class RouterCore:
                 received += len(incoming.instances) + len({r.index for r in incoming.rejected})
                 if received > self.settings.limits.max_stream_instances:
                     raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.limits.max_stream_instances} instances"))
+                await self.yielder.pause()
                 chunk, dropped = await self._admit(incoming, options, deadline, seen)
                 rejected.extend(dropped)
                 if not chunk:
                     continue
                 await self.executor.run(store.extend, chunk, size=len(chunk))
-                with _timed(stages, "tag"):
-                    parts.append(await self.tagger.tag(chunk, deadline))
-                texts.append(await self.executor.run(text_features, chunk, parts[-1], size=len(chunk)))
+                # A stream is bulk work: it is tagged one slice at a time, each after the small calls in flight.
+                for start in range(0, len(chunk), BULK_SLICE):
+                    piece = chunk[start : start + BULK_SLICE]
+                    await self.yielder.pause()
+                    with _timed(stages, "tag"):
+                        parts.append(await self.tagger.tag(piece, deadline))
+                    texts.append(await self.executor.run(text_features, piece, parts[-1], size=len(piece)))
             violations = _option_violations(options, len(store))
             if violations:
                 raise InvalidInput(violations)
             outcome = await self._decide(store, RouterTags.concat(parts), np.concatenate(texts) if texts else np.zeros((0, 0)),
-                                         options, deadline, stages)
+                                         options, deadline, stages, bulk=True)
             return self._with_rejected(outcome, rejected)
         finally:
             store.close()
@@ -282,7 +293,7 @@ class RouterCore:
         return [_at_origin(v, origin) for v in violations]
 
     async def _decide(self, store: InstanceStore, tagged: RouterTags, text: np.ndarray, options: RouteOptions, deadline: Deadline,
-                      stages: dict[str, float]) -> RouteOutcome:
+                      stages: dict[str, float], bulk: bool = False) -> RouteOutcome:
         """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain.
         ``text``: the batch's correction features without judge signals (the domain check reads them)."""
         if options.campaign is not None:
@@ -294,7 +305,7 @@ class RouterCore:
         judged = None
         if strategy.needs_judge_first:
             with _timed(stages, "judge"):
-                judged = await self._judge_first(store, tagged, model, options, deadline)
+                judged = await self._judge_first(store, tagged, model, options, deadline, bulk=bulk)
         assert options.budget is not None  # checked with the options
         budget = budgets.resolve_budget(options.budget, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged))
         with _timed(stages, "route"):
@@ -309,7 +320,7 @@ class RouterCore:
             judged_rows = [i for i, d in enumerate(decisions) if not d.human]
             if judged_rows:
                 with _timed(stages, "judge"):
-                    judged = await self._judge_rows(store, judged_rows, tagged, model, options, deadline)
+                    judged = await self._judge_rows(store, judged_rows, tagged, model, options, deadline, bulk=bulk)
                 # Strategy-independent: what the judge said about the rows it labelled.
                 summary.warnings.extend(judge_warnings(judged.signals, of=f"the {len(judged_rows)} LM-routed pairs"))
         if judged is not None:
@@ -413,12 +424,13 @@ class RouterCore:
             return None
 
     async def _judge_first(self, store: InstanceStore, tagged: RouterTags, model: RoutingModel | None, options: RouteOptions,
-                           deadline: Deadline, keep_features: bool = False) -> JudgeFirst:
+                           deadline: Deadline, keep_features: bool = False, bulk: bool = False) -> JudgeFirst:
         """Judge every row (see ``_judge_rows``)."""
-        return await self._judge_rows(store, list(range(len(store))), tagged, model, options, deadline, keep_features)
+        return await self._judge_rows(store, list(range(len(store))), tagged, model, options, deadline, keep_features, bulk)
 
     async def _judge_rows(self, store: InstanceStore, rows: list[int], tagged: RouterTags, model: RoutingModel | None,
-                          options: RouteOptions, deadline: Deadline, keep_features: bool = False) -> JudgeFirst:
+                          options: RouteOptions, deadline: Deadline, keep_features: bool = False,
+                          bulk: bool = False) -> JudgeFirst:
         """Judge ``rows`` of the store, one slice at a time (instances read back off the loop): the
         judgements, their signals and, with a correction model, P(wrong) and what drove it per row
         (all in the order of ``rows``); ``keep_features``: the correction features too (a campaign stores
@@ -430,8 +442,11 @@ class RouterCore:
         p_h: list[np.ndarray] = []
         idx: list[np.ndarray] = []
         val: list[np.ndarray] = []
-        for start in range(0, len(rows), JUDGE_SLICE):
-            part = rows[start : start + JUDGE_SLICE]
+        step = BULK_SLICE if bulk else JUDGE_SLICE  # a stream's judging yields to small calls between slices
+        for start in range(0, len(rows), step):
+            part = rows[start : start + step]
+            if bulk:
+                await self.yielder.pause()
             instances = await self.executor.run(store.get, part, size=len(part))
             judged = await self._judge(instances, options, deadline)
             sig = judge_signals(judged, instances)
