@@ -18,8 +18,9 @@ label counts wrong, rows without a reference are left out). Repeated over ``--se
 (``fraction=0.25``) against the same batches for a campaign (25% count budget, the stream announced),
 strategy ``hybrid``. ``--tags live`` (default): the fast tagger tags each batch as the router does;
 ``--tags cached``: tags computed once and served from memory to both runs, so the figure is the routing
-after tagging, where persistence weighs most. The two configurations alternate ``--repeats`` times; the
-best run of each counts.
+after tagging, where persistence weighs most. Each batch is routed both ways in turn (the order
+alternating), so that the shared machine's drifting load weighs on both alike; the figure is the ratio of
+the summed times.
 
     .venv/bin/python benchmarks/bench_campaign.py stream
     .venv/bin/python benchmarks/bench_campaign.py throughput --instances 100000
@@ -233,39 +234,34 @@ def synthetic_stream(n: int, data_dir: Path) -> list[PreferenceInstance]:
 def cmd_throughput(args) -> dict:
     instances = synthetic_stream(args.instances, Path(args.data_dir))
     batches = [instances[k:k + args.batch] for k in range(0, len(instances), args.batch)]
-    results: dict[str, list[float]] = {"request_budget": [], "campaign": []}
+    seconds = {"request_budget": 0.0, "campaign": 0.0}
     with tempfile.TemporaryDirectory() as tmp, _server(args.engine) as server:
         store = open_store(args.engine, Path(tmp), server)
         core, tagger = make_core(store, live_tags=args.tags == "live")
         if args.tags == "cached":
             for batch in batches:  # tag everything once, outside the timings
                 asyncio.run(tagger.tag(batch, Deadline(None)))
-        else:  # warm the tagger's models once
+        else:  # warm the tagger's and the judge's models once
             asyncio.run(tagger.tag(batches[0][:50], Deadline(None)))
-        for repeat in range(args.repeats):
-            for config in ("request_budget", "campaign"):
-                if config == "campaign":
-                    name = f"c{repeat}"
-                    store.create_campaign(CampaignSpec(VENDOR, name, "count", int(SHARE * len(instances)),
-                                                       expected_instances=len(instances)))
+        route(core, batches[0][:50], options("judge", 0, Budget.fraction(SHARE)))
+        store.create_campaign(CampaignSpec(VENDOR, "c", "count", int(SHARE * len(instances)), expected_instances=len(instances)))
+        # A/B per batch, the order alternating: the machine's load drifts, and both configurations see the same.
+        for b, batch in enumerate(batches):
+            configs = ("request_budget", "campaign") if b % 2 == 0 else ("campaign", "request_budget")
+            for config in configs:
+                opts = (options("judge", 0, campaign=CampaignRoute(VENDOR, "c", f"b{b}", "count")) if config == "campaign"
+                        else options("judge", 0, Budget.fraction(SHARE)))
                 started = time.perf_counter()
-                for b, batch in enumerate(batches):
-                    if config == "campaign":
-                        opts = options("judge", 0, campaign=CampaignRoute(VENDOR, name, f"b{b}", "count"))
-                    else:
-                        opts = options("judge", 0, Budget.fraction(SHARE))
-                    route(core, batch, opts)
-                elapsed = time.perf_counter() - started
-                results[config].append(len(instances) / elapsed)
-                print(json.dumps({"config": config, "repeat": repeat, "instances_per_s": round(results[config][-1], 1)}),
-                      file=sys.stderr, flush=True)
+                route(core, batch, opts)
+                seconds[config] += time.perf_counter() - started
+            print(json.dumps({"batch": b, **{k: round(v, 2) for k, v in seconds.items()}}), file=sys.stderr, flush=True)
+        spent, total = store.budget(VENDOR, "c")
         asyncio.run(core.close())
         store.close()
-    best = {k: max(v) for k, v in results.items()}
+    rate = {k: len(instances) / v for k, v in seconds.items()}
     return {"instances": len(instances), "batch": args.batch, "engine": args.engine, "tags": args.tags,
-            "tagging_s": tagger.seconds,
-            "instances_per_s": best, "runs": results,
-            "persistence_cost": 1 - best["campaign"] / best["request_budget"]}
+            "tagging_s": tagger.seconds, "seconds": seconds, "instances_per_s": rate,
+            "persistence_cost": 1 - rate["campaign"] / rate["request_budget"], "campaign_spent": [spent, total]}
 
 
 class _server:
@@ -296,7 +292,6 @@ def main() -> int:
     throughput = sub.add_parser("throughput")
     throughput.add_argument("--instances", type=int, default=100_000)
     throughput.add_argument("--batch", type=int, default=5_000)
-    throughput.add_argument("--repeats", type=int, default=2)
     throughput.add_argument("--tags", choices=["live", "cached"], default="live",
                             help="live: the fast tagger tags every batch, as the router does (the target's figure); "
                                  "cached: tags computed once, so the figure is the routing after tagging")

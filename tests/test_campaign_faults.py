@@ -219,3 +219,23 @@ def test_two_routers_on_one_postgres_never_overspend(backends, postgres_server):
         for proc in routers:
             proc.stop()
         postgres_server.drop_database(url)
+
+
+def test_a_router_refuses_a_postgres_store_that_is_behind_until_it_is_migrated(backends, postgres_server):  # noqa: F811
+    from hybridpref_client import FailedPreconditionError
+
+    url = postgres_server.create_database("behind")  # empty: never migrated
+    proc = RouterProcess(backends, url).start()
+    try:
+        with client(proc) as c:
+            batch = instances("m-", 5, seed=3)
+            assert c.route(batch, fraction=0.4, replay_judge="gpt4").summary["human_count"] == 2  # no campaign: fine
+            with pytest.raises(FailedPreconditionError) as refused:
+                c.create_campaign("late", count=1)
+            assert "hybridpref store migrate" in refused.value.details
+            migrate(url)  # the Job runs; the router needs no restart
+            assert c.create_campaign("late", count=1, judge="gpt4").name == "late"
+            assert c.route(batch, campaign="late").campaign["budget_spent"] == 1
+    finally:
+        proc.stop()
+        postgres_server.drop_database(url)

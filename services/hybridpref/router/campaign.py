@@ -24,7 +24,7 @@ import structlog
 
 from hybridpref_client.core.errors import NotReady
 from hybridpref_client.core.instances import Label, PreferenceInstance
-from hybridpref.store.api import Candidate, CampaignStore, StoredDecision
+from hybridpref.store.api import Candidate, CampaignStore
 
 # Decisions stored per database transaction: a batch up to this size is stored whole or not at all; a
 # longer stream in slices of this size, each atomic (a re-sent stream replays the slices already stored).
@@ -192,7 +192,3 @@ def _column(values: np.ndarray) -> list[float | None]:
     if finite.all():
         return out
     return [v if ok else None for v, ok in zip(out, finite.tolist())]
-
-
-def stored_human_mask(decisions: Sequence[StoredDecision]) -> np.ndarray:
-    return np.fromiter((d.human for d in decisions), dtype=bool, count=len(decisions))

@@ -57,7 +57,7 @@ from hybridpref.router.summary import (
     warning_kind,
 )
 from hybridpref.router.yielding import Yielder
-from hybridpref.store.api import StoredDecision
+from hybridpref.store.api import CampaignStore, StoredDecision
 
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
 JUDGE_SLICE = 1024
@@ -368,7 +368,7 @@ class RouterCore:
                 batch = await self.executor.run(candidates, instances, rows, scores, budget.costs, rows_judged, size=len(rows))
                 stored += await self.executor.run(db.decide_batch, campaign.vendor, campaign.name, campaign.batch, batch,
                                                   rows_judged.judge_id[:128], bundle, size=len(rows))
-            after = await self.executor.run(db.get_campaign, campaign.vendor, campaign.name)
+            spent, total = await self.executor.run(_campaign_budget, db, campaign.vendor, campaign.name)
         decisions = await self.executor.run(_campaign_decisions, stored, budget.costs, judged, size=n)
         mask = np.fromiter((d.human for d in decisions), dtype=bool, count=n)
         with _timed(stages, "summary"):
@@ -383,8 +383,8 @@ class RouterCore:
                                         options, decisions, size=n)
         self._count(decisions, strategy.name)
         self._count_campaign(campaign, decisions)
-        progress = CampaignProgress(campaign.name, campaign.batch, after.spent,
-                                    max(0.0, after.spec.budget_total - after.spent), sum(d.replayed for d in decisions))
+        progress = CampaignProgress(campaign.name, campaign.batch, spent, max(0.0, total - spent),
+                                    sum(d.replayed for d in decisions))
         return RouteOutcome(decisions=decisions, strategy=strategy.name, bundle_version=bundle,
                             human_cost=float(sum(d.human_cost for d in decisions if d.human)), summary=summary,
                             stage_seconds=stages, campaign=progress)
@@ -574,6 +574,17 @@ def campaign_scores(model: RoutingModel | None, strategy: StrategySpec, tag_matr
         strategy.name, tag_matrix, budget, scorer=None if model is None else model.scorer, seed=seed,
         expected_gain=judged.expected_gain, signals=judged.signals, ppm_in_domain=domain is not None and domain.in_domain)
     return scores, domain
+
+
+def _campaign_budget(db: CampaignStore, vendor: str, name: str) -> tuple[float, float]:
+    """(spent, total) of a campaign: the store's light ``budget`` read where it has one (``SqlCampaignStore``),
+    else from ``get_campaign``."""
+    light = getattr(db, "budget", None)
+    if light is not None:
+        spent, total = light(vendor, name)
+        return float(spent), float(total)
+    campaign = db.get_campaign(vendor, name)
+    return campaign.spent, campaign.spec.budget_total
 
 
 def _campaign_decisions(stored: Sequence[StoredDecision], costs: np.ndarray, judged: JudgeFirst) -> list[Decision]:

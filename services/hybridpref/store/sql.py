@@ -119,6 +119,16 @@ class SqlCampaignStore:
         with self.engine.connect() as conn:
             return self._campaign(conn, self._row(conn, vendor, name))
 
+    def budget(self, vendor: str, name: str) -> tuple[float, float]:
+        """(units spent, total) of the campaign: its row alone (``get_campaign`` also counts labels and
+        pending pairs, which grows with the campaign). What the router reports after each batch."""
+        c = m.campaigns.c
+        with self.engine.connect() as conn:
+            row = conn.execute(select(c.spent, c.budget_total).where(c.vendor == vendor, c.name == name)).first()
+        if row is None:
+            raise NotFound(f"no campaign {quote(name)}")
+        return float(row.spent), float(row.budget_total)
+
     def list_campaigns(self, vendor: str) -> list[Campaign]:
         """The vendor's campaigns, oldest first."""
         with self.engine.connect() as conn:
