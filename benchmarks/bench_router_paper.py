@@ -166,7 +166,7 @@ def run_once(strategy: str, features: Path, out: Path, fraction: float, candidat
     """Input file -> routed dataset file, timed per stage (imports are done before)."""
     from hybridpref_client.core.instances import Label
     from hybridpref.common.vocabulary import NUM_TAGS
-    from hybridpref.router.budget import resolve_budget
+    from hybridpref.router.budget import Budget, resolve_budget
     from paper_features import LABEL_TO_PAPER, paper_rows_to_features
     from hybridpref.router.scoring import QuadraticScorer
     from hybridpref.router.strategies import route
@@ -178,7 +178,7 @@ def run_once(strategy: str, features: Path, out: Path, fraction: float, candidat
         rows = [json.loads(line) for line in fh if line.strip()]
     feats = paper_rows_to_features(rows)
     t1 = time.perf_counter()
-    budget = resolve_budget("fraction", fraction, len(rows), None)
+    budget = resolve_budget(Budget.fraction(fraction), len(rows), None)
     result = route(strategy, feats.tags, budget, scorer=scorer, seed=seed, simulated_candidates=candidates)
     t2 = time.perf_counter()
     with open(out, "w", encoding="utf-8") as fh:

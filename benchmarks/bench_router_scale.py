@@ -89,9 +89,10 @@ def synthetic_tags(n: int, seed: int) -> np.ndarray:
 
 
 def run_one(strategy: str, n: int, fraction: float, repeats: int, seed: int, quality_rounds: int = 0) -> dict[str, float]:
-    from hybridpref.router.budget import resolve_budget
-    from hybridpref.router.scoring import QuadraticScorer
-    from hybridpref.router.strategies import predicted_baselines, route
+    from hybridpref.router.budget import Budget, resolve_budget
+    from hybridpref.router.scoring import QuadraticScorer, mix_counts
+    from hybridpref.router.strategies import route
+    from hybridpref.router.summary import ppm_values
 
     tags = synthetic_tags(n, seed)
     scorer = QuadraticScorer.random(NUM_TAGS, seed=seed + 1)
@@ -100,7 +101,7 @@ def run_one(strategy: str, n: int, fraction: float, repeats: int, seed: int, qua
     features = extra_kw.pop("features", None)
 
     def once():
-        budget = resolve_budget("fraction", fraction, n, None)
+        budget = resolve_budget(Budget.fraction(fraction), n, None)
         if model is not None:
             extra_kw["expected_gain"] = model.expected_gain(features)
         return route(strategy, tags, budget, scorer=scorer, seed=seed, **extra_kw)
@@ -117,12 +118,13 @@ def run_one(strategy: str, n: int, fraction: float, repeats: int, seed: int, qua
     once()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    baselines = predicted_baselines(scorer, tags, result.human_mask, seed=seed)
+    baselines = ppm_values(scorer, tags, result.human_mask, mix_counts(tags, np.ones(n, dtype=bool)))  # as the summary
+    baselines["all_lm"] = scorer.bias  # f(0): the summary leaves it out (the same for every batch)
     extra = {}
     if strategy == "greedy" and quality_rounds:
         from hybridpref.router.strategies import GreedyOptions
 
-        fine = route(strategy, tags, resolve_budget("fraction", fraction, n, None), scorer=scorer, seed=seed,
+        fine = route(strategy, tags, resolve_budget(Budget.fraction(fraction), n, None), scorer=scorer, seed=seed,
                      greedy=GreedyOptions(min_rounds=quality_rounds))
         extra = {"fine_rounds": quality_rounds, "fine_score": fine.predicted_score,
                  "overlap_with_fine": float((fine.human_mask & result.human_mask).sum() / max(1, result.human_count))}
@@ -171,9 +173,9 @@ def served_features(model, n: int, rng: np.random.Generator) -> np.ndarray:
 def run_served(n: int, fraction: float, repeats: int, seed: int) -> dict[str, float]:
     from hybridpref.common.signals import JudgeSignals
     from hybridpref.router.backends import JudgedBatch
-    from hybridpref.router.budget import resolve_budget
+    from hybridpref.router.budget import Budget, resolve_budget
     from hybridpref.router.core import Decision, JudgeFirst, _explain, decide
-    from hybridpref.router.strategies import DEFAULT_STRATEGY
+    from hybridpref.router.strategies import DEFAULT_STRATEGY, strategy_spec
 
     tags = synthetic_tags(n, seed)
     model = served_model()
@@ -187,8 +189,8 @@ def run_served(n: int, fraction: float, repeats: int, seed: int) -> dict[str, fl
     def once():
         p_wrong = model.correction.probabilities(features)
         judged = JudgeFirst(judged_batch, signals, p_wrong)
-        budget = resolve_budget("fraction", fraction, n, None)
-        return decide(model, DEFAULT_STRATEGY, tags, budget, judged, features, seed=seed)
+        budget = resolve_budget(Budget.fraction(fraction), n, None)
+        return decide(model, strategy_spec(DEFAULT_STRATEGY), tags, budget, judged, features, seed=seed)
 
     once()
     times = []

@@ -18,7 +18,7 @@ import numpy as np
 
 from hybridpref.offline.pools import DEFAULT_JUDGES, default_data_dir, load_pool
 from hybridpref.offline.bundle import correction_fit
-from hybridpref.router.budget import resolve_budget
+from hybridpref.router.budget import Budget, resolve_budget
 from hybridpref.router.strategies import route
 
 
@@ -34,7 +34,7 @@ def main() -> None:
         sig = pool.signals()
         gain = correction_fit.expected_gain_for_pool(model, pool)
         n = len(pool)
-        budget = resolve_budget("fraction", a.budget, n, None)
+        budget = resolve_budget(Budget.fraction(a.budget), n, None)
         masks = {"random": [route("random", np.zeros((n, 1), np.uint8), budget, scorer=None, seed=s).human_mask for s in range(20)]}
         right_lm, right_h = sig.label == pool.reference, pool.human == pool.reference
         oracle = (~right_lm & right_h) * 2.0 + (~right_lm) * 1.0  # fixable first, then any LM error

@@ -41,8 +41,8 @@ def keys_file(tmp_path_factory):
 def router(background_loop, keys_file, log_capture):
     from hybridpref.router.servicer import router_handle
 
-    settings = Settings(tagger_address="127.0.0.1:1", judge_address="127.0.0.1:1", predictor_address="127.0.0.1:1",
-                        api_keys_file=str(keys_file[0]), api_keys_reload_s=0.1)
+    settings = Settings(router=dict.fromkeys(("tagger_address", "judge_address", "predictor_address"), "127.0.0.1:1"),
+                        auth={"keys_file": str(keys_file[0]), "keys_reload_s": 0.1})
     running = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=-1))
     background_loop.run(running.loaded.wait())
     yield running
@@ -197,7 +197,7 @@ def test_cli_keys_add_and_hash(tmp_path):
 def test_auth_off_without_keys_file_says_so(background_loop, log_capture):
     from hybridpref.router.servicer import router_handle
 
-    settings = Settings(tagger_address="127.0.0.1:1", judge_address="127.0.0.1:1", predictor_address="127.0.0.1:1")
+    settings = Settings(router=dict.fromkeys(("tagger_address", "judge_address", "predictor_address"), "127.0.0.1:1"))
     running = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=-1))
     try:
         assert any(r.get("event") == "auth_disabled" and r.get("level") == "warning" for r in log_capture.records())

@@ -47,9 +47,9 @@ def test_channels_balance_round_robin_over_every_address():
 
 
 def test_max_connection_age_reconnects_but_lets_calls_finish():
-    assert ("grpc.max_connection_age_ms", 300_000) in Settings(max_connection_age_s=300).server_options()
+    assert ("grpc.max_connection_age_ms", 300_000) in Settings(server={"max_connection_age_s": 300}).server_options()
     assert not any(k == "grpc.max_connection_age_ms" for k, _ in Settings().server_options())
-    settings = Settings(max_connection_age_s=0.3)
+    settings = Settings(server={"max_connection_age_s": 0.3})
     server, port, seen = _server(settings, "s", delay_s=1.0)
     try:
         with open_sync_channel(f"127.0.0.1:{port}", Settings()) as channel:

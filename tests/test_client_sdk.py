@@ -150,12 +150,12 @@ def keys(tmp_path_factory):
 def stack(background_loop, pki, keys, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
 
-    settings = Settings(
-        tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4",
-        tls_cert_file=str(pki["server.pem"]), tls_key_file=str(pki["server.key"]), tls_client_ca_file=str(pki["ca.pem"]),
-        tls_ca_file=str(pki["ca.pem"]), tls_client_cert_file=str(pki["client.pem"]), tls_client_key_file=str(pki["client.key"]),
-        api_keys_file=str(keys["path"]),
-    )
+    settings = Settings(tagger={"profile": "fast"},
+                        judge={"backend": "replay", "replay_key": "gpt4"},
+                        tls={"cert_file": str(pki["server.pem"]), "key_file": str(pki["server.key"]), "client_ca_file": str(pki["ca.pem"]),
+                             "ca_file": str(pki["ca.pem"]), "client_cert_file": str(pki["client.pem"]),
+                             "client_key_file": str(pki["client.key"])},
+                        auth={"keys_file": str(keys["path"])})
     running = background_loop.run(start_embedded_stack(settings), timeout=300)
     yield running
     background_loop.run(running.stop(0.2))

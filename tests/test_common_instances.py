@@ -69,3 +69,17 @@ def test_vocabulary_is_canonical():
     assert canonical_option("safety_concern", "very high") is None
     with pytest.raises(KeyError, match="did you mean"):
         tag_index("bertscore:middle")
+
+
+def test_instance_fields_are_read_and_shifted_in_one_place():
+    from hybridpref.common.fields import instance_index, rename_instance, shift_instances
+    from hybridpref_client.core.errors import FieldViolation
+
+    assert instance_index("instances[12].response_a") == 12 and instance_index("config.budget") is None
+    assert instance_index("x.instances[3]") is None  # only a leading instance path
+    shifted = shift_instances([FieldViolation("instances[3].lm_labels['a[1]']", "bad"), FieldViolation("instances", "empty")], 64)
+    assert [v.field for v in shifted] == ["instances[67].lm_labels['a[1]']", "instances"]
+    lines = [2, 5]
+    to_line = lambda i: f"line {lines[i]}" if i < len(lines) else None  # noqa: E731
+    assert rename_instance("instances[1].id", to_line) == "line 5.id"
+    assert rename_instance("instances[7].id", to_line) == "instances[7].id"

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from support.tools import find_tool, skip_reason
 
-from hybridpref.server.settings import Settings
+from hybridpref.server.settings import environment_variables
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -51,7 +51,7 @@ HISTOGRAMS = {"hybridpref_rpc_latency_seconds"}
 METRIC_LABELS = {"service", "method", "code", "route", "strategy", "le", "namespace", "pod", "job", "instance"}
 KUSTOMIZE_PATH_FIELDS = ("resources", "components")
 # What the code really reads: the Settings fields, plus the two runtime.py reads directly.
-READ_BY_CODE = {f"HYBRIDPREF_{name.upper()}" for name in Settings.model_fields} | {"HYBRIDPREF_CPUS", "HYBRIDPREF_CACHE_DIR"}
+READ_BY_CODE = set(environment_variables()) | {"HYBRIDPREF_CPUS", "HYBRIDPREF_CACHE_DIR"}
 
 
 # ----------------------------------------------------------------------------- helpers

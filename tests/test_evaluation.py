@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from hybridpref_client.core.errors import InvalidInput
-from hybridpref.common.signals import JudgeSignals
 from hybridpref.offline import stats
 from hybridpref.offline.evaluation.harness import (
     EvalConfig,
@@ -20,7 +19,6 @@ from hybridpref.offline.evaluation.harness import (
     assign_folds,
     check_bundle_leakage,
     evaluate,
-    judge_doubt_order,
     label_correct,
     oracle_mask,
     prepare_case,
@@ -132,12 +130,6 @@ def test_reference_rules_ties_and_bad_rows(tmp_path):
     routed = np.zeros(len(pool), bool)
     routed[null_row] = True
     assert label_correct(case, routed)[null_row] == 1
-
-
-def test_judge_doubt_order_flips_then_disagreement_then_confidence():
-    sig = JudgeSignals(label=np.array([1, 0, 1, -1, 1], dtype=np.int8), p_a=np.array([0.9, np.nan, 0.55, np.nan, 0.99]),
-                       order_flip=np.array([False, True, False, False, False]), agreement=np.array([1.0, 1.0, 1.0, 0.0, 1.0]))
-    assert judge_doubt_order(sig, seed=0).tolist() == [1, 3, 2, 0, 4]
 
 
 def test_folds_keep_prompt_groups_together():

@@ -32,7 +32,9 @@ RECOVERY_LIMIT_S = 5.0
 
 @pytest.fixture(scope="module")
 def settings():
-    return Settings(tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4", default_strategy="random")
+    return Settings(tagger={"profile": "fast"},
+                    judge={"backend": "replay", "replay_key": "gpt4"},
+                    router={"default_strategy": "random"})
 
 
 @pytest.fixture(scope="module")
@@ -162,11 +164,11 @@ def open_router(background_loop, stack, tmp_path):
 
     keys = tmp_path / "keys.json"
     attacker, vendor = add_vendor(keys, "attacker", max_concurrent=2), add_vendor(keys, "vendor")
-    settings = Settings(
-        tagger_address=stack.address("tagger"), judge_address=stack.address("judge"),
-        predictor_address=stack.address("predictor"), max_simulated_candidates=4294967295, max_deadline_s=2.0,
-        router_workers=3, api_keys_file=str(keys), pool_stall_s=0.8,
-    )
+    settings = Settings(router={"tagger_address": stack.address("tagger"), "judge_address": stack.address("judge"),
+                                "predictor_address": stack.address("predictor"), "workers": 3, "pool_stall_s": 0.8},
+                        limits={"max_simulated_candidates": 4294967295},
+                        server={"max_deadline_s": 2.0},
+                        auth={"keys_file": str(keys)})
     running = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=-1))
     background_loop.run(running.loaded.wait())
     yield running, attacker, vendor
@@ -243,6 +245,6 @@ def test_required_backends_are_configurable(stack):
     from hybridpref.server.metrics import Metrics
     from hybridpref.router.readiness import BackendWatcher
 
-    settings = Settings(required_backends="tagger, judge", predictor_address="127.0.0.1:1")
+    settings = Settings(router={"required_backends": "tagger, judge", "predictor_address": "127.0.0.1:1"})
     watcher = BackendWatcher(settings, CoreExecutor("t"), Metrics.default())
     assert set(watcher.addresses) == {"tagger", "judge"}

@@ -140,8 +140,10 @@ def tag_requests(draw):
 def stack(background_loop, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
 
-    settings_ = Settings(tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4",
-                         default_strategy="random", max_deadline_s=20)
+    settings_ = Settings(tagger={"profile": "fast"},
+                         judge={"backend": "replay", "replay_key": "gpt4"},
+                         router={"default_strategy": "random"},
+                         server={"max_deadline_s": 20})
     running = background_loop.run(start_embedded_stack(settings_, metrics=True), timeout=300)
     yield running
     background_loop.run(running.stop(0.5))

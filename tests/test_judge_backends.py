@@ -101,7 +101,7 @@ def test_embedded_truncates_long_inputs_fairly(embedded: EmbeddedBackend, pairs:
 def test_embedded_deadline(embedded: EmbeddedBackend, pairs: list[PreferenceInstance]) -> None:
     with pytest.raises(DeadlineExceeded):
         Judge(embedded).judge(pairs * 1 + [PreferenceInstance(f"d{i}", "q", "a", "b") for i in range(50)],
-                              deadline_s=0.3)
+                              deadline=0.3)
 
 
 # --- openai backend against the real loopback server -----------------------------------------------
@@ -130,7 +130,7 @@ def test_openai_backend_against_real_server(server: int, pairs: list[PreferenceI
     judge = Judge.from_config("openai", base_url=f"http://127.0.0.1:{server}/v1", model="SmolLM2-135M-Instruct",
                               api_key_env="JUDGE_KEY", concurrency=2, max_tokens=2)
     try:
-        out = judge.judge(pairs[:3], template="short", deadline_s=120)
+        out = judge.judge(pairs[:3], template="short", deadline=120)
     finally:
         judge.backend.close()
     assert [j.id for j in out] == [p.id for p in pairs[:3]]
@@ -143,5 +143,5 @@ def test_openai_backend_against_real_server(server: int, pairs: list[PreferenceI
 def test_openai_backend_wrong_key_is_unavailable(server: int, pairs: list[PreferenceInstance]) -> None:
     judge = Judge.from_config("openai", base_url=f"http://127.0.0.1:{server}/v1", api_key="wrong")
     with pytest.raises(BackendUnavailable, match="401"):
-        judge.judge(pairs[:1], deadline_s=30)
+        judge.judge(pairs[:1], deadline=30)
     judge.backend.close()

@@ -232,7 +232,7 @@ def test_openai_connection_refused_is_unavailable_quickly(pairs: list[Preference
         port = s.getsockname()[1]  # nothing listens here once closed
     t0 = time.monotonic()
     with pytest.raises(BackendUnavailable) as err:
-        _backend(port).judge(pairs[:2], deadline_s=10)
+        _backend(port).judge(pairs[:2], deadline=10)
     assert time.monotonic() - t0 < 2.0
     assert err.value.retry_after_s is not None
 
@@ -241,7 +241,7 @@ def test_openai_429_retries_then_unavailable(scripted: ThreadingHTTPServer, pair
     scripted.script = [(429, {"Retry-After": "0.2"}, 0.0)]  # type: ignore[attr-defined]
     t0 = time.monotonic()
     with pytest.raises(BackendUnavailable) as err:
-        _backend(scripted.server_address[1], concurrency=1).judge(pairs[:1], mode=PositionMode.RANDOM, deadline_s=10)
+        _backend(scripted.server_address[1], concurrency=1).judge(pairs[:1], mode=PositionMode.RANDOM, deadline=10)
     assert scripted.calls == 3  # type: ignore[attr-defined]  # 1 + max_retries
     assert err.value.retry_after_s == pytest.approx(0.2)
     assert 0.35 < time.monotonic() - t0 < 3.0  # it did wait Retry-After between attempts
@@ -259,7 +259,7 @@ def test_openai_retry_after_beyond_deadline(scripted: ThreadingHTTPServer, pairs
     scripted.script = [(503, {"Retry-After": "20"}, 0.0)]  # type: ignore[attr-defined]
     t0 = time.monotonic()
     with pytest.raises(BackendUnavailable) as err:
-        _backend(scripted.server_address[1]).judge(pairs[:1], deadline_s=2)
+        _backend(scripted.server_address[1]).judge(pairs[:1], deadline=2)
     assert time.monotonic() - t0 < 1.0 and err.value.retry_after_s == pytest.approx(20)
 
 
@@ -267,7 +267,7 @@ def test_openai_slow_server_deadline(scripted: ThreadingHTTPServer, pairs: list[
     scripted.script = [(200, {}, 3.0)]  # type: ignore[attr-defined]
     t0 = time.monotonic()
     with pytest.raises(DeadlineExceeded):
-        _backend(scripted.server_address[1]).judge(pairs[:2], deadline_s=0.5)
+        _backend(scripted.server_address[1]).judge(pairs[:2], deadline=0.5)
     assert time.monotonic() - t0 < 1.5
 
 

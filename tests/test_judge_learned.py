@@ -13,6 +13,7 @@ import pytest
 
 from hybridpref_client.core.errors import InvalidInput, NotReady
 from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
+from hybridpref.server.deadline import Deadline
 from hybridpref.server.server import start_service
 from hybridpref.server.settings import Settings
 from hybridpref.judge import features as F
@@ -146,7 +147,7 @@ def test_sure_only_with_a_reason(learned: LearnedBackend, pairs: list[Preference
 
 
 def test_default_backend_is_learned() -> None:
-    assert Settings().judge_backend == "learned"
+    assert Settings().judge.backend == "learned"
     assert Judge.from_config().judge_id.startswith("learned:")
     with pytest.raises(InvalidInput):
         Judge.from_config("learned", model="/nonexistent/spec.json").load()
@@ -244,7 +245,7 @@ def test_router_client_carries_p_a_better(judge_service, background_loop, pairs:
     async def call():
         client = JudgeClient(running.address, settings)
         try:
-            return await client.judge(pairs, mode=PositionMode.BOTH, template="", replay_judge="", seed=0, timeout=30)
+            return await client.judge(pairs, mode=PositionMode.BOTH, template="", replay_judge="", seed=0, deadline=Deadline(30))
         finally:
             await client.close()
 

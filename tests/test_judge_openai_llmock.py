@@ -79,7 +79,7 @@ def test_429_with_retry_after_gives_up_as_unavailable(mock: LLMockServer) -> Non
     mock.state.scenarios.add(Fail(429, retry_after=0.2, times=None))
     t0 = time.monotonic()
     with pytest.raises(BackendUnavailable) as err:
-        _judge(mock).judge(PAIRS[:1], mode=PositionMode.RANDOM, deadline_s=10)
+        _judge(mock).judge(PAIRS[:1], mode=PositionMode.RANDOM, deadline=10)
     assert err.value.retry_after_s == pytest.approx(0.2, abs=0.05)
     assert _calls(mock) == 3 and time.monotonic() - t0 >= 0.35  # 1 + max_retries, waiting Retry-After
 
@@ -88,7 +88,7 @@ def test_429_with_retry_after_gives_up_as_unavailable(mock: LLMockServer) -> Non
 def test_client_errors_fail_at_once(mock: LLMockServer, status: int) -> None:
     mock.state.scenarios.add(Fail(status, times=None))
     with pytest.raises(BackendUnavailable, match=str(status)):
-        _judge(mock).judge(PAIRS[:1], mode=PositionMode.RANDOM, deadline_s=10)
+        _judge(mock).judge(PAIRS[:1], mode=PositionMode.RANDOM, deadline=10)
     assert _calls(mock) == 1  # a configuration error is not retried
 
 
@@ -113,7 +113,7 @@ def test_non_json_body_is_unavailable() -> None:
     try:
         judge = Judge.from_config("openai", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", model="m")
         with pytest.raises(BackendUnavailable, match="JSON"):
-            judge.judge(PAIRS[:1], deadline_s=10)
+            judge.judge(PAIRS[:1], deadline=10)
     finally:
         server.shutdown()
         server.server_close()

@@ -17,7 +17,9 @@ from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 def stack(background_loop, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
 
-    settings = Settings(tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4", default_strategy="random")
+    settings = Settings(tagger={"profile": "fast"},
+                        judge={"backend": "replay", "replay_key": "gpt4"},
+                        router={"default_strategy": "random"})
     running = background_loop.run(start_embedded_stack(settings, metrics=True), timeout=300)
     yield running
     background_loop.run(running.stop(0.5))
@@ -139,7 +141,7 @@ def test_out_of_range_labels_and_huge_costs(stub):
 
 
 def test_oversized_text_and_ids(stub):
-    huge = "x" * (Settings().max_text_chars + 1)
+    huge = "x" * (Settings().limits.max_text_chars + 1)
     error = route(stub, batch(2, {1: {"response_a": huge, "id": "y" * 1000}}))
     assert fields(error) == {"instances[1].response_a", "instances[1].id"}
 

@@ -59,8 +59,8 @@ def test_judge_service_error_and_logs_are_redacted(background_loop, echo_server,
 
     key_file = tmp_path / "key"
     key_file.write_text(SECRET)
-    settings = Settings(judge_backend="openai", judge_openai_base_url=echo_server, judge_openai_model="m",
-                        judge_openai_api_key_file=str(key_file))
+    settings = Settings(judge={"backend": "openai", "openai_base_url": echo_server, "openai_model": "m",
+                               "openai_api_key_file": str(key_file)})
     running = background_loop.run(start_service(judge_handle(settings), settings, port=0, metrics_port=-1))
     background_loop.run(running.loaded.wait())
     try:

@@ -23,7 +23,7 @@ def watched(background_loop, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("bundle") / "current"
     folder.mkdir()
-    settings = Settings(bundle_path=str(folder), bundle_watch_s=0.2)
+    settings = Settings(predictor={"bundle_path": str(folder), "bundle_watch_s": 0.2})
     running = background_loop.run(start_service(predictor_handle(settings), settings, port=0, metrics_port=-1))
     background_loop.run(running.loaded.wait())
     channel = grpc.insecure_channel(running.address)

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hybridpref_client.core.errors import InvalidInput
 from hybridpref_client.core.instances import Label, read_jsonl
+from hybridpref.server.deadline import Deadline
 from hybridpref.server.settings import Settings
 from hybridpref.routing_model import bundle as bundle_io
 from hybridpref.predictor.core import Predictor, default_bundle_path
@@ -69,11 +71,11 @@ def bundle(tmp_path_factory, tagger, sample):
 
 
 def batch_features(tagger, rows) -> np.ndarray:
-    from hybridpref.router.backends import TaggedBatch
+    from hybridpref.router.backends import RouterTags
     from hybridpref.router.core import text_features
 
     batch = tagger.tag(rows)
-    return text_features(rows, TaggedBatch(batch.tag_matrix, batch.measures.astype(np.float32)))
+    return text_features(rows, RouterTags(batch.tag_matrix, batch.measures.astype(np.float32)))
 
 
 def enrich_bundle(folder: Path, tagger, sample) -> Path:
@@ -107,8 +109,12 @@ def make_core(tagger, bundle: Path) -> RouterCore:
 
 
 def route(background_loop, core: RouterCore, instances, strategy: str, budget=0.25, **kw):
-    options = RouteOptions(budget_kind="fraction", budget_value=budget, strategy=strategy, seed=3, **kw)
-    return background_loop.run(core.route(instances, options, 60.0))
+    """Route through the core as the servicer does: "" = the default strategy."""
+    from hybridpref.router.budget import Budget
+    from hybridpref.router.strategies import DEFAULT_STRATEGY, strategy_spec
+
+    options = RouteOptions(budget=Budget.fraction(budget), strategy=strategy_spec(strategy or DEFAULT_STRATEGY), seed=3, **kw)
+    return background_loop.run(core.route(instances, options, Deadline(60.0)))
 
 
 def test_core_has_no_grpc():
@@ -116,7 +122,8 @@ def test_core_has_no_grpc():
     the proto conversions in servicer.py; spill.py uses protobuf only as its spill-file format)."""
     import ast
 
-    core = ("core", "backends", "model", "summary", "explain", "strategies", "budget", "scoring",
+    strategies = tuple(f"strategies/{f.stem}" for f in (ROOT / "services" / "hybridpref" / "router" / "strategies").glob("*.py"))
+    core = ("core", "backends", "model", "summary", "explain", *strategies, "budget", "scoring",
             "selection", "packed", "spill", "limits")
     for name in core:
         tree = ast.parse((ROOT / "services" / "hybridpref" / "router" / f"{name}.py").read_text())
@@ -166,13 +173,13 @@ def test_default_strategy_judges_first_and_summarises_honestly(background_loop, 
 
 def test_ppm_strategies_run_in_process_on_the_served_form(background_loop, tagger, bundle, sample):
     from hybridpref.router import strategies
-    from hybridpref.router.budget import resolve_budget
+    from hybridpref.router.budget import Budget, resolve_budget
 
     core = make_core(tagger, bundle)
     out = route(background_loop, core, sample, "greedy")
-    model = background_loop.run(core.models.routing_model(5.0))
+    model = background_loop.run(core.models.routing_model(Deadline(5.0)))
     tags = tagger.tag(sample).tag_matrix
-    direct = strategies.route("greedy", tags, resolve_budget("fraction", 0.25, len(sample), None,
+    direct = strategies.route("greedy", tags, resolve_budget(Budget.fraction(0.25), len(sample), None,
                                                              **_costs(tagger, sample)), scorer=model.scorer, seed=3)
     assert [d.human for d in out.decisions] == direct.human_mask.tolist()
     assert all(d.expected_gain is None for d in out.decisions)  # greedy does not judge first
@@ -181,11 +188,11 @@ def test_ppm_strategies_run_in_process_on_the_served_form(background_loop, tagge
 
 
 def _costs(tagger, sample):
-    from hybridpref.router.backends import TaggedBatch
+    from hybridpref.router.backends import RouterTags
     from hybridpref.router.core import _cost_inputs
 
     batch = tagger.tag(sample)
-    return _cost_inputs(TaggedBatch(batch.tag_matrix, batch.measures.astype(np.float32)))
+    return _cost_inputs(RouterTags(batch.tag_matrix, batch.measures.astype(np.float32)))
 
 
 def test_off_domain_batch_is_flagged(background_loop, tagger, bundle):
@@ -252,18 +259,18 @@ def test_model_fetched_once_per_version_and_refreshed_on_reload(background_loop,
 
     folder = tmp_path / "bundle"
     shutil.copytree(default_bundle_path(), folder)
-    settings = Settings(bundle_path=str(folder), bundle_watch_s=0.1)
+    settings = Settings(predictor={"bundle_path": str(folder), "bundle_watch_s": 0.1})
     running = background_loop.run(start_service(predictor_handle(settings), settings, port=0, metrics_port=-1))
     background_loop.run(running.loaded.wait())
     client = PredictorModelClient(running.address, settings)
     try:
-        first = background_loop.run(client.routing_model(5.0))
-        again = background_loop.run(client.routing_model(5.0))
+        first = background_loop.run(client.routing_model(Deadline(5.0)))
+        again = background_loop.run(client.routing_model(Deadline(5.0)))
         assert again is first and client.cache.builds == 1
         assert first.scorer is not None and first.scorer.quadratic_form()[1].shape == (90,)
         version = rehash(folder, ppm_residual_std=0.031)  # a new bundle version in place: the watcher reloads it
         deadline = time.monotonic() + 20
-        while (model := background_loop.run(client.routing_model(5.0))).bundle_version != version:
+        while (model := background_loop.run(client.routing_model(Deadline(5.0)))).bundle_version != version:
             assert time.monotonic() < deadline, "the router never saw the reloaded bundle"
             time.sleep(0.1)
         assert client.cache.builds == 2 and model.residual_std == pytest.approx(0.031)
@@ -290,9 +297,11 @@ def test_cli_prints_every_warning():
 
 
 def test_fast_explanations_match_the_reference_definition():
-    from hybridpref.router import strategies
+    """top_tags (float32 chunks, k arg-max passes) = the definition: each row's per-tag split of its gain
+    against the chosen mix without it (``QuadraticScorer.contributions``), largest |value| first, ties to
+    the lower tag, -1 / 0 padding."""
     from hybridpref.router.explain import top_tags
-    from hybridpref.router.scoring import QuadraticScorer
+    from hybridpref.router.scoring import QuadraticScorer, mix_counts
 
     rng = np.random.default_rng(4)
     tags = (rng.random((300, 90)) < 0.15).astype(np.uint8)
@@ -300,7 +309,12 @@ def test_fast_explanations_match_the_reference_definition():
     mask = rng.random(300) < 0.3
     scorer = QuadraticScorer.random(90, seed=2)
     idx, val = top_tags(scorer, tags, mask, 4)
-    ref_idx, ref_val = strategies.explain(scorer, tags, mask, 4)
+    counts = mix_counts(tags, mask)
+    ref_idx, ref_val = np.full((300, 4), -1), np.zeros((300, 4))
+    for i, (row, routed) in enumerate(zip(tags, mask)):
+        contrib = scorer.contributions(row[None, :], counts - row if routed else counts, 300)[0]
+        order = [j for j in np.lexsort((np.arange(90), -np.abs(contrib)))[:4] if contrib[j] != 0]
+        ref_idx[i, : len(order)], ref_val[i, : len(order)] = order, contrib[order]
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_allclose(val, ref_val, rtol=1e-4, atol=1e-9)
     assert (idx[:5] == -1).all()
@@ -323,8 +337,37 @@ def test_replayed_signals_equal_the_recorded_ones_the_model_learned_from(backgro
     instances = read_jsonl(str(path))
     for key in ("j1", "j2/x"):
         judge = LocalJudge(Judge.from_config("replay", default_judge=key))
-        judged = background_loop.run(judge.judge(instances, mode=PositionMode.BOTH, template="", replay_judge="", seed=0, timeout=None))
+        judged = background_loop.run(judge.judge(instances, mode=PositionMode.BOTH, template="", replay_judge="", seed=0, deadline=Deadline()))
         served, recorded = judge_signals(judged, instances), recorded_signals(instances, key)
         assert served.label.tolist() == recorded.label.tolist() and served.order_flip.tolist() == recorded.order_flip.tolist()
         np.testing.assert_array_equal(served.agreement, recorded.agreement)
         assert np.isfinite(served.agreement).all() and np.isnan(served.p_a).all()
+
+
+def test_the_servicer_resolves_the_default_once_and_checks_options_together():
+    from prometheus_client import CollectorRegistry
+
+    from hybridpref.router.servicer import RouterServicer, options_from_proto
+    from hybridpref.router.strategies import strategy_spec
+    from hybridpref.server.metrics import Metrics
+    from hybridpref.server.settings import LimitsSettings
+    from hybridpref.v1 import common_pb2, router_pb2
+
+    limits, greedy = LimitsSettings(), strategy_spec("greedy")
+    config = router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5))
+    options = options_from_proto(config, greedy, limits)
+    assert options.strategy is greedy and (options.budget.kind, options.budget.value) == ("fraction", 0.5)
+    config.strategy = "topk"
+    assert options_from_proto(config, greedy, limits).strategy.name == "topk"
+    # Every config problem that needs no batch size, in one answer.
+    bad = router_pb2.RouteConfig(strategy="clairvoyant", budget=common_pb2.Budget(cost=-1.0))
+    with pytest.raises(InvalidInput) as exc:
+        options_from_proto(bad, greedy, limits)
+    assert {v.field for v in exc.value.violations} == {"config.strategy", "config.budget.cost"}
+    with pytest.raises(InvalidInput) as exc:
+        options_from_proto(router_pb2.RouteConfig(budget=common_pb2.Budget(count=limits.max_stream_instances + 1)), greedy, limits)
+    assert [v.field for v in exc.value.violations] == ["config.budget.count"]
+    # A misconfigured default fails when the router starts, not on every call.
+    with pytest.raises(InvalidInput) as exc:
+        RouterServicer(Settings(router={"default_strategy": "clairvoyant"}), Metrics(CollectorRegistry()))
+    assert exc.value.violations[0].field == "config.strategy"

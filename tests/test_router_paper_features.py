@@ -12,7 +12,7 @@ import pytest
 from hybridpref_client.core.errors import InvalidInput
 from hybridpref_client.core.instances import Label
 from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES
-from hybridpref.router.budget import resolve_budget
+from hybridpref.router.budget import Budget, resolve_budget
 from hybridpref.router.scoring import QuadraticScorer
 from hybridpref.router.strategies import route
 
@@ -65,5 +65,5 @@ def test_missing_ids_are_reported_by_line() -> None:
 def test_routes_end_to_end_from_the_file() -> None:
     feats = read_paper_features(str(FIXTURE))
     scorer = QuadraticScorer.random(NUM_TAGS, seed=0)
-    result = route("simulated", feats.tags, resolve_budget("count", 1, 3, None), scorer=scorer, seed=0, simulated_candidates=10)
+    result = route("simulated", feats.tags, resolve_budget(Budget.count(1), 3, None), scorer=scorer, seed=0, simulated_candidates=10)
     assert result.human_count == 1

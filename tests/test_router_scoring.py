@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from hybridpref_client.core.errors import InvalidInput
-from hybridpref.router.scoring import MixScorer, QuadraticScorer, ScoreOnlyScorer, mix_counts, unique_rows
+from hybridpref.router.scoring import QuadraticScorer, mix_counts, unique_rows
 from hybridpref.router.selection import density_order, fill_in_order, priority_order, top_indices
-from hybridpref.router.strategies import top_contributions
 
 
 @pytest.fixture
@@ -44,17 +43,6 @@ def test_gains_are_score_differences_and_contributions_add_up(case) -> None:
     contrib = scorer.contributions(tags, current, 40)
     np.testing.assert_allclose(contrib.sum(axis=1), gains, atol=1e-12)
     assert (contrib[tags == 0] == 0).all()
-
-
-def test_score_only_scorer_matches_and_dedupes(case) -> None:
-    tags, scorer = case
-    tags = np.vstack([tags, tags, tags])  # 120 rows, 40 distinct at most
-    remote = ScoreOnlyScorer(scorer.score, num_tags=7, chunk=16)
-    assert isinstance(remote, MixScorer) and remote.quadratic_form() is None
-    current = mix_counts(tags, np.arange(120) < 10)
-    np.testing.assert_allclose(remote.gains(tags, current, 120), scorer.gains(tags, current, 120), atol=1e-12)
-    distinct = len(unique_rows(tags)[0])
-    assert remote.calls == -(-(distinct + 1) // 16)  # one mix per distinct row (+ current), 16 per call
 
 
 def test_unique_rows_roundtrip() -> None:
@@ -96,13 +84,6 @@ def test_density_order_puts_good_value_first_and_harm_last() -> None:
     gains = np.array([1.0, 1.0, -0.5, 0.0, -0.1])
     costs = np.array([2.0, 0.5, 1.0, 1.0, 1.0])
     assert density_order(gains, costs).tolist() == [1, 0, 3, 4, 2]
-
-
-def test_top_contributions() -> None:
-    contrib = np.array([[0.0, -3.0, 1.0, 2.0], [0.0, 0.0, 0.5, 0.0]])
-    idx, val = top_contributions(contrib, 2)
-    assert idx.tolist() == [[1, 3], [2, -1]]
-    assert val.tolist() == [[-3.0, 2.0], [0.5, 0.0]]
 
 
 @pytest.mark.parametrize("num_tags", [1, 8, 13, 90])

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 import pytest
 
 from hybridpref_client.core.errors import DeadlineExceeded, InvalidInput, NotReady
-from hybridpref.router.budget import resolve_budget
-from hybridpref.router.scoring import QuadraticScorer, ScoreOnlyScorer, mix_counts
+from hybridpref.router.budget import Budget, resolve_budget
+from hybridpref.server.deadline import Deadline
+from hybridpref.router.scoring import QuadraticScorer, mix_counts
 from hybridpref.router.strategies import (
     DEFAULT_STRATEGY,
-    NEEDS_EXPECTED_GAIN,
     STRATEGIES,
-    explain,
     GreedyOptions,
     marginal_gains,
-    needs_judge_first,
-    needs_predictor,
-    predicted_baselines,
     route,
+    strategy_spec,
 )
 
 ALL = sorted(STRATEGIES)
@@ -36,7 +32,7 @@ def one_hot(n: int, v: int, rows_by_tag: dict[int, list[int]]) -> np.ndarray:
 
 
 def count_budget(n: int, k: int):
-    return resolve_budget("count", k, n, None)
+    return resolve_budget(Budget.count(k), n, None)
 
 
 def judge_signals(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,9 +40,9 @@ def judge_signals(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(strategy: str, tags: np.ndarray, budget, scorer, seed: int = 0, **kw):
-    if needs_judge_first(strategy) and "judge_confidence" not in kw:
+    if STRATEGIES[strategy].needs_judge_first and "judge_confidence" not in kw:
         kw["judge_confidence"], kw["judge_inconsistent"] = judge_signals(len(tags))
-    if strategy in NEEDS_EXPECTED_GAIN and "expected_gain" not in kw:
+    if STRATEGIES[strategy].needs_expected_gain and "expected_gain" not in kw:
         kw["expected_gain"] = np.random.default_rng(len(tags)).random(len(tags)) * 0.5
     return route(strategy, tags, budget, scorer=scorer, seed=seed, **kw)
 
@@ -75,7 +71,7 @@ def test_one_tag_worth_everything(strategy: str, one_tag_case) -> None:
 
 def test_optimal_pos_with_auto_routes_exactly_the_positive_gains(one_tag_case) -> None:
     tags, scorer = one_tag_case
-    result = run("optimal_pos", tags, resolve_budget("auto", True, 12, None), scorer)
+    result = run("optimal_pos", tags, resolve_budget(Budget.auto(), 12, None), scorer)
     assert sorted(np.flatnonzero(result.human_mask)) == ONE_TAG_ROWS
     assert (result.gains[ONE_TAG_ROWS] > 0).all() and (np.delete(result.gains, ONE_TAG_ROWS) == 0).all()
 
@@ -94,7 +90,7 @@ def test_greedy_and_topk_avoid_a_negative_tag() -> None:
     for strategy in ("greedy", "topk"):
         result = run(strategy, tags, count_budget(10, 6), scorer)
         assert sorted(np.flatnonzero(result.human_mask)) == [4, 5, 6, 7, 8, 9], strategy
-    auto = run("greedy", tags, resolve_budget("auto", True, 10, None), scorer)
+    auto = run("greedy", tags, resolve_budget(Budget.auto(), 10, None), scorer)
     assert sorted(np.flatnonzero(auto.human_mask)) == [4, 5, 6, 7, 8, 9]
     # forced to route 8, greedy must take the least harmful extra ones, still a valid count
     forced = run("greedy", tags, count_budget(10, 8), scorer)
@@ -127,24 +123,11 @@ def test_greedy_beats_topk_when_gains_interact(diminishing_case) -> None:
 
 def test_greedy_auto_stops_where_the_next_label_stops_helping(diminishing_case) -> None:
     tags, scorer = diminishing_case
-    result = run("greedy", tags, resolve_budget("auto", True, 20, None), scorer)
+    result = run("greedy", tags, resolve_budget(Budget.auto(), 20, None), scorer)
     # tag 0: 0.05 - 0.01 (2 c0 + 1) > 0 for c0 = 0, 1 -> 2 of them (third would add 0.0); all of tag 1
     assert result.human_mask[:10].sum() == 2 and result.human_mask[10:].all()
     assert result.gains[result.human_mask].min() > 0
     assert result.gains[~result.human_mask].max() <= 1e-12
-
-
-def test_greedy_through_a_score_only_scorer_matches_the_quadratic_path() -> None:
-    rng = np.random.default_rng(11)
-    tags = (rng.random((60, 8)) < 0.3).astype(np.uint8)
-    quad = QuadraticScorer.random(8, seed=4, quad_scale=20.0)
-    remote = ScoreOnlyScorer(quad.score, num_tags=8)
-    budget = count_budget(60, 10)
-    local = run("greedy", tags, budget, quad)
-    far = run("greedy", tags, budget, remote)
-    np.testing.assert_array_equal(local.human_mask, far.human_mask)
-    np.testing.assert_allclose(local.gains, far.gains, atol=1e-6)
-    assert remote.calls <= 10 + 4  # one gains call per round (+ final gains, marginal and score calls)
 
 
 def test_rounded_greedy_stays_close_to_exact_greedy() -> None:
@@ -175,7 +158,7 @@ def test_count_budget_edges(strategy: str, k: int, one_tag_case) -> None:
 @pytest.mark.parametrize("strategy", FINITE)
 def test_cost_budget_too_small_for_any_instance_routes_nothing(strategy: str, one_tag_case) -> None:
     tags, scorer = one_tag_case
-    budget = resolve_budget("cost", 0.9, 12, np.full(12, 1.0))
+    budget = resolve_budget(Budget.cost(0.9), 12, np.full(12, 1.0))
     assert run(strategy, tags, budget, scorer).human_count == 0
 
 
@@ -185,7 +168,7 @@ def test_cost_budget_is_never_exceeded(strategy: str) -> None:
     tags = (rng.random((200, 10)) < 0.3).astype(np.uint8)
     scorer = QuadraticScorer.random(10, seed=1)
     costs = rng.uniform(0.2, 3.0, 200)
-    budget = resolve_budget("cost", 40.0, 200, costs)
+    budget = resolve_budget(Budget.cost(40.0), 200, costs)
     result = run(strategy, tags, budget, scorer)
     assert budget.allows(result.human_mask)
     assert budget.spent(result.human_mask) > 40.0 - 3.0 or strategy == "optimal_pos"  # filled up to the last item
@@ -194,7 +177,7 @@ def test_cost_budget_is_never_exceeded(strategy: str) -> None:
 def test_cost_aware_topk_prefers_cheap_instances_per_unit_gain() -> None:
     tags = one_hot(4, 1, {0: [0, 1, 2, 3]})
     scorer = QuadraticScorer(0.0, np.array([1.0]))  # all gains equal
-    budget = resolve_budget("cost", 2.0, 4, np.array([2.0, 0.5, 2.0, 0.5]))
+    budget = resolve_budget(Budget.cost(2.0), 4, np.array([2.0, 0.5, 2.0, 0.5]))
     for strategy in ("topk", "greedy"):
         assert sorted(np.flatnonzero(run(strategy, tags, budget, scorer).human_mask)) == [1, 3]
 
@@ -216,7 +199,7 @@ def test_judge_aware_without_a_predictor_routes_the_judges_doubts() -> None:
     result = route("judge_aware", tags, count_budget(n, 2), scorer=None, seed=0, judge_confidence=confidence, judge_inconsistent=inconsistent)
     assert sorted(np.flatnonzero(result.human_mask)) == [2, 6]
     assert result.predicted_score is None
-    auto = route("judge_aware", tags, resolve_budget("auto", True, n, None), scorer=None, seed=0, judge_confidence=confidence, judge_inconsistent=inconsistent)
+    auto = route("judge_aware", tags, resolve_budget(Budget.auto(), n, None), scorer=None, seed=0, judge_confidence=confidence, judge_inconsistent=inconsistent)
     assert sorted(np.flatnonzero(auto.human_mask)) == [2, 6]
 
 
@@ -229,7 +212,7 @@ def test_judge_aware_blends_the_predictor_gain() -> None:
     result = run("judge_aware", tags, count_budget(4, 1), scorer, judge_confidence=confidence, judge_inconsistent=inconsistent)
     assert np.flatnonzero(result.human_mask).tolist() == [1]
     # auto: the doubtful row 3 has a negative PPM gain and stays with the LM
-    auto = run("judge_aware", tags, resolve_budget("auto", True, 4, None), scorer, judge_confidence=confidence, judge_inconsistent=inconsistent)
+    auto = run("judge_aware", tags, resolve_budget(Budget.auto(), 4, None), scorer, judge_confidence=confidence, judge_inconsistent=inconsistent)
     assert np.flatnonzero(auto.human_mask).tolist() == [1]
 
 
@@ -269,15 +252,15 @@ def test_errors_name_what_to_fix(one_tag_case) -> None:
         route("best", tags, budget, scorer=scorer, seed=0)
     assert exc.value.violations[0].field == "config.strategy" and "greedy" in str(exc.value)
     for strategy in ("topk", "simulated", "optimal_pos", "greedy"):
-        assert needs_predictor(strategy)
+        assert STRATEGIES[strategy].needs_predictor
         with pytest.raises(NotReady):
             route(strategy, tags, budget, scorer=None, seed=0)
-    assert needs_judge_first("judge_aware") and not needs_judge_first("greedy")
+    assert STRATEGIES["judge_aware"].needs_judge_first and not STRATEGIES["greedy"].needs_judge_first
     with pytest.raises(NotReady):
         route("judge_aware", tags, budget, scorer=scorer, seed=0)
     for strategy in ("random", "simulated"):
         with pytest.raises(InvalidInput) as exc:
-            route(strategy, tags, resolve_budget("auto", True, 12, None), scorer=scorer, seed=0)
+            route(strategy, tags, resolve_budget(Budget.auto(), 12, None), scorer=scorer, seed=0)
         assert exc.value.violations[0].field == "config.budget.auto"
     with pytest.raises(InvalidInput):
         route("topk", tags[:5], budget, scorer=scorer, seed=0)
@@ -288,12 +271,34 @@ def test_errors_name_what_to_fix(one_tag_case) -> None:
     assert exc.value.violations[0].field == "tag_matrix"
 
 
-def test_empty_strategy_means_the_default(one_tag_case) -> None:
+def test_the_default_routes_by_expected_gain_and_is_resolved_by_the_caller(one_tag_case) -> None:
     tags, scorer = one_tag_case
     gain = np.linspace(0, 0.5, 12)
-    result = route("", tags, count_budget(12, 3), scorer=scorer, seed=0, expected_gain=gain)
+    result = route(DEFAULT_STRATEGY, tags, count_budget(12, 3), scorer=scorer, seed=0, expected_gain=gain)
     assert result.strategy == DEFAULT_STRATEGY == "hybrid"
     assert sorted(np.flatnonzero(result.human_mask)) == [9, 10, 11]
+    with pytest.raises(InvalidInput) as exc:  # "" is no strategy: the servicer applies the default, once
+        route("", tags, count_budget(12, 3), scorer=scorer, seed=0, expected_gain=gain)
+    assert exc.value.violations[0].field == "config.strategy"
+
+
+def test_the_registry_says_what_each_strategy_needs(one_tag_case) -> None:
+    """Every flag of a spec is what the strategy really needs: without it, it refuses (NotReady); with
+    only it, it runs."""
+    tags, scorer = one_tag_case
+    n, budget = len(tags), count_budget(len(tags), 3)
+    full = {"scorer": scorer, "expected_gain": np.linspace(0, 0.5, n), "judge_confidence": np.full(n, 0.9)}
+    for name, spec in STRATEGIES.items():
+        assert strategy_spec(name) is spec and spec.fn.__name__ in (name, "random_subset")
+        needed = {"scorer": spec.needs_predictor, "expected_gain": spec.needs_expected_gain,
+                  "judge_confidence": spec.needs_judge_first and not spec.needs_expected_gain}
+        only = {k: (v if needed[k] else None) for k, v in full.items()}
+        assert route(name, tags, budget, seed=0, **only).strategy == name
+        for k in (k for k, need in needed.items() if need):
+            with pytest.raises(NotReady):
+                route(name, tags, budget, seed=0, **{**only, k: None})
+    assert [s for s, spec in STRATEGIES.items() if not spec.needs_judge] == ["all_human"]
+    assert {s for s, spec in STRATEGIES.items() if spec.predictor == "optional"} == {"judge_aware"}
 
 
 # ----------------------------------------------------------- summary helpers
@@ -313,37 +318,37 @@ def test_marginal_gains_are_score_differences() -> None:
         assert gains[i] == pytest.approx(expected, abs=1e-9)
 
 
-def test_predicted_baselines_random_is_the_exact_mean_over_subsets() -> None:
+def test_summary_random_baseline_is_the_exact_mean_over_subsets() -> None:
+    from hybridpref.router.summary import ppm_values
+
     rng = np.random.default_rng(6)
     tags = (rng.random((8, 4)) < 0.5).astype(np.uint8)
     scorer = QuadraticScorer.random(4, seed=2, quad_scale=50.0)
     mask = np.zeros(8, dtype=bool)
     mask[[0, 3, 5]] = True
-    out = predicted_baselines(scorer, tags, mask, seed=0)
+    out = ppm_values(scorer, tags, mask, mix_counts(tags, np.ones(8, dtype=bool)))
     subsets = [list(s) for s in itertools.combinations(range(8), 3)]
     counts = np.array([tags[s].sum(axis=0) for s in subsets], dtype=float)
-    assert out["random"] == pytest.approx(scorer.score(counts, 8).mean(), abs=1e-12)
-    assert out["all_lm"] == pytest.approx(scorer.bias)
+    assert out["random"] == pytest.approx(scorer.score(counts, 8).mean(), abs=1e-9)
+    assert out["all_human"] == pytest.approx(scorer.score(tags.sum(axis=0, dtype=float)[None, :], 8)[0])
     assert out["chosen"] == pytest.approx(scorer.score(mix_counts(tags, mask)[None, :], 8)[0])
-    monte_carlo = predicted_baselines(ScoreOnlyScorer(scorer.score, 4), tags, mask, seed=0, n_random=400)
-    assert monte_carlo["random"] == pytest.approx(out["random"], abs=0.02)
 
 
 def test_explanations_add_up_to_the_marginal_gain_and_name_the_decisive_tag() -> None:
+    from hybridpref.router.explain import top_tags
+
     rng = np.random.default_rng(7)
     tags = (rng.random((30, 6)) < 0.4).astype(np.uint8)
     scorer = QuadraticScorer.random(6, seed=3, quad_scale=40.0)
     mask = rng.random(30) < 0.4
-    idx, val = explain(scorer, tags, mask, top_k=6)
-    np.testing.assert_allclose(val.sum(axis=1), marginal_gains(scorer, tags, mask), atol=1e-12)
+    idx, val = top_tags(scorer, tags, mask, 6)
+    np.testing.assert_allclose(val.sum(axis=1), marginal_gains(scorer, tags, mask), rtol=1e-4, atol=1e-6)
     assert ((idx >= 0) == (val != 0)).all()
-    assert (np.abs(val[:, :-1]) >= np.abs(val[:, 1:]) - 1e-15).all()  # largest first
+    assert (np.abs(val[:, :-1]) >= np.abs(val[:, 1:]) - 1e-7).all()  # largest first
     # one tag worth everything: it is the explanation
     one = one_hot(4, 3, {0: [0, 1], 2: [0, 2]})
-    idx1, val1 = explain(QuadraticScorer(0.0, np.array([1.0, 0.0, 0.0])), one, np.zeros(4, dtype=bool), top_k=2)
+    idx1, val1 = top_tags(QuadraticScorer(0.0, np.array([1.0, 0.0, 0.0])), one, np.zeros(4, dtype=bool), 2)
     assert idx1[0].tolist() == [0, -1] and idx1[2].tolist() == [-1, -1] and val1[0, 0] == pytest.approx(0.25)
-    none_idx, _ = explain(ScoreOnlyScorer(scorer.score, 6), tags, mask, top_k=2)
-    assert (none_idx == -1).all()
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "simulated"])
@@ -352,7 +357,7 @@ def test_deadline_stops_long_strategies(strategy: str) -> None:
     tags = (rng.random((500, 10)) < 0.3).astype(np.uint8)
     scorer = QuadraticScorer.random(10, seed=1)
     with pytest.raises(DeadlineExceeded):
-        run(strategy, tags, count_budget(500, 100), scorer, deadline=time.monotonic() - 1.0)
+        run(strategy, tags, count_budget(500, 100), scorer, deadline=Deadline(0.0))
 
 
 @pytest.mark.parametrize("strategy", ALL)
@@ -360,7 +365,7 @@ def test_every_strategy_is_deterministic(strategy: str) -> None:
     rng = np.random.default_rng(9)
     tags = (rng.random((400, 12)) < 0.25).astype(np.uint8)
     scorer = QuadraticScorer.random(12, seed=4, quad_scale=5.0)
-    budget = resolve_budget("cost", 80.0, 400, rng.uniform(0.5, 2.0, 400))
+    budget = resolve_budget(Budget.cost(80.0), 400, rng.uniform(0.5, 2.0, 400))
     first = run(strategy, tags, budget, scorer, seed=11, simulated_candidates=30)
     again = run(strategy, tags.copy(), budget, scorer, seed=11, simulated_candidates=30)
     np.testing.assert_array_equal(first.human_mask, again.human_mask)
@@ -368,19 +373,15 @@ def test_every_strategy_is_deterministic(strategy: str) -> None:
 
 
 @pytest.mark.parametrize("kind,value", [("cost", 25.0), ("auto", True)])
-def test_greedy_through_a_score_only_scorer_respects_cost_and_auto(kind: str, value: object) -> None:
+def test_greedy_respects_cost_and_auto(kind: str, value: object) -> None:
     rng = np.random.default_rng(12)
     tags = (rng.random((120, 8)) < 0.3).astype(np.uint8)
     quad = QuadraticScorer.random(8, seed=6, quad_scale=20.0)
-    remote = ScoreOnlyScorer(quad.score, num_tags=8)
-    budget = resolve_budget(kind, value, 120, rng.uniform(0.5, 1.5, 120))
-    far = run("greedy", tags, budget, remote)
-    assert budget.allows(far.human_mask)
-    assert remote.calls <= GreedyOptions().remote_rounds + 6
+    budget = resolve_budget(Budget(kind, value), 120, rng.uniform(0.5, 1.5, 120))
+    result = run("greedy", tags, budget, quad)
+    assert budget.allows(result.human_mask) and result.human_mask.any()
     if kind == "auto":  # stops where nothing left helps
-        assert far.gains[~far.human_mask].max() <= 1e-12
-        local = run("greedy", tags, budget, quad)
-        assert far.predicted_score == pytest.approx(local.predicted_score, abs=0.01)
+        assert result.gains[~result.human_mask].max() <= 1e-12
 
 
 # ----------------------------------------------------------- expected gain, judge doubt, hybrid
@@ -403,10 +404,10 @@ def test_expected_gain_routes_the_largest_gain_per_unit_cost() -> None:
     assert np.array_equal(result.gains, gain)
     # cost budget: instance 1 costs 10x, so two cheap 0.3s beat it per unit cost
     costs = np.array([1, 10, 1, 1, 1, 1.0])
-    cost_budget = resolve_budget("cost", 2.0, 6, costs)
+    cost_budget = resolve_budget(Budget.cost(2.0), 6, costs)
     result = route("expected_gain", tags, cost_budget, scorer=None, seed=0, expected_gain=gain)
     assert sorted(np.flatnonzero(result.human_mask)) == [2, 4]
-    auto = route("expected_gain", tags, resolve_budget("auto", True, 6, None), scorer=None, seed=0, expected_gain=gain)
+    auto = route("expected_gain", tags, resolve_budget(Budget.auto(), 6, None), scorer=None, seed=0, expected_gain=gain)
     assert sorted(np.flatnonzero(auto.human_mask)) == [1, 2, 4]  # gain > 0.1 per unit cost
     with pytest.raises(NotReady):
         route("expected_gain", tags, count_budget(6, 2), scorer=None, seed=0)
@@ -459,7 +460,8 @@ def test_hybrid_uses_the_ppm_only_as_an_in_domain_tie_breaker() -> None:
         assert np.array_equal(out.human_mask, eg.human_mask) and out.info["ppm_tie_breaker"] == 0.0
     big = np.where(np.arange(6) == 1, 0.9, gain)  # a distinct expected gain always beats the PPM
     assert 1 in np.flatnonzero(route("hybrid", tags, count_budget(6, 1), scorer=scorer, seed=0, expected_gain=big, ppm_in_domain=True).human_mask)
-    assert DEFAULT_STRATEGY == "hybrid" and needs_judge_first("hybrid") and not needs_predictor("hybrid")
+    spec = STRATEGIES[DEFAULT_STRATEGY]
+    assert DEFAULT_STRATEGY == "hybrid" and spec.needs_judge_first and not spec.needs_predictor and spec.predictor == "in_domain"
 
 
 def test_correction_intervals_widen_by_the_measured_transfer_range() -> None:

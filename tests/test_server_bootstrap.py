@@ -23,8 +23,8 @@ def router_alone(background_loop, log_capture):
     from hybridpref.router.servicer import router_handle
 
     # Backends point at a closed port: validation must reject bad input before any downstream call.
-    settings = Settings(tagger_address="127.0.0.1:1", judge_address="127.0.0.1:1", predictor_address="127.0.0.1:1",
-                        max_batch=5)
+    settings = Settings(router=dict.fromkeys(("tagger_address", "judge_address", "predictor_address"), "127.0.0.1:1"),
+                        limits={"max_batch": 5})
     running = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=0))
     background_loop.run(running.loaded.wait())
     yield running

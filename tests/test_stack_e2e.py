@@ -33,7 +33,9 @@ SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
 def stack(background_loop, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
 
-    settings = Settings(tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4", default_strategy="greedy")
+    settings = Settings(tagger={"profile": "fast"},
+                        judge={"backend": "replay", "replay_key": "gpt4"},
+                        router={"default_strategy": "greedy"})
     running = background_loop.run(start_embedded_stack(settings, metrics=True), timeout=300)
     yield running
     background_loop.run(running.stop(0.5))
@@ -246,7 +248,9 @@ def test_bundle_binned_on_other_edges_is_refused(background_loop, sample, tmp_pa
     manifest = json.loads((bundle / "manifest.json").read_text())  # a consistent bundle, built on other edges
     manifest["files"]["reference_bins.json"] = sha256_file(bundle / "reference_bins.json")
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    settings = Settings(tagger_profile="fast", judge_backend="replay", bundle_path=str(bundle), bundle_watch_s=0)
+    settings = Settings(tagger={"profile": "fast"},
+                        judge={"backend": "replay"},
+                        predictor={"bundle_path": str(bundle), "bundle_watch_s": 0})
     other = background_loop.run(start_embedded_stack(settings), timeout=300)
     try:
         with RouterClient(other.router_address, timeout_s=60) as c:
@@ -267,8 +271,9 @@ def routing_stack(background_loop, tmp_path_factory, sample):
 
     folder = tmp_path_factory.mktemp("e2e-routing") / "bundle"
     enrich_bundle(folder, Tagger.for_profile("fast"), sample)
-    settings = Settings(tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4", bundle_path=str(folder),
-                        bundle_watch_s=0)
+    settings = Settings(tagger={"profile": "fast"},
+                        judge={"backend": "replay", "replay_key": "gpt4"},
+                        predictor={"bundle_path": str(folder), "bundle_watch_s": 0})
     running = background_loop.run(start_embedded_stack(settings), timeout=300)
     yield running
     background_loop.run(running.stop(0.5))

@@ -1,4 +1,4 @@
-"""Bin edges and the fixed reference distribution (DESIGN.md section 3 traps)."""
+"""Bin edges and the fixed reference distribution (the binning traps of the paper's first implementation)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ def two_taggers(background_loop):
     from hybridpref.server.server import start_service
     from hybridpref.cli.stack import handle_for
 
-    settings = Settings(tagger_profile="fast")
+    settings = Settings(tagger={"profile": "fast"})
     running = []
     for _ in range(2):
         metrics = Metrics(CollectorRegistry())

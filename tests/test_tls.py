@@ -29,12 +29,12 @@ def pki(tmp_path_factory):
 def mtls_stack(background_loop, pki, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
 
-    settings = Settings(
-        tagger_profile="fast", judge_backend="replay", judge_replay_key="gpt4",
-        tls_cert_file=str(pki["server.pem"]), tls_key_file=str(pki["server.key"]), tls_client_ca_file=str(pki["ca.pem"]),
-        tls_ca_file=str(pki["ca.pem"]), tls_client_cert_file=str(pki["client.pem"]), tls_client_key_file=str(pki["client.key"]),
-        health_port=0,
-    )
+    settings = Settings(tagger={"profile": "fast"},
+                        judge={"backend": "replay", "replay_key": "gpt4"},
+                        tls={"cert_file": str(pki["server.pem"]), "key_file": str(pki["server.key"]), "client_ca_file": str(pki["ca.pem"]),
+                             "ca_file": str(pki["ca.pem"]), "client_cert_file": str(pki["client.pem"]),
+                             "client_key_file": str(pki["client.key"])},
+                        server={"health_port": 0})
     running = background_loop.run(start_embedded_stack(settings), timeout=300)
     yield running
     background_loop.run(running.stop(0.2))
@@ -106,8 +106,8 @@ def test_server_side_tls_only(background_loop, pki):
     from hybridpref.server.server import start_service
     from hybridpref.router.servicer import router_handle
 
-    settings = Settings(tls_cert_file=str(pki["server.pem"]), tls_key_file=str(pki["server.key"]),
-                        tagger_address="127.0.0.1:1", judge_address="127.0.0.1:1", predictor_address="127.0.0.1:1")
+    settings = Settings(tls={"cert_file": str(pki["server.pem"]), "key_file": str(pki["server.key"])},
+                        router=dict.fromkeys(("tagger_address", "judge_address", "predictor_address"), "127.0.0.1:1"))
     running = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=-1))
     try:
         with grpc.secure_channel(running.address, credentials(pki, client_cert=False)) as channel:

@@ -15,7 +15,7 @@ import numpy as np
 from hybridpref.server.deadline import Deadline
 from hybridpref_client.core.instances import PositionMode, PreferenceInstance
 from hybridpref.routing_model.data import RoutingModelData
-from hybridpref.router.backends import JudgedBatch, TaggedBatch
+from hybridpref.router.backends import JudgedBatch, RouterTags
 from hybridpref.router.limits import JudgeInfo
 from hybridpref.router.model import ModelCache, RoutingModel
 
@@ -26,10 +26,10 @@ class LocalTagger:
     def __init__(self, tagger):
         self.tagger = tagger
 
-    async def tag(self, instances: Sequence[PreferenceInstance], timeout: Deadline | float | None) -> TaggedBatch:
+    async def tag(self, instances: Sequence[PreferenceInstance], deadline: Deadline) -> RouterTags:
         batch = await asyncio.to_thread(self.tagger.tag, instances)
         bins = self.tagger.reference_bins.fingerprint() if self.tagger.reference_bins is not None else ""
-        return TaggedBatch(np.asarray(batch.tag_matrix, np.uint8), np.asarray(batch.measures, np.float32), bins)
+        return RouterTags(np.asarray(batch.tag_matrix, np.uint8), np.asarray(batch.measures, np.float32), bins)
 
 
 class LocalJudge:
@@ -39,19 +39,14 @@ class LocalJudge:
         self.judge_core = judge
 
     async def judge_info(self, timeout_s: float) -> JudgeInfo | None:
-        from hybridpref.judge.templates import TEMPLATES
-
-        backend = self.judge_core.backend
-        return JudgeInfo(getattr(backend, "kind", ""),
-                         frozenset(t.lower() for t in (*TEMPLATES, *(t.template_version for t in TEMPLATES.values()))),
-                         getattr(backend, "default_judge", "") or "")
+        return JudgeInfo.of(self.judge_core.info())
 
     async def judge(
         self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: str, replay_judge: str,
-        seed: int, timeout: Deadline | float | None,
+        seed: int, deadline: Deadline,
     ) -> JudgedBatch:
         out = await asyncio.to_thread(self.judge_core.judge, instances, mode=mode, template=template or None, seed=seed,
-                                      replay_judge=replay_judge or None, deadline_s=Deadline.of(timeout).timeout())
+                                      replay_judge=replay_judge or None, deadline=deadline)
         return JudgedBatch(
             np.array([int(j.label) for j in out], np.int64), np.array([j.confidence for j in out], np.float64),
             np.array([j.order_inconsistent for j in out], bool),
@@ -67,9 +62,9 @@ class LocalModelSource:
         self.predictor = predictor
         self.cache = ModelCache(self._fetch)
 
-    async def routing_model(self, timeout: Deadline | float | None) -> RoutingModel:
-        return await self.cache.get(timeout)
+    async def routing_model(self, deadline: Deadline) -> RoutingModel:
+        return await self.cache.get(deadline)
 
-    async def _fetch(self, known: str, timeout: Deadline | float | None) -> RoutingModelData | None:
+    async def _fetch(self, known: str, deadline: Deadline) -> RoutingModelData | None:
         data = self.predictor.routing_model()
         return None if data.bundle_version == known else data

@@ -130,9 +130,9 @@ def cmd_serve(args) -> int:
     from hybridpref.server.server import serve_until_signal
     from hybridpref.cli.stack import handle_for
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("metrics_port", args.metrics_port)) if v is not None}
-    settings = Settings(**overrides)
-    configure_logging(args.service, settings.log_level, settings.log_format)
+    flags = {"host": args.host, "port": args.port, "metrics_port": args.metrics_port}
+    settings = Settings(server={k: v for k, v in flags.items() if v is not None})
+    configure_logging(args.service, settings.server.log_level, settings.server.log_format)
     asyncio.run(serve_until_signal([handle_for(args.service, settings)], settings))
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from collections import Counter
 from contextlib import contextmanager
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.core.instances import iter_jsonl
+from hybridpref.common.fields import rename_instance
 from hybridpref.server.settings import Settings
 
 SAMPLE_BATCH = Path(__file__).resolve().parents[3] / "samples" / "sample_batch.jsonl"
@@ -63,10 +63,7 @@ def parse_budget(text: str):
 
 def _to_line(field: str, text: str, lines: list[int]) -> FieldViolation:
     """``instances[3].response_a`` -> ``line 5.response_a`` (the input file's line)."""
-    match = re.match(r"instances\[(\d+)\](.*)", field)
-    if match and int(match.group(1)) < len(lines):
-        return FieldViolation(f"line {lines[int(match.group(1))]}{match.group(2)}", text)
-    return FieldViolation(field, text)
+    return FieldViolation(rename_instance(field, lambda i: f"line {lines[i]}" if i < len(lines) else None), text)
 
 
 @contextmanager
@@ -80,8 +77,7 @@ def _router(args, console):
     from hybridpref.cli.stack import BackgroundLoop, start_embedded_stack
 
     configure_logging("hybridpref-route", args.log_level, "console")
-    overrides = {"judge_backend": args.judge_backend} if args.judge_backend else {}
-    settings = Settings(**overrides)
+    settings = Settings(judge={"backend": args.judge_backend} if args.judge_backend else {})
     background = BackgroundLoop()
     console.print("starting an embedded stack (tagger, judge, predictor, router) on loopback; loading models...")
     stack = background.run(start_embedded_stack(settings))
@@ -97,7 +93,7 @@ def _judge_name(settings: Settings, replay_judge: str) -> str:
     from hybridpref.judge.servicer import build_judge
 
     name = build_judge(settings).judge_id  # builds only; no model is loaded a second time
-    if settings.judge_backend == "replay" and replay_judge:
+    if settings.judge.backend == "replay" and replay_judge:
         name = f"replay:{replay_judge}"
     return name
 

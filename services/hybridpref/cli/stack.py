@@ -66,10 +66,10 @@ async def start_embedded_stack(settings: Settings, *, metrics: bool = False, wai
     metrics_port = 0 if metrics else -1
     running: dict[str, RunningService] = {}
     # Vendors' API keys guard the router; the backends answer only the router (mTLS in production).
-    backend_settings = settings.model_copy(update={"api_keys_file": None})
+    backend_settings = settings.replace(auth={"keys_file": None})
     for name in BACKENDS:
         running[name] = await start_service(handle_for(name, backend_settings), backend_settings, port=0, metrics_port=metrics_port)
-    router_settings = settings.model_copy(update={f"{n}_address": running[n].address for n in BACKENDS})
+    router_settings = settings.replace(router={f"{n}_address": running[n].address for n in BACKENDS})
     running["router"] = await start_service(handle_for("router", router_settings), router_settings, port=0, metrics_port=metrics_port)
     stack = EmbeddedStack(running)
     if wait:
@@ -153,7 +153,7 @@ def run_up(settings: Settings, *, timeout_s: float = 600.0, on_ready: Callable[[
                 p.send_signal(signal.SIGTERM)
         for p in procs.values():
             try:
-                p.wait(timeout=settings.grace_period_s + 10)
+                p.wait(timeout=settings.server.grace_period_s + 10)
             except subprocess.TimeoutExpired:
                 p.kill()
         for sig, handler in previous.items():

@@ -4,7 +4,7 @@ Usage::
 
     judge = Judge.from_config("learned")           # or "embedded" (SmolLM2), "openai" (base_url=..., model=...), "replay"
     judge.load()                                    # milliseconds (learned), seconds (embedded LM); idempotent
-    out = judge.judge(instances, mode=PositionMode.BOTH, template="multipref", deadline_s=30)
+    out = judge.judge(instances, mode=PositionMode.BOTH, template="multipref", deadline=30)
 
 ``judge`` returns exactly one :class:`Judgement` per instance, in order, or raises
 ``InvalidInput`` / ``BackendUnavailable`` / ``DeadlineExceeded`` / ``NotReady``; it never drops one.
@@ -18,11 +18,11 @@ from typing import Any
 from hybridpref.server.deadline import Deadline
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.core.instances import PositionMode, PreferenceInstance, validate_instances
-from hybridpref.judge.templates import get_template
+from hybridpref.judge.templates import TEMPLATES, get_template
 # Re-exported: the judge's public API (``from hybridpref.judge.core import Judgement, ...``).
-from hybridpref.judge.types import JudgeBackend, Judgement, ScoreRequest, ScoringBackend
+from hybridpref.judge.types import JudgeBackend, JudgeInfo, Judgement, ScoreRequest, ScoringBackend
 
-__all__ = ["Deadline", "Judge", "JudgeBackend", "Judgement", "ScoreRequest", "ScoringBackend"]
+__all__ = ["Deadline", "Judge", "JudgeBackend", "JudgeInfo", "Judgement", "ScoreRequest", "ScoringBackend"]
 
 
 class Judge:
@@ -80,17 +80,25 @@ class Judge:
     def judge_id(self) -> str:
         return self.backend.judge_id
 
+    def info(self) -> JudgeInfo:
+        """What this judge advertises (``GetJudgeInfo``; the router checks names against it)."""
+        return JudgeInfo(
+            backend=self.backend.kind, judge_id=self.judge_id,
+            templates=(*sorted(TEMPLATES), *sorted(t.template_version for t in TEMPLATES.values())),
+            default_template=self.default_template, default_replay_judge=getattr(self.backend, "default_judge", None) or "",
+        )
+
     def judge(self, instances: Sequence[PreferenceInstance], *, mode: PositionMode = PositionMode.UNSPECIFIED,
               template: str | None = None, seed: int = 0, replay_judge: str | None = None,
-              deadline_s: Deadline | float | None = None) -> list[Judgement]:
+              deadline: Deadline | float | None = None) -> list[Judgement]:
         """Judge a batch: exactly one :class:`Judgement` per instance, same order.
 
         ``mode`` UNSPECIFIED -> the default (BOTH). ``template``: ``"multipref"``, ``"short"`` (or
         ``name@version``); ``None``/``""`` -> default. ``seed`` picks RANDOM mode's order per instance.
-        ``deadline_s``: seconds left of the caller's deadline; raises ``DeadlineExceeded`` rather than
-        overrun it. Invalid input raises ``InvalidInput`` before any work.
+        ``deadline``: the call's ``Deadline`` (or the seconds it has left); raises ``DeadlineExceeded``
+        rather than overrun it. Invalid input raises ``InvalidInput`` before any work.
         """
-        deadline = Deadline.of(deadline_s)  # the call's Deadline (with cancellation), or seconds
+        deadline = Deadline.of(deadline)  # the call's Deadline (with cancellation), or seconds
         tpl = get_template(template, default=self.default_template)
         mode = self.default_mode if mode == PositionMode.UNSPECIFIED else PositionMode(mode)
         validate_instances(instances)

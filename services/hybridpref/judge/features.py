@@ -144,14 +144,6 @@ def prompt_cues(prompt: str) -> np.ndarray:
     return np.array([float(bool(_DIALOGUE.search(prompt)))], dtype=np.float64)
 
 
-def pair_row(prompt: str, response_a: str, response_b: str) -> np.ndarray:
-    """Features of one pair (antisymmetric in A/B); see the module docstring."""
-    pw, ps = _content_words(prompt), _scripts(prompt)
-    sa = response_stats(prompt, response_a, pw, ps)
-    sb = response_stats(prompt, response_b, pw, ps)
-    return combine(sa, sb, prompt_cues(prompt))
-
-
 def combine(sa: np.ndarray, sb: np.ndarray, cues: np.ndarray) -> np.ndarray:
     """Pair features from the two responses' stats and the prompt cues (vectorised over leading axes).
 

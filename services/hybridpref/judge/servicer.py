@@ -22,21 +22,21 @@ def build_judge(settings: Settings, metrics: Metrics | None = None):
     exchanges with an LM endpoint are counted in ``hybridpref_backend_errors_total``."""
     from hybridpref.judge.core import Judge
 
-    if settings.judge_backend == "openai":
+    if settings.judge.backend == "openai":
         options = {
-            "base_url": settings.judge_openai_base_url,
-            "model": settings.judge_openai_model,
-            **({"api_key_file": settings.judge_openai_api_key_file} if settings.judge_openai_api_key_file else {}),
-            "concurrency": settings.judge_openai_concurrency,
+            "base_url": settings.judge.openai_base_url,
+            "model": settings.judge.openai_model,
+            **({"api_key_file": settings.judge.openai_api_key_file} if settings.judge.openai_api_key_file else {}),
+            "concurrency": settings.judge.openai_concurrency,
         }
         if metrics is not None:
             errors = metrics.backend_errors
             options["on_failure"] = lambda reason: errors.labels("judge", "openai", reason).inc()
-    elif settings.judge_backend == "replay":
-        options = {"default_judge": settings.judge_replay_key}
+    elif settings.judge.backend == "replay":
+        options = {"default_judge": settings.judge.replay_key}
     else:  # learned (a spec JSON) or embedded (a GGUF / HF model): both read judge_model_path
-        options = {"model": settings.judge_model_path} if settings.judge_model_path else {}
-    return Judge.from_config(settings.judge_backend, default_template=settings.judge_template, **options)
+        options = {"model": settings.judge.model_path} if settings.judge.model_path else {}
+    return Judge.from_config(settings.judge.backend, default_template=settings.judge.template, **options)
 
 
 class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
@@ -45,14 +45,14 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         self._metrics = metrics
         self.judge = build_judge(settings, metrics)
         self._executor = CoreExecutor("judge")
-        self._limits = Limits.from_settings(settings)
+        self._limits = Limits.from_settings(settings.limits)
 
     async def JudgeInstances(self, request, context):
         bad_mode = position_mode_violation(request.position_mode, "position_mode")
         if bad_mode is not None:
             raise InvalidInput(bad_mode)
         instances = instances_from_proto(request.instances, self._limits)
-        validate_instances(instances, self._settings.max_batch)
+        validate_instances(instances, self._settings.limits.max_batch)
         judgements = await self._executor.run(
             self.judge.judge,
             instances,
@@ -60,21 +60,17 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             template=request.template or None,
             seed=request.seed,
             replay_judge=request.replay_judge or None,
-            deadline_s=deadlines.current() or remaining_timeout(context),
+            deadline=deadlines.current() or remaining_timeout(context),
             size=len(instances),  # small calls first
         )
         self._metrics.instances.labels("judge", "JudgeInstances").inc(len(instances))
         return judge_pb2.JudgeInstancesResponse(judgements=[to_proto(j) for j in judgements])
 
     async def GetJudgeInfo(self, request, context):
-        from hybridpref.judge.templates import TEMPLATES
-
-        replay = self._settings.judge_backend == "replay"
+        info = self.judge.info()
         return judge_pb2.GetJudgeInfoResponse(
-            backend=self._settings.judge_backend, judge_id=self.judge.judge_id,
-            templates=[*sorted(TEMPLATES), *sorted(t.template_version for t in TEMPLATES.values())],
-            default_template=self.judge.default_template,
-            default_replay_judge=self._settings.judge_replay_key if replay else "",
+            backend=info.backend, judge_id=info.judge_id, templates=list(info.templates),
+            default_template=info.default_template, default_replay_judge=info.default_replay_judge,
         )
 
     async def close(self) -> None:

@@ -45,6 +45,19 @@ class Judgement:
 
 
 @dataclass(frozen=True)
+class JudgeInfo:
+    """What a judge advertises (mirrors ``hybridpref.v1.GetJudgeInfoResponse``): its backend kind, its
+    ``judge_id``, the template names it accepts (names, then ``name@version``s), its default template and,
+    for the replay backend, whose recorded labels it returns when a request names none."""
+
+    backend: str
+    judge_id: str
+    templates: tuple[str, ...]
+    default_template: str
+    default_replay_judge: str = ""
+
+
+@dataclass(frozen=True)
 class ScoreRequest:
     """One prompt to score: ``instance`` presented in stored order (``swapped=False``) or reversed."""
 

@@ -32,7 +32,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
     def bundle_path(self) -> Path:
         from hybridpref.predictor.core import default_bundle_path
 
-        return Path(self._settings.bundle_path) if self._settings.bundle_path else default_bundle_path()
+        return Path(self._settings.predictor.bundle_path) if self._settings.predictor.bundle_path else default_bundle_path()
 
     def load(self) -> str:
         """Load the bundle at ``bundle_path``; returns its version (``NotReady`` when unusable)."""
@@ -61,14 +61,14 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
 def predictor_handle(settings: Settings, metrics: Metrics | None = None) -> ServiceHandle:
     servicer = PredictorServicer(settings, metrics or Metrics.default())
     on_health_change: list = []
-    watcher = BundleWatcher(servicer.bundle_path, servicer.load, settings.bundle_watch_s, on_health_change)
+    watcher = BundleWatcher(servicer.bundle_path, servicer.load, settings.predictor.bundle_watch_s, on_health_change)
 
     def load() -> None:
         try:
             servicer.load()
         except NotReady as exc:  # no usable bundle: serve, but answer FAILED_PRECONDITION (info says why)
             log.error("bundle_not_loaded", error=str(exc))
-        if settings.bundle_watch_s > 0:
+        if settings.predictor.bundle_watch_s > 0:
             watcher.start()
 
     async def close() -> None:

@@ -25,22 +25,24 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class TaggedBatch:
-    # The router keeps only what routing reads (tags, measures), not the analyzer's text
-    # answers: at 100,000 streamed instances those dicts would dominate its memory.
+class RouterTags:
+    """What the router keeps of the tagger's answer for a batch, rows in batch order: the tag matrix and
+    the lexical measures (the budget's cost formula and the correction features read them), not the
+    analyzer's text answers: at 100,000 streamed instances those dicts would dominate its memory."""
+
     tag_matrix: np.ndarray  # uint8 (n, NUM_TAGS)
     measures: np.ndarray  # float32 (n, len(LEXICAL_MEASURES))
     reference_bins_id: str = ""  # the tagger's bin edges (checked against the predictor bundle's)
 
     @staticmethod
-    def empty(n: int) -> TaggedBatch:
-        return TaggedBatch(np.zeros((n, NUM_TAGS), np.uint8), np.zeros((n, len(LEXICAL_MEASURES)), np.float32))
+    def empty(n: int) -> RouterTags:
+        return RouterTags(np.zeros((n, NUM_TAGS), np.uint8), np.zeros((n, len(LEXICAL_MEASURES)), np.float32))
 
     @staticmethod
-    def concat(parts: Sequence[TaggedBatch]) -> TaggedBatch:
+    def concat(parts: Sequence[RouterTags]) -> RouterTags:
         if not parts:
-            return TaggedBatch.empty(0)
-        return TaggedBatch(np.concatenate([p.tag_matrix for p in parts]), np.concatenate([p.measures for p in parts]),
+            return RouterTags.empty(0)
+        return RouterTags(np.concatenate([p.tag_matrix for p in parts]), np.concatenate([p.measures for p in parts]),
                            parts[0].reference_bins_id)
 
 
@@ -81,7 +83,7 @@ class JudgedBatch:
 
 
 class TaggerBackend(Protocol):
-    async def tag(self, instances: Sequence[PreferenceInstance], timeout: Deadline | float | None) -> TaggedBatch:
+    async def tag(self, instances: Sequence[PreferenceInstance], deadline: Deadline) -> RouterTags:
         """Measures and tags of every instance, same order."""
         ...
 
@@ -93,14 +95,14 @@ class JudgeBackend(Protocol):
 
     async def judge(
         self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: str, replay_judge: str,
-        seed: int, timeout: Deadline | float | None,
+        seed: int, deadline: Deadline,
     ) -> JudgedBatch:
         """One verdict per instance, same order."""
         ...
 
 
 class RoutingModelSource(Protocol):
-    async def routing_model(self, timeout: Deadline | float | None) -> RoutingModel:
+    async def routing_model(self, deadline: Deadline) -> RoutingModel:
         """The current bundle's routing model: fetched once per bundle version, checked on every
         call; raises ``NotReady`` when the predictor has no bundle."""
         ...

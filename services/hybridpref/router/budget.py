@@ -1,6 +1,6 @@
 """Human budgets: what a routing may spend on human labels.
 
-A request states its budget one of four ways (proto ``hybridpref.v1.Budget``):
+A request states its budget one of four ways (proto ``hybridpref.v1.Budget``; in the router a :class:`Budget`):
 
 * ``fraction`` in [0, 1]: ``floor(fraction * n)`` instances (the paper's ``int(len(df) * budget)``);
 * ``count`` in [0, n]: exactly that many instances;
@@ -10,20 +10,23 @@ A request states its budget one of four ways (proto ``hybridpref.v1.Budget``):
   the predicted score.
 
 :func:`resolve_budget` validates the request and turns it into a :class:`ResolvedBudget`
-(``kind`` is then ``"count"``, ``"cost"`` or ``"auto"``).
+(``kind`` is then ``"count"``, ``"cost"`` or ``"auto"``). Its checks, :func:`budget_violations`, are the
+only budget validation there is; the servicer and the core run them early (before tagging) as well.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref.common.vocabulary import ANALYZER_DIMENSIONS, TAG_INDEX, analyzer_tag
 
-BUDGET_KINDS = ("fraction", "count", "cost", "auto")
+BudgetKind = Literal["fraction", "count", "cost", "auto"]
+BUDGET_KINDS: tuple[BudgetKind, ...] = ("fraction", "count", "cost", "auto")
 
 # Cost formula constants (see human_cost_formula). One cost unit = the human cost of a
 # general-public instance with REFERENCE_TOKENS tokens of prompt + both responses.
@@ -31,6 +34,32 @@ REFERENCE_TOKENS = 500.0
 FIXED_SHARE = 0.25  # share of the unit cost that does not depend on length (reading the task, deciding, submitting)
 # Multipliers by analyzer expertise level: 0 general public, 1 basic domain knowledge, 2 expert.
 EXPERTISE_MULTIPLIERS = np.array([1.0, 1.5, 3.0])
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A budget as the caller states it (the proto ``Budget`` oneof): ``kind`` and its ``value``, a fraction
+    in [0, 1], a whole count, a total cost, or ``True`` for ``auto``. Not checked on construction:
+    :func:`resolve_budget` (:func:`budget_violations`) is the one validator."""
+
+    kind: str
+    value: float | int | bool
+
+    @classmethod
+    def fraction(cls, value: float) -> Budget:
+        return cls("fraction", value)
+
+    @classmethod
+    def count(cls, value: int) -> Budget:
+        return cls("count", value)
+
+    @classmethod
+    def cost(cls, value: float) -> Budget:
+        return cls("cost", value)
+
+    @classmethod
+    def auto(cls) -> Budget:
+        return cls("auto", True)
 
 
 @dataclass
@@ -109,51 +138,71 @@ def expertise_levels_from_tags(tag_matrix: np.ndarray) -> np.ndarray:
 
 
 def resolve_budget(
-    kind: str,
-    value: float | int | bool,
+    budget: Budget,
     n: int,
     costs: np.ndarray | None,
     prompt_tokens: np.ndarray | None = None,
     response_tokens: np.ndarray | None = None,
     expertise_level: np.ndarray | None = None,
 ) -> ResolvedBudget:
-    """Validate a request's budget for a batch of ``n`` instances.
+    """Validate a request's budget for a batch of ``n`` instances and resolve it.
 
     ``costs`` (n,): supplied per-instance human costs; NaN entries (or ``None``) are filled
     from :func:`human_cost_formula` when token counts are given, else with 1.0 (then a cost
     budget behaves like a count budget). Raises ``InvalidInput`` naming
     ``config.budget.<kind>`` or ``instances[i].human_cost``.
     """
-    if kind not in BUDGET_KINDS:
-        raise InvalidInput(FieldViolation("config.budget", f"unknown budget kind {kind!r}; use one of {', '.join(BUDGET_KINDS)}"))
+    violations = budget_violations(budget, n)
+    if violations:
+        raise InvalidInput(violations)
     filled = _fill_costs(n, costs, prompt_tokens, response_tokens, expertise_level)
-    field = f"config.budget.{kind}"
-    if kind == "auto":
-        if value is not True:
-            raise InvalidInput(FieldViolation(field, f"must be true to let the router choose, got {value!r}"))
+    if budget.kind == "auto":
         return ResolvedBudget("auto", None, None, filled)
-    number = _finite_number(field, value)
-    if kind == "fraction":
-        if not 0.0 <= number <= 1.0:
-            raise InvalidInput(FieldViolation(field, f"must be in [0, 1], got {number}"))
+    number = float(budget.value)
+    if budget.kind == "fraction":
         # the tiny epsilon keeps 0.29 * 100 from flooring to 28 through binary rounding
         return ResolvedBudget("count", min(n, math.floor(number * n + 1e-9)), None, filled)
-    if kind == "count":
-        if number != int(number) or number < 0 or number > n:
-            raise InvalidInput(FieldViolation(field, f"must be a whole number in [0, {n}] (the batch size), got {value!r}"))
+    if budget.kind == "count":
         return ResolvedBudget("count", int(number), None, filled)
-    if number < 0:
-        raise InvalidInput(FieldViolation(field, f"must be >= 0, got {number}"))
     return ResolvedBudget("cost", None, number, filled)
 
 
-def _finite_number(field: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidInput(FieldViolation(field, f"expected a number, got {value!r}"))
+def budget_violations(budget: Budget, n: int | None, *, max_cost: float = math.inf,
+                      max_n: int | None = None) -> list[FieldViolation]:
+    """What is wrong with ``budget`` for a batch of ``n`` instances (``None``: not known yet, as while a
+    stream arrives; then a count is checked against ``max_n``, the most a batch may have). ``max_cost``:
+    the largest cost budget the service accepts. Empty when it is fine."""
+    kind, value = budget.kind, budget.value
+    if kind not in BUDGET_KINDS:
+        return [FieldViolation("config.budget", f"unknown budget kind {kind!r}; use one of {', '.join(BUDGET_KINDS)}")]
+    field = f"config.budget.{kind}"
+    if kind == "auto":
+        return [] if value is True else [FieldViolation(field, f"must be true to let the router choose, got {value!r}")]
+    problem = _number_problem(value)
+    if problem is not None:
+        return [FieldViolation(field, problem)]
     number = float(value)
-    if not math.isfinite(number):
-        raise InvalidInput(FieldViolation(field, f"must be finite, got {number}"))
-    return number
+    if kind == "fraction" and not 0.0 <= number <= 1.0:
+        return [FieldViolation(field, f"must be in [0, 1], got {number}")]
+    if kind == "count":
+        if n is not None and (number != int(number) or not 0 <= number <= n):
+            return [FieldViolation(field, f"must be a whole number in [0, {n}] (the batch size), got {value!r}")]
+        if number != int(number) or number < 0:
+            return [FieldViolation(field, f"must be a whole number >= 0, got {value!r}")]
+        if max_n is not None and number > max_n:
+            return [FieldViolation(field, f"must be at most {max_n}")]
+    if kind == "cost" and not 0 <= number <= max_cost:
+        bound = f"in [0, {max_cost:g}]" if math.isfinite(max_cost) else ">= 0"
+        return [FieldViolation(field, f"must be {bound}, got {number:g}")]
+    return []
+
+
+def _number_problem(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return f"expected a number, got {value!r}"
+    if not math.isfinite(float(value)):
+        return f"must be finite, got {float(value)}"
+    return None
 
 
 def _fill_costs(

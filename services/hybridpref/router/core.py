@@ -10,7 +10,6 @@ functions in ``hybridpref.router.strategies``, the summary in ``hybridpref.route
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import contextmanager
@@ -25,16 +24,18 @@ from hybridpref.server.executors import CoreExecutor
 from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, validate_instances
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.settings import Settings
+from hybridpref.common.fields import shift_instances
 from hybridpref.common.signals import JudgeSignals
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, TAG_NAMES
 from hybridpref.router import budget as budgets
-from hybridpref.router.budget import ResolvedBudget
+from hybridpref.router.budget import Budget, ResolvedBudget
 from hybridpref.router import strategies
+from hybridpref.router.strategies import StrategySpec
 from hybridpref.router.backends import (
     JudgeBackend,
     JudgedBatch,
     RoutingModelSource,
-    TaggedBatch,
+    RouterTags,
     TaggerBackend,
     judge_signals,
 )
@@ -52,11 +53,11 @@ log = structlog.get_logger()
 
 @dataclass
 class RouteOptions:
-    """Request-level routing options (the core mirror of ``RouteConfig``)."""
+    """Request-level routing options (the core mirror of ``RouteConfig``): the budget as stated (checked
+    against the batch size here), the strategy resolved (the servicer applies the default)."""
 
-    budget_kind: str  # fraction | count | cost | auto
-    budget_value: float | int | bool
-    strategy: str
+    budget: Budget
+    strategy: StrategySpec
     seed: int = 0
     judge_mode: PositionMode = PositionMode.UNSPECIFIED
     judge_template: str = ""
@@ -111,7 +112,7 @@ class RouterCore:
         self.models = models
         # CPU work (conversion, validation, strategies, spill-file I/O) runs here, off the event
         # loop, in a pool the server owns and bounds; a cancelled call's queued work never starts.
-        self.executor = CoreExecutor("router", settings.router_workers)
+        self.executor = CoreExecutor("router", settings.router.workers)
 
     async def close(self) -> None:
         """Stop the worker pool (the backends belong to whoever built them)."""
@@ -121,25 +122,25 @@ class RouterCore:
         """All input checks before any work: nothing is half-processed."""
         violations: list[FieldViolation] = []
         try:
-            validate_instances(instances, self.settings.max_batch)
+            validate_instances(instances, self.settings.limits.max_batch)
         except InvalidInput as exc:
             violations.extend(exc.violations)
         violations.extend(_option_violations(options, len(instances)))
         if violations:
             raise InvalidInput(violations)
 
-    async def route(self, instances: Sequence[PreferenceInstance], options: RouteOptions, timeout: Deadline | float | None) -> RouteOutcome:
-        """Route one in-memory batch (the unary RPC). ``timeout``: the call's ``Deadline`` (or seconds)."""
-        clock, stages = Deadline.of(timeout), {"tag": 0.0}
+    async def route(self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline) -> RouteOutcome:
+        """Route one in-memory batch (the unary RPC) within the call's ``deadline``."""
+        stages = {"tag": 0.0}
         await self.executor.run(self.validate, instances, options, size=len(instances))
-        await self._check_judge_names(instances, options, clock)
+        await self._check_judge_names(instances, options, deadline)
         with _timed(stages, "tag"):
-            tagged = await self.tagger.tag(instances, clock)
+            tagged = await self.tagger.tag(instances, deadline)
         text = await self.executor.run(text_features, instances, tagged, size=len(instances))
-        return await self._decide(MemoryStore(instances), tagged, text, options, clock, stages)
+        return await self._decide(MemoryStore(instances), tagged, text, options, deadline, stages)
 
     async def route_stream(
-        self, chunks: AsyncIterator[Sequence[PreferenceInstance]], options: RouteOptions, timeout: Deadline | float | None
+        self, chunks: AsyncIterator[Sequence[PreferenceInstance]], options: RouteOptions, deadline: Deadline
     ) -> RouteOutcome:
         """Route a batch that arrives in chunks (the streaming RPC), any size.
 
@@ -147,57 +148,52 @@ class RouterCore:
         file, so memory holds ids, costs and tag rows only. A bad chunk fails the whole
         call before any decision is made.
         """
-        early = _option_violations(options, None)
-        if early:
-            raise InvalidInput(early)
-        clock, stages = Deadline.of(timeout), {"tag": 0.0}
+        stages: dict[str, float] = {"tag": 0.0}
         store, parts, texts, seen = SpillStore(), [], [], {}
         try:
             async for chunk in chunks:
-                if len(store) + len(chunk) > self.settings.max_stream_instances:
-                    raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.max_stream_instances} instances"))
+                if len(store) + len(chunk) > self.settings.limits.max_stream_instances:
+                    raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.limits.max_stream_instances} instances"))
                 await self.executor.run(_validate_chunk, chunk, len(store), seen, size=len(chunk))
-                await self._check_judge_names(chunk, options, clock, offset=len(store))
+                await self._check_judge_names(chunk, options, deadline, offset=len(store))
                 await self.executor.run(store.extend, chunk, size=len(chunk))
                 with _timed(stages, "tag"):
-                    parts.append(await self.tagger.tag(chunk, clock))
+                    parts.append(await self.tagger.tag(chunk, deadline))
                 texts.append(await self.executor.run(text_features, chunk, parts[-1], size=len(chunk)))
             violations = _option_violations(options, len(store))
             if violations:
                 raise InvalidInput(violations)
-            return await self._decide(store, TaggedBatch.concat(parts), np.concatenate(texts), options, clock, stages)
+            return await self._decide(store, RouterTags.concat(parts), np.concatenate(texts), options, deadline, stages)
         finally:
             store.close()
 
-    async def _check_judge_names(self, instances, options: RouteOptions, clock: Deadline, offset: int = 0) -> None:
+    async def _check_judge_names(self, instances, options: RouteOptions, deadline: Deadline, offset: int = 0) -> None:
         """Template and replay-judge names against what the judge advertises, before any work."""
-        info = await self.judge.judge_info(min(2.0, clock.timeout() or 2.0))
+        info = await self.judge.judge_info(min(2.0, deadline.timeout() or 2.0))
         violations = await self.executor.run(
             judge_violations, info, options.judge_template, options.replay_judge, instances, offset,
-            needs_judge=options.strategy != "all_human", size=len(instances),
+            needs_judge=options.strategy.needs_judge, size=len(instances),
         )
         if violations:
             raise InvalidInput(violations)
 
-    async def _decide(self, store, tagged: TaggedBatch, text: np.ndarray, options: RouteOptions, clock: Deadline,
+    async def _decide(self, store, tagged: RouterTags, text: np.ndarray, options: RouteOptions, deadline: Deadline,
                       stages: dict[str, float]) -> RouteOutcome:
-        """``text``: the batch's correction features without judge signals (the domain check reads them)."""
-        """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain."""
+        """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain.
+        ``text``: the batch's correction features without judge signals (the domain check reads them)."""
         n = len(store)
-        strategy = options.strategy or strategies.DEFAULT_STRATEGY
+        strategy = options.strategy
         warnings: list[str] = []
-        model = await self._model(strategy, tagged, clock, warnings)
+        model = await self._model(strategy, tagged, deadline, warnings)
         judged = None
-        if strategies.needs_judge_first(strategy):
+        if strategy.needs_judge_first:
             with _timed(stages, "judge"):
-                judged = await self._judge_first(store, tagged, model, options, clock)
-        budget = budgets.resolve_budget(
-            options.budget_kind, options.budget_value, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged)
-        )
+                judged = await self._judge_first(store, tagged, model, options, deadline)
+        budget = budgets.resolve_budget(options.budget, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged))
         with _timed(stages, "route"):
             result, summary = await self.executor.run(
                 decide, model, strategy, tagged.tag_matrix, budget, judged, text, seed=options.seed,
-                simulated_candidates=options.simulated_candidates or 500, deadline=clock, size=n,
+                simulated_candidates=options.simulated_candidates or 500, deadline=deadline, size=n,
             )
         summary.warnings[:0] = warnings
         decisions = await self.executor.run(_decisions, store.ids, result, budget, size=n)
@@ -205,7 +201,7 @@ class RouterCore:
             lm_rows = [i for i, d in enumerate(decisions) if not d.human]
             if lm_rows:
                 with _timed(stages, "judge"):
-                    _apply_judgements(decisions, lm_rows, await self._judge_rows(store, lm_rows, options, clock))
+                    _apply_judgements(decisions, lm_rows, await self._judge_rows(store, lm_rows, options, deadline))
         else:
             _apply_judgements(decisions, list(range(n)), judged.batch)
             if judged.expected_gain is not None:
@@ -213,47 +209,48 @@ class RouterCore:
                     d.expected_gain = float(g)
         # Top tags explain a PPM gain: only where the strategy's gains are the PPM's (the others' gain is
         # the expected correction or the judge's doubt, which tags would not explain).
-        if model is not None and model.scorer is not None and options.explain_top_k and strategies.needs_predictor(strategy):
+        if model is not None and model.scorer is not None and options.explain_top_k and strategy.needs_predictor:
             with _timed(stages, "explain"):
                 await self.executor.run(_explain, model, tagged.tag_matrix, result.human_mask, options.explain_top_k, decisions,
                                         size=n)
-        self._count(decisions, strategy)
+        self._count(decisions, strategy.name)
         return RouteOutcome(
-            decisions=decisions, strategy=strategy, bundle_version="" if model is None else model.bundle_version,
+            decisions=decisions, strategy=strategy.name, bundle_version="" if model is None else model.bundle_version,
             human_cost=float(budget.costs[result.human_mask].sum()), summary=summary, stage_seconds=stages,
         )
 
-    async def _model(self, strategy: str, tagged: TaggedBatch, clock: Deadline, warnings: list[str]) -> RoutingModel | None:
-        """The routing model, checked against the tagger's bins. A strategy that needs the PPM fails
-        without it (``NotReady``); the others route anyway and the summary says what is missing."""
-        needed = strategies.needs_predictor(strategy)
+    async def _model(self, strategy: StrategySpec, tagged: RouterTags, deadline: Deadline, warnings: list[str]) -> RoutingModel | None:
+        """The routing model, checked against the tagger's bins. A strategy that needs the PPM (or the
+        expected-correction model) fails without it (``NotReady``) before the judge runs; the others route
+        anyway and the summary says what is missing."""
+        needed = strategy.needs_predictor or strategy.needs_expected_gain
         try:
-            model = await self.models.routing_model(clock)
+            model = await self.models.routing_model(deadline)
             if tagged.reference_bins_id and model.reference_bins_id and tagged.reference_bins_id != model.reference_bins_id:
                 # Tags binned with other edges than the models were trained on would be silently wrong.
                 raise NotReady(
                     f"the tagger bins with reference edges {tagged.reference_bins_id}, the predictor bundle "
                     f"{model.bundle_version} was built with {model.reference_bins_id}: deploy matching tagger and bundle")
-            if needed and model.scorer is None:
-                raise NotReady(f"strategy {strategy!r} needs a quadratic PPM; bundle {model.bundle_version} has none")
-            if strategy in strategies.NEEDS_EXPECTED_GAIN and model.correction is None:
-                raise NotReady(f"strategy {strategy!r} needs the expected-correction model; bundle {model.bundle_version} "
+            if strategy.needs_predictor and model.scorer is None:
+                raise NotReady(f"strategy {strategy.name!r} needs a quadratic PPM; bundle {model.bundle_version} has none")
+            if strategy.needs_expected_gain and model.correction is None:
+                raise NotReady(f"strategy {strategy.name!r} needs the expected-correction model; bundle {model.bundle_version} "
                                "has none: load a bundle built with one, or choose another strategy")
             return model
         except (NotReady, BackendUnavailable) as exc:
-            if needed or strategy in strategies.NEEDS_EXPECTED_GAIN:
+            if needed:
                 raise
             warnings.append(f"no routing model ({exc}): no predictions, domain check or expected corrections")
             return None
 
-    async def _judge_first(self, store, tagged: TaggedBatch, model: RoutingModel | None, options: RouteOptions,
-                           clock: Deadline) -> JudgeFirst:
+    async def _judge_first(self, store, tagged: RouterTags, model: RoutingModel | None, options: RouteOptions,
+                           deadline: Deadline) -> JudgeFirst:
         """Judge every row, one slice at a time: signals and, with a correction model, P(wrong) per row."""
         batches, signals, p_lm, p_h = [], [], [], []
         for start in range(0, len(store), JUDGE_SLICE):
             rows = list(range(start, min(len(store), start + JUDGE_SLICE)))
             instances = await self.executor.run(store.get, rows, size=len(rows))
-            judged = await self._judge(instances, options, clock)
+            judged = await self._judge(instances, options, deadline)
             sig = judge_signals(judged, instances)
             batches.append(judged)
             signals.append(sig)
@@ -264,18 +261,18 @@ class RouterCore:
         p_wrong = (np.concatenate(p_lm), np.concatenate(p_h)) if p_lm else None
         return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong)
 
-    async def _judge_rows(self, store, rows: list[int], options: RouteOptions, clock: Deadline) -> JudgedBatch:
+    async def _judge_rows(self, store, rows: list[int], options: RouteOptions, deadline: Deadline) -> JudgedBatch:
         """Judge ``rows`` of the store, reading instances back one slice at a time (off the loop)."""
         parts = []
         for start in range(0, len(rows), JUDGE_SLICE):
             instances = await self.executor.run(store.get, rows[start : start + JUDGE_SLICE], size=JUDGE_SLICE)
-            parts.append(await self._judge(instances, options, clock))
+            parts.append(await self._judge(instances, options, deadline))
         return JudgedBatch.concat(parts)
 
-    async def _judge(self, instances, options: RouteOptions, timeout) -> JudgedBatch:
+    async def _judge(self, instances, options: RouteOptions, deadline: Deadline) -> JudgedBatch:
         return await self.judge.judge(
             instances, mode=options.judge_mode, template=options.judge_template,
-            replay_judge=options.replay_judge, seed=options.seed, timeout=timeout,
+            replay_judge=options.replay_judge, seed=options.seed, deadline=deadline,
         )
 
     def _count(self, decisions: list[Decision], strategy: str) -> None:
@@ -285,12 +282,12 @@ class RouterCore:
 
 
 def decide(
-    model: RoutingModel | None, strategy: str, tag_matrix: np.ndarray, budget: ResolvedBudget, judged: JudgeFirst | None,
-    features: np.ndarray | None, *, seed: int, simulated_candidates: int = 500, deadline: Deadline | float | None = None,
+    model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, budget: ResolvedBudget, judged: JudgeFirst | None,
+    features: np.ndarray | None, *, seed: int, simulated_candidates: int = 500, deadline: Deadline | None = None,
 ) -> tuple[strategies.RoutingResult, Summary]:
     """The routing decision and its summary, in process: what the service runs after tagging and the
-    judge-first pass, and what ``benchmarks/bench_router_scale.py`` times. ``strategy`` "" = default;
-    ``features``: the batch's (n, F) correction features, for the domain check."""
+    judge-first pass, and what ``benchmarks/bench_router_scale.py`` times. ``features``: the batch's (n, F)
+    correction features, for the domain check."""
     totals = column_totals(tag_matrix)
     domain = domain_check(model, features)
     # A bundle without domain statistics cannot show its PPM applies here: treated as out of domain.
@@ -299,7 +296,7 @@ def decide(
     if judged is not None:
         inputs.update(judge_confidence=judged.batch.confidence, judge_inconsistent=judged.batch.inconsistent,
                       signals=judged.signals, expected_gain=judged.expected_gain)
-    result = strategies.route(strategy, tag_matrix, budget, seed=seed, simulated_candidates=simulated_candidates,
+    result = strategies.route(strategy.name, tag_matrix, budget, seed=seed, simulated_candidates=simulated_candidates,
                               deadline=deadline, **inputs)
     summary = summarize(model, tag_matrix, result.human_mask, domain=domain, totals=totals,
                         p_wrong=None if judged is None else judged.p_wrong, signals=None if judged is None else judged.signals)
@@ -321,7 +318,7 @@ def _decisions(ids: Sequence[str], result, budget) -> list[Decision]:
             for i, h, g, c in zip(ids, result.human_mask, result.gains, budget.costs)]
 
 
-def text_features(instances: Sequence[PreferenceInstance], tagged: TaggedBatch) -> np.ndarray:
+def text_features(instances: Sequence[PreferenceInstance], tagged: RouterTags) -> np.ndarray:
     """Correction features of a chunk without judge signals (their columns neutral) -> (n, F) float32;
     the text columns are what the domain check compares with the bundle's training pools."""
     from hybridpref.routing_model.correction import correction_features
@@ -331,7 +328,7 @@ def text_features(instances: Sequence[PreferenceInstance], tagged: TaggedBatch) 
     return correction_features(instances, tagged.measures, tagged.tag_matrix, neutral)
 
 
-def _p_wrong(model: RoutingModel, instances, tagged: TaggedBatch, rows: list[int], signals: JudgeSignals):
+def _p_wrong(model: RoutingModel, instances, tagged: RouterTags, rows: list[int], signals: JudgeSignals):
     """(P(LM label wrong), P(human label wrong)) of ``rows`` from the bundle's correction model."""
     from hybridpref.routing_model.correction import correction_features
 
@@ -358,23 +355,11 @@ def _supplied_costs(costs: Sequence[float | None]) -> np.ndarray | None:
     return np.array([np.nan if c is None else c for c in costs], dtype=np.float64)
 
 
-def _option_violations(options: RouteOptions, n: int | None) -> list[FieldViolation]:
-    """Strategy and budget checks; the budget's range needs the batch size ``n`` (None: not known yet)."""
-    violations: list[FieldViolation] = []
-    if options.strategy and options.strategy not in strategies.STRATEGIES:  # "" = the default strategy
-        violations.append(FieldViolation(
-            "config.strategy", f"unknown strategy {options.strategy!r}; expected one of {sorted(strategies.STRATEGIES)}"
-        ))
-    if n == 0:
-        violations.append(FieldViolation("instances", "empty batch"))
-    if n is None and options.budget_kind == "count":
-        return violations  # a count is checked against the batch size once the stream has ended
-    size = 1 if n is None else n  # fraction, cost and auto ranges do not depend on the size
-    try:  # shape and range; the real costs come after tagging
-        budgets.resolve_budget(options.budget_kind, options.budget_value, size, np.ones(size))
-    except InvalidInput as exc:
-        violations.extend(exc.violations)
-    return violations
+def _option_violations(options: RouteOptions, n: int) -> list[FieldViolation]:
+    """The checks that need the batch size: not empty, and the budget within it (before any work; the
+    real costs come after tagging)."""
+    violations = [FieldViolation("instances", "empty batch")] if n == 0 else []
+    return violations + budgets.budget_violations(options.budget, n)
 
 
 def _validate_chunk(chunk: Sequence[PreferenceInstance], offset: int, seen: dict[str, int]) -> None:
@@ -383,9 +368,7 @@ def _validate_chunk(chunk: Sequence[PreferenceInstance], offset: int, seen: dict
     try:
         validate_instances(chunk)
     except InvalidInput as exc:
-        for v in exc.violations:
-            field = re.sub(r"^instances\[(\d+)\]", lambda m: f"instances[{int(m.group(1)) + offset}]", v.field)
-            violations.append(FieldViolation(field, v.description))
+        violations.extend(shift_instances(exc.violations, offset))
     for k, inst in enumerate(chunk):
         if inst.id in seen and seen[inst.id] < offset:
             violations.append(FieldViolation(f"instances[{k + offset}].id", f"duplicate id {inst.id!r} (first at instances[{seen[inst.id]}])"))
@@ -403,7 +386,7 @@ def _timed(stages: dict[str, float], name: str):
         stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
 
 
-def _cost_inputs(tagged: TaggedBatch) -> dict[str, np.ndarray]:
+def _cost_inputs(tagged: RouterTags) -> dict[str, np.ndarray]:
     col = {m: i for i, m in enumerate(LEXICAL_MEASURES)}
     expertise = budgets.expertise_levels_from_tags(tagged.tag_matrix)
     return {

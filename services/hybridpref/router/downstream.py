@@ -20,7 +20,7 @@ from hybridpref.server.settings import Settings
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, VOCABULARY_VERSION
 from hybridpref.routing_model.data import RoutingModelData
 from hybridpref.routing_model.proto import routing_model_from_proto
-from hybridpref.router.backends import JudgedBatch, TaggedBatch
+from hybridpref.router.backends import JudgedBatch, RouterTags
 from hybridpref.router.limits import JudgeInfo, JudgeInfoCache
 from hybridpref.router.model import ModelCache, RoutingModel
 from hybridpref.v1 import (
@@ -75,10 +75,9 @@ class _AioClient:
 class TaggerClient(_AioClient):
     stub_class = tagger_pb2_grpc.TaggerServiceStub
 
-    async def tag(self, instances: Sequence[PreferenceInstance], timeout: Deadline | float | None) -> TaggedBatch:
-        deadline = Deadline.of(timeout)
+    async def tag(self, instances: Sequence[PreferenceInstance], deadline: Deadline) -> RouterTags:
         n = len(instances)
-        out = TaggedBatch.empty(n)
+        out = RouterTags.empty(n)
         for start in range(0, n, TAG_CHUNK):
             chunk = instances[start : start + TAG_CHUNK]
             try:
@@ -116,9 +115,8 @@ class JudgeClient(_AioClient):
 
     async def judge(
         self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: str, replay_judge: str,
-        seed: int, timeout: Deadline | float | None,
+        seed: int, deadline: Deadline,
     ) -> JudgedBatch:
-        deadline = Deadline.of(timeout)
         n = len(instances)
         out = JudgedBatch.empty(n)
         for start in range(0, n, JUDGE_CHUNK):
@@ -156,13 +154,13 @@ class PredictorModelClient(_AioClient):
         super().__init__(address, settings)
         self.cache = ModelCache(self._fetch)
 
-    async def routing_model(self, timeout: Deadline | float | None) -> RoutingModel:
-        return await self.cache.get(timeout)
+    async def routing_model(self, deadline: Deadline) -> RoutingModel:
+        return await self.cache.get(deadline)
 
-    async def _fetch(self, known: str, timeout: Deadline | float | None) -> RoutingModelData | None:
+    async def _fetch(self, known: str, deadline: Deadline) -> RoutingModelData | None:
         request = predictor_pb2.GetRoutingModelRequest(known_bundle_version=known)
         try:
-            resp = await self._stub.GetRoutingModel(request, timeout=Deadline.of(timeout).timeout(), metadata=call_metadata())
+            resp = await self._stub.GetRoutingModel(request, timeout=deadline.timeout(), metadata=call_metadata())
         except grpc.RpcError as exc:
             raise downstream_error("predictor", exc) from None
         return None if resp.unchanged else routing_model_from_proto(resp)

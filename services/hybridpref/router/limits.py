@@ -19,7 +19,7 @@ import structlog
 from hybridpref_client.core.errors import FieldViolation, quote
 from hybridpref_client.core.instances import PreferenceInstance
 from hybridpref_client.core.limits import position_mode_violation
-from hybridpref.server.settings import Settings
+from hybridpref.server.settings import LimitsSettings
 from hybridpref.common.vocabulary import NUM_TAGS
 
 MAX_NAME_CHARS = 128  # strategy, template and judge names
@@ -29,20 +29,12 @@ JUDGE_INFO_TTL_S = 30.0
 log = structlog.get_logger()
 
 
-def config_violations(config, settings: Settings) -> list[FieldViolation]:
-    """Range checks of a ``hybridpref.v1.RouteConfig`` that need no batch size."""
+def config_violations(config, limits: LimitsSettings) -> list[FieldViolation]:
+    """Range checks of a ``hybridpref.v1.RouteConfig`` other than the budget's value and the strategy's
+    name (``router.budget.budget_violations`` and ``router.strategies.strategy_spec`` check those)."""
     out: list[FieldViolation] = []
-    kind = config.budget.WhichOneof("kind") if config.HasField("budget") else None
-    if kind is None:
+    if not config.HasField("budget") or config.budget.WhichOneof("kind") is None:
         out.append(FieldViolation("config.budget", "required: set fraction, count, cost or auto"))
-    elif kind in ("fraction", "cost"):
-        value = getattr(config.budget, kind)
-        if not math.isfinite(value):
-            out.append(FieldViolation(f"config.budget.{kind}", f"must be finite, got {value}"))
-        elif kind == "cost" and not 0 <= value <= settings.max_budget_cost:
-            out.append(FieldViolation("config.budget.cost", f"must be in [0, {settings.max_budget_cost:g}], got {value:g}"))
-    elif kind == "count" and config.budget.count > settings.max_stream_instances:
-        out.append(FieldViolation("config.budget.count", f"must be at most {settings.max_stream_instances}"))
     for name in ("strategy", "judge_template", "replay_judge"):
         if len(getattr(config, name)) > MAX_NAME_CHARS:
             out.append(FieldViolation(f"config.{name}", f"longer than {MAX_NAME_CHARS} characters"))
@@ -51,9 +43,9 @@ def config_violations(config, settings: Settings) -> list[FieldViolation]:
         out.append(bad_mode)
     if config.explain_top_k > NUM_TAGS:
         out.append(FieldViolation("config.explain_top_k", f"must be at most {NUM_TAGS} (the number of tags), got {config.explain_top_k}"))
-    if config.simulated_candidates > settings.max_simulated_candidates:
+    if config.simulated_candidates > limits.max_simulated_candidates:
         out.append(FieldViolation("config.simulated_candidates",
-                                  f"must be at most {settings.max_simulated_candidates}, got {config.simulated_candidates}"))
+                                  f"must be at most {limits.max_simulated_candidates}, got {config.simulated_candidates}"))
     return out
 
 
@@ -67,8 +59,10 @@ class JudgeInfo:
     default_replay_judge: str = ""
 
     @classmethod
-    def from_proto(cls, reply) -> JudgeInfo:
-        return cls(reply.backend, frozenset(t.lower() for t in reply.templates), reply.default_replay_judge)
+    def of(cls, advertised) -> JudgeInfo:
+        """From what the judge advertises: its ``GetJudgeInfoResponse`` or, in process, ``Judge.info()``
+        (the same fields)."""
+        return cls(advertised.backend, frozenset(t.lower() for t in advertised.templates), advertised.default_replay_judge)
 
 
 class JudgeInfoCache:
@@ -87,7 +81,7 @@ class JudgeInfoCache:
         if time.monotonic() - self._stamp < self._ttl_s:
             return self._info
         try:
-            self._info = JudgeInfo.from_proto(await self._fetch(timeout_s))
+            self._info = JudgeInfo.of(await self._fetch(timeout_s))
             self._stamp = time.monotonic()
         except grpc.RpcError as exc:
             log.info("judge_info_unavailable", code=exc.code().name)

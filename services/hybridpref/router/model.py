@@ -17,6 +17,7 @@ import numpy as np
 from hybridpref_client.core.errors import NotReady
 from hybridpref.routing_model.data import RoutingModelData
 from hybridpref.router.scoring import QuadraticScorer
+from hybridpref.server.deadline import Deadline
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,8 @@ def _correction(data: RoutingModelData) -> CorrectionRunner | None:
                             dict(data.correction_metrics))
 
 
-# fetch(known_version, timeout) -> the new data, or None when ``known_version`` is still current
-Fetch = Callable[[str, float | None], Awaitable[RoutingModelData | None]]
+# fetch(known_version, deadline) -> the new data, or None when ``known_version`` is still current
+Fetch = Callable[[str, Deadline], Awaitable[RoutingModelData | None]]
 
 
 class ModelCache:
@@ -111,9 +112,9 @@ class ModelCache:
         self._model: RoutingModel | None = None
         self.builds = 0  # models built so far (tests read it: once per bundle version)
 
-    async def get(self, timeout: float | None) -> RoutingModel:
+    async def get(self, deadline: Deadline) -> RoutingModel:
         known = self._model.bundle_version if self._model is not None else ""
-        data = await self._fetch(known, timeout)
+        data = await self._fetch(known, deadline)
         if data is not None and data.bundle_version != known:
             self._model = RoutingModel.from_data(data)
             self.builds += 1

@@ -41,8 +41,8 @@ class BackendWatcher:
         self.executor = executor
         self.metrics = metrics
         self.on_change = on_change
-        required = [n.strip() for n in settings.required_backends.split(",") if n.strip() in BACKEND_SERVICES]
-        self.addresses = backends or {name: getattr(settings, f"{name}_address") for name in required}
+        required = [n.strip() for n in settings.router.required_backends.split(",") if n.strip() in BACKEND_SERVICES]
+        self.addresses = backends or {name: getattr(settings.router, f"{name}_address") for name in required}
         self.up: dict[str, bool] = {name: False for name in self.addresses}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._probe_since: float | None = None
@@ -53,7 +53,7 @@ class BackendWatcher:
         return all(self.up.values()) and self.pool_ok()
 
     def pool_ok(self) -> bool:
-        return self._probe_since is None or time.monotonic() - self._probe_since < self.settings.pool_stall_s
+        return self._probe_since is None or time.monotonic() - self._probe_since < self.settings.router.pool_stall_s
 
     async def start(self) -> None:
         """One check round now (so health is right from the start), then keep watching."""
@@ -83,7 +83,7 @@ class BackendWatcher:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=BACKEND_SERVICES.get(name, "")),
-                                     timeout=max(0.2, min(1.0, self.settings.backend_check_s)))
+                                     timeout=max(0.2, min(1.0, self.settings.router.backend_check_s)))
         except grpc.RpcError:
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -99,7 +99,7 @@ class BackendWatcher:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.backend_check_s)
+            await asyncio.sleep(self.settings.router.backend_check_s)
             try:
                 await self.check_once()
             except Exception as exc:  # never let the watcher die
@@ -108,11 +108,11 @@ class BackendWatcher:
     async def _watch_pool(self) -> None:
         """Time a no-op through the worker pool; while it waits, ``pool_ok`` ages out."""
         while True:
-            await asyncio.sleep(self.settings.backend_check_s)
+            await asyncio.sleep(self.settings.router.backend_check_s)
             self._probe_since = time.monotonic()
             waiter = asyncio.ensure_future(self.executor.run(lambda: None))
             while not waiter.done():
-                await asyncio.wait({waiter}, timeout=self.settings.backend_check_s)
+                await asyncio.wait({waiter}, timeout=self.settings.router.backend_check_s)
                 self._notify()
             self._probe_since = None
             self._notify()

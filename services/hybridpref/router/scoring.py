@@ -5,21 +5,12 @@ human-routed instances carry the tag. The PPM reads ``x = counts / pool_size`` (
 model serves any batch size) and predicts the quality of a reward model trained on the
 mix (higher is better).
 
-Strategies only talk to a :class:`MixScorer`. Two implementations live here:
-
-* :class:`QuadraticScorer`: ``f(x) = b + w.x + x^T Q x`` in numpy (what a quadratic PPM
-  bundle is; also what tests and benchmarks build by hand);
-* :class:`ScoreOnlyScorer`: wraps any ``score`` callable (e.g. a remote ``ScoreMixes``)
-  and derives ``gains`` from it with deduplicated, chunked calls.
-
-The predictor's in-process ``Predictor`` and the gRPC predictor client are adapted to
-``MixScorer`` by the lead.
+The strategies, the summary and the explanation read :class:`QuadraticScorer`, ``f(x) = b + w.x + x^T Q x``
+in numpy: what a quadratic PPM bundle is (the predictor serves its coefficients), and what tests and
+benchmarks build by hand. Every strategy that reads the PPM uses its quadratic form directly.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -27,29 +18,6 @@ from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 # Rows per chunk for (rows x V) temporaries: 65,536 x 90 x 8 B = 47 MB in float64.
 CHUNK_ROWS = 65_536
-
-
-@runtime_checkable
-class MixScorer(Protocol):
-    """What a strategy needs from a PPM. Scores are in the PPM's units (e.g. accuracy)."""
-
-    def score(self, counts: np.ndarray, pool_size: int) -> np.ndarray:
-        """Predicted quality of each mix: ``counts`` (m, V) float, ``pool_size`` > 0 -> (m,) float64."""
-        ...
-
-    def gains(self, tag_matrix: np.ndarray, current: np.ndarray | None, pool_size: int) -> np.ndarray:
-        """``f(current + t_i) - f(current)`` for each row ``t_i`` of ``tag_matrix`` (n, V) 0/1 -> (n,) float64.
-
-        ``current`` (V,) counts of the mix so far; ``None`` means the empty mix.
-        """
-        ...
-
-    def quadratic_form(self) -> tuple[float, np.ndarray, np.ndarray] | None:
-        """``(b, w (V,), Q (V, V) symmetric)`` when ``f`` is exactly quadratic in ``x``, else ``None``.
-
-        Strategies use it to run fully vectorised without calling ``score``/``gains``.
-        """
-        ...
 
 
 def check_pool_size(pool_size: int) -> int:
@@ -133,39 +101,6 @@ class QuadraticScorer:
     def _check_width(self, width: int, name: str) -> None:
         if width != self.num_tags:
             raise InvalidInput(FieldViolation(name, f"has {width} tag columns; the PPM reads {self.num_tags}"))
-
-
-class ScoreOnlyScorer:
-    """Adapts a plain ``score(counts (m, V), pool_size) -> (m,)`` function (e.g. a remote
-    ``ScoreMixes`` call) to :class:`MixScorer`.
-
-    ``gains`` deduplicates identical tag rows and sends ``current + row`` mixes in chunks of
-    ``chunk`` rows, so n instances with G distinct tag rows cost ``ceil(G / chunk)`` calls.
-    """
-
-    def __init__(self, score_fn: Callable[[np.ndarray, int], np.ndarray], num_tags: int, chunk: int = 8192):
-        self._score_fn = score_fn
-        self.num_tags = num_tags
-        self.chunk = chunk
-        self.calls = 0  # round trips made so far (tests and benchmarks read it)
-
-    def quadratic_form(self) -> None:
-        return None
-
-    def score(self, counts: np.ndarray, pool_size: int) -> np.ndarray:
-        p = check_pool_size(pool_size)
-        counts = np.atleast_2d(np.asarray(counts, dtype=np.float64))
-        out = np.empty(len(counts), dtype=np.float64)
-        for start in range(0, len(counts), self.chunk):
-            self.calls += 1
-            out[start : start + self.chunk] = np.asarray(self._score_fn(counts[start : start + self.chunk], p))
-        return out
-
-    def gains(self, tag_matrix: np.ndarray, current: np.ndarray | None, pool_size: int) -> np.ndarray:
-        base = np.zeros(self.num_tags) if current is None else np.asarray(current, dtype=np.float64)
-        uniq, inverse = unique_rows(tag_matrix)
-        scores = self.score(np.vstack([base[None, :], uniq + base[None, :]]), pool_size)
-        return (scores[1:] - scores[0])[inverse]
 
 
 def unique_rows(tag_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

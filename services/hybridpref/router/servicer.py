@@ -11,9 +11,11 @@ from hybridpref_client.core.limits import Limits
 from hybridpref_client.core.instances import PositionMode
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.server import ServiceHandle
-from hybridpref.server.settings import Settings
+from hybridpref.server.settings import LimitsSettings, Settings
+from hybridpref.router.budget import Budget, budget_violations
 from hybridpref.router.downstream import JudgeClient, PredictorModelClient, TaggerClient
-from hybridpref.router.limits import config_violations
+from hybridpref.router.limits import MAX_NAME_CHARS, config_violations
+from hybridpref.router.strategies import DEFAULT_STRATEGY, StrategySpec, strategy_spec
 from hybridpref.router.readiness import BackendWatcher
 from hybridpref.router.core import RouteOptions, RouteOutcome, RouterCore
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
@@ -22,16 +24,32 @@ SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 DECISION_CHUNK = 1000
 
 
-def options_from_proto(config: router_pb2.RouteConfig, default_strategy: str, settings: Settings | None = None) -> RouteOptions:
-    """Core options from the request's config, after the range checks of ``router.limits``."""
-    violations = config_violations(config, settings or Settings())
+def budget_from_proto(budget: common_pb2.Budget) -> Budget | None:
+    """The oneof as a :class:`Budget` (unchecked); ``None`` when none is set."""
+    kind = budget.WhichOneof("kind")
+    return None if kind is None else Budget(kind, getattr(budget, kind))
+
+
+def options_from_proto(config: router_pb2.RouteConfig, default_strategy: StrategySpec, limits: LimitsSettings) -> RouteOptions:
+    """Core options from the request's config, after the checks that need no batch size: the ranges of
+    ``router.limits``, the strategy's name and the budget's shape. ``default_strategy``: for a config that
+    names none."""
+    violations = config_violations(config, limits)
+    budget = budget_from_proto(config.budget)
+    if budget is not None:
+        violations += budget_violations(budget, None, max_cost=limits.max_budget_cost, max_n=limits.max_stream_instances)
+    strategy = default_strategy
+    if config.strategy and len(config.strategy) <= MAX_NAME_CHARS:  # a longer name is already refused
+        try:
+            strategy = strategy_spec(config.strategy)
+        except InvalidInput as exc:
+            violations += exc.violations
     if violations:
         raise InvalidInput(violations)
-    kind = config.budget.WhichOneof("kind")
+    assert budget is not None  # a missing budget is a violation
     return RouteOptions(
-        budget_kind=kind,
-        budget_value=getattr(config.budget, kind),
-        strategy=config.strategy or default_strategy,
+        budget=budget,
+        strategy=strategy,
         seed=config.seed,
         judge_mode=PositionMode(config.judge_position_mode),
         judge_template=config.judge_template,
@@ -92,10 +110,12 @@ def _estimate(e) -> router_pb2.Estimate:
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
-        self.limits = Limits.from_settings(settings)
+        self.limits = Limits.from_settings(settings.limits)
+        # Resolved and checked once, at start: a misconfigured default fails here, not on every call.
+        self.default_strategy = strategy_spec(settings.router.default_strategy or DEFAULT_STRATEGY)
         # The real gRPC clients; the core only knows the backends' protocols.
-        self.clients = (TaggerClient(settings.tagger_address, settings), JudgeClient(settings.judge_address, settings),
-                        PredictorModelClient(settings.predictor_address, settings))
+        self.clients = (TaggerClient(settings.router.tagger_address, settings), JudgeClient(settings.router.judge_address, settings),
+                        PredictorModelClient(settings.router.predictor_address, settings))
         self.core = RouterCore(settings, *self.clients, metrics=metrics)
 
     async def close(self) -> None:
@@ -108,7 +128,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return deadlines.current() or deadlines.Deadline(remaining_timeout(context))
 
     async def RouteInstances(self, request, context):
-        options = options_from_proto(request.config, self.settings.default_strategy, self.settings)
+        options = options_from_proto(request.config, self.default_strategy, self.settings.limits)
         run = self.core.executor.run
         instances = await run(instances_from_proto, request.instances, self.limits, size=len(request.instances))
         outcome = await self.core.route(instances, options, self._deadline(context))
@@ -120,7 +140,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("item") != "config":
             raise InvalidInput(FieldViolation("stream[0]", "the first message must carry config"))
-        options = options_from_proto(first.config, self.settings.default_strategy, self.settings)
+        options = options_from_proto(first.config, self.default_strategy, self.settings.limits)
         run = self.core.executor.run
 
         async def chunks():

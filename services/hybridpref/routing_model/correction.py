@@ -17,7 +17,7 @@ construction and those rows are not used for B. When the training pools hold few
 ``MIN_HUMAN_ROWS`` such rows, B is the global rate over the rows there are (0 when there are none).
 
 **Features** (:data:`FEATURE_NAMES`, :func:`correction_features`), chosen to transfer across pools
-(DESIGN.md section 7: lengths transfer, embeddings and bins do not): the judge's signals (tie/no verdict,
+(measured cross-pool, docs/EVALUATION.md: lengths transfer, embeddings and bins do not): the judge's signals (tie/no verdict,
 order flip, agreement with other judges with a missing-indicator, confidence ``|2 p_a - 1|`` when the
 judge gives a probability), whether the LM picked the longer / the first response, the log length ratio
 and raw log lengths (words), word overlap of the two responses (always computed from the texts), the

@@ -145,12 +145,12 @@ class KeyStore:
                 vendors = read_keys_file(self.path)
             except (OSError, ValueError, InvalidInput) as exc:
                 if force:
-                    raise InvalidInput(FieldViolation("api_keys_file", f"cannot load {self.path}: {exc}")) from None
+                    raise InvalidInput(FieldViolation("HYBRIDPREF_API_KEYS_FILE", f"cannot load {self.path}: {exc}")) from None
                 log.error("api_keys_reload_refused", path=str(self.path), error=str(exc)[:300])
                 return False
             except Exception as exc:  # yaml errors and the like: same treatment
                 if force:
-                    raise InvalidInput(FieldViolation("api_keys_file", f"cannot load {self.path}: {type(exc).__name__}")) from None
+                    raise InvalidInput(FieldViolation("HYBRIDPREF_API_KEYS_FILE", f"cannot load {self.path}: {type(exc).__name__}")) from None
                 log.error("api_keys_reload_refused", path=str(self.path), error=type(exc).__name__)
                 return False
             self._vendors, self._stamp = vendors, stamp

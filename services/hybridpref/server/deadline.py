@@ -1,7 +1,7 @@
 """The one deadline type: how long a call may still run, and whether it was cancelled.
 
 A ``Deadline`` is made once per incoming RPC by ``DeadlineInterceptor`` (the caller's
-deadline, capped by ``Settings.max_deadline_s``; the cap also applies when the caller sets
+deadline, capped by ``settings.server.max_deadline_s``; the cap also applies when the caller sets
 none) and carried everywhere the call's work goes: every downstream chunk call gets
 ``timeout()`` (what is *left*, not a fixed timeout), and loops in worker threads call
 ``check()`` so that an expired or cancelled call stops its work instead of running on in

@@ -65,14 +65,14 @@ def build_interceptors(service: str, metrics: Metrics, settings: Settings | None
     chain: list[grpc.aio.ServerInterceptor] = [
         RequestIdInterceptor(service), MetricsInterceptor(service, metrics), ErrorInterceptor(),
     ]
-    if settings.api_keys_file:
+    if settings.auth.keys_file:
         from hybridpref.server.auth import KeyStore
 
-        chain.append(AccessInterceptor(KeyStore(settings.api_keys_file, settings.api_keys_reload_s)))
+        chain.append(AccessInterceptor(KeyStore(settings.auth.keys_file, settings.auth.keys_reload_s)))
     elif service == "router":
         log.warning("auth_disabled", service=service,
                     detail="no HYBRIDPREF_API_KEYS_FILE: every caller is trusted; set one before exposing the router")
-    chain += [DeadlineInterceptor(settings.max_deadline_s or None), DecodeInterceptor(service, metrics)]
+    chain += [DeadlineInterceptor(settings.server.max_deadline_s or None), DecodeInterceptor(service, metrics)]
     return chain
 
 
@@ -126,7 +126,7 @@ async def start_service(
     server = grpc.aio.server(
         interceptors=build_interceptors(handle.name, metrics, settings),
         options=settings.server_options(),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        maximum_concurrent_rpcs=settings.server.max_concurrent_rpcs,
     )
     handle.register(server)
     health_servicer = health.aio.HealthServicer()
@@ -134,30 +134,30 @@ async def start_service(
     reflection.enable_server_reflection(
         (*handle.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    want_port = settings.port_for(handle.name) if port is None else port
-    address = f"{settings.host}:{want_port}"
+    want_port = settings.server.port_for(handle.name) if port is None else port
+    address = f"{settings.server.host}:{want_port}"
     bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if bound == 0:
-        raise OSError(f"could not bind {settings.host}:{want_port} for {handle.name}")
+        raise OSError(f"could not bind {settings.server.host}:{want_port} for {handle.name}")
     health_server, health_port = None, None
-    if credentials is not None and settings.health_port is not None and settings.health_port >= 0:
+    if credentials is not None and settings.server.health_port is not None and settings.server.health_port >= 0:
         # The kubelet's gRPC probes speak plaintext only: serve health alone on its own port.
         health_server = grpc.aio.server(options=settings.grpc_options(), maximum_concurrent_rpcs=32)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        health_port = health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+        health_port = health_server.add_insecure_port(f"{settings.server.host}:{settings.server.health_port}")
         await health_server.start()
     await server.start()
     for name in ("", *handle.service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    m_port = settings.metrics_port_for(handle.name) if metrics_port is None else metrics_port
-    m_host = settings.metrics_host or settings.host
+    m_port = settings.server.metrics_port_for(handle.name) if metrics_port is None else metrics_port
+    m_host = settings.server.metrics_host or settings.server.host
     bound_metrics = start_metrics_server(m_port, m_host, metrics.registry) if m_port >= 0 else None
     metrics.model_ready.labels(handle.name).set(0)  # exported from the start, so "never loaded" is visible
     running = RunningService(handle, server, bound, bound_metrics, health_servicer, asyncio.Event(),
                              health_server=health_server, health_port=health_port, tls=credentials is not None)
     running._load_task = asyncio.create_task(_load(running, metrics))
     log.info("service_started", service=handle.name, port=bound, metrics_port=bound_metrics,
-             tls=credentials is not None, mutual_tls=bool(settings.tls_client_ca_file), health_port=health_port)
+             tls=credentials is not None, mutual_tls=bool(settings.tls.client_ca_file), health_port=health_port)
     return running
 
 
@@ -193,5 +193,5 @@ async def serve_until_signal(handles: Sequence[ServiceHandle], settings: Setting
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutdown_requested", grace_period_s=settings.grace_period_s)
-    await asyncio.gather(*(r.stop(settings.grace_period_s) for r in running))
+    log.info("shutdown_requested", grace_period_s=settings.server.grace_period_s)
+    await asyncio.gather(*(r.stop(settings.server.grace_period_s) for r in running))

@@ -31,28 +31,28 @@ def _read(path: str | None, setting: str) -> bytes | None:
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """The gRPC port's TLS credentials, or ``None`` for plaintext (no cert configured)."""
-    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
-        raise InvalidInput(FieldViolation("tls_cert_file", "set both HYBRIDPREF_TLS_CERT_FILE and HYBRIDPREF_TLS_KEY_FILE, or neither"))
-    if not settings.tls_enabled:
-        if settings.tls_client_ca_file:
-            raise InvalidInput(FieldViolation("tls_client_ca_file", "mutual TLS needs the server's own certificate and key too"))
+    if bool(settings.tls.cert_file) != bool(settings.tls.key_file):
+        raise InvalidInput(FieldViolation("HYBRIDPREF_TLS_CERT_FILE", "set both HYBRIDPREF_TLS_CERT_FILE and HYBRIDPREF_TLS_KEY_FILE, or neither"))
+    if not settings.tls.enabled:
+        if settings.tls.client_ca_file:
+            raise InvalidInput(FieldViolation("HYBRIDPREF_TLS_CLIENT_CA_FILE", "mutual TLS needs the server's own certificate and key too"))
         return None
-    cert = _read(settings.tls_cert_file, "tls_cert_file")
-    key = _read(settings.tls_key_file, "tls_key_file")
-    client_ca = _read(settings.tls_client_ca_file, "tls_client_ca_file")
+    cert = _read(settings.tls.cert_file, "HYBRIDPREF_TLS_CERT_FILE")
+    key = _read(settings.tls.key_file, "HYBRIDPREF_TLS_KEY_FILE")
+    client_ca = _read(settings.tls.client_ca_file, "HYBRIDPREF_TLS_CLIENT_CA_FILE")
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
     """Credentials for channels to the backends, or ``None`` for plaintext."""
-    if not settings.tls_ca_file:
-        if settings.tls_client_cert_file or settings.tls_client_key_file:
-            raise InvalidInput(FieldViolation("tls_ca_file", "a client certificate needs HYBRIDPREF_TLS_CA_FILE (TLS to the backends)"))
+    if not settings.tls.ca_file:
+        if settings.tls.client_cert_file or settings.tls.client_key_file:
+            raise InvalidInput(FieldViolation("HYBRIDPREF_TLS_CA_FILE", "a client certificate needs HYBRIDPREF_TLS_CA_FILE (TLS to the backends)"))
         return None
-    if bool(settings.tls_client_cert_file) != bool(settings.tls_client_key_file):
-        raise InvalidInput(FieldViolation("tls_client_cert_file", "set both the client certificate and key, or neither"))
+    if bool(settings.tls.client_cert_file) != bool(settings.tls.client_key_file):
+        raise InvalidInput(FieldViolation("HYBRIDPREF_TLS_CLIENT_CERT_FILE", "set both the client certificate and key, or neither"))
     return grpc.ssl_channel_credentials(
-        root_certificates=_read(settings.tls_ca_file, "tls_ca_file"),
-        private_key=_read(settings.tls_client_key_file, "tls_client_key_file"),
-        certificate_chain=_read(settings.tls_client_cert_file, "tls_client_cert_file"),
+        root_certificates=_read(settings.tls.ca_file, "HYBRIDPREF_TLS_CA_FILE"),
+        private_key=_read(settings.tls.client_key_file, "HYBRIDPREF_TLS_CLIENT_KEY_FILE"),
+        certificate_chain=_read(settings.tls.client_cert_file, "HYBRIDPREF_TLS_CLIENT_CERT_FILE"),
     )

@@ -13,7 +13,6 @@ router's own channel to the tagger.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +25,7 @@ from hybridpref_client.core.errors import BackendUnavailable, FieldViolation, In
 from hybridpref_client.core.grpc_errors import field_violations
 from hybridpref_client.core.instances import PreferenceInstance
 from hybridpref.server.settings import Settings
+from hybridpref.common.fields import shift_instances
 from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, VOCABULARY_VERSION
 from hybridpref.v1 import tagger_pb2, tagger_pb2_grpc
 
@@ -81,10 +81,7 @@ def remote_tag_fn(address: str, profile: str = "default", *, settings: Settings 
 
 def _in_batch(exc: grpc.RpcError, start: int) -> list[FieldViolation]:
     """The tagger's field violations with instance indices in the caller's batch, not the chunk."""
-    def shift(field: str) -> str:
-        return re.sub(r"^instances\[(\d+)\]", lambda m: f"instances[{start + int(m.group(1))}]", field)
-
-    found = [FieldViolation(shift(field), text) for field, text in field_violations(exc)]
+    found = shift_instances((FieldViolation(field, text) for field, text in field_violations(exc)), start)
     return found or [FieldViolation("instances", exc.details() or "rejected by the tagger")]
 
 

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from hybridpref.server.runtime import configure_torch_threads, cpu_limit, packaged_minilm_dir
+from hybridpref.server.runtime import configure_torch_threads, packaged_minilm_dir
 
 BASELINES_FILE = Path(__file__).with_name("bertscore_baselines.json")
 
@@ -51,7 +51,8 @@ def rescale(f1: float, baseline: float) -> float:
 
 
 def bertscore_length(bertscore: float, len_a: int, len_b: int) -> float:
-    """``bertscore * exp(1 - len_longer / len_shorter)``: penalises unequal lengths (DESIGN.md 2).
+    """``bertscore * exp(1 - len_longer / len_shorter)``: penalises unequal lengths (the paper's
+    ``bertscore_length`` tag).
 
     Lengths in tokens; a zero-length side gives 0.
     """
@@ -412,8 +413,3 @@ class RegexEntities:
 
     def entities(self, texts: list[str]) -> list[frozenset[str]]:
         return [frozenset(_norm_entity(a or b) for a, b in _CAP_SPAN_RE.findall(t)) for t in texts]
-
-
-def default_threads() -> int:
-    """Threads models may use: the container's CPU limit (``runtime.cpu_limit``)."""
-    return cpu_limit()

@@ -26,11 +26,11 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
 
         self._settings = settings
         self._metrics = metrics
-        self._default_profile = settings.tagger_profile
-        self._taggers = {settings.tagger_profile: Tagger.for_profile(settings.tagger_profile)}
+        self._default_profile = settings.tagger.profile
+        self._taggers = {settings.tagger.profile: Tagger.for_profile(settings.tagger.profile)}
         self._lock = threading.Lock()
         self._executor = CoreExecutor("tagger")
-        self._limits = Limits.from_settings(settings)
+        self._limits = Limits.from_settings(settings.limits)
 
     def load(self) -> None:
         self._taggers[self._default_profile].load()
@@ -48,7 +48,7 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
 
     async def TagInstances(self, request, context):
         instances = instances_from_proto(request.instances, self._limits)
-        validate_instances(instances, self._settings.max_batch)
+        validate_instances(instances, self._settings.limits.max_batch)
         profile, tagger = self._tagger(request.profile)
         if not tagger.ready:
             await self._executor.run(tagger.load)

@@ -1,7 +1,9 @@
 """The evaluation harness: route pools with each strategy at each budget, score the routed labels.
 
-Routing goes through :func:`hybridpref.router.strategies.route`, the code the router serves. The
-routed label set is the bought human label where a strategy routes to humans and the recorded LM
+Routing goes through :func:`hybridpref.router.strategies.route`, the function the router's decision
+(``RouterCore.decide``) calls, with the inputs each strategy's :class:`~hybridpref.router.strategies.StrategySpec`
+asks for: the PPM, the recorded judge signals, the expected gains of a correction model fitted without the
+routed labels, the router's domain check. The routed label set is the bought human label where a strategy routes to humans and the recorded LM
 label elsewhere. Two metrics (see docs/EVALUATION.md):
 
 1. label accuracy against the held-out reference (``Pool.reference``; 0 = excluded, a routed tie or
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -34,14 +35,32 @@ from hybridpref_client.core.instances import Label, PreferenceInstance
 from hybridpref.common.signals import JudgeSignals
 from hybridpref.offline import stats
 from hybridpref.offline.pools import LLMBAR_MTBENCH_SOURCE, Pool, load_pool
+from hybridpref.router.strategies import STRATEGIES, StrategySpec
 
-REFERENCE_STRATEGIES = ("all_human", "all_lm", "random", "oracle", "judge_doubt")
-PPM_STRATEGIES = ("topk", "simulated", "greedy", "optimal_pos")
-CORRECTION_STRATEGIES = ("expected_gain", "hybrid")  # need the expected-correction model, fitted per fold / pool
-DEFAULT_STRATEGIES = REFERENCE_STRATEGIES + PPM_STRATEGIES + ("judge_aware",) + CORRECTION_STRATEGIES
-MODES = ("in-pool", "cross-pool")
 HARNESS_ONLY = ("oracle",)  # needs the reference: an upper bound, never a servable strategy
+# Always evaluated: the points the others are compared with (score_table's differences and oracle share).
+REFERENCE_STRATEGIES = ("all_human", "all_lm", "random", "oracle", "judge_doubt")
+# Every strategy the router serves, after the references, in the registry's order.
+DEFAULT_STRATEGIES = REFERENCE_STRATEGIES + tuple(s for s in STRATEGIES if s not in REFERENCE_STRATEGIES)
+MODES = ("in-pool", "cross-pool")
 ProgressFn = Callable[[str, float], None]
+
+
+def _spec(strategy: str) -> StrategySpec | None:
+    """The router's spec of ``strategy``; None for a harness-only one (``oracle``)."""
+    return STRATEGIES.get(strategy)
+
+
+def _needs_correction(strategy: str) -> bool:
+    """Routes by the expected-correction model (fitted per fold or pool here)."""
+    spec = _spec(strategy)
+    return spec is not None and spec.needs_expected_gain
+
+
+def _evaluated_with_ppm(strategy: str) -> bool:
+    """Ranks by the PPM (required, or whenever one is given): evaluated only on pools with a usable PPM."""
+    spec = _spec(strategy)
+    return spec is not None and spec.predictor in ("required", "optional")
 
 
 class LeakageError(InvalidInput):
@@ -86,7 +105,7 @@ class EvalConfig:
         for m in self.modes:
             if m not in MODES:
                 bad.append(FieldViolation("--mode", f"unknown mode {m!r}; use in-pool or cross-pool"))
-        if "cross-pool" in self.modes and len(self.pools) < 2 and any(s in CORRECTION_STRATEGIES for s in self.strategies):
+        if "cross-pool" in self.modes and len(self.pools) < 2 and any(_needs_correction(s) for s in self.strategies):
             bad.append(FieldViolation("--mode", "cross-pool fits models on the other pools: give at least two --pool"))
         if self.on_leak not in ("error", "skip"):
             bad.append(FieldViolation("--on-leak", "error or skip"))
@@ -214,8 +233,7 @@ def tag_case(case: Case, profile: str, tagger_address: str | None = None) -> Non
     """Tag the pool (cached), in process or through the tagger service at ``tagger_address``; rows
     the tagger rejects are dropped and counted (the tagger rejects a whole batch for one bad row, so
     they are found from its field violations and removed)."""
-    import re
-
+    from hybridpref.common.fields import instance_index
     from hybridpref.offline.bundle.builder import cached_tags, tag_cache_key, tag_with_tagger
     from hybridpref.tagger.client import remote_tag_fn
 
@@ -225,7 +243,7 @@ def tag_case(case: Case, profile: str, tagger_address: str | None = None) -> Non
             case.tags = cached_tags(case.pool.instances, fn, tag_cache_key(fn, profile))
             return
         except InvalidInput as exc:
-            bad = {int(m.group(1)) for v in exc.violations if (m := re.match(r"instances\[(\d+)\]", v.field))}
+            bad = {i for v in exc.violations if (i := instance_index(v.field)) is not None}
             if not bad:
                 raise
             keep = np.array([i for i in range(len(case.pool)) if i not in bad])
@@ -256,25 +274,6 @@ def bundle_profile(bundle: Path) -> str | None:
 # ---------------------------------------------------------------- strategies
 
 
-def judge_confidence(signals: JudgeSignals) -> np.ndarray:
-    """Confidence in the LM label from recorded signals, in [0, 1]: ``|2 p_a - 1|`` when the judge gave a
-    probability, else the share of other judges that agree, else 1; 0 where the judge gave no A/B verdict."""
-    conf = np.where(np.isfinite(signals.p_a), np.abs(2 * np.nan_to_num(signals.p_a) - 1),
-                    np.where(np.isfinite(signals.agreement), np.nan_to_num(signals.agreement), 1.0))
-    return np.where(signals.label == 0, 0.0, conf)
-
-
-def judge_doubt_order(signals: JudgeSignals, seed: int) -> np.ndarray:
-    """The cheap heuristic's routing order: no usable verdict or order flip first, then the least
-    agreement among the recorded judges, then the lowest confidence; seeded random among equals."""
-    n = len(signals)
-    flip = (signals.order_flip | (signals.label == 0)).astype(np.int8)
-    agree = np.where(np.isfinite(signals.agreement), signals.agreement, 1.0)
-    conf = np.where(np.isfinite(signals.p_a), np.abs(2 * np.nan_to_num(signals.p_a) - 1), 1.0)
-    tiebreak = np.random.default_rng([int(seed), 0xD0B7]).random(n)
-    return np.lexsort((tiebreak, conf, agree, -flip))
-
-
 def oracle_mask(human: np.ndarray, lm: np.ndarray, reference: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Humans exactly where the LM label is wrong and the human label right (vs the reference), at most
     ``k`` of them (seeded choice when there are more): the most metric 1 any router can gain."""
@@ -286,60 +285,37 @@ def oracle_mask(human: np.ndarray, lm: np.ndarray, reference: np.ndarray, k: int
     return mask
 
 
-def _route_kwargs() -> set[str]:
-    from hybridpref.router.strategies import route
-
-    return set(inspect.signature(route).parameters)
-
-
 class Router:
-    """Routes one fold of one pool with one strategy through ``strategies.route``."""
+    """Routes one fold of one pool with one strategy through ``strategies.route`` (as the router does)."""
 
     def __init__(self, config: EvalConfig, scorer: Any | None, gain_fn: Callable[[Case, np.ndarray, frozenset[int], str], np.ndarray] | None):
-        from hybridpref.router import strategies as strat
-
         self.config = config
         self.scorer = scorer
         self.gain_fn = gain_fn
-        self.strat = strat
-        self.kwargs = _route_kwargs()
-        self.served_judge_doubt = "judge_doubt" in strat.STRATEGIES
         self._distances: dict[tuple[str, bytes], float] = {}  # (pool, fold rows) -> distance to the PPM's domain
 
     def mask(self, case: Case, strategy: str, budget: float, rows: np.ndarray, seed: int, exclude: frozenset[int], mode: str) -> np.ndarray:
-        from hybridpref.router.budget import resolve_budget
+        from hybridpref.router.budget import Budget, resolve_budget
+        from hybridpref.router.strategies import route
 
         n = len(rows)
-        resolved = resolve_budget("fraction", float(budget), n, None)
+        resolved = resolve_budget(Budget.fraction(float(budget)), n, None)
         sig = case.signals.subset(rows)
-        if strategy == "oracle":
+        spec = _spec(strategy)
+        if spec is None:  # oracle
             p = case.pool
             return oracle_mask(p.human[rows], sig.label, p.reference[rows], resolved.count, seed)
-        if strategy == "judge_doubt" and not self.served_judge_doubt:
-            mask = np.zeros(n, dtype=bool)
-            mask[judge_doubt_order(sig, seed)[: resolved.count]] = True
-            return mask
-        tags = case.tags[rows] if case.tags is not None else np.zeros((n, 0), dtype=np.uint8)
-        scorer = case.scorer or self.scorer
-        in_domain = strategy == "hybrid" and self.ppm_in_domain(case, rows)
-        uses_ppm = strategy in PPM_STRATEGIES + ("judge_aware",) or in_domain
-        kw: dict[str, Any] = {"scorer": scorer if uses_ppm and case.ppm_ok else None, "seed": int(seed)}
-        if kw["scorer"] is None and tags.shape[1]:
-            tags = np.zeros((n, 0), dtype=np.uint8)
-        if strategy in ("judge_aware", "judge_doubt") + CORRECTION_STRATEGIES:
-            kw["signals"] = sig  # the router's JudgeSignals (recorded labels here)
-            kw["judge_confidence"] = judge_confidence(sig)
-            kw["judge_inconsistent"] = sig.order_flip
-        if strategy in CORRECTION_STRATEGIES:
+        scorer = (case.scorer or self.scorer) if case.ppm_ok else None
+        expected_gain = None
+        if spec.needs_expected_gain:
             assert self.gain_fn is not None
-            kw["expected_gain"] = self.gain_fn(case, rows, exclude, mode)
-            if strategy == "hybrid":  # as the router: the PPM breaks ties only inside its domain
-                kw["ppm_in_domain"] = in_domain
-        if strategy == "simulated":
-            kw["simulated_candidates"] = self.config.simulated_candidates
-        kw = {k: v for k, v in kw.items() if k in self.kwargs}
-        return self.strat.route(strategy, tags, resolved, **kw).human_mask
-
+            expected_gain = self.gain_fn(case, rows, exclude, mode)
+        # As the router: the PPM breaks hybrid's ties only inside its domain (checked only where read).
+        in_domain = spec.predictor == "in_domain" and self.ppm_in_domain(case, rows)
+        tags = case.tags[rows] if case.tags is not None and scorer is not None else np.zeros((n, 0), dtype=np.uint8)
+        return route(strategy, tags, resolved, scorer=scorer if tags.shape[1] else None, seed=int(seed),
+                     signals=sig if spec.needs_judge_first else None, expected_gain=expected_gain,
+                     ppm_in_domain=in_domain, simulated_candidates=self.config.simulated_candidates).human_mask
 
     def ppm_in_domain(self, case: Case, rows: np.ndarray) -> bool:
         """The router's check (``router.summary.domain_check``) on this fold: its text features' distance to
@@ -394,7 +370,7 @@ def route_case(case: Case, router: Router, strategies: Sequence[str], config: Ev
     """Masks for metric 1 (each fold routed without its own labels) and, where they differ, for metric 2."""
     out = MixSet()
     n, k = len(case.pool), config.folds
-    fitted = {s for s in strategies if s in CORRECTION_STRATEGIES} if mode == "in-pool" else set()
+    fitted = {s for s in strategies if _needs_correction(s)} if mode == "in-pool" else set()
     if "in-pool" == mode and fitted:
         tick(f"{case.pool.name} {mode}: fitting correction models", 0)
     for strategy in strategies:
@@ -554,33 +530,18 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
     for s in REFERENCE_STRATEGIES:
         if s not in strategies:
             strategies.insert(REFERENCE_STRATEGIES.index(s), s)
-    from hybridpref.router.strategies import STRATEGIES
-
-    unknown = [s for s in strategies if s not in STRATEGIES and s not in HARNESS_ONLY + ("judge_doubt",) + CORRECTION_STRATEGIES]
-    if "judge_doubt" in STRATEGIES:
-        notes.append("judge_doubt: the router's strategy (no verdict / order flip first, then disagreement between judges, then low confidence) on recorded judge signals")
+    unknown = [s for s in strategies if s not in STRATEGIES and s not in HARNESS_ONLY]
+    notes.append("judge_doubt: the router's strategy (no verdict / order flip first, then disagreement between judges, then low confidence) on recorded judge signals")
     if unknown:
         raise InvalidInput(FieldViolation("--strategies", f"unknown strategies {unknown}; the router has {', '.join(STRATEGIES)}"))
-    if "judge_doubt" not in STRATEGIES:
-        notes.append("judge_doubt: the router has no such strategy yet; the harness's heuristic is evaluated (order flips / no verdict first, then judge disagreement, then lowest confidence)")
 
-    needs_ppm = [s for s in strategies if s in PPM_STRATEGIES or s == "judge_aware"]
+    needs_ppm = [s for s in strategies if _evaluated_with_ppm(s)]
     if needs_ppm and not (config.bundle or config.bundle_for):
         notes.append(f"skipped {', '.join(needs_ppm)}: they need a PPM (--bundle)")
         strategies = [s for s in strategies if s not in needs_ppm]
     timings["tag_s"] = attach_bundles(cases, config, data_dir, notes, tick)
 
-    gain_fn = None
-    corr = [s for s in strategies if s in CORRECTION_STRATEGIES]
-    if corr:
-        try:
-            missing = [s for s in corr if s not in STRATEGIES]
-            if missing:
-                raise ImportError(f"the router has no {', '.join(missing)} strategy")
-            gain_fn = correction_gain_fn(cases, config)
-        except ImportError as exc:
-            notes.append(f"skipped {', '.join(corr)}: the correction model is not available ({exc})")
-            strategies = [s for s in strategies if s not in corr]
+    gain_fn = correction_gain_fn(cases, config) if any(_needs_correction(s) for s in strategies) else None
 
     router = Router(config, None, gain_fn)
     rows: list[dict[str, Any]] = []
@@ -593,7 +554,7 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
     for mode in config.modes:
         for case in cases:
             t = time.perf_counter()
-            run = [s for s in strategies if case.ppm_ok or s not in PPM_STRATEGIES + ("judge_aware",)]
+            run = [s for s in strategies if case.ppm_ok or not _evaluated_with_ppm(s)]
             mixes = route_case(case, router, run, config, mode, tick)
             t_route += time.perf_counter() - t
             boot = stats.GroupBootstrap.create(case.pool.groups, config.n_boot, config.split_seed)
@@ -642,7 +603,7 @@ def corrections_check(case: Case, mixes: MixSet, gain_fn: Any, config: EvalConfi
     realised = correction_fit.realised_corrections(case.pool.human, case.lm, case.pool.reference)
     out = []
     for (strategy, budget), masks in mixes.masks.items():
-        if strategy not in CORRECTION_STRATEGIES:
+        if not _needs_correction(strategy):
             continue
         mask = masks[0]
         mean = var = 0.0
@@ -816,9 +777,3 @@ def _fold0(scorer: RewardModelScorer, plans: list[dict[int, np.ndarray]], tick: 
         out.append(v)
     return out
 
-
-def skipped_counts(cases: Sequence[Case]) -> Counter[str]:
-    total: Counter[str] = Counter()
-    for c in cases:
-        total.update(c.pool.skipped)
-    return total
