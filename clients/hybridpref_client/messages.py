@@ -148,6 +148,8 @@ def summary_to_dict(s: router_pb2.RoutingSummary) -> dict:
         "strategy": s.strategy, "bundle_version": s.bundle_version, "human_count": s.human_count,
         "lm_count": s.lm_count, "human_cost": s.human_cost, "stage_seconds": dict(s.stage_seconds),
         "request_id": s.request_id,
+        # which correction model routed the batch ("" when none was read) and its exact version
+        "correction_model": s.correction_model, "correction_model_version": s.correction_model_version,
     }
     out.update(_honest_summary(s))
     return out

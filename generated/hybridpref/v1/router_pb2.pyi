@@ -221,7 +221,8 @@ class MixPrediction(_message.Message):
     """Why predicted_score is unset: "uncalibrated" (the bundle records no residual std),
     "out_of_domain" (the batch is outside the PPM's training domain), "batch_independent"
     (all-LM: x = 0 for every batch, the PPM's intercept says nothing about this batch),
-    "no_ppm" (the bundle has no quadratic PPM) or "no_predictor"; "" when set.
+    "no_ppm" (the bundle has no quadratic PPM), "no_predictor" or "not_tagged" (the strategy read no
+    tags, so the router did not run the tagger and the PPM has no input); "" when set.
     """
     @_builtins.property
     def predicted_score(self) -> Global___Estimate:
@@ -328,6 +329,8 @@ class RoutingSummary(_message.Message):
     INTERVAL_LEVEL_FIELD_NUMBER: _builtins.int
     DOMAIN_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    CORRECTION_MODEL_FIELD_NUMBER: _builtins.int
+    CORRECTION_MODEL_VERSION_FIELD_NUMBER: _builtins.int
     strategy: _builtins.str
     """Strategy used."""
     bundle_version: _builtins.str
@@ -342,6 +345,15 @@ class RoutingSummary(_message.Message):
     """Request id of this call (from x-request-id metadata or generated)."""
     interval_level: _builtins.float
     """Nominal coverage of every interval in mixes (e.g. 0.9)."""
+    correction_model: _builtins.str
+    """The correction model whose P(LM wrong) routed the batch and gave the expected corrections: its
+    name ("panel-correction/1": the bundle's panel-invariant model; "correction/1": the older ONNX model);
+    "" when the strategy read none.
+    """
+    correction_model_version: _builtins.str
+    """Its exact version: "panel-correction/1@<hash of the bundle's model>", "correction/1@<bundle version>",
+    or a campaign's adapted model ("...+<campaign>/adapted-<k>@<hash>").
+    """
     @_builtins.property
     def stage_seconds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Seconds spent per stage (tag, judge, predict, route)."""
@@ -376,10 +388,12 @@ class RoutingSummary(_message.Message):
         interval_level: _builtins.float = ...,
         domain: Global___DomainCheck | None = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        correction_model: _builtins.str = ...,
+        correction_model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "domain", b"domain", "human_cost", b"human_cost", "human_count", b"human_count", "interval_level", b"interval_level", "lm_count", b"lm_count", "mixes", b"mixes", "request_id", b"request_id", "stage_seconds", b"stage_seconds", "strategy", b"strategy", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "correction_model", b"correction_model", "correction_model_version", b"correction_model_version", "domain", b"domain", "human_cost", b"human_cost", "human_count", b"human_count", "interval_level", b"interval_level", "lm_count", b"lm_count", "mixes", b"mixes", "request_id", b"request_id", "stage_seconds", b"stage_seconds", "strategy", b"strategy", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

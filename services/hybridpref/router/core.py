@@ -1,4 +1,9 @@
-"""Routing orchestration: validate -> tag -> (judge) -> route -> judge LM-routed -> explain + summary.
+"""Routing orchestration: validate -> text features -> (tag) -> (judge) -> route -> judge LM-routed -> explain + summary.
+
+The tagger runs only when the decision reads its output (:func:`tagging_reason`): a strategy that routes on the
+PPM, ``hybrid`` on a batch inside the PPM's domain (checked first on text features, which need no tagger), a cost
+budget whose costs the formula must fill (expertise tags), or a correction model that reads tags. The default
+path (``hybrid`` with the panel correction model, out of the PPM's domain) never tags (docs/EVALUATION.md).
 
 ``RouterCore`` owns the request flow and the budget; it never computes tags or labels itself:
 its tagger, judge and routing-model source are injected (``hybridpref.router.backends``
@@ -134,38 +139,62 @@ class RouterCore:
         stages = {"tag": 0.0}
         await self.executor.run(self.validate, instances, options, size=len(instances))
         await self._check_judge_names(instances, options, deadline)
-        with _timed(stages, "tag"):
-            tagged = await self.tagger.tag(instances, deadline)
-        text = await self.executor.run(text_features, instances, tagged, size=len(instances))
-        return await self._decide(MemoryStore(instances), tagged, text, options, deadline, stages)
+        warnings: list[str] = []
+        model = await self._model(options, deadline, warnings)
+        text = await self.executor.run(BatchText.of, instances, size=len(instances))
+        store = MemoryStore(instances)
+        tagged = None
+        if await self.executor.run(tagging_reason, options, model, text, store.human_costs, size=len(instances)):
+            with _timed(stages, "tag"):
+                tagged = await self.tagger.tag(instances, deadline)
+        return await self._decide(store, tagged, text, model, warnings, options, deadline, stages)
 
     async def route_stream(
         self, chunks: AsyncIterator[Sequence[PreferenceInstance]], options: RouteOptions, deadline: Deadline
     ) -> RouteOutcome:
         """Route a batch that arrives in chunks (the streaming RPC), any size.
 
-        Each chunk is validated and tagged as it arrives; texts are spilled to a temporary
-        file, so memory holds ids, costs and tag rows only. A bad chunk fails the whole
-        call before any decision is made.
+        Each chunk is validated as it arrives, its text features computed and, when the strategy surely reads
+        tags (a PPM strategy), tagged; texts are spilled to a temporary file, so memory holds ids, costs, text
+        features and tag rows only. Whether the others need tags (``hybrid`` inside the PPM's domain, a cost
+        formula) is known once the whole batch is in: then the spilled instances are tagged slice by slice.
+        A bad chunk fails the whole call before any decision is made.
         """
         stages: dict[str, float] = {"tag": 0.0}
         store, parts, texts, seen = SpillStore(), [], [], {}
         try:
+            warnings: list[str] = []
+            model = await self._model(options, deadline, warnings)
+            eager = options.strategy.predictor in ("required", "optional") and model is not None and model.scorer is not None
             async for chunk in chunks:
                 if len(store) + len(chunk) > self.settings.limits.max_stream_instances:
                     raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.limits.max_stream_instances} instances"))
                 await self.executor.run(_validate_chunk, chunk, len(store), seen, size=len(chunk))
                 await self._check_judge_names(chunk, options, deadline, offset=len(store))
                 await self.executor.run(store.extend, chunk, size=len(chunk))
-                with _timed(stages, "tag"):
-                    parts.append(await self.tagger.tag(chunk, deadline))
-                texts.append(await self.executor.run(text_features, chunk, parts[-1], size=len(chunk)))
+                if eager:
+                    with _timed(stages, "tag"):
+                        parts.append(await self.tagger.tag(chunk, deadline))
+                texts.append(await self.executor.run(BatchText.of, chunk, size=len(chunk)))
             violations = _option_violations(options, len(store))
             if violations:
                 raise InvalidInput(violations)
-            return await self._decide(store, RouterTags.concat(parts), np.concatenate(texts), options, deadline, stages)
+            text = BatchText.concat(texts)
+            tagged = RouterTags.concat(parts) if eager else None
+            if not eager and await self.executor.run(tagging_reason, options, model, text, store.human_costs, size=len(store)):
+                with _timed(stages, "tag"):
+                    tagged = await self._tag_store(store, deadline)
+            return await self._decide(store, tagged, text, model, warnings, options, deadline, stages)
         finally:
             store.close()
+
+    async def _tag_store(self, store, deadline: Deadline) -> RouterTags:
+        """Tag every spilled instance, one slice at a time (the batch turned out to need tags)."""
+        parts = []
+        for start in range(0, len(store), JUDGE_SLICE):
+            rows = list(range(start, min(len(store), start + JUDGE_SLICE)))
+            parts.append(await self.tagger.tag(await self.executor.run(store.get, rows, size=len(rows)), deadline))
+        return RouterTags.concat(parts)
 
     async def _check_judge_names(self, instances, options: RouteOptions, deadline: Deadline, offset: int = 0) -> None:
         """Template and replay-judge names against what the judge advertises, before any work."""
@@ -177,22 +206,28 @@ class RouterCore:
         if violations:
             raise InvalidInput(violations)
 
-    async def _decide(self, store, tagged: RouterTags, text: np.ndarray, options: RouteOptions, deadline: Deadline,
-                      stages: dict[str, float]) -> RouteOutcome:
-        """Everything after tagging: model -> (judge) -> budget -> strategy -> judge LM-routed -> explain.
-        ``text``: the batch's correction features without judge signals (the domain check reads them)."""
+    async def _decide(self, store, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None, warnings: list[str],
+                      options: RouteOptions, deadline: Deadline, stages: dict[str, float]) -> RouteOutcome:
+        """Everything after tagging: (judge) -> budget -> strategy -> judge LM-routed -> explain. ``tagged``: None
+        when the decision reads no tags (:func:`tagging_reason`); ``text``: the batch's text features (the domain
+        check and both correction models read them)."""
         n = len(store)
         strategy = options.strategy
-        warnings: list[str] = []
-        model = await self._model(strategy, tagged, deadline, warnings)
+        if tagged is not None:
+            _check_bins(model, tagged)
         judged = None
         if strategy.needs_judge_first:
             with _timed(stages, "judge"):
-                judged = await self._judge_first(store, tagged, model, options, deadline)
-        budget = budgets.resolve_budget(options.budget, n, _supplied_costs(store.human_costs), **_cost_inputs(tagged))
+                judged = await self._judge_first(store, tagged, text, model, options, deadline)
+        supplied = _supplied_costs(store.human_costs)
+        budget = budgets.resolve_budget(options.budget, n, supplied, **_cost_inputs(tagged, text))
+        if tagged is None and (supplied is None or np.isnan(supplied).any()):
+            warnings.append("human costs not given were estimated from word counts (about 1.3 tokens per word) without "
+                            "the tagger's expertise level: the strategy read no tags, so the tagger was not run")
+        tag_matrix = np.zeros((n, 0), np.uint8) if tagged is None else tagged.tag_matrix
         with _timed(stages, "route"):
             result, summary = await self.executor.run(
-                decide, model, strategy, tagged.tag_matrix, budget, judged, text, seed=options.seed,
+                decide, model, strategy, tag_matrix, budget, judged, text.features, seed=options.seed,
                 simulated_candidates=options.simulated_candidates or 500, deadline=deadline, size=n,
             )
         summary.warnings[:0] = warnings
@@ -209,7 +244,7 @@ class RouterCore:
                     d.expected_gain = float(g)
         # Top tags explain a PPM gain: only where the strategy's gains are the PPM's (the others' gain is
         # the expected correction or the judge's doubt, which tags would not explain).
-        if model is not None and model.scorer is not None and options.explain_top_k and strategy.needs_predictor:
+        if model is not None and model.scorer is not None and tagged is not None and options.explain_top_k and strategy.needs_predictor:
             with _timed(stages, "explain"):
                 await self.executor.run(_explain, model, tagged.tag_matrix, result.human_mask, options.explain_top_k, decisions,
                                         size=n)
@@ -219,21 +254,17 @@ class RouterCore:
             human_cost=float(budget.costs[result.human_mask].sum()), summary=summary, stage_seconds=stages,
         )
 
-    async def _model(self, strategy: StrategySpec, tagged: RouterTags, deadline: Deadline, warnings: list[str]) -> RoutingModel | None:
-        """The routing model, checked against the tagger's bins. A strategy that needs the PPM (or the
-        expected-correction model) fails without it (``NotReady``) before the judge runs; the others route
-        anyway and the summary says what is missing."""
+    async def _model(self, options: RouteOptions, deadline: Deadline, warnings: list[str]) -> RoutingModel | None:
+        """The routing model. A strategy that needs the PPM (or a correction model) fails without it
+        (``NotReady``) before any tagging or judging; the others route anyway and the summary says what is
+        missing. The tagger's bins are checked against the bundle's once tags exist (:func:`_check_bins`)."""
+        strategy = options.strategy
         needed = strategy.needs_predictor or strategy.needs_expected_gain
         try:
             model = await self.models.routing_model(deadline)
-            if tagged.reference_bins_id and model.reference_bins_id and tagged.reference_bins_id != model.reference_bins_id:
-                # Tags binned with other edges than the models were trained on would be silently wrong.
-                raise NotReady(
-                    f"the tagger bins with reference edges {tagged.reference_bins_id}, the predictor bundle "
-                    f"{model.bundle_version} was built with {model.reference_bins_id}: deploy matching tagger and bundle")
             if strategy.needs_predictor and model.scorer is None:
                 raise NotReady(f"strategy {strategy.name!r} needs a quadratic PPM; bundle {model.bundle_version} has none")
-            if strategy.needs_expected_gain and model.correction is None:
+            if strategy.needs_expected_gain and not model.has_correction:
                 raise NotReady(f"strategy {strategy.name!r} needs the expected-correction model; bundle {model.bundle_version} "
                                "has none: load a bundle built with one, or choose another strategy")
             return model
@@ -243,8 +274,8 @@ class RouterCore:
             warnings.append(f"no routing model ({exc}): no predictions, domain check or expected corrections")
             return None
 
-    async def _judge_first(self, store, tagged: RouterTags, model: RoutingModel | None, options: RouteOptions,
-                           deadline: Deadline) -> JudgeFirst:
+    async def _judge_first(self, store, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None,
+                           options: RouteOptions, deadline: Deadline) -> JudgeFirst:
         """Judge every row, one slice at a time: signals and, with a correction model, P(wrong) per row."""
         batches, signals, p_lm, p_h = [], [], [], []
         for start in range(0, len(store), JUDGE_SLICE):
@@ -254,8 +285,8 @@ class RouterCore:
             sig = judge_signals(judged, instances)
             batches.append(judged)
             signals.append(sig)
-            if model is not None and model.correction is not None:
-                lm, hu = await self.executor.run(_p_wrong, model, instances, tagged, rows, sig, size=len(rows))
+            if model is not None and model.has_correction:
+                lm, hu = await self.executor.run(_p_wrong, model, instances, tagged, text, rows, sig, size=len(rows))
                 p_lm.append(lm)
                 p_h.append(hu)
         p_wrong = (np.concatenate(p_lm), np.concatenate(p_h)) if p_lm else None
@@ -292,7 +323,9 @@ def decide(
     domain = domain_check(model, features)
     # A bundle without domain statistics cannot show its PPM applies here: treated as out of domain.
     ppm_in_domain = domain is not None and domain.in_domain
-    inputs: dict = {"scorer": None if model is None else model.scorer, "ppm_in_domain": ppm_in_domain}
+    # Without tag columns (the batch was not tagged: nothing here reads the PPM) no scorer is handed over.
+    scorer = None if model is None or tag_matrix.shape[1] == 0 else model.scorer
+    inputs: dict = {"scorer": scorer, "ppm_in_domain": ppm_in_domain}
     if judged is not None:
         inputs.update(judge_confidence=judged.batch.confidence, judge_inconsistent=judged.batch.inconsistent,
                       signals=judged.signals, expected_gain=judged.expected_gain)
@@ -300,6 +333,8 @@ def decide(
                               deadline=deadline, **inputs)
     summary = summarize(model, tag_matrix, result.human_mask, domain=domain, totals=totals,
                         p_wrong=None if judged is None else judged.p_wrong, signals=None if judged is None else judged.signals)
+    if judged is not None and judged.p_wrong is not None and model is not None:
+        summary.correction_model, summary.correction_version = model.correction_name()
     if result.info.get("ppm_tie_breaker") == 0.0:  # the default strategy would have used the PPM in its domain
         summary.warnings.append(f"the PPM is outside its domain (or the bundle records none): {result.strategy} routed "
                                 "by the expected-correction model alone")
@@ -318,21 +353,83 @@ def _decisions(ids: Sequence[str], result, budget) -> list[Decision]:
             for i, h, g, c in zip(ids, result.human_mask, result.gains, budget.costs)]
 
 
-def text_features(instances: Sequence[PreferenceInstance], tagged: RouterTags) -> np.ndarray:
+@dataclass(frozen=True)
+class BatchText:
+    """What the router computes from a batch's texts alone, rows in batch order: ``stats`` (n, 4) float64
+    (:func:`~hybridpref.routing_model.correction.text_stats`: words of A, B, the prompt, the responses' word
+    overlap) and ``features`` (n, F) float32, the correction features with neutral judge signals and no tagger
+    output (the domain check reads their text columns)."""
+
+    stats: np.ndarray
+    features: np.ndarray
+
+    @staticmethod
+    def of(instances: Sequence[PreferenceInstance]) -> BatchText:
+        from hybridpref.routing_model.correction import text_stats
+
+        stats = text_stats(instances)
+        return BatchText(stats, text_features(instances, None, stats))
+
+    @staticmethod
+    def concat(parts: Sequence[BatchText]) -> BatchText:
+        from hybridpref.routing_model.correction import FEATURE_NAMES
+
+        if not parts:
+            return BatchText(np.zeros((0, 4)), np.zeros((0, len(FEATURE_NAMES)), np.float32))
+        return BatchText(np.concatenate([p.stats for p in parts]), np.concatenate([p.features for p in parts]))
+
+
+def text_features(instances: Sequence[PreferenceInstance], tagged: RouterTags | None = None,
+                  stats: np.ndarray | None = None) -> np.ndarray:
     """Correction features of a chunk without judge signals (their columns neutral) -> (n, F) float32;
-    the text columns are what the domain check compares with the bundle's training pools."""
+    the text columns are what the domain check compares with the bundle's training pools (they do not read
+    the tagger: ``tagged`` only fills the measure / tag columns)."""
     from hybridpref.routing_model.correction import correction_features
 
     n = len(instances)
     neutral = JudgeSignals(np.zeros(n, np.int8), np.full(n, np.nan), np.zeros(n, bool), np.full(n, np.nan))
-    return correction_features(instances, tagged.measures, tagged.tag_matrix, neutral)
+    return correction_features(instances, None if tagged is None else tagged.measures,
+                               None if tagged is None else tagged.tag_matrix, neutral, stats)
 
 
-def _p_wrong(model: RoutingModel, instances, tagged: RouterTags, rows: list[int], signals: JudgeSignals):
-    """(P(LM label wrong), P(human label wrong)) of ``rows`` from the bundle's correction model."""
+def tagging_reason(options: RouteOptions, model: RoutingModel | None, text: BatchText, human_costs: Sequence[float | None]) -> str:
+    """Why this batch must be tagged, or "" when its decision reads no tagger output: the strategy reads the
+    PPM's tag gains (:meth:`StrategySpec.needs_tags`; ``hybrid`` only inside the PPM's domain, which the domain
+    check decides from text features before any tagging), a cost or auto budget with costs the formula must
+    fill (its expertise multiplier comes from the analyzer's tags), or an ONNX correction model that reads the
+    tagger's measures or tags (the panel model never does)."""
+    strategy = options.strategy
+    has_ppm = model is not None and model.scorer is not None
+    domain = domain_check(model, text.features) if strategy.predictor == "in_domain" and has_ppm else None
+    if strategy.needs_tags(has_ppm, domain is not None and domain.in_domain):
+        return f"strategy {strategy.name} reads the PPM's tag gains"
+    if options.budget.kind in ("cost", "auto") and any(c is None for c in human_costs):
+        return "the cost formula needs the analyzer's expertise level for instances without a human_cost"
+    if (strategy.needs_judge_first and model is not None and model.panel is None and model.correction is not None
+            and model.correction.reads_tags):
+        return "the bundle's correction model reads the tagger's measures or tags"
+    return ""
+
+
+def _check_bins(model: RoutingModel | None, tagged: RouterTags) -> None:
+    """Tags binned with other edges than the models were trained on would be silently wrong."""
+    if model is not None and tagged.reference_bins_id and model.reference_bins_id and tagged.reference_bins_id != model.reference_bins_id:
+        raise NotReady(
+            f"the tagger bins with reference edges {tagged.reference_bins_id}, the predictor bundle "
+            f"{model.bundle_version} was built with {model.reference_bins_id}: deploy matching tagger and bundle")
+
+
+def _p_wrong(model: RoutingModel, instances, tagged: RouterTags | None, text: BatchText, rows: list[int], signals: JudgeSignals):
+    """(P(LM label wrong), P(human label wrong)) of ``rows``: from the panel correction model where the bundle
+    (or the campaign) has one, else from the bundle's ONNX correction model."""
+    if model.panel is not None:
+        from hybridpref.routing_model.panel_correction import panel_features
+
+        return model.panel.probabilities(panel_features(instances, signals, text.stats[rows]))
     from hybridpref.routing_model.correction import correction_features
 
-    features = correction_features(instances, tagged.measures[rows], tagged.tag_matrix[rows], signals)
+    features = correction_features(instances, None if tagged is None else tagged.measures[rows],
+                                   None if tagged is None else tagged.tag_matrix[rows], signals, text.stats[rows])
     return model.correction.probabilities(features)  # type: ignore[union-attr]
 
 
@@ -386,7 +483,17 @@ def _timed(stages: dict[str, float], name: str):
         stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
 
 
-def _cost_inputs(tagged: RouterTags) -> dict[str, np.ndarray]:
+# Words -> tokens for the cost formula when the tagger (which counts cl100k tokens) did not run; measured on the
+# three shared pools: 1.33 cl100k tokens per whitespace word (docs/EVALUATION.md, "The default path and the tagger").
+TOKENS_PER_WORD = 1.33
+
+
+def _cost_inputs(tagged: RouterTags | None, text: BatchText | None = None) -> dict[str, np.ndarray]:
+    """Inputs of the cost formula: the tagger's token counts and expertise level, or (untagged) word counts."""
+    if tagged is None:
+        assert text is not None
+        return {"prompt_tokens": text.stats[:, 2] * TOKENS_PER_WORD,
+                "response_tokens": (text.stats[:, 0] + text.stats[:, 1]) * TOKENS_PER_WORD}
     col = {m: i for i, m in enumerate(LEXICAL_MEASURES)}
     expertise = budgets.expertise_levels_from_tags(tagged.tag_matrix)
     return {

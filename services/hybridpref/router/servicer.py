@@ -89,6 +89,8 @@ def summary_to_proto(outcome: RouteOutcome) -> router_pb2.RoutingSummary:
         request_id=logs.current_request_id() or "",
         interval_level=core.level,
         warnings=core.warnings,
+        correction_model=core.correction_model,
+        correction_model_version=core.correction_version,
     )
     for mix in core.mixes:
         out = summary.mixes.add(mix=mix.mix, human_count=mix.human_count, score_note=mix.score_note)
