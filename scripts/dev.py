@@ -5,11 +5,13 @@
 
 Both are idempotent: the install step is skipped while pyproject.toml is unchanged.
 Besides the Python packages, the install step puts the check tools the tests use where they can
-find them (``.venv/tools``): promtool (from Debian's ``prometheus`` package, when apt exists) and
-buf (from npm, when npm exists); kubectl comes with the dev extra; PostgreSQL's server binaries
-(Debian's ``postgresql`` package, installed where ``pg_ctl`` is missing: the store tests start a
-throwaway server). A tool that cannot be installed is reported, and the tests that need it skip
-saying so.
+find them (``.venv/tools``): promtool (from Debian's ``prometheus`` package, when apt exists),
+buf (from npm, when npm exists) and Label Studio (PyPI, in its own venv ``.venv/tools/label-studio``:
+its Django stack stays out of the product's environment); PostgreSQL's server binaries (Debian's
+``postgresql`` package, installed where ``pg_ctl`` is missing: the store tests start a throwaway
+server); Debian's ``chromium`` for the browser tests (apt-get, where /usr/bin/chromium is missing);
+kubectl and Playwright come with the dev extra. A tool that cannot be installed is reported, and the
+tests that need it skip saying so.
 Extra arguments after ``run`` go to ``hybridpref route``; after ``test``, to pytest.
 """
 
@@ -37,6 +39,9 @@ TOOLS = VENV / "tools"
 BUF = "@bufbuild/buf@1.61.0"
 PROMETHEUS_DEB = "prometheus"  # Debian's package; only its promtool binary is used
 POSTGRES_DEB = "postgresql"  # Debian's server package: initdb, pg_ctl, postgres in /usr/lib/postgresql/N/bin
+LABEL_STUDIO = "label-studio==1.23.2"  # the annotators' round-trip test runs a real server from its own venv
+CHROMIUM_DEB = "chromium"  # Debian's browser, driven by Playwright (its own browser download is unreachable)
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def sh(*cmd: str) -> None:
@@ -49,7 +54,7 @@ def ensure_env() -> None:
         print(f"warning: hybridpref is tested on Python 3.11, this is {sys.version.split()[0]}", file=sys.stderr)
     if not (BIN / "python").exists():
         venv.EnvBuilder(with_pip=True).create(VENV)
-    pins = " ".join([TORCH, *NO_DEPS, BUF, PROMETHEUS_DEB, POSTGRES_DEB])
+    pins = " ".join([TORCH, *NO_DEPS, BUF, PROMETHEUS_DEB, POSTGRES_DEB, LABEL_STUDIO, CHROMIUM_DEB])
     projects = (ROOT / "pyproject.toml").read_bytes() + (ROOT / "clients" / "pyproject.toml").read_bytes()
     fingerprint = hashlib.sha256(projects + pins.encode()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == fingerprint:
@@ -69,7 +74,8 @@ def ensure_tools() -> None:
     """Best effort: a missing tool makes its tests skip, it does not fail the install."""
     TOOLS.mkdir(parents=True, exist_ok=True)
     for name, install in (("buf", _install_buf), ("promtool", _install_promtool),
-                          ("postgresql", _install_postgres)):
+                          ("postgresql", _install_postgres), ("label-studio", _install_label_studio),
+                          ("chromium", _install_chromium)):
         try:
             install()
         except (OSError, subprocess.CalledProcessError) as exc:
@@ -112,6 +118,27 @@ def _install_postgres() -> None:
     if subprocess.run(install, cwd=ROOT, env=env).returncode != 0:  # stale package lists: refresh once
         sh("apt-get", "update", "-q")
         subprocess.run(install, cwd=ROOT, env=env, check=True)
+
+
+def _install_label_studio() -> None:
+    """Label Studio in its own venv (about 1 GB, 5-6 minutes on 2 cores): never in the product's."""
+    target = TOOLS / "label-studio"
+    python = target / "bin" / "python"
+    if not python.exists():
+        venv.EnvBuilder(with_pip=True).create(target)
+    sh(str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", LABEL_STUDIO)
+
+
+def _install_chromium() -> None:
+    """Debian's chromium for the Playwright tests (apt-get needs root: CI and these machines are)."""
+    if CHROMIUM.exists():
+        return
+    if shutil.which("apt-get") is None:
+        raise OSError("apt-get not found (not a Debian machine)")
+    install = ["apt-get", "install", "-y", "-q", CHROMIUM_DEB]
+    if subprocess.run(install, cwd=ROOT).returncode != 0:  # stale package lists: refresh once
+        sh("apt-get", "update", "-q")
+        sh(*install)
 
 
 def main(argv: list[str]) -> int:

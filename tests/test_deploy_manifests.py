@@ -690,6 +690,50 @@ def test_bundle_volume_component_renders(tmp_path: Path) -> None:
     assert "HYBRIDPREF_BUNDLE_PATH" not in _env(_container(_by_kind(objects, "Deployment")["hybridpref-router"]))
 
 
+@pytest.mark.skipif(KUBECTL is None, reason=skip_reason("kubectl"))
+def test_annotate_component_renders(tmp_path: Path) -> None:
+    """components/annotate: the annotation page's Deployment + Service (+ its NetworkPolicy), HTTP
+    probes on the paths the app serves, non-root, resources, and arguments the CLI accepts."""
+    from hybridpref.cli.main import build_parser
+
+    rel = os.path.relpath(K8S, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{rel}/base]\ncomponents: [{rel}/components/annotate]\n", encoding="utf-8"
+    )
+    objects = _render(tmp_path)
+    dep = _by_kind(objects, "Deployment")["hybridpref-annotate"]
+    pod = dep["spec"]["template"]["spec"]
+    c = _container(dep)
+    assert c["image"] == "hybridpref", "overlays set the image by the placeholder name"
+    args = build_parser().parse_args(c["args"])
+    assert args.command == "annotate" and args.host == "0.0.0.0" and args.secure_cookies
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": args.port}
+    probes = {name: c[name]["httpGet"] for name in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert probes["readinessProbe"]["path"] == "/readyz" and probes["livenessProbe"]["path"] == "/healthz"
+    assert all(p["port"] == "http" for p in probes.values())
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/tmp"}
+    for kind in ("requests", "limits"):
+        assert _cpu(c["resources"][kind]["cpu"]) > 0 and _mem(c["resources"][kind]["memory"]) > 0
+    # Settings: the campaign and seed from the (hashed) ConfigMap, the database URL from a Secret.
+    (cm_ref,) = c["envFrom"]
+    (cm,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == cm_ref["configMapRef"]["name"]]
+    assert cm["metadata"]["name"].startswith("hybridpref-annotate-"), "hash suffix propagated"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HYBRIDPREF_DB_URL"]["valueFrom"]["secretKeyRef"] == {"name": "hybridpref-store-db", "key": "url"}
+    code = "".join((ROOT / "services" / "hybridpref" / f).read_text() for f in ("cli/annotate.py", "store/engine.py"))
+    for name in [*cm["data"], *env]:
+        assert f'"{name}"' in code, f"{name} is set in the manifest but read by no code"
+    svc = _by_kind(objects, "Service")["hybridpref-annotate"]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    policy = _by_kind(objects, "NetworkPolicy")["hybridpref-annotate"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+
+
 # ----------------------------------------------------------------------------- image overrides
 
 IMAGE_KUSTOMIZATIONS = [K8S / "overlays" / "dev", K8S / "overlays" / "prod", K8S / "jobs"]
@@ -808,9 +852,9 @@ def test_bundle_build_job_tags_through_the_tagger_service(base: list[dict[str, A
     # Through the headless tagger Service (round_robin over its replicas), not in process.
     config = dict(line.split("=", 1) for line in (BASE / "hybridpref.env").read_text().splitlines() if line and not line.startswith("#"))
     assert args["tagger"] == config["HYBRIDPREF_TAGGER_ADDRESS"]
-    from hybridpref.offline.bundle.builder import make_parser
+    from hybridpref.cli.main import build_parser
 
-    parsed = make_parser().parse_args([a.replace("$(JOB_UID)", "x") for a in c["args"][2:]])
+    parsed = build_parser().parse_args([a.replace("$(JOB_UID)", "x") for a in c["args"]])
     assert parsed.tagger == args["tagger"] and parsed.tagger_concurrency >= 2
     # The NetworkPolicy lets this pod reach the tagger.
     labels = job["spec"]["template"]["metadata"]["labels"]

@@ -299,12 +299,12 @@ DATA = default_data_dir()
 
 @pytest.mark.skipif(not (DATA / "llmbar" / "pairs.jsonl").exists(), reason="../shared/data not present")
 def test_real_data_smoke_llmbar(tmp_path):
-    from hybridpref.cli.evaluate import main
+    from hybridpref.cli.main import main
 
     # the default bundle is trained on llmbar (refused here); the leave-one-pool-out bundle never saw it
     bundle = Path(__file__).resolve().parents[1] / "benchmarks" / "lopo_bundles" / "without-llmbar"
     out = tmp_path / "out"
-    rc = main(["--pool", str(DATA / "llmbar"), "--bundle", str(bundle), "--budgets", "0.1,0.25", "--seeds", "2",
+    rc = main(["evaluate", "--pool", str(DATA / "llmbar"), "--bundle", str(bundle), "--budgets", "0.1,0.25", "--seeds", "2",
                "--tagger-profile", "fast", "--no-rm", "--n-boot", "500", "--strategies", "greedy,topk",
                "--out", str(out), "--no-progress", "--data-dir", str(DATA)])
     assert rc == 0

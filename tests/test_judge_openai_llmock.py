@@ -165,7 +165,7 @@ def test_malformed_200_is_an_error_never_a_label(body_server: type[_Body], body:
     failures: list[str] = []
     judge = Judge.from_config("openai", base_url=body_server.url, model="m", on_failure=failures.append)  # type: ignore[attr-defined]
     with pytest.raises(BackendUnavailable, match="malformed response") as err:
-        judge.judge(PAIRS, mode=PositionMode.BOTH, deadline_s=10)
+        judge.judge(PAIRS, mode=PositionMode.BOTH, deadline=10)
     assert "sk-echoed" not in str(err.value)
     assert failures and set(failures) == {"malformed_response"}
 
@@ -175,7 +175,7 @@ def test_well_formed_reply_without_a_verdict_still_works(body_server: type[_Body
     body_server.body = b'{"choices": [{"message": {"role": "assistant", "content": null}, "logprobs": null}]}'
     failures: list[str] = []
     judge = Judge.from_config("openai", base_url=body_server.url, model="m", on_failure=failures.append)  # type: ignore[attr-defined]
-    (out,) = judge.judge(PAIRS[:1], mode=PositionMode.BOTH, deadline_s=10)
+    (out,) = judge.judge(PAIRS[:1], mode=PositionMode.BOTH, deadline=10)
     assert out.confidence == 0.0 and (out.verdict_ab, out.verdict_ba) == (Label.UNSPECIFIED, Label.UNSPECIFIED)
     assert failures == []
 
@@ -192,7 +192,7 @@ def test_judge_service_fails_and_counts_a_malformed_endpoint(body_server: type[_
 
     body_server.body = MALFORMED["other_json"]
     metrics = Metrics(CollectorRegistry())
-    settings = Settings(judge_backend="openai", judge_openai_base_url=body_server.url, judge_openai_model="m")  # type: ignore[attr-defined]
+    settings = Settings(judge={"backend": "openai", "openai_base_url": body_server.url, "openai_model": "m"})
     running = background_loop.run(start_service(judge_handle(settings, metrics), settings, metrics, port=0, metrics_port=-1))
     background_loop.run(running.loaded.wait())
     request = judge_pb2.JudgeInstancesRequest(instances=[common_pb2.PreferenceInstance(id=p.id, prompt=p.prompt, response_a=p.response_a,

@@ -18,7 +18,8 @@ from hybridpref_client.core.errors import InvalidInput, NotReady
 from hybridpref_client.core.instances import PreferenceInstance
 from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, tag_index
 from hybridpref.routing_model import bundle as bundle_io
-from hybridpref.offline.bundle.builder import BuildConfig, build_bundle, main, parse_gold_spec, split_pool, read_rows
+from hybridpref.cli.main import main as cli_main
+from hybridpref.offline.bundle.builder import BuildConfig, build_bundle, parse_gold_spec, split_pool, read_rows
 from hybridpref.predictor.core import Predictor
 from hybridpref.offline.bundle.ppm_fit import check_parity
 from hybridpref.routing_model.ppm import QuadraticPPM
@@ -194,7 +195,7 @@ def test_cli_main_builds(tmp_path, cache, capsys, monkeypatch):
 
     monkeypatch.setattr(builder, "tag_with_tagger", lambda profile: (hand_tags, None))
     out = tmp_path / "cli"
-    rc = main(["--pool", str(FIXTURE), "--candidates", "12", "--seed", "1", "--out", str(out), "--folds", "3",
+    rc = cli_main(["predictor", "build", "--pool", str(FIXTURE), "--candidates", "12", "--seed", "1", "--out", str(out), "--folds", "3",
                "--proxy-seeds", "1", "--proxy-steps", "10", "--holdout-fraction", "0.25", "--no-progress",
                "--gold", f"extra={FIXTURE}#source~fixture#max=10"])
     assert rc == 0
@@ -235,14 +236,13 @@ def test_default_bundle_loads_and_scores_sanely():
         assert np.all((scores > 0.4) & (scores < 0.7))
 
 
-def test_builder_bad_inputs(tmp_path):
-    with pytest.raises(InvalidInput) as err:
-        main(["--pool", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")])
-    assert err.value.violations[0].field == "pool"
+def test_builder_bad_inputs(tmp_path, capsys):
+    assert cli_main(["predictor", "build", "--pool", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith("error: pool: ")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x"}\nnot json\n')
-    with pytest.raises(InvalidInput, match="not valid JSON"):
-        main(["--pool", str(bad), "--out", str(tmp_path / "o")])
+    assert cli_main(["predictor", "build", "--pool", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
     with pytest.raises(InvalidInput) as err:
         build_bundle(BuildConfig(pool=str(FIXTURE), out=str(tmp_path / "o"), holdout_fraction=0.99), tag_fn=hand_tags)
     assert err.value.violations[0].field == "holdout_fraction"

@@ -100,6 +100,7 @@ def test_predictor_build_cli_tags_through_the_tagger_service(two_taggers, tmp_pa
     """``predictor build --tagger`` hands build_bundle a remote tag function and the bins it checked
     (the build itself has its own tests; its cross-validation takes a minute here)."""
     import hybridpref.offline.bundle.builder as builder
+    from hybridpref.cli.main import main as cli_main
     from hybridpref.routing_model.bins import ReferenceBins
 
     def no_local_tagger(profile):
@@ -117,7 +118,7 @@ def test_predictor_build_cli_tags_through_the_tagger_service(two_taggers, tmp_pa
     before = sum(_tagged(m) for _, m in two_taggers)
     target = "ipv4:" + ",".join(s.address for s, _ in two_taggers)
     with pytest.raises(SystemExit):
-        builder.main(["--pool", "p.jsonl", "--out", str(tmp_path), "--tagger", target, "--tagger-profile", "fast",
+        cli_main(["predictor", "build", "--pool", "p.jsonl", "--out", str(tmp_path), "--tagger", target, "--tagger-profile", "fast",
                       "--tagger-concurrency", "2", "--no-progress"])
     assert sum(_tagged(m) for _, m in two_taggers) == before + 6
     assert seen["tags"].shape == (6, builder.NUM_TAGS) and seen["tags"].any()

@@ -10,6 +10,14 @@ explicit: ``fraction=``, ``count=``, ``cost=`` or ``budget=Budget(...)`` / ``"au
 as ``budget`` is deprecated: ``hybridpref_client.budget``). TLS, API keys and retries:
 ``RouterClient(address, api_key=..., root_certificates=..., max_attempts=4)`` (see ``ChannelConfig``).
 Errors: one hierarchy under ``HybridprefError`` (``hybridpref_client.errors``).
+
+Campaigns (a total budget over many batches, human labels back, one dataset out)::
+
+    client.create_campaign("acme-june", count=2000, expected_instances=8000)
+    client.route(batch, campaign="acme-june")          # no budget: the campaign's governs
+    client.submit_labels("acme-june", [{"id": "x1", "label": "A", "annotator": "ann1"}])
+    client.get_campaign("acme-june").agreement
+    for row in client.export_dataset("acme-june"): ...   # prompt / chosen / rejected + provenance
 """
 
 from importlib import import_module
@@ -27,12 +35,15 @@ _EXPORTS = {
     "AsyncRouterClient": "client", "ChannelConfig": "client", "RouterClient": "client",
     "Budget": "budget", "Cost": "budget",
     "Decision": "messages", "RouteResult": "messages",
+    "Campaign": "messages", "CampaignStatus": "messages", "HumanLabel": "messages", "LabelResult": "messages",
+    "Interval": "messages",
     "PreferenceInstance": "core.instances", "Message": "core.instances", "Label": "core.instances",
     "PositionMode": "core.instances",
     "HybridprefError": "core.errors", "InvalidInput": "core.errors", "FieldViolation": "core.errors",
     "RoutingError": "errors", "InvalidArgumentError": "errors", "UnauthenticatedError": "errors",
     "PermissionDeniedError": "errors", "ResourceExhaustedError": "errors", "UnavailableError": "errors",
-    "DeadlineExceededError": "errors", "FailedPreconditionError": "errors",
+    "DeadlineExceededError": "errors", "FailedPreconditionError": "errors", "NotFoundError": "errors",
+    "AlreadyExistsError": "errors",
     "read_instances": "jsonl", "write_decisions": "jsonl",
 }
 

@@ -1,6 +1,7 @@
-"""Sync and asyncio clients for ``RouteInstances`` / ``RouteInstancesStream``: deadlines, request
-ids, TLS, API keys and retries (``hybridpref_client.retry``: ``UNAVAILABLE``, and quota refusals
-after the server's ``RetryInfo``).
+"""Sync and asyncio clients for ``RouteInstances`` / ``RouteInstancesStream`` and the campaign calls
+(``CampaignService``, served by the router on the same port): deadlines, request ids, TLS, API keys and
+retries (``hybridpref_client.retry``: ``UNAVAILABLE``, and quota refusals after the server's ``RetryInfo``;
+every campaign call is safe to retry: a re-sent label or routed id is stored once).
 
 Both clients take the same arguments and build their messages with ``hybridpref_client.messages``;
 they differ only in how they wait.
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -20,8 +22,21 @@ from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.errors import RoutingError, routing_error
 from hybridpref_client.messages import (
     STREAM_CHUNK,
+    Campaign,
+    CampaignStatus,
     Decision,
     InstanceLike,
+    LabelLike,
+    LabelResult,
+    campaign_budget,
+    campaign_from_proto,
+    create_campaign_request,
+    export_request,
+    export_rows,
+    label_results,
+    status_from_proto,
+    submit_labels_requests,
+    to_labels,
     Progress,
     RouteResult,
     StreamCollector,
@@ -35,7 +50,7 @@ from hybridpref_client.messages import (
     unary_request,
 )
 from hybridpref_client.retry import Retrier, RetryPolicy
-from hybridpref.v1 import router_pb2, router_pb2_grpc
+from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc, router_pb2, router_pb2_grpc
 
 # Names of the 0.1 API, importable from here as before.
 __all__ = [
@@ -132,12 +147,28 @@ class _Client:
 
     def _call(self, instances: Sequence[InstanceLike], budget, strategy: str, seed: int, fraction, count, cost,
               request_id: str | None, options: dict) -> _Call:
-        # stacklevel 3: resolve_budget <- _call <- route / route_stream <- the caller's line
-        resolved = resolve_budget(budget, fraction=fraction, count=count, cost=cost, stacklevel=3)
+        given = [b for b in (budget, fraction, count, cost) if b is not None]
+        if options.get("campaign"):
+            if given:
+                raise InvalidInput(FieldViolation("budget", "leave the budget out when routing for a campaign: the "
+                                                            "campaign's total budget governs"))
+            resolved = None
+        else:
+            # stacklevel 3: resolve_budget <- _call <- route / route_stream <- the caller's line
+            resolved = resolve_budget(budget, fraction=fraction, count=count, cost=cost, stacklevel=3)
         rid = request_id or uuid.uuid4().hex
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         return _Call(to_instances(instances), build_config(resolved, strategy, seed, **options), rid,
                      self.config.metadata(rid), deadline)
+
+    def _plain(self, request_id: str | None) -> tuple[str, tuple[tuple[str, str], ...], float | None]:
+        """(request id, metadata, deadline) of a campaign call."""
+        rid = request_id or uuid.uuid4().hex
+        return rid, self.config.metadata(rid), None if self.timeout_s is None else time.monotonic() + self.timeout_s
+
+
+def _timeout(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.001, deadline - time.monotonic())
 
 
 def _check_chunk_size(chunk_size: int) -> None:
@@ -165,6 +196,7 @@ class RouterClient(_Client):
         else:
             self._channel = grpc.insecure_channel(address, options=self.config.options())
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+        self._campaigns = campaign_pb2_grpc.CampaignServiceStub(self._channel)
 
     def __enter__(self) -> RouterClient:
         return self
@@ -183,7 +215,9 @@ class RouterClient(_Client):
         ``instances``: ``PreferenceInstance`` objects or dicts (the JSONL schema). The budget:
         exactly one of ``fraction=``, ``count=``, ``cost=`` or ``budget=`` (a ``Budget``, ``"auto"``,
         ``"25%"``, ...; see ``hybridpref_client.budget``). ``options``: ``judge_mode``,
-        ``judge_template``, ``replay_judge``, ``explain_top_k``, ``simulated_candidates``.
+        ``judge_template``, ``replay_judge``, ``explain_top_k``, ``simulated_candidates``, ``campaign`` (route for
+        that campaign: no budget then, the campaign's governs; every decision is stored, a re-sent id returns
+        its stored decision and spends nothing) and ``batch`` (the campaign batch's name; default: the request id).
         Raises ``InvalidInput`` before sending anything, or a ``RoutingError`` subclass.
         """
         call = self._call(instances, budget, strategy, seed, fraction, count, cost, request_id, options)
@@ -224,6 +258,66 @@ class RouterClient(_Client):
 
         return self._retrier.call(attempt, call.deadline, _on_retry(on_progress))
 
+    # ---- campaigns --------------------------------------------------------------------------------------
+
+    def _unary(self, method, request, request_id: str | None):
+        rid, metadata, deadline = self._plain(request_id)
+
+        def attempt():
+            try:
+                return method(request, timeout=_timeout(deadline), metadata=metadata)
+            except grpc.RpcError as exc:
+                raise routing_error(exc, rid) from None
+
+        return self._retrier.call(attempt, deadline)
+
+    def create_campaign(self, name: str, budget: str | None = None, *, count: int | None = None,
+                        cost: float | None = None, strategy: str = "", judge: str = "", votes_per_pair: int = 1,
+                        expected_instances: int | None = None, exploration_share: float = 0.0,
+                        request_id: str | None = None) -> Campaign:
+        """Create a campaign with a total human budget: ``count=N`` human labels, ``cost=X`` cost units, or
+        ``budget="count:N"|"cost:X"``. ``strategy``: whose scores spend it ("" = the router's default);
+        ``judge``: "" = the judge service, else a recorded judge's name (replay); ``expected_instances``: the
+        stream's expected size, which paces the spending (see docs/campaigns.md). Raises
+        ``AlreadyExistsError`` when the name is taken, ``InvalidArgumentError`` for a bad setting."""
+        request = create_campaign_request(name, campaign_budget(budget, count=count, cost=cost), strategy=strategy,
+                                          judge=judge, votes_per_pair=votes_per_pair,
+                                          expected_instances=expected_instances, exploration_share=exploration_share)
+        return campaign_from_proto(self._unary(self._campaigns.CreateCampaign, request, request_id).campaign)
+
+    def get_campaign(self, name: str, *, request_id: str | None = None) -> CampaignStatus:
+        """The campaign and its status (budget, labels, agreement, corrections); ``NotFoundError`` if unknown."""
+        return status_from_proto(self._unary(self._campaigns.GetCampaign, campaign_pb2.GetCampaignRequest(name=name),
+                                             request_id))
+
+    def list_campaigns(self, *, request_id: str | None = None) -> list[Campaign]:
+        """The caller's campaigns, oldest first."""
+        resp = self._unary(self._campaigns.ListCampaigns, campaign_pb2.ListCampaignsRequest(), request_id)
+        return [campaign_from_proto(c) for c in resp.campaigns]
+
+    def submit_labels(self, campaign: str, labels: Iterable[LabelLike], *, request_id: str | None = None) -> list[LabelResult]:
+        """Store human labels (``HumanLabel`` objects or dicts ``{"id", "label": "A"|"B"|"tie", "annotator",
+        "strength"?, "rationale"?, "labelled_at"?}``); one ``LabelResult`` per label, in order. A malformed
+        label raises ``InvalidInput`` before anything is sent; an id the campaign never routed comes back
+        ``rejected`` and the rest is stored. Safe to retry: a label already stored is ``unchanged``."""
+        items = to_labels(labels)
+        out: list[LabelResult] = []
+        for request in submit_labels_requests(campaign, items):
+            out += label_results(self._unary(self._campaigns.SubmitLabels, request, request_id), len(out))
+        return out
+
+    def export_dataset(self, campaign: str, format: str = "trl", *, request_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """The campaign's dataset, one dict per row in routing order, read as it streams (``trl``: prompt,
+        chosen, rejected, label_source, judge, confidence, votes, tie, campaign, batch, ...; ``pool``: the
+        pool schema ``hybridpref evaluate`` reads)."""
+        request = export_request(campaign, format)
+        rid, metadata, deadline = self._plain(request_id)
+        try:
+            for message in self._campaigns.ExportDataset(request, timeout=_timeout(deadline), metadata=metadata):
+                yield from export_rows(message)
+        except grpc.RpcError as exc:
+            raise routing_error(exc, rid) from None
+
 
 class AsyncRouterClient(_Client):
     """asyncio client with the same methods, arguments and channel options as ``RouterClient``."""
@@ -236,6 +330,7 @@ class AsyncRouterClient(_Client):
         else:
             self._channel = grpc.aio.insecure_channel(address, options=self.config.options())
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+        self._campaigns = campaign_pb2_grpc.CampaignServiceStub(self._channel)
 
     async def __aenter__(self) -> AsyncRouterClient:
         return self
@@ -283,3 +378,57 @@ class AsyncRouterClient(_Client):
             return collector.result
 
         return await self._retrier.acall(attempt, call.deadline, _on_retry(on_progress))
+
+    # ---- campaigns --------------------------------------------------------------------------------------
+
+    async def _unary(self, method, request, request_id: str | None):
+        rid, metadata, deadline = self._plain(request_id)
+
+        async def attempt():
+            try:
+                return await method(request, timeout=_timeout(deadline), metadata=metadata)
+            except grpc.RpcError as exc:
+                raise routing_error(exc, rid) from None
+
+        return await self._retrier.acall(attempt, deadline)
+
+    async def create_campaign(self, name: str, budget: str | None = None, *, count: int | None = None,
+                              cost: float | None = None, strategy: str = "", judge: str = "", votes_per_pair: int = 1,
+                              expected_instances: int | None = None, exploration_share: float = 0.0,
+                              request_id: str | None = None) -> Campaign:
+        """``RouterClient.create_campaign`` for asyncio."""
+        request = create_campaign_request(name, campaign_budget(budget, count=count, cost=cost), strategy=strategy,
+                                          judge=judge, votes_per_pair=votes_per_pair,
+                                          expected_instances=expected_instances, exploration_share=exploration_share)
+        return campaign_from_proto((await self._unary(self._campaigns.CreateCampaign, request, request_id)).campaign)
+
+    async def get_campaign(self, name: str, *, request_id: str | None = None) -> CampaignStatus:
+        """``RouterClient.get_campaign`` for asyncio."""
+        return status_from_proto(await self._unary(self._campaigns.GetCampaign,
+                                                   campaign_pb2.GetCampaignRequest(name=name), request_id))
+
+    async def list_campaigns(self, *, request_id: str | None = None) -> list[Campaign]:
+        """``RouterClient.list_campaigns`` for asyncio."""
+        resp = await self._unary(self._campaigns.ListCampaigns, campaign_pb2.ListCampaignsRequest(), request_id)
+        return [campaign_from_proto(c) for c in resp.campaigns]
+
+    async def submit_labels(self, campaign: str, labels: Iterable[LabelLike], *,
+                            request_id: str | None = None) -> list[LabelResult]:
+        """``RouterClient.submit_labels`` for asyncio."""
+        items = to_labels(labels)
+        out: list[LabelResult] = []
+        for request in submit_labels_requests(campaign, items):
+            out += label_results(await self._unary(self._campaigns.SubmitLabels, request, request_id), len(out))
+        return out
+
+    async def export_dataset(self, campaign: str, format: str = "trl", *,
+                             request_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """``RouterClient.export_dataset`` for asyncio: ``async for row in client.export_dataset(name)``."""
+        request = export_request(campaign, format)
+        rid, metadata, deadline = self._plain(request_id)
+        try:
+            async for message in self._campaigns.ExportDataset(request, timeout=_timeout(deadline), metadata=metadata):
+                for row in export_rows(message):
+                    yield row
+        except grpc.RpcError as exc:
+            raise routing_error(exc, rid) from None

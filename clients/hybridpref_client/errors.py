@@ -11,7 +11,9 @@
         │                            or a size limit (``retry_after_s`` is None: retrying cannot help)
         ├── UnavailableError         UNAVAILABLE: the router or a backend is down (retried first)
         ├── DeadlineExceededError    DEADLINE_EXCEEDED: ``timeout_s`` ran out
-        └── FailedPreconditionError  FAILED_PRECONDITION: e.g. the router has no routing model loaded
+        ├── FailedPreconditionError  FAILED_PRECONDITION: e.g. the router has no routing model loaded
+        ├── NotFoundError            NOT_FOUND: no such campaign (another vendor's reads the same)
+        └── AlreadyExistsError       ALREADY_EXISTS: a campaign of that name exists
 
 Every class is exported from ``hybridpref_client``. Violations are ``FieldViolation(field,
 description)`` objects in both ``InvalidInput`` and ``RoutingError`` (they unpack as pairs).
@@ -25,7 +27,7 @@ from hybridpref_client.core.errors import FieldViolation, HybridprefError, Inval
 from hybridpref_client.core.grpc_errors import field_violations, retry_delay_s, violation_total
 
 __all__ = [
-    "DeadlineExceededError", "FailedPreconditionError", "FieldViolation", "HybridprefError", "InvalidArgumentError",
+    "AlreadyExistsError", "DeadlineExceededError", "FailedPreconditionError", "FieldViolation", "NotFoundError", "HybridprefError", "InvalidArgumentError",
     "InvalidInput", "PermissionDeniedError", "ResourceExhaustedError", "RoutingError", "UnauthenticatedError",
     "UnavailableError", "routing_error",
 ]
@@ -79,7 +81,17 @@ class FailedPreconditionError(RoutingError):
     """The router cannot serve the call in its current state (e.g. no routing model loaded)."""
 
 
+class NotFoundError(RoutingError):
+    """The named campaign does not exist for this API key (another vendor's campaign reads as not found)."""
+
+
+class AlreadyExistsError(RoutingError):
+    """A campaign of that name already exists for this API key."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[RoutingError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.OUT_OF_RANGE: InvalidArgumentError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,

@@ -33,6 +33,8 @@ class RouteConfig(_message.Message):
     REPLAY_JUDGE_FIELD_NUMBER: _builtins.int
     EXPLAIN_TOP_K_FIELD_NUMBER: _builtins.int
     SIMULATED_CANDIDATES_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     strategy: _builtins.str
     """Strategy name (hybridpref.router.strategies.STRATEGIES, e.g. hybrid, expected_gain, judge_doubt,
     greedy, topk, simulated, random, all_human, all_lm). "" = server default.
@@ -51,6 +53,13 @@ class RouteConfig(_message.Message):
     """
     simulated_candidates: _builtins.int
     """Candidate mixes for the simulated strategy (0 = default 500)."""
+    campaign: _builtins.str
+    """Route for this campaign of the caller (CampaignService): every decision is stored, a re-sent id
+    returns its stored decision and spends nothing, and the campaign's total budget governs (budget
+    must then be unset; strategy and replay_judge unset or the campaign's). "" = no campaign.
+    """
+    batch: _builtins.str
+    """With a campaign: the batch's name, stored with its decisions ("" = the request id)."""
     @_builtins.property
     def budget(self) -> _common_pb2.Budget:
         """The human budget."""
@@ -66,10 +75,12 @@ class RouteConfig(_message.Message):
         replay_judge: _builtins.str = ...,
         explain_top_k: _builtins.int | None = ...,
         simulated_candidates: _builtins.int = ...,
+        campaign: _builtins.str = ...,
+        batch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "budget", b"budget", "explain_top_k", b"explain_top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "budget", b"budget", "explain_top_k", b"explain_top_k", "judge_position_mode", b"judge_position_mode", "judge_template", b"judge_template", "replay_judge", b"replay_judge", "seed", b"seed", "simulated_candidates", b"simulated_candidates", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "batch", b"batch", "budget", b"budget", "campaign", b"campaign", "explain_top_k", b"explain_top_k", "judge_position_mode", b"judge_position_mode", "judge_template", b"judge_template", "replay_judge", b"replay_judge", "seed", b"seed", "simulated_candidates", b"simulated_candidates", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__explain_top_k: _TypeAlias = _typing.Literal["explain_top_k"]  # noqa: Y015
     _WhichOneofArgType__explain_top_k: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k"]  # noqa: Y015
@@ -122,6 +133,8 @@ class RoutingDecision(_message.Message):
     JUDGE_ORDER_INCONSISTENT_FIELD_NUMBER: _builtins.int
     HUMAN_COST_FIELD_NUMBER: _builtins.int
     EXPECTED_GAIN_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    EXPLORATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The instance id."""
     route: _common_pb2.Route.ValueType
@@ -143,6 +156,10 @@ class RoutingDecision(_message.Message):
     """Expected label corrections a human label buys here: P(LM label wrong) - P(human label
     wrong) from the bundle's correction model; unset when it was not computed.
     """
+    replayed: _builtins.bool
+    """With a campaign: the id was already stored and this is its stored decision (nothing was spent)."""
+    exploration: _builtins.bool
+    """With a campaign: routed to humans by the campaign's random exploration share."""
     @_builtins.property
     def top_tags(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TagContribution]:
         """The tags that contributed most to the PPM gain (strategies routing by the PPM: topk, simulated,
@@ -161,10 +178,12 @@ class RoutingDecision(_message.Message):
         judge_order_inconsistent: _builtins.bool = ...,
         human_cost: _builtins.float = ...,
         expected_gain: _builtins.float | None = ...,
+        replayed: _builtins.bool = ...,
+        exploration: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain", "expected_gain", b"expected_gain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain", "expected_gain", b"expected_gain", "gain", b"gain", "human_cost", b"human_cost", "id", b"id", "judge_order_inconsistent", b"judge_order_inconsistent", "lm_confidence", b"lm_confidence", "lm_label", b"lm_label", "route", b"route", "top_tags", b"top_tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain", "expected_gain", b"expected_gain", "exploration", b"exploration", "gain", b"gain", "human_cost", b"human_cost", "id", b"id", "judge_order_inconsistent", b"judge_order_inconsistent", "lm_confidence", b"lm_confidence", "lm_label", b"lm_label", "replayed", b"replayed", "route", b"route", "top_tags", b"top_tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_gain: _TypeAlias = _typing.Literal["expected_gain"]  # noqa: Y015
     _WhichOneofArgType__expected_gain: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain"]  # noqa: Y015
@@ -329,6 +348,7 @@ class RoutingSummary(_message.Message):
     INTERVAL_LEVEL_FIELD_NUMBER: _builtins.int
     DOMAIN_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
     CORRECTION_MODEL_FIELD_NUMBER: _builtins.int
     CORRECTION_MODEL_VERSION_FIELD_NUMBER: _builtins.int
     strategy: _builtins.str
@@ -374,6 +394,10 @@ class RoutingSummary(_message.Message):
         judge unsure on most pairs, uncalibrated predictions, ...), one sentence each.
         """
 
+    @_builtins.property
+    def campaign(self) -> Global___CampaignProgress:
+        """With a campaign: its name, the batch and its budget after this batch; unset without one."""
+
     def __init__(
         self,
         *,
@@ -388,16 +412,135 @@ class RoutingSummary(_message.Message):
         interval_level: _builtins.float = ...,
         domain: Global___DomainCheck | None = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        campaign: Global___CampaignProgress | None = ...,
         correction_model: _builtins.str = ...,
         correction_model_version: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "domain", b"domain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "correction_model", b"correction_model", "correction_model_version", b"correction_model_version", "domain", b"domain", "human_cost", b"human_cost", "human_count", b"human_count", "interval_level", b"interval_level", "lm_count", b"lm_count", "mixes", b"mixes", "request_id", b"request_id", "stage_seconds", b"stage_seconds", "strategy", b"strategy", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "campaign", b"campaign", "correction_model", b"correction_model", "correction_model_version", b"correction_model_version", "domain", b"domain", "human_cost", b"human_cost", "human_count", b"human_count", "interval_level", b"interval_level", "lm_count", b"lm_count", "mixes", b"mixes", "request_id", b"request_id", "stage_seconds", b"stage_seconds", "strategy", b"strategy", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoutingSummary: _TypeAlias = RoutingSummary  # noqa: Y015
+
+@_typing.final
+class CampaignProgress(_message.Message):
+    """Where a campaign stands after a routed batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    BUDGET_SPENT_FIELD_NUMBER: _builtins.int
+    BUDGET_LEFT_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    EXPECTED_CHANGES_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The campaign's name."""
+    batch: _builtins.str
+    """The batch's name as stored."""
+    budget_spent: _builtins.float
+    """Budget units reserved so far (this batch included)."""
+    budget_left: _builtins.float
+    """Budget units left."""
+    replayed: _builtins.int
+    """Instances of this batch that were already stored (re-sent ids: their stored decisions came back)."""
+    @_builtins.property
+    def expected_changes(self) -> Global___Estimate:
+        """How many of this batch's new human-routed pairs the bought labels are expected to change (a non-tie
+        human majority against the LM label: what GetCampaign's realised_corrections counts), 90% interval,
+        recalibrated on the campaign's returned labels; unset without the panel correction model.
+        """
+
+    @_builtins.property
+    def model(self) -> Global___CampaignModelInfo:
+        """The campaign's correction model that scored this batch (also RoutingSummary.correction_model_version
+        and each stored decision's model version).
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        batch: _builtins.str = ...,
+        budget_spent: _builtins.float = ...,
+        budget_left: _builtins.float = ...,
+        replayed: _builtins.int = ...,
+        expected_changes: Global___Estimate | None = ...,
+        model: Global___CampaignModelInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expected_changes", b"expected_changes", "model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "budget_left", b"budget_left", "budget_spent", b"budget_spent", "expected_changes", b"expected_changes", "model", b"model", "name", b"name", "replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignProgress: _TypeAlias = CampaignProgress  # noqa: Y015
+
+@_typing.final
+class CampaignModelInfo(_message.Message):
+    """A campaign's correction model: the bundle's panel model, or a refit on the campaign's returned labels
+    promoted because its held-out log loss on them is not worse (hybridpref.router.adaptation).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    ADAPTED_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    HELDOUT_LOG_LOSS_FIELD_NUMBER: _builtins.int
+    BUNDLE_LOG_LOSS_FIELD_NUMBER: _builtins.int
+    HUMAN_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """"panel-correction/1@<hash>", "...+adapted-<labels>@<hash>" (a promoted refit) or "...+human-rate@<hash>"
+    (the bundle's model with the campaign's annotator error rate).
+    """
+    base_version: _builtins.str
+    """The bundle's panel model it starts from."""
+    adapted: _builtins.bool
+    """True when a refit on the campaign's labels routes."""
+    labels: _builtins.int
+    """Labelled pairs (non-tie human majority) the last refit read."""
+    heldout_log_loss: _builtins.float
+    """The last refit's cross-validated log loss on the returned verdict labels (promoted when not above
+    bundle_log_loss); unset before enough labels.
+    """
+    bundle_log_loss: _builtins.float
+    """The bundle model's log loss on the same labels; unset before enough labels."""
+    human_error_rate: _builtins.float
+    """The campaign's annotator error rate (Dawid-Skene over pairs with several votes); unset without such pairs."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        base_version: _builtins.str = ...,
+        adapted: _builtins.bool = ...,
+        labels: _builtins.int = ...,
+        heldout_log_loss: _builtins.float | None = ...,
+        bundle_log_loss: _builtins.float | None = ...,
+        human_error_rate: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bundle_log_loss", b"_bundle_log_loss", "_heldout_log_loss", b"_heldout_log_loss", "_human_error_rate", b"_human_error_rate", "bundle_log_loss", b"bundle_log_loss", "heldout_log_loss", b"heldout_log_loss", "human_error_rate", b"human_error_rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bundle_log_loss", b"_bundle_log_loss", "_heldout_log_loss", b"_heldout_log_loss", "_human_error_rate", b"_human_error_rate", "adapted", b"adapted", "base_version", b"base_version", "bundle_log_loss", b"bundle_log_loss", "heldout_log_loss", b"heldout_log_loss", "human_error_rate", b"human_error_rate", "labels", b"labels", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bundle_log_loss: _TypeAlias = _typing.Literal["bundle_log_loss"]  # noqa: Y015
+    _WhichOneofArgType__bundle_log_loss: _TypeAlias = _typing.Literal["_bundle_log_loss", b"_bundle_log_loss"]  # noqa: Y015
+    _WhichOneofReturnType__heldout_log_loss: _TypeAlias = _typing.Literal["heldout_log_loss"]  # noqa: Y015
+    _WhichOneofArgType__heldout_log_loss: _TypeAlias = _typing.Literal["_heldout_log_loss", b"_heldout_log_loss"]  # noqa: Y015
+    _WhichOneofReturnType__human_error_rate: _TypeAlias = _typing.Literal["human_error_rate"]  # noqa: Y015
+    _WhichOneofArgType__human_error_rate: _TypeAlias = _typing.Literal["_human_error_rate", b"_human_error_rate"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bundle_log_loss) -> _WhichOneofReturnType__bundle_log_loss | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__heldout_log_loss) -> _WhichOneofReturnType__heldout_log_loss | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__human_error_rate) -> _WhichOneofReturnType__human_error_rate | None: ...
+
+Global___CampaignModelInfo: _TypeAlias = CampaignModelInfo  # noqa: Y015
 
 @_typing.final
 class RouteInstancesResponse(_message.Message):

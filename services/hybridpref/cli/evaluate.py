@@ -13,20 +13,26 @@ import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
-from hybridpref.offline.evaluation.harness import DEFAULT_STRATEGIES, EvalConfig
+
+if TYPE_CHECKING:
+    from hybridpref.offline.evaluation.harness import EvalConfig
 
 
-def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hybridpref evaluate", description=__doc__.split("\n\n")[0])
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="evaluate routing strategies on labelled pools", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pool", action="append", required=True, help="pairs.jsonl (or its folder) with human and LM labels; repeat for several")
     p.add_argument("--lm-judge", default=None, help="recorded judge key (default: each pool's default judge)")
     p.add_argument("--bundle", default=None, help="predictor bundle for the PPM strategies (refused when it has seen a pool's labels)")
     p.add_argument("--bundle-for", action="append", default=[], metavar="POOL=DIR",
                    help="use this bundle for that pool instead of --bundle (e.g. a leave-one-pool-out bundle that never saw it); repeatable")
     p.add_argument("--budgets", default="0.1,0.25,0.5", help="human budgets as fractions, comma separated")
-    p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES), help="comma separated; all_human, all_lm, random, oracle, judge_doubt always run")
+    p.add_argument("--strategies", default=None,
+                   help="comma separated (default: every strategy the router serves, and oracle); all_human, all_lm, random, "
+                        "oracle, judge_doubt always run")
     p.add_argument("--seeds", type=int, default=10, help="random baseline seeds")
     p.add_argument("--mode", default="in-pool", choices=("in-pool", "cross-pool", "both"))
     p.add_argument("--folds", type=int, default=3, help="prompt-group folds")
@@ -45,7 +51,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--correction-model", default="panel", choices=("panel", "onnx"),
                    help="what expected_gain / hybrid read: the panel-invariant model (the default bundle's) or correction.onnx")
-    return p
+    p.set_defaults(func=run)
 
 
 def parse_budgets(text: str) -> tuple[float, ...]:
@@ -71,23 +77,25 @@ def parse_bundle_for(items: Sequence[str]) -> dict[str, str]:
 
 
 def config_from_args(a: argparse.Namespace) -> EvalConfig:
+    from hybridpref.offline.evaluation.harness import DEFAULT_STRATEGIES, EvalConfig
+
+    strategies = DEFAULT_STRATEGIES if a.strategies is None else tuple(s.strip() for s in a.strategies.split(",") if s.strip())
     return EvalConfig(pools=a.pool, out=a.out, lm_judge=a.lm_judge, bundle=a.bundle, bundle_for=parse_bundle_for(a.bundle_for), budgets=parse_budgets(a.budgets),
-                      strategies=tuple(s.strip() for s in a.strategies.split(",") if s.strip()), seeds=a.seeds,
+                      strategies=strategies, seeds=a.seeds,
                       modes=("in-pool", "cross-pool") if a.mode == "both" else (a.mode,), folds=a.folds, split_seed=a.split_seed,
                       tagger_profile=a.tagger_profile, n_boot=a.n_boot, rm=not a.no_rm, rm_random_seeds=a.rm_random_seeds,
                       rm_proxy_seeds=a.rm_proxy_seeds, prediction_mixes=a.prediction_mixes, on_leak=a.on_leak, data_dir=a.data_dir,
                       tagger_address=a.tagger, correction=a.correction_model)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry; ``InvalidInput`` (bad flags, leakage) propagates for the caller to print."""
+def run(a: argparse.Namespace) -> int:
+    """Evaluate and write the report; ``InvalidInput`` (bad flags, leakage) propagates for ``main`` to print."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hybridpref.server.runtime import configure_torch_threads
     from hybridpref.offline.evaluation.harness import evaluate
     from hybridpref.offline.evaluation.report import write_all
 
-    a = make_parser().parse_args(argv)
     config = config_from_args(a)
     configure_torch_threads()
     t0 = time.perf_counter()
@@ -104,7 +112,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in result.notes:
         print(f"  note: {n}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hybridpref.server.auth import add_vendor, hash_key
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    keys = sub.add_parser("keys", help="make API key entries for the router's keys file")
+def register(subparsers: argparse._SubParsersAction) -> None:
+    keys = subparsers.add_parser("keys", help="make API key entries for the router's keys file", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     add = keys_sub.add_parser("add", help="add a vendor with a new random key (prints the key once)")
     add.add_argument("--file", required=True, help="the keys file (JSON, or YAML by its .yaml/.yml suffix); created if missing")
@@ -27,9 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--max-concurrent", type=int, default=0, help="0 = unlimited")
     hashed = keys_sub.add_parser("hash", help="print the SHA-256 of a key (from --key or stdin)")
     hashed.add_argument("--key", default=None)
+    keys.set_defaults(func=run)
 
 
-def main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    from hybridpref.server.auth import add_vendor, hash_key
+
     if args.keys_command == "hash":
         key = args.key if args.key is not None else sys.stdin.readline().strip()
         if not key:

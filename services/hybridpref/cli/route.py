@@ -1,7 +1,14 @@
-"""``hybridpref route``: route a JSONL batch against a router, or an embedded stack."""
+"""``hybridpref route``: route a JSONL batch against a running router, or an embedded stack.
+
+    hybridpref route --input in.jsonl --budget 0.25 [--router HOST:PORT] [--output out.jsonl]
+
+Budgets: a fraction (``0.25``), a count (``count:100``), a total cost (``cost:500``) or ``auto``. Bad rows are
+named by their line in the input file.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections import Counter
 from contextlib import contextmanager
@@ -15,7 +22,24 @@ from hybridpref.server.settings import Settings
 SAMPLE_BATCH = Path(__file__).resolve().parents[3] / "samples" / "sample_batch.jsonl"
 
 
-def cmd_route(args) -> int:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    route = subparsers.add_parser("route", help="route a JSONL batch", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    route.add_argument("--input", type=Path, default=None, help="JSONL instances (default: the sample batch)")
+    route.add_argument("--budget", default="0.25", help="fraction (0.25), count (count:100), cost (cost:500) or auto")
+    route.add_argument("--strategy", default="", help="strategy name (default: the router's)")
+    route.add_argument("--seed", type=int, default=0)
+    route.add_argument("--router", default=None, help="HOST:PORT of a running router (default: start an embedded stack)")
+    route.add_argument("--output", type=Path, default=None, help="write decisions as JSONL here")
+    route.add_argument("--replay-judge", default="", help="use labels recorded under this judge name")
+    route.add_argument("--judge-backend", choices=["learned", "embedded", "openai", "replay"], default=None,
+                       help="embedded stack only: judge backend (default: learned)")
+    route.add_argument("--timeout", type=float, default=900.0, help="deadline for the call, seconds")
+    route.add_argument("--log-level", default="WARNING", help="embedded stack's service log level (default WARNING)")
+    route.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from hybridpref_client import RouterClient, RoutingError, write_decisions
 

@@ -1,4 +1,4 @@
-"""Train, evaluate and export the learned judge (``hybridpref judge train``).
+"""Train, evaluate and export the learned judge (:func:`train`; ``hybridpref judge train``).
 
 Data: the human labels of the public pools in ``../shared/data`` (ties and unlabelled rows excluded):
 MT-Bench expert votes (``mtbench_human_gpt4``, plus LLMBar's re-processed MT-Bench subset, which repeats
@@ -19,12 +19,10 @@ symmetric), a JSON spec (feature version, names, metrics) and the model card's t
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -455,43 +453,37 @@ def write_model_card(spec: dict[str, Any], out_dir: Path, *, synthetic: int, rep
         table=format_table(spec["loso"])))
 
 
-def main(argv: list[str] | None = None) -> int:
-    from hybridpref.offline.pools import default_data_dir
+@dataclass
+class TrainingRun:
+    """What :func:`train` did: the leave-one-source-out study and, unless it only studied, the exported spec."""
 
-    parser = argparse.ArgumentParser(prog="hybridpref judge train", description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=None, help="shared data folder (default ../shared/data)")
-    parser.add_argument("--out", type=Path, default=PACKAGE_DIR, help="where to write the model and spec (default: the package)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--reps", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--no-export", action="store_true", help="only print the leave-one-source-out table")
-    parser.add_argument("--synthetic-empty", type=int, default=60, help="blank-response training pairs per fold")
-    parser.add_argument("--c", type=float, action="append", default=None,
-                        help=f"L2 strength(s) to choose from (repeatable; default {', '.join(map(str, C_GRID))})")
-    args = parser.parse_args(argv)
-    data_dir = args.data_dir or default_data_dir()
+    pairs: int
+    features: int
+    study: dict[str, Any]
+    spec: dict[str, Any] | None
+
+
+def train(data_dir: Path, out: Path = PACKAGE_DIR, *, seed: int = 0, reps: int = 1000, export_model: bool = True,
+          synthetic_empty: int = 60, grid: Sequence[float] = C_GRID, say: Callable[[str], None] = lambda _: None) -> TrainingRun:
+    """Study (leave one source out, ``reps`` bootstrap resamples, regularisation from ``grid``) and, with
+    ``export_model``, train on every fold and write the model, its spec and card to ``out``. ``say`` hears
+    progress lines."""
     t0 = time.perf_counter()
-    ds = load_dataset(data_dir, synthetic_empty=args.synthetic_empty, seed=args.seed)
+    ds = load_dataset(data_dir, synthetic_empty=synthetic_empty, seed=seed)
     x = F.pair_features(ds.prompts, ds.a, ds.b)
-    print(f"{len(ds)} non-tie pairs, {x.shape[1]} features ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
-    grid = tuple(args.c or C_GRID)
-    study = leave_one_source_out(ds, x, seed=args.seed, reps=args.reps, grid=grid)
-    print(format_table(study["table"]))
-    print(json.dumps(study["per_fold"]), file=sys.stderr)
-    if args.no_export:
-        return 0
-    train = np.array(ds.train)
-    y, folds = np.array(ds.y)[train], np.array(ds.fold)[train]
-    model, c, t = select_and_fit(x[train], y, folds, grid)
-    real = np.array(ds.evaluate)[train]
+    say(f"{len(ds)} non-tie pairs, {x.shape[1]} features ({time.perf_counter() - t0:.1f} s)")
+    grid = tuple(grid)
+    study = leave_one_source_out(ds, x, seed=seed, reps=reps, grid=grid)
+    if not export_model:
+        return TrainingRun(len(ds), x.shape[1], study, None)
+    train_rows = np.array(ds.train)
+    y, folds = np.array(ds.y)[train_rows], np.array(ds.fold)[train_rows]
+    model, c, t = select_and_fit(x[train_rows], y, folds, grid)
+    real = np.array(ds.evaluate)[train_rows]
     counts = {f: int(np.sum((folds == f) & real)) for f in FOLDS}
-    spec = export(model, args.out, {
-        "C": c, "temperature": t, "trained_on": counts, "synthetic_blank_per_fold": args.synthetic_empty,
+    spec = export(model, out, {
+        "C": c, "temperature": t, "trained_on": counts, "synthetic_blank_per_fold": synthetic_empty,
         "created": time.strftime("%Y-%m-%d"), "loso": study["table"], "loso_per_fold": study["per_fold"],
     })
-    write_model_card(spec, args.out, synthetic=args.synthetic_empty, reps=args.reps)
-    print(f"wrote {args.out / MODEL_FILE} (C={c}, T={t:.3f}, sha256 {spec['model_sha256'][:12]})", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    write_model_card(spec, out, synthetic=synthetic_empty, reps=reps)
+    return TrainingRun(len(ds), x.shape[1], study, spec)

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import structlog
@@ -44,6 +45,8 @@ from hybridpref.router.backends import (
     TaggerBackend,
     judge_signals,
 )
+from hybridpref.router.adaptation import CampaignModels
+from hybridpref.router.campaign import CAMPAIGN_SLICE, CampaignRoute, JudgeRows, StoreProvider, candidates
 from hybridpref.router.explain import top_tags
 from hybridpref.router.limits import judge_violations
 from hybridpref.router.model import RoutingModel
@@ -59,9 +62,10 @@ log = structlog.get_logger()
 @dataclass
 class RouteOptions:
     """Request-level routing options (the core mirror of ``RouteConfig``): the budget as stated (checked
-    against the batch size here), the strategy resolved (the servicer applies the default)."""
+    against the batch size here), the strategy resolved (the servicer applies the default). With a
+    ``campaign`` the budget is ``None`` (the campaign's total governs) and the strategy is the campaign's."""
 
-    budget: Budget
+    budget: Budget | None
     strategy: StrategySpec
     seed: int = 0
     judge_mode: PositionMode = PositionMode.UNSPECIFIED
@@ -69,6 +73,7 @@ class RouteOptions:
     replay_judge: str = ""
     explain_top_k: int = 3
     simulated_candidates: int = 500
+    campaign: CampaignRoute | None = None
 
 
 @dataclass(slots=True)
@@ -82,6 +87,24 @@ class Decision:
     judge_order_inconsistent: bool = False
     human_cost: float = 0.0
     expected_gain: float | None = None
+    replayed: bool = False  # campaign: the id was already stored; this is its stored decision
+    exploration: bool = False  # campaign: routed to humans by the exploration share
+
+
+@dataclass(frozen=True)
+class CampaignProgress:
+    """Where a campaign stands after a routed batch: its budget spent and left, and how many of the batch's
+    instances were already stored (replayed)."""
+
+    name: str
+    batch: str
+    budget_spent: float
+    budget_left: float
+    replayed: int
+    # labels the batch's new human-routed pairs are expected to change (what the campaign's realised corrections
+    # count), recalibrated on its returned labels (hybridpref.router.adaptation); None without a panel model
+    expected_changes: Any = None  # hybridpref.routing_model.online.Interval
+    model: dict[str, Any] | None = None  # the campaign's correction model (CampaignModel.describe())
 
 
 @dataclass
@@ -92,6 +115,7 @@ class RouteOutcome:
     human_cost: float
     summary: Summary
     stage_seconds: dict[str, float]
+    campaign: CampaignProgress | None = None
 
 
 @dataclass
@@ -101,6 +125,20 @@ class JudgeFirst:
     batch: JudgedBatch
     signals: JudgeSignals
     p_wrong: tuple[np.ndarray, np.ndarray] | None  # (P(LM wrong), P(human wrong)) from the correction model
+    features: np.ndarray | None = None  # (n, F) correction features (kept for a campaign's stored decisions)
+    feature_names: tuple[str, ...] = ()  # their columns: PANEL_FEATURES or the ONNX model's FEATURE_NAMES
+
+    def rows(self) -> JudgeRows:
+        """The pass as the campaign's candidates read it."""
+        s = self.signals
+        return JudgeRows(self.batch.labels, self.batch.confidence, np.asarray(s.order_flip, bool),
+                         np.asarray(self.batch.p_a_better, np.float64), np.asarray(s.agreement, np.float64),
+                         self.expected_gain, None if self.p_wrong is None else self.p_wrong[0], self.features,
+                         self.feature_names, self.batch.judge_id)
+
+    def no_verdict(self) -> np.ndarray:
+        """(n,) bool: the judge gave no verdict (a tie, no label or an order flip)."""
+        return np.asarray(self.signals.label) == 0
 
     @property
     def expected_gain(self) -> np.ndarray | None:
@@ -109,19 +147,25 @@ class JudgeFirst:
 
 class RouterCore:
     def __init__(self, settings: Settings, tagger: TaggerBackend, judge: JudgeBackend, models: RoutingModelSource,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, campaigns: StoreProvider | None = None):
         self.settings = settings
         self.metrics = metrics or Metrics.default()
         self.tagger = tagger
         self.judge = judge
         self.models = models
+        # The campaign store, opened on the first campaign call (settings.router.db_url).
+        self.campaigns = campaigns or StoreProvider(settings.router.db_url)
+        # Each campaign's correction model, adapted to its returned labels (cached; refit every few labels).
+        self.adaptation = CampaignModels(self.campaigns.get)
         # CPU work (conversion, validation, strategies, spill-file I/O) runs here, off the event
         # loop, in a pool the server owns and bounds; a cancelled call's queued work never starts.
         self.executor = CoreExecutor("router", settings.router.workers)
 
     async def close(self) -> None:
-        """Stop the worker pool (the backends belong to whoever built them)."""
+        """Stop the worker pool and close the campaign store (the backends belong to whoever built them)."""
         self.executor.shutdown()
+        self.adaptation.close()
+        self.campaigns.close()
 
     def validate(self, instances: Sequence[PreferenceInstance], options: RouteOptions) -> None:
         """All input checks before any work: nothing is half-processed."""
@@ -211,6 +255,8 @@ class RouterCore:
         """Everything after tagging: (judge) -> budget -> strategy -> judge LM-routed -> explain. ``tagged``: None
         when the decision reads no tags (:func:`tagging_reason`); ``text``: the batch's text features (the domain
         check and both correction models read them)."""
+        if options.campaign is not None:
+            return await self._decide_campaign(store, tagged, text, model, warnings, options, deadline, stages)
         n = len(store)
         strategy = options.strategy
         if tagged is not None:
@@ -220,6 +266,7 @@ class RouterCore:
             with _timed(stages, "judge"):
                 judged = await self._judge_first(store, tagged, text, model, options, deadline)
         supplied = _supplied_costs(store.human_costs)
+        assert options.budget is not None  # checked with the options
         budget = budgets.resolve_budget(options.budget, n, supplied, **_cost_inputs(tagged, text))
         if tagged is None and (supplied is None or np.isnan(supplied).any()):
             warnings.append("human costs not given were estimated from word counts (about 1.3 tokens per word) without "
@@ -254,6 +301,81 @@ class RouterCore:
             human_cost=float(budget.costs[result.human_mask].sum()), summary=summary, stage_seconds=stages,
         )
 
+    async def _decide_campaign(self, store, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None,
+                               warnings: list[str], options: RouteOptions, deadline: Deadline,
+                               stages: dict[str, float]) -> RouteOutcome:
+        """Everything after tagging, for a campaign: the campaign's correction model (adapted to its returned
+        labels, :mod:`hybridpref.router.adaptation`) -> judge every row -> the strategy's scores -> the
+        campaign store decides and stores each slice (its spending policy, its budget, the model version that
+        routed) -> summary (with the campaign's recalibrated expected-corrections interval)."""
+        campaign = options.campaign
+        assert campaign is not None
+        n = len(store)
+        strategy = options.strategy
+        if tagged is not None:
+            _check_bins(model, tagged)
+        adapted = None
+        if model is not None and model.panel is not None:
+            with _timed(stages, "adapt"):  # cached per campaign: a refit only every REFIT_EVERY new labels
+                adapted = await self.executor.run(self.adaptation.model_for, campaign.vendor, campaign.name, model)
+            model = model.with_panel(adapted.panel)
+        with _timed(stages, "judge"):
+            judged = await self._judge_first(store, tagged, text, model, options, deadline, keep_features=True)
+        budget = budgets.resolve_budget(Budget.auto(), n, _supplied_costs(store.human_costs), **_cost_inputs(tagged, text))
+        if campaign.budget_kind == "cost":  # scores per unit of human cost
+            budget = ResolvedBudget("cost", None, float("inf"), budget.costs)
+        tag_matrix = np.zeros((n, 0), np.uint8) if tagged is None else tagged.tag_matrix
+        with _timed(stages, "route"):
+            scores, domain = await self.executor.run(campaign_scores, model, strategy, tag_matrix, budget, judged,
+                                                     text.features, seed=options.seed, size=n)
+        rows_judged = judged.rows()
+        bundle = "" if model is None else model.bundle_version
+        # The model whose P(LM wrong) scored the batch (the store records it per decision; a refit reads it back).
+        version = model.correction_name()[1] if model is not None and judged.p_wrong is not None else ""
+        stored = []
+        db = await self.executor.run(self.campaigns.get)
+        with _timed(stages, "store"):
+            for start in range(0, n, CAMPAIGN_SLICE):
+                rows = list(range(start, min(n, start + CAMPAIGN_SLICE)))
+                instances = await self.executor.run(store.get, rows, size=len(rows))
+                batch = await self.executor.run(candidates, instances, rows, scores, budget.costs, rows_judged, size=len(rows))
+                stored += await self.executor.run(db.decide_batch, campaign.vendor, campaign.name, campaign.batch, batch,
+                                                  version, bundle, size=len(rows))
+            after = await self.executor.run(db.get_campaign, campaign.vendor, campaign.name)
+        decisions = await self.executor.run(_campaign_decisions, stored, scores, budget.costs, judged, size=n)
+        mask = np.fromiter((d.human for d in decisions), dtype=bool, count=n)
+        with _timed(stages, "summary"):
+            summary = await self.executor.run(summarize, model, tag_matrix, mask, domain=domain,
+                                              totals=column_totals(tag_matrix), p_wrong=judged.p_wrong,
+                                              signals=judged.signals, size=n)
+        if version:
+            summary.correction_model, summary.correction_version = model.correction_name()  # type: ignore[union-attr]
+        summary.warnings[:0] = warnings
+        changes = None
+        if adapted is not None and judged.p_wrong is not None:
+            fresh = mask & ~np.fromiter((d.replayed for d in decisions), dtype=bool, count=n)
+            changes = adapted.expected_changes(judged.p_wrong[0][fresh], judged.no_verdict()[fresh])
+            summary.warnings.append(adapted.interval_note())
+        self._count(decisions, strategy.name)
+        replayed = sum(d.replayed for d in decisions)
+        self._count_campaign(campaign, decisions)
+        progress = CampaignProgress(campaign.name, campaign.batch, after.spent,
+                                    max(0.0, after.spec.budget_total - after.spent), replayed, changes,
+                                    adapted.describe() if adapted is not None else None)
+        return RouteOutcome(decisions=decisions, strategy=strategy.name, bundle_version=bundle,
+                            human_cost=float(budget.costs[mask].sum()), summary=summary, stage_seconds=stages,
+                            campaign=progress)
+
+    def _count_campaign(self, campaign: CampaignRoute, decisions: list[Decision]) -> None:
+        """Decisions stored (per vendor and route) and the budget units they reserved; replays are not counted."""
+        fresh = [d for d in decisions if not d.replayed]
+        humans = [d for d in fresh if d.human]
+        stored = self.metrics.campaign_decisions
+        stored.labels(campaign.vendor, "HUMAN").inc(len(humans))
+        stored.labels(campaign.vendor, "LM").inc(len(fresh) - len(humans))
+        units = len(humans) if campaign.budget_kind == "count" else sum(d.human_cost for d in humans)
+        self.metrics.campaign_budget_spent.labels(campaign.vendor, campaign.budget_kind).inc(units)
+
     async def _model(self, options: RouteOptions, deadline: Deadline, warnings: list[str]) -> RoutingModel | None:
         """The routing model. A strategy that needs the PPM (or a correction model) fails without it
         (``NotReady``) before any tagging or judging; the others route anyway and the summary says what is
@@ -275,9 +397,11 @@ class RouterCore:
             return None
 
     async def _judge_first(self, store, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None,
-                           options: RouteOptions, deadline: Deadline) -> JudgeFirst:
-        """Judge every row, one slice at a time: signals and, with a correction model, P(wrong) per row."""
-        batches, signals, p_lm, p_h = [], [], [], []
+                           options: RouteOptions, deadline: Deadline, keep_features: bool = False) -> JudgeFirst:
+        """Judge every row, one slice at a time: signals and, with a correction model, P(wrong) per row;
+        ``keep_features``: keep the correction features too (a campaign stores them: its refit reads them back)."""
+        batches, signals, p_lm, p_h, features = [], [], [], [], []
+        names: tuple[str, ...] = ()
         for start in range(0, len(store), JUDGE_SLICE):
             rows = list(range(start, min(len(store), start + JUDGE_SLICE)))
             instances = await self.executor.run(store.get, rows, size=len(rows))
@@ -285,12 +409,17 @@ class RouterCore:
             sig = judge_signals(judged, instances)
             batches.append(judged)
             signals.append(sig)
-            if model is not None and model.has_correction:
-                lm, hu = await self.executor.run(_p_wrong, model, instances, tagged, text, rows, sig, size=len(rows))
-                p_lm.append(lm)
-                p_h.append(hu)
+            if (model is not None and model.has_correction) or keep_features:
+                names, x = await self.executor.run(_model_features, model, instances, tagged, text, rows, sig, size=len(rows))
+                if keep_features:
+                    features.append(x)
+                if model is not None and model.has_correction:
+                    lm, hu = await self.executor.run(_p_wrong, model, x, size=len(rows))
+                    p_lm.append(lm)
+                    p_h.append(hu)
         p_wrong = (np.concatenate(p_lm), np.concatenate(p_h)) if p_lm else None
-        return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong)
+        kept = np.concatenate(features) if features else None
+        return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong, kept, names)
 
     async def _judge_rows(self, store, rows: list[int], options: RouteOptions, deadline: Deadline) -> JudgedBatch:
         """Judge ``rows`` of the store, reading instances back one slice at a time (off the loop)."""
@@ -403,7 +532,9 @@ def tagging_reason(options: RouteOptions, model: RoutingModel | None, text: Batc
     domain = domain_check(model, text.features) if strategy.predictor == "in_domain" and has_ppm else None
     if strategy.needs_tags(has_ppm, domain is not None and domain.in_domain):
         return f"strategy {strategy.name} reads the PPM's tag gains"
-    if options.budget.kind in ("cost", "auto") and any(c is None for c in human_costs):
+    kind = options.budget.kind if options.budget is not None else (
+        options.campaign.budget_kind if options.campaign is not None else "count")
+    if kind in ("cost", "auto") and any(c is None for c in human_costs):
         return "the cost formula needs the analyzer's expertise level for instances without a human_cost"
     if (strategy.needs_judge_first and model is not None and model.panel is None and model.correction is not None
             and model.correction.reads_tags):
@@ -419,18 +550,54 @@ def _check_bins(model: RoutingModel | None, tagged: RouterTags) -> None:
             f"{model.bundle_version} was built with {model.reference_bins_id}: deploy matching tagger and bundle")
 
 
-def _p_wrong(model: RoutingModel, instances, tagged: RouterTags | None, text: BatchText, rows: list[int], signals: JudgeSignals):
-    """(P(LM label wrong), P(human label wrong)) of ``rows``: from the panel correction model where the bundle
-    (or the campaign) has one, else from the bundle's ONNX correction model."""
+def _model_features(model: RoutingModel | None, instances, tagged: RouterTags | None, text: BatchText, rows: list[int],
+                    signals: JudgeSignals) -> tuple[tuple[str, ...], np.ndarray]:
+    """(column names, (len(rows), F) features) of ``rows`` as the routing correction model reads them: the panel
+    features where the bundle (or the campaign) has the panel model, else the ONNX model's correction features."""
+    if model is not None and model.panel is not None:
+        from hybridpref.routing_model.panel_correction import PANEL_FEATURES, panel_features
+
+        return PANEL_FEATURES, panel_features(instances, signals, text.stats[rows])
+    from hybridpref.routing_model.correction import FEATURE_NAMES, correction_features
+
+    return FEATURE_NAMES, correction_features(instances, None if tagged is None else tagged.measures[rows],
+                                              None if tagged is None else tagged.tag_matrix[rows], signals, text.stats[rows])
+
+
+def _p_wrong(model: RoutingModel, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P(LM label wrong), P(human label wrong)) of feature rows from :func:`_model_features`: from the panel
+    correction model where the bundle (or the campaign) has one, else from the bundle's ONNX correction model."""
     if model.panel is not None:
-        from hybridpref.routing_model.panel_correction import panel_features
-
-        return model.panel.probabilities(panel_features(instances, signals, text.stats[rows]))
-    from hybridpref.routing_model.correction import correction_features
-
-    features = correction_features(instances, None if tagged is None else tagged.measures[rows],
-                                   None if tagged is None else tagged.tag_matrix[rows], signals, text.stats[rows])
+        return model.panel.probabilities(features)
     return model.correction.probabilities(features)  # type: ignore[union-attr]
+
+
+def campaign_scores(model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, budget: ResolvedBudget,
+                    judged: JudgeFirst, features: np.ndarray | None, *, seed: int):
+    """(the strategy's per-instance scores (n,), the domain check) of a campaign batch, in process: what the
+    campaign's spending policy ranks by. ``features``: the batch's correction features without judge
+    signals, for the domain check."""
+    domain = domain_check(model, features)
+    scorer = None if model is None or tag_matrix.shape[1] == 0 else model.scorer  # untagged: the PPM is not read
+    scores = strategies.scores(
+        strategy.name, tag_matrix, budget, scorer=scorer, seed=seed,
+        expected_gain=judged.expected_gain, signals=judged.signals, ppm_in_domain=domain is not None and domain.in_domain)
+    return scores, domain
+
+
+def _campaign_decisions(stored, scores: np.ndarray, costs: np.ndarray, judged: JudgeFirst) -> list[Decision]:
+    """The response's decisions from the store's (the stored LM label and confidence for a replayed id: what
+    the campaign holds; the strategy's score as the gain)."""
+    out = []
+    for i, s in enumerate(stored):
+        label = Label[s.lm_label] if s.lm_label else Label.UNSPECIFIED
+        out.append(Decision(
+            id=s.instance_id, human=s.human, lm_label=label,
+            lm_confidence=float(s.lm_confidence) if s.lm_confidence is not None else 0.0,
+            gain=float(s.score), judge_order_inconsistent=bool(judged.batch.inconsistent[i]),
+            human_cost=float(s.cost) if s.replayed else float(costs[i]),
+            expected_gain=s.expected_correction, replayed=s.replayed, exploration=s.exploration))
+    return out
 
 
 def _concat_signals(parts: list[JudgeSignals]) -> JudgeSignals:
@@ -454,8 +621,12 @@ def _supplied_costs(costs: Sequence[float | None]) -> np.ndarray | None:
 
 def _option_violations(options: RouteOptions, n: int) -> list[FieldViolation]:
     """The checks that need the batch size: not empty, and the budget within it (before any work; the
-    real costs come after tagging)."""
+    real costs come after tagging). A campaign's budget is the store's to check."""
     violations = [FieldViolation("instances", "empty batch")] if n == 0 else []
+    if options.budget is None:
+        if options.campaign is None:
+            violations.append(FieldViolation("config.budget", "required: set fraction, count, cost or auto"))
+        return violations
     return violations + budgets.budget_violations(options.budget, n)
 
 

@@ -1,7 +1,7 @@
 """Top contributing tags of each instance's PPM gain against the chosen mix, fast enough for a million rows.
 
-Same definition as :func:`hybridpref.router.strategies.explain` (tag ``j`` of instance ``i``:
-``w_j / P + (2 Q c -+ Q t_i)_j / P^2``, ``c`` the chosen mix's counts, ``-`` for routed rows; a row's
+The definition (tag ``j`` of instance ``i``: ``w_j / P + (2 Q c -+ Q t_i)_j / P^2``, ``c`` the chosen mix's
+counts, ``-`` for routed rows: ``QuadraticScorer.contributions`` against the mix without the row; a row's
 contributions sum to its marginal gain), computed in float32 row chunks with one BLAS thread, and
 the top ``k`` by ``k`` arg-max passes instead of a partition of every row (ties: lower tag index).
 """

@@ -23,6 +23,8 @@ from hybridpref.server.settings import LimitsSettings
 from hybridpref.common.vocabulary import NUM_TAGS
 
 MAX_NAME_CHARS = 128  # strategy, template and judge names
+MAX_CAMPAIGN_CHARS = 200  # campaign names (the store's limit)
+MAX_BATCH_CHARS = 256  # a campaign batch's name (the store's limit)
 # How long the judge's advertised info is trusted before it is asked again.
 JUDGE_INFO_TTL_S = 30.0
 
@@ -33,8 +35,19 @@ def config_violations(config, limits: LimitsSettings) -> list[FieldViolation]:
     """Range checks of a ``hybridpref.v1.RouteConfig`` other than the budget's value and the strategy's
     name (``router.budget.budget_violations`` and ``router.strategies.strategy_spec`` check those)."""
     out: list[FieldViolation] = []
-    if not config.HasField("budget") or config.budget.WhichOneof("kind") is None:
+    has_budget = config.HasField("budget") and config.budget.WhichOneof("kind") is not None
+    if config.campaign:
+        if has_budget:
+            out.append(FieldViolation("config.budget", "leave unset when routing for a campaign: the campaign's total "
+                                                       "budget governs"))
+        if len(config.campaign) > MAX_CAMPAIGN_CHARS:
+            out.append(FieldViolation("config.campaign", f"longer than {MAX_CAMPAIGN_CHARS} characters"))
+    elif not has_budget:
         out.append(FieldViolation("config.budget", "required: set fraction, count, cost or auto"))
+    elif config.batch:
+        out.append(FieldViolation("config.batch", "names a campaign's batch: set config.campaign too"))
+    if len(config.batch) > MAX_BATCH_CHARS:
+        out.append(FieldViolation("config.batch", f"longer than {MAX_BATCH_CHARS} characters"))
     for name in ("strategy", "judge_template", "replay_judge"):
         if len(getattr(config, name)) > MAX_NAME_CHARS:
             out.append(FieldViolation(f"config.{name}", f"longer than {MAX_NAME_CHARS} characters"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from hybridpref.server import logs
 from hybridpref.server.channels import remaining_timeout
 from hybridpref.server import deadline as deadlines
@@ -15,7 +17,10 @@ from hybridpref.server.settings import LimitsSettings, Settings
 from hybridpref.router.budget import Budget, budget_violations
 from hybridpref.router.downstream import JudgeClient, PredictorModelClient, TaggerClient
 from hybridpref.router.limits import MAX_NAME_CHARS, config_violations
-from hybridpref.router.strategies import DEFAULT_STRATEGY, StrategySpec, strategy_spec
+from hybridpref.router.campaign import CampaignRoute
+from hybridpref.router.strategies import DEFAULT_STRATEGY, StrategySpec, campaign_strategy_spec, strategy_spec
+from hybridpref.server.auth import current_vendor
+from hybridpref.store.api import DEFAULT_VENDOR
 from hybridpref.router.readiness import BackendWatcher
 from hybridpref.router.core import RouteOptions, RouteOutcome, RouterCore
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
@@ -46,7 +51,6 @@ def options_from_proto(config: router_pb2.RouteConfig, default_strategy: Strateg
             violations += exc.violations
     if violations:
         raise InvalidInput(violations)
-    assert budget is not None  # a missing budget is a violation
     return RouteOptions(
         budget=budget,
         strategy=strategy,
@@ -71,6 +75,8 @@ def decisions_to_proto(outcome: RouteOutcome, start: int = 0, stop: int | None =
             judge_order_inconsistent=d.judge_order_inconsistent,
             human_cost=d.human_cost,
             expected_gain=d.expected_gain,
+            replayed=d.replayed,
+            exploration=d.exploration,
         )
         for d in outcome.decisions[start:stop]
     ]
@@ -102,7 +108,28 @@ def summary_to_proto(outcome: RouteOutcome) -> router_pb2.RoutingSummary:
         d = core.domain
         summary.domain.CopyFrom(router_pb2.DomainCheck(distance=d.distance, threshold=d.threshold, in_domain=d.in_domain,
                                                        nearest_pool=d.nearest_pool, distance_kind=d.distance_kind))
+    if outcome.campaign is not None:
+        c = outcome.campaign
+        summary.campaign.CopyFrom(router_pb2.CampaignProgress(name=c.name, batch=c.batch, budget_spent=c.budget_spent,
+                                                              budget_left=c.budget_left, replayed=c.replayed))
+        if c.expected_changes is not None:
+            e = c.expected_changes
+            summary.campaign.expected_changes.CopyFrom(router_pb2.Estimate(value=e.estimate, low=e.low, high=e.high))
+        if c.model is not None:
+            summary.campaign.model.CopyFrom(campaign_model_to_proto(c.model))
     return summary
+
+
+def campaign_model_to_proto(info: dict) -> router_pb2.CampaignModelInfo:
+    """``CampaignModel.describe()`` -> ``CampaignModelInfo``."""
+    proposal = info.get("proposal", {})
+    out = router_pb2.CampaignModelInfo(version=info["version"], base_version=info["base_version"], adapted=info["adapted"],
+                                       labels=int(info["labels"]))
+    for field, value in (("heldout_log_loss", proposal.get("heldout_loss")), ("bundle_log_loss", proposal.get("bundle_loss")),
+                         ("human_error_rate", info.get("human_rate"))):
+        if value is not None:
+            setattr(out, field, float(value))
+    return out
 
 
 def _estimate(e) -> router_pb2.Estimate:
@@ -125,12 +152,43 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         for client in self.clients:
             await client.close()
 
+    def vendor(self) -> str:
+        """The calling vendor: its API key's, or the one vendor of a router without keys."""
+        return current_vendor() or DEFAULT_VENDOR
+
+    async def _for_campaign(self, options: RouteOptions, config: router_pb2.RouteConfig) -> RouteOptions:
+        """``options`` for the campaign ``config`` names (as they are without one): the campaign's strategy and
+        judge (a request may repeat them, not change them), its budget kind, the batch's name (default: the
+        request id). ``NotFound`` for a campaign the caller does not have."""
+        if not config.campaign:
+            return options
+        vendor = self.vendor()
+        store = await self.core.executor.run(self.core.campaigns.get)
+        campaign = await self.core.executor.run(store.get_campaign, vendor, config.campaign)
+        spec = campaign.spec
+        strategy = campaign_strategy_spec(spec.strategy or self.default_strategy.name, "config.campaign")
+        violations = []
+        if config.strategy and config.strategy != strategy.name:
+            violations.append(FieldViolation("config.strategy", f"campaign {config.campaign!r} routes with {strategy.name!r}: "
+                                                                "leave strategy unset or name that one"))
+        if config.replay_judge and config.replay_judge != spec.judge:
+            violations.append(FieldViolation("config.replay_judge", f"campaign {config.campaign!r} is judged by "
+                                                                    f"{spec.judge or 'the judge service'!r}: leave replay_judge unset"))
+        if violations:
+            raise InvalidInput(violations)
+        batch = config.batch or logs.current_request_id() or uuid.uuid4().hex
+        options.strategy = strategy
+        options.replay_judge = spec.judge
+        options.campaign = CampaignRoute(vendor, config.campaign, batch, spec.budget_kind)
+        return options
+
     def _deadline(self, context) -> deadlines.Deadline:
         """The call's Deadline (bound by DeadlineInterceptor), else one from the context."""
         return deadlines.current() or deadlines.Deadline(remaining_timeout(context))
 
     async def RouteInstances(self, request, context):
         options = options_from_proto(request.config, self.default_strategy, self.settings.limits)
+        options = await self._for_campaign(options, request.config)
         run = self.core.executor.run
         instances = await run(instances_from_proto, request.instances, self.limits, size=len(request.instances))
         outcome = await self.core.route(instances, options, self._deadline(context))
@@ -143,6 +201,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if first is None or first.WhichOneof("item") != "config":
             raise InvalidInput(FieldViolation("stream[0]", "the first message must carry config"))
         options = options_from_proto(first.config, self.default_strategy, self.settings.limits)
+        options = await self._for_campaign(options, first.config)
         run = self.core.executor.run
 
         async def chunks():
@@ -164,12 +223,23 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
 
 def router_handle(settings: Settings, metrics: Metrics | None = None) -> ServiceHandle:
+    """The router process's services: ``RouterService`` and ``CampaignService`` on one port, one set of
+    interceptors (the vendor comes from the API key), one worker pool and one campaign store."""
+    from hybridpref.router.campaign_servicer import SERVICE_NAME as CAMPAIGN_SERVICE_NAME, CampaignServicer
+    from hybridpref.v1 import campaign_pb2_grpc
+
     metrics = metrics or Metrics.default()
     servicer = RouterServicer(settings, metrics)
+    campaigns = CampaignServicer(servicer)
+
+    def register(server) -> None:
+        router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
+        campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
+
     handle = ServiceHandle(
         name="router",
-        service_names=(SERVICE_NAME,),
-        register=lambda server: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server),
+        service_names=(SERVICE_NAME, CAMPAIGN_SERVICE_NAME),
+        register=register,
         load=lambda: None,
     )
     # Readiness follows the backends (and a responsive worker pool); "" stays SERVING while the process is up.

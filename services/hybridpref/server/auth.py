@@ -22,6 +22,7 @@ file that does not parse is refused (log ``api_keys_reload_refused``) and the ol
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import json
@@ -39,6 +40,21 @@ from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 KEY_PREFIX = "hpk_"
 log = structlog.get_logger()
+# The calling vendor, bound by the AccessInterceptor for the call's duration (unset without API keys).
+_vendor: contextvars.ContextVar[str | None] = contextvars.ContextVar("hybridpref_vendor", default=None)
+
+
+def current_vendor() -> str | None:
+    """The vendor whose API key made the current call; ``None`` when the server runs without keys."""
+    return _vendor.get()
+
+
+def bind_vendor(vendor: str | None) -> contextvars.Token[str | None]:
+    return _vendor.set(vendor)
+
+
+def reset_vendor(token: contextvars.Token[str | None]) -> None:
+    _vendor.reset(token)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ import structlog
 
 from hybridpref.server import deadline as deadlines
 from hybridpref.server import logs
-from hybridpref.server.auth import KeyStore, VendorPolicy, bearer_key
+from hybridpref.server.auth import KeyStore, VendorPolicy, bearer_key, bind_vendor, reset_vendor
 from hybridpref_client.core.errors import (
     DeadlineExceeded,
     FieldViolation,
@@ -272,10 +272,12 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             policy = self._authorize(method, metadata)
             policy_box.append(policy)
             leave = self.quotas.enter_call(policy)
+            token = bind_vendor(policy.vendor)  # the servicers read it (campaigns belong to a vendor)
             try:
                 with structlog.contextvars.bound_contextvars(vendor=policy.vendor):
                     yield
             finally:
+                reset_vendor(token)
                 leave()
 
         # The quota hook runs inside ``around`` (wrap_handler is the outer layer).

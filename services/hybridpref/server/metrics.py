@@ -53,6 +53,30 @@ class Metrics:
             ["route", "strategy"], registry=registry,
         )
 
+        # Campaigns (router): labelled by vendor (the keys file's names, a bounded set), never by campaign
+        # name (vendors create those freely); per-campaign numbers are in GetCampaign.
+        self.campaign_decisions = Counter(
+            "hybridpref_campaign_decisions", "Campaign decisions stored (re-sent ids not counted), by vendor and route.",
+            ["vendor", "route"], registry=registry,
+        )
+        self.campaign_budget_spent = Counter(
+            "hybridpref_campaign_budget_spent", "Campaign budget units reserved by human-routed decisions, by vendor and "
+            "budget kind (count: labels; cost: cost units).", ["vendor", "kind"], registry=registry,
+        )
+        self.campaign_labels = Counter(
+            "hybridpref_campaign_labels", "Human labels submitted to campaigns, by vendor and outcome (stored, replaced, "
+            "unchanged, rejected).", ["vendor", "status"], registry=registry,
+        )
+        self.campaign_agreement_votes = Counter(
+            "hybridpref_campaign_agreement_votes", "New non-tie human votes on pairs with a non-tie LM label, by vendor and "
+            "whether the vote agrees with the LM label.", ["vendor", "outcome"], registry=registry,
+        )
+        self.campaign_expected_agreement = Counter(
+            "hybridpref_campaign_expected_agreement", "Sum over the same votes of the agreement the bundle expected "
+            "(1 - P(LM label wrong) from the correction model, else the judge's confidence).", ["vendor"],
+            registry=registry,
+        )
+
     @staticmethod
     @lru_cache(maxsize=1)
     def default() -> Metrics:

@@ -163,6 +163,12 @@ class RouterSettings(BaseSettings):
     """Seconds between checks of the backends' health (the router's readiness follows them)."""
     pool_stall_s: float = Field(10.0, gt=0)
     """NOT_SERVING when the worker pool has not started a no-op for this long (all workers stuck)."""
+    db_url: str = Field("", validation_alias="HYBRIDPREF_DB_URL")
+    """The campaign store (``hybridpref.store``, docs/campaigns.md): ``postgresql://user:password@host:5432/db``
+    in production (migrated first by ``hybridpref store migrate``, the Kubernetes Job: the router refuses a
+    database that is behind), or a SQLite file (``sqlite:///path`` or a bare path; migrated on open). Empty =
+    the SQLite file under the user's data directory (the embedded stack and the CLI share it). Opened on the
+    first campaign call; routing without a campaign never touches it."""
     required_backends: str = "tagger,judge,predictor"
     """Backends readiness requires (comma-separated); drop ``predictor`` to stay ready for ``random`` /
     ``all_human`` / ``all_lm`` routing while no predictor bundle is deployed."""

@@ -13,6 +13,9 @@ from typing import Any, Literal, Protocol
 BudgetKind = Literal["count", "cost"]
 Preference = Literal["A", "B", "tie"]          # stored orientation: A/B as routed (never the shown order)
 ExportFormat = Literal["trl", "pool"]
+# The vendor of every caller when the router runs without API keys (and of the CLI's local store): one
+# vendor, so the embedded stack and `--db` see the same campaigns.
+DEFAULT_VENDOR = "default"
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class StoredDecision:
     replayed: bool                    # True when the id was already stored: nothing new was spent
     lm_label: str | None = None
     model_version: str = ""
+    # extensions (loop helper): what the router answers for a replayed id, as stored
+    lm_confidence: float | None = None
+    expected_correction: float | None = None
 
 
 @dataclass(frozen=True)

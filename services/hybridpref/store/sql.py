@@ -178,19 +178,22 @@ class SqlCampaignStore:
         return {c.instance_id: StoredDecision(
             instance_id=c.instance_id, human=bool(plan.human[i]), score=float(c.score), cost=float(c.cost),
             batch_id=batch_id, exploration=bool(plan.exploration[i]), replayed=False, lm_label=lm_labels[i],
-            model_version=model_version) for i, c in enumerate(fresh)}
+            model_version=model_version, lm_confidence=c.lm_confidence, expected_correction=c.expected_correction)
+            for i, c in enumerate(fresh)}
 
     def _stored_decisions(self, conn: Connection, campaign_id: int, ids: Sequence[str]) -> dict[str, StoredDecision]:
         d = m.decisions.c
         out: dict[str, StoredDecision] = {}
         for chunk in _chunks(ids, CHUNK):
             query = select(d.instance_id, d.human, d.score, d.cost, d.batch_id, d.exploration, d.lm_label,
-                           d.model_version).where(d.campaign_id == campaign_id, self._in(d.instance_id, chunk))
+                           d.model_version, d.lm_confidence, d.expected_correction
+                           ).where(d.campaign_id == campaign_id, self._in(d.instance_id, chunk))
             for r in conn.execute(query):
                 out[r.instance_id] = StoredDecision(
                     instance_id=r.instance_id, human=bool(r.human), score=r.score, cost=r.cost,
                     batch_id=r.batch_id, exploration=bool(r.exploration), replayed=True, lm_label=r.lm_label,
-                    model_version=r.model_version)
+                    model_version=r.model_version, lm_confidence=r.lm_confidence,
+                    expected_correction=r.expected_correction)
         return out
 
     def _insert_decisions(self, conn: Connection, values: list[tuple[Any, ...]]) -> None:
@@ -325,6 +328,23 @@ class SqlCampaignStore:
                      .order_by(d.id).limit(limit))
             return [PendingPair(r.instance_id, r.prompt, r.response_a, r.response_b, int(r.votes),
                                 row.votes_per_pair) for r in conn.execute(query)]
+
+    def lm_expectations(self, vendor: str, name: str, instance_ids: Sequence[str]) -> dict[str, tuple[str | None, float | None]]:
+        """instance id -> (its stored LM label name, the agreement the routing expected of it: ``1 -
+        signals["p_lm_wrong"]`` from the bundle's correction model, else the LM confidence, else ``None``), for
+        the ids the campaign routed. What the router's agreement metrics compare returned votes with."""
+        d = m.decisions.c
+        out: dict[str, tuple[str | None, float | None]] = {}
+        with self.engine.connect() as conn:
+            row = self._row(conn, vendor, name)
+            for chunk in _chunks(sorted(set(instance_ids)), CHUNK):
+                query = select(d.instance_id, d.lm_label, d.lm_confidence, d.signals).where(
+                    d.campaign_id == row.id, self._in(d.instance_id, chunk))
+                for r in conn.execute(query):
+                    p_wrong = (r.signals or {}).get("p_lm_wrong")
+                    expected = 1.0 - float(p_wrong) if _finite(p_wrong) else r.lm_confidence
+                    out[r.instance_id] = (r.lm_label, expected)
+        return out
 
     # ---- reading back ----------------------------------------------------------------------------
 
@@ -667,7 +687,8 @@ def _candidate(r) -> Candidate:
 def _decision(r) -> StoredDecision:
     return StoredDecision(instance_id=r.instance_id, human=bool(r.human), score=r.score, cost=r.cost,
                           batch_id=r.batch_id, exploration=bool(r.exploration), replayed=False,
-                          lm_label=r.lm_label, model_version=r.model_version)
+                          lm_label=r.lm_label, model_version=r.model_version, lm_confidence=r.lm_confidence,
+                          expected_correction=r.expected_correction)
 
 
 def _human_label(instance_id: str, v) -> HumanLabel:

@@ -1,7 +1,7 @@
 """Build a predictor bundle: pools -> tags -> candidate mixes -> proxy reward models -> PPM -> ONNX.
 
-    hybridpref predictor build --pool [NAME=]POOL.jsonl [--pool ...] [--gold SPEC ...] --candidates N --seed S \
-        --out DIR [--lopo-out DIR]
+:func:`build_bundle` (``hybridpref predictor build``, :mod:`hybridpref.cli.predictor`, maps its flags to
+:class:`BuildConfig`; the flags are named below).
 
 Steps (each deterministic for ``--seed``; the gold split has its own ``--split-seed``), per pool
 (:mod:`hybridpref.offline.bundle.simulate`; cached on disk by its inputs):
@@ -31,7 +31,6 @@ all agree), ``max=N`` (seeded subsample to N rows, to bound encoding time).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -54,11 +53,11 @@ from hybridpref.routing_model import ppm as ppm_mod
 from hybridpref.offline.bundle.multipool import CENTRING
 from hybridpref.offline.bundle.proxy import EmbeddingBTProxy, ProxyRewardModel
 from hybridpref.offline.bundle.simulate import (TARGET_GOLD, PoolData, PoolSimulation, PoolSpec, TagFn, load_pool_data,
-                                           parse_pool_specs, pool_name, read_rows, simulate, split_pool,
+                                           parse_pool_specs, read_rows, simulate, split_pool,
                                            usable_rows)
 
-__all__ = ["BuildConfig", "BuildResult", "build_bundle", "main", "make_parser", "parse_gold_spec", "read_rows", "split_pool",
-           "usable_rows", "TARGET_GOLD"]
+__all__ = ["BuildConfig", "BuildResult", "build_bundle", "parse_gold_spec", "read_rows", "split_pool", "usable_rows",
+           "TARGET_GOLD"]
 
 
 @dataclass
@@ -347,83 +346,3 @@ def _fingerprints(config: BuildConfig, datas: Sequence[PoolData]) -> dict[str, A
     args["gold"] = [spec.split("=", 1)[0] if "=" in spec else Path(spec.split("#")[0]).name for spec in config.gold]
     return {"data_fingerprint": f"data-{digest}", "file_sha256": files, "instance_id_sha256": sets, "pools": pools,
             "sizes": {f"pool:{d.spec.name}": len(d.pool) for d in datas}, "build_args": args}
-
-
-def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hybridpref predictor build", description=__doc__.split("\n\n")[0])
-    p.add_argument("--pool", action="append", required=True,
-                   help="[NAME=]PATH of a pairs.jsonl (or its folder) with human_label and lm_labels; repeat for several pools")
-    p.add_argument("--gold", action="append", default=[], help="diagnostic gold set: [NAME=]PATH[#source~TEXT][#unanimous][#max=N]")
-    p.add_argument("--candidates", type=int, default=1000, help="candidate mixes simulated per pool")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--lopo-out", default=None, metavar="DIR",
-                   help="also write DIR/without-<pool>/: per pool, a bundle fitted on the other pools only (for cross-pool evaluation)")
-    p.add_argument("--holdout-fraction", type=float, default=0.2)
-    p.add_argument("--group-key", default="question_id", help="prompt-group field (rows without it group by prompt text)")
-    p.add_argument("--lm-judge", action="append", default=[], metavar="[POOL=]JUDGE",
-                   help="key in lm_labels (default: evaluation.pools.DEFAULT_JUDGES, else the most common); POOL=JUDGE with several pools")
-    p.add_argument("--tagger-profile", default="default", choices=("default", "fast"))
-    p.add_argument("--tagger", default=None, metavar="ADDRESS",
-                   help="tag through a running tagger service (e.g. dns:///hybridpref-tagger:50051, spread over its "
-                        "replicas) instead of loading the tagger models here; TLS from HYBRIDPREF_TLS_* settings")
-    p.add_argument("--tagger-concurrency", type=int, default=8, help="with --tagger: tag calls in flight at once")
-    p.add_argument("--folds", type=int, default=10)
-    p.add_argument("--proxy-seeds", type=int, default=3)
-    p.add_argument("--proxy-steps", type=int, default=120)
-    p.add_argument("--proxy-hidden", type=int, default=32)
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def judges_from_args(pools: Sequence[str], items: Sequence[str]) -> tuple[str | None, dict[str, str]]:
-    """``--lm-judge`` values -> (judge for the only pool, {pool: judge}); POOL=JUDGE only names a known pool."""
-    names = {pool_name(p) for p in pools}
-    single, per_pool = None, {}
-    for item in items:
-        head, sep, tail = item.partition("=")
-        if sep and head in names:
-            per_pool[head] = tail
-        elif single is None:
-            single = item
-        else:
-            raise InvalidInput(FieldViolation("lm_judge", f"{item!r}: give one JUDGE, or POOL=JUDGE per pool ({sorted(names)})"))
-    return single, per_pool
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry; returns the exit code. ``InvalidInput`` propagates for the caller to print."""
-    a = make_parser().parse_args(argv)
-    judge, judges = judges_from_args(a.pool, a.lm_judge)
-    config = BuildConfig(pool=a.pool[0] if len(a.pool) == 1 else list(a.pool), out=a.out, gold=a.gold, candidates=a.candidates,
-                         seed=a.seed, split_seed=a.split_seed, holdout_fraction=a.holdout_fraction, group_key=a.group_key,
-                         lm_judge=judge, lm_judges=judges, tagger_profile=a.tagger_profile, folds=a.folds,
-                         proxy_hidden=a.proxy_hidden, proxy_steps=a.proxy_steps, proxy_seeds=a.proxy_seeds, lopo_out=a.lopo_out)
-    from hybridpref.server.runtime import configure_torch_threads
-
-    configure_torch_threads()
-    tag_fn, bins_json = None, None
-    if a.tagger:
-        from hybridpref.tagger.client import remote_tag_fn
-
-        tag_fn, bins_json = remote_tag_fn(a.tagger, a.tagger_profile, concurrency=a.tagger_concurrency)
-    result = build_bundle(config, tag_fn=tag_fn, reference_bins_json=bins_json, progress=not a.no_progress)
-    _print(result)
-    return 0
-
-
-def _print(result: BuildResult) -> None:
-    m = result.metrics
-    print(f"bundle {result.bundle_version} -> {result.bundle_path}")
-    for name, v in m["variants"].items():
-        print(f"  {name:10s} CV Spearman {v['cv_spearman']:.3f}  RMSE {v['cv_rmse']:.4f}")
-    for name, e in m["leave_one_pool_out"].get("pools", {}).items():
-        print(f"  without {name:20s} Spearman {e['spearman']:+.3f}  partial (given share) {e['partial_spearman_given_share']:+.3f}"
-              f"  RMSE {e['rmse_centred']:.4f}  -> {result.lopo_versions.get(name, '')}")
-    cached = ", ".join(f"{k}: {'cached' if v else 'simulated'}" for k, v in result.cache_hits.items())
-    print(f"  served: {m['chosen_variant']}; pools {cached}; total {result.timings['total_s']:.0f} s")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

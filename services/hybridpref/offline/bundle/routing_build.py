@@ -20,7 +20,6 @@ read from ``metrics.json`` when not given.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 from collections.abc import Mapping, Sequence
@@ -228,24 +227,3 @@ def ppm_domain_args(bundle: Path, pools: Sequence[str], ppm_pool: Sequence[str],
         except ValueError:
             raise InvalidInput(FieldViolation("ppm_spearman", f"{item!r}: expected NAME=NUMBER")) from None
     return chosen, spearman
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="hybridpref predictor add-routing-models", description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", required=True, type=Path)
-    p.add_argument("--pool", action="append", required=True, help="NAME=PATH of a pool with human and LM labels")
-    p.add_argument("--ppm-pool", action="append", default=[], help="pool the PPM was trained on (default: the first --pool)")
-    p.add_argument("--ppm-spearman", action="append", default=[], help="NAME=VALUE measured on a held-out pool")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ppm-spearman-source", default="", help="where the --ppm-spearman values were measured (recorded in domain.json)")
-    a = p.parse_args(argv)
-    pools = dict(item.split("=", 1) for item in a.pool)
-    ppm_pools, spearman = ppm_domain_args(a.bundle, list(pools), a.ppm_pool, a.ppm_spearman)
-    manifest = add_routing_models(a.bundle, {k: Path(v) for k, v in pools.items()}, ppm_pools, spearman, a.seed, a.ppm_spearman_source)
-    card = bundle_io.read_json(a.bundle, "correction.json")["leave_one_pool_out"]
-    print(f"bundle {manifest['bundle_version']}: correction LOPO min AUROC {card['min_auroc']:.3f}, max ECE {card['max_ece']:.3f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -60,6 +60,7 @@ from hybridpref.router.strategies.base import (
     JudgeAwareOptions,
     RoutingContext,
     RoutingResult,
+    ScoreFn,
     StrategyFn,
     marginal_gains,
 )
@@ -69,7 +70,8 @@ from hybridpref_client.core.errors import FieldViolation, InvalidInput, NotReady
 
 __all__ = [
     "DEFAULT_STRATEGY", "STRATEGIES", "ExpectedGainOptions", "GreedyOptions", "JudgeAwareOptions", "RoutingContext",
-    "RoutingResult", "StrategySpec", "confidence_doubt", "marginal_gains", "route", "signal_doubt", "strategy_spec",
+    "RoutingResult", "StrategySpec", "campaign_strategy_spec", "confidence_doubt", "marginal_gains", "route", "scores",
+    "signal_doubt", "strategy_spec",
 ]
 
 PredictorUse = Literal["none", "required", "optional", "in_domain"]
@@ -87,6 +89,9 @@ class StrategySpec:
     otherwise only the LM-routed instances are judged, after routing. ``needs_expected_gain``: reads the
     expected-correction model's gains (the bundle must have one). ``needs_judge``: the judge labels
     anything at all (``all_human`` sends everything to humans).
+    ``score``: its per-instance score (higher = more worth a human label), which a campaign's spending policy
+    ranks by across batches (:func:`scores`); ``None`` for the strategies that have no such score
+    (``all_human``, ``all_lm``: they ignore budgets; ``simulated``: its mixes are random draws).
     """
 
     name: str
@@ -96,6 +101,7 @@ class StrategySpec:
     needs_judge_first: bool = False
     needs_expected_gain: bool = False
     needs_judge: bool = True
+    score: ScoreFn | None = None
 
     @property
     def needs_predictor(self) -> bool:
@@ -113,6 +119,11 @@ class StrategySpec:
             return has_ppm
         return self.predictor == "in_domain" and has_ppm and ppm_in_domain
 
+    @property
+    def routes_campaigns(self) -> bool:
+        """Whether it can route a campaign: it has a per-instance ``score`` (see :func:`scores`)."""
+        return self.score is not None
+
 
 _JUDGED = {"needs_judge_first": True}
 _CORRECTED = {"needs_judge_first": True, "needs_expected_gain": True}
@@ -123,20 +134,23 @@ STRATEGIES: dict[str, StrategySpec] = {
         # Reference points first, then the rest in the order the evaluation reports them.
         StrategySpec("all_human", baselines.all_human, "every instance to humans (baseline; budget ignored)", needs_judge=False),
         StrategySpec("all_lm", baselines.all_lm, "every instance to the LM judge (baseline; budget ignored)"),
-        StrategySpec("random", baselines.random_subset, "a seeded random subset at the budget (baseline)"),
+        StrategySpec("random", baselines.random_subset, "a seeded random subset at the budget (baseline)",
+                     score=baselines.random_score),
         StrategySpec("judge_doubt", judge.judge_doubt, "the judge's own doubt: no verdict / order flip, disagreement between "
-                     "judges, low confidence", **_JUDGED),
-        StrategySpec("topk", paper.topk, "paper: the instances with the largest solo gain f(t_i) - f(0)", "required"),
+                     "judges, low confidence", score=judge.judge_doubt_score, **_JUDGED),
+        StrategySpec("topk", paper.topk, "paper: the instances with the largest solo gain f(t_i) - f(0)", "required",
+                     score=paper.solo_gain_score),
         StrategySpec("simulated", paper.simulated, "paper: best of N tag-walk candidate mixes at the budget", "required"),
         StrategySpec("greedy", greedy_family.greedy, "marginal gain under the quadratic PPM, re-evaluated as the mix grows",
-                     "required"),
-        StrategySpec("optimal_pos", paper.optimal_pos, "paper: every instance with a positive solo gain", "required"),
+                     "required", score=paper.solo_gain_score),
+        StrategySpec("optimal_pos", paper.optimal_pos, "paper: every instance with a positive solo gain", "required",
+                     score=paper.solo_gain_score),
         StrategySpec("judge_aware", judge.judge_aware, "PPM gain rank plus the judge's doubt (its real signals: no verdict, "
-                     "order flips, disagreement, confidence)", "optional", **_JUDGED),
+                     "order flips, disagreement, confidence)", "optional", score=judge.judge_aware_score, **_JUDGED),
         StrategySpec("expected_gain", expected.expected_gain, "expected label corrections per unit of human cost "
-                     "(expected-correction model)", **_CORRECTED),
+                     "(expected-correction model)", score=expected.expected_gain_score, **_CORRECTED),
         StrategySpec("hybrid", expected.hybrid, "expected_gain, the PPM's gain breaking ties when the batch is in the PPM's "
-                     "domain", "in_domain", **_CORRECTED),
+                     "domain", "in_domain", score=expected.hybrid_score, **_CORRECTED),
     )
 }
 # Chosen by the cross-pool evaluation (docs/EVALUATION.md).
@@ -149,6 +163,55 @@ def strategy_spec(name: str) -> StrategySpec:
     if spec is None:
         raise InvalidInput(FieldViolation("config.strategy", f"unknown strategy {quote(name)}; use one of {', '.join(STRATEGIES)}"))
     return spec
+
+
+def campaign_strategy_spec(name: str, field: str = "strategy") -> StrategySpec:
+    """The registered strategy called ``name`` that can route a campaign (it has a ``score``); ``field``
+    names the bad field in the ``InvalidInput``."""
+    spec = STRATEGIES.get(name)
+    able = [s.name for s in STRATEGIES.values() if s.routes_campaigns]
+    if spec is None or not spec.routes_campaigns:
+        why = "unknown strategy" if spec is None else "strategy has no per-instance score to spend a campaign's budget by:"
+        raise InvalidInput(FieldViolation(field, f"{why} {quote(name)}; a campaign routes with one of {', '.join(able)}"))
+    return spec
+
+
+def scores(
+    strategy: str,
+    tag_matrix: np.ndarray,
+    budget: ResolvedBudget,
+    *,
+    scorer: QuadraticScorer | None,
+    seed: int,
+    expected_gain: np.ndarray | None = None,
+    signals: JudgeSignals | None = None,
+    ppm_in_domain: bool = False,
+    judge_aware: JudgeAwareOptions | None = None,
+    expected_gain_options: ExpectedGainOptions | None = None,
+) -> np.ndarray:
+    """Each instance's score under ``strategy`` (its :class:`StrategySpec` ``score``) -> (n,) finite float64,
+    higher = more worth a human label: what a campaign's spending policy ranks by across batches.
+
+    Inputs as :func:`route`; ``budget``: ``auto`` or ``count`` (scores as they are) or ``cost`` (per unit of
+    human cost: ``budget.costs``). Raises ``InvalidInput`` for a strategy without a score, ``NotReady`` when
+    an input it reads is missing."""
+    spec = campaign_strategy_spec(strategy, "config.strategy")
+    tags = _check_tags(tag_matrix, budget)
+    if spec.needs_predictor and scorer is None:
+        raise NotReady(f"strategy {spec.name!r} needs the predictor (no model bundle loaded or predictor unreachable)")
+    if scorer is not None:
+        _check_width(scorer, tags.shape[1])
+    if spec.needs_expected_gain:
+        _check_expected_gain(expected_gain, len(tags))
+    elif spec.needs_judge_first:
+        _check_judge(None, None, len(tags), signals)
+    ctx = RoutingContext(tags, budget, scorer, int(seed), judge_aware=judge_aware or JudgeAwareOptions(),
+                         expected_gain=expected_gain, signals=signals, ppm_in_domain=bool(ppm_in_domain),
+                         expected_gain_options=expected_gain_options or ExpectedGainOptions())
+    with _one_blas_thread():
+        out = np.asarray(spec.score(ctx), dtype=np.float64)  # type: ignore[misc]
+    # Scores are stored and compared across batches: a NaN would poison the campaign's threshold.
+    return np.where(np.isfinite(out), out, np.where(np.isnan(out), 0.0, np.sign(out) * 1e300))
 
 
 def route(

@@ -18,6 +18,10 @@ from hybridpref_client.core.errors import FieldViolation, InvalidInput, NotReady
 
 # A strategy: context -> (human mask (n,) bool, gains (n,) float64).
 StrategyFn = Callable[["RoutingContext"], tuple[np.ndarray, np.ndarray]]
+# A strategy's per-instance score: context -> (n,) finite float64, higher = more worth a human label. What a
+# campaign's spending policy ranks by across batches (hybridpref.store.policy), instead of the strategy's own
+# per-batch selection; under a cost budget it is per unit of human cost (``per_unit_cost``).
+ScoreFn = Callable[["RoutingContext"], np.ndarray]
 
 
 @dataclass
@@ -205,3 +209,15 @@ def marginal_gains(scorer: QuadraticScorer, tag_matrix: np.ndarray, human_mask: 
         scores = scorer.score(np.vstack([counts[None, :], counts[None, :] - uniq]), n)
         out[in_idx] = (scores[0] - scores[1:])[inverse]
     return out
+
+
+def per_unit_cost(ctx: RoutingContext, score: np.ndarray) -> np.ndarray:
+    """``score`` per unit of (mean-normalised) human cost under a cost budget, as ``density_order`` ranks:
+    positive scores divided by the cost, the others unchanged (a positive always outranks them). Under a
+    count or auto budget, ``score`` as it is. -> (n,) float64."""
+    score = np.asarray(score, dtype=np.float64)
+    if ctx.budget.kind != "cost" or not len(score):
+        return score
+    costs = np.asarray(ctx.budget.costs, dtype=np.float64)
+    relative = costs / max(float(costs.mean()), 1e-12)
+    return np.where(score > 0, score / relative, score)

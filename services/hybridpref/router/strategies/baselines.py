@@ -19,3 +19,9 @@ def random_subset(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
     require_finite_budget(ctx, "random")
     order = ctx.rng(1).permutation(ctx.n)
     return mask_from_order(ctx, order), np.zeros(ctx.n)
+
+
+def random_score(ctx: RoutingContext) -> np.ndarray:
+    """Campaign score of ``random``: a seeded uniform draw per instance (the threshold then takes a random
+    share of every batch)."""
+    return ctx.rng(1).random(ctx.n)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hybridpref.router.strategies.base import RoutingContext, select_by_gain, static_gains
+from hybridpref.router.strategies.base import RoutingContext, per_unit_cost, select_by_gain, static_gains
 from hybridpref_client.core.errors import NotReady
 
 
@@ -32,6 +32,22 @@ def hybrid(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
         tie = ctx.rng(11).permutation(ctx.n) / max(1, ctx.n - 1)
         ctx.info["ppm_tie_breaker"] = 0.0
     return _route_by_expected(ctx, gain, tie), gain
+
+
+def expected_gain_score(ctx: RoutingContext) -> np.ndarray:
+    """Campaign score of ``expected_gain``: the expected corrections (per unit of cost under a cost budget)."""
+    return per_unit_cost(ctx, _require_expected_gain(ctx))
+
+
+def hybrid_score(ctx: RoutingContext) -> np.ndarray:
+    """Campaign score of ``hybrid``: the expected corrections, the PPM's min-max scaled solo gain (times
+    ``tie_scale``) breaking ties inside the PPM's domain; per unit of cost under a cost budget."""
+    gain = _require_expected_gain(ctx)
+    if ctx.scorer is not None and ctx.ppm_in_domain and ctx.n:
+        ppm = static_gains(ctx)
+        span = float(np.ptp(ppm))
+        gain = gain + ctx.expected_gain_options.tie_scale * ((ppm - ppm.min()) / span if span > 0 else 0.0)
+    return per_unit_cost(ctx, gain)
 
 
 def _route_by_expected(ctx: RoutingContext, gain: np.ndarray, tie: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from hybridpref.common.signals import JudgeSignals
-from hybridpref.router.strategies.base import RoutingContext, percentile_rank, select_by_gain, static_gains
+from hybridpref.router.strategies.base import RoutingContext, per_unit_cost, percentile_rank, select_by_gain, static_gains
 
 
 def judge_aware(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
@@ -28,6 +28,21 @@ def judge_aware(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
     weight = opts.judge_weight if ctx.scorer is not None else 1.0
     priority = (1.0 - weight) * gain_rank + weight * doubt
     return select_by_gain(ctx, priority), gains
+
+
+def judge_aware_score(ctx: RoutingContext) -> np.ndarray:
+    """Campaign score of ``judge_aware``: its priority (the PPM gain's rank within the batch blended with the
+    judge's doubt; the doubt alone without a PPM), per unit of cost under a cost budget."""
+    doubt = _doubt(ctx)
+    if ctx.scorer is None:
+        return per_unit_cost(ctx, doubt)
+    weight = ctx.judge_aware.judge_weight
+    return per_unit_cost(ctx, (1.0 - weight) * percentile_rank(static_gains(ctx)) + weight * doubt)
+
+
+def judge_doubt_score(ctx: RoutingContext) -> np.ndarray:
+    """Campaign score of ``judge_doubt``: the judge's doubt (per unit of cost under a cost budget)."""
+    return per_unit_cost(ctx, _doubt(ctx))
 
 
 def judge_doubt(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ from hybridpref.router.strategies.base import (
     RoutingContext,
     mask_from_order,
     marginal_gains,
+    per_unit_cost,
     require_finite_budget,
     select_by_gain,
     static_gains,
@@ -21,6 +22,13 @@ def topk(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
     if ctx.budget.kind == "auto":
         return gains > 0, gains
     return select_by_gain(ctx, gains), gains
+
+
+def solo_gain_score(ctx: RoutingContext) -> np.ndarray:
+    """Campaign score of the PPM strategies (``topk``, ``optimal_pos``, ``greedy``): each instance's solo gain
+    ``f(t_i) - f(0)`` (per unit of cost under a cost budget). Greedy's re-evaluation of marginal gains as
+    its mix grows has no meaning across batches: a campaign ranks by the solo gain."""
+    return per_unit_cost(ctx, static_gains(ctx))
 
 
 def optimal_pos(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,259 @@
+"""Thin gRPC servicer of ``hybridpref.v1.CampaignService`` over the campaign store (``hybridpref.store``).
+
+It runs in the router process, on the router's port and behind its interceptors: the vendor is the caller's
+API key (``hybridpref.server.auth.current_vendor``), or :data:`~hybridpref.store.api.DEFAULT_VENDOR` when the
+router runs without keys. It shares the router's worker pool (every store call is blocking I/O, run off the
+event loop) and its store (``RouterCore.campaigns``, opened on the first campaign call). Conversion between
+messages and the store's types is all it does; the store validates, and its errors map to status codes in
+``hybridpref_client.core.grpc_errors`` (``NotFound`` -> NOT_FOUND, ``AlreadyExists`` -> ALREADY_EXISTS,
+``InvalidInput`` -> INVALID_ARGUMENT with field violations).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from datetime import UTC
+from itertools import islice
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref.router.strategies import campaign_strategy_spec
+from hybridpref.store.api import Campaign, CampaignSpec, CampaignStatus, HumanLabel, Interval, LabelResult
+from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc
+
+SERVICE_NAME = campaign_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name
+EXPORT_CHUNK = 1000  # rows per ExportDatasetResponse
+PREFERENCES = {campaign_pb2.HUMAN_PREFERENCE_A: "A", campaign_pb2.HUMAN_PREFERENCE_B: "B",
+               campaign_pb2.HUMAN_PREFERENCE_TIE: "tie"}
+STATUSES = {"stored": campaign_pb2.LABEL_STATUS_STORED, "unchanged": campaign_pb2.LABEL_STATUS_UNCHANGED,
+            "replaced": campaign_pb2.LABEL_STATUS_REPLACED, "rejected": campaign_pb2.LABEL_STATUS_REJECTED}
+FORMATS = {campaign_pb2.EXPORT_FORMAT_UNSPECIFIED: "trl", campaign_pb2.EXPORT_FORMAT_TRL: "trl",
+           campaign_pb2.EXPORT_FORMAT_POOL: "pool"}
+# The store names its fields as its API does; the messages' names are what the caller sent.
+_FIELD_NAMES = ((".instance_id:", ".id:"), (".preference:", ".label:"), (".labelled_at:", ".labelled_at:"))
+
+
+# ---- messages -> store ---------------------------------------------------------------------------------
+
+def spec_from_proto(settings: campaign_pb2.CampaignSettings, vendor: str, default_strategy: str) -> CampaignSpec:
+    """The store's spec of a ``CreateCampaign``: the strategy resolved (``""`` -> the router's default, kept
+    by name so the campaign routes with it whatever the default later becomes) and checked to have a
+    per-instance score; the budget required. Raises ``InvalidInput`` naming ``settings.<field>``."""
+    violations: list[FieldViolation] = []
+    kind = settings.budget.WhichOneof("kind") if settings.HasField("budget") else None
+    if kind is None:
+        violations.append(FieldViolation("settings.budget", "required: count (human labels) or cost (cost units)"))
+    elif kind == "cost" and not (math.isfinite(settings.budget.cost) and settings.budget.cost >= 0):
+        violations.append(FieldViolation("settings.budget.cost", f"must be a finite number >= 0, got {settings.budget.cost}"))
+    strategy = settings.strategy or default_strategy
+    try:
+        campaign_strategy_spec(strategy, "settings.strategy")
+    except InvalidInput as exc:
+        violations += exc.violations
+    if violations:
+        raise InvalidInput(violations)
+    total = float(settings.budget.count) if kind == "count" else float(settings.budget.cost)
+    return CampaignSpec(
+        vendor=vendor, name=settings.name, budget_kind=kind, budget_total=total,  # type: ignore[arg-type]
+        strategy=strategy, judge=settings.judge, votes_per_pair=settings.votes_per_pair or 1,
+        expected_instances=settings.expected_instances if settings.HasField("expected_instances") else None,
+        exploration_share=settings.exploration_share,
+    )
+
+
+def labels_from_proto(labels: Sequence[campaign_pb2.HumanLabel]) -> list[HumanLabel]:
+    """The store's labels (an unset label or an out-of-range strength is passed on as given: the store
+    rejects that item, and only that one)."""
+    out = []
+    for item in labels:
+        out.append(HumanLabel(
+            instance_id=item.id, annotator=item.annotator, preference=PREFERENCES.get(item.label, ""),  # type: ignore[arg-type]
+            strength=item.strength if item.HasField("strength") else None, rationale=item.rationale,
+            labelled_at=item.labelled_at.ToDatetime(tzinfo=UTC) if item.HasField("labelled_at") else None,
+            source="api"))
+    return out
+
+
+# ---- store -> messages ---------------------------------------------------------------------------------
+
+def campaign_to_proto(c: Campaign) -> campaign_pb2.Campaign:
+    spec = c.spec
+    budget = (campaign_pb2.CampaignBudget(count=int(spec.budget_total)) if spec.budget_kind == "count"
+              else campaign_pb2.CampaignBudget(cost=spec.budget_total))
+    settings = campaign_pb2.CampaignSettings(
+        name=spec.name, budget=budget, strategy=spec.strategy, judge=spec.judge, votes_per_pair=spec.votes_per_pair,
+        exploration_share=spec.exploration_share)
+    if spec.expected_instances is not None:
+        settings.expected_instances = spec.expected_instances
+    created = Timestamp()
+    created.FromDatetime(c.created_at)
+    return campaign_pb2.Campaign(
+        settings=settings, created_at=created, budget_spent=c.spent, budget_left=max(0.0, spec.budget_total - c.spent),
+        routed=c.routed, human_routed=c.human_routed, labels_returned=c.labels_returned, pairs_pending=c.pairs_pending)
+
+
+def status_to_proto(s: CampaignStatus) -> campaign_pb2.CampaignStatus:
+    out = campaign_pb2.CampaignStatus(labels_pending=s.labels_pending, realised_corrections=s.realised_corrections,
+                                      expected_known=s.expected_known)
+    for name in ("agreement", "audit_agreement", "expected_corrections"):
+        value: Interval | None = getattr(s, name)
+        if value is not None:
+            getattr(out, name).CopyFrom(campaign_pb2.Interval(estimate=value.estimate, low=value.low, high=value.high))
+    return out
+
+
+def result_to_proto(r: LabelResult) -> campaign_pb2.LabelResult:
+    error = r.error
+    for old, new in _FIELD_NAMES:
+        error = error.replace(old, new)
+    return campaign_pb2.LabelResult(index=r.index, id=r.instance_id, status=STATUSES[r.status], audit=r.audit,
+                                    error=error)
+
+
+def trl_row_to_proto(row: dict[str, Any]) -> campaign_pb2.TrlRow:
+    out = campaign_pb2.TrlRow(
+        id=row["id"], prompt=row["prompt"], chosen=row["chosen"], rejected=row["rejected"],
+        label_source=row["label_source"], judge=row["judge"], votes=row["votes"], tie=row["tie"],
+        campaign=row["campaign"], batch=row["batch"], human_routed=row["human_routed"])
+    if row["confidence"] is not None:
+        out.confidence = row["confidence"]
+    return out
+
+
+def pool_row_to_proto(row: dict[str, Any]) -> campaign_pb2.PoolRow:
+    out = campaign_pb2.PoolRow(
+        id=row["id"], source=row["source"], prompt=row["prompt"], response_a=row["response_a"],
+        response_b=row["response_b"], human_label=row["human_label"], human_votes=row["human_votes"],
+        lm_labels=row["lm_labels"], campaign=row["campaign"], batch=row["batch"], human_routed=row["human_routed"],
+        exploration=row["exploration"], score=row["score"])
+    if row["expected_correction"] is not None:
+        out.expected_correction = row["expected_correction"]
+    return out
+
+
+def export_chunk(rows: Iterator[dict[str, Any]], fmt: str) -> campaign_pb2.ExportDatasetResponse | None:
+    """The next ``EXPORT_CHUNK`` rows as one message; ``None`` when the rows are done."""
+    chunk = list(islice(rows, EXPORT_CHUNK))
+    if not chunk:
+        return None
+    if fmt == "trl":
+        return campaign_pb2.ExportDatasetResponse(trl_rows=[trl_row_to_proto(r) for r in chunk])
+    return campaign_pb2.ExportDatasetResponse(pool_rows=[pool_row_to_proto(r) for r in chunk])
+
+
+# ---- the servicer ---------------------------------------------------------------------------------------
+
+class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
+    """``CampaignService`` beside a ``RouterServicer`` (its worker pool, store, vendor and metrics)."""
+
+    def __init__(self, router):
+        self.router = router
+        self.core = router.core
+        self.metrics = router.core.metrics
+        self.max_labels = router.settings.limits.max_batch
+
+    async def _store(self):
+        return await self.core.executor.run(self.core.campaigns.get)
+
+    async def CreateCampaign(self, request, context):
+        spec = spec_from_proto(request.settings, self.router.vendor(), self.router.default_strategy.name)
+        store = await self._store()
+        campaign = await self.core.executor.run(store.create_campaign, spec)
+        return campaign_pb2.CreateCampaignResponse(campaign=campaign_to_proto(campaign))
+
+    async def GetCampaign(self, request, context):
+        store = await self._store()
+        vendor = self.router.vendor()
+        status = await self.core.executor.run(store.status, vendor, request.name)
+        out = campaign_pb2.GetCampaignResponse(campaign=campaign_to_proto(status.campaign), status=status_to_proto(status))
+        model = await self._campaign_model(vendor, request.name, context)
+        if model is not None:
+            from hybridpref.router.servicer import campaign_model_to_proto
+
+            out.model.CopyFrom(campaign_model_to_proto(model.describe()))
+        return out
+
+    async def _campaign_model(self, vendor: str, name: str, context):
+        """The correction model that routes the campaign's next batch (cached; refitted when enough new labels
+        came back), or None when the bundle has no panel model or the predictor cannot be reached."""
+        from hybridpref.server.channels import remaining_timeout
+        from hybridpref.server.deadline import Deadline
+        from hybridpref_client.core.errors import BackendUnavailable, NotReady
+
+        try:
+            bundle = await self.core.models.routing_model(Deadline(min(5.0, remaining_timeout(context) or 5.0)))
+        except (NotReady, BackendUnavailable):
+            return None
+        if bundle.panel is None:
+            return None
+        return await self.core.executor.run(self.core.adaptation.model_for, vendor, name, bundle)
+
+    async def ListCampaigns(self, request, context):
+        store = await self._store()
+        campaigns = await self.core.executor.run(store.list_campaigns, self.router.vendor())
+        return campaign_pb2.ListCampaignsResponse(campaigns=[campaign_to_proto(c) for c in campaigns])
+
+    async def SubmitLabels(self, request, context):
+        if len(request.labels) > self.max_labels:
+            raise InvalidInput(FieldViolation("labels", f"{len(request.labels)} labels; at most {self.max_labels} per call"))
+        vendor = self.router.vendor()
+        labels = labels_from_proto(request.labels)
+        store = await self._store()
+        results = await self.core.executor.run(store.submit_labels, vendor, request.campaign, labels, size=len(labels))
+        await self._count_labels(store, vendor, request.campaign, labels, results)
+        if any(r.status in ("stored", "replaced") for r in results):
+            self.core.adaptation.labels_arrived(vendor, request.campaign)  # refit off the request path when due
+        return campaign_pb2.SubmitLabelsResponse(results=[result_to_proto(r) for r in results])
+
+    async def _count_labels(self, store, vendor: str, campaign: str, labels: list[HumanLabel],
+                            results: list[LabelResult]) -> None:
+        """Label outcomes per vendor; for each new non-tie vote on a pair with a non-tie LM label, whether it
+        agrees with the LM label and the agreement the routing expected (the alert compares the two)."""
+        for status in STATUSES:
+            n = sum(r.status == status for r in results)
+            if n:
+                self.metrics.campaign_labels.labels(vendor, status).inc(n)
+        new = [(labels[r.index].instance_id, labels[r.index].preference) for r in results
+               if r.status == "stored" and labels[r.index].preference in ("A", "B")]
+        if not new or not hasattr(store, "lm_expectations"):
+            return
+        expectations = await self.core.executor.run(store.lm_expectations, vendor, campaign, [i for i, _ in new])
+        agree = disagree = 0
+        expected = 0.0
+        for instance_id, preference in new:
+            lm_label, p_right = expectations.get(instance_id, (None, None))
+            winner = _winner(lm_label)
+            if winner is None or p_right is None:
+                continue
+            agree += winner == preference
+            disagree += winner != preference
+            expected += p_right
+        if agree + disagree:
+            self.metrics.campaign_agreement_votes.labels(vendor, "agree").inc(agree)
+            self.metrics.campaign_agreement_votes.labels(vendor, "disagree").inc(disagree)
+            self.metrics.campaign_expected_agreement.labels(vendor).inc(expected)
+
+    async def ExportDataset(self, request, context):
+        fmt = FORMATS.get(request.format)
+        if fmt is None:
+            raise InvalidInput(FieldViolation("format", f"unknown export format {request.format}"))
+        store = await self._store()
+        run = self.core.executor.run
+        rows = store.export_rows(self.router.vendor(), request.campaign, fmt)  # a generator: reads on first next()
+        try:
+            while True:
+                message = await run(export_chunk, rows, fmt)
+                if message is None:
+                    return
+                yield message
+        finally:
+            rows.close()  # a caller who left: the read transaction ends now, not at garbage collection
+
+
+def _winner(lm_label: str | None) -> str | None:
+    from hybridpref_client.core.instances import Label
+
+    return Label[lm_label].winner if lm_label else None

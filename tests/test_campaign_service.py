@@ -1,0 +1,275 @@
+"""The labelling loop through gRPC: CampaignService and RouteInstances with a campaign, on a real embedded
+stack (tagger ``fast``, judge ``replay`` of the sample's recorded gpt4 labels) with API keys for two vendors
+and the campaign store in a SQLite file. The SDK's sync and async clients, as a vendor would call them."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import grpc
+import pytest
+
+from hybridpref_client import (
+    AlreadyExistsError,
+    AsyncRouterClient,
+    InvalidArgumentError,
+    InvalidInput,
+    NotFoundError,
+    RouterClient,
+)
+from hybridpref_client.core.instances import Label, read_jsonl
+from hybridpref.server.auth import add_vendor
+from hybridpref.server.settings import Settings
+from hybridpref.store.sql import SqlCampaignStore
+from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc
+
+from conftest import ROOT
+
+SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keys") / "keys.json"
+    return path, {"acme": add_vendor(path, "acme"), "globex": add_vendor(path, "globex")}
+
+
+@pytest.fixture(scope="module")
+def db_url(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'campaigns.db'}"
+
+
+@pytest.fixture(scope="module")
+def stack(background_loop, keys, db_url, log_capture):
+    from hybridpref.cli.stack import start_embedded_stack
+
+    settings = Settings(tagger={"profile": "fast"}, judge={"backend": "replay", "replay_key": "gpt4"},
+                        router={"db_url": db_url}, auth={"keys_file": str(keys[0])})
+    running = background_loop.run(start_embedded_stack(settings, metrics=True), timeout=300)
+    yield running
+    background_loop.run(running.stop(0.5))
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return read_jsonl(str(SAMPLE))
+
+
+def client_for(stack, keys, vendor: str) -> RouterClient:
+    return RouterClient(stack.router_address, timeout_s=120, api_key=keys[1][vendor], max_attempts=1)
+
+
+@pytest.fixture()
+def acme(stack, keys):
+    with client_for(stack, keys, "acme") as c:
+        yield c
+
+
+@pytest.fixture()
+def globex(stack, keys):
+    with client_for(stack, keys, "globex") as c:
+        yield c
+
+
+def test_create_get_list_and_their_errors(acme):
+    created = acme.create_campaign("plain", count=5, votes_per_pair=2, expected_instances=100, exploration_share=0.1)
+    assert (created.name, created.budget_kind, created.budget_total, created.votes_per_pair) == ("plain", "count", 5, 2)
+    assert created.strategy == "hybrid"  # "" resolves to the router's default, kept by name
+    assert created.budget_left == 5 and created.routed == 0 and created.expected_instances == 100
+    with pytest.raises(AlreadyExistsError):
+        acme.create_campaign("plain", count=1)
+    with pytest.raises(NotFoundError):
+        acme.get_campaign("never-created")
+    with pytest.raises(InvalidArgumentError) as bad:
+        acme.create_campaign("sim", count=5, strategy="simulated")  # no per-instance score: cannot spend a campaign
+    assert [v.field for v in bad.value.violations] == ["settings.strategy"]
+    with pytest.raises(InvalidInput):
+        acme.create_campaign("nobudget", budget="fraction:0.2")  # refused before anything is sent
+    status = acme.get_campaign("plain")
+    assert status.campaign.name == "plain" and status.agreement is None and status.labels_pending == 0
+    assert "plain" in [c.name for c in acme.list_campaigns()]
+
+
+def test_a_create_without_budget_names_the_field(stack, keys):
+    with grpc.insecure_channel(stack.router_address) as channel:
+        stub = campaign_pb2_grpc.CampaignServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.CreateCampaign(campaign_pb2.CreateCampaignRequest(settings=campaign_pb2.CampaignSettings(name="x")),
+                                metadata=(("authorization", f"Bearer {keys[1]['acme']}"),))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "settings.budget" in err.value.details()
+
+
+def test_a_vendor_sees_only_its_own_campaigns(acme, globex, sample):
+    acme.create_campaign("private", count=3, judge="gpt4")
+    acme.route(sample[:5], campaign="private")
+    assert "private" not in [c.name for c in globex.list_campaigns()]
+    for call in (lambda: globex.get_campaign("private"),
+                 lambda: globex.route(sample[:5], campaign="private"),
+                 lambda: globex.submit_labels("private", [{"id": sample[0].id, "label": "A", "annotator": "g"}]),
+                 lambda: list(globex.export_dataset("private"))):
+        with pytest.raises(NotFoundError):
+            call()
+    # The same name is free for another vendor, and independent.
+    mine = globex.create_campaign("private", cost=2.5, judge="gpt4")
+    assert mine.budget_kind == "cost" and mine.routed == 0
+    assert acme.get_campaign("private").campaign.routed == 5
+
+
+def test_batches_spend_the_campaign_budget_once_and_a_resent_batch_replays(acme, sample, db_url):
+    acme.create_campaign("loop", count=12, expected_instances=len(sample), judge="gpt4")
+    first = acme.route(sample[:20], campaign="loop", batch="b1")
+    assert first.campaign["batch"] == "b1" and first.campaign["replayed"] == 0
+    spent_1 = first.campaign["budget_spent"]
+    assert 0 < spent_1 <= 12 and spent_1 == sum(d.route == "HUMAN" for d in first.decisions)
+    assert all(d.lm_label is not None for d in first.decisions)  # every instance judged: the export needs it
+    again = acme.route(sample[:20], campaign="loop", batch="b1-retry")
+    assert [(d.id, d.route, d.lm_label) for d in again.decisions] == [(d.id, d.route, d.lm_label) for d in first.decisions]
+    assert all(d.replayed for d in again.decisions) and again.campaign["budget_spent"] == spent_1
+    last = acme.route(sample[20:], campaign="loop", batch="b2")  # the rest of the announced stream
+    assert last.campaign["budget_spent"] == 12 and last.campaign["budget_left"] == 0
+    # What the store holds matches what the router answered.
+    store = SqlCampaignStore.open(db_url)
+    try:
+        rows = list(store.export_rows("acme", "loop"))
+        routed = {d.id: d.route for d in first.decisions + last.decisions}
+        assert {r["id"]: "HUMAN" if r["human_routed"] else "LM" for r in rows} == routed
+        assert {r["batch"] for r in rows} == {"b1", "b2"}
+        assert store.get_campaign("acme", "loop").spent == 12
+    finally:
+        store.close()
+
+
+def test_campaign_requests_that_contradict_the_campaign_are_refused(acme, sample):
+    acme.create_campaign("strict", count=4, judge="gpt4")
+    from hybridpref_client.messages import build_config, unary_request
+    from hybridpref.v1 import router_pb2_grpc
+
+    stub = router_pb2_grpc.RouterServiceStub(acme._channel)
+    meta = acme.config.metadata("t")
+    cases = {
+        "config.budget": build_config("count:2", campaign="strict"),
+        "config.strategy": build_config(None, strategy="random", campaign="strict"),
+        "config.replay_judge": build_config(None, replay_judge="other", campaign="strict"),
+        "config.batch": build_config("count:2", batch="b"),
+    }
+    for field, config in cases.items():
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RouteInstances(unary_request(sample[:3], config), metadata=meta)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert field in err.value.details(), (field, err.value.details())
+    with pytest.raises(InvalidInput):  # the SDK says so before sending
+        acme.route(sample[:3], count=2, campaign="strict")
+    assert acme.get_campaign("strict").campaign.routed == 0
+
+
+def test_a_streamed_campaign_batch_is_stored_whole(acme, sample):
+    acme.create_campaign("streamed", count=10, judge="gpt4", strategy="judge_doubt")
+    result = acme.route_stream(sample, campaign="streamed", chunk_size=7)
+    assert [d.id for d in result.decisions] == [i.id for i in sample]
+    humans = sum(d.route == "HUMAN" for d in result.decisions)
+    assert humans == 10 == result.campaign["budget_spent"]  # no stream estimate: the batch is the rest
+    status = acme.get_campaign("streamed")
+    assert status.campaign.routed == len(sample) and status.campaign.pairs_pending == 10 == status.labels_pending
+
+
+def test_labels_come_back_per_item_and_feed_the_status_and_the_export(acme, sample):
+    acme.create_campaign("labels", count=8, judge="gpt4")
+    routed = acme.route(sample[:16], campaign="labels").decisions
+    human = [d for d in routed if d.route == "HUMAN"]
+    lm = [d for d in routed if d.route == "LM"]
+    truth = {i.id: i.human_label.winner or "tie" for i in sample}
+    labels = [{"id": d.id, "label": truth[d.id], "annotator": "ann-1", "strength": 2 if truth[d.id] != "tie" else None}
+              for d in human]
+    labels.append({"id": lm[0].id, "label": "B", "annotator": "ann-1", "rationale": "spot check"})
+    labels.append({"id": "never-routed", "label": "A", "annotator": "ann-1"})
+    results = acme.submit_labels("labels", labels)
+    assert [r.index for r in results] == list(range(len(labels)))
+    assert [r.status for r in results[:len(human)]] == ["stored"] * len(human)
+    assert results[len(human)].audit and results[len(human)].status == "stored"
+    assert results[-1].status == "rejected" and "never-routed" in results[-1].error and results[-1].error.startswith(
+        f"labels[{len(labels) - 1}].id")
+    again = acme.submit_labels("labels", labels[:2])
+    assert [r.status for r in again] == ["unchanged", "unchanged"]  # a retry never double counts
+    status = acme.get_campaign("labels")
+    assert status.campaign.labels_returned == len(human) + 1 and status.labels_pending == 0
+    # Agreement over labelled pairs where neither the human nor the LM label is a tie, with its interval.
+    votes = {d.id: truth[d.id] for d in human} | {lm[0].id: "B"}
+    lm_winner = {d.id: Label[d.lm_label].winner for d in human + lm[:1]}
+    compared = [(votes[i], lm_winner[i]) for i in votes if votes[i] != "tie" and lm_winner[i] is not None]
+    assert status.agreement is not None and status.agreement.low <= status.agreement.estimate <= status.agreement.high
+    assert status.agreement.estimate == pytest.approx(sum(h == w for h, w in compared) / len(compared))
+    rows = list(acme.export_dataset("labels"))
+    assert len(rows) == 16 and {r["label_source"] for r in rows if r["human_routed"]} == {"human"}
+    by_id = {r["id"]: r for r in rows}
+    for d in human:
+        row, inst = by_id[d.id], next(i for i in sample if i.id == d.id)
+        winner = truth[d.id]
+        assert row["tie"] == (winner == "tie")
+        if winner != "tie":
+            assert row["chosen"] == (inst.response_a if winner == "A" else inst.response_b)
+    audited = by_id[lm[0].id]
+    assert audited["label_source"] == "lm" and not audited["human_routed"]  # an audit vote does not relabel
+    pool = list(acme.export_dataset("labels", "pool"))
+    assert {r["id"] for r in pool} == {d.id for d in human} | {lm[0].id}
+
+
+def test_a_malformed_label_item_is_rejected_alone(stack, keys, acme, sample):
+    acme.create_campaign("malformed", count=2, judge="gpt4")
+    acme.route(sample[:4], campaign="malformed")
+    with grpc.insecure_channel(stack.router_address) as channel:
+        stub = campaign_pb2_grpc.CampaignServiceStub(channel)
+        resp = stub.SubmitLabels(campaign_pb2.SubmitLabelsRequest(campaign="malformed", labels=[
+            campaign_pb2.HumanLabel(id=sample[0].id, annotator="a"),  # no label
+            campaign_pb2.HumanLabel(id=sample[1].id, annotator="a", label=campaign_pb2.HUMAN_PREFERENCE_A, strength=7),
+            campaign_pb2.HumanLabel(id=sample[2].id, annotator="a", label=campaign_pb2.HUMAN_PREFERENCE_B),
+        ]), metadata=(("authorization", f"Bearer {keys[1]['acme']}"),))
+    statuses = [campaign_pb2.LabelStatus.Name(r.status) for r in resp.results]
+    assert statuses == ["LABEL_STATUS_REJECTED", "LABEL_STATUS_REJECTED", "LABEL_STATUS_STORED"]
+    assert resp.results[0].error.startswith("labels[0].label") and resp.results[1].error.startswith("labels[1].strength")
+    with pytest.raises(InvalidInput) as bad:  # the SDK names the bad fields of dict rows before sending
+        acme.submit_labels("malformed", [{"id": "x", "label": "maybe", "annotator": ""}])
+    assert {v.field for v in bad.value.violations} == {"labels[0].label", "labels[0].annotator"}
+
+
+def test_the_async_client_does_the_same(stack, keys, sample):
+    async def main():
+        async with AsyncRouterClient(stack.router_address, timeout_s=120, api_key=keys[1]["acme"]) as c:
+            created = await c.create_campaign("async", budget="count:3", judge="gpt4")
+            routed = await c.route(sample[:6], campaign="async")
+            human = [d.id for d in routed.decisions if d.route == "HUMAN"]
+            results = await c.submit_labels("async", [{"id": i, "label": "tie", "annotator": "z"} for i in human])
+            status = await c.get_campaign("async")
+            rows = [r async for r in c.export_dataset("async")]
+            names = [x.name for x in await c.list_campaigns()]
+            with pytest.raises(NotFoundError):
+                await c.get_campaign("absent")
+            return created, human, results, status, rows, names
+
+    created, human, results, status, rows, names = asyncio.run(main())
+    assert created.budget_total == 3 and len(human) == 3 and {r.status for r in results} == {"stored"}
+    assert status.campaign.labels_returned == 3 and "async" in names
+    assert sum(r["tie"] and r["label_source"] == "human" for r in rows) == 3
+
+
+def test_campaign_metrics_are_per_vendor(stack, acme, sample):
+    acme.create_campaign("metered", count=2, judge="gpt4")
+    routed = acme.route(sample[:6], campaign="metered").decisions
+    human = [d for d in routed if d.route == "HUMAN"]
+    acme.submit_labels("metered", [{"id": d.id, "label": "A", "annotator": "m"} for d in human])
+    port = stack.services["router"].metrics_port
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    lines = [line for line in body.splitlines() if line.startswith("hybridpref_campaign_")]
+    assert any(line.startswith('hybridpref_campaign_decisions_total{route="HUMAN",vendor="acme"}') for line in lines)
+    assert any(line.startswith('hybridpref_campaign_labels_total{status="stored",vendor="acme"}') for line in lines)
+    assert any(line.startswith('hybridpref_campaign_budget_spent_total{kind="count",vendor="acme"}') for line in lines)
+    assert not any("metered" in line for line in lines)  # campaign names never become labels
+    agreement = {k: _value(lines, f'hybridpref_campaign_agreement_votes_total{{outcome="{k}",vendor="acme"}}')
+                 for k in ("agree", "disagree")}
+    expected = _value(lines, 'hybridpref_campaign_expected_agreement_total{vendor="acme"}')
+    assert sum(agreement.values()) >= 1 and 0 < expected <= sum(agreement.values())
+
+
+def _value(lines: list[str], prefix: str) -> float:
+    return float(next(line for line in lines if line.startswith(prefix)).rsplit(" ", 1)[1])
