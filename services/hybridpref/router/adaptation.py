@@ -15,8 +15,10 @@ docs/EVALUATION.md "Learning from the campaign's labels"), from :mod:`hybridpref
 * **P(human wrong)**: where pairs have several votes, Dawid-Skene (crowd-kit) per-annotator error rates; the
   model's P(human vote wrong) is moved to the campaign's vote-weighted rate;
 * **expected corrections**: the interval for the labels a batch's human votes will change (what the
-  campaign's ``realised_corrections`` counts) is recalibrated per labelled batch with what was realised
-  (``CorrectionsCalibrator``; before ``min_labels`` labels per stratum: the bundle model's transfer range).
+  campaign's ``realised_corrections`` counts) is recalibrated with what the labelled batches realised
+  (``CorrectionsCalibrator``, replayed batch by batch over the routing model's out-of-sample P(LM wrong) of
+  those pairs: the bundle model's, or the adapted recipe's by cross-validation; before ``min_labels`` labels per
+  stratum: the bundle model's held-out transfer range).
 
 **When it refits.** A fitted model is cached per (vendor, campaign) with the number of votes the campaign had
 then (``Campaign.labels_returned``); :meth:`model_for` costs one campaign-row read and returns the cached
@@ -96,10 +98,12 @@ class CampaignModel:
         from the routing model's P(LM wrong), recalibrated on the campaign's labelled batches."""
         return self.calibrator.interval(np.asarray(p_lm_wrong, dtype=np.float64), np.asarray(no_verdict, dtype=bool))
 
-    def interval_note(self) -> str:
-        """One sentence for the summary: where the campaign's expected-corrections interval comes from."""
-        fitted = [k for k, r in self.calibrator.strata.items() if r.fit(self.calibrator.min_labels) is not None]
-        if len(fitted) == 2:
+    def interval_note(self, no_verdict: np.ndarray | None = None) -> str:
+        """One sentence for the summary: where the campaign's expected-corrections interval comes from, for a
+        batch whose human-routed rows have ``no_verdict`` (the strata it has; default both)."""
+        present = {False, True} if no_verdict is None else {bool(v) for v in np.asarray(no_verdict, dtype=bool)}
+        fitted = [k for k in present if self.calibrator.strata[k].fit(self.calibrator.min_labels) is not None]
+        if present and len(fitted) == len(present):
             how = "recalibrated on the campaign's own realised corrections"
         elif fitted:
             how = "partly recalibrated on the campaign's realised corrections (one stratum has too few labels yet)"
@@ -200,57 +204,12 @@ class CampaignModels:
         """Refit ``campaign``'s model from everything it has returned (see the module docstring)."""
         store = self._store()
         votes = int(store.get_campaign(vendor, campaign).labels_returned)
-        rows = [r for r in store.returned_labels(vendor, campaign) if _has_panel_features(r[0].features)]
+        model = fit_campaign_model(base, store.returned_labels(vendor, campaign), votes=votes, strength=self.strength,
+                                   min_labels=self.min_labels, folds=self.folds)
         self.refits += 1
-        bundle_model: PanelCorrectionModel = base.model
-        labels = online.returned_labels(rows)
-        annotators = online.annotator_error_rates(labels.votes)
-        rate = _vote_weighted_rate(annotators, labels.votes)
-        lineage = online.ModelLineage(bundle_model, strength=self.strength, min_labels=self.min_labels, folds=self.folds)
-        used, y = online.lm_wrong_target(labels.lm, labels.human)
-        routing, adapted, proposal = bundle_model, False, {}
-        if len(used):
-            proposal_version = lineage.propose([labels.ids[i] for i in used], labels.x[used], y)
-            proposal = {"labels": int(len(used)), "verdict_labels": proposal_version.labels,
-                        "heldout_loss": proposal_version.heldout_loss, "bundle_loss": proposal_version.bundle_loss,
-                        "promoted": proposal_version.promoted}
-            if proposal_version.promoted:
-                routing, adapted = proposal_version.model, True
-        if rate is not None:
-            routing = online.with_human_rate(routing, rate)
-        version = base.version if not adapted else f"{base.version}+adapted-{len(used)}@{_digest(routing)}"
-        if rate is not None and not adapted:
-            version = f"{base.version}+human-rate@{_digest(routing)}"
-        calibrator = self._calibrator(rows, labels, bundle_model)
-        proposal["version"] = version
-        log.info("campaign_model_fitted", vendor=vendor, campaign=campaign, version=version, labels=int(len(used)),
-                 adapted=adapted, votes=votes)
-        return CampaignModel(PanelRunner(routing, version), base.version, adapted, int(len(used)), votes, proposal,
-                             calibrator, annotators, rate)
-
-    def _calibrator(self, rows: Sequence[tuple[Any, Any, Sequence[Any]]], labels: online.ReturnedLabels,
-                    bundle_model: PanelCorrectionModel) -> online.CorrectionsCalibrator:
-        """The expected-changes calibrator replayed over the campaign's labelled human-routed pairs, batch by
-        batch in routing order: per pair, the P(LM wrong) it was routed with (``signals["p_lm_wrong"]``, else the
-        bundle model's from its stored features) against whether its non-tie human majority changed the LM
-        label. ``labels``: :func:`online.returned_labels` of ``rows`` (aligned); the prior range is the bundle
-        model's held-out transfer range."""
-        from hybridpref.routing_model.correction import transfer_range
-
-        prior = transfer_range(bundle_model.metrics) or online.CorrectionsCalibrator().prior_range
-        calib = online.CorrectionsCalibrator(prior_range=prior)
-        recomputed = bundle_model.p_lm_wrong(labels.x) if len(labels.ids) else np.zeros(0)
-        batches: OrderedDict[str, list[int]] = OrderedDict()
-        for i, (_, decision, _) in enumerate(rows):
-            if decision.human:
-                batches.setdefault(decision.batch_id, []).append(i)
-        for members in batches.values():
-            idx = np.array(members)
-            stored = [rows[i][0].signals.get("p_lm_wrong") for i in members]
-            p = np.array([float(v) if isinstance(v, (int, float)) else recomputed[i] for v, i in zip(stored, members)])
-            changed = (labels.human[idx] != 0) & (labels.human[idx] != labels.lm[idx])
-            calib.observe(p, changed.astype(np.float64), labels.x[idx, online.NO_VERDICT] > 0.5)
-        return calib
+        log.info("campaign_model_fitted", vendor=vendor, campaign=campaign, version=model.version, labels=model.labels,
+                 adapted=model.adapted, votes=votes)
+        return model
 
     def _fresh(self, key: tuple[str, str], base: PanelRunner, votes: int) -> CampaignModel | None:
         cached = self._cache.get(key)
@@ -268,6 +227,68 @@ class CampaignModels:
             self.model_for(vendor, campaign, _Bundle(base))  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - a background refit must never take the process down
             log.warning("campaign_refit_failed", vendor=vendor, campaign=campaign, error=str(exc)[:300])
+
+
+def fit_campaign_model(base: PanelRunner, returned: Iterable[tuple[Any, Any, Sequence[Any]]], *, votes: int = 0,
+                       strength: float = PRIOR_STRENGTH, min_labels: int = MIN_LABELS, folds: int = FOLDS) -> CampaignModel:
+    """A campaign's model from its returned labels: ``returned`` = ``CampaignStore.returned_labels`` rows
+    (``Candidate``, ``StoredDecision``, ``[HumanLabel]``; rows whose decision stored no panel features are left
+    out), ``base`` = the bundle's panel model and version (see the module docstring for the recipe). Pure: the
+    same rows give the same model and version (``benchmarks/stream_sim.py`` runs it on in-memory rows)."""
+    rows = [r for r in returned if _has_panel_features(r[0].features)]
+    bundle_model: PanelCorrectionModel = base.model
+    labels = online.returned_labels(rows)
+    annotators = online.annotator_error_rates(labels.votes)
+    rate = _vote_weighted_rate(annotators, labels.votes)
+    lineage = online.ModelLineage(bundle_model, strength=strength, min_labels=min_labels, folds=folds)
+    used, y = online.lm_wrong_target(labels.lm, labels.human)
+    routing, adapted, proposal = bundle_model, False, {}
+    if len(used):
+        proposed = lineage.propose([labels.ids[i] for i in used], labels.x[used], y)
+        proposal = {"labels": int(len(used)), "verdict_labels": proposed.labels, "heldout_loss": proposed.heldout_loss,
+                    "bundle_loss": proposed.bundle_loss, "promoted": proposed.promoted}
+        if proposed.promoted:
+            routing, adapted = proposed.model, True
+    if rate is not None:
+        routing = online.with_human_rate(routing, rate)
+    if adapted:
+        version = f"{base.version}+adapted-{len(used)}@{_digest(routing)}"
+    elif rate is not None:
+        version = f"{base.version}+human-rate@{_digest(routing)}"
+    else:
+        version = base.version
+    # the calibrator learns how the routing model's own out-of-sample P(LM wrong) relates to realised changes
+    if adapted:
+        p = online.out_of_fold_p(bundle_model, labels.ids, labels.x, labels.human != 0, np.asarray(y, dtype=bool),
+                                 strength=strength, folds=folds)
+    else:
+        p = bundle_model.p_lm_wrong(labels.x) if len(labels.ids) else np.zeros(0)
+    calibrator = _calibrator(rows, p, labels, bundle_model)
+    proposal["version"] = version
+    return CampaignModel(PanelRunner(routing, version), base.version, adapted, int(len(used)), votes, proposal,
+                         calibrator, annotators, rate)
+
+
+def _calibrator(rows: Sequence[tuple[Any, Any, Sequence[Any]]], p: np.ndarray, labels: online.ReturnedLabels,
+                prior_model: PanelCorrectionModel) -> online.CorrectionsCalibrator:
+    """The expected-changes calibrator replayed over the campaign's labelled human-routed pairs, batch by
+    batch in routing order: per pair ``p`` (P(LM wrong) of the model that routes now, out of sample: the
+    bundle model's, or an adapted model's by cross-validation) against whether its non-tie human majority
+    changed the LM label. ``labels``: :func:`online.returned_labels` of ``rows`` (aligned); before enough
+    labels the interval keeps ``prior_model``'s held-out transfer range."""
+    from hybridpref.routing_model.correction import transfer_range
+
+    prior = transfer_range(prior_model.metrics) or online.CorrectionsCalibrator().prior_range
+    calib = online.CorrectionsCalibrator(prior_range=prior)
+    batches: OrderedDict[str, list[int]] = OrderedDict()
+    for i, (_, decision, _) in enumerate(rows):
+        if decision.human:
+            batches.setdefault(decision.batch_id, []).append(i)
+    for members in batches.values():
+        idx = np.array(members)
+        changed = (labels.human[idx] != 0) & (labels.human[idx] != labels.lm[idx])
+        calib.observe(p[idx], changed.astype(np.float64), labels.x[idx, online.NO_VERDICT] > 0.5)
+    return calib
 
 
 @dataclass(frozen=True)

@@ -355,7 +355,7 @@ class RouterCore:
         if adapted is not None and judged.p_wrong is not None:
             fresh = mask & ~np.fromiter((d.replayed for d in decisions), dtype=bool, count=n)
             changes = adapted.expected_changes(judged.p_wrong[0][fresh], judged.no_verdict()[fresh])
-            summary.warnings.append(adapted.interval_note())
+            summary.warnings.append(adapted.interval_note(judged.no_verdict()[fresh]))
         self._count(decisions, strategy.name)
         replayed = sum(d.replayed for d in decisions)
         self._count_campaign(campaign, decisions)
