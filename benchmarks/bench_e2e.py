@@ -4,6 +4,8 @@
     python benchmarks/bench_e2e.py route --n 10000 --strategy random --tagger-profile fast --judge-backend replay
     python benchmarks/bench_e2e.py route --n 1000 --strategy greedy   # default models (tagger default, embedded judge)
     python benchmarks/bench_e2e.py stream --n 100000                  # RouteInstancesStream; the router's peak memory
+    python benchmarks/bench_e2e.py stream --n 100000 --strategy hybrid --tagger-profile default --judge-backend learned
+                                                                      # the default path (issue 19: no tagging out of domain)
 
 Instances are real pairs from ../shared/data (mtbench_human_gpt4, pandalm, llmbar), cycled with fresh ids
 to reach --n. For the replay judge each row's first recorded LM label is stored under the key "bench".
@@ -101,7 +103,8 @@ def cmd_route(args) -> None:
           f"budget={args.budget}: {wall:.1f} s wall, {args.n / wall:.0f} instances/s (stack ready in {ready_s:.1f} s)")
     print("  stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(stages.items()))
           + f"; other (transport, conversion) {wall - sum(stages.values()):.2f} s")
-    print(f"  human {result.summary['human_count']}, LM {result.summary['lm_count']}")
+    print(f"  human {result.summary['human_count']}, LM {result.summary['lm_count']}; "
+          f"correction model {result.summary.get('correction_model_version') or '-'}")
 
 
 def process_peak_mb(pattern: str) -> float:
@@ -118,7 +121,8 @@ def process_peak_mb(pattern: str) -> float:
 
 
 def cmd_stream(args) -> None:
-    env = {"HYBRIDPREF_TAGGER_PROFILE": "fast", "HYBRIDPREF_JUDGE_BACKEND": "replay", "HYBRIDPREF_JUDGE_REPLAY_KEY": "bench"}
+    env = {"HYBRIDPREF_TAGGER_PROFILE": args.tagger_profile, "HYBRIDPREF_JUDGE_BACKEND": args.judge_backend,
+           "HYBRIDPREF_JUDGE_REPLAY_KEY": "bench"}
     proc, _ = start_up(env)
     router = f"serve router --port {PORT_BASE}"
     try:
@@ -129,9 +133,12 @@ def cmd_stream(args) -> None:
                 result = client.route_stream(instances, fraction=args.budget, strategy=args.strategy, seed=0)
                 wall = time.perf_counter() - start
                 text_mb = sum(len(i.prompt) + len(i.response_a) + len(i.response_b) for i in instances) / 2**20
-                print(f"RouteInstancesStream n={n} strategy={args.strategy} (fast tagger, replay judge): {wall:.1f} s, "
-                      f"{n / wall:.0f} instances/s; {len(result.decisions)} decisions; texts sent {text_mb:.0f} MiB; "
+                stages = result.summary["stage_seconds"]
+                print(f"RouteInstancesStream n={n} strategy={args.strategy} tagger={args.tagger_profile} judge={args.judge_backend}: "
+                      f"{wall:.1f} s, {n / wall:.0f} instances/s; {len(result.decisions)} decisions; texts sent {text_mb:.0f} MiB; "
                       f"router peak RSS so far {process_peak_mb(router):.0f} MiB")
+                print("  stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(stages.items()))
+                      + f"; correction model {result.summary.get('correction_model_version') or '-'}")
                 del instances, result
     finally:
         stop_up(proc)
@@ -154,6 +161,8 @@ def main() -> None:
     st.add_argument("--strategy", default="greedy")
     st.add_argument("--budget", type=float, default=0.25)
     st.add_argument("--timeout", type=float, default=3600)
+    st.add_argument("--tagger-profile", default="fast")
+    st.add_argument("--judge-backend", default="replay")
     args = parser.parse_args()
     print(f"# {platform.node()} {os.cpu_count()} cpus, {time.strftime('%Y-%m-%d %H:%M')}")
     {"startup": cmd_startup, "route": cmd_route, "stream": cmd_stream}[args.cmd](args)
