@@ -154,7 +154,8 @@ def agreement(a: dict, b: dict) -> None:
 
 
 def mtbench_agreement(seed: int, lm_prompts: int) -> None:
-    rows = [json.loads(line) for line in open(data_dir() / "mtbench_human_gpt4" / "pairs.jsonl", encoding="utf-8")]
+    with open(data_dir() / "mtbench_human_gpt4" / "pairs.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
     prompts: dict[str, str] = {}
     for r in rows:
         if r.get("turn") == 1 and r.get("category") in CATEGORY_MAP:

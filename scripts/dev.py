@@ -1,7 +1,13 @@
 """Set up and run hybridpref with nothing but Python 3.11.
 
     python3 scripts/dev.py run    # create .venv, install, start the stack, route the sample batch
-    python3 scripts/dev.py test   # create .venv, install, run the whole test suite
+    python3 scripts/dev.py test   # create .venv, install, the quality gate, then the whole test suite
+    python3 scripts/dev.py lint   # the quality gate alone: ruff (lint) and mypy
+
+The quality gate (configured in pyproject.toml) runs ``ruff check`` and ``mypy`` before the tests; a
+finding fails ``test`` before pytest starts. ``HYBRIDPREF_CHECK_FORMAT=1`` adds the formatting checks
+(``ruff format --check`` and the import order, ``ruff check --select I``), which stay off until the tree
+has had its one format pass. ``test`` with pytest arguments (a subset) skips the gate.
 
 Both are idempotent: the install step is skipped while pyproject.toml is unchanged.
 Besides the Python packages, the install step puts the check tools the tests use where they can
@@ -141,8 +147,26 @@ def _install_chromium() -> None:
         sh(*install)
 
 
+# What the gate reads; clients/ (the SDK, its own distribution and owner) is not in it yet.
+LINTED = ["services", "tests", "benchmarks", "scripts"]
+
+
+def quality_gate(env: dict[str, str]) -> int:
+    """ruff and mypy (pyproject.toml has their settings); 0 when every check passes."""
+    checks = [[str(BIN / "ruff"), "check", *LINTED], [str(BIN / "mypy")]]
+    if env.get("HYBRIDPREF_CHECK_FORMAT") == "1":
+        checks += [[str(BIN / "ruff"), "format", "--check", *LINTED], [str(BIN / "ruff"), "check", "--select", "I", *LINTED]]
+    for cmd in checks:
+        print("+", " ".join(cmd), flush=True)
+        rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+        if rc != 0:
+            print(f"quality gate failed: {' '.join(cmd[1:3])}", file=sys.stderr)
+            return rc
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("run", "test", "setup"):
+    if not argv or argv[0] not in ("run", "test", "setup", "lint"):
         print(__doc__, file=sys.stderr)
         return 2
     ensure_env()
@@ -152,7 +176,13 @@ def main(argv: list[str]) -> int:
         cmd = [str(BIN / "hybridpref"), "route", "--input", str(ROOT / "samples" / "sample_batch.jsonl"),
                "--budget", "0.25", "--output", str(ROOT / "out" / "sample_routed.jsonl"), *rest]
         (ROOT / "out").mkdir(exist_ok=True)
+    elif command == "lint":
+        return quality_gate(env)
     elif command == "test":
+        if not rest:
+            rc = quality_gate(env)
+            if rc != 0:
+                return rc
         cmd = [str(BIN / "python"), "-m", "pytest", "-q", *rest]
     else:
         return 0

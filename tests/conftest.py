@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from hybridpref.server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

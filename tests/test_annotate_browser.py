@@ -33,7 +33,7 @@ SEED = 11
 DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 try:
-    from playwright.sync_api import Page, sync_playwright
+    from playwright.sync_api import Page, sync_playwright  # noqa: F401 - Page: the fixtures' type
 except ImportError:  # pragma: no cover - the dev extra brings it
     sync_playwright = None
 

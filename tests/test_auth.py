@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hybridpref.server.auth import KeyStore, add_vendor, bearer_key, hash_key, parse_keys
+from hybridpref_client.core.errors import InvalidInput
 from hybridpref_client.core.grpc_errors import retry_delay_s
 from hybridpref.server.server import start_service
 from hybridpref.server.settings import Settings
@@ -164,7 +165,7 @@ def test_refusals_are_counted_and_the_key_never_logged(router, keys_file, stub, 
 
 
 def test_keys_file_format(tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidInput):
         parse_keys({"vendors": {"x": {"key_sha256": "abc"}}})
     policies = parse_keys({"vendors": {"x": {"key_sha256": [hash_key("k1"), hash_key("k2")], "methods": "RouteInstances"}}})
     assert policies["x"].allows("/hybridpref.v1.RouterService/RouteInstances")

@@ -348,6 +348,18 @@ def test_metric2_training_folds_are_routed_without_the_gold_fold(tmp_path, monke
     fits: list[set[str]] = []
     monkeypatch.setattr(harness, "fit_correction", lambda train, config: fits.append({i.id for p in train for i in p.instances}) or len(fits) - 1)
     monkeypatch.setattr(harness, "correction_gain", lambda model, pool: np.linspace(0, 0.5, len(pool)))
+    path = write_pool(tmp_path / "toy" / "pairs.jsonl", n=90, seed=3)
+    cfg = EvalConfig(pools=[str(path)], lm_judge=JUDGE, budgets=(0.25,), seeds=1, folds=3, rm=True, strategies=("expected_gain",))
+    case = prepare_case(path, cfg)
+    mixes = route_case(case, Router(cfg, None, correction_gain_fn([case], cfg)), ["expected_gain"], cfg, "in-pool", lambda d, n: None)
+    fold_ids = [{case.pool.instances[i].id for i in case.fold_rows(f)} for f in range(3)]
+    assert set(mixes.rm_masks[("expected_gain", 0.25)]) == {0, 1, 2}
+    # 3 fits without one fold (metric 1) + 3 fits on a single fold (metric 2: without the gold and the routed fold)
+    assert sorted(len([f for f in fold_ids if f <= train]) for train in fits) == [1, 1, 1, 2, 2, 2]
+    for f in range(3):  # the gold fold is not routed for metric 2: the reward model never trains on its rows
+        assert not mixes.rm_masks[("expected_gain", 0.25)][f][0][case.fold_rows(f)].any()
+
+
 def test_hybrid_uses_the_ppm_exactly_where_the_routers_domain_check_admits_the_fold(tmp_path):
     """The harness's `hybrid` runs the router's domain check per fold: inside, the PPM breaks ties;
     outside, it is exactly `expected_gain`."""

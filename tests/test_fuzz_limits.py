@@ -233,6 +233,6 @@ def test_after_the_fuzz_no_internal_and_still_serving(stack, codes):
     # Undecodable requests are counted per service in their own metric.
     port = stack.services["router"].metrics_port
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    line = next(l for l in body.splitlines() if l.startswith('hybridpref_undecodable_requests_total{method="RouteInstances",service="router"}'))
+    line = next(row for row in body.splitlines() if row.startswith('hybridpref_undecodable_requests_total{method="RouteInstances",service="router"}'))
     assert float(line.split()[-1]) >= 1
     assert math.isfinite(float(line.split()[-1]))

@@ -106,7 +106,7 @@ def test_transfer_ratios_compare_predicted_and_realised_on_held_out_pools(fitted
     transfer = model.metrics["leave_one_pool_out"]["transfer"]
     assert set(transfer["pools"]) == {"p1", "p2", "p3"}
     ratios = []
-    for name, by_budget in transfer["pools"].items():
+    for by_budget in transfer["pools"].values():
         assert set(by_budget) == {f"{b:g}" for b in correction_fit.TRANSFER_BUDGETS}
         for b, e in by_budget.items():
             assert e["routed"] == round(float(b) * 300)

@@ -79,7 +79,6 @@ def test_walk_follows_tags():
     tags[20:, 1] = 1
     routed, kinds = sample_mixes(tags, 300, seed=0, walk_fraction=1.0)
     for row in routed[2:]:
-        b = row.sum()
         first = np.flatnonzero(row[:20]).size, np.flatnonzero(row[20:]).size
         assert min(first) == 0 or max(first) == 20  # one group is complete before the other starts
 

@@ -245,7 +245,7 @@ def test_judge_signals_from_answers(sample):
     assert sig.order_flip.tolist() == [False, False, False, True]
     # the live judge is not one of the recorded ones: agreement with the recorded gpt4 label
     recorded = [Label(r.lm_labels["gpt4"]).winner for r in rows]
-    expect = [float((("A" if s > 0 else "B" if s < 0 else None) == w)) for s, w in zip(sig.label, recorded)]
+    expect = [float(("A" if s > 0 else "B" if s < 0 else None) == w) for s, w in zip(sig.label, recorded)]
     assert sig.agreement.tolist() == expect
     replay = judge_signals(JudgedBatch(judged.labels, judged.confidence, judged.inconsistent, None, "replay:gpt4"), rows)
     assert np.isnan(replay.p_a).all() and np.isnan(replay.agreement).all()  # no probability; no *other* judge recorded

@@ -12,7 +12,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from hybridpref.server.metrics import Metrics
 from hybridpref.server.server import start_service
 from hybridpref.server.settings import Settings
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc

@@ -73,7 +73,7 @@ class Assigner:
             now = self._clock()
             c = self._get(vendor, campaign)
             self._expire(c, now)
-            skipped = c.skips.get(annotator, {})
+            skipped: OrderedDict[str, None] | dict[str, None] = c.skips.get(annotator, {})
             open_pairs = [p for p in pending if p.instance_id not in skipped or p.instance_id == wanted]
             pick = next((p for p in open_pairs if p.instance_id == wanted), None)
             pick = pick or next((p for p in open_pairs if c.leases.get(p.instance_id, {}).get(annotator, 0) > now), None)

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from hybridpref.cli import annotate, evaluate, judge, keys, predictor, route, serve
-from hybridpref_client.core.errors import HybridPrefError, InvalidInput
+from hybridpref_client.core.errors import HybridprefError, InvalidInput
 
 EXIT_USAGE = 2
 # In the order ``hybridpref --help`` lists them.
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for v in exc.violations:
             print(f"error: {v.field}: {v.description}", file=sys.stderr)
         return EXIT_USAGE
-    except HybridPrefError as exc:
+    except HybridprefError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -136,7 +136,7 @@ class EmbeddedBackend(ScoringBackend):
         deadline.check(todo * self._s_per_token, "scoring with the embedded model")
         t0 = time.perf_counter()
         with torch.inference_mode():
-            if reuse:
+            if reuse and self._last_prefix is not None:
                 cache = self._last_prefix[1]
                 _crop(cache, len(prefix))
             else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from hybridpref.server import deadline as deadlines
 from hybridpref.server.channels import remaining_timeout
 from hybridpref_client.core.convert import instances_from_proto
@@ -12,16 +14,20 @@ from hybridpref_client.core.limits import Limits, position_mode_violation
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.server import ServiceHandle
 from hybridpref.server.settings import Settings
-from hybridpref.v1 import judge_pb2, judge_pb2_grpc
+from hybridpref.v1 import common_pb2, judge_pb2, judge_pb2_grpc
+
+if TYPE_CHECKING:
+    from hybridpref.judge.core import Judge
 
 SERVICE_NAME = judge_pb2.DESCRIPTOR.services_by_name["JudgeService"].full_name
 
 
-def build_judge(settings: Settings, metrics: Metrics | None = None):
+def build_judge(settings: Settings, metrics: Metrics | None = None) -> Judge:
     """The judge core configured from settings (backend and its options); with ``metrics``, failed
     exchanges with an LM endpoint are counted in ``hybridpref_backend_errors_total``."""
     from hybridpref.judge.core import Judge
 
+    options: dict[str, Any]
     if settings.judge.backend == "openai":
         options = {
             "base_url": settings.judge.openai_base_url,
@@ -80,10 +86,10 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
 def to_proto(j) -> judge_pb2.Judgement:
     return judge_pb2.Judgement(
         id=j.id,
-        label=int(j.label),
+        label=common_pb2.PreferenceLabel.ValueType(int(j.label)),
         confidence=float(j.confidence),
-        verdict_ab=int(j.verdict_ab),
-        verdict_ba=int(j.verdict_ba),
+        verdict_ab=common_pb2.PreferenceLabel.ValueType(int(j.verdict_ab)),
+        verdict_ba=common_pb2.PreferenceLabel.ValueType(int(j.verdict_ba)),
         order_inconsistent=bool(j.order_inconsistent),
         judge_id=j.judge_id,
         template_version=j.template_version,

@@ -79,7 +79,7 @@ class JudgeBackend(ABC):
     judge_id: str = "unknown"
     kind: str = "unknown"  # backend family, reported in ``Judgement.backend``
 
-    def load(self) -> None:
+    def load(self) -> None:  # noqa: B027 - a no-op unless the backend has a model or an endpoint to check
         """Load models / check configuration. Idempotent."""
 
     @property

@@ -80,7 +80,7 @@ class Dataset:
 
 def _lm_sign(row: dict[str, Any], key: str) -> tuple[int, bool]:
     labels = row.get("lm_labels") or {}
-    sign = {"A": 1, "B": -1}
+    sign: dict[str | None, int] = {"A": 1, "B": -1}
     if key in labels:
         return sign.get(labels[key], 0), True
     ab, ba = labels.get(key + "/order_ab"), labels.get(key + "/order_ba")

@@ -51,7 +51,7 @@ import structlog
 
 from hybridpref.router.model import PanelRunner, RoutingModel
 from hybridpref.routing_model import online
-from hybridpref.routing_model.panel_correction import PANEL_FEATURES, PanelCorrectionModel
+from hybridpref.routing_model.panel_correction import PanelCorrectionModel
 
 # Measured by the streaming simulation (docs/EVALUATION.md): prior worth 20 labels, promotion after >= 30
 # verdict labels, 5 folds.
@@ -242,7 +242,8 @@ def fit_campaign_model(base: PanelRunner, returned: Iterable[tuple[Any, Any, Seq
     rate = _vote_weighted_rate(annotators, labels.votes)
     lineage = online.ModelLineage(bundle_model, strength=strength, min_labels=min_labels, folds=folds)
     used, y = online.lm_wrong_target(labels.lm, labels.human)
-    routing, adapted, proposal = bundle_model, False, {}
+    routing, adapted = bundle_model, False
+    proposal: dict[str, Any] = {}
     if len(used):
         proposed = lineage.propose([labels.ids[i] for i in used], labels.x[used], y)
         proposal = {"labels": int(len(used)), "verdict_labels": proposed.labels, "heldout_loss": proposed.heldout_loss,

@@ -51,7 +51,8 @@ class JudgedBatch:
     labels: np.ndarray  # int (n,) Label values
     confidence: np.ndarray  # float64 (n,)
     inconsistent: np.ndarray  # bool (n,)
-    p_a_better: np.ndarray | None = None  # float64 (n,): P(A better); NaN where the judge gave none
+    # float64 (n,): P(A better); NaN where the judge gave none. None (the default) = all NaN, filled in here.
+    p_a_better: np.ndarray = None  # type: ignore[assignment]
     judge_id: str = ""  # backend and model, e.g. "replay:gpt4", "learned:hybridpref-judge-v1"
 
     def __post_init__(self) -> None:
@@ -60,7 +61,7 @@ class JudgedBatch:
 
     @staticmethod
     def empty(n: int, judge_id: str = "") -> JudgedBatch:
-        return JudgedBatch(np.zeros(n, np.int64), np.zeros(n), np.zeros(n, bool), None, judge_id)
+        return JudgedBatch(np.zeros(n, np.int64), np.zeros(n), np.zeros(n, bool), np.full(n, np.nan), judge_id)
 
     @staticmethod
     def concat(parts: Sequence[JudgedBatch]) -> JudgedBatch:
@@ -68,7 +69,7 @@ class JudgedBatch:
             return JudgedBatch.empty(0)
         return JudgedBatch(np.concatenate([p.labels for p in parts]), np.concatenate([p.confidence for p in parts]),
                            np.concatenate([p.inconsistent for p in parts]),
-                           np.concatenate([p.p_a_better for p in parts]),  # type: ignore[misc]
+                           np.concatenate([p.p_a_better for p in parts]),
                            next((p.judge_id for p in reversed(parts) if p.judge_id), ""))
 
     @property

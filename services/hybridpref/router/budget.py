@@ -80,12 +80,26 @@ class ResolvedBudget:
     def n(self) -> int:
         return len(self.costs)
 
+    @property
+    def exact_count(self) -> int:
+        """A count budget's count (routed instances, exactly)."""
+        if self.count is None:
+            raise ValueError(f"a {self.kind} budget has no count")
+        return self.count
+
+    @property
+    def cost_cap(self) -> float:
+        """A cost budget's limit (routed costs sum to at most this)."""
+        if self.cost_limit is None:
+            raise ValueError(f"a {self.kind} budget has no cost limit")
+        return self.cost_limit
+
     def allows(self, human_mask: np.ndarray) -> bool:
         """Whether a routing respects this budget (``auto`` allows anything)."""
         if self.kind == "count":
-            return int(np.count_nonzero(human_mask)) == self.count
+            return int(np.count_nonzero(human_mask)) == self.exact_count
         if self.kind == "cost":
-            return float(self.costs[np.asarray(human_mask, dtype=bool)].sum()) <= self.cost_limit * (1 + 1e-12)
+            return float(self.costs[np.asarray(human_mask, dtype=bool)].sum()) <= self.cost_cap * (1 + 1e-12)
         return True
 
     def spent(self, human_mask: np.ndarray) -> float:

@@ -21,8 +21,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref.router.strategies import campaign_strategy_spec
+from hybridpref.router.adaptation import CampaignModel
 from hybridpref.store.api import Campaign, CampaignSpec, CampaignStatus, HumanLabel, Interval, LabelResult
-from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc
+from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc, router_pb2
 
 SERVICE_NAME = campaign_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name
 EXPORT_CHUNK = 1000  # rows per ExportDatasetResponse
@@ -146,6 +147,18 @@ def export_chunk(rows: Iterator[dict[str, Any]], fmt: str) -> campaign_pb2.Expor
 
 # ---- the servicer ---------------------------------------------------------------------------------------
 
+def campaign_model_to_proto(info: dict[str, Any]) -> router_pb2.CampaignModelInfo:
+    """``CampaignModel.describe()`` -> ``CampaignModelInfo``."""
+    proposal = info.get("proposal", {})
+    out = router_pb2.CampaignModelInfo(version=info["version"], base_version=info["base_version"], adapted=info["adapted"],
+                                       labels=int(info["labels"]))
+    for field, value in (("heldout_log_loss", proposal.get("heldout_loss")), ("bundle_log_loss", proposal.get("bundle_loss")),
+                         ("human_error_rate", info.get("human_rate"))):
+        if value is not None:
+            setattr(out, field, float(value))
+    return out
+
+
 class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
     """``CampaignService`` beside a ``RouterServicer`` (its worker pool, store, vendor and metrics)."""
 
@@ -171,12 +184,10 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
         out = campaign_pb2.GetCampaignResponse(campaign=campaign_to_proto(status.campaign), status=status_to_proto(status))
         model = await self._campaign_model(vendor, request.name, context)
         if model is not None:
-            from hybridpref.router.servicer import campaign_model_to_proto
-
             out.model.CopyFrom(campaign_model_to_proto(model.describe()))
         return out
 
-    async def _campaign_model(self, vendor: str, name: str, context):
+    async def _campaign_model(self, vendor: str, name: str, context: Any) -> CampaignModel | None:
         """The correction model that routes the campaign's next batch (cached; refitted when enough new labels
         came back), or None when the bundle has no panel model or the predictor cannot be reached."""
         from hybridpref.server.channels import remaining_timeout

@@ -16,7 +16,7 @@ functions in ``hybridpref.router.strategies``, the summary in ``hybridpref.route
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,8 +50,9 @@ from hybridpref.router.campaign import CAMPAIGN_SLICE, CampaignRoute, JudgeRows,
 from hybridpref.router.explain import top_tags
 from hybridpref.router.limits import judge_violations
 from hybridpref.router.model import RoutingModel
-from hybridpref.router.spill import MemoryStore, SpillStore
-from hybridpref.router.summary import Summary, column_totals, domain_check, summarize
+from hybridpref.router.spill import InstanceStore, MemoryStore, SpillStore
+from hybridpref.router.summary import DomainResult, Summary, column_totals, domain_check, summarize
+from hybridpref.store.api import StoredDecision
 
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
 JUDGE_SLICE = 1024
@@ -138,7 +139,8 @@ class JudgeFirst:
 
     def no_verdict(self) -> np.ndarray:
         """(n,) bool: the judge gave no verdict (a tie, no label or an order flip)."""
-        return np.asarray(self.signals.label) == 0
+        out: np.ndarray = np.asarray(self.signals.label) == 0
+        return out
 
     @property
     def expected_gain(self) -> np.ndarray | None:
@@ -188,7 +190,8 @@ class RouterCore:
         text = await self.executor.run(BatchText.of, instances, size=len(instances))
         store = MemoryStore(instances)
         tagged = None
-        if await self.executor.run(tagging_reason, options, model, text, store.human_costs, size=len(instances)):
+        reason: str = await self.executor.run(tagging_reason, options, model, text, store.human_costs, size=len(instances))
+        if reason:
             with _timed(stages, "tag"):
                 tagged = await self.tagger.tag(instances, deadline)
         return await self._decide(store, tagged, text, model, warnings, options, deadline, stages)
@@ -205,7 +208,10 @@ class RouterCore:
         A bad chunk fails the whole call before any decision is made.
         """
         stages: dict[str, float] = {"tag": 0.0}
-        store, parts, texts, seen = SpillStore(), [], [], {}
+        store = SpillStore()
+        parts: list[RouterTags] = []
+        texts: list[BatchText] = []
+        seen: dict[str, int] = {}
         try:
             warnings: list[str] = []
             model = await self._model(options, deadline, warnings)
@@ -225,22 +231,24 @@ class RouterCore:
                 raise InvalidInput(violations)
             text = BatchText.concat(texts)
             tagged = RouterTags.concat(parts) if eager else None
-            if not eager and await self.executor.run(tagging_reason, options, model, text, store.human_costs, size=len(store)):
+            reason: str = "" if eager else await self.executor.run(tagging_reason, options, model, text, store.human_costs,
+                                                                    size=len(store))
+            if reason:
                 with _timed(stages, "tag"):
                     tagged = await self._tag_store(store, deadline)
             return await self._decide(store, tagged, text, model, warnings, options, deadline, stages)
         finally:
             store.close()
 
-    async def _tag_store(self, store, deadline: Deadline) -> RouterTags:
+    async def _tag_store(self, store: InstanceStore, deadline: Deadline) -> RouterTags:
         """Tag every spilled instance, one slice at a time (the batch turned out to need tags)."""
-        parts = []
+        parts: list[RouterTags] = []
         for start in range(0, len(store), JUDGE_SLICE):
             rows = list(range(start, min(len(store), start + JUDGE_SLICE)))
             parts.append(await self.tagger.tag(await self.executor.run(store.get, rows, size=len(rows)), deadline))
         return RouterTags.concat(parts)
 
-    async def _check_judge_names(self, instances, options: RouteOptions, deadline: Deadline, offset: int = 0) -> None:
+    async def _check_judge_names(self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline, offset: int = 0) -> None:
         """Template and replay-judge names against what the judge advertises, before any work."""
         info = await self.judge.judge_info(min(2.0, deadline.timeout() or 2.0))
         violations = await self.executor.run(
@@ -250,7 +258,7 @@ class RouterCore:
         if violations:
             raise InvalidInput(violations)
 
-    async def _decide(self, store, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None, warnings: list[str],
+    async def _decide(self, store: InstanceStore, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None, warnings: list[str],
                       options: RouteOptions, deadline: Deadline, stages: dict[str, float]) -> RouteOutcome:
         """Everything after tagging: (judge) -> budget -> strategy -> judge LM-routed -> explain. ``tagged``: None
         when the decision reads no tags (:func:`tagging_reason`); ``text``: the batch's text features (the domain
@@ -301,7 +309,7 @@ class RouterCore:
             human_cost=float(budget.costs[result.human_mask].sum()), summary=summary, stage_seconds=stages,
         )
 
-    async def _decide_campaign(self, store, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None,
+    async def _decide_campaign(self, store: InstanceStore, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None,
                                warnings: list[str], options: RouteOptions, deadline: Deadline,
                                stages: dict[str, float]) -> RouteOutcome:
         """Everything after tagging, for a campaign: the campaign's correction model (adapted to its returned
@@ -396,11 +404,15 @@ class RouterCore:
             warnings.append(f"no routing model ({exc}): no predictions, domain check or expected corrections")
             return None
 
-    async def _judge_first(self, store, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None,
+    async def _judge_first(self, store: InstanceStore, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None,
                            options: RouteOptions, deadline: Deadline, keep_features: bool = False) -> JudgeFirst:
         """Judge every row, one slice at a time: signals and, with a correction model, P(wrong) per row;
         ``keep_features``: keep the correction features too (a campaign stores them: its refit reads them back)."""
-        batches, signals, p_lm, p_h, features = [], [], [], [], []
+        batches: list[JudgedBatch] = []
+        signals: list[JudgeSignals] = []
+        p_lm: list[np.ndarray] = []
+        p_h: list[np.ndarray] = []
+        features: list[np.ndarray] = []
         names: tuple[str, ...] = ()
         for start in range(0, len(store), JUDGE_SLICE):
             rows = list(range(start, min(len(store), start + JUDGE_SLICE)))
@@ -421,15 +433,15 @@ class RouterCore:
         kept = np.concatenate(features) if features else None
         return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong, kept, names)
 
-    async def _judge_rows(self, store, rows: list[int], options: RouteOptions, deadline: Deadline) -> JudgedBatch:
+    async def _judge_rows(self, store: InstanceStore, rows: list[int], options: RouteOptions, deadline: Deadline) -> JudgedBatch:
         """Judge ``rows`` of the store, reading instances back one slice at a time (off the loop)."""
-        parts = []
+        parts: list[JudgedBatch] = []
         for start in range(0, len(rows), JUDGE_SLICE):
             instances = await self.executor.run(store.get, rows[start : start + JUDGE_SLICE], size=JUDGE_SLICE)
             parts.append(await self._judge(instances, options, deadline))
         return JudgedBatch.concat(parts)
 
-    async def _judge(self, instances, options: RouteOptions, deadline: Deadline) -> JudgedBatch:
+    async def _judge(self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline) -> JudgedBatch:
         return await self.judge.judge(
             instances, mode=options.judge_mode, template=options.judge_template,
             replay_judge=options.replay_judge, seed=options.seed, deadline=deadline,
@@ -454,12 +466,13 @@ def decide(
     ppm_in_domain = domain is not None and domain.in_domain
     # Without tag columns (the batch was not tagged: nothing here reads the PPM) no scorer is handed over.
     scorer = None if model is None or tag_matrix.shape[1] == 0 else model.scorer
-    inputs: dict = {"scorer": scorer, "ppm_in_domain": ppm_in_domain}
-    if judged is not None:
-        inputs.update(judge_confidence=judged.batch.confidence, judge_inconsistent=judged.batch.inconsistent,
-                      signals=judged.signals, expected_gain=judged.expected_gain)
-    result = strategies.route(strategy.name, tag_matrix, budget, seed=seed, simulated_candidates=simulated_candidates,
-                              deadline=deadline, **inputs)
+    result = strategies.route(
+        strategy.name, tag_matrix, budget, scorer=scorer, seed=seed,
+        simulated_candidates=simulated_candidates, deadline=deadline, ppm_in_domain=ppm_in_domain,
+        judge_confidence=None if judged is None else judged.batch.confidence,
+        judge_inconsistent=None if judged is None else judged.batch.inconsistent,
+        signals=None if judged is None else judged.signals, expected_gain=None if judged is None else judged.expected_gain,
+    )
     summary = summarize(model, tag_matrix, result.human_mask, domain=domain, totals=totals,
                         p_wrong=None if judged is None else judged.p_wrong, signals=None if judged is None else judged.signals)
     if judged is not None and judged.p_wrong is not None and model is not None:
@@ -477,7 +490,7 @@ def _explain(model: RoutingModel, tag_matrix: np.ndarray, mask: np.ndarray, top_
         d.top_tags = [(TAG_NAMES[j], float(v)) for j, v in zip(row_idx, row_val) if j >= 0]
 
 
-def _decisions(ids: Sequence[str], result, budget) -> list[Decision]:
+def _decisions(ids: Sequence[str], result: strategies.RoutingResult, budget: ResolvedBudget) -> list[Decision]:
     return [Decision(id=i, human=bool(h), gain=float(g), human_cost=float(c))
             for i, h, g, c in zip(ids, result.human_mask, result.gains, budget.costs)]
 
@@ -550,7 +563,7 @@ def _check_bins(model: RoutingModel | None, tagged: RouterTags) -> None:
             f"{model.bundle_version} was built with {model.reference_bins_id}: deploy matching tagger and bundle")
 
 
-def _model_features(model: RoutingModel | None, instances, tagged: RouterTags | None, text: BatchText, rows: list[int],
+def _model_features(model: RoutingModel | None, instances: Sequence[PreferenceInstance], tagged: RouterTags | None, text: BatchText, rows: list[int],
                     signals: JudgeSignals) -> tuple[tuple[str, ...], np.ndarray]:
     """(column names, (len(rows), F) features) of ``rows`` as the routing correction model reads them: the panel
     features where the bundle (or the campaign) has the panel model, else the ONNX model's correction features."""
@@ -573,7 +586,7 @@ def _p_wrong(model: RoutingModel, features: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def campaign_scores(model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, budget: ResolvedBudget,
-                    judged: JudgeFirst, features: np.ndarray | None, *, seed: int):
+                    judged: JudgeFirst, features: np.ndarray | None, *, seed: int) -> tuple[np.ndarray, DomainResult | None]:
     """(the strategy's per-instance scores (n,), the domain check) of a campaign batch, in process: what the
     campaign's spending policy ranks by. ``features``: the batch's correction features without judge
     signals, for the domain check."""
@@ -585,7 +598,7 @@ def campaign_scores(model: RoutingModel | None, strategy: StrategySpec, tag_matr
     return scores, domain
 
 
-def _campaign_decisions(stored, scores: np.ndarray, costs: np.ndarray, judged: JudgeFirst) -> list[Decision]:
+def _campaign_decisions(stored: Sequence[StoredDecision], scores: np.ndarray, costs: np.ndarray, judged: JudgeFirst) -> list[Decision]:
     """The response's decisions from the store's (the stored LM label and confidence for a replayed id: what
     the campaign holds; the strategy's score as the gain)."""
     out = []
@@ -605,7 +618,7 @@ def _concat_signals(parts: list[JudgeSignals]) -> JudgeSignals:
                           for f in ("label", "p_a", "order_flip", "agreement")))
 
 
-def _apply_judgements(decisions: list[Decision], rows: list[int], judged) -> None:
+def _apply_judgements(decisions: list[Decision], rows: list[int], judged: JudgedBatch) -> None:
     for k, i in enumerate(rows):
         decisions[i].lm_label = Label(int(judged.labels[k]))
         decisions[i].lm_confidence = float(judged.confidence[k])
@@ -646,7 +659,7 @@ def _validate_chunk(chunk: Sequence[PreferenceInstance], offset: int, seen: dict
 
 
 @contextmanager
-def _timed(stages: dict[str, float], name: str):
+def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
     start = time.perf_counter()
     try:
         yield

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from typing import Any
+
 import grpc
 
 from hybridpref.server.channels import call_metadata, open_channel
@@ -24,6 +26,7 @@ from hybridpref.router.backends import JudgedBatch, RouterTags
 from hybridpref.router.limits import JudgeInfo, JudgeInfoCache
 from hybridpref.router.model import ModelCache, RoutingModel
 from hybridpref.v1 import (
+    common_pb2,
     judge_pb2,
     judge_pb2_grpc,
     predictor_pb2,
@@ -62,7 +65,7 @@ class _AioClient:
         self._channel: grpc.aio.Channel | None = None
 
     @property
-    def _stub(self):
+    def _stub(self) -> Any:
         if self._channel is None:
             self._channel = open_channel(self._address, self._settings)
         return self.stub_class(self._channel)
@@ -107,7 +110,9 @@ class JudgeClient(_AioClient):
 
     async def info(self, timeout: float | None) -> judge_pb2.GetJudgeInfoResponse:
         """What the judge accepts (templates, replay default); see ``router.limits.JudgeInfo``."""
-        return await self._stub.GetJudgeInfo(judge_pb2.GetJudgeInfoRequest(), timeout=timeout, metadata=call_metadata())
+        reply: judge_pb2.GetJudgeInfoResponse = await self._stub.GetJudgeInfo(
+            judge_pb2.GetJudgeInfoRequest(), timeout=timeout, metadata=call_metadata())
+        return reply
 
     async def judge_info(self, timeout_s: float) -> JudgeInfo | None:
         """The judge's info, cached (``router.limits.JudgeInfoCache``); None while it cannot say."""
@@ -122,7 +127,7 @@ class JudgeClient(_AioClient):
         for start in range(0, n, JUDGE_CHUNK):
             chunk = instances[start : start + JUDGE_CHUNK]
             request = judge_pb2.JudgeInstancesRequest(
-                instances=instances_to_proto(chunk), position_mode=int(mode), template=template,
+                instances=instances_to_proto(chunk), position_mode=common_pb2.PositionMode.ValueType(int(mode)), template=template,
                 replay_judge=replay_judge, seed=seed,
             )
             try:

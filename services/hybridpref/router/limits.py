@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -21,6 +22,9 @@ from hybridpref_client.core.instances import PreferenceInstance
 from hybridpref_client.core.limits import position_mode_violation
 from hybridpref.server.settings import LimitsSettings
 from hybridpref.common.vocabulary import NUM_TAGS
+
+if TYPE_CHECKING:
+    from hybridpref.v1 import router_pb2
 
 MAX_NAME_CHARS = 128  # strategy, template and judge names
 MAX_CAMPAIGN_CHARS = 200  # campaign names (the store's limit)
@@ -31,7 +35,7 @@ JUDGE_INFO_TTL_S = 30.0
 log = structlog.get_logger()
 
 
-def config_violations(config, limits: LimitsSettings) -> list[FieldViolation]:
+def config_violations(config: router_pb2.RouteConfig, limits: LimitsSettings) -> list[FieldViolation]:
     """Range checks of a ``hybridpref.v1.RouteConfig`` other than the budget's value and the strategy's
     name (``router.budget.budget_violations`` and ``router.strategies.strategy_spec`` check those)."""
     out: list[FieldViolation] = []
@@ -72,7 +76,7 @@ class JudgeInfo:
     default_replay_judge: str = ""
 
     @classmethod
-    def of(cls, advertised) -> JudgeInfo:
+    def of(cls, advertised: Any) -> JudgeInfo:
         """From what the judge advertises: its ``GetJudgeInfoResponse`` or, in process, ``Judge.info()``
         (the same fields)."""
         return cls(advertised.backend, frozenset(t.lower() for t in advertised.templates), advertised.default_replay_judge)

@@ -50,7 +50,8 @@ class PackedTags:
     def dot(self, v: np.ndarray) -> np.ndarray:
         """``tags @ v`` -> (n,) float64."""
         if self.dense is not None:
-            return self.dense @ np.asarray(v, dtype=np.float64)
+            dense_dot: np.ndarray = self.dense @ np.asarray(v, dtype=np.float64)
+            return dense_dot
         tables = np.ascontiguousarray((_BITS @ self._padded(np.asarray(v, dtype=np.float64)).reshape(self.num_planes, 8).T).T)
         out = np.zeros(self.n)
         for b in range(self.num_planes):
@@ -60,7 +61,8 @@ class PackedTags:
     def quad_form(self, q: np.ndarray) -> np.ndarray:
         """``t_i^T Q t_i`` for every row -> (n,) float64 (``Q`` (V, V); only its symmetric part matters)."""
         if self.dense is not None:
-            return np.einsum("ij,ij->i", self.dense @ np.asarray(q, dtype=np.float64), self.dense)
+            dense_form: np.ndarray = np.einsum("ij,ij->i", self.dense @ np.asarray(q, dtype=np.float64), self.dense)
+            return dense_form
         qp = np.zeros((self.num_planes * 8, self.num_planes * 8))
         qp[: self.num_tags, : self.num_tags] = (np.asarray(q, dtype=np.float64) + np.asarray(q, dtype=np.float64).T) / 2
         out = np.zeros(self.n)

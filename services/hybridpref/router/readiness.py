@@ -46,7 +46,7 @@ class BackendWatcher:
         self.up: dict[str, bool] = {name: False for name in self.addresses}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._probe_since: float | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._last_ready: bool | None = None
 
     def ready(self) -> bool:
@@ -86,7 +86,7 @@ class BackendWatcher:
                                      timeout=max(0.2, min(1.0, self.settings.router.backend_check_s)))
         except grpc.RpcError:
             return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def _notify(self) -> None:
         ready = self.ready()

@@ -65,7 +65,8 @@ class QuadraticScorer:
         p = check_pool_size(pool_size)
         x = np.atleast_2d(np.asarray(counts, dtype=np.float64)) / p
         self._check_width(x.shape[1], "counts")
-        return self.bias + x @ self.linear + np.einsum("ij,ij->i", x @ self.quad, x)
+        scores: np.ndarray = self.bias + x @ self.linear + np.einsum("ij,ij->i", x @ self.quad, x)
+        return scores
 
     def gains(self, tag_matrix: np.ndarray, current: np.ndarray | None, pool_size: int) -> np.ndarray:
         p = check_pool_size(pool_size)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
 from hybridpref.server import logs
 from hybridpref.server.channels import remaining_timeout
@@ -10,7 +12,7 @@ from hybridpref.server import deadline as deadlines
 from hybridpref_client.core.convert import instances_from_proto
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.core.limits import Limits
-from hybridpref_client.core.instances import PositionMode
+from hybridpref_client.core.instances import PositionMode, PreferenceInstance
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.server import ServiceHandle
 from hybridpref.server.settings import LimitsSettings, Settings
@@ -18,11 +20,13 @@ from hybridpref.router.budget import Budget, budget_violations
 from hybridpref.router.downstream import JudgeClient, PredictorModelClient, TaggerClient
 from hybridpref.router.limits import MAX_NAME_CHARS, config_violations
 from hybridpref.router.campaign import CampaignRoute
+from hybridpref.router.campaign_servicer import campaign_model_to_proto
 from hybridpref.router.strategies import DEFAULT_STRATEGY, StrategySpec, campaign_strategy_spec, strategy_spec
 from hybridpref.server.auth import current_vendor
 from hybridpref.store.api import DEFAULT_VENDOR
 from hybridpref.router.readiness import BackendWatcher
 from hybridpref.router.core import RouteOptions, RouteOutcome, RouterCore
+from hybridpref.router.summary import Estimate
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
@@ -68,7 +72,7 @@ def decisions_to_proto(outcome: RouteOutcome, start: int = 0, stop: int | None =
         router_pb2.RoutingDecision(
             id=d.id,
             route=common_pb2.ROUTE_HUMAN if d.human else common_pb2.ROUTE_LM,
-            lm_label=int(d.lm_label),
+            lm_label=common_pb2.PreferenceLabel.ValueType(int(d.lm_label)),
             lm_confidence=d.lm_confidence,
             gain=d.gain,
             top_tags=[common_pb2.TagContribution(tag=t, contribution=c) for t, c in d.top_tags],
@@ -120,19 +124,7 @@ def summary_to_proto(outcome: RouteOutcome) -> router_pb2.RoutingSummary:
     return summary
 
 
-def campaign_model_to_proto(info: dict) -> router_pb2.CampaignModelInfo:
-    """``CampaignModel.describe()`` -> ``CampaignModelInfo``."""
-    proposal = info.get("proposal", {})
-    out = router_pb2.CampaignModelInfo(version=info["version"], base_version=info["base_version"], adapted=info["adapted"],
-                                       labels=int(info["labels"]))
-    for field, value in (("heldout_log_loss", proposal.get("heldout_loss")), ("bundle_log_loss", proposal.get("bundle_loss")),
-                         ("human_error_rate", info.get("human_rate"))):
-        if value is not None:
-            setattr(out, field, float(value))
-    return out
-
-
-def _estimate(e) -> router_pb2.Estimate:
+def _estimate(e: Estimate) -> router_pb2.Estimate:
     return router_pb2.Estimate(value=e.value, low=e.low, high=e.high)
 
 
@@ -182,11 +174,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         options.campaign = CampaignRoute(vendor, config.campaign, batch, spec.budget_kind)
         return options
 
-    def _deadline(self, context) -> deadlines.Deadline:
+    def _deadline(self, context: Any) -> deadlines.Deadline:
         """The call's Deadline (bound by DeadlineInterceptor), else one from the context."""
         return deadlines.current() or deadlines.Deadline(remaining_timeout(context))
 
-    async def RouteInstances(self, request, context):
+    async def RouteInstances(self, request: router_pb2.RouteInstancesRequest, context: Any) -> router_pb2.RouteInstancesResponse:
         options = options_from_proto(request.config, self.default_strategy, self.settings.limits)
         options = await self._for_campaign(options, request.config)
         run = self.core.executor.run
@@ -196,7 +188,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             lambda: router_pb2.RouteInstancesResponse(decisions=decisions_to_proto(outcome), summary=summary_to_proto(outcome))
         )
 
-    async def RouteInstancesStream(self, request_iterator, context):
+    async def RouteInstancesStream(self, request_iterator: AsyncIterator[router_pb2.RouteInstancesStreamRequest],
+                                   context: Any) -> AsyncIterator[router_pb2.RouteInstancesStreamResponse]:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("item") != "config":
             raise InvalidInput(FieldViolation("stream[0]", "the first message must carry config"))
@@ -204,7 +197,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         options = await self._for_campaign(options, first.config)
         run = self.core.executor.run
 
-        async def chunks():
+        async def chunks() -> AsyncIterator[list[PreferenceInstance]]:
             index, seen = 1, 0
             async for message in request_iterator:
                 if message.WhichOneof("item") != "chunk":

@@ -36,7 +36,7 @@ class SpillStore:
     """Append-only, file-backed store (serialized protobuf records, offsets in memory)."""
 
     def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile(prefix="hybridpref-route-")
+        self._file = tempfile.TemporaryFile(prefix="hybridpref-route-")  # noqa: SIM115 - open until close()
         self._spans: list[tuple[int, int]] = []
         self.ids: list[str] = []
         self.human_costs: list[float | None] = []
@@ -65,3 +65,7 @@ class SpillStore:
 
     def close(self) -> None:
         self._file.close()
+
+
+# Where a routing call keeps its instances: in memory (unary) or spilled to a file (streams).
+InstanceStore = MemoryStore | SpillStore

@@ -81,7 +81,8 @@ class Summary:
 
 def column_totals(tag_matrix: np.ndarray) -> np.ndarray:
     """Per-tag instance counts of the batch (the all-human mix) -> (V,) float64; one pass over uint8."""
-    return np.asarray(tag_matrix).sum(axis=0, dtype=np.int64).astype(np.float64)
+    totals: np.ndarray = np.asarray(tag_matrix).sum(axis=0, dtype=np.int64).astype(np.float64)
+    return totals
 
 
 def domain_check(model: RoutingModel | None, features: np.ndarray | None) -> DomainResult | None:
@@ -154,8 +155,9 @@ def _scores(out: Summary, model: RoutingModel | None, tags: np.ndarray, mask: np
         for mix in out.mixes:
             mix.score_note = note or "empty_batch"
         return
-    values = ppm_values(model.scorer, tags, mask, totals)  # type: ignore[arg-type]
-    half = z * float(model.residual_std)  # type: ignore[arg-type]
+    assert model is not None and model.scorer is not None and model.residual_std is not None  # else a note above
+    values = ppm_values(model.scorer, tags, mask, totals)
+    half = z * float(model.residual_std)
     for mix in out.mixes:
         if mix.mix == "all_lm":
             mix.score_note = "batch_independent"
@@ -219,7 +221,8 @@ def widen(estimate: Estimate, transfer: tuple[float, float] | None) -> Estimate:
     return Estimate(estimate.value, min(min(ends), estimate.low), max(max(ends), estimate.high))
 
 
-def _warnings(out: Summary, model: RoutingModel | None, p_wrong, signals: JudgeSignals | None) -> list[str]:
+def _warnings(out: Summary, model: RoutingModel | None, p_wrong: tuple[np.ndarray, np.ndarray] | None,
+              signals: JudgeSignals | None) -> list[str]:
     warnings: list[str] = []
     d = out.domain
     if d is not None and not d.in_domain:

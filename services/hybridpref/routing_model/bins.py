@@ -104,7 +104,7 @@ class ReferenceBins:
         measures = np.asarray(measures, dtype=np.float64)
         if measures.ndim != 2 or measures.shape[1] != len(LEXICAL_MEASURES):
             raise ValueError(f"measures must have shape (n, {len(LEXICAL_MEASURES)}), got {measures.shape}")
-        u = np.clip(measures, 0.0, 1.0)
+        u: np.ndarray = np.clip(measures, 0.0, 1.0)
         for j, m in enumerate(LEXICAL_MEASURES):
             if m in LENGTH_MEASURES:
                 u[:, j] = percentile_rank(measures[:, j], self.grids[m])

@@ -88,7 +88,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         path = folder / name
         if not path.is_file() or sha256_file(path) != manifest["files"][name]:
             raise NotReady(f"bundle {folder}: {name} is missing or does not match its manifest hash")
-    return manifest
+    checked: dict[str, Any] = manifest
+    return checked
 
 
 def read_json(folder: Path, name: str) -> Any:

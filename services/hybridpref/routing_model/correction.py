@@ -170,7 +170,8 @@ class _Logistic:
     intercept: float
 
     def logit(self, x: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x, dtype=np.float64) - self.mean) / self.scale) @ self.coef + self.intercept
+        z: np.ndarray = ((np.asarray(x, dtype=np.float64) - self.mean) / self.scale) @ self.coef + self.intercept
+        return z
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return _sigmoid(self.logit(x))
@@ -186,7 +187,8 @@ class _Logistic:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+    p: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+    return p
 
 
 @dataclass
@@ -223,7 +225,8 @@ class CorrectionModel:
     def expected_gain(self, x: np.ndarray) -> np.ndarray:
         """Expected label corrections per bought human label, in [-1, 1]."""
         p = self.probabilities(x)
-        return p[:, 0] - p[:, 1]
+        gain: np.ndarray = p[:, 0] - p[:, 1]
+        return gain
 
     # ------------------------------------------------------------ serialisation
 

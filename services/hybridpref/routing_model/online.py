@@ -120,10 +120,11 @@ def annotator_error_rates(votes: Iterable[tuple[str, str, str]], *, n_iter: int 
     with warnings.catch_warnings():  # crowd-kit 1.4 still uses pandas' deprecated inplace/copy keywords
         warnings.simplefilter("ignore")
         ds = DawidSkene(n_iter=n_iter).fit(df)
-    priors = ds.priors_
+    priors: Any = ds.priors_  # pandas objects (crowd-kit's fitted state)
+    errors: Any = ds.errors_
     out = {}
     for worker in df["worker"].unique():
-        conf = ds.errors_.loc[worker]  # rows: observed label, columns: true label; P(observed | true)
+        conf = errors.loc[worker]  # rows: observed label, columns: true label; P(observed | true)
         right = sum(float(priors[t]) * float(conf.loc[t, t]) for t in priors.index if t in conf.index)
         out[str(worker)] = float(np.clip(1.0 - right, 0.0, 1.0))
     return out
@@ -165,7 +166,8 @@ def exploration_mask(priority: np.ndarray, count: int, share: float, seed: int) 
 def log_loss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-4, 1 - 1e-4)
     y = np.asarray(y, dtype=np.float64)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    loss: np.ndarray = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    return loss
 
 
 @dataclass

@@ -107,7 +107,8 @@ def panel_descriptor(x: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+    p: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+    return p
 
 
 @dataclass
@@ -124,7 +125,8 @@ class Linear:
         idx = [PANEL_FEATURES.index(c) for c in self.columns]
         if not idx:
             return np.full(len(x), self.intercept)
-        return ((np.asarray(x, dtype=np.float64)[:, idx] - self.mean) / self.scale) @ self.coef + self.intercept
+        z: np.ndarray = ((np.asarray(x, dtype=np.float64)[:, idx] - self.mean) / self.scale) @ self.coef + self.intercept
+        return z
 
     def raw_coef(self) -> dict[str, float]:
         """Coefficient per unit of each feature (the sign the monotone check reads)."""
@@ -200,7 +202,8 @@ class PanelCorrectionModel:
 
     def expected_gain(self, x: np.ndarray) -> np.ndarray:
         p = self.probabilities(x)
-        return p[:, 0] - p[:, 1]
+        gain: np.ndarray = p[:, 0] - p[:, 1]
+        return gain
 
     def to_json(self) -> dict[str, Any]:
         return {"version": MODEL_VERSION, "feature_names": list(PANEL_FEATURES), "lm": self.lm.to_json(),

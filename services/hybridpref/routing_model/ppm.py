@@ -31,7 +31,8 @@ class QuadraticPPM:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(m, V) normalised counts -> (m,) float64 predictions."""
         x = np.asarray(x, dtype=np.float64)
-        return self.bias + x @ self.linear + np.einsum("mv,mv->m", x @ self.quad, x)
+        scores: np.ndarray = self.bias + x @ self.linear + np.einsum("mv,mv->m", x @ self.quad, x)
+        return scores
 
 
 def quadratic_features(x: np.ndarray) -> np.ndarray:

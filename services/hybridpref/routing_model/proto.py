@@ -5,6 +5,7 @@ module (the predictor serves with :func:`routing_model_to_proto`, the router rea
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from hybridpref.routing_model.data import RoutingModelData
 from hybridpref.v1 import predictor_pb2
 
 
-def routing_model_to_proto(data) -> predictor_pb2.GetRoutingModelResponse:
+def routing_model_to_proto(data: RoutingModelData) -> predictor_pb2.GetRoutingModelResponse:
     """``RoutingModelData`` -> the ``GetRoutingModel`` answer; :func:`routing_model_from_proto` is the inverse."""
     out = predictor_pb2.GetRoutingModelResponse(
         bundle_version=data.bundle_version, vocabulary_version=data.vocabulary_version,
@@ -39,7 +40,7 @@ def routing_model_to_proto(data) -> predictor_pb2.GetRoutingModelResponse:
     return out
 
 
-def domain_to_proto(domain: dict) -> predictor_pb2.DomainStats:
+def domain_to_proto(domain: dict[str, Any]) -> predictor_pb2.DomainStats:
     """domain.json -> ``DomainStats`` (typed parts plus the file verbatim)."""
     pools = domain.get("pools", {})
     return predictor_pb2.DomainStats(
@@ -65,7 +66,7 @@ def routing_model_from_proto(resp: predictor_pb2.GetRoutingModelResponse) -> Rou
         if v != NUM_TAGS or quad.size != v * v:
             raise NotReady(f"predictor bundle {resp.bundle_version}: PPM of width {v}, expected {NUM_TAGS}")
         quadratic = (resp.ppm.bias, np.asarray(resp.ppm.linear, dtype=np.float64), quad.reshape(v, v))
-    correction = {}
+    correction: dict[str, Any] = {}
     if resp.HasField("correction"):
         correction = dict(correction_onnx=resp.correction.onnx, correction_features=tuple(resp.correction.feature_names),
                           correction_version=resp.correction.version, correction_metrics=dict(resp.correction.metrics))

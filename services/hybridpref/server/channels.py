@@ -54,7 +54,7 @@ def remaining_timeout(context: grpc.aio.ServicerContext | None, default_s: float
         return current.timeout()
     if context is None:
         return default_s
-    remaining = context.time_remaining()
+    remaining: float | None = context.time_remaining()
     if remaining is None:
         return default_s
     return max(0.001, remaining - DEADLINE_MARGIN_S)

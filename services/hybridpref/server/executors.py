@@ -22,7 +22,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -31,7 +31,7 @@ class CoreExecutor:
     def __init__(self, name: str, workers: int = 1, item_s: float = 0.005):
         self._name = name
         self._item_s = item_s
-        self._heap: list[tuple[float, int, concurrent.futures.Future, Callable[[], object]]] = []
+        self._heap: list[tuple[float, int, concurrent.futures.Future[Any], Callable[[], object]]] = []
         self._seq = itertools.count()
         self._ready = threading.Condition()
         self._closed = False
@@ -39,10 +39,10 @@ class CoreExecutor:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, fn: Callable[[], T], priority: float | None = None) -> concurrent.futures.Future:
+    def submit(self, fn: Callable[[], T], priority: float | None = None) -> concurrent.futures.Future[T]:
         """Queue ``fn``; ``priority`` is its virtual start time (default: now)."""
         priority = time.monotonic() if priority is None else priority
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._ready:
             if self._closed:
                 raise RuntimeError(f"{self._name} executor is shut down")
@@ -50,7 +50,7 @@ class CoreExecutor:
             self._ready.notify()
         return future
 
-    async def run(self, fn: Callable[..., T], /, *args, size: int = 0, **kwargs) -> T:
+    async def run(self, fn: Callable[..., T], /, *args: Any, size: int = 0, **kwargs: Any) -> T:
         """Run ``fn`` in the pool, carrying the caller's context (request id, log fields, deadline).
 
         ``size``: how many items (instances, rows) the job carries; bigger jobs yield to smaller ones."""

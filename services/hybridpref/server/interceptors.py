@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -45,7 +45,7 @@ from hybridpref.server.auth import KeyStore, VendorPolicy, bearer_key, bind_vend
 from hybridpref_client.core.errors import (
     DeadlineExceeded,
     FieldViolation,
-    HybridPrefError,
+    HybridprefError,
     InvalidInput,
     PermissionDenied,
     Unauthenticated,
@@ -54,7 +54,12 @@ from hybridpref_client.core.grpc_errors import status_for
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.quota import QuotaBook
 
-Enter = Callable[[grpc.aio.ServicerContext], AbstractAsyncContextManager[None]]
+# grpc ships no type information (its objects are Any to mypy); these names say what is meant.
+Context = Any  # grpc.aio.ServicerContext
+HandlerCallDetails = Any  # grpc.HandlerCallDetails
+Continuation = Callable[[HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+Deserializer = Callable[[bytes], Any]
+Enter = Callable[[Context], AbstractAsyncContextManager[None]]
 # Methods every caller may use without a key, and that no call deadline applies to.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 MAX_REQUEST_ID_CHARS = 128
@@ -65,7 +70,7 @@ def is_open(method: str) -> bool:
     return method.startswith(OPEN_PREFIXES)
 
 
-def _kwargs(handler: grpc.RpcMethodHandler, deserializer=None) -> dict[str, Any]:
+def _kwargs(handler: grpc.RpcMethodHandler, deserializer: Deserializer | None = None) -> dict[str, Any]:
     return {"request_deserializer": deserializer or handler.request_deserializer,
             "response_serializer": handler.response_serializer}
 
@@ -76,7 +81,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler, enter: Enter) -> grpc.RpcMethod
     if handler.unary_unary:
         inner_uu = handler.unary_unary
 
-        async def unary_unary(request, context):
+        async def unary_unary(request: Any, context: Context) -> Any:
             async with enter(context):
                 return await inner_uu(request, context)
 
@@ -84,7 +89,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler, enter: Enter) -> grpc.RpcMethod
     if handler.stream_unary:
         inner_su = handler.stream_unary
 
-        async def stream_unary(request_iterator, context):
+        async def stream_unary(request_iterator: AsyncIterator[Any], context: Context) -> Any:
             async with enter(context):
                 return await inner_su(request_iterator, context)
 
@@ -92,7 +97,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler, enter: Enter) -> grpc.RpcMethod
     inner_stream = handler.unary_stream or handler.stream_stream
     factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
 
-    async def streaming(request_or_iterator, context) -> AsyncIterator:
+    async def streaming(request_or_iterator: Any, context: Context) -> AsyncIterator[Any]:
         async with enter(context):
             async for item in inner_stream(request_or_iterator, context):
                 yield item
@@ -100,12 +105,13 @@ def wrap_handler(handler: grpc.RpcMethodHandler, enter: Enter) -> grpc.RpcMethod
     return factory(streaming, **kwargs)
 
 
-def wrap_requests(handler: grpc.RpcMethodHandler, hook: Callable[[Any], None], deserializer=None) -> grpc.RpcMethodHandler:
+def wrap_requests(handler: grpc.RpcMethodHandler, hook: Callable[[Any], None],
+                  deserializer: Deserializer | None = None) -> grpc.RpcMethodHandler:
     """Return ``handler`` calling ``hook(message)`` on each request message before the handler
     sees it (streams: as each message is read); ``deserializer`` replaces the handler's."""
     kwargs = _kwargs(handler, deserializer)
 
-    async def hooked(iterator):
+    async def hooked(iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
         async for message in iterator:
             hook(message)
             yield message
@@ -113,7 +119,7 @@ def wrap_requests(handler: grpc.RpcMethodHandler, hook: Callable[[Any], None], d
     if handler.unary_unary:
         inner_uu = handler.unary_unary
 
-        async def unary_unary(request, context):
+        async def unary_unary(request: Any, context: Context) -> Any:
             hook(request)
             return await inner_uu(request, context)
 
@@ -121,14 +127,14 @@ def wrap_requests(handler: grpc.RpcMethodHandler, hook: Callable[[Any], None], d
     if handler.stream_unary:
         inner_su = handler.stream_unary
 
-        async def stream_unary(request_iterator, context):
+        async def stream_unary(request_iterator: AsyncIterator[Any], context: Context) -> Any:
             return await inner_su(hooked(request_iterator), context)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
     if handler.unary_stream:
         inner_us = handler.unary_stream
 
-        async def unary_stream(request, context):
+        async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
             hook(request)
             async for item in inner_us(request, context):
                 yield item
@@ -136,7 +142,7 @@ def wrap_requests(handler: grpc.RpcMethodHandler, hook: Callable[[Any], None], d
         return grpc.unary_stream_rpc_method_handler(unary_stream, **kwargs)
     inner_ss = handler.stream_stream
 
-    async def stream_stream(request_iterator, context):
+    async def stream_stream(request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         async for item in inner_ss(hooked(request_iterator), context):
             yield item
 
@@ -144,7 +150,8 @@ def wrap_requests(handler: grpc.RpcMethodHandler, hook: Callable[[Any], None], d
 
 
 class _AroundInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation: Continuation,
+                                handler_call_details: HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -152,7 +159,7 @@ class _AroundInterceptor(grpc.aio.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         return wrap_handler(handler, lambda context: self.around(method, metadata, context))
 
-    def around(self, method: str, metadata: dict, context) -> AbstractAsyncContextManager[None]:
+    def around(self, method: str, metadata: dict[str, Any], context: Context) -> AbstractAsyncContextManager[None]:
         raise NotImplementedError
 
 
@@ -170,7 +177,7 @@ class RequestIdInterceptor(_AroundInterceptor):
         self.service = service
 
     @asynccontextmanager
-    async def around(self, method, metadata, context):
+    async def around(self, method: str, metadata: dict[str, Any], context: Context) -> AsyncIterator[None]:
         request_id = clean_request_id(metadata.get(logs.REQUEST_ID_HEADER)) or logs.new_request_id()
         token = logs.bind_request_id(request_id)
         with structlog.contextvars.bound_contextvars(service=self.service, method=method.rsplit("/", 1)[-1][:64]):
@@ -186,7 +193,7 @@ class MetricsInterceptor(_AroundInterceptor):
         self.metrics = metrics
 
     @asynccontextmanager
-    async def around(self, method, metadata, context):
+    async def around(self, method: str, metadata: dict[str, Any], context: Context) -> AsyncIterator[None]:
         name = method.rsplit("/", 1)[-1]
         in_flight = self.metrics.in_flight.labels(self.service, name)
         in_flight.inc()
@@ -213,7 +220,7 @@ class MetricsInterceptor(_AroundInterceptor):
                 structlog.get_logger().info("rpc", code=code, seconds=round(elapsed, 4))
 
 
-def _code_name(context) -> str | None:
+def _code_name(context: Context) -> str | None:
     try:
         code = context.code()
     except Exception:  # older grpc: no code() on aio contexts
@@ -221,17 +228,17 @@ def _code_name(context) -> str | None:
     if code is None:
         return None
     if isinstance(code, grpc.StatusCode):
-        return code.name
-    return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
+        return str(code.name)
+    return next((str(c.name) for c in grpc.StatusCode if c.value[0] == code), str(code))
 
 
 class ErrorInterceptor(_AroundInterceptor):
     @asynccontextmanager
-    async def around(self, method, metadata, context):
+    async def around(self, method: str, metadata: dict[str, Any], context: Context) -> AsyncIterator[None]:
         log = structlog.get_logger()
         try:
             yield
-        except HybridPrefError as exc:
+        except HybridprefError as exc:
             status = status_for(exc)
             assert status is not None
             log.info("rpc_rejected", code=status.code.name, error=str(exc)[:1000])
@@ -255,7 +262,8 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         self.quotas = quotas or QuotaBook()
         self.count_instances = count_instances or instances_in
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation: Continuation,
+                                handler_call_details: HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or is_open(method):
@@ -263,12 +271,12 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         policy_box: list[VendorPolicy] = []
 
-        def take(message) -> None:
+        def take(message: Any) -> None:
             if policy_box:
                 self.quotas.take_instances(policy_box[0], self.count_instances(message))
 
         @asynccontextmanager
-        async def around(context):
+        async def around(context: Context) -> AsyncIterator[None]:
             policy = self._authorize(method, metadata)
             policy_box.append(policy)
             leave = self.quotas.enter_call(policy)
@@ -283,7 +291,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         # The quota hook runs inside ``around`` (wrap_handler is the outer layer).
         return wrap_handler(wrap_requests(handler, take), around)
 
-    def _authorize(self, method: str, metadata: dict) -> VendorPolicy:
+    def _authorize(self, method: str, metadata: dict[str, Any]) -> VendorPolicy:
         key = bearer_key(metadata)
         if key is None:
             raise Unauthenticated("missing API key: send metadata 'authorization: Bearer <key>'")
@@ -318,13 +326,14 @@ class DeadlineInterceptor(_AroundInterceptor):
     def __init__(self, max_deadline_s: float | None):
         self.max_deadline_s = max_deadline_s
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation: Continuation,
+                                handler_call_details: HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         if is_open(handler_call_details.method):
             return await continuation(handler_call_details)
         return await super().intercept_service(continuation, handler_call_details)
 
     @asynccontextmanager
-    async def around(self, method, metadata, context):
+    async def around(self, method: str, metadata: dict[str, Any], context: Context) -> AsyncIterator[None]:
         deadline = deadlines.Deadline.capped(context.time_remaining(), self.max_deadline_s)
         token = deadlines.bind(deadline)
         outcome = "ended"
@@ -345,7 +354,7 @@ class DeadlineInterceptor(_AroundInterceptor):
             deadline.cancel(outcome)
             deadlines.reset(token)
 
-    def _describe(self, context) -> str:
+    def _describe(self, context: Context) -> str:
         return f"server maximum {self.max_deadline_s:g} s" if self.max_deadline_s else "caller's deadline"
 
 
@@ -371,13 +380,14 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
         self.service = service
         self.metrics = metrics
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation: Continuation,
+                                handler_call_details: HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
         name = handler_call_details.method.rsplit("/", 1)[-1][:64]
 
-        def check(message) -> None:
+        def check(message: Any) -> None:
             if isinstance(message, _Undecodable):
                 self.metrics.undecodable.labels(self.service, name).inc()
                 raise InvalidInput(FieldViolation(

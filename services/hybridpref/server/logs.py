@@ -11,6 +11,8 @@ import contextvars
 import logging
 import sys
 import uuid
+from collections.abc import MutableMapping
+from typing import Any, TextIO
 
 import structlog
 
@@ -34,14 +36,14 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def _add_request_id(_logger: object, _method: str, event: dict) -> dict:
+def _add_request_id(_logger: object, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     rid = _request_id.get()
     if rid is not None:
         event.setdefault("request_id", rid)
     return event
 
 
-def configure_logging(service: str, level: str = "INFO", fmt: str = "json", stream=None) -> None:
+def configure_logging(service: str, level: str = "INFO", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Configure structlog for this process. Idempotent; call at the entry point."""
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
@@ -62,4 +64,5 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json", stre
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name) if name else structlog.get_logger()
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name) if name else structlog.get_logger()
+    return logger

@@ -85,7 +85,7 @@ class RunningService:
     health: health.aio.HealthServicer
     loaded: asyncio.Event
     load_error: BaseException | None = None
-    _load_task: asyncio.Task | None = None
+    _load_task: asyncio.Task[None] | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     tls: bool = False
@@ -176,7 +176,10 @@ async def _load(running: RunningService, metrics: Metrics) -> None:
         await running.refresh_health()
         metrics.model_ready.labels(handle.name).set(1 if handle.ready() else 0)
 
-    handle.on_health_change.append(lambda: asyncio.run_coroutine_threadsafe(refresh(), loop))
+    def on_change() -> None:  # may be called from any thread (e.g. the bundle watcher's)
+        asyncio.run_coroutine_threadsafe(refresh(), loop)
+
+    handle.on_health_change.append(on_change)
     await running.health.set("", health_pb2.HealthCheckResponse.SERVING)
     await refresh()
     if handle.start is not None:

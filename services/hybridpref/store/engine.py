@@ -117,7 +117,10 @@ def head_revision() -> str:
     """The newest migration revision this code ships."""
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
+    head = ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
+    if head is None:
+        raise RuntimeError("the store ships no migrations")
+    return head
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -16,7 +16,7 @@ create exactly these (tests/test_store_migrations.py compares them with Alembic'
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -31,6 +31,7 @@ from sqlalchemy import (
     LargeBinary,
     SmallInteger,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -151,7 +152,8 @@ class AnnotatorTokenRow(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
-campaigns = CampaignRow.__table__
-decisions = DecisionRow.__table__
-labels = LabelRow.__table__
-annotator_tokens = AnnotatorTokenRow.__table__
+# The tables (declarative classes' __table__ is typed as a FromClause; these are Tables).
+campaigns = cast(Table, CampaignRow.__table__)
+decisions = cast(Table, DecisionRow.__table__)
+labels = cast(Table, LabelRow.__table__)
+annotator_tokens = cast(Table, AnnotatorTokenRow.__table__)

@@ -157,7 +157,7 @@ def _paced(scores: np.ndarray, history: np.ndarray, seen: int, fraction: float,
     if want >= total:
         return np.ones(len(scores), dtype=bool), -math.inf
     order = np.argsort(-calib, kind="stable")
-    reached = np.searchsorted(np.cumsum(weights[order]), want - EPS)  # first rank whose weight covers want
+    reached = int(np.searchsorted(np.cumsum(weights[order]), want - EPS))  # first rank whose weight covers want
     threshold = float(calib[order[min(reached, len(order) - 1)]])
     above = float(weights[calib > threshold].sum())
     equal = float(weights[calib == threshold].sum())

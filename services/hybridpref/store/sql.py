@@ -21,7 +21,7 @@ import secrets
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy import ARRAY, Connection, Engine, bindparam, exists, func, insert, select, true, false, update
@@ -37,7 +37,6 @@ from hybridpref.store.api import (
     Candidate,
     ExportFormat,
     HumanLabel,
-    Interval,
     LabelResult,
     PendingPair,
     StoredDecision,
@@ -207,7 +206,8 @@ class SqlCampaignStore:
             return
         if self._postgres:
             names = ", ".join(f'"{c}"' for c in columns)
-            with conn.connection.driver_connection.cursor() as cursor:
+            driver: Any = conn.connection.driver_connection  # psycopg's connection (COPY)
+            with driver.cursor() as cursor:
                 with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
                     for value in values:
                         copy.write_row(value)
@@ -248,6 +248,7 @@ class SqlCampaignStore:
                            rationale=item.rationale, labelled_at=_utc(item.labelled_at) or now,
                            source=item.source, audit=not human, updated_at=now)
                 old = state.get(key) or current.get(key)
+                status: Literal["stored", "unchanged", "replaced"]
                 if old is None:
                     status = "stored"
                 elif (old["preference"], old["strength"], old["rationale"]) == (
@@ -509,7 +510,7 @@ class SqlCampaignStore:
                             budget_total=row.budget_total, strategy=row.strategy, judge=row.judge,
                             votes_per_pair=row.votes_per_pair, expected_instances=row.expected_instances,
                             exploration_share=row.exploration_share)
-        return Campaign(id=row.id, spec=spec, created_at=_utc(row.created_at), spent=row.spent,
+        return Campaign(id=row.id, spec=spec, created_at=_utc(row.created_at) or row.created_at, spent=row.spent,
                         routed=row.routed, human_routed=row.human_routed, labels_returned=int(returned or 0),
                         pairs_pending=int(pending or 0))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -297,8 +297,8 @@ class LMAnalyzer:
         self.model_ref = model
         self.max_prompt_tokens = max_prompt_tokens
         self.multi_margin = multi_margin
-        self._tok = None
-        self._model = None
+        self._tok: Any = None  # loaded on first use (transformers)
+        self._model: Any = None
         self._option_ids: dict[str, list[list[int]]] = {}
         self._lock = threading.Lock()
 

@@ -18,7 +18,7 @@ import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -230,8 +230,8 @@ class MiniLMEncoder(_CachedEncoder):
         super().__init__(window, cache_entries)
         self.model_path = model_path
         self.batch_size = batch_size
-        self._tok = None
-        self._model = None
+        self._tok: Any = None  # loaded on first use (transformers)
+        self._model: Any = None
 
     def load(self) -> None:
         with self._lock:
@@ -293,7 +293,7 @@ class StaticEncoder(_CachedEncoder):
 
     def __init__(self, window: int = 256, cache_entries: int = 2048) -> None:
         super().__init__(window, cache_entries)
-        self._tok = None
+        self._tok: Any = None  # loaded on first use (tokenizers)
         self._table: np.ndarray | None = None
 
     def load(self) -> None:
@@ -355,7 +355,7 @@ class SpacyEntities:
         self.model = model
         self.max_chars = max_chars
         self.cache = LRUCache(cache_entries)
-        self._nlp = None
+        self._nlp: Any = None  # loaded on first use (spaCy)
         self._lock = threading.Lock()
 
     def load(self) -> None:

@@ -22,6 +22,7 @@ import re
 import threading
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Any
 
 from hybridpref_client.core.instances import PreferenceInstance
 
@@ -137,7 +138,7 @@ class TokenCounter:
     """
 
     def __init__(self) -> None:
-        self._enc = None
+        self._enc: Any = None  # tiktoken's Encoding, loaded on first use
         self._lock = threading.Lock()
 
     def load(self) -> None:

@@ -64,6 +64,15 @@ def gold_targets(instances: Sequence[PreferenceInstance]) -> np.ndarray:
     return out
 
 
+class Encoder(Protocol):
+    """What the proxy needs from a sentence encoder (:class:`TextEncoder`, or the evaluation's cached one)."""
+
+    model_tag: str
+    max_seq_length: int
+
+    def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray: ...
+
+
 class TextEncoder:
     """Frozen sentence encoder with an on-disk cache keyed by (model, texts) content hash.
 
@@ -134,9 +143,9 @@ class EmbeddingBTProxy:
 
     name = "embedding-bt-mlp"
 
-    def __init__(self, encoder: TextEncoder | None = None, hidden: int = 32, steps: int = 120, lr: float = 0.02,
+    def __init__(self, encoder: Encoder | None = None, hidden: int = 32, steps: int = 120, lr: float = 0.02,
                  weight_decay: float = 1e-4, seeds: int = 3, chunk: int = 32, show_progress: bool = False):
-        self.encoder = encoder or TextEncoder()
+        self.encoder: Encoder = encoder or TextEncoder()
         self.hidden, self.steps, self.lr, self.weight_decay = hidden, steps, lr, weight_decay
         self.seeds, self.chunk, self.show_progress = seeds, chunk, show_progress
         self._pool: _Encoded | None = None

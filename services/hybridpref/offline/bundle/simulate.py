@@ -220,9 +220,10 @@ def _score_candidates(proxy: ProxyRewardModel, labels: np.ndarray, seed: int, pr
 def _save(path: Path, sim: PoolSimulation) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, x=sim.x, share=sim.share, kinds=np.array(sim.kinds), tag_rates=sim.tag_rates,
-             agreement=np.array(sim.human_lm_agreement), gold_names=np.array(sorted(sim.acc)),
-             **{f"acc:{name}": a for name, a in sim.acc.items()})
+    arrays: dict[str, Any] = {"x": sim.x, "share": sim.share, "kinds": np.array(sim.kinds), "tag_rates": sim.tag_rates,
+                              "agreement": np.array(sim.human_lm_agreement), "gold_names": np.array(sorted(sim.acc)),
+                              **{f"acc:{name}": a for name, a in sim.acc.items()}}
+    np.savez(tmp, **arrays)
     tmp.replace(path)  # atomic: a concurrent build never reads half a file
 
 

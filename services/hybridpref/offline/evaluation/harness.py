@@ -1,7 +1,7 @@
 """The evaluation harness: route pools with each strategy at each budget, score the routed labels.
 
 Routing goes through :func:`hybridpref.router.strategies.route`, the function the router's decision
-(``RouterCore.decide``) calls, with the inputs each strategy's :class:`~hybridpref.router.strategies.StrategySpec`
+(``hybridpref.router.core.decide``) calls, with the inputs each strategy's :class:`~hybridpref.router.strategies.StrategySpec`
 asks for: the PPM, the recorded judge signals, the expected gains of a correction model fitted without the
 routed labels, the router's domain check. The routed label set is the bought human label where a strategy routes to humans and the recorded LM
 label elsewhere. Two metrics (see docs/EVALUATION.md):
@@ -309,7 +309,7 @@ class Router:
         spec = _spec(strategy)
         if spec is None:  # oracle
             p = case.pool
-            return oracle_mask(p.human[rows], sig.label, p.reference[rows], resolved.count, seed)
+            return oracle_mask(p.human[rows], sig.label, p.reference[rows], resolved.exact_count, seed)
         scorer = (case.scorer or self.scorer) if case.ppm_ok else None
         expected_gain = None
         if spec.needs_expected_gain:
@@ -404,7 +404,7 @@ def route_case(case: Case, router: Router, strategies: Sequence[str], config: Ev
     out = MixSet()
     n, k = len(case.pool), config.folds
     fitted = {s for s in strategies if _needs_correction(s)} if mode == "in-pool" else set()
-    if "in-pool" == mode and fitted:
+    if mode == "in-pool" and fitted:
         tick(f"{case.pool.name} {mode}: fitting correction models", 0)
     for strategy in strategies:
         for budget in config.budgets:
@@ -513,10 +513,10 @@ def score_table(correct: dict[tuple[str, float], np.ndarray], eligible: np.ndarr
         r: dict[str, Any] = {"strategy": strategy, "budget": budget, "estimate": point[j], "n": int(elig.sum())}
         r["ci_low"], r["ci_high"] = stats.interval(samples[:, j])
         for ref, name in (("random", "random"), ("all_lm", "all_lm"), ("judge_doubt", "judge_doubt")):
-            rk = (ref, budget)
-            if rk in col:
-                d = samples[:, j] - samples[:, col[rk]]
-                r[f"diff_{name}"] = point[j] - point[col[rk]]
+            ref_key = (ref, budget)
+            if ref_key in col:
+                d = samples[:, j] - samples[:, col[ref_key]]
+                r[f"diff_{name}"] = point[j] - point[col[ref_key]]
                 r[f"diff_{name}_low"], r[f"diff_{name}_high"] = stats.interval(d)
         ok, rk = ("oracle", budget) in col, ("random", budget) in col
         if ok and rk:
@@ -610,7 +610,8 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
         if case.in_domain_folds:
             case.notes.append(f"hybrid: the batch was inside the PPM's domain (PPM breaks ties) in {case.in_domain_folds['in']} of "
                               f"{sum(case.in_domain_folds.values())} routed folds (the router's domain check on each fold)")
-    pooled, power = ([], [])
+    pooled: list[dict[str, Any]] = []
+    power: list[dict[str, Any]] = []
     if config.rm:
         pooled, power = pooled_rm(pooled_inputs, config)
     t = time.perf_counter()
@@ -713,8 +714,8 @@ def rm_correct(case: Case, mixes: MixSet, config: EvalConfig, scorer: RewardMode
     keys, plans = [], []
     for key, ms in mixes.masks.items():
         use = ms[: config.rm_random_seeds] if key[0] == "random" else ms
-        for i, m in enumerate(use):
-            by_fold = mixes.rm_masks[key] if key in mixes.rm_masks else None
+        for m in use:
+            by_fold = mixes.rm_masks.get(key)
             plans.append({f: (by_fold[f][0] if by_fold else m) for f in range(config.folds)})
             keys.append(key)
     res = scorer.correctness(plans, tick)

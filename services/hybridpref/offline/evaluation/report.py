@@ -61,7 +61,7 @@ def sig(r: dict[str, Any], key: str) -> str:
     lo, hi = r.get(f"{key}_low"), r.get(f"{key}_high")
     if lo is None or not math.isfinite(lo):
         return ""
-    return " ↑" if lo > 0 else " ↓" if hi < 0 else ""
+    return " ↑" if lo > 0 else " ↓" if hi is not None and hi < 0 else ""
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
@@ -191,7 +191,7 @@ def write_plots(result: EvalResult, out: Path) -> dict[tuple[str, str, str], Pat
                 ax.axhline(pts[0][1], color="black" if s == "all_human" else "grey", ls=":", lw=1.2, label=s)
                 continue
             x = [p[0] for p in pts]
-            style = {"ls": "--", "color": "black"} if s == "oracle" else {}
+            style: dict[str, Any] = {"ls": "--", "color": "black"} if s == "oracle" else {}
             line, = ax.plot(x, [p[1] for p in pts], marker="o", label=s, **style)
             ax.fill_between(x, [p[2] for p in pts], [p[3] for p in pts], alpha=0.12, color=line.get_color())
         ax.set_xlabel("human budget (fraction of the pool)")

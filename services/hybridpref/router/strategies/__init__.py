@@ -125,8 +125,6 @@ class StrategySpec:
         return self.score is not None
 
 
-_JUDGED = {"needs_judge_first": True}
-_CORRECTED = {"needs_judge_first": True, "needs_expected_gain": True}
 
 STRATEGIES: dict[str, StrategySpec] = {
     s.name: s
@@ -137,7 +135,7 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("random", baselines.random_subset, "a seeded random subset at the budget (baseline)",
                      score=baselines.random_score),
         StrategySpec("judge_doubt", judge.judge_doubt, "the judge's own doubt: no verdict / order flip, disagreement between "
-                     "judges, low confidence", score=judge.judge_doubt_score, **_JUDGED),
+                     "judges, low confidence", score=judge.judge_doubt_score, needs_judge_first=True),
         StrategySpec("topk", paper.topk, "paper: the instances with the largest solo gain f(t_i) - f(0)", "required",
                      score=paper.solo_gain_score),
         StrategySpec("simulated", paper.simulated, "paper: best of N tag-walk candidate mixes at the budget", "required"),
@@ -146,11 +144,11 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("optimal_pos", paper.optimal_pos, "paper: every instance with a positive solo gain", "required",
                      score=paper.solo_gain_score),
         StrategySpec("judge_aware", judge.judge_aware, "PPM gain rank plus the judge's doubt (its real signals: no verdict, "
-                     "order flips, disagreement, confidence)", "optional", score=judge.judge_aware_score, **_JUDGED),
+                     "order flips, disagreement, confidence)", "optional", score=judge.judge_aware_score, needs_judge_first=True),
         StrategySpec("expected_gain", expected.expected_gain, "expected label corrections per unit of human cost "
-                     "(expected-correction model)", score=expected.expected_gain_score, **_CORRECTED),
+                     "(expected-correction model)", score=expected.expected_gain_score, needs_judge_first=True, needs_expected_gain=True),
         StrategySpec("hybrid", expected.hybrid, "expected_gain, the PPM's gain breaking ties when the batch is in the PPM's "
-                     "domain", "in_domain", score=expected.hybrid_score, **_CORRECTED),
+                     "domain", "in_domain", score=expected.hybrid_score, needs_judge_first=True, needs_expected_gain=True),
     )
 }
 # Chosen by the cross-pool evaluation (docs/EVALUATION.md).
@@ -274,7 +272,8 @@ def _one_blas_thread() -> AbstractContextManager[object]:
     the BLAS products left are small, where thread wake-ups cost more than they save (measured:
     3.5x slower for 7,000 x 90 on 2 busy cores; 78 tiny table products went from 0.1 s to 1.9 s).
     Requests run concurrently in the service, which is where the cores go."""
-    return threadpool_limits(limits=1, user_api="blas")
+    limits: AbstractContextManager[object] = threadpool_limits(limits=1, user_api="blas")
+    return limits
 
 
 def _check_tags(tag_matrix: np.ndarray, budget: ResolvedBudget) -> np.ndarray:

@@ -147,7 +147,7 @@ def select_by_gain(ctx: RoutingContext, priority: np.ndarray, only_positive: boo
     budget = ctx.budget
     mask = np.zeros(ctx.n, dtype=bool)
     if budget.kind == "count":
-        k = budget.count
+        k = budget.exact_count
         if only_positive:
             k = min(k, int(np.count_nonzero(priority > 0)))
         mask[top_indices(priority, k)] = True
@@ -155,7 +155,7 @@ def select_by_gain(ctx: RoutingContext, priority: np.ndarray, only_positive: boo
     order = density_order(priority, budget.costs)
     if only_positive:
         order = order[priority[order] > 0]
-    mask[fill_in_order(order, budget.costs, budget.cost_limit)] = True
+    mask[fill_in_order(order, budget.costs, budget.cost_cap)] = True
     return mask
 
 
@@ -163,9 +163,9 @@ def mask_from_order(ctx: RoutingContext, order: np.ndarray) -> np.ndarray:
     """Take instances in ``order`` until the count or cost budget is full."""
     mask = np.zeros(ctx.n, dtype=bool)
     if ctx.budget.kind == "count":
-        mask[order[: ctx.budget.count]] = True
+        mask[order[: ctx.budget.exact_count]] = True
     else:
-        mask[fill_in_order(order, ctx.budget.costs, ctx.budget.cost_limit)] = True
+        mask[fill_in_order(order, ctx.budget.costs, ctx.budget.cost_cap)] = True
     return mask
 
 

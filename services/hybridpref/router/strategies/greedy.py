@@ -37,7 +37,7 @@ def greedy(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
         state.route(take, gains)
     chosen, out = state.results()
     ctx.info.update(rounds=float(r + 1), full_evaluations=float(state.full_evaluations))
-    if ctx.budget.kind == "count" and state.n_chosen != ctx.budget.count:  # pragma: no cover - defensive
+    if ctx.budget.kind == "count" and state.n_chosen != ctx.budget.exact_count:  # pragma: no cover - defensive
         raise AssertionError("greedy did not fill the count budget")
     return chosen, out
 
@@ -47,20 +47,20 @@ def _greedy_pick(ctx: RoutingContext, state: _GreedyState, gains: np.ndarray, co
     -> (indices into ``gains`` of the picks, the step that was asked for)."""
     budget = ctx.budget
     if budget.kind == "count":
-        remaining = budget.count - state.n_chosen
+        remaining = budget.exact_count - state.n_chosen
         step = math.ceil(remaining / rounds_left) if remaining > 0 else 0
         return top_indices(gains, step), step
     if budget.kind == "auto":
         step = max(1, math.ceil(state.auto_step_base / max(1, state.planned_rounds())))
         positive = np.where(gains > 0, gains, -np.inf)
         return top_indices(positive, min(step, int(np.count_nonzero(gains > 0)))), step
-    remaining = budget.cost_limit - state.spent
-    allowance = remaining if rounds_left <= 1 else remaining / rounds_left
+    left = budget.cost_cap - state.spent
+    allowance = left if rounds_left <= 1 else left / rounds_left
     order = density_order(gains, costs)
     order = order[np.isfinite(gains[order])]
     take = fill_in_order(order, costs, allowance)
     if not len(take):  # the round's share was smaller than any single cost: take the best that fits at all
-        take = fill_in_order(order, costs, remaining)[:1]
+        take = fill_in_order(order, costs, left)[:1]
     return take, len(take)
 
 
@@ -93,11 +93,11 @@ class _GreedyState:
     def planned_rounds(self) -> int:
         opts, budget = self.ctx.greedy, self.ctx.budget
         if budget.kind == "count":
-            target = budget.count
+            target = budget.exact_count
         elif budget.kind == "auto":
             target = max(1, self.auto_step_base)
         else:  # cost: rounds in proportion to how many instances the budget buys on average
-            target = max(1, min(self.n, int(budget.cost_limit / max(1e-12, float(np.median(budget.costs))))))
+            target = max(1, min(self.n, int(budget.cost_cap / max(1e-12, float(np.median(budget.costs))))))
         exact_rounds = opts.exact_work // max(1, self.n)
         return max(1, min(target, max(opts.min_rounds, exact_rounds)))
 

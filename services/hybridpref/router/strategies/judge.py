@@ -77,6 +77,7 @@ def _doubt(ctx: RoutingContext) -> np.ndarray:
     """The judge's doubt: from ``signals`` when given, else from confidence / inconsistency."""
     if ctx.signals is not None:
         return signal_doubt(ctx.signals)
+    assert ctx.judge_confidence is not None  # route() refuses a judge strategy without either
     return confidence_doubt(ctx.judge_confidence, ctx.judge_inconsistent, ctx.judge_aware.inconsistent_doubt)
 
 

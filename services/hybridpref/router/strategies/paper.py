@@ -78,7 +78,7 @@ def _candidate_mask(ctx: RoutingContext, rng: np.random.Generator, columns: np.n
     if budget.kind != "count":  # cost: the full walk order, then the knapsack fill with skipping
         return mask_from_order(ctx, _tag_walk_order(rng, columns, tag_order))
     mask = np.zeros(n, dtype=bool)
-    taken, k = 0, budget.count
+    taken, k = 0, budget.exact_count
     for v in tag_order:
         if taken >= k:
             return mask
