@@ -218,3 +218,72 @@ def test_stream_chunks_are_charged_as_they_arrive(router, keys_file):
         with pytest.raises(grpc.RpcError) as err:
             list(stub.RouteInstancesStream(iter(messages), metadata=(("authorization", f"Bearer {key}"),), timeout=10))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "chunks" in err.value.details()
+
+
+def _remove_vendor(path, vendor: str) -> None:
+    """Drop ``vendor`` from the keys file with an atomic rename (as a Secret update does)."""
+    import os
+
+    data = json.loads(path.read_text())
+    data["vendors"].pop(vendor, None)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def test_revoking_a_key_stops_its_open_stream(router, keys_file):
+    """Issue 18 item 9 (hostile test O2): a stream opened before its key was revoked ran on to the end."""
+    path, keys = keys_file
+    key = add_vendor(path, "streamer")
+    time.sleep(0.3)
+    outbox: queue.Queue = queue.Queue()
+
+    def messages():
+        while (message := outbox.get(timeout=20)) is not None:
+            yield message
+
+    chunk = router_pb2.RouteInstancesStreamRequest(chunk=router_pb2.InstanceChunk(instances=request(2).instances))
+    outbox.put(router_pb2.RouteInstancesStreamRequest(config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5))))
+    with grpc.insecure_channel(router.address) as channel:
+        call = router_pb2_grpc.RouterServiceStub(channel).RouteInstancesStream(
+            messages(), metadata=(("authorization", f"Bearer {key}"),), timeout=20)
+        time.sleep(0.5)
+        assert not call.done()  # authenticated, waiting for chunks
+        _remove_vendor(path, "streamer")
+        time.sleep(0.3)  # > keys_reload_s
+        outbox.put(chunk)
+        with pytest.raises(grpc.RpcError) as err:
+            list(call)
+        outbox.put(None)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in err.value.details()
+
+
+def test_a_deleted_keys_file_refuses_every_key_until_it_is_back(router, keys_file, stub, log_capture):
+    """Issue 18 item 9 (O3): a deleted keys file kept the old keys in force; now it fails closed."""
+    path, keys = keys_file
+    moved = path.with_name("moved-away.json")
+    path.rename(moved)
+    try:
+        time.sleep(0.3)
+        assert call_code(stub, keys["acme"]).code() == grpc.StatusCode.UNAUTHENTICATED
+        assert any(r.get("event") == "api_keys_file_missing" for r in log_capture.records())
+    finally:
+        moved.rename(path)
+    time.sleep(0.3)
+    assert call_code(stub, keys["acme"]).code() == grpc.StatusCode.UNAVAILABLE  # let through again
+
+
+@pytest.mark.parametrize("as_id", ["key", "prefixed"])
+def test_a_key_sent_as_request_id_is_never_logged(router, keys_file, stub, log_capture, as_id):
+    """Issue 18 item 9 (O4): a caller sending its API key as x-request-id had it logged verbatim."""
+    key = keys_file[1]["acme"]
+    request_id = key if as_id == "key" else "trace-" + key
+    try:
+        stub.RouteInstances(request(), metadata=(("authorization", f"Bearer {key}"), ("x-request-id", request_id)), timeout=10)
+    except grpc.RpcError:
+        pass
+    assert key not in log_capture.getvalue() and key[4:] not in log_capture.getvalue()
+    from hybridpref.server.interceptors import clean_request_id
+
+    assert clean_request_id("hpk_anything") is None and clean_request_id("my-trace-1") == "my-trace-1"
+    assert clean_request_id("x" + "customsecret99", secret="customsecret99") is None

@@ -46,9 +46,13 @@ HEALTH_PORT = 8086  # components/tls: plaintext grpc.health.v1 for the kubelet's
 METRICS = {
     "hybridpref_rpc_requests_total", "hybridpref_rpc_latency_seconds", "hybridpref_rpc_in_flight",
     "hybridpref_instances_total", "hybridpref_model_ready", "hybridpref_routed_instances_total",
+    # campaigns (issue 20), labelled by vendor, never by campaign
+    "hybridpref_campaign_decisions_total", "hybridpref_campaign_budget_spent_total", "hybridpref_campaign_labels_total",
+    "hybridpref_campaign_agreement_votes_total", "hybridpref_campaign_expected_agreement_total",
 }
 HISTOGRAMS = {"hybridpref_rpc_latency_seconds"}
-METRIC_LABELS = {"service", "method", "code", "route", "strategy", "le", "namespace", "pod", "job", "instance"}
+METRIC_LABELS = {"service", "method", "code", "route", "strategy", "le", "namespace", "pod", "job", "instance", "vendor",
+                 "kind", "status", "outcome"}
 KUSTOMIZE_PATH_FIELDS = ("resources", "components")
 # What the code really reads: the Settings fields, plus the two runtime.py reads directly.
 READ_BY_CODE = set(environment_variables()) | {"HYBRIDPREF_CPUS", "HYBRIDPREF_CACHE_DIR"}
@@ -732,6 +736,59 @@ def test_annotate_component_renders(tmp_path: Path) -> None:
     policy = _by_kind(objects, "NetworkPolicy")["hybridpref-annotate"]
     assert policy["spec"]["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     assert policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+
+
+@pytest.mark.skipif(KUBECTL is None, reason=skip_reason("kubectl"))
+def test_campaign_store_and_postgres_components_render(tmp_path: Path) -> None:
+    """components/campaign-store (the router's database URL from a Secret, the migrations Job) with
+    components/postgres (a StatefulSet with a PVC, its headless Service and who may reach it)."""
+    from hybridpref.cli.main import build_parser
+
+    rel = os.path.relpath(K8S, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{rel}/base]\ncomponents: [{rel}/components/annotate, {rel}/components/campaign-store, "
+        f"{rel}/components/postgres]\n", encoding="utf-8")
+    objects = _render(tmp_path)
+    deployments = _by_kind(objects, "Deployment")
+    secret_url = {"name": "hybridpref-store-db", "key": "url"}
+    router = _container(deployments["hybridpref-router"])
+    router_env = {e["name"]: e for e in router["env"]}
+    assert router_env["HYBRIDPREF_DB_URL"]["valueFrom"]["secretKeyRef"] == secret_url
+    assert "HYBRIDPREF_DB_URL" in environment_variables(), "the router reads it (its settings)"
+    for name in ("hybridpref-tagger", "hybridpref-judge", "hybridpref-predictor"):
+        assert "HYBRIDPREF_DB_URL" not in {e["name"] for e in _container(deployments[name]).get("env", [])}
+    # The migrations Job: the CLI command, the same Secret, non-root, gone after it finished.
+    job = _by_kind(objects, "Job")["hybridpref-store-migrate"]
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    args = build_parser().parse_args(c["args"])
+    assert (args.command, args.store_command, args.db) == ("store", "migrate", None), "the URL comes from the env"
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]} == {"HYBRIDPREF_DB_URL": secret_url}
+    assert c["image"] == "hybridpref" and pod["restartPolicy"] in ("Never", "OnFailure")
+    assert pod["securityContext"]["runAsNonRoot"] is True and c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert 0 < job["spec"]["ttlSecondsAfterFinished"] <= 3600 and job["spec"]["backoffLimit"] >= 3
+    # PostgreSQL: one replica, its data on a claim, the Service the example URL names.
+    sts = _by_kind(objects, "StatefulSet")["hybridpref-postgres"]
+    svc = _by_kind(objects, "Service")[sts["spec"]["serviceName"]]
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+    (port,) = svc["spec"]["ports"]
+    comment = (K8S / "components" / "postgres" / "kustomization.yaml").read_text(encoding="utf-8")
+    assert f"@{svc['metadata']['name']}:{port['port']}/" in comment
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    pg = sts["spec"]["template"]["spec"]["containers"][0]
+    pg_env = {e["name"]: e for e in pg["env"]}
+    data_mount = {m["name"]: m["mountPath"] for m in pg["volumeMounts"]}[claim["metadata"]["name"]]
+    assert pg_env["PGDATA"]["value"].startswith(data_mount + "/"), "initdb refuses the volume root (lost+found)"
+    assert pg_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "hybridpref-postgres"
+    assert "@" not in pg["image"] and re.fullmatch(r"postgres:\d+\.\d+-\w+", pg["image"]), "a pinned minor version"
+    # Only the router, the annotation page and the migrations reach it, and those labels are theirs.
+    policy = _by_kind(objects, "NetworkPolicy")["hybridpref-postgres"]
+    (rule,) = policy["spec"]["ingress"]
+    (allowed,) = [m["values"] for m in rule["from"][0]["podSelector"]["matchExpressions"] if m["key"] == "app.kubernetes.io/component"]
+    pods = [deployments["hybridpref-router"], deployments["hybridpref-annotate"], job]
+    assert sorted(allowed) == sorted(p["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods)
+    assert rule["ports"] == [{"port": "postgres", "protocol": "TCP"}]
 
 
 # ----------------------------------------------------------------------------- image overrides

@@ -248,3 +248,77 @@ def test_required_backends_are_configurable(stack):
     settings = Settings(router={"required_backends": "tagger, judge", "predictor_address": "127.0.0.1:1"})
     watcher = BackendWatcher(settings, CoreExecutor("t"), Metrics.default())
     assert set(watcher.addresses) == {"tagger", "judge"}
+
+
+# ---------------------------------------------------------------- a hung backend (issue 18 item 9, hostile test O5)
+
+@pytest.fixture()
+def judge_process():
+    """A judge in its own process, so that it can be frozen with SIGSTOP (a hung backend: its
+    connections stay open, nothing answers)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from hybridpref.cli.stack import wait_serving
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, HYBRIDPREF_JUDGE_BACKEND="replay", HYBRIDPREF_JUDGE_REPLAY_KEY="gpt4",
+               HYBRIDPREF_LOG_LEVEL="WARNING")
+    proc = subprocess.Popen([sys.executable, "-m", "hybridpref.cli.main", "serve", "judge", "--port", str(port),
+                             "--metrics-port", "-1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_serving(f"127.0.0.1:{port}", 60, "hybridpref.v1.JudgeService")
+        yield proc, f"127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_calls_fail_fast_while_a_backend_is_hung(background_loop, stack, sample, judge_process):
+    """SIGSTOP the judge: readiness noticed in ~1.3 s but every call waited its full deadline. Now a call
+    in flight ends UNAVAILABLE within a few check intervals, new ones at once (with RetryInfo), and
+    routing works again right after SIGCONT."""
+    import os
+    import signal
+
+    from hybridpref_client.core.grpc_errors import retry_delay_s
+    from hybridpref.router.servicer import router_handle
+    from hybridpref.server.server import start_service
+
+    proc, judge = judge_process
+    settings = Settings(router={"tagger_address": stack.address("tagger"), "judge_address": judge,
+                                "predictor_address": stack.address("predictor"), "backend_check_s": 0.5})
+    router = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=-1))
+    background_loop.run(router.loaded.wait())
+    request = router_pb2.RouteInstancesRequest(instances=sample[:6], config=config("all_lm"))
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+
+            def call(timeout: float = 10.0) -> tuple[grpc.StatusCode, float, grpc.RpcError | None]:
+                start = time.monotonic()
+                try:
+                    stub.RouteInstances(request, timeout=timeout)
+                    return grpc.StatusCode.OK, time.monotonic() - start, None
+                except grpc.RpcError as exc:
+                    return exc.code(), time.monotonic() - start, exc
+
+            assert wait_for(lambda: call()[0] == grpc.StatusCode.OK, 10) is not None
+            os.kill(proc.pid, signal.SIGSTOP)
+            code, seconds, _ = call()  # sent to the frozen judge: it waits until the judge is known down
+            assert code == grpc.StatusCode.UNAVAILABLE and seconds < 4.0, (code, seconds)
+            for _ in range(3):  # the judge is known down: refused at once
+                code, seconds, error = call()
+                assert code == grpc.StatusCode.UNAVAILABLE and seconds < 1.0, (code, seconds)
+                assert "judge is down" in error.details() and retry_delay_s(error)
+            os.kill(proc.pid, signal.SIGCONT)
+            assert wait_for(lambda: call()[0] == grpc.StatusCode.OK, RECOVERY_LIMIT_S) is not None
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        background_loop.run(router.stop(0.2))

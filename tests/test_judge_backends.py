@@ -13,7 +13,7 @@ import pytest
 
 from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded
 from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
-from hybridpref.judge import aggregate
+from hybridpref.common import aggregate
 from hybridpref.judge.core import Deadline, Judge, ScoreRequest
 from hybridpref.judge.embedded import EmbeddedBackend
 from hybridpref.judge.templates import MULTIPREF, SHORT

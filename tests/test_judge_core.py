@@ -16,8 +16,8 @@ import pytest
 
 from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded, InvalidInput
 from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
+from hybridpref.common import aggregate
 from hybridpref.common.openai_http import MalformedResponse
-from hybridpref.judge import aggregate
 from hybridpref.judge.core import Deadline, Judge, ScoreRequest, ScoringBackend
 from hybridpref.judge.openai_backend import OpenAIBackend, parse_completion
 from hybridpref.judge.templates import MULTIPREF, SHORT, PromptTemplate, get_template

@@ -108,7 +108,7 @@ def test_missing_replay_label_is_refused_before_tagging(stub, stack):
 def test_unknown_template_and_replay_judge_are_refused(stub, stack):
     before = tagger_calls(stack)
     assert fields(route(stub, batch(2), judge_template="no-such-template")) == {"config.judge_template"}
-    assert fields(route(stub, batch(2), replay_judge="nobody")) == {"instances[0].lm_labels", "instances[1].lm_labels"}
+    assert fields(route(stub, batch(2), replay_judge="nobody")) == {"config.replay_judge"}  # no row records it
     assert tagger_calls(stack) == before
     ok = route(stub, batch(2), judge_template="Short@1", replay_judge="gpt4", strategy="all_lm")
     assert len(ok.decisions) == 2

@@ -167,7 +167,22 @@ def test_default_strategy_judges_first_and_summarises_honestly(background_loop, 
     # expected_gain routes the largest expected corrections: the routed ones are the top of the list
     routed = sorted((d.expected_gain for d in chosen), reverse=True)
     assert min(routed) >= sorted(gains, reverse=True)[len(chosen) - 1] - 1e-6
-    assert not any(d.top_tags for d in out.decisions)  # its gain is not the PPM's: no tag explanation
+    # Its decisions are explained by the correction model's features (issue 18 item 13): the largest log-odds
+    # terms of P(LM wrong), largest first, and a reason line with the expected gain and its rank. This bundle
+    # routes with its panel correction model (issue 19), so the features are the panel model's.
+    from hybridpref.routing_model.panel_correction import PANEL_FEATURES as FEATURE_NAMES
+
+    order = np.argsort(-np.array([d.gain for d in out.decisions]), kind="stable")
+    rank = {out.decisions[i].id: r + 1 for r, i in enumerate(order)}
+    for d in out.decisions:
+        assert 1 <= len(d.top_tags) <= 3 and {t for t, _ in d.top_tags} <= set(FEATURE_NAMES), d.top_tags
+        assert all(v != 0 for _, v in d.top_tags)  # only features the model reads
+        magnitudes = [abs(v) for _, v in d.top_tags]
+        assert magnitudes == sorted(magnitudes, reverse=True)
+        assert d.reason.startswith(("HUMAN" if d.human else "LM") + ": expected corrections"), d.reason
+        assert f"rank {rank[d.id]} of {len(sample)}" in d.reason and "P(LM wrong)" in d.reason
+    flipped = [d for d in out.decisions if d.judge_order_inconsistent]
+    assert all("flipped" in d.reason for d in flipped)
     assert out.bundle_version == Predictor(bundle).info().bundle_version
 
 
@@ -182,7 +197,9 @@ def test_ppm_strategies_run_in_process_on_the_served_form(background_loop, tagge
     direct = strategies.route("greedy", tags, resolve_budget(Budget.fraction(0.25), len(sample), None,
                                                              **_costs(tagger, sample)), scorer=model.scorer, seed=3)
     assert [d.human for d in out.decisions] == direct.human_mask.tolist()
-    assert all(d.expected_gain is None for d in out.decisions)  # greedy does not judge first
+    # greedy does not judge first: expected gains only where the judge labelled (the LM-routed rows)
+    assert all((d.expected_gain is None) == d.human for d in out.decisions)
+    assert all(d.reason.startswith(("HUMAN" if d.human else "LM") + ": PPM gain") for d in out.decisions)
     assert all(d.top_tags for d in out.decisions)  # PPM gains explained in process
     assert {m.mix: m.corrections for m in out.summary.mixes}["chosen"] is None
 

@@ -41,8 +41,11 @@ LEGACY = {
     "JUDGE_TEMPLATE": "judge.template",
     "BUNDLE_PATH": "predictor.bundle_path", "BUNDLE_WATCH_S": "predictor.bundle_watch_s",
 }
-# Variables added since the sections (each documented in docs/operations.md like the rest).
-ADDED = {"DB_URL": "router.db_url"}
+# Variables added since the sections (name -> field); with LEGACY, every variable the settings read.
+ADDED = {
+    "MAX_CALLS_PER_CONNECTION": "server.max_calls_per_connection", "STREAM_IDLE_S": "server.stream_idle_s",
+    "API_VENDOR_MAX_CONCURRENT": "auth.vendor_max_concurrent", "DB_URL": "router.db_url",
+}
 # A value per type that differs from every default, so reading it proves the variable was read.
 LITERAL = {"server.log_format": "console", "judge.backend": "replay"}
 

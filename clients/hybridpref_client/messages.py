@@ -40,6 +40,7 @@ class Decision:
     judge_order_inconsistent: bool
     human_cost: float
     expected_gain: float | None = None  # expected label corrections of a human label here (when computed)
+    reason: str = ""  # one line: why it went where it went (the strategy's gain, its rank, the judge's doubt)
     replayed: bool = False  # campaign: the id was already stored and this is its stored decision (nothing spent)
     exploration: bool = False  # campaign: routed to humans by the campaign's random exploration share
 
@@ -84,14 +85,16 @@ def to_instances(items: Sequence[InstanceLike]) -> list[PreferenceInstance]:
 def build_config(
     budget: Budget | Any, strategy: str = "", seed: int = 0, *, judge_mode: PositionMode = PositionMode.UNSPECIFIED,
     judge_template: str = "", replay_judge: str = "", explain_top_k: int = 3, simulated_candidates: int = 0,
-    campaign: str = "", batch: str = "",
+    skip_invalid_instances: bool = False, campaign: str = "", batch: str = "",
 ) -> router_pb2.RouteConfig:
     """The ``RouteConfig`` of a call (``budget``: a ``Budget``, or anything ``resolve_budget`` reads; ``None``
-    with a ``campaign``, whose total budget governs; ``batch``: the campaign batch's name)."""
+    with a ``campaign``, whose total budget governs; ``batch``: the campaign batch's name).
+    ``skip_invalid_instances``: route the valid instances and list the others in
+    ``summary["rejected"]`` instead of refusing the whole batch."""
     config = router_pb2.RouteConfig(
         strategy=strategy, seed=seed, judge_position_mode=int(judge_mode), judge_template=judge_template,
         replay_judge=replay_judge, explain_top_k=explain_top_k, simulated_candidates=simulated_candidates,
-        campaign=campaign, batch=batch,
+        skip_invalid_instances=skip_invalid_instances, campaign=campaign, batch=batch,
     )
     if budget is not None:
         config.budget.CopyFrom((budget if isinstance(budget, Budget) else resolve_budget(budget)).to_proto())
@@ -155,6 +158,7 @@ def decision_from_proto(d: router_pb2.RoutingDecision) -> Decision:
         judge_order_inconsistent=d.judge_order_inconsistent,
         human_cost=d.human_cost,
         expected_gain=d.expected_gain if d.HasField("expected_gain") else None,
+        reason=d.reason,
         replayed=d.replayed,
         exploration=d.exploration,
     )
@@ -169,6 +173,9 @@ def summary_to_dict(s: router_pb2.RoutingSummary) -> dict:
         "correction_model": s.correction_model, "correction_model_version": s.correction_model_version,
     }
     out.update(_honest_summary(s))
+    # With skip_invalid_instances: the instances left out ({"index", "id", "field", "description"} per problem).
+    out["rejected"] = [{"index": r.index, "id": r.id, "field": r.field, "description": r.description} for r in s.rejected]
+    out["rejected_count"] = s.rejected_count
     if s.HasField("campaign"):
         c = s.campaign
         out["campaign"] = {"name": c.name, "batch": c.batch, "budget_spent": c.budget_spent,

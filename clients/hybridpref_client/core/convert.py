@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hybridpref_client.core.errors import InvalidInput
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.core.instances import Label, Message, PreferenceInstance
 from hybridpref_client.core.limits import DEFAULT_LIMITS, Limits, proto_instance_violations
 from hybridpref.v1 import common_pb2
@@ -25,12 +25,23 @@ def instance_from_proto(msg: common_pb2.PreferenceInstance) -> PreferenceInstanc
 
 
 def instances_from_proto(msgs: Sequence[common_pb2.PreferenceInstance], limits: Limits | None = None,
-                         offset: int = 0) -> list[PreferenceInstance]:
-    """Convert after checking sizes and enum ranges (``InvalidInput`` names ``instances[offset + k]``)."""
+                         offset: int = 0, max_count: int | None = None) -> list[PreferenceInstance]:
+    """Convert after checking the count (``max_count``: at most this many, counted before anything
+    else is looked at), sizes and enum ranges (``InvalidInput`` names ``instances[offset + k]``)."""
+    check_count(len(msgs), max_count)
     violations = proto_instance_violations(msgs, limits or DEFAULT_LIMITS, offset)
     if violations:
         raise InvalidInput(violations)
     return [instance_from_proto(m) for m in msgs]
+
+
+def check_count(n: int, max_count: int | None, field: str = "instances", what: str = "batch",
+                hint: str = "split it or use the streaming RPC") -> None:
+    """``InvalidInput`` when ``n`` instances exceed ``max_count`` (``None``: no limit). A repeated field's
+    length is known without touching its elements: checked first, a million-instance request is
+    refused in microseconds instead of after converting every instance."""
+    if max_count is not None and n > max_count:
+        raise InvalidInput(FieldViolation(field, f"{what} of {n} exceeds the limit of {max_count}; {hint}"))
 
 
 def instance_to_proto(inst: PreferenceInstance) -> common_pb2.PreferenceInstance:

@@ -242,17 +242,36 @@ def instance_to_row(inst: PreferenceInstance) -> dict[str, Any]:
 def iter_json_rows(path: str) -> Iterator[tuple[int, Any]]:
     """Yield ``(line number, parsed JSON value)`` for each non-blank line of a JSONL file.
 
-    A line that is not JSON raises ``InvalidInput`` naming ``path:line``."""
+    A line that is not UTF-8 text or not JSON raises ``InvalidInput`` naming ``path:line``."""
     import json
 
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
                 continue
             try:
+                line = decode_line(raw)
                 yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(FieldViolation(f"{path}:{lineno}", f"not valid JSON: {exc.msg} at column {exc.colno}")) from None
+            except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError both are
+                raise InvalidInput(FieldViolation(f"{path}:{lineno}", line_problem(exc))) from None
+
+
+def decode_line(raw: bytes) -> str:
+    """A JSONL line's bytes as text; ``UnicodeDecodeError`` when they are not UTF-8."""
+    return raw.decode("utf-8")
+
+
+def line_problem(exc: ValueError) -> str:
+    """One sentence for a line that could not be read (not UTF-8, or not JSON)."""
+    import json
+
+    if isinstance(exc, UnicodeDecodeError):
+        byte = exc.object[exc.start]
+        return (f"not UTF-8 text (byte 0x{byte:02x} at column {exc.start + 1}): save the file as UTF-8, e.g. "
+                "iconv -f latin1 -t utf-8")
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON: {exc.msg} at column {exc.colno}"
+    return f"cannot read: {exc}"
 
 
 def iter_jsonl(path: str) -> Iterator[tuple[int, PreferenceInstance]]:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hybridpref.v1 import common_pb2 as hybridpref_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahybridpref/v1/router.proto\x12\rhybridpref.v1\x1a\x1ahybridpref/v1/common.proto\"\xa9\x02\n\x0bRouteConfig\x12%\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x15.hybridpref.v1.Budget\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x38\n\x13judge_position_mode\x18\x04 \x01(\x0e\x32\x1b.hybridpref.v1.PositionMode\x12\x16\n\x0ejudge_template\x18\x05 \x01(\t\x12\x14\n\x0creplay_judge\x18\x06 \x01(\t\x12\x1a\n\rexplain_top_k\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x1c\n\x14simulated_candidates\x18\x08 \x01(\r\x12\x10\n\x08\x63\x61mpaign\x18\t \x01(\t\x12\r\n\x05\x62\x61tch\x18\n \x01(\tB\x10\n\x0e_explain_top_k\"y\n\x15RouteInstancesRequest\x12\x34\n\tinstances\x18\x01 \x03(\x0b\x32!.hybridpref.v1.PreferenceInstance\x12*\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1a.hybridpref.v1.RouteConfig\"\xd6\x02\n\x0fRoutingDecision\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x05route\x18\x02 \x01(\x0e\x32\x14.hybridpref.v1.Route\x12\x30\n\x08lm_label\x18\x03 \x01(\x0e\x32\x1e.hybridpref.v1.PreferenceLabel\x12\x15\n\rlm_confidence\x18\x04 \x01(\x01\x12\x0c\n\x04gain\x18\x05 \x01(\x01\x12\x30\n\x08top_tags\x18\x06 \x03(\x0b\x32\x1e.hybridpref.v1.TagContribution\x12 \n\x18judge_order_inconsistent\x18\x07 \x01(\x08\x12\x12\n\nhuman_cost\x18\x08 \x01(\x01\x12\x1a\n\rexpected_gain\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08replayed\x18\n \x01(\x08\x12\x13\n\x0b\x65xploration\x18\x0b \x01(\x08\x42\x10\n\x0e_expected_gain\"4\n\x08\x45stimate\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x0b\n\x03low\x18\x02 \x01(\x01\x12\x0c\n\x04high\x18\x03 \x01(\x01\"\xae\x01\n\rMixPrediction\x12\x0b\n\x03mix\x18\x01 \x01(\t\x12\x13\n\x0bhuman_count\x18\x02 \x01(\x04\x12\x30\n\x0fpredicted_score\x18\x03 \x01(\x0b\x32\x17.hybridpref.v1.Estimate\x12\x12\n\nscore_note\x18\x04 \x01(\t\x12\x35\n\x14\x65xpected_corrections\x18\x05 \x01(\x0b\x32\x17.hybridpref.v1.Estimate\"r\n\x0b\x44omainCheck\x12\x10\n\x08\x64istance\x18\x01 \x01(\x01\x12\x11\n\tthreshold\x18\x02 \x01(\x01\x12\x11\n\tin_domain\x18\x03 \x01(\x08\x12\x14\n\x0cnearest_pool\x18\x04 \x01(\t\x12\x15\n\rdistance_kind\x18\x05 \x01(\t\"\xda\x04\n\x0eRoutingSummary\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x13\n\x0bhuman_count\x18\x03 \x01(\x04\x12\x10\n\x08lm_count\x18\x04 \x01(\x04\x12\x12\n\nhuman_cost\x18\x05 \x01(\x01\x12\x46\n\rstage_seconds\x18\n \x03(\x0b\x32/.hybridpref.v1.RoutingSummary.StageSecondsEntry\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12+\n\x05mixes\x18\x0c \x03(\x0b\x32\x1c.hybridpref.v1.MixPrediction\x12\x16\n\x0einterval_level\x18\r \x01(\x01\x12*\n\x06\x64omain\x18\x0e \x01(\x0b\x32\x1a.hybridpref.v1.DomainCheck\x12\x10\n\x08warnings\x18\x0f \x03(\t\x12\x31\n\x08\x63\x61mpaign\x18\x10 \x01(\x0b\x32\x1f.hybridpref.v1.CampaignProgress\x12\x18\n\x10\x63orrection_model\x18\x11 \x01(\t\x12 \n\x18\x63orrection_model_version\x18\x12 \x01(\t\x1a\x33\n\x11StageSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08J\x04\x08\x08\x10\tJ\x04\x08\t\x10\nR\x0fpredicted_scoreR\x13predicted_all_humanR\x10predicted_all_lmR\x10predicted_random\"\xd0\x01\n\x10\x43\x61mpaignProgress\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\t\x12\x14\n\x0c\x62udget_spent\x18\x03 \x01(\x01\x12\x13\n\x0b\x62udget_left\x18\x04 \x01(\x01\x12\x10\n\x08replayed\x18\x05 \x01(\x04\x12\x31\n\x10\x65xpected_changes\x18\x06 \x01(\x0b\x32\x17.hybridpref.v1.Estimate\x12/\n\x05model\x18\x07 \x01(\x0b\x32 .hybridpref.v1.CampaignModelInfo\"\xf5\x01\n\x11\x43\x61mpaignModelInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x61pted\x18\x03 \x01(\x08\x12\x0e\n\x06labels\x18\x04 \x01(\x04\x12\x1d\n\x10heldout_log_loss\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0f\x62undle_log_loss\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x1d\n\x10human_error_rate\x18\x07 \x01(\x01H\x02\x88\x01\x01\x42\x13\n\x11_heldout_log_lossB\x12\n\x10_bundle_log_lossB\x13\n\x11_human_error_rate\"{\n\x16RouteInstancesResponse\x12\x31\n\tdecisions\x18\x01 \x03(\x0b\x32\x1e.hybridpref.v1.RoutingDecision\x12.\n\x07summary\x18\x02 \x01(\x0b\x32\x1d.hybridpref.v1.RoutingSummary\"\x82\x01\n\x1bRouteInstancesStreamRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.hybridpref.v1.RouteConfigH\x00\x12-\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1c.hybridpref.v1.InstanceChunkH\x00\x42\x06\n\x04item\"E\n\rInstanceChunk\x12\x34\n\tinstances\x18\x01 \x03(\x0b\x32!.hybridpref.v1.PreferenceInstance\"\x8b\x01\n\x1cRouteInstancesStreamResponse\x12\x31\n\tdecisions\x18\x01 \x01(\x0b\x32\x1c.hybridpref.v1.DecisionChunkH\x00\x12\x30\n\x07summary\x18\x02 \x01(\x0b\x32\x1d.hybridpref.v1.RoutingSummaryH\x00\x42\x06\n\x04item\"B\n\rDecisionChunk\x12\x31\n\tdecisions\x18\x01 \x03(\x0b\x32\x1e.hybridpref.v1.RoutingDecision2\xe3\x01\n\rRouterService\x12]\n\x0eRouteInstances\x12$.hybridpref.v1.RouteInstancesRequest\x1a%.hybridpref.v1.RouteInstancesResponse\x12s\n\x14RouteInstancesStream\x12*.hybridpref.v1.RouteInstancesStreamRequest\x1a+.hybridpref.v1.RouteInstancesStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahybridpref/v1/router.proto\x12\rhybridpref.v1\x1a\x1ahybridpref/v1/common.proto\"\xc9\x02\n\x0bRouteConfig\x12%\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x15.hybridpref.v1.Budget\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x38\n\x13judge_position_mode\x18\x04 \x01(\x0e\x32\x1b.hybridpref.v1.PositionMode\x12\x16\n\x0ejudge_template\x18\x05 \x01(\t\x12\x14\n\x0creplay_judge\x18\x06 \x01(\t\x12\x1a\n\rexplain_top_k\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x1c\n\x14simulated_candidates\x18\x08 \x01(\r\x12\x1e\n\x16skip_invalid_instances\x18\t \x01(\x08\x12\x10\n\x08\x63\x61mpaign\x18\n \x01(\t\x12\r\n\x05\x62\x61tch\x18\x0b \x01(\tB\x10\n\x0e_explain_top_k\"y\n\x15RouteInstancesRequest\x12\x34\n\tinstances\x18\x01 \x03(\x0b\x32!.hybridpref.v1.PreferenceInstance\x12*\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1a.hybridpref.v1.RouteConfig\"\xe6\x02\n\x0fRoutingDecision\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x05route\x18\x02 \x01(\x0e\x32\x14.hybridpref.v1.Route\x12\x30\n\x08lm_label\x18\x03 \x01(\x0e\x32\x1e.hybridpref.v1.PreferenceLabel\x12\x15\n\rlm_confidence\x18\x04 \x01(\x01\x12\x0c\n\x04gain\x18\x05 \x01(\x01\x12\x30\n\x08top_tags\x18\x06 \x03(\x0b\x32\x1e.hybridpref.v1.TagContribution\x12 \n\x18judge_order_inconsistent\x18\x07 \x01(\x08\x12\x12\n\nhuman_cost\x18\x08 \x01(\x01\x12\x1a\n\rexpected_gain\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x10\n\x08replayed\x18\x0b \x01(\x08\x12\x13\n\x0b\x65xploration\x18\x0c \x01(\x08\x42\x10\n\x0e_expected_gain\"4\n\x08\x45stimate\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x0b\n\x03low\x18\x02 \x01(\x01\x12\x0c\n\x04high\x18\x03 \x01(\x01\"\xae\x01\n\rMixPrediction\x12\x0b\n\x03mix\x18\x01 \x01(\t\x12\x13\n\x0bhuman_count\x18\x02 \x01(\x04\x12\x30\n\x0fpredicted_score\x18\x03 \x01(\x0b\x32\x17.hybridpref.v1.Estimate\x12\x12\n\nscore_note\x18\x04 \x01(\t\x12\x35\n\x14\x65xpected_corrections\x18\x05 \x01(\x0b\x32\x17.hybridpref.v1.Estimate\"r\n\x0b\x44omainCheck\x12\x10\n\x08\x64istance\x18\x01 \x01(\x01\x12\x11\n\tthreshold\x18\x02 \x01(\x01\x12\x11\n\tin_domain\x18\x03 \x01(\x08\x12\x14\n\x0cnearest_pool\x18\x04 \x01(\t\x12\x15\n\rdistance_kind\x18\x05 \x01(\t\"Q\n\x10RejectedInstance\x12\r\n\x05index\x18\x01 \x01(\x04\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\xa5\x05\n\x0eRoutingSummary\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x13\n\x0bhuman_count\x18\x03 \x01(\x04\x12\x10\n\x08lm_count\x18\x04 \x01(\x04\x12\x12\n\nhuman_cost\x18\x05 \x01(\x01\x12\x46\n\rstage_seconds\x18\n \x03(\x0b\x32/.hybridpref.v1.RoutingSummary.StageSecondsEntry\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12+\n\x05mixes\x18\x0c \x03(\x0b\x32\x1c.hybridpref.v1.MixPrediction\x12\x16\n\x0einterval_level\x18\r \x01(\x01\x12*\n\x06\x64omain\x18\x0e \x01(\x0b\x32\x1a.hybridpref.v1.DomainCheck\x12\x10\n\x08warnings\x18\x0f \x03(\t\x12\x31\n\x08rejected\x18\x10 \x03(\x0b\x32\x1f.hybridpref.v1.RejectedInstance\x12\x16\n\x0erejected_count\x18\x11 \x01(\x04\x12\x31\n\x08\x63\x61mpaign\x18\x12 \x01(\x0b\x32\x1f.hybridpref.v1.CampaignProgress\x12\x18\n\x10\x63orrection_model\x18\x13 \x01(\t\x12 \n\x18\x63orrection_model_version\x18\x14 \x01(\t\x1a\x33\n\x11StageSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08J\x04\x08\x08\x10\tJ\x04\x08\t\x10\nR\x0fpredicted_scoreR\x13predicted_all_humanR\x10predicted_all_lmR\x10predicted_random\"\xd0\x01\n\x10\x43\x61mpaignProgress\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\t\x12\x14\n\x0c\x62udget_spent\x18\x03 \x01(\x01\x12\x13\n\x0b\x62udget_left\x18\x04 \x01(\x01\x12\x10\n\x08replayed\x18\x05 \x01(\x04\x12\x31\n\x10\x65xpected_changes\x18\x06 \x01(\x0b\x32\x17.hybridpref.v1.Estimate\x12/\n\x05model\x18\x07 \x01(\x0b\x32 .hybridpref.v1.CampaignModelInfo\"\xf5\x01\n\x11\x43\x61mpaignModelInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x61pted\x18\x03 \x01(\x08\x12\x0e\n\x06labels\x18\x04 \x01(\x04\x12\x1d\n\x10heldout_log_loss\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0f\x62undle_log_loss\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x1d\n\x10human_error_rate\x18\x07 \x01(\x01H\x02\x88\x01\x01\x42\x13\n\x11_heldout_log_lossB\x12\n\x10_bundle_log_lossB\x13\n\x11_human_error_rate\"{\n\x16RouteInstancesResponse\x12\x31\n\tdecisions\x18\x01 \x03(\x0b\x32\x1e.hybridpref.v1.RoutingDecision\x12.\n\x07summary\x18\x02 \x01(\x0b\x32\x1d.hybridpref.v1.RoutingSummary\"\x82\x01\n\x1bRouteInstancesStreamRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.hybridpref.v1.RouteConfigH\x00\x12-\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1c.hybridpref.v1.InstanceChunkH\x00\x42\x06\n\x04item\"E\n\rInstanceChunk\x12\x34\n\tinstances\x18\x01 \x03(\x0b\x32!.hybridpref.v1.PreferenceInstance\"\x8b\x01\n\x1cRouteInstancesStreamResponse\x12\x31\n\tdecisions\x18\x01 \x01(\x0b\x32\x1c.hybridpref.v1.DecisionChunkH\x00\x12\x30\n\x07summary\x18\x02 \x01(\x0b\x32\x1d.hybridpref.v1.RoutingSummaryH\x00\x42\x06\n\x04item\"B\n\rDecisionChunk\x12\x31\n\tdecisions\x18\x01 \x03(\x0b\x32\x1e.hybridpref.v1.RoutingDecision2\xe3\x01\n\rRouterService\x12]\n\x0eRouteInstances\x12$.hybridpref.v1.RouteInstancesRequest\x1a%.hybridpref.v1.RouteInstancesResponse\x12s\n\x14RouteInstancesStream\x12*.hybridpref.v1.RouteInstancesStreamRequest\x1a+.hybridpref.v1.RouteInstancesStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,35 +35,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTINGSUMMARY_STAGESECONDSENTRY']._loaded_options = None
   _globals['_ROUTINGSUMMARY_STAGESECONDSENTRY']._serialized_options = b'8\001'
   _globals['_ROUTECONFIG']._serialized_start=74
-  _globals['_ROUTECONFIG']._serialized_end=371
-  _globals['_ROUTEINSTANCESREQUEST']._serialized_start=373
-  _globals['_ROUTEINSTANCESREQUEST']._serialized_end=494
-  _globals['_ROUTINGDECISION']._serialized_start=497
-  _globals['_ROUTINGDECISION']._serialized_end=839
-  _globals['_ESTIMATE']._serialized_start=841
-  _globals['_ESTIMATE']._serialized_end=893
-  _globals['_MIXPREDICTION']._serialized_start=896
-  _globals['_MIXPREDICTION']._serialized_end=1070
-  _globals['_DOMAINCHECK']._serialized_start=1072
-  _globals['_DOMAINCHECK']._serialized_end=1186
-  _globals['_ROUTINGSUMMARY']._serialized_start=1189
-  _globals['_ROUTINGSUMMARY']._serialized_end=1791
-  _globals['_ROUTINGSUMMARY_STAGESECONDSENTRY']._serialized_start=1642
-  _globals['_ROUTINGSUMMARY_STAGESECONDSENTRY']._serialized_end=1693
-  _globals['_CAMPAIGNPROGRESS']._serialized_start=1794
-  _globals['_CAMPAIGNPROGRESS']._serialized_end=2002
-  _globals['_CAMPAIGNMODELINFO']._serialized_start=2005
-  _globals['_CAMPAIGNMODELINFO']._serialized_end=2250
-  _globals['_ROUTEINSTANCESRESPONSE']._serialized_start=2252
-  _globals['_ROUTEINSTANCESRESPONSE']._serialized_end=2375
-  _globals['_ROUTEINSTANCESSTREAMREQUEST']._serialized_start=2378
-  _globals['_ROUTEINSTANCESSTREAMREQUEST']._serialized_end=2508
-  _globals['_INSTANCECHUNK']._serialized_start=2510
-  _globals['_INSTANCECHUNK']._serialized_end=2579
-  _globals['_ROUTEINSTANCESSTREAMRESPONSE']._serialized_start=2582
-  _globals['_ROUTEINSTANCESSTREAMRESPONSE']._serialized_end=2721
-  _globals['_DECISIONCHUNK']._serialized_start=2723
-  _globals['_DECISIONCHUNK']._serialized_end=2789
-  _globals['_ROUTERSERVICE']._serialized_start=2792
-  _globals['_ROUTERSERVICE']._serialized_end=3019
+  _globals['_ROUTECONFIG']._serialized_end=403
+  _globals['_ROUTEINSTANCESREQUEST']._serialized_start=405
+  _globals['_ROUTEINSTANCESREQUEST']._serialized_end=526
+  _globals['_ROUTINGDECISION']._serialized_start=529
+  _globals['_ROUTINGDECISION']._serialized_end=887
+  _globals['_ESTIMATE']._serialized_start=889
+  _globals['_ESTIMATE']._serialized_end=941
+  _globals['_MIXPREDICTION']._serialized_start=944
+  _globals['_MIXPREDICTION']._serialized_end=1118
+  _globals['_DOMAINCHECK']._serialized_start=1120
+  _globals['_DOMAINCHECK']._serialized_end=1234
+  _globals['_REJECTEDINSTANCE']._serialized_start=1236
+  _globals['_REJECTEDINSTANCE']._serialized_end=1317
+  _globals['_ROUTINGSUMMARY']._serialized_start=1320
+  _globals['_ROUTINGSUMMARY']._serialized_end=1997
+  _globals['_ROUTINGSUMMARY_STAGESECONDSENTRY']._serialized_start=1848
+  _globals['_ROUTINGSUMMARY_STAGESECONDSENTRY']._serialized_end=1899
+  _globals['_CAMPAIGNPROGRESS']._serialized_start=2000
+  _globals['_CAMPAIGNPROGRESS']._serialized_end=2208
+  _globals['_CAMPAIGNMODELINFO']._serialized_start=2211
+  _globals['_CAMPAIGNMODELINFO']._serialized_end=2456
+  _globals['_ROUTEINSTANCESRESPONSE']._serialized_start=2458
+  _globals['_ROUTEINSTANCESRESPONSE']._serialized_end=2581
+  _globals['_ROUTEINSTANCESSTREAMREQUEST']._serialized_start=2584
+  _globals['_ROUTEINSTANCESSTREAMREQUEST']._serialized_end=2714
+  _globals['_INSTANCECHUNK']._serialized_start=2716
+  _globals['_INSTANCECHUNK']._serialized_end=2785
+  _globals['_ROUTEINSTANCESSTREAMRESPONSE']._serialized_start=2788
+  _globals['_ROUTEINSTANCESSTREAMRESPONSE']._serialized_end=2927
+  _globals['_DECISIONCHUNK']._serialized_start=2929
+  _globals['_DECISIONCHUNK']._serialized_end=2995
+  _globals['_ROUTERSERVICE']._serialized_start=2998
+  _globals['_ROUTERSERVICE']._serialized_end=3225
 # @@protoc_insertion_point(module_scope)

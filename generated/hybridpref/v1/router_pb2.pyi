@@ -33,6 +33,7 @@ class RouteConfig(_message.Message):
     REPLAY_JUDGE_FIELD_NUMBER: _builtins.int
     EXPLAIN_TOP_K_FIELD_NUMBER: _builtins.int
     SIMULATED_CANDIDATES_FIELD_NUMBER: _builtins.int
+    SKIP_INVALID_INSTANCES_FIELD_NUMBER: _builtins.int
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
     strategy: _builtins.str
@@ -46,13 +47,23 @@ class RouteConfig(_message.Message):
     judge_template: _builtins.str
     """Judge prompt template ("" = judge default)."""
     replay_judge: _builtins.str
-    """Replay judge name, for simulation with recorded labels."""
+    """A recorded judge (a key of the instances' lm_labels; per-order keys "<name>/order_ab|ba" by their
+    base name, or an unambiguous prefix): the router labels with these recorded labels whatever
+    backend the judge service runs. Every instance must carry one; a name no instance records is
+    INVALID_ARGUMENT. "" = the judge service labels.
+    """
     explain_top_k: _builtins.int
     """How many contributing tags to explain per instance, for the PPM strategies (unset = 3;
     0 = no explanations: they cost about 7 s per million instances).
     """
     simulated_candidates: _builtins.int
     """Candidate mixes for the simulated strategy (0 = default 500)."""
+    skip_invalid_instances: _builtins.bool
+    """false (the default): one invalid instance refuses the whole request (INVALID_ARGUMENT naming
+    it). true: invalid instances (bad or blank fields, duplicate ids, a missing replay label) are
+    left out and listed in RoutingSummary.rejected; the others are routed. Config errors still
+    refuse the request.
+    """
     campaign: _builtins.str
     """Route for this campaign of the caller (CampaignService): every decision is stored, a re-sent id
     returns its stored decision and spends nothing, and the campaign's total budget governs (budget
@@ -75,12 +86,13 @@ class RouteConfig(_message.Message):
         replay_judge: _builtins.str = ...,
         explain_top_k: _builtins.int | None = ...,
         simulated_candidates: _builtins.int = ...,
+        skip_invalid_instances: _builtins.bool = ...,
         campaign: _builtins.str = ...,
         batch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "budget", b"budget", "explain_top_k", b"explain_top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "batch", b"batch", "budget", b"budget", "campaign", b"campaign", "explain_top_k", b"explain_top_k", "judge_position_mode", b"judge_position_mode", "judge_template", b"judge_template", "replay_judge", b"replay_judge", "seed", b"seed", "simulated_candidates", b"simulated_candidates", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "batch", b"batch", "budget", b"budget", "campaign", b"campaign", "explain_top_k", b"explain_top_k", "judge_position_mode", b"judge_position_mode", "judge_template", b"judge_template", "replay_judge", b"replay_judge", "seed", b"seed", "simulated_candidates", b"simulated_candidates", "skip_invalid_instances", b"skip_invalid_instances", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__explain_top_k: _TypeAlias = _typing.Literal["explain_top_k"]  # noqa: Y015
     _WhichOneofArgType__explain_top_k: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k"]  # noqa: Y015
@@ -133,6 +145,7 @@ class RoutingDecision(_message.Message):
     JUDGE_ORDER_INCONSISTENT_FIELD_NUMBER: _builtins.int
     HUMAN_COST_FIELD_NUMBER: _builtins.int
     EXPECTED_GAIN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
     EXPLORATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
@@ -154,7 +167,12 @@ class RoutingDecision(_message.Message):
     """Human cost used for this instance."""
     expected_gain: _builtins.float
     """Expected label corrections a human label buys here: P(LM label wrong) - P(human label
-    wrong) from the bundle's correction model; unset when it was not computed.
+    wrong) from the bundle's correction model, for every instance the judge labelled (all of them
+    under the judge-first strategies, the LM-routed ones under the others); unset elsewhere.
+    """
+    reason: _builtins.str
+    """One line saying why the instance went where it went: the strategy's gain and its rank in the
+    batch, the expected corrections and the judge's doubt where known (empty with explain_top_k = 0).
     """
     replayed: _builtins.bool
     """With a campaign: the id was already stored and this is its stored decision (nothing was spent)."""
@@ -162,8 +180,12 @@ class RoutingDecision(_message.Message):
     """With a campaign: routed to humans by the campaign's random exploration share."""
     @_builtins.property
     def top_tags(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TagContribution]:
-        """The tags that contributed most to the PPM gain (strategies routing by the PPM: topk, simulated,
-        optimal_pos, greedy); empty for the others, whose gain is not the PPM's.
+        """What drove this instance's routing value most (explain_top_k of them), whatever the strategy: for
+        the strategies routing by the PPM (topk, simulated, optimal_pos, greedy), the tags that contributed
+        most to its PPM gain; for the others, wherever the instance was judged and the bundle has an
+        expected-correction model, that model's features with their terms in the log-odds of P(LM label
+        wrong) (positive: a human label is worth more), e.g. order_flip, p_confidence, log_len_shorter;
+        elsewhere the PPM's tags when the bundle has a PPM. Empty with explain_top_k = 0.
         """
 
     def __init__(
@@ -178,12 +200,13 @@ class RoutingDecision(_message.Message):
         judge_order_inconsistent: _builtins.bool = ...,
         human_cost: _builtins.float = ...,
         expected_gain: _builtins.float | None = ...,
+        reason: _builtins.str = ...,
         replayed: _builtins.bool = ...,
         exploration: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain", "expected_gain", b"expected_gain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain", "expected_gain", b"expected_gain", "exploration", b"exploration", "gain", b"gain", "human_cost", b"human_cost", "id", b"id", "judge_order_inconsistent", b"judge_order_inconsistent", "lm_confidence", b"lm_confidence", "lm_label", b"lm_label", "replayed", b"replayed", "route", b"route", "top_tags", b"top_tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain", "expected_gain", b"expected_gain", "exploration", b"exploration", "gain", b"gain", "human_cost", b"human_cost", "id", b"id", "judge_order_inconsistent", b"judge_order_inconsistent", "lm_confidence", b"lm_confidence", "lm_label", b"lm_label", "reason", b"reason", "replayed", b"replayed", "route", b"route", "top_tags", b"top_tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_gain: _TypeAlias = _typing.Literal["expected_gain"]  # noqa: Y015
     _WhichOneofArgType__expected_gain: _TypeAlias = _typing.Literal["_expected_gain", b"_expected_gain"]  # noqa: Y015
@@ -312,6 +335,40 @@ class DomainCheck(_message.Message):
 Global___DomainCheck: _TypeAlias = DomainCheck  # noqa: Y015
 
 @_typing.final
+class RejectedInstance(_message.Message):
+    """An instance left out of a routing (RouteConfig.skip_invalid_instances), and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Its position in the caller's whole batch or stream (0-based)."""
+    id: _builtins.str
+    """Its id, as sent (may be empty or a duplicate: that can be the problem)."""
+    field: _builtins.str
+    """The field at fault, e.g. "instances[18].response_a"."""
+    description: _builtins.str
+    """What is wrong with it."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        id: _builtins.str = ...,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field", "id", b"id", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectedInstance: _TypeAlias = RejectedInstance  # noqa: Y015
+
+@_typing.final
 class RoutingSummary(_message.Message):
     """Batch-level facts about a routing."""
 
@@ -348,6 +405,8 @@ class RoutingSummary(_message.Message):
     INTERVAL_LEVEL_FIELD_NUMBER: _builtins.int
     DOMAIN_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    REJECTED_COUNT_FIELD_NUMBER: _builtins.int
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     CORRECTION_MODEL_FIELD_NUMBER: _builtins.int
     CORRECTION_MODEL_VERSION_FIELD_NUMBER: _builtins.int
@@ -365,6 +424,8 @@ class RoutingSummary(_message.Message):
     """Request id of this call (from x-request-id metadata or generated)."""
     interval_level: _builtins.float
     """Nominal coverage of every interval in mixes (e.g. 0.9)."""
+    rejected_count: _builtins.int
+    """How many instances were left out (with skip_invalid_instances)."""
     correction_model: _builtins.str
     """The correction model whose P(LM wrong) routed the batch and gave the expected corrections: its
     name ("panel-correction/1": the bundle's panel-invariant model; "correction/1": the older ONNX model);
@@ -372,7 +433,7 @@ class RoutingSummary(_message.Message):
     """
     correction_model_version: _builtins.str
     """Its exact version: "panel-correction/1@<hash of the bundle's model>", "correction/1@<bundle version>",
-    or a campaign's adapted model ("...+<campaign>/adapted-<k>@<hash>").
+    or a campaign's adapted model ("...+adapted-<labels>@<hash>").
     """
     @_builtins.property
     def stage_seconds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
@@ -395,6 +456,12 @@ class RoutingSummary(_message.Message):
         """
 
     @_builtins.property
+    def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedInstance]:
+        """With RouteConfig.skip_invalid_instances: the instances left out, one entry per problem, in
+        request order (at most the first 20,000 problems; rejected_count counts every instance left out).
+        """
+
+    @_builtins.property
     def campaign(self) -> Global___CampaignProgress:
         """With a campaign: its name, the batch and its budget after this batch; unset without one."""
 
@@ -412,13 +479,15 @@ class RoutingSummary(_message.Message):
         interval_level: _builtins.float = ...,
         domain: Global___DomainCheck | None = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        rejected: _abc.Iterable[Global___RejectedInstance] | None = ...,
+        rejected_count: _builtins.int = ...,
         campaign: Global___CampaignProgress | None = ...,
         correction_model: _builtins.str = ...,
         correction_model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "domain", b"domain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "campaign", b"campaign", "correction_model", b"correction_model", "correction_model_version", b"correction_model_version", "domain", b"domain", "human_cost", b"human_cost", "human_count", b"human_count", "interval_level", b"interval_level", "lm_count", b"lm_count", "mixes", b"mixes", "request_id", b"request_id", "stage_seconds", b"stage_seconds", "strategy", b"strategy", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "campaign", b"campaign", "correction_model", b"correction_model", "correction_model_version", b"correction_model_version", "domain", b"domain", "human_cost", b"human_cost", "human_count", b"human_count", "interval_level", b"interval_level", "lm_count", b"lm_count", "mixes", b"mixes", "rejected", b"rejected", "rejected_count", b"rejected_count", "request_id", b"request_id", "stage_seconds", b"stage_seconds", "strategy", b"strategy", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

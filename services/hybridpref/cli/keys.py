@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--vendor", required=True)
     add.add_argument("--methods", nargs="*", default=None, help="method names the vendor may call (default: all)")
     add.add_argument("--instances-per-minute", type=int, default=0, help="0 = unlimited")
-    add.add_argument("--max-concurrent", type=int, default=0, help="0 = unlimited")
+    add.add_argument("--max-concurrent", type=int, default=0,
+                     help="calls at once; 0 = the server default (HYBRIDPREF_API_VENDOR_MAX_CONCURRENT, 32)")
     hashed = keys_sub.add_parser("hash", help="print the SHA-256 of a key (from --key or stdin)")
     hashed.add_argument("--key", default=None)
     keys.set_defaults(func=run)

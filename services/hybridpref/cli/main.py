@@ -8,8 +8,12 @@
     hybridpref predictor build ...      # offline: build a model bundle
     hybridpref predictor add-routing-models ...  # offline: add the correction model + domain to a bundle
     hybridpref judge train [--data-dir D] # offline: train and export the learned judge
+    hybridpref campaign create|status|list|export ...   # campaigns: a total budget over many batches
+    hybridpref route --campaign NAME --input batch.jsonl --output decisions.jsonl
+    hybridpref labels submit --campaign NAME --input labels.jsonl
+    hybridpref store migrate --db URL     # the campaign store's schema
     hybridpref annotate --campaign NAME --port P   # the annotation page (and `annotate token add|revoke`)
-    hybridpref campaign export NAME --vendor V --format label-studio|argilla --output PATH
+    hybridpref campaign export NAME --format label-studio|argilla --output PATH
     hybridpref labels import --campaign NAME --vendor V --from label-studio export.json
 
 Each command module registers its own subparser (``register``) and sets ``func``; see
@@ -23,12 +27,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from hybridpref.cli import annotate, evaluate, judge, keys, predictor, route, serve
+from hybridpref.cli import annotate, campaign, evaluate, judge, keys, labels, predictor, route, serve, store
 from hybridpref_client.core.errors import HybridprefError, InvalidInput
 
 EXIT_USAGE = 2
 # In the order ``hybridpref --help`` lists them.
-COMMANDS = (serve, route, keys, evaluate, predictor, judge, annotate)
+# campaign and labels before annotate: they own those groups, and annotate adds its formats to them.
+COMMANDS = (serve, route, campaign, labels, store, keys, evaluate, predictor, judge, annotate)
 
 
 def build_parser() -> argparse.ArgumentParser:

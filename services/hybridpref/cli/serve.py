@@ -1,7 +1,10 @@
 """``hybridpref serve`` (one service until SIGTERM) and ``hybridpref up`` (all four, each its own process).
 
-    hybridpref serve <router|tagger|judge|predictor> [--host H] [--port N] [--metrics-port N]
-    hybridpref up [--timeout S] [--port-base N]
+    hybridpref serve <router|tagger|judge|predictor> [--host H] [--port N] [--metrics-port N] [--db URL]
+    hybridpref up [--timeout S] [--port-base N] [--db URL]
+
+``--db``: the router's campaign store (``HYBRIDPREF_DB_URL``; default: the SQLite file under the user's
+data directory that the ``hybridpref campaign`` / ``labels`` commands share; docs/campaigns.md).
 
 Settings come from the ``HYBRIDPREF_*`` environment (docs/operations.md); the flags win.
 """
@@ -20,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", help="bind address (default: HYBRIDPREF_HOST, else 127.0.0.1)")
     serve.add_argument("--port", type=int, help="gRPC port (default: HYBRIDPREF_PORT, else the service's own)")
     serve.add_argument("--metrics-port", type=int, help="Prometheus port (-1: none)")
+    serve.add_argument("--db", default=None, help="router: the campaign store URL (default: HYBRIDPREF_DB_URL, else "
+                                                 "the local SQLite file)")
     serve.set_defaults(func=run_serve)
 
     up = subparsers.add_parser("up", help="start all four services on loopback, each its own process", description=__doc__,
@@ -27,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all SERVING")
     up.add_argument("--port-base", type=int, default=None,
                     help="gRPC ports base..base+3 (router, tagger, judge, predictor), metrics base+100.. (default: 50050.., 9150..)")
+    up.add_argument("--db", default=None, help="the router's campaign store URL (default: HYBRIDPREF_DB_URL, else the "
+                                              "local SQLite file)")
     up.set_defaults(func=run_up)
 
 
@@ -38,8 +45,13 @@ def run_serve(args: argparse.Namespace) -> int:
     from hybridpref.server.server import serve_until_signal
     from hybridpref.server.settings import Settings
 
+    from hybridpref_client.core.errors import FieldViolation, InvalidInput
+
+    if args.db and args.service != "router":
+        raise InvalidInput(FieldViolation("--db", "only the router opens the campaign store"))
     flags = {"host": args.host, "port": args.port, "metrics_port": args.metrics_port}
-    settings = Settings(server={k: v for k, v in flags.items() if v is not None})
+    settings = Settings(server={k: v for k, v in flags.items() if v is not None},
+                        router={"db_url": args.db} if args.db else {})
     configure_logging(args.service, settings.server.log_level, settings.server.log_format)
     asyncio.run(serve_until_signal([handle_for(args.service, settings)], settings))
     return 0
@@ -52,4 +64,8 @@ def run_up(args: argparse.Namespace) -> int:
     def ready(addresses: dict[str, str]) -> None:
         print("hybridpref up: all SERVING: " + ", ".join(f"{n}={a}" for n, a in addresses.items()), flush=True)
 
+    if args.db:  # the router process reads it from its environment
+        import os
+
+        os.environ["HYBRIDPREF_DB_URL"] = args.db
     return start_all(Settings(), timeout_s=args.timeout, on_ready=ready, port_base=args.port_base)

@@ -20,11 +20,11 @@ from collections.abc import Sequence
 
 from hybridpref.server.deadline import Deadline
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
-from hybridpref_client.core.instances import LM_LABEL_RAW_PREFIX, Label, PositionMode, PreferenceInstance
-from hybridpref.judge import aggregate
+from hybridpref_client.core.instances import PositionMode, PreferenceInstance
+from hybridpref.common import aggregate
 from hybridpref.judge.templates import PromptTemplate
 from hybridpref.judge.types import JudgeBackend, Judgement
-from hybridpref.common.recorded_judges import resolve_judge
+from hybridpref.common.recorded_judges import replay_outcome, resolve_judge
 
 class ReplayBackend(JudgeBackend):
     """Returns recorded labels. ``default_judge`` is used when a request names none."""
@@ -56,22 +56,4 @@ class ReplayBackend(JudgeBackend):
         return out
 
     def _replay_one(self, inst: PreferenceInstance, key: str, mode: PositionMode, seed: int) -> aggregate.Outcome:
-        if key in inst.lm_labels:
-            return _recorded(inst, key)
-        ab, ba = inst.lm_labels.get(key + "/order_ab"), inst.lm_labels.get(key + "/order_ba")
-        if mode == PositionMode.RANDOM and ab is not None and ba is not None:
-            swapped = aggregate.random_order_swapped(inst.id, seed)
-            ab, ba = (None, ba) if swapped else (ab, None)
-        if ab is not None and ba is not None:
-            return aggregate.both(aggregate.one_hot(ab), aggregate.one_hot(ba))
-        if ab is not None:
-            return aggregate.single(aggregate.one_hot(ab), swapped=False)
-        assert ba is not None  # resolve_judge only returns keys with at least one label
-        return aggregate.single(aggregate.one_hot(ba), swapped=True)
-
-
-def _recorded(inst: PreferenceInstance, key: str) -> aggregate.Outcome:
-    label = inst.lm_labels[key]
-    if inst.metadata.get(LM_LABEL_RAW_PREFIX + key) == "tie_inconsistent":
-        return aggregate.Outcome(Label.TIE, 0.0, Label.UNSPECIFIED, Label.UNSPECIFIED, True)
-    return aggregate.Outcome(label, 1.0, Label.UNSPECIFIED, Label.UNSPECIFIED, False)
+        return replay_outcome(inst, key, mode, seed)

@@ -57,7 +57,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         bad_mode = position_mode_violation(request.position_mode, "position_mode")
         if bad_mode is not None:
             raise InvalidInput(bad_mode)
-        instances = instances_from_proto(request.instances, self._limits)
+        instances = instances_from_proto(request.instances, self._limits, max_count=self._settings.limits.max_batch)
         validate_instances(instances, self._settings.limits.max_batch)
         judgements = await self._executor.run(
             self.judge.judge,

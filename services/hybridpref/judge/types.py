@@ -13,7 +13,7 @@ import numpy as np
 
 from hybridpref.server.deadline import Deadline
 from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
-from hybridpref.judge import aggregate
+from hybridpref.common import aggregate
 from hybridpref.judge.templates import PromptTemplate
 
 

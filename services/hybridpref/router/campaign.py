@@ -14,7 +14,6 @@ decision carries the LM label that the export and the judge-human agreement read
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from hybridpref.store.api import Candidate, CampaignStore, StoredDecision
 # Decisions stored per database transaction: a batch up to this size is stored whole or not at all; a
 # longer stream in slices of this size, each atomic (a re-sent stream replays the slices already stored).
 CAMPAIGN_SLICE = 20_000
-# Significant digits kept of the stored correction features (JSON text: 6 digits are plenty for a refit).
+# Decimals kept of the stored correction features (JSON text; they are O(1): 6 are plenty for a refit).
 FEATURE_DIGITS = 6
 
 log = structlog.get_logger()
@@ -104,13 +103,18 @@ def _open(url: str) -> CampaignStore:
     from hybridpref.store.engine import resolve_url
     from hybridpref.store.sql import SqlCampaignStore
 
-    resolved = resolve_url(url or None)
+    try:
+        resolved = resolve_url(url or None)
+    except OSError as exc:  # the default file's folder cannot be made (a read-only root in a container)
+        raise NotReady(f"no campaign store: set HYBRIDPREF_DB_URL (in Kubernetes: components/campaign-store); the "
+                       f"default SQLite file cannot be created ({exc.strerror})") from None
     shown = make_url(resolved).render_as_string(hide_password=True)
     try:
         store = SqlCampaignStore.open(resolved, upgrade=resolved.startswith("sqlite"))
-    except SQLAlchemyError as exc:  # unreachable, wrong password, ...: the caller may retry later
-        log.warning("campaign_store_unavailable", url=shown, error=str(exc).splitlines()[0][:300])
-        raise NotReady(f"the campaign store at {shown} cannot be opened: {str(exc).splitlines()[0][:200]}") from None
+    except (SQLAlchemyError, OSError) as exc:  # unreachable, wrong password, read-only, ...: the caller may retry
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        log.warning("campaign_store_unavailable", url=shown, error=first)
+        raise NotReady(f"the campaign store at {shown} cannot be opened: {first}") from None
     log.info("campaign_store_opened", url=shown)
     return store
 
@@ -119,59 +123,75 @@ def candidates(instances: Sequence[PreferenceInstance], rows: Sequence[int], sco
                judged: JudgeRows) -> list[Candidate]:
     """The store's candidates for ``instances`` (rows ``rows`` of the batch, same order): texts, score and
     cost, the LM label and confidence, the judge's signals, the correction features, the expected
-    correction; multi-turn conversations and the instance metadata go to ``metadata``."""
+    correction; multi-turn conversations and the instance metadata go to ``metadata``. (The judge's id is
+    the decisions' ``model_version``, not repeated in every row's signals.)"""
+    picked = np.asarray(rows, dtype=np.int64)
+    names = {int(v): Label(int(v)).name for v in np.unique(judged.labels[picked])}
+    confidence = _column(np.clip(judged.confidence[picked], 0.0, 1.0))
+    expected = None if judged.expected_gain is None else _column(judged.expected_gain[picked])
+    signals = _signal_rows(judged, picked)
+    features = _feature_rows(judged, picked)
+    score, cost, labels = scores[picked].tolist(), costs[picked].tolist(), judged.labels[picked].tolist()
     out: list[Candidate] = []
-    for inst, i in zip(instances, rows, strict=True):
-        label = Label(int(judged.labels[i]))
+    for k, inst in enumerate(instances):
         meta: dict[str, Any] = dict(inst.metadata)
         if inst.messages:
             meta["messages"] = [{"role": m.role, "content": m.content} for m in inst.messages]
+        signal = signals[k]
+        recorded = {name: label.winner or "tie" for name, label in inst.lm_labels.items() if label != Label.UNSPECIFIED}
+        if recorded:  # the panel the pool export carries
+            signal["lm_labels"] = recorded
+        label = int(labels[k])
         out.append(Candidate(
             instance_id=inst.id, prompt=inst.prompt_text, response_a=inst.response_a, response_b=inst.response_b,
-            score=float(scores[i]), cost=float(costs[i]),
-            lm_label=label.name if label != Label.UNSPECIFIED else None,
-            lm_confidence=_unit(judged.confidence[i]),
-            signals=_signals(inst, judged, i),
-            features=_features(judged, i),
-            expected_correction=None if judged.expected_gain is None else _finite(judged.expected_gain[i]),
-            metadata=meta,
+            score=score[k], cost=cost[k], lm_label=names[label] if label != Label.UNSPECIFIED else None,
+            lm_confidence=confidence[k], signals=signal, features=features[k],
+            expected_correction=None if expected is None else expected[k], metadata=meta,
         ))
     return out
 
 
-def _signals(inst: PreferenceInstance, judged: JudgeRows, i: int) -> dict[str, Any]:
-    """The judge's signals of row ``i`` as JSON values, and the instance's recorded LM labels (``lm_labels``:
-    judge -> A / B / tie, the panel the pool export carries)."""
-    out: dict[str, Any] = {"judge_id": judged.judge_id, "order_flip": bool(judged.order_flip[i])}
-    # p_lm_wrong: what the bundle expects of the LM label; returned human labels are measured against it.
+def _signal_rows(judged: JudgeRows, rows: np.ndarray) -> list[dict[str, Any]]:
+    """The judge's signals of ``rows`` as JSON values (unknown ones left out): order flip, P(A better),
+    agreement with other judges and P(LM label wrong), what the bundle expects of the LM label (returned
+    human labels are measured against it)."""
     columns = [("p_a", judged.p_a), ("agreement", judged.agreement)]
     if judged.p_lm_wrong is not None:
         columns.append(("p_lm_wrong", judged.p_lm_wrong))
-    for key, values in columns:
-        value = _finite(values[i])
-        if value is not None:
-            out[key] = value
-    recorded = {name: label.winner or "tie" for name, label in inst.lm_labels.items() if label != Label.UNSPECIFIED}
-    if recorded:
-        out["lm_labels"] = recorded
+    flips = np.asarray(judged.order_flip, dtype=bool)[rows].tolist()
+    values = [(key, _column(np.asarray(v, dtype=np.float64)[rows])) for key, v in columns]
+    out = []
+    for k, flip in enumerate(flips):
+        row: dict[str, Any] = {"order_flip": flip}
+        for key, column in values:
+            if column[k] is not None:
+                row[key] = column[k]
+        out.append(row)
     return out
 
 
-def _features(judged: JudgeRows, i: int) -> dict[str, float]:
+def _feature_rows(judged: JudgeRows, rows: np.ndarray) -> list[dict[str, float]]:
+    """Correction features of ``rows``, rounded to ``FEATURE_DIGITS`` decimals (short JSON; they are O(1)
+    quantities: shares, flags, log lengths), non-finite ones left out."""
     if judged.features is None:
-        return {}
-    row = judged.features[i]
-    return {name: float(f"{float(v):.{FEATURE_DIGITS}g}") for name, v in zip(judged.feature_names, row) if math.isfinite(v)}
+        return [{} for _ in range(len(rows))]
+    x = np.asarray(judged.features[rows], dtype=np.float64)
+    finite = np.isfinite(x)
+    rounded = np.round(np.where(finite, x, 0.0), FEATURE_DIGITS).tolist()
+    names = judged.feature_names
+    if finite.all():
+        return [dict(zip(names, r)) for r in rounded]
+    return [{n: v for n, v, ok in zip(names, r, f) if ok} for r, f in zip(rounded, finite.tolist())]
 
 
-def _finite(value: Any) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _unit(value: Any) -> float | None:
-    value = _finite(value)
-    return None if value is None else min(1.0, max(0.0, value))
+def _column(values: np.ndarray) -> list[float | None]:
+    """A float column as Python values, ``None`` where not finite."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    out: list[float | None] = values.tolist()
+    if finite.all():
+        return out
+    return [v if ok else None for v, ok in zip(out, finite.tolist())]
 
 
 def stored_human_mask(decisions: Sequence[StoredDecision]) -> np.ndarray:

@@ -12,18 +12,22 @@ messages and the store's types is all it does; the store validates, and its erro
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref.router.strategies import campaign_strategy_spec
 from hybridpref.router.adaptation import CampaignModel
-from hybridpref.store.api import Campaign, CampaignSpec, CampaignStatus, HumanLabel, Interval, LabelResult
-from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc, router_pb2
+from hybridpref.store.api import Campaign, CampaignSpec, CampaignStatus, CampaignStore, HumanLabel, Interval, LabelResult
+from hybridpref.router.campaign_proto import campaign_model_to_proto
+from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc
+
+if TYPE_CHECKING:
+    from hybridpref.router.servicer import RouterServicer
 
 SERVICE_NAME = campaign_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name
 EXPORT_CHUNK = 1000  # rows per ExportDatasetResponse
@@ -147,37 +151,25 @@ def export_chunk(rows: Iterator[dict[str, Any]], fmt: str) -> campaign_pb2.Expor
 
 # ---- the servicer ---------------------------------------------------------------------------------------
 
-def campaign_model_to_proto(info: dict[str, Any]) -> router_pb2.CampaignModelInfo:
-    """``CampaignModel.describe()`` -> ``CampaignModelInfo``."""
-    proposal = info.get("proposal", {})
-    out = router_pb2.CampaignModelInfo(version=info["version"], base_version=info["base_version"], adapted=info["adapted"],
-                                       labels=int(info["labels"]))
-    for field, value in (("heldout_log_loss", proposal.get("heldout_loss")), ("bundle_log_loss", proposal.get("bundle_loss")),
-                         ("human_error_rate", info.get("human_rate"))):
-        if value is not None:
-            setattr(out, field, float(value))
-    return out
-
-
 class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
     """``CampaignService`` beside a ``RouterServicer`` (its worker pool, store, vendor and metrics)."""
 
-    def __init__(self, router):
+    def __init__(self, router: RouterServicer) -> None:
         self.router = router
         self.core = router.core
         self.metrics = router.core.metrics
         self.max_labels = router.settings.limits.max_batch
 
-    async def _store(self):
+    async def _store(self) -> CampaignStore:
         return await self.core.executor.run(self.core.campaigns.get)
 
-    async def CreateCampaign(self, request, context):
+    async def CreateCampaign(self, request: campaign_pb2.CreateCampaignRequest, context: Any) -> campaign_pb2.CreateCampaignResponse:
         spec = spec_from_proto(request.settings, self.router.vendor(), self.router.default_strategy.name)
         store = await self._store()
         campaign = await self.core.executor.run(store.create_campaign, spec)
         return campaign_pb2.CreateCampaignResponse(campaign=campaign_to_proto(campaign))
 
-    async def GetCampaign(self, request, context):
+    async def GetCampaign(self, request: campaign_pb2.GetCampaignRequest, context: Any) -> campaign_pb2.GetCampaignResponse:
         store = await self._store()
         vendor = self.router.vendor()
         status = await self.core.executor.run(store.status, vendor, request.name)
@@ -202,12 +194,12 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
             return None
         return await self.core.executor.run(self.core.adaptation.model_for, vendor, name, bundle)
 
-    async def ListCampaigns(self, request, context):
+    async def ListCampaigns(self, request: campaign_pb2.ListCampaignsRequest, context: Any) -> campaign_pb2.ListCampaignsResponse:
         store = await self._store()
         campaigns = await self.core.executor.run(store.list_campaigns, self.router.vendor())
         return campaign_pb2.ListCampaignsResponse(campaigns=[campaign_to_proto(c) for c in campaigns])
 
-    async def SubmitLabels(self, request, context):
+    async def SubmitLabels(self, request: campaign_pb2.SubmitLabelsRequest, context: Any) -> campaign_pb2.SubmitLabelsResponse:
         if len(request.labels) > self.max_labels:
             raise InvalidInput(FieldViolation("labels", f"{len(request.labels)} labels; at most {self.max_labels} per call"))
         vendor = self.router.vendor()
@@ -219,7 +211,7 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
             self.core.adaptation.labels_arrived(vendor, request.campaign)  # refit off the request path when due
         return campaign_pb2.SubmitLabelsResponse(results=[result_to_proto(r) for r in results])
 
-    async def _count_labels(self, store, vendor: str, campaign: str, labels: list[HumanLabel],
+    async def _count_labels(self, store: CampaignStore, vendor: str, campaign: str, labels: list[HumanLabel],
                             results: list[LabelResult]) -> None:
         """Label outcomes per vendor; for each new non-tie vote on a pair with a non-tie LM label, whether it
         agrees with the LM label and the agreement the routing expected (the alert compares the two)."""
@@ -229,9 +221,10 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
                 self.metrics.campaign_labels.labels(vendor, status).inc(n)
         new = [(labels[r.index].instance_id, labels[r.index].preference) for r in results
                if r.status == "stored" and labels[r.index].preference in ("A", "B")]
-        if not new or not hasattr(store, "lm_expectations"):
+        lm_expectations = getattr(store, "lm_expectations", None)  # SqlCampaignStore's; not in the contract
+        if not new or lm_expectations is None:
             return
-        expectations = await self.core.executor.run(store.lm_expectations, vendor, campaign, [i for i, _ in new])
+        expectations = await self.core.executor.run(lm_expectations, vendor, campaign, [i for i, _ in new])
         agree = disagree = 0
         expected = 0.0
         for instance_id, preference in new:
@@ -247,13 +240,14 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
             self.metrics.campaign_agreement_votes.labels(vendor, "disagree").inc(disagree)
             self.metrics.campaign_expected_agreement.labels(vendor).inc(expected)
 
-    async def ExportDataset(self, request, context):
+    async def ExportDataset(self, request: campaign_pb2.ExportDatasetRequest,
+                            context: Any) -> AsyncIterator[campaign_pb2.ExportDatasetResponse]:
         fmt = FORMATS.get(request.format)
         if fmt is None:
             raise InvalidInput(FieldViolation("format", f"unknown export format {request.format}"))
         store = await self._store()
         run = self.core.executor.run
-        rows = store.export_rows(self.router.vendor(), request.campaign, fmt)  # a generator: reads on first next()
+        rows = store.export_rows(self.router.vendor(), request.campaign, fmt)  # type: ignore[arg-type]  # a generator: reads on first next()
         try:
             while True:
                 message = await run(export_chunk, rows, fmt)
@@ -261,7 +255,9 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
                     return
                 yield message
         finally:
-            rows.close()  # a caller who left: the read transaction ends now, not at garbage collection
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()  # a caller who left: the read transaction ends now, not at garbage collection
 
 
 def _winner(lm_label: str | None) -> str | None:

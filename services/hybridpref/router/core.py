@@ -15,6 +15,7 @@ functions in ``hybridpref.router.strategies``, the summary in ``hybridpref.route
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,7 +31,6 @@ from hybridpref.server.executors import CoreExecutor
 from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, validate_instances
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.settings import Settings
-from hybridpref.common.fields import shift_instances
 from hybridpref.common.signals import JudgeSignals
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, TAG_NAMES
 from hybridpref.router import budget as budgets
@@ -47,11 +47,13 @@ from hybridpref.router.backends import (
 )
 from hybridpref.router.adaptation import CampaignModels
 from hybridpref.router.campaign import CAMPAIGN_SLICE, CampaignRoute, JudgeRows, StoreProvider, candidates
-from hybridpref.router.explain import top_tags
-from hybridpref.router.limits import judge_violations
+from hybridpref.router.explain import rank_descending, reason, top_correction_features, top_tags
+from hybridpref.router.limits import MAX_LISTED, judge_violations
 from hybridpref.router.model import RoutingModel
+from hybridpref.router.recorded import replay_batch
+from hybridpref.router.rejects import MAX_LISTED as MAX_REJECTS_LISTED, Rejected, by_instance, rejected_of
 from hybridpref.router.spill import InstanceStore, MemoryStore, SpillStore
-from hybridpref.router.summary import DomainResult, Summary, column_totals, domain_check, summarize
+from hybridpref.router.summary import DomainResult, Summary, column_totals, domain_check, judge_warnings, summarize
 from hybridpref.store.api import StoredDecision
 
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
@@ -74,6 +76,7 @@ class RouteOptions:
     replay_judge: str = ""
     explain_top_k: int = 3
     simulated_candidates: int = 500
+    skip_invalid: bool = False  # leave invalid instances out (listed in the outcome) instead of refusing
     campaign: CampaignRoute | None = None
 
 
@@ -88,6 +91,7 @@ class Decision:
     judge_order_inconsistent: bool = False
     human_cost: float = 0.0
     expected_gain: float | None = None
+    reason: str = ""  # one line: why it went where it went (``hybridpref.router.explain.reason``)
     replayed: bool = False  # campaign: the id was already stored; this is its stored decision
     exploration: bool = False  # campaign: routed to humans by the exploration share
 
@@ -116,7 +120,20 @@ class RouteOutcome:
     human_cost: float
     summary: Summary
     stage_seconds: dict[str, float]
+    rejected: list[Rejected] = field(default_factory=list)  # with ``skip_invalid``: what was left out, and why
+    rejected_count: int = 0  # instances left out
     campaign: CampaignProgress | None = None
+
+
+@dataclass
+class Incoming:
+    """A batch, or one chunk of a stream, as the servicer hands it to the core: the instances, their
+    indices in the caller's whole batch or stream (``None``: consecutive from the chunk's start), and
+    those already left out at conversion (``skip_invalid``)."""
+
+    instances: Sequence[PreferenceInstance]
+    origin: Sequence[int] | None = None
+    rejected: list[Rejected] = field(default_factory=list)
 
 
 @dataclass
@@ -126,6 +143,8 @@ class JudgeFirst:
     batch: JudgedBatch
     signals: JudgeSignals
     p_wrong: tuple[np.ndarray, np.ndarray] | None  # (P(LM wrong), P(human wrong)) from the correction model
+    # The correction-model features that moved P(LM wrong) most, per row: (feature idx (n, k), value (n, k)).
+    explained: tuple[np.ndarray, np.ndarray] | None = None
     features: np.ndarray | None = None  # (n, F) correction features (kept for a campaign's stored decisions)
     feature_names: tuple[str, ...] = ()  # their columns: PANEL_FEATURES or the ONNX model's FEATURE_NAMES
 
@@ -169,22 +188,15 @@ class RouterCore:
         self.adaptation.close()
         self.campaigns.close()
 
-    def validate(self, instances: Sequence[PreferenceInstance], options: RouteOptions) -> None:
-        """All input checks before any work: nothing is half-processed."""
-        violations: list[FieldViolation] = []
-        try:
-            validate_instances(instances, self.settings.limits.max_batch)
-        except InvalidInput as exc:
-            violations.extend(exc.violations)
-        violations.extend(_option_violations(options, len(instances)))
-        if violations:
-            raise InvalidInput(violations)
-
-    async def route(self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline) -> RouteOutcome:
+    async def route(self, instances: Sequence[PreferenceInstance] | Incoming, options: RouteOptions,
+                    deadline: Deadline) -> RouteOutcome:
         """Route one in-memory batch (the unary RPC) within the call's ``deadline``."""
         stages = {"tag": 0.0}
-        await self.executor.run(self.validate, instances, options, size=len(instances))
-        await self._check_judge_names(instances, options, deadline)
+        incoming = instances if isinstance(instances, Incoming) else Incoming(instances)
+        instances, rejected = await self._admit(incoming, options, deadline, {}, max_batch=self.settings.limits.max_batch)
+        violations = _option_violations(options, len(instances))
+        if violations:
+            raise InvalidInput(violations)
         warnings: list[str] = []
         model = await self._model(options, deadline, warnings)
         text = await self.executor.run(BatchText.of, instances, size=len(instances))
@@ -194,10 +206,11 @@ class RouterCore:
         if reason:
             with _timed(stages, "tag"):
                 tagged = await self.tagger.tag(instances, deadline)
-        return await self._decide(store, tagged, text, model, warnings, options, deadline, stages)
+        outcome = await self._decide(store, tagged, text, model, warnings, options, deadline, stages)
+        return _with_rejected(outcome, rejected)
 
     async def route_stream(
-        self, chunks: AsyncIterator[Sequence[PreferenceInstance]], options: RouteOptions, deadline: Deadline
+        self, chunks: AsyncIterator[Sequence[PreferenceInstance] | Incoming], options: RouteOptions, deadline: Deadline
     ) -> RouteOutcome:
         """Route a batch that arrives in chunks (the streaming RPC), any size.
 
@@ -205,22 +218,29 @@ class RouterCore:
         tags (a PPM strategy), tagged; texts are spilled to a temporary file, so memory holds ids, costs, text
         features and tag rows only. Whether the others need tags (``hybrid`` inside the PPM's domain, a cost
         formula) is known once the whole batch is in: then the spilled instances are tagged slice by slice.
-        A bad chunk fails the whole call before any decision is made.
+        A bad chunk fails the whole call before any decision is made (with ``skip_invalid``: its bad instances
+        are left out).
         """
         stages: dict[str, float] = {"tag": 0.0}
         store = SpillStore()
         parts: list[RouterTags] = []
         texts: list[BatchText] = []
         seen: dict[str, int] = {}
+        rejected: list[Rejected] = []
+        received = 0
         try:
             warnings: list[str] = []
             model = await self._model(options, deadline, warnings)
             eager = options.strategy.predictor in ("required", "optional") and model is not None and model.scorer is not None
-            async for chunk in chunks:
-                if len(store) + len(chunk) > self.settings.limits.max_stream_instances:
+            async for item in chunks:
+                incoming = item if isinstance(item, Incoming) else Incoming(item, range(received, received + len(item)))
+                received += len(incoming.instances) + len({r.index for r in incoming.rejected})
+                if received > self.settings.limits.max_stream_instances:
                     raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.limits.max_stream_instances} instances"))
-                await self.executor.run(_validate_chunk, chunk, len(store), seen, size=len(chunk))
-                await self._check_judge_names(chunk, options, deadline, offset=len(store))
+                chunk, dropped = await self._admit(incoming, options, deadline, seen)
+                rejected.extend(dropped)
+                if not chunk:
+                    continue
                 await self.executor.run(store.extend, chunk, size=len(chunk))
                 if eager:
                     with _timed(stages, "tag"):
@@ -236,7 +256,8 @@ class RouterCore:
             if reason:
                 with _timed(stages, "tag"):
                     tagged = await self._tag_store(store, deadline)
-            return await self._decide(store, tagged, text, model, warnings, options, deadline, stages)
+            outcome = await self._decide(store, tagged, text, model, warnings, options, deadline, stages)
+            return _with_rejected(outcome, rejected)
         finally:
             store.close()
 
@@ -248,18 +269,56 @@ class RouterCore:
             parts.append(await self.tagger.tag(await self.executor.run(store.get, rows, size=len(rows)), deadline))
         return RouterTags.concat(parts)
 
-    async def _check_judge_names(self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline, offset: int = 0) -> None:
-        """Template and replay-judge names against what the judge advertises, before any work."""
-        info = await self.judge.judge_info(min(2.0, deadline.timeout() or 2.0))
-        violations = await self.executor.run(
-            judge_violations, info, options.judge_template, options.replay_judge, instances, offset,
-            needs_judge=options.strategy.needs_judge, size=len(instances),
-        )
+    async def _admit(self, incoming: Incoming, options: RouteOptions, deadline: Deadline, seen: dict[str, int],
+                     max_batch: int | None = None) -> tuple[list[PreferenceInstance], list[Rejected]]:
+        """Validate a batch or chunk before any work: (the instances to route, those left out).
+
+        Without ``skip_invalid`` any violation refuses the call; with it, an instance with a violation is
+        left out (a violation of anything but an instance still refuses). ``seen``: ids of the stream's
+        earlier chunks (duplicates across chunks)."""
+        instances = list(incoming.instances)
+        origin = list(incoming.origin) if incoming.origin is not None else list(range(len(instances)))
+        violations = await self.executor.run(_instance_violations, instances, origin, seen, max_batch, size=len(instances))
+        if not options.skip_invalid:
+            if violations:
+                raise InvalidInput(violations)
+            await self._check_judge_names(instances, options, deadline, origin)
+            return instances, list(incoming.rejected)
+        per, other = by_instance(violations)
+        if other:
+            raise InvalidInput(other)
+        judge = await self._judge_name_violations(instances, options, deadline, origin, max_listed=None)
+        more, other = by_instance(judge)
+        if other:
+            raise InvalidInput(other)
+        for index, found in more.items():
+            per.setdefault(index, []).extend(found)
+        ids = {o: inst.id for o, inst in zip(origin, instances)}
+        kept = [inst for o, inst in zip(origin, instances) if o not in per]
+        return kept, [*incoming.rejected, *rejected_of(per, ids)]
+
+    async def _check_judge_names(self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline,
+                                 origin: Sequence[int]) -> None:
+        """Template and replay-judge names, before any work: the template against what the judge
+        advertises, a replay judge against the instances' recorded labels."""
+        violations = await self._judge_name_violations(instances, options, deadline, origin)
         if violations:
             raise InvalidInput(violations)
 
-    async def _decide(self, store: InstanceStore, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None, warnings: list[str],
-                      options: RouteOptions, deadline: Deadline, stages: dict[str, float]) -> RouteOutcome:
+    async def _judge_name_violations(self, instances: Sequence[PreferenceInstance], options: RouteOptions,
+                                     deadline: Deadline, origin: Sequence[int],
+                                     max_listed: int | None = MAX_LISTED) -> list[FieldViolation]:
+        """``instances[i]`` counted in the caller's batch (``origin[k]`` for the k-th of ``instances``)."""
+        needs_info = not options.replay_judge and options.strategy.needs_judge
+        info = await self.judge.judge_info(min(2.0, deadline.timeout() or 2.0)) if needs_info else None
+        violations = await self.executor.run(
+            judge_violations, info, options.judge_template, options.replay_judge, instances, 0,
+            needs_judge=options.strategy.needs_judge, max_listed=max_listed, size=len(instances),
+        )
+        return [_at_origin(v, origin) for v in violations]
+
+    async def _decide(self, store: InstanceStore, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None,
+                      warnings: list[str], options: RouteOptions, deadline: Deadline, stages: dict[str, float]) -> RouteOutcome:
         """Everything after tagging: (judge) -> budget -> strategy -> judge LM-routed -> explain. ``tagged``: None
         when the decision reads no tags (:func:`tagging_reason`); ``text``: the batch's text features (the domain
         check and both correction models read them)."""
@@ -273,8 +332,8 @@ class RouterCore:
         if strategy.needs_judge_first:
             with _timed(stages, "judge"):
                 judged = await self._judge_first(store, tagged, text, model, options, deadline)
-        supplied = _supplied_costs(store.human_costs)
         assert options.budget is not None  # checked with the options
+        supplied = _supplied_costs(store.human_costs)
         budget = budgets.resolve_budget(options.budget, n, supplied, **_cost_inputs(tagged, text))
         if tagged is None and (supplied is None or np.isnan(supplied).any()):
             warnings.append("human costs not given were estimated from word counts (about 1.3 tokens per word) without "
@@ -287,35 +346,36 @@ class RouterCore:
             )
         summary.warnings[:0] = warnings
         decisions = await self.executor.run(_decisions, store.ids, result, budget, size=n)
+        judged_rows = list(range(n))
         if judged is None:
-            lm_rows = [i for i, d in enumerate(decisions) if not d.human]
-            if lm_rows:
+            judged_rows = [i for i, d in enumerate(decisions) if not d.human]
+            if judged_rows:
                 with _timed(stages, "judge"):
-                    _apply_judgements(decisions, lm_rows, await self._judge_rows(store, lm_rows, options, deadline))
-        else:
-            _apply_judgements(decisions, list(range(n)), judged.batch)
+                    judged = await self._judge_rows(store, judged_rows, tagged, text, model, options, deadline)
+                # Strategy-independent: what the judge said about the rows it labelled.
+                summary.warnings.extend(judge_warnings(judged.signals, of=f"the {len(judged_rows)} LM-routed pairs"))
+        if judged is not None:
+            _apply_judgements(decisions, judged_rows, judged.batch)
             if judged.expected_gain is not None:
-                for d, g in zip(decisions, judged.expected_gain):
-                    d.expected_gain = float(g)
-        # Top tags explain a PPM gain: only where the strategy's gains are the PPM's (the others' gain is
-        # the expected correction or the judge's doubt, which tags would not explain).
-        if model is not None and model.scorer is not None and tagged is not None and options.explain_top_k and strategy.needs_predictor:
+                for i, g in zip(judged_rows, judged.expected_gain):
+                    decisions[i].expected_gain = float(g)
+        if options.explain_top_k:
             with _timed(stages, "explain"):
-                await self.executor.run(_explain, model, tagged.tag_matrix, result.human_mask, options.explain_top_k, decisions,
-                                        size=n)
+                await self.executor.run(_explain_all, model, strategy, tag_matrix, result, judged, judged_rows,
+                                        options, decisions, size=n)
         self._count(decisions, strategy.name)
         return RouteOutcome(
             decisions=decisions, strategy=strategy.name, bundle_version="" if model is None else model.bundle_version,
             human_cost=float(budget.costs[result.human_mask].sum()), summary=summary, stage_seconds=stages,
         )
 
-    async def _decide_campaign(self, store: InstanceStore, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None,
-                               warnings: list[str], options: RouteOptions, deadline: Deadline,
+    async def _decide_campaign(self, store: InstanceStore, tagged: RouterTags | None, text: BatchText,
+                               model: RoutingModel | None, warnings: list[str], options: RouteOptions, deadline: Deadline,
                                stages: dict[str, float]) -> RouteOutcome:
         """Everything after tagging, for a campaign: the campaign's correction model (adapted to its returned
-        labels, :mod:`hybridpref.router.adaptation`) -> judge every row -> the strategy's scores -> the
-        campaign store decides and stores each slice (its spending policy, its budget, the model version that
-        routed) -> summary (with the campaign's recalibrated expected-corrections interval)."""
+        labels, :mod:`hybridpref.router.adaptation`) -> judge every row -> the strategy's scores -> the campaign
+        store decides and stores each slice (its spending policy, its budget, the version of the model that
+        scored it) -> explain + summary (with the campaign's recalibrated expected label changes)."""
         campaign = options.campaign
         assert campaign is not None
         n = len(store)
@@ -324,7 +384,7 @@ class RouterCore:
             _check_bins(model, tagged)
         adapted = None
         if model is not None and model.panel is not None:
-            with _timed(stages, "adapt"):  # cached per campaign: a refit only every REFIT_EVERY new labels
+            with _timed(stages, "adapt"):  # cached per campaign: a refit only every REFIT_EVERY new votes
                 adapted = await self.executor.run(self.adaptation.model_for, campaign.vendor, campaign.name, model)
             model = model.with_panel(adapted.panel)
         with _timed(stages, "judge"):
@@ -340,7 +400,7 @@ class RouterCore:
         bundle = "" if model is None else model.bundle_version
         # The model whose P(LM wrong) scored the batch (the store records it per decision; a refit reads it back).
         version = model.correction_name()[1] if model is not None and judged.p_wrong is not None else ""
-        stored = []
+        stored: list[StoredDecision] = []
         db = await self.executor.run(self.campaigns.get)
         with _timed(stages, "store"):
             for start in range(0, n, CAMPAIGN_SLICE):
@@ -350,7 +410,7 @@ class RouterCore:
                 stored += await self.executor.run(db.decide_batch, campaign.vendor, campaign.name, campaign.batch, batch,
                                                   version, bundle, size=len(rows))
             after = await self.executor.run(db.get_campaign, campaign.vendor, campaign.name)
-        decisions = await self.executor.run(_campaign_decisions, stored, scores, budget.costs, judged, size=n)
+        decisions = await self.executor.run(_campaign_decisions, stored, budget.costs, judged, size=n)
         mask = np.fromiter((d.human for d in decisions), dtype=bool, count=n)
         with _timed(stages, "summary"):
             summary = await self.executor.run(summarize, model, tag_matrix, mask, domain=domain,
@@ -364,15 +424,19 @@ class RouterCore:
             fresh = mask & ~np.fromiter((d.replayed for d in decisions), dtype=bool, count=n)
             changes = adapted.expected_changes(judged.p_wrong[0][fresh], judged.no_verdict()[fresh])
             summary.warnings.append(adapted.interval_note(judged.no_verdict()[fresh]))
+        if options.explain_top_k:
+            result = strategies.RoutingResult(mask, np.array([d.gain for d in decisions]), strategy.name, None)
+            with _timed(stages, "explain"):
+                await self.executor.run(_explain_all, model, strategy, tag_matrix, result, judged, list(range(n)),
+                                        options, decisions, size=n)
         self._count(decisions, strategy.name)
-        replayed = sum(d.replayed for d in decisions)
         self._count_campaign(campaign, decisions)
         progress = CampaignProgress(campaign.name, campaign.batch, after.spent,
-                                    max(0.0, after.spec.budget_total - after.spent), replayed, changes,
-                                    adapted.describe() if adapted is not None else None)
+                                    max(0.0, after.spec.budget_total - after.spent), sum(d.replayed for d in decisions),
+                                    changes, adapted.describe() if adapted is not None else None)
         return RouteOutcome(decisions=decisions, strategy=strategy.name, bundle_version=bundle,
-                            human_cost=float(budget.costs[mask].sum()), summary=summary, stage_seconds=stages,
-                            campaign=progress)
+                            human_cost=float(sum(d.human_cost for d in decisions if d.human)), summary=summary,
+                            stage_seconds=stages, campaign=progress)
 
     def _count_campaign(self, campaign: CampaignRoute, decisions: list[Decision]) -> None:
         """Decisions stored (per vendor and route) and the budget units they reserved; replays are not counted."""
@@ -406,42 +470,51 @@ class RouterCore:
 
     async def _judge_first(self, store: InstanceStore, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None,
                            options: RouteOptions, deadline: Deadline, keep_features: bool = False) -> JudgeFirst:
-        """Judge every row, one slice at a time: signals and, with a correction model, P(wrong) per row;
-        ``keep_features``: keep the correction features too (a campaign stores them: its refit reads them back)."""
+        """Judge every row (see ``_judge_rows``)."""
+        return await self._judge_rows(store, list(range(len(store))), tagged, text, model, options, deadline, keep_features)
+
+    async def _judge_rows(self, store: InstanceStore, rows: list[int], tagged: RouterTags | None, text: BatchText,
+                          model: RoutingModel | None, options: RouteOptions, deadline: Deadline,
+                          keep_features: bool = False) -> JudgeFirst:
+        """Judge ``rows`` of the store, one slice at a time (instances read back off the loop): the
+        judgements, their signals and, with a correction model, P(wrong) and what drove it per row
+        (all in the order of ``rows``); ``keep_features``: the correction features too (a campaign stores
+        them, with or without a correction model)."""
+        features: list[np.ndarray] = []
+        names: tuple[str, ...] = ()
         batches: list[JudgedBatch] = []
         signals: list[JudgeSignals] = []
         p_lm: list[np.ndarray] = []
         p_h: list[np.ndarray] = []
-        features: list[np.ndarray] = []
-        names: tuple[str, ...] = ()
-        for start in range(0, len(store), JUDGE_SLICE):
-            rows = list(range(start, min(len(store), start + JUDGE_SLICE)))
-            instances = await self.executor.run(store.get, rows, size=len(rows))
+        idx: list[np.ndarray] = []
+        val: list[np.ndarray] = []
+        for start in range(0, len(rows), JUDGE_SLICE):
+            part = rows[start : start + JUDGE_SLICE]
+            instances = await self.executor.run(store.get, part, size=len(part))
             judged = await self._judge(instances, options, deadline)
             sig = judge_signals(judged, instances)
             batches.append(judged)
             signals.append(sig)
-            if (model is not None and model.has_correction) or keep_features:
-                names, x = await self.executor.run(_model_features, model, instances, tagged, text, rows, sig, size=len(rows))
+            x = None
+            if keep_features or (model is not None and model.has_correction):
+                names, x = await self.executor.run(_model_features, model, instances, tagged, text, part, sig, size=len(part))
                 if keep_features:
                     features.append(x)
-                if model is not None and model.has_correction:
-                    lm, hu = await self.executor.run(_p_wrong, model, x, size=len(rows))
-                    p_lm.append(lm)
-                    p_h.append(hu)
+            if model is not None and model.has_correction:
+                lm, hu, i, v = await self.executor.run(_p_wrong, model, x, options.explain_top_k, size=len(part))
+                p_lm.append(lm)
+                p_h.append(hu)
+                idx.append(i)
+                val.append(v)
         p_wrong = (np.concatenate(p_lm), np.concatenate(p_h)) if p_lm else None
+        explained = (np.concatenate(idx), np.concatenate(val)) if idx else None
         kept = np.concatenate(features) if features else None
-        return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong, kept, names)
-
-    async def _judge_rows(self, store: InstanceStore, rows: list[int], options: RouteOptions, deadline: Deadline) -> JudgedBatch:
-        """Judge ``rows`` of the store, reading instances back one slice at a time (off the loop)."""
-        parts: list[JudgedBatch] = []
-        for start in range(0, len(rows), JUDGE_SLICE):
-            instances = await self.executor.run(store.get, rows[start : start + JUDGE_SLICE], size=JUDGE_SLICE)
-            parts.append(await self._judge(instances, options, deadline))
-        return JudgedBatch.concat(parts)
+        return JudgeFirst(JudgedBatch.concat(batches), _concat_signals(signals), p_wrong, explained, kept, names)
 
     async def _judge(self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline) -> JudgedBatch:
+        if options.replay_judge:  # the vendor's recorded labels, whatever the judge service runs
+            return await self.executor.run(replay_batch, instances, options.replay_judge, options.judge_mode, options.seed,
+                                           size=len(instances))
         return await self.judge.judge(
             instances, mode=options.judge_mode, template=options.judge_template,
             replay_judge=options.replay_judge, seed=options.seed, deadline=deadline,
@@ -563,8 +636,8 @@ def _check_bins(model: RoutingModel | None, tagged: RouterTags) -> None:
             f"{model.bundle_version} was built with {model.reference_bins_id}: deploy matching tagger and bundle")
 
 
-def _model_features(model: RoutingModel | None, instances: Sequence[PreferenceInstance], tagged: RouterTags | None, text: BatchText, rows: list[int],
-                    signals: JudgeSignals) -> tuple[tuple[str, ...], np.ndarray]:
+def _model_features(model: RoutingModel | None, instances: Sequence[PreferenceInstance], tagged: RouterTags | None,
+                    text: BatchText, rows: list[int], signals: JudgeSignals) -> tuple[tuple[str, ...], np.ndarray]:
     """(column names, (len(rows), F) features) of ``rows`` as the routing correction model reads them: the panel
     features where the bundle (or the campaign) has the panel model, else the ONNX model's correction features."""
     if model is not None and model.panel is not None:
@@ -577,12 +650,17 @@ def _model_features(model: RoutingModel | None, instances: Sequence[PreferenceIn
                                               None if tagged is None else tagged.tag_matrix[rows], signals, text.stats[rows])
 
 
-def _p_wrong(model: RoutingModel, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(P(LM label wrong), P(human label wrong)) of feature rows from :func:`_model_features`: from the panel
-    correction model where the bundle (or the campaign) has one, else from the bundle's ONNX correction model."""
+def _p_wrong(model: RoutingModel, features: np.ndarray, top_k: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(P(LM label wrong), P(human label wrong), top feature idx (n, k), their log-odds terms (n, k)) of rows with
+    features from :func:`_model_features`: from the panel correction model where the bundle (or the campaign) has
+    one, else from the bundle's ONNX correction model."""
     if model.panel is not None:
-        return model.panel.probabilities(features)
-    return model.correction.probabilities(features)  # type: ignore[union-attr]
+        p_lm, p_h = model.panel.probabilities(features)
+        idx, val = top_correction_features(model.panel.lm_terms(), features, top_k)
+        return p_lm, p_h, idx, val
+    p_lm, p_h = model.correction.probabilities(features)  # type: ignore[union-attr]
+    idx, val = top_correction_features(model.correction.model.lm, features, top_k)  # type: ignore[union-attr]
+    return p_lm, p_h, idx, val
 
 
 def campaign_scores(model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, budget: ResolvedBudget,
@@ -598,19 +676,75 @@ def campaign_scores(model: RoutingModel | None, strategy: StrategySpec, tag_matr
     return scores, domain
 
 
-def _campaign_decisions(stored: Sequence[StoredDecision], scores: np.ndarray, costs: np.ndarray, judged: JudgeFirst) -> list[Decision]:
-    """The response's decisions from the store's (the stored LM label and confidence for a replayed id: what
-    the campaign holds; the strategy's score as the gain)."""
-    out = []
-    for i, s in enumerate(stored):
-        label = Label[s.lm_label] if s.lm_label else Label.UNSPECIFIED
-        out.append(Decision(
-            id=s.instance_id, human=s.human, lm_label=label,
-            lm_confidence=float(s.lm_confidence) if s.lm_confidence is not None else 0.0,
-            gain=float(s.score), judge_order_inconsistent=bool(judged.batch.inconsistent[i]),
-            human_cost=float(s.cost) if s.replayed else float(costs[i]),
-            expected_gain=s.expected_correction, replayed=s.replayed, exploration=s.exploration))
-    return out
+def _campaign_decisions(stored: Sequence[StoredDecision], costs: np.ndarray, judged: JudgeFirst) -> list[Decision]:
+    """The response's decisions from the store's: for a replayed id what the campaign holds (its route,
+    score, cost, LM label and confidence), else this batch's; the strategy's score is the gain."""
+    labels = {label.name: label for label in Label}
+    inconsistent = np.asarray(judged.batch.inconsistent, dtype=bool).tolist()
+    cost = np.asarray(costs, dtype=np.float64).tolist()
+    return [Decision(
+        id=s.instance_id, human=s.human, lm_label=labels[s.lm_label] if s.lm_label else Label.UNSPECIFIED,
+        lm_confidence=s.lm_confidence if s.lm_confidence is not None else 0.0, gain=s.score,
+        judge_order_inconsistent=inconsistent[i], human_cost=s.cost if s.replayed else cost[i],
+        expected_gain=s.expected_correction, replayed=s.replayed, exploration=s.exploration)
+        for i, s in enumerate(stored)]
+
+
+def strategy_family(strategy: StrategySpec) -> str:
+    """What a strategy's ``gain`` is: ``ppm``, ``expected`` (corrections), ``doubt``, ``judge_aware`` or
+    ``baseline`` (random, all_human, all_lm)."""
+    if strategy.needs_expected_gain:
+        return "expected"
+    if strategy.name == "judge_doubt":
+        return "doubt"
+    if strategy.name == "judge_aware":
+        return "judge_aware"
+    if strategy.needs_predictor:
+        return "ppm"
+    return "baseline"
+
+
+def _explain_all(model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, result: strategies.RoutingResult,
+                 judged: JudgeFirst | None,
+                 judged_rows: list[int], options: RouteOptions, decisions: list[Decision]) -> None:
+    """``top_tags`` and ``reason`` of every decision, whatever the strategy (in process).
+
+    ``top_tags`` explain the strategy's own gain where it has one: the PPM's tags for the PPM strategies,
+    the correction model's features for the others wherever a row was judged and the bundle has that
+    model; elsewhere the PPM's tags when the bundle has a PPM. So every strategy's decisions carry the
+    same fields with the same types (one schema for the decisions file)."""
+    family = strategy_family(strategy)
+    tagged = tag_matrix.shape[1] > 0  # untagged (the decision read no tags): no PPM tags to explain with
+    k = options.explain_top_k
+    explained = np.zeros(len(decisions), dtype=bool)
+    if model is not None and model.scorer is not None and tagged and family == "ppm":
+        _explain(model, tag_matrix, result.human_mask, k, decisions)
+        explained[:] = True
+    if judged is not None and judged.explained is not None and not explained.all():
+        idx, val = judged.explained
+        for r, i in enumerate(judged_rows):
+            decisions[i].top_tags = [(judged.feature_names[j], float(v)) for j, v in zip(idx[r], val[r]) if j >= 0]
+            explained[i] = True
+    if model is not None and model.scorer is not None and tagged and not explained.all():
+        rest = np.flatnonzero(~explained)
+        idx, val = top_tags(model.scorer, tag_matrix, result.human_mask, k)
+        for row in rest:
+            decisions[row].top_tags = [(TAG_NAMES[j], float(v)) for j, v in zip(idx[row], val[row]) if j >= 0]
+    n = len(decisions)
+    ranks = rank_descending(result.gains) if n else np.zeros(0, np.int64)
+    position = {i: r for r, i in enumerate(judged_rows)}
+    for i, d in enumerate(decisions):
+        at = position.get(i)
+        p_lm = p_h = None
+        no_verdict = flip = False
+        if judged is not None and at is not None:
+            if judged.p_wrong is not None:
+                p_lm, p_h = float(judged.p_wrong[0][at]), float(judged.p_wrong[1][at])
+            no_verdict = int(judged.batch.labels[at]) == int(Label.UNSPECIFIED)
+            flip = bool(judged.signals.order_flip[at])
+        d.reason = reason(strategy.name, family, d.human, d.gain, int(ranks[i]), n, expected=d.expected_gain,
+                          p_lm_wrong=p_lm, p_human_wrong=p_h, no_verdict=no_verdict, order_flip=flip,
+                          confidence=d.lm_confidence if at is not None else None, seed=options.seed)
 
 
 def _concat_signals(parts: list[JudgeSignals]) -> JudgeSignals:
@@ -643,19 +777,38 @@ def _option_violations(options: RouteOptions, n: int) -> list[FieldViolation]:
     return violations + budgets.budget_violations(options.budget, n)
 
 
-def _validate_chunk(chunk: Sequence[PreferenceInstance], offset: int, seen: dict[str, int]) -> None:
-    """Validate one streamed chunk with batch-wide indices and ids unique across chunks."""
+def _instance_violations(instances: Sequence[PreferenceInstance], origin: Sequence[int], seen: dict[str, int],
+                         max_batch: int | None = None) -> list[FieldViolation]:
+    """Every instance's violations, ``instances[i]`` counted in the caller's whole batch or stream
+    (``origin[k]`` for the k-th instance), ids unique across a stream's chunks (``seen``: id -> index)."""
     violations: list[FieldViolation] = []
     try:
-        validate_instances(chunk)
+        validate_instances(instances, max_batch)
     except InvalidInput as exc:
-        violations.extend(shift_instances(exc.violations, offset))
-    for k, inst in enumerate(chunk):
-        if inst.id in seen and seen[inst.id] < offset:
-            violations.append(FieldViolation(f"instances[{k + offset}].id", f"duplicate id {inst.id!r} (first at instances[{seen[inst.id]}])"))
-        seen.setdefault(inst.id, k + offset)
-    if violations:
-        raise InvalidInput(violations)
+        violations.extend(_at_origin(v, origin) for v in exc.violations)
+    start = origin[0] if len(origin) else 0  # duplicates inside the chunk are validate_instances' to name
+    for k, inst in enumerate(instances):
+        if inst.id in seen and seen[inst.id] < start:
+            violations.append(FieldViolation(f"instances[{origin[k]}].id", f"duplicate id {inst.id!r} (first at instances[{seen[inst.id]}])"))
+        seen.setdefault(inst.id, origin[k])
+    return violations
+
+
+def _at_origin(violation: FieldViolation, origin: Sequence[int]) -> FieldViolation:
+    """``instances[k]...`` -> ``instances[origin[k]]...``."""
+    match = re.match(r"^instances\[(\d+)\]", violation.field)
+    if not match or int(match.group(1)) >= len(origin):
+        return violation
+    return FieldViolation(f"instances[{origin[int(match.group(1))]}]" + violation.field[match.end():], violation.description)
+
+
+def _with_rejected(outcome: RouteOutcome, rejected: list[Rejected]) -> RouteOutcome:
+    outcome.rejected_count = len({r.index for r in rejected})
+    outcome.rejected = rejected[:MAX_REJECTS_LISTED]
+    if rejected:
+        outcome.summary.warnings.append(f"{outcome.rejected_count} invalid instances were left out (skip_invalid_instances): "
+                                        "see the summary's rejected list")
+    return outcome
 
 
 @contextmanager

@@ -7,6 +7,7 @@ Each call forwards the request id and what is left of the caller's deadline (one
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from typing import Any
@@ -56,13 +57,44 @@ def downstream_error(service: str, error: grpc.RpcError) -> Exception:
 
 class _AioClient:
     """A lazily opened grpc.aio channel: aio channels bind to the running event loop, so
-    they are opened on first use, inside the server's loop."""
+    they are opened on first use, inside the server's loop.
+
+    ``gate`` (the router's ``BackendWatcher``) makes calls fail fast while the backend is known
+    down: refused before they are sent, and ended while they wait (a hung backend would otherwise
+    hold them until their deadline)."""
 
     stub_class: type
+    name: str = ""
 
     def __init__(self, address: str, settings: Settings):
         self._address, self._settings = address, settings
         self._channel: grpc.aio.Channel | None = None
+        self.gate: Any = None
+
+    async def _call(self, call: Any) -> Any:
+        """Await the grpc.aio ``call``, or end it with ``BackendUnavailable`` once the backend is known down."""
+        gate = self.gate
+        if gate is None:
+            return await call
+        reason = gate.known_down(self.name)
+        if reason is not None:
+            call.cancel()
+            raise BackendUnavailable(f"{reason}; failing fast", retry_after_s=gate.retry_after_s)
+        down = asyncio.ensure_future(gate.down_event(self.name).wait())
+        answer = asyncio.ensure_future(_await(call))
+        answered = False
+        try:
+            await asyncio.wait({answer, down}, return_when=asyncio.FIRST_COMPLETED)
+            answered = answer.done()
+        finally:
+            down.cancel()
+            if not answered:
+                answer.cancel()
+                call.cancel()
+        if not answered:
+            raise BackendUnavailable(f"{gate.known_down(self.name) or self.name + ' is down'}; the call was ended",
+                                     retry_after_s=gate.retry_after_s)
+        return answer.result()
 
     @property
     def _stub(self) -> Any:
@@ -75,8 +107,13 @@ class _AioClient:
             await self._channel.close()
 
 
+async def _await(call: Any) -> Any:
+    return await call
+
+
 class TaggerClient(_AioClient):
     stub_class = tagger_pb2_grpc.TaggerServiceStub
+    name = "tagger"
 
     async def tag(self, instances: Sequence[PreferenceInstance], deadline: Deadline) -> RouterTags:
         n = len(instances)
@@ -84,10 +121,10 @@ class TaggerClient(_AioClient):
         for start in range(0, n, TAG_CHUNK):
             chunk = instances[start : start + TAG_CHUNK]
             try:
-                resp = await self._stub.TagInstances(
+                resp = await self._call(self._stub.TagInstances(
                     tagger_pb2.TagInstancesRequest(instances=instances_to_proto(chunk)),
                     timeout=deadline.timeout(), metadata=call_metadata(),
-                )
+                ))
             except grpc.RpcError as exc:
                 raise downstream_error("tagger", exc) from None
             if resp.vocabulary_version != VOCABULARY_VERSION:
@@ -103,6 +140,7 @@ class TaggerClient(_AioClient):
 
 class JudgeClient(_AioClient):
     stub_class = judge_pb2_grpc.JudgeServiceStub
+    name = "judge"
 
     def __init__(self, address: str, settings: Settings):
         super().__init__(address, settings)
@@ -110,8 +148,8 @@ class JudgeClient(_AioClient):
 
     async def info(self, timeout: float | None) -> judge_pb2.GetJudgeInfoResponse:
         """What the judge accepts (templates, replay default); see ``router.limits.JudgeInfo``."""
-        reply: judge_pb2.GetJudgeInfoResponse = await self._stub.GetJudgeInfo(
-            judge_pb2.GetJudgeInfoRequest(), timeout=timeout, metadata=call_metadata())
+        reply: judge_pb2.GetJudgeInfoResponse = await self._call(self._stub.GetJudgeInfo(
+            judge_pb2.GetJudgeInfoRequest(), timeout=timeout, metadata=call_metadata()))
         return reply
 
     async def judge_info(self, timeout_s: float) -> JudgeInfo | None:
@@ -131,7 +169,7 @@ class JudgeClient(_AioClient):
                 replay_judge=replay_judge, seed=seed,
             )
             try:
-                resp = await self._stub.JudgeInstances(request, timeout=deadline.timeout(), metadata=call_metadata())
+                resp = await self._call(self._stub.JudgeInstances(request, timeout=deadline.timeout(), metadata=call_metadata()))
             except grpc.RpcError as exc:
                 raise downstream_error("judge", exc) from None
             if len(resp.judgements) != len(chunk):
@@ -154,6 +192,7 @@ class PredictorModelClient(_AioClient):
     (a few bytes) or the new bundle's parameters, so a hot reload is picked up on the next request."""
 
     stub_class = predictor_pb2_grpc.PredictorServiceStub
+    name = "predictor"
 
     def __init__(self, address: str, settings: Settings):
         super().__init__(address, settings)
@@ -165,7 +204,7 @@ class PredictorModelClient(_AioClient):
     async def _fetch(self, known: str, deadline: Deadline) -> RoutingModelData | None:
         request = predictor_pb2.GetRoutingModelRequest(known_bundle_version=known)
         try:
-            resp = await self._stub.GetRoutingModel(request, timeout=deadline.timeout(), metadata=call_metadata())
+            resp = await self._call(self._stub.GetRoutingModel(request, timeout=deadline.timeout(), metadata=call_metadata()))
         except grpc.RpcError as exc:
             raise downstream_error("predictor", exc) from None
         return None if resp.unchanged else routing_model_from_proto(resp)

@@ -1,8 +1,9 @@
 """The router's request limits, checked on the request before any work (tagging included).
 
 Every numeric option is bounded, every enum checked and every name length-capped here;
-instance-level limits live in ``hybridpref_client.core.limits`` and judge / template / replay
-names are checked against what the judge advertises (``judge_violations``). Everything is
+instance-level limits live in ``hybridpref_client.core.limits``; the judge template is checked
+against what the judge advertises and a replay judge against the instances' recorded labels
+(``judge_violations``). Everything is
 ``INVALID_ARGUMENT`` with ``google.rpc.BadRequest`` field violations, indices in the
 caller's batch.
 """
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hybridpref_client.core.errors import FieldViolation, quote
+from hybridpref_client.core.errors import BackendUnavailable, FieldViolation, quote
+from hybridpref.common.recorded_judges import judge_names, resolve_judge
 from hybridpref_client.core.instances import PreferenceInstance
 from hybridpref_client.core.limits import position_mode_violation
 from hybridpref.server.settings import LimitsSettings
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from hybridpref.v1 import router_pb2
 
 MAX_NAME_CHARS = 128  # strategy, template and judge names
+# Rows named in one refusal; the message counts the rest (the details must fit gRPC's metadata limit).
+MAX_LISTED = 50
 MAX_CAMPAIGN_CHARS = 200  # campaign names (the store's limit)
 MAX_BATCH_CHARS = 256  # a campaign batch's name (the store's limit)
 # How long the judge's advertised info is trusted before it is asked again.
@@ -103,6 +107,8 @@ class JudgeInfoCache:
         except grpc.RpcError as exc:
             log.info("judge_info_unavailable", code=exc.code().name)
             return self._info  # last known, if any (a judge's backend changes only with a restart)
+        except BackendUnavailable:  # known down: the judging call itself will say so, at once
+            return self._info
         return self._info
 
 
@@ -113,13 +119,20 @@ def _template_key(template: str) -> str:
 
 def judge_violations(
     info: JudgeInfo | None, template: str, replay_judge: str, instances: Sequence[PreferenceInstance], offset: int = 0,
-    needs_judge: bool = True,
+    needs_judge: bool = True, max_listed: int | None = MAX_LISTED,
 ) -> list[FieldViolation]:
-    """Judge template and replay-judge checks against ``info`` (``None``: not known; skipped).
+    """Judge template and replay-judge checks.
 
-    With the replay backend every instance must carry a label from the named judge
-    (``instances[i].lm_labels``, ``i`` counted in the caller's batch from ``offset``)."""
-    if info is None or not needs_judge:
+    A named ``replay_judge`` is replayed by the router from the instances' ``lm_labels`` whatever the
+    judge's backend (``hybridpref.router.recorded``): every instance must carry a label from it, and a
+    name no instance records is refused. Without one, the template is checked against ``info``
+    (``None``: not known; skipped) and, when the judge runs the replay backend, its default judge
+    against the instances (``instances[i]`` counted in the caller's batch from ``offset``)."""
+    if not needs_judge:
+        return []
+    if replay_judge:
+        return replay_violations(instances, replay_judge, offset, max_listed)
+    if info is None:
         return []
     out: list[FieldViolation] = []
     if template.strip() and info.templates and _template_key(template) not in info.templates:
@@ -127,17 +140,36 @@ def judge_violations(
                                   f"unknown template {quote(template)}; the judge has {', '.join(sorted(info.templates))}"))
     if info.backend != "replay":
         return out
-    name = replay_judge or info.default_replay_judge
-    if not name:
+    if not info.default_replay_judge:
         out.append(FieldViolation("config.replay_judge", "the judge replays recorded labels: name the judge to replay"))
         return out
-    from hybridpref.common.recorded_judges import resolve_judge
+    return out + replay_violations(instances, info.default_replay_judge, offset, max_listed)
 
+
+def replay_violations(instances: Sequence[PreferenceInstance], name: str, offset: int = 0,
+                      max_listed: int | None = MAX_LISTED) -> list[FieldViolation]:
+    """Why ``name`` cannot be replayed on ``instances`` (empty when every row has its label).
+
+    A name no row records is one ``config.replay_judge`` violation listing the judges recorded;
+    otherwise the rows without a label, ``instances[i]`` counted from ``offset`` (the first
+    ``max_listed`` and a count of the rest; ``None``: all)."""
+    missing: list[tuple[int, str]] = []
+    recorded: set[str] = set()
     for k, inst in enumerate(instances):
         try:
             resolve_judge(inst.lm_labels.keys(), name)
         except LookupError as exc:
-            out.append(FieldViolation(f"instances[{k + offset}].lm_labels", str(exc)))
-            if len(out) >= 100:  # enough to act on; the message says how many more there were
-                break
+            missing.append((k, str(exc)))
+        recorded.update(inst.lm_labels.keys())
+    if not missing:
+        return []
+    if len(missing) == len(instances):
+        names = judge_names(recorded)
+        return [FieldViolation("config.replay_judge",
+                               f"unknown judge {name!r}: no instance has its labels; recorded judges: "
+                               f"{', '.join(names) if names else 'none (the instances carry no lm_labels)'}")]
+    listed = missing if max_listed is None else missing[:max_listed]
+    out = [FieldViolation(f"instances[{k + offset}].lm_labels", text) for k, text in listed]
+    if len(listed) < len(missing):
+        out.append(FieldViolation("instances", f"... and {len(missing) - len(listed)} more rows without a label from {name!r}"))
     return out

@@ -88,6 +88,28 @@ class PanelRunner:
         p = self.model.probabilities(features)
         return p[:, 0], p[:, 1]
 
+    def lm_terms(self) -> LinearTerms:
+        """The P(LM wrong) logit's standardisation and weights over every panel feature (0 where the model
+        reads none): what ``explain.top_correction_features`` ranks the rows' log-odds terms with."""
+        from hybridpref.routing_model.panel_correction import PANEL_FEATURES
+
+        lm = self.model.lm
+        width = len(PANEL_FEATURES)
+        mean, scale, coef = np.zeros(width), np.ones(width), np.zeros(width)
+        for j, name in enumerate(lm.columns):
+            k = PANEL_FEATURES.index(name)
+            mean[k], scale[k], coef[k] = lm.mean[j], lm.scale[j], lm.coef[j]
+        return LinearTerms(mean, scale, coef)
+
+
+@dataclass(frozen=True)
+class LinearTerms:
+    """``(x - mean) / scale * coef`` per feature: a logistic model's log-odds terms."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+
 
 @dataclass(frozen=True)
 class RoutingModel:

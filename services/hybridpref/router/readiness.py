@@ -31,6 +31,9 @@ BACKEND_SERVICES = {
     "predictor": "hybridpref.v1.PredictorService",
 }
 
+# Failed health checks in a row after which a backend is known down and calls to it fail fast.
+FAIL_FAST_AFTER = 2
+
 log = structlog.get_logger()
 
 
@@ -44,6 +47,12 @@ class BackendWatcher:
         required = [n.strip() for n in settings.router.required_backends.split(",") if n.strip() in BACKEND_SERVICES]
         self.addresses = backends or {name: getattr(settings.router, f"{name}_address") for name in required}
         self.up: dict[str, bool] = {name: False for name in self.addresses}
+        # Fail fast: after FAIL_FAST_AFTER failed checks in a row a backend is "known down" (its event
+        # set): calls to it are refused at once, and calls waiting on it are ended, instead of waiting
+        # for their deadline on a hung backend. One failed check only turns readiness off.
+        self.failures: dict[str, int] = {name: 0 for name in self.addresses}
+        self.down_since: dict[str, float] = {}
+        self._down_events: dict[str, asyncio.Event] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._probe_since: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -73,8 +82,35 @@ class BackendWatcher:
             if ok != self.up[name]:
                 log.warning("backend_up" if ok else "backend_down", backend=name, address=self.addresses[name])
             self.up[name] = ok
+            self.failures[name] = 0 if ok else self.failures[name] + 1
+            event = self.down_event(name)
+            if ok:
+                self.down_since.pop(name, None)
+                event.clear()
+            elif self.failures[name] >= FAIL_FAST_AFTER and not event.is_set():
+                self.down_since[name] = time.monotonic()
+                event.set()
             self.metrics.backend_ready.labels(name).set(1 if ok else 0)
         self._notify()
+
+    def down_event(self, name: str) -> asyncio.Event:
+        """Set while ``name`` is known down (see ``FAIL_FAST_AFTER``)."""
+        event = self._down_events.get(name)
+        if event is None:
+            event = self._down_events[name] = asyncio.Event()
+        return event
+
+    def known_down(self, name: str) -> str | None:
+        """Why calls to ``name`` should fail fast now, or ``None`` (not watched, or not known down)."""
+        if name not in self.addresses or name not in self.down_since:
+            return None
+        failing = time.monotonic() - self.down_since[name] + FAIL_FAST_AFTER * self.settings.router.backend_check_s
+        return f"{name} is down (its health checks have failed for about {failing:.1f} s)"
+
+    @property
+    def retry_after_s(self) -> float:
+        """When a retry may find a known-down backend back: one check interval."""
+        return self.settings.router.backend_check_s
 
     async def _serving(self, name: str) -> bool:
         channel = self._channels.get(name)

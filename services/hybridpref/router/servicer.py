@@ -9,9 +9,9 @@ from typing import Any
 from hybridpref.server import logs
 from hybridpref.server.channels import remaining_timeout
 from hybridpref.server import deadline as deadlines
-from hybridpref_client.core.convert import instances_from_proto
+from hybridpref_client.core.convert import check_count, instance_from_proto, instances_from_proto
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
-from hybridpref_client.core.limits import Limits
+from hybridpref_client.core.limits import Limits, proto_instance_violations
 from hybridpref_client.core.instances import PositionMode, PreferenceInstance
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.server import ServiceHandle
@@ -20,12 +20,13 @@ from hybridpref.router.budget import Budget, budget_violations
 from hybridpref.router.downstream import JudgeClient, PredictorModelClient, TaggerClient
 from hybridpref.router.limits import MAX_NAME_CHARS, config_violations
 from hybridpref.router.campaign import CampaignRoute
-from hybridpref.router.campaign_servicer import campaign_model_to_proto
+from hybridpref.router.campaign_proto import campaign_model_to_proto
 from hybridpref.router.strategies import DEFAULT_STRATEGY, StrategySpec, campaign_strategy_spec, strategy_spec
 from hybridpref.server.auth import current_vendor
 from hybridpref.store.api import DEFAULT_VENDOR
 from hybridpref.router.readiness import BackendWatcher
-from hybridpref.router.core import RouteOptions, RouteOutcome, RouterCore
+from hybridpref.router.core import Incoming, RouteOptions, RouteOutcome, RouterCore
+from hybridpref.router.rejects import by_instance, rejected_of
 from hybridpref.router.summary import Estimate
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 
@@ -64,7 +65,22 @@ def options_from_proto(config: router_pb2.RouteConfig, default_strategy: Strateg
         replay_judge=config.replay_judge,
         explain_top_k=config.explain_top_k if config.HasField("explain_top_k") else 3,
         simulated_candidates=config.simulated_candidates,
+        skip_invalid=config.skip_invalid_instances,
     )
+
+
+def convert(msgs, limits: Limits, offset: int, skip_invalid: bool) -> Incoming:
+    """Proto instances -> core ones, ``instances[i]`` counted from ``offset`` in the caller's batch or
+    stream. An instance that cannot be converted (sizes, enum values) refuses the call, or with
+    ``skip_invalid`` is left out and listed."""
+    if not skip_invalid:
+        return Incoming(instances_from_proto(msgs, limits, offset), range(offset, offset + len(msgs)))
+    per, other = by_instance(proto_instance_violations(msgs, limits, offset))
+    if other:
+        raise InvalidInput(other)
+    keep = [k for k in range(len(msgs)) if k + offset not in per]
+    rejected = rejected_of(per, {i: msgs[i - offset].id for i in per})
+    return Incoming([instance_from_proto(msgs[k]) for k in keep], [k + offset for k in keep], rejected)
 
 
 def decisions_to_proto(outcome: RouteOutcome, start: int = 0, stop: int | None = None) -> list[router_pb2.RoutingDecision]:
@@ -79,6 +95,7 @@ def decisions_to_proto(outcome: RouteOutcome, start: int = 0, stop: int | None =
             judge_order_inconsistent=d.judge_order_inconsistent,
             human_cost=d.human_cost,
             expected_gain=d.expected_gain,
+            reason=d.reason,
             replayed=d.replayed,
             exploration=d.exploration,
         )
@@ -108,6 +125,9 @@ def summary_to_proto(outcome: RouteOutcome) -> router_pb2.RoutingSummary:
             out.predicted_score.CopyFrom(_estimate(mix.score))
         if mix.corrections is not None:
             out.expected_corrections.CopyFrom(_estimate(mix.corrections))
+    summary.rejected.extend(router_pb2.RejectedInstance(index=r.index, id=r.id, field=r.field, description=r.description)
+                            for r in outcome.rejected)
+    summary.rejected_count = outcome.rejected_count
     if core.domain is not None:
         d = core.domain
         summary.domain.CopyFrom(router_pb2.DomainCheck(distance=d.distance, threshold=d.threshold, in_domain=d.in_domain,
@@ -182,8 +202,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         options = options_from_proto(request.config, self.default_strategy, self.settings.limits)
         options = await self._for_campaign(options, request.config)
         run = self.core.executor.run
-        instances = await run(instances_from_proto, request.instances, self.limits, size=len(request.instances))
-        outcome = await self.core.route(instances, options, self._deadline(context))
+        # Counted before anything is converted: a million tiny instances cost microseconds to refuse.
+        check_count(len(request.instances), self.settings.limits.max_batch)
+        incoming = await run(convert, request.instances, self.limits, 0, options.skip_invalid, size=len(request.instances))
+        outcome = await self.core.route(incoming, options, self._deadline(context))
         return await run(
             lambda: router_pb2.RouteInstancesResponse(decisions=decisions_to_proto(outcome), summary=summary_to_proto(outcome))
         )
@@ -202,9 +224,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             async for message in request_iterator:
                 if message.WhichOneof("item") != "chunk":
                     raise InvalidInput(FieldViolation(f"stream[{index}]", "config may only come first"))
-                chunk = await run(instances_from_proto, message.chunk.instances, self.limits, seen,
-                                  size=len(message.chunk.instances))
-                seen += len(chunk)
+                size = len(message.chunk.instances)
+                # Counted before conversion: one chunk holds at most a unary batch, and the stream's total.
+                check_count(size, self.settings.limits.max_batch, f"stream[{index}].chunk.instances", "a chunk",
+                            "send smaller chunks")
+                check_count(seen + size, self.settings.limits.max_stream_instances, "instances", "the stream",
+                            "split it into several requests")
+                chunk = await run(convert, message.chunk.instances, self.limits, seen, options.skip_invalid, size=size)
+                seen += size
                 yield chunk
                 index += 1
 
@@ -225,7 +252,7 @@ def router_handle(settings: Settings, metrics: Metrics | None = None) -> Service
     servicer = RouterServicer(settings, metrics)
     campaigns = CampaignServicer(servicer)
 
-    def register(server) -> None:
+    def register(server: Any) -> None:
         router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
         campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
 
@@ -239,6 +266,8 @@ def router_handle(settings: Settings, metrics: Metrics | None = None) -> Service
     watcher = BackendWatcher(settings, servicer.core.executor, metrics, on_change=lambda: [f() for f in handle.on_health_change])
     handle.ready = watcher.ready
     handle.start = watcher.start
+    for client in servicer.clients:  # calls to a backend known down fail fast
+        client.gate = watcher
 
     async def close() -> None:
         await watcher.stop()

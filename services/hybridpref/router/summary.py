@@ -244,12 +244,22 @@ def _warnings(out: Summary, model: RoutingModel | None, p_wrong: tuple[np.ndarra
     if chosen.corrections is not None and random.corrections is not None and chosen.corrections.low <= random.corrections.high \
             and 0 < chosen.human_count < by_name["all_human"].human_count:
         warnings.append("expected corrections of the chosen mix are within the uncertainty of random routing at the same budget")
-    if signals is not None and len(signals):
-        unsure = signals.order_flip | (signals.label == 0)
-        p_a = np.asarray(signals.p_a, dtype=np.float64)
-        unsure |= np.isfinite(p_a) & (np.abs(p_a - 0.5) < UNSURE_MARGIN)
-        share = float(np.mean(unsure))
-        if share > UNSURE_SHARE:
-            warnings.append(f"the judge is unsure on most pairs ({share:.0%}: order flips, ties or near-even confidence): "
-                            "its labels are weak evidence here")
+    if signals is not None:
+        warnings.extend(judge_warnings(signals))
     return warnings
+
+
+def judge_warnings(signals: JudgeSignals, of: str = "") -> list[str]:
+    """Warnings about the judge's own labels, whatever the strategy: a strategy that judges every pair
+    first passes all of them, the others the LM-routed pairs they judged (``of`` names which)."""
+    if not len(signals):
+        return []
+    unsure = np.asarray(signals.order_flip, dtype=bool) | (np.asarray(signals.label) == 0)
+    p_a = np.asarray(signals.p_a, dtype=np.float64)
+    unsure |= np.isfinite(p_a) & (np.abs(p_a - 0.5) < UNSURE_MARGIN)
+    share = float(np.mean(unsure))
+    if share <= UNSURE_SHARE:
+        return []
+    where = f" of {of}" if of else ""
+    return [f"the judge is unsure on most pairs{where} ({share:.0%}: order flips, ties or near-even confidence): "
+            "its labels are weak evidence here"]

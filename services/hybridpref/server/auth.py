@@ -8,7 +8,7 @@ of their keys, the methods they may call and their quotas::
         key_sha256: 3f1c...            # or a list, to overlap an old and a new key while rotating
         methods: [RouteInstances, RouteInstancesStream]   # default: every method; "*" also means all
         instances_per_minute: 100000   # token bucket; 0 or absent = unlimited
-        max_concurrent: 4              # calls at once; 0 or absent = unlimited
+        max_concurrent: 4              # calls at once; 0 or absent = HYBRIDPREF_API_VENDOR_MAX_CONCURRENT (32)
 
 Keys are 256-bit random tokens made by ``hybridpref keys add`` (never chosen by people), so a
 fast unsalted SHA-256 is as strong as a slow password hash here, and lets every call be checked
@@ -17,7 +17,9 @@ entry. Callers send ``authorization: Bearer <key>``.
 
 Rotation: the file is re-stat'ed at most every ``reload_s`` seconds on the calling path; a changed
 file (Kubernetes swaps the Secret's symlink) is parsed and replaces the old table in one step. A
-file that does not parse is refused (log ``api_keys_reload_refused``) and the old table stays.
+file that does not parse is refused (log ``api_keys_reload_refused``) and the old table stays. A
+file that is deleted revokes every key (fail closed; log ``api_keys_file_missing``) until it is
+back. Streams re-check their key at every message, so revoking a key also stops its open streams.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class VendorPolicy:
     digests: tuple[bytes, ...]
     methods: frozenset[str]  # short method names; "*" = all
     instances_per_minute: int = 0  # 0 = unlimited
-    max_concurrent: int = 0  # 0 = unlimited
+    max_concurrent: int = 0  # 0 = the server's default (AuthSettings.vendor_max_concurrent)
 
     def allows(self, method: str) -> bool:
         """``method`` is the full gRPC path (``/hybridpref.v1.RouterService/RouteInstances``)."""
@@ -156,6 +158,16 @@ class KeyStore:
             self._checked = time.monotonic()
             try:
                 stamp = self._file_stamp()
+            except FileNotFoundError:
+                if force:
+                    raise InvalidInput(FieldViolation("api_keys_file", f"cannot load {self.path}: no such file")) from None
+                # Fail closed: a deleted keys file revokes every key (a Secret's atomic update never
+                # removes the file, so this is an operator's doing, or a broken mount).
+                if self._vendors or self._stamp is not None:
+                    log.error("api_keys_file_missing", path=str(self.path), detail="every key is refused until it is back")
+                self._vendors, self._stamp = {}, None
+                return True
+            try:
                 if not force and stamp == self._stamp:
                     return False
                 vendors = read_keys_file(self.path)

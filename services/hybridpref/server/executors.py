@@ -67,12 +67,13 @@ class CoreExecutor:
                 if not self._heap:
                     return
                 _, _, future, fn = heapq.heappop(self._heap)
-            if not future.set_running_or_notify_cancel():
-                continue  # its caller left while it waited
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # handed to the awaiting caller
-                future.set_exception(exc)
+            if future.set_running_or_notify_cancel():  # else its caller left while it waited
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # handed to the awaiting caller
+                    future.set_exception(exc)
+            # An idle worker must not keep its last job (and the job's arguments: a whole batch) alive.
+            del future, fn
 
     @property
     def queued(self) -> int:

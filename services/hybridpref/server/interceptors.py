@@ -11,15 +11,21 @@ Order (outermost first), fixed in ``hybridpref.server.server.build_interceptors`
 3. ``ErrorInterceptor`` maps domain exceptions (``hybridpref_client.core.errors``) to
    statuses with rich details, and unexpected ones to ``INTERNAL`` after logging them;
    everything below raises domain exceptions and lets it do the mapping;
-4. ``AccessInterceptor`` (only when an API keys file is configured) checks the caller's key
-   (``UNAUTHENTICATED`` / ``PERMISSION_DENIED``), its concurrent calls and, per request
-   message, its instances-per-minute quota (``RESOURCE_EXHAUSTED`` + ``RetryInfo``);
-5. ``DeadlineInterceptor`` makes the call's ``Deadline`` (the caller's, capped by the server's
+4. ``AdmissionInterceptor`` caps the calls running at once per server and per connection and
+   closes request streams that stay silent (``hybridpref.server.admission``);
+5. ``AccessInterceptor`` (only when an API keys file is configured) checks the caller's key
+   on the call's metadata, before any request byte is read (``UNAUTHENTICATED`` /
+   ``PERMISSION_DENIED``: the message is never received nor decoded), its concurrent calls and,
+   per request message, its instances-per-minute quota (``RESOURCE_EXHAUSTED`` + ``RetryInfo``);
+6. ``DeadlineInterceptor`` makes the call's ``Deadline`` (the caller's, capped by the server's
    maximum) and cancels it when the call ends, so worker threads stop;
-6. ``DecodeInterceptor`` turns undecodable request bytes into ``INVALID_ARGUMENT`` (counted
-   in ``hybridpref_undecodable_requests_total``) instead of gRPC's ``UNKNOWN``.
+7. ``DecodeInterceptor`` turns undecodable request bytes into ``INVALID_ARGUMENT`` (counted
+   in ``hybridpref_undecodable_requests_total``) instead of gRPC's ``UNKNOWN``, after calls
+   that brought large messages gives the freed memory back (``hybridpref.server.memory``), and
+   serves every method as request-streaming (``read_on_demand``), so that every layer above runs
+   before gRPC reads a request byte.
 
-Health checks and reflection pass 4 and 5 untouched (probes need no key; ``Watch`` streams
+Health checks and reflection pass 4, 5 and 6 untouched (probes need no key; ``Watch`` streams
 live longer than any call deadline).
 
 Each concern is an async context manager around the handler's behaviour; ``wrap_handler``
@@ -40,8 +46,9 @@ import grpc
 import structlog
 
 from hybridpref.server import deadline as deadlines
+from hybridpref.server.admission import Admission, idle_limited
 from hybridpref.server import logs
-from hybridpref.server.auth import KeyStore, VendorPolicy, bearer_key, bind_vendor, reset_vendor
+from hybridpref.server.auth import KEY_PREFIX, KeyStore, VendorPolicy, bearer_key, bind_vendor, reset_vendor
 from hybridpref_client.core.errors import (
     DeadlineExceeded,
     FieldViolation,
@@ -51,6 +58,7 @@ from hybridpref_client.core.errors import (
     Unauthenticated,
 )
 from hybridpref_client.core.grpc_errors import status_for
+from hybridpref.server.memory import MemoryReturner
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.quota import QuotaBook
 
@@ -149,6 +157,40 @@ def wrap_requests(handler: grpc.RpcMethodHandler, hook: Callable[[Any], None],
     return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
 
 
+def read_on_demand(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` served as request-streaming: gRPC calls a request-streaming behaviour at once and
+    reads a message only when it is asked for, whereas it reads (and buffers, up to the receive limit)
+    a unary request before any interceptor's behaviour runs. Served this way, every check of the
+    interceptors (API key, concurrency, quotas) happens before a byte of the request is read. The
+    wire format is the same for both shapes; the unary behaviour gets the one message it expects."""
+    kwargs = _kwargs(handler)
+    if handler.request_streaming:
+        return handler
+
+    async def first(request_iterator):
+        """The one request message, read to the end of the request stream: a half-read iterator would
+        keep the message alive in gRPC's receiver (and in every wrapper's frame) after the call."""
+        messages = [message async for message in request_iterator]
+        if len(messages) != 1:
+            raise InvalidInput(FieldViolation("request", f"expected one request message, got {len(messages)}"))
+        return messages.pop()
+
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
+
+        async def stream_unary(request_iterator, context):
+            return await inner_uu(await first(request_iterator), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
+    inner_us = handler.unary_stream
+
+    async def stream_stream(request_iterator, context):
+        async for item in inner_us(await first(request_iterator), context):
+            yield item
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
+
+
 class _AroundInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation: Continuation,
                                 handler_call_details: HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -163,10 +205,14 @@ class _AroundInterceptor(grpc.aio.ServerInterceptor):
         raise NotImplementedError
 
 
-def clean_request_id(value: object) -> str | None:
+def clean_request_id(value: object, secret: str | None = None) -> str | None:
     """A caller's request id made safe for logs and replies: printable token characters only,
-    at most 128 of them; ``None`` when nothing usable is left."""
+    at most 128 of them; ``None`` when nothing usable is left, or when it carries an API key (our
+    keys' ``hpk_`` prefix, or the call's own bearer key ``secret``): request ids are logged and
+    propagated to every backend, keys must never be."""
     if not isinstance(value, str):
+        return None
+    if KEY_PREFIX in value.lower() or (secret and len(secret) >= 8 and secret in value):
         return None
     cleaned = _REQUEST_ID_JUNK.sub("", value)[:MAX_REQUEST_ID_CHARS]
     return cleaned or None
@@ -178,7 +224,8 @@ class RequestIdInterceptor(_AroundInterceptor):
 
     @asynccontextmanager
     async def around(self, method: str, metadata: dict[str, Any], context: Context) -> AsyncIterator[None]:
-        request_id = clean_request_id(metadata.get(logs.REQUEST_ID_HEADER)) or logs.new_request_id()
+        given = metadata.get(logs.REQUEST_ID_HEADER)
+        request_id = clean_request_id(given, bearer_key(metadata)) or logs.new_request_id()
         token = logs.bind_request_id(request_id)
         with structlog.contextvars.bound_contextvars(service=self.service, method=method.rsplit("/", 1)[-1][:64]):
             try:
@@ -233,6 +280,13 @@ def _code_name(context: Context) -> str | None:
 
 
 class ErrorInterceptor(_AroundInterceptor):
+    """Domain exceptions -> their status; anything else -> ``INTERNAL`` (logged, never shown).
+
+    The status is set on the context and the exception swallowed, rather than raised again as
+    ``context.abort``'s ``AbortError``: gRPC keeps that exception with the call's state after the
+    call, and through its traceback the failed call's frames, and with them its request (60 MB
+    decoded into several hundred MB), would stay in memory."""
+
     @asynccontextmanager
     async def around(self, method: str, metadata: dict[str, Any], context: Context) -> AsyncIterator[None]:
         log = structlog.get_logger()
@@ -242,15 +296,58 @@ class ErrorInterceptor(_AroundInterceptor):
             status = status_for(exc)
             assert status is not None
             log.info("rpc_rejected", code=status.code.name, error=str(exc)[:1000])
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            _end_call(context, status.code, status.details, status.trailing_metadata)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:  # a bug: never leak a traceback to the caller
             log.exception("rpc_internal_error", error=repr(exc)[:1000])
-            await context.abort(
-                grpc.StatusCode.INTERNAL,
-                f"internal error (request id {logs.current_request_id()}); see the service log",
-            )
+            _end_call(context, grpc.StatusCode.INTERNAL,
+                      f"internal error (request id {logs.current_request_id()}); see the service log")
+
+
+def _end_call(context, code: grpc.StatusCode, details: str, trailing_metadata=()) -> None:
+    """End the call with ``code``: the behaviour then returns normally (a unary response is dropped
+    when the code is not OK; a response stream ends)."""
+    context.set_code(code)
+    context.set_details(details)
+    if trailing_metadata:
+        context.set_trailing_metadata(trailing_metadata)
+
+
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+    """Calls at once per server and per connection, and the idle limit of request streams
+    (``hybridpref.server.admission``); health checks and reflection pass untouched."""
+
+    def __init__(self, admission: Admission, stream_idle_s: float | None):
+        self.admission = admission
+        self.stream_idle_s = stream_idle_s
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or is_open(handler_call_details.method):
+            return handler
+        if handler.request_streaming and self.stream_idle_s:
+            handler = wrap_request_iterator(handler, lambda messages: idle_limited(messages, self.stream_idle_s))
+        return wrap_handler(handler, self.admission.admitted)
+
+
+def wrap_request_iterator(handler: grpc.RpcMethodHandler, wrap: Callable[[AsyncIterator], AsyncIterator]) -> grpc.RpcMethodHandler:
+    """A request-streaming ``handler`` whose behaviour reads ``wrap(request_iterator)``."""
+    kwargs = _kwargs(handler)
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(request_iterator, context):
+            return await inner_su(wrap(request_iterator), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
+    inner_ss = handler.stream_stream
+
+    async def stream_stream(request_iterator, context):
+        async for item in inner_ss(wrap(request_iterator), context):
+            yield item
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
 
 
 class AccessInterceptor(grpc.aio.ServerInterceptor):
@@ -269,16 +366,25 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or is_open(method):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
-        policy_box: list[VendorPolicy] = []
+        # The key is checked on the metadata, before a single request byte is read: a refused caller's
+        # message (up to the receive limit) is never received into memory nor decoded.
+        try:
+            policy = self._authorize(method, metadata)
+        except (Unauthenticated, PermissionDenied) as exc:
+            return refusing_handler(handler, exc)
+
+        key = bearer_key(metadata)
 
         def take(message: Any) -> None:
-            if policy_box:
-                self.quotas.take_instances(policy_box[0], self.count_instances(message))
+            # Each message of a stream re-checks the key (a dict look-up and one hash while the file is
+            # unchanged): a stream opened before its key was revoked stops at its next message.
+            current = self.keys.lookup(key or "")
+            if current is None or current.vendor != policy.vendor:
+                raise Unauthenticated("API key revoked while the call was running")
+            self.quotas.take_instances(policy, self.count_instances(message))
 
         @asynccontextmanager
         async def around(context: Context) -> AsyncIterator[None]:
-            policy = self._authorize(method, metadata)
-            policy_box.append(policy)
             leave = self.quotas.enter_call(policy)
             token = bind_vendor(policy.vendor)  # the servicers read it (campaigns belong to a vendor)
             try:
@@ -301,6 +407,27 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         if not policy.allows(method):
             raise PermissionDenied(f"vendor {policy.vendor!r} may not call {method.rsplit('/', 1)[-1][:64]}")
         return policy
+
+
+def refusing_handler(handler: grpc.RpcMethodHandler, error: Exception) -> grpc.RpcMethodHandler:
+    """A handler that raises ``error`` without reading any request message.
+
+    gRPC reads (and buffers, up to the receive limit) a unary request before it calls the handler;
+    for a request-*streaming* handler it calls at once and reads only when the handler asks. So the
+    refusal is served as a request-streaming handler whatever the method's shape (the wire format is
+    the same): the call ends before its message is received, and flow control stops the sender."""
+
+    async def refuse(request_iterator, context):
+        raise error
+
+    async def refuse_stream(request_iterator, context):
+        raise error
+        yield  # a generator: the response-streaming shape
+
+    kwargs = {"request_deserializer": None, "response_serializer": handler.response_serializer}
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream, **kwargs)
+    return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
 
 
 def instances_in(message: Any) -> int:
@@ -365,8 +492,12 @@ class _Undecodable:
         self.error = error
 
 
-def _safe(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+def _safe(deserializer: Callable[[bytes], Any], received: list[int] | None = None) -> Callable[[bytes], Any]:
+    """``deserializer`` that never raises (an ``_Undecodable`` instead) and adds the bytes it sees to
+    ``received[0]``."""
     def deserialize(data: bytes) -> Any:
+        if received is not None:
+            received[0] += len(data)
         try:
             return deserializer(data)
         except Exception as exc:  # DecodeError, or anything a corrupt message triggers
@@ -376,9 +507,13 @@ def _safe(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 class DecodeInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str, metrics: Metrics):
+    """Undecodable requests -> ``INVALID_ARGUMENT``; request bytes counted, and memory given back to
+    the system after large ones (``hybridpref.server.memory``)."""
+
+    def __init__(self, service: str, metrics: Metrics, memory: MemoryReturner | None = None):
         self.service = service
         self.metrics = metrics
+        self.memory = memory if memory is not None else MemoryReturner()
 
     async def intercept_service(self, continuation: Continuation,
                                 handler_call_details: HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -394,4 +529,14 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
                     "request", f"could not decode the request message ({type(message.error).__name__}): "
                                "not a serialized message of this method's request type"))
 
-        return wrap_requests(handler, check, deserializer=_safe(handler.request_deserializer))
+        memory, received = self.memory, [0]  # this call's request bytes
+
+        @asynccontextmanager
+        async def trim_after(context):
+            try:
+                yield
+            finally:
+                memory.call_ended(received[0])
+
+        decoded = wrap_requests(handler, check, deserializer=_safe(handler.request_deserializer, received))
+        return wrap_handler(read_on_demand(decoded), trim_after)

@@ -26,9 +26,17 @@ class _VendorState:
     in_flight: int = 0
 
 
+# Calls at once for a vendor whose entry sets no ``max_concurrent`` (AuthSettings.vendor_max_concurrent).
+DEFAULT_MAX_CONCURRENT = 32
+
+
 class QuotaBook:
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    """``default_max_concurrent``: the limit of calls at once for vendors whose entry sets none (a finite
+    default: one vendor's silent streams must not fill the server)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, default_max_concurrent: int = DEFAULT_MAX_CONCURRENT):
         self._clock = clock
+        self.default_max_concurrent = default_max_concurrent
         self._lock = threading.Lock()
         self._state: dict[str, _VendorState] = {}
 
@@ -42,9 +50,10 @@ class QuotaBook:
         """Count one call in flight; returns the function that ends it. Over the limit: refuse."""
         with self._lock:
             state = self._get(policy)
-            if policy.max_concurrent and state.in_flight >= policy.max_concurrent:
+            limit = policy.max_concurrent or self.default_max_concurrent
+            if state.in_flight >= limit:
                 raise QuotaExceeded(
-                    f"vendor {policy.vendor!r} has {state.in_flight} calls in flight (limit {policy.max_concurrent})",
+                    f"vendor {policy.vendor!r} has {state.in_flight} calls in flight (limit {limit})",
                     retry_after_s=CONCURRENCY_RETRY_S,
                 )
             state.in_flight += 1

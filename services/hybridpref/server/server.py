@@ -21,8 +21,10 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hybridpref.server.admission import Admission
 from hybridpref.server.interceptors import (
     AccessInterceptor,
+    AdmissionInterceptor,
     DeadlineInterceptor,
     DecodeInterceptor,
     ErrorInterceptor,
@@ -30,6 +32,7 @@ from hybridpref.server.interceptors import (
     RequestIdInterceptor,
 )
 from hybridpref.server.metrics import Metrics, start_metrics_server
+from hybridpref.server.quota import QuotaBook
 from hybridpref.server.settings import Settings
 from hybridpref.server.tls import server_credentials
 
@@ -59,16 +62,22 @@ class ServiceHandle:
 
 def build_interceptors(service: str, metrics: Metrics, settings: Settings | None = None) -> list[grpc.aio.ServerInterceptor]:
     """Interceptor order, outermost first (see ``hybridpref.server.interceptors``):
-    request id -> metrics + access log -> error mapping -> API key + quotas (when a keys file
-    is configured) -> call deadline -> request decoding."""
+    request id -> metrics + access log -> error mapping -> admission (calls at once per server and
+    connection, idle streams) -> API key + quotas (when a keys file is configured) -> call deadline
+    -> request decoding (which serves every method request-streaming, so all of the above run
+    before a request byte is read)."""
     settings = settings or Settings()
+    server = settings.server
     chain: list[grpc.aio.ServerInterceptor] = [
         RequestIdInterceptor(service), MetricsInterceptor(service, metrics), ErrorInterceptor(),
+        AdmissionInterceptor(Admission(server.max_concurrent_rpcs, server.max_calls_per_connection),
+                             server.stream_idle_s or None),
     ]
     if settings.auth.keys_file:
         from hybridpref.server.auth import KeyStore
 
-        chain.append(AccessInterceptor(KeyStore(settings.auth.keys_file, settings.auth.keys_reload_s)))
+        chain.append(AccessInterceptor(KeyStore(settings.auth.keys_file, settings.auth.keys_reload_s),
+                                       QuotaBook(default_max_concurrent=settings.auth.vendor_max_concurrent)))
     elif service == "router":
         log.warning("auth_disabled", service=service,
                     detail="no HYBRIDPREF_API_KEYS_FILE: every caller is trusted; set one before exposing the router")
@@ -126,7 +135,9 @@ async def start_service(
     server = grpc.aio.server(
         interceptors=build_interceptors(handle.name, metrics, settings),
         options=settings.server_options(),
-        maximum_concurrent_rpcs=settings.server.max_concurrent_rpcs,
+        # No gRPC-wide cap: it would count health checks too and refuse without RetryInfo. The
+        # AdmissionInterceptor caps calls per server, connection and vendor, health exempt.
+        maximum_concurrent_rpcs=None,
     )
     handle.register(server)
     health_servicer = health.aio.HealthServicer()

@@ -62,7 +62,13 @@ class ServerSettings(BaseSettings):
     max_message_mb: int = Field(64, ge=1)
     """Largest gRPC message accepted or sent, MiB (servers and channels alike)."""
     max_concurrent_rpcs: int = Field(256, ge=1)
-    """Most RPCs a server runs at once; more are refused with RESOURCE_EXHAUSTED."""
+    """Most calls a server runs at once (health checks and reflection not counted: they are always
+    answered); more are refused with RESOURCE_EXHAUSTED and RetryInfo."""
+    max_calls_per_connection: int = Field(32, ge=1)
+    """Most calls one client connection runs at once, so one client cannot take the whole server."""
+    stream_idle_s: float = Field(30.0, ge=0)
+    """A request stream (or a unary request still arriving) with no message for this long is closed with
+    DEADLINE_EXCEEDED, freeing its slot. 0 = no limit."""
     max_deadline_s: float = Field(1800.0, ge=0)
     """Longest a call may run; applies when the caller sets no deadline or a longer one. 0 = no cap."""
     max_connection_age_s: float = Field(0.0, ge=0)
@@ -124,6 +130,8 @@ class AuthSettings(BaseSettings):
     """Per-vendor API keys (JSON or YAML). Unset = auth off: every caller is trusted."""
     keys_reload_s: float = Field(2.0, gt=0)
     """Seconds between checks of the keys file for changes (keys rotate without a restart)."""
+    vendor_max_concurrent: int = Field(32, ge=1)
+    """Calls at once for a vendor whose keys-file entry sets no ``max_concurrent``."""
 
 
 class LimitsSettings(BaseSettings):

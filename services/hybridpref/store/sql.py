@@ -63,6 +63,8 @@ LABEL_COLUMNS = ("campaign_id", "decision_id", "annotator", "preference", "stren
 MAX_RATIONALE = 20_000
 MAX_PENDING_LIMIT = 1_000
 PREFERENCES = ("A", "B", "tie")
+# One strict, compact encoder for the JSON columns (json.dumps would build an encoder per value).
+_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 STRENGTHS = (1, 2)
 
 
@@ -343,7 +345,7 @@ class SqlCampaignStore:
                     d.campaign_id == row.id, self._in(d.instance_id, chunk))
                 for r in conn.execute(query):
                     p_wrong = (r.signals or {}).get("p_lm_wrong")
-                    expected = 1.0 - float(p_wrong) if _finite(p_wrong) else r.lm_confidence
+                    expected = 1.0 - float(p_wrong) if p_wrong is not None and _finite(p_wrong) else r.lm_confidence
                     out[r.instance_id] = (r.lm_label, expected)
         return out
 
@@ -589,7 +591,7 @@ def _validate_batch(batch_id: str, candidates: Sequence[Candidate], model_versio
             try:
                 if not isinstance(value, Mapping):
                     raise TypeError(f"expected an object, got {type(value).__name__}")
-                texts.append(EncodedJSON(json.dumps(value, allow_nan=False)))
+                texts.append(EncodedJSON(_JSON.encode(value)))
             except (TypeError, ValueError) as exc:
                 v.append(FieldViolation(f"{where}.{field}", f"must be a JSON object without NaN or infinity ({exc})"))
         if len(texts) == 3:

@@ -47,7 +47,7 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
             return profile, self._taggers[profile]
 
     async def TagInstances(self, request, context):
-        instances = instances_from_proto(request.instances, self._limits)
+        instances = instances_from_proto(request.instances, self._limits, max_count=self._settings.limits.max_batch)
         validate_instances(instances, self._settings.limits.max_batch)
         profile, tagger = self._tagger(request.profile)
         if not tagger.ready:

@@ -135,7 +135,7 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("random", baselines.random_subset, "a seeded random subset at the budget (baseline)",
                      score=baselines.random_score),
         StrategySpec("judge_doubt", judge.judge_doubt, "the judge's own doubt: no verdict / order flip, disagreement between "
-                     "judges, low confidence", score=judge.judge_doubt_score, needs_judge_first=True),
+                     "judges, low confidence", needs_judge_first=True, score=judge.judge_doubt_score),
         StrategySpec("topk", paper.topk, "paper: the instances with the largest solo gain f(t_i) - f(0)", "required",
                      score=paper.solo_gain_score),
         StrategySpec("simulated", paper.simulated, "paper: best of N tag-walk candidate mixes at the budget", "required"),
@@ -144,11 +144,13 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("optimal_pos", paper.optimal_pos, "paper: every instance with a positive solo gain", "required",
                      score=paper.solo_gain_score),
         StrategySpec("judge_aware", judge.judge_aware, "PPM gain rank plus the judge's doubt (its real signals: no verdict, "
-                     "order flips, disagreement, confidence)", "optional", score=judge.judge_aware_score, needs_judge_first=True),
+                     "order flips, disagreement, confidence)", "optional", needs_judge_first=True, score=judge.judge_aware_score),
         StrategySpec("expected_gain", expected.expected_gain, "expected label corrections per unit of human cost "
-                     "(expected-correction model)", score=expected.expected_gain_score, needs_judge_first=True, needs_expected_gain=True),
+                     "(expected-correction model)", needs_judge_first=True, needs_expected_gain=True,
+                     score=expected.expected_gain_score),
         StrategySpec("hybrid", expected.hybrid, "expected_gain, the PPM's gain breaking ties when the batch is in the PPM's "
-                     "domain", "in_domain", score=expected.hybrid_score, needs_judge_first=True, needs_expected_gain=True),
+                     "domain", "in_domain", needs_judge_first=True, needs_expected_gain=True,
+                     score=expected.hybrid_score),
     )
 }
 # Chosen by the cross-pool evaluation (docs/EVALUATION.md).
