@@ -169,8 +169,9 @@ def test_default_strategy_judges_first_and_summarises_honestly(background_loop, 
     routed = sorted((d.expected_gain for d in chosen), reverse=True)
     assert min(routed) >= sorted(gains, reverse=True)[len(chosen) - 1] - 1e-6
     # Its decisions are explained by the correction model's features (issue 18 item 13): the largest log-odds
-    # terms of P(LM wrong), largest first, and a reason line with the expected gain and its rank.
-    from hybridpref.routing_model.correction import FEATURE_NAMES
+    # terms of P(LM wrong), largest first, and a reason line with the expected gain and its rank. This bundle
+    # routes with its panel correction model (issue 19), so the features are the panel model's.
+    from hybridpref.routing_model.panel_correction import PANEL_FEATURES as FEATURE_NAMES
 
     order = np.argsort(-np.array([d.gain for d in out.decisions]), kind="stable")
     rank = {out.decisions[i].id: r + 1 for r, i in enumerate(order)}
@@ -242,9 +243,9 @@ def test_default_strategy_needs_a_correction_model(background_loop, tagger, samp
 
     folder = tmp_path / "old"
     shutil.copytree(default_bundle_path(), folder)
-    for name in ("correction.onnx", "correction.json"):
+    for name in ("correction.onnx", "correction.json", "panel_correction.json"):
         (folder / name).unlink(missing_ok=True)
-    rehash(folder)  # a bundle built before the correction model
+    rehash(folder)  # a bundle built before either correction model
     core = make_core(tagger, folder)
     with pytest.raises(NotReady, match="expected-correction model"):
         route(background_loop, core, sample[:8], "expected_gain")
@@ -305,12 +306,14 @@ def test_cli_prints_every_warning():
 
     stream = io.StringIO()
     summary = {"strategy": "expected_gain", "interval_level": 0.9, "warnings": ["out of domain: far away", "judge unsure"],
+               "correction_model": "panel-correction/1", "correction_model_version": "panel-correction/1@abc123",
                "mixes": {"chosen": {"human_count": 3, "predicted_score": {"value": 0.7, "low": 0.66, "high": 0.74}},
                          "all_lm": {"human_count": 0, "score_note": "batch_independent"}}}
     print_summary(Console(file=stream, width=200), RouteResult([], summary, "r1"))
     text = stream.getvalue()
     assert "warning: out of domain: far away" in text and "warning: judge unsure" in text
     assert "0.7000 [0.6600, 0.7400] (90%)" in text and "not shown (batch independent)" in text
+    assert "panel-correction/1@abc123" in text  # which correction model routed the batch
 
 
 def test_fast_explanations_match_the_reference_definition():

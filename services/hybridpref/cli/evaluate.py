@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-boot", type=int, default=2000)
     p.add_argument("--on-leak", default="error", choices=("error", "skip"), help="skip: drop the bundle's strategies on a leaking pool instead of failing")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--correction-model", default="panel", choices=("panel", "onnx"),
+                   help="what expected_gain / hybrid read: the panel-invariant model (the default bundle's) or correction.onnx")
     p.set_defaults(func=run)
 
 
@@ -104,7 +106,7 @@ def config_from_args(a: argparse.Namespace) -> EvalConfig:
                       modes=("in-pool", "cross-pool") if a.mode == "both" else (a.mode,), folds=a.folds, split_seed=a.split_seed,
                       tagger_profile=a.tagger_profile, n_boot=a.n_boot, rm=not a.no_rm, rm_random_seeds=a.rm_random_seeds,
                       rm_proxy_seeds=a.rm_proxy_seeds, prediction_mixes=a.prediction_mixes, on_leak=a.on_leak, data_dir=a.data_dir,
-                      tagger_address=a.tagger)
+                      tagger_address=a.tagger, correction=a.correction_model)
 
 
 def run(a: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from hybridpref.router.budget import Budget, budget_violations
 from hybridpref.router.downstream import JudgeClient, PredictorModelClient, TaggerClient
 from hybridpref.router.limits import MAX_NAME_CHARS, config_violations
 from hybridpref.router.campaign import CampaignRoute
+from hybridpref.router.campaign_proto import campaign_model_to_proto
 from hybridpref.router.strategies import DEFAULT_STRATEGY, StrategySpec, campaign_strategy_spec, strategy_spec
 from hybridpref.server.auth import current_vendor
 from hybridpref.store.api import DEFAULT_VENDOR
@@ -115,6 +116,8 @@ def summary_to_proto(outcome: RouteOutcome) -> router_pb2.RoutingSummary:
         request_id=logs.current_request_id() or "",
         interval_level=core.level,
         warnings=core.warnings,
+        correction_model=core.correction_model,
+        correction_model_version=core.correction_version,
     )
     for mix in core.mixes:
         out = summary.mixes.add(mix=mix.mix, human_count=mix.human_count, score_note=mix.score_note)
@@ -133,6 +136,11 @@ def summary_to_proto(outcome: RouteOutcome) -> router_pb2.RoutingSummary:
         c = outcome.campaign
         summary.campaign.CopyFrom(router_pb2.CampaignProgress(name=c.name, batch=c.batch, budget_spent=c.budget_spent,
                                                               budget_left=c.budget_left, replayed=c.replayed))
+        if c.expected_changes is not None:
+            e = c.expected_changes
+            summary.campaign.expected_changes.CopyFrom(router_pb2.Estimate(value=e.estimate, low=e.low, high=e.high))
+        if c.model is not None:
+            summary.campaign.model.CopyFrom(campaign_model_to_proto(c.model))
     return summary
 
 

@@ -73,6 +73,10 @@ class Summary:
     level: float = INTERVAL_LEVEL
     domain: DomainResult | None = None
     warnings: list[str] = field(default_factory=list)
+    # The correction model whose P(wrong) routed the batch and gave the expected corrections ("" when none
+    # was read): name ("panel-correction/1", "correction/1") and exact version (a campaign's adapted version).
+    correction_model: str = ""
+    correction_version: str = ""
 
 
 def column_totals(tag_matrix: np.ndarray) -> np.ndarray:
@@ -122,11 +126,16 @@ def summarize(
 
 
 def correction_transfer(model: RoutingModel | None) -> tuple[float, float] | None:
-    """The realised / predicted correction ratio range the bundle measured on held-out pools, or None."""
-    if model is None or model.correction is None:
-        return None
+    """The realised / predicted correction ratio range the bundle measured on held-out pools for the correction
+    model that routes (the panel model where the bundle has one, else the ONNX model), or None."""
     from hybridpref.routing_model.correction import transfer_range
 
+    if model is None:
+        return None
+    if model.panel is not None:
+        return transfer_range(getattr(model.panel.model, "metrics", {}) or {})
+    if model.correction is None:
+        return None
     return transfer_range(getattr(model.correction.model, "metrics", {}) or {})
 
 
@@ -140,6 +149,8 @@ def _scores(out: Summary, model: RoutingModel | None, tags: np.ndarray, mask: np
         note = "uncalibrated"
     elif out.domain is not None and not out.domain.in_domain:
         note = "out_of_domain"
+    elif tags.shape[1] == 0:
+        note = "not_tagged"  # the strategy read no tags, so the batch was not tagged and the PPM has no input
     if note or len(tags) == 0:
         for mix in out.mixes:
             mix.score_note = note or "empty_batch"
