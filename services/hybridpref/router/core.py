@@ -245,8 +245,8 @@ class RouterCore:
         received = 0
         try:
             warnings: list[str] = []
-            model = await self._model(options, deadline, warnings)
-            eager = options.strategy.predictor in ("required", "optional") and model is not None and model.scorer is not None
+            model: RoutingModel | None = None
+            eager: bool | None = None  # decided with the routing model, fetched once the first instances arrive
             async for item in chunks:
                 incoming = item if isinstance(item, Incoming) else Incoming(item, range(received, received + len(item)))
                 received += len(incoming.instances) + len({r.index for r in incoming.rejected})
@@ -258,6 +258,9 @@ class RouterCore:
                 if not chunk:
                     continue
                 await self.executor.run(store.extend, chunk, size=len(chunk))
+                if eager is None:
+                    model = await self._model(options, deadline, warnings)
+                    eager = options.strategy.predictor in ("required", "optional") and model is not None and model.scorer is not None
                 if eager:
                     # A stream is bulk work: it is tagged one slice at a time, each after the small calls in flight.
                     for start in range(0, len(chunk), BULK_SLICE):
@@ -269,6 +272,9 @@ class RouterCore:
             violations = _option_violations(options, len(store))
             if violations:
                 raise InvalidInput(violations)
+            if eager is None:  # no instance arrived (every one left out): the model is still needed to route
+                model = await self._model(options, deadline, warnings)
+                eager = False
             text = BatchText.concat(texts)
             tagged = RouterTags.concat(parts) if eager else None
             reason: str = "" if eager else await self.executor.run(tagging_reason, options, model, text, store.human_costs,

@@ -271,6 +271,8 @@ WARNING_KINDS: tuple[tuple[str, str], ...] = (
     ("correction_transfer", "expected corrections: on pools the correction model did not see"),
     ("ppm_fallback", "the PPM is outside its domain"),
     ("no_routing_model", "no routing model"),
+    ("costs_untagged", "human costs not given were estimated from word counts"),
+    ("campaign_model", "campaign: routed by"),
     ("instances_left_out", ""),  # "<n> invalid instances were left out ..." (matched below)
 )
 
