@@ -9,9 +9,10 @@ primary judge with 0-3 other models recorded, plus the pool as usual). Each vari
 by the evaluation harness (``harness.Router`` / ``route_case`` / ``score_table``: label accuracy, paired
 group bootstrap, share of the oracle's gain over random), so the numbers are the harness's metric 1.
 
-Rows: ``all_lm``, ``random``, ``oracle``, ``judge_doubt`` (the router's), ``hybrid`` (the current default:
-the served correction model fitted on the other pools) and candidate correction models (``expected_gain``
-routing with the candidate's gains). Writes ``results.csv`` (every variant x strategy x budget) and
+Rows: ``all_lm``, ``random``, ``oracle``, ``judge_doubt`` (the router's), ``hybrid`` (the default as wired: the
+bundle's panel correction model, :func:`panel_correction_fit.fit_for_pools` on the other pools; ``--hybrid onnx``:
+the previous default, the ONNX correction model's fit) and candidate correction models (``expected_gain``
+routing with the candidate's gains; ``previous``: the ONNX model, the default before issue 19's wiring). Writes ``results.csv`` (every variant x strategy x budget) and
 ``summary.md`` (per candidate: mean share over variants, variants significantly below ``judge_doubt`` /
 ``hybrid``) to ``--out``.
 """
@@ -144,11 +145,23 @@ def _n_others(pool: Pool) -> np.ndarray:
     return _COUNT_CACHE[key]
 
 
+def previous_candidate() -> Candidate:
+    """The default before the panel model was wired: the ONNX correction model as ``add-routing-models`` fits it
+    (``correction_fit.fit_for_pools``, text-only columns)."""
+    def fit(pools: Sequence[Pool], variants: Sequence[Sequence[PanelVariant]]) -> Callable[[Pool, np.ndarray], np.ndarray]:
+        model = correction.fit_for_pools(pools, seed=0, tagger_profile=None)
+
+        def gain(pool: Pool, rows: np.ndarray) -> np.ndarray:
+            return correction.expected_gain_for_pool(model, pool.subset(rows), pool.default_judge)
+        return gain
+    return Candidate("previous", fit, "the ONNX correction model (the default before the panel model was wired)")
+
+
 def candidates() -> list[Candidate]:
     tagger = [served_candidate(None), served_candidate("fast"), served_candidate("default")]
     base = ("order_flip", "any_other", "disagree", "p_unsure", "p_missing")
     length = ("lm_picked_shorter", "abs_log_len_ratio")
-    out = [floor_candidate(), *tagger]
+    out = [previous_candidate(), floor_candidate(), *tagger]
     for aug in (False, True):
         tag = "aug" if aug else "usual"
         out += [
@@ -224,7 +237,7 @@ def score_variant(variant: PanelVariant, correct: dict, case: harness.Case, conf
 
 
 def run(data_dir: Path, budgets: Sequence[float], seeds: int, n_boot: int, cands: Sequence[Candidate],
-        only_usual: bool = False) -> list[dict[str, Any]]:
+        only_usual: bool = False, hybrid: str = "panel") -> list[dict[str, Any]]:
     names = list(DEFAULT_JUDGES)
     pools = {n: load_pool(data_dir / n) for n in names}
     variants = {n: (panel_variants(p)[:1] if only_usual else panel_variants(p)) for n, p in pools.items()}
@@ -235,10 +248,16 @@ def run(data_dir: Path, budgets: Sequence[float], seeds: int, n_boot: int, cands
         t = time.perf_counter()
         train = [pools[n] for n in names if n != held]
         train_v = [all_variants[n] for n in names if n != held]
-        current = correction.fit_for_pools(train, seed=0, tagger_profile=None)
+        if hybrid == "panel":  # the wired default: the bundle's recipe fitted on the other pools
+            current = pcf.fit_for_pools(train)
 
-        def hybrid_gain(pool: Pool, rows: np.ndarray, current=current) -> np.ndarray:
-            return correction.expected_gain_for_pool(current, pool.subset(rows), pool.default_judge)
+            def hybrid_gain(pool: Pool, rows: np.ndarray, current=current) -> np.ndarray:
+                return current.expected_gain(_features(pool)[rows])
+        else:
+            current = correction.fit_for_pools(train, seed=0, tagger_profile=None)
+
+            def hybrid_gain(pool: Pool, rows: np.ndarray, current=current) -> np.ndarray:
+                return correction.expected_gain_for_pool(current, pool.subset(rows), pool.default_judge)
         gains: dict[str, Callable[[Pool, np.ndarray], np.ndarray]] = {"hybrid": hybrid_gain}
         for c in cands:
             gains[c.name] = c.fit(train, train_v)
@@ -316,18 +335,20 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated candidate names (default: all)")
     ap.add_argument("--only-usual", action="store_true", help="the usual panel of each pool only")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--hybrid", default="panel", choices=("panel", "onnx"),
+                    help="what the hybrid row routes with: the panel model as wired (default) or the previous ONNX model")
     a = ap.parse_args()
     budgets = [float(b) for b in a.budgets.split(",")]
     cands = [c for c in candidates() if not a.only or c.name in a.only.split(",")]
     t = time.perf_counter()
-    rows = run(a.data_dir, budgets, a.seeds, a.n_boot, cands, a.only_usual)
+    rows = run(a.data_dir, budgets, a.seeds, a.n_boot, cands, a.only_usual, a.hybrid)
     table = summarise(rows, budgets)
     print(table)
     print(f"# {time.perf_counter() - t:.0f}s")
     if a.out:
         write_csv(rows, a.out / "results.csv")
         (a.out / "summary.md").write_text(table + "\n")
-        shown = [s for s in ("judge_doubt", "hybrid", "floor7", RECOMMENDED) if any(r["strategy"] == s for r in rows)]
+        shown = [s for s in ("judge_doubt", "hybrid", "previous", "floor7", RECOMMENDED) if any(r["strategy"] == s for r in rows)]
         (a.out / "variants.md").write_text(variant_table(rows, budgets, shown) + "\n")
 
 

@@ -7,9 +7,10 @@ and each of its panel variants is fed to a campaign in 10 batches (whole prompt 
 batch, at each budget (share of the batch sent to humans):
 
 * **static**: the bundle model routes the top of its expected gain;
-* **adapted**: the campaign's current model (``online.ModelLineage``: refitted on the returned labels with
-  a prior centred on the bundle, promoted only when the held-out returned labels say it is not worse)
-  routes ``1 - explore`` of the human budget and the rest goes to random rows (``online.exploration_mask``);
+* **adapted**: the campaign's current model, as the router computes it (``router.adaptation.fit_campaign_model``
+  over the returned labels in the store's shapes: refitted with a prior centred on the bundle, promoted only when
+  the held-out returned labels say it is not worse) routes ``1 - explore`` of the human budget and the rest goes
+  to random rows (``online.exploration_mask``);
 * the simulated vendor returns the bought human labels (the pool's bought vote) after the batch.
 
 Label accuracy is the harness's metric 1 (``harness.score_table``: paired group bootstrap, share of the
@@ -17,7 +18,8 @@ oracle's gain over random, per-batch oracle and 10 random seeds). Reported: per 
 static vs adapted over batches 6-10 (after 5 batches of labels), and the per-batch curve; the
 expected-corrections interval (``online.CorrectionsCalibrator``) against the realised number of changed
 labels of each batch (human label non-tie and different from the LM label), counted once 200 labels are
-back. The plot goes to ``--out``/stream_share.png.
+back. The bundle model is the recommended recipe on the other two pools with its held-out transfer range (the
+calibrator's prior before labels), as ``add-routing-models`` builds it. The plot goes to ``--out``/stream_share.png.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from hybridpref.offline.pools import DEFAULT_JUDGES, Pool, default_data_dir, loa
 from hybridpref.offline.bundle import panel_correction_fit as pcf
 from hybridpref.routing_model import online
 from hybridpref.routing_model import panel_correction as pc
+from hybridpref.store.api import Candidate, HumanLabel, StoredDecision
 
 BATCHES = 10
 LEARN_BATCHES = 5
@@ -53,62 +56,66 @@ def top_mask(priority: np.ndarray, k: int, seed: int) -> np.ndarray:
 def simulate(variant: PanelVariant, bundle: pc.PanelCorrectionModel, budget: float, explore: float, strength: float,
              seed: int, n_random: int = 10) -> dict[str, Any]:
     """One campaign on one variant at one budget: per-row correctness of each strategy, the batch of every
-    row, versions and interval checks."""
+    row, versions and interval checks. The adapted arm is the product's code path: before each batch the
+    campaign's model is :func:`hybridpref.router.adaptation.fit_campaign_model` over every returned label so
+    far, in the campaign store's shapes (``Candidate`` with the panel features and the P(LM wrong) it was
+    routed with, ``StoredDecision``, ``[HumanLabel]``), exactly what the router reads from the store."""
+    from hybridpref.router.adaptation import fit_campaign_model
+    from hybridpref.router.model import PanelRunner
+    from hybridpref.router.strategies import signal_doubt
+
     pool = variant.pool
     x = pc.panel_features(pool.instances, pool.signals())
     lm = pool.signals().label
     batch_of = harness.assign_folds(pool.groups, BATCHES, seed)
     ids = [i.id for i in pool.instances]
-    lineage = online.ModelLineage(bundle, strength=strength)
-    calib = online.CorrectionsCalibrator()
+    base = PanelRunner(bundle, pc.panel_version(bundle))
     masks: dict[str, np.ndarray] = {s: np.zeros(len(pool), bool) for s in ("static", "adapted", "oracle", "judge_doubt")}
     random_masks = [np.zeros(len(pool), bool) for _ in range(n_random)]
-    got_ids: list[str] = []
-    got_x: list[np.ndarray] = []
-    got_y: list[np.ndarray] = []
-    labels_back = 0
+    returned: list[tuple[Any, Any, list[Any]]] = []
     log = []
-    from hybridpref.router.strategies import signal_doubt
-
+    versions = []
     doubt = signal_doubt(pool.signals())
     for b in range(BATCHES):
         rows = np.flatnonzero(batch_of == b)
         k = int(round(budget * len(rows)))
         xb = x[rows]
         masks["static"][rows] = top_mask(bundle.expected_gain(xb), k, seed + b)
-        current = lineage.current
-        human, explored = online.exploration_mask(current.model.expected_gain(xb) + 1e-9 * np.random.default_rng([seed, b]).random(len(rows)),
+        current = fit_campaign_model(base, returned, strength=strength)
+        versions.append(current.describe())
+        human, explored = online.exploration_mask(current.panel.model.expected_gain(xb) + 1e-9 * np.random.default_rng([seed, b]).random(len(rows)),
                                                   k, explore, seed * 31 + b)
         masks["adapted"][rows] = human
         masks["oracle"][rows] = harness.oracle_mask(pool.human[rows], lm[rows], pool.reference[rows], k, seed + b)
         masks["judge_doubt"][rows] = top_mask(doubt[rows], k, seed + b)
         for j, m in enumerate(random_masks):
             m[rows[np.random.default_rng([seed, b, j]).choice(len(rows), k, replace=False)]] = True
-        # expected corrections for the adapted batch, before its labels come back
+        # expected label changes of the adapted batch, before its labels come back
         routed = rows[human]
-        p = current.model.p_lm_wrong(x[routed], 0.0)
+        p = current.panel.model.p_lm_wrong(x[routed])
         nv = x[routed, online.NO_VERDICT] > 0.5
-        interval = calib.interval(p, nv)
+        interval = current.expected_changes(p, nv)
         realised = (pool.human[routed] != 0) & (pool.human[routed] != lm[routed])
-        entry = {"batch": b, "version": current.version, "routed": int(len(routed)), "explored": int(explored.sum()),
-                 "labels_before": labels_back, "expected": interval.estimate, "low": interval.low, "high": interval.high,
-                 "realised": int(realised.sum()), "covered": interval.covers(float(realised.sum()))}
-        log.append(entry)
-        # the vendor returns the bought labels
-        calib.observe(p, realised, nv)
-        labels_back += len(routed)
-        use, y = online.lm_wrong_target(lm[routed], pool.human[routed])
-        got_ids += [ids[i] for i in routed[use]]
-        got_x.append(x[routed[use]])
-        got_y.append(y)
-        if b < BATCHES - 1:
-            v = lineage.propose(got_ids, np.vstack(got_x), np.concatenate(got_y))
-            entry["proposed"], entry["promoted"] = v.version, v.promoted
+        log.append({"batch": b, "version": current.version, "adapted": current.adapted, "routed": int(len(routed)),
+                    "explored": int(explored.sum()), "labels_before": sum(1 for r in returned if r[1].human),
+                    "expected": interval.estimate, "low": interval.low, "high": interval.high,
+                    "realised": int(realised.sum()), "covered": interval.covers(float(realised.sum()))})
+        # the vendor returns the bought labels (one vote per pair: the pool's bought human label)
+        for i, e, pi in zip(routed, explored[human], p):
+            cand = Candidate(instance_id=ids[i], prompt="", response_a="", response_b="", score=0.0,
+                             lm_label=_LM_NAME.get(int(lm[i])), signals={"p_lm_wrong": float(pi)},
+                             features={c: float(v) for c, v in zip(pc.PANEL_FEATURES, x[i])})
+            decision = StoredDecision(ids[i], True, 0.0, 1.0, f"b{b}", bool(e), False)
+            returned.append((cand, decision, [HumanLabel(ids[i], "vendor", _PREFERENCE[int(pool.human[i])])]))
     correct = {}
     for s, m in masks.items():
         correct[s] = _correct(pool, lm, m)
     correct["random"] = np.mean([_correct(pool, lm, m) for m in random_masks], axis=0)
-    return {"correct": correct, "batch_of": batch_of, "log": log, "versions": lineage.describe()}
+    return {"correct": correct, "batch_of": batch_of, "log": log, "versions": versions}
+
+
+_LM_NAME = {1: "A_BETTER", -1: "B_BETTER"}
+_PREFERENCE = {1: "A", -1: "B", 0: "tie"}
 
 
 def _correct(pool: Pool, lm: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -151,8 +158,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", type=Path, default=default_data_dir())
     ap.add_argument("--budgets", default="0.25,0.5")
-    ap.add_argument("--explore", default="0.1", help="exploration shares of the human budget, comma-separated")
-    ap.add_argument("--strength", type=float, default=50.0, help="prior strength of the refit (labels' worth)")
+    ap.add_argument("--explore", default="0", help="exploration shares of the human budget, comma-separated")
+    ap.add_argument("--strength", type=float, default=20.0, help="prior strength of the refit (labels' worth; the router's PRIOR_STRENGTH)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--variants", default="nested", help="all | nested (the first k others per primary) | usual")
@@ -167,7 +174,7 @@ def main() -> None:
     curves: dict[tuple[str, float, float], list[dict[str, list[float]]]] = {}
     checks: list[dict[str, Any]] = []
     for held in names:
-        bundle = pcf.fit_for_pools([pools[n] for n in names if n != held])
+        bundle = pcf.fit_for_pools([pools[n] for n in names if n != held], transfer=True)
         variants = panel_variants(pools[held], all_subsets=a.variants == "all")
         if a.variants == "usual":
             variants = variants[:1]

@@ -287,3 +287,32 @@ def test_a_key_sent_as_request_id_is_never_logged(router, keys_file, stub, log_c
 
     assert clean_request_id("hpk_anything") is None and clean_request_id("my-trace-1") == "my-trace-1"
     assert clean_request_id("x" + "customsecret99", secret="customsecret99") is None
+
+
+def _sample(name: str, labels: dict[str, str]) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_the_vendor_is_in_the_access_log_and_a_bounded_metric_label(router, keys_file, stub, log_capture):
+    """Issue 18 item 12: no metric or access-log line carried the vendor."""
+    from hybridpref.server.metrics import VendorLabels
+
+    key = keys_file[1]["reader"]
+    labels = {"service": "router", "vendor": "reader", "method": "RouteInstances", "code": "UNAVAILABLE"}
+    refused = {"service": "router", "vendor": "unauthenticated", "method": "RouteInstances", "code": "UNAUTHENTICATED"}
+    denied = {"service": "router", "vendor": "reader", "method": "RouteInstancesStream", "code": "PERMISSION_DENIED"}
+    before = [_sample("hybridpref_vendor_calls_total", x) for x in (labels, refused, denied)]
+    assert call_code(stub, key).code() == grpc.StatusCode.UNAVAILABLE
+    assert call_code(stub, "hpk_unknown").code() == grpc.StatusCode.UNAUTHENTICATED
+    with grpc.insecure_channel(router.address) as channel, pytest.raises(grpc.RpcError):
+        list(router_pb2_grpc.RouterServiceStub(channel).RouteInstancesStream(
+            iter([router_pb2.RouteInstancesStreamRequest(config=router_pb2.RouteConfig())]),
+            metadata=(("authorization", f"Bearer {key}"),), timeout=10))
+    after = [_sample("hybridpref_vendor_calls_total", x) for x in (labels, refused, denied)]
+    assert [a - b for a, b in zip(after, before)] == [1, 1, 1]
+    records = [r for r in log_capture.records() if r.get("event") == "rpc" and r.get("method") == "RouteInstances"]
+    assert {"reader", "unauthenticated"} <= {r.get("vendor") for r in records}
+    bounded = VendorLabels(limit=3)
+    assert [bounded(f"v{i}") for i in range(5)] + [bounded("v1")] == ["v0", "v1", "v2", "other", "other", "v1"]

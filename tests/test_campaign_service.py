@@ -178,7 +178,13 @@ def test_a_streamed_campaign_batch_is_stored_whole(acme, sample):
 
 def test_labels_come_back_per_item_and_feed_the_status_and_the_export(acme, sample):
     acme.create_campaign("labels", count=8, judge="gpt4")
-    routed = acme.route(sample[:16], campaign="labels").decisions
+    result = acme.route(sample[:16], campaign="labels")
+    routed = result.decisions
+    # the campaign's correction model scored the batch: its version is in the summary and the progress
+    model = result.campaign["model"]
+    assert model["version"] == result.summary["correction_model_version"] and model["version"].startswith("panel-correction/1@")
+    changes = result.campaign["expected_changes"]
+    assert 0 <= changes["low"] <= changes["value"] <= changes["high"] <= 8
     human = [d for d in routed if d.route == "HUMAN"]
     lm = [d for d in routed if d.route == "LM"]
     truth = {i.id: i.human_label.winner or "tie" for i in sample}
@@ -196,6 +202,12 @@ def test_labels_come_back_per_item_and_feed_the_status_and_the_export(acme, samp
     assert [r.status for r in again] == ["unchanged", "unchanged"]  # a retry never double counts
     status = acme.get_campaign("labels")
     assert status.campaign.labels_returned == len(human) + 1 and status.labels_pending == 0
+    # GetCampaign names the model that routes the next batch: the one fitted when the batch was routed (no label
+    # back then), until REFIT_EVERY new votes have come back
+    from hybridpref.router.adaptation import REFIT_EVERY
+
+    assert status.model is not None and status.model["version"] == model["version"] and not status.model["adapted"]
+    assert status.model["labels"] == 0 and len(human) + 1 < REFIT_EVERY
     # Agreement over labelled pairs where neither the human nor the LM label is a tie, with its interval.
     votes = {d.id: truth[d.id] for d in human} | {lm[0].id: "B"}
     lm_winner = {d.id: Label[d.lm_label].winner for d in human + lm[:1]}

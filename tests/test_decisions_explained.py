@@ -88,3 +88,38 @@ def test_decision_files_have_one_schema_whatever_the_strategy(client, sample, tm
         assert schema.equals(reference), (name, schema)
     combined = pa.concat_tables(tables.values())  # what loading the files together needs
     assert combined.num_rows == len(STRATEGIES) * len(sample)
+
+
+def _sample(name: str, labels: dict[str, str]) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_routing_quality_is_counted_for_operators(client, sample):
+    """Issue 18 item 12: the judge's unsure share, out-of-domain batches and warnings by kind, whatever
+    the strategy, as Prometheus counters (the alerts in deploy/prometheus read them)."""
+    rows = unsure_batch(sample)
+    names = ("hybridpref_judge_labels_total", "hybridpref_routed_batches_total", "hybridpref_routing_warnings_total")
+    keys = [(names[0], {"unsure": "true"}), (names[0], {"unsure": "false"}), (names[1], {"domain": "in"}),
+            (names[1], {"domain": "out"}), (names[1], {"domain": "unknown"}), (names[2], {"kind": "judge_unsure"})]
+    before = [_sample(n, lbl) for n, lbl in keys]
+    result = client.route(rows, fraction=0.25, strategy="random", seed=2)
+    after = [_sample(n, lbl) for n, lbl in keys]
+    delta = [a - b for a, b in zip(after, before)]
+    lm = sum(d.route == "LM" for d in result.decisions)
+    assert delta[0] + delta[1] == lm and delta[0] > lm / 2  # 3 of 4 recorded labels are ties
+    assert sum(delta[2:5]) == 1  # one batch, one domain verdict
+    assert delta[5] == 1
+
+
+def test_every_warning_the_router_writes_has_a_kind(client, sample):
+    from hybridpref.router.summary import warning_kind
+
+    seen = set()
+    for strategy in STRATEGIES:
+        for rows in (sample, unsure_batch(sample)):
+            for text in client.route(rows, fraction=0.25, strategy=strategy, seed=1).warnings:
+                seen.add(text)
+                assert warning_kind(text) != "other", text
+    assert seen  # the batches do produce warnings

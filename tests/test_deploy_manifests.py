@@ -9,11 +9,12 @@ overlays are also rendered with ``kubectl kustomize`` and the rendered objects a
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,16 @@ HEALTH_PORT = 8086  # components/tls: plaintext grpc.health.v1 for the kubelet's
 METRICS = {
     "hybridpref_rpc_requests_total", "hybridpref_rpc_latency_seconds", "hybridpref_rpc_in_flight",
     "hybridpref_instances_total", "hybridpref_model_ready", "hybridpref_routed_instances_total",
+    # issue 18 item 12: per vendor, and routing quality
+    "hybridpref_vendor_calls_total", "hybridpref_judge_labels_total", "hybridpref_routed_batches_total",
+    "hybridpref_routing_warnings_total",
     # campaigns (issue 20), labelled by vendor, never by campaign
     "hybridpref_campaign_decisions_total", "hybridpref_campaign_budget_spent_total", "hybridpref_campaign_labels_total",
     "hybridpref_campaign_agreement_votes_total", "hybridpref_campaign_expected_agreement_total",
 }
 HISTOGRAMS = {"hybridpref_rpc_latency_seconds"}
-METRIC_LABELS = {"service", "method", "code", "route", "strategy", "le", "namespace", "pod", "job", "instance", "vendor",
-                 "kind", "status", "outcome"}
+METRIC_LABELS = {"service", "method", "code", "route", "strategy", "le", "namespace", "pod", "job", "instance",
+                 "vendor", "unsure", "domain", "kind", "status", "outcome"}
 KUSTOMIZE_PATH_FIELDS = ("resources", "components")
 # What the code really reads: the Settings fields, plus the two runtime.py reads directly.
 READ_BY_CODE = set(environment_variables()) | {"HYBRIDPREF_CPUS", "HYBRIDPREF_CACHE_DIR"}
@@ -491,17 +495,25 @@ PROMTOOL = find_tool("promtool")
 
 
 def _promtool_files(tmp_path: Path, edit: Any = None) -> Path:
-    """The PrometheusRule's groups as a plain rules file, with the unit tests beside it
-    (``edit``: a function applied to the alerts file's text first)."""
-    text = (DEPLOY / "prometheus" / "alerts.yaml").read_text(encoding="utf-8")
-    (rule,) = [d for d in yaml.safe_load_all(edit(text) if edit else text) if d]
-    (tmp_path / "alerts.full.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}), encoding="utf-8")
-    # promtool compares annotations too; they are prose, checked by `promtool check rules`.
-    groups = [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]}
-              for g in rule["spec"]["groups"]]
-    (tmp_path / "alerts.rules.yaml").write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")
-    shutil.copy(PROMTOOL_TESTS / "alerts_test.yaml", tmp_path / "alerts_test.yaml")
-    return tmp_path
+    """The PrometheusRule's groups as plain rule files, with the unit tests beside them (``edit``: a
+    function applied to the alerts file's text first): what scripts/promtool_test.py runs promtool on."""
+    spec = importlib.util.spec_from_file_location("promtool_test", ROOT / "scripts" / "promtool_test.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder: Path = module.write_rule_files(tmp_path, edit)
+    return folder
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason=skip_reason("promtool"))
+def test_the_documented_promtool_recipe_passes() -> None:
+    """Issue 18 item 15: docs/operations.md's "by hand" recipe failed 10 of 10 cases (annotations)."""
+    docs = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    assert "python3 scripts/promtool_test.py" in docs
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "promtool_test.py"), "--promtool", str(PROMTOOL)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "SUCCESS" in run.stdout + run.stderr
 
 
 def test_every_alert_has_a_promtool_case_that_fires() -> None:
@@ -901,7 +913,8 @@ def test_bundle_build_job_tags_through_the_tagger_service(base: list[dict[str, A
     (job,) = _load_all(K8S / "jobs" / "bundle-build.yaml")
     assert job["kind"] == "Job"
     pod = job["spec"]["template"]["spec"]
-    (c,) = pod["containers"]
+    (c,) = pod["initContainers"]  # the build, then (issue 18 item 15) its routing models
+    (routing,) = pod["containers"]
     env = _env(c)
     assert set(env) - {"JOB_UID"} <= READ_BY_CODE, set(env) - READ_BY_CODE
     args = dict(a.removeprefix("--").split("=", 1) for a in c["args"] if a.startswith("--") and "=" in a)
@@ -925,3 +938,43 @@ def test_bundle_build_job_tags_through_the_tagger_service(base: list[dict[str, A
         assert mounts[str(Path(env[key]).parent)]["readOnly"] is True
     out = args["out"]
     assert any(out.startswith(path) for path in mounts), "the bundle must land on a mounted volume"
+    # The routing-models step completes that bundle, on the same pool and the same volume.
+    routing_args = build_parser().parse_args([a.replace("$(JOB_UID)", "x") for a in routing["args"]])
+    assert routing["args"][:2] == ["predictor", "add-routing-models"]
+    assert str(routing_args.bundle) == out.replace("$(JOB_UID)", "x")
+    assert [p.split("=", 1)[1] for p in routing_args.pool] == [args["pool"]]
+    routing_mounts = {m["mountPath"]: m for m in routing["volumeMounts"]}
+    assert routing_mounts["/bundles"]["name"] == mounts["/bundles"]["name"] and "readOnly" not in routing_mounts["/bundles"]
+    assert routing["securityContext"]["readOnlyRootFilesystem"] is True and set(_env(routing)) - {"JOB_UID"} <= READ_BY_CODE
+
+
+@pytest.mark.skipif(KUBECTL is None, reason=skip_reason("kubectl"))
+def test_gateway_component_exposes_only_the_router_service_over_tls(tmp_path: Path) -> None:
+    """Issue 18 item 15: a documented, rendered way to reach the router from outside the cluster."""
+    rel = os.path.relpath(K8S, tmp_path)
+    # As an operator adds it: to an overlay of their own over prod, which sets the namespace.
+    (tmp_path / "kustomization.yaml").write_text(
+        f"namespace: hybridpref\nresources: [{rel}/overlays/prod]\ncomponents: [{rel}/components/gateway]\n", encoding="utf-8")
+    objects = _render(tmp_path)
+    (gateway,) = _by_kind(objects, "Gateway").values()
+    (route,) = _by_kind(objects, "GRPCRoute").values()
+    assert gateway["apiVersion"] == route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    listeners = {lst["name"]: lst for lst in gateway["spec"]["listeners"]}
+    (parent,) = route["spec"]["parentRefs"]
+    assert parent["name"] == gateway["metadata"]["name"]
+    listener = listeners[parent["sectionName"]]
+    assert listener["protocol"] == "HTTPS" and listener["port"] == 443 and listener["tls"]["mode"] == "Terminate"
+    assert [c["name"] for c in listener["tls"]["certificateRefs"]] == ["hybridpref-router-public-tls"]
+    assert {"kind": "GRPCRoute"} in listener["allowedRoutes"]["kinds"]
+    assert set(route["spec"]["hostnames"]) == {listener["hostname"]}
+    # Same namespace as the Service it routes to, and only the RouterService's methods.
+    assert gateway["metadata"]["namespace"] == route["metadata"]["namespace"] == "hybridpref"
+    (rule,) = route["spec"]["rules"]
+    assert [m["method"] for m in rule["matches"]] == [{"type": "Exact", "service": _proto_service("router")}]
+    (backend,) = rule["backendRefs"]
+    service = _by_kind(objects, "Service")[backend["name"]]
+    ports = {p["port"]: p for p in service["spec"]["ports"]}
+    assert ports[backend["port"]]["name"] == "grpc" and service["metadata"]["namespace"] == "hybridpref"
+    # Exposed with the vendors' API keys on (the prod overlay's api-keys component).
+    router = _container(_by_kind(objects, "Deployment")["hybridpref-router"])
+    assert "HYBRIDPREF_API_KEYS_FILE" in _env(router)

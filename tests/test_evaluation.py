@@ -249,14 +249,15 @@ def test_bundle_for_uses_a_bundle_that_never_saw_the_pool(tmp_path):
         evaluate(dataclasses.replace(cfg, bundle_for={"nope": str(on_bc)}))
 
 
-def test_expected_corrections_check_compares_the_summary_with_what_happened(tmp_path):
+@pytest.mark.parametrize("correction", ["panel", "onnx"])
+def test_expected_corrections_check_compares_the_summary_with_what_happened(tmp_path, correction):
     from hybridpref.offline.evaluation.report import write_all
 
     a = write_pool(tmp_path / "toy_a" / "pairs.jsonl", n=120, seed=1)
     b = write_pool(tmp_path / "toy_b" / "pairs.jsonl", n=120, seed=2)
     c = write_pool(tmp_path / "toy_c" / "pairs.jsonl", n=120, seed=3)
     cfg = EvalConfig(pools=[str(a), str(b), str(c)], lm_judge=JUDGE, budgets=(0.25, 0.5), seeds=2, rm=False, n_boot=100,
-                     modes=("cross-pool",), strategies=("expected_gain",), data_dir=str(tmp_path))
+                     modes=("cross-pool",), strategies=("expected_gain",), data_dir=str(tmp_path), correction=correction)
     result = evaluate(cfg)
     checks = {(r["pool"], r["budget"]): r for r in result.corrections}
     assert set(checks) == {(p, b) for p in ("toy_a", "toy_b", "toy_c") for b in (0.25, 0.5)}
@@ -316,22 +317,19 @@ def test_real_data_smoke_llmbar(tmp_path):
 def test_correction_models_never_see_the_routed_or_gold_fold(tmp_path, monkeypatch):
     """In-pool: the model routing fold g is fitted without g, and for metric 2 with gold fold f also
     without f; cross-pool: on the other pools only."""
-    from hybridpref.offline.bundle import correction_fit
+    from hybridpref.offline.evaluation import harness
 
     seen: list[tuple[set[str], set[str]]] = []  # (ids the model was fitted on, ids it routed)
-    fitted: dict[int, set[str]] = {}
 
-    def fake_fit(train, seed, tagger_profile=None):
-        ids = {inst.id + "@" + p.name for p in train for inst in p.instances}
-        fitted[id(ids)] = ids
-        return ids
+    def fake_fit(train, config):
+        return {inst.id + "@" + p.name for p in train for inst in p.instances}
 
-    def fake_gain(model, pool, judge=None, tagger_profile=None):
+    def fake_gain(model, pool):
         seen.append((model, {inst.id + "@" + pool.name for inst in pool.instances}))
         return np.linspace(0.0, 0.5, len(pool))
 
-    monkeypatch.setattr(correction_fit, "fit_for_pools", fake_fit)
-    monkeypatch.setattr(correction_fit, "expected_gain_for_pool", fake_gain)
+    monkeypatch.setattr(harness, "fit_correction", fake_fit)
+    monkeypatch.setattr(harness, "correction_gain", fake_gain)
     a = write_pool(tmp_path / "toy_a" / "pairs.jsonl", n=90, seed=1)
     b = write_pool(tmp_path / "toy_b" / "pairs.jsonl", n=90, seed=2)
     cfg = EvalConfig(pools=[str(a), str(b)], lm_judge=JUDGE, budgets=(0.25,), seeds=2, rm=False, n_boot=100,
@@ -344,12 +342,12 @@ def test_correction_models_never_see_the_routed_or_gold_fold(tmp_path, monkeypat
 
 
 def test_metric2_training_folds_are_routed_without_the_gold_fold(tmp_path, monkeypatch):
+    from hybridpref.offline.evaluation import harness
     from hybridpref.offline.evaluation.harness import Router, correction_gain_fn, route_case
-    from hybridpref.offline.bundle import correction_fit
 
     fits: list[set[str]] = []
-    monkeypatch.setattr(correction_fit, "fit_for_pools", lambda train, seed, tagger_profile=None: fits.append({i.id for p in train for i in p.instances}) or len(fits) - 1)
-    monkeypatch.setattr(correction_fit, "expected_gain_for_pool", lambda model, pool, judge=None, tagger_profile=None: np.linspace(0, 0.5, len(pool)))
+    monkeypatch.setattr(harness, "fit_correction", lambda train, config: fits.append({i.id for p in train for i in p.instances}) or len(fits) - 1)
+    monkeypatch.setattr(harness, "correction_gain", lambda model, pool: np.linspace(0, 0.5, len(pool)))
     path = write_pool(tmp_path / "toy" / "pairs.jsonl", n=90, seed=3)
     cfg = EvalConfig(pools=[str(path)], lm_judge=JUDGE, budgets=(0.25,), seeds=1, folds=3, rm=True, strategies=("expected_gain",))
     case = prepare_case(path, cfg)

@@ -94,7 +94,10 @@ def restart(background_loop, stack, name: str, settings: Settings) -> None:
 
 
 # strategy that needs the backend after the chunks: all_lm judges everything; greedy needs the predictor.
-@pytest.mark.parametrize(("backend", "strategy"), [("tagger", "random"), ("judge", "all_lm"), ("predictor", "greedy")])
+# The predictor is not among them: a stream fetches the routing model with its first chunk and routes from
+# it in process, so the predictor going away mid-stream no longer fails the stream (readiness still follows the
+# predictor: BackendWatcher checks every required backend; the fail-fast test covers a hung backend).
+@pytest.mark.parametrize(("backend", "strategy"), [("tagger", "topk"), ("judge", "all_lm")])
 def test_backend_stopped_during_a_stream_then_back(background_loop, stack, settings, sample, backend, strategy):
     router = stack.router_address
     assert wait_for(lambda: router_status(router) == health_pb2.HealthCheckResponse.SERVING, 10) is not None
@@ -227,7 +230,8 @@ def test_stuck_worker_pool_turns_readiness_off(open_router):
     release = threading.Event()
     futures = [core_executor.submit(lambda: release.wait(30)) for _ in range(3)]  # every worker blocked
     try:
-        assert wait_for(lambda: router_status(router.address) == health_pb2.HealthCheckResponse.NOT_SERVING, 5) is not None
+        seen = []
+        assert wait_for(lambda: seen.append(router_status(router.address)) or seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING, 5) is not None, seen
     finally:
         release.set()
     concurrent.futures.wait(futures, timeout=5)
@@ -293,7 +297,8 @@ def test_calls_fail_fast_while_a_backend_is_hung(background_loop, stack, sample,
 
     proc, judge = judge_process
     settings = Settings(router={"tagger_address": stack.address("tagger"), "judge_address": judge,
-                                "predictor_address": stack.address("predictor"), "backend_check_s": 0.5})
+                                "predictor_address": stack.address("predictor"), "backend_check_s": 0.5,
+                                "fail_fast_after_s": 1.0})
     router = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=-1))
     background_loop.run(router.loaded.wait())
     request = router_pb2.RouteInstancesRequest(instances=sample[:6], config=config("all_lm"))

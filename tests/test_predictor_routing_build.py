@@ -62,6 +62,29 @@ def test_bundle_gains_routing_models(routed_bundle: tuple[Path, dict]) -> None:
     assert model.expected_gain(np.zeros((2, len(model.feature_names)), dtype=np.float32)).shape == (2,)
 
 
+def test_bundle_gains_the_panel_correction_model(routed_bundle: tuple[Path, dict]) -> None:
+    """add-routing-models fits the recommended panel model on the same pools; the predictor serves it with its
+    version, and its own held-out transfer range is recorded for the summary's intervals."""
+    from hybridpref.offline.pools import load_pool
+    from hybridpref.routing_model.correction import transfer_range
+    from hybridpref.routing_model.panel_correction import check_monotone, panel_features, panel_version, read_panel_correction
+
+    bundle, manifest = routed_bundle
+    assert "panel_correction.json" in manifest["files"]
+    panel = read_panel_correction(bundle)
+    assert manifest["panel_correction"] == panel_version(panel) and manifest["panel_correction"].startswith("panel-correction/1@")
+    served = Predictor(bundle).routing_model()
+    assert served.panel_version == manifest["panel_correction"] and served.panel_correction == bundle_io.read_json(bundle, "panel_correction.json")
+    assert set(panel.metrics["training"]) == {"p1:usual", "p2:usual", "p3:usual"}  # one judge each: the usual panel
+    lo, hi = transfer_range(panel.metrics)
+    assert 0 < lo <= hi and set(panel.metrics["leave_one_pool_out"]["transfer"]["pools"]) == {"p1", "p2", "p3"}
+    p1 = load_pool(bundle.parent / "p1")
+    x = panel_features(p1.instances, p1.signals())
+    p = panel.p_lm_wrong(x)
+    assert check_monotone(panel, x) and (p[x[:, 0] > 0.5] == 1.0).all()  # no verdict (a tie): wrong for sure
+    assert "**Panel correction model**" in (bundle / "MODEL_CARD.md").read_text()
+
+
 def test_domain_flags_the_far_pool(routed_bundle: tuple[Path, dict]) -> None:
     bundle, _ = routed_bundle
     domain = bundle_io.read_domain(bundle)
@@ -119,3 +142,22 @@ def test_domain_threshold_rules() -> None:
     close = domain_mod.build_domain(feats, ["home", "near"], {"home": 0.8, "near": 0.9}, seed=0)
     assert not close["calibration"]["near"]["flagged"] and close["threshold"] == pytest.approx(1.5 * close["in_domain_p95"])
     assert domain_mod.batch_distance(far[:50], multi)[1]  # ... yet a batch like far is in the domain: far is trained on
+
+
+def test_add_routing_models_with_one_pool_per_bundle_as_the_readme_loop_runs_it(tmp_path: Path) -> None:
+    """Issue 18 item 15: in a two-pool study the README's loop gives each leave-one-pool-out bundle the
+    other pool alone; the CLI crashed with KeyError 'leave_one_pool_out' (one pool has no such metrics)."""
+    import subprocess
+    import sys
+
+    pool = _write_pool(tmp_path / "teamB", 120, 4, True, 5)
+    bundle = tmp_path / "without-teamA"
+    shutil.copytree(default_bundle_path(), bundle)
+    proc = subprocess.run([sys.executable, "-m", "hybridpref.cli.main", "predictor", "add-routing-models", "--bundle", str(bundle),
+                           "--pool", f"teamB={pool}", "--judge", "judge"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "pool teamB: LM judge 'judge' (given" in proc.stderr
+    assert "fitted on one pool: no leave-one-pool-out metrics" in proc.stdout
+    card = json.loads((bundle / "correction.json").read_text())
+    assert "leave_one_pool_out" not in card and card["calibration"] == "none (one pool)"
+    assert bundle_io.read_correction(bundle) is not None  # the bundle is complete and loads

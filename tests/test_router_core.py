@@ -6,6 +6,7 @@ the predictor's hot reload (real predictor over gRPC)."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 import json
 import shutil
 import time
@@ -168,8 +169,9 @@ def test_default_strategy_judges_first_and_summarises_honestly(background_loop, 
     routed = sorted((d.expected_gain for d in chosen), reverse=True)
     assert min(routed) >= sorted(gains, reverse=True)[len(chosen) - 1] - 1e-6
     # Its decisions are explained by the correction model's features (issue 18 item 13): the largest log-odds
-    # terms of P(LM wrong), largest first, and a reason line with the expected gain and its rank.
-    from hybridpref.routing_model.correction import FEATURE_NAMES
+    # terms of P(LM wrong), largest first, and a reason line with the expected gain and its rank. This bundle
+    # routes with its panel correction model (issue 19), so the features are the panel model's.
+    from hybridpref.routing_model.panel_correction import PANEL_FEATURES as FEATURE_NAMES
 
     order = np.argsort(-np.array([d.gain for d in out.decisions]), kind="stable")
     rank = {out.decisions[i].id: r + 1 for r, i in enumerate(order)}
@@ -241,9 +243,9 @@ def test_default_strategy_needs_a_correction_model(background_loop, tagger, samp
 
     folder = tmp_path / "old"
     shutil.copytree(default_bundle_path(), folder)
-    for name in ("correction.onnx", "correction.json"):
+    for name in ("correction.onnx", "correction.json", "panel_correction.json"):
         (folder / name).unlink(missing_ok=True)
-    rehash(folder)  # a bundle built before the correction model
+    rehash(folder)  # a bundle built before either correction model
     core = make_core(tagger, folder)
     with pytest.raises(NotReady, match="expected-correction model"):
         route(background_loop, core, sample[:8], "expected_gain")
@@ -304,12 +306,14 @@ def test_cli_prints_every_warning():
 
     stream = io.StringIO()
     summary = {"strategy": "expected_gain", "interval_level": 0.9, "warnings": ["out of domain: far away", "judge unsure"],
+               "correction_model": "panel-correction/1", "correction_model_version": "panel-correction/1@abc123",
                "mixes": {"chosen": {"human_count": 3, "predicted_score": {"value": 0.7, "low": 0.66, "high": 0.74}},
                          "all_lm": {"human_count": 0, "score_note": "batch_independent"}}}
     print_summary(Console(file=stream, width=200), RouteResult([], summary, "r1"))
     text = stream.getvalue()
     assert "warning: out of domain: far away" in text and "warning: judge unsure" in text
     assert "0.7000 [0.6600, 0.7400] (90%)" in text and "not shown (batch independent)" in text
+    assert "panel-correction/1@abc123" in text  # which correction model routed the batch
 
 
 def test_fast_explanations_match_the_reference_definition():
@@ -387,3 +391,47 @@ def test_the_servicer_resolves_the_default_once_and_checks_options_together():
     with pytest.raises(InvalidInput) as exc:
         RouterServicer(Settings(router={"default_strategy": "clairvoyant"}), Metrics(CollectorRegistry()))
     assert exc.value.violations[0].field == "config.strategy"
+
+
+def test_a_stream_yields_to_small_calls_in_flight(background_loop, tagger, bundle, sample):
+    """Issue 18 item 10: a stream pauses before each slice of its work while a small unary call is in
+    flight (at most MAX_PAUSE_S a slice); unary calls never pause. benchmarks/bench_load.py mixed measures
+    what it buys (small callers' p99 beside a stream)."""
+    import asyncio
+
+    from hybridpref.router.budget import Budget
+    from hybridpref.router.strategies import strategy_spec
+    from hybridpref.router.yielding import INTERACTIVE_MAX, Yielder
+
+    core = make_core(tagger, bundle)
+    options = RouteOptions(budget=Budget.fraction(0.25), strategy=strategy_spec("random"), seed=3)
+    rows = [replace(inst, id=f"{inst.id}-{k}") for k in range(4) for inst in sample]  # 160 rows: 3 slices of 64
+
+    async def stream(*chunks):
+        async def gen():
+            for c in chunks:
+                yield c
+        return await core.route_stream(gen(), options, Deadline(60.0))
+
+    async def alone_then_beside_a_small_call():
+        await stream(rows[:100], rows[100:])
+        alone = core.yielder.pauses
+        with core.yielder.interactive(10):  # a small call in flight throughout
+            start = asyncio.get_running_loop().time()
+            out = await stream(rows[:100], rows[100:])
+            waited = asyncio.get_running_loop().time() - start
+        return alone, core.yielder.pauses, waited, out
+
+    alone, beside, waited, out = background_loop.run(alone_then_beside_a_small_call())
+    assert alone == 0 and len(out.decisions) == len(rows)
+    # One pause per chunk and one per judge slice of the 120 LM-routed rows (64 + 56); `random` reads no tags, so
+    # the router does not tag (issue 19) and there are no tag slices.
+    slices = 2 + 2
+    assert beside >= slices and waited >= slices * core.yielder.max_pause_s * 0.9
+    before = core.yielder.pauses
+    route(background_loop, core, sample, "random")  # a unary call does not pause for itself
+    assert core.yielder.pauses == before
+    # A big unary call is bulk too: it does not hold a stream back.
+    big = Yielder()
+    with big.interactive(INTERACTIVE_MAX + 1):
+        assert big.active == 0

@@ -23,12 +23,21 @@ def _assert_same(a: RoutingModelData, b: RoutingModelData) -> None:
     assert a.ppm_residual_std == b.ppm_residual_std
     assert (a.correction_onnx, a.correction_features, a.correction_version) == (b.correction_onnx, b.correction_features, b.correction_version)
     assert a.correction_metrics == b.correction_metrics and a.metrics == b.metrics and a.domain == b.domain
+    assert a.panel_correction == b.panel_correction and a.panel_version == b.panel_version
 
 
 def test_default_bundle_round_trips():
     served = Predictor(default_bundle_path()).routing_model()
-    assert served.correction_onnx and served.domain  # the default bundle carries every part
-    _assert_same(served, routing_model_from_proto(routing_model_to_proto(served)))
+    assert served.correction_onnx and served.domain and served.panel_correction  # the default bundle carries every part
+    assert served.panel_version.startswith("panel-correction/1@")
+    back = routing_model_from_proto(routing_model_to_proto(served))
+    _assert_same(served, back)
+    # the router evaluates the model it received exactly as the bundle's file would
+    from hybridpref.routing_model.panel_correction import PANEL_FEATURES, PanelCorrectionModel, read_panel_correction
+
+    x = np.random.default_rng(1).uniform(size=(50, len(PANEL_FEATURES)))
+    np.testing.assert_array_equal(PanelCorrectionModel.from_json(back.panel_correction).probabilities(x),
+                                  read_panel_correction(default_bundle_path()).probabilities(x))
 
 
 def test_minimal_model_round_trips():
@@ -38,6 +47,20 @@ def test_minimal_model_round_trips():
     back = routing_model_from_proto(routing_model_to_proto(data))
     _assert_same(data, back)
     assert back.ppm_residual_std is None and back.domain is None and back.correction_onnx is None
+    assert back.panel_correction is None and back.panel_version == ""
+
+
+def test_panel_model_round_trips_alone():
+    """A bundle with the panel model and nothing else optional: the JSON and its version cross the wire."""
+    from hybridpref.routing_model.panel_correction import Linear, PanelCorrectionModel, panel_version
+
+    model = PanelCorrectionModel(Linear(("disagree",), np.array([0.2]), np.array([0.3]), np.array([1.5]), -1.0),
+                                 (2.0, -1.5), Linear.constant(0.1), human_rate=0.1)
+    data = RoutingModelData("ppm-y", VOCABULARY_VERSION, "", None, panel_correction=model.to_json(),
+                            panel_version=panel_version(model))
+    back = routing_model_from_proto(routing_model_to_proto(data))
+    _assert_same(data, back)
+    assert panel_version(back.panel_correction) == back.panel_version
 
 
 def test_inverse_refuses_another_vocabulary_or_width():

@@ -45,6 +45,7 @@ LEGACY = {
 ADDED = {
     "MAX_CALLS_PER_CONNECTION": "server.max_calls_per_connection", "STREAM_IDLE_S": "server.stream_idle_s",
     "API_VENDOR_MAX_CONCURRENT": "auth.vendor_max_concurrent", "DB_URL": "router.db_url",
+    "FAIL_FAST_AFTER_S": "router.fail_fast_after_s",
 }
 # A value per type that differs from every default, so reading it proves the variable was read.
 LITERAL = {"server.log_format": "console", "judge.backend": "replay"}

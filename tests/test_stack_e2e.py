@@ -292,6 +292,8 @@ def test_default_strategy_over_grpc_reports_intervals_and_expected_gains(routing
     assert corr["value"] == pytest.approx(sum(d.expected_gain for d in result.decisions if d.route == "HUMAN"), rel=1e-6)
     assert s["mixes"]["all_lm"]["score_note"] == "batch_independent" and "predicted_score" not in s["mixes"]["all_lm"]
     assert s["domain"]["in_domain"] and result.warnings == s["warnings"]
+    # the bundle's panel correction model routed, and the summary says which version over the wire
+    assert s["correction_model"] == "panel-correction/1" and s["correction_model_version"].startswith("panel-correction/1@")
 
 
 def test_cli_prints_out_of_domain_warning(routing_stack):
@@ -304,3 +306,4 @@ def test_cli_prints_out_of_domain_warning(routing_stack):
     )
     assert proc.returncode == 0, proc.stderr
     assert "warning: out of domain" in proc.stderr and "OUT OF DOMAIN" in proc.stderr
+    assert "panel-correction/1@" in proc.stderr  # the correction model that routed

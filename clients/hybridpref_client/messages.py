@@ -169,6 +169,8 @@ def summary_to_dict(s: router_pb2.RoutingSummary) -> dict:
         "strategy": s.strategy, "bundle_version": s.bundle_version, "human_count": s.human_count,
         "lm_count": s.lm_count, "human_cost": s.human_cost, "stage_seconds": dict(s.stage_seconds),
         "request_id": s.request_id,
+        # which correction model routed the batch ("" when none was read) and its exact version
+        "correction_model": s.correction_model, "correction_model_version": s.correction_model_version,
     }
     out.update(_honest_summary(s))
     # With skip_invalid_instances: the instances left out ({"index", "id", "field", "description"} per problem).
@@ -178,6 +180,10 @@ def summary_to_dict(s: router_pb2.RoutingSummary) -> dict:
         c = s.campaign
         out["campaign"] = {"name": c.name, "batch": c.batch, "budget_spent": c.budget_spent,
                            "budget_left": c.budget_left, "replayed": c.replayed}
+        if c.HasField("expected_changes"):
+            out["campaign"]["expected_changes"] = _estimate(c.expected_changes)
+        if c.HasField("model"):
+            out["campaign"]["model"] = campaign_model_from_proto(c.model)
     return out
 
 
@@ -280,6 +286,8 @@ class CampaignStatus:
     realised_corrections: int
     expected_corrections: Interval | None
     expected_known: int
+    # the correction model that routes the next batch (campaign_model_from_proto); None without a panel model
+    model: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -462,6 +470,13 @@ def campaign_from_proto(c: campaign_pb2.Campaign) -> Campaign:
         labels_returned=c.labels_returned, pairs_pending=c.pairs_pending)
 
 
+def campaign_model_from_proto(m) -> dict:
+    """``CampaignModelInfo`` -> {"version", "base_version", "adapted", "labels", "heldout_log_loss",
+    "bundle_log_loss", "human_error_rate"} (None where unset)."""
+    return {"version": m.version, "base_version": m.base_version, "adapted": m.adapted, "labels": m.labels,
+            **{f: (getattr(m, f) if m.HasField(f) else None) for f in ("heldout_log_loss", "bundle_log_loss", "human_error_rate")}}
+
+
 def status_from_proto(resp: campaign_pb2.GetCampaignResponse) -> CampaignStatus:
     s = resp.status
 
@@ -474,4 +489,5 @@ def status_from_proto(resp: campaign_pb2.GetCampaignResponse) -> CampaignStatus:
     return CampaignStatus(campaign=campaign_from_proto(resp.campaign), labels_pending=s.labels_pending,
                           agreement=interval("agreement"), audit_agreement=interval("audit_agreement"),
                           realised_corrections=s.realised_corrections,
-                          expected_corrections=interval("expected_corrections"), expected_known=s.expected_known)
+                          expected_corrections=interval("expected_corrections"), expected_known=s.expected_known,
+                          model=campaign_model_from_proto(resp.model) if resp.HasField("model") else None)

@@ -11,6 +11,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from hybridpref.v1 import router_pb2 as _router_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -402,6 +403,7 @@ class GetCampaignResponse(_message.Message):
 
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def campaign(self) -> Global___Campaign:
         """Settings and counters."""
@@ -410,15 +412,22 @@ class GetCampaignResponse(_message.Message):
     def status(self) -> Global___CampaignStatus:
         """Labels, agreement and corrections."""
 
+    @_builtins.property
+    def model(self) -> _router_pb2.CampaignModelInfo:
+        """The correction model that routes the campaign's next batch (adapted to its returned labels when they
+        say so); unset when the router's bundle has no panel correction model.
+        """
+
     def __init__(
         self,
         *,
         campaign: Global___Campaign | None = ...,
         status: Global___CampaignStatus | None = ...,
+        model: _router_pb2.CampaignModelInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "model", b"model", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "model", b"model", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

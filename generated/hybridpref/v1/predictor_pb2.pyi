@@ -237,6 +237,42 @@ class CorrectionModelSpec(_message.Message):
 Global___CorrectionModelSpec: _TypeAlias = CorrectionModelSpec  # noqa: Y015
 
 @_typing.final
+class PanelCorrectionSpec(_message.Message):
+    """The panel-invariant correction model (panel_correction.json, hybridpref.routing_model.panel_correction):
+    P(LM label wrong) and P(human vote wrong) from features that mean the same whatever the judge panel
+    (shares of the other recorded judges that disagree, the judge's own doubt, two text features), monotone
+    in the judge's doubt. Pure numpy: the router evaluates it from the JSON.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JSON_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FEATURE_NAMES_FIELD_NUMBER: _builtins.int
+    json: _builtins.str
+    """panel_correction.json verbatim (coefficients, standardisation, training panels, metrics)."""
+    version: _builtins.str
+    """Name and version, "panel-correction/1@<12 hex of the JSON>": what the routing summary shows."""
+    @_builtins.property
+    def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the input feature columns (PANEL_FEATURES); the router refuses a different list."""
+
+    def __init__(
+        self,
+        *,
+        json: _builtins.str = ...,
+        version: _builtins.str = ...,
+        feature_names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_names", b"feature_names", "json", b"json", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PanelCorrectionSpec: _TypeAlias = PanelCorrectionSpec  # noqa: Y015
+
+@_typing.final
 class DomainPool(_message.Message):
     """Statistics of one training pool (domain.json)."""
 
@@ -359,6 +395,7 @@ class GetRoutingModelResponse(_message.Message):
     CORRECTION_FIELD_NUMBER: _builtins.int
     DOMAIN_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    PANEL_CORRECTION_FIELD_NUMBER: _builtins.int
     unchanged: _builtins.bool
     """True when known_bundle_version is the loaded bundle: every other field is then empty."""
     bundle_version: _builtins.str
@@ -387,6 +424,12 @@ class GetRoutingModelResponse(_message.Message):
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """The bundle's served fit metrics (as GetModelInfo)."""
 
+    @_builtins.property
+    def panel_correction(self) -> Global___PanelCorrectionSpec:
+        """The panel-invariant correction model; unset for a bundle without one (the default strategy then
+        reads P(LM wrong) from the correction model above).
+        """
+
     def __init__(
         self,
         *,
@@ -399,10 +442,11 @@ class GetRoutingModelResponse(_message.Message):
         correction: Global___CorrectionModelSpec | None = ...,
         domain: Global___DomainStats | None = ...,
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        panel_correction: Global___PanelCorrectionSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_ppm_residual_std", b"_ppm_residual_std", "correction", b"correction", "domain", b"domain", "ppm", b"ppm", "ppm_residual_std", b"ppm_residual_std"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ppm_residual_std", b"_ppm_residual_std", "correction", b"correction", "domain", b"domain", "panel_correction", b"panel_correction", "ppm", b"ppm", "ppm_residual_std", b"ppm_residual_std"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ppm_residual_std", b"_ppm_residual_std", "bundle_version", b"bundle_version", "correction", b"correction", "domain", b"domain", "metrics", b"metrics", "ppm", b"ppm", "ppm_residual_std", b"ppm_residual_std", "reference_bins_id", b"reference_bins_id", "unchanged", b"unchanged", "vocabulary_version", b"vocabulary_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ppm_residual_std", b"_ppm_residual_std", "bundle_version", b"bundle_version", "correction", b"correction", "domain", b"domain", "metrics", b"metrics", "panel_correction", b"panel_correction", "ppm", b"ppm", "ppm_residual_std", b"ppm_residual_std", "reference_bins_id", b"reference_bins_id", "unchanged", b"unchanged", "vocabulary_version", b"vocabulary_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ppm_residual_std: _TypeAlias = _typing.Literal["ppm_residual_std"]  # noqa: Y015
     _WhichOneofArgType__ppm_residual_std: _TypeAlias = _typing.Literal["_ppm_residual_std", b"_ppm_residual_std"]  # noqa: Y015

@@ -263,7 +263,8 @@ class MixPrediction(_message.Message):
     """Why predicted_score is unset: "uncalibrated" (the bundle records no residual std),
     "out_of_domain" (the batch is outside the PPM's training domain), "batch_independent"
     (all-LM: x = 0 for every batch, the PPM's intercept says nothing about this batch),
-    "no_ppm" (the bundle has no quadratic PPM) or "no_predictor"; "" when set.
+    "no_ppm" (the bundle has no quadratic PPM), "no_predictor" or "not_tagged" (the strategy read no
+    tags, so the router did not run the tagger and the PPM has no input); "" when set.
     """
     @_builtins.property
     def predicted_score(self) -> Global___Estimate:
@@ -407,6 +408,8 @@ class RoutingSummary(_message.Message):
     REJECTED_FIELD_NUMBER: _builtins.int
     REJECTED_COUNT_FIELD_NUMBER: _builtins.int
     CAMPAIGN_FIELD_NUMBER: _builtins.int
+    CORRECTION_MODEL_FIELD_NUMBER: _builtins.int
+    CORRECTION_MODEL_VERSION_FIELD_NUMBER: _builtins.int
     strategy: _builtins.str
     """Strategy used."""
     bundle_version: _builtins.str
@@ -423,6 +426,15 @@ class RoutingSummary(_message.Message):
     """Nominal coverage of every interval in mixes (e.g. 0.9)."""
     rejected_count: _builtins.int
     """How many instances were left out (with skip_invalid_instances)."""
+    correction_model: _builtins.str
+    """The correction model whose P(LM wrong) routed the batch and gave the expected corrections: its
+    name ("panel-correction/1": the bundle's panel-invariant model; "correction/1": the older ONNX model);
+    "" when the strategy read none.
+    """
+    correction_model_version: _builtins.str
+    """Its exact version: "panel-correction/1@<hash of the bundle's model>", "correction/1@<bundle version>",
+    or a campaign's adapted model ("...+adapted-<labels>@<hash>").
+    """
     @_builtins.property
     def stage_seconds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Seconds spent per stage (tag, judge, predict, route)."""
@@ -470,10 +482,12 @@ class RoutingSummary(_message.Message):
         rejected: _abc.Iterable[Global___RejectedInstance] | None = ...,
         rejected_count: _builtins.int = ...,
         campaign: Global___CampaignProgress | None = ...,
+        correction_model: _builtins.str = ...,
+        correction_model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "domain", b"domain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "campaign", b"campaign", "domain", b"domain", "human_cost", b"human_cost", "human_count", b"human_count", "interval_level", b"interval_level", "lm_count", b"lm_count", "mixes", b"mixes", "rejected", b"rejected", "rejected_count", b"rejected_count", "request_id", b"request_id", "stage_seconds", b"stage_seconds", "strategy", b"strategy", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "campaign", b"campaign", "correction_model", b"correction_model", "correction_model_version", b"correction_model_version", "domain", b"domain", "human_cost", b"human_cost", "human_count", b"human_count", "interval_level", b"interval_level", "lm_count", b"lm_count", "mixes", b"mixes", "rejected", b"rejected", "rejected_count", b"rejected_count", "request_id", b"request_id", "stage_seconds", b"stage_seconds", "strategy", b"strategy", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -490,6 +504,8 @@ class CampaignProgress(_message.Message):
     BUDGET_SPENT_FIELD_NUMBER: _builtins.int
     BUDGET_LEFT_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
+    EXPECTED_CHANGES_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The campaign's name."""
     batch: _builtins.str
@@ -500,6 +516,19 @@ class CampaignProgress(_message.Message):
     """Budget units left."""
     replayed: _builtins.int
     """Instances of this batch that were already stored (re-sent ids: their stored decisions came back)."""
+    @_builtins.property
+    def expected_changes(self) -> Global___Estimate:
+        """How many of this batch's new human-routed pairs the bought labels are expected to change (a non-tie
+        human majority against the LM label: what GetCampaign's realised_corrections counts), 90% interval,
+        recalibrated on the campaign's returned labels; unset without the panel correction model.
+        """
+
+    @_builtins.property
+    def model(self) -> Global___CampaignModelInfo:
+        """The campaign's correction model that scored this batch (also RoutingSummary.correction_model_version
+        and each stored decision's model version).
+        """
+
     def __init__(
         self,
         *,
@@ -508,14 +537,79 @@ class CampaignProgress(_message.Message):
         budget_spent: _builtins.float = ...,
         budget_left: _builtins.float = ...,
         replayed: _builtins.int = ...,
+        expected_changes: Global___Estimate | None = ...,
+        model: Global___CampaignModelInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expected_changes", b"expected_changes", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "budget_left", b"budget_left", "budget_spent", b"budget_spent", "name", b"name", "replayed", b"replayed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "budget_left", b"budget_left", "budget_spent", b"budget_spent", "expected_changes", b"expected_changes", "model", b"model", "name", b"name", "replayed", b"replayed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CampaignProgress: _TypeAlias = CampaignProgress  # noqa: Y015
+
+@_typing.final
+class CampaignModelInfo(_message.Message):
+    """A campaign's correction model: the bundle's panel model, or a refit on the campaign's returned labels
+    promoted because its held-out log loss on them is not worse (hybridpref.router.adaptation).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    ADAPTED_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    HELDOUT_LOG_LOSS_FIELD_NUMBER: _builtins.int
+    BUNDLE_LOG_LOSS_FIELD_NUMBER: _builtins.int
+    HUMAN_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """"panel-correction/1@<hash>", "...+adapted-<labels>@<hash>" (a promoted refit) or "...+human-rate@<hash>"
+    (the bundle's model with the campaign's annotator error rate).
+    """
+    base_version: _builtins.str
+    """The bundle's panel model it starts from."""
+    adapted: _builtins.bool
+    """True when a refit on the campaign's labels routes."""
+    labels: _builtins.int
+    """Labelled pairs (non-tie human majority) the last refit read."""
+    heldout_log_loss: _builtins.float
+    """The last refit's cross-validated log loss on the returned verdict labels (promoted when not above
+    bundle_log_loss); unset before enough labels.
+    """
+    bundle_log_loss: _builtins.float
+    """The bundle model's log loss on the same labels; unset before enough labels."""
+    human_error_rate: _builtins.float
+    """The campaign's annotator error rate (Dawid-Skene over pairs with several votes); unset without such pairs."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        base_version: _builtins.str = ...,
+        adapted: _builtins.bool = ...,
+        labels: _builtins.int = ...,
+        heldout_log_loss: _builtins.float | None = ...,
+        bundle_log_loss: _builtins.float | None = ...,
+        human_error_rate: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bundle_log_loss", b"_bundle_log_loss", "_heldout_log_loss", b"_heldout_log_loss", "_human_error_rate", b"_human_error_rate", "bundle_log_loss", b"bundle_log_loss", "heldout_log_loss", b"heldout_log_loss", "human_error_rate", b"human_error_rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bundle_log_loss", b"_bundle_log_loss", "_heldout_log_loss", b"_heldout_log_loss", "_human_error_rate", b"_human_error_rate", "adapted", b"adapted", "base_version", b"base_version", "bundle_log_loss", b"bundle_log_loss", "heldout_log_loss", b"heldout_log_loss", "human_error_rate", b"human_error_rate", "labels", b"labels", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bundle_log_loss: _TypeAlias = _typing.Literal["bundle_log_loss"]  # noqa: Y015
+    _WhichOneofArgType__bundle_log_loss: _TypeAlias = _typing.Literal["_bundle_log_loss", b"_bundle_log_loss"]  # noqa: Y015
+    _WhichOneofReturnType__heldout_log_loss: _TypeAlias = _typing.Literal["heldout_log_loss"]  # noqa: Y015
+    _WhichOneofArgType__heldout_log_loss: _TypeAlias = _typing.Literal["_heldout_log_loss", b"_heldout_log_loss"]  # noqa: Y015
+    _WhichOneofReturnType__human_error_rate: _TypeAlias = _typing.Literal["human_error_rate"]  # noqa: Y015
+    _WhichOneofArgType__human_error_rate: _TypeAlias = _typing.Literal["_human_error_rate", b"_human_error_rate"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bundle_log_loss) -> _WhichOneofReturnType__bundle_log_loss | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__heldout_log_loss) -> _WhichOneofReturnType__heldout_log_loss | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__human_error_rate) -> _WhichOneofReturnType__human_error_rate | None: ...
+
+Global___CampaignModelInfo: _TypeAlias = CampaignModelInfo  # noqa: Y015
 
 @_typing.final
 class RouteInstancesResponse(_message.Message):

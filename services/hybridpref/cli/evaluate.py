@@ -25,7 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="evaluate routing strategies on labelled pools", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pool", action="append", required=True, help="pairs.jsonl (or its folder) with human and LM labels; repeat for several")
-    p.add_argument("--lm-judge", default=None, help="recorded judge key (default: each pool's default judge)")
+    p.add_argument("--lm-judge", "--judge", action="append", default=[], metavar="[POOL=]JUDGE",
+                   help="recorded judge key for every pool, or POOL=JUDGE per pool (default: the rule predictor build "
+                        "follows too: the shared pools' default judge, else the judge that labelled the most pairs; "
+                        "printed per pool)")
     p.add_argument("--bundle", default=None, help="predictor bundle for the PPM strategies (refused when it has seen a pool's labels)")
     p.add_argument("--bundle-for", action="append", default=[], metavar="POOL=DIR",
                    help="use this bundle for that pool instead of --bundle (e.g. a leave-one-pool-out bundle that never saw it); repeatable")
@@ -49,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-boot", type=int, default=2000)
     p.add_argument("--on-leak", default="error", choices=("error", "skip"), help="skip: drop the bundle's strategies on a leaking pool instead of failing")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--correction-model", default="panel", choices=("panel", "onnx"),
+                   help="what expected_gain / hybrid read: the panel-invariant model (the default bundle's) or correction.onnx")
     p.set_defaults(func=run)
 
 
@@ -74,16 +79,34 @@ def parse_bundle_for(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _judges(pools: list[str], items: list[str]) -> tuple[str | None, dict[str, str]]:
+    """``--lm-judge`` values -> (the judge for every pool, {pool name: judge}); a pool's name is its
+    folder's name (or the file's stem), as in the report."""
+    names = {(Path(p).name if Path(p).suffix != ".jsonl" else (Path(p).parent.name if Path(p).name == "pairs.jsonl"
+              else Path(p).stem)) for p in pools}
+    single, per_pool = None, {}
+    for item in items:
+        head, sep, tail = item.partition("=")
+        if sep and head in names:
+            per_pool[head] = tail
+        elif single is None:
+            single = item
+        else:
+            raise InvalidInput(FieldViolation("--lm-judge", f"{item!r}: give one JUDGE, or POOL=JUDGE per pool ({sorted(names)})"))
+    return single, per_pool
+
+
 def config_from_args(a: argparse.Namespace) -> EvalConfig:
     from hybridpref.offline.evaluation.harness import DEFAULT_STRATEGIES, EvalConfig
 
     strategies = DEFAULT_STRATEGIES if a.strategies is None else tuple(s.strip() for s in a.strategies.split(",") if s.strip())
-    return EvalConfig(pools=a.pool, out=a.out, lm_judge=a.lm_judge, bundle=a.bundle, bundle_for=parse_bundle_for(a.bundle_for), budgets=parse_budgets(a.budgets),
+    single, per_pool = _judges(a.pool, a.lm_judge)
+    return EvalConfig(pools=a.pool, out=a.out, lm_judge=single, lm_judges=per_pool, bundle=a.bundle, bundle_for=parse_bundle_for(a.bundle_for), budgets=parse_budgets(a.budgets),
                       strategies=strategies, seeds=a.seeds,
                       modes=("in-pool", "cross-pool") if a.mode == "both" else (a.mode,), folds=a.folds, split_seed=a.split_seed,
                       tagger_profile=a.tagger_profile, n_boot=a.n_boot, rm=not a.no_rm, rm_random_seeds=a.rm_random_seeds,
                       rm_proxy_seeds=a.rm_proxy_seeds, prediction_mixes=a.prediction_mixes, on_leak=a.on_leak, data_dir=a.data_dir,
-                      tagger_address=a.tagger)
+                      tagger_address=a.tagger, correction=a.correction_model)
 
 
 def run(a: argparse.Namespace) -> int:

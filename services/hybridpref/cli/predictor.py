@@ -40,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also write DIR/without-<pool>/: per pool, a bundle fitted on the other pools only (for cross-pool evaluation)")
     p.add_argument("--holdout-fraction", type=float, default=0.2)
     p.add_argument("--group-key", default="question_id", help="prompt-group field (rows without it group by prompt text)")
-    p.add_argument("--lm-judge", action="append", default=[], metavar="[POOL=]JUDGE",
-                   help="key in lm_labels (default: offline.pools.DEFAULT_JUDGES, else the most common); POOL=JUDGE with several pools")
+    p.add_argument("--lm-judge", "--judge", action="append", default=[], metavar="[POOL=]JUDGE",
+                   help="key in lm_labels; POOL=JUDGE with several pools (default: the rule evaluate follows too: the "
+                        "shared pools' default judge, else the judge that labelled the most pairs; printed per pool)")
     p.add_argument("--tagger-profile", default="default", choices=("default", "fast"))
     p.add_argument("--tagger", default=None, metavar="ADDRESS",
                    help="tag through a running tagger service (e.g. dns:///hybridpref-tagger:50051, spread over its "
@@ -61,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--ppm-pool", action="append", default=[], help="pool the PPM was trained on (default: the first --pool)")
     r.add_argument("--ppm-spearman", action="append", default=[], help="NAME=VALUE measured on a held-out pool")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--lm-judge", "--judge", action="append", default=[], metavar="[POOL=]JUDGE",
+                   help="key in lm_labels; POOL=JUDGE per pool (default: the rule of predictor build and evaluate; printed)")
     r.add_argument("--ppm-spearman-source", default="", help="where the --ppm-spearman values were measured (recorded in domain.json)")
     r.set_defaults(func=run_add_routing_models)
 
@@ -126,7 +129,14 @@ def run_add_routing_models(a: argparse.Namespace) -> int:
             raise InvalidInput(FieldViolation("--pool", f"{item!r}: expected NAME=PATH"))
         pools[name] = path
     ppm_pools, spearman = ppm_domain_args(a.bundle, list(pools), a.ppm_pool, a.ppm_spearman)
-    manifest = add_routing_models(a.bundle, {k: Path(v) for k, v in pools.items()}, ppm_pools, spearman, a.seed, a.ppm_spearman_source)
-    card = bundle_io.read_json(a.bundle, "correction.json")["leave_one_pool_out"]
-    print(f"bundle {manifest['bundle_version']}: correction LOPO min AUROC {card['min_auroc']:.3f}, max ECE {card['max_ece']:.3f}")
+    single, per_pool = judges_from_args(a.pool, a.lm_judge)
+    judges = {name: per_pool.get(name) or single for name in pools}
+    manifest = add_routing_models(a.bundle, {k: Path(v) for k, v in pools.items()}, ppm_pools, spearman, a.seed, a.ppm_spearman_source,
+                                  judges={k: v for k, v in judges.items() if v})
+    lopo = bundle_io.read_json(a.bundle, "correction.json").get("leave_one_pool_out")
+    if lopo:
+        print(f"bundle {manifest['bundle_version']}: correction LOPO min AUROC {lopo['min_auroc']:.3f}, max ECE {lopo['max_ece']:.3f}")
+    else:  # a leave-one-pool-out bundle of a two-pool study gets the other pool alone
+        print(f"bundle {manifest['bundle_version']}: correction model fitted on one pool: no leave-one-pool-out metrics "
+              "(they need two or more --pool), and its probabilities are not calibrated across pools")
     return 0

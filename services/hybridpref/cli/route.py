@@ -281,6 +281,8 @@ def print_summary(console, result, judge_name: str = "") -> None:
     table.add_column("value", justify="right")
     table.add_row("strategy", s.get("strategy", ""))
     table.add_row("bundle", s.get("bundle_version", "") or "-")
+    if s.get("correction_model_version"):
+        table.add_row("correction model", s["correction_model_version"])
     table.add_row("to humans", str(s.get("human_count", 0)))
     table.add_row("to LM judge", str(s.get("lm_count", 0)))
     table.add_row("human cost", f"{s.get('human_cost', 0.0):.1f}")

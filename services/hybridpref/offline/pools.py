@@ -46,6 +46,64 @@ LLMBAR_MTBENCH_SOURCE = "LLMBar Processed/MT-Bench"
 REPEATED_SOURCES: dict[str, tuple[str, ...]] = {"llmbar": (LLMBAR_MTBENCH_SOURCE,)}
 
 
+# Agreement with the pool's human labels below which the chosen judge is flagged in what build and
+# evaluate print (a judge near a coin flip makes every "all LM" number meaningless).
+WEAK_JUDGE_AGREEMENT = 0.6
+
+
+@dataclass(frozen=True)
+class JudgeChoice:
+    """The LM judge a pool is studied with, and why: the one rule both ``predictor build`` and
+    ``evaluate`` (and ``add-routing-models``) follow, and print (``describe``).
+
+    ``rule``: ``given`` (``--lm-judge``), ``shared pool default`` (:data:`DEFAULT_JUDGES`), or
+    ``most pairs labelled`` (the recorded judge with a verdict on the most pairs, order-split keys
+    counted as one judge; ties: the name first in sort order). ``coverage``: share of the pool's
+    pairs it labelled; ``agreement``: share of the pairs where it and the human label both pick a
+    side on which they agree (None without such pairs)."""
+
+    pool: str
+    judge: str
+    rule: str
+    coverage: float
+    agreement: float | None
+
+    def describe(self) -> str:
+        agree = "no decisive pairs to compare" if self.agreement is None else \
+            f"agrees with the human labels on {self.agreement:.1%} of decisive pairs"
+        text = f"pool {self.pool}: LM judge {self.judge!r} ({self.rule}; labels {self.coverage:.0%} of pairs, {agree})"
+        if self.agreement is not None and self.agreement < WEAK_JUDGE_AGREEMENT:
+            text += f"; WEAK: below {WEAK_JUDGE_AGREEMENT:.0%}, choose another with --lm-judge"
+        return text
+
+
+def choose_judge(name: str, instances: Sequence[PreferenceInstance], given: str | None = None) -> JudgeChoice:
+    """The pool's LM judge by the one rule (see :class:`JudgeChoice`); ``InvalidInput`` when ``given``
+    or the default names no judge recorded in the pool, or the pool records none."""
+    from hybridpref_client.core.errors import FieldViolation
+
+    judges = judge_keys(instances)
+    if not judges:
+        raise InvalidInput(FieldViolation("lm_judge", f"pool {name}: no instance has an LM label (lm_labels)"))
+    if given:
+        if given not in judges:
+            raise InvalidInput(FieldViolation("--lm-judge", f"pool {name} has no judge {given!r}; it has {', '.join(judges)}"))
+        judge, rule = given, "given"
+    elif DEFAULT_JUDGES.get(name) in judges:
+        judge, rule = DEFAULT_JUDGES[name], "shared pool default"
+    else:
+        counts = {j: int(np.count_nonzero(recorded_signals(instances, j).label != 0)) for j in judges}
+        judge = max(sorted(judges), key=counts.__getitem__)  # sorted first: ties go to the first name
+        rule = "most pairs labelled"
+    sig = recorded_signals(instances, judge)
+    lm = np.asarray(sig.label)
+    human = np.array([label_sign(i.human_label) for i in instances], dtype=np.int8)
+    decisive = (lm != 0) & (human != 0)
+    agreement = float(np.mean(lm[decisive] == human[decisive])) if decisive.any() else None
+    present = np.array([any(k == judge or k.startswith(judge + "/order_") for k in i.lm_labels) for i in instances])
+    return JudgeChoice(name, judge, rule, float(present.mean()) if len(present) else 0.0, agreement)
+
+
 @dataclass
 class Pool:
     name: str
@@ -96,7 +154,7 @@ def load_pool(path: str | Path, name: str | None = None, judge: str | None = Non
         skipped["llmbar MT-Bench subset (same judgments as mtbench_human_gpt4)"] += len(rows) - len(kept)
         rows = kept
     pool = _build(name, rows, skipped)
-    pool.default_judge = judge or DEFAULT_JUDGES.get(name) or (pool.judges[0] if pool.judges else "")
+    pool.default_judge = choose_judge(name, pool.instances, judge).judge if pool.judges or judge else ""
     return pool
 
 

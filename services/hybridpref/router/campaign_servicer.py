@@ -15,17 +15,30 @@ import math
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
-from hybridpref.router.strategies import campaign_strategy_spec
+from hybridpref.router.adaptation import CampaignModel
+from hybridpref.router.core import RouterCore
+from hybridpref.router.strategies import StrategySpec, campaign_strategy_spec
+from hybridpref.server.settings import Settings
 from hybridpref.store.api import Campaign, CampaignSpec, CampaignStatus, CampaignStore, HumanLabel, Interval, LabelResult
+from hybridpref.router.campaign_proto import campaign_model_to_proto
 from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc
 
-if TYPE_CHECKING:
-    from hybridpref.router.servicer import RouterServicer
+
+
+class RouterSide(Protocol):
+    """What the campaign servicer uses of the ``RouterServicer`` it sits beside (a protocol, so that the two
+    servicer modules do not import each other)."""
+
+    core: RouterCore
+    settings: Settings
+    default_strategy: StrategySpec
+
+    def vendor(self) -> str: ...
 
 SERVICE_NAME = campaign_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name
 EXPORT_CHUNK = 1000  # rows per ExportDatasetResponse
@@ -152,7 +165,7 @@ def export_chunk(rows: Iterator[dict[str, Any]], fmt: str) -> campaign_pb2.Expor
 class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
     """``CampaignService`` beside a ``RouterServicer`` (its worker pool, store, vendor and metrics)."""
 
-    def __init__(self, router: RouterServicer) -> None:
+    def __init__(self, router: RouterSide) -> None:
         self.router = router
         self.core = router.core
         self.metrics = router.core.metrics
@@ -169,8 +182,28 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
 
     async def GetCampaign(self, request: campaign_pb2.GetCampaignRequest, context: Any) -> campaign_pb2.GetCampaignResponse:
         store = await self._store()
-        status = await self.core.executor.run(store.status, self.router.vendor(), request.name)
-        return campaign_pb2.GetCampaignResponse(campaign=campaign_to_proto(status.campaign), status=status_to_proto(status))
+        vendor = self.router.vendor()
+        status = await self.core.executor.run(store.status, vendor, request.name)
+        out = campaign_pb2.GetCampaignResponse(campaign=campaign_to_proto(status.campaign), status=status_to_proto(status))
+        model = await self._campaign_model(vendor, request.name, context)
+        if model is not None:
+            out.model.CopyFrom(campaign_model_to_proto(model.describe()))
+        return out
+
+    async def _campaign_model(self, vendor: str, name: str, context: Any) -> CampaignModel | None:
+        """The correction model that routes the campaign's next batch (cached; refitted when enough new labels
+        came back), or None when the bundle has no panel model or the predictor cannot be reached."""
+        from hybridpref.server.channels import remaining_timeout
+        from hybridpref.server.deadline import Deadline
+        from hybridpref_client.core.errors import BackendUnavailable, NotReady
+
+        try:
+            bundle = await self.core.models.routing_model(Deadline(min(5.0, remaining_timeout(context) or 5.0)))
+        except (NotReady, BackendUnavailable):
+            return None
+        if bundle.panel is None:
+            return None
+        return await self.core.executor.run(self.core.adaptation.model_for, vendor, name, bundle)
 
     async def ListCampaigns(self, request: campaign_pb2.ListCampaignsRequest, context: Any) -> campaign_pb2.ListCampaignsResponse:
         store = await self._store()
@@ -185,6 +218,8 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
         store = await self._store()
         results = await self.core.executor.run(store.submit_labels, vendor, request.campaign, labels, size=len(labels))
         await self._count_labels(store, vendor, request.campaign, labels, results)
+        if any(r.status in ("stored", "replaced") for r in results):
+            self.core.adaptation.labels_arrived(vendor, request.campaign)  # refit off the request path when due
         return campaign_pb2.SubmitLabelsResponse(results=[result_to_proto(r) for r in results])
 
     async def _count_labels(self, store: CampaignStore, vendor: str, campaign: str, labels: list[HumanLabel],

@@ -8,6 +8,8 @@ the top ``k`` by ``k`` arg-max passes instead of a partition of every row (ties:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from threadpoolctl import threadpool_limits
 
@@ -52,7 +54,7 @@ def _top_k(contrib: np.ndarray, k: int, idx_out: np.ndarray, val_out: np.ndarray
         mag[rows, j] = -1.0
 
 
-def top_correction_features(lm_model, features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_correction_features(lm_model: Any, features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The correction-model features that moved each row's P(LM label wrong) most, as
     ``(feature_idx (n, k) int64, value (n, k) float64)``, largest |value| first; -1 / 0.0 pad.
 

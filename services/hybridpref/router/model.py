@@ -58,11 +58,57 @@ class CorrectionRunner:
     model: Any  # hybridpref.routing_model.correction.CorrectionModel
     feature_names: tuple[str, ...]
     metrics: dict[str, float] = field(default_factory=dict)
+    version: str = "correction/1"  # correction.json's version
+
+    @property
+    def reads_tags(self) -> bool:
+        """Whether a prediction depends on the tagger's measures or tags (a non-zero weight on one of their
+        columns); the served models read texts and judge signals only."""
+        from hybridpref.routing_model.correction import MEASURE_FEATURES, TAG_FEATURES
+
+        cols = [j for j, name in enumerate(self.feature_names) if name in MEASURE_FEATURES or name in TAG_FEATURES]
+        return any(bool(np.any(np.asarray(part.coef)[cols] != 0)) for part in (self.model.lm, self.model.human))
 
     def probabilities(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(P(LM label wrong), P(one human label wrong)) per row, float64 (one onnxruntime call)."""
         p = np.asarray(self.model.probabilities(np.asarray(features, dtype=np.float32)), dtype=np.float64)
         return p[:, 0], p[:, 1]
+
+
+@dataclass(frozen=True)
+class PanelRunner:
+    """The panel-invariant correction model (``panel_correction.json``; pure numpy) and its version
+    (``panel-correction/1@<hash>``, or a campaign's adapted version, :mod:`hybridpref.router.adaptation`)."""
+
+    model: Any  # hybridpref.routing_model.panel_correction.PanelCorrectionModel
+    version: str
+
+    def probabilities(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P(LM label wrong), P(one human vote wrong)) per row of (n, len(PANEL_FEATURES)) panel features."""
+        p = self.model.probabilities(features)
+        return p[:, 0], p[:, 1]
+
+    def lm_terms(self) -> LinearTerms:
+        """The P(LM wrong) logit's standardisation and weights over every panel feature (0 where the model
+        reads none): what ``explain.top_correction_features`` ranks the rows' log-odds terms with."""
+        from hybridpref.routing_model.panel_correction import PANEL_FEATURES
+
+        lm = self.model.lm
+        width = len(PANEL_FEATURES)
+        mean, scale, coef = np.zeros(width), np.ones(width), np.zeros(width)
+        for j, name in enumerate(lm.columns):
+            k = PANEL_FEATURES.index(name)
+            mean[k], scale[k], coef[k] = lm.mean[j], lm.scale[j], lm.coef[j]
+        return LinearTerms(mean, scale, coef)
+
+
+@dataclass(frozen=True)
+class LinearTerms:
+    """``(x - mean) / scale * coef`` per feature: a logistic model's log-odds terms."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -75,6 +121,30 @@ class RoutingModel:
     correction: CorrectionRunner | None
     domain: DomainModel | None
     metrics: dict[str, float] = field(default_factory=dict)
+    # The panel-invariant correction model (issue 19): where present, the expected-correction strategies read
+    # P(wrong) from it instead of ``correction``.
+    panel: PanelRunner | None = None
+
+    @property
+    def has_correction(self) -> bool:
+        """Whether the expected-correction strategies can run (either correction model)."""
+        return self.panel is not None or self.correction is not None
+
+    def correction_name(self) -> tuple[str, str]:
+        """(name, version) of the correction model the expected-correction strategies read: the panel model's
+        (``panel-correction/1``, ``panel-correction/1@<hash>``), else the ONNX one's (``correction/1``,
+        ``correction/1@<bundle version>``), else ("", "")."""
+        if self.panel is not None:
+            return self.panel.version.split("@", 1)[0], self.panel.version
+        if self.correction is not None:
+            return self.correction.version, f"{self.correction.version}@{self.bundle_version}"
+        return "", ""
+
+    def with_panel(self, panel: PanelRunner) -> RoutingModel:
+        """The same bundle with another panel model (a campaign's adapted one)."""
+        from dataclasses import replace
+
+        return replace(self, panel=panel)
 
     @classmethod
     def from_data(cls, data: RoutingModelData) -> RoutingModel:
@@ -83,8 +153,22 @@ class RoutingModel:
             bundle_version=data.bundle_version, vocabulary_version=data.vocabulary_version,
             reference_bins_id=data.reference_bins_id, scorer=scorer, residual_std=data.ppm_residual_std,
             correction=_correction(data), domain=None if data.domain is None else DomainModel.from_json(data.domain),
-            metrics=dict(data.metrics),
+            metrics=dict(data.metrics), panel=_panel(data),
         )
+
+
+def _panel(data: RoutingModelData) -> PanelRunner | None:
+    if data.panel_correction is None:
+        return None
+    from hybridpref.routing_model.panel_correction import PanelCorrectionModel, panel_version
+
+    try:
+        model = PanelCorrectionModel.from_json(data.panel_correction)
+    except (ValueError, KeyError, TypeError) as exc:
+        # The router computes the features itself: another feature list means a router/bundle mismatch.
+        raise NotReady(f"bundle {data.bundle_version}: its panel correction model cannot run here ({exc}): "
+                       "deploy a matching router and bundle") from None
+    return PanelRunner(model, data.panel_version or panel_version(data.panel_correction))
 
 
 def _correction(data: RoutingModelData) -> CorrectionRunner | None:
@@ -97,7 +181,7 @@ def _correction(data: RoutingModelData) -> CorrectionRunner | None:
         raise NotReady(f"bundle {data.bundle_version}: its correction model reads {len(data.correction_features)} features "
                        f"that differ from this router's {len(FEATURE_NAMES)}: deploy a matching router and bundle")
     return CorrectionRunner(CorrectionModel.from_onnx(data.correction_onnx), tuple(data.correction_features),
-                            dict(data.correction_metrics))
+                            dict(data.correction_metrics), data.correction_version or "correction/1")
 
 
 # fetch(known_version, deadline) -> the new data, or None when ``known_version`` is still current

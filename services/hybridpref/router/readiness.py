@@ -31,7 +31,8 @@ BACKEND_SERVICES = {
     "predictor": "hybridpref.v1.PredictorService",
 }
 
-# Failed health checks in a row after which a backend is known down and calls to it fail fast.
+# Failed health checks in a row (at least) after which a backend may count as known down; it also must
+# have failed for ``settings.router.fail_fast_after_s`` (a busy backend can miss one or two checks).
 FAIL_FAST_AFTER = 2
 
 log = structlog.get_logger()
@@ -52,6 +53,7 @@ class BackendWatcher:
         # for their deadline on a hung backend. One failed check only turns readiness off.
         self.failures: dict[str, int] = {name: 0 for name in self.addresses}
         self.down_since: dict[str, float] = {}
+        self.failing_since: dict[str, float] = {}  # first failed check of the current run of failures
         self._down_events: dict[str, asyncio.Event] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._probe_since: float | None = None
@@ -84,12 +86,17 @@ class BackendWatcher:
             self.up[name] = ok
             self.failures[name] = 0 if ok else self.failures[name] + 1
             event = self.down_event(name)
+            now = time.monotonic()
             if ok:
                 self.down_since.pop(name, None)
+                self.failing_since.pop(name, None)
                 event.clear()
-            elif self.failures[name] >= FAIL_FAST_AFTER and not event.is_set():
-                self.down_since[name] = time.monotonic()
-                event.set()
+            else:
+                since = self.failing_since.setdefault(name, now)
+                long_enough = now - since >= self.settings.router.fail_fast_after_s
+                if self.failures[name] >= FAIL_FAST_AFTER and long_enough and not event.is_set():
+                    self.down_since[name] = now
+                    event.set()
             self.metrics.backend_ready.labels(name).set(1 if ok else 0)
         self._notify()
 
@@ -104,7 +111,7 @@ class BackendWatcher:
         """Why calls to ``name`` should fail fast now, or ``None`` (not watched, or not known down)."""
         if name not in self.addresses or name not in self.down_since:
             return None
-        failing = time.monotonic() - self.down_since[name] + FAIL_FAST_AFTER * self.settings.router.backend_check_s
+        failing = time.monotonic() - self.failing_since.get(name, self.down_since[name])
         return f"{name} is down (its health checks have failed for about {failing:.1f} s)"
 
     @property

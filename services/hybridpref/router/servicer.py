@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from hybridpref.server import logs
@@ -12,7 +12,7 @@ from hybridpref.server import deadline as deadlines
 from hybridpref_client.core.convert import check_count, instance_from_proto, instances_from_proto
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.core.limits import Limits, proto_instance_violations
-from hybridpref_client.core.instances import PositionMode, PreferenceInstance
+from hybridpref_client.core.instances import PositionMode
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.server import ServiceHandle
 from hybridpref.server.settings import LimitsSettings, Settings
@@ -20,6 +20,7 @@ from hybridpref.router.budget import Budget, budget_violations
 from hybridpref.router.downstream import JudgeClient, PredictorModelClient, TaggerClient
 from hybridpref.router.limits import MAX_NAME_CHARS, config_violations
 from hybridpref.router.campaign import CampaignRoute
+from hybridpref.router.campaign_proto import campaign_model_to_proto
 from hybridpref.router.strategies import DEFAULT_STRATEGY, StrategySpec, campaign_strategy_spec, strategy_spec
 from hybridpref.server.auth import current_vendor
 from hybridpref.store.api import DEFAULT_VENDOR
@@ -68,7 +69,7 @@ def options_from_proto(config: router_pb2.RouteConfig, default_strategy: Strateg
     )
 
 
-def convert(msgs, limits: Limits, offset: int, skip_invalid: bool) -> Incoming:
+def convert(msgs: Sequence[common_pb2.PreferenceInstance], limits: Limits, offset: int, skip_invalid: bool) -> Incoming:
     """Proto instances -> core ones, ``instances[i]`` counted from ``offset`` in the caller's batch or
     stream. An instance that cannot be converted (sizes, enum values) refuses the call, or with
     ``skip_invalid`` is left out and listed."""
@@ -115,6 +116,8 @@ def summary_to_proto(outcome: RouteOutcome) -> router_pb2.RoutingSummary:
         request_id=logs.current_request_id() or "",
         interval_level=core.level,
         warnings=core.warnings,
+        correction_model=core.correction_model,
+        correction_model_version=core.correction_version,
     )
     for mix in core.mixes:
         out = summary.mixes.add(mix=mix.mix, human_count=mix.human_count, score_note=mix.score_note)
@@ -133,6 +136,11 @@ def summary_to_proto(outcome: RouteOutcome) -> router_pb2.RoutingSummary:
         c = outcome.campaign
         summary.campaign.CopyFrom(router_pb2.CampaignProgress(name=c.name, batch=c.batch, budget_spent=c.budget_spent,
                                                               budget_left=c.budget_left, replayed=c.replayed))
+        if c.expected_changes is not None:
+            e = c.expected_changes
+            summary.campaign.expected_changes.CopyFrom(router_pb2.Estimate(value=e.estimate, low=e.low, high=e.high))
+        if c.model is not None:
+            summary.campaign.model.CopyFrom(campaign_model_to_proto(c.model))
     return summary
 
 
@@ -211,7 +219,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         options = await self._for_campaign(options, first.config)
         run = self.core.executor.run
 
-        async def chunks() -> AsyncIterator[list[PreferenceInstance]]:
+        async def chunks() -> AsyncIterator[Incoming]:
             index, seen = 1, 0
             async for message in request_iterator:
                 if message.WhichOneof("item") != "chunk":

@@ -73,6 +73,10 @@ class Summary:
     level: float = INTERVAL_LEVEL
     domain: DomainResult | None = None
     warnings: list[str] = field(default_factory=list)
+    # The correction model whose P(wrong) routed the batch and gave the expected corrections ("" when none
+    # was read): name ("panel-correction/1", "correction/1") and exact version (a campaign's adapted version).
+    correction_model: str = ""
+    correction_version: str = ""
 
 
 def column_totals(tag_matrix: np.ndarray) -> np.ndarray:
@@ -122,11 +126,16 @@ def summarize(
 
 
 def correction_transfer(model: RoutingModel | None) -> tuple[float, float] | None:
-    """The realised / predicted correction ratio range the bundle measured on held-out pools, or None."""
-    if model is None or model.correction is None:
-        return None
+    """The realised / predicted correction ratio range the bundle measured on held-out pools for the correction
+    model that routes (the panel model where the bundle has one, else the ONNX model), or None."""
     from hybridpref.routing_model.correction import transfer_range
 
+    if model is None:
+        return None
+    if model.panel is not None:
+        return transfer_range(getattr(model.panel.model, "metrics", {}) or {})
+    if model.correction is None:
+        return None
     return transfer_range(getattr(model.correction.model, "metrics", {}) or {})
 
 
@@ -140,6 +149,8 @@ def _scores(out: Summary, model: RoutingModel | None, tags: np.ndarray, mask: np
         note = "uncalibrated"
     elif out.domain is not None and not out.domain.in_domain:
         note = "out_of_domain"
+    elif tags.shape[1] == 0:
+        note = "not_tagged"  # the strategy read no tags, so the batch was not tagged and the PPM has no input
     if note or len(tags) == 0:
         for mix in out.mixes:
             mix.score_note = note or "empty_batch"
@@ -238,15 +249,50 @@ def _warnings(out: Summary, model: RoutingModel | None, p_wrong: tuple[np.ndarra
     return warnings
 
 
+def unsure_mask(signals: JudgeSignals) -> np.ndarray:
+    """(n,) bool: the judge was unsure of the pair (an order flip, a tie or no verdict, or a probability
+    within ``UNSURE_MARGIN`` of 0.5)."""
+    unsure = np.asarray(signals.order_flip, dtype=bool) | (np.asarray(signals.label) == 0)
+    p_a = np.asarray(signals.p_a, dtype=np.float64)
+    out: np.ndarray = unsure | (np.isfinite(p_a) & (np.abs(p_a - 0.5) < UNSURE_MARGIN))
+    return out
+
+
+# Kinds of summary warnings (the ``kind`` label of ``hybridpref_routing_warnings_total``), each with the
+# start of its sentence; ``warning_kind`` maps a warning to its kind ("other" for none of these).
+WARNING_KINDS: tuple[tuple[str, str], ...] = (
+    ("out_of_domain", "out of domain:"),
+    ("uncalibrated", "uncalibrated:"),
+    ("no_correction_model", "the bundle has no expected-correction model"),
+    ("no_domain", "the bundle records no training domain"),
+    ("ppm_indistinct", "the PPM cannot tell the chosen mix from random"),
+    ("corrections_indistinct", "expected corrections of the chosen mix are within"),
+    ("judge_unsure", "the judge is unsure on most pairs"),
+    ("correction_transfer", "expected corrections: on pools the correction model did not see"),
+    ("ppm_fallback", "the PPM is outside its domain"),
+    ("no_routing_model", "no routing model"),
+    ("costs_untagged", "human costs not given were estimated from word counts"),
+    ("campaign_model", "campaign: routed by"),
+    ("instances_left_out", ""),  # "<n> invalid instances were left out ..." (matched below)
+)
+
+
+def warning_kind(text: str) -> str:
+    """The kind of a summary warning (a bounded label value)."""
+    for kind, start in WARNING_KINDS:
+        if start and text.startswith(start):
+            return kind
+    if "invalid instances were left out" in text:
+        return "instances_left_out"
+    return "other"
+
+
 def judge_warnings(signals: JudgeSignals, of: str = "") -> list[str]:
     """Warnings about the judge's own labels, whatever the strategy: a strategy that judges every pair
     first passes all of them, the others the LM-routed pairs they judged (``of`` names which)."""
     if not len(signals):
         return []
-    unsure = np.asarray(signals.order_flip, dtype=bool) | (np.asarray(signals.label) == 0)
-    p_a = np.asarray(signals.p_a, dtype=np.float64)
-    unsure |= np.isfinite(p_a) & (np.abs(p_a - 0.5) < UNSURE_MARGIN)
-    share = float(np.mean(unsure))
+    share = float(np.mean(unsure_mask(signals)))
     if share <= UNSURE_SHARE:
         return []
     where = f" of {of}" if of else ""

@@ -19,6 +19,9 @@ Layout (format ``hybridpref-predictor-bundle/1``):
   ``domain.json``      per training pool the mean / sd of the domain features, the pools the PPM was
                        trained on, the batch distance and its calibrated threshold
                        (:mod:`hybridpref.routing_model.domain`)
+  ``panel_correction.json`` the panel-invariant, monotone correction model (issue 19; pure numpy,
+                       :mod:`hybridpref.routing_model.panel_correction`): where present, ``hybrid``
+                       reads P(LM wrong) from it instead of ``correction.onnx``
 * ``manifest.json``     sha256 of every file above and ``bundle_version`` = hash over them
 
 Every file is written deterministically (sorted JSON keys, no timestamps), so the same build
@@ -37,7 +40,7 @@ from hybridpref_client.core.errors import NotReady
 FORMAT = "hybridpref-predictor-bundle/1"
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("model.onnx", "ppm.json", "vocabulary.json", "reference_bins.json", "metrics.json", "fingerprints.json", "MODEL_CARD.md")
-OPTIONAL_FILES = ("correction.onnx", "correction.json", "domain.json")
+OPTIONAL_FILES = ("correction.onnx", "correction.json", "domain.json", "panel_correction.json")
 
 
 def sha256_file(path: Path) -> str:

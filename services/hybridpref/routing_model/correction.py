@@ -78,18 +78,30 @@ _MEASURE_COLS = [LEXICAL_MEASURES.index(m) for m in MEASURE_FEATURES[:-1]]
 _NEUTRAL_MEASURES = np.array([0.5, 0.3, 0.8, 0.3, 0.4])
 
 
+def text_stats(instances: Sequence[PreferenceInstance]) -> np.ndarray:
+    """(n, 4) float64 per instance: whitespace words of response A, of response B, of the prompt, and the
+    word overlap of the two responses (:func:`_word_overlap`). The text part of both correction models'
+    features and of the domain check; computed once per batch, read by every feature builder (the overlap is
+    most of the cost)."""
+    if not len(instances):
+        return np.zeros((0, 4))
+    return np.array([(len(_WORD.findall(i.response_a)), len(_WORD.findall(i.response_b)), len(_WORD.findall(i.prompt_text)),
+                      _word_overlap(i.response_a, i.response_b)) for i in instances], dtype=np.float64)
+
+
 def correction_features(
     instances: Sequence[PreferenceInstance],
     measures: np.ndarray | None,
     tags: np.ndarray | None,
     signals: JudgeSignals,
+    text: np.ndarray | None = None,
 ) -> np.ndarray:
     """Feature matrix (n, len(FEATURE_NAMES)) float32, columns in :data:`FEATURE_NAMES` order.
 
     ``measures``: the tagger's raw lexical measures (n, 9) in ``LEXICAL_MEASURES`` order, or None;
     ``tags``: (n, 90) 0/1 tag matrix, or None; ``signals``: the LM judge's signals on the same rows.
     Lengths are whitespace words of the texts (not the tagger's token lengths), so the features do not
-    depend on which tagger (or none) ran.
+    depend on which tagger (or none) ran. ``text``: the rows' :func:`text_stats`, when already computed.
     """
     n = len(instances)
     if len(signals) != n:
@@ -108,9 +120,10 @@ def correction_features(
     out[:, col["p_missing"]] = np.isnan(p_a)
     out[:, col["lm_picked_a"]] = label == 1
 
-    len_a = np.array([len(_WORD.findall(i.response_a)) for i in instances], dtype=np.float64)
-    len_b = np.array([len(_WORD.findall(i.response_b)) for i in instances], dtype=np.float64)
-    len_p = np.array([len(_WORD.findall(i.prompt_text)) for i in instances], dtype=np.float64)
+    stats = text_stats(instances) if text is None else np.asarray(text, dtype=np.float64)
+    if stats.shape != (n, 4):
+        raise ValueError(f"text stats have shape {stats.shape}, expected ({n}, 4)")
+    len_a, len_b, len_p = stats[:, 0], stats[:, 1], stats[:, 2]
     longer = np.sign(len_a - len_b)  # +1: A is longer
     out[:, col["lm_picked_longer"]] = (label != 0) & (label == longer)
     out[:, col["lm_picked_shorter"]] = (label != 0) & (longer != 0) & (label == -longer)
@@ -118,7 +131,7 @@ def correction_features(
     out[:, col["log_len_shorter"]] = np.log1p(np.minimum(len_a, len_b))
     out[:, col["log_len_longer"]] = np.log1p(np.maximum(len_a, len_b))
     out[:, col["log_prompt_len"]] = np.log1p(len_p)
-    out[:, col["word_overlap"]] = [_word_overlap(i.response_a, i.response_b) for i in instances]
+    out[:, col["word_overlap"]] = stats[:, 3]
 
     m0 = col["bertscore"]
     if measures is None:

@@ -1,8 +1,9 @@
 """The routing model: what the predictor hands the router so that every strategy runs in process.
 
 One bundle version -> one :class:`RoutingModelData` (plain arrays and bytes, no sessions): the
-PPM's quadratic form, the expected-correction model's ONNX bytes and feature names, the domain
-statistics of the training pools and the PPM's residual std. The predictor reads it from the
+PPM's quadratic form, the expected-correction model's ONNX bytes and feature names, the panel-invariant
+correction model (``panel_correction.json``), the domain statistics of the training pools and the PPM's
+residual std. The predictor reads it from the
 bundle folder at load time (same snapshot as the served ONNX PPM) and serves it through
 ``GetRoutingModel``; the router turns it into live objects (``hybridpref.router.model``).
 Every part but the PPM is optional: a bundle built before the correction model still loads.
@@ -34,6 +35,8 @@ class RoutingModelData:
     correction_metrics: dict[str, float] = field(default_factory=dict)
     domain: dict[str, Any] | None = None  # domain.json as written by the bundle builder
     metrics: dict[str, float] = field(default_factory=dict)
+    panel_correction: dict[str, Any] | None = None  # panel_correction.json (issue 19); None: the bundle has none
+    panel_version: str = ""  # "panel-correction/1@<hash>" (panel_correction.panel_version)
 
 
 def read_routing_parts(folder: Path) -> dict[str, Any]:
@@ -48,7 +51,14 @@ def read_routing_parts(folder: Path) -> dict[str, Any]:
         out: dict[str, Any] = {"ppm_residual_std": _residual_std(bundle_io.read_json(folder, "metrics.json"))}
         correction = bundle_io.read_correction(folder)
         out["domain"] = bundle_io.read_domain(folder)
-    except (OSError, ValueError) as exc:
+        panel = folder / "panel_correction.json"
+        if panel.is_file():
+            from hybridpref.routing_model.panel_correction import PanelCorrectionModel, panel_version
+
+            out["panel_correction"] = bundle_io.read_json(folder, panel.name)
+            PanelCorrectionModel.from_json(out["panel_correction"])  # refuse one this code cannot evaluate
+            out["panel_version"] = panel_version(out["panel_correction"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise NotReady(f"bundle {folder}: unreadable routing files: {exc}") from None
     if correction is not None:
         onnx, meta = correction

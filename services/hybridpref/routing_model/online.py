@@ -229,6 +229,25 @@ class ModelLineage:
                  "promoted": v.promoted} for v in self.versions]
 
 
+def out_of_fold_p(bundle: PanelCorrectionModel, ids: Sequence[str], x: np.ndarray, usable: np.ndarray, y: np.ndarray, *,
+                  strength: float, folds: int = 5) -> np.ndarray:
+    """P(LM wrong) of every labelled row ``x`` (n, F) by the refit recipe fitted without the row's fold (folds by
+    :func:`fold_of` of ``ids``, as the promotion check): what the adapted model predicts out of sample. ``usable``
+    (n,) bool: rows with a non-tie human label, ``y`` (usable.sum(),) their LM-wrong targets (the refit's data)."""
+    x = np.asarray(x, dtype=np.float64)
+    fold = fold_of(ids, folds)
+    rows = np.flatnonzero(usable)
+    out = np.zeros(len(x))
+    for f in range(folds):
+        held = fold == f
+        if not held.any():
+            continue
+        train = fold[rows] != f
+        m = refit_with_prior(bundle, x[rows[train]], np.asarray(y)[train], strength=strength)
+        out[held] = m.p_lm_wrong(x[held], 0.0)
+    return out
+
+
 def fold_of(instance_ids: Sequence[str], folds: int, salt: str = "promotion") -> np.ndarray:
     """(n,) fold id per instance id by a stable hash (the same id is in the same fold at every refit)."""
     return np.array([int.from_bytes(hashlib.blake2b(f"{salt}|{i}".encode(), digest_size=4).digest(), "little") % folds

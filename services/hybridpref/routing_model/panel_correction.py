@@ -30,7 +30,6 @@ labels is :mod:`hybridpref.routing_model.online`.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,13 +46,14 @@ PANEL_FEATURES: tuple[str, ...] = (
 )
 # Features whose coefficient must be >= 0: more doubt never lowers P(LM wrong).
 MONOTONE: tuple[str, ...] = ("order_flip", "disagree", "all_disagree", "majority_disagree", "p_unsure")
-_WORD = re.compile(r"\S+")
-_TOKEN = re.compile(r"[a-z0-9]+")
 
 
-def panel_features(instances: Sequence[PreferenceInstance], signals: JudgeSignals) -> np.ndarray:
+def panel_features(instances: Sequence[PreferenceInstance], signals: JudgeSignals, text: np.ndarray | None = None) -> np.ndarray:
     """(n, len(PANEL_FEATURES)) float64 in :data:`PANEL_FEATURES` order from the texts and the judge's
-    signals (``agreement`` = share of the other recorded judges that agree, NaN when none)."""
+    signals (``agreement`` = share of the other recorded judges that agree, NaN when none). ``text``: the
+    rows' :func:`~hybridpref.routing_model.correction.text_stats`, when already computed."""
+    from hybridpref.routing_model.correction import text_stats
+
     n = len(instances)
     if len(signals) != n:
         raise ValueError(f"signals has {len(signals)} rows for {n} instances")
@@ -62,9 +62,10 @@ def panel_features(instances: Sequence[PreferenceInstance], signals: JudgeSignal
     p_a = np.asarray(signals.p_a, dtype=np.float64)
     any_other = np.isfinite(agreement)
     disagree = np.where(any_other, 1.0 - np.nan_to_num(agreement, nan=1.0), 0.0)
-    len_a = np.array([len(_WORD.findall(i.response_a)) for i in instances], dtype=np.float64)
-    len_b = np.array([len(_WORD.findall(i.response_b)) for i in instances], dtype=np.float64)
-    len_p = np.array([len(_WORD.findall(i.prompt_text)) for i in instances], dtype=np.float64)
+    stats = text_stats(instances) if text is None else np.asarray(text, dtype=np.float64)
+    if stats.shape != (n, 4):
+        raise ValueError(f"text stats have shape {stats.shape}, expected ({n}, 4)")
+    len_a, len_b, len_p = stats[:, 0], stats[:, 1], stats[:, 2]
     longer = np.sign(len_a - len_b)
     cols = {
         "no_verdict": label == 0,
@@ -78,15 +79,10 @@ def panel_features(instances: Sequence[PreferenceInstance], signals: JudgeSignal
         "lm_picked_shorter": (label != 0) & (longer != 0) & (label == -longer),
         "abs_log_len_ratio": np.abs(np.log1p(len_a) - np.log1p(len_b)),
         "log_prompt_len": np.log1p(len_p),
-        "word_overlap": np.array([_word_overlap(i.response_a, i.response_b) for i in instances]),
+        "word_overlap": stats[:, 3],
         "log_len_shorter": np.log1p(np.minimum(len_a, len_b)),
     }
     return np.column_stack([np.asarray(cols[c], dtype=np.float64) for c in PANEL_FEATURES]) if n else np.zeros((0, len(PANEL_FEATURES)))
-
-
-def _word_overlap(a: str, b: str) -> float:
-    sa, sb = set(_TOKEN.findall(a.lower())), set(_TOKEN.findall(b.lower()))
-    return len(sa & sb) / len(sa | sb) if sa or sb else 1.0
 
 
 def signal_doubt_from_features(x: np.ndarray) -> np.ndarray:
@@ -253,6 +249,17 @@ RECOMMENDED_COLUMNS: tuple[str, ...] = ("order_flip", "any_other", "disagree", "
 
 
 BUNDLE_FILE = "panel_correction.json"
+
+
+def panel_version(model: PanelCorrectionModel | dict[str, Any]) -> str:
+    """Name and version of a panel model (or its JSON), as the manifest and the routing summary show it:
+    ``panel-correction/1@<12 hex of its JSON>``; the same fit gives the same version."""
+    import hashlib
+    import json
+
+    d = model.to_json() if isinstance(model, PanelCorrectionModel) else model
+    digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{d.get('version', MODEL_VERSION)}@{digest}"
 
 
 def read_panel_correction(folder: Any) -> PanelCorrectionModel | None:

@@ -33,6 +33,10 @@ def routing_model_to_proto(data: RoutingModelData) -> predictor_pb2.GetRoutingMo
             metrics=data.correction_metrics))
     if data.domain is not None:
         out.domain.CopyFrom(domain_to_proto(data.domain))
+    if data.panel_correction is not None:
+        out.panel_correction.CopyFrom(predictor_pb2.PanelCorrectionSpec(
+            json=json.dumps(data.panel_correction, sort_keys=True), version=data.panel_version,
+            feature_names=[str(n) for n in data.panel_correction.get("feature_names", ())]))
     return out
 
 
@@ -66,10 +70,17 @@ def routing_model_from_proto(resp: predictor_pb2.GetRoutingModelResponse) -> Rou
     if resp.HasField("correction"):
         correction = dict(correction_onnx=resp.correction.onnx, correction_features=tuple(resp.correction.feature_names),
                           correction_version=resp.correction.version, correction_metrics=dict(resp.correction.metrics))
+    panel = {}
+    if resp.HasField("panel_correction"):
+        try:
+            model = json.loads(resp.panel_correction.json)
+        except ValueError as exc:
+            raise NotReady(f"predictor bundle {resp.bundle_version}: unreadable panel correction model: {exc}") from None
+        panel = dict(panel_correction=model, panel_version=resp.panel_correction.version)
     return RoutingModelData(
         bundle_version=resp.bundle_version, vocabulary_version=resp.vocabulary_version,
         reference_bins_id=resp.reference_bins_id, quadratic=quadratic,
         ppm_residual_std=resp.ppm_residual_std if resp.HasField("ppm_residual_std") else None,
         domain=json.loads(resp.domain.raw_json) if resp.HasField("domain") and resp.domain.raw_json else None,
-        metrics=dict(resp.metrics), **correction,
+        metrics=dict(resp.metrics), **correction, **panel,
     )

@@ -73,7 +73,7 @@ class Admission:
         return leave
 
     @asynccontextmanager
-    async def admitted(self, context):
+    async def admitted(self, context: Any) -> AsyncIterator[None]:
         leave = self.enter(_peer(context))
         try:
             yield
@@ -81,9 +81,9 @@ class Admission:
             leave()
 
 
-def _peer(context) -> str:
+def _peer(context: Any) -> str:
     try:
-        return context.peer() or "unknown"
+        return str(context.peer() or "unknown")
     except Exception:  # a context without a peer (tests): all one connection
         return "unknown"
 

@@ -167,7 +167,7 @@ def read_on_demand(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     if handler.request_streaming:
         return handler
 
-    async def first(request_iterator):
+    async def first(request_iterator: AsyncIterator[Any]) -> Any:
         """The one request message, read to the end of the request stream: a half-read iterator would
         keep the message alive in gRPC's receiver (and in every wrapper's frame) after the call."""
         messages = [message async for message in request_iterator]
@@ -178,13 +178,13 @@ def read_on_demand(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     if handler.unary_unary:
         inner_uu = handler.unary_unary
 
-        async def stream_unary(request_iterator, context):
+        async def stream_unary(request_iterator: AsyncIterator[Any], context: Context) -> Any:
             return await inner_uu(await first(request_iterator), context)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
     inner_us = handler.unary_stream
 
-    async def stream_stream(request_iterator, context):
+    async def stream_stream(request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         async for item in inner_us(await first(request_iterator), context):
             yield item
 
@@ -227,10 +227,12 @@ class RequestIdInterceptor(_AroundInterceptor):
         given = metadata.get(logs.REQUEST_ID_HEADER)
         request_id = clean_request_id(given, bearer_key(metadata)) or logs.new_request_id()
         token = logs.bind_request_id(request_id)
+        info_token = logs.bind_call_info(logs.CallInfo())
         with structlog.contextvars.bound_contextvars(service=self.service, method=method.rsplit("/", 1)[-1][:64]):
             try:
                 yield
             finally:
+                logs.reset_call_info(info_token)
                 logs.reset_request_id(token)
 
 
@@ -261,9 +263,14 @@ class MetricsInterceptor(_AroundInterceptor):
             in_flight.dec()
             self.metrics.latency.labels(self.service, name).observe(elapsed)
             self.metrics.requests.labels(self.service, name, code).inc()
-            # The access log: one line per call, carrying the request id bound above
+            # The access log: one line per call, carrying the request id and the caller's vendor
             # (not for health probes, which Kubernetes sends every few seconds).
-            if not method.startswith("/grpc.health."):
+            if not is_open(method):
+                info = logs.current_call_info()
+                vendor = (info.vendor if info is not None else "") or "anonymous"
+                self.metrics.vendor_calls.labels(self.service, self.metrics.vendor_labels(vendor), name, code).inc()
+                structlog.get_logger().info("rpc", code=code, seconds=round(elapsed, 4), vendor=vendor)
+            elif not method.startswith("/grpc.health."):
                 structlog.get_logger().info("rpc", code=code, seconds=round(elapsed, 4))
 
 
@@ -305,7 +312,7 @@ class ErrorInterceptor(_AroundInterceptor):
                       f"internal error (request id {logs.current_request_id()}); see the service log")
 
 
-def _end_call(context, code: grpc.StatusCode, details: str, trailing_metadata=()) -> None:
+def _end_call(context: Context, code: grpc.StatusCode, details: str, trailing_metadata: Any = ()) -> None:
     """End the call with ``code``: the behaviour then returns normally (a unary response is dropped
     when the code is not OK; a response stream ends)."""
     context.set_code(code)
@@ -322,7 +329,8 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self.admission = admission
         self.stream_idle_s = stream_idle_s
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation: Continuation,
+                                handler_call_details: HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None or is_open(handler_call_details.method):
             return handler
@@ -331,19 +339,20 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         return wrap_handler(handler, self.admission.admitted)
 
 
-def wrap_request_iterator(handler: grpc.RpcMethodHandler, wrap: Callable[[AsyncIterator], AsyncIterator]) -> grpc.RpcMethodHandler:
+def wrap_request_iterator(handler: grpc.RpcMethodHandler,
+                          wrap: Callable[[AsyncIterator[Any]], AsyncIterator[Any]]) -> grpc.RpcMethodHandler:
     """A request-streaming ``handler`` whose behaviour reads ``wrap(request_iterator)``."""
     kwargs = _kwargs(handler)
     if handler.stream_unary:
         inner_su = handler.stream_unary
 
-        async def stream_unary(request_iterator, context):
+        async def stream_unary(request_iterator: AsyncIterator[Any], context: Context) -> Any:
             return await inner_su(wrap(request_iterator), context)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
     inner_ss = handler.stream_stream
 
-    async def stream_stream(request_iterator, context):
+    async def stream_stream(request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         async for item in inner_ss(wrap(request_iterator), context):
             yield item
 
@@ -370,8 +379,11 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         # message (up to the receive limit) is never received into memory nor decoded.
         try:
             policy = self._authorize(method, metadata)
-        except (Unauthenticated, PermissionDenied) as exc:
-            return refusing_handler(handler, exc)
+        except Unauthenticated as exc:
+            return refusing_handler(handler, exc, "unauthenticated")
+        except PermissionDenied as exc:
+            known = self.keys.lookup(bearer_key(metadata) or "")
+            return refusing_handler(handler, exc, known.vendor if known is not None else "unauthenticated")
 
         key = bearer_key(metadata)
 
@@ -385,6 +397,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
 
         @asynccontextmanager
         async def around(context: Context) -> AsyncIterator[None]:
+            info = logs.current_call_info()
+            if info is not None:
+                info.vendor = policy.vendor
             leave = self.quotas.enter_call(policy)
             token = bind_vendor(policy.vendor)  # the servicers read it (campaigns belong to a vendor)
             try:
@@ -409,7 +424,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         return policy
 
 
-def refusing_handler(handler: grpc.RpcMethodHandler, error: Exception) -> grpc.RpcMethodHandler:
+def refusing_handler(handler: grpc.RpcMethodHandler, error: Exception, vendor: str = "unauthenticated") -> grpc.RpcMethodHandler:
     """A handler that raises ``error`` without reading any request message.
 
     gRPC reads (and buffers, up to the receive limit) a unary request before it calls the handler;
@@ -417,10 +432,17 @@ def refusing_handler(handler: grpc.RpcMethodHandler, error: Exception) -> grpc.R
     refusal is served as a request-streaming handler whatever the method's shape (the wire format is
     the same): the call ends before its message is received, and flow control stops the sender."""
 
-    async def refuse(request_iterator, context):
+    def mark() -> None:  # the access log and the per-vendor counter say who was refused
+        info = logs.current_call_info()
+        if info is not None:
+            info.vendor = vendor
+
+    async def refuse(request_iterator: AsyncIterator[Any], context: Context) -> Any:
+        mark()
         raise error
 
-    async def refuse_stream(request_iterator, context):
+    async def refuse_stream(request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        mark()
         raise error
         yield  # a generator: the response-streaming shape
 
@@ -532,7 +554,7 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
         memory, received = self.memory, [0]  # this call's request bytes
 
         @asynccontextmanager
-        async def trim_after(context):
+        async def trim_after(context: Context) -> AsyncIterator[None]:
             try:
                 yield
             finally:

@@ -12,6 +12,7 @@ import logging
 import sys
 import uuid
 from collections.abc import MutableMapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import structlog
@@ -30,6 +31,30 @@ def bind_request_id(request_id: str | None) -> contextvars.Token[str | None]:
 
 def reset_request_id(token: contextvars.Token[str | None]) -> None:
     _request_id.reset(token)
+
+
+@dataclass
+class CallInfo:
+    """Facts about the current call that an inner interceptor learns and an outer one reports: the
+    request-id interceptor binds one per call, the access interceptor fills in the vendor, the metrics
+    interceptor writes both into the access log and its per-vendor counter when the call ends."""
+
+    vendor: str = ""
+
+
+_call_info: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar("hybridpref_call_info", default=None)
+
+
+def bind_call_info(info: CallInfo) -> contextvars.Token[CallInfo | None]:
+    return _call_info.set(info)
+
+
+def reset_call_info(token: contextvars.Token[CallInfo | None]) -> None:
+    _call_info.reset(token)
+
+
+def current_call_info() -> CallInfo | None:
+    return _call_info.get()
 
 
 def new_request_id() -> str:

@@ -15,6 +15,7 @@ import ctypes.util
 import gc
 import threading
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -28,7 +29,7 @@ MAX_POSTPONE_S = 5.0
 log = structlog.get_logger()
 
 
-def _malloc_trim():
+def _malloc_trim() -> Callable[[int], int] | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         trim = libc.malloc_trim
@@ -81,7 +82,8 @@ class MemoryReturner:
             # Failed calls leave reference cycles (exception -> traceback -> frame -> request) that only
             # the cyclic collector frees, and an idle server allocates too little to trigger it.
             gc.collect()
-            self._trim(0)  # type: ignore[misc]
+            if self._trim is not None:
+                self._trim(0)
             self.trims += 1
         except Exception as exc:  # never let housekeeping hurt a call
             log.warning("malloc_trim_failed", error=repr(exc)[:200])

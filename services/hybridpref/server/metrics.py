@@ -52,6 +52,26 @@ class Metrics:
             "hybridpref_routed_instances", "Routing decisions, by route and strategy.",
             ["route", "strategy"], registry=registry,
         )
+        # Per vendor (issue 18 item 12): the vendor of the caller's API key, a bounded label (VendorLabels).
+        self.vendor_calls = Counter(
+            "hybridpref_vendor_calls", "Calls by the caller's vendor (its API key's entry; 'anonymous' with auth off, "
+            "'unauthenticated' for a missing or unknown key, 'other' past the first 100 vendors) and final status code.",
+            ["service", "vendor", "method", "code"], registry=registry,
+        )
+        # Routing quality (router): what an operator can alert on.
+        self.judge_labels = Counter(
+            "hybridpref_judge_labels", "LM labels the router used, by whether the judge was unsure (order flip, tie or "
+            "no verdict, or a probability within 0.15 of 0.5).", ["unsure"], registry=registry,
+        )
+        self.routed_batches = Counter(
+            "hybridpref_routed_batches", "Routed batches by the domain check's verdict: in, out, unknown (no routing "
+            "model or no domain statistics).", ["domain"], registry=registry,
+        )
+        self.routing_warnings = Counter(
+            "hybridpref_routing_warnings", "Warnings in routing summaries, by kind (hybridpref.router.summary.WARNING_KINDS).",
+            ["kind"], registry=registry,
+        )
+        self.vendor_labels = VendorLabels()
 
         # Campaigns (router): labelled by vendor (the keys file's names, a bounded set), never by campaign
         # name (vendors create those freely); per-campaign numbers are in GetCampaign.
@@ -81,6 +101,24 @@ class Metrics:
     @lru_cache(maxsize=1)
     def default() -> Metrics:
         return Metrics(REGISTRY)
+
+
+class VendorLabels:
+    """Vendor names as metric label values, bounded: the first ``limit`` distinct names keep theirs,
+    later ones share "other" (names come from the operator's keys file, but a label must never grow
+    without bound)."""
+
+    def __init__(self, limit: int = 100):
+        self.limit = limit
+        self._known: set[str] = set()
+
+    def __call__(self, vendor: str) -> str:
+        if vendor in self._known:
+            return vendor
+        if len(self._known) < self.limit:
+            self._known.add(vendor)
+            return vendor
+        return "other"
 
 
 def start_metrics_server(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> int:

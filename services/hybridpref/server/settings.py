@@ -169,6 +169,10 @@ class RouterSettings(BaseSettings):
     """Worker threads for routing and other CPU work (bounded, owned by the server)."""
     backend_check_s: float = Field(1.0, gt=0)
     """Seconds between checks of the backends' health (the router's readiness follows them)."""
+    fail_fast_after_s: float = Field(5.0, gt=0)
+    """Seconds a backend's health checks must keep failing before it counts as down and calls to it fail
+    fast (UNAVAILABLE with RetryInfo) instead of waiting for their deadline. One failed check only turns
+    readiness off: a busy but live backend can miss a check, a frozen or dead one misses them all."""
     pool_stall_s: float = Field(10.0, gt=0)
     """NOT_SERVING when the worker pool has not started a no-op for this long (all workers stuck)."""
     db_url: str = Field("", validation_alias="HYBRIDPREF_DB_URL")

@@ -158,10 +158,14 @@ def fit_panel_model(sets: Sequence[TrainingSet], columns: Sequence[str], *, l2: 
 
 
 def fit_for_pools(pools: Sequence[Pool], *, columns: Sequence[str] = RECOMMENDED_COLUMNS, l2: float = 10.0,
-                  fallback_distance: float = 0.0) -> PanelCorrectionModel:
+                  fallback_distance: float = 0.0, transfer: bool = False) -> PanelCorrectionModel:
     """The recommended model: fitted on every panel variant of ``pools``
     (:func:`hybridpref.offline.panels.panel_variants`), each pool weighted as one pool whatever its
-    number of variants, Platt-calibrated on leave-one-pool-out logits."""
+    number of variants, Platt-calibrated on leave-one-pool-out logits. ``transfer`` (>= 2 pools): also
+    measure, per pool left out, how the summed expected corrections of a batch routed by a model fitted
+    without it compare with the realised ones (:func:`transfer_check`), recorded in
+    ``metrics["leave_one_pool_out"]["transfer"]`` as the ONNX model records it: the router widens its
+    expected-corrections intervals by that range (``correction.transfer_range``)."""
     from hybridpref.offline.panels import panel_variants
 
     sets, groups = [], []
@@ -170,7 +174,39 @@ def fit_for_pools(pools: Sequence[Pool], *, columns: Sequence[str] = RECOMMENDED
         for v in vs:
             sets.append(TrainingSet.from_pool(v.pool, v.name, 1.0 / len(vs)))
             groups.append(pool.name)
-    return fit_panel_model(sets, columns, l2=l2, groups=groups, fallback_distance=fallback_distance)
+    model = fit_panel_model(sets, columns, l2=l2, groups=groups, fallback_distance=fallback_distance)
+    if transfer and len(pools) > 1:
+        per_pool = {held.name: transfer_check(fit_for_pools([p for p in pools if p is not held], columns=columns, l2=l2,
+                                                            fallback_distance=fallback_distance), held)
+                    for held in pools}
+        from hybridpref.offline.bundle.correction_fit import TRANSFER_BUDGETS
+
+        ratios = [e["ratio"] for rows in per_pool.values() for e in rows.values() if "ratio" in e]
+        model.metrics["leave_one_pool_out"] = {"transfer": {
+            "budgets": list(TRANSFER_BUDGETS), "pools": per_pool,
+            **({"ratio_range": [float(min(ratios)), float(max(ratios))]} if ratios else {})}}
+    return model
+
+
+def transfer_check(model: PanelCorrectionModel, held: Pool) -> dict[str, dict[str, float]]:
+    """The pool ``held`` (as loaded: its usual panel) routed as one batch by ``model`` (top share by expected
+    gain, every row, tie references included): predicted vs realised net corrections per budget of
+    ``correction_fit.TRANSFER_BUDGETS`` (ratio where the prediction exceeds 1)."""
+    from hybridpref.offline.bundle.correction_fit import TRANSFER_BUDGETS, realised_corrections
+
+    sig = held.signals()
+    gain = model.expected_gain(panel_features(held.instances, sig))
+    net = realised_corrections(held.human, np.asarray(sig.label), held.reference)
+    order = np.argsort(-gain, kind="stable")
+    rows: dict[str, dict[str, float]] = {}
+    for b in TRANSFER_BUDGETS:
+        top = order[: max(1, int(round(b * len(order))))]
+        predicted, realised = float(gain[top].sum()), float(net[top].sum())
+        entry = {"routed": int(len(top)), "predicted": predicted, "realised": realised}
+        if predicted > 1.0:  # a ratio of tiny sums says nothing
+            entry["ratio"] = realised / predicted
+        rows[f"{b:g}"] = entry
+    return rows
 
 
 def write_panel_correction(folder: Any, model: PanelCorrectionModel) -> None:

@@ -1,10 +1,14 @@
-"""Add the routing models to a bundle: expected-correction model, domain stats, PPM residual std.
+"""Add the routing models to a bundle: expected-correction models, domain stats, PPM residual std.
 
     hybridpref predictor add-routing-models --bundle DIR --pool NAME=PATH [--pool ...] \
         [--ppm-pool NAME ...] [--ppm-spearman NAME=VALUE ...] [--seed S]
 
 Fits :class:`~hybridpref.routing_model.correction.CorrectionModel` on every ``--pool`` (leave-one-pool-out
-metrics in the model card), writes ``correction.onnx`` / ``correction.json`` / ``domain.json``, adds
+metrics in the model card), writes ``correction.onnx`` / ``correction.json`` / ``domain.json``, fits the
+panel-invariant correction model with the recommended recipe
+(:func:`~hybridpref.offline.bundle.panel_correction_fit.fit_for_pools`: every judge-panel variant of the
+``--pool`` pools, monotone, each pool weighted as one) into ``panel_correction.json`` (``hybrid`` routes with
+it where the bundle has it; issue 19), adds
 ``ppm_residual_std`` to ``metrics.json`` (the PPM's cross-validated RMSE: the interval half-width
 unit for its predictions), appends a section to ``MODEL_CARD.md`` and re-finalises the manifest
 (a new ``bundle_version``). The PPM itself is untouched. ``--ppm-pool`` names the pools the PPM was
@@ -26,20 +30,28 @@ import numpy as np
 
 from hybridpref.routing_model import bundle as bundle_io
 from hybridpref.routing_model import correction as corr
-from hybridpref.offline.bundle import correction_fit
+from hybridpref.offline.bundle import correction_fit, panel_correction_fit
 from hybridpref.routing_model import domain as domain_mod
+from hybridpref.routing_model.panel_correction import panel_version
 
 CARD_MARKER = "\n## Routing models (expected correction, domain)\n"
+PANEL_MARKER = "\n**Panel correction model**"
 
 
 def add_routing_models(bundle: Path, pools: Mapping[str, Path], ppm_pools: Sequence[str],
-                       ppm_spearman: Mapping[str, float], seed: int = 0, ppm_spearman_source: str = "") -> dict[str, Any]:
-    """Write the routing models into ``bundle`` (see the module docstring); returns the new manifest."""
-    from hybridpref.offline.pools import load_pool
+                       ppm_spearman: Mapping[str, float], seed: int = 0, ppm_spearman_source: str = "",
+                       judges: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Write the routing models into ``bundle`` (see the module docstring); returns the new manifest.
+    ``judges``: pool name -> LM judge (the others by ``offline.pools.choose_judge``, printed)."""
+    import sys
+
+    from hybridpref.offline.pools import choose_judge, load_pool
 
     bundle = Path(bundle)
     bundle_io.read_manifest(bundle)  # refuse a corrupt bundle before touching it
-    loaded = [load_pool(path, name=name) for name, path in pools.items()]
+    loaded = [load_pool(path, name=name, judge=(judges or {}).get(name)) for name, path in pools.items()]
+    for pool in loaded:
+        print(choose_judge(pool.name, pool.instances, (judges or {}).get(pool.name)).describe(), file=sys.stderr)
     feats = [correction_fit.pool_features(p) for p in loaded]
     model = correction_fit.fit_correction_model(loaded, feats, seed)
     onnx_bytes = model.to_onnx()
@@ -54,6 +66,8 @@ def add_routing_models(bundle: Path, pools: Mapping[str, Path], ppm_pools: Seque
     domain = domain_mod.build_domain({p.name: f for p, f in zip(loaded, feats)}, ppm_pools, ppm_spearman, seed)
     domain["ppm_spearman_source"] = ppm_spearman_source or "given to add-routing-models (--ppm-spearman); pools without a value are not flagged"
     bundle_io.write_json(bundle / "domain.json", domain)
+    panel = panel_correction_fit.fit_for_pools(loaded, transfer=True)
+    panel_correction_fit.write_panel_correction(bundle, panel)
 
     metrics = bundle_io.read_json(bundle, "metrics.json")
     residual = float(metrics.get("served", {}).get("cv_rmse", float("nan")))
@@ -68,14 +82,44 @@ def add_routing_models(bundle: Path, pools: Mapping[str, Path], ppm_pools: Seque
                         *(f"--pool {name}=<data>/{Path(path).name}" for name, path in pools.items()),
                         *(f"--ppm-pool {p}" for p in ppm_pools), *(f"--ppm-spearman {k}={v}" for k, v in ppm_spearman.items()),
                         f"--seed {seed}", *([f"--ppm-spearman-source {shlex.quote(ppm_spearman_source)}"] if ppm_spearman_source else [])])
-    section = model_card_section(card, domain, residual) + f"\n**Rebuild** (deterministic for the seed):\n\n```\n{command}\n```\n"
+    section = model_card_section(card, domain, residual) + panel_card_section(panel) + f"\n**Rebuild** (deterministic for the seed):\n\n```\n{command}\n```\n"
     (bundle / "MODEL_CARD.md").write_text(text.rstrip("\n") + "\n" + CARD_MARKER + section, encoding="utf-8")
 
     manifest = json.loads((bundle / bundle_io.MANIFEST).read_text(encoding="utf-8"))
     extra = {k: v for k, v in manifest.items() if k not in ("format", "bundle_version", "files")}
     extra["routing_models"] = corr.MODEL_VERSION
+    extra["panel_correction"] = panel_version(panel)
     bundle_io.finalise(bundle, extra)
     return bundle_io.read_manifest(bundle)
+
+
+def panel_card_section(model) -> str:
+    """Markdown: the panel model's recipe, training variants and coefficients per unit of each feature."""
+    coef = model.lm.raw_coef()
+    rows = "\n".join(f"| `{c}` | {v:+.3f} |" for c, v in coef.items())
+    training = model.metrics.get("training", {})
+    pools = sorted({name.split(":", 1)[0] for name in training})
+    return f"""{PANEL_MARKER} (`panel_correction.json`, `hybridpref.routing_model.panel_correction`, version
+`{panel_version(model)}`): P(LM wrong) that keeps its meaning when the judge panel changes; the default strategy
+`hybrid` reads it instead of `correction.onnx` (docs/EVALUATION.md, "Panel shift"). Recipe: every judge-panel variant of
+{', '.join(pools)} ({len(training)} variants, each pool weighted as one), L2 logistic (strength {model.metrics.get('l2')}) on
+shares that mean the same whatever the panel size, coefficients of the doubt signals constrained >= 0 (P(LM wrong)
+never falls when one more judge disagrees), Platt-calibrated on leave-one-pool-out logits; 1 where the judge gave no
+verdict. P(human vote wrong): same columns, training rate {model.human_rate:.3f}.{_panel_transfer(model)}
+
+| feature | coefficient per unit (calibrated logit) |
+|---|---|
+{rows}
+"""
+
+
+def _panel_transfer(model) -> str:
+    rr = corr.transfer_range(model.metrics)
+    if rr is None:
+        return ""
+    return (f" Expected corrections on a pool it did not see (each pool routed as one batch by a model fitted without "
+            f"it): realised / predicted from {rr[0]:.2f}x to {rr[1]:.2f}x; the router widens its intervals by this range "
+            "when this model routes.")
 
 
 def _pairs(path: Path) -> Path:

@@ -144,8 +144,11 @@ def split_pool(rows: list[dict[str, Any]], key: str, fraction: float, seed: int)
 def load_pool_data(spec: PoolSpec, group_key: str, holdout_fraction: float, split_seed: int,
                    judge: str | None, diagnostics: Mapping[str, list[PreferenceInstance]]) -> PoolData:
     """Read a pool, drop rows that repeat another pool (``evaluation.pools.repeats_other_pool``) and unusable
-    rows, hold out prompt groups as the target gold set; the LM judge defaults to ``pools.DEFAULT_JUDGES``."""
-    from hybridpref.offline.pools import DEFAULT_JUDGES, repeats_other_pool
+    rows, hold out prompt groups as the target gold set; the LM judge by the rule ``evaluate`` follows too
+    (``offline.pools.choose_judge``), printed to stderr."""
+    import sys
+
+    from hybridpref.offline.pools import choose_judge, repeats_other_pool
 
     raw = read_rows(str(spec.path))
     kept = [r for r in raw if not repeats_other_pool(spec.name, r)]
@@ -154,7 +157,9 @@ def load_pool_data(spec: PoolSpec, group_key: str, holdout_fraction: float, spli
     where = f"{spec.path} row"
     pool = [instance_from_row(rows[i], where=f"{where} {i}") for i in train_idx]
     gold = [instance_from_row(rows[i], where=f"{where} {i}") for i in gold_idx]
-    chosen = judge or DEFAULT_JUDGES.get(spec.name) or mixes_mod.label_sources(pool)[2]
+    choice = choose_judge(spec.name, pool, judge)
+    print(choice.describe(), file=sys.stderr)
+    chosen = choice.judge
     dropped = {"repeats_other_pool": len(raw) - len(kept), "empty": empty}
     return PoolData(spec, bundle_io.sha256_file(spec.path), pool, {TARGET_GOLD: gold, **diagnostics}, chosen, dropped)
 

@@ -71,7 +71,8 @@ class LeakageError(InvalidInput):
 class EvalConfig:
     pools: list[str]
     out: str | None = None
-    lm_judge: str | None = None
+    lm_judge: str | None = None  # every pool's judge (a key each pool records); else the rule of pools.choose_judge
+    lm_judges: dict[str, str] = field(default_factory=dict)  # pool name -> judge, over lm_judge
     bundle: str | None = None
     bundle_for: dict[str, str] = field(default_factory=dict)  # pool name -> bundle used for that pool instead of ``bundle``
     budgets: tuple[float, ...] = (0.1, 0.25, 0.5)
@@ -91,6 +92,9 @@ class EvalConfig:
     on_leak: str = "error"  # error | skip (skip the bundle's strategies on that pool)
     data_dir: str | None = None
     simulated_candidates: int = 500
+    # which correction model expected_gain / hybrid read, as the router with a bundle that has it: "panel" (the
+    # panel-invariant model of panel_correction.json, the default bundle's) or "onnx" (correction.onnx)
+    correction: str = "panel"
 
     def validate(self) -> None:
         bad = []
@@ -109,6 +113,8 @@ class EvalConfig:
             bad.append(FieldViolation("--mode", "cross-pool fits models on the other pools: give at least two --pool"))
         if self.on_leak not in ("error", "skip"):
             bad.append(FieldViolation("--on-leak", "error or skip"))
+        if self.correction not in ("panel", "onnx"):
+            bad.append(FieldViolation("--correction-model", f"panel or onnx, got {self.correction!r}"))
         if bad:
             raise InvalidInput(bad)
 
@@ -222,9 +228,14 @@ def prepare_case(path: Path, config: EvalConfig) -> Case:
         path = path / "pairs.jsonl"
     if not path.is_file():
         raise InvalidInput(FieldViolation("--pool", f"no pool file at {path}"))
-    pool = load_pool(path, judge=config.lm_judge)
-    if config.lm_judge and config.lm_judge not in pool.judges:
-        raise InvalidInput(FieldViolation("--lm-judge", f"pool {pool.name} has no judge {config.lm_judge!r}; it has {', '.join(pool.judges)}"))
+    import sys
+
+    from hybridpref.offline.pools import choose_judge
+
+    name = path.parent.name if path.name == "pairs.jsonl" else path.stem
+    given = config.lm_judges.get(name) or config.lm_judge
+    pool = load_pool(path, judge=given)  # its judge by the rule predictor build follows too
+    print(choose_judge(pool.name, pool.instances, given).describe(), file=sys.stderr)
     signals = pool.signals()
     return Case(pool, path, signals, assign_folds(pool.groups, config.folds, config.split_seed))
 
@@ -333,13 +344,41 @@ class Router:
         return ok
 
 
-def correction_gain_fn(cases: Sequence[Case], config: EvalConfig) -> Callable[[Case, np.ndarray, frozenset[int], str], np.ndarray]:
-    """Expected gain of a human label per row from the correction model, fitted without the routed rows'
-    labels: in-pool on the pool's folds outside ``exclude``; cross-pool on the other pools. Cached."""
+def fit_correction(train: Sequence[Pool], config: EvalConfig) -> Any:
+    """The correction model the router's expected-correction strategies read, fitted on ``train`` only:
+    ``config.correction == "panel"`` the bundle's panel model (the recommended recipe,
+    :func:`~hybridpref.offline.bundle.panel_correction_fit.fit_for_pools`, with its held-out transfer range),
+    ``"onnx"`` the older ONNX model (text-only columns: the tagger's did not transfer)."""
+    if config.correction == "panel":
+        from hybridpref.offline.bundle import panel_correction_fit
+
+        return panel_correction_fit.fit_for_pools(train, transfer=True)
     from hybridpref.offline.bundle import correction_fit
 
+    return correction_fit.fit_for_pools(train, seed=config.split_seed, tagger_profile=None)
+
+
+def correction_probabilities(model: Any, pool: Pool) -> np.ndarray:
+    """(n, 2) [P(LM wrong), P(human vote wrong)] of ``pool``'s rows (its default judge's signals) by either model."""
+    from hybridpref.routing_model.panel_correction import PanelCorrectionModel, panel_features
+
+    if isinstance(model, PanelCorrectionModel):
+        return model.probabilities(panel_features(pool.instances, pool.signals()))
+    from hybridpref.offline.bundle import correction_fit
+
+    return np.asarray(correction_fit.pool_probabilities(model, pool, pool.default_judge), dtype=np.float64)
+
+
+def correction_gain(model: Any, pool: Pool) -> np.ndarray:
+    """Expected corrections per bought label of ``pool``'s rows, (n,) float64."""
+    p = correction_probabilities(model, pool)
+    return p[:, 0] - p[:, 1]
+
+
+def correction_gain_fn(cases: Sequence[Case], config: EvalConfig) -> Callable[[Case, np.ndarray, frozenset[int], str], np.ndarray]:
+    """Expected gain of a human label per row from the correction model (:func:`fit_correction`), fitted without
+    the routed rows' labels: in-pool on the pool's folds outside ``exclude``; cross-pool on the other pools. Cached."""
     models: dict[tuple[str, str, frozenset[int]], Any] = {}
-    profile = None  # the model's default feature set is text-only (the tagger's columns did not transfer)
     fits = [0]
 
     def model_for(case: Case, exclude: frozenset[int], mode: str) -> Any:
@@ -349,13 +388,13 @@ def correction_gain_fn(cases: Sequence[Case], config: EvalConfig) -> Callable[[C
                 train = [case.pool.subset(np.flatnonzero(~np.isin(case.folds, list(exclude))))]
             else:
                 train = [c.pool for c in cases if c.pool.name != case.pool.name]
-            models[key] = correction_fit.fit_for_pools(train, seed=config.split_seed, tagger_profile=profile)
+            models[key] = fit_correction(train, config)
             fits[0] += 1
         return models[key]
 
     def gain(case: Case, rows: np.ndarray, exclude: frozenset[int], mode: str) -> np.ndarray:
         model = model_for(case, exclude, mode)
-        return np.asarray(correction_fit.expected_gain_for_pool(model, case.pool.subset(rows), case.pool.default_judge), dtype=np.float64)
+        return np.asarray(correction_gain(model, case.pool.subset(rows)), dtype=np.float64)
 
     gain.fits = fits  # type: ignore[attr-defined]
     gain.model_for = model_for  # type: ignore[attr-defined]
@@ -598,6 +637,7 @@ def corrections_check(case: Case, mixes: MixSet, gain_fn: Any, config: EvalConfi
 
     from hybridpref.routing_model import correction
     from hybridpref.offline.bundle import correction_fit
+    from hybridpref.routing_model.panel_correction import PanelCorrectionModel
     from hybridpref.router.summary import Estimate, widen
 
     z = NormalDist().inv_cdf(0.5 + 0.9 / 2)
@@ -612,9 +652,9 @@ def corrections_check(case: Case, mixes: MixSet, gain_fn: Any, config: EvalConfi
         for g in range(config.folds):
             rows = case.fold_rows(g)
             model = gain_fn.model_for(case, frozenset({g}), mode)
-            if not isinstance(model, correction.CorrectionModel):  # a stand-in model (tests): nothing to check
+            if not isinstance(model, (correction.CorrectionModel, PanelCorrectionModel)):  # a stand-in (tests): nothing to check
                 return []
-            p = correction_fit.pool_probabilities(model, case.pool.subset(rows), case.pool.default_judge)[mask[rows]]
+            p = correction_probabilities(model, case.pool.subset(rows))[mask[rows]]
             a, b = p[:, 0] * (1 - p[:, 1]), (1 - p[:, 0]) * p[:, 1]
             mean += float(np.sum(a - b))
             var += float(np.sum(a + b - (a - b) ** 2))

@@ -108,6 +108,17 @@ class StrategySpec:
         """Whether it cannot run without a PPM."""
         return self.predictor == "required"
 
+    def needs_tags(self, has_ppm: bool, ppm_in_domain: bool) -> bool:
+        """Whether its decisions read the tag matrix: only through the PPM (``required`` always; ``optional``
+        when a PPM is loaded; ``in_domain`` when the batch is inside the PPM's domain). Every other input
+        (judge signals, correction features, domain check) comes from the texts and the judge, so the router
+        skips the tagger for the others (docs/EVALUATION.md: the tagger's features buy no accuracy)."""
+        if self.predictor == "required":
+            return True
+        if self.predictor == "optional":
+            return has_ppm
+        return self.predictor == "in_domain" and has_ppm and ppm_in_domain
+
     @property
     def routes_campaigns(self) -> bool:
         """Whether it can route a campaign: it has a per-instance ``score`` (see :func:`scores`)."""
