@@ -67,7 +67,7 @@ def test_judge_doubt_scores_its_doubt_and_random_differs_by_seed() -> None:
     assert (doubt[no_verdict] == 1.0).all() and (doubt[~no_verdict] < 1.0).all()
     a = scores("random", tags, resolve_budget(Budget.auto(), N, None), scorer=None, seed=1)
     b = scores("random", tags, resolve_budget(Budget.auto(), N, None), scorer=None, seed=2)
-    assert not np.array_equal(a, b) and ((0 <= a) & (a < 1)).all()
+    assert not np.array_equal(a, b) and ((a >= 0) & (a < 1)).all()
 
 
 def test_a_cost_budget_ranks_by_score_per_unit_of_cost() -> None:
