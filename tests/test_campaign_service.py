@@ -168,7 +168,11 @@ def test_campaign_requests_that_contradict_the_campaign_are_refused(acme, sample
 
 def test_a_streamed_campaign_batch_is_stored_whole(acme, sample):
     acme.create_campaign("streamed", count=10, judge="gpt4", strategy="judge_doubt")
-    result = acme.route_stream(sample, campaign="streamed", chunk_size=7)
+    stages: dict[str, int] = {}
+    result = acme.route_stream(sample, campaign="streamed", chunk_size=7,
+                               on_progress=lambda phase, n: stages.__setitem__(phase, stages.get(phase, 0) + n))
+    # progress while the router works: every pair judged, then stored in the campaign's store
+    assert stages["judged"] == stages["stored"] == stages["received"] == len(sample)
     assert [d.id for d in result.decisions] == [i.id for i in sample]
     humans = sum(d.route == "HUMAN" for d in result.decisions)
     assert humans == 10 == result.campaign["budget_spent"]  # no stream estimate: the batch is the rest

@@ -238,11 +238,14 @@ class RouterClient(_Client):
                      **options) -> RouteResult:
         """Route a batch of any size with ``RouteInstancesStream`` (arguments as ``route``).
 
-        ``on_progress(phase, n)``: ("sent", k) per chunk sent, ("received", k) per decision chunk
-        received, ("retry", attempt) before a retry (counts then start again).
+        ``on_progress(phase, n)``: ("sent", k) per chunk sent; while the router works, ("tagged", k),
+        ("judged", k) and, for a campaign, ("stored", k): k more instances through that stage (a few
+        times a second; stages the strategy does not need are not reported); ("received", k) per
+        decision chunk received; ("retry", attempt) before a retry (counts then start again).
         """
         _check_chunk_size(chunk_size)
         call = self._call(instances, budget, strategy, seed, fraction, count, cost, request_id, options)
+        call.config.report_progress = on_progress is not None
 
         def attempt() -> RouteResult:
             collector = StreamCollector(call.request_id, on_progress)
@@ -364,6 +367,7 @@ class AsyncRouterClient(_Client):
         """``RouterClient.route_stream`` for asyncio, ``on_progress`` included."""
         _check_chunk_size(chunk_size)
         call = self._call(instances, budget, strategy, seed, fraction, count, cost, request_id, options)
+        call.config.report_progress = on_progress is not None
 
         async def attempt() -> RouteResult:
             collector = StreamCollector(call.request_id, on_progress)

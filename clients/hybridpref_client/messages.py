@@ -24,8 +24,9 @@ STREAM_CHUNK = 500
 # One input row: a PreferenceInstance, or a dict in the JSONL schema (id, prompt or messages,
 # response_a, response_b, optional metadata, human_label, lm_labels, human_cost).
 InstanceLike = Union[PreferenceInstance, Mapping[str, Any]]
-# on_progress(phase, n): ("sent", k) per chunk sent, ("received", k) per decision chunk received,
-# ("retry", attempt) before a retry (the counts then start again).
+# on_progress(phase, n): ("sent", k) per chunk sent; ("tagged" | "judged" | "stored", k): k more instances
+# through that stage of the router's work; ("received", k) per decision chunk received; ("retry", attempt)
+# before a retry (the counts then start again).
 Progress = Callable[[str, int], None]
 
 
@@ -128,23 +129,35 @@ def result_from_response(resp: router_pb2.RouteInstancesResponse, request_id: st
 
 
 class StreamCollector:
-    """Reads ``RouteInstancesStream`` responses into a ``RouteResult``; ``received`` counts the
-    messages read (a failure after the first one must not be retried)."""
+    """Reads ``RouteInstancesStream`` responses into a ``RouteResult``; ``received`` counts the result
+    messages read, decisions and summary (a failure after the first one must not be retried)."""
 
     def __init__(self, request_id: str, on_progress: Progress | None = None):
         self.result = RouteResult([], {}, request_id)
         self.received = 0
         self._on_progress = on_progress
+        self._done: dict[str, int] = {}  # per router stage: instances reported done so far
 
     def add(self, message: router_pb2.RouteInstancesStreamResponse) -> None:
+        item = message.WhichOneof("item")
+        if item == "progress":  # not a result: a failure after progress only may still be retried
+            self._stage(message.progress)
+            return
         self.received += 1
-        if message.WhichOneof("item") == "decisions":
+        if item == "decisions":
             batch = message.decisions.decisions
             self.result.decisions.extend(decision_from_proto(d) for d in batch)
             if self._on_progress:
                 self._on_progress("received", len(batch))
-        else:
+        elif item == "summary":
             self.result.summary = summary_to_dict(message.summary)
+
+    def _stage(self, progress: router_pb2.RouteProgress) -> None:
+        """The router reports how many are done; the callback gets how many more (like the other phases)."""
+        more = progress.done - self._done.get(progress.stage, 0)
+        self._done[progress.stage] = progress.done
+        if self._on_progress and more > 0:
+            self._on_progress(progress.stage, more)
 
 
 def decision_from_proto(d: router_pb2.RoutingDecision) -> Decision:

@@ -36,6 +36,7 @@ class RouteConfig(_message.Message):
     SKIP_INVALID_INSTANCES_FIELD_NUMBER: _builtins.int
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    REPORT_PROGRESS_FIELD_NUMBER: _builtins.int
     strategy: _builtins.str
     """Strategy name (hybridpref.router.strategies.STRATEGIES, e.g. hybrid, expected_gain, judge_doubt,
     greedy, topk, simulated, random, all_human, all_lm). "" = server default.
@@ -71,6 +72,11 @@ class RouteConfig(_message.Message):
     """
     batch: _builtins.str
     """With a campaign: the batch's name, stored with its decisions ("" = the request id)."""
+    report_progress: _builtins.bool
+    """RouteInstancesStream only: send RouteProgress messages while the batch is tagged, judged and
+    stored (at most a few per second per stage, and each stage's last). Off by default, so a client
+    that does not know the message never sees one.
+    """
     @_builtins.property
     def budget(self) -> _common_pb2.Budget:
         """The human budget."""
@@ -89,10 +95,11 @@ class RouteConfig(_message.Message):
         skip_invalid_instances: _builtins.bool = ...,
         campaign: _builtins.str = ...,
         batch: _builtins.str = ...,
+        report_progress: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "budget", b"budget", "explain_top_k", b"explain_top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "batch", b"batch", "budget", b"budget", "campaign", b"campaign", "explain_top_k", b"explain_top_k", "judge_position_mode", b"judge_position_mode", "judge_template", b"judge_template", "replay_judge", b"replay_judge", "seed", b"seed", "simulated_candidates", b"simulated_candidates", "skip_invalid_instances", b"skip_invalid_instances", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k", "batch", b"batch", "budget", b"budget", "campaign", b"campaign", "explain_top_k", b"explain_top_k", "judge_position_mode", b"judge_position_mode", "judge_template", b"judge_template", "replay_judge", b"replay_judge", "report_progress", b"report_progress", "seed", b"seed", "simulated_candidates", b"simulated_candidates", "skip_invalid_instances", b"skip_invalid_instances", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__explain_top_k: _TypeAlias = _typing.Literal["explain_top_k"]  # noqa: Y015
     _WhichOneofArgType__explain_top_k: _TypeAlias = _typing.Literal["_explain_top_k", b"_explain_top_k"]  # noqa: Y015
@@ -705,6 +712,7 @@ class RouteInstancesStreamResponse(_message.Message):
 
     DECISIONS_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def decisions(self) -> Global___DecisionChunk:
         """A chunk of decisions (request order overall)."""
@@ -713,21 +721,58 @@ class RouteInstancesStreamResponse(_message.Message):
     def summary(self) -> Global___RoutingSummary:
         """The summary, sent last."""
 
+    @_builtins.property
+    def progress(self) -> Global___RouteProgress:
+        """How far the router is (only when RouteConfig.report_progress is set), before any decision."""
+
     def __init__(
         self,
         *,
         decisions: Global___DecisionChunk | None = ...,
         summary: Global___RoutingSummary | None = ...,
+        progress: Global___RouteProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "item", b"item", "summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "item", b"item", "progress", b"progress", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "item", b"item", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "item", b"item", "progress", b"progress", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["decisions", "summary"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["decisions", "summary", "progress"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
 Global___RouteInstancesStreamResponse: _TypeAlias = RouteInstancesStreamResponse  # noqa: Y015
+
+@_typing.final
+class RouteProgress(_message.Message):
+    """How far a streamed batch has come through one stage of the router's work."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    stage: _builtins.str
+    """"tagged" (the tagger's features), "judged" (the LM judge's labels) or "stored" (a campaign's
+    decisions written to its store). Stages a strategy does not need are not reported.
+    """
+    done: _builtins.int
+    """Instances done in this stage so far."""
+    total: _builtins.int
+    """Instances the stage will do (0 = not known yet: a PPM strategy tags each chunk as it arrives)."""
+    def __init__(
+        self,
+        *,
+        stage: _builtins.str = ...,
+        done: _builtins.int = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "stage", b"stage", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteProgress: _TypeAlias = RouteProgress  # noqa: Y015
 
 @_typing.final
 class DecisionChunk(_message.Message):

@@ -256,15 +256,18 @@ def _progress(console, total: int):
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
-        sent = progress.add_task("sent", total=total)
-        received = progress.add_task("routed", total=total)
+        tasks = {"sent": progress.add_task("sent", total=total)}
 
         def advance(phase: str, n: int) -> None:
             if phase == "retry":  # the SDK retries the whole stream: counts start again
-                progress.reset(sent, total=total)
-                progress.reset(received, total=total)
+                for task in tasks.values():
+                    progress.reset(task)
                 return
-            progress.advance(sent if phase == "sent" else received, n)
+            if phase not in tasks:  # the router's stages, as it reports them; "received" comes last
+                # Judged: every pair or only the LM-routed ones, by strategy, so no total for that bar.
+                label = {"received": "routed"}.get(phase, phase)
+                tasks[phase] = progress.add_task(label, total=None if phase == "judged" else total)
+            progress.advance(tasks[phase], n)
 
         yield advance
 

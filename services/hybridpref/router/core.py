@@ -50,6 +50,7 @@ from hybridpref.router.campaign import CAMPAIGN_SLICE, CampaignRoute, JudgeRows,
 from hybridpref.router.explain import rank_descending, reason, top_correction_features, top_tags
 from hybridpref.router.limits import MAX_LISTED, judge_violations
 from hybridpref.router.model import RoutingModel
+from hybridpref.router.progress import report as report_progress
 from hybridpref.router.recorded import replay_batch
 from hybridpref.router.rejects import MAX_LISTED as MAX_REJECTS_LISTED, Rejected, by_instance, rejected_of
 from hybridpref.router.spill import InstanceStore, MemoryStore, SpillStore
@@ -242,7 +243,7 @@ class RouterCore:
         texts: list[BatchText] = []
         seen: dict[str, int] = {}
         rejected: list[Rejected] = []
-        received = 0
+        received = tagged_so_far = 0
         try:
             warnings: list[str] = []
             model: RoutingModel | None = None
@@ -268,6 +269,8 @@ class RouterCore:
                         await self.yielder.pause()
                         with _timed(stages, "tag"):
                             parts.append(await self.tagger.tag(piece, deadline))
+                        tagged_so_far += len(piece)
+                        report_progress("tagged", tagged_so_far, 0)  # the stream's size is not known yet
                 texts.append(await self.executor.run(BatchText.of, chunk, size=len(chunk)))
             violations = _option_violations(options, len(store))
             if violations:
@@ -277,6 +280,8 @@ class RouterCore:
                 eager = False
             text = BatchText.concat(texts)
             tagged = RouterTags.concat(parts) if eager else None
+            if eager:
+                report_progress("tagged", tagged_so_far, tagged_so_far)
             reason: str = "" if eager else await self.executor.run(tagging_reason, options, model, text, store.human_costs,
                                                                     size=len(store))
             if reason:
@@ -294,6 +299,7 @@ class RouterCore:
             rows = list(range(start, min(len(store), start + BULK_SLICE)))
             await self.yielder.pause()
             parts.append(await self.tagger.tag(await self.executor.run(store.get, rows, size=len(rows)), deadline))
+            report_progress("tagged", rows[-1] + 1, len(store))
         return RouterTags.concat(parts)
 
     async def _admit(self, incoming: Incoming, options: RouteOptions, deadline: Deadline, seen: dict[str, int],
@@ -438,6 +444,7 @@ class RouterCore:
                 batch = await self.executor.run(candidates, instances, rows, scores, budget.costs, rows_judged, size=len(rows))
                 stored += await self.executor.run(db.decide_batch, campaign.vendor, campaign.name, campaign.batch, batch,
                                                   version, bundle, size=len(rows))
+                report_progress("stored", len(stored), n)
             spent, total = await self.executor.run(_campaign_budget, db, campaign.vendor, campaign.name)
         decisions = await self.executor.run(_campaign_decisions, stored, budget.costs, judged, size=n)
         mask = np.fromiter((d.human for d in decisions), dtype=bool, count=n)
@@ -540,6 +547,7 @@ class RouterCore:
                 p_h.append(hu)
                 idx.append(i)
                 val.append(v)
+            report_progress("judged", start + len(part), len(rows))
         p_wrong = (np.concatenate(p_lm), np.concatenate(p_h)) if p_lm else None
         explained = (np.concatenate(idx), np.concatenate(val)) if idx else None
         kept = np.concatenate(features) if features else None

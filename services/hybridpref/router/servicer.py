@@ -26,6 +26,7 @@ from hybridpref.server.auth import current_vendor
 from hybridpref.store.api import DEFAULT_VENDOR
 from hybridpref.router.readiness import BackendWatcher
 from hybridpref.router.core import Incoming, RouteOptions, RouteOutcome, RouterCore
+from hybridpref.router.progress import StageProgress, with_progress
 from hybridpref.router.rejects import by_instance, rejected_of
 from hybridpref.router.summary import Estimate
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
@@ -235,7 +236,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 yield chunk
                 index += 1
 
-        outcome = await self.core.route_stream(chunks(), options, self._deadline(context))
+        work = self.core.route_stream(chunks(), options, self._deadline(context))
+        if not first.config.report_progress:
+            outcome = await work
+        else:
+            async for item in with_progress(work):
+                if isinstance(item, StageProgress):
+                    yield router_pb2.RouteInstancesStreamResponse(
+                        progress=router_pb2.RouteProgress(stage=item.stage, done=item.done, total=item.total))
+                else:
+                    outcome = item
         for start in range(0, len(outcome.decisions), DECISION_CHUNK):
             chunk = await run(decisions_to_proto, outcome, start, start + DECISION_CHUNK)
             yield router_pb2.RouteInstancesStreamResponse(decisions=router_pb2.DecisionChunk(decisions=chunk))
