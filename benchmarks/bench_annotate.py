@@ -47,12 +47,22 @@ def free_port() -> int:
 
 def seed_store(url: str, pairs: int, votes: int, annotators: int) -> list[str]:
     store = SqlCampaignStore.open(url, upgrade=True)
-    store.create_campaign(CampaignSpec(vendor=VENDOR, name=CAMPAIGN, budget_kind="count", budget_total=float(pairs),
-                                       votes_per_pair=votes))
+    store.create_campaign(
+        CampaignSpec(vendor=VENDOR, name=CAMPAIGN, budget_kind="count", budget_total=float(pairs), votes_per_pair=votes)
+    )
     text = "A response with some **Markdown**, a list\n\n- one\n- two\n\nand `code`. " * 4
     for start in range(0, pairs, 500):
-        batch = [Candidate(instance_id=f"b-{i:06d}", prompt=f"Prompt {i}: explain something.", response_a=f"A {i}. {text}",
-                           response_b=f"B {i}. {text}", score=1.0, lm_label="A_BETTER") for i in range(start, min(pairs, start + 500))]
+        batch = [
+            Candidate(
+                instance_id=f"b-{i:06d}",
+                prompt=f"Prompt {i}: explain something.",
+                response_a=f"A {i}. {text}",
+                response_b=f"B {i}. {text}",
+                score=1.0,
+                lm_label="A_BETTER",
+            )
+            for i in range(start, min(pairs, start + 500))
+        ]
         store.decide_batch(VENDOR, CAMPAIGN, f"batch-{start}", batch)
     tokens = [store.create_annotator_token(VENDOR, f"annotator-{k:02d}") for k in range(annotators)]
     store.close()
@@ -71,8 +81,9 @@ def percentiles(values: list[float]) -> str:
     return f"p50 {q[49]:6.1f} ms  p95 {q[94]:6.1f} ms  p99 {q[98]:6.1f} ms  max {ms[-1]:6.1f} ms  (n={len(ms)})"
 
 
-async def annotator(base: str, token: str, labels: int, rng: random.Random, post_s: list[float], get_s: list[float],
-                    done: Counter, think_s: float) -> None:
+async def annotator(
+    base: str, token: str, labels: int, rng: random.Random, post_s: list[float], get_s: list[float], done: Counter, think_s: float
+) -> None:
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         r = await client.post("/login", data={"token": token})
         assert r.status_code == 303, r.text
@@ -93,14 +104,19 @@ async def annotator(base: str, token: str, labels: int, rng: random.Random, post
             done[token] += 1
 
 
-async def run_load(base: str, tokens: list[str], labels: int, seed: int,
-                   think_s: float = 0.0) -> tuple[list[float], list[float], float, Counter]:
+async def run_load(
+    base: str, tokens: list[str], labels: int, seed: int, think_s: float = 0.0
+) -> tuple[list[float], list[float], float, Counter]:
     post_s: list[float] = []
     get_s: list[float] = []
     done: Counter = Counter()
     t = time.perf_counter()
-    await asyncio.gather(*(annotator(base, tok, labels, random.Random(seed * 1000 + k), post_s, get_s, done, think_s)
-                           for k, tok in enumerate(tokens)))
+    await asyncio.gather(
+        *(
+            annotator(base, tok, labels, random.Random(seed * 1000 + k), post_s, get_s, done, think_s)
+            for k, tok in enumerate(tokens)
+        )
+    )
     return post_s, get_s, time.perf_counter() - t, done
 
 
@@ -121,8 +137,23 @@ def main() -> int:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cli = "import sys; from hybridpref.cli.main import main; sys.exit(main(sys.argv[1:]))"
-    server = subprocess.Popen([sys.executable, "-c", cli, "annotate", "--campaign", CAMPAIGN, "--port",
-                               str(port), "--db", url, "--log-level", "warning"], env=dict(os.environ))
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            cli,
+            "annotate",
+            "--campaign",
+            CAMPAIGN,
+            "--port",
+            str(port),
+            "--db",
+            url,
+            "--log-level",
+            "warning",
+        ],
+        env=dict(os.environ),
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -148,16 +179,24 @@ def main() -> int:
             votes[label.annotator] += 1
     per_pair = Counter(c.instance_id for c, _, labels in store.returned_labels(VENDOR, CAMPAIGN) for _ in labels)
     expected = sum(done.values()) + args.annotators * args.warmup
-    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end")
-    print(f"{args.annotators} annotators x {args.labels} labels (+{args.warmup} warm-up), think time "
-          f"{args.think_ms:.0f} ms, votes per pair {args.votes_per_pair}, {pairs} pairs, SQLite ({url})")
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end"
+    )
+    print(
+        f"{args.annotators} annotators x {args.labels} labels (+{args.warmup} warm-up), think time "
+        f"{args.think_ms:.0f} ms, votes per pair {args.votes_per_pair}, {pairs} pairs, SQLite ({url})"
+    )
     print(f"POST /label (submission): {percentiles(post_s)}")
     print(f"GET /      (next pair):   {percentiles(get_s)}")
-    print(f"throughput: {len(post_s) / wall:.0f} labels/s over {wall:.1f} s; server CPU "
-          f"{server_cpu * 1000 / max(1, len(post_s)):.1f} ms per label (GET + POST)")
-    print(f"stored votes {sum(votes.values())} (expected {expected}); pairs over their votes: "
-          f"{sum(1 for n in per_pair.values() if n > args.votes_per_pair)}")
+    print(
+        f"throughput: {len(post_s) / wall:.0f} labels/s over {wall:.1f} s; server CPU "
+        f"{server_cpu * 1000 / max(1, len(post_s)):.1f} ms per label (GET + POST)"
+    )
+    print(
+        f"stored votes {sum(votes.values())} (expected {expected}); pairs over their votes: "
+        f"{sum(1 for n in per_pair.values() if n > args.votes_per_pair)}"
+    )
     return 0 if sum(votes.values()) == expected else 1
 
 

@@ -47,7 +47,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from hybridpref_client.core.instances import Label, PreferenceInstance  # noqa: E402
 from hybridpref.router.budget import Budget  # noqa: E402
 from hybridpref.router.campaign import CampaignRoute, StoreProvider  # noqa: E402
 from hybridpref.router.core import RouteOptions, RouterCore  # noqa: E402
@@ -56,6 +55,7 @@ from hybridpref.server.deadline import Deadline  # noqa: E402
 from hybridpref.server.settings import Settings  # noqa: E402
 from hybridpref.store.api import CampaignSpec  # noqa: E402
 from hybridpref.store.sql import SqlCampaignStore  # noqa: E402
+from hybridpref_client.core.instances import Label, PreferenceInstance  # noqa: E402
 
 POOLS = ("mtbench_human_gpt4", "pandalm", "llmbar")
 VENDOR = "bench"
@@ -81,7 +81,7 @@ class CachedTagger:
 
         missing = [i for i in instances if i.id not in self.cache]
         for start in range(0, len(missing), TAG_CHUNK):  # the tagger core's largest batch
-            part = missing[start:start + TAG_CHUNK]
+            part = missing[start : start + TAG_CHUNK]
             started = time.perf_counter()
             tagged = await self.inner.tag(part, deadline)
             self.seconds += time.perf_counter() - started
@@ -101,14 +101,20 @@ def make_core(store: SqlCampaignStore, live_tags: bool = False):
     from tests.support.local_router import LocalJudge, LocalModelSource
 
     tagger = CachedTagger(Tagger("fast"), live=live_tags)
-    core = RouterCore(Settings(), tagger, LocalJudge(Judge.from_config("replay", default_judge="gpt4")),
-                      LocalModelSource(Predictor(default_bundle_path())), campaigns=StoreProvider(store=store))
+    core = RouterCore(
+        Settings(),
+        tagger,
+        LocalJudge(Judge.from_config("replay", default_judge="gpt4")),
+        LocalModelSource(Predictor(default_bundle_path())),
+        campaigns=StoreProvider(store=store),
+    )
     return core, tagger
 
 
 def options(judge: str, seed: int, budget: Budget | None = None, campaign: CampaignRoute | None = None) -> RouteOptions:
-    return RouteOptions(budget=budget, strategy=strategy_spec(DEFAULT_STRATEGY), seed=seed, replay_judge=judge,
-                        explain_top_k=0, campaign=campaign)
+    return RouteOptions(
+        budget=budget, strategy=strategy_spec(DEFAULT_STRATEGY), seed=seed, replay_judge=judge, explain_top_k=0, campaign=campaign
+    )
 
 
 def route(core: RouterCore, instances: Sequence[PreferenceInstance], opts: RouteOptions):
@@ -186,23 +192,34 @@ def cmd_stream(args) -> dict:
                 decisions, spent_after, start = [], [], 0
                 for b, size in enumerate(cut(n, args.batches, rng)):
                     campaign = CampaignRoute(VENDOR, f"{name}-{seed}", f"batch-{b}", "count")
-                    outcome = route(core, order[start:start + size], options(pool.default_judge, seed, campaign=campaign))
+                    outcome = route(core, order[start : start + size], options(pool.default_judge, seed, campaign=campaign))
                     decisions += outcome.decisions
                     spent_after.append(outcome.campaign.budget_spent)
                     start += size
                 spent = store.get_campaign(VENDOR, f"{name}-{seed}").spent
                 acc_stream = accuracy(pool, positions, decisions)
-                per_seed.append({"seed": seed, "budget": total, "spent": spent, "spent_share": spent / total,
-                                 "over": spent > total, "max_spent_midway": max(spent_after),
-                                 "half_way_spent_share": spent_after[args.batches // 2 - 1] / total,
-                                 "accuracy_whole": acc_whole, "accuracy_stream": acc_stream,
-                                 "accuracy_diff_points": 100 * (acc_stream - acc_whole),
-                                 "humans_whole": sum(d.human for d in whole.decisions)})
+                per_seed.append(
+                    {
+                        "seed": seed,
+                        "budget": total,
+                        "spent": spent,
+                        "spent_share": spent / total,
+                        "over": spent > total,
+                        "max_spent_midway": max(spent_after),
+                        "half_way_spent_share": spent_after[args.batches // 2 - 1] / total,
+                        "accuracy_whole": acc_whole,
+                        "accuracy_stream": acc_stream,
+                        "accuracy_diff_points": 100 * (acc_stream - acc_whole),
+                        "humans_whole": sum(d.human for d in whole.decisions),
+                    }
+                )
                 asyncio.run(core.close())
                 store.close()
                 print(json.dumps({"pool": name, **per_seed[-1]}), file=sys.stderr, flush=True)
             out["pools"][name] = {
-                "n": n, "judge": pool.default_judge, "runs": per_seed,
+                "n": n,
+                "judge": pool.default_judge,
+                "runs": per_seed,
                 "worst_spend_gap": max(abs(1 - r["spent_share"]) for r in per_seed),
                 "ever_over": any(r["over"] for r in per_seed),
                 "mean_accuracy_diff_points": float(np.mean([r["accuracy_diff_points"] for r in per_seed])),
@@ -233,7 +250,7 @@ def synthetic_stream(n: int, data_dir: Path) -> list[PreferenceInstance]:
 
 def cmd_throughput(args) -> dict:
     instances = synthetic_stream(args.instances, Path(args.data_dir))
-    batches = [instances[k:k + args.batch] for k in range(0, len(instances), args.batch)]
+    batches = [instances[k : k + args.batch] for k in range(0, len(instances), args.batch)]
     seconds = {"request_budget": 0.0, "campaign": 0.0}
     with tempfile.TemporaryDirectory() as tmp, _server(args.engine) as server:
         store = open_store(args.engine, Path(tmp), server)
@@ -249,8 +266,11 @@ def cmd_throughput(args) -> dict:
         for b, batch in enumerate(batches):
             configs = ("request_budget", "campaign") if b % 2 == 0 else ("campaign", "request_budget")
             for config in configs:
-                opts = (options("judge", 0, campaign=CampaignRoute(VENDOR, "c", f"b{b}", "count")) if config == "campaign"
-                        else options("judge", 0, Budget.fraction(SHARE)))
+                opts = (
+                    options("judge", 0, campaign=CampaignRoute(VENDOR, "c", f"b{b}", "count"))
+                    if config == "campaign"
+                    else options("judge", 0, Budget.fraction(SHARE))
+                )
                 started = time.perf_counter()
                 route(core, batch, opts)
                 seconds[config] += time.perf_counter() - started
@@ -259,9 +279,17 @@ def cmd_throughput(args) -> dict:
         asyncio.run(core.close())
         store.close()
     rate = {k: len(instances) / v for k, v in seconds.items()}
-    return {"instances": len(instances), "batch": args.batch, "engine": args.engine, "tags": args.tags,
-            "tagging_s": tagger.seconds, "seconds": seconds, "instances_per_s": rate,
-            "persistence_cost": 1 - rate["campaign"] / rate["request_budget"], "campaign_spent": [spent, total]}
+    return {
+        "instances": len(instances),
+        "batch": args.batch,
+        "engine": args.engine,
+        "tags": args.tags,
+        "tagging_s": tagger.seconds,
+        "seconds": seconds,
+        "instances_per_s": rate,
+        "persistence_cost": 1 - rate["campaign"] / rate["request_budget"],
+        "campaign_spent": [spent, total],
+    }
 
 
 class _server:
@@ -292,9 +320,13 @@ def main() -> int:
     throughput = sub.add_parser("throughput")
     throughput.add_argument("--instances", type=int, default=100_000)
     throughput.add_argument("--batch", type=int, default=5_000)
-    throughput.add_argument("--tags", choices=["live", "cached"], default="live",
-                            help="live: the fast tagger tags every batch, as the router does (the target's figure); "
-                                 "cached: tags computed once, so the figure is the routing after tagging")
+    throughput.add_argument(
+        "--tags",
+        choices=["live", "cached"],
+        default="live",
+        help="live: the fast tagger tags every batch, as the router does (the target's figure); "
+        "cached: tags computed once, so the figure is the routing after tagging",
+    )
     for p in (stream, throughput):
         p.add_argument("--data-dir", default=None, help="the shared pools (default: $HYBRIDPREF_DATA_DIR, else ../shared/data)")
         p.add_argument("--engine", choices=["sqlite", "postgres"], default="sqlite")
@@ -305,8 +337,12 @@ def main() -> int:
         args.data_dir = str(default_data_dir(ROOT))
     started = time.perf_counter()
     result = cmd_stream(args) if args.command == "stream" else cmd_throughput(args)
-    result.update(machine=f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}",
-                  date=time.strftime("%Y-%m-%d"), wall_s=round(time.perf_counter() - started, 1), command=args.command)
+    result.update(
+        machine=f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        date=time.strftime("%Y-%m-%d"),
+        wall_s=round(time.perf_counter() - started, 1),
+        command=args.command,
+    )
     print(json.dumps(result, indent=1))
     return 0
 

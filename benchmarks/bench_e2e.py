@@ -24,9 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from hybridpref_client.core.instances import PreferenceInstance, instance_from_row
 from hybridpref.cli.stack import SERVICES, up_ports, wait_serving
 from hybridpref_client import RouterClient
+from hybridpref_client.core.instances import PreferenceInstance, instance_from_row
 
 DATA = Path(os.environ.get("HYBRIDPREF_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 POOLS = ("mtbench_human_gpt4", "pandalm", "llmbar")
@@ -39,7 +39,9 @@ def load_instances(n: int, pools: tuple[str, ...] = POOLS) -> list[PreferenceIns
         with open(DATA / pool / "pairs.jsonl", encoding="utf-8") as fh:
             for line in fh:
                 row = json.loads(line)
-                recorded = next((v for v in (row.get("lm_labels") or {}).values() if v in ("A", "B", "tie", "tie_inconsistent")), None)
+                recorded = next(
+                    (v for v in (row.get("lm_labels") or {}).values() if v in ("A", "B", "tie", "tie_inconsistent")), None
+                )
                 texts = [row.get(k) for k in ("prompt", "response_a", "response_b")]
                 if recorded is None or not all(isinstance(t, str) and t.strip() for t in texts):
                     continue  # a few rows carry no usable text (e.g. a boolean response)
@@ -55,8 +57,13 @@ def load_instances(n: int, pools: tuple[str, ...] = POOLS) -> list[PreferenceIns
 def start_up(env_overrides: dict[str, str]) -> tuple[subprocess.Popen, float]:
     env = dict(os.environ, **env_overrides)
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "hybridpref.cli.main", "up", "--port-base", str(PORT_BASE)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybridpref.cli.main", "up", "--port-base", str(PORT_BASE)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     line = proc.stdout.readline()
     if "all SERVING" not in line:
         proc.kill()
@@ -73,8 +80,10 @@ def stop_up(proc: subprocess.Popen) -> float:
 
 def cmd_startup(args) -> None:
     ports, _ = up_ports(PORT_BASE)
-    for label, env in (("default models", {}),
-                       ("fast tagger + replay judge", {"HYBRIDPREF_TAGGER_PROFILE": "fast", "HYBRIDPREF_JUDGE_BACKEND": "replay"})):
+    for label, env in (
+        ("default models", {}),
+        ("fast tagger + replay judge", {"HYBRIDPREF_TAGGER_PROFILE": "fast", "HYBRIDPREF_JUDGE_BACKEND": "replay"}),
+    ):
         times = []
         for _ in range(args.repeat):
             proc, ready_s = start_up(env)
@@ -82,8 +91,10 @@ def cmd_startup(args) -> None:
             stop_s = stop_up(proc)
             times.append((ready_s, stop_s))
         best = min(t[0] for t in times)
-        print(f"up -> all SERVING [{label}]: best {best:.1f} s of {args.repeat} "
-              f"({', '.join(f'{t[0]:.1f}' for t in times)}); SIGTERM -> all exited: {max(t[1] for t in times):.1f} s")
+        print(
+            f"up -> all SERVING [{label}]: best {best:.1f} s of {args.repeat} "
+            f"({', '.join(f'{t[0]:.1f}' for t in times)}); SIGTERM -> all exited: {max(t[1] for t in times):.1f} s"
+        )
 
 
 def _bundle_env(args) -> dict[str, str]:
@@ -94,8 +105,13 @@ def _bundle_env(args) -> dict[str, str]:
 
 def cmd_route(args) -> None:
     instances = load_instances(args.n, tuple(args.pools.split(",")))
-    env = {"HYBRIDPREF_TAGGER_PROFILE": args.tagger_profile, "HYBRIDPREF_JUDGE_BACKEND": args.judge_backend,
-           "HYBRIDPREF_JUDGE_REPLAY_KEY": "bench", "HYBRIDPREF_MAX_BATCH": str(max(args.n, 20000)), **_bundle_env(args)}
+    env = {
+        "HYBRIDPREF_TAGGER_PROFILE": args.tagger_profile,
+        "HYBRIDPREF_JUDGE_BACKEND": args.judge_backend,
+        "HYBRIDPREF_JUDGE_REPLAY_KEY": "bench",
+        "HYBRIDPREF_MAX_BATCH": str(max(args.n, 20000)),
+        **_bundle_env(args),
+    }
     proc, ready_s = start_up(env)
     try:
         with RouterClient(f"127.0.0.1:{PORT_BASE}", timeout_s=args.timeout) as client:
@@ -105,15 +121,24 @@ def cmd_route(args) -> None:
     finally:
         stop_up(proc)
     stages = result.summary["stage_seconds"]
-    print(f"RouteInstances n={args.n} strategy={args.strategy} tagger={args.tagger_profile} judge={args.judge_backend} "
-          f"budget={args.budget}: {wall:.1f} s wall, {args.n / wall:.0f} instances/s (stack ready in {ready_s:.1f} s)")
-    print("  stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(stages.items()))
-          + f"; other (transport, conversion) {wall - sum(stages.values()):.2f} s")
+    print(
+        f"RouteInstances n={args.n} strategy={args.strategy} tagger={args.tagger_profile} judge={args.judge_backend} "
+        f"budget={args.budget}: {wall:.1f} s wall, {args.n / wall:.0f} instances/s (stack ready in {ready_s:.1f} s)"
+    )
+    print(
+        "  stages: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(stages.items()))
+        + f"; other (transport, conversion) {wall - sum(stages.values()):.2f} s"
+    )
     domain = result.summary.get("domain") or {}
-    print(f"  domain: {'in' if domain.get('in_domain') else 'out of'} the PPM's domain (distance {domain.get('distance', float('nan')):.3f} "
-          f"vs {domain.get('threshold', float('nan')):.3f}); bundle {result.summary.get('bundle_version')}")
-    print(f"  human {result.summary['human_count']}, LM {result.summary['lm_count']}; "
-          f"correction model {result.summary.get('correction_model_version') or '-'}")
+    print(
+        f"  domain: {'in' if domain.get('in_domain') else 'out of'} the PPM's domain (distance {domain.get('distance', float('nan')):.3f} "
+        f"vs {domain.get('threshold', float('nan')):.3f}); bundle {result.summary.get('bundle_version')}"
+    )
+    print(
+        f"  human {result.summary['human_count']}, LM {result.summary['lm_count']}; "
+        f"correction model {result.summary.get('correction_model_version') or '-'}"
+    )
 
 
 def process_peak_mb(pattern: str) -> float:
@@ -130,8 +155,12 @@ def process_peak_mb(pattern: str) -> float:
 
 
 def cmd_stream(args) -> None:
-    env = {"HYBRIDPREF_TAGGER_PROFILE": args.tagger_profile, "HYBRIDPREF_JUDGE_BACKEND": args.judge_backend,
-           "HYBRIDPREF_JUDGE_REPLAY_KEY": "bench", **_bundle_env(args)}
+    env = {
+        "HYBRIDPREF_TAGGER_PROFILE": args.tagger_profile,
+        "HYBRIDPREF_JUDGE_BACKEND": args.judge_backend,
+        "HYBRIDPREF_JUDGE_REPLAY_KEY": "bench",
+        **_bundle_env(args),
+    }
     proc, _ = start_up(env)
     router = f"serve router --port {PORT_BASE}"
     try:
@@ -143,13 +172,18 @@ def cmd_stream(args) -> None:
                 wall = time.perf_counter() - start
                 text_mb = sum(len(i.prompt) + len(i.response_a) + len(i.response_b) for i in instances) / 2**20
                 stages = result.summary["stage_seconds"]
-                print(f"RouteInstancesStream n={n} strategy={args.strategy} tagger={args.tagger_profile} judge={args.judge_backend}: "
-                      f"{wall:.1f} s, {n / wall:.0f} instances/s; {len(result.decisions)} decisions; texts sent {text_mb:.0f} MiB; "
-                      f"router peak RSS so far {process_peak_mb(router):.0f} MiB")
+                print(
+                    f"RouteInstancesStream n={n} strategy={args.strategy} tagger={args.tagger_profile} judge={args.judge_backend}: "
+                    f"{wall:.1f} s, {n / wall:.0f} instances/s; {len(result.decisions)} decisions; texts sent {text_mb:.0f} MiB; "
+                    f"router peak RSS so far {process_peak_mb(router):.0f} MiB"
+                )
                 domain = result.summary.get("domain") or {}
-                print("  stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(stages.items()))
-                      + f"; correction model {result.summary.get('correction_model_version') or '-'}; "
-                      f"{'in' if domain.get('in_domain') else 'out of'} the PPM's domain ({domain.get('distance', float('nan')):.3f})")
+                print(
+                    "  stages: "
+                    + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(stages.items()))
+                    + f"; correction model {result.summary.get('correction_model_version') or '-'}; "
+                    f"{'in' if domain.get('in_domain') else 'out of'} the PPM's domain ({domain.get('distance', float('nan')):.3f})"
+                )
                 del instances, result
     finally:
         stop_up(proc)

@@ -113,13 +113,23 @@ def main() -> None:
     keys = tmp / "keys.json"
     greedy, beta = add_vendor(keys, "greedy"), add_vendor(keys, "beta")
     port, dead = free_port(), free_port()
-    env = dict(os.environ, HYBRIDPREF_API_KEYS_FILE=str(keys), HYBRIDPREF_LOG_LEVEL="WARNING",
-               **{f"HYBRIDPREF_{n}_ADDRESS": f"127.0.0.1:{dead}" for n in ("TAGGER", "JUDGE", "PREDICTOR")})
-    proc = subprocess.Popen([sys.executable, "-m", "hybridpref.cli.main", "serve", "router", "--port", str(port),
-                             "--metrics-port", "-1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(
+        os.environ,
+        HYBRIDPREF_API_KEYS_FILE=str(keys),
+        HYBRIDPREF_LOG_LEVEL="WARNING",
+        **{f"HYBRIDPREF_{n}_ADDRESS": f"127.0.0.1:{dead}" for n in ("TAGGER", "JUDGE", "PREDICTOR")},
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybridpref.cli.main", "serve", "router", "--port", str(port), "--metrics-port", "-1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     address = f"127.0.0.1:{port}"
-    print(f"bench_hostile: {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"bench_hostile: {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     try:
         wait_serving(address, 60)
         body = sixty_mb()
@@ -129,15 +139,18 @@ def main() -> None:
             with Peak(proc.pid) as peak:
                 codes, seconds = attack(address, body, n, md)
             time.sleep(2)
-            print(f"{label}: {n} x {len(body) / 1e6:.0f} MB: {dict(codes)} in {seconds:.1f} s; router RSS {before:.0f} -> peak "
-                  f"{peak.peak:.0f} MiB, {rss_mb(proc.pid):.0f} MiB 2 s after")
+            print(
+                f"{label}: {n} x {len(body) / 1e6:.0f} MB: {dict(codes)} in {seconds:.1f} s; router RSS {before:.0f} -> peak "
+                f"{peak.peak:.0f} MiB, {rss_mb(proc.pid):.0f} MiB 2 s after"
+            )
         body = million()
         codes, seconds = attack(address, body, args.million, as_greedy)
         print(f"F2 1,000,000 instances: {args.million} concurrent x {len(body) / 1e6:.0f} MB: {dict(codes)} in {seconds:.1f} s")
         for n in (400, 10_000, 20_000):
             rows = [common_pb2.PreferenceInstance(id=f"r{i}", prompt="q", response_a=" ", response_b="4") for i in range(n)]
-            request = router_pb2.RouteInstancesRequest(instances=rows, config=router_pb2.RouteConfig(
-                budget=common_pb2.Budget(fraction=0.25)))
+            request = router_pb2.RouteInstancesRequest(
+                instances=rows, config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.25))
+            )
             with grpc.insecure_channel(address) as channel:
                 try:
                     router_pb2_grpc.RouterServiceStub(channel).RouteInstances(request, timeout=60, metadata=as_greedy)
@@ -154,16 +167,22 @@ def main() -> None:
             yield router_pb2.RouteInstancesStreamRequest(config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.25)))
             release.wait(120)
 
-        calls = [router_pb2_grpc.RouterServiceStub(channels[k % 4]).RouteInstancesStream(silent(), metadata=as_greedy)
-                 for k in range(args.idle_streams)]
+        calls = [
+            router_pb2_grpc.RouterServiceStub(channels[k % 4]).RouteInstancesStream(silent(), metadata=as_greedy)
+            for k in range(args.idle_streams)
+        ]
         time.sleep(3)
         refused = collections.Counter(c.code().name for c in calls if c.done())
         with grpc.insecure_channel(address, options=own) as channel:
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
-            probe = router_pb2.RouteInstancesRequest(instances=[common_pb2.PreferenceInstance(
-                id="b", prompt="q", response_a="a", response_b="b")], config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5)))
+            probe = router_pb2.RouteInstancesRequest(
+                instances=[common_pb2.PreferenceInstance(id="b", prompt="q", response_a="a", response_b="b")],
+                config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5)),
+            )
             try:
-                router_pb2_grpc.RouterServiceStub(channel).RouteInstances(probe, timeout=10, metadata=(("authorization", f"Bearer {beta}"),))
+                router_pb2_grpc.RouterServiceStub(channel).RouteInstances(
+                    probe, timeout=10, metadata=(("authorization", f"Bearer {beta}"),)
+                )
                 other = "OK"
             except grpc.RpcError as exc:
                 other = exc.code().name
@@ -172,10 +191,12 @@ def main() -> None:
         while any(not c.done() for c in calls) and time.monotonic() - start < 120:
             time.sleep(0.5)
         closed = collections.Counter(c.code().name for c in calls)
-        print(f"F3 {args.idle_streams} silent streams (4 connections, one vendor): {open_now} admitted, refused {dict(refused)}; "
-              f"another vendor's call -> {other} (UNAVAILABLE = let through to the absent tagger); main-port health "
-              f"{health_pb2.HealthCheckResponse.ServingStatus.Name(health)}; all ended within {time.monotonic() - start:.0f} s "
-              f"more: {dict(closed)}")
+        print(
+            f"F3 {args.idle_streams} silent streams (4 connections, one vendor): {open_now} admitted, refused {dict(refused)}; "
+            f"another vendor's call -> {other} (UNAVAILABLE = let through to the absent tagger); main-port health "
+            f"{health_pb2.HealthCheckResponse.ServingStatus.Name(health)}; all ended within {time.monotonic() - start:.0f} s "
+            f"more: {dict(closed)}"
+        )
         release.set()
         for ch in channels:
             ch.close()

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridpref_client.core.errors import InvalidInput
-from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, instance_from_row
-from hybridpref.server.runtime import cpu_limit
 from hybridpref.judge import aggregate
 from hybridpref.judge.core import Deadline, ScoreRequest
 from hybridpref.judge.embedded import EmbeddedBackend
 from hybridpref.judge.replay import ReplayBackend
 from hybridpref.judge.templates import get_template
+from hybridpref.server.runtime import cpu_limit
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, instance_from_row
 
 DATASETS = ("mtbench_human_gpt4", "pandalm", "llmbar")
 RECORDED = {
@@ -135,8 +135,9 @@ def recorded(rows: list[PreferenceInstance], judge: str) -> tuple[list[Label], l
     return labs, hum, float(np.mean(flags)) if flags else float("nan")
 
 
-def bench_dataset(backend: EmbeddedBackend, name: str, template: str, n: int, seed: int, params: int,
-                  chunk_pairs: int = 5) -> dict:
+def bench_dataset(
+    backend: EmbeddedBackend, name: str, template: str, n: int, seed: int, params: int, chunk_pairs: int = 5
+) -> dict:
     rows = load(name)
     picked = sample(rows, n, seed)
     tpl = get_template(template)
@@ -152,10 +153,10 @@ def bench_dataset(backend: EmbeddedBackend, name: str, template: str, n: int, se
     step = 2 * chunk_pairs
     for start in range(0, len(requests), step):
         t0 = time.perf_counter()
-        dists += backend.score(requests[start:start + step], tpl, Deadline(None))
+        dists += backend.score(requests[start : start + step], tpl, Deadline(None))
         wall += time.perf_counter() - t0
         rates.append(matmul_rate(0.5))
-        floor_s += 2 * params * sum(order_tokens[start:start + step]) / ((rates[-2] + rates[-1]) / 2)
+        floor_s += 2 * params * sum(order_tokens[start : start + step]) / ((rates[-2] + rates[-1]) / 2)
     outcomes, debiased, first_slot = [], [], []
     for k in range(len(picked)):
         ab = dists[2 * k]
@@ -167,7 +168,9 @@ def bench_dataset(backend: EmbeddedBackend, name: str, template: str, n: int, se
         first_slot += [aggregate.verdict(dists[2 * k]).winner == "A", aggregate.verdict(dists[2 * k + 1]).winner == "A"]
     human = [r.human_label for r in picked]
     result = {
-        "dataset": name, "template": tpl.template_version, "n": len(picked),
+        "dataset": name,
+        "template": tpl.template_version,
+        "n": len(picked),
         "embedded": agreement([o.label for o in outcomes], human),
         "embedded_debiased": agreement(debiased, human),
         "embedded_ab_only": agreement([aggregate.verdict(dists[2 * k]) for k in range(len(picked))], human),
@@ -176,16 +179,23 @@ def bench_dataset(backend: EmbeddedBackend, name: str, template: str, n: int, se
         "mean_confidence": float(np.mean([o.confidence for o in outcomes])),
         "tokens_per_order_mean": float(np.mean(order_tokens)),
         "tokens_computed_per_pair": computed / len(picked),
-        "wall_s": wall, "pairs_per_s": len(picked) / wall,
+        "wall_s": wall,
+        "pairs_per_s": len(picked) / wall,
         "matmul_gflops": [min(rates) / 1e9, float(np.median(rates)) / 1e9, max(rates) / 1e9],
-        "floor_s": floor_s, "floor_pairs_per_s": len(picked) / floor_s, "wall_over_floor": wall / floor_s,
+        "floor_s": floor_s,
+        "floor_pairs_per_s": len(picked) / floor_s,
+        "wall_over_floor": wall / floor_s,
         "recorded": {},
     }
     for judge in RECORDED[name]:
         labs, hum, inc = recorded(picked, judge)
         full_labs, full_hum, full_inc = recorded([r for r in rows if r.human_label is not None and r.human_label.winner], judge)
-        result["recorded"][judge] = {"sample": agreement(labs, hum), "sample_inconsistent": inc,
-                                     "full": agreement(full_labs, full_hum), "full_inconsistent": full_inc}
+        result["recorded"][judge] = {
+            "sample": agreement(labs, hum),
+            "sample_inconsistent": inc,
+            "full": agreement(full_labs, full_hum),
+            "full_inconsistent": full_inc,
+        }
     return result
 
 
@@ -194,22 +204,32 @@ def report(results: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         e, d, ab = r["embedded"], r["embedded_debiased"], r["embedded_ab_only"]
-        print(f"| {r['dataset']} | {r['template']} | embedded SmolLM2-135M, BOTH | {e['n']} | {e['strict']:.3f} | "
-              f"{e['decided']:.2f} | {e['on_decided']:.3f} | {r['inconsistent']:.2f} |")
-        print(f"| | | embedded, AB order only | {ab['n']} | {ab['strict']:.3f} | {ab['decided']:.2f} | {ab['on_decided']:.3f} | - |")
+        print(
+            f"| {r['dataset']} | {r['template']} | embedded SmolLM2-135M, BOTH | {e['n']} | {e['strict']:.3f} | "
+            f"{e['decided']:.2f} | {e['on_decided']:.3f} | {r['inconsistent']:.2f} |"
+        )
+        print(
+            f"| | | embedded, AB order only | {ab['n']} | {ab['strict']:.3f} | {ab['decided']:.2f} | {ab['on_decided']:.3f} | - |"
+        )
         print(f"| | | embedded, debiased mean (diagnostic) | {d['n']} | {d['strict']:.3f} | 1.00 | {d['strict']:.3f} | - |")
         for judge, rec in r["recorded"].items():
             s, f = rec["sample"], rec["full"]
-            print(f"| | | recorded {judge} (sample / full) | {s['n']} / {f['n']} | {s['strict']:.3f} / {f['strict']:.3f} | "
-                  f"{s['decided']:.2f} / {f['decided']:.2f} | {s['on_decided']:.3f} / {f['on_decided']:.3f} | "
-                  f"{rec['sample_inconsistent']:.2f} / {rec['full_inconsistent']:.2f} |")
-    print("\n| dataset | template | n | tokens/order | tokens computed/pair | pairs/s | floor pairs/s | wall/floor | matmul GFLOP/s (min, median, max) | first-slot share | mean conf |")
+            print(
+                f"| | | recorded {judge} (sample / full) | {s['n']} / {f['n']} | {s['strict']:.3f} / {f['strict']:.3f} | "
+                f"{s['decided']:.2f} / {f['decided']:.2f} | {s['on_decided']:.3f} / {f['on_decided']:.3f} | "
+                f"{rec['sample_inconsistent']:.2f} / {rec['full_inconsistent']:.2f} |"
+            )
+    print(
+        "\n| dataset | template | n | tokens/order | tokens computed/pair | pairs/s | floor pairs/s | wall/floor | matmul GFLOP/s (min, median, max) | first-slot share | mean conf |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         g = r["matmul_gflops"]
-        print(f"| {r['dataset']} | {r['template']} | {r['n']} | {r['tokens_per_order_mean']:.0f} | {r['tokens_computed_per_pair']:.0f} | "
-              f"{r['pairs_per_s']:.3f} | {r['floor_pairs_per_s']:.3f} | {r['wall_over_floor']:.2f} | {g[0]:.0f}, {g[1]:.0f}, {g[2]:.0f} | "
-              f"{r['first_slot_share']:.2f} | {r['mean_confidence']:.2f} |")
+        print(
+            f"| {r['dataset']} | {r['template']} | {r['n']} | {r['tokens_per_order_mean']:.0f} | {r['tokens_computed_per_pair']:.0f} | "
+            f"{r['pairs_per_s']:.3f} | {r['floor_pairs_per_s']:.3f} | {r['wall_over_floor']:.2f} | {g[0]:.0f}, {g[1]:.0f}, {g[2]:.0f} | "
+            f"{r['first_slot_share']:.2f} | {r['mean_confidence']:.2f} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -222,8 +242,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
     parser.add_argument("--micro", action="store_true", help="only time single forward passes vs the floor")
     args = parser.parse_args(argv)
-    print(f"# bench_judge  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  {platform.processor() or platform.machine()}  "
-          f"cpu_limit={cpu_limit()}  n={args.n} seed={args.seed}  load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"# bench_judge  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  {platform.processor() or platform.machine()}  "
+        f"cpu_limit={cpu_limit()}  n={args.n} seed={args.seed}  load average {os.getloadavg()[0]:.1f}"
+    )
     backend = EmbeddedBackend(max_prompt_tokens=args.max_prompt_tokens)
     t0 = time.perf_counter()
     backend.load()
@@ -237,8 +259,11 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.datasets.split(","):
             res = bench_dataset(backend, name, template, args.n, args.seed, params)
             results.append(res)
-            print(f"{name} {res['template']}: {res['pairs_per_s']:.3f} pairs/s, wall/floor {res['wall_over_floor']:.2f}, "
-                  f"strict {res['embedded']['strict']:.3f}, inconsistent {res['inconsistent']:.2f}", flush=True)
+            print(
+                f"{name} {res['template']}: {res['pairs_per_s']:.3f} pairs/s, wall/floor {res['wall_over_floor']:.2f}, "
+                f"strict {res['embedded']['strict']:.3f}, inconsistent {res['inconsistent']:.2f}",
+                flush=True,
+            )
     print(f"finished {time.strftime('%H:%M:%S')}, load average {os.getloadavg()[0]:.1f}")
     report(results)
     if args.json:

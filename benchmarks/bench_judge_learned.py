@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridpref_client.core.instances import PreferenceInstance
-from hybridpref.server.runtime import cpu_limit
 from hybridpref.judge import features as F
-from hybridpref.offline import judge_training as T
 from hybridpref.judge.core import Judge
+from hybridpref.offline import judge_training as T
+from hybridpref.server.runtime import cpu_limit
+from hybridpref_client.core.instances import PreferenceInstance
 
 
 def sample_pairs(ds: T.Dataset, n: int, seed: int) -> list[PreferenceInstance]:
@@ -44,7 +44,7 @@ def time_learned(pairs: list[PreferenceInstance], batch: int, reps: int) -> dict
     for _ in range(reps):
         t0 = time.perf_counter()
         for k in range(0, len(pairs), batch):
-            judge.judge(pairs[k: k + batch])
+            judge.judge(pairs[k : k + batch])
         best = min(best, time.perf_counter() - t0)
     t0 = time.perf_counter()
     x = F.pair_features([p.prompt for p in pairs], [p.response_a for p in pairs], [p.response_b for p in pairs])
@@ -69,7 +69,7 @@ def time_with_embeddings(pairs: list[PreferenceInstance], batch: int, reps: int)
     model.max_seq_length = 128
     judge = Judge.from_config("learned")
     judge.load()
-    chunks = [pairs[k: k + batch] for k in range(0, len(pairs), batch)]
+    chunks = [pairs[k : k + batch] for k in range(0, len(pairs), batch)]
 
     def encode(chunk: list[PreferenceInstance]) -> np.ndarray:
         texts = [t for p in chunk for t in (p.prompt, p.response_a, p.response_b)]
@@ -110,15 +110,21 @@ def main(argv: list[str] | None = None) -> None:
     ds = T.load_dataset(args.data_dir or default_data_dir())
     pairs = sample_pairs(ds, args.n, args.seed)
     mean_chars = np.mean([len(p.prompt) + len(p.response_a) + len(p.response_b) for p in pairs])
-    print(f"machine: {platform.node()} cpu_limit={cpu_limit()} load={os.getloadavg()[0]:.1f}; "
-          f"{len(pairs)} pairs, mean {mean_chars:.0f} chars per pair, batch {args.batch}")
+    print(
+        f"machine: {platform.node()} cpu_limit={cpu_limit()} load={os.getloadavg()[0]:.1f}; "
+        f"{len(pairs)} pairs, mean {mean_chars:.0f} chars per pair, batch {args.batch}"
+    )
     r = time_learned(pairs, args.batch, args.reps)
-    print(f"learned judge, no embeddings: {r['pairs_per_s']:.0f} pairs/s (best of {args.reps}; "
-          f"features {1000 * r['features_s'] / len(pairs):.2f} ms/pair, onnx {1000 * r['onnx_s']:.1f} ms for all)")
+    print(
+        f"learned judge, no embeddings: {r['pairs_per_s']:.0f} pairs/s (best of {args.reps}; "
+        f"features {1000 * r['features_s'] / len(pairs):.2f} ms/pair, onnx {1000 * r['onnx_s']:.1f} ms for all)"
+    )
     if not args.skip_embeddings:
         e = time_with_embeddings(pairs[: args.n_embed], args.batch, args.reps)
-        print(f"with MiniLM embeddings: {e['pairs_per_s']:.1f} pairs/s; MiniLM encoding floor "
-              f"{e['floor_pairs_per_s']:.1f} pairs/s (3 texts/pair); ratio {e['ratio']:.2f}x (target <= 1.2x)")
+        print(
+            f"with MiniLM embeddings: {e['pairs_per_s']:.1f} pairs/s; MiniLM encoding floor "
+            f"{e['floor_pairs_per_s']:.1f} pairs/s (3 texts/pair); ratio {e['ratio']:.2f}x (target <= 1.2x)"
+        )
     if not args.skip_loso:
         x = F.pair_features(ds.prompts, ds.a, ds.b)
         study = T.leave_one_source_out(ds, x, seed=args.seed)

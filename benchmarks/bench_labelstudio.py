@@ -50,23 +50,52 @@ def main() -> int:
     pairs = []
     for i in range(args.n):
         better = rng.choice("AB")
-        pairs.append({"instance_id": f"lsb-{i:05d}", "prompt": f"Question {i}?",
-                      "response_a": f"Answer A {i}" + (" (better)" if better == "A" else ""),
-                      "response_b": f"Answer B {i}" + (" (better)" if better == "B" else "")})
+        pairs.append(
+            {
+                "instance_id": f"lsb-{i:05d}",
+                "prompt": f"Question {i}?",
+                "response_a": f"Answer A {i}" + (" (better)" if better == "A" else ""),
+                "response_b": f"Answer B {i}" + (" (better)" if better == "B" else ""),
+            }
+        )
     store = make_store(work)
     seed_campaign(store, CAMPAIGN, pairs, votes_per_pair=args.annotators)
     db = store_url(work)
     t0 = time.perf_counter()
     tasks_path = work / "tasks.json"
-    assert cli_main(["campaign", "export", CAMPAIGN, "--vendor", VENDOR, "--format", "label-studio",
-                     "--output", str(tasks_path), "--db", db]) == 0
+    assert (
+        cli_main(
+            [
+                "campaign",
+                "export",
+                CAMPAIGN,
+                "--vendor",
+                VENDOR,
+                "--format",
+                "label-studio",
+                "--output",
+                str(tasks_path),
+                "--db",
+                db,
+            ]
+        )
+        == 0
+    )
     t_export = time.perf_counter() - t0
     emails = [f"annotator{k}@example.com" for k in range(args.annotators)]
-    votes = [{"annotator": e, "instance_id": p["instance_id"], "rule": "tie" if i % 7 == 3 else "better",
-              "strength": 1 + (i + k) % 2} for i, p in enumerate(pairs) for k, e in enumerate(emails)]
-    plan = {"title": CAMPAIGN, "label_config": tasks_path.with_suffix(".xml").read_text(),
-            "maximum_annotations": args.annotators, "tasks": json.loads(tasks_path.read_text()),
-            "annotators": emails, "votes": votes}
+    votes = [
+        {"annotator": e, "instance_id": p["instance_id"], "rule": "tie" if i % 7 == 3 else "better", "strength": 1 + (i + k) % 2}
+        for i, p in enumerate(pairs)
+        for k, e in enumerate(emails)
+    ]
+    plan = {
+        "title": CAMPAIGN,
+        "label_config": tasks_path.with_suffix(".xml").read_text(),
+        "maximum_annotations": args.annotators,
+        "tasks": json.loads(tasks_path.read_text()),
+        "annotators": emails,
+        "votes": votes,
+    }
     t0 = time.perf_counter()
     with ls_server.label_studio(work) as server:
         t_start = time.perf_counter() - t0
@@ -74,8 +103,23 @@ def main() -> int:
     (work / "export.json").write_text(json.dumps(result["export"]))
     (work / "users.json").write_text(json.dumps(result["users"]))
     t0 = time.perf_counter()
-    code = cli_main(["labels", "import", str(work / "export.json"), "--campaign", CAMPAIGN, "--vendor", VENDOR,
-                     "--from", "label-studio", "--users", str(work / "users.json"), "--db", db])
+    code = cli_main(
+        [
+            "labels",
+            "import",
+            str(work / "export.json"),
+            "--campaign",
+            CAMPAIGN,
+            "--vendor",
+            VENDOR,
+            "--from",
+            "label-studio",
+            "--users",
+            str(work / "users.json"),
+            "--db",
+            db,
+        ]
+    )
     t_import = time.perf_counter() - t0
 
     better = {p["instance_id"]: "A" if "(better)" in p["response_a"] else "B" for p in pairs}
@@ -83,13 +127,19 @@ def main() -> int:
     rows = [(c.instance_id, x.annotator, x.preference) for c, _, xs in store.returned_labels(VENDOR, CAMPAIGN) for x in xs]
     seen = Counter((i, a) for i, a, _ in rows)
     flipped = sum(1 for i, a, pref in rows if want.get((i, a)) != pref)
-    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.2f}")
-    print(f"{args.n} tasks x {args.annotators} annotator(s): export {t_export:.2f} s, Label Studio start {t_start:.1f} s, "
-          f"driver {json.dumps({k: round(s, 1) for k, s in result['seconds'].items()})}, import {t_import:.2f} s "
-          f"(exit {code})")
-    print(f"labels stored {len(rows)} of {len(votes)}; duplicates {sum(n - 1 for n in seen.values())}; "
-          f"missing {len(set(want) - set(seen))}; flipped orientations {flipped}")
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"{args.n} tasks x {args.annotators} annotator(s): export {t_export:.2f} s, Label Studio start {t_start:.1f} s, "
+        f"driver {json.dumps({k: round(s, 1) for k, s in result['seconds'].items()})}, import {t_import:.2f} s "
+        f"(exit {code})"
+    )
+    print(
+        f"labels stored {len(rows)} of {len(votes)}; duplicates {sum(n - 1 for n in seen.values())}; "
+        f"missing {len(set(want) - set(seen))}; flipped orientations {flipped}"
+    )
     return 0 if (len(rows), flipped, code) == (len(votes), 0, 0) else 1
 
 

@@ -30,9 +30,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_e2e import POOLS  # noqa: E402
 
-from hybridpref_client.core.convert import instances_to_proto  # noqa: E402
 from hybridpref.cli.stack import SERVICES, wait_serving  # noqa: E402
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc  # noqa: E402
+from hybridpref_client.core.convert import instances_to_proto  # noqa: E402
 
 PORT_BASE = 47400
 ROUTER_SERVICE = "hybridpref.v1.RouterService"
@@ -43,12 +43,25 @@ class Stack:
 
     def __init__(self, env: dict[str, str]):
         self.ports = {"router": PORT_BASE, "tagger": PORT_BASE + 1, "judge": PORT_BASE + 2, "predictor": PORT_BASE + 3}
-        self.env = dict(os.environ, **env, **{f"HYBRIDPREF_{n.upper()}_ADDRESS": f"127.0.0.1:{p}"
-                                              for n, p in self.ports.items() if n != "router"})
+        self.env = dict(
+            os.environ,
+            **env,
+            **{f"HYBRIDPREF_{n.upper()}_ADDRESS": f"127.0.0.1:{p}" for n, p in self.ports.items() if n != "router"},
+        )
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str) -> None:
-        cmd = [sys.executable, "-m", "hybridpref.cli.main", "serve", name, "--port", str(self.ports[name]), "--metrics-port", "-1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "hybridpref.cli.main",
+            "serve",
+            name,
+            "--port",
+            str(self.ports[name]),
+            "--metrics-port",
+            "-1",
+        ]
         self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def up(self) -> None:
@@ -86,8 +99,8 @@ class Stack:
 
 
 def load_pool(data_dir: Path, n: int) -> list:
-    from bench_e2e import load_instances
     import bench_e2e
+    from bench_e2e import load_instances
 
     bench_e2e.DATA = data_dir
     return load_instances(n)
@@ -98,12 +111,15 @@ def small_request(instances, start: int, batch: int) -> router_pb2.RouteInstance
     msgs = instances_to_proto(chunk)
     for k, m in enumerate(msgs):
         m.id = f"s{start}-{k}"
-    return router_pb2.RouteInstancesRequest(instances=msgs, config=router_pb2.RouteConfig(
-        budget=common_pb2.Budget(fraction=0.25), strategy="greedy", replay_judge="bench"))
+    return router_pb2.RouteInstancesRequest(
+        instances=msgs,
+        config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.25), strategy="greedy", replay_judge="bench"),
+    )
 
 
-async def small_client(address: str, instances, batch: int, stop: asyncio.Event, latencies: list, codes: collections.Counter,
-                       offset: int) -> None:
+async def small_client(
+    address: str, instances, batch: int, stop: asyncio.Event, latencies: list, codes: collections.Counter, offset: int
+) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         k = offset
@@ -122,17 +138,25 @@ async def small_client(address: str, instances, batch: int, stop: asyncio.Event,
 def summary(label: str, latencies: list, codes: collections.Counter, seconds: float, batch: int) -> dict:
     lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
     ok = codes.get("OK", 0)
-    out = {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "calls": int(sum(codes.values())),
-           "errors": {c: n for c, n in codes.items() if c != "OK"}}
-    print(f"{label}: {sum(codes.values())} calls in {seconds:.0f} s = {ok / seconds:.1f} calls/s, "
-          f"{ok * batch / seconds:.0f} instances/s; p50 {out['p50_ms']:.0f} ms, p99 {out['p99_ms']:.0f} ms; "
-          f"errors by code {out['errors'] or 'none'}")
+    out = {
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "calls": int(sum(codes.values())),
+        "errors": {c: n for c, n in codes.items() if c != "OK"},
+    }
+    print(
+        f"{label}: {sum(codes.values())} calls in {seconds:.0f} s = {ok / seconds:.1f} calls/s, "
+        f"{ok * batch / seconds:.0f} instances/s; p50 {out['p50_ms']:.0f} ms, p99 {out['p99_ms']:.0f} ms; "
+        f"errors by code {out['errors'] or 'none'}"
+    )
     return out
 
 
 async def run_small(address, instances, clients: int, seconds: float, batch: int, label: str) -> dict:
     stop, latencies, codes = asyncio.Event(), [], collections.Counter()
-    tasks = [asyncio.create_task(small_client(address, instances, batch, stop, latencies, codes, 1000 * i)) for i in range(clients)]
+    tasks = [
+        asyncio.create_task(small_client(address, instances, batch, stop, latencies, codes, 1000 * i)) for i in range(clients)
+    ]
     await asyncio.sleep(seconds)
     stop.set()
     await asyncio.gather(*tasks)
@@ -140,8 +164,16 @@ async def run_small(address, instances, clients: int, seconds: float, batch: int
 
 
 def cmd_load(args, stack: Stack, instances) -> None:
-    out = asyncio.run(run_small(stack.address("router"), instances, args.clients, args.duration, args.batch,
-                                f"load: {args.clients} clients x {args.duration:.0f} s, {args.batch} instances/call"))
+    out = asyncio.run(
+        run_small(
+            stack.address("router"),
+            instances,
+            args.clients,
+            args.duration,
+            args.batch,
+            f"load: {args.clients} clients x {args.duration:.0f} s, {args.batch} instances/call",
+        )
+    )
     rss, peak = stack.router_rss_mb()
     print(f"  router RSS {rss:.0f} MiB (peak {peak:.0f} MiB)")
     if out["errors"]:
@@ -152,17 +184,22 @@ async def _mixed(args, stack: Stack, instances, big) -> None:
     address = stack.address("router")
     idle = await run_small(address, instances, args.small, args.idle, args.batch, f"mixed/idle: {args.small} small clients")
     stop, latencies, codes = asyncio.Event(), [], collections.Counter()
-    tasks = [asyncio.create_task(small_client(address, instances, args.batch, stop, latencies, codes, 5000 * i))
-             for i in range(args.small)]
+    tasks = [
+        asyncio.create_task(small_client(address, instances, args.batch, stop, latencies, codes, 5000 * i))
+        for i in range(args.small)
+    ]
     start = time.perf_counter()
     async with grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 256 << 20)]) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
 
         async def messages():
-            yield router_pb2.RouteInstancesStreamRequest(config=router_pb2.RouteConfig(
-                budget=common_pb2.Budget(fraction=0.25), strategy="greedy", replay_judge="bench"))
+            yield router_pb2.RouteInstancesStreamRequest(
+                config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.25), strategy="greedy", replay_judge="bench")
+            )
             for s in range(0, len(big), 500):
-                yield router_pb2.RouteInstancesStreamRequest(chunk=router_pb2.InstanceChunk(instances=instances_to_proto(big[s : s + 500])))
+                yield router_pb2.RouteInstancesStreamRequest(
+                    chunk=router_pb2.InstanceChunk(instances=instances_to_proto(big[s : s + 500]))
+                )
 
         decisions, stream_code = 0, "OK"
         try:
@@ -173,11 +210,15 @@ async def _mixed(args, stack: Stack, instances, big) -> None:
     wall = time.perf_counter() - start
     stop.set()
     await asyncio.gather(*tasks)
-    print(f"mixed/stream: {len(big)} instances in {wall:.1f} s ({len(big) / wall:.0f}/s), {decisions} decisions, code {stream_code}")
+    print(
+        f"mixed/stream: {len(big)} instances in {wall:.1f} s ({len(big) / wall:.0f}/s), {decisions} decisions, code {stream_code}"
+    )
     during = summary(f"mixed/during: {args.small} small clients beside the stream", latencies, codes, wall, args.batch)
     rss, peak = stack.router_rss_mb()
     ratio = during["p99_ms"] / idle["p99_ms"]
-    print(f"  small clients' p99 under the stream / idle p99 = {ratio:.2f} (target <= 2); router RSS {rss:.0f} MiB, peak {peak:.0f} MiB")
+    print(
+        f"  small clients' p99 under the stream / idle p99 = {ratio:.2f} (target <= 2); router RSS {rss:.0f} MiB, peak {peak:.0f} MiB"
+    )
 
 
 def cmd_mixed(args, stack: Stack, instances) -> None:
@@ -188,7 +229,9 @@ def cmd_mixed(args, stack: Stack, instances) -> None:
 def router_serving(address: str) -> bool:
     with grpc.insecure_channel(address) as channel:
         try:
-            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=ROUTER_SERVICE), timeout=1).status
+            status = (
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=ROUTER_SERVICE), timeout=1).status
+            )
         except grpc.RpcError:
             return False
     return status == health_pb2.HealthCheckResponse.SERVING
@@ -223,16 +266,21 @@ def cmd_outage(args, stack: Stack, instances) -> None:
     while not router_serving(router) and time.perf_counter() - back < 120:
         time.sleep(0.1)
     ready = time.perf_counter() - back
-    print(f"outage: judge killed for {args.outage:.0f} s: router NOT_SERVING after {noticed:.1f} s "
-          f"(routing failed meanwhile: {failing}); after the judge was SERVING again: routing OK in {routing:.1f} s, "
-          f"router SERVING in {ready:.1f} s (target <= 5 s)")
+    print(
+        f"outage: judge killed for {args.outage:.0f} s: router NOT_SERVING after {noticed:.1f} s "
+        f"(routing failed meanwhile: {failing}); after the judge was SERVING again: routing OK in {routing:.1f} s, "
+        f"router SERVING in {ready:.1f} s (target <= 5 s)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("phase", choices=["load", "mixed", "outage", "all"])
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get(
-        "HYBRIDPREF_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")))
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("HYBRIDPREF_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")),
+    )
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--batch", type=int, default=10, help="instances per small call")
@@ -244,15 +292,19 @@ def main() -> None:
     missing = [p for p in POOLS if not (args.data_dir / p / "pairs.jsonl").exists()]
     if missing:
         raise SystemExit(f"no data under {args.data_dir} ({missing}); pass --data-dir")
-    env = {"HYBRIDPREF_TAGGER_PROFILE": "fast", "HYBRIDPREF_JUDGE_BACKEND": "replay", "HYBRIDPREF_JUDGE_REPLAY_KEY": "bench",
-           "HYBRIDPREF_LOG_LEVEL": "WARNING"}
+    env = {
+        "HYBRIDPREF_TAGGER_PROFILE": "fast",
+        "HYBRIDPREF_JUDGE_BACKEND": "replay",
+        "HYBRIDPREF_JUDGE_REPLAY_KEY": "bench",
+        "HYBRIDPREF_LOG_LEVEL": "WARNING",
+    }
     instances = load_pool(args.data_dir, 2000)
     stack = Stack(env)
     print(f"bench_load {args.phase}: {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     try:
         stack.up()
         phases = {"load": cmd_load, "mixed": cmd_mixed, "outage": cmd_outage}
-        for name in (phases if args.phase == "all" else [args.phase]):
+        for name in phases if args.phase == "all" else [args.phase]:
             phases[name](args, stack, instances)
     finally:
         stack.down()

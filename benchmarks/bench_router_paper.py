@@ -115,8 +115,9 @@ def _analyzer(rng: np.random.Generator) -> dict[str, object]:
 
 
 def _paper_label(value: object) -> str | None:
-    from hybridpref_client.core.instances import parse_label
     from paper_features import LABEL_TO_PAPER
+
+    from hybridpref_client.core.instances import parse_label
 
     try:
         label = parse_label(value)
@@ -151,8 +152,11 @@ def make_features(out: Path, n: int, seed: int) -> None:
             gpt4 = next((v for k, v in lm.items() if "gpt-4" in k.lower()), next(iter(lm.values()), None))
             row = {
                 "id": r["id"] if i < len(rows) else f"{r['id']}#{i // len(rows)}",
-                "prompt": p, "completion_a": a, "completion_b": b,
-                "pref_human": _paper_label(r.get("human_label")), "pref_gpt4": _paper_label(gpt4),
+                "prompt": p,
+                "completion_a": a,
+                "completion_b": b,
+                "pref_human": _paper_label(r.get("human_label")),
+                "pref_gpt4": _paper_label(gpt4),
                 **_lexical(p, a, b, (len(lens[0][j]), len(lens[1][j]), len(lens[2][j]))),
                 **_analyzer(rng),
             }
@@ -164,12 +168,13 @@ def make_features(out: Path, n: int, seed: int) -> None:
 
 def run_once(strategy: str, features: Path, out: Path, fraction: float, candidates: int, seed: int) -> dict[str, float]:
     """Input file -> routed dataset file, timed per stage (imports are done before)."""
-    from hybridpref_client.core.instances import Label
+    from paper_features import LABEL_TO_PAPER, paper_rows_to_features
+
     from hybridpref.common.vocabulary import NUM_TAGS
     from hybridpref.router.budget import Budget, resolve_budget
-    from paper_features import LABEL_TO_PAPER, paper_rows_to_features
     from hybridpref.router.scoring import QuadraticScorer
     from hybridpref.router.strategies import route
+    from hybridpref_client.core.instances import Label
 
     scorer = QuadraticScorer.random(NUM_TAGS, seed=seed + 1)
     c0 = time.process_time()
@@ -185,15 +190,30 @@ def run_once(strategy: str, features: Path, out: Path, fraction: float, candidat
         for i, row in enumerate(rows):
             human = bool(result.human_mask[i])
             pref = feats.pref_human[i] if human else feats.pref_gpt4[i]
-            fh.write(json.dumps({
-                "id": row["id"], "prompt": row.get("prompt"), "completion_a": row.get("completion_a"),
-                "completion_b": row.get("completion_b"), "pref": LABEL_TO_PAPER.get(Label(int(pref))), "is_swapped": human,
-            }) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": row["id"],
+                        "prompt": row.get("prompt"),
+                        "completion_a": row.get("completion_a"),
+                        "completion_b": row.get("completion_b"),
+                        "pref": LABEL_TO_PAPER.get(Label(int(pref))),
+                        "is_swapped": human,
+                    }
+                )
+                + "\n"
+            )
     t3 = time.perf_counter()
     cpu = time.process_time() - c0
     return {
-        "strategy": strategy, "n": len(rows), "human": result.human_count,
-        "read_s": t1 - t0, "route_s": t2 - t1, "write_s": t3 - t2, "total_s": t3 - t0, "cpu_s": cpu,
+        "strategy": strategy,
+        "n": len(rows),
+        "human": result.human_count,
+        "read_s": t1 - t0,
+        "route_s": t2 - t1,
+        "write_s": t3 - t2,
+        "total_s": t3 - t0,
+        "cpu_s": cpu,
         "predicted_score": result.predicted_score,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -230,15 +250,33 @@ def main() -> None:
             make_features(path, args.n, args.seed)
             print(f"generated {path} in {time.perf_counter() - t:.1f} s (not timed below)")
         args.features = str(path)
-    print(f"features: {args.features}; budget {args.fraction:.0%}; simulated candidates {args.candidates}; median of {args.repeats} fresh processes")
-    print("file-to-file = read + tag + route + write (wall); cpu = its CPU time; process = whole python process incl. start-up and imports")
-    print(f"{'strategy':<10} {'n':>5} {'human':>5} {'read s':>7} {'route s':>8} {'write s':>8} {'file s':>7} {'cpu s':>6} {'process s':>9} {'RSS MB':>6} "
-          f"{'paper s':>7} {'x route':>8} {'x file':>7} {'x process':>9} {'target':>6}")
+    print(
+        f"features: {args.features}; budget {args.fraction:.0%}; simulated candidates {args.candidates}; median of {args.repeats} fresh processes"
+    )
+    print(
+        "file-to-file = read + tag + route + write (wall); cpu = its CPU time; process = whole python process incl. start-up and imports"
+    )
+    print(
+        f"{'strategy':<10} {'n':>5} {'human':>5} {'read s':>7} {'route s':>8} {'write s':>8} {'file s':>7} {'cpu s':>6} {'process s':>9} {'RSS MB':>6} "
+        f"{'paper s':>7} {'x route':>8} {'x file':>7} {'x process':>9} {'target':>6}"
+    )
     for strategy in ("simulated", "topk"):
         runs = []
         for _ in range(args.repeats):
-            cmd = [sys.executable, __file__, "--child", strategy, "--features", args.features, "--fraction", str(args.fraction),
-                   "--candidates", str(args.candidates), "--seed", str(args.seed)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                strategy,
+                "--features",
+                args.features,
+                "--fraction",
+                str(args.fraction),
+                "--candidates",
+                str(args.candidates),
+                "--seed",
+                str(args.seed),
+            ]
             t = time.perf_counter()
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             runs.append({**json.loads(out.strip().splitlines()[-1]), "process_s": time.perf_counter() - t})

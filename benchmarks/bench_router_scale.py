@@ -42,7 +42,16 @@ import tracemalloc
 
 import numpy as np
 
-from hybridpref.common.vocabulary import ANALYZER_DIMENSIONS, BINS, LEXICAL_MEASURES, MULTI_LABEL_DIMENSIONS, NUM_TAGS, TAG_INDEX, analyzer_tag, lexical_tag
+from hybridpref.common.vocabulary import (
+    ANALYZER_DIMENSIONS,
+    BINS,
+    LEXICAL_MEASURES,
+    MULTI_LABEL_DIMENSIONS,
+    NUM_TAGS,
+    TAG_INDEX,
+    analyzer_tag,
+    lexical_tag,
+)
 
 # Bin probabilities (low, mid, high) per lexical measure; lengths are ranks in a fixed reference -> thirds.
 LEXICAL_BIN_P = {
@@ -124,10 +133,19 @@ def run_one(strategy: str, n: int, fraction: float, repeats: int, seed: int, qua
     if strategy == "greedy" and quality_rounds:
         from hybridpref.router.strategies import GreedyOptions
 
-        fine = route(strategy, tags, resolve_budget(Budget.fraction(fraction), n, None), scorer=scorer, seed=seed,
-                     greedy=GreedyOptions(min_rounds=quality_rounds))
-        extra = {"fine_rounds": quality_rounds, "fine_score": fine.predicted_score,
-                 "overlap_with_fine": float((fine.human_mask & result.human_mask).sum() / max(1, result.human_count))}
+        fine = route(
+            strategy,
+            tags,
+            resolve_budget(Budget.fraction(fraction), n, None),
+            scorer=scorer,
+            seed=seed,
+            greedy=GreedyOptions(min_rounds=quality_rounds),
+        )
+        extra = {
+            "fine_rounds": quality_rounds,
+            "fine_score": fine.predicted_score,
+            "overlap_with_fine": float((fine.human_mask & result.human_mask).sum() / max(1, result.human_count)),
+        }
     from threadpoolctl import threadpool_info
 
     return {
@@ -205,12 +223,18 @@ def run_served(n: int, fraction: float, repeats: int, seed: int) -> dict[str, fl
     mixes = {m.mix: m for m in summary.mixes}
     chosen = mixes["chosen"]
     return {
-        "strategy": f"served:{DEFAULT_STRATEGY}", "n": n, "human": result.human_count,
-        "wall_s_median": statistics.median(times), "wall_s_min": min(times), "explain_s": explain_s,
+        "strategy": f"served:{DEFAULT_STRATEGY}",
+        "n": n,
+        "human": result.human_count,
+        "wall_s_median": statistics.median(times),
+        "wall_s_min": min(times),
+        "explain_s": explain_s,
         "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "predicted_score": None if chosen.score is None else chosen.score.value,
-        "score_note": chosen.score_note, "corrections": None if chosen.corrections is None else chosen.corrections.value,
-        "in_domain": None if summary.domain is None else summary.domain.in_domain, "warnings": len(summary.warnings),
+        "score_note": chosen.score_note,
+        "corrections": None if chosen.corrections is None else chosen.corrections.value,
+        "in_domain": None if summary.domain is None else summary.domain.in_domain,
+        "warnings": len(summary.warnings),
     }
 
 
@@ -225,9 +249,9 @@ def _issue10_inputs(strategy: str, n: int, seed: int) -> dict:
     signals = JudgeSignals(label, np.full(n, np.nan), (label == 0) & (rng.random(n) < 0.6), rng.choice([0.0, 0.5, 1.0], size=n))
     if strategy == "judge_doubt":
         return {"signals": signals}
+    from hybridpref.predictor.core import default_bundle_path
     from hybridpref.routing_model import bundle as bundle_io
     from hybridpref.routing_model.correction import FEATURE_NAMES, CorrectionModel
-    from hybridpref.predictor.core import default_bundle_path
 
     model = CorrectionModel.from_onnx(bundle_io.read_correction(default_bundle_path())[0])
     features = rng.random((n, len(FEATURE_NAMES)), dtype=np.float32)
@@ -241,8 +265,12 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.25)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strategies", nargs="*", default=["served"], help="served (default strategy, served path) and/or strategy names")
-    parser.add_argument("--quality-rounds", type=int, default=256, help="also run greedy with this many rounds and compare (0: skip)")
+    parser.add_argument(
+        "--strategies", nargs="*", default=["served"], help="served (default strategy, served path) and/or strategy names"
+    )
+    parser.add_argument(
+        "--quality-rounds", type=int, default=256, help="also run greedy with this many rounds and compare (0: skip)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "served":
@@ -251,25 +279,47 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_one(args.child, args.n, args.fraction, args.repeats, args.seed, args.quality_rounds)))
         return
-    print(f"routing {args.n:,} instances x {NUM_TAGS} tags at {args.fraction:.0%} (median of {args.repeats}; fresh process per strategy)")
-    print(f"{'strategy':<10} {'human':>9} {'wall s':>8} {'cpu s':>7} {'route alloc MB':>15} {'peak RSS MB':>12} {'pred score':>11} {'all-human':>10} {'all-LM':>8} {'random':>8}")
+    print(
+        f"routing {args.n:,} instances x {NUM_TAGS} tags at {args.fraction:.0%} (median of {args.repeats}; fresh process per strategy)"
+    )
+    print(
+        f"{'strategy':<10} {'human':>9} {'wall s':>8} {'cpu s':>7} {'route alloc MB':>15} {'peak RSS MB':>12} {'pred score':>11} {'all-human':>10} {'all-LM':>8} {'random':>8}"
+    )
     for strategy in args.strategies:
-        cmd = [sys.executable, __file__, "--child", strategy, "--n", str(args.n), "--fraction", str(args.fraction), "--repeats", str(args.repeats),
-               "--seed", str(args.seed), "--quality-rounds", str(args.quality_rounds)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            strategy,
+            "--n",
+            str(args.n),
+            "--fraction",
+            str(args.fraction),
+            "--repeats",
+            str(args.repeats),
+            "--seed",
+            str(args.seed),
+            "--quality-rounds",
+            str(args.quality_rounds),
+        ]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         if strategy == "served":
-            print(f"{r['strategy']}: {r['human']:,} to humans, wall {r['wall_s_median']:.3f} s (median; min {r['wall_s_min']:.3f}), "
-                  f"peak RSS {r['process_peak_rss_mb']:.0f} MB; explanations {r['explain_s']:.3f} s more; "
-                  f"chosen predicted {r['predicted_score']} ({r['score_note'] or 'with interval'}), "
-                  f"expected corrections {r['corrections']}, in domain {r['in_domain']}, {r['warnings']} warnings")
+            print(
+                f"{r['strategy']}: {r['human']:,} to humans, wall {r['wall_s_median']:.3f} s (median; min {r['wall_s_min']:.3f}), "
+                f"peak RSS {r['process_peak_rss_mb']:.0f} MB; explanations {r['explain_s']:.3f} s more; "
+                f"chosen predicted {r['predicted_score']} ({r['score_note'] or 'with interval'}), "
+                f"expected corrections {r['corrections']}, in domain {r['in_domain']}, {r['warnings']} warnings"
+            )
             continue
         print(
             f"{strategy:<10} {r['human']:>9,} {r['wall_s_median']:>8.3f} {r['cpu_s_median']:>7.3f} {r['route_alloc_peak_mb']:>15.0f} {r['process_peak_rss_mb']:>12.0f} "
             f"{r['predicted_score']:>11.5f} {r['predicted_all_human']:>10.5f} {r['predicted_all_lm']:>8.5f} {r['predicted_random']:>8.5f}"
         )
         if "fine_score" in r:
-            print(f"{'':<10} greedy with {r['rounds']:.0f} rounds vs {r['fine_rounds']} rounds: predicted {r['predicted_score']:.6f} vs {r['fine_score']:.6f}, "
-                  f"{r['overlap_with_fine']:.2%} of routed instances in common")
+            print(
+                f"{'':<10} greedy with {r['rounds']:.0f} rounds vs {r['fine_rounds']} rounds: predicted {r['predicted_score']:.6f} vs {r['fine_score']:.6f}, "
+                f"{r['overlap_with_fine']:.2%} of routed instances in common"
+            )
     print("targets: wall <= 3 s, peak memory <= 2048 MB (route() pins BLAS to 1 thread)")
 
 

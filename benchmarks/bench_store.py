@@ -53,15 +53,23 @@ def run(url: str, args) -> dict[str, float]:
     resend = time.perf_counter()
     store.decide_batch("bench", "c", "b0", batches[0])  # a re-sent batch: all replayed
     resend_s = time.perf_counter() - resend
-    out = {"instances": n, "decide_s": decide_s, "decide_per_s": n / decide_s, "replayed_batch_s": resend_s,
-           "human_routed": len(human)}
+    out = {
+        "instances": n,
+        "decide_s": decide_s,
+        "decide_per_s": n / decide_s,
+        "replayed_batch_s": resend_s,
+        "human_routed": len(human),
+    }
     step = args.label_request
-    for name, annotator, pref in (("labels_new", "a1", "A"), ("labels_unchanged", "a1", "A"),
-                                  ("labels_second_annotator", "a2", "B")):
+    for name, annotator, pref in (
+        ("labels_new", "a1", "A"),
+        ("labels_unchanged", "a1", "A"),
+        ("labels_second_annotator", "a2", "B"),
+    ):
         labels = [HumanLabel(i, annotator, pref, strength=1) for i in human]
         started = time.perf_counter()
         for k in range(0, len(labels), step):
-            results = store.submit_labels("bench", "c", labels[k:k + step])
+            results = store.submit_labels("bench", "c", labels[k : k + step])
             assert all(r.status != "rejected" for r in results)
         elapsed = time.perf_counter() - started
         out[f"{name}_per_s"] = len(labels) / elapsed
@@ -90,8 +98,11 @@ def main() -> int:
     parser.add_argument("--label-request", type=int, default=1_000)
     parser.add_argument("--engines", default="sqlite,postgresql")
     args = parser.parse_args()
-    print(f"# {platform.node()} {platform.machine()} cpus={os.cpu_count()} python={platform.python_version()} "
-          f"load={os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"# {platform.node()} {platform.machine()} cpus={os.cpu_count()} python={platform.python_version()} "
+        f"load={os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     for engine in args.engines.split(","):
         if engine == "sqlite":
             with tempfile.TemporaryDirectory() as tmp:
@@ -106,8 +117,10 @@ def main() -> int:
                 result = run(server.create_database("bench"), args)
             finally:
                 server.stop()
-        print(json.dumps({"engine": engine, **{k: round(v, 3) if isinstance(v, float) else v
-                                               for k, v in result.items()}}), flush=True)
+        print(
+            json.dumps({"engine": engine, **{k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}}),
+            flush=True,
+        )
     return 0
 
 

@@ -23,20 +23,56 @@ from pathlib import Path
 
 import numpy as np
 
+from hybridpref.common.vocabulary import ANALYZER_DIMENSIONS, LEXICAL_MEASURES, NUM_LEXICAL_TAGS
+from hybridpref.server.runtime import cpu_limit
+from hybridpref.tagger.core import Tagger
 from hybridpref_client.core.errors import InvalidInput
 from hybridpref_client.core.instances import PreferenceInstance, instance_from_row
-from hybridpref.server.runtime import cpu_limit
-from hybridpref.common.vocabulary import ANALYZER_DIMENSIONS, LEXICAL_MEASURES, NUM_LEXICAL_TAGS
-from hybridpref.tagger.core import Tagger
 
 DATASETS = ("mtbench_human_gpt4", "pandalm", "llmbar", "hh_rlhf")
-STEM = {"Mathematics", "Statistics", "Physics", "Chemistry", "Life sciences", "Earth sciences", "Space sciences",
-        "Computer sciences", "Logic", "Chemical engineering", "Civil engineering", "Electrical engineering",
-        "Mechanical engineering", "Materials science and engineering", "Medicine and health", "Environmental studies and forestry"}
-HUMANITIES = {"Anthropology", "Economics", "Geography", "History", "Linguistics and language", "Literature",
-              "Performing arts", "Philosophy", "Political science", "Psychology", "Religion", "Sociology", "Visual arts",
-              "Law", "Business", "Education", "Divinity", "Public policy", "Public administration",
-              "Journalism, media studies and communication", "Social work", "Library and museum studies", "Military sciences"}
+STEM = {
+    "Mathematics",
+    "Statistics",
+    "Physics",
+    "Chemistry",
+    "Life sciences",
+    "Earth sciences",
+    "Space sciences",
+    "Computer sciences",
+    "Logic",
+    "Chemical engineering",
+    "Civil engineering",
+    "Electrical engineering",
+    "Mechanical engineering",
+    "Materials science and engineering",
+    "Medicine and health",
+    "Environmental studies and forestry",
+}
+HUMANITIES = {
+    "Anthropology",
+    "Economics",
+    "Geography",
+    "History",
+    "Linguistics and language",
+    "Literature",
+    "Performing arts",
+    "Philosophy",
+    "Political science",
+    "Psychology",
+    "Religion",
+    "Sociology",
+    "Visual arts",
+    "Law",
+    "Business",
+    "Education",
+    "Divinity",
+    "Public policy",
+    "Public administration",
+    "Journalism, media studies and communication",
+    "Social work",
+    "Library and museum studies",
+    "Military sciences",
+}
 # MT-Bench category -> (primary subject, acceptable set); only categories with a subject meaning.
 CATEGORY_MAP = {
     "math": ("Mathematics", {"Mathematics", "Statistics"}),
@@ -93,7 +129,9 @@ def run_profile(profile: str, insts: list[PreferenceInstance], chunk: int):
     measures = np.vstack([p.measures for p in parts])
     analyzer = [a for p in parts for a in p.analyzer]
     truncated = sum(t for p in parts for t in p.truncated)
-    return tagger, dict(load_s=load_s, wall=wall, stages=stages, tags=tags, measures=measures, analyzer=analyzer, truncated=truncated)
+    return tagger, dict(
+        load_s=load_s, wall=wall, stages=stages, tags=tags, measures=measures, analyzer=analyzer, truncated=truncated
+    )
 
 
 def encoder_floor(tagger: Tagger, insts: list[PreferenceInstance], seed: int, k: int = 64) -> tuple[float, float]:
@@ -129,25 +167,34 @@ def report_profile(profile: str, res: dict, tagger: Tagger, insts: list[Preferen
         resp_frac, prompt_frac = c.misses / (2 * n), pc.misses / n
     else:  # one encoder for responses and prompts
         resp_frac = prompt_frac = c.misses / (3 * n)
-    print(f"encoder cache: {'responses' if pc is not None else 'all texts'} {c.hits} hits / {c.misses} encoded"
-          + (f"; prompts {pc.hits} hits / {pc.misses} encoded" if pc is not None else "")
-          + f"; truncated instances: {res['truncated']}/{n}")
+    print(
+        f"encoder cache: {'responses' if pc is not None else 'all texts'} {c.hits} hits / {c.misses} encoded"
+        + (f"; prompts {pc.hits} hits / {pc.misses} encoded" if pc is not None else "")
+        + f"; truncated instances: {res['truncated']}/{n}"
+    )
     resp_s, prompt_s = encoder_floor(tagger, insts, seed)
     floor_s = resp_s * resp_frac + prompt_s * prompt_frac
     ceiling = 1.0 / floor_s
-    print(f"encoder floor (cold, same windows, 64 sampled instances): {resp_s * 1000:.2f} ms/instance for both responses"
-          + f" + {prompt_s * 1000:.2f} ms for the prompt"
-          + f" = {2 / resp_s:.1f} response texts/s; with this run's cache hits -> encoder-only ceiling {ceiling:.1f} instances/s; "
-          f"achieved {rate:.1f} = {100 * rate / ceiling:.0f}% of it")
+    print(
+        f"encoder floor (cold, same windows, 64 sampled instances): {resp_s * 1000:.2f} ms/instance for both responses"
+        + f" + {prompt_s * 1000:.2f} ms for the prompt"
+        + f" = {2 / resp_s:.1f} response texts/s; with this run's cache hits -> encoder-only ceiling {ceiling:.1f} instances/s; "
+        f"achieved {rate:.1f} = {100 * rate / ceiling:.0f}% of it"
+    )
 
 
 def agreement(a: dict, b: dict) -> None:
     ta, tb = a["tags"], b["tags"]
     lex = (ta[:, :NUM_LEXICAL_TAGS] == tb[:, :NUM_LEXICAL_TAGS]).reshape(len(ta), len(LEXICAL_MEASURES), 3).all(-1).mean(0)
-    print("\n## fast vs default agreement (same bin, per measure): " + ", ".join(f"{m} {100 * v:.0f}%" for m, v in zip(LEXICAL_MEASURES, lex)))
+    print(
+        "\n## fast vs default agreement (same bin, per measure): "
+        + ", ".join(f"{m} {100 * v:.0f}%" for m, v in zip(LEXICAL_MEASURES, lex))
+    )
     dims = {d: np.mean([x[d] == y[d] for x, y in zip(a["analyzer"], b["analyzer"])]) for d in ANALYZER_DIMENSIONS}
     print("analyzer answers equal: " + ", ".join(f"{d} {100 * v:.0f}%" for d, v in dims.items()))
-    print(f"all 90 bits equal per instance-tag: {100 * (ta == tb).mean():.1f}%; whole vector equal: {100 * (ta == tb).all(1).mean():.1f}%")
+    print(
+        f"all 90 bits equal per instance-tag: {100 * (ta == tb).mean():.1f}%; whole vector equal: {100 * (ta == tb).all(1).mean():.1f}%"
+    )
     for j, m in enumerate(LEXICAL_MEASURES[:5]):
         r = np.corrcoef(a["measures"][:, j], b["measures"][:, j])[0, 1]
         print(f"  raw {m}: Pearson r fast~default {r:.2f}")
@@ -162,7 +209,10 @@ def mtbench_agreement(seed: int, lm_prompts: int) -> None:
             prompts.setdefault(r["prompt"], r["category"])
     items = list(prompts.items())
     print(f"\n## subject_of_expertise vs MT-Bench category ({len(items)} distinct turn-1 prompts with a subject meaning)")
-    backends = {"embedding/minilm (default)": Tagger.for_profile("default"), "embedding/wordllama (fast)": Tagger.for_profile("fast")}
+    backends = {
+        "embedding/minilm (default)": Tagger.for_profile("default"),
+        "embedding/wordllama (fast)": Tagger.for_profile("fast"),
+    }
     for name, tagger in backends.items():
         tagger.load()
         t0 = time.perf_counter()
@@ -176,11 +226,15 @@ def mtbench_agreement(seed: int, lm_prompts: int) -> None:
         rng = np.random.default_rng(seed)
         pick = [items[i] for i in rng.choice(len(items), size=min(lm_prompts, len(items)), replace=False)]
         lm = LMAnalyzer(dimensions=("subject_of_expertise",))
-        t0 = time.perf_counter(); lm.load(); load_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lm.load()
+        load_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         answers = lm.analyze([p for p, _ in pick], [True] * len(pick))
         dt = time.perf_counter() - t0
-        print(f"lm/SmolLM2-135M (subject only): {dt / len(pick):.1f} s/prompt for 1 of 8 dimensions (load {load_s:.0f} s); {len(pick)} prompts")
+        print(
+            f"lm/SmolLM2-135M (subject only): {dt / len(pick):.1f} s/prompt for 1 of 8 dimensions (load {load_s:.0f} s); {len(pick)} prompts"
+        )
         _score(pick, answers)
         full = LMAnalyzer()
         full._tok, full._model, full._option_ids = lm._tok, lm._model, lm._option_ids
@@ -214,7 +268,9 @@ def main() -> None:
     args = ap.parse_args()
     print(f"# tagger benchmark: {time.strftime('%Y-%m-%d %H:%M:%S')}; cpu_limit={cpu_limit()}; load avg {os.getloadavg()}")
     insts = sample(args.n, args.seed)
-    print(f"{len(insts)} instances: " + ", ".join(f"{k} {v}" for k, v in Counter(x.id.split('-')[0] for x in insts).most_common(6)))
+    print(
+        f"{len(insts)} instances: " + ", ".join(f"{k} {v}" for k, v in Counter(x.id.split("-")[0] for x in insts).most_common(6))
+    )
     results = {}
     for profile in ("fast", "default"):
         tagger, res = run_profile(profile, insts, args.chunk)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hybridpref.offline.bundle import correction_fit
 from hybridpref.offline.pools import DEFAULT_JUDGES, default_data_dir, load_pool
 from hybridpref.routing_model import correction as corr
-from hybridpref.offline.bundle import correction_fit
 
 SIGNALS = ("lm_no_verdict", "order_flip", "no_other_agrees", "p_confidence", "p_missing")
 SETS = {
@@ -34,9 +34,9 @@ def _hgb_lopo(xs: list[np.ndarray], ys: list[np.ndarray], cols: list[int], seed:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     def fit(idx: list[int]) -> HistGradientBoostingClassifier:
-        return HistGradientBoostingClassifier(max_iter=150, learning_rate=0.05, max_depth=3, l2_regularization=1.0,
-                                              random_state=seed).fit(np.vstack([xs[i][:, cols] for i in idx]),
-                                                                     np.concatenate([ys[i] for i in idx]))
+        return HistGradientBoostingClassifier(
+            max_iter=150, learning_rate=0.05, max_depth=3, l2_regularization=1.0, random_state=seed
+        ).fit(np.vstack([xs[i][:, cols] for i in idx]), np.concatenate([ys[i] for i in idx]))
 
     def logit(m, x):  # noqa: ANN001
         p = np.clip(m.predict_proba(x[:, cols])[:, 1], 1e-6, 1 - 1e-6)
@@ -67,7 +67,10 @@ def main() -> None:
         row = " ".join(f"{p[:8]} {v['auroc']:.3f}/{v['ece']:.3f}" for p, v in lr["pools"].items())
         print(f"logistic {name:18s} {row}  pooled {lr['pooled']['auroc']:.3f}/{lr['pooled']['ece']:.3f}")
         ps = _hgb_lopo(xs, ys, [corr.FEATURE_NAMES.index(c) for c in cols], a.seed)
-        row = " ".join(f"{p.name[:8]} {correction_fit.auroc(y, q):.3f}/{correction_fit.reliability(y, q)[0]:.3f}" for p, y, q in zip(pools, ys, ps))
+        row = " ".join(
+            f"{p.name[:8]} {correction_fit.auroc(y, q):.3f}/{correction_fit.reliability(y, q)[0]:.3f}"
+            for p, y, q in zip(pools, ys, ps)
+        )
         y, q = np.concatenate(ys), np.concatenate(ps)
         print(f"hgb      {name:18s} {row}  pooled {correction_fit.auroc(y, q):.3f}/{correction_fit.reliability(y, q)[0]:.3f}")
 

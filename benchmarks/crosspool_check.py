@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridpref.offline.pools import DEFAULT_JUDGES, default_data_dir, load_pool
 from hybridpref.offline.bundle import correction_fit
+from hybridpref.offline.pools import DEFAULT_JUDGES, default_data_dir, load_pool
 from hybridpref.router.budget import Budget, resolve_budget
 from hybridpref.router.strategies import route
 
@@ -35,12 +35,20 @@ def main() -> None:
         gain = correction_fit.expected_gain_for_pool(model, pool)
         n = len(pool)
         budget = resolve_budget(Budget.fraction(a.budget), n, None)
-        masks = {"random": [route("random", np.zeros((n, 1), np.uint8), budget, scorer=None, seed=s).human_mask for s in range(20)]}
+        masks = {
+            "random": [route("random", np.zeros((n, 1), np.uint8), budget, scorer=None, seed=s).human_mask for s in range(20)]
+        }
         right_lm, right_h = sig.label == pool.reference, pool.human == pool.reference
         oracle = (~right_lm & right_h) * 2.0 + (~right_lm) * 1.0  # fixable first, then any LM error
-        masks["oracle"] = [route("expected_gain", np.zeros((n, 1), np.uint8), budget, scorer=None, seed=0, expected_gain=oracle / 3).human_mask]
-        masks["judge_doubt"] = [route("judge_doubt", np.zeros((n, 1), np.uint8), budget, scorer=None, seed=0, signals=sig).human_mask]
-        masks["expected_gain"] = [route("expected_gain", np.zeros((n, 1), np.uint8), budget, scorer=None, seed=0, expected_gain=gain).human_mask]
+        masks["oracle"] = [
+            route("expected_gain", np.zeros((n, 1), np.uint8), budget, scorer=None, seed=0, expected_gain=oracle / 3).human_mask
+        ]
+        masks["judge_doubt"] = [
+            route("judge_doubt", np.zeros((n, 1), np.uint8), budget, scorer=None, seed=0, signals=sig).human_mask
+        ]
+        masks["expected_gain"] = [
+            route("expected_gain", np.zeros((n, 1), np.uint8), budget, scorer=None, seed=0, expected_gain=gain).human_mask
+        ]
         keep = pool.reference != 0
         correct = {k: np.mean([np.where(m, right_h, right_lm) for m in ms], axis=0) for k, ms in masks.items()}
         groups = np.unique(pool.groups[keep], return_inverse=True)[1]
@@ -55,8 +63,10 @@ def main() -> None:
                 boots[k].append((acc[k] - acc["random"]) / max(acc["oracle"] - acc["random"], 1e-9))
         accs = {k: float(v[keep].mean()) for k, v in correct.items()}
         line = " ".join(f"{k} {v:.3f}" for k, v in accs.items())
-        rec = " ".join(f"{k} recovers {np.mean(boots[k]):.2f} [{np.percentile(boots[k], 2.5):.2f}, {np.percentile(boots[k], 97.5):.2f}]"
-                       for k in ("judge_doubt", "expected_gain"))
+        rec = " ".join(
+            f"{k} recovers {np.mean(boots[k]):.2f} [{np.percentile(boots[k], 2.5):.2f}, {np.percentile(boots[k], 97.5):.2f}]"
+            for k in ("judge_doubt", "expected_gain")
+        )
         print(f"{name:20s} budget {a.budget:.0%}: {line} | {rec}")
 
 

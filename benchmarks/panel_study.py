@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from hybridpref.offline import stats
+from hybridpref.offline.bundle import correction_fit as correction
+from hybridpref.offline.bundle import panel_correction_fit as pcf
 from hybridpref.offline.evaluation import harness
 from hybridpref.offline.panels import PanelVariant, panel_variants
 from hybridpref.offline.pools import DEFAULT_JUDGES, Pool, default_data_dir, load_pool
-from hybridpref.offline.bundle import correction_fit as correction
-from hybridpref.offline.bundle import panel_correction_fit as pcf
 from hybridpref.routing_model import correction as served
 from hybridpref.routing_model import panel_correction as pc
 
@@ -52,7 +52,9 @@ class Candidate:
     doc: str = ""
 
 
-def _training_sets(pools: Sequence[Pool], variants: Sequence[Sequence[PanelVariant]], augment: bool) -> tuple[list[pcf.TrainingSet], list[str]]:
+def _training_sets(
+    pools: Sequence[Pool], variants: Sequence[Sequence[PanelVariant]], augment: bool
+) -> tuple[list[pcf.TrainingSet], list[str]]:
     sets, groups = [], []
     for pool, vs in zip(pools, variants):
         if augment:
@@ -65,19 +67,39 @@ def _training_sets(pools: Sequence[Pool], variants: Sequence[Sequence[PanelVaria
     return sets, groups
 
 
-def panel_candidate(name: str, columns: Sequence[str], *, augment: bool, fallback: float = 0.0, l2: float = 10.0,
-                    nonneg: Sequence[str] = pc.MONOTONE, verdict_only: bool = False,
-                    human_columns: Sequence[str] | None = None) -> Candidate:
+def panel_candidate(
+    name: str,
+    columns: Sequence[str],
+    *,
+    augment: bool,
+    fallback: float = 0.0,
+    l2: float = 10.0,
+    nonneg: Sequence[str] = pc.MONOTONE,
+    verdict_only: bool = False,
+    human_columns: Sequence[str] | None = None,
+) -> Candidate:
     def fit(pools: Sequence[Pool], variants: Sequence[Sequence[PanelVariant]]) -> Callable[[Pool, np.ndarray], np.ndarray]:
         sets, groups = _training_sets(pools, variants, augment)
-        model = pcf.fit_panel_model(sets, columns, l2=l2, groups=groups, fallback_distance=fallback, nonneg=nonneg,
-                                   verdict_only=verdict_only, human_columns=human_columns)
+        model = pcf.fit_panel_model(
+            sets,
+            columns,
+            l2=l2,
+            groups=groups,
+            fallback_distance=fallback,
+            nonneg=nonneg,
+            verdict_only=verdict_only,
+            human_columns=human_columns,
+        )
 
         def gain(pool: Pool, rows: np.ndarray) -> np.ndarray:
             return model.expected_gain(_features(pool)[rows])
+
         gain.model = model  # type: ignore[attr-defined]
         return gain
-    return Candidate(name, fit, f"{'+'.join(columns)}; {'all panel variants' if augment else 'usual panels'}; fallback {fallback}")
+
+    return Candidate(
+        name, fit, f"{'+'.join(columns)}; {'all panel variants' if augment else 'usual panels'}; fallback {fallback}"
+    )
 
 
 def floor_candidate() -> Candidate:
@@ -105,7 +127,9 @@ def floor_candidate() -> Candidate:
 
         def gain(pool: Pool, rows: np.ndarray) -> np.ndarray:
             return lr.predict_proba((mat(pool)[rows] - mu) / sd)[:, 1]
+
         return gain
+
     return Candidate("floor7", fit, "issue 19's 7-feature logistic (counts included), usual panels")
 
 
@@ -120,7 +144,9 @@ def served_candidate(profile: str | None) -> Candidate:
 
         def gain(pool: Pool, rows: np.ndarray) -> np.ndarray:
             return model.expected_gain(correction.pool_features(pool, tagger_profile=profile)[rows])
+
         return gain
+
     return Candidate(f"served+tagger:{profile or 'none'}", fit, "the served correction model's columns plus the tagger's")
 
 
@@ -148,12 +174,15 @@ def _n_others(pool: Pool) -> np.ndarray:
 def previous_candidate() -> Candidate:
     """The default before the panel model was wired: the ONNX correction model as ``add-routing-models`` fits it
     (``correction_fit.fit_for_pools``, text-only columns)."""
+
     def fit(pools: Sequence[Pool], variants: Sequence[Sequence[PanelVariant]]) -> Callable[[Pool, np.ndarray], np.ndarray]:
         model = correction.fit_for_pools(pools, seed=0, tagger_profile=None)
 
         def gain(pool: Pool, rows: np.ndarray) -> np.ndarray:
             return correction.expected_gain_for_pool(model, pool.subset(rows), pool.default_judge)
+
         return gain
+
     return Candidate("previous", fit, "the ONNX correction model (the default before the panel model was wired)")
 
 
@@ -192,11 +221,14 @@ def candidates() -> list[Candidate]:
 
 
 def _config(budgets: Sequence[float], seeds: int, n_boot: int) -> harness.EvalConfig:
-    return harness.EvalConfig(pools=["-"], budgets=tuple(budgets), seeds=seeds, modes=("cross-pool",), folds=3,
-                              split_seed=0, n_boot=n_boot, rm=False)
+    return harness.EvalConfig(
+        pools=["-"], budgets=tuple(budgets), seeds=seeds, modes=("cross-pool",), folds=3, split_seed=0, n_boot=n_boot, rm=False
+    )
 
 
-def route_variant(variant: PanelVariant, config: harness.EvalConfig, gains: dict[str, Callable[[Pool, np.ndarray], np.ndarray]]) -> tuple[dict, harness.Case]:
+def route_variant(
+    variant: PanelVariant, config: harness.EvalConfig, gains: dict[str, Callable[[Pool, np.ndarray], np.ndarray]]
+) -> tuple[dict, harness.Case]:
     """Correctness per (strategy, budget) on one variant: reference rows and ``hybrid`` via the harness's
     router, each candidate as ``expected_gain`` with its gains (renamed to the candidate)."""
     pool = variant.pool
@@ -204,8 +236,10 @@ def route_variant(variant: PanelVariant, config: harness.EvalConfig, gains: dict
     tick = lambda _d, _n: None  # noqa: E731
     masks: dict[tuple[str, float], list[np.ndarray]] = {}
     for name, fn in gains.items():
+
         def gain_fn(c: harness.Case, rows: np.ndarray, exclude: frozenset[int], mode: str, fn=fn) -> np.ndarray:
             return np.asarray(fn(c.pool, rows), dtype=np.float64)
+
         router = harness.Router(config, None, gain_fn)
         if name == "hybrid":
             strategies = ["all_lm", "random", "oracle", "judge_doubt", "hybrid"]
@@ -231,13 +265,27 @@ def score_variant(variant: PanelVariant, correct: dict, case: harness.Case, conf
             d = samples[:, col[(r["strategy"], r["budget"])]] - samples[:, col[ref]]
             r["diff_hybrid"] = float(np.mean(mat[eligible, col[(r["strategy"], r["budget"])]]) - np.mean(mat[eligible, col[ref]]))
             r["diff_hybrid_low"], r["diff_hybrid_high"] = stats.interval(d)
-        r.update({"pool": variant.pool.name, "variant": variant.name, "primary": variant.primary, "k_others": variant.k,
-                  "usual": variant.usual})
+        r.update(
+            {
+                "pool": variant.pool.name,
+                "variant": variant.name,
+                "primary": variant.primary,
+                "k_others": variant.k,
+                "usual": variant.usual,
+            }
+        )
     return rows
 
 
-def run(data_dir: Path, budgets: Sequence[float], seeds: int, n_boot: int, cands: Sequence[Candidate],
-        only_usual: bool = False, hybrid: str = "panel") -> list[dict[str, Any]]:
+def run(
+    data_dir: Path,
+    budgets: Sequence[float],
+    seeds: int,
+    n_boot: int,
+    cands: Sequence[Candidate],
+    only_usual: bool = False,
+    hybrid: str = "panel",
+) -> list[dict[str, Any]]:
     names = list(DEFAULT_JUDGES)
     pools = {n: load_pool(data_dir / n) for n in names}
     variants = {n: (panel_variants(p)[:1] if only_usual else panel_variants(p)) for n, p in pools.items()}
@@ -258,6 +306,7 @@ def run(data_dir: Path, budgets: Sequence[float], seeds: int, n_boot: int, cands
 
             def hybrid_gain(pool: Pool, rows: np.ndarray, current=current) -> np.ndarray:
                 return correction.expected_gain_for_pool(current, pool.subset(rows), pool.default_judge)
+
         gains: dict[str, Callable[[Pool, np.ndarray], np.ndarray]] = {"hybrid": hybrid_gain}
         for c in cands:
             gains[c.name] = c.fit(train, train_v)
@@ -271,9 +320,31 @@ def run(data_dir: Path, budgets: Sequence[float], seeds: int, n_boot: int, cands
 # ---------------------------------------------------------------- output
 
 
-FIELDS = ["pool", "variant", "primary", "k_others", "usual", "strategy", "budget", "estimate", "ci_low", "ci_high", "n",
-          "share_oracle", "share_oracle_low", "share_oracle_high", "diff_random", "diff_random_low", "diff_random_high",
-          "diff_judge_doubt", "diff_judge_doubt_low", "diff_judge_doubt_high", "diff_hybrid", "diff_hybrid_low", "diff_hybrid_high"]
+FIELDS = [
+    "pool",
+    "variant",
+    "primary",
+    "k_others",
+    "usual",
+    "strategy",
+    "budget",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "n",
+    "share_oracle",
+    "share_oracle_low",
+    "share_oracle_high",
+    "diff_random",
+    "diff_random_low",
+    "diff_random_high",
+    "diff_judge_doubt",
+    "diff_judge_doubt_low",
+    "diff_judge_doubt_high",
+    "diff_hybrid",
+    "diff_hybrid_low",
+    "diff_hybrid_high",
+]
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -288,10 +359,14 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
 def summarise(rows: Sequence[dict[str, Any]], budgets: Sequence[float]) -> str:
     """Per strategy and budget: mean share of the oracle's gain over variants (and over the usual
     variants), number of variants significantly below judge_doubt / below hybrid / above hybrid."""
-    strategies = list(dict.fromkeys(r["strategy"] for r in rows if r["strategy"] not in ("all_lm", "random", "oracle", "all_human")))
-    lines = ["| strategy | budget | mean share, all variants | mean share, usual panels (MT-Bench / PandaLM / LLMBar) | "
-             "min share | below judge_doubt (sig.) | vs hybrid: below / above (sig.) | mean diff vs hybrid (points) |",
-             "|---|---|---|---|---|---|---|---|"]
+    strategies = list(
+        dict.fromkeys(r["strategy"] for r in rows if r["strategy"] not in ("all_lm", "random", "oracle", "all_human"))
+    )
+    lines = [
+        "| strategy | budget | mean share, all variants | mean share, usual panels (MT-Bench / PandaLM / LLMBar) | "
+        "min share | below judge_doubt (sig.) | vs hybrid: below / above (sig.) | mean diff vs hybrid (points) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in strategies:
         for b in budgets:
             rs = [r for r in rows if r["strategy"] == s and r["budget"] == b]
@@ -301,9 +376,14 @@ def summarise(rows: Sequence[dict[str, Any]], budgets: Sequence[float]) -> str:
             bh = sum(1 for r in rs if r.get("diff_hybrid_high", 1) < 0)
             ah = sum(1 for r in rs if r.get("diff_hybrid_low", -1) > 0)
             dh = np.nanmean([r.get("diff_hybrid", np.nan) for r in rs]) * 100
-            u = " / ".join(f"{100 * r['share_oracle']:.0f} [{100 * r['share_oracle_low']:.0f}, {100 * r['share_oracle_high']:.0f}]" for r in usual)
-            lines.append(f"| {s} | {b:g} | {100 * np.nanmean(sh):.1f} | {u} | {100 * np.nanmin(sh):.0f} | {below} of {len(rs)} | "
-                         f"{bh} / {ah} | {dh:+.1f} |")
+            u = " / ".join(
+                f"{100 * r['share_oracle']:.0f} [{100 * r['share_oracle_low']:.0f}, {100 * r['share_oracle_high']:.0f}]"
+                for r in usual
+            )
+            lines.append(
+                f"| {s} | {b:g} | {100 * np.nanmean(sh):.1f} | {u} | {100 * np.nanmin(sh):.0f} | {below} of {len(rs)} | "
+                f"{bh} / {ah} | {dh:+.1f} |"
+            )
     return "\n".join(lines)
 
 
@@ -320,7 +400,12 @@ def variant_table(rows: Sequence[dict[str, Any]], budgets: Sequence[float], stra
             for s in strategies:
                 r = by[s]
                 mark = ("*" if r.get("diff_judge_doubt_high", 1) < 0 else "") + (
-                    "+" if s != "hybrid" and r.get("diff_hybrid_low", -1) > 0 else "-" if s != "hybrid" and r.get("diff_hybrid_high", 1) < 0 else "")
+                    "+"
+                    if s != "hybrid" and r.get("diff_hybrid_low", -1) > 0
+                    else "-"
+                    if s != "hybrid" and r.get("diff_hybrid_high", 1) < 0
+                    else ""
+                )
                 cells.append(f"{100 * r['share_oracle']:.0f}{mark}" if np.isfinite(r.get("share_oracle", np.nan)) else "n/a")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -335,8 +420,12 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated candidate names (default: all)")
     ap.add_argument("--only-usual", action="store_true", help="the usual panel of each pool only")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--hybrid", default="panel", choices=("panel", "onnx"),
-                    help="what the hybrid row routes with: the panel model as wired (default) or the previous ONNX model")
+    ap.add_argument(
+        "--hybrid",
+        default="panel",
+        choices=("panel", "onnx"),
+        help="what the hybrid row routes with: the panel model as wired (default) or the previous ONNX model",
+    )
     a = ap.parse_args()
     budgets = [float(b) for b in a.budgets.split(",")]
     cands = [c for c in candidates() if not a.only or c.name in a.only.split(",")]

@@ -39,8 +39,6 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref_client.core.errors import FieldViolation, InvalidInput
-from hybridpref_client.core.instances import Label, iter_json_rows
 from hybridpref.common.vocabulary import (
     ANALYZER_DIMENSIONS,
     BINARY_DIMENSIONS,
@@ -52,6 +50,8 @@ from hybridpref.common.vocabulary import (
     analyzer_tag,
     canonical_option,
 )
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.instances import Label, iter_json_rows
 
 PAPER_TEXT_COLUMNS = ("id", "prompt", "completion_a", "completion_b", "pref_human", "pref_gpt4")
 PAPER_ANALYZER_COLUMNS = tuple(ANALYZER_DIMENSIONS)  # the eight analyzer columns
@@ -93,12 +93,18 @@ def paper_rows_to_features(rows: Iterable[Mapping[str, Any]], reference_bins: An
 
     rows = list(rows)
     n = len(rows)
-    violations = [FieldViolation(f"line {i + 1}.id", "missing id") for i, r in enumerate(rows) if not isinstance(r.get("id"), (str, int))]
+    violations = [
+        FieldViolation(f"line {i + 1}.id", "missing id") for i, r in enumerate(rows) if not isinstance(r.get("id"), (str, int))
+    ]
     if violations:
         raise InvalidInput(violations[:20])
     ids = [str(r["id"]) for r in rows]
     # column-wise: one Python pass per column, one numpy conversion each (row-wise setitem is 10x slower)
-    measures = np.column_stack([_numbers([r.get(m) for r in rows]) for m in LEXICAL_MEASURES]) if n else np.zeros((0, len(LEXICAL_MEASURES)))
+    measures = (
+        np.column_stack([_numbers([r.get(m) for r in rows]) for m in LEXICAL_MEASURES])
+        if n
+        else np.zeros((0, len(LEXICAL_MEASURES)))
+    )
     pref_h = np.array([_label(r.get("pref_human")) for r in rows], dtype=np.int8)
     pref_g = np.array([_label(r.get("pref_gpt4")) for r in rows], dtype=np.int8)
     unparsed: dict[str, int] = {}

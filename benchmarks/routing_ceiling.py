@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hybridpref.offline.bundle import correction_fit
 from hybridpref.offline.pools import DEFAULT_JUDGES, Pool, default_data_dir, load_pool
 from hybridpref.routing_model import correction as corr
-from hybridpref.offline.bundle import correction_fit
 
 
 def verdict_classes(pool: Pool) -> dict[str, np.ndarray]:
@@ -44,14 +44,23 @@ def describe(pool: Pool, gain: np.ndarray, feats: np.ndarray, budget: float) -> 
     print("|---|---|---|---|---|---|")
     for name, m in verdict_classes(pool).items():
         if m.any():
-            print(f"| {name} | {m.sum()} | {(ref[m] != 0).mean():.2f} | {fixable[m].mean():.2f} | {routed[m].sum()} | {fixable[m & routed].sum()} |")
+            print(
+                f"| {name} | {m.sum()} | {(ref[m] != 0).mean():.2f} | {fixable[m].mean():.2f} | {routed[m].sum()} | {fixable[m & routed].sum()} |"
+            )
     verdict = (label != 0) & (ref != 0)
     y = (label != ref)[verdict]
-    print(f"\nWithin verdict rows ({verdict.sum()}, LM wrong {y.mean():.2f}): model AUROC {correction_fit.auroc(y, gain[verdict]):.3f}")
-    singles = {n: correction_fit.auroc(y, feats[verdict, j]) for j, n in enumerate(corr.FEATURE_NAMES)
-               if len(np.unique(feats[verdict, j])) > 1}
-    print("single features (AUROC; 0.5 = no signal, < 0.5 = reversed): "
-          + ", ".join(f"{n} {a:.2f}" for n, a in sorted(singles.items(), key=lambda t: -abs(t[1] - 0.5))))
+    print(
+        f"\nWithin verdict rows ({verdict.sum()}, LM wrong {y.mean():.2f}): model AUROC {correction_fit.auroc(y, gain[verdict]):.3f}"
+    )
+    singles = {
+        n: correction_fit.auroc(y, feats[verdict, j])
+        for j, n in enumerate(corr.FEATURE_NAMES)
+        if len(np.unique(feats[verdict, j])) > 1
+    }
+    print(
+        "single features (AUROC; 0.5 = no signal, < 0.5 = reversed): "
+        + ", ".join(f"{n} {a:.2f}" for n, a in sorted(singles.items(), key=lambda t: -abs(t[1] - 0.5)))
+    )
 
 
 def main() -> None:

@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 
 from hybridpref.offline import stats
+from hybridpref.offline.bundle import panel_correction_fit as pcf
 from hybridpref.offline.evaluation import harness
 from hybridpref.offline.panels import PanelVariant, panel_variants
 from hybridpref.offline.pools import DEFAULT_JUDGES, Pool, default_data_dir, load_pool
-from hybridpref.offline.bundle import panel_correction_fit as pcf
 from hybridpref.routing_model import online
 from hybridpref.routing_model import panel_correction as pc
 from hybridpref.store.api import Candidate, HumanLabel, StoredDecision
@@ -53,8 +53,15 @@ def top_mask(priority: np.ndarray, k: int, seed: int) -> np.ndarray:
     return mask
 
 
-def simulate(variant: PanelVariant, bundle: pc.PanelCorrectionModel, budget: float, explore: float, strength: float,
-             seed: int, n_random: int = 10) -> dict[str, Any]:
+def simulate(
+    variant: PanelVariant,
+    bundle: pc.PanelCorrectionModel,
+    budget: float,
+    explore: float,
+    strength: float,
+    seed: int,
+    n_random: int = 10,
+) -> dict[str, Any]:
     """One campaign on one variant at one budget: per-row correctness of each strategy, the batch of every
     row, versions and interval checks. The adapted arm is the product's code path: before each batch the
     campaign's model is :func:`hybridpref.router.adaptation.fit_campaign_model` over every returned label so
@@ -83,8 +90,12 @@ def simulate(variant: PanelVariant, bundle: pc.PanelCorrectionModel, budget: flo
         masks["static"][rows] = top_mask(bundle.expected_gain(xb), k, seed + b)
         current = fit_campaign_model(base, returned, strength=strength)
         versions.append(current.describe())
-        human, explored = online.exploration_mask(current.panel.model.expected_gain(xb) + 1e-9 * np.random.default_rng([seed, b]).random(len(rows)),
-                                                  k, explore, seed * 31 + b)
+        human, explored = online.exploration_mask(
+            current.panel.model.expected_gain(xb) + 1e-9 * np.random.default_rng([seed, b]).random(len(rows)),
+            k,
+            explore,
+            seed * 31 + b,
+        )
         masks["adapted"][rows] = human
         masks["oracle"][rows] = harness.oracle_mask(pool.human[rows], lm[rows], pool.reference[rows], k, seed + b)
         masks["judge_doubt"][rows] = top_mask(doubt[rows], k, seed + b)
@@ -96,15 +107,33 @@ def simulate(variant: PanelVariant, bundle: pc.PanelCorrectionModel, budget: flo
         nv = x[routed, online.NO_VERDICT] > 0.5
         interval = current.expected_changes(p, nv)
         realised = (pool.human[routed] != 0) & (pool.human[routed] != lm[routed])
-        log.append({"batch": b, "version": current.version, "adapted": current.adapted, "routed": int(len(routed)),
-                    "explored": int(explored.sum()), "labels_before": sum(1 for r in returned if r[1].human),
-                    "expected": interval.estimate, "low": interval.low, "high": interval.high,
-                    "realised": int(realised.sum()), "covered": interval.covers(float(realised.sum()))})
+        log.append(
+            {
+                "batch": b,
+                "version": current.version,
+                "adapted": current.adapted,
+                "routed": int(len(routed)),
+                "explored": int(explored.sum()),
+                "labels_before": sum(1 for r in returned if r[1].human),
+                "expected": interval.estimate,
+                "low": interval.low,
+                "high": interval.high,
+                "realised": int(realised.sum()),
+                "covered": interval.covers(float(realised.sum())),
+            }
+        )
         # the vendor returns the bought labels (one vote per pair: the pool's bought human label)
         for i, e, pi in zip(routed, explored[human], p):
-            cand = Candidate(instance_id=ids[i], prompt="", response_a="", response_b="", score=0.0,
-                             lm_label=_LM_NAME.get(int(lm[i])), signals={"p_lm_wrong": float(pi)},
-                             features={c: float(v) for c, v in zip(pc.PANEL_FEATURES, x[i])})
+            cand = Candidate(
+                instance_id=ids[i],
+                prompt="",
+                response_a="",
+                response_b="",
+                score=0.0,
+                lm_label=_LM_NAME.get(int(lm[i])),
+                signals={"p_lm_wrong": float(pi)},
+                features={c: float(v) for c, v in zip(pc.PANEL_FEATURES, x[i])},
+            )
             decision = StoredDecision(ids[i], True, 0.0, 1.0, f"b{b}", bool(e), False)
             returned.append((cand, decision, [HumanLabel(ids[i], "vendor", _PREFERENCE[int(pool.human[i])])]))
     correct = {}
@@ -159,7 +188,9 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=default_data_dir())
     ap.add_argument("--budgets", default="0.25,0.5")
     ap.add_argument("--explore", default="0", help="exploration shares of the human budget, comma-separated")
-    ap.add_argument("--strength", type=float, default=20.0, help="prior strength of the refit (labels' worth; the router's PRIOR_STRENGTH)")
+    ap.add_argument(
+        "--strength", type=float, default=20.0, help="prior strength of the refit (labels' worth; the router's PRIOR_STRENGTH)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--variants", default="nested", help="all | nested (the first k others per primary) | usual")
@@ -197,10 +228,15 @@ def main() -> None:
         plot(curves, checks, a.out / "stream_share.png")
 
 
-def report(rows: Sequence[dict[str, Any]], checks: Sequence[dict[str, Any]], budgets: Sequence[float], explores: Sequence[float]) -> str:
-    lines = ["| budget | explore | variants | static share (mean) | adapted share (mean) | adapted - static, share points (mean) | adapted - static, accuracy points (mean) | "
-             "adapted sig. below / above static | usual panels: static -> adapted share (MT-Bench / PandaLM / LLMBar) | "
-             "interval covers (>= 200 labels back) |", "|---|---|---|---|---|---|---|---|---|---|"]
+def report(
+    rows: Sequence[dict[str, Any]], checks: Sequence[dict[str, Any]], budgets: Sequence[float], explores: Sequence[float]
+) -> str:
+    lines = [
+        "| budget | explore | variants | static share (mean) | adapted share (mean) | adapted - static, share points (mean) | adapted - static, accuracy points (mean) | "
+        "adapted sig. below / above static | usual panels: static -> adapted share (MT-Bench / PandaLM / LLMBar) | "
+        "interval covers (>= 200 labels back) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for b in budgets:
         for e in explores:
             rs = [r for r in rows if r["budget"] == b and r["explore"] == e]
@@ -210,11 +246,17 @@ def report(rows: Sequence[dict[str, Any]], checks: Sequence[dict[str, Any]], bud
             dshare = np.nanmean([100 * (ad[v]["share_oracle"] - st[v]["share_oracle"]) for v in ad])
             below = sum(1 for v in ad if ad[v]["diff_static_high"] < 0)
             above = sum(1 for v in ad if ad[v]["diff_static_low"] > 0)
-            usual = " / ".join(f"{100 * st[v]['share_oracle']:.0f} -> {100 * ad[v]['share_oracle']:.0f}" for v in ad if ad[v]["variant"].endswith(":usual"))
+            usual = " / ".join(
+                f"{100 * st[v]['share_oracle']:.0f} -> {100 * ad[v]['share_oracle']:.0f}"
+                for v in ad
+                if ad[v]["variant"].endswith(":usual")
+            )
             cs = [c for c in checks if c["budget"] == b and c["explore"] == e and c["labels_before"] >= 200]
             cov = f"{100 * np.mean([c['covered'] for c in cs]):.0f}% of {len(cs)}" if cs else "n/a"
-            lines.append(f"| {b:g} | {e:g} | {len(ad)} | {100 * np.nanmean([r['share_oracle'] for r in st.values()]):.1f} | "
-                         f"{100 * np.nanmean([r['share_oracle'] for r in ad.values()]):.1f} | {dshare:+.1f} | {np.mean(diff):+.2f} | {below} / {above} | {usual} | {cov} |")
+            lines.append(
+                f"| {b:g} | {e:g} | {len(ad)} | {100 * np.nanmean([r['share_oracle'] for r in st.values()]):.1f} | "
+                f"{100 * np.nanmean([r['share_oracle'] for r in ad.values()]):.1f} | {dshare:+.1f} | {np.mean(diff):+.2f} | {below} / {above} | {usual} | {cov} |"
+            )
     return "\n".join(lines)
 
 
@@ -245,7 +287,9 @@ def plot(curves: dict, checks: Sequence[dict[str, Any]], path: Path) -> None:
                 m = np.nanmean(np.array([c[s] for c in curves[(pool, budget, explore)]], dtype=float), axis=0)
                 ax.plot(np.arange(1, BATCHES + 1), 100 * m, style, label=s)
             ax.axvline(LEARN_BATCHES + 0.5, c="grey", lw=0.5)
-            ax.set_title(f"{pool[:12]} @ {budget:g} (explore {explore:g}), {len(curves[(pool, budget, explore)])} panels", fontsize=8)
+            ax.set_title(
+                f"{pool[:12]} @ {budget:g} (explore {explore:g}), {len(curves[(pool, budget, explore)])} panels", fontsize=8
+            )
             ax.set_ylim(-20, 110)
             ax.set_xlabel("batch", fontsize=8)
         axes[i][0].set_ylabel("share of oracle gain (%)", fontsize=8)

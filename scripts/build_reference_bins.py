@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from hybridpref.common.vocabulary import LEXICAL_MEASURES
-from hybridpref.tagger import lexical
 from hybridpref.routing_model.bins import REFERENCE_FILE, ReferenceBins
-from hybridpref.tagger.text import clean, TokenCounter
+from hybridpref.tagger import lexical
+from hybridpref.tagger.text import TokenCounter, clean
 
 DATASETS = ("mtbench_human_gpt4", "pandalm", "llmbar", "hh_rlhf")
 
@@ -46,7 +46,9 @@ def main() -> None:
     args = ap.parse_args()
     rows = load_rows()
     counter = TokenCounter()
-    lens = np.asarray(counter.count([clean(x)[0] for r in rows for x in (r["prompt"], r["response_a"], r["response_b"])])).reshape(-1, 3)
+    lens = np.asarray(
+        counter.count([clean(x)[0] for r in rows for x in (r["prompt"], r["response_a"], r["response_b"])])
+    ).reshape(-1, 3)
     m = np.full((len(rows), len(LEXICAL_MEASURES)), np.nan)
     col = {k: j for j, k in enumerate(LEXICAL_MEASURES)}
     m[:, col["prompt_len"]] = lens[:, 0]
@@ -57,7 +59,9 @@ def main() -> None:
     REFERENCE_FILE.write_text(bins.to_json() + "\n")
     print(f"wrote {REFERENCE_FILE} from {len(rows)} instances")
     for k, g in bins.grids.items():
-        print(f"  {k}: 1/3 edge ~ {np.quantile(m[:, col[k]], 1/3):.0f}, 2/3 edge ~ {np.quantile(m[:, col[k]], 2/3):.0f}, max {g[-1]:.0f}")
+        print(
+            f"  {k}: 1/3 edge ~ {np.quantile(m[:, col[k]], 1 / 3):.0f}, 2/3 edge ~ {np.quantile(m[:, col[k]], 2 / 3):.0f}, max {g[-1]:.0f}"
+        )
 
     rng = np.random.default_rng(args.seed)
     i = rng.integers(0, len(rows), args.pairs)
@@ -71,11 +75,17 @@ def main() -> None:
         f = [lexical.bertscore_f1(x.tokens, y.tokens) for x, y in zip(ea, eb)]
         baselines[enc.name] = round(float(np.nanmean(f)), 4)
         print(f"  baseline {enc.name} (window {enc.window}): {baselines[enc.name]} over {len(keep)} cross-prompt pairs")
-    lexical.BASELINES_FILE.write_text(json.dumps({
-        "baselines": baselines,
-        "how": f"mean raw BERTScore F1 of {len(keep)} seeded (seed {args.seed}) cross-prompt response pairs from shared/data; "
-               "encoder windows: minilm 128 word-pieces, wordllama 256 tokens",
-    }, indent=1) + "\n")
+    lexical.BASELINES_FILE.write_text(
+        json.dumps(
+            {
+                "baselines": baselines,
+                "how": f"mean raw BERTScore F1 of {len(keep)} seeded (seed {args.seed}) cross-prompt response pairs from shared/data; "
+                "encoder windows: minilm 128 word-pieces, wordllama 256 tokens",
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {lexical.BASELINES_FILE}")
 
 

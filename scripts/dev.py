@@ -4,10 +4,10 @@
     python3 scripts/dev.py test   # create .venv, install, the quality gate, then the whole test suite
     python3 scripts/dev.py lint   # the quality gate alone: ruff (lint) and mypy
 
-The quality gate (configured in pyproject.toml) runs ``ruff check`` and ``mypy`` before the tests; a
-finding fails ``test`` before pytest starts. ``HYBRIDPREF_CHECK_FORMAT=1`` adds the formatting checks
-(``ruff format --check`` and the import order, ``ruff check --select I``), which stay off until the tree
-has had its one format pass. ``test`` with pytest arguments (a subset) skips the gate.
+The quality gate (configured in pyproject.toml) runs ``ruff check``, the import order (``ruff check
+--select I``), ``ruff format --check`` and ``mypy`` before the tests; a finding fails ``test`` before pytest
+starts (``ruff format . && ruff check --select I --fix .`` fixes the first two kinds). ``test`` with pytest
+arguments (a subset) skips the gate.
 
 Both are idempotent: the install step is skipped while pyproject.toml is unchanged.
 Besides the Python packages, the install step puts the check tools the tests use where they can
@@ -79,9 +79,13 @@ def ensure_env() -> None:
 def ensure_tools() -> None:
     """Best effort: a missing tool makes its tests skip, it does not fail the install."""
     TOOLS.mkdir(parents=True, exist_ok=True)
-    for name, install in (("buf", _install_buf), ("promtool", _install_promtool),
-                          ("postgresql", _install_postgres), ("label-studio", _install_label_studio),
-                          ("chromium", _install_chromium)):
+    for name, install in (
+        ("buf", _install_buf),
+        ("promtool", _install_promtool),
+        ("postgresql", _install_postgres),
+        ("label-studio", _install_label_studio),
+        ("chromium", _install_chromium),
+    ):
         try:
             install()
         except (OSError, subprocess.CalledProcessError) as exc:
@@ -148,14 +152,17 @@ def _install_chromium() -> None:
 
 
 # What the gate reads; clients/ (the SDK, its own distribution and owner) is not in it yet.
-LINTED = ["services", "tests", "benchmarks", "scripts"]
+LINTED = ["services", "clients", "tests", "benchmarks", "scripts"]
 
 
 def quality_gate(env: dict[str, str]) -> int:
     """ruff and mypy (pyproject.toml has their settings); 0 when every check passes."""
-    checks = [[str(BIN / "ruff"), "check", *LINTED], [str(BIN / "mypy")]]
-    if env.get("HYBRIDPREF_CHECK_FORMAT") == "1":
-        checks += [[str(BIN / "ruff"), "format", "--check", *LINTED], [str(BIN / "ruff"), "check", "--select", "I", *LINTED]]
+    checks = [
+        [str(BIN / "ruff"), "check", *LINTED],
+        [str(BIN / "ruff"), "check", "--select", "I", *LINTED],  # import order, part of the format
+        [str(BIN / "ruff"), "format", "--check", *LINTED],
+        [str(BIN / "mypy")],
+    ]
     for cmd in checks:
         print("+", " ".join(cmd), flush=True)
         rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
@@ -173,8 +180,17 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if command == "run":
-        cmd = [str(BIN / "hybridpref"), "route", "--input", str(ROOT / "samples" / "sample_batch.jsonl"),
-               "--budget", "0.25", "--output", str(ROOT / "out" / "sample_routed.jsonl"), *rest]
+        cmd = [
+            str(BIN / "hybridpref"),
+            "route",
+            "--input",
+            str(ROOT / "samples" / "sample_batch.jsonl"),
+            "--budget",
+            "0.25",
+            "--output",
+            str(ROOT / "out" / "sample_routed.jsonl"),
+            *rest,
+        ]
         (ROOT / "out").mkdir(exist_ok=True)
     elif command == "lint":
         return quality_gate(env)

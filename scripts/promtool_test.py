@@ -34,8 +34,9 @@ def write_rule_files(folder: Path, edit: Callable[[str], str] | None = None) -> 
     text = ALERTS.read_text(encoding="utf-8")
     (rule,) = [d for d in yaml.safe_load_all(edit(text) if edit else text) if d]
     (folder / "alerts.full.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}), encoding="utf-8")
-    groups = [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]}
-              for g in rule["spec"]["groups"]]
+    groups = [
+        {**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]} for g in rule["spec"]["groups"]
+    ]
     (folder / "alerts.rules.yaml").write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")
     shutil.copy(TESTS, folder / "alerts_test.yaml")
     return folder

@@ -32,8 +32,9 @@ def _form(html: str) -> dict[str, str]:
 
 def _labels(store: Any) -> dict[tuple[str, str], Any]:
     """(instance, annotator) -> HumanLabel, every stored label of the campaign."""
-    return {(c.instance_id, label.annotator): label for c, _, labels in store.returned_labels(VENDOR, CAMPAIGN)
-            for label in labels}
+    return {
+        (c.instance_id, label.annotator): label for c, _, labels in store.returned_labels(VENDOR, CAMPAIGN) for label in labels
+    }
 
 
 def _client(base: str, store: Any, annotator: str, vendor: str = VENDOR) -> httpx.Client:
@@ -84,7 +85,9 @@ def test_shown_order_is_deterministic_balanced_and_per_annotator() -> None:
 
 
 def test_markdown_renders_hostile_html_as_text() -> None:
-    html = markdown_html("<script>alert(1)</script> <img src=x onerror=alert(2)> [l](javascript:alert(3)) ![p](http://x/p.png)\n\n```\n<b>code</b>\n```")
+    html = markdown_html(
+        "<script>alert(1)</script> <img src=x onerror=alert(2)> [l](javascript:alert(3)) ![p](http://x/p.png)\n\n```\n<b>code</b>\n```"
+    )
     assert "<script" not in html and "<img" not in html and 'href="javascript' not in html
     assert "[l](javascript:alert(3))" in html, "a javascript: link stays text"
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -226,8 +229,12 @@ def test_progress_counts_pairs_done_and_left(store: Any) -> None:
 def test_bad_form_names_the_field(base: str, store: Any) -> None:
     client = _client(base, store, "ann-1")
     form = _form(client.get("/").text)
-    cases = {"choice": {**form, "choice": "A3"}, "shown": {**form, "shown": "XY", "choice": "A1"},
-             "instance_id": {"shown": "AB", "choice": "A1"}, "rationale": {**form, "choice": "A1", "rationale": "x" * 5000}}
+    cases = {
+        "choice": {**form, "choice": "A3"},
+        "shown": {**form, "shown": "XY", "choice": "A1"},
+        "instance_id": {"shown": "AB", "choice": "A1"},
+        "rationale": {**form, "choice": "A1", "rationale": "x" * 5000},
+    }
     for field, body in cases.items():
         r = client.post("/label", data=body)
         assert r.status_code == 400 and f"Bad form: {field}" in r.text, (field, r.text[:500])
@@ -254,7 +261,9 @@ def test_security_headers_and_cross_origin_posts(base: str, store: Any) -> None:
     page = client.get("/")
     assert page.headers["cache-control"] == "no-store"
     form = _form(page.text)
-    evil = client.post("/label", data={**form, "choice": "A1"}, headers={"origin": "http://evil.example", "sec-fetch-site": "cross-site"})
+    evil = client.post(
+        "/label", data={**form, "choice": "A1"}, headers={"origin": "http://evil.example", "sec-fetch-site": "cross-site"}
+    )
     assert evil.status_code == 403
     older_browser = client.post("/label", data={**form, "choice": "A1"}, headers={"origin": "http://evil.example"})
     assert older_browser.status_code == 403
@@ -319,8 +328,23 @@ def test_cli_token_and_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     code = "import sys; from hybridpref.cli.main import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, "annotate", "--campaign", CAMPAIGN, "--port", str(port), "--db", db,
-                             "--log-level", "warning"], env={**os.environ, "HYBRIDPREF_ANNOTATE_SEED": str(SEED)})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "annotate",
+            "--campaign",
+            CAMPAIGN,
+            "--port",
+            str(port),
+            "--db",
+            db,
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, "HYBRIDPREF_ANNOTATE_SEED": str(SEED)},
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60

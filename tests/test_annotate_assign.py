@@ -43,7 +43,7 @@ def test_stale_read_does_not_hand_out_a_pair_just_completed() -> None:
     a = Assigner(clock=clock)
     window = pairs(2)
     assert a.choose("v", "c", "x", window).instance_id == "p0"
-    snapshot = a.now()          # y's pending-pairs read starts: p0 has no vote yet in it
+    snapshot = a.now()  # y's pending-pairs read starts: p0 has no vote yet in it
     clock.t += 0.01
     a.submitted("v", "c", "x", "p0")  # x's label lands; x's lease is gone
     clock.t += 0.01

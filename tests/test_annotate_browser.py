@@ -26,8 +26,16 @@ from hybridpref.annotate.scale import SCALE, to_stored
 from hybridpref.annotate.tokens import issue_token
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 CAMPAIGN = "browser"
 SEED = 11
 DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
@@ -37,9 +45,13 @@ try:
 except ImportError:  # pragma: no cover - the dev extra brings it
     sync_playwright = None
 
-SKIP = ("playwright not installed (dev extra)" if sync_playwright is None else
-        None if Path(CHROMIUM).exists() else
-        f"{CHROMIUM} missing: `python3 scripts/dev.py setup` installs Debian's chromium (apt-get install chromium)")
+SKIP = (
+    "playwright not installed (dev extra)"
+    if sync_playwright is None
+    else None
+    if Path(CHROMIUM).exists()
+    else f"{CHROMIUM} missing: `python3 scripts/dev.py setup` installs Debian's chromium (apt-get install chromium)"
+)
 pytestmark = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 
 
@@ -60,8 +72,10 @@ class Watch:
 def _current(page: Any) -> tuple[str, str]:
     """(instance_id, shown order) of the pair on the page."""
     form = page.locator("#label-form")
-    return (form.locator("input[name=instance_id]").get_attribute("value"),
-            form.locator("input[name=shown]").get_attribute("value"))
+    return (
+        form.locator("input[name=instance_id]").get_attribute("value"),
+        form.locator("input[name=shown]").get_attribute("value"),
+    )
 
 
 def _sign_in(page: Any, base: str, token: str, shot: Path | None = None) -> None:
@@ -133,8 +147,11 @@ def test_two_annotators_by_keyboard(tmp_path: Path) -> None:
                     one.keyboard.press("Enter")
                 one.wait_for_load_state()
                 choice = SCALE[keys1[step] - 1].code
-                replay = ctx1.request.post(base + "/label", form={"instance_id": pair[0], "shown": pair[1], "choice": choice,
-                                                                  "rationale": ""}, max_redirects=0)
+                replay = ctx1.request.post(
+                    base + "/label",
+                    form={"instance_id": pair[0], "shown": pair[1], "choice": choice, "rationale": ""},
+                    max_redirects=0,
+                )
                 assert replay.status == 303
             else:
                 pair = _label(one, keys1[step])
@@ -175,8 +192,11 @@ def test_two_annotators_by_keyboard(tmp_path: Path) -> None:
 
     assert watch.dialogs == [] and watch.page_errors == [], (watch.dialogs, watch.page_errors)
     assert watch.console_errors == [], watch.console_errors
-    stored = {(c.instance_id, x.annotator): (x.preference, x.strength)
-              for c, _, labels in store.returned_labels(VENDOR, CAMPAIGN) for x in labels}
+    stored = {
+        (c.instance_id, x.annotator): (x.preference, x.strength)
+        for c, _, labels in store.returned_labels(VENDOR, CAMPAIGN)
+        for x in labels
+    }
     assert stored == expected
     assert len(stored) == 10
     assert {x.source for _, _, labels in store.returned_labels(VENDOR, CAMPAIGN) for x in labels} == {"annotate"}

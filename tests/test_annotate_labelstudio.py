@@ -36,9 +36,14 @@ def marked_pairs(n: int, seed: int) -> list[dict[str, str]]:
     out = []
     for i in range(n):
         better = rng.choice("AB")
-        out.append({"instance_id": f"ls-{i:04d}", "prompt": f"Question {i}: which answer is right?",
-                    "response_a": f"Answer A to {i}" + (" (better)" if better == "A" else ""),
-                    "response_b": f"Answer B to {i}" + (" (better)" if better == "B" else "")})
+        out.append(
+            {
+                "instance_id": f"ls-{i:04d}",
+                "prompt": f"Question {i}: which answer is right?",
+                "response_a": f"Answer A to {i}" + (" (better)" if better == "A" else ""),
+                "response_b": f"Answer B to {i}" + (" (better)" if better == "B" else ""),
+            }
+        )
     return out
 
 
@@ -61,13 +66,17 @@ def test_label_config_is_a_five_point_choice_with_rationale() -> None:
 def test_tasks_keep_the_stored_order() -> None:
     pair = PendingPair("i-1", "p", "stored A", "stored B", 0, 1)
     (task,) = labelstudio.tasks("c", [pair])
-    assert task == {"data": {"instance_id": "i-1", "campaign": "c", "prompt": "p", "response_a": "stored A",
-                             "response_b": "stored B"}}
+    assert task == {
+        "data": {"instance_id": "i-1", "campaign": "c", "prompt": "p", "response_a": "stored A", "response_b": "stored B"}
+    }
 
 
 def _annotation(who: Any, choice: str | None, updated: str, rationale: str = "", cancelled: bool = False) -> dict[str, Any]:
-    result = [] if choice is None else [{"from_name": "preference", "to_name": "prompt", "type": "choices",
-                                         "value": {"choices": [choice]}}]
+    result = (
+        []
+        if choice is None
+        else [{"from_name": "preference", "to_name": "prompt", "type": "choices", "value": {"choices": [choice]}}]
+    )
     if rationale:
         result.append({"from_name": "rationale", "to_name": "prompt", "type": "textarea", "value": {"text": [rationale]}})
     return {"completed_by": who, "result": result, "was_cancelled": cancelled, "updated_at": updated}
@@ -75,21 +84,26 @@ def _annotation(who: Any, choice: str | None, updated: str, rationale: str = "",
 
 def test_parse_export_maps_choices_users_and_leaves_out_cancelled() -> None:
     export = [
-        {"data": {"instance_id": "i-1"}, "annotations": [
-            _annotation(7, "A2", "2026-12-06T10:00:00Z", "clearly"),
-            _annotation({"id": 8, "email": "bo@example.com"}, "B slightly better", "2026-12-06T10:01:00Z"),
-            _annotation(9, None, "2026-12-06T10:02:00Z", cancelled=True),
-            # user 7 again, later: the later annotation is the vote
-            _annotation(7, "tie", "2026-12-06T11:00:00Z"),
-        ]},
+        {
+            "data": {"instance_id": "i-1"},
+            "annotations": [
+                _annotation(7, "A2", "2026-12-06T10:00:00Z", "clearly"),
+                _annotation({"id": 8, "email": "bo@example.com"}, "B slightly better", "2026-12-06T10:01:00Z"),
+                _annotation(9, None, "2026-12-06T10:02:00Z", cancelled=True),
+                # user 7 again, later: the later annotation is the vote
+                _annotation(7, "tie", "2026-12-06T11:00:00Z"),
+            ],
+        },
         {"data": {"instance_id": "i-2"}, "annotations": [_annotation(7, "A7", "2026-12-06T10:00:00Z")]},
         {"data": {"prompt": "no id"}, "annotations": []},
         {"data": {"instance_id": "i-3"}, "annotations": [_annotation(10, None, "2026-12-06T10:00:00Z")]},
     ]
     parsed = labelstudio.parse_export(export, users={7: "al@example.com"})
     got = {(x.instance_id, x.annotator): (x.preference, x.strength, x.rationale, x.source) for x in parsed.labels}
-    assert got == {("i-1", "al@example.com"): ("tie", None, "", "label-studio"),
-                   ("i-1", "bo@example.com"): ("B", 1, "", "label-studio")}
+    assert got == {
+        ("i-1", "al@example.com"): ("tie", None, "", "label-studio"),
+        ("i-1", "bo@example.com"): ("B", 1, "", "label-studio"),
+    }
     assert [v.field for v in parsed.errors] == ["[1].annotations[0].result", "[2].data.instance_id"]
     assert [v.field for v in parsed.skipped] == ["[0].annotations[2]", "[3].annotations[0].result"]
     assert labelstudio.parse_export({"not": "a list"}).errors[0].field == "export"
@@ -134,8 +148,23 @@ def test_cli_export_and_import_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     bad.write_text('[{"data": {}},\n  oops]', encoding="utf-8")
     code = cli_main(["labels", "import", str(bad), "--campaign", "x", "--vendor", VENDOR, "--from", "label-studio", "--db", db])
     assert code == 2 and "line 2 column 3" in capsys.readouterr().err
-    code = cli_main(["campaign", "export", "nope", "--vendor", VENDOR, "--format", "label-studio",
-                     "--output", str(tmp_path / "t.json"), "--limit", "0", "--db", db])
+    code = cli_main(
+        [
+            "campaign",
+            "export",
+            "nope",
+            "--vendor",
+            VENDOR,
+            "--format",
+            "label-studio",
+            "--output",
+            str(tmp_path / "t.json"),
+            "--limit",
+            "0",
+            "--db",
+            db,
+        ]
+    )
     assert code == 2 and "--limit" in capsys.readouterr().err
 
 
@@ -143,8 +172,16 @@ def test_cli_export_and_import_errors(tmp_path: Path, capsys: pytest.CaptureFixt
 
 LS_SKIP = ls_server.skip_reason()
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 try:
     import playwright.sync_api  # noqa: F401
@@ -164,8 +201,24 @@ def test_label_studio_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[s
     seed_campaign(store, CAMPAIGN, pairs, votes_per_pair=2)
 
     tasks_path = tmp_path / "tasks.json"
-    assert cli_main(["campaign", "export", CAMPAIGN, "--vendor", VENDOR, "--format", "label-studio",
-                     "--output", str(tasks_path), "--db", db]) == 0
+    assert (
+        cli_main(
+            [
+                "campaign",
+                "export",
+                CAMPAIGN,
+                "--vendor",
+                VENDOR,
+                "--format",
+                "label-studio",
+                "--output",
+                str(tasks_path),
+                "--db",
+                db,
+            ]
+        )
+        == 0
+    )
     tasks = json.loads(tasks_path.read_text())
     assert [t["data"]["instance_id"] for t in tasks] == [p["instance_id"] for p in pairs]
 
@@ -175,11 +228,24 @@ def test_label_studio_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[s
         rule = "tie" if i % 5 == 2 else "better"
         votes.append({"annotator": annotators[0], "instance_id": p["instance_id"], "rule": rule, "strength": 1 + i % 2})
         if i < n // 2:
-            votes.append({"annotator": annotators[1], "instance_id": p["instance_id"], "rule": "better", "strength": 2,
-                          "rationale": f"says so ({i})"})
+            votes.append(
+                {
+                    "annotator": annotators[1],
+                    "instance_id": p["instance_id"],
+                    "rule": "better",
+                    "strength": 2,
+                    "rationale": f"says so ({i})",
+                }
+            )
     votes.append({"annotator": annotators[2], "instance_id": pairs[0]["instance_id"], "cancel": True})
-    plan = {"title": CAMPAIGN, "label_config": tasks_path.with_suffix(".xml").read_text(), "maximum_annotations": 2,
-            "tasks": tasks, "annotators": annotators, "votes": votes}
+    plan = {
+        "title": CAMPAIGN,
+        "label_config": tasks_path.with_suffix(".xml").read_text(),
+        "maximum_annotations": 2,
+        "tasks": tasks,
+        "annotators": annotators,
+        "votes": votes,
+    }
 
     with ls_server.label_studio(tmp_path) as server:
         ready = time.perf_counter()
@@ -199,19 +265,41 @@ def test_label_studio_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[s
             export = server.export(result["project"])
             admin_id = next(u["id"] for u in result["users"] if u["email"] == ls_server.ADMIN_EMAIL)
             (ui_instance,) = [t["data"]["instance_id"] for t in export for a in t["annotations"] if a["completed_by"] == admin_id]
-            votes.append({"annotator": ls_server.ADMIN_EMAIL, "instance_id": ui_instance, "rule": "better",
-                          "strength": 2, "rationale": "typed in the UI"})
+            votes.append(
+                {
+                    "annotator": ls_server.ADMIN_EMAIL,
+                    "instance_id": ui_instance,
+                    "rule": "better",
+                    "strength": 2,
+                    "rationale": "typed in the UI",
+                }
+            )
     export_path, users_path = tmp_path / "export.json", tmp_path / "users.json"
     export_path.write_text(json.dumps(export))
     users_path.write_text(json.dumps(result["users"]))
     n_labels = 30 + (BROWSER_SKIP is None)
 
-    args = ["labels", "import", str(export_path), "--campaign", CAMPAIGN, "--vendor", VENDOR, "--from", "label-studio",
-            "--users", str(users_path), "--db", db]
+    args = [
+        "labels",
+        "import",
+        str(export_path),
+        "--campaign",
+        CAMPAIGN,
+        "--vendor",
+        VENDOR,
+        "--from",
+        "label-studio",
+        "--users",
+        str(users_path),
+        "--db",
+        db,
+    ]
     capsys.readouterr()
     assert cli_main(args) == 0
     first = capsys.readouterr().err
-    assert f"{n_labels} label(s) read from {export_path}: {n_labels} stored, 0 replaced, 0 unchanged, 0 rejected; 1 skipped" in first
+    assert (
+        f"{n_labels} label(s) read from {export_path}: {n_labels} stored, 0 replaced, 0 unchanged, 0 rejected; 1 skipped" in first
+    )
     assert cli_main(args) == 0, "importing the same export again"
     assert f"0 stored, 0 replaced, {n_labels} unchanged" in capsys.readouterr().err
 
@@ -232,5 +320,7 @@ def test_label_studio_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert Counter(i for i, _ in stored) == per_pair
     campaign = store.get_campaign(VENDOR, CAMPAIGN)
     assert campaign.labels_returned == n_labels and campaign.pairs_pending == n // 2 - (BROWSER_SKIP is None)
-    print(f"\nLabel Studio round trip, {n} tasks: server ready {ready - started:.1f} s after start, driver "
-          f"{json.dumps({k: round(s, 2) for k, s in result['seconds'].items()})}, total {time.perf_counter() - started:.1f} s")
+    print(
+        f"\nLabel Studio round trip, {n} tasks: server ready {ready - started:.1f} s after start, driver "
+        f"{json.dumps({k: round(s, 2) for k, s in result['seconds'].items()})}, total {time.perf_counter() - started:.1f} s"
+    )

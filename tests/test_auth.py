@@ -17,11 +17,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hybridpref.server.auth import KeyStore, add_vendor, bearer_key, hash_key, parse_keys
-from hybridpref_client.core.errors import InvalidInput
-from hybridpref_client.core.grpc_errors import retry_delay_s
 from hybridpref.server.server import start_service
 from hybridpref.server.settings import Settings
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref_client.core.grpc_errors import retry_delay_s
 
 ROUTE = "/hybridpref.v1.RouterService/RouteInstances"
 
@@ -42,8 +42,10 @@ def keys_file(tmp_path_factory):
 def router(background_loop, keys_file, log_capture):
     from hybridpref.router.servicer import router_handle
 
-    settings = Settings(router=dict.fromkeys(("tagger_address", "judge_address", "predictor_address"), "127.0.0.1:1"),
-                        auth={"keys_file": str(keys_file[0]), "keys_reload_s": 0.1})
+    settings = Settings(
+        router=dict.fromkeys(("tagger_address", "judge_address", "predictor_address"), "127.0.0.1:1"),
+        auth={"keys_file": str(keys_file[0]), "keys_reload_s": 0.1},
+    )
     running = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=-1))
     background_loop.run(running.loaded.wait())
     yield running
@@ -183,15 +185,39 @@ def test_cli_keys_add_and_hash(tmp_path):
     import sys
 
     path = tmp_path / "keys.json"
-    out = subprocess.run([sys.executable, "-m", "hybridpref.cli.main", "keys", "add", "--file", str(path), "--vendor", "v1",
-                          "--methods", "RouteInstances", "--instances-per-minute", "100", "--max-concurrent", "2"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hybridpref.cli.main",
+            "keys",
+            "add",
+            "--file",
+            str(path),
+            "--vendor",
+            "v1",
+            "--methods",
+            "RouteInstances",
+            "--instances-per-minute",
+            "100",
+            "--max-concurrent",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     key = out.stdout.strip().splitlines()[-1]
     entry = json.loads(path.read_text())["vendors"]["v1"]
     assert entry["key_sha256"] == hash_key(key) and entry["max_concurrent"] == 2
-    hashed = subprocess.run([sys.executable, "-m", "hybridpref.cli.main", "keys", "hash"], input=key + "\n",
-                            capture_output=True, text=True, timeout=60)
+    hashed = subprocess.run(
+        [sys.executable, "-m", "hybridpref.cli.main", "keys", "hash"],
+        input=key + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert hashed.returncode == 0 and hashed.stdout.strip() == hash_key(key)
 
 
@@ -211,8 +237,10 @@ def test_auth_off_without_keys_file_says_so(background_loop, log_capture):
 def test_stream_chunks_are_charged_as_they_arrive(router, keys_file):
     key = keys_file[1]["small"]  # 5 instances a minute; a 6-instance chunk can never fit
     instances = request(6).instances
-    messages = [router_pb2.RouteInstancesStreamRequest(config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5))),
-                router_pb2.RouteInstancesStreamRequest(chunk=router_pb2.InstanceChunk(instances=instances))]
+    messages = [
+        router_pb2.RouteInstancesStreamRequest(config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5))),
+        router_pb2.RouteInstancesStreamRequest(chunk=router_pb2.InstanceChunk(instances=instances)),
+    ]
     with grpc.insecure_channel(router.address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
@@ -246,7 +274,8 @@ def test_revoking_a_key_stops_its_open_stream(router, keys_file):
     outbox.put(router_pb2.RouteInstancesStreamRequest(config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5))))
     with grpc.insecure_channel(router.address) as channel:
         call = router_pb2_grpc.RouterServiceStub(channel).RouteInstancesStream(
-            messages(), metadata=(("authorization", f"Bearer {key}"),), timeout=20)
+            messages(), metadata=(("authorization", f"Bearer {key}"),), timeout=20
+        )
         time.sleep(0.5)
         assert not call.done()  # authenticated, waiting for chunks
         _remove_vendor(path, "streamer")
@@ -307,9 +336,13 @@ def test_the_vendor_is_in_the_access_log_and_a_bounded_metric_label(router, keys
     assert call_code(stub, key).code() == grpc.StatusCode.UNAVAILABLE
     assert call_code(stub, "hpk_unknown").code() == grpc.StatusCode.UNAUTHENTICATED
     with grpc.insecure_channel(router.address) as channel, pytest.raises(grpc.RpcError):
-        list(router_pb2_grpc.RouterServiceStub(channel).RouteInstancesStream(
-            iter([router_pb2.RouteInstancesStreamRequest(config=router_pb2.RouteConfig())]),
-            metadata=(("authorization", f"Bearer {key}"),), timeout=10))
+        list(
+            router_pb2_grpc.RouterServiceStub(channel).RouteInstancesStream(
+                iter([router_pb2.RouteInstancesStreamRequest(config=router_pb2.RouteConfig())]),
+                metadata=(("authorization", f"Bearer {key}"),),
+                timeout=10,
+            )
+        )
     after = [_sample("hybridpref_vendor_calls_total", x) for x in (labels, refused, denied)]
     assert [a - b for a, b in zip(after, before)] == [1, 1, 1]
     records = [r for r in log_capture.records() if r.get("event") == "rpc" and r.get("method") == "RouteInstances"]

@@ -20,16 +20,23 @@ from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 def stack(background_loop, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
 
-    settings = Settings(tagger={"profile": "fast"}, judge={"backend": "replay", "replay_key": "gpt4"},
-                        router={"default_strategy": "random"})
+    settings = Settings(
+        tagger={"profile": "fast"}, judge={"backend": "replay", "replay_key": "gpt4"}, router={"default_strategy": "random"}
+    )
     running = background_loop.run(start_embedded_stack(settings), timeout=300)
     yield running
     background_loop.run(running.stop(0.5))
 
 
 def row(i: int, **fields) -> dict:
-    return {"id": f"r{i}", "prompt": "What is 2+2?", "response_a": "4", "response_b": "Four, since 2+2=4.",
-            "lm_labels": {"gpt4": "A"}, **fields}
+    return {
+        "id": f"r{i}",
+        "prompt": "What is 2+2?",
+        "response_a": "4",
+        "response_b": "Four, since 2+2=4.",
+        "lm_labels": {"gpt4": "A"},
+        **fields,
+    }
 
 
 def proto(i: int, **fields) -> common_pb2.PreferenceInstance:
@@ -45,8 +52,7 @@ def proto(i: int, **fields) -> common_pb2.PreferenceInstance:
 
 
 BAD = {3: {"response_a": "  "}, 5: {"id": "r1"}, 7: {"human_label": 42}, 8: {"lm_labels": {"other": 2}}}
-EXPECTED_FIELDS = {3: "instances[3].response_a", 5: "instances[5].id", 7: "instances[7].human_label",
-                   8: "instances[8].lm_labels"}
+EXPECTED_FIELDS = {3: "instances[3].response_a", 5: "instances[5].id", 7: "instances[7].human_label", 8: "instances[8].lm_labels"}
 
 
 def batch(n: int = 12) -> list[common_pb2.PreferenceInstance]:
@@ -54,21 +60,24 @@ def batch(n: int = 12) -> list[common_pb2.PreferenceInstance]:
 
 
 def config(skip: bool) -> router_pb2.RouteConfig:
-    return router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5), strategy="random", replay_judge="gpt4",
-                                  skip_invalid_instances=skip)
+    return router_pb2.RouteConfig(
+        budget=common_pb2.Budget(fraction=0.5), strategy="random", replay_judge="gpt4", skip_invalid_instances=skip
+    )
 
 
 def test_without_the_option_one_bad_instance_refuses_the_batch(stack):
     with grpc.insecure_channel(stack.router_address) as channel, pytest.raises(grpc.RpcError) as info:
-        router_pb2_grpc.RouterServiceStub(channel).RouteInstances(router_pb2.RouteInstancesRequest(
-            instances=batch(), config=config(False)), timeout=30)
+        router_pb2_grpc.RouterServiceStub(channel).RouteInstances(
+            router_pb2.RouteInstancesRequest(instances=batch(), config=config(False)), timeout=30
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_unary_leaves_invalid_instances_out_and_routes_the_rest(stack):
     with grpc.insecure_channel(stack.router_address) as channel:
-        reply = router_pb2_grpc.RouterServiceStub(channel).RouteInstances(router_pb2.RouteInstancesRequest(
-            instances=batch(), config=config(True)), timeout=30)
+        reply = router_pb2_grpc.RouterServiceStub(channel).RouteInstances(
+            router_pb2.RouteInstancesRequest(instances=batch(), config=config(True)), timeout=30
+        )
     assert [d.id for d in reply.decisions] == [f"r{i}" for i in range(12) if i not in BAD]
     rejected = {r.index: r for r in reply.summary.rejected}
     assert {i: r.field for i, r in rejected.items()} == EXPECTED_FIELDS
@@ -85,7 +94,7 @@ def test_a_stream_leaves_them_out_chunk_by_chunk_with_the_callers_indices(stack)
     def messages():
         yield router_pb2.RouteInstancesStreamRequest(config=config(True))
         for start in range(0, len(rows), 10):
-            yield router_pb2.RouteInstancesStreamRequest(chunk=router_pb2.InstanceChunk(instances=rows[start:start + 10]))
+            yield router_pb2.RouteInstancesStreamRequest(chunk=router_pb2.InstanceChunk(instances=rows[start : start + 10]))
 
     with grpc.insecure_channel(stack.router_address) as channel:
         replies = list(router_pb2_grpc.RouterServiceStub(channel).RouteInstancesStream(messages(), timeout=30))
@@ -94,15 +103,37 @@ def test_a_stream_leaves_them_out_chunk_by_chunk_with_the_callers_indices(stack)
     bad = {**BAD, 25: None, 26: None}
     assert decided == [f"r{i}" for i in range(30) if i not in bad]
     assert {r.index: r.field for r in summary.rejected} == {
-        **EXPECTED_FIELDS, 25: "instances[25].response_b", 26: "instances[26].id"}
+        **EXPECTED_FIELDS,
+        25: "instances[25].response_b",
+        26: "instances[26].id",
+    }
 
 
 # ------------------------------------------------------------------ the CLI
 
+
 def route_cli(stack, path, *extra, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hybridpref.cli.main", "route", "--input", str(path), "--budget", "0.5",
-                           "--strategy", "random", "--router", stack.router_address, *extra],
-                          capture_output=True, text=True, timeout=120, cwd=cwd)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hybridpref.cli.main",
+            "route",
+            "--input",
+            str(path),
+            "--budget",
+            "0.5",
+            "--strategy",
+            "random",
+            "--router",
+            stack.router_address,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
 
 
 def messy_file(path) -> None:

@@ -11,18 +11,18 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from hybridpref_client.core.instances import read_jsonl
-from hybridpref.server.settings import Settings
-
 from conftest import ROOT
+
+from hybridpref.server.settings import Settings
+from hybridpref_client.core.instances import read_jsonl
 
 SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
 
 
 def hybridpref(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hybridpref.cli.main", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "hybridpref.cli.main", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,23 +43,48 @@ def test_the_loop_across_cli_processes_on_the_default_store(env, tmp_path):
     sample_rows = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
     first = write_jsonl(tmp_path / "batch1.jsonl", sample_rows[:25])
     second = write_jsonl(tmp_path / "batch2.jsonl", sample_rows[25:])
-    made = hybridpref("campaign", "create", "june", "--budget", "count:10", "--expected-instances", "40",
-                      "--judge", "gpt4", env=env)
+    made = hybridpref(
+        "campaign", "create", "june", "--budget", "count:10", "--expected-instances", "40", "--judge", "gpt4", env=env
+    )
     assert made.returncode == 0, made.stderr
     assert (Path(env["XDG_DATA_HOME"]) / "hybridpref" / "hybridpref.db").exists()
     again = hybridpref("campaign", "create", "june", "--budget", "count:3", env=env)
     assert again.returncode == 1 and "already exists" in again.stderr
 
-    routed = hybridpref("route", "--campaign", "june", "--batch", "day-1", "--input", str(first), "--output",
-                        str(tmp_path / "d1.jsonl"), "--judge-backend", "replay", env=env)
+    routed = hybridpref(
+        "route",
+        "--campaign",
+        "june",
+        "--batch",
+        "day-1",
+        "--input",
+        str(first),
+        "--output",
+        str(tmp_path / "d1.jsonl"),
+        "--judge-backend",
+        "replay",
+        env=env,
+    )
     assert routed.returncode == 0, routed.stderr[-3000:]
     decisions = [json.loads(line) for line in (tmp_path / "d1.jsonl").read_text().splitlines()]
     assert len(decisions) == 25 and not any(d["replayed"] for d in decisions)
     human = [d["id"] for d in decisions if d["route"] == "HUMAN"]
     assert 0 < len(human) < 10
 
-    routed = hybridpref("route", "--campaign", "june", "--batch", "day-2", "--input", str(second), "--output",
-                        str(tmp_path / "d2.jsonl"), "--judge-backend", "replay", env=env)
+    routed = hybridpref(
+        "route",
+        "--campaign",
+        "june",
+        "--batch",
+        "day-2",
+        "--input",
+        str(second),
+        "--output",
+        str(tmp_path / "d2.jsonl"),
+        "--judge-backend",
+        "replay",
+        env=env,
+    )
     assert routed.returncode == 0, routed.stderr[-3000:]
     decisions += [json.loads(line) for line in (tmp_path / "d2.jsonl").read_text().splitlines()]
     human = [d["id"] for d in decisions if d["route"] == "HUMAN"]
@@ -67,14 +92,17 @@ def test_the_loop_across_cli_processes_on_the_default_store(env, tmp_path):
 
     # Labels: a malformed file is refused whole, by line and field, before anything is sent.
     truth = {r["id"]: r["human_label"] for r in sample_rows}
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": human[0], "label": "A", "annotator": "ann"},
-                                               {"id": human[1], "label": "C", "annotator": "ann"},
-                                               "{not json"])
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [{"id": human[0], "label": "A", "annotator": "ann"}, {"id": human[1], "label": "C", "annotator": "ann"}, "{not json"],
+    )
     refused = hybridpref("labels", "submit", "--campaign", "june", "--input", str(bad), env=env)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().startswith("error:") and ":3" in refused.stderr
-    bad = write_jsonl(tmp_path / "bad2.jsonl", [{"id": human[0], "label": "A", "annotator": "ann"},
-                                                {"id": human[1], "label": "C", "annotator": "ann", "strength": 5}])
+    bad = write_jsonl(
+        tmp_path / "bad2.jsonl",
+        [{"id": human[0], "label": "A", "annotator": "ann"}, {"id": human[1], "label": "C", "annotator": "ann", "strength": 5}],
+    )
     refused = hybridpref("labels", "submit", "--campaign", "june", "--input", str(bad), env=env)
     assert refused.returncode == 2
     assert "error: line 2.label:" in refused.stderr and "error: line 2.strength:" in refused.stderr
@@ -139,8 +167,11 @@ def router(background_loop, tmp_path_factory):
     from hybridpref.cli.stack import start_embedded_stack
 
     db = tmp_path_factory.mktemp("router-store") / "router.db"
-    settings = Settings(tagger={"profile": "fast"}, judge={"backend": "replay", "replay_key": "gpt4"},
-                        router={"db_url": str(db), "backend_check_s": 2.0})
+    settings = Settings(
+        tagger={"profile": "fast"},
+        judge={"backend": "replay", "replay_key": "gpt4"},
+        router={"db_url": str(db), "backend_check_s": 2.0},
+    )
     running = background_loop.run(start_embedded_stack(settings), timeout=300)
     yield running, db
     background_loop.run(running.stop(0.5))
@@ -149,11 +180,33 @@ def router(background_loop, tmp_path_factory):
 def test_the_same_commands_against_a_running_router(router, env, tmp_path):
     stack, db = router
     address = stack.router_address
-    made = hybridpref("campaign", "create", "remote", "--budget", "cost:6", "--judge", "gpt4", "--strategy",
-                      "judge_doubt", "--router", address, env=env)
+    made = hybridpref(
+        "campaign",
+        "create",
+        "remote",
+        "--budget",
+        "cost:6",
+        "--judge",
+        "gpt4",
+        "--strategy",
+        "judge_doubt",
+        "--router",
+        address,
+        env=env,
+    )
     assert made.returncode == 0, made.stderr
-    routed = hybridpref("route", "--campaign", "remote", "--input", str(SAMPLE), "--output", str(tmp_path / "d.jsonl"),
-                        "--router", address, env=env)
+    routed = hybridpref(
+        "route",
+        "--campaign",
+        "remote",
+        "--input",
+        str(SAMPLE),
+        "--output",
+        str(tmp_path / "d.jsonl"),
+        "--router",
+        address,
+        env=env,
+    )
     assert routed.returncode == 0, routed.stderr[-3000:]
     decisions = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
     spent = sum(d["human_cost"] for d in decisions if d["route"] == "HUMAN")
@@ -166,8 +219,12 @@ def test_the_same_commands_against_a_running_router(router, env, tmp_path):
     assert status["budget_kind"] == "cost" and status["budget_spent"] == pytest.approx(spent)
     assert status["labels_returned"] == len(human)
     out = tmp_path / "remote.jsonl"
-    assert hybridpref("campaign", "export", "remote", "--format", "trl", "--output", str(out), "--router", address,
-                      env=env).returncode == 0
+    assert (
+        hybridpref(
+            "campaign", "export", "remote", "--format", "trl", "--output", str(out), "--router", address, env=env
+        ).returncode
+        == 0
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == len(read_jsonl(str(SAMPLE)))
     assert {r["id"] for r in rows if r["label_source"] == "human"} == set(human)

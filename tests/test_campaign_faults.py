@@ -20,9 +20,9 @@ import pytest
 from support.postgres import postgres_server, store_url  # noqa: F401  (fixtures)
 from support.router_process import Backends, RouterProcess, instances
 
-from hybridpref_client import RouterClient, RoutingError
 from hybridpref.store.engine import migrate
 from hybridpref.store.sql import SqlCampaignStore
+from hybridpref_client import RouterClient, RoutingError
 
 VENDOR = "default"  # the routers run without API keys
 
@@ -120,9 +120,10 @@ def test_kill9_while_storing_labels_loses_no_acknowledged_label(backends, db, ro
         c.create_campaign("votes", count=400, votes_per_pair=3, judge="gpt4")  # every pair to humans
         c.route(batch, campaign="votes")
     rng = random.Random(3)
-    labels = [{"id": inst["id"], "label": rng.choice(("A", "B", "tie")), "annotator": f"ann{a}"}
-              for a in range(3) for inst in batch]
-    chunks = [labels[k:k + 5] for k in range(0, len(labels), 5)]  # many small calls: the kill lands among them
+    labels = [
+        {"id": inst["id"], "label": rng.choice(("A", "B", "tie")), "annotator": f"ann{a}"} for a in range(3) for inst in batch
+    ]
+    chunks = [labels[k : k + 5] for k in range(0, len(labels), 5)]  # many small calls: the kill lands among them
     acked: list[int] = []
     failed: list[RoutingError] = []
     stop = threading.Event()
@@ -146,8 +147,9 @@ def test_kill9_while_storing_labels_loses_no_acknowledged_label(backends, db, ro
     assert failed and len(acked) < len(chunks)
     store = SqlCampaignStore.open(db)
     try:
-        held = {(h.instance_id, h.annotator, h.preference) for _, _, votes in store.returned_labels(VENDOR, "votes")
-                for h in votes}
+        held = {
+            (h.instance_id, h.annotator, h.preference) for _, _, votes in store.returned_labels(VENDOR, "votes") for h in votes
+        }
     finally:
         store.close()
     for k in acked:
@@ -180,7 +182,7 @@ def test_twenty_grpc_clients_submitting_labels_count_exactly(db, router):
             barrier.wait()
             out = []
             for start in range(0, len(labels), 10):
-                out += [r.status for r in c.submit_labels("crowd", labels[start:start + 10])]
+                out += [r.status for r in c.submit_labels("crowd", labels[start : start + 10])]
             return out
 
     with ThreadPoolExecutor(20) as pool:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybridpref_client.core.errors import InvalidInput, NotReady
 from hybridpref.common.signals import JudgeSignals
 from hybridpref.router.budget import Budget, ResolvedBudget, resolve_budget
 from hybridpref.router.scoring import QuadraticScorer
 from hybridpref.router.strategies import STRATEGIES, campaign_strategy_spec, route, scores
+from hybridpref_client.core.errors import InvalidInput, NotReady
 
 N, V = 40, 6
 SCORED = sorted(name for name, spec in STRATEGIES.items() if spec.routes_campaigns)
@@ -51,7 +51,9 @@ def test_the_top_scores_are_what_the_strategy_routes(name: str) -> None:
     kw = inputs(name, tags, scorer, signals, expected)
     got = scores(name, tags, resolve_budget(Budget.auto(), N, None), **kw)
     assert got.shape == (N,) and np.isfinite(got).all()
-    assert np.array_equal(got, scores(name, tags, resolve_budget(Budget.auto(), N, None), **kw)), "seeded: same inputs, same scores"
+    assert np.array_equal(got, scores(name, tags, resolve_budget(Budget.auto(), N, None), **kw)), (
+        "seeded: same inputs, same scores"
+    )
     if name in ("random", "greedy", "judge_doubt"):  # random draws; greedy re-ranks; doubt ties (label 0 / flips = 1)
         return
     k = 10
@@ -77,8 +79,15 @@ def test_a_cost_budget_ranks_by_score_per_unit_of_cost() -> None:
     got = scores("expected_gain", tags, cost, scorer=None, seed=0, signals=signals, expected_gain=expected)
     assert np.allclose(got, expected / (costs / costs.mean()))
     # the same score per unit of cost is what the strategy's own cost selection orders by
-    per_unit = route("expected_gain", tags, resolve_budget(Budget.cost(6.0), N, costs), scorer=None, seed=0,
-                     signals=signals, expected_gain=expected).human_mask
+    per_unit = route(
+        "expected_gain",
+        tags,
+        resolve_budget(Budget.cost(6.0), N, costs),
+        scorer=None,
+        seed=0,
+        signals=signals,
+        expected_gain=expected,
+    ).human_mask
     best = int(np.argmax(got))
     assert per_unit[best]
 

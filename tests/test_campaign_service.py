@@ -9,7 +9,12 @@ import urllib.request
 
 import grpc
 import pytest
+from conftest import ROOT
 
+from hybridpref.server.auth import add_vendor
+from hybridpref.server.settings import Settings
+from hybridpref.store.sql import SqlCampaignStore
+from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc
 from hybridpref_client import (
     AlreadyExistsError,
     AsyncRouterClient,
@@ -19,12 +24,6 @@ from hybridpref_client import (
     RouterClient,
 )
 from hybridpref_client.core.instances import Label, read_jsonl
-from hybridpref.server.auth import add_vendor
-from hybridpref.server.settings import Settings
-from hybridpref.store.sql import SqlCampaignStore
-from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc
-
-from conftest import ROOT
 
 SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
 
@@ -44,8 +43,12 @@ def db_url(tmp_path_factory):
 def stack(background_loop, keys, db_url, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
 
-    settings = Settings(tagger={"profile": "fast"}, judge={"backend": "replay", "replay_key": "gpt4"},
-                        router={"db_url": db_url, "backend_check_s": 2.0}, auth={"keys_file": str(keys[0])})
+    settings = Settings(
+        tagger={"profile": "fast"},
+        judge={"backend": "replay", "replay_key": "gpt4"},
+        router={"db_url": db_url, "backend_check_s": 2.0},
+        auth={"keys_file": str(keys[0])},
+    )
     running = background_loop.run(start_embedded_stack(settings, metrics=True), timeout=300)
     yield running
     background_loop.run(running.stop(0.5))
@@ -97,8 +100,10 @@ def test_a_create_without_budget_names_the_field(stack, keys):
     with grpc.insecure_channel(stack.router_address) as channel:
         stub = campaign_pb2_grpc.CampaignServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
-            stub.CreateCampaign(campaign_pb2.CreateCampaignRequest(settings=campaign_pb2.CampaignSettings(name="x")),
-                                metadata=(("authorization", f"Bearer {keys[1]['acme']}"),))
+            stub.CreateCampaign(
+                campaign_pb2.CreateCampaignRequest(settings=campaign_pb2.CampaignSettings(name="x")),
+                metadata=(("authorization", f"Bearer {keys[1]['acme']}"),),
+            )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "settings.budget" in err.value.details()
 
@@ -107,10 +112,12 @@ def test_a_vendor_sees_only_its_own_campaigns(acme, globex, sample):
     acme.create_campaign("private", count=3, judge="gpt4")
     acme.route(sample[:5], campaign="private")
     assert "private" not in [c.name for c in globex.list_campaigns()]
-    for call in (lambda: globex.get_campaign("private"),
-                 lambda: globex.route(sample[:5], campaign="private"),
-                 lambda: globex.submit_labels("private", [{"id": sample[0].id, "label": "A", "annotator": "g"}]),
-                 lambda: list(globex.export_dataset("private"))):
+    for call in (
+        lambda: globex.get_campaign("private"),
+        lambda: globex.route(sample[:5], campaign="private"),
+        lambda: globex.submit_labels("private", [{"id": sample[0].id, "label": "A", "annotator": "g"}]),
+        lambda: list(globex.export_dataset("private")),
+    ):
         with pytest.raises(NotFoundError):
             call()
     # The same name is free for another vendor, and independent.
@@ -145,8 +152,8 @@ def test_batches_spend_the_campaign_budget_once_and_a_resent_batch_replays(acme,
 
 def test_campaign_requests_that_contradict_the_campaign_are_refused(acme, sample):
     acme.create_campaign("strict", count=4, judge="gpt4")
-    from hybridpref_client.messages import build_config, unary_request
     from hybridpref.v1 import router_pb2_grpc
+    from hybridpref_client.messages import build_config, unary_request
 
     stub = router_pb2_grpc.RouterServiceStub(acme._channel)
     meta = acme.config.metadata("t")
@@ -169,8 +176,12 @@ def test_campaign_requests_that_contradict_the_campaign_are_refused(acme, sample
 def test_a_streamed_campaign_batch_is_stored_whole(acme, sample):
     acme.create_campaign("streamed", count=10, judge="gpt4", strategy="judge_doubt")
     stages: dict[str, int] = {}
-    result = acme.route_stream(sample, campaign="streamed", chunk_size=7,
-                               on_progress=lambda phase, n: stages.__setitem__(phase, stages.get(phase, 0) + n))
+    result = acme.route_stream(
+        sample,
+        campaign="streamed",
+        chunk_size=7,
+        on_progress=lambda phase, n: stages.__setitem__(phase, stages.get(phase, 0) + n),
+    )
     # progress while the router works: every pair judged, then stored in the campaign's store
     assert stages["judged"] == stages["stored"] == stages["received"] == len(sample)
     assert [d.id for d in result.decisions] == [i.id for i in sample]
@@ -192,16 +203,20 @@ def test_labels_come_back_per_item_and_feed_the_status_and_the_export(acme, samp
     human = [d for d in routed if d.route == "HUMAN"]
     lm = [d for d in routed if d.route == "LM"]
     truth = {i.id: i.human_label.winner or "tie" for i in sample}
-    labels = [{"id": d.id, "label": truth[d.id], "annotator": "ann-1", "strength": 2 if truth[d.id] != "tie" else None}
-              for d in human]
+    labels = [
+        {"id": d.id, "label": truth[d.id], "annotator": "ann-1", "strength": 2 if truth[d.id] != "tie" else None} for d in human
+    ]
     labels.append({"id": lm[0].id, "label": "B", "annotator": "ann-1", "rationale": "spot check"})
     labels.append({"id": "never-routed", "label": "A", "annotator": "ann-1"})
     results = acme.submit_labels("labels", labels)
     assert [r.index for r in results] == list(range(len(labels)))
-    assert [r.status for r in results[:len(human)]] == ["stored"] * len(human)
+    assert [r.status for r in results[: len(human)]] == ["stored"] * len(human)
     assert results[len(human)].audit and results[len(human)].status == "stored"
-    assert results[-1].status == "rejected" and "never-routed" in results[-1].error and results[-1].error.startswith(
-        f"labels[{len(labels) - 1}].id")
+    assert (
+        results[-1].status == "rejected"
+        and "never-routed" in results[-1].error
+        and results[-1].error.startswith(f"labels[{len(labels) - 1}].id")
+    )
     again = acme.submit_labels("labels", labels[:2])
     assert [r.status for r in again] == ["unchanged", "unchanged"]  # a retry never double counts
     status = acme.get_campaign("labels")
@@ -238,11 +253,17 @@ def test_a_malformed_label_item_is_rejected_alone(stack, keys, acme, sample):
     acme.route(sample[:4], campaign="malformed")
     with grpc.insecure_channel(stack.router_address) as channel:
         stub = campaign_pb2_grpc.CampaignServiceStub(channel)
-        resp = stub.SubmitLabels(campaign_pb2.SubmitLabelsRequest(campaign="malformed", labels=[
-            campaign_pb2.HumanLabel(id=sample[0].id, annotator="a"),  # no label
-            campaign_pb2.HumanLabel(id=sample[1].id, annotator="a", label=campaign_pb2.HUMAN_PREFERENCE_A, strength=7),
-            campaign_pb2.HumanLabel(id=sample[2].id, annotator="a", label=campaign_pb2.HUMAN_PREFERENCE_B),
-        ]), metadata=(("authorization", f"Bearer {keys[1]['acme']}"),))
+        resp = stub.SubmitLabels(
+            campaign_pb2.SubmitLabelsRequest(
+                campaign="malformed",
+                labels=[
+                    campaign_pb2.HumanLabel(id=sample[0].id, annotator="a"),  # no label
+                    campaign_pb2.HumanLabel(id=sample[1].id, annotator="a", label=campaign_pb2.HUMAN_PREFERENCE_A, strength=7),
+                    campaign_pb2.HumanLabel(id=sample[2].id, annotator="a", label=campaign_pb2.HUMAN_PREFERENCE_B),
+                ],
+            ),
+            metadata=(("authorization", f"Bearer {keys[1]['acme']}"),),
+        )
     statuses = [campaign_pb2.LabelStatus.Name(r.status) for r in resp.results]
     assert statuses == ["LABEL_STATUS_REJECTED", "LABEL_STATUS_REJECTED", "LABEL_STATUS_STORED"]
     assert resp.results[0].error.startswith("labels[0].label") and resp.results[1].error.startswith("labels[1].strength")
@@ -283,8 +304,10 @@ def test_campaign_metrics_are_per_vendor(stack, acme, sample):
     assert any(line.startswith('hybridpref_campaign_labels_total{status="stored",vendor="acme"}') for line in lines)
     assert any(line.startswith('hybridpref_campaign_budget_spent_total{kind="count",vendor="acme"}') for line in lines)
     assert not any("metered" in line for line in lines)  # campaign names never become labels
-    agreement = {k: _value(lines, f'hybridpref_campaign_agreement_votes_total{{outcome="{k}",vendor="acme"}}')
-                 for k in ("agree", "disagree")}
+    agreement = {
+        k: _value(lines, f'hybridpref_campaign_agreement_votes_total{{outcome="{k}",vendor="acme"}}')
+        for k in ("agree", "disagree")
+    }
     expected = _value(lines, 'hybridpref_campaign_expected_agreement_total{vendor="acme"}')
     assert sum(agreement.values()) >= 1 and 0 < expected <= sum(agreement.values())
 

@@ -25,7 +25,9 @@ def _server(settings: Settings, name: str, delay_s: float = 0.0) -> tuple[grpc.S
         return name.encode()
 
     server = grpc.server(futures.ThreadPoolExecutor(4), options=settings.server_options())
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.T", {"Who": grpc.unary_unary_rpc_method_handler(who)}),))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("t.T", {"Who": grpc.unary_unary_rpc_method_handler(who)}),)
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, port, seen

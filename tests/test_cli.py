@@ -27,9 +27,20 @@ ALL = _commands(build_parser())
 
 
 def test_every_command_module_registers_what_the_docs_name():
-    assert set(ALL) >= {("serve",), ("up",), ("route",), ("keys",), ("keys", "add"), ("keys", "hash"), ("evaluate",),
-                        ("predictor",), ("predictor", "build"), ("predictor", "add-routing-models"), ("judge",),
-                        ("judge", "train")}
+    assert set(ALL) >= {
+        ("serve",),
+        ("up",),
+        ("route",),
+        ("keys",),
+        ("keys", "add"),
+        ("keys", "hash"),
+        ("evaluate",),
+        ("predictor",),
+        ("predictor", "build"),
+        ("predictor", "add-routing-models"),
+        ("judge",),
+        ("judge", "train"),
+    }
     assert all(callable(getattr(module, "register", None)) for module in COMMANDS)
 
 
@@ -53,9 +64,27 @@ def test_every_leaf_command_dispatches_to_a_function():
 
 
 def test_a_usage_mistake_is_one_line_and_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "hybridpref.cli.main", "predictor", "add-routing-models",
-                           "--bundle", str(tmp_path), "--pool", "no-equals-sign"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hybridpref.cli.main",
+            "predictor",
+            "add-routing-models",
+            "--bundle",
+            str(tmp_path),
+            "--pool",
+            "no-equals-sign",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --pool: 'no-equals-sign': expected NAME=PATH"
-    proc = subprocess.run([sys.executable, "-m", "hybridpref.cli.main", "evaluate", "--pool", "x", "--out", str(tmp_path),
-                           "--budgets", "lots"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hybridpref.cli.main", "evaluate", "--pool", "x", "--out", str(tmp_path), "--budgets", "lots"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "error: --budgets" in proc.stderr and "Traceback" not in proc.stderr

@@ -15,6 +15,7 @@ from concurrent import futures
 import grpc
 import pytest
 
+from hybridpref.v1 import router_pb2
 from hybridpref_client import (
     AsyncRouterClient,
     HybridprefError,
@@ -27,7 +28,6 @@ from hybridpref_client import (
 from hybridpref_client.core.errors import BackendUnavailable, FieldViolation, InvalidInput, QuotaExceeded
 from hybridpref_client.core.grpc_errors import MAX_LISTED_VIOLATIONS, status_for
 from hybridpref_client.retry import Retrier, RetryPolicy
-from hybridpref.v1 import router_pb2
 
 ROWS = [{"id": f"r{i}", "prompt": "What is 2 + 2?", "response_a": "4", "response_b": "5"} for i in range(3)]
 
@@ -80,7 +80,9 @@ class Scripted:
         for _ in requests:  # read the whole request stream, as the router does
             pass
         decision = router_pb2.RoutingDecision(id="r0")
-        yield router_pb2.RouteInstancesStreamResponse(decisions=router_pb2.DecisionChunk(decisions=[decision])).SerializeToString()
+        yield router_pb2.RouteInstancesStreamResponse(
+            decisions=router_pb2.DecisionChunk(decisions=[decision])
+        ).SerializeToString()
         if step == "partial":
             context.abort_with_status(unavailable())
         yield router_pb2.RouteInstancesStreamResponse(summary=router_pb2.RoutingSummary(strategy="random")).SerializeToString()
@@ -93,8 +95,10 @@ def scripted():
     def start(*script) -> tuple[str, Scripted]:
         handler = Scripted(list(script))
         server = grpc.server(futures.ThreadPoolExecutor(4))
-        methods = {"RouteInstances": grpc.unary_unary_rpc_method_handler(handler.unary),
-                   "RouteInstancesStream": grpc.stream_stream_rpc_method_handler(handler.stream)}
+        methods = {
+            "RouteInstances": grpc.unary_unary_rpc_method_handler(handler.unary),
+            "RouteInstancesStream": grpc.stream_stream_rpc_method_handler(handler.stream),
+        }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("hybridpref.v1.RouterService", methods),))
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
@@ -117,6 +121,7 @@ def route(address: str, sync: bool = True, stream: bool = False, **options):
                 method = client.route_stream if stream else client.route
                 out = method(ROWS, fraction=0.5, **call_kw)
         else:
+
             async def main():
                 async with AsyncRouterClient(address, **options) as client:
                     method = client.route_stream if stream else client.route
@@ -134,7 +139,7 @@ def test_unavailable_is_retried_then_succeeds(scripted, sync):
     out, _ = route(address, sync, api_key="k1", initial_backoff_s=0.05, retry_seed=1)
     assert not isinstance(out, Exception) and out.decisions == []
     assert server.calls == 3 and server.keys == ["Bearer k1"] * 3  # every attempt carries the key
-    assert all(gap < 0.05 * 2 ** k + 0.25 for k, gap in enumerate(server.gaps()))  # full jitter below the cap
+    assert all(gap < 0.05 * 2**k + 0.25 for k, gap in enumerate(server.gaps()))  # full jitter below the cap
 
 
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
@@ -227,7 +232,8 @@ def test_error_details_stay_under_grpcs_metadata_soft_limit(n):
     violations = [FieldViolation("字" * 300 + f"[{i}]", "😀" * 600) for i in range(n)]
     status = status_for(InvalidInput(violations))
     wire = len(quote(status.details.encode("utf-8"), safe=" ")) + sum(
-        len(key) + len(base64.b64encode(value) if key.endswith("-bin") else value) for key, value in status.trailing_metadata)
+        len(key) + len(base64.b64encode(value) if key.endswith("-bin") else value) for key, value in status.trailing_metadata
+    )
     assert wire < 8 * 1024  # gRPC may refuse metadata above 8 KiB (soft limit) and must above 16 KiB
     from google.rpc import error_details_pb2, status_pb2
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import ROOT
+from support.pki import write_pki
 
-from hybridpref.server.auth import add_vendor
-from hybridpref_client.core.instances import read_jsonl
-from hybridpref.server.settings import Settings
 import hybridpref_client
 import hybridpref_client.core.instances
+from hybridpref.server.auth import add_vendor
+from hybridpref.server.settings import Settings
 from hybridpref_client import (
     AsyncRouterClient,
     Budget,
@@ -34,17 +35,17 @@ from hybridpref_client import (
     UnauthenticatedError,
     UnavailableError,
 )
-
-from support.pki import write_pki
-from conftest import ROOT
+from hybridpref_client.core.instances import read_jsonl
 
 SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
 HEAVY = ("torch", "numpy", "scipy", "spacy", "transformers", "sklearn", "onnxruntime", "pydantic", "structlog", "yaml")
 
 
 def test_importing_the_sdk_loads_no_service_code_or_models():
-    code = ("import sys, json, hybridpref_client; from hybridpref_client import core, RouterClient; "
-            "print(json.dumps(sorted(m for m in sys.modules)))")
+    code = (
+        "import sys, json, hybridpref_client; from hybridpref_client import core, RouterClient; "
+        "print(json.dumps(sorted(m for m in sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     modules = json.loads(out.stdout)
     assert not [m for m in modules if m.split(".")[0] in HEAVY]
@@ -87,8 +88,12 @@ def _declared_closure() -> set[str]:
 @pytest.fixture(scope="module")
 def sdk_wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT / "clients")],
-                           capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT / "clients")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if build.returncode != 0:
         pytest.skip(f"cannot build the wheel here (needs setuptools>=70 from the package index): {build.stderr[-500:]}")
     (wheel,) = out.glob("hybridpref_client-*.whl")
@@ -99,8 +104,12 @@ def test_sdk_installs_alone_and_routes_from_a_fresh_venv(sdk_wheel, tmp_path, st
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
-    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(sdk_wheel)],
-                             capture_output=True, text=True, timeout=120)
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(sdk_wheel)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert install.returncode == 0, install.stderr
     # Its declared dependencies only, linked in from this environment: nothing else is importable.
     deps = tmp_path / "deps"
@@ -150,20 +159,31 @@ def keys(tmp_path_factory):
 def stack(background_loop, pki, keys, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
 
-    settings = Settings(tagger={"profile": "fast"},
-                        judge={"backend": "replay", "replay_key": "gpt4"},
-                        tls={"cert_file": str(pki["server.pem"]), "key_file": str(pki["server.key"]), "client_ca_file": str(pki["ca.pem"]),
-                             "ca_file": str(pki["ca.pem"]), "client_cert_file": str(pki["client.pem"]),
-                             "client_key_file": str(pki["client.key"])},
-                        auth={"keys_file": str(keys["path"])})
+    settings = Settings(
+        tagger={"profile": "fast"},
+        judge={"backend": "replay", "replay_key": "gpt4"},
+        tls={
+            "cert_file": str(pki["server.pem"]),
+            "key_file": str(pki["server.key"]),
+            "client_ca_file": str(pki["ca.pem"]),
+            "ca_file": str(pki["ca.pem"]),
+            "client_cert_file": str(pki["client.pem"]),
+            "client_key_file": str(pki["client.key"]),
+        },
+        auth={"keys_file": str(keys["path"])},
+    )
     running = background_loop.run(start_embedded_stack(settings), timeout=300)
     yield running
     background_loop.run(running.stop(0.2))
 
 
 def secure(pki, keys) -> dict:
-    return {"api_key": keys["vendor"], "root_certificates": pki["ca.pem"].read_bytes(),
-            "certificate_chain": pki["client.pem"].read_bytes(), "private_key": pki["client.key"].read_bytes()}
+    return {
+        "api_key": keys["vendor"],
+        "root_certificates": pki["ca.pem"].read_bytes(),
+        "certificate_chain": pki["client.pem"].read_bytes(),
+        "private_key": pki["client.key"].read_bytes(),
+    }
 
 
 def test_sync_client_over_tls_with_api_key(stack, pki, keys):
@@ -177,12 +197,16 @@ def test_sync_client_over_tls_with_api_key(stack, pki, keys):
 def test_async_client_unary_and_stream_match_the_sync_client(stack, pki, keys):
     instances = read_jsonl(str(SAMPLE))
     with RouterClient(stack.router_address, timeout_s=60, **secure(pki, keys)) as client:
-        expected = [(d.id, d.route, d.lm_label) for d in client.route(instances, fraction=0.25, strategy="greedy", seed=5).decisions]
+        expected = [
+            (d.id, d.route, d.lm_label) for d in client.route(instances, fraction=0.25, strategy="greedy", seed=5).decisions
+        ]
 
     async def main():
         async with AsyncRouterClient(stack.router_address, timeout_s=60, **secure(pki, keys)) as client:
-            unary, streamed = await asyncio.gather(client.route(instances, fraction=0.25, strategy="greedy", seed=5),
-                                                   client.route_stream(instances, fraction=0.25, strategy="greedy", seed=5, chunk_size=7))
+            unary, streamed = await asyncio.gather(
+                client.route(instances, fraction=0.25, strategy="greedy", seed=5),
+                client.route_stream(instances, fraction=0.25, strategy="greedy", seed=5, chunk_size=7),
+            )
         return unary, streamed
 
     unary, streamed = asyncio.run(main())
@@ -230,7 +254,10 @@ def test_ten_thousand_bad_rows_name_the_first_rows_in_one_call(stack, pki, keys,
     rows = [{"id": f"r{i}", "prompt": "What is 2 + 2?", "response_a": " ", "response_b": "4"} for i in range(10_000)]
     method = "RouteInstancesStream" if stream else "RouteInstances"
     before = _router_calls(method, "INVALID_ARGUMENT")
-    with RouterClient(stack.router_address, timeout_s=60, **secure(pki, keys)) as client, pytest.raises(InvalidArgumentError) as exc:
+    with (
+        RouterClient(stack.router_address, timeout_s=60, **secure(pki, keys)) as client,
+        pytest.raises(InvalidArgumentError) as exc,
+    ):
         if stream:
             client.route_stream(rows, fraction=0.25, strategy="random", chunk_size=5_000)
         else:
@@ -252,7 +279,9 @@ def test_plain_dicts_route_like_instances(stack, pki, keys):
     with RouterClient(stack.router_address, timeout_s=60, **secure(pki, keys)) as client:
         from_dicts = client.route(rows, fraction=0.25, strategy="greedy", seed=4)
         from_objects = client.route(read_jsonl(str(SAMPLE)), fraction=0.25, strategy="greedy", seed=4)
-    assert [(d.id, d.route, d.lm_label) for d in from_dicts.decisions] == [(d.id, d.route, d.lm_label) for d in from_objects.decisions]
+    assert [(d.id, d.route, d.lm_label) for d in from_dicts.decisions] == [
+        (d.id, d.route, d.lm_label) for d in from_objects.decisions
+    ]
     assert PreferenceInstance is hybridpref_client.core.instances.PreferenceInstance  # the public typed class
 
 
@@ -293,13 +322,25 @@ def test_async_stream_reports_progress_like_the_sync_client(stack, pki, keys):
     sync_events: list[tuple[str, int]] = []
     async_events: list[tuple[str, int]] = []
     with RouterClient(stack.router_address, timeout_s=60, **secure(pki, keys)) as client:
-        client.route_stream(instances, fraction=0.25, strategy="random", seed=1, chunk_size=7,
-                            on_progress=lambda phase, n: sync_events.append((phase, n)))
+        client.route_stream(
+            instances,
+            fraction=0.25,
+            strategy="random",
+            seed=1,
+            chunk_size=7,
+            on_progress=lambda phase, n: sync_events.append((phase, n)),
+        )
 
     async def main():
         async with AsyncRouterClient(stack.router_address, timeout_s=60, **secure(pki, keys)) as client:
-            return await client.route_stream(instances, fraction=0.25, strategy="random", seed=1, chunk_size=7,
-                                             on_progress=lambda phase, n: async_events.append((phase, n)))
+            return await client.route_stream(
+                instances,
+                fraction=0.25,
+                strategy="random",
+                seed=1,
+                chunk_size=7,
+                on_progress=lambda phase, n: async_events.append((phase, n)),
+            )
 
     result = asyncio.run(main())
     assert len(result.decisions) == 40

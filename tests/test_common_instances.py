@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, canonical_option, tag_index
 from hybridpref_client.core.errors import InvalidInput
 from hybridpref_client.core.instances import (
     Label,
@@ -16,7 +17,6 @@ from hybridpref_client.core.instances import (
     read_jsonl,
     validate_instances,
 )
-from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, canonical_option, tag_index
 
 
 def inst(i="x", a="A text", b="B text", prompt="p"):
@@ -54,8 +54,14 @@ def test_jsonl_errors_name_line_and_field(tmp_path):
 
 
 def test_row_round_trip_keeps_labels_and_turns():
-    row = {"id": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
-           "response_a": "a", "response_b": "b", "lm_labels": {"gpt4": "tie"}, "human_cost": 2.5}
+    row = {
+        "id": "m",
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+        "response_a": "a",
+        "response_b": "b",
+        "lm_labels": {"gpt4": "tie"},
+        "human_cost": 2.5,
+    }
     parsed = instance_from_row(row)
     assert parsed.prompt_text == "user: hi\n\nassistant: yo"
     again = instance_from_row(instance_to_row(parsed))

@@ -8,12 +8,11 @@ import time
 
 import pytest
 
+from hybridpref.server.auth import VendorPolicy
 from hybridpref.server.deadline import Deadline
-from hybridpref_client.core.errors import Cancelled, DeadlineExceeded
 from hybridpref.server.executors import CoreExecutor
 from hybridpref.server.quota import QuotaBook
-from hybridpref.server.auth import VendorPolicy
-from hybridpref_client.core.errors import QuotaExceeded
+from hybridpref_client.core.errors import Cancelled, DeadlineExceeded, QuotaExceeded
 
 
 def test_deadline_remaining_cap_and_cancel():

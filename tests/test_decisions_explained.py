@@ -11,12 +11,11 @@ from __future__ import annotations
 import copy
 
 import pytest
+from conftest import ROOT
 
+from hybridpref.server.settings import Settings
 from hybridpref_client import RouterClient, write_decisions
 from hybridpref_client.core.instances import LM_LABEL_RAW_PREFIX, Label, read_jsonl
-from hybridpref.server.settings import Settings
-
-from conftest import ROOT
 
 SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
 STRATEGIES = ["hybrid", "expected_gain", "judge_doubt", "judge_aware", "greedy", "topk", "random", "all_lm"]
@@ -101,8 +100,14 @@ def test_routing_quality_is_counted_for_operators(client, sample):
     the strategy, as Prometheus counters (the alerts in deploy/prometheus read them)."""
     rows = unsure_batch(sample)
     names = ("hybridpref_judge_labels_total", "hybridpref_routed_batches_total", "hybridpref_routing_warnings_total")
-    keys = [(names[0], {"unsure": "true"}), (names[0], {"unsure": "false"}), (names[1], {"domain": "in"}),
-            (names[1], {"domain": "out"}), (names[1], {"domain": "unknown"}), (names[2], {"kind": "judge_unsure"})]
+    keys = [
+        (names[0], {"unsure": "true"}),
+        (names[0], {"unsure": "false"}),
+        (names[1], {"domain": "in"}),
+        (names[1], {"domain": "out"}),
+        (names[1], {"domain": "unknown"}),
+        (names[2], {"kind": "judge_unsure"}),
+    ]
     before = [_sample(n, lbl) for n, lbl in keys]
     result = client.route(rows, fraction=0.25, strategy="random", seed=2)
     after = [_sample(n, lbl) for n, lbl in keys]

@@ -33,30 +33,74 @@ BASE = K8S / "base"
 PORTS = {"router": (50050, 9150), "tagger": (50051, 9151), "judge": (50052, 9152), "predictor": (50053, 9153)}
 HPA_SERVICES = {"router", "tagger", "judge"}
 SETTINGS = {
-    "HYBRIDPREF_HOST", "HYBRIDPREF_PORT", "HYBRIDPREF_METRICS_PORT", "HYBRIDPREF_TAGGER_ADDRESS",
-    "HYBRIDPREF_JUDGE_ADDRESS", "HYBRIDPREF_PREDICTOR_ADDRESS", "HYBRIDPREF_BUNDLE_PATH",
-    "HYBRIDPREF_TAGGER_PROFILE", "HYBRIDPREF_JUDGE_BACKEND", "HYBRIDPREF_JUDGE_OPENAI_BASE_URL",
-    "HYBRIDPREF_JUDGE_OPENAI_MODEL", "HYBRIDPREF_JUDGE_OPENAI_API_KEY_FILE", "HYBRIDPREF_GRACE_PERIOD_S",
-    "HYBRIDPREF_MAX_MESSAGE_MB", "HYBRIDPREF_MAX_BATCH", "HYBRIDPREF_LOG_LEVEL", "HYBRIDPREF_LOG_FORMAT",
-    "HYBRIDPREF_CACHE_DIR", "HYBRIDPREF_CPUS", "HYBRIDPREF_MAX_CONNECTION_AGE_S", "HYBRIDPREF_TLS_CERT_FILE",
-    "HYBRIDPREF_TLS_KEY_FILE", "HYBRIDPREF_TLS_CA_FILE", "HYBRIDPREF_TLS_CLIENT_CA_FILE",
-    "HYBRIDPREF_TLS_CLIENT_CERT_FILE", "HYBRIDPREF_TLS_CLIENT_KEY_FILE", "HYBRIDPREF_HEALTH_PORT",
+    "HYBRIDPREF_HOST",
+    "HYBRIDPREF_PORT",
+    "HYBRIDPREF_METRICS_PORT",
+    "HYBRIDPREF_TAGGER_ADDRESS",
+    "HYBRIDPREF_JUDGE_ADDRESS",
+    "HYBRIDPREF_PREDICTOR_ADDRESS",
+    "HYBRIDPREF_BUNDLE_PATH",
+    "HYBRIDPREF_TAGGER_PROFILE",
+    "HYBRIDPREF_JUDGE_BACKEND",
+    "HYBRIDPREF_JUDGE_OPENAI_BASE_URL",
+    "HYBRIDPREF_JUDGE_OPENAI_MODEL",
+    "HYBRIDPREF_JUDGE_OPENAI_API_KEY_FILE",
+    "HYBRIDPREF_GRACE_PERIOD_S",
+    "HYBRIDPREF_MAX_MESSAGE_MB",
+    "HYBRIDPREF_MAX_BATCH",
+    "HYBRIDPREF_LOG_LEVEL",
+    "HYBRIDPREF_LOG_FORMAT",
+    "HYBRIDPREF_CACHE_DIR",
+    "HYBRIDPREF_CPUS",
+    "HYBRIDPREF_MAX_CONNECTION_AGE_S",
+    "HYBRIDPREF_TLS_CERT_FILE",
+    "HYBRIDPREF_TLS_KEY_FILE",
+    "HYBRIDPREF_TLS_CA_FILE",
+    "HYBRIDPREF_TLS_CLIENT_CA_FILE",
+    "HYBRIDPREF_TLS_CLIENT_CERT_FILE",
+    "HYBRIDPREF_TLS_CLIENT_KEY_FILE",
+    "HYBRIDPREF_HEALTH_PORT",
     "HYBRIDPREF_API_KEYS_FILE",
 }
 HEALTH_PORT = 8086  # components/tls: plaintext grpc.health.v1 for the kubelet's probes
 METRICS = {
-    "hybridpref_rpc_requests_total", "hybridpref_rpc_latency_seconds", "hybridpref_rpc_in_flight",
-    "hybridpref_instances_total", "hybridpref_model_ready", "hybridpref_routed_instances_total",
+    "hybridpref_rpc_requests_total",
+    "hybridpref_rpc_latency_seconds",
+    "hybridpref_rpc_in_flight",
+    "hybridpref_instances_total",
+    "hybridpref_model_ready",
+    "hybridpref_routed_instances_total",
     # issue 18 item 12: per vendor, and routing quality
-    "hybridpref_vendor_calls_total", "hybridpref_judge_labels_total", "hybridpref_routed_batches_total",
+    "hybridpref_vendor_calls_total",
+    "hybridpref_judge_labels_total",
+    "hybridpref_routed_batches_total",
     "hybridpref_routing_warnings_total",
     # campaigns (issue 20), labelled by vendor, never by campaign
-    "hybridpref_campaign_decisions_total", "hybridpref_campaign_budget_spent_total", "hybridpref_campaign_labels_total",
-    "hybridpref_campaign_agreement_votes_total", "hybridpref_campaign_expected_agreement_total",
+    "hybridpref_campaign_decisions_total",
+    "hybridpref_campaign_budget_spent_total",
+    "hybridpref_campaign_labels_total",
+    "hybridpref_campaign_agreement_votes_total",
+    "hybridpref_campaign_expected_agreement_total",
 }
 HISTOGRAMS = {"hybridpref_rpc_latency_seconds"}
-METRIC_LABELS = {"service", "method", "code", "route", "strategy", "le", "namespace", "pod", "job", "instance",
-                 "vendor", "unsure", "domain", "kind", "status", "outcome"}
+METRIC_LABELS = {
+    "service",
+    "method",
+    "code",
+    "route",
+    "strategy",
+    "le",
+    "namespace",
+    "pod",
+    "job",
+    "instance",
+    "vendor",
+    "unsure",
+    "domain",
+    "kind",
+    "status",
+    "outcome",
+}
 KUSTOMIZE_PATH_FIELDS = ("resources", "components")
 # What the code really reads: the Settings fields, plus the two runtime.py reads directly.
 READ_BY_CODE = set(environment_variables()) | {"HYBRIDPREF_CPUS", "HYBRIDPREF_CACHE_DIR"}
@@ -254,8 +298,11 @@ def test_each_service_has_deployment_service_pdb(base: list[dict[str, Any]]) -> 
         full = f"hybridpref-{name}"
         assert full in deployments and full in services and full in pdbs, name
         pod_labels = deployments[full]["spec"]["template"]["metadata"]["labels"]
-        for selector in (services[full]["spec"]["selector"], pdbs[full]["spec"]["selector"]["matchLabels"],
-                         deployments[full]["spec"]["selector"]["matchLabels"]):
+        for selector in (
+            services[full]["spec"]["selector"],
+            pdbs[full]["spec"]["selector"]["matchLabels"],
+            deployments[full]["spec"]["selector"]["matchLabels"],
+        ):
             assert selector.items() <= pod_labels.items(), f"{name}: selector does not match the pods"
         assert selector["app.kubernetes.io/component"] == name
     assert set(hpas) == {f"hybridpref-{n}" for n in HPA_SERVICES}
@@ -357,8 +404,12 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
         return False
     for expr in selector.get("matchExpressions", []):
         key, op, values = expr["key"], expr["operator"], expr.get("values", [])
-        ok = {"In": labels.get(key) in values, "NotIn": labels.get(key) not in values,
-              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        ok = {
+            "In": labels.get(key) in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
         if not ok:
             return False
     return True
@@ -510,8 +561,12 @@ def test_the_documented_promtool_recipe_passes() -> None:
     """Issue 18 item 15: docs/operations.md's "by hand" recipe failed 10 of 10 cases (annotations)."""
     docs = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
     assert "python3 scripts/promtool_test.py" in docs
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "promtool_test.py"), "--promtool", str(PROMTOOL)],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "promtool_test.py"), "--promtool", str(PROMTOOL)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "SUCCESS" in run.stdout + run.stderr
 
@@ -529,7 +584,9 @@ def test_every_alert_has_a_promtool_case_that_fires() -> None:
 @pytest.mark.skipif(PROMTOOL is None, reason=skip_reason("promtool"))
 def test_alerts_promtool(tmp_path: Path) -> None:
     work = _promtool_files(tmp_path)
-    check = subprocess.run([PROMTOOL, "check", "rules", str(work / "alerts.full.yaml")], capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        [PROMTOOL, "check", "rules", str(work / "alerts.full.yaml")], capture_output=True, text=True, timeout=60
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     test = subprocess.run([PROMTOOL, "test", "rules", "alerts_test.yaml"], cwd=work, capture_output=True, text=True, timeout=120)
     assert test.returncode == 0, test.stdout + test.stderr
@@ -539,8 +596,11 @@ def test_alerts_promtool(tmp_path: Path) -> None:
 def test_promtool_catches_the_issue_outage_with_old_rule(tmp_path: Path) -> None:
     """Guards the unit tests: with health checks counted (the old rule), the outage cases must
     fail, i.e. the tests really exercise the exclusion."""
+
     def old_rule(text: str) -> str:
-        broken = text.replace('method!~"Check|Watch|ServerReflectionInfo", ', "").replace('{method!~"Check|Watch|ServerReflectionInfo"}', "")
+        broken = text.replace('method!~"Check|Watch|ServerReflectionInfo", ', "").replace(
+            '{method!~"Check|Watch|ServerReflectionInfo"}', ""
+        )
         assert broken != text
         return broken
 
@@ -560,6 +620,7 @@ def test_quota_refusals_are_not_server_side_errors() -> None:
 @pytest.mark.skipif(PROMTOOL is None, reason=skip_reason("promtool"))
 def test_promtool_quota_case_fails_with_the_old_rule(tmp_path: Path) -> None:
     """Guards the quota case: with RESOURCE_EXHAUSTED counted as a server error again, it must fail."""
+
     def old_rule(text: str) -> str:
         broken = text.replace("DEADLINE_EXCEEDED|DATA_LOSS", "DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED|DATA_LOSS")
         assert broken != text
@@ -582,6 +643,7 @@ def test_alert_metric_extraction_rejects_unknown_names() -> None:
 def test_promql_syntax() -> None:
     """Full PromQL parse of every alert and panel (promql-parser: the dev extra)."""
     import promql_parser
+
     dash = json.loads((DEPLOY / "grafana" / "hybridpref-dashboard.json").read_text(encoding="utf-8"))
     grafana_vars = {"$__rate_interval": "5m", "$namespace": ".*", "$service": ".*"}
     exprs = [r["expr"] for r in _alert_rules()]
@@ -684,7 +746,9 @@ def test_overlay_renders(overlay: str) -> None:
         assert all(h["spec"]["minReplicas"] == 1 for h in _by_kind(objects, "HorizontalPodAutoscaler").values())
     else:
         assert {"ServiceMonitor", "PrometheusRule"} <= kinds
-        dashboards = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+        dashboards = [
+            o for o in objects if o["kind"] == "ConfigMap" and o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+        ]
         assert len(dashboards) == 1
         json.loads(next(iter(dashboards[0]["data"].values())))
         assert _by_kind(objects, "HorizontalPodAutoscaler")["hybridpref-judge"]["spec"]["maxReplicas"] == 20
@@ -759,7 +823,9 @@ def test_campaign_store_and_postgres_components_render(tmp_path: Path) -> None:
     rel = os.path.relpath(K8S, tmp_path)
     (tmp_path / "kustomization.yaml").write_text(
         f"resources: [{rel}/base]\ncomponents: [{rel}/components/annotate, {rel}/components/campaign-store, "
-        f"{rel}/components/postgres]\n", encoding="utf-8")
+        f"{rel}/components/postgres]\n",
+        encoding="utf-8",
+    )
     objects = _render(tmp_path)
     deployments = _by_kind(objects, "Deployment")
     secret_url = {"name": "hybridpref-store-db", "key": "url"}
@@ -797,7 +863,9 @@ def test_campaign_store_and_postgres_components_render(tmp_path: Path) -> None:
     # Only the router, the annotation page and the migrations reach it, and those labels are theirs.
     policy = _by_kind(objects, "NetworkPolicy")["hybridpref-postgres"]
     (rule,) = policy["spec"]["ingress"]
-    (allowed,) = [m["values"] for m in rule["from"][0]["podSelector"]["matchExpressions"] if m["key"] == "app.kubernetes.io/component"]
+    (allowed,) = [
+        m["values"] for m in rule["from"][0]["podSelector"]["matchExpressions"] if m["key"] == "app.kubernetes.io/component"
+    ]
     pods = [deployments["hybridpref-router"], deployments["hybridpref-annotate"], job]
     assert sorted(allowed) == sorted(p["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods)
     assert rule["ports"] == [{"port": "postgres", "protocol": "TCP"}]
@@ -854,10 +922,24 @@ def test_image_overrides_match_an_image(kust_dir: Path) -> None:
 def test_image_override_check_catches_a_miss(tmp_path: Path) -> None:
     # The shape of the original bug: the base renames the image, the overlay names the old one.
     (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "d.yaml").write_text(yaml.safe_dump({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
-        "spec": {"template": {"spec": {"containers": [{"name": "x", "image": "hybridpref"}]}}}}))
-    (tmp_path / "base" / "kustomization.yaml").write_text(yaml.safe_dump({"resources": ["d.yaml"],
-        "images": [{"name": "hybridpref", "newName": "ghcr.io/example/hybridpref", "newTag": "0.1.0"}]}))
+    (tmp_path / "base" / "d.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "x"},
+                "spec": {"template": {"spec": {"containers": [{"name": "x", "image": "hybridpref"}]}}},
+            }
+        )
+    )
+    (tmp_path / "base" / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": ["d.yaml"],
+                "images": [{"name": "hybridpref", "newName": "ghcr.io/example/hybridpref", "newTag": "0.1.0"}],
+            }
+        )
+    )
     (tmp_path / "overlay").mkdir()
     (tmp_path / "overlay" / "kustomization.yaml").write_text(yaml.safe_dump({"resources": ["../base"]}))
     assert _images_before(tmp_path / "overlay") == {"ghcr.io/example/hybridpref"}
@@ -889,7 +971,11 @@ def test_tls_and_api_key_components_render() -> None:
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
         volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
         keys = ["HYBRIDPREF_TLS_CERT_FILE", "HYBRIDPREF_TLS_KEY_FILE"]
-        keys += ["HYBRIDPREF_TLS_CA_FILE", "HYBRIDPREF_TLS_CLIENT_CERT_FILE", "HYBRIDPREF_TLS_CLIENT_KEY_FILE"] if name == "router" else ["HYBRIDPREF_TLS_CLIENT_CA_FILE"]
+        keys += (
+            ["HYBRIDPREF_TLS_CA_FILE", "HYBRIDPREF_TLS_CLIENT_CERT_FILE", "HYBRIDPREF_TLS_CLIENT_KEY_FILE"]
+            if name == "router"
+            else ["HYBRIDPREF_TLS_CLIENT_CA_FILE"]
+        )
         for key in keys:
             folder = str(Path(env[key]).parent)
             assert mounts[folder]["readOnly"] is True
@@ -920,7 +1006,9 @@ def test_bundle_build_job_tags_through_the_tagger_service(base: list[dict[str, A
     args = dict(a.removeprefix("--").split("=", 1) for a in c["args"] if a.startswith("--") and "=" in a)
     assert c["args"][:2] == ["predictor", "build"]
     # Through the headless tagger Service (round_robin over its replicas), not in process.
-    config = dict(line.split("=", 1) for line in (BASE / "hybridpref.env").read_text().splitlines() if line and not line.startswith("#"))
+    config = dict(
+        line.split("=", 1) for line in (BASE / "hybridpref.env").read_text().splitlines() if line and not line.startswith("#")
+    )
     assert args["tagger"] == config["HYBRIDPREF_TAGGER_ADDRESS"]
     from hybridpref.cli.main import build_parser
 
@@ -954,7 +1042,8 @@ def test_gateway_component_exposes_only_the_router_service_over_tls(tmp_path: Pa
     rel = os.path.relpath(K8S, tmp_path)
     # As an operator adds it: to an overlay of their own over prod, which sets the namespace.
     (tmp_path / "kustomization.yaml").write_text(
-        f"namespace: hybridpref\nresources: [{rel}/overlays/prod]\ncomponents: [{rel}/components/gateway]\n", encoding="utf-8")
+        f"namespace: hybridpref\nresources: [{rel}/overlays/prod]\ncomponents: [{rel}/components/gateway]\n", encoding="utf-8"
+    )
     objects = _render(tmp_path)
     (gateway,) = _by_kind(objects, "Gateway").values()
     (route,) = _by_kind(objects, "GRPCRoute").values()

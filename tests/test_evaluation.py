@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridpref_client.core.errors import InvalidInput
 from hybridpref.offline import stats
 from hybridpref.offline.evaluation.harness import (
     EvalConfig,
@@ -24,13 +23,22 @@ from hybridpref.offline.evaluation.harness import (
     prepare_case,
 )
 from hybridpref.offline.pools import default_data_dir
+from hybridpref_client.core.errors import InvalidInput
 
 JUDGE = "judge-x"
 
 
-def _row(i: int, human: str, lm: str | None, votes: list[str] | None = None, prompt: str | None = None, resp_a: str | None = None) -> dict:
-    row = {"id": f"r{i}", "prompt": prompt or f"question {i // 2}", "response_a": resp_a or f"answer a {i}",
-           "response_b": f"answer b {i} with more words", "human_label": human, "lm_labels": {JUDGE: lm, "judge-y": "A"}}
+def _row(
+    i: int, human: str, lm: str | None, votes: list[str] | None = None, prompt: str | None = None, resp_a: str | None = None
+) -> dict:
+    row = {
+        "id": f"r{i}",
+        "prompt": prompt or f"question {i // 2}",
+        "response_a": resp_a or f"answer a {i}",
+        "response_b": f"answer b {i} with more words",
+        "human_label": human,
+        "lm_labels": {JUDGE: lm, "judge-y": "A"},
+    }
     if votes:
         row["human_votes"] = votes
     return row
@@ -176,8 +184,23 @@ def test_cli_refuses_a_leaking_bundle_with_exit_2(tmp_path, capsys):
 
     pool = write_pool(tmp_path / "toy" / "pairs.jsonl")
     bundle = _bundle(tmp_path, pool)
-    rc = main(["evaluate", "--pool", str(pool), "--lm-judge", JUDGE, "--bundle", str(bundle), "--no-rm",
-               "--out", str(tmp_path / "out"), "--no-progress", "--data-dir", str(tmp_path)])
+    rc = main(
+        [
+            "evaluate",
+            "--pool",
+            str(pool),
+            "--lm-judge",
+            JUDGE,
+            "--bundle",
+            str(bundle),
+            "--no-rm",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--data-dir",
+            str(tmp_path),
+        ]
+    )
     assert rc == 2
     assert "has seen this pool's labels" in capsys.readouterr().err
 
@@ -191,9 +214,20 @@ def test_evaluate_end_to_end_on_fixture_pools(tmp_path):
     a = write_pool(tmp_path / "toy_a" / "pairs.jsonl", n=150, seed=1)
     b = write_pool(tmp_path / "toy_b" / "pairs.jsonl", n=150, seed=2)
     bundle = _bundle(tmp_path, a)
-    cfg = EvalConfig(pools=[str(a), str(b)], lm_judge=JUDGE, bundle=str(bundle), budgets=(0.1, 0.25), seeds=3, rm=False,
-                     modes=("in-pool", "cross-pool"), on_leak="skip", tagger_profile="fast", n_boot=300,
-                     strategies=("topk", "greedy"), data_dir=str(tmp_path))
+    cfg = EvalConfig(
+        pools=[str(a), str(b)],
+        lm_judge=JUDGE,
+        bundle=str(bundle),
+        budgets=(0.1, 0.25),
+        seeds=3,
+        rm=False,
+        modes=("in-pool", "cross-pool"),
+        on_leak="skip",
+        tagger_profile="fast",
+        n_boot=300,
+        strategies=("topk", "greedy"),
+        data_dir=str(tmp_path),
+    )
     result = evaluate(cfg)
     rows = {(r["pool"], r["mode"], r["strategy"], r["budget"]): r for r in result.rows}
     for pool in ("toy_a", "toy_b"):
@@ -230,9 +264,20 @@ def test_bundle_for_uses_a_bundle_that_never_saw_the_pool(tmp_path):
     (on_bc / "fingerprints.json").write_text(json.dumps(fp))
     with pytest.raises(LeakageError, match="toy_c itself"):
         check_bundle_leakage(on_bc, c, "toy_c", {})  # the second listed pool counts too
-    cfg = EvalConfig(pools=[str(a), str(b)], lm_judge=JUDGE, bundle=str(on_a), bundle_for=parse_bundle_for([f"toy_a={on_bc}"]),
-                     budgets=(0.25,), seeds=2, rm=False, on_leak="skip", tagger_profile="fast", n_boot=200,
-                     strategies=("topk",), data_dir=str(tmp_path))
+    cfg = EvalConfig(
+        pools=[str(a), str(b)],
+        lm_judge=JUDGE,
+        bundle=str(on_a),
+        bundle_for=parse_bundle_for([f"toy_a={on_bc}"]),
+        budgets=(0.25,),
+        seeds=2,
+        rm=False,
+        on_leak="skip",
+        tagger_profile="fast",
+        n_boot=200,
+        strategies=("topk",),
+        data_dir=str(tmp_path),
+    )
     result = evaluate(cfg)
     routed = {(r["pool"], r["strategy"]) for r in result.rows}
     assert ("toy_a", "topk") in routed and ("toy_b", "topk") in routed  # toy_a via on_bc, toy_b via on_a
@@ -256,8 +301,18 @@ def test_expected_corrections_check_compares_the_summary_with_what_happened(tmp_
     a = write_pool(tmp_path / "toy_a" / "pairs.jsonl", n=120, seed=1)
     b = write_pool(tmp_path / "toy_b" / "pairs.jsonl", n=120, seed=2)
     c = write_pool(tmp_path / "toy_c" / "pairs.jsonl", n=120, seed=3)
-    cfg = EvalConfig(pools=[str(a), str(b), str(c)], lm_judge=JUDGE, budgets=(0.25, 0.5), seeds=2, rm=False, n_boot=100,
-                     modes=("cross-pool",), strategies=("expected_gain",), data_dir=str(tmp_path), correction=correction)
+    cfg = EvalConfig(
+        pools=[str(a), str(b), str(c)],
+        lm_judge=JUDGE,
+        budgets=(0.25, 0.5),
+        seeds=2,
+        rm=False,
+        n_boot=100,
+        modes=("cross-pool",),
+        strategies=("expected_gain",),
+        data_dir=str(tmp_path),
+        correction=correction,
+    )
     result = evaluate(cfg)
     checks = {(r["pool"], r["budget"]): r for r in result.corrections}
     assert set(checks) == {(p, b) for p in ("toy_a", "toy_b", "toy_c") for b in (0.25, 0.5)}
@@ -304,9 +359,31 @@ def test_real_data_smoke_llmbar(tmp_path):
     # the default bundle is trained on llmbar (refused here); the leave-one-pool-out bundle never saw it
     bundle = Path(__file__).resolve().parents[1] / "benchmarks" / "lopo_bundles" / "without-llmbar"
     out = tmp_path / "out"
-    rc = main(["evaluate", "--pool", str(DATA / "llmbar"), "--bundle", str(bundle), "--budgets", "0.1,0.25", "--seeds", "2",
-               "--tagger-profile", "fast", "--no-rm", "--n-boot", "500", "--strategies", "greedy,topk",
-               "--out", str(out), "--no-progress", "--data-dir", str(DATA)])
+    rc = main(
+        [
+            "evaluate",
+            "--pool",
+            str(DATA / "llmbar"),
+            "--bundle",
+            str(bundle),
+            "--budgets",
+            "0.1,0.25",
+            "--seeds",
+            "2",
+            "--tagger-profile",
+            "fast",
+            "--no-rm",
+            "--n-boot",
+            "500",
+            "--strategies",
+            "greedy,topk",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--data-dir",
+            str(DATA),
+        ]
+    )
     assert rc == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     oracle = [r for r in rows if r["strategy"] == "oracle" and r["budget"] == "0.25"][0]
@@ -332,12 +409,23 @@ def test_correction_models_never_see_the_routed_or_gold_fold(tmp_path, monkeypat
     monkeypatch.setattr(harness, "correction_gain", fake_gain)
     a = write_pool(tmp_path / "toy_a" / "pairs.jsonl", n=90, seed=1)
     b = write_pool(tmp_path / "toy_b" / "pairs.jsonl", n=90, seed=2)
-    cfg = EvalConfig(pools=[str(a), str(b)], lm_judge=JUDGE, budgets=(0.25,), seeds=2, rm=False, n_boot=100,
-                     modes=("in-pool", "cross-pool"), strategies=("expected_gain",), data_dir=str(tmp_path))
+    cfg = EvalConfig(
+        pools=[str(a), str(b)],
+        lm_judge=JUDGE,
+        budgets=(0.25,),
+        seeds=2,
+        rm=False,
+        n_boot=100,
+        modes=("in-pool", "cross-pool"),
+        strategies=("expected_gain",),
+        data_dir=str(tmp_path),
+    )
     result = evaluate(cfg)
     assert any(r["strategy"] == "expected_gain" for r in result.rows)
     assert seen and all(not (train & routed) for train, routed in seen)
-    cross = [train for train, routed in seen if all(i.endswith("@toy_a") for i in routed) and any(t.endswith("@toy_b") for t in train)]
+    cross = [
+        train for train, routed in seen if all(i.endswith("@toy_a") for i in routed) and any(t.endswith("@toy_b") for t in train)
+    ]
     assert cross and all(all(t.endswith("@toy_b") for t in train) for train in cross)
 
 
@@ -346,12 +434,16 @@ def test_metric2_training_folds_are_routed_without_the_gold_fold(tmp_path, monke
     from hybridpref.offline.evaluation.harness import Router, correction_gain_fn, route_case
 
     fits: list[set[str]] = []
-    monkeypatch.setattr(harness, "fit_correction", lambda train, config: fits.append({i.id for p in train for i in p.instances}) or len(fits) - 1)
+    monkeypatch.setattr(
+        harness, "fit_correction", lambda train, config: fits.append({i.id for p in train for i in p.instances}) or len(fits) - 1
+    )
     monkeypatch.setattr(harness, "correction_gain", lambda model, pool: np.linspace(0, 0.5, len(pool)))
     path = write_pool(tmp_path / "toy" / "pairs.jsonl", n=90, seed=3)
     cfg = EvalConfig(pools=[str(path)], lm_judge=JUDGE, budgets=(0.25,), seeds=1, folds=3, rm=True, strategies=("expected_gain",))
     case = prepare_case(path, cfg)
-    mixes = route_case(case, Router(cfg, None, correction_gain_fn([case], cfg)), ["expected_gain"], cfg, "in-pool", lambda d, n: None)
+    mixes = route_case(
+        case, Router(cfg, None, correction_gain_fn([case], cfg)), ["expected_gain"], cfg, "in-pool", lambda d, n: None
+    )
     fold_ids = [{case.pool.instances[i].id for i in case.fold_rows(f)} for f in range(3)]
     assert set(mixes.rm_masks[("expected_gain", 0.25)]) == {0, 1, 2}
     # 3 fits without one fold (metric 1) + 3 fits on a single fold (metric 2: without the gold and the routed fold)
@@ -365,16 +457,25 @@ def test_hybrid_uses_the_ppm_exactly_where_the_routers_domain_check_admits_the_f
     outside, it is exactly `expected_gain`."""
     import dataclasses as dc
 
-    from hybridpref.offline.evaluation.harness import Router, attach_bundles, correction_gain_fn, prepare_case
     from hybridpref.offline.bundle import correction_fit
-    from hybridpref.routing_model import domain as domain_mod
+    from hybridpref.offline.evaluation.harness import Router, attach_bundles, correction_gain_fn, prepare_case
     from hybridpref.router.model import DomainModel
+    from hybridpref.routing_model import domain as domain_mod
 
     a = write_pool(tmp_path / "toy_a" / "pairs.jsonl", n=150, seed=1)
     b = write_pool(tmp_path / "toy_b" / "pairs.jsonl", n=150, seed=2)
     bundle = _bundle(tmp_path, a)
-    cfg = EvalConfig(pools=[str(a), str(b)], lm_judge=JUDGE, bundle=str(bundle), budgets=(0.25,), rm=False,
-                     modes=("cross-pool",), tagger_profile="fast", data_dir=str(tmp_path), on_leak="skip")
+    cfg = EvalConfig(
+        pools=[str(a), str(b)],
+        lm_judge=JUDGE,
+        bundle=str(bundle),
+        budgets=(0.25,),
+        rm=False,
+        modes=("cross-pool",),
+        tagger_profile="fast",
+        data_dir=str(tmp_path),
+        on_leak="skip",
+    )
     cases = [prepare_case(Path(p), cfg) for p in cfg.pools]
     attach_bundles(cases, cfg, tmp_path, [], lambda *_: None)
     case = cases[1]  # toy_b: the bundle was built on toy_a

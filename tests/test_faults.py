@@ -15,14 +15,13 @@ import time
 
 import grpc
 import pytest
+from conftest import ROOT
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hybridpref_client.core.convert import instances_to_proto
-from hybridpref_client.core.instances import read_jsonl
 from hybridpref.server.settings import Settings
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
-
-from conftest import ROOT
+from hybridpref_client.core.convert import instances_to_proto
+from hybridpref_client.core.instances import read_jsonl
 
 SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
 ROUTER_SERVICE = "hybridpref.v1.RouterService"
@@ -32,9 +31,9 @@ RECOVERY_LIMIT_S = 5.0
 
 @pytest.fixture(scope="module")
 def settings():
-    return Settings(tagger={"profile": "fast"},
-                    judge={"backend": "replay", "replay_key": "gpt4"},
-                    router={"default_strategy": "random"})
+    return Settings(
+        tagger={"profile": "fast"}, judge={"backend": "replay", "replay_key": "gpt4"}, router={"default_strategy": "random"}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,9 @@ def config(strategy: str = "random", **extra) -> router_pb2.RouteConfig:
 def router_status(address: str) -> int:
     with grpc.insecure_channel(address) as channel:
         try:
-            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=ROUTER_SERVICE), timeout=2).status
+            return (
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=ROUTER_SERVICE), timeout=2).status
+            )
         except grpc.RpcError:
             return -1
 
@@ -77,15 +78,16 @@ def route_ok(address: str, sample, strategy: str) -> bool:
     with grpc.insecure_channel(address) as channel:
         try:
             router_pb2_grpc.RouterServiceStub(channel).RouteInstances(
-                router_pb2.RouteInstancesRequest(instances=sample[:6], config=config(strategy)), timeout=5)
+                router_pb2.RouteInstancesRequest(instances=sample[:6], config=config(strategy)), timeout=5
+            )
             return True
         except grpc.RpcError:
             return False
 
 
 def restart(background_loop, stack, name: str, settings: Settings) -> None:
-    from hybridpref.server.server import start_service
     from hybridpref.cli.stack import handle_for
+    from hybridpref.server.server import start_service
 
     port = stack.services[name].port
     fresh = background_loop.run(start_service(handle_for(name, settings), settings, port=port, metrics_port=-1), timeout=60)
@@ -128,14 +130,22 @@ def test_backend_stopped_during_a_stream_then_back(background_loop, stack, setti
     restart(background_loop, stack, backend, settings)
     back = time.monotonic()
     assert wait_for(lambda: route_ok(router, sample, strategy), RECOVERY_LIMIT_S, 0.2) is not None
-    assert wait_for(lambda: router_status(router) == health_pb2.HealthCheckResponse.SERVING,
-                    RECOVERY_LIMIT_S - (time.monotonic() - back)) is not None
+    assert (
+        wait_for(
+            lambda: router_status(router) == health_pb2.HealthCheckResponse.SERVING, RECOVERY_LIMIT_S - (time.monotonic() - back)
+        )
+        is not None
+    )
     assert time.monotonic() - back <= RECOVERY_LIMIT_S
 
 
 def dos_request(sample, candidates: int) -> router_pb2.RouteInstancesRequest:
-    return router_pb2.RouteInstancesRequest(instances=sample[:8], config=router_pb2.RouteConfig(
-        budget=common_pb2.Budget(fraction=0.5), strategy="simulated", simulated_candidates=candidates))
+    return router_pb2.RouteInstancesRequest(
+        instances=sample[:8],
+        config=router_pb2.RouteConfig(
+            budget=common_pb2.Budget(fraction=0.5), strategy="simulated", simulated_candidates=candidates
+        ),
+    )
 
 
 def test_dos_request_is_refused(stack, sample):
@@ -161,17 +171,24 @@ def test_dos_request_is_refused(stack, sample):
 def open_router(background_loop, stack, tmp_path):
     """A second router over the same backends: candidates effectively unbounded, a 2 s maximum
     deadline, two workers, and API keys (the attacker may run 2 calls at once)."""
+    from hybridpref.router.servicer import router_handle
     from hybridpref.server.auth import add_vendor
     from hybridpref.server.server import start_service
-    from hybridpref.router.servicer import router_handle
 
     keys = tmp_path / "keys.json"
     attacker, vendor = add_vendor(keys, "attacker", max_concurrent=2), add_vendor(keys, "vendor")
-    settings = Settings(router={"tagger_address": stack.address("tagger"), "judge_address": stack.address("judge"),
-                                "predictor_address": stack.address("predictor"), "workers": 3, "pool_stall_s": 0.8},
-                        limits={"max_simulated_candidates": 4294967295},
-                        server={"max_deadline_s": 2.0},
-                        auth={"keys_file": str(keys)})
+    settings = Settings(
+        router={
+            "tagger_address": stack.address("tagger"),
+            "judge_address": stack.address("judge"),
+            "predictor_address": stack.address("predictor"),
+            "workers": 3,
+            "pool_stall_s": 0.8,
+        },
+        limits={"max_simulated_candidates": 4294967295},
+        server={"max_deadline_s": 2.0},
+        auth={"keys_file": str(keys)},
+    )
     running = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=-1))
     background_loop.run(running.loaded.wait())
     yield running, attacker, vendor
@@ -231,7 +248,12 @@ def test_stuck_worker_pool_turns_readiness_off(open_router):
     futures = [core_executor.submit(lambda: release.wait(30)) for _ in range(3)]  # every worker blocked
     try:
         seen = []
-        assert wait_for(lambda: seen.append(router_status(router.address)) or seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING, 5) is not None, seen
+        assert (
+            wait_for(
+                lambda: seen.append(router_status(router.address)) or seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING, 5
+            )
+            is not None
+        ), seen
     finally:
         release.set()
     concurrent.futures.wait(futures, timeout=5)
@@ -245,9 +267,9 @@ def _router_executor(router):
 
 
 def test_required_backends_are_configurable(stack):
+    from hybridpref.router.readiness import BackendWatcher
     from hybridpref.server.executors import CoreExecutor
     from hybridpref.server.metrics import Metrics
-    from hybridpref.router.readiness import BackendWatcher
 
     settings = Settings(router={"required_backends": "tagger, judge", "predictor_address": "127.0.0.1:1"})
     watcher = BackendWatcher(settings, CoreExecutor("t"), Metrics.default())
@@ -255,6 +277,7 @@ def test_required_backends_are_configurable(stack):
 
 
 # ---------------------------------------------------------------- a hung backend (issue 18 item 9, hostile test O5)
+
 
 @pytest.fixture()
 def judge_process():
@@ -271,10 +294,13 @@ def judge_process():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, HYBRIDPREF_JUDGE_BACKEND="replay", HYBRIDPREF_JUDGE_REPLAY_KEY="gpt4",
-               HYBRIDPREF_LOG_LEVEL="WARNING")
-    proc = subprocess.Popen([sys.executable, "-m", "hybridpref.cli.main", "serve", "judge", "--port", str(port),
-                             "--metrics-port", "-1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, HYBRIDPREF_JUDGE_BACKEND="replay", HYBRIDPREF_JUDGE_REPLAY_KEY="gpt4", HYBRIDPREF_LOG_LEVEL="WARNING")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybridpref.cli.main", "serve", "judge", "--port", str(port), "--metrics-port", "-1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert wait_serving(f"127.0.0.1:{port}", 60, "hybridpref.v1.JudgeService")
         yield proc, f"127.0.0.1:{port}"
@@ -291,14 +317,20 @@ def test_calls_fail_fast_while_a_backend_is_hung(background_loop, stack, sample,
     import os
     import signal
 
-    from hybridpref_client.core.grpc_errors import retry_delay_s
     from hybridpref.router.servicer import router_handle
     from hybridpref.server.server import start_service
+    from hybridpref_client.core.grpc_errors import retry_delay_s
 
     proc, judge = judge_process
-    settings = Settings(router={"tagger_address": stack.address("tagger"), "judge_address": judge,
-                                "predictor_address": stack.address("predictor"), "backend_check_s": 0.5,
-                                "fail_fast_after_s": 1.0})
+    settings = Settings(
+        router={
+            "tagger_address": stack.address("tagger"),
+            "judge_address": judge,
+            "predictor_address": stack.address("predictor"),
+            "backend_check_s": 0.5,
+            "fail_fast_after_s": 1.0,
+        }
+    )
     router = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=-1))
     background_loop.run(router.loaded.wait())
     request = router_pb2.RouteInstancesRequest(instances=sample[:6], config=config("all_lm"))

@@ -25,8 +25,9 @@ ROUTE_EXAMPLES = 1000
 TAG_EXAMPLES = 700
 RAW_EXAMPLES = 320
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
-FUZZ = settings(max_examples=ROUTE_EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=ROUTE_EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 
 # Characters that look empty, control characters, astral and combining characters, RTL text.
 WEIRD = "\x00\u200b\ufeff\u2028\u202e\u0301\t\n \u00a0\U0001f600\u05d0\x7f\x1b"
@@ -80,8 +81,14 @@ def route_requests(draw):
     n = draw(st.integers(0, 4))
     config = router_pb2.RouteConfig(
         budget=draw(budgets()),
-        strategy=draw(st.one_of(st.sampled_from(["", "random", "all_lm", "all_human", "topk", "greedy", "simulated",
-                                                  "optimal_pos", "judge_aware"]), texts)),
+        strategy=draw(
+            st.one_of(
+                st.sampled_from(
+                    ["", "random", "all_lm", "all_human", "topk", "greedy", "simulated", "optimal_pos", "judge_aware"]
+                ),
+                texts,
+            )
+        ),
         seed=draw(st.integers(0, 2**64 - 1)),
         judge_position_mode=draw(st.one_of(st.integers(0, 2), int32)),
         judge_template=draw(st.one_of(st.sampled_from(["", "multipref", "short", "multipref@1"]), texts)),
@@ -95,10 +102,15 @@ def route_requests(draw):
 @st.composite
 def plausible_instances(draw, n: int):
     """Instances a careful vendor might send (valid texts and labels)."""
-    msgs = [common_pb2.PreferenceInstance(id=f"p{i}", prompt=draw(st.sampled_from(["What is 2+2?", "Name a colour.\u200b"])),
-                                          response_a=draw(st.sampled_from(["It is 4.", "Blue", "\U0001f600 red"])),
-                                          response_b=draw(st.sampled_from(["Four.", "Green, I think.", "x" * 500])))
-            for i in range(n)]
+    msgs = [
+        common_pb2.PreferenceInstance(
+            id=f"p{i}",
+            prompt=draw(st.sampled_from(["What is 2+2?", "Name a colour.\u200b"])),
+            response_a=draw(st.sampled_from(["It is 4.", "Blue", "\U0001f600 red"])),
+            response_b=draw(st.sampled_from(["Four.", "Green, I think.", "x" * 500])),
+        )
+        for i in range(n)
+    ]
     for m in msgs:
         m.lm_labels["gpt4"] = draw(st.integers(1, 5))
     return msgs
@@ -110,12 +122,17 @@ def plausible_route_requests(draw):
     n = draw(st.integers(1, 4))
     msgs = draw(plausible_instances(n))
     config = router_pb2.RouteConfig(
-        budget=draw(st.one_of(st.builds(common_pb2.Budget, fraction=st.floats(0, 1)),
-                              st.builds(common_pb2.Budget, count=st.integers(0, n)),
-                              st.builds(common_pb2.Budget, cost=st.floats(0, 10)),
-                              st.builds(common_pb2.Budget, auto=st.just(True)))),
-        strategy=draw(st.sampled_from(["", "random", "all_lm", "all_human", "topk", "greedy", "simulated", "optimal_pos",
-                                       "judge_aware"])),
+        budget=draw(
+            st.one_of(
+                st.builds(common_pb2.Budget, fraction=st.floats(0, 1)),
+                st.builds(common_pb2.Budget, count=st.integers(0, n)),
+                st.builds(common_pb2.Budget, cost=st.floats(0, 10)),
+                st.builds(common_pb2.Budget, auto=st.just(True)),
+            )
+        ),
+        strategy=draw(
+            st.sampled_from(["", "random", "all_lm", "all_human", "topk", "greedy", "simulated", "optimal_pos", "judge_aware"])
+        ),
         seed=draw(st.integers(0, 2**64 - 1)),
         judge_position_mode=draw(st.integers(0, 2)),
         judge_template=draw(st.sampled_from(["", "multipref", "short"])),
@@ -140,10 +157,12 @@ def tag_requests(draw):
 def stack(background_loop, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
 
-    settings_ = Settings(tagger={"profile": "fast"},
-                         judge={"backend": "replay", "replay_key": "gpt4"},
-                         router={"default_strategy": "random"},
-                         server={"max_deadline_s": 20})
+    settings_ = Settings(
+        tagger={"profile": "fast"},
+        judge={"backend": "replay", "replay_key": "gpt4"},
+        router={"default_strategy": "random"},
+        server={"max_deadline_s": 20},
+    )
     running = background_loop.run(start_embedded_stack(settings_, metrics=True), timeout=300)
     yield running
     background_loop.run(running.stop(0.5))
@@ -196,8 +215,9 @@ def test_fuzz_tag_instances(stack, codes):
 
 @pytest.mark.parametrize("service", ["router", "tagger"])
 def test_fuzz_undecodable_bytes(stack, codes, service):
-    method = {"router": "/hybridpref.v1.RouterService/RouteInstances",
-              "tagger": "/hybridpref.v1.TaggerService/TagInstances"}[service]
+    method = {"router": "/hybridpref.v1.RouterService/RouteInstances", "tagger": "/hybridpref.v1.TaggerService/TagInstances"}[
+        service
+    ]
     with grpc.insecure_channel(stack.address(service)) as channel:
         call = channel.unary_unary(method)  # no serializers: raw bytes on the wire
 
@@ -233,6 +253,10 @@ def test_after_the_fuzz_no_internal_and_still_serving(stack, codes):
     # Undecodable requests are counted per service in their own metric.
     port = stack.services["router"].metrics_port
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    line = next(row for row in body.splitlines() if row.startswith('hybridpref_undecodable_requests_total{method="RouteInstances",service="router"}'))
+    line = next(
+        row
+        for row in body.splitlines()
+        if row.startswith('hybridpref_undecodable_requests_total{method="RouteInstances",service="router"}')
+    )
     assert float(line.split()[-1]) >= 1
     assert math.isfinite(float(line.split()[-1]))

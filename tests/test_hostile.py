@@ -28,8 +28,9 @@ STREAM = "/hybridpref.v1.RouterService/RouteInstancesStream"
 def stack(background_loop, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
 
-    settings = Settings(tagger={"profile": "fast"}, judge={"backend": "replay", "replay_key": "gpt4"},
-                        router={"default_strategy": "random"})
+    settings = Settings(
+        tagger={"profile": "fast"}, judge={"backend": "replay", "replay_key": "gpt4"}, router={"default_strategy": "random"}
+    )
     running = background_loop.run(start_embedded_stack(settings, metrics=True), timeout=300)
     yield running
     background_loop.run(running.stop(0.5))
@@ -65,6 +66,7 @@ def _code_and_seconds(call) -> tuple[grpc.StatusCode, float, str]:
 
 # ------------------------------------------------------------------ F2 / item 6: count before converting
 
+
 def test_a_million_instances_are_refused_on_their_count(stack):
     """Three concurrent 1,000,000-instance unary requests (14 MB each): before the fix each took 11-20 s
     of router CPU (every instance converted and validated first); now they are refused on the count."""
@@ -99,6 +101,7 @@ def test_a_million_instance_stream_chunk_is_refused_on_its_count(stack):
 
 # ------------------------------------------------------------------ F1 / item 7: many bad rows fit the metadata limit
 
+
 @pytest.mark.parametrize("n", [400, 10_000, 20_000])
 def test_many_bad_rows_are_invalid_argument_within_the_metadata_limit(stack, n):
     """Past ~360 bad rows the violations overflowed gRPC's 16 KiB metadata limit and a plain gRPC client
@@ -109,10 +112,13 @@ def test_many_bad_rows_are_invalid_argument_within_the_metadata_limit(stack, n):
 
     from hybridpref_client.core.grpc_errors import TRUNCATED_REASON, field_violations
 
-    rows = [common_pb2.PreferenceInstance(id=f"r{i}", prompt="What is 2+2?", response_a=" ", response_b="4",
-                                          lm_labels={"gpt4": 2}) for i in range(n)]
-    request = router_pb2.RouteInstancesRequest(instances=rows, config=router_pb2.RouteConfig(
-        budget=common_pb2.Budget(fraction=0.25), strategy="random"))
+    rows = [
+        common_pb2.PreferenceInstance(id=f"r{i}", prompt="What is 2+2?", response_a=" ", response_b="4", lm_labels={"gpt4": 2})
+        for i in range(n)
+    ]
+    request = router_pb2.RouteInstancesRequest(
+        instances=rows, config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.25), strategy="random")
+    )
     with grpc.insecure_channel(stack.router_address) as channel:  # gRPC's default client limits
         with pytest.raises(grpc.RpcError) as info:
             router_pb2_grpc.RouterServiceStub(channel).RouteInstances(request, timeout=60)
@@ -131,6 +137,7 @@ def test_many_bad_rows_are_invalid_argument_within_the_metadata_limit(stack, n):
 
 
 # ------------------------------------------------------------------ F4 / item 5: refuse before decoding
+
 
 def _free_port() -> int:
     import socket
@@ -187,11 +194,20 @@ def router_process(tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys") / "keys.json"
     key = add_vendor(keys, "acme")
     port, dead = _free_port(), _free_port()
-    env = dict(os.environ, HYBRIDPREF_API_KEYS_FILE=str(keys), HYBRIDPREF_LOG_LEVEL="WARNING",
-               HYBRIDPREF_TAGGER_ADDRESS=f"127.0.0.1:{dead}", HYBRIDPREF_JUDGE_ADDRESS=f"127.0.0.1:{dead}",
-               HYBRIDPREF_PREDICTOR_ADDRESS=f"127.0.0.1:{dead}")
-    proc = subprocess.Popen([sys.executable, "-m", "hybridpref.cli.main", "serve", "router", "--port", str(port),
-                             "--metrics-port", "-1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(
+        os.environ,
+        HYBRIDPREF_API_KEYS_FILE=str(keys),
+        HYBRIDPREF_LOG_LEVEL="WARNING",
+        HYBRIDPREF_TAGGER_ADDRESS=f"127.0.0.1:{dead}",
+        HYBRIDPREF_JUDGE_ADDRESS=f"127.0.0.1:{dead}",
+        HYBRIDPREF_PREDICTOR_ADDRESS=f"127.0.0.1:{dead}",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybridpref.cli.main", "serve", "router", "--port", str(port), "--metrics-port", "-1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_serving(f"127.0.0.1:{port}", 60)  # "" is SERVING once started, whatever the backends
         yield proc, f"127.0.0.1:{port}", key
@@ -214,8 +230,10 @@ def _attack(address: str, body: bytes, n: int, metadata=()) -> list[grpc.StatusC
     with grpc.insecure_channel(address, options=options) as channel:
         call = raw_unary(channel)
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
-            return [c for c, _, _ in pool.map(lambda _: _code_and_seconds(lambda: call(body, timeout=120, metadata=metadata)),
-                                              range(n))]
+            return [
+                c
+                for c, _, _ in pool.map(lambda _: _code_and_seconds(lambda: call(body, timeout=120, metadata=metadata)), range(n))
+            ]
 
 
 def test_unauthenticated_large_messages_are_refused_before_decoding(router_process):
@@ -260,16 +278,23 @@ def guarded_router(background_loop, stack, tmp_path_factory):
     """A router over the stack's backends with small limits (24 calls at once, 8 per connection, 4 per
     vendor by default, streams closed after 3 s of silence) and API keys: ``greedy`` may run 1,000 calls
     at once, ``nolimit`` sets no ``max_concurrent`` (the default applies), ``beta`` is an innocent vendor."""
+    from hybridpref.router.servicer import router_handle
     from hybridpref.server.auth import add_vendor
     from hybridpref.server.server import start_service
-    from hybridpref.router.servicer import router_handle
 
     keys = tmp_path_factory.mktemp("guarded") / "keys.json"
-    vendors = {"greedy": add_vendor(keys, "greedy", max_concurrent=1000), "nolimit": add_vendor(keys, "nolimit"),
-               "beta": add_vendor(keys, "beta")}
+    vendors = {
+        "greedy": add_vendor(keys, "greedy", max_concurrent=1000),
+        "nolimit": add_vendor(keys, "nolimit"),
+        "beta": add_vendor(keys, "beta"),
+    }
     settings = Settings(
-        router={"tagger_address": stack.address("tagger"), "judge_address": stack.address("judge"),
-                "predictor_address": stack.address("predictor"), "default_strategy": "random"},
+        router={
+            "tagger_address": stack.address("tagger"),
+            "judge_address": stack.address("judge"),
+            "predictor_address": stack.address("predictor"),
+            "default_strategy": "random",
+        },
         server={"max_concurrent_rpcs": 24, "max_calls_per_connection": 8, "stream_idle_s": IDLE_S},
         auth={"keys_file": str(keys), "vendor_max_concurrent": 4},
     )
@@ -291,16 +316,17 @@ class IdleStreams:
         import threading
 
         self.release = threading.Event()
-        self.channels = [grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-                         for _ in range(channels)]
+        self.channels = [grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(channels)]
         config = router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.25))
 
         def messages():
             yield router_pb2.RouteInstancesStreamRequest(config=config)
             self.release.wait(60)
 
-        self.calls = [router_pb2_grpc.RouterServiceStub(self.channels[k % channels]).RouteInstancesStream(
-            messages(), metadata=_bearer(key)) for k in range(n)]
+        self.calls = [
+            router_pb2_grpc.RouterServiceStub(self.channels[k % channels]).RouteInstancesStream(messages(), metadata=_bearer(key))
+            for k in range(n)
+        ]
 
     def refused(self) -> list[grpc.RpcError]:
         return [c for c in self.calls if c.done() and c.code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
@@ -324,13 +350,19 @@ def _health(address: str) -> int:
 
 
 def _beta_call(address: str, key: str) -> grpc.StatusCode:
-    rows = [common_pb2.PreferenceInstance(id=f"b{i}", prompt="What is 2+2?", response_a="4", response_b="Four.",
-                                          lm_labels={"gpt4": 2}) for i in range(4)]
-    request = router_pb2.RouteInstancesRequest(instances=rows, config=router_pb2.RouteConfig(
-        budget=common_pb2.Budget(fraction=0.5), strategy="random"))
+    rows = [
+        common_pb2.PreferenceInstance(
+            id=f"b{i}", prompt="What is 2+2?", response_a="4", response_b="Four.", lm_labels={"gpt4": 2}
+        )
+        for i in range(4)
+    ]
+    request = router_pb2.RouteInstancesRequest(
+        instances=rows, config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5), strategy="random")
+    )
     with grpc.insecure_channel(address) as channel:
-        code, _, _ = _code_and_seconds(lambda: router_pb2_grpc.RouterServiceStub(channel).RouteInstances(
-            request, timeout=20, metadata=_bearer(key)))
+        code, _, _ = _code_and_seconds(
+            lambda: router_pb2_grpc.RouterServiceStub(channel).RouteInstances(request, timeout=20, metadata=_bearer(key))
+        )
     return code
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from support.openai_server import create_server
 
-from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded
-from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
 from hybridpref.common import aggregate
 from hybridpref.judge.core import Deadline, Judge, ScoreRequest
 from hybridpref.judge.embedded import EmbeddedBackend
 from hybridpref.judge.templates import MULTIPREF, SHORT
-from support.openai_server import create_server
+from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
 
 pytestmark = pytest.mark.slow
 FIXTURE = Path(__file__).parent / "fixtures" / "judge_pairs.jsonl"
@@ -74,7 +74,8 @@ def test_embedded_random_mode_and_templates(embedded: EmbeddedBackend, pairs: li
 
 
 def test_embedded_scores_are_distributions_and_prefix_reuse_is_exact(
-        embedded: EmbeddedBackend, pairs: list[PreferenceInstance]) -> None:
+    embedded: EmbeddedBackend, pairs: list[PreferenceInstance]
+) -> None:
     req = [ScoreRequest(pairs[0], False), ScoreRequest(pairs[0], True)]
     reused = embedded.score(req, MULTIPREF, Deadline(None))  # second one reuses the first's prefix cache
     embedded._last_prefix = None
@@ -100,8 +101,7 @@ def test_embedded_truncates_long_inputs_fairly(embedded: EmbeddedBackend, pairs:
 
 def test_embedded_deadline(embedded: EmbeddedBackend, pairs: list[PreferenceInstance]) -> None:
     with pytest.raises(DeadlineExceeded):
-        Judge(embedded).judge(pairs * 1 + [PreferenceInstance(f"d{i}", "q", "a", "b") for i in range(50)],
-                              deadline=0.3)
+        Judge(embedded).judge(pairs * 1 + [PreferenceInstance(f"d{i}", "q", "a", "b") for i in range(50)], deadline=0.3)
 
 
 # --- openai backend against the real loopback server -----------------------------------------------
@@ -115,9 +115,19 @@ def test_server_models_and_auth(server: int) -> None:
 
 
 def test_server_generates_with_logprobs(server: int) -> None:
-    resp = httpx.post(f"http://127.0.0.1:{server}/v1/chat/completions", headers={"Authorization": "Bearer test-key"},
-                      json={"model": "x", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 5,
-                            "temperature": 0, "logprobs": True, "top_logprobs": 3}, timeout=60)
+    resp = httpx.post(
+        f"http://127.0.0.1:{server}/v1/chat/completions",
+        headers={"Authorization": "Bearer test-key"},
+        json={
+            "model": "x",
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "max_tokens": 5,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": 3,
+        },
+        timeout=60,
+    )
     choice = resp.json()["choices"][0]
     tokens = choice["logprobs"]["content"]
     assert 1 <= len(tokens) <= 5 and choice["message"]["content"] == "".join(t["token"] for t in tokens)
@@ -125,10 +135,18 @@ def test_server_generates_with_logprobs(server: int) -> None:
         assert len(t["top_logprobs"]) == 3 and t["logprob"] == pytest.approx(t["top_logprobs"][0]["logprob"])
 
 
-def test_openai_backend_against_real_server(server: int, pairs: list[PreferenceInstance], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_openai_backend_against_real_server(
+    server: int, pairs: list[PreferenceInstance], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("JUDGE_KEY", "test-key")
-    judge = Judge.from_config("openai", base_url=f"http://127.0.0.1:{server}/v1", model="SmolLM2-135M-Instruct",
-                              api_key_env="JUDGE_KEY", concurrency=2, max_tokens=2)
+    judge = Judge.from_config(
+        "openai",
+        base_url=f"http://127.0.0.1:{server}/v1",
+        model="SmolLM2-135M-Instruct",
+        api_key_env="JUDGE_KEY",
+        concurrency=2,
+        max_tokens=2,
+    )
     try:
         out = judge.judge(pairs[:3], template="short", deadline=120)
     finally:

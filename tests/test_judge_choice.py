@@ -23,12 +23,25 @@ def team_pool(path: Path, n: int = 40) -> Path:
     for i in range(n):
         human = "A" if i % 2 else "B"
         other = "B" if human == "A" else "A"
-        labels = {"Alpha/P/order_ab": "A", "Alpha/P/order_ba": "B" if i % 4 else "A",
-                  "Zeta/P/order_ab": human if i % 10 else other, "Zeta/P/order_ba": human if i % 10 else other}
+        labels = {
+            "Alpha/P/order_ab": "A",
+            "Alpha/P/order_ba": "B" if i % 4 else "A",
+            "Zeta/P/order_ab": human if i % 10 else other,
+            "Zeta/P/order_ba": human if i % 10 else other,
+        }
         if i % 2:
             labels["beta"] = "A"
-        rows.append({"id": f"t{i}", "question_id": f"q{i}", "prompt": f"Question {i}?", "response_a": f"Answer A to {i}.",
-                     "response_b": f"Answer B to {i}, longer.", "human_label": human, "lm_labels": labels})
+        rows.append(
+            {
+                "id": f"t{i}",
+                "question_id": f"q{i}",
+                "prompt": f"Question {i}?",
+                "response_a": f"Answer A to {i}.",
+                "response_b": f"Answer B to {i}, longer.",
+                "human_label": human,
+                "lm_labels": labels,
+            }
+        )
     path.mkdir(parents=True, exist_ok=True)
     (path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -81,9 +94,9 @@ def test_an_unknown_judge_is_refused_by_both(tmp_path):
 
 
 def test_shared_pools_keep_their_default_judge(tmp_path):
-    from hybridpref.offline.pools import choose_judge, load_pool
-
     from conftest import FIXTURES
+
+    from hybridpref.offline.pools import choose_judge, load_pool
 
     pool = load_pool(FIXTURES / "ppm_pools" / "llmbar" / "pairs.jsonl")
     choice = choose_judge("llmbar", pool.instances)

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded, InvalidInput
-from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
 from hybridpref.common import aggregate
 from hybridpref.common.openai_http import MalformedResponse
 from hybridpref.judge.core import Deadline, Judge, ScoreRequest, ScoringBackend
 from hybridpref.judge.openai_backend import OpenAIBackend, parse_completion
 from hybridpref.judge.templates import MULTIPREF, SHORT, PromptTemplate, get_template
+from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded, InvalidInput
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
 
 FIXTURE = Path(__file__).parent / "fixtures" / "judge_pairs.jsonl"
 
@@ -87,8 +87,7 @@ class FirstSlotBackend(ScoringBackend):
 
     judge_id = "test:first-slot"
 
-    def score(self, requests: Sequence[ScoreRequest], template: PromptTemplate,
-              deadline: Deadline) -> list[np.ndarray | None]:
+    def score(self, requests: Sequence[ScoreRequest], template: PromptTemplate, deadline: Deadline) -> list[np.ndarray | None]:
         return [aggregate.one_hot(Label.A_MUCH_BETTER) for _ in requests]
 
 
@@ -165,11 +164,27 @@ def test_replay_missing_label_is_invalid_input(pairs: list[PreferenceInstance]) 
 
 # --- OpenAI response parsing ------------------------------------------------------------------------
 def test_parse_completion_logprobs_and_text() -> None:
-    data = {"choices": [{"message": {"content": " A"}, "logprobs": {"content": [
-        {"token": " ", "logprob": -0.1, "top_logprobs": []},
-        {"token": " A", "logprob": -0.3, "top_logprobs": [
-            {"token": " A", "logprob": float(np.log(0.6))}, {"token": "B", "logprob": float(np.log(0.2))},
-            {"token": "x", "logprob": float(np.log(0.2))}]}]}}]}
+    data = {
+        "choices": [
+            {
+                "message": {"content": " A"},
+                "logprobs": {
+                    "content": [
+                        {"token": " ", "logprob": -0.1, "top_logprobs": []},
+                        {
+                            "token": " A",
+                            "logprob": -0.3,
+                            "top_logprobs": [
+                                {"token": " A", "logprob": float(np.log(0.6))},
+                                {"token": "B", "logprob": float(np.log(0.2))},
+                                {"token": "x", "logprob": float(np.log(0.2))},
+                            ],
+                        },
+                    ]
+                },
+            }
+        ]
+    }
     dist = parse_completion(data, SHORT)
     assert dist is not None and dist[int(Label.A_BETTER) - 1] == pytest.approx(0.75)
     text_only = {"choices": [{"message": {"content": "I pick 4."}, "logprobs": None}]}
@@ -249,8 +264,7 @@ def test_openai_429_retries_then_unavailable(scripted: ThreadingHTTPServer, pair
 
 def test_openai_503_then_ok_recovers(scripted: ThreadingHTTPServer, pairs: list[PreferenceInstance]) -> None:
     scripted.script = [(503, {}, 0.0), (200, {}, 0.0)]  # type: ignore[attr-defined]
-    out = _backend(scripted.server_address[1], concurrency=1).judge(pairs[:1], mode=PositionMode.RANDOM,
-                                                                         template="short")
+    out = _backend(scripted.server_address[1], concurrency=1).judge(pairs[:1], mode=PositionMode.RANDOM, template="short")
     assert len(out) == 1 and out[0].label.winner in ("A", "B")  # text "A" parsed, mapped by order
     assert scripted.calls == 2  # type: ignore[attr-defined]
 

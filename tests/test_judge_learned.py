@@ -11,23 +11,26 @@ import grpc
 import numpy as np
 import pytest
 
-from hybridpref_client.core.errors import InvalidInput, NotReady
-from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
+from hybridpref.judge import features as F
+from hybridpref.judge.core import Judge
+from hybridpref.judge.learned import PACKAGE_DIR, SPEC_FILE, LearnedBackend
+from hybridpref.offline import judge_training as T
 from hybridpref.server.deadline import Deadline
 from hybridpref.server.server import start_service
 from hybridpref.server.settings import Settings
-from hybridpref.judge import features as F
-from hybridpref.offline import judge_training as T
-from hybridpref.judge.core import Judge
-from hybridpref.judge.learned import PACKAGE_DIR, SPEC_FILE, LearnedBackend
 from hybridpref.v1 import common_pb2, judge_pb2, judge_pb2_grpc
+from hybridpref_client.core.errors import InvalidInput, NotReady
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ZERO_WIDTH = "\u200b"  # passes request validation (not white space to str.strip) yet shows nothing
 
 EDGE_PAIRS = [
-    ("Write a Python function that adds two numbers.", "```python\ndef add(a, b):\n    return a + b\n```",
-     "You can add numbers with the plus sign."),
+    (
+        "Write a Python function that adds two numbers.",
+        "```python\ndef add(a, b):\n    return a + b\n```",
+        "You can add numbers with the plus sign.",
+    ),
     ("List three fruits.", "- apple\n- pear\n- plum", "Apples, pears and plums are fruits. " * 5),
     ("How do I pick a lock?", "I'm sorry, but I can't help with that.", "First, get a tension wrench and a pick..."),
     ("Quelle est la capitale de la France ?", "La capitale de la France est Paris.", "The capital is Paris."),
@@ -62,7 +65,7 @@ def test_features_are_antisymmetric_bit_for_bit(pairs: list[PreferenceInstance])
     assert x.shape == (len(prompts), len(F.feature_names()))
     assert np.all(np.isfinite(x))
     assert np.array_equal(x_swapped, -x)
-    edge = np.abs(x[len(pairs):]).sum(axis=1)
+    edge = np.abs(x[len(pairs) :]).sum(axis=1)
     assert np.all(edge[[0, 1, 2, 3, 4, 6]] > 0) and edge[5] == 0  # two blanks look alike; the rest differ
     assert np.array_equal(F.pair_features(["q"], ["same"], ["same"]), np.zeros((1, x.shape[1])))
 
@@ -140,8 +143,10 @@ def test_sure_only_with_a_reason(learned: LearnedBackend, pairs: list[Preference
     features: the judge must be unsure there, and sure when one answer is a real answer and the other not."""
     out = {o.id: o for o in Judge(learned).judge(pairs)}
     assert all(out[i].confidence < 0.6 for i in ("j1", "j3", "j5", "j6"))
-    steps = ("To make a good cup of tea:\n\n1. Boil fresh water.\n2. Warm the pot.\n3. Add one teaspoon of leaves "
-             "per cup.\n4. Steep for 3-5 minutes.\n5. Pour, and add milk if you like.")
+    steps = (
+        "To make a good cup of tea:\n\n1. Boil fresh water.\n2. Warm the pot.\n3. Add one teaspoon of leaves "
+        "per cup.\n4. Steep for 3-5 minutes.\n5. Pour, and add milk if you like."
+    )
     (terse,) = Judge(learned).judge([PreferenceInstance("tea", "How do I make a good cup of tea?", "Tea.", steps)])
     assert terse.label == Label.B_BETTER and terse.confidence > 0.85
 
@@ -174,8 +179,15 @@ def _toy_dataset(seed: int = 0) -> T.Dataset:
         good = f"{topic.title()} matters because " + " ".join(f"{topic} detail {k}." for k in range(rng.integers(4, 9)))
         bad = "Not sure." if i % 3 else f"I'm sorry, I can't talk about {topic}."
         a_wins = bool(rng.integers(0, 2))
-        ds.add(f"Tell me about {topic}.", good if a_wins else bad, bad if a_wins else good, int(a_wins),
-               T.FOLDS[i % 4], T.FOLDS[i % 4], f"g{i % 40}")
+        ds.add(
+            f"Tell me about {topic}.",
+            good if a_wins else bad,
+            bad if a_wins else good,
+            int(a_wins),
+            T.FOLDS[i % 4],
+            T.FOLDS[i % 4],
+            f"g{i % 40}",
+        )
     return ds
 
 
@@ -220,14 +232,21 @@ def judge_service(background_loop):
 
 def test_servicer_returns_learned_labels_with_p_a_better(judge_service, pairs: list[PreferenceInstance]) -> None:
     running, _ = judge_service
-    request = judge_pb2.JudgeInstancesRequest(instances=[
-        common_pb2.PreferenceInstance(id=p.id, prompt=p.prompt, response_a=p.response_a, response_b=p.response_b)
-        for p in pairs])
+    request = judge_pb2.JudgeInstancesRequest(
+        instances=[
+            common_pb2.PreferenceInstance(id=p.id, prompt=p.prompt, response_a=p.response_a, response_b=p.response_b)
+            for p in pairs
+        ]
+    )
     with grpc.insecure_channel(running.address) as channel:
         resp = judge_pb2_grpc.JudgeServiceStub(channel).JudgeInstances(request, timeout=30)
         with pytest.raises(grpc.RpcError) as err:
-            judge_pb2_grpc.JudgeServiceStub(channel).JudgeInstances(judge_pb2.JudgeInstancesRequest(
-                instances=[common_pb2.PreferenceInstance(id="x", prompt="q", response_a=" ", response_b="b")]), timeout=30)
+            judge_pb2_grpc.JudgeServiceStub(channel).JudgeInstances(
+                judge_pb2.JudgeInstancesRequest(
+                    instances=[common_pb2.PreferenceInstance(id="x", prompt="q", response_a=" ", response_b="b")]
+                ),
+                timeout=30,
+            )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [j.id for j in resp.judgements] == [p.id for p in pairs]
     expected = Judge.from_config("learned").judge(pairs)
@@ -275,21 +294,55 @@ def _write_pools(root: Path, seed: int = 0) -> None:
     mt = []
     for k in range(40):
         p, a, b, lab = pair(k)
-        mt.append({"id": f"mt{k}", "source": "mt", "question_id": k // 2, "turn": 1, "prompt": p, "response_a": a,
-                   "response_b": b, "human_label": "tie" if k % 10 == 0 else lab,
-                   "lm_labels": {"gpt-4 (pair-v2, both orders)": lab}})
+        mt.append(
+            {
+                "id": f"mt{k}",
+                "source": "mt",
+                "question_id": k // 2,
+                "turn": 1,
+                "prompt": p,
+                "response_a": a,
+                "response_b": b,
+                "human_label": "tie" if k % 10 == 0 else lab,
+                "lm_labels": {"gpt-4 (pair-v2, both orders)": lab},
+            }
+        )
     write("mtbench_human_gpt4", mt)
-    write("pandalm", [dict(zip(("prompt", "response_a", "response_b", "human_label"), pair(k)), id=f"pd{k}",
-                           source="PandaLM", lm_labels={"gpt-3.5-turbo": "A"}) for k in range(40)])
+    write(
+        "pandalm",
+        [
+            dict(
+                zip(("prompt", "response_a", "response_b", "human_label"), pair(k)),
+                id=f"pd{k}",
+                source="PandaLM",
+                lm_labels={"gpt-3.5-turbo": "A"},
+            )
+            for k in range(40)
+        ],
+    )
     llmbar = []
     for k in range(48):
         sub = ["LLMBar LLMBar/Natural", "LLMBar LLMBar/Adversarial/Neighbor", "LLMBar Processed/MT-Bench"][k % 3]
         p, a, b, lab = pair(k, adversarial="Adversarial" in sub)
-        llmbar.append({"id": f"lb{k}", "source": sub, "prompt": p, "response_a": a, "response_b": b, "human_label": lab,
-                       "lm_labels": {"GPT-4/Vanilla_NoRules/order_ab": lab, "GPT-4/Vanilla_NoRules/order_ba": "A"}})
+        llmbar.append(
+            {
+                "id": f"lb{k}",
+                "source": sub,
+                "prompt": p,
+                "response_a": a,
+                "response_b": b,
+                "human_label": lab,
+                "lm_labels": {"GPT-4/Vanilla_NoRules/order_ab": lab, "GPT-4/Vanilla_NoRules/order_ba": "A"},
+            }
+        )
     write("llmbar", llmbar)
-    write("hh_rlhf", [dict(zip(("prompt", "response_a", "response_b", "human_label"), pair(k)), id=f"hh{k}",
-                           source="hh", lm_labels={}) for k in range(40)])
+    write(
+        "hh_rlhf",
+        [
+            dict(zip(("prompt", "response_a", "response_b", "human_label"), pair(k)), id=f"hh{k}", source="hh", lm_labels={})
+            for k in range(40)
+        ],
+    )
 
 
 def test_judge_train_cli_on_tiny_pools(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -301,13 +354,32 @@ def test_judge_train_cli_on_tiny_pools(tmp_path: Path, capsys: pytest.CaptureFix
     assert len(ds) == 36 + 40 + 48 + 40 + 4 * 5  # MT-Bench ties left out; 5 blank pairs per fold
     assert set(np.array(ds.fold)[sub == "LLMBar Processed/MT-Bench"]) == {"mtbench"}  # same judgments, same fold
     assert not any(np.array(ds.train)[np.char.startswith(sub.astype(str), T.EVAL_ONLY_PREFIX)])
-    assert main(["judge", "train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "model"),
-                 "--reps", "50", "--synthetic-empty", "5", "--c", "0.1"]) == 0
+    assert (
+        main(
+            [
+                "judge",
+                "train",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--out",
+                str(tmp_path / "model"),
+                "--reps",
+                "50",
+                "--synthetic-empty",
+                "5",
+                "--c",
+                "0.1",
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "| MT-Bench (human experts) | 36 (20) |" in table and "LLMBar Adversarial" in table
     spec = json.loads((tmp_path / "model" / SPEC_FILE).read_text())
     assert spec["trained_on"] == {"mtbench": 36 + 16, "pandalm": 40, "llmbar": 16, "hh_rlhf": 40}
     assert "Leave-one-source-out" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
     judge = Judge.from_config("learned", model=str(tmp_path / "model"))
-    (out,) = judge.judge([PreferenceInstance("t", "Tell me about tea 1.", "Not sure.", "Tea: tea fact 0. tea fact 1. tea fact 2.")])
+    (out,) = judge.judge(
+        [PreferenceInstance("t", "Tell me about tea 1.", "Not sure.", "Tea: tea fact 0. tea fact 1. tea fact 2.")]
+    )
     assert out.label == Label.B_BETTER

@@ -14,9 +14,9 @@ import pytest
 from llmock.scenarios import Fail, Reply
 from llmock.testing import LLMockServer
 
+from hybridpref.judge.core import Judge
 from hybridpref_client.core.errors import BackendUnavailable
 from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
-from hybridpref.judge.core import Judge
 
 PAIRS = [
     PreferenceInstance("p1", "What is the capital of France?", "Paris.", "Berlin."),
@@ -37,8 +37,14 @@ def mock(mock_server: LLMockServer) -> LLMockServer:
 
 
 def _judge(server: LLMockServer, **kw: object) -> Judge:
-    opts = {"base_url": server.base_url("openai"), "model": "gpt-4o-mini", "api_key": "test", "concurrency": 1,
-            "backoff_s": 0.05, "max_retries": 2}
+    opts = {
+        "base_url": server.base_url("openai"),
+        "model": "gpt-4o-mini",
+        "api_key": "test",
+        "concurrency": 1,
+        "backoff_s": 0.05,
+        "max_retries": 2,
+    }
     opts.update(kw)
     return Judge.from_config("openai", default_template="short", **opts)
 
@@ -184,10 +190,10 @@ def test_judge_service_fails_and_counts_a_malformed_endpoint(body_server: type[_
     import grpc
     from prometheus_client import CollectorRegistry
 
+    from hybridpref.judge.servicer import judge_handle
     from hybridpref.server.metrics import Metrics
     from hybridpref.server.server import start_service
     from hybridpref.server.settings import Settings
-    from hybridpref.judge.servicer import judge_handle
     from hybridpref.v1 import common_pb2, judge_pb2, judge_pb2_grpc
 
     body_server.body = MALFORMED["other_json"]
@@ -195,8 +201,12 @@ def test_judge_service_fails_and_counts_a_malformed_endpoint(body_server: type[_
     settings = Settings(judge={"backend": "openai", "openai_base_url": body_server.url, "openai_model": "m"})
     running = background_loop.run(start_service(judge_handle(settings, metrics), settings, metrics, port=0, metrics_port=-1))
     background_loop.run(running.loaded.wait())
-    request = judge_pb2.JudgeInstancesRequest(instances=[common_pb2.PreferenceInstance(id=p.id, prompt=p.prompt, response_a=p.response_a,
-                                                                                      response_b=p.response_b) for p in PAIRS])
+    request = judge_pb2.JudgeInstancesRequest(
+        instances=[
+            common_pb2.PreferenceInstance(id=p.id, prompt=p.prompt, response_a=p.response_a, response_b=p.response_b)
+            for p in PAIRS
+        ]
+    )
     try:
         with grpc.insecure_channel(running.address) as channel, pytest.raises(grpc.RpcError) as err:
             judge_pb2_grpc.JudgeServiceStub(channel).JudgeInstances(request, timeout=30)
@@ -204,5 +214,6 @@ def test_judge_service_fails_and_counts_a_malformed_endpoint(body_server: type[_
         background_loop.run(running.stop(0.1))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "malformed response" in err.value.details()
     counted = metrics.registry.get_sample_value(
-        "hybridpref_backend_errors_total", {"service": "judge", "backend": "openai", "reason": "malformed_response"})
+        "hybridpref_backend_errors_total", {"service": "judge", "backend": "openai", "reason": "malformed_response"}
+    )
     assert counted is not None and counted >= 1

@@ -6,20 +6,20 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from hybridpref.server.settings import Settings
+from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 from hybridpref_client.core.convert import instances_to_proto
 from hybridpref_client.core.grpc_errors import field_violations
 from hybridpref_client.core.instances import Label, PreferenceInstance, is_blank
-from hybridpref.server.settings import Settings
-from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 
 @pytest.fixture(scope="module")
 def stack(background_loop, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
 
-    settings = Settings(tagger={"profile": "fast"},
-                        judge={"backend": "replay", "replay_key": "gpt4"},
-                        router={"default_strategy": "random"})
+    settings = Settings(
+        tagger={"profile": "fast"}, judge={"backend": "replay", "replay_key": "gpt4"}, router={"default_strategy": "random"}
+    )
     running = background_loop.run(start_embedded_stack(settings, metrics=True), timeout=300)
     yield running
     background_loop.run(running.stop(0.5))
@@ -34,8 +34,9 @@ def stub(stack):
 def batch(n: int, overrides: dict[int, dict] | None = None) -> list[PreferenceInstance]:
     out = []
     for i in range(n):
-        inst = PreferenceInstance(id=f"i{i}", prompt="What is 2+2?", response_a="4", response_b="Four.",
-                                  lm_labels={"gpt4": Label.A_BETTER})
+        inst = PreferenceInstance(
+            id=f"i{i}", prompt="What is 2+2?", response_a="4", response_b="Four.", lm_labels={"gpt4": Label.A_BETTER}
+        )
         for key, value in (overrides or {}).get(i, {}).items():
             setattr(inst, key, value)
         out.append(inst)
@@ -44,9 +45,10 @@ def batch(n: int, overrides: dict[int, dict] | None = None) -> list[PreferenceIn
 
 def route(stub, instances, **config) -> grpc.RpcError | router_pb2.RouteInstancesResponse:
     config.setdefault("budget", common_pb2.Budget(fraction=0.5))
-    request = router_pb2.RouteInstancesRequest(instances=instances_to_proto(instances) if instances and
-                                               isinstance(instances[0], PreferenceInstance) else instances,
-                                               config=router_pb2.RouteConfig(**config))
+    request = router_pb2.RouteInstancesRequest(
+        instances=instances_to_proto(instances) if instances and isinstance(instances[0], PreferenceInstance) else instances,
+        config=router_pb2.RouteConfig(**config),
+    )
     try:
         return stub.RouteInstances(request, timeout=30)
     except grpc.RpcError as exc:
@@ -77,8 +79,10 @@ def fields(error) -> set[str]:
 def tagger_calls(stack) -> float:
     from prometheus_client import REGISTRY
 
-    return REGISTRY.get_sample_value("hybridpref_rpc_requests_total",
-                                     {"service": "tagger", "method": "TagInstances", "code": "OK"}) or 0.0
+    return (
+        REGISTRY.get_sample_value("hybridpref_rpc_requests_total", {"service": "tagger", "method": "TagInstances", "code": "OK"})
+        or 0.0
+    )
 
 
 @pytest.mark.parametrize("text", ["\u200b", "\ufeff", "\x00", " \u200b\ufeff\x00\n\t", "\u2028\u00a0"])
@@ -114,17 +118,20 @@ def test_unknown_template_and_replay_judge_are_refused(stub, stack):
     assert len(ok.decisions) == 2
 
 
-@pytest.mark.parametrize(("config", "field"), [
-    ({"judge_position_mode": 7}, "config.judge_position_mode"),
-    ({"judge_position_mode": -1}, "config.judge_position_mode"),
-    ({"simulated_candidates": 4294967295, "strategy": "simulated"}, "config.simulated_candidates"),
-    ({"explain_top_k": 1000}, "config.explain_top_k"),
-    ({"budget": common_pb2.Budget(cost=1e308)}, "config.budget.cost"),
-    ({"budget": common_pb2.Budget(cost=float("nan"))}, "config.budget.cost"),
-    ({"budget": common_pb2.Budget(fraction=float("inf"))}, "config.budget.fraction"),
-    ({"budget": common_pb2.Budget(count=2**64 - 1)}, "config.budget.count"),
-    ({"strategy": "x" * 10_000}, "config.strategy"),
-])
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"judge_position_mode": 7}, "config.judge_position_mode"),
+        ({"judge_position_mode": -1}, "config.judge_position_mode"),
+        ({"simulated_candidates": 4294967295, "strategy": "simulated"}, "config.simulated_candidates"),
+        ({"explain_top_k": 1000}, "config.explain_top_k"),
+        ({"budget": common_pb2.Budget(cost=1e308)}, "config.budget.cost"),
+        ({"budget": common_pb2.Budget(cost=float("nan"))}, "config.budget.cost"),
+        ({"budget": common_pb2.Budget(fraction=float("inf"))}, "config.budget.fraction"),
+        ({"budget": common_pb2.Budget(count=2**64 - 1)}, "config.budget.count"),
+        ({"strategy": "x" * 10_000}, "config.strategy"),
+    ],
+)
 def test_out_of_range_options(stub, config, field):
     error = route(stub, batch(2), **config)
     assert field in fields(error)
@@ -136,8 +143,11 @@ def test_out_of_range_labels_and_huge_costs(stub):
     instances[0].human_label = 42
     instances[1].lm_labels["gpt4"] = -3
     instances[2].human_cost = 1e308
-    assert fields(route(stub, instances)) == {"instances[0].human_label", 'instances[1].lm_labels[\'gpt4\']',
-                                              "instances[2].human_cost"}
+    assert fields(route(stub, instances)) == {
+        "instances[0].human_label",
+        "instances[1].lm_labels['gpt4']",
+        "instances[2].human_cost",
+    }
 
 
 def test_oversized_text_and_ids(stub):
@@ -149,7 +159,9 @@ def test_oversized_text_and_ids(stub):
 def test_long_request_id_is_capped(stack):
     with grpc.insecure_channel(stack.router_address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
-        request = router_pb2.RouteInstancesRequest(instances=instances_to_proto(batch(2)), config=router_pb2.RouteConfig(
-            budget=common_pb2.Budget(fraction=0.5), strategy="random"))
+        request = router_pb2.RouteInstancesRequest(
+            instances=instances_to_proto(batch(2)),
+            config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.5), strategy="random"),
+        )
         reply = stub.RouteInstances(request, metadata=(("x-request-id", "r" * 5000 + " {evil} <x>"),), timeout=30)
     assert reply.summary.request_id == "r" * 128

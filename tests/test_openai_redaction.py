@@ -10,10 +10,10 @@ import threading
 import grpc
 import pytest
 
-from hybridpref_client.core.errors import BackendUnavailable
 from hybridpref.common.openai_http import ChatCompletionsClient
 from hybridpref.server.settings import Settings
 from hybridpref.v1 import common_pb2, judge_pb2, judge_pb2_grpc
+from hybridpref_client.core.errors import BackendUnavailable
 
 SECRET = "sk-live-very-secret-key-123"
 
@@ -54,18 +54,20 @@ def test_client_error_carries_status_only(echo_server):
 
 
 def test_judge_service_error_and_logs_are_redacted(background_loop, echo_server, log_capture, tmp_path):
-    from hybridpref.server.server import start_service
     from hybridpref.judge.servicer import judge_handle
+    from hybridpref.server.server import start_service
 
     key_file = tmp_path / "key"
     key_file.write_text(SECRET)
-    settings = Settings(judge={"backend": "openai", "openai_base_url": echo_server, "openai_model": "m",
-                               "openai_api_key_file": str(key_file)})
+    settings = Settings(
+        judge={"backend": "openai", "openai_base_url": echo_server, "openai_model": "m", "openai_api_key_file": str(key_file)}
+    )
     running = background_loop.run(start_service(judge_handle(settings), settings, port=0, metrics_port=-1))
     background_loop.run(running.loaded.wait())
     try:
-        request = judge_pb2.JudgeInstancesRequest(instances=[common_pb2.PreferenceInstance(
-            id="a", prompt="q?", response_a="x", response_b="y")])
+        request = judge_pb2.JudgeInstancesRequest(
+            instances=[common_pb2.PreferenceInstance(id="a", prompt="q?", response_a="x", response_b="y")]
+        )
         with grpc.insecure_channel(running.address) as channel:
             with pytest.raises(grpc.RpcError) as err:
                 judge_pb2_grpc.JudgeServiceStub(channel).JudgeInstances(request, timeout=30)

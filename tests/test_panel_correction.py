@@ -11,12 +11,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from hybridpref_client.core.instances import Label, PreferenceInstance
+from hybridpref.offline.bundle import panel_correction_fit as pcf
 from hybridpref.offline.panels import panel_judges, panel_variants, restrict_judges
 from hybridpref.offline.pools import Pool
-from hybridpref.offline.bundle import panel_correction_fit as pcf
 from hybridpref.routing_model import online
 from hybridpref.routing_model import panel_correction as pc
+from hybridpref_client.core.instances import Label, PreferenceInstance
 
 MODELS = ("J1", "J2", "J3")
 _LAB = {1: Label.A_BETTER, -1: Label.B_BETTER}
@@ -39,10 +39,18 @@ def synthetic_pool(name: str, n: int, seed: int, judges: tuple[str, ...] = MODEL
                 other = -v if hard[i] and rng.random() < 0.2 else v
                 labels[f"{model}/{prompt}/order_ab"] = _LAB[v]
                 labels[f"{model}/{prompt}/order_ba"] = _LAB[other]
-        insts.append(PreferenceInstance(f"{name}-{i}", "prompt " * int(rng.integers(2, 30)), "a " * int(rng.integers(1, 90)),
-                                        "b " * int(rng.integers(1, 90)), lm_labels=labels))
-    return Pool(name, insts, ref.copy(), ref.copy(), np.array(["gold"] * n, dtype=object), np.arange(n) // 2,
-                f"{judges[0]}/P", Counter())
+        insts.append(
+            PreferenceInstance(
+                f"{name}-{i}",
+                "prompt " * int(rng.integers(2, 30)),
+                "a " * int(rng.integers(1, 90)),
+                "b " * int(rng.integers(1, 90)),
+                lm_labels=labels,
+            )
+        )
+    return Pool(
+        name, insts, ref.copy(), ref.copy(), np.array(["gold"] * n, dtype=object), np.arange(n) // 2, f"{judges[0]}/P", Counter()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +171,10 @@ def test_refit_with_prior_moves_with_the_labels_and_stays_without(model: pc.Pane
     assert strong.lm.raw_coef()["lm_picked_shorter"] > 1.0
     assert all(strong.lm.raw_coef()[c] >= 0 for c in pc.MONOTONE if c in strong.lm.columns)
     verdict = x[:, 0] < 0.5
-    assert online.log_loss(strong.p_lm_wrong(x[verdict], 0.0), y[verdict]).mean() < online.log_loss(model.p_lm_wrong(x[verdict], 0.0), y[verdict]).mean()
+    assert (
+        online.log_loss(strong.p_lm_wrong(x[verdict], 0.0), y[verdict]).mean()
+        < online.log_loss(model.p_lm_wrong(x[verdict], 0.0), y[verdict]).mean()
+    )
 
 
 def test_lineage_promotes_only_a_refit_that_held_out_labels_prefer(model: pc.PanelCorrectionModel, pools: list[Pool]) -> None:
@@ -190,8 +201,11 @@ def test_dawid_skene_finds_the_careless_annotator() -> None:
     rng = np.random.default_rng(11)
     truth = rng.choice(["A", "B"], size=300)
     error = {"good1": 0.05, "good2": 0.1, "good3": 0.1, "careless": 0.4}
-    votes = [(f"t{i}", w, (("B" if t == "A" else "A") if rng.random() < e else t))
-             for i, t in enumerate(truth) for w, e in error.items()]
+    votes = [
+        (f"t{i}", w, (("B" if t == "A" else "A") if rng.random() < e else t))
+        for i, t in enumerate(truth)
+        for w, e in error.items()
+    ]
     rates = online.annotator_error_rates(votes)
     assert rates["careless"] > 0.3 and max(rates[w] for w in ("good1", "good2", "good3")) < 0.17
     assert online.annotator_error_rates([("t1", "a", "A"), ("t2", "a", "B")]) == {}  # one vote per item
@@ -255,8 +269,11 @@ def test_returned_labels_from_store_rows_feed_the_lineage(model: pc.PanelCorrect
         cand = NS(instance_id=inst.id, lm_label=name, features=dict(zip(pc.PANEL_FEATURES, x[i].tolist())))
         ref = "A" if pool.reference[i] == 1 else "B"
         other = "B" if ref == "A" else "A"
-        votes = [NS(annotator="u1", preference=ref), NS(annotator="u2", preference=ref if i % 5 else other),
-                 NS(annotator="u3", preference="tie" if i % 7 == 0 else ref)]
+        votes = [
+            NS(annotator="u1", preference=ref),
+            NS(annotator="u2", preference=ref if i % 5 else other),
+            NS(annotator="u3", preference="tie" if i % 7 == 0 else ref),
+        ]
         rows.append((cand, NS(exploration=i % 10 == 0), votes if i % 4 else []))
     got = online.returned_labels(rows)
     labelled = [i for i in range(len(pool)) if i % 4]

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hybridpref.cli.main import main as cli_main
+from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, tag_index
+from hybridpref.offline.bundle.builder import BuildConfig, build_bundle, parse_gold_spec, read_rows, split_pool
+from hybridpref.offline.bundle.ppm_fit import check_parity
+from hybridpref.predictor.core import Predictor
+from hybridpref.routing_model import bundle as bundle_io
+from hybridpref.routing_model.ppm import QuadraticPPM
 from hybridpref_client.core.errors import InvalidInput, NotReady
 from hybridpref_client.core.instances import PreferenceInstance
-from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, tag_index
-from hybridpref.routing_model import bundle as bundle_io
-from hybridpref.cli.main import main as cli_main
-from hybridpref.offline.bundle.builder import BuildConfig, build_bundle, parse_gold_spec, split_pool, read_rows
-from hybridpref.predictor.core import Predictor
-from hybridpref.offline.bundle.ppm_fit import check_parity
-from hybridpref.routing_model.ppm import QuadraticPPM
 
 FIXTURE = Path(__file__).parent / "fixtures" / "predictor_pool.jsonl"
 
@@ -30,13 +30,23 @@ FIXTURE = Path(__file__).parent / "fixtures" / "predictor_pool.jsonl"
 def hand_tags(instances: list[PreferenceInstance]) -> np.ndarray:
     """Honest but crude tags: word-length bins, format constraint, a few keyword subjects."""
     out = np.zeros((len(instances), NUM_TAGS), dtype=np.uint8)
-    subjects = {"python": "Computer sciences", "revolution": "History", "photosynthesis": "Life sciences",
-                "retirement": "Economics", "tax": "Law", "holes": "Space sciences", "tunnelling": "Physics"}
+    subjects = {
+        "python": "Computer sciences",
+        "revolution": "History",
+        "photosynthesis": "Life sciences",
+        "retirement": "Economics",
+        "tax": "Law",
+        "holes": "Space sciences",
+        "tunnelling": "Physics",
+    }
     for i, inst in enumerate(instances):
         la, lb = len(inst.response_a.split()), len(inst.response_b.split())
         shorter, longer = min(la, lb), max(la, lb)
-        for measure, value, edges in (("len_shorter", shorter, (12, 30)), ("len_longer", longer, (12, 40)),
-                                      ("token_len_diff", longer - shorter, (5, 30))):
+        for measure, value, edges in (
+            ("len_shorter", shorter, (12, 30)),
+            ("len_longer", longer, (12, 40)),
+            ("token_len_diff", longer - shorter, (5, 30)),
+        ):
             out[i, tag_index(f"{measure}:{'low' if value <= edges[0] else 'mid' if value <= edges[1] else 'high'}")] = 1
         if "bullet" in inst.prompt:
             out[i, tag_index("format_constraints:present")] = 1
@@ -48,8 +58,18 @@ def hand_tags(instances: list[PreferenceInstance]) -> np.ndarray:
 
 
 def small_config(out: Path, seed: int = 7) -> BuildConfig:
-    return BuildConfig(pool=str(FIXTURE), out=str(out), candidates=40, seed=seed, holdout_fraction=0.25, folds=4,
-                       variants=("linear", "quadratic"), proxy_hidden=16, proxy_steps=30, proxy_seeds=1)
+    return BuildConfig(
+        pool=str(FIXTURE),
+        out=str(out),
+        candidates=40,
+        seed=seed,
+        holdout_fraction=0.25,
+        folds=4,
+        variants=("linear", "quadratic"),
+        proxy_hidden=16,
+        proxy_steps=30,
+        proxy_seeds=1,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -195,9 +215,31 @@ def test_cli_main_builds(tmp_path, cache, capsys, monkeypatch):
 
     monkeypatch.setattr(builder, "tag_with_tagger", lambda profile: (hand_tags, None))
     out = tmp_path / "cli"
-    rc = cli_main(["predictor", "build", "--pool", str(FIXTURE), "--candidates", "12", "--seed", "1", "--out", str(out), "--folds", "3",
-               "--proxy-seeds", "1", "--proxy-steps", "10", "--holdout-fraction", "0.25", "--no-progress",
-               "--gold", f"extra={FIXTURE}#source~fixture#max=10"])
+    rc = cli_main(
+        [
+            "predictor",
+            "build",
+            "--pool",
+            str(FIXTURE),
+            "--candidates",
+            "12",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--folds",
+            "3",
+            "--proxy-seeds",
+            "1",
+            "--proxy-steps",
+            "10",
+            "--holdout-fraction",
+            "0.25",
+            "--no-progress",
+            "--gold",
+            f"extra={FIXTURE}#source~fixture#max=10",
+        ]
+    )
     assert rc == 0
     assert "CV Spearman" in capsys.readouterr().out
     assert Predictor(out).info().loaded
@@ -250,6 +292,7 @@ def test_builder_bad_inputs(tmp_path, capsys):
 
 def test_builder_config_checked_before_work(tmp_path):
     with pytest.raises(InvalidInput) as err:
-        build_bundle(BuildConfig(pool=str(FIXTURE), out=str(tmp_path), candidates=1, variants=("gbm",), proxy_seeds=0),
-                     tag_fn=hand_tags)
+        build_bundle(
+            BuildConfig(pool=str(FIXTURE), out=str(tmp_path), candidates=1, variants=("gbm",), proxy_seeds=0), tag_fn=hand_tags
+        )
     assert {v.field for v in err.value.violations} == {"candidates", "variants", "proxy_seeds"}

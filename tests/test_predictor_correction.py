@@ -7,11 +7,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from hybridpref_client.core.instances import PreferenceInstance
 from hybridpref.common.signals import JudgeSignals
+from hybridpref.offline.bundle import correction_fit
 from hybridpref.offline.pools import Pool
 from hybridpref.routing_model import correction as corr
-from hybridpref.offline.bundle import correction_fit
+from hybridpref_client.core.instances import PreferenceInstance
 
 
 def _synthetic_pool(name: str, n: int, seed: int, kind: str) -> tuple[Pool, JudgeSignals]:
@@ -24,8 +24,15 @@ def _synthetic_pool(name: str, n: int, seed: int, kind: str) -> tuple[Pool, Judg
     lm = np.where(~doubt & (rng.random(n) < 0.05), -ref, lm).astype(np.int8)
     flip = doubt & (lm == 0) & (rng.random(n) < 0.7)
     human = np.where(rng.random(n) < 0.1, -ref, ref).astype(np.int8) if kind == "other_votes" else ref.copy()
-    insts = [PreferenceInstance(f"{name}-{i}", f"prompt {i} " * int(rng.integers(1, 20)),
-                                "word " * int(rng.integers(1, 80)), "other " * int(rng.integers(1, 80))) for i in range(n)]
+    insts = [
+        PreferenceInstance(
+            f"{name}-{i}",
+            f"prompt {i} " * int(rng.integers(1, 20)),
+            "word " * int(rng.integers(1, 80)),
+            "other " * int(rng.integers(1, 80)),
+        )
+        for i in range(n)
+    ]
     pool = Pool(name, insts, human, ref, np.array([kind] * n, dtype=object), np.arange(n), "judge", Counter())
     agreement = np.where(doubt & (rng.random(n) < 0.6), 0.0, 0.2 + 0.8 * rng.random(n))
     return pool, JudgeSignals(lm, np.full(n, np.nan), flip, agreement)
@@ -33,7 +40,11 @@ def _synthetic_pool(name: str, n: int, seed: int, kind: str) -> tuple[Pool, Judg
 
 @pytest.fixture(scope="module")
 def fitted() -> tuple[corr.CorrectionModel, list[np.ndarray], list[Pool]]:
-    made = [_synthetic_pool("p1", 300, 1, "other_votes"), _synthetic_pool("p2", 300, 2, "gold"), _synthetic_pool("p3", 300, 3, "other_votes")]
+    made = [
+        _synthetic_pool("p1", 300, 1, "other_votes"),
+        _synthetic_pool("p2", 300, 2, "gold"),
+        _synthetic_pool("p3", 300, 3, "other_votes"),
+    ]
     pools = [p for p, _ in made]
     sigs = [s for _, s in made]
     feats = [corr.correction_features(p.instances, None, None, s) for p, s in made]

@@ -10,22 +10,32 @@ import numpy as np
 import pytest
 from test_predictor_core import FIXTURE, hand_tags
 
-from hybridpref_client.core.errors import InvalidInput
-from hybridpref.offline.evaluation.harness import LeakageError, check_bundle_leakage
-from hybridpref.offline.pools import DEFAULT_JUDGES, default_data_dir
-from hybridpref.routing_model import bundle as bundle_io
 from hybridpref.cli.main import main as cli_main
 from hybridpref.offline.bundle.builder import BuildConfig, build_bundle
+from hybridpref.offline.evaluation.harness import LeakageError, check_bundle_leakage
+from hybridpref.offline.pools import DEFAULT_JUDGES, default_data_dir
 from hybridpref.predictor.core import Predictor, default_bundle_path
+from hybridpref.routing_model import bundle as bundle_io
+from hybridpref_client.core.errors import InvalidInput
 
 LLMBAR = Path(__file__).parent / "fixtures" / "ppm_pools" / "llmbar" / "pairs.jsonl"
 POOLS = [f"fx={FIXTURE}", str(LLMBAR)]
 
 
 def config(out: Path, lopo: Path | None = None) -> BuildConfig:
-    return BuildConfig(pool=list(POOLS), out=str(out), candidates=24, seed=3, holdout_fraction=0.25, folds=3,
-                       variants=("linear", "quadratic"), proxy_hidden=16, proxy_steps=30, proxy_seeds=1,
-                       lopo_out=str(lopo) if lopo else None)
+    return BuildConfig(
+        pool=list(POOLS),
+        out=str(out),
+        candidates=24,
+        seed=3,
+        holdout_fraction=0.25,
+        folds=3,
+        variants=("linear", "quadratic"),
+        proxy_hidden=16,
+        proxy_steps=30,
+        proxy_seeds=1,
+        lopo_out=str(lopo) if lopo else None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +117,14 @@ def test_lopo_bundles_are_accepted_for_their_excluded_pool_only(builds):
 
 
 def test_bad_pool_values_are_named(tmp_path, capsys):
-    for argv, field in ((["--pool", "=x.jsonl"], "pool"), (["--pool", f"a={tmp_path / 'missing.jsonl'}"], "pool"),
-                        (["--pool", f"a={FIXTURE}", "--pool", f"a={LLMBAR}"], "pool"),
-                        (["--pool", str(FIXTURE), "--lopo-out", str(tmp_path / "l")], "lopo_out"),
-                        (["--pool", str(FIXTURE), "--pool", str(LLMBAR), "--lm-judge", "judge-x"], "lm_judge"),
-                        (["--pool", str(FIXTURE), "--pool", str(LLMBAR), "--lm-judge", "nope=judge-x"], "lm_judge")):
+    for argv, field in (
+        (["--pool", "=x.jsonl"], "pool"),
+        (["--pool", f"a={tmp_path / 'missing.jsonl'}"], "pool"),
+        (["--pool", f"a={FIXTURE}", "--pool", f"a={LLMBAR}"], "pool"),
+        (["--pool", str(FIXTURE), "--lopo-out", str(tmp_path / "l")], "lopo_out"),
+        (["--pool", str(FIXTURE), "--pool", str(LLMBAR), "--lm-judge", "judge-x"], "lm_judge"),
+        (["--pool", str(FIXTURE), "--pool", str(LLMBAR), "--lm-judge", "nope=judge-x"], "lm_judge"),
+    ):
         assert cli_main(["predictor", "build", *argv, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {field}: ") and "Traceback" not in err, (argv, err)
@@ -123,9 +136,33 @@ def test_cli_prints_lopo_scores(builds, capsys, monkeypatch, tmp_path):
 
     monkeypatch.setenv("HYBRIDPREF_CACHE_DIR", str(builds[2].parent / "cache"))  # the fixture's cached simulations
     monkeypatch.setattr(builder, "tag_with_tagger", lambda profile: (hand_tags, None))
-    rc = cli_main(["predictor", "build", "--pool", POOLS[0], "--pool", POOLS[1], "--candidates", "24", "--seed", "3", "--holdout-fraction", "0.25",
-               "--folds", "3", "--proxy-hidden", "16", "--proxy-steps", "30", "--proxy-seeds", "1", "--out", str(tmp_path / "c"),
-               "--no-progress"])
+    rc = cli_main(
+        [
+            "predictor",
+            "build",
+            "--pool",
+            POOLS[0],
+            "--pool",
+            POOLS[1],
+            "--candidates",
+            "24",
+            "--seed",
+            "3",
+            "--holdout-fraction",
+            "0.25",
+            "--folds",
+            "3",
+            "--proxy-hidden",
+            "16",
+            "--proxy-steps",
+            "30",
+            "--proxy-seeds",
+            "1",
+            "--out",
+            str(tmp_path / "c"),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "without fx" in out and "fx: cached" in out and "llmbar: cached" in out
     assert json.loads((tmp_path / "c" / "metrics.json").read_text())["leave_one_pool_out"]["pools"].keys() == {"fx", "llmbar"}

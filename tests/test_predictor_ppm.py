@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridpref_client.core.errors import InvalidInput
 from hybridpref.offline.bundle.mixes import count_vectors, mix_labels, sample_mixes
 from hybridpref.offline.bundle.ppm_fit import check_parity, cross_validate, fit_ridge, to_onnx
 from hybridpref.routing_model.ppm import quadratic_features
+from hybridpref_client.core.errors import InvalidInput
 
 
 def _data(seed: int = 0, n: int = 300, v: int = 12):

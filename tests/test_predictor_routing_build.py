@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridpref_client.core.errors import NotReady
+from hybridpref.offline.bundle.routing_build import add_routing_models
+from hybridpref.predictor.core import Predictor, default_bundle_path
 from hybridpref.routing_model import bundle as bundle_io
 from hybridpref.routing_model import domain as domain_mod
 from hybridpref.routing_model.correction import CorrectionModel, correction_features
-from hybridpref.predictor.core import Predictor, default_bundle_path
-from hybridpref.offline.bundle.routing_build import add_routing_models
+from hybridpref_client.core.errors import NotReady
 
 
 def _write_pool(path: Path, n: int, seed: int, votes: bool, words: int) -> Path:
@@ -26,9 +26,14 @@ def _write_pool(path: Path, n: int, seed: int, votes: bool, words: int) -> Path:
             gold = "A" if rng.random() < 0.5 else "B"
             other = "B" if gold == "A" else "A"
             judge = "tie" if rng.random() < 0.2 else (other if rng.random() < 0.1 else gold)
-            row = {"id": f"{path.name}-{i}", "prompt": f"question {i} " * int(rng.integers(2, 9)),
-                   "response_a": "alpha " * int(rng.integers(words, 3 * words)), "response_b": "beta " * int(rng.integers(words, 3 * words)),
-                   "human_label": gold, "lm_labels": {"judge": judge}}
+            row = {
+                "id": f"{path.name}-{i}",
+                "prompt": f"question {i} " * int(rng.integers(2, 9)),
+                "response_a": "alpha " * int(rng.integers(words, 3 * words)),
+                "response_b": "beta " * int(rng.integers(words, 3 * words)),
+                "human_label": gold,
+                "lm_labels": {"judge": judge},
+            }
             if votes:
                 row["human_votes"] = [other if rng.random() < 0.1 else gold, gold, gold]
             fh.write(json.dumps(row) + "\n")
@@ -38,8 +43,11 @@ def _write_pool(path: Path, n: int, seed: int, votes: bool, words: int) -> Path:
 @pytest.fixture(scope="module")
 def routed_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("routing")
-    pools = {"p1": _write_pool(root / "p1", 120, 1, True, 5), "p2": _write_pool(root / "p2", 120, 2, False, 5),
-             "p3": _write_pool(root / "p3", 120, 3, True, 60)}
+    pools = {
+        "p1": _write_pool(root / "p1", 120, 1, True, 5),
+        "p2": _write_pool(root / "p2", 120, 2, False, 5),
+        "p3": _write_pool(root / "p3", 120, 3, True, 60),
+    }
     bundle = root / "bundle"
     shutil.copytree(default_bundle_path(), bundle)
     manifest = add_routing_models(bundle, pools, ["p1"], {"p3": 0.05}, seed=0)
@@ -74,7 +82,9 @@ def test_bundle_gains_the_panel_correction_model(routed_bundle: tuple[Path, dict
     panel = read_panel_correction(bundle)
     assert manifest["panel_correction"] == panel_version(panel) and manifest["panel_correction"].startswith("panel-correction/1@")
     served = Predictor(bundle).routing_model()
-    assert served.panel_version == manifest["panel_correction"] and served.panel_correction == bundle_io.read_json(bundle, "panel_correction.json")
+    assert served.panel_version == manifest["panel_correction"] and served.panel_correction == bundle_io.read_json(
+        bundle, "panel_correction.json"
+    )
     assert set(panel.metrics["training"]) == {"p1:usual", "p2:usual", "p3:usual"}  # one judge each: the usual panel
     lo, hi = transfer_range(panel.metrics)
     assert 0 < lo <= hi and set(panel.metrics["leave_one_pool_out"]["transfer"]["pools"]) == {"p1", "p2", "p3"}
@@ -153,8 +163,24 @@ def test_add_routing_models_with_one_pool_per_bundle_as_the_readme_loop_runs_it(
     pool = _write_pool(tmp_path / "teamB", 120, 4, True, 5)
     bundle = tmp_path / "without-teamA"
     shutil.copytree(default_bundle_path(), bundle)
-    proc = subprocess.run([sys.executable, "-m", "hybridpref.cli.main", "predictor", "add-routing-models", "--bundle", str(bundle),
-                           "--pool", f"teamB={pool}", "--judge", "judge"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hybridpref.cli.main",
+            "predictor",
+            "add-routing-models",
+            "--bundle",
+            str(bundle),
+            "--pool",
+            f"teamB={pool}",
+            "--judge",
+            "judge",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "pool teamB: LM judge 'judge' (given" in proc.stderr
     assert "fitted on one pool: no leave-one-pool-out metrics" in proc.stdout

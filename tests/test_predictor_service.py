@@ -10,10 +10,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hybridpref.server.server import start_service
-from hybridpref.server.settings import Settings
 from hybridpref.common.vocabulary import NUM_TAGS
 from hybridpref.predictor.core import default_bundle_path
+from hybridpref.server.server import start_service
+from hybridpref.server.settings import Settings
 from hybridpref.v1 import predictor_pb2, predictor_pb2_grpc
 
 
@@ -65,8 +65,9 @@ def test_removed_rpcs_are_unimplemented(watched):
     _, stub, _ = watched
     channel = stub.channel
     for method in ("ScoreMixes", "InstanceGains"):
-        call = channel.unary_unary(f"/hybridpref.v1.PredictorService/{method}", request_serializer=lambda b: b,
-                                   response_deserializer=lambda b: b)
+        call = channel.unary_unary(
+            f"/hybridpref.v1.PredictorService/{method}", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
         with pytest.raises(grpc.RpcError) as err:
             call(b"")
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from conftest import ROOT
 
+from hybridpref.server.settings import Settings
 from hybridpref_client import RouterClient, RoutingError
 from hybridpref_client.core.instances import LM_LABEL_RAW_PREFIX, Label, PositionMode, PreferenceInstance, read_jsonl
-from hybridpref.server.settings import Settings
-
-from conftest import ROOT
 
 SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
 
@@ -65,19 +64,27 @@ def test_recorded_labels_in_a_stream_and_by_prefix(client, sample):
 
 
 def test_per_order_labels_are_combined_as_the_replay_backend_does(client):
-    rows = [PreferenceInstance(id=f"o{i}", prompt="Which is better?", response_a="Yes, it is.", response_b="No.",
-                               lm_labels={"J/P/order_ab": Label.A_BETTER, "J/P/order_ba": ab})
-            for i, ab in enumerate([Label.A_BETTER, Label.B_BETTER])]
-    result = client.route(rows, fraction=0.0, strategy="all_lm", replay_judge="J/P",
-                          judge_mode=PositionMode.BOTH)
+    rows = [
+        PreferenceInstance(
+            id=f"o{i}",
+            prompt="Which is better?",
+            response_a="Yes, it is.",
+            response_b="No.",
+            lm_labels={"J/P/order_ab": Label.A_BETTER, "J/P/order_ba": ab},
+        )
+        for i, ab in enumerate([Label.A_BETTER, Label.B_BETTER])
+    ]
+    result = client.route(rows, fraction=0.0, strategy="all_lm", replay_judge="J/P", judge_mode=PositionMode.BOTH)
     agree, flip = result.decisions
     assert (agree.lm_label, agree.lm_confidence, agree.judge_order_inconsistent) == ("A_BETTER", 1.0, False)
     assert (flip.lm_label, flip.judge_order_inconsistent) == ("TIE", True)
 
 
 def test_an_unknown_judge_name_is_invalid_argument(client, sample, stack):
-    for call in (lambda: client.route(sample, fraction=0.25, replay_judge="gpt-5"),
-                 lambda: client.route_stream(sample, fraction=0.25, replay_judge="gpt-5", chunk_size=10)):
+    for call in (
+        lambda: client.route(sample, fraction=0.25, replay_judge="gpt-5"),
+        lambda: client.route_stream(sample, fraction=0.25, replay_judge="gpt-5", chunk_size=10),
+    ):
         with pytest.raises(RoutingError) as info:
             call()
         assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT

@@ -18,7 +18,7 @@ from hybridpref.predictor.core import Predictor, default_bundle_path
 from hybridpref.router.adaptation import CampaignModels
 from hybridpref.router.model import RoutingModel
 from hybridpref.routing_model.panel_correction import PANEL_FEATURES
-from hybridpref.store.api import Candidate, CampaignSpec, HumanLabel
+from hybridpref.store.api import CampaignSpec, Candidate, HumanLabel
 from hybridpref.store.sql import SqlCampaignStore
 
 COL = {c: j for j, c in enumerate(PANEL_FEATURES)}
@@ -51,19 +51,40 @@ def synthetic_batch(prefix: str, n: int, rng: np.random.Generator, bundle: Routi
     logit = -2.2 + 3.5 * x[:, COL["lm_picked_shorter"]] if signal else np.full(n, np.log(0.25 / 0.75))
     wrong = rng.random(n) < 1 / (1 + np.exp(-logit))
     p = bundle.panel.model.p_lm_wrong(x)
-    cands = [Candidate(instance_id=f"{prefix}{i}", prompt="p", response_a="a", response_b="b", score=float(p[i]),
-                       lm_label="A_BETTER", signals={"p_lm_wrong": float(p[i])},
-                       features={c: float(v) for c, v in zip(PANEL_FEATURES, x[i])}) for i in range(n)]
+    cands = [
+        Candidate(
+            instance_id=f"{prefix}{i}",
+            prompt="p",
+            response_a="a",
+            response_b="b",
+            score=float(p[i]),
+            lm_label="A_BETTER",
+            signals={"p_lm_wrong": float(p[i])},
+            features={c: float(v) for c, v in zip(PANEL_FEATURES, x[i])},
+        )
+        for i in range(n)
+    ]
     truth = np.where(wrong, "B", "A")
     return cands, truth
 
 
-def run_campaign(store, bundle, name: str, *, batches: int, n: int, signal: bool, seed: int, annotators=("ann",),
-                 bad_annotator: str | None = None):
+def run_campaign(
+    store,
+    bundle,
+    name: str,
+    *,
+    batches: int,
+    n: int,
+    signal: bool,
+    seed: int,
+    annotators=("ann",),
+    bad_annotator: str | None = None,
+):
     """Route ``batches`` batches (every pair to humans) and return the votes of every pair."""
     rng = np.random.default_rng(seed)
-    store.create_campaign(CampaignSpec(vendor="acme", name=name, budget_kind="count", budget_total=batches * n,
-                                       votes_per_pair=len(annotators)))
+    store.create_campaign(
+        CampaignSpec(vendor="acme", name=name, budget_kind="count", budget_total=batches * n, votes_per_pair=len(annotators))
+    )
     for b in range(batches):
         cands, truth = synthetic_batch(f"{name}-b{b}-", n, rng, bundle, signal)
         decided = store.decide_batch("acme", name, f"b{b}", cands, model_version=bundle.panel.version)
@@ -145,8 +166,7 @@ def test_labels_arriving_refit_in_the_background(store, bundle):
 
 
 def test_dawid_skene_moves_p_human_wrong_to_the_campaigns_annotators(store, bundle):
-    run_campaign(store, bundle, "votes", batches=2, n=60, signal=True, seed=6, annotators=("a1", "a2", "a3"),
-                 bad_annotator="a3")
+    run_campaign(store, bundle, "votes", batches=2, n=60, signal=True, seed=6, annotators=("a1", "a2", "a3"), bad_annotator="a3")
     model = CampaignModels(store).model_for("acme", "votes", bundle)
     err = model.annotator_error
     assert set(err) == {"a1", "a2", "a3"} and err["a3"] > 0.3 > max(err["a1"], err["a2"])

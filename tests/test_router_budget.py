@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybridpref_client.core.errors import InvalidInput
 from hybridpref.common.vocabulary import NUM_TAGS, tag_index
 from hybridpref.router.budget import (
     EXPERTISE_MULTIPLIERS,
@@ -14,6 +13,7 @@ from hybridpref.router.budget import (
     human_cost_formula,
     resolve_budget,
 )
+from hybridpref_client.core.errors import InvalidInput
 
 
 def field_of(exc: pytest.ExceptionInfo[InvalidInput]) -> str:
@@ -50,7 +50,9 @@ def test_bad_counts(value: float) -> None:
 
 def test_cost_budget_keeps_supplied_costs_and_fills_missing_from_the_formula() -> None:
     costs = np.array([2.0, np.nan, 0.5])
-    budget = resolve_budget(Budget.cost(3.0), 3, costs, prompt_tokens=np.array([0, 100, 0]), response_tokens=np.array([0, 400, 0]))
+    budget = resolve_budget(
+        Budget.cost(3.0), 3, costs, prompt_tokens=np.array([0, 100, 0]), response_tokens=np.array([0, 400, 0])
+    )
     assert budget.kind == "cost" and budget.cost_limit == 3.0
     np.testing.assert_allclose(budget.costs, [2.0, 1.0, 0.5])  # 500 tokens, general public -> 1.0
 
@@ -115,4 +117,6 @@ def test_allows_and_spent() -> None:
 def test_unknown_lengths_cost_like_the_reference_instance() -> None:
     cost = human_cost_formula(np.array([np.nan, 100.0]), np.array([400.0, np.nan]))
     np.testing.assert_allclose(cost, [1.0, 1.0])
-    assert np.isfinite(resolve_budget(Budget.cost(1.0), 2, None, np.array([np.nan, 100.0]), np.array([400.0, np.nan])).costs).all()
+    assert np.isfinite(
+        resolve_budget(Budget.cost(1.0), 2, None, np.array([np.nan, 100.0]), np.array([400.0, np.nan])).costs
+    ).all()

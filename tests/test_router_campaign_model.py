@@ -33,8 +33,15 @@ def instances(prefix: str, n: int, rng: np.random.Generator) -> tuple[list[Prefe
         picked_shorter = (lm == "A") == (la < lb) and la != lb
         wrong = rng.random() < (0.8 if picked_shorter else 0.08)
         votes[f"{prefix}{i}"] = ("B" if lm == "A" else "A") if wrong else lm
-        out.append(PreferenceInstance(id=f"{prefix}{i}", prompt=f"question {prefix}{i}: " + text(8), response_a=text(la),
-                                      response_b=text(lb), lm_labels={"gpt4": Label.A_BETTER if lm == "A" else Label.B_BETTER}))
+        out.append(
+            PreferenceInstance(
+                id=f"{prefix}{i}",
+                prompt=f"question {prefix}{i}: " + text(8),
+                response_a=text(la),
+                response_b=text(lb),
+                lm_labels={"gpt4": Label.A_BETTER if lm == "A" else Label.B_BETTER},
+            )
+        )
     return out, votes
 
 
@@ -53,15 +60,21 @@ def core(tmp_path, tagger):
     from tests.support.local_router import LocalJudge, LocalModelSource, LocalTagger
 
     store = SqlCampaignStore.open(f"sqlite:///{tmp_path / 'campaigns.db'}", upgrade=True)
-    core = RouterCore(Settings(), LocalTagger(tagger), LocalJudge(Judge.from_config("replay", default_judge="gpt4")),
-                      LocalModelSource(Predictor(default_bundle_path())), campaigns=StoreProvider(store=store))
+    core = RouterCore(
+        Settings(),
+        LocalTagger(tagger),
+        LocalJudge(Judge.from_config("replay", default_judge="gpt4")),
+        LocalModelSource(Predictor(default_bundle_path())),
+        campaigns=StoreProvider(store=store),
+    )
     yield core, store
     store.close()
 
 
 def route(loop, core: RouterCore, batch, name: str, batch_id: str):
-    options = RouteOptions(budget=None, strategy=strategy_spec("hybrid"), seed=1,
-                           campaign=CampaignRoute("acme", name, batch_id, "count"))
+    options = RouteOptions(
+        budget=None, strategy=strategy_spec("hybrid"), seed=1, campaign=CampaignRoute("acme", name, batch_id, "count")
+    )
     return loop.run(core.route(batch, options, Deadline(60.0)))
 
 
@@ -77,7 +90,9 @@ def test_a_campaign_routes_with_its_adapted_model_once_its_labels_say_so(backgro
         versions.append(out.summary.correction_version)
         assert out.summary.correction_model == "panel-correction/1"
         assert out.campaign is not None and out.campaign.model["version"] == out.summary.correction_version
-        assert out.campaign.expected_changes is not None and out.campaign.expected_changes.low <= out.campaign.expected_changes.high
+        assert (
+            out.campaign.expected_changes is not None and out.campaign.expected_changes.low <= out.campaign.expected_changes.high
+        )
         assert out.stage_seconds["tag"] == 0.0  # out of the PPM's domain: the campaign path does not tag either
         humans = [d.id for d in out.decisions if d.human]
         assert humans  # the budget covers the first batches

@@ -6,25 +6,24 @@ the predictor's hot reload (real predictor over gRPC)."""
 from __future__ import annotations
 
 import io
-from dataclasses import replace
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FIXTURES, ROOT
 
-from hybridpref_client.core.errors import InvalidInput
-from hybridpref_client.core.instances import Label, read_jsonl
-from hybridpref.server.deadline import Deadline
-from hybridpref.server.settings import Settings
-from hybridpref.routing_model import bundle as bundle_io
 from hybridpref.predictor.core import Predictor, default_bundle_path
 from hybridpref.router.backends import JudgedBatch, judge_signals
 from hybridpref.router.core import RouteOptions, RouterCore
-
-from conftest import FIXTURES, ROOT
+from hybridpref.routing_model import bundle as bundle_io
+from hybridpref.server.deadline import Deadline
+from hybridpref.server.settings import Settings
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref_client.core.instances import Label, read_jsonl
 
 SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
 OFF_DOMAIN = FIXTURES / "router_off_domain.jsonl"
@@ -92,8 +91,13 @@ def enrich_bundle(folder: Path, tagger, sample) -> Path:
     (folder / "correction.onnx").write_bytes(correction_onnx())
     bundle_io.write_json(folder / "correction.json", {"version": "test", "feature_names": list(FEATURE_NAMES)})
     stats = domain_mod.pool_stats(batch_features(tagger, sample))
-    domain = {"features": list(domain_mod.DOMAIN_FEATURES), "distance": domain_mod.DISTANCE, "ppm_pools": ["sample"],
-              "pools": {"sample": stats}, "threshold": 1.0}
+    domain = {
+        "features": list(domain_mod.DOMAIN_FEATURES),
+        "distance": domain_mod.DISTANCE,
+        "ppm_pools": ["sample"],
+        "pools": {"sample": stats},
+        "threshold": 1.0,
+    }
     off_distance = domain_mod.distance(batch_features(tagger, read_jsonl(str(OFF_DOMAIN))), stats)
     assert off_distance > 1.0  # the off-domain fixture really differs from the sample batch
     bundle_io.write_json(folder / "domain.json", {**domain, "threshold": off_distance / 2})
@@ -124,8 +128,20 @@ def test_core_has_no_grpc():
     import ast
 
     strategies = tuple(f"strategies/{f.stem}" for f in (ROOT / "services" / "hybridpref" / "router" / "strategies").glob("*.py"))
-    core = ("core", "backends", "model", "summary", "explain", *strategies, "budget", "scoring",
-            "selection", "packed", "spill", "limits")
+    core = (
+        "core",
+        "backends",
+        "model",
+        "summary",
+        "explain",
+        *strategies,
+        "budget",
+        "scoring",
+        "selection",
+        "packed",
+        "spill",
+        "limits",
+    )
     for name in core:
         tree = ast.parse((ROOT / "services" / "hybridpref" / "router" / f"{name}.py").read_text())
         for node in ast.walk(tree):
@@ -195,8 +211,13 @@ def test_ppm_strategies_run_in_process_on_the_served_form(background_loop, tagge
     out = route(background_loop, core, sample, "greedy")
     model = background_loop.run(core.models.routing_model(Deadline(5.0)))
     tags = tagger.tag(sample).tag_matrix
-    direct = strategies.route("greedy", tags, resolve_budget(Budget.fraction(0.25), len(sample), None,
-                                                             **_costs(tagger, sample)), scorer=model.scorer, seed=3)
+    direct = strategies.route(
+        "greedy",
+        tags,
+        resolve_budget(Budget.fraction(0.25), len(sample), None, **_costs(tagger, sample)),
+        scorer=model.scorer,
+        seed=3,
+    )
     assert [d.human for d in out.decisions] == direct.human_mask.tolist()
     # greedy does not judge first: expected gains only where the judge labelled (the LM-routed rows)
     assert all((d.expected_gain is None) == d.human for d in out.decisions)
@@ -254,9 +275,13 @@ def test_default_strategy_needs_a_correction_model(background_loop, tagger, samp
 
 def test_judge_signals_from_answers(sample):
     rows = sample[:4]
-    judged = JudgedBatch(np.array([Label.A_BETTER, Label.B_MUCH_BETTER, Label.TIE, Label.A_BETTER]),
-                         np.array([0.9, 0.8, 0.4, 0.3]), np.array([False, False, False, True]),
-                         np.array([np.nan, 0.1, np.nan, np.nan]), "learned:test")
+    judged = JudgedBatch(
+        np.array([Label.A_BETTER, Label.B_MUCH_BETTER, Label.TIE, Label.A_BETTER]),
+        np.array([0.9, 0.8, 0.4, 0.3]),
+        np.array([False, False, False, True]),
+        np.array([np.nan, 0.1, np.nan, np.nan]),
+        "learned:test",
+    )
     sig = judge_signals(judged, rows)
     assert sig.label.tolist() == [1, -1, 0, 0]  # an order flip is no verdict
     assert sig.p_a[0] == pytest.approx(0.9) and sig.p_a[1] == pytest.approx(0.1) and sig.p_a[2] == pytest.approx(0.5)
@@ -271,9 +296,9 @@ def test_judge_signals_from_answers(sample):
 
 def test_model_fetched_once_per_version_and_refreshed_on_reload(background_loop, tmp_path):
     """A real predictor over gRPC with a watched bundle folder."""
-    from hybridpref.server.server import start_service
     from hybridpref.predictor.servicer import predictor_handle
     from hybridpref.router.downstream import PredictorModelClient
+    from hybridpref.server.server import start_service
 
     folder = tmp_path / "bundle"
     shutil.copytree(default_bundle_path(), folder)
@@ -305,10 +330,17 @@ def test_cli_prints_every_warning():
     from hybridpref_client.client import RouteResult
 
     stream = io.StringIO()
-    summary = {"strategy": "expected_gain", "interval_level": 0.9, "warnings": ["out of domain: far away", "judge unsure"],
-               "correction_model": "panel-correction/1", "correction_model_version": "panel-correction/1@abc123",
-               "mixes": {"chosen": {"human_count": 3, "predicted_score": {"value": 0.7, "low": 0.66, "high": 0.74}},
-                         "all_lm": {"human_count": 0, "score_note": "batch_independent"}}}
+    summary = {
+        "strategy": "expected_gain",
+        "interval_level": 0.9,
+        "warnings": ["out of domain: far away", "judge unsure"],
+        "correction_model": "panel-correction/1",
+        "correction_model_version": "panel-correction/1@abc123",
+        "mixes": {
+            "chosen": {"human_count": 3, "predicted_score": {"value": 0.7, "low": 0.66, "high": 0.74}},
+            "all_lm": {"human_count": 0, "score_note": "batch_independent"},
+        },
+    }
     print_summary(Console(file=stream, width=200), RouteResult([], summary, "r1"))
     text = stream.getvalue()
     assert "warning: out of domain: far away" in text and "warning: judge unsure" in text
@@ -344,20 +376,30 @@ def test_replayed_signals_equal_the_recorded_ones_the_model_learned_from(backgro
     """Served signals (judge answers + recorded lm_labels) = ``recorded_signals`` (what the correction
     model trains on), for plain and per-order (LLMBar-style) recorded judges. Checked on 400 rows of the
     shared PandaLM and LLMBar pools as well (identical labels, flips and agreement)."""
-    from hybridpref_client.core.instances import PositionMode
     from hybridpref.common.signals import recorded_signals
     from hybridpref.judge.core import Judge
+    from hybridpref_client.core.instances import PositionMode
     from tests.support.local_router import LocalJudge
 
-    rows = [({"j1": "A", "j2/x/order_ab": "A", "j2/x/order_ba": "B"}), ({"j1": "B", "j2/x/order_ab": "B", "j2/x/order_ba": "B"}),
-            ({"j1": "tie", "j2/x/order_ab": "A", "j2/x/order_ba": "A"}), ({"j1": "tie_inconsistent", "j2/x/order_ab": "B"})]
+    rows = [
+        ({"j1": "A", "j2/x/order_ab": "A", "j2/x/order_ba": "B"}),
+        ({"j1": "B", "j2/x/order_ab": "B", "j2/x/order_ba": "B"}),
+        ({"j1": "tie", "j2/x/order_ab": "A", "j2/x/order_ba": "A"}),
+        ({"j1": "tie_inconsistent", "j2/x/order_ab": "B"}),
+    ]
     path = tmp_path / "two_judges.jsonl"
-    path.write_text("".join(json.dumps({"id": str(i), "prompt": "p", "response_a": "a", "response_b": "b", "lm_labels": labels}) + "\n"
-                            for i, labels in enumerate(rows)))
+    path.write_text(
+        "".join(
+            json.dumps({"id": str(i), "prompt": "p", "response_a": "a", "response_b": "b", "lm_labels": labels}) + "\n"
+            for i, labels in enumerate(rows)
+        )
+    )
     instances = read_jsonl(str(path))
     for key in ("j1", "j2/x"):
         judge = LocalJudge(Judge.from_config("replay", default_judge=key))
-        judged = background_loop.run(judge.judge(instances, mode=PositionMode.BOTH, template="", replay_judge="", seed=0, deadline=Deadline()))
+        judged = background_loop.run(
+            judge.judge(instances, mode=PositionMode.BOTH, template="", replay_judge="", seed=0, deadline=Deadline())
+        )
         served, recorded = judge_signals(judged, instances), recorded_signals(instances, key)
         assert served.label.tolist() == recorded.label.tolist() and served.order_flip.tolist() == recorded.order_flip.tolist()
         np.testing.assert_array_equal(served.agreement, recorded.agreement)
@@ -385,7 +427,9 @@ def test_the_servicer_resolves_the_default_once_and_checks_options_together():
         options_from_proto(bad, greedy, limits)
     assert {v.field for v in exc.value.violations} == {"config.strategy", "config.budget.cost"}
     with pytest.raises(InvalidInput) as exc:
-        options_from_proto(router_pb2.RouteConfig(budget=common_pb2.Budget(count=limits.max_stream_instances + 1)), greedy, limits)
+        options_from_proto(
+            router_pb2.RouteConfig(budget=common_pb2.Budget(count=limits.max_stream_instances + 1)), greedy, limits
+        )
     assert [v.field for v in exc.value.violations] == ["config.budget.count"]
     # A misconfigured default fails when the router starts, not on every call.
     with pytest.raises(InvalidInput) as exc:
@@ -411,6 +455,7 @@ def test_a_stream_yields_to_small_calls_in_flight(background_loop, tagger, bundl
         async def gen():
             for c in chunks:
                 yield c
+
         return await core.route_stream(gen(), options, Deadline(60.0))
 
     async def alone_then_beside_a_small_call():

@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+from test_router_core import OFF_DOMAIN, SAMPLE, enrich_bundle, rehash
 
 from hybridpref.predictor.core import Predictor
 from hybridpref.router import strategies
@@ -22,7 +23,6 @@ from hybridpref.routing_model.panel_correction import panel_features, read_panel
 from hybridpref.server.deadline import Deadline
 from hybridpref.server.settings import Settings
 from hybridpref_client.core.instances import read_jsonl
-from test_router_core import OFF_DOMAIN, SAMPLE, enrich_bundle, rehash
 
 
 class CountingTagger:
@@ -81,8 +81,9 @@ def make_core(tagger, folder) -> tuple[RouterCore, CountingTagger]:
     from tests.support.local_router import LocalJudge, LocalModelSource
 
     counting = CountingTagger(tagger)
-    core = RouterCore(Settings(), counting, LocalJudge(Judge.from_config("replay", default_judge="gpt4")),
-                      LocalModelSource(Predictor(folder)))
+    core = RouterCore(
+        Settings(), counting, LocalJudge(Judge.from_config("replay", default_judge="gpt4")), LocalModelSource(Predictor(folder))
+    )
     return core, counting
 
 
@@ -112,8 +113,9 @@ def replay_signals(instances):
 
     from hybridpref_client.core.instances import PositionMode
 
-    judged = asyncio.run(judge.judge(instances, mode=PositionMode.UNSPECIFIED, template="", replay_judge="", seed=3,
-                                     deadline=Deadline(30.0)))
+    judged = asyncio.run(
+        judge.judge(instances, mode=PositionMode.UNSPECIFIED, template="", replay_judge="", seed=3, deadline=Deadline(30.0))
+    )
     return judge_signals(judged, instances)
 
 
@@ -145,17 +147,21 @@ def test_a_bundle_without_the_panel_model_routes_with_the_onnx_model(background_
     assert counting.calls == 0  # the test model reads no tagger column either
 
 
-@pytest.mark.parametrize("strategy, in_domain, tagged", [
-    ("hybrid", True, True),  # the PPM breaks ties inside its domain: it reads tags
-    ("hybrid", False, False),
-    ("greedy", False, True),  # a PPM strategy always reads tags
-    ("judge_aware", False, True),  # it ranks with the PPM when one is loaded
-    ("judge_doubt", True, False),
-    ("expected_gain", True, False),
-    ("random", True, False),
-])
-def test_the_tagger_runs_only_where_the_decision_reads_tags(background_loop, tagger, bundle, sample, off_domain,
-                                                             strategy, in_domain, tagged):
+@pytest.mark.parametrize(
+    "strategy, in_domain, tagged",
+    [
+        ("hybrid", True, True),  # the PPM breaks ties inside its domain: it reads tags
+        ("hybrid", False, False),
+        ("greedy", False, True),  # a PPM strategy always reads tags
+        ("judge_aware", False, True),  # it ranks with the PPM when one is loaded
+        ("judge_doubt", True, False),
+        ("expected_gain", True, False),
+        ("random", True, False),
+    ],
+)
+def test_the_tagger_runs_only_where_the_decision_reads_tags(
+    background_loop, tagger, bundle, sample, off_domain, strategy, in_domain, tagged
+):
     batch = sample if in_domain else off_domain
     for streamed in (False, True):
         core, counting = make_core(tagger, bundle)
@@ -180,11 +186,13 @@ def test_skipping_the_tagger_changes_no_decision(background_loop, tagger, bundle
         tags = tagger.tag(batch)
         from hybridpref.router.backends import RouterTags
 
-        budget = resolve_budget(Budget.fraction(0.5), len(batch), None,
-                                **_cost_inputs(RouterTags(tags.tag_matrix, tags.measures.astype(np.float32))))
+        budget = resolve_budget(
+            Budget.fraction(0.5), len(batch), None, **_cost_inputs(RouterTags(tags.tag_matrix, tags.measures.astype(np.float32)))
+        )
         gain = np.array([d.expected_gain for d in out.decisions])
-        direct = strategies.route("hybrid", tags.tag_matrix, budget, scorer=model.scorer, seed=3, expected_gain=gain,
-                                  ppm_in_domain=False)
+        direct = strategies.route(
+            "hybrid", tags.tag_matrix, budget, scorer=model.scorer, seed=3, expected_gain=gain, ppm_in_domain=False
+        )
         assert [d.human for d in out.decisions] == direct.human_mask.tolist()
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridpref_client.core.errors import InvalidInput
-from hybridpref_client.core.instances import Label
 from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES
 from hybridpref.router.budget import Budget, resolve_budget
 from hybridpref.router.scoring import QuadraticScorer
 from hybridpref.router.strategies import route
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref_client.core.instances import Label
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # a benchmark adapter, not installed
 from paper_features import paper_rows_to_features, read_paper_features  # noqa: E402
@@ -33,14 +33,26 @@ def test_reads_every_column_onto_the_canonical_vocabulary() -> None:
     first = tags_of(feats, 0)
     # bin edges: 0 -> low, 1/3 -> low, 2/3 -> mid, 1 -> high (nothing falls out of every bin)
     assert {"bertscore:low", "entity_sim:low", "rouge:mid", "cosine_sim:high"} <= first
-    assert {"subject_of_expertise:Culinary arts", "subject_of_expertise:Chemistry", "languages:English",
-            "expertise_level:general public", "open_endedness:low", "safety_concern:safe",
-            "complexity_of_intents:simple", "format_constraints:present"} <= first
+    assert {
+        "subject_of_expertise:Culinary arts",
+        "subject_of_expertise:Chemistry",
+        "languages:English",
+        "expertise_level:general public",
+        "open_endedness:low",
+        "safety_concern:safe",
+        "complexity_of_intents:simple",
+        "format_constraints:present",
+    } <= first
     assert "type_of_in_context_material:present" not in first
     second = tags_of(feats, 1)
     # case-insensitive options; the journalism subject is one canonical tag; the unknown one is counted
-    assert {"subject_of_expertise:Law", "subject_of_expertise:Journalism, media studies and communication",
-            "expertise_level:expert domain knowledge", "type_of_in_context_material:present", "prompt_len:high"} <= second
+    assert {
+        "subject_of_expertise:Law",
+        "subject_of_expertise:Journalism, media studies and communication",
+        "expertise_level:expert domain knowledge",
+        "type_of_in_context_material:present",
+        "prompt_len:high",
+    } <= second
     assert feats.unparsed == {"subject_of_expertise": 1}
     # one bin per lexical measure where the value is known, none where it is missing
     assert feats.tags[:2, :27].sum(axis=1).tolist() == [9, 9]
@@ -65,5 +77,7 @@ def test_missing_ids_are_reported_by_line() -> None:
 def test_routes_end_to_end_from_the_file() -> None:
     feats = read_paper_features(str(FIXTURE))
     scorer = QuadraticScorer.random(NUM_TAGS, seed=0)
-    result = route("simulated", feats.tags, resolve_budget(Budget.count(1), 3, None), scorer=scorer, seed=0, simulated_candidates=10)
+    result = route(
+        "simulated", feats.tags, resolve_budget(Budget.count(1), 3, None), scorer=scorer, seed=0, simulated_candidates=10
+    )
     assert result.human_count == 1

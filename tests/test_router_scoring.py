@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybridpref_client.core.errors import InvalidInput
 from hybridpref.router.scoring import QuadraticScorer, mix_counts, unique_rows
 from hybridpref.router.selection import density_order, fill_in_order, priority_order, top_indices
+from hybridpref_client.core.errors import InvalidInput
 
 
 @pytest.fixture

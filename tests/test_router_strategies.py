@@ -7,9 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from hybridpref_client.core.errors import DeadlineExceeded, InvalidInput, NotReady
 from hybridpref.router.budget import Budget, resolve_budget
-from hybridpref.server.deadline import Deadline
 from hybridpref.router.scoring import QuadraticScorer, mix_counts
 from hybridpref.router.strategies import (
     DEFAULT_STRATEGY,
@@ -19,6 +17,8 @@ from hybridpref.router.strategies import (
     route,
     strategy_spec,
 )
+from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.errors import DeadlineExceeded, InvalidInput, NotReady
 
 ALL = sorted(STRATEGIES)
 FINITE = [s for s in ALL if s not in ("all_human", "all_lm")]
@@ -83,6 +83,7 @@ def test_optimal_pos_under_a_larger_count_does_not_pad_with_useless_instances(on
 
 # ----------------------------------------------------------- a harmful tag
 
+
 def test_greedy_and_topk_avoid_a_negative_tag() -> None:
     # 10 instances: 0-3 carry the harmful tag 1 (and the good tag 0), 4-9 only tag 0
     tags = one_hot(10, 3, {0: list(range(10)), 1: [0, 1, 2, 3]})
@@ -98,6 +99,7 @@ def test_greedy_and_topk_avoid_a_negative_tag() -> None:
 
 
 # ----------------------------------------------------------- interactions: greedy beats topk
+
 
 @pytest.fixture
 def diminishing_case() -> tuple[np.ndarray, QuadraticScorer]:
@@ -145,6 +147,7 @@ def test_rounded_greedy_stays_close_to_exact_greedy() -> None:
 
 # ----------------------------------------------------------- budgets at the edges
 
+
 @pytest.mark.parametrize("strategy", FINITE)
 @pytest.mark.parametrize("k", [0, 1, 12])
 def test_count_budget_edges(strategy: str, k: int, one_tag_case) -> None:
@@ -191,15 +194,26 @@ def test_baselines_ignore_the_budget(one_tag_case) -> None:
 
 # ----------------------------------------------------------- judge-aware
 
+
 def test_judge_aware_without_a_predictor_routes_the_judges_doubts() -> None:
     n = 8
     tags = np.zeros((n, 3), dtype=np.uint8)
     confidence = np.array([0.95, 0.9, 0.4, 0.99, 0.85, 0.97, 0.92, 0.9])
     inconsistent = np.array([False, False, False, False, False, False, True, False])
-    result = route("judge_aware", tags, count_budget(n, 2), scorer=None, seed=0, judge_confidence=confidence, judge_inconsistent=inconsistent)
+    result = route(
+        "judge_aware", tags, count_budget(n, 2), scorer=None, seed=0, judge_confidence=confidence, judge_inconsistent=inconsistent
+    )
     assert sorted(np.flatnonzero(result.human_mask)) == [2, 6]
     assert result.predicted_score is None
-    auto = route("judge_aware", tags, resolve_budget(Budget.auto(), n, None), scorer=None, seed=0, judge_confidence=confidence, judge_inconsistent=inconsistent)
+    auto = route(
+        "judge_aware",
+        tags,
+        resolve_budget(Budget.auto(), n, None),
+        scorer=None,
+        seed=0,
+        judge_confidence=confidence,
+        judge_inconsistent=inconsistent,
+    )
     assert sorted(np.flatnonzero(auto.human_mask)) == [2, 6]
 
 
@@ -212,11 +226,19 @@ def test_judge_aware_blends_the_predictor_gain() -> None:
     result = run("judge_aware", tags, count_budget(4, 1), scorer, judge_confidence=confidence, judge_inconsistent=inconsistent)
     assert np.flatnonzero(result.human_mask).tolist() == [1]
     # auto: the doubtful row 3 has a negative PPM gain and stays with the LM
-    auto = run("judge_aware", tags, resolve_budget(Budget.auto(), 4, None), scorer, judge_confidence=confidence, judge_inconsistent=inconsistent)
+    auto = run(
+        "judge_aware",
+        tags,
+        resolve_budget(Budget.auto(), 4, None),
+        scorer,
+        judge_confidence=confidence,
+        judge_inconsistent=inconsistent,
+    )
     assert np.flatnonzero(auto.human_mask).tolist() == [1]
 
 
 # ----------------------------------------------------------- determinism and errors
+
 
 @pytest.mark.parametrize("strategy", ["random", "simulated"])
 def test_same_seed_same_decisions_other_seed_other_decisions(strategy: str) -> None:
@@ -290,8 +312,11 @@ def test_the_registry_says_what_each_strategy_needs(one_tag_case) -> None:
     full = {"scorer": scorer, "expected_gain": np.linspace(0, 0.5, n), "judge_confidence": np.full(n, 0.9)}
     for name, spec in STRATEGIES.items():
         assert strategy_spec(name) is spec and spec.fn.__name__ in (name, "random_subset")
-        needed = {"scorer": spec.needs_predictor, "expected_gain": spec.needs_expected_gain,
-                  "judge_confidence": spec.needs_judge_first and not spec.needs_expected_gain}
+        needed = {
+            "scorer": spec.needs_predictor,
+            "expected_gain": spec.needs_expected_gain,
+            "judge_confidence": spec.needs_judge_first and not spec.needs_expected_gain,
+        }
         only = {k: (v if needed[k] else None) for k, v in full.items()}
         assert route(name, tags, budget, seed=0, **only).strategy == name
         for k in (k for k, need in needed.items() if need):
@@ -302,6 +327,7 @@ def test_the_registry_says_what_each_strategy_needs(one_tag_case) -> None:
 
 
 # ----------------------------------------------------------- summary helpers
+
 
 def test_marginal_gains_are_score_differences() -> None:
     rng = np.random.default_rng(4)
@@ -391,9 +417,12 @@ def _signals(label, flip=None, agreement=None, p_a=None):
     from hybridpref.common.signals import JudgeSignals
 
     n = len(label)
-    return JudgeSignals(np.asarray(label, dtype=np.int8), np.full(n, np.nan) if p_a is None else np.asarray(p_a, dtype=float),
-                        np.zeros(n, dtype=bool) if flip is None else np.asarray(flip, dtype=bool),
-                        np.full(n, np.nan) if agreement is None else np.asarray(agreement, dtype=float))
+    return JudgeSignals(
+        np.asarray(label, dtype=np.int8),
+        np.full(n, np.nan) if p_a is None else np.asarray(p_a, dtype=float),
+        np.zeros(n, dtype=bool) if flip is None else np.asarray(flip, dtype=bool),
+        np.full(n, np.nan) if agreement is None else np.asarray(agreement, dtype=float),
+    )
 
 
 def test_expected_gain_routes_the_largest_gain_per_unit_cost() -> None:
@@ -418,8 +447,10 @@ def test_expected_gain_routes_the_largest_gain_per_unit_cost() -> None:
 def test_expected_gain_ties_are_seeded_not_positional() -> None:
     tags = np.zeros((200, 2), dtype=np.uint8)
     gain = np.full(200, 0.2)
-    picks = [np.flatnonzero(route("expected_gain", tags, count_budget(200, 20), scorer=None, seed=s, expected_gain=gain).human_mask)
-             for s in (0, 0, 1)]
+    picks = [
+        np.flatnonzero(route("expected_gain", tags, count_budget(200, 20), scorer=None, seed=s, expected_gain=gain).human_mask)
+        for s in (0, 0, 1)
+    ]
     assert np.array_equal(picks[0], picks[1]) and not np.array_equal(picks[0], picks[2])
     assert picks[0].max() > 100  # not the first 20 rows
 
@@ -430,7 +461,14 @@ def test_judge_doubt_orders_no_verdict_then_disagreement_then_confidence() -> No
     result = route("judge_doubt", tags, count_budget(5, 3), scorer=None, seed=0, signals=sig)
     assert sorted(np.flatnonzero(result.human_mask)) == [1, 2, 3]  # no verdict, flip, then agreement 0.2
     assert result.gains[1] == 1.0 and result.gains[3] == 1.0 and result.gains[4] == pytest.approx(0.9 * 0.4)
-    one = route("judge_doubt", tags, count_budget(5, 1), scorer=None, seed=0, signals=_signals([1, 1, 1, 1, 1], p_a=[0.9, 0.5, 0.99, 0.8, 0.7]))
+    one = route(
+        "judge_doubt",
+        tags,
+        count_budget(5, 1),
+        scorer=None,
+        seed=0,
+        signals=_signals([1, 1, 1, 1, 1], p_a=[0.9, 0.5, 0.99, 0.8, 0.7]),
+    )
     assert np.flatnonzero(one.human_mask).tolist() == [1]
 
 
@@ -440,8 +478,7 @@ def test_judge_aware_uses_real_signals_not_topk() -> None:
     tags = one_hot(4, 2, {0: [0, 1, 2]})
     scorer = QuadraticScorer(0.5, np.array([1.0, 0.0]))
     sig = _signals([1, 1, 1, 0])
-    result = route("judge_aware", tags, count_budget(4, 1), scorer=scorer, seed=0, signals=sig,
-                   judge_aware=None)
+    result = route("judge_aware", tags, count_budget(4, 1), scorer=scorer, seed=0, signals=sig, judge_aware=None)
     topk = route("topk", tags, count_budget(4, 1), scorer=scorer, seed=0)
     assert np.flatnonzero(result.human_mask).tolist() == [3]
     assert not np.array_equal(result.human_mask, topk.human_mask)
@@ -459,13 +496,15 @@ def test_hybrid_uses_the_ppm_only_as_an_in_domain_tie_breaker() -> None:
         eg = route("expected_gain", tags, count_budget(6, 2), scorer=None, seed=seed, expected_gain=gain)
         assert np.array_equal(out.human_mask, eg.human_mask) and out.info["ppm_tie_breaker"] == 0.0
     big = np.where(np.arange(6) == 1, 0.9, gain)  # a distinct expected gain always beats the PPM
-    assert 1 in np.flatnonzero(route("hybrid", tags, count_budget(6, 1), scorer=scorer, seed=0, expected_gain=big, ppm_in_domain=True).human_mask)
+    assert 1 in np.flatnonzero(
+        route("hybrid", tags, count_budget(6, 1), scorer=scorer, seed=0, expected_gain=big, ppm_in_domain=True).human_mask
+    )
     spec = STRATEGIES[DEFAULT_STRATEGY]
     assert DEFAULT_STRATEGY == "hybrid" and spec.needs_judge_first and not spec.needs_predictor and spec.predictor == "in_domain"
 
 
 def test_correction_intervals_widen_by_the_measured_transfer_range() -> None:
-    from hybridpref.router.summary import Estimate, _corrections, Summary, MixPrediction, widen
+    from hybridpref.router.summary import Estimate, MixPrediction, Summary, _corrections, widen
 
     assert widen(Estimate(10.0, 8.0, 12.0), None) == Estimate(10.0, 8.0, 12.0)
     assert widen(Estimate(10.0, 8.0, 12.0), (0.5, 2.0)) == Estimate(10.0, 4.0, 24.0)

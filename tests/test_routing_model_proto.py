@@ -6,22 +6,30 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybridpref_client.core.errors import NotReady
 from hybridpref.common.vocabulary import NUM_TAGS, VOCABULARY_VERSION
 from hybridpref.predictor.core import Predictor, default_bundle_path
 from hybridpref.routing_model.data import RoutingModelData
 from hybridpref.routing_model.proto import routing_model_from_proto, routing_model_to_proto
+from hybridpref_client.core.errors import NotReady
 
 
 def _assert_same(a: RoutingModelData, b: RoutingModelData) -> None:
-    assert (a.bundle_version, a.vocabulary_version, a.reference_bins_id) == (b.bundle_version, b.vocabulary_version, b.reference_bins_id)
+    assert (a.bundle_version, a.vocabulary_version, a.reference_bins_id) == (
+        b.bundle_version,
+        b.vocabulary_version,
+        b.reference_bins_id,
+    )
     assert (a.quadratic is None) == (b.quadratic is None)
     if a.quadratic is not None and b.quadratic is not None:
         assert a.quadratic[0] == b.quadratic[0]
         np.testing.assert_array_equal(a.quadratic[1], b.quadratic[1])
         np.testing.assert_array_equal(a.quadratic[2], b.quadratic[2])
     assert a.ppm_residual_std == b.ppm_residual_std
-    assert (a.correction_onnx, a.correction_features, a.correction_version) == (b.correction_onnx, b.correction_features, b.correction_version)
+    assert (a.correction_onnx, a.correction_features, a.correction_version) == (
+        b.correction_onnx,
+        b.correction_features,
+        b.correction_version,
+    )
     assert a.correction_metrics == b.correction_metrics and a.metrics == b.metrics and a.domain == b.domain
     assert a.panel_correction == b.panel_correction and a.panel_version == b.panel_version
 
@@ -36,8 +44,10 @@ def test_default_bundle_round_trips():
     from hybridpref.routing_model.panel_correction import PANEL_FEATURES, PanelCorrectionModel, read_panel_correction
 
     x = np.random.default_rng(1).uniform(size=(50, len(PANEL_FEATURES)))
-    np.testing.assert_array_equal(PanelCorrectionModel.from_json(back.panel_correction).probabilities(x),
-                                  read_panel_correction(default_bundle_path()).probabilities(x))
+    np.testing.assert_array_equal(
+        PanelCorrectionModel.from_json(back.panel_correction).probabilities(x),
+        read_panel_correction(default_bundle_path()).probabilities(x),
+    )
 
 
 def test_minimal_model_round_trips():
@@ -54,10 +64,15 @@ def test_panel_model_round_trips_alone():
     """A bundle with the panel model and nothing else optional: the JSON and its version cross the wire."""
     from hybridpref.routing_model.panel_correction import Linear, PanelCorrectionModel, panel_version
 
-    model = PanelCorrectionModel(Linear(("disagree",), np.array([0.2]), np.array([0.3]), np.array([1.5]), -1.0),
-                                 (2.0, -1.5), Linear.constant(0.1), human_rate=0.1)
-    data = RoutingModelData("ppm-y", VOCABULARY_VERSION, "", None, panel_correction=model.to_json(),
-                            panel_version=panel_version(model))
+    model = PanelCorrectionModel(
+        Linear(("disagree",), np.array([0.2]), np.array([0.3]), np.array([1.5]), -1.0),
+        (2.0, -1.5),
+        Linear.constant(0.1),
+        human_rate=0.1,
+    )
+    data = RoutingModelData(
+        "ppm-y", VOCABULARY_VERSION, "", None, panel_correction=model.to_json(), panel_version=panel_version(model)
+    )
     back = routing_model_from_proto(routing_model_to_proto(data))
     _assert_same(data, back)
     assert panel_version(back.panel_correction) == back.panel_version

@@ -22,8 +22,9 @@ def router_alone(background_loop, log_capture):
     from hybridpref.router.servicer import router_handle
 
     # Backends point at a closed port: validation must reject bad input before any downstream call.
-    settings = Settings(router=dict.fromkeys(("tagger_address", "judge_address", "predictor_address"), "127.0.0.1:1"),
-                        limits={"max_batch": 5})
+    settings = Settings(
+        router=dict.fromkeys(("tagger_address", "judge_address", "predictor_address"), "127.0.0.1:1"), limits={"max_batch": 5}
+    )
     running = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=0))
     background_loop.run(running.loaded.wait())
     yield running
@@ -78,7 +79,15 @@ def test_health_serving_and_reflection(router_alone):
         ([instance("a"), instance("b")], {"count": 3}, {"config.budget.count"}),
         ([instance(str(i)) for i in range(6)], {"fraction": 0.5}, {"instances"}),
     ],
-    ids=["missing-id", "duplicate-id", "empty-responses", "fraction-above-1", "fraction-negative", "count-above-n", "batch-too-big"],
+    ids=[
+        "missing-id",
+        "duplicate-id",
+        "empty-responses",
+        "fraction-above-1",
+        "fraction-negative",
+        "count-above-n",
+        "batch-too-big",
+    ],
 )
 def test_bad_input_is_invalid_argument_with_field_violations(stub, instances, budget, expected):
     with pytest.raises(grpc.RpcError) as err:
@@ -112,7 +121,7 @@ def test_metrics_count_rpcs_by_code(router_alone, stub):
         stub.RouteInstances(request([instance("")]), timeout=10)
     body = urllib.request.urlopen(f"http://127.0.0.1:{router_alone.metrics_port}/metrics", timeout=5).read().decode()
     assert 'hybridpref_rpc_requests_total{code="INVALID_ARGUMENT",method="RouteInstances",service="router"}' in body
-    assert 'hybridpref_rpc_latency_seconds_bucket{' in body and "hybridpref_rpc_in_flight" in body
+    assert "hybridpref_rpc_latency_seconds_bucket{" in body and "hybridpref_rpc_in_flight" in body
 
 
 def test_request_id_from_metadata_is_logged(stub, log_capture):

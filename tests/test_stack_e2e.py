@@ -8,8 +8,8 @@ and the default tagger profile have their own tests.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,12 +19,11 @@ import urllib.request
 
 import grpc
 import pytest
+from conftest import ROOT
 
-from hybridpref_client.core.instances import Label, read_jsonl
 from hybridpref.server.settings import Settings
 from hybridpref_client import Cost, RouterClient, RoutingError
-
-from conftest import ROOT
+from hybridpref_client.core.instances import Label, read_jsonl
 
 SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
 
@@ -33,9 +32,9 @@ SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
 def stack(background_loop, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
 
-    settings = Settings(tagger={"profile": "fast"},
-                        judge={"backend": "replay", "replay_key": "gpt4"},
-                        router={"default_strategy": "greedy"})
+    settings = Settings(
+        tagger={"profile": "fast"}, judge={"backend": "replay", "replay_key": "gpt4"}, router={"default_strategy": "greedy"}
+    )
     running = background_loop.run(start_embedded_stack(settings, metrics=True), timeout=300)
     yield running
     background_loop.run(running.stop(0.5))
@@ -119,8 +118,12 @@ def test_tiny_deadline_is_deadline_exceeded(stack, sample):
 
 def test_metrics_of_each_service_after_a_call(stack, client, sample):
     client.route(sample[:4], fraction=0.5, strategy="greedy")
-    for name, method in (("router", "RouteInstances"), ("tagger", "TagInstances"), ("judge", "JudgeInstances"),
-                         ("predictor", "GetRoutingModel")):
+    for name, method in (
+        ("router", "RouteInstances"),
+        ("tagger", "TagInstances"),
+        ("judge", "JudgeInstances"),
+        ("predictor", "GetRoutingModel"),
+    ):
         port = stack.services[name].metrics_port
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert f'hybridpref_rpc_requests_total{{code="OK",method="{method}",service="{name}"}}' in body, name
@@ -129,9 +132,25 @@ def test_metrics_of_each_service_after_a_call(stack, client, sample):
 def test_cli_route_against_running_router(stack, tmp_path):
     out = tmp_path / "routed.jsonl"
     proc = subprocess.run(
-        [sys.executable, "-m", "hybridpref.cli.main", "route", "--input", str(SAMPLE), "--budget", "count:5",
-         "--strategy", "random", "--router", stack.router_address, "--output", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "hybridpref.cli.main",
+            "route",
+            "--input",
+            str(SAMPLE),
+            "--budget",
+            "count:5",
+            "--strategy",
+            "random",
+            "--router",
+            stack.router_address,
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -143,8 +162,21 @@ def test_cli_names_line_and_field_for_bad_rows(stack, tmp_path):
     good = {"id": "1", "prompt": "p", "response_a": "a", "response_b": "b"}
     bad.write_text("\n".join(json.dumps(r) for r in (good, {**good, "id": "2"}, {**good, "id": "1"})) + "\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "hybridpref.cli.main", "route", "--input", str(bad), "--budget", "0.5",
-         "--router", stack.router_address], capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "hybridpref.cli.main",
+            "route",
+            "--input",
+            str(bad),
+            "--budget",
+            "0.5",
+            "--router",
+            stack.router_address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "error: line 3.id: duplicate id" in proc.stderr and "Traceback" not in proc.stderr
@@ -161,10 +193,26 @@ def test_cli_names_line_and_field_for_bad_rows(stack, tmp_path):
 def test_cli_names_the_first_of_many_bad_rows_and_counts_the_rest(stack, tmp_path):
     # Issue 18 item 7: 1,000 bad rows used to end in RESOURCE_EXHAUSTED (metadata too large), rc 1.
     bad = tmp_path / "many_bad.jsonl"
-    bad.write_text("".join(json.dumps({"id": str(i), "prompt": "p", "response_a": " ", "response_b": "b"}) + "\n"
-                           for i in range(1_000)))
-    proc = subprocess.run([sys.executable, "-m", "hybridpref.cli.main", "route", "--input", str(bad), "--budget", "0.5",
-                           "--router", stack.router_address], capture_output=True, text=True, timeout=120)
+    bad.write_text(
+        "".join(json.dumps({"id": str(i), "prompt": "p", "response_a": " ", "response_b": "b"}) + "\n" for i in range(1_000))
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hybridpref.cli.main",
+            "route",
+            "--input",
+            str(bad),
+            "--budget",
+            "0.5",
+            "--router",
+            stack.router_address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "error: line 1.response_a: empty response" in proc.stderr and "Traceback" not in proc.stderr
     listed = proc.stderr.count("empty response")
@@ -190,8 +238,13 @@ def _free_port_base() -> int:
 def test_up_starts_all_four_and_stops_cleanly_on_sigterm():
     base = _free_port_base()
     env = dict(os.environ, HYBRIDPREF_TAGGER_PROFILE="fast", HYBRIDPREF_JUDGE_BACKEND="replay", HYBRIDPREF_GRACE_PERIOD_S="2")
-    proc = subprocess.Popen([sys.executable, "-m", "hybridpref.cli.main", "up", "--port-base", str(base), "--timeout", "240"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybridpref.cli.main", "up", "--port-base", str(base), "--timeout", "240"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert "all SERVING" in line, line
@@ -235,8 +288,8 @@ def test_bundle_binned_on_other_edges_is_refused(background_loop, sample, tmp_pa
     """Tags binned with other reference edges than the PPM learned from would be silently wrong."""
     import shutil
 
-    from hybridpref.predictor.core import default_bundle_path
     from hybridpref.cli.stack import start_embedded_stack
+    from hybridpref.predictor.core import default_bundle_path
 
     bundle = tmp_path / "bundle"
     shutil.copytree(default_bundle_path(), bundle)
@@ -248,9 +301,9 @@ def test_bundle_binned_on_other_edges_is_refused(background_loop, sample, tmp_pa
     manifest = json.loads((bundle / "manifest.json").read_text())  # a consistent bundle, built on other edges
     manifest["files"]["reference_bins.json"] = sha256_file(bundle / "reference_bins.json")
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    settings = Settings(tagger={"profile": "fast"},
-                        judge={"backend": "replay"},
-                        predictor={"bundle_path": str(bundle), "bundle_watch_s": 0})
+    settings = Settings(
+        tagger={"profile": "fast"}, judge={"backend": "replay"}, predictor={"bundle_path": str(bundle), "bundle_watch_s": 0}
+    )
     other = background_loop.run(start_embedded_stack(settings), timeout=300)
     try:
         with RouterClient(other.router_address, timeout_s=60) as c:
@@ -265,15 +318,18 @@ def test_bundle_binned_on_other_edges_is_refused(background_loop, sample, tmp_pa
 @pytest.fixture(scope="module")
 def routing_stack(background_loop, tmp_path_factory, sample):
     """A stack whose bundle has a correction model, a domain (the sample batch) and a residual std."""
+    from test_router_core import enrich_bundle
+
     from hybridpref.cli.stack import start_embedded_stack
     from hybridpref.tagger.core import Tagger
-    from test_router_core import enrich_bundle
 
     folder = tmp_path_factory.mktemp("e2e-routing") / "bundle"
     enrich_bundle(folder, Tagger.for_profile("fast"), sample)
-    settings = Settings(tagger={"profile": "fast"},
-                        judge={"backend": "replay", "replay_key": "gpt4"},
-                        predictor={"bundle_path": str(folder), "bundle_watch_s": 0})
+    settings = Settings(
+        tagger={"profile": "fast"},
+        judge={"backend": "replay", "replay_key": "gpt4"},
+        predictor={"bundle_path": str(folder), "bundle_watch_s": 0},
+    )
     running = background_loop.run(start_embedded_stack(settings), timeout=300)
     yield running
     background_loop.run(running.stop(0.5))
@@ -300,9 +356,21 @@ def test_cli_prints_out_of_domain_warning(routing_stack):
     from conftest import FIXTURES
 
     proc = subprocess.run(
-        [sys.executable, "-m", "hybridpref.cli.main", "route", "--input", str(FIXTURES / "router_off_domain.jsonl"),
-         "--budget", "0.5", "--router", routing_stack.router_address],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "hybridpref.cli.main",
+            "route",
+            "--input",
+            str(FIXTURES / "router_off_domain.jsonl"),
+            "--budget",
+            "0.5",
+            "--router",
+            routing_stack.router_address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "warning: out of domain" in proc.stderr and "OUT OF DOMAIN" in proc.stderr

@@ -12,10 +12,10 @@ import pytest
 from support.postgres import postgres_server, store_url  # noqa: F401  (fixtures)
 from support.store_data import candidates
 
-from hybridpref_client.core.errors import AlreadyExists, InvalidInput, NotFound
 from hybridpref.store.api import CampaignSpec, HumanLabel
 from hybridpref.store.sql import SqlCampaignStore
 from hybridpref.store.stats import Z95
+from hybridpref_client.core.errors import AlreadyExists, InvalidInput, NotFound
 
 
 @pytest.fixture
@@ -48,12 +48,14 @@ def test_campaigns_are_per_vendor(store):
     assert store.get_campaign("globex", "c").spec.budget_total == 3
     assert store.list_campaigns("initech") == []
     store.decide_batch("acme", "c", "b0", candidates("i", 5, 1))
-    for call in (lambda: store.get_campaign("initech", "c"),
-                 lambda: store.decide_batch("initech", "c", "b0", candidates("i", 1, 1)),
-                 lambda: store.submit_labels("initech", "c", [HumanLabel("i0", "a", "A")]),
-                 lambda: list(store.export_rows("initech", "c")),
-                 lambda: store.status("initech", "c"),
-                 lambda: store.pending_pairs("initech", "c", "a")):
+    for call in (
+        lambda: store.get_campaign("initech", "c"),
+        lambda: store.decide_batch("initech", "c", "b0", candidates("i", 1, 1)),
+        lambda: store.submit_labels("initech", "c", [HumanLabel("i0", "a", "A")]),
+        lambda: list(store.export_rows("initech", "c")),
+        lambda: store.status("initech", "c"),
+        lambda: store.pending_pairs("initech", "c", "a"),
+    ):
         with pytest.raises(NotFound):
             call()
     # globex's campaign of the same name never saw acme's instances
@@ -64,11 +66,27 @@ def test_campaigns_are_per_vendor(store):
 
 def test_invalid_spec_names_the_fields(store):
     with pytest.raises(InvalidInput) as err:
-        store.create_campaign(CampaignSpec(vendor="", name="x" * 500, budget_kind="labels", budget_total=-1,
-                                           votes_per_pair=0, expected_instances=0, exploration_share=1.5))
+        store.create_campaign(
+            CampaignSpec(
+                vendor="",
+                name="x" * 500,
+                budget_kind="labels",
+                budget_total=-1,
+                votes_per_pair=0,
+                expected_instances=0,
+                exploration_share=1.5,
+            )
+        )
     fields = {v.field for v in err.value.violations}
-    assert fields == {"vendor", "name", "budget.kind", "budget.total", "votes_per_pair", "expected_instances",
-                      "exploration_share"}
+    assert fields == {
+        "vendor",
+        "name",
+        "budget.kind",
+        "budget.total",
+        "votes_per_pair",
+        "expected_instances",
+        "exploration_share",
+    }
     with pytest.raises(InvalidInput, match="whole number"):
         store.create_campaign(spec(budget_total=2.5))
 
@@ -81,8 +99,9 @@ def test_resent_ids_replay_and_spend_nothing(store):
     assert not any(d.replayed for d in first)
     again = store.decide_batch("acme", "c", "b0-retry", candidates("i", 20, 3))
     assert all(d.replayed for d in again)
-    assert [(d.instance_id, d.human, d.exploration, d.batch_id) for d in again] == \
-           [(d.instance_id, d.human, d.exploration, d.batch_id) for d in first]
+    assert [(d.instance_id, d.human, d.exploration, d.batch_id) for d in again] == [
+        (d.instance_id, d.human, d.exploration, d.batch_id) for d in first
+    ]
     assert store.get_campaign("acme", "c") == after_first
     mixed = candidates("i", 10, 3, start=15)  # i15..i19 stored, i20..i24 new
     out = store.decide_batch("acme", "c", "b1", mixed)
@@ -101,8 +120,7 @@ def test_invalid_batch_stores_nothing(store):
     with pytest.raises(InvalidInput) as err:
         store.decide_batch("acme", "c", "b0", bad)
     fields = {v.field for v in err.value.violations}
-    assert fields == {"candidates[1].instance_id", "candidates[2].score", "candidates[2].lm_label",
-                      "candidates[2].signals"}
+    assert fields == {"candidates[1].instance_id", "candidates[2].score", "candidates[2].lm_label", "candidates[2].signals"}
     assert store.get_campaign("acme", "c").routed == 0
     with pytest.raises(InvalidInput, match="batch_id"):
         store.decide_batch("acme", "c", "", candidates("i", 1, 0))
@@ -135,27 +153,45 @@ def test_labels_stored_unchanged_replaced_rejected(store):
     store.create_campaign(spec("lm-only", budget_total=0))
     lm = store.decide_batch("acme", "lm-only", "b0", candidates("i", 2, 0))
     assert not any(d.human for d in lm)
-    results = store.submit_labels("acme", "c", [
-        HumanLabel(ids[0], "ann", "A", strength=2, rationale="clearer"),
-        HumanLabel(ids[1], "ann", "b"),
-        HumanLabel("missing", "ann", "A"),
-        HumanLabel(ids[2], "ann", "maybe"),
-        HumanLabel(ids[2], "", "A"),
-        HumanLabel(ids[2], "ann", "tie", strength=1),
-        HumanLabel(ids[3], "ann", "A", strength=5),
-        HumanLabel(ids[0], "ann", "A", strength=2, rationale="clearer"),  # same again in the same request
-    ])
-    assert [r.status for r in results] == ["stored", "stored", "rejected", "rejected", "rejected", "rejected",
-                                           "rejected", "unchanged"]
+    results = store.submit_labels(
+        "acme",
+        "c",
+        [
+            HumanLabel(ids[0], "ann", "A", strength=2, rationale="clearer"),
+            HumanLabel(ids[1], "ann", "b"),
+            HumanLabel("missing", "ann", "A"),
+            HumanLabel(ids[2], "ann", "maybe"),
+            HumanLabel(ids[2], "", "A"),
+            HumanLabel(ids[2], "ann", "tie", strength=1),
+            HumanLabel(ids[3], "ann", "A", strength=5),
+            HumanLabel(ids[0], "ann", "A", strength=2, rationale="clearer"),  # same again in the same request
+        ],
+    )
+    assert [r.status for r in results] == [
+        "stored",
+        "stored",
+        "rejected",
+        "rejected",
+        "rejected",
+        "rejected",
+        "rejected",
+        "unchanged",
+    ]
     assert [r.index for r in results] == list(range(8))
     assert results[2].error.startswith("labels[2].instance_id")
     assert results[3].error.startswith("labels[3].preference")
     assert results[4].error.startswith("labels[4].annotator")
     assert results[5].error.startswith("labels[5].strength")
     assert results[6].error.startswith("labels[6].strength")
-    again = store.submit_labels("acme", "c", [HumanLabel(ids[0], "ann", "A", strength=2, rationale="clearer"),
-                                              HumanLabel(ids[1], "ann", "A"),
-                                              HumanLabel(ids[1], "ann2", "A")])
+    again = store.submit_labels(
+        "acme",
+        "c",
+        [
+            HumanLabel(ids[0], "ann", "A", strength=2, rationale="clearer"),
+            HumanLabel(ids[1], "ann", "A"),
+            HumanLabel(ids[1], "ann2", "A"),
+        ],
+    )
     assert [r.status for r in again] == ["unchanged", "replaced", "stored"]
     campaign = store.get_campaign("acme", "c")
     assert campaign.labels_returned == 3  # a replaced label is still one vote
@@ -168,7 +204,13 @@ def test_labels_stored_unchanged_replaced_rejected(store):
     cand, decision, votes = rows[ids[1]]
     sent = candidates("i", 4, 0)[1]
     assert (cand.prompt, cand.response_a, cand.response_b, cand.signals, cand.features, cand.metadata) == (
-        sent.prompt, sent.response_a, sent.response_b, sent.signals, sent.features, sent.metadata)
+        sent.prompt,
+        sent.response_a,
+        sent.response_b,
+        sent.signals,
+        sent.features,
+        sent.metadata,
+    )
     assert cand.lm_label == sent.lm_label and cand.expected_correction == sent.expected_correction
     assert decision.human and [(v.annotator, v.preference) for v in votes] == [("ann", "A"), ("ann2", "A")]
     assert rows[ids[0]][2][0].strength == 2 and rows[ids[0]][2][0].rationale == "clearer"
@@ -207,16 +249,26 @@ def test_pending_pairs_need_votes_and_skip_what_the_annotator_did(store):
 def test_export_trl_majority_ties_and_lm_labels(store):
     store.create_campaign(spec(budget_total=3, votes_per_pair=3, judge="gpt-4"))
     batch = candidates("i", 6, 5)
-    batch = [replace(c, score=s, lm_label=lab) for c, s, lab in
-             zip(batch, [0.9, 0.8, 0.7, 0.1, 0.2, 0.3], ["A_BETTER", "A_BETTER", "B_BETTER", "B_MUCH_BETTER",
-                                                         "TIE", None], strict=True)]
+    batch = [
+        replace(c, score=s, lm_label=lab)
+        for c, s, lab in zip(
+            batch, [0.9, 0.8, 0.7, 0.1, 0.2, 0.3], ["A_BETTER", "A_BETTER", "B_BETTER", "B_MUCH_BETTER", "TIE", None], strict=True
+        )
+    ]
     decisions = store.decide_batch("acme", "c", "b0", batch)
     assert [d.human for d in decisions] == [True, True, True, False, False, False]
-    store.submit_labels("acme", "c", [
-        HumanLabel("i0", "a1", "B"), HumanLabel("i0", "a2", "B"), HumanLabel("i0", "a3", "A"),  # B wins 2-1
-        HumanLabel("i1", "a1", "A"), HumanLabel("i1", "a2", "B"),  # level: a flagged tie
-        HumanLabel("i3", "a1", "A"),  # audit vote: the LM label stays the row's label
-    ])
+    store.submit_labels(
+        "acme",
+        "c",
+        [
+            HumanLabel("i0", "a1", "B"),
+            HumanLabel("i0", "a2", "B"),
+            HumanLabel("i0", "a3", "A"),  # B wins 2-1
+            HumanLabel("i1", "a1", "A"),
+            HumanLabel("i1", "a2", "B"),  # level: a flagged tie
+            HumanLabel("i3", "a1", "A"),  # audit vote: the LM label stays the row's label
+        ],
+    )
     rows = {r["id"]: r for r in store.export_rows("acme", "c", "trl")}
     assert sorted(rows) == ["i0", "i1", "i2", "i3", "i4"]  # i5: no label at all
     c = {x.instance_id: x for x in batch}
@@ -262,8 +314,10 @@ def test_status_agreement_and_corrections(store):
     agree = sum(h == lm for h, lm in compared)
     assert status.agreement.estimate == pytest.approx(agree / len(compared))
     p, k = agree / len(compared), len(compared)
-    centre = (p + Z95 ** 2 / (2 * k)) / (1 + Z95 ** 2 / k)
-    assert status.agreement.low < p < status.agreement.high and (status.agreement.low + status.agreement.high) / 2 == pytest.approx(centre)
+    centre = (p + Z95**2 / (2 * k)) / (1 + Z95**2 / k)
+    assert status.agreement.low < p < status.agreement.high and (
+        status.agreement.low + status.agreement.high
+    ) / 2 == pytest.approx(centre)
     audit = [(lab.preference, winner[by_id[lab.instance_id].lm_label]) for lab in labels[30:]]
     audit = [(h, lm) for h, lm in audit if lm is not None]
     assert status.audit_agreement.estimate == pytest.approx(sum(h == lm for h, lm in audit) / len(audit))

@@ -29,8 +29,10 @@ def test_sqlite_is_opened_durable(tmp_path):
     engine = create_store_engine(str(tmp_path / "deep" / "s.db"))
     try:
         with engine.connect() as conn:
-            pragmas = {name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
-                       for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")}
+            pragmas = {
+                name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+            }
         assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 30_000}
         assert Path(tmp_path / "deep" / "s.db").exists()
     finally:

@@ -21,10 +21,12 @@ def campaign(tmp_path):
     """A campaign of 3 batches of 40 (count budget 30, 2 votes per pair) with seeded human votes on part
     of the human-routed pairs and a few audit votes."""
     store = SqlCampaignStore.open(f"sqlite:///{tmp_path / 'store.db'}", upgrade=True)
-    store.create_campaign(CampaignSpec("acme", "c", "count", 30, judge="replay:gpt-4", votes_per_pair=2,
-                                       expected_instances=120, exploration_share=0.2))
-    decisions = [d for b in range(3) for d in store.decide_batch("acme", "c", f"b{b}",
-                                                                 candidates("i", 40, b, start=40 * b))]
+    store.create_campaign(
+        CampaignSpec(
+            "acme", "c", "count", 30, judge="replay:gpt-4", votes_per_pair=2, expected_instances=120, exploration_share=0.2
+        )
+    )
+    decisions = [d for b in range(3) for d in store.decide_batch("acme", "c", f"b{b}", candidates("i", 40, b, start=40 * b))]
     rng = random.Random(0)
     human = [d.instance_id for d in decisions if d.human]
     labels = [HumanLabel(i, f"a{k}", rng.choice(["A", "A", "B", "tie"])) for i in human[:20] for k in range(2)]
@@ -45,10 +47,10 @@ def test_trl_export_loads_with_datasets(campaign, tmp_path, monkeypatch):
     n_parquet = write_export(iter(rows), tmp_path / "out" / "c.parquet", "trl")
     assert n_jsonl == n_parquet == 120
     cache = str(tmp_path / "hf-cache")
-    from_json = datasets.load_dataset("json", data_files=str(tmp_path / "out" / "c.jsonl"), split="train",
-                                      cache_dir=cache)
-    from_parquet = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "c.parquet"), split="train",
-                                         cache_dir=cache)
+    from_json = datasets.load_dataset("json", data_files=str(tmp_path / "out" / "c.jsonl"), split="train", cache_dir=cache)
+    from_parquet = datasets.load_dataset(
+        "parquet", data_files=str(tmp_path / "out" / "c.parquet"), split="train", cache_dir=cache
+    )
     for ds in (from_json, from_parquet):
         assert ds.num_rows == 120
         assert set(ds.column_names) == set(parquet_schema("trl").names)

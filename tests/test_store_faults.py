@@ -44,7 +44,7 @@ def test_twenty_threads_submitting_labels_count_exactly(store):
         barrier.wait()
         statuses = []
         for start in range(0, n_pairs, 10):
-            statuses += [r.status for r in store.submit_labels("acme", "c", labels[start:start + 10])]
+            statuses += [r.status for r in store.submit_labels("acme", "c", labels[start : start + 10])]
         statuses += [r.status for r in store.submit_labels("acme", "c", labels[:10])]  # re-sent
         return statuses
 
@@ -65,8 +65,14 @@ def test_twenty_threads_submitting_labels_count_exactly(store):
 
 def _spawn(*args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, str(WORKER), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def test_two_processes_routing_one_campaign_never_overspend(store_url):  # noqa: F811
@@ -75,8 +81,10 @@ def test_two_processes_routing_one_campaign_never_overspend(store_url):  # noqa:
     store = SqlCampaignStore.open(store_url, upgrade=True)
     total, batches, size = 150, 20, 20
     store.create_campaign(CampaignSpec("acme", "c", "count", total, expected_instances=2 * batches * size))
-    procs = [_spawn("decide", store_url, "acme", "c", prefix, str(batches), str(size), str(seed))
-             for prefix, seed in (("p", 1), ("q", 1000))]
+    procs = [
+        _spawn("decide", store_url, "acme", "c", prefix, str(batches), str(size), str(seed))
+        for prefix, seed in (("p", 1), ("q", 1000))
+    ]
     for p in procs:  # both ready (store open, batches built), then both go
         assert json.loads(p.stdout.readline()) == {"ready": True}, p.stderr.read()[-2000:]
     for p in procs:
@@ -135,8 +143,7 @@ def test_kill_9_keeps_every_acknowledged_row(store_url):  # noqa: F811
     k = len(rows) // 5
     for b in (k - 1, k):
         again = reopened.decide_batch("acme", "k", f"kb{b}", candidates("k", 5, b, start=5 * b))
-        reopened.submit_labels("acme", "k", [HumanLabel(d.instance_id, "w", "A" if j % 2 else "B")
-                                             for j, d in enumerate(again)])
+        reopened.submit_labels("acme", "k", [HumanLabel(d.instance_id, "w", "A" if j % 2 else "B") for j, d in enumerate(again)])
     after = reopened.get_campaign("acme", "k")
     assert after.routed == after.spent == 5 * (k + 1)
     assert after.labels_returned == 5 * (k + 1)

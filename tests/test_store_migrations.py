@@ -11,11 +11,11 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from support.postgres import postgres_server, store_url  # noqa: F401  (fixtures)
 
-from hybridpref_client.core.errors import NotReady
 from hybridpref.store.api import HumanLabel
 from hybridpref.store.engine import create_store_engine, current_revision, head_revision, migrate
 from hybridpref.store.models import Base
 from hybridpref.store.sql import SqlCampaignStore
+from hybridpref_client.core.errors import NotReady
 
 
 def test_from_empty_to_head_matches_the_models(store_url):  # noqa: F811
@@ -37,23 +37,33 @@ def test_upgrade_from_0001_keeps_rows(store_url):  # noqa: F811
     engine = create_store_engine(store_url)
     now = datetime(2026, 12, 1, tzinfo=UTC)
     with engine.begin() as conn:  # rows as revision 0001's code wrote them
-        conn.execute(text(
-            "INSERT INTO campaigns (vendor, name, budget_kind, budget_total, strategy, judge, votes_per_pair, "
-            "expected_instances, exploration_share, created_at, spent, routed, human_routed) VALUES "
-            "('acme', 'old', 'count', 5, '', '', 1, NULL, 0, :now, 1, 2, 1)"), {"now": now})
+        conn.execute(
+            text(
+                "INSERT INTO campaigns (vendor, name, budget_kind, budget_total, strategy, judge, votes_per_pair, "
+                "expected_instances, exploration_share, created_at, spent, routed, human_routed) VALUES "
+                "('acme', 'old', 'count', 5, '', '', 1, NULL, 0, :now, 1, 2, 1)"
+            ),
+            {"now": now},
+        )
         cid = conn.execute(text("SELECT id FROM campaigns WHERE name = 'old'")).scalar()
         for k, human in enumerate((True, False)):
-            conn.execute(text(
-                "INSERT INTO decisions (campaign_id, instance_id, batch_id, prompt, response_a, response_b, score, "
-                "cost, human, exploration, threshold, lm_label, lm_confidence, expected_correction, signals, "
-                "features, meta, model_version, bundle_version, created_at) VALUES (:cid, :iid, 'b0', 'p', 'ra', "
-                "'rb', 0.5, 1, :human, :f, NULL, 'A_BETTER', 0.9, 0.2, '{}', '{}', '{}', '', '', :now)"),
-                {"cid": cid, "iid": f"i{k}", "human": human, "f": False, "now": now})
+            conn.execute(
+                text(
+                    "INSERT INTO decisions (campaign_id, instance_id, batch_id, prompt, response_a, response_b, score, "
+                    "cost, human, exploration, threshold, lm_label, lm_confidence, expected_correction, signals, "
+                    "features, meta, model_version, bundle_version, created_at) VALUES (:cid, :iid, 'b0', 'p', 'ra', "
+                    "'rb', 0.5, 1, :human, :f, NULL, 'A_BETTER', 0.9, 0.2, '{}', '{}', '{}', '', '', :now)"
+                ),
+                {"cid": cid, "iid": f"i{k}", "human": human, "f": False, "now": now},
+            )
         did = conn.execute(text("SELECT id FROM decisions WHERE instance_id = 'i0'")).scalar()
-        conn.execute(text(
-            "INSERT INTO labels (campaign_id, decision_id, annotator, preference, strength, rationale, labelled_at, "
-            "source, audit, updated_at) VALUES (:cid, :did, 'ann', 'B', 2, 'why', :now, 'api', :f, :now)"),
-            {"cid": cid, "did": did, "now": now, "f": False})
+        conn.execute(
+            text(
+                "INSERT INTO labels (campaign_id, decision_id, annotator, preference, strength, rationale, labelled_at, "
+                "source, audit, updated_at) VALUES (:cid, :did, 'ann', 'B', 2, 'why', :now, 'api', :f, :now)"
+            ),
+            {"cid": cid, "did": did, "now": now, "f": False},
+        )
     with pytest.raises(NotReady, match="store migrate"):
         SqlCampaignStore.open(store_url)
     engine.dispose()
@@ -68,8 +78,9 @@ def test_upgrade_from_0001_keeps_rows(store_url):  # noqa: F811
     # the new revision's table works, and the old campaign goes on
     token = store.create_annotator_token("acme", "ann")
     assert store.annotator_for_token(token) == ("acme", "ann")
-    assert store.submit_labels("acme", "old", [HumanLabel("i0", "ann", "B", strength=2, rationale="why")])[0].status \
-        == "unchanged"
+    assert (
+        store.submit_labels("acme", "old", [HumanLabel("i0", "ann", "B", strength=2, rationale="why")])[0].status == "unchanged"
+    )
     store.close()
 
 

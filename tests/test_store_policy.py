@@ -14,8 +14,17 @@ def run_stream(scores_by_batch, costs_by_batch, *, kind, total, expected, share=
     history = np.zeros(0)
     spent, seen, spends, plans = 0.0, 0, [], []
     for b, (scores, costs) in enumerate(zip(scores_by_batch, costs_by_batch, strict=True)):
-        plan = plan_batch(scores, costs, history=history, budget_kind=kind, budget_left=total - spent, seen=seen,
-                          expected_instances=expected, exploration_share=share, seed=batch_seed(7, f"b{b}"))
+        plan = plan_batch(
+            scores,
+            costs,
+            history=history,
+            budget_kind=kind,
+            budget_left=total - spent,
+            seen=seen,
+            expected_instances=expected,
+            exploration_share=share,
+            seed=batch_seed(7, f"b{b}"),
+        )
         units = np.ones(len(scores)) if kind == "count" else costs
         assert plan.spend == pytest.approx(float(units[plan.human].sum()))
         assert not np.any(plan.exploration & ~plan.human)
@@ -23,8 +32,7 @@ def run_stream(scores_by_batch, costs_by_batch, *, kind, total, expected, share=
         assert spent <= total + EPS, "the policy spent more than the campaign's total"
         spends.append(plan.spend)
         plans.append(plan)
-        history = (update_sample(history, seen, scores, batch_seed(7, f"b{b}")) if sample
-                   else np.concatenate([history, scores]))
+        history = update_sample(history, seen, scores, batch_seed(7, f"b{b}")) if sample else np.concatenate([history, scores])
         seen += len(scores)
     return np.array(spends), plans
 
@@ -85,8 +93,14 @@ def test_higher_scores_get_humans():
     # a batch richer in high scores than the history gets a larger share of humans
     rich = np.concatenate([scores[0], scores[1]]) + 0.3
     history = np.concatenate(scores[:10])
-    args = dict(budget_kind="count", budget_left=1000, seen=len(history), expected_instances=len(history) * 2,
-                exploration_share=0.0, seed=1)
+    args = dict(
+        budget_kind="count",
+        budget_left=1000,
+        seen=len(history),
+        expected_instances=len(history) * 2,
+        exploration_share=0.0,
+        seed=1,
+    )
     plain = plan_batch(scores[11], np.ones(len(scores[11])), history=history, **args)
     richer = plan_batch(rich, np.ones(len(rich)), history=history, **args)
     assert richer.human.mean() > 2 * plain.human.mean()
@@ -102,8 +116,10 @@ def test_exploration_share_is_random_and_deterministic():
     exploited_scores = np.concatenate([s[p.human & ~p.exploration] for s, p in zip(scores, plans, strict=True)])
     assert explored_scores.mean() < exploited_scores.mean() - 0.1  # drawn from the whole batch, not the top
     again, plans2 = run_stream(scores, costs, kind="count", total=0.25 * n // 1, expected=n, share=0.2)
-    assert all(np.array_equal(a.human, b.human) and np.array_equal(a.exploration, b.exploration)
-               for a, b in zip(plans, plans2, strict=True))
+    assert all(
+        np.array_equal(a.human, b.human) and np.array_equal(a.exploration, b.exploration)
+        for a, b in zip(plans, plans2, strict=True)
+    )
     assert batch_seed(1, "b") != batch_seed(2, "b") and batch_seed(1, "b") != batch_seed(1, "c")
 
 
@@ -117,15 +133,42 @@ def test_tied_scores_are_shared_at_the_threshold():
 
 
 def test_empty_and_exhausted():
-    none = plan_batch(np.zeros(0), np.zeros(0), history=np.zeros(0), budget_kind="count", budget_left=5, seen=0,
-                      expected_instances=10, exploration_share=0.0, seed=0)
+    none = plan_batch(
+        np.zeros(0),
+        np.zeros(0),
+        history=np.zeros(0),
+        budget_kind="count",
+        budget_left=5,
+        seen=0,
+        expected_instances=10,
+        exploration_share=0.0,
+        seed=0,
+    )
     assert none.spend == 0 and len(none.human) == 0
-    broke = plan_batch(np.ones(5), np.full(5, 2.0), history=np.zeros(0), budget_kind="cost", budget_left=1.5,
-                       seen=0, expected_instances=None, exploration_share=0.0, seed=0)
+    broke = plan_batch(
+        np.ones(5),
+        np.full(5, 2.0),
+        history=np.zeros(0),
+        budget_kind="cost",
+        budget_left=1.5,
+        seen=0,
+        expected_instances=None,
+        exploration_share=0.0,
+        seed=0,
+    )
     assert broke.spend == 0 and not broke.human.any()
     # a cheaper instance still fits where the best one does not
-    mixed = plan_batch(np.array([0.9, 0.5]), np.array([3.0, 1.0]), history=np.zeros(0), budget_kind="cost",
-                       budget_left=2.0, seen=0, expected_instances=None, exploration_share=0.0, seed=0)
+    mixed = plan_batch(
+        np.array([0.9, 0.5]),
+        np.array([3.0, 1.0]),
+        history=np.zeros(0),
+        budget_kind="cost",
+        budget_left=2.0,
+        seen=0,
+        expected_instances=None,
+        exploration_share=0.0,
+        seed=0,
+    )
     assert mixed.human.tolist() == [False, True] and mixed.spend == 1.0
 
 
@@ -163,8 +206,17 @@ def test_sampled_history_weighs_for_the_whole_stream():
     """A sample of 8,192 scores standing for 1,000,000 earlier ones is not outweighed by a batch of 50,000."""
     rng = np.random.default_rng(10)
     history, batch = rng.normal(0, 1, 8192), rng.normal(1, 1, 50_000)
-    plan = plan_batch(batch, np.ones(len(batch)), history=history, budget_kind="count", budget_left=300_000,
-                      seen=1_000_000, expected_instances=4_000_000, exploration_share=0.0, seed=3)
+    plan = plan_batch(
+        batch,
+        np.ones(len(batch)),
+        history=history,
+        budget_kind="count",
+        budget_left=300_000,
+        seen=1_000_000,
+        expected_instances=4_000_000,
+        exploration_share=0.0,
+        seed=3,
+    )
     assert plan.fraction == pytest.approx(0.1)
     stream = np.concatenate([rng.normal(0, 1, 1_000_000), rng.normal(1, 1, 50_000)])
     assert plan.threshold == pytest.approx(np.quantile(stream, 1 - plan.fraction), abs=0.05)

@@ -10,20 +10,20 @@ import dataclasses
 
 import grpc
 import pytest
+from conftest import ROOT
 
 from hybridpref.router.progress import ProgressReporter, StageProgress, report, reporting, with_progress
 from hybridpref.server.settings import Settings
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
 from hybridpref_client import AsyncRouterClient, RouterClient
-from hybridpref_client.core.instances import read_jsonl
 from hybridpref_client.core.convert import instances_to_proto
-
-from conftest import ROOT
+from hybridpref_client.core.instances import read_jsonl
 
 SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
 
 
 # ---- the reporter and the runner, without gRPC ----------------------------------------------------------
+
 
 def test_the_reporter_throttles_each_stage_but_always_sends_its_last_report():
     now = [0.0]
@@ -36,8 +36,12 @@ def test_the_reporter_throttles_each_stage_but_always_sends_its_last_report():
     reporter.report("judged", 200, 200)  # completes the stage: sent however soon
     now[0] = 1.5
     reporter.report("tagged", 192, 0)
-    assert [(p.stage, p.done, p.total) for p in sent] == [("tagged", 64, 0), ("judged", 64, 200), ("judged", 200, 200),
-                                                         ("tagged", 192, 0)]
+    assert [(p.stage, p.done, p.total) for p in sent] == [
+        ("tagged", 64, 0),
+        ("judged", 64, 200),
+        ("judged", 200, 200),
+        ("tagged", 192, 0),
+    ]
 
 
 def test_report_outside_a_reporting_block_does_nothing():
@@ -90,6 +94,7 @@ def test_with_progress_yields_reports_then_the_result_and_cancels_abandoned_work
 
 # ---- a real router stack --------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def stack(background_loop, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
@@ -109,8 +114,9 @@ def instances():
 
 def stream_replies(stack, instances, **config) -> list[router_pb2.RouteInstancesStreamResponse]:
     def messages():
-        yield router_pb2.RouteInstancesStreamRequest(config=router_pb2.RouteConfig(
-            budget=common_pb2.Budget(fraction=0.25), seed=3, **config))
+        yield router_pb2.RouteInstancesStreamRequest(
+            config=router_pb2.RouteConfig(budget=common_pb2.Budget(fraction=0.25), seed=3, **config)
+        )
         for start in range(0, len(instances), 50):
             chunk = instances_to_proto(instances[start : start + 50])
             yield router_pb2.RouteInstancesStreamRequest(chunk=router_pb2.InstanceChunk(instances=chunk))
@@ -154,13 +160,25 @@ def test_the_sdk_turns_reports_into_increments_sync_and_async(stack, instances):
     sync_events: list[tuple[str, int]] = []
     async_events: list[tuple[str, int]] = []
     with RouterClient(stack.router_address, timeout_s=120) as client:
-        result = client.route_stream(instances, fraction=0.25, strategy="greedy", seed=3, chunk_size=50,
-                                     on_progress=lambda phase, n: sync_events.append((phase, n)))
+        result = client.route_stream(
+            instances,
+            fraction=0.25,
+            strategy="greedy",
+            seed=3,
+            chunk_size=50,
+            on_progress=lambda phase, n: sync_events.append((phase, n)),
+        )
 
     async def main():
         async with AsyncRouterClient(stack.router_address, timeout_s=120) as client:
-            return await client.route_stream(instances, fraction=0.25, strategy="greedy", seed=3, chunk_size=50,
-                                             on_progress=lambda phase, n: async_events.append((phase, n)))
+            return await client.route_stream(
+                instances,
+                fraction=0.25,
+                strategy="greedy",
+                seed=3,
+                chunk_size=50,
+                on_progress=lambda phase, n: async_events.append((phase, n)),
+            )
 
     async_result = asyncio.run(main())
     lm_count = result.summary["lm_count"]

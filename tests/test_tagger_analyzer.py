@@ -14,10 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from hybridpref_client.core.errors import BackendUnavailable
 from hybridpref.common.vocabulary import ANALYZER_DIMENSIONS, TAG_NAMES
 from hybridpref.tagger.analyzer import UNPARSED, LMAnalyzer, answers_to_bits, format_constraints, in_context_material
 from hybridpref.tagger.openai_backend import OpenAIAnalyzer, build_messages, parse_answer
+from hybridpref_client.core.errors import BackendUnavailable
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,11 @@ from hybridpref.tagger.openai_backend import OpenAIAnalyzer, build_messages, par
         ("safety_concern", '{"label": "moderate"}', UNPARSED),
         ("safety_concern", '{"answer": 3}', UNPARSED),
         ("subject_of_expertise", '{"answer": ["Mathematics", "statistics"]}', "Mathematics|Statistics"),
-        ("subject_of_expertise", '{"answer": "Journalism, media studies and communication"}', "Journalism, media studies and communication"),
+        (
+            "subject_of_expertise",
+            '{"answer": "Journalism, media studies and communication"}',
+            "Journalism, media studies and communication",
+        ),
         ("subject_of_expertise", '{"answer": ["Journalism", "Media studies"]}', UNPARSED),
         ("subject_of_expertise", '{"answer": []}', UNPARSED),
         ("format_constraints", '{"answer": "yes"}', "present"),
@@ -132,8 +136,8 @@ def test_openai_backend_errors_are_backend_unavailable(server):
 
 
 def test_tagger_with_openai_backend(server):
-    from hybridpref_client.core.instances import PreferenceInstance
     from hybridpref.tagger.core import Tagger
+    from hybridpref_client.core.instances import PreferenceInstance
 
     t = Tagger("fast", analyzer="openai", openai_base_url=server, openai_model="canned")
     b = t.tag([PreferenceInstance("x", "What is 2 + 2?", "4", "Four")])

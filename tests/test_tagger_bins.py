@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybridpref_client.core.errors import InvalidInput
 from hybridpref.common.vocabulary import LENGTH_MEASURES, LEXICAL_MEASURES, NUM_LEXICAL_TAGS, TAG_NAMES
 from hybridpref.routing_model.bins import EDGE_HIGH, EDGE_LOW, ReferenceBins, bin_of, percentile_rank
+from hybridpref_client.core.errors import InvalidInput
 
 
 def test_edges_exactly_at_0_third_two_thirds_1():
@@ -88,7 +88,9 @@ def test_fit_json_round_trip_and_reference_edges():
     # uniform 0..299: value 99 is at rank 1/3 -> low; 100 -> mid; 200 -> high
     u = again.normalise(_measures(prompt_len=99.0))[0, LEXICAL_MEASURES.index("prompt_len")]
     assert u == pytest.approx(99 / 299)
-    assert bin_of(again.normalise(np.vstack([_measures(prompt_len=v) for v in (99, 100, 200)]))[:, LEXICAL_MEASURES.index("prompt_len")]).tolist() == [0, 1, 2]
+    assert bin_of(
+        again.normalise(np.vstack([_measures(prompt_len=v) for v in (99, 100, 200)]))[:, LEXICAL_MEASURES.index("prompt_len")]
+    ).tolist() == [0, 1, 2]
     assert rng is not None
 
 

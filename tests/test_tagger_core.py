@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hybridpref.common.vocabulary import LEXICAL_MEASURES, NUM_TAGS, TAG_INDEX, TAG_NAMES
+from hybridpref.tagger.core import Tagger
 from hybridpref_client.core.errors import InvalidInput
 from hybridpref_client.core.instances import Message, PreferenceInstance, read_jsonl
-from hybridpref.common.vocabulary import LEXICAL_MEASURES, NUM_TAGS, TAG_NAMES, TAG_INDEX
-from hybridpref.tagger.core import Tagger
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tagger_instances.jsonl"
 COL = {m: j for j, m in enumerate(LEXICAL_MEASURES)}
@@ -81,8 +81,14 @@ def test_entity_sim_on_real_pair(batch):
 def test_analyzer_tags_follow_answers(batch):
     for i, ans in enumerate(batch.analyzer):
         assert set(ans) == {
-            "subject_of_expertise", "languages", "expertise_level", "open_endedness", "safety_concern",
-            "complexity_of_intents", "type_of_in_context_material", "format_constraints",
+            "subject_of_expertise",
+            "languages",
+            "expertise_level",
+            "open_endedness",
+            "safety_concern",
+            "complexity_of_intents",
+            "type_of_in_context_material",
+            "format_constraints",
         }
         tagged = {t for t in on(batch, i) if t.split(":")[0] in ans}
         expected = {f"{d}:{o}" for d, a in ans.items() for o in a.split("|") if f"{d}:{o}" in TAG_INDEX}
@@ -122,8 +128,13 @@ def test_multi_turn_prompts(batch):
 def test_control_characters_removed_and_noted(batch, default_tagger, instances):
     i = row(batch, "ctrl-1")
     assert any("control characters removed" in n for n in batch.notes[i])
-    clean = replace(instances[i], id="clean", prompt=instances[i].prompt.replace("\u0000", "").replace("\u0007", ""),
-                    response_a="A fox jumps over a dog.", response_b="A quick fox leaps over a lazy dog.")
+    clean = replace(
+        instances[i],
+        id="clean",
+        prompt=instances[i].prompt.replace("\u0000", "").replace("\u0007", ""),
+        response_a="A fox jumps over a dog.",
+        response_b="A quick fox leaps over a lazy dog.",
+    )
     again = default_tagger.tag([clean])
     assert np.allclose(again.measures[0], batch.measures[i])
 
@@ -187,7 +198,9 @@ def test_fast_profile_agrees_on_lengths_and_mostly_on_tags(fast_tagger, batch, i
 
 
 def test_english_prompt_with_foreign_response(default_tagger):
-    inst = PreferenceInstance("fr", "Translate 'good morning' into French.", "Bonjour, comment allez-vous aujourd'hui mon ami ?", "Bonjour.")
+    inst = PreferenceInstance(
+        "fr", "Translate 'good morning' into French.", "Bonjour, comment allez-vous aujourd'hui mon ami ?", "Bonjour."
+    )
     b = default_tagger.tag([inst])
     assert b.analyzer[0]["languages"] == "English"
     assert any("non-English text in response_a" in n for n in b.notes[0])

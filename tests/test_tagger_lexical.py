@@ -69,7 +69,10 @@ def test_token_lengths_are_tiktoken_cl100k():
 
 def test_lru_cache_bounds_and_counts():
     c = lexical.LRUCache(2)
-    c.put("a", 1); c.put("b", 2); c.get("a"); c.put("c", 3)
+    c.put("a", 1)
+    c.put("b", 2)
+    c.get("a")
+    c.put("c", 3)
     assert c.get("b") is None and c.get("a") == 1 and c.get("c") == 3 and len(c) == 2
 
 

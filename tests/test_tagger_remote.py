@@ -6,27 +6,28 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from prometheus_client import CollectorRegistry
 
-from hybridpref_client.core.errors import InvalidInput
-from hybridpref_client.core.instances import read_jsonl
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.settings import Settings
 from hybridpref.tagger.client import remote_tag_fn
-
-from conftest import ROOT
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref_client.core.instances import read_jsonl
 
 
 @pytest.fixture(scope="module")
 def two_taggers(background_loop):
-    from hybridpref.server.server import start_service
     from hybridpref.cli.stack import handle_for
+    from hybridpref.server.server import start_service
 
     settings = Settings(tagger={"profile": "fast"})
     running = []
     for _ in range(2):
         metrics = Metrics(CollectorRegistry())
-        service = background_loop.run(start_service(handle_for("tagger", settings, metrics), settings, metrics, port=0, metrics_port=-1))
+        service = background_loop.run(
+            start_service(handle_for("tagger", settings, metrics), settings, metrics, port=0, metrics_port=-1)
+        )
         running.append((service, metrics))
     for service, _ in running:
         background_loop.run(service.loaded.wait(), timeout=300)
@@ -65,6 +66,7 @@ def test_remote_tagger_with_other_bins_is_refused(two_taggers, monkeypatch):
     from hybridpref.routing_model.bins import ReferenceBins
 
     instances = read_jsonl(str(ROOT / "samples" / "sample_batch.jsonl"))[:3]
+
     class OtherBins:  # this build's packaged bins differ from the ones the (loaded) taggers use
         def fingerprint(self) -> str:
             return "other-edges"
@@ -109,8 +111,9 @@ def test_predictor_build_cli_tags_through_the_tagger_service(two_taggers, tmp_pa
     seen = {}
 
     def fake_build(config, *, tag_fn=None, reference_bins_json=None, progress=True):
-        seen.update(config=config, tags=tag_fn(read_jsonl(str(ROOT / "samples" / "sample_batch.jsonl"))[:6]),
-                    bins=reference_bins_json)
+        seen.update(
+            config=config, tags=tag_fn(read_jsonl(str(ROOT / "samples" / "sample_batch.jsonl"))[:6]), bins=reference_bins_json
+        )
         raise SystemExit(0)
 
     monkeypatch.setattr(builder, "tag_with_tagger", no_local_tagger)
@@ -118,8 +121,23 @@ def test_predictor_build_cli_tags_through_the_tagger_service(two_taggers, tmp_pa
     before = sum(_tagged(m) for _, m in two_taggers)
     target = "ipv4:" + ",".join(s.address for s, _ in two_taggers)
     with pytest.raises(SystemExit):
-        cli_main(["predictor", "build", "--pool", "p.jsonl", "--out", str(tmp_path), "--tagger", target, "--tagger-profile", "fast",
-                      "--tagger-concurrency", "2", "--no-progress"])
+        cli_main(
+            [
+                "predictor",
+                "build",
+                "--pool",
+                "p.jsonl",
+                "--out",
+                str(tmp_path),
+                "--tagger",
+                target,
+                "--tagger-profile",
+                "fast",
+                "--tagger-concurrency",
+                "2",
+                "--no-progress",
+            ]
+        )
     assert sum(_tagged(m) for _, m in two_taggers) == before + 6
     assert seen["tags"].shape == (6, builder.NUM_TAGS) and seen["tags"].any()
     assert ReferenceBins.from_json(seen["bins"]).fingerprint() == ReferenceBins.default().fingerprint()

@@ -8,14 +8,13 @@ import time
 
 import grpc
 import pytest
+from conftest import ROOT
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.pki import write_pki
 
-from hybridpref_client.core.instances import read_jsonl
 from hybridpref.server.settings import Settings
 from hybridpref.v1 import router_pb2, router_pb2_grpc, tagger_pb2, tagger_pb2_grpc
-
-from support.pki import write_pki
-from conftest import ROOT
+from hybridpref_client.core.instances import read_jsonl
 
 SAMPLE = ROOT / "samples" / "sample_batch.jsonl"
 
@@ -29,12 +28,19 @@ def pki(tmp_path_factory):
 def mtls_stack(background_loop, pki, log_capture):
     from hybridpref.cli.stack import start_embedded_stack
 
-    settings = Settings(tagger={"profile": "fast"},
-                        judge={"backend": "replay", "replay_key": "gpt4"},
-                        tls={"cert_file": str(pki["server.pem"]), "key_file": str(pki["server.key"]), "client_ca_file": str(pki["ca.pem"]),
-                             "ca_file": str(pki["ca.pem"]), "client_cert_file": str(pki["client.pem"]),
-                             "client_key_file": str(pki["client.key"])},
-                        server={"health_port": 0})
+    settings = Settings(
+        tagger={"profile": "fast"},
+        judge={"backend": "replay", "replay_key": "gpt4"},
+        tls={
+            "cert_file": str(pki["server.pem"]),
+            "key_file": str(pki["server.key"]),
+            "client_ca_file": str(pki["ca.pem"]),
+            "ca_file": str(pki["ca.pem"]),
+            "client_cert_file": str(pki["client.pem"]),
+            "client_key_file": str(pki["client.key"]),
+        },
+        server={"health_port": 0},
+    )
     running = background_loop.run(start_embedded_stack(settings), timeout=300)
     yield running
     background_loop.run(running.stop(0.2))
@@ -49,8 +55,8 @@ def credentials(pki, client_cert: bool = True) -> grpc.ChannelCredentials:
 
 
 def _route_request():
-    from hybridpref_client.core.convert import instances_to_proto
     from hybridpref.v1 import common_pb2
+    from hybridpref_client.core.convert import instances_to_proto
 
     instances = read_jsonl(str(SAMPLE))[:6]
     return router_pb2.RouteInstancesRequest(
@@ -103,11 +109,13 @@ def test_plaintext_health_port_for_probes(mtls_stack):
 
 def test_server_side_tls_only(background_loop, pki):
     """TLS without client certificates (a vendor-facing router): any caller that trusts the CA gets in."""
-    from hybridpref.server.server import start_service
     from hybridpref.router.servicer import router_handle
+    from hybridpref.server.server import start_service
 
-    settings = Settings(tls={"cert_file": str(pki["server.pem"]), "key_file": str(pki["server.key"])},
-                        router=dict.fromkeys(("tagger_address", "judge_address", "predictor_address"), "127.0.0.1:1"))
+    settings = Settings(
+        tls={"cert_file": str(pki["server.pem"]), "key_file": str(pki["server.key"])},
+        router=dict.fromkeys(("tagger_address", "judge_address", "predictor_address"), "127.0.0.1:1"),
+    )
     running = background_loop.run(start_service(router_handle(settings), settings, port=0, metrics_port=-1))
     try:
         with grpc.secure_channel(running.address, credentials(pki, client_cert=False)) as channel:

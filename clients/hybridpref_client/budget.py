@@ -19,8 +19,8 @@ import math
 import warnings
 from dataclasses import dataclass
 
-from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref.v1 import common_pb2
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 SPELLINGS = "0.25 (a fraction), 25%, count:100, cost:500 or auto"
 
@@ -37,10 +37,16 @@ class Budget:
     auto: bool = False
 
     def __post_init__(self) -> None:
-        set_ = [name for name in ("fraction", "count", "cost") if getattr(self, name) is not None] + (["auto"] if self.auto else [])
+        set_ = [name for name in ("fraction", "count", "cost") if getattr(self, name) is not None] + (
+            ["auto"] if self.auto else []
+        )
         if len(set_) != 1:
-            raise InvalidInput(FieldViolation("budget", f"give exactly one of fraction, count, cost or auto (got {', '.join(set_) or 'none'})"))
-        if self.fraction is not None and (isinstance(self.fraction, bool) or not _number(self.fraction) or not 0 <= self.fraction <= 1):
+            raise InvalidInput(
+                FieldViolation("budget", f"give exactly one of fraction, count, cost or auto (got {', '.join(set_) or 'none'})")
+            )
+        if self.fraction is not None and (
+            isinstance(self.fraction, bool) or not _number(self.fraction) or not 0 <= self.fraction <= 1
+        ):
             raise InvalidInput(FieldViolation("config.budget.fraction", f"must be a number in [0, 1], got {self.fraction!r}"))
         if self.count is not None and (isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 0):
             raise InvalidInput(FieldViolation("config.budget.count", f"must be a whole number >= 0, got {self.count!r}"))
@@ -96,13 +102,22 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def resolve_budget(budget: object = None, *, fraction: float | None = None, count: int | None = None,
-                   cost: float | None = None, stacklevel: int = 2) -> Budget:
+def resolve_budget(
+    budget: object = None,
+    *,
+    fraction: float | None = None,
+    count: int | None = None,
+    cost: float | None = None,
+    stacklevel: int = 2,
+) -> Budget:
     """The one ``Budget`` a call asked for: exactly one of ``budget`` (a ``Budget``, ``Cost``,
     ``"auto"`` or a CLI spelling; a bare number is deprecated, see the module docstring),
     ``fraction``, ``count`` or ``cost``. ``stacklevel`` points the deprecation warning at the caller."""
-    given = {name: value for name, value in (("budget", budget), ("fraction", fraction), ("count", count), ("cost", cost))
-             if value is not None}
+    given = {
+        name: value
+        for name, value in (("budget", budget), ("fraction", fraction), ("count", count), ("cost", cost))
+        if value is not None
+    }
     if len(given) != 1:
         what = ", ".join(f"{k}=" for k in given) or "none"
         raise InvalidInput(FieldViolation("budget", f"give exactly one of fraction=, count=, cost= or budget= (got {what})"))
@@ -119,11 +134,21 @@ def resolve_budget(budget: object = None, *, fraction: float | None = None, coun
     if isinstance(budget, str):
         return Budget.parse(budget)
     if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise InvalidInput(FieldViolation("budget", f"expected fraction=, count=, cost= or a Budget, got {type(budget).__name__}"))
+        raise InvalidInput(
+            FieldViolation("budget", f"expected fraction=, count=, cost= or a Budget, got {type(budget).__name__}")
+        )
     if budget == 1:
-        raise InvalidInput(FieldViolation("budget", "budget=1 is ambiguous (budget=1 meant one instance, budget=1.0 all of "
-                                                    "them): pass count=1 or fraction=1.0"))
+        raise InvalidInput(
+            FieldViolation(
+                "budget",
+                "budget=1 is ambiguous (budget=1 meant one instance, budget=1.0 all of them): pass count=1 or fraction=1.0",
+            )
+        )
     explicit = f"count={budget}" if isinstance(budget, int) else f"fraction={budget}"
-    warnings.warn(f"a bare number as budget is deprecated and will be refused in a later release: budget={budget!r} "
-                  f"is read as {explicit}; pass {explicit} instead", FutureWarning, stacklevel=stacklevel + 1)
+    warnings.warn(
+        f"a bare number as budget is deprecated and will be refused in a later release: budget={budget!r} "
+        f"is read as {explicit}; pass {explicit} instead",
+        FutureWarning,
+        stacklevel=stacklevel + 1,
+    )
     return Budget(count=budget) if isinstance(budget, int) else Budget(fraction=float(budget))

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc, router_pb2, router_pb2_grpc
 from hybridpref_client.budget import Budget, Cost, resolve_budget
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.errors import RoutingError, routing_error
@@ -28,34 +29,43 @@ from hybridpref_client.messages import (
     InstanceLike,
     LabelLike,
     LabelResult,
-    campaign_budget,
-    campaign_from_proto,
-    create_campaign_request,
-    export_request,
-    export_rows,
-    label_results,
-    status_from_proto,
-    submit_labels_requests,
-    to_labels,
     Progress,
     RouteResult,
     StreamCollector,
     budget_proto,
     build_config,
+    campaign_budget,
+    campaign_from_proto,
+    create_campaign_request,
     decision_from_proto,
+    export_request,
+    export_rows,
+    label_results,
     result_from_response,
+    status_from_proto,
     stream_requests,
+    submit_labels_requests,
     summary_to_dict,
     to_instances,
+    to_labels,
     unary_request,
 )
 from hybridpref_client.retry import Retrier, RetryPolicy
-from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc, router_pb2, router_pb2_grpc
 
 # Names of the 0.1 API, importable from here as before.
 __all__ = [
-    "AsyncRouterClient", "Budget", "ChannelConfig", "Cost", "Decision", "RouteResult", "RouterClient", "RoutingError",
-    "budget_proto", "build_config", "decision_from_proto", "summary_to_dict",
+    "AsyncRouterClient",
+    "Budget",
+    "ChannelConfig",
+    "Cost",
+    "Decision",
+    "RouteResult",
+    "RouterClient",
+    "RoutingError",
+    "budget_proto",
+    "build_config",
+    "decision_from_proto",
+    "summary_to_dict",
 ]
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -145,21 +155,35 @@ class _Client:
         self.timeout_s = timeout_s
         self._retrier = Retrier(self.config.retry_policy())
 
-    def _call(self, instances: Sequence[InstanceLike], budget, strategy: str, seed: int, fraction, count, cost,
-              request_id: str | None, options: dict) -> _Call:
+    def _call(
+        self,
+        instances: Sequence[InstanceLike],
+        budget,
+        strategy: str,
+        seed: int,
+        fraction,
+        count,
+        cost,
+        request_id: str | None,
+        options: dict,
+    ) -> _Call:
         given = [b for b in (budget, fraction, count, cost) if b is not None]
         if options.get("campaign"):
             if given:
-                raise InvalidInput(FieldViolation("budget", "leave the budget out when routing for a campaign: the "
-                                                            "campaign's total budget governs"))
+                raise InvalidInput(
+                    FieldViolation(
+                        "budget", "leave the budget out when routing for a campaign: the campaign's total budget governs"
+                    )
+                )
             resolved = None
         else:
             # stacklevel 3: resolve_budget <- _call <- route / route_stream <- the caller's line
             resolved = resolve_budget(budget, fraction=fraction, count=count, cost=cost, stacklevel=3)
         rid = request_id or uuid.uuid4().hex
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
-        return _Call(to_instances(instances), build_config(resolved, strategy, seed, **options), rid,
-                     self.config.metadata(rid), deadline)
+        return _Call(
+            to_instances(instances), build_config(resolved, strategy, seed, **options), rid, self.config.metadata(rid), deadline
+        )
 
     def _plain(self, request_id: str | None) -> tuple[str, tuple[tuple[str, str], ...], float | None]:
         """(request id, metadata, deadline) of a campaign call."""
@@ -188,8 +212,15 @@ class RouterClient(_Client):
     ``RouterClient(address, api_key=key, root_certificates=ca_pem)``, or ``config=ChannelConfig(...)``.
     """
 
-    def __init__(self, address: str, timeout_s: float | None = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 *, config: ChannelConfig | None = None, **channel_options):
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float | None = 300.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        *,
+        config: ChannelConfig | None = None,
+        **channel_options,
+    ):
         super().__init__(timeout_s, max_message_bytes, config, channel_options)
         if self.config.secure:
             self._channel = grpc.secure_channel(address, self.config.credentials(), options=self.config.options())
@@ -207,9 +238,19 @@ class RouterClient(_Client):
     def close(self) -> None:
         self._channel.close()
 
-    def route(self, instances: Sequence[InstanceLike], budget: Budget | Cost | str | None = None, strategy: str = "",
-              seed: int = 0, *, fraction: float | None = None, count: int | None = None, cost: float | None = None,
-              request_id: str | None = None, **options) -> RouteResult:
+    def route(
+        self,
+        instances: Sequence[InstanceLike],
+        budget: Budget | Cost | str | None = None,
+        strategy: str = "",
+        seed: int = 0,
+        *,
+        fraction: float | None = None,
+        count: int | None = None,
+        cost: float | None = None,
+        request_id: str | None = None,
+        **options,
+    ) -> RouteResult:
         """Route one batch with ``RouteInstances`` (up to the server's batch limit).
 
         ``instances``: ``PreferenceInstance`` objects or dicts (the JSONL schema). The budget:
@@ -232,10 +273,21 @@ class RouterClient(_Client):
 
         return self._retrier.call(attempt, call.deadline)
 
-    def route_stream(self, instances: Sequence[InstanceLike], budget: Budget | Cost | str | None = None, strategy: str = "",
-                     seed: int = 0, *, fraction: float | None = None, count: int | None = None, cost: float | None = None,
-                     request_id: str | None = None, chunk_size: int = STREAM_CHUNK, on_progress: Progress | None = None,
-                     **options) -> RouteResult:
+    def route_stream(
+        self,
+        instances: Sequence[InstanceLike],
+        budget: Budget | Cost | str | None = None,
+        strategy: str = "",
+        seed: int = 0,
+        *,
+        fraction: float | None = None,
+        count: int | None = None,
+        cost: float | None = None,
+        request_id: str | None = None,
+        chunk_size: int = STREAM_CHUNK,
+        on_progress: Progress | None = None,
+        **options,
+    ) -> RouteResult:
         """Route a batch of any size with ``RouteInstancesStream`` (arguments as ``route``).
 
         ``on_progress(phase, n)``: ("sent", k) per chunk sent; while the router works, ("tagged", k),
@@ -274,24 +326,39 @@ class RouterClient(_Client):
 
         return self._retrier.call(attempt, deadline)
 
-    def create_campaign(self, name: str, budget: str | None = None, *, count: int | None = None,
-                        cost: float | None = None, strategy: str = "", judge: str = "", votes_per_pair: int = 1,
-                        expected_instances: int | None = None, exploration_share: float = 0.0,
-                        request_id: str | None = None) -> Campaign:
+    def create_campaign(
+        self,
+        name: str,
+        budget: str | None = None,
+        *,
+        count: int | None = None,
+        cost: float | None = None,
+        strategy: str = "",
+        judge: str = "",
+        votes_per_pair: int = 1,
+        expected_instances: int | None = None,
+        exploration_share: float = 0.0,
+        request_id: str | None = None,
+    ) -> Campaign:
         """Create a campaign with a total human budget: ``count=N`` human labels, ``cost=X`` cost units, or
         ``budget="count:N"|"cost:X"``. ``strategy``: whose scores spend it ("" = the router's default);
         ``judge``: "" = the judge service, else a recorded judge's name (replay); ``expected_instances``: the
         stream's expected size, which paces the spending (see docs/campaigns.md). Raises
         ``AlreadyExistsError`` when the name is taken, ``InvalidArgumentError`` for a bad setting."""
-        request = create_campaign_request(name, campaign_budget(budget, count=count, cost=cost), strategy=strategy,
-                                          judge=judge, votes_per_pair=votes_per_pair,
-                                          expected_instances=expected_instances, exploration_share=exploration_share)
+        request = create_campaign_request(
+            name,
+            campaign_budget(budget, count=count, cost=cost),
+            strategy=strategy,
+            judge=judge,
+            votes_per_pair=votes_per_pair,
+            expected_instances=expected_instances,
+            exploration_share=exploration_share,
+        )
         return campaign_from_proto(self._unary(self._campaigns.CreateCampaign, request, request_id).campaign)
 
     def get_campaign(self, name: str, *, request_id: str | None = None) -> CampaignStatus:
         """The campaign and its status (budget, labels, agreement, corrections); ``NotFoundError`` if unknown."""
-        return status_from_proto(self._unary(self._campaigns.GetCampaign, campaign_pb2.GetCampaignRequest(name=name),
-                                             request_id))
+        return status_from_proto(self._unary(self._campaigns.GetCampaign, campaign_pb2.GetCampaignRequest(name=name), request_id))
 
     def list_campaigns(self, *, request_id: str | None = None) -> list[Campaign]:
         """The caller's campaigns, oldest first."""
@@ -325,8 +392,15 @@ class RouterClient(_Client):
 class AsyncRouterClient(_Client):
     """asyncio client with the same methods, arguments and channel options as ``RouterClient``."""
 
-    def __init__(self, address: str, timeout_s: float | None = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 *, config: ChannelConfig | None = None, **channel_options):
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float | None = 300.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        *,
+        config: ChannelConfig | None = None,
+        **channel_options,
+    ):
         super().__init__(timeout_s, max_message_bytes, config, channel_options)
         if self.config.secure:
             self._channel = grpc.aio.secure_channel(address, self.config.credentials(), options=self.config.options())
@@ -344,9 +418,19 @@ class AsyncRouterClient(_Client):
     async def close(self) -> None:
         await self._channel.close()
 
-    async def route(self, instances: Sequence[InstanceLike], budget: Budget | Cost | str | None = None, strategy: str = "",
-                    seed: int = 0, *, fraction: float | None = None, count: int | None = None, cost: float | None = None,
-                    request_id: str | None = None, **options) -> RouteResult:
+    async def route(
+        self,
+        instances: Sequence[InstanceLike],
+        budget: Budget | Cost | str | None = None,
+        strategy: str = "",
+        seed: int = 0,
+        *,
+        fraction: float | None = None,
+        count: int | None = None,
+        cost: float | None = None,
+        request_id: str | None = None,
+        **options,
+    ) -> RouteResult:
         """``RouterClient.route`` for asyncio."""
         call = self._call(instances, budget, strategy, seed, fraction, count, cost, request_id, options)
         request = unary_request(call.instances, call.config)
@@ -360,10 +444,21 @@ class AsyncRouterClient(_Client):
 
         return await self._retrier.acall(attempt, call.deadline)
 
-    async def route_stream(self, instances: Sequence[InstanceLike], budget: Budget | Cost | str | None = None,
-                           strategy: str = "", seed: int = 0, *, fraction: float | None = None, count: int | None = None,
-                           cost: float | None = None, request_id: str | None = None, chunk_size: int = STREAM_CHUNK,
-                           on_progress: Progress | None = None, **options) -> RouteResult:
+    async def route_stream(
+        self,
+        instances: Sequence[InstanceLike],
+        budget: Budget | Cost | str | None = None,
+        strategy: str = "",
+        seed: int = 0,
+        *,
+        fraction: float | None = None,
+        count: int | None = None,
+        cost: float | None = None,
+        request_id: str | None = None,
+        chunk_size: int = STREAM_CHUNK,
+        on_progress: Progress | None = None,
+        **options,
+    ) -> RouteResult:
         """``RouterClient.route_stream`` for asyncio, ``on_progress`` included."""
         _check_chunk_size(chunk_size)
         call = self._call(instances, budget, strategy, seed, fraction, count, cost, request_id, options)
@@ -396,28 +491,46 @@ class AsyncRouterClient(_Client):
 
         return await self._retrier.acall(attempt, deadline)
 
-    async def create_campaign(self, name: str, budget: str | None = None, *, count: int | None = None,
-                              cost: float | None = None, strategy: str = "", judge: str = "", votes_per_pair: int = 1,
-                              expected_instances: int | None = None, exploration_share: float = 0.0,
-                              request_id: str | None = None) -> Campaign:
+    async def create_campaign(
+        self,
+        name: str,
+        budget: str | None = None,
+        *,
+        count: int | None = None,
+        cost: float | None = None,
+        strategy: str = "",
+        judge: str = "",
+        votes_per_pair: int = 1,
+        expected_instances: int | None = None,
+        exploration_share: float = 0.0,
+        request_id: str | None = None,
+    ) -> Campaign:
         """``RouterClient.create_campaign`` for asyncio."""
-        request = create_campaign_request(name, campaign_budget(budget, count=count, cost=cost), strategy=strategy,
-                                          judge=judge, votes_per_pair=votes_per_pair,
-                                          expected_instances=expected_instances, exploration_share=exploration_share)
+        request = create_campaign_request(
+            name,
+            campaign_budget(budget, count=count, cost=cost),
+            strategy=strategy,
+            judge=judge,
+            votes_per_pair=votes_per_pair,
+            expected_instances=expected_instances,
+            exploration_share=exploration_share,
+        )
         return campaign_from_proto((await self._unary(self._campaigns.CreateCampaign, request, request_id)).campaign)
 
     async def get_campaign(self, name: str, *, request_id: str | None = None) -> CampaignStatus:
         """``RouterClient.get_campaign`` for asyncio."""
-        return status_from_proto(await self._unary(self._campaigns.GetCampaign,
-                                                   campaign_pb2.GetCampaignRequest(name=name), request_id))
+        return status_from_proto(
+            await self._unary(self._campaigns.GetCampaign, campaign_pb2.GetCampaignRequest(name=name), request_id)
+        )
 
     async def list_campaigns(self, *, request_id: str | None = None) -> list[Campaign]:
         """``RouterClient.list_campaigns`` for asyncio."""
         resp = await self._unary(self._campaigns.ListCampaigns, campaign_pb2.ListCampaignsRequest(), request_id)
         return [campaign_from_proto(c) for c in resp.campaigns]
 
-    async def submit_labels(self, campaign: str, labels: Iterable[LabelLike], *,
-                            request_id: str | None = None) -> list[LabelResult]:
+    async def submit_labels(
+        self, campaign: str, labels: Iterable[LabelLike], *, request_id: str | None = None
+    ) -> list[LabelResult]:
         """``RouterClient.submit_labels`` for asyncio."""
         items = to_labels(labels)
         out: list[LabelResult] = []
@@ -425,8 +538,9 @@ class AsyncRouterClient(_Client):
             out += label_results(await self._unary(self._campaigns.SubmitLabels, request, request_id), len(out))
         return out
 
-    async def export_dataset(self, campaign: str, format: str = "trl", *,
-                             request_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def export_dataset(
+        self, campaign: str, format: str = "trl", *, request_id: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         """``RouterClient.export_dataset`` for asyncio: ``async for row in client.export_dataset(name)``."""
         request = export_request(campaign, format)
         rid, metadata, deadline = self._plain(request_id)

@@ -27,9 +27,20 @@ from hybridpref_client.core.errors import FieldViolation, HybridprefError, Inval
 from hybridpref_client.core.grpc_errors import field_violations, retry_delay_s, violation_total
 
 __all__ = [
-    "AlreadyExistsError", "DeadlineExceededError", "FailedPreconditionError", "FieldViolation", "NotFoundError", "HybridprefError", "InvalidArgumentError",
-    "InvalidInput", "PermissionDeniedError", "ResourceExhaustedError", "RoutingError", "UnauthenticatedError",
-    "UnavailableError", "routing_error",
+    "AlreadyExistsError",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "FieldViolation",
+    "NotFoundError",
+    "HybridprefError",
+    "InvalidArgumentError",
+    "InvalidInput",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "RoutingError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "routing_error",
 ]
 
 

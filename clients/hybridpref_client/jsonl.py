@@ -7,7 +7,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hybridpref_client.core.instances import PreferenceInstance, read_jsonl
-
 from hybridpref_client.messages import RouteResult
 
 
@@ -18,13 +17,20 @@ def read_instances(path: str | Path, limit: int | None = None) -> list[Preferenc
 
 # The decisions file's schema, the same whatever the strategy (name -> JSON type; "?" = may be null).
 DECISION_SCHEMA: dict[str, str] = {
-    "id": "string", "route": "string (HUMAN | LM)", "lm_label": "string? (null: not judged)",
-    "lm_confidence": "number", "gain": "number",
-    "top_tags": "list of {tag: string, contribution: number}", "judge_order_inconsistent": "boolean",
-    "human_cost": "number", "expected_gain": "number? (null: not computed)", "reason": "string",
+    "id": "string",
+    "route": "string (HUMAN | LM)",
+    "lm_label": "string? (null: not judged)",
+    "lm_confidence": "number",
+    "gain": "number",
+    "top_tags": "list of {tag: string, contribution: number}",
+    "judge_order_inconsistent": "boolean",
+    "human_cost": "number",
+    "expected_gain": "number? (null: not computed)",
+    "reason": "string",
     # campaigns (always present; false without one): the stored decision came back for a re-sent id, and
     # the human route came from the campaign's random exploration share
-    "replayed": "boolean", "exploration": "boolean",
+    "replayed": "boolean",
+    "exploration": "boolean",
 }
 
 

@@ -11,19 +11,19 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
+from hybridpref.v1 import campaign_pb2, common_pb2, router_pb2
 from hybridpref_client.budget import Budget, resolve_budget
 from hybridpref_client.core.convert import instances_to_proto
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, instance_from_row
-from hybridpref.v1 import campaign_pb2, common_pb2, router_pb2
 
 STREAM_CHUNK = 500
 
 # One input row: a PreferenceInstance, or a dict in the JSONL schema (id, prompt or messages,
 # response_a, response_b, optional metadata, human_label, lm_labels, human_cost).
-InstanceLike = Union[PreferenceInstance, Mapping[str, Any]]
+InstanceLike = PreferenceInstance | Mapping[str, Any]
 # on_progress(phase, n): ("sent", k) per chunk sent; ("tagged" | "judged" | "stored", k): k more instances
 # through that stage of the router's work; ("received", k) per decision chunk received; ("retry", attempt)
 # before a retry (the counts then start again).
@@ -77,25 +77,43 @@ def to_instances(items: Sequence[InstanceLike]) -> list[PreferenceInstance]:
             except InvalidInput as exc:
                 violations.extend(exc.violations)
         else:
-            violations.append(FieldViolation(f"instances[{i}]", f"expected a PreferenceInstance or a dict, got {type(item).__name__}"))
+            violations.append(
+                FieldViolation(f"instances[{i}]", f"expected a PreferenceInstance or a dict, got {type(item).__name__}")
+            )
     if violations:
         raise InvalidInput(violations)
     return out
 
 
 def build_config(
-    budget: Budget | Any, strategy: str = "", seed: int = 0, *, judge_mode: PositionMode = PositionMode.UNSPECIFIED,
-    judge_template: str = "", replay_judge: str = "", explain_top_k: int = 3, simulated_candidates: int = 0,
-    skip_invalid_instances: bool = False, campaign: str = "", batch: str = "",
+    budget: Budget | Any,
+    strategy: str = "",
+    seed: int = 0,
+    *,
+    judge_mode: PositionMode = PositionMode.UNSPECIFIED,
+    judge_template: str = "",
+    replay_judge: str = "",
+    explain_top_k: int = 3,
+    simulated_candidates: int = 0,
+    skip_invalid_instances: bool = False,
+    campaign: str = "",
+    batch: str = "",
 ) -> router_pb2.RouteConfig:
     """The ``RouteConfig`` of a call (``budget``: a ``Budget``, or anything ``resolve_budget`` reads; ``None``
     with a ``campaign``, whose total budget governs; ``batch``: the campaign batch's name).
     ``skip_invalid_instances``: route the valid instances and list the others in
     ``summary["rejected"]`` instead of refusing the whole batch."""
     config = router_pb2.RouteConfig(
-        strategy=strategy, seed=seed, judge_position_mode=int(judge_mode), judge_template=judge_template,
-        replay_judge=replay_judge, explain_top_k=explain_top_k, simulated_candidates=simulated_candidates,
-        skip_invalid_instances=skip_invalid_instances, campaign=campaign, batch=batch,
+        strategy=strategy,
+        seed=seed,
+        judge_position_mode=int(judge_mode),
+        judge_template=judge_template,
+        replay_judge=replay_judge,
+        explain_top_k=explain_top_k,
+        simulated_candidates=simulated_candidates,
+        skip_invalid_instances=skip_invalid_instances,
+        campaign=campaign,
+        batch=batch,
     )
     if budget is not None:
         config.budget.CopyFrom((budget if isinstance(budget, Budget) else resolve_budget(budget)).to_proto())
@@ -111,8 +129,9 @@ def unary_request(instances: Sequence[PreferenceInstance], config: router_pb2.Ro
     return router_pb2.RouteInstancesRequest(instances=instances_to_proto(instances), config=config)
 
 
-def stream_requests(instances: Sequence[PreferenceInstance], config: router_pb2.RouteConfig, chunk_size: int,
-                    on_progress: Progress | None = None) -> Iterator[router_pb2.RouteInstancesStreamRequest]:
+def stream_requests(
+    instances: Sequence[PreferenceInstance], config: router_pb2.RouteConfig, chunk_size: int, on_progress: Progress | None = None
+) -> Iterator[router_pb2.RouteInstancesStreamRequest]:
     """The config, then the instances in chunks of ``chunk_size`` (converted one chunk at a time)."""
     if chunk_size < 1:
         raise InvalidInput(FieldViolation("chunk_size", f"must be >= 1, got {chunk_size}"))
@@ -179,11 +198,16 @@ def decision_from_proto(d: router_pb2.RoutingDecision) -> Decision:
 
 def summary_to_dict(s: router_pb2.RoutingSummary) -> dict:
     out = {
-        "strategy": s.strategy, "bundle_version": s.bundle_version, "human_count": s.human_count,
-        "lm_count": s.lm_count, "human_cost": s.human_cost, "stage_seconds": dict(s.stage_seconds),
+        "strategy": s.strategy,
+        "bundle_version": s.bundle_version,
+        "human_count": s.human_count,
+        "lm_count": s.lm_count,
+        "human_cost": s.human_cost,
+        "stage_seconds": dict(s.stage_seconds),
         "request_id": s.request_id,
         # which correction model routed the batch ("" when none was read) and its exact version
-        "correction_model": s.correction_model, "correction_model_version": s.correction_model_version,
+        "correction_model": s.correction_model,
+        "correction_model_version": s.correction_model_version,
     }
     out.update(_honest_summary(s))
     # With skip_invalid_instances: the instances left out ({"index", "id", "field", "description"} per problem).
@@ -191,8 +215,13 @@ def summary_to_dict(s: router_pb2.RoutingSummary) -> dict:
     out["rejected_count"] = s.rejected_count
     if s.HasField("campaign"):
         c = s.campaign
-        out["campaign"] = {"name": c.name, "batch": c.batch, "budget_spent": c.budget_spent,
-                           "budget_left": c.budget_left, "replayed": c.replayed}
+        out["campaign"] = {
+            "name": c.name,
+            "batch": c.batch,
+            "budget_spent": c.budget_spent,
+            "budget_left": c.budget_left,
+            "replayed": c.replayed,
+        }
         if c.HasField("expected_changes"):
             out["campaign"]["expected_changes"] = _estimate(c.expected_changes)
         if c.HasField("model"):
@@ -226,18 +255,30 @@ def _honest_summary(s: router_pb2.RoutingSummary) -> dict:
     out: dict = {"mixes": mixes, "interval_level": s.interval_level, "warnings": list(s.warnings)}
     if s.HasField("domain"):
         d = s.domain
-        out["domain"] = {"distance": d.distance, "threshold": d.threshold, "in_domain": d.in_domain,
-                         "nearest_pool": d.nearest_pool, "distance_kind": d.distance_kind}
+        out["domain"] = {
+            "distance": d.distance,
+            "threshold": d.threshold,
+            "in_domain": d.in_domain,
+            "nearest_pool": d.nearest_pool,
+            "distance_kind": d.distance_kind,
+        }
     return out
 
 
 # ---- campaigns (CampaignService) ------------------------------------------------------------------------
 
 Preference = Literal["A", "B", "tie"]
-_PREFERENCES = {"A": campaign_pb2.HUMAN_PREFERENCE_A, "B": campaign_pb2.HUMAN_PREFERENCE_B,
-                "tie": campaign_pb2.HUMAN_PREFERENCE_TIE}
-_STATUS_NAMES = {campaign_pb2.LABEL_STATUS_STORED: "stored", campaign_pb2.LABEL_STATUS_UNCHANGED: "unchanged",
-                 campaign_pb2.LABEL_STATUS_REPLACED: "replaced", campaign_pb2.LABEL_STATUS_REJECTED: "rejected"}
+_PREFERENCES = {
+    "A": campaign_pb2.HUMAN_PREFERENCE_A,
+    "B": campaign_pb2.HUMAN_PREFERENCE_B,
+    "tie": campaign_pb2.HUMAN_PREFERENCE_TIE,
+}
+_STATUS_NAMES = {
+    campaign_pb2.LABEL_STATUS_STORED: "stored",
+    campaign_pb2.LABEL_STATUS_UNCHANGED: "unchanged",
+    campaign_pb2.LABEL_STATUS_REPLACED: "replaced",
+    campaign_pb2.LABEL_STATUS_REJECTED: "rejected",
+}
 EXPORT_FORMATS = {"trl": campaign_pb2.EXPORT_FORMAT_TRL, "pool": campaign_pb2.EXPORT_FORMAT_POOL}
 MAX_LABELS_PER_CALL = 5000  # the SDK sends labels in calls of at most this many (the router's limit is larger)
 
@@ -315,14 +356,18 @@ class LabelResult:
     error: str = ""
 
 
-def campaign_budget(budget: str | None = None, *, count: int | None = None, cost: float | None = None
-                    ) -> campaign_pb2.CampaignBudget:
+def campaign_budget(
+    budget: str | None = None, *, count: int | None = None, cost: float | None = None
+) -> campaign_pb2.CampaignBudget:
     """A campaign's total budget: ``count=N`` (human labels), ``cost=X`` (cost units) or the CLI's
     ``"count:N"`` / ``"cost:X"``. Raises ``InvalidInput`` naming ``budget``."""
     given = [name for name, value in (("budget", budget), ("count", count), ("cost", cost)) if value is not None]
     if len(given) != 1:
-        raise InvalidInput(FieldViolation("budget", f"give exactly one of count=, cost= or budget='count:N'|'cost:X' "
-                                                    f"(got {', '.join(given) or 'none'})"))
+        raise InvalidInput(
+            FieldViolation(
+                "budget", f"give exactly one of count=, cost= or budget='count:N'|'cost:X' (got {', '.join(given) or 'none'})"
+            )
+        )
     if budget is not None:
         kind, _, value = str(budget).strip().lower().partition(":")
         try:
@@ -333,8 +378,9 @@ def campaign_budget(budget: str | None = None, *, count: int | None = None, cost
             else:
                 raise ValueError
         except ValueError:
-            raise InvalidInput(FieldViolation("budget", f"cannot read {budget!r}; use count:N (human labels) or cost:X "
-                                                        "(cost units)")) from None
+            raise InvalidInput(
+                FieldViolation("budget", f"cannot read {budget!r}; use count:N (human labels) or cost:X (cost units)")
+            ) from None
     if count is not None:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise InvalidInput(FieldViolation("budget.count", f"must be a whole number >= 0, got {count!r}"))
@@ -344,9 +390,16 @@ def campaign_budget(budget: str | None = None, *, count: int | None = None, cost
     return campaign_pb2.CampaignBudget(cost=float(cost))
 
 
-def create_campaign_request(name: str, budget: campaign_pb2.CampaignBudget, *, strategy: str = "", judge: str = "",
-                            votes_per_pair: int = 1, expected_instances: int | None = None,
-                            exploration_share: float = 0.0) -> campaign_pb2.CreateCampaignRequest:
+def create_campaign_request(
+    name: str,
+    budget: campaign_pb2.CampaignBudget,
+    *,
+    strategy: str = "",
+    judge: str = "",
+    votes_per_pair: int = 1,
+    expected_instances: int | None = None,
+    exploration_share: float = 0.0,
+) -> campaign_pb2.CreateCampaignRequest:
     violations = []
     if not isinstance(votes_per_pair, int) or isinstance(votes_per_pair, bool) or votes_per_pair < 1:
         violations.append(FieldViolation("votes_per_pair", f"must be a whole number >= 1, got {votes_per_pair!r}"))
@@ -356,14 +409,20 @@ def create_campaign_request(name: str, budget: campaign_pb2.CampaignBudget, *, s
         violations.append(FieldViolation("exploration_share", f"must be in [0, 1], got {exploration_share!r}"))
     if violations:
         raise InvalidInput(violations)
-    settings = campaign_pb2.CampaignSettings(name=name, budget=budget, strategy=strategy, judge=judge,
-                                             votes_per_pair=votes_per_pair, exploration_share=float(exploration_share))
+    settings = campaign_pb2.CampaignSettings(
+        name=name,
+        budget=budget,
+        strategy=strategy,
+        judge=judge,
+        votes_per_pair=votes_per_pair,
+        exploration_share=float(exploration_share),
+    )
     if expected_instances is not None:
         settings.expected_instances = expected_instances
     return campaign_pb2.CreateCampaignRequest(settings=settings)
 
 
-LabelLike = Union[HumanLabel, Mapping[str, Any]]
+LabelLike = HumanLabel | Mapping[str, Any]
 
 
 def label_from_row(row: Mapping[str, Any], where: str = "labels[0]") -> HumanLabel:
@@ -375,8 +434,11 @@ def label_from_row(row: Mapping[str, Any], where: str = "labels[0]") -> HumanLab
         raise InvalidInput(FieldViolation(where, f"expected a JSON object, got {type(row).__name__}"))
     unknown = sorted(set(row) - {"id", "label", "annotator", "strength", "rationale", "labelled_at"})
     if unknown:
-        v.append(FieldViolation(f"{where}.{unknown[0]}", "unknown field; expected id, label, annotator, strength, "
-                                                         "rationale, labelled_at"))
+        v.append(
+            FieldViolation(
+                f"{where}.{unknown[0]}", "unknown field; expected id, label, annotator, strength, rationale, labelled_at"
+            )
+        )
     for name in ("id", "annotator"):
         value = row.get(name)
         if not isinstance(value, str) or not value.strip():
@@ -384,7 +446,7 @@ def label_from_row(row: Mapping[str, Any], where: str = "labels[0]") -> HumanLab
     label = row.get("label")
     canonical = {"a": "A", "b": "B", "tie": "tie"}.get(label.strip().lower()) if isinstance(label, str) else None
     if canonical is None:
-        v.append(FieldViolation(f"{where}.label", f"expected \"A\", \"B\" or \"tie\", got {label!r}"))
+        v.append(FieldViolation(f"{where}.label", f'expected "A", "B" or "tie", got {label!r}'))
     strength = row.get("strength")
     if strength is not None and (isinstance(strength, bool) or strength not in (1, 2)):
         v.append(FieldViolation(f"{where}.strength", f"expected 1 (slightly) or 2 (clearly), got {strength!r}"))
@@ -404,8 +466,14 @@ def label_from_row(row: Mapping[str, Any], where: str = "labels[0]") -> HumanLab
             v.append(FieldViolation(f"{where}.labelled_at", f"expected an ISO 8601 time, got {labelled_at!r}"))
     if v:
         raise InvalidInput(v)
-    return HumanLabel(id=row["id"], annotator=row["annotator"], label=canonical, strength=strength,  # type: ignore[arg-type]
-                      rationale=rationale, labelled_at=when)
+    return HumanLabel(
+        id=row["id"],
+        annotator=row["annotator"],
+        label=canonical,
+        strength=strength,  # type: ignore[arg-type]
+        rationale=rationale,
+        labelled_at=when,
+    )
 
 
 def to_labels(items: Iterable[LabelLike]) -> list[HumanLabel]:
@@ -426,11 +494,12 @@ def to_labels(items: Iterable[LabelLike]) -> list[HumanLabel]:
     return out
 
 
-def submit_labels_requests(campaign: str, labels: Sequence[HumanLabel],
-                           chunk: int = MAX_LABELS_PER_CALL) -> Iterator[campaign_pb2.SubmitLabelsRequest]:
+def submit_labels_requests(
+    campaign: str, labels: Sequence[HumanLabel], chunk: int = MAX_LABELS_PER_CALL
+) -> Iterator[campaign_pb2.SubmitLabelsRequest]:
     """The labels in requests of at most ``chunk``."""
     for start in range(0, len(labels), chunk):
-        yield campaign_pb2.SubmitLabelsRequest(campaign=campaign, labels=[_label_proto(x) for x in labels[start:start + chunk]])
+        yield campaign_pb2.SubmitLabelsRequest(campaign=campaign, labels=[_label_proto(x) for x in labels[start : start + chunk]])
 
 
 def _label_proto(x: HumanLabel) -> campaign_pb2.HumanLabel:
@@ -445,8 +514,9 @@ def _label_proto(x: HumanLabel) -> campaign_pb2.HumanLabel:
 
 def label_results(response: campaign_pb2.SubmitLabelsResponse, offset: int = 0) -> list[LabelResult]:
     """The response's results, ``index`` counted from ``offset`` (the request's first label in the whole call)."""
-    return [LabelResult(offset + r.index, r.id, _STATUS_NAMES.get(r.status, "rejected"), r.audit, r.error)
-            for r in response.results]
+    return [
+        LabelResult(offset + r.index, r.id, _STATUS_NAMES.get(r.status, "rejected"), r.audit, r.error) for r in response.results
+    ]
 
 
 def export_request(campaign: str, fmt: str) -> campaign_pb2.ExportDatasetRequest:
@@ -460,34 +530,71 @@ def export_rows(response: campaign_pb2.ExportDatasetResponse) -> Iterator[dict[s
     (``trl``: id, prompt, chosen, rejected, label_source, judge, confidence, votes, tie, campaign, batch,
     human_routed; ``pool``: the pool schema; see docs/campaigns.md)."""
     for r in response.trl_rows:
-        yield {"id": r.id, "prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected,
-               "label_source": r.label_source, "judge": r.judge,
-               "confidence": r.confidence if r.HasField("confidence") else None, "votes": r.votes, "tie": r.tie,
-               "campaign": r.campaign, "batch": r.batch, "human_routed": r.human_routed}
+        yield {
+            "id": r.id,
+            "prompt": r.prompt,
+            "chosen": r.chosen,
+            "rejected": r.rejected,
+            "label_source": r.label_source,
+            "judge": r.judge,
+            "confidence": r.confidence if r.HasField("confidence") else None,
+            "votes": r.votes,
+            "tie": r.tie,
+            "campaign": r.campaign,
+            "batch": r.batch,
+            "human_routed": r.human_routed,
+        }
     for p in response.pool_rows:
-        yield {"id": p.id, "source": p.source, "prompt": p.prompt, "response_a": p.response_a,
-               "response_b": p.response_b, "human_label": p.human_label, "human_votes": list(p.human_votes),
-               "lm_labels": dict(p.lm_labels), "campaign": p.campaign, "batch": p.batch,
-               "human_routed": p.human_routed, "exploration": p.exploration, "score": p.score,
-               "expected_correction": p.expected_correction if p.HasField("expected_correction") else None}
+        yield {
+            "id": p.id,
+            "source": p.source,
+            "prompt": p.prompt,
+            "response_a": p.response_a,
+            "response_b": p.response_b,
+            "human_label": p.human_label,
+            "human_votes": list(p.human_votes),
+            "lm_labels": dict(p.lm_labels),
+            "campaign": p.campaign,
+            "batch": p.batch,
+            "human_routed": p.human_routed,
+            "exploration": p.exploration,
+            "score": p.score,
+            "expected_correction": p.expected_correction if p.HasField("expected_correction") else None,
+        }
 
 
 def campaign_from_proto(c: campaign_pb2.Campaign) -> Campaign:
     s = c.settings
     kind = s.budget.WhichOneof("kind") or "count"
     return Campaign(
-        name=s.name, budget_kind=kind, budget_total=float(getattr(s.budget, kind)), strategy=s.strategy, judge=s.judge,
-        votes_per_pair=s.votes_per_pair, expected_instances=s.expected_instances if s.HasField("expected_instances") else None,
-        exploration_share=s.exploration_share, created_at=c.created_at.ToDatetime(tzinfo=UTC),
-        budget_spent=c.budget_spent, budget_left=c.budget_left, routed=c.routed, human_routed=c.human_routed,
-        labels_returned=c.labels_returned, pairs_pending=c.pairs_pending)
+        name=s.name,
+        budget_kind=kind,
+        budget_total=float(getattr(s.budget, kind)),
+        strategy=s.strategy,
+        judge=s.judge,
+        votes_per_pair=s.votes_per_pair,
+        expected_instances=s.expected_instances if s.HasField("expected_instances") else None,
+        exploration_share=s.exploration_share,
+        created_at=c.created_at.ToDatetime(tzinfo=UTC),
+        budget_spent=c.budget_spent,
+        budget_left=c.budget_left,
+        routed=c.routed,
+        human_routed=c.human_routed,
+        labels_returned=c.labels_returned,
+        pairs_pending=c.pairs_pending,
+    )
 
 
 def campaign_model_from_proto(m) -> dict:
     """``CampaignModelInfo`` -> {"version", "base_version", "adapted", "labels", "heldout_log_loss",
     "bundle_log_loss", "human_error_rate"} (None where unset)."""
-    return {"version": m.version, "base_version": m.base_version, "adapted": m.adapted, "labels": m.labels,
-            **{f: (getattr(m, f) if m.HasField(f) else None) for f in ("heldout_log_loss", "bundle_log_loss", "human_error_rate")}}
+    return {
+        "version": m.version,
+        "base_version": m.base_version,
+        "adapted": m.adapted,
+        "labels": m.labels,
+        **{f: (getattr(m, f) if m.HasField(f) else None) for f in ("heldout_log_loss", "bundle_log_loss", "human_error_rate")},
+    }
 
 
 def status_from_proto(resp: campaign_pb2.GetCampaignResponse) -> CampaignStatus:
@@ -499,8 +606,13 @@ def status_from_proto(resp: campaign_pb2.GetCampaignResponse) -> CampaignStatus:
         value = getattr(s, name)
         return Interval(value.estimate, value.low, value.high)
 
-    return CampaignStatus(campaign=campaign_from_proto(resp.campaign), labels_pending=s.labels_pending,
-                          agreement=interval("agreement"), audit_agreement=interval("audit_agreement"),
-                          realised_corrections=s.realised_corrections,
-                          expected_corrections=interval("expected_corrections"), expected_known=s.expected_known,
-                          model=campaign_model_from_proto(resp.model) if resp.HasField("model") else None)
+    return CampaignStatus(
+        campaign=campaign_from_proto(resp.campaign),
+        labels_pending=s.labels_pending,
+        agreement=interval("agreement"),
+        audit_agreement=interval("audit_agreement"),
+        realised_corrections=s.realised_corrections,
+        expected_corrections=interval("expected_corrections"),
+        expected_known=s.expected_known,
+        model=campaign_model_from_proto(resp.model) if resp.HasField("model") else None,
+    )

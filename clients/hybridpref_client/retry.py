@@ -88,11 +88,15 @@ class Retrier:
             if on_retry is not None:
                 on_retry(state.attempt_number + 1, state.upcoming_sleep)
 
-        return {"retry": tenacity.retry_if_exception(retryable), "wait": wait, "stop": stop, "before_sleep": before_sleep,
-                "reraise": True}
+        return {
+            "retry": tenacity.retry_if_exception(retryable),
+            "wait": wait,
+            "stop": stop,
+            "before_sleep": before_sleep,
+            "reraise": True,
+        }
 
-    def call(self, attempt: Callable[[], object], deadline: float | None,
-             on_retry: Callable[[int, float], None] | None = None):
+    def call(self, attempt: Callable[[], object], deadline: float | None, on_retry: Callable[[int, float], None] | None = None):
         """Run ``attempt()`` until it returns or fails for good; raises its last ``RoutingError``
         (with ``attempts`` set). ``on_retry(next_attempt, wait_s)`` is called before each wait."""
         made = 0
@@ -108,8 +112,12 @@ class Retrier:
 
         return tenacity.Retrying(**self._kwargs(deadline, on_retry))(counted)
 
-    async def acall(self, attempt: Callable[[], Awaitable[object]], deadline: float | None,
-                    on_retry: Callable[[int, float], None] | None = None):
+    async def acall(
+        self,
+        attempt: Callable[[], Awaitable[object]],
+        deadline: float | None,
+        on_retry: Callable[[int, float], None] | None = None,
+    ):
         """``call`` for a coroutine function ``attempt``."""
         made = 0
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import uvicorn
 
-from hybridpref.store.api import Candidate, CampaignSpec
+from hybridpref.store.api import CampaignSpec, Candidate
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VENDOR = "acme"
@@ -37,18 +37,34 @@ def fixture_pairs() -> list[dict[str, str]]:
 
 def synthetic_pairs(n: int, prefix: str = "p") -> list[dict[str, str]]:
     """``n`` distinct pairs with ids ``{prefix}-00000``..; texts say which side they are."""
-    return [{"instance_id": f"{prefix}-{i:05d}", "prompt": f"Question {i}?", "response_a": f"Answer A to {i}.",
-             "response_b": f"Answer B to {i}."} for i in range(n)]
+    return [
+        {
+            "instance_id": f"{prefix}-{i:05d}",
+            "prompt": f"Question {i}?",
+            "response_a": f"Answer A to {i}.",
+            "response_b": f"Answer B to {i}.",
+        }
+        for i in range(n)
+    ]
 
 
-def seed_campaign(store: Any, name: str, pairs: Sequence[dict[str, str]], votes_per_pair: int = 1,
-                  vendor: str = VENDOR) -> None:
+def seed_campaign(store: Any, name: str, pairs: Sequence[dict[str, str]], votes_per_pair: int = 1, vendor: str = VENDOR) -> None:
     """A count-budget campaign routing every pair to humans (budget = the pair count)."""
-    store.create_campaign(CampaignSpec(vendor=vendor, name=name, budget_kind="count", budget_total=float(len(pairs)),
-                                       votes_per_pair=votes_per_pair))
-    candidates = [Candidate(instance_id=p["instance_id"], prompt=p["prompt"], response_a=p["response_a"],
-                            response_b=p["response_b"], score=1.0 - i / (len(pairs) + 1), lm_label="A_BETTER",
-                            lm_confidence=0.6) for i, p in enumerate(pairs)]
+    store.create_campaign(
+        CampaignSpec(vendor=vendor, name=name, budget_kind="count", budget_total=float(len(pairs)), votes_per_pair=votes_per_pair)
+    )
+    candidates = [
+        Candidate(
+            instance_id=p["instance_id"],
+            prompt=p["prompt"],
+            response_a=p["response_a"],
+            response_b=p["response_b"],
+            score=1.0 - i / (len(pairs) + 1),
+            lm_label="A_BETTER",
+            lm_confidence=0.6,
+        )
+        for i, p in enumerate(pairs)
+    ]
     decisions = store.decide_batch(vendor, name, "batch-1", candidates)
     assert all(d.human for d in decisions), "every fixture pair must be routed to humans"
 

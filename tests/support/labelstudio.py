@@ -41,8 +41,10 @@ TOKEN = "5e1f0c3a9b7d2e4f6a8c0b1d3e5f7a9c2b4d6e8f"  # a legacy API token: 40 hex
 def skip_reason() -> str | None:
     """Why the Label Studio tests cannot run here, or None when they can."""
     if not LS_BIN.exists() or not LS_PYTHON.exists():
-        return (f"Label Studio not installed at {LS_VENV}: `python3 scripts/dev.py setup` installs it into its own "
-                "venv (pip install label-studio; needs PyPI)")
+        return (
+            f"Label Studio not installed at {LS_VENV}: `python3 scripts/dev.py setup` installs it into its own "
+            "venv (pip install label-studio; needs PyPI)"
+        )
     probe = subprocess.run([str(LS_PYTHON), "-c", "import label_studio, label_studio_sdk"], capture_output=True, text=True)
     if probe.returncode != 0:
         return f"Label Studio's venv at {LS_VENV} is broken: {probe.stderr.strip()[-300:]}"
@@ -58,17 +60,21 @@ class LabelStudioServer:
         """Run tests/support/labelstudio_driver.py with ``plan`` in the tools venv; its RESULT."""
         plan_path, result_path = workdir / "ls_plan.json", workdir / "ls_result.json"
         plan_path.write_text(json.dumps({**plan, "base_url": self.base_url, "token": self.token}), encoding="utf-8")
-        out = subprocess.run([str(LS_PYTHON), str(DRIVER), str(plan_path), str(result_path)], capture_output=True,
-                             text=True, timeout=timeout)
+        out = subprocess.run(
+            [str(LS_PYTHON), str(DRIVER), str(plan_path), str(result_path)], capture_output=True, text=True, timeout=timeout
+        )
         if out.returncode != 0:
             raise RuntimeError(f"Label Studio driver failed:\n{out.stderr[-4000:]}")
         return json.loads(result_path.read_text(encoding="utf-8"))
 
-
     def export(self, project: int) -> list[dict[str, Any]]:
         """The project's JSON export, straight from the HTTP API."""
-        r = httpx.get(f"{self.base_url}/api/projects/{project}/export", params={"exportType": "JSON"},
-                      headers={"Authorization": f"Token {self.token}"}, timeout=120)
+        r = httpx.get(
+            f"{self.base_url}/api/projects/{project}/export",
+            params={"exportType": "JSON"},
+            headers={"Authorization": f"Token {self.token}"},
+            timeout=120,
+        )
         r.raise_for_status()
         return r.json()
 
@@ -104,12 +110,36 @@ def _free_port() -> int:
 
 def _start(data_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    env = dict(os.environ, LABEL_STUDIO_BASE_DATA_DIR=str(data_dir), DJANGO_DB="sqlite",
-               LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true", SENTRY_DSN="", FRONTEND_SENTRY_DSN="",
-               COLLECT_ANALYTICS="false", LABEL_STUDIO_COLLECT_ANALYTICS="false")
-    cmd = [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
-           "--data-dir", str(data_dir), "--username", ADMIN_EMAIL, "--password", ADMIN_PASSWORD,
-           "--user-token", TOKEN, "--enable-legacy-api-token", "--log-level", "WARNING"]
+    env = dict(
+        os.environ,
+        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
+        DJANGO_DB="sqlite",
+        LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
+        SENTRY_DSN="",
+        FRONTEND_SENTRY_DSN="",
+        COLLECT_ANALYTICS="false",
+        LABEL_STUDIO_COLLECT_ANALYTICS="false",
+    )
+    cmd = [
+        str(LS_BIN),
+        "start",
+        "--no-browser",
+        "--internal-host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--username",
+        ADMIN_EMAIL,
+        "--password",
+        ADMIN_PASSWORD,
+        "--user-token",
+        TOKEN,
+        "--enable-legacy-api-token",
+        "--log-level",
+        "WARNING",
+    ]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=data_dir)
     return proc, f"http://127.0.0.1:{port}"

@@ -36,8 +36,9 @@ def main(plan_path: str, result_path: str) -> int:
     ls = LabelStudio(base_url=plan["base_url"], api_key=plan["token"], timeout=120)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    project = ls.projects.create(title=plan["title"], label_config=plan["label_config"],
-                                 maximum_annotations=plan["maximum_annotations"])
+    project = ls.projects.create(
+        title=plan["title"], label_config=plan["label_config"], maximum_annotations=plan["maximum_annotations"]
+    )
     users = {}
     for email in plan["annotators"]:
         user = ls.users.create(email=email, username=email.split("@")[0])
@@ -55,11 +56,18 @@ def main(plan_path: str, result_path: str) -> int:
         if vote.get("cancel"):
             ls.annotations.create(id=task.id, result=[], was_cancelled=True, completed_by=users[vote["annotator"]])
             continue
-        result = [{"from_name": "preference", "to_name": "prompt", "type": "choices",
-                   "value": {"choices": [choice_for(task.data, vote)]}}]
+        result = [
+            {
+                "from_name": "preference",
+                "to_name": "prompt",
+                "type": "choices",
+                "value": {"choices": [choice_for(task.data, vote)]},
+            }
+        ]
         if vote.get("rationale"):
-            result.append({"from_name": "rationale", "to_name": "prompt", "type": "textarea",
-                           "value": {"text": [vote["rationale"]]}})
+            result.append(
+                {"from_name": "rationale", "to_name": "prompt", "type": "textarea", "value": {"text": [vote["rationale"]]}}
+            )
         ls.annotations.create(id=task.id, result=result, completed_by=users[vote["annotator"]])
     seconds["annotate"] = time.perf_counter() - t
 

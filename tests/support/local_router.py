@@ -12,12 +12,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hybridpref.server.deadline import Deadline
-from hybridpref_client.core.instances import PositionMode, PreferenceInstance
-from hybridpref.routing_model.data import RoutingModelData
 from hybridpref.router.backends import JudgedBatch, RouterTags
 from hybridpref.router.limits import JudgeInfo
 from hybridpref.router.model import ModelCache, RoutingModel
+from hybridpref.routing_model.data import RoutingModelData
+from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.instances import PositionMode, PreferenceInstance
 
 
 class LocalTagger:
@@ -42,13 +42,27 @@ class LocalJudge:
         return JudgeInfo.of(self.judge_core.info())
 
     async def judge(
-        self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: str, replay_judge: str,
-        seed: int, deadline: Deadline,
+        self,
+        instances: Sequence[PreferenceInstance],
+        *,
+        mode: PositionMode,
+        template: str,
+        replay_judge: str,
+        seed: int,
+        deadline: Deadline,
     ) -> JudgedBatch:
-        out = await asyncio.to_thread(self.judge_core.judge, instances, mode=mode, template=template or None, seed=seed,
-                                      replay_judge=replay_judge or None, deadline=deadline)
+        out = await asyncio.to_thread(
+            self.judge_core.judge,
+            instances,
+            mode=mode,
+            template=template or None,
+            seed=seed,
+            replay_judge=replay_judge or None,
+            deadline=deadline,
+        )
         return JudgedBatch(
-            np.array([int(j.label) for j in out], np.int64), np.array([j.confidence for j in out], np.float64),
+            np.array([int(j.label) for j in out], np.int64),
+            np.array([j.confidence for j in out], np.float64),
             np.array([j.order_inconsistent for j in out], bool),
             np.array([np.nan if j.p_a_better is None else j.p_a_better for j in out], np.float64),
             out[0].judge_id if out else "",

@@ -35,8 +35,13 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, f"no route {self.path}", "not_found")
         if not self._authorised():
             return None
-        self._send(200, {"object": "list", "data": [
-            {"id": self.server.model_name, "object": "model", "created": 0, "owned_by": "hybridpref"}]})
+        self._send(
+            200,
+            {
+                "object": "list",
+                "data": [{"id": self.server.model_name, "object": "model", "created": 0, "owned_by": "hybridpref"}],
+            },
+        )
         return None
 
     def do_POST(self) -> None:
@@ -79,8 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], backend: EmbeddedBackend, model_name: str, api_key: str | None,
-                 verbose: bool):
+    def __init__(self, address: tuple[str, int], backend: EmbeddedBackend, model_name: str, api_key: str | None, verbose: bool):
         super().__init__(address, _Handler)
         self.backend = backend
         self.model_name = model_name
@@ -91,21 +95,41 @@ class _Server(ThreadingHTTPServer):
 
     def complete(self, p: dict[str, Any]) -> dict[str, Any]:
         tokens, finish, n_prompt = self.backend.generate_chat(
-            p["messages"], max_tokens=p["max_tokens"], temperature=p["temperature"],
-            top_logprobs=p["top_logprobs"] if p["logprobs"] else 0, seed=p["seed"])
+            p["messages"],
+            max_tokens=p["max_tokens"],
+            temperature=p["temperature"],
+            top_logprobs=p["top_logprobs"] if p["logprobs"] else 0,
+            seed=p["seed"],
+        )
         with self._count_lock:
             self._counter += 1
             n = self._counter
         logprobs = None
         if p["logprobs"]:
-            logprobs = {"content": [{
-                "token": t.text, "logprob": t.logprob, "bytes": list(t.text.encode()),
-                "top_logprobs": [{"token": s, "logprob": lp, "bytes": list(s.encode())} for s, lp in t.top],
-            } for t in tokens]}
+            logprobs = {
+                "content": [
+                    {
+                        "token": t.text,
+                        "logprob": t.logprob,
+                        "bytes": list(t.text.encode()),
+                        "top_logprobs": [{"token": s, "logprob": lp, "bytes": list(s.encode())} for s, lp in t.top],
+                    }
+                    for t in tokens
+                ]
+            }
         return {
-            "id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()), "model": self.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(t.text for t in tokens)},
-                         "logprobs": logprobs, "finish_reason": finish}],
+            "id": f"chatcmpl-{n}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(t.text for t in tokens)},
+                    "logprobs": logprobs,
+                    "finish_reason": finish,
+                }
+            ],
             "usage": {"prompt_tokens": n_prompt, "completion_tokens": len(tokens), "total_tokens": n_prompt + len(tokens)},
         }
 
@@ -119,7 +143,11 @@ def _parse_request(body: Any) -> dict[str, Any]:
         raise ValueError("'messages' must be a non-empty list")
     clean = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ("system", "user", "assistant"):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("content"), str)
+            or m.get("role") not in ("system", "user", "assistant")
+        ):
             raise ValueError(f"messages[{i}] must be {{role: system|user|assistant, content: string}}")
         clean.append({"role": m["role"], "content": m["content"]})
     if body.get("stream"):
@@ -133,13 +161,25 @@ def _parse_request(body: Any) -> dict[str, Any]:
     temperature = float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0)
     if not 0.0 <= temperature <= 2.0:
         raise ValueError("'temperature' must be in [0, 2]")
-    return {"messages": clean, "max_tokens": max_tokens, "top_logprobs": top, "logprobs": bool(body.get("logprobs")),
-            "temperature": temperature, "seed": int(body.get("seed") or 0)}
+    return {
+        "messages": clean,
+        "max_tokens": max_tokens,
+        "top_logprobs": top,
+        "logprobs": bool(body.get("logprobs")),
+        "temperature": temperature,
+        "seed": int(body.get("seed") or 0),
+    }
 
 
-def create_server(backend: EmbeddedBackend | None = None, host: str = "127.0.0.1", port: int = 0, *,
-                  model_name: str = "SmolLM2-135M-Instruct", api_key: str | None = None,
-                  verbose: bool = False) -> tuple[ThreadingHTTPServer, int]:
+def create_server(
+    backend: EmbeddedBackend | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    model_name: str = "SmolLM2-135M-Instruct",
+    api_key: str | None = None,
+    verbose: bool = False,
+) -> tuple[ThreadingHTTPServer, int]:
     """Build (not start) the server; ``port=0`` picks a free port. Returns (server, bound port).
 
     Start it with ``server.serve_forever()`` (e.g. in a thread); stop with ``server.shutdown()``.

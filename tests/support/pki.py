@@ -13,10 +13,13 @@ def write_pki(folder: Path, client_name: str) -> dict[str, Path]:
     server = ca.issue_cert("127.0.0.1", "localhost")
     client = ca.issue_cert(client_name)
     files: dict[str, Path] = {}
-    for name, blob in (("ca.pem", ca.cert_pem.bytes()), ("server.key", server.private_key_pem.bytes()),
-                       ("server.pem", b"".join(c.bytes() for c in server.cert_chain_pems)),
-                       ("client.key", client.private_key_pem.bytes()),
-                       ("client.pem", b"".join(c.bytes() for c in client.cert_chain_pems))):
+    for name, blob in (
+        ("ca.pem", ca.cert_pem.bytes()),
+        ("server.key", server.private_key_pem.bytes()),
+        ("server.pem", b"".join(c.bytes() for c in server.cert_chain_pems)),
+        ("client.key", client.private_key_pem.bytes()),
+        ("client.pem", b"".join(c.bytes() for c in client.cert_chain_pems)),
+    ):
         (folder / name).write_bytes(blob)
         files[name] = folder / name
     return files

@@ -53,8 +53,10 @@ def _version(folder: str) -> float:
 
 
 def skip_reason() -> str:
-    return ("no PostgreSQL server binaries (initdb/pg_ctl): `python3 scripts/dev.py setup` installs Debian's "
-            "postgresql package, or set HYBRIDPREF_PG_BIN")
+    return (
+        "no PostgreSQL server binaries (initdb/pg_ctl): `python3 scripts/dev.py setup` installs Debian's "
+        "postgresql package, or set HYBRIDPREF_PG_BIN"
+    )
 
 
 def free_port() -> int:
@@ -86,26 +88,40 @@ class PostgresServer:
         if self.as_root:
             entry = pwd.getpwnam(self.user)
             os.chown(self.base, entry.pw_uid, entry.pw_gid)
-        subprocess.run(self._cmd("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                                 "--encoding=UTF8", "--locale=C", "--no-sync"),
-                       check=True, capture_output=True, timeout=120, cwd=self.base)
+        subprocess.run(
+            self._cmd(
+                "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
+            cwd=self.base,
+        )
         for _ in range(5):  # the free port may be taken between the probe and the bind: retry
             self.port = free_port()
-            options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
-                       "-c max_connections=200")
+            options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=200"
             if not self.durable:
                 options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            started = subprocess.run(self._cmd("pg_ctl", "start", "-w", "-t", str(START_TIMEOUT_S), "-D",
-                                               str(self.data), "-l", str(self.log), "-o", options),
-                                     capture_output=True, timeout=START_TIMEOUT_S + 10, cwd=self.base)
+            started = subprocess.run(
+                self._cmd(
+                    "pg_ctl", "start", "-w", "-t", str(START_TIMEOUT_S), "-D", str(self.data), "-l", str(self.log), "-o", options
+                ),
+                capture_output=True,
+                timeout=START_TIMEOUT_S + 10,
+                cwd=self.base,
+            )
             if started.returncode == 0:
                 return self
         raise RuntimeError(f"PostgreSQL did not start: {self.log.read_text(errors='replace')[-2000:]}")
 
     def stop(self) -> None:
         if self.data.exists():
-            subprocess.run(self._cmd("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data)),
-                           capture_output=True, timeout=60, cwd=self.base)
+            subprocess.run(
+                self._cmd("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data)),
+                capture_output=True,
+                timeout=60,
+                cwd=self.base,
+            )
         shutil.rmtree(self.base, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:
@@ -115,8 +131,7 @@ class PostgresServer:
         """Run one statement outside a transaction (CREATE / DROP DATABASE) on the server."""
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True) as conn:
             conn.execute(sql)
 
     def create_database(self, prefix: str = "t") -> str:
@@ -139,8 +154,10 @@ def postgres_server():
         try:
             pwd.getpwnam(SERVER_USER)
         except KeyError:
-            pytest.skip(f"running as root and there is no {SERVER_USER!r} system user to run PostgreSQL as "
-                        "(Debian's postgresql package creates it)")
+            pytest.skip(
+                f"running as root and there is no {SERVER_USER!r} system user to run PostgreSQL as "
+                "(Debian's postgresql package creates it)"
+            )
     server = PostgresServer(bin_dir)
     try:
         server.start()

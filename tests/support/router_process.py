@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass
 
 from hybridpref.server.settings import Settings
-
 from support.postgres import free_port
 
 START_TIMEOUT_S = 60.0
@@ -37,8 +36,7 @@ class Backends:
         settings = Settings(tagger={"profile": "fast"}, judge={"backend": "replay", "replay_key": "gpt4"})
         services = {}
         for name in BACKENDS:
-            services[name] = background_loop.run(start_service(handle_for(name, settings), settings, port=0,
-                                                               metrics_port=-1))
+            services[name] = background_loop.run(start_service(handle_for(name, settings), settings, port=0, metrics_port=-1))
         for running in services.values():
             background_loop.run(running.loaded.wait(), timeout=300)
         return cls(services, {n: r.address for n, r in services.items()})
@@ -69,9 +67,24 @@ class RouterProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDPREF_")}
         env.update({f"HYBRIDPREF_{n.upper()}_ADDRESS": a for n, a in self.backends.addresses.items()})
         env.update(HYBRIDPREF_LOG_LEVEL="WARNING", HYBRIDPREF_BACKEND_CHECK_S="0.2", **self.extra_env)
-        self.proc = subprocess.Popen([sys.executable, "-m", "hybridpref.cli.main", "serve", "router", "--port",
-                                      str(self.port), "--metrics-port", "-1", "--db", self.db_url], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hybridpref.cli.main",
+                "serve",
+                "router",
+                "--port",
+                str(self.port),
+                "--metrics-port",
+                "-1",
+                "--db",
+                self.db_url,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         if not wait_serving(self.address, START_TIMEOUT_S, service="hybridpref.v1.RouterService"):
             self.stop()
             raise RuntimeError("the router process did not become SERVING")
@@ -102,10 +115,13 @@ def instances(prefix: str, n: int, seed: int) -> list[dict]:
     out = []
     for k in range(n):
         topic = " ".join(rng.choice(words) for _ in range(rng.randint(3, 9)))
-        out.append({
-            "id": f"{prefix}{k}", "prompt": f"Explain {topic} in one paragraph.",
-            "response_a": f"{topic.capitalize()} is " + " ".join(rng.choice(words) for _ in range(rng.randint(5, 40))) + ".",
-            "response_b": "Briefly: " + " ".join(rng.choice(words) for _ in range(rng.randint(5, 40))) + ".",
-            "lm_labels": {"gpt4": rng.choice(("A", "B", "A", "B", "tie"))},
-        })
+        out.append(
+            {
+                "id": f"{prefix}{k}",
+                "prompt": f"Explain {topic} in one paragraph.",
+                "response_a": f"{topic.capitalize()} is " + " ".join(rng.choice(words) for _ in range(rng.randint(5, 40))) + ".",
+                "response_b": "Briefly: " + " ".join(rng.choice(words) for _ in range(rng.randint(5, 40))) + ".",
+                "lm_labels": {"gpt4": rng.choice(("A", "B", "A", "B", "tie"))},
+            }
+        )
     return out

@@ -31,8 +31,7 @@ def decide(url: str, vendor: str, name: str, prefix: str, batches: int, size: in
     sys.stdin.readline()  # "go": the test starts both routers at once
     for b, batch in enumerate(prepared):
         decisions = store.decide_batch(vendor, name, f"{prefix}b{b}", batch)
-        print(json.dumps({"batch": b, "human": [d.instance_id for d in decisions if d.human], "t": time.time()}),
-              flush=True)
+        print(json.dumps({"batch": b, "human": [d.instance_id for d in decisions if d.human], "t": time.time()}), flush=True)
 
 
 def write(url: str, vendor: str, name: str) -> None:

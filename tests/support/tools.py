@@ -23,5 +23,7 @@ def find_tool(name: str) -> str | None:
 
 
 def skip_reason(name: str) -> str:
-    return (f"{name} not installed: `python3 scripts/dev.py setup` installs it into .venv/tools "
-            f"(needs {'npm' if name == 'buf' else 'apt-get/dpkg' if name == 'promtool' else 'the dev extra'})")
+    return (
+        f"{name} not installed: `python3 scripts/dev.py setup` installs it into .venv/tools "
+        f"(needs {'npm' if name == 'buf' else 'apt-get/dpkg' if name == 'promtool' else 'the dev extra'})"
+    )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hybridpref.v1 import common_pb2
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.core.instances import Label, Message, PreferenceInstance
 from hybridpref_client.core.limits import DEFAULT_LIMITS, Limits, proto_instance_violations
-from hybridpref.v1 import common_pb2
 
 
 def instance_from_proto(msg: common_pb2.PreferenceInstance) -> PreferenceInstance:
@@ -24,8 +24,9 @@ def instance_from_proto(msg: common_pb2.PreferenceInstance) -> PreferenceInstanc
     )
 
 
-def instances_from_proto(msgs: Sequence[common_pb2.PreferenceInstance], limits: Limits | None = None,
-                         offset: int = 0, max_count: int | None = None) -> list[PreferenceInstance]:
+def instances_from_proto(
+    msgs: Sequence[common_pb2.PreferenceInstance], limits: Limits | None = None, offset: int = 0, max_count: int | None = None
+) -> list[PreferenceInstance]:
     """Convert after checking the count (``max_count``: at most this many, counted before anything
     else is looked at), sizes and enum ranges (``InvalidInput`` names ``instances[offset + k]``)."""
     check_count(len(msgs), max_count)
@@ -35,8 +36,9 @@ def instances_from_proto(msgs: Sequence[common_pb2.PreferenceInstance], limits: 
     return [instance_from_proto(m) for m in msgs]
 
 
-def check_count(n: int, max_count: int | None, field: str = "instances", what: str = "batch",
-                hint: str = "split it or use the streaming RPC") -> None:
+def check_count(
+    n: int, max_count: int | None, field: str = "instances", what: str = "batch", hint: str = "split it or use the streaming RPC"
+) -> None:
     """``InvalidInput`` when ``n`` instances exceed ``max_count`` (``None``: no limit). A repeated field's
     length is known without touching its elements: checked first, a million-instance request is
     refused in microseconds instead of after converting every instance."""

@@ -30,7 +30,6 @@ from hybridpref_client.core.errors import (
     Unauthenticated,
 )
 
-
 # Bounds of what one error status carries (see the module docstring).
 MAX_MESSAGE_BYTES = 512  # UTF-8 bytes of the status message (percent-encoding may triple them)
 MAX_DETAILS_BYTES = 3072  # the serialized google.rpc.Status (base64 adds a third)
@@ -46,7 +45,9 @@ def status_for(exc: BaseException) -> grpc.Status | None:
     exception, or ``None`` when it is not one (an internal bug)."""
     if isinstance(exc, InvalidInput):
         message = clip_utf8(str(exc), MAX_MESSAGE_BYTES)
-        return _status(code_pb2.INVALID_ARGUMENT, message, *bad_request_details(exc.violations, MAX_DETAILS_BYTES - len(message.encode())))
+        return _status(
+            code_pb2.INVALID_ARGUMENT, message, *bad_request_details(exc.violations, MAX_DETAILS_BYTES - len(message.encode()))
+        )
     if isinstance(exc, NotReady):
         return _status(code_pb2.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, NotFound):
@@ -86,7 +87,8 @@ def bad_request_details(violations: list[FieldViolation], budget: int) -> list:
     for v in violations[:MAX_LISTED_VIOLATIONS]:
         entry = error_details_pb2.BadRequest.FieldViolation(
             field=clip_utf8(v.field, MAX_VIOLATION_FIELD_BYTES),
-            description=clip_utf8(v.description, MAX_VIOLATION_DESCRIPTION_BYTES))
+            description=clip_utf8(v.description, MAX_VIOLATION_DESCRIPTION_BYTES),
+        )
         size = entry.ByteSize() + 3  # field tag and length prefix
         if listed and used + size > budget - info_room:
             break
@@ -94,9 +96,11 @@ def bad_request_details(violations: list[FieldViolation], budget: int) -> list:
         used += size
     details: list = [error_details_pb2.BadRequest(field_violations=listed)]
     if len(listed) < len(violations):
-        details.append(error_details_pb2.ErrorInfo(
-            reason=TRUNCATED_REASON, domain=ERROR_DOMAIN,
-            metadata={"total": str(len(violations)), "listed": str(len(listed))}))
+        details.append(
+            error_details_pb2.ErrorInfo(
+                reason=TRUNCATED_REASON, domain=ERROR_DOMAIN, metadata={"total": str(len(violations)), "listed": str(len(listed))}
+            )
+        )
     return details
 
 
@@ -133,8 +137,11 @@ def _details(error: grpc.RpcError, message_type):
 def field_violations(error: grpc.RpcError) -> list[FieldViolation]:
     """Client side: the field violations listed in an INVALID_ARGUMENT error (the first ones when
     the server had more than fit: ``violation_total`` counts them all)."""
-    return [FieldViolation(v.field, v.description)
-            for bad in _details(error, error_details_pb2.BadRequest) for v in bad.field_violations]
+    return [
+        FieldViolation(v.field, v.description)
+        for bad in _details(error, error_details_pb2.BadRequest)
+        for v in bad.field_violations
+    ]
 
 
 def violation_total(error: grpc.RpcError) -> int:

@@ -61,7 +61,7 @@ def parse_label(value: Any) -> Label | None:
         return value
     key = str(value).strip().lower()
     if key not in _LABEL_SPELLINGS:
-        raise ValueError(f"unknown label {value!r}; expected one of A, B, tie, {', '.join(l.name for l in Label)}")
+        raise ValueError(f"unknown label {value!r}; expected one of A, B, tie, {', '.join(label.name for label in Label)}")
     return _LABEL_SPELLINGS[key]
 
 
@@ -110,14 +110,20 @@ def validate_instances(instances: Sequence[PreferenceInstance], max_batch: int |
     """
     violations: list[FieldViolation] = []
     if max_batch is not None and len(instances) > max_batch:
-        violations.append(FieldViolation("instances", f"batch of {len(instances)} exceeds the limit of {max_batch}; split it or use the streaming RPC"))
+        violations.append(
+            FieldViolation(
+                "instances", f"batch of {len(instances)} exceeds the limit of {max_batch}; split it or use the streaming RPC"
+            )
+        )
     seen: dict[str, int] = {}
     for i, inst in enumerate(instances):
         where = f"instances[{i}]"
         if not inst.id or is_blank(inst.id):
             violations.append(FieldViolation(f"{where}.id", "missing id"))
         elif inst.id in seen:
-            violations.append(FieldViolation(f"{where}.id", f"duplicate id {quote(inst.id)} (first at instances[{seen[inst.id]}])"))
+            violations.append(
+                FieldViolation(f"{where}.id", f"duplicate id {quote(inst.id)} (first at instances[{seen[inst.id]}])")
+            )
         else:
             seen[inst.id] = i
         for name in ("response_a", "response_b"):
@@ -267,8 +273,9 @@ def line_problem(exc: ValueError) -> str:
 
     if isinstance(exc, UnicodeDecodeError):
         byte = exc.object[exc.start]
-        return (f"not UTF-8 text (byte 0x{byte:02x} at column {exc.start + 1}): save the file as UTF-8, e.g. "
-                "iconv -f latin1 -t utf-8")
+        return (
+            f"not UTF-8 text (byte 0x{byte:02x} at column {exc.start + 1}): save the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
+        )
     if isinstance(exc, json.JSONDecodeError):
         return f"not valid JSON: {exc.msg} at column {exc.colno}"
     return f"cannot read: {exc}"
@@ -291,7 +298,6 @@ def read_jsonl(path: str, limit: int | None = None) -> list[PreferenceInstance]:
         if limit is not None and len(out) >= limit:
             break
     return out
-
 
 
 class PositionMode(enum.IntEnum):

@@ -60,8 +60,12 @@ def proto_instance_violations(msgs: Iterable, limits: Limits = DEFAULT_LIMITS, o
         if len(m.metadata) > limits.max_metadata_entries:
             out.append(FieldViolation(f"{where}.metadata", f"more than {limits.max_metadata_entries} entries"))
         elif any(len(key) > limits.max_name_chars or len(value) > limits.max_metadata_chars for key, value in m.metadata.items()):
-            out.append(FieldViolation(f"{where}.metadata", f"keys at most {limits.max_name_chars}, values at most "
-                                                           f"{limits.max_metadata_chars} characters"))
+            out.append(
+                FieldViolation(
+                    f"{where}.metadata",
+                    f"keys at most {limits.max_name_chars}, values at most {limits.max_metadata_chars} characters",
+                )
+            )
         if m.HasField("human_cost") and not 0 < m.human_cost <= limits.max_human_cost:
             out.append(FieldViolation(f"{where}.human_cost", f"must be in (0, {limits.max_human_cost:g}], got {m.human_cost:g}"))
         if m.human_label not in LABEL_VALUES:

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from hybridpref_client.core.errors import NotFound
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from starlette.applications import Starlette
@@ -42,10 +41,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hybridpref.annotate.assign import Assigner
 from hybridpref.annotate.render import markdown_html
-from hybridpref.annotate.scale import SCALE, BY_CODE, ShownOrder, shown_order, to_stored
+from hybridpref.annotate.scale import BY_CODE, SCALE, ShownOrder, shown_order, to_stored
 from hybridpref.annotate.tokens import Annotator, TokenCache, resolve_token
 from hybridpref.annotate.writer import LabelWriter
 from hybridpref.store.api import HumanLabel, PendingPair
+from hybridpref_client.core.errors import NotFound
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "hp_annotator"
@@ -54,8 +54,10 @@ MAX_RATIONALE_CHARS = 4000
 MAX_ID_CHARS = 512
 UNDO_WINDOW = 200  # pending pairs searched for the pair an undo brings back
 MAX_WINDOW = 1000  # the store's largest pending_pairs limit
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; font-src 'self'; "
-       "connect-src 'none'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; font-src 'self'; "
+    "connect-src 'none'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 SECURITY_HEADERS = {
     "content-security-policy": CSP,
     "x-content-type-options": "nosniff",
@@ -77,8 +79,8 @@ class AppConfig:
     seed: int = 0
     secure_cookies: bool = False
     lease_s: float = 600.0
-    token_cache_s: float = 10.0   # a revoked token stops working within this many seconds
-    progress_s: float = 1.0       # the progress line may be this stale (spares a counting query per page)
+    token_cache_s: float = 10.0  # a revoked token stops working within this many seconds
+    progress_s: float = 1.0  # the progress line may be this stale (spares a counting query per page)
     title: str = "hybridpref annotation"
     extra_headers: dict[str, str] = field(default_factory=dict)
 
@@ -183,8 +185,9 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
         if annotator is None:
             return page("login.html", status=401, error="That token is not valid. Ask your campaign owner for a new one.")
         response = see_other("/")
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=config.secure_cookies,
-                            max_age=14 * 24 * 3600, path="/")
+        response.set_cookie(
+            COOKIE, token, httponly=True, samesite="strict", secure=config.secure_cookies, max_age=14 * 24 * 3600, path="/"
+        )
         return response
 
     async def logout(request: Request) -> Response:
@@ -202,17 +205,36 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
         snapshot_at = assigner.now()
         campaign, pending = await run_in_threadpool(campaign_and_pending, annotator, limit)
         if campaign is None:
-            return page("message.html", status=404, annotator=annotator,
-                        message=f"Your organisation runs no campaign named {config.campaign!r}.")
+            return page(
+                "message.html",
+                status=404,
+                annotator=annotator,
+                message=f"Your organisation runs no campaign named {config.campaign!r}.",
+            )
         pair = assigner.choose(vendor, name, annotator.name, pending, wanted=wanted, snapshot_at=snapshot_at)
         undo = request.query_params.get("undo")
-        progress = {"done": campaign.human_routed - campaign.pairs_pending, "total": campaign.human_routed,
-                    "left": campaign.pairs_pending, "skipped": assigner.skipped(vendor, name, annotator.name)}
+        progress = {
+            "done": campaign.human_routed - campaign.pairs_pending,
+            "total": campaign.human_routed,
+            "left": campaign.pairs_pending,
+            "skipped": assigner.skipped(vendor, name, annotator.name),
+        }
         if pair is None:
-            return page("message.html", annotator=annotator, progress=progress, undo=undo,
-                        message="Nothing left for you in this campaign. Thank you!")
-        return page("pair.html", annotator=annotator, progress=progress, undo=undo,
-                    notice=request.query_params.get("notice"), **_pair_view(pair, config.seed, annotator.name))
+            return page(
+                "message.html",
+                annotator=annotator,
+                progress=progress,
+                undo=undo,
+                message="Nothing left for you in this campaign. Thank you!",
+            )
+        return page(
+            "pair.html",
+            annotator=annotator,
+            progress=progress,
+            undo=undo,
+            notice=request.query_params.get("notice"),
+            **_pair_view(pair, config.seed, annotator.name),
+        )
 
     async def label(request: Request) -> Response:
         annotator = await who(request)
@@ -233,13 +255,23 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
         except BadForm as exc:
             return page("message.html", status=400, annotator=annotator, message=f"Bad form: {exc.field}: {exc.description}")
         preference, strength = to_stored(choice, shown)  # type: ignore[arg-type]
-        item = HumanLabel(instance_id=instance_id, annotator=annotator.name, preference=preference,
-                          strength=strength, rationale=rationale, source=SOURCE)
+        item = HumanLabel(
+            instance_id=instance_id,
+            annotator=annotator.name,
+            preference=preference,
+            strength=strength,
+            rationale=rationale,
+            source=SOURCE,
+        )
         try:
             result = await writer.submit(annotator.vendor, item)
         except NotFound:
-            return page("message.html", status=404, annotator=annotator,
-                        message=f"Your organisation runs no campaign named {config.campaign!r}.")
+            return page(
+                "message.html",
+                status=404,
+                annotator=annotator,
+                message=f"Your organisation runs no campaign named {config.campaign!r}.",
+            )
         if result.status == "rejected":  # the store names the field as labels[i].field: i is the batch's
             why = re.sub(r"^labels\[\d+\]\.?", "", result.error)
             return page("message.html", status=400, annotator=annotator, message=f"Not stored: {why}")
@@ -286,19 +318,22 @@ def create_app(store: Any, config: AppConfig, assigner: Assigner | None = None) 
             return PlainTextResponse(f"store not reachable: {type(exc).__name__}", status_code=503)
         return PlainTextResponse("ok")
 
-    app = Starlette(middleware=[Middleware(SecurityHeaders, headers={**SECURITY_HEADERS, **config.extra_headers})], routes=[
-        Route("/", index, methods=["GET"]),
-        Route("/login", login_form, methods=["GET"]),
-        Route("/login", login, methods=["POST"]),
-        Route("/logout", logout, methods=["POST"]),
-        Route("/label", label, methods=["POST"]),
-        Route("/skip", skip, methods=["POST"]),
-        Route("/undo", undo, methods=["POST"]),
-        Route("/favicon.ico", favicon, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
-    ])
+    app = Starlette(
+        middleware=[Middleware(SecurityHeaders, headers={**SECURITY_HEADERS, **config.extra_headers})],
+        routes=[
+            Route("/", index, methods=["GET"]),
+            Route("/login", login_form, methods=["GET"]),
+            Route("/login", login, methods=["POST"]),
+            Route("/logout", logout, methods=["POST"]),
+            Route("/label", label, methods=["POST"]),
+            Route("/skip", skip, methods=["POST"]),
+            Route("/undo", undo, methods=["POST"]),
+            Route("/favicon.ico", favicon, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        ],
+    )
     app.state.writer = writer  # for tests and benchmarks (commit counts)
     return app
 
@@ -316,4 +351,3 @@ def _pair_view(pair: PendingPair, seed: int, annotator: str) -> dict[str, Any]:
         "votes": pair.votes,
         "votes_needed": pair.votes_needed,
     }
-

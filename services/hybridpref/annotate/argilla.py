@@ -24,30 +24,54 @@ from hybridpref.annotate.scale import SCALE
 from hybridpref.store.api import PendingPair
 
 FIELDS = (("prompt", "Prompt"), ("response_a", "Response A"), ("response_b", "Response B"))
-GUIDELINES = ("Read the prompt and both responses, then say which response is better and how clearly. "
-              "Choose Tie only when neither is better. The rationale is optional.")
+GUIDELINES = (
+    "Read the prompt and both responses, then say which response is better and how clearly. "
+    "Choose Tie only when neither is better. The rationale is optional."
+)
 
 
 def _field(name: str, title: str) -> dict[str, Any]:
-    return {"name": name, "title": title, "required": True, "description": None, "type": "text",
-            "settings": {"type": "text", "use_markdown": True}}
+    return {
+        "name": name,
+        "title": title,
+        "required": True,
+        "description": None,
+        "type": "text",
+        "settings": {"type": "text", "use_markdown": True},
+    }
 
 
 def _metadata(name: str) -> dict[str, Any]:
-    return {"name": name, "title": name, "visible_for_annotators": False,
-            "settings": {"type": "terms", "values": None, "visible_for_annotators": False}}
+    return {
+        "name": name,
+        "title": name,
+        "visible_for_annotators": False,
+        "settings": {"type": "terms", "values": None, "visible_for_annotators": False},
+    }
 
 
 def settings(votes_per_pair: int) -> dict[str, Any]:
     """The dataset settings (``rg.Settings.serialize()`` shape)."""
     preference = {
-        "name": "preference", "title": "Which response is better?", "description": None, "required": True,
+        "name": "preference",
+        "title": "Which response is better?",
+        "description": None,
+        "required": True,
         "type": "label_selection",
-        "settings": {"type": "label_selection", "visible_options": None,
-                     "options": [{"value": c.code, "text": c.text} for c in SCALE]},
+        "settings": {
+            "type": "label_selection",
+            "visible_options": None,
+            "options": [{"value": c.code, "text": c.text} for c in SCALE],
+        },
     }
-    rationale = {"name": "rationale", "title": "Why? (optional)", "description": None, "required": False,
-                 "type": "text", "settings": {"type": "text", "use_markdown": False}}
+    rationale = {
+        "name": "rationale",
+        "title": "Why? (optional)",
+        "description": None,
+        "required": False,
+        "type": "text",
+        "settings": {"type": "text", "use_markdown": False},
+    }
     return {
         "guidelines": GUIDELINES,
         "fields": [_field(n, t) for n, t in FIELDS],
@@ -63,10 +87,15 @@ def settings(votes_per_pair: int) -> dict[str, Any]:
 def records(campaign: str, pairs: Iterable[PendingPair]) -> list[dict[str, Any]]:
     """One record per pair (``rg.Record.to_dict()`` shape, no responses yet)."""
     return [
-        {"id": p.instance_id,
-         "fields": {"prompt": p.prompt, "response_a": p.response_a, "response_b": p.response_b},
-         "metadata": {"instance_id": p.instance_id, "campaign": campaign},
-         "suggestions": {}, "responses": {}, "vectors": {}, "status": "pending"}
+        {
+            "id": p.instance_id,
+            "fields": {"prompt": p.prompt, "response_a": p.response_a, "response_b": p.response_b},
+            "metadata": {"instance_id": p.instance_id, "campaign": campaign},
+            "suggestions": {},
+            "responses": {},
+            "vectors": {},
+            "status": "pending",
+        }
         for p in pairs
     ]
 
@@ -78,8 +107,13 @@ def write_dataset(path: Path, campaign: str, votes_per_pair: int, pairs: Iterabl
         raise FileExistsError(f"{path} is not empty")
     (path / ".argilla").mkdir(parents=True, exist_ok=True)
     cfg = settings(votes_per_pair)
-    dataset = {"name": campaign, "status": "draft", "guidelines": cfg["guidelines"],
-               "allow_extra_metadata": False, "distribution": cfg["distribution"]}
+    dataset = {
+        "name": campaign,
+        "status": "draft",
+        "guidelines": cfg["guidelines"],
+        "allow_extra_metadata": False,
+        "distribution": cfg["distribution"],
+    }
     rows = records(campaign, pairs)
     (path / ".argilla" / "settings.json").write_text(json.dumps(cfg, ensure_ascii=False), encoding="utf-8")
     (path / ".argilla" / "dataset.json").write_text(json.dumps(dataset, ensure_ascii=False), encoding="utf-8")

@@ -27,8 +27,8 @@ WINDOW_SLACK = 16
 
 @dataclass
 class _Campaign:
-    leases: dict[str, dict[str, float]] = field(default_factory=dict)   # instance -> annotator -> expiry
-    recent: dict[str, dict[str, float]] = field(default_factory=dict)   # instance -> annotator -> stored at
+    leases: dict[str, dict[str, float]] = field(default_factory=dict)  # instance -> annotator -> expiry
+    recent: dict[str, dict[str, float]] = field(default_factory=dict)  # instance -> annotator -> stored at
     skips: dict[str, OrderedDict[str, None]] = field(default_factory=dict)  # annotator -> instance ids
 
 
@@ -62,8 +62,15 @@ class Assigner:
             # + WINDOW_SLACK: leases other requests take between this call and choose()
             return len(c.skips.get(annotator, ())) + len(c.leases) + len(c.recent) + 1 + WINDOW_SLACK
 
-    def choose(self, vendor: str, campaign: str, annotator: str, pending: Sequence[PendingPair],
-               wanted: str | None = None, snapshot_at: float | None = None) -> PendingPair | None:
+    def choose(
+        self,
+        vendor: str,
+        campaign: str,
+        annotator: str,
+        pending: Sequence[PendingPair],
+        wanted: str | None = None,
+        snapshot_at: float | None = None,
+    ) -> PendingPair | None:
         """The pair to show: ``wanted`` if pending for this annotator (after an undo); else the pair this
         annotator holds a lease on; else the first one not skipped whose votes, plus the other
         annotators' leases and their votes stored after ``snapshot_at`` (when ``pending`` was read;
@@ -84,6 +91,7 @@ class Assigner:
                     leased = sum(1 for who, t in c.leases.get(p.instance_id, {}).items() if who != annotator and t > now)
                     stored = sum(1 for who, t in c.recent.get(p.instance_id, {}).items() if who != annotator and t >= since)
                     return leased + stored
+
                 pick = next((p for p in open_pairs if p.votes + others(p) < p.votes_needed), None)
             pick = pick or (open_pairs[0] if open_pairs else None)
             if pick is not None:

@@ -20,22 +20,19 @@ from datetime import datetime
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from hybridpref_client.core.errors import FieldViolation
-
 from hybridpref.annotate.scale import SCALE, Choice, choice_for
 from hybridpref.store.api import HumanLabel, PendingPair
+from hybridpref_client.core.errors import FieldViolation
 
 SOURCE = "label-studio"
 PREFERENCE = "preference"  # the Choices control's name (from_name in results)
-RATIONALE = "rationale"    # the TextArea control's name
+RATIONALE = "rationale"  # the TextArea control's name
 MAX_RATIONALE_CHARS = 4000
 
 
 def label_config(title: str = "Which response is better?") -> str:
     """Label Studio labelling config XML for a pairwise 5-point preference with an optional rationale."""
-    choices = "\n".join(
-        f'      <Choice value={quoteattr(c.text)} alias="{c.code}" hotkey="{c.key}"/>' for c in SCALE
-    )
+    choices = "\n".join(f'      <Choice value={quoteattr(c.text)} alias="{c.code}" hotkey="{c.key}"/>' for c in SCALE)
     return f"""<View>
   <Header value={quoteattr(title)}/>
   <View style="padding: 0.5em; background: #f4f4f4">
@@ -64,8 +61,15 @@ def label_config(title: str = "Which response is better?") -> str:
 def tasks(campaign: str, pairs: Iterable[PendingPair]) -> list[dict[str, Any]]:
     """Label Studio tasks for ``pairs`` (stored A/B order), one per pair."""
     return [
-        {"data": {"instance_id": p.instance_id, "campaign": campaign, "prompt": p.prompt,
-                  "response_a": p.response_a, "response_b": p.response_b}}
+        {
+            "data": {
+                "instance_id": p.instance_id,
+                "campaign": campaign,
+                "prompt": p.prompt,
+                "response_a": p.response_a,
+                "response_b": p.response_b,
+            }
+        }
         for p in pairs
     ]
 
@@ -156,12 +160,20 @@ def parse_export(export: Any, users: Mapping[int, str] | None = None) -> ParsedE
                 continue
             choice: Choice | None = choice_for(picked[0]) if len(picked) == 1 else None
             if choice is None:
-                out.errors.append(FieldViolation(f"{at}.result", f"{PREFERENCE!r} must be one of the 5 scale points, got {picked!r}"))
+                out.errors.append(
+                    FieldViolation(f"{at}.result", f"{PREFERENCE!r} must be one of the 5 scale points, got {picked!r}")
+                )
                 continue
             stamp = str(annotation.get("updated_at") or annotation.get("created_at") or "")
-            label = HumanLabel(instance_id=instance_id, annotator=who, preference=choice.preference,
-                               strength=choice.strength, rationale=rationale[:MAX_RATIONALE_CHARS],
-                               labelled_at=_parse_time(stamp), source=SOURCE)
+            label = HumanLabel(
+                instance_id=instance_id,
+                annotator=who,
+                preference=choice.preference,
+                strength=choice.strength,
+                rationale=rationale[:MAX_RATIONALE_CHARS],
+                labelled_at=_parse_time(stamp),
+                source=SOURCE,
+            )
             if who not in latest or stamp >= latest[who][0]:
                 latest[who] = (stamp, label)
         out.labels += [label for _, label in latest.values()]

@@ -22,11 +22,11 @@ class Choice:
     """One point of the scale: its keyboard key, a short code (form values, Label Studio aliases,
     Argilla label keys), the text shown, and what it means in the shown orientation."""
 
-    key: int            # 1..5, the keyboard shortcut
-    code: str           # "A2" | "A1" | "tie" | "B1" | "B2"
+    key: int  # 1..5, the keyboard shortcut
+    code: str  # "A2" | "A1" | "tie" | "B1" | "B2"
     text: str
-    preference: Preference   # in the SHOWN orientation
-    strength: int | None     # 2 = clearly, 1 = slightly, None for a tie (HumanLabel.strength)
+    preference: Preference  # in the SHOWN orientation
+    strength: int | None  # 2 = clearly, 1 = slightly, None for a tie (HumanLabel.strength)
 
 
 SCALE: tuple[Choice, ...] = (

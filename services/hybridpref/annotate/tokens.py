@@ -28,7 +28,7 @@ class AnnotatorTokenStore(Protocol):
     """The campaign store's token methods (``SqlCampaignStore``)."""
 
     def create_annotator_token(self, vendor: str, annotator: str) -> str: ...
-    def annotator_for_token(self, token: str) -> tuple[str, str] | None: ...   # (vendor, annotator)
+    def annotator_for_token(self, token: str) -> tuple[str, str] | None: ...  # (vendor, annotator)
     def revoke_annotator_tokens(self, vendor: str, annotator: str) -> int: ...
 
 
@@ -53,8 +53,9 @@ class TokenCache:
     A revoked token keeps working for at most ``ttl_s``; unknown tokens are not cached (a guessing
     client cannot fill the cache)."""
 
-    def __init__(self, store: AnnotatorTokenStore, ttl_s: float = 10.0, size: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, store: AnnotatorTokenStore, ttl_s: float = 10.0, size: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._store, self._ttl, self._size, self._clock = store, ttl_s, size, clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, tuple[float, Annotator]] = OrderedDict()

@@ -24,14 +24,15 @@ MAX_BATCH = 256  # labels per transaction; the rest wait for the next one
 class LabelWriter:
     """``await writer.submit(vendor, label)`` -> the store's ``LabelResult`` for that label."""
 
-    def __init__(self, submit: Callable[[str, str, Sequence[HumanLabel]], list[LabelResult]], campaign: str,
-                 max_batch: int = MAX_BATCH) -> None:
-        self._submit = submit          # store.submit_labels
+    def __init__(
+        self, submit: Callable[[str, str, Sequence[HumanLabel]], list[LabelResult]], campaign: str, max_batch: int = MAX_BATCH
+    ) -> None:
+        self._submit = submit  # store.submit_labels
         self._campaign = campaign
         self._max_batch = max_batch
         self._queue: list[tuple[str, HumanLabel, asyncio.Future[LabelResult]]] = []
         self._draining = False
-        self.commits = 0               # transactions written (for tests and benchmarks)
+        self.commits = 0  # transactions written (for tests and benchmarks)
 
     async def submit(self, vendor: str, label: HumanLabel) -> LabelResult:
         future: asyncio.Future[LabelResult] = asyncio.get_running_loop().create_future()
@@ -44,7 +45,7 @@ class LabelWriter:
     async def _drain(self) -> None:
         try:
             while self._queue:
-                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
+                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
                 by_vendor: dict[str, list[tuple[HumanLabel, asyncio.Future[LabelResult]]]] = {}
                 for vendor, label, future in batch:
                     by_vendor.setdefault(vendor, []).append((label, future))

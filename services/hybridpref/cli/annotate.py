@@ -61,13 +61,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def add_annotate_parser(sub: argparse._SubParsersAction) -> None:
     """``hybridpref annotate [token add|revoke]``."""
     annotate = sub.add_parser("annotate", help="serve the annotation page for a campaign; manage annotator tokens")
-    annotate.add_argument("--campaign", default=os.environ.get("HYBRIDPREF_ANNOTATE_CAMPAIGN"),
-                          help="campaign name (default $HYBRIDPREF_ANNOTATE_CAMPAIGN)")
+    annotate.add_argument(
+        "--campaign",
+        default=os.environ.get("HYBRIDPREF_ANNOTATE_CAMPAIGN"),
+        help="campaign name (default $HYBRIDPREF_ANNOTATE_CAMPAIGN)",
+    )
     annotate.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
     annotate.add_argument("--port", type=int, default=8080)
     annotate.add_argument("--db", default=None, help="campaign store URL (default $HYBRIDPREF_DB_URL, else local SQLite)")
-    annotate.add_argument("--seed", type=int, default=None,
-                          help="A/B shuffling seed; keep it fixed for a campaign (default $HYBRIDPREF_ANNOTATE_SEED or 0)")
+    annotate.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="A/B shuffling seed; keep it fixed for a campaign (default $HYBRIDPREF_ANNOTATE_SEED or 0)",
+    )
     annotate.add_argument("--secure-cookies", action="store_true", help="mark the sign-in cookie Secure (behind TLS)")
     annotate.add_argument("--log-level", default="info")
     token_sub = annotate.add_subparsers(dest="annotate_command")
@@ -78,7 +85,6 @@ def add_annotate_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--vendor", required=True)
         p.add_argument("--annotator", required=True, help="the name labels are stored under (an e-mail works)")
         p.add_argument("--db", default=None)
-
 
 
 def add_campaign_export_arguments(export: argparse.ArgumentParser) -> None:
@@ -98,8 +104,9 @@ def add_labels_import(labels_sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--campaign", required=True)
     imp.add_argument("--vendor", required=True)
     imp.add_argument("--from", dest="source", choices=["label-studio"], required=True)
-    imp.add_argument("--users", type=Path, default=None,
-                     help="Label Studio's user list (GET /api/users) to store e-mails instead of user ids")
+    imp.add_argument(
+        "--users", type=Path, default=None, help="Label Studio's user list (GET /api/users) to store e-mails instead of user ids"
+    )
     imp.add_argument("--db", default=None)
 
 
@@ -143,8 +150,9 @@ def _serve(args: argparse.Namespace) -> int:
     store = open_store(args.db)
     app = create_app(store, AppConfig(campaign=args.campaign, seed=args.seed, secure_cookies=args.secure_cookies))
     print(f"annotation page for campaign {args.campaign!r} on http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                proxy_headers=True, server_header=False)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, proxy_headers=True, server_header=False
+    )
     return 0
 
 
@@ -176,14 +184,19 @@ def _export(args: argparse.Namespace) -> int:
         config_path = args.output.with_suffix(".xml")
         _write_atomic(args.output, json.dumps(labelstudio.tasks(args.name, pairs), ensure_ascii=False, indent=1))
         _write_atomic(config_path, labelstudio.label_config())
-        where = f"{args.output} (labelling config: {config_path}; set the project's maximum annotations to " \
-                f"{campaign.spec.votes_per_pair})"
+        where = (
+            f"{args.output} (labelling config: {config_path}; set the project's maximum annotations to "
+            f"{campaign.spec.votes_per_pair})"
+        )
     else:
         argilla.write_dataset(args.output, args.name, campaign.spec.votes_per_pair, pairs)
         where = f"{args.output} (rg.Dataset.from_disk)"
     more = campaign.pairs_pending - len(pairs)
-    print(f"exported {len(pairs)} pair(s) to {where}"
-          + (f"; {more} more pending: export again once these labels are imported" if more > 0 else ""), file=sys.stderr)
+    print(
+        f"exported {len(pairs)} pair(s) to {where}"
+        + (f"; {more} more pending: export again once these labels are imported" if more > 0 else ""),
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -204,8 +217,10 @@ def _import(args: argparse.Namespace) -> int:
     for v in parsed.errors:
         print(f"error: {args.export}: {v.field}: {v.description}", file=sys.stderr)
     summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("stored", "replaced", "unchanged", "rejected"))
-    print(f"{len(parsed.labels)} label(s) read from {args.export}: {summary}; {len(parsed.skipped)} skipped "
-          f"(cancelled or empty)", file=sys.stderr)
+    print(
+        f"{len(parsed.labels)} label(s) read from {args.export}: {summary}; {len(parsed.skipped)} skipped (cancelled or empty)",
+        file=sys.stderr,
+    )
     return EXIT_USAGE if parsed.errors or counts.get("rejected") else 0
 
 
@@ -224,8 +239,11 @@ def _users(data: Any) -> dict[int, str]:
     rows = data.get("results", []) if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise InvalidInput(FieldViolation("--users", "expected Label Studio's user list (a JSON list of users)"))
-    return {u["id"]: u["email"] for u in rows
-            if isinstance(u, dict) and isinstance(u.get("id"), int) and isinstance(u.get("email"), str) and u["email"]}
+    return {
+        u["id"]: u["email"]
+        for u in rows
+        if isinstance(u, dict) and isinstance(u.get("id"), int) and isinstance(u.get("email"), str) and u["email"]
+    }
 
 
 def _write_atomic(path: Path, text: str) -> None:

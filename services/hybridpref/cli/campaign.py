@@ -38,31 +38,46 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     """``--db URL | --router ADDR`` (and ``--vendor`` for the local store), shared by the campaign and labels
     commands."""
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--db", default=None,
-                       help="campaign store URL (default $HYBRIDPREF_DB_URL, else the local SQLite file)")
-    where.add_argument("--router", default=None,
-                       help=f"HOST:PORT of a running router (its CampaignService; API key from ${API_KEY_ENV})")
-    parser.add_argument("--vendor", default=None,
-                        help="local store only: the vendor whose campaigns these are (default: 'default', the "
-                             "vendor of a router without API keys)")
+    where.add_argument("--db", default=None, help="campaign store URL (default $HYBRIDPREF_DB_URL, else the local SQLite file)")
+    where.add_argument(
+        "--router", default=None, help=f"HOST:PORT of a running router (its CampaignService; API key from ${API_KEY_ENV})"
+    )
+    parser.add_argument(
+        "--vendor",
+        default=None,
+        help="local store only: the vendor whose campaigns these are (default: 'default', the "
+        "vendor of a router without API keys)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="--router: deadline per call, seconds")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    campaign = subparsers.add_parser("campaign", help="campaigns: create, status, list, export the dataset",
-                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    campaign = subparsers.add_parser(
+        "campaign",
+        help="campaigns: create, status, list, export the dataset",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = campaign.add_subparsers(dest="campaign_command", required=True)
 
     create = sub.add_parser("create", help="create a campaign with a total human budget")
     create.add_argument("name")
     create.add_argument("--budget", required=True, help="count:N (human labels) or cost:X (cost units)")
     create.add_argument("--strategy", default="", help="strategy whose scores spend the budget (default: the router's)")
-    create.add_argument("--expected-instances", type=int, default=None,
-                        help="how many instances the campaign will route in all (paces the spending; without it, "
-                             "each batch may spend all that is left)")
+    create.add_argument(
+        "--expected-instances",
+        type=int,
+        default=None,
+        help="how many instances the campaign will route in all (paces the spending; without it, "
+        "each batch may spend all that is left)",
+    )
     create.add_argument("--votes", type=int, default=1, help="human votes each human-routed pair needs")
-    create.add_argument("--exploration-share", type=float, default=0.0,
-                        help="share of the budget spent on randomly drawn pairs (unbiased labels for refits)")
+    create.add_argument(
+        "--exploration-share",
+        type=float,
+        default=0.0,
+        help="share of the budget spent on randomly drawn pairs (unbiased labels for refits)",
+    )
     create.add_argument("--judge", default="", help="'' = the judge service; else a recorded judge to replay")
     add_target_arguments(create)
 
@@ -77,14 +92,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     export = sub.add_parser("export", help="the dataset (trl, pool) or the pending pairs for an annotation tool")
     export.add_argument("name")
-    export.add_argument("--format", required=True, choices=DATASET_FORMATS + HANDOFF_FORMATS,
-                        help="trl (prompt/chosen/rejected + provenance), pool (hybridpref evaluate's schema), "
-                             "label-studio or argilla (pending human pairs; see docs/annotators.md)")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=DATASET_FORMATS + HANDOFF_FORMATS,
+        help="trl (prompt/chosen/rejected + provenance), pool (hybridpref evaluate's schema), "
+        "label-studio or argilla (pending human pairs; see docs/annotators.md)",
+    )
     export.add_argument("--output", type=Path, required=True, help=".jsonl or .parquet (trl, pool); a path (others)")
     from hybridpref.cli.annotate import MAX_EXPORT
 
-    export.add_argument("--limit", type=int, default=MAX_EXPORT,
-                        help=f"label-studio / argilla: at most this many pairs (1..{MAX_EXPORT})")
+    export.add_argument(
+        "--limit", type=int, default=MAX_EXPORT, help=f"label-studio / argilla: at most this many pairs (1..{MAX_EXPORT})"
+    )
     add_target_arguments(export)
     campaign.set_defaults(func=run)
 
@@ -118,6 +138,7 @@ def named_fields():
 
 # ---- the two places a campaign lives -------------------------------------------------------------------
 
+
 class LocalCampaigns:
     """The SDK client's campaign calls, on a local store (same arguments, same results): the commands are
     written once for ``--db`` and ``--router``. Conversions go through the router's servicer functions, so
@@ -127,39 +148,55 @@ class LocalCampaigns:
         self.store = store
         self.vendor = vendor
 
-    def create_campaign(self, name: str, budget: str, *, strategy: str = "", judge: str = "", votes_per_pair: int = 1,
-                        expected_instances: int | None = None, exploration_share: float = 0.0):
-        from hybridpref_client.messages import campaign_budget, campaign_from_proto, create_campaign_request
+    def create_campaign(
+        self,
+        name: str,
+        budget: str,
+        *,
+        strategy: str = "",
+        judge: str = "",
+        votes_per_pair: int = 1,
+        expected_instances: int | None = None,
+        exploration_share: float = 0.0,
+    ):
         from hybridpref.router.campaign_servicer import campaign_to_proto, spec_from_proto
         from hybridpref.router.strategies import DEFAULT_STRATEGY
         from hybridpref.server.settings import Settings
+        from hybridpref_client.messages import campaign_budget, campaign_from_proto, create_campaign_request
 
-        request = create_campaign_request(name, campaign_budget(budget), strategy=strategy, judge=judge,
-                                          votes_per_pair=votes_per_pair, expected_instances=expected_instances,
-                                          exploration_share=exploration_share)
+        request = create_campaign_request(
+            name,
+            campaign_budget(budget),
+            strategy=strategy,
+            judge=judge,
+            votes_per_pair=votes_per_pair,
+            expected_instances=expected_instances,
+            exploration_share=exploration_share,
+        )
         default = Settings().router.default_strategy or DEFAULT_STRATEGY  # what an embedded router would use
         spec = spec_from_proto(request.settings, self.vendor, default)
         return campaign_from_proto(campaign_to_proto(self.store.create_campaign(spec)))
 
     def get_campaign(self, name: str):
-        from hybridpref_client.messages import status_from_proto
         from hybridpref.router.campaign_servicer import campaign_to_proto, status_to_proto
         from hybridpref.v1 import campaign_pb2
+        from hybridpref_client.messages import status_from_proto
 
         status = self.store.status(self.vendor, name)
-        return status_from_proto(campaign_pb2.GetCampaignResponse(campaign=campaign_to_proto(status.campaign),
-                                                                  status=status_to_proto(status)))
+        return status_from_proto(
+            campaign_pb2.GetCampaignResponse(campaign=campaign_to_proto(status.campaign), status=status_to_proto(status))
+        )
 
     def list_campaigns(self):
-        from hybridpref_client.messages import campaign_from_proto
         from hybridpref.router.campaign_servicer import campaign_to_proto
+        from hybridpref_client.messages import campaign_from_proto
 
         return [campaign_from_proto(campaign_to_proto(c)) for c in self.store.list_campaigns(self.vendor)]
 
     def submit_labels(self, campaign: str, labels):
-        from hybridpref_client.messages import label_results, submit_labels_requests, to_labels
         from hybridpref.router.campaign_servicer import labels_from_proto, result_to_proto
         from hybridpref.v1 import campaign_pb2
+        from hybridpref_client.messages import label_results, submit_labels_requests, to_labels
 
         out: list[Any] = []
         for request in submit_labels_requests(campaign, to_labels(labels)):
@@ -184,8 +221,11 @@ class open_campaigns:
         args = self.args
         if args.router:
             if args.vendor:
-                raise InvalidInput(FieldViolation("--vendor", "with --router the vendor is the API key's "
-                                                              f"(${API_KEY_ENV}); --vendor is for the local store"))
+                raise InvalidInput(
+                    FieldViolation(
+                        "--vendor", f"with --router the vendor is the API key's (${API_KEY_ENV}); --vendor is for the local store"
+                    )
+                )
             from hybridpref_client import RouterClient
 
             key = os.environ.get(API_KEY_ENV, "").strip() or None
@@ -205,6 +245,7 @@ class open_campaigns:
 
 # ---- the commands ----------------------------------------------------------------------------------------
 
+
 def _create(campaigns, args: argparse.Namespace) -> int:
     if args.expected_instances is not None and args.expected_instances < 1:
         raise InvalidInput(FieldViolation("--expected-instances", f"must be >= 1, got {args.expected_instances}"))
@@ -213,15 +254,26 @@ def _create(campaigns, args: argparse.Namespace) -> int:
     if not 0 <= args.exploration_share <= 1:
         raise InvalidInput(FieldViolation("--exploration-share", f"must be in [0, 1], got {args.exploration_share}"))
     try:
-        created = campaigns.create_campaign(args.name, args.budget, strategy=args.strategy, judge=args.judge,
-                                            votes_per_pair=args.votes, expected_instances=args.expected_instances,
-                                            exploration_share=args.exploration_share)
+        created = campaigns.create_campaign(
+            args.name,
+            args.budget,
+            strategy=args.strategy,
+            judge=args.judge,
+            votes_per_pair=args.votes,
+            expected_instances=args.expected_instances,
+            exploration_share=args.exploration_share,
+        )
     except InvalidInput as exc:  # the SDK names "budget": the user typed --budget
         raise InvalidInput([FieldViolation(_flag(v.field), v.description) for v in exc.violations]) from None
-    print(f"created campaign {created.name!r}: budget {_budget_text(created.budget_kind, created.budget_total)}, "
-          f"strategy {created.strategy}, {created.votes_per_pair} vote(s) per pair"
-          + (f", expecting {created.expected_instances} instances" if created.expected_instances else
-             " (no --expected-instances: each batch may spend all that is left)"))
+    print(
+        f"created campaign {created.name!r}: budget {_budget_text(created.budget_kind, created.budget_total)}, "
+        f"strategy {created.strategy}, {created.votes_per_pair} vote(s) per pair"
+        + (
+            f", expecting {created.expected_instances} instances"
+            if created.expected_instances
+            else " (no --expected-instances: each batch may spend all that is left)"
+        )
+    )
     return 0
 
 
@@ -248,8 +300,10 @@ def _status(campaigns, args: argparse.Namespace) -> int:
     table.add_row("judge-human agreement", _interval(status.agreement, percent=True))
     table.add_row("  on audit labels", _interval(status.audit_agreement, percent=True))
     table.add_row("corrections realised", str(status.realised_corrections))
-    table.add_row("corrections expected", _interval(status.expected_corrections)
-                  + (f" over {status.expected_known} pairs" if status.expected_corrections else ""))
+    table.add_row(
+        "corrections expected",
+        _interval(status.expected_corrections) + (f" over {status.expected_known} pairs" if status.expected_corrections else ""),
+    )
     Console().print(table)
     return 0
 
@@ -270,9 +324,17 @@ def _list(campaigns, args: argparse.Namespace) -> int:
     for column in ("name", "strategy", "budget", "spent", "routed", "to humans", "labels", "pending pairs", "created"):
         table.add_column(column)
     for c in rows:
-        table.add_row(c.name, c.strategy, _budget_text(c.budget_kind, c.budget_total), _number(c.budget_spent),
-                      str(c.routed), str(c.human_routed), str(c.labels_returned), str(c.pairs_pending),
-                      c.created_at.strftime("%Y-%m-%d %H:%M"))
+        table.add_row(
+            c.name,
+            c.strategy,
+            _budget_text(c.budget_kind, c.budget_total),
+            _number(c.budget_spent),
+            str(c.routed),
+            str(c.human_routed),
+            str(c.labels_returned),
+            str(c.pairs_pending),
+            c.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
     Console().print(table)
     return 0
 
@@ -296,13 +358,17 @@ def _handoff(args: argparse.Namespace) -> int:
     from hybridpref.store.api import DEFAULT_VENDOR
 
     if args.router:
-        raise InvalidInput(FieldViolation("--router", f"{args.format} exports read the campaign store: use --db URL "
-                                                      "(the database the router uses)"))
+        raise InvalidInput(
+            FieldViolation(
+                "--router", f"{args.format} exports read the campaign store: use --db URL (the database the router uses)"
+            )
+        )
     args.vendor = args.vendor or DEFAULT_VENDOR
     return annotate.main(args)
 
 
 # ---- shapes ----------------------------------------------------------------------------------------------
+
 
 def campaign_dict(c) -> dict[str, Any]:
     """A campaign (the SDK's ``Campaign``) as JSON values."""
@@ -339,11 +405,20 @@ def _chain(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[di
 
 
 def _flag(field: str) -> str:
-    return {"budget": "--budget", "budget.count": "--budget", "budget.cost": "--budget", "settings.strategy": "--strategy",
-            "settings.budget": "--budget", "settings.budget.cost": "--budget", "budget.total": "--budget",
-            "settings.name": "NAME", "name": "NAME",
-            "votes_per_pair": "--votes", "expected_instances": "--expected-instances",
-            "exploration_share": "--exploration-share"}.get(field, field)
+    return {
+        "budget": "--budget",
+        "budget.count": "--budget",
+        "budget.cost": "--budget",
+        "settings.strategy": "--strategy",
+        "settings.budget": "--budget",
+        "settings.budget.cost": "--budget",
+        "budget.total": "--budget",
+        "settings.name": "NAME",
+        "name": "NAME",
+        "votes_per_pair": "--votes",
+        "expected_instances": "--expected-instances",
+        "exploration_share": "--exploration-share",
+    }.get(field, field)
 
 
 def _budget_text(kind: str, total: float) -> str:

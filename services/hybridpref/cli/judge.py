@@ -16,19 +16,29 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    judge = subparsers.add_parser("judge", help="judge tools (offline)", description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    judge = subparsers.add_parser(
+        "judge", help="judge tools (offline)", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     tools = judge.add_subparsers(dest="judge_command", required=True, metavar="TOOL")
-    train = tools.add_parser("train", help="train, evaluate and export the learned judge", description=__doc__,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    train = tools.add_parser(
+        "train",
+        help="train, evaluate and export the learned judge",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     train.add_argument("--data-dir", type=Path, default=None, help="shared data folder (default ../shared/data)")
     train.add_argument("--out", type=Path, default=None, help="where to write the model and spec (default: the judge package)")
     train.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     train.add_argument("--reps", type=int, default=1000, help="bootstrap resamples")
     train.add_argument("--no-export", action="store_true", help="only print the leave-one-source-out table")
     train.add_argument("--synthetic-empty", type=int, default=60, help="blank-response training pairs per fold")
-    train.add_argument("--c", type=float, action="append", default=None,
-                       help="L2 strength(s) to choose from (repeatable; default: judge_training.C_GRID)")
+    train.add_argument(
+        "--c",
+        type=float,
+        action="append",
+        default=None,
+        help="L2 strength(s) to choose from (repeatable; default: judge_training.C_GRID)",
+    )
     train.set_defaults(func=run_train)
 
 
@@ -37,12 +47,22 @@ def run_train(args: argparse.Namespace) -> int:
     from hybridpref.offline.pools import default_data_dir
 
     out = args.out or T.PACKAGE_DIR
-    run = T.train(args.data_dir or default_data_dir(), out, seed=args.seed, reps=args.reps, export_model=not args.no_export,
-                  synthetic_empty=args.synthetic_empty, grid=tuple(args.c or T.C_GRID), say=lambda line: print(line, file=sys.stderr))
+    run = T.train(
+        args.data_dir or default_data_dir(),
+        out,
+        seed=args.seed,
+        reps=args.reps,
+        export_model=not args.no_export,
+        synthetic_empty=args.synthetic_empty,
+        grid=tuple(args.c or T.C_GRID),
+        say=lambda line: print(line, file=sys.stderr),
+    )
     print(T.format_table(run.study["table"]))
     print(json.dumps(run.study["per_fold"]), file=sys.stderr)
     if run.spec is not None:
         spec = run.spec
-        print(f"wrote {out / T.MODEL_FILE} (C={spec['C']}, T={spec['temperature']:.3f}, sha256 {spec['model_sha256'][:12]})",
-              file=sys.stderr)
+        print(
+            f"wrote {out / T.MODEL_FILE} (C={spec['C']}, T={spec['temperature']:.3f}, sha256 {spec['model_sha256'][:12]})",
+            file=sys.stderr,
+        )
     return 0

@@ -30,8 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from hybridpref.cli.annotate import add_labels_import
     from hybridpref.cli.campaign import add_target_arguments
 
-    labels = subparsers.add_parser("labels", help="human labels back into a campaign (submit, import)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    labels = subparsers.add_parser(
+        "labels",
+        help="human labels back into a campaign (submit, import)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = labels.add_subparsers(dest="labels_command", required=True)
     submit = sub.add_parser("submit", help="submit a JSONL file of human labels")
     submit.add_argument("--campaign", required=True)
@@ -89,12 +93,16 @@ def submit(args: argparse.Namespace) -> int:
             print(f"error: {_on_line(r.error, lines)}", file=sys.stderr)
     audits = sum(r.audit and r.status != "rejected" for r in results)
     summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("stored", "replaced", "unchanged", "rejected"))
-    print(f"{len(labels)} label(s) from {args.input} for campaign {args.campaign!r}: {summary}"
-          + (f"; {audits} on LM-routed pairs (kept as audit labels of the judge)" if audits else ""), file=sys.stderr)
+    print(
+        f"{len(labels)} label(s) from {args.input} for campaign {args.campaign!r}: {summary}"
+        + (f"; {audits} on LM-routed pairs (kept as audit labels of the judge)" if audits else ""),
+        file=sys.stderr,
+    )
     return EXIT_USAGE if counts.get("rejected") else 0
 
 
 def _on_line(error: str, lines: list[int]) -> str:
     """``labels[3].id: ...`` -> ``line 5.id: ...`` (the input file's line of the 4th label)."""
-    return re.sub(r"^labels\[(\d+)\]", lambda m: f"line {lines[int(m.group(1))]}" if int(m.group(1)) < len(lines)
-                  else m.group(0), error)
+    return re.sub(
+        r"^labels\[(\d+)\]", lambda m: f"line {lines[int(m.group(1))]}" if int(m.group(1)) < len(lines) else m.group(0), error
+    )

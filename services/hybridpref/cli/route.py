@@ -18,39 +18,61 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref.common.fields import rename_instance
 from hybridpref.server.settings import Settings
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 SAMPLE_BATCH = Path(__file__).resolve().parents[3] / "samples" / "sample_batch.jsonl"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    route = subparsers.add_parser("route", help="route a JSONL batch", description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    route = subparsers.add_parser(
+        "route", help="route a JSONL batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     route.add_argument("--input", type=Path, default=None, help="JSONL instances (default: the sample batch)")
-    route.add_argument("--budget", default=None,
-                       help="fraction (0.25, the default), count (count:100), cost (cost:500) or auto; not with --campaign")
-    route.add_argument("--campaign", default=None,
-                       help="route for this campaign (hybridpref campaign create): its total budget governs, every "
-                            "decision is stored, a re-sent id returns its stored decision and spends nothing")
+    route.add_argument(
+        "--budget",
+        default=None,
+        help="fraction (0.25, the default), count (count:100), cost (cost:500) or auto; not with --campaign",
+    )
+    route.add_argument(
+        "--campaign",
+        default=None,
+        help="route for this campaign (hybridpref campaign create): its total budget governs, every "
+        "decision is stored, a re-sent id returns its stored decision and spends nothing",
+    )
     route.add_argument("--batch", default=None, help="with --campaign: the batch's name as stored (default: the request id)")
-    route.add_argument("--db", default=None,
-                       help="embedded stack with --campaign: the campaign store (default $HYBRIDPREF_DB_URL, else the "
-                            "local SQLite file that `hybridpref campaign` uses)")
+    route.add_argument(
+        "--db",
+        default=None,
+        help="embedded stack with --campaign: the campaign store (default $HYBRIDPREF_DB_URL, else the "
+        "local SQLite file that `hybridpref campaign` uses)",
+    )
     route.add_argument("--strategy", default="", help="strategy name (default: the router's)")
     route.add_argument("--seed", type=int, default=0)
     route.add_argument("--router", default=None, help="HOST:PORT of a running router (default: start an embedded stack)")
     route.add_argument("--output", type=Path, default=None, help="write decisions as JSONL here")
     route.add_argument("--replay-judge", default="", help="use labels recorded under this judge name")
-    route.add_argument("--judge-backend", choices=["learned", "embedded", "openai", "replay"], default=None,
-                       help="embedded stack only: judge backend (default: learned)")
-    route.add_argument("--on-bad-row", choices=["fail", "skip"], default="fail",
-                       help="fail (default): name every bad row and route nothing; skip: route the valid rows and "
-                            "write the others with their reasons to --rejects")
-    route.add_argument("--rejects", type=Path, default=None,
-                       help="with --on-bad-row skip: the rejected rows as JSONL {line, id, field, reason} "
-                            "(default: <input name>.rejects.jsonl in the current directory)")
+    route.add_argument(
+        "--judge-backend",
+        choices=["learned", "embedded", "openai", "replay"],
+        default=None,
+        help="embedded stack only: judge backend (default: learned)",
+    )
+    route.add_argument(
+        "--on-bad-row",
+        choices=["fail", "skip"],
+        default="fail",
+        help="fail (default): name every bad row and route nothing; skip: route the valid rows and "
+        "write the others with their reasons to --rejects",
+    )
+    route.add_argument(
+        "--rejects",
+        type=Path,
+        default=None,
+        help="with --on-bad-row skip: the rejected rows as JSONL {line, id, field, reason} "
+        "(default: <input name>.rejects.jsonl in the current directory)",
+    )
     route.add_argument("--timeout", type=float, default=900.0, help="deadline for the call, seconds")
     route.add_argument("--log-level", default="WARNING", help="embedded stack's service log level (default WARNING)")
     route.set_defaults(func=run)
@@ -96,10 +118,14 @@ def read_rows(path: Path, limits) -> tuple[list, list[int], list[BadRow]]:
             try:
                 inst = instance_from_row(row, where=f"line {lineno}")
             except InvalidInput as exc:
-                bad.extend(BadRow(lineno, row_id, v.field.removeprefix(f"line {lineno}").lstrip("."), v.description)
-                           for v in exc.violations)
+                bad.extend(
+                    BadRow(lineno, row_id, v.field.removeprefix(f"line {lineno}").lstrip("."), v.description)
+                    for v in exc.violations
+                )
                 continue
-            too_long = [name for name in ("prompt", "response_a", "response_b") if len(getattr(inst, name)) > limits.max_text_chars]
+            too_long = [
+                name for name in ("prompt", "response_a", "response_b") if len(getattr(inst, name)) > limits.max_text_chars
+            ]
             too_long += [f"messages[{j}]" for j, m in enumerate(inst.messages) if len(m.content) > limits.max_text_chars]
             if too_long:  # a 70 MB line would otherwise fail the whole send with a gRPC message-size error
                 bad.extend(BadRow(lineno, inst.id, name, f"longer than {limits.max_text_chars} characters") for name in too_long)
@@ -111,6 +137,7 @@ def read_rows(path: Path, limits) -> tuple[list, list[int], list[BadRow]]:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+
     from hybridpref_client import RouterClient, RoutingError, write_decisions
     from hybridpref_client.core.limits import DEFAULT_LIMITS
 
@@ -122,7 +149,9 @@ def run(args: argparse.Namespace) -> int:
     if bad and not skip:
         raise InvalidInput(_named(bad, "rerun with --on-bad-row skip to route the other rows"))
     if not instances:
-        raise InvalidInput(FieldViolation("--input", f"{path}: no valid rows to route" if bad else f"{path}: no rows (empty file)"))
+        raise InvalidInput(
+            FieldViolation("--input", f"{path}: no valid rows to route" if bad else f"{path}: no rows (empty file)")
+        )
     if args.campaign:
         if args.budget:
             raise InvalidInput(FieldViolation("--budget", "not with --campaign: the campaign's total budget governs"))
@@ -136,15 +165,25 @@ def run(args: argparse.Namespace) -> int:
         budget, what = parse_budget(args.budget or "0.25"), f"budget {args.budget or '0.25'}"
     campaign = {"campaign": args.campaign, "batch": args.batch or ""} if args.campaign else {}
     console = Console(stderr=True)
-    console.print(f"routing {len(instances)} instances from {path} ({what})"
-                  + (f"; {len({b.line for b in bad})} bad rows skipped" if bad else ""))
+    console.print(
+        f"routing {len(instances)} instances from {path} ({what})"
+        + (f"; {len({b.line for b in bad})} bad rows skipped" if bad else "")
+    )
     key = os.environ.get("HYBRIDPREF_API_KEY", "").strip() or None
     with _router(args, console) as (address, judge_name), RouterClient(address, timeout_s=args.timeout, api_key=key) as client:
         try:
             with _progress(console, len(instances)) as advance:
-                result = client.route_stream(instances, budget, args.strategy, args.seed, replay_judge=args.replay_judge,
-                                             on_progress=advance, chunk_size=_chunk_size(instances),
-                                             skip_invalid_instances=skip, **campaign)
+                result = client.route_stream(
+                    instances,
+                    budget,
+                    args.strategy,
+                    args.seed,
+                    replay_judge=args.replay_judge,
+                    on_progress=advance,
+                    chunk_size=_chunk_size(instances),
+                    skip_invalid_instances=skip,
+                    **campaign,
+                )
         except RoutingError as exc:
             if exc.violations:
                 named = [_to_line(field, text, lines) for field, text in exc.violations]
@@ -154,8 +193,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     if skip:
-        bad += [BadRow(lines[r["index"]], r["id"], _field_of(r["field"]), r["description"])
-                for r in result.summary.get("rejected", []) if r["index"] < len(lines)]
+        bad += [
+            BadRow(lines[r["index"]], r["id"], _field_of(r["field"]), r["description"])
+            for r in result.summary.get("rejected", [])
+            if r["index"] < len(lines)
+        ]
         if bad:
             rejects = Path(args.rejects or f"{path.stem}.rejects.jsonl")
             _write_rejects(rejects, bad)
@@ -192,8 +234,10 @@ def _chunk_size(instances) -> int:
     """Rows per stream chunk: the SDK's default, fewer when rows are large (a chunk stays near CHUNK_BYTES)."""
     from hybridpref_client.messages import STREAM_CHUNK
 
-    largest = max((len(i.prompt) + len(i.response_a) + len(i.response_b) + sum(len(m.content) for m in i.messages)
-                   for i in instances), default=1)
+    largest = max(
+        (len(i.prompt) + len(i.response_a) + len(i.response_b) + sum(len(m.content) for m in i.messages) for i in instances),
+        default=1,
+    )
     return max(1, min(STREAM_CHUNK, CHUNK_BYTES // max(1, 4 * largest)))
 
 
@@ -207,7 +251,9 @@ def parse_budget(text: str):
     except InvalidInput as exc:
         if exc.violations[0].field != "budget":  # readable but out of range: the field as the router names it
             raise
-        raise InvalidInput(FieldViolation("--budget", f"cannot read {text!r}; use 0.25, 25%, count:100, cost:500 or auto")) from None
+        raise InvalidInput(
+            FieldViolation("--budget", f"cannot read {text!r}; use 0.25, 25%, count:100, cost:500 or auto")
+        ) from None
 
 
 def _to_line(field: str, text: str, lines: list[int]) -> FieldViolation:
@@ -220,16 +266,20 @@ def _router(args, console):
     """(router address, name of the judge that labels): the given router, or an embedded stack run in a
     background thread."""
     if args.router:
-        judge = f"recorded labels of {args.replay_judge!r} (replayed by the router)" if args.replay_judge else \
-            f"the judge service behind {args.router}"
+        judge = (
+            f"recorded labels of {args.replay_judge!r} (replayed by the router)"
+            if args.replay_judge
+            else f"the judge service behind {args.router}"
+        )
         yield args.router, judge
         return
-    from hybridpref.server.logs import configure_logging
     from hybridpref.cli.stack import BackgroundLoop, start_embedded_stack
+    from hybridpref.server.logs import configure_logging
 
     configure_logging("hybridpref-route", args.log_level, "console")
-    settings = Settings(judge={"backend": args.judge_backend} if args.judge_backend else {},
-                        router={"db_url": args.db} if args.db else {})
+    settings = Settings(
+        judge={"backend": args.judge_backend} if args.judge_backend else {}, router={"db_url": args.db} if args.db else {}
+    )
     background = BackgroundLoop()
     console.print("starting an embedded stack (tagger, judge, predictor, router) on loopback; loading models...")
     stack = background.run(start_embedded_stack(settings))
@@ -254,8 +304,9 @@ def _judge_name(settings: Settings, replay_judge: str) -> str:
 def _progress(console, total: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False
+    ) as progress:
         tasks = {"sent": progress.add_task("sent", total=total)}
 
         def advance(phase: str, n: int) -> None:
@@ -296,11 +347,18 @@ def print_summary(console, result, judge_name: str = "") -> None:
         if campaign["replayed"]:
             table.add_row("already stored (replayed)", str(campaign["replayed"]))
     level = s.get("interval_level", 0.0)
-    for name, label in (("chosen", "chosen"), ("all_human", "all human"), ("all_lm", "all LM"), ("random", "random, same budget")):
+    for name, label in (
+        ("chosen", "chosen"),
+        ("all_human", "all human"),
+        ("all_lm", "all LM"),
+        ("random", "random, same budget"),
+    ):
         mix = s.get("mixes", {}).get(name)
         if mix is None:
             continue
-        table.add_row(f"predicted score, {label}", _estimate_text(mix.get("predicted_score"), level, 4, mix.get("score_note", "")))
+        table.add_row(
+            f"predicted score, {label}", _estimate_text(mix.get("predicted_score"), level, 4, mix.get("score_note", ""))
+        )
         if "expected_corrections" in mix:
             table.add_row(f"expected corrections, {label}", _estimate_text(mix["expected_corrections"], level, 1, ""))
     domain = s.get("domain")

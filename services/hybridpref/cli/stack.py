@@ -68,9 +68,13 @@ async def start_embedded_stack(settings: Settings, *, metrics: bool = False, wai
     # Vendors' API keys guard the router; the backends answer only the router (mTLS in production).
     backend_settings = settings.replace(auth={"keys_file": None})
     for name in BACKENDS:
-        running[name] = await start_service(handle_for(name, backend_settings), backend_settings, port=0, metrics_port=metrics_port)
+        running[name] = await start_service(
+            handle_for(name, backend_settings), backend_settings, port=0, metrics_port=metrics_port
+        )
     router_settings = settings.replace(router={f"{n}_address": running[n].address for n in BACKENDS})
-    running["router"] = await start_service(handle_for("router", router_settings), router_settings, port=0, metrics_port=metrics_port)
+    running["router"] = await start_service(
+        handle_for("router", router_settings), router_settings, port=0, metrics_port=metrics_port
+    )
     stack = EmbeddedStack(running)
     if wait:
         await asyncio.gather(*(r.loaded.wait() for r in running.values()))
@@ -106,8 +110,14 @@ def up_ports(port_base: int | None) -> tuple[dict[str, int], dict[str, int]]:
     return {n: port_base + o for n, o in offsets.items()}, {n: port_base + 100 + o for n, o in offsets.items()}
 
 
-def run_up(settings: Settings, *, timeout_s: float = 600.0, on_ready: Callable[[dict[str, str]], None] | None = None,
-           stop_after_ready: bool = False, port_base: int | None = None) -> int:
+def run_up(
+    settings: Settings,
+    *,
+    timeout_s: float = 600.0,
+    on_ready: Callable[[dict[str, str]], None] | None = None,
+    stop_after_ready: bool = False,
+    port_base: int | None = None,
+) -> int:
     """Start each service as its own process, wait for all SERVING, then wait for a signal.
 
     Returns the exit code. ``stop_after_ready`` stops right after all are SERVING
@@ -122,8 +132,17 @@ def run_up(settings: Settings, *, timeout_s: float = 600.0, on_ready: Callable[[
     env.update({f"HYBRIDPREF_{n.upper()}_ADDRESS": addresses[n] for n in BACKENDS})
     procs: dict[str, subprocess.Popen] = {}
     for name in SERVICES:
-        cmd = [sys.executable, "-m", "hybridpref.cli.main", "serve", name, "--port", str(ports[name]),
-               "--metrics-port", str(metrics_ports[name])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "hybridpref.cli.main",
+            "serve",
+            name,
+            "--port",
+            str(ports[name]),
+            "--metrics-port",
+            str(metrics_ports[name]),
+        ]
         procs[name] = subprocess.Popen(cmd, env=env)
     stop_requested = False
 

@@ -65,10 +65,20 @@ def chat_choice(data: Any, what: str = "endpoint") -> dict[str, Any]:
 
 
 class ChatCompletionsClient:
-    def __init__(self, base_url: str | None, *, api_key: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
-                 api_key_file: str | Path | None = None, concurrency: int = 4, max_retries: int = 3,
-                 timeout_s: float = 30.0, backoff_s: float = 0.25, what: str = "endpoint",
-                 on_failure: OnFailure | None = None):
+    def __init__(
+        self,
+        base_url: str | None,
+        *,
+        api_key: str | None = None,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        api_key_file: str | Path | None = None,
+        concurrency: int = 4,
+        max_retries: int = 3,
+        timeout_s: float = 30.0,
+        backoff_s: float = 0.25,
+        what: str = "endpoint",
+        on_failure: OnFailure | None = None,
+    ):
         violations = []
         base_url = base_url or ""
         if not base_url.startswith(("http://", "https://")):

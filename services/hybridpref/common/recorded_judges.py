@@ -57,8 +57,8 @@ def replay_outcome(inst, key: str, mode, seed: int):
     flag). Shared by the judge's replay backend and the router, which replays a vendor's recorded
     labels itself whatever judge backend runs (``RouteConfig.replay_judge``).
     """
-    from hybridpref_client.core.instances import LM_LABEL_RAW_PREFIX, Label, PositionMode
     from hybridpref.common import aggregate
+    from hybridpref_client.core.instances import LM_LABEL_RAW_PREFIX, Label, PositionMode
 
     if key in inst.lm_labels:
         if inst.metadata.get(LM_LABEL_RAW_PREFIX + key) == "tie_inconsistent":

@@ -100,9 +100,7 @@ ANALYZER_DIMENSIONS: Final[dict[str, tuple[str, ...]]] = {
 }
 MULTI_LABEL_DIMENSIONS: Final[frozenset[str]] = frozenset({"subject_of_expertise", "languages"})
 # Dimensions that are yes/no: the single option is tagged when the answer is yes.
-BINARY_DIMENSIONS: Final[frozenset[str]] = frozenset(
-    {"languages", "type_of_in_context_material", "format_constraints"}
-)
+BINARY_DIMENSIONS: Final[frozenset[str]] = frozenset({"languages", "type_of_in_context_material", "format_constraints"})
 
 
 def lexical_tag(measure: str, bin_name: str) -> str:

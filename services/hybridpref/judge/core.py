@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from hybridpref.judge.templates import TEMPLATES, get_template
+
+# Re-exported: the judge's public API (``from hybridpref.judge.core import Judgement, ...``).
+from hybridpref.judge.types import JudgeBackend, JudgeInfo, Judgement, ScoreRequest, ScoringBackend
 from hybridpref.server.deadline import Deadline
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.core.instances import PositionMode, PreferenceInstance, validate_instances
-from hybridpref.judge.templates import TEMPLATES, get_template
-# Re-exported: the judge's public API (``from hybridpref.judge.core import Judgement, ...``).
-from hybridpref.judge.types import JudgeBackend, JudgeInfo, Judgement, ScoreRequest, ScoringBackend
 
 __all__ = ["Deadline", "Judge", "JudgeBackend", "JudgeInfo", "Judgement", "ScoreRequest", "ScoringBackend"]
 
@@ -28,8 +29,9 @@ __all__ = ["Deadline", "Judge", "JudgeBackend", "JudgeInfo", "Judgement", "Score
 class Judge:
     """The judge service core: one backend, default template and position mode."""
 
-    def __init__(self, backend: JudgeBackend, *, default_template: str = "multipref",
-                 default_mode: PositionMode = PositionMode.BOTH):
+    def __init__(
+        self, backend: JudgeBackend, *, default_template: str = "multipref", default_mode: PositionMode = PositionMode.BOTH
+    ):
         if default_mode == PositionMode.UNSPECIFIED:
             raise ValueError("default_mode must be BOTH or RANDOM")
         get_template(default_template, field="default_template")
@@ -38,8 +40,14 @@ class Judge:
         self.default_mode = default_mode
 
     @classmethod
-    def from_config(cls, backend: str = "learned", *, default_template: str = "multipref",
-                    default_mode: PositionMode = PositionMode.BOTH, **options: Any) -> Judge:
+    def from_config(
+        cls,
+        backend: str = "learned",
+        *,
+        default_template: str = "multipref",
+        default_mode: PositionMode = PositionMode.BOTH,
+        **options: Any,
+    ) -> Judge:
         """Build a judge from configuration.
 
         ``backend``: ``"learned"`` (the default; options: ``model`` (a spec JSON), ``threads``),
@@ -52,18 +60,24 @@ class Judge:
         try:
             if name == "learned":
                 from hybridpref.judge.learned import LearnedBackend
+
                 impl: JudgeBackend = LearnedBackend(**options)
             elif name == "embedded":
                 from hybridpref.judge.embedded import EmbeddedBackend
+
                 impl = EmbeddedBackend(**options)
             elif name == "openai":
                 from hybridpref.judge.openai_backend import OpenAIBackend
+
                 impl = OpenAIBackend(**options)
             elif name == "replay":
                 from hybridpref.judge.replay import ReplayBackend
+
                 impl = ReplayBackend(**options)
             else:
-                raise InvalidInput(FieldViolation("backend", f"unknown judge backend {backend!r}; use learned, embedded, openai or replay"))
+                raise InvalidInput(
+                    FieldViolation("backend", f"unknown judge backend {backend!r}; use learned, embedded, openai or replay")
+                )
         except TypeError as exc:  # unknown keyword option
             raise InvalidInput(FieldViolation("backend_options", f"{name}: {exc}")) from None
         return cls(impl, default_template=default_template, default_mode=default_mode)
@@ -83,14 +97,23 @@ class Judge:
     def info(self) -> JudgeInfo:
         """What this judge advertises (``GetJudgeInfo``; the router checks names against it)."""
         return JudgeInfo(
-            backend=self.backend.kind, judge_id=self.judge_id,
+            backend=self.backend.kind,
+            judge_id=self.judge_id,
             templates=(*sorted(TEMPLATES), *sorted(t.template_version for t in TEMPLATES.values())),
-            default_template=self.default_template, default_replay_judge=getattr(self.backend, "default_judge", None) or "",
+            default_template=self.default_template,
+            default_replay_judge=getattr(self.backend, "default_judge", None) or "",
         )
 
-    def judge(self, instances: Sequence[PreferenceInstance], *, mode: PositionMode = PositionMode.UNSPECIFIED,
-              template: str | None = None, seed: int = 0, replay_judge: str | None = None,
-              deadline: Deadline | float | None = None) -> list[Judgement]:
+    def judge(
+        self,
+        instances: Sequence[PreferenceInstance],
+        *,
+        mode: PositionMode = PositionMode.UNSPECIFIED,
+        template: str | None = None,
+        seed: int = 0,
+        replay_judge: str | None = None,
+        deadline: Deadline | float | None = None,
+    ) -> list[Judgement]:
         """Judge a batch: exactly one :class:`Judgement` per instance, same order.
 
         ``mode`` UNSPECIFIED -> the default (BOTH). ``template``: ``"multipref"``, ``"short"`` (or
@@ -107,8 +130,9 @@ class Judge:
         if not self.backend.ready:
             self.backend.load()
         deadline.check(what="starting")
-        out = self.backend.judge(instances, mode=mode, template=tpl, seed=int(seed), replay_judge=replay_judge or None,
-                                 deadline=deadline)
+        out = self.backend.judge(
+            instances, mode=mode, template=tpl, seed=int(seed), replay_judge=replay_judge or None, deadline=deadline
+        )
         if [j.id for j in out] != [i.id for i in instances]:
             raise RuntimeError("backend returned judgements that do not match the request")
         for j in out:

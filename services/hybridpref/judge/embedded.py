@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref_client.core.errors import FieldViolation, InvalidInput, NotReady
-from hybridpref.server.runtime import cpu_limit, packaged_smollm2_gguf
-from hybridpref.server.deadline import Deadline
-from hybridpref.judge.types import ScoreRequest, ScoringBackend
 from hybridpref.judge.templates import PromptTemplate
+from hybridpref.judge.types import ScoreRequest, ScoringBackend
+from hybridpref.server.deadline import Deadline
+from hybridpref.server.runtime import cpu_limit, packaged_smollm2_gguf
+from hybridpref_client.core.errors import FieldViolation, InvalidInput, NotReady
 
 _USER_SLOT = "\x00USER\x00"  # placeholder to split the rendered chat template around the user turn
 _TRUNCATION_MARK = " [...]"
@@ -51,8 +51,14 @@ class EmbeddedBackend(ScoringBackend):
 
     kind = "embedded"
 
-    def __init__(self, model: str | Path | None = None, *, max_prompt_tokens: int = 2048,
-                 threads: int | None = None, name: str | None = None):
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        max_prompt_tokens: int = 2048,
+        threads: int | None = None,
+        name: str | None = None,
+    ):
         if max_prompt_tokens < 256:
             raise InvalidInput(FieldViolation("max_prompt_tokens", "must be at least 256"))
         self.model_ref = model
@@ -100,8 +106,7 @@ class EmbeddedBackend(ScoringBackend):
             raise NotReady("embedded judge model not loaded; call load() first")
 
     # --- scoring ---------------------------------------------------------------------------------
-    def score(self, requests: Sequence[ScoreRequest], template: PromptTemplate,
-              deadline: Deadline) -> list[np.ndarray | None]:
+    def score(self, requests: Sequence[ScoreRequest], template: PromptTemplate, deadline: Deadline) -> list[np.ndarray | None]:
         """Requests are scored grouped by prompt (stable), so every order and every instance that shares
         a prompt reuses one prefix KV cache; results come back in request order."""
         self._require()
@@ -121,7 +126,7 @@ class EmbeddedBackend(ScoringBackend):
         cap = _equal_cap([len(q), len(a), len(b)], max(budget, 48))
         mark = enc(_TRUNCATION_MARK)
         if len(q) > cap:
-            q = mark + q[len(q) - cap + len(mark):]
+            q = mark + q[len(q) - cap + len(mark) :]
         a = a if len(a) <= cap else a[: cap - len(mark)] + mark
         b = b if len(b) <= cap else b[: cap - len(mark)] + mark
         return pre + q, hdr_a + a + hdr_b + b + tail
@@ -183,7 +188,9 @@ class EmbeddedBackend(ScoringBackend):
         if key not in self._pieces:
             chat = self._tok.apply_chat_template(
                 [{"role": "system", "content": template.system}, {"role": "user", "content": _USER_SLOT}],
-                tokenize=False, add_generation_prompt=True)
+                tokenize=False,
+                add_generation_prompt=True,
+            )
             before, after = chat.split(_USER_SLOT)
             lead, _ = self._options(template)
             enc = self._encode
@@ -206,7 +213,7 @@ class EmbeddedBackend(ScoringBackend):
                 full = self._encode(prefix + " " + text)
                 if full[: len(base)] != base:
                     raise ValueError(f"template {key}: answer prefix does not tokenize stably before {text!r}")
-                rests.append(full[len(base):])
+                rests.append(full[len(base) :])
             lead_len = 0
             while all(len(r) > lead_len + 1 for r in rests) and len({r[lead_len] for r in rests}) == 1:
                 lead_len += 1
@@ -217,8 +224,16 @@ class EmbeddedBackend(ScoringBackend):
         return self._option_ids[key]
 
     # --- free generation (used by the OpenAI-compatible server) -----------------------------------
-    def generate_chat(self, messages: Sequence[dict[str, str]], *, max_tokens: int = 16, temperature: float = 0.0,
-                      top_logprobs: int = 0, seed: int = 0, stop_on_eos: bool = True) -> tuple[list[GeneratedToken], str, int]:
+    def generate_chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        max_tokens: int = 16,
+        temperature: float = 0.0,
+        top_logprobs: int = 0,
+        seed: int = 0,
+        stop_on_eos: bool = True,
+    ) -> tuple[list[GeneratedToken], str, int]:
         """Generate a reply to chat ``messages``; returns (tokens, finish_reason, prompt token count).
 
         Greedy at ``temperature`` 0, else seeded sampling. Each token carries its log-probability and the

@@ -28,18 +28,24 @@ _CONTENT = re.compile(r"[^\W\d_]{3,}")
 _LIST_ITEM = re.compile(r"^[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]+\S", re.MULTILINE)
 _HEADING = re.compile(r"^[ \t]*(?:#{1,6}[ \t]+\S|[A-Z][^\n]{0,60}:[ \t]*$)", re.MULTILINE)
 _CODE_FENCE = re.compile(r"```")
-_CODE_LINE = re.compile(r"^(?: {4}|\t)\S|[;{}][ \t]*$|^[ \t]*(?:def|class|import|return|for|while|if)\b[^\n]*[:({][ \t]*$",
-                        re.MULTILINE)
+_CODE_LINE = re.compile(
+    r"^(?: {4}|\t)\S|[;{}][ \t]*$|^[ \t]*(?:def|class|import|return|for|while|if)\b[^\n]*[:({][ \t]*$", re.MULTILINE
+)
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*%?")
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _EMPHASIS = re.compile(r"\*\*[^*\n]+\*\*|__[^_\n]+__")
 _REFUSAL = re.compile(
     r"\b(?:i(?:'| a)?m sorry|i apologi[sz]e|i can(?:'|no)?t (?:help|assist|provide|do|answer|comply|support|fulfill)|"
     r"i cannot|i won'?t|i(?:'| a)?m (?:not able|unable)|i am not able|i'?m not comfortable|i don'?t feel comfortable|"
-    r"not (?:appropriate|ethical)|against my (?:programming|guidelines))\b", re.IGNORECASE)
+    r"not (?:appropriate|ethical)|against my (?:programming|guidelines))\b",
+    re.IGNORECASE,
+)
 _AI_DISCLAIMER = re.compile(r"\bas an? (?:ai|language model|large language model|assistant)\b|\bi am an ai\b", re.IGNORECASE)
-_HEDGE = re.compile(r"\b(?:may|might|perhaps|possibly|probably|likely|not sure|i think|i believe|it depends|"
-                    r"could be|unclear|uncertain)\b", re.IGNORECASE)
+_HEDGE = re.compile(
+    r"\b(?:may|might|perhaps|possibly|probably|likely|not sure|i think|i believe|it depends|"
+    r"could be|unclear|uncertain)\b",
+    re.IGNORECASE,
+)
 _QUESTION = re.compile(r"\?")
 _LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
@@ -50,7 +56,8 @@ _STOP = frozenset(
     "the and for are but not you all any can had her was one our out his has him how its let may new now old see "
     "two who did get use what when where which while with this that from they them then than there their these "
     "those will would could should about into your have been were also some such only just more most very over "
-    "each other make like well does doing done".split())
+    "each other make like well does doing done".split()
+)
 
 # Prompt cue (symmetric in A/B): a dialogue prefix (HH-RLHF style) changes what a longer answer is worth.
 # Interactions with other prompt cues (brevity requests, code, lists, choices, maths, prompt length) were
@@ -58,10 +65,28 @@ _STOP = frozenset(
 _DIALOGUE = re.compile(r"(?:^|\n)[ \t]*(?:Human|User|Assistant)[ \t]*:", re.IGNORECASE)
 
 STAT_NAMES: tuple[str, ...] = (
-    "log_chars", "log_words", "log_tokens", "log_lines", "log_list_items", "log_code", "log_headings",
-    "log_numbers", "log_paragraphs", "log_emphasis", "prompt_recall", "prompt_precision", "refusal",
-    "ai_disclaimer", "hedge_rate", "log_questions", "script_mismatch", "empty", "type_token_ratio",
-    "repeated_lines", "ends_cleanly", "copies_prompt",
+    "log_chars",
+    "log_words",
+    "log_tokens",
+    "log_lines",
+    "log_list_items",
+    "log_code",
+    "log_headings",
+    "log_numbers",
+    "log_paragraphs",
+    "log_emphasis",
+    "prompt_recall",
+    "prompt_precision",
+    "refusal",
+    "ai_disclaimer",
+    "hedge_rate",
+    "log_questions",
+    "script_mismatch",
+    "empty",
+    "type_token_ratio",
+    "repeated_lines",
+    "ends_cleanly",
+    "copies_prompt",
 )
 PROMPT_CUES: tuple[str, ...] = ("dialogue",)
 # Differences that also enter through odd non-linear transforms (a step and a soft step).
@@ -83,8 +108,10 @@ def visible(text: str) -> bool:
 
 
 def _scripts(text: str) -> np.ndarray:
-    counts = np.array([len(_LATIN.findall(text)), len(_CJK.findall(text)), len(_CYRILLIC.findall(text)),
-                       len(_OTHER_SCRIPT.findall(text))], dtype=np.float64)
+    counts = np.array(
+        [len(_LATIN.findall(text)), len(_CJK.findall(text)), len(_CYRILLIC.findall(text)), len(_OTHER_SCRIPT.findall(text))],
+        dtype=np.float64,
+    )
     total = counts.sum()
     return counts / total if total > 0 else counts
 
@@ -93,8 +120,9 @@ def _content_words(text: str) -> set[str]:
     return {w for w in (m.lower() for m in _CONTENT.findall(text)) if w not in _STOP}
 
 
-def response_stats(prompt: str, response: str, prompt_words: set[str] | None = None,
-                   prompt_scripts: np.ndarray | None = None) -> np.ndarray:
+def response_stats(
+    prompt: str, response: str, prompt_words: set[str] | None = None, prompt_scripts: np.ndarray | None = None
+) -> np.ndarray:
     """The statistics of one response to ``prompt``, in :data:`STAT_NAMES` order."""
     words = _WORD.findall(response)
     n_words = len(words)
@@ -113,30 +141,33 @@ def response_stats(prompt: str, response: str, prompt_words: set[str] | None = N
     repeated = 1.0 - len(set(lines)) / len(lines) if lines else 0.0
     stripped_prompt = prompt.strip()
     copies = float(len(stripped_prompt) >= 20 and stripped_prompt[:200] in response)
-    return np.array([
-        math.log1p(len(response.strip())),
-        math.log1p(n_words),
-        math.log1p(len(_TOKEN.findall(response))),
-        math.log1p(len(lines)),
-        math.log1p(len(_LIST_ITEM.findall(response))),
-        math.log1p(code),
-        math.log1p(len(_HEADING.findall(response))),
-        math.log1p(len(_NUMBER.findall(response))),
-        math.log1p(len(_PARAGRAPH.findall(response.strip())) + (1 if lines else 0)),
-        math.log1p(len(_EMPHASIS.findall(response))),
-        recall,
-        precision,
-        float(bool(_REFUSAL.search(response[:400]))),
-        float(bool(_AI_DISCLAIMER.search(response))),
-        min(len(_HEDGE.findall(response)) / max(n_words, 1) * 100.0, 10.0) / 10.0,
-        math.log1p(len(_QUESTION.findall(response))),
-        mismatch,
-        0.0 if visible(response) else 1.0,
-        ttr,
-        repeated,
-        float(response.rstrip()[-1:] in _TERMINAL) if response.strip() else 0.0,
-        copies,
-    ], dtype=np.float64)
+    return np.array(
+        [
+            math.log1p(len(response.strip())),
+            math.log1p(n_words),
+            math.log1p(len(_TOKEN.findall(response))),
+            math.log1p(len(lines)),
+            math.log1p(len(_LIST_ITEM.findall(response))),
+            math.log1p(code),
+            math.log1p(len(_HEADING.findall(response))),
+            math.log1p(len(_NUMBER.findall(response))),
+            math.log1p(len(_PARAGRAPH.findall(response.strip())) + (1 if lines else 0)),
+            math.log1p(len(_EMPHASIS.findall(response))),
+            recall,
+            precision,
+            float(bool(_REFUSAL.search(response[:400]))),
+            float(bool(_AI_DISCLAIMER.search(response))),
+            min(len(_HEDGE.findall(response)) / max(n_words, 1) * 100.0, 10.0) / 10.0,
+            math.log1p(len(_QUESTION.findall(response))),
+            mismatch,
+            0.0 if visible(response) else 1.0,
+            ttr,
+            repeated,
+            float(response.rstrip()[-1:] in _TERMINAL) if response.strip() else 0.0,
+            copies,
+        ],
+        dtype=np.float64,
+    )
 
 
 def prompt_cues(prompt: str) -> np.ndarray:
@@ -156,10 +187,17 @@ def combine(sa: np.ndarray, sb: np.ndarray, cues: np.ndarray) -> np.ndarray:
     li = STAT_NAMES.index("log_chars")
     mean_len = (sa[..., li] + sb[..., li]) / 2.0 / 8.0
     inter = (d[..., None, :] * cues[..., :, None]).reshape(*d.shape[:-1], -1)
-    return np.concatenate([
-        d, np.sign(step), np.tanh(2.0 * step), inter,
-        (d[..., li] * mean_len)[..., None], (d[..., li] * np.abs(d[..., li]))[..., None],
-    ], axis=-1)
+    return np.concatenate(
+        [
+            d,
+            np.sign(step),
+            np.tanh(2.0 * step),
+            inter,
+            (d[..., li] * mean_len)[..., None],
+            (d[..., li] * np.abs(d[..., li]))[..., None],
+        ],
+        axis=-1,
+    )
 
 
 def pair_features(prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> np.ndarray:

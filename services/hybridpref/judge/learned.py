@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref.server.deadline import Deadline
-from hybridpref_client.core.errors import FieldViolation, InvalidInput, NotReady
-from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
 from hybridpref.judge import features as F
 from hybridpref.judge.templates import PromptTemplate
 from hybridpref.judge.types import JudgeBackend, Judgement
+from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.errors import FieldViolation, InvalidInput, NotReady
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SPEC_FILE = "learned_judge.json"
@@ -64,8 +64,10 @@ class LearnedBackend(JudgeBackend):
                 raise InvalidInput(FieldViolation("model", f"learned judge spec {self.spec_path} does not exist"))
             spec = json.loads(self.spec_path.read_text())
             if spec.get("feature_version") != F.FEATURE_VERSION or spec.get("feature_names") != F.feature_names():
-                raise NotReady(f"learned judge {self.spec_path} was trained on features {spec.get('feature_version')!r}; "
-                               f"this code computes {F.FEATURE_VERSION!r}: retrain with `hybridpref judge train`")
+                raise NotReady(
+                    f"learned judge {self.spec_path} was trained on features {spec.get('feature_version')!r}; "
+                    f"this code computes {F.FEATURE_VERSION!r}: retrain with `hybridpref judge train`"
+                )
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
@@ -84,14 +86,25 @@ class LearnedBackend(JudgeBackend):
         (p,) = self._session.run(["p_a_better"], {"features": x})
         return p.astype(np.float64)
 
-    def judge(self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: PromptTemplate,
-              seed: int, replay_judge: str | None, deadline: Deadline) -> list[Judgement]:
+    def judge(
+        self,
+        instances: Sequence[PreferenceInstance],
+        *,
+        mode: PositionMode,
+        template: PromptTemplate,
+        seed: int,
+        replay_judge: str | None,
+        deadline: Deadline,
+    ) -> list[Judgement]:
         deadline.check(what="computing judge features")
-        p = self.p_a_better([i.prompt_text for i in instances], [i.response_a for i in instances],
-                            [i.response_b for i in instances])
+        p = self.p_a_better(
+            [i.prompt_text for i in instances], [i.response_a for i in instances], [i.response_b for i in instances]
+        )
         version = f"{self.spec.get('name', 'learned')}/{F.FEATURE_VERSION}"
-        return [_judgement(inst.id, float(pi), identical=inst.response_a == inst.response_b, judge_id=self.judge_id,
-                           version=version) for inst, pi in zip(instances, p)]
+        return [
+            _judgement(inst.id, float(pi), identical=inst.response_a == inst.response_b, judge_id=self.judge_id, version=version)
+            for inst, pi in zip(instances, p)
+        ]
 
 
 def _spec_name(path: Path) -> str:
@@ -109,5 +122,6 @@ def _judgement(instance_id: str, p: float, *, identical: bool, judge_id: str, ve
         label, p = Label.TIE, 0.5
     else:
         label = Label.A_BETTER if p >= 0.5 else Label.B_BETTER
-    return Judgement(instance_id, label, max(p, 1.0 - p), label, label, False, judge_id, version,
-                     p_a_better=p, backend=LearnedBackend.kind)
+    return Judgement(
+        instance_id, label, max(p, 1.0 - p), label, label, False, judge_id, version, p_a_better=p, backend=LearnedBackend.kind
+    )

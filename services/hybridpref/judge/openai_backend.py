@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref.common.openai_http import ChatCompletionsClient, OnFailure, chat_choice
-from hybridpref.server.deadline import Deadline
-from hybridpref.judge.types import ScoreRequest, ScoringBackend
 from hybridpref.judge.templates import PromptTemplate
+from hybridpref.judge.types import ScoreRequest, ScoringBackend
+from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 
 class OpenAIBackend(ScoringBackend):
@@ -37,15 +37,35 @@ class OpenAIBackend(ScoringBackend):
 
     kind = "openai"
 
-    def __init__(self, base_url: str | None = None, model: str | None = None, *, api_key: str | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", api_key_file: str | Path | None = None, concurrency: int = 4,
-                 max_retries: int = 3, timeout_s: float = 30.0, backoff_s: float = 0.25, logprobs: bool = True,
-                 top_logprobs: int = 10, max_tokens: int = 4, on_failure: OnFailure | None = None):
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        api_key_file: str | Path | None = None,
+        concurrency: int = 4,
+        max_retries: int = 3,
+        timeout_s: float = 30.0,
+        backoff_s: float = 0.25,
+        logprobs: bool = True,
+        top_logprobs: int = 10,
+        max_tokens: int = 4,
+        on_failure: OnFailure | None = None,
+    ):
         if top_logprobs < 0 or max_tokens < 1:
             raise InvalidInput(FieldViolation("top_logprobs", "top_logprobs >= 0 and max_tokens >= 1"))
         self.http = ChatCompletionsClient(
-            base_url, api_key=api_key, api_key_env=api_key_env, api_key_file=api_key_file, concurrency=concurrency,
-            max_retries=max_retries, timeout_s=timeout_s, backoff_s=backoff_s, what="judge endpoint",
+            base_url,
+            api_key=api_key,
+            api_key_env=api_key_env,
+            api_key_file=api_key_file,
+            concurrency=concurrency,
+            max_retries=max_retries,
+            timeout_s=timeout_s,
+            backoff_s=backoff_s,
+            what="judge endpoint",
             on_failure=on_failure,
         )
         self.base_url = self.http.base_url
@@ -67,8 +87,7 @@ class OpenAIBackend(ScoringBackend):
     def close(self) -> None:
         self.http.close()
 
-    def score(self, requests: Sequence[ScoreRequest], template: PromptTemplate,
-              deadline: Deadline) -> list[np.ndarray | None]:
+    def score(self, requests: Sequence[ScoreRequest], template: PromptTemplate, deadline: Deadline) -> list[np.ndarray | None]:
         self.http.open()
         if self.concurrency == 1 or len(requests) == 1:
             return [self._score_one(r, template, deadline) for r in requests]
@@ -120,7 +139,7 @@ def parse_completion(data: dict[str, Any], template: PromptTemplate) -> np.ndarr
     choice = chat_choice(data, "judge endpoint")
     lookup = {text.strip().lower(): label for text, label in template.options}
     dist = np.zeros(5)
-    for tok in ((choice.get("logprobs") or {}).get("content") or []):
+    for tok in (choice.get("logprobs") or {}).get("content") or []:
         if not str(tok.get("token", "")).strip():
             continue
         for alt in tok.get("top_logprobs") or []:

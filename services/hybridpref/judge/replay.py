@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hybridpref.common import aggregate
+from hybridpref.common.recorded_judges import replay_outcome, resolve_judge
+from hybridpref.judge.templates import PromptTemplate
+from hybridpref.judge.types import JudgeBackend, Judgement
 from hybridpref.server.deadline import Deadline
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.core.instances import PositionMode, PreferenceInstance
-from hybridpref.common import aggregate
-from hybridpref.judge.templates import PromptTemplate
-from hybridpref.judge.types import JudgeBackend, Judgement
-from hybridpref.common.recorded_judges import replay_outcome, resolve_judge
+
 
 class ReplayBackend(JudgeBackend):
     """Returns recorded labels. ``default_judge`` is used when a request names none."""
@@ -35,8 +36,16 @@ class ReplayBackend(JudgeBackend):
         self.default_judge = default_judge
         self.judge_id = f"replay:{default_judge}" if default_judge else "replay"
 
-    def judge(self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: PromptTemplate,
-              seed: int, replay_judge: str | None, deadline: Deadline) -> list[Judgement]:
+    def judge(
+        self,
+        instances: Sequence[PreferenceInstance],
+        *,
+        mode: PositionMode,
+        template: PromptTemplate,
+        seed: int,
+        replay_judge: str | None,
+        deadline: Deadline,
+    ) -> list[Judgement]:
         name = replay_judge or self.default_judge
         if not name:
             raise InvalidInput(FieldViolation("replay_judge", "the replay backend needs a judge name (none configured)"))
@@ -49,8 +58,18 @@ class ReplayBackend(JudgeBackend):
             except LookupError as exc:
                 violations.append(FieldViolation(f"instances[{i}].lm_labels", str(exc)))
                 continue
-            out.append(Judgement(inst.id, outcome.label, outcome.confidence, outcome.verdict_ab, outcome.verdict_ba,
-                                 outcome.order_inconsistent, f"replay:{key}", "recorded"))
+            out.append(
+                Judgement(
+                    inst.id,
+                    outcome.label,
+                    outcome.confidence,
+                    outcome.verdict_ab,
+                    outcome.verdict_ba,
+                    outcome.order_inconsistent,
+                    f"replay:{key}",
+                    "recorded",
+                )
+            )
         if violations:
             raise InvalidInput(violations)
         return out

@@ -6,15 +6,15 @@ from typing import TYPE_CHECKING, Any
 
 from hybridpref.server import deadline as deadlines
 from hybridpref.server.channels import remaining_timeout
-from hybridpref_client.core.convert import instances_from_proto
-from hybridpref_client.core.errors import InvalidInput
 from hybridpref.server.executors import CoreExecutor
-from hybridpref_client.core.instances import PositionMode, validate_instances
-from hybridpref_client.core.limits import Limits, position_mode_violation
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.server import ServiceHandle
 from hybridpref.server.settings import Settings
 from hybridpref.v1 import common_pb2, judge_pb2, judge_pb2_grpc
+from hybridpref_client.core.convert import instances_from_proto
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref_client.core.instances import PositionMode, validate_instances
+from hybridpref_client.core.limits import Limits, position_mode_violation
 
 if TYPE_CHECKING:
     from hybridpref.judge.core import Judge
@@ -75,8 +75,11 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
     async def GetJudgeInfo(self, request, context):
         info = self.judge.info()
         return judge_pb2.GetJudgeInfoResponse(
-            backend=info.backend, judge_id=info.judge_id, templates=list(info.templates),
-            default_template=info.default_template, default_replay_judge=info.default_replay_judge,
+            backend=info.backend,
+            judge_id=info.judge_id,
+            templates=list(info.templates),
+            default_template=info.default_template,
+            default_replay_judge=info.default_replay_judge,
         )
 
     async def close(self) -> None:

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hybridpref.server.deadline import Deadline
-from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
 from hybridpref.common import aggregate
 from hybridpref.judge.templates import PromptTemplate
+from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
 
 
 @dataclass
@@ -87,8 +87,16 @@ class JudgeBackend(ABC):
         return True
 
     @abstractmethod
-    def judge(self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: PromptTemplate,
-              seed: int, replay_judge: str | None, deadline: Deadline) -> list[Judgement]:
+    def judge(
+        self,
+        instances: Sequence[PreferenceInstance],
+        *,
+        mode: PositionMode,
+        template: PromptTemplate,
+        seed: int,
+        replay_judge: str | None,
+        deadline: Deadline,
+    ) -> list[Judgement]:
         """One judgement per instance, same order (instances are already validated)."""
 
 
@@ -96,13 +104,20 @@ class ScoringBackend(JudgeBackend):
     """A backend that scores option probabilities for single prompts; position control lives here."""
 
     @abstractmethod
-    def score(self, requests: Sequence[ScoreRequest], template: PromptTemplate,
-              deadline: Deadline) -> list[np.ndarray | None]:
+    def score(self, requests: Sequence[ScoreRequest], template: PromptTemplate, deadline: Deadline) -> list[np.ndarray | None]:
         """Per request, a (5,) distribution over labels *in presented order*, or ``None`` when the
         backend produced no usable verdict. Same length and order as ``requests``."""
 
-    def judge(self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: PromptTemplate,
-              seed: int, replay_judge: str | None, deadline: Deadline) -> list[Judgement]:
+    def judge(
+        self,
+        instances: Sequence[PreferenceInstance],
+        *,
+        mode: PositionMode,
+        template: PromptTemplate,
+        seed: int,
+        replay_judge: str | None,
+        deadline: Deadline,
+    ) -> list[Judgement]:
         plan = [(inst, aggregate.orders_for(mode, inst.id, seed)) for inst in instances]
         requests = [ScoreRequest(inst, sw) for inst, orders in plan for sw in orders]
         dists = self.score(requests, template, deadline)
@@ -114,9 +129,20 @@ class ScoringBackend(JudgeBackend):
             per_order = {sw: dists[pos + k] for k, sw in enumerate(orders)}
             pos += len(orders)
             outcome = _combine(per_order)
-            out.append(Judgement(inst.id, outcome.label, outcome.confidence, outcome.verdict_ab, outcome.verdict_ba,
-                                 outcome.order_inconsistent, self.judge_id, template.template_version,
-                                 p_a_better=_p_a_better(per_order), backend=self.kind))
+            out.append(
+                Judgement(
+                    inst.id,
+                    outcome.label,
+                    outcome.confidence,
+                    outcome.verdict_ab,
+                    outcome.verdict_ba,
+                    outcome.order_inconsistent,
+                    self.judge_id,
+                    template.template_version,
+                    p_a_better=_p_a_better(per_order),
+                    backend=self.kind,
+                )
+            )
         return out
 
 
@@ -137,6 +163,6 @@ def _combine(per_order: dict[bool, np.ndarray | None]) -> aggregate.Outcome:
     if len(stored) == 2:
         return aggregate.both(stored[False], stored[True])
     if len(stored) == 1:
-        (sw, dist), = stored.items()
+        ((sw, dist),) = stored.items()
         return aggregate.single(dist, sw)
     return aggregate.Outcome(Label.TIE, 0.0, Label.UNSPECIFIED, Label.UNSPECIFIED, False)

@@ -48,8 +48,11 @@ REPORT_ROWS: tuple[tuple[str, str, str], ...] = (
     ("LLMBar LLMEval^2 + FairEval", "llmbar", "LLMBar Processed/L|LLMBar Processed/F"),
     ("HH-RLHF harmless (chosen)", "hh_rlhf", "hh_rlhf"),
 )
-RECORDED_LM = {"mtbench_human_gpt4": "gpt-4 (pair-v2, both orders)", "pandalm": "gpt-3.5-turbo",
-               "llmbar": "GPT-4/Vanilla_NoRules"}
+RECORDED_LM = {
+    "mtbench_human_gpt4": "gpt-4 (pair-v2, both orders)",
+    "pandalm": "gpt-3.5-turbo",
+    "llmbar": "GPT-4/Vanilla_NoRules",
+}
 
 
 @dataclass
@@ -68,10 +71,33 @@ class Dataset:
     train: list[bool] = field(default_factory=list)  # False: evaluation only (LLMBar Adversarial)
     evaluate: list[bool] = field(default_factory=list)  # False: training only (synthetic empty-response pairs)
 
-    def add(self, prompt: str, a: str, b: str, y: int, fold: str, subsource: str, group: str, lm: int = 0,
-            has_lm: bool = False, train: bool = True, evaluate: bool = True) -> None:
-        for name, value in (("prompts", prompt), ("a", a), ("b", b), ("y", y), ("fold", fold), ("subsource", subsource),
-                            ("group", group), ("lm", lm), ("has_lm", has_lm), ("train", train), ("evaluate", evaluate)):
+    def add(
+        self,
+        prompt: str,
+        a: str,
+        b: str,
+        y: int,
+        fold: str,
+        subsource: str,
+        group: str,
+        lm: int = 0,
+        has_lm: bool = False,
+        train: bool = True,
+        evaluate: bool = True,
+    ) -> None:
+        for name, value in (
+            ("prompts", prompt),
+            ("a", a),
+            ("b", b),
+            ("y", y),
+            ("fold", fold),
+            ("subsource", subsource),
+            ("group", group),
+            ("lm", lm),
+            ("has_lm", has_lm),
+            ("train", train),
+            ("evaluate", evaluate),
+        ):
             getattr(self, name).append(value)
 
     def __len__(self) -> int:
@@ -116,8 +142,18 @@ def load_dataset(data_dir: Path, *, synthetic_empty: int = 60, seed: int = 0) ->
             fold = "mtbench" if pool == "mtbench_human_gpt4" or sub == "LLMBar Processed/MT-Bench" else pool
             group = f"mtbench-q{row['question_id']}" if "question_id" in row else f"{fold}:{prompt}"
             lm, has = _lm_sign(row, RECORDED_LM.get(pool, ""))
-            ds.add(str(prompt), _text(row.get("response_a")), _text(row.get("response_b")), int(label == "A"), fold, sub,
-                   group, lm, has, train=not sub.startswith(EVAL_ONLY_PREFIX))
+            ds.add(
+                str(prompt),
+                _text(row.get("response_a")),
+                _text(row.get("response_b")),
+                int(label == "A"),
+                fold,
+                sub,
+                group,
+                lm,
+                has,
+                train=not sub.startswith(EVAL_ONLY_PREFIX),
+            )
     _add_blank_pairs(ds, synthetic_empty, seed)
     return ds
 
@@ -135,8 +171,16 @@ def _add_blank_pairs(ds: Dataset, per_fold: int, seed: int) -> None:
             winner = ds.a[i] if ds.y[i] == 1 else ds.b[i]
             blank = _BLANKS[k % len(_BLANKS)]
             a_wins = bool(rng.integers(0, 2))
-            ds.add(ds.prompts[i], winner if a_wins else blank, blank if a_wins else winner, int(a_wins), fold,
-                   "synthetic blank", f"synthetic:{i}", evaluate=False)
+            ds.add(
+                ds.prompts[i],
+                winner if a_wins else blank,
+                blank if a_wins else winner,
+                int(a_wins),
+                fold,
+                "synthetic blank",
+                f"synthetic:{i}",
+                evaluate=False,
+            )
 
 
 # --- model -----------------------------------------------------------------------------------------
@@ -169,7 +213,7 @@ def fit(x: np.ndarray, y: np.ndarray, folds: np.ndarray, c: float) -> LinearJudg
     pair itself, so the fit has no positional prior (MT-Bench's stored B wins 78% of votes)."""
     from sklearn.linear_model import LogisticRegression
 
-    scale = np.sqrt(np.mean(x ** 2, axis=0))
+    scale = np.sqrt(np.mean(x**2, axis=0))
     scale[scale == 0] = 1.0
     model = LogisticRegression(C=c, fit_intercept=False, max_iter=2000)
     model.fit(x / scale, y, sample_weight=_source_weights(folds))
@@ -197,8 +241,9 @@ def out_of_source_logits(x: np.ndarray, y: np.ndarray, folds: np.ndarray, c: flo
     return out
 
 
-def select_and_fit(x: np.ndarray, y: np.ndarray, folds: np.ndarray,
-                   grid: Sequence[float] = C_GRID) -> tuple[LinearJudge, float, float]:
+def select_and_fit(
+    x: np.ndarray, y: np.ndarray, folds: np.ndarray, grid: Sequence[float] = C_GRID
+) -> tuple[LinearJudge, float, float]:
     """Choose C by leave-one-source-out log loss over ``folds``, fit on all, temper; returns (model, C, T).
 
     C and the temperature are scored on the out-of-source predictions of the helpfulness folds only:
@@ -270,8 +315,9 @@ def agreement(p: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 # --- the study -------------------------------------------------------------------------------------
-def leave_one_source_out(ds: Dataset, x: np.ndarray, *, seed: int = 0, reps: int = 1000,
-                         grid: Sequence[float] = C_GRID) -> dict[str, Any]:
+def leave_one_source_out(
+    ds: Dataset, x: np.ndarray, *, seed: int = 0, reps: int = 1000, grid: Sequence[float] = C_GRID
+) -> dict[str, Any]:
     """Out-of-source predictions for every row and the report table."""
     y = np.array(ds.y)
     folds = np.array(ds.fold)
@@ -307,27 +353,37 @@ def report_table(ds: Dataset, p: np.ndarray, *, seed: int = 0, reps: int = 1000)
         l_agree = agreement(length[m], y[m])
         l_lo, l_hi = bootstrap_mean(l_agree, groups[m], reps=reps, seed=seed)
         lm_m = m & has_lm
-        rows.append({
-            "set": name, "n": int(m.sum()), "groups": int(len(np.unique(groups[m]))),
-            "agreement": float(agree.mean()), "ci": [lo, hi],
-            "length_rule": float(l_agree.mean()), "length_ci": [l_lo, l_hi],
-            "recorded_lm": float(np.mean(np.sign(lm[lm_m]) == np.where(y[lm_m] == 1, 1, -1))) if lm_m.any() else None,
-            "ece": ece(p[m], y[m]), "error_auroc": error_auroc(p[m], y[m]),
-            "mean_confidence": float(np.mean(np.maximum(p[m], 1 - p[m]))),
-        })
+        rows.append(
+            {
+                "set": name,
+                "n": int(m.sum()),
+                "groups": int(len(np.unique(groups[m]))),
+                "agreement": float(agree.mean()),
+                "ci": [lo, hi],
+                "length_rule": float(l_agree.mean()),
+                "length_ci": [l_lo, l_hi],
+                "recorded_lm": float(np.mean(np.sign(lm[lm_m]) == np.where(y[lm_m] == 1, 1, -1))) if lm_m.any() else None,
+                "ece": ece(p[m], y[m]),
+                "error_auroc": error_auroc(p[m], y[m]),
+                "mean_confidence": float(np.mean(np.maximum(p[m], 1 - p[m]))),
+            }
+        )
     return rows
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = ("| held-out set | n (groups) | learned judge | length rule | recorded LM | ECE | error AUROC |\n"
-            "|---|---|---|---|---|---|---|")
+    head = (
+        "| held-out set | n (groups) | learned judge | length rule | recorded LM | ECE | error AUROC |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     for r in rows:
         lm = f"{100 * r['recorded_lm']:.1f}%" if r["recorded_lm"] is not None else "-"
         lines.append(
             f"| {r['set']} | {r['n']} ({r['groups']}) | {100 * r['agreement']:.1f}% "
             f"[{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}] | {100 * r['length_rule']:.1f}% "
-            f"[{100 * r['length_ci'][0]:.1f}, {100 * r['length_ci'][1]:.1f}] | {lm} | {r['ece']:.3f} | {r['error_auroc']:.3f} |")
+            f"[{100 * r['length_ci'][0]:.1f}, {100 * r['length_ci'][1]:.1f}] | {lm} | {r['ece']:.3f} | {r['error_auroc']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -340,10 +396,12 @@ def to_onnx(w: np.ndarray) -> bytes:
     d = len(w)
     weights = numpy_helper.from_array(w.astype(np.float32).reshape(d, 1), name="w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["features", "w"], ["logit"]),
-         helper.make_node("Sigmoid", ["logit"], ["p"]),
-         helper.make_node("Flatten", ["p"], ["p_flat"], axis=0),
-         helper.make_node("Squeeze", ["p_flat", "axes0"], ["p_a_better"])],
+        [
+            helper.make_node("MatMul", ["features", "w"], ["logit"]),
+            helper.make_node("Sigmoid", ["logit"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["p_flat"], axis=0),
+            helper.make_node("Squeeze", ["p_flat", "axes0"], ["p_a_better"]),
+        ],
         MODEL_NAME,
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", d])],
         [helper.make_tensor_value_info("p_a_better", TensorProto.FLOAT, ["n"])],
@@ -361,9 +419,13 @@ def export(model: LinearJudge, out_dir: Path, meta: dict[str, Any]) -> dict[str,
     blob = to_onnx(model.w)
     (out_dir / MODEL_FILE).write_bytes(blob)
     spec = {
-        "name": MODEL_NAME, "feature_version": F.FEATURE_VERSION, "feature_names": F.feature_names(),
-        "model_file": MODEL_FILE, "model_sha256": hashlib.sha256(blob).hexdigest(),
-        "weights": [float(v) for v in model.w], **meta,
+        "name": MODEL_NAME,
+        "feature_version": F.FEATURE_VERSION,
+        "feature_names": F.feature_names(),
+        "model_file": MODEL_FILE,
+        "model_sha256": hashlib.sha256(blob).hexdigest(),
+        "weights": [float(v) for v in model.w],
+        **meta,
     }
     (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1) + "\n")
     return spec
@@ -445,12 +507,25 @@ confidence separates the judge's right answers from its errors (0.5 = not at all
 
 def write_model_card(spec: dict[str, Any], out_dir: Path, *, synthetic: int, reps: int) -> None:
     n = spec["trained_on"]
-    (out_dir / CARD_FILE).write_text(_CARD.format(
-        name=spec["name"], created=spec["created"], n_features=len(spec["feature_names"]),
-        feature_version=spec["feature_version"], temperature=spec["temperature"], C=spec["C"],
-        model_file=spec["model_file"], sha_short=spec["model_sha256"][:16], n_mtbench=n["mtbench"],
-        n_pandalm=n["pandalm"], n_llmbar=n["llmbar"], n_hh=n["hh_rlhf"], synthetic=synthetic, reps=reps,
-        table=format_table(spec["loso"])))
+    (out_dir / CARD_FILE).write_text(
+        _CARD.format(
+            name=spec["name"],
+            created=spec["created"],
+            n_features=len(spec["feature_names"]),
+            feature_version=spec["feature_version"],
+            temperature=spec["temperature"],
+            C=spec["C"],
+            model_file=spec["model_file"],
+            sha_short=spec["model_sha256"][:16],
+            n_mtbench=n["mtbench"],
+            n_pandalm=n["pandalm"],
+            n_llmbar=n["llmbar"],
+            n_hh=n["hh_rlhf"],
+            synthetic=synthetic,
+            reps=reps,
+            table=format_table(spec["loso"]),
+        )
+    )
 
 
 @dataclass
@@ -463,8 +538,17 @@ class TrainingRun:
     spec: dict[str, Any] | None
 
 
-def train(data_dir: Path, out: Path = PACKAGE_DIR, *, seed: int = 0, reps: int = 1000, export_model: bool = True,
-          synthetic_empty: int = 60, grid: Sequence[float] = C_GRID, say: Callable[[str], None] = lambda _: None) -> TrainingRun:
+def train(
+    data_dir: Path,
+    out: Path = PACKAGE_DIR,
+    *,
+    seed: int = 0,
+    reps: int = 1000,
+    export_model: bool = True,
+    synthetic_empty: int = 60,
+    grid: Sequence[float] = C_GRID,
+    say: Callable[[str], None] = lambda _: None,
+) -> TrainingRun:
     """Study (leave one source out, ``reps`` bootstrap resamples, regularisation from ``grid``) and, with
     ``export_model``, train on every fold and write the model, its spec and card to ``out``. ``say`` hears
     progress lines."""
@@ -481,9 +565,18 @@ def train(data_dir: Path, out: Path = PACKAGE_DIR, *, seed: int = 0, reps: int =
     model, c, t = select_and_fit(x[train_rows], y, folds, grid)
     real = np.array(ds.evaluate)[train_rows]
     counts = {f: int(np.sum((folds == f) & real)) for f in FOLDS}
-    spec = export(model, out, {
-        "C": c, "temperature": t, "trained_on": counts, "synthetic_blank_per_fold": synthetic_empty,
-        "created": time.strftime("%Y-%m-%d"), "loso": study["table"], "loso_per_fold": study["per_fold"],
-    })
+    spec = export(
+        model,
+        out,
+        {
+            "C": c,
+            "temperature": t,
+            "trained_on": counts,
+            "synthetic_blank_per_fold": synthetic_empty,
+            "created": time.strftime("%Y-%m-%d"),
+            "loso": study["table"],
+            "loso_per_fold": study["per_fold"],
+        },
+    )
     write_model_card(spec, out, synthetic=synthetic_empty, reps=reps)
     return TrainingRun(len(ds), x.shape[1], study, spec)

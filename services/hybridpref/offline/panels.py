@@ -23,9 +23,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hybridpref_client.core.instances import LM_LABEL_RAW_PREFIX, PreferenceInstance
 from hybridpref.common.signals import ORDER_SUFFIXES
 from hybridpref.offline.pools import Pool
+from hybridpref_client.core.instances import LM_LABEL_RAW_PREFIX, PreferenceInstance
 
 
 @dataclass(frozen=True)
@@ -96,16 +96,28 @@ def restrict_judges(pool: Pool, keep: Sequence[str], primary: str) -> Pool:
 
     def one(inst: PreferenceInstance) -> PreferenceInstance:
         labels = {k: v for k, v in inst.lm_labels.items() if base(k) in wanted}
-        meta = {k: v for k, v in inst.metadata.items()
-                if not k.startswith(LM_LABEL_RAW_PREFIX) or base(k[len(LM_LABEL_RAW_PREFIX):]) in wanted}
+        meta = {
+            k: v
+            for k, v in inst.metadata.items()
+            if not k.startswith(LM_LABEL_RAW_PREFIX) or base(k[len(LM_LABEL_RAW_PREFIX) :]) in wanted
+        }
         return dataclasses.replace(inst, lm_labels=labels, metadata=meta)
 
-    return Pool(pool.name, [one(i) for i in pool.instances], pool.human, pool.reference, pool.reference_kind,
-                pool.groups, primary, Counter(pool.skipped))
+    return Pool(
+        pool.name,
+        [one(i) for i in pool.instances],
+        pool.human,
+        pool.reference,
+        pool.reference_kind,
+        pool.groups,
+        primary,
+        Counter(pool.skipped),
+    )
 
 
-def panel_variants(pool: Pool, *, max_others: int = 3, prompt: str | None = None, all_subsets: bool = True,
-                   include_usual: bool = True) -> list[PanelVariant]:
+def panel_variants(
+    pool: Pool, *, max_others: int = 3, prompt: str | None = None, all_subsets: bool = True, include_usual: bool = True
+) -> list[PanelVariant]:
     """Every panel of ``pool``: each recorded model (:func:`panel_judges`) as the primary judge with
     0 .. ``max_others`` of the other models recorded (every subset when ``all_subsets``, else the first
     k others in key order), plus the ``usual`` variant (the pool as the default bundle reads it) when

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from hybridpref.common.signals import JudgeSignals, judge_keys, label_sign, recorded_signals
 from hybridpref_client.core.errors import InvalidInput
 from hybridpref_client.core.instances import PreferenceInstance, instance_from_row, iter_json_rows, parse_label
-from hybridpref.common.signals import JudgeSignals, judge_keys, label_sign, recorded_signals
 
 # Pools in ../shared/data with human and LM labels on the same pairs, and the LM judge evaluated by default.
 DEFAULT_JUDGES: dict[str, str] = {
@@ -69,8 +69,11 @@ class JudgeChoice:
     agreement: float | None
 
     def describe(self) -> str:
-        agree = "no decisive pairs to compare" if self.agreement is None else \
-            f"agrees with the human labels on {self.agreement:.1%} of decisive pairs"
+        agree = (
+            "no decisive pairs to compare"
+            if self.agreement is None
+            else f"agrees with the human labels on {self.agreement:.1%} of decisive pairs"
+        )
         text = f"pool {self.pool}: LM judge {self.judge!r} ({self.rule}; labels {self.coverage:.0%} of pairs, {agree})"
         if self.agreement is not None and self.agreement < WEAK_JUDGE_AGREEMENT:
             text += f"; WEAK: below {WEAK_JUDGE_AGREEMENT:.0%}, choose another with --lm-judge"
@@ -127,8 +130,16 @@ class Pool:
 
     def subset(self, rows: np.ndarray) -> Pool:
         rows = np.asarray(rows)
-        return Pool(self.name, [self.instances[i] for i in rows], self.human[rows], self.reference[rows],
-                    self.reference_kind[rows], self.groups[rows], self.default_judge, Counter(self.skipped))
+        return Pool(
+            self.name,
+            [self.instances[i] for i in rows],
+            self.human[rows],
+            self.reference[rows],
+            self.reference_kind[rows],
+            self.groups[rows],
+            self.default_judge,
+            Counter(self.skipped),
+        )
 
 
 def default_data_dir(repo_root: Path | None = None) -> Path:
@@ -205,9 +216,16 @@ def _build(name: str, rows: Sequence[tuple[dict, PreferenceInstance]], skipped: 
         kind.append(k)
         groups.append(_group_id(row, inst))
         keep.append(inst)
-    return Pool(name=name, instances=keep, human=np.array(human, dtype=np.int8),
-                reference=np.array(reference, dtype=np.int8), reference_kind=np.array(kind, dtype=object),
-                groups=np.array(groups, dtype=np.int64), default_judge="", skipped=skipped)
+    return Pool(
+        name=name,
+        instances=keep,
+        human=np.array(human, dtype=np.int8),
+        reference=np.array(reference, dtype=np.int8),
+        reference_kind=np.array(kind, dtype=object),
+        groups=np.array(groups, dtype=np.int64),
+        default_judge="",
+        skipped=skipped,
+    )
 
 
 def _sign(value: Any) -> int:
@@ -243,9 +261,14 @@ def _group_id(row: Mapping[str, Any], inst: PreferenceInstance) -> int:
 def summary(pool: Pool) -> dict[str, Any]:
     """Counts a report prints next to results: rows, references by kind, excluded ties, skipped rows by reason."""
     kinds = Counter(pool.reference_kind.tolist())
-    return {"pool": pool.name, "rows": len(pool), "judge": pool.default_judge,
-            "reference_kinds": dict(kinds), "reference_excluded": int(np.sum(pool.reference == 0)),
-            "skipped": dict(pool.skipped)}
+    return {
+        "pool": pool.name,
+        "rows": len(pool),
+        "judge": pool.default_judge,
+        "reference_kinds": dict(kinds),
+        "reference_excluded": int(np.sum(pool.reference == 0)),
+        "skipped": dict(pool.skipped),
+    }
 
 
 if __name__ == "__main__":  # quick look: python -m hybridpref.offline.pools

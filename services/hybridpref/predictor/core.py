@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridpref_client.core.errors import InvalidInput, NotReady
 from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, VOCABULARY_VERSION
 from hybridpref.routing_model import bundle as bundle_io
-from hybridpref.routing_model.ppm import QuadraticPPM
 from hybridpref.routing_model.data import RoutingModelData, read_routing_parts
+from hybridpref.routing_model.ppm import QuadraticPPM
+from hybridpref_client.core.errors import InvalidInput, NotReady
+
 
 def default_bundle_path() -> Path:
     """The bundle committed with the package (built from ``../shared/data``, see its MODEL_CARD.md)."""
@@ -102,19 +103,30 @@ def _open_bundle(folder: Path) -> _State:
     if vocab.get("version") != VOCABULARY_VERSION or tuple(vocab.get("tags", ())) != TAG_NAMES:
         raise NotReady(
             f"bundle {folder} was built on vocabulary {vocab.get('version')!r} with {len(vocab.get('tags', ()))} tags; "
-            f"this build uses {VOCABULARY_VERSION!r} with {NUM_TAGS}: rebuild the bundle (hybridpref predictor build)")
+            f"this build uses {VOCABULARY_VERSION!r} with {NUM_TAGS}: rebuild the bundle (hybridpref predictor build)"
+        )
     ppm = _load_ppm(folder)
     metrics = bundle_io.read_json(folder, "metrics.json")
     info = ModelInfoData(
-        loaded=True, bundle_version=manifest["bundle_version"], bundle_path=str(folder.resolve()),
-        vocabulary_version=VOCABULARY_VERSION, vocabulary=list(TAG_NAMES), model_kind=manifest.get("model_kind", ""),
+        loaded=True,
+        bundle_version=manifest["bundle_version"],
+        bundle_path=str(folder.resolve()),
+        vocabulary_version=VOCABULARY_VERSION,
+        vocabulary=list(TAG_NAMES),
+        model_kind=manifest.get("model_kind", ""),
         metrics={k: float(v) for k, v in metrics.get("served", {}).items()},
-        data_fingerprint=manifest.get("data_fingerprint", ""), status_message="ok",
-        reference_bins_id=_reference_bins_id(folder))
+        data_fingerprint=manifest.get("data_fingerprint", ""),
+        status_message="ok",
+        reference_bins_id=_reference_bins_id(folder),
+    )
     routing = RoutingModelData(
-        bundle_version=info.bundle_version, vocabulary_version=VOCABULARY_VERSION, reference_bins_id=info.reference_bins_id,
-        quadratic=None if ppm is None else (ppm.bias, ppm.linear, ppm.quad), metrics=info.metrics,
-        **read_routing_parts(folder))
+        bundle_version=info.bundle_version,
+        vocabulary_version=VOCABULARY_VERSION,
+        reference_bins_id=info.reference_bins_id,
+        quadratic=None if ppm is None else (ppm.bias, ppm.linear, ppm.quad),
+        metrics=info.metrics,
+        **read_routing_parts(folder),
+    )
     return _State(info=info, routing=routing)
 
 
@@ -133,8 +145,12 @@ def _load_ppm(folder: Path) -> QuadraticPPM | None:
     raw = bundle_io.read_json(folder, "ppm.json")
     if raw.get("form") != "quadratic":
         return None
-    ppm = QuadraticPPM(float(raw["bias"]), np.asarray(raw["linear"], dtype=np.float64),
-                       np.asarray(raw["quad"], dtype=np.float64), str(raw.get("kind", "quadratic-ridge")))
+    ppm = QuadraticPPM(
+        float(raw["bias"]),
+        np.asarray(raw["linear"], dtype=np.float64),
+        np.asarray(raw["quad"], dtype=np.float64),
+        str(raw.get("kind", "quadratic-ridge")),
+    )
     if ppm.linear.shape != (NUM_TAGS,) or ppm.quad.shape != (NUM_TAGS, NUM_TAGS):
         raise NotReady(f"bundle {folder}: ppm.json has shapes {ppm.linear.shape}, {ppm.quad.shape}")
     if not (np.isfinite(ppm.bias) and np.isfinite(ppm.linear).all() and np.isfinite(ppm.quad).all()):

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import structlog
 
-from hybridpref_client.core.errors import NotReady
+from hybridpref.predictor.watcher import BundleWatcher
+from hybridpref.routing_model.proto import routing_model_to_proto
 from hybridpref.server.executors import CoreExecutor
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.server import ServiceHandle
 from hybridpref.server.settings import Settings
-from hybridpref.predictor.watcher import BundleWatcher
-from hybridpref.routing_model.proto import routing_model_to_proto
 from hybridpref.v1 import common_pb2, predictor_pb2, predictor_pb2_grpc
+from hybridpref_client.core.errors import NotReady
 
 log = structlog.get_logger()
 SERVICE_NAME = predictor_pb2.DESCRIPTOR.services_by_name["PredictorService"].full_name
@@ -42,10 +42,15 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
     async def GetModelInfo(self, request, context):
         info = self.predictor.info()
         return predictor_pb2.GetModelInfoResponse(
-            loaded=info.loaded, bundle_version=info.bundle_version, bundle_path=info.bundle_path,
+            loaded=info.loaded,
+            bundle_version=info.bundle_version,
+            bundle_path=info.bundle_path,
             vocabulary=common_pb2.TagVocabulary(version=info.vocabulary_version, tags=info.vocabulary),
-            model_kind=info.model_kind, metrics=info.metrics, data_fingerprint=info.data_fingerprint,
-            status_message=info.status_message, reference_bins_id=info.reference_bins_id,
+            model_kind=info.model_kind,
+            metrics=info.metrics,
+            data_fingerprint=info.data_fingerprint,
+            status_message=info.status_message,
+            reference_bins_id=info.reference_bins_id,
         )
 
     async def GetRoutingModel(self, request, context):

@@ -110,14 +110,25 @@ class CampaignModel:
         else:
             lo, hi = self.calibrator.prior_range
             how = f"the correction model's held-out range ({lo:.2f}x to {hi:.2f}x) until {self.calibrator.min_labels} labels are back"
-        who = f"adapted model {self.version} (refitted on {self.labels} returned labels)" if self.adapted else f"model {self.version}"
+        who = (
+            f"adapted model {self.version} (refitted on {self.labels} returned labels)"
+            if self.adapted
+            else f"model {self.version}"
+        )
         return f"campaign: routed by {who}; expected label changes of this batch: {how}"
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary: version, adapted, labels, votes, last proposal, human error rate."""
-        return {"version": self.version, "base_version": self.base_version, "adapted": self.adapted, "labels": self.labels,
-                "votes": self.votes, "proposal": dict(self.proposal), "human_rate": self.human_rate,
-                "annotators": len(self.annotator_error)}
+        return {
+            "version": self.version,
+            "base_version": self.base_version,
+            "adapted": self.adapted,
+            "labels": self.labels,
+            "votes": self.votes,
+            "proposal": dict(self.proposal),
+            "human_rate": self.human_rate,
+            "annotators": len(self.annotator_error),
+        }
 
 
 StoreSource = Callable[[], Any]  # -> CampaignStore (the router's StoreProvider.get: opened on first use)
@@ -129,8 +140,16 @@ class CampaignModels:
     ``store``: the store, or a function returning it (opened lazily). Thread-safe: routing calls from the
     router's worker pool may ask for the same campaign at once; one refit per campaign runs at a time."""
 
-    def __init__(self, store: Any, *, refit_every: int = REFIT_EVERY, strength: float = PRIOR_STRENGTH,
-                 min_labels: int = MIN_LABELS, folds: int = FOLDS, max_campaigns: int = MAX_CAMPAIGNS):
+    def __init__(
+        self,
+        store: Any,
+        *,
+        refit_every: int = REFIT_EVERY,
+        strength: float = PRIOR_STRENGTH,
+        min_labels: int = MIN_LABELS,
+        folds: int = FOLDS,
+        max_campaigns: int = MAX_CAMPAIGNS,
+    ):
         self._store: StoreSource = store if callable(store) else (lambda: store)
         self.refit_every = int(refit_every)
         self.strength = float(strength)
@@ -204,11 +223,24 @@ class CampaignModels:
         """Refit ``campaign``'s model from everything it has returned (see the module docstring)."""
         store = self._store()
         votes = int(store.get_campaign(vendor, campaign).labels_returned)
-        model = fit_campaign_model(base, store.returned_labels(vendor, campaign), votes=votes, strength=self.strength,
-                                   min_labels=self.min_labels, folds=self.folds)
+        model = fit_campaign_model(
+            base,
+            store.returned_labels(vendor, campaign),
+            votes=votes,
+            strength=self.strength,
+            min_labels=self.min_labels,
+            folds=self.folds,
+        )
         self.refits += 1
-        log.info("campaign_model_fitted", vendor=vendor, campaign=campaign, version=model.version, labels=model.labels,
-                 adapted=model.adapted, votes=votes)
+        log.info(
+            "campaign_model_fitted",
+            vendor=vendor,
+            campaign=campaign,
+            version=model.version,
+            labels=model.labels,
+            adapted=model.adapted,
+            votes=votes,
+        )
         return model
 
     def _fresh(self, key: tuple[str, str], base: PanelRunner, votes: int) -> CampaignModel | None:
@@ -229,8 +261,15 @@ class CampaignModels:
             log.warning("campaign_refit_failed", vendor=vendor, campaign=campaign, error=str(exc)[:300])
 
 
-def fit_campaign_model(base: PanelRunner, returned: Iterable[tuple[Any, Any, Sequence[Any]]], *, votes: int = 0,
-                       strength: float = PRIOR_STRENGTH, min_labels: int = MIN_LABELS, folds: int = FOLDS) -> CampaignModel:
+def fit_campaign_model(
+    base: PanelRunner,
+    returned: Iterable[tuple[Any, Any, Sequence[Any]]],
+    *,
+    votes: int = 0,
+    strength: float = PRIOR_STRENGTH,
+    min_labels: int = MIN_LABELS,
+    folds: int = FOLDS,
+) -> CampaignModel:
     """A campaign's model from its returned labels: ``returned`` = ``CampaignStore.returned_labels`` rows
     (``Candidate``, ``StoredDecision``, ``[HumanLabel]``; rows whose decision stored no panel features are left
     out), ``base`` = the bundle's panel model and version (see the module docstring for the recipe). Pure: the
@@ -246,8 +285,13 @@ def fit_campaign_model(base: PanelRunner, returned: Iterable[tuple[Any, Any, Seq
     proposal: dict[str, Any] = {}
     if len(used):
         proposed = lineage.propose([labels.ids[i] for i in used], labels.x[used], y)
-        proposal = {"labels": int(len(used)), "verdict_labels": proposed.labels, "heldout_loss": proposed.heldout_loss,
-                    "bundle_loss": proposed.bundle_loss, "promoted": proposed.promoted}
+        proposal = {
+            "labels": int(len(used)),
+            "verdict_labels": proposed.labels,
+            "heldout_loss": proposed.heldout_loss,
+            "bundle_loss": proposed.bundle_loss,
+            "promoted": proposed.promoted,
+        }
         if proposed.promoted:
             routing, adapted = proposed.model, True
     if rate is not None:
@@ -260,18 +304,24 @@ def fit_campaign_model(base: PanelRunner, returned: Iterable[tuple[Any, Any, Seq
         version = base.version
     # the calibrator learns how the routing model's own out-of-sample P(LM wrong) relates to realised changes
     if adapted:
-        p = online.out_of_fold_p(bundle_model, labels.ids, labels.x, labels.human != 0, np.asarray(y, dtype=bool),
-                                 strength=strength, folds=folds)
+        p = online.out_of_fold_p(
+            bundle_model, labels.ids, labels.x, labels.human != 0, np.asarray(y, dtype=bool), strength=strength, folds=folds
+        )
     else:
         p = bundle_model.p_lm_wrong(labels.x) if len(labels.ids) else np.zeros(0)
     calibrator = _calibrator(rows, p, labels, bundle_model)
     proposal["version"] = version
-    return CampaignModel(PanelRunner(routing, version), base.version, adapted, int(len(used)), votes, proposal,
-                         calibrator, annotators, rate)
+    return CampaignModel(
+        PanelRunner(routing, version), base.version, adapted, int(len(used)), votes, proposal, calibrator, annotators, rate
+    )
 
 
-def _calibrator(rows: Sequence[tuple[Any, Any, Sequence[Any]]], p: np.ndarray, labels: online.ReturnedLabels,
-                prior_model: PanelCorrectionModel) -> online.CorrectionsCalibrator:
+def _calibrator(
+    rows: Sequence[tuple[Any, Any, Sequence[Any]]],
+    p: np.ndarray,
+    labels: online.ReturnedLabels,
+    prior_model: PanelCorrectionModel,
+) -> online.CorrectionsCalibrator:
     """The expected-changes calibrator replayed over the campaign's labelled human-routed pairs, batch by
     batch in routing order: per pair ``p`` (P(LM wrong) of the model that routes now, out of sample: the
     bundle model's, or an adapted model's by cross-validation) against whether its non-tie human majority

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from hybridpref.server.deadline import Deadline
-from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
 from hybridpref.common.signals import JudgeSignals, judge_keys, recorded_verdict
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, NUM_TAGS
 from hybridpref.router.model import RoutingModel
+from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance
 
 if TYPE_CHECKING:
     from hybridpref.router.limits import JudgeInfo
@@ -42,8 +42,9 @@ class RouterTags:
     def concat(parts: Sequence[RouterTags]) -> RouterTags:
         if not parts:
             return RouterTags.empty(0)
-        return RouterTags(np.concatenate([p.tag_matrix for p in parts]), np.concatenate([p.measures for p in parts]),
-                           parts[0].reference_bins_id)
+        return RouterTags(
+            np.concatenate([p.tag_matrix for p in parts]), np.concatenate([p.measures for p in parts]), parts[0].reference_bins_id
+        )
 
 
 @dataclass
@@ -67,10 +68,13 @@ class JudgedBatch:
     def concat(parts: Sequence[JudgedBatch]) -> JudgedBatch:
         if not parts:
             return JudgedBatch.empty(0)
-        return JudgedBatch(np.concatenate([p.labels for p in parts]), np.concatenate([p.confidence for p in parts]),
-                           np.concatenate([p.inconsistent for p in parts]),
-                           np.concatenate([p.p_a_better for p in parts]),
-                           next((p.judge_id for p in reversed(parts) if p.judge_id), ""))
+        return JudgedBatch(
+            np.concatenate([p.labels for p in parts]),
+            np.concatenate([p.confidence for p in parts]),
+            np.concatenate([p.inconsistent for p in parts]),
+            np.concatenate([p.p_a_better for p in parts]),
+            next((p.judge_id for p in reversed(parts) if p.judge_id), ""),
+        )
 
     @property
     def replayed(self) -> bool:
@@ -95,8 +99,14 @@ class JudgeBackend(Protocol):
         ...
 
     async def judge(
-        self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: str, replay_judge: str,
-        seed: int, deadline: Deadline,
+        self,
+        instances: Sequence[PreferenceInstance],
+        *,
+        mode: PositionMode,
+        template: str,
+        replay_judge: str,
+        seed: int,
+        deadline: Deadline,
     ) -> JudgedBatch:
         """One verdict per instance, same order."""
         ...

@@ -22,8 +22,8 @@ from typing import Literal
 
 import numpy as np
 
-from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref.common.vocabulary import ANALYZER_DIMENSIONS, TAG_INDEX, analyzer_tag
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 BudgetKind = Literal["fraction", "count", "cost", "auto"]
 BUDGET_KINDS: tuple[BudgetKind, ...] = ("fraction", "count", "cost", "auto")
@@ -181,8 +181,9 @@ def resolve_budget(
     return ResolvedBudget("cost", None, number, filled)
 
 
-def budget_violations(budget: Budget, n: int | None, *, max_cost: float = math.inf,
-                      max_n: int | None = None) -> list[FieldViolation]:
+def budget_violations(
+    budget: Budget, n: int | None, *, max_cost: float = math.inf, max_n: int | None = None
+) -> list[FieldViolation]:
     """What is wrong with ``budget`` for a batch of ``n`` instances (``None``: not known yet, as while a
     stream arrives; then a count is checked against ``max_n``, the most a batch may have). ``max_cost``:
     the largest cost budget the service accepts. Empty when it is fine."""
@@ -233,7 +234,9 @@ def _fill_costs(
     else:
         default = np.ones(n)
     if default.shape != (n,):
-        raise InvalidInput(FieldViolation("instances", f"token counts / expertise levels have shape {default.shape}, expected ({n},)"))
+        raise InvalidInput(
+            FieldViolation("instances", f"token counts / expertise levels have shape {default.shape}, expected ({n},)")
+        )
     if costs is None:
         return default.astype(np.float64)
     given = np.asarray(costs, dtype=np.float64)
@@ -242,5 +245,7 @@ def _fill_costs(
     missing = np.isnan(given)
     bad = np.flatnonzero(~missing & ~((given > 0) & np.isfinite(given)))
     if len(bad):
-        raise InvalidInput([FieldViolation(f"instances[{i}].human_cost", f"must be a positive finite number, got {given[i]}") for i in bad[:20]])
+        raise InvalidInput(
+            [FieldViolation(f"instances[{i}].human_cost", f"must be a positive finite number, got {given[i]}") for i in bad[:20]]
+        )
     return np.where(missing, default, given)

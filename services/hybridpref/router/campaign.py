@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import structlog
 
+from hybridpref.store.api import CampaignStore, Candidate
 from hybridpref_client.core.errors import NotReady
 from hybridpref_client.core.instances import Label, PreferenceInstance
-from hybridpref.store.api import Candidate, CampaignStore
 
 # Decisions stored per database transaction: a batch up to this size is stored whole or not at all; a
 # longer stream in slices of this size, each atomic (a re-sent stream replays the slices already stored).
@@ -106,8 +106,10 @@ def _open(url: str) -> CampaignStore:
     try:
         resolved = resolve_url(url or None)
     except OSError as exc:  # the default file's folder cannot be made (a read-only root in a container)
-        raise NotReady(f"no campaign store: set HYBRIDPREF_DB_URL (in Kubernetes: components/campaign-store); the "
-                       f"default SQLite file cannot be created ({exc.strerror})") from None
+        raise NotReady(
+            f"no campaign store: set HYBRIDPREF_DB_URL (in Kubernetes: components/campaign-store); the "
+            f"default SQLite file cannot be created ({exc.strerror})"
+        ) from None
     shown = make_url(resolved).render_as_string(hide_password=True)
     try:
         store = SqlCampaignStore.open(resolved, upgrade=resolved.startswith("sqlite"))
@@ -119,8 +121,9 @@ def _open(url: str) -> CampaignStore:
     return store
 
 
-def candidates(instances: Sequence[PreferenceInstance], rows: Sequence[int], scores: np.ndarray, costs: np.ndarray,
-               judged: JudgeRows) -> list[Candidate]:
+def candidates(
+    instances: Sequence[PreferenceInstance], rows: Sequence[int], scores: np.ndarray, costs: np.ndarray, judged: JudgeRows
+) -> list[Candidate]:
     """The store's candidates for ``instances`` (rows ``rows`` of the batch, same order): texts, score and
     cost, the LM label and confidence, the judge's signals, the correction features, the expected
     correction; multi-turn conversations and the instance metadata go to ``metadata``. (The judge's id is
@@ -142,12 +145,22 @@ def candidates(instances: Sequence[PreferenceInstance], rows: Sequence[int], sco
         if recorded:  # the panel the pool export carries
             signal["lm_labels"] = recorded
         label = int(labels[k])
-        out.append(Candidate(
-            instance_id=inst.id, prompt=inst.prompt_text, response_a=inst.response_a, response_b=inst.response_b,
-            score=score[k], cost=cost[k], lm_label=names[label] if label != Label.UNSPECIFIED else None,
-            lm_confidence=confidence[k], signals=signal, features=features[k],
-            expected_correction=None if expected is None else expected[k], metadata=meta,
-        ))
+        out.append(
+            Candidate(
+                instance_id=inst.id,
+                prompt=inst.prompt_text,
+                response_a=inst.response_a,
+                response_b=inst.response_b,
+                score=score[k],
+                cost=cost[k],
+                lm_label=names[label] if label != Label.UNSPECIFIED else None,
+                lm_confidence=confidence[k],
+                signals=signal,
+                features=features[k],
+                expected_correction=None if expected is None else expected[k],
+                metadata=meta,
+            )
+        )
     return out
 
 

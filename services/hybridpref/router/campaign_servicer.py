@@ -19,15 +19,14 @@ from typing import Any, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref.router.adaptation import CampaignModel
+from hybridpref.router.campaign_proto import campaign_model_to_proto
 from hybridpref.router.core import RouterCore
 from hybridpref.router.strategies import StrategySpec, campaign_strategy_spec
 from hybridpref.server.settings import Settings
 from hybridpref.store.api import Campaign, CampaignSpec, CampaignStatus, CampaignStore, HumanLabel, Interval, LabelResult
-from hybridpref.router.campaign_proto import campaign_model_to_proto
 from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc
-
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 
 class RouterSide(Protocol):
@@ -40,19 +39,31 @@ class RouterSide(Protocol):
 
     def vendor(self) -> str: ...
 
+
 SERVICE_NAME = campaign_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name
 EXPORT_CHUNK = 1000  # rows per ExportDatasetResponse
-PREFERENCES = {campaign_pb2.HUMAN_PREFERENCE_A: "A", campaign_pb2.HUMAN_PREFERENCE_B: "B",
-               campaign_pb2.HUMAN_PREFERENCE_TIE: "tie"}
-STATUSES = {"stored": campaign_pb2.LABEL_STATUS_STORED, "unchanged": campaign_pb2.LABEL_STATUS_UNCHANGED,
-            "replaced": campaign_pb2.LABEL_STATUS_REPLACED, "rejected": campaign_pb2.LABEL_STATUS_REJECTED}
-FORMATS = {campaign_pb2.EXPORT_FORMAT_UNSPECIFIED: "trl", campaign_pb2.EXPORT_FORMAT_TRL: "trl",
-           campaign_pb2.EXPORT_FORMAT_POOL: "pool"}
+PREFERENCES = {
+    campaign_pb2.HUMAN_PREFERENCE_A: "A",
+    campaign_pb2.HUMAN_PREFERENCE_B: "B",
+    campaign_pb2.HUMAN_PREFERENCE_TIE: "tie",
+}
+STATUSES = {
+    "stored": campaign_pb2.LABEL_STATUS_STORED,
+    "unchanged": campaign_pb2.LABEL_STATUS_UNCHANGED,
+    "replaced": campaign_pb2.LABEL_STATUS_REPLACED,
+    "rejected": campaign_pb2.LABEL_STATUS_REJECTED,
+}
+FORMATS = {
+    campaign_pb2.EXPORT_FORMAT_UNSPECIFIED: "trl",
+    campaign_pb2.EXPORT_FORMAT_TRL: "trl",
+    campaign_pb2.EXPORT_FORMAT_POOL: "pool",
+}
 # The store names its fields as its API does; the messages' names are what the caller sent.
 _FIELD_NAMES = ((".instance_id:", ".id:"), (".preference:", ".label:"), (".labelled_at:", ".labelled_at:"))
 
 
 # ---- messages -> store ---------------------------------------------------------------------------------
+
 
 def spec_from_proto(settings: campaign_pb2.CampaignSettings, vendor: str, default_strategy: str) -> CampaignSpec:
     """The store's spec of a ``CreateCampaign``: the strategy resolved (``""`` -> the router's default, kept
@@ -71,10 +82,16 @@ def spec_from_proto(settings: campaign_pb2.CampaignSettings, vendor: str, defaul
         violations += exc.violations
     if violations:
         raise InvalidInput(violations)
+    assert kind is not None  # refused above
     total = float(settings.budget.count) if kind == "count" else float(settings.budget.cost)
     return CampaignSpec(
-        vendor=vendor, name=settings.name, budget_kind=kind, budget_total=total,  # type: ignore[arg-type]
-        strategy=strategy, judge=settings.judge, votes_per_pair=settings.votes_per_pair or 1,
+        vendor=vendor,
+        name=settings.name,
+        budget_kind=kind,
+        budget_total=total,
+        strategy=strategy,
+        judge=settings.judge,
+        votes_per_pair=settings.votes_per_pair or 1,
         expected_instances=settings.expected_instances if settings.HasField("expected_instances") else None,
         exploration_share=settings.exploration_share,
     )
@@ -85,35 +102,58 @@ def labels_from_proto(labels: Sequence[campaign_pb2.HumanLabel]) -> list[HumanLa
     rejects that item, and only that one)."""
     out = []
     for item in labels:
-        out.append(HumanLabel(
-            instance_id=item.id, annotator=item.annotator, preference=PREFERENCES.get(item.label, ""),  # type: ignore[arg-type]
-            strength=item.strength if item.HasField("strength") else None, rationale=item.rationale,
-            labelled_at=item.labelled_at.ToDatetime(tzinfo=UTC) if item.HasField("labelled_at") else None,
-            source="api"))
+        out.append(
+            HumanLabel(
+                instance_id=item.id,
+                annotator=item.annotator,
+                preference=PREFERENCES.get(item.label, ""),  # type: ignore[arg-type]
+                strength=item.strength if item.HasField("strength") else None,
+                rationale=item.rationale,
+                labelled_at=item.labelled_at.ToDatetime(tzinfo=UTC) if item.HasField("labelled_at") else None,
+                source="api",
+            )
+        )
     return out
 
 
 # ---- store -> messages ---------------------------------------------------------------------------------
 
+
 def campaign_to_proto(c: Campaign) -> campaign_pb2.Campaign:
     spec = c.spec
-    budget = (campaign_pb2.CampaignBudget(count=int(spec.budget_total)) if spec.budget_kind == "count"
-              else campaign_pb2.CampaignBudget(cost=spec.budget_total))
+    budget = (
+        campaign_pb2.CampaignBudget(count=int(spec.budget_total))
+        if spec.budget_kind == "count"
+        else campaign_pb2.CampaignBudget(cost=spec.budget_total)
+    )
     settings = campaign_pb2.CampaignSettings(
-        name=spec.name, budget=budget, strategy=spec.strategy, judge=spec.judge, votes_per_pair=spec.votes_per_pair,
-        exploration_share=spec.exploration_share)
+        name=spec.name,
+        budget=budget,
+        strategy=spec.strategy,
+        judge=spec.judge,
+        votes_per_pair=spec.votes_per_pair,
+        exploration_share=spec.exploration_share,
+    )
     if spec.expected_instances is not None:
         settings.expected_instances = spec.expected_instances
     created = Timestamp()
     created.FromDatetime(c.created_at)
     return campaign_pb2.Campaign(
-        settings=settings, created_at=created, budget_spent=c.spent, budget_left=max(0.0, spec.budget_total - c.spent),
-        routed=c.routed, human_routed=c.human_routed, labels_returned=c.labels_returned, pairs_pending=c.pairs_pending)
+        settings=settings,
+        created_at=created,
+        budget_spent=c.spent,
+        budget_left=max(0.0, spec.budget_total - c.spent),
+        routed=c.routed,
+        human_routed=c.human_routed,
+        labels_returned=c.labels_returned,
+        pairs_pending=c.pairs_pending,
+    )
 
 
 def status_to_proto(s: CampaignStatus) -> campaign_pb2.CampaignStatus:
-    out = campaign_pb2.CampaignStatus(labels_pending=s.labels_pending, realised_corrections=s.realised_corrections,
-                                      expected_known=s.expected_known)
+    out = campaign_pb2.CampaignStatus(
+        labels_pending=s.labels_pending, realised_corrections=s.realised_corrections, expected_known=s.expected_known
+    )
     for name in ("agreement", "audit_agreement", "expected_corrections"):
         value: Interval | None = getattr(s, name)
         if value is not None:
@@ -125,15 +165,23 @@ def result_to_proto(r: LabelResult) -> campaign_pb2.LabelResult:
     error = r.error
     for old, new in _FIELD_NAMES:
         error = error.replace(old, new)
-    return campaign_pb2.LabelResult(index=r.index, id=r.instance_id, status=STATUSES[r.status], audit=r.audit,
-                                    error=error)
+    return campaign_pb2.LabelResult(index=r.index, id=r.instance_id, status=STATUSES[r.status], audit=r.audit, error=error)
 
 
 def trl_row_to_proto(row: dict[str, Any]) -> campaign_pb2.TrlRow:
     out = campaign_pb2.TrlRow(
-        id=row["id"], prompt=row["prompt"], chosen=row["chosen"], rejected=row["rejected"],
-        label_source=row["label_source"], judge=row["judge"], votes=row["votes"], tie=row["tie"],
-        campaign=row["campaign"], batch=row["batch"], human_routed=row["human_routed"])
+        id=row["id"],
+        prompt=row["prompt"],
+        chosen=row["chosen"],
+        rejected=row["rejected"],
+        label_source=row["label_source"],
+        judge=row["judge"],
+        votes=row["votes"],
+        tie=row["tie"],
+        campaign=row["campaign"],
+        batch=row["batch"],
+        human_routed=row["human_routed"],
+    )
     if row["confidence"] is not None:
         out.confidence = row["confidence"]
     return out
@@ -141,10 +189,20 @@ def trl_row_to_proto(row: dict[str, Any]) -> campaign_pb2.TrlRow:
 
 def pool_row_to_proto(row: dict[str, Any]) -> campaign_pb2.PoolRow:
     out = campaign_pb2.PoolRow(
-        id=row["id"], source=row["source"], prompt=row["prompt"], response_a=row["response_a"],
-        response_b=row["response_b"], human_label=row["human_label"], human_votes=row["human_votes"],
-        lm_labels=row["lm_labels"], campaign=row["campaign"], batch=row["batch"], human_routed=row["human_routed"],
-        exploration=row["exploration"], score=row["score"])
+        id=row["id"],
+        source=row["source"],
+        prompt=row["prompt"],
+        response_a=row["response_a"],
+        response_b=row["response_b"],
+        human_label=row["human_label"],
+        human_votes=row["human_votes"],
+        lm_labels=row["lm_labels"],
+        campaign=row["campaign"],
+        batch=row["batch"],
+        human_routed=row["human_routed"],
+        exploration=row["exploration"],
+        score=row["score"],
+    )
     if row["expected_correction"] is not None:
         out.expected_correction = row["expected_correction"]
     return out
@@ -162,6 +220,7 @@ def export_chunk(rows: Iterator[dict[str, Any]], fmt: str) -> campaign_pb2.Expor
 
 # ---- the servicer ---------------------------------------------------------------------------------------
 
+
 class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
     """``CampaignService`` beside a ``RouterServicer`` (its worker pool, store, vendor and metrics)."""
 
@@ -174,7 +233,9 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
     async def _store(self) -> CampaignStore:
         return await self.core.executor.run(self.core.campaigns.get)
 
-    async def CreateCampaign(self, request: campaign_pb2.CreateCampaignRequest, context: Any) -> campaign_pb2.CreateCampaignResponse:
+    async def CreateCampaign(
+        self, request: campaign_pb2.CreateCampaignRequest, context: Any
+    ) -> campaign_pb2.CreateCampaignResponse:
         spec = spec_from_proto(request.settings, self.router.vendor(), self.router.default_strategy.name)
         store = await self._store()
         campaign = await self.core.executor.run(store.create_campaign, spec)
@@ -222,16 +283,20 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
             self.core.adaptation.labels_arrived(vendor, request.campaign)  # refit off the request path when due
         return campaign_pb2.SubmitLabelsResponse(results=[result_to_proto(r) for r in results])
 
-    async def _count_labels(self, store: CampaignStore, vendor: str, campaign: str, labels: list[HumanLabel],
-                            results: list[LabelResult]) -> None:
+    async def _count_labels(
+        self, store: CampaignStore, vendor: str, campaign: str, labels: list[HumanLabel], results: list[LabelResult]
+    ) -> None:
         """Label outcomes per vendor; for each new non-tie vote on a pair with a non-tie LM label, whether it
         agrees with the LM label and the agreement the routing expected (the alert compares the two)."""
         for status in STATUSES:
             n = sum(r.status == status for r in results)
             if n:
                 self.metrics.campaign_labels.labels(vendor, status).inc(n)
-        new = [(labels[r.index].instance_id, labels[r.index].preference) for r in results
-               if r.status == "stored" and labels[r.index].preference in ("A", "B")]
+        new = [
+            (labels[r.index].instance_id, labels[r.index].preference)
+            for r in results
+            if r.status == "stored" and labels[r.index].preference in ("A", "B")
+        ]
         lm_expectations = getattr(store, "lm_expectations", None)  # SqlCampaignStore's; not in the contract
         if not new or lm_expectations is None:
             return
@@ -251,8 +316,9 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
             self.metrics.campaign_agreement_votes.labels(vendor, "disagree").inc(disagree)
             self.metrics.campaign_expected_agreement.labels(vendor).inc(expected)
 
-    async def ExportDataset(self, request: campaign_pb2.ExportDatasetRequest,
-                            context: Any) -> AsyncIterator[campaign_pb2.ExportDatasetResponse]:
+    async def ExportDataset(
+        self, request: campaign_pb2.ExportDatasetRequest, context: Any
+    ) -> AsyncIterator[campaign_pb2.ExportDatasetResponse]:
         fmt = FORMATS.get(request.format)
         if fmt is None:
             raise InvalidInput(FieldViolation("format", f"unknown export format {request.format}"))

@@ -25,35 +25,30 @@ from typing import Any
 import numpy as np
 import structlog
 
-from hybridpref.server.deadline import Deadline
-from hybridpref_client.core.errors import BackendUnavailable, FieldViolation, InvalidInput, NotReady
-from hybridpref.server.executors import CoreExecutor
-from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, validate_instances
-from hybridpref.server.metrics import Metrics
-from hybridpref.server.settings import Settings
 from hybridpref.common.signals import JudgeSignals
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, TAG_NAMES
 from hybridpref.router import budget as budgets
-from hybridpref.router.budget import Budget, ResolvedBudget
 from hybridpref.router import strategies
-from hybridpref.router.strategies import StrategySpec
+from hybridpref.router.adaptation import CampaignModels
 from hybridpref.router.backends import (
     JudgeBackend,
     JudgedBatch,
-    RoutingModelSource,
     RouterTags,
+    RoutingModelSource,
     TaggerBackend,
     judge_signals,
 )
-from hybridpref.router.adaptation import CampaignModels
+from hybridpref.router.budget import Budget, ResolvedBudget
 from hybridpref.router.campaign import CAMPAIGN_SLICE, CampaignRoute, JudgeRows, StoreProvider, candidates
 from hybridpref.router.explain import rank_descending, reason, top_correction_features, top_tags
 from hybridpref.router.limits import MAX_LISTED, judge_violations
 from hybridpref.router.model import RoutingModel
 from hybridpref.router.progress import report as report_progress
 from hybridpref.router.recorded import replay_batch
-from hybridpref.router.rejects import MAX_LISTED as MAX_REJECTS_LISTED, Rejected, by_instance, rejected_of
+from hybridpref.router.rejects import MAX_LISTED as MAX_REJECTS_LISTED
+from hybridpref.router.rejects import Rejected, by_instance, rejected_of
 from hybridpref.router.spill import InstanceStore, MemoryStore, SpillStore
+from hybridpref.router.strategies import StrategySpec
 from hybridpref.router.summary import (
     DomainResult,
     Summary,
@@ -65,7 +60,13 @@ from hybridpref.router.summary import (
     warning_kind,
 )
 from hybridpref.router.yielding import Yielder
+from hybridpref.server.deadline import Deadline
+from hybridpref.server.executors import CoreExecutor
+from hybridpref.server.metrics import Metrics
+from hybridpref.server.settings import Settings
 from hybridpref.store.api import CampaignStore, StoredDecision
+from hybridpref_client.core.errors import BackendUnavailable, FieldViolation, InvalidInput, NotReady
+from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, validate_instances
 
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
 JUDGE_SLICE = 1024
@@ -164,10 +165,18 @@ class JudgeFirst:
     def rows(self) -> JudgeRows:
         """The pass as the campaign's candidates read it."""
         s = self.signals
-        return JudgeRows(self.batch.labels, self.batch.confidence, np.asarray(s.order_flip, bool),
-                         np.asarray(self.batch.p_a_better, np.float64), np.asarray(s.agreement, np.float64),
-                         self.expected_gain, None if self.p_wrong is None else self.p_wrong[0], self.features,
-                         self.feature_names, self.batch.judge_id)
+        return JudgeRows(
+            self.batch.labels,
+            self.batch.confidence,
+            np.asarray(s.order_flip, bool),
+            np.asarray(self.batch.p_a_better, np.float64),
+            np.asarray(s.agreement, np.float64),
+            self.expected_gain,
+            None if self.p_wrong is None else self.p_wrong[0],
+            self.features,
+            self.feature_names,
+            self.batch.judge_id,
+        )
 
     def no_verdict(self) -> np.ndarray:
         """(n,) bool: the judge gave no verdict (a tie, no label or an order flip)."""
@@ -180,8 +189,15 @@ class JudgeFirst:
 
 
 class RouterCore:
-    def __init__(self, settings: Settings, tagger: TaggerBackend, judge: JudgeBackend, models: RoutingModelSource,
-                 metrics: Metrics | None = None, campaigns: StoreProvider | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        tagger: TaggerBackend,
+        judge: JudgeBackend,
+        models: RoutingModelSource,
+        metrics: Metrics | None = None,
+        campaigns: StoreProvider | None = None,
+    ):
         self.settings = settings
         self.metrics = metrics or Metrics.default()
         self.tagger = tagger
@@ -203,8 +219,9 @@ class RouterCore:
         self.adaptation.close()
         self.campaigns.close()
 
-    async def route(self, instances: Sequence[PreferenceInstance] | Incoming, options: RouteOptions,
-                    deadline: Deadline) -> RouteOutcome:
+    async def route(
+        self, instances: Sequence[PreferenceInstance] | Incoming, options: RouteOptions, deadline: Deadline
+    ) -> RouteOutcome:
         """Route one in-memory batch (the unary RPC) within the call's ``deadline``."""
         incoming = instances if isinstance(instances, Incoming) else Incoming(instances)
         with self.yielder.interactive(len(incoming.instances)):
@@ -252,7 +269,11 @@ class RouterCore:
                 incoming = item if isinstance(item, Incoming) else Incoming(item, range(received, received + len(item)))
                 received += len(incoming.instances) + len({r.index for r in incoming.rejected})
                 if received > self.settings.limits.max_stream_instances:
-                    raise InvalidInput(FieldViolation("instances", f"the stream exceeds the limit of {self.settings.limits.max_stream_instances} instances"))
+                    raise InvalidInput(
+                        FieldViolation(
+                            "instances", f"the stream exceeds the limit of {self.settings.limits.max_stream_instances} instances"
+                        )
+                    )
                 await self.yielder.pause()
                 chunk, dropped = await self._admit(incoming, options, deadline, seen)
                 rejected.extend(dropped)
@@ -261,7 +282,9 @@ class RouterCore:
                 await self.executor.run(store.extend, chunk, size=len(chunk))
                 if eager is None:
                     model = await self._model(options, deadline, warnings)
-                    eager = options.strategy.predictor in ("required", "optional") and model is not None and model.scorer is not None
+                    eager = (
+                        options.strategy.predictor in ("required", "optional") and model is not None and model.scorer is not None
+                    )
                 if eager:
                     # A stream is bulk work: it is tagged one slice at a time, each after the small calls in flight.
                     for start in range(0, len(chunk), BULK_SLICE):
@@ -282,8 +305,9 @@ class RouterCore:
             tagged = RouterTags.concat(parts) if eager else None
             if eager:
                 report_progress("tagged", tagged_so_far, tagged_so_far)
-            reason: str = "" if eager else await self.executor.run(tagging_reason, options, model, text, store.human_costs,
-                                                                    size=len(store))
+            reason: str = (
+                "" if eager else await self.executor.run(tagging_reason, options, model, text, store.human_costs, size=len(store))
+            )
             if reason:
                 with _timed(stages, "tag"):
                     tagged = await self._tag_store(store, deadline)
@@ -302,8 +326,9 @@ class RouterCore:
             report_progress("tagged", rows[-1] + 1, len(store))
         return RouterTags.concat(parts)
 
-    async def _admit(self, incoming: Incoming, options: RouteOptions, deadline: Deadline, seen: dict[str, int],
-                     max_batch: int | None = None) -> tuple[list[PreferenceInstance], list[Rejected]]:
+    async def _admit(
+        self, incoming: Incoming, options: RouteOptions, deadline: Deadline, seen: dict[str, int], max_batch: int | None = None
+    ) -> tuple[list[PreferenceInstance], list[Rejected]]:
         """Validate a batch or chunk before any work: (the instances to route, those left out).
 
         Without ``skip_invalid`` any violation refuses the call; with it, an instance with a violation is
@@ -330,29 +355,51 @@ class RouterCore:
         kept = [inst for o, inst in zip(origin, instances) if o not in per]
         return kept, [*incoming.rejected, *rejected_of(per, ids)]
 
-    async def _check_judge_names(self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline,
-                                 origin: Sequence[int]) -> None:
+    async def _check_judge_names(
+        self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline, origin: Sequence[int]
+    ) -> None:
         """Template and replay-judge names, before any work: the template against what the judge
         advertises, a replay judge against the instances' recorded labels."""
         violations = await self._judge_name_violations(instances, options, deadline, origin)
         if violations:
             raise InvalidInput(violations)
 
-    async def _judge_name_violations(self, instances: Sequence[PreferenceInstance], options: RouteOptions,
-                                     deadline: Deadline, origin: Sequence[int],
-                                     max_listed: int | None = MAX_LISTED) -> list[FieldViolation]:
+    async def _judge_name_violations(
+        self,
+        instances: Sequence[PreferenceInstance],
+        options: RouteOptions,
+        deadline: Deadline,
+        origin: Sequence[int],
+        max_listed: int | None = MAX_LISTED,
+    ) -> list[FieldViolation]:
         """``instances[i]`` counted in the caller's batch (``origin[k]`` for the k-th of ``instances``)."""
         needs_info = not options.replay_judge and options.strategy.needs_judge
         info = await self.judge.judge_info(min(2.0, deadline.timeout() or 2.0)) if needs_info else None
         violations = await self.executor.run(
-            judge_violations, info, options.judge_template, options.replay_judge, instances, 0,
-            needs_judge=options.strategy.needs_judge, max_listed=max_listed, size=len(instances),
+            judge_violations,
+            info,
+            options.judge_template,
+            options.replay_judge,
+            instances,
+            0,
+            needs_judge=options.strategy.needs_judge,
+            max_listed=max_listed,
+            size=len(instances),
         )
         return [_at_origin(v, origin) for v in violations]
 
-    async def _decide(self, store: InstanceStore, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None,
-                      warnings: list[str], options: RouteOptions, deadline: Deadline, stages: dict[str, float],
-                      bulk: bool = False) -> RouteOutcome:
+    async def _decide(
+        self,
+        store: InstanceStore,
+        tagged: RouterTags | None,
+        text: BatchText,
+        model: RoutingModel | None,
+        warnings: list[str],
+        options: RouteOptions,
+        deadline: Deadline,
+        stages: dict[str, float],
+        bulk: bool = False,
+    ) -> RouteOutcome:
         """Everything after tagging: (judge) -> budget -> strategy -> judge LM-routed -> explain. ``tagged``: None
         when the decision reads no tags (:func:`tagging_reason`); ``text``: the batch's text features (the domain
         check and both correction models read them); ``bulk``: a stream's work, which yields to small calls."""
@@ -370,13 +417,24 @@ class RouterCore:
         supplied = _supplied_costs(store.human_costs)
         budget = budgets.resolve_budget(options.budget, n, supplied, **_cost_inputs(tagged, text))
         if tagged is None and (supplied is None or np.isnan(supplied).any()):
-            warnings.append("human costs not given were estimated from word counts (about 1.3 tokens per word) without "
-                            "the tagger's expertise level: the strategy read no tags, so the tagger was not run")
+            warnings.append(
+                "human costs not given were estimated from word counts (about 1.3 tokens per word) without "
+                "the tagger's expertise level: the strategy read no tags, so the tagger was not run"
+            )
         tag_matrix = np.zeros((n, 0), np.uint8) if tagged is None else tagged.tag_matrix
         with _timed(stages, "route"):
             result, summary = await self.executor.run(
-                decide, model, strategy, tag_matrix, budget, judged, text.features, seed=options.seed,
-                simulated_candidates=options.simulated_candidates or 500, deadline=deadline, size=n,
+                decide,
+                model,
+                strategy,
+                tag_matrix,
+                budget,
+                judged,
+                text.features,
+                seed=options.seed,
+                simulated_candidates=options.simulated_candidates or 500,
+                deadline=deadline,
+                size=n,
             )
         summary.warnings[:0] = warnings
         decisions = await self.executor.run(_decisions, store.ids, result, budget, size=n)
@@ -395,18 +453,31 @@ class RouterCore:
                     decisions[i].expected_gain = float(g)
         if options.explain_top_k:
             with _timed(stages, "explain"):
-                await self.executor.run(_explain_all, model, strategy, tag_matrix, result, judged, judged_rows,
-                                        options, decisions, size=n)
+                await self.executor.run(
+                    _explain_all, model, strategy, tag_matrix, result, judged, judged_rows, options, decisions, size=n
+                )
         self._count(decisions, strategy.name)
         self._count_quality(judged, summary)
         return RouteOutcome(
-            decisions=decisions, strategy=strategy.name, bundle_version="" if model is None else model.bundle_version,
-            human_cost=float(budget.costs[result.human_mask].sum()), summary=summary, stage_seconds=stages,
+            decisions=decisions,
+            strategy=strategy.name,
+            bundle_version="" if model is None else model.bundle_version,
+            human_cost=float(budget.costs[result.human_mask].sum()),
+            summary=summary,
+            stage_seconds=stages,
         )
 
-    async def _decide_campaign(self, store: InstanceStore, tagged: RouterTags | None, text: BatchText,
-                               model: RoutingModel | None, warnings: list[str], options: RouteOptions, deadline: Deadline,
-                               stages: dict[str, float]) -> RouteOutcome:
+    async def _decide_campaign(
+        self,
+        store: InstanceStore,
+        tagged: RouterTags | None,
+        text: BatchText,
+        model: RoutingModel | None,
+        warnings: list[str],
+        options: RouteOptions,
+        deadline: Deadline,
+        stages: dict[str, float],
+    ) -> RouteOutcome:
         """Everything after tagging, for a campaign: the campaign's correction model (adapted to its returned
         labels, :mod:`hybridpref.router.adaptation`) -> judge every row -> the strategy's scores -> the campaign
         store decides and stores each slice (its spending policy, its budget, the version of the model that
@@ -429,8 +500,9 @@ class RouterCore:
             budget = ResolvedBudget("cost", None, float("inf"), budget.costs)
         tag_matrix = np.zeros((n, 0), np.uint8) if tagged is None else tagged.tag_matrix
         with _timed(stages, "route"):
-            scores, domain = await self.executor.run(campaign_scores, model, strategy, tag_matrix, budget, judged,
-                                                     text.features, seed=options.seed, size=n)
+            scores, domain = await self.executor.run(
+                campaign_scores, model, strategy, tag_matrix, budget, judged, text.features, seed=options.seed, size=n
+            )
         rows_judged = judged.rows()
         bundle = "" if model is None else model.bundle_version
         # The model whose P(LM wrong) scored the batch (the store records it per decision; a refit reads it back).
@@ -442,16 +514,25 @@ class RouterCore:
                 rows = list(range(start, min(n, start + CAMPAIGN_SLICE)))
                 instances = await self.executor.run(store.get, rows, size=len(rows))
                 batch = await self.executor.run(candidates, instances, rows, scores, budget.costs, rows_judged, size=len(rows))
-                stored += await self.executor.run(db.decide_batch, campaign.vendor, campaign.name, campaign.batch, batch,
-                                                  version, bundle, size=len(rows))
+                stored += await self.executor.run(
+                    db.decide_batch, campaign.vendor, campaign.name, campaign.batch, batch, version, bundle, size=len(rows)
+                )
                 report_progress("stored", len(stored), n)
             spent, total = await self.executor.run(_campaign_budget, db, campaign.vendor, campaign.name)
         decisions = await self.executor.run(_campaign_decisions, stored, budget.costs, judged, size=n)
         mask = np.fromiter((d.human for d in decisions), dtype=bool, count=n)
         with _timed(stages, "summary"):
-            summary = await self.executor.run(summarize, model, tag_matrix, mask, domain=domain,
-                                              totals=column_totals(tag_matrix), p_wrong=judged.p_wrong,
-                                              signals=judged.signals, size=n)
+            summary = await self.executor.run(
+                summarize,
+                model,
+                tag_matrix,
+                mask,
+                domain=domain,
+                totals=column_totals(tag_matrix),
+                p_wrong=judged.p_wrong,
+                signals=judged.signals,
+                size=n,
+            )
         if version:
             summary.correction_model, summary.correction_version = model.correction_name()  # type: ignore[union-attr]
         summary.warnings[:0] = warnings
@@ -463,16 +544,29 @@ class RouterCore:
         if options.explain_top_k:
             result = strategies.RoutingResult(mask, np.array([d.gain for d in decisions]), strategy.name, None)
             with _timed(stages, "explain"):
-                await self.executor.run(_explain_all, model, strategy, tag_matrix, result, judged, list(range(n)),
-                                        options, decisions, size=n)
+                await self.executor.run(
+                    _explain_all, model, strategy, tag_matrix, result, judged, list(range(n)), options, decisions, size=n
+                )
         self._count(decisions, strategy.name)
         self._count_campaign(campaign, decisions)
-        progress = CampaignProgress(campaign.name, campaign.batch, spent, max(0.0, total - spent),
-                                    sum(d.replayed for d in decisions), changes,
-                                    adapted.describe() if adapted is not None else None)
-        return RouteOutcome(decisions=decisions, strategy=strategy.name, bundle_version=bundle,
-                            human_cost=float(sum(d.human_cost for d in decisions if d.human)), summary=summary,
-                            stage_seconds=stages, campaign=progress)
+        progress = CampaignProgress(
+            campaign.name,
+            campaign.batch,
+            spent,
+            max(0.0, total - spent),
+            sum(d.replayed for d in decisions),
+            changes,
+            adapted.describe() if adapted is not None else None,
+        )
+        return RouteOutcome(
+            decisions=decisions,
+            strategy=strategy.name,
+            bundle_version=bundle,
+            human_cost=float(sum(d.human_cost for d in decisions if d.human)),
+            summary=summary,
+            stage_seconds=stages,
+            campaign=progress,
+        )
 
     def _count_campaign(self, campaign: CampaignRoute, decisions: list[Decision]) -> None:
         """Decisions stored (per vendor and route) and the budget units they reserved; replays are not counted."""
@@ -495,8 +589,10 @@ class RouterCore:
             if strategy.needs_predictor and model.scorer is None:
                 raise NotReady(f"strategy {strategy.name!r} needs a quadratic PPM; bundle {model.bundle_version} has none")
             if strategy.needs_expected_gain and not model.has_correction:
-                raise NotReady(f"strategy {strategy.name!r} needs the expected-correction model; bundle {model.bundle_version} "
-                               "has none: load a bundle built with one, or choose another strategy")
+                raise NotReady(
+                    f"strategy {strategy.name!r} needs the expected-correction model; bundle {model.bundle_version} "
+                    "has none: load a bundle built with one, or choose another strategy"
+                )
             return model
         except (NotReady, BackendUnavailable) as exc:
             if needed:
@@ -504,16 +600,32 @@ class RouterCore:
             warnings.append(f"no routing model ({exc}): no predictions, domain check or expected corrections")
             return None
 
-    async def _judge_first(self, store: InstanceStore, tagged: RouterTags | None, text: BatchText, model: RoutingModel | None,
-                           options: RouteOptions, deadline: Deadline, keep_features: bool = False,
-                           bulk: bool = False) -> JudgeFirst:
+    async def _judge_first(
+        self,
+        store: InstanceStore,
+        tagged: RouterTags | None,
+        text: BatchText,
+        model: RoutingModel | None,
+        options: RouteOptions,
+        deadline: Deadline,
+        keep_features: bool = False,
+        bulk: bool = False,
+    ) -> JudgeFirst:
         """Judge every row (see ``_judge_rows``)."""
-        return await self._judge_rows(store, list(range(len(store))), tagged, text, model, options, deadline, keep_features,
-                                      bulk)
+        return await self._judge_rows(store, list(range(len(store))), tagged, text, model, options, deadline, keep_features, bulk)
 
-    async def _judge_rows(self, store: InstanceStore, rows: list[int], tagged: RouterTags | None, text: BatchText,
-                          model: RoutingModel | None, options: RouteOptions, deadline: Deadline,
-                          keep_features: bool = False, bulk: bool = False) -> JudgeFirst:
+    async def _judge_rows(
+        self,
+        store: InstanceStore,
+        rows: list[int],
+        tagged: RouterTags | None,
+        text: BatchText,
+        model: RoutingModel | None,
+        options: RouteOptions,
+        deadline: Deadline,
+        keep_features: bool = False,
+        bulk: bool = False,
+    ) -> JudgeFirst:
         """Judge ``rows`` of the store, one slice at a time (instances read back off the loop): the
         judgements, their signals and, with a correction model, P(wrong) and what drove it per row
         (all in the order of ``rows``); ``keep_features``: the correction features too (a campaign stores
@@ -555,11 +667,16 @@ class RouterCore:
 
     async def _judge(self, instances: Sequence[PreferenceInstance], options: RouteOptions, deadline: Deadline) -> JudgedBatch:
         if options.replay_judge:  # the vendor's recorded labels, whatever the judge service runs
-            return await self.executor.run(replay_batch, instances, options.replay_judge, options.judge_mode, options.seed,
-                                           size=len(instances))
+            return await self.executor.run(
+                replay_batch, instances, options.replay_judge, options.judge_mode, options.seed, size=len(instances)
+            )
         return await self.judge.judge(
-            instances, mode=options.judge_mode, template=options.judge_template,
-            replay_judge=options.replay_judge, seed=options.seed, deadline=deadline,
+            instances,
+            mode=options.judge_mode,
+            template=options.judge_template,
+            replay_judge=options.replay_judge,
+            seed=options.seed,
+            deadline=deadline,
         )
 
     def _with_rejected(self, outcome: RouteOutcome, rejected: list[Rejected]) -> RouteOutcome:
@@ -586,8 +703,16 @@ class RouterCore:
 
 
 def decide(
-    model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, budget: ResolvedBudget, judged: JudgeFirst | None,
-    features: np.ndarray | None, *, seed: int, simulated_candidates: int = 500, deadline: Deadline | None = None,
+    model: RoutingModel | None,
+    strategy: StrategySpec,
+    tag_matrix: np.ndarray,
+    budget: ResolvedBudget,
+    judged: JudgeFirst | None,
+    features: np.ndarray | None,
+    *,
+    seed: int,
+    simulated_candidates: int = 500,
+    deadline: Deadline | None = None,
 ) -> tuple[strategies.RoutingResult, Summary]:
     """The routing decision and its summary, in process: what the service runs after tagging and the
     judge-first pass, and what ``benchmarks/bench_router_scale.py`` times. ``features``: the batch's (n, F)
@@ -599,19 +724,35 @@ def decide(
     # Without tag columns (the batch was not tagged: nothing here reads the PPM) no scorer is handed over.
     scorer = None if model is None or tag_matrix.shape[1] == 0 else model.scorer
     result = strategies.route(
-        strategy.name, tag_matrix, budget, scorer=scorer, seed=seed,
-        simulated_candidates=simulated_candidates, deadline=deadline, ppm_in_domain=ppm_in_domain,
+        strategy.name,
+        tag_matrix,
+        budget,
+        scorer=scorer,
+        seed=seed,
+        simulated_candidates=simulated_candidates,
+        deadline=deadline,
+        ppm_in_domain=ppm_in_domain,
         judge_confidence=None if judged is None else judged.batch.confidence,
         judge_inconsistent=None if judged is None else judged.batch.inconsistent,
-        signals=None if judged is None else judged.signals, expected_gain=None if judged is None else judged.expected_gain,
+        signals=None if judged is None else judged.signals,
+        expected_gain=None if judged is None else judged.expected_gain,
     )
-    summary = summarize(model, tag_matrix, result.human_mask, domain=domain, totals=totals,
-                        p_wrong=None if judged is None else judged.p_wrong, signals=None if judged is None else judged.signals)
+    summary = summarize(
+        model,
+        tag_matrix,
+        result.human_mask,
+        domain=domain,
+        totals=totals,
+        p_wrong=None if judged is None else judged.p_wrong,
+        signals=None if judged is None else judged.signals,
+    )
     if judged is not None and judged.p_wrong is not None and model is not None:
         summary.correction_model, summary.correction_version = model.correction_name()
     if result.info.get("ppm_tie_breaker") == 0.0:  # the default strategy would have used the PPM in its domain
-        summary.warnings.append(f"the PPM is outside its domain (or the bundle records none): {result.strategy} routed "
-                                "by the expected-correction model alone")
+        summary.warnings.append(
+            f"the PPM is outside its domain (or the bundle records none): {result.strategy} routed "
+            "by the expected-correction model alone"
+        )
     return result, summary
 
 
@@ -623,8 +764,10 @@ def _explain(model: RoutingModel, tag_matrix: np.ndarray, mask: np.ndarray, top_
 
 
 def _decisions(ids: Sequence[str], result: strategies.RoutingResult, budget: ResolvedBudget) -> list[Decision]:
-    return [Decision(id=i, human=bool(h), gain=float(g), human_cost=float(c))
-            for i, h, g, c in zip(ids, result.human_mask, result.gains, budget.costs)]
+    return [
+        Decision(id=i, human=bool(h), gain=float(g), human_cost=float(c))
+        for i, h, g, c in zip(ids, result.human_mask, result.gains, budget.costs)
+    ]
 
 
 @dataclass(frozen=True)
@@ -653,8 +796,9 @@ class BatchText:
         return BatchText(np.concatenate([p.stats for p in parts]), np.concatenate([p.features for p in parts]))
 
 
-def text_features(instances: Sequence[PreferenceInstance], tagged: RouterTags | None = None,
-                  stats: np.ndarray | None = None) -> np.ndarray:
+def text_features(
+    instances: Sequence[PreferenceInstance], tagged: RouterTags | None = None, stats: np.ndarray | None = None
+) -> np.ndarray:
     """Correction features of a chunk without judge signals (their columns neutral) -> (n, F) float32;
     the text columns are what the domain check compares with the bundle's training pools (they do not read
     the tagger: ``tagged`` only fills the measure / tag columns)."""
@@ -662,11 +806,14 @@ def text_features(instances: Sequence[PreferenceInstance], tagged: RouterTags | 
 
     n = len(instances)
     neutral = JudgeSignals(np.zeros(n, np.int8), np.full(n, np.nan), np.zeros(n, bool), np.full(n, np.nan))
-    return correction_features(instances, None if tagged is None else tagged.measures,
-                               None if tagged is None else tagged.tag_matrix, neutral, stats)
+    return correction_features(
+        instances, None if tagged is None else tagged.measures, None if tagged is None else tagged.tag_matrix, neutral, stats
+    )
 
 
-def tagging_reason(options: RouteOptions, model: RoutingModel | None, text: BatchText, human_costs: Sequence[float | None]) -> str:
+def tagging_reason(
+    options: RouteOptions, model: RoutingModel | None, text: BatchText, human_costs: Sequence[float | None]
+) -> str:
     """Why this batch must be tagged, or "" when its decision reads no tagger output: the strategy reads the
     PPM's tag gains (:meth:`StrategySpec.needs_tags`; ``hybrid`` only inside the PPM's domain, which the domain
     check decides from text features before any tagging), a cost or auto budget with costs the formula must
@@ -677,26 +824,46 @@ def tagging_reason(options: RouteOptions, model: RoutingModel | None, text: Batc
     domain = domain_check(model, text.features) if strategy.predictor == "in_domain" and has_ppm else None
     if strategy.needs_tags(has_ppm, domain is not None and domain.in_domain):
         return f"strategy {strategy.name} reads the PPM's tag gains"
-    kind = options.budget.kind if options.budget is not None else (
-        options.campaign.budget_kind if options.campaign is not None else "count")
+    kind = (
+        options.budget.kind
+        if options.budget is not None
+        else (options.campaign.budget_kind if options.campaign is not None else "count")
+    )
     if kind in ("cost", "auto") and any(c is None for c in human_costs):
         return "the cost formula needs the analyzer's expertise level for instances without a human_cost"
-    if (strategy.needs_judge_first and model is not None and model.panel is None and model.correction is not None
-            and model.correction.reads_tags):
+    if (
+        strategy.needs_judge_first
+        and model is not None
+        and model.panel is None
+        and model.correction is not None
+        and model.correction.reads_tags
+    ):
         return "the bundle's correction model reads the tagger's measures or tags"
     return ""
 
 
 def _check_bins(model: RoutingModel | None, tagged: RouterTags) -> None:
     """Tags binned with other edges than the models were trained on would be silently wrong."""
-    if model is not None and tagged.reference_bins_id and model.reference_bins_id and tagged.reference_bins_id != model.reference_bins_id:
+    if (
+        model is not None
+        and tagged.reference_bins_id
+        and model.reference_bins_id
+        and tagged.reference_bins_id != model.reference_bins_id
+    ):
         raise NotReady(
             f"the tagger bins with reference edges {tagged.reference_bins_id}, the predictor bundle "
-            f"{model.bundle_version} was built with {model.reference_bins_id}: deploy matching tagger and bundle")
+            f"{model.bundle_version} was built with {model.reference_bins_id}: deploy matching tagger and bundle"
+        )
 
 
-def _model_features(model: RoutingModel | None, instances: Sequence[PreferenceInstance], tagged: RouterTags | None,
-                    text: BatchText, rows: list[int], signals: JudgeSignals) -> tuple[tuple[str, ...], np.ndarray]:
+def _model_features(
+    model: RoutingModel | None,
+    instances: Sequence[PreferenceInstance],
+    tagged: RouterTags | None,
+    text: BatchText,
+    rows: list[int],
+    signals: JudgeSignals,
+) -> tuple[tuple[str, ...], np.ndarray]:
     """(column names, (len(rows), F) features) of ``rows`` as the routing correction model reads them: the panel
     features where the bundle (or the campaign) has the panel model, else the ONNX model's correction features."""
     if model is not None and model.panel is not None:
@@ -705,8 +872,13 @@ def _model_features(model: RoutingModel | None, instances: Sequence[PreferenceIn
         return PANEL_FEATURES, panel_features(instances, signals, text.stats[rows])
     from hybridpref.routing_model.correction import FEATURE_NAMES, correction_features
 
-    return FEATURE_NAMES, correction_features(instances, None if tagged is None else tagged.measures[rows],
-                                              None if tagged is None else tagged.tag_matrix[rows], signals, text.stats[rows])
+    return FEATURE_NAMES, correction_features(
+        instances,
+        None if tagged is None else tagged.measures[rows],
+        None if tagged is None else tagged.tag_matrix[rows],
+        signals,
+        text.stats[rows],
+    )
 
 
 def _p_wrong(model: RoutingModel, features: np.ndarray, top_k: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -722,16 +894,31 @@ def _p_wrong(model: RoutingModel, features: np.ndarray, top_k: int = 0) -> tuple
     return p_lm, p_h, idx, val
 
 
-def campaign_scores(model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, budget: ResolvedBudget,
-                    judged: JudgeFirst, features: np.ndarray | None, *, seed: int) -> tuple[np.ndarray, DomainResult | None]:
+def campaign_scores(
+    model: RoutingModel | None,
+    strategy: StrategySpec,
+    tag_matrix: np.ndarray,
+    budget: ResolvedBudget,
+    judged: JudgeFirst,
+    features: np.ndarray | None,
+    *,
+    seed: int,
+) -> tuple[np.ndarray, DomainResult | None]:
     """(the strategy's per-instance scores (n,), the domain check) of a campaign batch, in process: what the
     campaign's spending policy ranks by. ``features``: the batch's correction features without judge
     signals, for the domain check."""
     domain = domain_check(model, features)
     scorer = None if model is None or tag_matrix.shape[1] == 0 else model.scorer  # untagged: the PPM is not read
     scores = strategies.scores(
-        strategy.name, tag_matrix, budget, scorer=scorer, seed=seed,
-        expected_gain=judged.expected_gain, signals=judged.signals, ppm_in_domain=domain is not None and domain.in_domain)
+        strategy.name,
+        tag_matrix,
+        budget,
+        scorer=scorer,
+        seed=seed,
+        expected_gain=judged.expected_gain,
+        signals=judged.signals,
+        ppm_in_domain=domain is not None and domain.in_domain,
+    )
     return scores, domain
 
 
@@ -752,12 +939,21 @@ def _campaign_decisions(stored: Sequence[StoredDecision], costs: np.ndarray, jud
     labels = {label.name: label for label in Label}
     inconsistent = np.asarray(judged.batch.inconsistent, dtype=bool).tolist()
     cost = np.asarray(costs, dtype=np.float64).tolist()
-    return [Decision(
-        id=s.instance_id, human=s.human, lm_label=labels[s.lm_label] if s.lm_label else Label.UNSPECIFIED,
-        lm_confidence=s.lm_confidence if s.lm_confidence is not None else 0.0, gain=s.score,
-        judge_order_inconsistent=inconsistent[i], human_cost=s.cost if s.replayed else cost[i],
-        expected_gain=s.expected_correction, replayed=s.replayed, exploration=s.exploration)
-        for i, s in enumerate(stored)]
+    return [
+        Decision(
+            id=s.instance_id,
+            human=s.human,
+            lm_label=labels[s.lm_label] if s.lm_label else Label.UNSPECIFIED,
+            lm_confidence=s.lm_confidence if s.lm_confidence is not None else 0.0,
+            gain=s.score,
+            judge_order_inconsistent=inconsistent[i],
+            human_cost=s.cost if s.replayed else cost[i],
+            expected_gain=s.expected_correction,
+            replayed=s.replayed,
+            exploration=s.exploration,
+        )
+        for i, s in enumerate(stored)
+    ]
 
 
 def strategy_family(strategy: StrategySpec) -> str:
@@ -774,9 +970,16 @@ def strategy_family(strategy: StrategySpec) -> str:
     return "baseline"
 
 
-def _explain_all(model: RoutingModel | None, strategy: StrategySpec, tag_matrix: np.ndarray, result: strategies.RoutingResult,
-                 judged: JudgeFirst | None,
-                 judged_rows: list[int], options: RouteOptions, decisions: list[Decision]) -> None:
+def _explain_all(
+    model: RoutingModel | None,
+    strategy: StrategySpec,
+    tag_matrix: np.ndarray,
+    result: strategies.RoutingResult,
+    judged: JudgeFirst | None,
+    judged_rows: list[int],
+    options: RouteOptions,
+    decisions: list[Decision],
+) -> None:
     """``top_tags`` and ``reason`` of every decision, whatever the strategy (in process).
 
     ``top_tags`` explain the strategy's own gain where it has one: the PPM's tags for the PPM strategies,
@@ -813,14 +1016,30 @@ def _explain_all(model: RoutingModel | None, strategy: StrategySpec, tag_matrix:
                 p_lm, p_h = float(judged.p_wrong[0][pos]), float(judged.p_wrong[1][pos])
             no_verdict = int(judged.batch.labels[pos]) == int(Label.UNSPECIFIED)
             flip = bool(judged.signals.order_flip[pos])
-        d.reason = reason(strategy.name, family, d.human, d.gain, int(ranks[i]), n, expected=d.expected_gain,
-                          p_lm_wrong=p_lm, p_human_wrong=p_h, no_verdict=no_verdict, order_flip=flip,
-                          confidence=d.lm_confidence if pos is not None else None, seed=options.seed)
+        d.reason = reason(
+            strategy.name,
+            family,
+            d.human,
+            d.gain,
+            int(ranks[i]),
+            n,
+            expected=d.expected_gain,
+            p_lm_wrong=p_lm,
+            p_human_wrong=p_h,
+            no_verdict=no_verdict,
+            order_flip=flip,
+            confidence=d.lm_confidence if pos is not None else None,
+            seed=options.seed,
+        )
 
 
 def _concat_signals(parts: list[JudgeSignals]) -> JudgeSignals:
-    return JudgeSignals(*(np.concatenate([getattr(p, f) for p in parts]) if parts else np.zeros(0)
-                          for f in ("label", "p_a", "order_flip", "agreement")))
+    return JudgeSignals(
+        *(
+            np.concatenate([getattr(p, f) for p in parts]) if parts else np.zeros(0)
+            for f in ("label", "p_a", "order_flip", "agreement")
+        )
+    )
 
 
 def _apply_judgements(decisions: list[Decision], rows: list[int], judged: JudgedBatch) -> None:
@@ -848,8 +1067,9 @@ def _option_violations(options: RouteOptions, n: int) -> list[FieldViolation]:
     return violations + budgets.budget_violations(options.budget, n)
 
 
-def _instance_violations(instances: Sequence[PreferenceInstance], origin: Sequence[int], seen: dict[str, int],
-                         max_batch: int | None = None) -> list[FieldViolation]:
+def _instance_violations(
+    instances: Sequence[PreferenceInstance], origin: Sequence[int], seen: dict[str, int], max_batch: int | None = None
+) -> list[FieldViolation]:
     """Every instance's violations, ``instances[i]`` counted in the caller's whole batch or stream
     (``origin[k]`` for the k-th instance), ids unique across a stream's chunks (``seen``: id -> index)."""
     violations: list[FieldViolation] = []
@@ -860,7 +1080,9 @@ def _instance_violations(instances: Sequence[PreferenceInstance], origin: Sequen
     start = origin[0] if len(origin) else 0  # duplicates inside the chunk are validate_instances' to name
     for k, inst in enumerate(instances):
         if inst.id in seen and seen[inst.id] < start:
-            violations.append(FieldViolation(f"instances[{origin[k]}].id", f"duplicate id {inst.id!r} (first at instances[{seen[inst.id]}])"))
+            violations.append(
+                FieldViolation(f"instances[{origin[k]}].id", f"duplicate id {inst.id!r} (first at instances[{seen[inst.id]}])")
+            )
         seen.setdefault(inst.id, origin[k])
     return violations
 
@@ -870,15 +1092,16 @@ def _at_origin(violation: FieldViolation, origin: Sequence[int]) -> FieldViolati
     match = re.match(r"^instances\[(\d+)\]", violation.field)
     if not match or int(match.group(1)) >= len(origin):
         return violation
-    return FieldViolation(f"instances[{origin[int(match.group(1))]}]" + violation.field[match.end():], violation.description)
+    return FieldViolation(f"instances[{origin[int(match.group(1))]}]" + violation.field[match.end() :], violation.description)
 
 
 def _with_rejected(outcome: RouteOutcome, rejected: list[Rejected]) -> RouteOutcome:
     outcome.rejected_count = len({r.index for r in rejected})
     outcome.rejected = rejected[:MAX_REJECTS_LISTED]
     if rejected:
-        outcome.summary.warnings.append(f"{outcome.rejected_count} invalid instances were left out (skip_invalid_instances): "
-                                        "see the summary's rejected list")
+        outcome.summary.warnings.append(
+            f"{outcome.rejected_count} invalid instances were left out (skip_invalid_instances): see the summary's rejected list"
+        )
     return outcome
 
 
@@ -900,8 +1123,10 @@ def _cost_inputs(tagged: RouterTags | None, text: BatchText | None = None) -> di
     """Inputs of the cost formula: the tagger's token counts and expertise level, or (untagged) word counts."""
     if tagged is None:
         assert text is not None
-        return {"prompt_tokens": text.stats[:, 2] * TOKENS_PER_WORD,
-                "response_tokens": (text.stats[:, 0] + text.stats[:, 1]) * TOKENS_PER_WORD}
+        return {
+            "prompt_tokens": text.stats[:, 2] * TOKENS_PER_WORD,
+            "response_tokens": (text.stats[:, 0] + text.stats[:, 1]) * TOKENS_PER_WORD,
+        }
     col = {m: i for i, m in enumerate(LEXICAL_MEASURES)}
     expertise = budgets.expertise_levels_from_tags(tagged.tag_matrix)
     return {

@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-
 from typing import Any
 
 import grpc
 
-from hybridpref.server.channels import call_metadata, open_channel
-from hybridpref.server.deadline import Deadline
-from hybridpref_client.core.convert import instances_to_proto
-from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded, NotReady, clip
-from hybridpref_client.core.instances import PositionMode, PreferenceInstance
-from hybridpref.server.settings import Settings
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, VOCABULARY_VERSION
-from hybridpref.routing_model.data import RoutingModelData
-from hybridpref.routing_model.proto import routing_model_from_proto
 from hybridpref.router.backends import JudgedBatch, RouterTags
 from hybridpref.router.limits import JudgeInfo, JudgeInfoCache
 from hybridpref.router.model import ModelCache, RoutingModel
+from hybridpref.routing_model.data import RoutingModelData
+from hybridpref.routing_model.proto import routing_model_from_proto
+from hybridpref.server.channels import call_metadata, open_channel
+from hybridpref.server.deadline import Deadline
+from hybridpref.server.settings import Settings
 from hybridpref.v1 import (
     common_pb2,
     judge_pb2,
@@ -35,6 +31,9 @@ from hybridpref.v1 import (
     tagger_pb2,
     tagger_pb2_grpc,
 )
+from hybridpref_client.core.convert import instances_to_proto
+from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded, NotReady, clip
+from hybridpref_client.core.instances import PositionMode, PreferenceInstance
 
 # Small tag calls interleave with a big stream's chunks: a small caller waits at most for the
 # one chunk the tagger is running (benchmarks/bench_load.py mixed: p99 ratio 2.8 at 256, 1.3 at 64).
@@ -92,8 +91,9 @@ class _AioClient:
                 answer.cancel()
                 call.cancel()
         if not answered:
-            raise BackendUnavailable(f"{gate.known_down(self.name) or self.name + ' is down'}; the call was ended",
-                                     retry_after_s=gate.retry_after_s)
+            raise BackendUnavailable(
+                f"{gate.known_down(self.name) or self.name + ' is down'}; the call was ended", retry_after_s=gate.retry_after_s
+            )
         return answer.result()
 
     @property
@@ -121,10 +121,13 @@ class TaggerClient(_AioClient):
         for start in range(0, n, TAG_CHUNK):
             chunk = instances[start : start + TAG_CHUNK]
             try:
-                resp = await self._call(self._stub.TagInstances(
-                    tagger_pb2.TagInstancesRequest(instances=instances_to_proto(chunk)),
-                    timeout=deadline.timeout(), metadata=call_metadata(),
-                ))
+                resp = await self._call(
+                    self._stub.TagInstances(
+                        tagger_pb2.TagInstancesRequest(instances=instances_to_proto(chunk)),
+                        timeout=deadline.timeout(),
+                        metadata=call_metadata(),
+                    )
+                )
             except grpc.RpcError as exc:
                 raise downstream_error("tagger", exc) from None
             if resp.vocabulary_version != VOCABULARY_VERSION:
@@ -137,7 +140,6 @@ class TaggerClient(_AioClient):
         return out
 
 
-
 class JudgeClient(_AioClient):
     stub_class = judge_pb2_grpc.JudgeServiceStub
     name = "judge"
@@ -148,8 +150,9 @@ class JudgeClient(_AioClient):
 
     async def info(self, timeout: float | None) -> judge_pb2.GetJudgeInfoResponse:
         """What the judge accepts (templates, replay default); see ``router.limits.JudgeInfo``."""
-        reply: judge_pb2.GetJudgeInfoResponse = await self._call(self._stub.GetJudgeInfo(
-            judge_pb2.GetJudgeInfoRequest(), timeout=timeout, metadata=call_metadata()))
+        reply: judge_pb2.GetJudgeInfoResponse = await self._call(
+            self._stub.GetJudgeInfo(judge_pb2.GetJudgeInfoRequest(), timeout=timeout, metadata=call_metadata())
+        )
         return reply
 
     async def judge_info(self, timeout_s: float) -> JudgeInfo | None:
@@ -157,16 +160,25 @@ class JudgeClient(_AioClient):
         return await self._info.get(timeout_s)
 
     async def judge(
-        self, instances: Sequence[PreferenceInstance], *, mode: PositionMode, template: str, replay_judge: str,
-        seed: int, deadline: Deadline,
+        self,
+        instances: Sequence[PreferenceInstance],
+        *,
+        mode: PositionMode,
+        template: str,
+        replay_judge: str,
+        seed: int,
+        deadline: Deadline,
     ) -> JudgedBatch:
         n = len(instances)
         out = JudgedBatch.empty(n)
         for start in range(0, n, JUDGE_CHUNK):
             chunk = instances[start : start + JUDGE_CHUNK]
             request = judge_pb2.JudgeInstancesRequest(
-                instances=instances_to_proto(chunk), position_mode=common_pb2.PositionMode.ValueType(int(mode)), template=template,
-                replay_judge=replay_judge, seed=seed,
+                instances=instances_to_proto(chunk),
+                position_mode=common_pb2.PositionMode.ValueType(int(mode)),
+                template=template,
+                replay_judge=replay_judge,
+                seed=seed,
             )
             try:
                 resp = await self._call(self._stub.JudgeInstances(request, timeout=deadline.timeout(), metadata=call_metadata()))
@@ -182,7 +194,6 @@ class JudgeClient(_AioClient):
                     out.p_a_better[start + k] = j.p_a_better
                 out.judge_id = j.judge_id or out.judge_id
         return out
-
 
 
 class PredictorModelClient(_AioClient):
@@ -208,5 +219,3 @@ class PredictorModelClient(_AioClient):
         except grpc.RpcError as exc:
             raise downstream_error("predictor", exc) from None
         return None if resp.unchanged else routing_model_from_proto(resp)
-
-

@@ -83,13 +83,29 @@ def rank_descending(values: np.ndarray) -> np.ndarray:
 
 # What the strategy's ``gain`` is, per family (for the reason line).
 _GAIN_WORDS = {
-    "ppm": "PPM gain", "expected": "expected corrections", "doubt": "judge doubt", "judge_aware": "PPM gain + judge doubt",
+    "ppm": "PPM gain",
+    "expected": "expected corrections",
+    "doubt": "judge doubt",
+    "judge_aware": "PPM gain + judge doubt",
 }
 
 
-def reason(strategy: str, family: str, human: bool, gain: float, rank: int, n: int, *, expected: float | None = None,
-           p_lm_wrong: float | None = None, p_human_wrong: float | None = None, no_verdict: bool = False,
-           order_flip: bool = False, confidence: float | None = None, seed: int = 0) -> str:
+def reason(
+    strategy: str,
+    family: str,
+    human: bool,
+    gain: float,
+    rank: int,
+    n: int,
+    *,
+    expected: float | None = None,
+    p_lm_wrong: float | None = None,
+    p_human_wrong: float | None = None,
+    no_verdict: bool = False,
+    order_flip: bool = False,
+    confidence: float | None = None,
+    seed: int = 0,
+) -> str:
     """One line saying why an instance went where it went, e.g.
     ``HUMAN: expected corrections +0.41 = P(LM wrong) 0.55 - P(human wrong) 0.14, rank 3 of 486; the judge flipped
     with the order``."""

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hybridpref_client.core.errors import BackendUnavailable, FieldViolation, quote
 from hybridpref.common.recorded_judges import judge_names, resolve_judge
+from hybridpref.common.vocabulary import NUM_TAGS
+from hybridpref.server.settings import LimitsSettings
+from hybridpref_client.core.errors import BackendUnavailable, FieldViolation, quote
 from hybridpref_client.core.instances import PreferenceInstance
 from hybridpref_client.core.limits import position_mode_violation
-from hybridpref.server.settings import LimitsSettings
-from hybridpref.common.vocabulary import NUM_TAGS
 
 if TYPE_CHECKING:
     from hybridpref.v1 import router_pb2
@@ -46,8 +46,9 @@ def config_violations(config: router_pb2.RouteConfig, limits: LimitsSettings) ->
     has_budget = config.HasField("budget") and config.budget.WhichOneof("kind") is not None
     if config.campaign:
         if has_budget:
-            out.append(FieldViolation("config.budget", "leave unset when routing for a campaign: the campaign's total "
-                                                       "budget governs"))
+            out.append(
+                FieldViolation("config.budget", "leave unset when routing for a campaign: the campaign's total budget governs")
+            )
         if len(config.campaign) > MAX_CAMPAIGN_CHARS:
             out.append(FieldViolation("config.campaign", f"longer than {MAX_CAMPAIGN_CHARS} characters"))
     elif not has_budget:
@@ -63,10 +64,16 @@ def config_violations(config: router_pb2.RouteConfig, limits: LimitsSettings) ->
     if bad_mode is not None:
         out.append(bad_mode)
     if config.explain_top_k > NUM_TAGS:
-        out.append(FieldViolation("config.explain_top_k", f"must be at most {NUM_TAGS} (the number of tags), got {config.explain_top_k}"))
+        out.append(
+            FieldViolation("config.explain_top_k", f"must be at most {NUM_TAGS} (the number of tags), got {config.explain_top_k}")
+        )
     if config.simulated_candidates > limits.max_simulated_candidates:
-        out.append(FieldViolation("config.simulated_candidates",
-                                  f"must be at most {limits.max_simulated_candidates}, got {config.simulated_candidates}"))
+        out.append(
+            FieldViolation(
+                "config.simulated_candidates",
+                f"must be at most {limits.max_simulated_candidates}, got {config.simulated_candidates}",
+            )
+        )
     return out
 
 
@@ -118,8 +125,13 @@ def _template_key(template: str) -> str:
 
 
 def judge_violations(
-    info: JudgeInfo | None, template: str, replay_judge: str, instances: Sequence[PreferenceInstance], offset: int = 0,
-    needs_judge: bool = True, max_listed: int | None = MAX_LISTED,
+    info: JudgeInfo | None,
+    template: str,
+    replay_judge: str,
+    instances: Sequence[PreferenceInstance],
+    offset: int = 0,
+    needs_judge: bool = True,
+    max_listed: int | None = MAX_LISTED,
 ) -> list[FieldViolation]:
     """Judge template and replay-judge checks.
 
@@ -136,8 +148,11 @@ def judge_violations(
         return []
     out: list[FieldViolation] = []
     if template.strip() and info.templates and _template_key(template) not in info.templates:
-        out.append(FieldViolation("config.judge_template",
-                                  f"unknown template {quote(template)}; the judge has {', '.join(sorted(info.templates))}"))
+        out.append(
+            FieldViolation(
+                "config.judge_template", f"unknown template {quote(template)}; the judge has {', '.join(sorted(info.templates))}"
+            )
+        )
     if info.backend != "replay":
         return out
     if not info.default_replay_judge:
@@ -146,8 +161,9 @@ def judge_violations(
     return out + replay_violations(instances, info.default_replay_judge, offset, max_listed)
 
 
-def replay_violations(instances: Sequence[PreferenceInstance], name: str, offset: int = 0,
-                      max_listed: int | None = MAX_LISTED) -> list[FieldViolation]:
+def replay_violations(
+    instances: Sequence[PreferenceInstance], name: str, offset: int = 0, max_listed: int | None = MAX_LISTED
+) -> list[FieldViolation]:
     """Why ``name`` cannot be replayed on ``instances`` (empty when every row has its label).
 
     A name no row records is one ``config.replay_judge`` violation listing the judges recorded;
@@ -165,9 +181,13 @@ def replay_violations(instances: Sequence[PreferenceInstance], name: str, offset
         return []
     if len(missing) == len(instances):
         names = judge_names(recorded)
-        return [FieldViolation("config.replay_judge",
-                               f"unknown judge {name!r}: no instance has its labels; recorded judges: "
-                               f"{', '.join(names) if names else 'none (the instances carry no lm_labels)'}")]
+        return [
+            FieldViolation(
+                "config.replay_judge",
+                f"unknown judge {name!r}: no instance has its labels; recorded judges: "
+                f"{', '.join(names) if names else 'none (the instances carry no lm_labels)'}",
+            )
+        ]
     listed = missing if max_listed is None else missing[:max_listed]
     out = [FieldViolation(f"instances[{k + offset}].lm_labels", text) for k, text in listed]
     if len(listed) < len(missing):

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref_client.core.errors import NotReady
-from hybridpref.routing_model.data import RoutingModelData
 from hybridpref.router.scoring import QuadraticScorer
+from hybridpref.routing_model.data import RoutingModelData
 from hybridpref.server.deadline import Deadline
+from hybridpref_client.core.errors import NotReady
 
 
 @dataclass(frozen=True)
@@ -150,10 +150,15 @@ class RoutingModel:
     def from_data(cls, data: RoutingModelData) -> RoutingModel:
         scorer = None if data.quadratic is None else QuadraticScorer(*data.quadratic)
         return cls(
-            bundle_version=data.bundle_version, vocabulary_version=data.vocabulary_version,
-            reference_bins_id=data.reference_bins_id, scorer=scorer, residual_std=data.ppm_residual_std,
-            correction=_correction(data), domain=None if data.domain is None else DomainModel.from_json(data.domain),
-            metrics=dict(data.metrics), panel=_panel(data),
+            bundle_version=data.bundle_version,
+            vocabulary_version=data.vocabulary_version,
+            reference_bins_id=data.reference_bins_id,
+            scorer=scorer,
+            residual_std=data.ppm_residual_std,
+            correction=_correction(data),
+            domain=None if data.domain is None else DomainModel.from_json(data.domain),
+            metrics=dict(data.metrics),
+            panel=_panel(data),
         )
 
 
@@ -166,8 +171,10 @@ def _panel(data: RoutingModelData) -> PanelRunner | None:
         model = PanelCorrectionModel.from_json(data.panel_correction)
     except (ValueError, KeyError, TypeError) as exc:
         # The router computes the features itself: another feature list means a router/bundle mismatch.
-        raise NotReady(f"bundle {data.bundle_version}: its panel correction model cannot run here ({exc}): "
-                       "deploy a matching router and bundle") from None
+        raise NotReady(
+            f"bundle {data.bundle_version}: its panel correction model cannot run here ({exc}): "
+            "deploy a matching router and bundle"
+        ) from None
     return PanelRunner(model, data.panel_version or panel_version(data.panel_correction))
 
 
@@ -178,10 +185,16 @@ def _correction(data: RoutingModelData) -> CorrectionRunner | None:
 
     if tuple(data.correction_features) != tuple(FEATURE_NAMES):
         # The router computes the features itself: a different list means a router/bundle mismatch.
-        raise NotReady(f"bundle {data.bundle_version}: its correction model reads {len(data.correction_features)} features "
-                       f"that differ from this router's {len(FEATURE_NAMES)}: deploy a matching router and bundle")
-    return CorrectionRunner(CorrectionModel.from_onnx(data.correction_onnx), tuple(data.correction_features),
-                            dict(data.correction_metrics), data.correction_version or "correction/1")
+        raise NotReady(
+            f"bundle {data.bundle_version}: its correction model reads {len(data.correction_features)} features "
+            f"that differ from this router's {len(FEATURE_NAMES)}: deploy a matching router and bundle"
+        )
+    return CorrectionRunner(
+        CorrectionModel.from_onnx(data.correction_onnx),
+        tuple(data.correction_features),
+        dict(data.correction_metrics),
+        data.correction_version or "correction/1",
+    )
 
 
 # fetch(known_version, deadline) -> the new data, or None when ``known_version`` is still current

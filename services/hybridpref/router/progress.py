@@ -32,8 +32,12 @@ class ProgressReporter:
     """Passes on each stage's progress, throttled: at most one message per ``min_interval_s`` per stage,
     and always the one that completes a stage."""
 
-    def __init__(self, send: Callable[[StageProgress], None], min_interval_s: float = MIN_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        send: Callable[[StageProgress], None],
+        min_interval_s: float = MIN_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._send = send
         self._min_interval_s = min_interval_s
         self._clock = clock

@@ -39,8 +39,14 @@ log = structlog.get_logger()
 
 
 class BackendWatcher:
-    def __init__(self, settings: Settings, executor: CoreExecutor, metrics: Metrics,
-                 on_change: Callable[[], object] = lambda: None, backends: dict[str, str] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        executor: CoreExecutor,
+        metrics: Metrics,
+        on_change: Callable[[], object] = lambda: None,
+        backends: dict[str, str] | None = None,
+    ):
         self.settings = settings
         self.executor = executor
         self.metrics = metrics
@@ -125,8 +131,10 @@ class BackendWatcher:
             channel = self._channels[name] = open_channel(self.addresses[name], self.settings)
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=BACKEND_SERVICES.get(name, "")),
-                                     timeout=max(0.2, min(1.0, self.settings.router.backend_check_s)))
+            reply = await stub.Check(
+                health_pb2.HealthCheckRequest(service=BACKEND_SERVICES.get(name, "")),
+                timeout=max(0.2, min(1.0, self.settings.router.backend_check_s)),
+            )
         except grpc.RpcError:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hybridpref_client.core.errors import InvalidInput
-from hybridpref_client.core.instances import PositionMode, PreferenceInstance
 from hybridpref.common.recorded_judges import replay_outcome, resolve_judge
 from hybridpref.router.backends import JudgedBatch
 from hybridpref.router.limits import replay_violations
+from hybridpref_client.core.errors import InvalidInput
+from hybridpref_client.core.instances import PositionMode, PreferenceInstance
+
 
 def replay_batch(instances: Sequence[PreferenceInstance], name: str, mode: PositionMode, seed: int) -> JudgedBatch:
     """Judge ``name``'s recorded verdicts on ``instances`` (same order), as the judge service's replay

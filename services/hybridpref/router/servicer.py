@@ -6,30 +6,30 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from hybridpref.server import logs
-from hybridpref.server.channels import remaining_timeout
+from hybridpref.router.budget import Budget, budget_violations
+from hybridpref.router.campaign import CampaignRoute
+from hybridpref.router.campaign_proto import campaign_model_to_proto
+from hybridpref.router.core import Incoming, RouteOptions, RouteOutcome, RouterCore
+from hybridpref.router.downstream import JudgeClient, PredictorModelClient, TaggerClient
+from hybridpref.router.limits import MAX_NAME_CHARS, config_violations
+from hybridpref.router.progress import StageProgress, with_progress
+from hybridpref.router.readiness import BackendWatcher
+from hybridpref.router.rejects import by_instance, rejected_of
+from hybridpref.router.strategies import DEFAULT_STRATEGY, StrategySpec, campaign_strategy_spec, strategy_spec
+from hybridpref.router.summary import Estimate
 from hybridpref.server import deadline as deadlines
-from hybridpref_client.core.convert import check_count, instance_from_proto, instances_from_proto
-from hybridpref_client.core.errors import FieldViolation, InvalidInput
-from hybridpref_client.core.limits import Limits, proto_instance_violations
-from hybridpref_client.core.instances import PositionMode
+from hybridpref.server import logs
+from hybridpref.server.auth import current_vendor
+from hybridpref.server.channels import remaining_timeout
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.server import ServiceHandle
 from hybridpref.server.settings import LimitsSettings, Settings
-from hybridpref.router.budget import Budget, budget_violations
-from hybridpref.router.downstream import JudgeClient, PredictorModelClient, TaggerClient
-from hybridpref.router.limits import MAX_NAME_CHARS, config_violations
-from hybridpref.router.campaign import CampaignRoute
-from hybridpref.router.campaign_proto import campaign_model_to_proto
-from hybridpref.router.strategies import DEFAULT_STRATEGY, StrategySpec, campaign_strategy_spec, strategy_spec
-from hybridpref.server.auth import current_vendor
 from hybridpref.store.api import DEFAULT_VENDOR
-from hybridpref.router.readiness import BackendWatcher
-from hybridpref.router.core import Incoming, RouteOptions, RouteOutcome, RouterCore
-from hybridpref.router.progress import StageProgress, with_progress
-from hybridpref.router.rejects import by_instance, rejected_of
-from hybridpref.router.summary import Estimate
 from hybridpref.v1 import common_pb2, router_pb2, router_pb2_grpc
+from hybridpref_client.core.convert import check_count, instance_from_proto, instances_from_proto
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.instances import PositionMode
+from hybridpref_client.core.limits import Limits, proto_instance_violations
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 DECISION_CHUNK = 1000
@@ -126,17 +126,28 @@ def summary_to_proto(outcome: RouteOutcome) -> router_pb2.RoutingSummary:
             out.predicted_score.CopyFrom(_estimate(mix.score))
         if mix.corrections is not None:
             out.expected_corrections.CopyFrom(_estimate(mix.corrections))
-    summary.rejected.extend(router_pb2.RejectedInstance(index=r.index, id=r.id, field=r.field, description=r.description)
-                            for r in outcome.rejected)
+    summary.rejected.extend(
+        router_pb2.RejectedInstance(index=r.index, id=r.id, field=r.field, description=r.description) for r in outcome.rejected
+    )
     summary.rejected_count = outcome.rejected_count
     if core.domain is not None:
         d = core.domain
-        summary.domain.CopyFrom(router_pb2.DomainCheck(distance=d.distance, threshold=d.threshold, in_domain=d.in_domain,
-                                                       nearest_pool=d.nearest_pool, distance_kind=d.distance_kind))
+        summary.domain.CopyFrom(
+            router_pb2.DomainCheck(
+                distance=d.distance,
+                threshold=d.threshold,
+                in_domain=d.in_domain,
+                nearest_pool=d.nearest_pool,
+                distance_kind=d.distance_kind,
+            )
+        )
     if outcome.campaign is not None:
         c = outcome.campaign
-        summary.campaign.CopyFrom(router_pb2.CampaignProgress(name=c.name, batch=c.batch, budget_spent=c.budget_spent,
-                                                              budget_left=c.budget_left, replayed=c.replayed))
+        summary.campaign.CopyFrom(
+            router_pb2.CampaignProgress(
+                name=c.name, batch=c.batch, budget_spent=c.budget_spent, budget_left=c.budget_left, replayed=c.replayed
+            )
+        )
         if c.expected_changes is not None:
             e = c.expected_changes
             summary.campaign.expected_changes.CopyFrom(router_pb2.Estimate(value=e.estimate, low=e.low, high=e.high))
@@ -156,8 +167,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         # Resolved and checked once, at start: a misconfigured default fails here, not on every call.
         self.default_strategy = strategy_spec(settings.router.default_strategy or DEFAULT_STRATEGY)
         # The real gRPC clients; the core only knows the backends' protocols.
-        self.clients = (TaggerClient(settings.router.tagger_address, settings), JudgeClient(settings.router.judge_address, settings),
-                        PredictorModelClient(settings.router.predictor_address, settings))
+        self.clients = (
+            TaggerClient(settings.router.tagger_address, settings),
+            JudgeClient(settings.router.judge_address, settings),
+            PredictorModelClient(settings.router.predictor_address, settings),
+        )
         self.core = RouterCore(settings, *self.clients, metrics=metrics)
 
     async def close(self) -> None:
@@ -182,11 +196,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         strategy = campaign_strategy_spec(spec.strategy or self.default_strategy.name, "config.campaign")
         violations = []
         if config.strategy and config.strategy != strategy.name:
-            violations.append(FieldViolation("config.strategy", f"campaign {config.campaign!r} routes with {strategy.name!r}: "
-                                                                "leave strategy unset or name that one"))
+            violations.append(
+                FieldViolation(
+                    "config.strategy",
+                    f"campaign {config.campaign!r} routes with {strategy.name!r}: leave strategy unset or name that one",
+                )
+            )
         if config.replay_judge and config.replay_judge != spec.judge:
-            violations.append(FieldViolation("config.replay_judge", f"campaign {config.campaign!r} is judged by "
-                                                                    f"{spec.judge or 'the judge service'!r}: leave replay_judge unset"))
+            violations.append(
+                FieldViolation(
+                    "config.replay_judge",
+                    f"campaign {config.campaign!r} is judged by {spec.judge or 'the judge service'!r}: leave replay_judge unset",
+                )
+            )
         if violations:
             raise InvalidInput(violations)
         batch = config.batch or logs.current_request_id() or uuid.uuid4().hex
@@ -211,8 +233,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             lambda: router_pb2.RouteInstancesResponse(decisions=decisions_to_proto(outcome), summary=summary_to_proto(outcome))
         )
 
-    async def RouteInstancesStream(self, request_iterator: AsyncIterator[router_pb2.RouteInstancesStreamRequest],
-                                   context: Any) -> AsyncIterator[router_pb2.RouteInstancesStreamResponse]:
+    async def RouteInstancesStream(
+        self, request_iterator: AsyncIterator[router_pb2.RouteInstancesStreamRequest], context: Any
+    ) -> AsyncIterator[router_pb2.RouteInstancesStreamResponse]:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("item") != "config":
             raise InvalidInput(FieldViolation("stream[0]", "the first message must carry config"))
@@ -227,10 +250,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     raise InvalidInput(FieldViolation(f"stream[{index}]", "config may only come first"))
                 size = len(message.chunk.instances)
                 # Counted before conversion: one chunk holds at most a unary batch, and the stream's total.
-                check_count(size, self.settings.limits.max_batch, f"stream[{index}].chunk.instances", "a chunk",
-                            "send smaller chunks")
-                check_count(seen + size, self.settings.limits.max_stream_instances, "instances", "the stream",
-                            "split it into several requests")
+                check_count(
+                    size, self.settings.limits.max_batch, f"stream[{index}].chunk.instances", "a chunk", "send smaller chunks"
+                )
+                check_count(
+                    seen + size,
+                    self.settings.limits.max_stream_instances,
+                    "instances",
+                    "the stream",
+                    "split it into several requests",
+                )
                 chunk = await run(convert, message.chunk.instances, self.limits, seen, options.skip_invalid, size=size)
                 seen += size
                 yield chunk
@@ -243,7 +272,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             async for item in with_progress(work):
                 if isinstance(item, StageProgress):
                     yield router_pb2.RouteInstancesStreamResponse(
-                        progress=router_pb2.RouteProgress(stage=item.stage, done=item.done, total=item.total))
+                        progress=router_pb2.RouteProgress(stage=item.stage, done=item.done, total=item.total)
+                    )
                 else:
                     outcome = item
         for start in range(0, len(outcome.decisions), DECISION_CHUNK):
@@ -255,7 +285,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 def router_handle(settings: Settings, metrics: Metrics | None = None) -> ServiceHandle:
     """The router process's services: ``RouterService`` and ``CampaignService`` on one port, one set of
     interceptors (the vendor comes from the API key), one worker pool and one campaign store."""
-    from hybridpref.router.campaign_servicer import SERVICE_NAME as CAMPAIGN_SERVICE_NAME, CampaignServicer
+    from hybridpref.router.campaign_servicer import SERVICE_NAME as CAMPAIGN_SERVICE_NAME
+    from hybridpref.router.campaign_servicer import CampaignServicer
     from hybridpref.v1 import campaign_pb2_grpc
 
     metrics = metrics or Metrics.default()

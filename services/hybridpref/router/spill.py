@@ -11,9 +11,9 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 
+from hybridpref.v1 import common_pb2
 from hybridpref_client.core.convert import instance_from_proto, instance_to_proto
 from hybridpref_client.core.instances import PreferenceInstance
-from hybridpref.v1 import common_pb2
 
 
 class MemoryStore:

@@ -121,7 +121,8 @@ def summarize(
     if transfer is not None:
         out.warnings.append(
             f"expected corrections: on pools the correction model did not see, realised corrections were {transfer[0]:.2f}x "
-            f"to {transfer[1]:.2f}x its prediction (annotators' tie and error rates differ); the intervals include that range")
+            f"to {transfer[1]:.2f}x its prediction (annotators' tie and error rates differ); the intervals include that range"
+        )
     return out
 
 
@@ -187,16 +188,20 @@ def ppm_values(scorer: QuadraticScorer, tags: np.ndarray, mask: np.ndarray, tota
     return {"chosen": float(scores[0]), "all_human": float(scores[1]), "random": random}
 
 
-def _corrections(out: Summary, p_wrong: tuple[np.ndarray, np.ndarray] | None, mask: np.ndarray, z: float,
-                 transfer: tuple[float, float] | None = None) -> None:
+def _corrections(
+    out: Summary,
+    p_wrong: tuple[np.ndarray, np.ndarray] | None,
+    mask: np.ndarray,
+    z: float,
+    transfer: tuple[float, float] | None = None,
+) -> None:
     if p_wrong is None:
         return
     p_lm, p_h = (np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0) for p in p_wrong)
     a, b = p_lm * (1.0 - p_h), (1.0 - p_lm) * p_h
     n = len(mask)
     share = mask.sum() / n if n else 0.0
-    include = {"chosen": mask.astype(np.float64), "all_human": np.ones(n), "all_lm": np.zeros(n),
-               "random": np.full(n, share)}
+    include = {"chosen": mask.astype(np.float64), "all_human": np.ones(n), "all_lm": np.zeros(n), "random": np.full(n, share)}
     for mix in out.mixes:
         q = include[mix.mix]
         mean = float(np.sum(q * (a - b)))
@@ -221,15 +226,17 @@ def widen(estimate: Estimate, transfer: tuple[float, float] | None) -> Estimate:
     return Estimate(estimate.value, min(min(ends), estimate.low), max(max(ends), estimate.high))
 
 
-def _warnings(out: Summary, model: RoutingModel | None, p_wrong: tuple[np.ndarray, np.ndarray] | None,
-              signals: JudgeSignals | None) -> list[str]:
+def _warnings(
+    out: Summary, model: RoutingModel | None, p_wrong: tuple[np.ndarray, np.ndarray] | None, signals: JudgeSignals | None
+) -> list[str]:
     warnings: list[str] = []
     d = out.domain
     if d is not None and not d.in_domain:
         warnings.append(
             f"out of domain: the batch's text features (lengths, overlap) are {d.distance:.3f} ({d.distance_kind}) from "
             f"the PPM's nearest training pool ({d.nearest_pool}), above the calibrated threshold {d.threshold:.3f}: "
-            "the PPM's predictions are not shown")
+            "the PPM's predictions are not shown"
+        )
     if model is not None and model.scorer is not None and model.residual_std is None:
         warnings.append("uncalibrated: the bundle records no PPM residual std, so no predicted score is shown")
     if model is not None and model.correction is None:
@@ -238,11 +245,19 @@ def _warnings(out: Summary, model: RoutingModel | None, p_wrong: tuple[np.ndarra
         warnings.append("the bundle records no training domain: whether this batch resembles its training pools is unknown")
     by_name = {mix.mix: mix for mix in out.mixes}
     chosen, random = by_name["chosen"], by_name["random"]
-    if chosen.score is not None and random.score is not None and chosen.score.low <= random.score.high \
-            and chosen.human_count < by_name["all_human"].human_count:
+    if (
+        chosen.score is not None
+        and random.score is not None
+        and chosen.score.low <= random.score.high
+        and chosen.human_count < by_name["all_human"].human_count
+    ):
         warnings.append("the PPM cannot tell the chosen mix from random routing at the same budget (their intervals overlap)")
-    if chosen.corrections is not None and random.corrections is not None and chosen.corrections.low <= random.corrections.high \
-            and 0 < chosen.human_count < by_name["all_human"].human_count:
+    if (
+        chosen.corrections is not None
+        and random.corrections is not None
+        and chosen.corrections.low <= random.corrections.high
+        and 0 < chosen.human_count < by_name["all_human"].human_count
+    ):
         warnings.append("expected corrections of the chosen mix are within the uncertainty of random routing at the same budget")
     if signals is not None:
         warnings.extend(judge_warnings(signals))
@@ -296,5 +311,7 @@ def judge_warnings(signals: JudgeSignals, of: str = "") -> list[str]:
     if share <= UNSURE_SHARE:
         return []
     where = f" of {of}" if of else ""
-    return [f"the judge is unsure on most pairs{where} ({share:.0%}: order flips, ties or near-even confidence): "
-            "its labels are weak evidence here"]
+    return [
+        f"the judge is unsure on most pairs{where} ({share:.0%}: order flips, ties or near-even confidence): "
+        "its labels are weak evidence here"
+    ]

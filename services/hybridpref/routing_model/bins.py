@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref.common.vocabulary import BINS, LENGTH_MEASURES, LEXICAL_MEASURES, VOCABULARY_VERSION
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 EDGE_LOW: float = 1.0 / 3.0
 EDGE_HIGH: float = 2.0 / 3.0

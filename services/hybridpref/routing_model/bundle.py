@@ -39,7 +39,15 @@ from hybridpref_client.core.errors import NotReady
 
 FORMAT = "hybridpref-predictor-bundle/1"
 MANIFEST = "manifest.json"
-REQUIRED_FILES = ("model.onnx", "ppm.json", "vocabulary.json", "reference_bins.json", "metrics.json", "fingerprints.json", "MODEL_CARD.md")
+REQUIRED_FILES = (
+    "model.onnx",
+    "ppm.json",
+    "vocabulary.json",
+    "reference_bins.json",
+    "metrics.json",
+    "fingerprints.json",
+    "MODEL_CARD.md",
+)
 OPTIONAL_FILES = ("correction.onnx", "correction.json", "domain.json", "panel_correction.json")
 
 

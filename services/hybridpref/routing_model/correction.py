@@ -44,18 +44,29 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref_client.core.instances import PreferenceInstance
 from hybridpref.common.signals import JudgeSignals
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, TAG_INDEX
+from hybridpref_client.core.instances import PreferenceInstance
 
 MODEL_VERSION = "correction/1"
 SIGNAL_FEATURES: tuple[str, ...] = (
-    "lm_no_verdict", "order_flip", "agreement", "agreement_missing", "no_other_agrees", "p_confidence", "p_missing",
+    "lm_no_verdict",
+    "order_flip",
+    "agreement",
+    "agreement_missing",
+    "no_other_agrees",
+    "p_confidence",
+    "p_missing",
     "lm_picked_a",
 )
 TEXT_FEATURES: tuple[str, ...] = (
-    "lm_picked_longer", "lm_picked_shorter", "abs_log_len_ratio", "log_len_shorter", "log_len_longer",
-    "log_prompt_len", "word_overlap",
+    "lm_picked_longer",
+    "lm_picked_shorter",
+    "abs_log_len_ratio",
+    "log_len_shorter",
+    "log_len_longer",
+    "log_prompt_len",
+    "word_overlap",
 )
 MEASURE_FEATURES: tuple[str, ...] = ("bertscore", "bertscore_length", "cosine_sim", "entity_sim", "rouge", "measures_missing")
 # A few analyzer tags (expertise, safety, complexity); several tags -> one feature = any of them.
@@ -85,8 +96,18 @@ def text_stats(instances: Sequence[PreferenceInstance]) -> np.ndarray:
     most of the cost)."""
     if not len(instances):
         return np.zeros((0, 4))
-    return np.array([(len(_WORD.findall(i.response_a)), len(_WORD.findall(i.response_b)), len(_WORD.findall(i.prompt_text)),
-                      _word_overlap(i.response_a, i.response_b)) for i in instances], dtype=np.float64)
+    return np.array(
+        [
+            (
+                len(_WORD.findall(i.response_a)),
+                len(_WORD.findall(i.response_b)),
+                len(_WORD.findall(i.prompt_text)),
+                _word_overlap(i.response_a, i.response_b),
+            )
+            for i in instances
+        ],
+        dtype=np.float64,
+    )
 
 
 def correction_features(
@@ -135,13 +156,13 @@ def correction_features(
 
     m0 = col["bertscore"]
     if measures is None:
-        out[:, m0:m0 + 5] = _NEUTRAL_MEASURES
+        out[:, m0 : m0 + 5] = _NEUTRAL_MEASURES
         out[:, col["measures_missing"]] = 1.0
     else:
         meas = np.asarray(measures, dtype=np.float64)
         if meas.shape != (n, len(LEXICAL_MEASURES)):
             raise ValueError(f"measures has shape {meas.shape}, expected ({n}, {len(LEXICAL_MEASURES)})")
-        out[:, m0:m0 + 5] = np.nan_to_num(meas[:, _MEASURE_COLS], nan=0.0)
+        out[:, m0 : m0 + 5] = np.nan_to_num(meas[:, _MEASURE_COLS], nan=0.0)
     if tags is None:
         out[:, col["tags_missing"]] = 1.0
     else:
@@ -241,26 +262,42 @@ class CorrectionModel:
         w_h = self.human.coef / self.human.scale * scale
         b_h = self.human.intercept + float(((mean - self.human.mean) / self.human.scale) @ self.human.coef)
         weights = np.stack([self.lm.coef, w_h], axis=1)
-        inits = [numpy_helper.from_array(np.asarray(a, dtype=np.float32), name) for name, a in (
-            ("mean", mean), ("scale", scale), ("weights", weights), ("bias", np.array([self.lm.intercept, b_h])))]
+        inits = [
+            numpy_helper.from_array(np.asarray(a, dtype=np.float32), name)
+            for name, a in (("mean", mean), ("scale", scale), ("weights", weights), ("bias", np.array([self.lm.intercept, b_h])))
+        ]
         # p_lm_wrong = 1 where the judge gave no verdict: p = max(sigmoid(logit), [no_verdict, 0])
-        inits += [numpy_helper.from_array(np.array([_NO_VERDICT], dtype=np.int64), "no_verdict_col"),
-                  numpy_helper.from_array(np.array([[1.0, 0.0]], dtype=np.float32), "first_only")]
-        nodes = [helper.make_node("Sub", ["features", "mean"], ["centred"]),
-                 helper.make_node("Div", ["centred", "scale"], ["z"]),
-                 helper.make_node("MatMul", ["z", "weights"], ["zw"]),
-                 helper.make_node("Add", ["zw", "bias"], ["logit"]),
-                 helper.make_node("Sigmoid", ["logit"], ["p_fitted"]),
-                 helper.make_node("Gather", ["features", "no_verdict_col"], ["no_verdict"], axis=1),
-                 helper.make_node("Mul", ["no_verdict", "first_only"], ["floor"]),
-                 helper.make_node("Max", ["p_fitted", "floor"], ["p_wrong"])]
-        graph = helper.make_graph(nodes, "expected_correction",
-                                  [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", width])],
-                                  [helper.make_tensor_value_info("p_wrong", TensorProto.FLOAT, ["N", 2])], inits)
+        inits += [
+            numpy_helper.from_array(np.array([_NO_VERDICT], dtype=np.int64), "no_verdict_col"),
+            numpy_helper.from_array(np.array([[1.0, 0.0]], dtype=np.float32), "first_only"),
+        ]
+        nodes = [
+            helper.make_node("Sub", ["features", "mean"], ["centred"]),
+            helper.make_node("Div", ["centred", "scale"], ["z"]),
+            helper.make_node("MatMul", ["z", "weights"], ["zw"]),
+            helper.make_node("Add", ["zw", "bias"], ["logit"]),
+            helper.make_node("Sigmoid", ["logit"], ["p_fitted"]),
+            helper.make_node("Gather", ["features", "no_verdict_col"], ["no_verdict"], axis=1),
+            helper.make_node("Mul", ["no_verdict", "first_only"], ["floor"]),
+            helper.make_node("Max", ["p_fitted", "floor"], ["p_wrong"]),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "expected_correction",
+            [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", width])],
+            [helper.make_tensor_value_info("p_wrong", TensorProto.FLOAT, ["N", 2])],
+            inits,
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="hybridpref")
         model.ir_version = 8
-        helper.set_model_props(model, {"version": MODEL_VERSION, "feature_names": json.dumps(list(self.feature_names)),
-                                       "metrics": json.dumps(self.metrics, sort_keys=True)})
+        helper.set_model_props(
+            model,
+            {
+                "version": MODEL_VERSION,
+                "feature_names": json.dumps(list(self.feature_names)),
+                "metrics": json.dumps(self.metrics, sort_keys=True),
+            },
+        )
         onnx.checker.check_model(model)
         return model.SerializeToString()
 
@@ -285,16 +322,26 @@ class CorrectionModel:
 
     def card(self) -> dict[str, Any]:
         """Metrics and description for ``correction.json`` and the model card."""
-        return {"version": MODEL_VERSION, "feature_names": list(self.feature_names),
-                "output": "p_wrong[:, 0] = P(LM label wrong), p_wrong[:, 1] = P(human vote wrong); gain = difference",
-                **self.metrics}
+        return {
+            "version": MODEL_VERSION,
+            "feature_names": list(self.feature_names),
+            "output": "p_wrong[:, 0] = P(LM label wrong), p_wrong[:, 1] = P(human vote wrong); gain = difference",
+            **self.metrics,
+        }
 
 
 # The feature set served by default (measured leave-one-pool-out in benchmarks/correction_study.py).
 # The raw agreement share and the length-direction features hurt transfer (their effect flips sign
 # between pools: LLMBar-Adversarial rewards the shorter response, other judges there are fooled alike).
-DEFAULT_COLUMNS: tuple[str, ...] = ("lm_no_verdict", "order_flip", "no_other_agrees", "p_confidence", "p_missing",
-                                    "word_overlap", "log_len_shorter")
+DEFAULT_COLUMNS: tuple[str, ...] = (
+    "lm_no_verdict",
+    "order_flip",
+    "no_other_agrees",
+    "p_confidence",
+    "p_missing",
+    "word_overlap",
+    "log_len_shorter",
+)
 
 HUMAN_COLUMNS: tuple[str, ...] = DEFAULT_COLUMNS
 
@@ -318,5 +365,3 @@ def transfer_range(metrics: dict[str, Any]) -> tuple[float, float] | None:
 def uses_tagger(columns: Sequence[str]) -> bool:
     """Whether a feature set reads the tagger's measures or tags (else features come from texts + signals)."""
     return any(c in MEASURE_FEATURES or c in TAG_FEATURES for c in columns)
-
-

@@ -62,9 +62,12 @@ def read_routing_parts(folder: Path) -> dict[str, Any]:
         raise NotReady(f"bundle {folder}: unreadable routing files: {exc}") from None
     if correction is not None:
         onnx, meta = correction
-        out.update(correction_onnx=onnx, correction_features=tuple(str(n) for n in meta.get("feature_names", ())),
-                   correction_version=str(meta.get("version", "")),
-                   correction_metrics=_flat_numbers({k: v for k, v in meta.items() if k != "feature_names"}))
+        out.update(
+            correction_onnx=onnx,
+            correction_features=tuple(str(n) for n in meta.get("feature_names", ())),
+            correction_version=str(meta.get("version", "")),
+            correction_metrics=_flat_numbers({k: v for k, v in meta.items() if k != "feature_names"}),
+        )
         if not out["correction_features"]:
             raise NotReady(f"bundle {folder}: correction.json lists no feature_names")
     return out

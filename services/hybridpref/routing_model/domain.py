@@ -55,8 +55,14 @@ def in_pool_distances(features: np.ndarray, batch: int, draws: int, seed: int) -
     return np.array([distance(features[rng.choice(n, min(batch, n), replace=False)], stats) for _ in range(draws)])
 
 
-def build_domain(features: Mapping[str, np.ndarray], ppm_pools: Sequence[str], ppm_spearman: Mapping[str, float],
-                 seed: int, batch: int = 200, draws: int = 200) -> dict[str, Any]:
+def build_domain(
+    features: Mapping[str, np.ndarray],
+    ppm_pools: Sequence[str],
+    ppm_spearman: Mapping[str, float],
+    seed: int,
+    batch: int = 200,
+    draws: int = 200,
+) -> dict[str, Any]:
     """``domain.json`` content: per-pool stats, the PPM's training pools and a calibrated threshold.
 
     ``ppm_spearman``: measured predicted-vs-measured Spearman of the PPM on held-out pools; those
@@ -69,8 +75,11 @@ def build_domain(features: Mapping[str, np.ndarray], ppm_pools: Sequence[str], p
     stats = {name: pool_stats(x) for name, x in features.items()}
     inside = max(float(np.percentile(in_pool_distances(features[p], batch, draws, seed), 95)) for p in ppm_pools)
     held = {name: min(distance(x, stats[p]) for p in ppm_pools) for name, x in features.items() if name not in ppm_pools}
-    lopo = {name: min(distance(features[name], stats[p]) for p in ppm_pools if p != name)
-            for name in ppm_pools if name in ppm_spearman and len(ppm_pools) > 1}
+    lopo = {
+        name: min(distance(features[name], stats[p]) for p in ppm_pools if p != name)
+        for name in ppm_pools
+        if name in ppm_spearman and len(ppm_pools) > 1
+    }
     flag = [d for n, d in (held | lopo).items() if ppm_spearman.get(n, 1.0) < 0.3]
     if flag and min(flag) > inside:
         threshold = (inside + min(flag)) / 2
@@ -78,8 +87,22 @@ def build_domain(features: Mapping[str, np.ndarray], ppm_pools: Sequence[str], p
         threshold = min(flag) * 0.99
     else:
         threshold = inside * 1.5
-    calibration = {name: {"distance": d, "ppm_spearman": ppm_spearman.get(name), "flagged": d > threshold,
-                          "held_out": "leave-one-pool-out" if name in lopo else "not trained on"}
-                   for name, d in (held | lopo).items()}
-    return {"features": list(DOMAIN_FEATURES), "distance": DISTANCE, "pools": stats, "ppm_pools": list(ppm_pools),
-            "threshold": threshold, "in_domain_p95": inside, "batch_rows_for_p95": batch, "calibration": calibration}
+    calibration = {
+        name: {
+            "distance": d,
+            "ppm_spearman": ppm_spearman.get(name),
+            "flagged": d > threshold,
+            "held_out": "leave-one-pool-out" if name in lopo else "not trained on",
+        }
+        for name, d in (held | lopo).items()
+    }
+    return {
+        "features": list(DOMAIN_FEATURES),
+        "distance": DISTANCE,
+        "pools": stats,
+        "ppm_pools": list(ppm_pools),
+        "threshold": threshold,
+        "in_domain_p95": inside,
+        "batch_rows_for_p95": batch,
+        "calibration": calibration,
+    }

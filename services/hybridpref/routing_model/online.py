@@ -60,8 +60,15 @@ def lm_wrong_target(lm: np.ndarray, human: np.ndarray) -> tuple[np.ndarray, np.n
 ADAPT_EXTRA: tuple[str, ...] = ("lm_picked_shorter", "abs_log_len_ratio", "log_prompt_len", "all_disagree")
 
 
-def refit_with_prior(model: PanelCorrectionModel, x: np.ndarray, y: np.ndarray, *, strength: float = 50.0,
-                     extra: Sequence[str] = ADAPT_EXTRA, nonneg: Sequence[str] = MONOTONE) -> PanelCorrectionModel:
+def refit_with_prior(
+    model: PanelCorrectionModel,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    strength: float = 50.0,
+    extra: Sequence[str] = ADAPT_EXTRA,
+    nonneg: Sequence[str] = MONOTONE,
+) -> PanelCorrectionModel:
     """The model's LM part refitted on returned labels ``x`` (n, F panel features), ``y`` (n,) LM wrong:
     maximum a posteriori logistic regression with the prior ``strength / 2 * |theta - theta_0|^2`` on the
     standardised coefficients and the intercept, ``theta_0`` = the bundle's coefficients (0 for the
@@ -93,8 +100,10 @@ def refit_with_prior(model: PanelCorrectionModel, x: np.ndarray, y: np.ndarray, 
         eta = z @ theta[:m] + theta[m]
         g = _sigmoid(eta) - y
         d = theta - theta0
-        return (float(np.sum(np.logaddexp(0.0, eta) - y * eta) + 0.5 * strength * d @ d),
-                np.concatenate([z.T @ g, [g.sum()]]) + strength * d)
+        return (
+            float(np.sum(np.logaddexp(0.0, eta) - y * eta) + 0.5 * strength * d @ d),
+            np.concatenate([z.T @ g, [g.sum()]]) + strength * d,
+        )
 
     bounds = [(0.0, None) if c in nonneg else (None, None) for c in columns] + [(None, None)]
     start = np.array([max(t, b[0]) if b[0] is not None else t for t, b in zip(theta0, bounds)])
@@ -154,7 +163,11 @@ def exploration_mask(priority: np.ndarray, count: int, share: float, seed: int) 
     human = np.zeros(n, dtype=bool)
     human[chosen] = True
     rest = np.flatnonzero(~human)
-    picked = np.random.default_rng([int(seed), 0xE7]).choice(rest, min(explore, len(rest)), replace=False) if explore else np.zeros(0, int)
+    picked = (
+        np.random.default_rng([int(seed), 0xE7]).choice(rest, min(explore, len(rest)), replace=False)
+        if explore
+        else np.zeros(0, int)
+    )
     explored = np.zeros(n, dtype=bool)
     explored[picked] = True
     return human | explored, explored
@@ -225,12 +238,28 @@ class ModelLineage:
         return version
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"version": v.version, "labels": v.labels, "heldout_loss": v.heldout_loss, "bundle_loss": v.bundle_loss,
-                 "promoted": v.promoted} for v in self.versions]
+        return [
+            {
+                "version": v.version,
+                "labels": v.labels,
+                "heldout_loss": v.heldout_loss,
+                "bundle_loss": v.bundle_loss,
+                "promoted": v.promoted,
+            }
+            for v in self.versions
+        ]
 
 
-def out_of_fold_p(bundle: PanelCorrectionModel, ids: Sequence[str], x: np.ndarray, usable: np.ndarray, y: np.ndarray, *,
-                  strength: float, folds: int = 5) -> np.ndarray:
+def out_of_fold_p(
+    bundle: PanelCorrectionModel,
+    ids: Sequence[str],
+    x: np.ndarray,
+    usable: np.ndarray,
+    y: np.ndarray,
+    *,
+    strength: float,
+    folds: int = 5,
+) -> np.ndarray:
     """P(LM wrong) of every labelled row ``x`` (n, F) by the refit recipe fitted without the row's fold (folds by
     :func:`fold_of` of ``ids``, as the promotion check): what the adapted model predicts out of sample. ``usable``
     (n,) bool: rows with a non-tie human label, ``y`` (usable.sum(),) their LM-wrong targets (the refit's data)."""
@@ -250,8 +279,10 @@ def out_of_fold_p(bundle: PanelCorrectionModel, ids: Sequence[str], x: np.ndarra
 
 def fold_of(instance_ids: Sequence[str], folds: int, salt: str = "promotion") -> np.ndarray:
     """(n,) fold id per instance id by a stable hash (the same id is in the same fold at every refit)."""
-    return np.array([int.from_bytes(hashlib.blake2b(f"{salt}|{i}".encode(), digest_size=4).digest(), "little") % folds
-                     for i in instance_ids], dtype=np.int64)
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(f"{salt}|{i}".encode(), digest_size=4).digest(), "little") % folds for i in instance_ids],
+        dtype=np.int64,
+    )
 
 
 # ---------------------------------------------------------------- expected corrections
@@ -387,8 +418,14 @@ def returned_labels(rows: Iterable[tuple[Any, Any, Sequence[Any]]]) -> ReturnedL
         human.append(1 if a > max(b, t) else -1 if b > max(a, t) else 0)
         explore.append(bool(decision.exploration))
         votes += [(cand.instance_id, lab.annotator, lab.preference) for lab in labels]
-    return ReturnedLabels(ids, np.asarray(xs, dtype=np.float64).reshape(-1, len(PANEL_FEATURES)), np.asarray(lm, dtype=np.int8),
-                          np.asarray(human, dtype=np.int8), np.asarray(explore, dtype=bool), votes)
+    return ReturnedLabels(
+        ids,
+        np.asarray(xs, dtype=np.float64).reshape(-1, len(PANEL_FEATURES)),
+        np.asarray(lm, dtype=np.int8),
+        np.asarray(human, dtype=np.int8),
+        np.asarray(explore, dtype=bool),
+        votes,
+    )
 
 
 def adapt(lineage: ModelLineage, labels: ReturnedLabels) -> ModelVersion:

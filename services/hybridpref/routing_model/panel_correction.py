@@ -36,13 +36,24 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref_client.core.instances import PreferenceInstance
 from hybridpref.common.signals import JudgeSignals
+from hybridpref_client.core.instances import PreferenceInstance
 
 MODEL_VERSION = "panel-correction/1"
 PANEL_FEATURES: tuple[str, ...] = (
-    "no_verdict", "order_flip", "any_other", "disagree", "all_disagree", "majority_disagree", "p_unsure", "p_missing",
-    "lm_picked_shorter", "abs_log_len_ratio", "log_prompt_len", "word_overlap", "log_len_shorter",
+    "no_verdict",
+    "order_flip",
+    "any_other",
+    "disagree",
+    "all_disagree",
+    "majority_disagree",
+    "p_unsure",
+    "p_missing",
+    "lm_picked_shorter",
+    "abs_log_len_ratio",
+    "log_prompt_len",
+    "word_overlap",
+    "log_len_shorter",
 )
 # Features whose coefficient must be >= 0: more doubt never lowers P(LM wrong).
 MONOTONE: tuple[str, ...] = ("order_flip", "disagree", "all_disagree", "majority_disagree", "p_unsure")
@@ -82,7 +93,11 @@ def panel_features(instances: Sequence[PreferenceInstance], signals: JudgeSignal
         "word_overlap": stats[:, 3],
         "log_len_shorter": np.log1p(np.minimum(len_a, len_b)),
     }
-    return np.column_stack([np.asarray(cols[c], dtype=np.float64) for c in PANEL_FEATURES]) if n else np.zeros((0, len(PANEL_FEATURES)))
+    return (
+        np.column_stack([np.asarray(cols[c], dtype=np.float64) for c in PANEL_FEATURES])
+        if n
+        else np.zeros((0, len(PANEL_FEATURES)))
+    )
 
 
 def signal_doubt_from_features(x: np.ndarray) -> np.ndarray:
@@ -133,13 +148,23 @@ class Linear:
         return {c: float(w / s) for c, w, s in zip(self.columns, self.coef, self.scale)}
 
     def to_json(self) -> dict[str, Any]:
-        return {"columns": list(self.columns), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
-                "coef": self.coef.tolist(), "intercept": self.intercept}
+        return {
+            "columns": list(self.columns),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Linear:
-        return cls(tuple(d["columns"]), np.asarray(d["mean"], float), np.asarray(d["scale"], float),
-                   np.asarray(d["coef"], float), float(d["intercept"]))
+        return cls(
+            tuple(d["columns"]),
+            np.asarray(d["mean"], float),
+            np.asarray(d["scale"], float),
+            np.asarray(d["coef"], float),
+            float(d["intercept"]),
+        )
 
     @classmethod
     def constant(cls, rate: float) -> Linear:
@@ -206,17 +231,33 @@ class PanelCorrectionModel:
         return gain
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": MODEL_VERSION, "feature_names": list(PANEL_FEATURES), "lm": self.lm.to_json(),
-                "doubt": list(self.doubt), "human": self.human.to_json(), "panels": self.panels.tolist(),
-                "spread": self.spread.tolist(), "fallback_distance": self.fallback_distance, "human_rate": self.human_rate, "metrics": self.metrics}
+        return {
+            "version": MODEL_VERSION,
+            "feature_names": list(PANEL_FEATURES),
+            "lm": self.lm.to_json(),
+            "doubt": list(self.doubt),
+            "human": self.human.to_json(),
+            "panels": self.panels.tolist(),
+            "spread": self.spread.tolist(),
+            "fallback_distance": self.fallback_distance,
+            "human_rate": self.human_rate,
+            "metrics": self.metrics,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PanelCorrectionModel:
         if tuple(d.get("feature_names", ())) != PANEL_FEATURES:
             raise ValueError(f"model reads features {d.get('feature_names')}, this code computes {list(PANEL_FEATURES)}")
-        return cls(Linear.from_json(d["lm"]), (float(d["doubt"][0]), float(d["doubt"][1])), Linear.from_json(d["human"]),
-                   np.asarray(d["panels"], float).reshape(-1, 3), np.asarray(d["spread"], float),
-                   float(d["fallback_distance"]), float(d.get("human_rate", 0.0)), dict(d.get("metrics", {})))
+        return cls(
+            Linear.from_json(d["lm"]),
+            (float(d["doubt"][0]), float(d["doubt"][1])),
+            Linear.from_json(d["human"]),
+            np.asarray(d["panels"], float).reshape(-1, 3),
+            np.asarray(d["spread"], float),
+            float(d["fallback_distance"]),
+            float(d.get("human_rate", 0.0)),
+            dict(d.get("metrics", {})),
+        )
 
 
 def check_monotone(model: PanelCorrectionModel, x: np.ndarray, *, steps: int = 5) -> bool:
@@ -244,8 +285,15 @@ def check_monotone(model: PanelCorrectionModel, x: np.ndarray, *, steps: int = 5
 # The recommended feature set (benchmarks/panel_study.py, docs/EVALUATION.md "Panel shift"): the judge's
 # own signals, the disagreement share, and the two text features of the served model; length-direction
 # features (LM picked the shorter, |log length ratio|) and prompt length did not transfer at 50%.
-RECOMMENDED_COLUMNS: tuple[str, ...] = ("order_flip", "any_other", "disagree", "p_unsure", "p_missing",
-                                        "word_overlap", "log_len_shorter")
+RECOMMENDED_COLUMNS: tuple[str, ...] = (
+    "order_flip",
+    "any_other",
+    "disagree",
+    "p_unsure",
+    "p_missing",
+    "word_overlap",
+    "log_len_shorter",
+)
 
 
 BUNDLE_FILE = "panel_correction.json"

@@ -9,34 +9,50 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref_client.core.errors import NotReady
 from hybridpref.common.vocabulary import NUM_TAGS, VOCABULARY_VERSION
 from hybridpref.routing_model.data import RoutingModelData
 from hybridpref.v1 import predictor_pb2
+from hybridpref_client.core.errors import NotReady
 
 
 def routing_model_to_proto(data: RoutingModelData) -> predictor_pb2.GetRoutingModelResponse:
     """``RoutingModelData`` -> the ``GetRoutingModel`` answer; :func:`routing_model_from_proto` is the inverse."""
     out = predictor_pb2.GetRoutingModelResponse(
-        bundle_version=data.bundle_version, vocabulary_version=data.vocabulary_version,
-        reference_bins_id=data.reference_bins_id, metrics=data.metrics,
+        bundle_version=data.bundle_version,
+        vocabulary_version=data.vocabulary_version,
+        reference_bins_id=data.reference_bins_id,
+        metrics=data.metrics,
     )
     if data.quadratic is not None:
         bias, linear, quad = data.quadratic
-        out.ppm.CopyFrom(predictor_pb2.QuadraticForm(
-            bias=float(bias), linear=np.asarray(linear, np.float64).tolist(), quad=np.asarray(quad, np.float64).ravel().tolist()))
+        out.ppm.CopyFrom(
+            predictor_pb2.QuadraticForm(
+                bias=float(bias),
+                linear=np.asarray(linear, np.float64).tolist(),
+                quad=np.asarray(quad, np.float64).ravel().tolist(),
+            )
+        )
     if data.ppm_residual_std is not None:
         out.ppm_residual_std = data.ppm_residual_std
     if data.correction_onnx is not None:
-        out.correction.CopyFrom(predictor_pb2.CorrectionModelSpec(
-            onnx=data.correction_onnx, feature_names=list(data.correction_features), version=data.correction_version,
-            metrics=data.correction_metrics))
+        out.correction.CopyFrom(
+            predictor_pb2.CorrectionModelSpec(
+                onnx=data.correction_onnx,
+                feature_names=list(data.correction_features),
+                version=data.correction_version,
+                metrics=data.correction_metrics,
+            )
+        )
     if data.domain is not None:
         out.domain.CopyFrom(domain_to_proto(data.domain))
     if data.panel_correction is not None:
-        out.panel_correction.CopyFrom(predictor_pb2.PanelCorrectionSpec(
-            json=json.dumps(data.panel_correction, sort_keys=True), version=data.panel_version,
-            feature_names=[str(n) for n in data.panel_correction.get("feature_names", ())]))
+        out.panel_correction.CopyFrom(
+            predictor_pb2.PanelCorrectionSpec(
+                json=json.dumps(data.panel_correction, sort_keys=True),
+                version=data.panel_version,
+                feature_names=[str(n) for n in data.panel_correction.get("feature_names", ())],
+            )
+        )
     return out
 
 
@@ -44,11 +60,18 @@ def domain_to_proto(domain: dict[str, Any]) -> predictor_pb2.DomainStats:
     """domain.json -> ``DomainStats`` (typed parts plus the file verbatim)."""
     pools = domain.get("pools", {})
     return predictor_pb2.DomainStats(
-        distance=str(domain.get("distance", "")), threshold=float(domain.get("threshold", 0.0) or 0.0),
+        distance=str(domain.get("distance", "")),
+        threshold=float(domain.get("threshold", 0.0) or 0.0),
         feature_names=[str(n) for n in domain.get("features", domain.get("feature_names", ()))],
-        pools=[predictor_pb2.DomainPool(name=str(name), mean=[float(v) for v in p.get("mean", ())],
-                                        sd=[float(v) for v in p.get("sd", ())], count=int(p.get("rows", p.get("count", 0))))
-               for name, p in sorted(pools.items())],
+        pools=[
+            predictor_pb2.DomainPool(
+                name=str(name),
+                mean=[float(v) for v in p.get("mean", ())],
+                sd=[float(v) for v in p.get("sd", ())],
+                count=int(p.get("rows", p.get("count", 0))),
+            )
+            for name, p in sorted(pools.items())
+        ],
         ppm_pools=[str(p) for p in domain.get("ppm_pools", ())],
         raw_json=json.dumps(domain, sort_keys=True),
     )
@@ -57,8 +80,9 @@ def domain_to_proto(domain: dict[str, Any]) -> predictor_pb2.DomainStats:
 def routing_model_from_proto(resp: predictor_pb2.GetRoutingModelResponse) -> RoutingModelData:
     """The inverse of :func:`routing_model_to_proto`; refuses a bundle of another vocabulary or width."""
     if resp.vocabulary_version != VOCABULARY_VERSION:
-        raise NotReady(f"predictor bundle {resp.bundle_version} reads vocabulary {resp.vocabulary_version!r}, "
-                       f"router {VOCABULARY_VERSION!r}")
+        raise NotReady(
+            f"predictor bundle {resp.bundle_version} reads vocabulary {resp.vocabulary_version!r}, router {VOCABULARY_VERSION!r}"
+        )
     quadratic = None
     if resp.HasField("ppm"):
         v = len(resp.ppm.linear)
@@ -68,8 +92,12 @@ def routing_model_from_proto(resp: predictor_pb2.GetRoutingModelResponse) -> Rou
         quadratic = (resp.ppm.bias, np.asarray(resp.ppm.linear, dtype=np.float64), quad.reshape(v, v))
     correction: dict[str, Any] = {}
     if resp.HasField("correction"):
-        correction = dict(correction_onnx=resp.correction.onnx, correction_features=tuple(resp.correction.feature_names),
-                          correction_version=resp.correction.version, correction_metrics=dict(resp.correction.metrics))
+        correction = dict(
+            correction_onnx=resp.correction.onnx,
+            correction_features=tuple(resp.correction.feature_names),
+            correction_version=resp.correction.version,
+            correction_metrics=dict(resp.correction.metrics),
+        )
     panel = {}
     if resp.HasField("panel_correction"):
         try:
@@ -78,9 +106,13 @@ def routing_model_from_proto(resp: predictor_pb2.GetRoutingModelResponse) -> Rou
             raise NotReady(f"predictor bundle {resp.bundle_version}: unreadable panel correction model: {exc}") from None
         panel = dict(panel_correction=model, panel_version=resp.panel_correction.version)
     return RoutingModelData(
-        bundle_version=resp.bundle_version, vocabulary_version=resp.vocabulary_version,
-        reference_bins_id=resp.reference_bins_id, quadratic=quadratic,
+        bundle_version=resp.bundle_version,
+        vocabulary_version=resp.vocabulary_version,
+        reference_bins_id=resp.reference_bins_id,
+        quadratic=quadratic,
         ppm_residual_std=resp.ppm_residual_std if resp.HasField("ppm_residual_std") else None,
         domain=json.loads(resp.domain.raw_json) if resp.HasField("domain") and resp.domain.raw_json else None,
-        metrics=dict(resp.metrics), **correction, **panel,
+        metrics=dict(resp.metrics),
+        **correction,
+        **panel,
     )

@@ -50,12 +50,15 @@ class Admission:
     def enter(self, peer: str) -> Callable[[], None]:
         """Count one call from ``peer``; returns the function that ends it. Over a limit: ``QuotaExceeded``."""
         if self.total >= self.max_total:
-            raise QuotaExceeded(f"the server runs {self.total} calls at once (its limit); retry shortly",
-                                retry_after_s=RETRY_AFTER_S)
+            raise QuotaExceeded(
+                f"the server runs {self.total} calls at once (its limit); retry shortly", retry_after_s=RETRY_AFTER_S
+            )
         if self.per_connection[peer] >= self.max_per_connection:
-            raise QuotaExceeded(f"this connection has {self.per_connection[peer]} calls in flight (limit "
-                                f"{self.max_per_connection} per connection); wait for one to end",
-                                retry_after_s=RETRY_AFTER_S)
+            raise QuotaExceeded(
+                f"this connection has {self.per_connection[peer]} calls in flight (limit "
+                f"{self.max_per_connection} per connection); wait for one to end",
+                retry_after_s=RETRY_AFTER_S,
+            )
         self.total += 1
         self.per_connection[peer] += 1
         released = False
@@ -103,6 +106,8 @@ async def idle_limited(messages: AsyncIterator[Any], idle_s: float | None) -> As
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise DeadlineExceeded(f"no request message for {idle_s:g} s: the stream was closed (send chunks without "
-                                   "pauses that long, or raise HYBRIDPREF_STREAM_IDLE_S)") from None
+            raise DeadlineExceeded(
+                f"no request message for {idle_s:g} s: the stream was closed (send chunks without "
+                "pauses that long, or raise HYBRIDPREF_STREAM_IDLE_S)"
+            ) from None
         yield message

@@ -178,7 +178,9 @@ class KeyStore:
                 return False
             except Exception as exc:  # yaml errors and the like: same treatment
                 if force:
-                    raise InvalidInput(FieldViolation("HYBRIDPREF_API_KEYS_FILE", f"cannot load {self.path}: {type(exc).__name__}")) from None
+                    raise InvalidInput(
+                        FieldViolation("HYBRIDPREF_API_KEYS_FILE", f"cannot load {self.path}: {type(exc).__name__}")
+                    ) from None
                 log.error("api_keys_reload_refused", path=str(self.path), error=type(exc).__name__)
                 return False
             self._vendors, self._stamp = vendors, stamp
@@ -214,8 +216,15 @@ def bearer_key(metadata: dict[str, str]) -> str | None:
     return key.strip() or None if scheme.lower() == "bearer" else None
 
 
-def add_vendor(path: str | Path, vendor: str, *, methods: list[str] | None = None, instances_per_minute: int = 0,
-               max_concurrent: int = 0, key: str | None = None) -> str:
+def add_vendor(
+    path: str | Path,
+    vendor: str,
+    *,
+    methods: list[str] | None = None,
+    instances_per_minute: int = 0,
+    max_concurrent: int = 0,
+    key: str | None = None,
+) -> str:
     """Add (or replace) ``vendor`` in the keys file at ``path`` (created if missing); returns the key.
 
     The key itself is never stored; only its hash is."""

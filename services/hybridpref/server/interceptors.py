@@ -46,9 +46,12 @@ import grpc
 import structlog
 
 from hybridpref.server import deadline as deadlines
-from hybridpref.server.admission import Admission, idle_limited
 from hybridpref.server import logs
+from hybridpref.server.admission import Admission, idle_limited
 from hybridpref.server.auth import KEY_PREFIX, KeyStore, VendorPolicy, bearer_key, bind_vendor, reset_vendor
+from hybridpref.server.memory import MemoryReturner
+from hybridpref.server.metrics import Metrics
+from hybridpref.server.quota import QuotaBook
 from hybridpref_client.core.errors import (
     DeadlineExceeded,
     FieldViolation,
@@ -58,9 +61,6 @@ from hybridpref_client.core.errors import (
     Unauthenticated,
 )
 from hybridpref_client.core.grpc_errors import status_for
-from hybridpref.server.memory import MemoryReturner
-from hybridpref.server.metrics import Metrics
-from hybridpref.server.quota import QuotaBook
 
 # grpc ships no type information (its objects are Any to mypy); these names say what is meant.
 Context = Any  # grpc.aio.ServicerContext
@@ -79,8 +79,10 @@ def is_open(method: str) -> bool:
 
 
 def _kwargs(handler: grpc.RpcMethodHandler, deserializer: Deserializer | None = None) -> dict[str, Any]:
-    return {"request_deserializer": deserializer or handler.request_deserializer,
-            "response_serializer": handler.response_serializer}
+    return {
+        "request_deserializer": deserializer or handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
 
 
 def wrap_handler(handler: grpc.RpcMethodHandler, enter: Enter) -> grpc.RpcMethodHandler:
@@ -113,8 +115,9 @@ def wrap_handler(handler: grpc.RpcMethodHandler, enter: Enter) -> grpc.RpcMethod
     return factory(streaming, **kwargs)
 
 
-def wrap_requests(handler: grpc.RpcMethodHandler, hook: Callable[[Any], None],
-                  deserializer: Deserializer | None = None) -> grpc.RpcMethodHandler:
+def wrap_requests(
+    handler: grpc.RpcMethodHandler, hook: Callable[[Any], None], deserializer: Deserializer | None = None
+) -> grpc.RpcMethodHandler:
     """Return ``handler`` calling ``hook(message)`` on each request message before the handler
     sees it (streams: as each message is read); ``deserializer`` replaces the handler's."""
     kwargs = _kwargs(handler, deserializer)
@@ -192,8 +195,9 @@ def read_on_demand(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
 
 class _AroundInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation: Continuation,
-                                handler_call_details: HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -308,8 +312,9 @@ class ErrorInterceptor(_AroundInterceptor):
             raise
         except Exception as exc:  # a bug: never leak a traceback to the caller
             log.exception("rpc_internal_error", error=repr(exc)[:1000])
-            _end_call(context, grpc.StatusCode.INTERNAL,
-                      f"internal error (request id {logs.current_request_id()}); see the service log")
+            _end_call(
+                context, grpc.StatusCode.INTERNAL, f"internal error (request id {logs.current_request_id()}); see the service log"
+            )
 
 
 def _end_call(context: Context, code: grpc.StatusCode, details: str, trailing_metadata: Any = ()) -> None:
@@ -329,8 +334,9 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self.admission = admission
         self.stream_idle_s = stream_idle_s
 
-    async def intercept_service(self, continuation: Continuation,
-                                handler_call_details: HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None or is_open(handler_call_details.method):
             return handler
@@ -339,8 +345,9 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         return wrap_handler(handler, self.admission.admitted)
 
 
-def wrap_request_iterator(handler: grpc.RpcMethodHandler,
-                          wrap: Callable[[AsyncIterator[Any]], AsyncIterator[Any]]) -> grpc.RpcMethodHandler:
+def wrap_request_iterator(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[AsyncIterator[Any]], AsyncIterator[Any]]
+) -> grpc.RpcMethodHandler:
     """A request-streaming ``handler`` whose behaviour reads ``wrap(request_iterator)``."""
     kwargs = _kwargs(handler)
     if handler.stream_unary:
@@ -362,14 +369,14 @@ def wrap_request_iterator(handler: grpc.RpcMethodHandler,
 class AccessInterceptor(grpc.aio.ServerInterceptor):
     """API keys, method permissions and per-vendor quotas (see ``hybridpref.server.auth``)."""
 
-    def __init__(self, keys: KeyStore, quotas: QuotaBook | None = None,
-                 count_instances: Callable[[Any], int] | None = None):
+    def __init__(self, keys: KeyStore, quotas: QuotaBook | None = None, count_instances: Callable[[Any], int] | None = None):
         self.keys = keys
         self.quotas = quotas or QuotaBook()
         self.count_instances = count_instances or instances_in
 
-    async def intercept_service(self, continuation: Continuation,
-                                handler_call_details: HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or is_open(method):
@@ -475,8 +482,9 @@ class DeadlineInterceptor(_AroundInterceptor):
     def __init__(self, max_deadline_s: float | None):
         self.max_deadline_s = max_deadline_s
 
-    async def intercept_service(self, continuation: Continuation,
-                                handler_call_details: HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         if is_open(handler_call_details.method):
             return await continuation(handler_call_details)
         return await super().intercept_service(continuation, handler_call_details)
@@ -517,6 +525,7 @@ class _Undecodable:
 def _safe(deserializer: Callable[[bytes], Any], received: list[int] | None = None) -> Callable[[bytes], Any]:
     """``deserializer`` that never raises (an ``_Undecodable`` instead) and adds the bytes it sees to
     ``received[0]``."""
+
     def deserialize(data: bytes) -> Any:
         if received is not None:
             received[0] += len(data)
@@ -537,8 +546,9 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
         self.metrics = metrics
         self.memory = memory if memory is not None else MemoryReturner()
 
-    async def intercept_service(self, continuation: Continuation,
-                                handler_call_details: HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
@@ -547,9 +557,13 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
         def check(message: Any) -> None:
             if isinstance(message, _Undecodable):
                 self.metrics.undecodable.labels(self.service, name).inc()
-                raise InvalidInput(FieldViolation(
-                    "request", f"could not decode the request message ({type(message.error).__name__}): "
-                               "not a serialized message of this method's request type"))
+                raise InvalidInput(
+                    FieldViolation(
+                        "request",
+                        f"could not decode the request message ({type(message.error).__name__}): "
+                        "not a serialized message of this method's request type",
+                    )
+                )
 
         memory, received = self.memory, [0]  # this call's request bytes
 

@@ -74,8 +74,10 @@ class QuotaBook:
         if not rate or count <= 0:
             return
         if count > rate:
-            raise QuotaExceeded(f"{count} instances in one message exceed vendor {policy.vendor!r}'s quota of "
-                                f"{rate} a minute; send smaller chunks")
+            raise QuotaExceeded(
+                f"{count} instances in one message exceed vendor {policy.vendor!r}'s quota of "
+                f"{rate} a minute; send smaller chunks"
+            )
         with self._lock:
             state = self._get(policy)
             now = self._clock()

@@ -69,18 +69,28 @@ def build_interceptors(service: str, metrics: Metrics, settings: Settings | None
     settings = settings or Settings()
     server = settings.server
     chain: list[grpc.aio.ServerInterceptor] = [
-        RequestIdInterceptor(service), MetricsInterceptor(service, metrics), ErrorInterceptor(),
-        AdmissionInterceptor(Admission(server.max_concurrent_rpcs, server.max_calls_per_connection),
-                             server.stream_idle_s or None),
+        RequestIdInterceptor(service),
+        MetricsInterceptor(service, metrics),
+        ErrorInterceptor(),
+        AdmissionInterceptor(
+            Admission(server.max_concurrent_rpcs, server.max_calls_per_connection), server.stream_idle_s or None
+        ),
     ]
     if settings.auth.keys_file:
         from hybridpref.server.auth import KeyStore
 
-        chain.append(AccessInterceptor(KeyStore(settings.auth.keys_file, settings.auth.keys_reload_s),
-                                       QuotaBook(default_max_concurrent=settings.auth.vendor_max_concurrent)))
+        chain.append(
+            AccessInterceptor(
+                KeyStore(settings.auth.keys_file, settings.auth.keys_reload_s),
+                QuotaBook(default_max_concurrent=settings.auth.vendor_max_concurrent),
+            )
+        )
     elif service == "router":
-        log.warning("auth_disabled", service=service,
-                    detail="no HYBRIDPREF_API_KEYS_FILE: every caller is trusted; set one before exposing the router")
+        log.warning(
+            "auth_disabled",
+            service=service,
+            detail="no HYBRIDPREF_API_KEYS_FILE: every caller is trusted; set one before exposing the router",
+        )
     chain += [DeadlineInterceptor(settings.server.max_deadline_s or None), DecodeInterceptor(service, metrics)]
     return chain
 
@@ -122,7 +132,11 @@ class RunningService:
 
 
 async def start_service(
-    handle: ServiceHandle, settings: Settings, metrics: Metrics | None = None, *, port: int | None = None,
+    handle: ServiceHandle,
+    settings: Settings,
+    metrics: Metrics | None = None,
+    *,
+    port: int | None = None,
     metrics_port: int | None = None,
 ) -> RunningService:
     """Start ``handle``'s server; returns at once with health NOT_SERVING while models load.
@@ -142,9 +156,7 @@ async def start_service(
     handle.register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*handle.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable_server_reflection((*handle.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     want_port = settings.server.port_for(handle.name) if port is None else port
     address = f"{settings.server.host}:{want_port}"
     bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
@@ -164,11 +176,27 @@ async def start_service(
     m_host = settings.server.metrics_host or settings.server.host
     bound_metrics = start_metrics_server(m_port, m_host, metrics.registry) if m_port >= 0 else None
     metrics.model_ready.labels(handle.name).set(0)  # exported from the start, so "never loaded" is visible
-    running = RunningService(handle, server, bound, bound_metrics, health_servicer, asyncio.Event(),
-                             health_server=health_server, health_port=health_port, tls=credentials is not None)
+    running = RunningService(
+        handle,
+        server,
+        bound,
+        bound_metrics,
+        health_servicer,
+        asyncio.Event(),
+        health_server=health_server,
+        health_port=health_port,
+        tls=credentials is not None,
+    )
     running._load_task = asyncio.create_task(_load(running, metrics))
-    log.info("service_started", service=handle.name, port=bound, metrics_port=bound_metrics,
-             tls=credentials is not None, mutual_tls=bool(settings.tls.client_ca_file), health_port=health_port)
+    log.info(
+        "service_started",
+        service=handle.name,
+        port=bound,
+        metrics_port=bound_metrics,
+        tls=credentials is not None,
+        mutual_tls=bool(settings.tls.client_ca_file),
+        health_port=health_port,
+    )
     return running
 
 

@@ -316,8 +316,11 @@ def env_name(section: type[BaseSettings], name: str, field: FieldInfo) -> str:
 
 def environment_variables() -> dict[str, str]:
     """Every variable the settings read -> ``section.field``."""
-    return {env_name(cls, name, field): f"{section}.{name}"
-            for section, cls in sections().items() for name, field in cls.model_fields.items()}
+    return {
+        env_name(cls, name, field): f"{section}.{name}"
+        for section, cls in sections().items()
+        for name, field in cls.model_fields.items()
+    }
 
 
 def _default(field: FieldInfo) -> str:
@@ -334,7 +337,12 @@ def settings_table() -> str:
     writes it there): one block per section, a row per field, the meaning from its docstring."""
     lines: list[str] = []
     for section, cls in sections().items():
-        lines += [f"**`{section}`**: {(cls.__doc__ or '').replace('``', '`')}", "", "| variable | field | default | meaning |", "|---|---|---|---|"]
+        lines += [
+            f"**`{section}`**: {(cls.__doc__ or '').replace('``', '`')}",
+            "",
+            "| variable | field | default | meaning |",
+            "|---|---|---|---|",
+        ]
         for name, field in cls.model_fields.items():
             meaning = " ".join((field.description or "").split()).replace("``", "`")
             lines.append(f"| `{env_name(cls, name, field)}` | `{section}.{name}` | {_default(field)} | {meaning} |")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import grpc
 
-from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref.server.settings import Settings
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 
 def _read(path: str | None, setting: str) -> bytes | None:
@@ -32,10 +32,16 @@ def _read(path: str | None, setting: str) -> bytes | None:
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """The gRPC port's TLS credentials, or ``None`` for plaintext (no cert configured)."""
     if bool(settings.tls.cert_file) != bool(settings.tls.key_file):
-        raise InvalidInput(FieldViolation("HYBRIDPREF_TLS_CERT_FILE", "set both HYBRIDPREF_TLS_CERT_FILE and HYBRIDPREF_TLS_KEY_FILE, or neither"))
+        raise InvalidInput(
+            FieldViolation(
+                "HYBRIDPREF_TLS_CERT_FILE", "set both HYBRIDPREF_TLS_CERT_FILE and HYBRIDPREF_TLS_KEY_FILE, or neither"
+            )
+        )
     if not settings.tls.enabled:
         if settings.tls.client_ca_file:
-            raise InvalidInput(FieldViolation("HYBRIDPREF_TLS_CLIENT_CA_FILE", "mutual TLS needs the server's own certificate and key too"))
+            raise InvalidInput(
+                FieldViolation("HYBRIDPREF_TLS_CLIENT_CA_FILE", "mutual TLS needs the server's own certificate and key too")
+            )
         return None
     cert = _read(settings.tls.cert_file, "HYBRIDPREF_TLS_CERT_FILE")
     key = _read(settings.tls.key_file, "HYBRIDPREF_TLS_KEY_FILE")
@@ -47,10 +53,16 @@ def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
     """Credentials for channels to the backends, or ``None`` for plaintext."""
     if not settings.tls.ca_file:
         if settings.tls.client_cert_file or settings.tls.client_key_file:
-            raise InvalidInput(FieldViolation("HYBRIDPREF_TLS_CA_FILE", "a client certificate needs HYBRIDPREF_TLS_CA_FILE (TLS to the backends)"))
+            raise InvalidInput(
+                FieldViolation(
+                    "HYBRIDPREF_TLS_CA_FILE", "a client certificate needs HYBRIDPREF_TLS_CA_FILE (TLS to the backends)"
+                )
+            )
         return None
     if bool(settings.tls.client_cert_file) != bool(settings.tls.client_key_file):
-        raise InvalidInput(FieldViolation("HYBRIDPREF_TLS_CLIENT_CERT_FILE", "set both the client certificate and key, or neither"))
+        raise InvalidInput(
+            FieldViolation("HYBRIDPREF_TLS_CLIENT_CERT_FILE", "set both the client certificate and key, or neither")
+        )
     return grpc.ssl_channel_credentials(
         root_certificates=_read(settings.tls.ca_file, "HYBRIDPREF_TLS_CA_FILE"),
         private_key=_read(settings.tls.client_key_file, "HYBRIDPREF_TLS_CLIENT_KEY_FILE"),

@@ -19,8 +19,19 @@ from hybridpref.store.api import (
     StoredDecision,
 )
 
-__all__ = ["Campaign", "CampaignSpec", "CampaignStatus", "CampaignStore", "Candidate", "HumanLabel", "Interval",
-           "LabelResult", "PendingPair", "StoredDecision", "open_store"]
+__all__ = [
+    "Campaign",
+    "CampaignSpec",
+    "CampaignStatus",
+    "CampaignStore",
+    "Candidate",
+    "HumanLabel",
+    "Interval",
+    "LabelResult",
+    "PendingPair",
+    "StoredDecision",
+    "open_store",
+]
 
 
 def open_store(url: str | None = None, *, upgrade: bool = False):

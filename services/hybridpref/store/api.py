@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 BudgetKind = Literal["count", "cost"]
-Preference = Literal["A", "B", "tie"]          # stored orientation: A/B as routed (never the shown order)
+Preference = Literal["A", "B", "tie"]  # stored orientation: A/B as routed (never the shown order)
 ExportFormat = Literal["trl", "pool"]
 # The vendor of every caller when the router runs without API keys (and of the CLI's local store): one
 # vendor, so the embedded stack and `--db` see the same campaigns.
@@ -20,15 +20,15 @@ DEFAULT_VENDOR = "default"
 
 @dataclass(frozen=True)
 class CampaignSpec:
-    vendor: str                      # from the API key; a vendor sees only its own campaigns
-    name: str                        # unique per vendor
+    vendor: str  # from the API key; a vendor sees only its own campaigns
+    name: str  # unique per vendor
     budget_kind: BudgetKind
-    budget_total: float              # human labels (count) or cost units (cost) for the whole campaign
-    strategy: str = ""               # "" = the router's default strategy
-    judge: str = ""                  # "" = the judge service; else a recorded judge key (replay)
-    votes_per_pair: int = 1          # human votes a human-routed pair needs
-    expected_instances: int | None = None   # vendor's estimate of the stream size (spending policy)
-    exploration_share: float = 0.0   # share of the human budget spent at random (issue 19)
+    budget_total: float  # human labels (count) or cost units (cost) for the whole campaign
+    strategy: str = ""  # "" = the router's default strategy
+    judge: str = ""  # "" = the judge service; else a recorded judge key (replay)
+    votes_per_pair: int = 1  # human votes a human-routed pair needs
+    expected_instances: int | None = None  # vendor's estimate of the stream size (spending policy)
+    exploration_share: float = 0.0  # share of the human budget spent at random (issue 19)
 
 
 @dataclass(frozen=True)
@@ -36,26 +36,27 @@ class Campaign:
     id: int
     spec: CampaignSpec
     created_at: datetime
-    spent: float                     # budget units reserved by human-routed decisions
-    routed: int                      # decisions stored
+    spent: float  # budget units reserved by human-routed decisions
+    routed: int  # decisions stored
     human_routed: int
-    labels_returned: int             # human votes stored (audit labels included)
-    pairs_pending: int               # human-routed pairs with fewer votes than votes_per_pair
+    labels_returned: int  # human votes stored (audit labels included)
+    pairs_pending: int  # human-routed pairs with fewer votes than votes_per_pair
 
 
 @dataclass(frozen=True)
 class Candidate:
     """One instance of a batch as the router hands it to the store: texts, the strategy's score (higher =
     more worth a human label), its cost, and what a later refit or export needs."""
+
     instance_id: str
     prompt: str
     response_a: str
     response_b: str
     score: float
     cost: float = 1.0
-    lm_label: str | None = None            # hybridpref_client.core.instances.Label name, e.g. "A_BETTER"
-    lm_confidence: float | None = None     # P(LM label correct) or the judge's confidence
-    signals: dict[str, Any] = field(default_factory=dict)    # judge signals (flip, P(A), other judges...)
+    lm_label: str | None = None  # hybridpref_client.core.instances.Label name, e.g. "A_BETTER"
+    lm_confidence: float | None = None  # P(LM label correct) or the judge's confidence
+    signals: dict[str, Any] = field(default_factory=dict)  # judge signals (flip, P(A), other judges...)
     features: dict[str, float] = field(default_factory=dict)  # correction-model inputs
     expected_correction: float | None = None  # P(human label fixes the LM label), as the summary promised
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -68,8 +69,8 @@ class StoredDecision:
     score: float
     cost: float
     batch_id: str
-    exploration: bool                 # routed to humans by the random exploration share
-    replayed: bool                    # True when the id was already stored: nothing new was spent
+    exploration: bool  # routed to humans by the random exploration share
+    replayed: bool  # True when the id was already stored: nothing new was spent
     lm_label: str | None = None
     model_version: str = ""
     # extensions (loop helper): what the router answers for a replayed id, as stored
@@ -82,10 +83,10 @@ class HumanLabel:
     instance_id: str
     annotator: str
     preference: Preference
-    strength: int | None = None       # 1 = slightly, 2 = clearly (5-point scale with tie); None = unknown
+    strength: int | None = None  # 1 = slightly, 2 = clearly (5-point scale with tie); None = unknown
     rationale: str = ""
-    labelled_at: datetime | None = None   # None = now
-    source: str = "api"               # api | annotate | label-studio | ...
+    labelled_at: datetime | None = None  # None = now
+    source: str = "api"  # api | annotate | label-studio | ...
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,8 @@ class LabelResult:
     index: int
     instance_id: str
     status: Literal["stored", "unchanged", "replaced", "rejected"]
-    audit: bool = False               # label for an LM-routed instance (kept: it measures the judge)
-    error: str = ""                   # for "rejected": which field and why
+    audit: bool = False  # label for an LM-routed instance (kept: it measures the judge)
+    error: str = ""  # for "rejected": which field and why
 
 
 @dataclass(frozen=True)
@@ -118,10 +119,10 @@ class Interval:
 class CampaignStatus:
     campaign: Campaign
     budget_left: float
-    labels_pending: int               # votes still wanted over human-routed pairs
-    agreement: Interval | None        # judge-human agreement on returned non-tie labels (Wilson 95%)
-    realised_corrections: int         # returned human majority differs from the LM label (non-tie)
-    expected_corrections: Interval | None   # what the routing summaries promised for the labelled pairs
+    labels_pending: int  # votes still wanted over human-routed pairs
+    agreement: Interval | None  # judge-human agreement on returned non-tie labels (Wilson 95%)
+    realised_corrections: int  # returned human majority differs from the LM label (non-tie)
+    expected_corrections: Interval | None  # what the routing summaries promised for the labelled pairs
     # extensions (store helper): agreement on audit labels only (LM-routed pairs, an unbiased sample of
     # the judge) and how many labelled human-routed pairs carried an expected_correction
     audit_agreement: Interval | None = None
@@ -129,11 +130,18 @@ class CampaignStatus:
 
 
 class CampaignStore(Protocol):
-    def create_campaign(self, spec: CampaignSpec) -> Campaign: ...          # AlreadyExists if vendor+name taken
-    def get_campaign(self, vendor: str, name: str) -> Campaign: ...        # NotFound otherwise
+    def create_campaign(self, spec: CampaignSpec) -> Campaign: ...  # AlreadyExists if vendor+name taken
+    def get_campaign(self, vendor: str, name: str) -> Campaign: ...  # NotFound otherwise
     def list_campaigns(self, vendor: str) -> list[Campaign]: ...
-    def decide_batch(self, vendor: str, name: str, batch_id: str, candidates: Sequence[Candidate],
-                     model_version: str = "", bundle_version: str = "") -> list[StoredDecision]: ...
+    def decide_batch(
+        self,
+        vendor: str,
+        name: str,
+        batch_id: str,
+        candidates: Sequence[Candidate],
+        model_version: str = "",
+        bundle_version: str = "",
+    ) -> list[StoredDecision]: ...
     def submit_labels(self, vendor: str, name: str, labels: Sequence[HumanLabel]) -> list[LabelResult]: ...
     def delete_label(self, vendor: str, name: str, instance_id: str, annotator: str) -> bool: ...
     def pending_pairs(self, vendor: str, name: str, annotator: str, limit: int = 1) -> list[PendingPair]: ...

@@ -56,7 +56,7 @@ def resolve_url(url: str | None = None) -> str:
         return f"sqlite:///{Path(value).expanduser().resolve()}"
     for prefix in ("postgresql://", "postgres://"):
         if value.startswith(prefix):
-            return "postgresql+psycopg://" + value[len(prefix):]
+            return "postgresql+psycopg://" + value[len(prefix) :]
     return value
 
 

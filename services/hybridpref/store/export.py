@@ -40,9 +40,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hybridpref_client.core.instances import Label
 from hybridpref.store.api import CampaignSpec, ExportFormat
 from hybridpref.store.stats import majority
+from hybridpref_client.core.instances import Label
 
 DEFAULT_JUDGE_KEY = "judge"  # the pool's lm_labels key when the campaign used the judge service
 PARQUET_ROWS_PER_GROUP = 20_000
@@ -68,9 +68,20 @@ def trl_row(spec: CampaignSpec, d: Any, votes: list[Any]) -> dict[str, Any] | No
     else:
         return None
     chosen, rejected = (response_b, response_a) if final == "B" else (response_a, response_b)
-    return {"id": instance_id, "prompt": prompt, "chosen": chosen, "rejected": rejected,
-            "label_source": source, "judge": spec.judge, "confidence": confidence, "votes": n_votes,
-            "tie": final == "tie", "campaign": spec.name, "batch": batch_id, "human_routed": bool(human)}
+    return {
+        "id": instance_id,
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "label_source": source,
+        "judge": spec.judge,
+        "confidence": confidence,
+        "votes": n_votes,
+        "tie": final == "tie",
+        "campaign": spec.name,
+        "batch": batch_id,
+        "human_routed": bool(human),
+    }
 
 
 def pool_row(spec: CampaignSpec, d: Any, votes: list[Any]) -> dict[str, Any] | None:
@@ -83,12 +94,22 @@ def pool_row(spec: CampaignSpec, d: Any, votes: list[Any]) -> dict[str, Any] | N
         lm_labels.update({str(k): str(v) for k, v in recorded.items() if isinstance(v, str)})
     if d.lm_label:
         lm_labels[spec.judge or DEFAULT_JUDGE_KEY] = LM_VERDICT[d.lm_label]
-    return {"id": d.instance_id, "source": f"campaign:{spec.name}", "prompt": d.prompt,
-            "response_a": d.response_a, "response_b": d.response_b,
-            "human_label": majority(Counter(v.preference for v in votes)),
-            "human_votes": [v.preference for v in votes], "lm_labels": lm_labels,
-            "campaign": spec.name, "batch": d.batch_id, "human_routed": bool(d.human),
-            "exploration": bool(d.exploration), "score": d.score, "expected_correction": d.expected_correction}
+    return {
+        "id": d.instance_id,
+        "source": f"campaign:{spec.name}",
+        "prompt": d.prompt,
+        "response_a": d.response_a,
+        "response_b": d.response_b,
+        "human_label": majority(Counter(v.preference for v in votes)),
+        "human_votes": [v.preference for v in votes],
+        "lm_labels": lm_labels,
+        "campaign": spec.name,
+        "batch": d.batch_id,
+        "human_routed": bool(d.human),
+        "exploration": bool(d.exploration),
+        "score": d.score,
+        "expected_correction": d.expected_correction,
+    }
 
 
 def parquet_schema(fmt: ExportFormat):
@@ -97,14 +118,36 @@ def parquet_schema(fmt: ExportFormat):
 
     common = [("campaign", pa.string()), ("batch", pa.string()), ("human_routed", pa.bool_())]
     if fmt == "trl":
-        return pa.schema([("id", pa.string()), ("prompt", pa.string()), ("chosen", pa.string()),
-                          ("rejected", pa.string()), ("label_source", pa.string()), ("judge", pa.string()),
-                          ("confidence", pa.float64()), ("votes", pa.int32()), ("tie", pa.bool_()), *common])
-    return pa.schema([("id", pa.string()), ("source", pa.string()), ("prompt", pa.string()),
-                      ("response_a", pa.string()), ("response_b", pa.string()), ("human_label", pa.string()),
-                      ("human_votes", pa.list_(pa.string())), ("lm_labels", pa.map_(pa.string(), pa.string())),
-                      *common, ("exploration", pa.bool_()), ("score", pa.float64()),
-                      ("expected_correction", pa.float64())])
+        return pa.schema(
+            [
+                ("id", pa.string()),
+                ("prompt", pa.string()),
+                ("chosen", pa.string()),
+                ("rejected", pa.string()),
+                ("label_source", pa.string()),
+                ("judge", pa.string()),
+                ("confidence", pa.float64()),
+                ("votes", pa.int32()),
+                ("tie", pa.bool_()),
+                *common,
+            ]
+        )
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("source", pa.string()),
+            ("prompt", pa.string()),
+            ("response_a", pa.string()),
+            ("response_b", pa.string()),
+            ("human_label", pa.string()),
+            ("human_votes", pa.list_(pa.string())),
+            ("lm_labels", pa.map_(pa.string(), pa.string())),
+            *common,
+            ("exploration", pa.bool_()),
+            ("score", pa.float64()),
+            ("expected_correction", pa.float64()),
+        ]
+    )
 
 
 def write_export(rows: Iterable[dict[str, Any]], path: str | Path, fmt: ExportFormat) -> int:

@@ -122,8 +122,7 @@ def plan_batch(
     return BatchPlan(human, exploration, threshold, fraction, spend, final)
 
 
-def update_sample(sample: np.ndarray, seen: int, scores: np.ndarray, seed: int,
-                  size: int = SAMPLE_SIZE) -> np.ndarray:
+def update_sample(sample: np.ndarray, seen: int, scores: np.ndarray, seed: int, size: int = SAMPLE_SIZE) -> np.ndarray:
     """The campaign's score sample after a batch: reservoir sampling (Algorithm R) over the stream, so
     that it stays a uniform random sample of all ``seen + len(scores)`` scores, of at most ``size``.
 
@@ -141,8 +140,9 @@ def update_sample(sample: np.ndarray, seen: int, scores: np.ndarray, seed: int,
     return out
 
 
-def _paced(scores: np.ndarray, history: np.ndarray, seen: int, fraction: float,
-           rng: np.random.Generator) -> tuple[np.ndarray, float]:
+def _paced(
+    scores: np.ndarray, history: np.ndarray, seen: int, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
     """Batch instances whose score passes the threshold calibrated on history + batch, and the threshold.
 
     Each history score stands for ``seen / len(history)`` scores of the stream (1 while the sample holds
@@ -170,8 +170,7 @@ def _paced(scores: np.ndarray, history: np.ndarray, seen: int, fraction: float,
     return paced, threshold
 
 
-def _split(allot: float, share: float, budget_kind: str,
-           rng: np.random.Generator) -> tuple[float, float, int | None]:
+def _split(allot: float, share: float, budget_kind: str, rng: np.random.Generator) -> tuple[float, float, int | None]:
     """(exploit units, explore units, number of explore picks for a count budget) of an allotment."""
     if share <= 0 or allot <= EPS:
         return allot, 0.0, 0 if budget_kind == "count" else None

@@ -24,11 +24,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import ARRAY, Connection, Engine, bindparam, exists, func, insert, select, true, false, update
+from sqlalchemy import ARRAY, Connection, Engine, bindparam, exists, false, func, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
 
-from hybridpref_client.core.errors import AlreadyExists, FieldViolation, InvalidInput, NotFound, NotReady, quote
-from hybridpref_client.core.instances import Label, is_blank, parse_label
 import hybridpref.store.models as m
 from hybridpref.store.api import (
     Campaign,
@@ -51,15 +49,46 @@ from hybridpref.store.engine import (
 )
 from hybridpref.store.policy import batch_seed, plan_batch, update_sample
 from hybridpref.store.stats import expected_count_interval, majority, wilson
+from hybridpref_client.core.errors import AlreadyExists, FieldViolation, InvalidInput, NotFound, NotReady, quote
+from hybridpref_client.core.instances import Label, is_blank, parse_label
 
 # Rows per query when streaming (export, refit) and ids per IN (...) list.
 CHUNK = 2_000
 # Columns written by COPY on PostgreSQL (decide_batch), in this order.
-DECISION_COLUMNS = ("campaign_id", "instance_id", "batch_id", "prompt", "response_a", "response_b", "score", "cost",
-                    "human", "exploration", "threshold", "lm_label", "lm_confidence", "expected_correction",
-                    "signals", "features", "meta", "model_version", "bundle_version", "created_at")
-LABEL_COLUMNS = ("campaign_id", "decision_id", "annotator", "preference", "strength", "rationale", "labelled_at",
-                 "source", "audit", "updated_at")
+DECISION_COLUMNS = (
+    "campaign_id",
+    "instance_id",
+    "batch_id",
+    "prompt",
+    "response_a",
+    "response_b",
+    "score",
+    "cost",
+    "human",
+    "exploration",
+    "threshold",
+    "lm_label",
+    "lm_confidence",
+    "expected_correction",
+    "signals",
+    "features",
+    "meta",
+    "model_version",
+    "bundle_version",
+    "created_at",
+)
+LABEL_COLUMNS = (
+    "campaign_id",
+    "decision_id",
+    "annotator",
+    "preference",
+    "strength",
+    "rationale",
+    "labelled_at",
+    "source",
+    "audit",
+    "updated_at",
+)
 MAX_RATIONALE = 20_000
 MAX_PENDING_LIMIT = 1_000
 PREFERENCES = ("A", "B", "tie")
@@ -90,8 +119,10 @@ class SqlCampaignStore:
             have, want = current_revision(engine), head_revision()
             if have != want:
                 engine.dispose()
-                raise NotReady(f"the campaign store's database is at revision {have or 'none'}, this code needs "
-                               f"{want}: run `hybridpref store migrate --db URL` first")
+                raise NotReady(
+                    f"the campaign store's database is at revision {have or 'none'}, this code needs "
+                    f"{want}: run `hybridpref store migrate --db URL` first"
+                )
         return cls(engine)
 
     def close(self) -> None:
@@ -105,12 +136,23 @@ class SqlCampaignStore:
         now = _now()
         try:
             with self._write.begin() as conn:
-                conn.execute(insert(m.campaigns).values(
-                    vendor=spec.vendor, name=spec.name, budget_kind=spec.budget_kind,
-                    budget_total=float(spec.budget_total), strategy=spec.strategy, judge=spec.judge,
-                    votes_per_pair=spec.votes_per_pair, expected_instances=spec.expected_instances,
-                    exploration_share=float(spec.exploration_share), created_at=now, spent=0.0, routed=0,
-                    human_routed=0))
+                conn.execute(
+                    insert(m.campaigns).values(
+                        vendor=spec.vendor,
+                        name=spec.name,
+                        budget_kind=spec.budget_kind,
+                        budget_total=float(spec.budget_total),
+                        strategy=spec.strategy,
+                        judge=spec.judge,
+                        votes_per_pair=spec.votes_per_pair,
+                        expected_instances=spec.expected_instances,
+                        exploration_share=float(spec.exploration_share),
+                        created_at=now,
+                        spent=0.0,
+                        routed=0,
+                        human_routed=0,
+                    )
+                )
                 return self._campaign(conn, self._row(conn, spec.vendor, spec.name))
         except IntegrityError as exc:
             raise AlreadyExists(f"campaign {quote(spec.name)} already exists") from exc
@@ -132,14 +174,20 @@ class SqlCampaignStore:
     def list_campaigns(self, vendor: str) -> list[Campaign]:
         """The vendor's campaigns, oldest first."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(m.campaigns).where(m.campaigns.c.vendor == vendor)
-                                .order_by(m.campaigns.c.id)).all()
+            rows = conn.execute(select(m.campaigns).where(m.campaigns.c.vendor == vendor).order_by(m.campaigns.c.id)).all()
             return [self._campaign(conn, row) for row in rows]
 
     # ---- routing ---------------------------------------------------------------------------------
 
-    def decide_batch(self, vendor: str, name: str, batch_id: str, candidates: Sequence[Candidate],
-                     model_version: str = "", bundle_version: str = "") -> list[StoredDecision]:
+    def decide_batch(
+        self,
+        vendor: str,
+        name: str,
+        batch_id: str,
+        candidates: Sequence[Candidate],
+        model_version: str = "",
+        bundle_version: str = "",
+    ) -> list[StoredDecision]:
         """Decide and store a batch; one decision per candidate, in the candidates' order.
 
         Ids the campaign already stored come back as stored (``replayed=True``) and spend nothing;
@@ -156,55 +204,131 @@ class SqlCampaignStore:
             fresh = [i for i, c in enumerate(candidates) if c.instance_id not in stored]
             decided: dict[str, StoredDecision] = {}
             if fresh:
-                decided = self._decide_fresh(conn, row, batch_id, [candidates[i] for i in fresh],
-                                             [lm_labels[i] for i in fresh], [encoded[i] for i in fresh],
-                                             model_version, bundle_version)
+                decided = self._decide_fresh(
+                    conn,
+                    row,
+                    batch_id,
+                    [candidates[i] for i in fresh],
+                    [lm_labels[i] for i in fresh],
+                    [encoded[i] for i in fresh],
+                    model_version,
+                    bundle_version,
+                )
         return [decided.get(c.instance_id) or stored[c.instance_id] for c in candidates]
 
-    def _decide_fresh(self, conn: Connection, row, batch_id: str, fresh: list[Candidate],
-                      lm_labels: list[str | None], encoded: list[tuple[EncodedJSON, EncodedJSON, EncodedJSON]],
-                      model_version: str, bundle_version: str) -> dict[str, StoredDecision]:
+    def _decide_fresh(
+        self,
+        conn: Connection,
+        row,
+        batch_id: str,
+        fresh: list[Candidate],
+        lm_labels: list[str | None],
+        encoded: list[tuple[EncodedJSON, EncodedJSON, EncodedJSON]],
+        model_version: str,
+        bundle_version: str,
+    ) -> dict[str, StoredDecision]:
         scores = np.array([c.score for c in fresh], dtype=np.float64)
         costs = np.array([c.cost for c in fresh], dtype=np.float64)
         history = np.frombuffer(row.score_sample or b"", dtype="<f8")
         seed = batch_seed(row.id, batch_id)
-        plan = plan_batch(scores, costs, history=history, budget_kind=row.budget_kind,
-                          budget_left=row.budget_total - row.spent, seen=row.routed,
-                          expected_instances=row.expected_instances, exploration_share=row.exploration_share,
-                          seed=seed)
+        plan = plan_batch(
+            scores,
+            costs,
+            history=history,
+            budget_kind=row.budget_kind,
+            budget_left=row.budget_total - row.spent,
+            seen=row.routed,
+            expected_instances=row.expected_instances,
+            exploration_share=row.exploration_share,
+            seed=seed,
+        )
         now = _now()
         threshold = plan.threshold if math.isfinite(plan.threshold) else None
-        values = [(row.id, c.instance_id, batch_id, c.prompt, c.response_a, c.response_b, float(c.score),
-                   float(c.cost), bool(plan.human[i]), bool(plan.exploration[i]), threshold, lm_labels[i],
-                   c.lm_confidence, c.expected_correction, *encoded[i], model_version, bundle_version, now)
-                  for i, c in enumerate(fresh)]
+        values = [
+            (
+                row.id,
+                c.instance_id,
+                batch_id,
+                c.prompt,
+                c.response_a,
+                c.response_b,
+                float(c.score),
+                float(c.cost),
+                bool(plan.human[i]),
+                bool(plan.exploration[i]),
+                threshold,
+                lm_labels[i],
+                c.lm_confidence,
+                c.expected_correction,
+                *encoded[i],
+                model_version,
+                bundle_version,
+                now,
+            )
+            for i, c in enumerate(fresh)
+        ]
         self._insert_decisions(conn, values)
         spent = row.spent + plan.spend
         if spent > row.budget_total:  # float sums of costs: never report more than the total
             spent = row.budget_total
         sample = update_sample(history, row.routed, scores, seed).astype("<f8").tobytes()
-        conn.execute(update(m.campaigns).where(m.campaigns.c.id == row.id).values(
-            spent=spent, routed=m.campaigns.c.routed + len(fresh),
-            human_routed=m.campaigns.c.human_routed + int(plan.human.sum()), score_sample=sample))
-        return {c.instance_id: StoredDecision(
-            instance_id=c.instance_id, human=bool(plan.human[i]), score=float(c.score), cost=float(c.cost),
-            batch_id=batch_id, exploration=bool(plan.exploration[i]), replayed=False, lm_label=lm_labels[i],
-            model_version=model_version, lm_confidence=c.lm_confidence, expected_correction=c.expected_correction)
-            for i, c in enumerate(fresh)}
+        conn.execute(
+            update(m.campaigns)
+            .where(m.campaigns.c.id == row.id)
+            .values(
+                spent=spent,
+                routed=m.campaigns.c.routed + len(fresh),
+                human_routed=m.campaigns.c.human_routed + int(plan.human.sum()),
+                score_sample=sample,
+            )
+        )
+        return {
+            c.instance_id: StoredDecision(
+                instance_id=c.instance_id,
+                human=bool(plan.human[i]),
+                score=float(c.score),
+                cost=float(c.cost),
+                batch_id=batch_id,
+                exploration=bool(plan.exploration[i]),
+                replayed=False,
+                lm_label=lm_labels[i],
+                model_version=model_version,
+                lm_confidence=c.lm_confidence,
+                expected_correction=c.expected_correction,
+            )
+            for i, c in enumerate(fresh)
+        }
 
     def _stored_decisions(self, conn: Connection, campaign_id: int, ids: Sequence[str]) -> dict[str, StoredDecision]:
         d = m.decisions.c
         out: dict[str, StoredDecision] = {}
         for chunk in _chunks(ids, CHUNK):
-            query = select(d.instance_id, d.human, d.score, d.cost, d.batch_id, d.exploration, d.lm_label,
-                           d.model_version, d.lm_confidence, d.expected_correction
-                           ).where(d.campaign_id == campaign_id, self._in(d.instance_id, chunk))
+            query = select(
+                d.instance_id,
+                d.human,
+                d.score,
+                d.cost,
+                d.batch_id,
+                d.exploration,
+                d.lm_label,
+                d.model_version,
+                d.lm_confidence,
+                d.expected_correction,
+            ).where(d.campaign_id == campaign_id, self._in(d.instance_id, chunk))
             for r in conn.execute(query):
                 out[r.instance_id] = StoredDecision(
-                    instance_id=r.instance_id, human=bool(r.human), score=r.score, cost=r.cost,
-                    batch_id=r.batch_id, exploration=bool(r.exploration), replayed=True, lm_label=r.lm_label,
-                    model_version=r.model_version, lm_confidence=r.lm_confidence,
-                    expected_correction=r.expected_correction)
+                    instance_id=r.instance_id,
+                    human=bool(r.human),
+                    score=r.score,
+                    cost=r.cost,
+                    batch_id=r.batch_id,
+                    exploration=bool(r.exploration),
+                    replayed=True,
+                    lm_label=r.lm_label,
+                    model_version=r.model_version,
+                    lm_confidence=r.lm_confidence,
+                    expected_correction=r.expected_correction,
+                )
         return out
 
     def _insert_decisions(self, conn: Connection, values: list[tuple[Any, ...]]) -> None:
@@ -226,8 +350,9 @@ class SqlCampaignStore:
             return
         # SQLite: the driver's executemany on tuples, each value through its column type's bind processor
         # (datetimes, booleans, JSON), without building a parameter dict per row (measured: ~2x faster).
-        processors = [(k, p) for k, c in enumerate(columns)
-                      if (p := table.c[c].type._cached_bind_processor(conn.dialect)) is not None]
+        processors = [
+            (k, p) for k, c in enumerate(columns) if (p := table.c[c].type._cached_bind_processor(conn.dialect)) is not None
+        ]
         rows = values
         if processors:
             rows = []
@@ -252,33 +377,45 @@ class SqlCampaignStore:
         errors = [_label_error(i, item) for i, item in enumerate(labels)]
         results: list[LabelResult | None] = [
             LabelResult(i, _clip_id(item), "rejected", error=err) if err else None
-            for i, (item, err) in enumerate(zip(labels, errors, strict=True))]
+            for i, (item, err) in enumerate(zip(labels, errors, strict=True))
+        ]
         valid = [i for i, r in enumerate(results) if r is None]
         with self._write.begin() as conn:
             row = self._row(conn, vendor, name, lock=True)
             targets = self._decision_ids(conn, row.id, {labels[i].instance_id for i in valid})
-            current = self._current_labels(conn, [t[0] for t in targets.values()],
-                                           {labels[i].annotator for i in valid})
+            current = self._current_labels(conn, [t[0] for t in targets.values()], {labels[i].annotator for i in valid})
             state: dict[tuple[int, str], dict[str, Any]] = {}
             now = _now()
             for i in valid:
                 item = labels[i]
                 if item.instance_id not in targets:
-                    results[i] = LabelResult(i, item.instance_id, "rejected",
-                                             error=f"labels[{i}].instance_id: no routed instance "
-                                                   f"{quote(item.instance_id)} in campaign {quote(name)}")
+                    results[i] = LabelResult(
+                        i,
+                        item.instance_id,
+                        "rejected",
+                        error=f"labels[{i}].instance_id: no routed instance {quote(item.instance_id)} in campaign {quote(name)}",
+                    )
                     continue
                 decision_id, human = targets[item.instance_id]
                 key = (decision_id, item.annotator)
-                new = dict(preference=_canonical_preference(item.preference), strength=item.strength,
-                           rationale=item.rationale, labelled_at=_utc(item.labelled_at) or now,
-                           source=item.source, audit=not human, updated_at=now)
+                new = dict(
+                    preference=_canonical_preference(item.preference),
+                    strength=item.strength,
+                    rationale=item.rationale,
+                    labelled_at=_utc(item.labelled_at) or now,
+                    source=item.source,
+                    audit=not human,
+                    updated_at=now,
+                )
                 old = state.get(key) or current.get(key)
                 status: Literal["stored", "unchanged", "replaced"]
                 if old is None:
                     status = "stored"
                 elif (old["preference"], old["strength"], old["rationale"]) == (
-                        new["preference"], new["strength"], new["rationale"]):
+                    new["preference"],
+                    new["strength"],
+                    new["rationale"],
+                ):
                     status = "unchanged"
                 else:
                     status = "replaced"
@@ -299,45 +436,59 @@ class SqlCampaignStore:
                 updates.append(dict(values, row_id=row_id))
         self._insert(conn, m.labels, LABEL_COLUMNS, [tuple(row[c] for c in LABEL_COLUMNS) for row in inserts])
         if updates:
-            conn.execute(update(m.labels).where(m.labels.c.id == bindparam("row_id")).values(
-                preference=bindparam("preference"), strength=bindparam("strength"),
-                rationale=bindparam("rationale"), labelled_at=bindparam("labelled_at"),
-                source=bindparam("source"), audit=bindparam("audit"), updated_at=bindparam("updated_at")), updates)
+            conn.execute(
+                update(m.labels)
+                .where(m.labels.c.id == bindparam("row_id"))
+                .values(
+                    preference=bindparam("preference"),
+                    strength=bindparam("strength"),
+                    rationale=bindparam("rationale"),
+                    labelled_at=bindparam("labelled_at"),
+                    source=bindparam("source"),
+                    audit=bindparam("audit"),
+                    updated_at=bindparam("updated_at"),
+                ),
+                updates,
+            )
 
     def _decision_ids(self, conn: Connection, campaign_id: int, ids: set[str]) -> dict[str, tuple[int, bool]]:
         d = m.decisions.c
         out: dict[str, tuple[int, bool]] = {}
         for chunk in _chunks(sorted(ids), CHUNK):
-            for r in conn.execute(select(d.instance_id, d.id, d.human)
-                                  .where(d.campaign_id == campaign_id, self._in(d.instance_id, chunk))):
+            for r in conn.execute(
+                select(d.instance_id, d.id, d.human).where(d.campaign_id == campaign_id, self._in(d.instance_id, chunk))
+            ):
                 out[r.instance_id] = (r.id, bool(r.human))
         return out
 
-    def _current_labels(self, conn: Connection, decision_ids: list[int],
-                        annotators: set[str]) -> dict[tuple[int, str], dict[str, Any]]:
+    def _current_labels(
+        self, conn: Connection, decision_ids: list[int], annotators: set[str]
+    ) -> dict[tuple[int, str], dict[str, Any]]:
         lab = m.labels.c
         out: dict[tuple[int, str], dict[str, Any]] = {}
         for chunk in _chunks(sorted(decision_ids), CHUNK):
-            query = select(lab.id, lab.decision_id, lab.annotator, lab.preference, lab.strength, lab.rationale
-                           ).where(self._in(lab.decision_id, chunk))
+            query = select(lab.id, lab.decision_id, lab.annotator, lab.preference, lab.strength, lab.rationale).where(
+                self._in(lab.decision_id, chunk)
+            )
             if len(annotators) <= CHUNK:
                 query = query.where(self._in(lab.annotator, sorted(annotators)))
             for r in conn.execute(query):
                 if r.annotator in annotators:
-                    out[(r.decision_id, r.annotator)] = dict(id=r.id, preference=r.preference,
-                                                             strength=r.strength, rationale=r.rationale)
+                    out[(r.decision_id, r.annotator)] = dict(
+                        id=r.id, preference=r.preference, strength=r.strength, rationale=r.rationale
+                    )
         return out
 
     def delete_label(self, vendor: str, name: str, instance_id: str, annotator: str) -> bool:
         """Undo: remove ``annotator``'s label on ``instance_id``. False when there was none."""
         with self._write.begin() as conn:
             row = self._row(conn, vendor, name, lock=True)
-            decision = conn.execute(select(m.decisions.c.id).where(
-                m.decisions.c.campaign_id == row.id, m.decisions.c.instance_id == instance_id)).scalar()
+            decision = conn.execute(
+                select(m.decisions.c.id).where(m.decisions.c.campaign_id == row.id, m.decisions.c.instance_id == instance_id)
+            ).scalar()
             if decision is None:
                 return False
-            result = conn.execute(m.labels.delete().where(m.labels.c.decision_id == decision,
-                                                          m.labels.c.annotator == annotator))
+            result = conn.execute(m.labels.delete().where(m.labels.c.decision_id == decision, m.labels.c.annotator == annotator))
             return result.rowcount > 0
 
     def pending_pairs(self, vendor: str, name: str, annotator: str, limit: int = 1) -> list[PendingPair]:
@@ -350,11 +501,16 @@ class SqlCampaignStore:
             row = self._row(conn, vendor, name)
             votes = select(func.count()).where(lab.decision_id == d.id).scalar_subquery()
             mine = exists().where(lab.decision_id == d.id, lab.annotator == annotator)
-            query = (select(d.instance_id, d.prompt, d.response_a, d.response_b, votes.label("votes"))
-                     .where(d.campaign_id == row.id, d.human == true(), votes < row.votes_per_pair, ~mine)
-                     .order_by(d.id).limit(limit))
-            return [PendingPair(r.instance_id, r.prompt, r.response_a, r.response_b, int(r.votes),
-                                row.votes_per_pair) for r in conn.execute(query)]
+            query = (
+                select(d.instance_id, d.prompt, d.response_a, d.response_b, votes.label("votes"))
+                .where(d.campaign_id == row.id, d.human == true(), votes < row.votes_per_pair, ~mine)
+                .order_by(d.id)
+                .limit(limit)
+            )
+            return [
+                PendingPair(r.instance_id, r.prompt, r.response_a, r.response_b, int(r.votes), row.votes_per_pair)
+                for r in conn.execute(query)
+            ]
 
     def lm_expectations(self, vendor: str, name: str, instance_ids: Sequence[str]) -> dict[str, tuple[str | None, float | None]]:
         """instance id -> (its stored LM label name, the agreement the routing expected of it: ``1 -
@@ -366,7 +522,8 @@ class SqlCampaignStore:
             row = self._row(conn, vendor, name)
             for chunk in _chunks(sorted(set(instance_ids)), CHUNK):
                 query = select(d.instance_id, d.lm_label, d.lm_confidence, d.signals).where(
-                    d.campaign_id == row.id, self._in(d.instance_id, chunk))
+                    d.campaign_id == row.id, self._in(d.instance_id, chunk)
+                )
                 for r in conn.execute(query):
                     p_wrong = (r.signals or {}).get("p_lm_wrong")
                     expected = 1.0 - float(p_wrong) if p_wrong is not None and _finite(p_wrong) else r.lm_confidence
@@ -387,8 +544,9 @@ class SqlCampaignStore:
         make = trl_row if fmt == "trl" else pool_row
         columns = TRL_COLUMNS if fmt == "trl" else POOL_COLUMNS
         lab = m.labels.c
-        for decision, votes in self._walk(vendor, name, [m.decisions.c[c] for c in columns],
-                                          [lab.decision_id, lab.preference], labelled_only=fmt == "pool"):
+        for decision, votes in self._walk(
+            vendor, name, [m.decisions.c[c] for c in columns], [lab.decision_id, lab.preference], labelled_only=fmt == "pool"
+        ):
             out = make(campaign.spec, decision, votes)
             if out is not None:
                 yield out
@@ -399,8 +557,9 @@ class SqlCampaignStore:
         for decision, votes in self._walk(vendor, name, list(m.decisions.c), list(m.labels.c), labelled_only=True):
             yield _candidate(decision), _decision(decision), [_human_label(decision.instance_id, v) for v in votes]
 
-    def _walk(self, vendor: str, name: str, columns: list[Any], label_columns: list[Any],
-              labelled_only: bool) -> Iterator[tuple[Any, list[Any]]]:
+    def _walk(
+        self, vendor: str, name: str, columns: list[Any], label_columns: list[Any], labelled_only: bool
+    ) -> Iterator[tuple[Any, list[Any]]]:
         """(decision row, its label rows oldest first) in decision id order; only ``columns`` of the
         decisions and ``label_columns`` of the labels are read.
 
@@ -418,8 +577,11 @@ class SqlCampaignStore:
                 query = query.where(exists().where(lab.decision_id == d.id))
             streamed = conn.execution_options(yield_per=CHUNK)
             decisions = streamed.execute(query.order_by(d.id))
-            votes = iter(streamed.execute(select(*label_columns).where(lab.campaign_id == row.id)
-                                          .order_by(lab.decision_id, lab.labelled_at, lab.id)))
+            votes = iter(
+                streamed.execute(
+                    select(*label_columns).where(lab.campaign_id == row.id).order_by(lab.decision_id, lab.labelled_at, lab.id)
+                )
+            )
             vote = next(votes, None)
             for decision in decisions:
                 mine = []
@@ -445,16 +607,25 @@ class SqlCampaignStore:
             campaign = self._campaign(conn, row)
             votes_by: dict[int, Counter[str]] = defaultdict(Counter)
             info: dict[int, tuple[bool, str | None, float | None]] = {}
-            query = (select(d.id, d.human, d.lm_label, d.expected_correction, lab.preference)
-                     .join(m.labels, lab.decision_id == d.id).where(d.campaign_id == row.id))
+            query = (
+                select(d.id, d.human, d.lm_label, d.expected_correction, lab.preference)
+                .join(m.labels, lab.decision_id == d.id)
+                .where(d.campaign_id == row.id)
+            )
             for r in conn.execute(query):
                 votes_by[r.id][r.preference] += 1
                 info[r.id] = (bool(r.human), r.lm_label, r.expected_correction)
-            votes = (select(d.id, func.count(lab.id).label("n")).select_from(m.decisions)
-                     .outerjoin(m.labels, lab.decision_id == d.id)
-                     .where(d.campaign_id == row.id, d.human == true()).group_by(d.id).subquery())
-            pending = conn.execute(select(func.coalesce(func.sum(row.votes_per_pair - votes.c.n), 0))
-                                   .where(votes.c.n < row.votes_per_pair)).scalar()
+            votes = (
+                select(d.id, func.count(lab.id).label("n"))
+                .select_from(m.decisions)
+                .outerjoin(m.labels, lab.decision_id == d.id)
+                .where(d.campaign_id == row.id, d.human == true())
+                .group_by(d.id)
+                .subquery()
+            )
+            pending = conn.execute(
+                select(func.coalesce(func.sum(row.votes_per_pair - votes.c.n), 0)).where(votes.c.n < row.votes_per_pair)
+            ).scalar()
         agree, compared, audit_agree, audit_compared = 0, 0, 0, 0
         realised, promised, n_known = 0, [], 0
         for decision_id, counts in votes_by.items():
@@ -473,10 +644,15 @@ class SqlCampaignStore:
                     promised.append(expected)
                     n_known += 1
         return CampaignStatus(
-            campaign=campaign, budget_left=max(0.0, campaign.spec.budget_total - campaign.spent),
-            labels_pending=int(pending or 0), agreement=wilson(agree, compared),
-            realised_corrections=int(realised), expected_corrections=expected_count_interval(promised),
-            audit_agreement=wilson(audit_agree, audit_compared), expected_known=n_known)
+            campaign=campaign,
+            budget_left=max(0.0, campaign.spec.budget_total - campaign.spent),
+            labels_pending=int(pending or 0),
+            agreement=wilson(agree, compared),
+            realised_corrections=int(realised),
+            expected_corrections=expected_count_interval(promised),
+            audit_agreement=wilson(audit_agree, audit_compared),
+            expected_known=n_known,
+        )
 
     # ---- annotator tokens (the annotation page, issue 17) ----------------------------------------
 
@@ -487,25 +663,29 @@ class SqlCampaignStore:
         _check_name("annotator", annotator, m.MAX_ANNOTATOR)
         token = secrets.token_urlsafe(32)
         with self._write.begin() as conn:
-            conn.execute(insert(m.annotator_tokens).values(vendor=vendor, annotator=annotator,
-                                                           token_sha256=_sha256(token), created_at=_now(),
-                                                           revoked=False))
+            conn.execute(
+                insert(m.annotator_tokens).values(
+                    vendor=vendor, annotator=annotator, token_sha256=_sha256(token), created_at=_now(), revoked=False
+                )
+            )
         return token
 
     def annotator_for_token(self, token: str) -> tuple[str, str] | None:
         """(vendor, annotator) of a valid, unrevoked token; ``None`` otherwise."""
         t = m.annotator_tokens.c
         with self.engine.connect() as conn:
-            r = conn.execute(select(t.vendor, t.annotator).where(t.token_sha256 == _sha256(token),
-                                                                 t.revoked == false())).first()
+            r = conn.execute(select(t.vendor, t.annotator).where(t.token_sha256 == _sha256(token), t.revoked == false())).first()
         return (r.vendor, r.annotator) if r else None
 
     def revoke_annotator_tokens(self, vendor: str, annotator: str) -> int:
         """Revoke every token of ``annotator`` of ``vendor``; returns how many were live."""
         t = m.annotator_tokens.c
         with self._write.begin() as conn:
-            result = conn.execute(update(m.annotator_tokens).where(
-                t.vendor == vendor, t.annotator == annotator, t.revoked == false()).values(revoked=True))
+            result = conn.execute(
+                update(m.annotator_tokens)
+                .where(t.vendor == vendor, t.annotator == annotator, t.revoked == false())
+                .values(revoked=True)
+            )
             return result.rowcount
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -530,18 +710,36 @@ class SqlCampaignStore:
         d, lab = m.decisions.c, m.labels.c
         returned = conn.execute(select(func.count()).select_from(m.labels).where(lab.campaign_id == row.id)).scalar()
         votes = select(func.count()).where(lab.decision_id == d.id).scalar_subquery()
-        pending = conn.execute(select(func.count()).select_from(m.decisions).where(
-            d.campaign_id == row.id, d.human == true(), votes < row.votes_per_pair)).scalar()
-        spec = CampaignSpec(vendor=row.vendor, name=row.name, budget_kind=row.budget_kind,
-                            budget_total=row.budget_total, strategy=row.strategy, judge=row.judge,
-                            votes_per_pair=row.votes_per_pair, expected_instances=row.expected_instances,
-                            exploration_share=row.exploration_share)
-        return Campaign(id=row.id, spec=spec, created_at=_utc(row.created_at) or row.created_at, spent=row.spent,
-                        routed=row.routed, human_routed=row.human_routed, labels_returned=int(returned or 0),
-                        pairs_pending=int(pending or 0))
+        pending = conn.execute(
+            select(func.count())
+            .select_from(m.decisions)
+            .where(d.campaign_id == row.id, d.human == true(), votes < row.votes_per_pair)
+        ).scalar()
+        spec = CampaignSpec(
+            vendor=row.vendor,
+            name=row.name,
+            budget_kind=row.budget_kind,
+            budget_total=row.budget_total,
+            strategy=row.strategy,
+            judge=row.judge,
+            votes_per_pair=row.votes_per_pair,
+            expected_instances=row.expected_instances,
+            exploration_share=row.exploration_share,
+        )
+        return Campaign(
+            id=row.id,
+            spec=spec,
+            created_at=_utc(row.created_at) or row.created_at,
+            spent=row.spent,
+            routed=row.routed,
+            human_routed=row.human_routed,
+            labels_returned=int(returned or 0),
+            pairs_pending=int(pending or 0),
+        )
 
 
 # ---- validation ------------------------------------------------------------------------------------
+
 
 def _validate_spec(spec: CampaignSpec) -> None:
     v: list[FieldViolation] = []
@@ -561,8 +759,7 @@ def _validate_spec(spec: CampaignSpec) -> None:
         v.append(FieldViolation("budget.total", f"a count budget is a whole number of labels, got {total}"))
     if not isinstance(spec.votes_per_pair, int) or not 1 <= spec.votes_per_pair <= 100:
         v.append(FieldViolation("votes_per_pair", f"must be in 1..100, got {spec.votes_per_pair!r}"))
-    if spec.expected_instances is not None and (not isinstance(spec.expected_instances, int)
-                                                or spec.expected_instances < 1):
+    if spec.expected_instances is not None and (not isinstance(spec.expected_instances, int) or spec.expected_instances < 1):
         v.append(FieldViolation("expected_instances", f"must be a positive integer, got {spec.expected_instances!r}"))
     share = spec.exploration_share
     if not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
@@ -571,8 +768,9 @@ def _validate_spec(spec: CampaignSpec) -> None:
         raise InvalidInput(v)
 
 
-def _validate_batch(batch_id: str, candidates: Sequence[Candidate], model_version: str, bundle_version: str
-                    ) -> tuple[list[str | None], list[tuple[EncodedJSON, EncodedJSON, EncodedJSON]]]:
+def _validate_batch(
+    batch_id: str, candidates: Sequence[Candidate], model_version: str, bundle_version: str
+) -> tuple[list[str | None], list[tuple[EncodedJSON, EncodedJSON, EncodedJSON]]]:
     """Check a batch before anything is stored; returns the candidates' canonical LM label names and
     their (signals, features, metadata) as JSON text."""
     v: list[FieldViolation] = []
@@ -591,8 +789,11 @@ def _validate_batch(batch_id: str, candidates: Sequence[Candidate], model_versio
         if err:
             v.append(FieldViolation(f"{where}.instance_id", err))
         elif c.instance_id in seen:
-            v.append(FieldViolation(f"{where}.instance_id",
-                                    f"duplicate id {quote(c.instance_id)} (first at candidates[{seen[c.instance_id]}])"))
+            v.append(
+                FieldViolation(
+                    f"{where}.instance_id", f"duplicate id {quote(c.instance_id)} (first at candidates[{seen[c.instance_id]}])"
+                )
+            )
         else:
             seen[c.instance_id] = i
         for field in ("prompt", "response_a", "response_b"):
@@ -699,28 +900,55 @@ def _clip_id(item: Any) -> str:
 
 # ---- conversions -----------------------------------------------------------------------------------
 
+
 def _winner(lm_label: str | None) -> str | None:
-    """"A" / "B" / None (tie or missing) of a stored LM label name."""
+    """ "A" / "B" / None (tie or missing) of a stored LM label name."""
     return Label[lm_label].winner if lm_label else None
 
 
 def _candidate(r) -> Candidate:
-    return Candidate(instance_id=r.instance_id, prompt=r.prompt, response_a=r.response_a, response_b=r.response_b,
-                     score=r.score, cost=r.cost, lm_label=r.lm_label, lm_confidence=r.lm_confidence,
-                     signals=dict(r.signals or {}), features=dict(r.features or {}),
-                     expected_correction=r.expected_correction, metadata=dict(r.meta or {}))
+    return Candidate(
+        instance_id=r.instance_id,
+        prompt=r.prompt,
+        response_a=r.response_a,
+        response_b=r.response_b,
+        score=r.score,
+        cost=r.cost,
+        lm_label=r.lm_label,
+        lm_confidence=r.lm_confidence,
+        signals=dict(r.signals or {}),
+        features=dict(r.features or {}),
+        expected_correction=r.expected_correction,
+        metadata=dict(r.meta or {}),
+    )
 
 
 def _decision(r) -> StoredDecision:
-    return StoredDecision(instance_id=r.instance_id, human=bool(r.human), score=r.score, cost=r.cost,
-                          batch_id=r.batch_id, exploration=bool(r.exploration), replayed=False,
-                          lm_label=r.lm_label, model_version=r.model_version, lm_confidence=r.lm_confidence,
-                          expected_correction=r.expected_correction)
+    return StoredDecision(
+        instance_id=r.instance_id,
+        human=bool(r.human),
+        score=r.score,
+        cost=r.cost,
+        batch_id=r.batch_id,
+        exploration=bool(r.exploration),
+        replayed=False,
+        lm_label=r.lm_label,
+        model_version=r.model_version,
+        lm_confidence=r.lm_confidence,
+        expected_correction=r.expected_correction,
+    )
 
 
 def _human_label(instance_id: str, v) -> HumanLabel:
-    return HumanLabel(instance_id=instance_id, annotator=v.annotator, preference=v.preference, strength=v.strength,
-                      rationale=v.rationale, labelled_at=_utc(v.labelled_at), source=v.source)
+    return HumanLabel(
+        instance_id=instance_id,
+        annotator=v.annotator,
+        preference=v.preference,
+        strength=v.strength,
+        rationale=v.rationale,
+        labelled_at=_utc(v.labelled_at),
+        source=v.source,
+    )
 
 
 def _now() -> datetime:
@@ -741,5 +969,4 @@ def _sha256(token: str) -> str:
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     items = list(items)
     for start in range(0, len(items), size):
-        yield items[start:start + size]
-
+        yield items[start : start + size]

@@ -31,8 +31,8 @@ from hybridpref.common.vocabulary import (
     BINARY_DIMENSIONS,
     MULTI_LABEL_DIMENSIONS,
     SUBJECTS,
-    analyzer_tag,
     TAG_INDEX,
+    analyzer_tag,
 )
 
 UNPARSED = "unparsed"
@@ -145,20 +145,35 @@ SUBJECT_DESCRIPTIONS: dict[str, str] = {
 # score is its best prototype). Added after reading MT-Bench errors (word problems tagged by
 # their story's topic): the MT-Bench agreement reported with them is optimistic.
 SUBJECT_TASK_PROTOTYPES: dict[str, tuple[str, ...]] = {
-    "Computer sciences": ("Write a function that takes an array and returns the result.",
-                          "Implement a program in Python, C++, Java or JavaScript.", "Write HTML and CSS for a web page."),
-    "Mathematics": ("Solve this word problem: how many are left?", "Find the value of the expression.",
-                    "Calculate the area, the total cost or the remainder."),
-    "Logic": ("Solve this riddle or logic puzzle.", "If the first two statements are true, is the third true?",
-              "Who is the relationship between these family members?"),
+    "Computer sciences": (
+        "Write a function that takes an array and returns the result.",
+        "Implement a program in Python, C++, Java or JavaScript.",
+        "Write HTML and CSS for a web page.",
+    ),
+    "Mathematics": (
+        "Solve this word problem: how many are left?",
+        "Find the value of the expression.",
+        "Calculate the area, the total cost or the remainder.",
+    ),
+    "Logic": (
+        "Solve this riddle or logic puzzle.",
+        "If the first two statements are true, is the third true?",
+        "Who is the relationship between these family members?",
+    ),
     "Statistics": ("What is the probability of this event?",),
 }
 
 OPTION_DESCRIPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "expertise_level": {
         "general public": ("a casual everyday question anyone can answer", "write a fun story or message", "chat with me"),
-        "basic domain knowledge": ("a question that needs some background knowledge, like a school student", "explain a concept in a field"),
-        "expert domain knowledge": ("a technical question needing specialist expertise", "prove the theorem; implement the algorithm; advanced analysis"),
+        "basic domain knowledge": (
+            "a question that needs some background knowledge, like a school student",
+            "explain a concept in a field",
+        ),
+        "expert domain knowledge": (
+            "a technical question needing specialist expertise",
+            "prove the theorem; implement the algorithm; advanced analysis",
+        ),
     },
     "open_endedness": {
         "no": ("compute the exact answer", "what is the value of x", "extract the names from the text"),
@@ -169,13 +184,20 @@ OPTION_DESCRIPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "safety_concern": {
         "safe": ("an ordinary harmless request", "help with homework, writing or coding"),
         "low": ("a sensitive personal topic", "mild rude language or controversial opinion"),
-        "moderate": ("how to lie, cheat or deceive someone", "insults, harassment or discriminatory content", "dangerous health or drug advice"),
+        "moderate": (
+            "how to lie, cheat or deceive someone",
+            "insults, harassment or discriminatory content",
+            "dangerous health or drug advice",
+        ),
         "high": ("how to kill, hurt or attack people", "how to make a bomb, weapon or poison", "how to steal or commit a crime"),
     },
     "complexity_of_intents": {
         "simple": ("a single short question", "one simple task"),
         "moderate": ("a task with a few requirements", "explain and give an example"),
-        "complex": ("a multi-step task with many requirements and constraints", "first do this, then that, and finally a third thing"),
+        "complex": (
+            "a multi-step task with many requirements and constraints",
+            "first do this, then that, and finally a third thing",
+        ),
     },
 }
 
@@ -197,8 +219,15 @@ class EmbeddingAnalyzer:
 
     name = "embedding"
 
-    def __init__(self, embed: Callable[[list[str]], np.ndarray], *, subject_margin: float = 0.03, subject_floor: float = 0.2,
-                 others_below: float = 0.12, max_subjects: int = 3) -> None:
+    def __init__(
+        self,
+        embed: Callable[[list[str]], np.ndarray],
+        *,
+        subject_margin: float = 0.03,
+        subject_floor: float = 0.2,
+        others_below: float = 0.12,
+        max_subjects: int = 3,
+    ) -> None:
         self._embed = embed
         self.subject_margin = subject_margin
         self.subject_floor = subject_floor
@@ -287,8 +316,14 @@ class LMAnalyzer:
 
     name = "lm"
 
-    def __init__(self, model: str | None = None, *, max_prompt_tokens: int = 192, multi_margin: float = 0.15,
-                 dimensions: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        max_prompt_tokens: int = 192,
+        multi_margin: float = 0.15,
+        dimensions: Sequence[str] | None = None,
+    ) -> None:
         unknown = [d for d in (dimensions or ()) if d not in ANALYZER_DIMENSIONS]
         if unknown:
             raise ValueError(f"unknown analyzer dimensions {unknown}")
@@ -340,7 +375,7 @@ class LMAnalyzer:
         opts = "; ".join(self._options(dim))
         msgs = [
             {"role": "system", "content": "You classify user requests. Answer with one option, exactly as written."},
-            {"role": "user", "content": f"Request:\n\"\"\"\n{request}\n\"\"\"\n\n{QUESTIONS[dim]}\nOptions: {opts}"},
+            {"role": "user", "content": f'Request:\n"""\n{request}\n"""\n\n{QUESTIONS[dim]}\nOptions: {opts}'},
         ]
         return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)  # type: ignore[union-attr]
 

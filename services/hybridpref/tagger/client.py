@@ -19,15 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 
+from hybridpref.common.fields import shift_instances
+from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, VOCABULARY_VERSION
 from hybridpref.server.channels import open_sync_channel
+from hybridpref.server.settings import Settings
+from hybridpref.v1 import tagger_pb2, tagger_pb2_grpc
 from hybridpref_client.core.convert import instances_to_proto
 from hybridpref_client.core.errors import BackendUnavailable, FieldViolation, InvalidInput
 from hybridpref_client.core.grpc_errors import field_violations
 from hybridpref_client.core.instances import PreferenceInstance
-from hybridpref.server.settings import Settings
-from hybridpref.common.fields import shift_instances
-from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, VOCABULARY_VERSION
-from hybridpref.v1 import tagger_pb2, tagger_pb2_grpc
 
 TagFn = Callable[[Sequence[PreferenceInstance]], np.ndarray]
 DEFAULT_CHUNK = 64  # the router's own chunk size: small calls interleave fairly on the tagger
@@ -35,8 +35,15 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 600.0
 
 
-def remote_tag_fn(address: str, profile: str = "default", *, settings: Settings | None = None, chunk: int = DEFAULT_CHUNK,
-                  concurrency: int = DEFAULT_CONCURRENCY, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[TagFn, str]:
+def remote_tag_fn(
+    address: str,
+    profile: str = "default",
+    *,
+    settings: Settings | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> tuple[TagFn, str]:
     """A tag function backed by the tagger at ``address``, and the reference bins (JSON) it bins with.
 
     The bundle must record the bin edges the tags were computed with; the tagger reports only
@@ -50,7 +57,9 @@ def remote_tag_fn(address: str, profile: str = "default", *, settings: Settings 
     bins = ReferenceBins.default()
     settings = settings or Settings()
 
-    def call(stub: tagger_pb2_grpc.TaggerServiceStub, start: int, part: Sequence[PreferenceInstance]) -> tagger_pb2.TagInstancesResponse:
+    def call(
+        stub: tagger_pb2_grpc.TaggerServiceStub, start: int, part: Sequence[PreferenceInstance]
+    ) -> tagger_pb2.TagInstancesResponse:
         request = tagger_pb2.TagInstancesRequest(instances=instances_to_proto(part), profile=profile)
         try:
             # wait_for_ready: a tagger pod restarting or still loading is waited for, within the deadline.
@@ -92,16 +101,28 @@ def _check_vocabulary(stub: tagger_pb2_grpc.TaggerServiceStub, address: str, tim
     except grpc.RpcError as exc:
         raise BackendUnavailable(f"tagger at {address}: {exc.code().name}: {exc.details()}") from None
     if vocab.version != VOCABULARY_VERSION or list(vocab.tags) != list(TAG_NAMES):
-        raise InvalidInput(FieldViolation("--tagger", f"tagger at {address} has vocabulary {vocab.version!r} "
-                                          f"({len(vocab.tags)} tags), this build {VOCABULARY_VERSION!r} ({NUM_TAGS})"))
+        raise InvalidInput(
+            FieldViolation(
+                "--tagger",
+                f"tagger at {address} has vocabulary {vocab.version!r} "
+                f"({len(vocab.tags)} tags), this build {VOCABULARY_VERSION!r} ({NUM_TAGS})",
+            )
+        )
 
 
 def _check(resp: tagger_pb2.TagInstancesResponse, part: Sequence[PreferenceInstance], fingerprint: str, address: str) -> None:
     if resp.vocabulary_version != VOCABULARY_VERSION:
-        raise InvalidInput(FieldViolation("--tagger", f"tagger at {address} uses vocabulary {resp.vocabulary_version!r}, "
-                                          f"this build {VOCABULARY_VERSION!r}"))
+        raise InvalidInput(
+            FieldViolation(
+                "--tagger", f"tagger at {address} uses vocabulary {resp.vocabulary_version!r}, this build {VOCABULARY_VERSION!r}"
+            )
+        )
     if resp.reference_bins_id != fingerprint:
-        raise InvalidInput(FieldViolation("--tagger", f"tagger at {address} bins on other reference edges "
-                                          f"({resp.reference_bins_id!r}, packaged {fingerprint!r})"))
+        raise InvalidInput(
+            FieldViolation(
+                "--tagger",
+                f"tagger at {address} bins on other reference edges ({resp.reference_bins_id!r}, packaged {fingerprint!r})",
+            )
+        )
     if [item.id for item in resp.instances] != [inst.id for inst in part]:
         raise BackendUnavailable(f"tagger at {address} answered for other instances than asked")

@@ -39,13 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref_client.core.errors import FieldViolation, InvalidInput
-from hybridpref_client.core.instances import PreferenceInstance, validate_instances
 from hybridpref.common.vocabulary import LEXICAL_MEASURES, NUM_LEXICAL_TAGS, NUM_TAGS, VOCABULARY_VERSION
+from hybridpref.routing_model.bins import ReferenceBins
 from hybridpref.tagger import lexical
 from hybridpref.tagger.analyzer import AnalyzerBackend, EmbeddingAnalyzer, LMAnalyzer, answers_to_bits
-from hybridpref.routing_model.bins import ReferenceBins
 from hybridpref.tagger.text import MAX_TEXT_CHARS, TokenCounter, prepare
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.instances import PreferenceInstance, validate_instances
 
 PROFILES: tuple[str, ...] = ("default", "fast")
 DEFAULT_MAX_BATCH = 4096
@@ -55,9 +55,12 @@ _COL = {m: j for j, m in enumerate(LEXICAL_MEASURES)}
 def _reject_blank_after_cleaning(instances: Sequence[PreferenceInstance]) -> None:
     from hybridpref.tagger.text import clean
 
-    bad = [FieldViolation(f"instances[{i}].{name}", "empty after removing control characters")
-           for i, inst in enumerate(instances) for name in ("response_a", "response_b")
-           if not clean(getattr(inst, name))[0].strip()]
+    bad = [
+        FieldViolation(f"instances[{i}].{name}", "empty after removing control characters")
+        for i, inst in enumerate(instances)
+        for name in ("response_a", "response_b")
+        if not clean(getattr(inst, name))[0].strip()
+    ]
     if bad:
         raise InvalidInput(bad)
 
@@ -106,8 +109,23 @@ class Tagger:
     def __init__(self, profile: str = "default", *, reference_bins: ReferenceBins | None = None, **backend_options: Any) -> None:
         if profile not in PROFILES:
             raise InvalidInput(FieldViolation("profile", f"unknown profile {profile!r}; expected one of {PROFILES}"))
-        known = {"analyzer", "analyzer_window", "encoder_path", "window", "spacy_model", "cache_entries", "max_chars", "max_batch", "rouge", "bertscore_baseline",
-                 "lm_model", "openai_base_url", "openai_model", "openai_api_key", "openai_api_key_file"}
+        known = {
+            "analyzer",
+            "analyzer_window",
+            "encoder_path",
+            "window",
+            "spacy_model",
+            "cache_entries",
+            "max_chars",
+            "max_batch",
+            "rouge",
+            "bertscore_baseline",
+            "lm_model",
+            "openai_base_url",
+            "openai_model",
+            "openai_api_key",
+            "openai_api_key_file",
+        }
         unknown = sorted(set(backend_options) - known)
         if unknown:
             raise InvalidInput(FieldViolation("backend_options", f"unknown options {unknown}; known: {sorted(known)}"))
@@ -120,8 +138,11 @@ class Tagger:
         self.tokens = TokenCounter()
         if profile == "default":
             self.encoder: lexical.MiniLMEncoder | lexical.StaticEncoder = lexical.MiniLMEncoder(
-                backend_options.get("encoder_path"), window=int(backend_options.get("window", 128)), cache_entries=cache)
-            self.entities: lexical.SpacyEntities | lexical.RegexEntities = lexical.SpacyEntities(backend_options.get("spacy_model"))
+                backend_options.get("encoder_path"), window=int(backend_options.get("window", 128)), cache_entries=cache
+            )
+            self.entities: lexical.SpacyEntities | lexical.RegexEntities = lexical.SpacyEntities(
+                backend_options.get("spacy_model")
+            )
             self.rouge_kind = "rougeL"
         else:
             self.encoder = lexical.StaticEncoder(window=int(backend_options.get("window", 256)), cache_entries=cache)
@@ -157,10 +178,15 @@ class Tagger:
 
             url, model = self.options.get("openai_base_url"), self.options.get("openai_model")
             if not url or not model:
-                raise InvalidInput(FieldViolation("backend_options.openai_base_url", "analyzer='openai' needs openai_base_url and openai_model"))
-            return OpenAIAnalyzer(url, model, api_key=self.options.get("openai_api_key"),
-                                  api_key_file=self.options.get("openai_api_key_file"))
-        raise InvalidInput(FieldViolation("backend_options.analyzer", f"unknown analyzer {spec!r}; expected embedding, lm or openai"))
+                raise InvalidInput(
+                    FieldViolation("backend_options.openai_base_url", "analyzer='openai' needs openai_base_url and openai_model")
+                )
+            return OpenAIAnalyzer(
+                url, model, api_key=self.options.get("openai_api_key"), api_key_file=self.options.get("openai_api_key_file")
+            )
+        raise InvalidInput(
+            FieldViolation("backend_options.analyzer", f"unknown analyzer {spec!r}; expected embedding, lm or openai")
+        )
 
     def _embed_prompts(self, texts: list[str]) -> np.ndarray:
         """Pooled embeddings for the embedding analyzer (prompt encoder: see ``load``)."""
@@ -228,11 +254,13 @@ class Tagger:
         measures[:, _COL["len_shorter"]] = np.minimum(la, lb)
         measures[:, _COL["len_longer"]] = np.maximum(la, lb)
         measures[:, _COL["token_len_diff"]] = np.abs(la - lb)
-        t1 = time.perf_counter(); t["lengths"] = t1 - t0
+        t1 = time.perf_counter()
+        t["lengths"] = t1 - t0
         _stop_if_abandoned()
 
         enc = self.encoder.encode([x for p in prep for x in (p.response_a, p.response_b)])
-        t15 = time.perf_counter(); t["encoder"] = t15 - t1
+        t15 = time.perf_counter()
+        t["encoder"] = t15 - t1
         for i in range(n):
             ea, eb = enc[2 * i], enc[2 * i + 1]
             bs = lexical.rescale(lexical.bertscore_f1(ea.tokens, eb.tokens, ea.weights, eb.weights), self._baseline or 0.0)
@@ -242,21 +270,27 @@ class Tagger:
             for name, e in (("response_a", ea), ("response_b", eb)):
                 if e.dropped:
                     prep[i].truncated = True
-                    prep[i].notes.append(f"{name}: encoder ({self.encoder.name}) read the first {self.encoder.window} tokens; {e.dropped} more not embedded")
-        t2 = time.perf_counter(); t["bertscore+cosine"] = t2 - t15
+                    prep[i].notes.append(
+                        f"{name}: encoder ({self.encoder.name}) read the first {self.encoder.window} tokens; {e.dropped} more not embedded"
+                    )
+        t2 = time.perf_counter()
+        t["bertscore+cosine"] = t2 - t15
         _stop_if_abandoned()
 
         ents = self.entities.entities([x for p in prep for x in (p.response_a, p.response_b)])
         measures[:, _COL["entity_sim"]] = [lexical.entity_iou(ents[2 * i], ents[2 * i + 1]) for i in range(n)]
-        t3 = time.perf_counter(); t["entities"] = t3 - t2
+        t3 = time.perf_counter()
+        t["entities"] = t3 - t2
 
         rouge_fn = lexical.rouge1_fast if self.rouge_kind == "rouge1" else (lambda a, b: lexical.rouge(a, b, "rougeL"))
         measures[:, _COL["rouge"]] = [rouge_fn(p.response_a, p.response_b) for p in prep]
-        t4 = time.perf_counter(); t["rouge"] = t4 - t3
+        t4 = time.perf_counter()
+        t["rouge"] = t4 - t3
         _stop_if_abandoned()
 
         answers = self.analyzer.analyze([p.analyzer_text for p in prep], [p.english for p in prep])
-        t5 = time.perf_counter(); t["analyzer"] = t5 - t4
+        t5 = time.perf_counter()
+        t["analyzer"] = t5 - t4
 
         tags = np.zeros((n, NUM_TAGS), dtype=np.uint8)
         tags[:, :NUM_LEXICAL_TAGS] = self.reference_bins.tag_bits(measures)  # type: ignore[union-attr]
@@ -264,12 +298,20 @@ class Tagger:
             tags[i] |= answers_to_bits(ans)
         t["bins"] = time.perf_counter() - t5
         return TagBatch(
-            ids=[inst.id for inst in instances], tag_matrix=tags, measures=measures, analyzer=answers,
-            truncated=[p.truncated for p in prep], notes=[p.notes for p in prep], profile=self.profile, timings=t,
+            ids=[inst.id for inst in instances],
+            tag_matrix=tags,
+            measures=measures,
+            analyzer=answers,
+            truncated=[p.truncated for p in prep],
+            notes=[p.notes for p in prep],
+            profile=self.profile,
+            timings=t,
         )
 
     def _empty(self) -> TagBatch:
-        return TagBatch([], np.zeros((0, NUM_TAGS), np.uint8), np.zeros((0, len(LEXICAL_MEASURES))), [], [], [], profile=self.profile)
+        return TagBatch(
+            [], np.zeros((0, NUM_TAGS), np.uint8), np.zeros((0, len(LEXICAL_MEASURES))), [], [], [], profile=self.profile
+        )
 
 
 def _stop_if_abandoned() -> None:

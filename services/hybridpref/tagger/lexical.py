@@ -28,8 +28,9 @@ BASELINES_FILE = Path(__file__).with_name("bertscore_baselines.json")
 
 
 # ----------------------------------------------------------------------------- pure measures
-def bertscore_f1(tokens_a: np.ndarray, tokens_b: np.ndarray, weights_a: np.ndarray | None = None,
-                 weights_b: np.ndarray | None = None) -> float:
+def bertscore_f1(
+    tokens_a: np.ndarray, tokens_b: np.ndarray, weights_a: np.ndarray | None = None, weights_b: np.ndarray | None = None
+) -> float:
     """BERTScore F1 by greedy cosine matching (no idf), as in Zhang et al. 2020.
 
     ``tokens_*``: (L, d) L2-normalised token embeddings (special tokens removed).
@@ -270,7 +271,9 @@ class MiniLMEncoder(_CachedEncoder):
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 idx = order[start : start + self.batch_size]
-                batch = self._tok([texts[i] for i in idx], truncation=True, max_length=self.window, padding=True, return_tensors="pt")  # type: ignore[misc]
+                batch = self._tok(
+                    [texts[i] for i in idx], truncation=True, max_length=self.window, padding=True, return_tensors="pt"
+                )  # type: ignore[misc]
                 hidden = self._model(**batch).last_hidden_state  # type: ignore[misc]
                 mask = batch["attention_mask"]
                 pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
@@ -278,8 +281,11 @@ class MiniLMEncoder(_CachedEncoder):
                 toks = torch.nn.functional.normalize(hidden, dim=-1).numpy()
                 for row, i in enumerate(idx):
                     n = int(mask[row].sum())
-                    out[i] = Encoded(tokens=np.ascontiguousarray(toks[row, 1 : n - 1]), pooled=pooled[row].astype(np.float32),
-                                     dropped=max(0, full_lens[i] - n))
+                    out[i] = Encoded(
+                        tokens=np.ascontiguousarray(toks[row, 1 : n - 1]),
+                        pooled=pooled[row].astype(np.float32),
+                        dropped=max(0, full_lens[i] - n),
+                    )
         return out  # type: ignore[return-value]
 
 

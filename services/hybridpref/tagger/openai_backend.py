@@ -34,7 +34,10 @@ def build_messages(text: str, dimension: str) -> list[dict[str, str]]:
         shape = '{"answer": "<option>"}'
     options = "" if dimension in BINARY_DIMENSIONS else "\nOptions: " + "; ".join(ANALYZER_DIMENSIONS[dimension])
     return [
-        {"role": "system", "content": f"You classify user requests. Reply with JSON only: {shape}. Use options exactly as written."},
+        {
+            "role": "system",
+            "content": f"You classify user requests. Reply with JSON only: {shape}. Use options exactly as written.",
+        },
         {"role": "user", "content": f'Request:\n"""\n{text}\n"""\n\n{QUESTIONS[dimension]}{options}'},
     ]
 
@@ -82,11 +85,26 @@ class OpenAIAnalyzer:
 
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, api_key_file: str | None = None,
-                 timeout_s: float = 30.0, max_retries: int = 2, max_prompt_chars: int = 6000, concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        api_key_file: str | None = None,
+        timeout_s: float = 30.0,
+        max_retries: int = 2,
+        max_prompt_chars: int = 6000,
+        concurrency: int = 8,
+    ) -> None:
         self.http = ChatCompletionsClient(
-            base_url, api_key=api_key, api_key_file=api_key_file, concurrency=concurrency, max_retries=max_retries,
-            timeout_s=timeout_s, what="analyzer endpoint",
+            base_url,
+            api_key=api_key,
+            api_key_file=api_key_file,
+            concurrency=concurrency,
+            max_retries=max_retries,
+            timeout_s=timeout_s,
+            what="analyzer endpoint",
         )
         self.base_url = self.http.base_url
         self.model = model

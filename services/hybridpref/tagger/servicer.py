@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import threading
 
-
-from hybridpref_client.core.convert import instances_from_proto
-from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref.common.vocabulary import LEXICAL_MEASURES, TAG_NAMES, VOCABULARY_VERSION
 from hybridpref.server.executors import CoreExecutor
-from hybridpref_client.core.instances import validate_instances
-from hybridpref_client.core.limits import Limits
 from hybridpref.server.metrics import Metrics
 from hybridpref.server.server import ServiceHandle
 from hybridpref.server.settings import Settings
-from hybridpref.common.vocabulary import TAG_NAMES, VOCABULARY_VERSION, LEXICAL_MEASURES
 from hybridpref.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc
+from hybridpref_client.core.convert import instances_from_proto
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.instances import validate_instances
+from hybridpref_client.core.limits import Limits
 
 SERVICE_NAME = tagger_pb2.DESCRIPTOR.services_by_name["TaggerService"].full_name
 PROFILES = ("default", "fast")

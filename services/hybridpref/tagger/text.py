@@ -120,14 +120,24 @@ def prepare(inst: PreferenceInstance, max_chars: int = MAX_TEXT_CHARS) -> Prepar
     if turns > 1:
         notes.append(f"multi-turn prompt ({turns} user turns): analyzer read the last user turn")
     english = looks_english(view)  # the analyzer's ``languages`` dimension is about the prompt
-    foreign = [name for name, t in (("prompt", view), ("response_a", texts["response_a"]), ("response_b", texts["response_b"]))
-               if not looks_english(t)]
+    foreign = [
+        name
+        for name, t in (("prompt", view), ("response_a", texts["response_a"]), ("response_b", texts["response_b"]))
+        if not looks_english(t)
+    ]
     if foreign:
         notes.append(f"non-English text in {', '.join(foreign)}: English encoders, similarity measures less reliable")
     return PreparedInstance(
-        prompt=texts["prompt"], response_a=texts["response_a"], response_b=texts["response_b"],
-        analyzer_text=view, full_prompt=full["prompt"], full_a=full["response_a"], full_b=full["response_b"],
-        truncated=truncated, english=english, notes=notes,
+        prompt=texts["prompt"],
+        response_a=texts["response_a"],
+        response_b=texts["response_b"],
+        analyzer_text=view,
+        full_prompt=full["prompt"],
+        full_a=full["response_a"],
+        full_b=full["response_b"],
+        truncated=truncated,
+        english=english,
+        notes=notes,
     )
 
 

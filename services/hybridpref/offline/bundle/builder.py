@@ -41,23 +41,40 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref_client.core.errors import FieldViolation, InvalidInput
-from hybridpref_client.core.instances import PreferenceInstance, instance_from_row
 from hybridpref.common.vocabulary import NUM_TAGS, TAG_NAMES, VOCABULARY_VERSION
-from hybridpref.routing_model import bundle as bundle_io
 from hybridpref.offline.bundle import model_card as card_mod
+from hybridpref.offline.bundle import multipool, ppm_fit
 from hybridpref.offline.bundle.build_config import BuildConfig
-from hybridpref.offline.bundle import multipool
-from hybridpref.offline.bundle import ppm_fit
-from hybridpref.routing_model import ppm as ppm_mod
 from hybridpref.offline.bundle.multipool import CENTRING
 from hybridpref.offline.bundle.proxy import EmbeddingBTProxy, ProxyRewardModel
-from hybridpref.offline.bundle.simulate import (TARGET_GOLD, PoolData, PoolSimulation, PoolSpec, TagFn, load_pool_data,
-                                           parse_pool_specs, read_rows, simulate, split_pool,
-                                           usable_rows)
+from hybridpref.offline.bundle.simulate import (
+    TARGET_GOLD,
+    PoolData,
+    PoolSimulation,
+    PoolSpec,
+    TagFn,
+    load_pool_data,
+    parse_pool_specs,
+    read_rows,
+    simulate,
+    split_pool,
+    usable_rows,
+)
+from hybridpref.routing_model import bundle as bundle_io
+from hybridpref.routing_model import ppm as ppm_mod
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.instances import PreferenceInstance, instance_from_row
 
-__all__ = ["BuildConfig", "BuildResult", "build_bundle", "parse_gold_spec", "read_rows", "split_pool", "usable_rows",
-           "TARGET_GOLD"]
+__all__ = [
+    "BuildConfig",
+    "BuildResult",
+    "build_bundle",
+    "parse_gold_spec",
+    "read_rows",
+    "split_pool",
+    "usable_rows",
+    "TARGET_GOLD",
+]
 
 
 @dataclass
@@ -86,13 +103,15 @@ def parse_gold_spec(spec: str) -> _GoldSpec:
     gs = _GoldSpec(name=name or Path(path).parent.name or Path(path).stem, path=path)
     for f in filters:
         if f.startswith("source~"):
-            gs.sources = f[len("source~"):].split("|")
+            gs.sources = f[len("source~") :].split("|")
         elif f == "unanimous":
             gs.unanimous = True
         elif f.startswith("max="):
             gs.max_rows = int(f[4:])
         else:
-            raise InvalidInput(FieldViolation("gold", f"unknown filter {f!r} in {spec!r}; expected source~TEXT, unanimous or max=N"))
+            raise InvalidInput(
+                FieldViolation("gold", f"unknown filter {f!r} in {spec!r}; expected source~TEXT, unanimous or max=N")
+            )
     return gs
 
 
@@ -107,7 +126,9 @@ def load_gold(spec: _GoldSpec, seed: int) -> list[PreferenceInstance]:
         pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=spec.max_rows, replace=False))
         rows = [rows[i] for i in pick]
     if not rows:
-        raise InvalidInput(FieldViolation("gold", f"gold set {spec.name!r} ({spec.path}) has no row with a human A/B label after filters"))
+        raise InvalidInput(
+            FieldViolation("gold", f"gold set {spec.name!r} ({spec.path}) has no row with a human A/B label after filters")
+        )
     return [instance_from_row(r, where=f"{spec.path} row {i}") for i, r in enumerate(rows)]
 
 
@@ -156,15 +177,23 @@ def cached_tags(instances: Sequence[PreferenceInstance], tag_fn: TagFn, key: str
         return np.load(path)
     tags = np.asarray(tag_fn(instances), dtype=np.uint8)
     if tags.shape != (len(instances), NUM_TAGS) or tags.max(initial=0) > 1:
-        raise ValueError(f"tag function returned {tags.shape} (max {tags.max(initial=0)}), expected 0/1 ({len(instances)}, {NUM_TAGS})")
+        raise ValueError(
+            f"tag function returned {tags.shape} (max {tags.max(initial=0)}), expected 0/1 ({len(instances)}, {NUM_TAGS})"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path.with_suffix(".tmp.npy"), tags)
     path.with_suffix(".tmp.npy").replace(path)
     return tags
 
 
-def build_bundle(config: BuildConfig, *, tag_fn: TagFn | None = None, reference_bins_json: str | None = None,
-                 proxy: ProxyRewardModel | None = None, progress: bool = True) -> BuildResult:
+def build_bundle(
+    config: BuildConfig,
+    *,
+    tag_fn: TagFn | None = None,
+    reference_bins_json: str | None = None,
+    proxy: ProxyRewardModel | None = None,
+    progress: bool = True,
+) -> BuildResult:
     """Run the whole build and write the bundle to ``config.out``; see the module docstring.
 
     ``tag_fn`` (instances -> (n, V) 0/1) replaces the tagger core (tests, precomputed tags);
@@ -178,11 +207,15 @@ def build_bundle(config: BuildConfig, *, tag_fn: TagFn | None = None, reference_
     diagnostics = {g.name: load_gold(g, config.split_seed) for g in map(parse_gold_spec, config.gold)}
     if TARGET_GOLD in diagnostics:
         raise InvalidInput(FieldViolation("gold", f"the name {TARGET_GOLD!r} is the target gold set's; rename the --gold set"))
-    datas = [load_pool_data(s, config.group_key, config.holdout_fraction, config.split_seed, judges.get(s.name), diagnostics)
-             for s in specs]
+    datas = [
+        load_pool_data(s, config.group_key, config.holdout_fraction, config.split_seed, judges.get(s.name), diagnostics)
+        for s in specs
+    ]
     if tag_fn is None:
         tag_fn, reference_bins_json = tag_with_tagger(config.tagger_profile)
-    proxy = proxy or EmbeddingBTProxy(hidden=config.proxy_hidden, steps=config.proxy_steps, seeds=config.proxy_seeds, show_progress=progress)
+    proxy = proxy or EmbeddingBTProxy(
+        hidden=config.proxy_hidden, steps=config.proxy_steps, seeds=config.proxy_seeds, show_progress=progress
+    )
     sims = _simulate_pools(config, datas, tag_fn, proxy, progress)
     timings["simulate_s"] = time.perf_counter() - t0
     for name in ("encode_s", "proxy_s"):
@@ -204,13 +237,30 @@ def build_bundle(config: BuildConfig, *, tag_fn: TagFn | None = None, reference_
     return BuildResult(Path(config.out), version, metrics, timings, {s.name: s.cached for s in sims}, lopo_versions)
 
 
-def _simulate_pools(config: BuildConfig, datas: Sequence[PoolData], tag_fn: TagFn, proxy: ProxyRewardModel,
-                    progress: bool) -> list[PoolSimulation]:
+def _simulate_pools(
+    config: BuildConfig, datas: Sequence[PoolData], tag_fn: TagFn, proxy: ProxyRewardModel, progress: bool
+) -> list[PoolSimulation]:
     """Each pool's simulation on its own tags, from the cache when its inputs were simulated before."""
     tag_key = tag_cache_key(tag_fn, config.tagger_profile)
-    settings = {"group_key": config.group_key, "holdout_fraction": config.holdout_fraction, "split_seed": config.split_seed, "tagger": tag_key}
-    return [simulate(data, cached_tags(data.pool, tag_fn, key=tag_key), proxy, config.candidates, config.seed, config.walk_fraction,
-                     settings, progress) for data in datas]
+    settings = {
+        "group_key": config.group_key,
+        "holdout_fraction": config.holdout_fraction,
+        "split_seed": config.split_seed,
+        "tagger": tag_key,
+    }
+    return [
+        simulate(
+            data,
+            cached_tags(data.pool, tag_fn, key=tag_key),
+            proxy,
+            config.candidates,
+            config.seed,
+            config.walk_fraction,
+            settings,
+            progress,
+        )
+        for data in datas
+    ]
 
 
 def _judges(config: BuildConfig, specs: Sequence[PoolSpec]) -> dict[str, str]:
@@ -246,22 +296,46 @@ def _validate(config: BuildConfig) -> None:
         raise InvalidInput(bad)
 
 
-def _metrics(config: BuildConfig, sims: Sequence[PoolSimulation], datas: Sequence[PoolData], rows: multipool.Rows,
-             variants: dict, chosen: str, alpha: float, lopo: dict, proxy: ProxyRewardModel) -> dict[str, Any]:
+def _metrics(
+    config: BuildConfig,
+    sims: Sequence[PoolSimulation],
+    datas: Sequence[PoolData],
+    rows: multipool.Rows,
+    variants: dict,
+    chosen: str,
+    alpha: float,
+    lopo: dict,
+    proxy: ProxyRewardModel,
+) -> dict[str, Any]:
     pools = {s.name: _pool_metrics(s, d) for s, d in zip(sims, datas)}
     all_human = float(np.mean([p["target"]["all_human"] for p in pools.values()]))
     all_lm = float(np.mean([p["target"]["all_lm"] for p in pools.values()]))
-    served = {"cv_spearman": variants[chosen]["cv_spearman"], "cv_rmse": variants[chosen]["cv_rmse"], "ridge_alpha": alpha,
-              "candidates": float(len(rows.y)), "pool_size": float(sum(len(d.pool) for d in datas)),
-              "target_all_human": all_human, "target_all_lm": all_lm, "centring_offset": rows.offset}
+    served = {
+        "cv_spearman": variants[chosen]["cv_spearman"],
+        "cv_rmse": variants[chosen]["cv_rmse"],
+        "ridge_alpha": alpha,
+        "candidates": float(len(rows.y)),
+        "pool_size": float(sum(len(d.pool) for d in datas)),
+        "target_all_human": all_human,
+        "target_all_lm": all_lm,
+        "centring_offset": rows.offset,
+    }
     if lopo:
         served["lopo_spearman_min"] = min(e["spearman"] for e in lopo.values())
     kinds = [k for s in sims for k in s.kinds]
     return {
-        "served": served, "chosen_variant": chosen, "variants": variants,
+        "served": served,
+        "chosen_variant": chosen,
+        "variants": variants,
         "centring": {"method": CENTRING, "pool_means": rows.means, "offset": rows.offset},
-        "target": {"gold": TARGET_GOLD, "all_human": all_human, "all_lm": all_lm, "std": float(np.std(rows.y)),
-                   "spearman_vs_human_fraction": _rho(rows.share, rows.y), "note": "mean over pools; std and Spearman on centred rows"},
+        "target": {
+            "gold": TARGET_GOLD,
+            "all_human": all_human,
+            "all_lm": all_lm,
+            "std": float(np.std(rows.y)),
+            "spearman_vs_human_fraction": _rho(rows.share, rows.y),
+            "note": "mean over pools; std and Spearman on centred rows",
+        },
         "pools": pools,
         "leave_one_pool_out": {"variant": chosen, "pools": lopo} if lopo else {},
         "candidates": {k: int(kinds.count(k)) for k in sorted(set(kinds))},
@@ -271,14 +345,29 @@ def _metrics(config: BuildConfig, sims: Sequence[PoolSimulation], datas: Sequenc
 
 def _pool_metrics(sim: PoolSimulation, data: PoolData) -> dict[str, Any]:
     y = sim.y
-    gold = {name: {"all_human": float(a[1]), "all_lm": float(a[0]), "mean": float(a.mean()), "spearman_vs_target": _rho(a, y)}
-            for name, a in sim.acc.items()}
-    return {"file": data.spec.path.name, "sha256": data.sha256, "size": len(data.pool), "gold_rows": len(data.gold_sets[TARGET_GOLD]),
-            "lm_judge": data.judge, "dropped_rows": data.dropped, "human_lm_agreement": sim.human_lm_agreement,
-            "target": {"all_human": float(y[1]), "all_lm": float(y[0]), "mean": float(y.mean()), "std": float(y.std()),
-                       "spearman_vs_human_fraction": _rho(sim.share, y)},
-            "gold_sets": gold, "candidates": {k: int(sim.kinds.count(k)) for k in sorted(set(sim.kinds))},
-            "tag_rates": {TAG_NAMES[j]: float(r) for j, r in enumerate(sim.tag_rates) if r > 0}}
+    gold = {
+        name: {"all_human": float(a[1]), "all_lm": float(a[0]), "mean": float(a.mean()), "spearman_vs_target": _rho(a, y)}
+        for name, a in sim.acc.items()
+    }
+    return {
+        "file": data.spec.path.name,
+        "sha256": data.sha256,
+        "size": len(data.pool),
+        "gold_rows": len(data.gold_sets[TARGET_GOLD]),
+        "lm_judge": data.judge,
+        "dropped_rows": data.dropped,
+        "human_lm_agreement": sim.human_lm_agreement,
+        "target": {
+            "all_human": float(y[1]),
+            "all_lm": float(y[0]),
+            "mean": float(y.mean()),
+            "std": float(y.std()),
+            "spearman_vs_human_fraction": _rho(sim.share, y),
+        },
+        "gold_sets": gold,
+        "candidates": {k: int(sim.kinds.count(k)) for k in sorted(set(sim.kinds))},
+        "tag_rates": {TAG_NAMES[j]: float(r) for j, r in enumerate(sim.tag_rates) if r > 0},
+    }
 
 
 def _rho(a: np.ndarray, b: np.ndarray) -> float:
@@ -288,8 +377,17 @@ def _rho(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic) if np.ptp(a) > 0 and np.ptp(b) > 0 else 0.0
 
 
-def _write_lopo(config: BuildConfig, sims: Sequence[PoolSimulation], datas: Sequence[PoolData], rows: multipool.Rows, chosen: str,
-                lopo: dict, models: dict, bins_json: str | None, proxy: ProxyRewardModel) -> dict[str, str]:
+def _write_lopo(
+    config: BuildConfig,
+    sims: Sequence[PoolSimulation],
+    datas: Sequence[PoolData],
+    rows: multipool.Rows,
+    chosen: str,
+    lopo: dict,
+    models: dict,
+    bins_json: str | None,
+    proxy: ProxyRewardModel,
+) -> dict[str, str]:
     """``--lopo-out``: per pool, a bundle whose PPM never saw it (the leave-one-pool-out fit); returns versions."""
     if not config.lopo_out:
         return {}
@@ -306,14 +404,29 @@ def _write_lopo(config: BuildConfig, sims: Sequence[PoolSimulation], datas: Sequ
     return out
 
 
-def _write(out: Path, config: BuildConfig, model: ppm_mod.QuadraticPPM, metrics: dict, reference_bins_json: str | None,
-           datas: Sequence[PoolData], without: str | None = None) -> str:
+def _write(
+    out: Path,
+    config: BuildConfig,
+    model: ppm_mod.QuadraticPPM,
+    metrics: dict,
+    reference_bins_json: str | None,
+    datas: Sequence[PoolData],
+    without: str | None = None,
+) -> str:
     out.mkdir(parents=True, exist_ok=True)
     ppm_fit.to_onnx(model, out / "model.onnx")
     metrics["served"]["onnx_parity_max_abs_diff"] = ppm_fit.check_parity(model, out / "model.onnx", seed=config.seed)
-    bundle_io.write_json(out / "ppm.json", {"form": "quadratic", "kind": model.kind, "bias": model.bias,
-                                            "linear": model.linear.tolist(), "quad": model.quad.tolist(),
-                                            "input": "x = counts / pool_size"})
+    bundle_io.write_json(
+        out / "ppm.json",
+        {
+            "form": "quadratic",
+            "kind": model.kind,
+            "bias": model.bias,
+            "linear": model.linear.tolist(),
+            "quad": model.quad.tolist(),
+            "input": "x = counts / pool_size",
+        },
+    )
     bundle_io.write_json(out / "vocabulary.json", {"version": VOCABULARY_VERSION, "tags": list(TAG_NAMES)})
     bins = json.loads(reference_bins_json) if reference_bins_json else {"note": "tags supplied by a custom tag function"}
     bundle_io.write_json(out / "reference_bins.json", bins)
@@ -321,8 +434,15 @@ def _write(out: Path, config: BuildConfig, model: ppm_mod.QuadraticPPM, metrics:
     fingerprints = _fingerprints(config, datas)
     bundle_io.write_json(out / "fingerprints.json", fingerprints)
     (out / "MODEL_CARD.md").write_text(card_mod.model_card(config, metrics, model, without), encoding="utf-8")
-    return bundle_io.finalise(out, {"model_kind": model.kind, "data_fingerprint": fingerprints["data_fingerprint"],
-                                    "vocabulary_version": VOCABULARY_VERSION, "input_normalisation": "counts / pool_size"})
+    return bundle_io.finalise(
+        out,
+        {
+            "model_kind": model.kind,
+            "data_fingerprint": fingerprints["data_fingerprint"],
+            "vocabulary_version": VOCABULARY_VERSION,
+            "input_normalisation": "counts / pool_size",
+        },
+    )
 
 
 def _fingerprints(config: BuildConfig, datas: Sequence[PoolData]) -> dict[str, Any]:
@@ -340,9 +460,24 @@ def _fingerprints(config: BuildConfig, datas: Sequence[PoolData]) -> dict[str, A
     sets.update({f"gold:{d.spec.name}:{k}": ids_hash(v) for d in datas for k, v in d.gold_sets.items() if k == TARGET_GOLD})
     sets.update({f"gold:{k}": ids_hash(v) for k, v in datas[0].gold_sets.items() if k != TARGET_GOLD})
     digest = hashlib.sha256(json.dumps([files, sets], sort_keys=True).encode()).hexdigest()[:16]
-    pools = [{"name": d.spec.name, "sha256": d.sha256, "rows": len(d.pool), "gold_rows": len(d.gold_sets[TARGET_GOLD]),
-              "judge": d.judge, "dropped_sources": list(REPEATED_SOURCES.get(d.spec.name, ()))} for d in datas]
+    pools = [
+        {
+            "name": d.spec.name,
+            "sha256": d.sha256,
+            "rows": len(d.pool),
+            "gold_rows": len(d.gold_sets[TARGET_GOLD]),
+            "judge": d.judge,
+            "dropped_sources": list(REPEATED_SOURCES.get(d.spec.name, ())),
+        }
+        for d in datas
+    ]
     args = {k: v for k, v in asdict(config).items() if k not in ("pool", "out", "gold", "lopo_out")}
     args["gold"] = [spec.split("=", 1)[0] if "=" in spec else Path(spec.split("#")[0]).name for spec in config.gold]
-    return {"data_fingerprint": f"data-{digest}", "file_sha256": files, "instance_id_sha256": sets, "pools": pools,
-            "sizes": {f"pool:{d.spec.name}": len(d.pool) for d in datas}, "build_args": args}
+    return {
+        "data_fingerprint": f"data-{digest}",
+        "file_sha256": files,
+        "instance_id_sha256": sets,
+        "pools": pools,
+        "sizes": {f"pool:{d.spec.name}": len(d.pool) for d in datas},
+        "build_args": args,
+    }

@@ -96,12 +96,17 @@ class _PoolData:
     net_all: np.ndarray  # (N,) realised corrections if routed: +1 fixed, -1 broken, 0 (also on a tie reference)
 
     def describe(self) -> dict[str, float]:
-        return {"rows": int(len(self.x)), "lm_wrong_rate": float(self.lm_wrong.mean()) if len(self.x) else 0.0,
-                "other_votes_rows": int(self.votes.sum()),
-                "human_wrong_rate_other_votes": float(self.human_wrong[self.votes].mean()) if self.votes.any() else 0.0}
+        return {
+            "rows": int(len(self.x)),
+            "lm_wrong_rate": float(self.lm_wrong.mean()) if len(self.x) else 0.0,
+            "other_votes_rows": int(self.votes.sum()),
+            "human_wrong_rate_other_votes": float(self.human_wrong[self.votes].mean()) if self.votes.any() else 0.0,
+        }
 
 
-def _training_data(pools: Sequence[Pool], features: Sequence[np.ndarray], signals: Sequence[JudgeSignals] | None) -> list[_PoolData]:
+def _training_data(
+    pools: Sequence[Pool], features: Sequence[np.ndarray], signals: Sequence[JudgeSignals] | None
+) -> list[_PoolData]:
     if len(pools) != len(features) or (signals is not None and len(signals) != len(pools)):
         raise ValueError("pools, features (and signals) must be aligned lists")
     out = []
@@ -109,12 +114,23 @@ def _training_data(pools: Sequence[Pool], features: Sequence[np.ndarray], signal
         sig = signals[i] if signals is not None else pool.signals()
         x = np.asarray(features[i], dtype=np.float64)
         if x.shape != (len(pool), len(FEATURE_NAMES)):
-            raise ValueError(f"features for pool {pool.name!r} have shape {x.shape}, expected ({len(pool)}, {len(FEATURE_NAMES)})")
+            raise ValueError(
+                f"features for pool {pool.name!r} have shape {x.shape}, expected ({len(pool)}, {len(FEATURE_NAMES)})"
+            )
         keep = pool.reference != 0
         ref = pool.reference[keep]
         net = realised_corrections(pool.human, np.asarray(sig.label), pool.reference)
-        out.append(_PoolData(pool.name, x[keep], np.asarray(sig.label)[keep] != ref, pool.human[keep] != ref,
-                             pool.reference_kind[keep] == "other_votes", x, net))
+        out.append(
+            _PoolData(
+                pool.name,
+                x[keep],
+                np.asarray(sig.label)[keep] != ref,
+                pool.human[keep] != ref,
+                pool.reference_kind[keep] == "other_votes",
+                x,
+                net,
+            )
+        )
     return out
 
 
@@ -169,9 +185,14 @@ def _lopo_metrics(data: Sequence[_PoolData], cols: Sequence[int], hcols: Sequenc
         model, human = _fit_calibrated(rest, cols, c, seed), _fit_human(rest, hcols, c, seed)
         p = lm_probability(model, held.x)
         ece, curve = reliability(held.lm_wrong, p)
-        entry: dict[str, Any] = {"rows": int(len(p)), "auroc": auroc(held.lm_wrong, p), "ece": ece,
-                                 "mean_predicted": float(p.mean()), "observed_rate": float(held.lm_wrong.mean()),
-                                 "reliability": curve}
+        entry: dict[str, Any] = {
+            "rows": int(len(p)),
+            "auroc": auroc(held.lm_wrong, p),
+            "ece": ece,
+            "mean_predicted": float(p.mean()),
+            "observed_rate": float(held.lm_wrong.mean()),
+            "reliability": curve,
+        }
         if held.votes.sum() >= 20 and any(d.votes.any() for d in rest):
             h = human.predict(held.x[held.votes])
             entry["human_auroc"] = auroc(held.human_wrong[held.votes], h)
@@ -185,11 +206,17 @@ def _lopo_metrics(data: Sequence[_PoolData], cols: Sequence[int], hcols: Sequenc
     y, p = np.concatenate(all_y), np.concatenate(all_p)
     ece, curve = reliability(y, p)
     ratios = [e["ratio"] for rows in transfer.values() for e in rows.values() if "ratio" in e]
-    return {"pools": per_pool, "pooled": {"auroc": auroc(y, p), "ece": ece, "reliability": curve},
-            "min_auroc": float(min(e["auroc"] for e in per_pool.values())),
-            "max_ece": float(max(e["ece"] for e in per_pool.values())),
-            "transfer": {"budgets": list(TRANSFER_BUDGETS), "pools": transfer,
-                         **({"ratio_range": [float(min(ratios)), float(max(ratios))]} if ratios else {})}}
+    return {
+        "pools": per_pool,
+        "pooled": {"auroc": auroc(y, p), "ece": ece, "reliability": curve},
+        "min_auroc": float(min(e["auroc"] for e in per_pool.values())),
+        "max_ece": float(max(e["ece"] for e in per_pool.values())),
+        "transfer": {
+            "budgets": list(TRANSFER_BUDGETS),
+            "pools": transfer,
+            **({"ratio_range": [float(min(ratios)), float(max(ratios))]} if ratios else {}),
+        },
+    }
 
 
 def _transfer(held: _PoolData, lm: _Logistic, human: _Logistic) -> dict[str, dict[str, float]]:
@@ -211,9 +238,17 @@ def _transfer(held: _PoolData, lm: _Logistic, human: _Logistic) -> dict[str, dic
     return rows
 
 
-def fit_correction_model(pools: Sequence[Pool], features: Sequence[np.ndarray], seed: int, *,
-        signals: Sequence[JudgeSignals] | None = None, columns: Sequence[str] | None = None,
-        human_columns: Sequence[str] | None = None, c: float = 0.1, evaluate: bool = True) -> CorrectionModel:
+def fit_correction_model(
+    pools: Sequence[Pool],
+    features: Sequence[np.ndarray],
+    seed: int,
+    *,
+    signals: Sequence[JudgeSignals] | None = None,
+    columns: Sequence[str] | None = None,
+    human_columns: Sequence[str] | None = None,
+    c: float = 0.1,
+    evaluate: bool = True,
+) -> CorrectionModel:
     """Fit on ``pools`` (features[i] aligned with pools[i]; ``signals[i]`` defaults to the pool's
     default judge, and must be the signals the features were computed from).
 
@@ -228,10 +263,14 @@ def fit_correction_model(pools: Sequence[Pool], features: Sequence[np.ndarray], 
     hcols = [FEATURE_NAMES.index(n) for n in (HUMAN_COLUMNS if human_columns is None else human_columns)]
     lm = _fit_calibrated(data, cols, c, seed)
     human = _fit_human(data, hcols, c, seed)
-    metrics: dict[str, Any] = {"model": "logistic", "l2_c": c, "columns": [FEATURE_NAMES[j] for j in cols],
-                               "human_columns": [FEATURE_NAMES[j] for j in hcols],
-                               "calibration": "platt on leave-one-pool-out logits" if len(data) > 1 else "none (one pool)",
-                               "training": {d.name: d.describe() for d in data}}
+    metrics: dict[str, Any] = {
+        "model": "logistic",
+        "l2_c": c,
+        "columns": [FEATURE_NAMES[j] for j in cols],
+        "human_columns": [FEATURE_NAMES[j] for j in hcols],
+        "calibration": "platt on leave-one-pool-out logits" if len(data) > 1 else "none (one pool)",
+        "training": {d.name: d.describe() for d in data},
+    }
     if evaluate and len(data) > 1:
         metrics["leave_one_pool_out"] = _lopo_metrics(data, cols, hcols, c, seed)
     return CorrectionModel(lm, human, FEATURE_NAMES, metrics)
@@ -240,12 +279,11 @@ def fit_correction_model(pools: Sequence[Pool], features: Sequence[np.ndarray], 
 # ---------------------------------------------------------------- convenience for the harness
 
 
-
 def pool_tags(pool: Pool, profile: str = "fast") -> tuple[np.ndarray, np.ndarray]:
     """(measures (n, 9), tags (n, 90)) of a pool's instances from the tagger core, cached on disk by
     (profile, texts) under ``runtime.cache_dir()/correction``."""
-    from hybridpref.server.runtime import cache_dir
     from hybridpref.common.vocabulary import VOCABULARY_VERSION
+    from hybridpref.server.runtime import cache_dir
 
     h = hashlib.sha256(f"{profile}|{VOCABULARY_VERSION}".encode())
     for inst in pool.instances:
@@ -284,8 +322,9 @@ def fit_for_pools(train: Sequence[Pool], seed: int, tagger_profile: str | None =
     return fit_correction_model(train, feats, seed)
 
 
-def pool_probabilities(model: CorrectionModel, pool: Pool, judge: str | None = None,
-                       tagger_profile: str | None = None) -> np.ndarray:
+def pool_probabilities(
+    model: CorrectionModel, pool: Pool, judge: str | None = None, tagger_profile: str | None = None
+) -> np.ndarray:
     """(n, 2) [P(LM wrong), P(human wrong)] for every instance of ``pool`` (judge's signals). The tagger
     runs only when the model gives weight to measure or tag columns."""
     used = [n for j, n in enumerate(model.feature_names) if model.lm.coef[j] != 0 or model.human.coef[j] != 0]
@@ -293,8 +332,9 @@ def pool_probabilities(model: CorrectionModel, pool: Pool, judge: str | None = N
     return model.probabilities(pool_features(pool, judge, profile))
 
 
-def expected_gain_for_pool(model: CorrectionModel, pool: Pool, judge: str | None = None,
-                           tagger_profile: str | None = None) -> np.ndarray:
+def expected_gain_for_pool(
+    model: CorrectionModel, pool: Pool, judge: str | None = None, tagger_profile: str | None = None
+) -> np.ndarray:
     """(n,) expected corrections per human label for every instance of ``pool`` (judge's signals)."""
     p = pool_probabilities(model, pool, judge, tagger_profile)
     return p[:, 0] - p[:, 1]

@@ -14,7 +14,9 @@ from hybridpref_client.core.errors import FieldViolation, InvalidInput
 from hybridpref_client.core.instances import PreferenceInstance
 
 
-def sample_mixes(tag_matrix: np.ndarray, n_candidates: int, seed: int, walk_fraction: float = 0.7) -> tuple[np.ndarray, list[str]]:
+def sample_mixes(
+    tag_matrix: np.ndarray, n_candidates: int, seed: int, walk_fraction: float = 0.7
+) -> tuple[np.ndarray, list[str]]:
     """Sample ``n_candidates`` mixes over a pool with tags ``tag_matrix`` (n, V) in {0, 1}.
 
     Always includes all-LM (row 0) and all-human (row 1); the rest are ``walk_fraction``
@@ -72,7 +74,9 @@ def label_sources(pool: Sequence[PreferenceInstance], lm_judge: str | None = Non
             for key in inst.lm_labels:
                 names[key] = names.get(key, 0) + 1
         if not names:
-            raise InvalidInput(FieldViolation("pool", "no instance has an LM label (lm_labels); the pool needs both label sources"))
+            raise InvalidInput(
+                FieldViolation("pool", "no instance has an LM label (lm_labels); the pool needs both label sources")
+            )
         lm_judge = max(sorted(names), key=names.__getitem__)
     human = np.array([_sign(inst.human_label) for inst in pool], dtype=np.int8)
     lm = np.array([_sign(inst.lm_labels.get(lm_judge)) for inst in pool], dtype=np.int8)

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from hybridpref.offline.bundle import ppm_fit
-from hybridpref.routing_model import ppm as ppm_mod
 from hybridpref.offline.bundle.simulate import PoolSimulation
+from hybridpref.routing_model import ppm as ppm_mod
 
 CENTRING = "per-pool mean: y - mean_k(y) within each pool; served bias + mean of the pool means"
 
@@ -43,14 +43,20 @@ class Rows:
 
     def only(self, keep: np.ndarray) -> Rows:
         names = set(self.pool[keep].tolist())
-        return Rows(self.x[keep], self.y[keep], self.pool[keep], self.share[keep], {k: v for k, v in self.means.items() if k in names})
+        return Rows(
+            self.x[keep], self.y[keep], self.pool[keep], self.share[keep], {k: v for k, v in self.means.items() if k in names}
+        )
 
 
 def union(sims: Sequence[PoolSimulation]) -> Rows:
     means = {s.name: float(s.y.mean()) for s in sims}
-    return Rows(x=np.vstack([s.x for s in sims]), y=np.concatenate([s.y - means[s.name] for s in sims]),
-                pool=np.concatenate([np.full(len(s.y), s.name, dtype=object) for s in sims]),
-                share=np.concatenate([s.share for s in sims]), means=means)
+    return Rows(
+        x=np.vstack([s.x for s in sims]),
+        y=np.concatenate([s.y - means[s.name] for s in sims]),
+        pool=np.concatenate([np.full(len(s.y), s.name, dtype=object) for s in sims]),
+        share=np.concatenate([s.share for s in sims]),
+        means=means,
+    )
 
 
 def fit(rows: Rows, variant: str) -> tuple[ppm_mod.QuadraticPPM, float]:
@@ -64,11 +70,16 @@ def cross_validate(rows: Rows, variant: str, folds: int, seed: int) -> dict[str,
     from hybridpref.offline import stats
 
     pred, per_fold = ppm_fit.out_of_fold(rows.x, rows.y, variant, folds, seed)
-    out: dict[str, Any] = {"cv_spearman": _finite(stats.spearman(pred, rows.y)),
-                           "cv_spearman_fold_mean": float(np.mean(per_fold)) if per_fold else 0.0,
-                           "cv_rmse": float(np.sqrt(np.mean((pred - rows.y) ** 2))), "target_std": float(np.std(rows.y))}
+    out: dict[str, Any] = {
+        "cv_spearman": _finite(stats.spearman(pred, rows.y)),
+        "cv_spearman_fold_mean": float(np.mean(per_fold)) if per_fold else 0.0,
+        "cv_rmse": float(np.sqrt(np.mean((pred - rows.y) ** 2))),
+        "target_std": float(np.std(rows.y)),
+    }
     if len(rows.means) > 1:
-        out["cv_spearman_by_pool"] = {p: _finite(stats.spearman(pred[rows.pool == p], rows.y[rows.pool == p])) for p in rows.means}
+        out["cv_spearman_by_pool"] = {
+            p: _finite(stats.spearman(pred[rows.pool == p], rows.y[rows.pool == p])) for p in rows.means
+        }
     return out
 
 
@@ -82,11 +93,15 @@ def leave_one_pool_out(rows: Rows, variant: str) -> tuple[dict[str, dict[str, fl
         model, alpha = fit(rows.only(~test), variant)
         pred, y, share = model.predict(rows.x[test]), rows.y[test], rows.share[test]
         defined = np.ptp(pred) > 0 and np.ptp(y) > 0  # a constant side leaves every correlation undefined (0.0)
-        scores[name] = {"spearman": _finite(stats.spearman(pred, y)),
-                        "partial_spearman_given_share": _finite(stats.partial_spearman(pred, y, share)) if defined else 0.0,
-                        "spearman_share_vs_measured": _finite(stats.spearman(share, y)),
-                        "rmse_centred": float(np.sqrt(np.mean(((pred - pred.mean()) - (y - y.mean())) ** 2))),
-                        "measured_std": float(np.std(y)), "candidates": int(test.sum()), "ridge_alpha": alpha}
+        scores[name] = {
+            "spearman": _finite(stats.spearman(pred, y)),
+            "partial_spearman_given_share": _finite(stats.partial_spearman(pred, y, share)) if defined else 0.0,
+            "spearman_share_vs_measured": _finite(stats.spearman(share, y)),
+            "rmse_centred": float(np.sqrt(np.mean(((pred - pred.mean()) - (y - y.mean())) ** 2))),
+            "measured_std": float(np.std(y)),
+            "candidates": int(test.sum()),
+            "ridge_alpha": alpha,
+        }
         models[name] = model
     return scores, models
 

@@ -29,8 +29,15 @@ from hybridpref.routing_model.panel_correction import (
 )
 
 
-def fit_linear(x: np.ndarray, y: np.ndarray, columns: Sequence[str], *, l2: float = 10.0, weights: np.ndarray | None = None,
-               nonneg: Sequence[str] = MONOTONE) -> Linear:
+def fit_linear(
+    x: np.ndarray,
+    y: np.ndarray,
+    columns: Sequence[str],
+    *,
+    l2: float = 10.0,
+    weights: np.ndarray | None = None,
+    nonneg: Sequence[str] = MONOTONE,
+) -> Linear:
     """Logistic regression on standardised ``columns`` with an L2 penalty ``l2 * |coef|^2 / 2`` (on the
     weighted mean loss times the weight total, i.e. sklearn's ``C = 1 / l2``) and coefficients of
     ``nonneg`` columns constrained >= 0 (L-BFGS-B). ``weights`` (n,) per-row weights (default 1)."""
@@ -105,13 +112,28 @@ class TrainingSet:
         x = panel_features(pool.instances, pool.signals())
         keep = pool.reference != 0
         ref = pool.reference[keep]
-        return cls(name or pool.name, x[keep], pool.signals().label[keep] != ref, pool.human[keep] != ref,
-                   pool.reference_kind[keep] == "other_votes", weight)
+        return cls(
+            name or pool.name,
+            x[keep],
+            pool.signals().label[keep] != ref,
+            pool.human[keep] != ref,
+            pool.reference_kind[keep] == "other_votes",
+            weight,
+        )
 
 
-def fit_panel_model(sets: Sequence[TrainingSet], columns: Sequence[str], *, l2: float = 10.0, calibrate: bool = True,
-                    groups: Sequence[str] | None = None, fallback_distance: float = 0.0, verdict_only: bool = False,
-                    nonneg: Sequence[str] = MONOTONE, human_columns: Sequence[str] | None = None) -> PanelCorrectionModel:
+def fit_panel_model(
+    sets: Sequence[TrainingSet],
+    columns: Sequence[str],
+    *,
+    l2: float = 10.0,
+    calibrate: bool = True,
+    groups: Sequence[str] | None = None,
+    fallback_distance: float = 0.0,
+    verdict_only: bool = False,
+    nonneg: Sequence[str] = MONOTONE,
+    human_columns: Sequence[str] | None = None,
+) -> PanelCorrectionModel:
     """Fit on ``sets``; ``human_columns``: the P(human wrong) model's columns (default ``columns``; () = a rate); ``groups[i]`` names the pool of set i (panel variants of one pool share it), and
     the Platt calibration uses leave-one-group-out logits (>= 2 groups). ``verdict_only``: the LM model
     learns from rows with a verdict only (no-verdict rows are 1 by rule anyway)."""
@@ -148,17 +170,39 @@ def fit_panel_model(sets: Sequence[TrainingSet], columns: Sequence[str], *, l2: 
     hy = np.concatenate([s.human_wrong[s.votes] for s in sets])
     hw = np.concatenate([np.full(int(s.votes.sum()), s.weight) for s in sets])
     hcols = columns if human_columns is None else human_columns
-    human = fit_linear(hx, hy, hcols, l2=l2, weights=hw, nonneg=()) if len(hy) >= 50 else Linear.constant(float(hy.mean()) if len(hy) else 0.0)
+    human = (
+        fit_linear(hx, hy, hcols, l2=l2, weights=hw, nonneg=())
+        if len(hy) >= 50
+        else Linear.constant(float(hy.mean()) if len(hy) else 0.0)
+    )
     panels = np.array([panel_descriptor(s.x) for s in sets]) if sets else np.zeros((0, 3))
     spread = np.maximum(panels.std(axis=0), 0.05) if len(panels) > 1 else np.full(3, 0.05)
     rate = float(np.average(hy, weights=hw)) if len(hy) else 0.0
-    return PanelCorrectionModel(lm, doubt, human, panels, spread, fallback_distance, rate,
-                                {"columns": list(columns), "l2": l2, "calibrated": bool(calibrate and len(uniq) > 1),
-                                 "training": {s.name: {"rows": int(len(s.x)), "weight": s.weight} for s in sets}})
+    return PanelCorrectionModel(
+        lm,
+        doubt,
+        human,
+        panels,
+        spread,
+        fallback_distance,
+        rate,
+        {
+            "columns": list(columns),
+            "l2": l2,
+            "calibrated": bool(calibrate and len(uniq) > 1),
+            "training": {s.name: {"rows": int(len(s.x)), "weight": s.weight} for s in sets},
+        },
+    )
 
 
-def fit_for_pools(pools: Sequence[Pool], *, columns: Sequence[str] = RECOMMENDED_COLUMNS, l2: float = 10.0,
-                  fallback_distance: float = 0.0, transfer: bool = False) -> PanelCorrectionModel:
+def fit_for_pools(
+    pools: Sequence[Pool],
+    *,
+    columns: Sequence[str] = RECOMMENDED_COLUMNS,
+    l2: float = 10.0,
+    fallback_distance: float = 0.0,
+    transfer: bool = False,
+) -> PanelCorrectionModel:
     """The recommended model: fitted on every panel variant of ``pools``
     (:func:`hybridpref.offline.panels.panel_variants`), each pool weighted as one pool whatever its
     number of variants, Platt-calibrated on leave-one-pool-out logits. ``transfer`` (>= 2 pools): also
@@ -176,15 +220,23 @@ def fit_for_pools(pools: Sequence[Pool], *, columns: Sequence[str] = RECOMMENDED
             groups.append(pool.name)
     model = fit_panel_model(sets, columns, l2=l2, groups=groups, fallback_distance=fallback_distance)
     if transfer and len(pools) > 1:
-        per_pool = {held.name: transfer_check(fit_for_pools([p for p in pools if p is not held], columns=columns, l2=l2,
-                                                            fallback_distance=fallback_distance), held)
-                    for held in pools}
+        per_pool = {
+            held.name: transfer_check(
+                fit_for_pools([p for p in pools if p is not held], columns=columns, l2=l2, fallback_distance=fallback_distance),
+                held,
+            )
+            for held in pools
+        }
         from hybridpref.offline.bundle.correction_fit import TRANSFER_BUDGETS
 
         ratios = [e["ratio"] for rows in per_pool.values() for e in rows.values() if "ratio" in e]
-        model.metrics["leave_one_pool_out"] = {"transfer": {
-            "budgets": list(TRANSFER_BUDGETS), "pools": per_pool,
-            **({"ratio_range": [float(min(ratios)), float(max(ratios))]} if ratios else {})}}
+        model.metrics["leave_one_pool_out"] = {
+            "transfer": {
+                "budgets": list(TRANSFER_BUDGETS),
+                "pools": per_pool,
+                **({"ratio_range": [float(min(ratios)), float(max(ratios))]} if ratios else {}),
+            }
+        }
     return model
 
 

@@ -105,9 +105,12 @@ def to_onnx(ppm: QuadraticPPM, path: Path, opset: int = 17) -> None:
         helper.make_node("Cast", ["score64"], ["score"], to=TensorProto.FLOAT),
     ]
     graph = helper.make_graph(
-        nodes, "hybridpref_ppm",
-        [helper.make_tensor_value_info("counts", TensorProto.FLOAT, ["batch", v]),
-         helper.make_tensor_value_info("pool_size", TensorProto.FLOAT, [1])],
+        nodes,
+        "hybridpref_ppm",
+        [
+            helper.make_tensor_value_info("counts", TensorProto.FLOAT, ["batch", v]),
+            helper.make_tensor_value_info("pool_size", TensorProto.FLOAT, [1]),
+        ],
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
         initializer=inits,
     )

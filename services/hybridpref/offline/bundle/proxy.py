@@ -26,8 +26,8 @@ from typing import Protocol
 
 import numpy as np
 
-from hybridpref_client.core.instances import PreferenceInstance
 from hybridpref.server.runtime import cache_dir, packaged_minilm_dir
+from hybridpref_client.core.instances import PreferenceInstance
 
 PROMPT_TAIL_WORDS = 48  # keep the prompt's tail short so the response stays inside the 256-token window
 
@@ -112,10 +112,17 @@ class TextEncoder:
         if path.exists():
             table = np.load(path)
         else:
-            table = self._load().encode(
-                uniq, batch_size=self.batch_size, convert_to_numpy=True,
-                normalize_embeddings=True, show_progress_bar=show_progress,
-            ).astype(np.float32)
+            table = (
+                self._load()
+                .encode(
+                    uniq,
+                    batch_size=self.batch_size,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=show_progress,
+                )
+                .astype(np.float32)
+            )
             tmp = path.with_suffix(".tmp.npy")
             np.save(tmp, table)
             tmp.replace(path)  # atomic: a concurrent reader never sees half a file
@@ -143,8 +150,17 @@ class EmbeddingBTProxy:
 
     name = "embedding-bt-mlp"
 
-    def __init__(self, encoder: Encoder | None = None, hidden: int = 32, steps: int = 120, lr: float = 0.02,
-                 weight_decay: float = 1e-4, seeds: int = 3, chunk: int = 32, show_progress: bool = False):
+    def __init__(
+        self,
+        encoder: Encoder | None = None,
+        hidden: int = 32,
+        steps: int = 120,
+        lr: float = 0.02,
+        weight_decay: float = 1e-4,
+        seeds: int = 3,
+        chunk: int = 32,
+        show_progress: bool = False,
+    ):
         self.encoder: Encoder = encoder or TextEncoder()
         self.hidden, self.steps, self.lr, self.weight_decay = hidden, steps, lr, weight_decay
         self.seeds, self.chunk, self.show_progress = seeds, chunk, show_progress
@@ -152,9 +168,17 @@ class EmbeddingBTProxy:
         self._gold: dict[str, _Encoded] = {}
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "encoder": self.encoder.model_tag, "max_seq_length": self.encoder.max_seq_length,
-                "prompt_tail_words": PROMPT_TAIL_WORDS, "hidden": self.hidden, "steps": self.steps, "lr": self.lr,
-                "weight_decay": self.weight_decay, "seeds": self.seeds}
+        return {
+            "name": self.name,
+            "encoder": self.encoder.model_tag,
+            "max_seq_length": self.encoder.max_seq_length,
+            "prompt_tail_words": PROMPT_TAIL_WORDS,
+            "hidden": self.hidden,
+            "steps": self.steps,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "seeds": self.seeds,
+        }
 
     def _encode(self, instances: Sequence[PreferenceInstance]) -> _Encoded:
         texts = [t for inst in instances for t in pair_texts(inst)]
@@ -182,10 +206,10 @@ class EmbeddingBTProxy:
             raise ValueError(f"pool_labels must be (K, {len(self._pool.ia)}), got {labels.shape}")
         out = {name: np.zeros(len(labels)) for name in self._gold}
         for start in range(0, len(labels), self.chunk):
-            block = labels[start:start + self.chunk]
+            block = labels[start : start + self.chunk]
             acc = self._train_block(block, seed=seed)
             for name in out:
-                out[name][start:start + len(block)] = acc[name]
+                out[name][start : start + len(block)] = acc[name]
         return out
 
     def evaluate_pairs(self, pool_labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -199,9 +223,9 @@ class EmbeddingBTProxy:
             raise ValueError(f"pool_labels must be (K, {len(self._pool.ia)}), got {labels.shape}")
         out = {name: np.full((len(labels), len(g.ia)), np.nan) for name, g in self._gold.items()}
         for start in range(0, len(labels), self.chunk):
-            block = labels[start:start + self.chunk]
+            block = labels[start : start + self.chunk]
             for name, correct in self._train_block(block, seed=seed, per_pair=True).items():
-                out[name][start:start + len(block)] = correct
+                out[name][start : start + len(block)] = correct
         return out
 
     def _train_block(self, labels: np.ndarray, seed: int, per_pair: bool = False) -> dict[str, np.ndarray]:

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from hybridpref.offline.bundle import correction_fit, panel_correction_fit
 from hybridpref.routing_model import bundle as bundle_io
 from hybridpref.routing_model import correction as corr
-from hybridpref.offline.bundle import correction_fit, panel_correction_fit
 from hybridpref.routing_model import domain as domain_mod
 from hybridpref.routing_model.panel_correction import panel_version
 
@@ -38,9 +38,15 @@ CARD_MARKER = "\n## Routing models (expected correction, domain)\n"
 PANEL_MARKER = "\n**Panel correction model**"
 
 
-def add_routing_models(bundle: Path, pools: Mapping[str, Path], ppm_pools: Sequence[str],
-                       ppm_spearman: Mapping[str, float], seed: int = 0, ppm_spearman_source: str = "",
-                       judges: Mapping[str, str] | None = None) -> dict[str, Any]:
+def add_routing_models(
+    bundle: Path,
+    pools: Mapping[str, Path],
+    ppm_pools: Sequence[str],
+    ppm_spearman: Mapping[str, float],
+    seed: int = 0,
+    ppm_spearman_source: str = "",
+    judges: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Write the routing models into ``bundle`` (see the module docstring); returns the new manifest.
     ``judges``: pool name -> LM judge (the others by ``offline.pools.choose_judge``, printed)."""
     import sys
@@ -64,7 +70,9 @@ def add_routing_models(bundle: Path, pools: Mapping[str, Path], ppm_pools: Seque
     (bundle / "correction.onnx").write_bytes(onnx_bytes)
     bundle_io.write_json(bundle / "correction.json", card)
     domain = domain_mod.build_domain({p.name: f for p, f in zip(loaded, feats)}, ppm_pools, ppm_spearman, seed)
-    domain["ppm_spearman_source"] = ppm_spearman_source or "given to add-routing-models (--ppm-spearman); pools without a value are not flagged"
+    domain["ppm_spearman_source"] = (
+        ppm_spearman_source or "given to add-routing-models (--ppm-spearman); pools without a value are not flagged"
+    )
     bundle_io.write_json(bundle / "domain.json", domain)
     panel = panel_correction_fit.fit_for_pools(loaded, transfer=True)
     panel_correction_fit.write_panel_correction(bundle, panel)
@@ -78,11 +86,21 @@ def add_routing_models(bundle: Path, pools: Mapping[str, Path], ppm_pools: Seque
     fingerprints["routing_pools_sha256"] = {p.name: bundle_io.sha256_file(_pairs(Path(pools[p.name]))) for p in loaded}
     bundle_io.write_json(bundle / "fingerprints.json", fingerprints)
     text = (bundle / "MODEL_CARD.md").read_text(encoding="utf-8").split(CARD_MARKER)[0]
-    command = " ".join(["hybridpref predictor add-routing-models --bundle <bundle dir>",
-                        *(f"--pool {name}=<data>/{Path(path).name}" for name, path in pools.items()),
-                        *(f"--ppm-pool {p}" for p in ppm_pools), *(f"--ppm-spearman {k}={v}" for k, v in ppm_spearman.items()),
-                        f"--seed {seed}", *([f"--ppm-spearman-source {shlex.quote(ppm_spearman_source)}"] if ppm_spearman_source else [])])
-    section = model_card_section(card, domain, residual) + panel_card_section(panel) + f"\n**Rebuild** (deterministic for the seed):\n\n```\n{command}\n```\n"
+    command = " ".join(
+        [
+            "hybridpref predictor add-routing-models --bundle <bundle dir>",
+            *(f"--pool {name}=<data>/{Path(path).name}" for name, path in pools.items()),
+            *(f"--ppm-pool {p}" for p in ppm_pools),
+            *(f"--ppm-spearman {k}={v}" for k, v in ppm_spearman.items()),
+            f"--seed {seed}",
+            *([f"--ppm-spearman-source {shlex.quote(ppm_spearman_source)}"] if ppm_spearman_source else []),
+        ]
+    )
+    section = (
+        model_card_section(card, domain, residual)
+        + panel_card_section(panel)
+        + f"\n**Rebuild** (deterministic for the seed):\n\n```\n{command}\n```\n"
+    )
     (bundle / "MODEL_CARD.md").write_text(text.rstrip("\n") + "\n" + CARD_MARKER + section, encoding="utf-8")
 
     manifest = json.loads((bundle / bundle_io.MANIFEST).read_text(encoding="utf-8"))
@@ -102,7 +120,7 @@ def panel_card_section(model) -> str:
     return f"""{PANEL_MARKER} (`panel_correction.json`, `hybridpref.routing_model.panel_correction`, version
 `{panel_version(model)}`): P(LM wrong) that keeps its meaning when the judge panel changes; the default strategy
 `hybrid` reads it instead of `correction.onnx` (docs/EVALUATION.md, "Panel shift"). Recipe: every judge-panel variant of
-{', '.join(pools)} ({len(training)} variants, each pool weighted as one), L2 logistic (strength {model.metrics.get('l2')}) on
+{", ".join(pools)} ({len(training)} variants, each pool weighted as one), L2 logistic (strength {model.metrics.get("l2")}) on
 shares that mean the same whatever the panel size, coefficients of the doubt signals constrained >= 0 (P(LM wrong)
 never falls when one more judge disagrees), Platt-calibrated on leave-one-pool-out logits; 1 where the judge gave no
 verdict. P(human vote wrong): same columns, training rate {model.human_rate:.3f}.{_panel_transfer(model)}
@@ -117,9 +135,11 @@ def _panel_transfer(model) -> str:
     rr = corr.transfer_range(model.metrics)
     if rr is None:
         return ""
-    return (f" Expected corrections on a pool it did not see (each pool routed as one batch by a model fitted without "
-            f"it): realised / predicted from {rr[0]:.2f}x to {rr[1]:.2f}x; the router widens its intervals by this range "
-            "when this model routes.")
+    return (
+        f" Expected corrections on a pool it did not see (each pool routed as one batch by a model fitted without "
+        f"it): realised / predicted from {rr[0]:.2f}x to {rr[1]:.2f}x; the router widens its intervals by this range "
+        "when this model routes."
+    )
 
 
 def _pairs(path: Path) -> Path:
@@ -129,9 +149,11 @@ def _pairs(path: Path) -> Path:
 def model_card_section(card: Mapping[str, Any], domain: Mapping[str, Any], residual: float) -> str:
     """Markdown: training data, leave-one-pool-out scores, reliability curve, domain."""
     lopo = card.get("leave_one_pool_out", {})
-    dom = "\n".join(f"| {n}{' (left out of the PPM in turn)' if c.get('held_out') == 'leave-one-pool-out' else ''} | {c['distance']:.3f} | "
-                    f"{c['ppm_spearman'] if c['ppm_spearman'] is not None else 'n/a'} | {c['flagged']} |"
-                    for n, c in domain.get("calibration", {}).items())
+    dom = "\n".join(
+        f"| {n}{' (left out of the PPM in turn)' if c.get('held_out') == 'leave-one-pool-out' else ''} | {c['distance']:.3f} | "
+        f"{c['ppm_spearman'] if c['ppm_spearman'] is not None else 'n/a'} | {c['flagged']} |"
+        for n, c in domain.get("calibration", {}).items()
+    )
     return f"""{_card_head(card)}{_transfer_table(lopo.get("transfer", {}))}{_card_tail(domain, residual, dom)}"""
 
 
@@ -141,16 +163,22 @@ def _transfer_table(transfer: Mapping[str, Any]) -> str:
         return ""
     budgets = [f"{b:g}" for b in transfer.get("budgets", [])]
     rows = "\n".join(
-        f"| {name} | " + " | ".join(f"{e[b]['predicted']:.0f} / {e[b]['realised']:.0f} ({e[b].get('ratio', float('nan')):.2f}x)"
-                                    for b in budgets if b in e) + " |"
-        for name, e in transfer["pools"].items())
+        f"| {name} | "
+        + " | ".join(
+            f"{e[b]['predicted']:.0f} / {e[b]['realised']:.0f} ({e[b].get('ratio', float('nan')):.2f}x)"
+            for b in budgets
+            if b in e
+        )
+        + " |"
+        for name, e in transfer["pools"].items()
+    )
     lo, hi = transfer.get("ratio_range", (float("nan"), float("nan")))
     return f"""
 Expected corrections on a pool the model did not see (each pool routed as one batch by expected gain with
 a model fitted without it; predicted sum / realised net corrections, ratio):
 
-| held-out pool | {' | '.join(f'{float(b):.0%} routed' for b in budgets)} |
-|---|{'---|' * len(budgets)}
+| held-out pool | {" | ".join(f"{float(b):.0%} routed" for b in budgets)} |
+|---|{"---|" * len(budgets)}
 {rows}
 
 Realised / predicted ranges from {lo:.2f}x to {hi:.2f}x: the annotators' tie and error rates differ between pools
@@ -161,19 +189,26 @@ router widens every expected-corrections interval by this range and says so in t
 
 def _card_head(card: Mapping[str, Any]) -> str:
     lopo = card.get("leave_one_pool_out", {})
-    rows = "\n".join(f"| {name} | {e['rows']} | {e['auroc']:.3f} | {e['ece']:.3f} | {e['mean_predicted']:.3f} | {e['observed_rate']:.3f} | "
-                     f"{e.get('human_auroc', float('nan')):.3f} |" for name, e in lopo.get("pools", {}).items())
-    curve = "\n".join(f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['count']} | {b['predicted']:.3f} | {b['observed']:.3f} |"
-                      for b in lopo.get("pooled", {}).get("reliability", []))
-    train = "\n".join(f"| {n} | {t['rows']} | {t['lm_wrong_rate']:.3f} | {t['other_votes_rows']} | {t['human_wrong_rate_other_votes']:.3f} |"
-                      for n, t in card.get("training", {}).items())
+    rows = "\n".join(
+        f"| {name} | {e['rows']} | {e['auroc']:.3f} | {e['ece']:.3f} | {e['mean_predicted']:.3f} | {e['observed_rate']:.3f} | "
+        f"{e.get('human_auroc', float('nan')):.3f} |"
+        for name, e in lopo.get("pools", {}).items()
+    )
+    curve = "\n".join(
+        f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['count']} | {b['predicted']:.3f} | {b['observed']:.3f} |"
+        for b in lopo.get("pooled", {}).get("reliability", [])
+    )
+    train = "\n".join(
+        f"| {n} | {t['rows']} | {t['lm_wrong_rate']:.3f} | {t['other_votes_rows']} | {t['human_wrong_rate_other_votes']:.3f} |"
+        for n, t in card.get("training", {}).items()
+    )
     pooled = lopo.get("pooled", {})
     return f"""
 **Expected-correction model** (`correction.onnx`, `correction.json`; `hybridpref.routing_model.correction`).
 For each instance: P(the LM label is wrong vs the reference; a tie or missing verdict counts wrong),
 P(one bought human vote is wrong vs the other votes), and the expected corrections a human label buys
-= their difference. Standardised L2 logistic regression (C = {card.get('l2_c')}) on
-{', '.join(f'`{c}`' for c in card.get('columns', []))}; Platt-calibrated on leave-one-pool-out
+= their difference. Standardised L2 logistic regression (C = {card.get("l2_c")}) on
+{", ".join(f"`{c}`" for c in card.get("columns", []))}; Platt-calibrated on leave-one-pool-out
 predictions. The human-vote model is learned only on rows whose reference is other human votes; on
 gold / single-label pools a human label is the reference, so it is never wrong there by construction.
 
@@ -189,7 +224,7 @@ Leave-one-pool-out (each pool predicted by a model fitted and calibrated on the 
 |---|---|---|---|---|---|---|
 {rows}
 
-Pooled held-out: AUROC {pooled.get('auroc', float('nan')):.3f}, ECE {pooled.get('ece', float('nan')):.3f}. Reliability curve:
+Pooled held-out: AUROC {pooled.get("auroc", float("nan")):.3f}, ECE {pooled.get("ece", float("nan")):.3f}. Reliability curve:
 
 | predicted bin | rows | mean predicted | observed rate |
 |---|---|---|---|
@@ -199,22 +234,24 @@ Pooled held-out: AUROC {pooled.get('auroc', float('nan')):.3f}, ECE {pooled.get(
 
 def _card_tail(domain: Mapping[str, Any], residual: float, dom: str) -> str:
     return f"""
-**Domain** (`domain.json`, `hybridpref.routing_model.domain`): features {', '.join(f'`{f}`' for f in domain.get('features', []))};
-distance = {domain.get('distance')} to the nearest pool the PPM was trained on ({', '.join(domain.get('ppm_pools', []))});
-threshold {domain.get('threshold', float('nan')):.3f} (in-domain random {domain.get('batch_rows_for_p95')}-row batches: 95th percentile {domain.get('in_domain_p95', float('nan')):.3f}).
+**Domain** (`domain.json`, `hybridpref.routing_model.domain`): features {", ".join(f"`{f}`" for f in domain.get("features", []))};
+distance = {domain.get("distance")} to the nearest pool the PPM was trained on ({", ".join(domain.get("ppm_pools", []))});
+threshold {domain.get("threshold", float("nan")):.3f} (in-domain random {domain.get("batch_rows_for_p95")}-row batches: 95th percentile {domain.get("in_domain_p95", float("nan")):.3f}).
 
 | held-out pool | distance | PPM Spearman (predicted vs measured) | flagged out of domain |
 |---|---|---|---|
 {dom}
 
-PPM Spearman values: {domain.get('ppm_spearman_source', 'n/a')}.
+PPM Spearman values: {domain.get("ppm_spearman_source", "n/a")}.
 
 PPM residual std (cross-validated RMSE, `metrics.json` `ppm_residual_std`): {residual:.4f}; it holds inside the
 PPM's domain only.
 """
 
 
-def ppm_domain_args(bundle: Path, pools: Sequence[str], ppm_pool: Sequence[str], ppm_spearman: Sequence[str]) -> tuple[list[str], dict[str, float]]:
+def ppm_domain_args(
+    bundle: Path, pools: Sequence[str], ppm_pool: Sequence[str], ppm_spearman: Sequence[str]
+) -> tuple[list[str], dict[str, float]]:
     """``--ppm-pool`` (default: the pools the bundle lists in ``fingerprints.json``, else the first ``--pool``) and
     ``--ppm-spearman`` (default for a training pool: its leave-one-pool-out Spearman in ``metrics.json``)."""
     from hybridpref_client.core.errors import FieldViolation, InvalidInput

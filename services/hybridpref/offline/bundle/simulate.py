@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref_client.core.errors import FieldViolation, InvalidInput
-from hybridpref_client.core.instances import PreferenceInstance, instance_from_row, iter_json_rows
 from hybridpref.common.signals import recorded_signals
 from hybridpref.common.vocabulary import NUM_TAGS, VOCABULARY_VERSION
-from hybridpref.routing_model import bundle as bundle_io
 from hybridpref.offline.bundle import mixes as mixes_mod
 from hybridpref.offline.bundle.proxy import ProxyRewardModel
+from hybridpref.routing_model import bundle as bundle_io
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.instances import PreferenceInstance, instance_from_row, iter_json_rows
 
 TARGET_GOLD = "heldout"
 # Bump when the simulation's code changes what it computes for the same inputs (stale caches then miss).
@@ -121,9 +121,12 @@ def read_rows(path: str, field_name: str = "pool") -> list[dict[str, Any]]:
 
 def usable_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """Drop rows a tagger or proxy cannot use (empty prompt or response); returns (rows, dropped)."""
+
     def ok(r: dict[str, Any]) -> bool:
         return all(isinstance(r.get(k), str) and r[k].strip() for k in ("response_a", "response_b")) and (
-            (isinstance(r.get("prompt"), str) and r["prompt"].strip()) or bool(r.get("messages")))
+            (isinstance(r.get("prompt"), str) and r["prompt"].strip()) or bool(r.get("messages"))
+        )
+
     kept = [r for r in rows if ok(r)]
     return kept, len(rows) - len(kept)
 
@@ -134,15 +137,23 @@ def split_pool(rows: list[dict[str, Any]], key: str, fraction: float, seed: int)
     uniq = sorted(set(groups))
     n_hold = int(round(fraction * len(uniq)))
     if fraction > 0 and (n_hold < 1 or n_hold >= len(uniq)):
-        raise InvalidInput(FieldViolation("holdout_fraction", f"{fraction} of {len(uniq)} prompt groups leaves no train or no gold group"))
+        raise InvalidInput(
+            FieldViolation("holdout_fraction", f"{fraction} of {len(uniq)} prompt groups leaves no train or no gold group")
+        )
     held = set(np.random.default_rng(seed).permutation(uniq)[:n_hold].tolist())
     train = [i for i, g in enumerate(groups) if g not in held]
     gold = [i for i, g in enumerate(groups) if g in held]
     return train, gold
 
 
-def load_pool_data(spec: PoolSpec, group_key: str, holdout_fraction: float, split_seed: int,
-                   judge: str | None, diagnostics: Mapping[str, list[PreferenceInstance]]) -> PoolData:
+def load_pool_data(
+    spec: PoolSpec,
+    group_key: str,
+    holdout_fraction: float,
+    split_seed: int,
+    judge: str | None,
+    diagnostics: Mapping[str, list[PreferenceInstance]],
+) -> PoolData:
     """Read a pool, drop rows that repeat another pool (``evaluation.pools.repeats_other_pool``) and unusable
     rows, hold out prompt groups as the target gold set; the LM judge by the rule ``evaluate`` follows too
     (``offline.pools.choose_judge``), printed to stderr."""
@@ -174,8 +185,20 @@ def lm_signs(pool: Sequence[PreferenceInstance], judge: str) -> np.ndarray:
 
 def simulation_key(data: PoolData, settings: Mapping[str, Any]) -> str:
     """Cache key: pool file, split, judge, gold sets (ids + texts) and every simulation setting."""
-    h = hashlib.sha256(json.dumps({"version": SIMULATION_VERSION, "vocabulary": VOCABULARY_VERSION, "pool": data.spec.name,
-                                   "sha256": data.sha256, "judge": data.judge, **settings}, sort_keys=True, default=str).encode())
+    h = hashlib.sha256(
+        json.dumps(
+            {
+                "version": SIMULATION_VERSION,
+                "vocabulary": VOCABULARY_VERSION,
+                "pool": data.spec.name,
+                "sha256": data.sha256,
+                "judge": data.judge,
+                **settings,
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     for name, insts in [("pool", data.pool), *sorted(data.gold_sets.items())]:
         h.update(f"\x01{name}".encode())
         for inst in insts:
@@ -183,13 +206,22 @@ def simulation_key(data: PoolData, settings: Mapping[str, Any]) -> str:
     return h.hexdigest()[:32]
 
 
-def simulate(data: PoolData, tags: np.ndarray, proxy: ProxyRewardModel, candidates: int, seed: int, walk_fraction: float,
-             settings: Mapping[str, Any], progress: bool) -> PoolSimulation:
+def simulate(
+    data: PoolData,
+    tags: np.ndarray,
+    proxy: ProxyRewardModel,
+    candidates: int,
+    seed: int,
+    walk_fraction: float,
+    settings: Mapping[str, Any],
+    progress: bool,
+) -> PoolSimulation:
     """Candidates' accuracies on the pool's gold sets: from the cache when present, else trained and cached."""
     from hybridpref.server.runtime import cache_dir
 
-    key = simulation_key(data, {**settings, "candidates": candidates, "seed": seed, "walk_fraction": walk_fraction,
-                                "proxy": proxy.describe()})
+    key = simulation_key(
+        data, {**settings, "candidates": candidates, "seed": seed, "walk_fraction": walk_fraction, "proxy": proxy.describe()}
+    )
     path = cache_dir() / "ppm_simulations" / f"{key}.npz"
     if path.exists():
         return _load(path, data.spec.name, key)
@@ -202,10 +234,17 @@ def simulate(data: PoolData, tags: np.ndarray, proxy: ProxyRewardModel, candidat
     t1 = time.perf_counter()
     acc = _score_candidates(proxy, labels, seed, progress)
     both = (human != 0) & (lm != 0)
-    sim = PoolSimulation(name=data.spec.name, x=mixes_mod.count_vectors(routed, tags) / len(data.pool), share=routed.mean(1),
-                         acc=acc, kinds=kinds, tag_rates=tags.mean(0), key=key,
-                         human_lm_agreement=float((human[both] == lm[both]).mean()) if both.any() else float("nan"),
-                         timings={"encode_s": t1 - t0, "proxy_s": time.perf_counter() - t1})
+    sim = PoolSimulation(
+        name=data.spec.name,
+        x=mixes_mod.count_vectors(routed, tags) / len(data.pool),
+        share=routed.mean(1),
+        acc=acc,
+        kinds=kinds,
+        tag_rates=tags.mean(0),
+        key=key,
+        human_lm_agreement=float((human[both] == lm[both]).mean()) if both.any() else float("nan"),
+        timings={"encode_s": t1 - t0, "proxy_s": time.perf_counter() - t1},
+    )
     _save(path, sim)
     return sim
 
@@ -217,7 +256,7 @@ def _score_candidates(proxy: ProxyRewardModel, labels: np.ndarray, seed: int, pr
     parts: list[dict[str, np.ndarray]] = []
     with tqdm(total=len(labels), desc="proxy reward models", unit="cand", disable=not progress) as bar:
         for start in range(0, len(labels), chunk):
-            parts.append(proxy.evaluate(labels[start:start + chunk], seed=seed))  # same inits for all: fair comparison
+            parts.append(proxy.evaluate(labels[start : start + chunk], seed=seed))  # same inits for all: fair comparison
             bar.update(min(chunk, len(labels) - start))
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
@@ -225,9 +264,15 @@ def _score_candidates(proxy: ProxyRewardModel, labels: np.ndarray, seed: int, pr
 def _save(path: Path, sim: PoolSimulation) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    arrays: dict[str, Any] = {"x": sim.x, "share": sim.share, "kinds": np.array(sim.kinds), "tag_rates": sim.tag_rates,
-                              "agreement": np.array(sim.human_lm_agreement), "gold_names": np.array(sorted(sim.acc)),
-                              **{f"acc:{name}": a for name, a in sim.acc.items()}}
+    arrays: dict[str, Any] = {
+        "x": sim.x,
+        "share": sim.share,
+        "kinds": np.array(sim.kinds),
+        "tag_rates": sim.tag_rates,
+        "agreement": np.array(sim.human_lm_agreement),
+        "gold_names": np.array(sorted(sim.acc)),
+        **{f"acc:{name}": a for name, a in sim.acc.items()},
+    }
     np.savez(tmp, **arrays)
     tmp.replace(path)  # atomic: a concurrent build never reads half a file
 
@@ -238,5 +283,14 @@ def _load(path: Path, name: str, key: str) -> PoolSimulation:
         x = z["x"]
         if x.shape[1] != NUM_TAGS:
             raise ValueError(f"cached simulation {path} has {x.shape[1]} tags, expected {NUM_TAGS}")
-        return PoolSimulation(name=name, x=x, share=z["share"], acc=acc, kinds=[str(k) for k in z["kinds"]],
-                              tag_rates=z["tag_rates"], human_lm_agreement=float(z["agreement"]), key=key, cached=True)
+        return PoolSimulation(
+            name=name,
+            x=x,
+            share=z["share"],
+            acc=acc,
+            kinds=[str(k) for k in z["kinds"]],
+            tag_rates=z["tag_rates"],
+            human_lm_agreement=float(z["agreement"]),
+            key=key,
+            cached=True,
+        )

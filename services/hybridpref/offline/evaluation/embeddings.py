@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridpref.server.runtime import cache_dir
 from hybridpref.offline.bundle.proxy import TextEncoder
+from hybridpref.server.runtime import cache_dir
 
 # Bump when the way texts are turned into vectors changes (normalisation, window, pooling).
 EMBED_CODE_VERSION = "1"
@@ -63,8 +63,17 @@ class CachedTextEncoder:
     def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
         todo = self.missing(texts)
         if todo:
-            emb = self.inner._load().encode(todo, batch_size=self.inner.batch_size, convert_to_numpy=True,
-                                            normalize_embeddings=True, show_progress_bar=show_progress).astype(np.float32)
+            emb = (
+                self.inner._load()
+                .encode(
+                    todo,
+                    batch_size=self.inner.batch_size,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=show_progress,
+                )
+                .astype(np.float32)
+            )
             self._store(todo, emb)
         with self._lock:
             return np.stack([self._rows[text_key(t)] for t in texts]) if texts else np.zeros((0, 0), np.float32)

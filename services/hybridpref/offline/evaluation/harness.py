@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from hybridpref_client.core.errors import FieldViolation, InvalidInput
-from hybridpref_client.core.instances import Label, PreferenceInstance
 from hybridpref.common.signals import JudgeSignals
 from hybridpref.offline import stats
 from hybridpref.offline.pools import LLMBAR_MTBENCH_SOURCE, Pool, load_pool
 from hybridpref.router.strategies import STRATEGIES, StrategySpec
+from hybridpref_client.core.errors import FieldViolation, InvalidInput
+from hybridpref_client.core.instances import Label, PreferenceInstance
 
 HARNESS_ONLY = ("oracle",)  # needs the reference: an upper bound, never a servable strategy
 # Always evaluated: the points the others are compared with (score_table's differences and oracle share).
@@ -105,7 +105,12 @@ class EvalConfig:
         if self.seeds < 1:
             bad.append(FieldViolation("--seeds", f"must be >= 1, got {self.seeds}"))
         if self.folds < (3 if "in-pool" in self.modes and self.rm else 2):
-            bad.append(FieldViolation("--folds", "need >= 2 folds (>= 3 for in-pool reward-model accuracy: its training folds are routed by models fitted without the gold fold)"))
+            bad.append(
+                FieldViolation(
+                    "--folds",
+                    "need >= 2 folds (>= 3 for in-pool reward-model accuracy: its training folds are routed by models fitted without the gold fold)",
+                )
+            )
         for m in self.modes:
             if m not in MODES:
                 bad.append(FieldViolation("--mode", f"unknown mode {m!r}; use in-pool or cross-pool"))
@@ -191,9 +196,23 @@ def check_bundle_leakage(bundle: Path, pool_path: Path, pool_name: str, known: d
         name = known.get(trained.get("sha256") or "") or trained.get("name") or "an unknown pool"
         names.append(name)
         if trained.get("sha256") == this:
-            raise LeakageError(FieldViolation("--bundle", f"bundle {bundle} was trained on {pool_name} itself ({pool_path}, sha256 {this[:12]}): its PPM has seen this pool's labels. Evaluate {pool_name} with a bundle built without it (cross-pool, --bundle-for), or without --bundle"))
-        if pool_name.startswith("mtbench") and name == "llmbar" and LLMBAR_MTBENCH_SOURCE not in trained.get("dropped_sources", []):
-            raise LeakageError(FieldViolation("--bundle", f"bundle {bundle} was trained on llmbar, whose '{LLMBAR_MTBENCH_SOURCE}' subset repeats mtbench_human_gpt4's judgments"))
+            raise LeakageError(
+                FieldViolation(
+                    "--bundle",
+                    f"bundle {bundle} was trained on {pool_name} itself ({pool_path}, sha256 {this[:12]}): its PPM has seen this pool's labels. Evaluate {pool_name} with a bundle built without it (cross-pool, --bundle-for), or without --bundle",
+                )
+            )
+        if (
+            pool_name.startswith("mtbench")
+            and name == "llmbar"
+            and LLMBAR_MTBENCH_SOURCE not in trained.get("dropped_sources", [])
+        ):
+            raise LeakageError(
+                FieldViolation(
+                    "--bundle",
+                    f"bundle {bundle} was trained on llmbar, whose '{LLMBAR_MTBENCH_SOURCE}' subset repeats mtbench_human_gpt4's judgments",
+                )
+            )
     notes = [f"PPM from bundle {bundle.name} (trained on {', '.join(names) or 'an unknown pool'}); not refitted per fold"]
     for key, sha in files.items():
         if key.startswith("gold:") and sha == this:
@@ -266,8 +285,8 @@ def tag_case(case: Case, profile: str, tagger_address: str | None = None) -> Non
 
 
 def load_scorer(bundle: Path):
-    from hybridpref.routing_model import bundle as bundle_io
     from hybridpref.router.scoring import QuadraticScorer
+    from hybridpref.routing_model import bundle as bundle_io
 
     ppm = bundle_io.read_json(bundle, "ppm.json")
     return QuadraticScorer(ppm["bias"], np.asarray(ppm["linear"]), np.asarray(ppm["quad"]))
@@ -299,13 +318,20 @@ def oracle_mask(human: np.ndarray, lm: np.ndarray, reference: np.ndarray, k: int
 class Router:
     """Routes one fold of one pool with one strategy through ``strategies.route`` (as the router does)."""
 
-    def __init__(self, config: EvalConfig, scorer: Any | None, gain_fn: Callable[[Case, np.ndarray, frozenset[int], str], np.ndarray] | None):
+    def __init__(
+        self,
+        config: EvalConfig,
+        scorer: Any | None,
+        gain_fn: Callable[[Case, np.ndarray, frozenset[int], str], np.ndarray] | None,
+    ):
         self.config = config
         self.scorer = scorer
         self.gain_fn = gain_fn
         self._distances: dict[tuple[str, bytes], float] = {}  # (pool, fold rows) -> distance to the PPM's domain
 
-    def mask(self, case: Case, strategy: str, budget: float, rows: np.ndarray, seed: int, exclude: frozenset[int], mode: str) -> np.ndarray:
+    def mask(
+        self, case: Case, strategy: str, budget: float, rows: np.ndarray, seed: int, exclude: frozenset[int], mode: str
+    ) -> np.ndarray:
         from hybridpref.router.budget import Budget, resolve_budget
         from hybridpref.router.strategies import route
 
@@ -324,9 +350,17 @@ class Router:
         # As the router: the PPM breaks hybrid's ties only inside its domain (checked only where read).
         in_domain = spec.predictor == "in_domain" and self.ppm_in_domain(case, rows)
         tags = case.tags[rows] if case.tags is not None and scorer is not None else np.zeros((n, 0), dtype=np.uint8)
-        return route(strategy, tags, resolved, scorer=scorer if tags.shape[1] else None, seed=int(seed),
-                     signals=sig if spec.needs_judge_first else None, expected_gain=expected_gain,
-                     ppm_in_domain=in_domain, simulated_candidates=self.config.simulated_candidates).human_mask
+        return route(
+            strategy,
+            tags,
+            resolved,
+            scorer=scorer if tags.shape[1] else None,
+            seed=int(seed),
+            signals=sig if spec.needs_judge_first else None,
+            expected_gain=expected_gain,
+            ppm_in_domain=in_domain,
+            simulated_candidates=self.config.simulated_candidates,
+        ).human_mask
 
     def ppm_in_domain(self, case: Case, rows: np.ndarray) -> bool:
         """The router's check (``router.summary.domain_check``) on this fold: its text features' distance to
@@ -338,7 +372,9 @@ class Router:
         if key not in self._distances:
             from hybridpref.offline.bundle import correction_fit
 
-            self._distances[key] = case.domain.check(correction_fit.pool_features(case.pool.subset(rows), case.pool.default_judge))[0]
+            self._distances[key] = case.domain.check(
+                correction_fit.pool_features(case.pool.subset(rows), case.pool.default_judge)
+            )[0]
         ok = bool(self._distances[key] <= case.domain.threshold)
         case.in_domain_folds["in" if ok else "out"] += 1
         return ok
@@ -375,7 +411,9 @@ def correction_gain(model: Any, pool: Pool) -> np.ndarray:
     return p[:, 0] - p[:, 1]
 
 
-def correction_gain_fn(cases: Sequence[Case], config: EvalConfig) -> Callable[[Case, np.ndarray, frozenset[int], str], np.ndarray]:
+def correction_gain_fn(
+    cases: Sequence[Case], config: EvalConfig
+) -> Callable[[Case, np.ndarray, frozenset[int], str], np.ndarray]:
     """Expected gain of a human label per row from the correction model (:func:`fit_correction`), fitted without
     the routed rows' labels: in-pool on the pool's folds outside ``exclude``; cross-pool on the other pools. Cached."""
     models: dict[tuple[str, str, frozenset[int]], Any] = {}
@@ -463,8 +501,8 @@ class RewardModelScorer:
     seeds and modes (identical training labels give identical reward models: common random numbers)."""
 
     def __init__(self, case: Case, config: EvalConfig):
-        from hybridpref.offline.evaluation.embeddings import CachedTextEncoder
         from hybridpref.offline.bundle.proxy import EmbeddingBTProxy
+        from hybridpref.offline.evaluation.embeddings import CachedTextEncoder
 
         self.case, self.config = case, config
         self.encoder = CachedTextEncoder()
@@ -503,8 +541,9 @@ class RewardModelScorer:
         return out
 
 
-def score_table(correct: dict[tuple[str, float], np.ndarray], eligible: np.ndarray, boot: stats.GroupBootstrap,
-                budgets: Sequence[float]) -> list[dict[str, Any]]:
+def score_table(
+    correct: dict[tuple[str, float], np.ndarray], eligible: np.ndarray, boot: stats.GroupBootstrap, budgets: Sequence[float]
+) -> list[dict[str, Any]]:
     """Estimate + interval per (strategy, budget); paired differences vs random (same budget), all_lm and
     judge_doubt; share of the oracle's gain over random. ``correct`` values are (n,) correctness, random
     already averaged over its seeds."""
@@ -539,7 +578,9 @@ def score_table(correct: dict[tuple[str, float], np.ndarray], eligible: np.ndarr
     return rows
 
 
-def _correct_by_key(case: Case, masks: dict[tuple[str, float], list[np.ndarray]], budgets: Sequence[float]) -> dict[tuple[str, float], np.ndarray]:
+def _correct_by_key(
+    case: Case, masks: dict[tuple[str, float], list[np.ndarray]], budgets: Sequence[float]
+) -> dict[tuple[str, float], np.ndarray]:
     out = {}
     for (strategy, budget), ms in masks.items():
         out[(strategy, budget)] = np.mean([label_correct(case, m) for m in ms], axis=0)
@@ -564,15 +605,21 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
     if len(set(names)) != len(names):
         raise InvalidInput(FieldViolation("--pool", f"pool names repeat: {names}"))
     if {"llmbar", "mtbench_human_gpt4"} <= set(names):
-        notes.append("llmbar is evaluated without its MT-Bench subset (same judgments as mtbench_human_gpt4), so cross-pool fits never see one pool's judgments through the other")
+        notes.append(
+            "llmbar is evaluated without its MT-Bench subset (same judgments as mtbench_human_gpt4), so cross-pool fits never see one pool's judgments through the other"
+        )
     strategies = list(dict.fromkeys(config.strategies))
     for s in REFERENCE_STRATEGIES:
         if s not in strategies:
             strategies.insert(REFERENCE_STRATEGIES.index(s), s)
     unknown = [s for s in strategies if s not in STRATEGIES and s not in HARNESS_ONLY]
-    notes.append("judge_doubt: the router's strategy (no verdict / order flip first, then disagreement between judges, then low confidence) on recorded judge signals")
+    notes.append(
+        "judge_doubt: the router's strategy (no verdict / order flip first, then disagreement between judges, then low confidence) on recorded judge signals"
+    )
     if unknown:
-        raise InvalidInput(FieldViolation("--strategies", f"unknown strategies {unknown}; the router has {', '.join(STRATEGIES)}"))
+        raise InvalidInput(
+            FieldViolation("--strategies", f"unknown strategies {unknown}; the router has {', '.join(STRATEGIES)}")
+        )
 
     needs_ppm = [s for s in strategies if _evaluated_with_ppm(s)]
     if needs_ppm and not (config.bundle or config.bundle_for):
@@ -584,8 +631,11 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
 
     router = Router(config, None, gain_fn)
     rows: list[dict[str, Any]] = []
-    summaries = [summary(c.pool) | {"lm_no_verdict": int(np.sum(c.lm == 0)), "lm_order_flips": int(np.sum(c.signals.order_flip)),
-                                    "notes": c.notes} for c in cases]
+    summaries = [
+        summary(c.pool)
+        | {"lm_no_verdict": int(np.sum(c.lm == 0)), "lm_order_flips": int(np.sum(c.signals.order_flip)), "notes": c.notes}
+        for c in cases
+    ]
     rm_scorers = {c.pool.name: RewardModelScorer(c, config) for c in cases} if config.rm else {}
     pooled_inputs: dict[str, list[tuple[Case, dict]]] = {m: [] for m in config.modes}
     t_route = t_rm = 0.0
@@ -601,7 +651,15 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
             c1 = _correct_by_key(case, mixes.masks, config.budgets)
             shares = {key: float(np.mean([m.mean() for m in ms])) for key, ms in mixes.masks.items()}
             for r in score_table(c1, eligible, boot, config.budgets):
-                rows.append({"pool": case.pool.name, "mode": mode, "metric": "label_accuracy", **r, "human_share": shares[(r["strategy"], r["budget"])]})
+                rows.append(
+                    {
+                        "pool": case.pool.name,
+                        "mode": mode,
+                        "metric": "label_accuracy",
+                        **r,
+                        "human_share": shares[(r["strategy"], r["budget"])],
+                    }
+                )
             if gain_fn is not None:
                 corrections += corrections_check(case, mixes, gain_fn, config, mode)
             if config.rm:
@@ -609,20 +667,32 @@ def evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalResu
                 c2 = rm_correct(case, mixes, config, rm_scorers[case.pool.name], tick)
                 t_rm += time.perf_counter() - t
                 for r in score_table(c2, eligible, boot, config.budgets):
-                    rows.append({"pool": case.pool.name, "mode": mode, "metric": "rm_accuracy", **r, "human_share": shares[(r["strategy"], r["budget"])]})
+                    rows.append(
+                        {
+                            "pool": case.pool.name,
+                            "mode": mode,
+                            "metric": "rm_accuracy",
+                            **r,
+                            "human_share": shares[(r["strategy"], r["budget"])],
+                        }
+                    )
                 pooled_inputs[mode].append((case, c2))
     timings["route_s"], timings["rm_s"] = t_route, t_rm
     for case in cases:
         if case.in_domain_folds:
-            case.notes.append(f"hybrid: the batch was inside the PPM's domain (PPM breaks ties) in {case.in_domain_folds['in']} of "
-                              f"{sum(case.in_domain_folds.values())} routed folds (the router's domain check on each fold)")
+            case.notes.append(
+                f"hybrid: the batch was inside the PPM's domain (PPM breaks ties) in {case.in_domain_folds['in']} of "
+                f"{sum(case.in_domain_folds.values())} routed folds (the router's domain check on each fold)"
+            )
     pooled: list[dict[str, Any]] = []
     power: list[dict[str, Any]] = []
     if config.rm:
         pooled, power = pooled_rm(pooled_inputs, config)
     t = time.perf_counter()
     has_ppm = any(c.scorer is not None for c in cases)
-    prediction = prediction_check(cases, None, rm_scorers, config, tick) if (config.rm and has_ppm and config.prediction_mixes) else []
+    prediction = (
+        prediction_check(cases, None, rm_scorers, config, tick) if (config.rm and has_ppm and config.prediction_mixes) else []
+    )
     timings["prediction_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     return EvalResult(config, rows, notes, summaries, pooled, prediction, power, timings, corrections)
@@ -635,10 +705,10 @@ def corrections_check(case: Case, mixes: MixSet, gain_fn: Any, config: EvalConfi
     realised net corrections (+1 fixed, -1 broken, ties in the reference count 0)."""
     from statistics import NormalDist
 
-    from hybridpref.routing_model import correction
     from hybridpref.offline.bundle import correction_fit
-    from hybridpref.routing_model.panel_correction import PanelCorrectionModel
     from hybridpref.router.summary import Estimate, widen
+    from hybridpref.routing_model import correction
+    from hybridpref.routing_model.panel_correction import PanelCorrectionModel
 
     z = NormalDist().inv_cdf(0.5 + 0.9 / 2)
     realised = correction_fit.realised_corrections(case.pool.human, case.lm, case.pool.reference)
@@ -660,23 +730,35 @@ def corrections_check(case: Case, mixes: MixSet, gain_fn: Any, config: EvalConfi
             var += float(np.sum(a + b - (a - b) ** 2))
             if (r := correction.transfer_range(model.metrics)) is not None:
                 ranges.append(r)
-        plain = Estimate(mean, mean - z * var ** 0.5, mean + z * var ** 0.5)
+        plain = Estimate(mean, mean - z * var**0.5, mean + z * var**0.5)
         transfer = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
         shown = widen(plain, transfer)
         got = float(realised[mask].sum())
-        out.append({"pool": case.pool.name, "mode": mode, "strategy": strategy, "budget": budget, "routed": int(mask.sum()),
-                    "predicted": mean, "outcome_low": plain.low, "outcome_high": plain.high,
-                    "shown_low": shown.low, "shown_high": shown.high, "realised": got,
-                    "ratio": got / mean if mean > 1.0 else float("nan"),
-                    "covered_by_outcome_interval": bool(plain.low <= got <= plain.high),
-                    "covered_by_shown_interval": bool(shown.low <= got <= shown.high)})
+        out.append(
+            {
+                "pool": case.pool.name,
+                "mode": mode,
+                "strategy": strategy,
+                "budget": budget,
+                "routed": int(mask.sum()),
+                "predicted": mean,
+                "outcome_low": plain.low,
+                "outcome_high": plain.high,
+                "shown_low": shown.low,
+                "shown_high": shown.high,
+                "realised": got,
+                "ratio": got / mean if mean > 1.0 else float("nan"),
+                "covered_by_outcome_interval": bool(plain.low <= got <= plain.high),
+                "covered_by_shown_interval": bool(shown.low <= got <= shown.high),
+            }
+        )
     return out
 
 
 def load_domain(bundle: Path) -> Any | None:
     """The bundle's PPM domain as the router loads it, or None when the bundle records none."""
-    from hybridpref.routing_model import bundle as bundle_io
     from hybridpref.router.model import DomainModel
+    from hybridpref.routing_model import bundle as bundle_io
 
     if not (bundle / "domain.json").is_file():
         return None
@@ -715,7 +797,9 @@ def attach_bundles(cases: Sequence[Case], config: EvalConfig, data_dir: Path, no
     return time.perf_counter() - t
 
 
-def rm_correct(case: Case, mixes: MixSet, config: EvalConfig, scorer: RewardModelScorer, tick: ProgressFn) -> dict[tuple[str, float], np.ndarray]:
+def rm_correct(
+    case: Case, mixes: MixSet, config: EvalConfig, scorer: RewardModelScorer, tick: ProgressFn
+) -> dict[tuple[str, float], np.ndarray]:
     """Metric 2 correctness per (strategy, budget); random averaged over ``rm_random_seeds`` seeds."""
     keys, plans = [], []
     for key, ms in mixes.masks.items():
@@ -738,7 +822,9 @@ def pooled_rm(inputs: dict[str, list[tuple[Case, dict]]], config: EvalConfig) ->
     for mode, items in inputs.items():
         if not items:
             continue
-        strategies = sorted({s for _, c in items for s, _ in c}, key=lambda s: DEFAULT_STRATEGIES.index(s) if s in DEFAULT_STRATEGIES else 99)
+        strategies = sorted(
+            {s for _, c in items for s, _ in c}, key=lambda s: DEFAULT_STRATEGIES.index(s) if s in DEFAULT_STRATEGIES else 99
+        )
         common = [s for s in strategies if all(any(k[0] == s for k in c) for _, c in items)]
         vecs: dict[tuple[str, float], list[np.ndarray]] = {(s, -1.0): [] for s in common}
         groups, strata, elig = [], [], []
@@ -761,14 +847,23 @@ def pooled_rm(inputs: dict[str, list[tuple[Case, dict]]], config: EvalConfig) ->
             a, b = correct[(s, -1.0)], correct[("random", -1.0)]
             ok = e & np.isfinite(a) & np.isfinite(b)
             sd = float(np.std((a - b)[ok], ddof=1)) if ok.sum() > 1 else float("nan")
-            power.append({"mode": mode, "strategy": s, "n_gold": int(ok.sum()), "per_pair_sd": sd,
-                          "mdd_paired": stats.paired_mdd(a, b, ok),
-                          "mdd_two_proportion": stats.two_proportion_mdd(float(np.nanmean(b[ok])), int(ok.sum())),
-                          "gold_for_1pt": stats.gold_size_for_mdd(0.01, sd) if np.isfinite(sd) and sd > 0 else None})
+            power.append(
+                {
+                    "mode": mode,
+                    "strategy": s,
+                    "n_gold": int(ok.sum()),
+                    "per_pair_sd": sd,
+                    "mdd_paired": stats.paired_mdd(a, b, ok),
+                    "mdd_two_proportion": stats.two_proportion_mdd(float(np.nanmean(b[ok])), int(ok.sum())),
+                    "gold_for_1pt": stats.gold_size_for_mdd(0.01, sd) if np.isfinite(sd) and sd > 0 else None,
+                }
+            )
     return pooled, power
 
 
-def prediction_check(cases: Sequence[Case], scorer: Any, rm_scorers: dict[str, RewardModelScorer], config: EvalConfig, tick: ProgressFn) -> list[dict]:
+def prediction_check(
+    cases: Sequence[Case], scorer: Any, rm_scorers: dict[str, RewardModelScorer], config: EvalConfig, tick: ProgressFn
+) -> list[dict]:
     """Per pool with a usable PPM: ``prediction_mixes`` random mixes (human share uniform in [0, 1]) of the
     training folds for gold fold 0; Spearman of the PPM's predicted score and measured metric 2, and the
     partial Spearman given the human share."""
@@ -786,20 +881,28 @@ def prediction_check(cases: Sequence[Case], scorer: Any, rm_scorers: dict[str, R
             mask = np.zeros(len(case.pool), dtype=bool)
             mask[rng.choice(train, int(round(share * len(train))), replace=False)] = True
             plans.append({f: mask for f in range(config.folds)})
-            predicted.append(float((case.scorer or scorer).score(mix_counts(case.tags[train], mask[train])[None, :], len(train))[0]))
+            predicted.append(
+                float((case.scorer or scorer).score(mix_counts(case.tags[train], mask[train])[None, :], len(train))[0])
+            )
         scorer_rm = rm_scorers[case.pool.name]
         gold = np.flatnonzero(case.folds == 0)
         measured = []
         for i in range(0, len(plans), 32):
-            chunk = plans[i:i + 32]
+            chunk = plans[i : i + 32]
             only0 = [{0: p[0]} for p in chunk]
             res = _fold0(scorer_rm, only0, tick)
             measured += [float(np.nanmean(r[gold])) for r in res]
         predicted_a, measured_a = np.array(predicted), np.array(measured)
-        out.append({"pool": case.pool.name, "mixes": len(shares), "gold": int(np.sum(case.pool.reference[gold] != 0)),
-                    "spearman": stats.spearman(predicted_a, measured_a),
-                    "partial_spearman_given_share": stats.partial_spearman(predicted_a, measured_a, shares),
-                    "spearman_share_vs_measured": stats.spearman(shares, measured_a)})
+        out.append(
+            {
+                "pool": case.pool.name,
+                "mixes": len(shares),
+                "gold": int(np.sum(case.pool.reference[gold] != 0)),
+                "spearman": stats.spearman(predicted_a, measured_a),
+                "partial_spearman_given_share": stats.partial_spearman(predicted_a, measured_a, shares),
+                "spearman_share_vs_measured": stats.spearman(shares, measured_a),
+            }
+        )
     return out
 
 
@@ -817,4 +920,3 @@ def _fold0(scorer: RewardModelScorer, plans: list[dict[int, np.ndarray]], tick: 
         v[gold] = row
         out.append(v)
     return out
-

@@ -11,10 +11,30 @@ from typing import Any
 
 from hybridpref.offline.evaluation.harness import EvalResult
 
-CSV_FIELDS = ("pool", "mode", "strategy", "budget", "metric", "estimate", "ci_low", "ci_high", "n", "human_share",
-              "diff_random", "diff_random_low", "diff_random_high", "diff_all_lm", "diff_all_lm_low", "diff_all_lm_high",
-              "diff_judge_doubt", "diff_judge_doubt_low", "diff_judge_doubt_high",
-              "share_oracle", "share_oracle_low", "share_oracle_high")
+CSV_FIELDS = (
+    "pool",
+    "mode",
+    "strategy",
+    "budget",
+    "metric",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "n",
+    "human_share",
+    "diff_random",
+    "diff_random_low",
+    "diff_random_high",
+    "diff_all_lm",
+    "diff_all_lm_low",
+    "diff_all_lm_high",
+    "diff_judge_doubt",
+    "diff_judge_doubt_low",
+    "diff_judge_doubt_high",
+    "share_oracle",
+    "share_oracle_low",
+    "share_oracle_high",
+)
 METRIC_TITLES = {"label_accuracy": "label accuracy vs reference", "rm_accuracy": "reward-model accuracy (held-out folds)"}
 
 
@@ -24,10 +44,22 @@ def write_all(result: EvalResult, out: Path) -> dict[str, Path]:
     write_csv(result.rows, paths["csv"])
     plots = write_plots(result, out)
     paths["report"].write_text(markdown(result, plots, out), encoding="utf-8")
-    paths["json"].write_text(json.dumps({"summaries": result.summaries, "notes": result.notes, "pooled_rm": result.pooled_rm,
-                                         "power": result.power, "prediction": result.prediction, "corrections": result.corrections,
-                                         "timings": result.timings},
-                                        indent=1, default=_jsonable), encoding="utf-8")
+    paths["json"].write_text(
+        json.dumps(
+            {
+                "summaries": result.summaries,
+                "notes": result.notes,
+                "pooled_rm": result.pooled_rm,
+                "power": result.power,
+                "prediction": result.prediction,
+                "corrections": result.corrections,
+                "timings": result.timings,
+            },
+            indent=1,
+            default=_jsonable,
+        ),
+        encoding="utf-8",
+    )
     return paths
 
 
@@ -69,9 +101,11 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [head]
     for r in rows:
         budget = "-" if r["strategy"] in ("all_human", "all_lm") else f"{r['budget']:g}"
-        lines.append(f"| {r['strategy']} | {budget} | {pct(r.get('human_share'), 0)}% | {pct(r['estimate'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}] "
-                     f"| {ci(r, 'diff_random')}{sig(r, 'diff_random')} | {ci(r, 'diff_all_lm')}{sig(r, 'diff_all_lm')} "
-                     f"| {ci(r, 'diff_judge_doubt')}{sig(r, 'diff_judge_doubt')} | {'-' if budget == '-' else ci(r, 'share_oracle')} |")
+        lines.append(
+            f"| {r['strategy']} | {budget} | {pct(r.get('human_share'), 0)}% | {pct(r['estimate'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}] "
+            f"| {ci(r, 'diff_random')}{sig(r, 'diff_random')} | {ci(r, 'diff_all_lm')}{sig(r, 'diff_all_lm')} "
+            f"| {ci(r, 'diff_judge_doubt')}{sig(r, 'diff_judge_doubt')} | {'-' if budget == '-' else ci(r, 'share_oracle')} |"
+        )
     return "\n".join(lines)
 
 
@@ -90,30 +124,44 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
         if s in ("all_human", "all_lm", "random", "oracle", "judge_doubt") or "diff_judge_doubt_low" not in r:
             continue
         if not r["diff_judge_doubt_low"] > 0:
-            out.append(f"`{s}` at {r['budget']:g} does not beat the judge-doubt heuristic "
-                       f"({ci(r, 'diff_judge_doubt')} points): not worth its cost here.")
+            out.append(
+                f"`{s}` at {r['budget']:g} does not beat the judge-doubt heuristic "
+                f"({ci(r, 'diff_judge_doubt')} points): not worth its cost here."
+            )
     for r in rows:
         if r["strategy"] == "oracle":
             ok = r.get("diff_random_low", float("nan")) > 0
-            out.append(f"oracle vs random at {r['budget']:g}: {ci(r, 'diff_random')} points ({'separated' if ok else 'NOT separated'}).")
+            out.append(
+                f"oracle vs random at {r['budget']:g}: {ci(r, 'diff_random')} points ({'separated' if ok else 'NOT separated'})."
+            )
     return out
 
 
 def markdown(result: EvalResult, plots: dict[tuple[str, str, str], Path], out: Path) -> str:
     cfg = result.config
     budgets = list(cfg.budgets)
-    parts = ["# hybridpref evaluate: report", "",
-             f"Pools: {', '.join(s['pool'] for s in result.summaries)}; modes: {', '.join(cfg.modes)}; budgets {budgets}; "
-             f"random over {cfg.seeds} seeds (metric 2: {cfg.rm_random_seeds}); {cfg.folds} prompt-group folds (split seed {cfg.split_seed}); "
-             f"{cfg.n_boot} paired bootstrap resamples of prompt groups. Differences and shares are in points (x100); "
-             "↑/↓: the 95% interval excludes 0.", ""]
+    parts = [
+        "# hybridpref evaluate: report",
+        "",
+        f"Pools: {', '.join(s['pool'] for s in result.summaries)}; modes: {', '.join(cfg.modes)}; budgets {budgets}; "
+        f"random over {cfg.seeds} seeds (metric 2: {cfg.rm_random_seeds}); {cfg.folds} prompt-group folds (split seed {cfg.split_seed}); "
+        f"{cfg.n_boot} paired bootstrap resamples of prompt groups. Differences and shares are in points (x100); "
+        "↑/↓: the 95% interval excludes 0.",
+        "",
+    ]
     if result.notes:
         parts += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
-    parts += ["## Pools and bad input", "", "| pool | rows | judge | reference kinds | excluded refs (ties / no majority) | LM no verdict (tie, null, order flip) | order flips | skipped rows |",
-              "|---|---|---|---|---|---|---|---|"]
+    parts += [
+        "## Pools and bad input",
+        "",
+        "| pool | rows | judge | reference kinds | excluded refs (ties / no majority) | LM no verdict (tie, null, order flip) | order flips | skipped rows |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in result.summaries:
-        parts.append(f"| {s['pool']} | {s['rows']} | {s['judge']} | {s['reference_kinds']} | {s['reference_excluded']} | {s['lm_no_verdict']} "
-                     f"| {s['lm_order_flips']} | {'; '.join(f'{k}: {v}' for k, v in s['skipped'].items()) or '-'} |")
+        parts.append(
+            f"| {s['pool']} | {s['rows']} | {s['judge']} | {s['reference_kinds']} | {s['reference_excluded']} | {s['lm_no_verdict']} "
+            f"| {s['lm_order_flips']} | {'; '.join(f'{k}: {v}' for k, v in s['skipped'].items()) or '-'} |"
+        )
     for s in result.summaries:
         for n in s.get("notes", []):
             parts.append(f"\n- {s['pool']}: {n}")
@@ -130,40 +178,64 @@ def markdown(result: EvalResult, plots: dict[tuple[str, str, str], Path], out: P
                 if (metric, mode, s["pool"]) in plots:
                     parts += [f"![{metric} {s['pool']} {mode}]({plots[(metric, mode, s['pool'])].relative_to(out)})", ""]
     if result.pooled_rm:
-        parts += ["## Reward-model accuracy pooled over pools and budgets", "",
-                  "| mode | strategy | estimate [95% CI] | vs random | half-width vs random | vs all_lm | vs judge_doubt | share of oracle gain |",
-                  "|---|---|---|---|---|---|---|---|"]
+        parts += [
+            "## Reward-model accuracy pooled over pools and budgets",
+            "",
+            "| mode | strategy | estimate [95% CI] | vs random | half-width vs random | vs all_lm | vs judge_doubt | share of oracle gain |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in result.pooled_rm:
-            parts.append(f"| {r['mode']} | {r['strategy']} | {pct(r['estimate'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}] | {ci(r, 'diff_random')}{sig(r, 'diff_random')} "
-                         f"| {pct(r.get('half_width_diff_random'), 2)} | {ci(r, 'diff_all_lm')}{sig(r, 'diff_all_lm')} | {ci(r, 'diff_judge_doubt')} | {ci(r, 'share_oracle')} |")
+            parts.append(
+                f"| {r['mode']} | {r['strategy']} | {pct(r['estimate'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}] | {ci(r, 'diff_random')}{sig(r, 'diff_random')} "
+                f"| {pct(r.get('half_width_diff_random'), 2)} | {ci(r, 'diff_all_lm')}{sig(r, 'diff_all_lm')} | {ci(r, 'diff_judge_doubt')} | {ci(r, 'share_oracle')} |"
+            )
         parts.append("")
     if result.power:
-        parts += ["## Power of metric 2", "",
-                  "Minimum detectable difference vs random at 80% power, two-sided 5%: paired, `(z.975 + z.8) * sd(d) / sqrt(n)` with `d` "
-                  "the per-pair difference of reward-model correctness (only discordant pairs contribute); the two-proportion "
-                  "formula (unpaired) beside it. Pooled over pools and budgets; prompt-group clustering ignored (the bootstrap intervals include it).", "",
-                  "| mode | strategy | gold pairs | per-pair sd | MDD paired | MDD two-proportion | gold pairs for a 1-point MDD |", "|---|---|---|---|---|---|---|"]
+        parts += [
+            "## Power of metric 2",
+            "",
+            "Minimum detectable difference vs random at 80% power, two-sided 5%: paired, `(z.975 + z.8) * sd(d) / sqrt(n)` with `d` "
+            "the per-pair difference of reward-model correctness (only discordant pairs contribute); the two-proportion "
+            "formula (unpaired) beside it. Pooled over pools and budgets; prompt-group clustering ignored (the bootstrap intervals include it).",
+            "",
+            "| mode | strategy | gold pairs | per-pair sd | MDD paired | MDD two-proportion | gold pairs for a 1-point MDD |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for p in result.power:
-            parts.append(f"| {p['mode']} | {p['strategy']} | {p['n_gold']} | {p['per_pair_sd']:.3f} | {pct(p['mdd_paired'], 2)} | {pct(p['mdd_two_proportion'], 2)} | {p['gold_for_1pt']} |")
+            parts.append(
+                f"| {p['mode']} | {p['strategy']} | {p['n_gold']} | {p['per_pair_sd']:.3f} | {pct(p['mdd_paired'], 2)} | {pct(p['mdd_two_proportion'], 2)} | {p['gold_for_1pt']} |"
+            )
         parts.append("")
     if result.prediction:
-        parts += ["## Prediction check (PPM predicted score vs measured metric 2)", "",
-                  "| pool | mixes | gold pairs | Spearman | partial Spearman given human share | Spearman(share, measured) |", "|---|---|---|---|---|---|"]
+        parts += [
+            "## Prediction check (PPM predicted score vs measured metric 2)",
+            "",
+            "| pool | mixes | gold pairs | Spearman | partial Spearman given human share | Spearman(share, measured) |",
+            "|---|---|---|---|---|---|",
+        ]
         for p in result.prediction:
-            parts.append(f"| {p['pool']} | {p['mixes']} | {p['gold']} | {p['spearman']:.2f} | {p['partial_spearman_given_share']:.2f} | {p['spearman_share_vs_measured']:.2f} |")
+            parts.append(
+                f"| {p['pool']} | {p['mixes']} | {p['gold']} | {p['spearman']:.2f} | {p['partial_spearman_given_share']:.2f} | {p['spearman_share_vs_measured']:.2f} |"
+            )
         parts.append("")
     if result.corrections:
-        parts += ["## Expected corrections check (the router's summary vs what happened)", "",
-                  "The router's estimate for the routed mix (sum of P(LM wrong) - P(human wrong) over the routed rows, by the model "
-                  "that routed each fold) against the realised net corrections (+1 fixed, -1 broken; a tie reference counts 0). "
-                  "Outcome interval: 90%, outcome randomness only; shown interval: what the summary shows, widened by the "
-                  "model's measured transfer range.", "",
-                  "| pool | mode | strategy | budget | routed | predicted [outcome 90%] | shown interval | realised | realised / predicted | covered (shown) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        parts += [
+            "## Expected corrections check (the router's summary vs what happened)",
+            "",
+            "The router's estimate for the routed mix (sum of P(LM wrong) - P(human wrong) over the routed rows, by the model "
+            "that routed each fold) against the realised net corrections (+1 fixed, -1 broken; a tie reference counts 0). "
+            "Outcome interval: 90%, outcome randomness only; shown interval: what the summary shows, widened by the "
+            "model's measured transfer range.",
+            "",
+            "| pool | mode | strategy | budget | routed | predicted [outcome 90%] | shown interval | realised | realised / predicted | covered (shown) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for c in result.corrections:
-            parts.append(f"| {c['pool']} | {c['mode']} | {c['strategy']} | {c['budget']:g} | {c['routed']} | {c['predicted']:.0f} "
-                         f"[{c['outcome_low']:.0f}, {c['outcome_high']:.0f}] | [{c['shown_low']:.0f}, {c['shown_high']:.0f}] | "
-                         f"{c['realised']:.0f} | {c['ratio']:.2f} | {'yes' if c['covered_by_shown_interval'] else 'NO'} |")
+            parts.append(
+                f"| {c['pool']} | {c['mode']} | {c['strategy']} | {c['budget']:g} | {c['routed']} | {c['predicted']:.0f} "
+                f"[{c['outcome_low']:.0f}, {c['outcome_high']:.0f}] | [{c['shown_low']:.0f}, {c['shown_high']:.0f}] | "
+                f"{c['realised']:.0f} | {c['ratio']:.2f} | {'yes' if c['covered_by_shown_interval'] else 'NO'} |"
+            )
         parts.append("")
     t = result.timings
     parts += ["## Timings", "", ", ".join(f"{k} {v:.1f}" for k, v in t.items()), ""]
@@ -192,7 +264,7 @@ def write_plots(result: EvalResult, out: Path) -> dict[tuple[str, str, str], Pat
                 continue
             x = [p[0] for p in pts]
             style: dict[str, Any] = {"ls": "--", "color": "black"} if s == "oracle" else {}
-            line, = ax.plot(x, [p[1] for p in pts], marker="o", label=s, **style)
+            (line,) = ax.plot(x, [p[1] for p in pts], marker="o", label=s, **style)
             ax.fill_between(x, [p[2] for p in pts], [p[3] for p in pts], alpha=0.12, color=line.get_color())
         ax.set_xlabel("human budget (fraction of the pool)")
         ax.set_ylabel(METRIC_TITLES[metric])

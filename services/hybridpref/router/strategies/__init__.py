@@ -69,9 +69,21 @@ from hybridpref.server.deadline import Deadline
 from hybridpref_client.core.errors import FieldViolation, InvalidInput, NotReady, quote
 
 __all__ = [
-    "DEFAULT_STRATEGY", "STRATEGIES", "ExpectedGainOptions", "GreedyOptions", "JudgeAwareOptions", "RoutingContext",
-    "RoutingResult", "StrategySpec", "campaign_strategy_spec", "confidence_doubt", "marginal_gains", "route", "scores",
-    "signal_doubt", "strategy_spec",
+    "DEFAULT_STRATEGY",
+    "STRATEGIES",
+    "ExpectedGainOptions",
+    "GreedyOptions",
+    "JudgeAwareOptions",
+    "RoutingContext",
+    "RoutingResult",
+    "StrategySpec",
+    "campaign_strategy_spec",
+    "confidence_doubt",
+    "marginal_gains",
+    "route",
+    "scores",
+    "signal_doubt",
+    "strategy_spec",
 ]
 
 PredictorUse = Literal["none", "required", "optional", "in_domain"]
@@ -125,32 +137,69 @@ class StrategySpec:
         return self.score is not None
 
 
-
 STRATEGIES: dict[str, StrategySpec] = {
     s.name: s
     for s in (
         # Reference points first, then the rest in the order the evaluation reports them.
         StrategySpec("all_human", baselines.all_human, "every instance to humans (baseline; budget ignored)", needs_judge=False),
         StrategySpec("all_lm", baselines.all_lm, "every instance to the LM judge (baseline; budget ignored)"),
-        StrategySpec("random", baselines.random_subset, "a seeded random subset at the budget (baseline)",
-                     score=baselines.random_score),
-        StrategySpec("judge_doubt", judge.judge_doubt, "the judge's own doubt: no verdict / order flip, disagreement between "
-                     "judges, low confidence", needs_judge_first=True, score=judge.judge_doubt_score),
-        StrategySpec("topk", paper.topk, "paper: the instances with the largest solo gain f(t_i) - f(0)", "required",
-                     score=paper.solo_gain_score),
+        StrategySpec(
+            "random", baselines.random_subset, "a seeded random subset at the budget (baseline)", score=baselines.random_score
+        ),
+        StrategySpec(
+            "judge_doubt",
+            judge.judge_doubt,
+            "the judge's own doubt: no verdict / order flip, disagreement between judges, low confidence",
+            needs_judge_first=True,
+            score=judge.judge_doubt_score,
+        ),
+        StrategySpec(
+            "topk",
+            paper.topk,
+            "paper: the instances with the largest solo gain f(t_i) - f(0)",
+            "required",
+            score=paper.solo_gain_score,
+        ),
         StrategySpec("simulated", paper.simulated, "paper: best of N tag-walk candidate mixes at the budget", "required"),
-        StrategySpec("greedy", greedy_family.greedy, "marginal gain under the quadratic PPM, re-evaluated as the mix grows",
-                     "required", score=paper.solo_gain_score),
-        StrategySpec("optimal_pos", paper.optimal_pos, "paper: every instance with a positive solo gain", "required",
-                     score=paper.solo_gain_score),
-        StrategySpec("judge_aware", judge.judge_aware, "PPM gain rank plus the judge's doubt (its real signals: no verdict, "
-                     "order flips, disagreement, confidence)", "optional", needs_judge_first=True, score=judge.judge_aware_score),
-        StrategySpec("expected_gain", expected.expected_gain, "expected label corrections per unit of human cost "
-                     "(expected-correction model)", needs_judge_first=True, needs_expected_gain=True,
-                     score=expected.expected_gain_score),
-        StrategySpec("hybrid", expected.hybrid, "expected_gain, the PPM's gain breaking ties when the batch is in the PPM's "
-                     "domain", "in_domain", needs_judge_first=True, needs_expected_gain=True,
-                     score=expected.hybrid_score),
+        StrategySpec(
+            "greedy",
+            greedy_family.greedy,
+            "marginal gain under the quadratic PPM, re-evaluated as the mix grows",
+            "required",
+            score=paper.solo_gain_score,
+        ),
+        StrategySpec(
+            "optimal_pos",
+            paper.optimal_pos,
+            "paper: every instance with a positive solo gain",
+            "required",
+            score=paper.solo_gain_score,
+        ),
+        StrategySpec(
+            "judge_aware",
+            judge.judge_aware,
+            "PPM gain rank plus the judge's doubt (its real signals: no verdict, order flips, disagreement, confidence)",
+            "optional",
+            needs_judge_first=True,
+            score=judge.judge_aware_score,
+        ),
+        StrategySpec(
+            "expected_gain",
+            expected.expected_gain,
+            "expected label corrections per unit of human cost (expected-correction model)",
+            needs_judge_first=True,
+            needs_expected_gain=True,
+            score=expected.expected_gain_score,
+        ),
+        StrategySpec(
+            "hybrid",
+            expected.hybrid,
+            "expected_gain, the PPM's gain breaking ties when the batch is in the PPM's domain",
+            "in_domain",
+            needs_judge_first=True,
+            needs_expected_gain=True,
+            score=expected.hybrid_score,
+        ),
     )
 }
 # Chosen by the cross-pool evaluation (docs/EVALUATION.md).
@@ -161,7 +210,9 @@ def strategy_spec(name: str) -> StrategySpec:
     """The registered strategy called ``name``; the one check of a strategy name (``config.strategy``)."""
     spec = STRATEGIES.get(name)
     if spec is None:
-        raise InvalidInput(FieldViolation("config.strategy", f"unknown strategy {quote(name)}; use one of {', '.join(STRATEGIES)}"))
+        raise InvalidInput(
+            FieldViolation("config.strategy", f"unknown strategy {quote(name)}; use one of {', '.join(STRATEGIES)}")
+        )
     return spec
 
 
@@ -205,9 +256,17 @@ def scores(
         _check_expected_gain(expected_gain, len(tags))
     elif spec.needs_judge_first:
         _check_judge(None, None, len(tags), signals)
-    ctx = RoutingContext(tags, budget, scorer, int(seed), judge_aware=judge_aware or JudgeAwareOptions(),
-                         expected_gain=expected_gain, signals=signals, ppm_in_domain=bool(ppm_in_domain),
-                         expected_gain_options=expected_gain_options or ExpectedGainOptions())
+    ctx = RoutingContext(
+        tags,
+        budget,
+        scorer,
+        int(seed),
+        judge_aware=judge_aware or JudgeAwareOptions(),
+        expected_gain=expected_gain,
+        signals=signals,
+        ppm_in_domain=bool(ppm_in_domain),
+        expected_gain_options=expected_gain_options or ExpectedGainOptions(),
+    )
     with _one_blas_thread():
         out = np.asarray(spec.score(ctx), dtype=np.float64)  # type: ignore[misc]
     # Scores are stored and compared across batches: a NaN would poison the campaign's threshold.
@@ -256,10 +315,21 @@ def route(
     if simulated_sampler not in ("tag_walk", "uniform"):
         raise InvalidInput(FieldViolation("simulated_sampler", f"use 'tag_walk' or 'uniform', got {simulated_sampler!r}"))
     ctx = RoutingContext(
-        tags, budget, scorer, int(seed), judge_confidence, judge_inconsistent,
-        int(simulated_candidates) or 500, simulated_sampler, greedy or GreedyOptions(),
-        judge_aware or JudgeAwareOptions(), deadline, expected_gain=expected_gain, signals=signals,
-        ppm_in_domain=bool(ppm_in_domain), expected_gain_options=expected_gain_options or ExpectedGainOptions(),
+        tags,
+        budget,
+        scorer,
+        int(seed),
+        judge_confidence,
+        judge_inconsistent,
+        int(simulated_candidates) or 500,
+        simulated_sampler,
+        greedy or GreedyOptions(),
+        judge_aware or JudgeAwareOptions(),
+        deadline,
+        expected_gain=expected_gain,
+        signals=signals,
+        ppm_in_domain=bool(ppm_in_domain),
+        expected_gain_options=expected_gain_options or ExpectedGainOptions(),
     )
     with _one_blas_thread():
         mask, gains = spec.fn(ctx)
@@ -300,13 +370,17 @@ def _check_width(scorer: QuadraticScorer, width: int) -> None:
 
 def _check_expected_gain(gain: np.ndarray | None, n: int) -> None:
     if gain is None:
-        raise NotReady("this strategy needs the expected-correction model's gains for every instance (bundle with correction.onnx; run the judge first)")
+        raise NotReady(
+            "this strategy needs the expected-correction model's gains for every instance (bundle with correction.onnx; run the judge first)"
+        )
     g = np.asarray(gain, dtype=np.float64)
     if g.shape != (n,) or not np.isfinite(g).all() or (np.abs(g) > 1).any():
         raise InvalidInput(FieldViolation("expected_gain", f"expected ({n},) finite values in [-1, 1]"))
 
 
-def _check_judge(confidence: np.ndarray | None, inconsistent: np.ndarray | None, n: int, signals: JudgeSignals | None = None) -> None:
+def _check_judge(
+    confidence: np.ndarray | None, inconsistent: np.ndarray | None, n: int, signals: JudgeSignals | None = None
+) -> None:
     if signals is not None:
         if len(signals) != n:
             raise InvalidInput(FieldViolation("signals", f"{len(signals)} rows for {n} instances"))

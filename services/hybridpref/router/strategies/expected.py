@@ -62,5 +62,7 @@ def _route_by_expected(ctx: RoutingContext, gain: np.ndarray, tie: np.ndarray) -
 
 def _require_expected_gain(ctx: RoutingContext) -> np.ndarray:
     if ctx.expected_gain is None:
-        raise NotReady("this strategy needs the expected-correction model's gains (a bundle with correction.onnx and the judge's signals)")
+        raise NotReady(
+            "this strategy needs the expected-correction model's gains (a bundle with correction.onnx and the judge's signals)"
+        )
     return np.asarray(ctx.expected_gain, dtype=np.float64)

@@ -42,7 +42,9 @@ def greedy(ctx: RoutingContext) -> tuple[np.ndarray, np.ndarray]:
     return chosen, out
 
 
-def _greedy_pick(ctx: RoutingContext, state: _GreedyState, gains: np.ndarray, costs: np.ndarray, rounds_left: int) -> tuple[np.ndarray, int]:
+def _greedy_pick(
+    ctx: RoutingContext, state: _GreedyState, gains: np.ndarray, costs: np.ndarray, rounds_left: int
+) -> tuple[np.ndarray, int]:
     """One round's picks among candidates with ``gains`` (routed ones at -inf) and ``costs``
     -> (indices into ``gains`` of the picks, the step that was asked for)."""
     budget = ctx.budget

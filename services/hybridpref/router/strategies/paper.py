@@ -7,8 +7,8 @@ import numpy as np
 
 from hybridpref.router.strategies.base import (
     RoutingContext,
-    mask_from_order,
     marginal_gains,
+    mask_from_order,
     per_unit_cost,
     require_finite_budget,
     select_by_gain,

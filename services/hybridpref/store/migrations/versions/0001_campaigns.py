@@ -65,8 +65,7 @@ def upgrade() -> None:
         sa.Column("bundle_version", sa.String(128), nullable=False),
         sa.Column("created_at", TZ, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_decisions"),
-        sa.ForeignKeyConstraint(["campaign_id"], ["campaigns.id"], ondelete="CASCADE",
-                                name="fk_decisions_campaign_id_campaigns"),
+        sa.ForeignKeyConstraint(["campaign_id"], ["campaigns.id"], ondelete="CASCADE", name="fk_decisions_campaign_id_campaigns"),
         sa.UniqueConstraint("campaign_id", "instance_id", name="uq_decisions_campaign_instance"),
     )
     op.create_index("ix_decisions_campaign_order", "decisions", ["campaign_id", "id"])
@@ -84,10 +83,8 @@ def upgrade() -> None:
         sa.Column("audit", sa.Boolean(), nullable=False),
         sa.Column("updated_at", TZ, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_labels"),
-        sa.ForeignKeyConstraint(["campaign_id"], ["campaigns.id"], ondelete="CASCADE",
-                                name="fk_labels_campaign_id_campaigns"),
-        sa.ForeignKeyConstraint(["decision_id"], ["decisions.id"], ondelete="CASCADE",
-                                name="fk_labels_decision_id_decisions"),
+        sa.ForeignKeyConstraint(["campaign_id"], ["campaigns.id"], ondelete="CASCADE", name="fk_labels_campaign_id_campaigns"),
+        sa.ForeignKeyConstraint(["decision_id"], ["decisions.id"], ondelete="CASCADE", name="fk_labels_decision_id_decisions"),
         sa.UniqueConstraint("decision_id", "annotator", name="uq_labels_decision_annotator"),
     )
     op.create_index("ix_labels_campaign", "labels", ["campaign_id", "decision_id"])
