@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from support import labelstudio as ls_server
-from support.annotate import VENDOR, make_store, seed_campaign, store_url
+from support.annotate import VENDOR, make_store, seed_campaign, store_url, synthetic_pairs
 
 from hybridpref.annotate import argilla, labelstudio
 from hybridpref.annotate.scale import SCALE
@@ -166,6 +166,23 @@ def test_cli_export_and_import_errors(tmp_path: Path, capsys: pytest.CaptureFixt
         ]
     )
     assert code == 2 and "--limit" in capsys.readouterr().err
+
+
+def test_cli_export_writes_every_pending_pair_past_one_store_page(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Until 2026-12-06 the export stopped at the store's page of 1,000 pairs and said "export again once
+    # these labels are imported": a vendor with 2,500 human pairs could not hand them all off at once.
+    store = make_store(tmp_path)
+    pairs = synthetic_pairs(2_345)
+    seed_campaign(store, "big", pairs)
+    out = tmp_path / "tasks.json"
+    export = ["campaign", "export", "big", "--vendor", VENDOR, "--format", "label-studio", "--output", str(out)]
+    assert cli_main([*export, "--db", store_url(tmp_path)]) == 0
+    tasks = json.loads(out.read_text(encoding="utf-8"))
+    assert [t["data"]["instance_id"] for t in tasks] == [p["instance_id"] for p in pairs]
+    assert "more pending" not in capsys.readouterr().err
+    assert cli_main([*export, "--limit", "1500", "--db", store_url(tmp_path)]) == 0
+    assert len(json.loads(out.read_text(encoding="utf-8"))) == 1_500
+    assert "845 more pending" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- real Label Studio

@@ -246,6 +246,20 @@ def test_pending_pairs_need_votes_and_skip_what_the_annotator_did(store):
         store.pending_pairs("acme", "c", "ann1", limit=0)
 
 
+def test_pending_pairs_page_by_cursor_and_labels_between_pages_skip_nothing(store):
+    ids = [d.instance_id for d in all_human(store, n=7)]
+    first = store.pending_pairs("acme", "c", "", limit=3)
+    assert [p.instance_id for p in first] == ids[:3]
+    # a label for a pair of the first page arrives between two pages: an offset would now skip ids[3]
+    store.submit_labels("acme", "c", [HumanLabel(ids[1], "ann", "A")])
+    second = store.pending_pairs("acme", "c", "", limit=3, after=first[-1].instance_id)
+    assert [p.instance_id for p in second] == ids[3:6]
+    assert [p.instance_id for p in store.pending_pairs("acme", "c", "", limit=3, after=second[-1].instance_id)] == ids[6:]
+    assert store.pending_pairs("acme", "c", "", limit=3, after=ids[-1]) == []
+    with pytest.raises(InvalidInput, match="after"):
+        store.pending_pairs("acme", "c", "", limit=3, after="not-an-id")
+
+
 def test_export_trl_majority_ties_and_lm_labels(store):
     store.create_campaign(spec(budget_total=3, votes_per_pair=3, judge="gpt-4"))
     batch = candidates("i", 6, 5)

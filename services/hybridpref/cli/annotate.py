@@ -22,13 +22,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
+if TYPE_CHECKING:  # the CLI imports the store only when a command needs it
+    from hybridpref.store.api import CampaignStore, PendingPair
+
 EXIT_USAGE = 2
 EXPORT_FORMATS = ("label-studio", "argilla")
-MAX_EXPORT = 1000  # the store's largest pending_pairs page
+PAGE = 1000  # pending pairs read per store call (the store's largest page)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -93,7 +96,7 @@ def add_campaign_export_arguments(export: argparse.ArgumentParser) -> None:
     export.add_argument("--vendor", required=True)
     export.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     export.add_argument("--output", type=Path, required=True)
-    export.add_argument("--limit", type=int, default=MAX_EXPORT, help=f"at most this many pairs (1..{MAX_EXPORT})")
+    export.add_argument("--limit", type=int, default=None, help="at most this many pairs (default: every pending pair)")
     export.add_argument("--db", default=None)
 
 
@@ -173,12 +176,11 @@ def _token(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from hybridpref.annotate import argilla, labelstudio
 
-    if not 1 <= args.limit <= MAX_EXPORT:
-        raise InvalidInput(FieldViolation("--limit", f"must be in 1..{MAX_EXPORT}, got {args.limit}"))
+    if args.limit is not None and args.limit < 1:
+        raise InvalidInput(FieldViolation("--limit", f"must be >= 1, got {args.limit}"))
     store = open_store(args.db)
     campaign = store.get_campaign(args.vendor, args.name)
-    # No annotator is named "": this asks for every human pair that still lacks votes.
-    pairs = store.pending_pairs(args.vendor, args.name, "", args.limit)
+    pairs = _pending(store, args.vendor, args.name, args.limit)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "label-studio":
         config_path = args.output.with_suffix(".xml")
@@ -198,6 +200,19 @@ def _export(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _pending(store: CampaignStore, vendor: str, name: str, limit: int | None) -> list[PendingPair]:
+    """Every human pair that still lacks votes (up to ``limit``), read a page at a time in routing order."""
+    pairs: list[PendingPair] = []
+    while limit is None or len(pairs) < limit:
+        size = PAGE if limit is None else min(PAGE, limit - len(pairs))
+        # No annotator is named "": this asks for the pairs whatever who labelled them.
+        page = store.pending_pairs(vendor, name, "", size, after=pairs[-1].instance_id if pairs else "")
+        pairs += page
+        if len(page) < size:
+            break
+    return pairs
 
 
 def _import(args: argparse.Namespace) -> int:

@@ -100,10 +100,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "label-studio or argilla (pending human pairs; see docs/annotators.md)",
     )
     export.add_argument("--output", type=Path, required=True, help=".jsonl or .parquet (trl, pool); a path (others)")
-    from hybridpref.cli.annotate import MAX_EXPORT
-
     export.add_argument(
-        "--limit", type=int, default=MAX_EXPORT, help=f"label-studio / argilla: at most this many pairs (1..{MAX_EXPORT})"
+        "--limit", type=int, default=None, help="label-studio / argilla: at most this many pairs (default: every pending pair)"
     )
     add_target_arguments(export)
     campaign.set_defaults(func=run)

@@ -491,9 +491,11 @@ class SqlCampaignStore:
             result = conn.execute(m.labels.delete().where(m.labels.c.decision_id == decision, m.labels.c.annotator == annotator))
             return result.rowcount > 0
 
-    def pending_pairs(self, vendor: str, name: str, annotator: str, limit: int = 1) -> list[PendingPair]:
+    def pending_pairs(self, vendor: str, name: str, annotator: str, limit: int = 1, after: str = "") -> list[PendingPair]:
         """Human-routed pairs that still need votes and that ``annotator`` has not labelled, oldest
-        decision first (deterministic: two calls on the same state give the same pairs)."""
+        decision first (deterministic: two calls on the same state give the same pairs). ``after``: the
+        instance id of the last pair of the previous page; this page starts after its decision (a cursor,
+        not an offset: labels stored between two pages shift nothing)."""
         if not 1 <= limit <= MAX_PENDING_LIMIT:
             raise InvalidInput(FieldViolation("limit", f"must be in 1..{MAX_PENDING_LIMIT}, got {limit}"))
         d, lab = m.decisions.c, m.labels.c
@@ -501,9 +503,15 @@ class SqlCampaignStore:
             row = self._row(conn, vendor, name)
             votes = select(func.count()).where(lab.decision_id == d.id).scalar_subquery()
             mine = exists().where(lab.decision_id == d.id, lab.annotator == annotator)
+            where = [d.campaign_id == row.id, d.human == true(), votes < row.votes_per_pair, ~mine]
+            if after:
+                cursor = conn.execute(select(d.id).where(d.campaign_id == row.id, d.instance_id == after)).scalar()
+                if cursor is None:
+                    raise InvalidInput(FieldViolation("after", f"{quote(after)} is not an instance of campaign {quote(name)}"))
+                where.append(d.id > cursor)
             query = (
                 select(d.instance_id, d.prompt, d.response_a, d.response_b, votes.label("votes"))
-                .where(d.campaign_id == row.id, d.human == true(), votes < row.votes_per_pair, ~mine)
+                .where(*where)
                 .order_by(d.id)
                 .limit(limit)
             )
