@@ -233,6 +233,13 @@ def test_labels_come_back_per_item_and_feed_the_status_and_the_export(acme, samp
     compared = [(votes[i], lm_winner[i]) for i in votes if votes[i] != "tie" and lm_winner[i] is not None]
     assert status.agreement is not None and status.agreement.low <= status.agreement.estimate <= status.agreement.high
     assert status.agreement.estimate == pytest.approx(sum(h == w for h, w in compared) / len(compared))
+    # The model's check over gRPC: majorities that differ from the LM label against sum P(LM wrong), over the
+    # human-routed pairs with a non-tie vote (every decision stored its P(LM wrong): the bundle has a model).
+    decided = [d for d in human if votes[d.id] != "tie"]
+    assert status.changes_known == len(decided) > 0
+    assert status.realised_changes == sum(votes[d.id] != lm_winner[d.id] for d in decided)
+    checked = status.expected_changes
+    assert checked is not None and 0 <= checked.low <= checked.estimate <= checked.high <= len(decided)
     rows = list(acme.export_dataset("labels"))
     assert len(rows) == 16 and {r["label_source"] for r in rows if r["human_routed"]} == {"human"}
     by_id = {r["id"]: r for r in rows}

@@ -3,6 +3,8 @@ PostgreSQL server (tests/support/postgres.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import random
 from collections import Counter
@@ -342,6 +344,29 @@ def test_status_agreement_and_corrections(store):
     assert status.expected_corrections.estimate == pytest.approx(sum(promised))
     half = Z95 * math.sqrt(sum(q * (1 - q) for q in promised))
     assert status.expected_corrections.high == pytest.approx(sum(promised) + half)
+
+
+def test_status_checks_label_changes_against_the_stored_p_lm_wrong(store):
+    """The like-for-like check: changes realised vs sum P(LM wrong), over human-routed pairs with a non-tie
+    majority that carry a P(LM wrong); the net expected corrections are not that forecast."""
+    store.create_campaign(spec(budget_total=12))
+    batch = candidates("i", 12, 5)
+    p_wrong = [round(0.1 + 0.07 * k, 3) for k in range(12)]
+    batch = [
+        dataclasses.replace(c, lm_label="A_BETTER", signals={**c.signals, "p_lm_wrong": p_wrong[k]} if k < 10 else c.signals)
+        for k, c in enumerate(batch)
+    ]
+    assert all(d.human for d in store.decide_batch("acme", "c", "b0", batch))
+    votes = ["B", "A", "B", "tie", "A", "B", "A", "A", "B", "A", "B", "B"]  # ids 10, 11: no P(LM wrong)
+    store.submit_labels("acme", "c", [HumanLabel(f"i{k}", "ann", v) for k, v in enumerate(votes)])
+    status = store.status("acme", "c")
+    kept = [k for k in range(10) if votes[k] != "tie"]
+    assert status.changes_known == len(kept) == 9
+    assert status.realised_changes == sum(votes[k] == "B" for k in kept) == 4
+    assert status.expected_changes.estimate == pytest.approx(sum(p_wrong[k] for k in kept))
+    half = Z95 * math.sqrt(sum(p_wrong[k] * (1 - p_wrong[k]) for k in kept))
+    assert status.expected_changes.low == pytest.approx(sum(p_wrong[k] for k in kept) - half)
+    assert status.realised_corrections == 6  # every human pair, with or without P(LM wrong)
 
 
 def test_decisions_are_deterministic_for_a_batch(tmp_path):

@@ -331,7 +331,10 @@ class Campaign:
 class CampaignStatus:
     """A campaign and what its returned labels show: ``agreement`` (judge-human, Wilson 95%, over labelled
     pairs where neither the human majority nor the LM label is a tie), ``audit_agreement`` (the same over
-    LM-routed pairs only), corrections realised against those the routing promised."""
+    LM-routed pairs only), corrections realised and the net corrections the routing promised, and the
+    like-for-like check of the routing model: ``realised_changes`` (human majorities that differ from the
+    LM label) against ``expected_changes`` (the sum of P(LM wrong), 95% interval) over ``changes_known``
+    pairs."""
 
     campaign: Campaign
     labels_pending: int
@@ -342,6 +345,9 @@ class CampaignStatus:
     expected_known: int
     # the correction model that routes the next batch (campaign_model_from_proto); None without a panel model
     model: dict | None = None
+    realised_changes: int = 0
+    expected_changes: Interval | None = None
+    changes_known: int = 0
 
 
 @dataclass(frozen=True)
@@ -615,4 +621,7 @@ def status_from_proto(resp: campaign_pb2.GetCampaignResponse) -> CampaignStatus:
         expected_corrections=interval("expected_corrections"),
         expected_known=s.expected_known,
         model=campaign_model_from_proto(resp.model) if resp.HasField("model") else None,
+        realised_changes=s.realised_changes,
+        expected_changes=interval("expected_changes"),
+        changes_known=s.changes_known,
     )

@@ -285,12 +285,25 @@ class CampaignStatus(_message.Message):
     REALISED_CORRECTIONS_FIELD_NUMBER: _builtins.int
     EXPECTED_CORRECTIONS_FIELD_NUMBER: _builtins.int
     EXPECTED_KNOWN_FIELD_NUMBER: _builtins.int
+    REALISED_CHANGES_FIELD_NUMBER: _builtins.int
+    EXPECTED_CHANGES_FIELD_NUMBER: _builtins.int
+    CHANGES_KNOWN_FIELD_NUMBER: _builtins.int
     labels_pending: _builtins.int
     """Votes still wanted over the human-routed pairs."""
     realised_corrections: _builtins.int
     """Human-routed pairs whose non-tie human majority differs from the LM label."""
     expected_known: _builtins.int
     """Labelled human-routed pairs that carried an expected correction."""
+    realised_changes: _builtins.int
+    """The check of the routing model on this campaign's labels: over the human-routed pairs with a non-tie
+    human majority and a stored P(LM label wrong), how many majorities differ from the LM label
+    (realised_changes) against the sum of those probabilities (expected_changes, with the 95% interval
+    of that count if the model is calibrated for this judge panel and these annotators). The expected
+    corrections above are net of the annotators' own errors, so they are not comparable with a count
+    of changes; these two are.
+    """
+    changes_known: _builtins.int
+    """How many pairs the two counts are over."""
     @_builtins.property
     def agreement(self) -> Global___Interval:
         """Judge-human agreement on labelled pairs where both the human majority and the LM label are not ties
@@ -307,6 +320,8 @@ class CampaignStatus(_message.Message):
         normal-approximation 95% interval); unset when none carried one.
         """
 
+    @_builtins.property
+    def expected_changes(self) -> Global___Interval: ...
     def __init__(
         self,
         *,
@@ -316,10 +331,13 @@ class CampaignStatus(_message.Message):
         realised_corrections: _builtins.int = ...,
         expected_corrections: Global___Interval | None = ...,
         expected_known: _builtins.int = ...,
+        realised_changes: _builtins.int = ...,
+        expected_changes: Global___Interval | None = ...,
+        changes_known: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "audit_agreement", b"audit_agreement", "expected_corrections", b"expected_corrections"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "audit_agreement", b"audit_agreement", "expected_changes", b"expected_changes", "expected_corrections", b"expected_corrections"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "audit_agreement", b"audit_agreement", "expected_corrections", b"expected_corrections", "expected_known", b"expected_known", "labels_pending", b"labels_pending", "realised_corrections", b"realised_corrections"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "audit_agreement", b"audit_agreement", "changes_known", b"changes_known", "expected_changes", b"expected_changes", "expected_corrections", b"expected_corrections", "expected_known", b"expected_known", "labels_pending", b"labels_pending", "realised_changes", b"realised_changes", "realised_corrections", b"realised_corrections"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

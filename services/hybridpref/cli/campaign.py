@@ -297,9 +297,14 @@ def _status(campaigns, args: argparse.Namespace) -> int:
     table.add_row("labels pending", f"{status.labels_pending} ({c.pairs_pending} pairs, {c.votes_per_pair} vote(s) each)")
     table.add_row("judge-human agreement", _interval(status.agreement, percent=True))
     table.add_row("  on audit labels", _interval(status.audit_agreement, percent=True))
-    table.add_row("corrections realised", str(status.realised_corrections))
     table.add_row(
-        "corrections expected",
+        "label changes realised / expected",
+        f"{status.realised_changes} / {_interval(status.expected_changes)} over {status.changes_known} pairs"
+        if status.expected_changes
+        else f"{status.realised_corrections} / -",
+    )
+    table.add_row(
+        "net corrections promised",
         _interval(status.expected_corrections) + (f" over {status.expected_known} pairs" if status.expected_corrections else ""),
     )
     Console().print(table)
@@ -377,12 +382,12 @@ def campaign_dict(c) -> dict[str, Any]:
 
 def status_dict(s) -> dict[str, Any]:
     """A status (the SDK's ``CampaignStatus``) as one flat JSON object: the campaign's fields, then
-    labels_pending, agreement / audit_agreement / expected_corrections ({estimate, low, high} or null),
-    realised_corrections, expected_known."""
+    labels_pending, agreement / audit_agreement / expected_corrections / expected_changes ({estimate, low,
+    high} or null), realised_corrections, expected_known, realised_changes, changes_known."""
     out = campaign_dict(s.campaign)
-    for name in ("labels_pending", "realised_corrections", "expected_known"):
+    for name in ("labels_pending", "realised_corrections", "expected_known", "realised_changes", "changes_known"):
         out[name] = getattr(s, name)
-    for name in ("agreement", "audit_agreement", "expected_corrections"):
+    for name in ("agreement", "audit_agreement", "expected_corrections", "expected_changes"):
         value = getattr(s, name)
         out[name] = None if value is None else asdict(value)
     return out

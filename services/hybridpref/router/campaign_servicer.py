@@ -152,9 +152,13 @@ def campaign_to_proto(c: Campaign) -> campaign_pb2.Campaign:
 
 def status_to_proto(s: CampaignStatus) -> campaign_pb2.CampaignStatus:
     out = campaign_pb2.CampaignStatus(
-        labels_pending=s.labels_pending, realised_corrections=s.realised_corrections, expected_known=s.expected_known
+        labels_pending=s.labels_pending,
+        realised_corrections=s.realised_corrections,
+        expected_known=s.expected_known,
+        realised_changes=s.realised_changes,
+        changes_known=s.changes_known,
     )
-    for name in ("agreement", "audit_agreement", "expected_corrections"):
+    for name in ("agreement", "audit_agreement", "expected_corrections", "expected_changes"):
         value: Interval | None = getattr(s, name)
         if value is not None:
             getattr(out, name).CopyFrom(campaign_pb2.Interval(estimate=value.estimate, low=value.low, high=value.high))

@@ -127,6 +127,11 @@ class CampaignStatus:
     # the judge) and how many labelled human-routed pairs carried an expected_correction
     audit_agreement: Interval | None = None
     expected_known: int = 0
+    # the like-for-like check of the routing model: label changes realised against sum P(LM wrong), over the
+    # ``changes_known`` human-routed pairs with a non-tie majority and a stored P(LM wrong)
+    realised_changes: int = 0
+    expected_changes: Interval | None = None
+    changes_known: int = 0
 
 
 class CampaignStore(Protocol):

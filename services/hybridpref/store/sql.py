@@ -608,21 +608,25 @@ class SqlCampaignStore:
         judge is doubtful, so their agreement is lower by design). ``realised_corrections``: human-routed
         pairs whose non-tie human majority differs from the LM label (a tie or missing LM label counts
         as differing); ``expected_corrections``: the sum of ``expected_correction`` over the same pairs
-        (those that have one), with a normal-approximation 95% interval."""
+        (those that have one), with a normal-approximation 95% interval. That sum is *net* (a human label
+        also undoes right LM labels), so it is not a forecast of the realised count; ``expected_changes``
+        is: the sum of the stored P(LM wrong) over the human-routed pairs with a non-tie majority that
+        carry one, beside ``realised_changes`` over the same pairs."""
         d, lab = m.decisions.c, m.labels.c
         with self.engine.connect() as conn, conn.begin():
             row = self._row(conn, vendor, name)
             campaign = self._campaign(conn, row)
             votes_by: dict[int, Counter[str]] = defaultdict(Counter)
-            info: dict[int, tuple[bool, str | None, float | None]] = {}
+            info: dict[int, tuple[bool, str | None, float | None, float | None]] = {}
             query = (
-                select(d.id, d.human, d.lm_label, d.expected_correction, lab.preference)
+                select(d.id, d.human, d.lm_label, d.expected_correction, d.signals, lab.preference)
                 .join(m.labels, lab.decision_id == d.id)
                 .where(d.campaign_id == row.id)
             )
             for r in conn.execute(query):
                 votes_by[r.id][r.preference] += 1
-                info[r.id] = (bool(r.human), r.lm_label, r.expected_correction)
+                p_wrong = (r.signals or {}).get("p_lm_wrong")
+                info[r.id] = (bool(r.human), r.lm_label, r.expected_correction, p_wrong if _finite(p_wrong) else None)
             votes = (
                 select(d.id, func.count(lab.id).label("n"))
                 .select_from(m.decisions)
@@ -636,8 +640,9 @@ class SqlCampaignStore:
             ).scalar()
         agree, compared, audit_agree, audit_compared = 0, 0, 0, 0
         realised, promised, n_known = 0, [], 0
+        changed, p_changes = 0, []
         for decision_id, counts in votes_by.items():
-            human, lm_label, expected = info[decision_id]
+            human, lm_label, expected, p_wrong = info[decision_id]
             verdict = majority(counts)
             lm = _winner(lm_label)
             if verdict != "tie" and lm is not None:
@@ -651,6 +656,9 @@ class SqlCampaignStore:
                 if expected is not None:
                     promised.append(expected)
                     n_known += 1
+                if verdict != "tie" and p_wrong is not None:
+                    changed += verdict != lm
+                    p_changes.append(float(p_wrong))
         return CampaignStatus(
             campaign=campaign,
             budget_left=max(0.0, campaign.spec.budget_total - campaign.spent),
@@ -660,6 +668,9 @@ class SqlCampaignStore:
             expected_corrections=expected_count_interval(promised),
             audit_agreement=wilson(audit_agree, audit_compared),
             expected_known=n_known,
+            realised_changes=changed,
+            expected_changes=expected_count_interval(p_changes),
+            changes_known=len(p_changes),
         )
 
     # ---- annotator tokens (the annotation page, issue 17) ----------------------------------------
