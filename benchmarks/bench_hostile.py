@@ -8,7 +8,7 @@ limits ends UNAVAILABLE at the tagger, after its request was decoded and convert
 the router's own cost. Prints, per case, the status codes and the router's resident memory (VmRSS,
 sampled every 20 ms): F4 unauthenticated 60 MB requests; F4 authenticated ones (memory given back
 after); F2 1,000,000-instance requests; F1 many bad rows (trailer size); F3 silent streams from one
-vendor while another vendor and the health check call. The CI versions are tests/test_hostile.py.
+vendor while another vendor and the health check call. The CI versions are tests/server/test_hostile.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Write the settings table into docs/operations.md, from the settings' attribute docstrings.
 
     python scripts/settings_doc.py          # rewrite the table
-    python scripts/settings_doc.py --check  # exit 1 when the table is stale (tests/test_settings.py does the same)
+    python scripts/settings_doc.py --check  # exit 1 when the table is stale (tests/server/test_settings.py does the same)
 
 The table sits between the two marker comments in docs/operations.md (*Settings*); the text around them is
 written by hand.

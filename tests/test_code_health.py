@@ -160,3 +160,21 @@ def test_wing_rules_catch_a_back_arrow():
     graph = {"router": {"predictor"}, "predictor": {"offline"}, "offline": {"predictor"}}
     assert {w for w, d in graph.items() if d - ALLOWED[w]} == {"router", "predictor"}
     assert _cycles(graph) == [{"predictor", "offline"}]
+
+
+# The tests mirror the house: tests/<wing>/ for each package wing under test, plus the folders that test
+# across wings (the SDK, the deploy manifests, the whole stack end to end). Only these structure checks and
+# the proto checks sit at the top.
+CROSS_WING_TEST_FOLDERS = {"sdk", "deploy", "e2e"}
+TOP_LEVEL_TESTS = {"test_code_health.py", "test_protos.py"}
+
+
+def test_test_files_mirror_the_wings():
+    tests = ROOT / "tests"
+    wings = {p.name for p in PACKAGES["hybridpref"].iterdir() if p.is_dir() and any(p.glob("*.py"))}
+    for path in tests.rglob("test_*.py"):
+        where = path.relative_to(tests).parts
+        if len(where) == 1:
+            assert where[0] in TOP_LEVEL_TESTS, f"{path}: put it in tests/<wing>/"
+        else:
+            assert where[0] in wings | CROSS_WING_TEST_FOLDERS, f"{path}: tests/{where[0]} is not a wing of hybridpref"

@@ -9,7 +9,7 @@ writes with ``Dataset.to_disk`` and reads with ``rg.Dataset.from_disk(path, clie
                                  and ``campaign``, overlap distribution = the campaign's votes per pair
     <dir>/.argilla/dataset.json  the dataset model (name, guidelines, distribution)
 
-Written by hand (no Argilla dependency at run time); tests/test_annotate_labelstudio.py holds it to the
+Written by hand (no Argilla dependency at run time); tests/annotate/test_annotate_labelstudio.py holds it to the
 SDK's own classes. Responses are in the STORED order, as in Label Studio.
 """
 

@@ -25,5 +25,5 @@ The rules: the argparse definitions live in the command's module (the library it
 ``offline/``, ``store/``, ..., exposes plain functions and never parses arguments); nothing heavy is
 imported at module level, so ``hybridpref --help`` stays fast; a user mistake raises ``InvalidInput``,
 which ``main`` prints as ``error: FIELD: ...`` with exit code 2, never a traceback; and
-``hybridpref <command> --help`` works for every command (tests/test_cli.py walks them all).
+``hybridpref <command> --help`` works for every command (tests/cli/test_cli.py walks them all).
 """

@@ -1,6 +1,6 @@
 """The routing model on the wire: ``RoutingModelData`` <-> ``GetRoutingModelResponse``, both directions in one
 module (the predictor serves with :func:`routing_model_to_proto`, the router reads with
-:func:`routing_model_from_proto`; ``tests/test_routing_model_proto.py`` round-trips them)."""
+:func:`routing_model_from_proto`; ``tests/routing_model/test_routing_model_proto.py`` round-trips them)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ still come from the environment::
 **Adding a setting**: add a typed attribute with a docstring (it is the documentation) to the section it
 belongs to, or add a section class (its own ``env_prefix``) and a field for it on ``Settings``. Then run
 ``python scripts/settings_doc.py`` to regenerate the table in docs/operations.md;
-tests/test_settings.py fails while the table is stale.
+tests/server/test_settings.py fails while the table is stale.
 """
 
 from __future__ import annotations

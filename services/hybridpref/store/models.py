@@ -1,5 +1,5 @@
 """Tables of the campaign store (SQLAlchemy 2 declarative). The migrations in ``migrations/versions``
-create exactly these (tests/test_store_migrations.py compares them with Alembic's autogenerate).
+create exactly these (tests/store/test_store_migrations.py compares them with Alembic's autogenerate).
 
 * ``campaigns``: one row per (vendor, name), with the spend counters that ``decide_batch`` updates
   under the row's lock (``spent`` = budget units reserved by human-routed decisions) and the spending

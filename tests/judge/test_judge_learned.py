@@ -22,7 +22,7 @@ from hybridpref.v1 import common_pb2, judge_pb2, judge_pb2_grpc
 from hybridpref_client.core.errors import InvalidInput, NotReady
 from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ZERO_WIDTH = "\u200b"  # passes request validation (not white space to str.strip) yet shows nothing
 
 EDGE_PAIRS = [

@@ -20,7 +20,7 @@ from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded
 from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
 
 pytestmark = pytest.mark.slow
-FIXTURE = Path(__file__).parent / "fixtures" / "judge_pairs.jsonl"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "judge_pairs.jsonl"
 
 
 @pytest.fixture(scope="module")

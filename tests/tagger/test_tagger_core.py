@@ -14,7 +14,7 @@ from hybridpref.tagger.core import Tagger
 from hybridpref_client.core.errors import InvalidInput
 from hybridpref_client.core.instances import Message, PreferenceInstance, read_jsonl
 
-FIXTURE = Path(__file__).parent / "fixtures" / "tagger_instances.jsonl"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tagger_instances.jsonl"
 COL = {m: j for j, m in enumerate(LEXICAL_MEASURES)}
 
 

@@ -20,7 +20,7 @@ from support.store_data import candidates
 from hybridpref.store.api import CampaignSpec, HumanLabel
 from hybridpref.store.sql import SqlCampaignStore
 
-WORKER = Path(__file__).resolve().parent / "support" / "store_worker.py"
+WORKER = Path(__file__).resolve().parents[1] / "support" / "store_worker.py"
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from hybridpref.server.settings import JudgeSettings, Settings, environment_variables, sections
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # The variables of the flat settings class (before the sections), and where each lives now: the
 # deployed contract, so written out here rather than derived from the code under test.

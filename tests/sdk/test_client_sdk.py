@@ -1,7 +1,7 @@
 """The SDK (``clients/``, distribution ``hybridpref-client``) on its own: what it imports, that it
 installs and routes from a fresh virtual environment with only its declared dependencies, and its
 TLS and API-key options, dict rows, explicit budgets, progress and errors against a real router
-stack over mutual TLS with API keys (the retries: tests/test_client_retries.py, a scripted server)."""
+stack over mutual TLS with API keys (the retries: tests/sdk/test_client_retries.py, a scripted server)."""
 
 from __future__ import annotations
 

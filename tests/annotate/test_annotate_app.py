@@ -1,6 +1,6 @@
 """The annotation page over real HTTP (uvicorn on loopback, httpx clients): sign-in, A/B order mapped
 back to the stored order, idempotent posts, undo, skip, several votes per pair, spreading of
-concurrent annotators, security headers. The browser-level test is tests/test_annotate_browser.py."""
+concurrent annotators, security headers. The browser-level test is tests/annotate/test_annotate_browser.py."""
 
 from __future__ import annotations
 

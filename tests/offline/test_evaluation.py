@@ -357,7 +357,7 @@ def test_real_data_smoke_llmbar(tmp_path):
     from hybridpref.cli.main import main
 
     # the default bundle is trained on llmbar (refused here); the leave-one-pool-out bundle never saw it
-    bundle = Path(__file__).resolve().parents[1] / "benchmarks" / "lopo_bundles" / "without-llmbar"
+    bundle = Path(__file__).resolve().parents[2] / "benchmarks" / "lopo_bundles" / "without-llmbar"
     out = tmp_path / "out"
     rc = main(
         [

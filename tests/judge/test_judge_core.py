@@ -22,7 +22,7 @@ from hybridpref.judge.templates import MULTIPREF, SHORT, PromptTemplate, get_tem
 from hybridpref_client.core.errors import BackendUnavailable, DeadlineExceeded, InvalidInput
 from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, read_jsonl
 
-FIXTURE = Path(__file__).parent / "fixtures" / "judge_pairs.jsonl"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "judge_pairs.jsonl"
 
 
 @pytest.fixture(scope="module")

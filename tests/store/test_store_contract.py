@@ -3,8 +3,6 @@ PostgreSQL server (tests/support/postgres.py)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import math
 import random
 from collections import Counter
@@ -353,7 +351,7 @@ def test_status_checks_label_changes_against_the_stored_p_lm_wrong(store):
     batch = candidates("i", 12, 5)
     p_wrong = [round(0.1 + 0.07 * k, 3) for k in range(12)]
     batch = [
-        dataclasses.replace(c, lm_label="A_BETTER", signals={**c.signals, "p_lm_wrong": p_wrong[k]} if k < 10 else c.signals)
+        replace(c, lm_label="A_BETTER", signals={**c.signals, "p_lm_wrong": p_wrong[k]} if k < 10 else c.signals)
         for k, c in enumerate(batch)
     ]
     assert all(d.human for d in store.decide_batch("acme", "c", "b0", batch))

@@ -18,7 +18,7 @@ from hybridpref.predictor.core import Predictor, default_bundle_path
 from hybridpref.routing_model import bundle as bundle_io
 from hybridpref_client.core.errors import InvalidInput
 
-LLMBAR = Path(__file__).parent / "fixtures" / "ppm_pools" / "llmbar" / "pairs.jsonl"
+LLMBAR = Path(__file__).resolve().parents[1] / "fixtures" / "ppm_pools" / "llmbar" / "pairs.jsonl"
 POOLS = [f"fx={FIXTURE}", str(LLMBAR)]
 
 

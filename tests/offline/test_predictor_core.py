@@ -24,7 +24,7 @@ from hybridpref.routing_model.ppm import QuadraticPPM
 from hybridpref_client.core.errors import InvalidInput, NotReady
 from hybridpref_client.core.instances import PreferenceInstance
 
-FIXTURE = Path(__file__).parent / "fixtures" / "predictor_pool.jsonl"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "predictor_pool.jsonl"
 
 
 def hand_tags(instances: list[PreferenceInstance]) -> np.ndarray:

@@ -38,7 +38,7 @@ ARGS = [
 ]
 CAMPAIGN = "browser"
 SEED = 11
-DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 
 try:
     from playwright.sync_api import Page, sync_playwright  # noqa: F401 - Page: the fixtures' type

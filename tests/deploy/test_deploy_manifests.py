@@ -24,7 +24,7 @@ from support.tools import find_tool, skip_reason
 
 from hybridpref.server.settings import environment_variables
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 BASE = K8S / "base"

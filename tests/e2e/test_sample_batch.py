@@ -10,7 +10,7 @@ import pytest
 
 from hybridpref_client.core.instances import Label, read_jsonl, validate_instances
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "sample_batch.jsonl"
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "sample_batch.jsonl"
 
 
 @pytest.fixture(scope="module")

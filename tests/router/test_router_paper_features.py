@@ -16,10 +16,10 @@ from hybridpref.router.strategies import route
 from hybridpref_client.core.errors import InvalidInput
 from hybridpref_client.core.instances import Label
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # a benchmark adapter, not installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # a benchmark adapter, not installed
 from paper_features import paper_rows_to_features, read_paper_features  # noqa: E402
 
-FIXTURE = Path(__file__).parent / "fixtures" / "router_paper_features.jsonl"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "router_paper_features.jsonl"
 
 
 def tags_of(feats, i: int) -> set[str]:
