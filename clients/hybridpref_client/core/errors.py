@@ -115,9 +115,3 @@ class QuotaExceeded(HybridprefError):
     def __init__(self, message: str, retry_after_s: float | None = None):
         super().__init__(message)
         self.retry_after_s = retry_after_s
-
-
-def collect(violations: list[FieldViolation]) -> None:
-    """Raise ``InvalidInput`` if any violations were collected; validation gathers all first."""
-    if violations:
-        raise InvalidInput(violations)
