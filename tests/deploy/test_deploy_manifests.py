@@ -1037,7 +1037,7 @@ def test_bundle_build_job_tags_through_the_tagger_service(base: list[dict[str, A
 
 
 @pytest.mark.skipif(KUBECTL is None, reason=skip_reason("kubectl"))
-def test_gateway_component_exposes_only_the_router_service_over_tls(tmp_path: Path) -> None:
+def test_gateway_component_exposes_only_the_vendor_services_over_tls(tmp_path: Path) -> None:
     """Issue 18 item 15: a documented, rendered way to reach the router from outside the cluster."""
     rel = os.path.relpath(K8S, tmp_path)
     # As an operator adds it: to an overlay of their own over prod, which sets the namespace.
@@ -1056,10 +1056,17 @@ def test_gateway_component_exposes_only_the_router_service_over_tls(tmp_path: Pa
     assert [c["name"] for c in listener["tls"]["certificateRefs"]] == ["hybridpref-router-public-tls"]
     assert {"kind": "GRPCRoute"} in listener["allowedRoutes"]["kinds"]
     assert set(route["spec"]["hostnames"]) == {listener["hostname"]}
-    # Same namespace as the Service it routes to, and only the RouterService's methods.
+    # Same namespace as the Service it routes to, and exactly the services the router serves to vendors
+    # (its handle's, health and reflection aside): the campaign calls were missing until 2026-12-06.
     assert gateway["metadata"]["namespace"] == route["metadata"]["namespace"] == "hybridpref"
     (rule,) = route["spec"]["rules"]
-    assert [m["method"] for m in rule["matches"]] == [{"type": "Exact", "service": _proto_service("router")}]
+    from hybridpref.router.campaign_servicer import SERVICE_NAME as CAMPAIGN_SERVICE
+    from hybridpref.router.servicer import SERVICE_NAME as ROUTER_SERVICE
+
+    served = {ROUTER_SERVICE, CAMPAIGN_SERVICE}  # the names router_handle registers
+    assert served == {_proto_service("router"), _proto_service("campaign")}
+    assert sorted(m["method"]["service"] for m in rule["matches"]) == sorted(served)
+    assert all(m["method"]["type"] == "Exact" for m in rule["matches"])
     (backend,) = rule["backendRefs"]
     service = _by_kind(objects, "Service")[backend["name"]]
     ports = {p["port"]: p for p in service["spec"]["ports"]}
@@ -1067,3 +1074,32 @@ def test_gateway_component_exposes_only_the_router_service_over_tls(tmp_path: Pa
     # Exposed with the vendors' API keys on (the prod overlay's api-keys component).
     router = _container(_by_kind(objects, "Deployment")["hybridpref-router"])
     assert "HYBRIDPREF_API_KEYS_FILE" in _env(router)
+
+
+@pytest.mark.skipif(KUBECTL is None, reason=skip_reason("kubectl"))
+def test_gateway_backend_tls_lets_the_gateway_reach_a_tls_router(tmp_path: Path) -> None:
+    """With components/tls on (prod), the router's port speaks TLS: the Gateway needs a BackendTLSPolicy on the
+    Service port the GRPCRoute sends to, trusting the CA that issued the router's certificate for its name."""
+    rel = os.path.relpath(K8S, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        f"namespace: hybridpref\nresources: [{rel}/overlays/prod]\n"
+        f"components: [{rel}/components/gateway, {rel}/components/gateway-backend-tls]\n",
+        encoding="utf-8",
+    )
+    objects = _render(tmp_path)
+    (policy,) = _by_kind(objects, "BackendTLSPolicy").values()
+    (route,) = _by_kind(objects, "GRPCRoute").values()
+    assert policy["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert policy["metadata"]["namespace"] == "hybridpref"  # beside the Service, as the policy requires
+    (target,) = policy["spec"]["targetRefs"]
+    (backend,) = route["spec"]["rules"][0]["backendRefs"]
+    service = _by_kind(objects, "Service")[target["name"]]
+    assert (target["group"], target["kind"], target["name"]) == ("", "Service", backend["name"])
+    port = next(p for p in service["spec"]["ports"] if p["name"] == target["sectionName"])
+    assert port["port"] == backend["port"]  # the very port the route forwards to
+    # The router does serve TLS there in this overlay, from the Secret the CA below issued.
+    router = _env(_container(_by_kind(objects, "Deployment")["hybridpref-router"]))
+    assert router.get("HYBRIDPREF_TLS_CERT_FILE") and router.get("HYBRIDPREF_TLS_KEY_FILE")
+    validation = policy["spec"]["validation"]
+    assert validation["hostname"] == service["metadata"]["name"]  # the name the tls component's certificates carry
+    assert validation["caCertificateRefs"] == [{"group": "", "kind": "ConfigMap", "name": "hybridpref-router-ca"}]
