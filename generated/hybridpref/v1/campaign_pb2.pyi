@@ -321,7 +321,9 @@ class CampaignStatus(_message.Message):
         """
 
     @_builtins.property
-    def expected_changes(self) -> Global___Interval: ...
+    def expected_changes(self) -> Global___Interval:
+        """The sum of the stored P(LM label wrong) over the same pairs, with its 95% interval; unset without any."""
+
     def __init__(
         self,
         *,
