@@ -378,13 +378,14 @@ class RouterClient(_Client):
 
     def export_dataset(self, campaign: str, format: str = "trl", *, request_id: str | None = None) -> Iterator[dict[str, Any]]:
         """The campaign's dataset, one dict per row in routing order, read as it streams (``trl``: prompt,
-        chosen, rejected, label_source, judge, confidence, votes, tie, campaign, batch, ...; ``pool``: the
-        pool schema ``hybridpref evaluate`` reads)."""
+        chosen, rejected, label_source, judge, confidence, votes, tie, campaign, batch, ...; ``trl-chat``: the
+        same in TRL's conversational form, prompt a list of turns and chosen / rejected one assistant turn
+        each; ``pool``: the pool schema ``hybridpref evaluate`` reads)."""
         request = export_request(campaign, format)
         rid, metadata, deadline = self._plain(request_id)
         try:
             for message in self._campaigns.ExportDataset(request, timeout=_timeout(deadline), metadata=metadata):
-                yield from export_rows(message)
+                yield from export_rows(message, format)
         except grpc.RpcError as exc:
             raise routing_error(exc, rid) from None
 
@@ -546,7 +547,7 @@ class AsyncRouterClient(_Client):
         rid, metadata, deadline = self._plain(request_id)
         try:
             async for message in self._campaigns.ExportDataset(request, timeout=_timeout(deadline), metadata=metadata):
-                for row in export_rows(message):
+                for row in export_rows(message, format):
                     yield row
         except grpc.RpcError as exc:
             raise routing_error(exc, rid) from None

@@ -279,7 +279,11 @@ _STATUS_NAMES = {
     campaign_pb2.LABEL_STATUS_REPLACED: "replaced",
     campaign_pb2.LABEL_STATUS_REJECTED: "rejected",
 }
-EXPORT_FORMATS = {"trl": campaign_pb2.EXPORT_FORMAT_TRL, "pool": campaign_pb2.EXPORT_FORMAT_POOL}
+EXPORT_FORMATS = {
+    "trl": campaign_pb2.EXPORT_FORMAT_TRL,
+    "trl-chat": campaign_pb2.EXPORT_FORMAT_TRL_CHAT,
+    "pool": campaign_pb2.EXPORT_FORMAT_POOL,
+}
 MAX_LABELS_PER_CALL = 5000  # the SDK sends labels in calls of at most this many (the router's limit is larger)
 
 
@@ -527,20 +531,22 @@ def label_results(response: campaign_pb2.SubmitLabelsResponse, offset: int = 0) 
 
 def export_request(campaign: str, fmt: str) -> campaign_pb2.ExportDatasetRequest:
     if fmt not in EXPORT_FORMATS:
-        raise InvalidInput(FieldViolation("format", f"expected trl or pool, got {fmt!r}"))
+        raise InvalidInput(FieldViolation("format", f"expected trl, trl-chat or pool, got {fmt!r}"))
     return campaign_pb2.ExportDatasetRequest(campaign=campaign, format=EXPORT_FORMATS[fmt])
 
 
-def export_rows(response: campaign_pb2.ExportDatasetResponse) -> Iterator[dict[str, Any]]:
+def export_rows(response: campaign_pb2.ExportDatasetResponse, fmt: str = "trl") -> Iterator[dict[str, Any]]:
     """The rows of one ``ExportDataset`` message as dicts, in the schema the store's JSONL export writes
     (``trl``: id, prompt, chosen, rejected, label_source, judge, confidence, votes, tie, campaign, batch,
-    human_routed; ``pool``: the pool schema; see docs/campaigns.md)."""
+    human_routed; ``trl-chat``: the same with prompt a list of {role, content} turns and chosen / rejected
+    one assistant turn each, TRL's conversational form; ``pool``: the pool schema; see docs/campaigns.md)."""
+    chat = fmt == "trl-chat"
     for r in response.trl_rows:
         yield {
             "id": r.id,
-            "prompt": r.prompt,
-            "chosen": r.chosen,
-            "rejected": r.rejected,
+            "prompt": [{"role": m.role, "content": m.content} for m in r.prompt_messages] if chat else r.prompt,
+            "chosen": [{"role": "assistant", "content": r.chosen}] if chat else r.chosen,
+            "rejected": [{"role": "assistant", "content": r.rejected}] if chat else r.rejected,
             "label_source": r.label_source,
             "judge": r.judge,
             "confidence": r.confidence if r.HasField("confidence") else None,

@@ -134,6 +134,12 @@ def test_the_loop_across_cli_processes_on_the_default_store(env, tmp_path):
     assert table.num_rows == 40 and set(table.column("batch").to_pylist()) == {"day-1", "day-2"}
     sources = dict(zip(table.column("id").to_pylist(), table.column("label_source").to_pylist()))
     assert {i for i, s in sources.items() if s == "human"} == set(human)
+    chat = tmp_path / "june-chat.parquet"
+    assert hybridpref("campaign", "export", "june", "--format", "trl-chat", "--output", str(chat), env=env).returncode == 0
+    turns = pq.read_table(chat)
+    assert turns.column("id").to_pylist() == table.column("id").to_pylist()
+    assert [c[0]["content"] for c in turns.column("chosen").to_pylist()] == table.column("chosen").to_pylist()
+    assert all(p[-1]["role"] == "user" for p in turns.column("prompt").to_pylist())
     pool = tmp_path / "june-pool.jsonl"
     assert hybridpref("campaign", "export", "june", "--format", "pool", "--output", str(pool), env=env).returncode == 0
     # The pool export reads back as a pool (hybridpref evaluate's reader).

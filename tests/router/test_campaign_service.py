@@ -251,6 +251,19 @@ def test_labels_come_back_per_item_and_feed_the_status_and_the_export(acme, samp
             assert row["chosen"] == (inst.response_a if winner == "A" else inst.response_b)
     audited = by_id[lm[0].id]
     assert audited["label_source"] == "lm" and not audited["human_routed"]  # an audit vote does not relabel
+    # TRL's conversational form over gRPC: the same rows, the prompt as turns (the instance's messages when it
+    # was routed with a conversation), one assistant turn each side
+    chat = list(acme.export_dataset("labels", "trl-chat"))
+    assert [r["id"] for r in chat] == [r["id"] for r in rows]
+    for plain, turns in zip(rows, chat, strict=True):
+        inst = next(i for i in sample if i.id == plain["id"])
+        expected = [{"role": m.role, "content": m.content} for m in inst.messages] or [
+            {"role": "user", "content": plain["prompt"]}
+        ]
+        assert turns["prompt"] == expected
+        assert turns["chosen"] == [{"role": "assistant", "content": plain["chosen"]}]
+        assert turns["rejected"] == [{"role": "assistant", "content": plain["rejected"]}]
+        assert turns["label_source"] == plain["label_source"] and turns["tie"] == plain["tie"]
     pool = list(acme.export_dataset("labels", "pool"))
     assert {r["id"] for r in pool} == {d.id for d in human} | {lm[0].id}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
@@ -61,6 +62,49 @@ def test_trl_export_loads_with_datasets(campaign, tmp_path, monkeypatch):
     assert from_parquet.features["votes"].dtype == "int32"
     trainable = from_parquet.filter(lambda r: not r["tie"])
     assert all(c != r for c, r in zip(trainable["chosen"], trainable["rejected"], strict=True))
+
+
+def test_trl_chat_export_is_trls_conversational_form(tmp_path, monkeypatch):
+    """The prompt as turns (the routed conversation, or one user turn), chosen / rejected one assistant turn
+    each, the same labels as ``trl``; JSONL and Parquet load with ``datasets`` with one nested schema."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets
+
+    store = SqlCampaignStore.open(f"sqlite:///{tmp_path / 'store.db'}", upgrade=True)
+    store.create_campaign(CampaignSpec("acme", "chat", "count", 4, judge="gpt-4"))
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a prime."},
+        {"role": "assistant", "content": "7."},
+        {"role": "user", "content": "Another one?"},
+    ]
+    batch = [replace(c, metadata={"messages": turns}) if k % 2 else c for k, c in enumerate(candidates("i", 10, 3))]
+    store.decide_batch("acme", "chat", "b0", batch)
+    plain = list(store.export_rows("acme", "chat", "trl"))
+    chat = list(store.export_rows("acme", "chat", "trl-chat"))
+    assert [r["id"] for r in chat] == [r["id"] for r in plain] and len(chat) == 10
+    for k, (p, c) in enumerate(zip(plain, chat, strict=True)):
+        assert c["prompt"] == (turns if k % 2 else [{"role": "user", "content": p["prompt"]}])
+        assert c["chosen"] == [{"role": "assistant", "content": p["chosen"]}]
+        assert c["rejected"] == [{"role": "assistant", "content": p["rejected"]}]
+        assert {key: v for key, v in c.items() if key not in ("prompt", "chosen", "rejected")} == {
+            key: v for key, v in p.items() if key not in ("prompt", "chosen", "rejected")
+        }
+    cache = str(tmp_path / "hf-cache")
+    for suffix, builder in ((".jsonl", "json"), (".parquet", "parquet")):
+        path = tmp_path / f"chat{suffix}"
+        assert write_export(iter(chat), path, "trl-chat") == 10
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache)
+        assert ds["prompt"] == [r["prompt"] for r in chat] and ds["chosen"] == [r["chosen"] for r in chat]
+        # TRL's test for the conversational form: each of prompt/chosen/rejected a list of {role, content}
+        assert all(
+            isinstance(m, dict) and set(m) == {"role", "content"}
+            for r in ds
+            for key in ("prompt", "chosen", "rejected")
+            for m in r[key]
+        )
+    store.close()
 
 
 def test_pool_export_reads_back_as_an_evaluation_pool(campaign, tmp_path):

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from hybridpref.v1 import common_pb2 as hybridpref_dot_v1_dot_common__pb2
 from hybridpref.v1 import router_pb2 as hybridpref_dot_v1_dot_router__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chybridpref/v1/campaign.proto\x12\rhybridpref.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ahybridpref/v1/router.proto\"9\n\x0e\x43\x61mpaignBudget\x12\x0f\n\x05\x63ount\x18\x01 \x01(\x04H\x00\x12\x0e\n\x04\x63ost\x18\x02 \x01(\x01H\x00\x42\x06\n\x04kind\"\xdb\x01\n\x10\x43\x61mpaignSettings\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x1d.hybridpref.v1.CampaignBudget\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\r\n\x05judge\x18\x04 \x01(\t\x12\x16\n\x0evotes_per_pair\x18\x05 \x01(\r\x12\x1f\n\x12\x65xpected_instances\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x19\n\x11\x65xploration_share\x18\x07 \x01(\x01\x42\x15\n\x13_expected_instances\"\xee\x01\n\x08\x43\x61mpaign\x12\x31\n\x08settings\x18\x01 \x01(\x0b\x32\x1f.hybridpref.v1.CampaignSettings\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62udget_spent\x18\x03 \x01(\x01\x12\x13\n\x0b\x62udget_left\x18\x04 \x01(\x01\x12\x0e\n\x06routed\x18\x05 \x01(\x04\x12\x14\n\x0chuman_routed\x18\x06 \x01(\x04\x12\x17\n\x0flabels_returned\x18\x07 \x01(\x04\x12\x15\n\rpairs_pending\x18\x08 \x01(\x04\"7\n\x08Interval\x12\x10\n\x08\x65stimate\x18\x01 \x01(\x01\x12\x0b\n\x03low\x18\x02 \x01(\x01\x12\x0c\n\x04high\x18\x03 \x01(\x01\"\xd7\x02\n\x0e\x43\x61mpaignStatus\x12\x16\n\x0elabels_pending\x18\x01 \x01(\x04\x12*\n\tagreement\x18\x02 \x01(\x0b\x32\x17.hybridpref.v1.Interval\x12\x30\n\x0f\x61udit_agreement\x18\x03 \x01(\x0b\x32\x17.hybridpref.v1.Interval\x12\x1c\n\x14realised_corrections\x18\x04 \x01(\x04\x12\x35\n\x14\x65xpected_corrections\x18\x05 \x01(\x0b\x32\x17.hybridpref.v1.Interval\x12\x16\n\x0e\x65xpected_known\x18\x06 \x01(\x04\x12\x18\n\x10realised_changes\x18\x07 \x01(\x04\x12\x31\n\x10\x65xpected_changes\x18\x08 \x01(\x0b\x32\x17.hybridpref.v1.Interval\x12\x15\n\rchanges_known\x18\t \x01(\x04\"J\n\x15\x43reateCampaignRequest\x12\x31\n\x08settings\x18\x01 \x01(\x0b\x32\x1f.hybridpref.v1.CampaignSettings\"C\n\x16\x43reateCampaignResponse\x12)\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x17.hybridpref.v1.Campaign\"\"\n\x12GetCampaignRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xa0\x01\n\x13GetCampaignResponse\x12)\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x17.hybridpref.v1.Campaign\x12-\n\x06status\x18\x02 \x01(\x0b\x32\x1d.hybridpref.v1.CampaignStatus\x12/\n\x05model\x18\x03 \x01(\x0b\x32 .hybridpref.v1.CampaignModelInfo\"\x16\n\x14ListCampaignsRequest\"C\n\x15ListCampaignsResponse\x12*\n\tcampaigns\x18\x01 \x03(\x0b\x32\x17.hybridpref.v1.Campaign\"\xc2\x01\n\nHumanLabel\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tannotator\x18\x02 \x01(\t\x12-\n\x05label\x18\x03 \x01(\x0e\x32\x1e.hybridpref.v1.HumanPreference\x12\x15\n\x08strength\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x11\n\trationale\x18\x05 \x01(\t\x12/\n\x0blabelled_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0b\n\t_strength\"R\n\x13SubmitLabelsRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12)\n\x06labels\x18\x02 \x03(\x0b\x32\x19.hybridpref.v1.HumanLabel\"r\n\x0bLabelResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.hybridpref.v1.LabelStatus\x12\r\n\x05\x61udit\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"C\n\x14SubmitLabelsResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.hybridpref.v1.LabelResult\"U\n\x14\x45xportDatasetRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12+\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1b.hybridpref.v1.ExportFormat\"\xe6\x01\n\x06TrlRow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06\x63hosen\x18\x03 \x01(\t\x12\x10\n\x08rejected\x18\x04 \x01(\t\x12\x14\n\x0clabel_source\x18\x05 \x01(\t\x12\r\n\x05judge\x18\x06 \x01(\t\x12\x17\n\nconfidence\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05votes\x18\x08 \x01(\r\x12\x0b\n\x03tie\x18\t \x01(\x08\x12\x10\n\x08\x63\x61mpaign\x18\n \x01(\t\x12\r\n\x05\x62\x61tch\x18\x0b \x01(\t\x12\x14\n\x0chuman_routed\x18\x0c \x01(\x08\x42\r\n\x0b_confidence\"\x86\x03\n\x07PoolRow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nresponse_a\x18\x04 \x01(\t\x12\x12\n\nresponse_b\x18\x05 \x01(\t\x12\x13\n\x0bhuman_label\x18\x06 \x01(\t\x12\x13\n\x0bhuman_votes\x18\x07 \x03(\t\x12\x37\n\tlm_labels\x18\x08 \x03(\x0b\x32$.hybridpref.v1.PoolRow.LmLabelsEntry\x12\x10\n\x08\x63\x61mpaign\x18\t \x01(\t\x12\r\n\x05\x62\x61tch\x18\n \x01(\t\x12\x14\n\x0chuman_routed\x18\x0b \x01(\x08\x12\x13\n\x0b\x65xploration\x18\x0c \x01(\x08\x12\r\n\x05score\x18\r \x01(\x01\x12 \n\x13\x65xpected_correction\x18\x0e \x01(\x01H\x00\x88\x01\x01\x1a/\n\rLmLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x16\n\x14_expected_correction\"k\n\x15\x45xportDatasetResponse\x12\'\n\x08trl_rows\x18\x01 \x03(\x0b\x32\x15.hybridpref.v1.TrlRow\x12)\n\tpool_rows\x18\x02 \x03(\x0b\x32\x16.hybridpref.v1.PoolRow*}\n\x0fHumanPreference\x12 \n\x1cHUMAN_PREFERENCE_UNSPECIFIED\x10\x00\x12\x16\n\x12HUMAN_PREFERENCE_A\x10\x01\x12\x16\n\x12HUMAN_PREFERENCE_B\x10\x02\x12\x18\n\x14HUMAN_PREFERENCE_TIE\x10\x03*\x96\x01\n\x0bLabelStatus\x12\x1c\n\x18LABEL_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13LABEL_STATUS_STORED\x10\x01\x12\x1a\n\x16LABEL_STATUS_UNCHANGED\x10\x02\x12\x19\n\x15LABEL_STATUS_REPLACED\x10\x03\x12\x19\n\x15LABEL_STATUS_REJECTED\x10\x04*\\\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45XPORT_FORMAT_TRL\x10\x01\x12\x16\n\x12\x45XPORT_FORMAT_POOL\x10\x02\x32\xd9\x03\n\x0f\x43\x61mpaignService\x12]\n\x0e\x43reateCampaign\x12$.hybridpref.v1.CreateCampaignRequest\x1a%.hybridpref.v1.CreateCampaignResponse\x12T\n\x0bGetCampaign\x12!.hybridpref.v1.GetCampaignRequest\x1a\".hybridpref.v1.GetCampaignResponse\x12Z\n\rListCampaigns\x12#.hybridpref.v1.ListCampaignsRequest\x1a$.hybridpref.v1.ListCampaignsResponse\x12W\n\x0cSubmitLabels\x12\".hybridpref.v1.SubmitLabelsRequest\x1a#.hybridpref.v1.SubmitLabelsResponse\x12\\\n\rExportDataset\x12#.hybridpref.v1.ExportDatasetRequest\x1a$.hybridpref.v1.ExportDatasetResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chybridpref/v1/campaign.proto\x12\rhybridpref.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ahybridpref/v1/common.proto\x1a\x1ahybridpref/v1/router.proto\"9\n\x0e\x43\x61mpaignBudget\x12\x0f\n\x05\x63ount\x18\x01 \x01(\x04H\x00\x12\x0e\n\x04\x63ost\x18\x02 \x01(\x01H\x00\x42\x06\n\x04kind\"\xdb\x01\n\x10\x43\x61mpaignSettings\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x1d.hybridpref.v1.CampaignBudget\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\r\n\x05judge\x18\x04 \x01(\t\x12\x16\n\x0evotes_per_pair\x18\x05 \x01(\r\x12\x1f\n\x12\x65xpected_instances\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x19\n\x11\x65xploration_share\x18\x07 \x01(\x01\x42\x15\n\x13_expected_instances\"\xee\x01\n\x08\x43\x61mpaign\x12\x31\n\x08settings\x18\x01 \x01(\x0b\x32\x1f.hybridpref.v1.CampaignSettings\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62udget_spent\x18\x03 \x01(\x01\x12\x13\n\x0b\x62udget_left\x18\x04 \x01(\x01\x12\x0e\n\x06routed\x18\x05 \x01(\x04\x12\x14\n\x0chuman_routed\x18\x06 \x01(\x04\x12\x17\n\x0flabels_returned\x18\x07 \x01(\x04\x12\x15\n\rpairs_pending\x18\x08 \x01(\x04\"7\n\x08Interval\x12\x10\n\x08\x65stimate\x18\x01 \x01(\x01\x12\x0b\n\x03low\x18\x02 \x01(\x01\x12\x0c\n\x04high\x18\x03 \x01(\x01\"\xd7\x02\n\x0e\x43\x61mpaignStatus\x12\x16\n\x0elabels_pending\x18\x01 \x01(\x04\x12*\n\tagreement\x18\x02 \x01(\x0b\x32\x17.hybridpref.v1.Interval\x12\x30\n\x0f\x61udit_agreement\x18\x03 \x01(\x0b\x32\x17.hybridpref.v1.Interval\x12\x1c\n\x14realised_corrections\x18\x04 \x01(\x04\x12\x35\n\x14\x65xpected_corrections\x18\x05 \x01(\x0b\x32\x17.hybridpref.v1.Interval\x12\x16\n\x0e\x65xpected_known\x18\x06 \x01(\x04\x12\x18\n\x10realised_changes\x18\x07 \x01(\x04\x12\x31\n\x10\x65xpected_changes\x18\x08 \x01(\x0b\x32\x17.hybridpref.v1.Interval\x12\x15\n\rchanges_known\x18\t \x01(\x04\"J\n\x15\x43reateCampaignRequest\x12\x31\n\x08settings\x18\x01 \x01(\x0b\x32\x1f.hybridpref.v1.CampaignSettings\"C\n\x16\x43reateCampaignResponse\x12)\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x17.hybridpref.v1.Campaign\"\"\n\x12GetCampaignRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xa0\x01\n\x13GetCampaignResponse\x12)\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x17.hybridpref.v1.Campaign\x12-\n\x06status\x18\x02 \x01(\x0b\x32\x1d.hybridpref.v1.CampaignStatus\x12/\n\x05model\x18\x03 \x01(\x0b\x32 .hybridpref.v1.CampaignModelInfo\"\x16\n\x14ListCampaignsRequest\"C\n\x15ListCampaignsResponse\x12*\n\tcampaigns\x18\x01 \x03(\x0b\x32\x17.hybridpref.v1.Campaign\"\xc2\x01\n\nHumanLabel\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tannotator\x18\x02 \x01(\t\x12-\n\x05label\x18\x03 \x01(\x0e\x32\x1e.hybridpref.v1.HumanPreference\x12\x15\n\x08strength\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x11\n\trationale\x18\x05 \x01(\t\x12/\n\x0blabelled_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0b\n\t_strength\"R\n\x13SubmitLabelsRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12)\n\x06labels\x18\x02 \x03(\x0b\x32\x19.hybridpref.v1.HumanLabel\"r\n\x0bLabelResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.hybridpref.v1.LabelStatus\x12\r\n\x05\x61udit\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"C\n\x14SubmitLabelsResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.hybridpref.v1.LabelResult\"U\n\x14\x45xportDatasetRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12+\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1b.hybridpref.v1.ExportFormat\"\x9b\x02\n\x06TrlRow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06\x63hosen\x18\x03 \x01(\t\x12\x10\n\x08rejected\x18\x04 \x01(\t\x12\x14\n\x0clabel_source\x18\x05 \x01(\t\x12\r\n\x05judge\x18\x06 \x01(\t\x12\x17\n\nconfidence\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05votes\x18\x08 \x01(\r\x12\x0b\n\x03tie\x18\t \x01(\x08\x12\x10\n\x08\x63\x61mpaign\x18\n \x01(\t\x12\r\n\x05\x62\x61tch\x18\x0b \x01(\t\x12\x14\n\x0chuman_routed\x18\x0c \x01(\x08\x12\x33\n\x0fprompt_messages\x18\r \x03(\x0b\x32\x1a.hybridpref.v1.ChatMessageB\r\n\x0b_confidence\"\x86\x03\n\x07PoolRow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nresponse_a\x18\x04 \x01(\t\x12\x12\n\nresponse_b\x18\x05 \x01(\t\x12\x13\n\x0bhuman_label\x18\x06 \x01(\t\x12\x13\n\x0bhuman_votes\x18\x07 \x03(\t\x12\x37\n\tlm_labels\x18\x08 \x03(\x0b\x32$.hybridpref.v1.PoolRow.LmLabelsEntry\x12\x10\n\x08\x63\x61mpaign\x18\t \x01(\t\x12\r\n\x05\x62\x61tch\x18\n \x01(\t\x12\x14\n\x0chuman_routed\x18\x0b \x01(\x08\x12\x13\n\x0b\x65xploration\x18\x0c \x01(\x08\x12\r\n\x05score\x18\r \x01(\x01\x12 \n\x13\x65xpected_correction\x18\x0e \x01(\x01H\x00\x88\x01\x01\x1a/\n\rLmLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x16\n\x14_expected_correction\"k\n\x15\x45xportDatasetResponse\x12\'\n\x08trl_rows\x18\x01 \x03(\x0b\x32\x15.hybridpref.v1.TrlRow\x12)\n\tpool_rows\x18\x02 \x03(\x0b\x32\x16.hybridpref.v1.PoolRow*}\n\x0fHumanPreference\x12 \n\x1cHUMAN_PREFERENCE_UNSPECIFIED\x10\x00\x12\x16\n\x12HUMAN_PREFERENCE_A\x10\x01\x12\x16\n\x12HUMAN_PREFERENCE_B\x10\x02\x12\x18\n\x14HUMAN_PREFERENCE_TIE\x10\x03*\x96\x01\n\x0bLabelStatus\x12\x1c\n\x18LABEL_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13LABEL_STATUS_STORED\x10\x01\x12\x1a\n\x16LABEL_STATUS_UNCHANGED\x10\x02\x12\x19\n\x15LABEL_STATUS_REPLACED\x10\x03\x12\x19\n\x15LABEL_STATUS_REJECTED\x10\x04*x\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45XPORT_FORMAT_TRL\x10\x01\x12\x16\n\x12\x45XPORT_FORMAT_POOL\x10\x02\x12\x1a\n\x16\x45XPORT_FORMAT_TRL_CHAT\x10\x03\x32\xd9\x03\n\x0f\x43\x61mpaignService\x12]\n\x0e\x43reateCampaign\x12$.hybridpref.v1.CreateCampaignRequest\x1a%.hybridpref.v1.CreateCampaignResponse\x12T\n\x0bGetCampaign\x12!.hybridpref.v1.GetCampaignRequest\x1a\".hybridpref.v1.GetCampaignResponse\x12Z\n\rListCampaigns\x12#.hybridpref.v1.ListCampaignsRequest\x1a$.hybridpref.v1.ListCampaignsResponse\x12W\n\x0cSubmitLabels\x12\".hybridpref.v1.SubmitLabelsRequest\x1a#.hybridpref.v1.SubmitLabelsResponse\x12\\\n\rExportDataset\x12#.hybridpref.v1.ExportDatasetRequest\x1a$.hybridpref.v1.ExportDatasetResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,52 +36,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POOLROW_LMLABELSENTRY']._loaded_options = None
   _globals['_POOLROW_LMLABELSENTRY']._serialized_options = b'8\001'
-  _globals['_HUMANPREFERENCE']._serialized_start=2758
-  _globals['_HUMANPREFERENCE']._serialized_end=2883
-  _globals['_LABELSTATUS']._serialized_start=2886
-  _globals['_LABELSTATUS']._serialized_end=3036
-  _globals['_EXPORTFORMAT']._serialized_start=3038
-  _globals['_EXPORTFORMAT']._serialized_end=3130
-  _globals['_CAMPAIGNBUDGET']._serialized_start=108
-  _globals['_CAMPAIGNBUDGET']._serialized_end=165
-  _globals['_CAMPAIGNSETTINGS']._serialized_start=168
-  _globals['_CAMPAIGNSETTINGS']._serialized_end=387
-  _globals['_CAMPAIGN']._serialized_start=390
-  _globals['_CAMPAIGN']._serialized_end=628
-  _globals['_INTERVAL']._serialized_start=630
-  _globals['_INTERVAL']._serialized_end=685
-  _globals['_CAMPAIGNSTATUS']._serialized_start=688
-  _globals['_CAMPAIGNSTATUS']._serialized_end=1031
-  _globals['_CREATECAMPAIGNREQUEST']._serialized_start=1033
-  _globals['_CREATECAMPAIGNREQUEST']._serialized_end=1107
-  _globals['_CREATECAMPAIGNRESPONSE']._serialized_start=1109
-  _globals['_CREATECAMPAIGNRESPONSE']._serialized_end=1176
-  _globals['_GETCAMPAIGNREQUEST']._serialized_start=1178
-  _globals['_GETCAMPAIGNREQUEST']._serialized_end=1212
-  _globals['_GETCAMPAIGNRESPONSE']._serialized_start=1215
-  _globals['_GETCAMPAIGNRESPONSE']._serialized_end=1375
-  _globals['_LISTCAMPAIGNSREQUEST']._serialized_start=1377
-  _globals['_LISTCAMPAIGNSREQUEST']._serialized_end=1399
-  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_start=1401
-  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_end=1468
-  _globals['_HUMANLABEL']._serialized_start=1471
-  _globals['_HUMANLABEL']._serialized_end=1665
-  _globals['_SUBMITLABELSREQUEST']._serialized_start=1667
-  _globals['_SUBMITLABELSREQUEST']._serialized_end=1749
-  _globals['_LABELRESULT']._serialized_start=1751
-  _globals['_LABELRESULT']._serialized_end=1865
-  _globals['_SUBMITLABELSRESPONSE']._serialized_start=1867
-  _globals['_SUBMITLABELSRESPONSE']._serialized_end=1934
-  _globals['_EXPORTDATASETREQUEST']._serialized_start=1936
-  _globals['_EXPORTDATASETREQUEST']._serialized_end=2021
-  _globals['_TRLROW']._serialized_start=2024
-  _globals['_TRLROW']._serialized_end=2254
-  _globals['_POOLROW']._serialized_start=2257
-  _globals['_POOLROW']._serialized_end=2647
-  _globals['_POOLROW_LMLABELSENTRY']._serialized_start=2576
-  _globals['_POOLROW_LMLABELSENTRY']._serialized_end=2623
-  _globals['_EXPORTDATASETRESPONSE']._serialized_start=2649
-  _globals['_EXPORTDATASETRESPONSE']._serialized_end=2756
-  _globals['_CAMPAIGNSERVICE']._serialized_start=3133
-  _globals['_CAMPAIGNSERVICE']._serialized_end=3606
+  _globals['_HUMANPREFERENCE']._serialized_start=2839
+  _globals['_HUMANPREFERENCE']._serialized_end=2964
+  _globals['_LABELSTATUS']._serialized_start=2967
+  _globals['_LABELSTATUS']._serialized_end=3117
+  _globals['_EXPORTFORMAT']._serialized_start=3119
+  _globals['_EXPORTFORMAT']._serialized_end=3239
+  _globals['_CAMPAIGNBUDGET']._serialized_start=136
+  _globals['_CAMPAIGNBUDGET']._serialized_end=193
+  _globals['_CAMPAIGNSETTINGS']._serialized_start=196
+  _globals['_CAMPAIGNSETTINGS']._serialized_end=415
+  _globals['_CAMPAIGN']._serialized_start=418
+  _globals['_CAMPAIGN']._serialized_end=656
+  _globals['_INTERVAL']._serialized_start=658
+  _globals['_INTERVAL']._serialized_end=713
+  _globals['_CAMPAIGNSTATUS']._serialized_start=716
+  _globals['_CAMPAIGNSTATUS']._serialized_end=1059
+  _globals['_CREATECAMPAIGNREQUEST']._serialized_start=1061
+  _globals['_CREATECAMPAIGNREQUEST']._serialized_end=1135
+  _globals['_CREATECAMPAIGNRESPONSE']._serialized_start=1137
+  _globals['_CREATECAMPAIGNRESPONSE']._serialized_end=1204
+  _globals['_GETCAMPAIGNREQUEST']._serialized_start=1206
+  _globals['_GETCAMPAIGNREQUEST']._serialized_end=1240
+  _globals['_GETCAMPAIGNRESPONSE']._serialized_start=1243
+  _globals['_GETCAMPAIGNRESPONSE']._serialized_end=1403
+  _globals['_LISTCAMPAIGNSREQUEST']._serialized_start=1405
+  _globals['_LISTCAMPAIGNSREQUEST']._serialized_end=1427
+  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_start=1429
+  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_end=1496
+  _globals['_HUMANLABEL']._serialized_start=1499
+  _globals['_HUMANLABEL']._serialized_end=1693
+  _globals['_SUBMITLABELSREQUEST']._serialized_start=1695
+  _globals['_SUBMITLABELSREQUEST']._serialized_end=1777
+  _globals['_LABELRESULT']._serialized_start=1779
+  _globals['_LABELRESULT']._serialized_end=1893
+  _globals['_SUBMITLABELSRESPONSE']._serialized_start=1895
+  _globals['_SUBMITLABELSRESPONSE']._serialized_end=1962
+  _globals['_EXPORTDATASETREQUEST']._serialized_start=1964
+  _globals['_EXPORTDATASETREQUEST']._serialized_end=2049
+  _globals['_TRLROW']._serialized_start=2052
+  _globals['_TRLROW']._serialized_end=2335
+  _globals['_POOLROW']._serialized_start=2338
+  _globals['_POOLROW']._serialized_end=2728
+  _globals['_POOLROW_LMLABELSENTRY']._serialized_start=2657
+  _globals['_POOLROW_LMLABELSENTRY']._serialized_end=2704
+  _globals['_EXPORTDATASETRESPONSE']._serialized_start=2730
+  _globals['_EXPORTDATASETRESPONSE']._serialized_end=2837
+  _globals['_CAMPAIGNSERVICE']._serialized_start=3242
+  _globals['_CAMPAIGNSERVICE']._serialized_end=3715
 # @@protoc_insertion_point(module_scope)

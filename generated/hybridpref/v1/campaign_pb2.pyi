@@ -11,6 +11,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from hybridpref.v1 import common_pb2 as _common_pb2
 from hybridpref.v1 import router_pb2 as _router_pb2
 import builtins as _builtins
 import sys
@@ -95,6 +96,11 @@ class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFo
     """TRL's preference format plus provenance: one row per labelled instance (TrlRow)."""
     EXPORT_FORMAT_POOL: _ExportFormat.ValueType  # 2
     """The pool schema `hybridpref evaluate` and the predictor build read: instances with a human vote (PoolRow)."""
+    EXPORT_FORMAT_TRL_CHAT: _ExportFormat.ValueType  # 3
+    """TRL's conversational preference format: the rows of EXPORT_FORMAT_TRL with the prompt as a list of
+    turns (TrlRow.prompt_messages: the instance's messages, or one user turn) and chosen / rejected as one
+    assistant turn each (TrlRow.chosen / rejected).
+    """
 
 class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
     """The dataset's row schema."""
@@ -105,6 +111,11 @@ EXPORT_FORMAT_TRL: ExportFormat.ValueType  # 1
 """TRL's preference format plus provenance: one row per labelled instance (TrlRow)."""
 EXPORT_FORMAT_POOL: ExportFormat.ValueType  # 2
 """The pool schema `hybridpref evaluate` and the predictor build read: instances with a human vote (PoolRow)."""
+EXPORT_FORMAT_TRL_CHAT: ExportFormat.ValueType  # 3
+"""TRL's conversational preference format: the rows of EXPORT_FORMAT_TRL with the prompt as a list of
+turns (TrlRow.prompt_messages: the instance's messages, or one user turn) and chosen / rejected as one
+assistant turn each (TrlRow.chosen / rejected).
+"""
 Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
 
 @_typing.final
@@ -674,6 +685,7 @@ class TrlRow(_message.Message):
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
     HUMAN_ROUTED_FIELD_NUMBER: _builtins.int
+    PROMPT_MESSAGES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The instance id."""
     prompt: _builtins.str
@@ -698,6 +710,12 @@ class TrlRow(_message.Message):
     """The batch that routed the instance."""
     human_routed: _builtins.bool
     """The instance was routed to humans (its label may still be the LM's until votes come back)."""
+    @_builtins.property
+    def prompt_messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
+        """EXPORT_FORMAT_TRL_CHAT only: the prompt as turns (the instance's messages, or one user turn holding
+        the prompt); empty for EXPORT_FORMAT_TRL.
+        """
+
     def __init__(
         self,
         *,
@@ -713,10 +731,11 @@ class TrlRow(_message.Message):
         campaign: _builtins.str = ...,
         batch: _builtins.str = ...,
         human_routed: _builtins.bool = ...,
+        prompt_messages: _abc.Iterable[_common_pb2.ChatMessage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_confidence", b"_confidence", "confidence", b"confidence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_confidence", b"_confidence", "batch", b"batch", "campaign", b"campaign", "chosen", b"chosen", "confidence", b"confidence", "human_routed", b"human_routed", "id", b"id", "judge", b"judge", "label_source", b"label_source", "prompt", b"prompt", "rejected", b"rejected", "tie", b"tie", "votes", b"votes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_confidence", b"_confidence", "batch", b"batch", "campaign", b"campaign", "chosen", b"chosen", "confidence", b"confidence", "human_routed", b"human_routed", "id", b"id", "judge", b"judge", "label_source", b"label_source", "prompt", b"prompt", "prompt_messages", b"prompt_messages", "rejected", b"rejected", "tie", b"tie", "votes", b"votes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__confidence: _TypeAlias = _typing.Literal["confidence"]  # noqa: Y015
     _WhichOneofArgType__confidence: _TypeAlias = _typing.Literal["_confidence", b"_confidence"]  # noqa: Y015

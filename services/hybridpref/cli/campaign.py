@@ -29,7 +29,7 @@ from typing import Any
 
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
-DATASET_FORMATS = ("trl", "pool")
+DATASET_FORMATS = ("trl", "trl-chat", "pool")
 HANDOFF_FORMATS = ("label-studio", "argilla")  # hybridpref.cli.annotate writes these
 API_KEY_ENV = "HYBRIDPREF_API_KEY"
 
@@ -96,7 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--format",
         required=True,
         choices=DATASET_FORMATS + HANDOFF_FORMATS,
-        help="trl (prompt/chosen/rejected + provenance), pool (hybridpref evaluate's schema), "
+        help="trl (prompt/chosen/rejected + provenance), trl-chat (the same in TRL's conversational form), "
+        "pool (hybridpref evaluate's schema), "
         "label-studio or argilla (pending human pairs; see docs/annotators.md)",
     )
     export.add_argument("--output", type=Path, required=True, help=".jsonl or .parquet (trl, pool); a path (others)")

@@ -25,7 +25,7 @@ from hybridpref.router.core import RouterCore
 from hybridpref.router.strategies import StrategySpec, campaign_strategy_spec
 from hybridpref.server.settings import Settings
 from hybridpref.store.api import Campaign, CampaignSpec, CampaignStatus, CampaignStore, HumanLabel, Interval, LabelResult
-from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc
+from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc, common_pb2
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 
@@ -57,6 +57,7 @@ FORMATS = {
     campaign_pb2.EXPORT_FORMAT_UNSPECIFIED: "trl",
     campaign_pb2.EXPORT_FORMAT_TRL: "trl",
     campaign_pb2.EXPORT_FORMAT_POOL: "pool",
+    campaign_pb2.EXPORT_FORMAT_TRL_CHAT: "trl-chat",
 }
 # The store names its fields as its API does; the messages' names are what the caller sent.
 _FIELD_NAMES = ((".instance_id:", ".id:"), (".preference:", ".label:"), (".labelled_at:", ".labelled_at:"))
@@ -173,11 +174,14 @@ def result_to_proto(r: LabelResult) -> campaign_pb2.LabelResult:
 
 
 def trl_row_to_proto(row: dict[str, Any]) -> campaign_pb2.TrlRow:
+    """A ``trl`` or ``trl-chat`` row (its turns: ``prompt_messages``, one assistant turn each side)."""
+    chat = isinstance(row["prompt"], list)
     out = campaign_pb2.TrlRow(
         id=row["id"],
-        prompt=row["prompt"],
-        chosen=row["chosen"],
-        rejected=row["rejected"],
+        prompt="" if chat else row["prompt"],
+        chosen=row["chosen"][0]["content"] if chat else row["chosen"],
+        rejected=row["rejected"][0]["content"] if chat else row["rejected"],
+        prompt_messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in row["prompt"]] if chat else [],
         label_source=row["label_source"],
         judge=row["judge"],
         votes=row["votes"],
@@ -217,7 +221,7 @@ def export_chunk(rows: Iterator[dict[str, Any]], fmt: str) -> campaign_pb2.Expor
     chunk = list(islice(rows, EXPORT_CHUNK))
     if not chunk:
         return None
-    if fmt == "trl":
+    if fmt in ("trl", "trl-chat"):
         return campaign_pb2.ExportDatasetResponse(trl_rows=[trl_row_to_proto(r) for r in chunk])
     return campaign_pb2.ExportDatasetResponse(pool_rows=[pool_row_to_proto(r) for r in chunk])
 

@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 
 BudgetKind = Literal["count", "cost"]
 Preference = Literal["A", "B", "tie"]  # stored orientation: A/B as routed (never the shown order)
-ExportFormat = Literal["trl", "pool"]
+ExportFormat = Literal["trl", "trl-chat", "pool"]
 # The vendor of every caller when the router runs without API keys (and of the CLI's local store): one
 # vendor, so the embedded stack and `--db` see the same campaigns.
 DEFAULT_VENDOR = "default"

@@ -21,6 +21,10 @@ routed instance that has a label:
 
 Instances with neither a human vote nor an LM label are left out (there is nothing to train on).
 
+``trl-chat``: the same rows in TRL's conversational form: ``prompt`` a list of ``{role, content}`` turns (the
+instance's ``messages`` when it was routed with a conversation, else one ``user`` turn holding the prompt),
+``chosen`` and ``rejected`` one ``assistant`` turn each; the provenance columns as in ``trl``.
+
 ``pool``: the shared-data pool schema that ``hybridpref evaluate`` and the predictor build read
 (``id, source, prompt, response_a, response_b, human_label, human_votes, lm_labels``), one row per
 instance with at least one human vote (bought or audit): ``human_votes`` oldest first, ``human_label``
@@ -48,6 +52,7 @@ DEFAULT_JUDGE_KEY = "judge"  # the pool's lm_labels key when the campaign used t
 PARQUET_ROWS_PER_GROUP = 20_000
 # Decision columns each format reads (the store selects the id, then these, in this order).
 TRL_COLUMNS = ("instance_id", "prompt", "response_a", "response_b", "human", "lm_label", "lm_confidence", "batch_id")
+TRL_CHAT_COLUMNS = (*TRL_COLUMNS, "meta")
 POOL_COLUMNS = (*TRL_COLUMNS, "signals", "exploration", "score", "expected_correction")
 
 
@@ -84,6 +89,28 @@ def trl_row(spec: CampaignSpec, d: Any, votes: list[Any]) -> dict[str, Any] | No
     }
 
 
+def trl_chat_row(spec: CampaignSpec, d: Any, votes: list[Any]) -> dict[str, Any] | None:
+    """The ``trl-chat`` row of decision ``d`` (a row with :data:`TRL_CHAT_COLUMNS`)."""
+    row = trl_row(spec, d, votes)
+    if row is None:
+        return None
+    return {
+        **row,
+        "prompt": conversation(d.meta, row["prompt"]),
+        "chosen": [{"role": "assistant", "content": row["chosen"]}],
+        "rejected": [{"role": "assistant", "content": row["rejected"]}],
+    }
+
+
+def conversation(meta: Mapping[str, Any] | None, prompt: str) -> list[dict[str, str]]:
+    """The turns before the two responses: the instance's ``messages`` as routed (kept in the decision's
+    metadata), else one user turn holding ``prompt``."""
+    messages = (meta or {}).get("messages")
+    if isinstance(messages, list) and messages:
+        return [{"role": str(m.get("role", "user")), "content": str(m.get("content", ""))} for m in messages]
+    return [{"role": "user", "content": prompt}]
+
+
 def pool_row(spec: CampaignSpec, d: Any, votes: list[Any]) -> dict[str, Any] | None:
     """The ``pool`` row of decision ``d`` (``None`` without a human vote)."""
     if not votes:
@@ -117,13 +144,14 @@ def parquet_schema(fmt: ExportFormat):
     import pyarrow as pa
 
     common = [("campaign", pa.string()), ("batch", pa.string()), ("human_routed", pa.bool_())]
-    if fmt == "trl":
+    if fmt in ("trl", "trl-chat"):
+        text = pa.string() if fmt == "trl" else pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
         return pa.schema(
             [
                 ("id", pa.string()),
-                ("prompt", pa.string()),
-                ("chosen", pa.string()),
-                ("rejected", pa.string()),
+                ("prompt", text),
+                ("chosen", text),
+                ("rejected", text),
                 ("label_source", pa.string()),
                 ("judge", pa.string()),
                 ("confidence", pa.float64()),

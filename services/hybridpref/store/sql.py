@@ -544,13 +544,13 @@ class SqlCampaignStore:
         """Stream the campaign's dataset, one dict per instance in routing order (see
         :mod:`hybridpref.store.export` for the two row schemas). Reads in chunks of ``CHUNK`` rows in one
         read transaction (one snapshot on PostgreSQL)."""
-        if fmt not in ("trl", "pool"):
-            raise InvalidInput(FieldViolation("format", f"expected trl or pool, got {quote(fmt)}"))
-        from hybridpref.store.export import POOL_COLUMNS, TRL_COLUMNS, pool_row, trl_row
+        from hybridpref.store.export import POOL_COLUMNS, TRL_CHAT_COLUMNS, TRL_COLUMNS, pool_row, trl_chat_row, trl_row
 
+        formats = {"trl": (trl_row, TRL_COLUMNS), "trl-chat": (trl_chat_row, TRL_CHAT_COLUMNS), "pool": (pool_row, POOL_COLUMNS)}
+        if fmt not in formats:
+            raise InvalidInput(FieldViolation("format", f"expected trl, trl-chat or pool, got {quote(fmt)}"))
         campaign = self.get_campaign(vendor, name)  # NotFound before the first row
-        make = trl_row if fmt == "trl" else pool_row
-        columns = TRL_COLUMNS if fmt == "trl" else POOL_COLUMNS
+        make, columns = formats[fmt]
         lab = m.labels.c
         for decision, votes in self._walk(
             vendor, name, [m.decisions.c[c] for c in columns], [lab.decision_id, lab.preference], labelled_only=fmt == "pool"
