@@ -383,3 +383,7 @@ def test_judge_train_cli_on_tiny_pools(tmp_path: Path, capsys: pytest.CaptureFix
         [PreferenceInstance("t", "Tell me about tea 1.", "Not sure.", "Tea: tea fact 0. tea fact 1. tea fact 2.")]
     )
     assert out.label == Label.B_BETTER
+    # Without --out it refuses (it used to write into the installed package, replacing the shipped model).
+    packaged = (T.PACKAGE_DIR / SPEC_FILE).read_bytes()
+    assert main(["judge", "train", "--data-dir", str(tmp_path / "data"), "--reps", "50", "--c", "0.1"]) == 2
+    assert "--out" in capsys.readouterr().err and (T.PACKAGE_DIR / SPEC_FILE).read_bytes() == packaged

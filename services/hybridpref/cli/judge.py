@@ -1,10 +1,13 @@
 """``hybridpref judge``: offline tools for the judge.
 
-    hybridpref judge train [--data-dir D] [--out DIR] [--reps N] [--c C ...] [--no-export]
+    hybridpref judge train [--data-dir D] --out DIR [--reps N] [--c C ...]
+    hybridpref judge train [--data-dir D] --no-export          # the study only
 
 ``train`` studies the learned judge leave-one-source-out on the shared pools (the table goes to stdout),
-then trains it on every fold and writes the model, its spec and its card (default: into the judge
-package, where the service loads it); see :mod:`hybridpref.offline.judge_training`.
+then trains it on every fold and writes the model, its spec and its card into ``--out``; the judge
+service uses it with ``HYBRIDPREF_JUDGE_MODEL_PATH=DIR/learned_judge.json``. To replace the model that
+ships with the package (a release step), name the package folder: ``--out services/hybridpref/judge``.
+See :mod:`hybridpref.offline.judge_training`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--data-dir", type=Path, default=None, help="shared data folder (default ../shared/data)")
-    train.add_argument("--out", type=Path, default=None, help="where to write the model and spec (default: the judge package)")
+    train.add_argument("--out", type=Path, default=None, help="folder for the model, its spec and card (required unless --no-export)")
     train.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     train.add_argument("--reps", type=int, default=1000, help="bootstrap resamples")
     train.add_argument("--no-export", action="store_true", help="only print the leave-one-source-out table")
@@ -45,8 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from hybridpref.offline import judge_training as T
     from hybridpref.offline.pools import default_data_dir
+    from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
-    out = args.out or T.PACKAGE_DIR
+    if args.out is None and not args.no_export:
+        # Until 2026-12-06 it wrote into the installed judge package: a pip install's model silently replaced.
+        raise InvalidInput(FieldViolation("--out", "required: the folder to write the model to (or --no-export)"))
+    out = args.out or T.PACKAGE_DIR  # --no-export writes nothing
     run = T.train(
         args.data_dir or default_data_dir(),
         out,
@@ -62,7 +69,8 @@ def run_train(args: argparse.Namespace) -> int:
     if run.spec is not None:
         spec = run.spec
         print(
-            f"wrote {out / T.MODEL_FILE} (C={spec['C']}, T={spec['temperature']:.3f}, sha256 {spec['model_sha256'][:12]})",
+            f"wrote {out / T.MODEL_FILE} (C={spec['C']}, T={spec['temperature']:.3f}, sha256 {spec['model_sha256'][:12]}); "
+            f"serve it with HYBRIDPREF_JUDGE_MODEL_PATH={out / T.SPEC_FILE}",
             file=sys.stderr,
         )
     return 0
