@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--data-dir", type=Path, default=None, help="shared data folder (default ../shared/data)")
-    train.add_argument("--out", type=Path, default=None, help="folder for the model, its spec and card (required unless --no-export)")
+    train.add_argument(
+        "--out", type=Path, default=None, help="folder for the model, its spec and card (required unless --no-export)"
+    )
     train.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     train.add_argument("--reps", type=int, default=1000, help="bootstrap resamples")
     train.add_argument("--no-export", action="store_true", help="only print the leave-one-source-out table")
