@@ -53,6 +53,14 @@ def test_help_works_for_every_command(command, capsys):
     assert out.startswith(f"usage: hybridpref {' '.join(command)}")
 
 
+def test_version_is_the_installed_distributions(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"hybridpref {version('hybridpref')}"
+
+
 def test_every_leaf_command_dispatches_to_a_function():
     leaves = [c for c in ALL if not any(len(other) > len(c) and other[: len(c)] == c for other in ALL)]
     for command in leaves:

@@ -7,7 +7,7 @@
     hybridpref evaluate --pool pairs.jsonl --out DIR ...   # offline: does routing help on these pools?
     hybridpref predictor build ...      # offline: build a model bundle
     hybridpref predictor add-routing-models ...  # offline: add the correction model + domain to a bundle
-    hybridpref judge train [--data-dir D] # offline: train and export the learned judge
+    hybridpref judge train --out DIR    # offline: train and export the learned judge
     hybridpref campaign create|status|list|export ...   # campaigns: a total budget over many batches
     hybridpref route --campaign NAME --input batch.jsonl --output decisions.jsonl
     hybridpref labels submit --campaign NAME --input labels.jsonl
@@ -38,10 +38,20 @@ COMMANDS = (serve, route, campaign, labels, store, keys, evaluate, predictor, ju
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridpref", description="Route preference annotation between humans and an LM judge.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(subparsers)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hybridpref")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
