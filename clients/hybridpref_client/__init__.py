@@ -43,6 +43,7 @@ _EXPORTS = {
     "CampaignStatus": "messages",
     "HumanLabel": "messages",
     "LabelResult": "messages",
+    "PendingPair": "messages",
     "Interval": "messages",
     "PreferenceInstance": "core.instances",
     "Message": "core.instances",

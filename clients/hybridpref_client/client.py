@@ -29,6 +29,7 @@ from hybridpref_client.messages import (
     InstanceLike,
     LabelLike,
     LabelResult,
+    PendingPair,
     Progress,
     RouteResult,
     StreamCollector,
@@ -41,6 +42,8 @@ from hybridpref_client.messages import (
     export_request,
     export_rows,
     label_results,
+    pending_pairs_from_proto,
+    pending_pairs_request,
     result_from_response,
     status_from_proto,
     stream_requests,
@@ -365,14 +368,17 @@ class RouterClient(_Client):
         resp = self._unary(self._campaigns.ListCampaigns, campaign_pb2.ListCampaignsRequest(), request_id)
         return [campaign_from_proto(c) for c in resp.campaigns]
 
-    def submit_labels(self, campaign: str, labels: Iterable[LabelLike], *, request_id: str | None = None) -> list[LabelResult]:
+    def submit_labels(
+        self, campaign: str, labels: Iterable[LabelLike], *, source: str = "", request_id: str | None = None
+    ) -> list[LabelResult]:
         """Store human labels (``HumanLabel`` objects or dicts ``{"id", "label": "A"|"B"|"tie", "annotator",
         "strength"?, "rationale"?, "labelled_at"?}``); one ``LabelResult`` per label, in order. A malformed
         label raises ``InvalidInput`` before anything is sent; an id the campaign never routed comes back
-        ``rejected`` and the rest is stored. Safe to retry: a label already stored is ``unchanged``."""
+        ``rejected`` and the rest is stored. Safe to retry: a label already stored is ``unchanged``.
+        ``source``: where the labels come from, stored with each (e.g. "label-studio"; "" = "api")."""
         items = to_labels(labels)
         out: list[LabelResult] = []
-        for request in submit_labels_requests(campaign, items):
+        for request in submit_labels_requests(campaign, items, source=source):
             out += label_results(self._unary(self._campaigns.SubmitLabels, request, request_id), len(out))
         return out
 
@@ -388,6 +394,21 @@ class RouterClient(_Client):
                 yield from export_rows(message, format)
         except grpc.RpcError as exc:
             raise routing_error(exc, rid) from None
+
+    def pending_pairs(
+        self, campaign: str, annotator: str = "", *, page_size: int = 500, request_id: str | None = None
+    ) -> Iterator[PendingPair]:
+        """The campaign's human-routed pairs that still need votes, in routing order, read a page at a time
+        (``ListPendingPairs``); ``annotator``: leave out the pairs this annotator already labelled. Each page is
+        a retried call; labels stored while this runs shift nothing (the pages follow a cursor)."""
+        token = ""
+        while True:
+            request = pending_pairs_request(campaign, annotator, page_size, token)
+            response = self._unary(self._campaigns.ListPendingPairs, request, request_id)
+            yield from pending_pairs_from_proto(response)
+            token = response.next_page_token
+            if not token:
+                return
 
 
 class AsyncRouterClient(_Client):
@@ -530,12 +551,12 @@ class AsyncRouterClient(_Client):
         return [campaign_from_proto(c) for c in resp.campaigns]
 
     async def submit_labels(
-        self, campaign: str, labels: Iterable[LabelLike], *, request_id: str | None = None
+        self, campaign: str, labels: Iterable[LabelLike], *, source: str = "", request_id: str | None = None
     ) -> list[LabelResult]:
         """``RouterClient.submit_labels`` for asyncio."""
         items = to_labels(labels)
         out: list[LabelResult] = []
-        for request in submit_labels_requests(campaign, items):
+        for request in submit_labels_requests(campaign, items, source=source):
             out += label_results(await self._unary(self._campaigns.SubmitLabels, request, request_id), len(out))
         return out
 
@@ -551,3 +572,17 @@ class AsyncRouterClient(_Client):
                     yield row
         except grpc.RpcError as exc:
             raise routing_error(exc, rid) from None
+
+    async def pending_pairs(
+        self, campaign: str, annotator: str = "", *, page_size: int = 500, request_id: str | None = None
+    ) -> AsyncIterator[PendingPair]:
+        """``RouterClient.pending_pairs`` for asyncio: ``async for pair in client.pending_pairs(name)``."""
+        token = ""
+        while True:
+            request = pending_pairs_request(campaign, annotator, page_size, token)
+            response = await self._unary(self._campaigns.ListPendingPairs, request, request_id)
+            for pair in pending_pairs_from_proto(response):
+                yield pair
+            token = response.next_page_token
+            if not token:
+                return

@@ -355,6 +355,30 @@ class CampaignStatus:
 
 
 @dataclass(frozen=True)
+class PendingPair:
+    """A human-routed pair that still needs votes (``ListPendingPairs``): what an annotation tool labels."""
+
+    id: str
+    prompt: str
+    response_a: str
+    response_b: str
+    votes: int
+    votes_needed: int
+
+
+def pending_pairs_request(campaign: str, annotator: str, page_size: int, page_token: str) -> campaign_pb2.ListPendingPairsRequest:
+    if not 1 <= page_size <= 1000:
+        raise InvalidInput(FieldViolation("page_size", f"must be in 1..1000, got {page_size}"))
+    return campaign_pb2.ListPendingPairsRequest(
+        campaign=campaign, annotator=annotator, page_size=page_size, page_token=page_token
+    )
+
+
+def pending_pairs_from_proto(response: campaign_pb2.ListPendingPairsResponse) -> list[PendingPair]:
+    return [PendingPair(p.id, p.prompt, p.response_a, p.response_b, p.votes, p.votes_needed) for p in response.pairs]
+
+
+@dataclass(frozen=True)
 class LabelResult:
     """What happened to one submitted label: ``status`` "stored" | "unchanged" | "replaced" | "rejected";
     ``audit``: a label on an LM-routed instance (kept; it measures the judge); ``error``: why it was rejected."""
@@ -505,11 +529,12 @@ def to_labels(items: Iterable[LabelLike]) -> list[HumanLabel]:
 
 
 def submit_labels_requests(
-    campaign: str, labels: Sequence[HumanLabel], chunk: int = MAX_LABELS_PER_CALL
+    campaign: str, labels: Sequence[HumanLabel], chunk: int = MAX_LABELS_PER_CALL, source: str = ""
 ) -> Iterator[campaign_pb2.SubmitLabelsRequest]:
-    """The labels in requests of at most ``chunk``."""
+    """The labels in requests of at most ``chunk`` (``source``: where they come from, "" = the API)."""
     for start in range(0, len(labels), chunk):
-        yield campaign_pb2.SubmitLabelsRequest(campaign=campaign, labels=[_label_proto(x) for x in labels[start : start + chunk]])
+        part = [_label_proto(x) for x in labels[start : start + chunk]]
+        yield campaign_pb2.SubmitLabelsRequest(campaign=campaign, labels=part, source=source)
 
 
 def _label_proto(x: HumanLabel) -> campaign_pb2.HumanLabel:

@@ -260,3 +260,72 @@ def test_every_documented_campaign_command_parses():
     for argv in commands:
         args = parser.parse_args(argv)
         assert callable(args.func), argv
+
+
+def test_annotation_hand_off_through_a_router(router, env, tmp_path):
+    """A vendor outside the cluster has the router's address and an API key, never the database: the Label
+    Studio export and the import of its labels go through CampaignService (ListPendingPairs, SubmitLabels)."""
+    stack, db = router
+    address = stack.router_address
+    made = hybridpref("campaign", "create", "handoff", "--budget", "count:8", "--votes", "2", "--router", address, env=env)
+    assert made.returncode == 0, made.stderr
+    routed = hybridpref(
+        "route",
+        "--campaign",
+        "handoff",
+        "--input",
+        str(SAMPLE),
+        "--output",
+        str(tmp_path / "d.jsonl"),
+        "--router",
+        address,
+        env=env,
+    )
+    assert routed.returncode == 0, routed.stderr[-3000:]
+    human = [d["id"] for d in map(json.loads, (tmp_path / "d.jsonl").read_text().splitlines()) if d["route"] == "HUMAN"]
+    assert len(human) == 8
+    tasks_path = tmp_path / "tasks.json"
+    export = ("campaign", "export", "handoff", "--format", "label-studio", "--output", str(tasks_path), "--router", address)
+    exported = hybridpref(*export, env=env)
+    assert exported.returncode == 0, exported.stderr
+    tasks = json.loads(tasks_path.read_text(encoding="utf-8"))
+    assert [t["data"]["instance_id"] for t in tasks] == human  # routing order
+    assert "maximum annotations to 2" in exported.stderr
+    # Label Studio's export after two users labelled the first three tasks (the choices' codes, as in its UI)
+    for k, task in enumerate(tasks):
+        task["annotations"] = (
+            [
+                {
+                    "completed_by": user,
+                    "result": [{"from_name": "preference", "type": "choices", "value": {"choices": [code]}}],
+                    "was_cancelled": False,
+                    "updated_at": "2026-12-06T10:00:00Z",
+                }
+                for user, code in ((1, "A2"), (2, "B1"))
+            ]
+            if k < 3
+            else []
+        )
+    ls_export = tmp_path / "ls-export.json"
+    ls_export.write_text(json.dumps(tasks), encoding="utf-8")
+    imported = hybridpref(
+        "labels", "import", str(ls_export), "--campaign", "handoff", "--from", "label-studio", "--router", address, env=env
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert "6 stored" in imported.stderr
+    again = hybridpref(
+        "labels", "import", str(ls_export), "--campaign", "handoff", "--from", "label-studio", "--router", address, env=env
+    )
+    assert again.returncode == 0 and "6 unchanged" in again.stderr  # idempotent through the router too
+    # Stored under the tool's name, in the router's own database.
+    from hybridpref.store.sql import SqlCampaignStore
+
+    store = SqlCampaignStore.open(f"sqlite:///{db}")
+    try:
+        sources = {v.source for _, _, votes in store.returned_labels("default", "handoff") for v in votes}
+    finally:
+        store.close()
+    assert sources == {"label-studio"}
+    # Now only the pairs that still need votes go out again.
+    assert hybridpref(*export, env=env).returncode == 0
+    assert [t["data"]["instance_id"] for t in json.loads(tasks_path.read_text(encoding="utf-8"))] == human[3:]

@@ -117,6 +117,7 @@ def test_a_vendor_sees_only_its_own_campaigns(acme, globex, sample):
         lambda: globex.route(sample[:5], campaign="private"),
         lambda: globex.submit_labels("private", [{"id": sample[0].id, "label": "A", "annotator": "g"}]),
         lambda: list(globex.export_dataset("private")),
+        lambda: list(globex.pending_pairs("private")),
     ):
         with pytest.raises(NotFoundError):
             call()
@@ -290,6 +291,43 @@ def test_a_malformed_label_item_is_rejected_alone(stack, keys, acme, sample):
     with pytest.raises(InvalidInput) as bad:  # the SDK names the bad fields of dict rows before sending
         acme.submit_labels("malformed", [{"id": "x", "label": "maybe", "annotator": ""}])
     assert {v.field for v in bad.value.violations} == {"labels[0].label", "labels[0].annotator"}
+
+
+def test_pending_pairs_come_a_page_at_a_time_for_annotation_tools(stack, keys, acme, sample):
+    acme.create_campaign("handoff", count=9, votes_per_pair=2, judge="gpt4")
+    human = [d.id for d in acme.route(sample, campaign="handoff").decisions if d.route == "HUMAN"]
+    assert len(human) == 9
+    pairs = list(acme.pending_pairs("handoff", page_size=4))  # three pages: 4, 4, 1
+    assert [p.id for p in pairs] == human and {(p.votes, p.votes_needed) for p in pairs} == {(0, 2)}
+    by_id = {i.id: i for i in sample}
+    assert all(p.response_a == by_id[p.id].response_a and p.prompt for p in pairs)
+    acme.submit_labels("handoff", [{"id": human[0], "label": "A", "annotator": "ann-1"}], source="label-studio")
+    assert [p.id for p in acme.pending_pairs("handoff", "ann-1")] == human[1:]  # what ann-1 has not labelled
+    assert [(p.id, p.votes) for p in acme.pending_pairs("handoff")][:1] == [(human[0], 1)]  # still wants a vote
+    # The raw RPC: a cursor, and the caller's own fields named in its errors.
+    metadata = (("authorization", f"Bearer {keys[1]['acme']}"),)
+    with grpc.insecure_channel(stack.router_address) as channel:
+        stub = campaign_pb2_grpc.CampaignServiceStub(channel)
+        page = stub.ListPendingPairs(campaign_pb2.ListPendingPairsRequest(campaign="handoff", page_size=5), metadata=metadata)
+        assert [p.id for p in page.pairs] == human[:5] and page.next_page_token == human[4]
+        last = stub.ListPendingPairs(
+            campaign_pb2.ListPendingPairsRequest(campaign="handoff", page_size=5, page_token=page.next_page_token),
+            metadata=metadata,
+        )
+        assert [p.id for p in last.pairs] == human[5:] and last.next_page_token == ""
+        for request, field in (
+            (campaign_pb2.ListPendingPairsRequest(campaign="handoff", page_size=1001), "page_size"),
+            (campaign_pb2.ListPendingPairsRequest(campaign="handoff", page_token="nope"), "page_token"),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ListPendingPairs(request, metadata=metadata)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in err.value.details()
+
+    async def pages():
+        async with AsyncRouterClient(stack.router_address, timeout_s=120, api_key=keys[1]["acme"]) as c:
+            return [p.id async for p in c.pending_pairs("handoff", page_size=2)]
+
+    assert asyncio.run(pages()) == human
 
 
 def test_the_async_client_does_the_same(stack, keys, sample):

@@ -559,8 +559,11 @@ class SubmitLabelsRequest(_message.Message):
 
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     campaign: _builtins.str
     """The campaign's name."""
+    source: _builtins.str
+    """Where the labels come from, stored with each (an annotation tool: "label-studio", ...; "" = "api")."""
     @_builtins.property
     def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___HumanLabel]:
         """The labels (at most the router's batch limit per call)."""
@@ -570,10 +573,11 @@ class SubmitLabelsRequest(_message.Message):
         *,
         campaign: _builtins.str = ...,
         labels: _abc.Iterable[Global___HumanLabel] | None = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "labels", b"labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "labels", b"labels", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -872,3 +876,109 @@ class ExportDatasetResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportDatasetResponse: _TypeAlias = ExportDatasetResponse  # noqa: Y015
+
+@_typing.final
+class ListPendingPairsRequest(_message.Message):
+    """Which pending pairs to list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    ANNOTATOR_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    campaign: _builtins.str
+    """The campaign's name."""
+    annotator: _builtins.str
+    """Leave out the pairs this annotator already labelled ("" = list them whoever labelled them)."""
+    page_size: _builtins.int
+    """Pairs per page, 1..1000 (0 = 500)."""
+    page_token: _builtins.str
+    """next_page_token of the previous page ("" = the first page). A cursor: labels stored between two
+    pages shift nothing.
+    """
+    def __init__(
+        self,
+        *,
+        campaign: _builtins.str = ...,
+        annotator: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotator", b"annotator", "campaign", b"campaign", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPendingPairsRequest: _TypeAlias = ListPendingPairsRequest  # noqa: Y015
+
+@_typing.final
+class ListPendingPairsResponse(_message.Message):
+    """One page of pending pairs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAIRS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass it as page_token for the next page; "" when this page is the last."""
+    @_builtins.property
+    def pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingPair]:
+        """The pairs, in routing order."""
+
+    def __init__(
+        self,
+        *,
+        pairs: _abc.Iterable[Global___PendingPair] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "pairs", b"pairs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPendingPairsResponse: _TypeAlias = ListPendingPairsResponse  # noqa: Y015
+
+@_typing.final
+class PendingPair(_message.Message):
+    """A human-routed pair that still needs votes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    RESPONSE_A_FIELD_NUMBER: _builtins.int
+    RESPONSE_B_FIELD_NUMBER: _builtins.int
+    VOTES_FIELD_NUMBER: _builtins.int
+    VOTES_NEEDED_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The instance id (labels go back with it)."""
+    prompt: _builtins.str
+    """The prompt as routed."""
+    response_a: _builtins.str
+    """Response A."""
+    response_b: _builtins.str
+    """Response B."""
+    votes: _builtins.int
+    """Votes returned so far."""
+    votes_needed: _builtins.int
+    """Votes the campaign wants per pair."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        prompt: _builtins.str = ...,
+        response_a: _builtins.str = ...,
+        response_b: _builtins.str = ...,
+        votes: _builtins.int = ...,
+        votes_needed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "prompt", b"prompt", "response_a", b"response_a", "response_b", b"response_b", "votes", b"votes", "votes_needed", b"votes_needed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingPair: _TypeAlias = PendingPair  # noqa: Y015

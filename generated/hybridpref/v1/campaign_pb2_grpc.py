@@ -62,6 +62,11 @@ class CampaignServiceStub:
                 request_serializer=hybridpref_dot_v1_dot_campaign__pb2.ExportDatasetRequest.SerializeToString,
                 response_deserializer=hybridpref_dot_v1_dot_campaign__pb2.ExportDatasetResponse.FromString,
                 _registered_method=True)
+        self.ListPendingPairs = channel.unary_unary(
+                '/hybridpref.v1.CampaignService/ListPendingPairs',
+                request_serializer=hybridpref_dot_v1_dot_campaign__pb2.ListPendingPairsRequest.SerializeToString,
+                response_deserializer=hybridpref_dot_v1_dot_campaign__pb2.ListPendingPairsResponse.FromString,
+                _registered_method=True)
 
 
 class CampaignServiceServicer:
@@ -107,6 +112,15 @@ class CampaignServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPendingPairs(self, request, context):
+        """Human-routed pairs that still need votes, in routing order, a page at a time: what an annotation
+        tool (Label Studio, Argilla) gets to label. NOT_FOUND for an unknown campaign; INVALID_ARGUMENT for
+        a page size out of range or a page token that is not one of the campaign's pairs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CampaignServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +148,11 @@ def add_CampaignServiceServicer_to_server(servicer, server):
                     servicer.ExportDataset,
                     request_deserializer=hybridpref_dot_v1_dot_campaign__pb2.ExportDatasetRequest.FromString,
                     response_serializer=hybridpref_dot_v1_dot_campaign__pb2.ExportDatasetResponse.SerializeToString,
+            ),
+            'ListPendingPairs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPendingPairs,
+                    request_deserializer=hybridpref_dot_v1_dot_campaign__pb2.ListPendingPairsRequest.FromString,
+                    response_serializer=hybridpref_dot_v1_dot_campaign__pb2.ListPendingPairsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +293,33 @@ class CampaignService:
             '/hybridpref.v1.CampaignService/ExportDataset',
             hybridpref_dot_v1_dot_campaign__pb2.ExportDatasetRequest.SerializeToString,
             hybridpref_dot_v1_dot_campaign__pb2.ExportDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPendingPairs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hybridpref.v1.CampaignService/ListPendingPairs',
+            hybridpref_dot_v1_dot_campaign__pb2.ListPendingPairsRequest.SerializeToString,
+            hybridpref_dot_v1_dot_campaign__pb2.ListPendingPairsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,14 +4,16 @@
         serve the annotation page for the campaign NAME (looked up under each annotator's vendor);
     hybridpref annotate token add|revoke --vendor V --annotator NAME [--db URL]
         issue a sign-in token (printed once on stdout) / revoke an annotator's tokens;
-    hybridpref campaign export NAME --vendor V --format label-studio|argilla --output PATH [--db URL]
+    hybridpref campaign export NAME --format label-studio|argilla --output PATH [--limit N] [--db URL [--vendor V] | --router ADDR]
         pending human-routed pairs as Label Studio tasks (PATH, plus the labelling config beside it,
         PATH with suffix .xml) or as an Argilla v2 dataset directory (PATH);
-    hybridpref labels import --campaign NAME --vendor V --from label-studio EXPORT.json [--users USERS.json]
-        Label Studio's JSON export into the store (idempotent: importing twice stores nothing new).
+    hybridpref labels import --campaign NAME --from label-studio EXPORT.json [--users USERS.json] [--db URL [--vendor V] | --router ADDR]
+        Label Studio's JSON export into the campaign (idempotent: importing twice stores nothing new).
 
-``--db`` defaults to ``$HYBRIDPREF_DB_URL``, else the local SQLite file (see hybridpref.store.engine);
-an SQLite store is migrated on open, a PostgreSQL one must be migrated first. Mistakes print
+The annotation page reads the campaign store itself (``--db`` defaults to ``$HYBRIDPREF_DB_URL``, else the
+local SQLite file; see hybridpref.store.engine; an SQLite store is migrated on open, a PostgreSQL one must be
+migrated first). The export and the import also work through a router (``--router``, the vendor from the API
+key in ``$HYBRIDPREF_API_KEY``), so a vendor outside the cluster needs no database access. Mistakes print
 ``error: <field>: <what>`` and exit 2.
 """
 
@@ -21,44 +23,27 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 if TYPE_CHECKING:  # the CLI imports the store only when a command needs it
-    from hybridpref.store.api import CampaignStore, PendingPair
+    from hybridpref.store.api import PendingPair
 
 EXIT_USAGE = 2
 EXPORT_FORMATS = ("label-studio", "argilla")
-PAGE = 1000  # pending pairs read per store call (the store's largest page)
+PAGE = 1000  # pending pairs per call (the store's largest page)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """The ``hybridpref.cli`` hook: :func:`add_parsers`, each command dispatched to :func:`main` (unless a
-    command module registered before this one owns it)."""
-    add_parsers(subparsers)
-    for name in ("annotate", "campaign", "labels"):
-        if subparsers.choices[name].get_default("func") is None:
-            subparsers.choices[name].set_defaults(func=main)
-
-
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register ``annotate``, ``campaign export`` and ``labels import`` on the top-level subparsers.
-
-    ``campaign`` and ``labels`` are shared with the campaign commands of issue 20 (``campaign create |
-    status | export --format trl|pool``, ``labels submit``): the module that owns them adds
-    ``add_campaign_export_arguments``' formats and ``add_labels_import`` to its own parsers and sends
-    these formats / ``labels import`` to ``main`` here; until then this module registers them itself."""
-    add_annotate_parser(sub)
-    if "campaign" not in sub.choices:
-        campaign = sub.add_parser("campaign", help="campaign hand-offs")
-        campaign_sub = campaign.add_subparsers(dest="campaign_command", required=True)
-        export = campaign_sub.add_parser("export", help="pending human pairs for Label Studio or Argilla")
-        add_campaign_export_arguments(export)
-    if "labels" not in sub.choices:
-        labels = sub.add_parser("labels", help="human labels")
-        add_labels_import(labels.add_subparsers(dest="labels_command", required=True))
+    """The ``hybridpref.cli`` hook: ``annotate [token add|revoke]``. ``campaign export --format
+    label-studio|argilla`` and ``labels import`` belong to the campaign and labels commands, which call
+    :func:`export_handoff` and :func:`import_labels` here."""
+    add_annotate_parser(subparsers)
+    subparsers.choices["annotate"].set_defaults(func=main)
 
 
 def add_annotate_parser(sub: argparse._SubParsersAction) -> None:
@@ -90,27 +75,16 @@ def add_annotate_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--db", default=None)
 
 
-def add_campaign_export_arguments(export: argparse.ArgumentParser) -> None:
-    """Options of ``campaign export`` for the annotator formats (label-studio, argilla)."""
-    export.add_argument("name")
-    export.add_argument("--vendor", required=True)
-    export.add_argument("--format", choices=EXPORT_FORMATS, required=True)
-    export.add_argument("--output", type=Path, required=True)
-    export.add_argument("--limit", type=int, default=None, help="at most this many pairs (default: every pending pair)")
-    export.add_argument("--db", default=None)
-
-
-def add_labels_import(labels_sub: argparse._SubParsersAction) -> None:
-    """``labels import`` under an existing ``labels`` command."""
+def add_labels_import(labels_sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``labels import`` under the ``labels`` command (which adds where the campaign lives)."""
     imp = labels_sub.add_parser("import", help="store labels exported by an annotation tool")
     imp.add_argument("export", type=Path)
     imp.add_argument("--campaign", required=True)
-    imp.add_argument("--vendor", required=True)
     imp.add_argument("--from", dest="source", choices=["label-studio"], required=True)
     imp.add_argument(
         "--users", type=Path, default=None, help="Label Studio's user list (GET /api/users) to store e-mails instead of user ids"
     )
-    imp.add_argument("--db", default=None)
+    return imp
 
 
 def open_store(db: str | None) -> Any:
@@ -123,17 +97,8 @@ def open_store(db: str | None) -> Any:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run one of the commands registered by ``add_parsers``; user mistakes exit 2 without a traceback."""
-    try:
-        if args.command == "annotate":
-            return _token(args) if args.annotate_command == "token" else _serve(args)
-        if args.command == "campaign":
-            return _export(args)
-        return _import(args)
-    except InvalidInput as exc:
-        for v in exc.violations:
-            print(f"error: {v.field}: {v.description}", file=sys.stderr)
-        return EXIT_USAGE
+    """``annotate``: serve the page or manage tokens (user mistakes: ``InvalidInput``, exit 2 in cli.main)."""
+    return _token(args) if args.annotate_command == "token" else _serve(args)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -173,25 +138,25 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
+def export_handoff(campaigns: Any, args: argparse.Namespace) -> int:
+    """``campaign export --format label-studio|argilla``: the pending pairs of ``campaigns`` (a router's
+    ``RouterClient`` or the CLI's local store, both with ``get_campaign`` and ``pending_pairs``)."""
     from hybridpref.annotate import argilla, labelstudio
 
     if args.limit is not None and args.limit < 1:
         raise InvalidInput(FieldViolation("--limit", f"must be >= 1, got {args.limit}"))
-    store = open_store(args.db)
-    campaign = store.get_campaign(args.vendor, args.name)
-    pairs = _pending(store, args.vendor, args.name, args.limit)
+    campaign = campaigns.get_campaign(args.name).campaign
+    pairs = _store_pairs(islice(campaigns.pending_pairs(args.name, page_size=PAGE), args.limit))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "label-studio":
         config_path = args.output.with_suffix(".xml")
         _write_atomic(args.output, json.dumps(labelstudio.tasks(args.name, pairs), ensure_ascii=False, indent=1))
         _write_atomic(config_path, labelstudio.label_config())
         where = (
-            f"{args.output} (labelling config: {config_path}; set the project's maximum annotations to "
-            f"{campaign.spec.votes_per_pair})"
+            f"{args.output} (labelling config: {config_path}; set the project's maximum annotations to {campaign.votes_per_pair})"
         )
     else:
-        argilla.write_dataset(args.output, args.name, campaign.spec.votes_per_pair, pairs)
+        argilla.write_dataset(args.output, args.name, campaign.votes_per_pair, pairs)
         where = f"{args.output} (rg.Dataset.from_disk)"
     more = campaign.pairs_pending - len(pairs)
     print(
@@ -202,27 +167,25 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pending(store: CampaignStore, vendor: str, name: str, limit: int | None) -> list[PendingPair]:
-    """Every human pair that still lacks votes (up to ``limit``), read a page at a time in routing order."""
-    pairs: list[PendingPair] = []
-    while limit is None or len(pairs) < limit:
-        size = PAGE if limit is None else min(PAGE, limit - len(pairs))
-        # No annotator is named "": this asks for the pairs whatever who labelled them.
-        page = store.pending_pairs(vendor, name, "", size, after=pairs[-1].instance_id if pairs else "")
-        pairs += page
-        if len(page) < size:
-            break
-    return pairs
+def _store_pairs(pairs: Iterable[Any]) -> list[PendingPair]:
+    """The SDK's pending pairs as the annotate wing's writers take them."""
+    from hybridpref.store.api import PendingPair
+
+    return [PendingPair(p.id, p.prompt, p.response_a, p.response_b, p.votes, p.votes_needed) for p in pairs]
 
 
-def _import(args: argparse.Namespace) -> int:
+def import_labels(campaigns: Any, args: argparse.Namespace) -> int:
+    """``labels import --from label-studio``: the export's labels submitted to ``campaigns`` (a router's
+    ``RouterClient`` or the CLI's local store); each label's result printed where it was refused."""
     from hybridpref.annotate import labelstudio
 
     export = _read_json(args.export, "export")
     users = _users(_read_json(args.users, "--users")) if args.users else None
     parsed = labelstudio.parse_export(export, users)
-    store = open_store(args.db)
-    results = store.submit_labels(args.vendor, args.campaign, parsed.labels) if parsed.labels else []
+    from hybridpref_client.messages import HumanLabel
+
+    labels = [HumanLabel(x.instance_id, x.annotator, x.preference, x.strength, x.rationale, x.labelled_at) for x in parsed.labels]
+    results = campaigns.submit_labels(args.campaign, labels, source="label-studio") if labels else []
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1

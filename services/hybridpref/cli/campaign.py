@@ -110,9 +110,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     command = args.campaign_command
-    if command == "export" and args.format in HANDOFF_FORMATS:
-        return _handoff(args)
     with open_campaigns(args) as campaigns, named_fields():
+        if command == "export" and args.format in HANDOFF_FORMATS:
+            return _handoff(campaigns, args)
         if command == "create":
             return _create(campaigns, args)
         if command == "status":
@@ -192,20 +192,33 @@ class LocalCampaigns:
 
         return [campaign_from_proto(campaign_to_proto(c)) for c in self.store.list_campaigns(self.vendor)]
 
-    def submit_labels(self, campaign: str, labels):
+    def submit_labels(self, campaign: str, labels, *, source: str = ""):
         from hybridpref.router.campaign_servicer import labels_from_proto, result_to_proto
         from hybridpref.v1 import campaign_pb2
         from hybridpref_client.messages import label_results, submit_labels_requests, to_labels
 
         out: list[Any] = []
-        for request in submit_labels_requests(campaign, to_labels(labels)):
-            results = self.store.submit_labels(self.vendor, campaign, labels_from_proto(request.labels))
+        for request in submit_labels_requests(campaign, to_labels(labels), source=source):
+            results = self.store.submit_labels(self.vendor, campaign, labels_from_proto(request.labels, request.source))
             response = campaign_pb2.SubmitLabelsResponse(results=[result_to_proto(r) for r in results])
             out += label_results(response, len(out))
         return out
 
     def export_dataset(self, campaign: str, format: str = "trl") -> Iterator[dict[str, Any]]:
         return self.store.export_rows(self.vendor, campaign, format)
+
+    def pending_pairs(self, campaign: str, annotator: str = "", *, page_size: int = 500) -> Iterator[Any]:
+        """As ``RouterClient.pending_pairs``: the SDK's ``PendingPair``, a store page at a time."""
+        from hybridpref_client.messages import PendingPair
+
+        after = ""
+        while True:
+            page = self.store.pending_pairs(self.vendor, campaign, annotator, page_size, after=after)
+            for p in page:
+                yield PendingPair(p.instance_id, p.prompt, p.response_a, p.response_b, p.votes, p.votes_needed)
+            if len(page) < page_size:
+                return
+            after = page[-1].instance_id
 
 
 class open_campaigns:
@@ -356,19 +369,11 @@ def _export(campaigns, args: argparse.Namespace) -> int:
     return 0
 
 
-def _handoff(args: argparse.Namespace) -> int:
-    """label-studio / argilla: the annotate wing writes them from the local store."""
+def _handoff(campaigns, args: argparse.Namespace) -> int:
+    """label-studio / argilla: the pending pairs (from the router or the local store) in the tool's format."""
     from hybridpref.cli import annotate
-    from hybridpref.store.api import DEFAULT_VENDOR
 
-    if args.router:
-        raise InvalidInput(
-            FieldViolation(
-                "--router", f"{args.format} exports read the campaign store: use --db URL (the database the router uses)"
-            )
-        )
-    args.vendor = args.vendor or DEFAULT_VENDOR
-    return annotate.main(args)
+    return annotate.export_handoff(campaigns, args)
 
 
 # ---- shapes ----------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
         line and field and nothing is sent (exit 2); a label the campaign refuses (an id it never routed)
         is printed by its line and the others are stored (exit 2). Safe to run again: a label already
         stored is "unchanged", a changed one "replaced" (still one vote per annotator and pair).
-    hybridpref labels import --campaign NAME --from label-studio EXPORT.json [--db URL]   (docs/annotators.md)
+    hybridpref labels import --campaign NAME --from label-studio EXPORT.json [--db URL | --router ADDR]   (docs/annotators.md)
 
 Where the campaign lives (``--db``, ``--router``, ``--vendor``): as for ``hybridpref campaign``.
 """
@@ -41,16 +41,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     submit.add_argument("--campaign", required=True)
     submit.add_argument("--input", type=Path, required=True, help="JSONL: {id, label, annotator, strength?, rationale?}")
     add_target_arguments(submit)
-    add_labels_import(sub)
-    # labels import --vendor stays required there; our --vendor defaults for the local store.
+    add_target_arguments(add_labels_import(sub))
     labels.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.labels_command == "import":
         from hybridpref.cli import annotate
+        from hybridpref.cli.campaign import named_fields, open_campaigns
 
-        return annotate.main(args)
+        with open_campaigns(args) as campaigns, named_fields():
+            return annotate.import_labels(campaigns, args)
     return submit(args)
 
 

@@ -59,6 +59,8 @@ FORMATS = {
     campaign_pb2.EXPORT_FORMAT_POOL: "pool",
     campaign_pb2.EXPORT_FORMAT_TRL_CHAT: "trl-chat",
 }
+DEFAULT_PENDING_PAGE = 500  # ListPendingPairs' page when the caller names none
+MAX_PENDING_PAGE = 1000  # the store's largest page
 # The store names its fields as its API does; the messages' names are what the caller sent.
 _FIELD_NAMES = ((".instance_id:", ".id:"), (".preference:", ".label:"), (".labelled_at:", ".labelled_at:"))
 
@@ -98,9 +100,9 @@ def spec_from_proto(settings: campaign_pb2.CampaignSettings, vendor: str, defaul
     )
 
 
-def labels_from_proto(labels: Sequence[campaign_pb2.HumanLabel]) -> list[HumanLabel]:
+def labels_from_proto(labels: Sequence[campaign_pb2.HumanLabel], source: str = "") -> list[HumanLabel]:
     """The store's labels (an unset label or an out-of-range strength is passed on as given: the store
-    rejects that item, and only that one)."""
+    rejects that item, and only that one); ``source``: the request's, "" = "api"."""
     out = []
     for item in labels:
         out.append(
@@ -111,7 +113,7 @@ def labels_from_proto(labels: Sequence[campaign_pb2.HumanLabel]) -> list[HumanLa
                 strength=item.strength if item.HasField("strength") else None,
                 rationale=item.rationale,
                 labelled_at=item.labelled_at.ToDatetime(tzinfo=UTC) if item.HasField("labelled_at") else None,
-                source="api",
+                source=source or "api",
             )
         )
     return out
@@ -283,7 +285,7 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
         if len(request.labels) > self.max_labels:
             raise InvalidInput(FieldViolation("labels", f"{len(request.labels)} labels; at most {self.max_labels} per call"))
         vendor = self.router.vendor()
-        labels = labels_from_proto(request.labels)
+        labels = labels_from_proto(request.labels, request.source)
         store = await self._store()
         results = await self.core.executor.run(store.submit_labels, vendor, request.campaign, labels, size=len(labels))
         await self._count_labels(store, vendor, request.campaign, labels, results)
@@ -323,6 +325,35 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
             self.metrics.campaign_agreement_votes.labels(vendor, "agree").inc(agree)
             self.metrics.campaign_agreement_votes.labels(vendor, "disagree").inc(disagree)
             self.metrics.campaign_expected_agreement.labels(vendor).inc(expected)
+
+    async def ListPendingPairs(
+        self, request: campaign_pb2.ListPendingPairsRequest, context: Any
+    ) -> campaign_pb2.ListPendingPairsResponse:
+        size = request.page_size or DEFAULT_PENDING_PAGE
+        if size > MAX_PENDING_PAGE:
+            raise InvalidInput(FieldViolation("page_size", f"at most {MAX_PENDING_PAGE}, got {size}"))
+        store = await self._store()
+        try:
+            pairs = await self.core.executor.run(
+                store.pending_pairs, self.router.vendor(), request.campaign, request.annotator, size, request.page_token
+            )
+        except InvalidInput as exc:  # the store names its arguments; the caller sent the request's fields
+            renamed = {"after": "page_token", "limit": "page_size"}
+            raise InvalidInput([FieldViolation(renamed.get(v.field, v.field), v.description) for v in exc.violations]) from None
+        return campaign_pb2.ListPendingPairsResponse(
+            pairs=[
+                campaign_pb2.PendingPair(
+                    id=p.instance_id,
+                    prompt=p.prompt,
+                    response_a=p.response_a,
+                    response_b=p.response_b,
+                    votes=p.votes,
+                    votes_needed=p.votes_needed,
+                )
+                for p in pairs
+            ],
+            next_page_token=pairs[-1].instance_id if len(pairs) == size else "",
+        )
 
     async def ExportDataset(
         self, request: campaign_pb2.ExportDatasetRequest, context: Any
