@@ -52,6 +52,7 @@ from hybridpref_client.messages import (
     to_instances,
     to_labels,
     unary_request,
+    update_campaign_request,
 )
 from hybridpref_client.retry import Retrier, RetryPolicy
 
@@ -359,6 +360,22 @@ class RouterClient(_Client):
         )
         return campaign_from_proto(self._unary(self._campaigns.CreateCampaign, request, request_id).campaign)
 
+    def update_campaign(
+        self,
+        name: str,
+        budget: str | None = None,
+        *,
+        count: int | None = None,
+        cost: float | None = None,
+        expected_instances: int | None = None,
+        request_id: str | None = None,
+    ) -> Campaign:
+        """Change a campaign's total budget (a top-up, or a cut to no less than what is spent; in its own unit)
+        and / or the stream's expected size; the next batch routes with them. ``InvalidArgumentError`` names
+        the field; ``NotFoundError`` if unknown."""
+        request = update_campaign_request(name, budget, count=count, cost=cost, expected_instances=expected_instances)
+        return campaign_from_proto(self._unary(self._campaigns.UpdateCampaign, request, request_id).campaign)
+
     def get_campaign(self, name: str, *, request_id: str | None = None) -> CampaignStatus:
         """The campaign and its status (budget, labels, agreement, corrections); ``NotFoundError`` if unknown."""
         return status_from_proto(self._unary(self._campaigns.GetCampaign, campaign_pb2.GetCampaignRequest(name=name), request_id))
@@ -538,6 +555,20 @@ class AsyncRouterClient(_Client):
             exploration_share=exploration_share,
         )
         return campaign_from_proto((await self._unary(self._campaigns.CreateCampaign, request, request_id)).campaign)
+
+    async def update_campaign(
+        self,
+        name: str,
+        budget: str | None = None,
+        *,
+        count: int | None = None,
+        cost: float | None = None,
+        expected_instances: int | None = None,
+        request_id: str | None = None,
+    ) -> Campaign:
+        """``RouterClient.update_campaign`` for asyncio."""
+        request = update_campaign_request(name, budget, count=count, cost=cost, expected_instances=expected_instances)
+        return campaign_from_proto((await self._unary(self._campaigns.UpdateCampaign, request, request_id)).campaign)
 
     async def get_campaign(self, name: str, *, request_id: str | None = None) -> CampaignStatus:
         """``RouterClient.get_campaign`` for asyncio."""

@@ -424,6 +424,28 @@ def campaign_budget(
     return campaign_pb2.CampaignBudget(cost=float(cost))
 
 
+def update_campaign_request(
+    name: str,
+    budget: str | None = None,
+    *,
+    count: int | None = None,
+    cost: float | None = None,
+    expected_instances: int | None = None,
+) -> campaign_pb2.UpdateCampaignRequest:
+    """An ``UpdateCampaign`` request: a new total (``count=``, ``cost=`` or ``budget="count:N"|"cost:X"``, in the
+    campaign's unit) and / or a new ``expected_instances``; at least one. Raises ``InvalidInput``."""
+    request = campaign_pb2.UpdateCampaignRequest(name=name)
+    if budget is not None or count is not None or cost is not None:
+        request.budget.CopyFrom(campaign_budget(budget, count=count, cost=cost))
+    if expected_instances is not None:
+        if not isinstance(expected_instances, int) or isinstance(expected_instances, bool) or expected_instances < 1:
+            raise InvalidInput(FieldViolation("expected_instances", f"must be a whole number >= 1, got {expected_instances!r}"))
+        request.expected_instances = expected_instances
+    if not request.HasField("budget") and not request.HasField("expected_instances"):
+        raise InvalidInput(FieldViolation("budget", "nothing to change: give a budget and / or expected_instances"))
+    return request
+
+
 def create_campaign_request(
     name: str,
     budget: campaign_pb2.CampaignBudget,

@@ -329,3 +329,17 @@ def test_annotation_hand_off_through_a_router(router, env, tmp_path):
     # Now only the pairs that still need votes go out again.
     assert hybridpref(*export, env=env).returncode == 0
     assert [t["data"]["instance_id"] for t in json.loads(tasks_path.read_text(encoding="utf-8"))] == human[3:]
+
+
+def test_campaign_update_from_the_command_line(env, tmp_path):
+    db = f"sqlite:///{tmp_path / 'u.db'}"
+    assert hybridpref("campaign", "create", "grow", "--budget", "count:5", "--db", db, env=env).returncode == 0
+    grown = hybridpref("campaign", "update", "grow", "--budget", "count:50", "--expected-instances", "400", "--db", db, env=env)
+    assert grown.returncode == 0, grown.stderr
+    assert "50 labels" in grown.stdout and "expecting 400 instances" in grown.stdout
+    status = json.loads(hybridpref("campaign", "status", "grow", "--json", "--db", db, env=env).stdout)
+    assert (status["budget_total"], status["expected_instances"]) == (50, 400)
+    wrong = hybridpref("campaign", "update", "grow", "--budget", "cost:9", "--db", db, env=env)
+    assert wrong.returncode == 2 and wrong.stderr.startswith("error: --budget:") and "count budget" in wrong.stderr
+    nothing = hybridpref("campaign", "update", "grow", "--db", db, env=env)
+    assert nothing.returncode == 2 and "nothing to change" in nothing.stderr

@@ -118,6 +118,7 @@ def test_a_vendor_sees_only_its_own_campaigns(acme, globex, sample):
         lambda: globex.submit_labels("private", [{"id": sample[0].id, "label": "A", "annotator": "g"}]),
         lambda: list(globex.export_dataset("private")),
         lambda: list(globex.pending_pairs("private")),
+        lambda: globex.update_campaign("private", count=100),
     ):
         with pytest.raises(NotFoundError):
             call()
@@ -328,6 +329,33 @@ def test_pending_pairs_come_a_page_at_a_time_for_annotation_tools(stack, keys, a
             return [p.id async for p in c.pending_pairs("handoff", page_size=2)]
 
     assert asyncio.run(pages()) == human
+
+
+def test_update_campaign_tops_up_the_budget_in_its_own_unit(stack, keys, acme, sample):
+    acme.create_campaign("topup", count=3, expected_instances=len(sample), judge="gpt4")
+    first = acme.route(sample[:20], campaign="topup")
+    spent = first.campaign["budget_spent"]
+    updated = acme.update_campaign("topup", count=10, expected_instances=len(sample) + 10)
+    assert (updated.budget_total, updated.expected_instances, updated.budget_spent) == (10, len(sample) + 10, spent)
+    assert updated.budget_left == 10 - spent
+    second = acme.route(sample[20:], campaign="topup")
+    assert second.campaign["budget_spent"] > spent  # the new total paces the next batch
+    for call, field in (
+        (lambda: acme.update_campaign("topup", cost=50.0), "budget"),  # a count campaign stays a count
+        (lambda: acme.update_campaign("topup", count=1), "budget.count"),  # below what is spent
+        (lambda: acme.update_campaign("topup", expected_instances=5), "expected_instances"),  # below what is routed
+    ):
+        with pytest.raises(InvalidArgumentError) as err:
+            call()
+        assert err.value.violations[0].field == field
+    with pytest.raises(InvalidInput):  # the SDK says so before sending
+        acme.update_campaign("topup")
+
+    async def cut():
+        async with AsyncRouterClient(stack.router_address, timeout_s=120, api_key=keys[1]["acme"]) as c:
+            return await c.update_campaign("topup", budget=f"count:{int(second.campaign['budget_spent'])}")
+
+    assert asyncio.run(cut()).budget_left == 0
 
 
 def test_the_async_client_does_the_same(stack, keys, sample):

@@ -403,3 +403,36 @@ def test_label_counts_per_vote(store):
     assert status.campaign.labels_returned == 6
     assert status.labels_pending == 3 * 3
     assert Counter(r["votes"] for r in store.export_rows("acme", "c")) == Counter({3: 2, 0: 3})
+
+
+def test_update_campaign_tops_up_or_cuts_the_budget_and_moves_the_stream_size(store):
+    store.create_campaign(spec(budget_total=4, expected_instances=20))
+    first = store.decide_batch("acme", "c", "b0", candidates("i", 10, 1))
+    spent = store.get_campaign("acme", "c").spent
+    assert 0 < spent <= 4
+    topped = store.update_campaign("acme", "c", budget_total=12, expected_instances=30)
+    assert (topped.spec.budget_total, topped.spec.expected_instances, topped.spent) == (12, 30, spent)
+    # The next batch is paced by the new values: the remaining 8 + (4 - spent) over the 20 still expected.
+    store.decide_batch("acme", "c", "b1", candidates("j", 10, 2))
+    after = store.get_campaign("acme", "c")
+    assert after.spent > spent and after.spent <= 12
+    # A cut to exactly what is spent stops the spending; the next batch routes everything to the LM.
+    cut = store.update_campaign("acme", "c", budget_total=after.spent)
+    assert cut.spec.budget_total == after.spent
+    assert not any(d.human for d in store.decide_batch("acme", "c", "b2", candidates("k", 5, 3)))
+    # Refused, naming the field, and nothing changed: below what is spent / routed, half a label, bad values.
+    for kwargs, field in (
+        ({"budget_total": after.spent - 1}, "budget.total"),
+        ({"budget_total": 12.5}, "budget.total"),
+        ({"budget_total": float("nan")}, "budget.total"),
+        ({"expected_instances": 24}, "expected_instances"),  # 25 routed
+        ({"expected_instances": 0}, "expected_instances"),
+    ):
+        with pytest.raises(InvalidInput) as err:
+            store.update_campaign("acme", "c", **kwargs)
+        assert err.value.violations[0].field == field, kwargs
+    unchanged = store.update_campaign("acme", "c")
+    assert (unchanged.spec.budget_total, unchanged.spec.expected_instances) == (after.spent, 30)
+    assert len(first) == 10
+    with pytest.raises(NotFound):
+        store.update_campaign("globex", "c", budget_total=100)  # another vendor's campaign does not exist for it

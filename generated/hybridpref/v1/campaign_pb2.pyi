@@ -405,6 +405,64 @@ class CreateCampaignResponse(_message.Message):
 Global___CreateCampaignResponse: _TypeAlias = CreateCampaignResponse  # noqa: Y015
 
 @_typing.final
+class UpdateCampaignRequest(_message.Message):
+    """What to change in a campaign (unset fields stay as they are)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
+    EXPECTED_INSTANCES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The campaign's name."""
+    expected_instances: _builtins.int
+    """The stream's new expected size."""
+    @_builtins.property
+    def budget(self) -> Global___CampaignBudget:
+        """The new total budget, in the campaign's unit (count or cost)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        budget: Global___CampaignBudget | None = ...,
+        expected_instances: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_instances", b"_expected_instances", "budget", b"budget", "expected_instances", b"expected_instances"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_instances", b"_expected_instances", "budget", b"budget", "expected_instances", b"expected_instances", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_instances: _TypeAlias = _typing.Literal["expected_instances"]  # noqa: Y015
+    _WhichOneofArgType__expected_instances: _TypeAlias = _typing.Literal["_expected_instances", b"_expected_instances"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_instances) -> _WhichOneofReturnType__expected_instances | None: ...
+
+Global___UpdateCampaignRequest: _TypeAlias = UpdateCampaignRequest  # noqa: Y015
+
+@_typing.final
+class UpdateCampaignResponse(_message.Message):
+    """The campaign after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def campaign(self) -> Global___Campaign:
+        """As stored."""
+
+    def __init__(
+        self,
+        *,
+        campaign: Global___Campaign | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateCampaignResponse: _TypeAlias = UpdateCampaignResponse  # noqa: Y015
+
+@_typing.final
 class GetCampaignRequest(_message.Message):
     """Which campaign."""
 

@@ -47,6 +47,11 @@ class CampaignServiceStub:
                 request_serializer=hybridpref_dot_v1_dot_campaign__pb2.GetCampaignRequest.SerializeToString,
                 response_deserializer=hybridpref_dot_v1_dot_campaign__pb2.GetCampaignResponse.FromString,
                 _registered_method=True)
+        self.UpdateCampaign = channel.unary_unary(
+                '/hybridpref.v1.CampaignService/UpdateCampaign',
+                request_serializer=hybridpref_dot_v1_dot_campaign__pb2.UpdateCampaignRequest.SerializeToString,
+                response_deserializer=hybridpref_dot_v1_dot_campaign__pb2.UpdateCampaignResponse.FromString,
+                _registered_method=True)
         self.ListCampaigns = channel.unary_unary(
                 '/hybridpref.v1.CampaignService/ListCampaigns',
                 request_serializer=hybridpref_dot_v1_dot_campaign__pb2.ListCampaignsRequest.SerializeToString,
@@ -85,6 +90,15 @@ class CampaignServiceServicer:
 
     def GetCampaign(self, request, context):
         """A campaign and what its returned labels show (NOT_FOUND when unknown).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCampaign(self, request, context):
+        """Change what paces a campaign's spending: its total budget (a top-up, or a cut to no less than what
+        is spent; in the campaign's own unit) and its expected stream size (no less than what is routed).
+        The next batch routes with the new values. INVALID_ARGUMENT names the field.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +147,11 @@ def add_CampaignServiceServicer_to_server(servicer, server):
                     servicer.GetCampaign,
                     request_deserializer=hybridpref_dot_v1_dot_campaign__pb2.GetCampaignRequest.FromString,
                     response_serializer=hybridpref_dot_v1_dot_campaign__pb2.GetCampaignResponse.SerializeToString,
+            ),
+            'UpdateCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCampaign,
+                    request_deserializer=hybridpref_dot_v1_dot_campaign__pb2.UpdateCampaignRequest.FromString,
+                    response_serializer=hybridpref_dot_v1_dot_campaign__pb2.UpdateCampaignResponse.SerializeToString,
             ),
             'ListCampaigns': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCampaigns,
@@ -212,6 +231,33 @@ class CampaignService:
             '/hybridpref.v1.CampaignService/GetCampaign',
             hybridpref_dot_v1_dot_campaign__pb2.GetCampaignRequest.SerializeToString,
             hybridpref_dot_v1_dot_campaign__pb2.GetCampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hybridpref.v1.CampaignService/UpdateCampaign',
+            hybridpref_dot_v1_dot_campaign__pb2.UpdateCampaignRequest.SerializeToString,
+            hybridpref_dot_v1_dot_campaign__pb2.UpdateCampaignResponse.FromString,
             options,
             channel_credentials,
             insecure,

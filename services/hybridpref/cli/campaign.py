@@ -2,10 +2,11 @@
 
     hybridpref campaign create NAME --budget count:N|cost:X [--strategy S] [--expected-instances N] [--votes N]
                                     [--exploration-share F] [--judge J] [--db URL | --router ADDR]
+    hybridpref campaign update NAME [--budget count:N|cost:X] [--expected-instances N] [--db URL | --router ADDR]
     hybridpref campaign status NAME [--json] [--db URL | --router ADDR]
     hybridpref campaign list [--json] [--db URL | --router ADDR]
-    hybridpref campaign export NAME --format trl|pool --output FILE.jsonl|FILE.parquet [--db URL | --router ADDR]
-    hybridpref campaign export NAME --format label-studio|argilla --output PATH [--db URL]   (docs/annotators.md)
+    hybridpref campaign export NAME --format trl|trl-chat|pool --output FILE.jsonl|FILE.parquet [--db URL | --router ADDR]
+    hybridpref campaign export NAME --format label-studio|argilla --output PATH [--db URL | --router ADDR]   (docs/annotators.md)
 
 Without ``--router`` the commands work on the local campaign store: ``--db URL``, else ``$HYBRIDPREF_DB_URL``,
 else the SQLite file under the user's data directory, which ``hybridpref route --campaign`` (without
@@ -81,6 +82,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--judge", default="", help="'' = the judge service; else a recorded judge to replay")
     add_target_arguments(create)
 
+    update = sub.add_parser("update", help="top up or cut the total budget; change the expected stream size")
+    update.add_argument("name")
+    update.add_argument("--budget", default=None, help="the new total, in the campaign's unit: count:N or cost:X")
+    update.add_argument("--expected-instances", type=int, default=None, help="the stream's new expected size")
+    add_target_arguments(update)
+
     status = sub.add_parser("status", help="budget, labels, judge-human agreement and corrections")
     status.add_argument("name")
     status.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -115,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
             return _handoff(campaigns, args)
         if command == "create":
             return _create(campaigns, args)
+        if command == "update":
+            return _update(campaigns, args)
         if command == "status":
             return _status(campaigns, args)
         if command == "list":
@@ -175,6 +184,13 @@ class LocalCampaigns:
         default = Settings().router.default_strategy or DEFAULT_STRATEGY  # what an embedded router would use
         spec = spec_from_proto(request.settings, self.vendor, default)
         return campaign_from_proto(campaign_to_proto(self.store.create_campaign(spec)))
+
+    def update_campaign(self, name: str, budget: str | None = None, *, expected_instances: int | None = None):
+        from hybridpref.router.campaign_servicer import campaign_to_proto, update_campaign
+        from hybridpref_client.messages import campaign_from_proto, update_campaign_request
+
+        request = update_campaign_request(name, budget, expected_instances=expected_instances)
+        return campaign_from_proto(campaign_to_proto(update_campaign(self.store, self.vendor, request)))
 
     def get_campaign(self, name: str):
         from hybridpref.router.campaign_servicer import campaign_to_proto, status_to_proto
@@ -285,6 +301,19 @@ def _create(campaigns, args: argparse.Namespace) -> int:
             if created.expected_instances
             else " (no --expected-instances: each batch may spend all that is left)"
         )
+    )
+    return 0
+
+
+def _update(campaigns, args: argparse.Namespace) -> int:
+    try:
+        updated = campaigns.update_campaign(args.name, args.budget, expected_instances=args.expected_instances)
+    except InvalidInput as exc:  # the SDK names "budget" / "expected_instances": the user typed the flags
+        raise InvalidInput([FieldViolation(_flag(v.field), v.description) for v in exc.violations]) from None
+    print(
+        f"campaign {updated.name!r}: budget {_budget_text(updated.budget_kind, updated.budget_total)} "
+        f"({_number(updated.budget_spent)} spent, {_number(updated.budget_left)} left)"
+        + (f", expecting {updated.expected_instances} instances ({updated.routed} routed)" if updated.expected_instances else "")
     )
     return 0
 

@@ -251,6 +251,13 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
         campaign = await self.core.executor.run(store.create_campaign, spec)
         return campaign_pb2.CreateCampaignResponse(campaign=campaign_to_proto(campaign))
 
+    async def UpdateCampaign(
+        self, request: campaign_pb2.UpdateCampaignRequest, context: Any
+    ) -> campaign_pb2.UpdateCampaignResponse:
+        store = await self._store()
+        campaign = await self.core.executor.run(update_campaign, store, self.router.vendor(), request)
+        return campaign_pb2.UpdateCampaignResponse(campaign=campaign_to_proto(campaign))
+
     async def GetCampaign(self, request: campaign_pb2.GetCampaignRequest, context: Any) -> campaign_pb2.GetCampaignResponse:
         store = await self._store()
         vendor = self.router.vendor()
@@ -374,6 +381,24 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
             close = getattr(rows, "close", None)
             if close is not None:
                 close()  # a caller who left: the read transaction ends now, not at garbage collection
+
+
+def update_campaign(store: CampaignStore, vendor: str, request: campaign_pb2.UpdateCampaignRequest) -> Campaign:
+    """``UpdateCampaign`` on the store: the new total in the campaign's own unit (a count budget stays a count),
+    the store's field names turned into the request's."""
+    kind = request.budget.WhichOneof("kind") if request.HasField("budget") else None
+    total = None
+    if kind is not None:
+        current = store.get_campaign(vendor, request.name).spec.budget_kind  # NotFound first
+        if kind != current:
+            raise InvalidInput(FieldViolation("budget", f"the campaign's budget is a {current} budget; give budget.{current}"))
+        total = float(request.budget.count) if kind == "count" else float(request.budget.cost)
+    expected = request.expected_instances if request.HasField("expected_instances") else None
+    try:
+        return store.update_campaign(vendor, request.name, budget_total=total, expected_instances=expected)
+    except InvalidInput as exc:
+        renamed = {"budget.total": f"budget.{kind}"}
+        raise InvalidInput([FieldViolation(renamed.get(v.field, v.field), v.description) for v in exc.violations]) from None
 
 
 def _winner(lm_label: str | None) -> str | None:

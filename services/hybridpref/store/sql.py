@@ -157,6 +157,44 @@ class SqlCampaignStore:
         except IntegrityError as exc:
             raise AlreadyExists(f"campaign {quote(spec.name)} already exists") from exc
 
+    def update_campaign(
+        self, vendor: str, name: str, *, budget_total: float | None = None, expected_instances: int | None = None
+    ) -> Campaign:
+        """Change what paces the spending: the total budget (a top-up, or a cut down to no less than what is
+        spent) and the stream's expected size (no less than what is routed); ``None`` leaves a field as it is.
+        Under the campaign row's lock, so a batch being routed sees the old values or the new, never half."""
+        v: list[FieldViolation] = []
+        if budget_total is not None and (
+            not isinstance(budget_total, (int, float)) or not math.isfinite(budget_total) or budget_total < 0
+        ):
+            v.append(FieldViolation("budget.total", f"must be a finite number >= 0, got {budget_total!r}"))
+        if expected_instances is not None and (not isinstance(expected_instances, int) or expected_instances < 1):
+            v.append(FieldViolation("expected_instances", f"must be a positive integer, got {expected_instances!r}"))
+        if v:
+            raise InvalidInput(v)
+        with self._write.begin() as conn:
+            row = self._row(conn, vendor, name, lock=True)
+            changes: dict[str, Any] = {}
+            if budget_total is not None:
+                if row.budget_kind == "count" and float(budget_total) != int(budget_total):
+                    v.append(FieldViolation("budget.total", f"a count budget is a whole number of labels, got {budget_total}"))
+                elif budget_total < row.spent:
+                    v.append(FieldViolation("budget.total", f"{budget_total:g} is below what is already spent ({row.spent:g})"))
+                changes["budget_total"] = float(budget_total)
+            if expected_instances is not None:
+                if expected_instances < row.routed:
+                    v.append(
+                        FieldViolation(
+                            "expected_instances", f"{expected_instances} is below what is already routed ({row.routed})"
+                        )
+                    )
+                changes["expected_instances"] = expected_instances
+            if v:
+                raise InvalidInput(v)
+            if changes:
+                conn.execute(update(m.campaigns).where(m.campaigns.c.id == row.id).values(**changes))
+            return self._campaign(conn, self._row(conn, vendor, name))
+
     def get_campaign(self, vendor: str, name: str) -> Campaign:
         with self.engine.connect() as conn:
             return self._campaign(conn, self._row(conn, vendor, name))
