@@ -51,8 +51,21 @@ def proto(i: int, **fields) -> common_pb2.PreferenceInstance:
     return msg
 
 
-BAD = {3: {"response_a": "  "}, 5: {"id": "r1"}, 7: {"human_label": 42}, 8: {"lm_labels": {"other": 2}}}
-EXPECTED_FIELDS = {3: "instances[3].response_a", 5: "instances[5].id", 7: "instances[7].human_label", 8: "instances[8].lm_labels"}
+# 9: a NUL character is not text (and PostgreSQL, the campaign store's production engine, cannot keep it)
+BAD = {
+    3: {"response_a": "  "},
+    5: {"id": "r1"},
+    7: {"human_label": 42},
+    8: {"lm_labels": {"other": 2}},
+    9: {"response_b": "Fo\x00ur."},
+}
+EXPECTED_FIELDS = {
+    3: "instances[3].response_a",
+    5: "instances[5].id",
+    7: "instances[7].human_label",
+    8: "instances[8].lm_labels",
+    9: "instances[9].response_b",
+}
 
 
 def batch(n: int = 12) -> list[common_pb2.PreferenceInstance]:
@@ -82,8 +95,8 @@ def test_unary_leaves_invalid_instances_out_and_routes_the_rest(stack):
     rejected = {r.index: r for r in reply.summary.rejected}
     assert {i: r.field for i, r in rejected.items()} == EXPECTED_FIELDS
     assert rejected[5].id == "r1" and "duplicate" in rejected[5].description
-    assert reply.summary.rejected_count == 4 and reply.summary.human_count == 4  # half of the 8 routed
-    assert any("4 invalid instances were left out" in w for w in reply.summary.warnings)
+    assert reply.summary.rejected_count == 5 and reply.summary.human_count in (3, 4)  # half of the 7 routed
+    assert any("5 invalid instances were left out" in w for w in reply.summary.warnings)
 
 
 def test_a_stream_leaves_them_out_chunk_by_chunk_with_the_callers_indices(stack):

@@ -436,3 +436,19 @@ def test_update_campaign_tops_up_or_cuts_the_budget_and_moves_the_stream_size(st
     assert len(first) == 10
     with pytest.raises(NotFound):
         store.update_campaign("globex", "c", budget_total=100)  # another vendor's campaign does not exist for it
+
+
+def test_a_nul_character_is_refused_by_name_on_both_engines(store):
+    """PostgreSQL's text type cannot hold U+0000 (psycopg raised DataError: the whole batch failed as an internal
+    error); the store refuses it by field on both engines, and a label's rationale item by item."""
+    store.create_campaign(spec(budget_total=3))
+    batch = candidates("i", 3, 0)
+    with pytest.raises(InvalidInput) as err:
+        store.decide_batch("acme", "c", "b0", [replace(batch[0], response_a="bad\x00text"), *batch[1:]])
+    assert [v.field for v in err.value.violations] == ["candidates[0].response_a"]
+    assert store.get_campaign("acme", "c").routed == 0  # nothing stored
+    store.decide_batch("acme", "c", "b0", [replace(batch[0], metadata={"note\x00": "a\x00b"}), *batch[1:]])  # JSON escapes it
+    results = store.submit_labels(
+        "acme", "c", [HumanLabel("i0", "ann", "A", rationale="why\x00"), HumanLabel("i1", "ann", "B", rationale="fine")]
+    )
+    assert [r.status for r in results] == ["rejected", "stored"] and "rationale" in results[0].error

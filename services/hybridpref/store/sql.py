@@ -856,6 +856,8 @@ def _validate_batch(
         for field in ("prompt", "response_a", "response_b"):
             if not isinstance(getattr(c, field), str):
                 v.append(FieldViolation(f"{where}.{field}", "expected a string"))
+            elif "\x00" in getattr(c, field):  # PostgreSQL's text cannot hold it; refused on SQLite alike
+                v.append(FieldViolation(f"{where}.{field}", "contains a NUL character (U+0000)"))
         if not _finite(c.score):
             v.append(FieldViolation(f"{where}.score", f"must be a finite number, got {c.score!r}"))
         if not _finite(c.cost) or c.cost <= 0:
@@ -915,6 +917,8 @@ def _label_error(i: int, item: HumanLabel) -> str:
             return f"{where}.strength: a tie has no strength"
     if not isinstance(item.rationale, str) or len(item.rationale) > MAX_RATIONALE:
         return f"{where}.rationale: expected a string of at most {MAX_RATIONALE} characters"
+    if "\x00" in item.rationale:  # PostgreSQL's text cannot hold it; refused on SQLite alike
+        return f"{where}.rationale: contains a NUL character (U+0000)"
     if item.labelled_at is not None and not isinstance(item.labelled_at, datetime):
         return f"{where}.labelled_at: expected a datetime or empty"
     if not isinstance(item.source, str) or not item.source or len(item.source) > m.MAX_SHORT:

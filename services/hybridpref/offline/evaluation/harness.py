@@ -706,7 +706,7 @@ def corrections_check(case: Case, mixes: MixSet, gain_fn: Any, config: EvalConfi
     from statistics import NormalDist
 
     from hybridpref.offline.bundle import correction_fit
-    from hybridpref.router.summary import Estimate, widen
+    from hybridpref.router.summary import Estimate, shown_corrections
     from hybridpref.routing_model import correction
     from hybridpref.routing_model.panel_correction import PanelCorrectionModel
 
@@ -732,7 +732,7 @@ def corrections_check(case: Case, mixes: MixSet, gain_fn: Any, config: EvalConfi
                 ranges.append(r)
         plain = Estimate(mean, mean - z * var**0.5, mean + z * var**0.5)
         transfer = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
-        shown = widen(plain, transfer)
+        shown = shown_corrections(plain, transfer)  # exactly the interval the summary shows
         got = float(realised[mask].sum())
         out.append(
             {
