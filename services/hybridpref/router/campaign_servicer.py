@@ -112,11 +112,20 @@ def labels_from_proto(labels: Sequence[campaign_pb2.HumanLabel], source: str = "
                 preference=PREFERENCES.get(item.label, ""),  # type: ignore[arg-type]
                 strength=item.strength if item.HasField("strength") else None,
                 rationale=item.rationale,
-                labelled_at=item.labelled_at.ToDatetime(tzinfo=UTC) if item.HasField("labelled_at") else None,
+                labelled_at=_labelled_at(item) if item.HasField("labelled_at") else None,
                 source=source or "api",
             )
         )
     return out
+
+
+def _labelled_at(item: campaign_pb2.HumanLabel) -> Any:
+    """The label's time as a datetime; one outside datetime's years 1..9999 is passed on as a description,
+    which the store rejects for that item alone (it used to fail the whole request)."""
+    try:
+        return item.labelled_at.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        return f"out of range ({item.labelled_at.seconds} s from 1970)"
 
 
 # ---- store -> messages ---------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ LABEL_COLUMNS = (
 )
 MAX_RATIONALE = 20_000
 MAX_PENDING_LIMIT = 1_000
+MAX_EXPECTED = 10**12  # expected_instances: far past any stream, well inside a BIGINT
 PREFERENCES = ("A", "B", "tie")
 # One strict, compact encoder for the JSON columns (json.dumps would build an encoder per value).
 _JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
@@ -168,8 +169,10 @@ class SqlCampaignStore:
             not isinstance(budget_total, (int, float)) or not math.isfinite(budget_total) or budget_total < 0
         ):
             v.append(FieldViolation("budget.total", f"must be a finite number >= 0, got {budget_total!r}"))
-        if expected_instances is not None and (not isinstance(expected_instances, int) or expected_instances < 1):
-            v.append(FieldViolation("expected_instances", f"must be a positive integer, got {expected_instances!r}"))
+        if expected_instances is not None and not _expected_ok(expected_instances):
+            v.append(
+                FieldViolation("expected_instances", f"must be an integer in 1..{MAX_EXPECTED:,}, got {expected_instances!r}")
+            )
         if v:
             raise InvalidInput(v)
         with self._write.begin() as conn:
@@ -521,6 +524,8 @@ class SqlCampaignStore:
         """Undo: remove ``annotator``'s label on ``instance_id``. False when there was none."""
         with self._write.begin() as conn:
             row = self._row(conn, vendor, name, lock=True)
+            if _has_nul(instance_id, annotator):
+                return False
             decision = conn.execute(
                 select(m.decisions.c.id).where(m.decisions.c.campaign_id == row.id, m.decisions.c.instance_id == instance_id)
             ).scalar()
@@ -536,6 +541,9 @@ class SqlCampaignStore:
         not an offset: labels stored between two pages shift nothing)."""
         if not 1 <= limit <= MAX_PENDING_LIMIT:
             raise InvalidInput(FieldViolation("limit", f"must be in 1..{MAX_PENDING_LIMIT}, got {limit}"))
+        for field, value in (("annotator", annotator), ("after", after)):
+            if _has_nul(value):
+                raise InvalidInput(FieldViolation(field, "contains a NUL character (U+0000)"))
         d, lab = m.decisions.c, m.labels.c
         with self.engine.connect() as conn:
             row = self._row(conn, vendor, name)
@@ -566,7 +574,7 @@ class SqlCampaignStore:
         out: dict[str, tuple[str | None, float | None]] = {}
         with self.engine.connect() as conn:
             row = self._row(conn, vendor, name)
-            for chunk in _chunks(sorted(set(instance_ids)), CHUNK):
+            for chunk in _chunks(sorted({i for i in instance_ids if not _has_nul(i)}), CHUNK):
                 query = select(d.instance_id, d.lm_label, d.lm_confidence, d.signals).where(
                     d.campaign_id == row.id, self._in(d.instance_id, chunk)
                 )
@@ -730,6 +738,8 @@ class SqlCampaignStore:
     def annotator_for_token(self, token: str) -> tuple[str, str] | None:
         """(vendor, annotator) of a valid, unrevoked token; ``None`` otherwise."""
         t = m.annotator_tokens.c
+        if _has_nul(token):
+            return None
         with self.engine.connect() as conn:
             r = conn.execute(select(t.vendor, t.annotator).where(t.token_sha256 == _sha256(token), t.revoked == false())).first()
         return (r.vendor, r.annotator) if r else None
@@ -737,6 +747,8 @@ class SqlCampaignStore:
     def revoke_annotator_tokens(self, vendor: str, annotator: str) -> int:
         """Revoke every token of ``annotator`` of ``vendor``; returns how many were live."""
         t = m.annotator_tokens.c
+        if _has_nul(vendor, annotator):
+            return 0
         with self._write.begin() as conn:
             result = conn.execute(
                 update(m.annotator_tokens)
@@ -755,6 +767,8 @@ class SqlCampaignStore:
         return column.in_(values)
 
     def _row(self, conn: Connection, vendor: str, name: str, lock: bool = False):
+        if _has_nul(vendor, name):  # no stored name has one (they are checked), and PostgreSQL refuses it in a query
+            raise NotFound(f"no campaign {quote(name)}")
         query = select(m.campaigns).where(m.campaigns.c.vendor == vendor, m.campaigns.c.name == name)
         if lock and self._postgres:
             query = query.with_for_update()
@@ -816,8 +830,10 @@ def _validate_spec(spec: CampaignSpec) -> None:
         v.append(FieldViolation("budget.total", f"a count budget is a whole number of labels, got {total}"))
     if not isinstance(spec.votes_per_pair, int) or not 1 <= spec.votes_per_pair <= 100:
         v.append(FieldViolation("votes_per_pair", f"must be in 1..100, got {spec.votes_per_pair!r}"))
-    if spec.expected_instances is not None and (not isinstance(spec.expected_instances, int) or spec.expected_instances < 1):
-        v.append(FieldViolation("expected_instances", f"must be a positive integer, got {spec.expected_instances!r}"))
+    if spec.expected_instances is not None and not _expected_ok(spec.expected_instances):
+        v.append(
+            FieldViolation("expected_instances", f"must be an integer in 1..{MAX_EXPECTED:,}, got {spec.expected_instances!r}")
+        )
     share = spec.exploration_share
     if not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
         v.append(FieldViolation("exploration_share", f"must be in [0, 1], got {share!r}"))
@@ -920,7 +936,7 @@ def _label_error(i: int, item: HumanLabel) -> str:
     if "\x00" in item.rationale:  # PostgreSQL's text cannot hold it; refused on SQLite alike
         return f"{where}.rationale: contains a NUL character (U+0000)"
     if item.labelled_at is not None and not isinstance(item.labelled_at, datetime):
-        return f"{where}.labelled_at: expected a datetime or empty"
+        return f"{where}.labelled_at: expected a datetime or empty, got {item.labelled_at!r}"
     if not isinstance(item.source, str) or not item.source or len(item.source) > m.MAX_SHORT:
         return f"{where}.source: expected a non-empty string of at most {m.MAX_SHORT} characters"
     return ""
@@ -948,6 +964,15 @@ def _check_name(field: str, value: Any, limit: int) -> None:
     err = _name_error(value, limit)
     if err:
         raise InvalidInput(FieldViolation(field, err))
+
+
+def _expected_ok(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_EXPECTED
+
+
+def _has_nul(*values: Any) -> bool:
+    """A caller's lookup value holding U+0000: nothing stored has one, and PostgreSQL refuses it in a query."""
+    return any(isinstance(v, str) and "\x00" in v for v in values)
 
 
 def _finite(value: Any) -> bool:
