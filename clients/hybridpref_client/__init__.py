@@ -44,6 +44,7 @@ _EXPORTS = {
     "HumanLabel": "messages",
     "LabelResult": "messages",
     "PendingPair": "messages",
+    "AnnotatorStats": "messages",
     "Interval": "messages",
     "PreferenceInstance": "core.instances",
     "Message": "core.instances",

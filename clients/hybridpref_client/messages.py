@@ -332,6 +332,17 @@ class Campaign:
 
 
 @dataclass(frozen=True)
+class AnnotatorStats:
+    """One annotator's votes: ``with_others``, agreement with the other votes' majority on the same pairs
+    (leave-one-out), ``with_lm``, with the LM label; Wilson 95% intervals, ``None`` without a comparison."""
+
+    annotator: str
+    votes: int
+    with_others: Interval | None
+    with_lm: Interval | None
+
+
+@dataclass(frozen=True)
 class CampaignStatus:
     """A campaign and what its returned labels show: ``agreement`` (judge-human, Wilson 95%, over labelled
     pairs where neither the human majority nor the LM label is a tie), ``audit_agreement`` (the same over
@@ -352,6 +363,7 @@ class CampaignStatus:
     realised_changes: int = 0
     expected_changes: Interval | None = None
     changes_known: int = 0
+    annotators: list[AnnotatorStats] = field(default_factory=list)  # most votes first
 
 
 @dataclass(frozen=True)
@@ -677,4 +689,13 @@ def status_from_proto(resp: campaign_pb2.GetCampaignResponse) -> CampaignStatus:
         realised_changes=s.realised_changes,
         expected_changes=interval("expected_changes"),
         changes_known=s.changes_known,
+        annotators=[_annotator_from_proto(a) for a in resp.annotators],
     )
+
+
+def _annotator_from_proto(a: campaign_pb2.AnnotatorStats) -> AnnotatorStats:
+    def interval(name: str) -> Interval | None:
+        value = getattr(a, name)
+        return Interval(value.estimate, value.low, value.high) if a.HasField(name) else None
+
+    return AnnotatorStats(a.annotator, a.votes, interval("with_others"), interval("with_lm"))

@@ -122,8 +122,9 @@ def test_the_loop_across_cli_processes_on_the_default_store(env, tmp_path):
     assert (data["routed"], data["human_routed"], data["budget_spent"], data["budget_left"]) == (40, 10, 10.0, 0.0)
     assert data["labels_returned"] == 10 and data["labels_pending"] == 0
     assert data["agreement"] is None or 0 <= data["agreement"]["low"] <= data["agreement"]["high"] <= 1
+    assert [(a["annotator"], a["votes"]) for a in data["annotators"]] == [("ann", 10)]
     table = hybridpref("campaign", "status", "june", env=env)
-    assert table.returncode == 0 and "judge-human agreement" in table.stdout
+    assert table.returncode == 0 and "judge-human agreement" in table.stdout and "annotators (1 of 1" in table.stdout
 
     out = tmp_path / "june.parquet"
     exported = hybridpref("campaign", "export", "june", "--format", "trl", "--output", str(out), env=env)

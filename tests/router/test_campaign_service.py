@@ -223,6 +223,9 @@ def test_labels_come_back_per_item_and_feed_the_status_and_the_export(acme, samp
     assert [r.status for r in again] == ["unchanged", "unchanged"]  # a retry never double counts
     status = acme.get_campaign("labels")
     assert status.campaign.labels_returned == len(human) + 1 and status.labels_pending == 0
+    (annotator,) = status.annotators  # one annotator, alone on every pair: nothing to compare with but the LM
+    assert (annotator.annotator, annotator.votes, annotator.with_others) == ("ann-1", len(human) + 1, None)
+    assert annotator.with_lm is not None and 0 <= annotator.with_lm.low <= annotator.with_lm.estimate <= annotator.with_lm.high
     # GetCampaign names the model that routes the next batch: the one fitted when the batch was routed (no label
     # back then), until REFIT_EVERY new votes have come back
     from hybridpref.router.adaptation import REFIT_EVERY

@@ -452,3 +452,34 @@ def test_a_nul_character_is_refused_by_name_on_both_engines(store):
         "acme", "c", [HumanLabel("i0", "ann", "A", rationale="why\x00"), HumanLabel("i1", "ann", "B", rationale="fine")]
     )
     assert [r.status for r in results] == ["rejected", "stored"] and "rationale" in results[0].error
+
+
+def test_annotator_stats_single_out_a_random_voter(store):
+    """Three careful annotators agree with the pair's truth 9 times in 10, a fourth votes at random (seeded):
+    leave-one-out agreement with the others puts the fourth far below, with intervals that do not overlap."""
+    n = 120
+    store.create_campaign(spec(budget_total=n, votes_per_pair=4))
+    decisions = store.decide_batch("acme", "c", "b0", [replace(c, lm_label="A_BETTER") for c in candidates("i", n, 4)])
+    rng = random.Random(11)
+    truth = {d.instance_id: rng.choice("AB") for d in decisions}
+    labels = []
+    for d in decisions:
+        for ann in ("careful-1", "careful-2", "careful-3"):
+            right = rng.random() < 0.9
+            labels.append(
+                HumanLabel(d.instance_id, ann, truth[d.instance_id] if right else "AB".replace(truth[d.instance_id], ""))
+            )
+        labels.append(HumanLabel(d.instance_id, "random", rng.choice("AB")))
+    labels.append(HumanLabel(decisions[0].instance_id, "tie-only", "tie"))
+    assert {r.status for r in store.submit_labels("acme", "c", labels)} == {"stored"}
+    stats = {a.annotator: a for a in store.annotator_stats("acme", "c")}
+    assert [a.annotator for a in store.annotator_stats("acme", "c")][-1] == "tie-only"  # most votes first
+    assert stats["random"].votes == n and stats["tie-only"].votes == 1
+    assert stats["tie-only"].with_others is None and stats["tie-only"].with_lm is None  # a tie compares with nothing
+    careful = [stats[f"careful-{k}"].with_others for k in (1, 2, 3)]
+    # a careful vote (right 9 in 10) meets a majority of two careful votes and the random one: 0.9 x 0.9 + 0.1 x 0.1
+    assert all(c.estimate > 0.72 for c in careful) and stats["random"].with_others.estimate < 0.62
+    assert stats["random"].with_others.high < min(c.low for c in careful)
+    # with the LM label (always A here): the share of the annotator's A votes
+    a_share = sum(lab.preference == "A" for lab in labels if lab.annotator == "random") / n
+    assert stats["random"].with_lm.estimate == pytest.approx(a_share)

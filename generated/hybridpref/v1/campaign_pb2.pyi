@@ -493,6 +493,7 @@ class GetCampaignResponse(_message.Message):
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    ANNOTATORS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def campaign(self) -> Global___Campaign:
         """Settings and counters."""
@@ -507,20 +508,66 @@ class GetCampaignResponse(_message.Message):
         say so); unset when the router's bundle has no panel correction model.
         """
 
+    @_builtins.property
+    def annotators(self) -> _containers.RepeatedCompositeFieldContainer[Global___AnnotatorStats]:
+        """Every annotator who returned votes, most votes first."""
+
     def __init__(
         self,
         *,
         campaign: Global___Campaign | None = ...,
         status: Global___CampaignStatus | None = ...,
         model: _router_pb2.CampaignModelInfo | None = ...,
+        annotators: _abc.Iterable[Global___AnnotatorStats] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "model", b"model", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "model", b"model", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotators", b"annotators", "campaign", b"campaign", "model", b"model", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCampaignResponse: _TypeAlias = GetCampaignResponse  # noqa: Y015
+
+@_typing.final
+class AnnotatorStats(_message.Message):
+    """One annotator's votes and how they compare with the others' and with the judge's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATOR_FIELD_NUMBER: _builtins.int
+    VOTES_FIELD_NUMBER: _builtins.int
+    WITH_OTHERS_FIELD_NUMBER: _builtins.int
+    WITH_LM_FIELD_NUMBER: _builtins.int
+    annotator: _builtins.str
+    """The annotator's name as the labels carry it."""
+    votes: _builtins.int
+    """Votes returned (audit votes included)."""
+    @_builtins.property
+    def with_others(self) -> Global___Interval:
+        """Share of the annotator's non-tie votes that match the majority of the *other* votes on the same pair
+        (pairs whose other votes have a non-tie majority), Wilson 95%; unset without such a pair. Far below
+        the other annotators: labelling at random, or misreading the task.
+        """
+
+    @_builtins.property
+    def with_lm(self) -> Global___Interval:
+        """Share of the annotator's non-tie votes that match a non-tie LM label, Wilson 95%; unset without one."""
+
+    def __init__(
+        self,
+        *,
+        annotator: _builtins.str = ...,
+        votes: _builtins.int = ...,
+        with_others: Global___Interval | None = ...,
+        with_lm: Global___Interval | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["with_lm", b"with_lm", "with_others", b"with_others"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotator", b"annotator", "votes", b"votes", "with_lm", b"with_lm", "with_others", b"with_others"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnnotatorStats: _TypeAlias = AnnotatorStats  # noqa: Y015
 
 @_typing.final
 class ListCampaignsRequest(_message.Message):

@@ -193,13 +193,16 @@ class LocalCampaigns:
         return campaign_from_proto(campaign_to_proto(update_campaign(self.store, self.vendor, request)))
 
     def get_campaign(self, name: str):
-        from hybridpref.router.campaign_servicer import campaign_to_proto, status_to_proto
+        from hybridpref.router.campaign_servicer import annotator_to_proto, campaign_to_proto, status_to_proto
         from hybridpref.v1 import campaign_pb2
         from hybridpref_client.messages import status_from_proto
 
         status = self.store.status(self.vendor, name)
+        annotators = [annotator_to_proto(a) for a in self.store.annotator_stats(self.vendor, name)]
         return status_from_proto(
-            campaign_pb2.GetCampaignResponse(campaign=campaign_to_proto(status.campaign), status=status_to_proto(status))
+            campaign_pb2.GetCampaignResponse(
+                campaign=campaign_to_proto(status.campaign), status=status_to_proto(status), annotators=annotators
+            )
         )
 
     def list_campaigns(self):
@@ -350,8 +353,30 @@ def _status(campaigns, args: argparse.Namespace) -> int:
         "net corrections promised",
         _interval(status.expected_corrections) + (f" over {status.expected_known} pairs" if status.expected_corrections else ""),
     )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if status.annotators:
+        console.print(_annotator_table(status.annotators))
     return 0
+
+
+ANNOTATORS_SHOWN = 20  # the table lists the annotators with most votes; --json has them all
+
+
+def _annotator_table(annotators):
+    from rich.table import Table
+
+    table = Table(title=f"annotators ({min(len(annotators), ANNOTATORS_SHOWN)} of {len(annotators)}, most votes first)")
+    for name, justify in (
+        ("annotator", "left"),
+        ("votes", "right"),
+        ("agrees with the others", "right"),
+        ("with the LM", "right"),
+    ):
+        table.add_column(name, justify=justify)
+    for a in annotators[:ANNOTATORS_SHOWN]:
+        table.add_row(a.annotator, str(a.votes), _interval(a.with_others, percent=True), _interval(a.with_lm, percent=True))
+    return table
 
 
 def _list(campaigns, args: argparse.Namespace) -> int:
@@ -425,6 +450,7 @@ def status_dict(s) -> dict[str, Any]:
     for name in ("agreement", "audit_agreement", "expected_corrections", "expected_changes"):
         value = getattr(s, name)
         out[name] = None if value is None else asdict(value)
+    out["annotators"] = [asdict(a) for a in s.annotators]  # {annotator, votes, with_others, with_lm}
     return out
 
 

@@ -24,7 +24,16 @@ from hybridpref.router.campaign_proto import campaign_model_to_proto
 from hybridpref.router.core import RouterCore
 from hybridpref.router.strategies import StrategySpec, campaign_strategy_spec
 from hybridpref.server.settings import Settings
-from hybridpref.store.api import Campaign, CampaignSpec, CampaignStatus, CampaignStore, HumanLabel, Interval, LabelResult
+from hybridpref.store.api import (
+    AnnotatorStats,
+    Campaign,
+    CampaignSpec,
+    CampaignStatus,
+    CampaignStore,
+    HumanLabel,
+    Interval,
+    LabelResult,
+)
 from hybridpref.v1 import campaign_pb2, campaign_pb2_grpc, common_pb2
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
@@ -177,6 +186,15 @@ def status_to_proto(s: CampaignStatus) -> campaign_pb2.CampaignStatus:
     return out
 
 
+def annotator_to_proto(a: AnnotatorStats) -> campaign_pb2.AnnotatorStats:
+    out = campaign_pb2.AnnotatorStats(annotator=a.annotator, votes=a.votes)
+    for name in ("with_others", "with_lm"):
+        value: Interval | None = getattr(a, name)
+        if value is not None:
+            getattr(out, name).CopyFrom(campaign_pb2.Interval(estimate=value.estimate, low=value.low, high=value.high))
+    return out
+
+
 def result_to_proto(r: LabelResult) -> campaign_pb2.LabelResult:
     error = r.error
     for old, new in _FIELD_NAMES:
@@ -271,7 +289,12 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
         store = await self._store()
         vendor = self.router.vendor()
         status = await self.core.executor.run(store.status, vendor, request.name)
-        out = campaign_pb2.GetCampaignResponse(campaign=campaign_to_proto(status.campaign), status=status_to_proto(status))
+        annotators = await self.core.executor.run(store.annotator_stats, vendor, request.name)
+        out = campaign_pb2.GetCampaignResponse(
+            campaign=campaign_to_proto(status.campaign),
+            status=status_to_proto(status),
+            annotators=[annotator_to_proto(a) for a in annotators],
+        )
         model = await self._campaign_model(vendor, request.name, context)
         if model is not None:
             out.model.CopyFrom(campaign_model_to_proto(model.describe()))

@@ -134,6 +134,19 @@ class CampaignStatus:
     changes_known: int = 0
 
 
+@dataclass(frozen=True)
+class AnnotatorStats:
+    """One annotator's returned votes and how they compare: ``with_others`` (Wilson 95%) over the annotator's
+    non-tie votes on pairs whose *other* votes have a non-tie majority (leave-one-out: the annotator's own
+    vote never decides), ``with_lm`` over the non-tie votes on pairs with a non-tie LM label. An annotator
+    far below the others on ``with_others`` labels at random or misreads the task."""
+
+    annotator: str
+    votes: int
+    with_others: Interval | None
+    with_lm: Interval | None
+
+
 class CampaignStore(Protocol):
     def create_campaign(self, spec: CampaignSpec) -> Campaign: ...  # AlreadyExists if vendor+name taken
     def update_campaign(
@@ -155,4 +168,5 @@ class CampaignStore(Protocol):
     def pending_pairs(self, vendor: str, name: str, annotator: str, limit: int = 1, after: str = "") -> list[PendingPair]: ...
     def export_rows(self, vendor: str, name: str, fmt: ExportFormat = "trl") -> Iterator[dict[str, Any]]: ...
     def status(self, vendor: str, name: str) -> CampaignStatus: ...
+    def annotator_stats(self, vendor: str, name: str) -> list[AnnotatorStats]: ...  # most votes first
     def returned_labels(self, vendor: str, name: str) -> Iterator[tuple[Candidate, StoredDecision, list[HumanLabel]]]: ...

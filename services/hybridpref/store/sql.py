@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 import hybridpref.store.models as m
 from hybridpref.store.api import (
+    AnnotatorStats,
     Campaign,
     CampaignSpec,
     CampaignStatus,
@@ -719,6 +720,21 @@ class SqlCampaignStore:
             changes_known=len(p_changes),
         )
 
+    def annotator_stats(self, vendor: str, name: str) -> list[AnnotatorStats]:
+        """Per annotator, most votes first: votes returned, agreement with the other votes' majority on the same
+        pairs (leave-one-out) and with the LM label, each with its Wilson 95% interval (see
+        :class:`AnnotatorStats`). Audit votes count too: they are votes on the same task."""
+        d, lab = m.decisions.c, m.labels.c
+        with self.engine.connect() as conn:
+            row = self._row(conn, vendor, name)
+            query = (
+                select(lab.decision_id, lab.annotator, lab.preference, d.lm_label)
+                .join(m.decisions, lab.decision_id == d.id)
+                .where(lab.campaign_id == row.id)
+            )
+            votes = conn.execute(query).all()
+        return annotator_stats(votes)
+
     # ---- annotator tokens (the annotation page, issue 17) ----------------------------------------
 
     def create_annotator_token(self, vendor: str, annotator: str) -> str:
@@ -964,6 +980,34 @@ def _check_name(field: str, value: Any, limit: int) -> None:
     err = _name_error(value, limit)
     if err:
         raise InvalidInput(FieldViolation(field, err))
+
+
+def annotator_stats(votes: Sequence[Any]) -> list[AnnotatorStats]:
+    """:meth:`SqlCampaignStore.annotator_stats` on rows (decision_id, annotator, preference, lm_label)."""
+    by_pair: dict[int, Counter[str]] = defaultdict(Counter)
+    for v in votes:
+        by_pair[v.decision_id][v.preference] += 1
+    count: Counter[str] = Counter()
+    others: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # annotator -> [agreed, compared]
+    with_lm: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for v in votes:
+        count[v.annotator] += 1
+        if v.preference == "tie":
+            continue
+        rest = by_pair[v.decision_id].copy()
+        rest[v.preference] -= 1
+        verdict = majority(rest) if sum(rest.values()) else "tie"
+        if verdict != "tie":
+            others[v.annotator][0] += verdict == v.preference
+            others[v.annotator][1] += 1
+        lm = _winner(v.lm_label)
+        if lm is not None:
+            with_lm[v.annotator][0] += lm == v.preference
+            with_lm[v.annotator][1] += 1
+    return [
+        AnnotatorStats(name, n, wilson(*others.get(name, (0, 0))), wilson(*with_lm.get(name, (0, 0))))
+        for name, n in sorted(count.items(), key=lambda item: (-item[1], item[0]))
+    ]
 
 
 def _expected_ok(value: Any) -> bool:
