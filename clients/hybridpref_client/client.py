@@ -45,6 +45,7 @@ from hybridpref_client.messages import (
     pending_pairs_from_proto,
     pending_pairs_request,
     result_from_response,
+    retract_request,
     status_from_proto,
     stream_requests,
     submit_labels_requests,
@@ -399,6 +400,16 @@ class RouterClient(_Client):
             out += label_results(self._unary(self._campaigns.SubmitLabels, request, request_id), len(out))
         return out
 
+    def retract_labels(
+        self, campaign: str, annotator: str, ids: Iterable[str] | None = None, *, request_id: str | None = None
+    ) -> int:
+        """Remove ``annotator``'s labels: all of them with ``ids=None``, else those on ``ids`` (an empty list
+        removes nothing); returns how many went. Safe to retry."""
+        request = retract_request(campaign, annotator, ids)
+        if request is None:
+            return 0
+        return int(self._unary(self._campaigns.RetractLabels, request, request_id).retracted)
+
     def export_dataset(self, campaign: str, format: str = "trl", *, request_id: str | None = None) -> Iterator[dict[str, Any]]:
         """The campaign's dataset, one dict per row in routing order, read as it streams (``trl``: prompt,
         chosen, rejected, label_source, judge, confidence, votes, tie, campaign, batch, ...; ``trl-chat``: the
@@ -590,6 +601,15 @@ class AsyncRouterClient(_Client):
         for request in submit_labels_requests(campaign, items, source=source):
             out += label_results(await self._unary(self._campaigns.SubmitLabels, request, request_id), len(out))
         return out
+
+    async def retract_labels(
+        self, campaign: str, annotator: str, ids: Iterable[str] | None = None, *, request_id: str | None = None
+    ) -> int:
+        """``RouterClient.retract_labels`` for asyncio."""
+        request = retract_request(campaign, annotator, ids)
+        if request is None:
+            return 0
+        return int((await self._unary(self._campaigns.RetractLabels, request, request_id)).retracted)
 
     async def export_dataset(
         self, campaign: str, format: str = "trl", *, request_id: str | None = None

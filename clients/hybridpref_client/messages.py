@@ -436,6 +436,17 @@ def campaign_budget(
     return campaign_pb2.CampaignBudget(cost=float(cost))
 
 
+def retract_request(campaign: str, annotator: str, ids: Iterable[str] | None) -> campaign_pb2.RetractLabelsRequest | None:
+    """A ``RetractLabels`` request: ``ids=None`` = every label of the annotator; ``None`` (nothing to send) for an
+    empty list, which the RPC would read as "all"."""
+    if isinstance(ids, str):
+        raise InvalidInput(FieldViolation("ids", "expected a list of instance ids, got one string"))
+    listed = None if ids is None else list(ids)
+    if listed is not None and not listed:
+        return None
+    return campaign_pb2.RetractLabelsRequest(campaign=campaign, annotator=annotator, ids=listed or [])
+
+
 def update_campaign_request(
     name: str,
     budget: str | None = None,

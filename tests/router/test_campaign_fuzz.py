@@ -192,6 +192,12 @@ RPCS = {
     "ListPendingPairs": pending_requests(),
     "ExportDataset": export_requests(),
     "GetCampaign": st.builds(campaign_pb2.GetCampaignRequest, name=names),
+    "RetractLabels": st.builds(
+        campaign_pb2.RetractLabelsRequest,
+        campaign=known,
+        annotator=st.one_of(st.sampled_from(["ann", "nobody", ""]), texts),
+        ids=st.lists(st.one_of(st.sampled_from(["f0", "f1"]), texts), max_size=3),
+    ),
 }
 
 

@@ -119,6 +119,7 @@ def test_a_vendor_sees_only_its_own_campaigns(acme, globex, sample):
         lambda: list(globex.export_dataset("private")),
         lambda: list(globex.pending_pairs("private")),
         lambda: globex.update_campaign("private", count=100),
+        lambda: globex.retract_labels("private", "g"),
     ):
         with pytest.raises(NotFoundError):
             call()
@@ -359,6 +360,27 @@ def test_update_campaign_tops_up_the_budget_in_its_own_unit(stack, keys, acme, s
             return await c.update_campaign("topup", budget=f"count:{int(second.campaign['budget_spent'])}")
 
     assert asyncio.run(cut()).budget_left == 0
+
+
+def test_an_annotators_labels_can_be_retracted(stack, keys, acme, sample):
+    acme.create_campaign("retract", count=4, votes_per_pair=2, judge="gpt4")
+    human = [d.id for d in acme.route(sample[:12], campaign="retract").decisions if d.route == "HUMAN"]
+    acme.submit_labels("retract", [{"id": i, "label": "A", "annotator": a} for i in human for a in ("good", "spam")])
+    assert {a.annotator for a in acme.get_campaign("retract").annotators} == {"good", "spam"}
+    assert acme.retract_labels("retract", "spam", human[:1]) == 1
+    assert acme.retract_labels("retract", "spam", []) == 0  # nothing sent: an empty list is not "all"
+    assert acme.retract_labels("retract", "spam") == len(human) - 1
+    status = acme.get_campaign("retract")
+    assert [a.annotator for a in status.annotators] == ["good"] and status.labels_pending == len(human)
+    with pytest.raises(InvalidArgumentError) as err:
+        acme.retract_labels("retract", "")
+    assert err.value.violations[0].field == "annotator"
+
+    async def again():
+        async with AsyncRouterClient(stack.router_address, timeout_s=120, api_key=keys[1]["acme"]) as c:
+            return await c.retract_labels("retract", "spam")
+
+    assert asyncio.run(again()) == 0
 
 
 def test_the_async_client_does_the_same(stack, keys, sample):

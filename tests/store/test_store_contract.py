@@ -483,3 +483,22 @@ def test_annotator_stats_single_out_a_random_voter(store):
     # with the LM label (always A here): the share of the annotator's A votes
     a_share = sum(lab.preference == "A" for lab in labels if lab.annotator == "random") / n
     assert stats["random"].with_lm.estimate == pytest.approx(a_share)
+
+
+def test_retract_labels_removes_one_annotators_votes_and_their_pairs_want_votes_again(store):
+    ids = [d.instance_id for d in all_human(store, n=6, votes=2)]
+    votes = [HumanLabel(i, ann, "A") for i in ids for ann in ("good", "bad")]
+    store.submit_labels("acme", "c", votes)
+    assert store.status("acme", "c").labels_pending == 0
+    assert store.retract_labels("acme", "c", "bad", ids[:2]) == 2  # only those pairs
+    assert store.retract_labels("acme", "c", "bad", []) == 0  # an empty list removes nothing
+    assert store.retract_labels("acme", "c", "bad") == 4  # the rest of that annotator's labels
+    assert store.retract_labels("acme", "c", "bad") == 0  # a retry
+    status = store.status("acme", "c")
+    assert status.campaign.labels_returned == 6 and status.labels_pending == 6
+    assert [p.instance_id for p in store.pending_pairs("acme", "c", "bad", limit=10)] == ids
+    assert {a.annotator for a in store.annotator_stats("acme", "c")} == {"good"}
+    with pytest.raises(InvalidInput, match="annotator"):
+        store.retract_labels("acme", "c", "")
+    with pytest.raises(NotFound):
+        store.retract_labels("globex", "c", "bad")

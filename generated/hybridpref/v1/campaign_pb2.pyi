@@ -751,6 +751,60 @@ class SubmitLabelsResponse(_message.Message):
 Global___SubmitLabelsResponse: _TypeAlias = SubmitLabelsResponse  # noqa: Y015
 
 @_typing.final
+class RetractLabelsRequest(_message.Message):
+    """Whose labels to remove."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    ANNOTATOR_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    campaign: _builtins.str
+    """The campaign's name."""
+    annotator: _builtins.str
+    """The annotator whose labels go."""
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only the labels on these instance ids (empty = every label of the annotator)."""
+
+    def __init__(
+        self,
+        *,
+        campaign: _builtins.str = ...,
+        annotator: _builtins.str = ...,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotator", b"annotator", "campaign", b"campaign", "ids", b"ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetractLabelsRequest: _TypeAlias = RetractLabelsRequest  # noqa: Y015
+
+@_typing.final
+class RetractLabelsResponse(_message.Message):
+    """What was removed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETRACTED_FIELD_NUMBER: _builtins.int
+    retracted: _builtins.int
+    """Labels removed (0 on a retry)."""
+    def __init__(
+        self,
+        *,
+        retracted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["retracted", b"retracted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetractLabelsResponse: _TypeAlias = RetractLabelsResponse  # noqa: Y015
+
+@_typing.final
 class ExportDatasetRequest(_message.Message):
     """Export a campaign's dataset."""
 

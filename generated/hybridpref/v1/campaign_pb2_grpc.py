@@ -62,6 +62,11 @@ class CampaignServiceStub:
                 request_serializer=hybridpref_dot_v1_dot_campaign__pb2.SubmitLabelsRequest.SerializeToString,
                 response_deserializer=hybridpref_dot_v1_dot_campaign__pb2.SubmitLabelsResponse.FromString,
                 _registered_method=True)
+        self.RetractLabels = channel.unary_unary(
+                '/hybridpref.v1.CampaignService/RetractLabels',
+                request_serializer=hybridpref_dot_v1_dot_campaign__pb2.RetractLabelsRequest.SerializeToString,
+                response_deserializer=hybridpref_dot_v1_dot_campaign__pb2.RetractLabelsResponse.FromString,
+                _registered_method=True)
         self.ExportDataset = channel.unary_stream(
                 '/hybridpref.v1.CampaignService/ExportDataset',
                 request_serializer=hybridpref_dot_v1_dot_campaign__pb2.ExportDatasetRequest.SerializeToString,
@@ -119,6 +124,14 @@ class CampaignServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetractLabels(self, request, context):
+        """Remove one annotator's labels (all of them, or those on the listed instances): for an annotator found
+        to label at random (GetCampaignResponse.annotators). Their pairs want votes again. Safe to retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportDataset(self, request, context):
         """The campaign's dataset, in routing order, in chunks of rows (one snapshot of the database).
         """
@@ -162,6 +175,11 @@ def add_CampaignServiceServicer_to_server(servicer, server):
                     servicer.SubmitLabels,
                     request_deserializer=hybridpref_dot_v1_dot_campaign__pb2.SubmitLabelsRequest.FromString,
                     response_serializer=hybridpref_dot_v1_dot_campaign__pb2.SubmitLabelsResponse.SerializeToString,
+            ),
+            'RetractLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetractLabels,
+                    request_deserializer=hybridpref_dot_v1_dot_campaign__pb2.RetractLabelsRequest.FromString,
+                    response_serializer=hybridpref_dot_v1_dot_campaign__pb2.RetractLabelsResponse.SerializeToString,
             ),
             'ExportDataset': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportDataset,
@@ -312,6 +330,33 @@ class CampaignService:
             '/hybridpref.v1.CampaignService/SubmitLabels',
             hybridpref_dot_v1_dot_campaign__pb2.SubmitLabelsRequest.SerializeToString,
             hybridpref_dot_v1_dot_campaign__pb2.SubmitLabelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetractLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hybridpref.v1.CampaignService/RetractLabels',
+            hybridpref_dot_v1_dot_campaign__pb2.RetractLabelsRequest.SerializeToString,
+            hybridpref_dot_v1_dot_campaign__pb2.RetractLabelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -226,6 +226,9 @@ class LocalCampaigns:
     def export_dataset(self, campaign: str, format: str = "trl") -> Iterator[dict[str, Any]]:
         return self.store.export_rows(self.vendor, campaign, format)
 
+    def retract_labels(self, campaign: str, annotator: str, ids: Iterable[str] | None = None) -> int:
+        return self.store.retract_labels(self.vendor, campaign, annotator, None if ids is None else list(ids))
+
     def pending_pairs(self, campaign: str, annotator: str = "", *, page_size: int = 500) -> Iterator[Any]:
         """As ``RouterClient.pending_pairs``: the SDK's ``PendingPair``, a store page at a time."""
         from hybridpref_client.messages import PendingPair

@@ -7,6 +7,10 @@
         is printed by its line and the others are stored (exit 2). Safe to run again: a label already
         stored is "unchanged", a changed one "replaced" (still one vote per annotator and pair).
     hybridpref labels import --campaign NAME --from label-studio EXPORT.json [--db URL | --router ADDR]   (docs/annotators.md)
+    hybridpref labels retract --campaign NAME --annotator A [--id ID ...] [--db URL | --router ADDR]
+        remove an annotator's labels (all, or those on the given ids): for one found to label at random
+        (``hybridpref campaign status`` lists each annotator's agreement with the others); their pairs
+        want votes again.
 
 Where the campaign lives (``--db``, ``--router``, ``--vendor``): as for ``hybridpref campaign``.
 """
@@ -42,10 +46,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     submit.add_argument("--input", type=Path, required=True, help="JSONL: {id, label, annotator, strength?, rationale?}")
     add_target_arguments(submit)
     add_target_arguments(add_labels_import(sub))
+    retract = sub.add_parser("retract", help="remove an annotator's labels (all, or those on --id)")
+    retract.add_argument("--campaign", required=True)
+    retract.add_argument("--annotator", required=True)
+    retract.add_argument("--id", dest="ids", action="append", default=None, help="only this instance's label (repeatable)")
+    add_target_arguments(retract)
     labels.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.labels_command == "retract":
+        from hybridpref.cli.campaign import named_fields, open_campaigns
+
+        with open_campaigns(args) as campaigns, named_fields():
+            n = campaigns.retract_labels(args.campaign, args.annotator, args.ids)
+        print(f"retracted {n} label(s) of {args.annotator!r} from campaign {args.campaign!r}", file=sys.stderr)
+        return 0
     if args.labels_command == "import":
         from hybridpref.cli import annotate
         from hybridpref.cli.campaign import named_fields, open_campaigns

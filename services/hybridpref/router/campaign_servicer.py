@@ -332,6 +332,19 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
             self.core.adaptation.labels_arrived(vendor, request.campaign)  # refit off the request path when due
         return campaign_pb2.SubmitLabelsResponse(results=[result_to_proto(r) for r in results])
 
+    async def RetractLabels(self, request: campaign_pb2.RetractLabelsRequest, context: Any) -> campaign_pb2.RetractLabelsResponse:
+        if len(request.ids) > self.max_labels:
+            raise InvalidInput(FieldViolation("ids", f"{len(request.ids)} ids; at most {self.max_labels} per call"))
+        vendor = self.router.vendor()
+        store = await self._store()
+        ids = list(request.ids) or None
+        retracted = await self.core.executor.run(
+            lambda: store.retract_labels(vendor, request.campaign, request.annotator, ids), size=len(request.ids)
+        )
+        if retracted:
+            self.core.adaptation.labels_arrived(vendor, request.campaign)  # the refit reads only the votes left
+        return campaign_pb2.RetractLabelsResponse(retracted=retracted)
+
     async def _count_labels(
         self, store: CampaignStore, vendor: str, campaign: str, labels: list[HumanLabel], results: list[LabelResult]
     ) -> None:

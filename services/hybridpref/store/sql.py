@@ -535,6 +535,23 @@ class SqlCampaignStore:
             result = conn.execute(m.labels.delete().where(m.labels.c.decision_id == decision, m.labels.c.annotator == annotator))
             return result.rowcount > 0
 
+    def retract_labels(self, vendor: str, name: str, annotator: str, instance_ids: Sequence[str] | None = None) -> int:
+        """Remove ``annotator``'s labels from the campaign (all of them, or those on ``instance_ids``); returns how
+        many were removed. Their pairs want votes again. For an annotator found to label at random: the
+        campaign's status, export and refits then read only the others' votes."""
+        _check_name("annotator", annotator, m.MAX_ANNOTATOR)
+        lab, d = m.labels.c, m.decisions.c
+        with self._write.begin() as conn:
+            row = self._row(conn, vendor, name, lock=True)
+            where = [lab.campaign_id == row.id, lab.annotator == annotator]
+            if instance_ids is None:
+                return conn.execute(m.labels.delete().where(*where)).rowcount
+            removed = 0
+            for chunk in _chunks(sorted({i for i in instance_ids if isinstance(i, str) and not _has_nul(i)}), CHUNK):
+                decisions = select(d.id).where(d.campaign_id == row.id, self._in(d.instance_id, chunk))
+                removed += conn.execute(m.labels.delete().where(*where, lab.decision_id.in_(decisions))).rowcount
+            return removed
+
     def pending_pairs(self, vendor: str, name: str, annotator: str, limit: int = 1, after: str = "") -> list[PendingPair]:
         """Human-routed pairs that still need votes and that ``annotator`` has not labelled, oldest
         decision first (deterministic: two calls on the same state give the same pairs). ``after``: the
