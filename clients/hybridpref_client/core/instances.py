@@ -133,7 +133,6 @@ def validate_instances(instances: Sequence[PreferenceInstance], max_batch: int |
             violations.append(FieldViolation(f"{where}.prompt", "empty prompt and no messages"))
         if inst.human_cost is not None and not (inst.human_cost > 0 and inst.human_cost < float("inf")):
             violations.append(FieldViolation(f"{where}.human_cost", f"must be a positive finite number, got {inst.human_cost}"))
-        violations += [FieldViolation(f"{where}.{name}", NUL_TEXT) for name in _fields_with_nul(inst)]
     if violations:
         raise InvalidInput(violations)
 
@@ -141,9 +140,10 @@ def validate_instances(instances: Sequence[PreferenceInstance], max_batch: int |
 NUL_TEXT = "contains a NUL character (U+0000): not text (and no database keeps it)"
 
 
-def _fields_with_nul(inst: PreferenceInstance) -> list[str]:
-    """The instance's text fields holding U+0000: a broken export, never meant as text; PostgreSQL's text
-    type cannot store it, so a campaign could not keep the instance."""
+def fields_with_nul(inst: PreferenceInstance) -> list[str]:
+    """The instance's text fields holding U+0000: a broken export, never meant as text. The router refuses
+    them (PostgreSQL's text type cannot store one, so a campaign could not keep the instance); the tagger
+    and the judge strip control characters themselves."""
     fields = [(name, getattr(inst, name)) for name in ("id", "prompt", "response_a", "response_b")]
     fields += [(f"messages[{k}]", m.role + m.content) for k, m in enumerate(inst.messages)]
     fields += [("metadata", "".join(f"{key}{value}" for key, value in inst.metadata.items()))]

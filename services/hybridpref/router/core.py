@@ -66,7 +66,14 @@ from hybridpref.server.metrics import Metrics
 from hybridpref.server.settings import Settings
 from hybridpref.store.api import CampaignStore, StoredDecision
 from hybridpref_client.core.errors import BackendUnavailable, FieldViolation, InvalidInput, NotReady
-from hybridpref_client.core.instances import Label, PositionMode, PreferenceInstance, validate_instances
+from hybridpref_client.core.instances import (
+    NUL_TEXT,
+    Label,
+    PositionMode,
+    PreferenceInstance,
+    fields_with_nul,
+    validate_instances,
+)
 
 # Instances read back from the store per judge call batch (bounds memory for huge streams).
 JUDGE_SLICE = 1024
@@ -1077,6 +1084,8 @@ def _instance_violations(
         validate_instances(instances, max_batch)
     except InvalidInput as exc:
         violations.extend(_at_origin(v, origin) for v in exc.violations)
+    for k, inst in enumerate(instances):  # a campaign stores what it routes: no NUL (routed without one too)
+        violations += [FieldViolation(f"instances[{origin[k]}].{name}", NUL_TEXT) for name in fields_with_nul(inst)]
     start = origin[0] if len(origin) else 0  # duplicates inside the chunk are validate_instances' to name
     for k, inst in enumerate(instances):
         if inst.id in seen and seen[inst.id] < start:
