@@ -61,6 +61,24 @@ def test_version_is_the_installed_distributions(capsys):
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"hybridpref {version('hybridpref')}"
 
 
+def test_every_option_says_what_it_does():
+    """``--help`` explains every option (the first real use found a dozen bare ones)."""
+    bare = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif action.option_strings and not action.help:
+                bare.append((" ".join(path), action.option_strings[0]))
+        if "``" in (parser.description or "") or ":func:`" in (parser.description or ""):
+            bare.append((" ".join(path), "reST markup in the description"))
+
+    walk(build_parser(), [])
+    assert bare == []
+
+
 def test_every_leaf_command_dispatches_to_a_function():
     leaves = [c for c in ALL if not any(len(other) > len(c) and other[: len(c)] == c for other in ALL)]
     for command in leaves:

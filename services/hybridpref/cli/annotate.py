@@ -55,7 +55,7 @@ def add_annotate_parser(sub: argparse._SubParsersAction) -> None:
         help="campaign name (default $HYBRIDPREF_ANNOTATE_CAMPAIGN)",
     )
     annotate.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
-    annotate.add_argument("--port", type=int, default=8080)
+    annotate.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     annotate.add_argument("--db", default=None, help="campaign store URL (default $HYBRIDPREF_DB_URL, else local SQLite)")
     annotate.add_argument(
         "--seed",
@@ -64,23 +64,23 @@ def add_annotate_parser(sub: argparse._SubParsersAction) -> None:
         help="A/B shuffling seed; keep it fixed for a campaign (default $HYBRIDPREF_ANNOTATE_SEED or 0)",
     )
     annotate.add_argument("--secure-cookies", action="store_true", help="mark the sign-in cookie Secure (behind TLS)")
-    annotate.add_argument("--log-level", default="info")
+    annotate.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
     token_sub = annotate.add_subparsers(dest="annotate_command")
     token = token_sub.add_parser("token", help="annotator sign-in tokens")
     token_cmd = token.add_subparsers(dest="token_command", required=True)
     for name, text in (("add", "issue a token (printed once)"), ("revoke", "revoke every token of an annotator")):
         p = token_cmd.add_parser(name, help=text)
-        p.add_argument("--vendor", required=True)
+        p.add_argument("--vendor", required=True, help="the vendor whose campaigns the annotator labels")
         p.add_argument("--annotator", required=True, help="the name labels are stored under (an e-mail works)")
-        p.add_argument("--db", default=None)
+        p.add_argument("--db", default=None, help="campaign store URL (default $HYBRIDPREF_DB_URL, else local SQLite)")
 
 
 def add_labels_import(labels_sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """``labels import`` under the ``labels`` command (which adds where the campaign lives)."""
     imp = labels_sub.add_parser("import", help="store labels exported by an annotation tool")
     imp.add_argument("export", type=Path)
-    imp.add_argument("--campaign", required=True)
-    imp.add_argument("--from", dest="source", choices=["label-studio"], required=True)
+    imp.add_argument("--campaign", required=True, help="the campaign the labels are for")
+    imp.add_argument("--from", dest="source", choices=["label-studio"], required=True, help="the tool that wrote the export")
     imp.add_argument(
         "--users", type=Path, default=None, help="Label Studio's user list (GET /api/users) to store e-mails instead of user ids"
     )

@@ -28,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from hybridpref.cli import plain
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 DATASET_FORMATS = ("trl", "trl-chat", "pool")
@@ -56,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     campaign = subparsers.add_parser(
         "campaign",
         help="campaigns: create, status, list, export the dataset",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = campaign.add_subparsers(dest="campaign_command", required=True)

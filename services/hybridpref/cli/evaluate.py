@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hybridpref.cli import plain
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="evaluate routing strategies on labelled pools",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -59,10 +60,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "oracle, judge_doubt always run",
     )
     p.add_argument("--seeds", type=int, default=10, help="random baseline seeds")
-    p.add_argument("--mode", default="in-pool", choices=("in-pool", "cross-pool", "both"))
+    p.add_argument(
+        "--mode",
+        default="in-pool",
+        choices=("in-pool", "cross-pool", "both"),
+        help="in-pool: folds within each pool; cross-pool: fit on the other pools (what a new vendor gets)",
+    )
     p.add_argument("--folds", type=int, default=3, help="prompt-group folds")
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the fold assignment (by prompt group)")
+    p.add_argument("--out", required=True, help="folder for REPORT.md, results.csv, summary.json and plots")
     p.add_argument("--tagger-profile", default=None, choices=("fast", "default"), help="default: the bundle's build profile")
     p.add_argument(
         "--tagger",
@@ -72,17 +78,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-dir", default=None, help="shared data folder (default ../shared/data or HYBRIDPREF_DATA_DIR)")
     p.add_argument("--no-rm", action="store_true", help="skip metric 2 (reward-model accuracy; minutes on CPU)")
-    p.add_argument("--rm-random-seeds", type=int, default=3)
-    p.add_argument("--rm-proxy-seeds", type=int, default=1)
-    p.add_argument("--prediction-mixes", type=int, default=100)
-    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--rm-random-seeds", type=int, default=3, help="random mixes per budget trained for metric 2 (reward models)")
+    p.add_argument("--rm-proxy-seeds", type=int, default=1, help="reward models trained per routed mix for metric 2")
+    p.add_argument("--prediction-mixes", type=int, default=100, help="random mixes per pool to score the PPM's predictions on")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples behind every interval")
     p.add_argument(
         "--on-leak",
         default="error",
         choices=("error", "skip"),
         help="skip: drop the bundle's strategies on a leaking pool instead of failing",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.add_argument(
         "--correction-model",
         default="panel",

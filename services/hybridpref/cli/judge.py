@@ -17,16 +17,18 @@ import json
 import sys
 from pathlib import Path
 
+from hybridpref.cli import plain
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     judge = subparsers.add_parser(
-        "judge", help="judge tools (offline)", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        "judge", help="judge tools (offline)", description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     tools = judge.add_subparsers(dest="judge_command", required=True, metavar="TOOL")
     train = tools.add_parser(
         "train",
         help="train, evaluate and export the learned judge",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--data-dir", type=Path, default=None, help="shared data folder (default ../shared/data)")

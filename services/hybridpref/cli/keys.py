@@ -13,18 +13,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hybridpref.cli import plain
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     keys = subparsers.add_parser(
         "keys",
         help="make API key entries for the router's keys file",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     add = keys_sub.add_parser("add", help="add a vendor with a new random key (prints the key once)")
     add.add_argument("--file", required=True, help="the keys file (JSON, or YAML by its .yaml/.yml suffix); created if missing")
-    add.add_argument("--vendor", required=True)
+    add.add_argument("--vendor", required=True, help="the vendor name the key stands for (metrics, logs, campaigns)")
     add.add_argument("--methods", nargs="*", default=None, help="method names the vendor may call (default: all)")
     add.add_argument("--instances-per-minute", type=int, default=0, help="0 = unlimited")
     add.add_argument(
@@ -34,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="calls at once; 0 = the server default (HYBRIDPREF_API_VENDOR_MAX_CONCURRENT, 32)",
     )
     hashed = keys_sub.add_parser("hash", help="print the SHA-256 of a key (from --key or stdin)")
-    hashed.add_argument("--key", default=None)
+    hashed.add_argument("--key", default=None, help="the key (default: read from stdin, which keeps it out of shell history)")
     keys.set_defaults(func=run)
 
 

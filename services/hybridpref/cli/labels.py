@@ -23,6 +23,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from hybridpref.cli import plain
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 EXIT_USAGE = 2
@@ -37,18 +38,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     labels = subparsers.add_parser(
         "labels",
         help="human labels back into a campaign (submit, import)",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = labels.add_subparsers(dest="labels_command", required=True)
     submit = sub.add_parser("submit", help="submit a JSONL file of human labels")
-    submit.add_argument("--campaign", required=True)
+    submit.add_argument("--campaign", required=True, help="the campaign the labels are for")
     submit.add_argument("--input", type=Path, required=True, help="JSONL: {id, label, annotator, strength?, rationale?}")
     add_target_arguments(submit)
     add_target_arguments(add_labels_import(sub))
     retract = sub.add_parser("retract", help="remove an annotator's labels (all, or those on --id)")
-    retract.add_argument("--campaign", required=True)
-    retract.add_argument("--annotator", required=True)
+    retract.add_argument("--campaign", required=True, help="the campaign")
+    retract.add_argument("--annotator", required=True, help="the annotator whose labels go")
     retract.add_argument("--id", dest="ids", action="append", default=None, help="only this instance's label (repeatable)")
     add_target_arguments(retract)
     labels.set_defaults(func=run)

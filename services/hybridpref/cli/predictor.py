@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hybridpref.cli import plain
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predictor = subparsers.add_parser(
         "predictor",
         help="build the predictor's model bundle (offline)",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tools = predictor.add_subparsers(dest="predictor_command", required=True, metavar="TOOL")
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = tools.add_parser(
         "build",
         help="build a model bundle from labelled pools",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -47,16 +48,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--gold", action="append", default=[], help="diagnostic gold set: [NAME=]PATH[#source~TEXT][#unanimous][#max=N]"
     )
     p.add_argument("--candidates", type=int, default=1000, help="candidate mixes simulated per pool")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of every random choice in the build (same input + seed = same bundle)"
+    )
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train / held-out split of each pool")
+    p.add_argument("--out", required=True, help="folder to write the bundle to")
     p.add_argument(
         "--lopo-out",
         default=None,
         metavar="DIR",
         help="also write DIR/without-<pool>/: per pool, a bundle fitted on the other pools only (for cross-pool evaluation)",
     )
-    p.add_argument("--holdout-fraction", type=float, default=0.2)
+    p.add_argument(
+        "--holdout-fraction", type=float, default=0.2, help="share of each pool's prompt groups held out to score the PPM"
+    )
     p.add_argument("--group-key", default="question_id", help="prompt-group field (rows without it group by prompt text)")
     p.add_argument(
         "--lm-judge",
@@ -67,7 +72,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="key in lm_labels; POOL=JUDGE with several pools (default: the rule evaluate follows too: the "
         "shared pools' default judge, else the judge that labelled the most pairs; printed per pool)",
     )
-    p.add_argument("--tagger-profile", default="default", choices=("default", "fast"))
+    p.add_argument(
+        "--tagger-profile",
+        default="default",
+        choices=("default", "fast"),
+        help="tagger profile the bundle is built (and must be served) with; fast: lexical features only",
+    )
     p.add_argument(
         "--tagger",
         default=None,
@@ -76,24 +86,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "replicas) instead of loading the tagger models here; TLS from HYBRIDPREF_TLS_* settings",
     )
     p.add_argument("--tagger-concurrency", type=int, default=8, help="with --tagger: tag calls in flight at once")
-    p.add_argument("--folds", type=int, default=10)
-    p.add_argument("--proxy-seeds", type=int, default=3)
-    p.add_argument("--proxy-steps", type=int, default=120)
-    p.add_argument("--proxy-hidden", type=int, default=32)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--folds", type=int, default=10, help="cross-validation folds for the PPM fit")
+    p.add_argument("--proxy-seeds", type=int, default=3, help="proxy reward models trained per simulated mix (averaged)")
+    p.add_argument("--proxy-steps", type=int, default=120, help="training steps of each proxy reward model")
+    p.add_argument("--proxy-hidden", type=int, default=32, help="hidden units of the proxy reward model")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.set_defaults(func=run_build)
 
     r = tools.add_parser(
         "add-routing-models",
         help="add the expected-correction model and domain to a bundle",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument("--bundle", required=True, type=Path)
+    r.add_argument("--bundle", required=True, type=Path, help="the bundle folder to add the models to (written in place)")
     r.add_argument("--pool", action="append", required=True, help="NAME=PATH of a pool with human and LM labels")
     r.add_argument("--ppm-pool", action="append", default=[], help="pool the PPM was trained on (default: the first --pool)")
     r.add_argument("--ppm-spearman", action="append", default=[], help="NAME=VALUE measured on a held-out pool")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0, help="seed of every random choice in the fits")
     r.add_argument(
         "--lm-judge",
         "--judge",

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from hybridpref.cli import plain
 from hybridpref.common.fields import rename_instance
 from hybridpref.server.settings import Settings
 from hybridpref_client.core.errors import FieldViolation, InvalidInput
@@ -27,7 +28,7 @@ SAMPLE_BATCH = Path(__file__).resolve().parents[3] / "samples" / "sample_batch.j
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     route = subparsers.add_parser(
-        "route", help="route a JSONL batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        "route", help="route a JSONL batch", description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     route.add_argument("--input", type=Path, default=None, help="JSONL instances (default: the sample batch)")
     route.add_argument(
@@ -49,7 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "local SQLite file that `hybridpref campaign` uses)",
     )
     route.add_argument("--strategy", default="", help="strategy name (default: the router's)")
-    route.add_argument("--seed", type=int, default=0)
+    route.add_argument(
+        "--seed", type=int, default=0, help="seed of the strategy's random choices (same batch + seed = same decisions)"
+    )
     route.add_argument("--router", default=None, help="HOST:PORT of a running router (default: start an embedded stack)")
     route.add_argument("--output", type=Path, default=None, help="write decisions as JSONL here")
     route.add_argument("--replay-judge", default="", help="use labels recorded under this judge name")

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import argparse
 
+from hybridpref.cli import plain
+
 SERVICES = ("router", "tagger", "judge", "predictor")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser(
-        "serve", help="run one service until SIGTERM", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        "serve",
+        help="run one service until SIGTERM",
+        description=plain(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("service", choices=SERVICES)
     serve.add_argument("--host", help="bind address (default: HYBRIDPREF_HOST, else 127.0.0.1)")
@@ -32,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up = subparsers.add_parser(
         "up",
         help="start all four services on loopback, each its own process",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     up.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all SERVING")

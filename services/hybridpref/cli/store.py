@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hybridpref.cli import plain
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     store = subparsers.add_parser(
         "store",
         help="the campaign store's database (migrate)",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = store.add_subparsers(dest="store_command", required=True)
