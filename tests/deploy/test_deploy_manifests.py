@@ -752,6 +752,17 @@ def test_overlay_renders(overlay: str) -> None:
         assert len(dashboards) == 1
         json.loads(next(iter(dashboards[0]["data"].values())))
         assert _by_kind(objects, "HorizontalPodAutoscaler")["hybridpref-judge"]["spec"]["maxReplicas"] == 20
+    # The recommended labels on the workloads and their pods, never in a selector (a selector cannot change).
+    recommended = {"app.kubernetes.io/part-of", "app.kubernetes.io/managed-by"}
+    if overlay == "prod":
+        recommended |= {"app.kubernetes.io/instance", "app.kubernetes.io/version"}
+    tag = next(i["newTag"] for i in yaml.safe_load((K8S / "overlays" / "prod" / "kustomization.yaml").read_text())["images"])
+    for dep in _by_kind(objects, "Deployment").values():
+        for where in (dep["metadata"]["labels"], dep["spec"]["template"]["metadata"]["labels"]):
+            assert recommended <= set(where), (dep["metadata"]["name"], where)
+        assert not recommended & set(dep["spec"]["selector"]["matchLabels"])
+        if overlay == "prod":
+            assert dep["metadata"]["labels"]["app.kubernetes.io/version"] == str(tag)
 
 
 @pytest.mark.skipif(KUBECTL is None, reason=skip_reason("kubectl"))
