@@ -369,7 +369,9 @@ def test_an_annotators_labels_can_be_retracted(stack, keys, acme, sample):
     assert {a.annotator for a in acme.get_campaign("retract").annotators} == {"good", "spam"}
     assert acme.retract_labels("retract", "spam", human[:1]) == 1
     assert acme.retract_labels("retract", "spam", []) == 0  # nothing sent: an empty list is not "all"
+    before = _campaign_labels_metric(stack, "retracted")
     assert acme.retract_labels("retract", "spam") == len(human) - 1
+    assert _campaign_labels_metric(stack, "retracted") == before + len(human) - 1
     status = acme.get_campaign("retract")
     assert [a.annotator for a in status.annotators] == ["good"] and status.labels_pending == len(human)
     with pytest.raises(InvalidArgumentError) as err:
@@ -425,3 +427,10 @@ def test_campaign_metrics_are_per_vendor(stack, acme, sample):
 
 def _value(lines: list[str], prefix: str) -> float:
     return float(next(line for line in lines if line.startswith(prefix)).rsplit(" ", 1)[1])
+
+
+def _campaign_labels_metric(stack, status: str) -> float:
+    port = stack.services["router"].metrics_port
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    prefix = f'hybridpref_campaign_labels_total{{status="{status}",vendor="acme"}}'
+    return next((float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(prefix)), 0.0)

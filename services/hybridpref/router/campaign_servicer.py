@@ -342,6 +342,7 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
             lambda: store.retract_labels(vendor, request.campaign, request.annotator, ids), size=len(request.ids)
         )
         if retracted:
+            self.metrics.campaign_labels.labels(vendor, "retracted").inc(retracted)
             self.core.adaptation.labels_arrived(vendor, request.campaign)  # the refit reads only the votes left
         return campaign_pb2.RetractLabelsResponse(retracted=retracted)
 

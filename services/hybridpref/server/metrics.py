@@ -120,7 +120,8 @@ class Metrics:
         )
         self.campaign_labels = Counter(
             "hybridpref_campaign_labels",
-            "Human labels submitted to campaigns, by vendor and outcome (stored, replaced, unchanged, rejected).",
+            "Human labels submitted to campaigns, by vendor and outcome (stored, replaced, unchanged, rejected), "
+            "and labels retracted (RetractLabels).",
             ["vendor", "status"],
             registry=registry,
         )
