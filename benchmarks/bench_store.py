@@ -10,6 +10,8 @@ Per engine, on a fresh database:
    labels/s per pass. Target >= 5,000 labels/s.
 3. export: ``export_rows`` of every instance as ``trl`` rows, alone and written to JSONL and Parquet.
    Target <= 5 s for 100,000 rows.
+4. the annotators' hand-off: every pending pair read 1,000 a page by cursor (``ListPendingPairs``, the Label
+   Studio / Argilla export), when every human pair is pending and again when none is (the pages scan).
 
 SQLite: one file in a temporary folder (WAL, synchronous=FULL). PostgreSQL: a throwaway server
 (tests/support/postgres.py) with its durable defaults (fsync on, synchronous commit), on loopback.
@@ -60,6 +62,7 @@ def run(url: str, args) -> dict[str, float]:
         "replayed_batch_s": resend_s,
         "human_routed": len(human),
     }
+    out.update(page_pending(store, "pending", len(human)))  # every human pair pending: the annotators' hand-off
     step = args.label_request
     for name, annotator, pref in (
         ("labels_new", "a1", "A"),
@@ -73,6 +76,7 @@ def run(url: str, args) -> dict[str, float]:
             assert all(r.status != "rejected" for r in results)
         elapsed = time.perf_counter() - started
         out[f"{name}_per_s"] = len(labels) / elapsed
+    out.update(page_pending(store, "pending_done", 0))  # every pair labelled: the pages scan and find none
     started = time.perf_counter()
     rows = sum(1 for _ in store.export_rows("bench", "c", "trl"))
     out["export_rows_s"] = time.perf_counter() - started
@@ -89,6 +93,21 @@ def run(url: str, args) -> dict[str, float]:
     out["spent"] = status.campaign.spent
     store.close()
     return out
+
+
+def page_pending(store, name: str, expected: int) -> dict[str, float]:
+    """Every pending pair, 1,000 a page by cursor (what ``ListPendingPairs`` and the Label Studio export do)."""
+    started = time.perf_counter()
+    pairs, after = 0, ""
+    while True:
+        page = store.pending_pairs("bench", "c", "", 1000, after=after)
+        pairs += len(page)
+        if len(page) < 1000:
+            break
+        after = page[-1].instance_id
+    elapsed = time.perf_counter() - started
+    assert pairs == expected, (pairs, expected)
+    return {f"{name}_pairs": pairs, f"{name}_s": elapsed}
 
 
 def main() -> int:
