@@ -377,6 +377,12 @@ class RouterClient(_Client):
         request = update_campaign_request(name, budget, count=count, cost=cost, expected_instances=expected_instances)
         return campaign_from_proto(self._unary(self._campaigns.UpdateCampaign, request, request_id).campaign)
 
+    def close_campaign(self, name: str, *, request_id: str | None = None) -> Campaign:
+        """Close a campaign: no new instance is routed for it (``FailedPreconditionError`` for a batch with new
+        ids; a re-sent id still gets its stored decision); labels, status and export go on. Idempotent."""
+        request = campaign_pb2.CloseCampaignRequest(name=name)
+        return campaign_from_proto(self._unary(self._campaigns.CloseCampaign, request, request_id).campaign)
+
     def get_campaign(self, name: str, *, request_id: str | None = None) -> CampaignStatus:
         """The campaign and its status (budget, labels, agreement, corrections); ``NotFoundError`` if unknown."""
         return status_from_proto(self._unary(self._campaigns.GetCampaign, campaign_pb2.GetCampaignRequest(name=name), request_id))
@@ -580,6 +586,11 @@ class AsyncRouterClient(_Client):
         """``RouterClient.update_campaign`` for asyncio."""
         request = update_campaign_request(name, budget, count=count, cost=cost, expected_instances=expected_instances)
         return campaign_from_proto((await self._unary(self._campaigns.UpdateCampaign, request, request_id)).campaign)
+
+    async def close_campaign(self, name: str, *, request_id: str | None = None) -> Campaign:
+        """``RouterClient.close_campaign`` for asyncio."""
+        request = campaign_pb2.CloseCampaignRequest(name=name)
+        return campaign_from_proto((await self._unary(self._campaigns.CloseCampaign, request, request_id)).campaign)
 
     async def get_campaign(self, name: str, *, request_id: str | None = None) -> CampaignStatus:
         """``RouterClient.get_campaign`` for asyncio."""

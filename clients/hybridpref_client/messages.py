@@ -329,6 +329,7 @@ class Campaign:
     human_routed: int
     labels_returned: int
     pairs_pending: int
+    closed_at: datetime | None = None  # closed: no new instance is routed for it
 
 
 @dataclass(frozen=True)
@@ -664,6 +665,7 @@ def campaign_from_proto(c: campaign_pb2.Campaign) -> Campaign:
         human_routed=c.human_routed,
         labels_returned=c.labels_returned,
         pairs_pending=c.pairs_pending,
+        closed_at=c.closed_at.ToDatetime(tzinfo=UTC) if c.HasField("closed_at") else None,
     )
 
 

@@ -344,6 +344,10 @@ def test_campaign_update_from_the_command_line(env, tmp_path):
     assert wrong.returncode == 2 and wrong.stderr.startswith("error: --budget:") and "count budget" in wrong.stderr
     nothing = hybridpref("campaign", "update", "grow", "--db", db, env=env)
     assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
+    closed = hybridpref("campaign", "close", "grow", "--db", db, env=env)
+    assert closed.returncode == 0 and "routes no new instance" in closed.stdout
+    listed = [json.loads(line) for line in hybridpref("campaign", "list", "--json", "--db", db, env=env).stdout.splitlines()]
+    assert [c["closed_at"] is not None for c in listed if c["name"] == "grow"] == [True]
     retract = hybridpref("labels", "retract", "--campaign", "grow", "--annotator", "nobody", "--db", db, env=env)
     assert retract.returncode == 0 and "retracted 0 label(s) of 'nobody'" in retract.stderr
     missing = hybridpref("labels", "retract", "--campaign", "absent", "--annotator", "x", "--db", db, env=env)

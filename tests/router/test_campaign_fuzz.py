@@ -163,7 +163,8 @@ def stack(background_loop, postgres_server, log_capture):  # noqa: F811
     running = background_loop.run(start_embedded_stack(settings_), timeout=300)
     with grpc.insecure_channel(running.router_address) as channel:  # two campaigns for the fuzz to hit
         stub = campaign_pb2_grpc.CampaignServiceStub(channel)
-        for name, budget in (("c1", campaign_pb2.CampaignBudget(count=2)), ("c2", campaign_pb2.CampaignBudget(cost=3.0))):
+        budgets_ = (("c1", campaign_pb2.CampaignBudget(count=2)), ("c2", campaign_pb2.CampaignBudget(cost=3.0)))
+        for name, budget in (*budgets_, ("c3", campaign_pb2.CampaignBudget(count=1))):
             settings_ = campaign_pb2.CampaignSettings(name=name, budget=budget, judge="gpt4", votes_per_pair=2)
             stub.CreateCampaign(campaign_pb2.CreateCampaignRequest(settings=settings_), timeout=20)
     yield running
@@ -192,6 +193,10 @@ RPCS = {
     "ListPendingPairs": pending_requests(),
     "ExportDataset": export_requests(),
     "GetCampaign": st.builds(campaign_pb2.GetCampaignRequest, name=names),
+    # never c1 / c2: the routing fuzz below routes for them
+    "CloseCampaign": st.builds(
+        campaign_pb2.CloseCampaignRequest, name=st.one_of(st.just("c3"), names.filter(lambda n: n not in ("c1", "c2")))
+    ),
     "RetractLabels": st.builds(
         campaign_pb2.RetractLabelsRequest,
         campaign=known,

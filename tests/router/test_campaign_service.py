@@ -385,6 +385,30 @@ def test_an_annotators_labels_can_be_retracted(stack, keys, acme, sample):
     assert asyncio.run(again()) == 0
 
 
+def test_a_closed_campaign_refuses_new_instances_over_grpc(stack, keys, acme, globex, sample):
+    from hybridpref_client import FailedPreconditionError
+
+    acme.create_campaign("closing", count=3, judge="gpt4")
+    first = acme.route(sample[:8], campaign="closing")
+    closed = acme.close_campaign("closing")
+    assert closed.closed_at is not None and closed.routed == 8
+    assert [c.closed_at for c in acme.list_campaigns() if c.name == "closing"] == [closed.closed_at]
+    replayed = acme.route(sample[:8], campaign="closing")  # a retry of a batch routed before: its stored decisions
+    assert [d.route for d in replayed.decisions] == [d.route for d in first.decisions]
+    with pytest.raises(FailedPreconditionError, match="closed"):
+        acme.route(sample[8:12], campaign="closing")
+    with pytest.raises(NotFoundError):
+        globex.close_campaign("closing")  # another vendor's campaign does not exist for it
+    human = [d.id for d in first.decisions if d.route == "HUMAN"]
+    assert acme.submit_labels("closing", [{"id": human[0], "label": "A", "annotator": "x"}])[0].status == "stored"
+
+    async def close_again():
+        async with AsyncRouterClient(stack.router_address, timeout_s=120, api_key=keys[1]["acme"]) as c:
+            return await c.close_campaign("closing")
+
+    assert asyncio.run(close_again()).closed_at == closed.closed_at
+
+
 def test_the_async_client_does_the_same(stack, keys, sample):
     async def main():
         async with AsyncRouterClient(stack.router_address, timeout_s=120, api_key=keys[1]["acme"]) as c:

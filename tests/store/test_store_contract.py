@@ -15,7 +15,7 @@ from support.store_data import candidates
 from hybridpref.store.api import CampaignSpec, HumanLabel
 from hybridpref.store.sql import SqlCampaignStore
 from hybridpref.store.stats import Z95
-from hybridpref_client.core.errors import AlreadyExists, InvalidInput, NotFound
+from hybridpref_client.core.errors import AlreadyExists, InvalidInput, NotFound, NotReady
 
 
 @pytest.fixture
@@ -502,3 +502,19 @@ def test_retract_labels_removes_one_annotators_votes_and_their_pairs_want_votes_
         store.retract_labels("acme", "c", "")
     with pytest.raises(NotFound):
         store.retract_labels("globex", "c", "bad")
+
+
+def test_a_closed_campaign_routes_no_new_instance_but_replays_and_takes_labels(store):
+    store.create_campaign(spec(budget_total=4))
+    first = store.decide_batch("acme", "c", "b0", candidates("i", 4, 1))
+    closed = store.close_campaign("acme", "c")
+    assert closed.closed_at is not None and closed.closed_at.tzinfo is not None
+    assert store.close_campaign("acme", "c").closed_at == closed.closed_at  # idempotent: the first time stays
+    again = store.decide_batch("acme", "c", "b0", candidates("i", 4, 1))  # a re-sent batch: its stored decisions
+    assert [d.human for d in again] == [d.human for d in first] and all(d.replayed for d in again)
+    with pytest.raises(NotReady, match="closed"):
+        store.decide_batch("acme", "c", "b1", candidates("j", 2, 2))
+    assert store.get_campaign("acme", "c").routed == 4
+    human = [d.instance_id for d in first if d.human]
+    assert store.submit_labels("acme", "c", [HumanLabel(human[0], "ann", "A")])[0].status == "stored"
+    assert len(list(store.export_rows("acme", "c"))) == 4

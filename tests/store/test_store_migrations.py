@@ -19,8 +19,8 @@ from hybridpref_client.core.errors import NotReady
 
 
 def test_from_empty_to_head_matches_the_models(store_url):  # noqa: F811
-    assert migrate(store_url) == head_revision() == "0002"
-    assert migrate(store_url) == "0002"  # again: nothing to do
+    assert migrate(store_url) == head_revision() == "0003"
+    assert migrate(store_url) == "0003"  # again: nothing to do
     engine = create_store_engine(store_url)
     try:
         tables = set(inspect(engine).get_table_names())
@@ -67,7 +67,7 @@ def test_upgrade_from_0001_keeps_rows(store_url):  # noqa: F811
     with pytest.raises(NotReady, match="store migrate"):
         SqlCampaignStore.open(store_url)
     engine.dispose()
-    assert migrate(store_url) == "0002"
+    assert migrate(store_url) == "0003"
     store = SqlCampaignStore.open(store_url)
     campaign = store.get_campaign("acme", "old")
     assert (campaign.spent, campaign.routed, campaign.human_routed, campaign.labels_returned) == (1, 2, 1, 1)
@@ -91,3 +91,30 @@ def test_open_refuses_an_unmigrated_database(tmp_path):
     store = SqlCampaignStore.open(url, upgrade=True)
     assert current_revision(store.engine) == head_revision()
     store.close()
+
+
+def test_upgrade_from_0002_keeps_campaigns_open(store_url):  # noqa: F811
+    """Revision 0003 adds campaigns.closed_at: a campaign of 0002 stays open, routes on, and can be closed."""
+    from support.store_data import candidates
+
+    assert migrate(store_url, "0002") == "0002"
+    engine = create_store_engine(store_url)
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO campaigns (vendor, name, budget_kind, budget_total, strategy, judge, votes_per_pair, "
+                "expected_instances, exploration_share, created_at, spent, routed, human_routed) VALUES "
+                "('acme', 'older', 'count', 3, '', '', 1, NULL, 0, :now, 0, 0, 0)"
+            ),
+            {"now": now},
+        )
+    engine.dispose()
+    assert migrate(store_url) == "0003"
+    store = SqlCampaignStore.open(store_url)
+    try:
+        assert store.get_campaign("acme", "older").closed_at is None
+        assert len(store.decide_batch("acme", "older", "b0", candidates("i", 3, 0))) == 3
+        assert store.close_campaign("acme", "older").closed_at is not None
+    finally:
+        store.close()

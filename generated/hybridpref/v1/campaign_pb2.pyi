@@ -214,6 +214,7 @@ class Campaign(_message.Message):
     HUMAN_ROUTED_FIELD_NUMBER: _builtins.int
     LABELS_RETURNED_FIELD_NUMBER: _builtins.int
     PAIRS_PENDING_FIELD_NUMBER: _builtins.int
+    CLOSED_AT_FIELD_NUMBER: _builtins.int
     budget_spent: _builtins.float
     """Budget units reserved by human-routed decisions."""
     budget_left: _builtins.float
@@ -234,6 +235,10 @@ class Campaign(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
 
+    @_builtins.property
+    def closed_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was closed (CloseCampaign); unset while open. A closed campaign routes no new instance."""
+
     def __init__(
         self,
         *,
@@ -245,10 +250,11 @@ class Campaign(_message.Message):
         human_routed: _builtins.int = ...,
         labels_returned: _builtins.int = ...,
         pairs_pending: _builtins.int = ...,
+        closed_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "settings", b"settings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "created_at", b"created_at", "settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_left", b"budget_left", "budget_spent", b"budget_spent", "created_at", b"created_at", "human_routed", b"human_routed", "labels_returned", b"labels_returned", "pairs_pending", b"pairs_pending", "routed", b"routed", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_left", b"budget_left", "budget_spent", b"budget_spent", "closed_at", b"closed_at", "created_at", b"created_at", "human_routed", b"human_routed", "labels_returned", b"labels_returned", "pairs_pending", b"pairs_pending", "routed", b"routed", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -437,6 +443,52 @@ class UpdateCampaignRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_instances) -> _WhichOneofReturnType__expected_instances | None: ...
 
 Global___UpdateCampaignRequest: _TypeAlias = UpdateCampaignRequest  # noqa: Y015
+
+@_typing.final
+class CloseCampaignRequest(_message.Message):
+    """Which campaign to close."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The campaign's name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseCampaignRequest: _TypeAlias = CloseCampaignRequest  # noqa: Y015
+
+@_typing.final
+class CloseCampaignResponse(_message.Message):
+    """The campaign, closed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def campaign(self) -> Global___Campaign:
+        """As stored (closed_at set)."""
+
+    def __init__(
+        self,
+        *,
+        campaign: Global___Campaign | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseCampaignResponse: _TypeAlias = CloseCampaignResponse  # noqa: Y015
 
 @_typing.final
 class UpdateCampaignResponse(_message.Message):

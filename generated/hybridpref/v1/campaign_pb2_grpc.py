@@ -52,6 +52,11 @@ class CampaignServiceStub:
                 request_serializer=hybridpref_dot_v1_dot_campaign__pb2.UpdateCampaignRequest.SerializeToString,
                 response_deserializer=hybridpref_dot_v1_dot_campaign__pb2.UpdateCampaignResponse.FromString,
                 _registered_method=True)
+        self.CloseCampaign = channel.unary_unary(
+                '/hybridpref.v1.CampaignService/CloseCampaign',
+                request_serializer=hybridpref_dot_v1_dot_campaign__pb2.CloseCampaignRequest.SerializeToString,
+                response_deserializer=hybridpref_dot_v1_dot_campaign__pb2.CloseCampaignResponse.FromString,
+                _registered_method=True)
         self.ListCampaigns = channel.unary_unary(
                 '/hybridpref.v1.CampaignService/ListCampaigns',
                 request_serializer=hybridpref_dot_v1_dot_campaign__pb2.ListCampaignsRequest.SerializeToString,
@@ -104,6 +109,15 @@ class CampaignServiceServicer:
         """Change what paces a campaign's spending: its total budget (a top-up, or a cut to no less than what
         is spent; in the campaign's own unit) and its expected stream size (no less than what is routed).
         The next batch routes with the new values. INVALID_ARGUMENT names the field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseCampaign(self, request, context):
+        """Close a campaign: no new instance is routed for it (RouteInstances answers FAILED_PRECONDITION for a
+        batch with new ids; a re-sent id still gets its stored decision); labels, status and export go on.
+        Closing again keeps the first closed_at.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +179,11 @@ def add_CampaignServiceServicer_to_server(servicer, server):
                     servicer.UpdateCampaign,
                     request_deserializer=hybridpref_dot_v1_dot_campaign__pb2.UpdateCampaignRequest.FromString,
                     response_serializer=hybridpref_dot_v1_dot_campaign__pb2.UpdateCampaignResponse.SerializeToString,
+            ),
+            'CloseCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseCampaign,
+                    request_deserializer=hybridpref_dot_v1_dot_campaign__pb2.CloseCampaignRequest.FromString,
+                    response_serializer=hybridpref_dot_v1_dot_campaign__pb2.CloseCampaignResponse.SerializeToString,
             ),
             'ListCampaigns': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCampaigns,
@@ -276,6 +295,33 @@ class CampaignService:
             '/hybridpref.v1.CampaignService/UpdateCampaign',
             hybridpref_dot_v1_dot_campaign__pb2.UpdateCampaignRequest.SerializeToString,
             hybridpref_dot_v1_dot_campaign__pb2.UpdateCampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hybridpref.v1.CampaignService/CloseCampaign',
+            hybridpref_dot_v1_dot_campaign__pb2.CloseCampaignRequest.SerializeToString,
+            hybridpref_dot_v1_dot_campaign__pb2.CloseCampaignResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
     hybridpref campaign create NAME --budget count:N|cost:X [--strategy S] [--expected-instances N] [--votes N]
                                     [--exploration-share F] [--judge J] [--db URL | --router ADDR]
     hybridpref campaign update NAME [--budget count:N|cost:X] [--expected-instances N] [--db URL | --router ADDR]
+    hybridpref campaign close NAME [--db URL | --router ADDR]     # no new instance is routed for it
     hybridpref campaign status NAME [--json] [--db URL | --router ADDR]
     hybridpref campaign list [--json] [--db URL | --router ADDR]
     hybridpref campaign export NAME --format trl|trl-chat|pool --output FILE.jsonl|FILE.parquet [--db URL | --router ADDR]
@@ -89,6 +90,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     update.add_argument("--expected-instances", type=int, default=None, help="the stream's new expected size")
     add_target_arguments(update)
 
+    close = sub.add_parser("close", help="route no new instance for the campaign (labels, status, export go on)")
+    close.add_argument("name")
+    add_target_arguments(close)
+
     status = sub.add_parser("status", help="budget, labels, judge-human agreement and corrections")
     status.add_argument("name")
     status.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -125,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
             return _create(campaigns, args)
         if command == "update":
             return _update(campaigns, args)
+        if command == "close":
+            closed = campaigns.close_campaign(args.name)
+            print(f"campaign {closed.name!r} closed at {closed.closed_at:%Y-%m-%d %H:%M} UTC: it routes no new instance")
+            return 0
         if command == "status":
             return _status(campaigns, args)
         if command == "list":
@@ -185,6 +194,12 @@ class LocalCampaigns:
         default = Settings().router.default_strategy or DEFAULT_STRATEGY  # what an embedded router would use
         spec = spec_from_proto(request.settings, self.vendor, default)
         return campaign_from_proto(campaign_to_proto(self.store.create_campaign(spec)))
+
+    def close_campaign(self, name: str):
+        from hybridpref.router.campaign_servicer import campaign_to_proto
+        from hybridpref_client.messages import campaign_from_proto
+
+        return campaign_from_proto(campaign_to_proto(self.store.close_campaign(self.vendor, name)))
 
     def update_campaign(self, name: str, budget: str | None = None, *, expected_instances: int | None = None):
         from hybridpref.router.campaign_servicer import campaign_to_proto, update_campaign
@@ -343,6 +358,8 @@ def _status(campaigns, args: argparse.Namespace) -> int:
     table.add_row("budget left", _number(c.budget_left))
     table.add_row("routed (to humans)", f"{c.routed} ({c.human_routed})")
     table.add_row("expected instances", str(c.expected_instances) if c.expected_instances else "-")
+    if c.closed_at:
+        table.add_row("closed", f"{c.closed_at:%Y-%m-%d %H:%M} UTC: routes no new instance")
     table.add_row("labels returned", str(c.labels_returned))
     table.add_row("labels pending", f"{status.labels_pending} ({c.pairs_pending} pairs, {c.votes_per_pair} vote(s) each)")
     table.add_row("judge-human agreement", _interval(status.agreement, percent=True))
@@ -396,7 +413,7 @@ def _list(campaigns, args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table()
-    for column in ("name", "strategy", "budget", "spent", "routed", "to humans", "labels", "pending pairs", "created"):
+    for column in ("name", "strategy", "budget", "spent", "routed", "to humans", "labels", "pending pairs", "created", "closed"):
         table.add_column(column)
     for c in rows:
         table.add_row(
@@ -409,6 +426,7 @@ def _list(campaigns, args: argparse.Namespace) -> int:
             str(c.labels_returned),
             str(c.pairs_pending),
             c.created_at.strftime("%Y-%m-%d %H:%M"),
+            c.closed_at.strftime("%Y-%m-%d %H:%M") if c.closed_at else "-",
         )
     Console().print(table)
     return 0
@@ -441,6 +459,7 @@ def campaign_dict(c) -> dict[str, Any]:
     """A campaign (the SDK's ``Campaign``) as JSON values."""
     out = asdict(c)
     out["created_at"] = c.created_at.isoformat()
+    out["closed_at"] = c.closed_at.isoformat() if c.closed_at else None
     return out
 
 

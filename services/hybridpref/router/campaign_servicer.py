@@ -159,7 +159,7 @@ def campaign_to_proto(c: Campaign) -> campaign_pb2.Campaign:
         settings.expected_instances = spec.expected_instances
     created = Timestamp()
     created.FromDatetime(c.created_at)
-    return campaign_pb2.Campaign(
+    out = campaign_pb2.Campaign(
         settings=settings,
         created_at=created,
         budget_spent=c.spent,
@@ -169,6 +169,9 @@ def campaign_to_proto(c: Campaign) -> campaign_pb2.Campaign:
         labels_returned=c.labels_returned,
         pairs_pending=c.pairs_pending,
     )
+    if c.closed_at is not None:
+        out.closed_at.FromDatetime(c.closed_at)
+    return out
 
 
 def status_to_proto(s: CampaignStatus) -> campaign_pb2.CampaignStatus:
@@ -284,6 +287,11 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
         store = await self._store()
         campaign = await self.core.executor.run(update_campaign, store, self.router.vendor(), request)
         return campaign_pb2.UpdateCampaignResponse(campaign=campaign_to_proto(campaign))
+
+    async def CloseCampaign(self, request: campaign_pb2.CloseCampaignRequest, context: Any) -> campaign_pb2.CloseCampaignResponse:
+        store = await self._store()
+        campaign = await self.core.executor.run(store.close_campaign, self.router.vendor(), request.name)
+        return campaign_pb2.CloseCampaignResponse(campaign=campaign_to_proto(campaign))
 
     async def GetCampaign(self, request: campaign_pb2.GetCampaignRequest, context: Any) -> campaign_pb2.GetCampaignResponse:
         store = await self._store()

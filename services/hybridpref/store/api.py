@@ -41,6 +41,7 @@ class Campaign:
     human_routed: int
     labels_returned: int  # human votes stored (audit labels included)
     pairs_pending: int  # human-routed pairs with fewer votes than votes_per_pair
+    closed_at: datetime | None = None  # closed: no new instance is routed (labels, status, export go on)
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class AnnotatorStats:
 
 class CampaignStore(Protocol):
     def create_campaign(self, spec: CampaignSpec) -> Campaign: ...  # AlreadyExists if vendor+name taken
+    def close_campaign(self, vendor: str, name: str) -> Campaign: ...  # idempotent: keeps the first closed_at
     def update_campaign(
         self, vendor: str, name: str, *, budget_total: float | None = None, expected_instances: int | None = None
     ) -> Campaign: ...  # a top-up / cut of the budget, a new stream size; None = unchanged

@@ -11,6 +11,7 @@ create exactly these (tests/store/test_store_migrations.py compares them with Al
   instance (it measures the judge).
 * ``annotator_tokens`` (revision 0002): sha256 of the tokens that open the annotation page for one
   vendor's annotator; the plain token is shown once and never stored.
+* ``campaigns.closed_at`` (revision 0003): when the campaign was closed (no new instance routed after it).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class CampaignRow(Base):
     human_routed: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     # the spending policy's sample of the scores seen (float64 little-endian; policy.update_sample)
     score_sample: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # revision 0003
 
 
 class DecisionRow(Base):

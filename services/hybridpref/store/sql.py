@@ -159,6 +159,15 @@ class SqlCampaignStore:
         except IntegrityError as exc:
             raise AlreadyExists(f"campaign {quote(spec.name)} already exists") from exc
 
+    def close_campaign(self, vendor: str, name: str) -> Campaign:
+        """Close the campaign: no new instance is routed for it (a re-sent one still gets its stored decision);
+        labels, status and export go on. Closing again keeps the first ``closed_at``."""
+        with self._write.begin() as conn:
+            row = self._row(conn, vendor, name, lock=True)
+            if row.closed_at is None:
+                conn.execute(update(m.campaigns).where(m.campaigns.c.id == row.id).values(closed_at=_now()))
+            return self._campaign(conn, self._row(conn, vendor, name))
+
     def update_campaign(
         self, vendor: str, name: str, *, budget_total: float | None = None, expected_instances: int | None = None
     ) -> Campaign:
@@ -244,6 +253,12 @@ class SqlCampaignStore:
             row = self._row(conn, vendor, name, lock=True)
             stored = self._stored_decisions(conn, row.id, [c.instance_id for c in candidates])
             fresh = [i for i, c in enumerate(candidates) if c.instance_id not in stored]
+            closed = _utc(row.closed_at)
+            if fresh and closed is not None:
+                raise NotReady(
+                    f"campaign {quote(name)} was closed at {closed.isoformat()}: it routes no new instance "
+                    f"({len(fresh)} in this batch); create a new campaign"
+                )
             decided: dict[str, StoredDecision] = {}
             if fresh:
                 decided = self._decide_fresh(
@@ -839,6 +854,7 @@ class SqlCampaignStore:
             human_routed=row.human_routed,
             labels_returned=int(returned or 0),
             pairs_pending=int(pending or 0),
+            closed_at=_utc(row.closed_at),
         )
 
 
