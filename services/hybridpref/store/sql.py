@@ -15,11 +15,10 @@ and a crash before the commit leaves nothing half-written.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import secrets
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -49,9 +48,21 @@ from hybridpref.store.engine import (
     write_engine,
 )
 from hybridpref.store.policy import batch_seed, plan_batch, update_sample
-from hybridpref.store.stats import expected_count_interval, majority, wilson
+from hybridpref.store.stats import annotator_stats, expected_count_interval, majority, wilson
+from hybridpref.store.validation import (
+    MAX_EXPECTED,
+    canonical_preference,
+    check_name,
+    clip_id,
+    expected_ok,
+    finite,
+    has_nul,
+    label_error,
+    validate_batch,
+    validate_spec,
+)
 from hybridpref_client.core.errors import AlreadyExists, FieldViolation, InvalidInput, NotFound, NotReady, quote
-from hybridpref_client.core.instances import Label, is_blank, parse_label
+from hybridpref_client.core.instances import Label
 
 # Rows per query when streaming (export, refit) and ids per IN (...) list.
 CHUNK = 2_000
@@ -90,13 +101,8 @@ LABEL_COLUMNS = (
     "audit",
     "updated_at",
 )
-MAX_RATIONALE = 20_000
 MAX_PENDING_LIMIT = 1_000
-MAX_EXPECTED = 10**12  # expected_instances: far past any stream, well inside a BIGINT
-PREFERENCES = ("A", "B", "tie")
 # One strict, compact encoder for the JSON columns (json.dumps would build an encoder per value).
-_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
-STRENGTHS = (1, 2)
 
 
 class SqlCampaignStore:
@@ -134,7 +140,7 @@ class SqlCampaignStore:
 
     def create_campaign(self, spec: CampaignSpec) -> Campaign:
         """Store a new campaign; :class:`AlreadyExists` when the vendor already has one of that name."""
-        _validate_spec(spec)
+        validate_spec(spec)
         now = _now()
         try:
             with self._write.begin() as conn:
@@ -179,7 +185,7 @@ class SqlCampaignStore:
             not isinstance(budget_total, (int, float)) or not math.isfinite(budget_total) or budget_total < 0
         ):
             v.append(FieldViolation("budget.total", f"must be a finite number >= 0, got {budget_total!r}"))
-        if expected_instances is not None and not _expected_ok(expected_instances):
+        if expected_instances is not None and not expected_ok(expected_instances):
             v.append(
                 FieldViolation("expected_instances", f"must be an integer in 1..{MAX_EXPECTED:,}, got {expected_instances!r}")
             )
@@ -245,7 +251,7 @@ class SqlCampaignStore:
         the new ones are routed by the spending policy (:mod:`hybridpref.store.policy`) in the same
         transaction that reserves their spend. Raises :class:`InvalidInput` (nothing stored) when a
         candidate is malformed, :class:`NotFound` for an unknown campaign."""
-        lm_labels, encoded = _validate_batch(batch_id, candidates, model_version, bundle_version)
+        lm_labels, encoded = validate_batch(batch_id, candidates, model_version, bundle_version)
         if not candidates:
             self.get_campaign(vendor, name)
             return []
@@ -431,9 +437,9 @@ class SqlCampaignStore:
         field) and the rest is stored. Per (instance, annotator) a label is stored once: the same
         (preference, strength, rationale) again is ``unchanged``, a different one ``replaced`` (still
         one vote). A label on an LM-routed instance is stored with ``audit=True``."""
-        errors = [_label_error(i, item) for i, item in enumerate(labels)]
+        errors = [label_error(i, item) for i, item in enumerate(labels)]
         results: list[LabelResult | None] = [
-            LabelResult(i, _clip_id(item), "rejected", error=err) if err else None
+            LabelResult(i, clip_id(item), "rejected", error=err) if err else None
             for i, (item, err) in enumerate(zip(labels, errors, strict=True))
         ]
         valid = [i for i, r in enumerate(results) if r is None]
@@ -456,7 +462,7 @@ class SqlCampaignStore:
                 decision_id, human = targets[item.instance_id]
                 key = (decision_id, item.annotator)
                 new = dict(
-                    preference=_canonical_preference(item.preference),
+                    preference=canonical_preference(item.preference),
                     strength=item.strength,
                     rationale=item.rationale,
                     labelled_at=_utc(item.labelled_at) or now,
@@ -540,7 +546,7 @@ class SqlCampaignStore:
         """Undo: remove ``annotator``'s label on ``instance_id``. False when there was none."""
         with self._write.begin() as conn:
             row = self._row(conn, vendor, name, lock=True)
-            if _has_nul(instance_id, annotator):
+            if has_nul(instance_id, annotator):
                 return False
             decision = conn.execute(
                 select(m.decisions.c.id).where(m.decisions.c.campaign_id == row.id, m.decisions.c.instance_id == instance_id)
@@ -554,7 +560,7 @@ class SqlCampaignStore:
         """Remove ``annotator``'s labels from the campaign (all of them, or those on ``instance_ids``); returns how
         many were removed. Their pairs want votes again. For an annotator found to label at random: the
         campaign's status, export and refits then read only the others' votes."""
-        _check_name("annotator", annotator, m.MAX_ANNOTATOR)
+        check_name("annotator", annotator, m.MAX_ANNOTATOR)
         lab, d = m.labels.c, m.decisions.c
         with self._write.begin() as conn:
             row = self._row(conn, vendor, name, lock=True)
@@ -562,7 +568,7 @@ class SqlCampaignStore:
             if instance_ids is None:
                 return conn.execute(m.labels.delete().where(*where)).rowcount
             removed = 0
-            for chunk in _chunks(sorted({i for i in instance_ids if isinstance(i, str) and not _has_nul(i)}), CHUNK):
+            for chunk in _chunks(sorted({i for i in instance_ids if isinstance(i, str) and not has_nul(i)}), CHUNK):
                 decisions = select(d.id).where(d.campaign_id == row.id, self._in(d.instance_id, chunk))
                 removed += conn.execute(m.labels.delete().where(*where, lab.decision_id.in_(decisions))).rowcount
             return removed
@@ -575,7 +581,7 @@ class SqlCampaignStore:
         if not 1 <= limit <= MAX_PENDING_LIMIT:
             raise InvalidInput(FieldViolation("limit", f"must be in 1..{MAX_PENDING_LIMIT}, got {limit}"))
         for field, value in (("annotator", annotator), ("after", after)):
-            if _has_nul(value):
+            if has_nul(value):
                 raise InvalidInput(FieldViolation(field, "contains a NUL character (U+0000)"))
         d, lab = m.decisions.c, m.labels.c
         with self.engine.connect() as conn:
@@ -607,13 +613,13 @@ class SqlCampaignStore:
         out: dict[str, tuple[str | None, float | None]] = {}
         with self.engine.connect() as conn:
             row = self._row(conn, vendor, name)
-            for chunk in _chunks(sorted({i for i in instance_ids if not _has_nul(i)}), CHUNK):
+            for chunk in _chunks(sorted({i for i in instance_ids if not has_nul(i)}), CHUNK):
                 query = select(d.instance_id, d.lm_label, d.lm_confidence, d.signals).where(
                     d.campaign_id == row.id, self._in(d.instance_id, chunk)
                 )
                 for r in conn.execute(query):
                     p_wrong = (r.signals or {}).get("p_lm_wrong")
-                    expected = 1.0 - float(p_wrong) if p_wrong is not None and _finite(p_wrong) else r.lm_confidence
+                    expected = 1.0 - float(p_wrong) if p_wrong is not None and finite(p_wrong) else r.lm_confidence
                     out[r.instance_id] = (r.lm_label, expected)
         return out
 
@@ -705,7 +711,7 @@ class SqlCampaignStore:
             for r in conn.execute(query):
                 votes_by[r.id][r.preference] += 1
                 p_wrong = (r.signals or {}).get("p_lm_wrong")
-                info[r.id] = (bool(r.human), r.lm_label, r.expected_correction, p_wrong if _finite(p_wrong) else None)
+                info[r.id] = (bool(r.human), r.lm_label, r.expected_correction, p_wrong if finite(p_wrong) else None)
             votes = (
                 select(d.id, func.count(lab.id).label("n"))
                 .select_from(m.decisions)
@@ -772,8 +778,8 @@ class SqlCampaignStore:
     def create_annotator_token(self, vendor: str, annotator: str) -> str:
         """A new secret token for ``annotator`` of ``vendor``; only its sha256 is stored, so the
         returned token is shown once."""
-        _check_name("vendor", vendor, m.MAX_VENDOR)
-        _check_name("annotator", annotator, m.MAX_ANNOTATOR)
+        check_name("vendor", vendor, m.MAX_VENDOR)
+        check_name("annotator", annotator, m.MAX_ANNOTATOR)
         token = secrets.token_urlsafe(32)
         with self._write.begin() as conn:
             conn.execute(
@@ -786,7 +792,7 @@ class SqlCampaignStore:
     def annotator_for_token(self, token: str) -> tuple[str, str] | None:
         """(vendor, annotator) of a valid, unrevoked token; ``None`` otherwise."""
         t = m.annotator_tokens.c
-        if _has_nul(token):
+        if has_nul(token):
             return None
         with self.engine.connect() as conn:
             r = conn.execute(select(t.vendor, t.annotator).where(t.token_sha256 == _sha256(token), t.revoked == false())).first()
@@ -795,7 +801,7 @@ class SqlCampaignStore:
     def revoke_annotator_tokens(self, vendor: str, annotator: str) -> int:
         """Revoke every token of ``annotator`` of ``vendor``; returns how many were live."""
         t = m.annotator_tokens.c
-        if _has_nul(vendor, annotator):
+        if has_nul(vendor, annotator):
             return 0
         with self._write.begin() as conn:
             result = conn.execute(
@@ -815,7 +821,7 @@ class SqlCampaignStore:
         return column.in_(values)
 
     def _row(self, conn: Connection, vendor: str, name: str, lock: bool = False):
-        if _has_nul(vendor, name):  # no stored name has one (they are checked), and PostgreSQL refuses it in a query
+        if has_nul(vendor, name):  # no stored name has one (they are checked), and PostgreSQL refuses it in a query
             raise NotFound(f"no campaign {quote(name)}")
         query = select(m.campaigns).where(m.campaigns.c.vendor == vendor, m.campaigns.c.name == name)
         if lock and self._postgres:
@@ -856,209 +862,6 @@ class SqlCampaignStore:
             pairs_pending=int(pending or 0),
             closed_at=_utc(row.closed_at),
         )
-
-
-# ---- validation ------------------------------------------------------------------------------------
-
-
-def _validate_spec(spec: CampaignSpec) -> None:
-    v: list[FieldViolation] = []
-    for field, value, limit in (("vendor", spec.vendor, m.MAX_VENDOR), ("name", spec.name, m.MAX_NAME)):
-        err = _name_error(value, limit)
-        if err:
-            v.append(FieldViolation(field, err))
-    for field, value in (("strategy", spec.strategy), ("judge", spec.judge)):
-        if not isinstance(value, str) or len(value) > m.MAX_SHORT:
-            v.append(FieldViolation(field, f"expected a string of at most {m.MAX_SHORT} characters"))
-    if spec.budget_kind not in ("count", "cost"):
-        v.append(FieldViolation("budget.kind", f"expected count or cost, got {quote(spec.budget_kind)}"))
-    total = spec.budget_total
-    if not isinstance(total, (int, float)) or not math.isfinite(total) or total < 0:
-        v.append(FieldViolation("budget.total", f"must be a finite number >= 0, got {total!r}"))
-    elif spec.budget_kind == "count" and float(total) != int(total):
-        v.append(FieldViolation("budget.total", f"a count budget is a whole number of labels, got {total}"))
-    if not isinstance(spec.votes_per_pair, int) or not 1 <= spec.votes_per_pair <= 100:
-        v.append(FieldViolation("votes_per_pair", f"must be in 1..100, got {spec.votes_per_pair!r}"))
-    if spec.expected_instances is not None and not _expected_ok(spec.expected_instances):
-        v.append(
-            FieldViolation("expected_instances", f"must be an integer in 1..{MAX_EXPECTED:,}, got {spec.expected_instances!r}")
-        )
-    share = spec.exploration_share
-    if not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
-        v.append(FieldViolation("exploration_share", f"must be in [0, 1], got {share!r}"))
-    if v:
-        raise InvalidInput(v)
-
-
-def _validate_batch(
-    batch_id: str, candidates: Sequence[Candidate], model_version: str, bundle_version: str
-) -> tuple[list[str | None], list[tuple[EncodedJSON, EncodedJSON, EncodedJSON]]]:
-    """Check a batch before anything is stored; returns the candidates' canonical LM label names and
-    their (signals, features, metadata) as JSON text."""
-    v: list[FieldViolation] = []
-    err = _name_error(batch_id, m.MAX_BATCH_ID)
-    if err:
-        v.append(FieldViolation("batch_id", err))
-    for field, value in (("model_version", model_version), ("bundle_version", bundle_version)):
-        if not isinstance(value, str) or len(value) > m.MAX_SHORT:
-            v.append(FieldViolation(field, f"expected a string of at most {m.MAX_SHORT} characters"))
-    seen: dict[str, int] = {}
-    lm_labels: list[str | None] = []
-    encoded: list[tuple[EncodedJSON, EncodedJSON, EncodedJSON]] = []
-    for i, c in enumerate(candidates):
-        where = f"candidates[{i}]"
-        err = _name_error(c.instance_id, m.MAX_INSTANCE_ID)
-        if err:
-            v.append(FieldViolation(f"{where}.instance_id", err))
-        elif c.instance_id in seen:
-            v.append(
-                FieldViolation(
-                    f"{where}.instance_id", f"duplicate id {quote(c.instance_id)} (first at candidates[{seen[c.instance_id]}])"
-                )
-            )
-        else:
-            seen[c.instance_id] = i
-        for field in ("prompt", "response_a", "response_b"):
-            if not isinstance(getattr(c, field), str):
-                v.append(FieldViolation(f"{where}.{field}", "expected a string"))
-            elif "\x00" in getattr(c, field):  # PostgreSQL's text cannot hold it; refused on SQLite alike
-                v.append(FieldViolation(f"{where}.{field}", "contains a NUL character (U+0000)"))
-        if not _finite(c.score):
-            v.append(FieldViolation(f"{where}.score", f"must be a finite number, got {c.score!r}"))
-        if not _finite(c.cost) or c.cost <= 0:
-            v.append(FieldViolation(f"{where}.cost", f"must be a positive finite number, got {c.cost!r}"))
-        for field in ("lm_confidence", "expected_correction"):
-            value = getattr(c, field)
-            if value is not None and not _finite(value):
-                v.append(FieldViolation(f"{where}.{field}", f"must be a finite number or empty, got {value!r}"))
-        if c.lm_confidence is not None and _finite(c.lm_confidence) and not 0 <= c.lm_confidence <= 1:
-            v.append(FieldViolation(f"{where}.lm_confidence", f"must be in [0, 1], got {c.lm_confidence}"))
-        lm_labels.append(_lm_label(c.lm_label, f"{where}.lm_label", v))
-        texts = []
-        for field in ("signals", "features", "metadata"):
-            value = getattr(c, field)
-            try:
-                if not isinstance(value, Mapping):
-                    raise TypeError(f"expected an object, got {type(value).__name__}")
-                texts.append(EncodedJSON(_JSON.encode(value)))
-            except (TypeError, ValueError) as exc:
-                v.append(FieldViolation(f"{where}.{field}", f"must be a JSON object without NaN or infinity ({exc})"))
-        if len(texts) == 3:
-            encoded.append((texts[0], texts[1], texts[2]))
-    if v:
-        raise InvalidInput(v)
-    return lm_labels, encoded
-
-
-def _lm_label(value: str | None, where: str, v: list[FieldViolation]) -> str | None:
-    """Canonical ``Label`` name of an LM label (names, or A / B / tie); ``None`` stays ``None``."""
-    if value is None or value == "":
-        return None
-    try:
-        label = parse_label(value)
-    except ValueError as exc:
-        v.append(FieldViolation(where, str(exc)))
-        return None
-    return label.name if label is not None else None
-
-
-def _label_error(i: int, item: HumanLabel) -> str:
-    """Why item ``i`` cannot be stored ("" when it can): the first bad field, named."""
-    where = f"labels[{i}]"
-    if not isinstance(item, HumanLabel):
-        return f"{where}: expected a HumanLabel, got {type(item).__name__}"
-    err = _name_error(item.instance_id, m.MAX_INSTANCE_ID)
-    if err:
-        return f"{where}.instance_id: {err}"
-    err = _name_error(item.annotator, m.MAX_ANNOTATOR)
-    if err:
-        return f"{where}.annotator: {err}"
-    if _canonical_preference(item.preference) is None:
-        return f"{where}.preference: expected A, B or tie, got {quote(item.preference)}"
-    if item.strength is not None:
-        if isinstance(item.strength, bool) or item.strength not in STRENGTHS:
-            return f"{where}.strength: expected 1 (slightly) or 2 (clearly) or empty, got {item.strength!r}"
-        if _canonical_preference(item.preference) == "tie":
-            return f"{where}.strength: a tie has no strength"
-    if not isinstance(item.rationale, str) or len(item.rationale) > MAX_RATIONALE:
-        return f"{where}.rationale: expected a string of at most {MAX_RATIONALE} characters"
-    if "\x00" in item.rationale:  # PostgreSQL's text cannot hold it; refused on SQLite alike
-        return f"{where}.rationale: contains a NUL character (U+0000)"
-    if item.labelled_at is not None and not isinstance(item.labelled_at, datetime):
-        return f"{where}.labelled_at: expected a datetime or empty, got {item.labelled_at!r}"
-    if not isinstance(item.source, str) or not item.source or len(item.source) > m.MAX_SHORT:
-        return f"{where}.source: expected a non-empty string of at most {m.MAX_SHORT} characters"
-    return ""
-
-
-def _canonical_preference(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    return {"a": "A", "b": "B", "tie": "tie"}.get(value.strip().lower())
-
-
-def _name_error(value: Any, limit: int) -> str:
-    if not isinstance(value, str):
-        return f"expected a string, got {type(value).__name__}"
-    if not value or is_blank(value):
-        return "missing"
-    if len(value) > limit:
-        return f"longer than {limit} characters"
-    if any(ord(ch) < 32 for ch in value):
-        return "contains control characters"
-    return ""
-
-
-def _check_name(field: str, value: Any, limit: int) -> None:
-    err = _name_error(value, limit)
-    if err:
-        raise InvalidInput(FieldViolation(field, err))
-
-
-def annotator_stats(votes: Sequence[Any]) -> list[AnnotatorStats]:
-    """:meth:`SqlCampaignStore.annotator_stats` on rows (decision_id, annotator, preference, lm_label)."""
-    by_pair: dict[int, Counter[str]] = defaultdict(Counter)
-    for v in votes:
-        by_pair[v.decision_id][v.preference] += 1
-    count: Counter[str] = Counter()
-    others: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # annotator -> [agreed, compared]
-    with_lm: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for v in votes:
-        count[v.annotator] += 1
-        if v.preference == "tie":
-            continue
-        rest = by_pair[v.decision_id].copy()
-        rest[v.preference] -= 1
-        verdict = majority(rest) if sum(rest.values()) else "tie"
-        if verdict != "tie":
-            others[v.annotator][0] += verdict == v.preference
-            others[v.annotator][1] += 1
-        lm = _winner(v.lm_label)
-        if lm is not None:
-            with_lm[v.annotator][0] += lm == v.preference
-            with_lm[v.annotator][1] += 1
-    return [
-        AnnotatorStats(name, n, wilson(*others.get(name, (0, 0))), wilson(*with_lm.get(name, (0, 0))))
-        for name, n in sorted(count.items(), key=lambda item: (-item[1], item[0]))
-    ]
-
-
-def _expected_ok(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_EXPECTED
-
-
-def _has_nul(*values: Any) -> bool:
-    """A caller's lookup value holding U+0000: nothing stored has one, and PostgreSQL refuses it in a query."""
-    return any(isinstance(v, str) and "\x00" in v for v in values)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _clip_id(item: Any) -> str:
-    value = getattr(item, "instance_id", "")
-    return value[: m.MAX_INSTANCE_ID] if isinstance(value, str) else ""
 
 
 # ---- conversions -----------------------------------------------------------------------------------
