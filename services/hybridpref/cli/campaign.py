@@ -214,7 +214,7 @@ class LocalCampaigns:
         from hybridpref_client.messages import status_from_proto
 
         status = self.store.status(self.vendor, name)
-        annotators = [annotator_to_proto(a) for a in self.store.annotator_stats(self.vendor, name)]
+        annotators = [annotator_to_proto(a) for a in status.annotators]
         return status_from_proto(
             campaign_pb2.GetCampaignResponse(
                 campaign=campaign_to_proto(status.campaign), status=status_to_proto(status), annotators=annotators

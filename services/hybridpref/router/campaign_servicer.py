@@ -297,11 +297,10 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
         store = await self._store()
         vendor = self.router.vendor()
         status = await self.core.executor.run(store.status, vendor, request.name)
-        annotators = await self.core.executor.run(store.annotator_stats, vendor, request.name)
         out = campaign_pb2.GetCampaignResponse(
             campaign=campaign_to_proto(status.campaign),
             status=status_to_proto(status),
-            annotators=[annotator_to_proto(a) for a in annotators],
+            annotators=[annotator_to_proto(a) for a in status.annotators],
         )
         model = await self._campaign_model(vendor, request.name, context)
         if model is not None:

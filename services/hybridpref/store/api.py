@@ -117,6 +117,19 @@ class Interval:
 
 
 @dataclass(frozen=True)
+class AnnotatorStats:
+    """One annotator's returned votes and how they compare: ``with_others`` (Wilson 95%) over the annotator's
+    non-tie votes on pairs whose *other* votes have a non-tie majority (leave-one-out: the annotator's own
+    vote never decides), ``with_lm`` over the non-tie votes on pairs with a non-tie LM label. An annotator
+    far below the others on ``with_others`` labels at random or misreads the task."""
+
+    annotator: str
+    votes: int
+    with_others: Interval | None
+    with_lm: Interval | None
+
+
+@dataclass(frozen=True)
 class CampaignStatus:
     campaign: Campaign
     budget_left: float
@@ -133,19 +146,7 @@ class CampaignStatus:
     realised_changes: int = 0
     expected_changes: Interval | None = None
     changes_known: int = 0
-
-
-@dataclass(frozen=True)
-class AnnotatorStats:
-    """One annotator's returned votes and how they compare: ``with_others`` (Wilson 95%) over the annotator's
-    non-tie votes on pairs whose *other* votes have a non-tie majority (leave-one-out: the annotator's own
-    vote never decides), ``with_lm`` over the non-tie votes on pairs with a non-tie LM label. An annotator
-    far below the others on ``with_others`` labels at random or misreads the task."""
-
-    annotator: str
-    votes: int
-    with_others: Interval | None
-    with_lm: Interval | None
+    annotators: list[AnnotatorStats] = field(default_factory=list)  # most votes first (the same scan of the labels)
 
 
 class CampaignStore(Protocol):

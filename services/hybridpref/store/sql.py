@@ -379,19 +379,7 @@ class SqlCampaignStore:
                 d.expected_correction,
             ).where(d.campaign_id == campaign_id, self._in(d.instance_id, chunk))
             for r in conn.execute(query):
-                out[r.instance_id] = StoredDecision(
-                    instance_id=r.instance_id,
-                    human=bool(r.human),
-                    score=r.score,
-                    cost=r.cost,
-                    batch_id=r.batch_id,
-                    exploration=bool(r.exploration),
-                    replayed=True,
-                    lm_label=r.lm_label,
-                    model_version=r.model_version,
-                    lm_confidence=r.lm_confidence,
-                    expected_correction=r.expected_correction,
-                )
+                out[r.instance_id] = _decision(r, replayed=True)
         return out
 
     def _insert_decisions(self, conn: Connection, values: list[tuple[Any, ...]]) -> None:
@@ -704,14 +692,15 @@ class SqlCampaignStore:
             votes_by: dict[int, Counter[str]] = defaultdict(Counter)
             info: dict[int, tuple[bool, str | None, float | None, float | None]] = {}
             query = (
-                select(d.id, d.human, d.lm_label, d.expected_correction, d.signals, lab.preference)
+                select(lab.decision_id, lab.annotator, d.human, d.lm_label, d.expected_correction, d.signals, lab.preference)
                 .join(m.labels, lab.decision_id == d.id)
                 .where(d.campaign_id == row.id)
             )
-            for r in conn.execute(query):
-                votes_by[r.id][r.preference] += 1
+            rows = conn.execute(query).all()
+            for r in rows:
+                votes_by[r.decision_id][r.preference] += 1
                 p_wrong = (r.signals or {}).get("p_lm_wrong")
-                info[r.id] = (bool(r.human), r.lm_label, r.expected_correction, p_wrong if finite(p_wrong) else None)
+                info[r.decision_id] = (bool(r.human), r.lm_label, r.expected_correction, p_wrong if finite(p_wrong) else None)
             votes = (
                 select(d.id, func.count(lab.id).label("n"))
                 .select_from(m.decisions)
@@ -756,22 +745,15 @@ class SqlCampaignStore:
             realised_changes=changed,
             expected_changes=expected_count_interval(p_changes),
             changes_known=len(p_changes),
+            annotators=annotator_stats(rows),
         )
 
     def annotator_stats(self, vendor: str, name: str) -> list[AnnotatorStats]:
         """Per annotator, most votes first: votes returned, agreement with the other votes' majority on the same
         pairs (leave-one-out) and with the LM label, each with its Wilson 95% interval (see
-        :class:`AnnotatorStats`). Audit votes count too: they are votes on the same task."""
-        d, lab = m.decisions.c, m.labels.c
-        with self.engine.connect() as conn:
-            row = self._row(conn, vendor, name)
-            query = (
-                select(lab.decision_id, lab.annotator, lab.preference, d.lm_label)
-                .join(m.decisions, lab.decision_id == d.id)
-                .where(lab.campaign_id == row.id)
-            )
-            votes = conn.execute(query).all()
-        return annotator_stats(votes)
+        :class:`AnnotatorStats`). Audit votes count too: they are votes on the same task. Part of
+        :meth:`status`, which reads the labels once for both."""
+        return self.status(vendor, name).annotators
 
     # ---- annotator tokens (the annotation page, issue 17) ----------------------------------------
 
@@ -889,7 +871,8 @@ def _candidate(r) -> Candidate:
     )
 
 
-def _decision(r) -> StoredDecision:
+def _decision(r, replayed: bool = False) -> StoredDecision:
+    """A decision row (any query with the columns below) as the store's ``StoredDecision``."""
     return StoredDecision(
         instance_id=r.instance_id,
         human=bool(r.human),
@@ -897,7 +880,7 @@ def _decision(r) -> StoredDecision:
         cost=r.cost,
         batch_id=r.batch_id,
         exploration=bool(r.exploration),
-        replayed=False,
+        replayed=replayed,
         lm_label=r.lm_label,
         model_version=r.model_version,
         lm_confidence=r.lm_confidence,
