@@ -440,15 +440,10 @@ def update_campaign(store: CampaignStore, vendor: str, request: campaign_pb2.Upd
     """``UpdateCampaign`` on the store: the new total in the campaign's own unit (a count budget stays a count),
     the store's field names turned into the request's."""
     kind = request.budget.WhichOneof("kind") if request.HasField("budget") else None
-    total = None
-    if kind is not None:
-        current = store.get_campaign(vendor, request.name).spec.budget_kind  # NotFound first
-        if kind != current:
-            raise InvalidInput(FieldViolation("budget", f"the campaign's budget is a {current} budget; give budget.{current}"))
-        total = float(request.budget.count) if kind == "count" else float(request.budget.cost)
+    total = None if kind is None else float(getattr(request.budget, kind))
     expected = request.expected_instances if request.HasField("expected_instances") else None
     try:
-        return store.update_campaign(vendor, request.name, budget_total=total, expected_instances=expected)
+        return store.update_campaign(vendor, request.name, budget_total=total, expected_instances=expected, budget_kind=kind)
     except InvalidInput as exc:
         renamed = {"budget.total": f"budget.{kind}"}
         raise InvalidInput([FieldViolation(renamed.get(v.field, v.field), v.description) for v in exc.violations]) from None

@@ -153,8 +153,14 @@ class CampaignStore(Protocol):
     def create_campaign(self, spec: CampaignSpec) -> Campaign: ...  # AlreadyExists if vendor+name taken
     def close_campaign(self, vendor: str, name: str) -> Campaign: ...  # idempotent: keeps the first closed_at
     def update_campaign(
-        self, vendor: str, name: str, *, budget_total: float | None = None, expected_instances: int | None = None
-    ) -> Campaign: ...  # a top-up / cut of the budget, a new stream size; None = unchanged
+        self,
+        vendor: str,
+        name: str,
+        *,
+        budget_total: float | None = None,
+        expected_instances: int | None = None,
+        budget_kind: str | None = None,
+    ) -> Campaign: ...  # a top-up / cut of the budget (in budget_kind, checked), a new stream size; None = unchanged
     def get_campaign(self, vendor: str, name: str) -> Campaign: ...  # NotFound otherwise
     def list_campaigns(self, vendor: str) -> list[Campaign]: ...
     def decide_batch(

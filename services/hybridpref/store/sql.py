@@ -175,7 +175,13 @@ class SqlCampaignStore:
             return self._campaign(conn, self._row(conn, vendor, name))
 
     def update_campaign(
-        self, vendor: str, name: str, *, budget_total: float | None = None, expected_instances: int | None = None
+        self,
+        vendor: str,
+        name: str,
+        *,
+        budget_total: float | None = None,
+        expected_instances: int | None = None,
+        budget_kind: str | None = None,
     ) -> Campaign:
         """Change what paces the spending: the total budget (a top-up, or a cut down to no less than what is
         spent) and the stream's expected size (no less than what is routed); ``None`` leaves a field as it is.
@@ -194,6 +200,12 @@ class SqlCampaignStore:
         with self._write.begin() as conn:
             row = self._row(conn, vendor, name, lock=True)
             changes: dict[str, Any] = {}
+            if budget_kind is not None and budget_kind != row.budget_kind:  # the caller's unit: checked, never converted
+                raise InvalidInput(
+                    FieldViolation(
+                        "budget", f"the campaign's budget is a {row.budget_kind} budget; give budget.{row.budget_kind}"
+                    )
+                )
             if budget_total is not None:
                 if row.budget_kind == "count" and float(budget_total) != int(budget_total):
                     v.append(FieldViolation("budget.total", f"a count budget is a whole number of labels, got {budget_total}"))
