@@ -20,7 +20,11 @@ strategy ``hybrid``. ``--tags live`` (default): the fast tagger tags each batch 
 ``--tags cached``: tags computed once and served from memory to both runs, so the figure is the routing
 after tagging, where persistence weighs most. Each batch is routed both ways in turn (the order
 alternating), so that the shared machine's drifting load weighs on both alike; the figure is the ratio of
-the summed times.
+the summed times. The heap is settled first as a service does once loaded (``settle_heap``). Also reported:
+``store_s``, the campaign runs' time inside the store's ``decide_batch``; ``database_s``, of it the time
+in the database driver (the insert's executemany / COPY, the queries and the commit); and
+``cost_beside_the_database``, the persistence cost with the database's share taken out (what the router and
+the store add around it).
 
     .venv/bin/python benchmarks/bench_campaign.py stream
     .venv/bin/python benchmarks/bench_campaign.py throughput --instances 100000
@@ -52,6 +56,7 @@ from hybridpref.router.campaign import CampaignRoute, StoreProvider  # noqa: E40
 from hybridpref.router.core import RouteOptions, RouterCore  # noqa: E402
 from hybridpref.router.strategies import DEFAULT_STRATEGY, strategy_spec  # noqa: E402
 from hybridpref.server.deadline import Deadline  # noqa: E402
+from hybridpref.server.runtime import settle_heap  # noqa: E402
 from hybridpref.server.settings import Settings  # noqa: E402
 from hybridpref.store.api import CampaignSpec  # noqa: E402
 from hybridpref.store.sql import SqlCampaignStore  # noqa: E402
@@ -261,6 +266,8 @@ def cmd_throughput(args) -> dict:
         else:  # warm the tagger's and the judge's models once
             asyncio.run(tagger.tag(batches[0][:50], Deadline(None)))
         route(core, batches[0][:50], options("judge", 0, Budget.fraction(SHARE)))
+        settle_heap()  # as a service does once loaded (hybridpref.server.server)
+        spent_in = _time_store(store)
         store.create_campaign(CampaignSpec(VENDOR, "c", "count", int(SHARE * len(instances)), expected_instances=len(instances)))
         # A/B per batch, the order alternating: the machine's load drifts, and both configurations see the same.
         for b, batch in enumerate(batches):
@@ -288,8 +295,35 @@ def cmd_throughput(args) -> dict:
         "seconds": seconds,
         "instances_per_s": rate,
         "persistence_cost": 1 - rate["campaign"] / rate["request_budget"],
+        # inside the campaign runs: the store's decide_batch, and of it the database driver's calls
+        "store_s": spent_in["store"],
+        "database_s": spent_in["database"],
+        "cost_beside_the_database": 1 - seconds["request_budget"] / (seconds["campaign"] - spent_in["database"]),
         "campaign_spent": [spent, total],
     }
+
+
+def _time_store(store: SqlCampaignStore) -> dict[str, float]:
+    """Wrap the store's ``decide_batch`` and the database driver's calls with timers (seconds summed into the
+    returned dict as the campaign runs go): how much of the persistence cost is the database's own."""
+    spent = {"store": 0.0, "database": 0.0}
+
+    def timed(key: str, fn):
+        def run(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - started
+
+        return run
+
+    store.decide_batch = timed("store", store.decide_batch)  # type: ignore[method-assign]
+    store._insert = timed("database", store._insert)  # type: ignore[method-assign]  (executemany / COPY)
+    dialect = store.engine.dialect
+    for name in ("do_execute", "do_execute_no_params", "do_executemany", "do_commit"):  # every other query
+        setattr(dialect, name, timed("database", getattr(dialect, name)))
+    return spent
 
 
 class _server:

@@ -8,11 +8,12 @@ import random
 from collections import Counter
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from support.postgres import postgres_server, store_url  # noqa: F401  (fixtures)
 from support.store_data import candidates
 
-from hybridpref.store.api import CampaignSpec, HumanLabel
+from hybridpref.store.api import CampaignSpec, FeatureVector, HumanLabel
 from hybridpref.store.sql import SqlCampaignStore
 from hybridpref.store.stats import Z95
 from hybridpref_client.core.errors import AlreadyExists, InvalidInput, NotFound, NotReady
@@ -125,6 +126,72 @@ def test_invalid_batch_stores_nothing(store):
     with pytest.raises(InvalidInput, match="batch_id"):
         store.decide_batch("acme", "c", "", candidates("i", 1, 0))
     assert store.decide_batch("acme", "c", "b0", []) == []
+
+
+# One field changed per case: (field, value, the violation's field or None when the candidate is valid). The
+# store screens whole columns first and judges a batch that fails the screen field by field: both must agree.
+ONE_FIELD_CASES = [
+    ("instance_id", "   ", "instance_id"),
+    ("instance_id", "a\tb", "instance_id"),
+    ("instance_id", "x" * 257, "instance_id"),
+    ("instance_id", "zero\u200bwidth", None),  # not printable, yet a valid id
+    ("instance_id", "caf\u00e9", None),
+    ("prompt", "with\x00nul", "prompt"),
+    ("prompt", 42, "prompt"),
+    ("score", True, "score"),
+    ("score", 10**400, "score"),
+    ("score", np.float64(0.25), None),
+    ("score", 3, None),
+    ("cost", 0.0, "cost"),
+    ("cost", float("inf"), "cost"),
+    ("lm_confidence", 1.5, "lm_confidence"),
+    ("lm_confidence", None, None),
+    ("expected_correction", float("nan"), "expected_correction"),
+    ("lm_label", "C_BETTER", "lm_label"),
+    ("signals", {"p": float("nan")}, "signals"),
+    ("signals", {"when": np.float64(0.5), "x": None}, None),
+    ("metadata", ["not", "an", "object"], "metadata"),
+    ("features", {"f": float("inf")}, "features"),
+    ("features", {"f": "high"}, "features"),
+    ("features", FeatureVector.rows(("a", "a"), np.zeros((1, 2)))[0], "features"),
+    ("features", FeatureVector.rows(("a", "b"), np.array([[0.5, np.nan]]))[0], None),
+    ("features", {}, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "violation"), ONE_FIELD_CASES, ids=[f"{c[0]}-{k}" for k, c in enumerate(ONE_FIELD_CASES)]
+)
+def test_each_field_is_judged_alike_in_a_batch(store, field, value, violation):
+    store.create_campaign(spec())
+    batch = candidates("i", 4, 0)
+    batch[2] = replace(batch[2], **{field: value})
+    if violation is None:
+        out = store.decide_batch("acme", "c", "b0", batch)
+        assert [d.instance_id for d in out] == [c.instance_id for c in batch]
+        return
+    with pytest.raises(InvalidInput) as err:
+        store.decide_batch("acme", "c", "b0", batch)
+    assert [v.field for v in err.value.violations] == [f"candidates[2].{violation}"]
+    assert store.get_campaign("acme", "c").routed == 0
+
+
+def test_packed_features_read_back_as_stored(store):
+    """Features packed by the router (NaN = unknown, left out) and a plain dict both come back as the
+    mapping of their known values; the same list of names is stored once."""
+    store.create_campaign(spec(budget_total=10))
+    names = ("disagree", "no_verdict", "log_len")
+    vectors = FeatureVector.rows(names, np.array([[0.25, 0.0, np.nan], [1e-300, -2.5, 3.0]]))
+    sent = [replace(c, features=f) for c, f in zip(candidates("i", 2, 0), vectors)]
+    sent.append(replace(candidates("j", 1, 0)[0], features={"no_verdict": 1.0, "disagree": 0.5, "log_len": 2.0}))
+    store.decide_batch("acme", "c", "b0", sent)
+    store.submit_labels("acme", "c", [HumanLabel(c.instance_id, "ann", "A") for c in sent])
+    back = {cand.instance_id: cand.features for cand, _, _ in store.returned_labels("acme", "c")}
+    assert back["i0"] == {"disagree": 0.25, "no_verdict": 0.0} and "log_len" not in back["i0"]
+    assert dict(back["i1"]) == {"disagree": 1e-300, "no_verdict": -2.5, "log_len": 3.0}
+    assert list(back["j0"]) == ["no_verdict", "disagree", "log_len"] and back["j0"]["log_len"] == 2.0
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM feature_sets").scalar() == 2  # two orders of names
 
 
 @pytest.mark.parametrize("kind", ["count", "cost"])

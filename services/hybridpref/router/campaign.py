@@ -15,24 +15,24 @@ decision carries the LM label that the export and the judge-human agreement read
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import structlog
 
-from hybridpref.store.api import CampaignStore, Candidate
+from hybridpref.store.api import CampaignStore, Candidate, FeatureVector
 from hybridpref_client.core.errors import NotReady
 from hybridpref_client.core.instances import Label, PreferenceInstance
 
 # Decisions stored per database transaction: a batch up to this size is stored whole or not at all; a
 # longer stream in slices of this size, each atomic (a re-sent stream replays the slices already stored).
 CAMPAIGN_SLICE = 20_000
-# Decimals kept of the stored correction features (JSON text; they are O(1): 6 are plenty for a refit).
-FEATURE_DIGITS = 6
 
 log = structlog.get_logger()
+# A recorded judge's label as the stored signals write it ("A", "B" or "tie").
+_RECORDED = {label: label.winner or "tie" for label in Label if label != Label.UNSPECIFIED}
 
 
 @dataclass(frozen=True)
@@ -137,11 +137,11 @@ def candidates(
     score, cost, labels = scores[picked].tolist(), costs[picked].tolist(), judged.labels[picked].tolist()
     out: list[Candidate] = []
     for k, inst in enumerate(instances):
-        meta: dict[str, Any] = dict(inst.metadata)
+        meta: Mapping[str, Any] = inst.metadata
         if inst.messages:
-            meta["messages"] = [{"role": m.role, "content": m.content} for m in inst.messages]
+            meta = {**meta, "messages": [{"role": m.role, "content": m.content} for m in inst.messages]}
         signal = signals[k]
-        recorded = {name: label.winner or "tie" for name, label in inst.lm_labels.items() if label != Label.UNSPECIFIED}
+        recorded = {name: _RECORDED[label] for name, label in inst.lm_labels.items() if label in _RECORDED}
         if recorded:  # the panel the pool export carries
             signal["lm_labels"] = recorded
         label = int(labels[k])
@@ -183,18 +183,12 @@ def _signal_rows(judged: JudgeRows, rows: np.ndarray) -> list[dict[str, Any]]:
     return out
 
 
-def _feature_rows(judged: JudgeRows, rows: np.ndarray) -> list[dict[str, float]]:
-    """Correction features of ``rows``, rounded to ``FEATURE_DIGITS`` decimals (short JSON; they are O(1)
-    quantities: shares, flags, log lengths), non-finite ones left out."""
+def _feature_rows(judged: JudgeRows, rows: np.ndarray) -> Sequence[Mapping[str, float]]:
+    """Correction features of ``rows``, packed (one bytes slice per row over shared names; non-finite ones
+    unknown): the store writes them as they are."""
     if judged.features is None:
         return [{} for _ in range(len(rows))]
-    x = np.asarray(judged.features[rows], dtype=np.float64)
-    finite = np.isfinite(x)
-    rounded = np.round(np.where(finite, x, 0.0), FEATURE_DIGITS).tolist()
-    names = judged.feature_names
-    if finite.all():
-        return [dict(zip(names, r)) for r in rounded]
-    return [{n: v for n, v, ok in zip(names, r, f) if ok} for r, f in zip(rounded, finite.tolist())]
+    return FeatureVector.rows(judged.feature_names, judged.features[rows])
 
 
 def _column(values: np.ndarray) -> list[float | None]:

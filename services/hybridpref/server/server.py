@@ -33,6 +33,7 @@ from hybridpref.server.interceptors import (
 )
 from hybridpref.server.metrics import Metrics, start_metrics_server
 from hybridpref.server.quota import QuotaBook
+from hybridpref.server.runtime import settle_heap
 from hybridpref.server.settings import Settings
 from hybridpref.server.tls import server_credentials
 
@@ -216,6 +217,7 @@ async def _load(running: RunningService, metrics: Metrics) -> None:
         metrics.model_ready.labels(handle.name).set(1 if handle.ready() else 0)
 
     def on_change() -> None:  # may be called from any thread (e.g. the bundle watcher's)
+        settle_heap()  # a model was replaced: let the old one's cycles go, keep the new one out of sight
         asyncio.run_coroutine_threadsafe(refresh(), loop)
 
     handle.on_health_change.append(on_change)
@@ -223,6 +225,7 @@ async def _load(running: RunningService, metrics: Metrics) -> None:
     await refresh()
     if handle.start is not None:
         await handle.start()
+    settle_heap()
     running.loaded.set()
     log.info("service_serving", service=handle.name, ready=handle.ready())
 

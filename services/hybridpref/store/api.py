@@ -5,10 +5,13 @@ fine; changing a signature below is not (other helpers depend on it)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
+
+import numpy as np
 
 BudgetKind = Literal["count", "cost"]
 Preference = Literal["A", "B", "tie"]  # stored orientation: A/B as routed (never the shown order)
@@ -44,7 +47,71 @@ class Campaign:
     closed_at: datetime | None = None  # closed: no new instance is routed (labels, status, export go on)
 
 
-@dataclass(frozen=True)
+class FeatureVector(Mapping[str, float]):
+    """One decision's correction features, packed: the names (one tuple shared by a batch's rows) and the
+    values as little-endian float64 bytes, NaN where a feature is unknown (then absent from the mapping).
+
+    What the router hands the store for its batches (``FeatureVector.rows``: no dict of floats per row) and
+    what the store reads back; it compares equal to the dict of its finite values."""
+
+    __slots__ = ("names", "packed")
+
+    def __init__(self, names: tuple[str, ...], packed: bytes):
+        if len(packed) != 8 * len(names):
+            raise ValueError(f"{len(names)} feature names need {8 * len(names)} bytes of values, got {len(packed)}")
+        self.names = names
+        self.packed = packed
+
+    @classmethod
+    def rows(cls, names: Sequence[str], matrix: np.ndarray) -> list[FeatureVector]:
+        """The rows of an (n, F) matrix, each a vector over ``names``; non-finite values become unknown."""
+        values = np.array(matrix, dtype="<f8", order="C", ndmin=2)
+        values[~np.isfinite(values)] = np.nan
+        width = 8 * values.shape[1]
+        shared, packed = tuple(names), values.tobytes()
+        return [cls(shared, packed[k : k + width]) for k in range(0, len(packed), width)]
+
+    @classmethod
+    def of(cls, features: Mapping[str, float]) -> FeatureVector:
+        """Pack a mapping of names to finite numbers (``ValueError`` / ``TypeError`` naming the first that is not)."""
+        if isinstance(features, FeatureVector):
+            return features
+        names = tuple(features)
+        for name in names:
+            value = features[name]
+            if not isinstance(name, str):
+                raise TypeError(f"feature names are strings, got {type(name).__name__}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"feature {name!r}: expected a number, got {type(value).__name__}")
+            if not math.isfinite(value):
+                raise ValueError(f"feature {name!r}: {value} is not a finite number")
+        return cls(names, np.array([features[n] for n in names], dtype="<f8").tobytes())
+
+    def array(self) -> np.ndarray:
+        """All values in ``names`` order, NaN where unknown."""
+        return np.frombuffer(self.packed, dtype="<f8")
+
+    def __getitem__(self, name: str) -> float:
+        try:
+            value = float(self.array()[self.names.index(name)])
+        except ValueError:
+            raise KeyError(name) from None
+        if math.isnan(value):
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        known = ~np.isnan(self.array())
+        return (name for name, ok in zip(self.names, known.tolist()) if ok)
+
+    def __len__(self) -> int:
+        return int((~np.isnan(self.array())).sum())
+
+    def __repr__(self) -> str:
+        return f"FeatureVector({dict(self.items())!r})"
+
+
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """One instance of a batch as the router hands it to the store: texts, the strategy's score (higher =
     more worth a human label), its cost, and what a later refit or export needs."""
@@ -58,12 +125,12 @@ class Candidate:
     lm_label: str | None = None  # hybridpref_client.core.instances.Label name, e.g. "A_BETTER"
     lm_confidence: float | None = None  # P(LM label correct) or the judge's confidence
     signals: dict[str, Any] = field(default_factory=dict)  # judge signals (flip, P(A), other judges...)
-    features: dict[str, float] = field(default_factory=dict)  # correction-model inputs
+    features: Mapping[str, float] = field(default_factory=dict)  # correction-model inputs (a dict or FeatureVector)
     expected_correction: float | None = None  # P(human label fixes the LM label), as the summary promised
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredDecision:
     instance_id: str
     human: bool
@@ -79,7 +146,7 @@ class StoredDecision:
     expected_correction: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HumanLabel:
     instance_id: str
     annotator: str
@@ -90,7 +157,7 @@ class HumanLabel:
     source: str = "api"  # api | annotate | label-studio | ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LabelResult:
     index: int
     instance_id: str
@@ -99,7 +166,7 @@ class LabelResult:
     error: str = ""  # for "rejected": which field and why
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PendingPair:
     instance_id: str
     prompt: str

@@ -12,6 +12,10 @@ create exactly these (tests/store/test_store_migrations.py compares them with Al
 * ``annotator_tokens`` (revision 0002): sha256 of the tokens that open the annotation page for one
   vendor's annotator; the plain token is shown once and never stored.
 * ``campaigns.closed_at`` (revision 0003): when the campaign was closed (no new instance routed after it).
+* ``feature_sets`` (revision 0004): the names of a correction model's features, once per distinct list;
+  a decision keeps its features packed (``feature_values``: float64 little-endian, NaN = unknown, in the
+  order of its ``feature_set_id``'s names) instead of a JSON object per row, which cost more to write than
+  the rest of the row. Rows of earlier revisions (and decisions without features) keep ``features`` JSON.
 """
 
 from __future__ import annotations
@@ -112,11 +116,24 @@ class DecisionRow(Base):
     lm_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
     expected_correction: Mapped[float | None] = mapped_column(Float, nullable=True)
     signals: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
-    features: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    features: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)  # revision <= 0003; else {}
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)  # Candidate.metadata
     model_version: Mapped[str] = mapped_column(String(MAX_SHORT), nullable=False, default="")
     bundle_version: Mapped[str] = mapped_column(String(MAX_SHORT), nullable=False, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # revision 0004: the correction features packed (FeatureVector); no foreign key: feature sets are never
+    # deleted, and adding one to SQLite's decisions table would rebuild it
+    feature_set_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    feature_values: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class FeatureSetRow(Base):
+    __tablename__ = "feature_sets"
+    __table_args__ = (UniqueConstraint("digest", name="uq_feature_sets_digest"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    digest: Mapped[str] = mapped_column(String(64), nullable=False)  # sha256 of ``names`` as compact JSON
+    names: Mapped[list[str]] = mapped_column(JSON, nullable=False)
 
 
 class LabelRow(Base):
@@ -159,3 +176,4 @@ campaigns = cast(Table, CampaignRow.__table__)
 decisions = cast(Table, DecisionRow.__table__)
 labels = cast(Table, LabelRow.__table__)
 annotator_tokens = cast(Table, AnnotatorTokenRow.__table__)
+feature_sets = cast(Table, FeatureSetRow.__table__)

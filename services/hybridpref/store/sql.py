@@ -15,15 +15,18 @@ and a crash before the commit leaves nothing half-written.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import secrets
+import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy import ARRAY, Connection, Engine, bindparam, exists, false, func, insert, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 import hybridpref.store.models as m
@@ -34,6 +37,7 @@ from hybridpref.store.api import (
     CampaignStatus,
     Candidate,
     ExportFormat,
+    FeatureVector,
     HumanLabel,
     LabelResult,
     PendingPair,
@@ -41,6 +45,7 @@ from hybridpref.store.api import (
 )
 from hybridpref.store.engine import (
     EncodedJSON,
+    WalCheckpointer,
     create_store_engine,
     current_revision,
     head_revision,
@@ -51,6 +56,7 @@ from hybridpref.store.policy import batch_seed, plan_batch, update_sample
 from hybridpref.store.stats import annotator_stats, expected_count_interval, majority, wilson
 from hybridpref.store.validation import (
     MAX_EXPECTED,
+    CheckedBatch,
     canonical_preference,
     check_name,
     clip_id,
@@ -66,11 +72,10 @@ from hybridpref_client.core.instances import Label
 
 # Rows per query when streaming (export, refit) and ids per IN (...) list.
 CHUNK = 2_000
-# Columns written by COPY on PostgreSQL (decide_batch), in this order.
+# A decision's columns that vary per row, in the order ``_decision_rows`` writes them; then those that a
+# batch shares (written once per batch: ``BATCH_COLUMNS``).
 DECISION_COLUMNS = (
-    "campaign_id",
     "instance_id",
-    "batch_id",
     "prompt",
     "response_a",
     "response_b",
@@ -78,17 +83,16 @@ DECISION_COLUMNS = (
     "cost",
     "human",
     "exploration",
-    "threshold",
     "lm_label",
     "lm_confidence",
     "expected_correction",
     "signals",
-    "features",
     "meta",
-    "model_version",
-    "bundle_version",
-    "created_at",
+    "feature_set_id",
+    "feature_values",
 )
+BATCH_COLUMNS = ("campaign_id", "batch_id", "threshold", "features", "model_version", "bundle_version", "created_at")
+NO_FEATURES = EncodedJSON("{}")  # ``features`` of the rows whose features are packed (revision 0004) or absent
 LABEL_COLUMNS = (
     "campaign_id",
     "decision_id",
@@ -112,6 +116,11 @@ class SqlCampaignStore:
         self.engine = engine
         self._write = write_engine(engine)
         self._postgres = engine.dialect.name == "postgresql"
+        self._checkpointer = WalCheckpointer(engine) if _sqlite_file(engine) else None
+        # feature_sets rows, both ways (they are never changed or deleted once committed)
+        self._feature_set_ids: dict[tuple[str, ...], int] = {}
+        self._feature_names: dict[int, tuple[str, ...]] = {}
+        self._feature_lock = threading.Lock()
 
     @classmethod
     def open(cls, url: str | None = None, *, upgrade: bool = False, **engine_kwargs: Any) -> SqlCampaignStore:
@@ -134,6 +143,8 @@ class SqlCampaignStore:
         return cls(engine)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self.engine.dispose()
 
     # ---- campaigns -------------------------------------------------------------------------------
@@ -263,10 +274,11 @@ class SqlCampaignStore:
         the new ones are routed by the spending policy (:mod:`hybridpref.store.policy`) in the same
         transaction that reserves their spend. Raises :class:`InvalidInput` (nothing stored) when a
         candidate is malformed, :class:`NotFound` for an unknown campaign."""
-        lm_labels, encoded = validate_batch(batch_id, candidates, model_version, bundle_version)
+        checked = validate_batch(batch_id, candidates, model_version, bundle_version)
         if not candidates:
             self.get_campaign(vendor, name)
             return []
+        set_ids = self._feature_set_ids_of({f.names for f in checked.features if f is not None})
         with self._write.begin() as conn:
             row = self._row(conn, vendor, name, lock=True)
             stored = self._stored_decisions(conn, row.id, [c.instance_id for c in candidates])
@@ -280,14 +292,7 @@ class SqlCampaignStore:
             decided: dict[str, StoredDecision] = {}
             if fresh:
                 decided = self._decide_fresh(
-                    conn,
-                    row,
-                    batch_id,
-                    [candidates[i] for i in fresh],
-                    [lm_labels[i] for i in fresh],
-                    [encoded[i] for i in fresh],
-                    model_version,
-                    bundle_version,
+                    conn, row, batch_id, candidates, fresh, checked, set_ids, model_version, bundle_version
                 )
         return [decided.get(c.instance_id) or stored[c.instance_id] for c in candidates]
 
@@ -296,14 +301,17 @@ class SqlCampaignStore:
         conn: Connection,
         row,
         batch_id: str,
-        fresh: list[Candidate],
-        lm_labels: list[str | None],
-        encoded: list[tuple[EncodedJSON, EncodedJSON, EncodedJSON]],
+        candidates: Sequence[Candidate],
+        fresh: list[int],
+        checked: CheckedBatch,
+        set_ids: Mapping[tuple[str, ...], int],
         model_version: str,
         bundle_version: str,
     ) -> dict[str, StoredDecision]:
-        scores = np.array([c.score for c in fresh], dtype=np.float64)
-        costs = np.array([c.cost for c in fresh], dtype=np.float64)
+        """Route the ``fresh`` candidates (positions in ``candidates``) by the spending policy, store them
+        and reserve their spend in the campaign row."""
+        scores = np.array([candidates[i].score for i in fresh], dtype=np.float64)
+        costs = np.array([candidates[i].cost for i in fresh], dtype=np.float64)
         history = np.frombuffer(row.score_sample or b"", dtype="<f8")
         seed = batch_seed(row.id, batch_id)
         plan = plan_batch(
@@ -317,32 +325,17 @@ class SqlCampaignStore:
             exploration_share=row.exploration_share,
             seed=seed,
         )
-        now = _now()
+        human, exploration = plan.human.tolist(), plan.exploration.tolist()
         threshold = plan.threshold if math.isfinite(plan.threshold) else None
-        values = [
-            (
-                row.id,
-                c.instance_id,
-                batch_id,
-                c.prompt,
-                c.response_a,
-                c.response_b,
-                float(c.score),
-                float(c.cost),
-                bool(plan.human[i]),
-                bool(plan.exploration[i]),
-                threshold,
-                lm_labels[i],
-                c.lm_confidence,
-                c.expected_correction,
-                *encoded[i],
-                model_version,
-                bundle_version,
-                now,
-            )
-            for i, c in enumerate(fresh)
-        ]
-        self._insert_decisions(conn, values)
+        shared = (row.id, batch_id, threshold, NO_FEATURES, model_version, bundle_version, _now())
+        self._insert(
+            conn,
+            m.decisions,
+            DECISION_COLUMNS,
+            _decision_rows(candidates, fresh, checked, set_ids, human, exploration),
+            dict(zip(BATCH_COLUMNS, shared)),
+            driver_ready=True,
+        )
         spent = row.spent + plan.spend
         if spent > row.budget_total:  # float sums of costs: never report more than the total
             spent = row.budget_total
@@ -357,22 +350,79 @@ class SqlCampaignStore:
                 score_sample=sample,
             )
         )
-        return {
-            c.instance_id: StoredDecision(
+        out = {}
+        for k, i in enumerate(fresh):
+            c = candidates[i]
+            out[c.instance_id] = StoredDecision(
                 instance_id=c.instance_id,
-                human=bool(plan.human[i]),
+                human=human[k],
                 score=float(c.score),
                 cost=float(c.cost),
                 batch_id=batch_id,
-                exploration=bool(plan.exploration[i]),
+                exploration=exploration[k],
                 replayed=False,
-                lm_label=lm_labels[i],
+                lm_label=checked.lm_labels[i],
                 model_version=model_version,
                 lm_confidence=c.lm_confidence,
                 expected_correction=c.expected_correction,
             )
-            for i, c in enumerate(fresh)
-        }
+        return out
+
+    # ---- feature sets (revision 0004) ------------------------------------------------------------
+
+    def _feature_set_ids_of(self, names: set[tuple[str, ...]]) -> dict[tuple[str, ...], int]:
+        """The ``feature_sets`` id of each list of names, stored (committed, in a transaction of its own)
+        where new: a decision that refers to it may be written by any router afterwards."""
+        return {n: self._feature_set_ids.get(n) or self._store_feature_set(n) for n in names}
+
+    def _store_feature_set(self, names: tuple[str, ...]) -> int:
+        text = json.dumps(list(names), separators=(",", ":"))
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        fs = m.feature_sets.c
+        with self._write.begin() as conn:
+            found = conn.execute(select(fs.id).where(fs.digest == digest)).scalar()
+            if found is None:  # two routers may race here: the unique digest keeps one row, and both read it
+                dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+                values = {"digest": digest, "names": EncodedJSON(text)}
+                conn.execute(dialect.insert(m.feature_sets).values(values).on_conflict_do_nothing(index_elements=["digest"]))
+                found = conn.execute(select(fs.id).where(fs.digest == digest)).scalar_one()
+        with self._feature_lock:
+            self._feature_set_ids[names] = found
+            self._feature_names[found] = names
+        return found
+
+    def _names_of_feature_set(self, set_id: int) -> tuple[str, ...]:
+        names = self._feature_names.get(set_id)
+        if names is None:
+            with self.engine.connect() as conn:
+                stored = conn.execute(select(m.feature_sets.c.names).where(m.feature_sets.c.id == set_id)).scalar_one()
+            names = tuple(stored)
+            with self._feature_lock:
+                self._feature_names[set_id] = names
+                self._feature_set_ids[names] = set_id
+        return names
+
+    def _features_of(self, r) -> Mapping[str, float]:
+        """A decision row's features: packed (revision 0004) or the JSON object of earlier rows."""
+        if r.feature_set_id is not None and r.feature_values is not None:
+            return FeatureVector(self._names_of_feature_set(r.feature_set_id), bytes(r.feature_values))
+        return dict(r.features or {})
+
+    def _candidate(self, r) -> Candidate:
+        return Candidate(
+            instance_id=r.instance_id,
+            prompt=r.prompt,
+            response_a=r.response_a,
+            response_b=r.response_b,
+            score=r.score,
+            cost=r.cost,
+            lm_label=r.lm_label,
+            lm_confidence=r.lm_confidence,
+            signals=dict(r.signals or {}),
+            features=self._features_of(r),
+            expected_correction=r.expected_correction,
+            metadata=dict(r.meta or {}),
+        )
 
     def _stored_decisions(self, conn: Connection, campaign_id: int, ids: Sequence[str]) -> dict[str, StoredDecision]:
         d = m.decisions.c
@@ -394,39 +444,45 @@ class SqlCampaignStore:
                 out[r.instance_id] = _decision(r, replayed=True)
         return out
 
-    def _insert_decisions(self, conn: Connection, values: list[tuple[Any, ...]]) -> None:
-        """Insert decision rows (tuples in :data:`DECISION_COLUMNS` order) in the open transaction."""
-        self._insert(conn, m.decisions, DECISION_COLUMNS, values)
-
-    def _insert(self, conn: Connection, table, columns: Sequence[str], values: list[tuple[Any, ...]]) -> None:
-        """Insert rows in the open transaction: COPY on PostgreSQL (one round trip; psycopg's
-        executemany sends one statement per row), a prepared executemany on SQLite."""
-        if not values:
-            return
+    def _insert(
+        self,
+        conn: Connection,
+        table,
+        columns: Sequence[str],
+        rows: Iterable[tuple[Any, ...]],
+        shared: Mapping[str, Any] | None = None,
+        driver_ready: bool = False,
+    ) -> None:
+        """Insert rows (tuples in ``columns`` order, plus the ``shared`` columns' values, the same for every
+        row) in the open transaction: COPY on PostgreSQL (one round trip; psycopg's executemany sends one
+        statement per row), a prepared executemany on SQLite. ``rows`` is consumed once, as it is written.
+        ``driver_ready``: the rows hold only values both drivers take as they are (str, numbers, bool,
+        bytes, None; JSON already text), so SQLite skips the columns' bind processors for them."""
+        shared = dict(shared or {})
+        names = ", ".join(f'"{c}"' for c in (*columns, *shared))
+        driver: Any = conn.connection.driver_connection  # psycopg's (COPY) or sqlite3's connection
         if self._postgres:
-            names = ", ".join(f'"{c}"' for c in columns)
-            driver: Any = conn.connection.driver_connection  # psycopg's connection (COPY)
+            tail = tuple(shared.values())
             with driver.cursor() as cursor:
                 with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
-                    for value in values:
-                        copy.write_row(value)
+                    for row in rows:
+                        copy.write_row(row + tail)
             return
+
         # SQLite: the driver's executemany on tuples, each value through its column type's bind processor
-        # (datetimes, booleans, JSON), without building a parameter dict per row (measured: ~2x faster).
-        processors = [
-            (k, p) for k, c in enumerate(columns) if (p := table.c[c].type._cached_bind_processor(conn.dialect)) is not None
-        ]
-        rows = values
-        if processors:
-            rows = []
-            for value in values:
-                row = list(value)
-                for k, process in processors:
-                    row[k] = process(row[k])
-                rows.append(tuple(row))
-        names = ", ".join(f'"{c}"' for c in columns)
-        marks = ", ".join("?" for _ in columns)
-        conn.exec_driver_sql(f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})', rows)
+        # (datetimes, booleans, JSON), without building a parameter dict per row (measured: ~2x faster); the
+        # shared values are processed once.
+        def bound(column: str):
+            return table.c[column].type._cached_bind_processor(conn.dialect)
+
+        tail = tuple(p(v) if (p := bound(c)) is not None else v for c, v in shared.items())
+        processors = [] if driver_ready else [(k, p) for k, c in enumerate(columns) if (p := bound(c)) is not None]
+        marks = ", ".join("?" for _ in (*columns, *shared))
+        cursor = driver.cursor()  # sqlite3's executemany takes the rows lazily
+        try:
+            cursor.executemany(f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})', _bound_rows(rows, processors, tail))
+        finally:
+            cursor.close()
 
     # ---- labels ----------------------------------------------------------------------------------
 
@@ -648,7 +704,7 @@ class SqlCampaignStore:
         """Every instance with at least one human label (audit labels included), in routing order:
         the candidate as routed, its decision and its labels (oldest first). For refits."""
         for decision, votes in self._walk(vendor, name, list(m.decisions.c), list(m.labels.c), labelled_only=True):
-            yield _candidate(decision), _decision(decision), [_human_label(decision.instance_id, v) for v in votes]
+            yield self._candidate(decision), _decision(decision), [_human_label(decision.instance_id, v) for v in votes]
 
     def _walk(
         self, vendor: str, name: str, columns: list[Any], label_columns: list[Any], labelled_only: bool
@@ -866,21 +922,54 @@ def _winner(lm_label: str | None) -> str | None:
     return Label[lm_label].winner if lm_label else None
 
 
-def _candidate(r) -> Candidate:
-    return Candidate(
-        instance_id=r.instance_id,
-        prompt=r.prompt,
-        response_a=r.response_a,
-        response_b=r.response_b,
-        score=r.score,
-        cost=r.cost,
-        lm_label=r.lm_label,
-        lm_confidence=r.lm_confidence,
-        signals=dict(r.signals or {}),
-        features=dict(r.features or {}),
-        expected_correction=r.expected_correction,
-        metadata=dict(r.meta or {}),
+def _sqlite_file(engine: Engine) -> bool:
+    """A SQLite database in a file (WAL mode; an in-memory one has no log to checkpoint)."""
+    database = engine.url.database or ""
+    return engine.dialect.name == "sqlite" and database not in ("", ":memory:") and "mode=memory" not in database
+
+
+def _decision_rows(
+    candidates: Sequence[Candidate],
+    fresh: Sequence[int],
+    checked: CheckedBatch,
+    set_ids: Mapping[tuple[str, ...], int],
+    human: Sequence[bool],
+    exploration: Sequence[bool],
+) -> Iterator[tuple[Any, ...]]:
+    """The ``fresh`` candidates' rows in :data:`DECISION_COLUMNS` order, zipped from columns as the insert
+    takes them (no batch of row tuples kept alive)."""
+    rows = [candidates[i] for i in fresh]
+    features = [checked.features[i] for i in fresh]
+    return zip(
+        [c.instance_id for c in rows],
+        [c.prompt for c in rows],
+        [c.response_a for c in rows],
+        [c.response_b for c in rows],
+        [float(c.score) for c in rows],
+        [float(c.cost) for c in rows],
+        human,
+        exploration,
+        [checked.lm_labels[i] for i in fresh],
+        [c.lm_confidence for c in rows],
+        [c.expected_correction for c in rows],
+        [checked.signals[i] for i in fresh],
+        [checked.metadata[i] for i in fresh],
+        [None if f is None else set_ids[f.names] for f in features],
+        [None if f is None else f.packed for f in features],
     )
+
+
+def _bound_rows(
+    rows: Iterable[tuple[Any, ...]], processors: Sequence[tuple[int, Any]], tail: tuple[Any, ...]
+) -> Iterator[tuple[Any, ...]]:
+    """``rows`` with their values through the columns' bind processors, ``tail`` appended."""
+    for row in rows:
+        if processors:
+            values = list(row)
+            for k, process in processors:
+                values[k] = process(values[k])
+            row = tuple(values)
+        yield row + tail
 
 
 def _decision(r, replayed: bool = False) -> StoredDecision:

@@ -5,15 +5,19 @@ or an over-long name would otherwise surface as PostgreSQL's error, an INTERNAL 
 
 from __future__ import annotations
 
-import json
+import itertools
 import math
+import operator
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 import hybridpref.store.models as m
-from hybridpref.store.api import CampaignSpec, Candidate, HumanLabel
-from hybridpref.store.engine import EncodedJSON
+from hybridpref.store.api import CampaignSpec, Candidate, FeatureVector, HumanLabel
+from hybridpref.store.engine import EncodedJSON, strict_json
 from hybridpref_client.core.errors import FieldViolation, InvalidInput, quote
 from hybridpref_client.core.instances import is_blank, parse_label
 
@@ -21,7 +25,6 @@ MAX_RATIONALE = 20_000
 MAX_EXPECTED = 10**12  # expected_instances: far past any stream, well inside a BIGINT
 PREFERENCES = ("A", "B", "tie")
 STRENGTHS = (1, 2)
-JSON_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
 def validate_spec(spec: CampaignSpec) -> None:
@@ -53,11 +56,23 @@ def validate_spec(spec: CampaignSpec) -> None:
         raise InvalidInput(v)
 
 
-def validate_batch(
-    batch_id: str, candidates: Sequence[Candidate], model_version: str, bundle_version: str
-) -> tuple[list[str | None], list[tuple[EncodedJSON, EncodedJSON, EncodedJSON]]]:
-    """Check a batch before anything is stored; returns the candidates' canonical LM label names and
-    their (signals, features, metadata) as JSON text."""
+@dataclass
+class CheckedBatch:
+    """A batch that passed :func:`validate_batch`, column by column in the candidates' order: canonical LM
+    label names, signals and metadata as JSON text, the correction features packed (``None``: none)."""
+
+    lm_labels: list[str | None]
+    signals: list[EncodedJSON]
+    metadata: list[EncodedJSON]
+    features: list[FeatureVector | None]
+
+
+def validate_batch(batch_id: str, candidates: Sequence[Candidate], model_version: str, bundle_version: str) -> CheckedBatch:
+    """Check a batch before anything is stored (``InvalidInput`` listing every bad field; nothing is
+    stored then); returns what the store writes of each candidate besides its plain fields.
+
+    A batch the router built passes a screen of whole columns at C speed; only a batch that fails it
+    goes through the per-field checks, which name each bad field (the same verdicts, slower)."""
     v: list[FieldViolation] = []
     err = name_error(batch_id, m.MAX_BATCH_ID)
     if err:
@@ -65,52 +80,151 @@ def validate_batch(
     for field, value in (("model_version", model_version), ("bundle_version", bundle_version)):
         if not isinstance(value, str) or len(value) > m.MAX_SHORT:
             v.append(FieldViolation(field, f"expected a string of at most {m.MAX_SHORT} characters"))
-    seen: dict[str, int] = {}
-    lm_labels: list[str | None] = []
-    encoded: list[tuple[EncodedJSON, EncodedJSON, EncodedJSON]] = []
-    for i, c in enumerate(candidates):
-        where = f"candidates[{i}]"
-        err = name_error(c.instance_id, m.MAX_INSTANCE_ID)
-        if err:
-            v.append(FieldViolation(f"{where}.instance_id", err))
-        elif c.instance_id in seen:
-            v.append(
-                FieldViolation(
-                    f"{where}.instance_id", f"duplicate id {quote(c.instance_id)} (first at candidates[{seen[c.instance_id]}])"
-                )
-            )
-        else:
-            seen[c.instance_id] = i
-        for field in ("prompt", "response_a", "response_b"):
-            if not isinstance(getattr(c, field), str):
-                v.append(FieldViolation(f"{where}.{field}", "expected a string"))
-            elif "\x00" in getattr(c, field):  # PostgreSQL's text cannot hold it; refused on SQLite alike
-                v.append(FieldViolation(f"{where}.{field}", "contains a NUL character (U+0000)"))
-        if not finite(c.score):
-            v.append(FieldViolation(f"{where}.score", f"must be a finite number, got {c.score!r}"))
-        if not finite(c.cost) or c.cost <= 0:
-            v.append(FieldViolation(f"{where}.cost", f"must be a positive finite number, got {c.cost!r}"))
-        for field in ("lm_confidence", "expected_correction"):
-            value = getattr(c, field)
-            if value is not None and not finite(value):
-                v.append(FieldViolation(f"{where}.{field}", f"must be a finite number or empty, got {value!r}"))
-        if c.lm_confidence is not None and finite(c.lm_confidence) and not 0 <= c.lm_confidence <= 1:
-            v.append(FieldViolation(f"{where}.lm_confidence", f"must be in [0, 1], got {c.lm_confidence}"))
-        lm_labels.append(canonical_lm_label(c.lm_label, f"{where}.lm_label", v))
-        texts = []
-        for field in ("signals", "features", "metadata"):
-            value = getattr(c, field)
-            try:
-                if not isinstance(value, Mapping):
-                    raise TypeError(f"expected an object, got {type(value).__name__}")
-                texts.append(EncodedJSON(JSON_ENCODER.encode(value)))
-            except (TypeError, ValueError) as exc:
-                v.append(FieldViolation(f"{where}.{field}", f"must be a JSON object without NaN or infinity ({exc})"))
-        if len(texts) == 3:
-            encoded.append((texts[0], texts[1], texts[2]))
+    if not _plainly_valid(candidates):
+        seen: dict[str, int] = {}
+        for i, c in enumerate(candidates):
+            v.extend(_candidate_violations(i, c, seen))
+    checked = _encoded(candidates, v)
     if v:
         raise InvalidInput(v)
-    return lm_labels, encoded
+    return checked
+
+
+def _plainly_valid(candidates: Sequence[Candidate]) -> bool:
+    """True only when every id, text and number of the batch is valid (checked column by column); a
+    False sends the batch through :func:`_candidate_violations`, which decides and names."""
+    if not candidates:
+        return True
+    ids = [c.instance_id for c in candidates]
+    texts = [t for c in candidates for t in (c.prompt, c.response_a, c.response_b)]
+    if set(map(type, ids)) != {str} or set(map(type, texts)) != {str} or len(set(ids)) != len(ids):
+        return False
+    lengths = list(map(len, ids))
+    # printable: no control character (and none of the blank-looking format characters that is_blank counts)
+    if min(lengths) < 1 or max(lengths) > m.MAX_INSTANCE_ID or not "".join(ids).isprintable() or any(map(str.isspace, ids)):
+        return False
+    if any(map(operator.contains, texts, itertools.repeat("\x00"))):
+        return False
+    try:
+        scores, costs = _numbers([c.score for c in candidates]), _numbers([c.cost for c in candidates])
+        confidence = _numbers([c.lm_confidence for c in candidates if c.lm_confidence is not None])
+        expected = _numbers([c.expected_correction for c in candidates if c.expected_correction is not None])
+    except (TypeError, OverflowError):
+        return False
+    return bool(
+        np.isfinite(scores).all()
+        and np.isfinite(costs).all()
+        and (costs > 0).all()
+        and np.isfinite(confidence).all()
+        and ((confidence >= 0) & (confidence <= 1)).all()
+        and np.isfinite(expected).all()
+    )
+
+
+def _numbers(values: list[Any]) -> np.ndarray:
+    """Python floats and ints as an array (``TypeError`` for anything else: bools, None, numpy scalars
+    and strings are the per-field checks' to judge)."""
+    if not {type(x) for x in values} <= {float, int}:
+        raise TypeError("not plain numbers")
+    return np.array(values, dtype=np.float64)
+
+
+def _candidate_violations(i: int, c: Candidate, seen: dict[str, int]) -> list[FieldViolation]:
+    """Every bad id, text and number of candidate ``i`` (``seen``: ids so far, for duplicates)."""
+    where = f"candidates[{i}]"
+    v: list[FieldViolation] = []
+    err = name_error(c.instance_id, m.MAX_INSTANCE_ID)
+    if err:
+        v.append(FieldViolation(f"{where}.instance_id", err))
+    elif c.instance_id in seen:
+        v.append(
+            FieldViolation(
+                f"{where}.instance_id", f"duplicate id {quote(c.instance_id)} (first at candidates[{seen[c.instance_id]}])"
+            )
+        )
+    else:
+        seen[c.instance_id] = i
+    for field in ("prompt", "response_a", "response_b"):
+        if not isinstance(getattr(c, field), str):
+            v.append(FieldViolation(f"{where}.{field}", "expected a string"))
+        elif "\x00" in getattr(c, field):  # PostgreSQL's text cannot hold it; refused on SQLite alike
+            v.append(FieldViolation(f"{where}.{field}", "contains a NUL character (U+0000)"))
+    if not finite(c.score):
+        v.append(FieldViolation(f"{where}.score", f"must be a finite number, got {c.score!r}"))
+    if not finite(c.cost) or c.cost <= 0:
+        v.append(FieldViolation(f"{where}.cost", f"must be a positive finite number, got {c.cost!r}"))
+    for field in ("lm_confidence", "expected_correction"):
+        value = getattr(c, field)
+        if value is not None and not finite(value):
+            v.append(FieldViolation(f"{where}.{field}", f"must be a finite number or empty, got {value!r}"))
+    if c.lm_confidence is not None and finite(c.lm_confidence) and not 0 <= c.lm_confidence <= 1:
+        v.append(FieldViolation(f"{where}.lm_confidence", f"must be in [0, 1], got {c.lm_confidence}"))
+    return v
+
+
+def _encoded(candidates: Sequence[Candidate], v: list[FieldViolation]) -> CheckedBatch:
+    """The LM labels' canonical names, signals and metadata as strict JSON text and the features packed;
+    a field that cannot be is added to ``v``."""
+    out = CheckedBatch([], [], [], [])
+    label_names: dict[Any, str | None] = {}  # a batch has a handful of distinct LM labels
+    names_checked: dict[tuple[str, ...], str] = {}
+    for i, c in enumerate(candidates):
+        where = f"candidates[{i}]"
+        try:
+            label = label_names[c.lm_label]
+        except (KeyError, TypeError):
+            before = len(v)
+            label = canonical_lm_label(c.lm_label, f"{where}.lm_label", v)
+            if len(v) == before and isinstance(c.lm_label, (str, type(None))):
+                label_names[c.lm_label] = label
+        out.lm_labels.append(label)
+        out.signals.append(_json_object(c.signals, f"{where}.signals", v))
+        out.metadata.append(_json_object(c.metadata, f"{where}.metadata", v))
+        out.features.append(_packed(c.features, f"{where}.features", v, names_checked))
+    return out
+
+
+def _json_object(value: Any, where: str, v: list[FieldViolation]) -> EncodedJSON:
+    try:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"expected an object, got {type(value).__name__}")
+        return strict_json(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        v.append(FieldViolation(where, f"must be a JSON object without NaN or infinity ({exc})"))
+        return EncodedJSON("{}")
+
+
+def _packed(value: Any, where: str, v: list[FieldViolation], names_checked: dict[tuple[str, ...], str]) -> FeatureVector | None:
+    """The features packed (``None`` when there are none); the names of each distinct list checked once."""
+    try:
+        if isinstance(value, FeatureVector):  # packed by its maker: values are float64, NaN = unknown
+            packed = value
+        elif not isinstance(value, Mapping):
+            raise TypeError(f"expected an object, got {type(value).__name__}")
+        else:
+            packed = FeatureVector.of(value)
+    except (TypeError, ValueError) as exc:
+        v.append(FieldViolation(where, f"must map feature names to finite numbers ({exc})"))
+        return None
+    if not packed.names:
+        return None
+    err = names_checked.get(packed.names)
+    if err is None:
+        err = names_checked[packed.names] = _feature_names_error(packed.names)
+    if err:
+        v.append(FieldViolation(where, err))
+        return None
+    return packed
+
+
+def _feature_names_error(names: tuple[str, ...]) -> str:
+    if len(set(names)) != len(names):
+        return "feature names repeat"
+    for name in names:
+        err = name_error(name, m.MAX_SHORT)
+        if err:
+            return f"feature name {quote(name) if isinstance(name, str) else repr(name)}: {err}"
+    return ""
 
 
 def canonical_lm_label(value: str | None, where: str, v: list[FieldViolation]) -> str | None:
@@ -188,7 +302,12 @@ def has_nul(*values: Any) -> bool:
 
 
 def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past a float's range
+        return False
 
 
 def clip_id(item: Any) -> str:
