@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
-from hybridpref.store.engine import ENV_URL, SQLITE_AUTOCHECKPOINT_PAGES, create_store_engine, resolve_url, write_engine
+from hybridpref.store.engine import ENV_URL, create_store_engine, resolve_url, write_engine
 
 
 def test_url_precedence(monkeypatch, tmp_path):
@@ -31,15 +31,9 @@ def test_sqlite_is_opened_durable(tmp_path):
         with engine.connect() as conn:
             pragmas = {
                 name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
-                for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout", "wal_autocheckpoint")
+                for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
             }
-        assert pragmas == {
-            "journal_mode": "wal",
-            "synchronous": 2,
-            "foreign_keys": 1,
-            "busy_timeout": 30_000,
-            "wal_autocheckpoint": SQLITE_AUTOCHECKPOINT_PAGES,
-        }
+        assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 30_000}
         assert Path(tmp_path / "deep" / "s.db").exists()
     finally:
         engine.dispose()
@@ -71,30 +65,3 @@ def test_sqlite_write_transactions_take_the_lock_at_begin(tmp_path):
     finally:
         engine.dispose()
         impatient.dispose()
-
-
-def test_the_log_is_checkpointed_in_the_background(tmp_path):
-    """A batch bigger than SQLite's own 4 MB checkpoint threshold: the committing request does not copy the
-    log into the database (the writer's threshold is higher); the store's thread does, soon after."""
-    import time
-
-    from support.store_data import candidates
-
-    from hybridpref.store.api import CampaignSpec
-    from hybridpref.store.sql import SqlCampaignStore
-
-    store = SqlCampaignStore.open(str(tmp_path / "s.db"), upgrade=True)
-    try:
-        store.create_campaign(CampaignSpec("acme", "c", "count", 100))
-        store.decide_batch("acme", "c", "b0", candidates("i", 1_500, 0, text_len=3_000))
-        deadline = time.monotonic() + 10
-        while store._checkpointer.checkpoints < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert store._checkpointer.checkpoints >= 1
-        with store.engine.connect() as conn:  # (busy, log frames, frames checkpointed): nothing left to copy
-            busy, frames, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
-        assert busy == 0 and frames > 1_000 and copied == frames
-        assert len(store.decide_batch("acme", "c", "b0", candidates("i", 1_500, 0, text_len=3_000))) == 1_500  # replays
-    finally:
-        store.close()
-    assert not store._checkpointer._thread.is_alive()

@@ -6,7 +6,7 @@ Linux). A bare path is a SQLite file; ``postgresql://`` and ``postgres://`` use 
 
 SQLite is opened for durability and concurrency: WAL journal (readers never block the writer),
 ``synchronous=FULL`` (a commit that returned is on disk: an acknowledged write survives kill -9 and a
-power cut), the log checkpointed in the background (:class:`WalCheckpointer`), a busy timeout (writers queue instead of failing), foreign keys on. Write transactions
+power cut), a busy timeout (writers queue instead of failing), foreign keys on. Write transactions
 start with ``BEGIN IMMEDIATE`` (:func:`write_engine`): the database's write lock is taken first, so two
 writers never both read and then collide on the upgrade to a write lock.
 """
@@ -15,25 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
 import orjson
-import structlog
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 ENV_URL = "HYBRIDPREF_DB_URL"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-# WAL pages after which a committing writer checkpoints itself (SQLite's default is 1,000 pages, 4 MB:
-# one 5,000-decision batch crossed it every time and paid the copy and two fsyncs inside the request).
-# The store's WalCheckpointer checkpoints in the background well before; this is the backstop.
-SQLITE_AUTOCHECKPOINT_PAGES = 16_384
 # Execution option read by the SQLite "begin" hook: "IMMEDIATE" takes the write lock at BEGIN.
 BEGIN_MODE = "hybridpref_begin"
-
-log = structlog.get_logger()
 
 
 class EncodedJSON(str):
@@ -130,7 +122,6 @@ def _sqlite_engine(url, **kwargs) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
             cursor.close()
@@ -141,51 +132,6 @@ def _sqlite_engine(url, **kwargs) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
-
-
-class WalCheckpointer:
-    """Checkpoints a SQLite store's write-ahead log in a thread of its own, shortly after commits, so that
-    the copy of the log into the database file (and its fsyncs) is not paid inside a request: measured
-    ~4 us of the ~7 us per stored decision that a commit cost (benchmarks/RESULTS.md). PASSIVE
-    checkpoints never block a reader or a writer, and durability does not depend on them: a commit is on
-    disk once the log is synced, checkpointed or not. If this thread falls behind, writers checkpoint
-    themselves past ``SQLITE_AUTOCHECKPOINT_PAGES``."""
-
-    def __init__(self, engine: Engine, delay_s: float = 0.2):
-        self._engine = engine
-        self._delay_s = delay_s
-        self._wanted = threading.Event()
-        self._stopped = threading.Event()
-        self.checkpoints = 0
-        event.listen(engine, "commit", self._on_commit)
-        self._thread = threading.Thread(target=self._run, name="sqlite-wal-checkpoint", daemon=True)
-        self._thread.start()
-
-    def _on_commit(self, _conn) -> None:
-        self._wanted.set()
-
-    def _run(self) -> None:
-        while not self._stopped.is_set():
-            self._wanted.wait()
-            if self._stopped.wait(self._delay_s):  # let a burst of commits finish first
-                return
-            self._wanted.clear()
-            try:
-                with self._engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
-                self.checkpoints += 1
-            except Exception as exc:  # a busy or closed database: the next commit asks again
-                log.warning("wal_checkpoint_failed", error=str(exc).splitlines()[0][:200] if str(exc) else repr(exc))
-
-    def stop(self) -> None:
-        """Stop the thread (before the engine is disposed; again: nothing); the last connection's close
-        checkpoints."""
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
-        self._wanted.set()
-        self._thread.join(timeout=10)
-        event.remove(self._engine, "commit", self._on_commit)
 
 
 def head_revision() -> str:

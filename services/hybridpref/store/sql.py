@@ -14,11 +14,11 @@ and a crash before the commit leaves nothing half-written.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import secrets
-import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -45,7 +45,6 @@ from hybridpref.store.api import (
 )
 from hybridpref.store.engine import (
     EncodedJSON,
-    WalCheckpointer,
     create_store_engine,
     current_revision,
     head_revision,
@@ -116,11 +115,6 @@ class SqlCampaignStore:
         self.engine = engine
         self._write = write_engine(engine)
         self._postgres = engine.dialect.name == "postgresql"
-        self._checkpointer = WalCheckpointer(engine) if _sqlite_file(engine) else None
-        # feature_sets rows, both ways (they are never changed or deleted once committed)
-        self._feature_set_ids: dict[tuple[str, ...], int] = {}
-        self._feature_names: dict[int, tuple[str, ...]] = {}
-        self._feature_lock = threading.Lock()
 
     @classmethod
     def open(cls, url: str | None = None, *, upgrade: bool = False, **engine_kwargs: Any) -> SqlCampaignStore:
@@ -143,8 +137,6 @@ class SqlCampaignStore:
         return cls(engine)
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
         self.engine.dispose()
 
     # ---- campaigns -------------------------------------------------------------------------------
@@ -278,7 +270,6 @@ class SqlCampaignStore:
         if not candidates:
             self.get_campaign(vendor, name)
             return []
-        set_ids = self._feature_set_ids_of({f.names for f in checked.features if f is not None})
         with self._write.begin() as conn:
             row = self._row(conn, vendor, name, lock=True)
             stored = self._stored_decisions(conn, row.id, [c.instance_id for c in candidates])
@@ -291,6 +282,7 @@ class SqlCampaignStore:
                 )
             decided: dict[str, StoredDecision] = {}
             if fresh:
+                set_ids = self._feature_set_ids(conn, {f.names for i in fresh if (f := checked.features[i]) is not None})
                 decided = self._decide_fresh(
                     conn, row, batch_id, candidates, fresh, checked, set_ids, model_version, bundle_version
                 )
@@ -370,45 +362,41 @@ class SqlCampaignStore:
 
     # ---- feature sets (revision 0004) ------------------------------------------------------------
 
-    def _feature_set_ids_of(self, names: set[tuple[str, ...]]) -> dict[tuple[str, ...], int]:
-        """The ``feature_sets`` id of each list of names, stored (committed, in a transaction of its own)
-        where new: a decision that refers to it may be written by any router afterwards."""
-        return {n: self._feature_set_ids.get(n) or self._store_feature_set(n) for n in names}
+    def _feature_set_ids(self, conn: Connection, names: set[tuple[str, ...]]) -> dict[tuple[str, ...], int]:
+        """The ``feature_sets`` id of each list of names, in the open transaction (stored where new). Looked up
+        per batch, never cached across calls: one indexed query a batch, and a restored or shared database
+        can never be handed an id that means other names there."""
+        return {n: self._feature_set_id(conn, n) for n in names}
 
-    def _store_feature_set(self, names: tuple[str, ...]) -> int:
-        text = json.dumps(list(names), separators=(",", ":"))
-        digest = hashlib.sha256(text.encode()).hexdigest()
+    def _feature_set_id(self, conn: Connection, names: tuple[str, ...]) -> int:
+        text, digest = _feature_set_key(names)
         fs = m.feature_sets.c
-        with self._write.begin() as conn:
-            found = conn.execute(select(fs.id).where(fs.digest == digest)).scalar()
-            if found is None:  # two routers may race here: the unique digest keeps one row, and both read it
-                dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-                values = {"digest": digest, "names": EncodedJSON(text)}
-                conn.execute(dialect.insert(m.feature_sets).values(values).on_conflict_do_nothing(index_elements=["digest"]))
-                found = conn.execute(select(fs.id).where(fs.digest == digest)).scalar_one()
-        with self._feature_lock:
-            self._feature_set_ids[names] = found
-            self._feature_names[found] = names
-        return found
+        found = conn.execute(select(fs.id).where(fs.digest == digest)).scalar()
+        if found is None:  # two routers may race here: the unique digest keeps one row, and both read it
+            dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+            values = {"digest": digest, "names": EncodedJSON(text)}
+            conn.execute(dialect.insert(m.feature_sets).values(values).on_conflict_do_nothing(index_elements=["digest"]))
+            found = conn.execute(select(fs.id).where(fs.digest == digest)).scalar_one()
+        return int(found)
 
-    def _names_of_feature_set(self, set_id: int) -> tuple[str, ...]:
-        names = self._feature_names.get(set_id)
-        if names is None:
+    def _feature_names(self, conn: Connection, ids: set[int] | None = None) -> dict[int, tuple[str, ...]]:
+        """Names of the feature sets ``ids`` (all: ``None``); the table holds one row per distinct list."""
+        query = select(m.feature_sets.c.id, m.feature_sets.c.names)
+        if ids is not None:
+            query = query.where(m.feature_sets.c.id.in_(sorted(ids)))
+        return {r.id: tuple(r.names) for r in conn.execute(query)}
+
+    def _features_of(self, r, names: dict[int, tuple[str, ...]]) -> Mapping[str, float]:
+        """A decision row's features: packed (revision 0004; ``names`` by feature set, completed from the
+        database when the row's set is newer) or the JSON object of earlier rows."""
+        if r.feature_set_id is None or r.feature_values is None:
+            return dict(r.features or {})
+        if r.feature_set_id not in names:
             with self.engine.connect() as conn:
-                stored = conn.execute(select(m.feature_sets.c.names).where(m.feature_sets.c.id == set_id)).scalar_one()
-            names = tuple(stored)
-            with self._feature_lock:
-                self._feature_names[set_id] = names
-                self._feature_set_ids[names] = set_id
-        return names
+                names.update(self._feature_names(conn, {r.feature_set_id}))
+        return FeatureVector(names[r.feature_set_id], bytes(r.feature_values))
 
-    def _features_of(self, r) -> Mapping[str, float]:
-        """A decision row's features: packed (revision 0004) or the JSON object of earlier rows."""
-        if r.feature_set_id is not None and r.feature_values is not None:
-            return FeatureVector(self._names_of_feature_set(r.feature_set_id), bytes(r.feature_values))
-        return dict(r.features or {})
-
-    def _candidate(self, r) -> Candidate:
+    def _candidate(self, r, names: dict[int, tuple[str, ...]]) -> Candidate:
         return Candidate(
             instance_id=r.instance_id,
             prompt=r.prompt,
@@ -419,7 +407,7 @@ class SqlCampaignStore:
             lm_label=r.lm_label,
             lm_confidence=r.lm_confidence,
             signals=dict(r.signals or {}),
-            features=self._features_of(r),
+            features=self._features_of(r, names),
             expected_correction=r.expected_correction,
             metadata=dict(r.meta or {}),
         )
@@ -703,8 +691,10 @@ class SqlCampaignStore:
     def returned_labels(self, vendor: str, name: str) -> Iterator[tuple[Candidate, StoredDecision, list[HumanLabel]]]:
         """Every instance with at least one human label (audit labels included), in routing order:
         the candidate as routed, its decision and its labels (oldest first). For refits."""
+        with self.engine.connect() as conn:
+            names = self._feature_names(conn)
         for decision, votes in self._walk(vendor, name, list(m.decisions.c), list(m.labels.c), labelled_only=True):
-            yield self._candidate(decision), _decision(decision), [_human_label(decision.instance_id, v) for v in votes]
+            yield self._candidate(decision, names), _decision(decision), [_human_label(decision.instance_id, v) for v in votes]
 
     def _walk(
         self, vendor: str, name: str, columns: list[Any], label_columns: list[Any], labelled_only: bool
@@ -922,10 +912,11 @@ def _winner(lm_label: str | None) -> str | None:
     return Label[lm_label].winner if lm_label else None
 
 
-def _sqlite_file(engine: Engine) -> bool:
-    """A SQLite database in a file (WAL mode; an in-memory one has no log to checkpoint)."""
-    database = engine.url.database or ""
-    return engine.dialect.name == "sqlite" and database not in ("", ":memory:") and "mode=memory" not in database
+@functools.lru_cache(maxsize=64)
+def _feature_set_key(names: tuple[str, ...]) -> tuple[str, str]:
+    """(the names as compact JSON, its sha256): how ``feature_sets`` stores and finds a list of names."""
+    text = json.dumps(list(names), separators=(",", ":"))
+    return text, hashlib.sha256(text.encode()).hexdigest()
 
 
 def _decision_rows(
