@@ -26,8 +26,12 @@ in the database driver (the insert's executemany / COPY, the queries and the com
 ``cost_beside_the_database``, the persistence cost with the database's share taken out (what the router and
 the store add around it).
 
+``floor``: the database's own insert and commit of the same rows, through the driver without the router or
+the store's code (:func:`cmd_floor`): what no change to either can take away.
+
     .venv/bin/python benchmarks/bench_campaign.py stream
     .venv/bin/python benchmarks/bench_campaign.py throughput --instances 100000
+    .venv/bin/python benchmarks/bench_campaign.py floor --instances 100000 [--engine postgres]
 """
 
 from __future__ import annotations
@@ -267,8 +271,8 @@ def cmd_throughput(args) -> dict:
             asyncio.run(tagger.tag(batches[0][:50], Deadline(None)))
         route(core, batches[0][:50], options("judge", 0, Budget.fraction(SHARE)))
         settle_heap()  # as a service does once loaded (hybridpref.server.server)
-        spent_in = _time_store(store)
         store.create_campaign(CampaignSpec(VENDOR, "c", "count", int(SHARE * len(instances)), expected_instances=len(instances)))
+        spent_in = _time_store(store)  # from here on, only the campaign runs use the store
         # A/B per batch, the order alternating: the machine's load drifts, and both configurations see the same.
         for b, batch in enumerate(batches):
             configs = ("request_budget", "campaign") if b % 2 == 0 else ("campaign", "request_budget")
@@ -300,6 +304,66 @@ def cmd_throughput(args) -> dict:
         "database_s": spent_in["database"],
         "cost_beside_the_database": 1 - seconds["request_budget"] / (seconds["campaign"] - spent_in["database"]),
         "campaign_spent": [spent, total],
+    }
+
+
+def cmd_floor(args) -> dict:
+    """The database's own cost of the rows a campaign stores, without the router or the store's code: the
+    throughput stream's instances as decision rows (their real texts, the signals and metadata as JSON text,
+    28 packed features), written straight through the driver into a migrated store database (same table,
+    same indexes) in batches of ``--batch``: sqlite3's executemany + COMMIT, or psycopg's COPY + COMMIT."""
+    from datetime import UTC, datetime
+
+    from hybridpref.store.sql import BATCH_COLUMNS, DECISION_COLUMNS
+
+    instances = synthetic_stream(args.instances, Path(args.data_dir))
+    signals = '{"order_flip":false,"p_a":0.8731,"agreement":0.5,"p_lm_wrong":0.2312,"lm_labels":{"judge":"B"}}'
+    features = np.linspace(0.0, 1.0, 28).astype("<f8").tobytes()
+    insert_s = commit_s = 0.0
+    with tempfile.TemporaryDirectory() as tmp, _server(args.engine) as server:
+        store = open_store(args.engine, Path(tmp), server)
+        store.create_campaign(CampaignSpec(VENDOR, "c", "count", 1))
+        campaign_id = store.get_campaign(VENDOR, "c").id
+        with store._write.begin() as conn:
+            set_id = store._feature_set_id(conn, tuple(f"feature_{k}" for k in range(28)))
+        names = ", ".join(f'"{c}"' for c in (*DECISION_COLUMNS, *BATCH_COLUMNS))
+        now = datetime.now(UTC)
+        raw = store.engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            for start in range(0, len(instances), args.batch):
+                batch = instances[start : start + args.batch]
+                shared = (campaign_id, f"b{start}", 0.5, "{}", "", "", now if args.engine == "postgres" else now.isoformat())
+                rows = [
+                    (i.id, i.prompt_text, i.response_a, i.response_b, 0.5, 1.0, k % 4 == 0, False, "A_BETTER", 0.9, 0.1)
+                    + (signals, json.dumps(i.metadata), set_id, features)
+                    + shared
+                    for k, i in enumerate(batch)
+                ]
+                started = time.perf_counter()
+                if args.engine == "postgres":
+                    with driver.cursor() as cursor, cursor.copy(f"COPY decisions ({names}) FROM STDIN") as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                else:
+                    driver.execute("BEGIN IMMEDIATE")
+                    marks = ", ".join("?" for _ in (*DECISION_COLUMNS, *BATCH_COLUMNS))
+                    driver.executemany(f"INSERT INTO decisions ({names}) VALUES ({marks})", rows)
+                inserted = time.perf_counter()
+                driver.commit() if args.engine == "postgres" else driver.execute("COMMIT")
+                insert_s += inserted - started
+                commit_s += time.perf_counter() - inserted
+        finally:
+            raw.close()
+            store.close()
+    n = len(instances)
+    return {
+        "instances": n,
+        "batch": args.batch,
+        "engine": args.engine,
+        "insert_us_per_row": insert_s / n * 1e6,
+        "commit_us_per_row": commit_s / n * 1e6,
+        "database_us_per_row": (insert_s + commit_s) / n * 1e6,
     }
 
 
@@ -361,7 +425,10 @@ def main() -> int:
         help="live: the fast tagger tags every batch, as the router does (the target's figure); "
         "cached: tags computed once, so the figure is the routing after tagging",
     )
-    for p in (stream, throughput):
+    floor = sub.add_parser("floor", help="the database's own insert + commit of the rows a campaign stores")
+    floor.add_argument("--instances", type=int, default=100_000)
+    floor.add_argument("--batch", type=int, default=5_000)
+    for p in (stream, throughput, floor):
         p.add_argument("--data-dir", default=None, help="the shared pools (default: $HYBRIDPREF_DATA_DIR, else ../shared/data)")
         p.add_argument("--engine", choices=["sqlite", "postgres"], default="sqlite")
     args = parser.parse_args()
@@ -370,7 +437,8 @@ def main() -> int:
 
         args.data_dir = str(default_data_dir(ROOT))
     started = time.perf_counter()
-    result = cmd_stream(args) if args.command == "stream" else cmd_throughput(args)
+    commands = {"stream": cmd_stream, "throughput": cmd_throughput, "floor": cmd_floor}
+    result = commands[args.command](args)
     result.update(
         machine=f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}",
         date=time.strftime("%Y-%m-%d"),
