@@ -68,12 +68,11 @@ def free_port() -> int:
 class PostgresServer:
     """One PostgreSQL server in a temporary folder on 127.0.0.1:``port``."""
 
-    def __init__(self, bin_dir: Path, user: str = SERVER_USER, durable: bool = False, settings: dict[str, str] | None = None):
+    def __init__(self, bin_dir: Path, user: str = SERVER_USER, durable: bool = False):
         """``durable=False`` (tests): fsync and synchronous commit off; ``True`` (benchmarks): the
-        server's defaults, a commit waits for its WAL flush. ``settings``: more server settings (``-c``)."""
+        server's defaults, a commit waits for its WAL flush."""
         self.bin_dir = bin_dir
         self.durable = durable
-        self.settings = dict(settings or {})
         self.as_root = os.geteuid() == 0
         self.user = user if self.as_root else pwd.getpwuid(os.geteuid()).pw_name
         self.base = Path(tempfile.mkdtemp(prefix="hybridpref-pg-"))
@@ -103,7 +102,6 @@ class PostgresServer:
             options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=200"
             if not self.durable:
                 options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            options += "".join(f" -c {key}={value}" for key, value in self.settings.items())
             started = subprocess.run(
                 self._cmd(
                     "pg_ctl", "start", "-w", "-t", str(START_TIMEOUT_S), "-D", str(self.data), "-l", str(self.log), "-o", options

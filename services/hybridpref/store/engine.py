@@ -155,6 +155,17 @@ def current_revision(engine: Engine) -> str | None:
 def migrate(url: str | Engine | None = None, revision: str = "head") -> str:
     """Upgrade the store's database to ``revision`` (default: the newest); returns the revision
     reached. Safe to run again: an up-to-date database is left as it is."""
+    return _alembic("upgrade", url, revision)
+
+
+def downgrade(url: str | Engine, revision: str) -> str:
+    """Take the store's database back to ``revision`` (an older code's, before rolling a deploy back);
+    returns the revision reached. Each migration's downgrade keeps the rows its revision can hold."""
+    return _alembic("downgrade", url, revision)
+
+
+def _alembic(direction: str, url: str | Engine | None, revision: str) -> str:
+    """Run Alembic's ``upgrade`` / ``downgrade`` to ``revision`` in one write transaction."""
     from alembic import command
 
     engine = url if isinstance(url, Engine) else create_store_engine(url)
@@ -162,24 +173,7 @@ def migrate(url: str | Engine | None = None, revision: str = "head") -> str:
         with write_engine(engine).begin() as conn:
             cfg = _alembic_config(None)  # env.py uses the open connection, not a URL
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
-        return current_revision(engine) or ""
-    finally:
-        if not isinstance(url, Engine):
-            engine.dispose()
-
-
-def downgrade(url: str | Engine, revision: str) -> str:
-    """Take the store's database back to ``revision`` (an older code's, before rolling a deploy back);
-    returns the revision reached. Each migration's downgrade keeps the rows its revision can hold."""
-    from alembic import command
-
-    engine = url if isinstance(url, Engine) else create_store_engine(url)
-    try:
-        with write_engine(engine).begin() as conn:
-            cfg = _alembic_config(None)
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, revision)
+            getattr(command, direction)(cfg, revision)
         return current_revision(engine) or ""
     finally:
         if not isinstance(url, Engine):
